@@ -1,0 +1,21 @@
+/** Every failure prunec reports to a user is a PrunecError: a message meant to be read, and an exit code. */
+export type ErrorKind =
+  | "io" // file missing, unreadable, unwritable
+  | "format" // not an ONNX model, truncated, invalid protobuf
+  | "spec" // the .prune text does not parse or is out of range
+  | "analysis" // the model is not a transformer prunec understands
+  | "apply"; // a valid spec that cannot be honoured on this model
+
+export const EXIT_CODES: Record<ErrorKind, number> = { io: 2, format: 3, spec: 4, analysis: 5, apply: 6 };
+
+export class PrunecError extends Error {
+  readonly kind: ErrorKind;
+  constructor(kind: ErrorKind, message: string) {
+    super(message);
+    this.kind = kind;
+    this.name = "PrunecError";
+  }
+  get exitCode(): number {
+    return EXIT_CODES[this.kind];
+  }
+}

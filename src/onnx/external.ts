@@ -1,0 +1,62 @@
+/**
+ * External-data checks. prunec never reads or rewrites weight files: it keeps each initializer's
+ * location/offset/length as they are, and refuses locations that would escape the model's folder.
+ */
+import type { ModelProto, TensorProto, GraphProto, AttributeProto } from "./gen/onnx_pb.js";
+import { isExternal } from "./tensor.js";
+import { PrunecError } from "../errors.js";
+
+export interface ExternalRef {
+  tensor: string;
+  location: string;
+  offset?: string;
+  length?: string;
+}
+
+function* graphTensors(g: GraphProto): Generator<TensorProto> {
+  yield* g.initializer;
+  for (const s of g.sparseInitializer) {
+    if (s.values) yield s.values;
+    if (s.indices) yield s.indices;
+  }
+  for (const n of g.node) for (const a of n.attribute) yield* attributeTensors(a);
+}
+
+function* attributeTensors(a: AttributeProto): Generator<TensorProto> {
+  if (a.t) yield a.t;
+  yield* a.tensors;
+  if (a.g) yield* graphTensors(a.g);
+  for (const sub of a.graphs) yield* graphTensors(sub);
+}
+
+/** Every external reference of the model, after checking that none escapes the model folder. */
+export function checkExternalData(model: ModelProto, source = "model"): ExternalRef[] {
+  const refs: ExternalRef[] = [];
+  if (!model.graph) return refs;
+  for (const t of graphTensors(model.graph)) {
+    if (!isExternal(t)) continue;
+    const kv = new Map(t.externalData.map((e) => [e.key, e.value]));
+    const location = kv.get("location");
+    if (location === undefined || location === "") {
+      throw new PrunecError("format", `${source}: initializer '${t.name}' has external data without a location`);
+    }
+    if (escapesFolder(location)) {
+      throw new PrunecError(
+        "format",
+        `${source}: initializer '${t.name}' has external data location '${location}' outside the model's folder (absolute paths and '..' are not allowed)`,
+      );
+    }
+    const ref: ExternalRef = { tensor: t.name, location };
+    const offset = kv.get("offset");
+    const length = kv.get("length");
+    if (offset !== undefined) ref.offset = offset;
+    if (length !== undefined) ref.length = length;
+    refs.push(ref);
+  }
+  return refs;
+}
+
+function escapesFolder(location: string): boolean {
+  if (location.startsWith("/") || location.startsWith("\\") || /^[A-Za-z]:/.test(location)) return true;
+  return location.split(/[\\/]/).some((part) => part === "..");
+}

@@ -1,0 +1,77 @@
+/** Small tensor constants: building the ones passes add, reading the ones analysis needs. */
+import { create } from "@bufbuild/protobuf";
+import {
+  TensorProtoSchema,
+  TensorProto_DataType as DT,
+  TensorProto_DataLocation,
+  type TensorProto,
+} from "./gen/onnx_pb.js";
+
+export { TensorProto_DataType as DataType } from "./gen/onnx_pb.js";
+
+export function int64Tensor(name: string, values: readonly number[], dims: readonly number[] = [values.length]): TensorProto {
+  const raw = new Uint8Array(values.length * 8);
+  const view = new DataView(raw.buffer);
+  values.forEach((v, i) => view.setBigInt64(i * 8, BigInt(v), true));
+  return create(TensorProtoSchema, { name, dataType: DT.INT64, dims: dims.map(BigInt), rawData: raw });
+}
+
+export function floatTensor(name: string, values: readonly number[], dims: readonly number[] = [values.length]): TensorProto {
+  const raw = new Uint8Array(values.length * 4);
+  const view = new DataView(raw.buffer);
+  values.forEach((v, i) => view.setFloat32(i * 4, v, true));
+  return create(TensorProtoSchema, { name, dataType: DT.FLOAT, dims: dims.map(BigInt), rawData: raw });
+}
+
+export function isExternal(t: TensorProto): boolean {
+  return t.dataLocation === TensorProto_DataLocation.EXTERNAL;
+}
+
+export function elementCount(t: TensorProto): number {
+  return t.dims.reduce((a, d) => a * Number(d), 1);
+}
+
+/**
+ * The values of an integer or float tensor stored inside the model, as numbers, or undefined when
+ * the data is external, too large to be a shape constant, or of a type analysis does not read.
+ */
+export function readNumbers(t: TensorProto, maxElements = 1 << 16): number[] | undefined {
+  const n = elementCount(t);
+  if (isExternal(t) || n > maxElements) return undefined;
+  const raw = t.rawData;
+  if (raw.length > 0) {
+    const view = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
+    const width: Partial<Record<DT, number>> = {
+      [DT.INT64]: 8, [DT.INT32]: 4, [DT.FLOAT]: 4, [DT.DOUBLE]: 8, [DT.UINT8]: 1, [DT.INT8]: 1, [DT.BOOL]: 1, [DT.FLOAT16]: 2,
+    };
+    const w = width[t.dataType as DT];
+    if (w === undefined || raw.byteLength < n * w) return undefined;
+    const out: number[] = [];
+    for (let i = 0; i < n; i++) {
+      switch (t.dataType) {
+        case DT.INT64: out.push(Number(view.getBigInt64(i * 8, true))); break;
+        case DT.INT32: out.push(view.getInt32(i * 4, true)); break;
+        case DT.FLOAT: out.push(view.getFloat32(i * 4, true)); break;
+        case DT.DOUBLE: out.push(view.getFloat64(i * 8, true)); break;
+        case DT.UINT8: case DT.BOOL: out.push(view.getUint8(i)); break;
+        case DT.INT8: out.push(view.getInt8(i)); break;
+        case DT.FLOAT16: out.push(halfToFloat(view.getUint16(i * 2, true))); break;
+      }
+    }
+    return out;
+  }
+  if (t.int64Data.length) return t.int64Data.map(Number);
+  if (t.int32Data.length) return t.int32Data.slice();
+  if (t.floatData.length) return t.floatData.slice();
+  if (t.doubleData.length) return t.doubleData.slice();
+  return n === 0 ? [] : undefined;
+}
+
+function halfToFloat(h: number): number {
+  const s = h & 0x8000 ? -1 : 1;
+  const e = (h >> 10) & 0x1f;
+  const f = h & 0x3ff;
+  if (e === 0) return s * 2 ** -14 * (f / 1024);
+  if (e === 31) return f ? NaN : s * Infinity;
+  return s * 2 ** (e - 15) * (1 + f / 1024);
+}
