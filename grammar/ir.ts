@@ -1,0 +1,105 @@
+/**
+ * The typed IR a `.prune` file parses into. Pure data: no methods, no chevrotain types.
+ *
+ * Every located thing carries a Span so later stages (model resolution, apply) can point
+ * their errors at the text that caused them. Span fields are named `span` or end in `Span`/`Spans`.
+ */
+
+/** A source range. Lines and columns are 1-based; `endColumn` is exclusive (one past the last character). */
+export interface Span {
+  line: number;
+  column: number;
+  endLine: number;
+  endColumn: number;
+}
+
+/** Options allowed after `with`. */
+export const STAGE_OPTIONS = ["recycle", "mask"] as const;
+export type StageOption = (typeof STAGE_OPTIONS)[number];
+
+export type Action = "keep" | "drop" | "merge";
+
+/** Where a stage acts. Layers are 0-based; negative layers count from the end and are kept as written. */
+export type StagePosition =
+  | { kind: "after-layer" | "in-layer"; layer: number }
+  | { kind: "after-encoder" }
+  | { kind: "before-layer-0" };
+
+/**
+ * How many tokens an action concerns.
+ * percent: 0 < value <= 100; count: positive integer; mass: 0 < value <= 100 (a percentage); above: any finite number.
+ */
+export interface Amount {
+  kind: "percent" | "count" | "mass" | "above";
+  value: number;
+}
+
+/** A criterion argument value: a number, a range `lo..hi` (lo <= hi), or an identifier (as written). */
+export type ArgValue = number | string | [number, number];
+
+export interface CriterionUse {
+  /** Lower case, as registered. */
+  name: string;
+  /** Only the arguments written in the file, keyed by their declared names, in declared order. */
+  args: Record<string, ArgValue>;
+  /** The criterion name token. */
+  span: Span;
+  /** For each written argument, the span of its value. */
+  argSpans: Record<string, Span>;
+}
+
+export interface StageIR {
+  position: StagePosition;
+  /** The whole position phrase, e.g. `after layer 2`. */
+  positionSpan: Span;
+  /** The layer number token (for after-layer, in-layer and before-layer-0). */
+  layerSpan?: Span;
+  action: Action;
+  actionSpan: Span;
+  /** Absent when the file omits the amount; defaults are resolved elsewhere. */
+  amount?: Amount;
+  /** The whole amount phrase, e.g. `25%`, `64 tokens`, `mass 90%`. */
+  amountSpan?: Span;
+  /** The token set the action is restricted to (`of SET`), as written. */
+  of?: string;
+  ofSpan?: Span;
+  criterion: CriterionUse;
+  /** Options after `with`, lower case, in written order, no duplicates. */
+  options: StageOption[];
+  optionSpans: Span[];
+  /** The whole statement. */
+  span: Span;
+}
+
+export type TokenSetSource =
+  /** `input NAME`: a new boolean graph input NAME marks the set's positions. */
+  | { kind: "input"; input: string }
+  /** `after SET`: the positions after the span of another set. */
+  | { kind: "after"; set: string };
+
+export interface TokenSetDecl {
+  name: string;
+  nameSpan: Span;
+  source: TokenSetSource;
+  /** The name after `input` / `after`. */
+  sourceSpan: Span;
+  span: Span;
+}
+
+export interface ModelHint {
+  /** Lower case. */
+  name: string;
+  span: Span;
+}
+
+export interface SpecIR {
+  /** The file name given to parseSpec (used in diagnostics). */
+  file: string;
+  /** The source text the IR came from. */
+  text: string;
+  model?: ModelHint;
+  /** In file order. */
+  tokenSets: TokenSetDecl[];
+  /** In file order. */
+  stages: StageIR[];
+}

@@ -1,0 +1,85 @@
+/** Tokens of the `.prune` language. Keywords are case-insensitive and reserved only where the grammar expects them. */
+import { createToken, Lexer, type IToken, type TokenType } from "chevrotain";
+
+/** Any name: identifiers and keywords alike (so `layer` can still name an argument, `mass` a criterion). */
+export const Word = createToken({ name: "Word", pattern: Lexer.NA });
+export const Identifier = createToken({ name: "Identifier", pattern: /[A-Za-z_][A-Za-z0-9_-]*/, categories: [Word] });
+
+function keyword(word: string): TokenType {
+  return createToken({
+    name: word[0]!.toUpperCase() + word.slice(1),
+    label: `'${word}'`,
+    pattern: new RegExp(word, "i"),
+    longer_alt: Identifier,
+    categories: [Word],
+  });
+}
+
+export const Model = keyword("model");
+export const Tokens = keyword("tokens");
+export const Input = keyword("input");
+export const After = keyword("after");
+export const Before = keyword("before");
+export const In = keyword("in");
+export const Layer = keyword("layer");
+export const Encoder = keyword("encoder");
+export const Keep = keyword("keep");
+export const Drop = keyword("drop");
+export const Merge = keyword("merge");
+export const Mass = keyword("mass");
+export const Above = keyword("above");
+export const Of = keyword("of");
+export const By = keyword("by");
+export const With = keyword("with");
+
+export const KEYWORDS: readonly TokenType[] = [
+  Model, Tokens, Input, After, Before, In, Layer, Encoder, Keep, Drop, Merge, Mass, Above, Of, By, With,
+];
+
+/** A decimal number, optionally negative, with optional fraction and exponent (`8..10` lexes as 8, `..`, 10). */
+export const NumberLit = createToken({ name: "Number", label: "a number", pattern: /-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?/ });
+export const Percent = createToken({ name: "Percent", label: "'%'", pattern: "%" });
+export const DotDot = createToken({ name: "DotDot", label: "'..'", pattern: ".." });
+export const LParen = createToken({ name: "LParen", label: "'('", pattern: "(" });
+export const RParen = createToken({ name: "RParen", label: "')'", pattern: ")" });
+export const Comma = createToken({ name: "Comma", label: "','", pattern: "," });
+export const Colon = createToken({ name: "Colon", label: "':'", pattern: ":" });
+export const Equals = createToken({ name: "Equals", label: "'='", pattern: "=" });
+export const Semicolon = createToken({ name: "Semicolon", label: "';'", pattern: ";" });
+export const Newline = createToken({ name: "Newline", label: "end of line", pattern: /\r\n|\r|\n/, line_breaks: true });
+const WhiteSpace = createToken({ name: "WhiteSpace", pattern: /[ \t\f\v\u00a0\ufeff]+/, group: Lexer.SKIPPED });
+const Comment = createToken({ name: "Comment", pattern: /#[^\r\n]*/, group: Lexer.SKIPPED });
+
+/** Token types the parser sees (separators are removed before parsing). */
+export const PARSER_TOKENS: readonly TokenType[] = [
+  Word, ...KEYWORDS, Identifier, NumberLit, Percent, DotDot, LParen, RParen, Comma, Colon, Equals,
+];
+
+const lexer = new Lexer(
+  [WhiteSpace, Comment, Newline, Semicolon, ...KEYWORDS, Identifier, NumberLit, Percent, DotDot, LParen, RParen, Comma, Colon, Equals],
+  { positionTracking: "onlyOffset", ensureOptimizations: true },
+);
+
+export interface LexError {
+  offset: number;
+  length: number;
+  message: string;
+}
+
+export function lex(text: string): { tokens: IToken[]; errors: LexError[] } {
+  const result = lexer.tokenize(text);
+  const errors = result.errors.map((e) => {
+    const bad = text.slice(e.offset, e.offset + e.length);
+    const shown = JSON.stringify(bad).slice(1, -1);
+    return {
+      offset: e.offset,
+      length: e.length,
+      message: bad.length === 1 ? `unexpected character '${shown}'` : `unexpected characters '${shown}'`,
+    };
+  });
+  return { tokens: result.tokens, errors };
+}
+
+export function isSeparator(t: IToken): boolean {
+  return t.tokenType === Newline || t.tokenType === Semicolon;
+}

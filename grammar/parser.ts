@@ -1,0 +1,186 @@
+/**
+ * The chevrotain parser for one statement (the caller splits the token stream at newlines and `;`).
+ *
+ *   statement := 'model' NAME
+ *              | 'tokens' SET '=' ( 'input' SET | 'after' SET )
+ *              | position action
+ *   position  := 'after' ( 'layer' NUMBER | 'encoder' ) | 'in' 'layer' NUMBER | 'before' 'layer' NUMBER
+ *   action    := ('keep'|'drop'|'merge') amount? ('of' SET)? 'by' NAME ('(' args? ')')? ('with' NAME (',' NAME)*)?
+ *   amount    := NUMBER ('%' | 'tokens')? | 'mass' NUMBER '%' | 'above' NUMBER
+ *   args      := arg (',' arg)*
+ *   arg       := (NAME ':')? value
+ *   value     := NUMBER ('..' NUMBER)? | NAME
+ *
+ * NAME is any word, keywords included; SET is an identifier that is not a keyword (token set names:
+ * `tokens SET = input SET | after SET`, `of SET`).
+ */
+import { EmbeddedActionsParser, type IToken } from "chevrotain";
+import {
+  Above, After, Before, By, Colon, Identifier, Comma, DotDot, Encoder, Equals, In, Input, Keep, Drop, Layer, LParen, Mass,
+  Merge, Model, NumberLit, Of, PARSER_TOKENS, Percent, RParen, Tokens, With, Word,
+} from "./lexer.js";
+import type { RawAmount, RawArg, RawPosition, RawStage, RawStatement, RawValue } from "./syntax.js";
+
+export class SpecParser extends EmbeddedActionsParser {
+  constructor() {
+    super([...PARSER_TOKENS], { recoveryEnabled: true, maxLookahead: 2 });
+    this.performSelfAnalysis();
+  }
+
+  readonly statement = this.RULE("statement", (): RawStatement =>
+    this.OR<RawStatement>([
+      { ALT: () => this.SUBRULE(this.modelStatement) },
+      { ALT: () => this.SUBRULE(this.tokensStatement) },
+      { ALT: () => this.SUBRULE(this.stageStatement) },
+    ]),
+  );
+
+  private readonly modelStatement = this.RULE("modelStatement", (): RawStatement => {
+    this.CONSUME(Model);
+    return { kind: "model", name: this.CONSUME(Word) };
+  });
+
+  private readonly tokensStatement = this.RULE("tokensStatement", (): RawStatement => {
+    this.CONSUME(Tokens);
+    const name = this.CONSUME1(Identifier);
+    this.CONSUME(Equals);
+    return this.OR([
+      { ALT: () => { this.CONSUME(Input); return { kind: "tokens", name, sourceKind: "input", source: this.CONSUME2(Identifier) }; } },
+      { ALT: () => { this.CONSUME(After); return { kind: "tokens", name, sourceKind: "after", source: this.CONSUME3(Identifier) }; } },
+    ]);
+  });
+
+  private readonly stageStatement = this.RULE("stageStatement", (): RawStage => {
+    const position = this.SUBRULE(this.position);
+    const action = this.OR([
+      { ALT: () => this.CONSUME(Keep) },
+      { ALT: () => this.CONSUME(Drop) },
+      { ALT: () => this.CONSUME(Merge) },
+    ]);
+    const amount = this.OPTION(() => this.SUBRULE(this.amount));
+    const of = this.OPTION1(() => {
+      this.CONSUME(Of);
+      return this.CONSUME(Identifier);
+    });
+    this.CONSUME(By);
+    const criterion = this.CONSUME1(Word);
+    const args: RawArg[] = [];
+    this.OPTION2(() => {
+      this.CONSUME(LParen);
+      this.OPTION3(() => {
+        args.push(this.SUBRULE(this.arg));
+        this.MANY(() => {
+          this.CONSUME(Comma);
+          args.push(this.SUBRULE1(this.arg));
+        });
+      });
+      this.CONSUME(RParen);
+    });
+    const options: IToken[] = [];
+    this.OPTION4(() => {
+      this.CONSUME(With);
+      options.push(this.CONSUME2(Word));
+      this.MANY1(() => {
+        this.CONSUME1(Comma);
+        options.push(this.CONSUME3(Word));
+      });
+    });
+    const stage: RawStage = { kind: "stage", position, action, criterion, args, options };
+    if (amount !== undefined) stage.amount = amount;
+    if (of !== undefined) stage.of = of;
+    return stage;
+  });
+
+  private readonly position = this.RULE("position", (): RawPosition =>
+    this.OR([
+      {
+        ALT: () => {
+          const first = this.CONSUME(After);
+          return this.OR1([
+            { ALT: () => { this.CONSUME(Layer); return { kind: "after-layer", first, layer: this.CONSUME(NumberLit) }; } },
+            { ALT: () => ({ kind: "after-encoder", first, last: this.CONSUME(Encoder) }) },
+          ]);
+        },
+      },
+      {
+        ALT: () => {
+          const first = this.CONSUME(In);
+          this.CONSUME1(Layer);
+          return { kind: "in-layer", first, layer: this.CONSUME1(NumberLit) };
+        },
+      },
+      {
+        ALT: () => {
+          const first = this.CONSUME(Before);
+          this.CONSUME2(Layer);
+          return { kind: "before-layer", first, layer: this.CONSUME2(NumberLit) };
+        },
+      },
+    ]),
+  );
+
+  private readonly amount = this.RULE("amount", (): RawAmount =>
+    this.OR([
+      {
+        ALT: () => {
+          const number = this.CONSUME(NumberLit);
+          return this.OR1([
+            { ALT: () => ({ kind: "percent", number, last: this.CONSUME(Percent) }) },
+            { ALT: () => ({ kind: "count", number, last: this.CONSUME(Tokens) }) },
+            { ALT: () => ({ kind: "count", number, last: number }) },
+          ]);
+        },
+      },
+      {
+        ALT: () => {
+          const first = this.CONSUME(Mass);
+          const number = this.CONSUME1(NumberLit);
+          return { kind: "mass", first, number, last: this.CONSUME1(Percent) };
+        },
+      },
+      {
+        ALT: () => {
+          const first = this.CONSUME(Above);
+          return { kind: "above", first, number: this.CONSUME2(NumberLit) };
+        },
+      },
+    ]),
+  );
+
+  private readonly arg = this.RULE("arg", (): RawArg =>
+    this.OR([
+      {
+        ALT: () => {
+          const name = this.CONSUME(Word);
+          this.CONSUME(Colon);
+          const { value, first, last } = this.SUBRULE(this.value);
+          return { name, value, first, last };
+        },
+      },
+      { ALT: () => this.SUBRULE1(this.value) },
+    ]),
+  );
+
+  private readonly value = this.RULE("value", (): { value: RawValue; first: IToken; last: IToken } =>
+    this.OR([
+      {
+        ALT: () => {
+          const lo = this.CONSUME(NumberLit);
+          const hi = this.OPTION(() => {
+            this.CONSUME(DotDot);
+            return this.CONSUME1(NumberLit);
+          });
+          return hi === undefined
+            ? { value: { kind: "number", token: lo }, first: lo, last: lo }
+            : { value: { kind: "range", lo, hi }, first: lo, last: hi };
+        },
+      },
+      {
+        ALT: () => {
+          const token = this.CONSUME(Word);
+          return { value: { kind: "identifier", token }, first: token, last: token };
+        },
+      },
+    ]),
+  );
+}

@@ -1,0 +1,55 @@
+/** printSpec: the canonical text of an IR. parseSpec(printSpec(ir)) gives the same IR, spans and text aside. */
+import type { Amount, ArgValue, SpecIR, StageIR, StagePosition, TokenSetDecl } from "./ir.js";
+
+function position(p: StagePosition): string {
+  switch (p.kind) {
+    case "after-layer":
+      return `after layer ${p.layer}`;
+    case "in-layer":
+      return `in layer ${p.layer}`;
+    case "after-encoder":
+      return "after encoder";
+    case "before-layer-0":
+      return "before layer 0";
+  }
+}
+
+function amount(a: Amount): string {
+  switch (a.kind) {
+    case "percent":
+      return `${a.value}%`;
+    case "count":
+      return `${a.value} tokens`;
+    case "mass":
+      return `mass ${a.value}%`;
+    case "above":
+      return `above ${a.value}`;
+  }
+}
+
+function argValue(v: ArgValue): string {
+  return Array.isArray(v) ? `${v[0]}..${v[1]}` : String(v);
+}
+
+function stage(s: StageIR): string {
+  const parts = [position(s.position), s.action];
+  if (s.amount !== undefined) parts.push(amount(s.amount));
+  if (s.of !== undefined) parts.push(`of ${s.of}`);
+  const args = Object.entries(s.criterion.args).map(([k, v]) => `${k}: ${argValue(v)}`);
+  parts.push(`by ${s.criterion.name.toLowerCase()}${args.length > 0 ? `(${args.join(", ")})` : ""}`);
+  if (s.options.length > 0) parts.push(`with ${s.options.join(", ")}`);
+  return parts.join(" ");
+}
+
+function tokenSet(t: TokenSetDecl): string {
+  return `tokens ${t.name} = ${t.source.kind === "input" ? `input ${t.source.input}` : `after ${t.source.set}`}`;
+}
+
+/** One statement per line: the model hint, then token sets, then stages, each in IR order; ends with a newline. */
+export function printSpec(spec: SpecIR): string {
+  const lines: string[] = [];
+  if (spec.model !== undefined) lines.push(`model ${spec.model.name}`);
+  for (const t of spec.tokenSets) lines.push(tokenSet(t));
+  for (const s of spec.stages) lines.push(stage(s));
+  return lines.map((l) => `${l}\n`).join("");
+}

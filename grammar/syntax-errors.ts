@@ -1,0 +1,129 @@
+/** Turns a chevrotain recognition error into a Diagnostic that names what was expected and what was found. */
+import { EOF, type IRecognitionException, type IToken, type TokenType } from "chevrotain";
+import { diagnosticAt, type Diagnostic } from "./diagnostics.js";
+import { After, By, Colon, Identifier, Input, KEYWORDS, LParen, Model, NumberLit, Of, RParen, Semicolon, Tokens, With, Word } from "./lexer.js";
+import type { SpecParser } from "./parser.js";
+import type { SourceLines } from "./source.js";
+import { closest } from "./suggest.js";
+
+/** One statement as the parser saw it. */
+export interface StatementTokens {
+  tokens: IToken[];
+  /** The `;` or newline that ended it; absent at end of file. */
+  terminator?: IToken;
+}
+
+const END = "end";
+type Expected = TokenType | typeof END;
+
+function keywordText(t: TokenType): string | undefined {
+  return KEYWORDS.includes(t) ? t.name.toLowerCase() : undefined;
+}
+
+/** What kind of name follows a keyword. */
+const NAME_AFTER = new Map<TokenType, string>([
+  [By, "a criterion name"],
+  [With, "an option name"],
+  [Of, "a token set name"],
+  [Tokens, "a token set name"],
+  [After, "a token set name"],
+  [Input, "an input name"],
+  [Model, "a model name"],
+]);
+
+/** Inside `( ... )` or a `with` list, what a name or number there is. */
+function listContext(before: readonly IToken[]): "argument" | "option" | undefined {
+  for (let i = before.length - 1; i >= 0; i--) {
+    const t = before[i]!.tokenType;
+    if (t === RParen) return undefined;
+    if (t === LParen) return "argument";
+    if (t === With) return "option";
+  }
+  return undefined;
+}
+
+function describeExpected(expected: readonly Expected[], before: readonly IToken[]): string[] {
+  const previous = before[before.length - 1];
+  const list = listContext(before);
+  const out: string[] = [];
+  for (const e of expected) {
+    let text: string;
+    if (e === END) text = "end of statement";
+    else if (list === "argument" && (e === Word || e === NumberLit)) text = previous?.tokenType === Colon ? "a value" : "an argument";
+    else if (e === Word || e === Identifier) text = (list === "option" ? "an option name" : previous && NAME_AFTER.get(previous.tokenType)) ?? "a name";
+    else text = e.LABEL ?? e.name;
+    if (!out.includes(text)) out.push(text);
+  }
+  return out;
+}
+
+function listOr(items: string[]): string {
+  if (items.length <= 1) return items.join("");
+  return `${items.slice(0, -1).join(", ")} or ${items[items.length - 1]!}`;
+}
+
+function isEnd(t: IToken): boolean {
+  return t.tokenType === EOF || !Number.isFinite(t.startOffset);
+}
+
+/** The earliest of a statement's parse errors, as a Diagnostic. */
+export function syntaxDiagnostic(
+  stmt: StatementTokens,
+  errors: readonly IRecognitionException[],
+  parser: SpecParser,
+  lines: SourceLines,
+  file: string,
+): Diagnostic {
+  const offsetOf = (e: IRecognitionException): number => (isEnd(e.token) ? Infinity : e.token.startOffset);
+  const first = errors.reduce((a, b) => (offsetOf(b) < offsetOf(a) ? b : a));
+  const found = first.token;
+  const atEnd = isEnd(found);
+  let index = atEnd ? stmt.tokens.length : stmt.tokens.indexOf(found);
+  if (index < 0) index = stmt.tokens.findIndex((t) => t.startOffset === found.startOffset);
+  if (index < 0) index = stmt.tokens.length;
+  const endOfStatement = index >= stmt.tokens.length;
+
+  const expected: Expected[] = [];
+  for (const path of parser.computeContentAssist("statement", stmt.tokens.slice(0, index))) {
+    if (!expected.includes(path.nextTokenType)) expected.push(path.nextTokenType);
+  }
+  if (first.name === "NotAllInputParsedException" || expected.length === 0) expected.push(END);
+
+  // Where to point, and how to name what is there.
+  let span;
+  let foundText: string;
+  if (!endOfStatement) {
+    const t = stmt.tokens[index]!;
+    span = lines.span(t.startOffset, t.startOffset + t.image.length);
+    foundText = `'${t.image}'`;
+  } else if (stmt.terminator !== undefined && stmt.terminator.tokenType === Semicolon) {
+    const t = stmt.terminator;
+    span = lines.span(t.startOffset, t.startOffset + 1);
+    foundText = "';'";
+  } else {
+    const last = stmt.tokens[stmt.tokens.length - 1];
+    const at = last === undefined ? 0 : last.startOffset + last.image.length;
+    span = lines.span(at, at);
+    foundText = stmt.terminator === undefined ? "end of file" : "end of line";
+  }
+
+  if (endOfStatement && expected.includes(By)) {
+    return diagnosticAt(file, span, "missing 'by CRITERION' (every stage needs a criterion)");
+  }
+  let message = `expected ${listOr(describeExpected(expected, stmt.tokens.slice(0, index)))}, found ${foundText}`;
+  const foundKeyword = endOfStatement ? undefined : stmt.tokens[index];
+  if (foundKeyword !== undefined && KEYWORDS.includes(foundKeyword.tokenType) && expected.includes(Identifier)) {
+    message += ` ('${foundKeyword.image}' is a keyword)`;
+  }
+
+  // A misspelled keyword: suggest the closest expected one.
+  let suggestion: string | undefined;
+  const foundToken = endOfStatement ? undefined : stmt.tokens[index];
+  if (foundToken !== undefined && (foundToken.tokenType === Identifier || KEYWORDS.includes(foundToken.tokenType))) {
+    const candidates = expected.flatMap((e) => (e === END ? [] : (keywordText(e) ?? [])));
+    const word = foundToken.image.toLowerCase();
+    const glued = candidates.find((k) => word.startsWith(k) && /^-?\d+$/.test(word.slice(k.length)));
+    suggestion = glued !== undefined ? `${glued} ${word.slice(glued.length)}` : closest(foundToken.image, candidates);
+  }
+  return diagnosticAt(file, span, message, suggestion);
+}

@@ -1,0 +1,51 @@
+/** The raw syntax tree the parser builds: tokens only, no validation. to-ir.ts turns it into the IR. */
+import type { IToken } from "chevrotain";
+
+export type RawValue =
+  | { kind: "number"; token: IToken }
+  | { kind: "range"; lo: IToken; hi: IToken }
+  | { kind: "identifier"; token: IToken };
+
+export interface RawArg {
+  /** Absent for a positional argument. */
+  name?: IToken;
+  value: RawValue;
+  /** First and last token of the value. */
+  first: IToken;
+  last: IToken;
+}
+
+export type RawPosition =
+  | { kind: "after-layer" | "in-layer" | "before-layer"; first: IToken; layer: IToken }
+  | { kind: "after-encoder"; first: IToken; last: IToken };
+
+export type RawAmount =
+  | { kind: "percent"; number: IToken; last: IToken }
+  | { kind: "count"; number: IToken; last: IToken }
+  | { kind: "mass"; first: IToken; number: IToken; last: IToken }
+  | { kind: "above"; first: IToken; number: IToken };
+
+export interface RawStage {
+  kind: "stage";
+  position: RawPosition;
+  action: IToken;
+  amount?: RawAmount;
+  of?: IToken;
+  criterion: IToken;
+  args: RawArg[];
+  options: IToken[];
+}
+
+export interface RawTokenSet {
+  kind: "tokens";
+  name: IToken;
+  sourceKind: "input" | "after";
+  source: IToken;
+}
+
+export interface RawModel {
+  kind: "model";
+  name: IToken;
+}
+
+export type RawStatement = RawStage | RawTokenSet | RawModel;

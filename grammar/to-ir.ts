@@ -1,0 +1,317 @@
+/** Validates raw statements and builds the IR: value ranges, token sets, criteria and arguments against the registry. */
+import type { IToken } from "chevrotain";
+import { diagnosticAt, type Diagnostic } from "./diagnostics.js";
+import {
+  STAGE_OPTIONS, type Action, type Amount, type ArgValue, type ModelHint, type Span, type StageIR, type StageOption,
+  type StagePosition, type TokenSetDecl,
+} from "./ir.js";
+import type { ArgType, CriterionInfo, CriterionRegistry } from "./registry.js";
+import type { SourceLines } from "./source.js";
+import { closest } from "./suggest.js";
+import type { RawArg, RawStage, RawStatement, RawTokenSet, RawValue } from "./syntax.js";
+
+/** A statement that parsed, with its tokens' extent. */
+export interface ParsedStatement {
+  raw: RawStatement;
+  first: IToken;
+  last: IToken;
+}
+
+export interface IRParts {
+  model?: ModelHint;
+  tokenSets: TokenSetDecl[];
+  stages: StageIR[];
+}
+
+function num(t: IToken): number {
+  const n = Number(t.image);
+  return n === 0 ? 0 : n; // no -0
+}
+
+function list(names: readonly string[]): string {
+  return names.join(", ");
+}
+
+class Builder {
+  readonly diagnostics: Diagnostic[] = [];
+
+  constructor(
+    private readonly file: string,
+    private readonly lines: SourceLines,
+    private readonly registry: CriterionRegistry,
+  ) {}
+
+  span(first: IToken, last: IToken = first): Span {
+    return this.lines.span(first.startOffset, last.startOffset + last.image.length);
+  }
+
+  error(span: Span, message: string, suggestion?: string): void {
+    this.diagnostics.push(diagnosticAt(this.file, span, message, suggestion));
+  }
+
+  build(statements: readonly ParsedStatement[]): IRParts {
+    const parts: IRParts = { tokenSets: [], stages: [] };
+    const setLines = new Map<string, number>(); // every declared set -> line of its first declaration
+    for (const s of statements) {
+      if (s.raw.kind === "tokens" && !setLines.has(s.raw.name.image)) setLines.set(s.raw.name.image, this.span(s.raw.name).line);
+    }
+    const declared = new Set<string>();
+    for (const s of statements) {
+      const raw = s.raw;
+      if (raw.kind === "model") {
+        const span = this.span(raw.name);
+        if (parts.model !== undefined) this.error(span, `the model hint is already given on line ${parts.model.span.line}`);
+        else parts.model = { name: raw.name.image.toLowerCase(), span };
+      } else if (raw.kind === "tokens") {
+        const decl = this.tokenSet(raw, s, declared, setLines);
+        if (decl !== undefined) parts.tokenSets.push(decl);
+        declared.add(raw.name.image);
+      } else {
+        const stage = this.stage(raw, s, [...setLines.keys()]);
+        if (stage !== undefined) parts.stages.push(stage);
+      }
+    }
+    return parts;
+  }
+
+  private tokenSet(
+    raw: RawTokenSet,
+    s: ParsedStatement,
+    declaredBefore: ReadonlySet<string>,
+    setLines: ReadonlyMap<string, number>,
+  ): TokenSetDecl | undefined {
+    const name = raw.name.image;
+    const nameSpan = this.span(raw.name);
+    let ok = true;
+    if (declaredBefore.has(name)) {
+      this.error(nameSpan, `token set '${name}' is already declared on line ${setLines.get(name) ?? "?"}`);
+      ok = false;
+    }
+    const sourceSpan = this.span(raw.source);
+    const ref = raw.source.image;
+    if (raw.sourceKind === "after") {
+      if (ref === name) {
+        this.error(sourceSpan, `token set '${name}' cannot be defined after itself`);
+        ok = false;
+      } else if (!declaredBefore.has(ref)) {
+        const later = setLines.get(ref);
+        if (later !== undefined) {
+          this.error(sourceSpan, `token set '${ref}' is used before its declaration on line ${later}`);
+        } else {
+          const known = [...declaredBefore];
+          const suggestion = closest(ref, known);
+          const hint = suggestion === undefined && known.length > 0 ? ` (declared so far: ${list(known)})` : "";
+          this.error(sourceSpan, `unknown token set '${ref}'${hint}`, suggestion);
+        }
+        ok = false;
+      }
+    }
+    if (!ok) return undefined;
+    return {
+      name,
+      nameSpan,
+      source: raw.sourceKind === "input" ? { kind: "input", input: ref } : { kind: "after", set: ref },
+      sourceSpan,
+      span: this.span(s.first, s.last),
+    };
+  }
+
+  private stage(raw: RawStage, s: ParsedStatement, sets: readonly string[]): StageIR | undefined {
+    const before = this.diagnostics.length;
+
+    // Position.
+    const p = raw.position;
+    let position: StagePosition = { kind: "after-encoder" };
+    let layerSpan: Span | undefined;
+    const positionSpan = this.span(p.first, p.kind === "after-encoder" ? p.last : p.layer);
+    if (p.kind !== "after-encoder") {
+      layerSpan = this.span(p.layer);
+      const layer = num(p.layer);
+      if (!Number.isSafeInteger(layer)) {
+        this.error(layerSpan, `layer must be an integer, got ${p.layer.image}`);
+      } else if (p.kind === "before-layer") {
+        if (layer !== 0) {
+          const fix = layer > 0 ? `after layer ${layer - 1}` : undefined;
+          this.error(layerSpan, `'before layer' takes only 0 (the input embeddings), got ${p.layer.image}`, fix);
+        }
+        position = { kind: "before-layer-0" };
+      } else {
+        position = { kind: p.kind, layer };
+      }
+    }
+
+    // Action and amount.
+    const action = raw.action.image.toLowerCase() as Action;
+    let amount: Amount | undefined;
+    let amountSpan: Span | undefined;
+    const a = raw.amount;
+    if (a !== undefined) {
+      const numberSpan = this.span(a.number);
+      const value = num(a.number);
+      amountSpan = this.span(a.kind === "mass" || a.kind === "above" ? a.first : a.number, a.kind === "above" ? a.number : a.last);
+      if (a.kind === "percent" && !(value > 0 && value <= 100)) {
+        this.error(numberSpan, `amount must be in (0, 100]%, got ${a.number.image}%`);
+      } else if (a.kind === "count" && !(Number.isSafeInteger(value) && value > 0)) {
+        this.error(numberSpan, `token count must be a positive integer, got ${a.number.image}`);
+      } else if (a.kind === "mass" && !(value > 0 && value <= 100)) {
+        this.error(numberSpan, `mass must be in (0, 100]%, got ${a.number.image}%`);
+      } else if (a.kind === "above" && !Number.isFinite(value)) {
+        this.error(numberSpan, `threshold must be a finite number, got ${a.number.image}`);
+      }
+      amount = { kind: a.kind, value };
+    }
+
+    // Token set.
+    let of: string | undefined;
+    let ofSpan: Span | undefined;
+    if (raw.of !== undefined) {
+      of = raw.of.image;
+      ofSpan = this.span(raw.of);
+      if (sets.length > 0 && !sets.includes(of)) {
+        const suggestion = closest(of, sets);
+        const hint = suggestion === undefined ? ` (declared: ${list(sets)})` : "";
+        this.error(ofSpan, `unknown token set '${of}'${hint}`, suggestion);
+      }
+    }
+
+    // Criterion.
+    const criterionName = raw.criterion.image.toLowerCase();
+    const criterionSpan = this.span(raw.criterion);
+    const info = this.registry.get(criterionName);
+    let args: Record<string, ArgValue> = {};
+    let argSpans: Record<string, Span> = {};
+    if (info === undefined) {
+      this.error(criterionSpan, `unknown criterion '${raw.criterion.image}'`, closest(criterionName, this.registry.names()));
+    } else {
+      ({ args, argSpans } = this.args(info, raw.args));
+    }
+
+    // Options.
+    const options: StageOption[] = [];
+    const optionSpans: Span[] = [];
+    for (const t of raw.options) {
+      const name = t.image.toLowerCase();
+      const span = this.span(t);
+      const known = STAGE_OPTIONS.find((o) => o === name);
+      if (known === undefined) {
+        const suggestion = closest(name, STAGE_OPTIONS);
+        this.error(span, `unknown option '${t.image}'${suggestion === undefined ? ` (options: ${list(STAGE_OPTIONS)})` : ""}`, suggestion);
+      } else if (options.includes(known)) {
+        this.error(span, `option '${known}' is given twice`);
+      } else {
+        options.push(known);
+        optionSpans.push(span);
+      }
+    }
+
+    if (this.diagnostics.length > before) return undefined;
+    const stage: StageIR = {
+      position,
+      positionSpan,
+      action,
+      actionSpan: this.span(raw.action),
+      criterion: { name: criterionName, args, span: criterionSpan, argSpans },
+      options,
+      optionSpans,
+      span: this.span(s.first, s.last),
+    };
+    if (layerSpan !== undefined) stage.layerSpan = layerSpan;
+    if (amount !== undefined) stage.amount = amount;
+    if (amountSpan !== undefined) stage.amountSpan = amountSpan;
+    if (of !== undefined) stage.of = of;
+    if (ofSpan !== undefined) stage.ofSpan = ofSpan;
+    return stage;
+  }
+
+  /** Binds positional and named arguments to the declared ones and checks their types. */
+  private args(info: CriterionInfo, raws: readonly RawArg[]): { args: Record<string, ArgValue>; argSpans: Record<string, Span> } {
+    const declared = Object.keys(info.args);
+    const byLower = new Map(declared.map((n) => [n.toLowerCase(), n] as const));
+    const bound = new Map<string, { value: ArgValue; span: Span }>();
+    let sawNamed = false;
+    let positional = 0;
+    for (const raw of raws) {
+      const valueSpan = this.span(raw.first, raw.last);
+      let name: string | undefined;
+      if (raw.name === undefined) {
+        if (sawNamed) {
+          this.error(valueSpan, "a positional argument cannot follow a named one; write 'name: value'");
+          continue;
+        }
+        name = declared[positional++];
+        if (name === undefined) {
+          const takes = declared.length === 0 ? "takes no arguments" : `takes at most ${declared.length} argument${declared.length === 1 ? "" : "s"} (${list(declared)})`;
+          this.error(valueSpan, `criterion '${info.name}' ${takes}`);
+          continue;
+        }
+      } else {
+        sawNamed = true;
+        const written = raw.name.image;
+        name = byLower.get(written.toLowerCase());
+        if (name === undefined) {
+          const suggestion = closest(written, declared);
+          const hint =
+            suggestion !== undefined ? "" : declared.length === 0 ? ` ('${info.name}' takes no arguments)` : ` (it takes: ${list(declared)})`;
+          this.error(this.span(raw.name), `unknown argument '${written}' for criterion '${info.name}'${hint}`, suggestion);
+          continue;
+        }
+      }
+      if (bound.has(name)) {
+        this.error(raw.name === undefined ? valueSpan : this.span(raw.name), `argument '${name}' is given twice`);
+        continue;
+      }
+      const arg = info.args[name]!;
+      const value = this.argValue(raw.value, arg.type, name, info.name, valueSpan);
+      if (value !== undefined) bound.set(name, { value, span: valueSpan });
+    }
+    const args: Record<string, ArgValue> = {};
+    const argSpans: Record<string, Span> = {};
+    for (const name of declared) {
+      const b = bound.get(name);
+      if (b !== undefined) {
+        args[name] = b.value;
+        argSpans[name] = b.span;
+      }
+    }
+    return { args, argSpans };
+  }
+
+  private argValue(v: RawValue, type: ArgType, name: string, criterion: string, span: Span): ArgValue | undefined {
+    const got = v.kind === "range" ? `${v.lo.image}..${v.hi.image}` : v.token.image;
+    const wrong = (what: string): undefined => {
+      this.error(span, `argument '${name}' of '${criterion}' must be ${what}, got ${v.kind === "identifier" ? `'${got}'` : got}`);
+      return undefined;
+    };
+    switch (type) {
+      case "number":
+        if (v.kind !== "number" || !Number.isFinite(num(v.token))) return wrong("a number");
+        return num(v.token);
+      case "integer":
+        if (v.kind !== "number" || !Number.isSafeInteger(num(v.token))) return wrong("an integer");
+        return num(v.token);
+      case "range": {
+        if (v.kind !== "range") return wrong("a range like 8..10");
+        const lo = num(v.lo);
+        const hi = num(v.hi);
+        if (!Number.isFinite(lo) || !Number.isFinite(hi)) return wrong("a range of finite numbers");
+        if (lo > hi) return wrong("a range lo..hi with lo <= hi");
+        return [lo, hi];
+      }
+      case "identifier":
+        if (v.kind !== "identifier") return wrong("a name");
+        return v.token.image;
+    }
+  }
+}
+
+/** Validates parsed statements; problems go to the returned diagnostics. */
+export function toIR(
+  statements: readonly ParsedStatement[],
+  file: string,
+  lines: SourceLines,
+  registry: CriterionRegistry,
+): { parts: IRParts; diagnostics: Diagnostic[] } {
+  const b = new Builder(file, lines, registry);
+  const parts = b.build(statements);
+  return { parts, diagnostics: b.diagnostics };
+}

@@ -1,0 +1,306 @@
+import fc from "fast-check";
+import { describe, expect, it } from "vitest";
+import {
+  createRegistry, formatDiagnostic, parseSpec, printSpec, stripSpans, STAGE_OPTIONS,
+  type ArgValue, type CriterionInfo, type Diagnostic, type SpecIR, type StageIR, type StageOption,
+} from "../grammar/index.js";
+
+const CRITERIA: CriterionInfo[] = [
+  { name: "cls-attn", summary: "", args: {} },
+  { name: "iga", summary: "", args: {} },
+  { name: "k-center", summary: "", args: {} },
+  { name: "random", summary: "", args: { seed: { type: "integer", default: 0, doc: "" } } },
+  {
+    name: "cls-attn-ensemble",
+    summary: "",
+    args: { layers: { type: "range", doc: "" }, mode: { type: "identifier", doc: "" }, weight: { type: "number", doc: "" } },
+  },
+  { name: "crops", summary: "", args: { n: { type: "integer", doc: "" }, scale: { type: "number", doc: "" } } },
+];
+const registry = createRegistry(CRITERIA);
+const RUNS = { numRuns: 300 };
+
+const KEYWORDS = ["model", "tokens", "input", "after", "before", "in", "layer", "encoder", "keep", "drop", "merge", "mass", "above", "of", "by", "with"];
+
+/** Every diagnostic position lies inside the text: real lines, columns at most one past the line end. */
+function checkPositions(text: string, diagnostics: readonly Diagnostic[]): void {
+  const lines = text.split(/\r\n|\r|\n/);
+  for (const d of diagnostics) {
+    const where = `${d.line}:${d.column}-${d.endLine}:${d.endColumn} (${d.message}) in ${JSON.stringify(text)}`;
+    expect(d.line, where).toBeGreaterThanOrEqual(1);
+    expect(d.line, where).toBeLessThanOrEqual(lines.length);
+    expect(d.endLine, where).toBeGreaterThanOrEqual(d.line);
+    expect(d.endLine, where).toBeLessThanOrEqual(lines.length);
+    expect(d.column, where).toBeGreaterThanOrEqual(1);
+    expect(d.column, where).toBeLessThanOrEqual(lines[d.line - 1]!.length + 1);
+    expect(d.endColumn, where).toBeGreaterThanOrEqual(1);
+    expect(d.endColumn, where).toBeLessThanOrEqual(lines[d.endLine - 1]!.length + 1);
+    if (d.endLine === d.line) expect(d.endColumn, where).toBeGreaterThanOrEqual(d.column);
+    expect(d.message.length, where).toBeGreaterThan(0);
+    expect(formatDiagnostic(d, text).startsWith(`${d.file}:${d.line}:${d.column}: error: `)).toBe(true);
+  }
+}
+
+function checkParse(text: string): void {
+  const r = parseSpec(text, "p.prune", registry);
+  checkPositions(text, r.diagnostics);
+  for (const d of r.diagnostics) expect(d.message, text).not.toMatch(/^internal error/);
+  if (r.diagnostics.length === 0) expect(r.spec).toBeDefined();
+  else expect(r.spec).toBeUndefined();
+}
+
+// ---------- generators of valid IR (as the parser would produce it) ----------
+
+const noNegZero = (n: number): number => (n === 0 ? 0 : n);
+const identifier = fc
+  .stringMatching(/^[A-Za-z_][A-Za-z0-9_-]{0,8}$/)
+  .filter((s) => !KEYWORDS.includes(s.toLowerCase()));
+const word = fc.oneof(identifier, fc.constantFrom(...KEYWORDS));
+const finite = fc.double({ noNaN: true, noDefaultInfinity: true }).map(noNegZero);
+const percent = fc.oneof(fc.integer({ min: 1, max: 100 }), fc.double({ min: 0, max: 100, minExcluded: true, noNaN: true }));
+const layer = fc.integer({ min: -48, max: 48 }).map(noNegZero);
+
+const amount = fc.oneof(
+  percent.map((value) => ({ kind: "percent" as const, value })),
+  fc.integer({ min: 1, max: 2 ** 40 }).map((value) => ({ kind: "count" as const, value })),
+  percent.map((value) => ({ kind: "mass" as const, value })),
+  finite.map((value) => ({ kind: "above" as const, value })),
+);
+
+const position = fc.oneof(
+  layer.map((l) => ({ kind: "after-layer" as const, layer: l })),
+  layer.map((l) => ({ kind: "in-layer" as const, layer: l })),
+  fc.constant({ kind: "after-encoder" as const }),
+  fc.constant({ kind: "before-layer-0" as const }),
+);
+
+function argArbitrary(type: string): fc.Arbitrary<ArgValue> {
+  switch (type) {
+    case "integer":
+      return fc.integer({ min: -1000, max: 1000 }).map(noNegZero);
+    case "number":
+      return finite;
+    case "range":
+      return fc.tuple(finite, finite).map(([a, b]): [number, number] => (a <= b ? [a, b] : [b, a]));
+    default:
+      return word;
+  }
+}
+
+const criterion = fc.constantFrom(...CRITERIA).chain((info) => {
+  const entries = Object.entries(info.args).map(([name, a]) => fc.option(argArbitrary(a.type), { nil: undefined }).map((v) => [name, v] as const));
+  return fc.tuple(...entries).map((pairs) => {
+    const args: Record<string, ArgValue> = {};
+    for (const [name, v] of pairs) if (v !== undefined) args[name] = v;
+    return { name: info.name, args };
+  });
+});
+
+const options = fc.shuffledSubarray([...STAGE_OPTIONS]) as fc.Arbitrary<StageOption[]>;
+const span = { line: 1, column: 1, endLine: 1, endColumn: 1 };
+
+const specShape = fc
+  .record({
+    model: fc.option(word.map((w) => w.toLowerCase()), { nil: undefined }),
+    setNames: fc.uniqueArray(identifier, { maxLength: 4, selector: (s) => s }),
+    inputs: fc.array(fc.oneof(identifier, fc.constant("")), { minLength: 4, maxLength: 4 }),
+    stages: fc.array(
+      fc.record({
+        position,
+        action: fc.constantFrom("keep" as const, "drop" as const, "merge" as const),
+        amount: fc.option(amount, { nil: undefined }),
+        ofIndex: fc.option(fc.nat(), { nil: undefined }),
+        freeOf: identifier,
+        criterion,
+        options,
+      }),
+      { maxLength: 6 },
+    ),
+  })
+  .map(({ model, setNames, inputs, stages }) => {
+    const sets = setNames.map((name, i) => ({
+      name,
+      // An input-mask set, or one after an earlier set (an empty input string picks `after`).
+      source: i > 0 && inputs[i] === "" ? { kind: "after" as const, set: setNames[i - 1]! } : { kind: "input" as const, input: inputs[i] || "mask" },
+    }));
+    return {
+      model,
+      sets,
+      stages: stages.map(({ ofIndex, freeOf, ...s }) => {
+        const of = ofIndex === undefined ? undefined : setNames.length > 0 ? setNames[ofIndex % setNames.length] : freeOf;
+        return { ...s, of };
+      }),
+    };
+  });
+
+/** The IR a shape stands for; spans are placeholders (stripSpans ignores them). */
+type Shape = typeof specShape extends fc.Arbitrary<infer T> ? T : never;
+
+function toSpec(shape: Shape): SpecIR {
+  const spec: SpecIR = {
+    file: "gen.prune",
+    text: "",
+    tokenSets: shape.sets.map((s) => ({ name: s.name, nameSpan: span, source: s.source, sourceSpan: span, span })),
+    stages: shape.stages.map((s) => {
+      const st: StageIR = {
+        position: s.position,
+        positionSpan: span,
+        action: s.action,
+        actionSpan: span,
+        criterion: { name: s.criterion.name, args: s.criterion.args, span, argSpans: {} },
+        options: s.options,
+        optionSpans: s.options.map(() => span),
+        span,
+      };
+      if (s.amount !== undefined) st.amount = s.amount;
+      if (s.of !== undefined) st.of = s.of;
+      return st;
+    }),
+  };
+  if (shape.model !== undefined) spec.model = { name: shape.model, span };
+  return spec;
+}
+
+// ---------- a noisy printer: same meaning, different text ----------
+
+const noise = fc.record({
+  upper: fc.boolean(),
+  wide: fc.boolean(),
+  semicolons: fc.boolean(),
+  comments: fc.boolean(),
+  crlf: fc.boolean(),
+  countWord: fc.boolean(),
+  positional: fc.boolean(),
+  spacePercent: fc.boolean(),
+});
+type Noise = typeof noise extends fc.Arbitrary<infer T> ? T : never;
+
+function noisyText(spec: SpecIR, n: Noise): string {
+  const kw = (k: string): string => (n.upper ? k.toUpperCase() : k);
+  const sp = n.wide ? " \t " : " ";
+  const pct = n.spacePercent ? " %" : "%";
+  const statements: string[] = [];
+  for (const s of spec.stages) {
+    const parts: string[] = [];
+    const p = s.position;
+    if (p.kind === "after-layer") parts.push(kw("after"), kw("layer"), String(p.layer));
+    else if (p.kind === "in-layer") parts.push(kw("in"), kw("layer"), String(p.layer));
+    else if (p.kind === "after-encoder") parts.push(kw("after"), kw("encoder"));
+    else parts.push(kw("before"), kw("layer"), "0");
+    parts.push(kw(s.action));
+    const a = s.amount;
+    if (a?.kind === "percent") parts.push(`${a.value}${pct}`);
+    if (a?.kind === "count") parts.push(n.countWord ? `${a.value} ${kw("tokens")}` : String(a.value));
+    if (a?.kind === "mass") parts.push(kw("mass"), `${a.value}${pct}`);
+    if (a?.kind === "above") parts.push(kw("above"), String(a.value));
+    if (s.of !== undefined) parts.push(kw("of"), s.of);
+    const info = registry.get(s.criterion.name)!;
+    const declared = Object.keys(info.args);
+    const fmt = (v: ArgValue): string => (Array.isArray(v) ? `${v[0]}..${v[1]}` : String(v));
+    // Positional for the longest declared prefix that is present (when asked), then named in reverse order.
+    const args: string[] = [];
+    let i = 0;
+    if (n.positional) for (; i < declared.length && s.criterion.args[declared[i]!] !== undefined; i++) args.push(fmt(s.criterion.args[declared[i]!]!));
+    const rest = declared.slice(i).filter((d) => s.criterion.args[d] !== undefined).reverse();
+    for (const d of rest) args.push(`${n.upper ? d.toUpperCase() : d}: ${fmt(s.criterion.args[d]!)}`);
+    parts.push(kw("by"), `${n.upper ? s.criterion.name.toUpperCase() : s.criterion.name}${args.length > 0 || n.positional ? `(${args.join(", ")})` : ""}`);
+    if (s.options.length > 0) parts.push(kw("with"), s.options.map(kw).join(`${sp},${sp}`));
+    statements.push(parts.join(sp));
+  }
+  const sets = spec.tokenSets.map((t) => [kw("tokens"), t.name, "=", t.source.kind === "input" ? `${kw("input")} ${t.source.input}` : `${kw("after")} ${t.source.set}`].join(sp));
+  // Stages first, then the model hint, then the sets: order between kinds does not matter.
+  const all = [...statements, ...(spec.model ? [`${kw("model")}${sp}${spec.model.name}`] : []), ...sets];
+  const eol = n.crlf ? "\r\n" : "\n";
+  const comment = n.comments ? `${sp}# note: keep 250% by nothing; afer` : "";
+  // A comment runs to the end of the line, so with `;` separators it can only close the whole line.
+  const body = n.semicolons ? `${all.join(`;${sp}`)};${comment}` : all.map((l) => `${sp}${l}${comment}`).join(eol);
+  return (n.comments ? `# header${eol}${eol}` : "") + body + eol;
+}
+
+describe("grammar properties", () => {
+  it("print then parse gives the same IR", () => {
+    fc.assert(
+      fc.property(specShape, (shape) => {
+        const spec = toSpec(shape);
+        const text = printSpec(spec);
+        const r = parseSpec(text, "gen.prune", registry);
+        expect(r.diagnostics, text).toEqual([]);
+        expect(stripSpans(r.spec!)).toEqual(stripSpans(spec));
+        expect(printSpec(r.spec!)).toBe(text);
+      }),
+      RUNS,
+    );
+  });
+
+  it("noisy spellings of a spec parse to the same IR as its canonical form", () => {
+    fc.assert(
+      fc.property(specShape, noise, (shape, n) => {
+        const spec = toSpec(shape);
+        const text = noisyText(spec, n);
+        const r = parseSpec(text, "gen.prune", registry);
+        expect(r.diagnostics, text).toEqual([]);
+        expect(stripSpans(r.spec!)).toEqual(stripSpans(spec));
+        checkPositions(text, []);
+      }),
+      RUNS,
+    );
+  });
+
+  it("arbitrary text never throws and every diagnostic lies inside it", () => {
+    fc.assert(fc.property(fc.string({ maxLength: 200 }), checkParse), { numRuns: 500 });
+    fc.assert(fc.property(fc.string({ unit: "binary", maxLength: 120 }), checkParse), { numRuns: 300 });
+  });
+
+  it("token soup never throws and every diagnostic lies inside it", () => {
+    const piece = fc.oneof(
+      fc.constantFrom(...KEYWORDS, "cls-attn", "IGA", "random", "crops", "image", "recycle", "mask", "tokens"),
+      fc.constantFrom("%", "(", ")", ",", ":", "..", "=", ";", "\n", "\r\n", "\r", "#", "-", ".", "@", "\t", ""),
+      fc.integer({ min: -300, max: 300 }).map(String),
+      fc.double({ noNaN: true }).map(String),
+    );
+    const soup = fc.array(fc.tuple(piece, fc.constantFrom(" ", "", "  ")), { maxLength: 30 }).map((ps) => ps.map(([p, s]) => p + s).join(""));
+    fc.assert(fc.property(soup, checkParse), { numRuns: 1000 });
+  });
+
+  it("mutated valid specs never throw and every diagnostic lies inside them", () => {
+    const mutation = fc.record({
+      kind: fc.constantFrom("delete", "insert", "replace", "swap-lines", "duplicate"),
+      at: fc.nat(),
+      length: fc.integer({ min: 1, max: 6 }),
+      insert: fc.oneof(fc.string({ maxLength: 6 }), fc.constantFrom("kepe", "afer", "%", "..", "(", ";", "\n", "-", "250", "0", "1.5", "x:")),
+    });
+    fc.assert(
+      fc.property(specShape, fc.array(mutation, { minLength: 1, maxLength: 4 }), (shape, ms) => {
+        let text = printSpec(toSpec(shape));
+        for (const m of ms) {
+          const at = text.length === 0 ? 0 : m.at % (text.length + 1);
+          if (m.kind === "delete") text = text.slice(0, at) + text.slice(at + m.length);
+          else if (m.kind === "insert") text = text.slice(0, at) + m.insert + text.slice(at);
+          else if (m.kind === "replace") text = text.slice(0, at) + m.insert + text.slice(at + m.length);
+          else {
+            const lines = text.split("\n");
+            const i = at % lines.length;
+            if (m.kind === "duplicate") lines.splice(i, 0, lines[i]!);
+            else lines.reverse();
+            text = lines.join("\n");
+          }
+        }
+        checkParse(text);
+      }),
+      { numRuns: 1000 },
+    );
+  });
+
+  it("reports at most one syntax error per statement and one diagnostic per broken statement at least", () => {
+    fc.assert(
+      fc.property(fc.array(fc.constantFrom("after layer 2 keep 250% by cls-attn", "afer layer 1 keep 5% by iga", "in layer 3 drop by nope", "after layer 1 keep 5% by iga"), { maxLength: 8 }), (stmts) => {
+        const text = stmts.join("\n");
+        const r = parseSpec(text, "p.prune", registry);
+        const broken = stmts.filter((s) => s !== "after layer 1 keep 5% by iga").length;
+        expect(r.diagnostics).toHaveLength(broken);
+        checkPositions(text, r.diagnostics);
+      }),
+      RUNS,
+    );
+  });
+});
