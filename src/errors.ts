@@ -8,12 +8,26 @@ export type ErrorKind =
 
 export const EXIT_CODES: Record<ErrorKind, number> = { io: 2, format: 3, spec: 4, analysis: 5, apply: 6 };
 
+/** A located problem in a spec file (same shape as grammar diagnostics, kept here to stay import-free). */
+export interface Located {
+  file: string;
+  line: number;
+  column: number;
+  endLine: number;
+  endColumn: number;
+  message: string;
+  suggestion?: string;
+}
+
 export class PrunecError extends Error {
   readonly kind: ErrorKind;
-  constructor(kind: ErrorKind, message: string) {
+  /** For spec errors: each diagnostic, so `--json` can report them as objects. */
+  readonly diagnostics: readonly Located[];
+  constructor(kind: ErrorKind, message: string, diagnostics: readonly Located[] = []) {
     super(message);
     this.kind = kind;
     this.name = "PrunecError";
+    this.diagnostics = diagnostics;
   }
   get exitCode(): number {
     return EXIT_CODES[this.kind];

@@ -17,7 +17,10 @@ export function decodeModel(bytes: Uint8Array, source = "model"): ModelProto {
     model = fromBinary(ModelProtoSchema, bytes);
   } catch (e) {
     const why = e instanceof Error ? e.message : String(e);
-    throw new PrunecError("format", `${source}: not a valid ONNX model (protobuf decoding failed: ${why}; is the file truncated?)`);
+    if (/premature EOF|out of range|index out of/i.test(why)) {
+      throw new PrunecError("format", `${source}: truncated ONNX model (the protobuf data ends early: ${why})`);
+    }
+    throw new PrunecError("format", `${source}: not an ONNX model (protobuf decoding failed: ${why})`);
   }
   // Arbitrary bytes sometimes decode as a protobuf; a model needs an IR version, an opset and a graph.
   if (model.irVersion <= 0n || model.opsetImport.length === 0 || model.graph === undefined) {

@@ -1,0 +1,118 @@
+/**
+ * One pruning stage: score the prunable tokens with the stage's criterion, keep the top K with the
+ * special tokens in front, and gather the residual stream leaving the layer.
+ *
+ * Pre:  plan validated by `planStage` (layer has a residual block, the criterion supports it).
+ * Post: a new GraphProto in which every consumer of the layer's output residual sees K' tokens;
+ *       stale value_info below the stage is dropped; constant shapes holding the old token count at
+ *       the token axis are retargeted. The input graph is not mutated.
+ */
+import { Graph, type GraphProto, type NodeProto } from "../src/ir/graph.js";
+import { shallowCopy } from "../src/ir/copy.js";
+import type { LayerInfo, TransformerInfo } from "../src/analysis/transformer.js";
+import type { Dim } from "../src/analysis/dims.js";
+import { int64Tensor } from "../src/onnx/tensor.js";
+import { NodeBuilder } from "./builder.js";
+import type { CriterionModule } from "./criterion.js";
+import { keepCountDynamic } from "./amount.js";
+import { selectTopK } from "./select-topk.js";
+import { gatherTokens } from "./gather-tokens.js";
+import { PrunecError } from "../src/errors.js";
+import type { ArgValue } from "../grammar/ir.js";
+
+export interface StagePlan {
+  stage: number;
+  layer: LayerInfo;
+  /** Percentage of prunable tokens kept (used when the token count is symbolic). */
+  percent: number;
+  /** Static number of prunable tokens kept, when the token count is known. */
+  keep?: number;
+  criterion: CriterionModule;
+  args: Record<string, ArgValue>;
+  /** Tokens entering the stage (prefix included) and kept by it. */
+  tokensIn: Dim;
+  tokensOut: Dim;
+  prefix: number;
+}
+
+export interface StageResult {
+  graph: GraphProto;
+  /** int64 [batch, K'] kept positions, numbered as the stage's input tokens. */
+  indices: string;
+  added: NodeProto[];
+}
+
+export function applyStage(proto: GraphProto, model: TransformerInfo, plan: StagePlan, opset: number): StageResult {
+  const g = new Graph(proto);
+  const residual = plan.layer.residual!;
+  const r = residual.output;
+  const b = new NodeBuilder(`prunec/stage${plan.stage}/${plan.criterion.name}`, opset);
+
+  const scores = plan.criterion.score({ graph: g, model, layer: plan.layer, args: plan.args, b, prefix: plan.prefix });
+  const k = keepTensor(b, scores, plan);
+  const keep = selectTopK(b, scores, k, plan.prefix);
+  const gather = gatherTokens(b, r, keep, { tokenAxis: model.tokenAxis!, ...(model.batchAxis !== undefined ? { batchAxis: model.batchAxis } : {}) });
+
+  // The original producer of r now writes r/dense; stage nodes go right after it (their inputs,
+  // the layer's probabilities and r/dense, all exist by then).
+  const producer = g.producer.get(r)!;
+  const renamed = shallowCopy(producer, { output: producer.output.map((o) => (o === r ? gather.dense : o)) });
+  const at = proto.node.indexOf(producer);
+  const nodes = [...proto.node.slice(0, at), renamed, ...b.nodes, ...proto.node.slice(at + 1)];
+
+  const below = new Set([...g.descendants(r)].flatMap((n) => n.output));
+  below.add(r);
+  const retargeted = retargetShapeConstants(g, nodes, below, plan, model);
+  const graph = shallowCopy(proto, {
+    node: retargeted.nodes,
+    initializer: [...proto.initializer, ...b.initializers, ...retargeted.initializers],
+    // Shapes recorded below the stage describe the dense model; ORT would reject them.
+    valueInfo: proto.valueInfo.filter((v) => !below.has(v.name)),
+  });
+  return { graph, indices: keep, added: b.nodes };
+}
+
+function keepTensor(b: NodeBuilder, scores: string, plan: StagePlan): string {
+  if (plan.keep !== undefined) return b.int64([plan.keep], [1], "k");
+  const n = b.slice(b.op("Shape", [scores]), 0, 1, 2);
+  return keepCountDynamic(b, n, plan.percent);
+}
+
+/**
+ * Reshape/Expand/Tile/ConstantOfShape below the stage whose shape is a constant naming the old token
+ * count would break at run time. A Reshape whose constant has the count exactly at the token axis is
+ * retargeted; anything else is refused before writing.
+ */
+function retargetShapeConstants(
+  g: Graph,
+  nodes: NodeProto[],
+  below: Set<string>,
+  plan: StagePlan,
+  model: TransformerInfo,
+): { nodes: NodeProto[]; initializers: ReturnType<typeof int64Tensor>[] } {
+  const initializers: ReturnType<typeof int64Tensor>[] = [];
+  if (typeof plan.tokensIn !== "number" || typeof plan.tokensOut !== "number" || plan.tokensIn === plan.tokensOut) {
+    return { nodes, initializers };
+  }
+  const oldN = plan.tokensIn;
+  const shapeInput: Record<string, number> = { Reshape: 1, Expand: 1, Tile: 1, ConstantOfShape: 0 };
+  const out = nodes.map((n) => {
+    const slot = shapeInput[n.opType];
+    if (slot === undefined || n.domain !== "" || !n.input.some((i) => below.has(i))) return n;
+    const name = n.input[slot];
+    const value = name ? g.constant(name) : undefined;
+    if (!value || !value.includes(oldN)) return n;
+    if (n.opType === "Reshape" && value.indexOf(oldN) === model.tokenAxis && value.lastIndexOf(oldN) === model.tokenAxis) {
+      const fixed = value.slice();
+      fixed[model.tokenAxis] = plan.tokensOut as number;
+      const t = int64Tensor(`prunec/stage${plan.stage}/retarget/${n.name || name}`, fixed);
+      initializers.push(t);
+      return shallowCopy(n, { input: n.input.map((inp, i) => (i === slot ? t.name : inp)) });
+    }
+    throw new PrunecError(
+      "apply",
+      `node '${n.name}' (${n.opType}) after layer ${plan.layer.index} has the token count ${oldN} baked into its constant shape [${value.join(", ")}]; prunec cannot retarget it`,
+    );
+  });
+  return { nodes: out, initializers };
+}

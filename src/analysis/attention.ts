@@ -1,0 +1,109 @@
+/**
+ * Finding attention blocks. Anchor ops + parent paths, as in onnxruntime's transformers optimizer:
+ * - unfused: a Softmax whose input comes (through scale/mask/cast ops) from a MatMul of two
+ *   activations (Q·Kᵀ) and whose output (through casts) feeds a MatMul with an activation (P·V);
+ * - fused: com.microsoft MultiHeadAttention / Attention / GroupQueryAttention (and packed variants);
+ * - linear attention (gated delta nets and the like) shows up as a layer with no anchor at all,
+ *   see layers.ts.
+ */
+import { Graph, attrInt, type NodeProto } from "../ir/graph.js";
+
+export type AttentionKind = "matmul-softmax" | "MultiHeadAttention" | "Attention" | "GroupQueryAttention" | "PackedMultiHeadAttention";
+
+export interface AttentionCore {
+  kind: AttentionKind;
+  /** The anchor node: the Softmax (unfused) or the fused attention op. */
+  anchor: NodeProto;
+  /** Tensor of the attention probabilities, when the graph materializes them (unfused only). */
+  probs?: string;
+  /** The Q·Kᵀ MatMul (unfused) and the P·V MatMul. */
+  qk?: NodeProto;
+  pv?: NodeProto;
+  /** Query and key tensors as the core consumes them. */
+  query: string;
+  key?: string;
+  /** num_heads attribute of fused ops. */
+  heads?: number;
+  kvHeads?: number;
+  /** Fused ops that take rotary inside (do_rotary) or that are preceded by RotaryEmbedding nodes. */
+  rotary: boolean;
+}
+
+const FUSED: ReadonlySet<string> = new Set(["MultiHeadAttention", "Attention", "GroupQueryAttention", "PackedMultiHeadAttention"]);
+/** Ops between Q·Kᵀ and Softmax in real exports: scaling, masks, casts, bias adds. */
+const PRE_SOFTMAX: ReadonlySet<string> = new Set(["Add", "Div", "Mul", "Cast", "Where", "Sub", "Identity"]);
+/** Ops between Softmax and P·V. */
+const POST_SOFTMAX: ReadonlySet<string> = new Set(["Cast", "Dropout", "Identity"]);
+
+/** True when `t` is computed from the graph's activations rather than only from weights. */
+function isActivation(g: Graph, t: string): boolean {
+  if (g.isConstant(t)) return false;
+  if (g.inputs.has(t)) return true;
+  const p = g.producer.get(t);
+  if (!p) return false;
+  if (p.opType === "Constant") return false;
+  // A MatMul weight may be dequantized or transposed on the fly; such chains end in initializers.
+  return p.input.some((i) => i !== "" && isActivation(g, i));
+}
+
+function findQk(g: Graph, t: string, depth = 0): NodeProto | undefined {
+  const p = g.producer.get(t);
+  if (!p || depth > 6) return undefined;
+  if (p.opType === "MatMul" && p.input.every((i) => isActivation(g, i))) return p;
+  if (!PRE_SOFTMAX.has(p.opType)) return undefined;
+  for (const i of p.input) {
+    if (!i || !isActivation(g, i)) continue;
+    const found = findQk(g, i, depth + 1);
+    if (found) return found;
+  }
+  return undefined;
+}
+
+function findPv(g: Graph, t: string, depth = 0): NodeProto | undefined {
+  if (depth > 4) return undefined;
+  for (const c of g.consumersOf(t)) {
+    if (c.opType === "MatMul" && c.input[0] === t && c.input[1] && isActivation(g, c.input[1])) return c;
+    if (POST_SOFTMAX.has(c.opType) && c.output[0]) {
+      const found = findPv(g, c.output[0], depth + 1);
+      if (found) return found;
+    }
+  }
+  return undefined;
+}
+
+/** Ops exporters put between a RotaryEmbedding and the attention op (head reshapes). */
+const LAYOUT_OPS: ReadonlySet<string> = new Set(["Reshape", "Squeeze", "Unsqueeze", "Transpose", "Cast", "Identity"]);
+
+function rotaryAbove(g: Graph, t: string, depth = 0): boolean {
+  const p = g.producer.get(t);
+  if (!p || depth > 4) return false;
+  if (p.opType === "RotaryEmbedding") return true;
+  return LAYOUT_OPS.has(p.opType) && p.input[0] !== undefined && rotaryAbove(g, p.input[0], depth + 1);
+}
+
+export function findAttentionCores(g: Graph): AttentionCore[] {
+  const cores: AttentionCore[] = [];
+  for (const n of g.order) {
+    if (n.opType === "Softmax" && n.domain === "" && n.input[0] && n.output[0]) {
+      const qk = findQk(g, n.input[0]);
+      const pv = qk ? findPv(g, n.output[0]) : undefined;
+      if (!qk || !pv) continue;
+      cores.push({ kind: "matmul-softmax", anchor: n, probs: n.output[0], qk, pv, query: qk.input[0]!, key: qk.input[1]!, rotary: false });
+    } else if (n.domain === "com.microsoft" && FUSED.has(n.opType)) {
+      const core: AttentionCore = {
+        kind: n.opType as AttentionKind,
+        anchor: n,
+        query: n.input[0]!,
+        heads: attrInt(n, "num_heads", 0) || undefined,
+        rotary: attrInt(n, "do_rotary", 0) === 1,
+      };
+      const kvHeads = attrInt(n, "kv_num_heads", 0);
+      if (kvHeads) core.kvHeads = kvHeads;
+      // Attention (not MHA) takes the hidden state and does its own projection: no separate key.
+      if (n.opType !== "Attention" && n.input[1]) core.key = n.input[1];
+      if (!core.rotary) core.rotary = [core.query, core.key].some((t) => t !== undefined && rotaryAbove(g, t));
+      cores.push(core);
+    }
+  }
+  return cores;
+}

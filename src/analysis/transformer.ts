@@ -1,0 +1,222 @@
+/**
+ * Transformer analysis: the layer stack (attention block and residual stream per layer, heads,
+ * head size), the token and batch axes, the token count, and whether a CLS token is prepended.
+ * Pure: reads a Graph, returns facts; passes decide what they can do with them.
+ */
+import { Graph, attrInt, type NodeProto } from "../ir/graph.js";
+import { findAttentionCores, type AttentionCore, type AttentionKind } from "./attention.js";
+import { findResidualBlock, type ResidualBlock } from "./residual.js";
+import { inferShapes } from "./shapes.js";
+import type { Dim, Shape, ShapeMap } from "./dims.js";
+import { PrunecError } from "../errors.js";
+
+export type LayerKind = AttentionKind | "linear-attention" | "unknown";
+
+export interface LayerInfo {
+  index: number;
+  /** Name prefix exporters gave the layer, e.g. `/encoder/layers/encoder_layer_3`. */
+  name?: string;
+  kind: LayerKind;
+  core?: AttentionCore;
+  residual?: ResidualBlock;
+  heads?: number;
+  headSize?: number;
+  /** Probability layout of a materialized attention map. */
+  probsLayout?: "batch*heads,q,k" | "heads,q,k" | "batch,heads,q,k";
+  quantization?: "MatMulInteger" | "MatMulNBits";
+  rotary: boolean;
+}
+
+export interface TransformerInfo {
+  layers: LayerInfo[];
+  hidden?: number;
+  /** Axes of the residual stream tensor [.., tokens, .., hidden]. */
+  tokenAxis?: number;
+  batchAxis?: number;
+  tokens?: Dim;
+  cls: { present: boolean; index?: number; prefixTokens: number };
+  shapes: ShapeMap;
+}
+
+const LAYER_NAME = /^(.*?(?:^|[/.])(?:layers|layer|blocks|block|h|encoder_layer|resblocks)[._](\d+))(?=[/._:]|$)/;
+
+function layerOfName(name: string): { prefix: string; index: number } | undefined {
+  const m = LAYER_NAME.exec(name);
+  return m ? { prefix: m[1]!, index: Number(m[2]) } : undefined;
+}
+
+function quantizationOf(nodes: NodeProto[]): LayerInfo["quantization"] {
+  if (nodes.some((n) => n.opType === "MatMulNBits")) return "MatMulNBits";
+  if (nodes.some((n) => n.opType === "MatMulInteger")) return "MatMulInteger";
+  return undefined;
+}
+
+/** Group nodes by the layer index in their names: exporters keep module paths in node names. */
+function nodesByLayerName(g: Graph): Map<number, { prefix: string; nodes: NodeProto[] }> {
+  const groups = new Map<number, { prefix: string; nodes: NodeProto[] }>();
+  for (const n of g.order) {
+    const l = layerOfName(n.name);
+    if (!l) continue;
+    const grp = groups.get(l.index);
+    if (grp) grp.nodes.push(n);
+    else groups.set(l.index, { prefix: l.prefix, nodes: [n] });
+  }
+  return groups;
+}
+
+/** Linear-attention layers carry recurrent state through control flow (prefill vs decode paths). */
+function isStateful(nodes: NodeProto[]): boolean {
+  return nodes.some((n) => n.opType === "If" || n.opType === "Scan" || n.opType === "Loop");
+}
+
+function isContiguous(keys: number[]): boolean {
+  return keys.length > 0 && keys.every((k, i) => k === i);
+}
+
+export function analyzeTransformer(g: Graph, source = "model"): TransformerInfo {
+  const shapes = inferShapes(g);
+  const cores = findAttentionCores(g);
+  const groups = nodesByLayerName(g);
+  const layerKeys = [...groups.keys()].sort((a, b) => a - b);
+  // Exporters file the final norm under `layers.N` too (transformers.js): a trailing group with
+  // neither attention nor recurrent state is not a layer.
+  while (layerKeys.length && !cores.some((c) => layerOfName(c.anchor.name)?.index === layerKeys.at(-1)) && !isStateful(groups.get(layerKeys.at(-1)!)!.nodes)) {
+    layerKeys.pop();
+  }
+
+  const layers: LayerInfo[] = [];
+  const coreLayer = (c: AttentionCore): number | undefined => layerOfName(c.anchor.name)?.index;
+  if (isContiguous(layerKeys) && cores.every((c) => coreLayer(c) !== undefined)) {
+    // Named layers: a layer without an attention anchor is linear attention if it carries state.
+    for (const index of layerKeys) {
+      const grp = groups.get(index)!;
+      const core = cores.find((c) => coreLayer(c) === index);
+      const kind: LayerKind = core ? core.kind : isStateful(grp.nodes) ? "linear-attention" : "unknown";
+      layers.push(describeLayer(g, shapes, index, kind, core, grp.prefix, grp.nodes));
+    }
+  } else {
+    cores.forEach((core, index) => layers.push(describeLayer(g, shapes, index, core.kind, core, undefined, [])));
+  }
+  if (layers.length === 0 || cores.length === 0) {
+    throw new PrunecError(
+      "analysis",
+      `${source}: no transformer layers found (looked for Softmax between a Q·Kᵀ MatMul and a P·V MatMul, and for com.microsoft MultiHeadAttention/Attention/GroupQueryAttention nodes; found none)`,
+    );
+  }
+
+  const first = layers.find((l) => l.residual);
+  const residualShape = first?.residual ? shapes.get(first.residual.input) : undefined;
+  const info: TransformerInfo = { layers, cls: { present: false, prefixTokens: 0 }, shapes };
+  const hidden = residualShape?.at(-1);
+  if (typeof hidden === "number") info.hidden = hidden;
+  if (residualShape) {
+    const axes = tokenAndBatchAxes(g, residualShape);
+    info.tokenAxis = axes.token;
+    if (axes.batch !== undefined) info.batchAxis = axes.batch;
+    info.tokens = residualShape[axes.token]!;
+    if (first?.residual) info.cls = detectCls(g, shapes, first.residual.input, axes.token);
+  }
+  for (const l of layers) fillHeads(l, shapes, info.hidden);
+  return info;
+}
+
+function describeLayer(
+  g: Graph,
+  shapes: ShapeMap,
+  index: number,
+  kind: LayerKind,
+  core: AttentionCore | undefined,
+  name: string | undefined,
+  nodes: NodeProto[],
+): LayerInfo {
+  const layer: LayerInfo = { index, kind, rotary: core?.rotary ?? false };
+  if (name) layer.name = name;
+  if (core) {
+    layer.core = core;
+    const residual = findResidualBlock(g, core);
+    if (residual) layer.residual = residual;
+    if (core.heads) layer.heads = core.heads;
+    if (core.probs) {
+      const rank = shapes.get(core.probs)?.length;
+      if (rank === 4) layer.probsLayout = "batch,heads,q,k";
+      else if (rank === 3) layer.probsLayout = batchless(g, shapes) ? "heads,q,k" : "batch*heads,q,k";
+    }
+  }
+  const q = quantizationOf(nodes.length ? nodes : core ? [...g.ancestors(core.query)] : []);
+  if (q) layer.quantization = q;
+  return layer;
+}
+
+/** Models whose first input has no batch axis (token-flattened vision towers such as Qwen2-VL's). */
+function batchless(g: Graph, shapes: ShapeMap): boolean {
+  const firstInput = [...g.inputs][0];
+  const s = firstInput ? shapes.get(firstInput) : undefined;
+  return s !== undefined && s.length === 2;
+}
+
+function fillHeads(l: LayerInfo, shapes: ShapeMap, hidden: number | undefined): void {
+  const core = l.core;
+  if (!core) return;
+  if (l.probsLayout === "batch,heads,q,k" && core.probs) {
+    const h = shapes.get(core.probs)?.[1];
+    if (typeof h === "number") l.heads = h;
+  }
+  if (core.qk) {
+    // Q·Kᵀ takes q as [.., tokens, head_size].
+    const hs = shapes.get(core.query)?.at(-1);
+    if (typeof hs === "number") l.headSize = hs;
+  }
+  if (l.probsLayout === "heads,q,k" && core.probs) {
+    const h = shapes.get(core.probs)?.[0];
+    if (typeof h === "number") l.heads = h;
+  }
+  if (l.heads === undefined && l.headSize && hidden) l.heads = hidden / l.headSize;
+  if (l.headSize === undefined && l.heads && hidden) l.headSize = hidden / l.heads;
+}
+
+function tokenAndBatchAxes(g: Graph, residual: Shape): { token: number; batch?: number } {
+  if (residual.length === 2) return { token: 0 };
+  const firstInput = [...g.inputs][0];
+  const batchSym = firstInput ? g.valueInfo.get(firstInput) : undefined;
+  const dim0 = batchSym?.type?.value.case === "tensorType" ? batchSym.type.value.value.shape?.dim[0] : undefined;
+  const batchName = dim0?.value.case === "dimParam" ? dim0.value.value : undefined;
+  // Sequence-first residual streams carry the batch symbol at axis 1.
+  if (batchName !== undefined && residual[1] === batchName && residual[0] !== batchName) return { token: 0, batch: 1 };
+  return { token: 1, batch: 0 };
+}
+
+const PASS_THROUGH: ReadonlySet<string> = new Set(["Expand", "Tile", "Cast", "Identity", "Reshape", "Unsqueeze", "Where"]);
+
+/** A learned token: a weight of `hidden` elements, possibly expanded over the batch. */
+function isLearnedToken(g: Graph, t: string, depth = 0): boolean {
+  const init = g.constantTensor(t);
+  if (init) return init.dims.length >= 1 && init.dims.slice(0, -1).every((d) => d === 1n);
+  const p = g.producer.get(t);
+  if (!p || depth > 4 || !PASS_THROUGH.has(p.opType)) return false;
+  return p.input[0] !== undefined && isLearnedToken(g, p.input[0], depth + 1);
+}
+
+/** Walk back from the first block's input to a Concat along the token axis that prepends learned tokens. */
+function detectCls(g: Graph, shapes: ShapeMap, start: string, tokenAxis: number): TransformerInfo["cls"] {
+  let t = start;
+  for (let steps = 0; steps < 8; steps++) {
+    const p = g.producer.get(t);
+    if (!p) break;
+    if (p.opType === "Concat") {
+      const rank = shapes.get(t)?.length ?? 3;
+      const axis = attrInt(p, "axis", 0);
+      if ((axis + rank) % rank !== tokenAxis) break;
+      let prefix = 0;
+      for (const inp of p.input) {
+        if (!isLearnedToken(g, inp)) break;
+        prefix++;
+      }
+      return prefix > 0 ? { present: true, index: 0, prefixTokens: prefix } : { present: false, prefixTokens: 0 };
+    }
+    // Position embeddings are added, dropout/casts pass through: follow the activation operand.
+    const next = p.input.find((i) => i && !g.isConstant(i));
+    if (!next || !["Add", "Dropout", "Identity", "Cast"].includes(p.opType)) break;
+    t = next;
+  }
+  return { present: false, prefixTokens: 0 };
+}

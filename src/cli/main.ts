@@ -1,0 +1,112 @@
+/**
+ * The command line: a thin shell over the library. Owns files, exit codes and messages; the core
+ * never touches the file system. Output is written atomically (temp file + rename) and never over
+ * an input; on failure nothing is written.
+ */
+import { Command, CommanderError } from "commander";
+import { readFileSync, renameSync, writeFileSync, rmSync, existsSync, statSync } from "node:fs";
+import { basename, dirname, join, resolve } from "node:path";
+import { compile } from "../compile.js";
+import { inspectModel, formatInspect } from "../inspect.js";
+import { PrunecError } from "../errors.js";
+import { VERSION } from "../version.js";
+
+export interface Io {
+  out: (text: string) => void;
+  err: (text: string) => void;
+}
+
+const defaultIo: Io = {
+  out: (t) => process.stdout.write(t.endsWith("\n") ? t : t + "\n"),
+  err: (t) => process.stderr.write(t.endsWith("\n") ? t : t + "\n"),
+};
+
+function readInput(path: string, what: string): Uint8Array {
+  if (!existsSync(path)) throw new PrunecError("io", `${path}: no such file (expected ${what})`);
+  if (statSync(path).isDirectory()) throw new PrunecError("io", `${path}: is a directory (expected ${what})`);
+  try {
+    return readFileSync(path);
+  } catch (e) {
+    throw new PrunecError("io", `${path}: cannot read (${e instanceof Error ? e.message : String(e)})`);
+  }
+}
+
+export function defaultOutput(modelPath: string): string {
+  const name = basename(modelPath).replace(/\.onnx$/i, "");
+  return join(dirname(modelPath), `${name}.pruned.onnx`);
+}
+
+/** Write through a temp file in the target folder, then rename: readers never see half a model. */
+export function writeAtomic(path: string, bytes: Uint8Array): void {
+  const tmp = join(dirname(path), `.${basename(path)}.${process.pid}.tmp`);
+  try {
+    writeFileSync(tmp, bytes);
+    renameSync(tmp, path);
+  } catch (e) {
+    rmSync(tmp, { force: true });
+    throw new PrunecError("io", `${path}: cannot write (${e instanceof Error ? e.message : String(e)})`);
+  }
+}
+
+function runCompile(modelPath: string, specPath: string, opts: { output?: string; exposeIndices?: boolean; json?: boolean }, io: Io): void {
+  const out = resolve(opts.output ?? defaultOutput(modelPath));
+  for (const input of [modelPath, specPath]) {
+    if (resolve(input) === out) throw new PrunecError("io", `${out}: refusing to overwrite an input file; choose another -o`);
+  }
+  const modelBytes = readInput(modelPath, "an ONNX model");
+  const specText = new TextDecoder().decode(readInput(specPath, "a .prune spec"));
+  const { model, report } = compile(modelBytes, specText, { modelName: modelPath, specName: specPath, exposeIndices: opts.exposeIndices ?? false });
+  writeAtomic(out, model);
+  if (opts.json) {
+    io.out(JSON.stringify({ output: out, ...report }, null, 2));
+    return;
+  }
+  const stages = report.stages.map((s) => `stage ${s.stage}: after layer ${s.layer} by ${s.criterion}, ${s.tokensIn} → ${s.tokensOut} tokens`);
+  io.out([`wrote ${out}`, ...stages.map((s) => `  ${s}`), `  ${report.addedNodes.length} nodes added`].join("\n"));
+}
+
+function runInspect(modelPath: string, opts: { json?: boolean }, io: Io): void {
+  const report = inspectModel(readInput(modelPath, "an ONNX model"), modelPath);
+  io.out(opts.json ? JSON.stringify(report, null, 2) : formatInspect(report));
+}
+
+export async function main(argv: string[], io: Io = defaultIo): Promise<number> {
+  const program = new Command();
+  program
+    .name("prunec")
+    .description("Compile token-pruning schedules (.prune specs) into ONNX transformer models.")
+    .version(VERSION, "-V, --version")
+    .exitOverride()
+    .configureOutput({ writeOut: (s) => io.out(s), writeErr: (s) => io.err(s) })
+    .showHelpAfterError(false);
+
+  program
+    .command("compile", { isDefault: true })
+    .description("prune MODEL as SPEC says and write the result (default command)")
+    .argument("<model>", "ONNX model file")
+    .argument("<spec>", ".prune spec file")
+    .option("-o, --output <file>", "output model (default: MODEL.pruned.onnx beside the input)")
+    .option("--expose-indices", "add graph outputs prunec.stageN.indices with the kept token positions")
+    .option("--json", "print the compile report as JSON")
+    .action((model: string, spec: string, opts: { output?: string; exposeIndices?: boolean; json?: boolean }) => runCompile(model, spec, opts, io));
+
+  program
+    .command("inspect")
+    .description("show the transformer layers, tokens and criteria prunec finds in MODEL")
+    .argument("<model>", "ONNX model file")
+    .option("--json", "print the analysis as JSON")
+    .action((model: string, opts: { json?: boolean }) => runInspect(model, opts, io));
+
+  try {
+    await program.parseAsync(argv, { from: "user" });
+    return 0;
+  } catch (e) {
+    if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : 1;
+    if (e instanceof PrunecError) {
+      io.err(e.kind === "spec" || e.kind === "apply" ? e.message : `prunec: error: ${e.message}`);
+      return e.exitCode;
+    }
+    io.err(`prunec: internal error: ${e instanceof Error ? e.stack ?? e.message : String(e)}`);
+    return 70;
+  }
+}

@@ -1,0 +1,178 @@
+/**
+ * The library API: model bytes + spec text in, pruned model bytes + a report out.
+ * Pipeline: decode → check external data → parse spec → analyse → plan (all checks) → apply stages
+ * → expose indices → fix output shapes → record metadata → encode. Imports nothing Node-only.
+ */
+import { create } from "@bufbuild/protobuf";
+import {
+  StringStringEntryProtoSchema,
+  TensorProto_DataType as DT,
+  TypeProto_TensorSchema,
+  TypeProtoSchema,
+  TensorShapeProtoSchema,
+  TensorShapeProto_DimensionSchema,
+  ValueInfoProtoSchema,
+  type ModelProto,
+  type GraphProto,
+  type NodeProto,
+  type ValueInfoProto,
+} from "./onnx/gen/onnx_pb.js";
+import { decodeModel, encodeModel } from "./onnx/io.js";
+import { checkExternalData } from "./onnx/external.js";
+import { Graph, makeNode } from "./ir/graph.js";
+import { shallowCopy } from "./ir/copy.js";
+import { analyzeTransformer, type TransformerInfo } from "./analysis/transformer.js";
+import { inferShapes } from "./analysis/shapes.js";
+import type { Dim } from "./analysis/dims.js";
+import { parseSpec } from "../grammar/index.js";
+import { formatDiagnostics } from "../grammar/diagnostics.js";
+import { registry } from "../passes/registry.js";
+import { applyStage, type StagePlan } from "../passes/prune-stage.js";
+import { planStages } from "./plan.js";
+import { PrunecError } from "./errors.js";
+import { VERSION } from "./version.js";
+
+export interface CompileOptions {
+  /** Names used in messages (file paths in the CLI). */
+  modelName?: string;
+  specName?: string;
+  /** Add graph outputs `prunec.stageN.indices` (int64 [batch, kept]). */
+  exposeIndices?: boolean;
+}
+
+export interface StageReport {
+  stage: number;
+  layer: number;
+  criterion: string;
+  tokensIn: Dim;
+  tokensOut: Dim;
+  line: number;
+}
+
+export interface CompileReport {
+  stages: StageReport[];
+  /** Tokens each layer processes, dense and after the schedule. */
+  tokensPerLayer: { layer: number; dense: Dim | undefined; pruned: Dim | undefined }[];
+  /** Names of every node prunec added. */
+  addedNodes: string[];
+}
+
+export interface CompileResult {
+  model: Uint8Array;
+  report: CompileReport;
+}
+
+export function parseOrThrow(specText: string, specName: string) {
+  const { spec, diagnostics } = parseSpec(specText, specName, registry);
+  if (!spec || diagnostics.length) throw new PrunecError("spec", formatDiagnostics(diagnostics, specText), diagnostics);
+  return spec;
+}
+
+export function opsetOf(model: ModelProto): number {
+  const entry = model.opsetImport.find((o) => o.domain === "" || o.domain === "ai.onnx");
+  return entry ? Number(entry.version) : 0;
+}
+
+export function compile(modelBytes: Uint8Array, specText: string, options: CompileOptions = {}): CompileResult {
+  const modelName = options.modelName ?? "model";
+  const specName = options.specName ?? "spec.prune";
+  const model = decodeModel(modelBytes, modelName);
+  checkExternalData(model, modelName);
+  const spec = parseOrThrow(specText, specName);
+  const graph = model.graph!;
+  const info = analyzeTransformer(new Graph(graph), modelName);
+  const plans = planStages(spec, info);
+  const opset = opsetOf(model);
+  if (plans.length && opset < 13) {
+    throw new PrunecError("apply", `${modelName}: opset ${opset} is too old; prunec emits opset-13 operators (re-export with opset ≥ 13)`);
+  }
+
+  let g: GraphProto = graph;
+  const added: NodeProto[] = [];
+  const indices: string[] = [];
+  for (const plan of plans) {
+    const result = applyStage(g, info, plan, opset);
+    g = result.graph;
+    added.push(...result.added);
+    indices.push(result.indices);
+  }
+  if (options.exposeIndices) g = exposeIndices(g, indices, info, plans);
+  if (plans.length) g = refreshOutputShapes(g, graph);
+
+  const out = shallowCopy(model, { graph: g, metadataProps: withMetadata(model, specText) });
+  return { model: encodeModel(out), report: report(info, plans, added, spec.stages.map((s) => s.span.line)) };
+}
+
+function withMetadata(model: ModelProto, specText: string) {
+  const ours = new Map([
+    ["prunec.version", VERSION],
+    ["prunec.spec", specText],
+  ]);
+  const kept = model.metadataProps.filter((p) => !ours.has(p.key));
+  return [...kept, ...[...ours].map(([key, value]) => create(StringStringEntryProtoSchema, { key, value }))];
+}
+
+function batchDim(graph: GraphProto): Dim | undefined {
+  const first = graph.input[0]?.type?.value;
+  const d = first?.case === "tensorType" ? first.value.shape?.dim[0] : undefined;
+  if (d?.value.case === "dimParam") return d.value.value;
+  if (d?.value.case === "dimValue") return Number(d.value.value);
+  return undefined;
+}
+
+function valueInfo(name: string, elemType: number, dims: (Dim | undefined)[]): ValueInfoProto {
+  const dim = dims.map((d) =>
+    create(TensorShapeProto_DimensionSchema, {
+      value: typeof d === "number" ? { case: "dimValue", value: BigInt(d) } : typeof d === "string" ? { case: "dimParam", value: d } : { case: undefined },
+    }),
+  );
+  const tensorType = create(TypeProto_TensorSchema, { elemType, shape: create(TensorShapeProtoSchema, { dim }) });
+  return create(ValueInfoProtoSchema, { name, type: create(TypeProtoSchema, { value: { case: "tensorType", value: tensorType } }) });
+}
+
+function exposeIndices(g: GraphProto, indices: string[], info: TransformerInfo, plans: StagePlan[]): GraphProto {
+  const batch = batchDim(g);
+  const nodes = indices.map((t, i) => makeNode("Identity", [t], [`prunec.stage${i}.indices`], `prunec/stage${i}/expose_indices`));
+  const outputs = plans.map((p, i) => {
+    const kept = typeof p.tokensOut === "number" ? p.tokensOut : `prunec_stage${i}_kept`;
+    const dims = info.batchAxis === undefined ? [1, kept] : [batch ?? "batch", kept];
+    return valueInfo(`prunec.stage${i}.indices`, DT.INT64, dims);
+  });
+  return shallowCopy(g, { node: [...g.node, ...nodes], output: [...g.output, ...outputs] });
+}
+
+/** Graph outputs below a stage keep their declared shape only where it still holds. */
+function refreshOutputShapes(g: GraphProto, original: GraphProto): GraphProto {
+  const shapes = inferShapes(new Graph(g));
+  const declared = new Set(original.output.map((o) => o.name));
+  return shallowCopy(g, {
+    output: g.output.map((o) => {
+      if (!declared.has(o.name) || o.type?.value.case !== "tensorType") return o;
+      const tensor = o.type.value.value;
+      const inferred = shapes.get(o.name);
+      const dims = tensor.shape?.dim ?? [];
+      const same = inferred !== undefined && inferred.length === dims.length && dims.every((d, i) => d.value.case !== "dimValue" || Number(d.value.value) === inferred[i]);
+      if (same || !tensor.shape) return o;
+      return valueInfo(o.name, tensor.elemType, inferred ?? dims.map(() => undefined));
+    }),
+  });
+}
+
+function report(info: TransformerInfo, plans: StagePlan[], added: NodeProto[], lines: number[]): CompileReport {
+  const stages = plans.map((p, i) => ({
+    stage: p.stage,
+    layer: p.layer.index,
+    criterion: p.criterion.name,
+    tokensIn: p.tokensIn,
+    tokensOut: p.tokensOut,
+    line: lines[i] ?? 0,
+  }));
+  let current: Dim | undefined = info.tokens;
+  const tokensPerLayer = info.layers.map((l) => {
+    const row = { layer: l.index, dense: info.tokens, pruned: current };
+    const stage = plans.find((p) => p.layer.index === l.index);
+    if (stage) current = stage.tokensOut;
+    return row;
+  });
+  return { stages, tokensPerLayer, addedNodes: added.map((n) => n.name) };
+}

@@ -1,0 +1,115 @@
+/** `prunec inspect`: what the analysis found, as a table for people and as JSON for tools. */
+import { decodeModel } from "./onnx/io.js";
+import { checkExternalData } from "./onnx/external.js";
+import { Graph } from "./ir/graph.js";
+import { analyzeTransformer, type LayerInfo, type TransformerInfo } from "./analysis/transformer.js";
+import type { Dim } from "./analysis/dims.js";
+import { CRITERIA } from "../passes/registry.js";
+import { opsetOf } from "./compile.js";
+
+export interface LayerReport {
+  index: number;
+  name: string | null;
+  attention: string;
+  anchor: string | null;
+  heads: number | null;
+  headSize: number | null;
+  probabilities: string | null;
+  quantization: string | null;
+  rotary: boolean;
+  residual: { input: string; output: string } | null;
+  /** Criteria that can run at this layer, and why the others cannot. */
+  criteria: { name: string; ok: boolean; why?: string }[];
+}
+
+export interface InspectReport {
+  model: string;
+  opset: number;
+  irVersion: number;
+  producer: string;
+  inputs: { name: string; shape: Dim[] | null }[];
+  outputs: { name: string; shape: Dim[] | null }[];
+  layerCount: number;
+  hidden: number | null;
+  tokens: Dim | null;
+  tokenAxis: number | null;
+  batchAxis: number | null;
+  cls: TransformerInfo["cls"];
+  externalData: number;
+  layers: LayerReport[];
+}
+
+function layerReport(info: TransformerInfo, l: LayerInfo): LayerReport {
+  return {
+    index: l.index,
+    name: l.name ?? null,
+    attention: l.kind,
+    anchor: l.core?.anchor.name ?? null,
+    heads: l.heads ?? null,
+    headSize: l.headSize ?? null,
+    probabilities: l.core?.probs ? l.probsLayout ?? "unknown layout" : null,
+    quantization: l.quantization ?? null,
+    rotary: l.rotary,
+    residual: l.residual ? { input: l.residual.input, output: l.residual.output } : null,
+    criteria: CRITERIA.map((c) => {
+      const why = c.unsupported(info, l) ?? (l.residual ? undefined : "residual stream not found");
+      return why ? { name: c.name, ok: false, why } : { name: c.name, ok: true };
+    }),
+  };
+}
+
+export function inspectModel(bytes: Uint8Array, modelName: string): InspectReport {
+  const model = decodeModel(bytes, modelName);
+  const ext = checkExternalData(model, modelName);
+  const g = new Graph(model.graph!);
+  const info = analyzeTransformer(g, modelName);
+  const io = (names: string[]) => names.map((name) => ({ name, shape: info.shapes.get(name) ?? null }));
+  return {
+    model: modelName,
+    opset: opsetOf(model),
+    irVersion: Number(model.irVersion),
+    producer: [model.producerName, model.producerVersion].filter(Boolean).join(" "),
+    inputs: io([...g.inputs]),
+    outputs: io([...g.outputs]),
+    layerCount: info.layers.length,
+    hidden: info.hidden ?? null,
+    tokens: info.tokens ?? null,
+    tokenAxis: info.tokenAxis ?? null,
+    batchAxis: info.batchAxis ?? null,
+    cls: info.cls,
+    externalData: ext.length,
+    layers: info.layers.map((l) => layerReport(info, l)),
+  };
+}
+
+const shapeText = (s: Dim[] | null): string => (s ? `[${s.join(", ")}]` : "[?]");
+
+export function formatInspect(r: InspectReport): string {
+  const lines: string[] = [];
+  lines.push(`${r.model}: ${r.layerCount} transformer layers (opset ${r.opset}, IR ${r.irVersion}${r.producer ? `, ${r.producer}` : ""})`);
+  lines.push(`  inputs:  ${r.inputs.map((i) => `${i.name} ${shapeText(i.shape)}`).join(", ")}`);
+  lines.push(`  outputs: ${r.outputs.map((o) => `${o.name} ${shapeText(o.shape)}`).join(", ")}`);
+  const axes = r.tokenAxis === null ? "unknown" : `token axis ${r.tokenAxis}, ${r.batchAxis === null ? "no batch axis" : `batch axis ${r.batchAxis}`}`;
+  lines.push(`  tokens:  ${r.tokens ?? "?"} (${axes}), hidden ${r.hidden ?? "?"}`);
+  lines.push(`  CLS:     ${r.cls.present ? `yes, at index ${r.cls.index}${r.cls.prefixTokens > 1 ? ` (${r.cls.prefixTokens} special tokens in front)` : ""}` : "no"}`);
+  if (r.externalData) lines.push(`  weights: ${r.externalData} initializers in external data files (not needed to compile)`);
+  const header = ["layer", "attention", "heads", "head size", "probs", "quant", "rotary", "residual", "criteria"];
+  const rows = r.layers.map((l) => [
+    String(l.index),
+    l.attention,
+    String(l.heads ?? "?"),
+    String(l.headSize ?? "?"),
+    l.probabilities ?? "fused",
+    l.quantization ?? "-",
+    l.rotary ? "yes" : "-",
+    l.residual ? "found" : "not found",
+    l.criteria.map((c) => (c.ok ? c.name : `no ${c.name}`)).join(", "),
+  ]);
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)));
+  const fmt = (row: string[]) => "  " + row.map((c, i) => c.padEnd(widths[i]!)).join("  ").trimEnd();
+  lines.push("", fmt(header), fmt(widths.map((w) => "-".repeat(w))), ...rows.map(fmt));
+  const reasons = new Map<string, string>();
+  for (const l of r.layers) for (const c of l.criteria) if (!c.ok && c.why && !reasons.has(c.name)) reasons.set(c.name, `layer ${l.index}: ${c.why}`);
+  for (const [name, why] of reasons) lines.push(`  ${name} unavailable at ${why}`);
+  return lines.join("\n");
+}

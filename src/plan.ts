@@ -1,0 +1,125 @@
+/**
+ * Resolving a parsed spec against a model: every check that needs the model happens here, before
+ * anything is emitted, and each failure names the spec text and the model fact that conflict.
+ */
+import type { SpecIR, StageIR, Span } from "../grammar/ir.js";
+import { argsWithDefaults } from "../grammar/registry.js";
+import { diagnosticAt, formatDiagnostics, type Diagnostic } from "../grammar/diagnostics.js";
+import type { TransformerInfo } from "./analysis/transformer.js";
+import type { Dim } from "./analysis/dims.js";
+import { criterionModule } from "../passes/registry.js";
+import type { StagePlan } from "../passes/prune-stage.js";
+import { keepCountStatic } from "../passes/amount.js";
+import { PrunecError } from "./errors.js";
+
+/** Percentage kept when a stage omits its amount (documented in docs/language.md). */
+export const DEFAULT_PERCENT = 50;
+
+export function planStages(spec: SpecIR, model: TransformerInfo): StagePlan[] {
+  const diagnostics: Diagnostic[] = [];
+  const plans: StagePlan[] = [];
+  const fail = (span: Span, message: string): void => {
+    diagnostics.push(diagnosticAt(spec.file, span, message));
+  };
+  const count = model.layers.length;
+  let tokens: Dim | undefined = model.tokens;
+  let lastLayer = -1;
+
+  spec.stages.forEach((stage, i) => {
+    const plan = planOne(spec, stage, i, model, tokens, fail);
+    if (!plan) return;
+    if (plan.layer.index <= lastLayer) {
+      fail(stage.layerSpan ?? stage.positionSpan, `stages must be in layer order: layer ${plan.layer.index} comes after a stage at layer ${lastLayer}`);
+      return;
+    }
+    lastLayer = plan.layer.index;
+    tokens = plan.tokensOut;
+    plans.push(plan);
+  });
+  if (count === 0) diagnostics.push(diagnosticAt(spec.file, { line: 1, column: 1, endLine: 1, endColumn: 1 }, "the model has no transformer layers"));
+  if (diagnostics.length) throw new PrunecError("apply", formatDiagnostics(diagnostics, spec.text), diagnostics);
+  return plans;
+}
+
+function planOne(
+  spec: SpecIR,
+  stage: StageIR,
+  index: number,
+  model: TransformerInfo,
+  tokensIn: Dim | undefined,
+  fail: (span: Span, message: string) => void,
+): StagePlan | undefined {
+  const pos = stage.position;
+  if (pos.kind !== "after-layer" && pos.kind !== "in-layer") {
+    fail(stage.positionSpan, `'${pos.kind === "after-encoder" ? "after encoder" : "before layer 0"}' stages are not supported yet; use 'after layer L'`);
+    return undefined;
+  }
+  const count = model.layers.length;
+  const resolved = pos.layer < 0 ? count + pos.layer : pos.layer;
+  if (resolved < 0 || resolved >= count) {
+    fail(stage.layerSpan ?? stage.positionSpan, `layer ${pos.layer} is out of range: the model has ${count} layers (0..${count - 1}, or -1..-${count} from the end)`);
+    return undefined;
+  }
+  const layer = model.layers[resolved]!;
+  if (stage.action === "merge") {
+    fail(stage.actionSpan, "'merge' is not supported yet; use 'keep' or 'drop'");
+    return undefined;
+  }
+  if (stage.amount && stage.amount.kind !== "percent" && stage.amount.kind !== "count") {
+    fail(stage.amountSpan ?? stage.actionSpan, `'${stage.amount.kind}' amounts are not supported yet; use a percentage or a token count`);
+    return undefined;
+  }
+  if (stage.of !== undefined) {
+    fail(stage.ofSpan ?? stage.span, `'of ${stage.of}': token sets are not supported yet for vision encoders; the stage acts on all non-special tokens`);
+    return undefined;
+  }
+  if (stage.options.length) {
+    fail(stage.optionSpans[0] ?? stage.span, `'with ${stage.options.join(", ")}' is not supported yet`);
+    return undefined;
+  }
+  const criterion = criterionModule(stage.criterion.name);
+  if (!criterion) {
+    fail(stage.criterion.span, `criterion '${stage.criterion.name}' has no implementation`);
+    return undefined;
+  }
+  const why = criterion.unsupported(model, layer);
+  if (why) {
+    fail(stage.criterion.span, `${criterion.name} cannot run after layer ${resolved}: ${why}`);
+    return undefined;
+  }
+  if (!layer.residual || model.tokenAxis === undefined || tokensIn === undefined) {
+    fail(stage.layerSpan ?? stage.positionSpan, `the residual stream leaving layer ${resolved} could not be found (looked for pre-norm → attention → Add → norm → MLP → Add)`);
+    return undefined;
+  }
+  if (model.batchAxis !== undefined && !(model.batchAxis === 0 && model.tokenAxis === 1)) {
+    fail(stage.positionSpan, `the model's residual stream is sequence-first (tokens on axis ${model.tokenAxis}); prunec prunes batch-first streams only so far`);
+    return undefined;
+  }
+  const prefix = model.cls.prefixTokens;
+  const amount = stage.amount ?? { kind: "percent" as const, value: DEFAULT_PERCENT };
+  let percent = amount.value;
+  if (stage.action === "drop" && amount.kind === "percent") percent = 100 - amount.value;
+  let tokensOut: Dim;
+  if (typeof tokensIn === "number") {
+    const prunable = tokensIn - prefix;
+    let keep: number;
+    if (amount.kind === "count") keep = stage.action === "drop" ? prunable - amount.value : amount.value;
+    else if (stage.action === "drop") keep = prunable - keepCountStatic(amount.value, prunable);
+    else keep = keepCountStatic(percent, prunable);
+    if (keep < 1 || keep > prunable) {
+      fail(stage.amountSpan ?? stage.actionSpan, `this stage would keep ${keep} of ${prunable} prunable tokens after layer ${resolved}; it must keep between 1 and ${prunable}`);
+      return undefined;
+    }
+    tokensOut = prefix + keep;
+  } else {
+    if (amount.kind === "count") {
+      fail(stage.amountSpan ?? stage.actionSpan, `token counts need a static token count; the model has ${String(tokensIn)} tokens`);
+      return undefined;
+    }
+    tokensOut = `${prefix}+keep(${percent}%,${String(tokensIn)}-${prefix})`;
+  }
+  const args = argsWithDefaults(criterion, stage.criterion.args);
+  const plan: StagePlan = { stage: index, layer, percent, criterion, args, tokensIn, tokensOut, prefix };
+  if (typeof tokensOut === "number") plan.keep = tokensOut - prefix;
+  return plan;
+}

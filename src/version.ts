@@ -1,0 +1,2 @@
+/** prunec's version, recorded in every model it writes (a test keeps it equal to package.json's). */
+export const VERSION = "0.1.0";

@@ -1,0 +1,43 @@
+/** Test-only model edits: expose intermediate tensors (e.g. a layer's attention probabilities) as outputs. */
+import { create } from "@bufbuild/protobuf";
+import { ValueInfoProtoSchema, TypeProtoSchema, TypeProto_TensorSchema } from "../../src/onnx/gen/onnx_pb.js";
+import { decodeModel, encodeModel } from "../../src/onnx/io.js";
+import { shallowCopy } from "../../src/ir/copy.js";
+
+export function withOutputs(modelBytes: Uint8Array, names: string[], elemType = 1): Uint8Array {
+  const model = decodeModel(modelBytes);
+  const g = model.graph!;
+  const extra = names.map((name) =>
+    create(ValueInfoProtoSchema, {
+      name,
+      type: create(TypeProtoSchema, { value: { case: "tensorType", value: create(TypeProto_TensorSchema, { elemType }) } }),
+    }),
+  );
+  return encodeModel(shallowCopy(model, { graph: shallowCopy(g, { output: [...g.output, ...extra] }) }));
+}
+
+/** [B*H, N, N] (batch-major heads) probabilities as nested arrays [B][H][N][N]. */
+export function unfoldProbs(data: Float32Array, dims: number[], heads: number): number[][][][] {
+  const [bh, n, m] = dims as [number, number, number];
+  const batch = bh / heads;
+  const out: number[][][][] = [];
+  for (let b = 0; b < batch; b++) {
+    const ex: number[][][] = [];
+    for (let h = 0; h < heads; h++) {
+      const mat: number[][] = [];
+      for (let q = 0; q < n; q++) {
+        const off = ((b * heads + h) * n + q) * m;
+        mat.push(Array.from(data.subarray(off, off + m)));
+      }
+      ex.push(mat);
+    }
+    out.push(ex);
+  }
+  return out;
+}
+
+/** Rows of an int64 [B, K] tensor as number arrays. */
+export function rows(data: BigInt64Array, dims: number[]): number[][] {
+  const [b, k] = dims as [number, number];
+  return Array.from({ length: b }, (_, i) => Array.from(data.subarray(i * k, (i + 1) * k), Number));
+}
