@@ -17,7 +17,7 @@ import {
   type NodeProto,
   type ValueInfoProto,
 } from "./onnx/gen/onnx_pb.js";
-import { decodeModel, encodeModel } from "./onnx/io.js";
+import { concat, decodeModel, encodeModelParts } from "./onnx/io.js";
 import { checkExternalData } from "./onnx/external.js";
 import { Graph, makeNode } from "./ir/graph.js";
 import { shallowCopy } from "./ir/copy.js";
@@ -58,7 +58,10 @@ export interface CompileReport {
 }
 
 export interface CompileResult {
-  model: Uint8Array;
+  /** The pruned model (assembled on first access from `parts`). */
+  readonly model: Uint8Array;
+  /** The same bytes as consecutive segments, for writing without assembling (weights are views). */
+  parts: Uint8Array[];
   report: CompileReport;
 }
 
@@ -97,10 +100,19 @@ export function compile(modelBytes: Uint8Array, specText: string, options: Compi
     indices.push(result.indices);
   }
   if (options.exposeIndices) g = exposeIndices(g, indices, info, plans);
-  if (plans.length) g = refreshOutputShapes(g, graph);
+  if (plans.length) g = refreshOutputShapes(g, graph, plans);
 
   const out = shallowCopy(model, { graph: g, metadataProps: withMetadata(model, specText) });
-  return { model: encodeModel(out), report: report(info, plans, added, spec.stages.map((s) => s.span.line)) };
+  const parts = encodeModelParts(out);
+  let bytes: Uint8Array | undefined;
+  return {
+    get model() {
+      bytes ??= concat(parts);
+      return bytes;
+    },
+    parts,
+    report: report(info, plans, added, spec.stages.map((s) => s.span.line)),
+  };
 }
 
 function withMetadata(model: ModelProto, specText: string) {
@@ -142,7 +154,12 @@ function exposeIndices(g: GraphProto, indices: string[], info: TransformerInfo, 
 }
 
 /** Graph outputs below a stage keep their declared shape only where it still holds. */
-function refreshOutputShapes(g: GraphProto, original: GraphProto): GraphProto {
+function refreshOutputShapes(g: GraphProto, original: GraphProto, plans: StagePlan[]): GraphProto {
+  // Only a declared size equal to a token count a stage changed can have gone stale.
+  const counts = new Set(plans.flatMap((p) => [p.tokensIn, typeof p.tokensIn === "number" ? p.tokensIn - p.prefix : -1]));
+  const suspect = original.output.some((o) => o.type?.value.case === "tensorType" && (o.type.value.value.shape?.dim ?? []).some((d) => d.value.case === "dimValue" && counts.has(Number(d.value.value))));
+  const symbolic = plans.some((p) => typeof p.tokensIn !== "number");
+  if (!suspect && !symbolic) return g;
   const shapes = inferShapes(new Graph(g));
   const declared = new Set(original.output.map((o) => o.name));
   return shallowCopy(g, {

@@ -2,11 +2,13 @@
  * A FLOPs model of the transformer layers, for "ideal speedup" figures: per layer, the work that
  * scales with the token count N (every weight matmul: 2·in·out per token) and the work that scales
  * with N² (Q·Kᵀ and P·V: 2·2·N²·hidden). Work outside the layers (patch embedding, head) is counted
- * as the same for dense and pruned models: it happens before the first stage or on one token.
+ * once, from the dense shapes, as the same for dense and pruned models: it happens before the first
+ * stage (embedding) or, for a CLS classifier, on one token (head).
  */
 import type { Graph, NodeProto } from "../ir/graph.js";
 import { attrInt } from "../ir/graph.js";
 import type { TransformerInfo } from "./transformer.js";
+import type { ShapeMap } from "./dims.js";
 
 export interface LayerCost {
   layer: number;
@@ -53,4 +55,41 @@ export function totalFlops(costs: LayerCost[], tokens: number[]): number {
     const n = tokens[i] ?? 0;
     return sum + c.perToken * n + c.perPair * n * n;
   }, 0);
+}
+
+/** Elements per example of a tensor (the batch axis counts 1); undefined if a size is symbolic. */
+function perExample(shapes: ShapeMap, t: string | undefined, batchAxis: number | undefined): number | undefined {
+  const s = t ? shapes.get(t) : undefined;
+  if (!s) return undefined;
+  let n = 1;
+  for (let i = 0; i < s.length; i++) {
+    const d = s[i]!;
+    if (i === batchAxis) continue;
+    if (typeof d !== "number") return undefined;
+    n *= d;
+  }
+  return n;
+}
+
+/** FLOPs per example of the Conv and weight-matmul nodes outside the transformer layers. */
+export function outsideFlops(g: Graph, info: TransformerInfo): number {
+  const first = info.layers.find((l) => l.residual)?.residual;
+  const last = [...info.layers].reverse().find((l) => l.residual)?.residual;
+  if (!first || !last) return 0;
+  const outside = [...g.ancestors(first.input), ...g.descendants(last.output)];
+  let total = 0;
+  for (const n of outside) {
+    const outElems = perExample(info.shapes, n.output[0], info.batchAxis);
+    if (outElems === undefined) continue;
+    if (n.opType === "Conv") {
+      const w = n.input[1] ? g.constantTensor(n.input[1])?.dims.map(Number) : undefined;
+      if (w) total += 2 * outElems * w.slice(1).reduce((a, b) => a * b, 1);
+    } else {
+      const perRow = weightFlops(g, n); // 2·in·out
+      const w = n.input[1] ? g.constantTensor(n.input[1])?.dims.map(Number) : undefined;
+      const out = n.opType === "MatMulNBits" ? attrInt(n, "N", 0) : w ? (n.opType === "Gemm" && attrInt(n, "transB", 0) ? w[0]! : w[1]!) : 0;
+      if (perRow && out) total += perRow * (outElems / out);
+    }
+  }
+  return total;
 }

@@ -52,15 +52,29 @@ function preNorm(g: Graph, core: AttentionCore): NodeProto | undefined {
   return fromQ.find((n) => fromK.has(n));
 }
 
-/** The earliest Add consuming `t` whose other operand is produced inside `branch`. */
-function residualAdd(g: Graph, t: string, branch: Set<NodeProto>): NodeProto | undefined {
+/** True when `t` is computed from `source` (a bounded breadth-first walk back: the path is short). */
+function dependsOn(g: Graph, t: string, source: string, limit = 1000): boolean {
+  const seen = new Set<string>();
+  const queue = [t];
+  for (let head = 0; head < queue.length && seen.size < limit; head++) {
+    const cur = queue[head]!;
+    if (cur === source) return true;
+    if (seen.has(cur)) continue;
+    seen.add(cur);
+    const p = g.producer.get(cur);
+    if (p) for (const i of p.input) if (i && !g.isConstant(i)) queue.push(i);
+  }
+  return false;
+}
+
+/** The earliest Add consuming `t` whose other operand is computed from `branchOut`. */
+function residualAdd(g: Graph, t: string, branchOut: string): NodeProto | undefined {
   const adds = g
     .consumersOf(t)
     .filter((c) => {
       if (c.opType !== "Add" || c.input.length !== 2) return false;
       const other = c.input[0] === t ? c.input[1]! : c.input[0]!;
-      const p = g.producer.get(other);
-      return other !== t && p !== undefined && branch.has(p);
+      return other !== t && dependsOn(g, other, branchOut);
     })
     .sort((a, b) => g.position(a) - g.position(b));
   return adds[0];
@@ -72,13 +86,11 @@ export function findResidualBlock(g: Graph, core: AttentionCore): ResidualBlock 
   const input = norm.input[0];
   const coreOut = core.pv?.output[0] ?? core.anchor.output[0];
   if (!input || !coreOut) return undefined;
-  const attnBranch = g.descendants(coreOut);
-  const addMid = residualAdd(g, input, attnBranch);
+  const addMid = residualAdd(g, input, coreOut);
   const mid = addMid?.output[0];
   if (!mid) return undefined;
-  // The MLP branch: everything computed from x_mid; the second residual add consumes x_mid directly.
-  const mlpBranch = g.descendants(mid);
-  const addOut = residualAdd(g, mid, mlpBranch);
+  // The MLP branch is computed from x_mid; the second residual add consumes x_mid directly.
+  const addOut = residualAdd(g, mid, mid);
   const output = addOut?.output[0];
   if (!output) return undefined;
   return { norm, input, mid, output };

@@ -4,7 +4,7 @@
  * an input; on failure nothing is written.
  */
 import { Command, CommanderError } from "commander";
-import { readFileSync, renameSync, writeFileSync, rmSync, existsSync, statSync } from "node:fs";
+import { readFileSync, renameSync, rmSync, existsSync, statSync, openSync, writeSync, closeSync } from "node:fs";
 import { basename, dirname, join, resolve } from "node:path";
 import { compile } from "../compile.js";
 import { inspectModel, formatInspect } from "../inspect.js";
@@ -37,10 +37,15 @@ export function defaultOutput(modelPath: string): string {
 }
 
 /** Write through a temp file in the target folder, then rename: readers never see half a model. */
-export function writeAtomic(path: string, bytes: Uint8Array): void {
+export function writeAtomic(path: string, parts: readonly Uint8Array[]): void {
   const tmp = join(dirname(path), `.${basename(path)}.${process.pid}.tmp`);
   try {
-    writeFileSync(tmp, bytes);
+    const fd = openSync(tmp, "w");
+    try {
+      for (const p of parts) for (let off = 0; off < p.length; ) off += writeSync(fd, p, off);
+    } finally {
+      closeSync(fd);
+    }
     renameSync(tmp, path);
   } catch (e) {
     rmSync(tmp, { force: true });
@@ -55,8 +60,8 @@ function runCompile(modelPath: string, specPath: string, opts: { output?: string
   }
   const modelBytes = readInput(modelPath, "an ONNX model");
   const specText = new TextDecoder().decode(readInput(specPath, "a .prune spec"));
-  const { model, report } = compile(modelBytes, specText, { modelName: modelPath, specName: specPath, exposeIndices: opts.exposeIndices ?? false });
-  writeAtomic(out, model);
+  const { parts, report } = compile(modelBytes, specText, { modelName: modelPath, specName: specPath, exposeIndices: opts.exposeIndices ?? false });
+  writeAtomic(out, parts);
   if (opts.json) {
     io.out(JSON.stringify({ output: out, ...report }, null, 2));
     return;

@@ -28,6 +28,7 @@ export class Graph {
   readonly inputs: ReadonlySet<string>;
   readonly outputs: ReadonlySet<string>;
   private orderCache: NodeProto[] | undefined;
+  private readonly constantCache = new Map<string, number[] | undefined>();
   private indexCache: Map<NodeProto, number> | undefined;
 
   constructor(proto: GraphProto) {
@@ -50,10 +51,16 @@ export class Graph {
   /** Nodes in a topological order that is stable (ties keep file order), so output is deterministic. */
   get order(): NodeProto[] {
     if (this.orderCache) return this.orderCache;
-    const g = new DiGraph({ directed: true });
     const nodes = this.proto.node;
-    nodes.forEach((_, i) => g.setNode(String(i)));
     const index = new Map(nodes.map((n, i) => [n, i]));
+    // Exporters already write nodes topologically; keep that order when it is valid (the common case).
+    const valid = nodes.every((n, i) => n.input.every((inp) => { const p = inp ? this.producer.get(inp) : undefined; return !p || index.get(p)! < i; }));
+    if (valid) {
+      this.orderCache = nodes.slice();
+      return this.orderCache;
+    }
+    const g = new DiGraph({ directed: true });
+    nodes.forEach((_, i) => g.setNode(String(i)));
     nodes.forEach((n, i) => {
       for (const inp of n.input) {
         const p = inp ? this.producer.get(inp) : undefined;
@@ -61,9 +68,7 @@ export class Graph {
       }
     });
     if (!alg.isAcyclic(g)) throw new Error("graph has a cycle");
-    // Exporters already write nodes topologically; keep that order when it is valid.
-    const valid = nodes.every((n, i) => n.input.every((inp) => { const p = inp ? this.producer.get(inp) : undefined; return !p || index.get(p)! < i; }));
-    const order = valid ? nodes.slice() : alg.topsort(g).map((k: string) => nodes[Number(k)]!);
+    const order = alg.topsort(g).map((k: string) => nodes[Number(k)]!);
     this.orderCache = order;
     return order;
   }
@@ -82,8 +87,11 @@ export class Graph {
 
   /** The value of a small constant tensor (initializer or Constant node), if it is one. */
   constant(name: string): number[] | undefined {
+    if (this.constantCache.has(name)) return this.constantCache.get(name);
     const t = this.constantTensor(name);
-    return t ? readNumbers(t) : undefined;
+    const value = t ? readNumbers(t) : undefined;
+    this.constantCache.set(name, value);
+    return value;
   }
 
   constantTensor(name: string): TensorProto | undefined {

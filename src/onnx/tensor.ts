@@ -38,6 +38,16 @@ export function elementCount(t: TensorProto): number {
 export function readNumbers(t: TensorProto, maxElements = 1 << 16): number[] | undefined {
   const n = elementCount(t);
   if (isExternal(t) || n > maxElements) return undefined;
+  // Analyses read the same shape constants many times; tensors are not mutated once built.
+  if (valueCache.has(t)) return valueCache.get(t);
+  const value = decodeNumbers(t, n);
+  valueCache.set(t, value);
+  return value;
+}
+
+const valueCache = new WeakMap<TensorProto, number[] | undefined>();
+
+function decodeNumbers(t: TensorProto, n: number): number[] | undefined {
   const raw = t.rawData;
   if (raw.length > 0) {
     const view = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
