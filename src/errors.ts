@@ -8,22 +8,13 @@ export type ErrorKind =
 
 export const EXIT_CODES: Record<ErrorKind, number> = { io: 2, format: 3, spec: 4, analysis: 5, apply: 6 };
 
-/** A located problem in a spec file (same shape as grammar diagnostics, kept here to stay import-free). */
-export interface Located {
-  file: string;
-  line: number;
-  column: number;
-  endLine: number;
-  endColumn: number;
-  message: string;
-  suggestion?: string;
-}
+import type { Diagnostic } from "../grammar/diagnostics.js";
 
 export class PrunecError extends Error {
   readonly kind: ErrorKind;
   /** For spec errors: each diagnostic, so `--json` can report them as objects. */
-  readonly diagnostics: readonly Located[];
-  constructor(kind: ErrorKind, message: string, diagnostics: readonly Located[] = []) {
+  readonly diagnostics: readonly Diagnostic[];
+  constructor(kind: ErrorKind, message: string, diagnostics: readonly Diagnostic[] = []) {
     super(message);
     this.kind = kind;
     this.name = "PrunecError";

@@ -8,7 +8,7 @@ import { tmpdir } from "node:os";
 import { basename, join, relative } from "node:path";
 import { create, createRegistry, equals, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { afterAll, describe, expect, it } from "vitest";
-import { decodeModel, encodeModel } from "../src/onnx/io.js";
+import { decodeModel, encodeModel, concat as concatBytes } from "../src/onnx/io.js";
 import {
   file_onnx,
   GraphProtoSchema,
@@ -81,15 +81,7 @@ function varint(n: number): number[] {
   out.push(n);
   return out;
 }
-const concat = (...parts: (Uint8Array | number[])[]) => {
-  const out = new Uint8Array(parts.reduce((s, p) => s + p.length, 0));
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
-};
+const concat = (...parts: (Uint8Array | number[])[]) => concatBytes(parts.map((p) => Uint8Array.from(p)));
 const VARINT_9999 = [...varint((9999 << 3) | 0), ...varint(42)];
 const BYTES_10000 = [...varint((10000 << 3) | 2), ...varint(3), 0x61, 0x62, 0x63];
 

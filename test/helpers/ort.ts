@@ -86,6 +86,38 @@ function modelInput(model: Uint8Array | string): Uint8Array {
   return typeof model === "string" ? readFileSync(model) : model;
 }
 
+/** The part of an onnxruntime InferenceSession (node or web) the runners use. */
+interface SessionLike {
+  outputNames: readonly string[];
+  run(feeds: Record<string, unknown>, fetches?: string[]): Promise<Record<string, MinimalTensor & { dispose(): void }>>;
+  release(): Promise<void>;
+}
+
+/** Feed, run, copy the outputs out, release: the same for both backends. */
+async function runSession(
+  session: SessionLike,
+  makeTensor: (f: TensorLike) => unknown,
+  feeds: Feeds,
+  outputs: string[] | undefined,
+  backend: string,
+): Promise<Outputs> {
+  try {
+    const ortFeeds: Record<string, unknown> = {};
+    for (const [name, f] of Object.entries(feeds)) ortFeeds[name] = makeTensor(f);
+    const res = outputs ? await session.run(ortFeeds, outputs) : await session.run(ortFeeds);
+    const out: Outputs = {};
+    for (const name of outputs ?? session.outputNames) {
+      const t = res[name];
+      if (t === undefined) throw new Error(`${backend} returned no output '${name}'`);
+      out[name] = copyOut(t);
+    }
+    for (const t of Object.values(res)) t.dispose();
+    return out;
+  } finally {
+    await session.release();
+  }
+}
+
 /**
  * Run a model on onnxruntime-node (CPU execution provider). `model` is the model bytes or a
  * file path (a path lets onnxruntime find external data beside the file). `outputs` restricts
@@ -106,23 +138,8 @@ export async function runNode(
     typeof model === "string"
       ? await ort.InferenceSession.create(model, sessionOptions)
       : await ort.InferenceSession.create(model, sessionOptions);
-  try {
-    const ortFeeds: Record<string, InstanceType<typeof ort.Tensor>> = {};
-    for (const [name, f] of Object.entries(feeds)) {
-      ortFeeds[name] = new ort.Tensor(f.type, f.data as never, [...f.dims]);
-    }
-    const res = outputs ? await session.run(ortFeeds, outputs) : await session.run(ortFeeds);
-    const out: Outputs = {};
-    for (const name of outputs ?? session.outputNames) {
-      const t = res[name];
-      if (t === undefined) throw new Error(`onnxruntime-node returned no output '${name}'`);
-      out[name] = copyOut(t);
-    }
-    for (const t of Object.values(res)) t.dispose();
-    return out;
-  } finally {
-    await session.release();
-  }
+  const tensor = (f: TensorLike) => new ort.Tensor(f.type, f.data as never, [...f.dims]);
+  return runSession(session as unknown as SessionLike, tensor, feeds, outputs, "onnxruntime-node");
 }
 
 type OrtWeb = typeof import("onnxruntime-web");
@@ -159,23 +176,8 @@ export async function runWasm(
     executionProviders: ["wasm"],
     graphOptimizationLevel: options.graphOptimizationLevel ?? "all",
   });
-  try {
-    const ortFeeds: Record<string, InstanceType<typeof ort.Tensor>> = {};
-    for (const [name, f] of Object.entries(feeds)) {
-      ortFeeds[name] = new ort.Tensor(f.type, f.data as never, [...f.dims]);
-    }
-    const res = outputs ? await session.run(ortFeeds, outputs) : await session.run(ortFeeds);
-    const out: Outputs = {};
-    for (const name of outputs ?? session.outputNames) {
-      const t = res[name];
-      if (t === undefined) throw new Error(`onnxruntime-web returned no output '${name}'`);
-      out[name] = copyOut(t);
-    }
-    for (const t of Object.values(res)) t.dispose();
-    return out;
-  } finally {
-    await session.release();
-  }
+  const tensor = (f: TensorLike) => new ort.Tensor(f.type, f.data as never, [...f.dims]);
+  return runSession(session as unknown as SessionLike, tensor, feeds, outputs, "onnxruntime-web");
 }
 
 type Numeric = ArrayLike<number> | ArrayLike<bigint>;
