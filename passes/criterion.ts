@@ -18,6 +18,10 @@ export interface ScoreContext {
 
 /** A criterion: its registry entry (name, summary, declared arguments) plus how it scores. */
 export interface CriterionModule extends CriterionInfo {
+  /** Token sets the criterion reads, which the spec must declare. */
+  requiresSets?: string[];
+  /** What a model must have for the criterion to run, in words (for docs). */
+  needs: string;
   /**
    * Why this criterion cannot score tokens at `layer`, as a sentence naming the model fact, or
    * undefined when it can. Called before anything is emitted, so a bad spec writes nothing.

@@ -1,12 +1,28 @@
-/** The one criterion registry: the parser validates names and arguments against it, stages run it. */
+/**
+ * The one criterion registry: the parser validates names and arguments against it, `check` and
+ * `compile` resolve stages with it, docs are generated from it.
+ */
 import { createRegistry, type CriterionRegistry } from "../grammar/registry.js";
 import type { CriterionModule } from "./criterion.js";
+import { PLANNED, type CatalogEntry } from "./catalog.js";
 import { clsAttn } from "./criteria/cls-attn.js";
 
+/** Criteria prunec can compile. */
 export const CRITERIA: readonly CriterionModule[] = [clsAttn];
 
-export const registry: CriterionRegistry = createRegistry(CRITERIA);
+export { PLANNED };
+
+export const registry: CriterionRegistry = createRegistry([...CRITERIA, ...PLANNED]);
 
 export function criterionModule(name: string): CriterionModule | undefined {
   return CRITERIA.find((c) => c.name === name);
+}
+
+export function plannedCriterion(name: string): CatalogEntry | undefined {
+  return PLANNED.find((c) => c.name === name);
+}
+
+/** Token sets a criterion needs declared in the spec. */
+export function requiredSets(name: string): string[] {
+  return criterionModule(name)?.requiresSets ?? plannedCriterion(name)?.requiresSets ?? [];
 }

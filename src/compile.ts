@@ -29,6 +29,7 @@ import { formatDiagnostics } from "../grammar/diagnostics.js";
 import { registry } from "../passes/registry.js";
 import { applyStage, type StagePlan } from "../passes/prune-stage.js";
 import { planStages } from "./plan.js";
+import { modelInputs } from "./analysis/inputs.js";
 import { PrunecError } from "./errors.js";
 import { VERSION } from "./version.js";
 
@@ -84,7 +85,7 @@ export function compile(modelBytes: Uint8Array, specText: string, options: Compi
   const spec = parseOrThrow(specText, specName);
   const graph = model.graph!;
   const info = analyzeTransformer(new Graph(graph), modelName);
-  const plans = planStages(spec, info);
+  const plans = planStages(spec, info, modelInputs(graph));
   const opset = opsetOf(model);
   if (plans.length && opset < 13) {
     throw new PrunecError("apply", `${modelName}: opset ${opset} is too old; prunec emits opset-13 operators (re-export with opset ≥ 13)`);

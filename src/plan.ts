@@ -7,7 +7,7 @@ import { argsWithDefaults } from "../grammar/registry.js";
 import { diagnosticAt, formatDiagnostics, type Diagnostic } from "../grammar/diagnostics.js";
 import type { TransformerInfo } from "./analysis/transformer.js";
 import type { Dim } from "./analysis/dims.js";
-import { criterionModule } from "../passes/registry.js";
+import { criterionModule, plannedCriterion, requiredSets } from "../passes/registry.js";
 import type { StagePlan } from "../passes/prune-stage.js";
 import { keepCountStatic } from "../passes/amount.js";
 import { PrunecError } from "./errors.js";
@@ -15,8 +15,54 @@ import { PrunecError } from "./errors.js";
 /** Percentage kept when a stage omits its amount (documented in docs/language.md). */
 export const DEFAULT_PERCENT = 50;
 
-export function planStages(spec: SpecIR, model: TransformerInfo): StagePlan[] {
-  const diagnostics: Diagnostic[] = [];
+/** A stage's amount as the spec resolves it (the default made explicit). */
+export function resolvedAmount(stage: StageIR): { text: string; isDefault: boolean } {
+  if (!stage.amount) return { text: `${stage.action} ${DEFAULT_PERCENT}%`, isDefault: true };
+  const a = stage.amount;
+  const text = a.kind === "percent" ? `${a.value}%` : a.kind === "count" ? `${a.value} tokens` : a.kind === "mass" ? `mass ${a.value}%` : `above ${a.value}`;
+  return { text: `${stage.action} ${text}`, isDefault: false };
+}
+
+/** What the plan needs to know of a model input named by `tokens SET = input NAME`. */
+export interface InputFact {
+  elemType: string;
+  rank: number;
+}
+
+/** `tokens SET = input NAME` naming an existing model input needs a boolean or integer [batch, sequence] mask. */
+function checkSetInputs(spec: SpecIR, inputs: ReadonlyMap<string, InputFact>): Diagnostic[] {
+  const out: Diagnostic[] = [];
+  for (const t of spec.tokenSets) {
+    if (t.source.kind !== "input") continue;
+    const fact = inputs.get(t.source.input);
+    if (!fact) continue; // a new boolean input will be added
+    const maskTypes = ["bool", "int64", "int32", "uint8"];
+    if (!maskTypes.includes(fact.elemType) || fact.rank !== 2) {
+      out.push(diagnosticAt(spec.file, t.sourceSpan, `model input '${t.source.input}' is ${fact.elemType} of rank ${fact.rank}; a token set needs a boolean or integer [batch, sequence] mask`));
+    }
+  }
+  return out;
+}
+
+/** Token sets used (`of SET`) or required by criteria are declared in the spec. */
+function checkSpecSets(spec: SpecIR): Diagnostic[] {
+  const declared = new Set(spec.tokenSets.map((t) => t.name));
+  const out: Diagnostic[] = [];
+  for (const stage of spec.stages) {
+    if (stage.of !== undefined && !declared.has(stage.of)) {
+      out.push(diagnosticAt(spec.file, stage.ofSpan ?? stage.span, `token set '${stage.of}' is not defined; declare it with 'tokens ${stage.of} = input NAME' (a boolean model input marking its positions)`));
+    }
+    for (const set of requiredSets(stage.criterion.name)) {
+      if (declared.has(set)) continue;
+      const how = set === "instruction" ? "tokens instruction = after image" : `tokens ${set} = input ${set}_mask`;
+      out.push(diagnosticAt(spec.file, stage.criterion.span, `${stage.criterion.name} needs the token set '${set}', which this spec does not declare; add '${how}'`));
+    }
+  }
+  return out;
+}
+
+export function planStages(spec: SpecIR, model: TransformerInfo, inputs: ReadonlyMap<string, InputFact> = new Map()): StagePlan[] {
+  const diagnostics: Diagnostic[] = [...checkSpecSets(spec), ...checkSetInputs(spec, inputs)];
   const plans: StagePlan[] = [];
   const fail = (span: Span, message: string): void => {
     diagnostics.push(diagnosticAt(spec.file, span, message));
@@ -37,7 +83,10 @@ export function planStages(spec: SpecIR, model: TransformerInfo): StagePlan[] {
     plans.push(plan);
   });
   if (count === 0) diagnostics.push(diagnosticAt(spec.file, { line: 1, column: 1, endLine: 1, endColumn: 1 }, "the model has no transformer layers"));
-  if (diagnostics.length) throw new PrunecError("apply", formatDiagnostics(diagnostics, spec.text), diagnostics);
+  if (diagnostics.length) {
+    diagnostics.sort((a, b) => a.line - b.line || a.column - b.column);
+    throw new PrunecError("apply", formatDiagnostics(diagnostics, spec.text), diagnostics);
+  }
   return plans;
 }
 
@@ -61,6 +110,9 @@ function planOne(
     return undefined;
   }
   const layer = model.layers[resolved]!;
+  // Undeclared token sets are reported by checkSpecSets; nothing else about this stage is meaningful.
+  if (stage.of !== undefined && !spec.tokenSets.some((t) => t.name === stage.of)) return undefined;
+  if (requiredSets(stage.criterion.name).some((set) => !spec.tokenSets.some((t) => t.name === set))) return undefined;
   if (stage.action === "merge") {
     fail(stage.actionSpan, "'merge' is not supported yet; use 'keep' or 'drop'");
     return undefined;
@@ -70,7 +122,7 @@ function planOne(
     return undefined;
   }
   if (stage.of !== undefined) {
-    fail(stage.ofSpan ?? stage.span, `'of ${stage.of}': token sets are not supported yet for vision encoders; the stage acts on all non-special tokens`);
+    fail(stage.ofSpan ?? stage.span, `'of ${stage.of}': stages restricted to a token set are not supported yet; without 'of', a stage acts on all non-special tokens`);
     return undefined;
   }
   if (stage.options.length) {
@@ -79,7 +131,8 @@ function planOne(
   }
   const criterion = criterionModule(stage.criterion.name);
   if (!criterion) {
-    fail(stage.criterion.span, `criterion '${stage.criterion.name}' has no implementation`);
+    const planned = plannedCriterion(stage.criterion.name);
+    fail(stage.criterion.span, `criterion '${stage.criterion.name}'${planned ? ` (${planned.reference})` : ""} is part of the language, but prunec cannot compile it yet`);
     return undefined;
   }
   const why = criterion.unsupported(model, layer);

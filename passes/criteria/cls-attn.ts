@@ -48,6 +48,7 @@ export const clsAttn: CriterionModule = {
   name: "cls-attn",
   summary: "mean over heads of the CLS query's attention probabilities to each token (FasterVLM)",
   args: {},
+  needs: "a CLS token; attention probabilities in the graph (MatMul + Softmax attention)",
   unsupported,
   score,
 };

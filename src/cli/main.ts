@@ -6,7 +6,9 @@
 import { Command, CommanderError } from "commander";
 import { readFileSync, renameSync, rmSync, existsSync, statSync, openSync, writeSync, closeSync } from "node:fs";
 import { basename, dirname, join, resolve } from "node:path";
-import { compile } from "../compile.js";
+import { compile, parseOrThrow } from "../compile.js";
+import { checkSpec, diagnosticsJson } from "../check.js";
+import { formatDiagnostics, printSpec } from "../../grammar/index.js";
 import { inspectModel, formatInspect } from "../inspect.js";
 import { PrunecError } from "../errors.js";
 import { VERSION } from "../version.js";
@@ -70,6 +72,27 @@ function runCompile(modelPath: string, specPath: string, opts: { output?: string
   io.out([`wrote ${out}`, ...stages.map((s) => `  ${s}`), `  ${report.addedNodes.length} nodes added`].join("\n"));
 }
 
+function runCheck(specPath: string, modelPath: string | undefined, opts: { json?: boolean }, io: Io): number {
+  const text = new TextDecoder().decode(readInput(specPath, "a .prune spec"));
+  const model = modelPath ? { bytes: readInput(modelPath, "an ONNX model"), name: modelPath } : undefined;
+  const r = checkSpec(text, specPath, model);
+  if (opts.json) {
+    io.out(JSON.stringify({ ok: r.ok, summary: r.summary, stages: r.stages, diagnostics: diagnosticsJson(r.diagnostics) }, null, 2));
+  } else if (r.ok) {
+    io.out(r.summary);
+  } else {
+    io.err(formatDiagnostics(r.diagnostics, text) + "\n\n" + r.summary);
+  }
+  return r.ok ? 0 : 1;
+}
+
+function runFmt(specPath: string, io: Io): number {
+  const text = new TextDecoder().decode(readInput(specPath, "a .prune spec"));
+  const spec = parseOrThrow(text, specPath);
+  io.out(printSpec(spec));
+  return 0;
+}
+
 function runInspect(modelPath: string, opts: { json?: boolean }, io: Io): void {
   const report = inspectModel(readInput(modelPath, "an ONNX model"), modelPath);
   io.out(opts.json ? JSON.stringify(report, null, 2) : formatInspect(report));
@@ -95,6 +118,25 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
     .option("--json", "print the compile report as JSON")
     .action((model: string, spec: string, opts: { output?: string; exposeIndices?: boolean; json?: boolean }) => runCompile(model, spec, opts, io));
 
+  let exit = 0;
+  program
+    .command("check")
+    .description("check SPEC (and, given MODEL, that it applies to MODEL); prints the resolved schedule")
+    .argument("<spec>", ".prune spec file")
+    .argument("[model]", "ONNX model to check the spec against")
+    .option("--json", "print the result and diagnostics as JSON")
+    .action((spec: string, model: string | undefined, opts: { json?: boolean }) => {
+      exit = runCheck(spec, model, opts, io);
+    });
+
+  program
+    .command("fmt")
+    .description("print SPEC in canonical form")
+    .argument("<spec>", ".prune spec file")
+    .action((spec: string) => {
+      exit = runFmt(spec, io);
+    });
+
   program
     .command("inspect")
     .description("show the transformer layers, tokens and criteria prunec finds in MODEL")
@@ -104,7 +146,7 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
 
   try {
     await program.parseAsync(argv, { from: "user" });
-    return 0;
+    return exit;
   } catch (e) {
     if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : 1;
     if (e instanceof PrunecError) {

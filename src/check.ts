@@ -1,0 +1,96 @@
+/**
+ * `prunec check SPEC [MODEL]`: every check compile would make, without writing anything. Without a
+ * model: syntax, criteria and their arguments. With a model: also layers, token sets, model facts
+ * and what prunec can compile, and the token count after each stage.
+ */
+import type { Diagnostic } from "../grammar/diagnostics.js";
+import { parseSpec } from "../grammar/index.js";
+import type { SpecIR, StageIR } from "../grammar/ir.js";
+import { registry } from "../passes/registry.js";
+import type { StagePlan } from "../passes/prune-stage.js";
+import { decodeModel } from "./onnx/io.js";
+import { checkExternalData } from "./onnx/external.js";
+import { Graph } from "./ir/graph.js";
+import { analyzeTransformer } from "./analysis/transformer.js";
+import { planStages, resolvedAmount } from "./plan.js";
+import { modelInputs } from "./analysis/inputs.js";
+import { PrunecError } from "./errors.js";
+
+export interface CheckedStage {
+  line: number;
+  text: string;
+  tokensIn?: number | string;
+  tokensOut?: number | string;
+}
+
+export interface CheckResult {
+  ok: boolean;
+  diagnostics: Diagnostic[];
+  stages: CheckedStage[];
+  /** One line: the resolved schedule when ok, the error count otherwise. */
+  summary: string;
+}
+
+function position(stage: StageIR): string {
+  const p = stage.position;
+  if (p.kind === "after-encoder") return "after encoder";
+  if (p.kind === "before-layer-0") return "before layer 0";
+  return `${p.kind === "after-layer" ? "after" : "in"} layer ${p.layer}`;
+}
+
+function stageText(stage: StageIR): string {
+  const amount = resolvedAmount(stage);
+  const args = Object.entries(stage.criterion.args).map(([k, v]) => `${k}: ${Array.isArray(v) ? `${v[0]}..${v[1]}` : v}`);
+  const criterion = stage.criterion.name + (args.length ? `(${args.join(", ")})` : "");
+  const of = stage.of !== undefined ? ` of ${stage.of}` : "";
+  const withs = stage.options.length ? ` with ${stage.options.join(", ")}` : "";
+  return `${position(stage)} ${amount.text}${amount.isDefault ? " (default)" : ""}${of} by ${criterion}${withs}`;
+}
+
+export function checkSpec(specText: string, specName: string, model?: { bytes: Uint8Array; name: string }): CheckResult {
+  const parsed = parseSpec(specText, specName, registry);
+  const fail = (diagnostics: Diagnostic[]): CheckResult => ({
+    ok: false,
+    diagnostics,
+    stages: [],
+    summary: `${specName}: ${diagnostics.length} error${diagnostics.length === 1 ? "" : "s"}`,
+  });
+  if (!parsed.spec || parsed.diagnostics.length) return fail(parsed.diagnostics);
+  const spec: SpecIR = parsed.spec;
+  let plans: StagePlan[] | undefined;
+  if (model) {
+    const m = decodeModel(model.bytes, model.name);
+    checkExternalData(m, model.name);
+    const info = analyzeTransformer(new Graph(m.graph!), model.name);
+    try {
+      plans = planStages(spec, info, modelInputs(m.graph!));
+    } catch (e) {
+      if (e instanceof PrunecError && e.kind === "apply" && e.diagnostics.length) return fail([...e.diagnostics]);
+      throw e;
+    }
+  }
+  const stages = spec.stages.map((s, i): CheckedStage => {
+    const out: CheckedStage = { line: s.span.line, text: stageText(s) };
+    const plan = plans?.[i];
+    if (plan) {
+      out.tokensIn = plan.tokensIn;
+      out.tokensOut = plan.tokensOut;
+    }
+    return out;
+  });
+  const on = model ? ` on ${model.name}` : "";
+  const list = stages.map((s) => s.text + (s.tokensOut !== undefined ? ` (${s.tokensIn} → ${s.tokensOut} tokens)` : "")).join("; ");
+  return { ok: true, diagnostics: [], stages, summary: `${specName}: ok${on}, ${stages.length} stage${stages.length === 1 ? "" : "s"}${stages.length ? ": " + list : ""}` };
+}
+
+/** Diagnostics as editors want them. */
+export function diagnosticsJson(ds: readonly Diagnostic[]) {
+  return ds.map((d) => ({
+    file: d.file,
+    line: d.line,
+    column: d.column,
+    end: { line: d.endLine, column: d.endColumn },
+    message: d.message,
+    ...(d.suggestion !== undefined ? { suggestion: d.suggestion } : {}),
+  }));
+}
