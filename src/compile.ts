@@ -103,7 +103,8 @@ export function compile(modelBytes: Uint8Array, specText: string, options: Compi
   if (options.exposeIndices) g = exposeIndices(g, indices, info, plans);
   if (plans.length) g = refreshOutputShapes(g, graph, plans);
 
-  const out = shallowCopy(model, { graph: g, metadataProps: withMetadata(model, specText) });
+  const rep = report(info, plans, added, spec.stages.map((s) => s.span.line));
+  const out = shallowCopy(model, { graph: g, metadataProps: withMetadata(model, specText, rep) });
   const parts = encodeModelParts(out);
   let bytes: Uint8Array | undefined;
   return {
@@ -112,14 +113,18 @@ export function compile(modelBytes: Uint8Array, specText: string, options: Compi
       return bytes;
     },
     parts,
-    report: report(info, plans, added, spec.stages.map((s) => s.span.line)),
+    report: rep,
   };
 }
 
-function withMetadata(model: ModelProto, specText: string) {
-  const ours = new Map([
-    ["prunec.version", VERSION],
-    ["prunec.spec", specText],
+/** Metadata keys prunec writes; `eval` and `report` read the token counts back. */
+export const META = { version: "prunec.version", spec: "prunec.spec", tokens: "prunec.tokens_per_layer" } as const;
+
+function withMetadata(model: ModelProto, specText: string, rep: CompileReport) {
+  const ours = new Map<string, string>([
+    [META.version, VERSION],
+    [META.spec, specText],
+    [META.tokens, JSON.stringify(rep.tokensPerLayer.map((t) => t.pruned ?? null))],
   ]);
   const kept = model.metadataProps.filter((p) => !ours.has(p.key));
   return [...kept, ...[...ours].map(([key, value]) => create(StringStringEntryProtoSchema, { key, value }))];

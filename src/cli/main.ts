@@ -9,6 +9,11 @@ import { basename, dirname, join, resolve } from "node:path";
 import { compile, parseOrThrow } from "../compile.js";
 import { checkSpec, diagnosticsJson } from "../check.js";
 import { formatDiagnostics, printSpec } from "../../grammar/index.js";
+import { SingleBar, Presets } from "cli-progress";
+import { parseDataset } from "../data/prds.js";
+import { evaluate, type EvalResult } from "./evaluate.js";
+import { benchmark, formatBench } from "./benchmark.js";
+import { writeReport } from "./report.js";
 import { inspectModel, formatInspect } from "../inspect.js";
 import { PrunecError } from "../errors.js";
 import { VERSION } from "../version.js";
@@ -93,6 +98,50 @@ function runFmt(specPath: string, io: Io): number {
   return 0;
 }
 
+function positiveInt(value: string, what: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1) throw new PrunecError("io", `${what} must be a positive integer, got '${value}'`);
+  return n;
+}
+
+async function runEval(modelPath: string, opts: { data: string; ep: string; batch: string; json?: boolean }, io: Io): Promise<void> {
+  if (opts.ep !== "cpu" && opts.ep !== "wasm") throw new PrunecError("io", `--ep must be cpu or wasm, got '${opts.ep}'`);
+  const ep = opts.ep;
+  const batch = positiveInt(opts.batch, "--batch");
+  const model = readInput(modelPath, "an ONNX model");
+  const data = parseDataset(readInput(opts.data, "a .prds data set"), opts.data);
+  const bar = process.stderr.isTTY && !opts.json ? new SingleBar({ format: "eval {bar} {value}/{total} examples", hideCursor: true, stream: process.stderr }, Presets.shades_classic) : undefined;
+  bar?.start(data.header.n, 0);
+  let r: EvalResult;
+  try {
+    r = await evaluate(model, modelPath, data, { ep, batch, onProgress: (done) => bar?.update(done) });
+  } finally {
+    bar?.stop();
+  }
+  if (opts.json) {
+    io.out(JSON.stringify({ accuracy: r.accuracy, n: r.n, correct: r.correct, ep: r.ep, tokensPerLayer: r.tokensPerLayer }, null, 2));
+    return;
+  }
+  const lines = [`${modelPath}: top-1 accuracy ${(100 * r.accuracy).toFixed(2)}% (${r.correct}/${r.n}) on ${opts.data}, ${r.ep}`];
+  if (r.tokensPerLayer) lines.push(`  tokens per layer: ${r.tokensPerLayer.join(" ")}`);
+  io.out(lines.join("\n"));
+}
+
+async function runBench(modelPath: string, specPaths: string[], opts: { batch: string; runs: string; json?: boolean }, io: Io): Promise<void> {
+  const model = readInput(modelPath, "an ONNX model");
+  const specs = specPaths.map((p) => ({ name: p, text: new TextDecoder().decode(readInput(p, "a .prune spec")) }));
+  const r = await benchmark(model, modelPath, specs, { batch: positiveInt(opts.batch, "--batch"), runs: positiveInt(opts.runs, "--runs") });
+  io.out(opts.json ? JSON.stringify(r, null, 2) : formatBench(r));
+}
+
+async function runReport(modelPath: string, specPath: string, opts: { output: string; data?: string; examples: string }, io: Io): Promise<void> {
+  const model = readInput(modelPath, "an ONNX model");
+  const spec = new TextDecoder().decode(readInput(specPath, "a .prune spec"));
+  const data = opts.data ? parseDataset(readInput(opts.data, "a .prds data set"), opts.data) : undefined;
+  const r = await writeReport(model, modelPath, spec, opts.output, data, positiveInt(opts.examples, "--examples"));
+  io.out([`wrote ${r.files.length} files to ${opts.output}`, ...r.files.map((f) => `  ${f}`)].join("\n"));
+}
+
 function runInspect(modelPath: string, opts: { json?: boolean }, io: Io): void {
   const report = inspectModel(readInput(modelPath, "an ONNX model"), modelPath);
   io.out(opts.json ? JSON.stringify(report, null, 2) : formatInspect(report));
@@ -135,6 +184,42 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
     .argument("<spec>", ".prune spec file")
     .action((spec: string) => {
       exit = runFmt(spec, io);
+    });
+
+  program
+    .command("eval")
+    .description("top-1 accuracy of MODEL on a labelled .prds set (and the tokens per layer of a pruned model)")
+    .argument("<model>", "ONNX model file")
+    .requiredOption("--data <file>", "labelled test set (.prds)")
+    .option("--ep <provider>", "execution provider: cpu (onnxruntime-node) or wasm (onnxruntime-web)", "cpu")
+    .option("--batch <n>", "batch size", "32")
+    .option("--json", "print the result as JSON")
+    .action(async (model: string, opts: { data: string; ep: string; batch: string; json?: boolean }) => {
+      await runEval(model, opts, io);
+    });
+
+  program
+    .command("bench")
+    .description("median latency of MODEL dense and compiled with each SPEC on ORT CPU, measured vs FLOPs-ideal speedup")
+    .argument("<model>", "ONNX model file")
+    .argument("<specs...>", ".prune spec files")
+    .option("--batch <n>", "batch size", "1")
+    .option("--runs <n>", "timed runs per model", "30")
+    .option("--json", "print the result as JSON")
+    .action(async (model: string, specs: string[], opts: { batch: string; runs: string; json?: boolean }) => {
+      await runBench(model, specs, opts, io);
+    });
+
+  program
+    .command("report")
+    .description("write a Markdown + JSON report with a chart and kept-patch overlays to DIR")
+    .argument("<model>", "ONNX model file")
+    .argument("<spec>", ".prune spec file")
+    .requiredOption("-o, --output <dir>", "output folder")
+    .option("--data <file>", "labelled sample set (.prds) for kept-patch overlays")
+    .option("--examples <n>", "how many examples to draw", "4")
+    .action(async (model: string, spec: string, opts: { output: string; data?: string; examples: string }) => {
+      await runReport(model, spec, opts, io);
     });
 
   program

@@ -10,9 +10,8 @@
  * is ever fetched, and pin `env.wasm.numThreads = 1` (no worker threads, deterministic).
  */
 import { readFileSync } from "node:fs";
-import { createRequire } from "node:module";
-import { dirname, join } from "node:path";
 import type { NpyArray } from "./npy.js";
+import { loadOrtWeb as loadOrtWebShared } from "../../src/cli/runtime.js";
 
 export type TensorData =
   | Float32Array
@@ -142,24 +141,8 @@ export async function runNode(
   return runSession(session as unknown as SessionLike, tensor, feeds, outputs, "onnxruntime-node");
 }
 
-type OrtWeb = typeof import("onnxruntime-web");
-let ortWeb: Promise<OrtWeb> | undefined;
-
-/** onnxruntime-web, loaded once per process and configured for offline single-threaded WASM. */
-export function loadOrtWeb(): Promise<OrtWeb> {
-  ortWeb ??= (async () => {
-    const ort = await import("onnxruntime-web");
-    const require = createRequire(import.meta.url);
-    // The package's "require" export is dist/ort.node.min.js; the binary sits beside it.
-    const dist = dirname(require.resolve("onnxruntime-web"));
-    ort.env.wasm.numThreads = 1;
-    ort.env.wasm.proxy = false;
-    ort.env.wasm.wasmBinary = readFileSync(join(dist, "ort-wasm-simd-threaded.wasm"));
-    ort.env.logLevel = "error";
-    return ort;
-  })();
-  return ortWeb;
-}
+// One loader for the CLI and the tests: offline, single-threaded WASM (see src/cli/runtime.ts).
+export { loadOrtWeb } from "../../src/cli/runtime.js";
 
 /**
  * Run a model on onnxruntime-web's WASM backend inside Node (single thread). Same contract as
@@ -171,7 +154,7 @@ export async function runWasm(
   outputs?: string[],
   options: RunOptions = {},
 ): Promise<Outputs> {
-  const ort = await loadOrtWeb();
+  const ort = await loadOrtWebShared();
   const session = await ort.InferenceSession.create(modelInput(model), {
     executionProviders: ["wasm"],
     graphOptimizationLevel: options.graphOptimizationLevel ?? "all",

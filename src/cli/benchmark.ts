@@ -1,0 +1,118 @@
+/**
+ * `prunec bench`: latency of the dense model and of each compiled spec on ORT CPU, measured side by
+ * side in one process, next to the FLOPs-ideal speedup from the token counts. Medians and quartiles;
+ * sessions alternate in blocks and each block's first run is dropped (an idle pool's spinning
+ * threads would otherwise steal the cores of the next session).
+ */
+import { decodeModel } from "../onnx/io.js";
+import { Graph } from "../ir/graph.js";
+import { analyzeTransformer } from "../analysis/transformer.js";
+import { layerCosts, outsideFlops, totalFlops } from "../analysis/flops.js";
+import { compile } from "../compile.js";
+import { openSession, type Session } from "./runtime.js";
+import { PrunecError } from "../errors.js";
+
+export interface BenchRow {
+  /** The spec's name (its file), or null for the dense model. */
+  spec: string | null;
+  tokensPerLayer: number[];
+  medianMs: number;
+  q1Ms: number;
+  q3Ms: number;
+  /** Dense median / this median. */
+  speedup: number;
+  /** Dense FLOPs / this model's FLOPs. */
+  idealSpeedup: number;
+  /** speedup / idealSpeedup. */
+  ratio: number;
+}
+
+export interface BenchResult {
+  model: string;
+  batch: number;
+  runs: number;
+  rows: BenchRow[];
+}
+
+export const BLOCK = 5;
+
+function quantile(xs: number[], q: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const pos = (s.length - 1) * q;
+  const lo = Math.floor(pos);
+  return s[lo]! + (s[Math.min(lo + 1, s.length - 1)]! - s[lo]!) * (pos - lo);
+}
+
+/** A deterministic input of the model's shape with the given batch. */
+function inputFor(bytes: Uint8Array, name: string, batch: number): { name: string; data: Float32Array; dims: number[] } {
+  const g = decodeModel(bytes, name).graph!;
+  const inp = g.input.find((i) => !g.initializer.some((t) => t.name === i.name))!;
+  const t = inp.type?.value.case === "tensorType" ? inp.type.value.value : undefined;
+  const dims = (t?.shape?.dim ?? []).map((d, i) => {
+    if (i === 0) return batch;
+    if (d.value.case === "dimValue") return Number(d.value.value);
+    throw new PrunecError("apply", `${name}: input '${inp.name}' has a symbolic size at axis ${i}; bench needs static sizes besides the batch`);
+  });
+  const n = dims.reduce((a, b) => a * b, 1);
+  const data = new Float32Array(n);
+  for (let i = 0; i < n; i++) data[i] = 0.5 + 0.5 * Math.sin(i * 0.37);
+  return { name: inp.name, data, dims };
+}
+
+export async function benchmark(
+  bytes: Uint8Array,
+  modelName: string,
+  specs: { name: string; text: string }[],
+  options: { batch: number; runs: number },
+): Promise<BenchResult> {
+  const graph = new Graph(decodeModel(bytes, modelName).graph!);
+  const info = analyzeTransformer(graph, modelName);
+  const costs = layerCosts(graph, info);
+  const fixed = outsideFlops(graph, info);
+  const flops = (tokens: number[]) => fixed + totalFlops(costs, tokens);
+  const dense = info.layers.map(() => Number(info.tokens));
+  const variants = [{ spec: null as string | null, model: bytes, tokens: dense }];
+  for (const spec of specs) {
+    const r = compile(bytes, spec.text, { modelName, specName: spec.name });
+    variants.push({ spec: spec.name, model: r.model, tokens: r.report.tokensPerLayer.map((t) => Number(t.pruned)) });
+  }
+  const input = inputFor(bytes, modelName, options.batch);
+  const sessions: Session[] = [];
+  try {
+    for (const v of variants) sessions.push(await openSession(v.model, "cpu"));
+    const feed = { [input.name]: { data: input.data, dims: input.dims } };
+    for (const s of sessions) for (let i = 0; i < 3; i++) await s.run(feed);
+    const times: number[][] = sessions.map(() => []);
+    for (let b = 0; b < Math.ceil(options.runs / BLOCK); b++) {
+      for (let k = 0; k < sessions.length; k++) {
+        await sessions[k]!.run(feed);
+        for (let i = 0; i < BLOCK; i++) {
+          const t = performance.now();
+          await sessions[k]!.run(feed);
+          times[k]!.push(performance.now() - t);
+        }
+      }
+    }
+    const denseMedian = quantile(times[0]!, 0.5);
+    const rows = variants.map((v, k): BenchRow => {
+      const medianMs = quantile(times[k]!, 0.5);
+      const speedup = denseMedian / medianMs;
+      const idealSpeedup = flops(dense) / flops(v.tokens);
+      return { spec: v.spec, tokensPerLayer: v.tokens, medianMs, q1Ms: quantile(times[k]!, 0.25), q3Ms: quantile(times[k]!, 0.75), speedup, idealSpeedup, ratio: speedup / idealSpeedup };
+    });
+    return { model: modelName, batch: options.batch, runs: times[0]!.length, rows };
+  } finally {
+    for (const s of sessions) await s.release();
+  }
+}
+
+export function formatBench(r: BenchResult): string {
+  const lines = [`${r.model}: ORT CPU, batch ${r.batch}, ${r.runs} runs per model (alternating blocks of ${BLOCK}), median [q1–q3]`];
+  lines.push("model                                   | latency ms            | speedup | FLOPs-ideal | ratio");
+  for (const row of r.rows) {
+    const name = (row.spec ?? "dense").slice(-40).padEnd(40);
+    const lat = `${row.medianMs.toFixed(2)} [${row.q1Ms.toFixed(1)}–${row.q3Ms.toFixed(1)}]`.padEnd(21);
+    lines.push(`${name}| ${lat} | ${row.speedup.toFixed(2).padStart(6)}× | ${row.idealSpeedup.toFixed(2).padStart(10)}× | ${row.ratio.toFixed(2)}`);
+  }
+  return lines.join("\n");
+}
