@@ -20,7 +20,7 @@ export function prunecMetadata(model: Uint8Array, name: string): Map<string, str
   return new Map(decodeModel(model, name).metadataProps.map((p) => [p.key, p.value]));
 }
 
-function argmax(row: Float32Array): number {
+export function argmax(row: Float32Array): number {
   let best = 0;
   for (let i = 1; i < row.length; i++) if (row[i]! > row[best]!) best = i;
   return best;

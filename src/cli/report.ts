@@ -13,6 +13,7 @@ import { layerCosts, outsideFlops } from "../analysis/flops.js";
 import { compile, type CompileReport } from "../compile.js";
 import { batchInput, type Dataset } from "../data/prds.js";
 import { openSession } from "./runtime.js";
+import { argmax } from "./evaluate.js";
 
 export interface ReportResult {
   files: string[];
@@ -88,12 +89,6 @@ export function overlayPng(d: Dataset, index: number, grid: number, kept: Readon
     }
   }
   return PNG.sync.write(png);
-}
-
-function argmax(row: Float32Array): number {
-  let best = 0;
-  for (let i = 1; i < row.length; i++) if (row[i]! > row[best]!) best = i;
-  return best;
 }
 
 export async function writeReport(
