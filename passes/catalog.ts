@@ -22,7 +22,6 @@ export const PLANNED: readonly CatalogEntry[] = [
     reference: "VTC-CLS, methods.md §2",
     args: { layers: { type: "range", doc: "first..last layer whose CLS attention is summed (inclusive)" } },
   },
-  { name: "global-attn", summary: "column mean of the attention probabilities over all queries, mean over heads", reference: "HiPrune score, methods.md §4", args: none },
   {
     name: "hiprune",
     summary: "anchors from an object layer, their ±1/±grid-width buffers, registers from the deep layer",

@@ -6,9 +6,10 @@ import { createRegistry, type CriterionRegistry } from "../grammar/registry.js";
 import type { CriterionModule } from "./criterion.js";
 import { PLANNED, type CatalogEntry } from "./catalog.js";
 import { clsAttn } from "./criteria/cls-attn.js";
+import { globalAttn } from "./criteria/global-attn.js";
 
 /** Criteria prunec can compile. */
-export const CRITERIA: readonly CriterionModule[] = [clsAttn];
+export const CRITERIA: readonly CriterionModule[] = [clsAttn, globalAttn];
 
 export { PLANNED };
 

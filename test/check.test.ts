@@ -69,8 +69,8 @@ describe("check against a model: each conflict names the spec text and the model
     ],
     [
       "a criterion of the language that prunec cannot compile yet",
-      "after layer 1 keep 50% by global-attn",
-      "s.prune:1:27: error: criterion 'global-attn' (HiPrune score, methods.md §4) is part of the language, but prunec cannot compile it yet\n 1 | after layer 1 keep 50% by global-attn\n   |                           ^~~~~~~~~~~",
+      "after layer 1 keep 50% by pagerank",
+      "s.prune:1:27: error: criterion 'pagerank' (AIM / Zero-TPrune, methods.md §8 and §12) is part of the language, but prunec cannot compile it yet\n 1 | after layer 1 keep 50% by pagerank\n   |                           ^~~~~~~~",
     ],
   ];
   it.each(table)("%s", (_what, spec, expected) => {

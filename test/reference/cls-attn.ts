@@ -35,3 +35,28 @@ export function clsAttnKeep(probs: Probs, percent: number, prefix: number): numb
     return topKPositions(scores, keepCount(percent, scores.length), prefix);
   });
 }
+
+/** global-attn (methods.md §4): mean over heads of the column mean over all queries, prunable keys only. */
+export function globalScores(probs: number[][][], prefix: number): number[] {
+  const heads = probs.length;
+  const q = probs[0]!.length;
+  const n = probs[0]![0]!.length;
+  const scores: number[] = [];
+  for (let j = prefix; j < n; j++) {
+    let sum = 0;
+    for (let h = 0; h < heads; h++) {
+      let col = 0;
+      for (let i = 0; i < q; i++) col += probs[h]![i]![j]!;
+      sum += col / q;
+    }
+    scores.push(sum / heads);
+  }
+  return scores;
+}
+
+export function globalAttnKeep(probs: Probs, percent: number, prefix: number): number[][] {
+  return probs.map((example) => {
+    const scores = globalScores(example, prefix);
+    return topKPositions(scores, keepCount(percent, scores.length), prefix);
+  });
+}
