@@ -49,9 +49,14 @@ export class NodeBuilder {
     return name;
   }
 
+  /** A Reduce* op in the form the opset wants (axes became an input in opset 18). */
+  reduce(op: "ReduceMean" | "ReduceL2" | "ReduceSum", x: string, axes: number[], keepdims: 0 | 1): string {
+    if (this.opset >= 18) return this.op(op, [x, this.int64(axes, undefined, "axes")], { keepdims });
+    return this.op(op, [x], { axes, keepdims });
+  }
+
   reduceMean(x: string, axes: number[], keepdims: 0 | 1): string {
-    if (this.opset >= 18) return this.op("ReduceMean", [x, this.int64(axes, undefined, "axes")], { keepdims });
-    return this.op("ReduceMean", [x], { axes, keepdims });
+    return this.reduce("ReduceMean", x, axes, keepdims);
   }
 
   unsqueeze(x: string, axes: number[]): string {

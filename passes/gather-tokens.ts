@@ -13,8 +13,13 @@ export interface GatherPlan {
   output: string;
 }
 
+/** What the layer's original producer writes once a stage takes over the residual's name. */
+export function denseName(r: string): string {
+  return `${r}/dense`;
+}
+
 export function gatherTokens(b: NodeBuilder, r: string, keep: string, layout: { tokenAxis: number; batchAxis?: number }): GatherPlan {
-  const dense = `${r}/dense`;
+  const dense = denseName(r);
   let gathered: string;
   if (layout.batchAxis === undefined) {
     const flat = b.squeeze(keep, [0]);

@@ -16,7 +16,7 @@ import { NodeBuilder } from "./builder.js";
 import type { CriterionModule } from "./criterion.js";
 import { keepCountDynamic } from "./amount.js";
 import { selectTopK } from "./select-topk.js";
-import { gatherTokens } from "./gather-tokens.js";
+import { gatherTokens, denseName } from "./gather-tokens.js";
 import { PrunecError } from "../src/errors.js";
 import type { ArgValue } from "../grammar/ir.js";
 
@@ -48,7 +48,9 @@ export function applyStage(proto: GraphProto, model: TransformerInfo, plan: Stag
   const r = residual.output;
   const b = new NodeBuilder(`prunec/stage${plan.stage}/${plan.criterion.name}`, opset);
 
-  const scores = plan.criterion.score({ graph: g, model, layer: plan.layer, args: plan.args, b, prefix: plan.prefix });
+  const stream = denseName(r);
+  const tokens = typeof plan.tokensIn === "number" ? plan.tokensIn : undefined;
+  const scores = plan.criterion.score({ graph: g, model, layer: plan.layer, args: plan.args, b, prefix: plan.prefix, stream, tokens });
   const k = keepTensor(b, scores, plan);
   const keep = selectTopK(b, scores, k, plan.prefix);
   const gather = gatherTokens(b, r, keep, { tokenAxis: model.tokenAxis!, ...(model.batchAxis !== undefined ? { batchAxis: model.batchAxis } : {}) });

@@ -7,9 +7,11 @@ import type { CriterionModule } from "./criterion.js";
 import { PLANNED, type CatalogEntry } from "./catalog.js";
 import { clsAttn } from "./criteria/cls-attn.js";
 import { globalAttn } from "./criteria/global-attn.js";
+import { norm } from "./criteria/norm.js";
+import { random, uniform } from "./criteria/fixed-order.js";
 
 /** Criteria prunec can compile. */
-export const CRITERIA: readonly CriterionModule[] = [clsAttn, globalAttn];
+export const CRITERIA: readonly CriterionModule[] = [clsAttn, globalAttn, norm, random, uniform];
 
 export { PLANNED };
 

@@ -135,7 +135,7 @@ function planOne(
     fail(stage.criterion.span, `criterion '${stage.criterion.name}'${planned ? ` (${planned.reference})` : ""} is part of the language, but prunec cannot compile it yet`);
     return undefined;
   }
-  const why = criterion.unsupported(model, layer);
+  const why = criterion.unsupported(model, layer, tokensIn);
   if (why) {
     fail(stage.criterion.span, `${criterion.name} cannot run after layer ${resolved}: ${why}`);
     return undefined;

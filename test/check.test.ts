@@ -78,7 +78,7 @@ describe("check against a model: each conflict names the spec text and the model
   });
 
   it("reports every conflict of a file, ordered by position", () => {
-    const r = checkSpec("after layer 9 keep 50% by cls-attn\nafter layer 1 keep 50% of image by cls-attn\nafter layer 2 keep 50% by norm", "s.prune", TINY);
+    const r = checkSpec("after layer 9 keep 50% by cls-attn\nafter layer 1 keep 50% of image by cls-attn\nafter layer 2 keep 50% by pagerank", "s.prune", TINY);
     expect(r.diagnostics.map((d) => `${d.line}:${d.column}`)).toEqual(["1:13", "2:27", "3:27"]);
   });
 
