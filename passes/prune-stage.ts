@@ -15,7 +15,8 @@ import { int64Tensor } from "../src/onnx/tensor.js";
 import { NodeBuilder } from "./builder.js";
 import type { CriterionModule } from "./criterion.js";
 import { keepCountDynamic } from "./amount.js";
-import { selectTopK } from "./select-topk.js";
+import { selectTopK, withPrefix } from "./select-topk.js";
+import { selectAndGatherFloat } from "./select-gather-float.js";
 import { gatherTokens, denseName } from "./gather-tokens.js";
 import { PrunecError } from "../src/errors.js";
 import type { ArgValue } from "../grammar/ir.js";
@@ -37,12 +38,27 @@ export interface StagePlan {
 
 export interface StageResult {
   graph: GraphProto;
-  /** int64 [batch, K'] kept positions, numbered as the stage's input tokens. */
-  indices: string;
+  /** int64 [batch, K'] kept positions, numbered as the stage's input tokens (when asked for). */
+  indices: string | undefined;
   added: NodeProto[];
+  lowering: Lowering;
 }
 
-export function applyStage(proto: GraphProto, model: TransformerInfo, plan: StagePlan, opset: number): StageResult {
+/**
+ * `index`: int64 index arithmetic (TopK, re-sort, offsets), the default;
+ * `float-keys`: WebGPU-resident selection (passes/select-gather-float.ts).
+ */
+export type Lowering = "index" | "float-keys";
+
+export interface StageOptions {
+  opset: number;
+  target: "cpu" | "webgpu";
+  /** Emit the int64 kept positions (for --expose-indices) even when the lowering does not need them. */
+  expose: boolean;
+}
+
+export function applyStage(proto: GraphProto, model: TransformerInfo, plan: StagePlan, options: StageOptions): StageResult {
+  const opset = options.opset;
   const g = new Graph(proto);
   const residual = plan.layer.residual!;
   const r = residual.output;
@@ -51,14 +67,26 @@ export function applyStage(proto: GraphProto, model: TransformerInfo, plan: Stag
   const stream = denseName(r);
   const tokens = typeof plan.tokensIn === "number" ? plan.tokensIn : undefined;
   const scores = plan.criterion.score({ graph: g, model, layer: plan.layer, args: plan.args, b, prefix: plan.prefix, stream, tokens });
-  const k = keepTensor(b, scores, plan);
-  const keep = selectTopK(b, scores, k, plan.prefix);
-  const gather = gatherTokens(b, r, keep, { tokenAxis: model.tokenAxis!, ...(model.batchAxis !== undefined ? { batchAxis: model.batchAxis } : {}) });
+  let output: string;
+  let indices: string | undefined;
+  let lowering: Lowering = "index";
+  if (options.target === "webgpu" && model.batchAxis === 0 && plan.keep !== undefined && tokens !== undefined) {
+    lowering = "float-keys";
+    const sel = selectAndGatherFloat(b, scores, stream, tokens - plan.prefix, plan.keep, plan.prefix);
+    output = sel.output;
+    if (options.expose) indices = withPrefix(b, b.squeeze(sel.positions, [2]), plan.prefix);
+  } else {
+    indices = selectTopK(b, scores, keepTensor(b, scores, plan), plan.prefix);
+    output = gatherTokens(b, stream, indices, { tokenAxis: model.tokenAxis!, ...(model.batchAxis !== undefined ? { batchAxis: model.batchAxis } : {}) });
+  }
+  // The stage's result takes the residual's name, so every consumer and graph output reads it.
+  const last = b.nodes.find((n) => n.output[0] === output)!;
+  last.output[0] = r;
 
   // The original producer of r now writes r/dense; stage nodes go right after it (their inputs,
   // the layer's probabilities and r/dense, all exist by then).
   const producer = g.producer.get(r)!;
-  const renamed = shallowCopy(producer, { output: producer.output.map((o) => (o === r ? gather.dense : o)) });
+  const renamed = shallowCopy(producer, { output: producer.output.map((o) => (o === r ? stream : o)) });
   const at = proto.node.indexOf(producer);
   const nodes = [...proto.node.slice(0, at), renamed, ...b.nodes, ...proto.node.slice(at + 1)];
 
@@ -71,7 +99,7 @@ export function applyStage(proto: GraphProto, model: TransformerInfo, plan: Stag
     // Shapes recorded below the stage describe the dense model; ORT would reject them.
     valueInfo: proto.valueInfo.filter((v) => !below.has(v.name)),
   });
-  return { graph, indices: keep, added: b.nodes };
+  return { graph, indices, added: b.nodes, lowering };
 }
 
 function keepTensor(b: NodeBuilder, scores: string, plan: StagePlan): string {

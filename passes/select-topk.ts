@@ -9,8 +9,13 @@ export function selectTopK(b: NodeBuilder, scores: string, k: string, prefix: nu
   const [, best] = b.opN("TopK", [scores, k], 2, { axis: -1, largest: 1, sorted: 1 });
   // Re-sort the winners by position so kept tokens stay in their original order.
   const [ascending] = b.opN("TopK", [best!, k], 2, { axis: -1, largest: 0, sorted: 1 });
-  if (prefix === 0) return ascending!;
-  const shifted = b.op("Add", [ascending!, b.int64([prefix], [1], "prefix")], {}, "to_token_positions");
+  return withPrefix(b, ascending!, prefix);
+}
+
+/** Ascending prunable positions int64 [batch, K] → token positions with the prefix tokens in front. */
+export function withPrefix(b: NodeBuilder, ascending: string, prefix: number): string {
+  if (prefix === 0) return ascending;
+  const shifted = b.op("Add", [ascending, b.int64([prefix], [1], "prefix")], {}, "to_token_positions");
   const batch = b.slice(b.op("Shape", [shifted]), 0, 0, 1);
   const shape = b.op("Concat", [batch, b.int64([prefix], [1])], { axis: 0 });
   const special = b.op("Expand", [b.int64([...Array(prefix).keys()], [1, prefix], "special_tokens"), shape]);

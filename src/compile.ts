@@ -27,7 +27,7 @@ import type { Dim } from "./analysis/dims.js";
 import { parseSpec } from "../grammar/index.js";
 import { formatDiagnostics } from "../grammar/diagnostics.js";
 import { registry } from "../passes/registry.js";
-import { applyStage, type StagePlan } from "../passes/prune-stage.js";
+import { applyStage, type Lowering, type StagePlan } from "../passes/prune-stage.js";
 import { planStages } from "./plan.js";
 import { modelInputs } from "./analysis/inputs.js";
 import { PrunecError } from "./errors.js";
@@ -39,6 +39,11 @@ export interface CompileOptions {
   specName?: string;
   /** Add graph outputs `prunec.stageN.indices` (int64 [batch, kept]). */
   exposeIndices?: boolean;
+  /**
+   * The execution provider the model is for. `webgpu` keeps the added subgraph GPU-resident (no
+   * int64 arithmetic, which onnxruntime-web's WebGPU EP runs on the CPU); default `cpu` (any EP).
+   */
+  target?: "cpu" | "webgpu";
 }
 
 export interface StageReport {
@@ -48,6 +53,8 @@ export interface StageReport {
   tokensIn: Dim;
   tokensOut: Dim;
   line: number;
+  /** How selection was lowered (see passes/prune-stage.ts). */
+  lowering: Lowering;
 }
 
 export interface CompileReport {
@@ -94,16 +101,18 @@ export function compile(modelBytes: Uint8Array, specText: string, options: Compi
   let g: GraphProto = graph;
   const added: NodeProto[] = [];
   const indices: string[] = [];
+  const lowerings: Lowering[] = [];
   for (const plan of plans) {
-    const result = applyStage(g, info, plan, opset);
+    const result = applyStage(g, info, plan, { opset, target: options.target ?? "cpu", expose: options.exposeIndices ?? false });
     g = result.graph;
     added.push(...result.added);
-    indices.push(result.indices);
+    if (result.indices) indices.push(result.indices);
+    lowerings.push(result.lowering);
   }
   if (options.exposeIndices) g = exposeIndices(g, indices, info, plans);
   if (plans.length) g = refreshOutputShapes(g, graph, plans);
 
-  const rep = report(info, plans, added, spec.stages.map((s) => s.span.line));
+  const rep = report(info, plans, added, spec.stages.map((s) => s.span.line), lowerings);
   const out = shallowCopy(model, { graph: g, metadataProps: withMetadata(model, specText, rep) });
   const parts = encodeModelParts(out);
   let bytes: Uint8Array | undefined;
@@ -181,8 +190,9 @@ function refreshOutputShapes(g: GraphProto, original: GraphProto, plans: StagePl
   });
 }
 
-function report(info: TransformerInfo, plans: StagePlan[], added: NodeProto[], lines: number[]): CompileReport {
+function report(info: TransformerInfo, plans: StagePlan[], added: NodeProto[], lines: number[], lowerings: Lowering[]): CompileReport {
   const stages = plans.map((p, i) => ({
+    lowering: lowerings[i]!,
     stage: p.stage,
     layer: p.layer.index,
     criterion: p.criterion.name,

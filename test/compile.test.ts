@@ -76,7 +76,7 @@ describe("compile on the built-in tiny ViT", () => {
 
   it("cls-attn keeps exactly the reference's tokens (batch 2, CPU and WASM)", async () => {
     const { model: pruned, report } = compile(model, SPEC, { exposeIndices: true });
-    expect(report.stages).toEqual([{ stage: 0, layer: 1, criterion: "cls-attn", tokensIn: 65, tokensOut: 33, line: 1 }]);
+    expect(report.stages).toEqual([{ stage: 0, layer: 1, criterion: "cls-attn", tokensIn: 65, tokensOut: 33, line: 1, lowering: "index" }]);
     expect(report.tokensPerLayer.map((t) => t.pruned)).toEqual([65, 65, 33, 33]);
     expect(report.addedNodes.every((n) => n.startsWith("prunec/stage0/"))).toBe(true);
     const probs = "/encoder/layers/encoder_layer_1/self_attention/Softmax_output_0";

@@ -60,14 +60,16 @@ export function writeAtomic(path: string, parts: readonly Uint8Array[]): void {
   }
 }
 
-function runCompile(modelPath: string, specPath: string, opts: { output?: string; exposeIndices?: boolean; json?: boolean }, io: Io): void {
+function runCompile(modelPath: string, specPath: string, opts: { output?: string; exposeIndices?: boolean; json?: boolean; target?: string }, io: Io): void {
+  if (opts.target !== undefined && opts.target !== "cpu" && opts.target !== "webgpu") throw new PrunecError("io", `--target must be cpu or webgpu, got '${opts.target}'`);
+  const target = opts.target ?? "cpu";
   const out = resolve(opts.output ?? defaultOutput(modelPath));
   for (const input of [modelPath, specPath]) {
     if (resolve(input) === out) throw new PrunecError("io", `${out}: refusing to overwrite an input file; choose another -o`);
   }
   const modelBytes = readInput(modelPath, "an ONNX model");
   const specText = new TextDecoder().decode(readInput(specPath, "a .prune spec"));
-  const { parts, report } = compile(modelBytes, specText, { modelName: modelPath, specName: specPath, exposeIndices: opts.exposeIndices ?? false });
+  const { parts, report } = compile(modelBytes, specText, { modelName: modelPath, specName: specPath, exposeIndices: opts.exposeIndices ?? false, target });
   writeAtomic(out, parts);
   if (opts.json) {
     io.out(JSON.stringify({ output: out, ...report }, null, 2));
@@ -164,8 +166,9 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
     .argument("<spec>", ".prune spec file")
     .option("-o, --output <file>", "output model (default: MODEL.pruned.onnx beside the input)")
     .option("--expose-indices", "add graph outputs prunec.stageN.indices with the kept token positions")
+    .option("--target <ep>", "execution provider the model is for: cpu (any provider) or webgpu (selection kept GPU-resident)", "cpu")
     .option("--json", "print the compile report as JSON")
-    .action((model: string, spec: string, opts: { output?: string; exposeIndices?: boolean; json?: boolean }) => runCompile(model, spec, opts, io));
+    .action((model: string, spec: string, opts: { output?: string; exposeIndices?: boolean; json?: boolean; target?: string }) => runCompile(model, spec, opts, io));
 
   let exit = 0;
   program
