@@ -7,6 +7,7 @@
  *   run(job)   → create a session with ONLY the "webgpu" execution provider, run it, return the
  *                outputs as plain arrays and every console line emitted meanwhile (ORT's verbose
  *                log, which includes the node placement messages).
+ *   bench(job) → wall times of interleaved warm runs of several models (opt-in timing).
  *
  * Console lines are captured in-page (console.* is wrapped before onnxruntime-web is imported, so
  * the wasm module's stdout/stderr printers, which go through console, are captured too); the suite
@@ -97,6 +98,62 @@ async function run(job) {
   }
 }
 
+/**
+ * Timing (opt-in, PRUNEC_WEBGPU_BENCH): all of a model's variants open at once, one warm-up run
+ * each (compiles the shaders), then `rounds` rounds in which every session runs the same feeds
+ * once, the order rotating each round, so drifting machine load hits every variant alike.
+ * Returns, per model, the wall time of each session.run (outputs fetched to the CPU, as ORT does
+ * by default). Logging is off for these sessions.
+ *
+ * @param {{ models: { id: string, model: string, outputs: string[] }[],
+ *           feeds: Record<string, { type: string, dims: number[], url: string }>, rounds: number }} job
+ */
+async function bench(job) {
+  const start = captured.length;
+  /** @type {any[]} */
+  const sessions = [];
+  try {
+    for (const m of job.models) {
+      sessions.push(
+        await ort.InferenceSession.create(await bytes(m.model), {
+          executionProviders: ["webgpu"],
+          graphOptimizationLevel: "all",
+          logId: `${m.id}.bench`,
+          logSeverityLevel: 3,
+        }),
+      );
+    }
+    /** @type {Record<string, any>} */
+    const feeds = {};
+    for (const [name, f] of Object.entries(job.feeds)) {
+      const make = ARRAYS[f.type];
+      if (!make) throw new Error(`feed type ${f.type} not supported by the page`);
+      feeds[name] = new ort.Tensor(/** @type {any} */ (f.type), make((await bytes(f.url)).buffer), f.dims);
+    }
+    /** @param {number} i */
+    const once = async (i) => {
+      const t = performance.now();
+      const res = await sessions[i].run(feeds, job.models[i].outputs);
+      const ms = performance.now() - t;
+      for (const name of job.models[i].outputs) res[name]?.dispose();
+      return ms;
+    };
+    for (let i = 0; i < sessions.length; i++) await once(i);
+    /** @type {number[][]} */
+    const ms = job.models.map(() => []);
+    for (let r = 0; r < job.rounds; r++) {
+      for (let j = 0; j < sessions.length; j++) {
+        const i = (r + j) % sessions.length;
+        ms[i].push(await once(i));
+      }
+    }
+    return ms;
+  } finally {
+    for (const s of sessions) await s.release();
+    captured.length = start;
+  }
+}
+
 async function adapter() {
   const gpu = /** @type {any} */ (navigator).gpu;
   if (!gpu) return null;
@@ -112,5 +169,5 @@ async function adapter() {
   };
 }
 
-/** @type {any} */ (window).prunecWebgpu = { run, adapter, ortVersion: ort.env.versions?.web ?? "" };
+/** @type {any} */ (window).prunecWebgpu = { run, bench, adapter, ortVersion: ort.env.versions?.web ?? "" };
 /** @type {HTMLElement} */ (document.getElementById("status")).textContent = "ready";
