@@ -12,6 +12,7 @@ import { shallowCopy } from "../src/ir/copy.js";
 import type { LayerInfo, TransformerInfo } from "../src/analysis/transformer.js";
 import type { Dim } from "../src/analysis/dims.js";
 import { int64Tensor } from "../src/onnx/tensor.js";
+import { batchDim, valueInfo } from "../src/ir/value-info.js";
 import { NodeBuilder } from "./builder.js";
 import type { CriterionModule } from "./criterion.js";
 import { keepCountDynamic } from "./amount.js";
@@ -96,8 +97,10 @@ export function applyStage(proto: GraphProto, model: TransformerInfo, plan: Stag
   const graph = shallowCopy(proto, {
     node: retargeted.nodes,
     initializer: [...proto.initializer, ...b.initializers, ...retargeted.initializers],
-    // Shapes recorded below the stage describe the dense model; ORT would reject them.
-    valueInfo: proto.valueInfo.filter((v) => !below.has(v.name)),
+    // Shapes recorded below the stage describe the dense model; ORT would reject them. The pruned
+    // stream's own shape is declared instead: ORT cannot infer it through the selection subgraph,
+    // and without it later fusions (e.g. Add+Gelu → BiasGelu) are skipped.
+    valueInfo: [...proto.valueInfo.filter((v) => !below.has(v.name)), ...prunedStreamInfo(g, proto, model, plan, r)],
   });
   return { graph, indices, added: b.nodes, lowering };
 }
@@ -106,6 +109,15 @@ function keepTensor(b: NodeBuilder, scores: string, plan: StagePlan): string {
   if (plan.keep !== undefined) return b.int64([plan.keep], [1], "k");
   const n = b.slice(b.op("Shape", [scores]), 0, 1, 2);
   return keepCountDynamic(b, n, plan.percent);
+}
+
+/** [batch, K', hidden] of the pruned stream, when every part of it is known (element type from the pre-norm's scale). */
+function prunedStreamInfo(g: Graph, proto: GraphProto, model: TransformerInfo, plan: StagePlan, r: string) {
+  const scale = plan.layer.residual!.norm.input[1];
+  const elemType = scale ? g.constantTensor(scale)?.dataType : undefined;
+  const batch = batchDim(proto);
+  if (model.batchAxis !== 0 || model.tokenAxis !== 1 || typeof plan.tokensOut !== "number" || !model.hidden || !elemType || batch === undefined) return [];
+  return [valueInfo(r, elemType, [batch, plan.tokensOut, model.hidden])];
 }
 
 /**

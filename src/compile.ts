@@ -7,15 +7,9 @@ import { create } from "@bufbuild/protobuf";
 import {
   StringStringEntryProtoSchema,
   TensorProto_DataType as DT,
-  TypeProto_TensorSchema,
-  TypeProtoSchema,
-  TensorShapeProtoSchema,
-  TensorShapeProto_DimensionSchema,
-  ValueInfoProtoSchema,
   type ModelProto,
   type GraphProto,
   type NodeProto,
-  type ValueInfoProto,
 } from "./onnx/gen/onnx_pb.js";
 import { concat, decodeModel, encodeModelParts } from "./onnx/io.js";
 import { checkExternalData } from "./onnx/external.js";
@@ -31,6 +25,7 @@ import { applyStage, type Lowering, type StagePlan } from "../passes/prune-stage
 import { planStages } from "./plan.js";
 import { modelInputs } from "./analysis/inputs.js";
 import { PrunecError } from "./errors.js";
+import { batchDim, valueInfo } from "./ir/value-info.js";
 import { VERSION } from "./version.js";
 
 export interface CompileOptions {
@@ -137,24 +132,6 @@ function withMetadata(model: ModelProto, specText: string, rep: CompileReport) {
   ]);
   const kept = model.metadataProps.filter((p) => !ours.has(p.key));
   return [...kept, ...[...ours].map(([key, value]) => create(StringStringEntryProtoSchema, { key, value }))];
-}
-
-function batchDim(graph: GraphProto): Dim | undefined {
-  const first = graph.input[0]?.type?.value;
-  const d = first?.case === "tensorType" ? first.value.shape?.dim[0] : undefined;
-  if (d?.value.case === "dimParam") return d.value.value;
-  if (d?.value.case === "dimValue") return Number(d.value.value);
-  return undefined;
-}
-
-function valueInfo(name: string, elemType: number, dims: (Dim | undefined)[]): ValueInfoProto {
-  const dim = dims.map((d) =>
-    create(TensorShapeProto_DimensionSchema, {
-      value: typeof d === "number" ? { case: "dimValue", value: BigInt(d) } : typeof d === "string" ? { case: "dimParam", value: d } : { case: undefined },
-    }),
-  );
-  const tensorType = create(TypeProto_TensorSchema, { elemType, shape: create(TensorShapeProtoSchema, { dim }) });
-  return create(ValueInfoProtoSchema, { name, type: create(TypeProtoSchema, { value: { case: "tensorType", value: tensorType } }) });
 }
 
 function exposeIndices(g: GraphProto, indices: string[], info: TransformerInfo, plans: StagePlan[]): GraphProto {
