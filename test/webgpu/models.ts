@@ -12,6 +12,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { readNpy } from "../helpers/npy.js";
 import { REPO_ROOT } from "../helpers/shared.js";
+import { mulberry32 } from "../../passes/criteria/fixed-order.js";
 
 export interface Sample {
   /** Where it came from, e.g. "ref_in.npy[1]" or "sample.prds[7]". */
@@ -36,21 +37,9 @@ export interface ModelCase {
   candidates(): Sample[];
 }
 
-/** mulberry32: a small deterministic PRNG. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /** Standard normal samples (Box–Muller over mulberry32). */
 export function normal(count: number, seed: number): Float32Array {
-  const next = rng(seed);
+  const next = mulberry32(seed);
   const out = new Float32Array(count);
   for (let i = 0; i < count; i += 2) {
     const u = Math.max(next(), 1e-12);
