@@ -25,6 +25,11 @@ export const SCHEDULES: { name: string; spec: string }[] = [
   { name: "cls-attn 25% after layer 3", spec: "after layer 3 keep 25% by cls-attn" },
   { name: "cls-attn 25% after layer 1", spec: "after layer 1 keep 25% by cls-attn" },
   { name: "cls-attn 50% after layer 2, 50% after layer 3", spec: "after layer 2 keep 50% by cls-attn\nafter layer 3 keep 50% by cls-attn" },
+  // Other criteria at the same budget as the best schedule (25% of patches from layer 2 on).
+  { name: "global-attn 25% after layer 1", spec: "after layer 1 keep 25% by global-attn" },
+  { name: "norm 25% after layer 1", spec: "after layer 1 keep 25% by norm" },
+  { name: "random 25% after layer 1", spec: "after layer 1 keep 25% by random(seed: 0)" },
+  { name: "uniform 25% after layer 1", spec: "after layer 1 keep 25% by uniform" },
 ];
 
 async function main(): Promise<void> {
