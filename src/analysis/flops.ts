@@ -49,12 +49,14 @@ export function layerCosts(g: Graph, info: TransformerInfo): LayerCost[] {
   });
 }
 
+/** FLOPs of one layer for one example processing `n` tokens. */
+export function layerFlops(c: LayerCost, n: number): number {
+  return c.perToken * n + c.perPair * n * n;
+}
+
 /** Total layer FLOPs for one example given the tokens each layer processes. */
 export function totalFlops(costs: LayerCost[], tokens: number[]): number {
-  return costs.reduce((sum, c, i) => {
-    const n = tokens[i] ?? 0;
-    return sum + c.perToken * n + c.perPair * n * n;
-  }, 0);
+  return costs.reduce((sum, c, i) => sum + layerFlops(c, tokens[i] ?? 0), 0);
 }
 
 /** Elements per example of a tensor (the batch axis counts 1); undefined if a size is symbolic. */

@@ -9,7 +9,7 @@ import { PNG } from "pngjs";
 import { decodeModel } from "../onnx/io.js";
 import { Graph } from "../ir/graph.js";
 import { analyzeTransformer } from "../analysis/transformer.js";
-import { layerCosts, outsideFlops } from "../analysis/flops.js";
+import { layerCosts, layerFlops, outsideFlops } from "../analysis/flops.js";
 import { compile, type CompileReport } from "../compile.js";
 import { batchInput, type Dataset } from "../data/prds.js";
 import { openSession } from "./runtime.js";
@@ -106,8 +106,7 @@ export async function writeReport(
   const compiled = compile(model, spec, { modelName, exposeIndices: true });
   const layers = compiled.report.tokensPerLayer.map((t, i) => {
     const c = costs[i]!;
-    const f = (n: number) => c.perToken * n + c.perPair * n * n;
-    return { layer: t.layer, denseTokens: Number(t.dense), prunedTokens: Number(t.pruned), denseFlops: f(Number(t.dense)), prunedFlops: f(Number(t.pruned)) };
+    return { layer: t.layer, denseTokens: Number(t.dense), prunedTokens: Number(t.pruned), denseFlops: layerFlops(c, Number(t.dense)), prunedFlops: layerFlops(c, Number(t.pruned)) };
   });
   const dense = outside + layers.reduce((s, l) => s + l.denseFlops, 0);
   const pruned = outside + layers.reduce((s, l) => s + l.prunedFlops, 0);

@@ -147,15 +147,7 @@ export function attrInt(n: NodeProto, name: string, dflt: number): number {
   return a ? Number(a.i) : dflt;
 }
 
-export function attrInts(n: NodeProto, name: string): number[] | undefined {
-  const a = attr(n, name);
-  return a ? a.ints.map(Number) : undefined;
-}
 
-export function attrFloat(n: NodeProto, name: string, dflt: number): number {
-  const a = attr(n, name);
-  return a ? a.f : dflt;
-}
 
 export type AttrValue = number | number[] | string | TensorProto;
 
