@@ -20,11 +20,17 @@ export function keepCountStatic(percent: number, n: number): number {
   return Math.min(n, Math.max(1, k));
 }
 
-/** The same formula as graph ops on an int64 [1] tensor holding N; returns an int64 [1] tensor. */
-export function keepCountDynamic(b: NodeBuilder, n: string, percent: number): string {
+/**
+ * The same formulas as graph ops on an int64 [1] tensor holding N; returns an int64 [1] tensor:
+ * keep P% → max(1, round-half-up(P%·N)); drop P% → max(1, N − max(1, round-half-up(P%·N))).
+ * (A static `drop` that would keep nothing is rejected by the plan; at run time one token stays.)
+ */
+export function keepCountDynamic(b: NodeBuilder, n: string, percent: number, drop = false): string {
   const { num, den } = percentRatio(percent);
   const scaled = b.op("Mul", [n, b.int64([2 * num])]);
   const shifted = b.op("Add", [scaled, b.int64([100 * den])]);
-  const k = b.op("Div", [shifted, b.int64([200 * den])], {}, "round_half_up");
-  return b.op("Max", [k, b.int64([1])], {}, "at_least_one");
+  const rounded = b.op("Div", [shifted, b.int64([200 * den])], {}, "round_half_up");
+  const k = b.op("Max", [rounded, b.int64([1])], {}, "at_least_one");
+  if (!drop) return k;
+  return b.op("Max", [b.op("Sub", [n, k], {}, "remaining"), b.int64([1])], {}, "at_least_one");
 }

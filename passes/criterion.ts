@@ -6,19 +6,44 @@ import type { NodeBuilder } from "./builder.js";
 import type { CriterionInfo } from "../grammar/registry.js";
 import type { ArgValue } from "../grammar/ir.js";
 
-export interface ScoreContext {
-  graph: Graph;
+/** What a criterion may know of its stage before anything is emitted. */
+export interface StageFacts {
   model: TransformerInfo;
   layer: LayerInfo;
-  /** Criterion arguments as the spec resolved them. */
+  /** Criterion arguments as the spec resolved them (defaults filled in). */
   args: Readonly<Record<string, ArgValue>>;
-  b: NodeBuilder;
+  /** Tokens entering the stage (prefix included): a number, or a symbolic dimension. */
+  tokensIn: Dim | undefined;
+  /**
+   * The first layer that sees the same tokens as this stage: 0, or the layer after the previous
+   * stage. Criteria reading several layers (ensembles, object layers) must stay within
+   * firstLayer..layer, where every attention map indexes the tokens this stage selects from.
+   */
+  firstLayer: number;
   /** Special tokens (CLS, registers) in front of the prunable ones; they are never scored. */
   prefix: number;
+}
+
+export interface ScoreContext extends StageFacts {
+  graph: Graph;
+  b: NodeBuilder;
   /** The residual stream leaving the layer, before the stage's gather (criteria may read it). */
   stream: string;
   /** Tokens entering the stage (prefix included), when known statically. */
   tokens: number | undefined;
+  /** Prunable tokens the stage keeps (groups for grouped criteria), when known statically. */
+  keep: number | undefined;
+}
+
+/**
+ * Groups of prunable positions that a criterion keeps or drops whole (grid rows, merge groups).
+ * Every group has the same size; the stage's amount counts groups.
+ */
+export interface TokenGroups {
+  /** What a group is, for messages ("grid row"). */
+  unit: string;
+  /** members[g] = the prunable positions (0-based after the prefix) of group g. */
+  members: number[][];
 }
 
 /** A criterion: its registry entry (name, summary, declared arguments) plus how it scores. */
@@ -28,13 +53,19 @@ export interface CriterionModule extends CriterionInfo {
   /** What a model must have for the criterion to run, in words (for docs). */
   needs: string;
   /**
-   * Why this criterion cannot score tokens at `layer`, as a sentence naming the model fact, or
+   * Why this criterion cannot score tokens in this stage, as a sentence naming the model fact, or
    * undefined when it can. Called before anything is emitted, so a bad spec writes nothing.
    */
-  unsupported(model: TransformerInfo, layer: LayerInfo, tokensIn?: Dim): string | undefined;
+  unsupported(facts: StageFacts): string | undefined;
+  /**
+   * Set when the criterion selects whole groups of tokens: `score` then returns [batch, groups]
+   * and the stage keeps the best groups, their members in ascending order.
+   */
+  groups?(facts: StageFacts): TokenGroups | undefined;
   /**
    * Emit the scoring subgraph. Returns a float tensor [batch, prunable] (batch = 1 for models whose
-   * residual stream has no batch axis), higher = more important.
+   * residual stream has no batch axis), or [batch, groups] for grouped criteria; higher = more
+   * important.
    */
   score(ctx: ScoreContext): string;
 }

@@ -14,9 +14,10 @@ import type { Dim } from "../src/analysis/dims.js";
 import { int64Tensor } from "../src/onnx/tensor.js";
 import { batchDim, valueInfo } from "../src/ir/value-info.js";
 import { NodeBuilder } from "./builder.js";
-import type { CriterionModule } from "./criterion.js";
+import type { CriterionModule, TokenGroups } from "./criterion.js";
 import { keepCountDynamic } from "./amount.js";
 import { selectTopK, withPrefix } from "./select-topk.js";
+import { selectGroups } from "./select-groups.js";
 import { selectAndGatherFloat } from "./select-gather-float.js";
 import { gatherTokens, denseName } from "./gather-tokens.js";
 import { PrunecError } from "../src/errors.js";
@@ -25,10 +26,16 @@ import type { ArgValue } from "../grammar/ir.js";
 export interface StagePlan {
   stage: number;
   layer: LayerInfo;
-  /** Percentage of prunable tokens kept (used when the token count is symbolic). */
+  /** The stage's percentage as written (used when the token count is symbolic). */
   percent: number;
-  /** Static number of prunable tokens kept, when the token count is known. */
+  /** `drop P%` (keep N − round(P%·N)) rather than `keep P%`. */
+  drop: boolean;
+  /** Static number of prunable tokens kept (groups, for grouped criteria), when the token count is known. */
   keep?: number;
+  /** Whole groups the criterion selects (scores are per group). */
+  groups?: TokenGroups;
+  /** First layer seeing this stage's input tokens (see StageFacts). */
+  firstLayer: number;
   criterion: CriterionModule;
   args: Record<string, ArgValue>;
   /** Tokens entering the stage (prefix included) and kept by it. */
@@ -67,11 +74,27 @@ export function applyStage(proto: GraphProto, model: TransformerInfo, plan: Stag
 
   const stream = denseName(r);
   const tokens = typeof plan.tokensIn === "number" ? plan.tokensIn : undefined;
-  const scores = plan.criterion.score({ graph: g, model, layer: plan.layer, args: plan.args, b, prefix: plan.prefix, stream, tokens });
+  const scores = plan.criterion.score({
+    graph: g,
+    model,
+    layer: plan.layer,
+    args: plan.args,
+    tokensIn: plan.tokensIn,
+    firstLayer: plan.firstLayer,
+    b,
+    prefix: plan.prefix,
+    stream,
+    tokens,
+    keep: plan.keep,
+  });
   let output: string;
   let indices: string | undefined;
   let lowering: Lowering = "index";
-  if (options.target === "webgpu" && model.batchAxis === 0 && plan.keep !== undefined && tokens !== undefined) {
+  if (plan.groups) {
+    if (plan.keep === undefined) throw new Error("grouped criteria need a static token count (checked by the plan)");
+    indices = selectGroups(b, scores, plan.keep, plan.groups.members, plan.prefix);
+    output = gatherTokens(b, stream, indices, { tokenAxis: model.tokenAxis!, ...(model.batchAxis !== undefined ? { batchAxis: model.batchAxis } : {}) });
+  } else if (options.target === "webgpu" && model.batchAxis === 0 && plan.keep !== undefined && tokens !== undefined) {
     lowering = "float-keys";
     const sel = selectAndGatherFloat(b, scores, stream, tokens - plan.prefix, plan.keep, plan.prefix);
     output = sel.output;
@@ -108,7 +131,7 @@ export function applyStage(proto: GraphProto, model: TransformerInfo, plan: Stag
 function keepTensor(b: NodeBuilder, scores: string, plan: StagePlan): string {
   if (plan.keep !== undefined) return b.int64([plan.keep], [1], "k");
   const n = b.slice(b.op("Shape", [scores]), 0, 1, 2);
-  return keepCountDynamic(b, n, plan.percent);
+  return keepCountDynamic(b, n, plan.percent, plan.drop);
 }
 
 /** [batch, K', hidden] of the pruned stream, when every part of it is known (element type from the pre-norm's scale). */

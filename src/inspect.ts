@@ -5,6 +5,7 @@ import { Graph } from "./ir/graph.js";
 import { analyzeTransformer, type LayerInfo, type TransformerInfo } from "./analysis/transformer.js";
 import type { Dim } from "./analysis/dims.js";
 import { CRITERIA } from "../passes/registry.js";
+import { argsWithDefaults } from "../grammar/registry.js";
 import { opsetOf } from "./compile.js";
 
 export interface LayerReport {
@@ -52,7 +53,8 @@ function layerReport(info: TransformerInfo, l: LayerInfo): LayerReport {
     rotary: l.rotary,
     residual: l.residual ? { input: l.residual.input, output: l.residual.output } : null,
     criteria: CRITERIA.map((c) => {
-      const why = c.unsupported(info, l) ?? (l.residual ? undefined : "residual stream not found");
+      const facts = { model: info, layer: l, args: argsWithDefaults(c, {}), tokensIn: info.tokens, firstLayer: 0, prefix: info.cls.prefixTokens };
+      const why = c.unsupported(facts) ?? (l.residual ? undefined : "residual stream not found");
       return why ? { name: c.name, ok: false, why } : { name: c.name, ok: true };
     }),
   };

@@ -9,6 +9,7 @@ import type { TransformerInfo } from "./analysis/transformer.js";
 import type { Dim } from "./analysis/dims.js";
 import { criterionModule, plannedCriterion, requiredSets } from "../passes/registry.js";
 import type { StagePlan } from "../passes/prune-stage.js";
+import type { StageFacts } from "../passes/criterion.js";
 import { keepCountStatic } from "../passes/amount.js";
 import { PrunecError } from "./errors.js";
 
@@ -72,7 +73,7 @@ export function planStages(spec: SpecIR, model: TransformerInfo, inputs: Readonl
   let lastLayer = -1;
 
   spec.stages.forEach((stage, i) => {
-    const plan = planOne(spec, stage, i, model, tokens, fail);
+    const plan = planOne(spec, stage, i, model, tokens, lastLayer + 1, fail);
     if (!plan) return;
     if (plan.layer.index <= lastLayer) {
       fail(stage.layerSpan ?? stage.positionSpan, `stages must be in layer order: layer ${plan.layer.index} comes after a stage at layer ${lastLayer}`);
@@ -96,6 +97,7 @@ function planOne(
   index: number,
   model: TransformerInfo,
   tokensIn: Dim | undefined,
+  firstLayer: number,
   fail: (span: Span, message: string) => void,
 ): StagePlan | undefined {
   const pos = stage.position;
@@ -135,7 +137,10 @@ function planOne(
     fail(stage.criterion.span, `criterion '${stage.criterion.name}'${planned ? ` (${planned.reference})` : ""} is part of the language, but prunec cannot compile it yet`);
     return undefined;
   }
-  const why = criterion.unsupported(model, layer, tokensIn);
+  const args = argsWithDefaults(criterion, stage.criterion.args);
+  const prefix = model.cls.prefixTokens;
+  const facts: StageFacts = { model, layer, args, tokensIn, firstLayer, prefix };
+  const why = criterion.unsupported(facts);
   if (why) {
     fail(stage.criterion.span, `${criterion.name} cannot run after layer ${resolved}: ${why}`);
     return undefined;
@@ -148,31 +153,37 @@ function planOne(
     fail(stage.positionSpan, `the model's residual stream is sequence-first (tokens on axis ${model.tokenAxis}); prunec prunes batch-first streams only so far`);
     return undefined;
   }
-  const prefix = model.cls.prefixTokens;
   const amount = stage.amount ?? { kind: "percent" as const, value: DEFAULT_PERCENT };
-  let percent = amount.value;
-  if (stage.action === "drop" && amount.kind === "percent") percent = 100 - amount.value;
-  let tokensOut: Dim;
-  if (typeof tokensIn === "number") {
-    const prunable = tokensIn - prefix;
-    let keep: number;
-    if (amount.kind === "count") keep = stage.action === "drop" ? prunable - amount.value : amount.value;
-    else if (stage.action === "drop") keep = prunable - keepCountStatic(amount.value, prunable);
-    else keep = keepCountStatic(percent, prunable);
-    if (keep < 1 || keep > prunable) {
-      fail(stage.amountSpan ?? stage.actionSpan, `this stage would keep ${keep} of ${prunable} prunable tokens after layer ${resolved}; it must keep between 1 and ${prunable}`);
-      return undefined;
-    }
-    tokensOut = prefix + keep;
-  } else {
+  const drop = stage.action === "drop";
+  const groups = criterion.groups?.(facts);
+  const plan: StagePlan = { stage: index, layer, percent: amount.value, drop, criterion, args, tokensIn, tokensOut: tokensIn, prefix, firstLayer };
+  if (groups) plan.groups = groups;
+  if (typeof tokensIn !== "number") {
     if (amount.kind === "count") {
       fail(stage.amountSpan ?? stage.actionSpan, `token counts need a static token count; the model has ${String(tokensIn)} tokens`);
       return undefined;
     }
-    tokensOut = `${prefix}+keep(${percent}%,${String(tokensIn)}-${prefix})`;
+    plan.tokensOut = `${prefix}+${drop ? "drop" : "keep"}(${amount.value}%,${String(tokensIn)}-${prefix})`;
+    return plan;
   }
-  const args = argsWithDefaults(criterion, stage.criterion.args);
-  const plan: StagePlan = { stage: index, layer, percent, criterion, args, tokensIn, tokensOut, prefix };
-  if (typeof tokensOut === "number") plan.keep = tokensOut - prefix;
+  const prunable = tokensIn - prefix;
+  // Grouped criteria count groups: a percentage applies to the groups, a token count must fill whole groups.
+  const size = groups ? groups.members[0]!.length : 1;
+  const units = groups ? groups.members.length : prunable;
+  let keep: number;
+  if (amount.kind === "count") {
+    if (amount.value % size !== 0) {
+      fail(stage.amountSpan ?? stage.actionSpan, `${criterion.name} keeps whole ${groups!.unit}s of ${size} tokens; ${amount.value} is not a multiple of ${size}`);
+      return undefined;
+    }
+    keep = drop ? units - amount.value / size : amount.value / size;
+  } else keep = drop ? units - keepCountStatic(amount.value, units) : keepCountStatic(amount.value, units);
+  if (keep < 1 || keep > units) {
+    const what = groups ? `${keep} of ${units} ${groups.unit}s` : `${keep} of ${prunable} prunable tokens`;
+    fail(stage.amountSpan ?? stage.actionSpan, `this stage would keep ${what} after layer ${resolved}; it must keep between 1 and ${units}`);
+    return undefined;
+  }
+  plan.keep = keep;
+  plan.tokensOut = prefix + keep * size;
   return plan;
 }

@@ -1,7 +1,11 @@
 /**
- * Shared by the attention-map criteria: reduce a layer's materialized probabilities over the
- * queries (a criterion's choice: the CLS row, the mean of all rows, ...), keep the prunable keys,
- * and average over heads. Returns [batch, prunable] (batch 1 for batch-less models).
+ * The attention maps criteria read, in one canonical layout: [batch, heads, queries, keys]
+ * (batch 1 for batch-less models). Exporters lay attention out as [B·H,q,k] (torchvision),
+ * [B,H,q,k], or [H,q,k] (batch-less Qwen2-VL); the per-head tensors (logits, values) of the same
+ * layer share that layout, so one conversion serves them all.
+ *
+ * Criteria build on `probabilities` (softmax output, optionally only the CLS row), `logits` (the
+ * softmax input: scaled q·kᵀ plus masks) and `values` ([B,H,N,D]).
  */
 import type { LayerInfo } from "../../src/analysis/transformer.js";
 import type { NodeBuilder } from "../builder.js";
@@ -18,27 +22,50 @@ export function probabilitiesUnavailable(layer: LayerInfo): string | undefined {
   return undefined;
 }
 
-/**
- * `reduceQueries(probs, axis)` must return the probabilities with the query axis reduced to size 1.
- */
-export function keyScores(b: NodeBuilder, layer: LayerInfo, prefix: number, reduceQueries: (probs: string, queryAxis: number) => string): string {
-  const probs = layer.core!.probs!;
+/** A per-head tensor of the layer in the exporter's layout → [B,H,X,Y]. */
+function canonical(b: NodeBuilder, layer: LayerInfo, t: string): string {
   switch (layer.probsLayout) {
-    case "batch,heads,q,k": {
-      const cols = b.slice(reduceQueries(probs, 2), 3, prefix); // [B,H,1,Np]
-      return b.reduceMean(cols, [1, 2], 0); // [B,Np]
-    }
-    case "heads,q,k": {
-      const cols = b.slice(reduceQueries(probs, 1), 2, prefix); // [H,1,Np]
-      return b.reduceMean(cols, [0], 0); // [1,Np]: the batch-less model scores as batch 1
-    }
+    case "batch,heads,q,k":
+      return t;
+    case "heads,q,k":
+      return b.unsqueeze(t, [0]);
     case "batch*heads,q,k": {
-      const cols = b.slice(reduceQueries(probs, 1), 2, prefix); // [B*H,1,Np]
-      // PyTorch folds heads batch-major (b*H + h); Reshape's 0 copies Np from axis 2.
-      const split = b.op("Reshape", [cols, b.int64([-1, layer.heads!, 0], [3], "heads_shape")], {}, "unfold_heads"); // [B,H,Np]
-      return b.reduceMean(split, [1], 0); // [B,Np]
+      // PyTorch folds heads batch-major (b·H + h). [B·H,1,X,Y] → [-1,H,0,0]: the zeros copy X and Y.
+      const four = b.unsqueeze(t, [1]);
+      return b.op("Reshape", [four, b.int64([-1, layer.heads!, 0, 0], [4], "heads_shape")], {}, "unfold_heads");
     }
     default:
-      throw new Error(`unsupported probability layout ${String(layer.probsLayout)}`);
+      throw new Error(`unsupported attention layout ${String(layer.probsLayout)}`);
   }
+}
+
+/**
+ * Attention probabilities [B,H,Q,N] of `layer`: all query rows, or only the CLS row (Q = 1).
+ * Pre: probabilitiesUnavailable(layer) is undefined.
+ */
+export function probabilities(b: NodeBuilder, layer: LayerInfo, rows: "all" | "cls"): string {
+  const probs = canonical(b, layer, layer.core!.probs!);
+  if (rows === "all") return probs;
+  return b.op("Gather", [probs, b.int64([0], [1], "cls_row")], { axis: 2 }, "cls_query");
+}
+
+/** The softmax input [B,H,N,N] of `layer` (scaled q·kᵀ with masks and biases applied). */
+export function logits(b: NodeBuilder, layer: LayerInfo): string {
+  return canonical(b, layer, layer.core!.anchor.input[0]!);
+}
+
+/** The values [B,H,N,D] that `layer`'s probabilities multiply (the P·V MatMul's right input). */
+export function values(b: NodeBuilder, layer: LayerInfo): string {
+  const pv = layer.core!.pv;
+  if (!pv) throw new Error(`layer ${layer.index} has no P·V MatMul`);
+  return canonical(b, layer, pv.input[1]!);
+}
+
+/**
+ * Per-key scores [B,Np] from probabilities [B,H,Q,N]: `reduceQueries` reduces the query axis
+ * (axis 2) to size 1; the special prefix keys are dropped and heads averaged.
+ */
+export function keyScores(b: NodeBuilder, probs: string, prefix: number, reduceQueries: (probs: string, queryAxis: number) => string): string {
+  const cols = b.slice(reduceQueries(probs, 2), 3, prefix); // [B,H,1,Np]
+  return b.reduceMean(cols, [1, 2], 0); // [B,Np]
 }

@@ -4,17 +4,20 @@
  * softmax over all keys, not renormalised after removing CLS.
  */
 import type { CriterionModule } from "../criterion.js";
-import { keyScores, probabilitiesUnavailable } from "./attention-map.js";
+import type { TransformerInfo } from "../../src/analysis/transformer.js";
+import { keyScores, probabilities, probabilitiesUnavailable } from "./attention-map.js";
+
+/** Why a model has no CLS row to read, or undefined. */
+export function clsUnavailable(model: TransformerInfo): string | undefined {
+  if (model.cls.present) return undefined;
+  return "the model has no CLS token (no learned token is concatenated in front of the patch tokens); use a criterion that does not need one";
+}
 
 export const clsAttn: CriterionModule = {
   name: "cls-attn",
   summary: "mean over heads of the CLS query's attention probabilities to each token (FasterVLM)",
   args: {},
   needs: "a CLS token; attention probabilities in the graph (MatMul + Softmax attention)",
-  unsupported(model, layer) {
-    if (!model.cls.present) return "the model has no CLS token (no learned token is concatenated in front of the patch tokens); use a criterion that does not need one";
-    return probabilitiesUnavailable(layer);
-  },
-  score: ({ b, layer, prefix }) =>
-    keyScores(b, layer, prefix, (probs, axis) => b.op("Gather", [probs, b.int64([0], [1], "cls_row")], { axis }, "cls_query")),
+  unsupported: ({ model, layer }) => clsUnavailable(model) ?? probabilitiesUnavailable(layer),
+  score: ({ b, layer, prefix }) => keyScores(b, probabilities(b, layer, "cls"), prefix, (p) => p),
 };

@@ -72,7 +72,7 @@ export const random: CriterionModule = {
   summary: "a fixed random subset of the prunable tokens (same for every input)",
   args: { seed: { type: "integer", default: 0, doc: "seed of the mulberry32 generator" } },
   needs: "a static token count",
-  unsupported: (model, _layer, tokensIn = model.tokens) => needsStaticCount(tokensIn),
+  unsupported: ({ tokensIn }) => needsStaticCount(tokensIn),
   score: (ctx) => scoresFromOrder(ctx, randomOrder(ctx.tokens! - ctx.prefix, Number(ctx.args["seed"] ?? 0))),
 };
 
@@ -81,7 +81,7 @@ export const uniform: CriterionModule = {
   summary: "an even spatial spread of patches (farthest-point order on the patch grid from the centre)",
   args: {},
   needs: "a static token count; a square patch grid",
-  unsupported(model, _layer, tokensIn = model.tokens) {
+  unsupported({ model, tokensIn }) {
     const why = needsStaticCount(tokensIn);
     if (why) return why;
     if (tokensIn !== model.tokens) return "it spreads tokens over the full patch grid, so it must be the first stage";

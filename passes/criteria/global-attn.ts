@@ -3,13 +3,20 @@
  * (CLS included when present) of layer L's attention probabilities to token j. Works without CLS.
  */
 import type { CriterionModule } from "../criterion.js";
-import { keyScores, probabilitiesUnavailable } from "./attention-map.js";
+import type { LayerInfo } from "../../src/analysis/transformer.js";
+import type { NodeBuilder } from "../builder.js";
+import { keyScores, probabilities, probabilitiesUnavailable } from "./attention-map.js";
+
+/** g for `layer`'s prunable keys, [B,Np]. */
+export function globalScores(b: NodeBuilder, layer: LayerInfo, prefix: number): string {
+  return keyScores(b, probabilities(b, layer, "all"), prefix, (probs, axis) => b.reduceMean(probs, [axis], 1));
+}
 
 export const globalAttn: CriterionModule = {
   name: "global-attn",
   summary: "column mean of the attention probabilities over all queries, mean over heads (HiPrune's score)",
   args: {},
   needs: "attention probabilities in the graph (MatMul + Softmax attention); no CLS needed",
-  unsupported: (_model, layer) => probabilitiesUnavailable(layer),
-  score: ({ b, layer, prefix }) => keyScores(b, layer, prefix, (probs, axis) => b.reduceMean(probs, [axis], 1)),
+  unsupported: ({ layer }) => probabilitiesUnavailable(layer),
+  score: ({ b, layer, prefix }) => globalScores(b, layer, prefix),
 };
