@@ -18,6 +18,7 @@ import type { CriterionModule, TokenGroups } from "./criterion.js";
 import { keepCountDynamic } from "./amount.js";
 import { selectTopK, withPrefix } from "./select-topk.js";
 import { selectGroups } from "./select-groups.js";
+import { findSideInputs, gatherSideInputs, rewireSideInputs, type TokenAxes } from "./carry-tokens.js";
 import { selectAndGatherFloat } from "./select-gather-float.js";
 import { gatherTokens, denseName } from "./gather-tokens.js";
 import { PrunecError } from "../src/errors.js";
@@ -50,6 +51,8 @@ export interface StageResult {
   indices: string | undefined;
   added: NodeProto[];
   lowering: Lowering;
+  /** Side tensors this stage gathered (name → token axes), for later stages to gather again. */
+  carried: Map<string, TokenAxes>;
 }
 
 /**
@@ -63,16 +66,26 @@ export interface StageOptions {
   target: "cpu" | "webgpu";
   /** Emit the int64 kept positions (for --expose-indices) even when the lowering does not need them. */
   expose: boolean;
+  /** Side tensors carried by earlier stages (see carry-tokens.ts). */
+  carried?: ReadonlyMap<string, TokenAxes>;
 }
 
-export function applyStage(proto: GraphProto, model: TransformerInfo, plan: StagePlan, options: StageOptions): StageResult {
+export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan: StagePlan, options: StageOptions): StageResult {
   const opset = options.opset;
   const g = new Graph(proto);
+  // Earlier stages rewired some nodes (new objects, same names): criteria must read the current ones.
+  const model = withCurrentNodes(dense, g);
+  const plan: StagePlan = { ...densePlan, layer: model.layers[densePlan.layer.index]! };
   const residual = plan.layer.residual!;
   const r = residual.output;
   const b = new NodeBuilder(`prunec/stage${plan.stage}/${plan.criterion.name}`, opset);
 
   const stream = denseName(r);
+  const belowNodes = g.descendants(r);
+  const below = new Set([...belowNodes].flatMap((n) => n.output));
+  below.add(r);
+  const batched = model.batchAxis !== undefined;
+  const sides = findSideInputs({ graph: g, shapes: model.shapes, carried: options.carried ?? new Map(), denseTokens: model.tokens!, batched }, belowNodes, below);
   const tokens = typeof plan.tokensIn === "number" ? plan.tokensIn : undefined;
   const scores = plan.criterion.score({
     graph: g,
@@ -94,7 +107,7 @@ export function applyStage(proto: GraphProto, model: TransformerInfo, plan: Stag
     if (plan.keep === undefined) throw new Error("grouped criteria need a static token count (checked by the plan)");
     indices = selectGroups(b, scores, plan.keep, plan.groups.members, plan.prefix);
     output = gatherTokens(b, stream, indices, { tokenAxis: model.tokenAxis!, ...(model.batchAxis !== undefined ? { batchAxis: model.batchAxis } : {}) });
-  } else if (options.target === "webgpu" && model.batchAxis === 0 && plan.keep !== undefined && tokens !== undefined) {
+  } else if (options.target === "webgpu" && model.batchAxis === 0 && plan.keep !== undefined && tokens !== undefined && !sides.length) {
     lowering = "float-keys";
     const sel = selectAndGatherFloat(b, scores, stream, tokens - plan.prefix, plan.keep, plan.prefix);
     output = sel.output;
@@ -103,6 +116,10 @@ export function applyStage(proto: GraphProto, model: TransformerInfo, plan: Stag
     indices = selectTopK(b, scores, keepTensor(b, scores, plan), plan.prefix);
     output = gatherTokens(b, stream, indices, { tokenAxis: model.tokenAxis!, ...(model.batchAxis !== undefined ? { batchAxis: model.batchAxis } : {}) });
   }
+
+  // Side tensors read below the stage follow the kept tokens.
+  const gathered = gatherSideInputs(b, sides, indices!, batched);
+  const carried = new Map(sides.map((s) => [gathered.get(s.tensor)!, { axes: s.axes, rank: s.rank }]));
   // The stage's result takes the residual's name, so every consumer and graph output reads it.
   const last = b.nodes.find((n) => n.output[0] === output)!;
   last.output[0] = r;
@@ -112,10 +129,7 @@ export function applyStage(proto: GraphProto, model: TransformerInfo, plan: Stag
   const producer = g.producer.get(r)!;
   const renamed = shallowCopy(producer, { output: producer.output.map((o) => (o === r ? stream : o)) });
   const at = proto.node.indexOf(producer);
-  const nodes = [...proto.node.slice(0, at), renamed, ...b.nodes, ...proto.node.slice(at + 1)];
-
-  const below = new Set([...g.descendants(r)].flatMap((n) => n.output));
-  below.add(r);
+  const nodes = rewireSideInputs([...proto.node.slice(0, at), renamed, ...b.nodes, ...proto.node.slice(at + 1)], gathered, belowNodes);
   const retargeted = retargetShapeConstants(g, nodes, below, plan, model);
   const graph = shallowCopy(proto, {
     node: retargeted.nodes,
@@ -125,7 +139,9 @@ export function applyStage(proto: GraphProto, model: TransformerInfo, plan: Stag
     // and without it later fusions (e.g. Add+Gelu → BiasGelu) are skipped.
     valueInfo: [...proto.valueInfo.filter((v) => !below.has(v.name)), ...prunedStreamInfo(g, proto, model, plan, r)],
   });
-  return { graph, indices, added: b.nodes, lowering };
+  // A side tensor may be computed after the stage's anchor point in file order: re-sort when any is gathered.
+  const sorted = sides.length ? shallowCopy(graph, { node: new Graph(graph).order }) : graph;
+  return { graph: sorted, indices, added: b.nodes, lowering, carried };
 }
 
 function keepTensor(b: NodeBuilder, scores: string, plan: StagePlan): string {
@@ -180,4 +196,17 @@ function retargetShapeConstants(
     );
   });
   return { nodes: out, initializers };
+}
+
+/** The analysis's layers with their attention nodes replaced by the graph's current ones (same outputs). */
+function withCurrentNodes(model: TransformerInfo, g: Graph): TransformerInfo {
+  const now = (n: NodeProto | undefined) => (n ? g.producer.get(n.output[0]!) ?? n : undefined);
+  const layers = model.layers.map((l) => {
+    if (!l.core) return l;
+    const core = { ...l.core, anchor: now(l.core.anchor)! };
+    if (l.core.qk) core.qk = now(l.core.qk)!;
+    if (l.core.pv) core.pv = now(l.core.pv)!;
+    return { ...l, core };
+  });
+  return { ...model, layers };
 }

@@ -22,6 +22,7 @@ import { parseSpec } from "../grammar/index.js";
 import { formatDiagnostics } from "../grammar/diagnostics.js";
 import { registry } from "../passes/registry.js";
 import { applyStage, type Lowering, type StagePlan } from "../passes/prune-stage.js";
+import type { TokenAxes } from "../passes/carry-tokens.js";
 import { planStages } from "./plan.js";
 import { modelInputs } from "./analysis/inputs.js";
 import { PrunecError } from "./errors.js";
@@ -97,8 +98,10 @@ export function compile(modelBytes: Uint8Array, specText: string, options: Compi
   const added: NodeProto[] = [];
   const indices: string[] = [];
   const lowerings: Lowering[] = [];
+  const carried = new Map<string, TokenAxes>();
   for (const plan of plans) {
-    const result = applyStage(g, info, plan, { opset, target: options.target ?? "cpu", expose: options.exposeIndices ?? false });
+    const result = applyStage(g, info, plan, { opset, target: options.target ?? "cpu", expose: options.exposeIndices ?? false, carried });
+    for (const [t, axes] of result.carried) carried.set(t, axes);
     g = result.graph;
     added.push(...result.added);
     if (result.indices) indices.push(result.indices);

@@ -6,17 +6,23 @@
  *
  * Criteria build on `probabilities` (softmax output, optionally only the CLS row), `logits` (the
  * softmax input: scaled q·kᵀ plus masks) and `values` ([B,H,N,D]).
+ *
+ * Fused com.microsoft.MultiHeadAttention never materializes probabilities, so they are recomputed
+ * in fp32 from the op's own inputs (q and k after their projections and rotary), following the
+ * op's definition: softmax(scale · q·kᵀ + attention_bias), scale defaulting to 1/√head_size. Only
+ * the rows a criterion asks for are computed (one CLS row, or all of them for column means).
  */
 import type { LayerInfo } from "../../src/analysis/transformer.js";
+import { attrInt, attr } from "../../src/ir/graph.js";
 import type { NodeBuilder } from "../builder.js";
 
-/** Why a layer's probabilities cannot be read, or undefined when they can. */
+const FLOAT = 1;
+
+/** Why a layer's probabilities cannot be read or recomputed, or undefined when they can. */
 export function probabilitiesUnavailable(layer: LayerInfo): string | undefined {
   const core = layer.core;
   if (!core) return `layer ${layer.index} has no softmax attention (${layer.kind})`;
-  if (!core.probs) {
-    return `layer ${layer.index} uses fused com.microsoft.${core.kind} (node '${core.anchor.name}'), which does not expose attention probabilities; attention criteria behind fused attention are not supported yet`;
-  }
+  if (!core.probs) return recomputeUnavailable(layer);
   if (!layer.probsLayout) return `the layout of layer ${layer.index}'s attention probabilities ('${core.probs}') could not be determined`;
   if (layer.probsLayout === "batch*heads,q,k" && !layer.heads) return `the number of heads of layer ${layer.index} could not be determined`;
   return undefined;
@@ -44,21 +50,74 @@ function canonical(b: NodeBuilder, layer: LayerInfo, t: string): string {
  * Pre: probabilitiesUnavailable(layer) is undefined.
  */
 export function probabilities(b: NodeBuilder, layer: LayerInfo, rows: "all" | "cls"): string {
-  const probs = canonical(b, layer, layer.core!.probs!);
+  if (!layer.core!.probs) return b.op("Softmax", [recomputedLogits(b, layer, rows)], { axis: -1 }, "recomputed_probs");
+  const probs = canonical(b, layer, layer.core!.probs);
   if (rows === "all") return probs;
   return b.op("Gather", [probs, b.int64([0], [1], "cls_row")], { axis: 2 }, "cls_query");
 }
 
 /** The softmax input [B,H,N,N] of `layer` (scaled q·kᵀ with masks and biases applied). */
 export function logits(b: NodeBuilder, layer: LayerInfo): string {
+  if (!layer.core!.probs) return recomputedLogits(b, layer, "all");
   return canonical(b, layer, layer.core!.anchor.input[0]!);
 }
 
 /** The values [B,H,N,D] that `layer`'s probabilities multiply (the P·V MatMul's right input). */
 export function values(b: NodeBuilder, layer: LayerInfo): string {
-  const pv = layer.core!.pv;
-  if (!pv) throw new Error(`layer ${layer.index} has no P·V MatMul`);
-  return canonical(b, layer, pv.input[1]!);
+  const core = layer.core!;
+  if (!core.probs) return splitHeads(b, layer, b.op("Cast", [core.anchor.input[2]!], { to: FLOAT }, "value_fp32"), [0, 2, 1, 3]);
+  if (!core.pv) throw new Error(`layer ${layer.index} has no P·V MatMul`);
+  return canonical(b, layer, core.pv.input[1]!);
+}
+
+/** Why a fused layer's attention cannot be recomputed from its inputs, or undefined. */
+function recomputeUnavailable(layer: LayerInfo): string | undefined {
+  const core = layer.core!;
+  const n = core.anchor;
+  const where = `layer ${layer.index}'s fused com.microsoft.${core.kind} (node '${n.name}')`;
+  if (core.kind !== "MultiHeadAttention") {
+    return `${where} does not expose attention probabilities, and prunec recomputes them only behind MultiHeadAttention (${core.kind} takes ${core.kind === "Attention" ? "packed projection weights" : "grouped key/value heads of a decoder"})`;
+  }
+  if (!n.input[1] || !n.input[2]) return `${where} takes packed q/k/v in one tensor; prunec recomputes attention from separate q and k only`;
+  if (n.input[4]) return `${where} has a key_padding_mask input, which prunec's recompute does not apply`;
+  if (n.input[6] || n.input[7]) return `${where} reads a past key/value cache; prunec prunes encoders without a cache`;
+  if (attrInt(n, "unidirectional", 0) !== 0) return `${where} is causal (unidirectional=1); prunec's recompute is bidirectional`;
+  if (!layer.heads || !layer.headSize) return `the number of heads or the head size of ${where} could not be determined`;
+  if (layer.fusedInputRank !== 3) return `${where} takes q/k of rank ${layer.fusedInputRank ?? "unknown"}; prunec recomputes attention from [batch, sequence, heads·head_size] inputs`;
+  return undefined;
+}
+
+/** [B,S,H·D] → [B,S,H,D] → transposed by `perm`. */
+function splitHeads(b: NodeBuilder, layer: LayerInfo, t: string, perm: number[]): string {
+  const split = b.op("Reshape", [t, b.int64([0, 0, layer.heads!, layer.headSize!], [4], "heads_shape")], {}, "split_heads");
+  return b.op("Transpose", [split], { perm }, "heads_first");
+}
+
+/**
+ * scale·q·kᵀ (+ bias slices, + attention_bias) for MultiHeadAttention's inputs, in fp32, [B,H,Q,N]
+ * with Q = 1 (the CLS row) or all rows.
+ */
+function recomputedLogits(b: NodeBuilder, layer: LayerInfo, rows: "all" | "cls"): string {
+  const n = layer.core!.anchor;
+  const width = layer.heads! * layer.headSize!;
+  let q = b.op("Cast", [n.input[0]!], { to: FLOAT }, "query_fp32");
+  let k = b.op("Cast", [n.input[1]!], { to: FLOAT }, "key_fp32");
+  if (n.input[3]) {
+    // The op adds bias[0:W] to q and bias[W:2W] to k (bias = [3W], q|k|v).
+    const bias = b.op("Cast", [n.input[3]], { to: FLOAT }, "qkv_bias_fp32");
+    q = b.op("Add", [q, b.slice(bias, 0, 0, width)], {}, "query_bias");
+    k = b.op("Add", [k, b.slice(bias, 0, width, 2 * width)], {}, "key_bias");
+  }
+  if (rows === "cls") q = b.slice(q, 1, 0, 1);
+  const qh = splitHeads(b, layer, q, [0, 2, 1, 3]); // [B,H,Q,D]
+  const kt = splitHeads(b, layer, k, [0, 2, 3, 1]); // [B,H,D,N]
+  const scaleAttr = attr(n, "scale")?.f;
+  const scale = scaleAttr ? scaleAttr : 1 / Math.sqrt(layer.headSize!);
+  const scores = b.op("Mul", [b.op("MatMul", [qh, kt], {}, "query_key"), b.float([scale], [], "scale")], {}, "scaled");
+  if (!n.input[5]) return scores;
+  let bias = b.op("Cast", [n.input[5]], { to: FLOAT }, "attention_bias_fp32"); // [B|1, H|1, S, N]
+  if (rows === "cls") bias = b.slice(bias, 2, 0, 1);
+  return b.op("Add", [scores, bias], {}, "with_attention_bias");
 }
 
 /**

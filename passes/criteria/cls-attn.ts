@@ -17,7 +17,7 @@ export const clsAttn: CriterionModule = {
   name: "cls-attn",
   summary: "mean over heads of the CLS query's attention probabilities to each token (FasterVLM)",
   args: {},
-  needs: "a CLS token; attention probabilities in the graph (MatMul + Softmax attention)",
+  needs: "a CLS token; attention probabilities (MatMul + Softmax, or recomputed behind MultiHeadAttention)",
   unsupported: ({ model, layer }) => clsUnavailable(model) ?? probabilitiesUnavailable(layer),
   score: ({ b, layer, prefix }) => keyScores(b, probabilities(b, layer, "cls"), prefix, (p) => p),
 };

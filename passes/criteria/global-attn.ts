@@ -16,7 +16,7 @@ export const globalAttn: CriterionModule = {
   name: "global-attn",
   summary: "column mean of the attention probabilities over all queries, mean over heads (HiPrune's score)",
   args: {},
-  needs: "attention probabilities in the graph (MatMul + Softmax attention); no CLS needed",
+  needs: "attention probabilities (MatMul + Softmax, or recomputed behind MultiHeadAttention); no CLS needed",
   unsupported: ({ layer }) => probabilitiesUnavailable(layer),
   score: ({ b, layer, prefix }) => globalScores(b, layer, prefix),
 };

@@ -25,6 +25,8 @@ export interface LayerInfo {
   probsLayout?: "batch*heads,q,k" | "heads,q,k" | "batch,heads,q,k";
   quantization?: "MatMulInteger" | "MatMulNBits";
   rotary: boolean;
+  /** Rank of a fused attention op's query and key inputs, when both are known and equal. */
+  fusedInputRank?: number;
 }
 
 export interface TransformerInfo {
@@ -136,6 +138,10 @@ function describeLayer(
     const residual = findResidualBlock(g, core);
     if (residual) layer.residual = residual;
     if (core.heads) layer.heads = core.heads;
+    if (!core.probs) {
+      const rank = shapes.get(core.query)?.length;
+      if (rank !== undefined && (core.key === undefined || shapes.get(core.key)?.length === rank)) layer.fusedInputRank = rank;
+    }
     if (core.probs) {
       const rank = shapes.get(core.probs)?.length;
       if (rank === 4) layer.probsLayout = "batch,heads,q,k";
@@ -165,6 +171,11 @@ function fillHeads(l: LayerInfo, shapes: ShapeMap, hidden: number | undefined): 
     // Q·Kᵀ takes q as [.., tokens, head_size].
     const hs = shapes.get(core.query)?.at(-1);
     if (typeof hs === "number") l.headSize = hs;
+  }
+  if (!core.qk && l.heads && l.fusedInputRank === 3) {
+    // Fused ops take q as [batch, sequence, heads·head_size]; its width need not equal the hidden size.
+    const width = shapes.get(core.query)?.at(-1);
+    if (typeof width === "number" && width % l.heads === 0) l.headSize = width / l.heads;
   }
   if (l.probsLayout === "heads,q,k" && core.probs) {
     const h = shapes.get(core.probs)?.[0];
