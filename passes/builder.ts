@@ -49,9 +49,9 @@ export class NodeBuilder {
     return name;
   }
 
-  /** A Reduce* op in the form the opset wants (axes became an input in opset 18). */
-  reduce(op: "ReduceMean" | "ReduceL2" | "ReduceSum", x: string, axes: number[], keepdims: 0 | 1): string {
-    if (this.opset >= 18) return this.op(op, [x, this.int64(axes, undefined, "axes")], { keepdims });
+  /** A Reduce* op in the form the opset wants (axes became an input in opset 13 for ReduceSum, 18 for the others). */
+  reduce(op: "ReduceMean" | "ReduceL2" | "ReduceSum" | "ReduceMax", x: string, axes: number[], keepdims: 0 | 1): string {
+    if (this.opset >= (op === "ReduceSum" ? 13 : 18)) return this.op(op, [x, this.int64(axes, undefined, "axes")], { keepdims });
     return this.op(op, [x], { axes, keepdims });
   }
 

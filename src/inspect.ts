@@ -4,6 +4,7 @@ import { checkExternalData } from "./onnx/external.js";
 import { Graph } from "./ir/graph.js";
 import { analyzeTransformer, type LayerInfo, type TransformerInfo } from "./analysis/transformer.js";
 import type { Dim } from "./analysis/dims.js";
+import type { SpatialMerge } from "./analysis/merge.js";
 import { CRITERIA } from "../passes/registry.js";
 import { argsWithDefaults } from "../grammar/registry.js";
 import { opsetOf } from "./compile.js";
@@ -36,6 +37,8 @@ export interface InspectReport {
   tokenAxis: number | null;
   batchAxis: number | null;
   cls: TransformerInfo["cls"];
+  /** Spatial merge after the encoder (token fold or pooling), if any. */
+  merge: SpatialMerge | null;
   externalData: number;
   layers: LayerReport[];
 }
@@ -79,9 +82,15 @@ export function inspectModel(bytes: Uint8Array, modelName: string): InspectRepor
     tokenAxis: info.tokenAxis ?? null,
     batchAxis: info.batchAxis ?? null,
     cls: info.cls,
+    merge: info.merge ?? null,
     externalData: ext.length,
     layers: info.layers.map((l) => layerReport(info, l)),
   };
+}
+
+function mergeText(m: SpatialMerge): string {
+  if (m.kind === "pool" && m.kernel && m.grid) return `${m.kernel.join("×")} pool over the ${m.grid.join("×")} token grid (${m.groupSize} tokens → 1)`;
+  return `fold of ${m.groupSize} consecutive tokens into one`;
 }
 
 const shapeText = (s: Dim[] | null): string => (s ? `[${s.join(", ")}]` : "[?]");
@@ -94,6 +103,7 @@ export function formatInspect(r: InspectReport): string {
   const axes = r.tokenAxis === null ? "unknown" : `token axis ${r.tokenAxis}, ${r.batchAxis === null ? "no batch axis" : `batch axis ${r.batchAxis}`}`;
   lines.push(`  tokens:  ${r.tokens ?? "?"} (${axes}), hidden ${r.hidden ?? "?"}`);
   lines.push(`  CLS:     ${r.cls.present ? `yes, at index ${r.cls.index}${r.cls.prefixTokens > 1 ? ` (${r.cls.prefixTokens} special tokens in front)` : ""}` : "no"}`);
+  if (r.merge) lines.push(`  merge:   ${mergeText(r.merge)} after the encoder (${r.merge.node})`);
   if (r.externalData) lines.push(`  weights: ${r.externalData} initializers in external data files (not needed to compile)`);
   const header = ["layer", "attention", "heads", "head size", "probs", "quant", "rotary", "residual", "criteria"];
   const rows = r.layers.map((l) => [

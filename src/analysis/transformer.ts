@@ -9,6 +9,7 @@ import { findResidualBlock, type ResidualBlock } from "./residual.js";
 import { inferShapes } from "./shapes.js";
 import type { Dim, Shape, ShapeMap } from "./dims.js";
 import { PrunecError } from "../errors.js";
+import { spatialMerge, type SpatialMerge } from "./merge.js";
 
 export type LayerKind = AttentionKind | "linear-attention" | "unknown";
 
@@ -38,6 +39,8 @@ export interface TransformerInfo {
   tokens?: Dim;
   cls: { present: boolean; index?: number; prefixTokens: number };
   shapes: ShapeMap;
+  /** A spatial merge of the stream after the last layer (Qwen 2×2 fold, Gemma pooling), see merge.ts. */
+  merge?: SpatialMerge;
 }
 
 const LAYER_NAME = /^(.*?(?:^|[/.])(?:layers|layer|blocks|block|h|encoder_layer|resblocks)[._](\d+))(?=[/._:]|$)/;
@@ -119,6 +122,8 @@ export function analyzeTransformer(g: Graph, source = "model"): TransformerInfo 
     if (first?.residual) info.cls = detectCls(g, shapes, first.residual.input, axes.token);
   }
   for (const l of layers) fillHeads(l, shapes, info.hidden);
+  const merge = spatialMerge(g, info);
+  if (merge) info.merge = merge;
   return info;
 }
 
