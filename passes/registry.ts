@@ -9,9 +9,14 @@ import { clsAttn } from "./criteria/cls-attn.js";
 import { globalAttn } from "./criteria/global-attn.js";
 import { norm } from "./criteria/norm.js";
 import { random, uniform } from "./criteria/fixed-order.js";
+import { hiprune } from "./criteria/hiprune.js";
+import { flowcut } from "./criteria/flowcut.js";
+import { clsAttnEnsemble } from "./criteria/cls-attn-ensemble.js";
+import { pagerank } from "./criteria/pagerank.js";
+import { fopru, spatialRows } from "./criteria/fopru.js";
 
 /** Criteria prunec can compile. */
-export const CRITERIA: readonly CriterionModule[] = [clsAttn, globalAttn, norm, random, uniform];
+export const CRITERIA: readonly CriterionModule[] = [clsAttn, globalAttn, clsAttnEnsemble, hiprune, fopru, spatialRows, pagerank, flowcut, norm, random, uniform];
 
 export { PLANNED };
 

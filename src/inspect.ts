@@ -6,7 +6,8 @@ import { analyzeTransformer, type LayerInfo, type TransformerInfo } from "./anal
 import type { Dim } from "./analysis/dims.js";
 import type { SpatialMerge } from "./analysis/merge.js";
 import { CRITERIA } from "../passes/registry.js";
-import { argsWithDefaults } from "../grammar/registry.js";
+import { argsWithDefaults, type CriterionInfo } from "../grammar/registry.js";
+import type { ArgValue } from "../grammar/ir.js";
 import { opsetOf } from "./compile.js";
 
 export interface LayerReport {
@@ -43,6 +44,21 @@ export interface InspectReport {
   layers: LayerReport[];
 }
 
+/**
+ * Arguments for asking whether a criterion can run at layer `l` in a first stage: defaults, and for
+ * required layer arguments the layer itself (`layers: l..l`, `object_layer: l`), the one choice
+ * every such criterion accepts when the layer itself qualifies.
+ */
+function probeArgs(c: CriterionInfo, l: number): Record<string, ArgValue> {
+  const given: Record<string, ArgValue> = {};
+  for (const [name, arg] of Object.entries(c.args)) {
+    if (arg.default !== undefined) continue;
+    if (arg.type === "range") given[name] = [l, l];
+    else if (arg.type === "integer") given[name] = l;
+  }
+  return argsWithDefaults(c, given);
+}
+
 function layerReport(info: TransformerInfo, l: LayerInfo): LayerReport {
   return {
     index: l.index,
@@ -56,7 +72,7 @@ function layerReport(info: TransformerInfo, l: LayerInfo): LayerReport {
     rotary: l.rotary,
     residual: l.residual ? { input: l.residual.input, output: l.residual.output } : null,
     criteria: CRITERIA.map((c) => {
-      const facts = { model: info, layer: l, args: argsWithDefaults(c, {}), tokensIn: info.tokens, firstLayer: 0, prefix: info.cls.prefixTokens };
+      const facts = { model: info, layer: l, args: probeArgs(c, l.index), tokensIn: info.tokens, firstLayer: 0, prefix: info.cls.prefixTokens };
       const why = c.unsupported(facts) ?? (l.residual ? undefined : "residual stream not found");
       return why ? { name: c.name, ok: false, why } : { name: c.name, ok: true };
     }),

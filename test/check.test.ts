@@ -69,8 +69,8 @@ describe("check against a model: each conflict names the spec text and the model
     ],
     [
       "a criterion of the language that prunec cannot compile yet",
-      "after layer 1 keep 50% by pagerank",
-      "s.prune:1:27: error: criterion 'pagerank' (AIM / Zero-TPrune, methods.md §8 and §12) is part of the language, but prunec cannot compile it yet\n 1 | after layer 1 keep 50% by pagerank\n   |                           ^~~~~~~~",
+      "after layer 1 keep 50% by crops",
+      "s.prune:1:27: error: criterion 'crops' (HoloV, methods.md §9) is part of the language, but prunec cannot compile it yet\n 1 | after layer 1 keep 50% by crops\n   |                           ^~~~~",
     ],
   ];
   it.each(table)("%s", (_what, spec, expected) => {
@@ -78,7 +78,7 @@ describe("check against a model: each conflict names the spec text and the model
   });
 
   it("reports every conflict of a file, ordered by position", () => {
-    const r = checkSpec("after layer 9 keep 50% by cls-attn\nafter layer 1 keep 50% of image by cls-attn\nafter layer 2 keep 50% by pagerank", "s.prune", TINY);
+    const r = checkSpec("after layer 9 keep 50% by cls-attn\nafter layer 1 keep 50% of image by cls-attn\nafter layer 2 keep 50% by crops", "s.prune", TINY);
     expect(r.diagnostics.map((d) => `${d.line}:${d.column}`)).toEqual(["1:13", "2:27", "3:27"]);
   });
 

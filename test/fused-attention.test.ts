@@ -72,6 +72,28 @@ describe("fused MultiHeadAttention: recomputed attention equals an unfused twin'
     });
   }
 
+  // The other attention criteria read the same recomputed maps (logits, probabilities, values);
+  // their own references are checked in their suites, on unfused models.
+  const others = [
+    "after layer 2 keep 25% by cls-attn-ensemble(layers: 0..2)",
+    "after layer 2 keep 50% by hiprune(object_layer: 1, alpha: 0.5)",
+    "after layer 1 keep 25% by fopru",
+    "after layer 1 keep 50% by spatial-rows",
+    "after layer 2 keep 25% by pagerank",
+    "after layer 2 keep 25% by flowcut",
+  ];
+  for (const spec of others) {
+    it(`${spec}: the fused model's scores equal the twin's (≤ 1e-5), same kept sets (batch 3, CPU and WASM)`, async () => {
+      const f = feeds(3);
+      const ofTwin = await runStage(twin, spec, f);
+      for (const run of [runNode, runWasm]) {
+        const ofFused = await runStage(fused, spec, f, run);
+        expect(maxAbsDiff(ofFused.scores, ofTwin.scores)).toBeLessThanOrEqual(1e-5);
+        expect(ofFused.kept).toEqual(ofTwin.kept);
+      }
+    });
+  }
+
   it("two stages behind fused attention compose like on the twin", async () => {
     const spec = "after layer 0 keep 50% by cls-attn\nafter layer 1 keep 50% by global-attn";
     const f = feeds(3);

@@ -65,7 +65,16 @@ export function logits(b: NodeBuilder, layer: LayerInfo): string {
 /** The values [B,H,N,D] that `layer`'s probabilities multiply (the P·V MatMul's right input). */
 export function values(b: NodeBuilder, layer: LayerInfo): string {
   const core = layer.core!;
-  if (!core.probs) return splitHeads(b, layer, b.op("Cast", [core.anchor.input[2]!], { to: FLOAT }, "value_fp32"), [0, 2, 1, 3]);
+  if (!core.probs) {
+    let v = b.op("Cast", [core.anchor.input[2]!], { to: FLOAT }, "value_fp32");
+    const bias = core.anchor.input[3];
+    if (bias) {
+      // The op adds bias[2W:3W] to v (bias = [3W], q|k|v).
+      const width = layer.heads! * layer.headSize!;
+      v = b.op("Add", [v, b.slice(b.op("Cast", [bias], { to: FLOAT }, "qkv_bias_fp32"), 0, 2 * width, 3 * width)], {}, "value_bias");
+    }
+    return splitHeads(b, layer, v, [0, 2, 1, 3]);
+  }
   if (!core.pv) throw new Error(`layer ${layer.index} has no P·V MatMul`);
   return canonical(b, layer, core.pv.input[1]!);
 }

@@ -1,0 +1,80 @@
+/**
+ * flowcut (FlowCut, methods.md §6; `TungChintao/FlowCut`, flowcut/modeling_clip_flowcut.py and
+ * flowcut/utils_flowcut.py) as a fixed-schedule criterion. Per layer l, over the prunable keys j:
+ *
+ *   a_j = mean_h A[h,0,j]                    CLS row of the softmax over all keys (CLS included),
+ *                                            sliced to the prunable keys after the softmax
+ *   σ_j = mean_h softmax_k(v_cls·v_k)[j]     unscaled value-value softmax over all keys (CLS
+ *                                            included), sliced the same way
+ *   s_j = (a_j/Σa + σ_j/Σσ)·‖mean_h v_j‖₁    sums over the prunable keys only
+ *
+ * and the running average c ← 0.5·c + 0.5·s starts with c = s at the first layer scored. CLS is
+ * not in the scores (the reference slices [:, 1:] before compute_score).
+ *
+ * Layers averaged: firstLayer..L, every layer that saw this stage's input tokens. The reference
+ * starts at layer 0 and carries c across its pruning steps (gathered to the kept tokens); here a
+ * stage after another stage restarts the average at the layer after the previous stage, since the
+ * earlier layers' scores (or a stage with another criterion) are not available to it.
+ *
+ * The count is the stage's amount (fixed schedule); the reference's entropy-adaptive count
+ * (dynamic K) is not implemented.
+ */
+import type { CriterionModule, ScoreContext, StageFacts } from "../criterion.js";
+import type { LayerInfo } from "../../src/analysis/transformer.js";
+import type { NodeBuilder } from "../builder.js";
+import { keyScores, probabilities, probabilitiesUnavailable, values } from "./attention-map.js";
+import { clsUnavailable } from "./cls-attn.js";
+
+/** x / Σ_j x_j over the prunable keys (axis 1 of [B,Np]). */
+function normalised(b: NodeBuilder, x: string): string {
+  return b.op("Div", [x, b.reduce("ReduceSum", x, [1], 1)], {}, "normalise");
+}
+
+/** s for one layer, [B,Np]. */
+function layerScore(b: NodeBuilder, layer: LayerInfo, prefix: number): string {
+  const relation = normalised(b, keyScores(b, probabilities(b, layer, "cls"), prefix, (p) => p)); // a/Σa
+  const v = values(b, layer); // [B,H,N,D]
+  const vCls = b.slice(v, 2, 0, 1); // [B,H,1,D]
+  const vT = b.op("Transpose", [v], { perm: [0, 1, 3, 2] }); // [B,H,D,N]
+  const semanticWeight = b.op("MatMul", [vCls, vT], {}, "value_similarity"); // [B,H,1,N], unscaled
+  const semanticAttn = b.op("Softmax", [semanticWeight], { axis: -1 }, "value_softmax");
+  const semantic = normalised(b, keyScores(b, semanticAttn, prefix, (p) => p)); // σ/Σσ
+  const meanValue = b.reduceMean(v, [1], 0); // [B,N,D]
+  const l1 = b.reduce("ReduceSum", b.op("Abs", [meanValue]), [2], 0); // [B,N]
+  const magnitude = b.slice(l1, 1, prefix); // [B,Np]
+  return b.op("Mul", [b.op("Add", [relation, semantic]), magnitude], {}, "layer_score");
+}
+
+function unsupported({ model, layer, firstLayer }: StageFacts): string | undefined {
+  const cls = clsUnavailable(model);
+  if (cls) return cls;
+  for (let l = firstLayer; l <= layer.index; l++) {
+    const info = model.layers[l]!;
+    const why = probabilitiesUnavailable(info);
+    if (why) return `it averages layers ${firstLayer}..${layer.index}, and ${why}`;
+    // Materialized probabilities come with a P·V MatMul whose right input is the values; fused
+    // attention (probabilities recomputed) reads them from the op's value input.
+    const core = info.core!;
+    if (core.probs && !core.pv) return `it averages layers ${firstLayer}..${layer.index}, and layer ${l}'s values (the P·V MatMul's right input) were not found`;
+  }
+  return undefined;
+}
+
+function score({ b, model, layer, firstLayer, prefix }: ScoreContext): string {
+  let c: string | undefined;
+  const half = b.float([0.5], [1], "half");
+  for (let l = firstLayer; l <= layer.index; l++) {
+    const s = layerScore(b, model.layers[l]!, prefix);
+    c = c === undefined ? s : b.op("Add", [b.op("Mul", [c, half]), b.op("Mul", [s, half])], {}, "running_average");
+  }
+  return c!;
+}
+
+export const flowcut: CriterionModule = {
+  name: "flowcut",
+  summary: "CLS attention plus value-norm information flow, running average across the layers since the previous stage (FlowCut, methods.md §6)",
+  args: {},
+  needs: "a CLS token; attention probabilities and values (MatMul + Softmax, or recomputed behind MultiHeadAttention) at every layer since the previous stage",
+  unsupported,
+  score,
+};

@@ -1,0 +1,47 @@
+/**
+ * pagerank (AIM's weighted PageRank `get_importance`, methods.md §8; Zero-TPrune's I-stage, §12):
+ *   M = softmax(logits / τ) per head over the keys, where logits is the layer's softmax input;
+ *   d ← (1/N)·1 over all N tokens (CLS included); `iterations` times d ← d·M (d_j = Σ_i d_i M[i,j]);
+ *   score = sqrt(mean over heads of d²), read at the prunable keys.
+ *
+ * AIM (`LaVi-Lab/AIM`, other_packages/LLaVA-PruMerge/modeling_llama.py: get_importance) runs it on
+ * the LLM's attention logits after the causal mask was added (masked entries at the dtype's minimum,
+ * so M is lower-triangular), with damping d = 0 and the uniform start `ones(B,H,1,N)/N`. A ViT has no
+ * causal mask: we take the softmax input exactly as the model computes it, so whatever additive mask
+ * or bias the model applies is included and nothing else is added; M is then dense.
+ *
+ * Lowering: the first step from the uniform start is (1/N)·column sums of M, i.e. the mean over
+ * the query axis (no constant of the runtime size N needed); the remaining steps are unrolled
+ * MatMuls [B,H,1,N]·[B,H,N,N].
+ */
+import type { CriterionModule } from "../criterion.js";
+import { logits, probabilitiesUnavailable } from "./attention-map.js";
+
+function settings(args: Readonly<Record<string, unknown>>): { iterations: number; temperature: number } {
+  return { iterations: Number(args["iterations"] ?? 5), temperature: Number(args["temperature"] ?? 0.1) };
+}
+
+export const pagerank: CriterionModule = {
+  name: "pagerank",
+  summary: "weighted PageRank over the attention graph, RMS over heads (AIM / Zero-TPrune, methods.md §8 and §12)",
+  args: {
+    iterations: { type: "integer", default: 5, doc: "power iterations" },
+    temperature: { type: "number", default: 0.1, doc: "softmax temperature of the logits" },
+  },
+  needs: "attention logits (the softmax input of MatMul + Softmax, or recomputed behind MultiHeadAttention); no CLS needed",
+  unsupported({ layer, args }) {
+    const { iterations, temperature } = settings(args);
+    if (!(iterations >= 1)) return `iterations must be at least 1, got ${iterations}`;
+    if (!(temperature > 0)) return `temperature must be greater than 0, got ${temperature}`;
+    return probabilitiesUnavailable(layer);
+  },
+  score({ b, layer, args, prefix }) {
+    const { iterations, temperature } = settings(args);
+    const scaled = b.op("Div", [logits(b, layer), b.float([temperature], [], "temperature")], {}, "sharpen");
+    const m = b.op("Softmax", [scaled], { axis: -1 }, "transition"); // [B,H,N,N], rows sum to 1
+    let d = b.reduceMean(m, [2], 1); // (1/N)·1 · M: [B,H,1,N]
+    for (let i = 1; i < iterations; i++) d = b.op("MatMul", [d, m], {}, "power_step");
+    const meanSquare = b.reduceMean(b.op("Mul", [d, d], {}, "square"), [1, 2], 0); // [B,N]
+    return b.slice(b.op("Sqrt", [meanSquare], {}, "rms_heads"), 1, prefix);
+  },
+};

@@ -1,0 +1,170 @@
+/**
+ * pagerank (AIM's weighted PageRank) end to end: the compiled model keeps exactly the tokens the
+ * TypeScript reference picks from the dense model's own attention logits (the softmax inputs):
+ * M = softmax(logits/τ), d = (1/N)·1 then d ← d·M `iterations` times, score = RMS over heads; at
+ * batch 1 and 3, on onnxruntime-node CPU and WASM, and as the second stage of a schedule.
+ */
+import { describe, expect, it } from "vitest";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { describeShared, sharedModel, REPO_ROOT } from "./helpers/shared.js";
+import { readNpy } from "./helpers/npy.js";
+import { runNode, runWasm, maxAbsDiff, type Feeds } from "./helpers/ort.js";
+import { compile } from "../src/compile.js";
+import { PrunecError } from "../src/errors.js";
+import { parseDataset, batchInput } from "../src/data/prds.js";
+import { withOutputs, unfoldProbs, rows } from "./support/model-edit.js";
+import { clsAttnKeep, type Probs } from "./reference/cls-attn.js";
+import { pagerankKeep } from "./reference/attention-scores.js";
+
+const probsOf = (layer: number) => `/encoder/layers/encoder_layer_${layer}/self_attention/Softmax_output_0`;
+const logitsOf = (layer: number) => `/encoder/layers/encoder_layer_${layer}/self_attention/MatMul_1_output_0`;
+
+/** A per-head tensor [batch][h][q][k] of `model` (the dense or a once-pruned model). */
+async function tensor(model: Uint8Array, feeds: Feeds, name: string, heads: number): Promise<Probs> {
+  const out = (await runNode(withOutputs(model, [name]), feeds, [name]))[name]!;
+  return unfoldProbs(out.data as Float32Array, out.dims, heads);
+}
+
+async function kept(pruned: Uint8Array, feeds: Feeds, run = runNode, stage = 0): Promise<number[][]> {
+  const name = `prunec.stage${stage}.indices`;
+  const out = (await run(pruned, feeds, [name]))[name]!;
+  return rows(out.data as BigInt64Array, out.dims);
+}
+
+interface Case {
+  layer: number;
+  percent: number;
+  iterations?: number;
+  temperature?: number;
+}
+
+const specOf = (c: Case) =>
+  `after layer ${c.layer} keep ${c.percent}% by pagerank` + (c.iterations !== undefined ? `(iterations: ${c.iterations}, temperature: ${c.temperature})` : "");
+
+async function expectReference(model: Uint8Array, feeds: Feeds[], c: Case, heads: number) {
+  const pruned = compile(model, specOf(c), { exposeIndices: true }).model;
+  for (const f of feeds) {
+    const expected = pagerankKeep(await tensor(model, f, logitsOf(c.layer), heads), c.percent, 1, c.iterations ?? 5, c.temperature ?? 0.1);
+    expect(expected.length).toBe(f.pixel_values!.dims[0]);
+    expect(await kept(pruned, f)).toEqual(expected);
+    expect(await kept(pruned, f, runWasm)).toEqual(expected);
+  }
+}
+
+function thrown(f: () => unknown): PrunecError {
+  try {
+    f();
+  } catch (e) {
+    if (e instanceof PrunecError) return e;
+    throw e;
+  }
+  throw new Error("expected a PrunecError");
+}
+
+/** The tiny ViT's reference input (2 examples): example 0 alone, and both plus a variation of the first. */
+function tinyFeeds(): Feeds[] {
+  const x = readNpy(join(REPO_ROOT, "examples", "tiny-vit", "ref_in.npy"));
+  const data = x.data as Float32Array;
+  const per = data.length / x.shape[0]!;
+  const three = new Float32Array(per * 3);
+  three.set(data.subarray(0, 2 * per));
+  for (let i = 0; i < per; i++) three[2 * per + i] = data[i]! * 0.5 + Math.sin(i * 0.01);
+  const dims = (b: number) => [b, ...x.shape.slice(1)];
+  return [
+    { pixel_values: { type: "float32", dims: dims(1), data: data.slice(0, per) } },
+    { pixel_values: { type: "float32", dims: dims(3), data: three } },
+  ];
+}
+
+/** Digits sample images: example 0 alone, and examples 1..3. */
+function digitsFeeds(): Feeds[] {
+  const set = parseDataset(readFileSync(join(REPO_ROOT, "examples", "digits", "sample.prds")));
+  return [batchInput(set, 0, 1), batchInput(set, 1, 4)].map((x) => ({ pixel_values: { type: "float32", dims: x.dims, data: x.data } }));
+}
+
+describe("pagerank on the built-in tiny ViT (4 layers, 2 heads)", () => {
+  const model = readFileSync(join(REPO_ROOT, "examples", "tiny-vit", "model.onnx"));
+  const feeds = tinyFeeds();
+
+  it("after layer 1 keep 50% (defaults: 5 iterations, τ 0.1): exact kept sets at batch 1 and 3, CPU and WASM", async () => {
+    await expectReference(model, feeds, { layer: 1, percent: 50 }, 2);
+  });
+
+  it("after layer 3 keep 25% with 1 iteration and τ 2: exact kept sets", async () => {
+    await expectReference(model, feeds, { layer: 3, percent: 25, iterations: 1, temperature: 2 }, 2);
+  });
+
+  it("the iterations are unrolled: one column mean, then iterations − 1 MatMuls [B,H,1,N]·[B,H,N,N]", () => {
+    for (const iterations of [1, 5]) {
+      const added = compile(model, `after layer 1 keep 50% by pagerank(iterations: ${iterations})`).report.addedNodes;
+      expect(added.filter((n) => n.includes("/power_step_")).length).toBe(iterations - 1);
+      expect(added.filter((n) => n.includes("/transition_")).length).toBe(1);
+    }
+  });
+
+  it("as the second stage after cls-attn: reads the once-pruned model's logits", async () => {
+    const spec = "after layer 0 keep 50% by cls-attn\nafter layer 2 keep 25% by pagerank";
+    const { model: pruned, report } = compile(model, spec, { exposeIndices: true });
+    expect(report.stages.map((s) => [s.criterion, s.tokensIn, s.tokensOut])).toEqual([["cls-attn", 65, 33], ["pagerank", 33, 9]]);
+    const once = compile(model, "after layer 0 keep 50% by cls-attn").model;
+    for (const f of feeds) {
+      const first = clsAttnKeep(await tensor(model, f, probsOf(0), 2), 50, 1);
+      const second = pagerankKeep(await tensor(once, f, logitsOf(2), 2), 25, 1);
+      expect(second[0]!.length).toBe(9);
+      for (const run of [runNode, runWasm]) {
+        expect(await kept(pruned, f, run, 0)).toEqual(first);
+        expect(await kept(pruned, f, run, 1)).toEqual(second);
+      }
+    }
+  });
+
+  it("keep 100% gives outputs equal to the original's (≤ 1e-5)", async () => {
+    const pruned = compile(model, "after layer 1 keep 100% by pagerank").model;
+    const dense = await runNode(model, feeds[1]!, ["logits"]);
+    const same = await runNode(pruned, feeds[1]!, ["logits"]);
+    expect(maxAbsDiff(dense.logits!.data as Float32Array, same.logits!.data as Float32Array)).toBeLessThanOrEqual(1e-5);
+  });
+
+  const rejected: [string, string][] = [
+    ["after layer 2 keep 50% by pagerank(iterations: 0)", "iterations must be at least 1, got 0"],
+    ["after layer 2 keep 50% by pagerank(temperature: 0)", "temperature must be greater than 0, got 0"],
+    ["after layer 2 keep 50% by pagerank(iterations: 3, temperature: -0.5)", "temperature must be greater than 0, got -0.5"],
+  ];
+  it.each(rejected)("rejects %s, naming the value", (spec, why) => {
+    expect(thrown(() => compile(model, spec, { specName: "s.prune" })).message).toBe(
+      `s.prune:1:27: error: pagerank cannot run after layer 2: ${why}\n 1 | ${spec}\n   |                           ^~~~~~~~`,
+    );
+  });
+});
+
+describe("pagerank on the trained digits ViT (6 layers, 4 heads)", () => {
+  const model = readFileSync(join(REPO_ROOT, "examples", "digits", "model.onnx"));
+  const feeds = digitsFeeds();
+  it("after layer 2 keep 25% with 3 iterations and τ 0.5: exact kept sets at batch 1 and 3, CPU and WASM", async () => {
+    await expectReference(model, feeds, { layer: 2, percent: 25, iterations: 3, temperature: 0.5 }, 4);
+  });
+  it("after layer 5 keep 25% (defaults): exact kept sets", async () => {
+    await expectReference(model, feeds, { layer: 5, percent: 25 }, 4);
+  });
+  it("keep 100% gives outputs equal to the original's (≤ 1e-5)", async () => {
+    const pruned = compile(model, "after layer 2 keep 100% by pagerank").model;
+    const dense = await runNode(model, feeds[1]!, ["logits"]);
+    const same = await runNode(pruned, feeds[1]!, ["logits"]);
+    expect(maxAbsDiff(dense.logits!.data as Float32Array, same.logits!.data as Float32Array)).toBeLessThanOrEqual(1e-5);
+  });
+});
+
+describeShared("pagerank on the torchvision ViT-Ti (vit-ti16-cls-randinit)", () => {
+  it("after layer 6 keep 25% (defaults): exact kept sets at batch 1 and 3, CPU and WASM", async () => {
+    const model = readFileSync(sharedModel("synthetic/vit-ti16-cls-randinit/model.onnx"));
+    const x = readNpy(sharedModel("synthetic/vit-ti16-cls-randinit/ref_in.npy")).data as Float32Array;
+    const three = new Float32Array(x.length * 3);
+    for (let b = 0; b < 3; b++) for (let i = 0; i < x.length; i++) three[b * x.length + i] = x[i]! * (1 - 0.4 * b) + 0.1 * b * Math.sin(i * 0.01);
+    const feeds: Feeds[] = [
+      { pixel_values: { type: "float32", dims: [1, 3, 224, 224], data: x } },
+      { pixel_values: { type: "float32", dims: [3, 3, 224, 224], data: three } },
+    ];
+    await expectReference(model, feeds, { layer: 6, percent: 25 }, 3);
+  });
+});
