@@ -10,6 +10,7 @@
 import { Graph, type GraphProto, type NodeProto } from "../src/ir/graph.js";
 import { shallowCopy } from "../src/ir/copy.js";
 import type { LayerInfo, TransformerInfo } from "../src/analysis/transformer.js";
+import type { EncoderOutput } from "../src/analysis/merge.js";
 import type { Dim } from "../src/analysis/dims.js";
 import { int64Tensor } from "../src/onnx/tensor.js";
 import { batchDim, valueInfo } from "../src/ir/value-info.js";
@@ -17,7 +18,7 @@ import { NodeBuilder } from "./builder.js";
 import type { CriterionModule, TokenGroups } from "./criterion.js";
 import { keepCountDynamic } from "./amount.js";
 import { selectTopK, withPrefix } from "./select-topk.js";
-import { selectGroups } from "./select-groups.js";
+import { selectGroups, selectFolded, meanOverGroups } from "./select-groups.js";
 import { findSideInputs, gatherSideInputs, rewireSideInputs, type TokenAxes } from "./carry-tokens.js";
 import { selectAndGatherFloat } from "./select-gather-float.js";
 import { gatherTokens, denseName } from "./gather-tokens.js";
@@ -37,6 +38,12 @@ export interface StagePlan {
   groups?: TokenGroups;
   /** First layer seeing this stage's input tokens (see StageFacts). */
   firstLayer: number;
+  /** Inside an encoder whose output folds g consecutive tokens: keep whole g-token groups. */
+  fold?: number;
+  /** `after encoder`: act on this output's rows (tokens or merged tokens) instead of a residual. */
+  encoder?: EncoderOutput;
+  /** Tokens the criterion scores when they differ from the rows selected (after the encoder: the last layer's). */
+  scoredTokens?: Dim;
   criterion: CriterionModule;
   args: Record<string, ArgValue>;
   /** Tokens entering the stage (prefix included) and kept by it. */
@@ -77,7 +84,8 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
   const model = withCurrentNodes(dense, g);
   const plan: StagePlan = { ...densePlan, layer: model.layers[densePlan.layer.index]! };
   const residual = plan.layer.residual!;
-  const r = residual.output;
+  // The tensor the stage gathers: the residual leaving the layer, or the encoder's output.
+  const r = plan.encoder?.tensor ?? residual.output;
   const b = new NodeBuilder(`prunec/stage${plan.stage}/${plan.criterion.name}`, opset);
 
   const stream = denseName(r);
@@ -87,23 +95,30 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
   const batched = model.batchAxis !== undefined;
   const sides = findSideInputs({ graph: g, shapes: model.shapes, carried: options.carried ?? new Map(), denseTokens: model.tokens!, batched }, belowNodes, below);
   const tokens = typeof plan.tokensIn === "number" ? plan.tokensIn : undefined;
-  const scores = plan.criterion.score({
+  const tokenScores = plan.criterion.score({
     graph: g,
     model,
     layer: plan.layer,
     args: plan.args,
-    tokensIn: plan.tokensIn,
+    tokensIn: plan.scoredTokens ?? plan.tokensIn,
     firstLayer: plan.firstLayer,
     b,
     prefix: plan.prefix,
-    stream,
-    tokens,
-    keep: plan.keep,
+    // After the encoder the criterion still scores the tokens leaving the last layer.
+    stream: plan.encoder && plan.encoder.tensor !== residual.output ? residual.output : stream,
+    tokens: typeof plan.scoredTokens === "number" ? plan.scoredTokens : tokens,
+    // Criteria that use the budget (hiprune's anchors) count it in tokens.
+    keep: plan.keep === undefined ? undefined : plan.keep * unitSize(plan),
   });
+  // Merged selections rank groups: the mean score of their tokens.
+  const scores = unitScores(b, tokenScores, plan);
   let output: string;
   let indices: string | undefined;
   let lowering: Lowering = "index";
-  if (plan.groups) {
+  if (plan.fold) {
+    indices = selectFolded(b, scores, keepTensor(b, scores, plan), plan.fold);
+    output = gatherTokens(b, stream, indices, { tokenAxis: model.tokenAxis!, ...(model.batchAxis !== undefined ? { batchAxis: model.batchAxis } : {}) });
+  } else if (plan.groups) {
     if (plan.keep === undefined) throw new Error("grouped criteria need a static token count (checked by the plan)");
     indices = selectGroups(b, scores, plan.keep, plan.groups.members, plan.prefix);
     output = gatherTokens(b, stream, indices, { tokenAxis: model.tokenAxis!, ...(model.batchAxis !== undefined ? { batchAxis: model.batchAxis } : {}) });
@@ -137,7 +152,7 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
     // Shapes recorded below the stage describe the dense model; ORT would reject them. The pruned
     // stream's own shape is declared instead: ORT cannot infer it through the selection subgraph,
     // and without it later fusions (e.g. Add+Gelu → BiasGelu) are skipped.
-    valueInfo: [...proto.valueInfo.filter((v) => !below.has(v.name)), ...prunedStreamInfo(g, proto, model, plan, r)],
+    valueInfo: [...proto.valueInfo.filter((v) => !below.has(v.name)), ...(plan.encoder ? [] : prunedStreamInfo(g, proto, model, plan, r))],
   });
   // A side tensor may be computed after the stage's anchor point in file order: re-sort when any is gathered.
   const sorted = sides.length ? shallowCopy(graph, { node: new Graph(graph).order }) : graph;
@@ -209,4 +224,23 @@ function withCurrentNodes(model: TransformerInfo, g: Graph): TransformerInfo {
     return { ...l, core };
   });
   return { ...model, layers };
+}
+
+/** Token scores [B,N'] → scores of the units the stage selects: fold groups or pooling windows (after the encoder). */
+function unitScores(b: NodeBuilder, tokenScores: string, plan: StagePlan): string {
+  const per = plan.encoder?.per;
+  if (plan.fold || per?.kind === "fold") {
+    const size = plan.fold ?? (per as { size: number }).size;
+    return b.reduceMean(b.op("Reshape", [tokenScores, b.int64([0, -1, size], [3], "groups_shape")], {}, "fold_groups"), [2], 0);
+  }
+  if (per?.kind === "pool") return meanOverGroups(b, tokenScores, per.members);
+  return tokenScores;
+}
+
+/** Tokens per unit the stage selects: 1, or the fold / pooling window size. */
+function unitSize(plan: StagePlan): number {
+  const per = plan.encoder?.per;
+  if (per?.kind === "fold") return per.size;
+  if (per?.kind === "pool") return per.members[0]!.length;
+  return plan.fold ?? 1;
 }

@@ -5,7 +5,7 @@
  * stay in their original order. Output: int64 [batch, prefix + K·size], like selectTopK.
  */
 import type { NodeBuilder } from "./builder.js";
-import { withPrefix } from "./select-topk.js";
+import { selectTopK, withPrefix } from "./select-topk.js";
 
 export function selectGroups(b: NodeBuilder, scores: string, keepGroups: number, members: number[][], prefix: number): string {
   const size = members[0]!.length;
@@ -16,4 +16,22 @@ export function selectGroups(b: NodeBuilder, scores: string, keepGroups: number,
   const flat = b.op("Reshape", [positions, b.int64([0, keepGroups * size], [2], "flat_shape")], {}, "flatten_groups");
   const [ascending] = b.opN("TopK", [flat, b.int64([keepGroups * size], [1], "k_tokens")], 2, { axis: -1, largest: 0, sorted: 1 });
   return withPrefix(b, ascending!, prefix);
+}
+
+/** Mean token score of each group (members: a constant table of prunable positions), [B, groups]. */
+export function meanOverGroups(b: NodeBuilder, tokenScores: string, members: number[][]): string {
+  const table = b.int64(members.flat(), [members.length, members[0]!.length], "group_members");
+  return b.reduceMean(b.op("Gather", [tokenScores, table], { axis: 1 }, "group_scores"), [2], 0);
+}
+
+/**
+ * Keep the best groups of `size` consecutive tokens (the fold of a Qwen-style patch merger), so
+ * the merger still folds whole groups: ascending group indices g expand to g·size + 0..size-1.
+ * `scores` are per group [B, G]; returns int64 positions [B, K·size].
+ */
+export function selectFolded(b: NodeBuilder, scores: string, k: string, size: number): string {
+  const groups = selectTopK(b, scores, k, 0); // [B, K] ascending
+  const starts = b.op("Mul", [b.unsqueeze(groups, [2]), b.int64([size], [1], "group_size")], {}, "group_start"); // [B,K,1]
+  const positions = b.op("Add", [starts, b.int64([...Array(size).keys()], [1, 1, size], "group_offsets")], {}, "group_positions"); // [B,K,size]
+  return b.op("Reshape", [positions, b.int64([0, -1], [2], "flat_shape")], {}, "flatten_groups");
 }

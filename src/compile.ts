@@ -109,6 +109,7 @@ export function compile(modelBytes: Uint8Array, specText: string, options: Compi
   }
   if (options.exposeIndices) g = exposeIndices(g, indices, info, plans);
   if (plans.length) g = refreshOutputShapes(g, graph, plans);
+  g = declareEncoderOutputs(g, plans);
 
   const rep = report(info, plans, added, spec.stages.map((s) => s.span.line), lowerings);
   const out = shallowCopy(model, { graph: g, metadataProps: withMetadata(model, specText, rep) });
@@ -146,6 +147,23 @@ function exposeIndices(g: GraphProto, indices: string[], info: TransformerInfo, 
     return valueInfo(`prunec.stage${i}.indices`, DT.INT64, dims);
   });
   return shallowCopy(g, { node: [...g.node, ...nodes], output: [...g.output, ...outputs] });
+}
+
+/** An `after encoder` stage shrinks the output it acts on: declare its kept row count. */
+function declareEncoderOutputs(g: GraphProto, plans: StagePlan[]): GraphProto {
+  const encoder = plans.find((p) => p.encoder);
+  if (!encoder?.encoder) return g;
+  const { tensor, tokenAxis } = encoder.encoder;
+  const rows = typeof encoder.tokensOut === "number" ? encoder.tokensOut : undefined;
+  return shallowCopy(g, {
+    output: g.output.map((o) => {
+      if (o.name !== tensor || o.type?.value.case !== "tensorType" || !o.type.value.value.shape) return o;
+      const dims = o.type.value.value.shape.dim.map((d, i): Dim | undefined =>
+        i === tokenAxis ? rows : d.value.case === "dimValue" ? Number(d.value.value) : d.value.case === "dimParam" ? d.value.value : undefined,
+      );
+      return valueInfo(o.name, o.type.value.value.elemType, dims);
+    }),
+  });
 }
 
 /** Graph outputs below a stage keep their declared shape only where it still holds. */

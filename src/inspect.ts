@@ -5,10 +5,20 @@ import { Graph } from "./ir/graph.js";
 import { analyzeTransformer, type LayerInfo, type TransformerInfo } from "./analysis/transformer.js";
 import type { Dim } from "./analysis/dims.js";
 import type { SpatialMerge } from "./analysis/merge.js";
-import { CRITERIA } from "../passes/registry.js";
-import { argsWithDefaults, type CriterionInfo } from "../grammar/registry.js";
+import { CRITERIA, registry } from "../passes/registry.js";
+import { parseSpec } from "../grammar/parse-spec.js";
+import { planStages } from "./plan.js";
+import { PrunecError } from "./errors.js";
+import type { CriterionInfo } from "../grammar/registry.js";
 import type { ArgValue } from "../grammar/ir.js";
 import { opsetOf } from "./compile.js";
+
+export interface CriterionReport {
+  name: string;
+  ok: boolean;
+  /** The planner's message when the criterion cannot run there. */
+  why?: string;
+}
 
 export interface LayerReport {
   index: number;
@@ -22,7 +32,7 @@ export interface LayerReport {
   rotary: boolean;
   residual: { input: string; output: string } | null;
   /** Criteria that can run at this layer, and why the others cannot. */
-  criteria: { name: string; ok: boolean; why?: string }[];
+  criteria: CriterionReport[];
 }
 
 export interface InspectReport {
@@ -40,23 +50,42 @@ export interface InspectReport {
   cls: TransformerInfo["cls"];
   /** Spatial merge after the encoder (token fold or pooling), if any. */
   merge: SpatialMerge | null;
+  /** Criteria an `after encoder` stage can use (scored at the last layer). */
+  afterEncoder: CriterionReport[];
   externalData: number;
   layers: LayerReport[];
 }
 
 /**
- * Arguments for asking whether a criterion can run at layer `l` in a first stage: defaults, and for
- * required layer arguments the layer itself (`layers: l..l`, `object_layer: l`), the one choice
- * every such criterion accepts when the layer itself qualifies.
+ * Whether `position keep 50% by CRITERION` would compile as a first stage, asked of the planner
+ * itself, so inspect says exactly what compile would. Required layer arguments get the layer
+ * itself (`layers: l..l`, `object_layer: l`), which every such criterion accepts when the layer
+ * qualifies. Returns the planner's message, or undefined.
  */
-function probeArgs(c: CriterionInfo, l: number): Record<string, ArgValue> {
-  const given: Record<string, ArgValue> = {};
-  for (const [name, arg] of Object.entries(c.args)) {
-    if (arg.default !== undefined) continue;
-    if (arg.type === "range") given[name] = [l, l];
-    else if (arg.type === "integer") given[name] = l;
+function probe(info: TransformerInfo, position: string, c: CriterionInfo, layer: number): string | undefined {
+  const args = Object.entries(c.args)
+    .filter(([, a]) => a.default === undefined)
+    .map(([name, a]) => `${name}: ${a.type === "range" ? `${layer}..${layer}` : layer}`);
+  const text = `${position} keep 50% by ${c.name}${args.length ? `(${args.join(", ")})` : ""}`;
+  const { spec, diagnostics } = parseSpec(text, "inspect", registry);
+  if (!spec) return diagnostics[0]?.message ?? "does not parse";
+  try {
+    planStages(spec, info);
+    return undefined;
+  } catch (e) {
+    if (!(e instanceof PrunecError)) throw e;
+    const message = e.diagnostics[0]?.message ?? e.message;
+    // "X cannot run after layer L: why" → "why" (the table already says which criterion and layer).
+    const prefix = new RegExp(`^${c.name} cannot run [^:]*: `);
+    return message.replace(prefix, "");
   }
-  return argsWithDefaults(c, given);
+}
+
+function criteriaAt(info: TransformerInfo, position: string, layer: number): CriterionReport[] {
+  return CRITERIA.map((c) => {
+    const why = probe(info, position, c, layer);
+    return why ? { name: c.name, ok: false, why } : { name: c.name, ok: true };
+  });
 }
 
 function layerReport(info: TransformerInfo, l: LayerInfo): LayerReport {
@@ -71,11 +100,7 @@ function layerReport(info: TransformerInfo, l: LayerInfo): LayerReport {
     quantization: l.quantization ?? null,
     rotary: l.rotary,
     residual: l.residual ? { input: l.residual.input, output: l.residual.output } : null,
-    criteria: CRITERIA.map((c) => {
-      const facts = { model: info, layer: l, args: probeArgs(c, l.index), tokensIn: info.tokens, firstLayer: 0, prefix: info.cls.prefixTokens };
-      const why = c.unsupported(facts) ?? (l.residual ? undefined : "residual stream not found");
-      return why ? { name: c.name, ok: false, why } : { name: c.name, ok: true };
-    }),
+    criteria: criteriaAt(info, `after layer ${l.index}`, l.index),
   };
 }
 
@@ -99,6 +124,7 @@ export function inspectModel(bytes: Uint8Array, modelName: string): InspectRepor
     batchAxis: info.batchAxis ?? null,
     cls: info.cls,
     merge: info.merge ?? null,
+    afterEncoder: criteriaAt(info, "after encoder", info.layers.length - 1),
     externalData: ext.length,
     layers: info.layers.map((l) => layerReport(info, l)),
   };
@@ -139,5 +165,7 @@ export function formatInspect(r: InspectReport): string {
   const reasons = new Map<string, string>();
   for (const l of r.layers) for (const c of l.criteria) if (!c.ok && c.why && !reasons.has(c.name)) reasons.set(c.name, `layer ${l.index}: ${c.why}`);
   for (const [name, why] of reasons) lines.push(`  ${name} unavailable at ${why}`);
+  const encoder = r.afterEncoder.filter((c) => c.ok).map((c) => c.name);
+  lines.push("", `  after encoder: ${encoder.length ? encoder.join(", ") : `no criterion (${r.afterEncoder[0]?.why ?? "?"})`}`);
   return lines.join("\n");
 }

@@ -101,13 +101,14 @@ function planOne(
   fail: (span: Span, message: string) => void,
 ): StagePlan | undefined {
   const pos = stage.position;
-  if (pos.kind !== "after-layer" && pos.kind !== "in-layer") {
-    fail(stage.positionSpan, `'${pos.kind === "after-encoder" ? "after encoder" : "before layer 0"}' stages are not supported yet; use 'after layer L'`);
+  if (pos.kind === "before-layer-0") {
+    fail(stage.positionSpan, "'before layer 0' stages are not supported yet; use 'after layer L' or 'after encoder'");
     return undefined;
   }
   const count = model.layers.length;
-  const resolved = pos.layer < 0 ? count + pos.layer : pos.layer;
-  if (resolved < 0 || resolved >= count) {
+  const encoder = pos.kind === "after-encoder";
+  const resolved = pos.kind === "after-encoder" ? count - 1 : pos.layer < 0 ? count + pos.layer : pos.layer;
+  if (pos.kind !== "after-encoder" && (resolved < 0 || resolved >= count)) {
     fail(stage.layerSpan ?? stage.positionSpan, `layer ${pos.layer} is out of range: the model has ${count} layers (0..${count - 1}, or -1..-${count} from the end)`);
     return undefined;
   }
@@ -142,7 +143,7 @@ function planOne(
   const facts: StageFacts = { model, layer, args, tokensIn, firstLayer, prefix };
   const why = criterion.unsupported(facts);
   if (why) {
-    fail(stage.criterion.span, `${criterion.name} cannot run after layer ${resolved}: ${why}`);
+    fail(stage.criterion.span, `${criterion.name} cannot run ${encoder ? `after the encoder (scored at its last layer, ${resolved})` : `after layer ${resolved}`}: ${why}`);
     return undefined;
   }
   if (!layer.residual || model.tokenAxis === undefined || tokensIn === undefined) {
@@ -153,33 +154,72 @@ function planOne(
     fail(stage.positionSpan, `the model's residual stream is sequence-first (tokens on axis ${model.tokenAxis}); prunec prunes batch-first streams only so far`);
     return undefined;
   }
+  const merge = model.merge;
+  if (encoder && !model.encoderOutput) {
+    fail(stage.positionSpan, "'after encoder' needs a model output with one row per token or per merged token (image features); this model's outputs have none");
+    return undefined;
+  }
+  if (!encoder && merge?.kind === "pool") {
+    fail(stage.layerSpan ?? stage.positionSpan, `the encoder output is pooled over the ${merge.grid!.join("×")} token grid (node '${merge.node}'), which needs every token; prune 'after encoder' instead (it keeps whole pooled tokens)`);
+    return undefined;
+  }
+  const groups = criterion.groups?.(facts);
+  const fold = !encoder && merge?.kind === "fold" ? merge.groupSize : undefined;
+  if (fold && groups) {
+    fail(stage.criterion.span, `${criterion.name} keeps whole ${groups.unit}s, but the encoder output folds ${fold} consecutive tokens into one (node '${merge!.node}'); stages inside this encoder keep whole ${fold}-token merge groups`);
+    return undefined;
+  }
+  if (encoder && groups && model.encoderOutput!.per.kind !== "token") {
+    fail(stage.criterion.span, `${criterion.name} keeps whole ${groups.unit}s of tokens, but after this encoder the rows are merged tokens (node '${merge!.node}'); use a per-token criterion, whose scores are averaged per merged token`);
+    return undefined;
+  }
+  if ((fold || (encoder && model.encoderOutput!.per.kind !== "token")) && prefix > 0) {
+    fail(stage.positionSpan, `the encoder output merges tokens (node '${merge!.node}') and the model has ${prefix} special tokens in front; prunec cannot tell which merged token they join`);
+    return undefined;
+  }
   const amount = stage.amount ?? { kind: "percent" as const, value: DEFAULT_PERCENT };
   const drop = stage.action === "drop";
-  const groups = criterion.groups?.(facts);
   const plan: StagePlan = { stage: index, layer, percent: amount.value, drop, criterion, args, tokensIn, tokensOut: tokensIn, prefix, firstLayer };
   if (groups) plan.groups = groups;
+  if (fold) plan.fold = fold;
+  if (encoder) {
+    const out = model.encoderOutput!;
+    plan.encoder = out;
+    plan.scoredTokens = tokensIn;
+    // The output's rows: tokens, or merged tokens of the tokens that reach it.
+    if (out.per.kind === "fold" && tokensIn !== model.tokens) plan.tokensIn = typeof tokensIn === "number" ? tokensIn / out.per.size : `${String(tokensIn)}/${out.per.size}`;
+    else if (out.per.kind !== "token") plan.tokensIn = out.units;
+    plan.tokensOut = plan.tokensIn;
+    tokensIn = plan.tokensIn;
+  }
   if (typeof tokensIn !== "number") {
     if (amount.kind === "count") {
       fail(stage.amountSpan ?? stage.actionSpan, `token counts need a static token count; the model has ${String(tokensIn)} tokens`);
       return undefined;
     }
-    plan.tokensOut = `${prefix}+${drop ? "drop" : "keep"}(${amount.value}%,${String(tokensIn)}-${prefix})`;
+    const kept = `${drop ? "drop" : "keep"}(${amount.value}%,${String(tokensIn)}-${prefix})`;
+    plan.tokensOut = fold ? `${fold}*${drop ? "drop" : "keep"}(${amount.value}%,${String(tokensIn)}/${fold})` : `${prefix}+${kept}`;
     return plan;
   }
   const prunable = tokensIn - prefix;
-  // Grouped criteria count groups: a percentage applies to the groups, a token count must fill whole groups.
-  const size = groups ? groups.members[0]!.length : 1;
-  const units = groups ? groups.members.length : prunable;
+  if (fold && prunable % fold !== 0) {
+    fail(stage.layerSpan ?? stage.positionSpan, `${prunable} tokens enter this stage, not a whole number of ${fold}-token merge groups (node '${merge!.node}')`);
+    return undefined;
+  }
+  // Grouped selections count groups: a percentage applies to the groups, a token count must fill whole groups.
+  const size = groups ? groups.members[0]!.length : fold ?? 1;
+  const units = groups ? groups.members.length : prunable / size;
+  const unit = groups ? groups.unit : `${fold}-token merge group`;
   let keep: number;
   if (amount.kind === "count") {
     if (amount.value % size !== 0) {
-      fail(stage.amountSpan ?? stage.actionSpan, `${criterion.name} keeps whole ${groups!.unit}s of ${size} tokens; ${amount.value} is not a multiple of ${size}`);
+      fail(stage.amountSpan ?? stage.actionSpan, `this stage keeps whole ${unit}s of ${size} tokens; ${amount.value} is not a multiple of ${size}`);
       return undefined;
     }
     keep = drop ? units - amount.value / size : amount.value / size;
   } else keep = drop ? units - keepCountStatic(amount.value, units) : keepCountStatic(amount.value, units);
   if (keep < 1 || keep > units) {
-    const what = groups ? `${keep} of ${units} ${groups.unit}s` : `${keep} of ${prunable} prunable tokens`;
+    const what = size > 1 ? `${keep} of ${units} ${unit}s` : `${keep} of ${prunable} prunable ${encoder && model.encoderOutput!.per.kind !== "token" ? "merged tokens" : "tokens"}`;
     fail(stage.amountSpan ?? stage.actionSpan, `this stage would keep ${what} after layer ${resolved}; it must keep between 1 and ${units}`);
     return undefined;
   }

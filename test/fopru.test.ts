@@ -163,7 +163,7 @@ describe("fopru on the built-in tiny ViT (4 layers, 2 heads, 8×8 grid)", () => 
     const expected = fopruRowsKeep(await probs(model, feeds[1]!, 2, 2), 2, 1);
     expect(await kept(byCount, feeds[1]!)).toEqual(expected);
     expect(thrown(() => compile(model, "after layer 2 keep 12 tokens by fopru(strategy: rows)", { specName: "s.prune" })).message).toBe(
-      "s.prune:1:20: error: fopru keeps whole grid rows of 8 tokens; 12 is not a multiple of 8\n 1 | after layer 2 keep 12 tokens by fopru(strategy: rows)\n   |                    ^~~~~~~~~",
+      "s.prune:1:20: error: this stage keeps whole grid rows of 8 tokens; 12 is not a multiple of 8\n 1 | after layer 2 keep 12 tokens by fopru(strategy: rows)\n   |                    ^~~~~~~~~",
     );
   });
 

@@ -26,7 +26,7 @@ import { analyzeTransformer } from "../src/analysis/transformer.js";
 import { residualOutput, shortenToLayers, truncateToLayers, writeSyntheticWeights } from "./support/synthetic-weights.js";
 import { mulberry32 } from "../passes/criteria/fixed-order.js";
 import { normKeep } from "./reference/baselines.js";
-import { globalAttnKeep, keepCount } from "./reference/cls-attn.js";
+import { globalAttnKeep, keepCount, topKPositions } from "./reference/cls-attn.js";
 import { rows, unfoldProbs, withOutputs } from "./support/model-edit.js";
 import { denseName } from "../passes/gather-tokens.js";
 
@@ -238,42 +238,110 @@ describeShared("graph-only exports on synthetic weights: dense runs and norm pru
 });
 
 describeShared("graph-only exports: compiling the full models (a spatial merge after the encoder)", () => {
-  // What happens today, recorded (update these when stages learn about merges): every full model
-  // compiles; the stage does not look past the encoder (src/analysis/merge.ts finds the merge).
+  // Inside the encoder, the Qwen folds keep whole 4-token merge groups (the count is in groups);
+  // Gemma's pooling needs every token, so only `after encoder` applies there.
   const cases: [string, number | string, number | string][] = [
-    [qwen2.file, "hw", "0+keep(50%,hw-0)"],
-    [qwen35.file, "num_patches", "0+keep(50%,num_patches-0)"],
-    [gemma.file, 4096, 2048],
-    [gemmaQ.file, 4096, 2048],
+    [qwen2.file, "hw", "4*keep(50%,hw/4)"],
+    [qwen35.file, "num_patches", "4*keep(50%,num_patches/4)"],
   ];
   for (const [file, tokensIn, tokensOut] of cases) {
-    it(`${file}: after layer 0 keep 50% by norm compiles`, () => {
+    it(`${file}: after layer 0 keep 50% by norm keeps whole merge groups`, () => {
       const { report } = compile(readFileSync(sharedModel(file)), "after layer 0 keep 50% by norm", { exposeIndices: true });
       expect(report.stages.map((s) => [s.tokensIn, s.tokensOut])).toEqual([[tokensIn, tokensOut]]);
     });
   }
+  for (const file of [gemma.file, gemmaQ.file]) {
+    it(`${file}: after encoder keep 25% keeps 64 of 256 pooled tokens`, () => {
+      const { report } = compile(readFileSync(sharedModel(file)), "after encoder keep 25% by norm");
+      expect(report.stages.map((s) => [s.layer, s.tokensIn, s.tokensOut])).toEqual([[26, 256, 64]]);
+    });
+  }
 
   // Run what follows the encoder on layer 0 alone (shortenToLayers), pruned after layer 0.
-  it("qwen3.5, layer 0 + merger: the pruned model runs, and its 2×2 fold merges kept tokens from different windows", async () => {
+  it("qwen3.5, inside the encoder: whole 2×2 merge groups are kept (group score = mean token score), and the merged rows equal the dense ones", async () => {
     const short = shortenToLayers(readFileSync(sharedModel(qwen35.file)), 1);
-    const pruned = compile(short, "after layer 0 keep 50% by norm", { exposeIndices: true }).model;
+    const r0 = residualOutput(short, 0);
+    const compiled = compile(short, "after layer 0 keep 50% by norm", { exposeIndices: true });
+    expect(compiled.report.stages[0]!.tokensOut).toBe("4*keep(50%,num_patches/4)");
+    const pruned = withOutputs(compiled.model, [denseName(r0)]);
     await withWeights(short, { "dense.onnx": short, "pruned.onnx": pruned }, async (path) => {
-      expect((await runNode(path("dense.onnx"), qwen35.feeds())).image_features!.dims).toEqual([N / 4, 1024]);
+      const dense = (await runNode(path("dense.onnx"), qwen35.feeds())).image_features!;
       const out = await runNode(path("pruned.onnx"), qwen35.feeds());
-      expect(out.image_features!.dims).toEqual([keepCount(50, N) / 4, 1024]);
-      // Tokens 4w..4w+3 are window w (the processor orders patches window by window).
       const kept = rows(out["prunec.stage0.indices"]!.data as BigInt64Array, out["prunec.stage0.indices"]!.dims)[0]!;
-      const perWindow = new Map<number, number>();
-      for (const t of kept) perWindow.set(Math.floor(t / 4), (perWindow.get(Math.floor(t / 4)) ?? 0) + 1);
-      expect([...perWindow.values()].some((c) => c !== 4)).toBe(true);
+      // Tokens 4w..4w+3 are window w (the processor orders patches window by window).
+      const windows = mergedKeep(tokensOf(out[denseName(r0)]!)[0]!, foldMembers(N, 4), 50);
+      expect(kept).toEqual(windows.flatMap((w) => [4 * w, 4 * w + 1, 4 * w + 2, 4 * w + 3]));
+      // The stage is after the last layer kept here, so the merger's rows are the dense rows of the
+      // kept windows, up to int8 noise: the merger's DynamicQuantizeLinear takes one scale from the
+      // whole tensor, which pruning changes. A whole window from elsewhere would differ by far more.
+      expect(out.image_features!.dims).toEqual([windows.length, 1024]);
+      const scale = Math.max(...Array.from(dense.data as Float32Array, Math.abs));
+      expect(maxRowDiff(out.image_features!, dense, windows)).toBeLessThanOrEqual(0.05 * scale);
+      const shifted = windows.map((w) => (w + 1) % (N / 4));
+      expect(maxRowDiff(out.image_features!, dense, shifted)).toBeGreaterThan(0.2 * scale);
     });
   }, 30_000);
 
-  it("gemma-3, layer 0 + pooling: the pruned model fails at run time in the Reshape to the 64×64 grid", async () => {
+  it("gemma-3, inside the encoder: rejected, because the 64×64 pooling needs every token", () => {
     const short = shortenToLayers(readFileSync(sharedModel(gemma.file)), 1);
-    const pruned = compile(short, "after layer 0 keep 50% by norm").model;
-    await withWeights(short, { "pruned.onnx": pruned }, async (path) => {
-      await expect(runNode(path("pruned.onnx"), gemma.feeds())).rejects.toThrow(/multimodal_projector\/Reshape_2d[^]*cannot be reshaped/);
-    });
-  }, 30_000);
+    expect(() => compile(short, "after layer 0 keep 50% by norm", { specName: "g.prune" })).toThrow(
+      "g.prune:1:13: error: the encoder output is pooled over the 64×64 token grid (node '/model/multimodal_projector/AveragePool'), which needs every token; prune 'after encoder' instead (it keeps whole pooled tokens)",
+    );
+  });
+
+  it("after encoder: qwen3.5 keeps whole merged tokens (fold of 4) and gemma-3 whole pooled tokens (4×4 windows); the kept rows equal the dense output's", async () => {
+    for (const [c, members, per] of [
+      [qwen35, foldMembers(N, 4), "fold"],
+      [gemma, poolWindows(64, 4), "pool"],
+    ] as const) {
+      const short = shortenToLayers(readFileSync(sharedModel(c.file)), 1);
+      const r0 = residualOutput(short, 0);
+      const compiled = compile(short, "after encoder keep 25% by norm", { exposeIndices: true });
+      const pruned = withOutputs(compiled.model, [r0]);
+      await withWeights(short, { "dense.onnx": short, "pruned.onnx": pruned }, async (path) => {
+        const dense = (await runNode(path("dense.onnx"), c.feeds())).image_features!;
+        const out = await runNode(path("pruned.onnx"), c.feeds());
+        const expected = mergedKeep(tokensOf(out[r0]!)[0]!, members, 25);
+        const kept = rows(out["prunec.stage0.indices"]!.data as BigInt64Array, out["prunec.stage0.indices"]!.dims)[0]!;
+        expect(kept, per).toEqual(expected);
+        expect(out.image_features!.dims.at(-2)).toBe(expected.length);
+        expect(maxRowDiff(out.image_features!, dense, expected), per).toBeLessThanOrEqual(1e-5);
+      });
+    }
+  }, 60_000);
 });
+
+/** Groups of `size` consecutive tokens. */
+function foldMembers(n: number, size: number): number[][] {
+  return Array.from({ length: n / size }, (_, g) => Array.from({ length: size }, (_, i) => g * size + i));
+}
+
+/** k×k windows of a g×g raster grid, windows in raster order. */
+function poolWindows(g: number, k: number): number[][] {
+  const out: number[][] = [];
+  for (let r = 0; r < g / k; r++) for (let c = 0; c < g / k; c++) {
+    const w: number[] = [];
+    for (let i = 0; i < k; i++) for (let j = 0; j < k; j++) w.push((r * k + i) * g + c * k + j);
+    out.push(w);
+  }
+  return out;
+}
+
+/** Reference: L2 norm per token, mean per group, top groups (ties to the lower index), ascending. */
+function mergedKeep(tokens: number[][], members: number[][], percent: number): number[] {
+  const norms = tokens.map((t) => Math.hypot(...t));
+  const scores = members.map((m) => m.reduce((s, t) => s + norms[t]!, 0) / m.length);
+  return topKPositions(scores, keepCount(percent, scores.length), 0);
+}
+
+/** Largest difference between the pruned output's rows and the dense output's rows `keptRows`. */
+function maxRowDiff(pruned: OrtOutput, dense: OrtOutput, keptRows: number[]): number {
+  const d = dense.dims.at(-1)!;
+  const a = pruned.data as Float32Array;
+  const b = dense.data as Float32Array;
+  let max = 0;
+  keptRows.forEach((r, i) => {
+    for (let j = 0; j < d; j++) max = Math.max(max, Math.abs(a[i * d + j]! - b[r * d + j]!));
+  });
+  return max;
+}

@@ -61,13 +61,14 @@ function unsupported({ model, layer, firstLayer }: StageFacts): string | undefin
 }
 
 function score({ b, model, layer, firstLayer, prefix }: ScoreContext): string {
-  let c: string | undefined;
+  let c = layerScore(b, model.layers[firstLayer]!, prefix);
+  if (firstLayer === layer.index) return c;
   const half = b.float([0.5], [1], "half");
-  for (let l = firstLayer; l <= layer.index; l++) {
+  for (let l = firstLayer + 1; l <= layer.index; l++) {
     const s = layerScore(b, model.layers[l]!, prefix);
-    c = c === undefined ? s : b.op("Add", [b.op("Mul", [c, half]), b.op("Mul", [s, half])], {}, "running_average");
+    c = b.op("Add", [b.op("Mul", [c, half]), b.op("Mul", [s, half])], {}, "running_average");
   }
-  return c!;
+  return c;
 }
 
 export const flowcut: CriterionModule = {

@@ -9,6 +9,7 @@
  */
 import { attr, type Graph, type NodeProto } from "../ir/graph.js";
 import type { TransformerInfo } from "./transformer.js";
+import type { Dim } from "./dims.js";
 
 export interface SpatialMerge {
   kind: "fold" | "pool";
@@ -86,4 +87,58 @@ function poolOf(info: TransformerInfo, n: NodeProto, hidden: number): SpatialMer
   if (k?.length !== 2 || strides?.[0] !== k[0] || strides?.[1] !== k[1]) return undefined;
   const kernel: [number, number] = [k[0]!, k[1]!];
   return { kind: "pool", groupSize: kernel[0] * kernel[1], grid: [h, w], kernel, node: n.name };
+}
+
+/**
+ * Where an `after encoder` stage acts: the graph output that carries one row per token, or per
+ * merged token (a fold group or a pooling window), with the mapping from tokens to its rows.
+ */
+export interface EncoderOutput {
+  tensor: string;
+  tokenAxis: number;
+  /** Rows of the output: tokens (prefix included), or merged tokens. */
+  units: Dim;
+  /** How tokens map to rows: one each, g consecutive tokens, or the tokens of each pooling window. */
+  per: { kind: "token" } | { kind: "fold"; size: number } | { kind: "pool"; members: number[][] };
+}
+
+/** Tokens of each pooling window, windows in raster order (the order the pooled rows come out). */
+export function poolMembers(grid: [number, number], kernel: [number, number]): number[][] {
+  const [h, w] = grid;
+  const [kh, kw] = kernel;
+  const out: number[][] = [];
+  for (let r = 0; r < h / kh; r++) {
+    for (let c = 0; c < w / kw; c++) {
+      const members: number[] = [];
+      for (let i = 0; i < kh; i++) for (let j = 0; j < kw; j++) members.push((r * kh + i) * w + c * kw + j);
+      out.push(members);
+    }
+  }
+  return out;
+}
+
+export function encoderOutput(g: Graph, info: TransformerInfo): EncoderOutput | undefined {
+  const axis = info.tokenAxis;
+  if (axis === undefined || info.tokens === undefined) return undefined;
+  const m = info.merge;
+  let units: Dim | undefined;
+  let per: EncoderOutput["per"];
+  if (!m) {
+    units = info.tokens;
+    per = { kind: "token" };
+  } else if (m.kind === "fold") {
+    const node = g.order.find((n) => n.name === m.node);
+    units = node ? info.shapes.get(node.output[0]!)?.[axis] : undefined;
+    per = { kind: "fold", size: m.groupSize };
+  } else {
+    units = (m.grid![0] / m.kernel![0]) * (m.grid![1] / m.kernel![1]);
+    per = { kind: "pool", members: poolMembers(m.grid!, m.kernel!) };
+  }
+  if (units === undefined) return undefined;
+  const rank = info.batchAxis === undefined ? 2 : 3;
+  for (const o of g.outputs) {
+    const s = info.shapes.get(o);
+    if (s?.length === rank && s[axis] === units) return { tensor: o, tokenAxis: axis, units, per };
+  }
+  return undefined;
 }

@@ -9,7 +9,7 @@ import { findResidualBlock, type ResidualBlock } from "./residual.js";
 import { inferShapes } from "./shapes.js";
 import type { Dim, Shape, ShapeMap } from "./dims.js";
 import { PrunecError } from "../errors.js";
-import { spatialMerge, type SpatialMerge } from "./merge.js";
+import { spatialMerge, encoderOutput, type SpatialMerge, type EncoderOutput } from "./merge.js";
 
 export type LayerKind = AttentionKind | "linear-attention" | "unknown";
 
@@ -41,6 +41,8 @@ export interface TransformerInfo {
   shapes: ShapeMap;
   /** A spatial merge of the stream after the last layer (Qwen 2×2 fold, Gemma pooling), see merge.ts. */
   merge?: SpatialMerge;
+  /** Where `after encoder` stages act (a graph output with a row per token or merged token). */
+  encoderOutput?: EncoderOutput;
 }
 
 const LAYER_NAME = /^(.*?(?:^|[/.])(?:layers|layer|blocks|block|h|encoder_layer|resblocks)[._](\d+))(?=[/._:]|$)/;
@@ -124,6 +126,8 @@ export function analyzeTransformer(g: Graph, source = "model"): TransformerInfo 
   for (const l of layers) fillHeads(l, shapes, info.hidden);
   const merge = spatialMerge(g, info);
   if (merge) info.merge = merge;
+  const out = encoderOutput(g, info);
+  if (out) info.encoderOutput = out;
   return info;
 }
 
