@@ -33,6 +33,8 @@ export interface ScoreContext extends StageFacts {
   tokens: number | undefined;
   /** Prunable tokens the stage keeps (groups for grouped criteria), when known statically. */
   keep: number | undefined;
+  /** The execution provider the model is compiled for (`--target`): webgpu has no Loop kernel. */
+  target: "cpu" | "webgpu";
 }
 
 /**
@@ -65,7 +67,13 @@ export interface CriterionModule extends CriterionInfo {
   /**
    * Emit the scoring subgraph. Returns a float tensor [batch, prunable] (batch = 1 for models whose
    * residual stream has no batch axis), or [batch, groups] for grouped criteria; higher = more
-   * important.
+   * important. Exactly one of `score` and `select` is defined.
    */
-  score(ctx: ScoreContext): string;
+  score?(ctx: ScoreContext): string;
+  /**
+   * For criteria that pick the kept set themselves (greedy selections such as DivPrune's max-min):
+   * emit the selection and return int64 [batch, keep] prunable positions in ascending order. The
+   * stage adds the prefix tokens and gathers. Needs a static keep count (ctx.keep).
+   */
+  select?(ctx: ScoreContext): string;
 }

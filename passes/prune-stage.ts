@@ -15,7 +15,7 @@ import type { Dim } from "../src/analysis/dims.js";
 import { int64Tensor } from "../src/onnx/tensor.js";
 import { batchDim, valueInfo } from "../src/ir/value-info.js";
 import { NodeBuilder } from "./builder.js";
-import type { CriterionModule, TokenGroups } from "./criterion.js";
+import type { CriterionModule, ScoreContext, TokenGroups } from "./criterion.js";
 import { keepCountDynamic } from "./amount.js";
 import { selectTopK, withPrefix } from "./select-topk.js";
 import { selectGroups, selectFolded, meanOverGroups } from "./select-groups.js";
@@ -95,7 +95,7 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
   const batched = model.batchAxis !== undefined;
   const sides = findSideInputs({ graph: g, shapes: model.shapes, carried: options.carried ?? new Map(), denseTokens: model.tokens!, batched }, belowNodes, below);
   const tokens = typeof plan.tokensIn === "number" ? plan.tokensIn : undefined;
-  const tokenScores = plan.criterion.score({
+  const ctx: ScoreContext = {
     graph: g,
     model,
     layer: plan.layer,
@@ -109,13 +109,18 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
     tokens: typeof plan.scoredTokens === "number" ? plan.scoredTokens : tokens,
     // Criteria that use the budget (hiprune's anchors) count it in tokens.
     keep: plan.keep === undefined ? undefined : plan.keep * unitSize(plan),
-  });
-  // Merged selections rank groups: the mean score of their tokens.
-  const scores = unitScores(b, tokenScores, plan);
+    target: options.target,
+  };
   let output: string;
   let indices: string | undefined;
   let lowering: Lowering = "index";
-  if (plan.fold) {
+  const selector = plan.criterion.select;
+  // Merged selections rank groups: the mean score of their tokens.
+  const scores = selector ? "" : unitScores(b, plan.criterion.score!(ctx), plan);
+  if (selector) {
+    indices = withPrefix(b, selector(ctx), plan.prefix);
+    output = gatherTokens(b, stream, indices, { tokenAxis: model.tokenAxis!, ...(model.batchAxis !== undefined ? { batchAxis: model.batchAxis } : {}) });
+  } else if (plan.fold) {
     indices = selectFolded(b, scores, keepTensor(b, scores, plan), plan.fold);
     output = gatherTokens(b, stream, indices, { tokenAxis: model.tokenAxis!, ...(model.batchAxis !== undefined ? { batchAxis: model.batchAxis } : {}) });
   } else if (plan.groups) {

@@ -177,6 +177,14 @@ function planOne(
     fail(stage.positionSpan, `the encoder output merges tokens (node '${merge!.node}') and the model has ${prefix} special tokens in front; prunec cannot tell which merged token they join`);
     return undefined;
   }
+  if (criterion.select && (fold || (encoder && model.encoderOutput!.per.kind !== "token"))) {
+    fail(stage.criterion.span, `${criterion.name} picks single tokens, but ${encoder ? "after" : "inside"} this encoder tokens are merged in groups (node '${merge!.node}'); use a scoring criterion`);
+    return undefined;
+  }
+  if (criterion.select && typeof tokensIn !== "number") {
+    fail(stage.criterion.span, `${criterion.name} needs a static token count (its selection loop runs a fixed number of steps); the model has ${String(tokensIn)} tokens`);
+    return undefined;
+  }
   const amount = stage.amount ?? { kind: "percent" as const, value: DEFAULT_PERCENT };
   const drop = stage.action === "drop";
   const plan: StagePlan = { stage: index, layer, percent: amount.value, drop, criterion, args, tokensIn, tokensOut: tokensIn, prefix, firstLayer };

@@ -92,5 +92,5 @@ export const spatialRows: CriterionModule = {
   needs: "attention probabilities (MatMul + Softmax, or recomputed behind MultiHeadAttention); a static square patch grid, before any other stage",
   unsupported: (facts) => fopru.unsupported(rows(facts)),
   groups: (facts) => fopru.groups!(rows(facts)),
-  score: (ctx) => fopru.score(rows(ctx)),
+  score: (ctx) => fopru.score!(rows(ctx)),
 };
