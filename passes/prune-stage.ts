@@ -20,6 +20,7 @@ import { keepCountDynamic } from "./amount.js";
 import { selectTopK, withPrefix } from "./select-topk.js";
 import { selectGroups, selectFolded, meanOverGroups } from "./select-groups.js";
 import { findSideInputs, gatherSideInputs, rewireSideInputs, type TokenAxes } from "./carry-tokens.js";
+import { keptOneHot, maskBias, maskLayers, recycledToken } from "./mask-recycle.js";
 import { selectAndGatherFloat } from "./select-gather-float.js";
 import { gatherTokens, denseName } from "./gather-tokens.js";
 import { PrunecError } from "../src/errors.js";
@@ -44,6 +45,10 @@ export interface StagePlan {
   encoder?: EncoderOutput;
   /** Tokens the criterion scores when they differ from the rows selected (after the encoder: the last layer's). */
   scoredTokens?: Dim;
+  /** `with mask`: keep every token and mask the dropped ones' keys in the later layers. */
+  mask?: boolean;
+  /** `with recycle`: append the score-weighted mean of the dropped tokens as one extra token. */
+  recycle?: boolean;
   criterion: CriterionModule;
   args: Record<string, ArgValue>;
   /** Tokens entering the stage (prefix included) and kept by it. */
@@ -60,6 +65,8 @@ export interface StageResult {
   lowering: Lowering;
   /** Side tensors this stage gathered (name → token axes), for later stages to gather again. */
   carried: Map<string, TokenAxes>;
+  /** `with mask`: the additive key bias [B,N] of every token dropped so far. */
+  maskBias?: string;
 }
 
 /**
@@ -75,6 +82,8 @@ export interface StageOptions {
   expose: boolean;
   /** Side tensors carried by earlier stages (see carry-tokens.ts). */
   carried?: ReadonlyMap<string, TokenAxes>;
+  /** The key bias of earlier `with mask` stages (see mask-recycle.ts). */
+  maskBias?: string;
 }
 
 export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan: StagePlan, options: StageOptions): StageResult {
@@ -88,7 +97,8 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
   const r = plan.encoder?.tensor ?? residual.output;
   const b = new NodeBuilder(`prunec/stage${plan.stage}/${plan.criterion.name}`, opset);
 
-  const stream = denseName(r);
+  // A masked stage removes nothing: it reads the stream where it is.
+  const stream = plan.mask ? r : denseName(r);
   const belowNodes = g.descendants(r);
   const below = new Set([...belowNodes].flatMap((n) => n.output));
   below.add(r);
@@ -117,6 +127,8 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
   const selector = plan.criterion.select;
   // Merged selections rank groups: the mean score of their tokens.
   const scores = selector ? "" : unitScores(b, plan.criterion.score!(ctx), plan);
+  // After masked stages, tokens already dropped must not be picked again.
+  const ranked = options.maskBias && !selector ? b.op("Add", [scores, b.slice(options.maskBias, 1, plan.prefix)], {}, "skip_masked") : scores;
   if (selector) {
     indices = withPrefix(b, selector(ctx), plan.prefix);
     output = gatherTokens(b, stream, indices, { tokenAxis: model.tokenAxis!, ...(model.batchAxis !== undefined ? { batchAxis: model.batchAxis } : {}) });
@@ -127,14 +139,25 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
     if (plan.keep === undefined) throw new Error("grouped criteria need a static token count (checked by the plan)");
     indices = selectGroups(b, scores, plan.keep, plan.groups.members, plan.prefix);
     output = gatherTokens(b, stream, indices, { tokenAxis: model.tokenAxis!, ...(model.batchAxis !== undefined ? { batchAxis: model.batchAxis } : {}) });
-  } else if (options.target === "webgpu" && model.batchAxis === 0 && plan.keep !== undefined && tokens !== undefined && !sides.length) {
+  } else if (options.target === "webgpu" && model.batchAxis === 0 && plan.keep !== undefined && tokens !== undefined && !sides.length && !plan.mask && !plan.recycle) {
     lowering = "float-keys";
     const sel = selectAndGatherFloat(b, scores, stream, tokens - plan.prefix, plan.keep, plan.prefix);
     output = sel.output;
     if (options.expose) indices = withPrefix(b, b.squeeze(sel.positions, [2]), plan.prefix);
   } else {
-    indices = selectTopK(b, scores, keepTensor(b, scores, plan), plan.prefix);
+    indices = selectTopK(b, ranked, keepTensor(b, scores, plan), plan.prefix);
+    if (plan.mask) return finishMasked(proto, g, model, plan, b, indices, stream);
     output = gatherTokens(b, stream, indices, { tokenAxis: model.tokenAxis!, ...(model.batchAxis !== undefined ? { batchAxis: model.batchAxis } : {}) });
+    if (plan.recycle) {
+      if (sides.length) throw new PrunecError("apply", `'with recycle' after layer ${plan.layer.index}: the layers below read per-token tensors (${sides.map((x) => `'${x.tensor}'`).sort().join(", ")}) that have no row for the recycled token`);
+      const kept = keptOneHot(b, indices, stream, model.tokenAxis!);
+      const extra = recycledToken(b, stream, scores, kept, plan.prefix, batched);
+      output = b.op("Concat", [output, extra], { axis: model.tokenAxis! }, "with_recycled");
+      // The exposed positions say which output token is the recycled one: -1.
+      const batch = b.slice(b.op("Shape", [indices]), 0, 0, 1);
+      const minusOne = b.op("Expand", [b.int64([-1], [1, 1], "recycled_position"), b.op("Concat", [batch, b.int64([1])], { axis: 0 })]);
+      indices = b.op("Concat", [indices, minusOne], { axis: 1 }, "kept_and_recycled");
+    }
   }
 
   // Side tensors read below the stage follow the kept tokens.
@@ -162,6 +185,21 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
   // A side tensor may be computed after the stage's anchor point in file order: re-sort when any is gathered.
   const sorted = sides.length ? shallowCopy(graph, { node: new Graph(graph).order }) : graph;
   return { graph: sorted, indices, added: b.nodes, lowering, carried };
+}
+
+/**
+ * A `with mask` stage: the kept positions become a key bias added to the attention logits of every
+ * later layer; the stream and all shapes stay as they are.
+ */
+function finishMasked(proto: GraphProto, g: Graph, model: TransformerInfo, plan: StagePlan, b: NodeBuilder, indices: string, stream: string): StageResult {
+  const bias = maskBias(b, keptOneHot(b, indices, stream, model.tokenAxis!));
+  const rewired = maskLayers(b, g, model, plan.layer.index + 1, bias);
+  const producer = g.producer.get(stream)!;
+  const at = proto.node.indexOf(producer);
+  const nodes = [...proto.node.slice(0, at + 1), ...b.nodes, ...proto.node.slice(at + 1)].map((n) => rewired.get(n) ?? n);
+  const graph = shallowCopy(proto, { node: nodes, initializer: [...proto.initializer, ...b.initializers] });
+  // The mask's Adds read logits computed further down: restore a topological order.
+  return { graph: shallowCopy(graph, { node: new Graph(graph).order }), indices, added: b.nodes, lowering: "index", carried: new Map(), maskBias: bias };
 }
 
 function keepTensor(b: NodeBuilder, scores: string, plan: StagePlan): string {

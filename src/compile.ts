@@ -99,9 +99,12 @@ export function compile(modelBytes: Uint8Array, specText: string, options: Compi
   const indices: string[] = [];
   const lowerings: Lowering[] = [];
   const carried = new Map<string, TokenAxes>();
+  let maskBias: string | undefined;
   for (const plan of plans) {
-    const result = applyStage(g, info, plan, { opset, target: options.target ?? "cpu", expose: options.exposeIndices ?? false, carried });
+    const stageOptions = { opset, target: options.target ?? "cpu", expose: options.exposeIndices ?? false, carried, ...(maskBias ? { maskBias } : {}) } as const;
+    const result = applyStage(g, info, plan, stageOptions);
     for (const [t, axes] of result.carried) carried.set(t, axes);
+    maskBias = result.maskBias ?? maskBias;
     g = result.graph;
     added.push(...result.added);
     if (result.indices) indices.push(result.indices);
@@ -202,7 +205,8 @@ function report(info: TransformerInfo, plans: StagePlan[], added: NodeProto[], l
   const tokensPerLayer = info.layers.map((l) => {
     const row = { layer: l.index, dense: info.tokens, pruned: current };
     const stage = plans.find((p) => p.layer.index === l.index);
-    if (stage) current = stage.tokensOut;
+    // A masked stage removes nothing: later layers still compute every token.
+    if (stage && !stage.mask) current = stage.tokensOut;
     return row;
   });
   return { stages, tokensPerLayer, addedNodes: added.map((n) => n.name) };

@@ -11,6 +11,7 @@ import { criterionModule, plannedCriterion, requiredSets } from "../passes/regis
 import type { StagePlan } from "../passes/prune-stage.js";
 import type { StageFacts } from "../passes/criterion.js";
 import { keepCountStatic } from "../passes/amount.js";
+import { maskUnavailable } from "../passes/mask-recycle.js";
 import { PrunecError } from "./errors.js";
 
 /** Percentage kept when a stage omits its amount (documented in docs/language.md). */
@@ -71,10 +72,22 @@ export function planStages(spec: SpecIR, model: TransformerInfo, inputs: Readonl
   const count = model.layers.length;
   let tokens: Dim | undefined = model.tokens;
   let lastLayer = -1;
+  let masked = false;
 
   spec.stages.forEach((stage, i) => {
     const plan = planOne(spec, stage, i, model, tokens, lastLayer + 1, fail);
     if (!plan) return;
+    if (masked && !plan.mask) {
+      fail(stage.positionSpan, "an earlier stage is 'with mask', so its dropped tokens are still in the stream; later stages must be 'with mask' too");
+      return;
+    }
+    if (masked && typeof plan.tokensIn !== "number") {
+      fail(stage.positionSpan, "a second 'with mask' stage needs a static token count (it ranks among the tokens still unmasked)");
+      return;
+    }
+    // Masked stages leave every token in the stream: later criteria score all of them.
+    if (masked) plan.scoredTokens = model.tokens!;
+    masked ||= plan.mask === true;
     if (plan.layer.index <= lastLayer) {
       fail(stage.layerSpan ?? stage.positionSpan, `stages must be in layer order: layer ${plan.layer.index} comes after a stage at layer ${lastLayer}`);
       return;
@@ -126,10 +139,6 @@ function planOne(
   }
   if (stage.of !== undefined) {
     fail(stage.ofSpan ?? stage.span, `'of ${stage.of}': stages restricted to a token set are not supported yet; without 'of', a stage acts on all non-special tokens`);
-    return undefined;
-  }
-  if (stage.options.length) {
-    fail(stage.optionSpans[0] ?? stage.span, `'with ${stage.options.join(", ")}' is not supported yet`);
     return undefined;
   }
   const criterion = criterionModule(stage.criterion.name);
@@ -190,6 +199,7 @@ function planOne(
   const plan: StagePlan = { stage: index, layer, percent: amount.value, drop, criterion, args, tokensIn, tokensOut: tokensIn, prefix, firstLayer };
   if (groups) plan.groups = groups;
   if (fold) plan.fold = fold;
+  if (!applyOptions(stage, plan, model, fail)) return undefined;
   if (encoder) {
     const out = model.encoderOutput!;
     plan.encoder = out;
@@ -206,7 +216,7 @@ function planOne(
       return undefined;
     }
     const kept = `${drop ? "drop" : "keep"}(${amount.value}%,${String(tokensIn)}-${prefix})`;
-    plan.tokensOut = fold ? `${fold}*${drop ? "drop" : "keep"}(${amount.value}%,${String(tokensIn)}/${fold})` : `${prefix}+${kept}`;
+    plan.tokensOut = fold ? `${fold}*${drop ? "drop" : "keep"}(${amount.value}%,${String(tokensIn)}/${fold})` : `${prefix}+${kept}${plan.recycle ? "+1" : ""}`;
     return plan;
   }
   const prunable = tokensIn - prefix;
@@ -232,6 +242,36 @@ function planOne(
     return undefined;
   }
   plan.keep = keep;
-  plan.tokensOut = prefix + keep * size;
+  plan.tokensOut = prefix + keep * size + (plan.recycle ? 1 : 0);
+  if (plan.recycle && keep === units) {
+    fail(stage.optionSpans[0] ?? stage.span, "'with recycle' on a stage that keeps every token: there is nothing to recycle");
+    return undefined;
+  }
   return plan;
+}
+
+/** `with mask` / `with recycle`: what they need of the stage and the model. False when rejected. */
+function applyOptions(stage: StageIR, plan: StagePlan, model: TransformerInfo, fail: (span: Span, message: string) => void): boolean {
+  const span = stage.optionSpans[0] ?? stage.span;
+  if (!stage.options.length) return true;
+  if (stage.options.length > 1) {
+    fail(span, "'with mask' and 'with recycle' cannot be combined: a masked stage removes nothing to recycle");
+    return false;
+  }
+  const option = stage.options[0]!;
+  const name = plan.criterion.name;
+  if (!plan.criterion.score || plan.groups || plan.fold || plan.encoder) {
+    const why = !plan.criterion.score ? `${name} picks tokens without scores` : plan.groups ? `${name} keeps whole ${plan.groups.unit}s` : plan.fold ? "this encoder keeps whole merge groups" : "it acts after the encoder";
+    fail(span, `'with ${option}' needs a stage that ranks single tokens by score, but ${why}`);
+    return false;
+  }
+  if (option === "mask") {
+    const why = maskUnavailable(model, plan.layer.index + 1);
+    if (why) {
+      fail(span, `'with mask' adds a key bias to every later attention, but ${why}`);
+      return false;
+    }
+    plan.mask = true;
+  } else plan.recycle = true;
+  return true;
 }

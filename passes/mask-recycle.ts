@@ -1,0 +1,92 @@
+/**
+ * Two ways a stage can treat the tokens it does not keep, instead of dropping them:
+ *
+ * `with mask` (AIM's reference behaviour): nothing is removed; every attention in the layers after
+ * the stage gets an additive bias of −1e9 on the dropped keys, so kept tokens never attend to them
+ * (exp underflows to exactly 0 in fp32). Shapes stay static and nothing gets faster; at the kept
+ * positions the model computes what the gather lowering does.
+ *
+ * `with recycle` (VFlowOpt / SparseVLM style): the dropped tokens are aggregated into one extra
+ * token, their score-weighted mean (scores clipped at 0), appended after the kept ones.
+ */
+import type { Graph, NodeProto } from "../src/ir/graph.js";
+import { shallowCopy } from "../src/ir/copy.js";
+import type { TransformerInfo } from "../src/analysis/transformer.js";
+import type { NodeBuilder } from "./builder.js";
+
+const MASKED = 1e9;
+
+/** float [B, N]: 1 at the kept positions `indices` (int64 [B, K]), 0 elsewhere; N = the stream's token count. */
+export function keptOneHot(b: NodeBuilder, indices: string, stream: string, tokenAxis: number): string {
+  const n = b.slice(b.op("Shape", [stream]), 0, tokenAxis, tokenAxis + 1);
+  const positions = b.op("Range", [b.int64([0], [], "zero"), b.squeeze(n, [0]), b.int64([1], [], "one")], {}, "positions"); // [N]
+  const hits = b.op("Equal", [b.unsqueeze(indices, [2]), positions], {}, "is_kept"); // [B,K,N]
+  return b.reduce("ReduceMax", b.op("Cast", [hits], { to: 1 }), [1], 0); // [B,N]
+}
+
+/** Additive attention bias [B, N]: 0 at kept tokens, −1e9 at dropped ones. */
+export function maskBias(b: NodeBuilder, kept: string): string {
+  return b.op("Mul", [b.op("Sub", [kept, b.float([1], [], "one_f")]), b.float([MASKED], [], "masked")], {}, "mask_bias");
+}
+
+/** Why a layer's attention cannot take the mask, or undefined. */
+export function maskUnavailable(model: TransformerInfo, from: number): string | undefined {
+  for (const l of model.layers.slice(from)) {
+    const core = l.core;
+    if (!core) return `layer ${l.index} has no attention prunec can mask (${l.kind})`;
+    if (core.probs && !l.probsLayout) return `the attention layout of layer ${l.index} could not be determined`;
+    if (!core.probs && core.kind !== "MultiHeadAttention") return `layer ${l.index}'s fused com.microsoft.${core.kind} takes no additive attention bias prunec can extend`;
+  }
+  return undefined;
+}
+
+/**
+ * Rewire the attention of layers `from`.. so their logits get `bias` [B,N] on the keys:
+ * unfused: the Softmax input (laid out per the layer's probabilities); MultiHeadAttention: its
+ * attention_bias input. Returns node → replacement.
+ */
+export function maskLayers(b: NodeBuilder, g: Graph, model: TransformerInfo, from: number, bias: string): Map<NodeProto, NodeProto> {
+  const out = new Map<NodeProto, NodeProto>();
+  const keys = b.unsqueeze(bias, [1, 2]); // [B,1,1,N]
+  let folded: string | undefined;
+  for (const l of model.layers.slice(from)) {
+    const core = l.core!;
+    const anchor = core.anchor;
+    if (core.probs) {
+      let layout = keys;
+      if (l.probsLayout === "heads,q,k") layout = bias; // [1,N] against [H,N,N]
+      if (l.probsLayout === "batch*heads,q,k") {
+        // [B,1,1,N] → [B,H,1,N] → [B·H,1,N] (heads batch-major, as the exporter folds them).
+        folded ??= b.op("Reshape", [b.op("Expand", [keys, b.int64([1, l.heads!, 1, 1], [4], "heads")]), b.op("Concat", [b.int64([-1, 1]), b.slice(b.op("Shape", [bias]), 0, 1, 2)], { axis: 0 })], {}, "fold_heads");
+        layout = folded;
+      }
+      const masked = b.op("Add", [anchor.input[0]!, layout], {}, `mask_layer${l.index}`);
+      out.set(anchor, shallowCopy(anchor, { input: [masked, ...anchor.input.slice(1)] }));
+    } else {
+      const existing = anchor.input[5];
+      // attention_bias must be [B|1, H|1, S, N]: the key bias is broadcast over the S query rows.
+      const full = existing
+        ? b.op("Add", [existing, keys], {}, `mask_layer${l.index}`)
+        : b.op("Expand", [keys, b.op("Concat", [b.int64([1, 1]), b.slice(b.op("Shape", [bias]), 0, 1, 2), b.int64([1])], { axis: 0 })], {}, `mask_layer${l.index}`);
+      const inputs = [...anchor.input];
+      while (inputs.length < 6) inputs.push("");
+      inputs[5] = full;
+      out.set(anchor, shallowCopy(anchor, { input: inputs }));
+    }
+  }
+  return out;
+}
+
+/**
+ * The recycled token [B,1,D] (or [1,D] batch-less): Σ_j w_j x_j over the dropped prunable tokens,
+ * w = relu(s)·dropped / Σ relu(s)·dropped. `kept` is [B,N] (keptOneHot), `scores` [B,Np].
+ */
+export function recycledToken(b: NodeBuilder, stream: string, scores: string, kept: string, prefix: number, batched: boolean): string {
+  const dropped = b.op("Sub", [b.float([1], [], "one_f"), b.slice(kept, 1, prefix)], {}, "dropped"); // [B,Np]
+  const weights = b.op("Mul", [b.op("Relu", [scores]), dropped], {}, "recycle_weights");
+  const total = b.op("Max", [b.reduce("ReduceSum", weights, [1], 1), b.float([1e-30], [], "tiny")], {}, "recycle_total");
+  const w = b.op("Div", [weights, total], {}, "recycle_share"); // [B,Np]
+  const tokens = b.slice(stream, batched ? 1 : 0, prefix); // [B,Np,D] or [Np,D]
+  if (batched) return b.op("MatMul", [b.unsqueeze(w, [1]), tokens], {}, "recycled_token"); // [B,1,D]
+  return b.op("MatMul", [w, tokens], {}, "recycled_token"); // [1,D]
+}
