@@ -21,6 +21,7 @@ import { selectTopK, withPrefix } from "./select-topk.js";
 import { selectGroups, selectFolded, meanOverGroups } from "./select-groups.js";
 import { findSideInputs, gatherSideInputs, rewireSideInputs, type TokenAxes } from "./carry-tokens.js";
 import { keptOneHot, maskBias, maskLayers, recycledToken } from "./mask-recycle.js";
+import { selectAdaptive, type AdaptiveAmount } from "./adaptive.js";
 import { selectAndGatherFloat } from "./select-gather-float.js";
 import { gatherTokens, denseName } from "./gather-tokens.js";
 import { PrunecError } from "../src/errors.js";
@@ -49,6 +50,8 @@ export interface StagePlan {
   mask?: boolean;
   /** `with recycle`: append the score-weighted mean of the dropped tokens as one extra token. */
   recycle?: boolean;
+  /** `keep mass P%` / `keep above X`: a count per example (see adaptive.ts). */
+  adaptive?: AdaptiveAmount;
   criterion: CriterionModule;
   args: Record<string, ArgValue>;
   /** Tokens entering the stage (prefix included) and kept by it. */
@@ -67,6 +70,8 @@ export interface StageResult {
   carried: Map<string, TokenAxes>;
   /** `with mask`: the additive key bias [B,N] of every token dropped so far. */
   maskBias?: string;
+  /** Adaptive amounts: int64 [B] tokens each example keeps (prefix included). */
+  counts?: string;
 }
 
 /**
@@ -123,6 +128,10 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
   };
   let output: string;
   let indices: string | undefined;
+  let counts: string | undefined;
+  /** What --expose-indices shows when it differs from the gather positions (adaptive: padding as -1). */
+  let exposed: string | undefined;
+  let padMask = new Map<NodeProto, NodeProto>();
   let lowering: Lowering = "index";
   const selector = plan.criterion.select;
   // Merged selections rank groups: the mean score of their tokens.
@@ -144,6 +153,17 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
     const sel = selectAndGatherFloat(b, scores, stream, tokens - plan.prefix, plan.keep, plan.prefix);
     output = sel.output;
     if (options.expose) indices = withPrefix(b, b.squeeze(sel.positions, [2]), plan.prefix);
+  } else if (plan.adaptive) {
+    const sel = selectAdaptive(b, ranked, scores, plan.adaptive, plan.prefix);
+    if (plan.mask) return finishMasked(proto, g, model, plan, b, sel.realIndices, stream, sel.counts);
+    // (Masked: nothing is gathered, so the positions are exposed with padding as -1 too.)
+    indices = sel.indices;
+    counts = sel.counts;
+    exposed = sel.realIndices;
+    output = gatherTokens(b, stream, indices, { tokenAxis: model.tokenAxis!, ...(model.batchAxis !== undefined ? { batchAxis: model.batchAxis } : {}) });
+    // Each example keeps its own count: the padding up to the batch's largest count is masked out
+    // of every later attention, so each example computes exactly its batch-1 result.
+    padMask = maskLayers(b, g, model, plan.layer.index + 1, sel.padBias);
   } else {
     indices = selectTopK(b, ranked, keepTensor(b, scores, plan), plan.prefix);
     if (plan.mask) return finishMasked(proto, g, model, plan, b, indices, stream);
@@ -172,7 +192,7 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
   const producer = g.producer.get(r)!;
   const renamed = shallowCopy(producer, { output: producer.output.map((o) => (o === r ? stream : o)) });
   const at = proto.node.indexOf(producer);
-  const nodes = rewireSideInputs([...proto.node.slice(0, at), renamed, ...b.nodes, ...proto.node.slice(at + 1)], gathered, belowNodes);
+  const nodes = rewireSideInputs([...proto.node.slice(0, at), renamed, ...b.nodes, ...proto.node.slice(at + 1)].map((n) => padMask.get(n) ?? n), gathered, belowNodes);
   const retargeted = retargetShapeConstants(g, nodes, below, plan, model);
   const graph = shallowCopy(proto, {
     node: retargeted.nodes,
@@ -183,15 +203,15 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
     valueInfo: [...proto.valueInfo.filter((v) => !below.has(v.name)), ...(plan.encoder ? [] : prunedStreamInfo(g, proto, model, plan, r))],
   });
   // A side tensor may be computed after the stage's anchor point in file order: re-sort when any is gathered.
-  const sorted = sides.length ? shallowCopy(graph, { node: new Graph(graph).order }) : graph;
-  return { graph: sorted, indices, added: b.nodes, lowering, carried };
+  const sorted = sides.length || padMask.size ? shallowCopy(graph, { node: new Graph(graph).order }) : graph;
+  return { graph: sorted, indices: exposed ?? indices, added: b.nodes, lowering, carried, ...(counts ? { counts } : {}) };
 }
 
 /**
  * A `with mask` stage: the kept positions become a key bias added to the attention logits of every
  * later layer; the stream and all shapes stay as they are.
  */
-function finishMasked(proto: GraphProto, g: Graph, model: TransformerInfo, plan: StagePlan, b: NodeBuilder, indices: string, stream: string): StageResult {
+function finishMasked(proto: GraphProto, g: Graph, model: TransformerInfo, plan: StagePlan, b: NodeBuilder, indices: string, stream: string, counts?: string): StageResult {
   const bias = maskBias(b, keptOneHot(b, indices, stream, model.tokenAxis!));
   const rewired = maskLayers(b, g, model, plan.layer.index + 1, bias);
   const producer = g.producer.get(stream)!;
@@ -199,7 +219,7 @@ function finishMasked(proto: GraphProto, g: Graph, model: TransformerInfo, plan:
   const nodes = [...proto.node.slice(0, at + 1), ...b.nodes, ...proto.node.slice(at + 1)].map((n) => rewired.get(n) ?? n);
   const graph = shallowCopy(proto, { node: nodes, initializer: [...proto.initializer, ...b.initializers] });
   // The mask's Adds read logits computed further down: restore a topological order.
-  return { graph: shallowCopy(graph, { node: new Graph(graph).order }), indices, added: b.nodes, lowering: "index", carried: new Map(), maskBias: bias };
+  return { graph: shallowCopy(graph, { node: new Graph(graph).order }), indices, added: b.nodes, lowering: "index", carried: new Map(), maskBias: bias, ...(counts ? { counts } : {}) };
 }
 
 function keepTensor(b: NodeBuilder, scores: string, plan: StagePlan): string {

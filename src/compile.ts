@@ -97,6 +97,8 @@ export function compile(modelBytes: Uint8Array, specText: string, options: Compi
   let g: GraphProto = graph;
   const added: NodeProto[] = [];
   const indices: string[] = [];
+  /** Adaptive stages: stage → int64 [B] tokens each example keeps. */
+  const counts = new Map<number, string>();
   const lowerings: Lowering[] = [];
   const carried = new Map<string, TokenAxes>();
   let maskBias: string | undefined;
@@ -108,9 +110,10 @@ export function compile(modelBytes: Uint8Array, specText: string, options: Compi
     g = result.graph;
     added.push(...result.added);
     if (result.indices) indices.push(result.indices);
+    if (result.counts) counts.set(indices.length - 1, result.counts);
     lowerings.push(result.lowering);
   }
-  if (options.exposeIndices) g = exposeIndices(g, indices, info, plans);
+  if (options.exposeIndices) g = exposeIndices(g, indices, counts, info, plans);
   if (plans.length) g = refreshOutputShapes(g, graph, plans);
   g = declareEncoderOutputs(g, plans);
 
@@ -141,14 +144,19 @@ function withMetadata(model: ModelProto, specText: string, rep: CompileReport) {
   return [...kept, ...[...ours].map(([key, value]) => create(StringStringEntryProtoSchema, { key, value }))];
 }
 
-function exposeIndices(g: GraphProto, indices: string[], info: TransformerInfo, plans: StagePlan[]): GraphProto {
+function exposeIndices(g: GraphProto, indices: string[], counts: ReadonlyMap<number, string>, info: TransformerInfo, plans: StagePlan[]): GraphProto {
   const batch = batchDim(g);
+  const batchDimOut = info.batchAxis === undefined ? 1 : batch ?? "batch";
   const nodes = indices.map((t, i) => makeNode("Identity", [t], [`prunec.stage${i}.indices`], `prunec/stage${i}/expose_indices`));
   const outputs = plans.map((p, i) => {
     const kept = typeof p.tokensOut === "number" ? p.tokensOut : `prunec_stage${i}_kept`;
-    const dims = info.batchAxis === undefined ? [1, kept] : [batch ?? "batch", kept];
-    return valueInfo(`prunec.stage${i}.indices`, DT.INT64, dims);
+    return valueInfo(`prunec.stage${i}.indices`, DT.INT64, [batchDimOut, kept]);
   });
+  // Adaptive stages: how many of each row's positions the example really keeps (the rest pad to the batch maximum).
+  for (const [i, t] of counts) {
+    nodes.push(makeNode("Identity", [t], [`prunec.stage${i}.counts`], `prunec/stage${i}/expose_counts`));
+    outputs.push(valueInfo(`prunec.stage${i}.counts`, DT.INT64, [batchDimOut]));
+  }
   return shallowCopy(g, { node: [...g.node, ...nodes], output: [...g.output, ...outputs] });
 }
 

@@ -73,6 +73,7 @@ export function planStages(spec: SpecIR, model: TransformerInfo, inputs: Readonl
   let tokens: Dim | undefined = model.tokens;
   let lastLayer = -1;
   let masked = false;
+  let adaptive = false;
 
   spec.stages.forEach((stage, i) => {
     const plan = planOne(spec, stage, i, model, tokens, lastLayer + 1, fail);
@@ -85,6 +86,11 @@ export function planStages(spec: SpecIR, model: TransformerInfo, inputs: Readonl
       fail(stage.positionSpan, "a second 'with mask' stage needs a static token count (it ranks among the tokens still unmasked)");
       return;
     }
+    if (adaptive) {
+      fail(stage.positionSpan, "a stage after an adaptive amount ('mass', 'above') is not supported yet: the tokens it receives differ per example");
+      return;
+    }
+    adaptive = plan.adaptive !== undefined;
     // Masked stages leave every token in the stream: later criteria score all of them.
     if (masked) plan.scoredTokens = model.tokens!;
     masked ||= plan.mask === true;
@@ -131,10 +137,6 @@ function planOne(
   if (requiredSets(stage.criterion.name).some((set) => !spec.tokenSets.some((t) => t.name === set))) return undefined;
   if (stage.action === "merge") {
     fail(stage.actionSpan, "'merge' is not supported yet; use 'keep' or 'drop'");
-    return undefined;
-  }
-  if (stage.amount && stage.amount.kind !== "percent" && stage.amount.kind !== "count") {
-    fail(stage.amountSpan ?? stage.actionSpan, `'${stage.amount.kind}' amounts are not supported yet; use a percentage or a token count`);
     return undefined;
   }
   if (stage.of !== undefined) {
@@ -200,6 +202,21 @@ function planOne(
   if (groups) plan.groups = groups;
   if (fold) plan.fold = fold;
   if (!applyOptions(stage, plan, model, fail)) return undefined;
+  if (amount.kind === "mass" || amount.kind === "above") {
+    const span = stage.amountSpan ?? stage.actionSpan;
+    const what = `'${amount.kind}' keeps a number of tokens that depends on the input`;
+    if (drop) {
+      fail(span, `${what}; write it with 'keep' ('keep ${resolvedAmount(stage).text.replace(/^drop /, "")}')`);
+      return undefined;
+    }
+    if (!criterion.score || groups || fold || encoder || plan.recycle) {
+      fail(span, `${what}, so it needs a stage that ranks single tokens by score${plan.recycle ? " (without 'with recycle')" : ""}`);
+      return undefined;
+    }
+    plan.adaptive = { kind: amount.kind, value: amount.value };
+    plan.tokensOut = `${prefix}+${amount.kind === "mass" ? `mass(${amount.value}%)` : `above(${amount.value})`}`;
+    return plan;
+  }
   if (encoder) {
     const out = model.encoderOutput!;
     plan.encoder = out;

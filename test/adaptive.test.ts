@@ -1,0 +1,74 @@
+/**
+ * Adaptive amounts (`keep mass P%`, `keep above X`): each example keeps its own count. In a batch
+ * the rows are padded to the largest count and the padding is masked out of later attention, so
+ * every example computes exactly its batch-1 result.
+ */
+import { describe, expect, it } from "vitest";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { REPO_ROOT } from "./helpers/shared.js";
+import { runNode, runWasm, maxAbsDiff, type Feeds } from "./helpers/ort.js";
+import { compile } from "../src/compile.js";
+import { parseDataset, batchInput } from "../src/data/prds.js";
+import { withOutputs, unfoldProbs, rows } from "./support/model-edit.js";
+import { clsScores, topKPositions } from "./reference/cls-attn.js";
+import { massCount, aboveCount } from "./reference/adaptive.js";
+
+const digits = readFileSync(join(REPO_ROOT, "examples", "digits", "model.onnx"));
+const sample = parseDataset(readFileSync(join(REPO_ROOT, "examples", "digits", "sample.prds")));
+const feedsOf = (from: number, to: number): Feeds => {
+  const x = batchInput(sample, from, to);
+  return { pixel_values: { type: "float32", dims: x.dims, data: x.data } };
+};
+const probs = "/encoder/layers/encoder_layer_1/self_attention/Softmax_output_0";
+
+/** Kept positions per example: the exposed row without its padding (-1). */
+const keptOf = (out: Record<string, { data: unknown; dims: number[] }>) =>
+  rows(out["prunec.stage0.indices"]!.data as BigInt64Array, out["prunec.stage0.indices"]!.dims).map((r) => r.filter((i) => i >= 0));
+
+describe("adaptive amounts", () => {
+  const cases: [string, (s: number[]) => number][] = [
+    ["after layer 1 keep mass 60% by cls-attn", (s) => massCount(s, 60)],
+    ["after layer 1 keep above 0.015 by cls-attn", (s) => aboveCount(s, 0.015)],
+  ];
+  for (const [spec, count] of cases) {
+    it(`${spec}: each example keeps the reference's tokens, and at batch 3 computes its batch-1 result (CPU and WASM)`, async () => {
+      const compiled = compile(digits, spec, { exposeIndices: true }).model;
+      const f = feedsOf(0, 3);
+      const p = (await runNode(withOutputs(digits, [probs]), f, [probs]))[probs]!;
+      const expected = unfoldProbs(p.data as Float32Array, p.dims, 4).map((ex) => {
+        const s = clsScores(ex, 1);
+        return topKPositions(s, count(s), 1);
+      });
+      expect(new Set(expected.map((e) => e.length)).size).toBeGreaterThan(1); // the counts really differ
+      for (const run of [runNode, runWasm]) {
+        const batch = await run(compiled, f);
+        expect(keptOf(batch)).toEqual(expected);
+        expect(Array.from(batch["prunec.stage0.counts"]!.data as BigInt64Array, Number)).toEqual(expected.map((e) => e.length));
+        for (let i = 0; i < 3; i++) {
+          const alone = await run(compiled, feedsOf(i, i + 1));
+          expect(keptOf(alone)).toEqual([expected[i]]);
+          const logits = batch["logits"]!.data as Float32Array;
+          expect(maxAbsDiff(logits.subarray(i * 10, (i + 1) * 10), alone["logits"]!.data as Float32Array)).toBeLessThanOrEqual(1e-5);
+        }
+      }
+    });
+  }
+
+  it("with mask: the same kept tokens and outputs, static shapes", async () => {
+    const f = feedsOf(0, 3);
+    const gathered = await runNode(compile(digits, "after layer 1 keep mass 60% by cls-attn", { exposeIndices: true }).model, f);
+    const masked = await runNode(compile(digits, "after layer 1 keep mass 60% by cls-attn with mask", { exposeIndices: true }).model, f);
+    expect(keptOf(masked)).toEqual(keptOf(gathered));
+    expect(maxAbsDiff(masked["logits"]!.data as Float32Array, gathered["logits"]!.data as Float32Array)).toBeLessThanOrEqual(1e-5);
+  });
+
+  it("is rejected where it cannot apply", () => {
+    expect(() => compile(digits, "after layer 1 drop mass 60% by cls-attn", { specName: "a.prune" })).toThrow(
+      "a.prune:1:20: error: 'mass' keeps a number of tokens that depends on the input; write it with 'keep' ('keep mass 60%')",
+    );
+    expect(() => compile(digits, "after layer 1 keep mass 60% by cls-attn\nafter layer 3 keep 50% by cls-attn", { specName: "a.prune" })).toThrow(
+      "a.prune:2:1: error: a stage after an adaptive amount ('mass', 'above') is not supported yet: the tokens it receives differ per example",
+    );
+  });
+});
