@@ -16,6 +16,7 @@ import { parseDataset, batchInput } from "../src/data/prds.js";
 import { withOutputs, unfoldProbs, rows } from "./support/model-edit.js";
 import { clsAttnKeep, type Probs } from "./reference/cls-attn.js";
 import { ensembleKeep } from "./reference/attention-scores.js";
+import { thrown, tinyFeeds, digitsFeeds, kept } from "./support/cases.js";
 
 const probsOf = (layer: number) => `/encoder/layers/encoder_layer_${layer}/self_attention/Softmax_output_0`;
 
@@ -24,12 +25,6 @@ async function layerProbs(model: Uint8Array, feeds: Feeds, lo: number, hi: numbe
   const names = Array.from({ length: hi - lo + 1 }, (_, i) => probsOf(lo + i));
   const out = await runNode(withOutputs(model, names), feeds, names);
   return names.map((n) => unfoldProbs(out[n]!.data as Float32Array, out[n]!.dims, heads));
-}
-
-async function kept(pruned: Uint8Array, feeds: Feeds, run = runNode, stage = 0): Promise<number[][]> {
-  const name = `prunec.stage${stage}.indices`;
-  const out = (await run(pruned, feeds, [name]))[name]!;
-  return rows(out.data as BigInt64Array, out.dims);
 }
 
 /** Compiles `spec` (one stage), checks CPU and WASM against the reference from the dense model's layers lo..hi. */
@@ -41,37 +36,6 @@ async function expectReference(model: Uint8Array, feeds: Feeds[], spec: string, 
     expect(await kept(pruned, f)).toEqual(expected);
     expect(await kept(pruned, f, runWasm)).toEqual(expected);
   }
-}
-
-function thrown(f: () => unknown): PrunecError {
-  try {
-    f();
-  } catch (e) {
-    if (e instanceof PrunecError) return e;
-    throw e;
-  }
-  throw new Error("expected a PrunecError");
-}
-
-/** The tiny ViT's reference input (2 examples): example 0 alone, and both plus a variation of the first. */
-function tinyFeeds(): Feeds[] {
-  const x = readNpy(join(REPO_ROOT, "examples", "tiny-vit", "ref_in.npy"));
-  const data = x.data as Float32Array;
-  const per = data.length / x.shape[0]!;
-  const three = new Float32Array(per * 3);
-  three.set(data.subarray(0, 2 * per));
-  for (let i = 0; i < per; i++) three[2 * per + i] = data[i]! * 0.5 + Math.sin(i * 0.01);
-  const dims = (b: number) => [b, ...x.shape.slice(1)];
-  return [
-    { pixel_values: { type: "float32", dims: dims(1), data: data.slice(0, per) } },
-    { pixel_values: { type: "float32", dims: dims(3), data: three } },
-  ];
-}
-
-/** Digits sample images: example 0 alone, and examples 1..3. */
-function digitsFeeds(): Feeds[] {
-  const set = parseDataset(readFileSync(join(REPO_ROOT, "examples", "digits", "sample.prds")));
-  return [batchInput(set, 0, 1), batchInput(set, 1, 4)].map((x) => ({ pixel_values: { type: "float32", dims: x.dims, data: x.data } }));
 }
 
 describe("cls-attn-ensemble on the built-in tiny ViT (4 layers, 2 heads)", () => {

@@ -21,19 +21,10 @@ import { readNpy } from "./helpers/npy.js";
 import { runNode, runWasm, maxAbsDiff, type Feeds } from "./helpers/ort.js";
 import { withOutputs, unfoldProbs, rows } from "./support/model-edit.js";
 import { clsAttnKeep } from "./reference/cls-attn.js";
+import { thrown } from "./support/cases.js";
 
 const EXAMPLE = join(REPO_ROOT, "examples", "tiny-vit");
 const SPEC = "after layer 1 keep 50% by cls-attn";
-
-function thrown(f: () => unknown): PrunecError {
-  try {
-    f();
-  } catch (e) {
-    if (e instanceof PrunecError) return e;
-    throw e;
-  }
-  throw new Error("expected a PrunecError");
-}
 
 /** The model with every initializer over 1 KiB moved to `weights.bin` (offsets in file order). */
 function externalize(bytes: Uint8Array, location = "weights.bin"): { model: Uint8Array; weights: Uint8Array } {

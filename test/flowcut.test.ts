@@ -20,6 +20,7 @@ import { decodeModel } from "../src/onnx/io.js";
 import { buildFusedVit, FUSED_VIT } from "./support/fused-vit.js";
 import { unfuseMultiHeadAttention } from "./support/unfuse.js";
 import { softmaxOutputs } from "./support/stage-tensors.js";
+import { thrown } from "./support/cases.js";
 
 const probsOf = (layer: number) => `/encoder/layers/encoder_layer_${layer}/self_attention/Softmax_output_0`;
 /** torchvision's per-head values [B·H, N, D]: the right input of the MatMul that consumes the softmax. */
@@ -64,16 +65,6 @@ async function expectReference(model: Uint8Array, layer: number, percent: number
     refs.push(expected);
   }
   return refs;
-}
-
-function thrown(f: () => unknown): PrunecError {
-  try {
-    f();
-  } catch (e) {
-    if (e instanceof PrunecError) return e;
-    throw e;
-  }
-  throw new Error("expected a PrunecError");
 }
 
 /** One image of `x` (NCHW) and a batch of 3: it and two deterministic variations. */

@@ -26,6 +26,7 @@ import { fopruScores as emitFopruScores } from "../passes/criteria/fopru.js";
 import { withOutputs, unfoldProbs, rows } from "./support/model-edit.js";
 import { clsAttnKeep, keepCount, type Probs } from "./reference/cls-attn.js";
 import { fopruKeep, fopruRowsKeep, fopruScores } from "./reference/attention-scores.js";
+import { thrown, tinyFeeds, digitsFeeds, kept } from "./support/cases.js";
 
 const probsOf = (layer: number) => `/encoder/layers/encoder_layer_${layer}/self_attention/Softmax_output_0`;
 
@@ -33,12 +34,6 @@ async function probs(model: Uint8Array, feeds: Feeds, layer: number, heads: numb
   const name = probsOf(layer);
   const out = (await runNode(withOutputs(model, [name]), feeds, [name]))[name]!;
   return unfoldProbs(out.data as Float32Array, out.dims, heads);
-}
-
-async function kept(pruned: Uint8Array, feeds: Feeds, run = runNode, stage = 0): Promise<number[][]> {
-  const name = `prunec.stage${stage}.indices`;
-  const out = (await run(pruned, feeds, [name]))[name]!;
-  return rows(out.data as BigInt64Array, out.dims);
 }
 
 /** `after layer L keep P% by fopru` (rank) or `fopru(strategy: rows)`, checked against the reference on CPU and WASM. */
@@ -63,37 +58,6 @@ function expectWholeRows(positions: number[], width: number, count: number) {
   for (const t of positions.slice(1)) perRow[Math.floor((t - 1) / width)]!++;
   expect(perRow.filter((n) => n === width).length).toBe(count);
   expect(perRow.every((n) => n === 0 || n === width)).toBe(true);
-}
-
-function thrown(f: () => unknown): PrunecError {
-  try {
-    f();
-  } catch (e) {
-    if (e instanceof PrunecError) return e;
-    throw e;
-  }
-  throw new Error("expected a PrunecError");
-}
-
-/** The tiny ViT's reference input (2 examples): example 0 alone, and both plus a variation of the first. */
-function tinyFeeds(): Feeds[] {
-  const x = readNpy(join(REPO_ROOT, "examples", "tiny-vit", "ref_in.npy"));
-  const data = x.data as Float32Array;
-  const per = data.length / x.shape[0]!;
-  const three = new Float32Array(per * 3);
-  three.set(data.subarray(0, 2 * per));
-  for (let i = 0; i < per; i++) three[2 * per + i] = data[i]! * 0.5 + Math.sin(i * 0.01);
-  const dims = (b: number) => [b, ...x.shape.slice(1)];
-  return [
-    { pixel_values: { type: "float32", dims: dims(1), data: data.slice(0, per) } },
-    { pixel_values: { type: "float32", dims: dims(3), data: three } },
-  ];
-}
-
-/** Digits sample images: example 0 alone, and examples 1..3. */
-function digitsFeeds(): Feeds[] {
-  const set = parseDataset(readFileSync(join(REPO_ROOT, "examples", "digits", "sample.prds")));
-  return [batchInput(set, 0, 1), batchInput(set, 1, 4)].map((x) => ({ pixel_values: { type: "float32", dims: x.dims, data: x.data } }));
 }
 
 describe("fopru's scoring subgraph on crafted probabilities", () => {

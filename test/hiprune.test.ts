@@ -21,6 +21,7 @@ import { anchorCount } from "../passes/criteria/hiprune.js";
 import { buildFusedVit, FUSED_VIT } from "./support/fused-vit.js";
 import { unfuseMultiHeadAttention } from "./support/unfuse.js";
 import { softmaxOutputs } from "./support/stage-tensors.js";
+import { thrown } from "./support/cases.js";
 
 const probsOf = (layer: number) => `/encoder/layers/encoder_layer_${layer}/self_attention/Softmax_output_0`;
 
@@ -66,16 +67,6 @@ async function expectReference(model: Uint8Array, c: Case, probes: Probe[]): Pro
     refs.push(expected);
   }
   return refs;
-}
-
-function thrown(f: () => unknown): PrunecError {
-  try {
-    f();
-  } catch (e) {
-    if (e instanceof PrunecError) return e;
-    throw e;
-  }
-  throw new Error("expected a PrunecError");
 }
 
 /** One image of `x` (NCHW) and a batch of 3: it and two deterministic variations. */
