@@ -16,9 +16,6 @@ export interface CatalogEntry extends CriterionInfo {
 const none = {};
 
 export const PLANNED: readonly CatalogEntry[] = [
-  { name: "diversity", summary: "greedy max-min cosine-distance selection", reference: "DivPrune, methods.md §3", args: none },
-  { name: "k-center", summary: "greedy farthest-point selection", reference: "ToDRE, methods.md §11", args: none },
-  { name: "similarity", summary: "bipartite soft matching on keys for `merge` (size-weighted means)", reference: "ToMe, methods.md §16", args: none },
   { name: "crops", summary: "per-crop budgets over contiguous raster chunks", reference: "HoloV, methods.md §9", args: { count: { type: "integer", default: 16, doc: "number of chunks" } } },
   { name: "last-token-attn", summary: "attention of the last prompt token to image tokens in the previous layer", reference: "FastV, methods.md §14", requiresSets: ["image"], args: none },
   { name: "iga", summary: "instruction-guided attention: next layer's norm, q/k and rotary on instruction queries", reference: "TransPrune IGA, methods.md §5", requiresSets: ["image", "instruction"], args: none },

@@ -50,6 +50,12 @@ export interface StagePlan {
   mask?: boolean;
   /** `with recycle`: append the score-weighted mean of the dropped tokens as one extra token. */
   recycle?: boolean;
+  /**
+   * A `merge` stage (ToMe, passes/merge-stage.ts, planned by src/plan-merge.ts): r tokens merged
+   * away; `sizesFrom`: the earlier merge stage whose token sizes it weighs by; `proportional`:
+   * add log(size) to the attention logits of the later layers.
+   */
+  merge?: { r: number; sizesFrom?: number; proportional: boolean };
   /** `keep mass P%` / `keep above X`: a count per example (see adaptive.ts). */
   adaptive?: AdaptiveAmount;
   criterion: CriterionModule;
@@ -242,7 +248,7 @@ function prunedStreamInfo(g: Graph, proto: GraphProto, model: TransformerInfo, p
  * count would break at run time. A Reshape whose constant has the count exactly at the token axis is
  * retargeted; anything else is refused before writing.
  */
-function retargetShapeConstants(
+export function retargetShapeConstants(
   g: Graph,
   nodes: NodeProto[],
   below: Set<string>,
@@ -277,7 +283,7 @@ function retargetShapeConstants(
 }
 
 /** The analysis's layers with their attention nodes replaced by the graph's current ones (same outputs). */
-function withCurrentNodes(model: TransformerInfo, g: Graph): TransformerInfo {
+export function withCurrentNodes(model: TransformerInfo, g: Graph): TransformerInfo {
   const now = (n: NodeProto | undefined) => (n ? g.producer.get(n.output[0]!) ?? n : undefined);
   const layers = model.layers.map((l) => {
     if (!l.core) return l;

@@ -14,9 +14,11 @@ import { flowcut } from "./criteria/flowcut.js";
 import { clsAttnEnsemble } from "./criteria/cls-attn-ensemble.js";
 import { pagerank } from "./criteria/pagerank.js";
 import { fopru, spatialRows } from "./criteria/fopru.js";
+import { diversity, kCenter } from "./criteria/diversity.js";
+import { similarity } from "./criteria/similarity.js";
 
 /** Criteria prunec can compile. */
-export const CRITERIA: readonly CriterionModule[] = [clsAttn, globalAttn, clsAttnEnsemble, hiprune, fopru, spatialRows, pagerank, flowcut, norm, random, uniform];
+export const CRITERIA: readonly CriterionModule[] = [clsAttn, globalAttn, clsAttnEnsemble, hiprune, fopru, spatialRows, pagerank, flowcut, diversity, kCenter, similarity, norm, random, uniform];
 
 export { PLANNED };
 

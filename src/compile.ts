@@ -22,6 +22,7 @@ import { parseSpec } from "../grammar/index.js";
 import { formatDiagnostics } from "../grammar/diagnostics.js";
 import { registry } from "../passes/registry.js";
 import { applyStage, type Lowering, type StagePlan } from "../passes/prune-stage.js";
+import { applyMergeStage } from "../passes/merge-stage.js";
 import type { TokenAxes } from "../passes/carry-tokens.js";
 import { planStages } from "./plan.js";
 import { modelInputs } from "./analysis/inputs.js";
@@ -104,7 +105,7 @@ export function compile(modelBytes: Uint8Array, specText: string, options: Compi
   let maskBias: string | undefined;
   for (const plan of plans) {
     const stageOptions = { opset, target: options.target ?? "cpu", expose: options.exposeIndices ?? false, carried, ...(maskBias ? { maskBias } : {}) } as const;
-    const result = applyStage(g, info, plan, stageOptions);
+    const result = plan.merge ? applyMergeStage(g, info, plan, stageOptions) : applyStage(g, info, plan, stageOptions);
     for (const [t, axes] of result.carried) carried.set(t, axes);
     maskBias = result.maskBias ?? maskBias;
     g = result.graph;

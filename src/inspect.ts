@@ -57,7 +57,7 @@ export interface InspectReport {
 }
 
 /**
- * Whether `position keep 50% by CRITERION` would compile as a first stage, asked of the planner
+ * Whether `position keep 50% by CRITERION` (`merge 25%` for similarity) would compile as a first stage, asked of the planner
  * itself, so inspect says exactly what compile would. Required layer arguments get the layer
  * itself (`layers: l..l`, `object_layer: l`), which every such criterion accepts when the layer
  * qualifies. Returns the planner's message, or undefined.
@@ -66,7 +66,9 @@ function probe(info: TransformerInfo, position: string, c: CriterionInfo, layer:
   const args = Object.entries(c.args)
     .filter(([, a]) => a.default === undefined)
     .map(([name, a]) => `${name}: ${a.type === "range" ? `${layer}..${layer}` : layer}`);
-  const text = `${position} keep 50% by ${c.name}${args.length ? `(${args.join(", ")})` : ""}`;
+  // similarity is ToMe's merge criterion: probe it with a merge (25% stays under ToMe's cap of half the tokens).
+  const action = c.name === "similarity" ? "merge 25%" : "keep 50%";
+  const text = `${position} ${action} by ${c.name}${args.length ? `(${args.join(", ")})` : ""}`;
   const { spec, diagnostics } = parseSpec(text, "inspect", registry);
   if (!spec) return diagnostics[0]?.message ?? "does not parse";
   try {

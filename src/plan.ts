@@ -12,6 +12,7 @@ import type { StagePlan } from "../passes/prune-stage.js";
 import type { StageFacts } from "../passes/criterion.js";
 import { keepCountStatic } from "../passes/amount.js";
 import { maskUnavailable } from "../passes/mask-recycle.js";
+import { planMerge } from "./plan-merge.js";
 import { PrunecError } from "./errors.js";
 
 /** Percentage kept when a stage omits its amount (documented in docs/language.md). */
@@ -135,10 +136,8 @@ function planOne(
   // Undeclared token sets are reported by checkSpecSets; nothing else about this stage is meaningful.
   if (stage.of !== undefined && !spec.tokenSets.some((t) => t.name === stage.of)) return undefined;
   if (requiredSets(stage.criterion.name).some((set) => !spec.tokenSets.some((t) => t.name === set))) return undefined;
-  if (stage.action === "merge") {
-    fail(stage.actionSpan, "'merge' is not supported yet; use 'keep' or 'drop'");
-    return undefined;
-  }
+  // Merging (ToMe) and its criterion are planned on their own (src/plan-merge.ts).
+  if (stage.action === "merge" || stage.criterion.name === "similarity") return planMerge(spec, stage, index, model, layer, tokensIn, firstLayer, fail);
   if (stage.of !== undefined) {
     fail(stage.ofSpan ?? stage.span, `'of ${stage.of}': stages restricted to a token set are not supported yet; without 'of', a stage acts on all non-special tokens`);
     return undefined;

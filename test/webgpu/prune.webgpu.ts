@@ -70,7 +70,7 @@ const BENCH_ROUNDS = Number(process.env["PRUNEC_WEBGPU_BENCH"] ?? 0);
  * GatherND (int64 indices input) stay on the GPU.
  */
 export const EXPECTED_STAGE_PLACEMENT = {
-  webgpu: ["Gather", "GatherND", "ReduceMean", "Reshape", "Slice", "TopK"],
+  webgpu: ["Gather", "GatherND", "ReduceMean", "Reshape", "Slice", "TopK", "Unsqueeze"],
   cpu: ["Add", "Concat", "Concat", "Expand", "Shape", "Slice", "TopK", "Unsqueeze"],
 };
 /** Device↔host copies ORT inserts at the boundary of one stage's nodes (by kind). */
@@ -86,7 +86,7 @@ export const EXPECTED_STAGE_COPIES = { MemcpyToHost: 1, MemcpyFromHost: 1 };
  */
 export const EXPECTED_WEBGPU_TARGET_PLACEMENT = {
   data: {
-    webgpu: ["Concat", "Equal", "Gather", "GatherND", "Greater", "LessOrEqual", "ReduceMean", "Reshape", "Slice", "Slice", "Slice", "Slice", "Slice", "TopK", "TopK", "TopK", "Unsqueeze", "Where", "Where", "Where"],
+    webgpu: ["Concat", "Equal", "Gather", "GatherND", "Greater", "LessOrEqual", "ReduceMean", "Reshape", "Slice", "Slice", "Slice", "Slice", "Slice", "TopK", "TopK", "TopK", "Unsqueeze", "Unsqueeze", "Where", "Where", "Where"],
     cpu: [] as string[],
   },
   expose: {

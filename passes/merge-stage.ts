@@ -1,0 +1,230 @@
+/**
+ * A `merge` stage: ToMe's bipartite soft matching (facebookresearch/ToMe, tome/merge.py:
+ * bipartite_soft_matching + merge_wavg; methods.md §16) on the residual stream leaving a layer.
+ *
+ *   metric  k̄ = the layer's keys averaged over heads [B,N,D] (passes/criteria/similarity.ts),
+ *           normalised to unit length (the norm clamped at 1e-12, so a zero key gives cosine 0
+ *           where ToMe's plain division gives NaN);
+ *   halves  A = tokens at even positions, B = odd positions, over ALL tokens (CLS is A's first);
+ *   scores  S = Â·B̂ᵀ [B,|A|,|B|]; the rows of protected A tokens (the special prefix: CLS at 0)
+ *           and the columns of protected B tokens (a second prefix token, e.g. DeiT's distillation
+ *           token at 1) are −∞, so they never merge and nothing merges into them;
+ *   match   each A token's best B: ReduceMax + ArgMax (the first maximum on ties, as torch.max);
+ *           the r A tokens with the highest best score merge (TopK; ties at the r-th place go to
+ *           the lower A position, where torch's unstable argsort leaves the order unspecified);
+ *   merge   size-weighted means including the destination: x_b' = Σ size·x / Σ size over b and
+ *           the A tokens merged into it (merge_wavg); the new sizes are those sums.
+ *
+ * Where: ToMe merges inside every block, between the attention residual add and the MLP, with that
+ * block's keys. `after layer L merge` merges the stream leaving layer L (after its MLP), with layer
+ * L's keys: the same matching and means, one MLP later (a stage acts on the stream between layers,
+ * like every prunec stage). test/reference/tome.ts computes the same.
+ *
+ * Lowering: no ScatterElements reduction (TensorRT and WebGPU lack them). The merge is a one-hot
+ * matrix product: M [B, N−r, N] with M[i,j] = size_j when token j lands in output token i, then
+ * x' = (M·x) / (M·1) and size' = M·1. Exact in fp32 up to the summation order of the MatMul (the
+ * zero entries add exactly); the sizes are sums of small integers, exact.
+ *
+ * Output order: the surviving tokens (every B token and the unmerged A tokens) in their original
+ * order, the positions prunec's keep stages use too; ToMe concatenates [unmerged A, B]. Only
+ * position-dependent ops after the stage could tell the two apart (ViTs add positions at the
+ * embedding only). A B token's merged value sits at the B token's position. The exposed indices
+ * (`--expose-indices`) are those positions, numbered as the stage's input tokens.
+ *
+ * Sizes: the stage writes its output sizes as `prunec/stage<N>/similarity/sizes` (float [B, N−r]);
+ * a later merge stage weighs by them (plan.merge.sizesFrom). With `similarity(proportional: 1)`,
+ * log(size) is added to the attention logits of every later layer (ToMe's proportional attention,
+ * tome/patch/timm.py: ToMeAttention): as a key bias [B,1,1,N'] named
+ * `prunec/stage<N>/similarity/log_size_keys`, carried (gathered) by later keep/drop stages like
+ * any per-token side tensor and replaced by the next merge stage's own.
+ *
+ * Pre:  plan validated by src/plan-merge.ts (static token count, 1 ≤ r ≤ ⌊(N − prefix)/2⌋,
+ *       batch-first stream, readable keys).
+ * Post: as for keep stages (passes/prune-stage.ts): every consumer of the layer's residual sees
+ *       the N − r merged tokens, side tensors follow the surviving positions, stale value_info is
+ *       dropped, constant Reshape shapes holding N at the token axis are retargeted.
+ */
+import { Graph, type GraphProto, type NodeProto } from "../src/ir/graph.js";
+import { shallowCopy } from "../src/ir/copy.js";
+import type { TransformerInfo, LayerInfo } from "../src/analysis/transformer.js";
+import { int64Tensor } from "../src/onnx/tensor.js";
+import { TensorProto_DataType as DT } from "../src/onnx/gen/onnx_pb.js";
+import { batchDim, valueInfo } from "../src/ir/value-info.js";
+import { PrunecError } from "../src/errors.js";
+import { NodeBuilder } from "./builder.js";
+import { denseName } from "./gather-tokens.js";
+import { findSideInputs, gatherSideInputs, rewireSideInputs, type TokenAxes } from "./carry-tokens.js";
+import { headMeanKeys } from "./criteria/similarity.js";
+import { retargetShapeConstants, withCurrentNodes, type StageOptions, type StagePlan, type StageResult } from "./prune-stage.js";
+
+const FLOAT = DT.FLOAT;
+
+/** The tensor a merge stage writes its output token sizes to. */
+export function sizesName(stage: number): string {
+  return `prunec/stage${stage}/similarity/sizes`;
+}
+
+/** The proportional-attention key bias log(size) [B,1,1,N'] of a merge stage. */
+export function logSizeKeysName(stage: number): string {
+  return `prunec/stage${stage}/similarity/log_size_keys`;
+}
+
+/** x[:, start::2] along axis 1. */
+function everyOther(b: NodeBuilder, x: string, start: 0 | 1, label: string): string {
+  return b.op("Slice", [x, b.int64([start]), b.int64([Number.MAX_SAFE_INTEGER]), b.int64([1]), b.int64([2])], {}, label);
+}
+
+/** Give the output of the node that writes `tensor` (not consumed yet) a fixed name. */
+function rename(b: NodeBuilder, tensor: string, name: string): string {
+  b.nodes.find((n) => n.output[0] === tensor)!.output[0] = name;
+  return name;
+}
+
+export function applyMergeStage(proto: GraphProto, dense: TransformerInfo, densePlan: StagePlan, options: StageOptions): StageResult {
+  const g = new Graph(proto);
+  const model = withCurrentNodes(dense, g);
+  const plan: StagePlan = { ...densePlan, layer: model.layers[densePlan.layer.index]! };
+  const { r, sizesFrom, proportional } = plan.merge!;
+  if (typeof plan.tokensIn !== "number" || model.batchAxis !== 0 || model.tokenAxis !== 1) throw new Error("merge stages need a static token count and a batch-first stream (checked by the plan)");
+  const n = plan.tokensIn;
+  const out = n - r;
+  const prefix = plan.prefix;
+  const residual = plan.layer.residual!;
+  const rName = residual.output;
+  const b = new NodeBuilder(`prunec/stage${plan.stage}/similarity`, options.opset);
+  const stream = denseName(rName);
+
+  const belowNodes = g.descendants(rName);
+  const below = new Set([...belowNodes].flatMap((x) => x.output));
+  below.add(rName);
+  const sides = findSideInputs({ graph: g, shapes: model.shapes, carried: options.carried ?? new Map(), denseTokens: model.tokens!, batched: true }, belowNodes, below);
+
+  // Matching on the keys (fp32): A = even positions, B = odd positions.
+  const na = Math.ceil(n / 2);
+  const nb = Math.floor(n / 2);
+  const keys = headMeanKeys(b, plan.layer); // [B,N,D]
+  const length = b.op("Max", [b.reduce("ReduceL2", keys, [2], 1), b.float([1e-12], [], "eps")], {}, "key_norm");
+  const metric = b.op("Div", [keys, length], {}, "unit_keys");
+  const a = everyOther(b, metric, 0, "keys_a");
+  const bk = everyOther(b, metric, 1, "keys_b");
+  let scores = b.op("MatMul", [a, b.op("Transpose", [bk], { perm: [0, 2, 1] })], {}, "similarity"); // [B,|A|,|B|]
+  const protectedA = Math.ceil(prefix / 2);
+  const protectedB = Math.floor(prefix / 2);
+  if (protectedA > 0) scores = b.op("Add", [scores, b.float(Array.from({ length: na }, (_, i) => (i < protectedA ? -Infinity : 0)), [1, na, 1], "protect_rows")], {}, "protected_a");
+  if (protectedB > 0) scores = b.op("Add", [scores, b.float(Array.from({ length: nb }, (_, i) => (i < protectedB ? -Infinity : 0)), [1, 1, nb], "protect_cols")], {}, "protected_b");
+  const best = b.reduce("ReduceMax", scores, [2], 0); // [B,|A|]
+  const partner = b.op("Cast", [b.op("ArgMax", [scores], { axis: 2, keepdims: 0 }, "best_partner")], { to: FLOAT }); // [B,|A|], first maximum
+  const [, src] = b.opN("TopK", [best, b.int64([r], [1], "r")], 2, { axis: 1, largest: 1, sorted: 1 }); // [B,r] merged A rows
+  const isMerged = b.op("Equal", [b.unsqueeze(b.op("Cast", [src!], { to: FLOAT }), [2]), b.float(Array.from({ length: na }, (_, i) => i), [na], "a_rows")], {}, "is_src");
+  const mergedA = b.reduce("ReduceMax", b.op("Cast", [isMerged], { to: FLOAT }), [1], 0); // [B,|A|] 1 = merged away
+
+  // Where each token lands, as an original position: A token a at 2a, or its partner's 2·idx + 1.
+  const evenPos = b.float(Array.from({ length: na }, (_, i) => 2 * i), [na], "a_positions");
+  const partnerPos = b.op("Add", [b.op("Mul", [partner, b.float([2], [], "two")]), b.float([1], [], "one")], {}, "partner_position");
+  const destA = b.op("Add", [evenPos, b.op("Mul", [mergedA, b.op("Sub", [partnerPos, evenPos])])], {}, "a_destination"); // [B,|A|]
+  const destB = b.float(Array.from({ length: nb }, (_, i) => 2 * i + 1), [1, 1, nb], "b_positions");
+
+  // Surviving positions, ascending: TopK of −position, merged A tokens pushed below every survivor.
+  const interleaved = b.op("Pad", [b.unsqueeze(mergedA, [2]), b.int64([0, 0, 0, 0, 0, 1], [6], "pads")], {}, "merged_and_b"); // [B,|A|,2]
+  const mergedAll = b.slice(b.op("Reshape", [interleaved, b.int64([0, -1], [2], "flat")]), 1, 0, n); // [B,N]
+  const order = b.op("Sub", [b.float(Array.from({ length: n }, (_, i) => -i), [n], "minus_positions"), b.op("Mul", [mergedAll, b.float([2 * n], [], "push_down")])], {}, "survivor_key");
+  const [, positions] = b.opN("TopK", [order, b.int64([out], [1], "tokens_out")], 2, { axis: 1, largest: 1, sorted: 1 }); // int64 [B,N−r]
+
+  // One-hot merge matrix over the tokens in [A, B] order, weighted by the incoming sizes.
+  const rows = b.unsqueeze(b.op("Cast", [positions!], { to: FLOAT }), [2]); // [B,N−r,1]
+  let toA = b.op("Cast", [b.op("Equal", [rows, b.unsqueeze(destA, [1])])], { to: FLOAT }, "lands_a"); // [B,N−r,|A|]
+  let toB = b.op("Cast", [b.op("Equal", [rows, destB])], { to: FLOAT }, "lands_b"); // [B,N−r,|B|]
+  if (sizesFrom !== undefined) {
+    const sizes = sizesName(sizesFrom); // [B,N]
+    toA = b.op("Mul", [toA, b.unsqueeze(everyOther(b, sizes, 0, "sizes_a"), [1])], {}, "weigh_a");
+    toB = b.op("Mul", [toB, b.unsqueeze(everyOther(b, sizes, 1, "sizes_b"), [1])], {}, "weigh_b");
+  }
+  const weights = b.op("Concat", [toA, toB], { axis: 2 }, "merge_matrix"); // [B,N−r,N]
+  const elemType = streamElemType(g, plan.layer);
+  const x = elemType === FLOAT ? stream : b.op("Cast", [stream], { to: FLOAT }, "stream_fp32");
+  const xab = b.op("Concat", [everyOther(b, x, 0, "stream_a"), everyOther(b, x, 1, "stream_b")], { axis: 1 }, "stream_ab"); // [B,N,C]
+  const total = b.reduce("ReduceSum", weights, [2], 1); // [B,N−r,1]: the new sizes
+  let merged = b.op("Div", [b.op("MatMul", [weights, xab], {}, "weighted_sum"), total], {}, "weighted_mean");
+  if (elemType !== FLOAT) merged = b.op("Cast", [merged], { to: elemType }, "stream_type");
+  const sizes = rename(b, b.squeeze(total, [2]), sizesName(plan.stage)); // [B,N−r]
+
+  // Side tensors read below the stage follow the surviving positions; an earlier merge stage's
+  // log-size key bias is replaced by this stage's.
+  const previousBias = proportional && sizesFrom !== undefined ? logSizeKeysName(sizesFrom) : undefined;
+  const gathered = gatherSideInputs(b, sides.filter((s) => s.tensor !== previousBias), positions!, true);
+  const carried = new Map<string, TokenAxes>([...sides].filter((s) => s.tensor !== previousBias).map((s) => [gathered.get(s.tensor)!, { axes: s.axes, rank: s.rank }]));
+  let rewired = new Map<NodeProto, NodeProto>();
+  if (proportional) {
+    const keyBias = rename(b, b.unsqueeze(b.op("Log", [sizes], {}, "log_size"), [1, 2]), logSizeKeysName(plan.stage)); // [B,1,1,N−r]
+    carried.set(keyBias, { axes: [3], rank: 4 });
+    if (previousBias) gathered.set(previousBias, keyBias);
+    else rewired = proportionalAttention(b, model, plan.layer.index + 1, keyBias, gathered);
+  }
+
+  const last = b.nodes.find((node) => node.output[0] === merged)!;
+  last.output[0] = rName;
+  const producer = g.producer.get(rName)!;
+  const renamed = shallowCopy(producer, { output: producer.output.map((o) => (o === rName ? stream : o)) });
+  const at = proto.node.indexOf(producer);
+  const withStage = [...proto.node.slice(0, at), renamed, ...b.nodes, ...proto.node.slice(at + 1)].map((node) => rewired.get(node) ?? node);
+  const nodes = rewireSideInputs(withStage, gathered, new Set([...belowNodes].map((node) => rewired.get(node) ?? node)));
+  const retargeted = retargetShapeConstants(g, nodes, below, plan, model);
+  const graph = shallowCopy(proto, {
+    node: retargeted.nodes,
+    initializer: [...proto.initializer, ...b.initializers, ...retargeted.initializers],
+    valueInfo: [...proto.valueInfo.filter((v) => !below.has(v.name)), ...mergedStreamInfo(proto, model, plan, rName, elemType)],
+  });
+  // Side tensors and the proportional-attention Adds may read tensors computed later in file order.
+  const sorted = sides.length || proportional ? shallowCopy(graph, { node: new Graph(graph).order }) : graph;
+  return { graph: sorted, indices: positions!, added: b.nodes, lowering: "index", carried };
+}
+
+/**
+ * ToMe's proportional attention: `attn = q·kᵀ·scale + log(size)` on the keys, in the layers from
+ * `from` on. Unfused: the Softmax input (heads folded into the batch are unfolded to add the
+ * [B,1,1,N] bias and folded back); MultiHeadAttention: its attention_bias input. Returns node →
+ * replacement. `gathered` maps side tensors to the copies the layers below read.
+ */
+function proportionalAttention(b: NodeBuilder, model: TransformerInfo, from: number, keyBias: string, gathered: ReadonlyMap<string, string>): Map<NodeProto, NodeProto> {
+  const out = new Map<NodeProto, NodeProto>();
+  for (const l of model.layers.slice(from)) {
+    const anchor = l.core!.anchor;
+    if (l.core!.probs) {
+      const logits = anchor.input[0]!;
+      let biased: string;
+      if (l.probsLayout === "batch,heads,q,k") biased = b.op("Add", [logits, keyBias], {}, `proportional_layer${l.index}`);
+      else if (l.probsLayout === "batch*heads,q,k") {
+        const unfolded = b.op("Reshape", [b.unsqueeze(logits, [1]), b.int64([-1, l.heads!, 0, 0], [4], "heads_shape")], {}, "unfold_heads");
+        const added = b.op("Add", [unfolded, keyBias], {}, `proportional_layer${l.index}`);
+        biased = b.op("Reshape", [added, b.op("Shape", [logits])], {}, "fold_heads");
+      } else throw new Error(`proportional attention: unsupported layout ${String(l.probsLayout)} (checked by the plan)`);
+      out.set(anchor, shallowCopy(anchor, { input: [biased, ...anchor.input.slice(1)] }));
+    } else {
+      const existing = anchor.input[5];
+      // attention_bias is [B|1, H|1, S, N]: without one, the key bias is expanded over the S query rows.
+      const rowsOf = b.slice(b.op("Shape", [anchor.input[0]!]), 0, 1, 2);
+      const full = existing
+        ? b.op("Add", [gathered.get(existing) ?? existing, keyBias], {}, `proportional_layer${l.index}`)
+        : b.op("Expand", [keyBias, b.op("Concat", [b.int64([1, 1]), rowsOf, b.int64([1])], { axis: 0 })], {}, `proportional_layer${l.index}`);
+      const inputs = [...anchor.input];
+      while (inputs.length < 6) inputs.push("");
+      inputs[5] = full;
+      out.set(anchor, shallowCopy(anchor, { input: inputs }));
+    }
+  }
+  return out;
+}
+
+/** Element type of the stream (from the pre-norm's scale), float when unknown. */
+function streamElemType(g: Graph, layer: LayerInfo): number {
+  const scale = layer.residual!.norm.input[1];
+  return (scale ? g.constantTensor(scale)?.dataType : undefined) ?? FLOAT;
+}
+
+/** [batch, N−r, hidden] of the merged stream. */
+function mergedStreamInfo(proto: GraphProto, model: TransformerInfo, plan: StagePlan, r: string, elemType: number) {
+  const batch = batchDim(proto);
+  if (!model.hidden || batch === undefined || typeof plan.tokensOut !== "number") return [];
+  return [valueInfo(r, elemType, [batch, plan.tokensOut, model.hidden])];
+}
+
