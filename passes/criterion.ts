@@ -35,6 +35,11 @@ export interface ScoreContext extends StageFacts {
   keep: number | undefined;
   /** The execution provider the model is compiled for (`--target`): webgpu has no Loop kernel. */
   target: "cpu" | "webgpu";
+  /**
+   * float [B, N]: −1e9 on stream tokens that are padding (after a per-example stage) or masked
+   * (after `with mask`), 0 elsewhere. A criterion that computes its own softmax over keys adds it.
+   */
+  keyBias: string | undefined;
 }
 
 /**
@@ -54,6 +59,12 @@ export interface CriterionModule extends CriterionInfo {
   requiresSets?: string[];
   /** What a model must have for the criterion to run, in words (for docs). */
   needs: string;
+  /**
+   * True when real tokens' scores do not depend on padding tokens in the stream (the criterion
+   * reads only the CLS query row, per-token values, or applies keyBias): such criteria may follow a
+   * stage whose count differs per example and stay exact per example.
+   */
+  paddingSafe?: boolean;
   /**
    * Why this criterion cannot score tokens in this stage, as a sentence naming the model fact, or
    * undefined when it can. Called before anything is emitted, so a bad spec writes nothing.

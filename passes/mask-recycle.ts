@@ -41,15 +41,15 @@ export function maskUnavailable(model: TransformerInfo, from: number): string | 
 }
 
 /**
- * Rewire the attention of layers `from`.. so their logits get `bias` [B,N] on the keys:
+ * Rewire the attention of layers `from`..`until` so their logits get `bias` [B,N] on the keys:
  * unfused: the Softmax input (laid out per the layer's probabilities); MultiHeadAttention: its
  * attention_bias input. Returns node → replacement.
  */
-export function maskLayers(b: NodeBuilder, g: Graph, model: TransformerInfo, from: number, bias: string): Map<NodeProto, NodeProto> {
+export function maskLayers(b: NodeBuilder, g: Graph, model: TransformerInfo, from: number, bias: string, until = model.layers.length - 1): Map<NodeProto, NodeProto> {
   const out = new Map<NodeProto, NodeProto>();
   const keys = b.unsqueeze(bias, [1, 2]); // [B,1,1,N]
   let folded: string | undefined;
-  for (const l of model.layers.slice(from)) {
+  for (const l of model.layers.slice(from, until + 1)) {
     const core = l.core!;
     const anchor = core.anchor;
     if (core.probs) {

@@ -21,7 +21,8 @@ import { selectTopK, withPrefix } from "./select-topk.js";
 import { selectGroups, selectFolded, meanOverGroups } from "./select-groups.js";
 import { findSideInputs, gatherSideInputs, rewireSideInputs, type TokenAxes } from "./carry-tokens.js";
 import { keptOneHot, maskBias, maskLayers, recycledToken } from "./mask-recycle.js";
-import { selectAdaptive, type AdaptiveAmount } from "./adaptive.js";
+import { countPerExample, selectAdaptive, type AdaptiveAmount } from "./adaptive.js";
+import { keyScores, probabilities } from "./criteria/attention-map.js";
 import { selectAndGatherFloat } from "./select-gather-float.js";
 import { gatherTokens, denseName } from "./gather-tokens.js";
 import { PrunecError } from "../src/errors.js";
@@ -58,6 +59,8 @@ export interface StagePlan {
   merge?: { r: number; sizesFrom?: number; proportional: boolean };
   /** `keep mass P%` / `keep above X`: a count per example (see adaptive.ts). */
   adaptive?: AdaptiveAmount;
+  /** Adaptive amounts: the last layer whose attention masks this stage's padding (the next stage's layer). */
+  padUntil?: number;
   criterion: CriterionModule;
   args: Record<string, ArgValue>;
   /** Tokens entering the stage (prefix included) and kept by it. */
@@ -78,6 +81,8 @@ export interface StageResult {
   maskBias?: string;
   /** Adaptive amounts: int64 [B] tokens each example keeps (prefix included). */
   counts?: string;
+  /** Adaptive amounts: float [B, K'] key bias, −1e9 on the padding positions of the stage's output. */
+  validBias?: string;
 }
 
 /**
@@ -95,6 +100,8 @@ export interface StageOptions {
   carried?: ReadonlyMap<string, TokenAxes>;
   /** The key bias of earlier `with mask` stages (see mask-recycle.ts). */
   maskBias?: string;
+  /** The padding bias of the previous stage when its count was per example (see adaptive.ts). */
+  validBias?: string;
 }
 
 export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan: StagePlan, options: StageOptions): StageResult {
@@ -131,6 +138,7 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
     // Criteria that use the budget (hiprune's anchors) count it in tokens.
     keep: plan.keep === undefined ? undefined : plan.keep * unitSize(plan),
     target: options.target,
+    keyBias: options.validBias ?? options.maskBias,
   };
   let output: string;
   let indices: string | undefined;
@@ -138,12 +146,14 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
   /** What --expose-indices shows when it differs from the gather positions (adaptive: padding as -1). */
   let exposed: string | undefined;
   let padMask = new Map<NodeProto, NodeProto>();
+  let validBias: string | undefined;
   let lowering: Lowering = "index";
   const selector = plan.criterion.select;
   // Merged selections rank groups: the mean score of their tokens.
   const scores = selector ? "" : unitScores(b, plan.criterion.score!(ctx), plan);
   // After masked stages, tokens already dropped must not be picked again.
-  const ranked = options.maskBias && !selector ? b.op("Add", [scores, b.slice(options.maskBias, 1, plan.prefix)], {}, "skip_masked") : scores;
+  const skip = options.maskBias ?? options.validBias;
+  const ranked = skip && !selector ? b.op("Add", [scores, b.slice(skip, 1, plan.prefix)], {}, "skip_masked") : scores;
   if (selector) {
     indices = withPrefix(b, selector(ctx), plan.prefix);
     output = gatherTokens(b, stream, indices, { tokenAxis: model.tokenAxis!, ...(model.batchAxis !== undefined ? { batchAxis: model.batchAxis } : {}) });
@@ -160,7 +170,10 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
     output = sel.output;
     if (options.expose) indices = withPrefix(b, b.squeeze(sel.positions, [2]), plan.prefix);
   } else if (plan.adaptive) {
-    const sel = selectAdaptive(b, ranked, scores, plan.adaptive, plan.prefix);
+    const real = realCount(b, scores, options.validBias, plan.prefix, model.batchAxis === undefined);
+    const clsAttention = () => keyScores(b, probabilities(b, plan.layer, "cls"), plan.prefix, (p) => p);
+    const count = countPerExample(b, plan.adaptive, { scores, ranked, real, clsAttention });
+    const sel = selectAdaptive(b, ranked, count, plan.prefix);
     if (plan.mask) return finishMasked(proto, g, model, plan, b, sel.realIndices, stream, sel.counts);
     // (Masked: nothing is gathered, so the positions are exposed with padding as -1 too.)
     indices = sel.indices;
@@ -169,7 +182,9 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
     output = gatherTokens(b, stream, indices, { tokenAxis: model.tokenAxis!, ...(model.batchAxis !== undefined ? { batchAxis: model.batchAxis } : {}) });
     // Each example keeps its own count: the padding up to the batch's largest count is masked out
     // of every later attention, so each example computes exactly its batch-1 result.
-    padMask = maskLayers(b, g, model, plan.layer.index + 1, sel.padBias);
+    // Only up to the next stage: it never keeps padding as a real token, and pads anew.
+    padMask = maskLayers(b, g, model, plan.layer.index + 1, sel.padBias, plan.padUntil);
+    validBias = sel.padBias;
   } else {
     indices = selectTopK(b, ranked, keepTensor(b, scores, plan), plan.prefix);
     if (plan.mask) return finishMasked(proto, g, model, plan, b, indices, stream);
@@ -210,7 +225,7 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
   });
   // A side tensor may be computed after the stage's anchor point in file order: re-sort when any is gathered.
   const sorted = sides.length || padMask.size ? shallowCopy(graph, { node: new Graph(graph).order }) : graph;
-  return { graph: sorted, indices: exposed ?? indices, added: b.nodes, lowering, carried, ...(counts ? { counts } : {}) };
+  return { graph: sorted, indices: exposed ?? indices, added: b.nodes, lowering, carried, ...(counts ? { counts } : {}), ...(validBias ? { validBias } : {}) };
 }
 
 /**
@@ -312,4 +327,16 @@ function unitSize(plan: StagePlan): number {
   if (per?.kind === "fold") return per.size;
   if (per?.kind === "pool") return per.members[0]!.length;
   return plan.fold ?? 1;
+}
+
+/** int64 [B,1]: prunable tokens of each example that are not padding from an earlier adaptive stage. */
+function realCount(b: NodeBuilder, scores: string, validBias: string | undefined, prefix: number, batchless: boolean): string {
+  if (validBias) {
+    const real = b.op("Equal", [b.slice(validBias, 1, prefix), b.float([0], [], "zero_bias")], {}, "is_real");
+    return b.reduce("ReduceSum", b.op("Cast", [real], { to: 7 }), [1], 1);
+  }
+  const shape = b.op("Shape", [scores]);
+  const n = b.unsqueeze(b.slice(shape, 0, 1, 2), [0]); // [1,1]
+  if (batchless) return n;
+  return b.op("Expand", [n, b.op("Concat", [b.slice(shape, 0, 0, 1), b.int64([1])], { axis: 0 })], {}, "real_count"); // [B,1]
 }

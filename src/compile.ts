@@ -103,11 +103,14 @@ export function compile(modelBytes: Uint8Array, specText: string, options: Compi
   const lowerings: Lowering[] = [];
   const carried = new Map<string, TokenAxes>();
   let maskBias: string | undefined;
+  let validBias: string | undefined;
   for (const plan of plans) {
-    const stageOptions = { opset, target: options.target ?? "cpu", expose: options.exposeIndices ?? false, carried, ...(maskBias ? { maskBias } : {}) } as const;
+    const biases = { ...(maskBias ? { maskBias } : {}), ...(validBias ? { validBias } : {}) };
+    const stageOptions = { opset, target: options.target ?? "cpu", expose: options.exposeIndices ?? false, carried, ...biases } as const;
     const result = plan.merge ? applyMergeStage(g, info, plan, stageOptions) : applyStage(g, info, plan, stageOptions);
     for (const [t, axes] of result.carried) carried.set(t, axes);
     maskBias = result.maskBias ?? maskBias;
+    validBias = result.validBias;
     g = result.graph;
     added.push(...result.added);
     if (result.indices) indices.push(result.indices);

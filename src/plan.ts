@@ -77,7 +77,7 @@ export function planStages(spec: SpecIR, model: TransformerInfo, inputs: Readonl
   let adaptive = false;
 
   spec.stages.forEach((stage, i) => {
-    const plan = planOne(spec, stage, i, model, tokens, lastLayer + 1, fail);
+    const plan = planOne(spec, stage, i, model, tokens, lastLayer + 1, adaptive, fail);
     if (!plan) return;
     if (masked && !plan.mask) {
       fail(stage.positionSpan, "an earlier stage is 'with mask', so its dropped tokens are still in the stream; later stages must be 'with mask' too");
@@ -87,11 +87,7 @@ export function planStages(spec: SpecIR, model: TransformerInfo, inputs: Readonl
       fail(stage.positionSpan, "a second 'with mask' stage needs a static token count (it ranks among the tokens still unmasked)");
       return;
     }
-    if (adaptive) {
-      fail(stage.positionSpan, "a stage after an adaptive amount ('mass', 'above') is not supported yet: the tokens it receives differ per example");
-      return;
-    }
-    adaptive = plan.adaptive !== undefined;
+    adaptive ||= plan.adaptive !== undefined;
     // Masked stages leave every token in the stream: later criteria score all of them.
     if (masked) plan.scoredTokens = model.tokens!;
     masked ||= plan.mask === true;
@@ -103,6 +99,13 @@ export function planStages(spec: SpecIR, model: TransformerInfo, inputs: Readonl
     tokens = plan.tokensOut;
     plans.push(plan);
   });
+  plans.forEach((p, i) => {
+    // Padding of a per-example stage is masked up to the next stage, which pads anew.
+    if (p.adaptive) p.padUntil = plans[i + 1]?.layer.index ?? count - 1;
+  });
+  // FlowCut's remaining pruning layers: up to the schedule's last adaptive FlowCut stage.
+  const flowcuts = plans.filter((p) => p.adaptive?.kind === "flowcut");
+  for (const p of flowcuts) if (p.adaptive?.kind === "flowcut") p.adaptive.rpl = flowcuts.at(-1)!.layer.index - p.layer.index;
   if (count === 0) diagnostics.push(diagnosticAt(spec.file, { line: 1, column: 1, endLine: 1, endColumn: 1 }, "the model has no transformer layers"));
   if (diagnostics.length) {
     diagnostics.sort((a, b) => a.line - b.line || a.column - b.column);
@@ -118,6 +121,7 @@ function planOne(
   model: TransformerInfo,
   tokensIn: Dim | undefined,
   firstLayer: number,
+  afterAdaptive: boolean,
   fail: (span: Span, message: string) => void,
 ): StagePlan | undefined {
   const pos = stage.position;
@@ -201,19 +205,37 @@ function planOne(
   if (groups) plan.groups = groups;
   if (fold) plan.fold = fold;
   if (!applyOptions(stage, plan, model, fail)) return undefined;
-  if (amount.kind === "mass" || amount.kind === "above") {
+  const flowcutAdaptive = criterion.name === "flowcut" && Number(args["adaptive"] ?? 0) === 1;
+  if (amount.kind === "mass" || amount.kind === "above" || flowcutAdaptive || afterAdaptive) {
     const span = stage.amountSpan ?? stage.actionSpan;
-    const what = `'${amount.kind}' keeps a number of tokens that depends on the input`;
-    if (drop) {
+    const adaptiveKind = amount.kind === "mass" || amount.kind === "above";
+    const what = adaptiveKind
+      ? `'${amount.kind}' keeps a number of tokens that depends on the input`
+      : flowcutAdaptive
+        ? "flowcut(adaptive: 1) keeps a number of tokens that depends on the input"
+        : "an earlier stage kept a number of tokens that depends on the input, so this one counts per example";
+    if (adaptiveKind && drop) {
       fail(span, `${what}; write it with 'keep' ('keep ${resolvedAmount(stage).text.replace(/^drop /, "")}')`);
       return undefined;
     }
-    if (!criterion.score || groups || fold || encoder || plan.recycle) {
-      fail(span, `${what}, so it needs a stage that ranks single tokens by score${plan.recycle ? " (without 'with recycle')" : ""}`);
+    if (flowcutAdaptive && (drop || amount.kind !== "count")) {
+      fail(span, `${what}: give its target as 'keep K tokens' (FlowCut prunes adaptively down to K)`);
       return undefined;
     }
-    plan.adaptive = { kind: amount.kind, value: amount.value };
-    plan.tokensOut = `${prefix}+${amount.kind === "mass" ? `mass(${amount.value}%)` : `above(${amount.value})`}`;
+    if (afterAdaptive && !criterion.paddingSafe) {
+      fail(stage.criterion.span, `${what}; ${criterion.name} reads all query tokens, which then include padding; use cls-attn, cls-attn-ensemble, flowcut or norm`);
+      return undefined;
+    }
+    if (!criterion.score || groups || fold || encoder || plan.recycle || (afterAdaptive && plan.mask)) {
+      const option = plan.recycle ? " (without 'with recycle')" : plan.mask ? " (without 'with mask')" : "";
+      fail(span, `${what}, so it needs a stage that ranks single tokens by score${option}`);
+      return undefined;
+    }
+    if (adaptiveKind) plan.adaptive = { kind: amount.kind as "mass" | "above", value: amount.value };
+    else if (flowcutAdaptive) plan.adaptive = { kind: "flowcut", target: amount.value, rpl: 0 };
+    else plan.adaptive = { kind: amount.kind as "percent" | "count", value: amount.value, drop };
+    const label = amount.kind === "mass" ? `mass(${amount.value}%)` : amount.kind === "above" ? `above(${amount.value})` : flowcutAdaptive ? `flowcut(${amount.value})` : `${stage.action}(${resolvedAmount(stage).text})`;
+    plan.tokensOut = `${prefix}+${label}`;
     return plan;
   }
   if (encoder) {

@@ -12,7 +12,7 @@ import { compile } from "../src/compile.js";
 import { parseDataset, batchInput } from "../src/data/prds.js";
 import { withOutputs, unfoldProbs, rows } from "./support/model-edit.js";
 import { clsScores, topKPositions } from "./reference/cls-attn.js";
-import { massCount, aboveCount } from "./reference/adaptive.js";
+import { massCount, aboveCount, flowcutCount } from "./reference/adaptive.js";
 
 const digits = readFileSync(join(REPO_ROOT, "examples", "digits", "model.onnx"));
 const sample = parseDataset(readFileSync(join(REPO_ROOT, "examples", "digits", "sample.prds")));
@@ -67,8 +67,48 @@ describe("adaptive amounts", () => {
     expect(() => compile(digits, "after layer 1 drop mass 60% by cls-attn", { specName: "a.prune" })).toThrow(
       "a.prune:1:20: error: 'mass' keeps a number of tokens that depends on the input; write it with 'keep' ('keep mass 60%')",
     );
-    expect(() => compile(digits, "after layer 1 keep mass 60% by cls-attn\nafter layer 3 keep 50% by cls-attn", { specName: "a.prune" })).toThrow(
-      "a.prune:2:1: error: a stage after an adaptive amount ('mass', 'above') is not supported yet: the tokens it receives differ per example",
+    expect(() => compile(digits, "after layer 1 keep mass 60% by cls-attn\nafter layer 3 keep 50% by diversity", { specName: "a.prune" })).toThrow(
+      "diversity needs a static token count",
     );
+    expect(() => compile(digits, "after layer 1 keep mass 60% by cls-attn\nafter layer 3 keep 50% by global-attn", { specName: "a.prune" })).toThrow(
+      "a.prune:2:27: error: an earlier stage kept a number of tokens that depends on the input, so this one counts per example; global-attn reads all query tokens, which then include padding; use cls-attn, cls-attn-ensemble, flowcut or norm",
+    );
+    expect(() => compile(digits, "after layer 1 keep 50% by flowcut(adaptive: 1)", { specName: "a.prune" })).toThrow(
+      "a.prune:1:20: error: flowcut(adaptive: 1) keeps a number of tokens that depends on the input: give its target as 'keep K tokens' (FlowCut prunes adaptively down to K)",
+    );
+  });
+
+  it("a stage after an adaptive one counts per example: at batch 3 each example keeps what it keeps alone (CPU)", async () => {
+    const compiled = compile(digits, "after layer 1 keep mass 60% by cls-attn\nafter layer 3 keep 50% by cls-attn", { exposeIndices: true }).model;
+    const batch = await runNode(compiled, feedsOf(0, 3));
+    const original = (out: Record<string, { data: unknown; dims: number[] }>, b: number) => {
+      const first = rows(out["prunec.stage0.indices"]!.data as BigInt64Array, out["prunec.stage0.indices"]!.dims)[b]!;
+      const second = rows(out["prunec.stage1.indices"]!.data as BigInt64Array, out["prunec.stage1.indices"]!.dims)[b]!;
+      return second.filter((i) => i >= 0).map((i) => first[i]!); // positions in the model's tokens
+    };
+    for (let i = 0; i < 3; i++) {
+      const alone = await runNode(compiled, feedsOf(i, i + 1));
+      expect(original(batch, i)).toEqual(original(alone, 0));
+      expect(Number((batch["prunec.stage1.counts"]!.data as BigInt64Array)[i])).toBe(original(alone, 0).length);
+      const logits = batch["logits"]!.data as Float32Array;
+      expect(maxAbsDiff(logits.subarray(i * 10, (i + 1) * 10), alone["logits"]!.data as Float32Array)).toBeLessThanOrEqual(1e-5);
+    }
+  });
+
+  it("flowcut(adaptive: 1): FlowCut's entropy-based count per example, down to the target at the last stage", async () => {
+    const spec = "after layer 1 keep 16 tokens by flowcut(adaptive: 1)\nafter layer 3 keep 16 tokens by flowcut(adaptive: 1)";
+    const compiled = compile(digits, spec, { exposeIndices: true }).model;
+    const f = feedsOf(0, 3);
+    const p = (await runNode(withOutputs(digits, [probs]), f, [probs]))[probs]!;
+    const expectedCounts = unfoldProbs(p.data as Float32Array, p.dims, 4).map((ex) => 1 + flowcutCount(clsScores(ex, 1), 16, 2));
+    expect(new Set(expectedCounts).size).toBeGreaterThan(1);
+    const out = await runNode(compiled, f);
+    expect(Array.from(out["prunec.stage0.counts"]!.data as BigInt64Array, Number)).toEqual(expectedCounts);
+    expect(Array.from(out["prunec.stage1.counts"]!.data as BigInt64Array, Number)).toEqual([17, 17, 17]);
+    for (let i = 0; i < 3; i++) {
+      const alone = await runNode(compiled, feedsOf(i, i + 1));
+      const logits = out["logits"]!.data as Float32Array;
+      expect(maxAbsDiff(logits.subarray(i * 10, (i + 1) * 10), alone["logits"]!.data as Float32Array)).toBeLessThanOrEqual(1e-5);
+    }
   });
 });

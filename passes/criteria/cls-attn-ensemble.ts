@@ -59,6 +59,7 @@ export function clsEnsembleScores(b: NodeBuilder, layers: LayerInfo[], prefix: n
 
 export const clsAttnEnsemble: CriterionModule = {
   name: "cls-attn-ensemble",
+  paddingSafe: true,
   summary: "sum over a layer range of the CLS query's attention, mean over heads (VTC-CLS, methods.md §2)",
   args: { layers: { type: "range", doc: "first..last layer whose CLS attention is summed (inclusive)" } },
   needs: "a CLS token; attention probabilities (MatMul + Softmax, or recomputed behind MultiHeadAttention) at every layer of the range",

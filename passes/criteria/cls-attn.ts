@@ -15,6 +15,7 @@ export function clsUnavailable(model: TransformerInfo): string | undefined {
 
 export const clsAttn: CriterionModule = {
   name: "cls-attn",
+  paddingSafe: true,
   summary: "mean over heads of the CLS query's attention probabilities to each token (FasterVLM)",
   args: {},
   needs: "a CLS token; attention probabilities (MatMul + Softmax, or recomputed behind MultiHeadAttention)",

@@ -31,12 +31,14 @@ function normalised(b: NodeBuilder, x: string): string {
 }
 
 /** s for one layer, [B,Np]. */
-function layerScore(b: NodeBuilder, layer: LayerInfo, prefix: number): string {
+function layerScore(b: NodeBuilder, layer: LayerInfo, prefix: number, keyBias: string | undefined): string {
   const relation = normalised(b, keyScores(b, probabilities(b, layer, "cls"), prefix, (p) => p)); // a/Σa
   const v = values(b, layer); // [B,H,N,D]
   const vCls = b.slice(v, 2, 0, 1); // [B,H,1,D]
   const vT = b.op("Transpose", [v], { perm: [0, 1, 3, 2] }); // [B,H,D,N]
-  const semanticWeight = b.op("MatMul", [vCls, vT], {}, "value_similarity"); // [B,H,1,N], unscaled
+  let semanticWeight = b.op("MatMul", [vCls, vT], {}, "value_similarity"); // [B,H,1,N], unscaled
+  // Padding and masked tokens are not keys of this softmax (they are not in the batch-1 stream).
+  if (keyBias) semanticWeight = b.op("Add", [semanticWeight, b.unsqueeze(keyBias, [1, 2])], {}, "skip_padding");
   const semanticAttn = b.op("Softmax", [semanticWeight], { axis: -1 }, "value_softmax");
   const semantic = normalised(b, keyScores(b, semanticAttn, prefix, (p) => p)); // σ/Σσ
   const meanValue = b.reduceMean(v, [1], 0); // [B,N,D]
@@ -45,7 +47,9 @@ function layerScore(b: NodeBuilder, layer: LayerInfo, prefix: number): string {
   return b.op("Mul", [b.op("Add", [relation, semantic]), magnitude], {}, "layer_score");
 }
 
-function unsupported({ model, layer, firstLayer }: StageFacts): string | undefined {
+function unsupported({ model, layer, firstLayer, args }: StageFacts): string | undefined {
+  const adaptive = Number(args["adaptive"] ?? 0);
+  if (adaptive !== 0 && adaptive !== 1) return `adaptive must be 0 or 1, not ${adaptive}`;
   const cls = clsUnavailable(model);
   if (cls) return cls;
   for (let l = firstLayer; l <= layer.index; l++) {
@@ -60,12 +64,12 @@ function unsupported({ model, layer, firstLayer }: StageFacts): string | undefin
   return undefined;
 }
 
-function score({ b, model, layer, firstLayer, prefix }: ScoreContext): string {
-  let c = layerScore(b, model.layers[firstLayer]!, prefix);
+function score({ b, model, layer, firstLayer, prefix, keyBias }: ScoreContext): string {
+  let c = layerScore(b, model.layers[firstLayer]!, prefix, keyBias);
   if (firstLayer === layer.index) return c;
   const half = b.float([0.5], [1], "half");
   for (let l = firstLayer + 1; l <= layer.index; l++) {
-    const s = layerScore(b, model.layers[l]!, prefix);
+    const s = layerScore(b, model.layers[l]!, prefix, keyBias);
     c = b.op("Add", [b.op("Mul", [c, half]), b.op("Mul", [s, half])], {}, "running_average");
   }
   return c;
@@ -73,8 +77,9 @@ function score({ b, model, layer, firstLayer, prefix }: ScoreContext): string {
 
 export const flowcut: CriterionModule = {
   name: "flowcut",
+  paddingSafe: true,
   summary: "CLS attention plus value-norm information flow, running average across the layers since the previous stage (FlowCut, methods.md §6)",
-  args: {},
+  args: { adaptive: { type: "integer", default: 0, doc: "1: FlowCut's entropy-based count per example, down to the stage's `keep K tokens` at the schedule's last adaptive stage" } },
   needs: "a CLS token; attention probabilities and values (MatMul + Softmax, or recomputed behind MultiHeadAttention) at every layer since the previous stage",
   unsupported,
   score,

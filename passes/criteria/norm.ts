@@ -3,6 +3,7 @@ import type { CriterionModule } from "../criterion.js";
 
 export const norm: CriterionModule = {
   name: "norm",
+  paddingSafe: true,
   summary: "L2 norm of each token of the residual stream leaving the layer",
   args: {},
   needs: "nothing beyond the residual stream",
