@@ -51,7 +51,7 @@ export interface CarryContext {
   batched: boolean;
 }
 
-function tokenAxes(ctx: CarryContext, node: NodeProto, slot: number, t: string): TokenAxes | undefined {
+function tokenAxes(ctx: CarryContext, node: NodeProto, slot: number, t: string, below: ReadonlySet<string>): TokenAxes | undefined {
   if (NOT_TOKEN_ROWS[node.opType]?.includes(slot)) return undefined;
   const known = ctx.carried.get(t);
   if (known) return known;
@@ -61,9 +61,19 @@ function tokenAxes(ctx: CarryContext, node: NodeProto, slot: number, t: string):
   const special = (node.opType === "MultiHeadAttention" && (slot === 4 || slot === 5)) || (node.opType === "RotaryEmbedding" && slot === 1);
   // A constant joins the stream only through elementwise ops; a weight matrix never holds rows per token.
   if (constant && !special && !ELEMENTWISE.has(node.opType)) return undefined;
+  // Elementwise with a tensor computed from the stream: axes that line up (by broadcasting) with
+  // its token axes are token axes too, whatever the side tensor's own symbol says (e.g. a mask's
+  // `total_sequence_length` key axis, which equals the sequence length without a cache).
+  const partner = ELEMENTWISE.has(node.opType) ? node.input.find((i, k) => k !== slot && i && below.has(i)) : undefined;
+  const partnerShape = partner ? ctx.shapes.get(partner) : undefined;
+  const aligned = (axis: number): boolean => {
+    if (!partnerShape || shape[axis] === 1) return false;
+    const p = partnerShape[axis + partnerShape.length - shape.length];
+    return p === ctx.denseTokens;
+  };
   const axes: number[] = [];
   shape.forEach((d, axis) => {
-    if (d !== ctx.denseTokens) return;
+    if (d !== ctx.denseTokens && !aligned(axis)) return;
     if (ctx.batched && axis === 0 && shape.length > 1) return;
     // A constant's last axis broadcasts against the hidden axis (a bias of N features), unless it is square in N.
     if (constant && !special && axis === shape.length - 1 && shape.at(-2) !== ctx.denseTokens) return;
@@ -78,7 +88,7 @@ export function findSideInputs(ctx: CarryContext, belowNodes: Iterable<NodeProto
   for (const n of belowNodes) {
     n.input.forEach((t, slot) => {
       if (!t || below.has(t) || found.has(t)) return;
-      const axes = tokenAxes(ctx, n, slot, t);
+      const axes = tokenAxes(ctx, n, slot, t, below);
       if (axes) found.set(t, axes);
     });
   }

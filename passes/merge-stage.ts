@@ -176,7 +176,7 @@ export function applyMergeStage(proto: GraphProto, dense: TransformerInfo, dense
   });
   // Side tensors and the proportional-attention Adds may read tensors computed later in file order.
   const sorted = sides.length || proportional ? shallowCopy(graph, { node: new Graph(graph).order }) : graph;
-  return { graph: sorted, indices: positions!, added: b.nodes, lowering: "index", carried };
+  return { graph: sorted, indices: positions!, added: b.nodes, lowering: "index", carried, sets: new Map() };
 }
 
 /**

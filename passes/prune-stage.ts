@@ -61,6 +61,8 @@ export interface StagePlan {
   adaptive?: AdaptiveAmount;
   /** Adaptive amounts: the last layer whose attention masks this stage's padding (the next stage's layer). */
   padUntil?: number;
+  /** `of SET`: the amount applies to the set's tokens (a boolean [batch, sequence] model input); the others are kept. */
+  ofSet?: { name: string; input: string };
   criterion: CriterionModule;
   args: Record<string, ArgValue>;
   /** Tokens entering the stage (prefix included) and kept by it. */
@@ -83,6 +85,8 @@ export interface StageResult {
   counts?: string;
   /** Adaptive amounts: float [B, K'] key bias, −1e9 on the padding positions of the stage's output. */
   validBias?: string;
+  /** Token sets' membership [B, K'] (bool) after this stage, for later `of SET` stages. */
+  sets: Map<string, string>;
 }
 
 /**
@@ -102,6 +106,8 @@ export interface StageOptions {
   maskBias?: string;
   /** The padding bias of the previous stage when its count was per example (see adaptive.ts). */
   validBias?: string;
+  /** Token sets' membership [B, N] (bool) as earlier stages left it, by set name. */
+  sets?: ReadonlyMap<string, string>;
 }
 
 export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan: StagePlan, options: StageOptions): StageResult {
@@ -147,6 +153,7 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
   let exposed: string | undefined;
   let padMask = new Map<NodeProto, NodeProto>();
   let validBias: string | undefined;
+  const sets = new Map(options.sets ?? []);
   let lowering: Lowering = "index";
   const selector = plan.criterion.select;
   // Merged selections rank groups: the mean score of their tokens.
@@ -170,10 +177,18 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
     output = sel.output;
     if (options.expose) indices = withPrefix(b, b.squeeze(sel.positions, [2]), plan.prefix);
   } else if (plan.adaptive) {
-    const real = realCount(b, scores, options.validBias, plan.prefix, model.batchAxis === undefined);
     const clsAttention = () => keyScores(b, probabilities(b, plan.layer, "cls"), plan.prefix, (p) => p);
-    const count = countPerExample(b, plan.adaptive, { scores, ranked, real, clsAttention });
-    const sel = selectAdaptive(b, ranked, count, plan.prefix);
+    let sel: ReturnType<typeof selectAdaptive>;
+    if (plan.ofSet) {
+      const set = restrictToSet(b, plan, options, scores);
+      const count = countPerExample(b, plan.adaptive, { scores, ranked: set.setScores, real: set.members, clsAttention });
+      // Tokens outside the set are all kept: they rank first.
+      sel = selectAdaptive(b, set.ranked, b.op("Add", [set.others, count], {}, "kept_total"), plan.prefix);
+      sets.set(plan.ofSet.name, b.op("Cast", [b.op("GatherElements", [b.op("Cast", [set.memberAll], { to: 7 }), sel.indices], { axis: 1 })], { to: 9 }, "set_after"));
+    } else {
+      const real = realCount(b, scores, options.validBias, plan.prefix, model.batchAxis === undefined);
+      sel = selectAdaptive(b, ranked, countPerExample(b, plan.adaptive, { scores, ranked, real, clsAttention }), plan.prefix);
+    }
     if (plan.mask) return finishMasked(proto, g, model, plan, b, sel.realIndices, stream, sel.counts);
     // (Masked: nothing is gathered, so the positions are exposed with padding as -1 too.)
     indices = sel.indices;
@@ -225,7 +240,11 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
   });
   // A side tensor may be computed after the stage's anchor point in file order: re-sort when any is gathered.
   const sorted = sides.length || padMask.size ? shallowCopy(graph, { node: new Graph(graph).order }) : graph;
-  return { graph: sorted, indices: exposed ?? indices, added: b.nodes, lowering, carried, ...(counts ? { counts } : {}), ...(validBias ? { validBias } : {}) };
+  // Set memberships follow the kept tokens (stages that keep single tokens by position).
+  if (!plan.ofSet && indices && options.sets?.size && model.batchAxis === 0) {
+    for (const [name, member] of options.sets) sets.set(name, b.op("Cast", [b.op("GatherElements", [b.op("Cast", [member], { to: 7 }), indices], { axis: 1 })], { to: 9 }, "set_after"));
+  }
+  return { graph: sorted, indices: exposed ?? indices, added: b.nodes, lowering, carried, sets, ...(counts ? { counts } : {}), ...(validBias ? { validBias } : {}) };
 }
 
 /**
@@ -240,7 +259,7 @@ function finishMasked(proto: GraphProto, g: Graph, model: TransformerInfo, plan:
   const nodes = [...proto.node.slice(0, at + 1), ...b.nodes, ...proto.node.slice(at + 1)].map((n) => rewired.get(n) ?? n);
   const graph = shallowCopy(proto, { node: nodes, initializer: [...proto.initializer, ...b.initializers] });
   // The mask's Adds read logits computed further down: restore a topological order.
-  return { graph: shallowCopy(graph, { node: new Graph(graph).order }), indices, added: b.nodes, lowering: "index", carried: new Map(), maskBias: bias, ...(counts ? { counts } : {}) };
+  return { graph: shallowCopy(graph, { node: new Graph(graph).order }), indices, added: b.nodes, lowering: "index", carried: new Map(), sets: new Map(), maskBias: bias, ...(counts ? { counts } : {}) };
 }
 
 function keepTensor(b: NodeBuilder, scores: string, plan: StagePlan): string {
@@ -339,4 +358,27 @@ function realCount(b: NodeBuilder, scores: string, validBias: string | undefined
   const n = b.unsqueeze(b.slice(shape, 0, 1, 2), [0]); // [1,1]
   if (batchless) return n;
   return b.op("Expand", [n, b.op("Concat", [b.slice(shape, 0, 0, 1), b.int64([1])], { axis: 0 })], {}, "real_count"); // [B,1]
+}
+
+/**
+ * `of SET`: which prunable tokens are set members (and not padding from an earlier stage), how
+ * many each example has, how many other real tokens it has, and the ranking that keeps every
+ * non-member first (members by score, padding last).
+ */
+function restrictToSet(b: NodeBuilder, plan: StagePlan, options: StageOptions, scores: string) {
+  const memberAll = options.sets?.get(plan.ofSet!.name) ?? b.op("Cast", [plan.ofSet!.input], { to: 9 }, "set_mask"); // [B,N]
+  const member = b.slice(memberAll, 1, plan.prefix); // [B,Np]
+  const big = b.float([1e9], [], "big");
+  const count = (t: string) => b.reduce("ReduceSum", b.op("Cast", [t], { to: 7 }), [1], 1); // [B,1]
+  if (!options.validBias) {
+    const ranked = b.op("Where", [member, scores, big], {}, "set_first");
+    const setScores = b.op("Where", [member, scores, b.op("Neg", [big])], {}, "set_scores");
+    return { members: count(member), others: count(b.op("Not", [member])), ranked, setScores, memberAll };
+  }
+  const isReal = b.op("Equal", [b.slice(options.validBias, 1, plan.prefix), b.float([0], [], "zero_bias")], {}, "is_real");
+  const memberReal = b.op("And", [member, isReal], {}, "member_real");
+  const otherReal = b.op("And", [b.op("Not", [member]), isReal], {}, "other_real");
+  const ranked = b.op("Where", [memberReal, scores, b.op("Where", [isReal, big, b.op("Neg", [big])])], {}, "set_first");
+  const setScores = b.op("Where", [memberReal, scores, b.op("Neg", [big])], {}, "set_scores");
+  return { members: count(memberReal), others: count(otherReal), ranked, setScores, memberAll };
 }

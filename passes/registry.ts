@@ -16,9 +16,10 @@ import { pagerank } from "./criteria/pagerank.js";
 import { fopru, spatialRows } from "./criteria/fopru.js";
 import { diversity, kCenter } from "./criteria/diversity.js";
 import { similarity } from "./criteria/similarity.js";
+import { lastTokenAttn } from "./criteria/last-token-attn.js";
 
 /** Criteria prunec can compile. */
-export const CRITERIA: readonly CriterionModule[] = [clsAttn, globalAttn, clsAttnEnsemble, hiprune, fopru, spatialRows, pagerank, flowcut, diversity, kCenter, similarity, norm, random, uniform];
+export const CRITERIA: readonly CriterionModule[] = [clsAttn, globalAttn, clsAttnEnsemble, hiprune, fopru, spatialRows, pagerank, flowcut, diversity, kCenter, similarity, lastTokenAttn, norm, random, uniform];
 
 export { PLANNED };
 

@@ -70,6 +70,19 @@ export interface CompileResult {
   report: CompileReport;
 }
 
+/**
+ * `tokens SET = input NAME` naming an input the model lacks adds it: a boolean [batch, sequence]
+ * mask the caller feeds (language.md). Only sets a stage uses are added.
+ */
+function withSetInputs(graph: GraphProto, spec: ReturnType<typeof parseOrThrow>, plans: StagePlan[], info: TransformerInfo): GraphProto {
+  const used = new Set(plans.flatMap((p) => (p.ofSet ? [p.ofSet.input] : [])));
+  const existing = new Set(graph.input.map((i) => i.name));
+  const added = spec.tokenSets.filter((t) => t.source.kind === "input" && used.has(t.source.input) && !existing.has(t.source.input));
+  if (!added.length) return graph;
+  const dims = [batchDim(graph) ?? "batch", info.tokens ?? "sequence"];
+  return shallowCopy(graph, { input: [...graph.input, ...added.map((t) => valueInfo((t.source as { input: string }).input, DT.BOOL, dims))] });
+}
+
 export function parseOrThrow(specText: string, specName: string) {
   const { spec, diagnostics } = parseSpec(specText, specName, registry);
   if (!spec || diagnostics.length) throw new PrunecError("spec", formatDiagnostics(diagnostics, specText), diagnostics);
@@ -95,7 +108,7 @@ export function compile(modelBytes: Uint8Array, specText: string, options: Compi
     throw new PrunecError("apply", `${modelName}: opset ${opset} is too old; prunec emits opset-13 operators (re-export with opset ≥ 13)`);
   }
 
-  let g: GraphProto = graph;
+  let g: GraphProto = withSetInputs(graph, spec, plans, info);
   const added: NodeProto[] = [];
   const indices: string[] = [];
   /** Adaptive stages: stage → int64 [B] tokens each example keeps. */
@@ -104,13 +117,15 @@ export function compile(modelBytes: Uint8Array, specText: string, options: Compi
   const carried = new Map<string, TokenAxes>();
   let maskBias: string | undefined;
   let validBias: string | undefined;
+  let sets = new Map<string, string>();
   for (const plan of plans) {
     const biases = { ...(maskBias ? { maskBias } : {}), ...(validBias ? { validBias } : {}) };
-    const stageOptions = { opset, target: options.target ?? "cpu", expose: options.exposeIndices ?? false, carried, ...biases } as const;
+    const stageOptions = { opset, target: options.target ?? "cpu", expose: options.exposeIndices ?? false, carried, sets, ...biases } as const;
     const result = plan.merge ? applyMergeStage(g, info, plan, stageOptions) : applyStage(g, info, plan, stageOptions);
     for (const [t, axes] of result.carried) carried.set(t, axes);
     maskBias = result.maskBias ?? maskBias;
     validBias = result.validBias;
+    sets = result.sets;
     g = result.graph;
     added.push(...result.added);
     if (result.indices) indices.push(result.indices);

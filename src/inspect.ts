@@ -5,7 +5,7 @@ import { Graph } from "./ir/graph.js";
 import { analyzeTransformer, type LayerInfo, type TransformerInfo } from "./analysis/transformer.js";
 import type { Dim } from "./analysis/dims.js";
 import type { SpatialMerge } from "./analysis/merge.js";
-import { CRITERIA, registry } from "../passes/registry.js";
+import { CRITERIA, registry, requiredSets } from "../passes/registry.js";
 import { parseSpec } from "../grammar/parse-spec.js";
 import { planStages } from "./plan.js";
 import { PrunecError } from "./errors.js";
@@ -68,7 +68,9 @@ function probe(info: TransformerInfo, position: string, c: CriterionInfo, layer:
     .map(([name, a]) => `${name}: ${a.type === "range" ? `${layer}..${layer}` : layer}`);
   // similarity is ToMe's merge criterion: probe it with a merge (25% stays under ToMe's cap of half the tokens).
   const action = c.name === "similarity" ? "merge 25%" : "keep 50%";
-  const text = `${position} ${action} by ${c.name}${args.length ? `(${args.join(", ")})` : ""}`;
+  // Token sets a criterion needs are declared as new mask inputs (what a spec would do).
+  const sets = requiredSets(c.name).map((set) => `tokens ${set} = input ${set}_mask\n`).join("");
+  const text = `${sets}${position} ${action} by ${c.name}${args.length ? `(${args.join(", ")})` : ""}`;
   const { spec, diagnostics } = parseSpec(text, "inspect", registry);
   if (!spec) return diagnostics[0]?.message ?? "does not parse";
   try {

@@ -142,9 +142,18 @@ function planOne(
   if (requiredSets(stage.criterion.name).some((set) => !spec.tokenSets.some((t) => t.name === set))) return undefined;
   // Merging (ToMe) and its criterion are planned on their own (src/plan-merge.ts).
   if (stage.action === "merge" || stage.criterion.name === "similarity") return planMerge(spec, stage, index, model, layer, tokensIn, firstLayer, fail);
+  let ofSet: string | undefined;
   if (stage.of !== undefined) {
-    fail(stage.ofSpan ?? stage.span, `'of ${stage.of}': stages restricted to a token set are not supported yet; without 'of', a stage acts on all non-special tokens`);
-    return undefined;
+    const set = spec.tokenSets.find((t) => t.name === stage.of)!;
+    if (set.source.kind !== "input") {
+      fail(stage.ofSpan ?? stage.span, `'of ${stage.of}': prunec restricts stages to sets given by a model input ('tokens ${stage.of} = input NAME'); sets defined as '${set.source.kind} ...' are not supported yet`);
+      return undefined;
+    }
+    if (model.batchAxis !== 0) {
+      fail(stage.ofSpan ?? stage.span, `'of ${stage.of}' needs a batch-first residual stream (the set's mask is [batch, sequence])`);
+      return undefined;
+    }
+    ofSet = set.source.input;
   }
   const criterion = criterionModule(stage.criterion.name);
   if (!criterion) {
@@ -206,14 +215,16 @@ function planOne(
   if (fold) plan.fold = fold;
   if (!applyOptions(stage, plan, model, fail)) return undefined;
   const flowcutAdaptive = criterion.name === "flowcut" && Number(args["adaptive"] ?? 0) === 1;
-  if (amount.kind === "mass" || amount.kind === "above" || flowcutAdaptive || afterAdaptive) {
+  if (amount.kind === "mass" || amount.kind === "above" || flowcutAdaptive || afterAdaptive || ofSet !== undefined) {
     const span = stage.amountSpan ?? stage.actionSpan;
     const adaptiveKind = amount.kind === "mass" || amount.kind === "above";
     const what = adaptiveKind
       ? `'${amount.kind}' keeps a number of tokens that depends on the input`
       : flowcutAdaptive
         ? "flowcut(adaptive: 1) keeps a number of tokens that depends on the input"
-        : "an earlier stage kept a number of tokens that depends on the input, so this one counts per example";
+        : ofSet !== undefined
+          ? `'of ${stage.of}' counts each example's own ${stage.of} tokens`
+          : "an earlier stage kept a number of tokens that depends on the input, so this one counts per example";
     if (adaptiveKind && drop) {
       fail(span, `${what}; write it with 'keep' ('keep ${resolvedAmount(stage).text.replace(/^drop /, "")}')`);
       return undefined;
@@ -236,6 +247,10 @@ function planOne(
     else plan.adaptive = { kind: amount.kind as "percent" | "count", value: amount.value, drop };
     const label = amount.kind === "mass" ? `mass(${amount.value}%)` : amount.kind === "above" ? `above(${amount.value})` : flowcutAdaptive ? `flowcut(${amount.value})` : `${stage.action}(${resolvedAmount(stage).text})`;
     plan.tokensOut = `${prefix}+${label}`;
+    if (ofSet !== undefined) {
+      plan.ofSet = { name: stage.of!, input: ofSet };
+      plan.tokensOut = `${prefix}+others+${label} of ${stage.of}`;
+    }
     return plan;
   }
   if (encoder) {

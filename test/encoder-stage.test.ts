@@ -64,6 +64,6 @@ describe("inspect asks the planner", () => {
     const r = inspectModel(readFileSync(sharedModel("graph-only/gemma-3-4b-vlm/vision_encoder.onnx")), "gemma.onnx");
     const norm = r.layers[3]!.criteria.find((c) => c.name === "norm")!;
     expect(norm.why).toBe("the encoder output is pooled over the 64×64 token grid (node '/model/multimodal_projector/AveragePool'), which needs every token; prune 'after encoder' instead (it keeps whole pooled tokens)");
-    expect(r.afterEncoder.filter((c) => c.ok).map((c) => c.name)).toEqual(["global-attn", "hiprune", "fopru", "pagerank", "norm", "random", "uniform"]);
+    expect(r.afterEncoder.filter((c) => c.ok).map((c) => c.name)).toEqual(["global-attn", "hiprune", "fopru", "pagerank", "last-token-attn", "norm", "random", "uniform"]);
   });
 });

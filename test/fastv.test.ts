@@ -1,0 +1,98 @@
+/**
+ * Pruning inside a language model, first step (issue 7): FastV's `last-token-attn` on image tokens
+ * of the project's small LLaMA-style decoder (test/support/decoder.ts, MatMul + Softmax attention,
+ * prefill without a cache). `tokens image = input image_mask` adds a boolean input; `of image`
+ * restricts the amount to each example's image tokens and keeps every other token. Kept tokens keep
+ * their rotary positions and their rows/columns of the causal+padding mask (carried side tensors).
+ */
+import { describe, expect, it } from "vitest";
+import { compile } from "../src/compile.js";
+import { buildDecoder, imagePrompt, promptBatch, prefillFeeds, DECODER, type PromptBatch } from "./support/decoder.js";
+import { maskKeys } from "./support/dense-edits.js";
+import { softmaxOutputs } from "./support/stage-tensors.js";
+import { withOutputs, rows } from "./support/model-edit.js";
+import { runNode, runWasm, maxAbsDiff, type Feeds } from "./helpers/ort.js";
+import { keepCount, topKPositions } from "./reference/cls-attn.js";
+
+const plain = buildDecoder({ attention: "plain" });
+const SPEC = "tokens image = input image_mask\nafter layer 1 drop 50% of image by last-token-attn";
+const prompts = [imagePrompt([3, 4, 5], [20, 21, 22, 23]), imagePrompt([3], [24, 25]), imagePrompt([6, 7, 8, 9, 10], [26, 27, 28, 29, 30, 31])];
+
+function feedsOf(p: PromptBatch): Feeds {
+  const mask = new Uint8Array(p.batch * p.seq);
+  p.imageMask.forEach((row, b) => row.forEach((v, j) => (mask[b * p.seq + j] = v ? 1 : 0)));
+  return { ...prefillFeeds(p, "plain"), image_mask: { type: "bool", dims: [p.batch, p.seq], data: mask } };
+}
+
+/** FastV on plain arrays: drop round-half-up(50%·16) image tokens with the lowest last-row attention (mean over heads). */
+function fastvKeep(probs: Float32Array, dims: number[], image: boolean[][]): number[][] {
+  const [batch, heads, n] = dims as [number, number, number, number];
+  return image.map((isImage, b) => {
+    const imagePositions = isImage.flatMap((v, j) => (v ? [j] : []));
+    const scores = imagePositions.map((j) => {
+      let s = 0;
+      for (let h = 0; h < heads; h++) s += probs[((b * heads + h) * n + (n - 1)) * n + j]!;
+      return s / heads;
+    });
+    const drop = keepCount(50, imagePositions.length);
+    const keptImage = topKPositions(scores, imagePositions.length - drop, 0).map((i) => imagePositions[i]!);
+    return [...Array(n).keys()].filter((j) => !isImage[j] || keptImage.includes(j));
+  });
+  void batch;
+}
+
+describe("FastV (last-token-attn of image) in a decoder", () => {
+  const layer1 = softmaxOutputs(plain)[1]!;
+
+  it("keeps every text token and the reference's image tokens, batch 1 and left-padded batch 3, CPU and WASM", async () => {
+    const compiled = compile(plain, SPEC, { exposeIndices: true });
+    expect(compiled.report.stages[0]!.tokensOut).toBe("0+others+drop(drop 50%) of image");
+    for (const group of [[0], [0, 1, 2]]) {
+      const p = promptBatch(group.map((i) => prompts[i]!.tokens), "left", group.map((i) => prompts[i]!.image));
+      const f = feedsOf(p);
+      const probs = (await runNode(withOutputs(plain, [layer1]), f, [layer1]))[layer1]!;
+      const expected = fastvKeep(probs.data as Float32Array, probs.dims, p.imageMask);
+      for (const run of [runNode, runWasm]) {
+        const out = await run(compiled.model, f, ["prunec.stage0.indices", "prunec.stage0.counts"]);
+        const kept = rows(out["prunec.stage0.indices"]!.data as BigInt64Array, out["prunec.stage0.indices"]!.dims).map((r) => r.filter((i) => i >= 0));
+        expect(kept).toEqual(expected);
+        expect(Array.from(out["prunec.stage0.counts"]!.data as BigInt64Array, Number)).toEqual(expected.map((e) => e.length));
+      }
+    }
+  });
+
+  it("the last token's logits equal the dense decoder's with the dropped image keys masked from layer 2 on (positions and mask carried)", async () => {
+    const p = promptBatch([prompts[0]!.tokens], "left", [prompts[0]!.image]);
+    const f = feedsOf(p);
+    const out = await runNode(compile(plain, SPEC, { exposeIndices: true }).model, f, ["prunec.stage0.indices", "logits"]);
+    const kept = Array.from(out["prunec.stage0.indices"]!.data as BigInt64Array, Number);
+    const masked = maskKeys(plain, 2, kept, p.seq);
+    const reference = (await runNode(masked, prefillFeeds(p, "plain"), ["logits"]))["logits"]!;
+    const dense = (await runNode(plain, prefillFeeds(p, "plain"), ["logits"]))["logits"]!;
+    const v = DECODER.vocab;
+    const last = (o: { data: unknown; dims: number[] }) => (o.data as Float32Array).subarray((o.dims[1]! - 1) * v, o.dims[1]! * v);
+    expect(out["logits"]!.dims).toEqual([1, kept.length, v]);
+    expect(maxAbsDiff(last(out["logits"]!), last(reference))).toBeLessThanOrEqual(1e-4);
+    expect(maxAbsDiff(last(dense), last(reference))).toBeGreaterThan(1e-3); // dropping the tokens matters
+  });
+
+  it("at batch 3 (left padding) each example's last logits equal its batch-1 result", async () => {
+    const compiled = compile(plain, SPEC).model;
+    const p3 = promptBatch(prompts.map((x) => x.tokens), "left", prompts.map((x) => x.image));
+    const batch = (await runNode(compiled, feedsOf(p3), ["logits"]))["logits"]!;
+    const v = DECODER.vocab;
+    const k = batch.dims[1]!;
+    for (let i = 0; i < 3; i++) {
+      const alone = (await runNode(compiled, feedsOf(promptBatch([prompts[i]!.tokens], "left", [prompts[i]!.image])), ["logits"]))["logits"]!;
+      const a = (batch.data as Float32Array).subarray((i * k + k - 1) * v, (i * k + k) * v);
+      const b = (alone.data as Float32Array).subarray((alone.dims[1]! - 1) * v, alone.dims[1]! * v);
+      expect(maxAbsDiff(a, b)).toBeLessThanOrEqual(1e-4);
+    }
+  });
+
+  it("needs its token set: a spec without 'tokens image' is rejected before writing", () => {
+    expect(() => compile(plain, "after layer 1 drop 50% of image by last-token-attn", { specName: "f.prune" })).toThrow(
+      "f.prune:1:27: error: token set 'image' is not defined; declare it with 'tokens image = input NAME' (a boolean model input marking its positions)",
+    );
+  });
+});
