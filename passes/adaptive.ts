@@ -15,7 +15,7 @@
  */
 import type { NodeBuilder } from "./builder.js";
 import { withPrefix } from "./select-topk.js";
-import { keepCountDynamic } from "./amount.js";
+import { keepCountDynamic, percentRatio } from "./amount.js";
 
 export type AdaptiveAmount =
   | { kind: "mass" | "above"; value: number }
@@ -43,6 +43,11 @@ export interface CountInputs {
   real: string;
   /** FlowCut: the layer's CLS attention over the prunable tokens, [B,Np] (padding at 0). */
   clsAttention?: () => string;
+  /**
+   * Fewest tokens a count may give: 1, or 0 for `of SET` stages (dropping a whole set, ToDRE's
+   * stage 2, still leaves the other tokens).
+   */
+  minimum?: 0 | 1;
 }
 
 /** int64 [B,1]: each example's count, between 1 and its real token count. */
@@ -66,7 +71,7 @@ export function countPerExample(b: NodeBuilder, amount: AdaptiveAmount, x: Count
       break;
     }
     case "percent":
-      count = keepCountDynamic(b, x.real, amount.value, amount.drop);
+      count = x.minimum === 0 ? setCount(b, x.real, amount.value, amount.drop) : keepCountDynamic(b, x.real, amount.value, amount.drop);
       break;
     case "count":
       count = amount.drop ? b.op("Sub", [x.real, b.int64([amount.value], [1, 1], "dropped")], {}, "remaining") : b.int64([amount.value], [1, 1], "kept");
@@ -75,8 +80,16 @@ export function countPerExample(b: NodeBuilder, amount: AdaptiveAmount, x: Count
       count = flowcutCount(b, amount, x);
       break;
   }
-  const atLeastOne = b.op("Max", [count, b.int64([1], [1, 1], "at_least_one")], {}, "count");
+  const atLeastOne = b.op("Max", [count, b.int64([x.minimum ?? 1], [1, 1], "at_least")], {}, "count");
   return b.op("Min", [atLeastOne, x.real], {}, "at_most_real");
+}
+
+/** round-half-up(P%·n) kept (or n minus that, for drop) with no floor of one: for set-restricted stages. */
+function setCount(b: NodeBuilder, n: string, percent: number, drop: boolean): string {
+  const { num, den } = percentRatio(percent);
+  const scaled = b.op("Add", [b.op("Mul", [n, b.int64([2 * num])]), b.int64([100 * den])]);
+  const rounded = b.op("Div", [scaled, b.int64([200 * den])], {}, "round_half_up");
+  return drop ? b.op("Sub", [n, rounded], {}, "remaining") : rounded;
 }
 
 /** FlowCut's adaptive_prune_ratio, per example (see the module comment). */

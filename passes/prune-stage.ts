@@ -181,7 +181,7 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
     let sel: ReturnType<typeof selectAdaptive>;
     if (plan.ofSet) {
       const set = restrictToSet(b, plan, options, scores);
-      const count = countPerExample(b, plan.adaptive, { scores, ranked: set.setScores, real: set.members, clsAttention });
+      const count = countPerExample(b, plan.adaptive, { scores, ranked: set.setScores, real: set.members, clsAttention, minimum: 0 });
       // Tokens outside the set are all kept: they rank first.
       sel = selectAdaptive(b, set.ranked, b.op("Add", [set.others, count], {}, "kept_total"), plan.prefix);
       sets.set(plan.ofSet.name, b.op("Cast", [b.op("GatherElements", [b.op("Cast", [set.memberAll], { to: 7 }), sel.indices], { axis: 1 })], { to: 9 }, "set_after"));

@@ -96,3 +96,13 @@ describe("FastV (last-token-attn of image) in a decoder", () => {
     );
   });
 });
+
+describe("dropping a whole token set (ToDRE stage 2)", () => {
+  it("after layer 2 drop 100% of image keeps exactly the text tokens", async () => {
+    const compiled = compile(plain, "tokens image = input image_mask\nafter layer 2 drop 100% of image by last-token-attn", { exposeIndices: true }).model;
+    const p = promptBatch(prompts.map((x) => x.tokens), "left", prompts.map((x) => x.image));
+    const out = await runNode(compiled, feedsOf(p), ["prunec.stage0.indices"]);
+    const kept = rows(out["prunec.stage0.indices"]!.data as BigInt64Array, out["prunec.stage0.indices"]!.dims).map((r) => r.filter((i) => i >= 0));
+    expect(kept).toEqual(p.imageMask.map((row) => row.flatMap((isImage, j) => (isImage ? [] : [j]))));
+  });
+});
