@@ -149,10 +149,6 @@ function planOne(
       fail(stage.ofSpan ?? stage.span, `'of ${stage.of}': prunec restricts stages to sets given by a model input ('tokens ${stage.of} = input NAME'); sets defined as '${set.source.kind} ...' are not supported yet`);
       return undefined;
     }
-    if (model.batchAxis !== 0) {
-      fail(stage.ofSpan ?? stage.span, `'of ${stage.of}' needs a batch-first residual stream (the set's mask is [batch, sequence])`);
-      return undefined;
-    }
     ofSet = set.source.input;
   }
   const criterion = criterionModule(stage.criterion.name);
@@ -171,6 +167,10 @@ function planOne(
   }
   if (!layer.residual || model.tokenAxis === undefined || tokensIn === undefined) {
     fail(stage.layerSpan ?? stage.positionSpan, `the residual stream leaving layer ${resolved} could not be found (looked for pre-norm → attention → Add → norm → MLP → Add)`);
+    return undefined;
+  }
+  if (ofSet !== undefined && model.batchAxis !== 0) {
+    fail(stage.ofSpan ?? stage.span, `'of ${stage.of}' needs a batch-first residual stream (the set's mask is [batch, sequence])`);
     return undefined;
   }
   if (model.batchAxis !== undefined && !(model.batchAxis === 0 && model.tokenAxis === 1)) {
