@@ -13,6 +13,8 @@ import { softmaxOutputs } from "./support/stage-tensors.js";
 import { withOutputs, rows } from "./support/model-edit.js";
 import { runNode, runWasm, maxAbsDiff, type Feeds } from "./helpers/ort.js";
 import { keepCount, topKPositions } from "./reference/cls-attn.js";
+import { pagerankScores } from "./reference/attention-scores.js";
+import { decodeModel } from "../src/onnx/io.js";
 
 const plain = buildDecoder({ attention: "plain" });
 const SPEC = "tokens image = input image_mask\nafter layer 1 drop 50% of image by last-token-attn";
@@ -104,5 +106,24 @@ describe("dropping a whole token set (ToDRE stage 2)", () => {
     const out = await runNode(compiled, feedsOf(p), ["prunec.stage0.indices"]);
     const kept = rows(out["prunec.stage0.indices"]!.data as BigInt64Array, out["prunec.stage0.indices"]!.dims).map((r) => r.filter((i) => i >= 0));
     expect(kept).toEqual(p.imageMask.map((row) => row.flatMap((isImage, j) => (isImage ? [] : [j]))));
+  });
+});
+
+describe("AIM's weighted PageRank inside the decoder", () => {
+  it("after layer 1 drop 50% of image by pagerank: the reference's image tokens (causal logits, batch 1, CPU and WASM)", async () => {
+    const compiled = compile(plain, "tokens image = input image_mask\nafter layer 1 drop 50% of image by pagerank", { exposeIndices: true }).model;
+    const p = promptBatch([prompts[2]!.tokens], "left", [prompts[2]!.image]);
+    const logitsName = decodeModel(plain).graph!.node.find((n) => n.output[0] === softmaxOutputs(plain)[1])!.input[0]!;
+    const l = (await runNode(withOutputs(plain, [logitsName]), feedsOf(p), [logitsName]))[logitsName]!;
+    const [, heads, n] = l.dims as [number, number, number, number];
+    const perHead = Array.from({ length: heads }, (_, h) => Array.from({ length: n }, (_, q) => Array.from((l.data as Float32Array).subarray((h * n + q) * n, (h * n + q + 1) * n))));
+    const scores = pagerankScores(perHead, 5, 0.1, 0);
+    const image = p.imageMask[0]!.flatMap((v, j) => (v ? [j] : []));
+    const keptImage = topKPositions(image.map((j) => scores[j]!), image.length - keepCount(50, image.length), 0).map((i) => image[i]!);
+    const expected = [...Array(n).keys()].filter((j) => !p.imageMask[0]![j] || keptImage.includes(j));
+    for (const run of [runNode, runWasm]) {
+      const out = await run(compiled, feedsOf(p), ["prunec.stage0.indices"]);
+      expect(Array.from(out["prunec.stage0.indices"]!.data as BigInt64Array, Number)).toEqual(expected);
+    }
   });
 });
