@@ -8,15 +8,12 @@ import { describe, expect, it } from "vitest";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describeShared, sharedModel, REPO_ROOT } from "./helpers/shared.js";
-import { readNpy } from "./helpers/npy.js";
-import { runNode, runWasm, maxAbsDiff, type Feeds } from "./helpers/ort.js";
+import { runNode, runWasm, type Feeds } from "./helpers/ort.js";
 import { compile } from "../src/compile.js";
-import { PrunecError } from "../src/errors.js";
-import { parseDataset, batchInput } from "../src/data/prds.js";
-import { withOutputs, unfoldProbs, rows } from "./support/model-edit.js";
+import { withOutputs, unfoldProbs } from "./support/model-edit.js";
 import { clsAttnKeep, type Probs } from "./reference/cls-attn.js";
 import { ensembleKeep } from "./reference/attention-scores.js";
-import { thrown, tinyFeeds, digitsFeeds, kept } from "./support/cases.js";
+import { expectKeptAsReference, rejection, tinyFeeds, digitsFeeds, kept, expectDenseLogits, vitTiModel, vitTiFeeds } from "./support/cases.js";
 
 const probsOf = (layer: number) => `/encoder/layers/encoder_layer_${layer}/self_attention/Softmax_output_0`;
 
@@ -29,13 +26,7 @@ async function layerProbs(model: Uint8Array, feeds: Feeds, lo: number, hi: numbe
 
 /** Compiles `spec` (one stage), checks CPU and WASM against the reference from the dense model's layers lo..hi. */
 async function expectReference(model: Uint8Array, feeds: Feeds[], spec: string, lo: number, hi: number, percent: number, heads: number) {
-  const pruned = compile(model, spec, { exposeIndices: true }).model;
-  for (const f of feeds) {
-    const expected = ensembleKeep(await layerProbs(model, f, lo, hi, heads), percent, 1);
-    expect(expected.length).toBe(f.pixel_values!.dims[0]);
-    expect(await kept(pruned, f)).toEqual(expected);
-    expect(await kept(pruned, f, runWasm)).toEqual(expected);
-  }
+  await expectKeptAsReference(model, spec, feeds, async (f) => ensembleKeep(await layerProbs(model, f, lo, hi, heads), percent, 1));
 }
 
 describe("cls-attn-ensemble on the built-in tiny ViT (4 layers, 2 heads)", () => {
@@ -75,10 +66,7 @@ describe("cls-attn-ensemble on the built-in tiny ViT (4 layers, 2 heads)", () =>
   });
 
   it("keep 100% gives outputs equal to the original's (≤ 1e-5)", async () => {
-    const pruned = compile(model, "after layer 2 keep 100% by cls-attn-ensemble(layers: 0..2)").model;
-    const dense = await runNode(model, feeds[1]!, ["logits"]);
-    const same = await runNode(pruned, feeds[1]!, ["logits"]);
-    expect(maxAbsDiff(dense.logits!.data as Float32Array, same.logits!.data as Float32Array)).toBeLessThanOrEqual(1e-5);
+    await expectDenseLogits(model, compile(model, "after layer 2 keep 100% by cls-attn-ensemble(layers: 0..2)").model, feeds[1]!);
   });
 
   const rejected: [string, string, string][] = [
@@ -109,7 +97,7 @@ describe("cls-attn-ensemble on the built-in tiny ViT (4 layers, 2 heads)", () =>
     ],
   ];
   it.each(rejected)("rejects %s, naming the layers", (_what, spec, message) => {
-    expect(thrown(() => compile(model, spec, { specName: "s.prune" })).message).toBe(message);
+    expect(rejection(model, spec)).toBe(message);
   });
 });
 
@@ -120,29 +108,20 @@ describe("cls-attn-ensemble on the trained digits ViT (6 layers, 4 heads)", () =
     await expectReference(model, feeds, "after layer 4 keep 25% by cls-attn-ensemble(layers: 1..4)", 1, 4, 25, 4);
   });
   it("keep 100% gives outputs equal to the original's (≤ 1e-5)", async () => {
-    const pruned = compile(model, "after layer 4 keep 100% by cls-attn-ensemble(layers: 1..4)").model;
-    const dense = await runNode(model, feeds[1]!, ["logits"]);
-    const same = await runNode(pruned, feeds[1]!, ["logits"]);
-    expect(maxAbsDiff(dense.logits!.data as Float32Array, same.logits!.data as Float32Array)).toBeLessThanOrEqual(1e-5);
+    await expectDenseLogits(model, compile(model, "after layer 4 keep 100% by cls-attn-ensemble(layers: 1..4)").model, feeds[1]!);
   });
 });
 
 describeShared("cls-attn-ensemble on the torchvision ViT-Ti (vit-ti16-cls-randinit) and without CLS", () => {
   it("after layer 10 keep 25% summing layers 6..10: exact kept sets at batch 1 and 3, CPU and WASM", async () => {
-    const model = readFileSync(sharedModel("synthetic/vit-ti16-cls-randinit/model.onnx"));
-    const x = readNpy(sharedModel("synthetic/vit-ti16-cls-randinit/ref_in.npy")).data as Float32Array;
-    const three = new Float32Array(x.length * 3);
-    for (let b = 0; b < 3; b++) for (let i = 0; i < x.length; i++) three[b * x.length + i] = x[i]! * (1 - 0.4 * b) + 0.1 * b * Math.sin(i * 0.01);
-    const feeds: Feeds[] = [
-      { pixel_values: { type: "float32", dims: [1, 3, 224, 224], data: x } },
-      { pixel_values: { type: "float32", dims: [3, 3, 224, 224], data: three } },
-    ];
+    const model = vitTiModel();
+    const feeds = vitTiFeeds();
     await expectReference(model, feeds, "after layer 10 keep 25% by cls-attn-ensemble(layers: 6..10)", 6, 10, 25, 3);
   });
 
   it("a model without CLS (gemma-3 SigLIP) is rejected with the model fact", () => {
     const bytes = readFileSync(sharedModel("graph-only/gemma-3-4b-vlm/vision_encoder.onnx"));
-    expect(thrown(() => compile(bytes, "after layer 3 keep 50% by cls-attn-ensemble(layers: 1..3)", { specName: "g.prune" })).message).toBe(
+    expect(rejection(bytes, "after layer 3 keep 50% by cls-attn-ensemble(layers: 1..3)", "g.prune")).toBe(
       "g.prune:1:27: error: cls-attn-ensemble cannot run after layer 3: the model has no CLS token (no learned token is concatenated in front of the patch tokens); use a criterion that does not need one\n 1 | after layer 3 keep 50% by cls-attn-ensemble(layers: 1..3)\n   |                           ^~~~~~~~~~~~~~~~~",
     );
   });

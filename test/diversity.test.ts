@@ -16,10 +16,8 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { REPO_ROOT, describeShared, sharedModel } from "./helpers/shared.js";
-import { readNpy } from "./helpers/npy.js";
-import { runNode, runWasm, maxAbsDiff, type Feeds } from "./helpers/ort.js";
+import { runNode, runWasm, type Feeds } from "./helpers/ort.js";
 import { compile } from "../src/compile.js";
-import { PrunecError } from "../src/errors.js";
 import { parseDataset, batchInput } from "../src/data/prds.js";
 import { GraphProtoSchema, ModelProtoSchema, OperatorSetIdProtoSchema } from "../src/onnx/gen/onnx_pb.js";
 import { decodeModel, encodeModel } from "../src/onnx/io.js";
@@ -32,6 +30,7 @@ import { withOutputs, rows, unfoldProbs } from "./support/model-edit.js";
 import { truncateToLayers } from "./support/synthetic-weights.js";
 import { clsAttnKeep } from "./reference/cls-attn.js";
 import { diversityKeep, divpruneSelect, kCenterSelect, type Selection } from "./reference/diversity.js";
+import { expectDenseLogits, kept, keptStages, rejection, tinyFeeds, vitTiFeeds, vitTiModel } from "./support/cases.js";
 
 type Method = "diversity" | "k-center";
 const METHODS: Method[] = ["diversity", "k-center"];
@@ -52,17 +51,6 @@ async function stream(model: Uint8Array, feeds: Feeds, layer: number): Promise<n
   const name = residualOf(model, layer);
   const r = (await runNode(withOutputs(model, [name]), feeds, [name]))[name]!;
   return tokens(r.data as Float32Array, r.dims);
-}
-
-async function kept(pruned: Uint8Array, feeds: Feeds, run = runNode): Promise<number[][]> {
-  return (await keptStages(pruned, feeds, 1, run))[0]!;
-}
-
-/** The kept positions of stages 0..stages−1, from one run. */
-async function keptStages(pruned: Uint8Array, feeds: Feeds, stages: number, run = runNode): Promise<number[][][]> {
-  const names = Array.from({ length: stages }, (_, s) => `prunec.stage${s}.indices`);
-  const out = await run(pruned, feeds, names);
-  return names.map((n) => rows(out[n]!.data as BigInt64Array, out[n]!.dims));
 }
 
 /** Picks whose margin is within fp32 rounding (an exact tie is fine only at the seed: see the header). */
@@ -89,31 +77,6 @@ async function expectReference(model: Uint8Array, feeds: Feeds[], layer: number,
     all.push(...ref.selections);
   }
   return all;
-}
-
-function thrown(f: () => unknown): PrunecError {
-  try {
-    f();
-  } catch (e) {
-    if (e instanceof PrunecError) return e;
-    throw e;
-  }
-  throw new Error("expected a PrunecError");
-}
-
-/** The tiny ViT's reference input (2 examples): example 0 alone, and both plus a variation of the first. */
-function tinyFeeds(): Feeds[] {
-  const x = readNpy(join(REPO_ROOT, "examples", "tiny-vit", "ref_in.npy"));
-  const data = x.data as Float32Array;
-  const per = data.length / x.shape[0]!;
-  const three = new Float32Array(per * 3);
-  three.set(data.subarray(0, 2 * per));
-  for (let i = 0; i < per; i++) three[2 * per + i] = data[i]! * 0.5 + Math.sin(i * 0.01);
-  const dims = (b: number) => [b, ...x.shape.slice(1)];
-  return [
-    { pixel_values: { type: "float32", dims: dims(1), data: data.slice(0, per) } },
-    { pixel_values: { type: "float32", dims: dims(3), data: three } },
-  ];
 }
 
 describe("diversity and k-center selections on crafted tokens (exact values: ties, duplicates, zero vectors)", () => {
@@ -228,21 +191,18 @@ describe("diversity and k-center on the built-in tiny ViT (64 patches + CLS)", (
       for (const [m, method] of METHODS.entries()) {
         const second = diversityKeep(onceStream, 25, 1, method);
         expect(nearTies(second.selections)).toEqual([]);
-        for (const p of pruned[m]!) for (const run of [runNode, runWasm]) expect(await keptStages(p, f, 2, run)).toEqual([first, second.kept]);
+        for (const p of pruned[m]!) for (const run of [runNode, runWasm]) expect(await keptStages(p, f, run, 2)).toEqual([first, second.kept]);
       }
     }
   });
 
   it("keep 100% gives outputs equal to the original's (≤ 1e-5); keep 1 token keeps the seed alone", async () => {
-    const dense = await runNode(model, feeds[1]!, ["logits"]);
     const layer1 = await stream(model, feeds[1]!, 1);
     for (const method of METHODS) {
       const seed = diversityKeep(layer1, 100 / 64, 1, method).kept;
       expect(seed.map((k) => k.length)).toEqual([2, 2, 2]);
       for (const target of TARGETS) {
-        const pruned = compile(model, `after layer 1 keep 100% by ${method}`, { target }).model;
-        const same = await runNode(pruned, feeds[1]!, ["logits"]);
-        expect(maxAbsDiff(dense.logits!.data as Float32Array, same.logits!.data as Float32Array)).toBeLessThanOrEqual(1e-5);
+        await expectDenseLogits(model, compile(model, `after layer 1 keep 100% by ${method}`, { target }).model, feeds[1]!);
         expect(await kept(compile(model, `after layer 1 keep 1 tokens by ${method}`, { exposeIndices: true, target }).model, feeds[1]!)).toEqual(seed);
       }
     }
@@ -268,14 +228,8 @@ describe("diversity and k-center on the trained digits ViT (64 patches + CLS)", 
 
 describeShared("diversity and k-center on the torchvision ViT-Ti (196 patches + CLS)", () => {
   it("after layer 3 keep 25% (49 of 196): exact kept sets at batch 1 and 3, both lowerings, CPU and WASM (WASM at batch 3: the Loop)", async () => {
-    const model = readFileSync(sharedModel("synthetic/vit-ti16-cls-randinit/model.onnx"));
-    const x = readNpy(sharedModel("synthetic/vit-ti16-cls-randinit/ref_in.npy")).data as Float32Array;
-    const three = new Float32Array(x.length * 3);
-    for (let b = 0; b < 3; b++) for (let i = 0; i < x.length; i++) three[b * x.length + i] = x[i]! * (1 - 0.4 * b) + 0.1 * b * Math.sin(i * 0.01);
-    const feeds: Feeds[] = [
-      { pixel_values: { type: "float32", dims: [1, 3, 224, 224], data: x } },
-      { pixel_values: { type: "float32", dims: [3, 3, 224, 224], data: three } },
-    ];
+    const model = vitTiModel();
+    const feeds = vitTiFeeds();
     const name = residualOf(model, 3);
     const exposed = withOutputs(model, [name]);
     const streams: number[][][][] = [];
@@ -302,7 +256,7 @@ describeShared("diversity and k-center on the torchvision ViT-Ti (196 patches + 
     const cut = truncateToLayers(readFileSync(sharedModel("graph-only/qwen2-vl-2b-vision-tower-torchexport/model.onnx")), 2);
     for (const method of METHODS) {
       const spec = `after layer 0 keep 25% by ${method}`;
-      expect(thrown(() => compile(cut, spec, { specName: "s.prune" })).message).toBe(
+      expect(rejection(cut, spec)).toBe(
         `s.prune:1:27: error: ${method} needs a static token count (its selection loop runs a fixed number of steps); the model has hw tokens\n 1 | ${spec}\n   |                           ^${"~".repeat(method.length - 1)}`,
       );
     }

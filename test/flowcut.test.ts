@@ -8,19 +8,16 @@ import { beforeAll, describe, expect, it } from "vitest";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describeShared, sharedModel, REPO_ROOT } from "./helpers/shared.js";
-import { readNpy } from "./helpers/npy.js";
-import { runNode, runWasm, maxAbsDiff, type Feeds } from "./helpers/ort.js";
+import { runNode, runWasm, type Feeds } from "./helpers/ort.js";
 import { compile } from "../src/compile.js";
-import { PrunecError } from "../src/errors.js";
-import { parseDataset, batchInput } from "../src/data/prds.js";
-import { withOutputs, unfoldProbs, rows } from "./support/model-edit.js";
+import { withOutputs, unfoldProbs } from "./support/model-edit.js";
 import { clsAttnKeep, type Probs } from "./reference/cls-attn.js";
 import { flowcutKeep, type Values } from "./reference/flowcut.js";
 import { decodeModel } from "../src/onnx/io.js";
-import { buildFusedVit, FUSED_VIT } from "./support/fused-vit.js";
+import { buildFusedVit, fusedVitFeeds, FUSED_VIT } from "./support/fused-vit.js";
 import { unfuseMultiHeadAttention } from "./support/unfuse.js";
 import { softmaxOutputs } from "./support/stage-tensors.js";
-import { thrown } from "./support/cases.js";
+import { digitsFeeds, expectKeepsEveryToken, keptStages, rejection, tinyOneAndThree, vitTiModel, vitTiOneAndThree } from "./support/cases.js";
 
 const probsOf = (layer: number) => `/encoder/layers/encoder_layer_${layer}/self_attention/Softmax_output_0`;
 /** torchvision's per-head values [B·H, N, D]: the right input of the MatMul that consumes the softmax. */
@@ -41,13 +38,6 @@ const range = (from: number, to: number) => Array.from({ length: to - from + 1 }
 /** The reference over layers from..to of `maps`. */
 const reference = (maps: Maps, from: number, to: number, percent: number) => flowcutKeep(range(from, to).map((l) => maps.get(l)!), percent, 1);
 
-/** Kept positions of every stage (`prunec.stage<N>.indices`), from one run. */
-async function keptBy(pruned: Uint8Array, feeds: Feeds, run = runNode, stages = 1): Promise<number[][][]> {
-  const names = Array.from({ length: stages }, (_, i) => `prunec.stage${i}.indices`);
-  const out = await run(pruned, feeds, names);
-  return names.map((n) => rows(out[n]!.data as BigInt64Array, out[n]!.dims));
-}
-
 /** One input batch, the dense model's maps, and the runners to check it on. */
 interface Probe {
   feeds: Feeds;
@@ -61,30 +51,15 @@ async function expectReference(model: Uint8Array, layer: number, percent: number
   const refs: number[][][] = [];
   for (const { feeds, maps, runners } of probes) {
     const expected = reference(maps, 0, layer, percent);
-    for (const run of runners) expect((await keptBy(pruned, feeds, run))[0]).toEqual(expected);
+    for (const run of runners) expect((await keptStages(pruned, feeds, run))[0]).toEqual(expected);
     refs.push(expected);
   }
   return refs;
 }
 
-/** One image of `x` (NCHW) and a batch of 3: it and two deterministic variations. */
-function oneAndThree(x: Float32Array, dims: number[]): [Feeds, Feeds] {
-  const per = dims.slice(1).reduce((a, b) => a * b, 1);
-  const one = x.subarray(0, per);
-  const three = new Float32Array(per * 3);
-  three.set(one, 0);
-  for (let i = 0; i < per; i++) {
-    three[per + i] = one[i]! * 0.5 + Math.sin(i * 0.001);
-    three[2 * per + i] = -one[i]! + Math.cos(i * 0.0007) * 0.3;
-  }
-  const feed = (data: Float32Array, b: number): Feeds => ({ pixel_values: { type: "float32", dims: [b, ...dims.slice(1)], data } });
-  return [feed(one, 1), feed(three, 3)];
-}
-
 describe("flowcut on the built-in tiny ViT (64 patches + CLS, 4 layers, 2 heads)", () => {
   const model = readFileSync(join(REPO_ROOT, "examples", "tiny-vit", "model.onnx"));
-  const x = readNpy(join(REPO_ROOT, "examples", "tiny-vit", "ref_in.npy"));
-  const [feeds1, feeds3] = oneAndThree(x.data as Float32Array, x.shape);
+  const [feeds1, feeds3] = tinyOneAndThree();
   let one: Probe;
   let three: Probe;
   beforeAll(async () => {
@@ -110,30 +85,21 @@ describe("flowcut on the built-in tiny ViT (64 patches + CLS, 4 layers, 2 heads)
     for (const { feeds, maps } of [one, three]) {
       const m = await mapsAt(once, feeds, [1, 2, 3], 2);
       const expected = [clsAttnKeep(maps.get(0)!.probs, 50, 1), reference(m, 1, 3, 25)];
-      for (const run of [runNode, runWasm]) expect(await keptBy(pruned, feeds, run, 2)).toEqual(expected);
+      for (const run of [runNode, runWasm]) expect(await keptStages(pruned, feeds, run, 2)).toEqual(expected);
       expect(reference(m, 2, 3, 25)).not.toEqual(expected[1]); // layer 1 is in the average
     }
   });
 
   it("keep 100% keeps every token and gives the dense logits (≤ 1e-5)", async () => {
-    const { model: pruned } = compile(model, "after layer 2 keep 100% by flowcut", { exposeIndices: true });
-    const out = await runNode(pruned, feeds3, ["prunec.stage0.indices", "logits"]);
-    const dense = await runNode(model, feeds3, ["logits"]);
-    expect(rows(out["prunec.stage0.indices"]!.data as BigInt64Array, out["prunec.stage0.indices"]!.dims)).toEqual([0, 1, 2].map(() => [...Array(65).keys()]));
-    expect(maxAbsDiff(out.logits!.data as Float32Array, dense.logits!.data as Float32Array)).toBeLessThanOrEqual(1e-5);
+    await expectKeepsEveryToken(model, "after layer 2 keep 100% by flowcut", feeds3, 65);
   });
 });
 
 describe("flowcut on the trained digits ViT (64 patches + CLS, 6 layers, 4 heads)", () => {
   const model = readFileSync(join(REPO_ROOT, "examples", "digits", "model.onnx"));
-  const data = parseDataset(readFileSync(join(REPO_ROOT, "examples", "digits", "sample.prds")), "sample.prds");
-  const feed = (from: number, to: number): Feeds => {
-    const x = batchInput(data, from, to);
-    return { pixel_values: { type: "float32", dims: x.dims, data: x.data } };
-  };
   it("after layer 3 keep 25% (layers 0..3): exact kept sets at batch 1 and 3, CPU and WASM", async () => {
     const probes: Probe[] = [];
-    for (const feeds of [feed(0, 1), feed(1, 4)]) probes.push({ feeds, maps: await mapsAt(model, feeds, [0, 1, 2, 3], 4), runners: [runNode, runWasm] });
+    for (const feeds of digitsFeeds()) probes.push({ feeds, maps: await mapsAt(model, feeds, [0, 1, 2, 3], 4), runners: [runNode, runWasm] });
     await expectReference(model, 3, 25, probes);
   });
 });
@@ -142,9 +108,8 @@ describeShared("flowcut on the torchvision ViT-Ti (196 patches + CLS, 3 heads)",
   let model: Uint8Array;
   let feeds: [Feeds, Feeds];
   beforeAll(() => {
-    model = readFileSync(sharedModel("synthetic/vit-ti16-cls-randinit/model.onnx"));
-    const x = readNpy(sharedModel("synthetic/vit-ti16-cls-randinit/ref_in.npy"));
-    feeds = oneAndThree(x.data as Float32Array, x.shape);
+    model = vitTiModel();
+    feeds = vitTiOneAndThree();
   });
   it("after layer 3 keep 25% (layers 0..3): batch 1 and 3 on CPU, batch 3 on WASM", async () => {
     const [f1, f3] = feeds;
@@ -159,24 +124,18 @@ describeShared("flowcut on the torchvision ViT-Ti (196 patches + CLS, 3 heads)",
     const once = compile(model, "after layer 1 keep 50% by cls-attn").model;
     for (const f of feeds) {
       const m = await mapsAt(once, f, [2, 3, 4, 5], 3);
-      expect((await keptBy(pruned, f, runNode, 2))[1]).toEqual(reference(m, 2, 5, 33.3));
+      expect((await keptStages(pruned, f, runNode, 2))[1]).toEqual(reference(m, 2, 5, 33.3));
     }
   });
   it("a model without CLS (gemma-3 SigLIP) is rejected with the model fact", () => {
     const bytes = readFileSync(sharedModel("graph-only/gemma-3-4b-vlm/vision_encoder.onnx"));
-    expect(thrown(() => compile(bytes, "after layer 3 keep 50% by flowcut", { specName: "g.prune" })).message).toBe(
+    expect(rejection(bytes, "after layer 3 keep 50% by flowcut", "g.prune")).toBe(
       "g.prune:1:27: error: flowcut cannot run after layer 3: the model has no CLS token (no learned token is concatenated in front of the patch tokens); use a criterion that does not need one\n 1 | after layer 3 keep 50% by flowcut\n   |                           ^~~~~~~",
     );
   });
 });
 
 describe("flowcut behind fused MultiHeadAttention (36 patches + CLS, recomputed probabilities)", () => {
-  const feeds = (batch: number): Feeds => {
-    const size = FUSED_VIT.patches * FUSED_VIT.inputs;
-    const data = new Float32Array(batch * size);
-    for (let b = 0; b < batch; b++) for (let i = 0; i < size; i++) data[b * size + i] = Math.sin(i * 0.37 + b * 1.9) * (1.5 - 0.3 * b);
-    return { patches: { type: "float32", dims: [batch, FUSED_VIT.patches, FUSED_VIT.inputs], data } };
-  };
   /** [B,H,N,X] → nested [B][H][N][X]. */
   const unfold4 = (t: { data: unknown; dims: number[] }) => {
     const [b, h, n, m] = t.dims as [number, number, number, number];
@@ -195,12 +154,12 @@ describe("flowcut behind fused MultiHeadAttention (36 patches + CLS, recomputed 
     const vals = softmax.map((p) => g.node.find((n) => n.opType === "MatMul" && n.input[0] === p)!.input[1]!);
     const names = [...softmax, ...vals];
     for (const batch of [1, 3]) {
-      const f = feeds(batch);
+      const f = fusedVitFeeds(batch);
       const out = await runNode(withOutputs(twin, names), f, names);
       const maps = [0, 1, 2].map((l) => ({ probs: unfold4(out[softmax[l]!]!), values: unfold4(out[vals[l]!]!) }));
       const expected = flowcutKeep(maps, 25, 1);
-      expect((await keptBy(ofTwin, f))[0]).toEqual(expected);
-      for (const run of [runNode, runWasm]) expect((await keptBy(ofFused, f, run))[0]).toEqual(expected);
+      expect((await keptStages(ofTwin, f))[0]).toEqual(expected);
+      for (const run of [runNode, runWasm]) expect((await keptStages(ofFused, f, run))[0]).toEqual(expected);
     }
   });
 });

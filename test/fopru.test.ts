@@ -10,12 +10,10 @@ import { describe, expect, it } from "vitest";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { create } from "@bufbuild/protobuf";
-import { describeShared, sharedModel, REPO_ROOT } from "./helpers/shared.js";
+import { describeShared, REPO_ROOT } from "./helpers/shared.js";
 import { readNpy } from "./helpers/npy.js";
-import { runNode, runWasm, maxAbsDiff, type Feeds } from "./helpers/ort.js";
+import { runNode, runWasm, type Feeds } from "./helpers/ort.js";
 import { compile } from "../src/compile.js";
-import { PrunecError } from "../src/errors.js";
-import { parseDataset, batchInput } from "../src/data/prds.js";
 import { GraphProtoSchema, ModelProtoSchema, OperatorSetIdProtoSchema } from "../src/onnx/gen/onnx_pb.js";
 import { encodeModel } from "../src/onnx/io.js";
 import { makeNode } from "../src/ir/graph.js";
@@ -23,10 +21,10 @@ import type { LayerInfo } from "../src/analysis/transformer.js";
 import { NodeBuilder } from "../passes/builder.js";
 import type { StageFacts } from "../passes/criterion.js";
 import { fopruScores as emitFopruScores } from "../passes/criteria/fopru.js";
-import { withOutputs, unfoldProbs, rows } from "./support/model-edit.js";
+import { withOutputs, unfoldProbs } from "./support/model-edit.js";
 import { clsAttnKeep, keepCount, type Probs } from "./reference/cls-attn.js";
 import { fopruKeep, fopruRowsKeep, fopruScores } from "./reference/attention-scores.js";
-import { thrown, tinyFeeds, digitsFeeds, kept } from "./support/cases.js";
+import { expectKeptAsReference, rejection, tinyFeeds, digitsFeeds, kept, expectDenseLogits, vitTiModel, vitTiFeeds } from "./support/cases.js";
 
 const probsOf = (layer: number) => `/encoder/layers/encoder_layer_${layer}/self_attention/Softmax_output_0`;
 
@@ -39,16 +37,13 @@ async function probs(model: Uint8Array, feeds: Feeds, layer: number, heads: numb
 /** `after layer L keep P% by fopru` (rank) or `fopru(strategy: rows)`, checked against the reference on CPU and WASM. */
 async function expectReference(model: Uint8Array, feeds: Feeds[], layer: number, percent: number, heads: number, strategy: "rank" | "rows") {
   const spec = `after layer ${layer} keep ${percent}% by ${strategy === "rank" ? "fopru" : "fopru(strategy: rows)"}`;
-  const pruned = compile(model, spec, { exposeIndices: true }).model;
-  for (const f of feeds) {
+  await expectKeptAsReference(model, spec, feeds, async (f) => {
     const p = await probs(model, f, layer, heads);
     const width = Math.round(Math.sqrt(p[0]![0]!.length - 1));
     const expected = strategy === "rank" ? fopruKeep(p, percent, 1) : fopruRowsKeep(p, keepCount(percent, width), 1);
-    expect(expected.length).toBe(f.pixel_values!.dims[0]);
     if (strategy === "rows") for (const r of expected) expectWholeRows(r, width, keepCount(percent, width));
-    expect(await kept(pruned, f)).toEqual(expected);
-    expect(await kept(pruned, f, runWasm)).toEqual(expected);
-  }
+    return expected;
+  });
 }
 
 /** Kept positions (CLS = 0 in front) are CLS plus exactly `count` whole rows of the width×width grid. */
@@ -126,7 +121,7 @@ describe("fopru on the built-in tiny ViT (4 layers, 2 heads, 8×8 grid)", () => 
     const byCount = compile(model, "after layer 2 keep 16 tokens by fopru(strategy: rows)", { exposeIndices: true }).model;
     const expected = fopruRowsKeep(await probs(model, feeds[1]!, 2, 2), 2, 1);
     expect(await kept(byCount, feeds[1]!)).toEqual(expected);
-    expect(thrown(() => compile(model, "after layer 2 keep 12 tokens by fopru(strategy: rows)", { specName: "s.prune" })).message).toBe(
+    expect(rejection(model, "after layer 2 keep 12 tokens by fopru(strategy: rows)")).toBe(
       "s.prune:1:20: error: this stage keeps whole grid rows of 8 tokens; 12 is not a multiple of 8\n 1 | after layer 2 keep 12 tokens by fopru(strategy: rows)\n   |                    ^~~~~~~~~",
     );
   });
@@ -148,10 +143,8 @@ describe("fopru on the built-in tiny ViT (4 layers, 2 heads, 8×8 grid)", () => 
   });
 
   it("keep 100% gives outputs equal to the original's (≤ 1e-5), both strategies", async () => {
-    const dense = await runNode(model, feeds[1]!, ["logits"]);
     for (const spec of ["after layer 1 keep 100% by fopru", "after layer 1 keep 100% by fopru(strategy: rows)"]) {
-      const same = await runNode(compile(model, spec).model, feeds[1]!, ["logits"]);
-      expect(maxAbsDiff(dense.logits!.data as Float32Array, same.logits!.data as Float32Array)).toBeLessThanOrEqual(1e-5);
+      await expectDenseLogits(model, compile(model, spec).model, feeds[1]!);
     }
   });
 
@@ -168,7 +161,7 @@ describe("fopru on the built-in tiny ViT (4 layers, 2 heads, 8×8 grid)", () => 
     ],
   ];
   it.each(rejected)("rejects %s", (_what, spec, message) => {
-    expect(thrown(() => compile(model, spec, { specName: "s.prune" })).message).toBe(message);
+    expect(rejection(model, spec)).toBe(message);
   });
 });
 
@@ -182,22 +175,14 @@ describe("fopru on the trained digits ViT (6 layers, 4 heads, 8×8 grid)", () =>
     await expectReference(model, feeds, 1, 50, 4, "rows");
   });
   it("keep 100% gives outputs equal to the original's (≤ 1e-5)", async () => {
-    const dense = await runNode(model, feeds[1]!, ["logits"]);
-    const same = await runNode(compile(model, "after layer 3 keep 100% by fopru").model, feeds[1]!, ["logits"]);
-    expect(maxAbsDiff(dense.logits!.data as Float32Array, same.logits!.data as Float32Array)).toBeLessThanOrEqual(1e-5);
+    await expectDenseLogits(model, compile(model, "after layer 3 keep 100% by fopru").model, feeds[1]!);
   });
 });
 
 describeShared("fopru on the torchvision ViT-Ti (vit-ti16-cls-randinit, 14×14 grid)", () => {
   it("rank after layer 11 keep 25% and rows after layer 1 keep 50% (7 of 14 rows): exact kept sets at batch 1 and 3, CPU and WASM", async () => {
-    const model = readFileSync(sharedModel("synthetic/vit-ti16-cls-randinit/model.onnx"));
-    const x = readNpy(sharedModel("synthetic/vit-ti16-cls-randinit/ref_in.npy")).data as Float32Array;
-    const three = new Float32Array(x.length * 3);
-    for (let b = 0; b < 3; b++) for (let i = 0; i < x.length; i++) three[b * x.length + i] = x[i]! * (1 - 0.4 * b) + 0.1 * b * Math.sin(i * 0.01);
-    const feeds: Feeds[] = [
-      { pixel_values: { type: "float32", dims: [1, 3, 224, 224], data: x } },
-      { pixel_values: { type: "float32", dims: [3, 3, 224, 224], data: three } },
-    ];
+    const model = vitTiModel();
+    const feeds = vitTiFeeds();
     await expectReference(model, feeds, 11, 25, 3, "rank");
     await expectReference(model, feeds, 1, 50, 3, "rows");
   });

@@ -7,21 +7,18 @@
 import { beforeAll, describe, expect, it } from "vitest";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { describeShared, sharedModel, REPO_ROOT } from "./helpers/shared.js";
-import { readNpy } from "./helpers/npy.js";
-import { runNode, runWasm, maxAbsDiff, type Feeds } from "./helpers/ort.js";
+import { describeShared, REPO_ROOT } from "./helpers/shared.js";
+import { runNode, runWasm, type Feeds } from "./helpers/ort.js";
 import { compile } from "../src/compile.js";
-import { PrunecError } from "../src/errors.js";
 import { decodeModel } from "../src/onnx/io.js";
-import { parseDataset, batchInput } from "../src/data/prds.js";
-import { withOutputs, unfoldProbs, rows } from "./support/model-edit.js";
+import { withOutputs, unfoldProbs } from "./support/model-edit.js";
 import { clsAttnKeep, globalScores, keepCount, type Probs } from "./reference/cls-attn.js";
 import { anchorCountRef, anchorsAndBuffers, hipruneKeep, pythonRound } from "./reference/hiprune.js";
 import { anchorCount } from "../passes/criteria/hiprune.js";
-import { buildFusedVit, FUSED_VIT } from "./support/fused-vit.js";
+import { buildFusedVit, fusedVitFeeds, FUSED_VIT } from "./support/fused-vit.js";
 import { unfuseMultiHeadAttention } from "./support/unfuse.js";
 import { softmaxOutputs } from "./support/stage-tensors.js";
-import { thrown } from "./support/cases.js";
+import { digitsFeeds, expectKeepsEveryToken, keptStages, rejection, tinyOneAndThree, thrown, vitTiModel, vitTiOneAndThree } from "./support/cases.js";
 
 const probsOf = (layer: number) => `/encoder/layers/encoder_layer_${layer}/self_attention/Softmax_output_0`;
 
@@ -30,13 +27,6 @@ async function probsAt(model: Uint8Array, feeds: Feeds, layers: number[], heads:
   const names = layers.map(probsOf);
   const out = await runNode(withOutputs(model, names), feeds, names);
   return new Map(layers.map((l) => [l, unfoldProbs(out[probsOf(l)]!.data as Float32Array, out[probsOf(l)]!.dims, heads)]));
-}
-
-/** Kept positions of every stage (`prunec.stage<N>.indices`), from one run. */
-async function keptBy(pruned: Uint8Array, feeds: Feeds, run = runNode, stages = 1): Promise<number[][][]> {
-  const names = Array.from({ length: stages }, (_, i) => `prunec.stage${i}.indices`);
-  const out = await run(pruned, feeds, names);
-  return names.map((n) => rows(out[n]!.data as BigInt64Array, out[n]!.dims));
 }
 
 interface Case {
@@ -63,24 +53,10 @@ async function expectReference(model: Uint8Array, c: Case, probes: Probe[]): Pro
   const refs: number[][][] = [];
   for (const { feeds, probs, runners } of probes) {
     const expected = hipruneKeep(probs.get(c.object)!, probs.get(c.layer)!, c.keep, c.alpha ?? 0.1, 1);
-    for (const run of runners) expect((await keptBy(pruned, feeds, run))[0]).toEqual(expected);
+    for (const run of runners) expect((await keptStages(pruned, feeds, run))[0]).toEqual(expected);
     refs.push(expected);
   }
   return refs;
-}
-
-/** One image of `x` (NCHW) and a batch of 3: it and two deterministic variations. */
-function oneAndThree(x: Float32Array, dims: number[]): [Feeds, Feeds] {
-  const per = dims.slice(1).reduce((a, b) => a * b, 1);
-  const one = x.subarray(0, per);
-  const three = new Float32Array(per * 3);
-  three.set(one, 0);
-  for (let i = 0; i < per; i++) {
-    three[per + i] = one[i]! * 0.5 + Math.sin(i * 0.001);
-    three[2 * per + i] = -one[i]! + Math.cos(i * 0.0007) * 0.3;
-  }
-  const feed = (data: Float32Array, b: number): Feeds => ({ pixel_values: { type: "float32", dims: [b, ...dims.slice(1)], data } });
-  return [feed(one, 1), feed(three, 3)];
 }
 
 describe("hiprune anchor count n_a = round(N'·alpha/5)", () => {
@@ -104,8 +80,7 @@ describe("hiprune anchor count n_a = round(N'·alpha/5)", () => {
 
 describe("hiprune on the built-in tiny ViT (8×8 patches + CLS)", () => {
   const model = readFileSync(join(REPO_ROOT, "examples", "tiny-vit", "model.onnx"));
-  const x = readNpy(join(REPO_ROOT, "examples", "tiny-vit", "ref_in.npy"));
-  const [feeds1, feeds3] = oneAndThree(x.data as Float32Array, x.shape);
+  const [feeds1, feeds3] = tinyOneAndThree();
   let one: Probe;
   let three: Probe;
   beforeAll(async () => {
@@ -143,16 +118,12 @@ describe("hiprune on the built-in tiny ViT (8×8 patches + CLS)", () => {
       const p = await probsAt(once, feeds, [1, 3], 2);
       // N' = 8, n_a = round(1.6) = 2: up to 10 candidates, so this also exercises the overflow rule.
       const expected = [clsAttnKeep(probs.get(0)!, 25, 1), hipruneKeep(p.get(1)!, p.get(3)!, 8, 1, 1)];
-      for (const run of [runNode, runWasm]) expect(await keptBy(pruned, feeds, run, 2)).toEqual(expected);
+      for (const run of [runNode, runWasm]) expect(await keptStages(pruned, feeds, run, 2)).toEqual(expected);
     }
   });
 
   it("keep 100% keeps every token and gives the dense logits (≤ 1e-5)", async () => {
-    const { model: pruned } = compile(model, "after layer 2 keep 100% by hiprune(object_layer: 0, alpha: 0.5)", { exposeIndices: true });
-    const out = await runNode(pruned, feeds3, ["prunec.stage0.indices", "logits"]);
-    const dense = await runNode(model, feeds3, ["logits"]);
-    expect(rows(out["prunec.stage0.indices"]!.data as BigInt64Array, out["prunec.stage0.indices"]!.dims)).toEqual([0, 1, 2].map(() => [...Array(65).keys()]));
-    expect(maxAbsDiff(out.logits!.data as Float32Array, dense.logits!.data as Float32Array)).toBeLessThanOrEqual(1e-5);
+    await expectKeepsEveryToken(model, "after layer 2 keep 100% by hiprune(object_layer: 0, alpha: 0.5)", feeds3, 65);
   });
 
   it("rejects an object layer before the previous stage, with the spec position and the layers", () => {
@@ -166,7 +137,7 @@ describe("hiprune on the built-in tiny ViT (8×8 patches + CLS)", () => {
   });
 
   it("rejects an object layer after the stage, a missing object layer, alpha outside (0, 1] and a non-square grid", () => {
-    const why = (spec: string) => thrown(() => compile(model, spec, { specName: "s.prune" })).message.split("\n")[0];
+    const why = (spec: string) => rejection(model, spec).split("\n")[0];
     expect(why("after layer 1 keep 50% by hiprune(object_layer: 2)")).toBe(
       "s.prune:1:27: error: hiprune cannot run after layer 1: object_layer 2 comes after layer 1, whose output this stage prunes (later layers have not run yet); it must be in 0..1",
     );
@@ -189,14 +160,9 @@ describe("hiprune on the built-in tiny ViT (8×8 patches + CLS)", () => {
 
 describe("hiprune on the trained digits ViT (8×8 patches + CLS, 6 layers, 4 heads)", () => {
   const model = readFileSync(join(REPO_ROOT, "examples", "digits", "model.onnx"));
-  const data = parseDataset(readFileSync(join(REPO_ROOT, "examples", "digits", "sample.prds")), "sample.prds");
-  const feed = (from: number, to: number): Feeds => {
-    const x = batchInput(data, from, to);
-    return { pixel_values: { type: "float32", dims: x.dims, data: x.data } };
-  };
   it("after layer 4 keep 25% with object layer 2, alpha 0.5: exact kept sets at batch 1 and 3, CPU and WASM", async () => {
     const probes: Probe[] = [];
-    for (const feeds of [feed(0, 1), feed(1, 4)]) probes.push({ feeds, probs: await probsAt(model, feeds, [2, 4], 4), runners: [runNode, runWasm] });
+    for (const feeds of digitsFeeds()) probes.push({ feeds, probs: await probsAt(model, feeds, [2, 4], 4), runners: [runNode, runWasm] });
     await expectReference(model, { layer: 4, object: 2, amount: "25%", keep: 16, alpha: 0.5 }, probes);
   });
 });
@@ -206,9 +172,8 @@ describeShared("hiprune on the torchvision ViT-Ti (14×14 patches + CLS)", () =>
   let one: Probe;
   let three: Probe;
   beforeAll(async () => {
-    model = readFileSync(sharedModel("synthetic/vit-ti16-cls-randinit/model.onnx"));
-    const x = readNpy(sharedModel("synthetic/vit-ti16-cls-randinit/ref_in.npy"));
-    const [f1, f3] = oneAndThree(x.data as Float32Array, x.shape);
+    model = vitTiModel();
+    const [f1, f3] = vitTiOneAndThree();
     const layers = [2, 3, 4, 6, 8, 10];
     one = { feeds: f1, probs: await probsAt(model, f1, layers, 3), runners: [runNode] };
     three = { feeds: f3, probs: await probsAt(model, f3, layers, 3), runners: [runNode, runWasm] };
@@ -231,7 +196,7 @@ describeShared("hiprune on the torchvision ViT-Ti (14×14 patches + CLS)", () =>
     const once = compile(model, "after layer 1 keep 64 tokens by cls-attn").model;
     for (const { feeds } of [one, three]) {
       const p = await probsAt(once, feeds, [3, 5], 3);
-      expect((await keptBy(pruned, feeds, runNode, 2))[1]).toEqual(hipruneKeep(p.get(3)!, p.get(5)!, 32, 0.5, 1));
+      expect((await keptStages(pruned, feeds, runNode, 2))[1]).toEqual(hipruneKeep(p.get(3)!, p.get(5)!, 32, 0.5, 1));
     }
   });
 });
@@ -239,27 +204,21 @@ describeShared("hiprune on the torchvision ViT-Ti (14×14 patches + CLS)", () =>
 describe("hiprune behind fused MultiHeadAttention (6×6 patches + CLS, recomputed probabilities)", () => {
   const fused = buildFusedVit();
   const twin = unfuseMultiHeadAttention(fused, FUSED_VIT.hidden / FUSED_VIT.heads);
-  const feeds = (batch: number): Feeds => {
-    const size = FUSED_VIT.patches * FUSED_VIT.inputs;
-    const data = new Float32Array(batch * size);
-    for (let b = 0; b < batch; b++) for (let i = 0; i < size; i++) data[b * size + i] = Math.sin(i * 0.37 + b * 1.9) * (1.5 - 0.3 * b);
-    return { patches: { type: "float32", dims: [batch, FUSED_VIT.patches, FUSED_VIT.inputs], data } };
-  };
   it("after layer 2 keep 50% with object layer 1, alpha 0.5: the fused model keeps the unfused twin's tokens and the reference's (batch 1 and 3, CPU and WASM)", async () => {
     const spec = "after layer 2 keep 50% by hiprune(object_layer: 1, alpha: 0.5)";
     const ofFused = compile(fused, spec, { exposeIndices: true }).model;
     const ofTwin = compile(twin, spec, { exposeIndices: true }).model;
     const softmax = softmaxOutputs(twin);
     for (const batch of [1, 3]) {
-      const f = feeds(batch);
+      const f = fusedVitFeeds(batch);
       const out = await runNode(withOutputs(twin, [softmax[1]!, softmax[2]!]), f, [softmax[1]!, softmax[2]!]);
       const unfold = (name: string): Probs => {
         const [b, h, n, m] = out[name]!.dims as [number, number, number, number];
         return unfoldProbs(out[name]!.data as Float32Array, [b * h, n, m], h);
       };
       const expected = hipruneKeep(unfold(softmax[1]!), unfold(softmax[2]!), 18, 0.5, 1);
-      expect((await keptBy(ofTwin, f))[0]).toEqual(expected);
-      for (const run of [runNode, runWasm]) expect((await keptBy(ofFused, f, run))[0]).toEqual(expected);
+      expect((await keptStages(ofTwin, f))[0]).toEqual(expected);
+      for (const run of [runNode, runWasm]) expect((await keptStages(ofFused, f, run))[0]).toEqual(expected);
     }
   });
 });

@@ -19,7 +19,7 @@ import { REPO_ROOT, itShared, sharedModel } from "./helpers/shared.js";
 import { readNpy } from "./helpers/npy.js";
 import { runNode, runWasm, maxAbsDiff, type Feeds } from "./helpers/ort.js";
 import { withOutputs, rows } from "./support/model-edit.js";
-import { buildFusedVit, FUSED_VIT } from "./support/fused-vit.js";
+import { buildFusedVit, fusedVitFeeds, FUSED_VIT } from "./support/fused-vit.js";
 import { unfuseMultiHeadAttention } from "./support/unfuse.js";
 import { truncateToLayers } from "./support/synthetic-weights.js";
 import { tomeStep, headMeanKeysFromKt, tokensOf, type TomeStep } from "./reference/tome.js";
@@ -187,19 +187,13 @@ describe("merge by similarity(proportional: 1): log(size) on the later layers' a
 describe("merge by similarity behind fused MultiHeadAttention", () => {
   const fused = buildFusedVit();
   const twin = unfuseMultiHeadAttention(fused, FUSED_VIT.hidden / FUSED_VIT.heads);
-  const feeds = (batch: number): Feeds => {
-    const size = FUSED_VIT.patches * FUSED_VIT.inputs;
-    const data = new Float32Array(batch * size);
-    for (let b = 0; b < batch; b++) for (let i = 0; i < size; i++) data[b * size + i] = Math.sin(i * 0.37 + b * 1.9) * (1.5 - 0.3 * b);
-    return { patches: { type: "float32", dims: [batch, FUSED_VIT.patches, FUSED_VIT.inputs], data } };
-  };
 
   it("keys from the op's key input (+ its bias): the same positions and merged stream as the unfused twin and the reference (≤ 1e-5), batch 1 and 3, CPU and WASM", async () => {
     const spec = "after layer 1 merge 12 tokens by similarity";
     const residual = layerNames(twin)[1]!.residual;
     expect(layerNames(fused)[1]!.residual).toBe(residual);
     for (const batch of [1, 3]) {
-      const f = feeds(batch);
+      const f = fusedVitFeeds(batch);
       const expected = await referenceAt(twin, 1, f, 12);
       expectNoNearTies(expected);
       const ofTwin = await runCompiled(twin, spec, f, [residual, "logits"]);
@@ -217,7 +211,7 @@ describe("merge by similarity behind fused MultiHeadAttention", () => {
 
   it("proportional attention on MultiHeadAttention (attention_bias) equals the twin's (Softmax input)", async () => {
     const spec = "after layer 0 merge 12 tokens by similarity(proportional: 1)";
-    const f = feeds(2);
+    const f = fusedVitFeeds(2);
     const a = await runCompiled(fused, spec, f, ["logits"]);
     const b = await runCompiled(twin, spec, f, ["logits"]);
     const plain = await runCompiled(twin, "after layer 0 merge 12 tokens by similarity", f, ["logits"]);

@@ -7,16 +7,13 @@
 import { describe, expect, it } from "vitest";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { describeShared, sharedModel, REPO_ROOT } from "./helpers/shared.js";
-import { readNpy } from "./helpers/npy.js";
-import { runNode, runWasm, maxAbsDiff, type Feeds } from "./helpers/ort.js";
+import { describeShared, REPO_ROOT } from "./helpers/shared.js";
+import { runNode, runWasm, type Feeds } from "./helpers/ort.js";
 import { compile } from "../src/compile.js";
-import { PrunecError } from "../src/errors.js";
-import { parseDataset, batchInput } from "../src/data/prds.js";
-import { withOutputs, unfoldProbs, rows } from "./support/model-edit.js";
+import { withOutputs, unfoldProbs } from "./support/model-edit.js";
 import { clsAttnKeep, type Probs } from "./reference/cls-attn.js";
 import { pagerankKeep } from "./reference/attention-scores.js";
-import { thrown, tinyFeeds, digitsFeeds, kept } from "./support/cases.js";
+import { expectKeptAsReference, rejection, tinyFeeds, digitsFeeds, kept, expectDenseLogits, vitTiModel, vitTiFeeds } from "./support/cases.js";
 
 const probsOf = (layer: number) => `/encoder/layers/encoder_layer_${layer}/self_attention/Softmax_output_0`;
 const logitsOf = (layer: number) => `/encoder/layers/encoder_layer_${layer}/self_attention/MatMul_1_output_0`;
@@ -38,13 +35,9 @@ const specOf = (c: Case) =>
   `after layer ${c.layer} keep ${c.percent}% by pagerank` + (c.iterations !== undefined ? `(iterations: ${c.iterations}, temperature: ${c.temperature})` : "");
 
 async function expectReference(model: Uint8Array, feeds: Feeds[], c: Case, heads: number) {
-  const pruned = compile(model, specOf(c), { exposeIndices: true }).model;
-  for (const f of feeds) {
-    const expected = pagerankKeep(await tensor(model, f, logitsOf(c.layer), heads), c.percent, 1, c.iterations ?? 5, c.temperature ?? 0.1);
-    expect(expected.length).toBe(f.pixel_values!.dims[0]);
-    expect(await kept(pruned, f)).toEqual(expected);
-    expect(await kept(pruned, f, runWasm)).toEqual(expected);
-  }
+  await expectKeptAsReference(model, specOf(c), feeds, async (f) =>
+    pagerankKeep(await tensor(model, f, logitsOf(c.layer), heads), c.percent, 1, c.iterations ?? 5, c.temperature ?? 0.1),
+  );
 }
 
 describe("pagerank on the built-in tiny ViT (4 layers, 2 heads)", () => {
@@ -84,10 +77,7 @@ describe("pagerank on the built-in tiny ViT (4 layers, 2 heads)", () => {
   });
 
   it("keep 100% gives outputs equal to the original's (≤ 1e-5)", async () => {
-    const pruned = compile(model, "after layer 1 keep 100% by pagerank").model;
-    const dense = await runNode(model, feeds[1]!, ["logits"]);
-    const same = await runNode(pruned, feeds[1]!, ["logits"]);
-    expect(maxAbsDiff(dense.logits!.data as Float32Array, same.logits!.data as Float32Array)).toBeLessThanOrEqual(1e-5);
+    await expectDenseLogits(model, compile(model, "after layer 1 keep 100% by pagerank").model, feeds[1]!);
   });
 
   const rejected: [string, string][] = [
@@ -96,7 +86,7 @@ describe("pagerank on the built-in tiny ViT (4 layers, 2 heads)", () => {
     ["after layer 2 keep 50% by pagerank(iterations: 3, temperature: -0.5)", "temperature must be greater than 0, got -0.5"],
   ];
   it.each(rejected)("rejects %s, naming the value", (spec, why) => {
-    expect(thrown(() => compile(model, spec, { specName: "s.prune" })).message).toBe(
+    expect(rejection(model, spec)).toBe(
       `s.prune:1:27: error: pagerank cannot run after layer 2: ${why}\n 1 | ${spec}\n   |                           ^~~~~~~~`,
     );
   });
@@ -112,23 +102,14 @@ describe("pagerank on the trained digits ViT (6 layers, 4 heads)", () => {
     await expectReference(model, feeds, { layer: 5, percent: 25 }, 4);
   });
   it("keep 100% gives outputs equal to the original's (≤ 1e-5)", async () => {
-    const pruned = compile(model, "after layer 2 keep 100% by pagerank").model;
-    const dense = await runNode(model, feeds[1]!, ["logits"]);
-    const same = await runNode(pruned, feeds[1]!, ["logits"]);
-    expect(maxAbsDiff(dense.logits!.data as Float32Array, same.logits!.data as Float32Array)).toBeLessThanOrEqual(1e-5);
+    await expectDenseLogits(model, compile(model, "after layer 2 keep 100% by pagerank").model, feeds[1]!);
   });
 });
 
 describeShared("pagerank on the torchvision ViT-Ti (vit-ti16-cls-randinit)", () => {
   it("after layer 6 keep 25% (defaults): exact kept sets at batch 1 and 3, CPU and WASM", async () => {
-    const model = readFileSync(sharedModel("synthetic/vit-ti16-cls-randinit/model.onnx"));
-    const x = readNpy(sharedModel("synthetic/vit-ti16-cls-randinit/ref_in.npy")).data as Float32Array;
-    const three = new Float32Array(x.length * 3);
-    for (let b = 0; b < 3; b++) for (let i = 0; i < x.length; i++) three[b * x.length + i] = x[i]! * (1 - 0.4 * b) + 0.1 * b * Math.sin(i * 0.01);
-    const feeds: Feeds[] = [
-      { pixel_values: { type: "float32", dims: [1, 3, 224, 224], data: x } },
-      { pixel_values: { type: "float32", dims: [3, 3, 224, 224], data: three } },
-    ];
+    const model = vitTiModel();
+    const feeds = vitTiFeeds();
     await expectReference(model, feeds, { layer: 6, percent: 25 }, 3);
   });
 });

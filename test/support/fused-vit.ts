@@ -13,6 +13,7 @@ import { makeNode, type AttrValue } from "../../src/ir/graph.js";
 import { floatTensor, int64Tensor } from "../../src/onnx/tensor.js";
 import { valueInfo } from "../../src/ir/value-info.js";
 import { mulberry32 } from "../../passes/criteria/fixed-order.js";
+import type { Feeds } from "../helpers/ort.js";
 
 export interface FusedVitOptions {
   layers: number;
@@ -86,4 +87,12 @@ export function buildFusedVit(o: FusedVitOptions = FUSED_VIT): Uint8Array {
   });
   const opsetImport = [create(OperatorSetIdProtoSchema, { domain: "", version: 17n }), create(OperatorSetIdProtoSchema, { domain: "com.microsoft", version: 1n })];
   return encodeModel(create(ModelProtoSchema, { irVersion: 8n, opsetImport, producerName: "prunec-test", graph }));
+}
+
+/** Deterministic `patches` input [batch, FUSED_VIT.patches, FUSED_VIT.inputs] for the default fused ViT. */
+export function fusedVitFeeds(batch: number): Feeds {
+  const size = FUSED_VIT.patches * FUSED_VIT.inputs;
+  const data = new Float32Array(batch * size);
+  for (let b = 0; b < batch; b++) for (let i = 0; i < size; i++) data[b * size + i] = Math.sin(i * 0.37 + b * 1.9) * (1.5 - 0.3 * b);
+  return { patches: { type: "float32", dims: [batch, FUSED_VIT.patches, FUSED_VIT.inputs], data } };
 }
