@@ -27,6 +27,8 @@ const NOT_TOKEN_ROWS: Readonly<Record<string, readonly number[]>> = {
   Size: [0],
   RotaryEmbedding: [2, 3],
   GatherND: [1],
+  // Rewritten per layer by cached-attention.ts (sequence lengths, key-padding bias); rotary caches.
+  GroupQueryAttention: [5, 6, 7, 8, 9, 10],
 };
 /** Ops that combine a side tensor with the token stream position by position. */
 const ELEMENTWISE: ReadonlySet<string> = new Set(["Add", "Sub", "Mul", "Div", "Where", "And", "Or", "Equal"]);

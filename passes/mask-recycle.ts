@@ -51,6 +51,8 @@ export function maskLayers(b: NodeBuilder, g: Graph, model: TransformerInfo, fro
   let folded: string | undefined;
   for (const l of model.layers.slice(from, until + 1)) {
     const core = l.core!;
+    // Cached decoders get their key bias with the per-layer rewrite (cached-attention.ts).
+    if (core.kind === "GroupQueryAttention") continue;
     const anchor = core.anchor;
     if (core.probs) {
       let layout = keys;

@@ -22,6 +22,7 @@ import { selectGroups, selectFolded, meanOverGroups } from "./select-groups.js";
 import { findSideInputs, gatherSideInputs, rewireSideInputs, type TokenAxes } from "./carry-tokens.js";
 import { keptOneHot, maskBias, maskLayers, recycledToken } from "./mask-recycle.js";
 import { countPerExample, selectAdaptive, type AdaptiveAmount } from "./adaptive.js";
+import { rewriteCachedAttention } from "./cached-attention.js";
 import { keyScores, probabilities } from "./criteria/attention-map.js";
 import { selectAndGatherFloat } from "./select-gather-float.js";
 import { gatherTokens, denseName } from "./gather-tokens.js";
@@ -216,6 +217,9 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
     }
   }
 
+  // Cached attention below the stage: per-layer sequence lengths and key-padding bias.
+  const cached = plan.encoder ? new Map<NodeProto, NodeProto>() : rewriteCachedAttention(b, model, dense, plan.layer.index + 1, validBias);
+  for (const [n, replacement] of cached) padMask.set(n, replacement);
   // Side tensors read below the stage follow the kept tokens.
   const gathered = gatherSideInputs(b, sides, indices!, batched);
   const carried = new Map(sides.map((s) => [gathered.get(s.tensor)!, { axes: s.axes, rank: s.rank }]));

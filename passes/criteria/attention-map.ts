@@ -15,6 +15,7 @@
 import type { LayerInfo } from "../../src/analysis/transformer.js";
 import { attrInt, attr } from "../../src/ir/graph.js";
 import type { NodeBuilder } from "../builder.js";
+import { gqaLogits, gqaUnavailable } from "./gqa-map.js";
 
 const FLOAT = 1;
 
@@ -50,7 +51,13 @@ function canonical(b: NodeBuilder, layer: LayerInfo, t: string): string {
  * Pre: probabilitiesUnavailable(layer) is undefined.
  */
 export function probabilities(b: NodeBuilder, layer: LayerInfo, rows: "all" | "cls"): string {
-  if (!layer.core!.probs) return b.op("Softmax", [recomputedLogits(b, layer, rows)], { axis: -1 }, "recomputed_probs");
+  if (!layer.core!.probs) {
+    if (layer.core!.kind === "GroupQueryAttention") {
+      const probs = b.op("Softmax", [gqaLogits(b, layer)], { axis: -1 }, "recomputed_probs");
+      return rows === "all" ? probs : b.op("Gather", [probs, b.int64([0], [1], "cls_row")], { axis: 2 }, "cls_query");
+    }
+    return b.op("Softmax", [recomputedLogits(b, layer, rows)], { axis: -1 }, "recomputed_probs");
+  }
   const probs = canonical(b, layer, layer.core!.probs);
   if (rows === "all") return probs;
   return b.op("Gather", [probs, b.int64([0], [1], "cls_row")], { axis: 2 }, "cls_query");
@@ -58,13 +65,14 @@ export function probabilities(b: NodeBuilder, layer: LayerInfo, rows: "all" | "c
 
 /** The softmax input [B,H,N,N] of `layer` (scaled q·kᵀ with masks and biases applied). */
 export function logits(b: NodeBuilder, layer: LayerInfo): string {
-  if (!layer.core!.probs) return recomputedLogits(b, layer, "all");
+  if (!layer.core!.probs) return layer.core!.kind === "GroupQueryAttention" ? gqaLogits(b, layer) : recomputedLogits(b, layer, "all");
   return canonical(b, layer, layer.core!.anchor.input[0]!);
 }
 
 /** The values [B,H,N,D] that `layer`'s probabilities multiply (the P·V MatMul's right input). */
 export function values(b: NodeBuilder, layer: LayerInfo): string {
   const core = layer.core!;
+  if (core.kind === "GroupQueryAttention") throw new Error("values behind GroupQueryAttention are not recomputed (no criterion that reads them runs in decoders yet)");
   if (!core.probs) {
     let v = b.op("Cast", [core.anchor.input[2]!], { to: FLOAT }, "value_fp32");
     const bias = core.anchor.input[3];
@@ -84,8 +92,9 @@ function recomputeUnavailable(layer: LayerInfo): string | undefined {
   const core = layer.core!;
   const n = core.anchor;
   const where = `layer ${layer.index}'s fused com.microsoft.${core.kind} (node '${n.name}')`;
+  if (core.kind === "GroupQueryAttention") return gqaUnavailable(layer, where);
   if (core.kind !== "MultiHeadAttention") {
-    return `${where} does not expose attention probabilities, and prunec recomputes them only behind MultiHeadAttention (${core.kind} takes ${core.kind === "Attention" ? "packed projection weights" : "grouped key/value heads of a decoder"})`;
+    return `${where} does not expose attention probabilities, and prunec recomputes them only behind MultiHeadAttention and GroupQueryAttention (${core.kind} takes packed projection weights)`;
   }
   if (!n.input[1] || !n.input[2]) return `${where} takes packed q/k/v in one tensor; prunec recomputes attention from separate q and k only`;
   if (n.input[4]) return `${where} has a key_padding_mask input, which prunec's recompute does not apply`;

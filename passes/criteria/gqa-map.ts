@@ -1,0 +1,57 @@
+/**
+ * Attention behind com.microsoft.GroupQueryAttention (decoders as transformers.js exports them):
+ * the logits are recomputed in fp32 from the op's query and its present key (past + current keys,
+ * after rotary), with the key heads repeated over their query-head group, the op's scale, its
+ * attention_bias and its causal mask (a query at position p sees keys up to p). Only the key
+ * columns of the current tokens are returned, so scores line up with the tokens in the stream (at
+ * prefill: all of them).
+ */
+import type { LayerInfo } from "../../src/analysis/transformer.js";
+import { attr, attrInt } from "../../src/ir/graph.js";
+import type { NodeBuilder } from "../builder.js";
+
+const FLOAT = 1;
+
+/** Why the layer's GroupQueryAttention cannot be recomputed, or undefined. */
+export function gqaUnavailable(layer: LayerInfo, where: string): string | undefined {
+  const n = layer.core!.anchor;
+  if (!n.input[1] || !n.input[2]) return `${where} takes packed q/k/v in one tensor; prunec recomputes attention from separate q and k only`;
+  if (attrInt(n, "do_rotary", 0) !== 0) return `${where} applies rotary inside the op (do_rotary=1); prunec needs q and k after rotary`;
+  if ((attr(n, "softcap")?.f ?? 0) !== 0) return `${where} uses a logit softcap, which prunec's recompute does not apply`;
+  if (attrInt(n, "local_window_size", -1) !== -1) return `${where} uses local (sliding-window) attention, which prunec's recompute does not apply`;
+  if (!layer.heads || !layer.headSize || !layer.core!.kvHeads) return `the number of heads, key/value heads or the head size of ${where} could not be determined`;
+  if (layer.fusedInputRank !== 3) return `${where} takes q of rank ${layer.fusedInputRank ?? "unknown"}; prunec recomputes attention from [batch, sequence, heads·head_size] inputs`;
+  return undefined;
+}
+
+/** [B,H,S,S'] logits of the current tokens' queries over the current tokens' keys (S' = S). */
+export function gqaLogits(b: NodeBuilder, layer: LayerInfo): string {
+  const n = layer.core!.anchor;
+  const heads = layer.heads!;
+  const kvHeads = layer.core!.kvHeads!;
+  const d = layer.headSize!;
+  const q = b.op("Transpose", [b.op("Reshape", [b.op("Cast", [n.input[0]!], { to: FLOAT }, "query_fp32"), b.int64([0, 0, heads, d], [4], "q_heads")])], { perm: [0, 2, 1, 3] }); // [B,H,S,D]
+  // All keys the op attends: its present key (past + current), else the current key input.
+  const keys = n.output[1]
+    ? b.op("Cast", [n.output[1]], { to: FLOAT }, "present_key_fp32") // [B,kvH,T,D]
+    : b.op("Transpose", [b.op("Reshape", [b.op("Cast", [n.input[1]!], { to: FLOAT }, "key_fp32"), b.int64([0, 0, kvHeads, d], [4], "k_heads")])], { perm: [0, 2, 1, 3] });
+  const group = heads / kvHeads;
+  const repeated = b.op("Reshape", [b.op("Expand", [b.unsqueeze(keys, [2]), b.int64([1, 1, group, 1, 1], [5], "group")]), b.int64([0, heads, -1, d], [4], "all_heads")], {}, "repeat_kv"); // [B,H,T,D]
+  const scaleAttr = attr(n, "scale")?.f;
+  const scale = scaleAttr ? scaleAttr : 1 / Math.sqrt(d);
+  let s = b.op("Mul", [b.op("MatMul", [q, b.op("Transpose", [repeated], { perm: [0, 1, 3, 2] })], {}, "query_key"), b.float([scale], [], "scale")], {}, "scaled"); // [B,H,S,T]
+  if (n.input[10]) s = b.op("Add", [s, b.op("Cast", [n.input[10]], { to: FLOAT }, "attention_bias_fp32")], {}, "with_attention_bias");
+  // Causal: query i (absolute position T−S+i) sees keys 0..T−S+i.
+  const shape = b.op("Shape", [s]);
+  const sLen = b.squeeze(b.slice(shape, 0, 2, 3), [0]);
+  const tLen = b.squeeze(b.slice(shape, 0, 3, 4), [0]);
+  const past = b.op("Sub", [tLen, sLen], {}, "past_length");
+  const zero = b.int64([0], [], "zero");
+  const one = b.int64([1], [], "one");
+  const rows = b.unsqueeze(b.op("Add", [b.op("Range", [zero, sLen, one], {}, "query_positions"), past]), [1]); // [S,1]
+  const cols = b.op("Range", [zero, tLen, one], {}, "key_positions"); // [T]
+  const allowed = b.op("LessOrEqual", [cols, rows], {}, "causal");
+  s = b.op("Where", [allowed, s, b.float([-1e9], [], "masked")], {}, "causal_logits");
+  // Keep the current tokens' key columns (T−S..T−1): the tokens the stage selects from.
+  return b.op("Slice", [s, b.unsqueeze(past, [0]), b.unsqueeze(tLen, [0]), b.int64([3], [1], "key_axis")], {}, "current_keys");
+}
