@@ -8,10 +8,15 @@
  * [−x₂, x₁]·sin with angle pos·base^(−2i/head_size)) on q and k; query head n reads key/value head
  * ⌊n / (heads/kvHeads)⌋; softmax(q·kᵀ/√head_size) over keys 0..pos; x += attn·Wo;
  * x += (silu(h₂·Wg) ⊙ h₂·Wu)·Wd with h₂ = RMSNorm(x)·w₂. Logits = RMSNorm(x)·w_f · W_head.
+ *
+ * `generatePruned` adds FastV (`after layer L drop P% of image by last-token-attn`) with its
+ * "prune once at prefill" KV-cache semantics: per-layer caches of different lengths (all prompt
+ * tokens up to layer L, the kept ones after), kept tokens at their original rotary positions.
  */
 import { decodeModel } from "../../src/onnx/io.js";
 import { readNumbers } from "../../src/onnx/tensor.js";
-import { weightNames, type DecoderOptions, type DecoderWeights, type LayerWeights } from "../support/decoder.js";
+import { DECODER, weightNames, type DecoderOptions, type DecoderWeights, type LayerWeights } from "../support/decoder.js";
+import { keepCount, topKPositions } from "./cls-attn.js";
 
 /** The decoder's weights as stored in `model` (initializers named as the builder names them). */
 export function weightsFromModel(model: Uint8Array, o: DecoderOptions): DecoderWeights {
@@ -173,10 +178,192 @@ export class ReferenceDecoder {
     }
     return { tokens, prefill, steps: stepLogits };
   }
+
+  /** Runs layer `l` on rows `xs` at rotary `positions`, appending their keys/values to `cache`; causal within the rows. */
+  runLayer(
+    l: number,
+    xs: readonly Float64Array[],
+    positions: readonly number[],
+    cache: LayerCache,
+  ): { xs: Float64Array[]; lastRowProbs: Float64Array } {
+    const o = this.o;
+    const d = o.hidden;
+    const hs = o.headSize;
+    const qw = o.heads * hs;
+    const kvw = o.kvHeads * hs;
+    const rep = o.heads / o.kvHeads;
+    const scale = 1 / Math.sqrt(hs);
+    const lw = this.w.layers[l]!;
+    const before = cache.keys[0]!.length;
+    const qs: Float64Array[] = [];
+    xs.forEach((x, i) => {
+      const h = rmsNorm(x, lw.inputNorm, o.epsilon);
+      qs.push(this.rotate(linear(h, lw.q, d, qw), o.heads, positions[i]!));
+      const k = this.rotate(linear(h, lw.k, d, kvw), o.kvHeads, positions[i]!);
+      const v = linear(h, lw.v, d, kvw);
+      for (let g = 0; g < o.kvHeads; g++) {
+        cache.keys[g]!.push(k.slice(g * hs, (g + 1) * hs));
+        cache.values[g]!.push(v.slice(g * hs, (g + 1) * hs));
+      }
+    });
+    let lastRowProbs = new Float64Array(0);
+    const out = xs.map((x, i) => {
+      const visible = before + i + 1;
+      const q = qs[i]!;
+      const attn = new Float64Array(qw);
+      const meanProbs = new Float64Array(visible);
+      for (let n = 0; n < o.heads; n++) {
+        const g = Math.floor(n / rep);
+        const keys = cache.keys[g]!;
+        const values = cache.values[g]!;
+        const scores: number[] = [];
+        for (let j = 0; j < visible; j++) {
+          let s = 0;
+          for (let t = 0; t < hs; t++) s += q[n * hs + t]! * keys[j]![t]!;
+          scores.push(s * scale);
+        }
+        const max = Math.max(...scores);
+        const e = scores.map((s) => Math.exp(s - max));
+        const sum = e.reduce((a, b) => a + b, 0);
+        e.forEach((ej, j) => {
+          const p = ej / sum;
+          meanProbs[j] = meanProbs[j]! + p / o.heads;
+          for (let t = 0; t < hs; t++) attn[n * hs + t] = attn[n * hs + t]! + p * values[j]![t]!;
+        });
+      }
+      if (i === xs.length - 1) lastRowProbs = meanProbs;
+      const mid = linear(attn, lw.o, qw, d).map((v, t) => v + x[t]!);
+      const h2 = rmsNorm(mid, lw.postNorm, o.epsilon);
+      const gate = linear(h2, lw.gate, d, o.intermediate);
+      const up = linear(h2, lw.up, d, o.intermediate);
+      const act = gate.map((gv, t) => (gv / (1 + Math.exp(-gv))) * up[t]!);
+      return linear(act, lw.down, o.intermediate, d).map((v, t) => v + mid[t]!);
+    });
+    return { xs: out, lastRowProbs };
+  }
+
+  /**
+   * FastV with "prune once at prefill" cache semantics. Prefill runs layers 0..afterLayer on all N
+   * prompt tokens (their caches keep all N); layer afterLayer's causal attention probabilities of
+   * the LAST prompt token (mean over heads) score the image tokens; the lowest are dropped, and
+   * layers afterLayer+1.. run on the kept tokens only (their caches hold only the kept tokens,
+   * rotated at their ORIGINAL positions). Decode steps run every layer on its own cache (layers
+   * ≤ afterLayer attend to all prompt tokens, later layers to the kept ones), each new token at
+   * position N + step − 1 (dense numbering continuing from the original prompt length).
+   * dropPercent 0 is the dense model computed layer by layer.
+   */
+  generatePruned(prompt: readonly number[], image: readonly boolean[], fastv: FastvOptions, steps: number): PrunedGeneration {
+    const o = this.o;
+    const d = o.hidden;
+    const n = prompt.length;
+    if (image.length !== n) throw new Error(`generatePruned: image mask has ${image.length} entries for ${n} prompt tokens`);
+    if (fastv.afterLayer < 0 || fastv.afterLayer >= o.layers) throw new Error(`generatePruned: afterLayer ${fastv.afterLayer} out of range 0..${o.layers - 1}`);
+    if (image[n - 1]) throw new Error("generatePruned: the last prompt token must not be an image token (its logits give the first generated token)");
+    const caches: LayerCache[] = Array.from({ length: o.layers }, () => ({
+      keys: Array.from({ length: o.kvHeads }, () => [] as Float64Array[]),
+      values: Array.from({ length: o.kvHeads }, () => [] as Float64Array[]),
+    }));
+    const embed = (token: number): Float64Array => Float64Array.from(this.w.embed.subarray(token * d, (token + 1) * d));
+    const logitsOf = (x: Float64Array): Float64Array => linear(rmsNorm(x, this.w.norm, o.epsilon), this.w.lmHead, d, o.vocab);
+
+    // Prefill.
+    let xs = prompt.map(embed);
+    let positions = prompt.map((_, j) => j);
+    let kept = positions;
+    let imageScores: number[] = [];
+    for (let l = 0; l < o.layers; l++) {
+      const r = this.runLayer(l, xs, positions, caches[l]!);
+      xs = r.xs;
+      if (l === fastv.afterLayer) {
+        const scores = Array.from(r.lastRowProbs);
+        imageScores = image.flatMap((v, j) => (v ? [scores[j]!] : []));
+        kept = fastvKept(scores, image, fastv.dropPercent);
+        xs = kept.map((j) => xs[j]!);
+        positions = kept;
+      }
+    }
+    const cacheLengths = caches.map((c) => c.keys[0]!.length);
+    const prefillLast = logitsOf(xs.at(-1)!);
+
+    // Greedy decode: token s (s ≥ 1) is fed at position n + s − 1, every layer on its own cache.
+    const tokens = [argmax(prefillLast)];
+    const stepLogits: Float64Array[] = [];
+    for (let s = 1; s < steps; s++) {
+      let x = [embed(tokens.at(-1)!)];
+      for (let l = 0; l < o.layers; l++) x = this.runLayer(l, x, [n + s - 1], caches[l]!).xs;
+      const logits = logitsOf(x[0]!);
+      stepLogits.push(logits);
+      tokens.push(argmax(logits));
+    }
+    return { kept, imageScores, prefillLast, tokens, steps: stepLogits, cacheLengths };
+  }
 }
 
 export function argmax(a: ArrayLike<number>): number {
   let best = 0;
   for (let i = 1; i < a.length; i++) if (a[i]! > a[best]!) best = i;
   return best;
+}
+
+// ---------------------------------------------------------------------------------------------
+// FastV with a KV cache: prune once at prefill.
+
+/** FastV's stage: after layer `afterLayer`, drop `dropPercent`% of the image tokens by last-token attention. */
+export interface FastvOptions {
+  afterLayer: number;
+  /** 0: no pruning (the dense model, computed layer by layer). */
+  dropPercent: number;
+}
+
+export interface PrunedGeneration {
+  /** Prompt positions kept after the stage (ascending): every non-image token and the kept image tokens. */
+  kept: number[];
+  /** The stage's scores of the image tokens (in prompt order): mean over heads of the last prompt row. */
+  imageScores: number[];
+  /** Logits of the last prompt token after prefill (where the first generated token comes from). */
+  prefillLast: Float64Array;
+  /** `steps` greedy tokens. */
+  tokens: number[];
+  /** Logits of each decode step's fed token (steps − 1 of them). */
+  steps: Float64Array[];
+  /** Cache length per layer right after prefill: N for layers ≤ afterLayer, kept.length after. */
+  cacheLengths: number[];
+}
+
+/** One layer's cache: [kvHead][entry] → head_size vector (keys after rotary). */
+export interface LayerCache {
+  keys: Float64Array[][];
+  values: Float64Array[][];
+}
+
+/**
+ * How many of `n` image tokens the stage drops: round-half-up(percent·n / 100), as prunec's
+ * `drop P% of image` counts them (at least one when percent > 0, at most n); none at 0%.
+ */
+export function fastvDropCount(percent: number, n: number): number {
+  return percent <= 0 || n === 0 ? 0 : keepCount(percent, n);
+}
+
+/**
+ * FastV's selection on one example: `scores[j]` for every prompt position j (the last row's
+ * attention, mean over heads), `image[j]` marking the image tokens. Keeps every non-image token and
+ * the (image count − drop) highest-scoring image tokens (ties: the lower position is kept first).
+ */
+export function fastvKept(scores: readonly number[], image: readonly boolean[], dropPercent: number): number[] {
+  const imagePositions = image.flatMap((v, j) => (v ? [j] : []));
+  const drop = fastvDropCount(dropPercent, imagePositions.length);
+  const keptImage = new Set(topKPositions(imagePositions.map((j) => scores[j]!), imagePositions.length - drop, 0).map((i) => imagePositions[i]!));
+  return image.flatMap((isImage, j) => (!isImage || keptImage.has(j) ? [j] : []));
+}
+
+/** `generatePruned` on a fresh reference decoder over `weights` (options `o`, default the test decoder's). */
+export function generatePruned(
+  weights: DecoderWeights,
+  prompt: readonly number[],
+  image: readonly boolean[],
+  fastv: FastvOptions,
+  steps: number,
+  o: DecoderOptions = DECODER,
+): PrunedGeneration {
+  return new ReferenceDecoder(weights, o).generatePruned(prompt, image, fastv, steps);
 }

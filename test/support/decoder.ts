@@ -598,3 +598,136 @@ export async function openDecoderSession(model: Uint8Array, backend: Backend): P
     release: () => session.release(),
   };
 }
+
+// ---------------------------------------------------------------------------------------------
+// Generation with an image mask (models compiled by prunec with `tokens image = input image_mask`).
+
+/** Feeds a decoder step: a function, or an open session. */
+export type DecoderRunner = ((feeds: Feeds) => Promise<Outputs>) | DecoderSession;
+
+/** The `image_mask` feed [batch, seq] (bool) of a prompt batch. */
+export function imageMaskFeed(p: PromptBatch, name = "image_mask"): Feeds {
+  const data = new Uint8Array(p.batch * p.seq);
+  p.imageMask.forEach((row, b) => row.forEach((v, j) => (data[b * p.seq + j] = v ? 1 : 0)));
+  return { [name]: { type: "bool", dims: [p.batch, p.seq], data } };
+}
+
+export interface ImageMaskGenerationOptions {
+  /** The bool input marking image positions (default "image_mask"). */
+  imageMask?: string;
+  /**
+   * An int64 [batch, K] output giving the prompt position of each prefill output row (-1 for
+   * empty slots), used to find each example's last prompt token when the prefill returns fewer
+   * rows than it was fed (default "prunec.stage0.indices", read only when the model returns it).
+   */
+  indices?: string;
+}
+
+export interface ImageMaskGeneration extends Generation {
+  /** Every output of the prefill run: present.N.key/value (lengths may differ per layer), exposed indices… */
+  prefillOutputs: Outputs;
+  /** Row of each example's last prompt token in the prefill logits (the row its first token comes from). */
+  lastRows: number[];
+  /** Length (dim 2) of present.N.key after prefill, per layer. */
+  presentLengths: number[];
+}
+
+/**
+ * Greedy generation with a merged gqa decoder that takes an image mask (a model prunec compiled with
+ * `tokens image = input image_mask`). Prefill feeds the prompt batch, an empty past and its image
+ * mask; each of the `steps − 1` decode steps feeds the last token, an all-false [batch, 1] image
+ * mask (the new token is text), the attention mask grown by one column of ones (DENSE length: the
+ * caller does not know how many tokens the model pruned), position ids continuing in dense
+ * numbering (prompt length + step − 1), and every layer's present.N → past_key_values.N as
+ * returned, whatever its length (a pruning model's layers after the stage return shorter caches).
+ *
+ * The prefill logits may have fewer rows than the prompt (pruned tokens have none): each example's
+ * first token is read from the row `options.indices` maps to its last prompt position; without
+ * such an output, all rows must end at the last column (left padding or equal lengths) and the
+ * last row is used.
+ */
+export async function generateGreedyWithImageMask(
+  runner: DecoderRunner,
+  p: PromptBatch,
+  steps: number,
+  o: DecoderOptions = DECODER,
+  options: ImageMaskGenerationOptions = {},
+): Promise<ImageMaskGeneration> {
+  const run = typeof runner === "function" ? runner : (f: Feeds) => runner.run(f);
+  const maskName = options.imageMask ?? "image_mask";
+  const indicesName = options.indices ?? "prunec.stage0.indices";
+  const V = o.vocab;
+  const prefillOutputs = await run({ ...prefillFeeds(p, "gqa", o), ...imageMaskFeed(p, maskName) });
+  const logitsOut = prefillOutputs["logits"];
+  if (!logitsOut) throw new Error("generateGreedyWithImageMask: the model returned no 'logits'");
+  const prefill = logitsOut.data as Float32Array;
+  const [batch, rowsOut, vocab] = logitsOut.dims as [number, number, number];
+  if (batch !== p.batch || vocab !== V) throw new Error(`generateGreedyWithImageMask: prefill logits have dims [${logitsOut.dims}], expected [${p.batch}, ≤${p.seq}, ${V}]`);
+  const indices = prefillOutputs[indicesName];
+  const lastRows = p.offsets.map((offset, b) => {
+    const last = offset + p.lengths[b]! - 1;
+    if (rowsOut === p.seq) return last;
+    if (indices) {
+      const k = indices.dims[1]!;
+      if (k !== rowsOut) throw new Error(`generateGreedyWithImageMask: '${indicesName}' has ${k} columns for ${rowsOut} logits rows`);
+      const row = Array.from((indices.data as BigInt64Array).subarray(b * k, (b + 1) * k), Number).indexOf(last);
+      if (row < 0) throw new Error(`generateGreedyWithImageMask: example ${b}'s last prompt position ${last} is not among the kept rows of '${indicesName}'`);
+      return row;
+    }
+    if (last !== p.seq - 1) throw new Error(`generateGreedyWithImageMask: ${rowsOut} of ${p.seq} logits rows and no '${indicesName}' output: cannot find example ${b}'s last prompt token (not left-padded)`);
+    return rowsOut - 1;
+  });
+  const tokens: number[][] = lastRows.map((row, b) => [argmax(prefill, (b * rowsOut + row) * V, V)]);
+  const presentLengths = Array.from({ length: o.layers }, (_, l) => prefillOutputs[`present.${l}.key`]?.dims[2] ?? -1);
+
+  let out = prefillOutputs;
+  let mask = p.attentionMask;
+  let total = p.seq;
+  const noImage = new Uint8Array(p.batch);
+  const stepLogits: Float32Array[] = [];
+  for (let s = 1; s < steps; s++) {
+    const next = new BigInt64Array(p.batch * (total + 1));
+    for (let b = 0; b < p.batch; b++) {
+      next.set(mask.subarray(b * total, (b + 1) * total), b * (total + 1));
+      next[b * (total + 1) + total] = 1n;
+    }
+    mask = next;
+    total += 1;
+    const feeds: Feeds = {
+      input_ids: { type: "int64", dims: [p.batch, 1], data: BigInt64Array.from(tokens.map((t) => BigInt(t.at(-1)!))) },
+      attention_mask: { type: "int64", dims: [p.batch, total], data: mask },
+      position_ids: { type: "int64", dims: [p.batch, 1], data: BigInt64Array.from(p.lengths.map((n) => BigInt(n + s - 1))) },
+      [maskName]: { type: "bool", dims: [p.batch, 1], data: noImage },
+    };
+    for (let l = 0; l < o.layers; l++) {
+      for (const kv of ["key", "value"]) {
+        const t = out[`present.${l}.${kv}`];
+        if (!t) throw new Error(`generateGreedyWithImageMask: step ${s - 1} returned no 'present.${l}.${kv}'`);
+        feeds[`past_key_values.${l}.${kv}`] = { type: "float32", dims: t.dims, data: t.data };
+      }
+    }
+    out = await run(feeds);
+    const logits = out["logits"]!.data as Float32Array;
+    if (logits.length !== p.batch * V) throw new Error(`generateGreedyWithImageMask: step ${s} logits have dims [${out["logits"]!.dims}], expected [${p.batch}, 1, ${V}]`);
+    stepLogits.push(logits);
+    for (let b = 0; b < p.batch; b++) tokens[b]!.push(argmax(logits, b * V, V));
+  }
+  return { tokens, prefill, steps: stepLogits, prefillOutputs, lastRows, presentLengths };
+}
+
+/** `generateGreedyWithImageMask` on a session of `model` opened for the run (and released after). */
+export async function generateWithImageMask(
+  model: Uint8Array,
+  backend: Backend,
+  p: PromptBatch,
+  steps: number,
+  o: DecoderOptions = DECODER,
+  options: ImageMaskGenerationOptions = {},
+): Promise<ImageMaskGeneration> {
+  const session = await openDecoderSession(model, backend);
+  try {
+    return await generateGreedyWithImageMask(session, p, steps, o, options);
+  } finally {
+    await session.release();
+  }
+}
