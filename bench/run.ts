@@ -3,7 +3,8 @@
  * nothing here asserts).
  *  1. compile time vs the time to just read and write the same file (vit-ti16 from ../shared);
  *  2. ORT CPU latency, dense vs `after layer 2 keep 25% by cls-attn`, batch 1 and 8 (vit-ti16);
- *  3. the same for the shipped digits model and its schedules at batch 32, when it is present.
+ *  3. the same for the shipped digits model and its schedules at batch 32, when it is present;
+ *  4. a decoder with a KV cache (bench/decoder.ts): prefill latency and KV-cache bytes, dense vs FastV.
  *
  *   npm run bench [-- --runs 30]
  */
@@ -14,6 +15,7 @@ import { fileURLToPath } from "node:url";
 import { compile } from "../src/compile.js";
 import { writeAtomic } from "../src/cli/main.js";
 import { benchmark, formatBench } from "../src/cli/benchmark.js";
+import { benchDecoder } from "./decoder.js";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const args = process.argv.slice(2);
@@ -61,6 +63,8 @@ async function main(): Promise<void> {
     console.log(`\n== digits (${DIGITS})`);
     console.log(formatBench(await benchmark(readFileSync(DIGITS), "digits", specs, { batch: 32, runs })));
   }
+  console.log("\n== decoder with a KV cache");
+  await benchDecoder(runs);
 }
 
 await main();
