@@ -17,13 +17,13 @@
  *
  * Run: npm run test:webgpu (needs /usr/bin/chromium; see test/webgpu/README.md).
  */
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { compile } from "../../src/index.js";
 import { decodeModel } from "../../src/onnx/io.js";
 import { TensorProto_DataType as DT, type GraphProto } from "../../src/onnx/gen/onnx_pb.js";
-import { maxAbsDiff, runNode, type Feeds } from "../helpers/ort.js";
+import { maxAbsDiff, runNode } from "../helpers/ort.js";
 import { REPO_ROOT } from "../helpers/shared.js";
 import { withOutputs } from "../support/model-edit.js";
 import { CHROMIUM, CHROMIUM_ARGS, openBrowser, type AdapterInfo, type BrowserSession } from "./browser.js";
@@ -31,6 +31,7 @@ import { modelCases, type ModelCase, type Sample } from "./models.js";
 import { locate, parsePlacement, WEBGPU_EP, CPU_EP, type MemcpyNote, type NodeWhere } from "./placement.js";
 import { stageCopies, stageNodes, type Role, type StageCopy, type StageNode } from "./stage-graph.js";
 import { startServer, type TestServer } from "./server.js";
+import { argmaxRows, feedsOf, finishSuite, pageInfo, putInput, runInBrowser, type BrowserRun, type PageApi } from "./harness.js";
 
 const SCRATCH = join(REPO_ROOT, "scratch");
 const REPORT_PATH = join(SCRATCH, "webgpu-report.json");
@@ -138,12 +139,6 @@ interface Prepared {
   skipped: { id: string; why: string }[];
 }
 
-interface BrowserRun {
-  runs: { outputs: Record<string, { type: string; dims: number[]; data: number[] }>; runMs: number }[];
-  createMs: number;
-  log: string[];
-}
-
 type CpuRun = Record<string, { dims: number[]; data: ArrayLike<number | bigint> }>;
 
 interface StagePlacement {
@@ -219,36 +214,24 @@ beforeAll(async () => {
   server = await startServer();
   browser = await openBrowser(server.url);
   report.browser.userAgent = browser.userAgent;
-  report.browser.adapter = (await browser.page.evaluate(() => (window as unknown as PageApi).prunecWebgpu.adapter())) as AdapterInfo | null;
-  report.runtimes.onnxruntimeWeb = await browser.page.evaluate(() => (window as unknown as PageApi).prunecWebgpu.ortVersion);
+  const info = await pageInfo(browser);
+  report.browser.adapter = info.adapter;
+  report.runtimes.onnxruntimeWeb = info.ortVersion;
 }, 120_000);
 
 afterAll(async () => {
-  try {
-    report.wallSeconds = (Date.now() - t0) / 1000;
-    report.blockedRequests = browser?.blocked ?? [];
-    report.pageErrors = browser?.pageErrors ?? [];
-    mkdirSync(SCRATCH, { recursive: true });
-    writeFileSync(REPORT_PATH, JSON.stringify(report, null, 2) + "\n");
-    if (browser) writeFileSync(CONSOLE_PATH, browser.console.join("\n") + "\n");
-    console.log(summary());
-  } finally {
-    try {
-      await browser?.close();
-    } finally {
-      await server?.close();
-    }
-  }
+  await finishSuite({
+    report,
+    path: REPORT_PATH,
+    t0,
+    browser,
+    server,
+    summary,
+    also: () => {
+      if (browser) writeFileSync(CONSOLE_PATH, browser.console.join("\n") + "\n");
+    },
+  });
 }, 60_000);
-
-interface PageApi {
-  prunecWebgpu: {
-    adapter(): Promise<AdapterInfo | null>;
-    ortVersion: string;
-    run(job: unknown): Promise<BrowserRun>;
-    bench(job: unknown): Promise<number[][]>;
-  };
-}
 
 it("Chromium exposes a WebGPU adapter, and the page reaches nothing but the local server", () => {
   expect(report.browser.adapter, "navigator.gpu.requestAdapter() returned null").not.toBeNull();
@@ -460,10 +443,9 @@ for (const mc of modelCases()) {
 
     it.runIf(BENCH_ROUNDS > 0)(`timing: warm session.run of every variant, ${BENCH_ROUNDS} interleaved rounds (PRUNEC_WEBGPU_BENCH)`, async () => {
       const batch = prepared.batches[0]!;
-      const f = feedsOf(mc, batch)[mc.input]!;
-      const url = server!.put(`${mc.name}.bench.in.bin`, new Uint8Array(f.data.buffer, f.data.byteOffset, f.data.byteLength));
+      const feeds = putInput(server!, mc, batch, `${mc.name}.bench.in.bin`);
       const models = prepared.variants.map((v) => ({ id: logId(mc, v.key), model: server!.put(`${logId(mc, v.key)}.onnx`, v.model), outputs: [mc.output, ...v.indexOutputs] }));
-      const job = { models, feeds: { [mc.input]: { type: f.type, dims: [...f.dims], url } }, rounds: BENCH_ROUNDS };
+      const job = { models, feeds, rounds: BENCH_ROUNDS };
       const ms = await browser!.page.evaluate((j) => (window as unknown as PageApi).prunecWebgpu.bench(j), job);
       mr.bench = {
         rounds: BENCH_ROUNDS,
@@ -494,26 +476,9 @@ function median(xs: number[]): number {
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
-function argmaxRows(data: ArrayLike<number>, classes: number): number[] {
-  const out: number[] = [];
-  for (let r = 0; r * classes < data.length; r++) {
-    let best = 0;
-    for (let c = 1; c < classes; c++) if (data[r * classes + c]! > data[r * classes + best]!) best = c;
-    out.push(best);
-  }
-  return out;
-}
-
 function rows(data: ArrayLike<number>, dims: number[]): number[][] {
   const [b, k] = dims as [number, number];
   return Array.from({ length: b }, (_, i) => Array.from({ length: k }, (_, j) => Number(data[i * k + j])));
-}
-
-function feedsOf(mc: ModelCase, batch: Sample[]): Feeds {
-  const per = mc.image[0] * mc.image[1] * mc.image[2];
-  const data = new Float32Array(batch.length * per);
-  batch.forEach((s, i) => data.set(s.data, i * per));
-  return { [mc.input]: { type: "float32", dims: [batch.length, ...mc.image], data } };
 }
 
 function prunecNames(graph: GraphProto): string[] {
@@ -590,15 +555,7 @@ async function prepare(mc: ModelCase, defs: VariantDef[]): Promise<Prepared> {
 
 async function runBoth(mc: ModelCase, v: Variant, batches: Sample[][]): Promise<{ web: BrowserRun; cpu: CpuRun[] }> {
   const outputs = [mc.output, ...v.indexOutputs];
-  const id = logId(mc, v.key);
-  const modelUrl = server!.put(`${id}.onnx`, v.model);
-  const jobBatches = batches.map((batch, b) => {
-    const f = feedsOf(mc, batch)[mc.input]!;
-    const url = server!.put(`${id}.in${b}.bin`, new Uint8Array(f.data.buffer, f.data.byteOffset, f.data.byteLength));
-    return { [mc.input]: { type: f.type, dims: [...f.dims], url } };
-  });
-  const job = { id, model: modelUrl, batches: jobBatches, outputs, graphOptimizationLevel: "all" };
-  const web = await browser!.page.evaluate((j) => (window as unknown as PageApi).prunecWebgpu.run(j), job);
+  const web = await runInBrowser(server!, browser!, mc, logId(mc, v.key), v.model, batches, outputs);
   const cpu: CpuRun[] = [];
   for (const batch of batches) cpu.push(await runNode(v.model, feedsOf(mc, batch), outputs));
   return { web, cpu };
