@@ -10,6 +10,8 @@ export type ArgType = "number" | "integer" | "range" | "identifier";
 export interface ArgInfo {
   type: ArgType;
   default?: number | string | [number, number];
+  /** No default value, but the criterion chooses one from the stage (documented in `doc`). */
+  optional?: true;
   doc: string;
 }
 

@@ -17,7 +17,4 @@ const none = {};
 
 export const PLANNED: readonly CatalogEntry[] = [
   { name: "crops", summary: "per-crop budgets over contiguous raster chunks", reference: "HoloV, methods.md §9", args: { count: { type: "integer", default: 16, doc: "number of chunks" } } },
-  { name: "iga", summary: "instruction-guided attention: next layer's norm, q/k and rotary on instruction queries", reference: "TransPrune IGA, methods.md §5", requiresSets: ["image", "instruction"], args: none },
-  { name: "ttv", summary: "token transition variation of the attention and MLP sub-blocks", reference: "TransPrune TTV, methods.md §5", requiresSets: ["image"], args: none },
-  { name: "text-attn", summary: "attention of relevant text raters to image tokens", reference: "SparseVLM, methods.md §15", requiresSets: ["image"], args: none },
 ];

@@ -40,6 +40,16 @@ export interface ScoreContext extends StageFacts {
    * (after `with mask`), 0 elsewhere. A criterion that computes its own softmax over keys adds it.
    */
   keyBias: string | undefined;
+  /**
+   * `of SET` stages: the set's name and its boolean [batch, sequence] model input, which marks the
+   * dense model's positions (before any stage); criteria that read the set's own layout use it.
+   */
+  ofSet?: { name: string; input: string };
+  /**
+   * Token sets' membership (bool [B, N] over the stream's tokens) as earlier stages left it, by set
+   * name; a set absent here still has its dense layout (its model input).
+   */
+  sets?: ReadonlyMap<string, string>;
 }
 
 /**

@@ -146,6 +146,8 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
     keep: plan.keep === undefined ? undefined : plan.keep * unitSize(plan),
     target: options.target,
     keyBias: options.validBias ?? options.maskBias,
+    ...(plan.ofSet ? { ofSet: plan.ofSet } : {}),
+    ...(options.sets?.size ? { sets: options.sets } : {}),
   };
   let output: string;
   let indices: string | undefined;

@@ -17,9 +17,12 @@ import { fopru, spatialRows } from "./criteria/fopru.js";
 import { diversity, kCenter } from "./criteria/diversity.js";
 import { similarity } from "./criteria/similarity.js";
 import { lastTokenAttn } from "./criteria/last-token-attn.js";
+import { iga } from "./criteria/iga.js";
+import { ttv, transprune } from "./criteria/ttv.js";
+import { textAttn } from "./criteria/text-attn.js";
 
 /** Criteria prunec can compile. */
-export const CRITERIA: readonly CriterionModule[] = [clsAttn, globalAttn, clsAttnEnsemble, hiprune, fopru, spatialRows, pagerank, flowcut, diversity, kCenter, similarity, lastTokenAttn, norm, random, uniform];
+export const CRITERIA: readonly CriterionModule[] = [clsAttn, globalAttn, clsAttnEnsemble, hiprune, fopru, spatialRows, pagerank, flowcut, diversity, kCenter, similarity, lastTokenAttn, iga, ttv, transprune, textAttn, norm, random, uniform];
 
 export { PLANNED };
 

@@ -15,7 +15,7 @@ const END = "<!-- criteria:end -->";
 
 function args(c: CriterionInfo): string {
   const list = Object.entries(c.args).map(([name, a]) => {
-    const dflt = a.default === undefined ? "required" : `default ${Array.isArray(a.default) ? a.default.join("..") : a.default}`;
+    const dflt = a.default === undefined ? (a.optional ? "optional" : "required") : `default ${Array.isArray(a.default) ? a.default.join("..") : a.default}`;
     return `\`${name}\`: ${a.type}, ${dflt}; ${a.doc}`;
   });
   return list.length ? list.join("<br>") : "none";
