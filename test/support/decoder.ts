@@ -512,11 +512,23 @@ export async function generateGreedy(
   o: DecoderOptions = DECODER,
 ): Promise<Generation> {
   const V = o.vocab;
-  let out = await run(prefillFeeds(p, "gqa", o));
+  const out = await run(prefillFeeds(p, "gqa", o));
   const prefill = out["logits"]!.data as Float32Array;
   const tokens: number[][] = Array.from({ length: p.batch }, () => []);
   // Each example's first token comes from its last real position (the last one when left-padded).
   for (let b = 0; b < p.batch; b++) tokens[b]!.push(argmax(prefill, (b * p.seq + p.offsets[b]! + p.lengths[b]! - 1) * V, V));
+  const stepLogits = await decodeSteps(run, out, p, tokens, steps, o, {});
+  return { tokens, prefill, steps: stepLogits };
+}
+
+/**
+ * Decode steps 1..steps−1 after a prefill whose outputs are `out`: feed each example's last token,
+ * the attention mask grown by one column, the next dense position, and every layer's present.N as
+ * past_key_values.N (whatever its length); `extra` adds inputs (e.g. an all-false image mask).
+ * Appends the greedy tokens to `tokens` and returns each step's logits [batch, vocab].
+ */
+async function decodeSteps(run: (feeds: Feeds) => Promise<Outputs>, out: Outputs, p: PromptBatch, tokens: number[][], steps: number, o: DecoderOptions, extra: Feeds): Promise<Float32Array[]> {
+  const V = o.vocab;
   let mask = p.attentionMask;
   let total = p.seq;
   const stepLogits: Float32Array[] = [];
@@ -532,19 +544,22 @@ export async function generateGreedy(
       input_ids: { type: "int64", dims: [p.batch, 1], data: BigInt64Array.from(tokens.map((t) => BigInt(t.at(-1)!))) },
       attention_mask: { type: "int64", dims: [p.batch, total], data: mask },
       position_ids: { type: "int64", dims: [p.batch, 1], data: BigInt64Array.from(p.lengths.map((n) => BigInt(n + s - 1))) },
+      ...extra,
     };
     for (let l = 0; l < o.layers; l++) {
       for (const kv of ["key", "value"]) {
-        const t = out[`present.${l}.${kv}`]!;
+        const t = out[`present.${l}.${kv}`];
+        if (!t) throw new Error(`decode step ${s - 1} returned no 'present.${l}.${kv}'`);
         feeds[`past_key_values.${l}.${kv}`] = { type: "float32", dims: t.dims, data: t.data };
       }
     }
     out = await run(feeds);
     const logits = out["logits"]!.data as Float32Array;
+    if (logits.length !== p.batch * V) throw new Error(`decode step ${s} logits have dims [${out["logits"]!.dims}], expected [${p.batch}, 1, ${V}]`);
     stepLogits.push(logits);
     for (let b = 0; b < p.batch; b++) tokens[b]!.push(argmax(logits, b * V, V));
   }
-  return { tokens, prefill, steps: stepLogits };
+  return stepLogits;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -680,38 +695,8 @@ export async function generateGreedyWithImageMask(
   const tokens: number[][] = lastRows.map((row, b) => [argmax(prefill, (b * rowsOut + row) * V, V)]);
   const presentLengths = Array.from({ length: o.layers }, (_, l) => prefillOutputs[`present.${l}.key`]?.dims[2] ?? -1);
 
-  let out = prefillOutputs;
-  let mask = p.attentionMask;
-  let total = p.seq;
-  const noImage = new Uint8Array(p.batch);
-  const stepLogits: Float32Array[] = [];
-  for (let s = 1; s < steps; s++) {
-    const next = new BigInt64Array(p.batch * (total + 1));
-    for (let b = 0; b < p.batch; b++) {
-      next.set(mask.subarray(b * total, (b + 1) * total), b * (total + 1));
-      next[b * (total + 1) + total] = 1n;
-    }
-    mask = next;
-    total += 1;
-    const feeds: Feeds = {
-      input_ids: { type: "int64", dims: [p.batch, 1], data: BigInt64Array.from(tokens.map((t) => BigInt(t.at(-1)!))) },
-      attention_mask: { type: "int64", dims: [p.batch, total], data: mask },
-      position_ids: { type: "int64", dims: [p.batch, 1], data: BigInt64Array.from(p.lengths.map((n) => BigInt(n + s - 1))) },
-      [maskName]: { type: "bool", dims: [p.batch, 1], data: noImage },
-    };
-    for (let l = 0; l < o.layers; l++) {
-      for (const kv of ["key", "value"]) {
-        const t = out[`present.${l}.${kv}`];
-        if (!t) throw new Error(`generateGreedyWithImageMask: step ${s - 1} returned no 'present.${l}.${kv}'`);
-        feeds[`past_key_values.${l}.${kv}`] = { type: "float32", dims: t.dims, data: t.data };
-      }
-    }
-    out = await run(feeds);
-    const logits = out["logits"]!.data as Float32Array;
-    if (logits.length !== p.batch * V) throw new Error(`generateGreedyWithImageMask: step ${s} logits have dims [${out["logits"]!.dims}], expected [${p.batch}, 1, ${V}]`);
-    stepLogits.push(logits);
-    for (let b = 0; b < p.batch; b++) tokens[b]!.push(argmax(logits, b * V, V));
-  }
+  const noImage: Feeds = { [maskName]: { type: "bool", dims: [p.batch, 1], data: new Uint8Array(p.batch) } };
+  const stepLogits = await decodeSteps(run, prefillOutputs, p, tokens, steps, o, noImage);
   return { tokens, prefill, steps: stepLogits, prefillOutputs, lastRows, presentLengths };
 }
 
