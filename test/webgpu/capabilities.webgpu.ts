@@ -77,6 +77,7 @@ export const CAPABILITIES: Capability[] = [
   { key: "flowcut", covers: "flowcut", spec: keep("flowcut") },
   { key: "diversity", covers: "diversity", spec: keep("diversity"), greedy: true },
   { key: "k-center", covers: "k-center", spec: keep("k-center"), greedy: true },
+  { key: "ttv", covers: "ttv", spec: keep("ttv") },
   { key: "norm", covers: "norm", spec: keep("norm") },
   { key: "random", covers: "random", spec: keep("random(seed: 0)") },
   { key: "uniform", covers: "uniform", spec: keep("uniform") },
