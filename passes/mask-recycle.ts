@@ -40,6 +40,16 @@ export function maskUnavailable(model: TransformerInfo, from: number): string | 
   return undefined;
 }
 
+/** Why padding tokens could not be masked out of the layers from `from` on (cached GQA layers can), or undefined. */
+export function paddingUnmaskable(model: TransformerInfo, from: number): string | undefined {
+  for (const l of model.layers.slice(from)) {
+    const core = l.core;
+    if (!core) return `layer ${l.index} (${l.kind}) has no attention to mask`;
+    if (!core.probs && core.kind !== "MultiHeadAttention" && core.kind !== "GroupQueryAttention") return `layer ${l.index}'s fused com.microsoft.${core.kind} takes no additive attention bias prunec can extend`;
+  }
+  return undefined;
+}
+
 /**
  * Rewire the attention of layers `from`..`until` so their logits get `bias` [B,N] on the keys:
  * unfused: the Softmax input (laid out per the layer's probabilities); MultiHeadAttention: its

@@ -11,7 +11,7 @@ import { criterionModule, plannedCriterion, requiredSets } from "../passes/regis
 import type { StagePlan } from "../passes/prune-stage.js";
 import type { StageFacts } from "../passes/criterion.js";
 import { keepCountStatic } from "../passes/amount.js";
-import { maskUnavailable } from "../passes/mask-recycle.js";
+import { maskUnavailable, paddingUnmaskable } from "../passes/mask-recycle.js";
 import { planMerge } from "./plan-merge.js";
 import { PrunecError } from "./errors.js";
 
@@ -169,6 +169,13 @@ function planOne(
     fail(stage.layerSpan ?? stage.positionSpan, `the residual stream leaving layer ${resolved} could not be found (looked for pre-norm → attention → Add → norm → MLP → Add)`);
     return undefined;
   }
+  if (!encoder && layer.residual.outputNorm) {
+    // The stream leaving L is output 3 of a fused Skip norm whose output 0 (the same tokens,
+    // normalized) feeds layer L+1: gathering only output 3 would leave layer L+1 dense.
+    const n = layer.residual.outputNorm;
+    fail(stage.layerSpan ?? stage.positionSpan, `the residual stream leaving layer ${resolved} is fused into ${n.domain ? `${n.domain}.` : ""}${n.opType} (node '${n.name}'), whose normalized output also feeds the next layer; prunec cannot prune through a fused skip normalization yet`);
+    return undefined;
+  }
   if (ofSet !== undefined && model.batchAxis !== 0) {
     fail(stage.ofSpan ?? stage.span, `'of ${stage.of}' needs a batch-first residual stream (the set's mask is [batch, sequence])`);
     return undefined;
@@ -217,6 +224,11 @@ function planOne(
   const flowcutAdaptive = criterion.name === "flowcut" && Number(args["adaptive"] ?? 0) === 1;
   if (amount.kind === "mass" || amount.kind === "above" || flowcutAdaptive || afterAdaptive || ofSet !== undefined) {
     const span = stage.amountSpan ?? stage.actionSpan;
+    const unmaskable = paddingUnmaskable(model, resolved + 1);
+    if (unmaskable) {
+      fail(span, `this stage's count differs per example, so batches pad to the largest count and mask the padding in every later attention, but ${unmaskable}`);
+      return undefined;
+    }
     const adaptiveKind = amount.kind === "mass" || amount.kind === "above";
     const what = adaptiveKind
       ? `'${amount.kind}' keeps a number of tokens that depends on the input`

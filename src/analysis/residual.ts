@@ -1,7 +1,25 @@
 /**
- * The residual stream around one attention core, for pre-norm transformer blocks:
- *   x_in ──norm──► attention ──► (+ x_in) = x_mid ──norm──► MLP ──► (+ x_mid) = x_out
- * The norm is the one shared by the query and key paths (so q_norm/k_norm are not mistaken for it).
+ * The residual stream around one attention core (or one linear-attention mixer), for pre-norm
+ * transformer blocks. Two forms are recognized, and may mix within one model:
+ *
+ * Plain (Add + norm):
+ *   x_in ──norm──► attention ──► Add(x_in, ·) = x_mid ──norm──► MLP ──► Add(x_mid, ·) = x_out
+ *
+ * Skip (onnxruntime's fused add+norm, com.microsoft Skip[Simplified]LayerNormalization, as the
+ * transformers.js / onnxruntime-genai decoders write it): each residual add is fused with the norm
+ * that follows it. The node `Skip(input, skip[, gamma, bias])` writes
+ *   output 0: norm(input + skip [+ bias]), output 1/2: mean / inv_std_var (training only),
+ *   output 3: input_skip_bias_sum = input + skip [+ bias], i.e. the residual stream itself.
+ * So layer L reads as
+ *   Skip_a(x_mid[L-1], mlp[L-1]) ─ out 3 ─► x_in ─────────────────────────────┐
+ *                                └ out 0 ─► attention ──► Skip_b(x_in, ·) ─ out 3 ─► x_mid ──┐
+ *                                                            └ out 0 ─► MLP ──► Skip_c(x_mid, ·)
+ * where Skip_a is layer L's pre-norm (for layer 0 usually a plain norm on the embeddings), Skip_b
+ * the post-attention norm, and Skip_c the next layer's pre-norm (for the last layer, the model's
+ * final norm). The residual stream leaving layer L is Skip_c's output 3.
+ *
+ * The pre-norm is the norm shared by the query and key paths; per-head q_norm / k_norm that sit on
+ * one path only (Gemma-3, Qwen3) are walked through.
  */
 import type { Graph, NodeProto } from "../ir/graph.js";
 import type { AttentionCore } from "./attention.js";
@@ -14,18 +32,58 @@ const NORMS: ReadonlySet<string> = new Set([
   "RMSNormalization",
 ]);
 
-export interface ResidualBlock {
-  norm: NodeProto;
-  /** Residual stream entering the block (the pre-norm's input). */
-  input: string;
-  /** After the attention residual add. */
-  mid: string;
-  /** Leaving the block (after the MLP residual add). */
-  output: string;
+/** Index of a Skip…Normalization's `input_skip_bias_sum` output (the residual stream). */
+export const SKIP_SUM_OUTPUT = 3;
+
+export function isSkipNorm(n: NodeProto): boolean {
+  return n.opType === "SkipLayerNormalization" || n.opType === "SkipSimplifiedLayerNormalization";
 }
 
-/** Norm nodes met walking backwards from `t`, nearest first (bounded: blocks are small). */
-function normsAbove(g: Graph, t: string, limit = 500): NodeProto[] {
+export interface ResidualBlock {
+  /**
+   * The block's pre-norm (its output 0 feeds the attention / mixer). Plain form: a norm reading
+   * `input` as its input 0. Skip form: the Skip…Normalization that adds the previous layer's MLP
+   * output to its stream; `input` is its output 3. (Its input 1 is then the skip operand, not the
+   * scale: the scale is input 2.)
+   */
+  norm: NodeProto;
+  /**
+   * Residual stream entering the block: the plain pre-norm's input, or the Skip pre-norm's output 3.
+   * Layer 0's is the embeddings (a graph input or the embedding node's output).
+   */
+  input: string;
+  /** After the attention residual add: the Add's output, or the post-attention Skip norm's output 3. */
+  mid: string;
+  /**
+   * Leaving the block, after the MLP residual add: the Add's output, or output 3 of the Skip norm
+   * that adds the MLP output to `mid` (the next layer's pre-norm, or the final norm).
+   * Every consumer of `output` reads the stream after this layer. In the Skip form that is not
+   * every reader of the stream: see `outputNorm`. When `outputMissing` is set, the tensor is not in
+   * the graph yet.
+   */
+  output: string;
+  /**
+   * Skip form only: the fused add+norm whose output 3 is `output`. Its output 0 is the same
+   * stream normalized, read by the next layer's attention / mixer (or by the LM head after the
+   * final norm): it holds one row per token too, so a stage that gathers `output` must give
+   * output 0's readers the kept rows as well (gather output 0 with the same indices, which equals
+   * normalizing the gathered stream since the norm is per token; or split the node into Add +
+   * norm). Renaming output 3 alone leaves the next layer's attention on the dense tokens.
+   */
+  outputNorm?: NodeProto;
+  /**
+   * Skip form only: the exporter omitted `outputNorm`'s optional output 3 (nothing read the sum,
+   * as for the final norm). `output` is then a fresh name, unused in the graph, that a stage must
+   * first add to `outputNorm` as its output 3 (padding outputs 1 and 2 with "").
+   */
+  outputMissing?: boolean;
+}
+
+/**
+ * Norm nodes met walking backwards from `t`, nearest first (bounded: blocks are small). The walk
+ * stops at each norm (the block starts there) except those in `through`.
+ */
+function normsAbove(g: Graph, t: string, through: ReadonlySet<NodeProto> = new Set(), limit = 500): NodeProto[] {
   const found: NodeProto[] = [];
   const seen = new Set<string>();
   const queue = [t];
@@ -36,8 +94,8 @@ function normsAbove(g: Graph, t: string, limit = 500): NodeProto[] {
     seen.add(cur);
     const p = g.producer.get(cur);
     if (!p) continue;
-    if (NORMS.has(p.opType)) {
-      found.push(p);
+    if (NORMS.has(p.opType) && !through.has(p)) {
+      if (!found.includes(p)) found.push(p);
       continue; // the block starts here; do not walk into the previous block
     }
     for (const i of p.input) if (i && !g.isConstant(i)) queue.push(i);
@@ -46,52 +104,112 @@ function normsAbove(g: Graph, t: string, limit = 500): NodeProto[] {
 }
 
 function preNorm(g: Graph, core: AttentionCore): NodeProto | undefined {
-  const fromQ = normsAbove(g, core.query);
-  if (!core.key) return fromQ[0];
-  const fromK = new Set(normsAbove(g, core.key));
-  return fromQ.find((n) => fromK.has(n));
+  if (!core.key) return normsAbove(g, core.query)[0];
+  // Norms on one path only (per-head q_norm / k_norm) are walked through, a few levels at most.
+  const through = new Set<NodeProto>();
+  for (let round = 0; round < 3; round++) {
+    const fromQ = normsAbove(g, core.query, through);
+    const fromK = normsAbove(g, core.key, through);
+    const shared = fromQ.find((n) => fromK.includes(n));
+    if (shared) return shared;
+    const before = through.size;
+    for (const n of [...fromQ, ...fromK]) if (!isSkipNorm(n)) through.add(n);
+    if (through.size === before) return undefined;
+  }
+  return undefined;
 }
 
-/** True when `t` is computed from `source` (a bounded breadth-first walk back: the path is short). */
-function dependsOn(g: Graph, t: string, source: string, limit = 1000): boolean {
+/** True when `t` is computed by `node` (directly or through other nodes; a bounded walk back). */
+function computedBy(g: Graph, t: string, node: NodeProto, limit = 1000): boolean {
   const seen = new Set<string>();
   const queue = [t];
   for (let head = 0; head < queue.length && seen.size < limit; head++) {
     const cur = queue[head]!;
-    if (cur === source) return true;
     if (seen.has(cur)) continue;
     seen.add(cur);
     const p = g.producer.get(cur);
-    if (p) for (const i of p.input) if (i && !g.isConstant(i)) queue.push(i);
+    if (!p) continue;
+    if (p === node) return true;
+    for (const i of p.input) if (i && !g.isConstant(i)) queue.push(i);
   }
   return false;
 }
 
-/** The earliest Add consuming `t` whose other operand is computed from `branchOut`. */
-function residualAdd(g: Graph, t: string, branchOut: string): NodeProto | undefined {
+/** The two summed operands of a residual add: a 2-input Add, or a Skip norm's input and skip. */
+function summands(n: NodeProto): [string, string] | undefined {
+  if (n.opType === "Add" && n.domain === "" && n.input.length === 2) return [n.input[0]!, n.input[1]!];
+  if (isSkipNorm(n) && n.input[0] && n.input[1]) return [n.input[0], n.input[1]];
+  return undefined;
+}
+
+/**
+ * The earliest residual add (Add or Skip norm) summing `t` with a branch computed by `branch`
+ * (node-based: in the Skip form the branch starts from a sibling output of the node writing `t`).
+ */
+function residualAdd(g: Graph, t: string, branch: NodeProto): NodeProto | undefined {
   const adds = g
     .consumersOf(t)
     .filter((c) => {
-      if (c.opType !== "Add" || c.input.length !== 2) return false;
-      const other = c.input[0] === t ? c.input[1]! : c.input[0]!;
-      return other !== t && dependsOn(g, other, branchOut);
+      const pair = summands(c);
+      if (!pair || !pair.includes(t)) return false;
+      const other = pair[0] === t ? pair[1] : pair[0];
+      return other !== t && computedBy(g, other, branch);
     })
     .sort((a, b) => g.position(a) - g.position(b));
   return adds[0];
 }
 
+/** The stream a residual add writes: the Add's output, or the Skip norm's output 3 ("" when omitted). */
+function sumOf(n: NodeProto): string {
+  return isSkipNorm(n) ? n.output[SKIP_SUM_OUTPUT] ?? "" : n.output[0] ?? "";
+}
+
+/** A name for an omitted Skip-norm sum output that no tensor of the graph uses. */
+function freshSumName(g: Graph, n: NodeProto): string {
+  const base = `${n.name || n.output[0] || "skip_norm"}/input_skip_bias_sum`;
+  const taken = (s: string) => g.producer.has(s) || g.initializers.has(s) || g.inputs.has(s) || g.consumers.has(s);
+  let name = base;
+  for (let k = 1; taken(name); k++) name = `${base}_${k}`;
+  return name;
+}
+
+/**
+ * The block around a given pre-norm and the node computing the mixer's output (an attention core's
+ * P·V MatMul or fused op, a linear-attention layer's control-flow node).
+ */
+export function residualBlockFrom(g: Graph, norm: NodeProto, branch: NodeProto): ResidualBlock | undefined {
+  const input = isSkipNorm(norm) ? norm.output[SKIP_SUM_OUTPUT] : norm.input[0];
+  if (!input) return undefined;
+  const addMid = residualAdd(g, input, branch);
+  const mid = addMid ? sumOf(addMid) : "";
+  if (!addMid || !mid) return undefined;
+  // The MLP branch is computed from x_mid's node; the second residual add consumes x_mid directly.
+  const addOut = residualAdd(g, mid, addMid);
+  if (!addOut) return undefined;
+  if (!isSkipNorm(addOut)) return addOut.output[0] ? { norm, input, mid, output: addOut.output[0] } : undefined;
+  const sum = sumOf(addOut);
+  if (sum) return { norm, input, mid, output: sum, outputNorm: addOut };
+  return { norm, input, mid, output: freshSumName(g, addOut), outputNorm: addOut, outputMissing: true };
+}
+
 export function findResidualBlock(g: Graph, core: AttentionCore): ResidualBlock | undefined {
   const norm = preNorm(g, core);
-  if (!norm || norm.opType.startsWith("Skip")) return undefined; // fused add+norm: see the decoder issue
-  const input = norm.input[0];
-  const coreOut = core.pv?.output[0] ?? core.anchor.output[0];
-  if (!input || !coreOut) return undefined;
-  const addMid = residualAdd(g, input, coreOut);
-  const mid = addMid?.output[0];
-  if (!mid) return undefined;
-  // The MLP branch is computed from x_mid; the second residual add consumes x_mid directly.
-  const addOut = residualAdd(g, mid, mid);
-  const output = addOut?.output[0];
-  if (!output) return undefined;
-  return { norm, input, mid, output };
+  const branch = core.pv ?? core.anchor;
+  return norm ? residualBlockFrom(g, norm, branch) : undefined;
+}
+
+/**
+ * A linear-attention layer (recurrent state in control flow, no attention anchor): its mixer is
+ * the stateful node `mixer`; its pre-norm is the first of the layer's norms (in graph order) around
+ * which a residual block closes. Control-flow bodies read outer tensors implicitly, so the mixer's
+ * inputs are not followed; the residual adds are found from the mixer's output instead.
+ */
+export function findLinearResidualBlock(g: Graph, mixer: NodeProto, layerNodes: readonly NodeProto[]): ResidualBlock | undefined {
+  const norms = layerNodes.filter((n) => NORMS.has(n.opType)).sort((a, b) => g.position(a) - g.position(b));
+  for (const norm of norms) {
+    if (g.position(norm) > g.position(mixer)) break;
+    const block = residualBlockFrom(g, norm, mixer);
+    if (block) return block;
+  }
+  return undefined;
 }

@@ -5,7 +5,7 @@
  */
 import { Graph, attrInt, type NodeProto } from "../ir/graph.js";
 import { findAttentionCores, type AttentionCore, type AttentionKind } from "./attention.js";
-import { findResidualBlock, type ResidualBlock } from "./residual.js";
+import { findLinearResidualBlock, findResidualBlock, type ResidualBlock } from "./residual.js";
 import { inferShapes } from "./shapes.js";
 import type { Dim, Shape, ShapeMap } from "./dims.js";
 import { PrunecError } from "../errors.js";
@@ -73,7 +73,11 @@ function nodesByLayerName(g: Graph): Map<number, { prefix: string; nodes: NodePr
 
 /** Linear-attention layers carry recurrent state through control flow (prefill vs decode paths). */
 function isStateful(nodes: NodeProto[]): boolean {
-  return nodes.some((n) => n.opType === "If" || n.opType === "Scan" || n.opType === "Loop");
+  return nodes.some(isStatefulNode);
+}
+
+function isStatefulNode(n: NodeProto): boolean {
+  return n.opType === "If" || n.opType === "Scan" || n.opType === "Loop";
 }
 
 function isContiguous(keys: number[]): boolean {
@@ -142,6 +146,12 @@ function describeLayer(
 ): LayerInfo {
   const layer: LayerInfo = { index, kind, rotary: core?.rotary ?? false };
   if (name) layer.name = name;
+  if (!core && kind === "linear-attention") {
+    // The residual stream around the recurrent mixer (a stage may act after such a layer too).
+    const mixer = nodes.find(isStatefulNode);
+    const residual = mixer ? findLinearResidualBlock(g, mixer, nodes) : undefined;
+    if (residual) layer.residual = residual;
+  }
   if (core) {
     layer.core = core;
     const residual = findResidualBlock(g, core);

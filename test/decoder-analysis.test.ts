@@ -1,0 +1,208 @@
+/**
+ * Residual-stream analysis of the two transformers.js VLM decoders in ../shared/models/graph-only:
+ *
+ * - Gemma-3 4B (fp32): plain Add + SimplifiedLayerNormalization blocks (sandwich norms), with
+ *   per-head q_norm / k_norm on the query and key paths that the pre-norm search walks through.
+ * - Qwen3.5 0.8B (int8, MatMulInteger): hybrid, GroupQueryAttention every 4th layer and gated
+ *   delta-net linear attention (an `If` on prefill vs decode) elsewhere; every residual add is fused
+ *   into a com.microsoft SkipSimplifiedLayerNormalization, whose output 3 (input_skip_bias_sum) is
+ *   the residual stream. The final norm omits that output.
+ *
+ * Then the decoder spec `tokens image = input image_mask / after layer L drop 50% of image by
+ * last-token-attn` is compiled against both.
+ */
+import { expect, it } from "vitest";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describeShared, sharedModel } from "./helpers/shared.js";
+import { decodeModel } from "../src/onnx/io.js";
+import { Graph, type NodeProto } from "../src/ir/graph.js";
+import { shallowCopy } from "../src/ir/copy.js";
+import { truncateToLayers, writeSyntheticWeights } from "./support/synthetic-weights.js";
+import { uniform } from "./support/graph-only-inputs.js";
+import { withOutputs, rows } from "./support/model-edit.js";
+import { normKeep } from "./reference/baselines.js";
+import { runNode, type Feeds, type OrtOutput } from "./helpers/ort.js";
+import { analyzeTransformer, type TransformerInfo } from "../src/analysis/transformer.js";
+import { inspectModel } from "../src/inspect.js";
+import { compile } from "../src/compile.js";
+import { PrunecError } from "../src/errors.js";
+import { denseName } from "../passes/gather-tokens.js";
+
+const GEMMA = "graph-only/gemma-3-4b-vlm/decoder_model_merged.onnx";
+const QWEN35 = "graph-only/qwen3.5-0.8b-vlm-int8/decoder_model_merged_quantized.onnx";
+const SET_SPEC = (layer: number) => `tokens image = input image_mask\nafter layer ${layer} drop 50% of image by last-token-attn`;
+
+/** Nodes of a graph and of its control-flow bodies (Qwen3.5's linear attention reads its weights inside `If` branches). */
+function hoisted(nodes: readonly NodeProto[]): NodeProto[] {
+  return nodes.flatMap((n) => [n, ...hoisted(n.attribute.flatMap((a) => [...(a.g ? [a.g] : []), ...a.graphs]).flatMap((b) => b.node))]);
+}
+
+/**
+ * Synthetic weights for `source` (writeSyntheticWeights picks values from each tensor's consumers,
+ * and does not look inside control-flow bodies: it is given a copy with the bodies' nodes hoisted).
+ */
+async function withWeights<T>(source: Uint8Array, files: Record<string, Uint8Array>, fn: (path: (name: string) => string) => Promise<T>): Promise<T> {
+  const dir = mkdtempSync(join(tmpdir(), "prunec-decoder-"));
+  try {
+    const m = decodeModel(source);
+    writeSyntheticWeights(shallowCopy(m, { graph: shallowCopy(m.graph!, { node: hoisted(m.graph!.node) }) }), dir, 1);
+    for (const [name, bytes] of Object.entries(files)) writeFileSync(join(dir, name), bytes);
+    return await fn((name) => join(dir, name));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** Prefill feeds for a decoder's inputs at batch 1, `n` tokens, empty caches (M-RoPE position ids are [3, 1, n]). */
+function prefillFeeds(bytes: Uint8Array, n: number): Feeds {
+  const graph = decodeModel(bytes).graph!;
+  const sizes: Record<string, number> = { batch_size: 1, sequence_length: n, total_sequence_length: n, past_sequence_length: 0 };
+  const feeds: Feeds = {};
+  for (const i of graph.input) {
+    const t = i.type!.value.value as { elemType: number; shape: { dim: { value: { case: string; value: unknown } }[] } };
+    const dims = t.shape.dim.map((d) => (d.value.case === "dimValue" ? Number(d.value.value) : sizes[d.value.value as string]!));
+    const count = dims.reduce((a, b) => a * b, 1);
+    if (i.name === "position_ids") feeds[i.name] = { type: "int64", dims, data: BigInt64Array.from({ length: count }, (_, k) => BigInt(k % n)) };
+    else if (i.name === "attention_mask") feeds[i.name] = { type: "int64", dims, data: new BigInt64Array(count).fill(1n) };
+    else if (t.elemType === 1) feeds[i.name] = { type: "float32", dims, data: i.name === "inputs_embeds" ? uniform(count, 7) : new Float32Array(count) };
+    else throw new Error(`prefillFeeds: input ${i.name} of type ${t.elemType}`);
+  }
+  return feeds;
+}
+
+function tokensOf(o: OrtOutput): number[][][] {
+  const [, n, d] = o.dims as [number, number, number];
+  const data = o.data as Float32Array;
+  return [Array.from({ length: n }, (_, j) => Array.from(data.subarray(j * d, (j + 1) * d)))];
+}
+
+const cache = new Map<string, { bytes: Uint8Array; g: Graph; info: TransformerInfo }>();
+function load(rel: string) {
+  let hit = cache.get(rel);
+  if (!hit) {
+    const bytes = readFileSync(sharedModel(rel));
+    const g = new Graph(decodeModel(bytes, rel).graph!);
+    hit = { bytes, g, info: analyzeTransformer(g, rel) };
+    cache.set(rel, hit);
+  }
+  return hit;
+}
+
+/** Stream facts shared by both decoders. */
+function expectStream(info: TransformerInfo, hidden: number): void {
+  expect(info.tokenAxis).toBe(1);
+  expect(info.batchAxis).toBe(0);
+  expect(info.hidden).toBe(hidden);
+  expect(info.tokens).toBe("sequence_length");
+  expect(info.cls).toEqual({ present: false, prefixTokens: 0 });
+  // The first layer's input is the embeddings the decoder takes.
+  expect(info.layers[0]!.residual!.input).toBe("inputs_embeds");
+  // One stream from layer to layer.
+  for (let i = 1; i < info.layers.length; i++) expect(info.layers[i]!.residual!.input).toBe(info.layers[i - 1]!.residual!.output);
+}
+
+describeShared("decoder residual streams (transformers.js Gemma-3 and Qwen3.5)", () => {
+  it("gemma-3: every layer (GroupQueryAttention) has a plain Add + norm block; the pre-norm is input_layernorm, not q_norm/k_norm", () => {
+    const { g, info } = load(GEMMA);
+    expect(info.layers).toHaveLength(34);
+    expect(info.layers.every((l) => l.kind === "GroupQueryAttention" && l.residual)).toBe(true);
+    expectStream(info, 2560);
+    for (const l of info.layers) {
+      const r = l.residual!;
+      expect(r.norm.name).toBe(`/model/layers.${l.index}/input_layernorm/LayerNorm`);
+      expect(r.mid).toBe(`/model/layers.${l.index}/Add_1/output_0`);
+      expect(r.output).toBe(`/model/layers.${l.index}/Add_2/output_0`);
+      expect(r.outputNorm).toBeUndefined();
+      expect(r.outputMissing).toBeUndefined();
+      expect(g.producer.get(r.output)!.opType).toBe("Add");
+    }
+  });
+
+  it("qwen3.5: Skip-norm blocks; the stream leaving layer L is output 3 of the Skip norm feeding layer L+1 (the final norm's is omitted)", () => {
+    const { g, info } = load(QWEN35);
+    expect(info.layers).toHaveLength(24);
+    expectStream(info, 1024);
+    const gqa = info.layers.filter((l) => l.kind === "GroupQueryAttention");
+    expect(gqa.map((l) => l.index)).toEqual([3, 7, 11, 15, 19, 23]);
+    // Linear-attention layers get a block too: around the `If` mixer, between the same Skip norms.
+    expect(info.layers.filter((l) => l.kind === "linear-attention" && l.residual)).toHaveLength(18);
+    for (const l of info.layers) {
+      const r = l.residual!;
+      const next = l.index === 23 ? "/model/layers.24/final_norm_layernorm/SkipLayerNorm" : `/model/layers.${l.index + 1}/input_layernorm/SkipLayerNorm`;
+      // Layer 0's pre-norm is a plain norm on the embeddings; the others are Skip norms (their sum is `input`).
+      expect(r.norm.opType).toBe(l.index === 0 ? "SimplifiedLayerNormalization" : "SkipSimplifiedLayerNormalization");
+      if (l.index > 0) expect(r.input).toBe(r.norm.output[3]);
+      expect(r.mid).toBe(`/model/layers.${l.index}/post_attention_layernorm/output_3`);
+      expect(r.outputNorm!.name).toBe(next);
+      if (l.index < 23) {
+        expect(r.output).toBe(`/model/layers.${l.index + 1}/input_layernorm/output_3`);
+        expect(r.outputMissing).toBeUndefined();
+        // Produced by one node (as output 3), read only below the layer: the next layer's post-attention Skip norm.
+        expect(g.producer.get(r.output)).toBe(r.outputNorm);
+        expect(r.outputNorm!.output.indexOf(r.output)).toBe(3);
+        expect(g.consumersOf(r.output).map((n) => n.name)).toEqual([`/model/layers.${l.index + 1}/post_attention_layernorm/SkipLayerNorm`]);
+      }
+    }
+    // The final norm writes only output 0: the stream leaving layer 23 is a name a stage must add as its output 3.
+    const last = info.layers[23]!.residual!;
+    expect(last.outputMissing).toBe(true);
+    expect(last.outputNorm!.output).toEqual(["/model/layers.24/final_norm_layernorm/output_0"]);
+    expect(last.output).toBe("/model/layers.24/final_norm_layernorm/SkipLayerNorm/input_skip_bias_sum");
+    expect(g.producer.has(last.output) || g.consumers.has(last.output)).toBe(false);
+  });
+
+  it("inspect: no stage at Qwen3.5's layers (fused skip norms) nor last-token-attn at Gemma-3's (rotary inside the op)", () => {
+    const report = (rel: string) => inspectModel(load(rel).bytes, rel);
+    const q = report(QWEN35);
+    expect(q.hidden).toBe(1024);
+    expect(q.tokenAxis).toBe(1);
+    expect(q.batchAxis).toBe(0);
+    expect(q.tokens).toBe("sequence_length");
+    const at = (r: ReturnType<typeof report>, name: string) => r.layers.filter((l) => l.criteria.find((c) => c.name === name)?.ok).map((l) => l.index);
+    // Every Qwen3.5 stream leaves through a fused Skip norm, which prunec cannot prune through yet.
+    expect(at(q, "last-token-attn")).toEqual([]);
+    expect(q.layers[3]!.criteria.find((c) => c.name === "last-token-attn")!.why).toMatch(/fused into com\.microsoft\.SkipSimplifiedLayerNormalization/);
+    expect(q.layers.every((l) => l.residual !== null)).toBe(true);
+
+    const gm = report(GEMMA);
+    expect(gm.hidden).toBe(2560);
+    expect(gm.layers.every((l) => l.residual !== null)).toBe(true);
+    expect(at(gm, "last-token-attn")).toEqual([]);
+    expect(gm.layers[1]!.criteria.find((c) => c.name === "last-token-attn")!.why).toMatch(/applies rotary inside the op \(do_rotary=1\)/);
+    expect(at(gm, "norm")).toHaveLength(34);
+  });
+
+  it("gemma-3: the last-token-attn spec after layer 1 is rejected (GroupQueryAttention applies rotary itself); a norm stage compiles and decodes", () => {
+    const { bytes } = load(GEMMA);
+    expect(() => compile(bytes, SET_SPEC(1))).toThrow(PrunecError);
+    expect(() => compile(bytes, SET_SPEC(1))).toThrow(/last-token-attn cannot run after layer 1: .*do_rotary=1/);
+    const out = decodeModel(compile(bytes, "tokens image = input image_mask\nafter layer 1 drop 50% of image by norm").model);
+    const g = new Graph(out.graph!);
+    expect(g.inputs.has("image_mask")).toBe(true);
+    const r = "/model/layers.1/Add_2/output_0";
+    expect(g.producer.get(denseName(r))!.name).toBe("/model/layers.1/Add_2");
+    expect(g.producer.get(r)!.opType).toBe("GatherND");
+    // Plain form: layer 2 reads only the gathered stream.
+    expect(g.consumersOf(denseName(r)).every((n) => n.name.startsWith("prunec/"))).toBe(true);
+  });
+
+  it("qwen3.5 (Skip form): stages are rejected before writing, with the fused norm named (its normalized output also feeds the next layer)", () => {
+    const { bytes } = load(QWEN35);
+    const message = (spec: string) => {
+      try {
+        compile(bytes, spec, { specName: "q.prune" });
+      } catch (e) {
+        if (e instanceof PrunecError) return e.message.split("\n")[0];
+        throw e;
+      }
+      return "compiled";
+    };
+    expect(message("after layer 3 drop 50% by norm")).toBe(
+      "q.prune:1:13: error: the residual stream leaving layer 3 is fused into com.microsoft.SkipSimplifiedLayerNormalization (node '/model/layers.4/input_layernorm/SkipLayerNorm'), whose normalized output also feeds the next layer; prunec cannot prune through a fused skip normalization yet",
+    );
+    expect(message("after layer 23 keep 50% by norm")).toMatch(/^q\.prune:1:13: error: the residual stream leaving layer 23 is fused into .*final_norm_layernorm/);
+    expect(message(SET_SPEC(3))).toMatch(/the residual stream leaving layer 3 is fused into/);
+  });
+});
