@@ -112,15 +112,17 @@ export class ReferenceDecoder {
     return y;
   }
 
+  /** Widths the layer computations use: hidden, head size, q/kv widths, heads per kv head, 1/√d. */
+  private sizes() {
+    const o = this.o;
+    const hs = o.headSize;
+    return { d: o.hidden, hs, qw: o.heads * hs, kvw: o.kvHeads * hs, rep: o.heads / o.kvHeads, scale: 1 / Math.sqrt(hs) };
+  }
+
   /** Runs `tokens` after what `cache` holds (appending to it); returns each token's logits. */
   forward(tokens: readonly number[], cache: KvCache): Float64Array[] {
     const o = this.o;
-    const d = o.hidden;
-    const hs = o.headSize;
-    const qw = o.heads * hs;
-    const kvw = o.kvHeads * hs;
-    const rep = o.heads / o.kvHeads;
-    const scale = 1 / Math.sqrt(hs);
+    const { d, hs, qw, kvw, rep, scale } = this.sizes();
     const logits: Float64Array[] = [];
     for (const token of tokens) {
       const pos = cache.length;
@@ -187,12 +189,7 @@ export class ReferenceDecoder {
     cache: LayerCache,
   ): { xs: Float64Array[]; lastRowProbs: Float64Array } {
     const o = this.o;
-    const d = o.hidden;
-    const hs = o.headSize;
-    const qw = o.heads * hs;
-    const kvw = o.kvHeads * hs;
-    const rep = o.heads / o.kvHeads;
-    const scale = 1 / Math.sqrt(hs);
+    const { d, hs, qw, kvw, rep, scale } = this.sizes();
     const lw = this.w.layers[l]!;
     const before = cache.keys[0]!.length;
     const qs: Float64Array[] = [];
