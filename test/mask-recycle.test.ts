@@ -81,36 +81,43 @@ describe("with recycle", () => {
   const residual = "/encoder/layers/encoder_layer_1/Add_1_output_0";
   const probs = "/encoder/layers/encoder_layer_1/self_attention/Softmax_output_0";
 
-  it("appends the cls-attn-weighted mean of the dropped tokens; the exposed positions end in -1", async () => {
-    const compiled = compile(tiny, "after layer 1 keep 25% by cls-attn with recycle", { exposeIndices: true });
-    expect(compiled.report.stages[0]!.tokensOut).toBe(18);
-    const dense = await runNode(withOutputs(tiny, [residual, probs]), tinyFeeds, [residual, probs]);
-    for (const run of [runNode, runWasm]) {
-      const out = await run(withOutputs(compiled.model, [residual]), tinyFeeds, ["prunec.stage0.indices", residual]);
-      const kept = rows(out["prunec.stage0.indices"]!.data as BigInt64Array, out["prunec.stage0.indices"]!.dims);
-      const p = unfoldProbs(dense[probs]!.data as Float32Array, dense[probs]!.dims, 2);
-      const [batch, n, d] = dense[residual]!.dims as [number, number, number];
-      const x = dense[residual]!.data as Float32Array;
-      const y = out[residual]!.data as Float32Array;
-      expect(out[residual]!.dims).toEqual([batch, 18, d]);
-      for (let b = 0; b < batch; b++) {
-        expect(kept[b]!.length).toBe(18);
-        expect(kept[b]![17]).toBe(-1);
-        const keptSet = new Set(kept[b]!.slice(0, 17));
-        const s = clsScores(p[b]!, 1);
-        let total = 0;
-        const mean = new Array<number>(d).fill(0);
-        for (let j = 1; j < n; j++) {
-          if (keptSet.has(j)) continue;
-          const w = Math.max(0, s[j - 1]!);
-          total += w;
-          for (let k = 0; k < d; k++) mean[k]! += w * x[(b * n + j) * d + k]!;
+  const recycleCases: [string, Uint8Array, Feeds, number][] = [
+    ["tiny ViT, batch 2", tiny, tinyFeeds, 2],
+    ["digits, batch 3", digits, digitFeeds, 4],
+    ["digits, batch 1", digits, { pixel_values: { type: "float32", dims: [1, 1, 64, 64], data: batchInput(sample, 5, 6).data } }, 4],
+  ];
+  for (const [name, model, feeds, heads] of recycleCases) {
+    it(`${name}: appends the cls-attn-weighted mean of the dropped tokens; the exposed positions end in -1 (CPU and WASM)`, async () => {
+      const compiled = compile(model, "after layer 1 keep 25% by cls-attn with recycle", { exposeIndices: true });
+      expect(compiled.report.stages[0]!.tokensOut).toBe(18);
+      const dense = await runNode(withOutputs(model, [residual, probs]), feeds, [residual, probs]);
+      for (const run of [runNode, runWasm]) {
+        const out = await run(withOutputs(compiled.model, [residual]), feeds, ["prunec.stage0.indices", residual]);
+        const kept = rows(out["prunec.stage0.indices"]!.data as BigInt64Array, out["prunec.stage0.indices"]!.dims);
+        const p = unfoldProbs(dense[probs]!.data as Float32Array, dense[probs]!.dims, heads);
+        const [batch, n, d] = dense[residual]!.dims as [number, number, number];
+        const x = dense[residual]!.data as Float32Array;
+        const y = out[residual]!.data as Float32Array;
+        expect(out[residual]!.dims).toEqual([batch, 18, d]);
+        for (let b = 0; b < batch; b++) {
+          expect(kept[b]!.length).toBe(18);
+          expect(kept[b]![17]).toBe(-1);
+          const keptSet = new Set(kept[b]!.slice(0, 17));
+          const s = clsScores(p[b]!, 1);
+          let total = 0;
+          const mean = new Array<number>(d).fill(0);
+          for (let j = 1; j < n; j++) {
+            if (keptSet.has(j)) continue;
+            const w = Math.max(0, s[j - 1]!);
+            total += w;
+            for (let k = 0; k < d; k++) mean[k]! += w * x[(b * n + j) * d + k]!;
+          }
+          const recycled = Array.from(y.subarray((b * 18 + 17) * d, (b * 18 + 18) * d));
+          expect(maxAbsDiff(Float32Array.from(recycled), Float32Array.from(mean.map((v) => v / total)))).toBeLessThanOrEqual(1e-5);
         }
-        const recycled = Array.from(y.subarray((b * 18 + 17) * d, (b * 18 + 18) * d));
-        expect(maxAbsDiff(Float32Array.from(recycled), Float32Array.from(mean.map((v) => v / total)))).toBeLessThanOrEqual(1e-5);
       }
-    }
-  });
+    });
+  }
 
   it("is rejected where it cannot apply: nothing to recycle, per-token side tensors below, combined with mask", () => {
     expect(() => compile(tiny, "after layer 1 keep 100% by cls-attn with recycle", { specName: "r.prune" })).toThrow(
