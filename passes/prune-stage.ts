@@ -23,7 +23,7 @@ import { findSideInputs, gatherSideInputs, rewireSideInputs, type TokenAxes } fr
 import { keptOneHot, maskBias, maskLayers, recycledToken } from "./mask-recycle.js";
 import { countPerExample, selectAdaptive, type AdaptiveAmount } from "./adaptive.js";
 import { rewriteCachedAttention } from "./cached-attention.js";
-import { keyScores, probabilities } from "./criteria/attention-map.js";
+import { clsRowScores } from "./criteria/cls-attn.js";
 import { selectAndGatherFloat } from "./select-gather-float.js";
 import { gatherTokens, denseName } from "./gather-tokens.js";
 import { PrunecError } from "../src/errors.js";
@@ -156,8 +156,10 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
   let exposed: string | undefined;
   let padMask = new Map<NodeProto, NodeProto>();
   let validBias: string | undefined;
-  const sets = new Map(options.sets ?? []);
+  const gather = (positions: string) => gatherTokens(b, stream, positions, { tokenAxis: model.tokenAxis!, ...(model.batchAxis !== undefined ? { batchAxis: model.batchAxis } : {}) });
   let lowering: Lowering = "index";
+  /** The positions the stream was gathered at, when known (what token sets follow). */
+  let positions: string | undefined;
   const selector = plan.criterion.select;
   // Merged selections rank groups: the mean score of their tokens.
   const scores = selector ? "" : unitScores(b, plan.criterion.score!(ctx), plan);
@@ -166,38 +168,37 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
   const ranked = skip && !selector ? b.op("Add", [scores, b.slice(skip, 1, plan.prefix)], {}, "skip_masked") : scores;
   if (selector) {
     indices = withPrefix(b, selector(ctx), plan.prefix);
-    output = gatherTokens(b, stream, indices, { tokenAxis: model.tokenAxis!, ...(model.batchAxis !== undefined ? { batchAxis: model.batchAxis } : {}) });
+    output = gather(indices);
   } else if (plan.fold) {
     indices = selectFolded(b, scores, keepTensor(b, scores, plan), plan.fold);
-    output = gatherTokens(b, stream, indices, { tokenAxis: model.tokenAxis!, ...(model.batchAxis !== undefined ? { batchAxis: model.batchAxis } : {}) });
+    output = gather(indices);
   } else if (plan.groups) {
     if (plan.keep === undefined) throw new Error("grouped criteria need a static token count (checked by the plan)");
     indices = selectGroups(b, scores, plan.keep, plan.groups.members, plan.prefix);
-    output = gatherTokens(b, stream, indices, { tokenAxis: model.tokenAxis!, ...(model.batchAxis !== undefined ? { batchAxis: model.batchAxis } : {}) });
-  } else if (options.target === "webgpu" && model.batchAxis === 0 && plan.keep !== undefined && tokens !== undefined && !sides.length && !plan.mask && !plan.recycle) {
+    output = gather(indices);
+  } else if (options.target === "webgpu" && model.batchAxis === 0 && plan.keep !== undefined && tokens !== undefined && !sides.length && !plan.mask && !plan.recycle && !options.sets?.size) {
     lowering = "float-keys";
     const sel = selectAndGatherFloat(b, scores, stream, tokens - plan.prefix, plan.keep, plan.prefix);
     output = sel.output;
     if (options.expose) indices = withPrefix(b, b.squeeze(sel.positions, [2]), plan.prefix);
   } else if (plan.adaptive) {
-    const clsAttention = () => keyScores(b, probabilities(b, plan.layer, "cls"), plan.prefix, (p) => p);
+    const clsAttention = () => clsRowScores(b, plan.layer, plan.prefix);
     let sel: ReturnType<typeof selectAdaptive>;
     if (plan.ofSet) {
       const set = restrictToSet(b, plan, options, scores);
       const count = countPerExample(b, plan.adaptive, { scores, ranked: set.setScores, real: set.members, clsAttention, minimum: 0 });
       // Tokens outside the set are all kept: they rank first.
       sel = selectAdaptive(b, set.ranked, b.op("Add", [set.others, count], {}, "kept_total"), plan.prefix);
-      sets.set(plan.ofSet.name, b.op("Cast", [b.op("GatherElements", [b.op("Cast", [set.memberAll], { to: 7 }), sel.indices], { axis: 1 })], { to: 9 }, "set_after"));
     } else {
       const real = realCount(b, scores, options.validBias, plan.prefix, model.batchAxis === undefined);
       sel = selectAdaptive(b, ranked, countPerExample(b, plan.adaptive, { scores, ranked, real, clsAttention }), plan.prefix);
     }
-    if (plan.mask) return finishMasked(proto, g, model, plan, b, sel.realIndices, stream, sel.counts);
+    if (plan.mask) return finishMasked(proto, g, model, plan, b, sel.realIndices, stream, options.sets, sel.counts);
     // (Masked: nothing is gathered, so the positions are exposed with padding as -1 too.)
     indices = sel.indices;
     counts = sel.counts;
     exposed = sel.realIndices;
-    output = gatherTokens(b, stream, indices, { tokenAxis: model.tokenAxis!, ...(model.batchAxis !== undefined ? { batchAxis: model.batchAxis } : {}) });
+    output = gather(indices);
     // Each example keeps its own count: the padding up to the batch's largest count is masked out
     // of every later attention, so each example computes exactly its batch-1 result.
     // Only up to the next stage: it never keeps padding as a real token, and pads anew.
@@ -205,8 +206,9 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
     validBias = sel.padBias;
   } else {
     indices = selectTopK(b, ranked, keepTensor(b, scores, plan), plan.prefix);
-    if (plan.mask) return finishMasked(proto, g, model, plan, b, indices, stream);
-    output = gatherTokens(b, stream, indices, { tokenAxis: model.tokenAxis!, ...(model.batchAxis !== undefined ? { batchAxis: model.batchAxis } : {}) });
+    if (plan.mask) return finishMasked(proto, g, model, plan, b, indices, stream, options.sets);
+    output = gather(indices);
+    positions = indices;
     if (plan.recycle) {
       if (sides.length) throw new PrunecError("apply", `'with recycle' after layer ${plan.layer.index}: the layers below read per-token tensors (${sides.map((x) => `'${x.tensor}'`).sort().join(", ")}) that have no row for the recycled token`);
       const kept = keptOneHot(b, indices, stream, model.tokenAxis!);
@@ -219,6 +221,9 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
     }
   }
 
+  positions ??= indices;
+  // Token sets' memberships follow the kept tokens (the recycled token belongs to none).
+  const sets = positions && model.batchAxis === 0 ? followSets(b, options.sets ?? new Map(), positions, plan.recycle === true) : new Map(options.sets ?? []);
   // Cached attention below the stage: per-layer sequence lengths and key-padding bias.
   const cached = plan.encoder ? new Map<NodeProto, NodeProto>() : rewriteCachedAttention(b, model, dense, plan.layer.index + 1, validBias);
   for (const [n, replacement] of cached) padMask.set(n, replacement);
@@ -246,10 +251,6 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
   });
   // A side tensor may be computed after the stage's anchor point in file order: re-sort when any is gathered.
   const sorted = sides.length || padMask.size ? shallowCopy(graph, { node: new Graph(graph).order }) : graph;
-  // Set memberships follow the kept tokens (stages that keep single tokens by position).
-  if (!plan.ofSet && indices && options.sets?.size && model.batchAxis === 0) {
-    for (const [name, member] of options.sets) sets.set(name, b.op("Cast", [b.op("GatherElements", [b.op("Cast", [member], { to: 7 }), indices], { axis: 1 })], { to: 9 }, "set_after"));
-  }
   return { graph: sorted, indices: exposed ?? indices, added: b.nodes, lowering, carried, sets, ...(counts ? { counts } : {}), ...(validBias ? { validBias } : {}) };
 }
 
@@ -257,7 +258,17 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
  * A `with mask` stage: the kept positions become a key bias added to the attention logits of every
  * later layer; the stream and all shapes stay as they are.
  */
-function finishMasked(proto: GraphProto, g: Graph, model: TransformerInfo, plan: StagePlan, b: NodeBuilder, indices: string, stream: string, counts?: string): StageResult {
+function finishMasked(
+  proto: GraphProto,
+  g: Graph,
+  model: TransformerInfo,
+  plan: StagePlan,
+  b: NodeBuilder,
+  indices: string,
+  stream: string,
+  sets: ReadonlyMap<string, string> | undefined,
+  counts?: string,
+): StageResult {
   const bias = maskBias(b, keptOneHot(b, indices, stream, model.tokenAxis!));
   const rewired = maskLayers(b, g, model, plan.layer.index + 1, bias);
   const producer = g.producer.get(stream)!;
@@ -265,7 +276,7 @@ function finishMasked(proto: GraphProto, g: Graph, model: TransformerInfo, plan:
   const nodes = [...proto.node.slice(0, at + 1), ...b.nodes, ...proto.node.slice(at + 1)].map((n) => rewired.get(n) ?? n);
   const graph = shallowCopy(proto, { node: nodes, initializer: [...proto.initializer, ...b.initializers] });
   // The mask's Adds read logits computed further down: restore a topological order.
-  return { graph: shallowCopy(graph, { node: new Graph(graph).order }), indices, added: b.nodes, lowering: "index", carried: new Map(), sets: new Map(), maskBias: bias, ...(counts ? { counts } : {}) };
+  return { graph: shallowCopy(graph, { node: new Graph(graph).order }), indices, added: b.nodes, lowering: "index", carried: new Map(), sets: new Map(sets ?? []), maskBias: bias, ...(counts ? { counts } : {}) };
 }
 
 function keepTensor(b: NodeBuilder, scores: string, plan: StagePlan): string {
@@ -372,19 +383,26 @@ function realCount(b: NodeBuilder, scores: string, validBias: string | undefined
  * non-member first (members by score, padding last).
  */
 function restrictToSet(b: NodeBuilder, plan: StagePlan, options: StageOptions, scores: string) {
-  const memberAll = options.sets?.get(plan.ofSet!.name) ?? b.op("Cast", [plan.ofSet!.input], { to: 9 }, "set_mask"); // [B,N]
-  const member = b.slice(memberAll, 1, plan.prefix); // [B,Np]
+  const member = b.slice(b.op("Cast", [options.sets?.get(plan.ofSet!.name) ?? plan.ofSet!.input], { to: 9 }, "set_mask"), 1, plan.prefix); // [B,Np]
   const big = b.float([1e9], [], "big");
   const count = (t: string) => b.reduce("ReduceSum", b.op("Cast", [t], { to: 7 }), [1], 1); // [B,1]
-  if (!options.validBias) {
-    const ranked = b.op("Where", [member, scores, big], {}, "set_first");
-    const setScores = b.op("Where", [member, scores, b.op("Neg", [big])], {}, "set_scores");
-    return { members: count(member), others: count(b.op("Not", [member])), ranked, setScores, memberAll };
-  }
-  const isReal = b.op("Equal", [b.slice(options.validBias, 1, plan.prefix), b.float([0], [], "zero_bias")], {}, "is_real");
-  const memberReal = b.op("And", [member, isReal], {}, "member_real");
-  const otherReal = b.op("And", [b.op("Not", [member]), isReal], {}, "other_real");
-  const ranked = b.op("Where", [memberReal, scores, b.op("Where", [isReal, big, b.op("Neg", [big])])], {}, "set_first");
+  // Padding left by an earlier per-example stage is neither a member nor another token.
+  const isReal = options.validBias ? b.op("Equal", [b.slice(options.validBias, 1, plan.prefix), b.float([0], [], "zero_bias")], {}, "is_real") : undefined;
+  const memberReal = isReal ? b.op("And", [member, isReal], {}, "member_real") : member;
+  const otherReal = isReal ? b.op("And", [b.op("Not", [member]), isReal], {}, "other_real") : b.op("Not", [member]);
+  const others = isReal ? b.op("Where", [isReal, big, b.op("Neg", [big])]) : big;
+  const ranked = b.op("Where", [memberReal, scores, others], {}, "set_first");
   const setScores = b.op("Where", [memberReal, scores, b.op("Neg", [big])], {}, "set_scores");
-  return { members: count(memberReal), others: count(otherReal), ranked, setScores, memberAll };
+  return { members: count(memberReal), others: count(otherReal), ranked, setScores };
+}
+
+/** Each token set's membership [B, N'] after a stage that kept `positions` [B, N'] (plus a recycled non-member). */
+function followSets(b: NodeBuilder, sets: ReadonlyMap<string, string>, positions: string, recycled: boolean): Map<string, string> {
+  return new Map(
+    [...sets].map(([name, member]) => {
+      let after = b.op("GatherElements", [b.op("Cast", [member], { to: 7 }), positions], { axis: 1 }); // int64 [B,K']
+      if (recycled) after = b.op("Pad", [after, b.int64([0, 0, 0, 1], [4], "one_more")], {}, "recycled_not_member");
+      return [name, b.op("Cast", [after], { to: 9 }, "set_after")];
+    }),
+  );
 }

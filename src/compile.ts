@@ -117,7 +117,8 @@ export function compile(modelBytes: Uint8Array, specText: string, options: Compi
   const carried = new Map<string, TokenAxes>();
   let maskBias: string | undefined;
   let validBias: string | undefined;
-  let sets = new Map<string, string>();
+  // Token sets a stage restricts to start as their mask inputs; each stage gathers them (passes/prune-stage.ts).
+  let sets = new Map(plans.flatMap((p) => (p.ofSet ? [[p.ofSet.name, p.ofSet.input] as const] : [])));
   for (const plan of plans) {
     const biases = { ...(maskBias ? { maskBias } : {}), ...(validBias ? { validBias } : {}) };
     const stageOptions = { opset, target: options.target ?? "cpu", expose: options.exposeIndices ?? false, carried, sets, ...biases } as const;

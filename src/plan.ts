@@ -75,6 +75,7 @@ export function planStages(spec: SpecIR, model: TransformerInfo, inputs: Readonl
   let lastLayer = -1;
   let masked = false;
   let adaptive = false;
+  let merged = false;
 
   spec.stages.forEach((stage, i) => {
     const plan = planOne(spec, stage, i, model, tokens, lastLayer + 1, adaptive, fail);
@@ -87,6 +88,11 @@ export function planStages(spec: SpecIR, model: TransformerInfo, inputs: Readonl
       fail(stage.positionSpan, "a second 'with mask' stage needs a static token count (it ranks among the tokens still unmasked)");
       return;
     }
+    if (merged && plan.ofSet) {
+      fail(stage.ofSpan ?? stage.span, `'of ${plan.ofSet.name}' after a merge stage is not supported: merged tokens belong to no single set`);
+      return;
+    }
+    merged ||= plan.merge !== undefined;
     adaptive ||= plan.adaptive !== undefined;
     // Masked stages leave every token in the stream: later criteria score all of them.
     if (masked) plan.scoredTokens = model.tokens!;

@@ -6,6 +6,9 @@
  * their rotary positions and their rows/columns of the causal+padding mask (carried side tensors).
  */
 import { describe, expect, it } from "vitest";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { REPO_ROOT } from "./helpers/shared.js";
 import { compile } from "../src/compile.js";
 import { buildDecoder, imagePrompt, promptBatch, prefillFeeds, DECODER, type PromptBatch } from "./support/decoder.js";
 import { maskKeys } from "./support/dense-edits.js";
@@ -125,5 +128,31 @@ describe("AIM's weighted PageRank inside the decoder", () => {
       const out = await run(compiled, feedsOf(p), ["prunec.stage0.indices"]);
       expect(Array.from(out["prunec.stage0.indices"]!.data as BigInt64Array, Number)).toEqual(expected);
     }
+  });
+});
+
+describe("token sets follow the kept tokens", () => {
+  it("an 'of image' stage after a stage on all tokens reads the image mask at the kept positions", async () => {
+    const spec = "tokens image = input image_mask\nafter layer 0 keep 75% by norm\nafter layer 2 drop 50% of image by last-token-attn";
+    const compiled = compile(plain, spec, { exposeIndices: true }).model;
+    const p = promptBatch(prompts.map((x) => x.tokens), "left", prompts.map((x) => x.image));
+    const out = await runNode(compiled, feedsOf(p), ["prunec.stage0.indices", "prunec.stage1.indices"]);
+    const first = rows(out["prunec.stage0.indices"]!.data as BigInt64Array, out["prunec.stage0.indices"]!.dims);
+    const second = rows(out["prunec.stage1.indices"]!.data as BigInt64Array, out["prunec.stage1.indices"]!.dims);
+    p.imageMask.forEach((isImage, b) => {
+      const survivors = first[b]!;
+      const kept = second[b]!.filter((i) => i >= 0).map((i) => survivors[i]!);
+      // Every surviving text token stays; half (round-half-up) of the surviving image tokens go.
+      expect(kept.filter((j) => !isImage[j])).toEqual(survivors.filter((j) => !isImage[j]));
+      const images = survivors.filter((j) => isImage[j]).length;
+      expect(kept.filter((j) => isImage[j])).toHaveLength(images - keepCount(50, images));
+    });
+  });
+
+  it("'of image' after a merge stage is rejected", () => {
+    const tiny = readFileSync(join(REPO_ROOT, "examples", "tiny-vit", "model.onnx"));
+    expect(() => compile(tiny, "tokens image = input image_mask\nafter layer 0 merge 25% by similarity\nafter layer 2 drop 50% of image by norm", { specName: "s.prune" })).toThrow(
+      "s.prune:3:27: error: 'of image' after a merge stage is not supported: merged tokens belong to no single set",
+    );
   });
 });

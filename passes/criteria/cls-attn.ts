@@ -4,13 +4,19 @@
  * softmax over all keys, not renormalised after removing CLS.
  */
 import type { CriterionModule } from "../criterion.js";
-import type { TransformerInfo } from "../../src/analysis/transformer.js";
+import type { LayerInfo, TransformerInfo } from "../../src/analysis/transformer.js";
+import type { NodeBuilder } from "../builder.js";
 import { keyScores, probabilities, probabilitiesUnavailable } from "./attention-map.js";
 
 /** Why a model has no CLS row to read, or undefined. */
 export function clsUnavailable(model: TransformerInfo): string | undefined {
   if (model.cls.present) return undefined;
   return "the model has no CLS token (no learned token is concatenated in front of the patch tokens); use a criterion that does not need one";
+}
+
+/** Mean over heads of the CLS query's probabilities to the prunable keys, [B,Np]. */
+export function clsRowScores(b: NodeBuilder, layer: LayerInfo, prefix: number): string {
+  return keyScores(b, probabilities(b, layer, "cls"), prefix, (p) => p);
 }
 
 export const clsAttn: CriterionModule = {
@@ -20,5 +26,5 @@ export const clsAttn: CriterionModule = {
   args: {},
   needs: "a CLS token; attention probabilities (MatMul + Softmax, or recomputed behind MultiHeadAttention)",
   unsupported: ({ model, layer }) => clsUnavailable(model) ?? probabilitiesUnavailable(layer),
-  score: ({ b, layer, prefix }) => keyScores(b, probabilities(b, layer, "cls"), prefix, (p) => p),
+  score: ({ b, layer, prefix }) => clsRowScores(b, layer, prefix),
 };

@@ -22,8 +22,8 @@
 import type { CriterionModule, ScoreContext, StageFacts } from "../criterion.js";
 import type { LayerInfo } from "../../src/analysis/transformer.js";
 import type { NodeBuilder } from "../builder.js";
-import { keyScores, probabilities, probabilitiesUnavailable, values } from "./attention-map.js";
-import { clsUnavailable } from "./cls-attn.js";
+import { keyScores, probabilitiesUnavailable, values } from "./attention-map.js";
+import { clsRowScores, clsUnavailable } from "./cls-attn.js";
 
 /** x / Σ_j x_j over the prunable keys (axis 1 of [B,Np]). */
 function normalised(b: NodeBuilder, x: string): string {
@@ -32,7 +32,7 @@ function normalised(b: NodeBuilder, x: string): string {
 
 /** s for one layer, [B,Np]. */
 function layerScore(b: NodeBuilder, layer: LayerInfo, prefix: number, keyBias: string | undefined): string {
-  const relation = normalised(b, keyScores(b, probabilities(b, layer, "cls"), prefix, (p) => p)); // a/Σa
+  const relation = normalised(b, clsRowScores(b, layer, prefix)); // a/Σa
   const v = values(b, layer); // [B,H,N,D]
   const vCls = b.slice(v, 2, 0, 1); // [B,H,1,D]
   const vT = b.op("Transpose", [v], { perm: [0, 1, 3, 2] }); // [B,H,D,N]
