@@ -51,35 +51,44 @@ export function paddingUnmaskable(model: TransformerInfo, from: number): string 
 }
 
 /**
- * Rewire the attention of layers `from`..`until` so their logits get `bias` [B,N] on the keys:
- * unfused: the Softmax input (laid out per the layer's probabilities); MultiHeadAttention: its
- * attention_bias input. Returns node → replacement.
+ * Add a key bias `keys` [B,1,1,N] to the attention logits of layers `from`..`until` (masks:
+ * −1e9 on dropped or padding keys; ToMe's proportional attention: log(size)). Unfused layers: the
+ * Softmax input, laid out as the layer's probabilities; MultiHeadAttention: its attention_bias
+ * input (`resolve` maps it to the copy the stage gathered, if any). Cached GroupQueryAttention
+ * layers get their bias with the per-layer rewrite (cached-attention.ts). Returns node → replacement.
  */
-export function maskLayers(b: NodeBuilder, g: Graph, model: TransformerInfo, from: number, bias: string, until = model.layers.length - 1): Map<NodeProto, NodeProto> {
+export function addKeyBias(
+  b: NodeBuilder,
+  model: TransformerInfo,
+  from: number,
+  keys: string,
+  options: { label: string; until?: number; resolve?: (tensor: string) => string },
+): Map<NodeProto, NodeProto> {
   const out = new Map<NodeProto, NodeProto>();
-  const keys = b.unsqueeze(bias, [1, 2]); // [B,1,1,N]
-  let folded: string | undefined;
-  for (const l of model.layers.slice(from, until + 1)) {
+  const resolve = options.resolve ?? ((t: string) => t);
+  for (const l of model.layers.slice(from, (options.until ?? model.layers.length - 1) + 1)) {
     const core = l.core!;
-    // Cached decoders get their key bias with the per-layer rewrite (cached-attention.ts).
     if (core.kind === "GroupQueryAttention") continue;
     const anchor = core.anchor;
+    const label = `${options.label}_layer${l.index}`;
     if (core.probs) {
-      let layout = keys;
-      if (l.probsLayout === "heads,q,k") layout = bias; // [1,N] against [H,N,N]
-      if (l.probsLayout === "batch*heads,q,k") {
-        // [B,1,1,N] → [B,H,1,N] → [B·H,1,N] (heads batch-major, as the exporter folds them).
-        folded ??= b.op("Reshape", [b.op("Expand", [keys, b.int64([1, l.heads!, 1, 1], [4], "heads")]), b.op("Concat", [b.int64([-1, 1]), b.slice(b.op("Shape", [bias]), 0, 1, 2)], { axis: 0 })], {}, "fold_heads");
-        layout = folded;
-      }
-      const masked = b.op("Add", [anchor.input[0]!, layout], {}, `mask_layer${l.index}`);
-      out.set(anchor, shallowCopy(anchor, { input: [masked, ...anchor.input.slice(1)] }));
+      // `keys` itself is what every Add reads, so a later stage finds it as a side tensor and gathers it.
+      const logits = anchor.input[0]!;
+      let biased: string;
+      if (l.probsLayout === "heads,q,k") biased = b.op("Add", [logits, b.squeeze(keys, [1, 2])], {}, label); // [1,N] against [H,N,N]
+      else if (l.probsLayout === "batch*heads,q,k") {
+        // Heads folded batch-major into axis 0: unfold to [B,H,N,N], add, fold back.
+        const unfolded = b.op("Reshape", [b.unsqueeze(logits, [1]), b.int64([-1, l.heads!, 0, 0], [4], "heads_shape")], {}, "unfold_heads");
+        biased = b.op("Reshape", [b.op("Add", [unfolded, keys], {}, label), b.op("Shape", [logits])], {}, "fold_heads");
+      } else biased = b.op("Add", [logits, keys], {}, label);
+      out.set(anchor, shallowCopy(anchor, { input: [biased, ...anchor.input.slice(1)] }));
     } else {
       const existing = anchor.input[5];
-      // attention_bias must be [B|1, H|1, S, N]: the key bias is broadcast over the S query rows.
+      // attention_bias must be [B|1, H|1, S, N]: without one, the key bias is expanded over the S query rows.
+      const rows = b.slice(b.op("Shape", [anchor.input[0]!]), 0, 1, 2);
       const full = existing
-        ? b.op("Add", [existing, keys], {}, `mask_layer${l.index}`)
-        : b.op("Expand", [keys, b.op("Concat", [b.int64([1, 1]), b.slice(b.op("Shape", [bias]), 0, 1, 2), b.int64([1])], { axis: 0 })], {}, `mask_layer${l.index}`);
+        ? b.op("Add", [resolve(existing), keys], {}, label)
+        : b.op("Expand", [keys, b.op("Concat", [b.int64([1, 1]), rows, b.int64([1])], { axis: 0 })], {}, label);
       const inputs = [...anchor.input];
       while (inputs.length < 6) inputs.push("");
       inputs[5] = full;

@@ -54,6 +54,7 @@ import { PrunecError } from "../src/errors.js";
 import { NodeBuilder } from "./builder.js";
 import { denseName } from "./gather-tokens.js";
 import { findSideInputs, gatherSideInputs, rewireSideInputs, type TokenAxes } from "./carry-tokens.js";
+import { addKeyBias } from "./mask-recycle.js";
 import { headMeanKeys } from "./criteria/similarity.js";
 import { retargetShapeConstants, withCurrentNodes, type StageOptions, type StagePlan, type StageResult } from "./prune-stage.js";
 
@@ -158,7 +159,8 @@ export function applyMergeStage(proto: GraphProto, dense: TransformerInfo, dense
     const keyBias = rename(b, b.unsqueeze(b.op("Log", [sizes], {}, "log_size"), [1, 2]), logSizeKeysName(plan.stage)); // [B,1,1,N−r]
     carried.set(keyBias, { axes: [3], rank: 4 });
     if (previousBias) gathered.set(previousBias, keyBias);
-    else rewired = proportionalAttention(b, model, plan.layer.index + 1, keyBias, gathered);
+    // ToMe's proportional attention: log(size) on the keys of every later layer.
+    else rewired = addKeyBias(b, model, plan.layer.index + 1, keyBias, { label: "proportional", resolve: (t) => gathered.get(t) ?? t });
   }
 
   const last = b.nodes.find((node) => node.output[0] === merged)!;
@@ -179,41 +181,6 @@ export function applyMergeStage(proto: GraphProto, dense: TransformerInfo, dense
   return { graph: sorted, indices: positions!, added: b.nodes, lowering: "index", carried, sets: new Map() };
 }
 
-/**
- * ToMe's proportional attention: `attn = q·kᵀ·scale + log(size)` on the keys, in the layers from
- * `from` on. Unfused: the Softmax input (heads folded into the batch are unfolded to add the
- * [B,1,1,N] bias and folded back); MultiHeadAttention: its attention_bias input. Returns node →
- * replacement. `gathered` maps side tensors to the copies the layers below read.
- */
-function proportionalAttention(b: NodeBuilder, model: TransformerInfo, from: number, keyBias: string, gathered: ReadonlyMap<string, string>): Map<NodeProto, NodeProto> {
-  const out = new Map<NodeProto, NodeProto>();
-  for (const l of model.layers.slice(from)) {
-    const anchor = l.core!.anchor;
-    if (l.core!.probs) {
-      const logits = anchor.input[0]!;
-      let biased: string;
-      if (l.probsLayout === "batch,heads,q,k") biased = b.op("Add", [logits, keyBias], {}, `proportional_layer${l.index}`);
-      else if (l.probsLayout === "batch*heads,q,k") {
-        const unfolded = b.op("Reshape", [b.unsqueeze(logits, [1]), b.int64([-1, l.heads!, 0, 0], [4], "heads_shape")], {}, "unfold_heads");
-        const added = b.op("Add", [unfolded, keyBias], {}, `proportional_layer${l.index}`);
-        biased = b.op("Reshape", [added, b.op("Shape", [logits])], {}, "fold_heads");
-      } else throw new Error(`proportional attention: unsupported layout ${String(l.probsLayout)} (checked by the plan)`);
-      out.set(anchor, shallowCopy(anchor, { input: [biased, ...anchor.input.slice(1)] }));
-    } else {
-      const existing = anchor.input[5];
-      // attention_bias is [B|1, H|1, S, N]: without one, the key bias is expanded over the S query rows.
-      const rowsOf = b.slice(b.op("Shape", [anchor.input[0]!]), 0, 1, 2);
-      const full = existing
-        ? b.op("Add", [gathered.get(existing) ?? existing, keyBias], {}, `proportional_layer${l.index}`)
-        : b.op("Expand", [keyBias, b.op("Concat", [b.int64([1, 1]), rowsOf, b.int64([1])], { axis: 0 })], {}, `proportional_layer${l.index}`);
-      const inputs = [...anchor.input];
-      while (inputs.length < 6) inputs.push("");
-      inputs[5] = full;
-      out.set(anchor, shallowCopy(anchor, { input: inputs }));
-    }
-  }
-  return out;
-}
 
 /** Element type of the stream (from the pre-norm's scale), float when unknown. */
 function streamElemType(g: Graph, layer: LayerInfo): number {

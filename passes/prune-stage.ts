@@ -20,7 +20,7 @@ import { keepCountDynamic } from "./amount.js";
 import { selectTopK, withPrefix } from "./select-topk.js";
 import { selectGroups, selectFolded, meanOverGroups } from "./select-groups.js";
 import { findSideInputs, gatherSideInputs, rewireSideInputs, type TokenAxes } from "./carry-tokens.js";
-import { keptOneHot, maskBias, maskLayers, recycledToken } from "./mask-recycle.js";
+import { addKeyBias, keptOneHot, maskBias, recycledToken } from "./mask-recycle.js";
 import { countPerExample, selectAdaptive, type AdaptiveAmount } from "./adaptive.js";
 import { rewriteCachedAttention } from "./cached-attention.js";
 import { clsRowScores } from "./criteria/cls-attn.js";
@@ -154,7 +154,6 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
   let counts: string | undefined;
   /** What --expose-indices shows when it differs from the gather positions (adaptive: padding as -1). */
   let exposed: string | undefined;
-  let padMask = new Map<NodeProto, NodeProto>();
   let validBias: string | undefined;
   const gather = (positions: string) => gatherTokens(b, stream, positions, { tokenAxis: model.tokenAxis!, ...(model.batchAxis !== undefined ? { batchAxis: model.batchAxis } : {}) });
   let lowering: Lowering = "index";
@@ -199,10 +198,6 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
     counts = sel.counts;
     exposed = sel.realIndices;
     output = gather(indices);
-    // Each example keeps its own count: the padding up to the batch's largest count is masked out
-    // of every later attention, so each example computes exactly its batch-1 result.
-    // Only up to the next stage: it never keeps padding as a real token, and pads anew.
-    padMask = maskLayers(b, g, model, plan.layer.index + 1, sel.padBias, plan.padUntil);
     validBias = sel.padBias;
   } else {
     indices = selectTopK(b, ranked, keepTensor(b, scores, plan), plan.prefix);
@@ -224,11 +219,17 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
   positions ??= indices;
   // Token sets' memberships follow the kept tokens (the recycled token belongs to none).
   const sets = positions && model.batchAxis === 0 ? followSets(b, options.sets ?? new Map(), positions, plan.recycle === true) : new Map(options.sets ?? []);
-  // Cached attention below the stage: per-layer sequence lengths and key-padding bias.
-  const cached = plan.encoder ? new Map<NodeProto, NodeProto>() : rewriteCachedAttention(b, model, dense, plan.layer.index + 1, validBias);
-  for (const [n, replacement] of cached) padMask.set(n, replacement);
   // Side tensors read below the stage follow the kept tokens.
+  // Cached attention below the stage: per-layer sequence lengths and key-padding bias.
+  const padMask = plan.encoder ? new Map<NodeProto, NodeProto>() : rewriteCachedAttention(b, model, dense, plan.layer.index + 1, validBias);
   const gathered = gatherSideInputs(b, sides, indices!, batched);
+  if (validBias && plan.adaptive) {
+    // Each example keeps its own count: the padding up to the batch's largest count is masked out
+    // of every later attention, so each example computes exactly its batch-1 result. Only up to
+    // the next stage: it never keeps padding as a real token, and pads anew.
+    const keys = b.unsqueeze(validBias, [1, 2]);
+    for (const [n, r2] of addKeyBias(b, model, plan.layer.index + 1, keys, { label: "skip_padding", until: plan.padUntil!, resolve: (t) => gathered.get(t) ?? t })) padMask.set(n, r2);
+  }
   const carried = new Map(sides.map((s) => [gathered.get(s.tensor)!, { axes: s.axes, rank: s.rank }]));
   // The stage's result takes the residual's name, so every consumer and graph output reads it.
   const last = b.nodes.find((n) => n.output[0] === output)!;
@@ -239,7 +240,11 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
   const producer = g.producer.get(r)!;
   const renamed = shallowCopy(producer, { output: producer.output.map((o) => (o === r ? stream : o)) });
   const at = proto.node.indexOf(producer);
-  const nodes = rewireSideInputs([...proto.node.slice(0, at), renamed, ...b.nodes, ...proto.node.slice(at + 1)].map((n) => padMask.get(n) ?? n), gathered, belowNodes);
+  const nodes = rewireSideInputs(
+    [...proto.node.slice(0, at), renamed, ...b.nodes, ...proto.node.slice(at + 1)].map((n) => padMask.get(n) ?? n),
+    gathered,
+    new Set([...belowNodes].map((n) => padMask.get(n) ?? n)),
+  );
   const retargeted = retargetShapeConstants(g, nodes, below, plan, model);
   const graph = shallowCopy(proto, {
     node: retargeted.nodes,
@@ -270,7 +275,7 @@ function finishMasked(
   counts?: string,
 ): StageResult {
   const bias = maskBias(b, keptOneHot(b, indices, stream, model.tokenAxis!));
-  const rewired = maskLayers(b, g, model, plan.layer.index + 1, bias);
+  const rewired = addKeyBias(b, model, plan.layer.index + 1, b.unsqueeze(bias, [1, 2]), { label: "mask" });
   const producer = g.producer.get(stream)!;
   const at = proto.node.indexOf(producer);
   const nodes = [...proto.node.slice(0, at + 1), ...b.nodes, ...proto.node.slice(at + 1)].map((n) => rewired.get(n) ?? n);

@@ -13,6 +13,7 @@ import { parseDataset, batchInput } from "../src/data/prds.js";
 import { withOutputs, unfoldProbs, rows } from "./support/model-edit.js";
 import { clsScores, topKPositions } from "./reference/cls-attn.js";
 import { massCount, aboveCount, flowcutCount } from "./reference/adaptive.js";
+import { buildFusedVit, fusedVitFeeds } from "./support/fused-vit.js";
 
 const digits = readFileSync(join(REPO_ROOT, "examples", "digits", "model.onnx"));
 const sample = parseDataset(readFileSync(join(REPO_ROOT, "examples", "digits", "sample.prds")));
@@ -109,6 +110,25 @@ describe("adaptive amounts", () => {
       const alone = await runNode(compiled, feedsOf(i, i + 1));
       const logits = out["logits"]!.data as Float32Array;
       expect(maxAbsDiff(logits.subarray(i * 10, (i + 1) * 10), alone["logits"]!.data as Float32Array)).toBeLessThanOrEqual(1e-5);
+    }
+  });
+});
+
+describe("per-example counts behind fused attention with a carried attention_bias", () => {
+  it("keep mass 60% on the fused ViT: at batch 3 each example keeps and computes what it does alone", async () => {
+    const fused = buildFusedVit();
+    const compiled = compile(fused, "after layer 0 keep mass 60% by cls-attn", { exposeIndices: true }).model;
+    const batch = await runNode(compiled, fusedVitFeeds(3));
+    expect(new Set(Array.from(batch["prunec.stage0.counts"]!.data as BigInt64Array)).size).toBeGreaterThan(1); // the counts differ
+    const all = fusedVitFeeds(3).patches!;
+    const per = all.data.length / 3;
+    for (let i = 0; i < 3; i++) {
+      const one = { patches: { ...all, dims: [1, ...all.dims.slice(1)], data: (all.data as Float32Array).slice(i * per, (i + 1) * per) } };
+      const alone = await runNode(compiled, one);
+      expect(keptOf(batch)[i]).toEqual(keptOf(alone)[0]);
+      const logits = batch["logits"]!.data as Float32Array;
+      const classes = alone["logits"]!.dims[1]!;
+      expect(maxAbsDiff(logits.subarray(i * classes, (i + 1) * classes), alone["logits"]!.data as Float32Array)).toBeLessThanOrEqual(1e-5);
     }
   });
 });
