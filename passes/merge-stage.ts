@@ -46,17 +46,14 @@
  */
 import { Graph, type GraphProto, type NodeProto } from "../src/ir/graph.js";
 import { shallowCopy } from "../src/ir/copy.js";
-import type { TransformerInfo, LayerInfo } from "../src/analysis/transformer.js";
-import { int64Tensor } from "../src/onnx/tensor.js";
+import type { TransformerInfo } from "../src/analysis/transformer.js";
 import { TensorProto_DataType as DT } from "../src/onnx/gen/onnx_pb.js";
-import { batchDim, valueInfo } from "../src/ir/value-info.js";
-import { PrunecError } from "../src/errors.js";
 import { NodeBuilder } from "./builder.js";
 import { denseName } from "./gather-tokens.js";
 import { findSideInputs, gatherSideInputs, rewireSideInputs, type TokenAxes } from "./carry-tokens.js";
 import { addKeyBias } from "./mask-recycle.js";
 import { headMeanKeys } from "./criteria/similarity.js";
-import { retargetShapeConstants, withCurrentNodes, type StageOptions, type StagePlan, type StageResult } from "./prune-stage.js";
+import { prunedStreamInfo, retargetShapeConstants, streamElemType, withCurrentNodes, type StageOptions, type StagePlan, type StageResult } from "./prune-stage.js";
 
 const FLOAT = DT.FLOAT;
 
@@ -141,7 +138,7 @@ export function applyMergeStage(proto: GraphProto, dense: TransformerInfo, dense
     toB = b.op("Mul", [toB, b.unsqueeze(everyOther(b, sizes, 1, "sizes_b"), [1])], {}, "weigh_b");
   }
   const weights = b.op("Concat", [toA, toB], { axis: 2 }, "merge_matrix"); // [B,N−r,N]
-  const elemType = streamElemType(g, plan.layer);
+  const elemType = streamElemType(g, plan.layer) ?? FLOAT;
   const x = elemType === FLOAT ? stream : b.op("Cast", [stream], { to: FLOAT }, "stream_fp32");
   const xab = b.op("Concat", [everyOther(b, x, 0, "stream_a"), everyOther(b, x, 1, "stream_b")], { axis: 1 }, "stream_ab"); // [B,N,C]
   const total = b.reduce("ReduceSum", weights, [2], 1); // [B,N−r,1]: the new sizes
@@ -174,24 +171,9 @@ export function applyMergeStage(proto: GraphProto, dense: TransformerInfo, dense
   const graph = shallowCopy(proto, {
     node: retargeted.nodes,
     initializer: [...proto.initializer, ...b.initializers, ...retargeted.initializers],
-    valueInfo: [...proto.valueInfo.filter((v) => !below.has(v.name)), ...mergedStreamInfo(proto, model, plan, rName, elemType)],
+    valueInfo: [...proto.valueInfo.filter((v) => !below.has(v.name)), ...prunedStreamInfo(proto, model, plan, rName, elemType)],
   });
   // Side tensors and the proportional-attention Adds may read tensors computed later in file order.
   const sorted = sides.length || proportional ? shallowCopy(graph, { node: new Graph(graph).order }) : graph;
   return { graph: sorted, indices: positions!, added: b.nodes, lowering: "index", carried, sets: new Map() };
 }
-
-
-/** Element type of the stream (from the pre-norm's scale), float when unknown. */
-function streamElemType(g: Graph, layer: LayerInfo): number {
-  const scale = layer.residual!.norm.input[1];
-  return (scale ? g.constantTensor(scale)?.dataType : undefined) ?? FLOAT;
-}
-
-/** [batch, N−r, hidden] of the merged stream. */
-function mergedStreamInfo(proto: GraphProto, model: TransformerInfo, plan: StagePlan, r: string, elemType: number) {
-  const batch = batchDim(proto);
-  if (!model.hidden || batch === undefined || typeof plan.tokensOut !== "number") return [];
-  return [valueInfo(r, elemType, [batch, plan.tokensOut, model.hidden])];
-}
-

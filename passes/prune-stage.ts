@@ -252,7 +252,7 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
     // Shapes recorded below the stage describe the dense model; ORT would reject them. The pruned
     // stream's own shape is declared instead: ORT cannot infer it through the selection subgraph,
     // and without it later fusions (e.g. Add+Gelu → BiasGelu) are skipped.
-    valueInfo: [...proto.valueInfo.filter((v) => !below.has(v.name)), ...(plan.encoder ? [] : prunedStreamInfo(g, proto, model, plan, r))],
+    valueInfo: [...proto.valueInfo.filter((v) => !below.has(v.name)), ...(plan.encoder ? [] : prunedStreamInfo(proto, model, plan, r, streamElemType(g, plan.layer)))],
   });
   // A side tensor may be computed after the stage's anchor point in file order: re-sort when any is gathered.
   const sorted = sides.length || padMask.size ? shallowCopy(graph, { node: new Graph(graph).order }) : graph;
@@ -290,10 +290,14 @@ function keepTensor(b: NodeBuilder, scores: string, plan: StagePlan): string {
   return keepCountDynamic(b, n, plan.percent, plan.drop);
 }
 
-/** [batch, K', hidden] of the pruned stream, when every part of it is known (element type from the pre-norm's scale). */
-function prunedStreamInfo(g: Graph, proto: GraphProto, model: TransformerInfo, plan: StagePlan, r: string) {
-  const scale = plan.layer.residual!.norm.input[1];
-  const elemType = scale ? g.constantTensor(scale)?.dataType : undefined;
+/** Element type of the residual stream (from the pre-norm's scale), when known. */
+export function streamElemType(g: Graph, layer: LayerInfo): number | undefined {
+  const scale = layer.residual!.norm.input[1];
+  return scale ? g.constantTensor(scale)?.dataType : undefined;
+}
+
+/** [batch, K', hidden] of the pruned stream, when every part of it is known. */
+export function prunedStreamInfo(proto: GraphProto, model: TransformerInfo, plan: StagePlan, r: string, elemType: number | undefined) {
   const batch = batchDim(proto);
   if (model.batchAxis !== 0 || model.tokenAxis !== 1 || typeof plan.tokensOut !== "number" || !model.hidden || !elemType || batch === undefined) return [];
   return [valueInfo(r, elemType, [batch, plan.tokensOut, model.hidden])];
