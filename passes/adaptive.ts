@@ -15,7 +15,7 @@
  */
 import type { NodeBuilder } from "./builder.js";
 import { withPrefix } from "./select-topk.js";
-import { keepCountDynamic, percentRatio } from "./amount.js";
+import { keepCountDynamic, shareDynamic } from "./amount.js";
 
 export type AdaptiveAmount =
   | { kind: "mass" | "above"; value: number }
@@ -86,9 +86,7 @@ export function countPerExample(b: NodeBuilder, amount: AdaptiveAmount, x: Count
 
 /** round-half-up(P%·n) kept (or n minus that, for drop) with no floor of one: for set-restricted stages. */
 function setCount(b: NodeBuilder, n: string, percent: number, drop: boolean): string {
-  const { num, den } = percentRatio(percent);
-  const scaled = b.op("Add", [b.op("Mul", [n, b.int64([2 * num])]), b.int64([100 * den])]);
-  const rounded = b.op("Div", [scaled, b.int64([200 * den])], {}, "round_half_up");
+  const rounded = shareDynamic(b, n, percent);
   return drop ? b.op("Sub", [n, rounded], {}, "remaining") : rounded;
 }
 

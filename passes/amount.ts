@@ -26,11 +26,14 @@ export function keepCountStatic(percent: number, n: number): number {
  * (A static `drop` that would keep nothing is rejected by the plan; at run time one token stays.)
  */
 export function keepCountDynamic(b: NodeBuilder, n: string, percent: number, drop = false): string {
-  const { num, den } = percentRatio(percent);
-  const scaled = b.op("Mul", [n, b.int64([2 * num])]);
-  const shifted = b.op("Add", [scaled, b.int64([100 * den])]);
-  const rounded = b.op("Div", [shifted, b.int64([200 * den])], {}, "round_half_up");
-  const k = b.op("Max", [rounded, b.int64([1])], {}, "at_least_one");
+  const k = b.op("Max", [shareDynamic(b, n, percent), b.int64([1])], {}, "at_least_one");
   if (!drop) return k;
   return b.op("Max", [b.op("Sub", [n, k], {}, "remaining"), b.int64([1])], {}, "at_least_one");
+}
+
+/** round-half-up(P/100 · N) as graph ops on int64 N (any shape), in integers; no floor of one. */
+export function shareDynamic(b: NodeBuilder, n: string, percent: number): string {
+  const { num, den } = percentRatio(percent);
+  const scaled = b.op("Add", [b.op("Mul", [n, b.int64([2 * num])]), b.int64([100 * den])]);
+  return b.op("Div", [scaled, b.int64([200 * den])], {}, "round_half_up");
 }
