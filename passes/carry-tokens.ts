@@ -14,6 +14,7 @@ import type { Graph, NodeProto } from "../src/ir/graph.js";
 import { shallowCopy } from "../src/ir/copy.js";
 import type { Dim, ShapeMap } from "../src/analysis/dims.js";
 import type { NodeBuilder } from "./builder.js";
+import { CACHED_INPUTS } from "./cached-attention.js";
 
 /** Inputs that hold values about shapes or positions into a table, never per-token rows. */
 const NOT_TOKEN_ROWS: Readonly<Record<string, readonly number[]>> = {
@@ -28,7 +29,7 @@ const NOT_TOKEN_ROWS: Readonly<Record<string, readonly number[]>> = {
   RotaryEmbedding: [2, 3],
   GatherND: [1],
   // Rewritten per layer by cached-attention.ts (sequence lengths, key-padding bias); rotary caches.
-  GroupQueryAttention: [5, 6, 7, 8, 9, 10],
+  GroupQueryAttention: [...Object.values(CACHED_INPUTS), 7, 8, 9],
 };
 /** Ops that combine a side tensor with the token stream position by position. */
 const ELEMENTWISE: ReadonlySet<string> = new Set(["Add", "Sub", "Mul", "Div", "Where", "And", "Or", "Equal"]);
