@@ -25,6 +25,7 @@ import { applyStage, type Lowering, type StagePlan } from "../passes/prune-stage
 import { applyMergeStage } from "../passes/merge-stage.js";
 import type { TokenAxes } from "../passes/carry-tokens.js";
 import { planStages } from "./plan.js";
+import { explicitRotary, rotatesInside } from "../passes/explicit-rotary.js";
 import { modelInputs } from "./analysis/inputs.js";
 import { PrunecError } from "./errors.js";
 import { batchDim, valueInfo } from "./ir/value-info.js";
@@ -101,8 +102,8 @@ export function compile(modelBytes: Uint8Array, specText: string, options: Compi
   checkExternalData(model, modelName);
   const spec = parseOrThrow(specText, specName);
   const graph = model.graph!;
-  const info = analyzeTransformer(new Graph(graph), modelName);
-  const plans = planStages(spec, info, modelInputs(graph));
+  let info = analyzeTransformer(new Graph(graph), modelName);
+  let plans = planStages(spec, info, modelInputs(graph));
   const opset = opsetOf(model);
   if (plans.length && opset < 13) {
     throw new PrunecError("apply", `${modelName}: opset ${opset} is too old; prunec emits opset-13 operators (re-export with opset ≥ 13)`);
@@ -110,11 +111,22 @@ export function compile(modelBytes: Uint8Array, specText: string, options: Compi
 
   let g: GraphProto = withSetInputs(graph, spec, plans, info);
   const added: NodeProto[] = [];
+  const carried = new Map<string, TokenAxes>();
+  // Attention that rotates q/k inside the op, from the first stage's layer on: rotary moves out of
+  // it, so kept tokens keep their positions; the stages are planned again on the rewritten graph.
+  const first = Math.min(...plans.filter((p) => !p.encoder).map((p) => p.layer.index));
+  if (info.layers.slice(first).some(rotatesInside)) {
+    const rotary = explicitRotary(g, info, first, opset, modelName);
+    g = rotary.graph;
+    added.push(...rotary.added);
+    carried.set(rotary.positions!, { axes: [1], rank: 2 });
+    info = analyzeTransformer(new Graph(g), modelName);
+    plans = planStages(spec, info, modelInputs(g));
+  }
   const indices: string[] = [];
   /** Adaptive stages: stage → int64 [B] tokens each example keeps. */
   const counts = new Map<number, string>();
   const lowerings: Lowering[] = [];
-  const carried = new Map<string, TokenAxes>();
   let maskBias: string | undefined;
   let validBias: string | undefined;
   // Token sets a stage restricts to start as their mask inputs; each stage gathers them (passes/prune-stage.ts).

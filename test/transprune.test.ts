@@ -147,12 +147,12 @@ describe("TransPrune criteria: rejections", () => {
       "f.prune:3:36: error: iga cannot run after layer 3: iga reads the next layer's attention (layer 4), but layer 3 is the model's last; use a stage at an earlier layer",
     );
   });
-  it("iga before a GroupQueryAttention that applies rotary inside (q/k after rotary not clonable)", () => {
+  it("iga before a GroupQueryAttention that applies rotary inside without cos/sin caches", () => {
     const m = decodeModel(gqa);
     const node = m.graph!.node.find((n) => n.name === "/model/layers.2/attn/GroupQueryAttention")!;
     node.attribute.find((a) => a.name === "do_rotary")!.i = 1n;
     expect(() => compile(encodeModel(m), spec("iga", 1), { specName: "f.prune" })).toThrow(
-      "f.prune:3:36: error: iga cannot run after layer 1: iga clones the next layer's norm, q/k path and rotary, but layer 2's fused com.microsoft.GroupQueryAttention (node '/model/layers.2/attn/GroupQueryAttention') applies rotary inside the op (do_rotary=1); prunec needs q and k after rotary",
+      "f.prune:3:36: error: iga cannot run after layer 1: iga clones the next layer's norm, q/k path and rotary, but layer 2's fused com.microsoft.GroupQueryAttention (node '/model/layers.2/attn/GroupQueryAttention') rotates q/k (do_rotary=1) without cos/sin caches",
     );
   });
   it("iga and transprune need 'of image'", () => {

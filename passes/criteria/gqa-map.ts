@@ -2,7 +2,9 @@
  * Attention behind com.microsoft.GroupQueryAttention (decoders as transformers.js exports them):
  * the logits are recomputed in fp32 from the op's query and its present key (past + current keys,
  * after rotary), with the key heads repeated over their query-head group, the op's scale, its
- * attention_bias and its causal mask (a query at position p sees keys up to p). Only the key
+ * attention_bias, its causal mask (a query at position p sees keys up to p) and its sliding window
+ * (local_window_size w: the w keys p−w+1..p). Rotary inside the op (do_rotary=1) is moved out of it first
+ * (passes/explicit-rotary.ts), so q and the present key are both rotated. Only the key
  * columns of the current tokens are returned, so scores line up with the tokens in the stream (at
  * prefill: all of them).
  */
@@ -16,9 +18,9 @@ const FLOAT = 1;
 export function gqaUnavailable(layer: LayerInfo, where: string): string | undefined {
   const n = layer.core!.anchor;
   if (!n.input[1] || !n.input[2]) return `${where} takes packed q/k/v in one tensor; prunec recomputes attention from separate q and k only`;
-  if (attrInt(n, "do_rotary", 0) !== 0) return `${where} applies rotary inside the op (do_rotary=1); prunec needs q and k after rotary`;
+  // Rotary inside the op is moved out of it before any stage (passes/explicit-rotary.ts).
+  if (attrInt(n, "do_rotary", 0) !== 0 && (!n.input[7] || !n.input[8])) return `${where} rotates q/k (do_rotary=1) without cos/sin caches`;
   if ((attr(n, "softcap")?.f ?? 0) !== 0) return `${where} uses a logit softcap, which prunec's recompute does not apply`;
-  if (attrInt(n, "local_window_size", -1) !== -1) return `${where} uses local (sliding-window) attention, which prunec's recompute does not apply`;
   if (!layer.heads || !layer.headSize || !layer.core!.kvHeads) return `the number of heads, key/value heads or the head size of ${where} could not be determined`;
   if (layer.fusedInputRank !== 3) return `${where} takes q of rank ${layer.fusedInputRank ?? "unknown"}; prunec recomputes attention from [batch, sequence, heads·head_size] inputs`;
   return undefined;
@@ -27,6 +29,7 @@ export function gqaUnavailable(layer: LayerInfo, where: string): string | undefi
 /** [B,H,S,S'] logits of the current tokens' queries over the current tokens' keys (S' = S). */
 export function gqaLogits(b: NodeBuilder, layer: LayerInfo): string {
   const n = layer.core!.anchor;
+  if (attrInt(n, "do_rotary", 0) !== 0) throw new Error(`internal: layer ${layer.index}'s GroupQueryAttention still rotates inside the op (explicit-rotary did not run)`);
   const heads = layer.heads!;
   const kvHeads = layer.core!.kvHeads!;
   const d = layer.headSize!;
@@ -50,7 +53,11 @@ export function gqaLogits(b: NodeBuilder, layer: LayerInfo): string {
   const one = b.int64([1], [], "one");
   const rows = b.unsqueeze(b.op("Add", [b.op("Range", [zero, sLen, one], {}, "query_positions"), past]), [1]); // [S,1]
   const cols = b.op("Range", [zero, tLen, one], {}, "key_positions"); // [T]
-  const allowed = b.op("LessOrEqual", [cols, rows], {}, "causal");
+  let allowed = b.op("LessOrEqual", [cols, rows], {}, "causal");
+  // Sliding window (local_window_size w > 0): the op keeps the w keys p−w+1..p (onnxruntime 1.30
+  // CPU and WASM, measured against a float64 reference in test/gqa-rotary.test.ts).
+  const window = attrInt(n, "local_window_size", -1);
+  if (window > 0) allowed = b.op("And", [allowed, b.op("Greater", [cols, b.op("Sub", [rows, b.int64([window], [], "window")])], {}, "in_window")], {}, "local");
   s = b.op("Where", [allowed, s, b.float([-1e9], [], "masked")], {}, "causal_logits");
   // Keep the current tokens' key columns (T−S..T−1): the tokens the stage selects from.
   return b.op("Slice", [s, b.unsqueeze(past, [0]), b.unsqueeze(tLen, [0]), b.int64([3], [1], "key_axis")], {}, "current_keys");

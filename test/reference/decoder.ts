@@ -112,6 +112,11 @@ export class ReferenceDecoder {
     return y;
   }
 
+  /** Whether a query in cache slot `p` sees slot `j` (j ≤ p) under the sliding window of w slots, if any. */
+  private visible(j: number, p: number): boolean {
+    return this.o.localWindow === undefined || j > p - this.o.localWindow;
+  }
+
   /** Widths the layer computations use: hidden, head size, q/kv widths, heads per kv head, 1/√d. */
   private sizes() {
     const o = this.o;
@@ -142,10 +147,10 @@ export class ReferenceDecoder {
           const g = Math.floor(n / rep);
           const keys = cache.keys[l]![g]!;
           const values = cache.values[l]![g]!;
-          const scores = keys.map((key) => {
+          const scores = keys.map((key, j) => {
             let s = 0;
             for (let i = 0; i < hs; i++) s += q[n * hs + i]! * key[i]!;
-            return s * scale;
+            return this.visible(j, keys.length - 1) ? s * scale : -Infinity;
           });
           const max = Math.max(...scores);
           const e = scores.map((s) => Math.exp(s - max));
@@ -217,7 +222,7 @@ export class ReferenceDecoder {
         for (let j = 0; j < visible; j++) {
           let s = 0;
           for (let t = 0; t < hs; t++) s += q[n * hs + t]! * keys[j]![t]!;
-          scores.push(s * scale);
+          scores.push(this.visible(j, visible - 1) ? s * scale : -Infinity);
         }
         const max = Math.max(...scores);
         const e = scores.map((s) => Math.exp(s - max));

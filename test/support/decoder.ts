@@ -69,6 +69,8 @@ export interface DecoderOptions {
   epsilon: number;
   /** LM head = embedding matrix transposed (a Transpose node of the embedding initializer). */
   tiedEmbeddings: boolean;
+  /** Sliding-window attention (gqa: local_window_size w): a query in cache slot p sees the w slots p−w+1..p (onnxruntime 1.30, measured). */
+  localWindow?: number;
   seed: number;
 }
 
@@ -76,6 +78,13 @@ export interface BuildOptions {
   attention: "plain" | "gqa";
   /** gqa only: how seqlens_k is computed from attention_mask (see the file comment). */
   seqlensK?: "total" | "reduce-sum";
+  /**
+   * gqa only: where q/k are rotated. `outside` (default): RotaryEmbedding nodes fed position_ids.
+   * `op`: GroupQueryAttention's own rotary (do_rotary=1, cos/sin caches as its inputs 7–8), as
+   * transformers.js exports Gemma-3; the op numbers positions from its sequence lengths, so
+   * position_ids (still an input) goes unused and left-padded examples start at position 0.
+   */
+  rotary?: "outside" | "op";
 }
 
 export const DECODER: DecoderOptions = {
@@ -336,15 +345,17 @@ export function buildDecoder(build: BuildOptions, o: DecoderOptions = DECODER): 
     const v = matmul(`${p}/attn/v_proj`, h, init(names.v, lw.v, [d, kvw]));
     let attn: string;
     if (gqa) {
+      const inOp = build.rotary === "op";
       const rot = (which: "q" | "k", t: string, heads: number): string =>
-        node("RotaryEmbedding", `${p}/attn/${which}_rotary/RotaryEmbedding`, [t, "position_ids", cosCache, sinCache], { interleaved: 0, num_heads: heads, rotary_embedding_dim: hs }, "com.microsoft");
+        inOp ? t : node("RotaryEmbedding", `${p}/attn/${which}_rotary/RotaryEmbedding`, [t, "position_ids", cosCache, sinCache], { interleaved: 0, num_heads: heads, rotary_embedding_dim: hs }, "com.microsoft");
       const qr = rot("q", q, o.heads);
       const kr = rot("k", k, o.kvHeads);
+      const caches = inOp ? [cosCache, sinCache] : ["", ""];
       attn = node(
         "GroupQueryAttention",
         `${p}/attn/GroupQueryAttention`,
-        [qr, kr, v, `past_key_values.${l}.key`, `past_key_values.${l}.value`, seqlens, totalLen, "", "", "", bias],
-        { num_heads: o.heads, kv_num_heads: o.kvHeads, scale: { float: 1 / Math.sqrt(hs) }, do_rotary: 0, local_window_size: -1 },
+        [qr, kr, v, `past_key_values.${l}.key`, `past_key_values.${l}.value`, seqlens, totalLen, ...caches, "", bias],
+        { num_heads: o.heads, kv_num_heads: o.kvHeads, scale: { float: 1 / Math.sqrt(hs) }, do_rotary: inOp ? 1 : 0, rotary_interleaved: 0, local_window_size: o.localWindow ?? -1 },
         "com.microsoft",
         [`${p}/attn/GroupQueryAttention/output_0`, `present.${l}.key`, `present.${l}.value`],
       );
