@@ -12,18 +12,10 @@
  * last-token-attn` is compiled against both.
  */
 import { expect, it } from "vitest";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { readFileSync } from "node:fs";
 import { describeShared, sharedModel } from "./helpers/shared.js";
 import { decodeModel } from "../src/onnx/io.js";
-import { Graph, type NodeProto } from "../src/ir/graph.js";
-import { shallowCopy } from "../src/ir/copy.js";
-import { truncateToLayers, writeSyntheticWeights } from "./support/synthetic-weights.js";
-import { uniform } from "./support/graph-only-inputs.js";
-import { withOutputs, rows } from "./support/model-edit.js";
-import { normKeep } from "./reference/baselines.js";
-import { runNode, type Feeds, type OrtOutput } from "./helpers/ort.js";
+import { Graph } from "../src/ir/graph.js";
 import { analyzeTransformer, type TransformerInfo } from "../src/analysis/transformer.js";
 import { inspectModel } from "../src/inspect.js";
 import { compile } from "../src/compile.js";
@@ -33,50 +25,6 @@ import { denseName } from "../passes/gather-tokens.js";
 const GEMMA = "graph-only/gemma-3-4b-vlm/decoder_model_merged.onnx";
 const QWEN35 = "graph-only/qwen3.5-0.8b-vlm-int8/decoder_model_merged_quantized.onnx";
 const SET_SPEC = (layer: number) => `tokens image = input image_mask\nafter layer ${layer} drop 50% of image by last-token-attn`;
-
-/** Nodes of a graph and of its control-flow bodies (Qwen3.5's linear attention reads its weights inside `If` branches). */
-function hoisted(nodes: readonly NodeProto[]): NodeProto[] {
-  return nodes.flatMap((n) => [n, ...hoisted(n.attribute.flatMap((a) => [...(a.g ? [a.g] : []), ...a.graphs]).flatMap((b) => b.node))]);
-}
-
-/**
- * Synthetic weights for `source` (writeSyntheticWeights picks values from each tensor's consumers,
- * and does not look inside control-flow bodies: it is given a copy with the bodies' nodes hoisted).
- */
-async function withWeights<T>(source: Uint8Array, files: Record<string, Uint8Array>, fn: (path: (name: string) => string) => Promise<T>): Promise<T> {
-  const dir = mkdtempSync(join(tmpdir(), "prunec-decoder-"));
-  try {
-    const m = decodeModel(source);
-    writeSyntheticWeights(shallowCopy(m, { graph: shallowCopy(m.graph!, { node: hoisted(m.graph!.node) }) }), dir, 1);
-    for (const [name, bytes] of Object.entries(files)) writeFileSync(join(dir, name), bytes);
-    return await fn((name) => join(dir, name));
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-}
-
-/** Prefill feeds for a decoder's inputs at batch 1, `n` tokens, empty caches (M-RoPE position ids are [3, 1, n]). */
-function prefillFeeds(bytes: Uint8Array, n: number): Feeds {
-  const graph = decodeModel(bytes).graph!;
-  const sizes: Record<string, number> = { batch_size: 1, sequence_length: n, total_sequence_length: n, past_sequence_length: 0 };
-  const feeds: Feeds = {};
-  for (const i of graph.input) {
-    const t = i.type!.value.value as { elemType: number; shape: { dim: { value: { case: string; value: unknown } }[] } };
-    const dims = t.shape.dim.map((d) => (d.value.case === "dimValue" ? Number(d.value.value) : sizes[d.value.value as string]!));
-    const count = dims.reduce((a, b) => a * b, 1);
-    if (i.name === "position_ids") feeds[i.name] = { type: "int64", dims, data: BigInt64Array.from({ length: count }, (_, k) => BigInt(k % n)) };
-    else if (i.name === "attention_mask") feeds[i.name] = { type: "int64", dims, data: new BigInt64Array(count).fill(1n) };
-    else if (t.elemType === 1) feeds[i.name] = { type: "float32", dims, data: i.name === "inputs_embeds" ? uniform(count, 7) : new Float32Array(count) };
-    else throw new Error(`prefillFeeds: input ${i.name} of type ${t.elemType}`);
-  }
-  return feeds;
-}
-
-function tokensOf(o: OrtOutput): number[][][] {
-  const [, n, d] = o.dims as [number, number, number];
-  const data = o.data as Float32Array;
-  return [Array.from({ length: n }, (_, j) => Array.from(data.subarray(j * d, (j + 1) * d)))];
-}
 
 const cache = new Map<string, { bytes: Uint8Array; g: Graph; info: TransformerInfo }>();
 function load(rel: string) {

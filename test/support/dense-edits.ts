@@ -14,12 +14,13 @@
  * - `carriedTensors`: which side tensors a compiled stage gathers.
  */
 import { create } from "@bufbuild/protobuf";
-import { TensorProto_DataType as DT, TensorProtoSchema, type TensorProto } from "../../src/onnx/gen/onnx_pb.js";
+import { TensorProto_DataType as DT, TensorProtoSchema, type GraphProto, type TensorProto } from "../../src/onnx/gen/onnx_pb.js";
 import { decodeModel, encodeModel } from "../../src/onnx/io.js";
 import { shallowCopy } from "../../src/ir/copy.js";
 import { Graph, makeNode, type NodeProto } from "../../src/ir/graph.js";
 import { floatTensor } from "../../src/onnx/tensor.js";
 import { analyzeTransformer } from "../../src/analysis/transformer.js";
+import { valueInfo } from "../../src/ir/value-info.js";
 
 /** Added to the logits of masked keys. */
 export const MASKED = -1e9;
@@ -31,10 +32,23 @@ export const MASKED = -1e9;
  * batch, heads and queries. Fp32 logits and biases only (what the models tested here use).
  */
 export function maskKeys(modelBytes: Uint8Array, fromLayer: number, kept: readonly number[], tokens: number): Uint8Array {
-  const model = decodeModel(modelBytes);
-  const graph = model.graph!;
   const keep = new Set(kept);
   const mask = floatTensor("test/masked_keys", Array.from({ length: tokens }, (_, j) => (keep.has(j) ? 0 : MASKED)), [1, tokens]);
+  return withKeyMask(modelBytes, fromLayer, mask.name, (g) => shallowCopy(g, { initializer: [...g.initializer, mask] }));
+}
+
+/**
+ * The same edit with the row as a graph input `key_mask` (float [1, total length]), for decoders
+ * with a KV cache, whose key count grows with each decode step; also adds to GroupQueryAttention's
+ * attention_bias (input 10).
+ */
+export function maskKeysInput(modelBytes: Uint8Array, fromLayer: number): Uint8Array {
+  return withKeyMask(modelBytes, fromLayer, "key_mask", (g) => shallowCopy(g, { input: [...g.input, valueInfo("key_mask", 1, [1, "total_sequence_length"])] }));
+}
+
+function withKeyMask(modelBytes: Uint8Array, fromLayer: number, mask: string, declare: (g: GraphProto) => GraphProto): Uint8Array {
+  const model = decodeModel(modelBytes);
+  const graph = model.graph!;
   const anchors = new Map<NodeProto, number>();
   for (const l of analyzeTransformer(new Graph(graph)).layers) if (l.index >= fromLayer && l.core) anchors.set(l.core.anchor, l.index);
   if (!anchors.size) throw new Error(`maskKeys: no attention at layer ${fromLayer} or later`);
@@ -45,13 +59,13 @@ export function maskKeys(modelBytes: Uint8Array, fromLayer: number, kept: readon
       node.push(n);
       continue;
     }
-    const slot = n.opType === "Softmax" ? 0 : n.opType === "MultiHeadAttention" ? 5 : -1;
+    const slot = n.opType === "Softmax" ? 0 : n.opType === "MultiHeadAttention" ? 5 : n.opType === "GroupQueryAttention" ? 10 : -1;
     if (slot < 0 || !n.input[slot]) throw new Error(`maskKeys: layer ${layer}'s ${n.opType} '${n.name}' has no logits or attention_bias input to add the mask to`);
     const masked = `test/layer${layer}/masked_logits`;
-    node.push(makeNode("Add", [n.input[slot], mask.name], [masked], `test/layer${layer}/mask_keys`));
+    node.push(makeNode("Add", [n.input[slot], mask], [masked], `test/layer${layer}/mask_keys`));
     node.push(shallowCopy(n, { input: n.input.map((x, i) => (i === slot ? masked : x)) }));
   }
-  return encodeModel(shallowCopy(model, { graph: shallowCopy(graph, { node, initializer: [...graph.initializer, mask] }) }));
+  return encodeModel(shallowCopy(model, { graph: declare(shallowCopy(graph, { node })) }));
 }
 
 /** A DynamicQuantizeLinear node and the outputs holding its scale and zero point. */

@@ -91,7 +91,7 @@ function subgraphReads(n: NodeProto, into: Set<string>): void {
 }
 
 /** Keep the nodes whose outputs are (transitively) needed by `graph.output`; drop the rest. */
-function eliminateDeadCode(g: Graph, graph: GraphProto): GraphProto {
+export function eliminateDeadCode(g: Graph, graph: GraphProto): GraphProto {
   const live = new Set(graph.output.map((o) => o.name));
   const keep = new Set<NodeProto>();
   for (const n of [...g.order].reverse()) {
@@ -189,6 +189,16 @@ class Synthesizer {
       const out = new Float32Array(n);
       if (uses.some((u) => NORMS.has(u.node.opType) && u.slot === 1) || uses.some((u) => u.node.opType === "Div" && u.slot === 1)) {
         for (let i = 0; i < n; i++) out[i] = 1 + uniform(0.1); // norm scales, divisors: near 1
+        return out;
+      }
+      const cosine = at("GroupQueryAttention", 7) ?? at("RotaryEmbedding", 2);
+      const sine = at("GroupQueryAttention", 8) ?? at("RotaryEmbedding", 3);
+      if ((cosine || sine) && t.dims.length === 2) {
+        // Rotary caches [positions, d/2]: real tables (base 10000), so rotation stays a rotation.
+        const half = Number(t.dims[1]);
+        for (let p = 0; p < Number(t.dims[0]); p++) {
+          for (let i = 0; i < half; i++) out[p * half + i] = (cosine ? Math.cos : Math.sin)(p * Math.pow(10000, -i / half));
+        }
         return out;
       }
       const nbits = at("MatMulNBits", 2) ?? at("MatMulNBits", 3);

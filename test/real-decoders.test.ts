@@ -1,0 +1,160 @@
+/**
+ * FastV compiled into the real transformers.js decoders of ../shared/models/graph-only, on synthetic
+ * weights, cut to their first layers with a small LM head (test/support/decoder-cut.ts):
+ *
+ * - Gemma-3 4B (fp32, GroupQueryAttention with rotary inside the op, sliding-window layers, q/k
+ *   norms, sandwich norms): `after layer 0 drop 50% of image by last-token-attn` on 2 layers.
+ *
+ * Checked: the kept set equals a TypeScript reference computed from the dense model's own tensors
+ * (layer 0's query before rotary, rotated here with the model's cos/sin caches read from the
+ * weight files, and its present key); the present caches are N long before the stage and K' after;
+ * prefill and 4 greedy decode steps equal the dense model with the dropped keys masked from layer 1
+ * on (what a pruned cache means; positions untouched).
+ */
+import { expect } from "vitest";
+import { openSync, readSync, closeSync, readFileSync } from "node:fs";
+import { describeShared, itShared, sharedModel } from "./helpers/shared.js";
+import { compile } from "../src/compile.js";
+import { decodeModel } from "../src/onnx/io.js";
+import type { ModelProto } from "../src/onnx/gen/onnx_pb.js";
+import { maxAbsDiff, runNode, type Feeds, type Outputs } from "./helpers/ort.js";
+import { cutDecoder } from "./support/decoder-cut.js";
+import { maskKeysInput, MASKED } from "./support/dense-edits.js";
+import { uniform, withWeights } from "./support/graph-only-inputs.js";
+import { withOutputs, rows } from "./support/model-edit.js";
+import { fastvKept } from "./reference/decoder.js";
+
+const GEMMA = "graph-only/gemma-3-4b-vlm/decoder_model_merged.onnx";
+const SPEC = "tokens image = input image_mask\nafter layer 0 drop 50% of image by last-token-attn";
+const VOCAB = 256;
+const STEPS = 4;
+/** Prompt: 8 text tokens, 32 image tokens, 8 text tokens. */
+const N = 48;
+const IMAGE = Array.from({ length: N }, (_, j) => j >= 8 && j < 40);
+
+/** float32 values of an external initializer, read from the weight file written under `path`. */
+function externalFloats(model: ModelProto, name: string, path: (file: string) => string): { data: Float32Array; dims: number[] } {
+  const t = model.graph!.initializer.find((i) => i.name === name)!;
+  const entry = (key: string) => t.externalData.find((e) => e.key === key)?.value;
+  const length = Number(entry("length"));
+  const bytes = Buffer.alloc(length);
+  const fd = openSync(path(entry("location")!), "r");
+  readSync(fd, bytes, 0, length, Number(entry("offset") ?? 0));
+  closeSync(fd);
+  return { data: new Float32Array(bytes.buffer, bytes.byteOffset, length / 4), dims: t.dims.map(Number) };
+}
+
+/** Rotate-half rotary of one [heads·d] row at `pos` with cos/sin caches [positions, d/2]. */
+function rotate(row: Float32Array, heads: number, d: number, pos: number, cos: Float32Array, sin: Float32Array): Float64Array {
+  const half = d / 2;
+  const out = new Float64Array(row.length);
+  for (let h = 0; h < heads; h++) {
+    for (let i = 0; i < half; i++) {
+      const c = cos[pos * half + i]!;
+      const s = sin[pos * half + i]!;
+      const a = row[h * d + i]!;
+      const b = row[h * d + half + i]!;
+      out[h * d + i] = a * c - b * s;
+      out[h * d + half + i] = b * c + a * s;
+    }
+  }
+  return out;
+}
+
+/** Mean over heads of the last query's softmax(q·kᵀ/√d) over every key: FastV's scores. */
+function lastRowScores(q: Float64Array, keys: Float32Array, heads: number, kvHeads: number, n: number, d: number): number[] {
+  const scores = new Array<number>(n).fill(0);
+  for (let h = 0; h < heads; h++) {
+    const g = Math.floor(h / (heads / kvHeads));
+    const logits = Array.from({ length: n }, (_, j) => {
+      let s = 0;
+      for (let t = 0; t < d; t++) s += q[h * d + t]! * keys[(g * n + j) * d + t]!;
+      return s / Math.sqrt(d);
+    });
+    const max = Math.max(...logits);
+    const e = logits.map((x) => Math.exp(x - max));
+    const sum = e.reduce((a, b) => a + b, 0);
+    e.forEach((x, j) => (scores[j] = scores[j]! + x / sum / heads));
+  }
+  return scores;
+}
+
+interface DecoderShape {
+  hidden: number;
+  kvHeads: number;
+  headSize: number;
+  layers: number;
+}
+
+/** Token embeddings stand-in (the embedding model is separate): a fixed vector per token id. */
+const embed = (token: number, hidden: number) => uniform(hidden, 1000 + token);
+
+function feeds(s: DecoderShape, embeds: Float32Array, rowsIn: number, total: number, past: Outputs | undefined, image: boolean[] | undefined, keyMask?: Float32Array): Feeds {
+  const f: Feeds = {
+    inputs_embeds: { type: "float32", dims: [1, rowsIn, s.hidden], data: embeds },
+    attention_mask: { type: "int64", dims: [1, total], data: new BigInt64Array(total).fill(1n) },
+    num_logits_to_keep: { type: "int64", dims: [], data: BigInt64Array.of(1n) },
+  };
+  for (let l = 0; l < s.layers; l++) {
+    for (const kv of ["key", "value"]) {
+      const p = past?.[`present.${l}.${kv}`];
+      f[`past_key_values.${l}.${kv}`] = p ? { type: "float32", dims: p.dims, data: p.data as Float32Array } : { type: "float32", dims: [1, s.kvHeads, 0, s.headSize], data: new Float32Array(0) };
+    }
+  }
+  if (image) f["image_mask"] = { type: "bool", dims: [1, rowsIn], data: Uint8Array.from(image, Number) };
+  if (keyMask) f["key_mask"] = { type: "float32", dims: [1, total], data: keyMask };
+  return f;
+}
+
+const argmax = (a: Float32Array) => a.reduce((best, v, i) => (v > a[best]! ? i : best), 0);
+
+describeShared("FastV in real decoders on synthetic weights", () => {
+  itShared(
+    "gemma-3 (2 layers, GroupQueryAttention rotating inside the op): kept set = reference from the dense model's tensors; caches N then K'; prefill + decode = dense with dropped keys masked",
+    async () => {
+      const dense = cutDecoder(readFileSync(sharedModel(GEMMA)), 2, VOCAB);
+      const model = decodeModel(dense);
+      const s: DecoderShape = { hidden: 2560, kvHeads: 4, headSize: 256, layers: 2 };
+      const heads = 8;
+      const pruned = compile(dense, SPEC, { exposeIndices: true }).model;
+      const query = "/model/layers.0/attn/q_norm/Reshape_2/output_0";
+      await withWeights(dense, 1, { "dense.onnx": withOutputs(dense, [query]), "pruned.onnx": pruned, "masked.onnx": maskKeysInput(dense, 1) }, async (path) => {
+        const prompt = uniform(N * s.hidden, 7);
+        // Reference kept set from the dense model's own layer-0 tensors.
+        const d = await runNode(path("dense.onnx"), feeds(s, prompt, N, N, undefined, undefined));
+        const cos = externalFloats(model, "cos_cache_local", path).data;
+        const sin = externalFloats(model, "sin_cache_local", path).data;
+        const q = d[query]!.data as Float32Array;
+        const last = rotate(q.subarray((N - 1) * heads * s.headSize, N * heads * s.headSize), heads, s.headSize, N - 1, cos, sin);
+        const scores = lastRowScores(last, d["present.0.key"]!.data as Float32Array, heads, s.kvHeads, N, s.headSize);
+        const kept = fastvKept(scores, IMAGE, 50);
+        expect(kept).toHaveLength(N - 16);
+
+        // The compiled model: same kept set, caches N (layer 0) and K' (layer 1).
+        let p = await runNode(path("pruned.onnx"), feeds(s, prompt, N, N, undefined, IMAGE));
+        const idx = p["prunec.stage0.indices"]!;
+        expect(rows(idx.data as BigInt64Array, idx.dims)[0]).toEqual(kept);
+        expect(p["present.0.key"]!.dims).toEqual([1, s.kvHeads, N, s.headSize]);
+        expect(p["present.1.key"]!.dims).toEqual([1, s.kvHeads, kept.length, s.headSize]);
+
+        // Dense with the dropped keys masked from layer 1 on, step by step.
+        const keep = new Set(kept);
+        const mask = (total: number) => Float32Array.from({ length: total }, (_, j) => (j >= N || keep.has(j) ? 0 : MASKED));
+        let m = await runNode(path("masked.onnx"), feeds(s, prompt, N, N, undefined, undefined, mask(N)));
+        const scale = Math.max(...Array.from(m["logits"]!.data as Float32Array, Math.abs));
+        expect(maxAbsDiff(p["logits"]!.data as Float32Array, m["logits"]!.data as Float32Array)).toBeLessThanOrEqual(1e-4 * scale);
+        let token = argmax(p["logits"]!.data as Float32Array);
+        for (let step = 1; step <= STEPS; step++) {
+          const total = N + step;
+          p = await runNode(path("pruned.onnx"), feeds(s, embed(token, s.hidden), 1, total, p, [false]));
+          m = await runNode(path("masked.onnx"), feeds(s, embed(token, s.hidden), 1, total, m, undefined, mask(total)));
+          expect(p["present.1.key"]!.dims[2]).toBe(kept.length + step);
+          expect(maxAbsDiff(p["logits"]!.data as Float32Array, m["logits"]!.data as Float32Array)).toBeLessThanOrEqual(1e-4 * scale);
+          token = argmax(p["logits"]!.data as Float32Array);
+          expect(token).toBe(argmax(m["logits"]!.data as Float32Array));
+        }
+      });
+    },
+    300_000,
+  );
+});
