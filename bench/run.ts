@@ -16,6 +16,7 @@ import { compile } from "../src/compile.js";
 import { writeAtomic } from "../src/cli/main.js";
 import { benchmark, formatBench } from "../src/cli/benchmark.js";
 import { benchDecoder } from "./decoder.js";
+import { benchRealDecoders } from "./real-decoders.js";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const args = process.argv.slice(2);
@@ -65,6 +66,7 @@ async function main(): Promise<void> {
   }
   console.log("\n== decoder with a KV cache");
   await benchDecoder(runs);
+  await benchRealDecoders(join(root, "..", "shared", "models"), runs);
 }
 
 await main();

@@ -38,6 +38,8 @@ export interface TokenAxes {
   /** Axes indexed by token. */
   axes: number[];
   rank: number;
+  /** Rows indexed by example·tokens + token on axis 0 (a table flattened over batch and tokens). */
+  flat?: boolean;
 }
 
 export interface SideInput extends TokenAxes {
@@ -55,6 +57,12 @@ export interface CarryContext {
 }
 
 function tokenAxes(ctx: CarryContext, node: NodeProto, slot: number, t: string, below: ReadonlySet<string>): TokenAxes | undefined {
+  // RotaryEmbedding fed ids computed from the stream's own shape (0..B·N−1, as Qwen3.5's M-RoPE
+  // exports number them) reads its cos/sin inputs as per-token tables, one row per (example,
+  // token), computed from the caller's positions: those rows follow the kept tokens.
+  if (node.opType === "RotaryEmbedding" && (slot === 2 || slot === 3) && node.input[1] && below.has(node.input[1]) && !ctx.graph.isConstant(t)) {
+    return { axes: [0], rank: 2, flat: true };
+  }
   if (NOT_TOKEN_ROWS[node.opType]?.includes(slot)) return undefined;
   const known = ctx.carried.get(t);
   if (known) return known;
@@ -98,9 +106,21 @@ export function findSideInputs(ctx: CarryContext, belowNodes: Iterable<NodeProto
   return [...found].map(([tensor, axes]) => ({ tensor, ...axes }));
 }
 
-/** Emit the gathers: returns side tensor → gathered tensor. */
-export function gatherSideInputs(b: NodeBuilder, sides: SideInput[], indices: string, batched: boolean): Map<string, string> {
+/**
+ * Emit the gathers: returns side tensor → gathered tensor. `tokens` (int64 [1]): the stage's input
+ * token count, for tables flattened over batch and tokens.
+ */
+export function gatherSideInputs(b: NodeBuilder, sides: SideInput[], indices: string, batched: boolean, tokens: () => string): Map<string, string> {
   const out = new Map<string, string>();
+  const flat = sides.filter((s) => s.flat);
+  if (flat.length) {
+    // Row b·N + k of example b's kept token k.
+    const batch = b.slice(b.op("Shape", [indices]), 0, 0, 1);
+    const starts = b.op("Mul", [b.unsqueeze(b.op("Range", [b.int64([0], [], "zero"), b.squeeze(batch, [0]), b.int64([1], [], "one")]), [1]), tokens()], {}, "example_rows");
+    const rowsAt = b.op("Reshape", [b.op("Add", [indices, starts]), b.int64([-1], [1], "flat")], {}, "flat_rows");
+    for (const s of flat) out.set(s.tensor, b.op("Gather", [s.tensor, rowsAt], { axis: 0 }, "carry_tokens"));
+  }
+  sides = sides.filter((s) => !s.flat);
   if (!sides.length) return out;
   if (!batched) {
     const flat = b.squeeze(indices, [0]);

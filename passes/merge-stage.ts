@@ -149,7 +149,7 @@ export function applyMergeStage(proto: GraphProto, dense: TransformerInfo, dense
   // Side tensors read below the stage follow the surviving positions; an earlier merge stage's
   // log-size key bias is replaced by this stage's.
   const previousBias = proportional && sizesFrom !== undefined ? logSizeKeysName(sizesFrom) : undefined;
-  const gathered = gatherSideInputs(b, sides.filter((s) => s.tensor !== previousBias), positions!, true);
+  const gathered = gatherSideInputs(b, sides.filter((s) => s.tensor !== previousBias), positions!, true, () => b.int64([n], [1], "tokens_in"));
   const carried = new Map<string, TokenAxes>([...sides].filter((s) => s.tensor !== previousBias).map((s) => [gathered.get(s.tensor)!, { axes: s.axes, rank: s.rank }]));
   let rewired = new Map<NodeProto, NodeProto>();
   if (proportional) {

@@ -27,6 +27,7 @@ import { clsRowScores } from "./criteria/cls-attn.js";
 import { selectAndGatherFloat } from "./select-gather-float.js";
 import { gatherTokens, denseName } from "./gather-tokens.js";
 import { PrunecError } from "../src/errors.js";
+import { isSkipNorm } from "../src/analysis/residual.js";
 import type { ArgValue } from "../grammar/ir.js";
 
 export interface StagePlan {
@@ -124,9 +125,13 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
 
   // A masked stage removes nothing: it reads the stream where it is.
   const stream = plan.mask ? r : denseName(r);
-  const belowNodes = g.descendants(r);
+  // Skip form: the fused add+norm writing the stream (its output 3) also writes it normalized
+  // (output 0), which the next layer reads: that one is gathered at the same positions.
+  const normalized = plan.encoder ? undefined : skipNormalized(g, r);
+  const belowNodes = new Set([...g.descendants(r), ...(normalized ? g.descendants(normalized) : [])]);
   const below = new Set([...belowNodes].flatMap((n) => n.output));
   below.add(r);
+  if (normalized) below.add(normalized);
   const batched = model.batchAxis !== undefined;
   const sides = findSideInputs({ graph: g, shapes: model.shapes, carried: options.carried ?? new Map(), denseTokens: model.tokens!, batched }, belowNodes, below);
   const tokens = typeof plan.tokensIn === "number" ? plan.tokensIn : undefined;
@@ -175,7 +180,7 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
     if (plan.keep === undefined) throw new Error("grouped criteria need a static token count (checked by the plan)");
     indices = selectGroups(b, scores, plan.keep, plan.groups.members, plan.prefix);
     output = gather(indices);
-  } else if (options.target === "webgpu" && model.batchAxis === 0 && plan.keep !== undefined && tokens !== undefined && !sides.length && !plan.mask && !plan.recycle && !options.sets?.size) {
+  } else if (options.target === "webgpu" && model.batchAxis === 0 && plan.keep !== undefined && tokens !== undefined && !sides.length && !plan.mask && !plan.recycle && !options.sets?.size && !normalized) {
     lowering = "float-keys";
     const sel = selectAndGatherFloat(b, scores, stream, tokens - plan.prefix, plan.keep, plan.prefix);
     output = sel.output;
@@ -205,6 +210,7 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
     output = gather(indices);
     positions = indices;
     if (plan.recycle) {
+      if (normalized) throw new PrunecError("apply", `'with recycle' after layer ${plan.layer.index}: the stream leaves the layer through a fused skip normalization, whose normalized output has no recycled token`);
       if (sides.length) throw new PrunecError("apply", `'with recycle' after layer ${plan.layer.index}: the layers below read per-token tensors (${sides.map((x) => `'${x.tensor}'`).sort().join(", ")}) that have no row for the recycled token`);
       const kept = keptOneHot(b, indices, stream, model.tokenAxis!);
       const extra = recycledToken(b, stream, scores, kept, plan.prefix, batched);
@@ -222,7 +228,7 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
   // Side tensors read below the stage follow the kept tokens.
   // Cached attention below the stage: per-layer sequence lengths and key-padding bias.
   const padMask = plan.encoder ? new Map<NodeProto, NodeProto>() : rewriteCachedAttention(b, model, dense, plan.layer.index + 1, validBias);
-  const gathered = gatherSideInputs(b, sides, indices!, batched);
+  const gathered = gatherSideInputs(b, sides, indices!, batched, () => b.slice(b.op("Shape", [stream]), 0, model.tokenAxis!, model.tokenAxis! + 1));
   if (validBias && plan.adaptive) {
     // Each example keeps its own count: the padding up to the batch's largest count is masked out
     // of every later attention, so each example computes exactly its batch-1 result. Only up to
@@ -234,11 +240,15 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
   // The stage's result takes the residual's name, so every consumer and graph output reads it.
   const last = b.nodes.find((n) => n.output[0] === output)!;
   last.output[0] = r;
+  if (normalized) {
+    const gatheredNorm = gatherTokens(b, denseName(normalized), indices!, { tokenAxis: 1, batchAxis: 0 });
+    b.nodes.find((n) => n.output[0] === gatheredNorm)!.output[0] = normalized;
+  }
 
   // The original producer of r now writes r/dense; stage nodes go right after it (their inputs,
   // the layer's probabilities and r/dense, all exist by then).
   const producer = g.producer.get(r)!;
-  const renamed = shallowCopy(producer, { output: producer.output.map((o) => (o === r ? stream : o)) });
+  const renamed = shallowCopy(producer, { output: producer.output.map((o) => (o === r ? stream : o === normalized ? denseName(normalized) : o)) });
   const at = proto.node.indexOf(producer);
   const nodes = rewireSideInputs(
     [...proto.node.slice(0, at), renamed, ...b.nodes, ...proto.node.slice(at + 1)].map((n) => padMask.get(n) ?? n),
@@ -288,6 +298,12 @@ function keepTensor(b: NodeBuilder, scores: string, plan: StagePlan): string {
   if (plan.keep !== undefined) return b.int64([plan.keep], [1], "k");
   const n = b.slice(b.op("Shape", [scores]), 0, 1, 2);
   return keepCountDynamic(b, n, plan.percent, plan.drop);
+}
+
+/** Output 0 of the fused Skip norm whose output 3 is the stream `r`, if r leaves through one. */
+function skipNormalized(g: Graph, r: string): string | undefined {
+  const n = g.producer.get(r);
+  return n && isSkipNorm(n) && n.output[3] === r && n.output[0] ? n.output[0] : undefined;
 }
 
 /** Element type of the residual stream (from the pre-norm's scale), when known. */

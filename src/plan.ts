@@ -175,11 +175,10 @@ function planOne(
     fail(stage.layerSpan ?? stage.positionSpan, `the residual stream leaving layer ${resolved} could not be found (looked for pre-norm → attention → Add → norm → MLP → Add)`);
     return undefined;
   }
-  if (!encoder && layer.residual.outputNorm) {
-    // The stream leaving L is output 3 of a fused Skip norm whose output 0 (the same tokens,
-    // normalized) feeds layer L+1: gathering only output 3 would leave layer L+1 dense.
-    const n = layer.residual.outputNorm;
-    fail(stage.layerSpan ?? stage.positionSpan, `the residual stream leaving layer ${resolved} is fused into ${n.domain ? `${n.domain}.` : ""}${n.opType} (node '${n.name}'), whose normalized output also feeds the next layer; prunec cannot prune through a fused skip normalization yet`);
+  if (!encoder && layer.residual.outputMissing) {
+    // The stream leaving the last layer is fused into the final norm, which omits it (output 3).
+    const n = layer.residual.outputNorm!;
+    fail(stage.layerSpan ?? stage.positionSpan, `the residual stream leaving layer ${resolved} (the last) exists only inside ${n.domain ? `${n.domain}.` : ""}${n.opType} (node '${n.name}'), the final norm; a stage after the last layer would prune only the LM head's rows: use an earlier layer`);
     return undefined;
   }
   if (ofSet !== undefined && model.batchAxis !== 0) {

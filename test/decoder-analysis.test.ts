@@ -101,7 +101,7 @@ describeShared("decoder residual streams (transformers.js Gemma-3 and Qwen3.5)",
     expect(g.producer.has(last.output) || g.consumers.has(last.output)).toBe(false);
   });
 
-  it("inspect: no stage at Qwen3.5's layers (fused skip norms); last-token-attn at every Gemma-3 layer (rotary inside the op is moved out)", () => {
+  it("inspect: Qwen3.5 hosts attention stages at its GroupQueryAttention layers but the last, not at linear-attention ones; last-token-attn at every Gemma-3 layer (rotary inside the op is moved out)", () => {
     const report = (rel: string) => inspectModel(load(rel).bytes, rel);
     const q = report(QWEN35);
     expect(q.hidden).toBe(1024);
@@ -109,9 +109,10 @@ describeShared("decoder residual streams (transformers.js Gemma-3 and Qwen3.5)",
     expect(q.batchAxis).toBe(0);
     expect(q.tokens).toBe("sequence_length");
     const at = (r: ReturnType<typeof report>, name: string) => r.layers.filter((l) => l.criteria.find((c) => c.name === name)?.ok).map((l) => l.index);
-    // Every Qwen3.5 stream leaves through a fused Skip norm, which prunec cannot prune through yet.
-    expect(at(q, "last-token-attn")).toEqual([]);
-    expect(q.layers[3]!.criteria.find((c) => c.name === "last-token-attn")!.why).toMatch(/fused into com\.microsoft\.SkipSimplifiedLayerNormalization/);
+    // Layer 23's stream exists only inside the final norm.
+    expect(at(q, "pagerank")).toEqual([3, 7, 11, 15, 19]);
+    expect(at(q, "norm")).toHaveLength(23);
+    expect(q.layers[2]!.criteria.find((c) => c.name === "pagerank")!.why).toMatch(/linear-attention/);
     expect(q.layers.every((l) => l.residual !== null)).toBe(true);
 
     const gm = report(GEMMA);
@@ -133,7 +134,7 @@ describeShared("decoder residual streams (transformers.js Gemma-3 and Qwen3.5)",
     expect(g.consumersOf(denseName(r)).every((n) => n.name.startsWith("prunec/"))).toBe(true);
   });
 
-  it("qwen3.5 (Skip form): stages are rejected before writing, with the fused norm named (its normalized output also feeds the next layer)", () => {
+  it("qwen3.5 (Skip form): stages compile at attention layers; a linear-attention layer, the last layer and per-example counts over linear layers are rejected before writing", () => {
     const { bytes } = load(QWEN35);
     const message = (spec: string) => {
       try {
@@ -144,10 +145,12 @@ describeShared("decoder residual streams (transformers.js Gemma-3 and Qwen3.5)",
       }
       return "compiled";
     };
-    expect(message("after layer 3 drop 50% by norm")).toBe(
-      "q.prune:1:13: error: the residual stream leaving layer 3 is fused into com.microsoft.SkipSimplifiedLayerNormalization (node '/model/layers.4/input_layernorm/SkipLayerNorm'), whose normalized output also feeds the next layer; prunec cannot prune through a fused skip normalization yet",
+    expect(message("after layer 3 drop 50% by norm")).toBe("compiled");
+    expect(message("after layer 7 keep 75% by pagerank")).toBe("compiled");
+    expect(message("after layer 2 keep 75% by pagerank")).toMatch(/^q\.prune:1:27: error: pagerank cannot run after layer 2: .*linear-attention/);
+    expect(message("after layer 23 keep 50% by norm")).toMatch(/^q\.prune:1:13: error: the residual stream leaving layer 23 \(the last\) exists only inside com\.microsoft\.SkipSimplifiedLayerNormalization .*final_norm_layernorm/);
+    expect(message(SET_SPEC(3))).toBe(
+      "q.prune:2:20: error: this stage's count differs per example, so batches pad to the largest count and mask the padding in every later attention, but layer 4 (linear-attention) has no attention to mask",
     );
-    expect(message("after layer 23 keep 50% by norm")).toMatch(/^q\.prune:1:13: error: the residual stream leaving layer 23 is fused into .*final_norm_layernorm/);
-    expect(message(SET_SPEC(3))).toMatch(/the residual stream leaving layer 3 is fused into/);
   });
 });

@@ -131,6 +131,22 @@ describe("AIM's weighted PageRank inside the decoder", () => {
   });
 });
 
+describe("AIM's weighted PageRank inside the decoder, left-padded batch", () => {
+  it("each example keeps its batch-1 set (padding query rows, all keys masked, have no transitions), CPU and WASM", async () => {
+    const compiled = compile(plain, "tokens image = input image_mask\nafter layer 1 drop 50% of image by pagerank", { exposeIndices: true }).model;
+    const batch = promptBatch(prompts.map((x) => x.tokens), "left", prompts.map((x) => x.image));
+    for (const run of [runNode, runWasm]) {
+      const out = await run(compiled, feedsOf(batch), ["prunec.stage0.indices"]);
+      const kept = rows(out["prunec.stage0.indices"]!.data as BigInt64Array, out["prunec.stage0.indices"]!.dims).map((r) => r.filter((i) => i >= 0));
+      for (const [b, prompt] of prompts.entries()) {
+        const one = await run(compiled, feedsOf(promptBatch([prompt.tokens], "left", [prompt.image])), ["prunec.stage0.indices"]);
+        const offset = batch.offsets[b]!;
+        expect(kept[b]).toEqual([...Array(offset).keys(), ...Array.from(one["prunec.stage0.indices"]!.data as BigInt64Array, (j) => Number(j) + offset)]);
+      }
+    }
+  });
+});
+
 describe("token sets follow the kept tokens", () => {
   it("an 'of image' stage after a stage on all tokens reads the image mask at the kept positions", async () => {
     const spec = "tokens image = input image_mask\nafter layer 0 keep 75% by norm\nafter layer 2 drop 50% of image by last-token-attn";

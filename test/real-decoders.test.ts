@@ -5,11 +5,19 @@
  * - Gemma-3 4B (fp32, GroupQueryAttention with rotary inside the op, sliding-window layers, q/k
  *   norms, sandwich norms): `after layer 0 drop 50% of image by last-token-attn` on 2 layers.
  *
- * Checked: the kept set equals a TypeScript reference computed from the dense model's own tensors
- * (layer 0's query before rotary, rotated here with the model's cos/sin caches read from the
- * weight files, and its present key); the present caches are N long before the stage and K' after;
- * prefill and 4 greedy decode steps equal the dense model with the dropped keys masked from layer 1
- * on (what a pruned cache means; positions untouched).
+ *   Checked: the kept set equals a TypeScript reference computed from the dense model's own
+ *   tensors (layer 0's query before rotary, rotated here with the model's cos/sin caches read from
+ *   the weight files, and its present key); the present caches are N long before the stage and K'
+ *   after; prefill and 4 greedy decode steps equal the dense model with the dropped keys masked
+ *   from layer 1 on (what a pruned cache means; positions untouched).
+ * - Qwen3.5 0.8B (int8 MatMulInteger, hybrid: gated delta-net linear attention in layers 0–2 and
+ *   4–6, GroupQueryAttention in 3 and 7, every residual add fused into a Skip norm, M-RoPE tables
+ *   flattened over batch·tokens): `after layer 3 keep 75% by pagerank` (AIM) on 8 layers.
+ *   Checked: the kept set equals the pagerank reference on layer 3's causal logits (rotated q and
+ *   present key from the dense model); layer 7's rotary tables are the dense rows of the kept tokens
+ *   (positions kept); caches: linear layers keep their fixed-size states, layer 3 holds N, layer 7
+ *   K' and grows by one per decode step. (Masked-dense equality does not apply: a linear-attention
+ *   layer over the kept tokens is not the dense one with keys masked.)
  */
 import { expect } from "vitest";
 import { openSync, readSync, closeSync, readFileSync } from "node:fs";
@@ -23,8 +31,10 @@ import { maskKeysInput, MASKED } from "./support/dense-edits.js";
 import { uniform, withWeights } from "./support/graph-only-inputs.js";
 import { withOutputs, rows } from "./support/model-edit.js";
 import { fastvKept } from "./reference/decoder.js";
+import { pagerankKeep } from "./reference/attention-scores.js";
 
 const GEMMA = "graph-only/gemma-3-4b-vlm/decoder_model_merged.onnx";
+const QWEN35 = "graph-only/qwen3.5-0.8b-vlm-int8/decoder_model_merged_quantized.onnx";
 const SPEC = "tokens image = input image_mask\nafter layer 0 drop 50% of image by last-token-attn";
 const VOCAB = 256;
 const STEPS = 4;
@@ -152,6 +162,77 @@ describeShared("FastV in real decoders on synthetic weights", () => {
           expect(maxAbsDiff(p["logits"]!.data as Float32Array, m["logits"]!.data as Float32Array)).toBeLessThanOrEqual(1e-4 * scale);
           token = argmax(p["logits"]!.data as Float32Array);
           expect(token).toBe(argmax(m["logits"]!.data as Float32Array));
+        }
+      });
+    },
+    300_000,
+  );
+  itShared(
+    "qwen3.5 (8 layers, hybrid, Skip norms, M-RoPE): pagerank after layer 3 keeps the reference's set; the kept tokens' rotary rows and caches follow; decode steps run",
+    async () => {
+      const dense = cutDecoder(readFileSync(sharedModel(QWEN35)), 8, VOCAB);
+      const pruned = compile(dense, "after layer 3 keep 75% by pagerank", { exposeIndices: true }).model;
+      const prunedGraph = decodeModel(pruned).graph!;
+      const query = "/model/layers.3/attn/q_mrope/Output/Reshape/output_0";
+      const table = "/model/mrope_flattened_cache_interleaved/cos/Concat/output_0";
+      const carriedTable = prunedGraph.node.find((n) => n.name === "/model/layers.7/attn/q_mrope/RotaryEmbedding")!.input[2]!;
+      expect(carriedTable).not.toBe(table);
+      const [hidden, heads, kvHeads, d] = [1024, 8, 2, 256];
+      const qwenFeeds = (embeds: Float32Array, rowsIn: number, total: number, past: Outputs | undefined, firstPosition: number): Feeds => {
+        const f: Feeds = {
+          inputs_embeds: { type: "float32", dims: [1, rowsIn, hidden], data: embeds },
+          attention_mask: { type: "int64", dims: [1, total], data: new BigInt64Array(total).fill(1n) },
+          position_ids: { type: "int64", dims: [3, 1, rowsIn], data: BigInt64Array.from({ length: 3 * rowsIn }, (_, k) => BigInt(firstPosition + (k % rowsIn))) },
+        };
+        for (const l of [0, 1, 2, 4, 5, 6]) {
+          f[`past_conv.${l}`] = (past?.[`present_conv.${l}`] as Feeds[string] | undefined) ?? { type: "float32", dims: [1, 6144, 4], data: new Float32Array(6144 * 4) };
+          f[`past_recurrent.${l}`] = (past?.[`present_recurrent.${l}`] as Feeds[string] | undefined) ?? { type: "float32", dims: [1, 16, 128, 128], data: new Float32Array(16 * 128 * 128) };
+        }
+        for (const l of [3, 7]) {
+          for (const kv of ["key", "value"]) f[`past_key_values.${l}.${kv}`] = (past?.[`present.${l}.${kv}`] as Feeds[string] | undefined) ?? { type: "float32", dims: [1, kvHeads, 0, d], data: new Float32Array(0) };
+        }
+        return f;
+      };
+      await withWeights(dense, 1, { "dense.onnx": withOutputs(dense, [query, table]), "pruned.onnx": withOutputs(pruned, [carriedTable]) }, async (path) => {
+        const prompt = uniform(N * hidden, 7);
+        const full = await runNode(path("dense.onnx"), qwenFeeds(prompt, N, N, undefined, 0));
+        // Layer 3's causal logits per head from its rotated query and present key: pagerank's reference.
+        const q = full[query]!.data as Float32Array;
+        const keys = full["present.3.key"]!.data as Float32Array;
+        const logits = Array.from({ length: heads }, (_, h) =>
+          Array.from({ length: N }, (_, i) =>
+            Array.from({ length: N }, (_, j) => {
+              if (j > i) return -Infinity;
+              const g = Math.floor(h / (heads / kvHeads));
+              let x = 0;
+              for (let t = 0; t < d; t++) x += q[(i * heads + h) * d + t]! * keys[(g * N + j) * d + t]!;
+              return x / Math.sqrt(d);
+            }),
+          ),
+        );
+        const [kept] = pagerankKeep([logits], 75, 0);
+        expect(kept).toHaveLength(36);
+
+        let p = await runNode(path("pruned.onnx"), qwenFeeds(prompt, N, N, undefined, 0));
+        const idx = p["prunec.stage0.indices"]!;
+        expect(rows(idx.data as BigInt64Array, idx.dims)[0]).toEqual(kept);
+        // Layer 7 rotates the kept tokens with their own (dense) rows of the M-RoPE table.
+        const denseRows = full[table]!;
+        const width = denseRows.dims[1]!;
+        const expectRows = Float32Array.from(kept!.flatMap((j) => Array.from((denseRows.data as Float32Array).subarray(j * width, (j + 1) * width))));
+        expect(p[carriedTable]!.dims).toEqual([kept!.length, width]);
+        expect(maxAbsDiff(p[carriedTable]!.data as Float32Array, expectRows)).toBe(0);
+        expect(p["present.3.key"]!.dims).toEqual([1, kvHeads, N, d]);
+        expect(p["present.7.key"]!.dims).toEqual([1, kvHeads, kept!.length, d]);
+        expect(p["present_recurrent.4"]!.dims).toEqual([1, 16, 128, 128]);
+        expect(p["logits"]!.dims).toEqual([1, kept!.length, VOCAB]);
+        for (let step = 1; step <= STEPS; step++) {
+          const token = argmax((p["logits"]!.data as Float32Array).subarray(-VOCAB));
+          p = await runNode(path("pruned.onnx"), qwenFeeds(embed(token, hidden), 1, N + step, p, N + step - 1));
+          expect(p["present.3.key"]!.dims[2]).toBe(N + step);
+          expect(p["present.7.key"]!.dims[2]).toBe(kept!.length + step);
+          expect(p["logits"]!.dims).toEqual([1, 1, VOCAB]);
+          expect((p["logits"]!.data as Float32Array).every(Number.isFinite)).toBe(true);
         }
       });
     },

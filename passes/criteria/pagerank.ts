@@ -21,6 +21,11 @@ function settings(args: Readonly<Record<string, unknown>>): { iterations: number
   return { iterations: Number(args["iterations"] ?? 5), temperature: Number(args["temperature"] ?? 0.1) };
 }
 
+/** float32's lowest finite value, the mask value exports use. */
+const FLOAT_MIN = -3.4028234663852886e38;
+/** Logits at or below this are masks, not scores. */
+const MASKED_ROW = -1e8;
+
 export const pagerank: CriterionModule = {
   name: "pagerank",
   summary: "weighted PageRank over the attention graph, RMS over heads (AIM / Zero-TPrune, methods.md §8 and §12)",
@@ -37,8 +42,13 @@ export const pagerank: CriterionModule = {
   },
   score({ b, layer, args, prefix }) {
     const { iterations, temperature } = settings(args);
-    const scaled = b.op("Div", [logits(b, layer), b.float([temperature], [], "temperature")], {}, "sharpen");
-    const m = b.op("Softmax", [scaled], { axis: -1 }, "transition"); // [B,H,N,N], rows sum to 1
+    const l = logits(b, layer);
+    // Mask values (finfo.min) overflow to −inf when sharpened: clamp, so a row stays finite.
+    const scaled = b.op("Max", [b.op("Div", [l, b.float([temperature], [], "temperature")], {}, "sharpen"), b.float([FLOAT_MIN], [], "finfo_min")], {}, "clamped");
+    // A query row with no allowed key (a padding token: every logit at a mask value) has no
+    // transitions: its row is zero, so padding adds nothing and each example ranks as at batch 1.
+    const live = b.op("Cast", [b.op("Greater", [b.reduce("ReduceMax", l, [-1], 1), b.float([MASKED_ROW], [], "masked_row")], {}, "has_key")], { to: 1 });
+    const m = b.op("Mul", [b.op("Softmax", [scaled], { axis: -1 }, "transition"), live], {}, "live_transition"); // [B,H,N,N], rows sum to 1 (0 for padding)
     let d = b.reduceMean(m, [2], 1); // (1/N)·1 · M: [B,H,1,N]
     for (let i = 1; i < iterations; i++) d = b.op("MatMul", [d, m], {}, "power_step");
     const meanSquare = b.reduceMean(b.op("Mul", [d, d], {}, "square"), [1, 2], 0); // [B,N]

@@ -2,10 +2,10 @@
  * Real decoder graphs (../shared/models/graph-only) cut down to run in tests: the first `keep`
  * layers, the model's own final norm (reading what layer `keep`'s pre-norm reads: the stream, or a
  * fused Skip norm's two summands) and a small synthetic LM head of `vocab` columns in place of the
- * 262k-column one. Cache inputs/outputs of the removed layers go; everything else is the export's.
+ * 248k–262k-column one (float, also where the export's is quantized). Cache inputs/outputs of the removed layers go; everything else is the export's.
  */
 import { decodeModel, encodeModel } from "../../src/onnx/io.js";
-import { Graph, type NodeProto } from "../../src/ir/graph.js";
+import { Graph, makeNode, type NodeProto } from "../../src/ir/graph.js";
 import { shallowCopy } from "../../src/ir/copy.js";
 import { floatTensor } from "../../src/onnx/tensor.js";
 import { valueInfo } from "../../src/ir/value-info.js";
@@ -13,6 +13,7 @@ import { analyzeTransformer } from "../../src/analysis/transformer.js";
 import { isSkipNorm } from "../../src/analysis/residual.js";
 import { mulberry32 } from "../../passes/criteria/fixed-order.js";
 import { eliminateDeadCode } from "./synthetic-weights.js";
+import type { Feeds } from "../helpers/ort.js";
 
 /** Layer index in a cache tensor's name (past_key_values.3.key, present_conv.3, …), if any. */
 function cacheLayer(name: string): number | undefined {
@@ -32,12 +33,15 @@ export function cutDecoder(bytes: Uint8Array, keep: number, vocab: number, seed 
   const summands = isSkipNorm(finalNorm) ? 2 : 1;
   const rewired = shallowCopy(finalNorm, { input: [...next.input.slice(0, summands), ...finalNorm.input.slice(summands)] });
 
-  const head = proto.node.find((n) => n.output[0] === "logits" && n.opType === "MatMul");
-  if (!head) throw new Error("cutDecoder: no MatMul writing 'logits'");
+  const head = proto.node.find((n) => n.output[0] === "logits");
+  if (!head) throw new Error("cutDecoder: no node writing 'logits'");
+  // A float MatMul keeps its input (Gemma slices the rows to num_logits_to_keep first); a quantized
+  // head (Qwen3.5's MatMulInteger chain) is replaced by a float MatMul on the final norm's output.
+  const headInput = head.opType === "MatMul" ? head.input[0]! : finalNorm.output[0]!;
   const hidden = info.hidden!;
   const random = mulberry32(seed);
   const weight = floatTensor("test/lm_head", Array.from({ length: hidden * vocab }, () => (random() - 0.5) * 0.1), [hidden, vocab]);
-  const node = proto.node.map((n): NodeProto => (n === finalNorm ? rewired : n === head ? shallowCopy(n, { input: [n.input[0]!, weight.name] }) : n));
+  const node = proto.node.map((n): NodeProto => (n === finalNorm ? rewired : n === head ? makeNode("MatMul", [headInput, weight.name], ["logits"], "test/lm_head/MatMul") : n));
   const kept = (name: string) => (cacheLayer(name) ?? 0) < keep;
   const logits = proto.output.find((o) => o.name === "logits")!;
   const dims = logits.type!.value.case === "tensorType" ? logits.type!.value.value.shape!.dim.map((d) => (d.value.case === "dimValue" ? Number(d.value.value) : (d.value.value as string))) : [];
@@ -48,4 +52,27 @@ export function cutDecoder(bytes: Uint8Array, keep: number, vocab: number, seed 
     output: proto.output.filter((o) => kept(o.name)).map((o) => (o === logits ? valueInfo("logits", 1, [...dims.slice(0, -1), vocab]) : o)),
   });
   return encodeModel(shallowCopy(model, { graph: eliminateDeadCode(new Graph(cut), cut) }));
+}
+
+/**
+ * Prefill feeds for a cut decoder at batch 1 and `n` tokens, from its declared inputs: the given
+ * embeddings, an all-ones attention mask, positions 0..n−1 (M-RoPE's [3, 1, n] too), one logit
+ * row, empty KV caches and zero linear-attention states; `image` fills an image_mask input.
+ */
+export function prefillFeedsFor(bytes: Uint8Array, n: number, embeds: Float32Array, image?: readonly boolean[]): Feeds {
+  const sizes: Record<string, number> = { batch_size: 1, sequence_length: n, total_sequence_length: n, past_sequence_length: 0 };
+  const feeds: Feeds = {};
+  for (const i of decodeModel(bytes).graph!.input) {
+    const t = i.type!.value.value as { elemType: number; shape: { dim: { value: { case: string; value: unknown } }[] } };
+    const dims = t.shape.dim.map((d) => (d.value.case === "dimValue" ? Number(d.value.value) : sizes[d.value.value as string]!));
+    const count = dims.reduce((a, b) => a * b, 1);
+    if (i.name === "inputs_embeds") feeds[i.name] = { type: "float32", dims, data: embeds };
+    else if (i.name === "attention_mask") feeds[i.name] = { type: "int64", dims, data: new BigInt64Array(count).fill(1n) };
+    else if (i.name === "position_ids") feeds[i.name] = { type: "int64", dims, data: BigInt64Array.from({ length: count }, (_, k) => BigInt(k % n)) };
+    else if (i.name === "num_logits_to_keep") feeds[i.name] = { type: "int64", dims: [], data: BigInt64Array.of(1n) };
+    else if (i.name === "image_mask" && image) feeds[i.name] = { type: "bool", dims, data: Uint8Array.from(image, Number) };
+    else if (t.elemType === 1) feeds[i.name] = { type: "float32", dims, data: new Float32Array(count) };
+    else throw new Error(`prefillFeedsFor: input ${i.name} of type ${t.elemType}`);
+  }
+  return feeds;
 }

@@ -8,9 +8,6 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { writeSyntheticWeights } from "./synthetic-weights.js";
-import { decodeModel } from "../../src/onnx/io.js";
-import { shallowCopy } from "../../src/ir/copy.js";
-import type { NodeProto } from "../../src/ir/graph.js";
 import { mulberry32 } from "../../passes/criteria/fixed-order.js";
 import type { Feeds } from "../helpers/ort.js";
 
@@ -90,16 +87,9 @@ export function gemmaFeeds(seed: number): Feeds {
   return { pixel_values: { type: "float32", dims: [1, 3, 896, 896], data: uniform(3 * 896 * 896, seed) } };
 }
 
-/** Nodes of a graph and of its control-flow bodies (Qwen3.5's linear attention reads weights inside `If` branches). */
-function hoisted(nodes: readonly NodeProto[]): NodeProto[] {
-  return nodes.flatMap((n) => [n, ...hoisted(n.attribute.flatMap((a) => [...(a.g ? [a.g] : []), ...a.graphs]).flatMap((b) => b.node))]);
-}
-
 /**
  * Run `fn` in a fresh temp dir holding synthetic weights for `source` and the given model files
  * (which must read the same external data as `source`, e.g. edits or compilations of it).
- * writeSyntheticWeights picks values from each tensor's consumers and does not look inside
- * control-flow bodies: it is given a copy with the bodies' nodes hoisted.
  */
 export async function withWeights<T>(
   source: Uint8Array,
@@ -109,8 +99,7 @@ export async function withWeights<T>(
 ): Promise<T> {
   const dir = mkdtempSync(join(tmpdir(), "prunec-graph-only-"));
   try {
-    const m = decodeModel(source);
-    writeSyntheticWeights(shallowCopy(m, { graph: shallowCopy(m.graph!, { node: hoisted(m.graph!.node) }) }), dir, seed);
+    writeSyntheticWeights(source, dir, seed);
     for (const [name, bytes] of Object.entries(files)) writeFileSync(join(dir, name), bytes);
     return await fn((name) => join(dir, name));
   } finally {

@@ -338,9 +338,15 @@ function toHalf(x: number): number {
  * length in `dir/<location>` (files are created sparse: only the recorded ranges are written).
  * Returns `dir`; a model saved in `dir` then loads with its external data.
  */
+/** Nodes of a graph and of its control-flow bodies (Qwen3.5's linear attention reads weights inside `If` branches). */
+function hoisted(nodes: readonly NodeProto[]): NodeProto[] {
+  return nodes.flatMap((n) => [n, ...hoisted(n.attribute.flatMap((a) => [...(a.g ? [a.g] : []), ...a.graphs]).flatMap((b) => b.node))]);
+}
+
 export function writeSyntheticWeights(model: Uint8Array | ModelProto, dir: string, seed: number): string {
   const proto = model instanceof Uint8Array ? decodeModel(model) : model;
-  const g = new Graph(proto.graph!);
+  // Values are chosen from each tensor's consumers, those inside control-flow bodies included.
+  const g = new Graph(shallowCopy(proto.graph!, { node: hoisted(proto.graph!.node) }));
   const synth = new Synthesizer(g, seed);
   const files = new Map<string, number>();
   try {

@@ -42,6 +42,7 @@ import { CPU_EP, WEBGPU_EP, locate, parsePlacement, type MemcpyNote, type NodeWh
 import { stageCopies, stageOf, type Role, type StageCopy, type StageNode } from "./stage-graph.js";
 import { startServer, type TestServer } from "./server.js";
 import { argmaxRows, feedsOf, finishSuite, pageInfo, runInBrowser, type BrowserRun } from "./harness.js";
+import { DECODER_CASES } from "./decoder-cases.js";
 
 const SCRATCH = join(REPO_ROOT, "scratch");
 const REPORT_PATH = join(SCRATCH, "webgpu-capabilities.json");
@@ -179,12 +180,12 @@ const report = {
   pageErrors: [] as string[],
 };
 
-it("the capability list covers every vision criterion prunec compiles (passes/registry.ts CRITERIA)", () => {
+it("the capability list covers every vision criterion prunec compiles (passes/registry.ts CRITERIA), decoder-cases.ts every decoder one", () => {
   const covered = new Set(CAPABILITIES.map((c) => c.covers));
-  // Decoder criteria (they need token sets such as `image`) run on the test decoder, which this
-  // suite does not load yet: they are checked on CPU and WASM only (test/fastv*.test.ts and others).
-  const vision = CRITERIA.filter((c) => !c.requiresSets?.length);
-  expect(vision.map((c) => c.name).filter((n) => !covered.has(n))).toEqual([]);
+  // Decoder criteria (they need token sets such as `image`) run on the test decoder in
+  // decoder.webgpu.ts (decoder-cases.ts DECODER_CASES).
+  const onDecoder = new Set(DECODER_CASES.map((c) => c.covers));
+  expect(CRITERIA.filter((c) => !(c.requiresSets?.length ? onDecoder : covered).has(c.name)).map((c) => c.name)).toEqual([]);
   for (const c of CAPABILITIES) {
     // every criterion appears in the spec it claims to cover
     if (CRITERIA.some((m) => m.name === c.covers)) expect(c.spec).toContain(c.covers);
