@@ -19,7 +19,7 @@ import type { CriterionModule, ScoreContext, TokenGroups } from "./criterion.js"
 import { keepCountDynamic } from "./amount.js";
 import { selectTopK, withPrefix } from "./select-topk.js";
 import { selectGroups, selectFolded, meanOverGroups } from "./select-groups.js";
-import { findSideInputs, gatherSideInputs, rewireSideInputs, type TokenAxes } from "./carry-tokens.js";
+import { findSideInputs, gatherSideInputs, rewireSideInputs, type SideInput, type TokenAxes } from "./carry-tokens.js";
 import { addKeyBias, keptOneHot, maskBias, recycledToken } from "./mask-recycle.js";
 import { countPerExample, selectAdaptive, type AdaptiveAmount } from "./adaptive.js";
 import { rewriteCachedAttention } from "./cached-attention.js";
@@ -53,6 +53,12 @@ export interface StagePlan {
   mask?: boolean;
   /** `with recycle`: append the score-weighted mean of the dropped tokens as one extra token. */
   recycle?: boolean;
+  /**
+   * `with renumber`: below the stage the kept tokens take positions 0..K'−1 (TransPrune's and
+   * SparseVLM's references): side tensors with one token axis (position ids, rotary tables) are
+   * read at rows 0..K'−1 instead of the kept rows; masks (two token axes) follow the kept tokens.
+   */
+  renumber?: boolean;
   /**
    * A `merge` stage (ToMe, passes/merge-stage.ts, planned by src/plan-merge.ts): r tokens merged
    * away; `sizesFrom`: the earlier merge stage whose token sizes it weighs by; `proportional`:
@@ -228,7 +234,8 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
   // Side tensors read below the stage follow the kept tokens.
   // Cached attention below the stage: per-layer sequence lengths and key-padding bias.
   const padMask = plan.encoder ? new Map<NodeProto, NodeProto>() : rewriteCachedAttention(b, model, dense, plan.layer.index + 1, validBias);
-  const gathered = gatherSideInputs(b, sides, indices!, batched, () => b.slice(b.op("Shape", [stream]), 0, model.tokenAxis!, model.tokenAxis! + 1));
+  const tokenCount = () => b.slice(b.op("Shape", [stream]), 0, model.tokenAxis!, model.tokenAxis! + 1);
+  const gathered = plan.renumber ? renumbered(b, plan, sides, indices!, batched, tokenCount) : gatherSideInputs(b, sides, indices!, batched, tokenCount);
   if (validBias && plan.adaptive) {
     // Each example keeps its own count: the padding up to the batch's largest count is masked out
     // of every later attention, so each example computes exactly its batch-1 result. Only up to
@@ -298,6 +305,22 @@ function keepTensor(b: NodeBuilder, scores: string, plan: StagePlan): string {
   if (plan.keep !== undefined) return b.int64([plan.keep], [1], "k");
   const n = b.slice(b.op("Shape", [scores]), 0, 1, 2);
   return keepCountDynamic(b, n, plan.percent, plan.drop);
+}
+
+/**
+ * `with renumber`: positional side tensors (one token axis) read at rows 0..K'−1, masks (two) at
+ * the kept rows. Flattened per-token tables (M-RoPE's three position axes) have no contiguous
+ * numbering: rejected.
+ */
+function renumbered(b: NodeBuilder, plan: StagePlan, sides: SideInput[], indices: string, batched: boolean, tokens: () => string): Map<string, string> {
+  const where = `'with renumber' after layer ${plan.layer.index}`;
+  const flat = sides.find((s) => s.flat);
+  if (flat) throw new PrunecError("apply", `${where}: the layers below read '${flat.tensor}', a rotary table with one row per example and token (multi-axis positions, as M-RoPE's), which has no contiguous renumbering`);
+  const positional = sides.filter((s) => s.axes.length === 1);
+  if (!positional.length) throw new PrunecError("apply", `${where}: the layers below read no per-token positions (position ids or rotary tables) to renumber`);
+  const k = b.slice(b.op("Shape", [indices]), 0, 1, 2);
+  const counting = b.op("Expand", [b.unsqueeze(b.op("Range", [b.int64([0], [], "zero"), b.squeeze(k, [0]), b.int64([1], [], "one")], {}, "renumbered"), [0]), b.op("Shape", [indices])], {}, "renumbered_rows"); // [B,K']
+  return new Map([...gatherSideInputs(b, positional, counting, batched, tokens), ...gatherSideInputs(b, sides.filter((s) => s.axes.length !== 1), indices, batched, tokens)]);
 }
 
 /** Output 0 of the fused Skip norm whose output 3 is the stream `r`, if r leaves through one. */

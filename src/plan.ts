@@ -320,15 +320,24 @@ function planOne(
   return plan;
 }
 
-/** `with mask` / `with recycle`: what they need of the stage and the model. False when rejected. */
+/** `with mask` / `with recycle` / `with renumber`: what they need of the stage and the model. False when rejected. */
 function applyOptions(stage: StageIR, plan: StagePlan, model: TransformerInfo, fail: (span: Span, message: string) => void): boolean {
-  const span = stage.optionSpans[0] ?? stage.span;
-  if (!stage.options.length) return true;
-  if (stage.options.length > 1) {
+  const at = stage.options.indexOf("renumber");
+  if (at >= 0) {
+    if (stage.options.includes("mask")) {
+      fail(stage.optionSpans[at]!, "'with renumber' renumbers the kept tokens, but a masked stage keeps every token where it is");
+      return false;
+    }
+    plan.renumber = true;
+  }
+  const others = stage.options.filter((o) => o !== "renumber");
+  const span = stage.optionSpans[stage.options.indexOf(others[0]!)] ?? stage.span;
+  if (!others.length) return true;
+  if (others.length > 1) {
     fail(span, "'with mask' and 'with recycle' cannot be combined: a masked stage removes nothing to recycle");
     return false;
   }
-  const option = stage.options[0]!;
+  const option = others[0]!;
   const name = plan.criterion.name;
   if (!plan.criterion.score || plan.groups || plan.fold || plan.encoder) {
     const why = !plan.criterion.score ? `${name} picks tokens without scores` : plan.groups ? `${name} keeps whole ${plan.groups.unit}s` : plan.fold ? "this encoder keeps whole merge groups" : "it acts after the encoder";

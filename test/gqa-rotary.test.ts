@@ -18,6 +18,7 @@ import { explicitRotary } from "../passes/explicit-rotary.js";
 import { maxAbsDiff, runNode } from "./helpers/ort.js";
 import { buildDecoder, generateGreedy, generateWithImageMask, imagePrompt, promptBatch, DECODER, type Backend, type DecoderOptions, type PromptBatch } from "./support/decoder.js";
 import { rows } from "./support/model-edit.js";
+import { buildFusedVit } from "./support/fused-vit.js";
 import { ReferenceDecoder, weightsFromModel, type FastvOptions } from "./reference/decoder.js";
 
 const TOL = 1e-4;
@@ -111,3 +112,34 @@ describe("GroupQueryAttention with rotary inside the op (do_rotary=1)", () => {
     expect(differs).toBe(true);
   });
 });
+
+describe("'with renumber' (TransPrune's and SparseVLM's reference numbering)", () => {
+  const RENUMBER = "tokens image = input image_mask\nafter layer 1 drop 50% of image by last-token-attn with renumber";
+  const cases = [
+    { name: "rotary outside the op (position_ids carried)", model: outside, o: WIDE, attention: "gqa" },
+    { name: "rotary inside the op (the op's positions carried)", model: inOp, o: WIDE, attention: "gqa" },
+  ];
+  for (const c of cases) {
+    it(`${c.name}: the kept tokens take positions 0..K'−1; the 16 tokens equal the renumbering reference, not the position-keeping one`, async () => {
+      const reference = new ReferenceDecoder(weightsFromModel(c.model, c.o), c.o);
+      const model = compile(c.model, RENUMBER, { exposeIndices: true }).model;
+      let differs = false;
+      for (const [i, p] of PROMPTS.entries()) {
+        const want = reference.generatePruned(p.tokens, p.image, { ...FASTV, renumber: true }, STEPS);
+        const keeping = reference.generatePruned(p.tokens, p.image, FASTV, STEPS);
+        const got = await generateWithImageMask(model, "cpu", single(i), STEPS, c.o);
+        expect(rows(got.prefillOutputs["prunec.stage0.indices"]!.data as BigInt64Array, got.prefillOutputs["prunec.stage0.indices"]!.dims)[0]).toEqual(want.kept);
+        expect(got.tokens[0]).toEqual(want.tokens);
+        got.steps.forEach((l, s) => expect(maxAbsDiff(l, want.steps[s]!)).toBeLessThanOrEqual(TOL));
+        differs ||= maxAbsDiff(want.prefillLast, keeping.prefillLast) > 1e-3;
+      }
+      expect(differs).toBe(true);
+    });
+  }
+
+  it("rejected with a mask (nothing moves), and where no positions are read below (a ViT whose only side tensor is an attention bias)", () => {
+    expect(() => compile(outside, RENUMBER.replace("with renumber", "with renumber, mask"), { specName: "r.prune" })).toThrow("r.prune:2:57: error: 'with renumber' renumbers the kept tokens, but a masked stage keeps every token where it is");
+    expect(() => compile(buildFusedVit(), "after layer 1 keep 50% by cls-attn with renumber")).toThrow("'with renumber' after layer 1: the layers below read no per-token positions (position ids or rotary tables) to renumber");
+  });
+});
+

@@ -352,7 +352,7 @@ describe("diagnostics", () => {
     [
       "unknown option, no close match",
       "after layer 2 keep 25% by iga with turbo",
-      `spec.prune:1:36: error: unknown option 'turbo' (options: recycle, mask)
+      `spec.prune:1:36: error: unknown option 'turbo' (options: recycle, mask, renumber)
  1 | after layer 2 keep 25% by iga with turbo
    |                                    ^~~~~`,
     ],

@@ -159,7 +159,7 @@ export const iga: CriterionModule = {
   summary: "instruction-guided attention: the next layer's norm, q/k and rotary on the stream, instruction queries' mean attention to each image token (TransPrune IGA, methods.md §5)",
   args: {},
   requiresSets: ["image", "instruction"],
-  needs: "a next layer whose pre-norm reads this layer's output, with MatMul + Softmax attention or GroupQueryAttention with rotary outside the op (do_rotary=0); a batch-first decoder; a declared `image` token set used as `of image` and `tokens instruction = after image`; left-padded or unpadded prompts",
+  needs: "a next layer whose pre-norm reads this layer's output, with MatMul + Softmax attention or GroupQueryAttention (rotary inside the op is first moved out of it); a batch-first decoder; a declared `image` token set used as `of image` and `tokens instruction = after image`; left-padded or unpadded prompts",
   unsupported: (facts) => nextLayerUnavailable(facts),
   score(ctx) {
     return ctx.b.slice(igaScores(ctx, imageMembers(ctx, "iga")), 1, ctx.prefix);

@@ -14,7 +14,7 @@ export const lastTokenAttn: CriterionModule = {
   summary: "mean over heads of the last prompt token's attention to each token (FastV, methods.md §14)",
   args: {},
   requiresSets: ["image"],
-  needs: "attention probabilities (MatMul + Softmax, or recomputed behind MultiHeadAttention); a declared `image` token set; left-padded prompts",
+  needs: "attention probabilities (MatMul + Softmax, or recomputed behind MultiHeadAttention / GroupQueryAttention); a declared `image` token set; left-padded prompts",
   unsupported: ({ layer }) => probabilitiesUnavailable(layer),
   score({ b, layer, prefix }) {
     const last = b.op("Gather", [probabilities(b, layer, "all"), b.int64([-1], [1], "last_row")], { axis: 2 }, "last_query"); // [B,H,1,N]

@@ -281,7 +281,8 @@ export class ReferenceDecoder {
         imageScores = image.flatMap((v, j) => (v ? [scores[j]!] : []));
         kept = fastvKept(scores, image, fastv.dropPercent);
         xs = kept.map((j) => xs[j]!);
-        positions = kept;
+        // TransPrune / SparseVLM renumber the kept tokens 0..K'−1; FastV keeps their positions.
+        positions = fastv.renumber ? kept.map((_, k) => k) : kept;
       }
     }
     const cacheLengths = caches.map((c) => c.keys[0]!.length);
@@ -315,6 +316,8 @@ export interface FastvOptions {
   afterLayer: number;
   /** 0: no pruning (the dense model, computed layer by layer). */
   dropPercent: number;
+  /** Later layers see the kept tokens at positions 0..K'−1 (`with renumber`); decode steps still continue at N + s − 1. */
+  renumber?: boolean;
 }
 
 export interface PrunedGeneration {
