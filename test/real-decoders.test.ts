@@ -15,9 +15,11 @@
  *   flattened over batch·tokens): `after layer 3 keep 75% by pagerank` (AIM) on 8 layers.
  *   Checked: the kept set equals the pagerank reference on layer 3's causal logits (rotated q and
  *   present key from the dense model); layer 7's rotary tables are the dense rows of the kept tokens
- *   (positions kept); caches: linear layers keep their fixed-size states, layer 3 holds N, layer 7
- *   K' and grows by one per decode step. (Masked-dense equality does not apply: a linear-attention
- *   layer over the kept tokens is not the dense one with keys masked.)
+ *   (positions kept); prefill logits, layer 7's cache and layers 4–6's linear-attention states equal
+ *   an independent reference: the dense model's layers 4–7 run on the kept rows of the stream
+ *   entering layer 4 at the kept positions (masked-dense equality does not apply: a linear-attention
+ *   layer over the kept tokens is not the dense one with keys masked); layer 3 holds N, layer 7 K'
+ *   and grows by one per decode step.
  */
 import { expect } from "vitest";
 import { openSync, readSync, closeSync, readFileSync } from "node:fs";
@@ -26,7 +28,7 @@ import { compile } from "../src/compile.js";
 import { decodeModel } from "../src/onnx/io.js";
 import type { ModelProto } from "../src/onnx/gen/onnx_pb.js";
 import { maxAbsDiff, runNode, type Feeds, type Outputs } from "./helpers/ort.js";
-import { cutDecoder } from "./support/decoder-cut.js";
+import { cutDecoder, injectStream } from "./support/decoder-cut.js";
 import { maskKeysInput, MASKED } from "./support/dense-edits.js";
 import { uniform, withWeights } from "./support/graph-only-inputs.js";
 import { withOutputs, rows } from "./support/model-edit.js";
@@ -116,6 +118,7 @@ function feeds(s: DecoderShape, embeds: Float32Array, rowsIn: number, total: num
   return f;
 }
 
+const largest = (a: Float32Array) => a.reduce((m, x) => Math.max(m, Math.abs(x)), 0);
 const argmax = (a: Float32Array) => a.reduce((best, v, i) => (v > a[best]! ? i : best), 0);
 
 describeShared("FastV in real decoders on synthetic weights", () => {
@@ -151,7 +154,7 @@ describeShared("FastV in real decoders on synthetic weights", () => {
         const keep = new Set(kept);
         const mask = (total: number) => Float32Array.from({ length: total }, (_, j) => (j >= N || keep.has(j) ? 0 : MASKED));
         let m = await runNode(path("masked.onnx"), feeds(s, prompt, N, N, undefined, undefined, mask(N)));
-        const scale = Math.max(...Array.from(m["logits"]!.data as Float32Array, Math.abs));
+        const scale = largest(m["logits"]!.data as Float32Array);
         expect(maxAbsDiff(p["logits"]!.data as Float32Array, m["logits"]!.data as Float32Array)).toBeLessThanOrEqual(1e-4 * scale);
         let token = argmax(p["logits"]!.data as Float32Array);
         for (let step = 1; step <= STEPS; step++) {
@@ -193,7 +196,9 @@ describeShared("FastV in real decoders on synthetic weights", () => {
         }
         return f;
       };
-      await withWeights(dense, 1, { "dense.onnx": withOutputs(dense, [query, table]), "pruned.onnx": withOutputs(pruned, [carriedTable]) }, async (path) => {
+      const SUMMANDS = ["/model/layers.3/post_attention_layernorm/output_3", "/model/layers.3/mlp/down_proj/MatMul/output_0"];
+      const files = { "dense.onnx": withOutputs(dense, [query, table, ...SUMMANDS]), "pruned.onnx": withOutputs(pruned, [carriedTable]), "below.onnx": injectStream(dense, SUMMANDS, hidden) };
+      await withWeights(dense, 1, files, async (path) => {
         const prompt = uniform(N * hidden, 7);
         const full = await runNode(path("dense.onnx"), qwenFeeds(prompt, N, N, undefined, 0));
         // Layer 3's causal logits per head from its rotated query and present key: pagerank's reference.
@@ -226,6 +231,24 @@ describeShared("FastV in real decoders on synthetic weights", () => {
         expect(p["present.7.key"]!.dims).toEqual([1, kvHeads, kept!.length, d]);
         expect(p["present_recurrent.4"]!.dims).toEqual([1, 16, 128, 128]);
         expect(p["logits"]!.dims).toEqual([1, kept!.length, VOCAB]);
+        // Independent reference for layers 4–7: the dense model run on the kept rows of the stream
+        // entering layer 4 (the two summands of its fused Skip norm) at the kept positions.
+        const streamRows = (t: string) => {
+          const data = full[t]!.data as Float32Array;
+          return Float32Array.from(kept!.flatMap((j) => Array.from(data.subarray(j * hidden, (j + 1) * hidden))));
+        };
+        const k = kept!.length;
+        const injected: Feeds = {
+          ...qwenFeeds(new Float32Array(k * hidden), k, k, undefined, 0),
+          position_ids: { type: "int64", dims: [3, 1, k], data: BigInt64Array.from({ length: 3 * k }, (_, i) => BigInt(kept![i % k]!)) },
+        };
+        for (const t of SUMMANDS) injected[t] = { type: "float32", dims: [1, k, hidden], data: streamRows(t) };
+        const below = await runNode(path("below.onnx"), injected);
+        const scale = largest(below["logits"]!.data as Float32Array);
+        expect(maxAbsDiff(p["logits"]!.data as Float32Array, below["logits"]!.data as Float32Array)).toBeLessThanOrEqual(1e-4 * scale);
+        for (const name of ["present.7.key", "present.7.value", "present_recurrent.4", "present_conv.6"]) {
+          expect(maxAbsDiff(p[name]!.data as Float32Array, below[name]!.data as Float32Array)).toBeLessThanOrEqual(1e-4 * Math.max(1, largest(below[name]!.data as Float32Array)));
+        }
         for (let step = 1; step <= STEPS; step++) {
           const token = argmax((p["logits"]!.data as Float32Array).subarray(-VOCAB));
           p = await runNode(path("pruned.onnx"), qwenFeeds(embed(token, hidden), 1, N + step, p, N + step - 1));

@@ -76,3 +76,17 @@ export function prefillFeedsFor(bytes: Uint8Array, n: number, embeds: Float32Arr
   }
   return feeds;
 }
+
+/**
+ * The model with `tensors` made graph inputs (float [batch, tokens, hidden]) and whatever computed
+ * only them removed: runs the layers below a cut on a stream the caller supplies (e.g. the dense
+ * model's rows at a pruned set of tokens, an independent reference for a pruned model).
+ */
+export function injectStream(bytes: Uint8Array, tensors: readonly string[], hidden: number): Uint8Array {
+  const model = decodeModel(bytes);
+  const proto = model.graph!;
+  const set = new Set(tensors);
+  const node = proto.node.map((n) => (n.output.some((o) => set.has(o)) ? shallowCopy(n, { output: n.output.map((o) => (set.has(o) ? "" : o)) }) : n));
+  const g = shallowCopy(proto, { node, input: [...proto.input, ...tensors.map((t) => valueInfo(t, 1, ["batch_size", "sequence_length", hidden]))] });
+  return encodeModel(shallowCopy(model, { graph: eliminateDeadCode(new Graph(g), g) }));
+}
