@@ -50,7 +50,7 @@ const CASES: Case[] = [
 
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
 const cacheBytes = (out: ort.InferenceSession.OnnxValueMapType) =>
-  Object.entries(out).filter(([name]) => name.startsWith("present")).reduce((s, [, t]) => s + (t as ort.Tensor).data.byteLength, 0);
+  Object.entries(out).filter(([name]) => name.startsWith("present")).reduce((s, [, t]) => s + ((t as ort.Tensor).data as Float32Array).byteLength, 0);
 
 async function benchOne(c: Case, shared: string, runs: number): Promise<void> {
   const dense = cutDecoder(readFileSync(join(shared, c.rel)), c.layers, 256);

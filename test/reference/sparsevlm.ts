@@ -16,11 +16,10 @@ export function textPositions(image: readonly boolean[]): number[] {
   return [...image.keys()].filter((j) => j > last && !image[j]);
 }
 
-/** SparseVLM's raters of one example; `fallback` when none passed the threshold (all text rates). */
-export function sparsevlmRaters(embeds: readonly (readonly number[])[], image: readonly boolean[]): { raters: number[]; fallback: boolean } {
+/** Each text token's relevance m_t (mean over image tokens of softmax over text of V·Tᵀ) and their mean. */
+export function raterRelevance(embeds: readonly (readonly number[])[], image: readonly boolean[]): { text: number[]; m: number[]; mean: number } {
   const text = textPositions(image);
   const visual = image.flatMap((v, j) => (v ? [j] : []));
-  if (!text.length) return { raters: [], fallback: true };
   const dot = (a: readonly number[], b: readonly number[]) => a.reduce((s, x, i) => s + x * b[i]!, 0);
   const m = text.map(() => 0);
   for (const v of visual) {
@@ -30,7 +29,13 @@ export function sparsevlmRaters(embeds: readonly (readonly number[])[], image: r
     const sum = exps.reduce((a, b) => a + b, 0);
     exps.forEach((e, i) => (m[i]! += e / sum / visual.length));
   }
-  const mean = m.reduce((a, b) => a + b, 0) / m.length;
+  return { text, m, mean: m.reduce((a, b) => a + b, 0) / m.length };
+}
+
+/** SparseVLM's raters of one example; `fallback` when none passed the threshold (all text rates). */
+export function sparsevlmRaters(embeds: readonly (readonly number[])[], image: readonly boolean[]): { raters: number[]; fallback: boolean } {
+  const { text, m, mean } = raterRelevance(embeds, image);
+  if (!text.length) return { raters: [], fallback: true };
   const raters = text.filter((_, i) => m[i]! > mean);
   return raters.length ? { raters, fallback: false } : { raters: text, fallback: true };
 }

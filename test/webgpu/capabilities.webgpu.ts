@@ -36,12 +36,12 @@ import { ValueInfoProtoSchema, type GraphProto, type NodeProto } from "../../src
 import { CRITERIA } from "../../passes/registry.js";
 import { maxAbsDiff, runNode } from "../helpers/ort.js";
 import { REPO_ROOT } from "../helpers/shared.js";
-import { openBrowser, type AdapterInfo, type BrowserSession } from "./browser.js";
+import type { AdapterInfo, BrowserSession } from "./browser.js";
 import { DIGITS_DIR, modelCases, type ModelCase, type Sample } from "./models.js";
 import { CPU_EP, WEBGPU_EP, locate, parsePlacement, type MemcpyNote, type NodeWhere } from "./placement.js";
 import { stageCopies, stageOf, type Role, type StageCopy, type StageNode } from "./stage-graph.js";
-import { startServer, type TestServer } from "./server.js";
-import { argmaxRows, feedsOf, finishSuite, pageInfo, runInBrowser, type BrowserRun } from "./harness.js";
+import type { TestServer } from "./server.js";
+import { argmaxRows, feedsOf, finishSuite, itBrowserReady, openSuiteBrowser, runInBrowser, type BrowserRun } from "./harness.js";
 import { DECODER_CASES } from "./decoder-cases.js";
 
 const SCRATCH = join(REPO_ROOT, "scratch");
@@ -221,23 +221,14 @@ describe.skipIf(!HAVE_DIGITS)(`capabilities on WebGPU, target webgpu (digits, ba
       reports.set(cap.key, r);
       report.capabilities.push(r);
     }
-    server = await startServer();
-    browser = await openBrowser(server.url);
-    report.browser.userAgent = browser.userAgent;
-    const info = await pageInfo(browser);
-    report.browser.adapter = info.adapter;
-    report.browser.onnxruntimeWeb = info.ortVersion;
+    ({ server, browser } = await openSuiteBrowser(report.browser));
   }, 300_000);
 
   afterAll(async () => {
     await finishSuite({ report, path: REPORT_PATH, t0, browser, server, summary });
   }, 60_000);
 
-  it("Chromium exposes a WebGPU adapter, onnxruntime-web is 1.30, nothing but the local server is reached", () => {
-    expect(report.browser.adapter).not.toBeNull();
-    expect(report.browser.onnxruntimeWeb).toMatch(/^1\.30\./);
-    expect(browser!.blocked).toEqual([]);
-  });
+  itBrowserReady(report.browser, () => browser);
 
   it("diversity and k-center compile to an unrolled selection for target webgpu: no Loop node (the default target has one)", () => {
     const dense = new Uint8Array(readFileSync(mc.modelPath));

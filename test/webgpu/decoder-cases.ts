@@ -16,7 +16,7 @@ import { softmaxOutputs } from "../support/stage-tensors.js";
 import { keepCount, topKPositions } from "../reference/cls-attn.js";
 import { pagerankScores } from "../reference/attention-scores.js";
 import { addScores, igaImageScores, ttvImageScores, type SubBlock } from "../reference/transprune.js";
-import { sparsevlmRaters, textAttnScores, textPositions } from "../reference/sparsevlm.js";
+import { raterRelevance, sparsevlmRaters, textAttnScores } from "../reference/sparsevlm.js";
 import { ReferenceDecoder, weightsFromModel } from "../reference/decoder.js";
 import type { BrowserSession } from "./browser.js";
 import type { TestServer } from "./server.js";
@@ -145,19 +145,8 @@ function embeddings(p: PromptBatch, b: number): number[][] {
  * the mean exactly on any backend (a mean of one value), the fallback is certain: Infinity.
  */
 function raterMargin(embeds: readonly (readonly number[])[], image: readonly boolean[]): number {
-  const text = textPositions(image);
+  const { text, m, mean } = raterRelevance(embeds, image);
   if (text.length <= 1) return Infinity;
-  const visual = image.flatMap((v, j) => (v ? [j] : []));
-  const dot = (a: readonly number[], c: readonly number[]) => a.reduce((s, x, i) => s + x * c[i]!, 0);
-  const m = text.map(() => 0);
-  for (const v of visual) {
-    const logits = text.map((t) => dot(embeds[v]!, embeds[t]!));
-    const max = Math.max(...logits);
-    const e = logits.map((l) => Math.exp(l - max));
-    const z = e.reduce((a, x) => a + x, 0);
-    e.forEach((x, i) => (m[i]! += x / z / visual.length));
-  }
-  const mean = m.reduce((a, x) => a + x, 0) / m.length;
   return Math.min(...m.map((x) => Math.abs(x - mean) / Math.abs(mean)));
 }
 

@@ -47,10 +47,10 @@ import { maxAbsDiff, runNode, type Feeds, type Outputs } from "../helpers/ort.js
 import { REPO_ROOT } from "../helpers/shared.js";
 import { DECODER, type PromptBatch } from "../support/decoder.js";
 import { rows } from "../support/model-edit.js";
-import { openBrowser, type AdapterInfo, type BrowserSession } from "./browser.js";
-import { finishSuite, pageInfo } from "./harness.js";
+import type { AdapterInfo, BrowserSession } from "./browser.js";
+import { finishSuite, itBrowserReady, openSuiteBrowser } from "./harness.js";
 import { CPU_EP, WEBGPU_EP, locate, parsePlacement, type NodeWhere } from "./placement.js";
-import { startServer, type TestServer } from "./server.js";
+import type { TestServer } from "./server.js";
 import {
   DECODER_CASES,
   GQA,
@@ -374,23 +374,14 @@ describe("decoder criteria on WebGPU (the test decoder, target webgpu, exposeInd
     }
     const gqaSide = (model: Uint8Array, outputs: string[]) => (ids: string[]) => gqaCpuSide(model, ids, outputs);
     await prepare("gqa-last-token-attn", "last-token-attn (GroupQueryAttention, prefill)", GQA_SPEC, "gqa", gqaSide);
-    server = await startServer();
-    browser = await openBrowser(server.url);
-    report.browser.userAgent = browser.userAgent;
-    const info = await pageInfo(browser);
-    report.browser.adapter = info.adapter;
-    report.browser.onnxruntimeWeb = info.ortVersion;
+    ({ server, browser } = await openSuiteBrowser(report.browser));
   }, 300_000);
 
   afterAll(async () => {
     await finishSuite({ report, path: REPORT_PATH, t0, browser, server, summary });
   }, 60_000);
 
-  it("Chromium exposes a WebGPU adapter, onnxruntime-web is 1.30, nothing but the local server is reached", () => {
-    expect(report.browser.adapter).not.toBeNull();
-    expect(report.browser.onnxruntimeWeb).toMatch(/^1\.30\./);
-    expect(browser!.blocked).toEqual([]);
-  });
+  itBrowserReady(report.browser, () => browser);
 
   it("on onnxruntime-node the kept sets equal the TypeScript references (the inputs the browser runs)", () => {
     for (const [key, v] of prepared) {

@@ -1,14 +1,15 @@
 /**
- * What the browser suites (prune.webgpu.ts, capabilities.webgpu.ts) share: the page's API
+ * What the browser suites (prune, capabilities, decoder .webgpu.ts) share: the page's API
  * (page.js), batching samples into feeds, running a model on batches in the page, argmax of
  * logits, and the suite's teardown (write the report, close the browser and the server).
  */
 import { mkdirSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
 import type { Feeds } from "../helpers/ort.js";
-import type { AdapterInfo, BrowserSession } from "./browser.js";
+import { expect, it } from "vitest";
+import { openBrowser, type AdapterInfo, type BrowserSession } from "./browser.js";
 import type { ModelCase, Sample } from "./models.js";
-import type { TestServer } from "./server.js";
+import { startServer, type TestServer } from "./server.js";
 
 /** What page.js's `run` returns: per batch the fetched outputs and the run time, plus ORT's log. */
 export interface BrowserRun {
@@ -104,4 +105,31 @@ export async function finishSuite(o: {
       await o.server?.close();
     }
   }
+}
+
+/** What a suite's report says of the browser. */
+export interface BrowserFacts {
+  userAgent: string;
+  adapter: AdapterInfo | null;
+  onnxruntimeWeb: string;
+}
+
+/** Start the page server and Chromium; record the user agent, adapter and onnxruntime-web version in `facts`. */
+export async function openSuiteBrowser(facts: BrowserFacts): Promise<{ server: TestServer; browser: BrowserSession }> {
+  const server = await startServer();
+  const browser = await openBrowser(server.url);
+  facts.userAgent = browser.userAgent;
+  const info = await pageInfo(browser);
+  facts.adapter = info.adapter;
+  facts.onnxruntimeWeb = info.ortVersion;
+  return { server, browser };
+}
+
+/** The first check of a suite: a WebGPU adapter, onnxruntime-web 1.30, no request beyond the local server. */
+export function itBrowserReady(facts: BrowserFacts, browser: () => BrowserSession | undefined): void {
+  it("Chromium exposes a WebGPU adapter, onnxruntime-web is 1.30, nothing but the local server is reached", () => {
+    expect(facts.adapter).not.toBeNull();
+    expect(facts.onnxruntimeWeb).toMatch(/^1\.30\./);
+    expect(browser()!.blocked).toEqual([]);
+  });
 }
