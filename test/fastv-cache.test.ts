@@ -12,8 +12,7 @@
  * PLAIN decoder (an independent implementation, no cache); its decode steps are the dense plain
  * decoder's on prompt + generated tokens with the dropped image keys masked from layer 2 on (what a
  * pruned cache means). The generation harness (`generateGreedyWithImageMask`) is checked on the
- * dense gqa model with an (unused) image_mask input. Then end to end on the compiled gqa model:
- * these need prunec's GroupQueryAttention recompute and are `todo` while compile rejects it.
+ * dense gqa model with an (unused) image_mask input. Then end to end on the compiled gqa model.
  */
 import { describe, expect, it } from "vitest";
 import { compile } from "../src/compile.js";
@@ -154,30 +153,13 @@ describe("generateGreedyWithImageMask (the harness) on the dense gqa decoder", (
 });
 
 // ---------------------------------------------------------------------------------------------
-// End to end on the compiled gqa decoder (needs prunec's GroupQueryAttention recompute and the
-// per-layer seqlens_k / total_sequence_length / attention_bias rewrite of the pruned layers).
+// End to end on the compiled gqa decoder (prunec's GroupQueryAttention recompute and the per-layer
+// seqlens_k / total_sequence_length / attention_bias rewrite of the pruned layers).
 
-const WAITING = /recomputes them only behind MultiHeadAttention/;
-let compiledGqa: Uint8Array | undefined;
-let compileError: Error | undefined;
-try {
-  compiledGqa = compile(gqa, SPEC, { exposeIndices: true }).model;
-} catch (e) {
-  compileError = e as Error;
-}
-const waiting = compileError !== undefined && WAITING.test(compileError.message);
-
-/** A test that runs once compile accepts the gqa decoder; `todo` while it rejects it for want of the GQA recompute. */
-function e2e(name: string, fn: (model: Uint8Array) => Promise<void>): void {
-  if (waiting) {
-    it.todo(`${name} [waiting on the compiler: ${compileError!.message.split("\n")[0]}]`);
-    return;
-  }
-  it(name, async () => {
-    if (compileError) throw compileError;
-    await fn(compiledGqa!);
-  });
-}
+const compiledGqa = compile(gqa, SPEC, { exposeIndices: true }).model;
+const e2e = (name: string, fn: (model: Uint8Array) => Promise<void>): void => {
+  it(name, () => fn(compiledGqa));
+};
 
 describe("FastV compiled into the GroupQueryAttention decoder with a KV cache", () => {
   e2e("cpu: prefill: kept set = the reference's, last logits ≤ 1e-4, present lengths N for layers 0–1 and the kept count for 2–3", async (model) => {
