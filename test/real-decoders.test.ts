@@ -19,7 +19,8 @@
  *   an independent reference: the dense model's layers 4–7 run on the kept rows of the stream
  *   entering layer 4 at the kept positions (masked-dense equality does not apply: a linear-attention
  *   layer over the kept tokens is not the dense one with keys masked); layer 3 holds N, layer 7 K'
- *   and grows by one per decode step.
+ *   and grows by one per decode step, and each of 4 greedy decode steps equals the reference
+ *   continued from its own caches and states (the new token's stream from the dense layers 0–3).
  */
 import { expect } from "vitest";
 import { openSync, readSync, closeSync, readFileSync } from "node:fs";
@@ -249,13 +250,23 @@ describeShared("FastV in real decoders on synthetic weights", () => {
         for (const name of ["present.7.key", "present.7.value", "present_recurrent.4", "present_conv.6"]) {
           expect(maxAbsDiff(p[name]!.data as Float32Array, below[name]!.data as Float32Array)).toBeLessThanOrEqual(1e-4 * Math.max(1, largest(below[name]!.data as Float32Array)));
         }
+        // Decode steps: the dense model (layers 0–3, full caches) gives the new token's stream
+        // entering layer 4; the reference's layers 4–7 continue from their kept-token caches/states.
+        let a = full;
+        let ref = below;
         for (let step = 1; step <= STEPS; step++) {
           const token = argmax((p["logits"]!.data as Float32Array).subarray(-VOCAB));
-          p = await runNode(path("pruned.onnx"), qwenFeeds(embed(token, hidden), 1, N + step, p, N + step - 1));
+          expect(token).toBe(argmax((ref["logits"]!.data as Float32Array).subarray(-VOCAB)));
+          const x = embed(token, hidden);
+          p = await runNode(path("pruned.onnx"), qwenFeeds(x, 1, N + step, p, N + step - 1));
+          a = await runNode(path("dense.onnx"), qwenFeeds(x, 1, N + step, a, N + step - 1));
+          const next: Feeds = qwenFeeds(new Float32Array(hidden), 1, k + step, ref, N + step - 1);
+          for (const t of SUMMANDS) next[t] = { type: "float32", dims: [1, 1, hidden], data: a[t]!.data as Float32Array };
+          ref = await runNode(path("below.onnx"), next);
           expect(p["present.3.key"]!.dims[2]).toBe(N + step);
-          expect(p["present.7.key"]!.dims[2]).toBe(kept!.length + step);
-          expect(p["logits"]!.dims).toEqual([1, 1, VOCAB]);
-          expect((p["logits"]!.data as Float32Array).every(Number.isFinite)).toBe(true);
+          expect(p["present.7.key"]!.dims[2]).toBe(k + step);
+          expect(maxAbsDiff(p["logits"]!.data as Float32Array, ref["logits"]!.data as Float32Array)).toBeLessThanOrEqual(1e-4 * scale);
+          expect(maxAbsDiff(p["present_recurrent.6"]!.data as Float32Array, ref["present_recurrent.6"]!.data as Float32Array)).toBeLessThanOrEqual(1e-4 * Math.max(1, largest(ref["present_recurrent.6"]!.data as Float32Array)));
         }
       });
     },
