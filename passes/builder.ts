@@ -69,6 +69,11 @@ export class NodeBuilder {
     return this.op("Squeeze", [x], { axes });
   }
 
+  /** int64 [n]: 0, 1, …, n−1, for a count `n` held as int64 [1]. */
+  range(n: string, label = "Range"): string {
+    return this.op("Range", [this.int64([0], [], "zero"), this.squeeze(n, [0]), this.int64([1], [], "one")], {}, label);
+  }
+
   /** x[..., start:end] along `axis` (end may be omitted: to the end). */
   slice(x: string, axis: number, start: number, end = Number.MAX_SAFE_INTEGER): string {
     return this.op("Slice", [x, this.int64([start]), this.int64([end]), this.int64([axis])]);

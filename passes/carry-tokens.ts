@@ -112,13 +112,13 @@ export function findSideInputs(ctx: CarryContext, belowNodes: Iterable<NodeProto
  */
 export function gatherSideInputs(b: NodeBuilder, sides: SideInput[], indices: string, batched: boolean, tokens: () => string): Map<string, string> {
   const out = new Map<string, string>();
-  const flat = sides.filter((s) => s.flat);
-  if (flat.length) {
+  const tables = sides.filter((s) => s.flat);
+  if (tables.length) {
     // Row b·N + k of example b's kept token k.
     const batch = b.slice(b.op("Shape", [indices]), 0, 0, 1);
-    const starts = b.op("Mul", [b.unsqueeze(b.op("Range", [b.int64([0], [], "zero"), b.squeeze(batch, [0]), b.int64([1], [], "one")]), [1]), tokens()], {}, "example_rows");
+    const starts = b.op("Mul", [b.unsqueeze(b.range(batch, "examples"), [1]), tokens()], {}, "example_rows");
     const rowsAt = b.op("Reshape", [b.op("Add", [indices, starts]), b.int64([-1], [1], "flat")], {}, "flat_rows");
-    for (const s of flat) out.set(s.tensor, b.op("Gather", [s.tensor, rowsAt], { axis: 0 }, "carry_tokens"));
+    for (const s of tables) out.set(s.tensor, b.op("Gather", [s.tensor, rowsAt], { axis: 0 }, "carry_tokens"));
   }
   sides = sides.filter((s) => !s.flat);
   if (!sides.length) return out;

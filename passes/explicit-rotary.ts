@@ -51,7 +51,7 @@ export function explicitRotary(proto: GraphProto, info: TransformerInfo, from: n
   // analysis, walking up from q and k, does not meet another layer's norms through the positions.
   const entering = info.layers[0]?.residual?.input ?? first.input[0]!;
   const s = b.slice(b.op("Shape", [entering]), 0, info.tokenAxis ?? 1, (info.tokenAxis ?? 1) + 1); // [1]
-  const steps = b.op("Range", [b.int64([0], [], "zero"), b.squeeze(s, [0]), b.int64([1], [], "one")], {}, "steps"); // [S]
+  const steps = b.range(s, "steps"); // [S]
   // seqlens_k is [B] by the op's definition; exports also feed [B, 1].
   const seqlens = b.op("Reshape", [b.op("Cast", [first.input[5]!], { to: INT64 }), b.int64([-1], [1], "flat")]); // [B]
   const total = b.op("Reshape", [b.op("Cast", [first.input[6]!], { to: INT64 }), b.int64([1], [1], "one_dim")]); // [1]

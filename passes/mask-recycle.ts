@@ -19,7 +19,7 @@ const MASKED = 1e9;
 /** float [B, N]: 1 at the kept positions `indices` (int64 [B, K]), 0 elsewhere; N = the stream's token count. */
 export function keptOneHot(b: NodeBuilder, indices: string, stream: string, tokenAxis: number): string {
   const n = b.slice(b.op("Shape", [stream]), 0, tokenAxis, tokenAxis + 1);
-  const positions = b.op("Range", [b.int64([0], [], "zero"), b.squeeze(n, [0]), b.int64([1], [], "one")], {}, "positions"); // [N]
+  const positions = b.range(n, "positions"); // [N]
   const hits = b.op("Equal", [b.unsqueeze(indices, [2]), positions], {}, "is_kept"); // [B,K,N]
   return b.reduce("ReduceMax", b.op("Cast", [hits], { to: 1 }), [1], 0); // [B,N]
 }

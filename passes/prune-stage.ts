@@ -166,7 +166,7 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
   /** What --expose-indices shows when it differs from the gather positions (adaptive: padding as -1). */
   let exposed: string | undefined;
   let validBias: string | undefined;
-  const gather = (positions: string) => gatherTokens(b, stream, positions, { tokenAxis: model.tokenAxis!, ...(model.batchAxis !== undefined ? { batchAxis: model.batchAxis } : {}) });
+  const gather = (positions: string, source = stream) => gatherTokens(b, source, positions, { tokenAxis: model.tokenAxis!, ...(model.batchAxis !== undefined ? { batchAxis: model.batchAxis } : {}) });
   let lowering: Lowering = "index";
   /** The positions the stream was gathered at, when known (what token sets follow). */
   let positions: string | undefined;
@@ -248,7 +248,7 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
   const last = b.nodes.find((n) => n.output[0] === output)!;
   last.output[0] = r;
   if (normalized) {
-    const gatheredNorm = gatherTokens(b, denseName(normalized), indices!, { tokenAxis: 1, batchAxis: 0 });
+    const gatheredNorm = gather(indices!, denseName(normalized));
     b.nodes.find((n) => n.output[0] === gatheredNorm)!.output[0] = normalized;
   }
 
@@ -319,7 +319,7 @@ function renumbered(b: NodeBuilder, plan: StagePlan, sides: SideInput[], indices
   const positional = sides.filter((s) => s.axes.length === 1);
   if (!positional.length) throw new PrunecError("apply", `${where}: the layers below read no per-token positions (position ids or rotary tables) to renumber`);
   const k = b.slice(b.op("Shape", [indices]), 0, 1, 2);
-  const counting = b.op("Expand", [b.unsqueeze(b.op("Range", [b.int64([0], [], "zero"), b.squeeze(k, [0]), b.int64([1], [], "one")], {}, "renumbered"), [0]), b.op("Shape", [indices])], {}, "renumbered_rows"); // [B,K']
+  const counting = b.op("Expand", [b.unsqueeze(b.range(k, "renumbered"), [0]), b.op("Shape", [indices])], {}, "renumbered_rows"); // [B,K']
   return new Map([...gatherSideInputs(b, positional, counting, batched, tokens), ...gatherSideInputs(b, sides.filter((s) => s.axes.length !== 1), indices, batched, tokens)]);
 }
 
