@@ -23,7 +23,7 @@ import { decodeModel } from "../src/onnx/io.js";
 import { analyzeTransformer } from "../src/analysis/transformer.js";
 import { layerCosts, totalFlops, outsideFlops } from "../src/analysis/flops.js";
 import { compile } from "../src/compile.js";
-import { cutDecoder, prefillFeedsFor } from "../test/support/decoder-cut.js";
+import { cutDecoder, decoderFeeds } from "../test/support/decoder-cut.js";
 import { writeSyntheticWeights } from "../test/support/synthetic-weights.js";
 import { uniform } from "../test/support/graph-only-inputs.js";
 import type { Feeds } from "../test/helpers/ort.js";
@@ -65,7 +65,7 @@ async function benchOne(c: Case, shared: string, runs: number): Promise<void> {
     writeFileSync(join(dir, "dense.onnx"), dense);
     writeFileSync(join(dir, "pruned.onnx"), pruned);
     const sessions = [await ort.InferenceSession.create(join(dir, "dense.onnx")), await ort.InferenceSession.create(join(dir, "pruned.onnx"))];
-    const inputs = [toOrt(prefillFeedsFor(dense, N, embeds)), toOrt(prefillFeedsFor(pruned, N, embeds, image))];
+    const inputs = [toOrt(decoderFeeds(dense, { embeds, rows: N, total: N })), toOrt(decoderFeeds(pruned, { embeds, rows: N, total: N, image }))];
     const first = [await sessions[0]!.run(inputs[0]!), await sessions[1]!.run(inputs[1]!)];
     // Tokens the layers after the stage hold: the last attention layer's cache length.
     const lastAttention = info.layers.filter((l) => l.kind === "GroupQueryAttention").at(-1)!.index;

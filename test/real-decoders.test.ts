@@ -28,8 +28,8 @@ import { describeShared, itShared, sharedModel } from "./helpers/shared.js";
 import { compile } from "../src/compile.js";
 import { decodeModel } from "../src/onnx/io.js";
 import type { ModelProto } from "../src/onnx/gen/onnx_pb.js";
-import { maxAbsDiff, runNode, type Feeds, type Outputs } from "./helpers/ort.js";
-import { cutDecoder, injectStream } from "./support/decoder-cut.js";
+import { maxAbsDiff, runNode, type Feeds } from "./helpers/ort.js";
+import { cutDecoder, decoderFeeds, injectStream, type DecoderStep } from "./support/decoder-cut.js";
 import { maskKeysInput, MASKED } from "./support/dense-edits.js";
 import { uniform, withWeights } from "./support/graph-only-inputs.js";
 import { withOutputs, rows } from "./support/model-edit.js";
@@ -92,32 +92,8 @@ function lastRowScores(q: Float64Array, keys: Float32Array, heads: number, kvHea
   return scores;
 }
 
-interface DecoderShape {
-  hidden: number;
-  kvHeads: number;
-  headSize: number;
-  layers: number;
-}
-
 /** Token embeddings stand-in (the embedding model is separate): a fixed vector per token id. */
 const embed = (token: number, hidden: number) => uniform(hidden, 1000 + token);
-
-function feeds(s: DecoderShape, embeds: Float32Array, rowsIn: number, total: number, past: Outputs | undefined, image: boolean[] | undefined, keyMask?: Float32Array): Feeds {
-  const f: Feeds = {
-    inputs_embeds: { type: "float32", dims: [1, rowsIn, s.hidden], data: embeds },
-    attention_mask: { type: "int64", dims: [1, total], data: new BigInt64Array(total).fill(1n) },
-    num_logits_to_keep: { type: "int64", dims: [], data: BigInt64Array.of(1n) },
-  };
-  for (let l = 0; l < s.layers; l++) {
-    for (const kv of ["key", "value"]) {
-      const p = past?.[`present.${l}.${kv}`];
-      f[`past_key_values.${l}.${kv}`] = p ? { type: "float32", dims: p.dims, data: p.data as Float32Array } : { type: "float32", dims: [1, s.kvHeads, 0, s.headSize], data: new Float32Array(0) };
-    }
-  }
-  if (image) f["image_mask"] = { type: "bool", dims: [1, rowsIn], data: Uint8Array.from(image, Number) };
-  if (keyMask) f["key_mask"] = { type: "float32", dims: [1, total], data: keyMask };
-  return f;
-}
 
 const largest = (a: Float32Array) => a.reduce((m, x) => Math.max(m, Math.abs(x)), 0);
 const argmax = (a: Float32Array) => a.reduce((best, v, i) => (v > a[best]! ? i : best), 0);
@@ -128,40 +104,41 @@ describeShared("FastV in real decoders on synthetic weights", () => {
     async () => {
       const dense = cutDecoder(readFileSync(sharedModel(GEMMA)), 2, VOCAB);
       const model = decodeModel(dense);
-      const s: DecoderShape = { hidden: 2560, kvHeads: 4, headSize: 256, layers: 2 };
-      const heads = 8;
+      const [hidden, heads, kvHeads, d] = [2560, 8, 4, 256];
       const pruned = compile(dense, SPEC, { exposeIndices: true }).model;
       const query = "/model/layers.0/attn/q_norm/Reshape_2/output_0";
-      await withWeights(dense, 1, { "dense.onnx": withOutputs(dense, [query]), "pruned.onnx": pruned, "masked.onnx": maskKeysInput(dense, 1) }, async (path) => {
-        const prompt = uniform(N * s.hidden, 7);
+      const masked = maskKeysInput(dense, 1);
+      await withWeights(dense, 1, { "dense.onnx": withOutputs(dense, [query]), "pruned.onnx": pruned, "masked.onnx": masked }, async (path) => {
+        const prompt = uniform(N * hidden, 7);
         // Reference kept set from the dense model's own layer-0 tensors.
-        const d = await runNode(path("dense.onnx"), feeds(s, prompt, N, N, undefined, undefined));
+        const dense0 = await runNode(path("dense.onnx"), decoderFeeds(dense, { embeds: prompt, rows: N, total: N }));
         const cos = externalFloats(model, "cos_cache_local", path).data;
         const sin = externalFloats(model, "sin_cache_local", path).data;
-        const q = d[query]!.data as Float32Array;
-        const last = rotate(q.subarray((N - 1) * heads * s.headSize, N * heads * s.headSize), heads, s.headSize, N - 1, cos, sin);
-        const scores = lastRowScores(last, d["present.0.key"]!.data as Float32Array, heads, s.kvHeads, N, s.headSize);
+        const q = dense0[query]!.data as Float32Array;
+        const last = rotate(q.subarray((N - 1) * heads * d, N * heads * d), heads, d, N - 1, cos, sin);
+        const scores = lastRowScores(last, dense0["present.0.key"]!.data as Float32Array, heads, kvHeads, N, d);
         const kept = fastvKept(scores, IMAGE, 50);
         expect(kept).toHaveLength(N - 16);
 
         // The compiled model: same kept set, caches N (layer 0) and K' (layer 1).
-        let p = await runNode(path("pruned.onnx"), feeds(s, prompt, N, N, undefined, IMAGE));
+        let p = await runNode(path("pruned.onnx"), decoderFeeds(pruned, { embeds: prompt, rows: N, total: N, image: IMAGE }));
         const idx = p["prunec.stage0.indices"]!;
         expect(rows(idx.data as BigInt64Array, idx.dims)[0]).toEqual(kept);
-        expect(p["present.0.key"]!.dims).toEqual([1, s.kvHeads, N, s.headSize]);
-        expect(p["present.1.key"]!.dims).toEqual([1, s.kvHeads, kept.length, s.headSize]);
+        expect(p["present.0.key"]!.dims).toEqual([1, kvHeads, N, d]);
+        expect(p["present.1.key"]!.dims).toEqual([1, kvHeads, kept.length, d]);
 
         // Dense with the dropped keys masked from layer 1 on, step by step.
         const keep = new Set(kept);
         const mask = (total: number) => Float32Array.from({ length: total }, (_, j) => (j >= N || keep.has(j) ? 0 : MASKED));
-        let m = await runNode(path("masked.onnx"), feeds(s, prompt, N, N, undefined, undefined, mask(N)));
+        const maskedFeeds = (step: DecoderStep): Feeds => ({ ...decoderFeeds(masked, step), key_mask: { type: "float32", dims: [1, step.total], data: mask(step.total) } });
+        let m = await runNode(path("masked.onnx"), maskedFeeds({ embeds: prompt, rows: N, total: N }));
         const scale = largest(m["logits"]!.data as Float32Array);
         expect(maxAbsDiff(p["logits"]!.data as Float32Array, m["logits"]!.data as Float32Array)).toBeLessThanOrEqual(1e-4 * scale);
         let token = argmax(p["logits"]!.data as Float32Array);
         for (let step = 1; step <= STEPS; step++) {
           const total = N + step;
-          p = await runNode(path("pruned.onnx"), feeds(s, embed(token, s.hidden), 1, total, p, [false]));
-          m = await runNode(path("masked.onnx"), feeds(s, embed(token, s.hidden), 1, total, m, undefined, mask(total)));
+          p = await runNode(path("pruned.onnx"), decoderFeeds(pruned, { embeds: embed(token, hidden), rows: 1, total, past: p, image: [false] }));
+          m = await runNode(path("masked.onnx"), maskedFeeds({ embeds: embed(token, hidden), rows: 1, total, past: m }));
           expect(p["present.1.key"]!.dims[2]).toBe(kept.length + step);
           expect(maxAbsDiff(p["logits"]!.data as Float32Array, m["logits"]!.data as Float32Array)).toBeLessThanOrEqual(1e-4 * scale);
           token = argmax(p["logits"]!.data as Float32Array);
@@ -182,26 +159,11 @@ describeShared("FastV in real decoders on synthetic weights", () => {
       const carriedTable = prunedGraph.node.find((n) => n.name === "/model/layers.7/attn/q_mrope/RotaryEmbedding")!.input[2]!;
       expect(carriedTable).not.toBe(table);
       const [hidden, heads, kvHeads, d] = [1024, 8, 2, 256];
-      const qwenFeeds = (embeds: Float32Array, rowsIn: number, total: number, past: Outputs | undefined, firstPosition: number): Feeds => {
-        const f: Feeds = {
-          inputs_embeds: { type: "float32", dims: [1, rowsIn, hidden], data: embeds },
-          attention_mask: { type: "int64", dims: [1, total], data: new BigInt64Array(total).fill(1n) },
-          position_ids: { type: "int64", dims: [3, 1, rowsIn], data: BigInt64Array.from({ length: 3 * rowsIn }, (_, k) => BigInt(firstPosition + (k % rowsIn))) },
-        };
-        for (const l of [0, 1, 2, 4, 5, 6]) {
-          f[`past_conv.${l}`] = (past?.[`present_conv.${l}`] as Feeds[string] | undefined) ?? { type: "float32", dims: [1, 6144, 4], data: new Float32Array(6144 * 4) };
-          f[`past_recurrent.${l}`] = (past?.[`present_recurrent.${l}`] as Feeds[string] | undefined) ?? { type: "float32", dims: [1, 16, 128, 128], data: new Float32Array(16 * 128 * 128) };
-        }
-        for (const l of [3, 7]) {
-          for (const kv of ["key", "value"]) f[`past_key_values.${l}.${kv}`] = (past?.[`present.${l}.${kv}`] as Feeds[string] | undefined) ?? { type: "float32", dims: [1, kvHeads, 0, d], data: new Float32Array(0) };
-        }
-        return f;
-      };
       const SUMMANDS = ["/model/layers.3/post_attention_layernorm/output_3", "/model/layers.3/mlp/down_proj/MatMul/output_0"];
       const files = { "dense.onnx": withOutputs(dense, [query, table, ...SUMMANDS]), "pruned.onnx": withOutputs(pruned, [carriedTable]), "below.onnx": injectStream(dense, SUMMANDS, hidden) };
       await withWeights(dense, 1, files, async (path) => {
         const prompt = uniform(N * hidden, 7);
-        const full = await runNode(path("dense.onnx"), qwenFeeds(prompt, N, N, undefined, 0));
+        const full = await runNode(path("dense.onnx"), decoderFeeds(dense, { embeds: prompt, rows: N, total: N }));
         // Layer 3's causal logits per head from its rotated query and present key: pagerank's reference.
         const q = full[query]!.data as Float32Array;
         const keys = full["present.3.key"]!.data as Float32Array;
@@ -219,7 +181,7 @@ describeShared("FastV in real decoders on synthetic weights", () => {
         const [kept] = pagerankKeep([logits], 75, 0);
         expect(kept).toHaveLength(36);
 
-        let p = await runNode(path("pruned.onnx"), qwenFeeds(prompt, N, N, undefined, 0));
+        let p = await runNode(path("pruned.onnx"), decoderFeeds(pruned, { embeds: prompt, rows: N, total: N }));
         const idx = p["prunec.stage0.indices"]!;
         expect(rows(idx.data as BigInt64Array, idx.dims)[0]).toEqual(kept);
         // Layer 7 rotates the kept tokens with their own (dense) rows of the M-RoPE table.
@@ -240,7 +202,7 @@ describeShared("FastV in real decoders on synthetic weights", () => {
         };
         const k = kept!.length;
         const injected: Feeds = {
-          ...qwenFeeds(new Float32Array(k * hidden), k, k, undefined, 0),
+          ...decoderFeeds(files["below.onnx"], { embeds: new Float32Array(k * hidden), rows: k, total: k }),
           position_ids: { type: "int64", dims: [3, 1, k], data: BigInt64Array.from({ length: 3 * k }, (_, i) => BigInt(kept![i % k]!)) },
         };
         for (const t of SUMMANDS) injected[t] = { type: "float32", dims: [1, k, hidden], data: streamRows(t) };
@@ -258,9 +220,9 @@ describeShared("FastV in real decoders on synthetic weights", () => {
           const token = argmax((p["logits"]!.data as Float32Array).subarray(-VOCAB));
           expect(token).toBe(argmax((ref["logits"]!.data as Float32Array).subarray(-VOCAB)));
           const x = embed(token, hidden);
-          p = await runNode(path("pruned.onnx"), qwenFeeds(x, 1, N + step, p, N + step - 1));
-          a = await runNode(path("dense.onnx"), qwenFeeds(x, 1, N + step, a, N + step - 1));
-          const next: Feeds = qwenFeeds(new Float32Array(hidden), 1, k + step, ref, N + step - 1);
+          p = await runNode(path("pruned.onnx"), decoderFeeds(pruned, { embeds: x, rows: 1, total: N + step, past: p, firstPosition: N + step - 1 }));
+          a = await runNode(path("dense.onnx"), decoderFeeds(dense, { embeds: x, rows: 1, total: N + step, past: a, firstPosition: N + step - 1 }));
+          const next = decoderFeeds(files["below.onnx"], { embeds: new Float32Array(hidden), rows: 1, total: k + step, past: ref, firstPosition: N + step - 1 });
           for (const t of SUMMANDS) next[t] = { type: "float32", dims: [1, 1, hidden], data: a[t]!.data as Float32Array };
           ref = await runNode(path("below.onnx"), next);
           expect(p["present.3.key"]!.dims[2]).toBe(N + step);

@@ -13,7 +13,7 @@ import { analyzeTransformer } from "../../src/analysis/transformer.js";
 import { isSkipNorm } from "../../src/analysis/residual.js";
 import { mulberry32 } from "../../passes/criteria/fixed-order.js";
 import { eliminateDeadCode } from "./synthetic-weights.js";
-import type { Feeds } from "../helpers/ort.js";
+import type { Feeds, Outputs } from "../helpers/ort.js";
 
 /** Layer index in a cache tensor's name (past_key_values.3.key, present_conv.3, …), if any. */
 function cacheLayer(name: string): number | undefined {
@@ -54,25 +54,47 @@ export function cutDecoder(bytes: Uint8Array, keep: number, vocab: number, seed 
   return encodeModel(shallowCopy(model, { graph: eliminateDeadCode(new Graph(cut), cut) }));
 }
 
+/** What `decoderFeeds` fills in beyond the declared inputs' defaults. */
+export interface DecoderStep {
+  embeds: Float32Array;
+  /** Rows fed (the prompt at prefill, 1 at a decode step). */
+  rows: number;
+  /** Attention-mask length: past + rows. */
+  total: number;
+  /** Position of the first row (positions run on from it; M-RoPE's three axes alike). */
+  firstPosition?: number;
+  /** The previous run's outputs: each past_* input takes its present* output. */
+  past?: Outputs;
+  /** Fills an image_mask input. */
+  image?: readonly boolean[];
+}
+
+/** The present output a past input is fed from (past_key_values.L.x ← present.L.x, past_conv.L ← present_conv.L, …). */
+const presentOf = (input: string) => input.replace(/^past_key_values\./, "present.").replace(/^past_/, "present_");
+
 /**
- * Prefill feeds for a cut decoder at batch 1 and `n` tokens, from its declared inputs: the given
- * embeddings, an all-ones attention mask, positions 0..n−1 (M-RoPE's [3, 1, n] too), one logit
- * row, empty KV caches and zero linear-attention states; `image` fills an image_mask input.
+ * Feeds for a cut decoder at batch 1, from its declared inputs: the given embeddings, an all-ones
+ * attention mask, positions firstPosition.. (M-RoPE's [3, 1, rows] too), one logit row, the
+ * previous run's caches and states (empty caches and zero states at prefill), `image` as the
+ * image_mask; any other float input zero-filled (the caller overrides it).
  */
-export function prefillFeedsFor(bytes: Uint8Array, n: number, embeds: Float32Array, image?: readonly boolean[]): Feeds {
-  const sizes: Record<string, number> = { batch_size: 1, sequence_length: n, total_sequence_length: n, past_sequence_length: 0 };
+export function decoderFeeds(bytes: Uint8Array, step: DecoderStep): Feeds {
+  const { embeds, rows, total, firstPosition = 0, past, image } = step;
+  const sizes: Record<string, number> = { batch_size: 1, sequence_length: rows, total_sequence_length: total, past_sequence_length: 0 };
   const feeds: Feeds = {};
   for (const i of decodeModel(bytes).graph!.input) {
     const t = i.type!.value.value as { elemType: number; shape: { dim: { value: { case: string; value: unknown } }[] } };
     const dims = t.shape.dim.map((d) => (d.value.case === "dimValue" ? Number(d.value.value) : sizes[d.value.value as string]!));
     const count = dims.reduce((a, b) => a * b, 1);
+    const previous = past?.[presentOf(i.name)];
     if (i.name === "inputs_embeds") feeds[i.name] = { type: "float32", dims, data: embeds };
     else if (i.name === "attention_mask") feeds[i.name] = { type: "int64", dims, data: new BigInt64Array(count).fill(1n) };
-    else if (i.name === "position_ids") feeds[i.name] = { type: "int64", dims, data: BigInt64Array.from({ length: count }, (_, k) => BigInt(k % n)) };
+    else if (i.name === "position_ids") feeds[i.name] = { type: "int64", dims, data: BigInt64Array.from({ length: count }, (_, k) => BigInt(firstPosition + (k % rows))) };
     else if (i.name === "num_logits_to_keep") feeds[i.name] = { type: "int64", dims: [], data: BigInt64Array.of(1n) };
     else if (i.name === "image_mask" && image) feeds[i.name] = { type: "bool", dims, data: Uint8Array.from(image, Number) };
+    else if (previous && i.name.startsWith("past")) feeds[i.name] = { type: "float32", dims: previous.dims, data: previous.data as Float32Array };
     else if (t.elemType === 1) feeds[i.name] = { type: "float32", dims, data: new Float32Array(count) };
-    else throw new Error(`prefillFeedsFor: input ${i.name} of type ${t.elemType}`);
+    else throw new Error(`decoderFeeds: input ${i.name} of type ${t.elemType}`);
   }
   return feeds;
 }
