@@ -4,9 +4,10 @@ export type ErrorKind =
   | "format" // not an ONNX model, truncated, invalid protobuf
   | "spec" // the .prune text does not parse or is out of range
   | "analysis" // the model is not a transformer prunec understands
-  | "apply"; // a valid spec that cannot be honoured on this model
+  | "apply" // a valid spec that cannot be honoured on this model
+  | "runtime"; // an optional peer (onnxruntime-node / -web) a command needs is not installed
 
-export const EXIT_CODES: Record<ErrorKind, number> = { io: 2, format: 3, spec: 4, analysis: 5, apply: 6 };
+export const EXIT_CODES: Record<ErrorKind, number> = { io: 2, format: 3, spec: 4, analysis: 5, apply: 6, runtime: 7 };
 
 import type { Diagnostic } from "../grammar/diagnostics.js";
 

@@ -1,11 +1,14 @@
 /**
  * Running models for the CLI's eval/bench/report: onnxruntime-node (native CPU) or onnxruntime-web's
  * WASM backend inside Node. Node-only (reads the WASM binary from node_modules: nothing is fetched).
+ * Both runtimes are optional peer dependencies, imported only when a command runs a model, so
+ * compile/check/fmt/inspect work without them.
  */
 import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
-import * as ortNode from "onnxruntime-node";
+import type * as OrtNodeTypes from "onnxruntime-node";
+import { PrunecError } from "../errors.js";
 
 export type ExecutionProvider = "cpu" | "wasm";
 
@@ -22,14 +25,43 @@ export interface Session {
   release(): Promise<void>;
 }
 
+type OrtNode = typeof import("onnxruntime-node");
 type OrtWeb = typeof import("onnxruntime-web");
+let ortNode: Promise<OrtNode> | undefined;
 let ortWeb: Promise<OrtWeb> | undefined;
 
+/** A missing (or broken) optional runtime as a PrunecError (exit 7) saying how to install it. */
+export function runtimeError(pkg: string, command: string | undefined, e: unknown): PrunecError {
+  const who = command ? `prunec ${command}` : "running models";
+  const code = (e as { code?: unknown } | null)?.code;
+  const why = e instanceof Error ? e.message : String(e);
+  if ((code === "ERR_MODULE_NOT_FOUND" || code === "MODULE_NOT_FOUND") && why.includes(pkg)) {
+    return new PrunecError("runtime", `${who} needs ${pkg}, an optional peer dependency: npm install ${pkg}`);
+  }
+  return new PrunecError("runtime", `${who} needs ${pkg}, which is installed but failed to load (${why}); reinstall it: npm install ${pkg}`);
+}
+
+/** onnxruntime-node, imported on first use; `command` names the CLI command in the missing-runtime message. */
+export function loadOrtNode(command?: string): Promise<OrtNode> {
+  ortNode ??= import("onnxruntime-node").catch((e: unknown) => {
+    ortNode = undefined; // let a later call retry (and report) instead of caching the failure
+    throw runtimeError("onnxruntime-node", command, e);
+  });
+  return ortNode;
+}
+
 /** onnxruntime-web configured for offline, single-threaded WASM in Node. */
-export function loadOrtWeb(): Promise<OrtWeb> {
+export function loadOrtWeb(command?: string): Promise<OrtWeb> {
   ortWeb ??= (async () => {
-    const ort = await import("onnxruntime-web");
-    const dist = dirname(createRequire(import.meta.url).resolve("onnxruntime-web"));
+    let ort: OrtWeb;
+    let dist: string;
+    try {
+      ort = await import("onnxruntime-web");
+      dist = dirname(createRequire(import.meta.url).resolve("onnxruntime-web"));
+    } catch (e) {
+      ortWeb = undefined;
+      throw runtimeError("onnxruntime-web", command, e);
+    }
     ort.env.wasm.numThreads = 1;
     ort.env.wasm.proxy = false;
     ort.env.wasm.wasmBinary = readFileSync(join(dist, "ort-wasm-simd-threaded.wasm"));
@@ -69,14 +101,15 @@ function wrap(session: AnySession, tensor: (f: FloatInput) => unknown): Session 
   };
 }
 
-export async function openSession(model: Uint8Array, ep: ExecutionProvider, options: { spinning?: boolean } = {}): Promise<Session> {
+export async function openSession(model: Uint8Array, ep: ExecutionProvider, options: { spinning?: boolean; command?: string } = {}): Promise<Session> {
   if (ep === "wasm") {
-    const ort = await loadOrtWeb();
+    const ort = await loadOrtWeb(options.command);
     const s = await ort.InferenceSession.create(model, { executionProviders: ["wasm"] });
     return wrap(s as unknown as AnySession, (f) => new ort.Tensor("float32", f.data, f.dims));
   }
-  const opts: ortNode.InferenceSession.SessionOptions = { executionProviders: ["cpu"] };
+  const ort = await loadOrtNode(options.command);
+  const opts: OrtNodeTypes.InferenceSession.SessionOptions = { executionProviders: ["cpu"] };
   if (options.spinning === false) opts.extra = { session: { intra_op: { allow_spinning: "0" } } };
-  const s = await ortNode.InferenceSession.create(model, opts);
-  return wrap(s as unknown as AnySession, (f) => new ortNode.Tensor("float32", f.data, f.dims));
+  const s = await ort.InferenceSession.create(model, opts);
+  return wrap(s as unknown as AnySession, (f) => new ort.Tensor("float32", f.data, f.dims));
 }
