@@ -331,7 +331,7 @@ function skipNormalized(g: Graph, r: string): string | undefined {
 
 /** Element type of the residual stream (from the pre-norm's scale), when known. */
 export function streamElemType(g: Graph, layer: LayerInfo): number | undefined {
-  const scale = layer.residual!.norm.input[1];
+  const scale = layer.residual!.norm.scale;
   return scale ? g.constantTensor(scale)?.dataType : undefined;
 }
 

@@ -59,7 +59,7 @@ describeShared("decoder residual streams (transformers.js Gemma-3 and Qwen3.5)",
     expectStream(info, 2560);
     for (const l of info.layers) {
       const r = l.residual!;
-      expect(r.norm.name).toBe(`/model/layers.${l.index}/input_layernorm/LayerNorm`);
+      expect(r.norm.node.name).toBe(`/model/layers.${l.index}/input_layernorm/LayerNorm`);
       expect(r.mid).toBe(`/model/layers.${l.index}/Add_1/output_0`);
       expect(r.output).toBe(`/model/layers.${l.index}/Add_2/output_0`);
       expect(r.outputNorm).toBeUndefined();
@@ -80,8 +80,8 @@ describeShared("decoder residual streams (transformers.js Gemma-3 and Qwen3.5)",
       const r = l.residual!;
       const next = l.index === 23 ? "/model/layers.24/final_norm_layernorm/SkipLayerNorm" : `/model/layers.${l.index + 1}/input_layernorm/SkipLayerNorm`;
       // Layer 0's pre-norm is a plain norm on the embeddings; the others are Skip norms (their sum is `input`).
-      expect(r.norm.opType).toBe(l.index === 0 ? "SimplifiedLayerNormalization" : "SkipSimplifiedLayerNormalization");
-      if (l.index > 0) expect(r.input).toBe(r.norm.output[3]);
+      expect(r.norm.node.opType).toBe(l.index === 0 ? "SimplifiedLayerNormalization" : "SkipSimplifiedLayerNormalization");
+      if (l.index > 0) expect(r.input).toBe(r.norm.node.output[3]);
       expect(r.mid).toBe(`/model/layers.${l.index}/post_attention_layernorm/output_3`);
       expect(r.outputNorm!.name).toBe(next);
       if (l.index < 23) {

@@ -187,7 +187,7 @@ describe("test decoder: prunec's transformer analysis", () => {
         expect(layer.heads).toBe(DECODER.heads);
         expect(layer.headSize).toBe(DECODER.headSize);
         expect(layer.residual).toBeDefined();
-        expect(layer.residual!.norm.name).toBe(`/model/layers.${l}/input_layernorm/LayerNorm`);
+        expect(layer.residual!.norm.node.name).toBe(`/model/layers.${l}/input_layernorm/LayerNorm`);
         expect(layer.residual!.mid).toBe(`/model/layers.${l}/Add_1/output_0`);
         expect(layer.residual!.output).toBe(`/model/layers.${l}/Add_2/output_0`);
         if (l > 0) expect(layer.residual!.input).toBe(info.layers[l - 1]!.residual!.output);

@@ -27,10 +27,10 @@
 import type { CriterionModule, ScoreContext, StageFacts } from "../criterion.js";
 import type { LayerInfo } from "../../src/analysis/transformer.js";
 import { PrunecError } from "../../src/errors.js";
+import { normsReading } from "../../src/analysis/norms.js";
 import { igaScores, imageMembers, nextLayerUnavailable, normalisedOver } from "./iga.js";
 
 const FLOAT = 1;
-const NORMS = new Set(["LayerNormalization", "SimplifiedLayerNormalization", "RMSNormalization"]);
 
 /** The `layers` argument as written, or undefined (the stage's layer). */
 function writtenRange(facts: StageFacts): [number, number] | undefined {
@@ -55,7 +55,8 @@ export function ttvLayers(facts: StageFacts): { why: string } | { layers: LayerI
   for (const l of layers) {
     const res = l.residual;
     if (!res) return { why: `the residual block of layer ${l.index} (pre-norm → attention → Add → norm → MLP → Add) could not be found` };
-    if (!NORMS.has(res.norm.opType)) return { why: `layer ${l.index}'s pre-norm is a fused ${res.norm.opType} (node '${res.norm.name}'); ttv reads the sub-blocks' inputs and outputs around plain norms and residual Adds` };
+    if (res.layout !== "pre-norm") return { why: `layer ${l.index} is a post-norm block (its norms follow the residual adds); ttv reads pre-norm sub-blocks` };
+    if (res.norm.form === "skip") return { why: `layer ${l.index}'s pre-norm is a fused ${res.norm.node.opType} (node '${res.norm.node.name}'); ttv reads the sub-blocks' inputs and outputs around plain norms and residual Adds` };
   }
   return { layers };
 }
@@ -72,11 +73,11 @@ function subBlocks(ctx: ScoreContext, layer: LayerInfo): { u: string; v: string 
     if (!add || add.opType !== "Add" || add.input.length !== 2 || !add.input.includes(residual)) return fail(`the ${which} residual Add producing '${sum}' was not found`);
     return add.input[0] === residual ? add.input[1]! : add.input[0]!;
   };
-  const post = g.consumersOf(res.mid).find((n) => NORMS.has(n.opType));
+  const post = normsReading(g, res.mid)[0];
   if (!post) return fail(`no norm reads the stream after the attention residual ('${res.mid}')`);
   return [
-    { u: res.norm.output[0]!, v: branch(res.mid, res.input, "attention") },
-    { u: post.output[0]!, v: branch(res.output, res.mid, "MLP") },
+    { u: res.norm.output, v: branch(res.mid, res.input, "attention") },
+    { u: post.output, v: branch(res.output, res.mid, "MLP") },
   ];
 }
 

@@ -23,40 +23,42 @@
  */
 import type { Graph, NodeProto } from "../ir/graph.js";
 import type { AttentionCore } from "./attention.js";
-
-const NORMS: ReadonlySet<string> = new Set([
-  "LayerNormalization",
-  "SimplifiedLayerNormalization",
-  "SkipLayerNormalization",
-  "SkipSimplifiedLayerNormalization",
-  "RMSNormalization",
-]);
+import { isSkipNormNode, normAt, normsReading, type Norm } from "./norms.js";
 
 /** Index of a Skip…Normalization's `input_skip_bias_sum` output (the residual stream). */
 export const SKIP_SUM_OUTPUT = 3;
 
 export function isSkipNorm(n: NodeProto): boolean {
-  return n.opType === "SkipLayerNormalization" || n.opType === "SkipSimplifiedLayerNormalization";
+  return isSkipNormNode(n);
 }
 
 export interface ResidualBlock {
   /**
-   * The block's pre-norm (its output 0 feeds the attention / mixer). Plain form: a norm reading
-   * `input` as its input 0. Skip form: the Skip…Normalization that adds the previous layer's MLP
-   * output to its stream; `input` is its output 3. (Its input 1 is then the skip operand, not the
-   * scale: the scale is input 2.)
+   * Where the block's norms sit. `pre-norm`: x_in → norm → attention → Add(x_in) → norm → MLP →
+   * Add (GPT/ViT/LLaMA). `post-norm`: x_in → attention → Add(x_in) → norm → MLP → Add → norm
+   * (BERT, `nn.TransformerEncoderLayer(norm_first=False)`): the stream leaving the block is the
+   * second norm's output, which every later reader (next layer's q/k/v and residual) takes.
    */
-  norm: NodeProto;
+  layout: "pre-norm" | "post-norm";
+  /**
+   * Pre-norm: the block's pre-norm (its output feeds the attention / mixer). Plain form: a norm
+   * (fused or decomposed) reading `input`. Skip form: the Skip…Normalization that adds the previous
+   * layer's MLP output to its stream; `input` is its output 3. (Its input 1 is then the skip
+   * operand, not the scale: the scale is input 2.)
+   * Post-norm: the norm after the attention residual add (its output is `mid`).
+   */
+  norm: Norm;
   /**
    * Residual stream entering the block: the plain pre-norm's input, or the Skip pre-norm's output 3.
    * Layer 0's is the embeddings (a graph input or the embedding node's output).
    */
   input: string;
-  /** After the attention residual add: the Add's output, or the post-attention Skip norm's output 3. */
+  /** After the attention residual add: the Add's output, the post-attention Skip norm's output 3, or (post-norm) the norm of the sum. */
   mid: string;
   /**
    * Leaving the block, after the MLP residual add: the Add's output, or output 3 of the Skip norm
-   * that adds the MLP output to `mid` (the next layer's pre-norm, or the final norm).
+   * that adds the MLP output to `mid` (the next layer's pre-norm, or the final norm), or (post-norm)
+   * the norm of that sum.
    * Every consumer of `output` reads the stream after this layer. In the Skip form that is not
    * every reader of the stream: see `outputNorm`. When `outputMissing` is set, the tensor is not in
    * the graph yet.
@@ -80,22 +82,23 @@ export interface ResidualBlock {
 }
 
 /**
- * Norm nodes met walking backwards from `t`, nearest first (bounded: blocks are small). The walk
- * stops at each norm (the block starts there) except those in `through`.
+ * Norms met walking backwards from `t`, nearest first (bounded: blocks are small). The walk stops
+ * at each norm (the block starts there) except those whose node is in `through`.
  */
-function normsAbove(g: Graph, t: string, through: ReadonlySet<NodeProto> = new Set(), limit = 500): NodeProto[] {
-  const found: NodeProto[] = [];
+function normsAbove(g: Graph, t: string, through: ReadonlySet<NodeProto> = new Set(), limit = 500): Norm[] {
+  const found: Norm[] = [];
   const seen = new Set<string>();
   const queue = [t];
   let steps = 0;
-  while (queue.length && steps++ < limit) {
-    const cur = queue.shift()!;
+  for (let head = 0; head < queue.length && steps++ < limit; head++) {
+    const cur = queue[head]!;
     if (seen.has(cur)) continue;
     seen.add(cur);
     const p = g.producer.get(cur);
     if (!p) continue;
-    if (NORMS.has(p.opType) && !through.has(p)) {
-      if (!found.includes(p)) found.push(p);
+    const norm = normAt(g, p);
+    if (norm && !through.has(p)) {
+      if (!found.some((f) => f.node === p)) found.push(norm);
       continue; // the block starts here; do not walk into the previous block
     }
     for (const i of p.input) if (i && !g.isConstant(i)) queue.push(i);
@@ -103,20 +106,27 @@ function normsAbove(g: Graph, t: string, through: ReadonlySet<NodeProto> = new S
   return found;
 }
 
-function preNorm(g: Graph, core: AttentionCore): NodeProto | undefined {
+function preNorm(g: Graph, core: AttentionCore): Norm | undefined {
   if (!core.key) return normsAbove(g, core.query)[0];
   // Norms on one path only (per-head q_norm / k_norm) are walked through, a few levels at most.
   const through = new Set<NodeProto>();
   for (let round = 0; round < 3; round++) {
     const fromQ = normsAbove(g, core.query, through);
     const fromK = normsAbove(g, core.key, through);
-    const shared = fromQ.find((n) => fromK.includes(n));
+    const shared = fromQ.find((n) => fromK.some((k) => k.node === n.node));
     if (shared) return shared;
     const before = through.size;
-    for (const n of [...fromQ, ...fromK]) if (!isSkipNorm(n)) through.add(n);
+    for (const n of [...fromQ, ...fromK]) if (n.form !== "skip") through.add(n.node);
     if (through.size === before) return undefined;
   }
   return undefined;
+}
+
+/** The norm (fused or decomposed) that is the only reader of `t`, if any. */
+export function soleNormOf(g: Graph, t: string): Norm | undefined {
+  const readers = g.consumersOf(t);
+  const norm = normsReading(g, t)[0];
+  return norm && readers.length && readers.every((r) => norm.nodes.includes(r)) ? norm : undefined;
 }
 
 /** True when `t` is computed by `node` (directly or through other nodes; a bounded walk back). */
@@ -177,8 +187,8 @@ function freshSumName(g: Graph, n: NodeProto): string {
  * The block around a given pre-norm and the node computing the mixer's output (an attention core's
  * P·V MatMul or fused op, a linear-attention layer's control-flow node).
  */
-export function residualBlockFrom(g: Graph, norm: NodeProto, branch: NodeProto): ResidualBlock | undefined {
-  const input = isSkipNorm(norm) ? norm.output[SKIP_SUM_OUTPUT] : norm.input[0];
+export function residualBlockFrom(g: Graph, norm: Norm, branch: NodeProto): ResidualBlock | undefined {
+  const input = norm.input;
   if (!input) return undefined;
   const addMid = residualAdd(g, input, branch);
   const mid = addMid ? sumOf(addMid) : "";
@@ -186,16 +196,59 @@ export function residualBlockFrom(g: Graph, norm: NodeProto, branch: NodeProto):
   // The MLP branch is computed from x_mid's node; the second residual add consumes x_mid directly.
   const addOut = residualAdd(g, mid, addMid);
   if (!addOut) return undefined;
-  if (!isSkipNorm(addOut)) return addOut.output[0] ? { norm, input, mid, output: addOut.output[0] } : undefined;
+  const layout = "pre-norm";
+  if (!isSkipNorm(addOut)) return addOut.output[0] ? { layout, norm, input, mid, output: addOut.output[0] } : undefined;
   const sum = sumOf(addOut);
-  if (sum) return { norm, input, mid, output: sum, outputNorm: addOut };
-  return { norm, input, mid, output: freshSumName(g, addOut), outputNorm: addOut, outputMissing: true };
+  if (sum) return { layout, norm, input, mid, output: sum, outputNorm: addOut };
+  return { layout, norm, input, mid, output: freshSumName(g, addOut), outputNorm: addOut, outputMissing: true };
 }
 
 export function findResidualBlock(g: Graph, core: AttentionCore): ResidualBlock | undefined {
   const norm = preNorm(g, core);
   const branch = core.pv ?? core.anchor;
-  return norm ? residualBlockFrom(g, norm, branch) : undefined;
+  return (norm ? residualBlockFrom(g, norm, branch) : undefined) ?? postNormBlock(g, core, branch);
+}
+
+/**
+ * Post-norm: the attention reads x_in itself (no norm between them); the residual Add sums x_in
+ * with the attention branch and a norm is its only reader; the MLP reads that norm's output and
+ * its residual Add is read only by the block's second norm, whose output leaves the block.
+ */
+function postNormBlock(g: Graph, core: AttentionCore, branch: NodeProto): ResidualBlock | undefined {
+  const feedsAttention = g.ancestors(core.query);
+  // x_in: the operand of an Add after the attention that the query path is computed from.
+  const addMid = firstAddAfter(g, branch, (other) => {
+    const p = g.producer.get(other);
+    if (g.isConstant(other)) return false;
+    return (p !== undefined && feedsAttention.has(p) && !computedBy(g, other, branch)) || g.inputs.has(other);
+  });
+  if (!addMid) return undefined;
+  const input = addMid.input.find((i) => i && !computedBy(g, i, branch));
+  if (!input || (!g.inputs.has(input) && !feedsAttention.has(g.producer.get(input)!))) return undefined;
+  const norm = soleNormOf(g, addMid.output[0]!);
+  if (!norm) return undefined;
+  const mid = norm.output;
+  const addOut = residualAdd(g, mid, norm.node);
+  if (!addOut || isSkipNorm(addOut) || !addOut.output[0]) return undefined;
+  const outNorm = soleNormOf(g, addOut.output[0]);
+  if (!outNorm) return undefined;
+  return { layout: "post-norm", norm, input, mid, output: outNorm.output };
+}
+
+/** The first two-input Add downstream of `from` (bounded walk) one of whose operands passes `isResidual`. */
+function firstAddAfter(g: Graph, from: NodeProto, isResidual: (operand: string) => boolean, limit = 64): NodeProto | undefined {
+  const queue: NodeProto[] = [from];
+  const seen = new Set<NodeProto>();
+  for (let i = 0; i < queue.length && i < limit; i++) {
+    const n = queue[i]!;
+    if (seen.has(n)) continue;
+    seen.add(n);
+    if (n !== from && n.opType === "Add" && n.domain === "" && n.input.length === 2 && n.input.some((x) => x && isResidual(x))) return n;
+    // Shape arithmetic is not the activation path.
+    if (n.opType === "Shape" || n.opType === "Size") continue;
+    for (const o of n.output) queue.push(...g.consumersOf(o));
+  }
+  return undefined;
 }
 
 /**
@@ -205,9 +258,9 @@ export function findResidualBlock(g: Graph, core: AttentionCore): ResidualBlock 
  * inputs are not followed; the residual adds are found from the mixer's output instead.
  */
 export function findLinearResidualBlock(g: Graph, mixer: NodeProto, layerNodes: readonly NodeProto[]): ResidualBlock | undefined {
-  const norms = layerNodes.filter((n) => NORMS.has(n.opType)).sort((a, b) => g.position(a) - g.position(b));
+  const norms = layerNodes.flatMap((n) => normAt(g, n) ?? []).sort((a, b) => g.position(a.node) - g.position(b.node));
   for (const norm of norms) {
-    if (g.position(norm) > g.position(mixer)) break;
+    if (g.position(norm.node) > g.position(mixer)) break;
     const block = residualBlockFrom(g, norm, mixer);
     if (block) return block;
   }

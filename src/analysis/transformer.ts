@@ -3,7 +3,7 @@
  * head size), the token and batch axes, the token count, and whether a CLS token is prepended.
  * Pure: reads a Graph, returns facts; passes decide what they can do with them.
  */
-import { Graph, attrInt, type NodeProto } from "../ir/graph.js";
+import { Graph, attr, attrInt, type NodeProto } from "../ir/graph.js";
 import { findAttentionCores, type AttentionCore, type AttentionKind } from "./attention.js";
 import { findLinearResidualBlock, findResidualBlock, type ResidualBlock } from "./residual.js";
 import { inferShapes } from "./shapes.js";
@@ -227,8 +227,9 @@ function isLearnedToken(g: Graph, t: string, depth = 0): boolean {
 }
 
 /** Walk back from the first block's input to a Concat along the token axis that prepends learned tokens. */
-function detectCls(g: Graph, shapes: ShapeMap, start: string, tokenAxis: number): TransformerInfo["cls"] {
+function detectCls(g: Graph, shapes: ShapeMap, start: string, streamTokenAxis: number): TransformerInfo["cls"] {
   let t = start;
+  let tokenAxis = streamTokenAxis;
   for (let steps = 0; steps < 8; steps++) {
     const p = g.producer.get(t);
     if (!p) break;
@@ -242,6 +243,14 @@ function detectCls(g: Graph, shapes: ShapeMap, start: string, tokenAxis: number)
         prefix++;
       }
       return prefix > 0 ? { present: true, index: 0, prefixTokens: prefix } : { present: false, prefixTokens: 0 };
+    }
+    if (p.opType === "Transpose" && p.input[0]) {
+      // Sequence-first exports transpose [batch, tokens, hidden] once before the first layer.
+      const perm = attr(p, "perm")?.ints.map(Number);
+      if (!perm || perm[tokenAxis] === undefined) break;
+      tokenAxis = perm[tokenAxis]!;
+      t = p.input[0];
+      continue;
     }
     // Position embeddings are added, dropout/casts pass through: follow the activation operand.
     const next = p.input.find((i) => i && !g.isConstant(i));

@@ -28,7 +28,7 @@ export function cutDecoder(bytes: Uint8Array, keep: number, vocab: number, seed 
   const info = analyzeTransformer(g);
   const last = info.layers.at(-1)!.residual!;
   const finalNorm = last.outputNorm ?? g.consumersOf(last.output).find((n) => n.opType.endsWith("LayerNormalization"));
-  const next = info.layers[keep]?.residual?.norm;
+  const next = info.layers[keep]?.residual?.norm.node;
   if (!finalNorm || !next) throw new Error(`cutDecoder: no final norm, or no layer ${keep} pre-norm`);
   const summands = isSkipNorm(finalNorm) ? 2 : 1;
   const rewired = shallowCopy(finalNorm, { input: [...next.input.slice(0, summands), ...finalNorm.input.slice(summands)] });
