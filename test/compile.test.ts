@@ -8,8 +8,6 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { spawnSync } from "node:child_process";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { create } from "@bufbuild/protobuf";
-import { StringStringEntryProtoSchema, TensorProto_DataLocation, type TensorProto } from "../src/onnx/gen/onnx_pb.js";
 import { decodeModel, encodeModel } from "../src/onnx/io.js";
 import { shallowCopy } from "../src/ir/copy.js";
 import { makeNode } from "../src/ir/graph.js";
@@ -22,36 +20,10 @@ import { runNode, runWasm, maxAbsDiff, type Feeds } from "./helpers/ort.js";
 import { withOutputs, unfoldProbs, rows } from "./support/model-edit.js";
 import { clsAttnKeep } from "./reference/cls-attn.js";
 import { thrown } from "./support/cases.js";
+import { externalize } from "./support/externalize.js";
 
 const EXAMPLE = join(REPO_ROOT, "examples", "tiny-vit");
 const SPEC = "after layer 1 keep 50% by cls-attn";
-
-/** The model with every initializer over 1 KiB moved to `weights.bin` (offsets in file order). */
-function externalize(bytes: Uint8Array, location = "weights.bin"): { model: Uint8Array; weights: Uint8Array } {
-  const m = decodeModel(bytes);
-  const chunks: Uint8Array[] = [];
-  let offset = 0;
-  const initializer = m.graph!.initializer.map((t): TensorProto => {
-    if (t.rawData.length <= 1024) return t;
-    const entry = (key: string, value: string) => create(StringStringEntryProtoSchema, { key, value });
-    const moved = shallowCopy(t, {
-      rawData: new Uint8Array(),
-      dataLocation: TensorProto_DataLocation.EXTERNAL,
-      externalData: [entry("location", location), entry("offset", String(offset)), entry("length", String(t.rawData.length))],
-    });
-    delete (moved as { rawData?: Uint8Array }).rawData;
-    chunks.push(t.rawData);
-    offset += t.rawData.length;
-    return moved;
-  });
-  const weights = new Uint8Array(offset);
-  let at = 0;
-  for (const c of chunks) {
-    weights.set(c, at);
-    at += c.length;
-  }
-  return { model: encodeModel(shallowCopy(m, { graph: shallowCopy(m.graph!, { initializer }) })), weights };
-}
 
 describe("compile on the built-in tiny ViT", () => {
   let model: Uint8Array;

@@ -9,7 +9,7 @@ import { Graph } from "../ir/graph.js";
 import { analyzeTransformer } from "../analysis/transformer.js";
 import { layerCosts, outsideFlops, totalFlops } from "../analysis/flops.js";
 import { compile } from "../compile.js";
-import { openSession, type Session } from "./runtime.js";
+import { openSession, type Session, type SessionOptions } from "./runtime.js";
 import { PrunecError } from "../errors.js";
 
 export interface BenchRow {
@@ -63,7 +63,7 @@ export async function benchmark(
   bytes: Uint8Array,
   modelName: string,
   specs: { name: string; text: string }[],
-  options: { batch: number; runs: number },
+  options: { batch: number; runs: number } & Pick<SessionOptions, "modelPath" | "command">,
 ): Promise<BenchResult> {
   const graph = new Graph(decodeModel(bytes, modelName).graph!);
   const info = analyzeTransformer(graph, modelName);
@@ -79,7 +79,8 @@ export async function benchmark(
   const input = inputFor(bytes, modelName, options.batch);
   const sessions: Session[] = [];
   try {
-    for (const v of variants) sessions.push(await openSession(v.model, "cpu"));
+    // Compiled variants keep the input's external locations: they resolve beside the input too.
+    for (const v of variants) sessions.push(await openSession(v.model, "cpu", { modelPath: options.modelPath, command: options.command }));
     const feed = { [input.name]: { data: input.data, dims: input.dims } };
     for (const s of sessions) for (let i = 0; i < 3; i++) await s.run(feed);
     const times: number[][] = sessions.map(() => []);

@@ -1,7 +1,7 @@
 /** `prunec eval`: top-1 accuracy of a (pruned or dense) model on a labelled `.prds` set. */
 import { decodeModel } from "../onnx/io.js";
 import { batchInput, type Dataset } from "../data/prds.js";
-import { openSession, type ExecutionProvider } from "./runtime.js";
+import { openSession, type ExecutionProvider, type SessionOptions } from "./runtime.js";
 import { META } from "../compile.js";
 import { PrunecError } from "../errors.js";
 
@@ -30,11 +30,11 @@ export async function evaluate(
   model: Uint8Array,
   modelName: string,
   data: Dataset,
-  options: { ep: ExecutionProvider; batch: number; onProgress?: (done: number) => void },
+  options: { ep: ExecutionProvider; batch: number; onProgress?: (done: number) => void } & Pick<SessionOptions, "modelPath" | "command">,
 ): Promise<EvalResult> {
   const meta = prunecMetadata(model, modelName);
   const tokens = meta.get(META.tokens);
-  const session = await openSession(model, options.ep);
+  const session = await openSession(model, options.ep, { modelPath: options.modelPath, command: options.command });
   try {
     const input = session.inputNames[0]!;
     const output = session.outputNames.find((o) => !o.startsWith("prunec.")) ?? session.outputNames[0]!;

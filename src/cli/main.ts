@@ -14,6 +14,8 @@ import { parseDataset } from "../data/prds.js";
 import { evaluate, type EvalResult } from "./evaluate.js";
 import { benchmark, formatBench } from "./benchmark.js";
 import { writeReport } from "./report.js";
+import { loadOrtNode } from "./runtime.js";
+import { checkWeightFiles, planPlacements, writeModelWithWeights, EXTERNAL_DATA_MODES, type ExternalDataMode } from "./weights.js";
 import { inspectModel, formatInspect } from "../inspect.js";
 import { PrunecError } from "../errors.js";
 import { VERSION } from "../version.js";
@@ -60,9 +62,11 @@ export function writeAtomic(path: string, parts: readonly Uint8Array[]): void {
   }
 }
 
-function runCompile(modelPath: string, specPath: string, opts: { output?: string; exposeIndices?: boolean; json?: boolean; target?: string }, io: Io): void {
+function runCompile(modelPath: string, specPath: string, opts: { output?: string; exposeIndices?: boolean; json?: boolean; target?: string; externalData?: string }, io: Io): void {
   if (opts.target !== undefined && opts.target !== "cpu" && opts.target !== "webgpu") throw new PrunecError("io", `--target must be cpu or webgpu, got '${opts.target}'`);
   const target = opts.target ?? "cpu";
+  const mode = (opts.externalData ?? "link") as ExternalDataMode;
+  if (!EXTERNAL_DATA_MODES.includes(mode)) throw new PrunecError("io", `--external-data must be link, copy or refuse, got '${opts.externalData}'`);
   const out = resolve(opts.output ?? defaultOutput(modelPath));
   for (const input of [modelPath, specPath]) {
     if (resolve(input) === out) throw new PrunecError("io", `${out}: refusing to overwrite an input file; choose another -o`);
@@ -70,13 +74,16 @@ function runCompile(modelPath: string, specPath: string, opts: { output?: string
   const modelBytes = readInput(modelPath, "an ONNX model");
   const specText = new TextDecoder().decode(readInput(specPath, "a .prune spec"));
   const { parts, report } = compile(modelBytes, specText, { modelName: modelPath, specName: specPath, exposeIndices: opts.exposeIndices ?? false, target });
-  writeAtomic(out, parts);
+  // External locations are relative to the model: an output in another folder gets the weight files beside it.
+  const placed = writeModelWithWeights(out, parts, planPlacements(modelBytes, modelPath, out, mode));
+  const externalData = placed.map((p) => ({ file: p.target, action: p.action === "present" ? "already there" : p.action === "link" ? "hard-linked" : "copied" }));
   if (opts.json) {
-    io.out(JSON.stringify({ output: out, ...report }, null, 2));
+    io.out(JSON.stringify({ output: out, ...report, ...(externalData.length ? { externalData } : {}) }, null, 2));
     return;
   }
   const stages = report.stages.map((s) => `stage ${s.stage}: after layer ${s.layer} by ${s.criterion}, ${s.tokensIn} → ${s.tokensOut} tokens`);
-  io.out([`wrote ${out}`, ...stages.map((s) => `  ${s}`), `  ${report.addedNodes.length} nodes added`].join("\n"));
+  const weights = externalData.map((w) => `external data ${w.file}: ${w.action}`);
+  io.out([`wrote ${out}`, ...stages.map((s) => `  ${s}`), `  ${report.addedNodes.length} nodes added`, ...weights.map((w) => `  ${w}`)].join("\n"));
 }
 
 function runCheck(specPath: string, modelPath: string | undefined, opts: { json?: boolean }, io: Io): number {
@@ -116,7 +123,7 @@ async function runEval(modelPath: string, opts: { data: string; ep: string; batc
   bar?.start(data.header.n, 0);
   let r: EvalResult;
   try {
-    r = await evaluate(model, modelPath, data, { ep, batch, onProgress: (done) => bar?.update(done) });
+    r = await evaluate(model, modelPath, data, { ep, batch, onProgress: (done) => bar?.update(done), modelPath, command: "eval" });
   } finally {
     bar?.stop();
   }
@@ -132,7 +139,7 @@ async function runEval(modelPath: string, opts: { data: string; ep: string; batc
 async function runBench(modelPath: string, specPaths: string[], opts: { batch: string; runs: string; json?: boolean }, io: Io): Promise<void> {
   const model = readInput(modelPath, "an ONNX model");
   const specs = specPaths.map((p) => ({ name: p, text: new TextDecoder().decode(readInput(p, "a .prune spec")) }));
-  const r = await benchmark(model, modelPath, specs, { batch: positiveInt(opts.batch, "--batch"), runs: positiveInt(opts.runs, "--runs") });
+  const r = await benchmark(model, modelPath, specs, { batch: positiveInt(opts.batch, "--batch"), runs: positiveInt(opts.runs, "--runs"), modelPath, command: "bench" });
   io.out(opts.json ? JSON.stringify(r, null, 2) : formatBench(r));
 }
 
@@ -140,7 +147,13 @@ async function runReport(modelPath: string, specPath: string, opts: { output: st
   const model = readInput(modelPath, "an ONNX model");
   const spec = new TextDecoder().decode(readInput(specPath, "a .prune spec"));
   const data = opts.data ? parseDataset(readInput(opts.data, "a .prds data set"), opts.data) : undefined;
-  const r = await writeReport(model, modelPath, spec, opts.output, data, positiveInt(opts.examples, "--examples"));
+  const examples = positiveInt(opts.examples, "--examples");
+  if (data) {
+    // Overlays run the model: check the weights and the runtime before the report folder is written.
+    checkWeightFiles(model, modelPath);
+    await loadOrtNode("report");
+  }
+  const r = await writeReport(model, modelPath, spec, opts.output, data, examples, { modelPath, command: "report" });
   io.out([`wrote ${r.files.length} files to ${opts.output}`, ...r.files.map((f) => `  ${f}`)].join("\n"));
 }
 
@@ -167,8 +180,9 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
     .option("-o, --output <file>", "output model (default: MODEL.pruned.onnx beside the input)")
     .option("--expose-indices", "add graph outputs prunec.stageN.indices with the kept token positions")
     .option("--target <ep>", "execution provider the model is for: cpu (any provider) or webgpu (selection kept GPU-resident)", "cpu")
+    .option("--external-data <mode>", "weight files of a model with external data, when -o is in another folder: link (hard link beside the output, copy if linking fails), copy, or refuse (they must already be there)", "link")
     .option("--json", "print the compile report as JSON")
-    .action((model: string, spec: string, opts: { output?: string; exposeIndices?: boolean; json?: boolean; target?: string }) => runCompile(model, spec, opts, io));
+    .action((model: string, spec: string, opts: { output?: string; exposeIndices?: boolean; json?: boolean; target?: string; externalData?: string }) => runCompile(model, spec, opts, io));
 
   let exit = 0;
   program

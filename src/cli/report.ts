@@ -12,7 +12,7 @@ import { analyzeTransformer } from "../analysis/transformer.js";
 import { layerCosts, layerFlops, outsideFlops } from "../analysis/flops.js";
 import { compile, type CompileReport } from "../compile.js";
 import { batchInput, type Dataset } from "../data/prds.js";
-import { openSession } from "./runtime.js";
+import { openSession, type SessionOptions } from "./runtime.js";
 import { argmax } from "./evaluate.js";
 
 export interface ReportResult {
@@ -98,6 +98,7 @@ export async function writeReport(
   outDir: string,
   data?: Dataset,
   examples = 4,
+  session: Pick<SessionOptions, "modelPath" | "command"> = {},
 ): Promise<ReportResult> {
   const graph = new Graph(decodeModel(model, modelName).graph!);
   const info = analyzeTransformer(graph, modelName);
@@ -132,8 +133,8 @@ export async function writeReport(
     const prefix = info.cls.prefixTokens;
     const grid = Math.round(Math.sqrt(Number(info.tokens) - prefix));
     const input = batchInput(data, 0, count);
-    const denseS = await openSession(model, "cpu");
-    const prunedS = await openSession(compiled.model, "cpu");
+    const denseS = await openSession(model, "cpu", session);
+    const prunedS = await openSession(compiled.model, "cpu", session);
     try {
       const inName = denseS.inputNames[0]!;
       const d = await denseS.run({ [inName]: input }, denseS.outputNames.slice(0, 1));

@@ -6,9 +6,11 @@
  */
 import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
-import { dirname, join } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import type * as OrtNodeTypes from "onnxruntime-node";
+import type * as OrtWebTypes from "onnxruntime-web";
 import { PrunecError } from "../errors.js";
+import { checkWeightFiles, externalRefs } from "./weights.js";
 
 export type ExecutionProvider = "cpu" | "wasm";
 
@@ -101,15 +103,40 @@ function wrap(session: AnySession, tensor: (f: FloatInput) => unknown): Session 
   };
 }
 
-export async function openSession(model: Uint8Array, ep: ExecutionProvider, options: { spinning?: boolean; command?: string } = {}): Promise<Session> {
+export interface SessionOptions {
+  /** false: idle pool threads sleep instead of spinning (sessions measured side by side). */
+  spinning?: boolean;
+  /** The CLI command, named in the message when the runtime is not installed. */
+  command?: string;
+  /**
+   * The file the model was read from (for a compiled model: its input's). External data resolves
+   * against this file's folder, and only there, after prunec checked every file (exit 2/3). Without
+   * it, a model with external data is refused rather than resolved against the working directory.
+   */
+  modelPath?: string;
+}
+
+export async function openSession(model: Uint8Array, ep: ExecutionProvider, options: SessionOptions = {}): Promise<Session> {
+  if (options.modelPath === undefined && externalRefs(model, "model").length) {
+    throw new PrunecError("io", "model: has external data but no file path to resolve it against");
+  }
+  const weights = options.modelPath === undefined ? undefined : checkWeightFiles(model, options.modelPath);
+  const external = weights !== undefined && weights.files.size > 0;
   if (ep === "wasm") {
     const ort = await loadOrtWeb(options.command);
-    const s = await ort.InferenceSession.create(model, { executionProviders: ["wasm"] });
+    const opts: OrtWebTypes.InferenceSession.SessionOptions = { executionProviders: ["wasm"] };
+    // onnxruntime-web reads no files itself in Node: hand it each weight file's bytes by location.
+    if (external) opts.externalData = [...weights.files].map(([path, file]) => ({ path, data: readFileSync(file) }));
+    const s = await ort.InferenceSession.create(model, opts);
     return wrap(s as unknown as AnySession, (f) => new ort.Tensor("float32", f.data, f.dims));
   }
   const ort = await loadOrtNode(options.command);
+  const session: Record<string, unknown> = {};
+  if (options.spinning === false) session["intra_op"] = { allow_spinning: "0" };
+  // A model given as bytes would resolve external data against the working directory.
+  if (external) session["model_external_initializers_file_folder_path"] = resolve(weights.dir);
   const opts: OrtNodeTypes.InferenceSession.SessionOptions = { executionProviders: ["cpu"] };
-  if (options.spinning === false) opts.extra = { session: { intra_op: { allow_spinning: "0" } } };
+  if (Object.keys(session).length) opts.extra = { session };
   const s = await ort.InferenceSession.create(model, opts);
   return wrap(s as unknown as AnySession, (f) => new ort.Tensor("float32", f.data, f.dims));
 }

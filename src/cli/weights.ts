@@ -1,0 +1,224 @@
+/**
+ * External weight files on disk, for the CLI. prunec keeps every initializer's external location as
+ * it is (src/onnx/external.ts), and a location is relative to the model file's folder. So:
+ * - before a model runs (eval/bench/report), every file it names is checked beside the model, never
+ *   against the working directory, and must hold each tensor's bytes: onnxruntime would otherwise
+ *   fail with a stack trace, or read a same-named file from wherever it was started;
+ * - a compiled model written to another folder gets its weight files placed beside it (hard link,
+ *   else copy), staged under temp names and committed only after everything succeeded.
+ */
+import { closeSync, copyFileSync, existsSync, linkSync, mkdirSync, openSync, readSync, realpathSync, renameSync, rmSync, statSync, writeSync, type Stats } from "node:fs";
+import { basename, dirname, join, resolve } from "node:path";
+import { decodeModel } from "../onnx/io.js";
+import { checkExternalData, type ExternalRef } from "../onnx/external.js";
+import { PrunecError } from "../errors.js";
+
+/** The model's external references; exit 3 for locations that leave the model's folder. */
+export function externalRefs(model: Uint8Array, modelPath: string): ExternalRef[] {
+  return checkExternalData(decodeModel(model, modelPath), modelPath);
+}
+
+function statOrUndefined(path: string): Stats | undefined {
+  try {
+    return statSync(path);
+  } catch {
+    return undefined;
+  }
+}
+
+function byteCount(ref: ExternalRef, key: "offset" | "length", modelPath: string): number | undefined {
+  const v = ref[key];
+  if (v === undefined) return undefined;
+  if (!/^\d+$/.test(v)) throw new PrunecError("format", `${modelPath}: initializer '${ref.tensor}' has external data ${key} '${v}' (expected a byte count)`);
+  return Number(v);
+}
+
+export interface WeightFiles {
+  /** The folder every location resolves against: the model file's. */
+  dir: string;
+  /** Location as written in the model → path on disk. */
+  files: Map<string, string>;
+}
+
+/**
+ * Every external weight file of `model` (read from `modelPath`), checked: it exists beside the model
+ * and is long enough for each tensor stored in it. Exit 2 naming the file and the initializer.
+ */
+export function checkWeightFiles(model: Uint8Array, modelPath: string): WeightFiles {
+  const dir = dirname(modelPath);
+  const files = new Map<string, string>();
+  for (const ref of externalRefs(model, modelPath)) {
+    const file = join(dir, ref.location);
+    const st = statOrUndefined(file);
+    const of = `external data of initializer '${ref.tensor}' in ${modelPath}`;
+    if (!st) throw new PrunecError("io", `${file}: no such file (${of}; locations resolve against the model's folder)`);
+    if (!st.isFile()) throw new PrunecError("io", `${file}: not a regular file (${of})`);
+    const offset = byteCount(ref, "offset", modelPath) ?? 0;
+    const length = byteCount(ref, "length", modelPath) ?? ref.bytes;
+    if (length !== undefined && st.size < offset + length) {
+      throw new PrunecError("io", `${file}: ${st.size} bytes, too short for initializer '${ref.tensor}' of ${modelPath} (needs offset ${offset} + length ${length} = ${offset + length} bytes)`);
+    }
+    files.set(ref.location, file);
+  }
+  return { dir, files };
+}
+
+export type ExternalDataMode = "link" | "copy" | "refuse";
+export const EXTERNAL_DATA_MODES: readonly ExternalDataMode[] = ["link", "copy", "refuse"];
+
+/** One weight file the output reads: where it comes from, where it must be, and what to do. */
+export interface Placement {
+  location: string;
+  source: string;
+  target: string;
+  /** `present`: the same file (same inode or identical bytes) is already there. */
+  action: "link" | "copy" | "present";
+}
+
+function sameFolder(a: string, b: string): boolean {
+  try {
+    return realpathSync(a) === realpathSync(b);
+  } catch {
+    return resolve(a) === resolve(b);
+  }
+}
+
+/** Same inode, or same size and bytes. */
+function sameContent(a: string, sa: Stats, b: string, sb: Stats): boolean {
+  if (sa.dev === sb.dev && sa.ino === sb.ino) return true;
+  if (sa.size !== sb.size) return false;
+  const fa = openSync(a, "r");
+  const fb = openSync(b, "r");
+  try {
+    const ba = Buffer.alloc(1 << 20);
+    const bb = Buffer.alloc(1 << 20);
+    for (let pos = 0; pos < sa.size; ) {
+      const n = readSync(fa, ba, 0, ba.length, pos);
+      if (n === 0 || readSync(fb, bb, 0, n, pos) !== n || !ba.subarray(0, n).equals(bb.subarray(0, n))) return false;
+      pos += n;
+    }
+    return true;
+  } finally {
+    closeSync(fa);
+    closeSync(fb);
+  }
+}
+
+/**
+ * What writing the compiled model to `out` needs for its external data to resolve. Nothing when
+ * `out` is in the model's folder. Otherwise each weight file must exist beside the model, and beside
+ * `out` either be absent (then linked or copied, by `mode`) or be the same file. Checks only:
+ * throws (exit 2) before anything is written.
+ */
+export function planPlacements(model: Uint8Array, modelPath: string, out: string, mode: ExternalDataMode): Placement[] {
+  const refs = externalRefs(model, modelPath);
+  if (!refs.length || sameFolder(dirname(modelPath), dirname(out))) return [];
+  const placements: Placement[] = [];
+  const seen = new Set<string>();
+  for (const ref of refs) {
+    if (seen.has(ref.location)) continue;
+    seen.add(ref.location);
+    const source = join(dirname(modelPath), ref.location);
+    const target = join(dirname(out), ref.location);
+    const used = `initializer '${ref.tensor}'`;
+    if (resolve(target) === resolve(out)) {
+      throw new PrunecError("io", `${out}: the output has the name of its own external data file '${ref.location}' (${used}); choose another -o`);
+    }
+    const ss = statOrUndefined(source);
+    if (!ss?.isFile()) {
+      throw new PrunecError("io", `${source}: no such file (external data of ${used} in ${modelPath}); it is needed beside ${out}, which is in another folder`);
+    }
+    const ts = statOrUndefined(target);
+    if (ts) {
+      if (ts.isFile() && sameContent(source, ss, target, ts)) {
+        placements.push({ location: ref.location, source, target, action: "present" });
+        continue;
+      }
+      throw new PrunecError(
+        "io",
+        `${target}: exists and differs from ${source}, the external data ${out} would read (${used}); remove or rename it, or choose an -o in another folder`,
+      );
+    }
+    if (mode === "refuse") {
+      throw new PrunecError(
+        "io",
+        `${target}: no such file; ${out} would read ${used} from it (--external-data refuse). Link or copy ${source} there, or use --external-data link|copy`,
+      );
+    }
+    placements.push({ location: ref.location, source, target, action: mode });
+  }
+  return placements;
+}
+
+const tempName = (path: string) => join(dirname(path), `.${basename(path)}.${process.pid}.tmp`);
+const why = (e: unknown) => (e instanceof Error ? e.message : String(e));
+
+/**
+ * Write the model to `out` with its weight files placed as planned, all or nothing: the model and
+ * the weights are staged under temp names first, the weights take their names (never over an
+ * existing file), then the model's temp file is renamed into place. On any failure every temp file,
+ * placed weight file and created folder is removed. Returns how each file was placed.
+ */
+export function writeModelWithWeights(out: string, parts: readonly Uint8Array[], placements: readonly Placement[]): Placement[] {
+  const temps: string[] = [];
+  const created: string[] = [];
+  const folders: string[] = [];
+  let current = out;
+  try {
+    const tmp = tempName(out);
+    temps.push(tmp);
+    const fd = openSync(tmp, "w");
+    try {
+      for (const p of parts) for (let off = 0; off < p.length; ) off += writeSync(fd, p, off);
+    } finally {
+      closeSync(fd);
+    }
+    const done: Placement[] = [];
+    const staged: { tmp: string; p: Placement }[] = [];
+    for (const p of placements) {
+      if (p.action === "present") {
+        done.push(p);
+        continue;
+      }
+      current = p.target;
+      // Locations may name subfolders; the output folder itself exists (the model's temp is in it).
+      const folder = mkdirSync(dirname(p.target), { recursive: true });
+      if (folder !== undefined) folders.push(folder);
+      const t = tempName(p.target);
+      temps.push(t);
+      let action = p.action;
+      if (action === "link") {
+        try {
+          linkSync(p.source, t);
+        } catch {
+          action = "copy"; // across devices, or a file system without hard links
+        }
+      }
+      if (action === "copy") copyFileSync(p.source, t);
+      staged.push({ tmp: t, p: { ...p, action } });
+    }
+    for (const { tmp: t, p } of staged) {
+      current = p.target;
+      // link(2) never replaces an existing name: a file that appeared since the check is kept.
+      try {
+        linkSync(t, p.target);
+      } catch (e) {
+        if ((e as { code?: unknown }).code === "EEXIST" || existsSync(p.target)) {
+          throw new Error(`it appeared while prunec was writing; nothing was replaced`);
+        }
+        renameSync(t, p.target);
+      }
+      created.push(p.target);
+      rmSync(t, { force: true });
+      done.push(p);
+    }
+    current = out;
+    renameSync(tmp, out);
+    return done;
+  } catch (e) {
+    for (const t of temps) rmSync(t, { force: true });
+    for (const c of created) rmSync(c, { force: true });
+    for (const f of folders.reverse()) rmSync(f, { recursive: true, force: true });
+    throw new PrunecError("io", `${current}: cannot write (${why(e)})`);
+  }
+}
