@@ -1,7 +1,8 @@
 /**
  * Token gather: the residual stream tensor `r` leaving a layer is replaced, for every consumer, by
  * its rows at the kept positions.
- * Pre: `r` is produced by a node; keep is int64 [batch, K'] (batch 1 for batch-less models).
+ * Pre: `r` is produced by a node; keep is int64 [batch, K'] (batch 1 for batch-less models); the
+ *      stream is [B, N, ..], [N, B, D] (sequence-first) or batch-less [N, D].
  * Post: returns the gathered tensor; the stage then renames it to `r` (and the producer's output to
  * `<r>/dense`), so consumers and graph outputs follow.
  */
@@ -21,5 +22,11 @@ export function gatherTokens(b: NodeBuilder, dense: string, keep: string, layout
     const idx = b.unsqueeze(keep, [2]); // [B, K', 1]
     return b.op("GatherND", [dense, idx], { batch_dims: 1 }, "gather_tokens");
   }
-  throw new Error("sequence-first residual streams are rejected before emission");
+  if (layout.batchAxis === 1 && layout.tokenAxis === 0) {
+    // Sequence-first [N, B, D]: gather batch-first, then back to the model's layout.
+    const bf = b.op("Transpose", [dense], { perm: [1, 0, 2] }, "batch_first");
+    const kept = b.op("GatherND", [bf, b.unsqueeze(keep, [2])], { batch_dims: 1 }, "gather_tokens");
+    return b.op("Transpose", [kept], { perm: [1, 0, 2] }, "sequence_first");
+  }
+  throw new Error(`token axis ${layout.tokenAxis} with batch axis ${layout.batchAxis} is rejected by the plan before emission`);
 }

@@ -11,7 +11,8 @@ import { Graph, type GraphProto, type NodeProto } from "../src/ir/graph.js";
 import { shallowCopy } from "../src/ir/copy.js";
 import type { LayerInfo, TransformerInfo } from "../src/analysis/transformer.js";
 import type { EncoderOutput } from "../src/analysis/merge.js";
-import type { Dim } from "../src/analysis/dims.js";
+import type { Dim, ShapeMap } from "../src/analysis/dims.js";
+import { inferShapes } from "../src/analysis/shapes.js";
 import { int64Tensor } from "../src/onnx/tensor.js";
 import { batchDim, valueInfo } from "../src/ir/value-info.js";
 import { NodeBuilder } from "./builder.js";
@@ -141,9 +142,12 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
   const batched = model.batchAxis !== undefined;
   const sides = findSideInputs({ graph: g, shapes: model.shapes, carried: options.carried ?? new Map(), denseTokens: model.tokens!, batched }, belowNodes, below);
   const tokens = typeof plan.tokensIn === "number" ? plan.tokensIn : undefined;
+  // Criteria read a batch-first stream: a sequence-first [N, B, D] one is shown to them transposed.
+  const seqFirst = model.tokenAxis === 0 && model.batchAxis === 1;
+  const scoredStream = plan.encoder && plan.encoder.tensor !== residual.output ? residual.output : stream;
   const ctx: ScoreContext = {
     graph: g,
-    model,
+    model: seqFirst ? { ...model, tokenAxis: 1, batchAxis: 0 } : model,
     layer: plan.layer,
     args: plan.args,
     tokensIn: plan.scoredTokens ?? plan.tokensIn,
@@ -151,7 +155,7 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
     b,
     prefix: plan.prefix,
     // After the encoder the criterion still scores the tokens leaving the last layer.
-    stream: plan.encoder && plan.encoder.tensor !== residual.output ? residual.output : stream,
+    stream: seqFirst ? b.op("Transpose", [scoredStream], { perm: [1, 0, 2] }, "scored_batch_first") : scoredStream,
     tokens: typeof plan.scoredTokens === "number" ? plan.scoredTokens : tokens,
     // Criteria that use the budget (hiprune's anchors) count it in tokens.
     keep: plan.keep === undefined ? undefined : plan.keep * unitSize(plan),
@@ -359,16 +363,21 @@ export function retargetShapeConstants(
     return { nodes, initializers };
   }
   const oldN = plan.tokensIn;
+  // The current graph's shapes (earlier stages already changed their token counts), on demand.
+  let shapes: ShapeMap | undefined;
+  const currentShapes = (): ShapeMap => (shapes ??= inferShapes(g));
   const shapeInput: Record<string, number> = { Reshape: 1, Expand: 1, Tile: 1, ConstantOfShape: 0 };
   const out = nodes.map((n) => {
     const slot = shapeInput[n.opType];
     if (slot === undefined || n.domain !== "" || !n.input.some((i) => below.has(i))) return n;
     const name = n.input[slot];
     const value = name ? g.constant(name) : undefined;
-    if (!value || !value.includes(oldN)) return n;
-    if (n.opType === "Reshape" && value.indexOf(oldN) === model.tokenAxis && value.lastIndexOf(oldN) === model.tokenAxis) {
-      const fixed = value.slice();
-      fixed[model.tokenAxis] = plan.tokensOut as number;
+    if (!value) return n;
+    // A fully explicit Reshape target can fix the token count without naming it ([N·B, D]).
+    const explicit = n.opType === "Reshape" && value.every((d) => d > 0);
+    if (!value.includes(oldN) && !(explicit && (currentShapes().get(n.input[0]!) ?? []).includes(oldN))) return n;
+    const fixed = n.opType === "Reshape" ? retargetReshape(currentShapes().get(n.input[0]!), value, oldN, plan.tokensOut as number, model.tokenAxis) : undefined;
+    if (fixed) {
       const t = int64Tensor(`prunec/stage${plan.stage}/retarget/${n.name || name}`, fixed);
       initializers.push(t);
       return shallowCopy(n, { input: n.input.map((inp, i) => (i === slot ? t.name : inp)) });
@@ -379,6 +388,49 @@ export function retargetShapeConstants(
     );
   });
   return { nodes: out, initializers };
+}
+
+/**
+ * The constant target of a Reshape below a stage, with the token count n replaced by k; undefined
+ * when prunec cannot prove which target entry counts tokens.
+ *
+ * Proof, with `input` the Reshape's input dims in the current graph (all static): the token count
+ * stands on exactly one side as a single axis, with P elements' worth of axes before it and a
+ * stride S after it; the other side must have, after axes of the same product P, one axis of size
+ * n·S/s whose following axes multiply to s (s dividing S). That axis holds the tokens as its
+ * leading factor (token-major): it is split or merged with what follows, never with what precedes,
+ * so scaling it by k/n keeps the element layout (e.g. sequence-first attention's [N, B·H, d] →
+ * [N·B, D] → [N, B, D]). Without static input dims (a symbolic batch) or with a 0 / -1 entry in
+ * the target, the single entry equal to n is taken when it stands at the stream's token axis.
+ */
+function retargetReshape(input: readonly Dim[] | undefined, target: readonly number[], n: number, k: number, tokenAxis: number | undefined): number[] | undefined {
+  const product = (xs: readonly number[]) => xs.reduce((a, b) => a * b, 1);
+  const unique = (xs: readonly (number | string)[]) => (xs.indexOf(n) >= 0 && xs.indexOf(n) === xs.lastIndexOf(n) ? xs.indexOf(n) : -1);
+  const dims = input && input.every((d): d is number => typeof d === "number") ? input : undefined;
+  if (!dims || target.some((d) => d <= 0)) {
+    const at = unique(target);
+    if (at < 0 || at !== tokenAxis) return undefined;
+    return target.map((d, i) => (i === at ? k : d));
+  }
+  if (product(dims) !== product(target)) return undefined;
+  /** On side `to`, the axis holding tokens of stride `stride` after `before` elements' worth of axes. */
+  const align = (to: readonly number[], before: number, stride: number): number => {
+    for (let j = 0; j < to.length; j++) {
+      if (product(to.slice(0, j)) !== before) continue;
+      const after = product(to.slice(j + 1));
+      if (stride % after === 0 && to[j] === (n * stride) / after) return j;
+    }
+    return -1;
+  };
+  const i = unique(dims);
+  if (i >= 0) {
+    const stride = product(dims.slice(i + 1));
+    const j = align(target, product(dims.slice(0, i)), stride);
+    return j < 0 ? undefined : target.map((d, x) => (x === j ? (k * stride) / product(target.slice(j + 1)) : d));
+  }
+  const j = unique(target);
+  if (j < 0 || align(dims, product(target.slice(0, j)), product(target.slice(j + 1))) < 0) return undefined;
+  return target.map((d, x) => (x === j ? k : d));
 }
 
 /** The analysis's layers with their attention nodes replaced by the graph's current ones (same outputs). */

@@ -47,6 +47,8 @@ export interface InspectReport {
   tokens: Dim | null;
   tokenAxis: number | null;
   batchAxis: number | null;
+  /** Why prunec cannot prove the token structure (every stage is refused), or null. */
+  unproven: string | null;
   cls: TransformerInfo["cls"];
   /** Spatial merge after the encoder (token fold or pooling), if any. */
   merge: SpatialMerge | null;
@@ -126,6 +128,7 @@ export function inspectModel(bytes: Uint8Array, modelName: string): InspectRepor
     tokens: info.tokens ?? null,
     tokenAxis: info.tokenAxis ?? null,
     batchAxis: info.batchAxis ?? null,
+    unproven: info.unproven ?? null,
     cls: info.cls,
     merge: info.merge ?? null,
     afterEncoder: criteriaAt(info, "after encoder", info.layers.length - 1),
@@ -147,7 +150,7 @@ export function formatInspect(r: InspectReport): string {
   lines.push(`  inputs:  ${r.inputs.map((i) => `${i.name} ${shapeText(i.shape)}`).join(", ")}`);
   lines.push(`  outputs: ${r.outputs.map((o) => `${o.name} ${shapeText(o.shape)}`).join(", ")}`);
   const axes = r.tokenAxis === null ? "unknown" : `token axis ${r.tokenAxis}, ${r.batchAxis === null ? "no batch axis" : `batch axis ${r.batchAxis}`}`;
-  lines.push(`  tokens:  ${r.tokens ?? "?"} (${axes}), hidden ${r.hidden ?? "?"}`);
+  lines.push(r.unproven ? `  tokens:  not provable, so no stage compiles: ${r.unproven}` : `  tokens:  ${r.tokens ?? "?"} (${axes}), hidden ${r.hidden ?? "?"}`);
   lines.push(`  CLS:     ${r.cls.present ? `yes, at index ${r.cls.index}${r.cls.prefixTokens > 1 ? ` (${r.cls.prefixTokens} special tokens in front)` : ""}` : "no"}`);
   if (r.merge) lines.push(`  merge:   ${mergeText(r.merge)} after the encoder (${r.merge.node})`);
   if (r.externalData) lines.push(`  weights: ${r.externalData} initializers in external data files (not needed to compile)`);
@@ -168,7 +171,7 @@ export function formatInspect(r: InspectReport): string {
   lines.push("", fmt(header), fmt(widths.map((w) => "-".repeat(w))), ...rows.map(fmt));
   const reasons = new Map<string, string>();
   for (const l of r.layers) for (const c of l.criteria) if (!c.ok && c.why && !reasons.has(c.name)) reasons.set(c.name, `layer ${l.index}: ${c.why}`);
-  for (const [name, why] of reasons) lines.push(`  ${name} unavailable at ${why}`);
+  if (!r.unproven) for (const [name, why] of reasons) lines.push(`  ${name} unavailable at ${why}`);
   const encoder = r.afterEncoder.filter((c) => c.ok).map((c) => c.name);
   lines.push("", `  after encoder: ${encoder.length ? encoder.join(", ") : `no criterion (${r.afterEncoder[0]?.why ?? "?"})`}`);
   return lines.join("\n");

@@ -78,6 +78,10 @@ export function planStages(spec: SpecIR, model: TransformerInfo, inputs: Readonl
   let merged = false;
 
   spec.stages.forEach((stage, i) => {
+    if (model.unproven) {
+      fail(stage.positionSpan, `prunec cannot prove this model's token structure: ${model.unproven}`);
+      return;
+    }
     const plan = planOne(spec, stage, i, model, tokens, lastLayer + 1, adaptive, fail);
     if (!plan) return;
     if (masked && !plan.mask) {
@@ -185,8 +189,9 @@ function planOne(
     fail(stage.ofSpan ?? stage.span, `'of ${stage.of}' needs a batch-first residual stream (the set's mask is [batch, sequence])`);
     return undefined;
   }
-  if (model.batchAxis !== undefined && !(model.batchAxis === 0 && model.tokenAxis === 1)) {
-    fail(stage.positionSpan, `the model's residual stream is sequence-first (tokens on axis ${model.tokenAxis}); prunec prunes batch-first streams only so far`);
+  const seqFirst = model.batchAxis === 1 && model.tokenAxis === 0;
+  if (model.batchAxis !== undefined && !(model.batchAxis === 0 && model.tokenAxis === 1) && !seqFirst) {
+    fail(stage.positionSpan, `the model's residual stream has tokens on axis ${model.tokenAxis} and the batch on axis ${model.batchAxis}; prunec prunes [batch, tokens, hidden] and sequence-first [tokens, batch, hidden] streams`);
     return undefined;
   }
   const merge = model.merge;
@@ -226,9 +231,18 @@ function planOne(
   if (groups) plan.groups = groups;
   if (fold) plan.fold = fold;
   if (!applyOptions(stage, plan, model, fail)) return undefined;
+  if (seqFirst && (plan.mask || plan.recycle || plan.renumber)) {
+    const option = plan.mask ? "mask" : plan.recycle ? "recycle" : "renumber";
+    fail(stage.optionSpans[stage.options.indexOf(option)] ?? stage.positionSpan, `'with ${option}' needs a batch-first residual stream; this model's stream is sequence-first [tokens, batch, hidden]`);
+    return undefined;
+  }
   const flowcutAdaptive = criterion.name === "flowcut" && Number(args["adaptive"] ?? 0) === 1;
   if (amount.kind === "mass" || amount.kind === "above" || flowcutAdaptive || afterAdaptive || ofSet !== undefined) {
     const span = stage.amountSpan ?? stage.actionSpan;
+    if (seqFirst) {
+      fail(span, "this stage's count differs per example, which pads the batch and masks the padding in later attention; prunec does that for batch-first residual streams only, and this model's is sequence-first [tokens, batch, hidden]");
+      return undefined;
+    }
     const unmaskable = paddingUnmaskable(model, resolved + 1);
     if (unmaskable) {
       fail(span, `this stage's count differs per example, so batches pad to the largest count and mask the padding in every later attention, but ${unmaskable}`);

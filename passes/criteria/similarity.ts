@@ -26,6 +26,7 @@ export function keysUnavailable(layer: LayerInfo): string | undefined {
   if (!core) return `layer ${layer.index} has no softmax attention (${layer.kind}), so it has no keys to match tokens on`;
   if (core.probs) {
     if (!core.qk) return `the Q·Kᵀ MatMul of layer ${layer.index} was not found, so its keys cannot be read`;
+    if (core.qk.opType !== "MatMul") return `layer ${layer.index} computes Q·Kᵀ with ${core.qk.opType} (node '${core.qk.name}'); similarity reads Kᵀ from a MatMul`;
     if (!layer.probsLayout) return `the layout of layer ${layer.index}'s attention ('${core.probs}') could not be determined, so its keys cannot be split into heads`;
     if (layer.probsLayout === "batch*heads,q,k" && !layer.heads) return `the number of heads of layer ${layer.index} could not be determined`;
     return undefined;

@@ -46,10 +46,35 @@ function isActivation(g: Graph, t: string): boolean {
   return p.input.some((i) => i !== "" && isActivation(g, i));
 }
 
+/**
+ * An Einsum that is a batched matrix product over the last two axes, with the same leading
+ * (batch, head) letters on all three terms: `Lxy,Lyz->Lxz` ("plain", MatMul's algebra, as P·V is
+ * written: `bhqk,bhkd->bhqd`) or `Lxy,Lzy->Lxz` ("transposed": the second operand transposed, as
+ * Q·Kᵀ is written: `bhqd,bhkd->bhqk`). Anything else (ellipses, diagonals, other contractions)
+ * is not read as attention.
+ */
+export function einsumProduct(n: NodeProto): "plain" | "transposed" | undefined {
+  if (n.opType !== "Einsum" || n.domain !== "" || n.input.length !== 2) return undefined;
+  const eq = n.attribute.find((a) => a.name === "equation")?.s;
+  const m = eq ? /^([a-zA-Z]+),([a-zA-Z]+)->([a-zA-Z]+)$/.exec(new TextDecoder().decode(eq).replace(/\s+/g, "")) : null;
+  if (!m) return undefined;
+  const [a, b, c] = [m[1]!, m[2]!, m[3]!];
+  const lead = a.slice(0, -2);
+  if (a.length < 3 || b.length !== a.length || c.length !== a.length || b.slice(0, -2) !== lead || c.slice(0, -2) !== lead) return undefined;
+  const [x, y] = [a.at(-2)!, a.at(-1)!];
+  const letters = new Set([...lead, x, y]);
+  if (letters.size !== lead.length + 2) return undefined;
+  const z = c.at(-1)!;
+  if (c.at(-2) !== x || letters.has(z)) return undefined;
+  if (b.at(-2) === y && b.at(-1) === z) return "plain";
+  if (b.at(-2) === z && b.at(-1) === y) return "transposed";
+  return undefined;
+}
+
 function findQk(g: Graph, t: string, depth = 0): NodeProto | undefined {
   const p = g.producer.get(t);
   if (!p || depth > 6) return undefined;
-  if (p.opType === "MatMul" && p.input.every((i) => isActivation(g, i))) return p;
+  if ((p.opType === "MatMul" || einsumProduct(p) !== undefined) && p.input.every((i) => isActivation(g, i))) return p;
   if (!PRE_SOFTMAX.has(p.opType)) return undefined;
   for (const i of p.input) {
     if (!i || !isActivation(g, i)) continue;
@@ -62,7 +87,7 @@ function findQk(g: Graph, t: string, depth = 0): NodeProto | undefined {
 function findPv(g: Graph, t: string, depth = 0): NodeProto | undefined {
   if (depth > 4) return undefined;
   for (const c of g.consumersOf(t)) {
-    if (c.opType === "MatMul" && c.input[0] === t && c.input[1] && isActivation(g, c.input[1])) return c;
+    if ((c.opType === "MatMul" || einsumProduct(c) === "plain") && c.input[0] === t && c.input[1] && isActivation(g, c.input[1])) return c;
     if (POST_SOFTMAX.has(c.opType) && c.output[0]) {
       const found = findPv(g, c.output[0], depth + 1);
       if (found) return found;

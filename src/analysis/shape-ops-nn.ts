@@ -53,6 +53,26 @@ const matmulNBits: Rule = (n, cx) => {
   return a && N > 0 ? [{ shape: [...a.slice(0, -1), N] }] : [];
 };
 
+/**
+ * Einsum with an explicit output and one letter per axis (no ellipsis): each output letter takes
+ * the dim of the first input axis with that letter.
+ */
+const einsum: Rule = (n, cx) => {
+  const eq = (stringAttr(n, "equation") ?? "").replace(/\s+/g, "");
+  const m = /^([a-zA-Z,]+)->([a-zA-Z]*)$/.exec(eq);
+  if (!m) return [];
+  const terms = m[1]!.split(",");
+  if (terms.length !== n.input.length) return [];
+  const dims = new Map<string, Dim>();
+  for (const [i, term] of terms.entries()) {
+    const s = cx.shape(input(n, i));
+    if (!s || s.length !== term.length) return [];
+    for (const [k, letter] of [...term].entries()) if (!dims.has(letter)) dims.set(letter, s[k]!);
+  }
+  const out = [...m[2]!].map((l) => dims.get(l));
+  return out.every((d): d is Dim => d !== undefined) ? [{ shape: out }] : [];
+};
+
 // ---- convolution and pooling -----------------------------------------------------------------
 
 interface Window {
@@ -308,7 +328,7 @@ const spaceToDepth: Rule = (n, cx) => {
 export const NN_RULES: Record<string, Rule> = {
   MatMul: matmul(0, 1), MatMulInteger: matmul(0, 1), MatMulIntegerToFloat: matmul(0, 1),
   DynamicQuantizeMatMul: matmul(0, 1), FusedMatMul: matmul(0, 1), QLinearMatMul: matmul(0, 3),
-  Gemm: gemm, MatMulNBits: matmulNBits,
+  Gemm: gemm, MatMulNBits: matmulNBits, Einsum: einsum,
   Conv: conv, ConvInteger: conv, ConvTranspose: convTranspose,
   AveragePool: pool, MaxPool: pool, LpPool: pool,
   GlobalAveragePool: globalPool, GlobalMaxPool: globalPool, GlobalLpPool: globalPool,

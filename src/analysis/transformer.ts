@@ -7,6 +7,7 @@ import { Graph, attr, attrInt, type NodeProto } from "../ir/graph.js";
 import { findAttentionCores, type AttentionCore, type AttentionKind } from "./attention.js";
 import { findLinearResidualBlock, findResidualBlock, type ResidualBlock } from "./residual.js";
 import { inferShapes } from "./shapes.js";
+import { tokenStructureProblem } from "./token-structure.js";
 import type { Dim, Shape, ShapeMap } from "./dims.js";
 import { PrunecError } from "../errors.js";
 import { spatialMerge, encoderOutput, type SpatialMerge, type EncoderOutput } from "./merge.js";
@@ -43,6 +44,8 @@ export interface TransformerInfo {
   merge?: SpatialMerge;
   /** Where `after encoder` stages act (a graph output with a row per token or merged token). */
   encoderOutput?: EncoderOutput;
+  /** Why prunec cannot prove the token structure (token-structure.ts); every stage is refused with it. */
+  unproven?: string;
 }
 
 const LAYER_NAME = /^(.*?(?:^|[/.])(?:layers|layer|blocks|block|h|encoder_layer|resblocks)[._](\d+))(?=[/._:]|$)/;
@@ -128,6 +131,8 @@ export function analyzeTransformer(g: Graph, source = "model"): TransformerInfo 
     if (first?.residual) info.cls = detectCls(g, shapes, first.residual.input, axes.token);
   }
   for (const l of layers) fillHeads(l, shapes, info.hidden);
+  const unproven = tokenStructureProblem(g, shapes, layers, info.tokens, info.hidden);
+  if (unproven) info.unproven = unproven;
   const merge = spatialMerge(g, info);
   if (merge) info.merge = merge;
   const out = encoderOutput(g, info);
@@ -217,13 +222,21 @@ function tokenAndBatchAxes(g: Graph, residual: Shape): { token: number; batch?: 
 
 const PASS_THROUGH: ReadonlySet<string> = new Set(["Expand", "Tile", "Cast", "Identity", "Reshape", "Unsqueeze", "Where"]);
 
-/** A learned token: a weight of `hidden` elements, possibly expanded over the batch. */
-function isLearnedToken(g: Graph, t: string, depth = 0): boolean {
+/**
+ * Learned tokens: a weight [.., k, hidden] whose other leading dims are 1 (one CLS, or a DeiT-style
+ * [1, 2, D] cls + distillation pair), possibly expanded over the batch. Returns k, or 0.
+ */
+function learnedTokens(g: Graph, t: string, depth = 0): number {
   const init = g.constantTensor(t);
-  if (init) return init.dims.length >= 1 && init.dims.slice(0, -1).every((d) => d === 1n);
+  if (init) {
+    const dims = init.dims.map(Number);
+    if (dims.length <= 1) return dims.length;
+    const k = dims.at(-2)!;
+    return dims.slice(0, -2).every((d) => d === 1) && k >= 1 ? k : 0;
+  }
   const p = g.producer.get(t);
-  if (!p || depth > 4 || !PASS_THROUGH.has(p.opType)) return false;
-  return p.input[0] !== undefined && isLearnedToken(g, p.input[0], depth + 1);
+  if (!p || depth > 4 || !PASS_THROUGH.has(p.opType)) return 0;
+  return p.input[0] !== undefined ? learnedTokens(g, p.input[0], depth + 1) : 0;
 }
 
 /** Walk back from the first block's input to a Concat along the token axis that prepends learned tokens. */
@@ -239,8 +252,9 @@ function detectCls(g: Graph, shapes: ShapeMap, start: string, streamTokenAxis: n
       if ((axis + rank) % rank !== tokenAxis) break;
       let prefix = 0;
       for (const inp of p.input) {
-        if (!isLearnedToken(g, inp)) break;
-        prefix++;
+        const k = learnedTokens(g, inp);
+        if (!k) break;
+        prefix += k;
       }
       return prefix > 0 ? { present: true, index: 0, prefixTokens: prefix } : { present: false, prefixTokens: 0 };
     }
