@@ -1,20 +1,16 @@
 /**
  * `prunec check SPEC [MODEL]`: every check compile would make, without writing anything. Without a
- * model: syntax, criteria and their arguments. With a model: also layers, token sets, model facts
- * and what prunec can compile, and the token count after each stage.
+ * model: syntax, criteria and their arguments. With a model: compile itself runs in memory (no
+ * encoding, no writing, no onnxruntime smoke run), so check refuses exactly what compile refuses,
+ * with the same message, and reports the token count after each stage.
  */
 import type { Diagnostic } from "../grammar/diagnostics.js";
 import { parseSpec } from "../grammar/index.js";
 import type { SpecIR, StageIR } from "../grammar/ir.js";
 import { registry } from "../passes/registry.js";
-import type { StagePlan } from "../passes/prune-stage.js";
-import { decodeModel } from "./onnx/io.js";
-import { checkExternalData } from "./onnx/external.js";
-import { Graph } from "./ir/graph.js";
-import { analyzeTransformer } from "./analysis/transformer.js";
-import { planStages, resolvedAmount } from "./plan.js";
-import { modelInputs } from "./analysis/inputs.js";
-import { PrunecError } from "./errors.js";
+import { resolvedAmount } from "./plan.js";
+import { compileModel, type StageReport } from "./compile.js";
+import { PrunecError, type ErrorKind } from "./errors.js";
 
 export interface CheckedStage {
   line: number;
@@ -29,6 +25,8 @@ export interface CheckResult {
   stages: CheckedStage[];
   /** One line: the resolved schedule when ok, the error count otherwise. */
   summary: string;
+  /** Compile's refusal on the model, as compile reports it (its diagnostics, if any, are in `diagnostics`). */
+  refusal?: { kind: ErrorKind; exitCode: number; message: string };
 }
 
 function position(stage: StageIR): string {
@@ -57,21 +55,22 @@ export function checkSpec(specText: string, specName: string, model?: { bytes: U
   });
   if (!parsed.spec || parsed.diagnostics.length) return fail(parsed.diagnostics);
   const spec: SpecIR = parsed.spec;
-  let plans: StagePlan[] | undefined;
+  let planned: StageReport[] | undefined;
   if (model) {
-    const m = decodeModel(model.bytes, model.name);
-    checkExternalData(m, model.name);
-    const info = analyzeTransformer(new Graph(m.graph!), model.name);
     try {
-      plans = planStages(spec, info, modelInputs(m.graph!));
+      planned = compileModel(model.bytes, specText, { modelName: model.name, specName }).report.stages;
     } catch (e) {
-      if (e instanceof PrunecError && e.kind === "apply" && e.diagnostics.length) return fail([...e.diagnostics]);
-      throw e;
+      // What compile refuses (exit 6, or 8 for a model that fails verification) is check's finding;
+      // anything else (unreadable model, not a transformer) fails check as it fails compile.
+      if (!(e instanceof PrunecError) || (e.kind !== "apply" && e.kind !== "verify")) throw e;
+      const refusal = { kind: e.kind, exitCode: e.exitCode, message: e.message };
+      if (e.diagnostics.length) return { ...fail([...e.diagnostics]), refusal };
+      return { ok: false, diagnostics: [], stages: [], summary: `${specName}: refused on ${model.name}`, refusal };
     }
   }
   const stages = spec.stages.map((s, i): CheckedStage => {
     const out: CheckedStage = { line: s.span.line, text: stageText(s) };
-    const plan = plans?.[i];
+    const plan = planned?.[i];
     if (plan) {
       out.tokensIn = plan.tokensIn;
       out.tokensOut = plan.tokensOut;

@@ -1,7 +1,8 @@
 /**
  * The library API: model bytes + spec text in, pruned model bytes + a report out.
  * Pipeline: decode → check external data → parse spec → analyse → plan (all checks) → apply stages
- * → expose indices → fix output shapes → record metadata → encode. Imports nothing Node-only.
+ * → expose indices → fix output shapes → verify (src/verify) → record metadata → encode. Imports
+ * nothing Node-only.
  */
 import { create } from "@bufbuild/protobuf";
 import {
@@ -30,6 +31,7 @@ import { modelInputs } from "./analysis/inputs.js";
 import { PrunecError } from "./errors.js";
 import { batchDim, valueInfo } from "./ir/value-info.js";
 import { VERSION } from "./version.js";
+import { verifyCompiled, type VerifyReport } from "./verify/verify.js";
 
 export interface CompileOptions {
   /** Names used in messages (file paths in the CLI). */
@@ -42,6 +44,11 @@ export interface CompileOptions {
    * int64 arithmetic, which onnxruntime-web's WebGPU EP runs on the CPU); default `cpu` (any EP).
    */
   target?: "cpu" | "webgpu";
+  /**
+   * @internal Tests only, not part of the API: rewrites the graph after the passes and before
+   * verification, so a test can prove verification refuses a corrupted stage.
+   */
+  __testMutate?: (g: GraphProto) => GraphProto;
 }
 
 export interface StageReport {
@@ -61,6 +68,8 @@ export interface CompileReport {
   tokensPerLayer: { layer: number; dense: Dim | undefined; pruned: Dim | undefined }[];
   /** Names of every node prunec added. */
   addedNodes: string[];
+  /** What compile verified on the rewritten graph before encoding it (src/verify). */
+  verification: VerifyReport;
 }
 
 export interface CompileResult {
@@ -96,6 +105,21 @@ export function opsetOf(model: ModelProto): number {
 }
 
 export function compile(modelBytes: Uint8Array, specText: string, options: CompileOptions = {}): CompileResult {
+  const { model: out, report: rep } = compileModel(modelBytes, specText, options);
+  const parts = encodeModelParts(out);
+  let bytes: Uint8Array | undefined;
+  return {
+    get model() {
+      bytes ??= concat(parts);
+      return bytes;
+    },
+    parts,
+    report: rep,
+  };
+}
+
+/** Everything compile does but encoding: the pruned, verified model and its report (`check` runs this too). */
+export function compileModel(modelBytes: Uint8Array, specText: string, options: CompileOptions = {}): { model: ModelProto; report: CompileReport } {
   const modelName = options.modelName ?? "model";
   const specName = options.specName ?? "spec.prune";
   const model = decodeModel(modelBytes, modelName);
@@ -148,19 +172,12 @@ export function compile(modelBytes: Uint8Array, specText: string, options: Compi
   if (options.exposeIndices) g = exposeIndices(g, indices, counts, info, plans);
   if (plans.length) g = refreshOutputShapes(g, graph, plans);
   g = declareEncoderOutputs(g, plans);
+  if (options.__testMutate) g = options.__testMutate(g);
+  // Post-condition: a well-formed graph whose shapes agree with every stage's token count.
+  const verification = verifyCompiled(g, graph, plans, info, modelName);
 
-  const rep = report(info, plans, added, spec.stages.map((s) => s.span.line), lowerings);
-  const out = shallowCopy(model, { graph: g, metadataProps: withMetadata(model, specText, rep) });
-  const parts = encodeModelParts(out);
-  let bytes: Uint8Array | undefined;
-  return {
-    get model() {
-      bytes ??= concat(parts);
-      return bytes;
-    },
-    parts,
-    report: rep,
-  };
+  const rep: CompileReport = { ...report(info, plans, added, spec.stages.map((s) => s.span.line), lowerings), verification };
+  return { model: shallowCopy(model, { graph: g, metadataProps: withMetadata(model, specText, rep) }), report: rep };
 }
 
 /** Metadata keys prunec writes; `eval` and `report` read the token counts back. */
@@ -231,7 +248,7 @@ function refreshOutputShapes(g: GraphProto, original: GraphProto, plans: StagePl
   });
 }
 
-function report(info: TransformerInfo, plans: StagePlan[], added: NodeProto[], lines: number[], lowerings: Lowering[]): CompileReport {
+function report(info: TransformerInfo, plans: StagePlan[], added: NodeProto[], lines: number[], lowerings: Lowering[]): Omit<CompileReport, "verification"> {
   const stages = plans.map((p, i) => ({
     lowering: lowerings[i]!,
     stage: p.stage,

@@ -5,9 +5,10 @@ export type ErrorKind =
   | "spec" // the .prune text does not parse or is out of range
   | "analysis" // the model is not a transformer prunec understands
   | "apply" // a valid spec that cannot be honoured on this model
-  | "runtime"; // an optional peer (onnxruntime-node / -web) a command needs is not installed
+  | "runtime" // an optional peer (onnxruntime-node / -web) a command needs is not installed
+  | "verify"; // the compiled model failed prunec's own checks (a prunec bug)
 
-export const EXIT_CODES: Record<ErrorKind, number> = { io: 2, format: 3, spec: 4, analysis: 5, apply: 6, runtime: 7 };
+export const EXIT_CODES: Record<ErrorKind, number> = { io: 2, format: 3, spec: 4, analysis: 5, apply: 6, runtime: 7, verify: 8 };
 
 import type { Diagnostic } from "../grammar/diagnostics.js";
 
@@ -24,4 +25,9 @@ export class PrunecError extends Error {
   get exitCode(): number {
     return EXIT_CODES[this.kind];
   }
+}
+
+/** How the CLI prints an error: spec and apply errors carry their own `file:line:col: error:` header. */
+export function errorText(e: { kind: ErrorKind; message: string }): string {
+  return e.kind === "spec" || e.kind === "apply" ? e.message : `prunec: error: ${e.message}`;
 }

@@ -2,6 +2,8 @@
 export { compile, type CompileOptions, type CompileResult, type CompileReport, type StageReport } from "./compile.js";
 export { inspectModel, formatInspect, type InspectReport, type LayerReport } from "./inspect.js";
 export { PrunecError, type ErrorKind } from "./errors.js";
+export type { VerifyReport } from "./verify/verify.js";
+export type { StageShape } from "./verify/stage-shapes.js";
 export { VERSION } from "./version.js";
 export { parseSpec, printSpec, formatDiagnostics, type Diagnostic } from "../grammar/index.js";
 export type { SpecIR, StageIR } from "../grammar/ir.js";

@@ -6,7 +6,7 @@
 import { Command, CommanderError } from "commander";
 import { readFileSync, renameSync, rmSync, existsSync, statSync, openSync, writeSync, closeSync } from "node:fs";
 import { basename, dirname, join, resolve } from "node:path";
-import { compile, parseOrThrow } from "../compile.js";
+import { compile, parseOrThrow, type CompileReport } from "../compile.js";
 import { checkSpec, diagnosticsJson } from "../check.js";
 import { formatDiagnostics, printSpec } from "../../grammar/index.js";
 import { SingleBar, Presets } from "cli-progress";
@@ -17,7 +17,8 @@ import { writeReport } from "./report.js";
 import { loadOrtNode } from "./runtime.js";
 import { checkWeightFiles, planPlacements, writeModelWithWeights, EXTERNAL_DATA_MODES, type ExternalDataMode } from "./weights.js";
 import { inspectModel, formatInspect } from "../inspect.js";
-import { PrunecError } from "../errors.js";
+import { PrunecError, errorText } from "../errors.js";
+import { smokeRun, formatSmoke, type SmokeReport } from "./smoke.js";
 import { VERSION } from "../version.js";
 
 export interface Io {
@@ -62,7 +63,7 @@ export function writeAtomic(path: string, parts: readonly Uint8Array[]): void {
   }
 }
 
-function runCompile(modelPath: string, specPath: string, opts: { output?: string; exposeIndices?: boolean; json?: boolean; target?: string; externalData?: string }, io: Io): void {
+async function runCompile(modelPath: string, specPath: string, opts: { output?: string; exposeIndices?: boolean; json?: boolean; target?: string; externalData?: string; verify?: boolean }, io: Io): Promise<void> {
   if (opts.target !== undefined && opts.target !== "cpu" && opts.target !== "webgpu") throw new PrunecError("io", `--target must be cpu or webgpu, got '${opts.target}'`);
   const target = opts.target ?? "cpu";
   const mode = (opts.externalData ?? "link") as ExternalDataMode;
@@ -73,17 +74,30 @@ function runCompile(modelPath: string, specPath: string, opts: { output?: string
   }
   const modelBytes = readInput(modelPath, "an ONNX model");
   const specText = new TextDecoder().decode(readInput(specPath, "a .prune spec"));
-  const { parts, report } = compile(modelBytes, specText, { modelName: modelPath, specName: specPath, exposeIndices: opts.exposeIndices ?? false, target });
+  const result = compile(modelBytes, specText, { modelName: modelPath, specName: specPath, exposeIndices: opts.exposeIndices ?? false, target });
+  const { parts, report } = result;
+  // Before writing: a model onnxruntime cannot load or run is refused (exit 8), never written.
+  const smoke: SmokeReport | undefined = opts.verify === false ? undefined : await smokeRun(result.model, { modelPath, stages: report.stages, verification: report.verification });
   // External locations are relative to the model: an output in another folder gets the weight files beside it.
   const placed = writeModelWithWeights(out, parts, planPlacements(modelBytes, modelPath, out, mode));
   const externalData = placed.map((p) => ({ file: p.target, action: p.action === "present" ? "already there" : p.action === "link" ? "hard-linked" : "copied" }));
   if (opts.json) {
-    io.out(JSON.stringify({ output: out, ...report, ...(externalData.length ? { externalData } : {}) }, null, 2));
+    io.out(JSON.stringify({ output: out, ...report, smoke: smoke ?? { status: "skipped", reason: "--no-verify" }, ...(externalData.length ? { externalData } : {}) }, null, 2));
     return;
   }
   const stages = report.stages.map((s) => `stage ${s.stage}: after layer ${s.layer} by ${s.criterion}, ${s.tokensIn} → ${s.tokensOut} tokens`);
   const weights = externalData.map((w) => `external data ${w.file}: ${w.action}`);
-  io.out([`wrote ${out}`, ...stages.map((s) => `  ${s}`), `  ${report.addedNodes.length} nodes added`, ...weights.map((w) => `  ${w}`)].join("\n"));
+  const verified = [verifiedLine(report), smoke ? formatSmoke(smoke) : "onnxruntime smoke run skipped (--no-verify)"];
+  io.out([`wrote ${out}`, ...stages.map((s) => `  ${s}`), `  ${report.addedNodes.length} nodes added`, ...weights.map((w) => `  ${w}`), ...verified.map((v) => `  ${v}`)].join("\n"));
+}
+
+/** What compile's own verification confirmed (src/verify). */
+function verifiedLine(report: CompileReport): string {
+  const v = report.verification;
+  const exact = v.stages.filter((s) => s.agreement === "shape").length;
+  const rank = v.stages.filter((s) => s.agreement === "rank").length;
+  const parts = [`${exact} stage shape${exact === 1 ? "" : "s"} confirmed`, ...(rank ? [`${rank} symbolic (rank and static sizes)`] : []), ...(v.stages.length - exact - rank ? [`${v.stages.length - exact - rank} not inferred`] : [])];
+  return `verified: graph structure (${v.nodes} nodes), ${parts.join(", ")}`;
 }
 
 function runCheck(specPath: string, modelPath: string | undefined, opts: { json?: boolean }, io: Io): number {
@@ -91,13 +105,15 @@ function runCheck(specPath: string, modelPath: string | undefined, opts: { json?
   const model = modelPath ? { bytes: readInput(modelPath, "an ONNX model"), name: modelPath } : undefined;
   const r = checkSpec(text, specPath, model);
   if (opts.json) {
-    io.out(JSON.stringify({ ok: r.ok, summary: r.summary, stages: r.stages, diagnostics: diagnosticsJson(r.diagnostics) }, null, 2));
+    io.out(JSON.stringify({ ok: r.ok, summary: r.summary, stages: r.stages, diagnostics: diagnosticsJson(r.diagnostics), ...(r.refusal ? { refusal: r.refusal } : {}) }, null, 2));
   } else if (r.ok) {
     io.out(r.summary);
   } else {
-    io.err(formatDiagnostics(r.diagnostics, text) + "\n\n" + r.summary);
+    // Compile's refusal in compile's words: its diagnostics, or its one message.
+    io.err((r.diagnostics.length ? formatDiagnostics(r.diagnostics, text) : errorText(r.refusal!)) + "\n\n" + r.summary);
   }
-  return r.ok ? 0 : 1;
+  // A model that fails verification is a prunec bug, not a spec problem: compile's exit code.
+  return r.ok ? 0 : r.refusal?.kind === "verify" ? r.refusal.exitCode : 1;
 }
 
 function runFmt(specPath: string, io: Io): number {
@@ -181,8 +197,11 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
     .option("--expose-indices", "add graph outputs prunec.stageN.indices with the kept token positions")
     .option("--target <ep>", "execution provider the model is for: cpu (any provider) or webgpu (selection kept GPU-resident)", "cpu")
     .option("--external-data <mode>", "weight files of a model with external data, when -o is in another folder: link (hard link beside the output, copy if linking fails), copy, or refuse (they must already be there)", "link")
+    .option("--no-verify", "skip the onnxruntime smoke run of the compiled model (batch 1 and 2 on synthetic inputs) before writing it")
     .option("--json", "print the compile report as JSON")
-    .action((model: string, spec: string, opts: { output?: string; exposeIndices?: boolean; json?: boolean; target?: string; externalData?: string }) => runCompile(model, spec, opts, io));
+    .action(async (model: string, spec: string, opts: { output?: string; exposeIndices?: boolean; json?: boolean; target?: string; externalData?: string; verify?: boolean }) => {
+      await runCompile(model, spec, opts, io);
+    });
 
   let exit = 0;
   program
@@ -252,7 +271,7 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
   } catch (e) {
     if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : 1;
     if (e instanceof PrunecError) {
-      io.err(e.kind === "spec" || e.kind === "apply" ? e.message : `prunec: error: ${e.message}`);
+      io.err(errorText(e));
       return e.exitCode;
     }
     io.err(`prunec: internal error: ${e instanceof Error ? e.stack ?? e.message : String(e)}`);
