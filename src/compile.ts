@@ -68,8 +68,30 @@ export interface CompileReport {
   tokensPerLayer: { layer: number; dense: Dim | undefined; pruned: Dim | undefined }[];
   /** Names of every node prunec added. */
   addedNodes: string[];
+  /**
+   * Graph outputs with one row per token whose row count a stage changed (see `PerTokenOutput`):
+   * their rows are the kept tokens now, not the dense model's.
+   */
+  perTokenOutputs: PerTokenOutput[];
   /** What compile verified on the rewritten graph before encoding it (src/verify). */
   verification: VerifyReport;
+}
+
+/** A graph output whose token axis a stage shrank. */
+export interface PerTokenOutput {
+  output: string;
+  /** The output's axis that counts tokens. */
+  axis: number;
+  /** Rows before and after the schedule (symbolic names where the count is per input). */
+  denseRows: Dim;
+  rows: Dim;
+  /** The stages that removed its rows (0-based), in order. */
+  stages: number[];
+  /**
+   * Where each row's position is found: `prunec.stageN.indices` of each stage (with
+   * --expose-indices), numbered as that stage's input tokens; compose them in order.
+   */
+  positions: string[];
 }
 
 export interface CompileResult {
@@ -172,11 +194,12 @@ export function compileModel(modelBytes: Uint8Array, specText: string, options: 
   if (options.exposeIndices) g = exposeIndices(g, indices, counts, info, plans);
   if (plans.length) g = refreshOutputShapes(g, graph, plans);
   g = declareEncoderOutputs(g, plans);
+  const perTokenOutputs = plans.length ? shrunkOutputs(graph, g, info, plans) : [];
   if (options.__testMutate) g = options.__testMutate(g);
   // Post-condition: a well-formed graph whose shapes agree with every stage's token count.
   const verification = verifyCompiled(g, graph, plans, info, modelName);
 
-  const rep: CompileReport = { ...report(info, plans, added, spec.stages.map((s) => s.span.line), lowerings), verification };
+  const rep: CompileReport = { ...report(info, plans, added, spec.stages.map((s) => s.span.line), lowerings), perTokenOutputs, verification };
   return { model: shallowCopy(model, { graph: g, metadataProps: withMetadata(model, specText, rep) }), report: rep };
 }
 
@@ -226,6 +249,35 @@ function declareEncoderOutputs(g: GraphProto, plans: StagePlan[]): GraphProto {
   });
 }
 
+/**
+ * Graph outputs of the dense model with a token axis (the dense token count at some axis) whose
+ * row count differs in the pruned graph: a stage below which they are computed shrank them. The
+ * model's interface changes there, so compile says so (the CLI prints it, --json and the report
+ * carry it). Masked stages change no shape and are not listed.
+ */
+function shrunkOutputs(original: GraphProto, pruned: GraphProto, info: TransformerInfo, plans: StagePlan[]): PerTokenOutput[] {
+  const dense = info.tokens;
+  if (dense === undefined) return [];
+  const after = inferShapes(new Graph(pruned));
+  const g = new Graph(original);
+  // Outputs computed below each stage's gather (the encoder's output for `after encoder`).
+  const below = plans.map((p) => {
+    const r = p.encoder?.tensor ?? p.layer.residual?.output ?? "";
+    return new Set([r, ...[...g.descendants(r)].flatMap((n) => n.output)]);
+  });
+  const result: PerTokenOutput[] = [];
+  for (const o of original.output) {
+    const before = info.shapes.get(o.name);
+    const now = after.get(o.name);
+    const axis: number = before ? before.indexOf(dense) : -1;
+    if (!before || axis < 0 || before.lastIndexOf(dense) !== axis || now?.[axis] === dense) continue;
+    const stages = plans.filter((p, i) => !p.mask && p.tokensOut !== p.tokensIn && below[i]!.has(o.name)).map((p) => p.stage);
+    if (!stages.length) continue;
+    result.push({ output: o.name, axis, denseRows: dense, rows: now?.[axis] ?? "?", stages, positions: stages.map((s) => `prunec.stage${s}.indices`) });
+  }
+  return result;
+}
+
 /** Graph outputs below a stage keep their declared shape only where it still holds. */
 function refreshOutputShapes(g: GraphProto, original: GraphProto, plans: StagePlan[]): GraphProto {
   // Only a declared size equal to a token count a stage changed can have gone stale.
@@ -248,7 +300,7 @@ function refreshOutputShapes(g: GraphProto, original: GraphProto, plans: StagePl
   });
 }
 
-function report(info: TransformerInfo, plans: StagePlan[], added: NodeProto[], lines: number[], lowerings: Lowering[]): Omit<CompileReport, "verification"> {
+function report(info: TransformerInfo, plans: StagePlan[], added: NodeProto[], lines: number[], lowerings: Lowering[]): Omit<CompileReport, "verification" | "perTokenOutputs"> {
   const stages = plans.map((p, i) => ({
     lowering: lowerings[i]!,
     stage: p.stage,

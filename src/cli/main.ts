@@ -88,7 +88,14 @@ async function runCompile(modelPath: string, specPath: string, opts: { output?: 
   const stages = report.stages.map((s) => `stage ${s.stage}: after layer ${s.layer} by ${s.criterion}, ${s.tokensIn} → ${s.tokensOut} tokens`);
   const weights = externalData.map((w) => `external data ${w.file}: ${w.action}`);
   const verified = [verifiedLine(report), smoke ? formatSmoke(smoke) : "onnxruntime smoke run skipped (--no-verify)"];
-  io.out([`wrote ${out}`, ...stages.map((s) => `  ${s}`), `  ${report.addedNodes.length} nodes added`, ...weights.map((w) => `  ${w}`), ...verified.map((v) => `  ${v}`)].join("\n"));
+  io.out([`wrote ${out}`, ...stages.map((s) => `  ${s}`), `  ${report.addedNodes.length} nodes added`, ...perTokenLines(report), ...weights.map((w) => `  ${w}`), ...verified.map((v) => `  ${v}`)].join("\n"));
+}
+
+/** Graph outputs with a row per token that the schedule shrank: the model's interface changed there. */
+export function perTokenLines(report: CompileReport): string[] {
+  return report.perTokenOutputs.map(
+    (o) => `  note: output '${o.output}' has one row per token on axis ${o.axis}: ${o.denseRows} → ${o.rows} rows (stage${o.stages.length > 1 ? "s" : ""} ${o.stages.join(", ")}); each row's token position is in ${o.positions.join(" then ")} (compile with --expose-indices)`,
+  );
 }
 
 /** What compile's own verification confirmed (src/verify). */

@@ -24,6 +24,8 @@ export interface ReportJson {
   model: string;
   spec: string;
   stages: CompileReport["stages"];
+  /** Graph outputs with a row per token that the schedule shrank (compile.ts PerTokenOutput). */
+  perTokenOutputs: CompileReport["perTokenOutputs"];
   layers: { layer: number; denseTokens: number; prunedTokens: number; denseFlops: number; prunedFlops: number }[];
   totalFlops: { dense: number; pruned: number; outsideLayers: number };
   idealSpeedup: number;
@@ -115,6 +117,7 @@ export async function writeReport(
     model: modelName,
     spec,
     stages: compiled.report.stages,
+    perTokenOutputs: compiled.report.perTokenOutputs,
     layers,
     totalFlops: { dense, pruned, outsideLayers: outside },
     idealSpeedup: dense / pruned,
@@ -186,6 +189,10 @@ function markdown(r: ReportJson): string {
     "|---|---|---|---|---|",
     ...r.stages.map((s) => `| ${s.stage} | ${s.layer} | ${s.criterion} | ${s.tokensIn} | ${s.tokensOut} |`),
     "",
+    ...r.perTokenOutputs.flatMap((o) => [
+      `**Output \`${o.output}\` changes shape:** it has one row per token (axis ${o.axis}), ${o.denseRows} → ${o.rows} rows; row r is the token at position ${o.positions.map((p) => `\`${p}\``).join(" then ")} (composed in order).`,
+      "",
+    ]),
     "![tokens and FLOPs per layer](chart.svg)",
     "",
     "| layer | tokens dense | tokens pruned | GFLOPs dense | GFLOPs pruned |",

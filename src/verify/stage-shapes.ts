@@ -60,14 +60,20 @@ function compareShapes(expected: Shape, inferred: Shape, tokenAxis: number): { a
  */
 export function checkStageShapes(inferred: ShapeMap, plans: readonly StagePlan[], info: TransformerInfo): { shapes: StageShape[]; issues: StageShapeIssue[] } {  // Stages at the same tensor: the last one's count is what the graph holds there.
   const last = new Map<string, StagePlan>();
+  // Masked stages remove nothing: the stream holds what the last gathering stage left (or the dense count).
+  const held = new Map<StagePlan, Dim | undefined>();
+  let current: Dim | undefined = info.tokens;
   for (const p of plans) {
+    if (!p.mask) current = p.tokensOut;
+    held.set(p, current);
     const t = stageTarget(p, info);
     if (t) last.set(t.tensor, p);
   }
   const shapes: StageShape[] = [];
   const issues: StageShapeIssue[] = [];
   for (const plan of last.values()) {
-    const t = stageTarget(plan, info)!;
+    const target = stageTarget(plan, info)!;
+    const t = { ...target, tokens: held.get(plan) ?? target.tokens };
     const dense = info.shapes.get(t.tensor);
     const got = inferred.get(t.tensor);
     const expected = dense?.map((d, i) => (i === t.tokenAxis ? t.tokens : d));
