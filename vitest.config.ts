@@ -15,5 +15,7 @@ export default defineConfig({
     testTimeout: 60_000,
     hookTimeout: 60_000,
     exclude: ["**/node_modules/**", "scratch/**"],
+    // Records every compile's output hash when PRUNEC_RECORD_COMPILES is set (refactor checks).
+    setupFiles: ["test/support/record-compiles.ts"],
   },
 });
