@@ -13,7 +13,7 @@ import { tmpdir } from "node:os";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { compile } from "../src/compile.js";
-import { writeAtomic } from "../src/cli/main.js";
+import { writeAtomic } from "../src/cli/atomic.js";
 import { benchmark, formatBench } from "../src/cli/benchmark.js";
 import { benchDecoder } from "./decoder.js";
 import { benchRealDecoders } from "./real-decoders.js";
@@ -26,20 +26,20 @@ const DIGITS = join(root, "examples", "digits", "model.onnx");
 const VIT_SPEC = "after layer 2 keep 25% by cls-attn";
 
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
-const time = (f: () => void): number => {
+const time = async (f: () => Promise<void>): Promise<number> => {
   const t = performance.now();
-  f();
+  await f();
   return performance.now() - t;
 };
 
-function compileTime(modelPath: string, spec: string): void {
+async function compileTime(modelPath: string, spec: string): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), "prunec-bench-"));
   try {
     const io: number[] = [];
     const comp: number[] = [];
     for (let i = 0; i < 21; i++) {
-      io.push(time(() => writeAtomic(join(dir, "copy.onnx"), [readFileSync(modelPath)])));
-      comp.push(time(() => writeAtomic(join(dir, "pruned.onnx"), compile(readFileSync(modelPath), spec).parts)));
+      io.push(await time(() => writeAtomic(join(dir, "copy.onnx"), [readFileSync(modelPath)])));
+      comp.push(await time(() => writeAtomic(join(dir, "pruned.onnx"), compile(readFileSync(modelPath), spec).parts)));
     }
     const ratio = median(comp) / median(io);
     console.log(`compile (read + compile + write) median ${median(comp).toFixed(1)} ms; read + write only ${median(io).toFixed(1)} ms; ratio ${ratio.toFixed(2)}× (goal ≤ 1.5×)`);
@@ -51,7 +51,7 @@ function compileTime(modelPath: string, spec: string): void {
 async function main(): Promise<void> {
   if (existsSync(VIT)) {
     console.log(`== vit-ti16 (${VIT}), spec: ${VIT_SPEC}`);
-    compileTime(VIT, VIT_SPEC);
+    await compileTime(VIT, VIT_SPEC);
     for (const batch of [1, 8]) {
       console.log(formatBench(await benchmark(readFileSync(VIT), "vit-ti16", [{ name: VIT_SPEC, text: VIT_SPEC }], { batch, runs })));
     }

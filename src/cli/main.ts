@@ -1,10 +1,10 @@
 /**
  * The command line: a thin shell over the library. Owns files, exit codes and messages; the core
- * never touches the file system. Output is written atomically (temp file + rename) and never over
- * an input; on failure nothing is written.
+ * never touches the file system. Inputs are regular files read up to their size (src/cli/files.ts);
+ * output is written atomically (temp file + rename, src/cli/atomic.ts), never over an input or a
+ * file that is not a regular file; on failure or interrupt nothing is written.
  */
 import { Command, CommanderError } from "commander";
-import { readFileSync, renameSync, rmSync, existsSync, statSync, openSync, writeSync, closeSync } from "node:fs";
 import { basename, dirname, join, resolve } from "node:path";
 import { compile, parseOrThrow, type CompileReport } from "../compile.js";
 import { checkSpec, diagnosticsJson } from "../check.js";
@@ -13,9 +13,10 @@ import { SingleBar, Presets } from "cli-progress";
 import { parseDataset } from "../data/prds.js";
 import { evaluate, type EvalResult } from "./evaluate.js";
 import { benchmark, formatBench } from "./benchmark.js";
-import { writeReport } from "./report.js";
+import { renderReport, saveReport } from "./report.js";
 import { loadOrtNode } from "./runtime.js";
-import { checkWeightFiles, planPlacements, writeModelWithWeights, EXTERNAL_DATA_MODES, type ExternalDataMode } from "./weights.js";
+import { checkWeightFiles, planPlacements, weightInputs, writeModelWithWeights, EXTERNAL_DATA_MODES, type ExternalDataMode } from "./weights.js";
+import { checkOutput, readInput } from "./files.js";
 import { inspectModel, formatInspect } from "../inspect.js";
 import { PrunecError, errorText } from "../errors.js";
 import { smokeRun, formatSmoke, type SmokeReport } from "./smoke.js";
@@ -31,37 +32,15 @@ const defaultIo: Io = {
   err: (t) => process.stderr.write(t.endsWith("\n") ? t : t + "\n"),
 };
 
-function readInput(path: string, what: string): Uint8Array {
-  if (!existsSync(path)) throw new PrunecError("io", `${path}: no such file (expected ${what})`);
-  if (statSync(path).isDirectory()) throw new PrunecError("io", `${path}: is a directory (expected ${what})`);
-  try {
-    return readFileSync(path);
-  } catch (e) {
-    throw new PrunecError("io", `${path}: cannot read (${e instanceof Error ? e.message : String(e)})`);
-  }
-}
+/** The bytes of an input file (a regular file; exit 2 otherwise). */
+const readBytes = (path: string, what: string): Uint8Array => readInput(path, what).bytes;
 
 export function defaultOutput(modelPath: string): string {
   const name = basename(modelPath).replace(/\.onnx$/i, "");
   return join(dirname(modelPath), `${name}.pruned.onnx`);
 }
 
-/** Write through a temp file in the target folder, then rename: readers never see half a model. */
-export function writeAtomic(path: string, parts: readonly Uint8Array[]): void {
-  const tmp = join(dirname(path), `.${basename(path)}.${process.pid}.tmp`);
-  try {
-    const fd = openSync(tmp, "w");
-    try {
-      for (const p of parts) for (let off = 0; off < p.length; ) off += writeSync(fd, p, off);
-    } finally {
-      closeSync(fd);
-    }
-    renameSync(tmp, path);
-  } catch (e) {
-    rmSync(tmp, { force: true });
-    throw new PrunecError("io", `${path}: cannot write (${e instanceof Error ? e.message : String(e)})`);
-  }
-}
+export { writeAtomic } from "./atomic.js";
 
 async function runCompile(modelPath: string, specPath: string, opts: { output?: string; exposeIndices?: boolean; json?: boolean; target?: string; externalData?: string; verify?: boolean }, io: Io): Promise<void> {
   if (opts.target !== undefined && opts.target !== "cpu" && opts.target !== "webgpu") throw new PrunecError("io", `--target must be cpu or webgpu, got '${opts.target}'`);
@@ -69,17 +48,20 @@ async function runCompile(modelPath: string, specPath: string, opts: { output?: 
   const mode = (opts.externalData ?? "link") as ExternalDataMode;
   if (!EXTERNAL_DATA_MODES.includes(mode)) throw new PrunecError("io", `--external-data must be link, copy or refuse, got '${opts.externalData}'`);
   const out = resolve(opts.output ?? defaultOutput(modelPath));
-  for (const input of [modelPath, specPath]) {
-    if (resolve(input) === out) throw new PrunecError("io", `${out}: refusing to overwrite an input file; choose another -o`);
-  }
-  const modelBytes = readInput(modelPath, "an ONNX model");
-  const specText = new TextDecoder().decode(readInput(specPath, "a .prune spec"));
+  const modelFile = readInput(modelPath, "an ONNX model");
+  const specFile = readInput(specPath, "a .prune spec");
+  const modelBytes = modelFile.bytes;
+  const specText = new TextDecoder().decode(specFile.bytes);
+  checkOutput(out, [modelFile, specFile]); // fail fast; the weight files are known after compile
   const result = compile(modelBytes, specText, { modelName: modelPath, specName: specPath, exposeIndices: opts.exposeIndices ?? false, target });
   const { parts, report } = result;
+  // Never over the model, the spec or a weight file, by identity (links and spellings included).
+  const inputs = [modelFile, specFile, ...weightInputs(modelBytes, modelPath)];
+  checkOutput(out, inputs);
   // Before writing: a model onnxruntime cannot load or run is refused (exit 8), never written.
   const smoke: SmokeReport | undefined = opts.verify === false ? undefined : await smokeRun(result.model, { modelPath, stages: report.stages, verification: report.verification });
   // External locations are relative to the model: an output in another folder gets the weight files beside it.
-  const placed = writeModelWithWeights(out, parts, planPlacements(modelBytes, modelPath, out, mode));
+  const placed = await writeModelWithWeights(out, parts, planPlacements(modelBytes, modelPath, out, mode), inputs);
   const externalData = placed.map((p) => ({ file: p.target, action: p.action === "present" ? "already there" : p.action === "link" ? "hard-linked" : "copied" }));
   if (opts.json) {
     io.out(JSON.stringify({ output: out, ...report, smoke: smoke ?? { status: "skipped", reason: "--no-verify" }, ...(externalData.length ? { externalData } : {}) }, null, 2));
@@ -108,8 +90,8 @@ function verifiedLine(report: CompileReport): string {
 }
 
 function runCheck(specPath: string, modelPath: string | undefined, opts: { json?: boolean }, io: Io): number {
-  const text = new TextDecoder().decode(readInput(specPath, "a .prune spec"));
-  const model = modelPath ? { bytes: readInput(modelPath, "an ONNX model"), name: modelPath } : undefined;
+  const text = new TextDecoder().decode(readBytes(specPath, "a .prune spec"));
+  const model = modelPath ? { bytes: readBytes(modelPath, "an ONNX model"), name: modelPath } : undefined;
   const r = checkSpec(text, specPath, model);
   if (opts.json) {
     io.out(JSON.stringify({ ok: r.ok, summary: r.summary, stages: r.stages, diagnostics: diagnosticsJson(r.diagnostics), ...(r.refusal ? { refusal: r.refusal } : {}) }, null, 2));
@@ -124,7 +106,7 @@ function runCheck(specPath: string, modelPath: string | undefined, opts: { json?
 }
 
 function runFmt(specPath: string, io: Io): number {
-  const text = new TextDecoder().decode(readInput(specPath, "a .prune spec"));
+  const text = new TextDecoder().decode(readBytes(specPath, "a .prune spec"));
   const spec = parseOrThrow(text, specPath);
   io.out(printSpec(spec));
   return 0;
@@ -140,8 +122,8 @@ async function runEval(modelPath: string, opts: { data: string; ep: string; batc
   if (opts.ep !== "cpu" && opts.ep !== "wasm") throw new PrunecError("io", `--ep must be cpu or wasm, got '${opts.ep}'`);
   const ep = opts.ep;
   const batch = positiveInt(opts.batch, "--batch");
-  const model = readInput(modelPath, "an ONNX model");
-  const data = parseDataset(readInput(opts.data, "a .prds data set"), opts.data);
+  const model = readBytes(modelPath, "an ONNX model");
+  const data = parseDataset(readBytes(opts.data, "a .prds data set"), opts.data);
   const bar = process.stderr.isTTY && !opts.json ? new SingleBar({ format: "eval {bar} {value}/{total} examples", hideCursor: true, stream: process.stderr }, Presets.shades_classic) : undefined;
   bar?.start(data.header.n, 0);
   let r: EvalResult;
@@ -160,28 +142,33 @@ async function runEval(modelPath: string, opts: { data: string; ep: string; batc
 }
 
 async function runBench(modelPath: string, specPaths: string[], opts: { batch: string; runs: string; json?: boolean }, io: Io): Promise<void> {
-  const model = readInput(modelPath, "an ONNX model");
-  const specs = specPaths.map((p) => ({ name: p, text: new TextDecoder().decode(readInput(p, "a .prune spec")) }));
+  const model = readBytes(modelPath, "an ONNX model");
+  const specs = specPaths.map((p) => ({ name: p, text: new TextDecoder().decode(readBytes(p, "a .prune spec")) }));
   const r = await benchmark(model, modelPath, specs, { batch: positiveInt(opts.batch, "--batch"), runs: positiveInt(opts.runs, "--runs"), modelPath, command: "bench" });
   io.out(opts.json ? JSON.stringify(r, null, 2) : formatBench(r));
 }
 
 async function runReport(modelPath: string, specPath: string, opts: { output: string; data?: string; examples: string }, io: Io): Promise<void> {
-  const model = readInput(modelPath, "an ONNX model");
-  const spec = new TextDecoder().decode(readInput(specPath, "a .prune spec"));
-  const data = opts.data ? parseDataset(readInput(opts.data, "a .prds data set"), opts.data) : undefined;
+  const modelFile = readInput(modelPath, "an ONNX model");
+  const model = modelFile.bytes;
+  const specFile = readInput(specPath, "a .prune spec");
+  const spec = new TextDecoder().decode(specFile.bytes);
+  const dataFile = opts.data ? readInput(opts.data, "a .prds data set") : undefined;
+  const data = dataFile ? parseDataset(dataFile.bytes, dataFile.path) : undefined;
   const examples = positiveInt(opts.examples, "--examples");
   if (data) {
     // Overlays run the model: check the weights and the runtime before the report folder is written.
     checkWeightFiles(model, modelPath);
     await loadOrtNode("report");
   }
-  const r = await writeReport(model, modelPath, spec, opts.output, data, examples, { modelPath, command: "report" });
-  io.out([`wrote ${r.files.length} files to ${opts.output}`, ...r.files.map((f) => `  ${f}`)].join("\n"));
+  const r = await renderReport(model, modelPath, spec, data, examples, { modelPath, command: "report" });
+  const inputs = [modelFile, specFile, ...(dataFile ? [dataFile] : []), ...weightInputs(model, modelPath)];
+  const files = await saveReport(opts.output, r.files, inputs);
+  io.out([`wrote ${files.length} files to ${opts.output}`, ...files.map((f) => `  ${f}`)].join("\n"));
 }
 
 function runInspect(modelPath: string, opts: { json?: boolean }, io: Io): void {
-  const report = inspectModel(readInput(modelPath, "an ONNX model"), modelPath);
+  const report = inspectModel(readBytes(modelPath, "an ONNX model"), modelPath);
   io.out(opts.json ? JSON.stringify(report, null, 2) : formatInspect(report));
 }
 

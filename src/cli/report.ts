@@ -1,9 +1,10 @@
 /**
- * `prunec report MODEL SPEC -o DIR`: what a schedule does to a model, for people. Writes
+ * `prunec report MODEL SPEC -o DIR`: what a schedule does to a model, for people. Renders
  * report.md + report.json, chart.svg (tokens and FLOPs per layer, dense vs pruned) and, given a
- * labelled sample set, one PNG per example with the dropped patches dimmed.
+ * labelled sample set, one PNG per example with the dropped patches dimmed; then writes them all
+ * (atomically, never over an input or a non-regular file) once everything has been rendered.
  */
-import { mkdirSync, writeFileSync } from "node:fs";
+import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { PNG } from "pngjs";
 import { decodeModel } from "../onnx/io.js";
@@ -14,9 +15,17 @@ import { compile, type CompileReport } from "../compile.js";
 import { batchInput, type Dataset } from "../data/prds.js";
 import { openSession, type SessionOptions } from "./runtime.js";
 import { argmax } from "./evaluate.js";
+import { Staging, testWriteDelay, writeError } from "./atomic.js";
+import { checkOutput, kindOf, statIfAny, type InputRef } from "./files.js";
+import { PrunecError } from "../errors.js";
+
+export interface ReportFile {
+  name: string;
+  bytes: Uint8Array;
+}
 
 export interface ReportResult {
-  files: string[];
+  files: ReportFile[];
   json: ReportJson;
 }
 
@@ -93,11 +102,11 @@ export function overlayPng(d: Dataset, index: number, grid: number, kept: Readon
   return PNG.sync.write(png);
 }
 
-export async function writeReport(
+/** Every file of the report, in memory: nothing is written until all of it rendered. */
+export async function renderReport(
   model: Uint8Array,
   modelName: string,
   spec: string,
-  outDir: string,
   data?: Dataset,
   examples = 4,
   session: Pick<SessionOptions, "modelPath" | "command"> = {},
@@ -123,12 +132,8 @@ export async function writeReport(
     idealSpeedup: dense / pruned,
     examples: [],
   };
-  mkdirSync(outDir, { recursive: true });
-  const files: string[] = [];
-  const write = (name: string, content: string | Buffer) => {
-    writeFileSync(join(outDir, name), content);
-    files.push(join(outDir, name));
-  };
+  const files: ReportFile[] = [];
+  const write = (name: string, content: string | Buffer) => files.push({ name, bytes: typeof content === "string" ? Buffer.from(content, "utf8") : content });
   write("chart.svg", chartSvg(layers));
 
   if (data) {
@@ -172,6 +177,41 @@ export async function writeReport(
   write("report.json", JSON.stringify(json, null, 2) + "\n");
   write("report.md", markdown(json));
   return { files, json };
+}
+
+/**
+ * Write the rendered files into `outDir` (created if missing), all staged under temp names before
+ * any is renamed into place; on failure or interrupt the temp files and a folder this made are
+ * removed. Exit 2 naming the path and the reason. Returns the paths written.
+ */
+export async function saveReport(outDir: string, files: readonly ReportFile[], inputs: readonly InputRef[]): Promise<string[]> {
+  const staging = new Staging();
+  let current = outDir;
+  try {
+    const st = statIfAny(outDir);
+    if (st && !st.isDirectory()) throw new PrunecError("io", `${outDir}: cannot write (it is ${kindOf(st)}, not a directory)`);
+    if (!st) {
+      const made = mkdirSync(outDir, { recursive: true });
+      if (made !== undefined) staging.track(made);
+    }
+    const paths = files.map((f) => join(outDir, f.name));
+    for (const p of paths) checkOutput(p, inputs);
+    const temps: string[] = [];
+    for (const [i, f] of files.entries()) {
+      current = paths[i]!;
+      temps.push(await staging.writeTemp(current, [f.bytes]));
+    }
+    await testWriteDelay();
+    for (const [i, p] of paths.entries()) {
+      current = p;
+      staging.renameInto(temps[i]!, p, inputs);
+    }
+    staging.commit();
+    return paths;
+  } catch (e) {
+    staging.rollback();
+    throw writeError(current, e);
+  }
 }
 
 function markdown(r: ReportJson): string {

@@ -11,6 +11,7 @@ import type * as OrtNodeTypes from "onnxruntime-node";
 import type * as OrtWebTypes from "onnxruntime-web";
 import { PrunecError } from "../errors.js";
 import { checkWeightFiles, externalRefs } from "./weights.js";
+import { readInput } from "./files.js";
 
 export type ExecutionProvider = "cpu" | "wasm";
 
@@ -126,7 +127,7 @@ export async function openSession(model: Uint8Array, ep: ExecutionProvider, opti
     const ort = await loadOrtWeb(options.command);
     const opts: OrtWebTypes.InferenceSession.SessionOptions = { executionProviders: ["wasm"] };
     // onnxruntime-web reads no files itself in Node: hand it each weight file's bytes by location.
-    if (external) opts.externalData = [...weights.files].map(([path, file]) => ({ path, data: readFileSync(file) }));
+    if (external) opts.externalData = [...weights.files].map(([path, file]) => ({ path, data: readInput(file, "external data").bytes }));
     const s = await ort.InferenceSession.create(model, opts);
     return wrap(s as unknown as AnySession, (f) => new ort.Tensor("float32", f.data, f.dims));
   }

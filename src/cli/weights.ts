@@ -7,11 +7,13 @@
  * - a compiled model written to another folder gets its weight files placed beside it (hard link,
  *   else copy), staged under temp names and committed only after everything succeeded.
  */
-import { closeSync, copyFileSync, existsSync, linkSync, mkdirSync, openSync, readSync, realpathSync, renameSync, rmSync, statSync, writeSync, type Stats } from "node:fs";
+import { closeSync, mkdirSync, readSync, realpathSync, statSync, type Stats } from "node:fs";
 import { basename, dirname, join, resolve } from "node:path";
 import { decodeModel } from "../onnx/io.js";
 import { checkExternalData, type ExternalRef } from "../onnx/external.js";
 import { PrunecError } from "../errors.js";
+import { checkOutput, inputRef, kindOf, openRegular, type InputRef } from "./files.js";
+import { Staging, testWriteDelay, writeError } from "./atomic.js";
 
 /** The model's external references; exit 3 for locations that leave the model's folder. */
 export function externalRefs(model: Uint8Array, modelPath: string): ExternalRef[] {
@@ -52,7 +54,7 @@ export function checkWeightFiles(model: Uint8Array, modelPath: string): WeightFi
     const st = statOrUndefined(file);
     const of = `external data of initializer '${ref.tensor}' in ${modelPath}`;
     if (!st) throw new PrunecError("io", `${file}: no such file (${of}; locations resolve against the model's folder)`);
-    if (!st.isFile()) throw new PrunecError("io", `${file}: not a regular file (${of})`);
+    if (!st.isFile()) throw new PrunecError("io", `${file}: is ${kindOf(st)}, not a regular file (${of})`);
     const offset = byteCount(ref, "offset", modelPath) ?? 0;
     const length = byteCount(ref, "length", modelPath) ?? ref.bytes;
     if (length !== undefined && st.size < offset + length) {
@@ -83,12 +85,35 @@ function sameFolder(a: string, b: string): boolean {
   }
 }
 
+/** The weight files beside the model that exist: inputs an output must never replace. */
+export function weightInputs(model: Uint8Array, modelPath: string): InputRef[] {
+  const dir = dirname(modelPath);
+  return [...new Set(externalRefs(model, modelPath).map((r) => join(dir, r.location)))].flatMap((f) => inputRef(f) ?? []);
+}
+
+/** The folder's real path + the name: two spellings of one path compare equal even before it exists. */
+function canonical(path: string): string {
+  try {
+    return join(realpathSync(dirname(path)), basename(path));
+  } catch {
+    return resolve(path);
+  }
+}
+
 /** Same inode, or same size and bytes. */
 function sameContent(a: string, sa: Stats, b: string, sb: Stats): boolean {
   if (sa.dev === sb.dev && sa.ino === sb.ino) return true;
   if (sa.size !== sb.size) return false;
-  const fa = openSync(a, "r");
-  const fb = openSync(b, "r");
+  // Opened without blocking and checked again by fd: a path swapped for a FIFO is refused, not waited on.
+  const refuse = (path: string) => (kind: string) => new PrunecError("io", `${path}: is ${kind}, not a regular file`);
+  const fa = openRegular(a, refuse(a)).fd;
+  let fb: number;
+  try {
+    fb = openRegular(b, refuse(b)).fd;
+  } catch (e) {
+    closeSync(fa);
+    throw e;
+  }
   try {
     const ba = Buffer.alloc(1 << 20);
     const bb = Buffer.alloc(1 << 20);
@@ -121,13 +146,14 @@ export function planPlacements(model: Uint8Array, modelPath: string, out: string
     const source = join(dirname(modelPath), ref.location);
     const target = join(dirname(out), ref.location);
     const used = `initializer '${ref.tensor}'`;
-    if (resolve(target) === resolve(out)) {
+    if (canonical(target) === canonical(out)) {
       throw new PrunecError("io", `${out}: the output has the name of its own external data file '${ref.location}' (${used}); choose another -o`);
     }
     const ss = statOrUndefined(source);
-    if (!ss?.isFile()) {
+    if (!ss) {
       throw new PrunecError("io", `${source}: no such file (external data of ${used} in ${modelPath}); it is needed beside ${out}, which is in another folder`);
     }
+    if (!ss.isFile()) throw new PrunecError("io", `${source}: is ${kindOf(ss)}, not a regular file (external data of ${used} in ${modelPath})`);
     const ts = statOrUndefined(target);
     if (ts) {
       if (ts.isFile() && sameContent(source, ss, target, ts)) {
@@ -150,29 +176,20 @@ export function planPlacements(model: Uint8Array, modelPath: string, out: string
   return placements;
 }
 
-const tempName = (path: string) => join(dirname(path), `.${basename(path)}.${process.pid}.tmp`);
-const why = (e: unknown) => (e instanceof Error ? e.message : String(e));
-
 /**
  * Write the model to `out` with its weight files placed as planned, all or nothing: the model and
- * the weights are staged under temp names first, the weights take their names (never over an
- * existing file), then the model's temp file is renamed into place. On any failure every temp file,
- * placed weight file and created folder is removed. Returns how each file was placed.
+ * the weights are staged under temp names first (src/cli/atomic.ts), the weights take their names
+ * (never over an existing file), then the model's temp file is renamed into place. On any failure,
+ * or SIGINT/SIGTERM/SIGHUP, every temp file, placed weight file and created folder is removed.
+ * `inputs`: files the output must not replace (src/cli/files.ts checkOutput). Returns how each file
+ * was placed.
  */
-export function writeModelWithWeights(out: string, parts: readonly Uint8Array[], placements: readonly Placement[]): Placement[] {
-  const temps: string[] = [];
-  const created: string[] = [];
-  const folders: string[] = [];
+export async function writeModelWithWeights(out: string, parts: readonly Uint8Array[], placements: readonly Placement[], inputs: readonly InputRef[] = []): Promise<Placement[]> {
+  const staging = new Staging();
   let current = out;
   try {
-    const tmp = tempName(out);
-    temps.push(tmp);
-    const fd = openSync(tmp, "w");
-    try {
-      for (const p of parts) for (let off = 0; off < p.length; ) off += writeSync(fd, p, off);
-    } finally {
-      closeSync(fd);
-    }
+    checkOutput(out, inputs);
+    const tmp = await staging.writeTemp(out, parts);
     const done: Placement[] = [];
     const staged: { tmp: string; p: Placement }[] = [];
     for (const p of placements) {
@@ -183,42 +200,24 @@ export function writeModelWithWeights(out: string, parts: readonly Uint8Array[],
       current = p.target;
       // Locations may name subfolders; the output folder itself exists (the model's temp is in it).
       const folder = mkdirSync(dirname(p.target), { recursive: true });
-      if (folder !== undefined) folders.push(folder);
-      const t = tempName(p.target);
-      temps.push(t);
-      let action = p.action;
-      if (action === "link") {
-        try {
-          linkSync(p.source, t);
-        } catch {
-          action = "copy"; // across devices, or a file system without hard links
-        }
-      }
-      if (action === "copy") copyFileSync(p.source, t);
-      staged.push({ tmp: t, p: { ...p, action } });
+      if (folder !== undefined) staging.track(folder);
+      // Linking fails across devices, or on a file system without hard links: then copy.
+      const linked = p.action === "link" ? staging.linkTemp(p.target, p.source) : undefined;
+      const t = linked ?? (await staging.copyTemp(p.target, p.source));
+      staged.push({ tmp: t, p: { ...p, action: linked !== undefined ? "link" : "copy" } });
     }
+    await testWriteDelay();
     for (const { tmp: t, p } of staged) {
       current = p.target;
-      // link(2) never replaces an existing name: a file that appeared since the check is kept.
-      try {
-        linkSync(t, p.target);
-      } catch (e) {
-        if ((e as { code?: unknown }).code === "EEXIST" || existsSync(p.target)) {
-          throw new Error(`it appeared while prunec was writing; nothing was replaced`);
-        }
-        renameSync(t, p.target);
-      }
-      created.push(p.target);
-      rmSync(t, { force: true });
+      staging.placeNew(t, p.target);
       done.push(p);
     }
     current = out;
-    renameSync(tmp, out);
+    staging.renameInto(tmp, out, inputs);
+    staging.commit();
     return done;
   } catch (e) {
-    for (const t of temps) rmSync(t, { force: true });
-    for (const c of created) rmSync(c, { force: true });
-    for (const f of folders.reverse()) rmSync(f, { recursive: true, force: true });
-    throw new PrunecError("io", `${current}: cannot write (${why(e)})`);
+    staging.rollback();
+    throw writeError(current, e);
   }
 }

@@ -1,0 +1,165 @@
+/**
+ * Atomic writes for the CLI: each file is written under a temp name in its target folder and then
+ * renamed into place, so a reader sees the old file or the whole new one, never half of it. Temp
+ * names are short (`.prunec-<pid>-<random>.tmp`: a target name at the file-name limit still has
+ * room) and created exclusively (never through a name someone else made). Everything a write made
+ * is removed when it fails or is interrupted (src/cli/interrupt.ts); a failure is exit 2 naming the
+ * path and the system's reason.
+ */
+import { closeSync, existsSync, linkSync, lstatSync, openSync, readSync, renameSync, rmSync, write } from "node:fs";
+import { randomBytes } from "node:crypto";
+import { dirname, join } from "node:path";
+import { PrunecError } from "../errors.js";
+import { checkOutput, errno, kindOf, openRegular, reason, type InputRef } from "./files.js";
+import { release, removeOnInterrupt } from "./interrupt.js";
+
+/** Written in slices so a signal is handled between them, not after the whole model. */
+const CHUNK = 8 << 20;
+
+export function tempPath(target: string): string {
+  return join(dirname(target), `.prunec-${process.pid}-${randomBytes(4).toString("hex")}.tmp`);
+}
+
+/**
+ * Test hook, not for users: PRUNEC_TEST_WRITE_DELAY_MS=N waits N ms once the temp files are
+ * written, before anything is renamed into place, so tests can interrupt a write in progress.
+ */
+export async function testWriteDelay(): Promise<void> {
+  const ms = Number(process.env["PRUNEC_TEST_WRITE_DELAY_MS"] ?? 0);
+  if (ms > 0) await new Promise((r) => setTimeout(r, ms));
+}
+
+function writeSlice(fd: number, bytes: Uint8Array, offset: number, length: number): Promise<number> {
+  return new Promise((res, rej) => write(fd, bytes, offset, length, null, (e, n) => (e ? rej(e) : res(n))));
+}
+
+/** A PrunecError as it is; any other failure is exit 2 naming `path` and the system's reason. */
+export function writeError(path: string, e: unknown): PrunecError {
+  return e instanceof PrunecError ? e : new PrunecError("io", `${path}: cannot write (${reason(e)})`);
+}
+
+/** The files and folders one write has made: kept together by `commit`, removed together by `rollback`. */
+export class Staging {
+  private readonly made: string[] = [];
+
+  /** `path` was created by this write: removed on failure or interrupt until committed. */
+  track(path: string): void {
+    this.made.push(path);
+    removeOnInterrupt(path);
+  }
+
+  /** `path` is gone (renamed into place): nothing to remove any more. */
+  private forget(path: string): void {
+    const i = this.made.lastIndexOf(path);
+    if (i >= 0) this.made.splice(i, 1);
+    release(path);
+  }
+
+  /** A new temp file beside `target` holding `parts`. */
+  async writeTemp(target: string, parts: readonly Uint8Array[]): Promise<string> {
+    const tmp = tempPath(target);
+    // Created and tracked in one synchronous step: no signal can come between.
+    const fd = openSync(tmp, "wx");
+    this.track(tmp);
+    try {
+      for (const p of parts) for (let off = 0; off < p.length; ) off += await writeSlice(fd, p, off, Math.min(CHUNK, p.length - off));
+    } finally {
+      closeSync(fd);
+    }
+    return tmp;
+  }
+
+  /** A new temp file beside `target` holding a copy of the regular file `source` (its size when opened). */
+  async copyTemp(target: string, source: string): Promise<string> {
+    const { fd: src, st } = openRegular(source, (kind) => new PrunecError("io", `${source}: is ${kind}, not a regular file`));
+    try {
+      const tmp = tempPath(target);
+      const fd = openSync(tmp, "wx");
+      this.track(tmp);
+      try {
+        const buf = Buffer.allocUnsafe(CHUNK);
+        for (let pos = 0, size = Number(st.size); pos < size; ) {
+          const n = readSync(src, buf, 0, Math.min(CHUNK, size - pos), pos);
+          if (n === 0) throw new Error(`${source} shrank while being copied`);
+          for (let off = 0; off < n; ) off += await writeSlice(fd, buf, off, n - off);
+          pos += n;
+        }
+      } finally {
+        closeSync(fd);
+      }
+      return tmp;
+    } finally {
+      closeSync(src);
+    }
+  }
+
+  /** A hard link to `source` under a temp name beside `target`, or undefined when linking fails (across devices). */
+  linkTemp(target: string, source: string): string | undefined {
+    const tmp = tempPath(target);
+    try {
+      linkSync(source, tmp);
+    } catch {
+      return undefined;
+    }
+    this.track(tmp);
+    // The link is the file itself: it must still be the regular file that was checked.
+    const st = lstatSync(tmp, { bigint: true });
+    if (!st.isFile()) throw new PrunecError("io", `${source}: is ${kindOf(st)}, not a regular file`);
+    return tmp;
+  }
+
+  /** Rename `tmp` over `target`, checked once more first (src/cli/files.ts checkOutput). */
+  renameInto(tmp: string, target: string, inputs: readonly InputRef[]): void {
+    checkOutput(target, inputs);
+    renameSync(tmp, target);
+    this.forget(tmp);
+  }
+
+  /**
+   * Give `tmp` the name `target` without ever replacing a file there: link(2) fails on an existing
+   * name, so a file that appeared since the checks is kept. `target` is then made by this write.
+   */
+  placeNew(tmp: string, target: string): void {
+    try {
+      linkSync(tmp, target);
+    } catch (e) {
+      if (errno(e) === "EEXIST" || existsSync(target)) throw new Error("it appeared while prunec was writing; nothing was replaced");
+      renameSync(tmp, target); // a file system without hard links
+    }
+    this.track(target);
+    rmSync(tmp, { force: true });
+    this.forget(tmp);
+  }
+
+  /** Keep everything made so far. */
+  commit(): void {
+    for (const p of this.made.splice(0)) release(p);
+  }
+
+  /** Remove everything made so far, newest first; a cleanup failure never hides the write's own error. */
+  rollback(): void {
+    for (const p of this.made.splice(0).reverse()) {
+      try {
+        rmSync(p, { recursive: true, force: true });
+      } catch {
+        // Nothing more can be done; the caller reports the original failure.
+      }
+      release(p);
+    }
+  }
+}
+
+/** Write `parts` to `target` atomically, never over a non-regular file or one of `inputs`. */
+export async function writeAtomic(target: string, parts: readonly Uint8Array[], inputs: readonly InputRef[] = []): Promise<void> {
+  const staging = new Staging();
+  try {
+    checkOutput(target, inputs);
+    const tmp = await staging.writeTemp(target, parts);
+    await testWriteDelay();
+    staging.renameInto(tmp, target, inputs);
+    staging.commit();
+  } catch (e) {
+    staging.rollback();
+    throw writeError(target, e);
+  }
+}
