@@ -1,5 +1,6 @@
 /** Tokens of the `.prune` language. Keywords are case-insensitive and reserved only where the grammar expects them. */
 import { createToken, Lexer, type IToken, type TokenType } from "chevrotain";
+import { clip, MAX_QUOTED } from "./diagnostics.js";
 
 /** Any name: identifiers and keywords alike (so `layer` can still name an argument, `mass` a criterion). */
 export const Word = createToken({ name: "Word", pattern: Lexer.NA });
@@ -69,12 +70,12 @@ export interface LexError {
 export function lex(text: string): { tokens: IToken[]; errors: LexError[] } {
   const result = lexer.tokenize(text);
   const errors = result.errors.map((e) => {
-    const bad = text.slice(e.offset, e.offset + e.length);
-    const shown = JSON.stringify(bad).slice(1, -1);
+    const bad = text.slice(e.offset, e.offset + Math.min(e.length, MAX_QUOTED + 1));
+    const shown = JSON.stringify(clip(bad)).slice(1, -1);
     return {
       offset: e.offset,
       length: e.length,
-      message: bad.length === 1 ? `unexpected character '${shown}'` : `unexpected characters '${shown}'`,
+      message: e.length === 1 ? `unexpected character '${shown}'` : `unexpected characters '${shown}'`,
     };
   });
   return { tokens: result.tokens, errors };

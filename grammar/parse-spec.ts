@@ -53,12 +53,15 @@ function parseUnguarded(text: string, file: string, registry: CriterionRegistry)
 
   const p = parser();
   const parsed: ParsedStatement[] = [];
+  // Chunks and lexing errors both come in offset order: one walk pairs them (linear, not chunks × errors).
+  let nextError = 0;
   for (const chunk of splitStatements(tokens, text.length)) {
+    while (nextError < lexErrors.length && lexErrors[nextError]!.offset < chunk.start) nextError++;
     const first = chunk.tokens[0];
     const last = chunk.tokens[chunk.tokens.length - 1];
     if (first === undefined || last === undefined) continue;
     // A statement with a lexing error was already reported; parsing it would only repeat the news.
-    if (lexErrors.some((e) => e.offset >= chunk.start && e.offset < chunk.end)) continue;
+    if (nextError < lexErrors.length && lexErrors[nextError]!.offset < chunk.end) continue;
     p.input = chunk.tokens;
     const raw = p.statement();
     if (p.errors.length > 0) diagnostics.push(syntaxDiagnostic(chunk, p.errors, p, lines, file));
@@ -77,11 +80,17 @@ function parseUnguarded(text: string, file: string, registry: CriterionRegistry)
  * All problems of the file are reported together; the IR is returned only when there are none.
  */
 export function parseSpec(text: string, file: string, registry: CriterionRegistry): ParseResult {
+  // chevrotain reports each syntax error as an Error subclass; their stack traces are never read
+  // and capturing them was most of the cost of a file with thousands of broken lines.
+  const stackTraceLimit = Error.stackTraceLimit;
+  Error.stackTraceLimit = 0;
   try {
     return parseUnguarded(text, file, registry);
   } catch (e) {
     const why = e instanceof Error ? e.message : String(e);
     const span = { line: 1, column: 1, endLine: 1, endColumn: 1 };
     return { diagnostics: [diagnosticAt(file, span, `internal error while parsing: ${why}`)] };
+  } finally {
+    Error.stackTraceLimit = stackTraceLimit;
   }
 }

@@ -1,6 +1,6 @@
 /** Validates raw statements and builds the IR: value ranges, token sets, criteria and arguments against the registry. */
 import type { IToken } from "chevrotain";
-import { diagnosticAt, type Diagnostic } from "./diagnostics.js";
+import { clip, diagnosticAt, type Diagnostic } from "./diagnostics.js";
 import {
   STAGE_OPTIONS, type Action, type Amount, type ArgValue, type ModelHint, type Span, type StageIR, type StageOption,
   type StagePosition, type TokenSetDecl,
@@ -28,8 +28,25 @@ function num(t: IToken): number {
   return n === 0 ? 0 : n; // no -0
 }
 
-function list(names: readonly string[]): string {
-  return names.join(", ");
+/** Names listed in a hint: at most LISTED of them, so a spec declaring thousands of sets gets short messages. */
+const LISTED = 10;
+function list(names: ReadonlySet<string> | readonly string[]): string {
+  const shown: string[] = [];
+  for (const n of names) {
+    if (shown.length === LISTED) break; // stop early: the rest are only counted
+    shown.push(clip(n));
+  }
+  const total = "size" in names ? names.size : names.length;
+  return total > LISTED ? `${shown.join(", ")}, … (${total} in all)` : shown.join(", ");
+}
+
+/**
+ * Token sets to compare a misspelt name with. Real specs declare a handful; past this many, no
+ * suggestion is made, so a fuzzed spec with thousands of sets and errors stays linear.
+ */
+const MAX_SET_CANDIDATES = 64;
+function closestSet(word: string, sets: ReadonlySet<string>): string | undefined {
+  return sets.size > MAX_SET_CANDIDATES ? undefined : closest(word, sets);
 }
 
 class Builder {
@@ -55,6 +72,7 @@ class Builder {
     for (const s of statements) {
       if (s.raw.kind === "tokens" && !setLines.has(s.raw.name.image)) setLines.set(s.raw.name.image, this.span(s.raw.name).line);
     }
+    const setNames: ReadonlySet<string> = new Set(setLines.keys()); // built once, not per stage
     const declared = new Set<string>();
     for (const s of statements) {
       const raw = s.raw;
@@ -67,7 +85,7 @@ class Builder {
         if (decl !== undefined) parts.tokenSets.push(decl);
         declared.add(raw.name.image);
       } else {
-        const stage = this.stage(raw, s, [...setLines.keys()]);
+        const stage = this.stage(raw, s, setNames);
         if (stage !== undefined) parts.stages.push(stage);
       }
     }
@@ -84,24 +102,23 @@ class Builder {
     const nameSpan = this.span(raw.name);
     let ok = true;
     if (declaredBefore.has(name)) {
-      this.error(nameSpan, `token set '${name}' is already declared on line ${setLines.get(name) ?? "?"}`);
+      this.error(nameSpan, `token set '${clip(name)}' is already declared on line ${setLines.get(name) ?? "?"}`);
       ok = false;
     }
     const sourceSpan = this.span(raw.source);
     const ref = raw.source.image;
     if (raw.sourceKind === "after") {
       if (ref === name) {
-        this.error(sourceSpan, `token set '${name}' cannot be defined after itself`);
+        this.error(sourceSpan, `token set '${clip(name)}' cannot be defined after itself`);
         ok = false;
       } else if (!declaredBefore.has(ref)) {
         const later = setLines.get(ref);
         if (later !== undefined) {
-          this.error(sourceSpan, `token set '${ref}' is used before its declaration on line ${later}`);
+          this.error(sourceSpan, `token set '${clip(ref)}' is used before its declaration on line ${later}`);
         } else {
-          const known = [...declaredBefore];
-          const suggestion = closest(ref, known);
-          const hint = suggestion === undefined && known.length > 0 ? ` (declared so far: ${list(known)})` : "";
-          this.error(sourceSpan, `unknown token set '${ref}'${hint}`, suggestion);
+          const suggestion = closestSet(ref, declaredBefore);
+          const hint = suggestion === undefined && declaredBefore.size > 0 ? ` (declared so far: ${list(declaredBefore)})` : "";
+          this.error(sourceSpan, `unknown token set '${clip(ref)}'${hint}`, suggestion);
         }
         ok = false;
       }
@@ -116,7 +133,7 @@ class Builder {
     };
   }
 
-  private stage(raw: RawStage, s: ParsedStatement, sets: readonly string[]): StageIR | undefined {
+  private stage(raw: RawStage, s: ParsedStatement, sets: ReadonlySet<string>): StageIR | undefined {
     const before = this.diagnostics.length;
 
     // Position.
@@ -128,11 +145,11 @@ class Builder {
       layerSpan = this.span(p.layer);
       const layer = num(p.layer);
       if (!Number.isSafeInteger(layer)) {
-        this.error(layerSpan, `layer must be an integer, got ${p.layer.image}`);
+        this.error(layerSpan, `layer must be an integer, got ${clip(p.layer.image)}`);
       } else if (p.kind === "before-layer") {
         if (layer !== 0) {
           const fix = layer > 0 ? `after layer ${layer - 1}` : undefined;
-          this.error(layerSpan, `'before layer' takes only 0 (the input embeddings), got ${p.layer.image}`, fix);
+          this.error(layerSpan, `'before layer' takes only 0 (the input embeddings), got ${clip(p.layer.image)}`, fix);
         }
         position = { kind: "before-layer-0" };
       } else {
@@ -150,13 +167,13 @@ class Builder {
       const value = num(a.number);
       amountSpan = this.span(a.kind === "mass" || a.kind === "above" ? a.first : a.number, a.kind === "above" ? a.number : a.last);
       if (a.kind === "percent" && !(value > 0 && value <= 100)) {
-        this.error(numberSpan, `amount must be in (0, 100]%, got ${a.number.image}%`);
+        this.error(numberSpan, `amount must be in (0, 100]%, got ${clip(a.number.image)}%`);
       } else if (a.kind === "count" && !(Number.isSafeInteger(value) && value > 0)) {
-        this.error(numberSpan, `token count must be a positive integer, got ${a.number.image}`);
+        this.error(numberSpan, `token count must be a positive integer, got ${clip(a.number.image)}`);
       } else if (a.kind === "mass" && !(value > 0 && value <= 100)) {
-        this.error(numberSpan, `mass must be in (0, 100]%, got ${a.number.image}%`);
+        this.error(numberSpan, `mass must be in (0, 100]%, got ${clip(a.number.image)}%`);
       } else if (a.kind === "above" && !Number.isFinite(value)) {
-        this.error(numberSpan, `threshold must be a finite number, got ${a.number.image}`);
+        this.error(numberSpan, `threshold must be a finite number, got ${clip(a.number.image)}`);
       }
       amount = { kind: a.kind, value };
     }
@@ -167,10 +184,10 @@ class Builder {
     if (raw.of !== undefined) {
       of = raw.of.image;
       ofSpan = this.span(raw.of);
-      if (sets.length > 0 && !sets.includes(of)) {
-        const suggestion = closest(of, sets);
+      if (sets.size > 0 && !sets.has(of)) {
+        const suggestion = closestSet(of, sets);
         const hint = suggestion === undefined ? ` (declared: ${list(sets)})` : "";
-        this.error(ofSpan, `unknown token set '${of}'${hint}`, suggestion);
+        this.error(ofSpan, `unknown token set '${clip(of)}'${hint}`, suggestion);
       }
     }
 
@@ -181,7 +198,7 @@ class Builder {
     let args: Record<string, ArgValue> = {};
     let argSpans: Record<string, Span> = {};
     if (info === undefined) {
-      this.error(criterionSpan, `unknown criterion '${raw.criterion.image}'`, closest(criterionName, this.registry.names()));
+      this.error(criterionSpan, `unknown criterion '${clip(raw.criterion.image)}'`, closest(criterionName, this.registry.names()));
     } else {
       ({ args, argSpans } = this.args(info, raw.args));
     }
@@ -195,7 +212,7 @@ class Builder {
       const known = STAGE_OPTIONS.find((o) => o === name);
       if (known === undefined) {
         const suggestion = closest(name, STAGE_OPTIONS);
-        this.error(span, `unknown option '${t.image}'${suggestion === undefined ? ` (options: ${list(STAGE_OPTIONS)})` : ""}`, suggestion);
+        this.error(span, `unknown option '${clip(t.image)}'${suggestion === undefined ? ` (options: ${list(STAGE_OPTIONS)})` : ""}`, suggestion);
       } else if (options.includes(known)) {
         this.error(span, `option '${known}' is given twice`);
       } else {
@@ -252,7 +269,7 @@ class Builder {
           const suggestion = closest(written, declared);
           const hint =
             suggestion !== undefined ? "" : declared.length === 0 ? ` ('${info.name}' takes no arguments)` : ` (it takes: ${list(declared)})`;
-          this.error(this.span(raw.name), `unknown argument '${written}' for criterion '${info.name}'${hint}`, suggestion);
+          this.error(this.span(raw.name), `unknown argument '${clip(written)}' for criterion '${info.name}'${hint}`, suggestion);
           continue;
         }
       }
@@ -277,7 +294,7 @@ class Builder {
   }
 
   private argValue(v: RawValue, type: ArgType, name: string, criterion: string, span: Span): ArgValue | undefined {
-    const got = v.kind === "range" ? `${v.lo.image}..${v.hi.image}` : v.token.image;
+    const got = v.kind === "range" ? `${clip(v.lo.image)}..${clip(v.hi.image)}` : clip(v.token.image);
     const wrong = (what: string): undefined => {
       this.error(span, `argument '${name}' of '${criterion}' must be ${what}, got ${v.kind === "identifier" ? `'${got}'` : got}`);
       return undefined;

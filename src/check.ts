@@ -9,8 +9,8 @@ import { parseSpec } from "../grammar/index.js";
 import type { SpecIR, StageIR } from "../grammar/ir.js";
 import { registry } from "../passes/registry.js";
 import { resolvedAmount } from "./plan.js";
-import { compileModel, type StageReport } from "./compile.js";
-import { PrunecError, type ErrorKind } from "./errors.js";
+import { compileModel, noStagesMessage, type StageReport } from "./compile.js";
+import { EXIT_CODES, PrunecError, type ErrorKind } from "./errors.js";
 
 export interface CheckedStage {
   line: number;
@@ -25,7 +25,10 @@ export interface CheckResult {
   stages: CheckedStage[];
   /** One line: the resolved schedule when ok, the error count otherwise. */
   summary: string;
-  /** Compile's refusal on the model, as compile reports it (its diagnostics, if any, are in `diagnostics`). */
+  /**
+   * Compile's refusal, as compile reports it: on the model (its diagnostics, if any, are in
+   * `diagnostics`), or of a spec without stages (kind "spec"; the CLI's compile refuses it).
+   */
   refusal?: { kind: ErrorKind; exitCode: number; message: string };
 }
 
@@ -55,6 +58,11 @@ export function checkSpec(specText: string, specName: string, model?: { bytes: U
   });
   if (!parsed.spec || parsed.diagnostics.length) return fail(parsed.diagnostics);
   const spec: SpecIR = parsed.spec;
+  // Compile (the CLI) refuses a spec that prunes nothing; check says so, with or without a model.
+  if (!spec.stages.length) {
+    const refusal = { kind: "spec" as const, exitCode: EXIT_CODES.spec, message: noStagesMessage(specName) };
+    return { ok: false, diagnostics: [], stages: [], summary: `${specName}: refused (no stages)`, refusal };
+  }
   let planned: StageReport[] | undefined;
   if (model) {
     try {

@@ -45,6 +45,12 @@ export interface CompileOptions {
    */
   target?: "cpu" | "webgpu";
   /**
+   * Refuse a spec without stages (empty, blank, comments, sets or a model hint only) with
+   * PrunecError "spec" (exit 4) instead of returning an unpruned copy. The CLI sets it; the library
+   * default accepts such a spec (the identity schedule).
+   */
+  requireStages?: boolean;
+  /**
    * @internal Tests only, not part of the API: rewrites the graph after the passes and before
    * verification, so a test can prove verification refuses a corrupted stage.
    */
@@ -115,6 +121,11 @@ function withSetInputs(graph: GraphProto, spec: ReturnType<typeof parseOrThrow>,
   return shallowCopy(graph, { input: [...graph.input, ...added.map((t) => valueInfo((t.source as { input: string }).input, DT.BOOL, dims))] });
 }
 
+/** The refusal of a spec that prunes nothing (compile with `requireStages`, and `check`). */
+export function noStagesMessage(specName: string): string {
+  return `${specName}: no stages: the spec prunes nothing (an unpruned copy is not written)`;
+}
+
 export function parseOrThrow(specText: string, specName: string) {
   const { spec, diagnostics } = parseSpec(specText, specName, registry);
   if (!spec || diagnostics.length) throw new PrunecError("spec", formatDiagnostics(diagnostics, specText), diagnostics);
@@ -147,6 +158,7 @@ export function compileModel(modelBytes: Uint8Array, specText: string, options: 
   const model = decodeModel(modelBytes, modelName);
   checkExternalData(model, modelName);
   const spec = parseOrThrow(specText, specName);
+  if (options.requireStages && !spec.stages.length) throw new PrunecError("spec", noStagesMessage(specName));
   const graph = model.graph!;
   let info = analyzeTransformer(new Graph(graph), modelName);
   let plans = planStages(spec, info, modelInputs(graph));

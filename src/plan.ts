@@ -2,7 +2,7 @@
  * Resolving a parsed spec against a model: every check that needs the model happens here, before
  * anything is emitted, and each failure names the spec text and the model fact that conflict.
  */
-import type { SpecIR, StageIR, Span } from "../grammar/ir.js";
+import type { SpecIR, StageIR, Span, TokenSetDecl } from "../grammar/ir.js";
 import { argsWithDefaults } from "../grammar/registry.js";
 import { diagnosticAt, formatDiagnostics, type Diagnostic } from "../grammar/diagnostics.js";
 import type { TransformerInfo } from "./analysis/transformer.js";
@@ -76,13 +76,16 @@ export function planStages(spec: SpecIR, model: TransformerInfo, inputs: Readonl
   let masked = false;
   let adaptive = false;
   let merged = false;
+  // Declared sets by name (the first declaration), looked up per stage without rescanning the list.
+  const sets = new Map<string, TokenSetDecl>();
+  for (const t of spec.tokenSets) if (!sets.has(t.name)) sets.set(t.name, t);
 
   spec.stages.forEach((stage, i) => {
     if (model.unproven) {
       fail(stage.positionSpan, `prunec cannot prove this model's token structure: ${model.unproven}`);
       return;
     }
-    const plan = planOne(spec, stage, i, model, tokens, lastLayer + 1, adaptive, fail);
+    const plan = planOne(spec, sets, stage, i, model, tokens, lastLayer + 1, adaptive, fail);
     if (!plan) return;
     if (masked && !plan.mask) {
       fail(stage.positionSpan, "an earlier stage is 'with mask', so its dropped tokens are still in the stream; later stages must be 'with mask' too");
@@ -126,6 +129,7 @@ export function planStages(spec: SpecIR, model: TransformerInfo, inputs: Readonl
 
 function planOne(
   spec: SpecIR,
+  sets: ReadonlyMap<string, TokenSetDecl>,
   stage: StageIR,
   index: number,
   model: TransformerInfo,
@@ -148,13 +152,13 @@ function planOne(
   }
   const layer = model.layers[resolved]!;
   // Undeclared token sets are reported by checkSpecSets; nothing else about this stage is meaningful.
-  if (stage.of !== undefined && !spec.tokenSets.some((t) => t.name === stage.of)) return undefined;
-  if (requiredSets(stage.criterion.name).some((set) => !spec.tokenSets.some((t) => t.name === set))) return undefined;
+  if (stage.of !== undefined && !sets.has(stage.of)) return undefined;
+  if (requiredSets(stage.criterion.name).some((set) => !sets.has(set))) return undefined;
   // Merging (ToMe) and its criterion are planned on their own (src/plan-merge.ts).
   if (stage.action === "merge" || stage.criterion.name === "similarity") return planMerge(spec, stage, index, model, layer, tokensIn, firstLayer, fail);
   let ofSet: string | undefined;
   if (stage.of !== undefined) {
-    const set = spec.tokenSets.find((t) => t.name === stage.of)!;
+    const set = sets.get(stage.of)!;
     if (set.source.kind !== "input") {
       fail(stage.ofSpan ?? stage.span, `'of ${stage.of}': prunec restricts stages to sets given by a model input ('tokens ${stage.of} = input NAME'); sets defined as '${set.source.kind} ...' are not supported yet`);
       return undefined;

@@ -2,7 +2,14 @@
  * Labelled image sets in prunec's compact format (`.prds`), readable without Python:
  *   "PRUNEDS1" | uint32 LE header length H | H bytes JSON header | n label bytes | n·c·h·w pixel bytes (NCHW)
  * The model input is pixel/255 as float32.
+ *
+ * The header is a JSON object: n, channels, height, width, classes are positive safe integers;
+ * labels (optional) is an array of `classes` strings naming the classes; other fields (input, seed,
+ * description) are free. The file must be exactly 12 + H + n + n·c·h·w bytes and every label byte
+ * below `classes`. Anything else is PrunecError "format" (exit 3) naming the file and the field,
+ * and nothing is allocated from a header field before it is checked against the file's length.
  */
+import { decodeModel } from "../onnx/io.js";
 import { PrunecError } from "../errors.js";
 
 export interface DatasetHeader {
@@ -22,6 +29,13 @@ export interface Dataset {
 }
 
 const MAGIC = "PRUNEDS1";
+const SIZE_FIELDS = ["n", "channels", "height", "width", "classes"] as const;
+
+/** A header value as a message shows it: short, whatever its size. */
+function shown(v: unknown): string {
+  const s = v === undefined ? "nothing" : JSON.stringify(v);
+  return s.length > 40 ? `${s.slice(0, 39)}…` : s;
+}
 
 export function parseDataset(bytes: Uint8Array, source = "dataset"): Dataset {
   const fail = (why: string): never => {
@@ -30,21 +44,71 @@ export function parseDataset(bytes: Uint8Array, source = "dataset"): Dataset {
   if (bytes.length < 12 || new TextDecoder().decode(bytes.subarray(0, 8)) !== MAGIC) fail(`expected the magic '${MAGIC}'`);
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const headerLength = view.getUint32(8, true);
-  if (12 + headerLength > bytes.length) fail("header runs past the end of the file");
-  let header: DatasetHeader;
+  if (12 + headerLength > bytes.length) fail(`header length ${headerLength} runs past the end of the file (${bytes.length} bytes)`);
+  let text: string;
   try {
-    header = JSON.parse(new TextDecoder().decode(bytes.subarray(12, 12 + headerLength))) as DatasetHeader;
+    text = new TextDecoder("utf-8", { fatal: true }).decode(bytes.subarray(12, 12 + headerLength));
+  } catch {
+    return fail("header is not UTF-8");
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
   } catch {
     return fail("header is not JSON");
   }
-  for (const k of ["n", "channels", "height", "width", "classes"] as const) {
-    if (!Number.isInteger(header[k]) || header[k] <= 0) fail(`header field '${k}' must be a positive integer`);
+  if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) return fail(`header must be a JSON object, got ${shown(parsed)}`);
+  const header = parsed as Record<string, unknown>;
+  for (const k of SIZE_FIELDS) {
+    const v = header[k];
+    if (typeof v !== "number" || !Number.isSafeInteger(v) || v <= 0) fail(`header field '${k}' must be a positive integer`);
   }
-  const { n, channels, height, width } = header;
+  const { n, channels, height, width, classes } = header as unknown as DatasetHeader;
+  const names = header["labels"];
+  if (names !== undefined) {
+    if (!Array.isArray(names) || names.length !== classes || !names.every((x) => typeof x === "string")) {
+      fail(`header field 'labels' must be an array of ${classes} strings (one per class), got ${shown(names)}`);
+    }
+  }
+  // Sizes against the file before anything is sized by them, in exact integers: a huge header
+  // value gives a message, not an overflow or an allocation.
   const start = 12 + headerLength;
-  const size = n * channels * height * width;
-  if (bytes.length !== start + n + size) fail(`expected ${start + n + size} bytes for ${n} examples, found ${bytes.length}`);
-  return { header, labels: bytes.subarray(start, start + n), pixels: bytes.subarray(start + n, start + n + size) };
+  const per = BigInt(channels) * BigInt(height) * BigInt(width);
+  const expected = BigInt(start) + BigInt(n) * (1n + per);
+  if (expected !== BigInt(bytes.length)) fail(`expected ${expected} bytes for ${n} examples, found ${bytes.length}`);
+  const size = n * Number(per); // now known to fit in the file
+  const labels = bytes.subarray(start, start + n);
+  for (let i = 0; i < n; i++) {
+    if (labels[i]! >= classes) fail(`label ${labels[i]} of example ${i} is not below header field 'classes' (${classes})`);
+  }
+  return { header: header as unknown as DatasetHeader, labels, pixels: bytes.subarray(start + n, start + n + size) };
+}
+
+/**
+ * The data set's examples must be what the model's first input takes, [batch, channels, height,
+ * width] float32 (symbolic sizes match anything): otherwise exit 6 naming both, before onnxruntime
+ * fails on the first batch.
+ */
+export function checkDatasetFitsModel(data: Dataset, modelBytes: Uint8Array, dataName: string, modelName: string): void {
+  const g = decodeModel(modelBytes, modelName).graph;
+  const inits = new Set(g?.initializer.map((t) => t.name));
+  const input = g?.input.find((i) => !inits.has(i.name));
+  if (!input) throw new PrunecError("apply", `${modelName}: the model has no input to feed ${dataName}'s images to`);
+  const { channels, height, width } = data.header;
+  const refuse = (what: string): never => {
+    throw new PrunecError("apply", `${dataName}: examples are float32 [batch, ${channels}, ${height}, ${width}], but ${modelName}'s input '${input.name}' ${what}`);
+  };
+  const t = input.type?.value;
+  if (t?.case !== "tensorType") return refuse("is not a tensor");
+  if (t.value.elemType !== 1) refuse(`has element type ${t.value.elemType} (float32 is 1)`);
+  const dims = t.value.shape?.dim.map((d) => (d.value.case === "dimValue" ? Number(d.value.value) : d.value.case === "dimParam" && d.value.value ? d.value.value : "?"));
+  if (dims === undefined) return; // no declared shape: nothing to compare
+  if (dims.length !== 4) refuse(`has rank ${dims.length} ([${dims.join(", ")}])`);
+  const want = [channels, height, width];
+  for (let i = 0; i < 3; i++) {
+    const d = dims[i + 1];
+    if (typeof d === "number" && d !== want[i]) refuse(`is [${dims.join(", ")}]`);
+  }
 }
 
 /** Examples [from, to) as the model's float input (pixel/255), NCHW. */
