@@ -10,7 +10,7 @@ import { compile, parseOrThrow, type CompileReport } from "../compile.js";
 import { checkSpec, diagnosticsJson } from "../check.js";
 import { formatDiagnostics, printSpec } from "../../grammar/index.js";
 import { SingleBar, Presets } from "cli-progress";
-import { parseDataset } from "../data/prds.js";
+import { checkDatasetFitsModel, parseDataset } from "../data/prds.js";
 import { evaluate, type EvalResult } from "./evaluate.js";
 import { benchmark, formatBench } from "./benchmark.js";
 import { renderReport, saveReport } from "./report.js";
@@ -18,6 +18,7 @@ import { loadOrtNode } from "./runtime.js";
 import { checkWeightFiles, planPlacements, weightInputs, writeModelWithWeights, EXTERNAL_DATA_MODES, type ExternalDataMode } from "./weights.js";
 import { checkOutput, readInput } from "./files.js";
 import { inspectModel, formatInspect } from "../inspect.js";
+import { specFileText } from "./spec-file.js";
 import { PrunecError, errorText } from "../errors.js";
 import { smokeRun, formatSmoke, type SmokeReport } from "./smoke.js";
 import { VERSION } from "../version.js";
@@ -51,9 +52,9 @@ async function runCompile(modelPath: string, specPath: string, opts: { output?: 
   const modelFile = readInput(modelPath, "an ONNX model");
   const specFile = readInput(specPath, "a .prune spec");
   const modelBytes = modelFile.bytes;
-  const specText = new TextDecoder().decode(specFile.bytes);
+  const specText = specFileText(specFile.bytes, specPath);
   checkOutput(out, [modelFile, specFile]); // fail fast; the weight files are known after compile
-  const result = compile(modelBytes, specText, { modelName: modelPath, specName: specPath, exposeIndices: opts.exposeIndices ?? false, target });
+  const result = compile(modelBytes, specText, { modelName: modelPath, specName: specPath, exposeIndices: opts.exposeIndices ?? false, target, requireStages: true });
   const { parts, report } = result;
   // Never over the model, the spec or a weight file, by identity (links and spellings included).
   const inputs = [modelFile, specFile, ...weightInputs(modelBytes, modelPath)];
@@ -90,7 +91,7 @@ function verifiedLine(report: CompileReport): string {
 }
 
 function runCheck(specPath: string, modelPath: string | undefined, opts: { json?: boolean }, io: Io): number {
-  const text = new TextDecoder().decode(readBytes(specPath, "a .prune spec"));
+  const text = specFileText(readBytes(specPath, "a .prune spec"), specPath);
   const model = modelPath ? { bytes: readBytes(modelPath, "an ONNX model"), name: modelPath } : undefined;
   const r = checkSpec(text, specPath, model);
   if (opts.json) {
@@ -106,7 +107,7 @@ function runCheck(specPath: string, modelPath: string | undefined, opts: { json?
 }
 
 function runFmt(specPath: string, io: Io): number {
-  const text = new TextDecoder().decode(readBytes(specPath, "a .prune spec"));
+  const text = specFileText(readBytes(specPath, "a .prune spec"), specPath);
   const spec = parseOrThrow(text, specPath);
   io.out(printSpec(spec));
   return 0;
@@ -124,6 +125,7 @@ async function runEval(modelPath: string, opts: { data: string; ep: string; batc
   const batch = positiveInt(opts.batch, "--batch");
   const model = readBytes(modelPath, "an ONNX model");
   const data = parseDataset(readBytes(opts.data, "a .prds data set"), opts.data);
+  checkDatasetFitsModel(data, model, opts.data, modelPath); // exit 6 naming both, not onnxruntime's error
   const bar = process.stderr.isTTY && !opts.json ? new SingleBar({ format: "eval {bar} {value}/{total} examples", hideCursor: true, stream: process.stderr }, Presets.shades_classic) : undefined;
   bar?.start(data.header.n, 0);
   let r: EvalResult;
@@ -143,7 +145,7 @@ async function runEval(modelPath: string, opts: { data: string; ep: string; batc
 
 async function runBench(modelPath: string, specPaths: string[], opts: { batch: string; runs: string; json?: boolean }, io: Io): Promise<void> {
   const model = readBytes(modelPath, "an ONNX model");
-  const specs = specPaths.map((p) => ({ name: p, text: new TextDecoder().decode(readBytes(p, "a .prune spec")) }));
+  const specs = specPaths.map((p) => ({ name: p, text: specFileText(readBytes(p, "a .prune spec"), p) }));
   const r = await benchmark(model, modelPath, specs, { batch: positiveInt(opts.batch, "--batch"), runs: positiveInt(opts.runs, "--runs"), modelPath, command: "bench" });
   io.out(opts.json ? JSON.stringify(r, null, 2) : formatBench(r));
 }
@@ -152,13 +154,14 @@ async function runReport(modelPath: string, specPath: string, opts: { output: st
   const modelFile = readInput(modelPath, "an ONNX model");
   const model = modelFile.bytes;
   const specFile = readInput(specPath, "a .prune spec");
-  const spec = new TextDecoder().decode(specFile.bytes);
+  const spec = specFileText(specFile.bytes, specPath);
   const dataFile = opts.data ? readInput(opts.data, "a .prds data set") : undefined;
   const data = dataFile ? parseDataset(dataFile.bytes, dataFile.path) : undefined;
   const examples = positiveInt(opts.examples, "--examples");
   if (data) {
     // Overlays run the model: check the weights and the runtime before the report folder is written.
     checkWeightFiles(model, modelPath);
+    checkDatasetFitsModel(data, model, opts.data!, modelPath);
     await loadOrtNode("report");
   }
   const r = await renderReport(model, modelPath, spec, data, examples, { modelPath, command: "report" });
