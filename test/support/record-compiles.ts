@@ -12,15 +12,15 @@ import { appendFileSync } from "node:fs";
 const log = process.env["PRUNEC_RECORD_COMPILES"];
 const sha = (b: Uint8Array | string) => createHash("sha256").update(b).digest("hex");
 
-if (log) {
-  vi.mock("../../src/compile.js", async (importOriginal) => {
-    const real = await importOriginal<typeof import("../../src/compile.js")>();
-    const compile: typeof real.compile = (model, spec, options = {}) => {
-      const result = real.compile(model, spec, options);
-      const { modelName: _m, specName: _s, __testMutate, ...rest } = options;
-      if (!__testMutate) appendFileSync(log, `${sha(model)} ${sha(spec + "\u0000" + JSON.stringify(rest))} ${sha(result.model)}\n`);
-      return result;
-    };
-    return { ...real, compile };
-  });
-}
+// vi.mock is hoisted out of any condition, so the wrapper itself checks whether to log.
+vi.mock("../../src/compile.js", async (importOriginal) => {
+  const real = await importOriginal<typeof import("../../src/compile.js")>();
+  if (!log) return real;
+  const compile: typeof real.compile = (model, spec, options = {}) => {
+    const result = real.compile(model, spec, options);
+    const { modelName: _m, specName: _s, __testMutate, ...rest } = options;
+    if (!__testMutate) appendFileSync(log, `${sha(model)} ${sha(spec + "\u0000" + JSON.stringify(rest))} ${sha(result.model)}\n`);
+    return result;
+  };
+  return { ...real, compile };
+});
