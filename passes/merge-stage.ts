@@ -28,7 +28,12 @@
  * Output order: the surviving tokens (every B token and the unmerged A tokens) in their original
  * order, the positions prunec's keep stages use too; ToMe concatenates [unmerged A, B]. Only
  * position-dependent ops after the stage could tell the two apart (ViTs add positions at the
- * embedding only). A B token's merged value sits at the B token's position. The exposed indices
+ * embedding only), with one exception that prunec follows: a LATER merge splits ToMe's sequence,
+ * not position order, into A and B. So a merge stage read by a later one also writes each
+ * survivor's place in ToMe's output (`prunec/stage<N>/similarity/tome_order`: [unm, dst], unm
+ * sorted by A index with a class token, in edge order without one, and [unm[0], dst[0], unm[1:],
+ * dst[1:]] with a distillation token), and the later stage first gathers keys, stream and sizes
+ * into that order. A B token's merged value sits at the B token's position. The exposed indices
  * (`--expose-indices`) are those positions, numbered as the stage's input tokens.
  *
  * Sizes: the stage writes its output sizes as `prunec/stage<N>/similarity/sizes` (float [B, N−r]);
@@ -67,6 +72,56 @@ export function logSizeKeysName(stage: number): string {
   return `prunec/stage${stage}/similarity/log_size_keys`;
 }
 
+/** The rank [B, N'] of each surviving token (in position order) in ToMe's output sequence. */
+export function orderName(stage: number): string {
+  return `prunec/stage${stage}/similarity/tome_order`;
+}
+
+/**
+ * ToMe's sequence from an earlier merge's ranks [B,N] (position order): perm [B,N] int64, the
+ * position of the token at each place of the sequence, and the same as float.
+ */
+function tomeSequence(b: NodeBuilder, ranks: string, n: number): { perm: string; position: string } {
+  const [, perm] = b.opN("TopK", [ranks, b.int64([n], [1], "tokens_in")], 2, { axis: 1, largest: 0, sorted: 1 });
+  return { perm: perm!, position: b.op("Cast", [perm!], { to: FLOAT }, "sequence_positions") };
+}
+
+/**
+ * Each survivor's place in ToMe's output (tome/merge.py, merge): `[unm, dst]`, where dst is every B
+ * token in sequence order and unm the unmerged A tokens, sorted by A index when there is a class
+ * token (prefix ≥ 1) and in edge order (best score descending, ties to the lower A index, as the
+ * TopK that picked the merged ones) when there is none; with a distillation token (prefix 2) ToMe
+ * writes `[unm[0], dst[0], unm[1:], dst[1:]]`. Returned in the survivors' order (position order).
+ */
+function tomeRanks(b: NodeBuilder, m: { mergedA: string; best: string; survivors: string; n: number; r: number; prefix: number }): string {
+  const { n, r, prefix } = m;
+  const na = Math.ceil(n / 2);
+  const nb = Math.floor(n / 2);
+  const kept = na - r;
+  let rankA: string;
+  if (prefix > 0) {
+    const unmerged = b.op("Sub", [b.float([1], [], "one_rank"), m.mergedA], {}, "unmerged_a");
+    rankA = b.op("CumSum", [unmerged, b.int64([1], [], "a_axis")], { exclusive: 1 }, "unmerged_before");
+    // Distillation token: unm[0] (CLS) keeps place 0, dst[0] takes place 1, the rest shift by one.
+    if (prefix === 2) rankA = b.op("Add", [rankA, b.float(Array.from({ length: na }, (_, i) => (i === 0 ? 0 : 1)), [na], "after_distill")], {}, "rank_a_distill");
+  } else {
+    // Edge order: A tokens with a higher best score, or an equal one at a lower index, come first.
+    const col = b.unsqueeze(m.best, [1]); // [B,1,|A|]: a'
+    const row = b.unsqueeze(m.best, [2]); // [B,|A|,1]: a
+    const lower = b.float(Array.from({ length: na * na }, (_, k) => (k % na < Math.floor(k / na) ? 1 : 0)), [na, na], "lower_index");
+    const ahead = b.op("Add", [b.op("Cast", [b.op("Greater", [col, row])], { to: FLOAT }), b.op("Mul", [b.op("Cast", [b.op("Equal", [col, row])], { to: FLOAT }), lower])], {}, "ahead_in_edges");
+    rankA = b.op("Sub", [b.reduce("ReduceSum", ahead, [2], 0), b.float([r], [], "r_merged")], {}, "edge_rank");
+  }
+  const rankB = b.float(Array.from({ length: nb }, (_, j) => (prefix === 2 ? (j === 0 ? 1 : kept + j) : kept + j)), [1, nb], "rank_b");
+  // Interleave A and B ranks back into sequence places (A at even, B at odd).
+  const batchRows = b.slice(b.op("Shape", [m.mergedA], {}, "batch_rows"), 0, 0, 1);
+  const rankBFull = b.op("Expand", [rankB, b.op("Concat", [batchRows, b.int64([nb], [1], "b_count")], { axis: 0 })], {}, "rank_b_batch");
+  const padded = na > nb ? b.op("Pad", [rankBFull, b.int64([0, 0, 0, 1], [4], "pad_b")], {}, "rank_b_padded") : rankBFull;
+  const stacked = b.op("Concat", [b.unsqueeze(rankA, [2]), b.unsqueeze(padded, [2])], { axis: 2 }, "rank_ab");
+  const places = b.slice(b.op("Reshape", [stacked, b.int64([0, -1], [2], "flat_ranks")]), 1, 0, n); // [B,N]
+  return b.op("GatherElements", [places, m.survivors], { axis: 1 }, "survivor_ranks");
+}
+
 /** x[:, start::2] along axis 1. */
 function everyOther(b: NodeBuilder, x: string, start: 0 | 1, label: string): string {
   return b.op("Slice", [x, b.int64([start]), b.int64([Number.MAX_SAFE_INTEGER]), b.int64([1]), b.int64([2])], {}, label);
@@ -97,12 +152,17 @@ export function applyMergeStage(proto: GraphProto, dense: TransformerInfo, dense
   below.add(rName);
   const sides = findSideInputs({ graph: g, shapes: model.shapes, carried: options.carried ?? new Map(), denseTokens: model.tokens!, batched: true }, belowNodes, below);
 
-  // Matching on the keys (fp32): A = even positions, B = odd positions.
+  // ToMe's token sequence: after an earlier merge, ToMe holds [unmerged A, B], not position order;
+  // this merge splits that sequence into A (even) and B (odd), so the tokens are first put in it.
+  const seq = sizesFrom !== undefined ? tomeSequence(b, orderName(sizesFrom), n) : undefined;
+  const inSeq = (t: string, label: string) => (seq ? b.op("GatherND", [t, b.unsqueeze(seq.perm, [2])], { batch_dims: 1 }, label) : t);
+
+  // Matching on the keys (fp32): A = even, B = odd places of the sequence.
   const na = Math.ceil(n / 2);
   const nb = Math.floor(n / 2);
   const keys = headMeanKeys(b, plan.layer); // [B,N,D]
   const length = b.op("Max", [b.reduce("ReduceL2", keys, [2], 1), b.float([1e-12], [], "eps")], {}, "key_norm");
-  const metric = b.op("Div", [keys, length], {}, "unit_keys");
+  const metric = inSeq(b.op("Div", [keys, length], {}, "unit_keys"), "tome_order_keys");
   const a = everyOther(b, metric, 0, "keys_a");
   const bk = everyOther(b, metric, 1, "keys_b");
   let scores = b.op("MatMul", [a, b.op("Transpose", [bk], { perm: [0, 2, 1] })], {}, "similarity"); // [B,|A|,|B|]
@@ -111,45 +171,63 @@ export function applyMergeStage(proto: GraphProto, dense: TransformerInfo, dense
   if (protectedA > 0) scores = b.op("Add", [scores, b.float(Array.from({ length: na }, (_, i) => (i < protectedA ? -Infinity : 0)), [1, na, 1], "protect_rows")], {}, "protected_a");
   if (protectedB > 0) scores = b.op("Add", [scores, b.float(Array.from({ length: nb }, (_, i) => (i < protectedB ? -Infinity : 0)), [1, 1, nb], "protect_cols")], {}, "protected_b");
   const best = b.reduce("ReduceMax", scores, [2], 0); // [B,|A|]
-  const partner = b.op("Cast", [b.op("ArgMax", [scores], { axis: 2, keepdims: 0 }, "best_partner")], { to: FLOAT }); // [B,|A|], first maximum
+  const partnerIdx = b.op("ArgMax", [scores], { axis: 2, keepdims: 0 }, "best_partner"); // [B,|A|], first maximum
+  const partner = b.op("Cast", [partnerIdx], { to: FLOAT });
   const [, src] = b.opN("TopK", [best, b.int64([r], [1], "r")], 2, { axis: 1, largest: 1, sorted: 1 }); // [B,r] merged A rows
   const isMerged = b.op("Equal", [b.unsqueeze(b.op("Cast", [src!], { to: FLOAT }), [2]), b.float(Array.from({ length: na }, (_, i) => i), [na], "a_rows")], {}, "is_src");
   const mergedA = b.reduce("ReduceMax", b.op("Cast", [isMerged], { to: FLOAT }), [1], 0); // [B,|A|] 1 = merged away
 
-  // Where each token lands, as an original position: A token a at 2a, or its partner's 2·idx + 1.
-  const evenPos = b.float(Array.from({ length: na }, (_, i) => 2 * i), [na], "a_positions");
-  const partnerPos = b.op("Add", [b.op("Mul", [partner, b.float([2], [], "two")]), b.float([1], [], "one")], {}, "partner_position");
-  const destA = b.op("Add", [evenPos, b.op("Mul", [mergedA, b.op("Sub", [partnerPos, evenPos])])], {}, "a_destination"); // [B,|A|]
-  const destB = b.float(Array.from({ length: nb }, (_, i) => 2 * i + 1), [1, 1, nb], "b_positions");
+  // Where each token lands, as an original position: A token a at its own position, or at its
+  // partner's. In position order (no earlier merge) A's places are 2a and B's 2j + 1.
+  let destA: string;
+  let destB: string;
+  let order: () => string;
+  if (seq) {
+    const posA = everyOther(b, seq.position, 0, "a_positions");
+    const posB = everyOther(b, seq.position, 1, "b_positions_flat");
+    const partnerPos = b.op("GatherElements", [posB, partnerIdx], { axis: 1 }, "partner_position");
+    destA = b.op("Add", [posA, b.op("Mul", [mergedA, b.op("Sub", [partnerPos, posA])])], {}, "a_destination"); // [B,|A|]
+    destB = b.unsqueeze(posB, [1]); // [B,1,|B|]
+    order = () => b.op("Neg", [seq.position], {}, "minus_positions");
+  } else {
+    const evenPos = b.float(Array.from({ length: na }, (_, i) => 2 * i), [na], "a_positions");
+    const partnerPos = b.op("Add", [b.op("Mul", [partner, b.float([2], [], "two")]), b.float([1], [], "one")], {}, "partner_position");
+    destA = b.op("Add", [evenPos, b.op("Mul", [mergedA, b.op("Sub", [partnerPos, evenPos])])], {}, "a_destination"); // [B,|A|]
+    destB = b.float(Array.from({ length: nb }, (_, i) => 2 * i + 1), [1, 1, nb], "b_positions");
+    order = () => b.float(Array.from({ length: n }, (_, i) => -i), [n], "minus_positions");
+  }
 
   // Surviving positions, ascending: TopK of −position, merged A tokens pushed below every survivor.
   const interleaved = b.op("Pad", [b.unsqueeze(mergedA, [2]), b.int64([0, 0, 0, 0, 0, 1], [6], "pads")], {}, "merged_and_b"); // [B,|A|,2]
-  const mergedAll = b.slice(b.op("Reshape", [interleaved, b.int64([0, -1], [2], "flat")]), 1, 0, n); // [B,N]
-  const order = b.op("Sub", [b.float(Array.from({ length: n }, (_, i) => -i), [n], "minus_positions"), b.op("Mul", [mergedAll, b.float([2 * n], [], "push_down")])], {}, "survivor_key");
-  const [, positions] = b.opN("TopK", [order, b.int64([out], [1], "tokens_out")], 2, { axis: 1, largest: 1, sorted: 1 }); // int64 [B,N−r]
+  const mergedAll = b.slice(b.op("Reshape", [interleaved, b.int64([0, -1], [2], "flat")]), 1, 0, n); // [B,N] over the sequence
+  const key = b.op("Sub", [order(), b.op("Mul", [mergedAll, b.float([2 * n], [], "push_down")])], {}, "survivor_key");
+  const [, survivors] = b.opN("TopK", [key, b.int64([out], [1], "tokens_out")], 2, { axis: 1, largest: 1, sorted: 1 }); // int64 [B,N−r], places in the sequence
+  const positions = seq ? b.op("GatherElements", [seq.perm, survivors!], { axis: 1 }, "survivor_positions") : survivors!;
 
   // One-hot merge matrix over the tokens in [A, B] order, weighted by the incoming sizes.
-  const rows = b.unsqueeze(b.op("Cast", [positions!], { to: FLOAT }), [2]); // [B,N−r,1]
+  const rows = b.unsqueeze(b.op("Cast", [positions], { to: FLOAT }), [2]); // [B,N−r,1]
   let toA = b.op("Cast", [b.op("Equal", [rows, b.unsqueeze(destA, [1])])], { to: FLOAT }, "lands_a"); // [B,N−r,|A|]
   let toB = b.op("Cast", [b.op("Equal", [rows, destB])], { to: FLOAT }, "lands_b"); // [B,N−r,|B|]
   if (sizesFrom !== undefined) {
-    const sizes = sizesName(sizesFrom); // [B,N]
+    const sizes = seq ? b.op("GatherElements", [sizesName(sizesFrom), seq.perm], { axis: 1 }, "tome_order_sizes") : sizesName(sizesFrom); // [B,N]
     toA = b.op("Mul", [toA, b.unsqueeze(everyOther(b, sizes, 0, "sizes_a"), [1])], {}, "weigh_a");
     toB = b.op("Mul", [toB, b.unsqueeze(everyOther(b, sizes, 1, "sizes_b"), [1])], {}, "weigh_b");
   }
   const weights = b.op("Concat", [toA, toB], { axis: 2 }, "merge_matrix"); // [B,N−r,N]
   const elemType = streamElemType(g, plan.layer) ?? FLOAT;
   const x = elemType === FLOAT ? stream : b.op("Cast", [stream], { to: FLOAT }, "stream_fp32");
-  const xab = b.op("Concat", [everyOther(b, x, 0, "stream_a"), everyOther(b, x, 1, "stream_b")], { axis: 1 }, "stream_ab"); // [B,N,C]
+  const xs = inSeq(x, "tome_order_stream");
+  const xab = b.op("Concat", [everyOther(b, xs, 0, "stream_a"), everyOther(b, xs, 1, "stream_b")], { axis: 1 }, "stream_ab"); // [B,N,C]
   const total = b.reduce("ReduceSum", weights, [2], 1); // [B,N−r,1]: the new sizes
   let merged = b.op("Div", [b.op("MatMul", [weights, xab], {}, "weighted_sum"), total], {}, "weighted_mean");
   if (elemType !== FLOAT) merged = b.op("Cast", [merged], { to: elemType }, "stream_type");
   const sizes = rename(b, b.squeeze(total, [2]), sizesName(plan.stage)); // [B,N−r]
+  if (plan.merge!.feedsMerge) rename(b, tomeRanks(b, { mergedA, best, survivors: survivors!, n, r, prefix }), orderName(plan.stage));
 
   // Side tensors read below the stage follow the surviving positions; an earlier merge stage's
   // log-size key bias is replaced by this stage's.
   const previousBias = proportional && sizesFrom !== undefined ? logSizeKeysName(sizesFrom) : undefined;
-  const gathered = gatherSideInputs(b, sides.filter((s) => s.tensor !== previousBias), positions!, true, () => b.int64([n], [1], "tokens_in"));
+  const gathered = gatherSideInputs(b, sides.filter((s) => s.tensor !== previousBias), positions, true, () => b.int64([n], [1], "tokens_in"));
   const carried = new Map<string, TokenAxes>([...sides].filter((s) => s.tensor !== previousBias).map((s) => [gathered.get(s.tensor)!, { axes: s.axes, rank: s.rank }]));
   let rewired = new Map<NodeProto, NodeProto>();
   if (proportional) {
@@ -175,5 +253,5 @@ export function applyMergeStage(proto: GraphProto, dense: TransformerInfo, dense
   });
   // Side tensors and the proportional-attention Adds may read tensors computed later in file order.
   const sorted = sides.length || proportional ? shallowCopy(graph, { node: new Graph(graph).order }) : graph;
-  return { graph: sorted, indices: positions!, added: b.nodes, lowering: "index", carried, sets: new Map() };
+  return { graph: sorted, indices: positions, added: b.nodes, lowering: "index", carried, sets: new Map() };
 }

@@ -65,7 +65,8 @@ export interface StagePlan {
    * away; `sizesFrom`: the earlier merge stage whose token sizes it weighs by; `proportional`:
    * add log(size) to the attention logits of the later layers.
    */
-  merge?: { r: number; sizesFrom?: number; proportional: boolean };
+  /** sizesFrom: the previous merge stage (its sizes and ToMe order); feedsMerge: a later merge reads this one's. */
+  merge?: { r: number; sizesFrom?: number; proportional: boolean; feedsMerge?: boolean };
   /** `keep mass P%` / `keep above X`: a count per example (see adaptive.ts). */
   adaptive?: AdaptiveAmount;
   /** Adaptive amounts: the last layer whose attention masks this stage's padding (the next stage's layer). */

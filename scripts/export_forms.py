@@ -195,6 +195,25 @@ class PreNormClassifier(nn.Module):
         return self.head(self.norm(h)[:, 0])
 
 
+class MeanPoolClassifier(nn.Module):
+    """No special token: patch embedding + position embedding, pre-norm blocks, final norm, head on
+    the mean over tokens (how CLS-free encoders classify)."""
+
+    def __init__(self, image_size, patch_size, hidden, blocks, final_norm):
+        super().__init__()
+        self.proj = nn.Conv2d(3, hidden, kernel_size=patch_size, stride=patch_size)
+        self.pos_embedding = nn.Parameter(torch.randn(1, (image_size // patch_size) ** 2, hidden) * 0.02)
+        self.layers = nn.ModuleList(blocks)
+        self.norm = final_norm
+        self.head = nn.Linear(hidden, NUM_CLASSES)
+
+    def forward(self, x):
+        h = self.proj(x).flatten(2).transpose(1, 2) + self.pos_embedding
+        for blk in self.layers:
+            h = blk(h)
+        return self.head(self.norm(h).mean(dim=1))
+
+
 class DeiT(nn.Module):
     """DeiT layout: cls + distillation tokens before the patches, torchvision EncoderBlocks
     (nn.MultiheadAttention, pre-norm), final LayerNorm, inference logits = mean of the two heads."""
@@ -367,6 +386,21 @@ def forms():
         expect_ops={"Softmax", "MatMul", "LayerNormalization"},
     )
 
+    F_["meanpool-nocls"] = dict(
+        build=lambda: MeanPoolClassifier(
+            32, 8, 32, [LlamaBlock(32, 2, 64, "rsqrt") for _ in range(2)], nn.LayerNorm(32, eps=1e-6)),
+        opset=17, image=32,
+        facts=dict(
+            **vit_facts(prefix=0), specialTokenNames=[], normPlacement="pre", finalNorm=True,
+            norm={"kind": "rmsnorm", "form": "decomposed", "onnxOps": "Pow/ReduceMean/Add/Sqrt/Div(1, .)/Mul/Mul"},
+            attention="explicit q/k/v Linear (no bias), q @ k^T * scale, Softmax, @ v: MatMul + Softmax",
+            classifier="final LayerNorm, mean over tokens, Linear (no CLS)",
+            source="MeanPoolClassifier(LlamaBlock x2) in scripts/export_forms.py",
+            modulePath="layers.N",
+        ),
+        expect_ops={"Softmax", "MatMul", "ReduceMean"},
+    )
+
     F_["swin-tiny"] = dict(
         build=lambda: SwinTransformer(
             patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 2], window_size=[4, 4],
@@ -409,7 +443,7 @@ def static_shape(spec, batch):
 
 
 SEEDS = {  # weight family -> seed; the torchvision ViT forms share weights (same model, other exports)
-    "tv-vit": 0, "postnorm": 1, "seqfirst": 2, "rmsnorm": 3, "einsum": 4, "deit": 5, "swin": 6,
+    "tv-vit": 0, "postnorm": 1, "seqfirst": 2, "rmsnorm": 3, "einsum": 4, "deit": 5, "swin": 6, "meanpool": 7,
 }
 
 

@@ -115,6 +115,8 @@ export function planStages(spec: SpecIR, model: TransformerInfo, inputs: Readonl
   plans.forEach((p, i) => {
     // Padding of a per-example stage is masked up to the next stage, which pads anew.
     if (p.adaptive) p.padUntil = plans[i + 1]?.layer.index ?? count - 1;
+    // A merge stage read by a later one hands it ToMe's token order (passes/merge-stage.ts).
+    if (p.merge && plans.some((q) => q.merge?.sizesFrom === p.stage)) p.merge.feedsMerge = true;
   });
   // FlowCut's remaining pruning layers: up to the schedule's last adaptive FlowCut stage.
   const flowcuts = plans.filter((p) => p.adaptive?.kind === "flowcut");

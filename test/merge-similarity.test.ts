@@ -22,7 +22,7 @@ import { withOutputs, rows } from "./support/model-edit.js";
 import { buildFusedVit, fusedVitFeeds, FUSED_VIT } from "./support/fused-vit.js";
 import { unfuseMultiHeadAttention } from "./support/unfuse.js";
 import { truncateToLayers } from "./support/synthetic-weights.js";
-import { tomeStep, headMeanKeysFromKt, tokensOf, type TomeStep } from "./reference/tome.js";
+import { tomeStep, nextSequence, headMeanKeysFromKt, tokensOf, type TomeStep } from "./reference/tome.js";
 import { compile } from "../src/compile.js";
 import { parseDataset, batchInput } from "../src/data/prds.js";
 import { decodeModel } from "../src/onnx/io.js";
@@ -55,7 +55,8 @@ async function referenceAt(model: Uint8Array, layer: number, feeds: Feeds, r: nu
   const out = await runNode(withOutputs(model, [names.keys, residual]), feeds, [names.keys, residual]);
   const keys = headMeanKeysFromKt(f32(out[names.keys]!), out[names.keys]!.dims, names.heads);
   const x = tokensOf(f32(out[residual]!), out[residual]!.dims);
-  return keys.map((k, b) => tomeStep(k, x[b]!, sizes?.[b] ?? k.map(() => 1), r, 1));
+  const prefix = analyzeTransformer(new Graph(decodeModel(model).graph!)).cls.prefixTokens;
+  return keys.map((k, b) => tomeStep(k, x[b]!, sizes?.[b] ?? k.map(() => 1), r, prefix));
 }
 
 function expectNoNearTies(steps: TomeStep[]): void {
@@ -127,8 +128,12 @@ describe("merge by similarity: sizes carried to a second merge", () => {
       // Stage 2's reference: the keys and stream layer 2 computes on the 49 merged tokens, and stage 1's sizes.
       const keys = headMeanKeysFromKt(f32(out[names[2]!.keys]!), out[names[2]!.keys]!.dims, names[2]!.heads);
       const x = tokensOf(f32(out[denseName(names[2]!.residual)]!), out[denseName(names[2]!.residual)]!.dims);
-      const second = keys.map((k, b) => tomeStep(k, x[b]!, first[b]!.sizes, 10, 1));
+      // ToMe splits its own order [unmerged A, B] of stage 1's output, not position order.
+      const second = keys.map((k, b) => tomeStep(k, x[b]!, first[b]!.sizes, 10, 1, nextSequence(first[b]!)));
       expectNoNearTies(second);
+      // Position order would have paired other tokens: the test sees the difference.
+      const positional = keys.map((k, b) => tomeStep(k, x[b]!, first[b]!.sizes, 10, 1));
+      expect(positional.map((s) => s.positions)).not.toEqual(second.map((s) => s.positions));
       expect(kept[1]).toEqual(second.map((s) => s.positions));
       expect(out[names[2]!.residual]!.dims).toEqual([2, 39, 48]);
       expect(maxAbsDiff(f32(out[names[2]!.residual]!), flat(second))).toBeLessThanOrEqual(1e-5);
@@ -137,6 +142,55 @@ describe("merge by similarity: sizes carried to a second merge", () => {
       // Weighing by 1 instead would give other means: the check above sees the sizes.
       const unweighted = keys.map((k, b) => tomeStep(k, x[b]!, k.map(() => 1), 10, 1));
       expect(maxAbsDiff(f32(out[names[2]!.residual]!), flat(unweighted))).toBeGreaterThan(1e-3);
+    }
+  });
+});
+
+describe("merge by similarity: a second merge splits ToMe's order, with a distillation token (DeiT, prefix 2)", () => {
+  const deit = readFileSync(join(REPO_ROOT, "test", "fixtures", "exports", "deit-two-tokens.onnx"));
+  const x = readNpy(join(REPO_ROOT, "test", "fixtures", "exports", "input-32x32.npy"));
+  const feeds: Feeds = { pixel_values: { type: "float32", dims: x.shape, data: x.data } };
+  it("stage 2 pairs the tokens of [unm[0], dst[0], unm[1:], dst[1:]] (tome/merge.py), not of position order; batch 2, CPU and WASM", async () => {
+    const names = layerNames(deit);
+    const first = (await referenceAt(deit, 0, feeds, 4)).map((s) => s);
+    const spec = "after layer 0 merge 4 tokens by similarity\nafter layer 1 merge 3 tokens by similarity";
+    const exposed = [names[1]!.keys, denseName(names[1]!.residual), names[1]!.residual];
+    for (const run of [runNode, runWasm]) {
+      const { out, kept } = await runCompiled(deit, spec, feeds, exposed, run);
+      const keys = headMeanKeysFromKt(f32(out[names[1]!.keys]!), out[names[1]!.keys]!.dims, names[1]!.heads);
+      const xs = tokensOf(f32(out[denseName(names[1]!.residual)]!), out[denseName(names[1]!.residual)]!.dims);
+      const reference = (k: number[][], b: number) => tomeStep(k, xs[b]!, first[b]!.sizes, 3, 2, nextSequence(first[b]!));
+      const second = keys.map(reference);
+      expectNoNearTies(second);
+      expect(kept[1]).toEqual(second.map((s) => s.positions));
+      expect(maxAbsDiff(f32(out[names[1]!.residual]!), flat(second))).toBeLessThanOrEqual(1e-5);
+      // CLS and the distillation token never merge.
+      for (const k of kept[1]!) expect(k.slice(0, 2)).toEqual([0, 1]);
+    }
+  });
+});
+
+describe("merge by similarity: without a class token ToMe keeps its unmerged A tokens in edge order (meanpool-nocls, prefix 0)", () => {
+  const model = readFileSync(join(REPO_ROOT, "test", "fixtures", "exports", "meanpool-nocls.onnx"));
+  const x = readNpy(join(REPO_ROOT, "test", "fixtures", "exports", "input-32x32.npy"));
+  const feeds: Feeds = { pixel_values: { type: "float32", dims: x.shape, data: x.data } };
+  it("two merges: the second splits ToMe's [unm (best edge first), dst] sequence; batch 2, CPU and WASM", async () => {
+    const names = layerNames(model);
+    const spec = "after layer 0 merge 4 tokens by similarity\nafter layer 1 merge 3 tokens by similarity";
+    const first = await referenceAt(model, 0, feeds, 4);
+    expectNoNearTies(first);
+    // The unmerged A tokens (all but the 8 B tokens at the end) are not in position order here.
+    expect(first.some((s) => s.tomeOrder.slice(0, -8).some((p, i, unm) => i > 0 && p < unm[i - 1]!))).toBe(true);
+    const exposed = [names[1]!.keys, denseName(names[1]!.residual), names[1]!.residual];
+    for (const run of [runNode, runWasm]) {
+      const { out, kept } = await runCompiled(model, spec, feeds, exposed, run);
+      expect(kept[0]).toEqual(first.map((s) => s.positions));
+      const keys = headMeanKeysFromKt(f32(out[names[1]!.keys]!), out[names[1]!.keys]!.dims, names[1]!.heads);
+      const xs = tokensOf(f32(out[denseName(names[1]!.residual)]!), out[denseName(names[1]!.residual)]!.dims);
+      const second = keys.map((k, b) => tomeStep(k, xs[b]!, first[b]!.sizes, 3, 0, nextSequence(first[b]!)));
+      expectNoNearTies(second);
+      expect(kept[1]).toEqual(second.map((s) => s.positions));
+      expect(maxAbsDiff(f32(out[names[1]!.residual]!), flat(second))).toBeLessThanOrEqual(1e-5);
     }
   });
 });

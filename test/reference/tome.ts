@@ -13,9 +13,10 @@
  *   src = the first r, unm = the rest; dst = node_idx[src]
  *   merge_wavg: x_b ← (s_b·x_b + Σ s_a·x_a) / (s_b + Σ s_a), s_b ← s_b + Σ s_a
  *
- * ToMe outputs [unm, b] (unm sorted by position when there is a class token); prunec keeps the
+ * ToMe outputs [unm, b] (unm sorted by A index when there is a class token); prunec keeps the
  * surviving tokens in their original order, so `positions`/`merged`/`sizes` are in that order and
- * `tomeOrder` gives ToMe's order of the same positions.
+ * `tomeOrder` gives ToMe's order of the same positions. A later merge works on ToMe's order
+ * (`sequence`), as ToMe's own code does.
  */
 
 export interface TomeStep {
@@ -34,16 +35,26 @@ export interface TomeStep {
 
 const dot = (u: number[], v: number[]) => u.reduce((s, x, i) => s + x * v[i]!, 0);
 
-/** One example: keys [N][D] (averaged over heads), x [N][C], sizes [N]; merge r tokens, `prefix` protected. */
-export function tomeStep(keys: number[][], x: number[][], sizes: number[], r: number, prefix: number): TomeStep {
-  const n = keys.length;
+/**
+ * One example: keys [N][D] (averaged over heads), x [N][C], sizes [N], all in position order;
+ * merge r tokens, `prefix` protected. `sequence` is ToMe's token order: ToMe's tensor holds the
+ * token at position sequence[s] at place s (identity before any merge; after one, the previous
+ * step's `tomeOrder` renumbered as this step's positions, see `nextSequence`). ToMe splits THAT
+ * order into a = [0::2], b = [1::2], so a second merge pairs other tokens than position order would.
+ */
+export function tomeStep(keys: number[][], x: number[][], sizes: number[], r: number, prefix: number, sequence: number[] = [...keys.keys()]): TomeStep {
   const metric = keys.map((k) => {
     const norm = Math.max(Math.sqrt(dot(k, k)), 1e-12);
     return k.map((v) => v / norm);
   });
-  const aIdx = [...Array(n).keys()].filter((i) => i % 2 === 0);
-  const bIdx = [...Array(n).keys()].filter((i) => i % 2 === 1);
-  const scores = aIdx.map((i) => bIdx.map((j) => (i < prefix || j < prefix ? -Infinity : dot(metric[i]!, metric[j]!))));
+  // a, b = metric[..., ::2, :], metric[..., 1::2, :] over ToMe's sequence (as positions).
+  const aIdx = sequence.filter((_, s) => s % 2 === 0);
+  const bIdx = sequence.filter((_, s) => s % 2 === 1);
+  // class_token: scores[..., 0, :] = -inf; distill_token: scores[..., :, 0] = -inf (prefix 2);
+  // longer prefixes (registers) protect their A rows and B columns the same way.
+  const protectedA = Math.ceil(prefix / 2);
+  const protectedB = Math.floor(prefix / 2);
+  const scores = aIdx.map((i, ai) => bIdx.map((j, bi) => (ai < protectedA || bi < protectedB ? -Infinity : dot(metric[i]!, metric[j]!))));
   const nodeMax: number[] = [];
   const nodeIdx: number[] = [];
   let partnerGap = Infinity;
@@ -57,11 +68,13 @@ export function tomeStep(keys: number[][], x: number[][], sizes: number[], r: nu
   }
   const edges = [...nodeMax.keys()].sort((p, q) => nodeMax[q]! - nodeMax[p]! || p - q);
   const src = edges.slice(0, r);
-  const unm = edges.slice(r);
+  let unm = edges.slice(r);
   const boundaryGap = r < edges.length && Number.isFinite(nodeMax[edges[r]!]!) ? nodeMax[edges[r - 1]!]! - nodeMax[edges[r]!]! : Infinity;
   for (const a of src) partnerGap = Math.min(partnerGap, nodeMax[a]! - secondBest[a]!);
+  // if class_token: unm_idx = unm_idx.sort(dim=1)[0]  (by A index, i.e. place in the sequence)
+  if (prefix > 0) unm = unm.slice().sort((p, q) => p - q);
 
-  // merge_wavg over the tokens in original positions.
+  // merge_wavg over the tokens, kept by position.
   const sum = x.map((row, i) => row.map((v) => v * sizes[i]!));
   const size = sizes.slice();
   const gone = new Set<number>();
@@ -72,17 +85,24 @@ export function tomeStep(keys: number[][], x: number[][], sizes: number[], r: nu
     size[to]! += size[from]!;
     gone.add(from);
   }
-  const positions = [...Array(n).keys()].filter((i) => !gone.has(i));
+  const positions = [...keys.keys()].filter((i) => !gone.has(i));
   const unmPositions = unm.map((a) => aIdx[a]!);
-  if (prefix > 0) unmPositions.sort((p, q) => p - q);
+  // torch.cat([unm, dst]); with a distillation token: cat([unm[:, :1], dst[:, :1], unm[:, 1:], dst[:, 1:]]).
+  const tomeOrder = prefix === 2 ? [unmPositions[0]!, bIdx[0]!, ...unmPositions.slice(1), ...bIdx.slice(1)] : [...unmPositions, ...bIdx];
   return {
     positions,
     merged: positions.map((i) => sum[i]!.map((v) => v / size[i]!)),
     sizes: positions.map((i) => size[i]!),
-    tomeOrder: [...unmPositions, ...bIdx],
+    tomeOrder,
     boundaryGap,
     partnerGap,
   };
+}
+
+/** ToMe's sequence for the next merge, in the next step's position numbering (indices into `positions`). */
+export function nextSequence(step: TomeStep): number[] {
+  const index = new Map(step.positions.map((p, i) => [p, i]));
+  return step.tomeOrder.map((p) => index.get(p)!);
 }
 
 /**
