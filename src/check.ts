@@ -8,7 +8,7 @@ import type { Diagnostic } from "../grammar/diagnostics.js";
 import { parseSpec } from "../grammar/index.js";
 import type { SpecIR, StageIR } from "../grammar/ir.js";
 import { registry } from "../passes/registry.js";
-import { resolvedAmount } from "./plan.js";
+import { resolvedAmount, checkSpecSets } from "./plan.js";
 import { compileModel, noStagesMessage, type StageReport } from "./compile.js";
 import { EXIT_CODES, PrunecError, type ErrorKind } from "./errors.js";
 
@@ -62,6 +62,12 @@ export function checkSpec(specText: string, specName: string, model?: { bytes: U
   if (!spec.stages.length) {
     const refusal = { kind: "spec" as const, exitCode: EXIT_CODES.spec, message: noStagesMessage(specName) };
     return { ok: false, diagnostics: [], stages: [], summary: `${specName}: refused (no stages)`, refusal };
+  }
+  // What the file alone shows (sets it uses but never declares, sets a criterion needs); with a
+  // model the planner reports the same through compile.
+  if (!model) {
+    const sets = checkSpecSets(spec);
+    if (sets.length) return fail(sets);
   }
   let planned: StageReport[] | undefined;
   if (model) {

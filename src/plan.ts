@@ -4,7 +4,8 @@
  */
 import type { SpecIR, StageIR, Span, TokenSetDecl } from "../grammar/ir.js";
 import { argsWithDefaults } from "../grammar/registry.js";
-import { diagnosticAt, formatDiagnostics, type Diagnostic } from "../grammar/diagnostics.js";
+import { clip, diagnosticAt, formatDiagnostics, type Diagnostic } from "../grammar/diagnostics.js";
+import { closest } from "../grammar/suggest.js";
 import type { TransformerInfo } from "./analysis/transformer.js";
 import type { Dim } from "./analysis/dims.js";
 import { criterionModule, plannedCriterion, requiredSets } from "../passes/registry.js";
@@ -48,12 +49,19 @@ function checkSetInputs(spec: SpecIR, inputs: ReadonlyMap<string, InputFact>): D
 }
 
 /** Token sets used (`of SET`) or required by criteria are declared in the spec. */
-function checkSpecSets(spec: SpecIR): Diagnostic[] {
+/**
+ * What the file alone shows about its token sets: `of SET` naming a set it never declares (with a
+ * did-you-mean when a declared set is close), and criteria that need sets it does not declare.
+ * Run by the planner and by `check` without a model.
+ */
+export function checkSpecSets(spec: SpecIR): Diagnostic[] {
   const declared = new Set(spec.tokenSets.map((t) => t.name));
   const out: Diagnostic[] = [];
   for (const stage of spec.stages) {
     if (stage.of !== undefined && !declared.has(stage.of)) {
-      out.push(diagnosticAt(spec.file, stage.ofSpan ?? stage.span, `token set '${stage.of}' is not defined; declare it with 'tokens ${stage.of} = input NAME' (a boolean model input marking its positions)`));
+      // Candidates: the declared sets, and the sets the stage's criterion works on.
+      const close = declared.size <= 64 ? closest(stage.of, new Set([...declared, ...requiredSets(stage.criterion.name)])) : undefined;
+      out.push(diagnosticAt(spec.file, stage.ofSpan ?? stage.span, `token set '${clip(stage.of)}' is not defined; declare it with 'tokens ${clip(stage.of)} = input NAME' (a boolean model input marking its positions)`, close));
     }
     for (const set of requiredSets(stage.criterion.name)) {
       if (declared.has(set)) continue;

@@ -10,7 +10,7 @@ import { REPO_ROOT, describeShared, sharedModel } from "./helpers/shared.js";
 import { DOC, renderDoc } from "../scripts/docs.js";
 
 const TINY = { bytes: readFileSync(join(REPO_ROOT, "examples", "tiny-vit", "model.onnx")), name: "tiny.onnx" };
-const CARD = "after layer 2 keep 25% by cls-attn; in layer 16 drop by IGA";
+const CARD = "tokens image = input image_mask; tokens instruction = after image; after layer 2 keep 25% by cls-attn; in layer 16 drop of image by IGA";
 
 function errors(spec: string, model = TINY): string {
   const r = checkSpec(spec, "s.prune", model);
@@ -22,7 +22,31 @@ describe("check without a model", () => {
   it("accepts the design card's one-liner exactly as written and prints the resolved default", () => {
     const r = checkSpec(CARD, "card.prune");
     expect(r).toMatchObject({ ok: true, diagnostics: [] });
-    expect(r.summary).toBe("card.prune: ok, 2 stages: after layer 2 keep 25% by cls-attn; in layer 16 drop 50% (default) by iga");
+    expect(r.summary).toBe("card.prune: ok, 2 stages: after layer 2 keep 25% by cls-attn; in layer 16 drop 50% (default) of image by iga");
+  });
+
+  it("reports what the file alone shows about token sets: an undefined set (with a did-you-mean) and the sets a criterion needs", () => {
+    const text = "in layer 4 drop 50% of imgae by iga";
+    const r = checkSpec(text, "s.prune");
+    expect(r.ok).toBe(false);
+    expect(formatDiagnostics(r.diagnostics, text)).toBe(
+      [
+        "s.prune:1:24: error: token set 'imgae' is not defined; declare it with 'tokens imgae = input NAME' (a boolean model input marking its positions)",
+        " 1 | in layer 4 drop 50% of imgae by iga",
+        "   |                        ^~~~~",
+        "   = help: did you mean 'image'?",
+        "",
+        "s.prune:1:33: error: iga needs the token set 'image', which this spec does not declare; add 'tokens image = input image_mask'",
+        " 1 | in layer 4 drop 50% of imgae by iga",
+        "   |                                 ^~~",
+        "",
+        "s.prune:1:33: error: iga needs the token set 'instruction', which this spec does not declare; add 'tokens instruction = after image'",
+        " 1 | in layer 4 drop 50% of imgae by iga",
+        "   |                                 ^~~",
+      ].join("\n"),
+    );
+    const declared = checkSpec("tokens image = input m\nin layer 4 drop 50% of image by iga", "s.prune");
+    expect(declared.diagnostics.map((d) => d.message)).toEqual(["iga needs the token set 'instruction', which this spec does not declare; add 'tokens instruction = after image'"]);
   });
 
   it("reports syntax and registry errors, all of them", () => {
@@ -105,7 +129,7 @@ describe("prunec check / fmt on the command line", () => {
     const good = join(dir, "good.prune");
     writeFileSync(good, CARD + "\n");
     const ok = run("check", good);
-    expect([ok.status, ok.stdout]).toEqual([0, `${good}: ok, 2 stages: after layer 2 keep 25% by cls-attn; in layer 16 drop 50% (default) by iga\n`]);
+    expect([ok.status, ok.stdout]).toEqual([0, `${good}: ok, 2 stages: after layer 2 keep 25% by cls-attn; in layer 16 drop 50% (default) of image by iga\n`]);
     const bad = join(dir, "bad.prune");
     writeFileSync(bad, "after layer 2 keep 25% by cls-atn\n");
     const no = run("check", bad);
