@@ -23,7 +23,7 @@ import { availableParallelism } from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Worker } from "node:worker_threads";
-import { ATTACKS, buildCase, caseIds, familyOf, runInput, type CaseId, type CaseResult, type Family } from "../test/fuzz/cases.js";
+import { ATTACKS, buildCase, caseIds, familyOf, optionFlags, runInput, type CaseId, type CaseResult, type Family } from "../test/fuzz/cases.js";
 import { runPool } from "../test/fuzz/pool.js";
 import { cliCaseIds, runCliCase, runCliCases, writeCaseFiles, cliCommandFor, type CliResult } from "../test/fuzz/cli.js";
 import { crashClass, groupBy, table } from "../test/fuzz/report.js";
@@ -63,7 +63,7 @@ function saveCase(id: CaseId, dir: string, note: string, cli?: CliResult): strin
   const files = writeCaseFiles(input, dir);
   const lines = [`seed ${id.seed}, ${idText(id)}`, `mutation: ${input.description}`, "", note, "", `reproduce in-process: ${reproCommand(id)}`];
   if (cli) lines.push(`reproduce through the CLI: ${reproCommand(id, true)}`, `CLI command: node bin/prunec.js ${cli.argv.map((a) => a.replace(/^.*\/prunec-fuzz-cli-[^/]+\//, "")).join(" ")}`);
-  else if (files.model && files.spec) lines.push(`CLI: node bin/prunec.js ${dir}/model.onnx ${dir}/spec.prune -o /tmp/out.onnx`);
+  else if (files.model && files.spec) lines.push(`CLI: node bin/prunec.js ${dir}/model.onnx ${dir}/spec.prune -o /tmp/out.onnx ${optionFlags(input.options).join(" ")}`.trimEnd());
   else if (files.spec) lines.push(`CLI: node bin/prunec.js check ${dir}/spec.prune`);
   else if (files.prds) lines.push(`CLI: node bin/prunec.js eval examples/digits/model.onnx --data ${dir}/data.prds`);
   writeFileSync(join(dir, "README.txt"), lines.join("\n") + "\n");
@@ -109,6 +109,7 @@ function hangStack(id: CaseId): string {
  * else the innermost two frames inside prunec.
  */
 function hangClass(stack: string): string {
+  if (stack.startsWith("(not reproduced")) return "hung in the campaign but not when run alone (load, or the sources changed during the run)";
   const frames = stack.split("\n").filter((l) => /\b(src|grammar|passes)\//.test(l)).map((l) => l.trim().replace(/^at /, ""));
   if (!frames.length) return stack.split("\n")[0]!.slice(0, 160);
   const seen = new Map<string, number>();
@@ -120,11 +121,25 @@ function hangClass(stack: string): string {
 
 // ---------- the campaign ----------
 
+/** HEAD and a digest of uncommitted changes to the product sources: did they change during the run? */
+function sourceState(): string {
+  const git = (...a: string[]) => spawnSync("git", a, { cwd: REPO_ROOT, encoding: "utf8" });
+  const head = git("rev-parse", "--short", "HEAD");
+  if (head.status !== 0) return "(not a git checkout)";
+  const diff = git("diff", "HEAD", "--", "src", "grammar", "passes").stdout ?? "";
+  const untracked = git("ls-files", "--others", "--exclude-standard", "--", "src", "grammar", "passes").stdout ?? "";
+  let h = 0;
+  for (const ch of diff + untracked) h = (Math.imul(h, 31) + ch.charCodeAt(0)) | 0;
+  return diff || untracked ? `${head.stdout.trim()} + uncommitted changes to src/grammar/passes (digest ${(h >>> 0).toString(16)})` : head.stdout.trim();
+}
+
 async function campaign(): Promise<number> {
   const counts: Record<Family, number> = { model: num("models", 10_000), spec: num("specs", 20_000), prds: num("prds", 3_000) };
   const cliTotal = num("cli", 240);
   const cliCounts: Record<Family, number> = { model: Math.round(cliTotal * 0.5), spec: Math.round(cliTotal * 0.3), prds: cliTotal - Math.round(cliTotal * 0.5) - Math.round(cliTotal * 0.3) };
   const workers = num("workers", availableParallelism());
+  const sourcesAtStart = sourceState();
+  console.log(`sources: ${sourcesAtStart}`);
   console.log(`fuzz campaign: seed ${seed}; ${counts.model} model, ${counts.spec} spec, ${counts.prds} .prds mutants in-process (${workers} processes, ${guardMs} ms guard per case); ${cliTotal} through the CLI`);
 
   const t0 = performance.now();
@@ -156,6 +171,8 @@ async function campaign(): Promise<number> {
     console.log(table(cliResults.map((r) => ({ attack: `${familyOf(r.attack)}:${r.command}`, outcome: r.outcome }))));
   }
 
+  const sourcesAtEnd = sourceState();
+  if (sourcesAtEnd !== sourcesAtStart) console.log(`\nnote: the product sources changed during the run (now ${sourcesAtEnd}): the cases ran on a mix of versions`);
   const bad = results.filter((r) => r.outcome === "crash" || r.outcome === "hang");
   const badCli = cliResults.filter((r) => r.outcome === "crash" || r.outcome === "hang");
   if (!bad.length && !badCli.length) {

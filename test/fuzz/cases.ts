@@ -48,7 +48,20 @@ export interface CaseInput {
   prds?: Uint8Array;
   /** Model cases: also run check SPEC MODEL (compile in memory: the same path, so not every case). */
   check?: boolean;
+  /** Compile options (by case index: every third case targets webgpu, every fifth exposes indices). */
+  options: { target: "cpu" | "webgpu"; exposeIndices: boolean };
 }
+
+const optionsFor = (index: number): CaseInput["options"] => ({ target: index % 3 === 1 ? "webgpu" : "cpu", exposeIndices: index % 5 === 2 });
+
+/** The compile options as CLI flags (what the description and the CLI runs say). */
+export function optionFlags(o: CaseInput["options"]): string[] {
+  return [...(o.target === "webgpu" ? ["--target", "webgpu"] : []), ...(o.exposeIndices ? ["--expose-indices"] : [])];
+}
+const withOptions = (description: string, index: number): string => {
+  const flags = optionFlags(optionsFor(index));
+  return flags.length ? `${description} [compiled with ${flags.join(" ")}]` : description;
+};
 
 export interface CaseResult extends CaseId {
   outcome: Outcome;
@@ -89,7 +102,7 @@ export function buildCase(id: CaseId): CaseInput {
     else if (kind === "flip") m = flipModel(r, bytes, weightsOf(s));
     else if (sub === "combo") m = protoEdit(r, bytes, Array.from({ length: r.int(2, 4) }, () => r.pick(PROTO_EDITS)));
     else m = protoEdit(r, bytes, [sub!]);
-    return { family, description: `${s.name}: ${m.description}`, model: { name: s.name, source: s.source, bytes: m.bytes }, spec, check: id.index % 4 === 0 };
+    return { family, description: withOptions(`${s.name}: ${m.description}`, id.index), model: { name: s.name, source: s.source, bytes: m.bytes }, spec, check: id.index % 4 === 0, options: optionsFor(id.index) };
   }
   if (family === "spec") {
     seeds ??= seedModels();
@@ -97,11 +110,11 @@ export function buildCase(id: CaseId): CaseInput {
     const target = r.weighted<SeedModel>(seeds.filter((s) => ["tiny-vit", "digits", "fused-vit", "decoder-gqa", "export:seqfirst-opset17", "export:deit-two-tokens"].includes(s.name)).map((s) => [s.name === "tiny-vit" ? 6 : s.name.startsWith("decoder") ? 3 : 1, s] as const));
     const base = r.chance(0.15) ? r.pick(target.specs) : generateSpec(r, target.layers);
     const m = mutateSpec(r, kind as SpecMutation, base);
-    return { family, description: `${m.description} (on ${target.name}); base ${JSON.stringify(base.slice(0, 200))}`, model: { name: target.name, source: target.source, bytes: target.bytes() }, spec: m.text };
+    return { family, description: withOptions(`${m.description} (on ${target.name}); base ${JSON.stringify(base.slice(0, 200))}`, id.index), model: { name: target.name, source: target.source, bytes: target.bytes() }, spec: m.text, options: optionsFor(id.index) };
   }
   const d = r.pick(seedDatasets());
   const m = mutatePrds(r, kind as PrdsMutation, d.bytes());
-  return { family, description: `${d.name}: ${m.description}`, prds: m.bytes };
+  return { family, description: `${d.name}: ${m.description}`, prds: m.bytes, options: optionsFor(id.index) };
 }
 
 function stackTop(e: unknown, frames = 6): string | undefined {
@@ -146,7 +159,7 @@ export function runInput(input: CaseInput): { outcome: Outcome; detail: string; 
       };
       step(() => `inspect: ${inspectModel(bytes, name).layers.length} layers`);
       step(() => {
-        const out = compile(bytes, input.spec!, { modelName: name, specName: "fuzz.prune" });
+        const out = compile(bytes, input.spec!, { modelName: name, specName: "fuzz.prune", ...input.options });
         decodeOutput(out.model);
         return `compile: ${out.report.stages.length} stage(s), ${out.model.length} bytes`;
       }, true);
@@ -170,7 +183,7 @@ export function runInput(input: CaseInput): { outcome: Outcome; detail: string; 
       const again = parseSpec(printed, "fmt.prune", registry);
       if (!again.spec) throw new Crash(`fmt output does not parse: ${JSON.stringify(printed.slice(0, 200))}: ${again.diagnostics[0]?.message}`);
       const { bytes, name } = input.model!;
-      const out = compile(bytes, text, { modelName: name, specName: "fuzz.prune" });
+      const out = compile(bytes, text, { modelName: name, specName: "fuzz.prune", ...input.options });
       decodeOutput(out.model);
       return { outcome: "ok", detail: `compiled on ${name}: ${out.report.stages.length} stage(s)` };
     }

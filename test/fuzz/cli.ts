@@ -9,7 +9,7 @@ import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { REPO_ROOT } from "../helpers/shared.js";
-import { ATTACKS, buildCase, familyOf, type CaseId, type CaseInput, type Family, type Outcome } from "./cases.js";
+import { ATTACKS, buildCase, familyOf, optionFlags, type CaseId, type CaseInput, type Family, type Outcome } from "./cases.js";
 
 export const BIN = join(REPO_ROOT, "bin", "prunec.js");
 export const DIST_MAIN = join(REPO_ROOT, "dist", "src", "cli", "main.js");
@@ -52,13 +52,13 @@ export function writeCaseFiles(input: CaseInput, dir: string): { model?: string;
 }
 
 /** The prunec arguments of `command` on the case's files in `dir`. */
-export function cliArgv(command: CliCommand, files: { model?: string; spec?: string; prds?: string }, dir: string): string[] {
+export function cliArgv(command: CliCommand, files: { model?: string; spec?: string; prds?: string }, dir: string, flags: readonly string[] = []): string[] {
   const out = join(dir, "out.onnx");
   switch (command) {
     case "compile":
-      return [files.model!, files.spec!, "-o", out];
+      return [files.model!, files.spec!, "-o", out, ...flags];
     case "compile-no-verify":
-      return [files.model!, files.spec!, "-o", out, "--no-verify"];
+      return [files.model!, files.spec!, "-o", out, "--no-verify", ...flags];
     case "inspect":
       return ["inspect", files.model!, "--json"];
     case "check":
@@ -108,7 +108,7 @@ export async function runCliCase(id: CaseId, o: { timeoutMs: number; keepDir?: s
   const dir = o.keepDir ?? mkdtempSync(join(tmpdir(), "prunec-fuzz-cli-"));
   try {
     const files = writeCaseFiles(input, dir);
-    const argv = cliArgv(command, files, dir);
+    const argv = cliArgv(command, files, dir, optionFlags(input.options));
     const t = performance.now();
     const r = await run(argv, o.timeoutMs);
     const stderr = r.stderr.trim().split("\n").slice(-8).join("\n");
