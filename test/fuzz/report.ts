@@ -45,13 +45,16 @@ export function crashClass(detail: string, stack: string | undefined): string {
   const message = detail
     .replace(/'[^']*'/g, "'…'")
     .replace(/"[^"]*"/g, '"…"')
-    .replace(/\b\d+(\.\d+)?\b/g, "N")
+    .replace(/\d+(\.\d+)?(e[+-]?\d+)?/gi, "N")
     .slice(0, 160);
-  const frame = stack
-    ?.split("\n")
-    .find((l) => /\b(src|grammar|passes)\//.test(l))
-    ?.replace(/^at /, "")
-    .replace(/:\d+:\d+(\)?)$/, "$1");
+  const frames = (stack ?? "")
+    .split("\n")
+    .filter((l) => /\b(src|grammar|passes)\//.test(l))
+    .map((l) => l.trim().replace(/^at /, "").replace(/:\d+:\d+(\)?)$/, "$1"));
+  // Helpers every pass calls (tensor and node builders) say little: name their caller too.
+  const helper = (f: string) => /\((src\/onnx\/tensor|passes\/builder)\.ts\)/.test(f);
+  const caller = helper(frames[0] ?? "") ? frames.find((f) => !helper(f)) : undefined;
+  const frame = frames[0] === undefined ? undefined : caller ? `${frames[0]} ← ${caller}` : frames[0];
   return frame ? `${message} @ ${frame}` : message;
 }
 
