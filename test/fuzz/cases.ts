@@ -107,7 +107,8 @@ export function buildCase(id: CaseId): CaseInput {
   if (family === "spec") {
     seeds ??= seedModels();
     // The model the spec is compiled on: mostly the shipped ViTs, sometimes fused ViT or a decoder.
-    const target = r.weighted<SeedModel>(seeds.filter((s) => ["tiny-vit", "digits", "fused-vit", "decoder-gqa", "export:seqfirst-opset17", "export:deit-two-tokens"].includes(s.name)).map((s) => [s.name === "tiny-vit" ? 6 : s.name.startsWith("decoder") ? 3 : 1, s] as const));
+    const usual = seeds.filter((s) => ["tiny-vit", "digits", "fused-vit", "decoder-gqa", "export:seqfirst-opset17", "export:deit-two-tokens"].includes(s.name));
+    const target = r.weighted<SeedModel>((usual.length ? usual : seeds).map((s) => [s.name === "tiny-vit" ? 6 : s.name.startsWith("decoder") ? 3 : 1, s] as const));
     const base = r.chance(0.15) ? r.pick(target.specs) : generateSpec(r, target.layers);
     const m = mutateSpec(r, kind as SpecMutation, base);
     return { family, description: withOptions(`${m.description} (on ${target.name}); base ${JSON.stringify(base.slice(0, 200))}`, id.index), model: { name: target.name, source: target.source, bytes: target.bytes() }, spec: m.text, options: optionsFor(id.index) };

@@ -1,5 +1,6 @@
 /**
- * What the fuzzers mutate: the models prunec ships (and the shared ViT-Ti when present), the small
+ * What the fuzzers mutate: the models prunec ships (and, when ../shared is present, the ViT-Ti and
+ * the graph-only exports of Gemma-3 and Qwen2-VL / Qwen3.5 towers and decoders), the small
  * real torch exports of test/fixtures/exports (other model forms: post-norm, sequence-first,
  * RMSNorm, einsum, DeiT, Swin), and models built in code (fused MultiHeadAttention ViT, plain and
  * GroupQueryAttention decoders), each with specs that compile on it; and the .prds data sets.
@@ -42,6 +43,15 @@ const DECODER_SPECS = [
   "tokens image = input image_mask\nafter layer 0 merge 25% by similarity\nafter layer 2 drop 50% of image by norm",
 ];
 
+const GRAPH_ONLY: [string, string, string[], number][] = [
+  ["gemma3-vision", "graph-only/gemma-3-4b-vlm/vision_encoder.onnx", ["after encoder keep 50% by global-attn", "after encoder keep 25% by norm"], 27],
+  ["gemma3-vision-q", "graph-only/gemma-3-4b-vlm/vision_encoder_quantized.onnx", ["after encoder keep 50% by global-attn"], 27],
+  ["gemma3-decoder", "graph-only/gemma-3-4b-vlm/decoder_model_merged.onnx", ["tokens image = input image_mask\nafter layer 1 drop 50% of image by last-token-attn"], 34],
+  ["qwen2vl-vision", "graph-only/qwen2-vl-2b-vision-tower-torchexport/model.onnx", ["after layer 2 keep 50% by global-attn", "after encoder keep 50% by global-attn"], 32],
+  ["qwen35-vision-q", "graph-only/qwen3.5-0.8b-vlm-int8/vision_encoder_quantized.onnx", ["after layer 2 keep 50% by global-attn"], 12],
+  ["qwen35-decoder-q", "graph-only/qwen3.5-0.8b-vlm-int8/decoder_model_merged_quantized.onnx", ["after layer 3 keep 50% by norm"], 24],
+];
+
 function cached(load: () => Uint8Array): () => Uint8Array {
   let bytes: Uint8Array | undefined;
   return () => (bytes ??= load());
@@ -61,18 +71,28 @@ export function seedModels(): SeedModel[] {
     { name: "digits", source: "examples/digits/model.onnx", bytes: file(join(REPO_ROOT, "examples/digits/model.onnx")), specs: VIT_SPECS, layers: 6 },
   ];
   if (existsSync(VIT_TI)) seeds.push({ name: "vit-ti16", source: "../shared/models/synthetic/vit-ti16-cls-randinit/model.onnx", bytes: file(VIT_TI), specs: VIT_SPECS, layers: 12 });
+  // Real exports without weights (fused attention, quantized MatMuls, Skip norms, merged encoders).
+  for (const [name, rel, specs, layers] of GRAPH_ONLY) {
+    const path = sharedModel(rel);
+    if (existsSync(path)) seeds.push({ name, source: `../shared/models/${rel}`, bytes: file(path), specs, layers });
+  }
   if (existsSync(EXPORTS)) {
     for (const f of readdirSync(EXPORTS).filter((f) => f.endsWith(".onnx")).sort()) {
       seeds.push({ name: `export:${f.replace(/\.onnx$/, "")}`, source: `test/fixtures/exports/${f}`, bytes: file(join(EXPORTS, f)), specs: EXPORT_SPECS, layers: 2 });
     }
   }
+  const only = process.env["PRUNEC_FUZZ_SEEDS"];
   seeds.push(
     { name: "fused-vit", source: "built in code (test/support/fused-vit.ts)", bytes: cached(() => buildFusedVit()), specs: ["after layer 1 keep 50% by cls-attn", "after layer 0 keep 50% by global-attn", "after layer 1 keep mass 60% by cls-attn with mask"], layers: 3 },
     { name: "decoder-plain", source: "built in code (test/support/decoder.ts, plain)", bytes: cached(() => buildDecoder({ attention: "plain" })), specs: DECODER_SPECS, layers: 4 },
     { name: "decoder-gqa", source: "built in code (test/support/decoder.ts, gqa)", bytes: cached(() => buildDecoder({ attention: "gqa" })), specs: DECODER_SPECS, layers: 4 },
     { name: "decoder-gqa-rotary-op", source: "built in code (test/support/decoder.ts, gqa, rotary: op)", bytes: cached(() => buildDecoder({ attention: "gqa", rotary: "op" })), specs: DECODER_SPECS, layers: 4 },
   );
-  return seeds;
+  if (only === undefined) return seeds;
+  // PRUNEC_FUZZ_SEEDS=REGEX: a campaign aimed at some seeds (model attacks draw only those).
+  const chosen = seeds.filter((s) => new RegExp(only).test(s.name));
+  if (!chosen.length) throw new Error(`PRUNEC_FUZZ_SEEDS=${only} matches none of ${seeds.map((s) => s.name).join(", ")}`);
+  return chosen;
 }
 
 /**
@@ -83,6 +103,7 @@ export function seedWeight(s: SeedModel): number {
   if (s.name === "tiny-vit" || s.name === "digits") return 6;
   if (s.name === "vit-ti16") return 3;
   if (s.name.startsWith("export:")) return 0.5;
+  if (s.source.includes("graph-only/")) return 0.5;
   return 2;
 }
 
