@@ -35,16 +35,21 @@ export function maskUnavailable(model: TransformerInfo, from: number): string | 
     const core = l.core;
     if (!core) return `layer ${l.index} has no attention prunec can mask (${l.kind})`;
     if (core.probs && !l.probsLayout) return `the attention layout of layer ${l.index} could not be determined`;
+    if (l.probsLayout === "batch*heads,q,k" && !l.heads) return headsUnknown(l.index);
     if (!core.probs && core.kind !== "MultiHeadAttention") return `layer ${l.index}'s fused com.microsoft.${core.kind} takes no additive attention bias prunec can extend`;
   }
   return undefined;
 }
+
+/** Logits folded as [batch·heads, q, k] are unfolded by the head count to add a per-example key bias. */
+const headsUnknown = (layer: number): string => `the number of heads of layer ${layer} could not be determined (its attention logits fold batch and heads together)`;
 
 /** Why padding tokens could not be masked out of the layers from `from` on (cached GQA layers can), or undefined. */
 export function paddingUnmaskable(model: TransformerInfo, from: number): string | undefined {
   for (const l of model.layers.slice(from)) {
     const core = l.core;
     if (!core) return `layer ${l.index} (${l.kind}) has no attention to mask`;
+    if (l.probsLayout === "batch*heads,q,k" && !l.heads) return headsUnknown(l.index);
     if (!core.probs && core.kind !== "MultiHeadAttention" && core.kind !== "GroupQueryAttention") return `layer ${l.index}'s fused com.microsoft.${core.kind} takes no additive attention bias prunec can extend`;
   }
   return undefined;

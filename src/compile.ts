@@ -159,8 +159,11 @@ export function compileModel(modelBytes: Uint8Array, specText: string, options: 
   checkExternalData(model, modelName);
   const spec = parseOrThrow(specText, specName);
   if (options.requireStages && !spec.stages.length) throw new PrunecError("spec", noStagesMessage(specName));
-  const graph = model.graph!;
-  let info = analyzeTransformer(new Graph(graph), modelName);
+  const dense = new Graph(model.graph!);
+  let info = analyzeTransformer(dense, modelName);
+  // Stages are placed by file position: an input written out of topological order is sorted first (the same nodes).
+  const order = dense.order;
+  const graph = order.every((n, i) => n === model.graph!.node[i]) ? model.graph! : shallowCopy(model.graph!, { node: order });
   let plans = planStages(spec, info, modelInputs(graph));
   const opset = opsetOf(model);
   if (plans.length && opset < 13) {

@@ -37,14 +37,44 @@ const POST_SOFTMAX: ReadonlySet<string> = new Set(["Cast", "Dropout", "Identity"
 
 /** True when `t` is computed from the graph's activations rather than only from weights. */
 function isActivation(g: Graph, t: string): boolean {
-  if (g.isConstant(t)) return false;
-  if (g.inputs.has(t)) return true;
-  const p = g.producer.get(t);
-  if (!p) return false;
-  if (p.opType === "Constant") return false;
-  // A MatMul weight may be dequantized or transposed on the fly; such chains end in initializers.
-  return p.input.some((i) => i !== "" && isActivation(g, i));
+  return activations(g).has(t);
 }
+
+const activationSets = new WeakMap<Graph, ReadonlySet<string>>();
+
+/**
+ * Every activation tensor of `g`: a non-constant graph input, or a non-constant output of a node
+ * (not a Constant) with an activation input. A MatMul weight may be dequantized or transposed on
+ * the fly; such chains end in initializers. One pass in topological order, once per graph (a
+ * recursive walk per question is exponential on graphs whose paths branch and rejoin).
+ */
+function activations(g: Graph): ReadonlySet<string> {
+  const cached = activationSets.get(g);
+  if (cached) return cached;
+  const set = new Set<string>();
+  for (const t of g.inputs) if (!g.isConstant(t)) set.add(t);
+  for (const n of g.order) {
+    if (n.opType === "Constant" || !n.input.some((i) => i !== "" && set.has(i))) continue;
+    for (const o of n.output) if (o && g.producer.get(o) === n && !g.isConstant(o)) set.add(o);
+  }
+  activationSets.set(g, set);
+  return set;
+}
+
+/** Per graph, the result of a bounded walk by tensor and depth (each pair computed once: linear). */
+function memo<T>(cache: WeakMap<Graph, Map<string, T | null>>, g: Graph, t: string, depth: number, compute: () => T | undefined): T | undefined {
+  let m = cache.get(g);
+  if (!m) cache.set(g, (m = new Map()));
+  const key = `${depth}\u0000${t}`;
+  const hit = m.get(key);
+  if (hit !== undefined) return hit ?? undefined;
+  const value = compute();
+  m.set(key, value ?? null);
+  return value;
+}
+
+const qkCache = new WeakMap<Graph, Map<string, NodeProto | null>>();
+const pvCache = new WeakMap<Graph, Map<string, NodeProto | null>>();
 
 /**
  * An Einsum that is a batched matrix product over the last two axes, with the same leading
@@ -72,6 +102,10 @@ export function einsumProduct(n: NodeProto): "plain" | "transposed" | undefined 
 }
 
 function findQk(g: Graph, t: string, depth = 0): NodeProto | undefined {
+  return memo(qkCache, g, t, depth, () => qkAbove(g, t, depth));
+}
+
+function qkAbove(g: Graph, t: string, depth: number): NodeProto | undefined {
   const p = g.producer.get(t);
   if (!p || depth > 6) return undefined;
   if ((p.opType === "MatMul" || einsumProduct(p) !== undefined) && p.input.every((i) => isActivation(g, i))) return p;
@@ -85,6 +119,10 @@ function findQk(g: Graph, t: string, depth = 0): NodeProto | undefined {
 }
 
 function findPv(g: Graph, t: string, depth = 0): NodeProto | undefined {
+  return memo(pvCache, g, t, depth, () => pvBelow(g, t, depth));
+}
+
+function pvBelow(g: Graph, t: string, depth: number): NodeProto | undefined {
   if (depth > 4) return undefined;
   for (const c of g.consumersOf(t)) {
     if ((c.opType === "MatMul" || einsumProduct(c) === "plain") && c.input[0] === t && c.input[1] && isActivation(g, c.input[1])) return c;

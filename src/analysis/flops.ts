@@ -6,7 +6,7 @@
  * stage (embedding) or, for a CLS classifier, on one token (head).
  */
 import type { Graph, NodeProto } from "../ir/graph.js";
-import { attrInt } from "../ir/graph.js";
+import { attrInt, dataInputs } from "../ir/graph.js";
 import type { TransformerInfo } from "./transformer.js";
 import type { ShapeMap } from "./dims.js";
 
@@ -41,12 +41,42 @@ export function layerCosts(g: Graph, info: TransformerInfo): LayerCost[] {
   return info.layers.map((l) => {
     const hidden = info.hidden ?? 0;
     if (!l.residual) return { layer: l.index, perToken: 0, perPair: 0 };
-    const inside = g.ancestors(l.residual.output);
-    const after = g.descendants(l.residual.input);
     let perToken = 0;
-    for (const n of inside) if (after.has(n)) perToken += weightFlops(g, n);
+    for (const n of between(g, l.residual.input, l.residual.output)) perToken += weightFlops(g, n);
     return { layer: l.index, perToken, perPair: 4 * hidden };
   });
+}
+
+/**
+ * The nodes computed from `from` that `to` depends on: descendants(from) ∩ ancestors(to), found
+ * between the two producers' positions in topological order (nodes outside that window cannot be
+ * in both), so all layers together cost about one pass over the graph, not one per layer.
+ */
+function between(g: Graph, from: string, to: string): NodeProto[] {
+  const top = g.producer.get(from);
+  const bottom = g.producer.get(to);
+  if (!bottom) return [];
+  const lo = top ? g.position(top) : -1;
+  const hi = g.position(bottom);
+  const up = new Set<NodeProto>();
+  const stack: string[] = [to];
+  while (stack.length) {
+    const p = g.producer.get(stack.pop()!);
+    if (!p || up.has(p) || g.position(p) <= lo) continue;
+    up.add(p);
+    for (const i of dataInputs(p)) if (i) stack.push(i);
+  }
+  const found: NodeProto[] = [];
+  const down = new Set<NodeProto>();
+  const queue = [...g.consumersOf(from)];
+  while (queue.length) {
+    const n = queue.pop()!;
+    if (down.has(n) || g.position(n) > hi) continue;
+    down.add(n);
+    if (up.has(n)) found.push(n);
+    for (const o of n.output) for (const c of g.consumersOf(o)) queue.push(c);
+  }
+  return found;
 }
 
 /** FLOPs of one layer for one example processing `n` tokens. */

@@ -53,8 +53,9 @@ export function spatialMerge(g: Graph, info: TransformerInfo): SpatialMerge | un
           if (pool) return pool;
           continue;
         }
-        if (PASS_THROUGH.has(n.opType) && n.domain === "") next.push(...n.output.filter(Boolean));
-        else if (n.domain === "com.microsoft" && n.opType.endsWith("LayerNormalization")) next.push(n.output[0]!);
+        if (PASS_THROUGH.has(n.opType) && n.domain === "") {
+          for (const o of n.output) if (o) next.push(o);
+        } else if (n.domain === "com.microsoft" && n.opType.endsWith("LayerNormalization")) next.push(n.output[0]!);
       }
     }
     frontier = next;

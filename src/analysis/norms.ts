@@ -196,7 +196,7 @@ export function normsReading(g: Graph, t: string, limit = 64): Norm[] {
       found.push(widest(g, norm));
       continue;
     }
-    for (const o of n.output) queue.push(...g.consumersOf(o));
+    for (const o of n.output) for (const c of g.consumersOf(o)) queue.push(c); // not push(...): a tensor may have more readers than a call takes arguments
   }
   return found;
 }

@@ -21,7 +21,7 @@
  * The pre-norm is the norm shared by the query and key paths; per-head q_norm / k_norm that sit on
  * one path only (Gemma-3, Qwen3) are walked through.
  */
-import type { Graph, NodeProto } from "../ir/graph.js";
+import { dataInputs, type Graph, type NodeProto } from "../ir/graph.js";
 import type { AttentionCore } from "./attention.js";
 import { isSkipNormNode, normAt, normsReading, type Norm } from "./norms.js";
 
@@ -101,7 +101,7 @@ function normsAbove(g: Graph, t: string, through: ReadonlySet<NodeProto> = new S
       if (!found.some((f) => f.node === p)) found.push(norm);
       continue; // the block starts here; do not walk into the previous block
     }
-    for (const i of p.input) if (i && !g.isConstant(i)) queue.push(i);
+    for (const i of dataInputs(p)) if (i && !g.isConstant(i)) queue.push(i);
   }
   return found;
 }
@@ -140,7 +140,7 @@ function computedBy(g: Graph, t: string, node: NodeProto, limit = 1000): boolean
     const p = g.producer.get(cur);
     if (!p) continue;
     if (p === node) return true;
-    for (const i of p.input) if (i && !g.isConstant(i)) queue.push(i);
+    for (const i of dataInputs(p)) if (i && !g.isConstant(i)) queue.push(i);
   }
   return false;
 }
@@ -215,16 +215,17 @@ export function findResidualBlock(g: Graph, core: AttentionCore): ResidualBlock 
  * its residual Add is read only by the block's second norm, whose output leaves the block.
  */
 function postNormBlock(g: Graph, core: AttentionCore, branch: NodeProto): ResidualBlock | undefined {
-  const feedsAttention = g.ancestors(core.query);
+  // Asked per candidate (not by collecting every ancestor of the query per layer: quadratic in depth).
+  const feedsAttention = (p: NodeProto | undefined) => p !== undefined && g.dependsOn(core.query, p);
   // x_in: the operand of an Add after the attention that the query path is computed from.
   const addMid = firstAddAfter(g, branch, (other) => {
     const p = g.producer.get(other);
     if (g.isConstant(other)) return false;
-    return (p !== undefined && feedsAttention.has(p) && !computedBy(g, other, branch)) || g.inputs.has(other);
+    return (feedsAttention(p) && !computedBy(g, other, branch)) || g.inputs.has(other);
   });
   if (!addMid) return undefined;
   const input = addMid.input.find((i) => i && !computedBy(g, i, branch));
-  if (!input || (!g.inputs.has(input) && !feedsAttention.has(g.producer.get(input)!))) return undefined;
+  if (!input || (!g.inputs.has(input) && !feedsAttention(g.producer.get(input)))) return undefined;
   const norm = soleNormOf(g, addMid.output[0]!);
   if (!norm) return undefined;
   const mid = norm.output;
@@ -246,7 +247,7 @@ function firstAddAfter(g: Graph, from: NodeProto, isResidual: (operand: string) 
     if (n !== from && n.opType === "Add" && n.domain === "" && n.input.length === 2 && n.input.some((x) => x && isResidual(x))) return n;
     // Shape arithmetic is not the activation path.
     if (n.opType === "Shape" || n.opType === "Size") continue;
-    for (const o of n.output) queue.push(...g.consumersOf(o));
+    for (const o of n.output) for (const c of g.consumersOf(o)) queue.push(c); // not push(...): a tensor may have more readers than a call takes arguments
   }
   return undefined;
 }

@@ -110,7 +110,17 @@ export function broadcast(alg: DimAlgebra, shapes: readonly Shape[]): Shape {
   return out;
 }
 
-export const freshShape = (alg: DimAlgebra, rank: number): Shape => Array.from({ length: rank }, () => alg.fresh());
+/** No tensor prunec meets has a higher rank; a malformed model's "rank" (a declared 2^31-long shape vector) must not allocate. */
+export const MAX_RANK = 64;
+
+/** A shape of `rank` unknown dims; throws (the rule's outputs stay unknown) past MAX_RANK. */
+export const freshShape = (alg: DimAlgebra, rank: number): Shape => {
+  if (!(Number.isInteger(rank) && rank >= 0 && rank <= MAX_RANK)) throw new Error(`rank ${rank} is out of range`);
+  return Array.from({ length: rank }, () => alg.fresh());
+};
+
+/** A size as inference may hold it: an exact, non-negative integer (malformed models give NaN, 2^64, −3...). */
+export const isSize = (d: Dim): boolean => typeof d !== "number" || (Number.isSafeInteger(d) && d >= 0);
 
 // ---- values ----------------------------------------------------------------------------------
 

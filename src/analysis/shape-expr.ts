@@ -23,6 +23,13 @@ const termKey = (t: Term): string => t.atoms.join("\u0000");
 /** Expressions above this many terms become opaque atoms, so printing stays readable. */
 const MAX_TERMS = 8;
 
+/**
+ * Longer expression texts become fresh unknowns: exporters' sizes print in a few dozen
+ * characters, and a malformed model chaining thousands of symbolic sums would otherwise grow one
+ * text per op (quadratic time over the graph).
+ */
+const MAX_TEXT = 256;
+
 function normalize(terms: Term[]): Poly {
   const byKey = new Map<string, Term>();
   for (const t of terms) {
@@ -103,6 +110,7 @@ export class DimAlgebra {
     if (c !== undefined) return c;
     if (p.length > MAX_TERMS) return this.atom(`(${printPoly(p)})`);
     const s = printPoly(p);
+    if (s.length > MAX_TEXT) return this.fresh();
     // First meaning wins if a dim_param happens to spell the same text; equal text = equal size.
     if (!this.known.has(s)) this.known.set(s, p);
     return s;
@@ -110,6 +118,7 @@ export class DimAlgebra {
 
   /** Register `s` as an opaque atom (a floor/ceil expression) and return it. */
   private atom(s: string): Dim {
+    if (s.length > MAX_TEXT) return this.fresh();
     if (!this.known.has(s)) this.known.set(s, [{ coef: 1, atoms: [s] }]);
     return s;
   }

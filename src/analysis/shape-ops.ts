@@ -332,7 +332,8 @@ const split: Rule = (n, cx) => {
     const size = sizes?.[i] ?? cx.alg.fresh();
     const shape = s.map((d, j) => (j === axis ? size : d));
     let out: Out = { shape };
-    if (v && dims && typeof size === "number") {
+    // Sizes come from the model: only parts that fit in the input are read out of its value.
+    if (v && dims && typeof size === "number" && Number.isInteger(size) && size >= 0 && offset + size <= dims[axis]!) {
       const idx = Array.from({ length: size }, (_, j) => offset + j);
       out = { shape, value: { data: takeAlong(dims, v.data, axis, idx), float: v.float } };
       offset += size;
@@ -393,7 +394,7 @@ const slice: Rule = (n, cx) => {
     if (axis === undefined || step === 0) return [];
     const r = sliceAxis(cx.alg, s[axis]!, starts[k]!, ends[k]!, step);
     shape[axis] = r ? r.len : cx.alg.fresh();
-    if (data && dims && r && typeof r.start === "number" && typeof r.len === "number") {
+    if (data && dims && r && typeof r.start === "number" && typeof r.len === "number" && Number.isInteger(r.len) && r.len <= dims[axis]!) {
       const idx = Array.from({ length: r.len }, (_, j) => (r.start as number) + j * step);
       data = takeAlong(dims, data, axis, idx);
       dims = dims.map((d, i) => (i === axis ? (r.len as number) : d));
@@ -446,7 +447,7 @@ const expand: Rule = (n, cx) => {
   const v = cx.value(input(n, 0));
   const dims = numericShape(s);
   const outDims = numericShape(shape);
-  if (!v || !dims || !outDims) return [{ shape }];
+  if (!v || !dims || !outDims || elementCount(outDims) > MAX_VALUE_ELEMENTS) return [{ shape }];
   const r = mapBroadcast([dims, outDims], [v.data, new Array<Dim>(elementCount(outDims)).fill(0)], ([x]) => x);
   return [r ? { shape, value: { data: r.data, float: v.float } } : { shape }];
 };

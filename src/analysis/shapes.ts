@@ -14,11 +14,13 @@
 import { Graph, type GraphProto, type NodeProto, type ValueInfoProto } from "../ir/graph.js";
 import type { Dim, Shape, ShapeMap } from "./dims.js";
 import { DimAlgebra } from "./shape-expr.js";
-import { MAX_VALUE_ELEMENTS, numericShape, elementCount, type Ctx, type Out, type Rule, type Val } from "./shape-ctx.js";
+import { MAX_VALUE_ELEMENTS, numericShape, elementCount, isSize, type Ctx, type Out, type Rule, type Val } from "./shape-ctx.js";
 import { TENSOR_RULES, tensorOut } from "./shape-ops.js";
 import { NN_RULES } from "./shape-ops-nn.js";
 
 export { DimAlgebra } from "./shape-expr.js";
+
+const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
 
 /** Rules by op type. Contrib ops (com.microsoft) share the table: their names do not clash. */
 const RULES: Record<string, Rule> = { ...TENSOR_RULES, ...NN_RULES };
@@ -87,7 +89,7 @@ class Inference implements Ctx {
   ) {
     this.alg = settings.alg;
     this.unhandled = parent?.unhandled ?? new Set();
-    for (const [name, t] of graph.initializers) this.shapes.set(name, t.dims.map(Number));
+    for (const [name, t] of graph.initializers) this.shapes.set(name, t.dims.map((d) => (d >= 0n && d <= MAX_SAFE ? Number(d) : this.alg.fresh())));
   }
 
   run(): void {
@@ -136,7 +138,7 @@ class Inference implements Ctx {
     const t = vi?.type?.value;
     if (t?.case !== "tensorType" || !t.value.shape) return undefined;
     return t.value.shape.dim.map((d) => {
-      if (d.value.case === "dimValue" && d.value.value >= 0n) return Number(d.value.value);
+      if (d.value.case === "dimValue" && d.value.value >= 0n && d.value.value <= MAX_SAFE) return Number(d.value.value);
       if (d.value.case === "dimParam" && d.value.value) return d.value.value;
       return this.alg.fresh();
     });
@@ -144,8 +146,10 @@ class Inference implements Ctx {
 
   record(name: string, out: Out | undefined): void {
     const declared = this.settings.policy === "ignore" ? undefined : this.declared(name);
-    const shape = mergeDeclared(this.alg, out?.shape, declared, this.settings.policy === "trust");
-    if (!shape) return;
+    const merged = mergeDeclared(this.alg, out?.shape, declared, this.settings.policy === "trust");
+    if (!merged) return;
+    // A rule fed a malformed model's values can compute NaN, negative or inexact sizes: those are unknown.
+    const shape = merged.every(isSize) ? merged : merged.map((d) => (isSize(d) ? d : this.alg.fresh()));
     this.shapes.set(name, shape);
     const v = out?.value;
     const dims = numericShape(shape);

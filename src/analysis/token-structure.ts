@@ -10,7 +10,7 @@
  *   windows) attends within groups of tokens: dropping tokens would break the partition.
  * - Every layer has the same hidden size and token count (no patch merging between stages).
  */
-import type { Graph, NodeProto } from "../ir/graph.js";
+import { dataInputs, type Graph, type NodeProto } from "../ir/graph.js";
 import type { Dim, ShapeMap } from "./dims.js";
 import type { LayerInfo } from "./transformer.js";
 
@@ -31,7 +31,7 @@ function windowPartition(g: Graph, shapes: ShapeMap, layer: LayerInfo): NodeProt
     const p = g.producer.get(t);
     if (!p) continue;
     if ((p.opType === "Reshape" || p.opType === "Transpose") && (shapes.get(p.output[0]!)?.length ?? 0) >= 5) found = p;
-    for (const i of p.input) if (i && !g.isConstant(i)) queue.push(i);
+    for (const i of dataInputs(p)) if (i && !g.isConstant(i)) queue.push(i);
   }
   return found;
 }

@@ -3,7 +3,7 @@
  * head size), the token and batch axes, the token count, and whether a CLS token is prepended.
  * Pure: reads a Graph, returns facts; passes decide what they can do with them.
  */
-import { Graph, attr, attrInt, type NodeProto } from "../ir/graph.js";
+import { Graph, attr, attrInt, dataInputs, type NodeProto } from "../ir/graph.js";
 import { findAttentionCores, type AttentionCore, type AttentionKind } from "./attention.js";
 import { findLinearResidualBlock, findResidualBlock, type ResidualBlock } from "./residual.js";
 import { inferShapes } from "./shapes.js";
@@ -11,6 +11,7 @@ import { tokenStructureProblem } from "./token-structure.js";
 import type { Dim, Shape, ShapeMap } from "./dims.js";
 import { PrunecError } from "../errors.js";
 import { spatialMerge, encoderOutput, type SpatialMerge, type EncoderOutput } from "./merge.js";
+import { assertWellFormed } from "./well-formed.js";
 
 export type LayerKind = AttentionKind | "linear-attention" | "unknown";
 
@@ -88,6 +89,8 @@ function isContiguous(keys: number[]): boolean {
 }
 
 export function analyzeTransformer(g: Graph, source = "model"): TransformerInfo {
+  // A malformed graph (dangling input, two producers of a tensor, a cycle, inexact dims) is a bad model, refused before any walk.
+  assertWellFormed(g, source);
   const shapes = inferShapes(g);
   const cores = findAttentionCores(g);
   const groups = nodesByLayerName(g);
@@ -172,9 +175,36 @@ function describeLayer(
       else if (rank === 3) layer.probsLayout = batchless(g, shapes) ? "heads,q,k" : "batch*heads,q,k";
     }
   }
-  const q = quantizationOf(nodes.length ? nodes : core ? [...g.ancestors(core.query)] : []);
+  const q = nodes.length ? quantizationOf(nodes) : core ? quantizationAbove(g, core.query) : undefined;
   if (q) layer.quantization = q;
   return layer;
+}
+
+const NBITS = 1;
+const INTEGER = 2;
+const quantCache = new WeakMap<Graph, Map<NodeProto, number>>();
+
+/**
+ * `quantizationOf` over every node `t` depends on, from one pass in topological order per graph
+ * (collecting each anchor's ancestors would be quadratic in a deep model without layer names).
+ */
+function quantizationAbove(g: Graph, t: string): LayerInfo["quantization"] {
+  let flags = quantCache.get(g);
+  if (!flags) {
+    const f = new Map<NodeProto, number>();
+    for (const n of g.order) {
+      let bits = n.opType === "MatMulNBits" ? NBITS : n.opType === "MatMulInteger" ? INTEGER : 0;
+      for (const i of dataInputs(n)) {
+        const p = i ? g.producer.get(i) : undefined;
+        if (p) bits |= f.get(p) ?? 0;
+      }
+      f.set(n, bits);
+    }
+    quantCache.set(g, (flags = f));
+  }
+  const p = g.producer.get(t);
+  const bits = p ? flags.get(p) ?? 0 : 0;
+  return bits & NBITS ? "MatMulNBits" : bits & INTEGER ? "MatMulInteger" : undefined;
 }
 
 /** Models whose first input has no batch axis (token-flattened vision towers such as Qwen2-VL's). */

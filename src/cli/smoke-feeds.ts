@@ -27,6 +27,9 @@ export interface Declared {
 /** Symbols other than the batch and past lengths: divisible by 2 and 4 and a square, like the token grids prunec meets. */
 export const DEFAULT_SIZE = 16;
 
+/** Larger synthetic inputs are not built (a declared size of 2^32 would not fit in memory): the run is skipped. */
+export const MAX_FEED_ELEMENTS = 1 << 26;
+
 const FEED_TYPES: Partial<Record<number, FeedType>> = {
   [DT.FLOAT]: "float32", [DT.DOUBLE]: "float64", [DT.FLOAT16]: "float16", [DT.INT64]: "int64", [DT.INT32]: "int32", [DT.INT16]: "int16",
   [DT.INT8]: "int8", [DT.UINT8]: "uint8", [DT.UINT16]: "uint16", [DT.UINT32]: "uint32", [DT.UINT64]: "uint64", [DT.BOOL]: "bool",
@@ -40,7 +43,8 @@ export function declared(v: ValueInfoProto): Declared {
   const t = v.type?.value;
   if (t?.case !== "tensorType") return { name: v.name, elemType: DT.UNDEFINED };
   const shape = t.value.shape;
-  const dims = shape?.dim.map((d): Dim | undefined => (d.value.case === "dimValue" ? Number(d.value.value) : d.value.case === "dimParam" && d.value.value ? d.value.value : undefined));
+  // A negative dim_value is no size: onnxruntime takes any there, as for an unnamed dim.
+  const dims = shape?.dim.map((d): Dim | undefined => (d.value.case === "dimValue" && d.value.value >= 0n ? Number(d.value.value) : d.value.case === "dimParam" && d.value.value ? d.value.value : undefined));
   return { name: v.name, elemType: t.value.elemType, ...(dims ? { dims } : {}) };
 }
 
@@ -93,6 +97,7 @@ export function syntheticFeed(d: Declared, batchSymbol: Dim | undefined, batch: 
   if (!d.dims) return `input '${d.name}' has no declared shape`;
   const dims = d.dims.map((x) => concreteDim(x, batchSymbol, batch));
   const count = dims.reduce((a, b) => a * b, 1);
+  if (count > MAX_FEED_ELEMENTS) return `input '${d.name}' would hold ${count} elements at its declared shape [${dims.join(", ")}], too many for a smoke run`;
   const last = dims.at(-1) ?? 1;
   if (isFloatType(type)) {
     const next = mulberry32(seed);

@@ -4,7 +4,6 @@
  * pass through untouched; passes build new node objects instead of mutating shared ones.
  */
 import { create } from "@bufbuild/protobuf";
-import { Graph as DiGraph, alg } from "@dagrejs/graphlib";
 import {
   AttributeProtoSchema,
   AttributeProto_AttributeType as AT,
@@ -16,8 +15,43 @@ import {
   type ValueInfoProto,
 } from "../onnx/gen/onnx_pb.js";
 import { readNumbers } from "../onnx/tensor.js";
+import { PrunecError } from "../errors.js";
 
 export type { NodeProto, TensorProto, GraphProto, ValueInfoProto };
+
+/** An ONNX Constant node (default domain). */
+export function isConstantNode(n: NodeProto): boolean {
+  return n.opType === "Constant" && n.domain === "";
+}
+
+/**
+ * The tensors a node computes from. A Constant takes no inputs in ONNX; onnxruntime turns Constant
+ * nodes into initializers and ignores any inputs a (malformed) one lists, so they are not data
+ * edges here either: no walk, order or cycle goes through them.
+ */
+export function dataInputs(n: NodeProto): readonly string[] {
+  return isConstantNode(n) && n.input.length ? [] : n.input;
+}
+
+/** A dependency cycle: `node` reads `tensor`, which `path` (data-flow order, ending at `node`) computes from node's own output. */
+export interface Cycle {
+  node: NodeProto;
+  tensor: string;
+  path: NodeProto[];
+}
+
+/** How messages name a node: its name, else its position in the file. */
+export function nodeLabel(g: GraphProto, n: NodeProto): string {
+  return n.name ? `'${n.name}'` : `#${g.node.indexOf(n)}`;
+}
+
+/** "node 'a' (Relu) reads 'x', which is computed from its own output (a → b → a)". */
+export function cycleText(g: GraphProto, c: Cycle): string {
+  const p = c.path;
+  // Long cycles are shortened (and labels computed only for the nodes shown).
+  const shown = p.length > 8 ? [...p.slice(0, 4).map((n) => nodeLabel(g, n)), `… ${p.length - 6} more …`, ...p.slice(-2).map((n) => nodeLabel(g, n))] : p.map((n) => nodeLabel(g, n));
+  return `node ${nodeLabel(g, c.node)} (${c.node.opType}) reads '${c.tensor}', which is computed from its own output (a cycle: ${[nodeLabel(g, c.node), ...shown].join(" → ")})`;
+}
 
 export class Graph {
   readonly proto: GraphProto;
@@ -39,7 +73,7 @@ export class Graph {
     this.outputs = new Set(proto.output.map((o) => o.name));
     for (const n of proto.node) {
       for (const o of n.output) if (o) this.producer.set(o, n);
-      for (const i of n.input) {
+      for (const i of dataInputs(n)) {
         if (!i) continue;
         const list = this.consumers.get(i);
         if (list) list.push(n);
@@ -48,28 +82,93 @@ export class Graph {
     }
   }
 
-  /** Nodes in a topological order that is stable (ties keep file order), so output is deterministic. */
+  /**
+   * Nodes in a topological order: file order when that is one (exporters write nodes sorted), else
+   * the order graphlib's topsort gave (kept exactly, so compiled bytes do not change): a post-order
+   * depth-first walk over producers, from each sink in file order, producers by position. Iterative,
+   * so a chain of any length cannot overflow the stack. A cycle is a PrunecError("format").
+   */
   get order(): NodeProto[] {
     if (this.orderCache) return this.orderCache;
+    const sorted = this.sort();
+    if (!Array.isArray(sorted)) throw new PrunecError("format", `the graph has a cycle: ${cycleText(this.proto, sorted)}`);
+    this.orderCache = sorted;
+    return sorted;
+  }
+
+  /** A dependency cycle, if the graph has one. */
+  findCycle(): Cycle | undefined {
+    if (this.orderCache) return undefined;
+    const sorted = this.sort();
+    if (Array.isArray(sorted)) {
+      this.orderCache = sorted;
+      return undefined;
+    }
+    return sorted;
+  }
+
+  private sort(): NodeProto[] | Cycle {
     const nodes = this.proto.node;
     const index = new Map(nodes.map((n, i) => [n, i]));
     // Exporters already write nodes topologically; keep that order when it is valid (the common case).
-    const valid = nodes.every((n, i) => n.input.every((inp) => { const p = inp ? this.producer.get(inp) : undefined; return !p || index.get(p)! < i; }));
-    if (valid) {
-      this.orderCache = nodes.slice();
-      return this.orderCache;
-    }
-    const g = new DiGraph({ directed: true });
-    nodes.forEach((_, i) => g.setNode(String(i)));
-    nodes.forEach((n, i) => {
-      for (const inp of n.input) {
+    const valid = nodes.every((n, i) => dataInputs(n).every((inp) => {
+      const p = inp ? this.producer.get(inp) : undefined;
+      return !p || index.get(p)! < i;
+    }));
+    if (valid) return nodes.slice();
+    // Producers of each node by position (deduplicated, ascending: graphlib's key order).
+    const preds: number[][] = nodes.map((n) => {
+      const ps = new Set<number>();
+      for (const inp of dataInputs(n)) {
         const p = inp ? this.producer.get(inp) : undefined;
-        if (p) g.setEdge(String(index.get(p)), String(i));
+        if (p) ps.add(index.get(p)!);
       }
+      return [...ps].sort((a, b) => a - b);
     });
-    if (!alg.isAcyclic(g)) throw new Error("graph has a cycle");
-    const order = alg.topsort(g).map((k: string) => nodes[Number(k)]!);
-    this.orderCache = order;
+    const hasSuccessor = new Uint8Array(nodes.length);
+    for (const ps of preds) for (const p of ps) hasSuccessor[p] = 1;
+    const state = new Uint8Array(nodes.length); // 0 unvisited, 1 on the walk's path, 2 done
+    const order: NodeProto[] = [];
+    const walk = (root: number): Cycle | undefined => {
+      const stack: [number, number][] = [[root, 0]];
+      state[root] = 1;
+      while (stack.length) {
+        const top = stack[stack.length - 1]!;
+        const [n, k] = top;
+        if (k < preds[n]!.length) {
+          top[1] = k + 1;
+          const p = preds[n]![k]!;
+          if (state[p] === 1) {
+            // n reads p's output, and p is computed from n: the path from p down to n closes the cycle.
+            const at = stack.findIndex(([m]) => m === p);
+            const path = stack.slice(at).map(([m]) => nodes[m]!).reverse();
+            const reader = nodes[n]!;
+            const tensor = dataInputs(reader).find((i) => i && this.producer.get(i) === nodes[p]) ?? "?";
+            return { node: reader, tensor, path: [...path.slice(1), reader] };
+          }
+          if (state[p] === 0) {
+            state[p] = 1;
+            stack.push([p, 0]);
+          }
+          continue;
+        }
+        stack.pop();
+        state[n] = 2;
+        order.push(nodes[n]!);
+      }
+      return undefined;
+    };
+    for (let i = 0; i < nodes.length; i++) {
+      if (hasSuccessor[i] || state[i]) continue;
+      const cycle = walk(i);
+      if (cycle) return cycle;
+    }
+    // Nodes no sink depends on lie on (or feed only) cycles.
+    for (let i = 0; i < nodes.length; i++) {
+      if (state[i]) continue;
+      const cycle = walk(i);
+      if (cycle) return cycle;
+    }
     return order;
   }
 
@@ -95,14 +194,20 @@ export class Graph {
   }
 
   constantTensor(name: string): TensorProto | undefined {
-    const init = this.initializers.get(name);
-    if (init) return init;
-    const p = this.producer.get(name);
-    if (p && p.opType === "Constant" && p.domain === "") {
-      const a = p.attribute.find((x) => x.name === "value");
-      if (a?.t) return a.t;
+    // Identity chains are followed iteratively, each tensor once: a malformed model may loop them.
+    const seen = new Set<string>();
+    for (let t = name; !seen.has(t); ) {
+      seen.add(t);
+      const init = this.initializers.get(t);
+      if (init) return init;
+      const p = this.producer.get(t);
+      if (p && isConstantNode(p)) {
+        const a = p.attribute.find((x) => x.name === "value");
+        if (a?.t) return a.t;
+      }
+      if (!(p && p.opType === "Identity" && p.input[0])) return undefined;
+      t = p.input[0];
     }
-    if (p && p.opType === "Identity" && p.input[0]) return this.constantTensor(p.input[0]);
     return undefined;
   }
 
@@ -123,6 +228,26 @@ export class Graph {
     return seen;
   }
 
+  /**
+   * Whether `node` is among the nodes `tensor` depends on (`ancestors(tensor).has(node)`), without
+   * collecting them all: producers placed before `node` in `order` cannot lead back to it, so the
+   * walk stays between the two (a layer's nodes, not the whole graph above it).
+   */
+  dependsOn(tensor: string, node: NodeProto): boolean {
+    const floor = this.position(node);
+    const seen = new Set<NodeProto>();
+    const stack: string[] = [tensor];
+    while (stack.length) {
+      const p = this.producer.get(stack.pop()!);
+      if (!p || seen.has(p)) continue;
+      if (p === node) return true;
+      seen.add(p);
+      if (this.position(p) < floor) continue;
+      for (const i of dataInputs(p)) if (i) stack.push(i);
+    }
+    return false;
+  }
+
   /** All nodes that `tensor` depends on (its transitive producers). */
   ancestors(tensor: string): Set<NodeProto> {
     const seen = new Set<NodeProto>();
@@ -132,7 +257,7 @@ export class Graph {
       const p = this.producer.get(t);
       if (!p || seen.has(p)) continue;
       seen.add(p);
-      for (const i of p.input) if (i) stack.push(i);
+      for (const i of dataInputs(p)) if (i) stack.push(i);
     }
     return seen;
   }

@@ -6,6 +6,7 @@
  * these on prunec's output, and onnxruntime reports them only when the model is loaded. Pure.
  */
 import type { GraphProto, NodeProto } from "../onnx/gen/onnx_pb.js";
+import { dataInputs } from "../ir/graph.js";
 
 export type StructureIssueKind = "missing-input" | "out-of-order" | "duplicate-output" | "duplicate-node-name" | "unproduced-output";
 
@@ -40,6 +41,14 @@ function where(scope: string): string {
  * produced too late from one never produced).
  */
 export function structureIssues(graph: GraphProto, outer: ReadonlySet<string> = new Set(), scope = "", outerProducers: ReadonlyMap<string, NodeProto> = new Map()): StructureIssue[] {
+  return issuesIn(graph, (t) => outer.has(t), scope, (t) => outerProducers.get(t));
+}
+
+/**
+ * Scopes are lookups chained to the enclosing graph's (not copied sets): a subgraph sees the names
+ * available at its node, so each check stays linear in the model whatever its nesting.
+ */
+function issuesIn(graph: GraphProto, outerVisible: (t: string) => boolean, scope: string, outerLater: (t: string) => NodeProto | undefined): StructureIssue[] {
   const issues: StructureIssue[] = [];
   const producedBy = new Map<string, string>(); // tensor → what produces it (for messages)
   const laterProducer = new Map<string, NodeProto>();
@@ -50,7 +59,8 @@ export function structureIssues(graph: GraphProto, outer: ReadonlySet<string> = 
   for (const t of graph.initializer) producedBy.set(t.name, "an initializer");
   for (const i of graph.input) if (!producedBy.has(i.name)) producedBy.set(i.name, "a graph input");
   const available = new Set<string>([...producedBy.keys()]);
-  const visible = (t: string) => available.has(t) || outer.has(t);
+  const visible = (t: string) => available.has(t) || outerVisible(t);
+  const later = (t: string) => laterProducer.get(t) ?? outerLater(t);
   const names = new Set<string>();
 
   graph.node.forEach((n, index) => {
@@ -60,19 +70,20 @@ export function structureIssues(graph: GraphProto, outer: ReadonlySet<string> = 
       if (names.has(n.name)) issues.push({ kind: "duplicate-node-name", ...at, tensor: n.name, message: `two nodes are named '${n.name}'${where(scope)}` });
       names.add(n.name);
     }
-    for (const input of n.input) {
+    // A Constant's inputs are not read (ONNX gives it none; onnxruntime ignores any): see dataInputs.
+    for (const input of dataInputs(n)) {
       if (!input || visible(input)) continue; // "" is an omitted optional input
-      const later = laterProducer.get(input) ?? outerProducers.get(input);
+      const producer = later(input);
       issues.push(
-        later
-          ? { kind: "out-of-order", ...at, tensor: input, message: `node '${label}' (${n.opType}) reads '${input}' before node '${later.name || "?"}' (${later.opType}) produces it${where(scope)}: the nodes are not in topological order` }
+        producer
+          ? { kind: "out-of-order", ...at, tensor: input, message: `node '${label}' (${n.opType}) reads '${input}' before node '${producer.name || "?"}' (${producer.opType}) produces it${where(scope)}: the nodes are not in topological order` }
           : { kind: "missing-input", ...at, tensor: input, message: `node '${label}' (${n.opType}) reads '${input}', which no node, initializer or graph input produces${where(scope)}` },
       );
     }
-    // Subgraphs see every name visible at this node (ONNX outer-scope rule).
+    // Subgraphs see every name visible at this node (ONNX outer-scope rule): checked now, before later outputs join `available`.
     for (const a of n.attribute) {
       for (const sub of [...(a.g ? [a.g] : []), ...a.graphs]) {
-        issues.push(...structureIssues(sub, new Set([...outer, ...available]), `${scope ? scope + "/" : ""}${label}/${a.name}`, new Map([...outerProducers, ...laterProducer])));
+        for (const i of issuesIn(sub, visible, `${scope ? scope + "/" : ""}${label}/${a.name}`, later)) issues.push(i);
       }
     }
     for (const o of n.output) {
