@@ -253,5 +253,5 @@ export function applyMergeStage(proto: GraphProto, dense: TransformerInfo, dense
   });
   // Side tensors and the proportional-attention Adds may read tensors computed later in file order.
   const sorted = sides.length || proportional ? shallowCopy(graph, { node: new Graph(graph).order }) : graph;
-  return { graph: sorted, indices: positions, added: b.nodes, lowering: "index", carried, sets: new Map() };
+  return { graph: sorted, indices: positions, added: b.nodes, lowering: "index", ...(options.target === "webgpu" ? { loweringNote: "merge stages have one lowering (one-hot MatMul; TopK indices)" } : {}), carried, sets: new Map() };
 }

@@ -87,6 +87,8 @@ export interface StageResult {
   indices: string | undefined;
   added: NodeProto[];
   lowering: Lowering;
+  /** `--target webgpu` asked for the float-keys lowering and this stage could not have it: why. */
+  loweringNote?: string;
   /** Side tensors this stage gathered (name → token axes), for later stages to gather again. */
   carried: Map<string, TokenAxes>;
   /** `with mask`: the additive key bias [B,N] of every token dropped so far. */
@@ -173,6 +175,7 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
   let validBias: string | undefined;
   const gather = (positions: string, source = stream) => gatherTokens(b, source, positions, { tokenAxis: model.tokenAxis!, ...(model.batchAxis !== undefined ? { batchAxis: model.batchAxis } : {}) });
   let lowering: Lowering = "index";
+  const floatKeys = options.target === "webgpu" ? floatKeysFor(model, plan, tokens, sides, options, normalized) : undefined;
   /** The positions the stream was gathered at, when known (what token sets follow). */
   let positions: string | undefined;
   const selector = plan.criterion.select;
@@ -191,9 +194,9 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
     if (plan.keep === undefined) throw new Error("grouped criteria need a static token count (checked by the plan)");
     indices = selectGroups(b, scores, plan.keep, plan.groups.members, plan.prefix);
     output = gather(indices);
-  } else if (options.target === "webgpu" && model.batchAxis === 0 && plan.keep !== undefined && tokens !== undefined && !sides.length && !plan.mask && !plan.recycle && !options.sets?.size && !normalized) {
+  } else if (floatKeys && "counts" in floatKeys) {
     lowering = "float-keys";
-    const sel = selectAndGatherFloat(b, scores, stream, tokens - plan.prefix, plan.keep, plan.prefix);
+    const sel = selectAndGatherFloat(b, scores, stream, floatKeys.counts.tokens - plan.prefix, floatKeys.counts.keep, plan.prefix);
     output = sel.output;
     if (options.expose) indices = withPrefix(b, b.squeeze(sel.positions, [2]), plan.prefix);
   } else if (plan.adaptive) {
@@ -278,7 +281,42 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
   });
   // A side tensor may be computed after the stage's anchor point in file order: re-sort when any is gathered.
   const sorted = sides.length || padMask.size ? shallowCopy(graph, { node: new Graph(graph).order }) : graph;
-  return { graph: sorted, indices: exposed ?? indices, added: b.nodes, lowering, carried, sets, ...(counts ? { counts } : {}), ...(validBias ? { validBias } : {}) };
+  // Selections with a lowering of their own (greedy loops, groups, folds) say so instead.
+  const loweringNote = options.target !== "webgpu" || lowering === "float-keys" ? undefined : selector || plan.fold || plan.groups ? ownLowering(plan) : floatKeys && "why" in floatKeys ? floatKeys.why : undefined;
+  return { graph: sorted, indices: exposed ?? indices, added: b.nodes, lowering, ...(loweringNote ? { loweringNote } : {}), carried, sets, ...(counts ? { counts } : {}), ...(validBias ? { validBias } : {}) };
+}
+
+/**
+ * Whether the float-keys (WebGPU-resident) selection can serve a stage (its static counts), or why not. It
+ * orders one static count of batch-first tokens and gathers the stream alone; anything else keeps
+ * the index lowering, whose int64 arithmetic onnxruntime-web runs on the CPU.
+ */
+function floatKeysFor(
+  model: TransformerInfo,
+  plan: StagePlan,
+  tokens: number | undefined,
+  sides: readonly { tensor: string }[],
+  options: StageOptions,
+  normalized: string | undefined,
+): { why: string } | { counts: { tokens: number; keep: number } } {
+  const why = (text: string) => ({ why: text });
+  if (model.batchAxis !== 0) return why(model.batchAxis === undefined ? "the stream has no batch axis" : "the stream is sequence-first");
+  if (plan.keep === undefined) return why("the count differs per example");
+  if (tokens === undefined) return why("the token count is symbolic");
+  if (sides.length) return why(`the layers below read per-token tensors (${sides.map((x) => `'${x.tensor}'`).sort().join(", ")}) that are gathered by index`);
+  if (plan.mask) return why("'with mask' builds its key bias from the kept indices");
+  if (plan.recycle) return why("'with recycle' needs the kept indices");
+  if (options.sets?.size) return why("token sets follow the kept indices");
+  if (normalized) return why("the fused skip norm's normalized output is gathered by index too");
+  return { counts: { tokens, keep: plan.keep } };
+}
+
+/** Stages whose selection has its own lowering under --target webgpu (not a fallback), or undefined. */
+function ownLowering(plan: StagePlan): string | undefined {
+  if (plan.criterion.select) return undefined; // greedy selection: unrolled for WebGPU by the criterion itself
+  if (plan.fold) return "it keeps whole merge groups (index lowering)";
+  if (plan.groups) return `it keeps whole ${plan.groups.unit}s (index lowering)`;
+  return undefined;
 }
 
 /**

@@ -66,6 +66,8 @@ export interface StageReport {
   line: number;
   /** How selection was lowered (see passes/prune-stage.ts). */
   lowering: Lowering;
+  /** `--target webgpu` asked for the GPU-resident lowering and this stage could not have it: why. */
+  loweringNote?: string;
 }
 
 export interface CompileReport {
@@ -187,7 +189,7 @@ export function compileModel(modelBytes: Uint8Array, specText: string, options: 
   const indices: string[] = [];
   /** Adaptive stages: stage → int64 [B] tokens each example keeps. */
   const counts = new Map<number, string>();
-  const lowerings: Lowering[] = [];
+  const lowerings: { lowering: Lowering; note?: string }[] = [];
   let maskBias: string | undefined;
   let validBias: string | undefined;
   // Token sets a stage restricts to start as their mask inputs; each stage gathers them (passes/prune-stage.ts).
@@ -204,7 +206,7 @@ export function compileModel(modelBytes: Uint8Array, specText: string, options: 
     added.push(...result.added);
     if (result.indices) indices.push(result.indices);
     if (result.counts) counts.set(indices.length - 1, result.counts);
-    lowerings.push(result.lowering);
+    lowerings.push({ lowering: result.lowering, ...(result.loweringNote ? { note: result.loweringNote } : {}) });
   }
   if (options.exposeIndices) g = exposeIndices(g, indices, counts, info, plans);
   if (plans.length) g = refreshOutputShapes(g, graph, plans);
@@ -315,9 +317,10 @@ function refreshOutputShapes(g: GraphProto, original: GraphProto, plans: StagePl
   });
 }
 
-function report(info: TransformerInfo, plans: StagePlan[], added: NodeProto[], lines: number[], lowerings: Lowering[]): Omit<CompileReport, "verification" | "perTokenOutputs"> {
+function report(info: TransformerInfo, plans: StagePlan[], added: NodeProto[], lines: number[], lowerings: { lowering: Lowering; note?: string }[]): Omit<CompileReport, "verification" | "perTokenOutputs"> {
   const stages = plans.map((p, i) => ({
-    lowering: lowerings[i]!,
+    lowering: lowerings[i]!.lowering,
+    ...(lowerings[i]!.note ? { loweringNote: lowerings[i]!.note } : {}),
     stage: p.stage,
     layer: p.layer.index,
     criterion: p.criterion.name,

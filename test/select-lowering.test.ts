@@ -15,6 +15,10 @@ import { gatherTokens } from "../passes/gather-tokens.js";
 import { makeNode } from "../src/ir/graph.js";
 import { runNode } from "./helpers/ort.js";
 import { topKPositions } from "./reference/cls-attn.js";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { REPO_ROOT } from "./helpers/shared.js";
+import { compile } from "../src/compile.js";
 
 function model(n: number, d: number, k: number, prefix: number, lowering: "index" | "float-keys"): Uint8Array {
   const b = new NodeBuilder("t", 17);
@@ -62,5 +66,20 @@ describe("index and float-keys selection agree, ties included", () => {
       ),
       { numRuns: 25 },
     );
+  });
+});
+
+describe("--target webgpu: each stage reports the lowering it got, and why when it is not GPU-resident", () => {
+  const tiny = readFileSync(join(REPO_ROOT, "examples", "tiny-vit", "model.onnx"));
+  const stage = (spec: string, target: "cpu" | "webgpu") => compile(tiny, spec, { target }).report.stages[0]!;
+  it("a plain top-k stage gets float-keys with no note; on cpu, index with no note", () => {
+    expect(stage("after layer 1 keep 50% by cls-attn", "webgpu")).toMatchObject({ lowering: "float-keys" });
+    expect(stage("after layer 1 keep 50% by cls-attn", "webgpu").loweringNote).toBeUndefined();
+    expect(stage("after layer 1 keep 50% by cls-attn with recycle", "cpu").loweringNote).toBeUndefined();
+  });
+  it("a stage that needs the kept indices falls back to index lowering, and says why", () => {
+    expect(stage("after layer 1 keep 50% by cls-attn with recycle", "webgpu")).toMatchObject({ lowering: "index", loweringNote: "'with recycle' needs the kept indices" });
+    expect(stage("after layer 1 keep mass 50% by cls-attn", "webgpu")).toMatchObject({ lowering: "index", loweringNote: "the count differs per example" });
+    expect(stage("after layer 1 merge 10 tokens by similarity", "webgpu")).toMatchObject({ lowering: "index", loweringNote: "merge stages have one lowering (one-hot MatMul; TopK indices)" });
   });
 });

@@ -68,7 +68,7 @@ async function runCompile(modelPath: string, specPath: string, opts: { output?: 
     io.out(JSON.stringify({ output: out, ...report, smoke: smoke ?? { status: "skipped", reason: "--no-verify" }, ...(externalData.length ? { externalData } : {}) }, null, 2));
     return;
   }
-  const stages = report.stages.map((s) => `stage ${s.stage}: after layer ${s.layer} by ${s.criterion}, ${s.tokensIn} → ${s.tokensOut} tokens`);
+  const stages = report.stages.map((s) => `stage ${s.stage}: after layer ${s.layer} by ${s.criterion}, ${s.tokensIn} → ${s.tokensOut} tokens, ${s.lowering} lowering${s.loweringNote ? ` (not GPU-resident for --target webgpu: ${s.loweringNote})` : ""}`);
   const weights = externalData.map((w) => `external data ${w.file}: ${w.action}`);
   const verified = [verifiedLine(report), smoke ? formatSmoke(smoke) : "onnxruntime smoke run skipped (--no-verify)"];
   io.out([`wrote ${out}`, ...stages.map((s) => `  ${s}`), `  ${report.addedNodes.length} nodes added`, ...perTokenLines(report), ...weights.map((w) => `  ${w}`), ...verified.map((v) => `  ${v}`)].join("\n"));
