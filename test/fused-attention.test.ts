@@ -8,6 +8,7 @@
 import { describe, expect, it } from "vitest";
 import { compile } from "../src/compile.js";
 import { PrunecError } from "../src/errors.js";
+import { valueInfo } from "../src/ir/value-info.js";
 import { decodeModel, encodeModel } from "../src/onnx/io.js";
 import { buildFusedVit, FUSED_VIT } from "./support/fused-vit.js";
 import { unfuseMultiHeadAttention } from "./support/unfuse.js";
@@ -122,10 +123,11 @@ describe("fused MultiHeadAttention: recomputed attention equals an unfused twin'
   });
 });
 
-/** The model with input slot `slot` of every MHA node set to `name` (the tensor need not exist: compile rejects first). */
+/** The model with input slot `slot` of every MHA node set to `name`, declared as an int32 [batch, tokens] graph input. */
 function withMhaInput(bytes: Uint8Array, slot: number, name: string): Uint8Array {
   const model = decodeModel(bytes);
   for (const n of model.graph!.node) if (n.opType === "MultiHeadAttention") n.input[slot] = name;
+  model.graph!.input.push(valueInfo(name, 6, ["batch", "tokens"]));
   return encodeModel(model);
 }
 
