@@ -116,7 +116,10 @@ function hangClass(stack: string): string {
   for (const f of frames) seen.set(f, (seen.get(f) ?? 0) + 1);
   const recursive = frames.find((f) => f.startsWith("<anonymous>") === false && (seen.get(f) ?? 0) >= 5);
   if (recursive) return `recursion in ${recursive}, entered from ${frames[frames.lastIndexOf(recursive) + 1] ?? "?"}`;
-  return frames.slice(0, 2).join(" ← ");
+  // Builders every pass calls say little: name the first caller outside them too.
+  const helper = (f: string) => /\((src\/onnx\/tensor|passes\/builder|src\/ir\/graph)\.ts\)/.test(f);
+  const caller = frames.find((f) => !helper(f));
+  return caller && caller !== frames[0] ? `${frames[0]} ← … ← ${caller}` : frames[0]!;
 }
 
 // ---------- the campaign ----------
