@@ -57,8 +57,9 @@ import { NodeBuilder } from "./builder.js";
 import { denseName } from "./gather-tokens.js";
 import { findSideInputs, gatherSideInputs, rewireSideInputs, type TokenAxes } from "./carry-tokens.js";
 import { addKeyBias } from "./mask-recycle.js";
-import { headMeanKeys } from "./criteria/similarity.js";
-import { prunedStreamInfo, retargetShapeConstants, streamElemType, withCurrentNodes, type StageOptions, type StagePlan, type StageResult } from "./prune-stage.js";
+import { headMeanKeys } from "./attention/keys.js";
+import { prunedStreamInfo, retargetShapeConstants, streamElemType, withCurrentNodes, type StageOptions, type StageResult } from "./prune-stage.js";
+import type { StagePlan } from "../src/plan-types.js";
 
 const FLOAT = DT.FLOAT;
 

@@ -10,76 +10,25 @@
 import { Graph, type GraphProto, type NodeProto } from "../src/ir/graph.js";
 import { shallowCopy } from "../src/ir/copy.js";
 import type { LayerInfo, TransformerInfo } from "../src/analysis/transformer.js";
-import type { EncoderOutput } from "../src/analysis/merge.js";
 import type { Dim, ShapeMap } from "../src/analysis/dims.js";
 import { inferShapes } from "../src/analysis/shapes.js";
 import { int64Tensor } from "../src/onnx/tensor.js";
 import { batchDim, valueInfo } from "../src/ir/value-info.js";
 import { NodeBuilder } from "./builder.js";
-import type { CriterionModule, ScoreContext, TokenGroups } from "./criterion.js";
+import type { ScoreContext } from "./criterion.js";
 import { keepCountDynamic } from "./amount.js";
 import { selectTopK, withPrefix } from "./select-topk.js";
 import { selectGroups, selectFolded, meanOverGroups } from "./select-groups.js";
 import { findSideInputs, gatherSideInputs, rewireSideInputs, type SideInput, type TokenAxes } from "./carry-tokens.js";
 import { addKeyBias, keptOneHot, maskBias, recycledToken } from "./mask-recycle.js";
-import { countPerExample, selectAdaptive, type AdaptiveAmount } from "./adaptive.js";
+import { countPerExample, selectAdaptive } from "./adaptive.js";
 import { rewriteCachedAttention } from "./cached-attention.js";
-import { clsRowScores } from "./criteria/cls-attn.js";
+import { clsRowScores } from "./attention/attention-map.js";
 import { selectAndGatherFloat } from "./select-gather-float.js";
 import { gatherTokens, denseName } from "./gather-tokens.js";
 import { PrunecError } from "../src/errors.js";
 import { isSkipNorm } from "../src/analysis/residual.js";
-import type { ArgValue } from "../grammar/ir.js";
-
-export interface StagePlan {
-  stage: number;
-  layer: LayerInfo;
-  /** The stage's percentage as written (used when the token count is symbolic). */
-  percent: number;
-  /** `drop P%` (keep N − round(P%·N)) rather than `keep P%`. */
-  drop: boolean;
-  /** Static number of prunable tokens kept (groups, for grouped criteria), when the token count is known. */
-  keep?: number;
-  /** Whole groups the criterion selects (scores are per group). */
-  groups?: TokenGroups;
-  /** First layer seeing this stage's input tokens (see StageFacts). */
-  firstLayer: number;
-  /** Inside an encoder whose output folds g consecutive tokens: keep whole g-token groups. */
-  fold?: number;
-  /** `after encoder`: act on this output's rows (tokens or merged tokens) instead of a residual. */
-  encoder?: EncoderOutput;
-  /** Tokens the criterion scores when they differ from the rows selected (after the encoder: the last layer's). */
-  scoredTokens?: Dim;
-  /** `with mask`: keep every token and mask the dropped ones' keys in the later layers. */
-  mask?: boolean;
-  /** `with recycle`: append the score-weighted mean of the dropped tokens as one extra token. */
-  recycle?: boolean;
-  /**
-   * `with renumber`: below the stage the kept tokens take positions 0..K'−1 (TransPrune's and
-   * SparseVLM's references): side tensors with one token axis (position ids, rotary tables) are
-   * read at rows 0..K'−1 instead of the kept rows; masks (two token axes) follow the kept tokens.
-   */
-  renumber?: boolean;
-  /**
-   * A `merge` stage (ToMe, passes/merge-stage.ts, planned by src/plan-merge.ts): r tokens merged
-   * away; `sizesFrom`: the earlier merge stage whose token sizes it weighs by; `proportional`:
-   * add log(size) to the attention logits of the later layers.
-   */
-  /** sizesFrom: the previous merge stage (its sizes and ToMe order); feedsMerge: a later merge reads this one's. */
-  merge?: { r: number; sizesFrom?: number; proportional: boolean; feedsMerge?: boolean };
-  /** `keep mass P%` / `keep above X`: a count per example (see adaptive.ts). */
-  adaptive?: AdaptiveAmount;
-  /** Adaptive amounts: the last layer whose attention masks this stage's padding (the next stage's layer). */
-  padUntil?: number;
-  /** `of SET`: the amount applies to the set's tokens (a boolean [batch, sequence] model input); the others are kept. */
-  ofSet?: { name: string; input: string };
-  criterion: CriterionModule;
-  args: Record<string, ArgValue>;
-  /** Tokens entering the stage (prefix included) and kept by it. */
-  tokensIn: Dim;
-  tokensOut: Dim;
-  prefix: number;
-}
+import type { StagePlan } from "../src/plan-types.js";
 
 export interface StageResult {
   graph: GraphProto;

@@ -13,10 +13,15 @@ import type { SpecIR, StageIR, Span } from "../grammar/ir.js";
 import { argsWithDefaults } from "../grammar/registry.js";
 import type { TransformerInfo, LayerInfo } from "./analysis/transformer.js";
 import type { Dim } from "./analysis/dims.js";
-import type { StagePlan } from "../passes/prune-stage.js";
+import type { StagePlan } from "./plan-types.js";
 import { percentRatio } from "../passes/amount.js";
 import { maskUnavailable } from "../passes/mask-recycle.js";
-import { similarity } from "../passes/criteria/similarity.js";
+import { criterionModule } from "../passes/registry.js";
+
+// ToMe's criterion, through the registry like every criterion the planner reads.
+const similarity = criterionModule("similarity") ?? (() => {
+  throw new Error("the criterion registry has no similarity module");
+})();
 
 /** Percentage merged when a merge stage omits its amount (the language's default amount). */
 const DEFAULT_MERGE_PERCENT = 50;

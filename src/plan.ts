@@ -8,8 +8,9 @@ import { clip, diagnosticAt, formatDiagnostics, type Diagnostic } from "../gramm
 import { closest } from "../grammar/suggest.js";
 import type { TransformerInfo } from "./analysis/transformer.js";
 import type { Dim } from "./analysis/dims.js";
+import type { InputFact } from "./analysis/inputs.js";
 import { criterionModule, plannedCriterion, requiredSets } from "../passes/registry.js";
-import type { StagePlan } from "../passes/prune-stage.js";
+import type { StagePlan } from "./plan-types.js";
 import type { StageFacts } from "../passes/criterion.js";
 import { keepCountStatic } from "../passes/amount.js";
 import { maskUnavailable, paddingUnmaskable } from "../passes/mask-recycle.js";
@@ -28,10 +29,6 @@ export function resolvedAmount(stage: StageIR): { text: string; isDefault: boole
 }
 
 /** What the plan needs to know of a model input named by `tokens SET = input NAME`. */
-export interface InputFact {
-  elemType: string;
-  rank: number;
-}
 
 /** `tokens SET = input NAME` naming an existing model input needs a boolean or integer [batch, sequence] mask. */
 function checkSetInputs(spec: SpecIR, inputs: ReadonlyMap<string, InputFact>): Diagnostic[] {

@@ -11,7 +11,7 @@
 import type { CriterionModule, StageFacts } from "../criterion.js";
 import type { NodeBuilder } from "../builder.js";
 import type { LayerInfo } from "../../src/analysis/transformer.js";
-import { keyScores, probabilities, probabilitiesUnavailable } from "./attention-map.js";
+import { keyScores, probabilities, probabilitiesUnavailable } from "../attention/attention-map.js";
 import { clsUnavailable } from "./cls-attn.js";
 
 /** The `layers` argument as written (negative layers count from the end), or undefined. */

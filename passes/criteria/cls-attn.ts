@@ -4,19 +4,13 @@
  * softmax over all keys, not renormalised after removing CLS.
  */
 import type { CriterionModule } from "../criterion.js";
-import type { LayerInfo, TransformerInfo } from "../../src/analysis/transformer.js";
-import type { NodeBuilder } from "../builder.js";
-import { keyScores, probabilities, probabilitiesUnavailable } from "./attention-map.js";
+import type { TransformerInfo } from "../../src/analysis/transformer.js";
+import { clsRowScores, probabilitiesUnavailable } from "../attention/attention-map.js";
 
 /** Why a model has no CLS row to read, or undefined. */
 export function clsUnavailable(model: TransformerInfo): string | undefined {
   if (model.cls.present) return undefined;
   return "the model has no CLS token (no learned token is concatenated in front of the patch tokens); use a criterion that does not need one";
-}
-
-/** Mean over heads of the CLS query's probabilities to the prunable keys, [B,Np]. */
-export function clsRowScores(b: NodeBuilder, layer: LayerInfo, prefix: number): string {
-  return keyScores(b, probabilities(b, layer, "cls"), prefix, (p) => p);
 }
 
 export const clsAttn: CriterionModule = {

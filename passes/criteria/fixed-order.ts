@@ -5,18 +5,8 @@
  */
 import type { CriterionModule, ScoreContext } from "../criterion.js";
 import type { Dim } from "../../src/analysis/dims.js";
+import { mulberry32 } from "../../src/random.js";
 
-/** mulberry32: a small, well-known 32-bit PRNG; the reference implementation uses the same one. */
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** A random permutation of 0..n-1 (Fisher–Yates driven by mulberry32(seed)). */
 export function randomOrder(n: number, seed: number): number[] {

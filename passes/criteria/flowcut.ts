@@ -22,8 +22,8 @@
 import type { CriterionModule, ScoreContext, StageFacts } from "../criterion.js";
 import type { LayerInfo } from "../../src/analysis/transformer.js";
 import type { NodeBuilder } from "../builder.js";
-import { keyScores, probabilitiesUnavailable, values } from "./attention-map.js";
-import { clsRowScores, clsUnavailable } from "./cls-attn.js";
+import { clsRowScores, keyScores, probabilitiesUnavailable, values } from "../attention/attention-map.js";
+import { clsUnavailable } from "./cls-attn.js";
 
 /** x / Σ_j x_j over the prunable keys (axis 1 of [B,Np]). */
 function normalised(b: NodeBuilder, x: string): string {

@@ -14,7 +14,7 @@
  */
 import type { CriterionModule, StageFacts, TokenGroups } from "../criterion.js";
 import type { NodeBuilder } from "../builder.js";
-import { probabilities, probabilitiesUnavailable } from "./attention-map.js";
+import { probabilities, probabilitiesUnavailable } from "../attention/attention-map.js";
 
 const STRATEGIES = ["rank", "rows"] as const;
 

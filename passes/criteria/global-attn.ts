@@ -5,7 +5,7 @@
 import type { CriterionModule } from "../criterion.js";
 import type { LayerInfo } from "../../src/analysis/transformer.js";
 import type { NodeBuilder } from "../builder.js";
-import { keyScores, probabilities, probabilitiesUnavailable } from "./attention-map.js";
+import { keyScores, probabilities, probabilitiesUnavailable } from "../attention/attention-map.js";
 
 /** g for `layer`'s prunable keys, [B,Np]. */
 export function globalScores(b: NodeBuilder, layer: LayerInfo, prefix: number): string {

@@ -30,7 +30,7 @@
  */
 import type { CriterionModule, ScoreContext, StageFacts } from "../criterion.js";
 import type { LayerInfo } from "../../src/analysis/transformer.js";
-import { probabilitiesUnavailable } from "./attention-map.js";
+import { probabilitiesUnavailable } from "../attention/attention-map.js";
 import { globalScores } from "./global-attn.js";
 
 /** Python's round() of a double: to the nearest integer, halves to the even one. */

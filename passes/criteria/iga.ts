@@ -39,8 +39,8 @@ import type { LayerInfo } from "../../src/analysis/transformer.js";
 import type { NodeProto } from "../../src/ir/graph.js";
 import { shallowCopy } from "../../src/ir/copy.js";
 import { PrunecError } from "../../src/errors.js";
-import { logits, probabilitiesUnavailable } from "./attention-map.js";
-import { gqaLogits, gqaUnavailable } from "./gqa-map.js";
+import { logits, probabilitiesUnavailable } from "../attention/attention-map.js";
+import { gqaLogits, gqaUnavailable } from "../attention/gqa-map.js";
 
 const FLOAT = 1;
 const BOOL = 9;

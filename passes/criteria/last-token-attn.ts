@@ -6,7 +6,7 @@
  * default); right-padded batches would read a padding row, so prompts must be left-padded.
  */
 import type { CriterionModule } from "../criterion.js";
-import { probabilities, probabilitiesUnavailable } from "./attention-map.js";
+import { probabilities, probabilitiesUnavailable } from "../attention/attention-map.js";
 
 export const lastTokenAttn: CriterionModule = {
   name: "last-token-attn",

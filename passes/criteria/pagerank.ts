@@ -15,7 +15,7 @@
  * MatMuls [B,H,1,N]·[B,H,N,N].
  */
 import type { CriterionModule } from "../criterion.js";
-import { logits, probabilitiesUnavailable } from "./attention-map.js";
+import { logits, probabilitiesUnavailable } from "../attention/attention-map.js";
 
 function settings(args: Readonly<Record<string, unknown>>): { iterations: number; temperature: number } {
   return { iterations: Number(args["iterations"] ?? 5), temperature: Number(args["temperature"] ?? 0.1) };

@@ -20,7 +20,7 @@
  */
 import type { CriterionModule, ScoreContext } from "../criterion.js";
 import { PrunecError } from "../../src/errors.js";
-import { probabilities, probabilitiesUnavailable } from "./attention-map.js";
+import { probabilities, probabilitiesUnavailable } from "../attention/attention-map.js";
 
 const FLOAT = 1;
 const BOOL = 9;

@@ -1,6 +1,11 @@
 /** Graph inputs as plain facts (element type name, rank) for spec checks. */
 import { TensorProto_DataType, type GraphProto } from "../onnx/gen/onnx_pb.js";
-import type { InputFact } from "../plan.js";
+
+/** A model input as the planner checks token-set masks against it. */
+export interface InputFact {
+  elemType: string;
+  rank: number;
+}
 
 export function modelInputs(graph: GraphProto): Map<string, InputFact> {
   const out = new Map<string, InputFact>();

@@ -55,12 +55,24 @@ export class Staging {
     release(path);
   }
 
+  /** Create `tmp` exclusively, tracked first (see writeTemp). */
+  private openTracked(tmp: string): number {
+    this.track(tmp);
+    try {
+      return openSync(tmp, "wx");
+    } catch (e) {
+      this.forget(tmp);
+      throw e;
+    }
+  }
+
   /** A new temp file beside `target` holding `parts`. */
   async writeTemp(target: string, parts: readonly Uint8Array[]): Promise<string> {
     const tmp = tempPath(target);
-    // Created and tracked in one synchronous step: no signal can come between.
-    const fd = openSync(tmp, "wx");
-    this.track(tmp);
+    // Tracked BEFORE it exists: until prunec's handlers are installed a signal's default action
+    // kills the process at once, so a file created first could be left behind. Once tracked, a
+    // signal waits for the event loop, and the handler removes whatever exists by then.
+    const fd = this.openTracked(tmp);
     try {
       for (const p of parts) for (let off = 0; off < p.length; ) off += await writeSlice(fd, p, off, Math.min(CHUNK, p.length - off));
     } finally {
@@ -74,8 +86,7 @@ export class Staging {
     const { fd: src, st } = openRegular(source, (kind) => new PrunecError("io", `${source}: is ${kind}, not a regular file`));
     try {
       const tmp = tempPath(target);
-      const fd = openSync(tmp, "wx");
-      this.track(tmp);
+      const fd = this.openTracked(tmp);
       try {
         const buf = Buffer.allocUnsafe(CHUNK);
         for (let pos = 0, size = Number(st.size); pos < size; ) {
@@ -96,12 +107,13 @@ export class Staging {
   /** A hard link to `source` under a temp name beside `target`, or undefined when linking fails (across devices). */
   linkTemp(target: string, source: string): string | undefined {
     const tmp = tempPath(target);
+    this.track(tmp);
     try {
       linkSync(source, tmp);
     } catch {
+      this.forget(tmp);
       return undefined;
     }
-    this.track(tmp);
     // The link is the file itself: it must still be the regular file that was checked.
     const st = lstatSync(tmp, { bigint: true });
     if (!st.isFile()) throw new PrunecError("io", `${source}: is ${kindOf(st)}, not a regular file`);

@@ -6,7 +6,7 @@
  */
 import { TensorProto_DataType as DT, type GraphProto, type ValueInfoProto } from "../onnx/gen/onnx_pb.js";
 import type { Dim } from "../analysis/dims.js";
-import { mulberry32 } from "../../passes/criteria/fixed-order.js";
+import { mulberry32 } from "../random.js";
 
 export type FeedType = "float32" | "float64" | "float16" | "int64" | "int32" | "int16" | "int8" | "uint8" | "uint16" | "uint32" | "uint64" | "bool";
 export type FeedData = Float32Array | Float64Array | Uint16Array | BigInt64Array | BigUint64Array | Int32Array | Int16Array | Int8Array | Uint8Array | Uint32Array;

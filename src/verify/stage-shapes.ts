@@ -7,7 +7,7 @@
  */
 import type { Dim, Shape, ShapeMap } from "../analysis/dims.js";
 import type { TransformerInfo } from "../analysis/transformer.js";
-import type { StagePlan } from "../../passes/prune-stage.js";
+import type { StagePlan } from "../plan-types.js";
 
 /** How far a stage's shape was confirmed: every dim, all but a symbolic token count, or not at all (not inferred). */
 export type Agreement = "shape" | "rank" | "unknown";

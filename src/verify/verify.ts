@@ -9,7 +9,7 @@ import type { GraphProto } from "../onnx/gen/onnx_pb.js";
 import type { TransformerInfo } from "../analysis/transformer.js";
 import type { Dim } from "../analysis/dims.js";
 import { batchDim } from "../ir/value-info.js";
-import type { StagePlan } from "../../passes/prune-stage.js";
+import type { StagePlan } from "../plan-types.js";
 import { PrunecError } from "../errors.js";
 import { issueKey, structureIssues, type StructureIssue } from "./structure.js";
 import { checkStageShapes, stageTarget, type StageShape } from "./stage-shapes.js";

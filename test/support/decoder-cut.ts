@@ -11,7 +11,7 @@ import { floatTensor } from "../../src/onnx/tensor.js";
 import { valueInfo } from "../../src/ir/value-info.js";
 import { analyzeTransformer } from "../../src/analysis/transformer.js";
 import { isSkipNorm } from "../../src/analysis/residual.js";
-import { mulberry32 } from "../../passes/criteria/fixed-order.js";
+import { mulberry32 } from "../../src/random.js";
 import { eliminateDeadCode } from "./synthetic-weights.js";
 import type { Feeds, Outputs } from "../helpers/ort.js";
 

@@ -49,7 +49,7 @@ import { encodeModel } from "../../src/onnx/io.js";
 import { makeNode, type AttrValue } from "../../src/ir/graph.js";
 import { floatTensor, int64Tensor } from "../../src/onnx/tensor.js";
 import { valueInfo } from "../../src/ir/value-info.js";
-import { mulberry32 } from "../../passes/criteria/fixed-order.js";
+import { mulberry32 } from "../../src/random.js";
 import { loadOrtWeb, type Feeds, type Outputs, type TensorData } from "../helpers/ort.js";
 
 export interface DecoderOptions {

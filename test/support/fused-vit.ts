@@ -12,7 +12,7 @@ import { encodeModel } from "../../src/onnx/io.js";
 import { makeNode, type AttrValue } from "../../src/ir/graph.js";
 import { floatTensor, int64Tensor } from "../../src/onnx/tensor.js";
 import { valueInfo } from "../../src/ir/value-info.js";
-import { mulberry32 } from "../../passes/criteria/fixed-order.js";
+import { mulberry32 } from "../../src/random.js";
 import type { Feeds } from "../helpers/ort.js";
 
 export interface FusedVitOptions {

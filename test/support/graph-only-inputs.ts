@@ -8,7 +8,7 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { writeSyntheticWeights } from "./synthetic-weights.js";
-import { mulberry32 } from "../../passes/criteria/fixed-order.js";
+import { mulberry32 } from "../../src/random.js";
 import type { Feeds } from "../helpers/ort.js";
 
 export const GRAPH_ONLY = {

@@ -27,7 +27,7 @@ import { isExternal, readNumbers, elementCount } from "../../src/onnx/tensor.js"
 import { Graph, attrInt } from "../../src/ir/graph.js";
 import { shallowCopy } from "../../src/ir/copy.js";
 import { analyzeTransformer } from "../../src/analysis/transformer.js";
-import { mulberry32 } from "../../passes/criteria/fixed-order.js";
+import { mulberry32 } from "../../src/random.js";
 
 // ───────────────────────────── truncation ─────────────────────────────
 

@@ -12,7 +12,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { readNpy } from "../helpers/npy.js";
 import { REPO_ROOT } from "../helpers/shared.js";
-import { mulberry32 } from "../../passes/criteria/fixed-order.js";
+import { mulberry32 } from "../../src/random.js";
 
 export interface Sample {
   /** Where it came from, e.g. "ref_in.npy[1]" or "sample.prds[7]". */

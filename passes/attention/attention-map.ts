@@ -146,3 +146,8 @@ export function keyScores(b: NodeBuilder, probs: string, prefix: number, reduceQ
   const cols = b.slice(reduceQueries(probs, 2), 3, prefix); // [B,H,1,Np]
   return b.reduceMean(cols, [1, 2], 0); // [B,Np]
 }
+
+/** Mean over heads of the CLS query's probabilities to the prunable keys, [B,Np]. */
+export function clsRowScores(b: NodeBuilder, layer: LayerInfo, prefix: number): string {
+  return keyScores(b, probabilities(b, layer, "cls"), prefix, (p) => p);
+}

@@ -1,0 +1,13 @@
+/** A small seeded pseudo-random generator, the same everywhere prunec (and its tests) need one. */
+
+/** mulberry32: a small, well-known 32-bit PRNG; the reference implementation uses the same one. */
+export function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
