@@ -49,6 +49,14 @@ function closestSet(word: string, sets: ReadonlySet<string>): string | undefined
   return sets.size > MAX_SET_CANDIDATES ? undefined : closest(word, sets);
 }
 
+/** Decimal places a percentage may have: counts are exact integer ratios of it (passes/amount.ts). */
+const MAX_PERCENT_DECIMALS = 6;
+
+function tooPrecise(value: number): boolean {
+  const text = String(value);
+  return /e/i.test(text) || (text.split(".")[1]?.length ?? 0) > MAX_PERCENT_DECIMALS;
+}
+
 class Builder {
   readonly diagnostics: Diagnostic[] = [];
 
@@ -168,6 +176,9 @@ class Builder {
       amountSpan = this.span(a.kind === "mass" || a.kind === "above" ? a.first : a.number, a.kind === "above" ? a.number : a.last);
       if (a.kind === "percent" && !(value > 0 && value <= 100)) {
         this.error(numberSpan, `amount must be in (0, 100]%, got ${clip(a.number.image)}%`);
+      } else if ((a.kind === "percent" || a.kind === "mass") && tooPrecise(value)) {
+        // Counts are computed in integers from the percentage as written (passes/amount.ts).
+        this.error(numberSpan, `a percentage has at most ${MAX_PERCENT_DECIMALS} decimal places, got ${clip(a.number.image)}%`);
       } else if (a.kind === "count" && !(Number.isSafeInteger(value) && value > 0)) {
         this.error(numberSpan, `token count must be a positive integer, got ${clip(a.number.image)}`);
       } else if (a.kind === "mass" && !(value > 0 && value <= 100)) {

@@ -75,6 +75,8 @@ export interface CriterionModule extends CriterionInfo {
    * stage whose count differs per example and stay exact per example.
    */
   paddingSafe?: boolean;
+  /** Its scores depend on the stage's static budget (ctx.keep): counts that differ per example are refused. */
+  usesBudget?: boolean;
   /**
    * Why this criterion cannot score tokens in this stage, as a sentence naming the model fact, or
    * undefined when it can. Called before anything is emitted, so a bad spec writes nothing.

@@ -279,6 +279,10 @@ function planOne(
       fail(stage.criterion.span, `${what}; ${criterion.name} reads all query tokens, which then include padding; use cls-attn, cls-attn-ensemble, flowcut or norm`);
       return undefined;
     }
+    if (criterion.usesBudget) {
+      fail(stage.criterion.span, `${what}; ${criterion.name} sizes its selection from the stage's budget, which must be one static count`);
+      return undefined;
+    }
     if (!criterion.score || groups || fold || encoder || plan.recycle || (afterAdaptive && plan.mask)) {
       const option = plan.recycle ? " (without 'with recycle')" : plan.mask ? " (without 'with mask')" : "";
       fail(span, `${what}, so it needs a stage that ranks single tokens by score${option}`);

@@ -111,6 +111,7 @@ function score(ctx: ScoreContext): string {
 
 export const hiprune: CriterionModule = {
   name: "hiprune",
+  usesBudget: true,
   summary: "anchors from an object layer, their ±1/±grid-width buffers, registers from the deep layer (HiPrune, methods.md §4)",
   args: {
     object_layer: { type: "integer", doc: "layer whose global attention picks the anchors: after the previous stage's layer, up to this stage's (negative counts from the end)" },

@@ -17,6 +17,8 @@
 import type { CriterionModule } from "../criterion.js";
 import { logits, probabilitiesUnavailable } from "../attention/attention-map.js";
 
+const MAX_ITERATIONS = 100;
+
 function settings(args: Readonly<Record<string, unknown>>): { iterations: number; temperature: number } {
   return { iterations: Number(args["iterations"] ?? 5), temperature: Number(args["temperature"] ?? 0.1) };
 }
@@ -37,6 +39,8 @@ export const pagerank: CriterionModule = {
   unsupported({ layer, args }) {
     const { iterations, temperature } = settings(args);
     if (!(iterations >= 1)) return `iterations must be at least 1, got ${iterations}`;
+    // Each iteration is unrolled into the graph as one MatMul.
+    if (iterations > MAX_ITERATIONS) return `iterations must be at most ${MAX_ITERATIONS} (each is one MatMul unrolled into the graph), got ${iterations}`;
     if (!(temperature > 0)) return `temperature must be greater than 0, got ${temperature}`;
     return probabilitiesUnavailable(layer);
   },

@@ -235,8 +235,9 @@ function fillHeads(l: LayerInfo, shapes: ShapeMap, hidden: number | undefined): 
     const h = shapes.get(core.probs)?.[0];
     if (typeof h === "number") l.heads = h;
   }
-  if (l.heads === undefined && l.headSize && hidden) l.heads = hidden / l.headSize;
-  if (l.headSize === undefined && l.heads && hidden) l.headSize = hidden / l.heads;
+  // Only whole numbers: an inconsistent graph (a broken export) must leave them unknown, not fractional.
+  if (l.heads === undefined && l.headSize && hidden && hidden % l.headSize === 0) l.heads = hidden / l.headSize;
+  if (l.headSize === undefined && l.heads && hidden && hidden % l.heads === 0) l.headSize = hidden / l.heads;
 }
 
 function tokenAndBatchAxes(g: Graph, residual: Shape): { token: number; batch?: number } {
