@@ -32,7 +32,7 @@ export const pagerank: CriterionModule = {
   name: "pagerank",
   summary: "weighted PageRank over the attention graph, RMS over heads (AIM / Zero-TPrune, methods.md §8 and §12)",
   args: {
-    iterations: { type: "integer", default: 5, doc: "power iterations" },
+    iterations: { type: "integer", default: 5, doc: "power iterations, 1 to 100 (each unrolled into the graph)" },
     temperature: { type: "number", default: 0.1, doc: "softmax temperature of the logits" },
   },
   needs: "attention logits (the softmax input of MatMul + Softmax, or recomputed behind MultiHeadAttention); no CLS needed",
