@@ -57,7 +57,11 @@ const identifier = fc
   .filter((s) => !KEYWORDS.includes(s.toLowerCase()));
 const word = fc.oneof(identifier, fc.constantFrom(...KEYWORDS));
 const finite = fc.double({ noNaN: true, noDefaultInfinity: true }).map(noNegZero);
-const percent = fc.oneof(fc.integer({ min: 1, max: 100 }), fc.double({ min: 0, max: 100, minExcluded: true, noNaN: true }));
+// Percentages have at most 6 decimal places (grammar/to-ir.ts): n / 10^d for d ≤ 6, in (0, 100].
+const percent = fc.oneof(
+  fc.integer({ min: 1, max: 100 }),
+  fc.tuple(fc.integer({ min: 0, max: 6 }), fc.integer({ min: 1, max: 100_000_000 })).map(([d, n]) => Number(((n % (100 * 10 ** d)) / 10 ** d || 1).toFixed(d))),
+);
 const layer = fc.integer({ min: -48, max: 48 }).map(noNegZero);
 
 const amount = fc.oneof(
