@@ -9,7 +9,7 @@
  * suite is skipped with a title that says so.
  */
 import { spawnSync } from "node:child_process";
-import { existsSync, readFileSync, readdirSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { join, relative } from "node:path";
 import { describe, expect, it } from "vitest";
 import { decodeModel, encodeModel } from "../src/onnx/io.js";
@@ -18,19 +18,10 @@ import { compile } from "../src/compile.js";
 import { checkSpec } from "../src/check.js";
 import { PrunecError } from "../src/errors.js";
 import { REPO_ROOT } from "./helpers/shared.js";
+import { findOnnx } from "./helpers/files.js";
 
 const ROOT = process.env["PRUNEC_ONNX_TESTDATA"] ?? "/usr/share/libonnx-testdata/data";
 const installed = existsSync(ROOT);
-
-function findOnnx(dir: string): string[] {
-  const out: string[] = [];
-  for (const e of readdirSync(dir, { withFileTypes: true })) {
-    const p = join(dir, e.name);
-    if (e.isDirectory()) out.push(...findOnnx(p));
-    else if (e.isFile() && e.name.endsWith(".onnx")) out.push(p);
-  }
-  return out.sort();
-}
 
 const files = installed ? findOnnx(ROOT) : [];
 const name = (p: string) => relative(ROOT, p);

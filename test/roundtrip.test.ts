@@ -3,7 +3,7 @@
  * unknown fields, does not copy weights, and keeps onnx.checker-clean models clean.
  */
 import { spawnSync } from "node:child_process";
-import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { basename, join, relative } from "node:path";
 import { create, createRegistry, equals, fromBinary, toBinary } from "@bufbuild/protobuf";
@@ -20,19 +20,10 @@ import {
   type TensorProto,
 } from "../src/onnx/gen/onnx_pb.js";
 import { REPO_ROOT, SHARED_DIR, hasShared, sharedTitle } from "./helpers/shared.js";
+import { findOnnx } from "./helpers/files.js";
 
 const registry = createRegistry(file_onnx);
 const sameModel = (a: ModelProto, b: ModelProto) => equals(ModelProtoSchema, a, b, { registry, unknown: true });
-
-function findOnnx(dir: string): string[] {
-  const out: string[] = [];
-  for (const e of readdirSync(dir, { withFileTypes: true })) {
-    const p = join(dir, e.name);
-    if (e.isDirectory()) out.push(...findOnnx(p));
-    else if (e.isFile() && e.name.endsWith(".onnx")) out.push(p);
-  }
-  return out.sort();
-}
 
 const EXAMPLE = join(REPO_ROOT, "examples", "tiny-vit", "model.onnx");
 const SHARED_MODELS = join(SHARED_DIR, "models");
