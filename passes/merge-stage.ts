@@ -173,7 +173,8 @@ export function applyMergeStage(proto: GraphProto, dense: TransformerInfo, dense
   if (protectedB > 0) scores = b.op("Add", [scores, b.float(Array.from({ length: nb }, (_, i) => (i < protectedB ? -Infinity : 0)), [1, 1, nb], "protect_cols")], {}, "protected_b");
   const best = b.reduce("ReduceMax", scores, [2], 0); // [B,|A|]
   const partnerIdx = b.op("ArgMax", [scores], { axis: 2, keepdims: 0 }, "best_partner"); // [B,|A|], first maximum
-  const partner = b.op("Cast", [partnerIdx], { to: FLOAT });
+  // Position order reads the partner as a float place (2·idx + 1); ToMe order gathers positions by index.
+  const partner = seq ? undefined : b.op("Cast", [partnerIdx], { to: FLOAT });
   const [, src] = b.opN("TopK", [best, b.int64([r], [1], "r")], 2, { axis: 1, largest: 1, sorted: 1 }); // [B,r] merged A rows
   const isMerged = b.op("Equal", [b.unsqueeze(b.op("Cast", [src!], { to: FLOAT }), [2]), b.float(Array.from({ length: na }, (_, i) => i), [na], "a_rows")], {}, "is_src");
   const mergedA = b.reduce("ReduceMax", b.op("Cast", [isMerged], { to: FLOAT }), [1], 0); // [B,|A|] 1 = merged away
@@ -192,7 +193,7 @@ export function applyMergeStage(proto: GraphProto, dense: TransformerInfo, dense
     order = () => b.op("Neg", [seq.position], {}, "minus_positions");
   } else {
     const evenPos = b.float(Array.from({ length: na }, (_, i) => 2 * i), [na], "a_positions");
-    const partnerPos = b.op("Add", [b.op("Mul", [partner, b.float([2], [], "two")]), b.float([1], [], "one")], {}, "partner_position");
+    const partnerPos = b.op("Add", [b.op("Mul", [partner!, b.float([2], [], "two")]), b.float([1], [], "one")], {}, "partner_position");
     destA = b.op("Add", [evenPos, b.op("Mul", [mergedA, b.op("Sub", [partnerPos, evenPos])])], {}, "a_destination"); // [B,|A|]
     destB = b.float(Array.from({ length: nb }, (_, i) => 2 * i + 1), [1, 1, nb], "b_positions");
     order = () => b.float(Array.from({ length: n }, (_, i) => -i), [n], "minus_positions");
