@@ -16,6 +16,7 @@
 import type { GraphProto, NodeProto } from "../src/onnx/gen/onnx_pb.js";
 import { Graph, attrInt, makeNode } from "../src/ir/graph.js";
 import { shallowCopy } from "../src/ir/copy.js";
+import { splice } from "./splice.js";
 import type { LayerInfo, TransformerInfo } from "../src/analysis/transformer.js";
 import { PrunecError } from "../src/errors.js";
 import { NodeBuilder } from "./builder.js";
@@ -58,7 +59,7 @@ export function explicitRotary(proto: GraphProto, info: TransformerInfo, from: n
   const past = b.op("Sub", [b.op("Add", [seqlens, b.int64([1], [1], "one")]), s], {}, "past_length"); // [B]
   const later = b.op("Add", [b.unsqueeze(past, [1]), steps], {}, "later_positions"); // [B,S]
   const positions = b.op("Where", [b.op("Equal", [s, total], {}, "first_prompt"), steps, later], {}, "positions"); // [B,S]
-  const replaced = new Map<NodeProto, NodeProto[]>();
+  const replaced = new Map<NodeProto, NodeProto>();
   for (const l of layers) {
     const n = l.core!.anchor;
     const width = rotaryWidth(g, n, l.index, modelName);
@@ -76,10 +77,9 @@ export function explicitRotary(proto: GraphProto, info: TransformerInfo, from: n
     const q = rotate(n.input[0]!, attrInt(n, "num_heads", 0), "query");
     const k = rotate(n.input[1]!, attrInt(n, "kv_num_heads", 0), "key");
     const attrs = n.attribute.map((a) => (a.name === "do_rotary" ? shallowCopy(a, { i: 0n }) : a));
-    replaced.set(n, [shallowCopy(n, { input: [q, k, ...n.input.slice(2)], attribute: attrs })]);
+    replaced.set(n, shallowCopy(n, { input: [q, k, ...n.input.slice(2)], attribute: attrs }));
   }
-  const nodes = proto.node.flatMap((n) => replaced.get(n) ?? [n]);
-  const graph = shallowCopy(proto, { node: [...b.nodes, ...nodes], initializer: [...proto.initializer, ...b.initializers] });
-  // The added nodes read tensors computed further down: restore a topological order.
-  return { graph: shallowCopy(graph, { node: new Graph(graph).order }), positions, added: b.nodes };
+  // The added nodes read tensors computed further down: the splice restores a topological order.
+  const graph = splice(proto, { label: "explicit rotary", nodes: b.nodes, initializers: b.initializers, replaced });
+  return { graph, positions, added: b.nodes };
 }

@@ -50,13 +50,13 @@
  *       dropped, constant Reshape shapes holding N at the token axis are retargeted.
  */
 import { Graph, type GraphProto, type NodeProto } from "../src/ir/graph.js";
-import { shallowCopy } from "../src/ir/copy.js";
 import type { TransformerInfo } from "../src/analysis/transformer.js";
 import { TensorProto_DataType as DT } from "../src/onnx/gen/onnx_pb.js";
 import { NodeBuilder } from "./builder.js";
 import { denseName } from "./gather-tokens.js";
-import { findSideInputs, gatherSideInputs, rewireSideInputs, type TokenAxes } from "./carry-tokens.js";
+import { findSideInputs, gatherSideInputs, type TokenAxes } from "./carry-tokens.js";
 import { addKeyBias } from "./mask-recycle.js";
+import { splice } from "./splice.js";
 import { headMeanKeys } from "./attention/keys.js";
 import { prunedStreamInfo, retargetShapeConstants, streamElemType, withCurrentNodes, type StageOptions, type StageResult } from "./prune-stage.js";
 import type { StagePlan } from "../src/plan-types.js";
@@ -242,18 +242,17 @@ export function applyMergeStage(proto: GraphProto, dense: TransformerInfo, dense
 
   const last = b.nodes.find((node) => node.output[0] === merged)!;
   last.output[0] = rName;
-  const producer = g.producer.get(rName)!;
-  const renamed = shallowCopy(producer, { output: producer.output.map((o) => (o === rName ? stream : o)) });
-  const at = proto.node.indexOf(producer);
-  const withStage = [...proto.node.slice(0, at), renamed, ...b.nodes, ...proto.node.slice(at + 1)].map((node) => rewired.get(node) ?? node);
-  const nodes = rewireSideInputs(withStage, gathered, new Set([...belowNodes].map((node) => rewired.get(node) ?? node)));
-  const retargeted = retargetShapeConstants(g, nodes, below, plan, model);
-  const graph = shallowCopy(proto, {
-    node: retargeted.nodes,
-    initializer: [...proto.initializer, ...b.initializers, ...retargeted.initializers],
-    valueInfo: [...proto.valueInfo.filter((v) => !below.has(v.name)), ...prunedStreamInfo(proto, model, plan, rName, elemType)],
+  const graph = splice(proto, {
+    label: `stage ${plan.stage} (merge after layer ${plan.layer.index})`,
+    after: rName,
+    rename: new Map([[rName, stream]]),
+    nodes: b.nodes,
+    initializers: b.initializers,
+    replaced: rewired,
+    sides: { gathered, belowNodes },
+    retarget: (nodes) => retargetShapeConstants(g, nodes, below, plan, model),
+    staleInfo: below,
+    info: prunedStreamInfo(proto, model, plan, rName, elemType),
   });
-  // Side tensors and the proportional-attention Adds may read tensors computed later in file order.
-  const sorted = sides.length || proportional ? shallowCopy(graph, { node: new Graph(graph).order }) : graph;
-  return { graph: sorted, indices: positions, added: b.nodes, lowering: "index", ...(options.target === "webgpu" ? { loweringNote: "merge stages have one lowering (one-hot MatMul; TopK indices)" } : {}), carried, sets: new Map() };
+  return { graph, indices: positions, added: b.nodes, lowering: "index", ...(options.target === "webgpu" ? { loweringNote: "merge stages have one lowering (one-hot MatMul; TopK indices)" } : {}), carried, sets: new Map() };
 }
