@@ -22,10 +22,12 @@ import type { Dim } from "./analysis/dims.js";
 import { parseSpec } from "../grammar/index.js";
 import { formatDiagnostics } from "../grammar/diagnostics.js";
 import { registry } from "../passes/registry.js";
-import { applyStage, type Lowering } from "../passes/prune-stage.js";
+import { applyStage } from "../passes/prune-stage.js";
+import { advance, initialState, type Lowering, type StageRecord, type StreamState } from "../passes/stream-state.js";
+import { ensures } from "../passes/splice.js";
+import type { SpecIR } from "../grammar/ir.js";
 import type { StagePlan } from "./plan-types.js";
 import { applyMergeStage } from "../passes/merge-stage.js";
-import type { TokenAxes } from "../passes/carry-tokens.js";
 import { planStages } from "./plan.js";
 import { explicitRotary, rotatesInside } from "../passes/explicit-rotary.js";
 import { modelInputs } from "./analysis/inputs.js";
@@ -115,7 +117,7 @@ export interface CompileResult {
  * `tokens SET = input NAME` naming an input the model lacks adds it: a boolean [batch, sequence]
  * mask the caller feeds (language.md). Only sets a stage uses are added.
  */
-function withSetInputs(graph: GraphProto, spec: ReturnType<typeof parseOrThrow>, plans: StagePlan[], info: TransformerInfo): GraphProto {
+function withSetInputs(graph: GraphProto, spec: SpecIR, plans: StagePlan[], info: TransformerInfo): GraphProto {
   const used = new Set(plans.flatMap((p) => (p.ofSet ? [p.ofSet.input] : [])));
   const existing = new Set(graph.input.map((i) => i.name));
   const added = spec.tokenSets.filter((t) => t.source.kind === "input" && used.has(t.source.input) && !existing.has(t.source.input));
@@ -154,8 +156,55 @@ export function compile(modelBytes: Uint8Array, specText: string, options: Compi
   };
 }
 
+/** What the compile steps read and return: the inputs as analysed and planned, the graph so far, the stream state. */
+interface Compilation {
+  readonly options: CompileOptions;
+  readonly modelName: string;
+  readonly specText: string;
+  readonly spec: SpecIR;
+  readonly model: ModelProto;
+  readonly opset: number;
+  /** The input graph in topological order (stages are placed by file position). */
+  readonly input: GraphProto;
+  info: TransformerInfo;
+  plans: StagePlan[];
+  /** The graph as the steps so far left it. */
+  graph: GraphProto;
+  state: StreamState;
+  perTokenOutputs: PerTokenOutput[];
+}
+
+/**
+ * The rewrite, as named steps over the planned compilation. Each returns the next compilation;
+ * after each (but the test hook) the graph is checked well formed (passes/splice.ts `ensures`).
+ */
+const STEPS: readonly { name: string; run: (c: Compilation) => Compilation; unchecked?: true }[] = [
+  { name: "add token-set inputs", run: (c) => ({ ...c, graph: withSetInputs(c.graph, c.spec, c.plans, c.info) }) },
+  { name: "move rotary out of fused attention", run: moveRotary },
+  { name: "apply stages", run: applyStages },
+  { name: "expose indices", run: (c) => (c.options.exposeIndices ? { ...c, graph: exposeIndices(c.graph, c.state.stages, c.info, c.plans) } : c) },
+  { name: "refresh output shapes", run: (c) => (c.plans.length ? { ...c, graph: refreshOutputShapes(c.graph, c.input, c.plans) } : c) },
+  { name: "declare encoder outputs", run: (c) => ({ ...c, graph: declareEncoderOutputs(c.graph, c.plans) }) },
+  { name: "list per-token outputs", run: (c) => ({ ...c, perTokenOutputs: c.plans.length ? shrunkOutputs(c.input, c.graph, c.info, c.plans) : [] }) },
+  { name: "test mutation", run: (c) => (c.options.__testMutate ? { ...c, graph: c.options.__testMutate(c.graph) } : c), unchecked: true },
+];
+
 /** Everything compile does but encoding: the pruned, verified model and its report (`check` runs this too). */
 export function compileModel(modelBytes: Uint8Array, specText: string, options: CompileOptions = {}): { model: ModelProto; report: CompileReport } {
+  let c = frontEnd(modelBytes, specText, options);
+  for (const step of STEPS) {
+    const next = step.run(c);
+    if (!step.unchecked && next.graph !== c.graph) ensures(c.graph, next.graph, `compile step '${step.name}'`);
+    c = next;
+  }
+  // Post-condition: a well-formed graph whose shapes agree with every stage's token count.
+  const verification = verifyCompiled(c.graph, c.input, c.plans, c.info, c.modelName);
+  const rep: CompileReport = { ...report(c.info, c.plans, c.state, c.spec.stages.map((s) => s.span.line)), perTokenOutputs: c.perTokenOutputs, verification };
+  return { model: shallowCopy(c.model, { graph: c.graph, metadataProps: withMetadata(c.model, specText, rep) }), report: rep };
+}
+
+/** Decode, check external data, parse, analyse, sort, plan: every refusal happens here, before any rewrite. */
+function frontEnd(modelBytes: Uint8Array, specText: string, options: CompileOptions): Compilation {
   const modelName = options.modelName ?? "model";
   const specName = options.specName ?? "spec.prune";
   const model = decodeModel(modelBytes, modelName);
@@ -163,62 +212,56 @@ export function compileModel(modelBytes: Uint8Array, specText: string, options: 
   const spec = parseOrThrow(specText, specName);
   if (options.requireStages && !spec.stages.length) throw new PrunecError("spec", noStagesMessage(specName));
   const dense = new Graph(model.graph!);
-  let info = analyzeTransformer(dense, modelName);
+  const info = analyzeTransformer(dense, modelName);
   // Stages are placed by file position: an input written out of topological order is sorted first (the same nodes).
   const order = dense.order;
-  const graph = order.every((n, i) => n === model.graph!.node[i]) ? model.graph! : shallowCopy(model.graph!, { node: order });
-  let plans = planStages(spec, info, modelInputs(graph));
+  const input = order.every((n, i) => n === model.graph!.node[i]) ? model.graph! : shallowCopy(model.graph!, { node: order });
+  const plans = planStages(spec, info, modelInputs(input));
   const opset = opsetOf(model);
   if (plans.length && opset < 13) {
     throw new PrunecError("apply", `${modelName}: opset ${opset} is too old; prunec emits opset-13 operators (re-export with opset ≥ 13)`);
   }
-
-  let g: GraphProto = withSetInputs(graph, spec, plans, info);
-  const added: NodeProto[] = [];
-  const carried = new Map<string, TokenAxes>();
-  // Attention that rotates q/k inside the op, from the first stage's layer on: rotary moves out of
-  // it, so kept tokens keep their positions; the stages are planned again on the rewritten graph.
-  const first = Math.min(...plans.filter((p) => !p.encoder).map((p) => p.layer.index));
-  if (info.layers.slice(first).some(rotatesInside)) {
-    const rotary = explicitRotary(g, info, first, opset, modelName);
-    g = rotary.graph;
-    added.push(...rotary.added);
-    carried.set(rotary.positions!, { axes: [1], rank: 2 });
-    info = analyzeTransformer(new Graph(g), modelName);
-    plans = planStages(spec, info, modelInputs(g));
-  }
-  const indices: string[] = [];
-  /** Adaptive stages: stage → int64 [B] tokens each example keeps. */
-  const counts = new Map<number, string>();
-  const lowerings: { lowering: Lowering; note?: string }[] = [];
-  let maskBias: string | undefined;
-  let validBias: string | undefined;
   // Token sets a stage restricts to start as their mask inputs; each stage gathers them (passes/prune-stage.ts).
-  let sets = new Map(plans.flatMap((p) => (p.ofSet ? [[p.ofSet.name, p.ofSet.input] as const] : [])));
-  for (const plan of plans) {
-    const biases = { ...(maskBias ? { maskBias } : {}), ...(validBias ? { validBias } : {}) };
-    const stageOptions = { opset, target: options.target ?? "cpu", expose: options.exposeIndices ?? false, carried, sets, ...biases } as const;
-    const result = plan.merge ? applyMergeStage(g, info, plan, stageOptions) : applyStage(g, info, plan, stageOptions);
-    for (const [t, axes] of result.carried) carried.set(t, axes);
-    maskBias = result.maskBias ?? maskBias;
-    validBias = result.validBias;
-    sets = result.sets;
-    g = result.graph;
-    added.push(...result.added);
-    if (result.indices) indices.push(result.indices);
-    if (result.counts) counts.set(indices.length - 1, result.counts);
-    lowerings.push({ lowering: result.lowering, ...(result.loweringNote ? { note: result.loweringNote } : {}) });
-  }
-  if (options.exposeIndices) g = exposeIndices(g, indices, counts, info, plans);
-  if (plans.length) g = refreshOutputShapes(g, graph, plans);
-  g = declareEncoderOutputs(g, plans);
-  const perTokenOutputs = plans.length ? shrunkOutputs(graph, g, info, plans) : [];
-  if (options.__testMutate) g = options.__testMutate(g);
-  // Post-condition: a well-formed graph whose shapes agree with every stage's token count.
-  const verification = verifyCompiled(g, graph, plans, info, modelName);
+  const sets = new Map(plans.flatMap((p) => (p.ofSet ? [[p.ofSet.name, p.ofSet.input] as const] : [])));
+  const state = initialState(info.tokenAxis ?? 1, info.batchAxis, info.tokens, sets);
+  return { options, modelName, specText, spec, model, opset, input, info, plans, graph: input, state, perTokenOutputs: [] };
+}
 
-  const rep: CompileReport = { ...report(info, plans, added, spec.stages.map((s) => s.span.line), lowerings), perTokenOutputs, verification };
-  return { model: shallowCopy(model, { graph: g, metadataProps: withMetadata(model, specText, rep) }), report: rep };
+/**
+ * Attention that rotates q/k inside the op, from the first stage's layer on: rotary moves out of
+ * it, so kept tokens keep their positions; the stages are planned again on the rewritten graph.
+ */
+function moveRotary(c: Compilation): Compilation {
+  const first = Math.min(...c.plans.filter((p) => !p.encoder).map((p) => p.layer.index));
+  if (!c.info.layers.slice(first).some(rotatesInside)) return c;
+  const rotary = explicitRotary(c.graph, c.info, first, c.opset, c.modelName);
+  const info = analyzeTransformer(new Graph(rotary.graph), c.modelName);
+  const plans = planStages(c.spec, info, modelInputs(rotary.graph));
+  const state: StreamState = { ...c.state, carried: new Map([[rotary.positions!, { axes: [1], rank: 2 }]]), added: [...c.state.added, ...rotary.added] };
+  return { ...c, graph: rotary.graph, info, plans, state };
+}
+
+/** Each planned stage in order, each reading the stream state the previous one returned. */
+function applyStages(c: Compilation): Compilation {
+  let graph = c.graph;
+  let state = c.state;
+  for (const plan of c.plans) {
+    const biases = { ...(state.maskBias ? { maskBias: state.maskBias } : {}), ...(state.validBias ? { validBias: state.validBias } : {}) };
+    const stageOptions = { opset: c.opset, target: c.options.target ?? "cpu", expose: c.options.exposeIndices ?? false, carried: state.carried, sets: state.sets, ...biases } as const;
+    const result = plan.merge ? applyMergeStage(graph, c.info, plan, stageOptions) : applyStage(graph, c.info, plan, stageOptions);
+    graph = result.graph;
+    const record: StageRecord = { lowering: result.lowering, ...(result.indices ? { indices: result.indices } : {}), ...(result.counts ? { counts: result.counts } : {}), ...(result.loweringNote ? { loweringNote: result.loweringNote } : {}) };
+    state = advance(state, {
+      tokens: plan.tokensOut,
+      added: result.added,
+      record,
+      carried: result.carried,
+      ...(result.maskBias ? { maskBias: result.maskBias } : {}),
+      ...(result.validBias ? { validBias: result.validBias } : {}),
+      sets: result.sets,
+    });
+  }
+  return { ...c, graph, state };
 }
 
 /** Metadata keys prunec writes; `eval` and `report` read the token counts back. */
@@ -234,19 +277,22 @@ function withMetadata(model: ModelProto, specText: string, rep: CompileReport) {
   return [...kept, ...[...ours].map(([key, value]) => create(StringStringEntryProtoSchema, { key, value }))];
 }
 
-function exposeIndices(g: GraphProto, indices: string[], counts: ReadonlyMap<number, string>, info: TransformerInfo, plans: StagePlan[]): GraphProto {
+function exposeIndices(g: GraphProto, stages: readonly StageRecord[], info: TransformerInfo, plans: StagePlan[]): GraphProto {
   const batch = batchDim(g);
   const batchDimOut = info.batchAxis === undefined ? 1 : batch ?? "batch";
-  const nodes = indices.map((t, i) => makeNode("Identity", [t], [`prunec.stage${i}.indices`], `prunec/stage${i}/expose_indices`));
+  // With --expose-indices every stage emits its positions, so record i is stage i.
+  const indices = stages.flatMap((s) => (s.indices ? [s] : []));
+  const nodes = indices.map((s, i) => makeNode("Identity", [s.indices!], [`prunec.stage${i}.indices`], `prunec/stage${i}/expose_indices`));
   const outputs = plans.map((p, i) => {
     const kept = typeof p.tokensOut === "number" ? p.tokensOut : `prunec_stage${i}_kept`;
     return valueInfo(`prunec.stage${i}.indices`, DT.INT64, [batchDimOut, kept]);
   });
   // Adaptive stages: how many of each row's positions the example really keeps (the rest pad to the batch maximum).
-  for (const [i, t] of counts) {
-    nodes.push(makeNode("Identity", [t], [`prunec.stage${i}.counts`], `prunec/stage${i}/expose_counts`));
+  indices.forEach((s, i) => {
+    if (!s.counts) return;
+    nodes.push(makeNode("Identity", [s.counts], [`prunec.stage${i}.counts`], `prunec/stage${i}/expose_counts`));
     outputs.push(valueInfo(`prunec.stage${i}.counts`, DT.INT64, [batchDimOut]));
-  }
+  });
   return shallowCopy(g, { node: [...g.node, ...nodes], output: [...g.output, ...outputs] });
 }
 
@@ -318,10 +364,10 @@ function refreshOutputShapes(g: GraphProto, original: GraphProto, plans: StagePl
   });
 }
 
-function report(info: TransformerInfo, plans: StagePlan[], added: NodeProto[], lines: number[], lowerings: { lowering: Lowering; note?: string }[]): Omit<CompileReport, "verification" | "perTokenOutputs"> {
+function report(info: TransformerInfo, plans: StagePlan[], state: StreamState, lines: number[]): Omit<CompileReport, "verification" | "perTokenOutputs"> {
   const stages = plans.map((p, i) => ({
-    lowering: lowerings[i]!.lowering,
-    ...(lowerings[i]!.note ? { loweringNote: lowerings[i]!.note } : {}),
+    lowering: state.stages[i]!.lowering,
+    ...(state.stages[i]!.loweringNote ? { loweringNote: state.stages[i]!.loweringNote } : {}),
     stage: p.stage,
     layer: p.layer.index,
     criterion: p.criterion.name,
@@ -337,5 +383,5 @@ function report(info: TransformerInfo, plans: StagePlan[], added: NodeProto[], l
     if (stage && !stage.mask) current = stage.tokensOut;
     return row;
   });
-  return { stages, tokensPerLayer, addedNodes: added.map((n) => n.name) };
+  return { stages, tokensPerLayer, addedNodes: state.added.map((n) => n.name) };
 }
