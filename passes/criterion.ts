@@ -63,6 +63,23 @@ export interface TokenGroups {
   members: number[][];
 }
 
+/** A fact proven for a stage (`ok`), or why it does not hold (a sentence naming the model fact). */
+export type Prepared<T> = { why: string } | { ok: T };
+
+/**
+ * What a criterion does in one stage once its facts are proven: closures over the narrowed,
+ * non-optional facts they read.
+ * - `score`: emit the scoring subgraph. Returns a float tensor [batch, prunable] (batch = 1 for
+ *   models whose residual stream has no batch axis), or [batch, groups] when `groups` is set (the
+ *   stage then keeps the best groups, their members in ascending order); higher = more important.
+ * - `select`: for criteria that pick the kept set themselves (greedy selections such as DivPrune's
+ *   max-min): emit the selection and return int64 [batch, keep] prunable positions in ascending
+ *   order. The stage adds the prefix tokens and gathers. Needs a static keep count (ctx.keep).
+ */
+export type Scorer =
+  | { kind: "score"; score(ctx: ScoreContext): string; groups?: TokenGroups }
+  | { kind: "select"; select(ctx: ScoreContext): string };
+
 /** A criterion: its registry entry (name, summary, declared arguments) plus how it scores. */
 export interface CriterionModule extends CriterionInfo {
   /** Token sets the criterion reads, which the spec must declare. */
@@ -78,25 +95,9 @@ export interface CriterionModule extends CriterionInfo {
   /** Its scores depend on the stage's static budget (ctx.keep): counts that differ per example are refused. */
   usesBudget?: boolean;
   /**
-   * Why this criterion cannot score tokens in this stage, as a sentence naming the model fact, or
-   * undefined when it can. Called before anything is emitted, so a bad spec writes nothing.
+   * Why this criterion cannot run in this stage (a sentence naming the model fact), or its scorer,
+   * with every fact it reads narrowed. Pure and cheap, and emits nothing: the planner calls it to
+   * check (so a bad spec writes nothing), the stage again on its refreshed facts to emit.
    */
-  unsupported(facts: StageFacts): string | undefined;
-  /**
-   * Set when the criterion selects whole groups of tokens: `score` then returns [batch, groups]
-   * and the stage keeps the best groups, their members in ascending order.
-   */
-  groups?(facts: StageFacts): TokenGroups | undefined;
-  /**
-   * Emit the scoring subgraph. Returns a float tensor [batch, prunable] (batch = 1 for models whose
-   * residual stream has no batch axis), or [batch, groups] for grouped criteria; higher = more
-   * important. Exactly one of `score` and `select` is defined.
-   */
-  score?(ctx: ScoreContext): string;
-  /**
-   * For criteria that pick the kept set themselves (greedy selections such as DivPrune's max-min):
-   * emit the selection and return int64 [batch, keep] prunable positions in ascending order. The
-   * stage adds the prefix tokens and gathers. Needs a static keep count (ctx.keep).
-   */
-  select?(ctx: ScoreContext): string;
+  prepare(facts: StageFacts): Prepared<Scorer>;
 }

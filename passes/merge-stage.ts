@@ -57,7 +57,7 @@ import { denseName } from "./gather-tokens.js";
 import { findSideInputs, gatherSideInputs, type TokenAxes } from "./carry-tokens.js";
 import { addKeyBias } from "./mask-recycle.js";
 import { splice } from "./splice.js";
-import { headMeanKeys } from "./attention/keys.js";
+import { headMeanKeys, keysOf } from "./attention/keys.js";
 import { prunedStreamInfo, retargetShapeConstants, streamElemType, withCurrentNodes, type StageOptions, type StageResult } from "./prune-stage.js";
 import type { StagePlan } from "../src/plan-types.js";
 
@@ -161,7 +161,9 @@ export function applyMergeStage(proto: GraphProto, dense: TransformerInfo, dense
   // Matching on the keys (fp32): A = even, B = odd places of the sequence.
   const na = Math.ceil(n / 2);
   const nb = Math.floor(n / 2);
-  const keys = headMeanKeys(b, plan.layer); // [B,N,D]
+  const proven = keysOf(plan.layer);
+  if ("why" in proven) throw new Error(`internal: merge after layer ${plan.layer.index} was planned, but ${proven.why}`);
+  const keys = headMeanKeys(b, proven.ok); // [B,N,D]
   const length = b.op("Max", [b.reduce("ReduceL2", keys, [2], 1), b.float([1e-12], [], "eps")], {}, "key_norm");
   const metric = inSeq(b.op("Div", [keys, length], {}, "unit_keys"), "tome_order_keys");
   const a = everyOther(b, metric, 0, "keys_a");

@@ -23,7 +23,7 @@ import { findSideInputs, gatherSideInputs, rewireSideInputs, type SideInput, typ
 import { addKeyBias, keptOneHot, maskBias, recycledToken } from "./mask-recycle.js";
 import { countPerExample, selectAdaptive } from "./adaptive.js";
 import { rewriteCachedAttention } from "./cached-attention.js";
-import { clsRowScores } from "./attention/attention-map.js";
+import { attentionOf, clsRowScores } from "./attention/attention-map.js";
 import { selectAndGatherFloat } from "./select-gather-float.js";
 import { gatherTokens, denseName } from "./gather-tokens.js";
 import { PrunecError } from "../src/errors.js";
@@ -127,9 +127,13 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
   const floatKeys = options.target === "webgpu" ? floatKeysFor(model, plan, tokens, sides, options, normalized) : undefined;
   /** The positions the stream was gathered at, when known (what token sets follow). */
   let positions: string | undefined;
-  const selector = plan.criterion.select;
+  // The plan proved the criterion's facts on the dense model; its scorer reads this graph's nodes.
+  const prepared = plan.criterion.prepare(ctx);
+  if ("why" in prepared) throw new Error(`internal: ${plan.criterion.name} after layer ${plan.layer.index} was planned, but on the stage's graph ${prepared.why}`);
+  const scorer = prepared.ok;
+  const selector = scorer.kind === "select" ? scorer.select : undefined;
   // Merged selections rank groups: the mean score of their tokens.
-  const scores = selector ? "" : unitScores(b, plan.criterion.score!(ctx), plan);
+  const scores = scorer.kind === "select" ? "" : unitScores(b, scorer.score(ctx), plan);
   // After masked stages, tokens already dropped must not be picked again.
   const skip = options.maskBias ?? options.validBias;
   const ranked = skip && !selector ? b.op("Add", [scores, b.slice(skip, 1, plan.prefix)], {}, "skip_masked") : scores;
@@ -149,7 +153,11 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
     output = sel.output;
     if (options.expose) indices = withPrefix(b, b.squeeze(sel.positions, [2]), plan.prefix);
   } else if (plan.adaptive) {
-    const clsAttention = () => clsRowScores(b, plan.layer, plan.prefix);
+    const clsAttention = () => {
+      const attention = attentionOf(plan.layer);
+      if ("why" in attention) throw new Error(`internal: FlowCut's adaptive count after layer ${plan.layer.index} reads its CLS attention, but ${attention.why}`);
+      return clsRowScores(b, attention.ok, plan.prefix);
+    };
     let sel: ReturnType<typeof selectAdaptive>;
     if (plan.ofSet) {
       const set = restrictToSet(b, plan, options, scores);
@@ -231,7 +239,7 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
   // A side tensor may be computed after the stage's anchor point in file order: re-sort when any is gathered.
   const sorted = sides.length || padMask.size ? shallowCopy(graph, { node: new Graph(graph).order }) : graph;
   // Selections with a lowering of their own (greedy loops, groups, folds) say so instead.
-  const loweringNote = options.target !== "webgpu" || lowering === "float-keys" ? undefined : selector || plan.fold || plan.groups ? ownLowering(plan) : floatKeys && "why" in floatKeys ? floatKeys.why : undefined;
+  const loweringNote = options.target !== "webgpu" || lowering === "float-keys" ? undefined : selector || plan.fold || plan.groups ? ownLowering(plan, selector !== undefined) : floatKeys && "why" in floatKeys ? floatKeys.why : undefined;
   return { graph: sorted, indices: exposed ?? indices, added: b.nodes, lowering, ...(loweringNote ? { loweringNote } : {}), carried, sets, ...(counts ? { counts } : {}), ...(validBias ? { validBias } : {}) };
 }
 
@@ -261,8 +269,8 @@ function floatKeysFor(
 }
 
 /** Stages whose selection has its own lowering under --target webgpu (not a fallback), or undefined. */
-function ownLowering(plan: StagePlan): string | undefined {
-  if (plan.criterion.select) return undefined; // greedy selection: unrolled for WebGPU by the criterion itself
+function ownLowering(plan: StagePlan, selects: boolean): string | undefined {
+  if (selects) return undefined; // greedy selection: unrolled for WebGPU by the criterion itself
   if (plan.fold) return "it keeps whole merge groups (index lowering)";
   if (plan.groups) return `it keeps whole ${plan.groups.unit}s (index lowering)`;
   return undefined;

@@ -77,9 +77,9 @@ export function planMerge(
   }
   const args = argsWithDefaults(similarity, stage.criterion.args);
   const prefix = model.cls.prefixTokens;
-  const why = similarity.unsupported({ model, layer, args, tokensIn, firstLayer, prefix });
-  if (why) {
-    fail(stage.criterion.span, `similarity cannot run ${where}: ${why}`);
+  const prepared = similarity.prepare({ model, layer, args, tokensIn, firstLayer, prefix });
+  if ("why" in prepared) {
+    fail(stage.criterion.span, `similarity cannot run ${where}: ${prepared.why}`);
     return undefined;
   }
   if (!layer.residual || model.tokenAxis === undefined || tokensIn === undefined) {

@@ -11,7 +11,7 @@ import type { Dim } from "./analysis/dims.js";
 import type { InputFact } from "./analysis/inputs.js";
 import { criterionModule, plannedCriterion, requiredSets } from "../passes/registry.js";
 import type { StagePlan } from "./plan-types.js";
-import type { StageFacts } from "../passes/criterion.js";
+import type { Scorer, StageFacts } from "../passes/criterion.js";
 import { keepCountStatic } from "../passes/amount.js";
 import { maskUnavailable, paddingUnmaskable } from "../passes/mask-recycle.js";
 import { planMerge } from "./plan-merge.js";
@@ -181,11 +181,12 @@ function planOne(
   const args = argsWithDefaults(criterion, stage.criterion.args);
   const prefix = model.cls.prefixTokens;
   const facts: StageFacts = { model, layer, args, tokensIn, firstLayer, prefix };
-  const why = criterion.unsupported(facts);
-  if (why) {
-    fail(stage.criterion.span, `${criterion.name} cannot run ${encoder ? `after the encoder (scored at its last layer, ${resolved})` : `after layer ${resolved}`}: ${why}`);
+  const prepared = criterion.prepare(facts);
+  if ("why" in prepared) {
+    fail(stage.criterion.span, `${criterion.name} cannot run ${encoder ? `after the encoder (scored at its last layer, ${resolved})` : `after layer ${resolved}`}: ${prepared.why}`);
     return undefined;
   }
+  const scorer = prepared.ok;
   if (!layer.residual || model.tokenAxis === undefined || tokensIn === undefined) {
     fail(stage.layerSpan ?? stage.positionSpan, `the residual stream leaving layer ${resolved} could not be found (looked for pre-norm → attention → Add → norm → MLP → Add)`);
     return undefined;
@@ -214,7 +215,7 @@ function planOne(
     fail(stage.layerSpan ?? stage.positionSpan, `the encoder output is pooled over the ${merge.grid!.join("×")} token grid (node '${merge.node}'), which needs every token; prune 'after encoder' instead (it keeps whole pooled tokens)`);
     return undefined;
   }
-  const groups = criterion.groups?.(facts);
+  const groups = scorer.kind === "score" ? scorer.groups : undefined;
   const fold = !encoder && merge?.kind === "fold" ? merge.groupSize : undefined;
   if (fold && groups) {
     fail(stage.criterion.span, `${criterion.name} keeps whole ${groups.unit}s, but the encoder output folds ${fold} consecutive tokens into one (node '${merge!.node}'); stages inside this encoder keep whole ${fold}-token merge groups`);
@@ -228,11 +229,11 @@ function planOne(
     fail(stage.positionSpan, `the encoder output merges tokens (node '${merge!.node}') and the model has ${prefix} special tokens in front; prunec cannot tell which merged token they join`);
     return undefined;
   }
-  if (criterion.select && (fold || (encoder && model.encoderOutput!.per.kind !== "token"))) {
+  if (scorer.kind === "select" && (fold || (encoder && model.encoderOutput!.per.kind !== "token"))) {
     fail(stage.criterion.span, `${criterion.name} picks single tokens, but ${encoder ? "after" : "inside"} this encoder tokens are merged in groups (node '${merge!.node}'); use a scoring criterion`);
     return undefined;
   }
-  if (criterion.select && typeof tokensIn !== "number") {
+  if (scorer.kind === "select" && typeof tokensIn !== "number") {
     fail(stage.criterion.span, `${criterion.name} needs a static token count (its selection loop runs a fixed number of steps); the model has ${String(tokensIn)} tokens`);
     return undefined;
   }
@@ -241,7 +242,7 @@ function planOne(
   const plan: StagePlan = { stage: index, layer, percent: amount.value, drop, criterion, args, tokensIn, tokensOut: tokensIn, prefix, firstLayer };
   if (groups) plan.groups = groups;
   if (fold) plan.fold = fold;
-  if (!applyOptions(stage, plan, model, fail)) return undefined;
+  if (!applyOptions(stage, plan, scorer, model, fail)) return undefined;
   if (seqFirst && (plan.mask || plan.recycle || plan.renumber)) {
     const option = plan.mask ? "mask" : plan.recycle ? "recycle" : "renumber";
     fail(stage.optionSpans[stage.options.indexOf(option)] ?? stage.positionSpan, `'with ${option}' needs a batch-first residual stream; this model's stream is sequence-first [tokens, batch, hidden]`);
@@ -283,7 +284,7 @@ function planOne(
       fail(stage.criterion.span, `${what}; ${criterion.name} sizes its selection from the stage's budget, which must be one static count`);
       return undefined;
     }
-    if (!criterion.score || groups || fold || encoder || plan.recycle || (afterAdaptive && plan.mask)) {
+    if (scorer.kind !== "score" || groups || fold || encoder || plan.recycle || (afterAdaptive && plan.mask)) {
       const option = plan.recycle ? " (without 'with recycle')" : plan.mask ? " (without 'with mask')" : "";
       fail(span, `${what}, so it needs a stage that ranks single tokens by score${option}`);
       return undefined;
@@ -350,7 +351,7 @@ function planOne(
 }
 
 /** `with mask` / `with recycle` / `with renumber`: what they need of the stage and the model. False when rejected. */
-function applyOptions(stage: StageIR, plan: StagePlan, model: TransformerInfo, fail: (span: Span, message: string) => void): boolean {
+function applyOptions(stage: StageIR, plan: StagePlan, scorer: Scorer, model: TransformerInfo, fail: (span: Span, message: string) => void): boolean {
   const at = stage.options.indexOf("renumber");
   if (at >= 0) {
     if (stage.options.includes("mask")) {
@@ -368,8 +369,8 @@ function applyOptions(stage: StageIR, plan: StagePlan, model: TransformerInfo, f
   }
   const option = others[0]!;
   const name = plan.criterion.name;
-  if (!plan.criterion.score || plan.groups || plan.fold || plan.encoder) {
-    const why = !plan.criterion.score ? `${name} picks tokens without scores` : plan.groups ? `${name} keeps whole ${plan.groups.unit}s` : plan.fold ? "this encoder keeps whole merge groups" : "it acts after the encoder";
+  if (scorer.kind !== "score" || plan.groups || plan.fold || plan.encoder) {
+    const why = scorer.kind !== "score" ? `${name} picks tokens without scores` : plan.groups ? `${name} keeps whole ${plan.groups.unit}s` : plan.fold ? "this encoder keeps whole merge groups" : "it acts after the encoder";
     fail(span, `'with ${option}' needs a stage that ranks single tokens by score, but ${why}`);
     return false;
   }

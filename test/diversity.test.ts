@@ -101,7 +101,9 @@ describe("diversity and k-center selections on crafted tokens (exact values: tie
       target,
       args: {},
     } as unknown as ScoreContext;
-    const out = (method === "diversity" ? diversity : kCenter).select!(ctx);
+    const prepared = (method === "diversity" ? diversity : kCenter).prepare(ctx);
+    if (!("ok" in prepared) || prepared.ok.kind !== "select") throw new Error(`${method} does not select`);
+    const out = prepared.ok.select(ctx);
     const io = (name: string, elemType: number, dims: (number | string)[]) => ({ name, type: { value: { case: "tensorType" as const, value: { elemType, shape: { dim: dims.map((x) => ({ value: typeof x === "number" ? { case: "dimValue" as const, value: BigInt(x) } : { case: "dimParam" as const, value: x } })) } } } } });
     const graph = create(GraphProtoSchema, {
       name: "g",

@@ -17,9 +17,8 @@ import { compile } from "../src/compile.js";
 import { GraphProtoSchema, ModelProtoSchema, OperatorSetIdProtoSchema } from "../src/onnx/gen/onnx_pb.js";
 import { encodeModel } from "../src/onnx/io.js";
 import { makeNode } from "../src/ir/graph.js";
-import type { LayerInfo } from "../src/analysis/transformer.js";
 import { NodeBuilder } from "../passes/builder.js";
-import type { StageFacts } from "../passes/criterion.js";
+import type { Attention } from "../passes/attention/attention-map.js";
 import { fopruScores as emitFopruScores } from "../passes/criteria/fopru.js";
 import { withOutputs, unfoldProbs } from "./support/model-edit.js";
 import { clsAttnKeep, keepCount, type Probs } from "./reference/cls-attn.js";
@@ -77,8 +76,8 @@ describe("fopru's scoring subgraph on crafted probabilities", () => {
 
   function scoringModel(): Uint8Array {
     const b = new NodeBuilder("t", 17);
-    const layer = { index: 0, kind: "matmul-softmax", core: { probs: "probs" }, probsLayout: "batch,heads,q,k", rotary: false } as unknown as LayerInfo;
-    const out = emitFopruScores(b, { layer, prefix: 1 } as StageFacts);
+    const attention: Attention = { kind: "materialized", index: 0, probs: "probs", logits: "logits", layout: { form: "batch,heads,q,k" }, pv: undefined };
+    const out = emitFopruScores(b, attention, 1);
     const io = (name: string, dims: (number | string)[]) => ({ name, type: { value: { case: "tensorType" as const, value: { elemType: 1, shape: { dim: dims.map((x) => ({ value: typeof x === "number" ? { case: "dimValue" as const, value: BigInt(x) } : { case: "dimParam" as const, value: x } })) } } } } });
     const graph = create(GraphProtoSchema, {
       name: "g",

@@ -9,30 +9,42 @@
  * prefill: all of them).
  */
 import type { LayerInfo } from "../../src/analysis/transformer.js";
-import { attr, attrInt } from "../../src/ir/graph.js";
+import type { AttentionCore } from "../../src/analysis/attention.js";
+import { attr, attrInt, type NodeProto } from "../../src/ir/graph.js";
 import type { NodeBuilder } from "../builder.js";
+import type { Prepared } from "../criterion.js";
 
 const FLOAT = 1;
 
-/** Why the layer's GroupQueryAttention cannot be recomputed, or undefined. */
-export function gqaUnavailable(layer: LayerInfo, where: string): string | undefined {
-  const n = layer.core!.anchor;
-  if (!n.input[1] || !n.input[2]) return `${where} takes packed q/k/v in one tensor; prunec recomputes attention from separate q and k only`;
+/** A com.microsoft.GroupQueryAttention whose logits prunec recomputes. */
+export interface GqaAttention {
+  kind: "GroupQueryAttention";
+  index: number;
+  node: NodeProto;
+  heads: number;
+  kvHeads: number;
+  headSize: number;
+}
+
+/** The layer's GroupQueryAttention (`core`, the layer's core), recomputable, or why it cannot be recomputed. */
+export function gqaAttention(layer: LayerInfo, core: AttentionCore, where: string): Prepared<GqaAttention> {
+  const n = core.anchor;
+  if (!n.input[1] || !n.input[2]) return { why: `${where} takes packed q/k/v in one tensor; prunec recomputes attention from separate q and k only` };
   // Rotary inside the op is moved out of it before any stage (passes/explicit-rotary.ts).
-  if (attrInt(n, "do_rotary", 0) !== 0 && (!n.input[7] || !n.input[8])) return `${where} rotates q/k (do_rotary=1) without cos/sin caches`;
-  if ((attr(n, "softcap")?.f ?? 0) !== 0) return `${where} uses a logit softcap, which prunec's recompute does not apply`;
-  if (!layer.heads || !layer.headSize || !layer.core!.kvHeads) return `the number of heads, key/value heads or the head size of ${where} could not be determined`;
-  if (layer.fusedInputRank !== 3) return `${where} takes q of rank ${layer.fusedInputRank ?? "unknown"}; prunec recomputes attention from [batch, sequence, heads·head_size] inputs`;
-  return undefined;
+  if (attrInt(n, "do_rotary", 0) !== 0 && (!n.input[7] || !n.input[8])) return { why: `${where} rotates q/k (do_rotary=1) without cos/sin caches` };
+  if ((attr(n, "softcap")?.f ?? 0) !== 0) return { why: `${where} uses a logit softcap, which prunec's recompute does not apply` };
+  if (!layer.heads || !layer.headSize || !core.kvHeads) return { why: `the number of heads, key/value heads or the head size of ${where} could not be determined` };
+  if (layer.fusedInputRank !== 3) return { why: `${where} takes q of rank ${layer.fusedInputRank ?? "unknown"}; prunec recomputes attention from [batch, sequence, heads·head_size] inputs` };
+  return { ok: { kind: "GroupQueryAttention", index: layer.index, node: n, heads: layer.heads, kvHeads: core.kvHeads, headSize: layer.headSize } };
 }
 
 /** [B,H,S,S'] logits of the current tokens' queries over the current tokens' keys (S' = S). */
-export function gqaLogits(b: NodeBuilder, layer: LayerInfo): string {
-  const n = layer.core!.anchor;
-  if (attrInt(n, "do_rotary", 0) !== 0) throw new Error(`internal: layer ${layer.index}'s GroupQueryAttention still rotates inside the op (explicit-rotary did not run)`);
-  const heads = layer.heads!;
-  const kvHeads = layer.core!.kvHeads!;
-  const d = layer.headSize!;
+export function gqaLogits(b: NodeBuilder, gqa: GqaAttention): string {
+  const n = gqa.node;
+  if (attrInt(n, "do_rotary", 0) !== 0) throw new Error(`internal: layer ${gqa.index}'s GroupQueryAttention still rotates inside the op (explicit-rotary did not run)`);
+  const heads = gqa.heads;
+  const kvHeads = gqa.kvHeads;
+  const d = gqa.headSize;
   const q = b.op("Transpose", [b.op("Reshape", [b.op("Cast", [n.input[0]!], { to: FLOAT }, "query_fp32"), b.int64([0, 0, heads, d], [4], "q_heads")])], { perm: [0, 2, 1, 3] }); // [B,H,S,D]
   // All keys the op attends: its present key (past + current), else the current key input.
   const keys = n.output[1]

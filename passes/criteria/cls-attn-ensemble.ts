@@ -8,10 +8,9 @@
  * not run when the stage selects. Layers up to the stage layer are evaluated before the stage's
  * gather, which reads the stream leaving the stage layer.
  */
-import type { CriterionModule, StageFacts } from "../criterion.js";
+import type { CriterionModule, Prepared, StageFacts } from "../criterion.js";
 import type { NodeBuilder } from "../builder.js";
-import type { LayerInfo } from "../../src/analysis/transformer.js";
-import { keyScores, probabilities, probabilitiesUnavailable } from "../attention/attention-map.js";
+import { attentionOf, keyScores, probabilities, type Attention } from "../attention/attention-map.js";
 import { clsUnavailable } from "./cls-attn.js";
 
 /** The `layers` argument as written (negative layers count from the end), or undefined. */
@@ -23,9 +22,8 @@ function writtenRange(facts: StageFacts): [number, number] | undefined {
 /** A written layer number resolved against the model (negative counts from the end). */
 const resolve = (model: StageFacts["model"], l: number): number => (l < 0 ? model.layers.length + l : l);
 
-/** Why the range cannot be summed at this stage, or undefined; `layers` are the resolved layers on success. */
-function checkRange(facts: StageFacts): { why: string } | { layers: LayerInfo[] } {
-  const written = writtenRange(facts)!;
+/** The attention of every layer of the `written` range, or why the range cannot be summed at this stage. */
+function checkRange(facts: StageFacts, written: [number, number]): Prepared<Attention[]> {
   const text = `${written[0]}..${written[1]}`;
   const count = facts.model.layers.length;
   const outside = written.find((l) => l < -count || l >= count);
@@ -43,16 +41,17 @@ function checkRange(facts: StageFacts): { why: string } | { layers: LayerInfo[] 
   if (hi > stage) {
     return { why: `${shown} ends at layer ${hi}, which has not run when this stage selects after layer ${stage}; the range must lie within ${facts.firstLayer}..${stage}` };
   }
-  const layers = facts.model.layers.slice(lo, hi + 1);
-  for (const l of layers) {
-    const why = probabilitiesUnavailable(l);
-    if (why) return { why: `${shown} includes ${why}` };
+  const attentions: Attention[] = [];
+  for (const l of facts.model.layers.slice(lo, hi + 1)) {
+    const attention = attentionOf(l);
+    if ("why" in attention) return { why: `${shown} includes ${attention.why}` };
+    attentions.push(attention.ok);
   }
-  return { layers };
+  return { ok: attentions };
 }
 
-/** s [B,Np]: Σ over `layers` of the head-mean CLS row, prunable keys only (layers added in order). */
-export function clsEnsembleScores(b: NodeBuilder, layers: LayerInfo[], prefix: number): string {
+/** s [B,Np]: Σ over the layers' head-mean CLS rows, prunable keys only (layers added in order). */
+export function clsEnsembleScores(b: NodeBuilder, layers: Attention[], prefix: number): string {
   const perLayer = layers.map((l) => keyScores(b, probabilities(b, l, "cls"), prefix, (p) => p));
   return perLayer.slice(1).reduce((sum, s) => b.op("Add", [sum, s], {}, "sum_layers"), perLayer[0]!);
 }
@@ -63,19 +62,18 @@ export const clsAttnEnsemble: CriterionModule = {
   summary: "sum over a layer range of the CLS query's attention, mean over heads (VTC-CLS, methods.md §2)",
   args: { layers: { type: "range", doc: "first..last layer whose CLS attention is summed (inclusive)" } },
   needs: "a CLS token; attention probabilities (MatMul + Softmax, or recomputed behind MultiHeadAttention) at every layer of the range",
-  unsupported(facts) {
+  prepare(facts) {
     // The stage layer first: `inspect` asks with the defaults only (no range), and these are the model facts it reports.
-    const why = clsUnavailable(facts.model) ?? probabilitiesUnavailable(facts.layer);
-    if (why) return why;
-    if (!writtenRange(facts)) {
-      return `it needs the layer range whose CLS attention it sums, e.g. cls-attn-ensemble(layers: ${facts.firstLayer}..${facts.layer.index})`;
+    const cls = clsUnavailable(facts.model);
+    if (cls) return { why: cls };
+    const stage = attentionOf(facts.layer);
+    if ("why" in stage) return stage;
+    const written = writtenRange(facts);
+    if (!written) {
+      return { why: `it needs the layer range whose CLS attention it sums, e.g. cls-attn-ensemble(layers: ${facts.firstLayer}..${facts.layer.index})` };
     }
-    const r = checkRange(facts);
-    return "why" in r ? r.why : undefined;
-  },
-  score(ctx) {
-    const r = checkRange(ctx);
-    if ("why" in r) throw new Error(`cls-attn-ensemble: ${r.why} (should have been rejected by the plan)`);
-    return clsEnsembleScores(ctx.b, r.layers, ctx.prefix);
+    const range = checkRange(facts, written);
+    if ("why" in range) return range;
+    return { ok: { kind: "score", score: ({ b, prefix }) => clsEnsembleScores(b, range.ok, prefix) } };
   },
 };

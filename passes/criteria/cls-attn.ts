@@ -5,7 +5,7 @@
  */
 import type { CriterionModule } from "../criterion.js";
 import type { TransformerInfo } from "../../src/analysis/transformer.js";
-import { clsRowScores, probabilitiesUnavailable } from "../attention/attention-map.js";
+import { attentionOf, clsRowScores } from "../attention/attention-map.js";
 
 /** Why a model has no CLS row to read, or undefined. */
 export function clsUnavailable(model: TransformerInfo): string | undefined {
@@ -19,6 +19,11 @@ export const clsAttn: CriterionModule = {
   summary: "mean over heads of the CLS query's attention probabilities to each token (FasterVLM)",
   args: {},
   needs: "a CLS token; attention probabilities (MatMul + Softmax, or recomputed behind MultiHeadAttention)",
-  unsupported: ({ model, layer }) => clsUnavailable(model) ?? probabilitiesUnavailable(layer),
-  score: ({ b, layer, prefix }) => clsRowScores(b, layer, prefix),
+  prepare({ model, layer }) {
+    const cls = clsUnavailable(model);
+    if (cls) return { why: cls };
+    const attention = attentionOf(layer);
+    if ("why" in attention) return attention;
+    return { ok: { kind: "score", score: ({ b, prefix }) => clsRowScores(b, attention.ok, prefix) } };
+  },
 };

@@ -141,26 +141,42 @@ function selectionLoop(b: NodeBuilder, dist: string, d0: string, steps: number):
   return b.op("Transpose", [b.squeeze(scanned!, [2])], { perm: [1, 0] }, "loop_picks"); // [B, steps]
 }
 
+/** DivPrune: greedy max-min on the cosine distance, seeded by the token whose nearest neighbour is farthest. */
+function diversitySelect(ctx: ScoreContext): string {
+  const { b } = ctx;
+  const { n, keep } = counts(ctx, "diversity");
+  const x = features(ctx);
+  const norms = b.op("Max", [b.reduce("ReduceL2", x, [2], 1), b.float([1e-12], [], "eps")], {}, "norm");
+  const unit = b.op("Div", [x, norms], {}, "unit");
+  const cos = b.op("MatMul", [unit, b.op("Transpose", [unit], { perm: [0, 2, 1] })], {}, "cosine");
+  const dist = maskedDistances(b, b.op("Sub", [b.float([1], [], "one"), cos], {}, "cosine_distance"), n);
+  // Second smallest of each column = smallest of its row (D is symmetric, its diagonal −∞).
+  const [nearest] = b.opN("TopK", [dist, b.int64([2], [1], "two")], 2, { axis: -1, largest: 0, sorted: 1 });
+  const seed = argmax(b, b.squeeze(b.slice(nearest!, 2, 1, 2), [2]), "seed");
+  return greedyMaxMin(b, dist, seed, keep, ctx.target);
+}
+
+/** Gonzalez k-center on the squared Euclidean distance, seeded by the token nearest the mean. */
+function kCenterSelect(ctx: ScoreContext): string {
+  const { b } = ctx;
+  const { n, keep } = counts(ctx, "k-center");
+  const x = features(ctx);
+  const centred = b.op("Sub", [x, b.reduceMean(x, [1], 1)], {}, "centred");
+  const sq = b.reduce("ReduceSum", b.op("Mul", [centred, centred], {}, "square"), [2], 0); // [B,N] = ‖x_j − mean‖²
+  const seed = b.op("ArgMin", [sq], { axis: 1, keepdims: 1, select_last_index: 0 }, "seed"); // nearest the mean
+  const gram = b.op("MatMul", [centred, b.op("Transpose", [centred], { perm: [0, 2, 1] })], {}, "gram");
+  const sums = b.op("Add", [b.unsqueeze(sq, [2]), b.unsqueeze(sq, [1])], {}, "norm_sums");
+  const d2 = b.op("Sub", [sums, b.op("Mul", [gram, b.float([2], [], "two")], {}, "twice_gram")], {}, "squared_distance");
+  return greedyMaxMin(b, maskedDistances(b, d2, n), seed, keep, ctx.target);
+}
+
 export const diversity: CriterionModule = {
   name: "diversity",
   summary:
     "greedy max-min cosine-distance selection on the layer's output tokens: seed = the token whose nearest neighbour is farthest, then the token farthest from the kept ones (DivPrune, methods.md §3)",
   args: {},
   needs: NEEDS,
-  unsupported: () => undefined,
-  select(ctx) {
-    const { b } = ctx;
-    const { n, keep } = counts(ctx, "diversity");
-    const x = features(ctx);
-    const norms = b.op("Max", [b.reduce("ReduceL2", x, [2], 1), b.float([1e-12], [], "eps")], {}, "norm");
-    const unit = b.op("Div", [x, norms], {}, "unit");
-    const cos = b.op("MatMul", [unit, b.op("Transpose", [unit], { perm: [0, 2, 1] })], {}, "cosine");
-    const dist = maskedDistances(b, b.op("Sub", [b.float([1], [], "one"), cos], {}, "cosine_distance"), n);
-    // Second smallest of each column = smallest of its row (D is symmetric, its diagonal −∞).
-    const [nearest] = b.opN("TopK", [dist, b.int64([2], [1], "two")], 2, { axis: -1, largest: 0, sorted: 1 });
-    const seed = argmax(b, b.squeeze(b.slice(nearest!, 2, 1, 2), [2]), "seed");
-    return greedyMaxMin(b, dist, seed, keep, ctx.target);
-  },
+  prepare: () => ({ ok: { kind: "select", select: diversitySelect } }),
 };
 
 export const kCenter: CriterionModule = {
@@ -169,17 +185,5 @@ export const kCenter: CriterionModule = {
     "greedy farthest-point (Gonzalez k-center) selection on the Euclidean distance between the layer's output tokens, starting at the token nearest their mean (ToDRE, methods.md §11)",
   args: {},
   needs: NEEDS,
-  unsupported: () => undefined,
-  select(ctx) {
-    const { b } = ctx;
-    const { n, keep } = counts(ctx, "k-center");
-    const x = features(ctx);
-    const centred = b.op("Sub", [x, b.reduceMean(x, [1], 1)], {}, "centred");
-    const sq = b.reduce("ReduceSum", b.op("Mul", [centred, centred], {}, "square"), [2], 0); // [B,N] = ‖x_j − mean‖²
-    const seed = b.op("ArgMin", [sq], { axis: 1, keepdims: 1, select_last_index: 0 }, "seed"); // nearest the mean
-    const gram = b.op("MatMul", [centred, b.op("Transpose", [centred], { perm: [0, 2, 1] })], {}, "gram");
-    const sums = b.op("Add", [b.unsqueeze(sq, [2]), b.unsqueeze(sq, [1])], {}, "norm_sums");
-    const d2 = b.op("Sub", [sums, b.op("Mul", [gram, b.float([2], [], "two")], {}, "twice_gram")], {}, "squared_distance");
-    return greedyMaxMin(b, maskedDistances(b, d2, n), seed, keep, ctx.target);
-  },
+  prepare: () => ({ ok: { kind: "select", select: kCenterSelect } }),
 };

@@ -3,7 +3,7 @@
  * order computed at compile time, so every example keeps the same positions. The order becomes
  * constant scores (earlier = higher), expanded over the batch.
  */
-import type { CriterionModule, ScoreContext } from "../criterion.js";
+import type { CriterionModule, Prepared, ScoreContext } from "../criterion.js";
 import type { Dim } from "../../src/analysis/dims.js";
 import { mulberry32 } from "../../src/random.js";
 
@@ -53,8 +53,9 @@ function scoresFromOrder(ctx: ScoreContext, order: number[]): string {
   return b.op("Expand", [constant, shape], {}, "over_batch");
 }
 
-function needsStaticCount(tokensIn: Dim | undefined): string | undefined {
-  return typeof tokensIn === "number" ? undefined : `the token count is symbolic (${String(tokensIn)}); this criterion needs a static one`;
+/** The static token count entering the stage, or why it is symbolic. */
+function staticCount(tokensIn: Dim | undefined): Prepared<number> {
+  return typeof tokensIn === "number" ? { ok: tokensIn } : { why: `the token count is symbolic (${String(tokensIn)}); this criterion needs a static one` };
 }
 
 export const random: CriterionModule = {
@@ -62,8 +63,12 @@ export const random: CriterionModule = {
   summary: "a fixed random subset of the prunable tokens (same for every input)",
   args: { seed: { type: "integer", default: 0, doc: "seed of the mulberry32 generator" } },
   needs: "a static token count",
-  unsupported: ({ tokensIn }) => needsStaticCount(tokensIn),
-  score: (ctx) => scoresFromOrder(ctx, randomOrder(ctx.tokens! - ctx.prefix, Number(ctx.args["seed"] ?? 0))),
+  prepare({ tokensIn, prefix, args }) {
+    const tokens = staticCount(tokensIn);
+    if ("why" in tokens) return tokens;
+    const order = () => randomOrder(tokens.ok - prefix, Number(args["seed"] ?? 0));
+    return { ok: { kind: "score", score: (ctx) => scoresFromOrder(ctx, order()) } };
+  },
 };
 
 export const uniform: CriterionModule = {
@@ -71,13 +76,14 @@ export const uniform: CriterionModule = {
   summary: "an even spatial spread of patches (farthest-point order on the patch grid from the centre)",
   args: {},
   needs: "a static token count; a square patch grid",
-  unsupported({ model, tokensIn }) {
-    const why = needsStaticCount(tokensIn);
-    if (why) return why;
-    if (tokensIn !== model.tokens) return "it spreads tokens over the full patch grid, so it must be the first stage";
-    const patches = (tokensIn as number) - model.cls.prefixTokens;
+  prepare({ model, tokensIn, prefix }) {
+    const tokens = staticCount(tokensIn);
+    if ("why" in tokens) return tokens;
+    if (tokens.ok !== model.tokens) return { why: "it spreads tokens over the full patch grid, so it must be the first stage" };
+    const patches = tokens.ok - model.cls.prefixTokens;
     const g = Math.round(Math.sqrt(patches));
-    return g * g === patches ? undefined : `${patches} prunable tokens do not form a square patch grid`;
+    if (g * g !== patches) return { why: `${patches} prunable tokens do not form a square patch grid` };
+    const grid = Math.round(Math.sqrt(tokens.ok - prefix));
+    return { ok: { kind: "score", score: (ctx) => scoresFromOrder(ctx, uniformOrder(grid)) } };
   },
-  score: (ctx) => scoresFromOrder(ctx, uniformOrder(Math.round(Math.sqrt(ctx.tokens! - ctx.prefix)))),
 };

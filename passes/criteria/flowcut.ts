@@ -19,10 +19,9 @@
  * The count is the stage's amount (fixed schedule); the reference's entropy-adaptive count
  * (dynamic K) is not implemented.
  */
-import type { CriterionModule, ScoreContext, StageFacts } from "../criterion.js";
-import type { LayerInfo } from "../../src/analysis/transformer.js";
+import type { CriterionModule, Prepared, ScoreContext, Scorer, StageFacts } from "../criterion.js";
 import type { NodeBuilder } from "../builder.js";
-import { clsRowScores, keyScores, probabilitiesUnavailable, values } from "../attention/attention-map.js";
+import { attentionOf, clsRowScores, keyScores, values, valuesOf, type Attention, type Values } from "../attention/attention-map.js";
 import { clsUnavailable } from "./cls-attn.js";
 
 /** x / Σ_j x_j over the prunable keys (axis 1 of [B,Np]). */
@@ -30,10 +29,16 @@ function normalised(b: NodeBuilder, x: string): string {
   return b.op("Div", [x, b.reduce("ReduceSum", x, [1], 1)], {}, "normalise");
 }
 
+/** What one layer's score reads: its attention (the CLS row) and its values. */
+interface FlowLayer {
+  attention: Attention;
+  values: Values;
+}
+
 /** s for one layer, [B,Np]. */
-function layerScore(b: NodeBuilder, layer: LayerInfo, prefix: number, keyBias: string | undefined): string {
-  const relation = normalised(b, clsRowScores(b, layer, prefix)); // a/Σa
-  const v = values(b, layer); // [B,H,N,D]
+function layerScore(b: NodeBuilder, layer: FlowLayer, prefix: number, keyBias: string | undefined): string {
+  const relation = normalised(b, clsRowScores(b, layer.attention, prefix)); // a/Σa
+  const v = values(b, layer.values); // [B,H,N,D]
   const vCls = b.slice(v, 2, 0, 1); // [B,H,1,D]
   const vT = b.op("Transpose", [v], { perm: [0, 1, 3, 2] }); // [B,H,D,N]
   let semanticWeight = b.op("MatMul", [vCls, vT], {}, "value_similarity"); // [B,H,1,N], unscaled
@@ -47,29 +52,34 @@ function layerScore(b: NodeBuilder, layer: LayerInfo, prefix: number, keyBias: s
   return b.op("Mul", [b.op("Add", [relation, semantic]), magnitude], {}, "layer_score");
 }
 
-function unsupported({ model, layer, firstLayer, args }: StageFacts): string | undefined {
+function prepare({ model, layer, firstLayer, args }: StageFacts): Prepared<Scorer> {
   const adaptive = Number(args["adaptive"] ?? 0);
-  if (adaptive !== 0 && adaptive !== 1) return `adaptive must be 0 or 1, not ${adaptive}`;
+  if (adaptive !== 0 && adaptive !== 1) return { why: `adaptive must be 0 or 1, not ${adaptive}` };
   const cls = clsUnavailable(model);
-  if (cls) return cls;
-  for (let l = firstLayer; l <= layer.index; l++) {
-    const info = model.layers[l]!;
-    const why = probabilitiesUnavailable(info);
-    if (why) return `it averages layers ${firstLayer}..${layer.index}, and ${why}`;
+  if (cls) return { why: cls };
+  const layers: FlowLayer[] = [];
+  for (const info of model.layers.slice(firstLayer, layer.index + 1)) {
+    const attention = attentionOf(info);
+    if ("why" in attention) return { why: `it averages layers ${firstLayer}..${layer.index}, and ${attention.why}` };
     // Materialized probabilities come with a P·V MatMul whose right input is the values; fused
     // attention (probabilities recomputed) reads them from the op's value input.
-    const core = info.core!;
-    if (core.probs && !core.pv) return `it averages layers ${firstLayer}..${layer.index}, and layer ${l}'s values (the P·V MatMul's right input) were not found`;
+    const v = valuesOf(attention.ok);
+    if ("why" in v) return { why: `it averages layers ${firstLayer}..${layer.index}, and ${v.why}` };
+    layers.push({ attention: attention.ok, values: v.ok });
   }
-  return undefined;
+  return { ok: { kind: "score", score: (ctx) => score(ctx, layers) } };
 }
 
-function score({ b, model, layer, firstLayer, prefix, keyBias }: ScoreContext): string {
-  let c = layerScore(b, model.layers[firstLayer]!, prefix, keyBias);
-  if (firstLayer === layer.index) return c;
+/** The running average over `layers` (firstLayer..L, in order), [B,Np]. */
+function score({ b, prefix, keyBias, firstLayer, layer: stage }: ScoreContext, layers: FlowLayer[]): string {
+  const [first, ...rest] = layers;
+  // No layer only when a stage repeats an earlier stage's layer, which the plan rejects after asking (layer order).
+  if (!first) throw new Error(`internal: flowcut after layer ${stage.index} has no layer to average from layer ${firstLayer} (the plan rejects stages out of layer order)`);
+  let c = layerScore(b, first, prefix, keyBias);
+  if (!rest.length) return c;
   const half = b.float([0.5], [1], "half");
-  for (let l = firstLayer + 1; l <= layer.index; l++) {
-    const s = layerScore(b, model.layers[l]!, prefix, keyBias);
+  for (const layer of rest) {
+    const s = layerScore(b, layer, prefix, keyBias);
     c = b.op("Add", [b.op("Mul", [c, half]), b.op("Mul", [s, half])], {}, "running_average");
   }
   return c;
@@ -81,6 +91,5 @@ export const flowcut: CriterionModule = {
   summary: "CLS attention plus value-norm information flow, running average across the layers since the previous stage (FlowCut, methods.md §6)",
   args: { adaptive: { type: "integer", default: 0, doc: "1: FlowCut's entropy-based count per example, down to the stage's `keep K tokens` at the schedule's last adaptive stage" } },
   needs: "a CLS token; attention probabilities and values (MatMul + Softmax, or recomputed behind MultiHeadAttention) at every layer since the previous stage",
-  unsupported,
-  score,
+  prepare,
 };

@@ -22,15 +22,14 @@
  *
  * Tiny budgets: |anchor∪buffer| can exceed N' (at most 5·n_a ≤ N'·alpha + 2.5, so with alpha ≤ 1
  * by at most 2 tokens), where the reference would call TopK with a negative count. prunec defines
- * that case instead of rejecting it (the plan does not know N' when it asks `unsupported`): the
+ * that case instead of rejecting it (the plan does not know N' when it calls `prepare`): the
  * stage keeps every anchor (n_a ≤ N' since alpha ≤ 1), then the buffers with the highest g^(L).
  *
  * The grid width is √Np of the stage's input tokens. In a later stage those tokens are no longer
  * the full patch grid, so ±w are neighbours in the stage's token order, not in the image.
  */
-import type { CriterionModule, ScoreContext, StageFacts } from "../criterion.js";
-import type { LayerInfo } from "../../src/analysis/transformer.js";
-import { probabilitiesUnavailable } from "../attention/attention-map.js";
+import type { CriterionModule, Prepared, ScoreContext, Scorer, StageFacts } from "../criterion.js";
+import { attentionOf, type Attention } from "../attention/attention-map.js";
 import { globalScores } from "./global-attn.js";
 
 /** Python's round() of a double: to the nearest integer, halves to the even one. */
@@ -59,45 +58,55 @@ function gridWidth(prunable: number): number | undefined {
   return w * w === prunable ? w : undefined;
 }
 
-function unsupported(facts: StageFacts): string | undefined {
+/** What hiprune reads, proven: the grid, the stage layer's attention and the object layer's (undefined: the stage layer itself). */
+interface HiPruneFacts {
+  prunable: number;
+  width: number;
+  alpha: number;
+  deep: Attention;
+  object: Attention | undefined;
+}
+
+function prepare(facts: StageFacts): Prepared<Scorer> {
   const { model, layer, args, tokensIn, firstLayer, prefix } = facts;
   const alpha = Number(args["alpha"]);
   if (!(alpha > 0 && alpha <= 1)) {
-    return `alpha ${String(args["alpha"])} is not in (0, 1]: it is the fraction of the budget spent on anchors and their buffers (n_a = round(N'·alpha/5))`;
+    return { why: `alpha ${String(args["alpha"])} is not in (0, 1]: it is the fraction of the budget spent on anchors and their buffers (n_a = round(N'·alpha/5))` };
   }
-  if (typeof tokensIn !== "number") return `the token count is symbolic (${String(tokensIn)}); hiprune needs a static one (its budget N' and grid width)`;
+  if (typeof tokensIn !== "number") return { why: `the token count is symbolic (${String(tokensIn)}); hiprune needs a static one (its budget N' and grid width)` };
   const prunable = tokensIn - prefix;
-  if (gridWidth(prunable) === undefined) return `its ${prunable} prunable input tokens do not form a square patch grid (the buffers are the anchors' ±1 and ±grid-width neighbours)`;
-  const deep = probabilitiesUnavailable(layer);
-  if (deep) return deep;
+  const width = gridWidth(prunable);
+  if (width === undefined) return { why: `its ${prunable} prunable input tokens do not form a square patch grid (the buffers are the anchors' ±1 and ±grid-width neighbours)` };
+  const deep = attentionOf(layer);
+  if ("why" in deep) return deep;
   // `inspect` asks with the declared defaults only, where object_layer is absent: the stage layer is
   // all it can check. A spec must name the object layer.
   const written = args["object_layer"];
   const object = objectLayerIndex(facts);
-  if (object === undefined) return `it needs the object_layer argument (the layer whose global attention picks the anchors, in ${firstLayer}..${layer.index}), e.g. hiprune(object_layer: ${firstLayer})`;
+  if (object === undefined) return { why: `it needs the object_layer argument (the layer whose global attention picks the anchors, in ${firstLayer}..${layer.index}), e.g. hiprune(object_layer: ${firstLayer})` };
   const range = `${firstLayer}..${layer.index}`;
   const count = model.layers.length;
-  if (object < 0 || object >= count) return `object_layer ${String(written)} is out of range: the model has ${count} layers; it must be in ${range}`;
+  const objectLayer = model.layers[object];
+  if (object < 0 || !objectLayer) return { why: `object_layer ${String(written)} is out of range: the model has ${count} layers; it must be in ${range}` };
   if (object < firstLayer) {
-    return `object_layer ${String(written)} is before layer ${firstLayer}, the first layer that sees this stage's input tokens (the previous stage prunes after layer ${firstLayer - 1}); it must be in ${range}`;
+    return { why: `object_layer ${String(written)} is before layer ${firstLayer}, the first layer that sees this stage's input tokens (the previous stage prunes after layer ${firstLayer - 1}); it must be in ${range}` };
   }
   if (object > layer.index) {
-    return `object_layer ${String(written)} comes after layer ${layer.index}, whose output this stage prunes (later layers have not run yet); it must be in ${range}`;
+    return { why: `object_layer ${String(written)} comes after layer ${layer.index}, whose output this stage prunes (later layers have not run yet); it must be in ${range}` };
   }
-  const shallow = probabilitiesUnavailable(model.layers[object]!);
-  return shallow ? `object layer: ${shallow}` : undefined;
+  const shallow = attentionOf(objectLayer);
+  if ("why" in shallow) return { why: `object layer: ${shallow.why}` };
+  const proven: HiPruneFacts = { prunable, width, alpha, deep: deep.ok, object: object === layer.index ? undefined : shallow.ok };
+  return { ok: { kind: "score", score: (ctx) => score(ctx, proven) } };
 }
 
-function score(ctx: ScoreContext): string {
-  const { b, model, layer, prefix, tokens, keep } = ctx;
-  if (tokens === undefined || keep === undefined) throw new Error("hiprune needs a static token count (checked by unsupported)");
-  const prunable = tokens - prefix;
-  const w = gridWidth(prunable)!;
-  const deep = globalScores(b, layer, prefix); // [B,Np]
-  const nA = anchorCount(keep, Number(ctx.args["alpha"]));
+function score(ctx: ScoreContext, { prunable, width: w, alpha, deep: deepAttention, object }: HiPruneFacts): string {
+  const { b, prefix, keep } = ctx;
+  if (keep === undefined) throw new Error("hiprune needs a static token count (checked by the plan)");
+  const deep = globalScores(b, deepAttention, prefix); // [B,Np]
+  const nA = anchorCount(keep, alpha);
   if (nA === 0) return deep; // no anchors, no buffers: registers only
-  const objectLayer: LayerInfo = model.layers[objectLayerIndex(ctx)!]!;
-  const shallow = objectLayer === layer ? deep : globalScores(b, objectLayer, prefix);
+  const shallow = object ? globalScores(b, object, prefix) : deep;
   const [, anchors] = b.opN("TopK", [shallow, b.int64([nA], [1], "n_anchors")], 2, { axis: 1, largest: 1, sorted: 1 }); // [B,n_a]
   const shifted = (d: number) => b.op("Add", [anchors!, b.int64([d], [1], "offset")], {}, "neighbour");
   const candidates = b.op("Concat", [anchors!, shifted(-1), shifted(1), shifted(-w), shifted(w)], { axis: 1 }, "anchors_and_buffers"); // [B,5·n_a]
@@ -118,6 +127,5 @@ export const hiprune: CriterionModule = {
     alpha: { type: "number", default: 0.1, doc: "anchor fraction in (0, 1]: n_a = round(N'·alpha/5) (Python round, halves to even)" },
   },
   needs: "attention probabilities (MatMul + Softmax, or recomputed behind MultiHeadAttention) at the stage and object layers; a static token count forming a square patch grid",
-  unsupported,
-  score,
+  prepare,
 };

@@ -34,34 +34,50 @@
  * cannot be cloned: other fused attention (MultiHeadAttention, Attention), GroupQueryAttention
  * with rotary inside (do_rotary = 1), packed q/k/v, softcap or local windows.
  */
-import type { CriterionModule, ScoreContext, StageFacts } from "../criterion.js";
-import type { LayerInfo } from "../../src/analysis/transformer.js";
+import type { CriterionModule, Prepared, ScoreContext, StageFacts } from "../criterion.js";
 import type { NodeProto } from "../../src/ir/graph.js";
 import { shallowCopy } from "../../src/ir/copy.js";
 import { PrunecError } from "../../src/errors.js";
-import { logits, probabilitiesUnavailable } from "../attention/attention-map.js";
-import { gqaLogits, gqaUnavailable } from "../attention/gqa-map.js";
+import { attentionOf, logits, type MaterializedAttention } from "../attention/attention-map.js";
+import { gqaAttention, gqaLogits, type GqaAttention } from "../attention/gqa-map.js";
 
 const FLOAT = 1;
 const BOOL = 9;
 
-/** Why iga cannot read the next layer's attention for a stage after `facts.layer`, or undefined. */
-export function nextLayerUnavailable({ model, layer }: Pick<StageFacts, "model" | "layer">): string | undefined {
+/**
+ * The layer after a stage's layer, as iga reads it: where its q/k path starts (the stream leaving
+ * the stage's layer, `from`) and the attention it computes from there.
+ */
+export interface NextLayer {
+  /** The stage's layer. */
+  stage: number;
+  index: number;
+  from: string;
+  attention: MaterializedAttention | GqaAttention;
+}
+
+/** The layer after `facts.layer` whose attention iga reads, or why iga cannot read it. */
+export function nextLayerOf({ model, layer }: Pick<StageFacts, "model" | "layer">): Prepared<NextLayer> {
   const next = model.layers[layer.index + 1];
-  if (!next) return `iga reads the next layer's attention (layer ${layer.index + 1}), but layer ${layer.index} is the model's last; use a stage at an earlier layer`;
-  if (model.batchAxis !== 0 || model.tokenAxis !== 1) return "iga reads a batch-first [batch, sequence, hidden] residual stream";
+  if (!next) return { why: `iga reads the next layer's attention (layer ${layer.index + 1}), but layer ${layer.index} is the model's last; use a stage at an earlier layer` };
+  if (model.batchAxis !== 0 || model.tokenAxis !== 1) return { why: "iga reads a batch-first [batch, sequence, hidden] residual stream" };
   if (!layer.residual || !next.residual || next.residual.input !== layer.residual.output) {
-    return `the residual stream from layer ${layer.index} into layer ${next.index}'s pre-norm could not be found`;
+    return { why: `the residual stream from layer ${layer.index} into layer ${next.index}'s pre-norm could not be found` };
   }
+  const at = { stage: layer.index, index: next.index, from: layer.residual.output };
   const core = next.core;
   if (core && !core.probs) {
     const where = `layer ${next.index}'s fused com.microsoft.${core.kind} (node '${core.anchor.name}')`;
-    if (core.kind !== "GroupQueryAttention") return `${where}: iga clones the next layer's norm, q/k path and rotary up to an explicit q·kᵀ MatMul + Softmax or a GroupQueryAttention`;
-    const why = gqaUnavailable(next, where);
-    return why ? `iga clones the next layer's norm, q/k path and rotary, but ${why}` : undefined;
+    if (core.kind !== "GroupQueryAttention") return { why: `${where}: iga clones the next layer's norm, q/k path and rotary up to an explicit q·kᵀ MatMul + Softmax or a GroupQueryAttention` };
+    const gqa = gqaAttention(next, core, where);
+    if ("why" in gqa) return { why: `iga clones the next layer's norm, q/k path and rotary, but ${gqa.why}` };
+    return { ok: { ...at, attention: gqa.ok } };
   }
-  const why = probabilitiesUnavailable(next);
-  return why ? `iga reads the next layer's attention, but ${why}` : undefined;
+  const attention = attentionOf(next);
+  if ("why" in attention) return { why: `iga reads the next layer's attention, but ${attention.why}` };
+  // A core without materialized probabilities was handled above: this is MatMul + Softmax.
+  if (attention.ok.kind !== "materialized") return { why: `iga reads the next layer's attention, but layer ${next.index}'s probabilities are not materialized` };
+  return { ok: { ...at, attention: attention.ok } };
 }
 
 /** The `image` set's membership [B,N] (bool) over the stage's stream, or a rejection. */
@@ -76,9 +92,9 @@ export function imageMembers(ctx: ScoreContext, criterion: string): string {
  * Clones the nodes computing `targets` (tensors of layer L+1) from the stream leaving layer L,
  * reading `ctx.stream` instead; returns each target's clone.
  */
-function cloneFromStream(ctx: ScoreContext, next: LayerInfo, targets: string[]): string[] {
+function cloneFromStream(ctx: ScoreContext, next: NextLayer, targets: string[]): string[] {
   const { graph: g, b } = ctx;
-  const r = ctx.layer.residual!.output;
+  const r = next.from;
   const fromStream = g.descendants(r);
   const cone = new Set<NodeProto>();
   const stack = [...targets];
@@ -89,7 +105,7 @@ function cloneFromStream(ctx: ScoreContext, next: LayerInfo, targets: string[]):
     for (const i of p.input) if (i) stack.push(i);
   }
   if (!cone.size || ![...cone].some((n) => n.input.includes(r))) {
-    throw new PrunecError("apply", `iga after layer ${ctx.layer.index}: layer ${next.index}'s attention inputs (${targets.map((t) => `'${t}'`).join(", ")}) are not computed from the stream leaving layer ${ctx.layer.index}`);
+    throw new PrunecError("apply", `iga after layer ${next.stage}: layer ${next.index}'s attention inputs (${targets.map((t) => `'${t}'`).join(", ")}) are not computed from the stream leaving layer ${next.stage}`);
   }
   const ordered = [...cone].sort((x, y) => g.position(x) - g.position(y));
   const at = `${b.prefix}/next_layer/`;
@@ -106,15 +122,15 @@ function cloneFromStream(ctx: ScoreContext, next: LayerInfo, targets: string[]):
  * (unfused attention), or GroupQueryAttention's recomputed logits from cloned q and k (rotary
  * outside the op), with only the current tokens' columns of its attention_bias.
  */
-function nextLogits(ctx: ScoreContext, next: LayerInfo): string {
+function nextLogits(ctx: ScoreContext, next: NextLayer): string {
   const { b } = ctx;
-  const core = next.core!;
-  const n = core.anchor;
-  if (core.probs) {
-    const [cloned] = cloneFromStream(ctx, next, [n.input[0]!]);
-    // A stand-in layer whose softmax input is the clone: attention-map's layout conversion reads it.
-    return logits(b, { ...next, core: { ...core, anchor: shallowCopy(n, { input: [cloned!, ...n.input.slice(1)] }) } });
+  const attention = next.attention;
+  if (attention.kind === "materialized") {
+    const [cloned] = cloneFromStream(ctx, next, [attention.logits]);
+    // The same attention with the clone as its softmax input: attention-map's layout conversion reads it.
+    return logits(b, { ...attention, logits: cloned! });
   }
+  const n = attention.node;
   const [q, k] = cloneFromStream(ctx, next, [n.input[0]!, n.input[1]!]);
   const input = [q!, k!, ...n.input.slice(2)];
   if (n.input[10]) {
@@ -123,7 +139,7 @@ function nextLogits(ctx: ScoreContext, next: LayerInfo): string {
     input[10] = b.op("Slice", [n.input[10], b.op("Neg", [s]), b.int64([Number.MAX_SAFE_INTEGER], [1], "end"), b.int64([3], [1], "key_axis")], {}, "current_bias");
   }
   // Without its present-key output the recompute reads the (cloned) current keys only.
-  return gqaLogits(b, { ...next, core: { ...core, anchor: shallowCopy(n, { input, output: [n.output[0]!] }) } });
+  return gqaLogits(b, { ...attention, node: shallowCopy(n, { input, output: [n.output[0]!] }) });
 }
 
 /** s / (Σ over the set's tokens of s + 1e-8), per example: s, member [B,N]. */
@@ -135,9 +151,8 @@ export function normalisedOver(ctx: ScoreContext, s: string, member: string | un
 }
 
 /** IGA scores [B,N] over the stream's tokens (prefix included), normalised over the image tokens. */
-export function igaScores(ctx: ScoreContext, image: string): string {
+export function igaScores(ctx: ScoreContext, next: NextLayer, image: string): string {
   const { b, keyBias } = ctx;
-  const next = ctx.model.layers[ctx.layer.index + 1]!;
   let s = b.op("Cast", [nextLogits(ctx, next)], { to: FLOAT }, "next_logits_fp32"); // [B,H,N,N]
   if (keyBias) s = b.op("Add", [s, b.unsqueeze(keyBias, [1, 2])], {}, "key_bias");
   const probs = b.op("Softmax", [s], { axis: -1 }, "next_probs");
@@ -160,8 +175,9 @@ export const iga: CriterionModule = {
   args: {},
   requiresSets: ["image", "instruction"],
   needs: "a next layer whose pre-norm reads this layer's output, with MatMul + Softmax attention or GroupQueryAttention (rotary inside the op is first moved out of it); a batch-first decoder; a declared `image` token set used as `of image` and `tokens instruction = after image`; left-padded or unpadded prompts",
-  unsupported: (facts) => nextLayerUnavailable(facts),
-  score(ctx) {
-    return ctx.b.slice(igaScores(ctx, imageMembers(ctx, "iga")), 1, ctx.prefix);
+  prepare(facts) {
+    const next = nextLayerOf(facts);
+    if ("why" in next) return next;
+    return { ok: { kind: "score", score: (ctx) => ctx.b.slice(igaScores(ctx, next.ok, imageMembers(ctx, "iga")), 1, ctx.prefix) } };
   },
 };

@@ -5,8 +5,8 @@
  * The last row is the last prompt token for unpadded and left-padded batches (transformers.js's
  * default); right-padded batches would read a padding row, so prompts must be left-padded.
  */
-import type { CriterionModule } from "../criterion.js";
-import { probabilities, probabilitiesUnavailable } from "../attention/attention-map.js";
+import type { CriterionModule, ScoreContext } from "../criterion.js";
+import { attentionOf, probabilities } from "../attention/attention-map.js";
 
 export const lastTokenAttn: CriterionModule = {
   name: "last-token-attn",
@@ -15,9 +15,13 @@ export const lastTokenAttn: CriterionModule = {
   args: {},
   requiresSets: ["image"],
   needs: "attention probabilities (MatMul + Softmax, or recomputed behind MultiHeadAttention / GroupQueryAttention); a declared `image` token set; left-padded prompts",
-  unsupported: ({ layer }) => probabilitiesUnavailable(layer),
-  score({ b, layer, prefix }) {
-    const last = b.op("Gather", [probabilities(b, layer, "all"), b.int64([-1], [1], "last_row")], { axis: 2 }, "last_query"); // [B,H,1,N]
-    return b.reduceMean(b.slice(last, 3, prefix), [1, 2], 0); // [B,Np]
+  prepare({ layer }) {
+    const attention = attentionOf(layer);
+    if ("why" in attention) return attention;
+    const score = ({ b, prefix }: ScoreContext): string => {
+      const last = b.op("Gather", [probabilities(b, attention.ok, "all"), b.int64([-1], [1], "last_row")], { axis: 2 }, "last_query"); // [B,H,1,N]
+      return b.reduceMean(b.slice(last, 3, prefix), [1, 2], 0); // [B,Np]
+    };
+    return { ok: { kind: "score", score } };
   },
 };

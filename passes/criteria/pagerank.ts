@@ -14,8 +14,8 @@
  * the query axis (no constant of the runtime size N needed); the remaining steps are unrolled
  * MatMuls [B,H,1,N]·[B,H,N,N].
  */
-import type { CriterionModule } from "../criterion.js";
-import { logits, probabilitiesUnavailable } from "../attention/attention-map.js";
+import type { CriterionModule, ScoreContext } from "../criterion.js";
+import { attentionOf, logits, type Attention } from "../attention/attention-map.js";
 
 const MAX_ITERATIONS = 100;
 
@@ -36,26 +36,29 @@ export const pagerank: CriterionModule = {
     temperature: { type: "number", default: 0.1, doc: "softmax temperature of the logits" },
   },
   needs: "attention logits (the softmax input of MatMul + Softmax, or recomputed behind MultiHeadAttention); no CLS needed",
-  unsupported({ layer, args }) {
+  prepare({ layer, args }) {
     const { iterations, temperature } = settings(args);
-    if (!(iterations >= 1)) return `iterations must be at least 1, got ${iterations}`;
+    if (!(iterations >= 1)) return { why: `iterations must be at least 1, got ${iterations}` };
     // Each iteration is unrolled into the graph as one MatMul.
-    if (iterations > MAX_ITERATIONS) return `iterations must be at most ${MAX_ITERATIONS} (each is one MatMul unrolled into the graph), got ${iterations}`;
-    if (!(temperature > 0)) return `temperature must be greater than 0, got ${temperature}`;
-    return probabilitiesUnavailable(layer);
-  },
-  score({ b, layer, args, prefix }) {
-    const { iterations, temperature } = settings(args);
-    const l = logits(b, layer);
-    // Mask values (finfo.min) overflow to −inf when sharpened: clamp, so a row stays finite.
-    const scaled = b.op("Max", [b.op("Div", [l, b.float([temperature], [], "temperature")], {}, "sharpen"), b.float([FLOAT_MIN], [], "finfo_min")], {}, "clamped");
-    // A query row with no allowed key (a padding token: every logit at a mask value) has no
-    // transitions: its row is zero, so padding adds nothing and each example ranks as at batch 1.
-    const live = b.op("Cast", [b.op("Greater", [b.reduce("ReduceMax", l, [-1], 1), b.float([MASKED_ROW], [], "masked_row")], {}, "has_key")], { to: 1 });
-    const m = b.op("Mul", [b.op("Softmax", [scaled], { axis: -1 }, "transition"), live], {}, "live_transition"); // [B,H,N,N], rows sum to 1 (0 for padding)
-    let d = b.reduceMean(m, [2], 1); // (1/N)·1 · M: [B,H,1,N]
-    for (let i = 1; i < iterations; i++) d = b.op("MatMul", [d, m], {}, "power_step");
-    const meanSquare = b.reduceMean(b.op("Mul", [d, d], {}, "square"), [1, 2], 0); // [B,N]
-    return b.slice(b.op("Sqrt", [meanSquare], {}, "rms_heads"), 1, prefix);
+    if (iterations > MAX_ITERATIONS) return { why: `iterations must be at most ${MAX_ITERATIONS} (each is one MatMul unrolled into the graph), got ${iterations}` };
+    if (!(temperature > 0)) return { why: `temperature must be greater than 0, got ${temperature}` };
+    const attention = attentionOf(layer);
+    if ("why" in attention) return attention;
+    return { ok: { kind: "score", score: (ctx) => pagerankScores(ctx, attention.ok, iterations, temperature) } };
   },
 };
+
+/** The PageRank scores [B,Np] of the prunable tokens. */
+function pagerankScores({ b, prefix }: ScoreContext, attention: Attention, iterations: number, temperature: number): string {
+  const l = logits(b, attention);
+  // Mask values (finfo.min) overflow to −inf when sharpened: clamp, so a row stays finite.
+  const scaled = b.op("Max", [b.op("Div", [l, b.float([temperature], [], "temperature")], {}, "sharpen"), b.float([FLOAT_MIN], [], "finfo_min")], {}, "clamped");
+  // A query row with no allowed key (a padding token: every logit at a mask value) has no
+  // transitions: its row is zero, so padding adds nothing and each example ranks as at batch 1.
+  const live = b.op("Cast", [b.op("Greater", [b.reduce("ReduceMax", l, [-1], 1), b.float([MASKED_ROW], [], "masked_row")], {}, "has_key")], { to: 1 });
+  const m = b.op("Mul", [b.op("Softmax", [scaled], { axis: -1 }, "transition"), live], {}, "live_transition"); // [B,H,N,N], rows sum to 1 (0 for padding)
+  let d = b.reduceMean(m, [2], 1); // (1/N)·1 · M: [B,H,1,N]
+  for (let i = 1; i < iterations; i++) d = b.op("MatMul", [d, m], {}, "power_step");
+  const meanSquare = b.reduceMean(b.op("Mul", [d, d], {}, "square"), [1, 2], 0); // [B,N]
+  return b.slice(b.op("Sqrt", [meanSquare], {}, "rms_heads"), 1, prefix);
+}

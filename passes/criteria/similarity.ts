@@ -13,7 +13,7 @@
  * - com.microsoft.MultiHeadAttention: the op's key input [B,N,H·D] (plus bias[W:2W] when the op
  *   has the packed q|k|v bias), split into heads.
  */
-import { keysUnavailable } from "../attention/keys.js";
+import { keysOf } from "../attention/keys.js";
 import type { CriterionModule } from "../criterion.js";
 
 function notAScore(): never {
@@ -27,6 +27,10 @@ export const similarity: CriterionModule = {
     proportional: { type: "integer", default: 0, doc: "1: add log(token size) to the attention logits of every later layer (ToMe's proportional attention); 0: off" },
   },
   needs: "keys (MatMul + Softmax exports, or MultiHeadAttention's key input); a static token count; a batch-first stream",
-  unsupported: (facts) => keysUnavailable(facts.layer),
-  score: notAScore,
+  // The merge stage reads the keys itself (passes/merge-stage.ts, keysOf): here they are only proven readable.
+  prepare(facts) {
+    const keys = keysOf(facts.layer);
+    if ("why" in keys) return keys;
+    return { ok: { kind: "score", score: notAScore } };
+  },
 };

@@ -20,7 +20,7 @@
  */
 import type { CriterionModule, ScoreContext } from "../criterion.js";
 import { PrunecError } from "../../src/errors.js";
-import { probabilities, probabilitiesUnavailable } from "../attention/attention-map.js";
+import { attentionOf, probabilities, type Attention } from "../attention/attention-map.js";
 
 const FLOAT = 1;
 const BOOL = 9;
@@ -35,32 +35,35 @@ export const textAttn: CriterionModule = {
   requiresSets: ["image"],
   needs:
     "attention probabilities (MatMul + Softmax, or recomputed behind MultiHeadAttention / GroupQueryAttention); a batch-first decoder; a declared `image` token set used as `of image`; left-padded or unpadded prompts; earlier stages dropping only image tokens",
-  unsupported({ model, layer }) {
-    const probs = probabilitiesUnavailable(layer);
-    if (probs) return probs;
-    if (model.batchAxis !== 0 || model.tokenAxis !== 1) return "text-attn reads a batch-first [batch, sequence, hidden] residual stream";
-    if (!model.layers[0]?.residual) return "text-attn reads the input embeddings (the residual stream entering layer 0), which could not be found";
-    return undefined;
-  },
-  score(ctx) {
-    const { b, layer, prefix } = ctx;
-    if (ctx.ofSet?.name !== "image") {
-      throw new PrunecError("apply", `text-attn after layer ${layer.index} scores image tokens against the text after them: use it as 'drop P% of image by text-attn'`);
-    }
-    const raters = raterWeights(ctx, ctx.ofSet.input); // [B,N]
-    const perHead = probabilities(b, layer, "all"); // [B,H,N,N]
-    const heads = b.reduceMean(perHead, [1], 0); // [B,N,N]
-    const scores = b.op("MatMul", [b.unsqueeze(raters, [1]), heads], {}, "rater_attention"); // [B,1,N]
-    return b.slice(b.squeeze(scores, [1]), 1, prefix); // [B,Np]
+  prepare({ model, layer }) {
+    const attention = attentionOf(layer);
+    if ("why" in attention) return attention;
+    if (model.batchAxis !== 0 || model.tokenAxis !== 1) return { why: "text-attn reads a batch-first [batch, sequence, hidden] residual stream" };
+    const embeddings = model.layers[0]?.residual?.input;
+    if (!embeddings) return { why: "text-attn reads the input embeddings (the residual stream entering layer 0), which could not be found" };
+    return { ok: { kind: "score", score: (ctx) => score(ctx, attention.ok, embeddings) } };
   },
 };
+
+/** Scores [B,Np]: the raters' mean attention to each token; `embeddings` is the stream entering layer 0. */
+function score(ctx: ScoreContext, attention: Attention, embeddings: string): string {
+  const { b, layer, prefix } = ctx;
+  if (ctx.ofSet?.name !== "image") {
+    throw new PrunecError("apply", `text-attn after layer ${layer.index} scores image tokens against the text after them: use it as 'drop P% of image by text-attn'`);
+  }
+  const raters = raterWeights(ctx, ctx.ofSet.input, embeddings); // [B,N]
+  const perHead = probabilities(b, attention, "all"); // [B,H,N,N]
+  const heads = b.reduceMean(perHead, [1], 0); // [B,N,N]
+  const scores = b.op("MatMul", [b.unsqueeze(raters, [1]), heads], {}, "rater_attention"); // [B,1,N]
+  return b.slice(b.squeeze(scores, [1]), 1, prefix); // [B,Np]
+}
 
 /**
  * float [B,N]: 1/|raters| at each rater of the stream entering the stage, 0 elsewhere (all zero
  * when the example has no text after its image).
  */
-function raterWeights(ctx: ScoreContext, imageInput: string): string {
-  const { b, model } = ctx;
+function raterWeights(ctx: ScoreContext, imageInput: string, embeddings: string): string {
+  const { b } = ctx;
   const image = b.op("Cast", [imageInput], { to: BOOL }, "image_mask"); // [B,N0]
   const imageF = b.op("Cast", [image], { to: FLOAT }, "image_f");
   const zero = b.float([0], [], "zero");
@@ -73,7 +76,7 @@ function raterWeights(ctx: ScoreContext, imageInput: string): string {
   const textF = b.op("Cast", [text], { to: FLOAT }, "text_f");
 
   // m_t = mean over image rows of softmax over text columns of E·Eᵀ.
-  const e = b.op("Cast", [model.layers[0]!.residual!.input], { to: FLOAT }, "embeddings"); // [B,N0,D]
+  const e = b.op("Cast", [embeddings], { to: FLOAT }, "embeddings"); // [B,N0,D]
   const sim = b.op("MatMul", [e, b.op("Transpose", [e], { perm: [0, 2, 1] })], {}, "similarity"); // [B,N0,N0]
   const colBias = b.unsqueeze(b.op("Mul", [b.op("Sub", [textF, one]), b.float([1e9], [], "big")], {}, "text_columns"), [1]); // [B,1,N0]
   const soft = b.op("Softmax", [b.op("Add", [sim, colBias])], { axis: -1 }, "over_text");

@@ -24,11 +24,11 @@
  * pre-norm's output and the branch operand of the attention residual Add; the post-attention
  * norm (the norm reading the mid-block stream) and the branch operand of the MLP residual Add.
  */
-import type { CriterionModule, ScoreContext, StageFacts } from "../criterion.js";
-import type { LayerInfo } from "../../src/analysis/transformer.js";
+import type { CriterionModule, Prepared, ScoreContext, StageFacts } from "../criterion.js";
+import type { ResidualBlock } from "../../src/analysis/residual.js";
 import { PrunecError } from "../../src/errors.js";
 import { normsReading } from "../../src/analysis/norms.js";
-import { igaScores, imageMembers, nextLayerUnavailable, normalisedOver } from "./iga.js";
+import { igaScores, imageMembers, nextLayerOf, normalisedOver } from "./iga.js";
 
 const FLOAT = 1;
 
@@ -38,8 +38,14 @@ function writtenRange(facts: StageFacts): [number, number] | undefined {
   return Array.isArray(v) ? v : undefined;
 }
 
+/** A layer ttv sums: its pre-norm residual block with a plain norm. */
+export interface TtvLayer {
+  index: number;
+  residual: ResidualBlock;
+}
+
 /** The layers ttv sums, or why it cannot. */
-export function ttvLayers(facts: StageFacts): { why: string } | { layers: LayerInfo[] } {
+export function ttvLayers(facts: StageFacts): Prepared<TtvLayer[]> {
   if (facts.model.batchAxis !== 0 || facts.model.tokenAxis !== 1) return { why: "ttv reads a batch-first [batch, sequence, hidden] residual stream" };
   const written = writtenRange(facts) ?? [facts.layer.index, facts.layer.index];
   const count = facts.model.layers.length;
@@ -51,20 +57,21 @@ export function ttvLayers(facts: StageFacts): { why: string } | { layers: LayerI
   if (lo > hi) return { why: `layers ${text} is empty; write the range from its first to its last layer` };
   if (lo < facts.firstLayer) return { why: `layers ${text} starts at layer ${lo}, which saw different tokens: an earlier stage pruned after layer ${facts.firstLayer - 1}, so the range must lie within ${facts.firstLayer}..${stage}` };
   if (hi > stage) return { why: `layers ${text} ends at layer ${hi}, which has not run when this stage selects after layer ${stage}; the range must lie within ${facts.firstLayer}..${stage}` };
-  const layers = facts.model.layers.slice(lo, hi + 1);
-  for (const l of layers) {
+  const layers: TtvLayer[] = [];
+  for (const l of facts.model.layers.slice(lo, hi + 1)) {
     const res = l.residual;
     if (!res) return { why: `the residual block of layer ${l.index} (pre-norm → attention → Add → norm → MLP → Add) could not be found` };
     if (res.layout !== "pre-norm") return { why: `layer ${l.index} is a post-norm block (its norms follow the residual adds); ttv reads pre-norm sub-blocks` };
     if (res.norm.form === "skip") return { why: `layer ${l.index}'s pre-norm is a fused ${res.norm.node.opType} (node '${res.norm.node.name}'); ttv reads the sub-blocks' inputs and outputs around plain norms and residual Adds` };
+    layers.push({ index: l.index, residual: res });
   }
-  return { layers };
+  return { ok: layers };
 }
 
 /** The (u, v) pairs of a layer's attention and MLP sub-blocks, found in the current graph. */
-function subBlocks(ctx: ScoreContext, layer: LayerInfo): { u: string; v: string }[] {
+function subBlocks(ctx: ScoreContext, layer: TtvLayer): { u: string; v: string }[] {
   const g = ctx.graph;
-  const res = layer.residual!;
+  const res = layer.residual;
   const fail = (what: string): never => {
     throw new PrunecError("apply", `ttv after layer ${ctx.layer.index}: ${what} in layer ${layer.index}; ttv reads plain norms and residual Adds`);
   };
@@ -97,10 +104,8 @@ function transition(ctx: ScoreContext, u0: string, v0: string): string {
 }
 
 /** TTV scores [B,N] over the stream's tokens (prefix included), normalised over `member` (or all prunable tokens). */
-export function ttvScores(ctx: ScoreContext, member: string | undefined): string {
-  const r = ttvLayers(ctx);
-  if ("why" in r) throw new Error(`ttv: ${r.why} (should have been rejected by the plan)`);
-  const parts = r.layers.flatMap((l) => subBlocks(ctx, l).map(({ u, v }) => transition(ctx, u, v)));
+export function ttvScores(ctx: ScoreContext, layers: TtvLayer[], member: string | undefined): string {
+  const parts = layers.flatMap((l) => subBlocks(ctx, l).map(({ u, v }) => transition(ctx, u, v)));
   const sum = parts.slice(1).reduce((acc, w) => ctx.b.op("Add", [acc, w], {}, "sum_blocks"), parts[0]!);
   return normalisedOver(ctx, sum, member);
 }
@@ -111,14 +116,15 @@ export const ttv: CriterionModule = {
   summary: "token transition variation: (‖v‖/‖u‖)·softmax(1 − cos(u, v)) of the attention and MLP sub-blocks, summed over layers (TransPrune TTV, methods.md §5)",
   args: { layers: { type: "range", optional: true, doc: "first..last layer summed (inclusive; default: the stage's layer)" } },
   needs: "pre-norm blocks with plain norms and residual Adds (not fused Skip…Normalization); a batch-first residual stream",
-  unsupported(facts) {
-    const r = ttvLayers(facts);
-    return "why" in r ? r.why : undefined;
-  },
-  score(ctx) {
-    // `of SET` (TransPrune: `of image`): normalised over the set's tokens; otherwise over all prunable tokens.
-    const member = ctx.ofSet ? ctx.sets?.get(ctx.ofSet.name) ?? ctx.b.op("Cast", [ctx.ofSet.input], { to: 9 }, "set_mask") : undefined;
-    return ctx.b.slice(ttvScores(ctx, member), 1, ctx.prefix);
+  prepare(facts) {
+    const layers = ttvLayers(facts);
+    if ("why" in layers) return layers;
+    const score = (ctx: ScoreContext): string => {
+      // `of SET` (TransPrune: `of image`): normalised over the set's tokens; otherwise over all prunable tokens.
+      const member = ctx.ofSet ? ctx.sets?.get(ctx.ofSet.name) ?? ctx.b.op("Cast", [ctx.ofSet.input], { to: 9 }, "set_mask") : undefined;
+      return ctx.b.slice(ttvScores(ctx, layers.ok, member), 1, ctx.prefix);
+    };
+    return { ok: { kind: "score", score } };
   },
 };
 
@@ -130,13 +136,16 @@ export const transprune: CriterionModule = {
   args: { layers: { type: "range", optional: true, doc: "first..last layer whose TTV is summed (inclusive; default: the stage's layer)" } },
   requiresSets: ["image", "instruction"],
   needs: "what ttv and iga need (`tokens instruction = after image` for iga's queries)",
-  unsupported(facts) {
-    const r = ttvLayers(facts);
-    return "why" in r ? r.why : nextLayerUnavailable(facts);
-  },
-  score(ctx) {
-    const image = imageMembers(ctx, "transprune");
-    const both = ctx.b.op("Add", [ttvScores(ctx, image), igaScores(ctx, image)], {}, "ttv_plus_iga");
-    return ctx.b.slice(both, 1, ctx.prefix);
+  prepare(facts) {
+    const layers = ttvLayers(facts);
+    if ("why" in layers) return layers;
+    const next = nextLayerOf(facts);
+    if ("why" in next) return next;
+    const score = (ctx: ScoreContext): string => {
+      const image = imageMembers(ctx, "transprune");
+      const both = ctx.b.op("Add", [ttvScores(ctx, layers.ok, image), igaScores(ctx, next.ok, image)], {}, "ttv_plus_iga");
+      return ctx.b.slice(both, 1, ctx.prefix);
+    };
+    return { ok: { kind: "score", score } };
   },
 };
