@@ -58,7 +58,10 @@ import { findSideInputs, gatherSideInputs, type TokenAxes } from "./carry-tokens
 import { addKeyBias } from "./mask-recycle.js";
 import { splice } from "./splice.js";
 import { headMeanKeys, keysOf } from "./attention/keys.js";
-import { prunedStreamInfo, retargetShapeConstants, streamElemType, withCurrentNodes, type StageOptions, type StageResult } from "./prune-stage.js";
+import { prunedStreamInfo, retargetShapeConstants, streamElemType } from "./retarget.js";
+import { refreshFacts } from "../src/analysis/refresh.js";
+import type { StageEffect, StreamState } from "./stream-state.js";
+import type { LowerOptions } from "./kinds/kind.js";
 import type { StagePlan } from "../src/plan-types.js";
 
 const FLOAT = DT.FLOAT;
@@ -134,16 +137,20 @@ function rename(b: NodeBuilder, tensor: string, name: string): string {
   return name;
 }
 
-export function applyMergeStage(proto: GraphProto, dense: TransformerInfo, densePlan: StagePlan, options: StageOptions): StageResult {
+export function applyMergeStage(proto: GraphProto, dense: TransformerInfo, densePlan: StagePlan, state: StreamState, options: LowerOptions): { graph: GraphProto; effect: StageEffect } {
   const g = new Graph(proto);
-  const model = withCurrentNodes(dense, g);
-  const plan: StagePlan = { ...densePlan, layer: model.layers[densePlan.layer.index]! };
-  const { r, sizesFrom, proportional } = plan.merge!;
+  // Earlier stages rewired some nodes (new objects, same names): read the current ones.
+  const model = refreshFacts(dense, g);
+  const layer = model.layers[densePlan.layer.index];
+  const residual = layer?.residual;
+  const merge = densePlan.merge;
+  if (!layer || !residual || !merge || model.tokens === undefined) throw new Error(`stage ${densePlan.stage}: a merge stage needs the layer's residual stream (checked by the plan)`);
+  const plan: StagePlan = { ...densePlan, layer };
+  const { r, sizesFrom, proportional } = merge;
   if (typeof plan.tokensIn !== "number" || model.batchAxis !== 0 || model.tokenAxis !== 1) throw new Error("merge stages need a static token count and a batch-first stream (checked by the plan)");
   const n = plan.tokensIn;
   const out = n - r;
   const prefix = plan.prefix;
-  const residual = plan.layer.residual!;
   const rName = residual.output;
   const b = new NodeBuilder(`prunec/stage${plan.stage}/similarity`, options.opset);
   const stream = denseName(rName);
@@ -151,7 +158,7 @@ export function applyMergeStage(proto: GraphProto, dense: TransformerInfo, dense
   const belowNodes = g.descendants(rName);
   const below = new Set([...belowNodes].flatMap((x) => x.output));
   below.add(rName);
-  const sides = findSideInputs({ graph: g, shapes: model.shapes, carried: options.carried ?? new Map(), denseTokens: model.tokens!, batched: true }, belowNodes, below);
+  const sides = findSideInputs({ graph: g, shapes: model.shapes, carried: state.carried, denseTokens: model.tokens, batched: true }, belowNodes, below);
 
   // ToMe's token sequence: after an earlier merge, ToMe holds [unmerged A, B], not position order;
   // this merge splits that sequence into A (even) and B (odd), so the tokens are first put in it.
@@ -218,7 +225,7 @@ export function applyMergeStage(proto: GraphProto, dense: TransformerInfo, dense
     toB = b.op("Mul", [toB, b.unsqueeze(everyOther(b, sizes, 1, "sizes_b"), [1])], {}, "weigh_b");
   }
   const weights = b.op("Concat", [toA, toB], { axis: 2 }, "merge_matrix"); // [B,N−r,N]
-  const elemType = streamElemType(g, plan.layer) ?? FLOAT;
+  const elemType = streamElemType(g, residual) ?? FLOAT;
   const x = elemType === FLOAT ? stream : b.op("Cast", [stream], { to: FLOAT }, "stream_fp32");
   const xs = inSeq(x, "tome_order_stream");
   const xab = b.op("Concat", [everyOther(b, xs, 0, "stream_a"), everyOther(b, xs, 1, "stream_b")], { axis: 1 }, "stream_ab"); // [B,N,C]
@@ -226,7 +233,7 @@ export function applyMergeStage(proto: GraphProto, dense: TransformerInfo, dense
   let merged = b.op("Div", [b.op("MatMul", [weights, xab], {}, "weighted_sum"), total], {}, "weighted_mean");
   if (elemType !== FLOAT) merged = b.op("Cast", [merged], { to: elemType }, "stream_type");
   const sizes = rename(b, b.squeeze(total, [2]), sizesName(plan.stage)); // [B,N−r]
-  if (plan.merge!.feedsMerge) rename(b, tomeRanks(b, { mergedA, best, survivors: survivors!, n, r, prefix }), orderName(plan.stage));
+  if (merge.feedsMerge) rename(b, tomeRanks(b, { mergedA, best, survivors: survivors!, n, r, prefix }), orderName(plan.stage));
 
   // Side tensors read below the stage follow the surviving positions; an earlier merge stage's
   // log-size key bias is replaced by this stage's.
@@ -256,5 +263,6 @@ export function applyMergeStage(proto: GraphProto, dense: TransformerInfo, dense
     staleInfo: below,
     info: prunedStreamInfo(proto, model, plan, rName, elemType),
   });
-  return { graph, indices: positions, added: b.nodes, lowering: "index", ...(options.target === "webgpu" ? { loweringNote: "merge stages have one lowering (one-hot MatMul; TopK indices)" } : {}), carried, sets: new Map() };
+  const record = { indices: positions, lowering: "index" as const, ...(options.target === "webgpu" ? { loweringNote: "merge stages have one lowering (one-hot MatMul; TopK indices)" } : {}) };
+  return { graph, effect: { tokens: plan.tokensOut, added: b.nodes, record, carried, sets: new Map(), sizes } };
 }

@@ -243,23 +243,13 @@ function moveRotary(c: Compilation): Compilation {
 
 /** Each planned stage in order, each reading the stream state the previous one returned. */
 function applyStages(c: Compilation): Compilation {
+  const options = { opset: c.opset, target: c.options.target ?? "cpu", expose: c.options.exposeIndices ?? false } as const;
   let graph = c.graph;
   let state = c.state;
   for (const plan of c.plans) {
-    const biases = { ...(state.maskBias ? { maskBias: state.maskBias } : {}), ...(state.validBias ? { validBias: state.validBias } : {}) };
-    const stageOptions = { opset: c.opset, target: c.options.target ?? "cpu", expose: c.options.exposeIndices ?? false, carried: state.carried, sets: state.sets, ...biases } as const;
-    const result = plan.merge ? applyMergeStage(graph, c.info, plan, stageOptions) : applyStage(graph, c.info, plan, stageOptions);
-    graph = result.graph;
-    const record: StageRecord = { lowering: result.lowering, ...(result.indices ? { indices: result.indices } : {}), ...(result.counts ? { counts: result.counts } : {}), ...(result.loweringNote ? { loweringNote: result.loweringNote } : {}) };
-    state = advance(state, {
-      tokens: plan.tokensOut,
-      added: result.added,
-      record,
-      carried: result.carried,
-      ...(result.maskBias ? { maskBias: result.maskBias } : {}),
-      ...(result.validBias ? { validBias: result.validBias } : {}),
-      sets: result.sets,
-    });
+    const lowered = plan.merge ? applyMergeStage(graph, c.info, plan, state, options) : applyStage(graph, c.info, plan, state, options);
+    graph = lowered.graph;
+    state = advance(state, lowered.effect);
   }
   return { ...c, graph, state };
 }

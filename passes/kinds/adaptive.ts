@@ -1,0 +1,74 @@
+/**
+ * Counts per example (`keep mass P%`, `keep above X`, `flowcut(adaptive: 1)`, `of SET`, and any
+ * stage after one of those): each example keeps its own number of tokens; the batch pads to its
+ * largest count, and the padding's key bias (`validBias`) masks it out of the later attention
+ * (passes/adaptive.ts).
+ */
+import type { NodeBuilder } from "../builder.js";
+import type { StagePlan } from "../../src/plan-types.js";
+import { countPerExample, selectAdaptive } from "../adaptive.js";
+import { attentionOf, clsRowScores } from "../attention/attention-map.js";
+import type { SelectionModule } from "./kind.js";
+
+export const adaptive: SelectionModule = {
+  name: "adaptive",
+  summary: "a count per example; TopK to the batch's largest count, the rest padding (−1 exposed, masked below)",
+  select: ({ b, plan, scores, ranked, state, model }) => {
+    const amount = plan.adaptive;
+    if (!amount) throw new Error("adaptive selection without an adaptive amount (checked by the plan)");
+    const clsAttention = () => {
+      const attention = attentionOf(plan.layer);
+      if ("why" in attention) throw new Error(`internal: FlowCut's adaptive count after layer ${plan.layer.index} reads its CLS attention, but ${attention.why}`);
+      return clsRowScores(b, attention.ok, plan.prefix);
+    };
+    let sel: ReturnType<typeof selectAdaptive>;
+    if (plan.ofSet) {
+      const set = restrictToSet(b, plan, plan.ofSet, state.sets, state.validBias, scores);
+      const count = countPerExample(b, amount, { scores, ranked: set.setScores, real: set.members, clsAttention, minimum: 0 });
+      // Tokens outside the set are all kept: they rank first.
+      sel = selectAdaptive(b, set.ranked, b.op("Add", [set.others, count], {}, "kept_total"), plan.prefix);
+    } else {
+      const real = realCount(b, scores, state.validBias, plan.prefix, model.batchAxis === undefined);
+      sel = selectAdaptive(b, ranked, countPerExample(b, amount, { scores, ranked, real, clsAttention }), plan.prefix);
+    }
+    return { indices: sel.indices, exposed: sel.realIndices, counts: sel.counts, validBias: sel.padBias, lowering: "index" };
+  },
+};
+
+/** int64 [B,1]: prunable tokens of each example that are not padding from an earlier adaptive stage. */
+function realCount(b: NodeBuilder, scores: string, validBias: string | undefined, prefix: number, batchless: boolean): string {
+  if (validBias) {
+    const real = b.op("Equal", [b.slice(validBias, 1, prefix), b.float([0], [], "zero_bias")], {}, "is_real");
+    return b.reduce("ReduceSum", b.op("Cast", [real], { to: 7 }), [1], 1);
+  }
+  const shape = b.op("Shape", [scores]);
+  const n = b.unsqueeze(b.slice(shape, 0, 1, 2), [0]); // [1,1]
+  if (batchless) return n;
+  return b.op("Expand", [n, b.op("Concat", [b.slice(shape, 0, 0, 1), b.int64([1])], { axis: 0 })], {}, "real_count"); // [B,1]
+}
+
+/**
+ * `of SET`: which prunable tokens are set members (and not padding from an earlier stage), how
+ * many each example has, how many other real tokens it has, and the ranking that keeps every
+ * non-member first (members by score, padding last).
+ */
+function restrictToSet(
+  b: NodeBuilder,
+  plan: StagePlan,
+  ofSet: { name: string; input: string },
+  sets: ReadonlyMap<string, string>,
+  validBias: string | undefined,
+  scores: string,
+) {
+  const member = b.slice(b.op("Cast", [sets.get(ofSet.name) ?? ofSet.input], { to: 9 }, "set_mask"), 1, plan.prefix); // [B,Np]
+  const big = b.float([1e9], [], "big");
+  const count = (t: string) => b.reduce("ReduceSum", b.op("Cast", [t], { to: 7 }), [1], 1); // [B,1]
+  // Padding left by an earlier per-example stage is neither a member nor another token.
+  const isReal = validBias ? b.op("Equal", [b.slice(validBias, 1, plan.prefix), b.float([0], [], "zero_bias")], {}, "is_real") : undefined;
+  const memberReal = isReal ? b.op("And", [member, isReal], {}, "member_real") : member;
+  const otherReal = isReal ? b.op("And", [b.op("Not", [member]), isReal], {}, "other_real") : b.op("Not", [member]);
+  const others = isReal ? b.op("Where", [isReal, big, b.op("Neg", [big])]) : big;
+  const ranked = b.op("Where", [memberReal, scores, others], {}, "set_first");
+  const setScores = b.op("Where", [memberReal, scores, b.op("Neg", [big])], {}, "set_scores");
+  return { members: count(memberReal), others: count(otherReal), ranked, setScores };
+}

@@ -1,0 +1,73 @@
+/**
+ * The contract of a stage kind's lowering. A keep/drop stage (passes/prune-stage.ts) prepares one
+ * `StageSetup` (refreshed facts, the stream's names, what is read below, the criterion's scorer),
+ * asks its selection kind for the kept positions, then hands them to the options (mask, recycle,
+ * renumber) and to the one splice. Which kinds combine is declared in ./combinations.ts.
+ */
+import type { Graph, GraphProto, NodeProto } from "../../src/ir/graph.js";
+import type { TransformerInfo } from "../../src/analysis/transformer.js";
+import type { ResidualBlock } from "../../src/analysis/residual.js";
+import type { StagePlan } from "../../src/plan-types.js";
+import type { NodeBuilder } from "../builder.js";
+import type { ScoreContext, Scorer } from "../criterion.js";
+import type { SideInput } from "../carry-tokens.js";
+import type { Lowering, StreamState } from "../stream-state.js";
+
+export interface LowerOptions {
+  opset: number;
+  target: "cpu" | "webgpu";
+  /** Emit the int64 kept positions (for --expose-indices) even when the lowering does not need them. */
+  expose: boolean;
+}
+
+/** Everything a keep/drop stage's kinds read, built once per stage on the current graph. */
+export interface StageSetup {
+  proto: GraphProto;
+  g: Graph;
+  /** The facts refreshed on this graph (src/analysis/refresh.ts), and the dense model's as analysed. */
+  model: TransformerInfo;
+  dense: TransformerInfo;
+  plan: StagePlan;
+  residual: ResidualBlock;
+  tokenAxis: number;
+  state: StreamState;
+  options: LowerOptions;
+  b: NodeBuilder;
+  /** The tensor the stage replaces (the residual leaving the layer, or the encoder output) and the stream it reads. */
+  r: string;
+  stream: string;
+  /** Output 0 of a fused Skip norm writing `r` as its output 3 (gathered at the same positions). */
+  normalized: string | undefined;
+  belowNodes: Set<NodeProto>;
+  below: Set<string>;
+  sides: SideInput[];
+  batched: boolean;
+  /** Tokens entering the stage, when static. */
+  tokens: number | undefined;
+  ctx: ScoreContext;
+  scorer: Scorer;
+  /** float [B, units] scores ("" for greedy selections) and the ranking key (already dropped tokens pushed down). */
+  scores: string;
+  ranked: string;
+  gather(positions: string, source?: string): string;
+}
+
+/** The kept set a selection kind emitted. */
+export interface Selection {
+  /** int64 [B, K'] positions the stream is gathered at (absent when the kind gathered itself and nobody asked). */
+  indices?: string;
+  /** The stream gathered already (float-keys). */
+  output?: string;
+  /** What --expose-indices shows when it differs from `indices` (per-example counts: padding as −1). */
+  exposed?: string;
+  counts?: string;
+  validBias?: string;
+  lowering: Lowering;
+}
+
+export interface SelectionModule {
+  name: string;
+  /** What the lowering emits, for docs and `--explain`. */
+  summary: string;
+  select(s: StageSetup): Selection;
+}
