@@ -5,6 +5,8 @@ import { Graph } from "./ir/graph.js";
 import { analyzeTransformer, type LayerInfo, type TransformerInfo } from "./analysis/transformer.js";
 import type { Dim } from "./analysis/dims.js";
 import type { SpatialMerge } from "./analysis/merge.js";
+import { explainNoAttention, explainTransformer, type Explanation } from "./analysis/explain.js";
+import { missText, type Step } from "./analysis/match.js";
 import { CRITERIA, registry, requiredSets } from "../passes/registry.js";
 import { parseSpec } from "../grammar/parse-spec.js";
 import { planStages } from "./plan.js";
@@ -56,6 +58,13 @@ export interface InspectReport {
   afterEncoder: CriterionReport[];
   externalData: number;
   layers: LayerReport[];
+  /** With `explain`: what the matchers looked for and where matching stopped (src/analysis/explain.ts). */
+  explanation?: Explanation;
+}
+
+export interface InspectOptions {
+  /** Add `explanation` to the report. */
+  explain?: boolean;
 }
 
 /**
@@ -110,13 +119,23 @@ function layerReport(info: TransformerInfo, l: LayerInfo): LayerReport {
   };
 }
 
-export function inspectModel(bytes: Uint8Array, modelName: string): InspectReport {
+/** The analysis; with `explain`, a model with no transformer layers is refused with why each Softmax is not attention. */
+function analyzeWithReasons(g: Graph, modelName: string, explain: boolean): TransformerInfo {
+  try {
+    return analyzeTransformer(g, modelName);
+  } catch (e) {
+    if (!explain || !(e instanceof PrunecError) || e.kind !== "analysis") throw e;
+    throw new PrunecError("analysis", [e.message, ...explainNoAttention(g).map((l) => `  ${l}`)].join("\n"));
+  }
+}
+
+export function inspectModel(bytes: Uint8Array, modelName: string, options: InspectOptions = {}): InspectReport {
   const model = decodeModel(bytes, modelName);
   const ext = checkExternalData(model, modelName);
   const g = new Graph(model.graph!);
-  const info = analyzeTransformer(g, modelName);
+  const info = analyzeWithReasons(g, modelName, options.explain ?? false);
   const io = (names: string[]) => names.map((name) => ({ name, shape: info.shapes.get(name) ?? null }));
-  return {
+  const report: InspectReport = {
     model: modelName,
     opset: opsetOf(model),
     irVersion: Number(model.irVersion),
@@ -135,6 +154,33 @@ export function inspectModel(bytes: Uint8Array, modelName: string): InspectRepor
     externalData: ext.length,
     layers: info.layers.map((l) => layerReport(info, l)),
   };
+  if (options.explain) report.explanation = explainTransformer(g, info);
+  return report;
+}
+
+const stepText = (s: Step): string => `${s.looked}: ${s.found ?? `not found: ${s.miss ? missText(s.miss) : "?"}`}`;
+
+/** `inspect --explain`'s text: per layer, what was looked for and where matching stopped; then the model-level facts. */
+export function formatExplanation(e: Explanation): string {
+  const lines = ["explanation (what prunec looked for, and where matching stopped):"];
+  lines.push(`  layers:          ${e.layering}`);
+  lines.push(`  token axis:      ${e.tokenAxis}`);
+  lines.push(`  CLS:             ${e.cls}`);
+  lines.push(`  token structure: ${e.tokenStructure}`);
+  for (const l of e.layers) {
+    lines.push(`  layer ${l.index}${l.name ? ` ('${l.name}')` : ""}:`);
+    lines.push(`    ${stepText(l.attention)}`);
+    for (const s of l.residual) lines.push(`    ${stepText(s)}`);
+    lines.push(`    residual block: ${l.block ? `found (${l.block.layout}): '${l.block.input}' → '${l.block.output}'` : "not found, so no stage can act after this layer"}`);
+    for (const m of l.notAttention) lines.push(`    Softmax '${m.softmax}' is not attention: ${missText(m)}`);
+    if (l.notAttentionOmitted) lines.push(`    and ${l.notAttentionOmitted} more Softmax nodes that are not attention`);
+  }
+  if (e.notAttention.length) {
+    lines.push(`  Softmax nodes outside the layers that are not attention:`);
+    for (const m of e.notAttention) lines.push(`    '${m.softmax}': ${missText(m)}`);
+    if (e.notAttentionOmitted) lines.push(`    and ${e.notAttentionOmitted} more`);
+  }
+  return lines.join("\n");
 }
 
 function mergeText(m: SpatialMerge): string {
@@ -174,5 +220,6 @@ export function formatInspect(r: InspectReport): string {
   if (!r.unproven) for (const [name, why] of reasons) lines.push(`  ${name} unavailable at ${why}`);
   const encoder = r.afterEncoder.filter((c) => c.ok).map((c) => c.name);
   lines.push("", `  after encoder: ${encoder.length ? encoder.join(", ") : `no criterion (${r.afterEncoder[0]?.why ?? "?"})`}`);
+  if (r.explanation) lines.push("", formatExplanation(r.explanation));
   return lines.join("\n");
 }

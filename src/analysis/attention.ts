@@ -7,6 +7,7 @@
  *   see layers.ts.
  */
 import { Graph, attrInt, type NodeProto } from "../ir/graph.js";
+import { isOk, label, missAt, missAtTensor, okOf, type Match, type Miss } from "./match.js";
 
 export type AttentionKind = "matmul-softmax" | "MultiHeadAttention" | "Attention" | "GroupQueryAttention" | "PackedMultiHeadAttention";
 
@@ -34,6 +35,8 @@ const FUSED: ReadonlySet<string> = new Set(["MultiHeadAttention", "Attention", "
 const PRE_SOFTMAX: ReadonlySet<string> = new Set(["Add", "Div", "Mul", "Cast", "Where", "Sub", "Identity"]);
 /** Ops between Softmax and P·V. */
 const POST_SOFTMAX: ReadonlySet<string> = new Set(["Cast", "Dropout", "Identity"]);
+const PRE_SOFTMAX_LIST = [...PRE_SOFTMAX].join(", ");
+const POST_SOFTMAX_LIST = [...POST_SOFTMAX].join(", ");
 
 /** True when `t` is computed from the graph's activations rather than only from weights. */
 function isActivation(g: Graph, t: string): boolean {
@@ -62,19 +65,19 @@ function activations(g: Graph): ReadonlySet<string> {
 }
 
 /** Per graph, the result of a bounded walk by tensor and depth (each pair computed once: linear). */
-function memo<T>(cache: WeakMap<Graph, Map<string, T | null>>, g: Graph, t: string, depth: number, compute: () => T | undefined): T | undefined {
+function memo<T>(cache: WeakMap<Graph, Map<string, T>>, g: Graph, t: string, depth: number, compute: () => T): T {
   let m = cache.get(g);
   if (!m) cache.set(g, (m = new Map()));
   const key = `${depth}\u0000${t}`;
   const hit = m.get(key);
-  if (hit !== undefined) return hit ?? undefined;
+  if (hit !== undefined) return hit;
   const value = compute();
-  m.set(key, value ?? null);
+  m.set(key, value);
   return value;
 }
 
-const qkCache = new WeakMap<Graph, Map<string, NodeProto | null>>();
-const pvCache = new WeakMap<Graph, Map<string, NodeProto | null>>();
+const qkCache = new WeakMap<Graph, Map<string, Match<NodeProto>>>();
+const pvCache = new WeakMap<Graph, Map<string, Match<NodeProto>>>();
 
 /**
  * An Einsum that is a batched matrix product over the last two axes, with the same leading
@@ -101,37 +104,61 @@ export function einsumProduct(n: NodeProto): "plain" | "transposed" | undefined 
   return undefined;
 }
 
-function findQk(g: Graph, t: string, depth = 0): NodeProto | undefined {
+/** Levels walked above the Softmax for Q·Kᵀ (depth 0 is the Softmax's input) and below it for P·V. */
+const QK_DEPTH = 6;
+const PV_DEPTH = 4;
+
+function findQk(g: Graph, t: string, depth = 0): Match<NodeProto> {
   return memo(qkCache, g, t, depth, () => qkAbove(g, t, depth));
 }
 
-function qkAbove(g: Graph, t: string, depth: number): NodeProto | undefined {
+function qkAbove(g: Graph, t: string, depth: number): Match<NodeProto> {
   const p = g.producer.get(t);
-  if (!p || depth > 6) return undefined;
-  if ((p.opType === "MatMul" || einsumProduct(p) !== undefined) && p.input.every((i) => isActivation(g, i))) return p;
-  if (!PRE_SOFTMAX.has(p.opType)) return undefined;
+  if (!p) return missAtTensor(`the walk up reached ${g.inputs.has(t) ? "a graph input" : "a tensor no node computes"}`, t);
+  if (depth > QK_DEPTH) return missAtTensor(`no MatMul within ${QK_DEPTH + 1} ops above the Softmax`, t);
+  if (p.opType === "MatMul" || einsumProduct(p) !== undefined) {
+    const weight = p.input.find((i) => !isActivation(g, i));
+    if (weight === undefined) return { ok: p };
+    return missAt(`${label(p)} multiplies ${weight ? `'${weight}', which is computed from weights only` : "an empty input"} (Q·Kᵀ multiplies two activations)`, p);
+  }
+  if (p.opType === "Einsum") return missAt(`${label(p)} is not a batched matrix product over the last two axes`, p);
+  if (!PRE_SOFTMAX.has(p.opType)) return missAt(`${label(p)} is neither a MatMul of two activations (Q·Kᵀ) nor an op seen between Q·Kᵀ and Softmax (${PRE_SOFTMAX_LIST})`, p);
+  let first: Miss | undefined;
   for (const i of p.input) {
     if (!i || !isActivation(g, i)) continue;
     const found = findQk(g, i, depth + 1);
-    if (found) return found;
+    if (isOk(found)) return found;
+    first ??= found;
   }
-  return undefined;
+  return first ?? missAt(`${label(p)} reads no activation`, p);
 }
 
-function findPv(g: Graph, t: string, depth = 0): NodeProto | undefined {
+function findPv(g: Graph, t: string, depth = 0): Match<NodeProto> {
   return memo(pvCache, g, t, depth, () => pvBelow(g, t, depth));
 }
 
-function pvBelow(g: Graph, t: string, depth: number): NodeProto | undefined {
-  if (depth > 4) return undefined;
+function pvBelow(g: Graph, t: string, depth: number): Match<NodeProto> {
+  if (depth > PV_DEPTH) return missAtTensor(`no MatMul within ${PV_DEPTH + 1} ops below the Softmax`, t);
+  let first: Miss | undefined;
   for (const c of g.consumersOf(t)) {
-    if ((c.opType === "MatMul" || einsumProduct(c) === "plain") && c.input[0] === t && c.input[1] && isActivation(g, c.input[1])) return c;
+    if ((c.opType === "MatMul" || einsumProduct(c) === "plain") && c.input[0] === t && c.input[1] && isActivation(g, c.input[1])) return { ok: c };
     if (POST_SOFTMAX.has(c.opType) && c.output[0]) {
       const found = findPv(g, c.output[0], depth + 1);
-      if (found) return found;
-    }
+      if (isOk(found)) return found;
+      first ??= found;
+    } else first ??= notPv(g, c, t);
   }
-  return undefined;
+  return first ?? missAtTensor(`nothing reads the probabilities${g.outputs.has(t) ? " (a graph output)" : ""}`, t);
+}
+
+/** Why a reader `c` of the probabilities `t` is not P·V. */
+function notPv(g: Graph, c: NodeProto, t: string): Miss {
+  if (c.opType === "MatMul" || einsumProduct(c) === "plain") {
+    if (c.input[0] !== t) return missAt(`${label(c)} takes the probabilities as its second operand (P·V takes them first)`, c);
+    return missAt(`${label(c)} multiplies the probabilities by ${c.input[1] ? `'${c.input[1]}', which is computed from weights only` : "nothing"} (P·V multiplies them by V, an activation)`, c);
+  }
+  if (c.opType === "Einsum") return missAt(`${label(c)} is not a plain batched matrix product over the last two axes (P·V)`, c);
+  return missAt(`${label(c)} is neither the P·V MatMul nor an op seen between Softmax and P·V (${POST_SOFTMAX_LIST})`, c);
 }
 
 /** Ops exporters put between a RotaryEmbedding and the attention op (head reshapes). */
@@ -144,14 +171,40 @@ function rotaryAbove(g: Graph, t: string, depth = 0): boolean {
   return LAYOUT_OPS.has(p.opType) && p.input[0] !== undefined && rotaryAbove(g, p.input[0], depth + 1);
 }
 
+/** A Softmax the anchor search considers (default domain, with an input and an output). */
+export function isSoftmaxCandidate(n: NodeProto): boolean {
+  return n.opType === "Softmax" && n.domain === "" && !!n.input[0] && !!n.output[0];
+}
+
+/**
+ * The unfused attention anchored at Softmax `n` (a candidate), or why `n` is not one: no Q·Kᵀ
+ * above it (and where the walk up stopped), or no P·V below it (and where the walk down stopped).
+ */
+export function matchSoftmaxAttention(g: Graph, n: NodeProto): Match<AttentionCore> {
+  const qk = findQk(g, n.input[0]!);
+  if (!isOk(qk)) return { ...qk, why: `no Q·Kᵀ (a MatMul of two activations) above it: ${qk.why}` };
+  const pv = findPv(g, n.output[0]!);
+  if (!isOk(pv)) return { ...pv, why: `no P·V (a MatMul of the probabilities by an activation) below it: ${pv.why}` };
+  return { ok: { kind: "matmul-softmax", anchor: n, probs: n.output[0]!, qk: qk.ok, pv: pv.ok, query: qk.ok.input[0]!, key: qk.ok.input[1]!, rotary: false } };
+}
+
+/** Every Softmax candidate that is not an attention anchor, with why (graph order). */
+export function softmaxMisses(g: Graph): { softmax: NodeProto; miss: Miss }[] {
+  const out: { softmax: NodeProto; miss: Miss }[] = [];
+  for (const n of g.order) {
+    if (!isSoftmaxCandidate(n)) continue;
+    const m = matchSoftmaxAttention(g, n);
+    if (!isOk(m)) out.push({ softmax: n, miss: m });
+  }
+  return out;
+}
+
 export function findAttentionCores(g: Graph): AttentionCore[] {
   const cores: AttentionCore[] = [];
   for (const n of g.order) {
-    if (n.opType === "Softmax" && n.domain === "" && n.input[0] && n.output[0]) {
-      const qk = findQk(g, n.input[0]);
-      const pv = qk ? findPv(g, n.output[0]) : undefined;
-      if (!qk || !pv) continue;
-      cores.push({ kind: "matmul-softmax", anchor: n, probs: n.output[0], qk, pv, query: qk.input[0]!, key: qk.input[1]!, rotary: false });
+    if (isSoftmaxCandidate(n)) {
+      const core = okOf(matchSoftmaxAttention(g, n));
+      if (core) cores.push(core);
     } else if (n.domain === "com.microsoft" && FUSED.has(n.opType)) {
       const core: AttentionCore = {
         kind: n.opType as AttentionKind,

@@ -18,6 +18,7 @@
  * about every node of a walk.
  */
 import { attr, attrInt, type Graph, type NodeProto } from "../ir/graph.js";
+import { label, missAt, type Miss } from "./match.js";
 
 export type NormForm = "fused" | "skip" | "layernorm-decomposed" | "rmsnorm-decomposed";
 
@@ -38,38 +39,58 @@ export interface Norm {
 const FUSED: ReadonlySet<string> = new Set(["LayerNormalization", "SimplifiedLayerNormalization", "RMSNormalization"]);
 const SKIP: ReadonlySet<string> = new Set(["SkipLayerNormalization", "SkipSimplifiedLayerNormalization"]);
 
+const NORM_OPS = [...FUSED, ...SKIP].join(", ");
+
 export function isSkipNormNode(n: NodeProto): boolean {
   return SKIP.has(n.opType);
 }
 
-const cache = new WeakMap<Graph, Map<NodeProto, Norm | null>>();
+/**
+ * Why a node does not end a per-token norm, and how far matching got before it stopped: 0 when the
+ * node is not norm-like at all (most nodes), 1 when it divides by a Sqrt, 2 when that Sqrt reads
+ * an Add of ε, 3 when the Add reads a last-axis mean (so higher is nearer to a norm).
+ */
+export type NormMiss = Miss & { progress: number };
+export type NormMatch = { ok: Norm } | NormMiss;
+
+const cache = new WeakMap<Graph, Map<NodeProto, NormMatch>>();
 
 /** The norm whose last node is `node`, or undefined. Memoised per graph. */
 export function normAt(g: Graph, node: NodeProto): Norm | undefined {
+  const m = matchNormAt(g, node);
+  return "ok" in m ? m.ok : undefined;
+}
+
+/** The norm whose last node is `node`, or why `node` does not end one (memoised per graph). */
+export function matchNormAt(g: Graph, node: NodeProto): NormMatch {
   let memo = cache.get(g);
   if (!memo) cache.set(g, (memo = new Map()));
   const hit = memo.get(node);
-  if (hit !== undefined) return hit ?? undefined;
-  const found = matchNorm(g, node) ?? null;
+  if (hit !== undefined) return hit;
+  const found = matchNorm(g, node);
   memo.set(node, found);
-  return found ?? undefined;
+  return found;
 }
 
-function matchNorm(g: Graph, node: NodeProto): Norm | undefined {
+function normMiss(why: string, n: NodeProto, progress: number): NormMiss {
+  return { ...missAt(why, n), progress };
+}
+
+function matchNorm(g: Graph, node: NodeProto): NormMatch {
   if (FUSED.has(node.opType) && node.input[0] && node.output[0]) {
-    return withScale({ form: "fused", node, input: node.input[0], output: node.output[0], nodes: [node] }, node.input[1]);
+    return { ok: withScale({ form: "fused", node, input: node.input[0], output: node.output[0], nodes: [node] }, node.input[1]) };
   }
   if (SKIP.has(node.opType) && node.output[0]) {
-    return withScale({ form: "skip", node, input: node.output[3] ?? "", output: node.output[0], nodes: [node] }, node.input[2]);
+    return { ok: withScale({ form: "skip", node, input: node.output[3] ?? "", output: node.output[0], nodes: [node] }, node.input[2]) };
   }
-  if (node.domain !== "" || !node.output[0]) return undefined;
+  if (node.domain !== "" || !node.output[0]) return normMiss(`${label(node)} is not a norm op (${NORM_OPS}) nor a default-domain op ending a decomposed norm`, node, 0);
   // Optional affine tail: [Add β] after [Mul γ], each with one constant operand.
   const nodes: NodeProto[] = [];
   let cur: NodeProto | undefined = node;
   let scale: string | undefined;
   if (cur.opType === "Add") {
     const a = affine(g, cur);
-    if (!a) return undefined;
+    if (!a) return normMiss(`${label(node)} does not have exactly one constant operand (a norm's β)`, node, 0);
     nodes.push(cur);
     cur = g.producer.get(a.activation);
     if (cur?.opType === "Mul") {
@@ -88,12 +109,12 @@ function matchNorm(g: Graph, node: NodeProto): Norm | undefined {
       cur = g.producer.get(m.activation);
     }
   }
-  if (!cur) return undefined;
+  if (!cur) return normMiss(`nothing computes the activation that ${label(node)} shifts by β`, node, 0);
   const core = normCore(g, cur);
-  if (!core) return undefined;
-  const norm: Norm = { form: core.form, node, input: core.input, output: node.output[0], nodes: [...nodes, ...core.nodes] };
+  if (!("ok" in core)) return core;
+  const norm: Norm = { form: core.ok.form, node, input: core.ok.input, output: node.output[0], nodes: [...nodes, ...core.ok.nodes] };
   if (scale) norm.scale = scale;
-  return norm;
+  return { ok: norm };
 }
 
 function withScale(n: Norm, scale: string | undefined): Norm {
@@ -111,14 +132,14 @@ function affine(g: Graph, n: NodeProto): { activation: string; constant: string 
 }
 
 function isNormCore(g: Graph, n: NodeProto | undefined): boolean {
-  return n !== undefined && normCore(g, n) !== undefined;
+  return n !== undefined && "ok" in normCore(g, n);
 }
 
 /**
  * The normalizing division: Div(d, s), Mul(d, Reciprocal(s)) or Mul(d, Div(1, s)), where
  * s = Sqrt(ReduceMean(Pow(d, 2)) + ε) and d is x (RMSNorm) or x − ReduceMean(x) (LayerNorm).
  */
-function normCore(g: Graph, n: NodeProto): { form: NormForm; input: string; nodes: NodeProto[] } | undefined {
+function normCore(g: Graph, n: NodeProto): { ok: { form: NormForm; input: string; nodes: NodeProto[] } } | NormMiss {
   let numerator: string | undefined;
   let inv: NodeProto | undefined;
   let sqrt: NodeProto | undefined;
@@ -136,26 +157,35 @@ function normCore(g: Graph, n: NodeProto): { form: NormForm; input: string; node
       }
     }
   }
-  if (!numerator || sqrt?.opType !== "Sqrt") return undefined;
+  if (!numerator) return normMiss(`${label(n)} is not a normalizing division (Div, or Mul by a Reciprocal or Div(1, ·))`, n, 0);
+  if (sqrt?.opType !== "Sqrt") return normMiss(`${label(n)} divides by ${sqrt ? `the output of ${label(sqrt)}` : "a tensor no node computes"}, not by a Sqrt`, n, 0);
   const addEps = g.producer.get(sqrt.input[0]!);
-  if (addEps?.opType !== "Add") return undefined;
+  if (addEps?.opType !== "Add") return normMiss(`${label(sqrt)} under ${label(n)} reads ${addEps ? `${label(addEps)}, not an Add of ε` : "a tensor no node computes"}`, sqrt, 1);
   const eps = affine(g, addEps);
-  if (!eps) return undefined;
+  if (!eps) return normMiss(`${label(addEps)} under ${label(sqrt)} does not add one constant ε`, addEps, 1);
   const meanSq = g.producer.get(eps.activation);
-  if (!meanSq || !isLastAxisMean(g, meanSq)) return undefined;
+  const notMean = meanSq ? lastAxisMeanProblem(g, meanSq) : "nothing computes it";
+  if (!meanSq || notMean) return normMiss(`${meanSq ? label(meanSq) : `'${eps.activation}'`} under Sqrt(· + ε) is not a mean over the last axis alone: ${notMean}`, meanSq ?? addEps, 2);
   const square = g.producer.get(meanSq.input[0]!);
   const squared = square && squareOf(g, square);
-  if (squared !== numerator) return undefined;
+  if (squared !== numerator) {
+    const why = !square
+      ? `nothing computes the input of ${label(meanSq)}`
+      : squared === undefined
+        ? `${label(square)} under ${label(meanSq)} is not a square (Pow(x, 2) or Mul(x, x))`
+        : `${label(meanSq)} averages the square of '${squared}', but ${label(n)} divides '${numerator}'`;
+    return normMiss(why, square ?? meanSq, 3);
+  }
   const nodes = [n, ...(inv ? [inv] : []), sqrt, addEps, meanSq, square!];
   // LayerNorm centres first: the numerator is x − ReduceMean(x).
   const sub = g.producer.get(numerator);
   if (sub?.opType === "Sub" && sub.input.length === 2) {
     const mean = g.producer.get(sub.input[1]!);
     if (mean && isLastAxisMean(g, mean) && mean.input[0] === sub.input[0]) {
-      return { form: "layernorm-decomposed", input: sub.input[0]!, nodes: [...nodes, sub, mean] };
+      return { ok: { form: "layernorm-decomposed", input: sub.input[0]!, nodes: [...nodes, sub, mean] } };
     }
   }
-  return { form: "rmsnorm-decomposed", input: numerator, nodes };
+  return { ok: { form: "rmsnorm-decomposed", input: numerator, nodes } };
 }
 
 /** x for Pow(x, 2) or Mul(x, x). */
@@ -172,11 +202,18 @@ function isScalar(g: Graph, t: string | undefined, value: number): boolean {
 
 /** ReduceMean over the last axis only, keeping it (axes as attribute before opset 18, input after). */
 function isLastAxisMean(g: Graph, n: NodeProto): boolean {
-  if (n.opType !== "ReduceMean") return false;
-  if (attrInt(n, "keepdims", 1) === 0) return false;
+  return lastAxisMeanProblem(g, n) === undefined;
+}
+
+/** Why `n` is not a ReduceMean over the last axis alone that keeps it, or undefined when it is. */
+function lastAxisMeanProblem(g: Graph, n: NodeProto): string | undefined {
+  if (n.opType !== "ReduceMean") return `it is a ${n.opType}, not a ReduceMean`;
+  if (attrInt(n, "keepdims", 1) === 0) return "it drops the reduced axis (keepdims=0)";
   const axesAttr = attr(n, "axes");
   const axes = axesAttr ? axesAttr.ints.map(Number) : n.input[1] ? g.constant(n.input[1]) : undefined;
-  return axes !== undefined && axes.length === 1 && axes[0] === -1;
+  if (axes === undefined) return n.input[1] ? `its axes ('${n.input[1]}') are not a constant` : "it reduces every axis (no axes given)";
+  if (axes.length === 1 && axes[0] === -1) return undefined;
+  return `it reduces axes [${axes.slice(0, 8).join(", ")}${axes.length > 8 ? ", …" : ""}], not [-1] (a norm over each token's features)`;
 }
 
 /**

@@ -23,7 +23,8 @@
  */
 import { dataInputs, type Graph, type NodeProto } from "../ir/graph.js";
 import type { AttentionCore } from "./attention.js";
-import { isSkipNormNode, normAt, normsReading, type Norm } from "./norms.js";
+import { isSkipNormNode, matchNormAt, normAt, normsReading, type Norm, type NormMiss } from "./norms.js";
+import { capped, isOk, label, look, missAt, missAtTensor, missText, okOf, plainMiss, type Match, type Miss, type Step } from "./match.js";
 
 /** Index of a Skip…Normalization's `input_skip_bias_sum` output (the residual stream). */
 export const SKIP_SUM_OUTPUT = 3;
@@ -81,11 +82,17 @@ export interface ResidualBlock {
   outputMissing?: boolean;
 }
 
+/** The per-token-norm-like node nearest to matching that a walk passed (`NormMiss.progress` ≥ 1), for explanations. */
+export interface NearNorm {
+  miss?: NormMiss;
+}
+
 /**
  * Norms met walking backwards from `t`, nearest first (bounded: blocks are small). The walk stops
- * at each norm (the block starts there) except those whose node is in `through`.
+ * at each norm (the block starts there) except those whose node is in `through`. Given `near`, it
+ * also keeps the node passed that came nearest to being a norm (the first of the furthest).
  */
-function normsAbove(g: Graph, t: string, through: ReadonlySet<NodeProto> = new Set(), limit = 500): Norm[] {
+function normsAbove(g: Graph, t: string, through: ReadonlySet<NodeProto> = new Set(), limit = 500, near?: NearNorm): Norm[] {
   const found: Norm[] = [];
   const seen = new Set<string>();
   const queue = [t];
@@ -96,30 +103,45 @@ function normsAbove(g: Graph, t: string, through: ReadonlySet<NodeProto> = new S
     seen.add(cur);
     const p = g.producer.get(cur);
     if (!p) continue;
-    const norm = normAt(g, p);
+    const match = matchNormAt(g, p);
+    const norm = "ok" in match ? match.ok : undefined;
     if (norm && !through.has(p)) {
       if (!found.some((f) => f.node === p)) found.push(norm);
       continue; // the block starts here; do not walk into the previous block
     }
+    if (near && !("ok" in match) && match.progress > 0 && match.progress > (near.miss?.progress ?? 0)) near.miss = match;
     for (const i of dataInputs(p)) if (i && !g.isConstant(i)) queue.push(i);
   }
   return found;
 }
 
-function preNorm(g: Graph, core: AttentionCore): Norm | undefined {
-  if (!core.key) return normsAbove(g, core.query)[0];
+const normsText = (norms: readonly Norm[]) => capped(norms.map((n) => label(n.node)), 3);
+
+function preNorm(g: Graph, core: AttentionCore, near?: NearNorm): Match<Norm> {
+  if (!core.key) {
+    const norm = normsAbove(g, core.query, undefined, undefined, near)[0];
+    return norm ? { ok: norm } : missAtTensor("no per-token norm above the attention's input", core.query);
+  }
   // Norms on one path only (per-head q_norm / k_norm) are walked through, a few levels at most.
   const through = new Set<NodeProto>();
+  let fromQ: Norm[] = [];
+  let fromK: Norm[] = [];
   for (let round = 0; round < 3; round++) {
-    const fromQ = normsAbove(g, core.query, through);
-    const fromK = normsAbove(g, core.key, through);
+    fromQ = normsAbove(g, core.query, through, undefined, near);
+    fromK = normsAbove(g, core.key, through, undefined, near);
     const shared = fromQ.find((n) => fromK.some((k) => k.node === n.node));
-    if (shared) return shared;
+    if (shared) return { ok: shared };
     const before = through.size;
     for (const n of [...fromQ, ...fromK]) if (n.form !== "skip") through.add(n.node);
-    if (through.size === before) return undefined;
+    if (through.size === before) return noSharedNorm(core, fromQ, fromK);
   }
-  return undefined;
+  return noSharedNorm(core, fromQ, fromK, " (after walking through 3 levels of norms on one path only)");
+}
+
+function noSharedNorm(core: AttentionCore, fromQ: readonly Norm[], fromK: readonly Norm[], after = ""): Miss {
+  if (!fromQ.length) return missAtTensor("no per-token norm above the query", core.query);
+  if (!fromK.length) return missAtTensor("no per-token norm above the key", core.key!);
+  return missAt(`the query path meets ${normsText(fromQ)} and the key path ${normsText(fromK)}: no norm is shared by both${after}`, fromQ[0]!.node);
 }
 
 /** The norm (fused or decomposed) that is the only reader of `t`, if any. */
@@ -127,6 +149,18 @@ export function soleNormOf(g: Graph, t: string): Norm | undefined {
   const readers = g.consumersOf(t);
   const norm = normsReading(g, t)[0];
   return norm && readers.length && readers.every((r) => norm.nodes.includes(r)) ? norm : undefined;
+}
+
+/** `soleNormOf`, or why `t` is not read by one norm alone (its readers, capped). */
+function matchSoleNorm(g: Graph, t: string): Match<Norm> {
+  const norm = soleNormOf(g, t);
+  if (norm) return { ok: norm };
+  return missAtTensor(`the sum is not read by one per-token norm alone; its readers: ${readersText(g, t)}`, t);
+}
+
+function readersText(g: Graph, t: string): string {
+  const readers = g.consumersOf(t);
+  return readers.length ? capped(readers.map(label)) : `none${g.outputs.has(t) ? " (a graph output)" : ""}`;
 }
 
 /** True when `t` is computed by `node` (directly or through other nodes; a bounded walk back). */
@@ -169,6 +203,13 @@ function residualAdd(g: Graph, t: string, branch: NodeProto): NodeProto | undefi
   return adds[0];
 }
 
+/** `residualAdd`, or why there is none: `t`'s readers (capped), none of which adds the branch to it. */
+function matchResidualAdd(g: Graph, t: string, branch: NodeProto, stream: string, what: string): Match<NodeProto> {
+  const add = residualAdd(g, t, branch);
+  if (add) return { ok: add };
+  return missAtTensor(`no Add (or Skip norm) sums ${stream} with ${what} (computed from ${label(branch)}); ${stream}'s readers: ${readersText(g, t)}`, t);
+}
+
 /** The stream a residual add writes: the Add's output, or the Skip norm's output 3 ("" when omitted). */
 function sumOf(n: NodeProto): string {
   return isSkipNorm(n) ? n.output[SKIP_SUM_OUTPUT] ?? "" : n.output[0] ?? "";
@@ -183,30 +224,54 @@ function freshSumName(g: Graph, n: NodeProto): string {
   return name;
 }
 
+const addFound = (n: NodeProto) => `${label(n)} writes '${sumOf(n)}'`;
+
 /**
  * The block around a given pre-norm and the node computing the mixer's output (an attention core's
  * P·V MatMul or fused op, a linear-attention layer's control-flow node).
  */
 export function residualBlockFrom(g: Graph, norm: Norm, branch: NodeProto): ResidualBlock | undefined {
+  return okOf(matchBlockFrom(g, norm, branch));
+}
+
+/** `residualBlockFrom`, or why not and where; steps into `trace` when given. */
+export function matchBlockFrom(g: Graph, norm: Norm, branch: NodeProto, trace?: Step[]): Match<ResidualBlock> {
   const input = norm.input;
-  if (!input) return undefined;
-  const addMid = residualAdd(g, input, branch);
-  const mid = addMid ? sumOf(addMid) : "";
-  if (!addMid || !mid) return undefined;
+  if (!input) return look(trace, "x_in (the stream the pre-norm reads)", missAt(`${label(norm.node)} omits its output ${SKIP_SUM_OUTPUT} (the residual sum)`, norm.node), () => "");
+  trace?.push({ looked: "x_in (the stream the pre-norm reads)", found: `'${input}'` });
+  const addMid = look(trace, "attention residual Add (x_in + attention)", matchResidualAdd(g, input, branch, "x_in", "the attention output"), addFound);
+  if (!isOk(addMid)) return addMid;
+  const mid = sumOf(addMid.ok);
+  if (!mid) return missAt(`${label(addMid.ok)} omits its output ${SKIP_SUM_OUTPUT} (the residual sum x_mid)`, addMid.ok);
   // The MLP branch is computed from x_mid's node; the second residual add consumes x_mid directly.
-  const addOut = residualAdd(g, mid, addMid);
-  if (!addOut) return undefined;
+  const addOut = look(trace, "MLP residual Add (x_mid + MLP)", matchResidualAdd(g, mid, addMid.ok, "x_mid", "the MLP output"), (n) => (isSkipNorm(n) && !sumOf(n) ? `${label(n)} (its output ${SKIP_SUM_OUTPUT}, the sum, omitted)` : addFound(n)));
+  if (!isOk(addOut)) return addOut;
   const layout = "pre-norm";
-  if (!isSkipNorm(addOut)) return addOut.output[0] ? { layout, norm, input, mid, output: addOut.output[0] } : undefined;
-  const sum = sumOf(addOut);
-  if (sum) return { layout, norm, input, mid, output: sum, outputNorm: addOut };
-  return { layout, norm, input, mid, output: freshSumName(g, addOut), outputNorm: addOut, outputMissing: true };
+  const out = addOut.ok;
+  if (!isSkipNorm(out)) return out.output[0] ? { ok: { layout, norm, input, mid, output: out.output[0] } } : missAt(`${label(out)} has no output`, out);
+  const sum = sumOf(out);
+  if (sum) return { ok: { layout, norm, input, mid, output: sum, outputNorm: out } };
+  return { ok: { layout, norm, input, mid, output: freshSumName(g, out), outputNorm: out, outputMissing: true } };
 }
 
 export function findResidualBlock(g: Graph, core: AttentionCore): ResidualBlock | undefined {
-  const norm = preNorm(g, core);
+  return okOf(matchResidualBlock(g, core));
+}
+
+/**
+ * The residual block around an attention core (pre-norm first, then post-norm), or why neither
+ * matched: both reasons, with where each stopped. Given `trace`, records each step looked for.
+ */
+export function matchResidualBlock(g: Graph, core: AttentionCore, trace?: Step[]): Match<ResidualBlock> {
   const branch = core.pv ?? core.anchor;
-  return (norm ? residualBlockFrom(g, norm, branch) : undefined) ?? postNormBlock(g, core, branch);
+  const near: NearNorm | undefined = trace ? {} : undefined;
+  const norm = look(trace, "pre-norm (a per-token norm shared by the query and key paths)", preNorm(g, core, near), (n) => `${label(n.node)} (${n.form})`);
+  if (near?.miss) trace!.push({ looked: "nearer per-token norm (the norm-like node passed on the way up that came closest)", miss: plainMiss(near.miss) });
+  const pre = isOk(norm) ? matchBlockFrom(g, norm.ok, branch, trace) : norm;
+  if (isOk(pre)) return pre;
+  const post = postNormBlock(g, core, branch, trace);
+  if (isOk(post)) return post;
+  return { ...plainMiss(post), why: `${missText(pre)}; as a post-norm block: ${post.why}` };
 }
 
 /**
@@ -214,7 +279,7 @@ export function findResidualBlock(g: Graph, core: AttentionCore): ResidualBlock 
  * with the attention branch and a norm is its only reader; the MLP reads that norm's output and
  * its residual Add is read only by the block's second norm, whose output leaves the block.
  */
-function postNormBlock(g: Graph, core: AttentionCore, branch: NodeProto): ResidualBlock | undefined {
+function postNormBlock(g: Graph, core: AttentionCore, branch: NodeProto, trace?: Step[]): Match<ResidualBlock> {
   // Asked per candidate (not by collecting every ancestor of the query per layer: quadratic in depth).
   const feedsAttention = (p: NodeProto | undefined) => p !== undefined && g.dependsOn(core.query, p);
   // x_in: the operand of an Add after the attention that the query path is computed from.
@@ -223,21 +288,27 @@ function postNormBlock(g: Graph, core: AttentionCore, branch: NodeProto): Residu
     if (g.isConstant(other)) return false;
     return (feedsAttention(p) && !computedBy(g, other, branch)) || g.inputs.has(other);
   });
-  if (!addMid) return undefined;
+  const looked = "post-norm: attention residual Add (x_in + attention, x_in read by the attention itself)";
+  if (!addMid) return look(trace, looked, missAt(`no Add within ${FIRST_ADD_LIMIT} nodes below ${label(branch)} sums the attention output with a tensor the attention's input is computed from`, branch), () => "");
   const input = addMid.input.find((i) => i && !computedBy(g, i, branch));
-  if (!input || (!g.inputs.has(input) && !feedsAttention(g.producer.get(input)))) return undefined;
-  const norm = soleNormOf(g, addMid.output[0]!);
-  if (!norm) return undefined;
-  const mid = norm.output;
-  const addOut = residualAdd(g, mid, norm.node);
-  if (!addOut || isSkipNorm(addOut) || !addOut.output[0]) return undefined;
-  const outNorm = soleNormOf(g, addOut.output[0]);
-  if (!outNorm) return undefined;
-  return { layout: "post-norm", norm, input, mid, output: outNorm.output };
+  if (!input || (!g.inputs.has(input) && !feedsAttention(g.producer.get(input)))) return look(trace, looked, missAt(`${label(addMid)} sums no operand that feeds the attention and is not computed from it`, addMid), () => "");
+  trace?.push({ looked, found: `${label(addMid)} (x_in '${input}')` });
+  const norm = look(trace, "post-norm: norm after the attention Add (its only reader)", matchSoleNorm(g, addMid.output[0]!), (n) => `${label(n.node)} writes x_mid '${n.output}'`);
+  if (!isOk(norm)) return norm;
+  const mid = norm.ok.output;
+  const addOut = look(trace, "post-norm: MLP residual Add (x_mid + MLP)", matchResidualAdd(g, mid, norm.ok.node, "x_mid", "the MLP output"), (n) => label(n));
+  if (!isOk(addOut)) return addOut;
+  if (isSkipNorm(addOut.ok) || !addOut.ok.output[0]) return missAt(`${label(addOut.ok)} is ${isSkipNorm(addOut.ok) ? "a Skip norm (a pre-norm form)" : "without an output"}`, addOut.ok);
+  const outNorm = look(trace, "post-norm: norm after the MLP Add (its only reader)", matchSoleNorm(g, addOut.ok.output[0]), (n) => `${label(n.node)} writes x_out '${n.output}'`);
+  if (!isOk(outNorm)) return outNorm;
+  return { ok: { layout: "post-norm", norm: norm.ok, input, mid, output: outNorm.ok.output } };
 }
 
+/** Nodes `firstAddAfter` visits at most. */
+const FIRST_ADD_LIMIT = 64;
+
 /** The first two-input Add downstream of `from` (bounded walk) one of whose operands passes `isResidual`. */
-function firstAddAfter(g: Graph, from: NodeProto, isResidual: (operand: string) => boolean, limit = 64): NodeProto | undefined {
+function firstAddAfter(g: Graph, from: NodeProto, isResidual: (operand: string) => boolean, limit = FIRST_ADD_LIMIT): NodeProto | undefined {
   const queue: NodeProto[] = [from];
   const seen = new Set<NodeProto>();
   for (let i = 0; i < queue.length && i < limit; i++) {
@@ -259,11 +330,26 @@ function firstAddAfter(g: Graph, from: NodeProto, isResidual: (operand: string) 
  * inputs are not followed; the residual adds are found from the mixer's output instead.
  */
 export function findLinearResidualBlock(g: Graph, mixer: NodeProto, layerNodes: readonly NodeProto[]): ResidualBlock | undefined {
+  return okOf(matchLinearResidualBlock(g, mixer, layerNodes));
+}
+
+/** `findLinearResidualBlock`, or why not: the first norm tried and where its block did not close. */
+export function matchLinearResidualBlock(g: Graph, mixer: NodeProto, layerNodes: readonly NodeProto[], trace?: Step[]): Match<ResidualBlock> {
   const norms = layerNodes.flatMap((n) => normAt(g, n) ?? []).sort((a, b) => g.position(a.node) - g.position(b.node));
+  let first: { miss: Miss; steps: Step[] } | undefined;
   for (const norm of norms) {
     if (g.position(norm.node) > g.position(mixer)) break;
-    const block = residualBlockFrom(g, norm, mixer);
-    if (block) return block;
+    const steps: Step[] = [{ looked: "pre-norm (a norm of the layer before its recurrent mixer)", found: `${label(norm.node)} (${norm.form})` }];
+    const block = matchBlockFrom(g, norm, mixer, trace ? steps : undefined);
+    if (isOk(block)) {
+      if (trace) for (const st of steps) trace.push(st);
+      return block;
+    }
+    first ??= { miss: { ...block, why: `with pre-norm ${label(norm.node)}: ${block.why}` }, steps };
   }
-  return undefined;
+  if (first) {
+    if (trace) for (const st of first.steps) trace.push(st);
+    return first.miss;
+  }
+  return look(trace, "pre-norm (a norm of the layer before its recurrent mixer)", missAt(`none of the layer's ${norms.length} per-token norms comes before its recurrent mixer ${label(mixer)}`, mixer), () => "");
 }

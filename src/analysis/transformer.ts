@@ -5,7 +5,8 @@
  */
 import { Graph, attr, attrInt, dataInputs, type NodeProto } from "../ir/graph.js";
 import { findAttentionCores, type AttentionCore, type AttentionKind } from "./attention.js";
-import { findLinearResidualBlock, findResidualBlock, type ResidualBlock } from "./residual.js";
+import { matchLinearResidualBlock, matchResidualBlock, type ResidualBlock } from "./residual.js";
+import { capped, label, missText, type Miss, type Step } from "./match.js";
 import { inferShapes } from "./shapes.js";
 import { tokenStructureProblem } from "./token-structure.js";
 import type { Dim, Shape, ShapeMap } from "./dims.js";
@@ -22,6 +23,11 @@ export interface LayerInfo {
   kind: LayerKind;
   core?: AttentionCore;
   residual?: ResidualBlock;
+  /**
+   * When `residual` was not found: why, and where matching stopped ("no Add (or Skip norm) sums x_in
+   * with the attention output (…) at tensor '…'; as a post-norm block: …"), from `residualMatch`.
+   */
+  residualWhy?: string;
   heads?: number;
   headSize?: number;
   /** Probability layout of a materialized attention map. */
@@ -51,7 +57,7 @@ export interface TransformerInfo {
 
 const LAYER_NAME = /^(.*?(?:^|[/.])(?:layers|layer|blocks|block|h|encoder_layer|resblocks)[._](\d+))(?=[/._:]|$)/;
 
-function layerOfName(name: string): { prefix: string; index: number } | undefined {
+export function layerOfName(name: string): { prefix: string; index: number } | undefined {
   const m = LAYER_NAME.exec(name);
   return m ? { prefix: m[1]!, index: Number(m[2]) } : undefined;
 }
@@ -88,11 +94,16 @@ function isContiguous(keys: number[]): boolean {
   return keys.length > 0 && keys.every((k, i) => k === i);
 }
 
-export function analyzeTransformer(g: Graph, source = "model"): TransformerInfo {
-  // A malformed graph (dangling input, two producers of a tensor, a cycle, inexact dims) is a bad model, refused before any walk.
-  assertWellFormed(g, source);
-  const shapes = inferShapes(g);
-  const cores = findAttentionCores(g);
+/** How the layers are numbered: the layer groups named in node names, and whether they are used. */
+export interface Layering {
+  groups: Map<number, { prefix: string; nodes: NodeProto[] }>;
+  /** Layer indices named in node names, less a trailing group that is no layer (a final norm). */
+  keys: number[];
+  /** True when the names number the layers (contiguous from 0, every anchor named); else anchor order. */
+  named: boolean;
+}
+
+export function layering(g: Graph, cores: readonly AttentionCore[]): Layering {
   const groups = nodesByLayerName(g);
   const layerKeys = [...groups.keys()].sort((a, b) => a - b);
   // Exporters file the final norm under `layers.N` too (transformers.js): a trailing group with
@@ -100,10 +111,29 @@ export function analyzeTransformer(g: Graph, source = "model"): TransformerInfo 
   while (layerKeys.length && !cores.some((c) => layerOfName(c.anchor.name)?.index === layerKeys.at(-1)) && !isStateful(groups.get(layerKeys.at(-1)!)!.nodes)) {
     layerKeys.pop();
   }
+  return { groups, keys: layerKeys, named: isContiguous(layerKeys) && cores.every((c) => layerOfName(c.anchor.name) !== undefined) };
+}
+
+/** Why the layers are numbered as they are (for explanations). */
+export function layeringWhy(l: Layering, cores: readonly AttentionCore[]): string {
+  if (l.named) return `numbered by the module paths in node names (e.g. '${l.groups.get(l.keys[0]!)!.prefix}'): ${l.keys.length} layers`;
+  const order = `numbered by attention anchor order (${cores.length} anchors)`;
+  if (!l.keys.length) return `no node name carries a layer index ('layers.N', 'layer.N', 'blocks.N', 'block.N', 'h.N', 'encoder_layer_N', 'resblocks.N'): ${order}`;
+  if (!isContiguous(l.keys)) return `the layer indices in node names (${capped(l.keys.map(String), 6)}) do not run from 0 without gaps: ${order}`;
+  const unnamed = cores.find((c) => layerOfName(c.anchor.name) === undefined)!;
+  return `attention anchor ${label(unnamed.anchor)} has no layer index in its name: ${order}`;
+}
+
+export function analyzeTransformer(g: Graph, source = "model"): TransformerInfo {
+  // A malformed graph (dangling input, two producers of a tensor, a cycle, inexact dims) is a bad model, refused before any walk.
+  assertWellFormed(g, source);
+  const shapes = inferShapes(g);
+  const cores = findAttentionCores(g);
+  const { groups, keys: layerKeys, named } = layering(g, cores);
 
   const layers: LayerInfo[] = [];
   const coreLayer = (c: AttentionCore): number | undefined => layerOfName(c.anchor.name)?.index;
-  if (isContiguous(layerKeys) && cores.every((c) => coreLayer(c) !== undefined)) {
+  if (named) {
     // Named layers: a layer without an attention anchor is linear attention if it carries state.
     for (const index of layerKeys) {
       const grp = groups.get(index)!;
@@ -154,16 +184,12 @@ function describeLayer(
 ): LayerInfo {
   const layer: LayerInfo = { index, kind, rotary: core?.rotary ?? false };
   if (name) layer.name = name;
-  if (!core && kind === "linear-attention") {
-    // The residual stream around the recurrent mixer (a stage may act after such a layer too).
-    const mixer = nodes.find(isStatefulNode);
-    const residual = mixer ? findLinearResidualBlock(g, mixer, nodes) : undefined;
-    if (residual) layer.residual = residual;
-  }
+  // Fields in the order they always had (core before residual).
+  if (core) layer.core = core;
+  const residual = residualMatch(g, kind, core, nodes);
+  if ("ok" in residual) layer.residual = residual.ok;
+  else layer.residualWhy = missText(residual);
   if (core) {
-    layer.core = core;
-    const residual = findResidualBlock(g, core);
-    if (residual) layer.residual = residual;
     if (core.heads) layer.heads = core.heads;
     if (!core.probs) {
       const rank = shapes.get(core.query)?.length;
@@ -178,6 +204,18 @@ function describeLayer(
   const q = nodes.length ? quantizationOf(nodes) : core ? quantizationAbove(g, core.query) : undefined;
   if (q) layer.quantization = q;
   return layer;
+}
+
+/**
+ * The residual block of a layer (around its attention core, or its recurrent mixer), or why it was
+ * not found and where matching stopped; given `trace`, every step looked for.
+ */
+export function residualMatch(g: Graph, kind: LayerKind, core: AttentionCore | undefined, nodes: readonly NodeProto[], trace?: Step[]): { ok: ResidualBlock } | Miss {
+  if (core) return matchResidualBlock(g, core, trace);
+  // The residual stream around the recurrent mixer (a stage may act after such a layer too).
+  const mixer = kind === "linear-attention" ? nodes.find(isStatefulNode) : undefined;
+  if (mixer) return matchLinearResidualBlock(g, mixer, nodes, trace);
+  return { why: `the layer has no attention anchor and no recurrent mixer (If, Scan or Loop) among its ${nodes.length} nodes: there is no block to match` };
 }
 
 const NBITS = 1;
@@ -240,12 +278,17 @@ function fillHeads(l: LayerInfo, shapes: ShapeMap, hidden: number | undefined): 
   if (l.headSize === undefined && l.heads && hidden && hidden % l.heads === 0) l.headSize = hidden / l.heads;
 }
 
-function tokenAndBatchAxes(g: Graph, residual: Shape): { token: number; batch?: number } {
-  if (residual.length === 2) return { token: 0 };
+/** The symbolic name of the first graph input's axis 0 (its batch dimension), if it has one. */
+function batchSymbol(g: Graph): string | undefined {
   const firstInput = [...g.inputs][0];
   const batchSym = firstInput ? g.valueInfo.get(firstInput) : undefined;
   const dim0 = batchSym?.type?.value.case === "tensorType" ? batchSym.type.value.value.shape?.dim[0] : undefined;
-  const batchName = dim0?.value.case === "dimParam" ? dim0.value.value : undefined;
+  return dim0?.value.case === "dimParam" ? dim0.value.value : undefined;
+}
+
+function tokenAndBatchAxes(g: Graph, residual: Shape): { token: number; batch?: number } {
+  if (residual.length === 2) return { token: 0 };
+  const batchName = batchSymbol(g);
   // Sequence-first residual streams carry the batch symbol at axis 1.
   if (batchName !== undefined && residual[1] === batchName && residual[0] !== batchName) return { token: 0, batch: 1 };
   return { token: 1, batch: 0 };
@@ -272,35 +315,63 @@ function learnedTokens(g: Graph, t: string, depth = 0): number {
 
 /** Walk back from the first block's input to a Concat along the token axis that prepends learned tokens. */
 function detectCls(g: Graph, shapes: ShapeMap, start: string, streamTokenAxis: number): TransformerInfo["cls"] {
+  return clsMatch(g, shapes, start, streamTokenAxis).cls;
+}
+
+const CLS_STEPS = 8;
+const CLS_THROUGH = ["Add", "Dropout", "Identity", "Cast"];
+
+/** `detectCls`, with why: the Concat found and what it prepends, or where the walk up stopped. */
+export function clsMatch(g: Graph, shapes: ShapeMap, start: string, streamTokenAxis: number): { cls: TransformerInfo["cls"]; why: string } {
+  const none = (why: string) => ({ cls: { present: false, prefixTokens: 0 }, why });
   let t = start;
   let tokenAxis = streamTokenAxis;
-  for (let steps = 0; steps < 8; steps++) {
+  for (let steps = 0; steps < CLS_STEPS; steps++) {
     const p = g.producer.get(t);
-    if (!p) break;
+    if (!p) return none(`walking up from '${start}' to a Concat on the token axis: '${t}' is ${g.inputs.has(t) ? "a graph input" : "computed by no node"}`);
     if (p.opType === "Concat") {
       const rank = shapes.get(t)?.length ?? 3;
       const axis = attrInt(p, "axis", 0);
-      if ((axis + rank) % rank !== tokenAxis) break;
+      if ((axis + rank) % rank !== tokenAxis) return none(`${label(p)} joins axis ${axis}, not the token axis (${tokenAxis})`);
       let prefix = 0;
+      const learned: string[] = [];
+      let stop: string | undefined;
       for (const inp of p.input) {
         const k = learnedTokens(g, inp);
-        if (!k) break;
+        if (!k) {
+          stop = inp;
+          break;
+        }
         prefix += k;
+        learned.push(`'${inp}' (${k})`);
       }
-      return prefix > 0 ? { present: true, index: 0, prefixTokens: prefix } : { present: false, prefixTokens: 0 };
+      if (prefix > 0) return { cls: { present: true, index: 0, prefixTokens: prefix }, why: `${label(p)} on the token axis prepends ${prefix} learned token${prefix > 1 ? "s" : ""}: ${capped(learned, 3)}` };
+      return none(`${label(p)} joins the token axis, but its first input '${stop ?? ""}' is not a learned token (a weight [1, k, hidden], possibly expanded over the batch)`);
     }
     if (p.opType === "Transpose" && p.input[0]) {
       // Sequence-first exports transpose [batch, tokens, hidden] once before the first layer.
       const perm = attr(p, "perm")?.ints.map(Number);
-      if (!perm || perm[tokenAxis] === undefined) break;
+      if (!perm || perm[tokenAxis] === undefined) return none(`${label(p)} has no perm for the token axis`);
       tokenAxis = perm[tokenAxis]!;
       t = p.input[0];
       continue;
     }
     // Position embeddings are added, dropout/casts pass through: follow the activation operand.
     const next = p.input.find((i) => i && !g.isConstant(i));
-    if (!next || !["Add", "Dropout", "Identity", "Cast"].includes(p.opType)) break;
+    if (!next || !CLS_THROUGH.includes(p.opType)) {
+      return none(`walking up from '${start}' to a Concat on the token axis, the walk stopped at ${label(p)}${CLS_THROUGH.includes(p.opType) ? ", which reads no activation" : `: it follows only ${CLS_THROUGH.join(", ")} and Transpose`}`);
+    }
     t = next;
   }
-  return { present: false, prefixTokens: 0 };
+  return none(`no Concat on the token axis within ${CLS_STEPS} ops above '${start}'`);
+}
+
+/** Why the stream's token and batch axes are where `tokenAndBatchAxes` puts them. */
+export function tokenAxesWhy(g: Graph, residual: Shape): string {
+  if (residual.length === 2) return "the stream has rank 2 ([tokens, hidden]): tokens on axis 0, no batch axis";
+  const axes = tokenAndBatchAxes(g, residual);
+  const batch = batchSymbol(g);
+  if (axes.token === 0) return `sequence-first [tokens, batch, hidden]: the first input's batch dimension '${String(batch)}' is the stream's axis 1`;
+  const firstInput = [...g.inputs][0] ?? "";
+  return `batch-first [batch, tokens, hidden]${batch === undefined ? ` (the default: the first input '${firstInput}' has no symbolic batch dimension)` : ` (the first input's batch dimension '${batch}' is not at the stream's axis 1)`}`;
 }

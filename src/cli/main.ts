@@ -170,8 +170,8 @@ async function runReport(modelPath: string, specPath: string, opts: { output: st
   io.out([`wrote ${files.length} files to ${opts.output}`, ...files.map((f) => `  ${f}`)].join("\n"));
 }
 
-function runInspect(modelPath: string, opts: { json?: boolean }, io: Io): void {
-  const report = inspectModel(readBytes(modelPath, "an ONNX model"), modelPath);
+function runInspect(modelPath: string, opts: { json?: boolean; explain?: boolean }, io: Io): void {
+  const report = inspectModel(readBytes(modelPath, "an ONNX model"), modelPath, { explain: opts.explain ?? false });
   io.out(opts.json ? JSON.stringify(report, null, 2) : formatInspect(report));
 }
 
@@ -260,7 +260,8 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
     .description("show the transformer layers, tokens and criteria prunec finds in MODEL")
     .argument("<model>", "ONNX model file")
     .option("--json", "print the analysis as JSON")
-    .action((model: string, opts: { json?: boolean }) => runInspect(model, opts, io));
+    .option("--explain", "also say, per layer, what prunec looked for and where matching stopped (JSON: the report's 'explanation' field)")
+    .action((model: string, opts: { json?: boolean; explain?: boolean }) => runInspect(model, opts, io));
 
   try {
     await program.parseAsync(argv, { from: "user" });
