@@ -17,6 +17,7 @@ import type { StagePlan } from "./plan-types.js";
 import { percentRatio } from "../passes/amount.js";
 import { maskUnavailable } from "../passes/mask-recycle.js";
 import { criterionModule } from "../passes/registry.js";
+import { refusal } from "../passes/kinds/combinations.js";
 
 // ToMe's criterion, through the registry like every criterion the planner reads.
 const similarity = criterionModule("similarity") ?? (() => {
@@ -71,8 +72,10 @@ export function planMerge(
     fail(stage.ofSpan ?? stage.span, `'of ${stage.of}': stages restricted to a token set are not supported yet; without 'of', a stage acts on all non-special tokens`);
     return undefined;
   }
-  if (stage.options.length) {
-    fail(stage.optionSpans[0] ?? stage.span, `'with ${stage.options[0]}' does not apply to 'merge': a merge stage keeps no dropped tokens to ${stage.options[0] === "mask" ? "mask" : "recycle"}`);
+  const refused = refusal("merge", new Set(stage.options), { criterion: "similarity" });
+  if (refused) {
+    const at = stage.options.findIndex((o) => refused.at.includes(o));
+    fail(stage.optionSpans[at] ?? stage.span, refused.why);
     return undefined;
   }
   const args = argsWithDefaults(similarity, stage.criterion.args);
@@ -83,7 +86,7 @@ export function planMerge(
     return undefined;
   }
   if (!layer.residual || model.tokenAxis === undefined || tokensIn === undefined) {
-    fail(stage.layerSpan ?? stage.positionSpan, `the residual stream leaving layer ${resolved} could not be found (looked for pre-norm → attention → Add → norm → MLP → Add)`);
+    fail(stage.layerSpan ?? stage.positionSpan, `the residual stream leaving layer ${resolved} could not be found (looked for pre-norm → attention → Add → norm → MLP → Add)${layer.residualWhy ? `: ${layer.residualWhy}` : ""}`);
     return undefined;
   }
   if (typeof tokensIn !== "number") {

@@ -11,9 +11,12 @@ import type { Dim } from "./analysis/dims.js";
 import type { InputFact } from "./analysis/inputs.js";
 import { criterionModule, plannedCriterion, requiredSets } from "../passes/registry.js";
 import type { StagePlan } from "./plan-types.js";
-import type { Scorer, StageFacts } from "../passes/criterion.js";
+import type { StageFacts } from "../passes/criterion.js";
+import { selectionKind } from "../passes/kinds/index.js";
+import { refusal, type CellFacts, type SelectionKind, type StageOption } from "../passes/kinds/combinations.js";
+import { OPTIONS } from "../passes/kinds/options.js";
 import { keepCountStatic } from "../passes/amount.js";
-import { maskUnavailable, paddingUnmaskable } from "../passes/mask-recycle.js";
+import { paddingUnmaskable } from "../passes/mask-recycle.js";
 import { planMerge } from "./plan-merge.js";
 import { PrunecError } from "./errors.js";
 
@@ -188,7 +191,7 @@ function planOne(
   }
   const scorer = prepared.ok;
   if (!layer.residual || model.tokenAxis === undefined || tokensIn === undefined) {
-    fail(stage.layerSpan ?? stage.positionSpan, `the residual stream leaving layer ${resolved} could not be found (looked for pre-norm → attention → Add → norm → MLP → Add)`);
+    fail(stage.layerSpan ?? stage.positionSpan, `the residual stream leaving layer ${resolved} could not be found (looked for pre-norm → attention → Add → norm → MLP → Add)${layer.residualWhy ? `: ${layer.residualWhy}` : ""}`);
     return undefined;
   }
   if (!encoder && layer.residual.outputMissing) {
@@ -242,14 +245,21 @@ function planOne(
   const plan: StagePlan = { stage: index, layer, percent: amount.value, drop, criterion, args, tokensIn, tokensOut: tokensIn, prefix, firstLayer };
   if (groups) plan.groups = groups;
   if (fold) plan.fold = fold;
-  if (!applyOptions(stage, plan, scorer, model, fail)) return undefined;
-  if (seqFirst && (plan.mask || plan.recycle || plan.renumber)) {
-    const option = plan.mask ? "mask" : plan.recycle ? "recycle" : "renumber";
-    fail(stage.optionSpans[stage.options.indexOf(option)] ?? stage.positionSpan, `'with ${option}' needs a batch-first residual stream; this model's stream is sequence-first [tokens, batch, hidden]`);
-    return undefined;
-  }
   const flowcutAdaptive = criterion.name === "flowcut" && Number(args["adaptive"] ?? 0) === 1;
-  if (amount.kind === "mass" || amount.kind === "above" || flowcutAdaptive || afterAdaptive || ofSet !== undefined) {
+  const adaptiveKind = amount.kind === "mass" || amount.kind === "above";
+  // What makes this stage's count differ per example, if anything (the adaptive selection kind).
+  const what = adaptiveKind
+    ? `'${amount.kind}' keeps a number of tokens that depends on the input`
+    : flowcutAdaptive
+      ? "flowcut(adaptive: 1) keeps a number of tokens that depends on the input"
+      : ofSet !== undefined
+        ? `'of ${stage.of}' counts each example's own ${stage.of} tokens`
+        : afterAdaptive
+          ? "an earlier stage kept a number of tokens that depends on the input, so this one counts per example"
+          : undefined;
+  const selection = selectionKind({ scorer: scorer.kind, fold, groups, encoder, perExample: what !== undefined });
+  if (!applyOptions(stage, plan, selection, { criterion: criterion.name, ...(groups ? { unit: groups.unit } : {}), ...(what ? { what } : {}) }, model, fail)) return undefined;
+  if (what !== undefined) {
     const span = stage.amountSpan ?? stage.actionSpan;
     if (seqFirst) {
       fail(span, "this stage's count differs per example, which pads the batch and masks the padding in later attention; prunec does that for batch-first residual streams only, and this model's is sequence-first [tokens, batch, hidden]");
@@ -260,14 +270,6 @@ function planOne(
       fail(span, `this stage's count differs per example, so batches pad to the largest count and mask the padding in every later attention, but ${unmaskable}`);
       return undefined;
     }
-    const adaptiveKind = amount.kind === "mass" || amount.kind === "above";
-    const what = adaptiveKind
-      ? `'${amount.kind}' keeps a number of tokens that depends on the input`
-      : flowcutAdaptive
-        ? "flowcut(adaptive: 1) keeps a number of tokens that depends on the input"
-        : ofSet !== undefined
-          ? `'of ${stage.of}' counts each example's own ${stage.of} tokens`
-          : "an earlier stage kept a number of tokens that depends on the input, so this one counts per example";
     if (adaptiveKind && drop) {
       fail(span, `${what}; write it with 'keep' ('keep ${resolvedAmount(stage).text.replace(/^drop /, "")}')`);
       return undefined;
@@ -284,8 +286,8 @@ function planOne(
       fail(stage.criterion.span, `${what}; ${criterion.name} sizes its selection from the stage's budget, which must be one static count`);
       return undefined;
     }
-    if (scorer.kind !== "score" || groups || fold || encoder || plan.recycle || (afterAdaptive && plan.mask)) {
-      const option = plan.recycle ? " (without 'with recycle')" : plan.mask ? " (without 'with mask')" : "";
+    if (scorer.kind !== "score" || groups || fold || encoder || (afterAdaptive && plan.mask)) {
+      const option = plan.mask ? " (without 'with mask')" : "";
       fail(span, `${what}, so it needs a stage that ranks single tokens by score${option}`);
       return undefined;
     }
@@ -350,37 +352,29 @@ function planOne(
   return plan;
 }
 
-/** `with mask` / `with recycle` / `with renumber`: what they need of the stage and the model. False when rejected. */
-function applyOptions(stage: StageIR, plan: StagePlan, scorer: Scorer, model: TransformerInfo, fail: (span: Span, message: string) => void): boolean {
-  const at = stage.options.indexOf("renumber");
-  if (at >= 0) {
-    if (stage.options.includes("mask")) {
-      fail(stage.optionSpans[at]!, "'with renumber' renumbers the kept tokens, but a masked stage keeps every token where it is");
-      return false;
-    }
-    plan.renumber = true;
-  }
-  const others = stage.options.filter((o) => o !== "renumber");
-  const span = stage.optionSpans[stage.options.indexOf(others[0]!)] ?? stage.span;
-  if (!others.length) return true;
-  if (others.length > 1) {
-    fail(span, "'with mask' and 'with recycle' cannot be combined: a masked stage removes nothing to recycle");
+/**
+ * `with mask` / `with recycle` / `with renumber`: the declared table says whether they combine with
+ * each other and with the stage's selection kind (passes/kinds/combinations.ts); each option then
+ * checks what it needs of the model (passes/kinds/options.ts). False when rejected.
+ */
+function applyOptions(stage: StageIR, plan: StagePlan, selection: SelectionKind, cell: CellFacts, model: TransformerInfo, fail: (span: Span, message: string) => void): boolean {
+  const written = new Set(stage.options);
+  const spanOf = (option: StageOption) => stage.optionSpans[stage.options.indexOf(option)] ?? stage.span;
+  /** Of the options a message names, the one written first. */
+  const first = (options: readonly StageOption[]) => [...options].sort((a, b) => stage.options.indexOf(a) - stage.options.indexOf(b))[0]!;
+  const refused = refusal(selection, written, cell);
+  if (refused) {
+    fail(spanOf(first(refused.at.filter((o) => written.has(o)))), refused.why);
     return false;
   }
-  const option = others[0]!;
-  const name = plan.criterion.name;
-  if (scorer.kind !== "score" || plan.groups || plan.fold || plan.encoder) {
-    const why = scorer.kind !== "score" ? `${name} picks tokens without scores` : plan.groups ? `${name} keeps whole ${plan.groups.unit}s` : plan.fold ? "this encoder keeps whole merge groups" : "it acts after the encoder";
-    fail(span, `'with ${option}' needs a stage that ranks single tokens by score, but ${why}`);
-    return false;
-  }
-  if (option === "mask") {
-    const why = maskUnavailable(model, plan.layer.index + 1);
+  for (const o of OPTIONS) {
+    if (!written.has(o.option)) continue;
+    const why = o.check({ model, layer: plan.layer.index });
     if (why) {
-      fail(span, `'with mask' adds a key bias to every later attention, but ${why}`);
+      fail(spanOf(o.option), why);
       return false;
     }
-    plan.mask = true;
-  } else plan.recycle = true;
+    plan[o.option] = true;
+  }
   return true;
 }

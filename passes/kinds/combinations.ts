@@ -86,12 +86,15 @@ export const OPTION_PAIRS: readonly { options: readonly [StageOption, StageOptio
   { options: ["recycle", "renumber"], why: "'with recycle' and 'with renumber' cannot be combined: the recycled token has no position to renumber", at: ["recycle", "renumber"] },
 ];
 
-/** The first refusal for a selection and a set of options (pairs first, then selection × option in option order), or undefined. */
+/**
+ * The first refusal for a selection and a set of options, or undefined: the selection × option
+ * cells first (in the table's option order), then the pairs.
+ */
 export function refusal(selection: SelectionKind, options: ReadonlySet<StageOption>, facts: CellFacts): { why: string; at: readonly StageOption[] } | undefined {
-  for (const p of OPTION_PAIRS) if (options.has(p.options[0]) && options.has(p.options[1])) return { why: p.why, at: p.at };
   for (const option of STAGE_OPTIONS) {
     const cell = SELECTION_OPTIONS[selection][option];
     if (options.has(option) && cell !== "ok") return { why: cell(facts), at: [option] };
   }
+  for (const p of OPTION_PAIRS) if (options.has(p.options[0]) && options.has(p.options[1])) return { why: p.why, at: p.at };
   return undefined;
 }

@@ -4,7 +4,6 @@
  * `chooseSelection` is where a keep/drop stage's lowering is decided, with the reason.
  */
 import type { Scorer } from "../criterion.js";
-import type { StagePlan } from "../../src/plan-types.js";
 import type { SelectionKind } from "./combinations.js";
 import type { SelectionModule, StageSetup } from "./kind.js";
 import { topK } from "./top-k.js";
@@ -15,14 +14,25 @@ import { floatKeys, floatKeysFor } from "./float-keys.js";
 
 export const SELECTIONS: readonly SelectionModule[] = [topK, groups, fold, greedy, adaptive, floatKeys];
 
-/** The selection kind of a planned stage (merge stages are planned as such; see src/plan-merge.ts). */
-export function selectionKind(plan: StagePlan, scorer: Pick<Scorer, "kind">): SelectionKind {
-  if (plan.merge) return "merge";
-  if (scorer.kind === "select") return "greedy";
-  if (plan.fold) return "fold";
-  if (plan.groups) return "groups";
-  if (plan.adaptive) return "adaptive";
-  if (plan.encoder) return "after-encoder";
+/** What decides a stage's selection kind (the planner knows it before the plan is complete). */
+export interface SelectionFacts {
+  merge?: boolean;
+  scorer: Scorer["kind"];
+  fold?: number | undefined;
+  groups?: unknown;
+  encoder?: boolean | undefined;
+  /** The count differs per example (`mass`, `above`, `of SET`, after such a stage). */
+  perExample: boolean;
+}
+
+/** The selection kind of a stage: the first that applies, in this order. */
+export function selectionKind(f: SelectionFacts): SelectionKind {
+  if (f.merge) return "merge";
+  if (f.scorer === "select") return "greedy";
+  if (f.fold) return "fold";
+  if (f.groups) return "groups";
+  if (f.encoder) return "after-encoder";
+  if (f.perExample) return "adaptive";
   return "top-k";
 }
 
@@ -31,13 +41,14 @@ export function selectionKind(plan: StagePlan, scorer: Pick<Scorer, "kind">): Se
  * GPU-resident float-keys one when it is not (reported per stage, never silently replaced).
  */
 export function chooseSelection(s: StageSetup): { module: SelectionModule; note?: string } {
-  const kind = selectionKind(s.plan, s.scorer);
+  const { plan } = s;
+  const kind = selectionKind({ merge: plan.merge !== undefined, scorer: s.scorer.kind, fold: plan.fold, groups: plan.groups, encoder: plan.encoder !== undefined, perExample: plan.adaptive !== undefined });
   const own: Partial<Record<SelectionKind, SelectionModule>> = { greedy, fold, groups };
   const module = own[kind];
   // Greedy selections unroll their loop for WebGPU themselves; groups and folds have the index lowering only.
-  if (module) return { module, ...(s.options.target === "webgpu" && kind !== "greedy" ? { note: kind === "fold" ? "it keeps whole merge groups (index lowering)" : `it keeps whole ${s.plan.groups?.unit ?? "group"}s (index lowering)` } : {}) };
+  if (module) return { module, ...(s.options.target === "webgpu" && kind !== "greedy" ? { note: kind === "fold" ? "it keeps whole merge groups (index lowering)" : `it keeps whole ${plan.groups?.unit ?? "group"}s (index lowering)` } : {}) };
   const keys = s.options.target === "webgpu" ? floatKeysFor(s) : undefined;
   if (keys && "ok" in keys) return { module: floatKeys };
-  const fallback = kind === "adaptive" ? adaptive : topK;
+  const fallback = plan.adaptive ? adaptive : topK;
   return { module: fallback, ...(keys && "why" in keys ? { note: keys.why } : {}) };
 }
