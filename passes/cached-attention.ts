@@ -25,12 +25,15 @@ export const CACHED_INPUTS = { seqlens: 5, total: 6, bias: 10 } as const;
 export function rewriteCachedAttention(b: NodeBuilder, model: TransformerInfo, dense: TransformerInfo, from: number, keyBias: string | undefined): Map<NodeProto, NodeProto> {
   const out = new Map<NodeProto, NodeProto>();
   for (const l of model.layers.slice(from)) {
-    const n = l.core?.anchor;
-    if (!n || l.core!.kind !== "GroupQueryAttention") continue;
+    const core = l.core;
+    if (!core || core.kind !== "GroupQueryAttention") continue;
+    const n = core.anchor;
     const inputs = [...n.input];
     while (inputs.length <= CACHED_INPUTS.bias) inputs.push("");
     // Start from the dense model's inputs: an earlier stage's padding is never kept as a real token.
-    const original = dense.layers[l.index]!.core!.anchor.input;
+    const denseCore = dense.layers[l.index]?.core;
+    if (!denseCore) throw new Error(`layer ${l.index}: the dense model has no attention core for this cached GroupQueryAttention layer (checked by the plan)`);
+    const original = denseCore.anchor.input;
     inputs[CACHED_INPUTS.seqlens] = original[CACHED_INPUTS.seqlens] ?? "";
     inputs[CACHED_INPUTS.total] = original[CACHED_INPUTS.total] ?? "";
     inputs[CACHED_INPUTS.bias] = original[CACHED_INPUTS.bias] ?? "";

@@ -9,7 +9,8 @@
  * seqlens_k[b] + 1 − S + s. On the dense model it changes nothing (tested); a stage then gathers
  * the positions with the kept tokens like any per-token side tensor.
  *
- * Pre:  the GroupQueryAttention nodes take separate q, k, v (gqaUnavailable); else PrunecError.
+ * Pre:  the GroupQueryAttention nodes take separate q, k, v (gqaAttention, attention/gqa-map.ts);
+ *       else PrunecError.
  * Post: those nodes have do_rotary=0 and read q/k rotated by `prunec/rotary/...` nodes; the
  *       positions tensor (int64 [batch, sequence]) is returned, to be carried by stages.
  */
@@ -18,6 +19,7 @@ import { Graph, attrInt, makeNode } from "../src/ir/graph.js";
 import { shallowCopy } from "../src/ir/copy.js";
 import { splice } from "./splice.js";
 import type { LayerInfo, TransformerInfo } from "../src/analysis/transformer.js";
+import type { AttentionCore } from "../src/analysis/attention.js";
 import { PrunecError } from "../src/errors.js";
 import { NodeBuilder } from "./builder.js";
 
@@ -25,10 +27,10 @@ const INT64 = 7;
 const COS = 7;
 const SIN = 8;
 
-/** Whether the layer's attention op rotates q/k itself (GroupQueryAttention do_rotary=1). */
-export function rotatesInside(layer: LayerInfo): boolean {
-  const n = layer.core?.anchor;
-  return layer.core?.kind === "GroupQueryAttention" && n !== undefined && attrInt(n, "do_rotary", 0) === 1;
+/** Whether the layer's attention op rotates q/k itself (GroupQueryAttention do_rotary=1); narrows `core`. */
+export function rotatesInside(layer: LayerInfo): layer is LayerInfo & { core: AttentionCore } {
+  const core = layer.core;
+  return core !== undefined && core.kind === "GroupQueryAttention" && attrInt(core.anchor, "do_rotary", 0) === 1;
 }
 
 /** The rotary width (2 × the cos cache's columns); the cache must be a constant [positions, rotary_dim/2]. */
@@ -43,10 +45,11 @@ function rotaryWidth(g: Graph, n: NodeProto, layer: number, modelName: string): 
 /** The rewritten graph and its positions tensor (undefined when no layer needed it). */
 export function explicitRotary(proto: GraphProto, info: TransformerInfo, from: number, opset: number, modelName: string): { graph: GraphProto; positions?: string; added: NodeProto[] } {
   const layers = info.layers.slice(from).filter(rotatesInside);
-  if (!layers.length) return { graph: proto, added: [] };
+  const head = layers[0];
+  if (!head) return { graph: proto, added: [] };
   const g = new Graph(proto);
   const b = new NodeBuilder("prunec/rotary", opset);
-  const first = layers[0]!.core!.anchor;
+  const first = head.core.anchor;
   // Positions as the op derives them, from the first rewritten layer's sequence lengths (every layer
   // shares them) and the stream entering the first layer: a tensor of no layer, so the residual
   // analysis, walking up from q and k, does not meet another layer's norms through the positions.
@@ -61,7 +64,7 @@ export function explicitRotary(proto: GraphProto, info: TransformerInfo, from: n
   const positions = b.op("Where", [b.op("Equal", [s, total], {}, "first_prompt"), steps, later], {}, "positions"); // [B,S]
   const replaced = new Map<NodeProto, NodeProto>();
   for (const l of layers) {
-    const n = l.core!.anchor;
+    const n = l.core.anchor;
     const width = rotaryWidth(g, n, l.index, modelName);
     const rotate = (input: string, heads: number, part: string): string => {
       const out = `prunec/rotary/layer${l.index}/${part}`;

@@ -72,7 +72,8 @@ export function addKeyBias(
   const out = new Map<NodeProto, NodeProto>();
   const resolve = options.resolve ?? ((t: string) => t);
   for (const l of model.layers.slice(from, (options.until ?? model.layers.length - 1) + 1)) {
-    const core = l.core!;
+    const core = l.core;
+    if (!core) throw new Error(`layer ${l.index} (${l.kind}) has no attention core to add the ${options.label} key bias to (checked by the plan)`);
     if (core.kind === "GroupQueryAttention") continue;
     const anchor = core.anchor;
     const label = `${options.label}_layer${l.index}`;
@@ -83,7 +84,9 @@ export function addKeyBias(
       if (l.probsLayout === "heads,q,k") biased = b.op("Add", [logits, b.squeeze(keys, [1, 2])], {}, label); // [1,N] against [H,N,N]
       else if (l.probsLayout === "batch*heads,q,k") {
         // Heads folded batch-major into axis 0: unfold to [B,H,N,N], add, fold back.
-        const unfolded = b.op("Reshape", [b.unsqueeze(logits, [1]), b.int64([-1, l.heads!, 0, 0], [4], "heads_shape")], {}, "unfold_heads");
+        const heads = l.heads;
+        if (heads === undefined) throw new Error(`${options.label}: ${headsUnknown(l.index)} (checked by the plan)`);
+        const unfolded = b.op("Reshape", [b.unsqueeze(logits, [1]), b.int64([-1, heads, 0, 0], [4], "heads_shape")], {}, "unfold_heads");
         biased = b.op("Reshape", [b.op("Add", [unfolded, keys], {}, label), b.op("Shape", [logits])], {}, "fold_heads");
       } else biased = b.op("Add", [logits, keys], {}, label);
       out.set(anchor, shallowCopy(anchor, { input: [biased, ...anchor.input.slice(1)] }));

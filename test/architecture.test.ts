@@ -74,6 +74,21 @@ describe("architecture invariants (docs/architecture.md)", () => {
     expect(definers).toEqual(["src/plan-types.ts"]);
   });
 
+  it("passes/ reads no optional analysis fact through a non-null assertion", () => {
+    // `fact!` right after an identifier or property access (`l.core!.anchor`, `l.heads!,`), never `!=`/`!==`:
+    // passes narrow these facts (a criterion's prepare, a planner check, an explicit refusal) instead.
+    const FACTS = ["core", "heads", "kvHeads", "headSize", "residual", "qk", "pv", "probs", "key", "tokens", "tokenAxis", "batchAxis", "hidden", "encoderOutput", "merge", "outputNorm", "probsLayout", "scale"];
+    const ASSERTED = new RegExp(`\\b(?:${FACTS.join("|")})!(?=[.\\[\\]),;:?}\\s]|$)`);
+    const files = sources(join(REPO_ROOT, "passes"));
+    expect(files.length).toBeGreaterThan(20);
+    const hits = files.flatMap((file) =>
+      readFileSync(file, "utf8")
+        .split("\n")
+        .flatMap((line, i) => (ASSERTED.test(line) ? [`${relative(REPO_ROOT, file)}:${i + 1}: ${line.trim()}`] : [])),
+    );
+    expect(hits, `non-null assertions on optional analysis facts:\n${hits.join("\n")}`).toEqual([]);
+  });
+
   it("the library core imports nothing Node-only (only the CLI owns files, processes and exit codes)", () => {
     const library = (f: string) => !f.startsWith("src/cli/");
     expect(edges(library, (t) => t.startsWith("node:") || ["fs", "path", "os", "child_process", "worker_threads"].includes(t))).toEqual([]);
