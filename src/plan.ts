@@ -12,7 +12,8 @@ import type { InputFact } from "./analysis/inputs.js";
 import { criterionModule, plannedCriterion, requiredSets } from "../passes/registry.js";
 import type { StagePlan } from "./plan-types.js";
 import type { StageFacts } from "../passes/criterion.js";
-import { selectionKind } from "../passes/kinds/index.js";
+import { COUNT_CHECK, SELECTION_CHECKS, selectionKind } from "../passes/kinds/index.js";
+import type { KindFacts, Refusal } from "../passes/kinds/kind.js";
 import { refusal, type CellFacts, type SelectionKind, type StageOption } from "../passes/kinds/combinations.js";
 import { OPTIONS } from "../passes/kinds/options.js";
 import { keepCountStatic } from "../passes/amount.js";
@@ -110,7 +111,7 @@ export function planStages(spec: SpecIR, model: TransformerInfo, inputs: Readonl
     merged ||= plan.merge !== undefined;
     adaptive ||= plan.adaptive !== undefined;
     // Masked stages leave every token in the stream: later criteria score all of them.
-    if (masked) plan.scoredTokens = model.tokens!;
+    if (masked && model.tokens !== undefined) plan.scoredTokens = model.tokens;
     masked ||= plan.mask === true;
     if (plan.layer.index <= lastLayer) {
       fail(stage.layerSpan ?? stage.positionSpan, `stages must be in layer order: layer ${plan.layer.index} comes after a stage at layer ${lastLayer}`);
@@ -196,8 +197,9 @@ function planOne(
   }
   if (!encoder && layer.residual.outputMissing) {
     // The stream leaving the last layer is fused into the final norm, which omits it (output 3).
-    const n = layer.residual.outputNorm!;
-    fail(stage.layerSpan ?? stage.positionSpan, `the residual stream leaving layer ${resolved} (the last) exists only inside ${n.domain ? `${n.domain}.` : ""}${n.opType} (node '${n.name}'), the final norm; a stage after the last layer would prune only the LM head's rows: use an earlier layer`);
+    const n = layer.residual.outputNorm;
+    const where = n ? `${n.domain ? `${n.domain}.` : ""}${n.opType} (node '${n.name}')` : "a fused norm";
+    fail(stage.layerSpan ?? stage.positionSpan, `the residual stream leaving layer ${resolved} (the last) exists only inside ${where}, the final norm; a stage after the last layer would prune only the LM head's rows: use an earlier layer`);
     return undefined;
   }
   if (ofSet !== undefined && model.batchAxis !== 0) {
@@ -210,41 +212,14 @@ function planOne(
     return undefined;
   }
   const merge = model.merge;
-  if (encoder && !model.encoderOutput) {
-    fail(stage.positionSpan, "'after encoder' needs a model output with one row per token or per merged token (image features); this model's outputs have none");
-    return undefined;
-  }
   if (!encoder && merge?.kind === "pool") {
-    fail(stage.layerSpan ?? stage.positionSpan, `the encoder output is pooled over the ${merge.grid!.join("×")} token grid (node '${merge.node}'), which needs every token; prune 'after encoder' instead (it keeps whole pooled tokens)`);
+    fail(stage.layerSpan ?? stage.positionSpan, `the encoder output is pooled over the ${merge.grid?.join("×") ?? "?"} token grid (node '${merge.node}'), which needs every token; prune 'after encoder' instead (it keeps whole pooled tokens)`);
     return undefined;
   }
   const groups = scorer.kind === "score" ? scorer.groups : undefined;
   const fold = !encoder && merge?.kind === "fold" ? merge.groupSize : undefined;
-  if (fold && groups) {
-    fail(stage.criterion.span, `${criterion.name} keeps whole ${groups.unit}s, but the encoder output folds ${fold} consecutive tokens into one (node '${merge!.node}'); stages inside this encoder keep whole ${fold}-token merge groups`);
-    return undefined;
-  }
-  if (encoder && groups && model.encoderOutput!.per.kind !== "token") {
-    fail(stage.criterion.span, `${criterion.name} keeps whole ${groups.unit}s of tokens, but after this encoder the rows are merged tokens (node '${merge!.node}'); use a per-token criterion, whose scores are averaged per merged token`);
-    return undefined;
-  }
-  if ((fold || (encoder && model.encoderOutput!.per.kind !== "token")) && prefix > 0) {
-    fail(stage.positionSpan, `the encoder output merges tokens (node '${merge!.node}') and the model has ${prefix} special tokens in front; prunec cannot tell which merged token they join`);
-    return undefined;
-  }
-  if (scorer.kind === "select" && (fold || (encoder && model.encoderOutput!.per.kind !== "token"))) {
-    fail(stage.criterion.span, `${criterion.name} picks single tokens, but ${encoder ? "after" : "inside"} this encoder tokens are merged in groups (node '${merge!.node}'); use a scoring criterion`);
-    return undefined;
-  }
-  if (scorer.kind === "select" && typeof tokensIn !== "number") {
-    fail(stage.criterion.span, `${criterion.name} needs a static token count (its selection loop runs a fixed number of steps); the model has ${String(tokensIn)} tokens`);
-    return undefined;
-  }
   const amount = stage.amount ?? { kind: "percent" as const, value: DEFAULT_PERCENT };
   const drop = stage.action === "drop";
-  const plan: StagePlan = { stage: index, layer, percent: amount.value, drop, criterion, args, tokensIn, tokensOut: tokensIn, prefix, firstLayer };
-  if (groups) plan.groups = groups;
-  if (fold) plan.fold = fold;
   const flowcutAdaptive = criterion.name === "flowcut" && Number(args["adaptive"] ?? 0) === 1;
   const adaptiveKind = amount.kind === "mass" || amount.kind === "above";
   // What makes this stage's count differ per example, if anything (the adaptive selection kind).
@@ -257,53 +232,54 @@ function planOne(
         : afterAdaptive
           ? "an earlier stage kept a number of tokens that depends on the input, so this one counts per example"
           : undefined;
+  const kindFacts: KindFacts = {
+    model,
+    layer: resolved,
+    criterion,
+    scorer: scorer.kind,
+    groups,
+    fold,
+    afterEncoder: encoder,
+    merge,
+    prefix,
+    tokensIn,
+    options: new Set(stage.options),
+    perExample: what === undefined ? undefined : { what, adaptive: adaptiveKind, flowcut: flowcutAdaptive, afterAdaptive, drop, amount: amount.kind, keepText: resolvedAmount(stage).text.replace(/^drop /, "") },
+  };
+  const spanOf = (r: Refusal): Span =>
+    r.at === "criterion" ? stage.criterion.span : r.at === "amount" ? stage.amountSpan ?? stage.actionSpan : r.at === "layer" ? stage.layerSpan ?? stage.positionSpan : stage.positionSpan;
+  // The selection kinds' own checks (passes/kinds/), then the options' table and checks, then the count's.
+  for (const check of SELECTION_CHECKS) {
+    const refused = check(kindFacts);
+    if (refused) {
+      fail(spanOf(refused), refused.why);
+      return undefined;
+    }
+  }
+  const plan: StagePlan = { stage: index, layer, percent: amount.value, drop, criterion, args, tokensIn, tokensOut: tokensIn, prefix, firstLayer };
+  if (groups) plan.groups = groups;
+  if (fold) plan.fold = fold;
   const selection = selectionKind({ scorer: scorer.kind, fold, groups, encoder, perExample: what !== undefined });
   if (!applyOptions(stage, plan, selection, { criterion: criterion.name, ...(groups ? { unit: groups.unit } : {}), ...(what ? { what } : {}) }, model, fail)) return undefined;
+  const counted = COUNT_CHECK(kindFacts);
+  if (counted) {
+    fail(spanOf(counted), counted.why);
+    return undefined;
+  }
   if (what !== undefined) {
-    const span = stage.amountSpan ?? stage.actionSpan;
-    if (seqFirst) {
-      fail(span, "this stage's count differs per example, which pads the batch and masks the padding in later attention; prunec does that for batch-first residual streams only, and this model's is sequence-first [tokens, batch, hidden]");
-      return undefined;
-    }
-    const unmaskable = paddingUnmaskable(model, resolved + 1);
-    if (unmaskable) {
-      fail(span, `this stage's count differs per example, so batches pad to the largest count and mask the padding in every later attention, but ${unmaskable}`);
-      return undefined;
-    }
-    if (adaptiveKind && drop) {
-      fail(span, `${what}; write it with 'keep' ('keep ${resolvedAmount(stage).text.replace(/^drop /, "")}')`);
-      return undefined;
-    }
-    if (flowcutAdaptive && (drop || amount.kind !== "count")) {
-      fail(span, `${what}: give its target as 'keep K tokens' (FlowCut prunes adaptively down to K)`);
-      return undefined;
-    }
-    if (afterAdaptive && !criterion.paddingSafe) {
-      fail(stage.criterion.span, `${what}; ${criterion.name} reads all query tokens, which then include padding; use cls-attn, cls-attn-ensemble, flowcut or norm`);
-      return undefined;
-    }
-    if (criterion.usesBudget) {
-      fail(stage.criterion.span, `${what}; ${criterion.name} sizes its selection from the stage's budget, which must be one static count`);
-      return undefined;
-    }
-    if (scorer.kind !== "score" || groups || fold || encoder || (afterAdaptive && plan.mask)) {
-      const option = plan.mask ? " (without 'with mask')" : "";
-      fail(span, `${what}, so it needs a stage that ranks single tokens by score${option}`);
-      return undefined;
-    }
     if (adaptiveKind) plan.adaptive = { kind: amount.kind as "mass" | "above", value: amount.value };
     else if (flowcutAdaptive) plan.adaptive = { kind: "flowcut", target: amount.value, rpl: 0 };
     else plan.adaptive = { kind: amount.kind as "percent" | "count", value: amount.value, drop };
     const label = amount.kind === "mass" ? `mass(${amount.value}%)` : amount.kind === "above" ? `above(${amount.value})` : flowcutAdaptive ? `flowcut(${amount.value})` : `${stage.action}(${resolvedAmount(stage).text})`;
     plan.tokensOut = `${prefix}+${label}`;
     if (ofSet !== undefined) {
-      plan.ofSet = { name: stage.of!, input: ofSet };
+      plan.ofSet = { name: stage.of ?? ofSet, input: ofSet };
       plan.tokensOut = `${prefix}+others+${label} of ${stage.of}`;
     }
     return plan;
   }
-  if (encoder) {
-    const out = model.encoderOutput!;
+  if (encoder && model.encoderOutput) {
+    const out = model.encoderOutput;
     plan.encoder = out;
     plan.scoredTokens = tokensIn;
     // The output's rows: tokens, or merged tokens of the tokens that reach it.
@@ -323,7 +299,7 @@ function planOne(
   }
   const prunable = tokensIn - prefix;
   if (fold && prunable % fold !== 0) {
-    fail(stage.layerSpan ?? stage.positionSpan, `${prunable} tokens enter this stage, not a whole number of ${fold}-token merge groups (node '${merge!.node}')`);
+    fail(stage.layerSpan ?? stage.positionSpan, `${prunable} tokens enter this stage, not a whole number of ${fold}-token merge groups (node '${merge?.node ?? "?"}')`);
     return undefined;
   }
   // Grouped selections count groups: a percentage applies to the groups, a token count must fill whole groups.

@@ -9,10 +9,30 @@ import type { StagePlan } from "../../src/plan-types.js";
 import { countPerExample, selectAdaptive } from "../adaptive.js";
 import { attentionOf, clsRowScores } from "../attention/attention-map.js";
 import type { SelectionModule } from "./kind.js";
+import { paddingUnmaskable } from "../mask-recycle.js";
 
 export const adaptive: SelectionModule = {
   name: "adaptive",
   summary: "a count per example; TopK to the batch's largest count, the rest padding (−1 exposed, masked below)",
+  check: (f) => {
+    const p = f.perExample;
+    if (!p) return undefined;
+    const name = f.criterion.name;
+    if (f.model.batchAxis === 1 && f.model.tokenAxis === 0) {
+      return { why: "this stage's count differs per example, which pads the batch and masks the padding in later attention; prunec does that for batch-first residual streams only, and this model's is sequence-first [tokens, batch, hidden]", at: "amount" };
+    }
+    const unmaskable = paddingUnmaskable(f.model, f.layer + 1);
+    if (unmaskable) return { why: `this stage's count differs per example, so batches pad to the largest count and mask the padding in every later attention, but ${unmaskable}`, at: "amount" };
+    if (p.adaptive && p.drop) return { why: `${p.what}; write it with 'keep' ('keep ${p.keepText}')`, at: "amount" };
+    if (p.flowcut && (p.drop || p.amount !== "count")) return { why: `${p.what}: give its target as 'keep K tokens' (FlowCut prunes adaptively down to K)`, at: "amount" };
+    if (p.afterAdaptive && !f.criterion.paddingSafe) return { why: `${p.what}; ${name} reads all query tokens, which then include padding; use cls-attn, cls-attn-ensemble, flowcut or norm`, at: "criterion" };
+    if (f.criterion.usesBudget) return { why: `${p.what}; ${name} sizes its selection from the stage's budget, which must be one static count`, at: "criterion" };
+    const mask = f.options.has("mask");
+    if (f.scorer !== "score" || f.groups || f.fold || f.afterEncoder || (p.afterAdaptive && mask)) {
+      return { why: `${p.what}, so it needs a stage that ranks single tokens by score${mask ? " (without 'with mask')" : ""}`, at: "amount" };
+    }
+    return undefined;
+  },
   select: ({ b, plan, scores, ranked, state, model }) => {
     const amount = plan.adaptive;
     if (!amount) throw new Error("adaptive selection without an adaptive amount (checked by the plan)");

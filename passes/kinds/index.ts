@@ -5,14 +5,22 @@
  */
 import type { Scorer } from "../criterion.js";
 import type { SelectionKind } from "./combinations.js";
-import type { SelectionModule, StageSetup } from "./kind.js";
+import type { KindCheck, SelectionModule, StageSetup } from "./kind.js";
 import { topK } from "./top-k.js";
 import { fold, groups } from "./groups.js";
 import { greedy } from "./greedy.js";
 import { adaptive } from "./adaptive.js";
 import { floatKeys, floatKeysFor } from "./float-keys.js";
+import { afterEncoder } from "./after-encoder.js";
 
-export const SELECTIONS: readonly SelectionModule[] = [topK, groups, fold, greedy, adaptive, floatKeys];
+export const SELECTIONS: readonly SelectionModule[] = [topK, groups, fold, greedy, adaptive, afterEncoder, floatKeys];
+
+/**
+ * The selection kinds' plan-time checks, in the order the planner runs them (before the options):
+ * each refuses only where its kind applies. The adaptive kind's check runs after the options.
+ */
+export const SELECTION_CHECKS: readonly KindCheck[] = [afterEncoder, groups, fold, greedy].flatMap((k) => (k.check ? [k.check] : []));
+export const COUNT_CHECK: KindCheck = (f) => adaptive.check?.(f);
 
 /** What decides a stage's selection kind (the planner knows it before the plan is complete). */
 export interface SelectionFacts {

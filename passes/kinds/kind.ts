@@ -12,6 +12,50 @@ import type { NodeBuilder } from "../builder.js";
 import type { ScoreContext, Scorer } from "../criterion.js";
 import type { SideInput } from "../carry-tokens.js";
 import type { Lowering, StreamState } from "../stream-state.js";
+import type { CriterionModule, TokenGroups } from "../criterion.js";
+import type { SpatialMerge } from "../../src/analysis/merge.js";
+import type { Dim } from "../../src/analysis/dims.js";
+import type { StageOption } from "./combinations.js";
+
+/** What a kind's plan-time check reads: the stage as resolved so far, before anything is emitted. */
+export interface KindFacts {
+  model: TransformerInfo;
+  /** The stage's layer (the encoder's last layer for `after encoder`). */
+  layer: number;
+  criterion: CriterionModule;
+  scorer: Scorer["kind"];
+  groups: TokenGroups | undefined;
+  /** Inside an encoder that folds g tokens into one: g. */
+  fold: number | undefined;
+  /** `after encoder`: the output the stage acts on (undefined when the model has none). */
+  afterEncoder: boolean;
+  /** The encoder's spatial merge (fold or pool), if any. */
+  merge: SpatialMerge | undefined;
+  prefix: number;
+  tokensIn: Dim;
+  options: ReadonlySet<StageOption>;
+  /** Why the count differs per example, when it does, and how the amount was written. */
+  perExample: { what: string; adaptive: boolean; flowcut: boolean; afterAdaptive: boolean; drop: boolean; amount: "percent" | "count" | "mass" | "above"; keepText: string } | undefined;
+}
+
+/** A plan-time refusal: the sentence, and which part of the stage's text it points at. */
+export interface Refusal {
+  why: string;
+  at: "position" | "layer" | "criterion" | "amount";
+}
+
+/** A stage kind's plan-time check: undefined when the stage may have it (or it does not apply). */
+export type KindCheck = (f: KindFacts) => Refusal | undefined;
+
+/** The rows after the encoder are merged tokens (a fold or a pool), not tokens. */
+export function mergedRows(f: Pick<KindFacts, "afterEncoder" | "model">): boolean {
+  return f.afterEncoder && f.model.encoderOutput !== undefined && f.model.encoderOutput.per.kind !== "token";
+}
+
+/** The spatial merge's node, for messages ("?" when the model reports none). */
+export function mergeNode(f: Pick<KindFacts, "merge">): string {
+  return f.merge?.node ?? "?";
+}
 
 export interface LowerOptions {
   opset: number;
@@ -69,5 +113,7 @@ export interface SelectionModule {
   name: string;
   /** What the lowering emits, for docs and `--explain`. */
   summary: string;
+  /** What the kind needs of the stage and the model, checked by the planner before anything is emitted. */
+  check?: KindCheck;
   select(s: StageSetup): Selection;
 }
