@@ -14,7 +14,17 @@ import { layerCosts, totalFlops, outsideFlops } from "../src/analysis/flops.js";
 import { compile } from "../src/compile.js";
 import { buildDecoder, DECODER, type DecoderOptions } from "../test/support/decoder.js";
 
-const SIZE: DecoderOptions = { ...DECODER, vocab: 512, hidden: 256, layers: 8, heads: 8, kvHeads: 2, headSize: 32, intermediate: 768, maxPositions: 1024 };
+const SIZE: DecoderOptions = {
+  ...DECODER,
+  vocab: 512,
+  hidden: 256,
+  layers: 8,
+  heads: 8,
+  kvHeads: 2,
+  headSize: 32,
+  intermediate: 768,
+  maxPositions: 1024,
+};
 const SPEC = "tokens image = input image_mask\nafter layer 1 drop 75% of image by last-token-attn";
 const IMAGE = 576;
 const SYSTEM = 16;
@@ -29,10 +39,21 @@ function feeds(): Record<string, ort.Tensor> {
   const f: Record<string, ort.Tensor> = {
     input_ids: new ort.Tensor("int64", ids, [1, n]),
     attention_mask: new ort.Tensor("int64", new BigInt64Array(n).fill(1n), [1, n]),
-    position_ids: new ort.Tensor("int64", BigInt64Array.from({ length: n }, (_, i) => BigInt(i)), [1, n]),
+    position_ids: new ort.Tensor(
+      "int64",
+      BigInt64Array.from({ length: n }, (_, i) => BigInt(i)),
+      [1, n],
+    ),
     image_mask: new ort.Tensor("bool", image, [1, n]),
   };
-  for (let l = 0; l < SIZE.layers; l++) for (const kv of ["key", "value"]) f[`past_key_values.${l}.${kv}`] = new ort.Tensor("float32", new Float32Array(0), [1, SIZE.kvHeads, 0, SIZE.headSize]);
+  for (let l = 0; l < SIZE.layers; l++)
+    for (const kv of ["key", "value"])
+      f[`past_key_values.${l}.${kv}`] = new ort.Tensor("float32", new Float32Array(0), [
+        1,
+        SIZE.kvHeads,
+        0,
+        SIZE.headSize,
+      ]);
   return f;
 }
 
@@ -54,7 +75,11 @@ export async function benchDecoder(runs: number): Promise<void> {
   const kv: number[] = [];
   for (let k = 0; k < 2; k++) {
     const out = await sessions[k]!.run(inputs[k]!);
-    kv.push(Object.entries(out).filter(([name]) => name.startsWith("present")).reduce((s, [, t]) => s + (t.data as Float32Array).byteLength, 0));
+    kv.push(
+      Object.entries(out)
+        .filter(([name]) => name.startsWith("present"))
+        .reduce((s, [, t]) => s + (t.data as Float32Array).byteLength, 0),
+    );
   }
   for (let block = 0; block < Math.ceil(runs / 5); block++) {
     for (let k = 0; k < 2; k++) {
@@ -67,8 +92,14 @@ export async function benchDecoder(runs: number): Promise<void> {
     }
   }
   const [d, p] = times.map(median) as [number, number];
-  console.log(`decoder: ${SIZE.layers} layers, hidden ${SIZE.hidden}, GQA ${SIZE.heads}/${SIZE.kvHeads} heads, prompt ${n} tokens (${IMAGE} image); ${SPEC.split("\n")[1]}`);
-  console.log(`prefill ORT CPU batch 1, median of ${times[0]!.length}: dense ${d.toFixed(1)} ms, pruned ${p.toFixed(1)} ms: ${(d / p).toFixed(2)}× (FLOPs-ideal ${ideal.toFixed(2)}×, ratio ${(d / p / ideal).toFixed(2)})`);
-  console.log(`KV cache after prefill: dense ${(kv[0]! / 1024).toFixed(0)} KiB, pruned ${(kv[1]! / 1024).toFixed(0)} KiB (${(kv[0]! / kv[1]!).toFixed(2)}× smaller; layers 2..${SIZE.layers - 1} hold ${kept} of ${n} tokens)`);
+  console.log(
+    `decoder: ${SIZE.layers} layers, hidden ${SIZE.hidden}, GQA ${SIZE.heads}/${SIZE.kvHeads} heads, prompt ${n} tokens (${IMAGE} image); ${SPEC.split("\n")[1]}`,
+  );
+  console.log(
+    `prefill ORT CPU batch 1, median of ${times[0]!.length}: dense ${d.toFixed(1)} ms, pruned ${p.toFixed(1)} ms: ${(d / p).toFixed(2)}× (FLOPs-ideal ${ideal.toFixed(2)}×, ratio ${(d / p / ideal).toFixed(2)})`,
+  );
+  console.log(
+    `KV cache after prefill: dense ${(kv[0]! / 1024).toFixed(0)} KiB, pruned ${(kv[1]! / 1024).toFixed(0)} KiB (${(kv[0]! / kv[1]!).toFixed(2)}× smaller; layers 2..${SIZE.layers - 1} hold ${kept} of ${n} tokens)`,
+  );
   for (const s of sessions) await s.release();
 }

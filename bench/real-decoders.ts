@@ -28,7 +28,8 @@ import { writeSyntheticWeights } from "../test/support/synthetic-weights.js";
 import { uniform } from "../test/support/graph-only-inputs.js";
 import type { Feeds } from "../test/helpers/ort.js";
 
-const toOrt = (f: Feeds): Record<string, ort.Tensor> => Object.fromEntries(Object.entries(f).map(([k, t]) => [k, new ort.Tensor(t.type, t.data as never, [...t.dims])]));
+const toOrt = (f: Feeds): Record<string, ort.Tensor> =>
+  Object.fromEntries(Object.entries(f).map(([k, t]) => [k, new ort.Tensor(t.type, t.data as never, [...t.dims])]));
 
 interface Case {
   name: string;
@@ -44,13 +45,27 @@ const IMAGE = 256;
 const INSTRUCTION = 32;
 const N = SYSTEM + IMAGE + INSTRUCTION;
 const CASES: Case[] = [
-  { name: "gemma-3-4b", rel: "graph-only/gemma-3-4b-vlm/decoder_model_merged.onnx", layers: 4, after: 1, spec: "tokens image = input image_mask\nafter layer 1 drop 75% of image by last-token-attn" },
-  { name: "qwen3.5-0.8b int8", rel: "graph-only/qwen3.5-0.8b-vlm-int8/decoder_model_merged_quantized.onnx", layers: 8, after: 3, spec: "after layer 3 keep 50% by pagerank" },
+  {
+    name: "gemma-3-4b",
+    rel: "graph-only/gemma-3-4b-vlm/decoder_model_merged.onnx",
+    layers: 4,
+    after: 1,
+    spec: "tokens image = input image_mask\nafter layer 1 drop 75% of image by last-token-attn",
+  },
+  {
+    name: "qwen3.5-0.8b int8",
+    rel: "graph-only/qwen3.5-0.8b-vlm-int8/decoder_model_merged_quantized.onnx",
+    layers: 8,
+    after: 3,
+    spec: "after layer 3 keep 50% by pagerank",
+  },
 ];
 
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
 const cacheBytes = (out: ort.InferenceSession.OnnxValueMapType) =>
-  Object.entries(out).filter(([name]) => name.startsWith("present")).reduce((s, [, t]) => s + ((t as ort.Tensor).data as Float32Array).byteLength, 0);
+  Object.entries(out)
+    .filter(([name]) => name.startsWith("present"))
+    .reduce((s, [, t]) => s + ((t as ort.Tensor).data as Float32Array).byteLength, 0);
 
 async function benchOne(c: Case, shared: string, runs: number): Promise<void> {
   const dense = cutDecoder(readFileSync(join(shared, c.rel)), c.layers, 256);
@@ -64,8 +79,14 @@ async function benchOne(c: Case, shared: string, runs: number): Promise<void> {
     writeSyntheticWeights(decodeModel(dense), dir, 1);
     writeFileSync(join(dir, "dense.onnx"), dense);
     writeFileSync(join(dir, "pruned.onnx"), pruned);
-    const sessions = [await ort.InferenceSession.create(join(dir, "dense.onnx")), await ort.InferenceSession.create(join(dir, "pruned.onnx"))];
-    const inputs = [toOrt(decoderFeeds(dense, { embeds, rows: N, total: N })), toOrt(decoderFeeds(pruned, { embeds, rows: N, total: N, image }))];
+    const sessions = [
+      await ort.InferenceSession.create(join(dir, "dense.onnx")),
+      await ort.InferenceSession.create(join(dir, "pruned.onnx")),
+    ];
+    const inputs = [
+      toOrt(decoderFeeds(dense, { embeds, rows: N, total: N })),
+      toOrt(decoderFeeds(pruned, { embeds, rows: N, total: N, image })),
+    ];
     const first = [await sessions[0]!.run(inputs[0]!), await sessions[1]!.run(inputs[1]!)];
     // Tokens the layers after the stage hold: the last attention layer's cache length.
     const lastAttention = info.layers.filter((l) => l.kind === "GroupQueryAttention").at(-1)!.index;
@@ -84,9 +105,15 @@ async function benchOne(c: Case, shared: string, runs: number): Promise<void> {
     const ideal = (fixed + totalFlops(costs, tokens(false))) / (fixed + totalFlops(costs, tokens(true)));
     const [d, p] = times.map(median) as [number, number];
     const [kd, kp] = first.map(cacheBytes) as [number, number];
-    console.log(`${c.name}: ${c.layers} layers (hidden ${info.hidden}), synthetic weights, prompt ${N} tokens (${IMAGE} image); ${c.spec.split("\n").at(-1)}`);
-    console.log(`  prefill ORT CPU batch 1, median of ${runs}: dense ${d.toFixed(0)} ms, pruned ${p.toFixed(0)} ms: ${(d / p).toFixed(2)}× (FLOPs-ideal ${ideal.toFixed(2)}×, ratio ${(d / p / ideal).toFixed(2)}); layers ${c.after + 1}..${c.layers - 1} run ${kept} of ${N} tokens`);
-    console.log(`  caches and states after prefill: dense ${(kd / 2 ** 20).toFixed(2)} MiB, pruned ${(kp / 2 ** 20).toFixed(2)} MiB (${(kd / kp).toFixed(2)}× smaller)`);
+    console.log(
+      `${c.name}: ${c.layers} layers (hidden ${info.hidden}), synthetic weights, prompt ${N} tokens (${IMAGE} image); ${c.spec.split("\n").at(-1)}`,
+    );
+    console.log(
+      `  prefill ORT CPU batch 1, median of ${runs}: dense ${d.toFixed(0)} ms, pruned ${p.toFixed(0)} ms: ${(d / p).toFixed(2)}× (FLOPs-ideal ${ideal.toFixed(2)}×, ratio ${(d / p / ideal).toFixed(2)}); layers ${c.after + 1}..${c.layers - 1} run ${kept} of ${N} tokens`,
+    );
+    console.log(
+      `  caches and states after prefill: dense ${(kd / 2 ** 20).toFixed(2)} MiB, pruned ${(kp / 2 ** 20).toFixed(2)} MiB (${(kd / kp).toFixed(2)}× smaller)`,
+    );
     for (const s of sessions) await s.release();
   } finally {
     rmSync(dir, { recursive: true, force: true });

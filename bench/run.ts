@@ -42,7 +42,9 @@ async function compileTime(modelPath: string, spec: string): Promise<void> {
       comp.push(await time(() => writeAtomic(join(dir, "pruned.onnx"), compile(readFileSync(modelPath), spec).parts)));
     }
     const ratio = median(comp) / median(io);
-    console.log(`compile (read + compile + write) median ${median(comp).toFixed(1)} ms; read + write only ${median(io).toFixed(1)} ms; ratio ${ratio.toFixed(2)}× (goal ≤ 1.5×)`);
+    console.log(
+      `compile (read + compile + write) median ${median(comp).toFixed(1)} ms; read + write only ${median(io).toFixed(1)} ms; ratio ${ratio.toFixed(2)}× (goal ≤ 1.5×)`,
+    );
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -53,14 +55,20 @@ async function main(): Promise<void> {
     console.log(`== vit-ti16 (${VIT}), spec: ${VIT_SPEC}`);
     await compileTime(VIT, VIT_SPEC);
     for (const batch of [1, 8]) {
-      console.log(formatBench(await benchmark(readFileSync(VIT), "vit-ti16", [{ name: VIT_SPEC, text: VIT_SPEC }], { batch, runs })));
+      console.log(
+        formatBench(
+          await benchmark(readFileSync(VIT), "vit-ti16", [{ name: VIT_SPEC, text: VIT_SPEC }], { batch, runs }),
+        ),
+      );
     }
   } else {
     console.log(`(vit-ti16 not found at ${VIT}: ../shared is missing; skipping its benchmarks)`);
   }
   if (existsSync(DIGITS)) {
     const specDir = join(root, "examples", "digits");
-    const specs = ["cls-attn-25.prune", "best.prune"].filter((f) => existsSync(join(specDir, f))).map((f) => ({ name: f, text: readFileSync(join(specDir, f), "utf8") }));
+    const specs = ["cls-attn-25.prune", "best.prune"]
+      .filter((f) => existsSync(join(specDir, f)))
+      .map((f) => ({ name: f, text: readFileSync(join(specDir, f), "utf8") }));
     console.log(`\n== digits (${DIGITS})`);
     console.log(formatBench(await benchmark(readFileSync(DIGITS), "digits", specs, { batch: 32, runs })));
   }

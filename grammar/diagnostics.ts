@@ -69,7 +69,7 @@ export function formatDiagnostic(d: Diagnostic, source: string | SourceLines): s
       start = start - from + lead.length;
       end = Math.min(end - from + lead.length, src.length + 1);
     }
-    out.push(` ${d.line} |${src === "" ? "" : " " + src}`);
+    out.push(` ${d.line} |${src === "" ? "" : ` ${src}`}`);
     const width = Math.max(1, end - start);
     let pad = "";
     for (let i = 0; i < start - 1; i++) pad += src[i] === "\t" ? "\t" : " ";

@@ -34,11 +34,30 @@ export const By = keyword("by");
 export const With = keyword("with");
 
 export const KEYWORDS: readonly TokenType[] = [
-  Model, Tokens, Input, After, Before, In, Layer, Encoder, Keep, Drop, Merge, Mass, Above, Of, By, With,
+  Model,
+  Tokens,
+  Input,
+  After,
+  Before,
+  In,
+  Layer,
+  Encoder,
+  Keep,
+  Drop,
+  Merge,
+  Mass,
+  Above,
+  Of,
+  By,
+  With,
 ];
 
 /** A decimal number, optionally negative, with optional fraction and exponent (`8..10` lexes as 8, `..`, 10). */
-export const NumberLit = createToken({ name: "Number", label: "a number", pattern: /-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?/ });
+export const NumberLit = createToken({
+  name: "Number",
+  label: "a number",
+  pattern: /-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?/,
+});
 export const Percent = createToken({ name: "Percent", label: "'%'", pattern: "%" });
 export const DotDot = createToken({ name: "DotDot", label: "'..'", pattern: ".." });
 export const LParen = createToken({ name: "LParen", label: "'('", pattern: "(" });
@@ -53,11 +72,36 @@ const Comment = createToken({ name: "Comment", pattern: /#[^\r\n]*/, group: Lexe
 
 /** Token types the parser sees (separators are removed before parsing). */
 export const PARSER_TOKENS: readonly TokenType[] = [
-  Word, ...KEYWORDS, Identifier, NumberLit, Percent, DotDot, LParen, RParen, Comma, Colon, Equals,
+  Word,
+  ...KEYWORDS,
+  Identifier,
+  NumberLit,
+  Percent,
+  DotDot,
+  LParen,
+  RParen,
+  Comma,
+  Colon,
+  Equals,
 ];
 
 const lexer = new Lexer(
-  [WhiteSpace, Comment, Newline, Semicolon, ...KEYWORDS, Identifier, NumberLit, Percent, DotDot, LParen, RParen, Comma, Colon, Equals],
+  [
+    WhiteSpace,
+    Comment,
+    Newline,
+    Semicolon,
+    ...KEYWORDS,
+    Identifier,
+    NumberLit,
+    Percent,
+    DotDot,
+    LParen,
+    RParen,
+    Comma,
+    Colon,
+    Equals,
+  ],
   { positionTracking: "onlyOffset", ensureOptimizations: true },
 );
 

@@ -16,8 +16,33 @@
  */
 import { EmbeddedActionsParser, type IToken } from "chevrotain";
 import {
-  Above, After, Before, By, Colon, Identifier, Comma, DotDot, Encoder, Equals, In, Input, Keep, Drop, Layer, LParen, Mass,
-  Merge, Model, NumberLit, Of, PARSER_TOKENS, Percent, RParen, Tokens, With, Word,
+  Above,
+  After,
+  Before,
+  By,
+  Colon,
+  Identifier,
+  Comma,
+  DotDot,
+  Encoder,
+  Equals,
+  In,
+  Input,
+  Keep,
+  Drop,
+  Layer,
+  LParen,
+  Mass,
+  Merge,
+  Model,
+  NumberLit,
+  Of,
+  PARSER_TOKENS,
+  Percent,
+  RParen,
+  Tokens,
+  With,
+  Word,
 } from "./lexer.js";
 import type { RawAmount, RawArg, RawPosition, RawStage, RawStatement, RawValue } from "./syntax.js";
 
@@ -27,12 +52,14 @@ export class SpecParser extends EmbeddedActionsParser {
     this.performSelfAnalysis();
   }
 
-  readonly statement = this.RULE("statement", (): RawStatement =>
-    this.OR<RawStatement>([
-      { ALT: () => this.SUBRULE(this.modelStatement) },
-      { ALT: () => this.SUBRULE(this.tokensStatement) },
-      { ALT: () => this.SUBRULE(this.stageStatement) },
-    ]),
+  readonly statement = this.RULE(
+    "statement",
+    (): RawStatement =>
+      this.OR<RawStatement>([
+        { ALT: () => this.SUBRULE(this.modelStatement) },
+        { ALT: () => this.SUBRULE(this.tokensStatement) },
+        { ALT: () => this.SUBRULE(this.stageStatement) },
+      ]),
   );
 
   private readonly modelStatement = this.RULE("modelStatement", (): RawStatement => {
@@ -45,8 +72,18 @@ export class SpecParser extends EmbeddedActionsParser {
     const name = this.CONSUME1(Identifier);
     this.CONSUME(Equals);
     return this.OR([
-      { ALT: () => { this.CONSUME(Input); return { kind: "tokens", name, sourceKind: "input", source: this.CONSUME2(Identifier) }; } },
-      { ALT: () => { this.CONSUME(After); return { kind: "tokens", name, sourceKind: "after", source: this.CONSUME3(Identifier) }; } },
+      {
+        ALT: () => {
+          this.CONSUME(Input);
+          return { kind: "tokens", name, sourceKind: "input", source: this.CONSUME2(Identifier) };
+        },
+      },
+      {
+        ALT: () => {
+          this.CONSUME(After);
+          return { kind: "tokens", name, sourceKind: "after", source: this.CONSUME3(Identifier) };
+        },
+      },
     ]);
   });
 
@@ -91,74 +128,85 @@ export class SpecParser extends EmbeddedActionsParser {
     return stage;
   });
 
-  private readonly position = this.RULE("position", (): RawPosition =>
-    this.OR([
-      {
-        ALT: () => {
-          const first = this.CONSUME(After);
-          return this.OR1([
-            { ALT: () => { this.CONSUME(Layer); return { kind: "after-layer", first, layer: this.CONSUME(NumberLit) }; } },
-            { ALT: () => ({ kind: "after-encoder", first, last: this.CONSUME(Encoder) }) },
-          ]);
+  private readonly position = this.RULE(
+    "position",
+    (): RawPosition =>
+      this.OR([
+        {
+          ALT: () => {
+            const first = this.CONSUME(After);
+            return this.OR1([
+              {
+                ALT: () => {
+                  this.CONSUME(Layer);
+                  return { kind: "after-layer", first, layer: this.CONSUME(NumberLit) };
+                },
+              },
+              { ALT: () => ({ kind: "after-encoder", first, last: this.CONSUME(Encoder) }) },
+            ]);
+          },
         },
-      },
-      {
-        ALT: () => {
-          const first = this.CONSUME(In);
-          this.CONSUME1(Layer);
-          return { kind: "in-layer", first, layer: this.CONSUME1(NumberLit) };
+        {
+          ALT: () => {
+            const first = this.CONSUME(In);
+            this.CONSUME1(Layer);
+            return { kind: "in-layer", first, layer: this.CONSUME1(NumberLit) };
+          },
         },
-      },
-      {
-        ALT: () => {
-          const first = this.CONSUME(Before);
-          this.CONSUME2(Layer);
-          return { kind: "before-layer", first, layer: this.CONSUME2(NumberLit) };
+        {
+          ALT: () => {
+            const first = this.CONSUME(Before);
+            this.CONSUME2(Layer);
+            return { kind: "before-layer", first, layer: this.CONSUME2(NumberLit) };
+          },
         },
-      },
-    ]),
+      ]),
   );
 
-  private readonly amount = this.RULE("amount", (): RawAmount =>
-    this.OR([
-      {
-        ALT: () => {
-          const number = this.CONSUME(NumberLit);
-          return this.OR1([
-            { ALT: () => ({ kind: "percent", number, last: this.CONSUME(Percent) }) },
-            { ALT: () => ({ kind: "count", number, last: this.CONSUME(Tokens) }) },
-            { ALT: () => ({ kind: "count", number, last: number }) },
-          ]);
+  private readonly amount = this.RULE(
+    "amount",
+    (): RawAmount =>
+      this.OR([
+        {
+          ALT: () => {
+            const number = this.CONSUME(NumberLit);
+            return this.OR1([
+              { ALT: () => ({ kind: "percent", number, last: this.CONSUME(Percent) }) },
+              { ALT: () => ({ kind: "count", number, last: this.CONSUME(Tokens) }) },
+              { ALT: () => ({ kind: "count", number, last: number }) },
+            ]);
+          },
         },
-      },
-      {
-        ALT: () => {
-          const first = this.CONSUME(Mass);
-          const number = this.CONSUME1(NumberLit);
-          return { kind: "mass", first, number, last: this.CONSUME1(Percent) };
+        {
+          ALT: () => {
+            const first = this.CONSUME(Mass);
+            const number = this.CONSUME1(NumberLit);
+            return { kind: "mass", first, number, last: this.CONSUME1(Percent) };
+          },
         },
-      },
-      {
-        ALT: () => {
-          const first = this.CONSUME(Above);
-          return { kind: "above", first, number: this.CONSUME2(NumberLit) };
+        {
+          ALT: () => {
+            const first = this.CONSUME(Above);
+            return { kind: "above", first, number: this.CONSUME2(NumberLit) };
+          },
         },
-      },
-    ]),
+      ]),
   );
 
-  private readonly arg = this.RULE("arg", (): RawArg =>
-    this.OR([
-      {
-        ALT: () => {
-          const name = this.CONSUME(Word);
-          this.CONSUME(Colon);
-          const { value, first, last } = this.SUBRULE(this.value);
-          return { name, value, first, last };
+  private readonly arg = this.RULE(
+    "arg",
+    (): RawArg =>
+      this.OR([
+        {
+          ALT: () => {
+            const name = this.CONSUME(Word);
+            this.CONSUME(Colon);
+            const { value, first, last } = this.SUBRULE(this.value);
+            return { name, value, first, last };
+          },
         },
-      },
-      { ALT: () => this.SUBRULE1(this.value) },
-    ]),
+        { ALT: () => this.SUBRULE1(this.value) },
+      ]),
   );
 
   private readonly value = this.RULE("value", (): { value: RawValue; first: IToken; last: IToken } =>

@@ -37,7 +37,8 @@ const ARG_NAME = /^[A-Za-z_][A-Za-z0-9_-]*$/;
 export function createRegistry(criteria: readonly CriterionInfo[]): CriterionRegistry {
   const byName = new Map<string, CriterionInfo>();
   for (const info of criteria) {
-    if (!NAME.test(info.name)) throw new Error(`criterion name '${info.name}' must be lower case letters, digits and '-'`);
+    if (!NAME.test(info.name))
+      throw new Error(`criterion name '${info.name}' must be lower case letters, digits and '-'`);
     if (byName.has(info.name)) throw new Error(`criterion '${info.name}' is registered twice`);
     for (const arg of Object.keys(info.args)) {
       if (!ARG_NAME.test(arg)) throw new Error(`criterion '${info.name}': bad argument name '${arg}'`);
@@ -51,7 +52,10 @@ export function createRegistry(criteria: readonly CriterionInfo[]): CriterionReg
 }
 
 /** The written arguments completed with the declared defaults, in declared order. */
-export function argsWithDefaults(info: CriterionInfo, args: Readonly<Record<string, ArgValue>>): Record<string, ArgValue> {
+export function argsWithDefaults(
+  info: CriterionInfo,
+  args: Readonly<Record<string, ArgValue>>,
+): Record<string, ArgValue> {
   const out: Record<string, ArgValue> = {};
   for (const [name, arg] of Object.entries(info.args)) {
     const value = args[name] ?? arg.default;

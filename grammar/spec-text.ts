@@ -48,7 +48,10 @@ export function invalidUtf8At(b: Uint8Array): number {
 }
 
 function isControl(code: number): boolean {
-  return (code < 0x20 && code !== 0x09 && code !== 0x0a && code !== 0x0b && code !== 0x0c && code !== 0x0d) || (code >= 0x7f && code <= 0x9f);
+  return (
+    (code < 0x20 && code !== 0x09 && code !== 0x0a && code !== 0x0b && code !== 0x0c && code !== 0x0d) ||
+    (code >= 0x7f && code <= 0x9f)
+  );
 }
 
 /** Why these bytes are not a text file, or undefined when they are. */
@@ -70,7 +73,10 @@ export function binaryReason(bytes: Uint8Array): string | undefined {
  * `FILE: not a .prune file: binary content (a NUL byte at offset 4)`.
  */
 export function decodeSpec(bytes: Uint8Array, file: string): SpecText {
-  const fail = (why: string): SpecText => ({ ok: false, message: `${file}: not a .prune file: binary content (${why})` });
+  const fail = (why: string): SpecText => ({
+    ok: false,
+    message: `${file}: not a .prune file: binary content (${why})`,
+  });
   const reason = binaryReason(bytes);
   if (reason !== undefined) return fail(reason);
   // Valid UTF-8 by now; the decoder drops a UTF-8 byte order mark.

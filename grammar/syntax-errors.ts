@@ -1,7 +1,25 @@
 /** Turns a chevrotain recognition error into a Diagnostic that names what was expected and what was found. */
 import { EOF, type IRecognitionException, type IToken, type TokenType } from "chevrotain";
 import { clip, diagnosticAt, type Diagnostic } from "./diagnostics.js";
-import { After, By, Colon, Comma, Identifier, Input, KEYWORDS, LParen, Model, NumberLit, Of, RParen, Semicolon, Tokens, With, Word } from "./lexer.js";
+import type { Span } from "./ir.js";
+import {
+  After,
+  By,
+  Colon,
+  Comma,
+  Identifier,
+  Input,
+  KEYWORDS,
+  LParen,
+  Model,
+  NumberLit,
+  Of,
+  RParen,
+  Semicolon,
+  Tokens,
+  With,
+  Word,
+} from "./lexer.js";
 import type { SpecParser } from "./parser.js";
 import type { SourceLines } from "./source.js";
 import { closest } from "./suggest.js";
@@ -49,8 +67,10 @@ function describeExpected(expected: readonly Expected[], before: readonly IToken
   for (const e of expected) {
     let text: string;
     if (e === END) text = "end of statement";
-    else if (list === "argument" && (e === Word || e === NumberLit)) text = previous?.tokenType === Colon ? "a value" : "an argument";
-    else if (e === Word || e === Identifier) text = (list === "option" ? "an option name" : previous && NAME_AFTER.get(previous.tokenType)) ?? "a name";
+    else if (list === "argument" && (e === Word || e === NumberLit))
+      text = previous?.tokenType === Colon ? "a value" : "an argument";
+    else if (e === Word || e === Identifier)
+      text = (list === "option" ? "an option name" : previous && NAME_AFTER.get(previous.tokenType)) ?? "a name";
     else text = e.LABEL ?? e.name;
     if (!out.includes(text)) out.push(text);
   }
@@ -131,7 +151,7 @@ export function syntaxDiagnostic(
   if (first.name === "NotAllInputParsedException" || expected.length === 0) expected.push(END);
 
   // Where to point, and how to name what is there.
-  let span;
+  let span: Span;
   let foundText: string;
   if (!endOfStatement) {
     const t = stmt.tokens[index]!;

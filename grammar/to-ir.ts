@@ -2,8 +2,16 @@
 import type { IToken } from "chevrotain";
 import { clip, diagnosticAt, type Diagnostic } from "./diagnostics.js";
 import {
-  STAGE_OPTIONS, type Action, type Amount, type ArgValue, type ModelHint, type Span, type StageIR, type StageOption,
-  type StagePosition, type TokenSetDecl,
+  STAGE_OPTIONS,
+  type Action,
+  type Amount,
+  type ArgValue,
+  type ModelHint,
+  type Span,
+  type StageIR,
+  type StageOption,
+  type StagePosition,
+  type TokenSetDecl,
 } from "./ir.js";
 import type { ArgType, CriterionInfo, CriterionRegistry } from "./registry.js";
 import type { SourceLines } from "./source.js";
@@ -78,7 +86,8 @@ class Builder {
     const parts: IRParts = { tokenSets: [], stages: [] };
     const setLines = new Map<string, number>(); // every declared set -> line of its first declaration
     for (const s of statements) {
-      if (s.raw.kind === "tokens" && !setLines.has(s.raw.name.image)) setLines.set(s.raw.name.image, this.span(s.raw.name).line);
+      if (s.raw.kind === "tokens" && !setLines.has(s.raw.name.image))
+        setLines.set(s.raw.name.image, this.span(s.raw.name).line);
     }
     const setNames: ReadonlySet<string> = new Set(setLines.keys()); // built once, not per stage
     const declared = new Set<string>();
@@ -86,7 +95,8 @@ class Builder {
       const raw = s.raw;
       if (raw.kind === "model") {
         const span = this.span(raw.name);
-        if (parts.model !== undefined) this.error(span, `the model hint is already given on line ${parts.model.span.line}`);
+        if (parts.model !== undefined)
+          this.error(span, `the model hint is already given on line ${parts.model.span.line}`);
         else parts.model = { name: raw.name.image.toLowerCase(), span };
       } else if (raw.kind === "tokens") {
         const decl = this.tokenSet(raw, s, declared, setLines);
@@ -125,7 +135,8 @@ class Builder {
           this.error(sourceSpan, `token set '${clip(ref)}' is used before its declaration on line ${later}`);
         } else {
           const suggestion = closestSet(ref, declaredBefore);
-          const hint = suggestion === undefined && declaredBefore.size > 0 ? ` (declared so far: ${list(declaredBefore)})` : "";
+          const hint =
+            suggestion === undefined && declaredBefore.size > 0 ? ` (declared so far: ${list(declaredBefore)})` : "";
           this.error(sourceSpan, `unknown token set '${clip(ref)}'${hint}`, suggestion);
         }
         ok = false;
@@ -173,12 +184,18 @@ class Builder {
     if (a !== undefined) {
       const numberSpan = this.span(a.number);
       const value = num(a.number);
-      amountSpan = this.span(a.kind === "mass" || a.kind === "above" ? a.first : a.number, a.kind === "above" ? a.number : a.last);
+      amountSpan = this.span(
+        a.kind === "mass" || a.kind === "above" ? a.first : a.number,
+        a.kind === "above" ? a.number : a.last,
+      );
       if (a.kind === "percent" && !(value > 0 && value <= 100)) {
         this.error(numberSpan, `amount must be in (0, 100]%, got ${clip(a.number.image)}%`);
       } else if ((a.kind === "percent" || a.kind === "mass") && tooPrecise(value)) {
         // Counts are computed in integers from the percentage as written (passes/amount.ts).
-        this.error(numberSpan, `a percentage has at most ${MAX_PERCENT_DECIMALS} decimal places, got ${clip(a.number.image)}%`);
+        this.error(
+          numberSpan,
+          `a percentage has at most ${MAX_PERCENT_DECIMALS} decimal places, got ${clip(a.number.image)}%`,
+        );
       } else if (a.kind === "count" && !(Number.isSafeInteger(value) && value > 0)) {
         this.error(numberSpan, `token count must be a positive integer, got ${clip(a.number.image)}`);
       } else if (a.kind === "mass" && !(value > 0 && value <= 100)) {
@@ -209,7 +226,11 @@ class Builder {
     let args: Record<string, ArgValue> = {};
     let argSpans: Record<string, Span> = {};
     if (info === undefined) {
-      this.error(criterionSpan, `unknown criterion '${clip(raw.criterion.image)}'`, closest(criterionName, this.registry.names()));
+      this.error(
+        criterionSpan,
+        `unknown criterion '${clip(raw.criterion.image)}'`,
+        closest(criterionName, this.registry.names()),
+      );
     } else {
       ({ args, argSpans } = this.args(info, raw.args));
     }
@@ -223,7 +244,11 @@ class Builder {
       const known = STAGE_OPTIONS.find((o) => o === name);
       if (known === undefined) {
         const suggestion = closest(name, STAGE_OPTIONS);
-        this.error(span, `unknown option '${clip(t.image)}'${suggestion === undefined ? ` (options: ${list(STAGE_OPTIONS)})` : ""}`, suggestion);
+        this.error(
+          span,
+          `unknown option '${clip(t.image)}'${suggestion === undefined ? ` (options: ${list(STAGE_OPTIONS)})` : ""}`,
+          suggestion,
+        );
       } else if (options.includes(known)) {
         this.error(span, `option '${known}' is given twice`);
       } else {
@@ -252,7 +277,10 @@ class Builder {
   }
 
   /** Binds positional and named arguments to the declared ones and checks their types. */
-  private args(info: CriterionInfo, raws: readonly RawArg[]): { args: Record<string, ArgValue>; argSpans: Record<string, Span> } {
+  private args(
+    info: CriterionInfo,
+    raws: readonly RawArg[],
+  ): { args: Record<string, ArgValue>; argSpans: Record<string, Span> } {
     const declared = Object.keys(info.args);
     const byLower = new Map(declared.map((n) => [n.toLowerCase(), n] as const));
     const bound = new Map<string, { value: ArgValue; span: Span }>();
@@ -268,7 +296,10 @@ class Builder {
         }
         name = declared[positional++];
         if (name === undefined) {
-          const takes = declared.length === 0 ? "takes no arguments" : `takes at most ${declared.length} argument${declared.length === 1 ? "" : "s"} (${list(declared)})`;
+          const takes =
+            declared.length === 0
+              ? "takes no arguments"
+              : `takes at most ${declared.length} argument${declared.length === 1 ? "" : "s"} (${list(declared)})`;
           this.error(valueSpan, `criterion '${info.name}' ${takes}`);
           continue;
         }
@@ -279,8 +310,16 @@ class Builder {
         if (name === undefined) {
           const suggestion = closest(written, declared);
           const hint =
-            suggestion !== undefined ? "" : declared.length === 0 ? ` ('${info.name}' takes no arguments)` : ` (it takes: ${list(declared)})`;
-          this.error(this.span(raw.name), `unknown argument '${clip(written)}' for criterion '${info.name}'${hint}`, suggestion);
+            suggestion !== undefined
+              ? ""
+              : declared.length === 0
+                ? ` ('${info.name}' takes no arguments)`
+                : ` (it takes: ${list(declared)})`;
+          this.error(
+            this.span(raw.name),
+            `unknown argument '${clip(written)}' for criterion '${info.name}'${hint}`,
+            suggestion,
+          );
           continue;
         }
       }
@@ -307,7 +346,10 @@ class Builder {
   private argValue(v: RawValue, type: ArgType, name: string, criterion: string, span: Span): ArgValue | undefined {
     const got = v.kind === "range" ? `${clip(v.lo.image)}..${clip(v.hi.image)}` : clip(v.token.image);
     const wrong = (what: string): undefined => {
-      this.error(span, `argument '${name}' of '${criterion}' must be ${what}, got ${v.kind === "identifier" ? `'${got}'` : got}`);
+      this.error(
+        span,
+        `argument '${name}' of '${criterion}' must be ${what}, got ${v.kind === "identifier" ? `'${got}'` : got}`,
+      );
       return undefined;
     };
     switch (type) {

@@ -65,16 +65,26 @@ export function countPerExample(b: NodeBuilder, amount: AdaptiveAmount, x: Count
       const n = b.slice(b.op("Shape", [positive]), 0, 1, 2);
       const [sorted] = b.opN("TopK", [positive, n], 2, { axis: -1, largest: 1, sorted: 1 });
       const before = b.op("CumSum", [sorted!, b.int64([1], [], "axis")], { exclusive: 1 }, "mass_before");
-      const target = b.op("Mul", [b.reduce("ReduceSum", positive, [1], 1), b.float([amount.value / 100], [], "mass")], {}, "mass_target");
+      const target = b.op(
+        "Mul",
+        [b.reduce("ReduceSum", positive, [1], 1), b.float([amount.value / 100], [], "mass")],
+        {},
+        "mass_target",
+      );
       const hits = b.op("Less", [before, target], {}, "still_needed");
       count = b.reduce("ReduceSum", b.op("Cast", [hits], { to: 7 }), [1], 1);
       break;
     }
     case "percent":
-      count = x.minimum === 0 ? setCount(b, x.real, amount.value, amount.drop) : keepCountDynamic(b, x.real, amount.value, amount.drop);
+      count =
+        x.minimum === 0
+          ? setCount(b, x.real, amount.value, amount.drop)
+          : keepCountDynamic(b, x.real, amount.value, amount.drop);
       break;
     case "count":
-      count = amount.drop ? b.op("Sub", [x.real, b.int64([amount.value], [1, 1], "dropped")], {}, "remaining") : b.int64([amount.value], [1, 1], "kept");
+      count = amount.drop
+        ? b.op("Sub", [x.real, b.int64([amount.value], [1, 1], "dropped")], {}, "remaining")
+        : b.int64([amount.value], [1, 1], "kept");
       break;
     case "flowcut":
       count = flowcutCount(b, amount, x);
@@ -97,13 +107,23 @@ function flowcutCount(b: NodeBuilder, amount: { target: number; rpl: number }, x
   const a = x.clsAttention!();
   const p = b.op("Div", [a, b.reduce("ReduceSum", a, [1], 1)], {}, "attention_share");
   // p·ln p, with 0·ln 0 = 0 (padding has p = 0).
-  const plogp = b.op("Where", [b.op("Greater", [p, b.float([0], [], "zero")]), b.op("Mul", [p, b.op("Log", [p])]), b.float([0], [], "zero_term")], {}, "p_log_p");
+  const plogp = b.op(
+    "Where",
+    [b.op("Greater", [p, b.float([0], [], "zero")]), b.op("Mul", [p, b.op("Log", [p])]), b.float([0], [], "zero_term")],
+    {},
+    "p_log_p",
+  );
   const entropy = b.op("Neg", [b.reduce("ReduceSum", plogp, [1], 1)], {}, "entropy");
   const n = b.op("Cast", [x.real], { to: 1 }, "n");
   const ratio = b.op("Div", [entropy, b.op("Log", [n])], {}, "entropy_ratio");
   const spread = b.op("Sub", [b.float([1], [], "one"), b.op("Mul", [ratio, ratio])], {}, "one_minus_ratio_sq");
   const excess = b.op("Sub", [n, b.float([amount.target], [], "target_f")], {}, "excess");
-  const prune = b.op("Mul", [b.op("Div", [excess, b.float([Math.sqrt(amount.rpl)], [], "sqrt_rpl")]), spread], {}, "prune");
+  const prune = b.op(
+    "Mul",
+    [b.op("Div", [excess, b.float([Math.sqrt(amount.rpl)], [], "sqrt_rpl")]), spread],
+    {},
+    "prune",
+  );
   // torch .round() rounds half to even, as ONNX Round does.
   const pruneCount = b.op("Cast", [b.op("Round", [prune])], { to: 7 }, "prune_count");
   return b.op("Max", [b.op("Sub", [x.real, pruneCount]), target], {}, "flowcut_count");
@@ -120,7 +140,12 @@ export function selectAdaptive(b: NodeBuilder, ranked: string, count: string, pr
   let padBias = b.op("Where", [padding, b.float([-1e9], [], "masked"), b.float([0], [], "kept")], {}, "pad_bias");
   if (prefix > 0) {
     const shape = b.op("Concat", [b.slice(b.op("Shape", [padBias]), 0, 0, 1), b.int64([prefix])], { axis: 0 });
-    const special = b.op("Expand", [b.float(Array(prefix).fill(0), [1, prefix], "prefix_bias"), shape], {}, "prefix_bias");
+    const special = b.op(
+      "Expand",
+      [b.float(Array(prefix).fill(0), [1, prefix], "prefix_bias"), shape],
+      {},
+      "prefix_bias",
+    );
     padBias = b.op("Concat", [special, padBias], { axis: 1 }, "pad_bias_all");
   }
   const isPad = b.op("Less", [padBias, b.float([0], [], "zero_bias")], {}, "is_padding");

@@ -22,7 +22,12 @@ export class NodeBuilder {
   }
 
   /** Add a node with one output; returns the output tensor name. */
-  op(opType: string, inputs: string[], attrs: Record<string, AttrValue | { float: number }> = {}, label?: string): string {
+  op(
+    opType: string,
+    inputs: string[],
+    attrs: Record<string, AttrValue | { float: number }> = {},
+    label?: string,
+  ): string {
     const name = this.fresh(label ?? opType);
     const out = `${name}_output`;
     this.nodes.push(makeNode(opType, inputs, [out], name, attrs));
@@ -30,7 +35,12 @@ export class NodeBuilder {
   }
 
   /** Add a node with several outputs. */
-  opN(opType: string, inputs: string[], outputs: number, attrs: Record<string, AttrValue | { float: number }> = {}): string[] {
+  opN(
+    opType: string,
+    inputs: string[],
+    outputs: number,
+    attrs: Record<string, AttrValue | { float: number }> = {},
+  ): string[] {
     const name = this.fresh(opType);
     const outs = Array.from({ length: outputs }, (_, i) => `${name}_output${i}`);
     this.nodes.push(makeNode(opType, inputs, outs, name, attrs));
@@ -50,8 +60,14 @@ export class NodeBuilder {
   }
 
   /** A Reduce* op in the form the opset wants (axes became an input in opset 13 for ReduceSum, 18 for the others). */
-  reduce(op: "ReduceMean" | "ReduceL2" | "ReduceSum" | "ReduceMax", x: string, axes: number[], keepdims: 0 | 1): string {
-    if (this.opset >= (op === "ReduceSum" ? 13 : 18)) return this.op(op, [x, this.int64(axes, undefined, "axes")], { keepdims });
+  reduce(
+    op: "ReduceMean" | "ReduceL2" | "ReduceSum" | "ReduceMax",
+    x: string,
+    axes: number[],
+    keepdims: 0 | 1,
+  ): string {
+    if (this.opset >= (op === "ReduceSum" ? 13 : 18))
+      return this.op(op, [x, this.int64(axes, undefined, "axes")], { keepdims });
     return this.op(op, [x], { axes, keepdims });
   }
 

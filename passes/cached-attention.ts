@@ -22,17 +22,26 @@ export const CACHED_INPUTS = { seqlens: 5, total: 6, bias: 10 } as const;
  * Replacements for the GroupQueryAttention nodes of layers `from`..: per-layer sequence lengths
  * and key-padding bias; `keyBias` [B, N'] (padding of a per-example stage, or undefined) is added.
  */
-export function rewriteCachedAttention(b: NodeBuilder, model: TransformerInfo, dense: TransformerInfo, from: number, keyBias: string | undefined): Map<NodeProto, NodeProto> {
+export function rewriteCachedAttention(
+  b: NodeBuilder,
+  model: TransformerInfo,
+  dense: TransformerInfo,
+  from: number,
+  keyBias: string | undefined,
+): Map<NodeProto, NodeProto> {
   const out = new Map<NodeProto, NodeProto>();
   for (const l of model.layers.slice(from)) {
     const core = l.core;
-    if (!core || core.kind !== "GroupQueryAttention") continue;
+    if (core?.kind !== "GroupQueryAttention") continue;
     const n = core.anchor;
     const inputs = [...n.input];
     while (inputs.length <= CACHED_INPUTS.bias) inputs.push("");
     // Start from the dense model's inputs: an earlier stage's padding is never kept as a real token.
     const denseCore = dense.layers[l.index]?.core;
-    if (!denseCore) throw new Error(`layer ${l.index}: the dense model has no attention core for this cached GroupQueryAttention layer (checked by the plan)`);
+    if (!denseCore)
+      throw new Error(
+        `layer ${l.index}: the dense model has no attention core for this cached GroupQueryAttention layer (checked by the plan)`,
+      );
     const original = denseCore.anchor.input;
     inputs[CACHED_INPUTS.seqlens] = original[CACHED_INPUTS.seqlens] ?? "";
     inputs[CACHED_INPUTS.total] = original[CACHED_INPUTS.total] ?? "";
@@ -44,17 +53,40 @@ export function rewriteCachedAttention(b: NodeBuilder, model: TransformerInfo, d
     const total = b.op("Add", [past, queryLength], {}, `layer${l.index}_total`); // int64 [1]
     if (inputs[CACHED_INPUTS.total]) {
       // Keep the original's rank (scalar or [1]).
-      inputs[CACHED_INPUTS.total] = b.op("Reshape", [b.op("Cast", [total], { to: 6 }), b.op("Shape", [inputs[CACHED_INPUTS.total]!])], {}, `layer${l.index}_total_sequence_length`);
+      inputs[CACHED_INPUTS.total] = b.op(
+        "Reshape",
+        [b.op("Cast", [total], { to: 6 }), b.op("Shape", [inputs[CACHED_INPUTS.total]!])],
+        {},
+        `layer${l.index}_total_sequence_length`,
+      );
     }
     if (inputs[CACHED_INPUTS.seqlens]) {
       const last = b.op("Cast", [b.op("Sub", [total, b.int64([1], [1], "one")])], { to: 6 });
       inputs[CACHED_INPUTS.seqlens] = b.op("Expand", [last, batch], {}, `layer${l.index}_seqlens_k`);
     }
     let bias = inputs[CACHED_INPUTS.bias] || undefined;
-    if (bias) bias = b.op("Slice", [bias, b.int64([0, 0], [2], "starts"), b.op("Concat", [queryLength, total], { axis: 0 }), b.int64([2, 3], [2], "axes")], {}, `layer${l.index}_attention_bias`);
+    if (bias)
+      bias = b.op(
+        "Slice",
+        [
+          bias,
+          b.int64([0, 0], [2], "starts"),
+          b.op("Concat", [queryLength, total], { axis: 0 }),
+          b.int64([2, 3], [2], "axes"),
+        ],
+        {},
+        `layer${l.index}_attention_bias`,
+      );
     if (keyBias) {
       const keys = b.unsqueeze(keyBias, [1, 2]); // [B,1,1,N'] (N' = 1 at decode steps: broadcast)
-      bias = bias ? b.op("Add", [bias, keys], {}, `layer${l.index}_skip_padding`) : b.op("Expand", [keys, b.op("Concat", [b.int64([1, 1]), queryLength, b.int64([1])], { axis: 0 })], {}, `layer${l.index}_padding_bias`);
+      bias = bias
+        ? b.op("Add", [bias, keys], {}, `layer${l.index}_skip_padding`)
+        : b.op(
+            "Expand",
+            [keys, b.op("Concat", [b.int64([1, 1]), queryLength, b.int64([1])], { axis: 0 })],
+            {},
+            `layer${l.index}_padding_bias`,
+          );
     }
     if (bias) inputs[CACHED_INPUTS.bias] = bias;
     out.set(n, shallowCopy(n, { input: inputs }));

@@ -56,11 +56,23 @@ export interface CarryContext {
   batched: boolean;
 }
 
-function tokenAxes(ctx: CarryContext, node: NodeProto, slot: number, t: string, below: ReadonlySet<string>): TokenAxes | undefined {
+function tokenAxes(
+  ctx: CarryContext,
+  node: NodeProto,
+  slot: number,
+  t: string,
+  below: ReadonlySet<string>,
+): TokenAxes | undefined {
   // RotaryEmbedding fed ids computed from the stream's own shape (0..B·N−1, as Qwen3.5's M-RoPE
   // exports number them) reads its cos/sin inputs as per-token tables, one row per (example,
   // token), computed from the caller's positions: those rows follow the kept tokens.
-  if (node.opType === "RotaryEmbedding" && (slot === 2 || slot === 3) && node.input[1] && below.has(node.input[1]) && !ctx.graph.isConstant(t)) {
+  if (
+    node.opType === "RotaryEmbedding" &&
+    (slot === 2 || slot === 3) &&
+    node.input[1] &&
+    below.has(node.input[1]) &&
+    !ctx.graph.isConstant(t)
+  ) {
     return { axes: [0], rank: 2, flat: true };
   }
   if (NOT_TOKEN_ROWS[node.opType]?.includes(slot)) return undefined;
@@ -69,7 +81,9 @@ function tokenAxes(ctx: CarryContext, node: NodeProto, slot: number, t: string, 
   const shape = ctx.shapes.get(t);
   if (!shape) return undefined;
   const constant = ctx.graph.isConstant(t);
-  const special = (node.opType === "MultiHeadAttention" && (slot === 4 || slot === 5)) || (node.opType === "RotaryEmbedding" && slot === 1);
+  const special =
+    (node.opType === "MultiHeadAttention" && (slot === 4 || slot === 5)) ||
+    (node.opType === "RotaryEmbedding" && slot === 1);
   // A constant joins the stream only through elementwise ops; a weight matrix never holds rows per token.
   if (constant && !special && !ELEMENTWISE.has(node.opType)) return undefined;
   // Elementwise with a tensor computed from the stream: axes that line up (by broadcasting) with
@@ -94,7 +108,11 @@ function tokenAxes(ctx: CarryContext, node: NodeProto, slot: number, t: string, 
 }
 
 /** Side inputs of nodes below the stage, each once. */
-export function findSideInputs(ctx: CarryContext, belowNodes: Iterable<NodeProto>, below: ReadonlySet<string>): SideInput[] {
+export function findSideInputs(
+  ctx: CarryContext,
+  belowNodes: Iterable<NodeProto>,
+  below: ReadonlySet<string>,
+): SideInput[] {
   const found = new Map<string, TokenAxes>();
   for (const n of belowNodes) {
     n.input.forEach((t, slot) => {
@@ -110,7 +128,13 @@ export function findSideInputs(ctx: CarryContext, belowNodes: Iterable<NodeProto
  * Emit the gathers: returns side tensor → gathered tensor. `tokens` (int64 [1]): the stage's input
  * token count, for tables flattened over batch and tokens.
  */
-export function gatherSideInputs(b: NodeBuilder, sides: SideInput[], indices: string, batched: boolean, tokens: () => string): Map<string, string> {
+export function gatherSideInputs(
+  b: NodeBuilder,
+  sides: SideInput[],
+  indices: string,
+  batched: boolean,
+  tokens: () => string,
+): Map<string, string> {
   const out = new Map<string, string>();
   const tables = sides.filter((s) => s.flat);
   if (tables.length) {
@@ -124,7 +148,11 @@ export function gatherSideInputs(b: NodeBuilder, sides: SideInput[], indices: st
   if (!sides.length) return out;
   if (!batched) {
     const flat = b.squeeze(indices, [0]);
-    for (const s of sides) out.set(s.tensor, s.axes.reduce((t, axis) => b.op("Gather", [t, flat], { axis }, "carry_tokens"), s.tensor));
+    for (const s of sides)
+      out.set(
+        s.tensor,
+        s.axes.reduce((t, axis) => b.op("Gather", [t, flat], { axis }, "carry_tokens"), s.tensor),
+      );
     return out;
   }
   const idx = b.unsqueeze(indices, [2]); // [B, K', 1] for GatherND over axis 1
@@ -132,7 +160,12 @@ export function gatherSideInputs(b: NodeBuilder, sides: SideInput[], indices: st
   for (const s of sides) {
     const rank = s.rank;
     // One row per example: a tensor shared by the batch (dim 0 = 1) is expanded first.
-    let t = b.op("Expand", [s.tensor, b.op("Concat", [batch, b.int64(Array(rank - 1).fill(1))], { axis: 0 })], {}, "per_example");
+    let t = b.op(
+      "Expand",
+      [s.tensor, b.op("Concat", [batch, b.int64(Array(rank - 1).fill(1))], { axis: 0 })],
+      {},
+      "per_example",
+    );
     for (const axis of s.axes) {
       const perm = [0, axis, ...[...Array(rank).keys()].filter((a) => a !== 0 && a !== axis)];
       const inverse = perm.map((_, i) => perm.indexOf(i));
@@ -146,7 +179,15 @@ export function gatherSideInputs(b: NodeBuilder, sides: SideInput[], indices: st
 }
 
 /** Nodes with side inputs replaced by their gathered copies. */
-export function rewireSideInputs(nodes: NodeProto[], gathered: ReadonlyMap<string, string>, belowNodes: ReadonlySet<NodeProto>): NodeProto[] {
+export function rewireSideInputs(
+  nodes: NodeProto[],
+  gathered: ReadonlyMap<string, string>,
+  belowNodes: ReadonlySet<NodeProto>,
+): NodeProto[] {
   if (!gathered.size) return nodes;
-  return nodes.map((n) => (belowNodes.has(n) && n.input.some((i) => gathered.has(i)) ? shallowCopy(n, { input: n.input.map((i) => gathered.get(i) ?? i) }) : n));
+  return nodes.map((n) =>
+    belowNodes.has(n) && n.input.some((i) => gathered.has(i))
+      ? shallowCopy(n, { input: n.input.map((i) => gathered.get(i) ?? i) })
+      : n,
+  );
 }

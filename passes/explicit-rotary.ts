@@ -37,13 +37,22 @@ export function rotatesInside(layer: LayerInfo): layer is LayerInfo & { core: At
 function rotaryWidth(g: Graph, n: NodeProto, layer: number, modelName: string): number {
   const dims = g.constantTensor(n.input[COS] ?? "")?.dims;
   if (!n.input[SIN] || !dims || dims.length !== 2) {
-    throw new PrunecError("apply", `${modelName}: layer ${layer}'s GroupQueryAttention (node '${n.name}') rotates q/k inside the op (do_rotary=1); prunec moves that rotation out of the op and needs constant cos/sin caches [positions, rotary_dim/2]`);
+    throw new PrunecError(
+      "apply",
+      `${modelName}: layer ${layer}'s GroupQueryAttention (node '${n.name}') rotates q/k inside the op (do_rotary=1); prunec moves that rotation out of the op and needs constant cos/sin caches [positions, rotary_dim/2]`,
+    );
   }
   return 2 * Number(dims[1]);
 }
 
 /** The rewritten graph and its positions tensor (undefined when no layer needed it). */
-export function explicitRotary(proto: GraphProto, info: TransformerInfo, from: number, opset: number, modelName: string): { graph: GraphProto; positions?: string; added: NodeProto[] } {
+export function explicitRotary(
+  proto: GraphProto,
+  info: TransformerInfo,
+  from: number,
+  opset: number,
+  modelName: string,
+): { graph: GraphProto; positions?: string; added: NodeProto[] } {
   const layers = info.layers.slice(from).filter(rotatesInside);
   const head = layers[0];
   if (!head) return { graph: proto, added: [] };
@@ -69,11 +78,18 @@ export function explicitRotary(proto: GraphProto, info: TransformerInfo, from: n
     const rotate = (input: string, heads: number, part: string): string => {
       const out = `prunec/rotary/layer${l.index}/${part}`;
       b.nodes.push(
-        makeNode("RotaryEmbedding", [input, positions, n.input[COS]!, n.input[SIN]!], [out], `${out}/RotaryEmbedding`, {
-          interleaved: attrInt(n, "rotary_interleaved", 0),
-          num_heads: heads,
-          rotary_embedding_dim: width,
-        }, "com.microsoft"),
+        makeNode(
+          "RotaryEmbedding",
+          [input, positions, n.input[COS]!, n.input[SIN]!],
+          [out],
+          `${out}/RotaryEmbedding`,
+          {
+            interleaved: attrInt(n, "rotary_interleaved", 0),
+            num_heads: heads,
+            rotary_embedding_dim: width,
+          },
+          "com.microsoft",
+        ),
       );
       return out;
     };

@@ -13,7 +13,12 @@ export function denseName(r: string): string {
   return `${r}/dense`;
 }
 
-export function gatherTokens(b: NodeBuilder, dense: string, keep: string, layout: { tokenAxis: number; batchAxis?: number }): string {
+export function gatherTokens(
+  b: NodeBuilder,
+  dense: string,
+  keep: string,
+  layout: { tokenAxis: number; batchAxis?: number },
+): string {
   if (layout.batchAxis === undefined) {
     const flat = b.squeeze(keep, [0]);
     return b.op("Gather", [dense, flat], { axis: layout.tokenAxis }, "gather_tokens");
@@ -28,5 +33,7 @@ export function gatherTokens(b: NodeBuilder, dense: string, keep: string, layout
     const kept = b.op("GatherND", [bf, b.unsqueeze(keep, [2])], { batch_dims: 1 }, "gather_tokens");
     return b.op("Transpose", [kept], { perm: [1, 0, 2] }, "sequence_first");
   }
-  throw new Error(`token axis ${layout.tokenAxis} with batch axis ${layout.batchAxis} is rejected by the plan before emission`);
+  throw new Error(
+    `token axis ${layout.tokenAxis} with batch axis ${layout.batchAxis} is rejected by the plan before emission`,
+  );
 }

@@ -9,7 +9,7 @@
  * `with recycle` (VFlowOpt / SparseVLM style): the dropped tokens are aggregated into one extra
  * token, their score-weighted mean (scores clipped at 0), appended after the kept ones.
  */
-import type { Graph, NodeProto } from "../src/ir/graph.js";
+import type { NodeProto } from "../src/ir/graph.js";
 import { shallowCopy } from "../src/ir/copy.js";
 import type { TransformerInfo } from "../src/analysis/transformer.js";
 import type { NodeBuilder } from "./builder.js";
@@ -26,7 +26,12 @@ export function keptOneHot(b: NodeBuilder, indices: string, stream: string, toke
 
 /** Additive attention bias [B, N]: 0 at kept tokens, −1e9 at dropped ones. */
 export function maskBias(b: NodeBuilder, kept: string): string {
-  return b.op("Mul", [b.op("Sub", [kept, b.float([1], [], "one_f")]), b.float([MASKED], [], "masked")], {}, "mask_bias");
+  return b.op(
+    "Mul",
+    [b.op("Sub", [kept, b.float([1], [], "one_f")]), b.float([MASKED], [], "masked")],
+    {},
+    "mask_bias",
+  );
 }
 
 /** Why a layer's attention cannot take the mask, or undefined. */
@@ -36,13 +41,15 @@ export function maskUnavailable(model: TransformerInfo, from: number): string | 
     if (!core) return `layer ${l.index} has no attention prunec can mask (${l.kind})`;
     if (core.probs && !l.probsLayout) return `the attention layout of layer ${l.index} could not be determined`;
     if (l.probsLayout === "batch*heads,q,k" && !l.heads) return headsUnknown(l.index);
-    if (!core.probs && core.kind !== "MultiHeadAttention") return `layer ${l.index}'s fused com.microsoft.${core.kind} takes no additive attention bias prunec can extend`;
+    if (!core.probs && core.kind !== "MultiHeadAttention")
+      return `layer ${l.index}'s fused com.microsoft.${core.kind} takes no additive attention bias prunec can extend`;
   }
   return undefined;
 }
 
 /** Logits folded as [batch·heads, q, k] are unfolded by the head count to add a per-example key bias. */
-const headsUnknown = (layer: number): string => `the number of heads of layer ${layer} could not be determined (its attention logits fold batch and heads together)`;
+const headsUnknown = (layer: number): string =>
+  `the number of heads of layer ${layer} could not be determined (its attention logits fold batch and heads together)`;
 
 /** Why padding tokens could not be masked out of the layers from `from` on (cached GQA layers can), or undefined. */
 export function paddingUnmaskable(model: TransformerInfo, from: number): string | undefined {
@@ -50,7 +57,8 @@ export function paddingUnmaskable(model: TransformerInfo, from: number): string 
     const core = l.core;
     if (!core) return `layer ${l.index} (${l.kind}) has no attention to mask`;
     if (l.probsLayout === "batch*heads,q,k" && !l.heads) return headsUnknown(l.index);
-    if (!core.probs && core.kind !== "MultiHeadAttention" && core.kind !== "GroupQueryAttention") return `layer ${l.index}'s fused com.microsoft.${core.kind} takes no additive attention bias prunec can extend`;
+    if (!core.probs && core.kind !== "MultiHeadAttention" && core.kind !== "GroupQueryAttention")
+      return `layer ${l.index}'s fused com.microsoft.${core.kind} takes no additive attention bias prunec can extend`;
   }
   return undefined;
 }
@@ -73,7 +81,10 @@ export function addKeyBias(
   const resolve = options.resolve ?? ((t: string) => t);
   for (const l of model.layers.slice(from, (options.until ?? model.layers.length - 1) + 1)) {
     const core = l.core;
-    if (!core) throw new Error(`layer ${l.index} (${l.kind}) has no attention core to add the ${options.label} key bias to (checked by the plan)`);
+    if (!core)
+      throw new Error(
+        `layer ${l.index} (${l.kind}) has no attention core to add the ${options.label} key bias to (checked by the plan)`,
+      );
     if (core.kind === "GroupQueryAttention") continue;
     const anchor = core.anchor;
     const label = `${options.label}_layer${l.index}`;
@@ -81,12 +92,18 @@ export function addKeyBias(
       // `keys` itself is what every Add reads, so a later stage finds it as a side tensor and gathers it.
       const logits = anchor.input[0]!;
       let biased: string;
-      if (l.probsLayout === "heads,q,k") biased = b.op("Add", [logits, b.squeeze(keys, [1, 2])], {}, label); // [1,N] against [H,N,N]
+      if (l.probsLayout === "heads,q,k")
+        biased = b.op("Add", [logits, b.squeeze(keys, [1, 2])], {}, label); // [1,N] against [H,N,N]
       else if (l.probsLayout === "batch*heads,q,k") {
         // Heads folded batch-major into axis 0: unfold to [B,H,N,N], add, fold back.
         const heads = l.heads;
         if (heads === undefined) throw new Error(`${options.label}: ${headsUnknown(l.index)} (checked by the plan)`);
-        const unfolded = b.op("Reshape", [b.unsqueeze(logits, [1]), b.int64([-1, heads, 0, 0], [4], "heads_shape")], {}, "unfold_heads");
+        const unfolded = b.op(
+          "Reshape",
+          [b.unsqueeze(logits, [1]), b.int64([-1, heads, 0, 0], [4], "heads_shape")],
+          {},
+          "unfold_heads",
+        );
         biased = b.op("Reshape", [b.op("Add", [unfolded, keys], {}, label), b.op("Shape", [logits])], {}, "fold_heads");
       } else biased = b.op("Add", [logits, keys], {}, label);
       out.set(anchor, shallowCopy(anchor, { input: [biased, ...anchor.input.slice(1)] }));
@@ -110,10 +127,22 @@ export function addKeyBias(
  * The recycled token [B,1,D] (or [1,D] batch-less): Σ_j w_j x_j over the dropped prunable tokens,
  * w = relu(s)·dropped / Σ relu(s)·dropped. `kept` is [B,N] (keptOneHot), `scores` [B,Np].
  */
-export function recycledToken(b: NodeBuilder, stream: string, scores: string, kept: string, prefix: number, batched: boolean): string {
+export function recycledToken(
+  b: NodeBuilder,
+  stream: string,
+  scores: string,
+  kept: string,
+  prefix: number,
+  batched: boolean,
+): string {
   const dropped = b.op("Sub", [b.float([1], [], "one_f"), b.slice(kept, 1, prefix)], {}, "dropped"); // [B,Np]
   const weights = b.op("Mul", [b.op("Relu", [scores]), dropped], {}, "recycle_weights");
-  const total = b.op("Max", [b.reduce("ReduceSum", weights, [1], 1), b.float([1e-30], [], "tiny")], {}, "recycle_total");
+  const total = b.op(
+    "Max",
+    [b.reduce("ReduceSum", weights, [1], 1), b.float([1e-30], [], "tiny")],
+    {},
+    "recycle_total",
+  );
   const w = b.op("Div", [weights, total], {}, "recycle_share"); // [B,Np]
   const tokens = b.slice(stream, batched ? 1 : 0, prefix); // [B,Np,D] or [Np,D]
   if (batched) return b.op("MatMul", [b.unsqueeze(w, [1]), tokens], {}, "recycled_token"); // [B,1,D]

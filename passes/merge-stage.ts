@@ -97,7 +97,10 @@ function tomeSequence(b: NodeBuilder, ranks: string, n: number): { perm: string;
  * TopK that picked the merged ones) when there is none; with a distillation token (prefix 2) ToMe
  * writes `[unm[0], dst[0], unm[1:], dst[1:]]`. Returned in the survivors' order (position order).
  */
-function tomeRanks(b: NodeBuilder, m: { mergedA: string; best: string; survivors: string; n: number; r: number; prefix: number }): string {
+function tomeRanks(
+  b: NodeBuilder,
+  m: { mergedA: string; best: string; survivors: string; n: number; r: number; prefix: number },
+): string {
   const { n, r, prefix } = m;
   const na = Math.ceil(n / 2);
   const nb = Math.floor(n / 2);
@@ -107,20 +110,55 @@ function tomeRanks(b: NodeBuilder, m: { mergedA: string; best: string; survivors
     const unmerged = b.op("Sub", [b.float([1], [], "one_rank"), m.mergedA], {}, "unmerged_a");
     rankA = b.op("CumSum", [unmerged, b.int64([1], [], "a_axis")], { exclusive: 1 }, "unmerged_before");
     // Distillation token: unm[0] (CLS) keeps place 0, dst[0] takes place 1, the rest shift by one.
-    if (prefix === 2) rankA = b.op("Add", [rankA, b.float(Array.from({ length: na }, (_, i) => (i === 0 ? 0 : 1)), [na], "after_distill")], {}, "rank_a_distill");
+    if (prefix === 2)
+      rankA = b.op(
+        "Add",
+        [
+          rankA,
+          b.float(
+            Array.from({ length: na }, (_, i) => (i === 0 ? 0 : 1)),
+            [na],
+            "after_distill",
+          ),
+        ],
+        {},
+        "rank_a_distill",
+      );
   } else {
     // Edge order: A tokens with a higher best score, or an equal one at a lower index, come first.
     const col = b.unsqueeze(m.best, [1]); // [B,1,|A|]: a'
     const row = b.unsqueeze(m.best, [2]); // [B,|A|,1]: a
-    const lower = b.float(Array.from({ length: na * na }, (_, k) => (k % na < Math.floor(k / na) ? 1 : 0)), [na, na], "lower_index");
-    const ahead = b.op("Add", [b.op("Cast", [b.op("Greater", [col, row])], { to: FLOAT }), b.op("Mul", [b.op("Cast", [b.op("Equal", [col, row])], { to: FLOAT }), lower])], {}, "ahead_in_edges");
+    const lower = b.float(
+      Array.from({ length: na * na }, (_, k) => (k % na < Math.floor(k / na) ? 1 : 0)),
+      [na, na],
+      "lower_index",
+    );
+    const ahead = b.op(
+      "Add",
+      [
+        b.op("Cast", [b.op("Greater", [col, row])], { to: FLOAT }),
+        b.op("Mul", [b.op("Cast", [b.op("Equal", [col, row])], { to: FLOAT }), lower]),
+      ],
+      {},
+      "ahead_in_edges",
+    );
     rankA = b.op("Sub", [b.reduce("ReduceSum", ahead, [2], 0), b.float([r], [], "r_merged")], {}, "edge_rank");
   }
-  const rankB = b.float(Array.from({ length: nb }, (_, j) => (prefix === 2 ? (j === 0 ? 1 : kept + j) : kept + j)), [1, nb], "rank_b");
+  const rankB = b.float(
+    Array.from({ length: nb }, (_, j) => (prefix === 2 ? (j === 0 ? 1 : kept + j) : kept + j)),
+    [1, nb],
+    "rank_b",
+  );
   // Interleave A and B ranks back into sequence places (A at even, B at odd).
   const batchRows = b.slice(b.op("Shape", [m.mergedA], {}, "batch_rows"), 0, 0, 1);
-  const rankBFull = b.op("Expand", [rankB, b.op("Concat", [batchRows, b.int64([nb], [1], "b_count")], { axis: 0 })], {}, "rank_b_batch");
-  const padded = na > nb ? b.op("Pad", [rankBFull, b.int64([0, 0, 0, 1], [4], "pad_b")], {}, "rank_b_padded") : rankBFull;
+  const rankBFull = b.op(
+    "Expand",
+    [rankB, b.op("Concat", [batchRows, b.int64([nb], [1], "b_count")], { axis: 0 })],
+    {},
+    "rank_b_batch",
+  );
+  const padded =
+    na > nb ? b.op("Pad", [rankBFull, b.int64([0, 0, 0, 1], [4], "pad_b")], {}, "rank_b_padded") : rankBFull;
   const stacked = b.op("Concat", [b.unsqueeze(rankA, [2]), b.unsqueeze(padded, [2])], { axis: 2 }, "rank_ab");
   const places = b.slice(b.op("Reshape", [stacked, b.int64([0, -1], [2], "flat_ranks")]), 1, 0, n); // [B,N]
   return b.op("GatherElements", [places, m.survivors], { axis: 1 }, "survivor_ranks");
@@ -128,7 +166,12 @@ function tomeRanks(b: NodeBuilder, m: { mergedA: string; best: string; survivors
 
 /** x[:, start::2] along axis 1. */
 function everyOther(b: NodeBuilder, x: string, start: 0 | 1, label: string): string {
-  return b.op("Slice", [x, b.int64([start]), b.int64([Number.MAX_SAFE_INTEGER]), b.int64([1]), b.int64([2])], {}, label);
+  return b.op(
+    "Slice",
+    [x, b.int64([start]), b.int64([Number.MAX_SAFE_INTEGER]), b.int64([1]), b.int64([2])],
+    {},
+    label,
+  );
 }
 
 /** Give the output of the node that writes `tensor` (not consumed yet) a fixed name. */
@@ -137,17 +180,25 @@ function rename(b: NodeBuilder, tensor: string, name: string): string {
   return name;
 }
 
-export function applyMergeStage(proto: GraphProto, dense: TransformerInfo, densePlan: StagePlan, state: StreamState, options: LowerOptions): { graph: GraphProto; effect: StageEffect } {
+export function applyMergeStage(
+  proto: GraphProto,
+  dense: TransformerInfo,
+  densePlan: StagePlan,
+  state: StreamState,
+  options: LowerOptions,
+): { graph: GraphProto; effect: StageEffect } {
   const g = new Graph(proto);
   // Earlier stages rewired some nodes (new objects, same names): read the current ones.
   const model = refreshFacts(dense, g);
   const layer = model.layers[densePlan.layer.index];
   const residual = layer?.residual;
   const merge = densePlan.merge;
-  if (!layer || !residual || !merge || model.tokens === undefined) throw new Error(`stage ${densePlan.stage}: a merge stage needs the layer's residual stream (checked by the plan)`);
+  if (!layer || !residual || !merge || model.tokens === undefined)
+    throw new Error(`stage ${densePlan.stage}: a merge stage needs the layer's residual stream (checked by the plan)`);
   const plan: StagePlan = { ...densePlan, layer };
   const { r, sizesFrom, proportional } = merge;
-  if (typeof plan.tokensIn !== "number" || model.batchAxis !== 0 || model.tokenAxis !== 1) throw new Error("merge stages need a static token count and a batch-first stream (checked by the plan)");
+  if (typeof plan.tokensIn !== "number" || model.batchAxis !== 0 || model.tokenAxis !== 1)
+    throw new Error("merge stages need a static token count and a batch-first stream (checked by the plan)");
   const n = plan.tokensIn;
   const out = n - r;
   const prefix = plan.prefix;
@@ -158,18 +209,24 @@ export function applyMergeStage(proto: GraphProto, dense: TransformerInfo, dense
   const belowNodes = g.descendants(rName);
   const below = new Set([...belowNodes].flatMap((x) => x.output));
   below.add(rName);
-  const sides = findSideInputs({ graph: g, shapes: model.shapes, carried: state.carried, denseTokens: model.tokens, batched: true }, belowNodes, below);
+  const sides = findSideInputs(
+    { graph: g, shapes: model.shapes, carried: state.carried, denseTokens: model.tokens, batched: true },
+    belowNodes,
+    below,
+  );
 
   // ToMe's token sequence: after an earlier merge, ToMe holds [unmerged A, B], not position order;
   // this merge splits that sequence into A (even) and B (odd), so the tokens are first put in it.
   const seq = sizesFrom !== undefined ? tomeSequence(b, orderName(sizesFrom), n) : undefined;
-  const inSeq = (t: string, label: string) => (seq ? b.op("GatherND", [t, b.unsqueeze(seq.perm, [2])], { batch_dims: 1 }, label) : t);
+  const inSeq = (t: string, label: string) =>
+    seq ? b.op("GatherND", [t, b.unsqueeze(seq.perm, [2])], { batch_dims: 1 }, label) : t;
 
   // Matching on the keys (fp32): A = even, B = odd places of the sequence.
   const na = Math.ceil(n / 2);
   const nb = Math.floor(n / 2);
   const proven = keysOf(plan.layer);
-  if ("why" in proven) throw new Error(`internal: merge after layer ${plan.layer.index} was planned, but ${proven.why}`);
+  if ("why" in proven)
+    throw new Error(`internal: merge after layer ${plan.layer.index} was planned, but ${proven.why}`);
   const keys = headMeanKeys(b, proven.ok); // [B,N,D]
   const length = b.op("Max", [b.reduce("ReduceL2", keys, [2], 1), b.float([1e-12], [], "eps")], {}, "key_norm");
   const metric = inSeq(b.op("Div", [keys, length], {}, "unit_keys"), "tome_order_keys");
@@ -178,14 +235,52 @@ export function applyMergeStage(proto: GraphProto, dense: TransformerInfo, dense
   let scores = b.op("MatMul", [a, b.op("Transpose", [bk], { perm: [0, 2, 1] })], {}, "similarity"); // [B,|A|,|B|]
   const protectedA = Math.ceil(prefix / 2);
   const protectedB = Math.floor(prefix / 2);
-  if (protectedA > 0) scores = b.op("Add", [scores, b.float(Array.from({ length: na }, (_, i) => (i < protectedA ? -Infinity : 0)), [1, na, 1], "protect_rows")], {}, "protected_a");
-  if (protectedB > 0) scores = b.op("Add", [scores, b.float(Array.from({ length: nb }, (_, i) => (i < protectedB ? -Infinity : 0)), [1, 1, nb], "protect_cols")], {}, "protected_b");
+  if (protectedA > 0)
+    scores = b.op(
+      "Add",
+      [
+        scores,
+        b.float(
+          Array.from({ length: na }, (_, i) => (i < protectedA ? -Infinity : 0)),
+          [1, na, 1],
+          "protect_rows",
+        ),
+      ],
+      {},
+      "protected_a",
+    );
+  if (protectedB > 0)
+    scores = b.op(
+      "Add",
+      [
+        scores,
+        b.float(
+          Array.from({ length: nb }, (_, i) => (i < protectedB ? -Infinity : 0)),
+          [1, 1, nb],
+          "protect_cols",
+        ),
+      ],
+      {},
+      "protected_b",
+    );
   const best = b.reduce("ReduceMax", scores, [2], 0); // [B,|A|]
   const partnerIdx = b.op("ArgMax", [scores], { axis: 2, keepdims: 0 }, "best_partner"); // [B,|A|], first maximum
   // Position order reads the partner as a float place (2·idx + 1); ToMe order gathers positions by index.
   const partner = seq ? undefined : b.op("Cast", [partnerIdx], { to: FLOAT });
   const [, src] = b.opN("TopK", [best, b.int64([r], [1], "r")], 2, { axis: 1, largest: 1, sorted: 1 }); // [B,r] merged A rows
-  const isMerged = b.op("Equal", [b.unsqueeze(b.op("Cast", [src!], { to: FLOAT }), [2]), b.float(Array.from({ length: na }, (_, i) => i), [na], "a_rows")], {}, "is_src");
+  const isMerged = b.op(
+    "Equal",
+    [
+      b.unsqueeze(b.op("Cast", [src!], { to: FLOAT }), [2]),
+      b.float(
+        Array.from({ length: na }, (_, i) => i),
+        [na],
+        "a_rows",
+      ),
+    ],
+    {},
+    "is_src",
+  );
   const mergedA = b.reduce("ReduceMax", b.op("Cast", [isMerged], { to: FLOAT }), [1], 0); // [B,|A|] 1 = merged away
 
   // Where each token lands, as an original position: A token a at its own position, or at its
@@ -201,26 +296,53 @@ export function applyMergeStage(proto: GraphProto, dense: TransformerInfo, dense
     destB = b.unsqueeze(posB, [1]); // [B,1,|B|]
     order = () => b.op("Neg", [seq.position], {}, "minus_positions");
   } else {
-    const evenPos = b.float(Array.from({ length: na }, (_, i) => 2 * i), [na], "a_positions");
-    const partnerPos = b.op("Add", [b.op("Mul", [partner!, b.float([2], [], "two")]), b.float([1], [], "one")], {}, "partner_position");
+    const evenPos = b.float(
+      Array.from({ length: na }, (_, i) => 2 * i),
+      [na],
+      "a_positions",
+    );
+    const partnerPos = b.op(
+      "Add",
+      [b.op("Mul", [partner!, b.float([2], [], "two")]), b.float([1], [], "one")],
+      {},
+      "partner_position",
+    );
     destA = b.op("Add", [evenPos, b.op("Mul", [mergedA, b.op("Sub", [partnerPos, evenPos])])], {}, "a_destination"); // [B,|A|]
-    destB = b.float(Array.from({ length: nb }, (_, i) => 2 * i + 1), [1, 1, nb], "b_positions");
-    order = () => b.float(Array.from({ length: n }, (_, i) => -i), [n], "minus_positions");
+    destB = b.float(
+      Array.from({ length: nb }, (_, i) => 2 * i + 1),
+      [1, 1, nb],
+      "b_positions",
+    );
+    order = () =>
+      b.float(
+        Array.from({ length: n }, (_, i) => -i),
+        [n],
+        "minus_positions",
+      );
   }
 
   // Surviving positions, ascending: TopK of −position, merged A tokens pushed below every survivor.
-  const interleaved = b.op("Pad", [b.unsqueeze(mergedA, [2]), b.int64([0, 0, 0, 0, 0, 1], [6], "pads")], {}, "merged_and_b"); // [B,|A|,2]
+  const interleaved = b.op(
+    "Pad",
+    [b.unsqueeze(mergedA, [2]), b.int64([0, 0, 0, 0, 0, 1], [6], "pads")],
+    {},
+    "merged_and_b",
+  ); // [B,|A|,2]
   const mergedAll = b.slice(b.op("Reshape", [interleaved, b.int64([0, -1], [2], "flat")]), 1, 0, n); // [B,N] over the sequence
   const key = b.op("Sub", [order(), b.op("Mul", [mergedAll, b.float([2 * n], [], "push_down")])], {}, "survivor_key");
   const [, survivors] = b.opN("TopK", [key, b.int64([out], [1], "tokens_out")], 2, { axis: 1, largest: 1, sorted: 1 }); // int64 [B,N−r], places in the sequence
-  const positions = seq ? b.op("GatherElements", [seq.perm, survivors!], { axis: 1 }, "survivor_positions") : survivors!;
+  const positions = seq
+    ? b.op("GatherElements", [seq.perm, survivors!], { axis: 1 }, "survivor_positions")
+    : survivors!;
 
   // One-hot merge matrix over the tokens in [A, B] order, weighted by the incoming sizes.
   const rows = b.unsqueeze(b.op("Cast", [positions], { to: FLOAT }), [2]); // [B,N−r,1]
   let toA = b.op("Cast", [b.op("Equal", [rows, b.unsqueeze(destA, [1])])], { to: FLOAT }, "lands_a"); // [B,N−r,|A|]
   let toB = b.op("Cast", [b.op("Equal", [rows, destB])], { to: FLOAT }, "lands_b"); // [B,N−r,|B|]
   if (sizesFrom !== undefined) {
-    const sizes = seq ? b.op("GatherElements", [sizesName(sizesFrom), seq.perm], { axis: 1 }, "tome_order_sizes") : sizesName(sizesFrom); // [B,N]
+    const sizes = seq
+      ? b.op("GatherElements", [sizesName(sizesFrom), seq.perm], { axis: 1 }, "tome_order_sizes")
+      : sizesName(sizesFrom); // [B,N]
     toA = b.op("Mul", [toA, b.unsqueeze(everyOther(b, sizes, 0, "sizes_a"), [1])], {}, "weigh_a");
     toB = b.op("Mul", [toB, b.unsqueeze(everyOther(b, sizes, 1, "sizes_b"), [1])], {}, "weigh_b");
   }
@@ -228,25 +350,45 @@ export function applyMergeStage(proto: GraphProto, dense: TransformerInfo, dense
   const elemType = streamElemType(g, residual) ?? FLOAT;
   const x = elemType === FLOAT ? stream : b.op("Cast", [stream], { to: FLOAT }, "stream_fp32");
   const xs = inSeq(x, "tome_order_stream");
-  const xab = b.op("Concat", [everyOther(b, xs, 0, "stream_a"), everyOther(b, xs, 1, "stream_b")], { axis: 1 }, "stream_ab"); // [B,N,C]
+  const xab = b.op(
+    "Concat",
+    [everyOther(b, xs, 0, "stream_a"), everyOther(b, xs, 1, "stream_b")],
+    { axis: 1 },
+    "stream_ab",
+  ); // [B,N,C]
   const total = b.reduce("ReduceSum", weights, [2], 1); // [B,N−r,1]: the new sizes
   let merged = b.op("Div", [b.op("MatMul", [weights, xab], {}, "weighted_sum"), total], {}, "weighted_mean");
   if (elemType !== FLOAT) merged = b.op("Cast", [merged], { to: elemType }, "stream_type");
   const sizes = rename(b, b.squeeze(total, [2]), sizesName(plan.stage)); // [B,N−r]
-  if (merge.feedsMerge) rename(b, tomeRanks(b, { mergedA, best, survivors: survivors!, n, r, prefix }), orderName(plan.stage));
+  if (merge.feedsMerge)
+    rename(b, tomeRanks(b, { mergedA, best, survivors: survivors!, n, r, prefix }), orderName(plan.stage));
 
   // Side tensors read below the stage follow the surviving positions; an earlier merge stage's
   // log-size key bias is replaced by this stage's.
   const previousBias = proportional && sizesFrom !== undefined ? logSizeKeysName(sizesFrom) : undefined;
-  const gathered = gatherSideInputs(b, sides.filter((s) => s.tensor !== previousBias), positions, true, () => b.int64([n], [1], "tokens_in"));
-  const carried = new Map<string, TokenAxes>([...sides].filter((s) => s.tensor !== previousBias).map((s) => [gathered.get(s.tensor)!, { axes: s.axes, rank: s.rank }]));
+  const gathered = gatherSideInputs(
+    b,
+    sides.filter((s) => s.tensor !== previousBias),
+    positions,
+    true,
+    () => b.int64([n], [1], "tokens_in"),
+  );
+  const carried = new Map<string, TokenAxes>(
+    [...sides]
+      .filter((s) => s.tensor !== previousBias)
+      .map((s) => [gathered.get(s.tensor)!, { axes: s.axes, rank: s.rank }]),
+  );
   let rewired = new Map<NodeProto, NodeProto>();
   if (proportional) {
     const keyBias = rename(b, b.unsqueeze(b.op("Log", [sizes], {}, "log_size"), [1, 2]), logSizeKeysName(plan.stage)); // [B,1,1,N−r]
     carried.set(keyBias, { axes: [3], rank: 4 });
     if (previousBias) gathered.set(previousBias, keyBias);
     // ToMe's proportional attention: log(size) on the keys of every later layer.
-    else rewired = addKeyBias(b, model, plan.layer.index + 1, keyBias, { label: "proportional", resolve: (t) => gathered.get(t) ?? t });
+    else
+      rewired = addKeyBias(b, model, plan.layer.index + 1, keyBias, {
+        label: "proportional",
+        resolve: (t) => gathered.get(t) ?? t,
+      });
   }
 
   const last = b.nodes.find((node) => node.output[0] === merged)!;
@@ -263,6 +405,12 @@ export function applyMergeStage(proto: GraphProto, dense: TransformerInfo, dense
     staleInfo: below,
     info: prunedStreamInfo(proto, model, plan, rName, elemType),
   });
-  const record = { indices: positions, lowering: "index" as const, ...(options.target === "webgpu" ? { loweringNote: "merge stages have one lowering (one-hot MatMul; TopK indices)" } : {}) };
+  const record = {
+    indices: positions,
+    lowering: "index" as const,
+    ...(options.target === "webgpu"
+      ? { loweringNote: "merge stages have one lowering (one-hot MatMul; TopK indices)" }
+      : {}),
+  };
   return { graph, effect: { tokens: plan.tokensOut, added: b.nodes, record, carried, sets: new Map(), sizes } };
 }

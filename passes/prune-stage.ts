@@ -32,14 +32,21 @@ import { lowerMask } from "./kinds/mask.js";
 import { appendRecycled } from "./kinds/recycle.js";
 import { renumberedSides } from "./kinds/renumber.js";
 
-export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan: StagePlan, state: StreamState, options: LowerOptions): { graph: GraphProto; effect: StageEffect } {
+export function applyStage(
+  proto: GraphProto,
+  dense: TransformerInfo,
+  densePlan: StagePlan,
+  state: StreamState,
+  options: LowerOptions,
+): { graph: GraphProto; effect: StageEffect } {
   const s = setUp(proto, dense, densePlan, state, options);
   const { b, plan, model } = s;
   const choice = chooseSelection(s);
   const sel = choice.module.select(s);
   if (plan.mask) return lowerMask(s, sel);
 
-  if (!sel.indices && !sel.output) throw new Error(`${choice.module.name} returned neither positions nor a gathered stream`);
+  if (!sel.indices && !sel.output)
+    throw new Error(`${choice.module.name} returned neither positions nor a gathered stream`);
   let indices = sel.indices;
   let output = sel.output ?? s.gather(indices!);
   /** The positions the stream was gathered at, when known (what token sets follow). */
@@ -47,19 +54,31 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
   if (plan.recycle) ({ output, indices } = appendRecycled(s, output, indices!));
 
   // Token sets' memberships follow the kept tokens (the recycled token belongs to none).
-  const sets = positions && model.batchAxis === 0 ? followSets(b, state.sets, positions, plan.recycle === true) : new Map(state.sets);
+  const sets =
+    positions && model.batchAxis === 0
+      ? followSets(b, state.sets, positions, plan.recycle === true)
+      : new Map(state.sets);
   // Cached attention below the stage: per-layer sequence lengths and key-padding bias.
-  const replaced = plan.encoder ? new Map<NodeProto, NodeProto>() : rewriteCachedAttention(b, model, dense, plan.layer.index + 1, sel.validBias);
+  const replaced = plan.encoder
+    ? new Map<NodeProto, NodeProto>()
+    : rewriteCachedAttention(b, model, dense, plan.layer.index + 1, sel.validBias);
   // Side tensors read below the stage follow the kept tokens.
   const tokenCount = () => b.slice(b.op("Shape", [s.stream]), 0, s.tokenAxis, s.tokenAxis + 1);
-  const gathered = plan.renumber ? renumberedSides(s, indices!, tokenCount) : gatherSideInputs(b, s.sides, indices!, s.batched, tokenCount);
+  const gathered = plan.renumber
+    ? renumberedSides(s, indices!, tokenCount)
+    : gatherSideInputs(b, s.sides, indices!, s.batched, tokenCount);
   if (sel.validBias && plan.adaptive) {
     // Each example keeps its own count: the padding up to the batch's largest count is masked out
     // of every later attention, so each example computes exactly its batch-1 result. Only up to
     // the next stage: it never keeps padding as a real token, and pads anew.
     const keys = b.unsqueeze(sel.validBias, [1, 2]);
     const until = plan.padUntil ?? model.layers.length - 1;
-    for (const [n, r2] of addKeyBias(b, model, plan.layer.index + 1, keys, { label: "skip_padding", until, resolve: (t) => gathered.get(t) ?? t })) replaced.set(n, r2);
+    for (const [n, r2] of addKeyBias(b, model, plan.layer.index + 1, keys, {
+      label: "skip_padding",
+      until,
+      resolve: (t) => gathered.get(t) ?? t,
+    }))
+      replaced.set(n, r2);
   }
   const carried = new Map(s.sides.map((x) => [gathered.get(x.tensor) ?? x.tensor, { axes: x.axes, rank: x.rank }]));
   // The stage's result takes the residual's name, so every consumer and graph output reads it.
@@ -87,17 +106,39 @@ export function applyStage(proto: GraphProto, dense: TransformerInfo, densePlan:
     info: plan.encoder ? [] : prunedStreamInfo(proto, model, plan, s.r, streamElemType(s.g, s.residual)),
   });
   const exposed = sel.exposed ?? indices;
-  const record = { lowering: sel.lowering, ...(exposed ? { indices: exposed } : {}), ...(sel.counts ? { counts: sel.counts } : {}), ...(choice.note ? { loweringNote: choice.note } : {}) };
-  return { graph, effect: { tokens: plan.tokensOut, added: b.nodes, record, carried, ...(sel.validBias ? { validBias: sel.validBias } : {}), sets } };
+  const record = {
+    lowering: sel.lowering,
+    ...(exposed ? { indices: exposed } : {}),
+    ...(sel.counts ? { counts: sel.counts } : {}),
+    ...(choice.note ? { loweringNote: choice.note } : {}),
+  };
+  return {
+    graph,
+    effect: {
+      tokens: plan.tokensOut,
+      added: b.nodes,
+      record,
+      carried,
+      ...(sel.validBias ? { validBias: sel.validBias } : {}),
+      sets,
+    },
+  };
 }
 
 /** Everything the stage's kinds read, on the current graph (facts refreshed: earlier stages rewired nodes). */
-function setUp(proto: GraphProto, dense: TransformerInfo, densePlan: StagePlan, state: StreamState, options: LowerOptions): StageSetup {
+function setUp(
+  proto: GraphProto,
+  dense: TransformerInfo,
+  densePlan: StagePlan,
+  state: StreamState,
+  options: LowerOptions,
+): StageSetup {
   const g = new Graph(proto);
   const model = refreshFacts(dense, g);
   const layer = model.layers[densePlan.layer.index];
   const residual = layer?.residual;
-  if (!layer || !residual || model.tokenAxis === undefined || model.tokens === undefined) throw new Error(`stage ${densePlan.stage}: the plan found a residual stream the refreshed facts lack`);
+  if (!layer || !residual || model.tokenAxis === undefined || model.tokens === undefined)
+    throw new Error(`stage ${densePlan.stage}: the plan found a residual stream the refreshed facts lack`);
   const plan: StagePlan = { ...densePlan, layer };
   const tokenAxis = model.tokenAxis;
   // The tensor the stage gathers: the residual leaving the layer, or the encoder's output.
@@ -113,7 +154,11 @@ function setUp(proto: GraphProto, dense: TransformerInfo, densePlan: StagePlan, 
   below.add(r);
   if (normalized) below.add(normalized);
   const batched = model.batchAxis !== undefined;
-  const sides = findSideInputs({ graph: g, shapes: model.shapes, carried: state.carried, denseTokens: model.tokens, batched }, belowNodes, below);
+  const sides = findSideInputs(
+    { graph: g, shapes: model.shapes, carried: state.carried, denseTokens: model.tokens, batched },
+    belowNodes,
+    below,
+  );
   const tokens = typeof plan.tokensIn === "number" ? plan.tokensIn : undefined;
   // Criteria read a batch-first stream: a sequence-first [N, B, D] one is shown to them transposed.
   const seqFirst = model.tokenAxis === 0 && model.batchAxis === 1;
@@ -139,15 +184,47 @@ function setUp(proto: GraphProto, dense: TransformerInfo, densePlan: StagePlan, 
   };
   // The plan proved the criterion's facts on the dense model; its scorer reads this graph's nodes.
   const prepared = plan.criterion.prepare(ctx);
-  if ("why" in prepared) throw new Error(`internal: ${plan.criterion.name} after layer ${plan.layer.index} was planned, but on the stage's graph ${prepared.why}`);
+  if ("why" in prepared)
+    throw new Error(
+      `internal: ${plan.criterion.name} after layer ${plan.layer.index} was planned, but on the stage's graph ${prepared.why}`,
+    );
   const scorer = prepared.ok;
   // Merged selections rank groups: the mean score of their tokens.
   const scores = scorer.kind === "select" ? "" : unitScores(b, scorer.score(ctx), plan);
   // After masked stages, tokens already dropped must not be picked again.
   const skip = state.maskBias ?? state.validBias;
-  const ranked = skip && scorer.kind !== "select" ? b.op("Add", [scores, b.slice(skip, 1, plan.prefix)], {}, "skip_masked") : scores;
-  const gather = (positions: string, source = stream) => gatherTokens(b, source, positions, { tokenAxis, ...(model.batchAxis !== undefined ? { batchAxis: model.batchAxis } : {}) });
-  return { proto, g, model, dense, plan, residual, tokenAxis, state, options, b, r, stream, normalized, belowNodes, below, sides, batched, tokens, ctx, scorer, scores, ranked, gather };
+  const ranked =
+    skip && scorer.kind !== "select" ? b.op("Add", [scores, b.slice(skip, 1, plan.prefix)], {}, "skip_masked") : scores;
+  const gather = (positions: string, source = stream) =>
+    gatherTokens(b, source, positions, {
+      tokenAxis,
+      ...(model.batchAxis !== undefined ? { batchAxis: model.batchAxis } : {}),
+    });
+  return {
+    proto,
+    g,
+    model,
+    dense,
+    plan,
+    residual,
+    tokenAxis,
+    state,
+    options,
+    b,
+    r,
+    stream,
+    normalized,
+    belowNodes,
+    below,
+    sides,
+    batched,
+    tokens,
+    ctx,
+    scorer,
+    scores,
+    ranked,
+    gather,
+  };
 }
 
 /** Give the output of the stage node that writes `tensor` a fixed name. */
@@ -168,7 +245,11 @@ function unitScores(b: NodeBuilder, tokenScores: string, plan: StagePlan): strin
   const per = plan.encoder?.per;
   if (plan.fold || per?.kind === "fold") {
     const size = plan.fold ?? (per as { size: number }).size;
-    return b.reduceMean(b.op("Reshape", [tokenScores, b.int64([0, -1, size], [3], "groups_shape")], {}, "fold_groups"), [2], 0);
+    return b.reduceMean(
+      b.op("Reshape", [tokenScores, b.int64([0, -1, size], [3], "groups_shape")], {}, "fold_groups"),
+      [2],
+      0,
+    );
   }
   if (per?.kind === "pool") return meanOverGroups(b, tokenScores, per.members);
   return tokenScores;
@@ -183,7 +264,12 @@ function unitSize(plan: StagePlan): number {
 }
 
 /** Each token set's membership [B, N'] after a stage that kept `positions` [B, N'] (plus a recycled non-member). */
-function followSets(b: NodeBuilder, sets: ReadonlyMap<string, string>, positions: string, recycled: boolean): Map<string, string> {
+function followSets(
+  b: NodeBuilder,
+  sets: ReadonlyMap<string, string>,
+  positions: string,
+  recycled: boolean,
+): Map<string, string> {
   return new Map(
     [...sets].map(([name, member]) => {
       let after = b.op("GatherElements", [b.op("Cast", [member], { to: 7 }), positions], { axis: 1 }); // int64 [B,K']

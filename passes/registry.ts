@@ -22,7 +22,27 @@ import { ttv, transprune } from "./criteria/ttv.js";
 import { textAttn } from "./criteria/text-attn.js";
 
 /** Criteria prunec can compile. */
-export const CRITERIA: readonly CriterionModule[] = [clsAttn, globalAttn, clsAttnEnsemble, hiprune, fopru, spatialRows, pagerank, flowcut, diversity, kCenter, similarity, lastTokenAttn, iga, ttv, transprune, textAttn, norm, random, uniform];
+export const CRITERIA: readonly CriterionModule[] = [
+  clsAttn,
+  globalAttn,
+  clsAttnEnsemble,
+  hiprune,
+  fopru,
+  spatialRows,
+  pagerank,
+  flowcut,
+  diversity,
+  kCenter,
+  similarity,
+  lastTokenAttn,
+  iga,
+  ttv,
+  transprune,
+  textAttn,
+  norm,
+  random,
+  uniform,
+];
 
 export { PLANNED };
 

@@ -20,9 +20,23 @@ export function streamElemType(g: Graph, residual: ResidualBlock): number | unde
 }
 
 /** [batch, K', hidden] of the pruned stream, when every part of it is known. */
-export function prunedStreamInfo(proto: GraphProto, model: TransformerInfo, plan: StagePlan, r: string, elemType: number | undefined) {
+export function prunedStreamInfo(
+  proto: GraphProto,
+  model: TransformerInfo,
+  plan: StagePlan,
+  r: string,
+  elemType: number | undefined,
+) {
   const batch = batchDim(proto);
-  if (model.batchAxis !== 0 || model.tokenAxis !== 1 || typeof plan.tokensOut !== "number" || !model.hidden || !elemType || batch === undefined) return [];
+  if (
+    model.batchAxis !== 0 ||
+    model.tokenAxis !== 1 ||
+    typeof plan.tokensOut !== "number" ||
+    !model.hidden ||
+    !elemType ||
+    batch === undefined
+  )
+    return [];
   return [valueInfo(r, elemType, [batch, plan.tokensOut, model.hidden])];
 }
 
@@ -56,7 +70,10 @@ export function retargetShapeConstants(
     // A fully explicit Reshape target can fix the token count without naming it ([N·B, D]).
     const explicit = n.opType === "Reshape" && value.every((d) => d > 0);
     if (!value.includes(oldN) && !(explicit && (currentShapes().get(n.input[0]!) ?? []).includes(oldN))) return n;
-    const fixed = n.opType === "Reshape" ? retargetReshape(currentShapes().get(n.input[0]!), value, oldN, plan.tokensOut as number, model.tokenAxis) : undefined;
+    const fixed =
+      n.opType === "Reshape"
+        ? retargetReshape(currentShapes().get(n.input[0]!), value, oldN, plan.tokensOut as number, model.tokenAxis)
+        : undefined;
     if (fixed) {
       const t = int64Tensor(`prunec/stage${plan.stage}/retarget/${n.name || name}`, fixed);
       initializers.push(t);
@@ -83,10 +100,17 @@ export function retargetShapeConstants(
  * [N·B, D] → [N, B, D]). Without static input dims (a symbolic batch) or with a 0 / -1 entry in
  * the target, the single entry equal to n is taken when it stands at the stream's token axis.
  */
-function retargetReshape(input: readonly Dim[] | undefined, target: readonly number[], n: number, k: number, tokenAxis: number | undefined): number[] | undefined {
+function retargetReshape(
+  input: readonly Dim[] | undefined,
+  target: readonly number[],
+  n: number,
+  k: number,
+  tokenAxis: number | undefined,
+): number[] | undefined {
   const product = (xs: readonly number[]) => xs.reduce((a, b) => a * b, 1);
-  const unique = (xs: readonly (number | string)[]) => (xs.indexOf(n) >= 0 && xs.indexOf(n) === xs.lastIndexOf(n) ? xs.indexOf(n) : -1);
-  const dims = input && input.every((d): d is number => typeof d === "number") ? input : undefined;
+  const unique = (xs: readonly (number | string)[]) =>
+    xs.indexOf(n) >= 0 && xs.indexOf(n) === xs.lastIndexOf(n) ? xs.indexOf(n) : -1;
+  const dims = input?.every((d): d is number => typeof d === "number") ? input : undefined;
   if (!dims || target.some((d) => d <= 0)) {
     const at = unique(target);
     if (at < 0 || at !== tokenAxis) return undefined;
@@ -112,4 +136,3 @@ function retargetReshape(input: readonly Dim[] | undefined, target: readonly num
   if (j < 0 || align(dims, product(target.slice(0, j)), product(target.slice(j + 1))) < 0) return undefined;
   return target.map((d, x) => (x === j ? k : d));
 }
-

@@ -32,10 +32,44 @@ export function selectAndGatherFloat(
   const thr = kth(best!);
   const above = b.op("Greater", [s, thr]);
   const tied = b.op("Equal", [s, thr]);
-  const key1 = b.op("Where", [above, b.float(pos.map((p) => p - 2 * n), [1, n, 1], "above_keys"), b.op("Where", [tied, posT, b.float(pos.map((p) => p + 2 * n), [1, n, 1], "below_keys")])], {}, "rank_keys");
+  const key1 = b.op(
+    "Where",
+    [
+      above,
+      b.float(
+        pos.map((p) => p - 2 * n),
+        [1, n, 1],
+        "above_keys",
+      ),
+      b.op("Where", [
+        tied,
+        posT,
+        b.float(
+          pos.map((p) => p + 2 * n),
+          [1, n, 1],
+          "below_keys",
+        ),
+      ]),
+    ],
+    {},
+    "rank_keys",
+  );
   const [smallest] = b.opN("TopK", [key1, kT], 2, { axis: 1, largest: 0, sorted: 1 });
   const kept = b.op("LessOrEqual", [key1, kth(smallest!)], {}, "kept_mask");
-  const key2 = b.op("Where", [kept, posT, b.float(pos.map((p) => p + n), [1, n, 1], "dropped_keys")], {}, "order_keys");
+  const key2 = b.op(
+    "Where",
+    [
+      kept,
+      posT,
+      b.float(
+        pos.map((p) => p + n),
+        [1, n, 1],
+        "dropped_keys",
+      ),
+    ],
+    {},
+    "order_keys",
+  );
   const [, positions] = b.opN("TopK", [key2, kT], 2, { axis: 1, largest: 0, sorted: 1 }); // [B,K,1] int64
   const patches = prefix ? b.slice(stream, 1, prefix) : stream;
   const gathered = b.op("GatherND", [patches, positions!], { batch_dims: 1 }, "gather_tokens");

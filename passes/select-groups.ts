@@ -7,14 +7,24 @@
 import type { NodeBuilder } from "./builder.js";
 import { selectTopK, withPrefix } from "./select-topk.js";
 
-export function selectGroups(b: NodeBuilder, scores: string, keepGroups: number, members: number[][], prefix: number): string {
+export function selectGroups(
+  b: NodeBuilder,
+  scores: string,
+  keepGroups: number,
+  members: number[][],
+  prefix: number,
+): string {
   const size = members[0]!.length;
   const k = b.int64([keepGroups], [1], "k_groups");
   const [, best] = b.opN("TopK", [scores, k], 2, { axis: -1, largest: 1, sorted: 1 });
   const table = b.int64(members.flat(), [members.length, size], "group_members");
   const positions = b.op("Gather", [table, best!], { axis: 0 }, "group_positions"); // [B, K, size]
   const flat = b.op("Reshape", [positions, b.int64([0, keepGroups * size], [2], "flat_shape")], {}, "flatten_groups");
-  const [ascending] = b.opN("TopK", [flat, b.int64([keepGroups * size], [1], "k_tokens")], 2, { axis: -1, largest: 0, sorted: 1 });
+  const [ascending] = b.opN("TopK", [flat, b.int64([keepGroups * size], [1], "k_tokens")], 2, {
+    axis: -1,
+    largest: 0,
+    sorted: 1,
+  });
   return withPrefix(b, ascending!, prefix);
 }
 
@@ -32,6 +42,11 @@ export function meanOverGroups(b: NodeBuilder, tokenScores: string, members: num
 export function selectFolded(b: NodeBuilder, scores: string, k: string, size: number): string {
   const groups = selectTopK(b, scores, k, 0); // [B, K] ascending
   const starts = b.op("Mul", [b.unsqueeze(groups, [2]), b.int64([size], [1], "group_size")], {}, "group_start"); // [B,K,1]
-  const positions = b.op("Add", [starts, b.int64([...Array(size).keys()], [1, 1, size], "group_offsets")], {}, "group_positions"); // [B,K,size]
+  const positions = b.op(
+    "Add",
+    [starts, b.int64([...Array(size).keys()], [1, 1, size], "group_offsets")],
+    {},
+    "group_positions",
+  ); // [B,K,size]
   return b.op("Reshape", [positions, b.int64([0, -1], [2], "flat_shape")], {}, "flatten_groups");
 }

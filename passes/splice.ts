@@ -67,7 +67,9 @@ function inserted(proto: GraphProto, s: Splice): NodeProto[] {
   const producer = new Graph(proto).producer.get(s.after);
   if (!producer) throw new Error(`${s.label}: no node produces '${s.after}' (splice precondition)`);
   const rename = s.rename ?? new Map<string, string>();
-  const moved = rename.size ? shallowCopy(producer, { output: producer.output.map((o) => rename.get(o) ?? o) }) : producer;
+  const moved = rename.size
+    ? shallowCopy(producer, { output: producer.output.map((o) => rename.get(o) ?? o) })
+    : producer;
   const at = proto.node.indexOf(producer);
   return [...proto.node.slice(0, at), moved, ...s.nodes, ...proto.node.slice(at + 1)];
 }
@@ -75,8 +77,14 @@ function inserted(proto: GraphProto, s: Splice): NodeProto[] {
 /** A graph's structural issues plus value_info naming tensors nothing produces, as messages by key. */
 function problems(g: GraphProto): Map<string, string> {
   const out = new Map(structureIssues(g).map((i) => [issueKey(i), i.message]));
-  const produced = new Set([...g.input.map((i) => i.name), ...g.initializer.map((t) => t.name), ...g.node.flatMap((n) => n.output)]);
-  for (const v of g.valueInfo) if (!produced.has(v.name)) out.set(`stale-info\u0000${v.name}`, `value_info describes '${v.name}', which nothing produces`);
+  const produced = new Set([
+    ...g.input.map((i) => i.name),
+    ...g.initializer.map((t) => t.name),
+    ...g.node.flatMap((n) => n.output),
+  ]);
+  for (const v of g.valueInfo)
+    if (!produced.has(v.name))
+      out.set(`stale-info\u0000${v.name}`, `value_info describes '${v.name}', which nothing produces`);
   return out;
 }
 
@@ -86,6 +94,9 @@ export function ensures(before: GraphProto, after: GraphProto, label: string): v
   const added = [...problems(after)].filter(([key]) => !had.has(key));
   if (added.length) {
     const shown = added.slice(0, 3).map(([, m]) => m);
-    throw new PrunecError("verify", `${label}: the rewritten graph is not well formed: ${shown.join("; ")}${added.length > 3 ? ` (and ${added.length - 3} more)` : ""} (a prunec bug: please report it)`);
+    throw new PrunecError(
+      "verify",
+      `${label}: the rewritten graph is not well formed: ${shown.join("; ")}${added.length > 3 ? ` (and ${added.length - 3} more)` : ""} (a prunec bug: please report it)`,
+    );
   }
 }

@@ -50,7 +50,12 @@ export interface StreamState {
   added: readonly NodeProto[];
 }
 
-export function initialState(tokenAxis: number, batchAxis: number | undefined, tokens: Dim | undefined, sets: ReadonlyMap<string, string>): StreamState {
+export function initialState(
+  tokenAxis: number,
+  batchAxis: number | undefined,
+  tokens: Dim | undefined,
+  sets: ReadonlyMap<string, string>,
+): StreamState {
   return { tokenAxis, batchAxis, tokens, carried: new Map(), sets, stages: [], added: [] };
 }
 

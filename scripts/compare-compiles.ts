@@ -34,10 +34,14 @@ for (const [key, outs] of before) {
   if (equal) same++;
   else {
     changed++;
-    console.log(`changed: model ${key.slice(0, 12)} spec ${key.slice(65, 77)}: ${[...outs].map((o) => o.slice(0, 12)).join(",")} -> ${[...now].map((o) => o.slice(0, 12)).join(",")}`);
+    console.log(
+      `changed: model ${key.slice(0, 12)} spec ${key.slice(65, 77)}: ${[...outs].map((o) => o.slice(0, 12)).join(",")} -> ${[...now].map((o) => o.slice(0, 12)).join(",")}`,
+    );
   }
 }
 const onlyBefore = [...before.keys()].filter((k) => !after.has(k)).length;
 const onlyAfter = [...after.keys()].filter((k) => !before.has(k)).length;
-console.log(`${same} pairs byte-identical, ${changed} changed; ${onlyBefore} compiled only before, ${onlyAfter} only after`);
+console.log(
+  `${same} pairs byte-identical, ${changed} changed; ${onlyBefore} compiled only before, ${onlyAfter} only after`,
+);
 process.exit(changed ? 1 : 0);

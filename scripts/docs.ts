@@ -16,7 +16,12 @@ const END = "<!-- criteria:end -->";
 
 function args(c: CriterionInfo): string {
   const list = Object.entries(c.args).map(([name, a]) => {
-    const dflt = a.default === undefined ? (a.optional ? "optional" : "required") : `default ${Array.isArray(a.default) ? a.default.join("..") : a.default}`;
+    const dflt =
+      a.default === undefined
+        ? a.optional
+          ? "optional"
+          : "required"
+        : `default ${Array.isArray(a.default) ? a.default.join("..") : a.default}`;
     return `\`${name}\`: ${a.type}, ${dflt}; ${a.doc}`;
   });
   return list.length ? list.join("<br>") : "none";
@@ -27,7 +32,10 @@ export function criteriaSection(): string {
     "| criterion | status | arguments | what it scores | needs |",
     "|---|---|---|---|---|",
     ...CRITERIA.map((c) => `| \`${c.name}\` | compiles | ${args(c)} | ${c.summary} | ${c.needs} |`),
-    ...PLANNED.map((c) => `| \`${c.name}\` | parsed and checked; not compiled yet | ${args(c)} | ${c.summary} (${c.reference}) | ${c.requiresSets?.map((s) => `token set \`${s}\``).join(", ") || "-"} |`),
+    ...PLANNED.map(
+      (c) =>
+        `| \`${c.name}\` | parsed and checked; not compiled yet | ${args(c)} | ${c.summary} (${c.reference}) | ${c.requiresSets?.map((s) => `token set \`${s}\``).join(", ") || "-"} |`,
+    ),
   ];
   return [START, "", ...rows, "", END].join("\n");
 }
@@ -41,10 +49,13 @@ export function kindsSection(): string {
   const rows = [
     `| selection kind | ${STAGE_OPTIONS.map((o) => `\`with ${o}\``).join(" | ")} |`,
     `|---|${STAGE_OPTIONS.map(() => "---").join("|")}|`,
-    ...SELECTION_KINDS.map((k) => `| ${k} | ${STAGE_OPTIONS.map((o) => {
-      const cell = SELECTION_OPTIONS[k][o];
-      return cell === "ok" ? "yes" : `no: ${cell(facts)}`;
-    }).join(" | ")} |`),
+    ...SELECTION_KINDS.map(
+      (k) =>
+        `| ${k} | ${STAGE_OPTIONS.map((o) => {
+          const cell = SELECTION_OPTIONS[k][o];
+          return cell === "ok" ? "yes" : `no: ${cell(facts)}`;
+        }).join(" | ")} |`,
+    ),
   ];
   const pairs = OPTION_PAIRS.map((p) => `- \`with ${p.options[0]}, ${p.options[1]}\`: ${p.why}`);
   return [KINDS_START, "", ...rows, "", ...pairs, "", KINDS_END].join("\n");

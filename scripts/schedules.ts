@@ -43,17 +43,25 @@ const reps = Number(arg("--reps") ?? 5);
 const out = arg("--write");
 const SECTIONS = ["schedules", "criteria", "capabilities"] as const;
 const only = arg("--only")?.split(",") ?? [...SECTIONS];
-for (const o of only) if (!(SECTIONS as readonly string[]).includes(o)) throw new Error(`--only: unknown section '${o}' (${SECTIONS.join(", ")})`);
+for (const o of only)
+  if (!(SECTIONS as readonly string[]).includes(o))
+    throw new Error(`--only: unknown section '${o}' (${SECTIONS.join(", ")})`);
 /** Evaluation batch (accuracy does not depend on it: each example gets its batch-1 result). */
 const EVAL_BATCH = 32;
 const BENCH_BATCH = 32;
 
 export const SCHEDULES: { name: string; spec: string }[] = [
   { name: "cls-attn 25% after layer 2", spec: "after layer 2 keep 25% by cls-attn" },
-  { name: "cls-attn 50% after layer 1, 50% after layer 3", spec: "after layer 1 keep 50% by cls-attn\nafter layer 3 keep 50% by cls-attn" },
+  {
+    name: "cls-attn 50% after layer 1, 50% after layer 3",
+    spec: "after layer 1 keep 50% by cls-attn\nafter layer 3 keep 50% by cls-attn",
+  },
   { name: "cls-attn 25% after layer 3", spec: "after layer 3 keep 25% by cls-attn" },
   { name: "cls-attn 25% after layer 1", spec: "after layer 1 keep 25% by cls-attn" },
-  { name: "cls-attn 50% after layer 2, 50% after layer 3", spec: "after layer 2 keep 50% by cls-attn\nafter layer 3 keep 50% by cls-attn" },
+  {
+    name: "cls-attn 50% after layer 2, 50% after layer 3",
+    spec: "after layer 2 keep 50% by cls-attn\nafter layer 3 keep 50% by cls-attn",
+  },
   // Other criteria at the same budget as the best schedule (25% of patches from layer 2 on).
   { name: "global-attn 25% after layer 1", spec: "after layer 1 keep 25% by global-attn" },
   { name: "norm 25% after layer 1", spec: "after layer 1 keep 25% by norm" },
@@ -109,7 +117,10 @@ export const CAPABILITY_ROWS: { spec: string; target?: "webgpu"; lowering: strin
   { spec: "after layer 1 keep 25% by diversity", target: "webgpu", lowering: "unrolled (target webgpu)" },
   { spec: "after layer 1 keep 25% by k-center", lowering: "Loop" },
   { spec: "after layer 1 keep 25% by k-center", target: "webgpu", lowering: "unrolled (target webgpu)" },
-  { spec: "after layer 1 merge 50% by similarity\nafter layer 2 merge 50% by similarity", lowering: "bipartite matching + one-hot MatMul" },
+  {
+    spec: "after layer 1 merge 50% by similarity\nafter layer 2 merge 50% by similarity",
+    lowering: "bipartite matching + one-hot MatMul",
+  },
   { spec: "after layer 1 keep 25% by cls-attn with mask", lowering: "key bias, nothing removed" },
   { spec: "after layer 1 keep 25% by cls-attn with recycle", lowering: "TopK + Gather + recycled token" },
   { spec: `after layer 1 keep mass ${MASS}% by cls-attn`, lowering: "adaptive count, padded per batch" },
@@ -124,12 +135,18 @@ const median = (xs: number[]) => {
 const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 const vsDense = (acc: number, denseAcc: number) => `${((100 * acc) / denseAcc).toFixed(1)}%`;
 /** `median× [min–max]` of per-repetition speedups. */
-const spread = (xs: number[]) => `${median(xs).toFixed(2)}× [${Math.min(...xs).toFixed(2)}–${Math.max(...xs).toFixed(2)}]`;
+const spread = (xs: number[]) =>
+  `${median(xs).toFixed(2)}× [${Math.min(...xs).toFixed(2)}–${Math.max(...xs).toFixed(2)}]`;
 /** Repetition r's order of n rows: rotated by r·⌈n/reps⌉, so that no row always runs in the same position. */
 const rotation = (n: number, r: number) => Array.from({ length: n }, (_, i) => (i + r * Math.ceil(n / reps)) % n);
 
 async function schedulesTable(model: Uint8Array, data: Dataset, denseAcc: number): Promise<string> {
-  const bench = await benchmark(model, "digits", SCHEDULES.map((s) => ({ name: s.name, text: s.spec })), { batch: BENCH_BATCH, runs });
+  const bench = await benchmark(
+    model,
+    "digits",
+    SCHEDULES.map((s) => ({ name: s.name, text: s.spec })),
+    { batch: BENCH_BATCH, runs },
+  );
   const patches = 64;
   const lines = [
     `Dense: ${pct(denseAcc)} top-1 on ${data.header.n} test images; ORT CPU batch ${BENCH_BATCH} median ${bench.rows[0]!.medianMs.toFixed(1)} ms (${bench.runs} runs).`,
@@ -169,7 +186,12 @@ async function criteriaTable(model: Uint8Array, data: Dataset, denseAcc: number)
   const benches: BenchResult[] = [];
   for (let r = 0; r < reps; r++) {
     const order = rotation(specs.length, r).map((i) => specs[i]!);
-    const b = await benchmark(model, "digits", order.map((s) => ({ name: s, text: s })), { batch: BENCH_BATCH, runs });
+    const b = await benchmark(
+      model,
+      "digits",
+      order.map((s) => ({ name: s, text: s })),
+      { batch: BENCH_BATCH, runs },
+    );
     benches.push({ ...b, rows: [b.rows[0]!, ...specs.map((s) => b.rows.find((row) => row.spec === s)!)] });
     console.error(`bench repetition ${r + 1}/${reps} done`);
   }
@@ -201,12 +223,15 @@ function flopsModel(model: Uint8Array): { flops: (tokens: number[]) => number; d
 }
 
 /** Tokens per layer of a compiled model, with `count` for the layers whose count is per-example (adaptive). */
-const tokensWith = (r: CompileResult, count: number) => r.report.tokensPerLayer.map((t) => (typeof t.pruned === "number" ? t.pruned : count));
+const tokensWith = (r: CompileResult, count: number) =>
+  r.report.tokensPerLayer.map((t) => (typeof t.pruned === "number" ? t.pruned : count));
 
 /** Nodes inside subgraph attributes (Loop / If / Scan bodies), recursively. */
 function subgraphNodes(nodes: readonly NodeProto[]): number {
   let n = 0;
-  for (const node of nodes) for (const a of node.attribute) for (const g of [...(a.g ? [a.g] : []), ...a.graphs]) n += g.node.length + subgraphNodes(g.node);
+  for (const node of nodes)
+    for (const a of node.attribute)
+      for (const g of [...(a.g ? [a.g] : []), ...a.graphs]) n += g.node.length + subgraphNodes(g.node);
   return n;
 }
 
@@ -240,7 +265,12 @@ async function sideBySide(models: Uint8Array[], feeds: FloatInput[], runs: numbe
 }
 
 /** `reps` side-by-side repetitions (rotated row order, dense first): dense ms per repetition, speedups per row and repetition. */
-async function repeatedSpeedups(dense: Uint8Array, models: Uint8Array[], feeds: FloatInput[], runs: number): Promise<{ denseMs: number[]; speedups: number[][] }> {
+async function repeatedSpeedups(
+  dense: Uint8Array,
+  models: Uint8Array[],
+  feeds: FloatInput[],
+  runs: number,
+): Promise<{ denseMs: number[]; speedups: number[][] }> {
   const denseMs: number[] = [];
   const speedups = models.map((): number[] => []);
   for (let r = 0; r < reps; r++) {
@@ -259,7 +289,10 @@ async function adaptiveCounts(model: Uint8Array, spec: string, data: Dataset): P
   try {
     const counts: number[] = [];
     for (let from = 0; from < data.header.n; from += EVAL_BATCH) {
-      const res = await session.run({ [session.inputNames[0]!]: batchInput(data, from, Math.min(data.header.n, from + EVAL_BATCH)) }, ["prunec.stage0.counts"]);
+      const res = await session.run(
+        { [session.inputNames[0]!]: batchInput(data, from, Math.min(data.header.n, from + EVAL_BATCH)) },
+        ["prunec.stage0.counts"],
+      );
       counts.push(...Array.from(res["prunec.stage0.counts"]!.data as BigInt64Array, Number));
     }
     return counts;
@@ -274,17 +307,28 @@ async function capabilitiesTable(model: Uint8Array, data: Dataset, denseAcc: num
   const denseBody = subgraphNodes(decodeModel(model, "digits").graph!.node);
   const n = data.header.n;
   // The timed inputs: the test set's full batches of BENCH_BATCH, and its single images for batch 1.
-  const batches = Array.from({ length: Math.floor(n / BENCH_BATCH) }, (_, i) => batchInput(data, i * BENCH_BATCH, (i + 1) * BENCH_BATCH));
+  const batches = Array.from({ length: Math.floor(n / BENCH_BATCH) }, (_, i) =>
+    batchInput(data, i * BENCH_BATCH, (i + 1) * BENCH_BATCH),
+  );
   const singles = Array.from({ length: n }, (_, i) => batchInput(data, i, i + 1));
 
-  type Row = { spec: string; target?: "webgpu"; lowering: string; compiled?: CompileResult; error?: string; accuracy?: number; counts?: number[] };
+  type Row = {
+    spec: string;
+    target?: "webgpu";
+    lowering: string;
+    compiled?: CompileResult;
+    error?: string;
+    accuracy?: number;
+    counts?: number[];
+  };
   const rows: Row[] = CAPABILITY_ROWS.map((c) => ({ ...c }));
   for (const row of rows) {
     const options: CompileOptions = { modelName: "digits", ...(row.target ? { target: row.target } : {}) };
     try {
       row.compiled = compile(model, row.spec, options);
       row.accuracy = (await evaluate(row.compiled.model, row.spec, data, { ep: "cpu", batch: EVAL_BATCH })).accuracy;
-      if (row.compiled.report.tokensPerLayer.some((t) => typeof t.pruned !== "number")) row.counts = await adaptiveCounts(model, row.spec, data);
+      if (row.compiled.report.tokensPerLayer.some((t) => typeof t.pruned !== "number"))
+        row.counts = await adaptiveCounts(model, row.spec, data);
       console.error(`evaluated ${row.spec.replace(/\n/g, "; ")} (${row.target ?? "cpu"}): ${pct(row.accuracy)}`);
     } catch (e) {
       row.error = (e as Error).message.split("\n")[0]!;
@@ -293,7 +337,12 @@ async function capabilitiesTable(model: Uint8Array, data: Dataset, denseAcc: num
     }
   }
   const ok = rows.filter((r) => r.compiled);
-  const b32 = await repeatedSpeedups(model, ok.map((r) => r.compiled!.model), batches, runs);
+  const b32 = await repeatedSpeedups(
+    model,
+    ok.map((r) => r.compiled!.model),
+    batches,
+    runs,
+  );
 
   const lines = [
     `Dense: ${pct(denseAcc)} top-1; ORT CPU batch ${BENCH_BATCH} median ${median(b32.denseMs).toFixed(1)} ms (${b32.denseMs.map((x) => x.toFixed(1)).join(", ")} in the ${reps} repetitions of ${Math.ceil(runs / BLOCK) * BLOCK} runs per model, on the test set's batches); ${(model.length / 1024).toFixed(1)} KiB, ${decodeModel(model, "digits").graph!.node.length} nodes.`,
@@ -316,7 +365,9 @@ async function capabilitiesTable(model: Uint8Array, data: Dataset, denseAcc: num
       // Each batch pads to its largest count: the ideal is dense FLOPs over the mean FLOPs of the timed batches.
       const padded = batches.map((_, i) => Math.max(...row.counts!.slice(i * BENCH_BATCH, (i + 1) * BENCH_BATCH)));
       ideal = denseFlops / mean(padded.map((c) => flops(tokensWith(r, c))));
-      tokens = r.report.tokensPerLayer.map((t) => (typeof t.pruned === "number" ? t.pruned : "n")).join(" ") + ` (n per example: mean ${mean(row.counts).toFixed(1)}, ${Math.min(...row.counts)}–${Math.max(...row.counts)}; b${BENCH_BATCH} pads to mean ${mean(padded).toFixed(1)})`;
+      tokens =
+        r.report.tokensPerLayer.map((t) => (typeof t.pruned === "number" ? t.pruned : "n")).join(" ") +
+        ` (n per example: mean ${mean(row.counts).toFixed(1)}, ${Math.min(...row.counts)}–${Math.max(...row.counts)}; b${BENCH_BATCH} pads to mean ${mean(padded).toFixed(1)})`;
       adaptive = row;
     } else {
       tokens = tokensWith(r, 0).join(" ");
@@ -335,7 +386,12 @@ async function capabilitiesTable(model: Uint8Array, data: Dataset, denseAcc: num
     const pair = [reference, adaptive];
     // Single images are cheap: 4× the runs, so that each repetition covers more of the test set.
     const runs1 = 4 * runs;
-    const b1 = await repeatedSpeedups(model, pair.map((r) => r.compiled!.model), singles, runs1);
+    const b1 = await repeatedSpeedups(
+      model,
+      pair.map((r) => r.compiled!.model),
+      singles,
+      runs1,
+    );
     lines.push(
       "",
       `At batch 1 (no padding): dense median ${median(b1.denseMs).toFixed(2)} ms (${b1.denseMs.map((x) => x.toFixed(2)).join(", ")} in the ${reps} repetitions of ${Math.ceil(runs1 / BLOCK) * BLOCK} runs per model, each run a different test image); FLOPs-ideal from each image's own count.`,
@@ -345,9 +401,13 @@ async function capabilitiesTable(model: Uint8Array, data: Dataset, denseAcc: num
     );
     for (const [k, row] of pair.entries()) {
       const acc = (await evaluate(row.compiled!.model, row.spec, data, { ep: "cpu", batch: 1 })).accuracy;
-      const ideal = row.counts ? denseFlops / mean(row.counts.map((c) => flops(tokensWith(row.compiled!, c)))) : denseFlops / flops(tokensWith(row.compiled!, 0));
+      const ideal = row.counts
+        ? denseFlops / mean(row.counts.map((c) => flops(tokensWith(row.compiled!, c))))
+        : denseFlops / flops(tokensWith(row.compiled!, 0));
       const sp = b1.speedups[k]!;
-      lines.push(`| \`${row.spec}\` | ${pct(acc)} | ${spread(sp)} | ${ideal.toFixed(2)}× | ${(median(sp) / ideal).toFixed(2)} |`);
+      lines.push(
+        `| \`${row.spec}\` | ${pct(acc)} | ${spread(sp)} | ${ideal.toFixed(2)}× | ${(median(sp) / ideal).toFixed(2)} |`,
+      );
     }
   }
   return lines.join("\n");
@@ -368,12 +428,16 @@ async function main(): Promise<void> {
   const model = readFileSync(join(root, "examples", "digits", "model.onnx"));
   const data = parseDataset(readFileSync(join(root, "examples", "digits", "test.prds")), "test.prds");
   const dense = await evaluate(model, "digits", data, { ep: "cpu", batch: EVAL_BATCH });
-  const tables: Record<(typeof SECTIONS)[number], typeof schedulesTable> = { schedules: schedulesTable, criteria: criteriaTable, capabilities: capabilitiesTable };
+  const tables: Record<(typeof SECTIONS)[number], typeof schedulesTable> = {
+    schedules: schedulesTable,
+    criteria: criteriaTable,
+    capabilities: capabilitiesTable,
+  };
   const sections: [string, string][] = [];
   for (const name of SECTIONS.filter((s) => only.includes(s))) {
     const started = performance.now();
     const table = await tables[name](model, data, dense.accuracy);
-    console.log(table + "\n");
+    console.log(`${table}\n`);
     console.error(`${name}: ${((performance.now() - started) / 1000).toFixed(0)} s`);
     sections.push([name, table]);
   }
@@ -381,7 +445,7 @@ async function main(): Promise<void> {
     const path = join(root, out);
     let doc = existsSync(path) ? readFileSync(path, "utf8") : "# Schedules and criteria on the shipped digits model\n";
     for (const [name, table] of sections) doc = replaceSection(doc, name, table);
-    writeFileSync(path, doc.endsWith("\n") ? doc : doc + "\n");
+    writeFileSync(path, doc.endsWith("\n") ? doc : `${doc}\n`);
   }
 }
 

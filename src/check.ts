@@ -41,14 +41,20 @@ function position(stage: StageIR): string {
 
 function stageText(stage: StageIR): string {
   const amount = resolvedAmount(stage);
-  const args = Object.entries(stage.criterion.args).map(([k, v]) => `${k}: ${Array.isArray(v) ? `${v[0]}..${v[1]}` : v}`);
+  const args = Object.entries(stage.criterion.args).map(
+    ([k, v]) => `${k}: ${Array.isArray(v) ? `${v[0]}..${v[1]}` : v}`,
+  );
   const criterion = stage.criterion.name + (args.length ? `(${args.join(", ")})` : "");
   const of = stage.of !== undefined ? ` of ${stage.of}` : "";
   const withs = stage.options.length ? ` with ${stage.options.join(", ")}` : "";
   return `${position(stage)} ${amount.text}${amount.isDefault ? " (default)" : ""}${of} by ${criterion}${withs}`;
 }
 
-export function checkSpec(specText: string, specName: string, model?: { bytes: Uint8Array; name: string }): CheckResult {
+export function checkSpec(
+  specText: string,
+  specName: string,
+  model?: { bytes: Uint8Array; name: string },
+): CheckResult {
   const parsed = parseSpec(specText, specName, registry);
   const fail = (diagnostics: Diagnostic[]): CheckResult => ({
     ok: false,
@@ -92,8 +98,15 @@ export function checkSpec(specText: string, specName: string, model?: { bytes: U
     return out;
   });
   const on = model ? ` on ${model.name}` : "";
-  const list = stages.map((s) => s.text + (s.tokensOut !== undefined ? ` (${s.tokensIn} → ${s.tokensOut} tokens)` : "")).join("; ");
-  return { ok: true, diagnostics: [], stages, summary: `${specName}: ok${on}, ${stages.length} stage${stages.length === 1 ? "" : "s"}${stages.length ? ": " + list : ""}` };
+  const list = stages
+    .map((s) => s.text + (s.tokensOut !== undefined ? ` (${s.tokensIn} → ${s.tokensOut} tokens)` : ""))
+    .join("; ");
+  return {
+    ok: true,
+    diagnostics: [],
+    stages,
+    summary: `${specName}: ok${on}, ${stages.length} stage${stages.length === 1 ? "" : "s"}${stages.length ? `: ${list}` : ""}`,
+  };
 }
 
 /** Diagnostics as editors want them. */

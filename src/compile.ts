@@ -10,7 +10,6 @@ import {
   TensorProto_DataType as DT,
   type ModelProto,
   type GraphProto,
-  type NodeProto,
 } from "./onnx/gen/onnx_pb.js";
 import { concat, decodeModel, encodeModelParts } from "./onnx/io.js";
 import { checkExternalData } from "./onnx/external.js";
@@ -120,10 +119,14 @@ export interface CompileResult {
 function withSetInputs(graph: GraphProto, spec: SpecIR, plans: StagePlan[], info: TransformerInfo): GraphProto {
   const used = new Set(plans.flatMap((p) => (p.ofSet ? [p.ofSet.input] : [])));
   const existing = new Set(graph.input.map((i) => i.name));
-  const added = spec.tokenSets.filter((t) => t.source.kind === "input" && used.has(t.source.input) && !existing.has(t.source.input));
+  const added = spec.tokenSets.filter(
+    (t) => t.source.kind === "input" && used.has(t.source.input) && !existing.has(t.source.input),
+  );
   if (!added.length) return graph;
   const dims = [batchDim(graph) ?? "batch", info.tokens ?? "sequence"];
-  return shallowCopy(graph, { input: [...graph.input, ...added.map((t) => valueInfo((t.source as { input: string }).input, DT.BOOL, dims))] });
+  return shallowCopy(graph, {
+    input: [...graph.input, ...added.map((t) => valueInfo((t.source as { input: string }).input, DT.BOOL, dims))],
+  });
 }
 
 /** The refusal of a spec that prunes nothing (compile with `requireStages`, and `check`). */
@@ -182,15 +185,33 @@ const STEPS: readonly { name: string; run: (c: Compilation) => Compilation; unch
   { name: "add token-set inputs", run: (c) => ({ ...c, graph: withSetInputs(c.graph, c.spec, c.plans, c.info) }) },
   { name: "move rotary out of fused attention", run: moveRotary },
   { name: "apply stages", run: applyStages },
-  { name: "expose indices", run: (c) => (c.options.exposeIndices ? { ...c, graph: exposeIndices(c.graph, c.state.stages, c.info, c.plans) } : c) },
-  { name: "refresh output shapes", run: (c) => (c.plans.length ? { ...c, graph: refreshOutputShapes(c.graph, c.input, c.plans) } : c) },
+  {
+    name: "expose indices",
+    run: (c) =>
+      c.options.exposeIndices ? { ...c, graph: exposeIndices(c.graph, c.state.stages, c.info, c.plans) } : c,
+  },
+  {
+    name: "refresh output shapes",
+    run: (c) => (c.plans.length ? { ...c, graph: refreshOutputShapes(c.graph, c.input, c.plans) } : c),
+  },
   { name: "declare encoder outputs", run: (c) => ({ ...c, graph: declareEncoderOutputs(c.graph, c.plans) }) },
-  { name: "list per-token outputs", run: (c) => ({ ...c, perTokenOutputs: c.plans.length ? shrunkOutputs(c.input, c.graph, c.info, c.plans) : [] }) },
-  { name: "test mutation", run: (c) => (c.options.__testMutate ? { ...c, graph: c.options.__testMutate(c.graph) } : c), unchecked: true },
+  {
+    name: "list per-token outputs",
+    run: (c) => ({ ...c, perTokenOutputs: c.plans.length ? shrunkOutputs(c.input, c.graph, c.info, c.plans) : [] }),
+  },
+  {
+    name: "test mutation",
+    run: (c) => (c.options.__testMutate ? { ...c, graph: c.options.__testMutate(c.graph) } : c),
+    unchecked: true,
+  },
 ];
 
 /** Everything compile does but encoding: the pruned, verified model and its report (`check` runs this too). */
-export function compileModel(modelBytes: Uint8Array, specText: string, options: CompileOptions = {}): { model: ModelProto; report: CompileReport } {
+export function compileModel(
+  modelBytes: Uint8Array,
+  specText: string,
+  options: CompileOptions = {},
+): { model: ModelProto; report: CompileReport } {
   let c = frontEnd(modelBytes, specText, options);
   for (const step of STEPS) {
     const next = step.run(c);
@@ -199,8 +220,20 @@ export function compileModel(modelBytes: Uint8Array, specText: string, options: 
   }
   // Post-condition: a well-formed graph whose shapes agree with every stage's token count.
   const verification = verifyCompiled(c.graph, c.input, c.plans, c.info, c.modelName);
-  const rep: CompileReport = { ...report(c.info, c.plans, c.state, c.spec.stages.map((s) => s.span.line)), perTokenOutputs: c.perTokenOutputs, verification };
-  return { model: shallowCopy(c.model, { graph: c.graph, metadataProps: withMetadata(c.model, specText, rep) }), report: rep };
+  const rep: CompileReport = {
+    ...report(
+      c.info,
+      c.plans,
+      c.state,
+      c.spec.stages.map((s) => s.span.line),
+    ),
+    perTokenOutputs: c.perTokenOutputs,
+    verification,
+  };
+  return {
+    model: shallowCopy(c.model, { graph: c.graph, metadataProps: withMetadata(c.model, specText, rep) }),
+    report: rep,
+  };
 }
 
 /** Decode, check external data, parse, analyse, sort, plan: every refusal happens here, before any rewrite. */
@@ -215,16 +248,34 @@ function frontEnd(modelBytes: Uint8Array, specText: string, options: CompileOpti
   const info = analyzeTransformer(dense, modelName);
   // Stages are placed by file position: an input written out of topological order is sorted first (the same nodes).
   const order = dense.order;
-  const input = order.every((n, i) => n === model.graph!.node[i]) ? model.graph! : shallowCopy(model.graph!, { node: order });
+  const input = order.every((n, i) => n === model.graph!.node[i])
+    ? model.graph!
+    : shallowCopy(model.graph!, { node: order });
   const plans = planStages(spec, info, modelInputs(input));
   const opset = opsetOf(model);
   if (plans.length && opset < 13) {
-    throw new PrunecError("apply", `${modelName}: opset ${opset} is too old; prunec emits opset-13 operators (re-export with opset ≥ 13)`);
+    throw new PrunecError(
+      "apply",
+      `${modelName}: opset ${opset} is too old; prunec emits opset-13 operators (re-export with opset ≥ 13)`,
+    );
   }
   // Token sets a stage restricts to start as their mask inputs; each stage gathers them (passes/prune-stage.ts).
   const sets = new Map(plans.flatMap((p) => (p.ofSet ? [[p.ofSet.name, p.ofSet.input] as const] : [])));
   const state = initialState(info.tokenAxis ?? 1, info.batchAxis, info.tokens, sets);
-  return { options, modelName, specText, spec, model, opset, input, info, plans, graph: input, state, perTokenOutputs: [] };
+  return {
+    options,
+    modelName,
+    specText,
+    spec,
+    model,
+    opset,
+    input,
+    info,
+    plans,
+    graph: input,
+    state,
+    perTokenOutputs: [],
+  };
 }
 
 /**
@@ -237,17 +288,27 @@ function moveRotary(c: Compilation): Compilation {
   const rotary = explicitRotary(c.graph, c.info, first, c.opset, c.modelName);
   const info = analyzeTransformer(new Graph(rotary.graph), c.modelName);
   const plans = planStages(c.spec, info, modelInputs(rotary.graph));
-  const state: StreamState = { ...c.state, carried: new Map([[rotary.positions!, { axes: [1], rank: 2 }]]), added: [...c.state.added, ...rotary.added] };
+  const state: StreamState = {
+    ...c.state,
+    carried: new Map([[rotary.positions!, { axes: [1], rank: 2 }]]),
+    added: [...c.state.added, ...rotary.added],
+  };
   return { ...c, graph: rotary.graph, info, plans, state };
 }
 
 /** Each planned stage in order, each reading the stream state the previous one returned. */
 function applyStages(c: Compilation): Compilation {
-  const options = { opset: c.opset, target: c.options.target ?? "cpu", expose: c.options.exposeIndices ?? false } as const;
+  const options = {
+    opset: c.opset,
+    target: c.options.target ?? "cpu",
+    expose: c.options.exposeIndices ?? false,
+  } as const;
   let graph = c.graph;
   let state = c.state;
   for (const plan of c.plans) {
-    const lowered = plan.merge ? applyMergeStage(graph, c.info, plan, state, options) : applyStage(graph, c.info, plan, state, options);
+    const lowered = plan.merge
+      ? applyMergeStage(graph, c.info, plan, state, options)
+      : applyStage(graph, c.info, plan, state, options);
     graph = lowered.graph;
     state = advance(state, lowered.effect);
   }
@@ -267,12 +328,19 @@ function withMetadata(model: ModelProto, specText: string, rep: CompileReport) {
   return [...kept, ...[...ours].map(([key, value]) => create(StringStringEntryProtoSchema, { key, value }))];
 }
 
-function exposeIndices(g: GraphProto, stages: readonly StageRecord[], info: TransformerInfo, plans: StagePlan[]): GraphProto {
+function exposeIndices(
+  g: GraphProto,
+  stages: readonly StageRecord[],
+  info: TransformerInfo,
+  plans: StagePlan[],
+): GraphProto {
   const batch = batchDim(g);
-  const batchDimOut = info.batchAxis === undefined ? 1 : batch ?? "batch";
+  const batchDimOut = info.batchAxis === undefined ? 1 : (batch ?? "batch");
   // With --expose-indices every stage emits its positions, so record i is stage i.
   const indices = stages.flatMap((s) => (s.indices ? [s] : []));
-  const nodes = indices.map((s, i) => makeNode("Identity", [s.indices!], [`prunec.stage${i}.indices`], `prunec/stage${i}/expose_indices`));
+  const nodes = indices.map((s, i) =>
+    makeNode("Identity", [s.indices!], [`prunec.stage${i}.indices`], `prunec/stage${i}/expose_indices`),
+  );
   const outputs = plans.map((p, i) => {
     const kept = typeof p.tokensOut === "number" ? p.tokensOut : `prunec_stage${i}_kept`;
     return valueInfo(`prunec.stage${i}.indices`, DT.INT64, [batchDimOut, kept]);
@@ -296,7 +364,13 @@ function declareEncoderOutputs(g: GraphProto, plans: StagePlan[]): GraphProto {
     output: g.output.map((o) => {
       if (o.name !== tensor || o.type?.value.case !== "tensorType" || !o.type.value.value.shape) return o;
       const dims = o.type.value.value.shape.dim.map((d, i): Dim | undefined =>
-        i === tokenAxis ? rows : d.value.case === "dimValue" ? Number(d.value.value) : d.value.case === "dimParam" ? d.value.value : undefined,
+        i === tokenAxis
+          ? rows
+          : d.value.case === "dimValue"
+            ? Number(d.value.value)
+            : d.value.case === "dimParam"
+              ? d.value.value
+              : undefined,
       );
       return valueInfo(o.name, o.type.value.value.elemType, dims);
     }),
@@ -309,7 +383,12 @@ function declareEncoderOutputs(g: GraphProto, plans: StagePlan[]): GraphProto {
  * model's interface changes there, so compile says so (the CLI prints it, --json and the report
  * carry it). Masked stages change no shape and are not listed.
  */
-function shrunkOutputs(original: GraphProto, pruned: GraphProto, info: TransformerInfo, plans: StagePlan[]): PerTokenOutput[] {
+function shrunkOutputs(
+  original: GraphProto,
+  pruned: GraphProto,
+  info: TransformerInfo,
+  plans: StagePlan[],
+): PerTokenOutput[] {
   const dense = info.tokens;
   if (dense === undefined) return [];
   const after = inferShapes(new Graph(pruned));
@@ -325,9 +404,18 @@ function shrunkOutputs(original: GraphProto, pruned: GraphProto, info: Transform
     const now = after.get(o.name);
     const axis: number = before ? before.indexOf(dense) : -1;
     if (!before || axis < 0 || before.lastIndexOf(dense) !== axis || now?.[axis] === dense) continue;
-    const stages = plans.filter((p, i) => !p.mask && p.tokensOut !== p.tokensIn && below[i]!.has(o.name)).map((p) => p.stage);
+    const stages = plans
+      .filter((p, i) => !p.mask && p.tokensOut !== p.tokensIn && below[i]!.has(o.name))
+      .map((p) => p.stage);
     if (!stages.length) continue;
-    result.push({ output: o.name, axis, denseRows: dense, rows: now?.[axis] ?? "?", stages, positions: stages.map((s) => `prunec.stage${s}.indices`) });
+    result.push({
+      output: o.name,
+      axis,
+      denseRows: dense,
+      rows: now?.[axis] ?? "?",
+      stages,
+      positions: stages.map((s) => `prunec.stage${s}.indices`),
+    });
   }
   return result;
 }
@@ -335,8 +423,16 @@ function shrunkOutputs(original: GraphProto, pruned: GraphProto, info: Transform
 /** Graph outputs below a stage keep their declared shape only where it still holds. */
 function refreshOutputShapes(g: GraphProto, original: GraphProto, plans: StagePlan[]): GraphProto {
   // Only a declared size equal to a token count a stage changed can have gone stale.
-  const counts = new Set(plans.flatMap((p) => [p.tokensIn, typeof p.tokensIn === "number" ? p.tokensIn - p.prefix : -1]));
-  const suspect = original.output.some((o) => o.type?.value.case === "tensorType" && (o.type.value.value.shape?.dim ?? []).some((d) => d.value.case === "dimValue" && counts.has(Number(d.value.value))));
+  const counts = new Set(
+    plans.flatMap((p) => [p.tokensIn, typeof p.tokensIn === "number" ? p.tokensIn - p.prefix : -1]),
+  );
+  const suspect = original.output.some(
+    (o) =>
+      o.type?.value.case === "tensorType" &&
+      (o.type.value.value.shape?.dim ?? []).some(
+        (d) => d.value.case === "dimValue" && counts.has(Number(d.value.value)),
+      ),
+  );
   const symbolic = plans.some((p) => typeof p.tokensIn !== "number");
   if (!suspect && !symbolic) return g;
   const shapes = inferShapes(new Graph(g));
@@ -347,14 +443,22 @@ function refreshOutputShapes(g: GraphProto, original: GraphProto, plans: StagePl
       const tensor = o.type.value.value;
       const inferred = shapes.get(o.name);
       const dims = tensor.shape?.dim ?? [];
-      const same = inferred !== undefined && inferred.length === dims.length && dims.every((d, i) => d.value.case !== "dimValue" || Number(d.value.value) === inferred[i]);
+      const same =
+        inferred !== undefined &&
+        inferred.length === dims.length &&
+        dims.every((d, i) => d.value.case !== "dimValue" || Number(d.value.value) === inferred[i]);
       if (same || !tensor.shape) return o;
       return valueInfo(o.name, tensor.elemType, inferred ?? dims.map(() => undefined));
     }),
   });
 }
 
-function report(info: TransformerInfo, plans: StagePlan[], state: StreamState, lines: number[]): Omit<CompileReport, "verification" | "perTokenOutputs"> {
+function report(
+  info: TransformerInfo,
+  plans: StagePlan[],
+  state: StreamState,
+  lines: number[],
+): Omit<CompileReport, "verification" | "perTokenOutputs"> {
   const stages = plans.map((p, i) => ({
     lowering: state.stages[i]!.lowering,
     ...(state.stages[i]!.loweringNote ? { loweringNote: state.stages[i]!.loweringNote } : {}),

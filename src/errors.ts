@@ -8,7 +8,15 @@ export type ErrorKind =
   | "runtime" // an optional peer (onnxruntime-node / -web) a command needs is not installed
   | "verify"; // the compiled model failed prunec's own checks (a prunec bug)
 
-export const EXIT_CODES: Record<ErrorKind, number> = { io: 2, format: 3, spec: 4, analysis: 5, apply: 6, runtime: 7, verify: 8 };
+export const EXIT_CODES: Record<ErrorKind, number> = {
+  io: 2,
+  format: 3,
+  spec: 4,
+  analysis: 5,
+  apply: 6,
+  runtime: 7,
+  verify: 8,
+};
 
 import type { Diagnostic } from "../grammar/diagnostics.js";
 

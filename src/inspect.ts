@@ -12,7 +12,6 @@ import { parseSpec } from "../grammar/parse-spec.js";
 import { planStages } from "./plan.js";
 import { PrunecError } from "./errors.js";
 import type { CriterionInfo } from "../grammar/registry.js";
-import type { ArgValue } from "../grammar/ir.js";
 import { opsetOf } from "./compile.js";
 
 export interface CriterionReport {
@@ -80,7 +79,9 @@ function probe(info: TransformerInfo, position: string, c: CriterionInfo, layer:
   // similarity is ToMe's merge criterion: probe it with a merge (25% stays under ToMe's cap of half the tokens).
   const action = c.name === "similarity" ? "merge 25%" : "keep 50%";
   // Token sets a criterion needs are declared as new mask inputs (what a spec would do).
-  const sets = requiredSets(c.name).map((set) => `tokens ${set} = input ${set}_mask\n`).join("");
+  const sets = requiredSets(c.name)
+    .map((set) => `tokens ${set} = input ${set}_mask\n`)
+    .join("");
   const text = `${sets}${position} ${action} by ${c.name}${args.length ? `(${args.join(", ")})` : ""}`;
   const { spec, diagnostics } = parseSpec(text, "inspect", registry);
   if (!spec) return diagnostics[0]?.message ?? "does not parse";
@@ -111,7 +112,7 @@ function layerReport(info: TransformerInfo, l: LayerInfo): LayerReport {
     anchor: l.core?.anchor.name ?? null,
     heads: l.heads ?? null,
     headSize: l.headSize ?? null,
-    probabilities: l.core?.probs ? l.probsLayout ?? "unknown layout" : null,
+    probabilities: l.core?.probs ? (l.probsLayout ?? "unknown layout") : null,
     quantization: l.quantization ?? null,
     rotary: l.rotary,
     residual: l.residual ? { input: l.residual.input, output: l.residual.output } : null,
@@ -171,7 +172,9 @@ export function formatExplanation(e: Explanation): string {
     lines.push(`  layer ${l.index}${l.name ? ` ('${l.name}')` : ""}:`);
     lines.push(`    ${stepText(l.attention)}`);
     for (const s of l.residual) lines.push(`    ${stepText(s)}`);
-    lines.push(`    residual block: ${l.block ? `found (${l.block.layout}): '${l.block.input}' → '${l.block.output}'` : "not found, so no stage can act after this layer"}`);
+    lines.push(
+      `    residual block: ${l.block ? `found (${l.block.layout}): '${l.block.input}' → '${l.block.output}'` : "not found, so no stage can act after this layer"}`,
+    );
     for (const m of l.notAttention) lines.push(`    Softmax '${m.softmax}' is not attention: ${missText(m)}`);
     if (l.notAttentionOmitted) lines.push(`    and ${l.notAttentionOmitted} more Softmax nodes that are not attention`);
   }
@@ -184,7 +187,8 @@ export function formatExplanation(e: Explanation): string {
 }
 
 function mergeText(m: SpatialMerge): string {
-  if (m.kind === "pool" && m.kernel && m.grid) return `${m.kernel.join("×")} pool over the ${m.grid.join("×")} token grid (${m.groupSize} tokens → 1)`;
+  if (m.kind === "pool" && m.kernel && m.grid)
+    return `${m.kernel.join("×")} pool over the ${m.grid.join("×")} token grid (${m.groupSize} tokens → 1)`;
   return `fold of ${m.groupSize} consecutive tokens into one`;
 }
 
@@ -192,14 +196,26 @@ const shapeText = (s: Dim[] | null): string => (s ? `[${s.join(", ")}]` : "[?]")
 
 export function formatInspect(r: InspectReport): string {
   const lines: string[] = [];
-  lines.push(`${r.model}: ${r.layerCount} transformer layers (opset ${r.opset}, IR ${r.irVersion}${r.producer ? `, ${r.producer}` : ""})`);
+  lines.push(
+    `${r.model}: ${r.layerCount} transformer layers (opset ${r.opset}, IR ${r.irVersion}${r.producer ? `, ${r.producer}` : ""})`,
+  );
   lines.push(`  inputs:  ${r.inputs.map((i) => `${i.name} ${shapeText(i.shape)}`).join(", ")}`);
   lines.push(`  outputs: ${r.outputs.map((o) => `${o.name} ${shapeText(o.shape)}`).join(", ")}`);
-  const axes = r.tokenAxis === null ? "unknown" : `token axis ${r.tokenAxis}, ${r.batchAxis === null ? "no batch axis" : `batch axis ${r.batchAxis}`}`;
-  lines.push(r.unproven ? `  tokens:  not provable, so no stage compiles: ${r.unproven}` : `  tokens:  ${r.tokens ?? "?"} (${axes}), hidden ${r.hidden ?? "?"}`);
-  lines.push(`  CLS:     ${r.cls.present ? `yes, at index ${r.cls.index}${r.cls.prefixTokens > 1 ? ` (${r.cls.prefixTokens} special tokens in front)` : ""}` : "no"}`);
+  const axes =
+    r.tokenAxis === null
+      ? "unknown"
+      : `token axis ${r.tokenAxis}, ${r.batchAxis === null ? "no batch axis" : `batch axis ${r.batchAxis}`}`;
+  lines.push(
+    r.unproven
+      ? `  tokens:  not provable, so no stage compiles: ${r.unproven}`
+      : `  tokens:  ${r.tokens ?? "?"} (${axes}), hidden ${r.hidden ?? "?"}`,
+  );
+  lines.push(
+    `  CLS:     ${r.cls.present ? `yes, at index ${r.cls.index}${r.cls.prefixTokens > 1 ? ` (${r.cls.prefixTokens} special tokens in front)` : ""}` : "no"}`,
+  );
   if (r.merge) lines.push(`  merge:   ${mergeText(r.merge)} after the encoder (${r.merge.node})`);
-  if (r.externalData) lines.push(`  weights: ${r.externalData} initializers in external data files (not needed to compile)`);
+  if (r.externalData)
+    lines.push(`  weights: ${r.externalData} initializers in external data files (not needed to compile)`);
   const header = ["layer", "attention", "heads", "head size", "probs", "quant", "rotary", "residual", "criteria"];
   const rows = r.layers.map((l) => [
     String(l.index),
@@ -213,13 +229,23 @@ export function formatInspect(r: InspectReport): string {
     l.criteria.map((c) => (c.ok ? c.name : `no ${c.name}`)).join(", "),
   ]);
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)));
-  const fmt = (row: string[]) => "  " + row.map((c, i) => c.padEnd(widths[i]!)).join("  ").trimEnd();
+  const fmt = (row: string[]) =>
+    "  " +
+    row
+      .map((c, i) => c.padEnd(widths[i]!))
+      .join("  ")
+      .trimEnd();
   lines.push("", fmt(header), fmt(widths.map((w) => "-".repeat(w))), ...rows.map(fmt));
   const reasons = new Map<string, string>();
-  for (const l of r.layers) for (const c of l.criteria) if (!c.ok && c.why && !reasons.has(c.name)) reasons.set(c.name, `layer ${l.index}: ${c.why}`);
+  for (const l of r.layers)
+    for (const c of l.criteria)
+      if (!c.ok && c.why && !reasons.has(c.name)) reasons.set(c.name, `layer ${l.index}: ${c.why}`);
   if (!r.unproven) for (const [name, why] of reasons) lines.push(`  ${name} unavailable at ${why}`);
   const encoder = r.afterEncoder.filter((c) => c.ok).map((c) => c.name);
-  lines.push("", `  after encoder: ${encoder.length ? encoder.join(", ") : `no criterion (${r.afterEncoder[0]?.why ?? "?"})`}`);
+  lines.push(
+    "",
+    `  after encoder: ${encoder.length ? encoder.join(", ") : `no criterion (${r.afterEncoder[0]?.why ?? "?"})`}`,
+  );
   if (r.explanation) lines.push("", formatExplanation(r.explanation));
   return lines.join("\n");
 }

@@ -20,9 +20,11 @@ import { criterionModule } from "../passes/registry.js";
 import { refusal } from "../passes/kinds/combinations.js";
 
 // ToMe's criterion, through the registry like every criterion the planner reads.
-const similarity = criterionModule("similarity") ?? (() => {
-  throw new Error("the criterion registry has no similarity module");
-})();
+const similarity =
+  criterionModule("similarity") ??
+  (() => {
+    throw new Error("the criterion registry has no similarity module");
+  })();
 
 /** Percentage merged when a merge stage omits its amount (the language's default amount). */
 const DEFAULT_MERGE_PERCENT = 50;
@@ -51,25 +53,40 @@ export function planMerge(
 ): StagePlan | undefined {
   const name = stage.criterion.name;
   if (stage.action !== "merge") {
-    fail(stage.actionSpan, `similarity pairs tokens to merge them (ToMe); it does not rank tokens to ${stage.action}: write 'merge P% by similarity' (P% of the prunable tokens merge into their most similar partners)`);
+    fail(
+      stage.actionSpan,
+      `similarity pairs tokens to merge them (ToMe); it does not rank tokens to ${stage.action}: write 'merge P% by similarity' (P% of the prunable tokens merge into their most similar partners)`,
+    );
     return undefined;
   }
   if (name !== similarity.name) {
-    fail(stage.criterion.span, `'merge' pairs tokens by key similarity (ToMe); use 'by similarity' (${name} ranks tokens for 'keep' and 'drop')`);
+    fail(
+      stage.criterion.span,
+      `'merge' pairs tokens by key similarity (ToMe); use 'by similarity' (${name} ranks tokens for 'keep' and 'drop')`,
+    );
     return undefined;
   }
   const resolved = layer.index;
   const where = `after layer ${resolved}`;
   if (stage.position.kind === "after-encoder") {
-    fail(stage.positionSpan, "'merge' after the encoder is not supported yet; merge after a layer ('after layer L merge P% by similarity')");
+    fail(
+      stage.positionSpan,
+      "'merge' after the encoder is not supported yet; merge after a layer ('after layer L merge P% by similarity')",
+    );
     return undefined;
   }
   if (stage.amount && stage.amount.kind !== "percent" && stage.amount.kind !== "count") {
-    fail(stage.amountSpan ?? stage.actionSpan, `'${stage.amount.kind}' amounts are not supported with 'merge'; use a percentage or a token count`);
+    fail(
+      stage.amountSpan ?? stage.actionSpan,
+      `'${stage.amount.kind}' amounts are not supported with 'merge'; use a percentage or a token count`,
+    );
     return undefined;
   }
   if (stage.of !== undefined) {
-    fail(stage.ofSpan ?? stage.span, `'of ${stage.of}': stages restricted to a token set are not supported yet; without 'of', a stage acts on all non-special tokens`);
+    fail(
+      stage.ofSpan ?? stage.span,
+      `'of ${stage.of}': stages restricted to a token set are not supported yet; without 'of', a stage acts on all non-special tokens`,
+    );
     return undefined;
   }
   const refused = refusal("merge", new Set(stage.options), { criterion: "similarity" });
@@ -86,32 +103,53 @@ export function planMerge(
     return undefined;
   }
   if (!layer.residual || model.tokenAxis === undefined || tokensIn === undefined) {
-    fail(stage.layerSpan ?? stage.positionSpan, `the residual stream leaving layer ${resolved} could not be found (looked for pre-norm → attention → Add → norm → MLP → Add)${layer.residualWhy ? `: ${layer.residualWhy}` : ""}`);
+    fail(
+      stage.layerSpan ?? stage.positionSpan,
+      `the residual stream leaving layer ${resolved} could not be found (looked for pre-norm → attention → Add → norm → MLP → Add)${layer.residualWhy ? `: ${layer.residualWhy}` : ""}`,
+    );
     return undefined;
   }
   if (typeof tokensIn !== "number") {
-    fail(stage.actionSpan, `'merge' needs a static token count (the matching splits the tokens into two fixed halves); ${index > 0 ? "this stage receives" : "the model has"} ${String(tokensIn)} tokens`);
+    fail(
+      stage.actionSpan,
+      `'merge' needs a static token count (the matching splits the tokens into two fixed halves); ${index > 0 ? "this stage receives" : "the model has"} ${String(tokensIn)} tokens`,
+    );
     return undefined;
   }
   if (model.batchAxis !== 0 || model.tokenAxis !== 1) {
-    fail(stage.positionSpan, `'merge' needs a batch-first residual stream [batch, tokens, hidden]; this model's stream has tokens on axis ${model.tokenAxis}${model.batchAxis === undefined ? " and no batch axis" : ` and the batch on axis ${model.batchAxis}`}`);
+    fail(
+      stage.positionSpan,
+      `'merge' needs a batch-first residual stream [batch, tokens, hidden]; this model's stream has tokens on axis ${model.tokenAxis}${model.batchAxis === undefined ? " and no batch axis" : ` and the batch on axis ${model.batchAxis}`}`,
+    );
     return undefined;
   }
   const merged = model.merge;
   if (merged) {
-    const what = merged.kind === "fold" ? `folds ${merged.groupSize} consecutive tokens into one` : `is pooled over the ${merged.grid?.join("×") ?? ""} token grid`;
-    fail(stage.layerSpan ?? stage.positionSpan, `the encoder output ${what} (node '${merged.node}'), which needs the tokens in their original grid; merging tokens inside this encoder is not supported`);
+    const what =
+      merged.kind === "fold"
+        ? `folds ${merged.groupSize} consecutive tokens into one`
+        : `is pooled over the ${merged.grid?.join("×") ?? ""} token grid`;
+    fail(
+      stage.layerSpan ?? stage.positionSpan,
+      `the encoder output ${what} (node '${merged.node}'), which needs the tokens in their original grid; merging tokens inside this encoder is not supported`,
+    );
     return undefined;
   }
   const proportional = args["proportional"];
   if (proportional !== 0 && proportional !== 1) {
-    fail(stage.criterion.argSpans["proportional"] ?? stage.criterion.span, `argument 'proportional' of 'similarity' must be 0 or 1, got ${String(proportional)}`);
+    fail(
+      stage.criterion.argSpans["proportional"] ?? stage.criterion.span,
+      `argument 'proportional' of 'similarity' must be 0 or 1, got ${String(proportional)}`,
+    );
     return undefined;
   }
   if (proportional === 1) {
     const blocked = maskUnavailable(model, resolved + 1);
     if (blocked) {
-      fail(stage.criterion.argSpans["proportional"] ?? stage.criterion.span, `proportional attention adds log(size) to every later attention's logits, but ${blocked}`);
+      fail(
+        stage.criterion.argSpans["proportional"] ?? stage.criterion.span,
+        `proportional attention adds log(size) to every later attention's logits, but ${blocked}`,
+      );
       return undefined;
     }
   }
@@ -129,15 +167,23 @@ export function planMerge(
   if (sizesFrom !== undefined) {
     const between = spec.stages.slice(sizesFrom + 1, index).find((s) => s.action !== "merge");
     if (between) {
-      fail(stage.actionSpan, `a '${between.action}' stage (line ${between.span.line}) between two 'merge' stages is not supported yet: the token sizes this merge weighs by are not carried through it`);
+      fail(
+        stage.actionSpan,
+        `a '${between.action}' stage (line ${between.span.line}) between two 'merge' stages is not supported yet: the token sizes this merge weighs by are not carried through it`,
+      );
       return undefined;
     }
   }
   // A proportional stage's log-size bias is replaced by the next merge stage's, so all agree.
   const previous = sizesFrom !== undefined ? spec.stages[sizesFrom]! : undefined;
-  const previousProportional = previous ? argsWithDefaults(similarity, previous.criterion.args)["proportional"] : undefined;
+  const previousProportional = previous
+    ? argsWithDefaults(similarity, previous.criterion.args)["proportional"]
+    : undefined;
   if (previous && previousProportional !== proportional) {
-    fail(stage.criterion.span, `every 'merge' stage of a spec must use the same proportional attention: the merge stage on line ${previous.span.line} has proportional: ${String(previousProportional)}, this one ${String(proportional)}`);
+    fail(
+      stage.criterion.span,
+      `every 'merge' stage of a spec must use the same proportional attention: the merge stage on line ${previous.span.line} has proportional: ${String(previousProportional)}, this one ${String(proportional)}`,
+    );
     return undefined;
   }
 

@@ -17,7 +17,6 @@ import type { KindFacts, Refusal } from "../passes/kinds/kind.js";
 import { refusal, type CellFacts, type SelectionKind, type StageOption } from "../passes/kinds/combinations.js";
 import { OPTIONS } from "../passes/kinds/options.js";
 import { keepCountStatic } from "../passes/amount.js";
-import { paddingUnmaskable } from "../passes/mask-recycle.js";
 import { planMerge } from "./plan-merge.js";
 import { PrunecError } from "./errors.js";
 
@@ -28,7 +27,14 @@ export const DEFAULT_PERCENT = 50;
 export function resolvedAmount(stage: StageIR): { text: string; isDefault: boolean } {
   if (!stage.amount) return { text: `${stage.action} ${DEFAULT_PERCENT}%`, isDefault: true };
   const a = stage.amount;
-  const text = a.kind === "percent" ? `${a.value}%` : a.kind === "count" ? `${a.value} tokens` : a.kind === "mass" ? `mass ${a.value}%` : `above ${a.value}`;
+  const text =
+    a.kind === "percent"
+      ? `${a.value}%`
+      : a.kind === "count"
+        ? `${a.value} tokens`
+        : a.kind === "mass"
+          ? `mass ${a.value}%`
+          : `above ${a.value}`;
   return { text: `${stage.action} ${text}`, isDefault: false };
 }
 
@@ -43,7 +49,13 @@ function checkSetInputs(spec: SpecIR, inputs: ReadonlyMap<string, InputFact>): D
     if (!fact) continue; // a new boolean input will be added
     const maskTypes = ["bool", "int64", "int32", "uint8"];
     if (!maskTypes.includes(fact.elemType) || fact.rank !== 2) {
-      out.push(diagnosticAt(spec.file, t.sourceSpan, `model input '${t.source.input}' is ${fact.elemType} of rank ${fact.rank}; a token set needs a boolean or integer [batch, sequence] mask`));
+      out.push(
+        diagnosticAt(
+          spec.file,
+          t.sourceSpan,
+          `model input '${t.source.input}' is ${fact.elemType} of rank ${fact.rank}; a token set needs a boolean or integer [batch, sequence] mask`,
+        ),
+      );
     }
   }
   return out;
@@ -61,19 +73,39 @@ export function checkSpecSets(spec: SpecIR): Diagnostic[] {
   for (const stage of spec.stages) {
     if (stage.of !== undefined && !declared.has(stage.of)) {
       // Candidates: the declared sets, and the sets the stage's criterion works on.
-      const close = declared.size <= 64 ? closest(stage.of, new Set([...declared, ...requiredSets(stage.criterion.name)])) : undefined;
-      out.push(diagnosticAt(spec.file, stage.ofSpan ?? stage.span, `token set '${clip(stage.of)}' is not defined; declare it with 'tokens ${clip(stage.of)} = input NAME' (a boolean model input marking its positions)`, close));
+      const close =
+        declared.size <= 64
+          ? closest(stage.of, new Set([...declared, ...requiredSets(stage.criterion.name)]))
+          : undefined;
+      out.push(
+        diagnosticAt(
+          spec.file,
+          stage.ofSpan ?? stage.span,
+          `token set '${clip(stage.of)}' is not defined; declare it with 'tokens ${clip(stage.of)} = input NAME' (a boolean model input marking its positions)`,
+          close,
+        ),
+      );
     }
     for (const set of requiredSets(stage.criterion.name)) {
       if (declared.has(set)) continue;
       const how = set === "instruction" ? "tokens instruction = after image" : `tokens ${set} = input ${set}_mask`;
-      out.push(diagnosticAt(spec.file, stage.criterion.span, `${stage.criterion.name} needs the token set '${set}', which this spec does not declare; add '${how}'`));
+      out.push(
+        diagnosticAt(
+          spec.file,
+          stage.criterion.span,
+          `${stage.criterion.name} needs the token set '${set}', which this spec does not declare; add '${how}'`,
+        ),
+      );
     }
   }
   return out;
 }
 
-export function planStages(spec: SpecIR, model: TransformerInfo, inputs: ReadonlyMap<string, InputFact> = new Map()): StagePlan[] {
+export function planStages(
+  spec: SpecIR,
+  model: TransformerInfo,
+  inputs: ReadonlyMap<string, InputFact> = new Map(),
+): StagePlan[] {
   const diagnostics: Diagnostic[] = [...checkSpecSets(spec), ...checkSetInputs(spec, inputs)];
   const plans: StagePlan[] = [];
   const fail = (span: Span, message: string): void => {
@@ -97,15 +129,24 @@ export function planStages(spec: SpecIR, model: TransformerInfo, inputs: Readonl
     const plan = planOne(spec, sets, stage, i, model, tokens, lastLayer + 1, adaptive, fail);
     if (!plan) return;
     if (masked && !plan.mask) {
-      fail(stage.positionSpan, "an earlier stage is 'with mask', so its dropped tokens are still in the stream; later stages must be 'with mask' too");
+      fail(
+        stage.positionSpan,
+        "an earlier stage is 'with mask', so its dropped tokens are still in the stream; later stages must be 'with mask' too",
+      );
       return;
     }
     if (masked && typeof plan.tokensIn !== "number") {
-      fail(stage.positionSpan, "a second 'with mask' stage needs a static token count (it ranks among the tokens still unmasked)");
+      fail(
+        stage.positionSpan,
+        "a second 'with mask' stage needs a static token count (it ranks among the tokens still unmasked)",
+      );
       return;
     }
     if (merged && plan.ofSet) {
-      fail(stage.ofSpan ?? stage.span, `'of ${plan.ofSet.name}' after a merge stage is not supported: merged tokens belong to no single set`);
+      fail(
+        stage.ofSpan ?? stage.span,
+        `'of ${plan.ofSet.name}' after a merge stage is not supported: merged tokens belong to no single set`,
+      );
       return;
     }
     merged ||= plan.merge !== undefined;
@@ -114,7 +155,10 @@ export function planStages(spec: SpecIR, model: TransformerInfo, inputs: Readonl
     if (masked && model.tokens !== undefined) plan.scoredTokens = model.tokens;
     masked ||= plan.mask === true;
     if (plan.layer.index <= lastLayer) {
-      fail(stage.layerSpan ?? stage.positionSpan, `stages must be in layer order: layer ${plan.layer.index} comes after a stage at layer ${lastLayer}`);
+      fail(
+        stage.layerSpan ?? stage.positionSpan,
+        `stages must be in layer order: layer ${plan.layer.index} comes after a stage at layer ${lastLayer}`,
+      );
       return;
     }
     lastLayer = plan.layer.index;
@@ -129,8 +173,12 @@ export function planStages(spec: SpecIR, model: TransformerInfo, inputs: Readonl
   });
   // FlowCut's remaining pruning layers: up to the schedule's last adaptive FlowCut stage.
   const flowcuts = plans.filter((p) => p.adaptive?.kind === "flowcut");
-  for (const p of flowcuts) if (p.adaptive?.kind === "flowcut") p.adaptive.rpl = flowcuts.at(-1)!.layer.index - p.layer.index;
-  if (count === 0) diagnostics.push(diagnosticAt(spec.file, { line: 1, column: 1, endLine: 1, endColumn: 1 }, "the model has no transformer layers"));
+  for (const p of flowcuts)
+    if (p.adaptive?.kind === "flowcut") p.adaptive.rpl = flowcuts.at(-1)!.layer.index - p.layer.index;
+  if (count === 0)
+    diagnostics.push(
+      diagnosticAt(spec.file, { line: 1, column: 1, endLine: 1, endColumn: 1 }, "the model has no transformer layers"),
+    );
   if (diagnostics.length) {
     diagnostics.sort((a, b) => a.line - b.line || a.column - b.column);
     throw new PrunecError("apply", formatDiagnostics(diagnostics, spec.text), diagnostics);
@@ -158,7 +206,10 @@ function planOne(
   const encoder = pos.kind === "after-encoder";
   const resolved = pos.kind === "after-encoder" ? count - 1 : pos.layer < 0 ? count + pos.layer : pos.layer;
   if (pos.kind !== "after-encoder" && (resolved < 0 || resolved >= count)) {
-    fail(stage.layerSpan ?? stage.positionSpan, `layer ${pos.layer} is out of range: the model has ${count} layers (0..${count - 1}, or -1..-${count} from the end)`);
+    fail(
+      stage.layerSpan ?? stage.positionSpan,
+      `layer ${pos.layer} is out of range: the model has ${count} layers (0..${count - 1}, or -1..-${count} from the end)`,
+    );
     return undefined;
   }
   const layer = model.layers[resolved]!;
@@ -166,12 +217,16 @@ function planOne(
   if (stage.of !== undefined && !sets.has(stage.of)) return undefined;
   if (requiredSets(stage.criterion.name).some((set) => !sets.has(set))) return undefined;
   // Merging (ToMe) and its criterion are planned on their own (src/plan-merge.ts).
-  if (stage.action === "merge" || stage.criterion.name === "similarity") return planMerge(spec, stage, index, model, layer, tokensIn, firstLayer, fail);
+  if (stage.action === "merge" || stage.criterion.name === "similarity")
+    return planMerge(spec, stage, index, model, layer, tokensIn, firstLayer, fail);
   let ofSet: string | undefined;
   if (stage.of !== undefined) {
     const set = sets.get(stage.of)!;
     if (set.source.kind !== "input") {
-      fail(stage.ofSpan ?? stage.span, `'of ${stage.of}': prunec restricts stages to sets given by a model input ('tokens ${stage.of} = input NAME'); sets defined as '${set.source.kind} ...' are not supported yet`);
+      fail(
+        stage.ofSpan ?? stage.span,
+        `'of ${stage.of}': prunec restricts stages to sets given by a model input ('tokens ${stage.of} = input NAME'); sets defined as '${set.source.kind} ...' are not supported yet`,
+      );
       return undefined;
     }
     ofSet = set.source.input;
@@ -179,7 +234,10 @@ function planOne(
   const criterion = criterionModule(stage.criterion.name);
   if (!criterion) {
     const planned = plannedCriterion(stage.criterion.name);
-    fail(stage.criterion.span, `criterion '${stage.criterion.name}'${planned ? ` (${planned.reference})` : ""} is part of the language, but prunec cannot compile it yet`);
+    fail(
+      stage.criterion.span,
+      `criterion '${stage.criterion.name}'${planned ? ` (${planned.reference})` : ""} is part of the language, but prunec cannot compile it yet`,
+    );
     return undefined;
   }
   const args = argsWithDefaults(criterion, stage.criterion.args);
@@ -187,33 +245,51 @@ function planOne(
   const facts: StageFacts = { model, layer, args, tokensIn, firstLayer, prefix };
   const prepared = criterion.prepare(facts);
   if ("why" in prepared) {
-    fail(stage.criterion.span, `${criterion.name} cannot run ${encoder ? `after the encoder (scored at its last layer, ${resolved})` : `after layer ${resolved}`}: ${prepared.why}`);
+    fail(
+      stage.criterion.span,
+      `${criterion.name} cannot run ${encoder ? `after the encoder (scored at its last layer, ${resolved})` : `after layer ${resolved}`}: ${prepared.why}`,
+    );
     return undefined;
   }
   const scorer = prepared.ok;
   if (!layer.residual || model.tokenAxis === undefined || tokensIn === undefined) {
-    fail(stage.layerSpan ?? stage.positionSpan, `the residual stream leaving layer ${resolved} could not be found (looked for pre-norm → attention → Add → norm → MLP → Add)${layer.residualWhy ? `: ${layer.residualWhy}` : ""}`);
+    fail(
+      stage.layerSpan ?? stage.positionSpan,
+      `the residual stream leaving layer ${resolved} could not be found (looked for pre-norm → attention → Add → norm → MLP → Add)${layer.residualWhy ? `: ${layer.residualWhy}` : ""}`,
+    );
     return undefined;
   }
   if (!encoder && layer.residual.outputMissing) {
     // The stream leaving the last layer is fused into the final norm, which omits it (output 3).
     const n = layer.residual.outputNorm;
     const where = n ? `${n.domain ? `${n.domain}.` : ""}${n.opType} (node '${n.name}')` : "a fused norm";
-    fail(stage.layerSpan ?? stage.positionSpan, `the residual stream leaving layer ${resolved} (the last) exists only inside ${where}, the final norm; a stage after the last layer would prune only the LM head's rows: use an earlier layer`);
+    fail(
+      stage.layerSpan ?? stage.positionSpan,
+      `the residual stream leaving layer ${resolved} (the last) exists only inside ${where}, the final norm; a stage after the last layer would prune only the LM head's rows: use an earlier layer`,
+    );
     return undefined;
   }
   if (ofSet !== undefined && model.batchAxis !== 0) {
-    fail(stage.ofSpan ?? stage.span, `'of ${stage.of}' needs a batch-first residual stream (the set's mask is [batch, sequence])`);
+    fail(
+      stage.ofSpan ?? stage.span,
+      `'of ${stage.of}' needs a batch-first residual stream (the set's mask is [batch, sequence])`,
+    );
     return undefined;
   }
   const seqFirst = model.batchAxis === 1 && model.tokenAxis === 0;
   if (model.batchAxis !== undefined && !(model.batchAxis === 0 && model.tokenAxis === 1) && !seqFirst) {
-    fail(stage.positionSpan, `the model's residual stream has tokens on axis ${model.tokenAxis} and the batch on axis ${model.batchAxis}; prunec prunes [batch, tokens, hidden] and sequence-first [tokens, batch, hidden] streams`);
+    fail(
+      stage.positionSpan,
+      `the model's residual stream has tokens on axis ${model.tokenAxis} and the batch on axis ${model.batchAxis}; prunec prunes [batch, tokens, hidden] and sequence-first [tokens, batch, hidden] streams`,
+    );
     return undefined;
   }
   const merge = model.merge;
   if (!encoder && merge?.kind === "pool") {
-    fail(stage.layerSpan ?? stage.positionSpan, `the encoder output is pooled over the ${merge.grid?.join("×") ?? "?"} token grid (node '${merge.node}'), which needs every token; prune 'after encoder' instead (it keeps whole pooled tokens)`);
+    fail(
+      stage.layerSpan ?? stage.positionSpan,
+      `the encoder output is pooled over the ${merge.grid?.join("×") ?? "?"} token grid (node '${merge.node}'), which needs every token; prune 'after encoder' instead (it keeps whole pooled tokens)`,
+    );
     return undefined;
   }
   const groups = scorer.kind === "score" ? scorer.groups : undefined;
@@ -244,10 +320,27 @@ function planOne(
     prefix,
     tokensIn,
     options: new Set(stage.options),
-    perExample: what === undefined ? undefined : { what, adaptive: adaptiveKind, flowcut: flowcutAdaptive, afterAdaptive, drop, amount: amount.kind, keepText: resolvedAmount(stage).text.replace(/^drop /, "") },
+    perExample:
+      what === undefined
+        ? undefined
+        : {
+            what,
+            adaptive: adaptiveKind,
+            flowcut: flowcutAdaptive,
+            afterAdaptive,
+            drop,
+            amount: amount.kind,
+            keepText: resolvedAmount(stage).text.replace(/^drop /, ""),
+          },
   };
   const spanOf = (r: Refusal): Span =>
-    r.at === "criterion" ? stage.criterion.span : r.at === "amount" ? stage.amountSpan ?? stage.actionSpan : r.at === "layer" ? stage.layerSpan ?? stage.positionSpan : stage.positionSpan;
+    r.at === "criterion"
+      ? stage.criterion.span
+      : r.at === "amount"
+        ? (stage.amountSpan ?? stage.actionSpan)
+        : r.at === "layer"
+          ? (stage.layerSpan ?? stage.positionSpan)
+          : stage.positionSpan;
   // The selection kinds' own checks (passes/kinds/), then the options' table and checks, then the count's.
   for (const check of SELECTION_CHECKS) {
     const refused = check(kindFacts);
@@ -256,11 +349,32 @@ function planOne(
       return undefined;
     }
   }
-  const plan: StagePlan = { stage: index, layer, percent: amount.value, drop, criterion, args, tokensIn, tokensOut: tokensIn, prefix, firstLayer };
+  const plan: StagePlan = {
+    stage: index,
+    layer,
+    percent: amount.value,
+    drop,
+    criterion,
+    args,
+    tokensIn,
+    tokensOut: tokensIn,
+    prefix,
+    firstLayer,
+  };
   if (groups) plan.groups = groups;
   if (fold) plan.fold = fold;
   const selection = selectionKind({ scorer: scorer.kind, fold, groups, encoder, perExample: what !== undefined });
-  if (!applyOptions(stage, plan, selection, { criterion: criterion.name, ...(groups ? { unit: groups.unit } : {}), ...(what ? { what } : {}) }, model, fail)) return undefined;
+  if (
+    !applyOptions(
+      stage,
+      plan,
+      selection,
+      { criterion: criterion.name, ...(groups ? { unit: groups.unit } : {}), ...(what ? { what } : {}) },
+      model,
+      fail,
+    )
+  )
+    return undefined;
   const counted = COUNT_CHECK(kindFacts);
   if (counted) {
     fail(spanOf(counted), counted.why);
@@ -270,7 +384,14 @@ function planOne(
     if (adaptiveKind) plan.adaptive = { kind: amount.kind as "mass" | "above", value: amount.value };
     else if (flowcutAdaptive) plan.adaptive = { kind: "flowcut", target: amount.value, rpl: 0 };
     else plan.adaptive = { kind: amount.kind as "percent" | "count", value: amount.value, drop };
-    const label = amount.kind === "mass" ? `mass(${amount.value}%)` : amount.kind === "above" ? `above(${amount.value})` : flowcutAdaptive ? `flowcut(${amount.value})` : `${stage.action}(${resolvedAmount(stage).text})`;
+    const label =
+      amount.kind === "mass"
+        ? `mass(${amount.value}%)`
+        : amount.kind === "above"
+          ? `above(${amount.value})`
+          : flowcutAdaptive
+            ? `flowcut(${amount.value})`
+            : `${stage.action}(${resolvedAmount(stage).text})`;
     plan.tokensOut = `${prefix}+${label}`;
     if (ofSet !== undefined) {
       plan.ofSet = { name: stage.of ?? ofSet, input: ofSet };
@@ -283,46 +404,67 @@ function planOne(
     plan.encoder = out;
     plan.scoredTokens = tokensIn;
     // The output's rows: tokens, or merged tokens of the tokens that reach it.
-    if (out.per.kind === "fold" && tokensIn !== model.tokens) plan.tokensIn = typeof tokensIn === "number" ? tokensIn / out.per.size : `${String(tokensIn)}/${out.per.size}`;
+    if (out.per.kind === "fold" && tokensIn !== model.tokens)
+      plan.tokensIn = typeof tokensIn === "number" ? tokensIn / out.per.size : `${String(tokensIn)}/${out.per.size}`;
     else if (out.per.kind !== "token") plan.tokensIn = out.units;
     plan.tokensOut = plan.tokensIn;
     tokensIn = plan.tokensIn;
   }
   if (typeof tokensIn !== "number") {
     if (amount.kind === "count") {
-      fail(stage.amountSpan ?? stage.actionSpan, `token counts need a static token count; the model has ${String(tokensIn)} tokens`);
+      fail(
+        stage.amountSpan ?? stage.actionSpan,
+        `token counts need a static token count; the model has ${String(tokensIn)} tokens`,
+      );
       return undefined;
     }
     const kept = `${drop ? "drop" : "keep"}(${amount.value}%,${String(tokensIn)}-${prefix})`;
-    plan.tokensOut = fold ? `${fold}*${drop ? "drop" : "keep"}(${amount.value}%,${String(tokensIn)}/${fold})` : `${prefix}+${kept}${plan.recycle ? "+1" : ""}`;
+    plan.tokensOut = fold
+      ? `${fold}*${drop ? "drop" : "keep"}(${amount.value}%,${String(tokensIn)}/${fold})`
+      : `${prefix}+${kept}${plan.recycle ? "+1" : ""}`;
     return plan;
   }
   const prunable = tokensIn - prefix;
   if (fold && prunable % fold !== 0) {
-    fail(stage.layerSpan ?? stage.positionSpan, `${prunable} tokens enter this stage, not a whole number of ${fold}-token merge groups (node '${merge?.node ?? "?"}')`);
+    fail(
+      stage.layerSpan ?? stage.positionSpan,
+      `${prunable} tokens enter this stage, not a whole number of ${fold}-token merge groups (node '${merge?.node ?? "?"}')`,
+    );
     return undefined;
   }
   // Grouped selections count groups: a percentage applies to the groups, a token count must fill whole groups.
-  const size = groups ? groups.members[0]!.length : fold ?? 1;
+  const size = groups ? groups.members[0]!.length : (fold ?? 1);
   const units = groups ? groups.members.length : prunable / size;
   const unit = groups ? groups.unit : `${fold}-token merge group`;
   let keep: number;
   if (amount.kind === "count") {
     if (amount.value % size !== 0) {
-      fail(stage.amountSpan ?? stage.actionSpan, `this stage keeps whole ${unit}s of ${size} tokens; ${amount.value} is not a multiple of ${size}`);
+      fail(
+        stage.amountSpan ?? stage.actionSpan,
+        `this stage keeps whole ${unit}s of ${size} tokens; ${amount.value} is not a multiple of ${size}`,
+      );
       return undefined;
     }
     keep = drop ? units - amount.value / size : amount.value / size;
   } else keep = drop ? units - keepCountStatic(amount.value, units) : keepCountStatic(amount.value, units);
   if (keep < 1 || keep > units) {
-    const what = size > 1 ? `${keep} of ${units} ${unit}s` : `${keep} of ${prunable} prunable ${encoder && model.encoderOutput!.per.kind !== "token" ? "merged tokens" : "tokens"}`;
-    fail(stage.amountSpan ?? stage.actionSpan, `this stage would keep ${what} after layer ${resolved}; it must keep between 1 and ${units}`);
+    const what =
+      size > 1
+        ? `${keep} of ${units} ${unit}s`
+        : `${keep} of ${prunable} prunable ${encoder && model.encoderOutput!.per.kind !== "token" ? "merged tokens" : "tokens"}`;
+    fail(
+      stage.amountSpan ?? stage.actionSpan,
+      `this stage would keep ${what} after layer ${resolved}; it must keep between 1 and ${units}`,
+    );
     return undefined;
   }
   plan.keep = keep;
   plan.tokensOut = prefix + keep * size + (plan.recycle ? 1 : 0);
   if (plan.recycle && keep === units) {
-    fail(stage.optionSpans[0] ?? stage.span, "'with recycle' on a stage that keeps every token: there is nothing to recycle");
+    fail(
+      stage.optionSpans[0] ?? stage.span,
+      "'with recycle' on a stage that keeps every token: there is nothing to recycle",
+    );
     return undefined;
   }
   return plan;
@@ -333,11 +475,19 @@ function planOne(
  * each other and with the stage's selection kind (passes/kinds/combinations.ts); each option then
  * checks what it needs of the model (passes/kinds/options.ts). False when rejected.
  */
-function applyOptions(stage: StageIR, plan: StagePlan, selection: SelectionKind, cell: CellFacts, model: TransformerInfo, fail: (span: Span, message: string) => void): boolean {
+function applyOptions(
+  stage: StageIR,
+  plan: StagePlan,
+  selection: SelectionKind,
+  cell: CellFacts,
+  model: TransformerInfo,
+  fail: (span: Span, message: string) => void,
+): boolean {
   const written = new Set(stage.options);
   const spanOf = (option: StageOption) => stage.optionSpans[stage.options.indexOf(option)] ?? stage.span;
   /** Of the options a message names, the one written first. */
-  const first = (options: readonly StageOption[]) => [...options].sort((a, b) => stage.options.indexOf(a) - stage.options.indexOf(b))[0]!;
+  const first = (options: readonly StageOption[]) =>
+    [...options].sort((a, b) => stage.options.indexOf(a) - stage.options.indexOf(b))[0]!;
   const refused = refusal(selection, written, cell);
   if (refused) {
     fail(spanOf(first(refused.at.filter((o) => written.has(o)))), refused.why);

@@ -14,17 +14,30 @@ describeShared("transformer analysis of the shared models", () => {
     expect(r.layers.map((l) => l.attention)).toEqual(Array(12).fill("matmul-softmax"));
     expect(r.layers.every((l) => l.heads === 3 && l.headSize === 64 && l.residual !== null)).toBe(true);
     expect(r.layers[0]!.probabilities).toBe("batch*heads,q,k");
-    expect(r.layers[0]!.residual).toEqual({ input: "/encoder/Add_output_0", output: "/encoder/layers/encoder_layer_0/Add_1_output_0" });
+    expect(r.layers[0]!.residual).toEqual({
+      input: "/encoder/Add_output_0",
+      output: "/encoder/layers/encoder_layer_0/Add_1_output_0",
+    });
     expect(r.layers[11]!.residual!.output).toBe("/encoder/layers/encoder_layer_11/Add_1_output_0");
     // Each layer's output residual is the next layer's input residual.
     for (let i = 1; i < 12; i++) expect(r.layers[i]!.residual!.input).toBe(r.layers[i - 1]!.residual!.output);
-    expect(r).toMatchObject({ tokens: 197, tokenAxis: 1, batchAxis: 0, hidden: 192, cls: { present: true, index: 0, prefixTokens: 1 } });
+    expect(r).toMatchObject({
+      tokens: 197,
+      tokenAxis: 1,
+      batchAxis: 0,
+      hidden: 192,
+      cls: { present: true, index: 0, prefixTokens: 1 },
+    });
   });
 
   it("qwen2-vl vision tower (PyTorch 2.x export, Gemm): 32 layers, no batch axis, no CLS", () => {
     const r = inspect("graph-only/qwen2-vl-2b-vision-tower-torchexport/model.onnx");
     expect(r.layerCount).toBe(32);
-    expect(r.layers.every((l) => l.attention === "matmul-softmax" && l.residual !== null && l.heads === 16 && l.headSize === 80)).toBe(true);
+    expect(
+      r.layers.every(
+        (l) => l.attention === "matmul-softmax" && l.residual !== null && l.heads === 16 && l.headSize === 80,
+      ),
+    ).toBe(true);
     expect(r).toMatchObject({ tokenAxis: 0, batchAxis: null, hidden: 1280, cls: { present: false } });
     expect(r.layers[0]!.criteria.find((c) => c.name === "cls-attn")!.ok).toBe(false);
   });
@@ -33,7 +46,11 @@ describeShared("transformer analysis of the shared models", () => {
     it(`gemma-3 ${file} (transformers.js, fused MultiHeadAttention): 27 layers, 4096 tokens`, () => {
       const r = inspect(`graph-only/gemma-3-4b-vlm/${file}`);
       expect(r.layerCount).toBe(27);
-      expect(r.layers.every((l) => l.attention === "MultiHeadAttention" && l.heads === 16 && l.headSize === 72 && l.residual !== null)).toBe(true);
+      expect(
+        r.layers.every(
+          (l) => l.attention === "MultiHeadAttention" && l.heads === 16 && l.headSize === 72 && l.residual !== null,
+        ),
+      ).toBe(true);
       expect(r).toMatchObject({ tokens: 4096, tokenAxis: 1, batchAxis: 0, hidden: 1152, cls: { present: false } });
       expect(r.layers[0]!.quantization).toBe(file.includes("quantized") ? "MatMulNBits" : null);
       expect(r.externalData).toBeGreaterThan(0);
@@ -43,7 +60,9 @@ describeShared("transformer analysis of the shared models", () => {
   it("qwen3.5 int8 vision encoder (MatMulInteger, MultiHeadAttention + rotary): 12 layers", () => {
     const r = inspect("graph-only/qwen3.5-0.8b-vlm-int8/vision_encoder_quantized.onnx");
     expect(r.layerCount).toBe(12);
-    expect(r.layers.every((l) => l.attention === "MultiHeadAttention" && l.quantization === "MatMulInteger" && l.rotary)).toBe(true);
+    expect(
+      r.layers.every((l) => l.attention === "MultiHeadAttention" && l.quantization === "MatMulInteger" && l.rotary),
+    ).toBe(true);
     expect(r.cls.present).toBe(false);
   });
 
@@ -53,7 +72,9 @@ describeShared("transformer analysis of the shared models", () => {
     const kinds = r.layers.map((l) => l.attention);
     expect(kinds.filter((k) => k === "GroupQueryAttention")).toHaveLength(6);
     expect(kinds.filter((k) => k === "linear-attention")).toHaveLength(18);
-    expect(r.layers.filter((l) => l.attention === "GroupQueryAttention").map((l) => l.index)).toEqual([3, 7, 11, 15, 19, 23]);
+    expect(r.layers.filter((l) => l.attention === "GroupQueryAttention").map((l) => l.index)).toEqual([
+      3, 7, 11, 15, 19, 23,
+    ]);
   });
 
   it("gemma-3 decoder: 34 GroupQueryAttention layers", () => {

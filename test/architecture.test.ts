@@ -14,7 +14,8 @@ import { dirname, join, relative, resolve } from "node:path";
 import { REPO_ROOT } from "./helpers/shared.js";
 
 const ROOTS = ["src", "grammar", "passes"];
-const IMPORT = /(?:^|\n)\s*(?:import|export)\b[^"'`;]*?\bfrom\s*["']([^"']+)["']|\bimport\s*\(\s*["']([^"']+)["']\s*\)|(?:^|\n)\s*import\s*["']([^"']+)["']/g;
+const IMPORT =
+  /(?:^|\n)\s*(?:import|export)\b[^"'`;]*?\bfrom\s*["']([^"']+)["']|\bimport\s*\(\s*["']([^"']+)["']\s*\)|(?:^|\n)\s*import\s*["']([^"']+)["']/g;
 
 function sources(dir: string): string[] {
   return readdirSync(dir).flatMap((name) => {
@@ -32,7 +33,9 @@ function importGraph(): Map<string, string[]> {
     const targets: string[] = [];
     for (const m of text.matchAll(IMPORT)) {
       const spec = m[1] ?? m[2] ?? m[3]!;
-      targets.push(spec.startsWith(".") ? relative(REPO_ROOT, resolve(dirname(file), spec)).replace(/\.js$/, ".ts") : spec);
+      targets.push(
+        spec.startsWith(".") ? relative(REPO_ROOT, resolve(dirname(file), spec)).replace(/\.js$/, ".ts") : spec,
+      );
     }
     graph.set(relative(REPO_ROOT, file), targets);
   }
@@ -50,7 +53,9 @@ function edges(from: (f: string) => boolean, to: (t: string) => boolean): string
 describe("architecture invariants (docs/architecture.md)", () => {
   it("the scanner sees the tree: every relative import names an existing file", () => {
     expect(graph.size).toBeGreaterThan(80);
-    const missing = [...graph].flatMap(([f, ts]) => ts.filter((t) => t.endsWith(".ts") && !graph.has(t) && !t.startsWith("src/onnx/gen/")).map((t) => `${f} → ${t}`));
+    const missing = [...graph].flatMap(([f, ts]) =>
+      ts.filter((t) => t.endsWith(".ts") && !graph.has(t) && !t.startsWith("src/onnx/gen/")).map((t) => `${f} → ${t}`),
+    );
     expect(missing).toEqual([]);
   });
 
@@ -60,7 +65,15 @@ describe("architecture invariants (docs/architecture.md)", () => {
 
   it("analysis, IR and ONNX I/O never import passes/, the planner, compile or the CLI", () => {
     const core = (f: string) => f.startsWith("src/analysis/") || f.startsWith("src/ir/") || f.startsWith("src/onnx/");
-    expect(edges(core, (t) => t.startsWith("passes/") || /^src\/(plan|plan-merge|plan-types|compile|check|inspect)\.ts$/.test(t) || t.startsWith("src/cli/"))).toEqual([]);
+    expect(
+      edges(
+        core,
+        (t) =>
+          t.startsWith("passes/") ||
+          /^src\/(plan|plan-merge|plan-types|compile|check|inspect)\.ts$/.test(t) ||
+          t.startsWith("src/cli/"),
+      ),
+    ).toEqual([]);
   });
 
   it("only the registry imports criterion modules: passes, the planner and compile reach criteria through it", () => {
@@ -77,7 +90,26 @@ describe("architecture invariants (docs/architecture.md)", () => {
   it("passes/ reads no optional analysis fact through a non-null assertion", () => {
     // `fact!` right after an identifier or property access (`l.core!.anchor`, `l.heads!,`), never `!=`/`!==`:
     // passes narrow these facts (a criterion's prepare, a planner check, an explicit refusal) instead.
-    const FACTS = ["core", "heads", "kvHeads", "headSize", "residual", "qk", "pv", "probs", "key", "tokens", "tokenAxis", "batchAxis", "hidden", "encoderOutput", "merge", "outputNorm", "probsLayout", "scale"];
+    const FACTS = [
+      "core",
+      "heads",
+      "kvHeads",
+      "headSize",
+      "residual",
+      "qk",
+      "pv",
+      "probs",
+      "key",
+      "tokens",
+      "tokenAxis",
+      "batchAxis",
+      "hidden",
+      "encoderOutput",
+      "merge",
+      "outputNorm",
+      "probsLayout",
+      "scale",
+    ];
     const ASSERTED = new RegExp(`\\b(?:${FACTS.join("|")})!(?=[.\\[\\]),;:?}\\s]|$)`);
     const files = sources(join(REPO_ROOT, "passes"));
     expect(files.length).toBeGreaterThan(20);
@@ -91,6 +123,11 @@ describe("architecture invariants (docs/architecture.md)", () => {
 
   it("the library core imports nothing Node-only (only the CLI owns files, processes and exit codes)", () => {
     const library = (f: string) => !f.startsWith("src/cli/");
-    expect(edges(library, (t) => t.startsWith("node:") || ["fs", "path", "os", "child_process", "worker_threads"].includes(t))).toEqual([]);
+    expect(
+      edges(
+        library,
+        (t) => t.startsWith("node:") || ["fs", "path", "os", "child_process", "worker_threads"].includes(t),
+      ),
+    ).toEqual([]);
   });
 });

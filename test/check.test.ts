@@ -10,7 +10,8 @@ import { REPO_ROOT, describeShared, sharedModel } from "./helpers/shared.js";
 import { DOC, renderDoc } from "../scripts/docs.js";
 
 const TINY = { bytes: readFileSync(join(REPO_ROOT, "examples", "tiny-vit", "model.onnx")), name: "tiny.onnx" };
-const CARD = "tokens image = input image_mask; tokens instruction = after image; after layer 2 keep 25% by cls-attn; in layer 16 drop of image by IGA";
+const CARD =
+  "tokens image = input image_mask; tokens instruction = after image; after layer 2 keep 25% by cls-attn; in layer 16 drop of image by IGA";
 
 function errors(spec: string, model = TINY): string {
   const r = checkSpec(spec, "s.prune", model);
@@ -22,7 +23,9 @@ describe("check without a model", () => {
   it("accepts the design card's one-liner exactly as written and prints the resolved default", () => {
     const r = checkSpec(CARD, "card.prune");
     expect(r).toMatchObject({ ok: true, diagnostics: [] });
-    expect(r.summary).toBe("card.prune: ok, 2 stages: after layer 2 keep 25% by cls-attn; in layer 16 drop 50% (default) of image by iga");
+    expect(r.summary).toBe(
+      "card.prune: ok, 2 stages: after layer 2 keep 25% by cls-attn; in layer 16 drop 50% (default) of image by iga",
+    );
   });
 
   it("reports what the file alone shows about token sets: an undefined set (with a did-you-mean) and the sets a criterion needs", () => {
@@ -46,7 +49,9 @@ describe("check without a model", () => {
       ].join("\n"),
     );
     const declared = checkSpec("tokens image = input m\nin layer 4 drop 50% of image by iga", "s.prune");
-    expect(declared.diagnostics.map((d) => d.message)).toEqual(["iga needs the token set 'instruction', which this spec does not declare; add 'tokens instruction = after image'"]);
+    expect(declared.diagnostics.map((d) => d.message)).toEqual([
+      "iga needs the token set 'instruction', which this spec does not declare; add 'tokens instruction = after image'",
+    ]);
   });
 
   it("reports syntax and registry errors, all of them", () => {
@@ -102,19 +107,28 @@ describe("check against a model: each conflict names the spec text and the model
   });
 
   it("reports every conflict of a file, ordered by position", () => {
-    const r = checkSpec("after layer 9 keep 50% by cls-attn\nafter layer 1 keep 50% of image by cls-attn\nafter layer 2 keep 50% by crops", "s.prune", TINY);
+    const r = checkSpec(
+      "after layer 9 keep 50% by cls-attn\nafter layer 1 keep 50% of image by cls-attn\nafter layer 2 keep 50% by crops",
+      "s.prune",
+      TINY,
+    );
     expect(r.diagnostics.map((d) => `${d.line}:${d.column}`)).toEqual(["1:13", "2:27", "3:27"]);
   });
 
   it("prints tokens per stage when the schedule applies", () => {
     const r = checkSpec("after layer 0 keep 25% by cls-attn\nafter layer 2 keep by cls-attn", "s.prune", TINY);
-    expect(r.summary).toBe("s.prune: ok on tiny.onnx, 2 stages: after layer 0 keep 25% by cls-attn (65 → 17 tokens); after layer 2 keep 50% (default) by cls-attn (17 → 9 tokens)");
+    expect(r.summary).toBe(
+      "s.prune: ok on tiny.onnx, 2 stages: after layer 0 keep 25% by cls-attn (65 → 17 tokens); after layer 2 keep 50% (default) by cls-attn (17 → 9 tokens)",
+    );
   });
 });
 
 describeShared("check against real exports", () => {
   it("cls-attn on a model without CLS (Qwen2-VL's vision tower)", () => {
-    const model = { bytes: readFileSync(sharedModel("graph-only/qwen2-vl-2b-vision-tower-torchexport/model.onnx")), name: "qwen2vl.onnx" };
+    const model = {
+      bytes: readFileSync(sharedModel("graph-only/qwen2-vl-2b-vision-tower-torchexport/model.onnx")),
+      name: "qwen2vl.onnx",
+    };
     expect(errors("after layer 30 keep 50% by cls-attn", model)).toBe(
       "s.prune:1:28: error: cls-attn cannot run after layer 30: the model has no CLS token (no learned token is concatenated in front of the patch tokens); use a criterion that does not need one\n 1 | after layer 30 keep 50% by cls-attn\n   |                            ^~~~~~~~",
     );
@@ -123,20 +137,35 @@ describeShared("check against real exports", () => {
 
 describe("prunec check / fmt on the command line", () => {
   const dir = mkdtempSync(join(tmpdir(), "prunec-check-"));
-  const run = (...args: string[]) => spawnSync(process.execPath, [join(REPO_ROOT, "bin", "prunec.js"), ...args], { encoding: "utf8" });
+  const run = (...args: string[]) =>
+    spawnSync(process.execPath, [join(REPO_ROOT, "bin", "prunec.js"), ...args], { encoding: "utf8" });
 
   it("exit 0 and the summary when valid, exit 1 and diagnostics otherwise; --json gives objects", () => {
     const good = join(dir, "good.prune");
-    writeFileSync(good, CARD + "\n");
+    writeFileSync(good, `${CARD}\n`);
     const ok = run("check", good);
-    expect([ok.status, ok.stdout]).toEqual([0, `${good}: ok, 2 stages: after layer 2 keep 25% by cls-attn; in layer 16 drop 50% (default) of image by iga\n`]);
+    expect([ok.status, ok.stdout]).toEqual([
+      0,
+      `${good}: ok, 2 stages: after layer 2 keep 25% by cls-attn; in layer 16 drop 50% (default) of image by iga\n`,
+    ]);
     const bad = join(dir, "bad.prune");
     writeFileSync(bad, "after layer 2 keep 25% by cls-atn\n");
     const no = run("check", bad);
     expect(no.status).toBe(1);
-    expect(no.stderr).toBe(`${bad}:1:27: error: unknown criterion 'cls-atn'\n 1 | after layer 2 keep 25% by cls-atn\n   |                           ^~~~~~~\n   = help: did you mean 'cls-attn'?\n\n${bad}: 1 error\n`);
+    expect(no.stderr).toBe(
+      `${bad}:1:27: error: unknown criterion 'cls-atn'\n 1 | after layer 2 keep 25% by cls-atn\n   |                           ^~~~~~~\n   = help: did you mean 'cls-attn'?\n\n${bad}: 1 error\n`,
+    );
     const json = JSON.parse(run("check", bad, "--json").stdout);
-    expect(json.diagnostics).toEqual([{ file: bad, line: 1, column: 27, end: { line: 1, column: 34 }, message: "unknown criterion 'cls-atn'", suggestion: "cls-attn" }]);
+    expect(json.diagnostics).toEqual([
+      {
+        file: bad,
+        line: 1,
+        column: 27,
+        end: { line: 1, column: 34 },
+        message: "unknown criterion 'cls-atn'",
+        suggestion: "cls-attn",
+      },
+    ]);
     const withModel = run("check", good, join(REPO_ROOT, "examples", "tiny-vit", "model.onnx"));
     expect(withModel.status).toBe(1);
     expect(withModel.stderr).toContain("layer 16 is out of range: the model has 4 layers");
@@ -146,7 +175,10 @@ describe("prunec check / fmt on the command line", () => {
     const messy = join(dir, "messy.prune");
     writeFileSync(messy, "# x\nAFTER Layer 2   KEEP 25 %  BY Cls-Attn ;in layer 3 drop 10 tokens by CLS-ATTN\n");
     const r = run("fmt", messy);
-    expect([r.status, r.stdout]).toEqual([0, "after layer 2 keep 25% by cls-attn\nin layer 3 drop 10 tokens by cls-attn\n"]);
+    expect([r.status, r.stdout]).toEqual([
+      0,
+      "after layer 2 keep 25% by cls-attn\nin layer 3 drop 10 tokens by cls-attn\n",
+    ]);
   });
 });
 

@@ -68,14 +68,18 @@ describe("prunec CLI", () => {
     writeFileSync(text, "hello, I am not a model\n");
     const r1 = prunec(text, spec, "-o", join(dir, "y.onnx"));
     expect(r1.code).toBe(3);
-    expect(r1.stderr).toBe(`prunec: error: ${text}: not an ONNX model (protobuf decoding failed: cant skip wire type 4)\n`);
+    expect(r1.stderr).toBe(
+      `prunec: error: ${text}: not an ONNX model (protobuf decoding failed: cant skip wire type 4)\n`,
+    );
     expect(r1.stderr.trim().split("\n")).toHaveLength(1);
     const trunc = join(dir, "trunc.onnx");
     const bytes = readFileSync(model);
     writeFileSync(trunc, bytes.subarray(0, bytes.length >> 1));
     const r2 = prunec(trunc, spec, "-o", join(dir, "y.onnx"));
     expect(r2.code).toBe(3);
-    expect(r2.stderr).toBe(`prunec: error: ${trunc}: truncated ONNX model (the protobuf data ends early: premature EOF)\n`);
+    expect(r2.stderr).toBe(
+      `prunec: error: ${trunc}: truncated ONNX model (the protobuf data ends early: premature EOF)\n`,
+    );
     expect(existsSync(join(dir, "y.onnx"))).toBe(false);
   });
 

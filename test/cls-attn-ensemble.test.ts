@@ -13,7 +13,16 @@ import { compile } from "../src/compile.js";
 import { withOutputs, unfoldProbs } from "./support/model-edit.js";
 import { clsAttnKeep, type Probs } from "./reference/cls-attn.js";
 import { ensembleKeep } from "./reference/attention-scores.js";
-import { expectKeptAsReference, rejection, tinyFeeds, digitsFeeds, kept, expectDenseLogits, vitTiModel, vitTiFeeds } from "./support/cases.js";
+import {
+  expectKeptAsReference,
+  rejection,
+  tinyFeeds,
+  digitsFeeds,
+  kept,
+  expectDenseLogits,
+  vitTiModel,
+  vitTiFeeds,
+} from "./support/cases.js";
 
 const probsOf = (layer: number) => `/encoder/layers/encoder_layer_${layer}/self_attention/Softmax_output_0`;
 
@@ -25,8 +34,18 @@ async function layerProbs(model: Uint8Array, feeds: Feeds, lo: number, hi: numbe
 }
 
 /** Compiles `spec` (one stage), checks CPU and WASM against the reference from the dense model's layers lo..hi. */
-async function expectReference(model: Uint8Array, feeds: Feeds[], spec: string, lo: number, hi: number, percent: number, heads: number) {
-  await expectKeptAsReference(model, spec, feeds, async (f) => ensembleKeep(await layerProbs(model, f, lo, hi, heads), percent, 1));
+async function expectReference(
+  model: Uint8Array,
+  feeds: Feeds[],
+  spec: string,
+  lo: number,
+  hi: number,
+  percent: number,
+  heads: number,
+) {
+  await expectKeptAsReference(model, spec, feeds, async (f) =>
+    ensembleKeep(await layerProbs(model, f, lo, hi, heads), percent, 1),
+  );
 }
 
 describe("cls-attn-ensemble on the built-in tiny ViT (4 layers, 2 heads)", () => {
@@ -44,7 +63,9 @@ describe("cls-attn-ensemble on the built-in tiny ViT (4 layers, 2 heads)", () =>
   });
 
   it("a one-layer range is cls-attn of that layer", async () => {
-    const pruned = compile(model, "after layer 3 keep 25% by cls-attn-ensemble(layers: 3..3)", { exposeIndices: true }).model;
+    const pruned = compile(model, "after layer 3 keep 25% by cls-attn-ensemble(layers: 3..3)", {
+      exposeIndices: true,
+    }).model;
     const [p3] = await layerProbs(model, feeds[1]!, 3, 3, 2);
     expect(await kept(pruned, feeds[1]!)).toEqual(clsAttnKeep(p3!, 25, 1));
   });
@@ -52,7 +73,10 @@ describe("cls-attn-ensemble on the built-in tiny ViT (4 layers, 2 heads)", () =>
   it("as the second stage: the range starts after the first stage's layer and reads the pruned tokens", async () => {
     const spec = "after layer 0 keep 50% by cls-attn\nafter layer 3 keep 25% by cls-attn-ensemble(layers: 1..3)";
     const { model: pruned, report } = compile(model, spec, { exposeIndices: true });
-    expect(report.stages.map((s) => [s.criterion, s.tokensIn, s.tokensOut])).toEqual([["cls-attn", 65, 33], ["cls-attn-ensemble", 33, 9]]);
+    expect(report.stages.map((s) => [s.criterion, s.tokensIn, s.tokensOut])).toEqual([
+      ["cls-attn", 65, 33],
+      ["cls-attn-ensemble", 33, 9],
+    ]);
     const once = compile(model, "after layer 0 keep 50% by cls-attn").model;
     for (const f of feeds) {
       const [p0] = await layerProbs(model, f, 0, 0, 2);
@@ -66,7 +90,11 @@ describe("cls-attn-ensemble on the built-in tiny ViT (4 layers, 2 heads)", () =>
   });
 
   it("keep 100% gives outputs equal to the original's (≤ 1e-5)", async () => {
-    await expectDenseLogits(model, compile(model, "after layer 2 keep 100% by cls-attn-ensemble(layers: 0..2)").model, feeds[1]!);
+    await expectDenseLogits(
+      model,
+      compile(model, "after layer 2 keep 100% by cls-attn-ensemble(layers: 0..2)").model,
+      feeds[1]!,
+    );
   });
 
   const rejected: [string, string, string][] = [
@@ -108,7 +136,11 @@ describe("cls-attn-ensemble on the trained digits ViT (6 layers, 4 heads)", () =
     await expectReference(model, feeds, "after layer 4 keep 25% by cls-attn-ensemble(layers: 1..4)", 1, 4, 25, 4);
   });
   it("keep 100% gives outputs equal to the original's (≤ 1e-5)", async () => {
-    await expectDenseLogits(model, compile(model, "after layer 4 keep 100% by cls-attn-ensemble(layers: 1..4)").model, feeds[1]!);
+    await expectDenseLogits(
+      model,
+      compile(model, "after layer 4 keep 100% by cls-attn-ensemble(layers: 1..4)").model,
+      feeds[1]!,
+    );
   });
 });
 

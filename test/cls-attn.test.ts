@@ -45,7 +45,9 @@ describeShared("cls-attn on the torchvision ViT-Ti (vit-ti16-cls-randinit)", () 
   ];
   for (const [layer, percent] of cases) {
     it(`after layer ${layer} keep ${percent}%: kept sets equal the reference at batch 1 and 3`, async () => {
-      const { model: pruned, report } = compile(model, `after layer ${layer} keep ${percent}% by cls-attn`, { exposeIndices: true });
+      const { model: pruned, report } = compile(model, `after layer ${layer} keep ${percent}% by cls-attn`, {
+        exposeIndices: true,
+      });
       const kept = Math.floor((percent / 100) * 196 + 0.5);
       expect(report.stages[0]).toMatchObject({ layer, tokensIn: 197, tokensOut: 1 + kept });
       const probe = withOutputs(model, [probsOf(layer)]);
@@ -67,11 +69,19 @@ describeShared("cls-attn on the torchvision ViT-Ti (vit-ti16-cls-randinit)", () 
     const x3 = feeds3.pixel_values!.data as Float32Array;
     const per = x3.length / 3;
     for (let b = 0; b < 3; b++) {
-      const one = await runNode(pruned, { pixel_values: { type: "float32", dims: [1, 3, 224, 224], data: x3.slice(b * per, (b + 1) * per) } }, ["prunec.stage0.indices", "logits"]);
+      const one = await runNode(
+        pruned,
+        { pixel_values: { type: "float32", dims: [1, 3, 224, 224], data: x3.slice(b * per, (b + 1) * per) } },
+        ["prunec.stage0.indices", "logits"],
+      );
       const k = one["prunec.stage0.indices"]!.dims[1]!;
-      expect(Array.from(one["prunec.stage0.indices"]!.data as BigInt64Array)).toEqual(Array.from((all["prunec.stage0.indices"]!.data as BigInt64Array).subarray(b * k, (b + 1) * k)));
+      expect(Array.from(one["prunec.stage0.indices"]!.data as BigInt64Array)).toEqual(
+        Array.from((all["prunec.stage0.indices"]!.data as BigInt64Array).subarray(b * k, (b + 1) * k)),
+      );
       const l1 = one.logits!.data as Float32Array;
-      expect(maxAbsDiff(l1, (all.logits!.data as Float32Array).subarray(b * 1000, (b + 1) * 1000))).toBeLessThanOrEqual(1e-5);
+      expect(maxAbsDiff(l1, (all.logits!.data as Float32Array).subarray(b * 1000, (b + 1) * 1000))).toBeLessThanOrEqual(
+        1e-5,
+      );
     }
   });
 
@@ -79,8 +89,12 @@ describeShared("cls-attn on the torchvision ViT-Ti (vit-ti16-cls-randinit)", () 
     const { model: pruned } = compile(model, "after layer 2 keep 25% by cls-attn", { exposeIndices: true });
     const native = await runNode(pruned, feeds3, ["prunec.stage0.indices", "logits"]);
     const wasm = await runWasm(pruned, feeds3, ["prunec.stage0.indices", "logits"]);
-    expect(Array.from(wasm["prunec.stage0.indices"]!.data as BigInt64Array)).toEqual(Array.from(native["prunec.stage0.indices"]!.data as BigInt64Array));
-    expect(maxAbsDiff(wasm.logits!.data as Float32Array, native.logits!.data as Float32Array)).toBeLessThanOrEqual(1e-4);
+    expect(Array.from(wasm["prunec.stage0.indices"]!.data as BigInt64Array)).toEqual(
+      Array.from(native["prunec.stage0.indices"]!.data as BigInt64Array),
+    );
+    expect(maxAbsDiff(wasm.logits!.data as Float32Array, native.logits!.data as Float32Array)).toBeLessThanOrEqual(
+      1e-4,
+    );
   });
 
   it("keep 100% compiles to a model whose outputs equal the original's (≤ 1e-5)", async () => {
@@ -91,8 +105,15 @@ describeShared("cls-attn on the torchvision ViT-Ti (vit-ti16-cls-randinit)", () 
   });
 
   it("two stages compose: the second indexes its own input tokens", async () => {
-    const { model: pruned, report } = compile(model, "after layer 2 keep 50% by cls-attn\nafter layer 5 keep 50% by cls-attn", { exposeIndices: true });
-    expect(report.stages.map((s) => [s.tokensIn, s.tokensOut])).toEqual([[197, 99], [99, 50]]);
+    const { model: pruned, report } = compile(
+      model,
+      "after layer 2 keep 50% by cls-attn\nafter layer 5 keep 50% by cls-attn",
+      { exposeIndices: true },
+    );
+    expect(report.stages.map((s) => [s.tokensIn, s.tokensOut])).toEqual([
+      [197, 99],
+      [99, 50],
+    ]);
     const out = await runNode(pruned, feeds3, ["prunec.stage0.indices", "prunec.stage1.indices", "logits"]);
     expect(out["prunec.stage1.indices"]!.dims).toEqual([3, 50]);
     const second = rows(out["prunec.stage1.indices"]!.data as BigInt64Array, [3, 50]);

@@ -15,8 +15,23 @@ import { compile } from "../src/compile.js";
 import { PrunecError } from "../src/errors.js";
 import { shortenToLayers, truncateToLayers } from "./support/synthetic-weights.js";
 import { qwen35Feeds, withWeights } from "./support/graph-only-inputs.js";
-import { buildDecoder, DECODER, generateWithImageMask, imagePrompt, promptBatch, type DecoderOptions } from "./support/decoder.js";
-import { SELECTION_KINDS, SELECTION_OPTIONS, OPTION_PAIRS, STAGE_OPTIONS, refusal, type SelectionKind, type StageOption } from "../passes/kinds/combinations.js";
+import {
+  buildDecoder,
+  DECODER,
+  generateWithImageMask,
+  imagePrompt,
+  promptBatch,
+  type DecoderOptions,
+} from "./support/decoder.js";
+import {
+  SELECTION_KINDS,
+  SELECTION_OPTIONS,
+  OPTION_PAIRS,
+  STAGE_OPTIONS,
+  refusal,
+  type SelectionKind,
+  type StageOption,
+} from "../passes/kinds/combinations.js";
 
 const tiny = readFileSync(join(REPO_ROOT, "examples", "tiny-vit", "model.onnx"));
 const x = readNpy(join(REPO_ROOT, "examples", "tiny-vit", "ref_in.npy"));
@@ -24,24 +39,44 @@ const tinyFeeds: Feeds = { pixel_values: { type: "float32", dims: x.shape, data:
 const features = truncateToLayers(tiny, 4); // outputs the stream leaving its last layer: an encoder output
 
 /** Each selection kind on a model where it applies (tiny ViT: 65 tokens, CLS, no position inputs). */
-const ROWS: Record<Exclude<SelectionKind, "fold">, { model: Uint8Array; spec: string; facts: { criterion: string; unit?: string; what?: string } }> = {
+const ROWS: Record<
+  Exclude<SelectionKind, "fold">,
+  { model: Uint8Array; spec: string; facts: { criterion: string; unit?: string; what?: string } }
+> = {
   "top-k": { model: tiny, spec: "after layer 1 keep 50% by cls-attn", facts: { criterion: "cls-attn" } },
-  groups: { model: tiny, spec: "after layer 1 keep 50% by spatial-rows", facts: { criterion: "spatial-rows", unit: "grid row" } },
+  groups: {
+    model: tiny,
+    spec: "after layer 1 keep 50% by spatial-rows",
+    facts: { criterion: "spatial-rows", unit: "grid row" },
+  },
   greedy: { model: tiny, spec: "after layer 1 keep 50% by diversity", facts: { criterion: "diversity" } },
-  adaptive: { model: tiny, spec: "after layer 1 keep mass 90% by cls-attn", facts: { criterion: "cls-attn", what: "'mass' keeps a number of tokens that depends on the input" } },
+  adaptive: {
+    model: tiny,
+    spec: "after layer 1 keep mass 90% by cls-attn",
+    facts: { criterion: "cls-attn", what: "'mass' keeps a number of tokens that depends on the input" },
+  },
   "after-encoder": { model: features, spec: "after encoder keep 25% by cls-attn", facts: { criterion: "cls-attn" } },
   merge: { model: tiny, spec: "after layer 1 merge 25% by similarity", facts: { criterion: "similarity" } },
 };
 
 /** The model fact that refuses an allowed option on the tiny ViT: it has no position inputs to renumber. */
-const NO_POSITIONS = "'with renumber' after layer 1: the layers below read no per-token positions (position ids or rotary tables) to renumber";
+const NO_POSITIONS =
+  "'with renumber' after layer 1: the layers below read no per-token positions (position ids or rotary tables) to renumber";
 
-const subsets: StageOption[][] = [[], ...STAGE_OPTIONS.map((o) => [o]), ["mask", "recycle"], ["mask", "renumber"], ["recycle", "renumber"], ["mask", "recycle", "renumber"]];
+const subsets: StageOption[][] = [
+  [],
+  ...STAGE_OPTIONS.map((o) => [o]),
+  ["mask", "recycle"],
+  ["mask", "renumber"],
+  ["recycle", "renumber"],
+  ["mask", "recycle", "renumber"],
+];
 
 describe("stage kinds × options: the declared table, cell by cell", () => {
   it("the table covers every selection kind and option, and every pair of options is declared once", () => {
     expect(Object.keys(SELECTION_OPTIONS).sort()).toEqual([...SELECTION_KINDS].sort());
-    for (const k of SELECTION_KINDS) expect(Object.keys(SELECTION_OPTIONS[k]).sort()).toEqual([...STAGE_OPTIONS].sort());
+    for (const k of SELECTION_KINDS)
+      expect(Object.keys(SELECTION_OPTIONS[k]).sort()).toEqual([...STAGE_OPTIONS].sort());
     const pairs = OPTION_PAIRS.map((p) => [...p.options].sort().join("+")).sort();
     expect(pairs).toEqual(["mask+recycle", "mask+renumber", "recycle+renumber"]);
   });
@@ -74,7 +109,8 @@ describe("stage kinds × options: the declared table, cell by cell", () => {
         }
         expect(error).toBeUndefined();
         const out = await runNode(model!, tinyFeeds);
-        for (const t of Object.values(out)) if (t.data instanceof Float32Array) expect(t.data.every(Number.isFinite)).toBe(true);
+        for (const t of Object.values(out))
+          if (t.data instanceof Float32Array) expect(t.data.every(Number.isFinite)).toBe(true);
       });
     }
   }
@@ -92,7 +128,13 @@ describe("'with renumber' where the table allows it, on a decoder with position 
     it(`${kind}: compiles and generates`, async () => {
       expect(SELECTION_OPTIONS[kind].renumber).toBe("ok");
       const model = compile(decoder, spec).model;
-      const got = await generateWithImageMask(model, "cpu", promptBatch([prompt.tokens], "left", [prompt.image]), 2, WIDE);
+      const got = await generateWithImageMask(
+        model,
+        "cpu",
+        promptBatch([prompt.tokens], "left", [prompt.image]),
+        2,
+        WIDE,
+      );
       expect(got.tokens[0]!.length).toBe(2);
     });
   }

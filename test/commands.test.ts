@@ -8,14 +8,15 @@ import { PNG } from "pngjs";
 import { XMLValidator } from "fast-xml-parser";
 import { REPO_ROOT } from "./helpers/shared.js";
 import { parseDataset } from "../src/data/prds.js";
-import { PrunecError } from "../src/errors.js";
+import type { PrunecError } from "../src/errors.js";
 import { compile } from "../src/compile.js";
 
 const DIGITS = join(REPO_ROOT, "examples", "digits");
 const MODEL = join(DIGITS, "model.onnx");
 const SAMPLE = join(DIGITS, "sample.prds");
 const SPEC = "after layer 2 keep 25% by cls-attn\n";
-const run = (...args: string[]) => spawnSync(process.execPath, [join(REPO_ROOT, "bin", "prunec.js"), ...args], { encoding: "utf8" });
+const run = (...args: string[]) =>
+  spawnSync(process.execPath, [join(REPO_ROOT, "bin", "prunec.js"), ...args], { encoding: "utf8" });
 
 describe("the .prds data set format", () => {
   const header = (obj: object) => {
@@ -52,10 +53,16 @@ describe("the .prds data set format", () => {
   });
 
   it("rejects other files with the reason", () => {
-    expect(fail(new TextEncoder().encode("hello world, not a set"))).toBe("x.prds: not a prunec dataset (expected the magic 'PRUNEDS1')");
+    expect(fail(new TextEncoder().encode("hello world, not a set"))).toBe(
+      "x.prds: not a prunec dataset (expected the magic 'PRUNEDS1')",
+    );
     const h = header({ n: 2, channels: 1, height: 2, width: 3, classes: 10 });
-    expect(fail(withBody(h, 5))).toBe(`x.prds: not a prunec dataset (expected ${h.length + 14} bytes for 2 examples, found ${h.length + 5})`);
-    expect(fail(withBody(header({ n: 2, channels: 0, height: 2, width: 3, classes: 10 }), 2))).toBe("x.prds: not a prunec dataset (header field 'channels' must be a positive integer)");
+    expect(fail(withBody(h, 5))).toBe(
+      `x.prds: not a prunec dataset (expected ${h.length + 14} bytes for 2 examples, found ${h.length + 5})`,
+    );
+    expect(fail(withBody(header({ n: 2, channels: 0, height: 2, width: 3, classes: 10 }), 2))).toBe(
+      "x.prds: not a prunec dataset (header field 'channels' must be a positive integer)",
+    );
   });
 });
 
@@ -75,7 +82,13 @@ describe.skipIf(!existsSync(MODEL))("eval, bench and report on examples/digits",
       const r = run("eval", MODEL, "--data", SAMPLE, "--json", "--ep", ep);
       expect(r.status, r.stderr).toBe(0);
       const j = JSON.parse(r.stdout);
-      expect(j).toMatchObject({ n, correct: metrics.sample_correct, accuracy: metrics.sample_correct / n, ep, tokensPerLayer: null });
+      expect(j).toMatchObject({
+        n,
+        correct: metrics.sample_correct,
+        accuracy: metrics.sample_correct / n,
+        ep,
+        tokensPerLayer: null,
+      });
     }
   });
 
@@ -85,7 +98,9 @@ describe.skipIf(!existsSync(MODEL))("eval, bench and report on examples/digits",
     const r = run("eval", pruned, "--data", SAMPLE);
     expect(r.status, r.stderr).toBe(0);
     expect(r.stderr).toBe("");
-    expect(r.stdout).toMatch(/^.*pruned\.onnx: top-1 accuracy \d+\.\d\d% \(\d+\/\d+\) on .*sample\.prds, cpu\n  tokens per layer: 65 65 65 17 17 17\n$/);
+    expect(r.stdout).toMatch(
+      /^.*pruned\.onnx: top-1 accuracy \d+\.\d\d% \(\d+\/\d+\) on .*sample\.prds, cpu\n {2}tokens per layer: 65 65 65 17 17 17\n$/,
+    );
   });
 
   it("bench --json: one row for dense and one per spec, with speedups and ideal speedups", () => {

@@ -13,7 +13,6 @@ import { shallowCopy } from "../src/ir/copy.js";
 import { makeNode } from "../src/ir/graph.js";
 import { int64Tensor } from "../src/onnx/tensor.js";
 import { compile } from "../src/compile.js";
-import { PrunecError } from "../src/errors.js";
 import { REPO_ROOT, describeShared, sharedModel } from "./helpers/shared.js";
 import { readNpy } from "./helpers/npy.js";
 import { runNode, runWasm, maxAbsDiff, type Feeds } from "./helpers/ort.js";
@@ -39,7 +38,9 @@ describe("compile on the built-in tiny ViT", () => {
 
   it("cls-attn keeps exactly the reference's tokens (batch 2, CPU and WASM)", async () => {
     const { model: pruned, report } = compile(model, SPEC, { exposeIndices: true });
-    expect(report.stages).toEqual([{ stage: 0, layer: 1, criterion: "cls-attn", tokensIn: 65, tokensOut: 33, line: 1, lowering: "index" }]);
+    expect(report.stages).toEqual([
+      { stage: 0, layer: 1, criterion: "cls-attn", tokensIn: 65, tokensOut: 33, line: 1, lowering: "index" },
+    ]);
     expect(report.tokensPerLayer.map((t) => t.pruned)).toEqual([65, 65, 33, 33]);
     expect(report.addedNodes.every((n) => n.startsWith("prunec/stage0/"))).toBe(true);
     const probs = "/encoder/layers/encoder_layer_1/self_attention/Softmax_output_0";
@@ -47,7 +48,9 @@ describe("compile on the built-in tiny ViT", () => {
     const expected = clsAttnKeep(unfoldProbs(p.data as Float32Array, p.dims, 2), 50, 1);
     for (const run of [runNode, runWasm]) {
       const out = await run(pruned, feeds, ["prunec.stage0.indices"]);
-      expect(rows(out["prunec.stage0.indices"]!.data as BigInt64Array, out["prunec.stage0.indices"]!.dims)).toEqual(expected);
+      expect(rows(out["prunec.stage0.indices"]!.data as BigInt64Array, out["prunec.stage0.indices"]!.dims)).toEqual(
+        expected,
+      );
     }
   });
 
@@ -55,13 +58,21 @@ describe("compile on the built-in tiny ViT", () => {
     const { model: ext, weights } = externalize(model);
     writeFileSync(join(dir, "weights.bin"), weights);
     const out = compile(ext, SPEC, { exposeIndices: true }).model;
-    const entries = (m: Uint8Array) => decodeModel(m).graph!.initializer.filter((t) => t.externalData.length).map((t) => [t.name, t.externalData.map((e) => `${e.key}=${e.value}`)]);
+    const entries = (m: Uint8Array) =>
+      decodeModel(m)
+        .graph!.initializer.filter((t) => t.externalData.length)
+        .map((t) => [t.name, t.externalData.map((e) => `${e.key}=${e.value}`)]);
     expect(entries(out)).toEqual(entries(ext));
     expect(entries(out).length).toBeGreaterThan(5);
     writeFileSync(join(dir, "pruned.onnx"), out);
     const fromFile = await runNode(join(dir, "pruned.onnx"), feeds, ["prunec.stage0.indices", "logits"]);
-    const embedded = await runNode(compile(model, SPEC, { exposeIndices: true }).model, feeds, ["prunec.stage0.indices", "logits"]);
-    expect(Array.from(fromFile["prunec.stage0.indices"]!.data as BigInt64Array)).toEqual(Array.from(embedded["prunec.stage0.indices"]!.data as BigInt64Array));
+    const embedded = await runNode(compile(model, SPEC, { exposeIndices: true }).model, feeds, [
+      "prunec.stage0.indices",
+      "logits",
+    ]);
+    expect(Array.from(fromFile["prunec.stage0.indices"]!.data as BigInt64Array)).toEqual(
+      Array.from(embedded["prunec.stage0.indices"]!.data as BigInt64Array),
+    );
     expect(maxAbsDiff(fromFile.logits!.data as Float32Array, embedded.logits!.data as Float32Array)).toBe(0);
   });
 
@@ -70,19 +81,31 @@ describe("compile on the built-in tiny ViT", () => {
       const { model: ext } = externalize(model, location);
       const e = thrown(() => compile(ext, SPEC, { modelName: "m.onnx" }));
       expect(e.kind).toBe("format");
-      expect(e.message).toBe(`m.onnx: initializer 'conv_proj.weight' has external data location '${location}' outside the model's folder (absolute paths and '..' are not allowed)`);
+      expect(e.message).toBe(
+        `m.onnx: initializer 'conv_proj.weight' has external data location '${location}' outside the model's folder (absolute paths and '..' are not allowed)`,
+      );
     }
   });
 
   it("a layer out of range names the spec position and the model's layer count", () => {
-    const e = thrown(() => compile(model, "after layer 1 keep 50% by cls-attn\nafter layer 7 keep 50% by cls-attn", { specName: "s.prune" }));
+    const e = thrown(() =>
+      compile(model, "after layer 1 keep 50% by cls-attn\nafter layer 7 keep 50% by cls-attn", { specName: "s.prune" }),
+    );
     expect(e.kind).toBe("apply");
-    expect(e.message).toBe("s.prune:2:13: error: layer 7 is out of range: the model has 4 layers (0..3, or -1..-4 from the end)\n 2 | after layer 7 keep 50% by cls-attn\n   |             ^");
+    expect(e.message).toBe(
+      "s.prune:2:13: error: layer 7 is out of range: the model has 4 layers (0..3, or -1..-4 from the end)\n 2 | after layer 7 keep 50% by cls-attn\n   |             ^",
+    );
   });
 
   it("stages out of layer order are rejected", () => {
-    const e = thrown(() => compile(model, "after layer 2 keep 50% by cls-attn; after layer -3 keep 50% by cls-attn", { specName: "s.prune" }));
-    expect(e.message).toBe("s.prune:1:49: error: stages must be in layer order: layer 1 comes after a stage at layer 2\n 1 | after layer 2 keep 50% by cls-attn; after layer -3 keep 50% by cls-attn\n   |                                                 ^~");
+    const e = thrown(() =>
+      compile(model, "after layer 2 keep 50% by cls-attn; after layer -3 keep 50% by cls-attn", {
+        specName: "s.prune",
+      }),
+    );
+    expect(e.message).toBe(
+      "s.prune:1:49: error: stages must be in layer order: layer 1 comes after a stage at layer 2\n 1 | after layer 2 keep 50% by cls-attn; after layer -3 keep 50% by cls-attn\n   |                                                 ^~",
+    );
   });
 
   it("spec syntax errors come back as diagnostics before anything else", () => {
@@ -101,12 +124,15 @@ describe("compile on the built-in tiny ViT", () => {
 
   const PYTHON = process.env["PRUNEC_PYTHON"] ?? "/usr/bin/python3";
   const hasPyOnnx = spawnSync(PYTHON, ["-c", "import onnx"], { stdio: "ignore" }).status === 0;
-  it.skipIf(!hasPyOnnx)(`the compiled model is onnx.checker-clean${hasPyOnnx ? "" : ` (needs ${PYTHON} with onnx: missing)`}`, () => {
-    const out = join(dir, "checked.onnx");
-    writeFileSync(out, compile(model, SPEC, { exposeIndices: true }).model);
-    const r = spawnSync(PYTHON, [join(REPO_ROOT, "scripts", "onnx_check.py"), out], { encoding: "utf8" });
-    expect(r.stdout.trim()).toBe(`OK ${out}`);
-  });
+  it.skipIf(!hasPyOnnx)(
+    `the compiled model is onnx.checker-clean${hasPyOnnx ? "" : ` (needs ${PYTHON} with onnx: missing)`}`,
+    () => {
+      const out = join(dir, "checked.onnx");
+      writeFileSync(out, compile(model, SPEC, { exposeIndices: true }).model);
+      const r = spawnSync(PYTHON, [join(REPO_ROOT, "scripts", "onnx_check.py"), out], { encoding: "utf8" });
+      expect(r.stdout.trim()).toBe(`OK ${out}`);
+    },
+  );
 });
 
 describeShared("specs that cannot apply to real exports", () => {
@@ -131,10 +157,18 @@ describe("constant shapes below a stage", () => {
     const g = m.graph!;
     const shapeName = "test/static_shape";
     const node = makeNode("Reshape", [RESIDUAL, shapeName], ["test/reshaped"], "test/static_reshape");
-    const nodes = g.node.map((n) => (n.input.includes(RESIDUAL) ? shallowCopy(n, { input: n.input.map((i) => (i === RESIDUAL ? "test/reshaped" : i)) }) : n));
+    const nodes = g.node.map((n) =>
+      n.input.includes(RESIDUAL)
+        ? shallowCopy(n, { input: n.input.map((i) => (i === RESIDUAL ? "test/reshaped" : i)) })
+        : n,
+    );
     const at = nodes.findIndex((n) => n.output.includes(RESIDUAL));
     nodes.splice(at + 1, 0, node);
-    return encodeModel(shallowCopy(m, { graph: shallowCopy(g, { node: nodes, initializer: [...g.initializer, int64Tensor(shapeName, shape)] }) }));
+    return encodeModel(
+      shallowCopy(m, {
+        graph: shallowCopy(g, { node: nodes, initializer: [...g.initializer, int64Tensor(shapeName, shape)] }),
+      }),
+    );
   }
 
   it("a Reshape holding the token count at the token axis is retargeted and the model still runs", async () => {
@@ -148,6 +182,8 @@ describe("constant shapes below a stage", () => {
 
   it("any other constant shape naming the token count is refused before writing", () => {
     const e = thrown(() => compile(withReshape([65, -1, 48]), SPEC));
-    expect(e.message).toBe("node 'test/static_reshape' (Reshape) after layer 1 has the token count 65 baked into its constant shape [65, -1, 48]; prunec cannot retarget it");
+    expect(e.message).toBe(
+      "node 'test/static_reshape' (Reshape) after layer 1 has the token count 65 baked into its constant shape [65, -1, 48]; prunec cannot retarget it",
+    );
   });
 });

@@ -24,7 +24,8 @@ import { denseName } from "../passes/gather-tokens.js";
 
 const GEMMA = "graph-only/gemma-3-4b-vlm/decoder_model_merged.onnx";
 const QWEN35 = "graph-only/qwen3.5-0.8b-vlm-int8/decoder_model_merged_quantized.onnx";
-const SET_SPEC = (layer: number) => `tokens image = input image_mask\nafter layer ${layer} drop 50% of image by last-token-attn`;
+const SET_SPEC = (layer: number) =>
+  `tokens image = input image_mask\nafter layer ${layer} drop 50% of image by last-token-attn`;
 
 const cache = new Map<string, { bytes: Uint8Array; g: Graph; info: TransformerInfo }>();
 function load(rel: string) {
@@ -48,7 +49,8 @@ function expectStream(info: TransformerInfo, hidden: number): void {
   // The first layer's input is the embeddings the decoder takes.
   expect(info.layers[0]!.residual!.input).toBe("inputs_embeds");
   // One stream from layer to layer.
-  for (let i = 1; i < info.layers.length; i++) expect(info.layers[i]!.residual!.input).toBe(info.layers[i - 1]!.residual!.output);
+  for (let i = 1; i < info.layers.length; i++)
+    expect(info.layers[i]!.residual!.input).toBe(info.layers[i - 1]!.residual!.output);
 }
 
 describeShared("decoder residual streams (transformers.js Gemma-3 and Qwen3.5)", () => {
@@ -78,9 +80,14 @@ describeShared("decoder residual streams (transformers.js Gemma-3 and Qwen3.5)",
     expect(info.layers.filter((l) => l.kind === "linear-attention" && l.residual)).toHaveLength(18);
     for (const l of info.layers) {
       const r = l.residual!;
-      const next = l.index === 23 ? "/model/layers.24/final_norm_layernorm/SkipLayerNorm" : `/model/layers.${l.index + 1}/input_layernorm/SkipLayerNorm`;
+      const next =
+        l.index === 23
+          ? "/model/layers.24/final_norm_layernorm/SkipLayerNorm"
+          : `/model/layers.${l.index + 1}/input_layernorm/SkipLayerNorm`;
       // Layer 0's pre-norm is a plain norm on the embeddings; the others are Skip norms (their sum is `input`).
-      expect(r.norm.node.opType).toBe(l.index === 0 ? "SimplifiedLayerNormalization" : "SkipSimplifiedLayerNormalization");
+      expect(r.norm.node.opType).toBe(
+        l.index === 0 ? "SimplifiedLayerNormalization" : "SkipSimplifiedLayerNormalization",
+      );
       if (l.index > 0) expect(r.input).toBe(r.norm.node.output[3]);
       expect(r.mid).toBe(`/model/layers.${l.index}/post_attention_layernorm/output_3`);
       expect(r.outputNorm!.name).toBe(next);
@@ -90,7 +97,9 @@ describeShared("decoder residual streams (transformers.js Gemma-3 and Qwen3.5)",
         // Produced by one node (as output 3), read only below the layer: the next layer's post-attention Skip norm.
         expect(g.producer.get(r.output)).toBe(r.outputNorm);
         expect(r.outputNorm!.output.indexOf(r.output)).toBe(3);
-        expect(g.consumersOf(r.output).map((n) => n.name)).toEqual([`/model/layers.${l.index + 1}/post_attention_layernorm/SkipLayerNorm`]);
+        expect(g.consumersOf(r.output).map((n) => n.name)).toEqual([
+          `/model/layers.${l.index + 1}/post_attention_layernorm/SkipLayerNorm`,
+        ]);
       }
     }
     // The final norm writes only output 0: the stream leaving layer 23 is a name a stage must add as its output 3.
@@ -108,7 +117,8 @@ describeShared("decoder residual streams (transformers.js Gemma-3 and Qwen3.5)",
     expect(q.tokenAxis).toBe(1);
     expect(q.batchAxis).toBe(0);
     expect(q.tokens).toBe("sequence_length");
-    const at = (r: ReturnType<typeof report>, name: string) => r.layers.filter((l) => l.criteria.find((c) => c.name === name)?.ok).map((l) => l.index);
+    const at = (r: ReturnType<typeof report>, name: string) =>
+      r.layers.filter((l) => l.criteria.find((c) => c.name === name)?.ok).map((l) => l.index);
     // Layer 23's stream exists only inside the final norm.
     expect(at(q, "pagerank")).toEqual([3, 7, 11, 15, 19]);
     expect(at(q, "norm")).toHaveLength(23);
@@ -124,7 +134,9 @@ describeShared("decoder residual streams (transformers.js Gemma-3 and Qwen3.5)",
 
   it("gemma-3: a norm stage after layer 1 gathers the plain Add's stream", () => {
     const { bytes } = load(GEMMA);
-    const out = decodeModel(compile(bytes, "tokens image = input image_mask\nafter layer 1 drop 50% of image by norm").model);
+    const out = decodeModel(
+      compile(bytes, "tokens image = input image_mask\nafter layer 1 drop 50% of image by norm").model,
+    );
     const g = new Graph(out.graph!);
     expect(g.inputs.has("image_mask")).toBe(true);
     const r = "/model/layers.1/Add_2/output_0";
@@ -147,8 +159,12 @@ describeShared("decoder residual streams (transformers.js Gemma-3 and Qwen3.5)",
     };
     expect(message("after layer 3 drop 50% by norm")).toBe("compiled");
     expect(message("after layer 7 keep 75% by pagerank")).toBe("compiled");
-    expect(message("after layer 2 keep 75% by pagerank")).toMatch(/^q\.prune:1:27: error: pagerank cannot run after layer 2: .*linear-attention/);
-    expect(message("after layer 23 keep 50% by norm")).toMatch(/^q\.prune:1:13: error: the residual stream leaving layer 23 \(the last\) exists only inside com\.microsoft\.SkipSimplifiedLayerNormalization .*final_norm_layernorm/);
+    expect(message("after layer 2 keep 75% by pagerank")).toMatch(
+      /^q\.prune:1:27: error: pagerank cannot run after layer 2: .*linear-attention/,
+    );
+    expect(message("after layer 23 keep 50% by norm")).toMatch(
+      /^q\.prune:1:13: error: the residual stream leaving layer 23 \(the last\) exists only inside com\.microsoft\.SkipSimplifiedLayerNormalization .*final_norm_layernorm/,
+    );
     expect(message(SET_SPEC(3))).toBe(
       "q.prune:2:20: error: this stage's count differs per example, so batches pad to the largest count and mask the padding in every later attention, but layer 4 (linear-attention) has no attention to mask",
     );

@@ -61,7 +61,12 @@ function realRows(logits: Float32Array, p: PromptBatch, b: number): Float32Array
   return logits.subarray(start, start + p.lengths[b]! * V);
 }
 
-async function prefill(model: Uint8Array, attention: BuildOptions["attention"], p: PromptBatch, backend: Backend): Promise<Float32Array> {
+async function prefill(
+  model: Uint8Array,
+  attention: BuildOptions["attention"],
+  p: PromptBatch,
+  backend: Backend,
+): Promise<Float32Array> {
   const out = await runners[backend](model, prefillFeeds(p, attention));
   expect(out["logits"]!.dims).toEqual([p.batch, p.seq, V]);
   return out["logits"]!.data as Float32Array;
@@ -80,7 +85,9 @@ describe("test decoder: builder and prompt layout", () => {
   it("is deterministic, and both variants hold the same weights", () => {
     // Compared as bytes (element-wise toEqual on typed arrays is slow).
     const bytes = (w: DecoderWeights): Buffer[] =>
-      [w.embed, ...w.layers.flatMap((l) => Object.values(l)), w.norm, w.lmHead].map((a) => Buffer.from(a.buffer, a.byteOffset, a.byteLength));
+      [w.embed, ...w.layers.flatMap((l) => Object.values(l)), w.norm, w.lmHead].map((a) =>
+        Buffer.from(a.buffer, a.byteOffset, a.byteLength),
+      );
     expect(Buffer.compare(buildDecoder({ attention: "gqa" }), gqa)).toBe(0);
     expect(Buffer.compare(buildDecoder({ attention: "plain" }), plain)).toBe(0);
     const same = (a: Buffer[], b: Buffer[]): boolean => a.length === b.length && a.every((x, i) => x.equals(b[i]!));
@@ -91,16 +98,27 @@ describe("test decoder: builder and prompt layout", () => {
   it("image prompts: [bos, system, 16 image ids, instruction], image mask padded with the batch", () => {
     const { tokens, image } = PROMPTS[0]!;
     expect(tokens).toHaveLength(1 + 3 + IMAGE_TOKENS + 4);
-    expect(tokens.slice(4, 4 + IMAGE_TOKENS)).toEqual(Array.from({ length: IMAGE_TOKENS }, (_, i) => IMAGE_TOKEN_START + i));
+    expect(tokens.slice(4, 4 + IMAGE_TOKENS)).toEqual(
+      Array.from({ length: IMAGE_TOKENS }, (_, i) => IMAGE_TOKEN_START + i),
+    );
     expect(image.map((m, i) => m === (i >= 4 && i < 4 + IMAGE_TOKENS)).every(Boolean)).toBe(true);
-    const batch = promptBatch(PROMPTS.map((p) => p.tokens), "left", PROMPTS.map((p) => p.image));
+    const batch = promptBatch(
+      PROMPTS.map((p) => p.tokens),
+      "left",
+      PROMPTS.map((p) => p.image),
+    );
     expect(batch.seq).toBe(PROMPTS[2]!.tokens.length);
     PROMPTS.forEach((p, b) => {
       const row = batch.imageMask[b]!;
       expect(row.slice(0, batch.offsets[b]!).some(Boolean)).toBe(false);
       expect(row.slice(batch.offsets[b]!)).toEqual(p.image);
       // Without explicit masks the reserved id range marks the same positions.
-      expect(promptBatch(PROMPTS.map((q) => q.tokens), "left").imageMask[b]).toEqual(row);
+      expect(
+        promptBatch(
+          PROMPTS.map((q) => q.tokens),
+          "left",
+        ).imageMask[b],
+      ).toEqual(row);
     });
   });
 });
@@ -128,7 +146,10 @@ describe("test decoder: plain and GroupQueryAttention variants vs the TypeScript
     });
 
     it(`${backend}: batch 3, left padding: each example gets its batch-1 logits and tokens`, async () => {
-      const batch = promptBatch(PROMPTS.map((p) => p.tokens), "left");
+      const batch = promptBatch(
+        PROMPTS.map((p) => p.tokens),
+        "left",
+      );
       expect(new Set(batch.lengths).size).toBe(3);
       const plainLogits = await prefill(plain, "plain", batch, backend);
       const got = await generate(gqa, batch, backend);
@@ -137,7 +158,9 @@ describe("test decoder: plain and GroupQueryAttention variants vs the TypeScript
         expect(maxAbsDiff(realRows(plainLogits, batch, b), want)).toBeLessThanOrEqual(TOL);
         expect(maxAbsDiff(realRows(got.prefill, batch, b), want)).toBeLessThanOrEqual(TOL);
         expect(got.tokens[b]).toEqual(expected[b]!.tokens);
-        got.steps.forEach((logits, s) => expect(maxAbsDiff(logits.subarray(b * V, (b + 1) * V), expected[b]!.steps[s]!)).toBeLessThanOrEqual(TOL));
+        got.steps.forEach((logits, s) =>
+          expect(maxAbsDiff(logits.subarray(b * V, (b + 1) * V), expected[b]!.steps[s]!)).toBeLessThanOrEqual(TOL),
+        );
       });
     });
   }
@@ -151,9 +174,14 @@ describe("test decoder: plain and GroupQueryAttention variants vs the TypeScript
   ];
   for (const c of layouts) {
     it(`cpu: seqlens_k ${c.seqlensK}, ${c.side} padding: ${c.exact ? "exact" : "wrong (the kernel assumes right padding)"}`, async () => {
-      const batch = promptBatch(PROMPTS.map((p) => p.tokens), c.side);
+      const batch = promptBatch(
+        PROMPTS.map((p) => p.tokens),
+        c.side,
+      );
       const got = await generate(buildDecoder({ attention: "gqa", seqlensK: c.seqlensK }), batch, "cpu");
-      const worst = Math.max(...PROMPTS.map((_, b) => maxAbsDiff(realRows(got.prefill, batch, b), flat(expected[b]!.prefill))));
+      const worst = Math.max(
+        ...PROMPTS.map((_, b) => maxAbsDiff(realRows(got.prefill, batch, b), flat(expected[b]!.prefill))),
+      );
       if (c.exact) {
         expect(worst).toBeLessThanOrEqual(TOL);
         PROMPTS.forEach((_, b) => expect(got.tokens[b]).toEqual(expected[b]!.tokens));
@@ -169,16 +197,27 @@ describe("test decoder: plain and GroupQueryAttention variants vs the TypeScript
     const ref = new ReferenceDecoder(weightsFromModel(model, o), o);
     const tokens = PROMPTS[0]!.tokens;
     const out = await runNode(model, prefillFeeds(promptBatch([tokens]), "gqa", o), ["logits"]);
-    expect(maxAbsDiff(out["logits"]!.data as Float32Array, flat(ref.forward(tokens, ref.newCache())))).toBeLessThanOrEqual(TOL);
+    expect(
+      maxAbsDiff(out["logits"]!.data as Float32Array, flat(ref.forward(tokens, ref.newCache()))),
+    ).toBeLessThanOrEqual(TOL);
   });
 });
 
 describe("test decoder: prunec's transformer analysis", () => {
-  for (const [attention, model] of [["plain", plain], ["gqa", gqa]] as const) {
+  for (const [attention, model] of [
+    ["plain", plain],
+    ["gqa", gqa],
+  ] as const) {
     it(`${attention}: 4 layers, attention, heads, residual stream`, () => {
       const info = analyzeTransformer(new Graph(decodeModel(model).graph!), `decoder-${attention}`);
       expect(info.layers).toHaveLength(DECODER.layers);
-      expect(info).toMatchObject({ hidden: DECODER.hidden, tokenAxis: 1, batchAxis: 0, tokens: "sequence_length", cls: { present: false } });
+      expect(info).toMatchObject({
+        hidden: DECODER.hidden,
+        tokenAxis: 1,
+        batchAxis: 0,
+        tokens: "sequence_length",
+        cls: { present: false },
+      });
       info.layers.forEach((layer, l) => {
         expect(layer.index).toBe(l);
         expect(layer.name).toBe(`/model/layers.${l}`);

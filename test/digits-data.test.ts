@@ -41,7 +41,8 @@ function readPrds(path: string): Prds {
   const size = header.channels * header.height * header.width;
   const labelsAt = 12 + h;
   const pixelsAt = labelsAt + n;
-  if (buf.length !== pixelsAt + n * size) throw new Error(`${path}: ${buf.length} bytes, expected ${pixelsAt + n * size}`);
+  if (buf.length !== pixelsAt + n * size)
+    throw new Error(`${path}: ${buf.length} bytes, expected ${pixelsAt + n * size}`);
   return {
     header,
     labels: new Uint8Array(buf.buffer, buf.byteOffset + labelsAt, n),

@@ -44,7 +44,9 @@ function residualOf(model: Uint8Array, layer: number): string {
 /** [B, N, D] float data as nested arrays. */
 function tokens(data: Float32Array, dims: number[]): number[][][] {
   const [b, n, d] = dims as [number, number, number];
-  return Array.from({ length: b }, (_, i) => Array.from({ length: n }, (_, j) => Array.from(data.subarray((i * n + j) * d, (i * n + j + 1) * d))));
+  return Array.from({ length: b }, (_, i) =>
+    Array.from({ length: n }, (_, j) => Array.from(data.subarray((i * n + j) * d, (i * n + j + 1) * d))),
+  );
 }
 
 async function stream(model: Uint8Array, feeds: Feeds, layer: number): Promise<number[][][]> {
@@ -55,14 +57,25 @@ async function stream(model: Uint8Array, feeds: Feeds, layer: number): Promise<n
 
 /** Picks whose margin is within fp32 rounding (an exact tie is fine only at the seed: see the header). */
 function nearTies(selections: Selection[]): string[] {
-  return selections.flatMap((s, e) => s.margins.flatMap((m, step) => ((m === 0 && step > 0) || (m > 0 && m < 1e-6) ? [`example ${e} pick ${step}: margin ${m}`] : [])));
+  return selections.flatMap((s, e) =>
+    s.margins.flatMap((m, step) =>
+      (m === 0 && step > 0) || (m > 0 && m < 1e-6) ? [`example ${e} pick ${step}: margin ${m}`] : [],
+    ),
+  );
 }
 
 /**
  * `after layer L keep P% by M` in both lowerings keeps the reference's tokens on every feed, CPU and
  * WASM (`wasm: false` skips WASM). Returns the reference selections (for their margins).
  */
-async function expectReference(model: Uint8Array, feeds: Feeds[], layer: number, percent: number, method: Method, wasm = true): Promise<Selection[]> {
+async function expectReference(
+  model: Uint8Array,
+  feeds: Feeds[],
+  layer: number,
+  percent: number,
+  method: Method,
+  wasm = true,
+): Promise<Selection[]> {
   const spec = `after layer ${layer} keep ${percent}% by ${method}`;
   const pruned = TARGETS.map((target) => compile(model, spec, { exposeIndices: true, target }).model);
   const all: Selection[] = [];
@@ -104,7 +117,25 @@ describe("diversity and k-center selections on crafted tokens (exact values: tie
     const prepared = (method === "diversity" ? diversity : kCenter).prepare(ctx);
     if (!("ok" in prepared) || prepared.ok.kind !== "select") throw new Error(`${method} does not select`);
     const out = prepared.ok.select(ctx);
-    const io = (name: string, elemType: number, dims: (number | string)[]) => ({ name, type: { value: { case: "tensorType" as const, value: { elemType, shape: { dim: dims.map((x) => ({ value: typeof x === "number" ? { case: "dimValue" as const, value: BigInt(x) } : { case: "dimParam" as const, value: x } })) } } } } });
+    const io = (name: string, elemType: number, dims: (number | string)[]) => ({
+      name,
+      type: {
+        value: {
+          case: "tensorType" as const,
+          value: {
+            elemType,
+            shape: {
+              dim: dims.map((x) => ({
+                value:
+                  typeof x === "number"
+                    ? { case: "dimValue" as const, value: BigInt(x) }
+                    : { case: "dimParam" as const, value: x },
+              })),
+            },
+          },
+        },
+      },
+    });
     const graph = create(GraphProtoSchema, {
       name: "g",
       node: [...b.nodes, makeNode("Identity", [out], ["picks"], "out")],
@@ -112,10 +143,17 @@ describe("diversity and k-center selections on crafted tokens (exact values: tie
       input: [io("stream", 1, batched ? ["B", 9, 4] : [9, 4])],
       output: [io("picks", 7, [batched ? "B" : 1, keep])],
     } as never);
-    return encodeModel(create(ModelProtoSchema, { irVersion: 8n, opsetImport: [create(OperatorSetIdProtoSchema, { domain: "", version: 17n })], graph }));
+    return encodeModel(
+      create(ModelProtoSchema, {
+        irVersion: 8n,
+        opsetImport: [create(OperatorSetIdProtoSchema, { domain: "", version: 17n })],
+        graph,
+      }),
+    );
   }
 
-  const reference = (method: Method, x: number[][], k: number) => (method === "diversity" ? divpruneSelect : kCenterSelect)(x.slice(1), k);
+  const reference = (method: Method, x: number[][], k: number) =>
+    (method === "diversity" ? divpruneSelect : kCenterSelect)(x.slice(1), k);
 
   it("the reference's own picks on these tokens: first position wins ties, zero tokens sit at distance 1 (cosine), no token is picked twice", () => {
     // Example 0, cosine: the zero token (5: distance 1 to every token) and −a (6: nearest at 1) tie
@@ -137,10 +175,14 @@ describe("diversity and k-center selections on crafted tokens (exact values: tie
           const batched = selectionModel(method, k, target, true);
           for (const run of [runNode, runWasm]) {
             const out = (await run(batched, { stream: { type: "float32", dims: [3, 9, 4], data } }, ["picks"])).picks!;
-            expect(rows(out.data as BigInt64Array, out.dims), `${method} keep ${k} ${target} ${run.name}`).toEqual(expected);
+            expect(rows(out.data as BigInt64Array, out.dims), `${method} keep ${k} ${target} ${run.name}`).toEqual(
+              expected,
+            );
           }
           const single = selectionModel(method, k, target, false);
-          const out = (await runNode(single, { stream: { type: "float32", dims: [9, 4], data: data.slice(0, 36) } }, ["picks"])).picks!;
+          const out = (
+            await runNode(single, { stream: { type: "float32", dims: [9, 4], data: data.slice(0, 36) } }, ["picks"])
+          ).picks!;
           expect(rows(out.data as BigInt64Array, out.dims)).toEqual([expected[0]]);
         }
       }
@@ -152,9 +194,12 @@ describe("diversity and k-center on the built-in tiny ViT (64 patches + CLS)", (
   const model = readFileSync(join(REPO_ROOT, "examples", "tiny-vit", "model.onnx"));
   const feeds = tinyFeeds();
 
-  it.each(METHODS)("%s after layer 1 keep 25%: exact kept sets at batch 1 and 3, Loop and unrolled lowerings, CPU and WASM", async (method) => {
-    await expectReference(model, feeds, 1, 25, method);
-  });
+  it.each(METHODS)(
+    "%s after layer 1 keep 25%: exact kept sets at batch 1 and 3, Loop and unrolled lowerings, CPU and WASM",
+    async (method) => {
+      await expectReference(model, feeds, 1, 25, method);
+    },
+  );
 
   it("lowerings: cpu is one Loop of k − 1 iterations (ArgMax, GatherND, Min in its body); webgpu unrolls them, no Loop", () => {
     for (const method of METHODS) {
@@ -172,7 +217,9 @@ describe("diversity and k-center on the built-in tiny ViT (64 patches + CLS)", (
       // 15 picks after the seed, one ArgMax each (+1 for diversity's seed; k-center's is an ArgMin);
       // one GatherND row for the seed and one per pick but the last, a running Min per pick but the
       // last (the stage's token gather and the symmetrising Min not counted).
-      expect([ops("ArgMax"), ops("GatherND") - 1, ops("Min") - 1]).toEqual(method === "diversity" ? [16, 15, 14] : [15, 15, 14]);
+      expect([ops("ArgMax"), ops("GatherND") - 1, ops("Min") - 1]).toEqual(
+        method === "diversity" ? [16, 15, 14] : [15, 15, 14],
+      );
     }
   });
 
@@ -181,8 +228,15 @@ describe("diversity and k-center on the built-in tiny ViT (64 patches + CLS)", (
     const once = compile(model, "after layer 0 keep 50% by cls-attn").model;
     const pruned = METHODS.map((method) =>
       TARGETS.map((target) => {
-        const { model: m, report } = compile(model, `after layer 0 keep 50% by cls-attn\nafter layer 2 keep 25% by ${method}`, { exposeIndices: true, target });
-        expect(report.stages.map((s) => [s.criterion, s.tokensIn, s.tokensOut])).toEqual([["cls-attn", 65, 33], [method, 33, 9]]);
+        const { model: m, report } = compile(
+          model,
+          `after layer 0 keep 50% by cls-attn\nafter layer 2 keep 25% by ${method}`,
+          { exposeIndices: true, target },
+        );
+        expect(report.stages.map((s) => [s.criterion, s.tokensIn, s.tokensOut])).toEqual([
+          ["cls-attn", 65, 33],
+          [method, 33, 9],
+        ]);
         return m;
       }),
     );
@@ -193,7 +247,8 @@ describe("diversity and k-center on the built-in tiny ViT (64 patches + CLS)", (
       for (const [m, method] of METHODS.entries()) {
         const second = diversityKeep(onceStream, 25, 1, method);
         expect(nearTies(second.selections)).toEqual([]);
-        for (const p of pruned[m]!) for (const run of [runNode, runWasm]) expect(await keptStages(p, f, run, 2)).toEqual([first, second.kept]);
+        for (const p of pruned[m]!)
+          for (const run of [runNode, runWasm]) expect(await keptStages(p, f, run, 2)).toEqual([first, second.kept]);
       }
     }
   });
@@ -204,8 +259,17 @@ describe("diversity and k-center on the built-in tiny ViT (64 patches + CLS)", (
       const seed = diversityKeep(layer1, 100 / 64, 1, method).kept;
       expect(seed.map((k) => k.length)).toEqual([2, 2, 2]);
       for (const target of TARGETS) {
-        await expectDenseLogits(model, compile(model, `after layer 1 keep 100% by ${method}`, { target }).model, feeds[1]!);
-        expect(await kept(compile(model, `after layer 1 keep 1 tokens by ${method}`, { exposeIndices: true, target }).model, feeds[1]!)).toEqual(seed);
+        await expectDenseLogits(
+          model,
+          compile(model, `after layer 1 keep 100% by ${method}`, { target }).model,
+          feeds[1]!,
+        );
+        expect(
+          await kept(
+            compile(model, `after layer 1 keep 1 tokens by ${method}`, { exposeIndices: true, target }).model,
+            feeds[1]!,
+          ),
+        ).toEqual(seed);
       }
     }
   });
@@ -215,7 +279,9 @@ describe("diversity and k-center on the trained digits ViT (64 patches + CLS)", 
   const model = readFileSync(join(REPO_ROOT, "examples", "digits", "model.onnx"));
   const set = parseDataset(readFileSync(join(REPO_ROOT, "examples", "digits", "sample.prds")));
   // Example 0 alone; examples 3..5 (example 5 has an exact seed tie at layer 2, see below).
-  const feeds: Feeds[] = [batchInput(set, 0, 1), batchInput(set, 3, 6)].map((x) => ({ pixel_values: { type: "float32", dims: x.dims, data: x.data } }));
+  const feeds: Feeds[] = [batchInput(set, 0, 1), batchInput(set, 3, 6)].map((x) => ({
+    pixel_values: { type: "float32", dims: x.dims, data: x.data },
+  }));
 
   it("diversity after layer 2 keep 25% (16 of 64): exact kept sets at batch 1 and 3, both lowerings, CPU and WASM; an exact seed tie goes to the lower position", async () => {
     const selections = await expectReference(model, feeds, 2, 25, "diversity");
@@ -255,7 +321,10 @@ describeShared("diversity and k-center on the torchvision ViT-Ti (196 patches + 
 
   it("a model whose token count is symbolic is rejected: the greedy loop needs a static count", () => {
     // Qwen2-VL's vision tower cut before its 2×2 merger: `hw` tokens, batch-less [hw, 1280].
-    const cut = truncateToLayers(readFileSync(sharedModel("graph-only/qwen2-vl-2b-vision-tower-torchexport/model.onnx")), 2);
+    const cut = truncateToLayers(
+      readFileSync(sharedModel("graph-only/qwen2-vl-2b-vision-tower-torchexport/model.onnx")),
+      2,
+    );
     for (const method of METHODS) {
       const spec = `after layer 0 keep 25% by ${method}`;
       expect(rejection(cut, spec)).toBe(

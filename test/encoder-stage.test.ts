@@ -39,9 +39,12 @@ describe("after encoder", () => {
       const b = dense.data as Float32Array;
       // The same rows, up to float reassociation (ORT fuses the two graphs differently).
       let max = 0;
-      kept.forEach((ks, bi) => ks.forEach((t, i) => {
-        for (let j = 0; j < d; j++) max = Math.max(max, Math.abs(a[(bi * 17 + i) * d + j]! - b[(bi * n + t) * d + j]!));
-      }));
+      kept.forEach((ks, bi) =>
+        ks.forEach((t, i) => {
+          for (let j = 0; j < d; j++)
+            max = Math.max(max, Math.abs(a[(bi * 17 + i) * d + j]! - b[(bi * n + t) * d + j]!));
+        }),
+      );
       expect(max).toBeLessThanOrEqual(1e-5);
     }
   });
@@ -61,12 +64,27 @@ describe("inspect asks the planner", () => {
     const notOk = r.layers.flatMap((l) => l.criteria.filter((c) => !c.ok).map((c) => `${l.index}:${c.name}`));
     expect(notOk).toEqual([`${last}:iga`, `${last}:transprune`]);
     expect(r.afterEncoder.every((c) => !c.ok)).toBe(true);
-    expect(r.afterEncoder[0]!.why).toBe("'after encoder' needs a model output with one row per token or per merged token (image features); this model's outputs have none");
+    expect(r.afterEncoder[0]!.why).toBe(
+      "'after encoder' needs a model output with one row per token or per merged token (image features); this model's outputs have none",
+    );
   });
   itShared("gemma-3 (pooled output): nothing inside the encoder, per-token criteria after it", () => {
     const r = inspectModel(readFileSync(sharedModel("graph-only/gemma-3-4b-vlm/vision_encoder.onnx")), "gemma.onnx");
     const norm = r.layers[3]!.criteria.find((c) => c.name === "norm")!;
-    expect(norm.why).toBe("the encoder output is pooled over the 64×64 token grid (node '/model/multimodal_projector/AveragePool'), which needs every token; prune 'after encoder' instead (it keeps whole pooled tokens)");
-    expect(r.afterEncoder.filter((c) => c.ok).map((c) => c.name)).toEqual(["global-attn", "hiprune", "fopru", "pagerank", "last-token-attn", "ttv", "text-attn", "norm", "random", "uniform"]);
+    expect(norm.why).toBe(
+      "the encoder output is pooled over the 64×64 token grid (node '/model/multimodal_projector/AveragePool'), which needs every token; prune 'after encoder' instead (it keeps whole pooled tokens)",
+    );
+    expect(r.afterEncoder.filter((c) => c.ok).map((c) => c.name)).toEqual([
+      "global-attn",
+      "hiprune",
+      "fopru",
+      "pagerank",
+      "last-token-attn",
+      "ttv",
+      "text-attn",
+      "norm",
+      "random",
+      "uniform",
+    ]);
   });
 });

@@ -30,14 +30,26 @@ const fixture = (file: string) => new Uint8Array(readFileSync(join(EXPORTS, file
 function edit(bytes: Uint8Array, f: (nodes: NodeProto[]) => NodeProto[], outputs: string[] = []): Uint8Array {
   const model = decodeModel(bytes);
   const g = model.graph!;
-  return encodeModel(shallowCopy(model, { graph: shallowCopy(g, { node: f([...g.node]), output: [...g.output, ...outputs.map((o) => valueInfo(o, 1, []))] }) }));
+  return encodeModel(
+    shallowCopy(model, {
+      graph: shallowCopy(g, {
+        node: f([...g.node]),
+        output: [...g.output, ...outputs.map((o) => valueInfo(o, 1, []))],
+      }),
+    }),
+  );
 }
 
 /** Replaces the node named `name` by `by(node)`. */
-const replace = (name: string, by: (n: NodeProto) => NodeProto) => (nodes: NodeProto[]) => nodes.map((n) => (n.name === name ? by(n) : n));
+const replace = (name: string, by: (n: NodeProto) => NodeProto) => (nodes: NodeProto[]) =>
+  nodes.map((n) => (n.name === name ? by(n) : n));
 
 /** The residual Add `name` deleted: its output now holds only the branch (input 1), so the residual connection is gone. */
-const dropResidual = (bytes: Uint8Array, name: string) => edit(bytes, replace(name, (n) => makeNode("Identity", [n.input[1]!], [n.output[0]!], n.name)));
+const dropResidual = (bytes: Uint8Array, name: string) =>
+  edit(
+    bytes,
+    replace(name, (n) => makeNode("Identity", [n.input[1]!], [n.output[0]!], n.name)),
+  );
 
 const explain = (bytes: Uint8Array, name: string) => inspectModel(bytes, name, { explain: true }).explanation!;
 const stepLines = (r: ReturnType<typeof explain>, layer: number) =>
@@ -96,7 +108,9 @@ describe("matchers explain where matching stopped", () => {
       if (!(err instanceof PrunecError)) throw err;
       refusal = err.message;
     }
-    expect(refusal).toContain("the residual stream leaving layer 1 could not be found (looked for pre-norm → attention → Add → norm → MLP → Add)");
+    expect(refusal).toContain(
+      "the residual stream leaving layer 1 could not be found (looked for pre-norm → attention → Add → norm → MLP → Add)",
+    );
   });
 
   it("a ViT whose layer 0 MLP residual Add is deleted: x_mid's only reader is the MLP's norm (pre-norm), and the post-norm reading finds no Add after the MLP", () => {
@@ -111,7 +125,11 @@ describe("matchers explain where matching stopped", () => {
       `post-norm: MLP residual Add (x_mid + MLP): not found: no Add (or Skip norm) sums x_mid with the MLP output (computed from '${L0}/ln_2/LayerNormalization' (LayerNormalization)); x_mid's readers: '${L0}/mlp/mlp.0/MatMul' (MatMul) at tensor '${L0}/ln_2/LayerNormalization_output_0'`,
     ]);
     // Layer 1 still closes: its x_in is what the Identity writes.
-    expect(e.layers[1]!.block).toEqual({ layout: "pre-norm", input: `${L0}/Add_1_output_0`, output: `${L1}/Add_1_output_0` });
+    expect(e.layers[1]!.block).toEqual({
+      layout: "pre-norm",
+      input: `${L0}/Add_1_output_0`,
+      output: `${L1}/Add_1_output_0`,
+    });
     expect(e.tokenAxis).toBe(
       "token axis 1, batch axis 0: the stream entering layer 1 is [batch, 17, 32]; batch-first [batch, tokens, hidden] (the first input's batch dimension 'batch' is not at the stream's axis 1)",
     );
@@ -120,7 +138,9 @@ describe("matchers explain where matching stopped", () => {
   it("a decomposed LayerNorm (opset 13) whose variance reduces axis 1: the norm matcher names the ReduceMean, and the pre-norm found is the previous layer's", () => {
     const bytes = edit(
       fixture("vit-opset13.onnx"),
-      replace(`${L1}/ln_1/ReduceMean_1`, (n) => makeNode("ReduceMean", [...n.input], [...n.output], n.name, { axes: [1], keepdims: 1 })),
+      replace(`${L1}/ln_1/ReduceMean_1`, (n) =>
+        makeNode("ReduceMean", [...n.input], [...n.output], n.name, { axes: [1], keepdims: 1 }),
+      ),
     );
     const g = new Graph(decodeModel(bytes).graph!);
     const div = g.order.find((n) => n.name === `${L1}/ln_1/Div`)!;
@@ -132,7 +152,9 @@ describe("matchers explain where matching stopped", () => {
     // A node that is no norm at all: the reason names it.
     const matmul = g.order.find((n) => n.name === `${L1}/self_attention/MatMul_2`)!;
     const mm = matchNormAt(g, matmul);
-    expect("ok" in mm ? "matched" : missText(mm)).toBe(`'${L1}/self_attention/MatMul_2' (MatMul) is not a normalizing division (Div, or Mul by a Reciprocal or Div(1, ·)) at node '${L1}/self_attention/MatMul_2'`);
+    expect("ok" in mm ? "matched" : missText(mm)).toBe(
+      `'${L1}/self_attention/MatMul_2' (MatMul) is not a normalizing division (Div, or Mul by a Reciprocal or Div(1, ·)) at node '${L1}/self_attention/MatMul_2'`,
+    );
 
     const e = explain(bytes, "bad-norm.onnx");
     const steps = stepLines(e, 1);
@@ -152,7 +174,11 @@ describe("matchers explain where matching stopped", () => {
       new Uint8Array(readFileSync(TINY)),
       (nodes) => {
         const softmax = nodes.find((n) => n.name === scores)!;
-        return [...nodes, makeNode("Softmax", [softmax.input[0]!], ["gate_probs"], `${L0}/gate/Softmax`, { axis: -1 }), makeNode("Softmax", ["logits"], ["probs"], "/head/Softmax", { axis: -1 })];
+        return [
+          ...nodes,
+          makeNode("Softmax", [softmax.input[0]!], ["gate_probs"], `${L0}/gate/Softmax`, { axis: -1 }),
+          makeNode("Softmax", ["logits"], ["probs"], "/head/Softmax", { axis: -1 }),
+        ];
       },
       ["gate_probs", "probs"],
     );
@@ -164,14 +190,29 @@ describe("matchers explain where matching stopped", () => {
         node: "/heads/head/Gemm",
       },
     ]);
-    expect(e.layers[0]!.notAttention).toEqual([{ softmax: `${L0}/gate/Softmax`, why: "no P·V (a MatMul of the probabilities by an activation) below it: nothing reads the probabilities (a graph output)", tensor: "gate_probs" }]);
-    expect(e.layers[0]!.attention.found).toBe(`'${scores}' (Softmax) between Q·Kᵀ '${L0}/self_attention/MatMul_1' (MatMul) and P·V '${L0}/self_attention/MatMul_2' (MatMul)`);
+    expect(e.layers[0]!.notAttention).toEqual([
+      {
+        softmax: `${L0}/gate/Softmax`,
+        why: "no P·V (a MatMul of the probabilities by an activation) below it: nothing reads the probabilities (a graph output)",
+        tensor: "gate_probs",
+      },
+    ]);
+    expect(e.layers[0]!.attention.found).toBe(
+      `'${scores}' (Softmax) between Q·Kᵀ '${L0}/self_attention/MatMul_1' (MatMul) and P·V '${L0}/self_attention/MatMul_2' (MatMul)`,
+    );
     expect(e.layers.slice(1).every((l) => l.notAttention.length === 0)).toBe(true);
   });
 
   it("a model with no attention left (a Relu between each Softmax and P·V): --explain adds why each Softmax is not attention to the refusal", () => {
     const bytes = edit(new Uint8Array(readFileSync(TINY)), (nodes) =>
-      nodes.flatMap((n) => (n.opType === "Softmax" ? [shallowCopy(n, { output: [`${n.output[0]}/pre_relu`] }), makeNode("Relu", [`${n.output[0]}/pre_relu`], [n.output[0]!], n.name.replace(/Softmax$/, "Relu"))] : [n])),
+      nodes.flatMap((n) =>
+        n.opType === "Softmax"
+          ? [
+              shallowCopy(n, { output: [`${n.output[0]}/pre_relu`] }),
+              makeNode("Relu", [`${n.output[0]}/pre_relu`], [n.output[0]!], n.name.replace(/Softmax$/, "Relu")),
+            ]
+          : [n],
+      ),
     );
     const refusal = (explain: boolean) => {
       try {
@@ -198,7 +239,9 @@ describe("matchers explain where matching stopped", () => {
 
   it("model-level facts come with their reasons (post-norm and sequence-first exports)", () => {
     const post = explain(fixture("postnorm-opset17.onnx"), "postnorm-opset17.onnx");
-    expect(post.cls).toBe("yes: '/front/Concat_2' (Concat) on the token axis prepends 1 learned token: '/front/Expand_output_0' (1)");
+    expect(post.cls).toBe(
+      "yes: '/front/Concat_2' (Concat) on the token axis prepends 1 learned token: '/front/Expand_output_0' (1)",
+    );
     expect(post.layers.map((l) => l.block?.layout)).toEqual(["post-norm", "post-norm"]);
     expect(post.layers[0]!.residual[0]).toEqual({
       looked: "pre-norm (a per-token norm shared by the query and key paths)",
@@ -223,7 +266,9 @@ describe("matchers explain where matching stopped", () => {
     expect(rest as InspectReport).toEqual(plain);
     expect(explanation).toBeDefined();
     const text = formatInspect(explained);
-    expect(text.startsWith(formatInspect(plain) + "\n\nexplanation (what prunec looked for, and where matching stopped):\n")).toBe(true);
+    expect(
+      text.startsWith(`${formatInspect(plain)}\n\nexplanation (what prunec looked for, and where matching stopped):\n`),
+    ).toBe(true);
   });
 });
 
@@ -252,8 +297,12 @@ describe("prunec inspect --explain (CLI)", () => {
     const lines = r.stdout.split("\n");
     const at = (prefix: string) => lines.indexOf(prefix);
     expect(at("explanation (what prunec looked for, and where matching stopped):")).toBeGreaterThan(0);
-    expect(lines).toContain("  layers:          numbered by the module paths in node names (e.g. '/encoder/layers/encoder_layer_0'): 2 layers");
-    expect(lines).toContain("  CLS:             yes: '/Concat_2' (Concat) on the token axis prepends 1 learned token: '/Expand_output_0' (1)");
+    expect(lines).toContain(
+      "  layers:          numbered by the module paths in node names (e.g. '/encoder/layers/encoder_layer_0'): 2 layers",
+    );
+    expect(lines).toContain(
+      "  CLS:             yes: '/Concat_2' (Concat) on the token axis prepends 1 learned token: '/Expand_output_0' (1)",
+    );
     const layer1 = at(`  layer 1 ('${L1}'):`);
     expect(layer1).toBeGreaterThan(at(`  layer 0 ('${L0}'):`));
     expect(lines.slice(layer1 + 1, layer1 + 7)).toEqual([
@@ -270,7 +319,9 @@ describe("prunec inspect --explain (CLI)", () => {
   it("--json --explain adds the 'explanation' field; --json alone does not", () => {
     const json = JSON.parse(prunec("inspect", model, "--json", "--explain").stdout) as InspectReport;
     expect(json.explanation!.layers).toHaveLength(2);
-    expect(json.explanation!.layers[1]!.residualWhy).toContain(`no Add (or Skip norm) sums x_in with the attention output`);
+    expect(json.explanation!.layers[1]!.residualWhy).toContain(
+      `no Add (or Skip norm) sums x_in with the attention output`,
+    );
     expect(json.explanation!.layers[1]!.residual[2]!.miss).toEqual({
       why: `no Add (or Skip norm) sums x_in with the attention output (computed from '${L1}/self_attention/MatMul_2' (MatMul)); x_in's readers: '${L1}/ln_1/LayerNormalization' (LayerNormalization), '${L1}/Add' (Identity)`,
       tensor: `${L0}/Add_1_output_0`,

@@ -45,27 +45,44 @@ interface ManifestModel {
   reference: { batch: number; inputs: Record<string, string>; outputs: Record<string, string> };
 }
 
-const manifest = JSON.parse(readFileSync(join(DIR, "manifest.json"), "utf8")) as { models: Record<string, ManifestModel> };
+const manifest = JSON.parse(readFileSync(join(DIR, "manifest.json"), "utf8")) as {
+  models: Record<string, ManifestModel>;
+};
 const models = Object.values(manifest.models);
 const prunable = models.filter((m) => m.form !== "swin-tiny");
 
-function load(m: ManifestModel): { bytes: Uint8Array; feeds2: Feeds; feeds1: Feeds; refs: Record<string, Float32Array> } {
+function load(m: ManifestModel): {
+  bytes: Uint8Array;
+  feeds2: Feeds;
+  feeds1: Feeds;
+  refs: Record<string, Float32Array>;
+} {
   const bytes = readFileSync(join(DIR, m.file));
   const x = readNpy(join(DIR, m.reference.inputs[m.inputs[0]!.name]!));
   const data = x.data as Float32Array;
   const feeds2: Feeds = { [m.inputs[0]!.name]: { type: "float32", dims: x.shape, data } };
-  const feeds1: Feeds = { [m.inputs[0]!.name]: { type: "float32", dims: [1, ...x.shape.slice(1)], data: data.subarray(0, data.length / x.shape[0]!) } };
-  const refs = Object.fromEntries(Object.entries(m.reference.outputs).map(([o, f]) => [o, readNpy(join(DIR, f)).data as Float32Array]));
+  const feeds1: Feeds = {
+    [m.inputs[0]!.name]: {
+      type: "float32",
+      dims: [1, ...x.shape.slice(1)],
+      data: data.subarray(0, data.length / x.shape[0]!),
+    },
+  };
+  const refs = Object.fromEntries(
+    Object.entries(m.reference.outputs).map(([o, f]) => [o, readNpy(join(DIR, f)).data as Float32Array]),
+  );
   return { bytes, feeds2, feeds1, refs };
 }
 
 /** The Softmax outputs in graph order: one per layer in these exports. */
 function softmaxes(bytes: Uint8Array): string[] {
-  return decodeModel(bytes).graph!.node.filter((n) => n.opType === "Softmax").map((n) => n.output[0]!);
+  return decodeModel(bytes)
+    .graph!.node.filter((n) => n.opType === "Softmax")
+    .map((n) => n.output[0]!);
 }
 
 const criterionFor = (m: ManifestModel) => (m.specialTokens > 0 ? "cls-attn" : "global-attn");
-const batches = (m: ManifestModel) => (m.batch === "static" ? ["feeds2"] as const : ["feeds1", "feeds2"] as const);
+const batches = (m: ManifestModel) => (m.batch === "static" ? (["feeds2"] as const) : (["feeds1", "feeds2"] as const));
 
 describe("exports as users make them (test/fixtures/exports)", () => {
   for (const m of prunable) {
@@ -74,7 +91,14 @@ describe("exports as users make them (test/fixtures/exports)", () => {
         const { bytes } = load(m);
         const r = inspectModel(bytes, m.file);
         expect(r.unproven).toBeNull();
-        expect({ layers: r.layerCount, hidden: r.hidden, tokens: r.tokens, tokenAxis: r.tokenAxis, batchAxis: r.batchAxis, special: r.cls.prefixTokens }).toEqual({
+        expect({
+          layers: r.layerCount,
+          hidden: r.hidden,
+          tokens: r.tokens,
+          tokenAxis: r.tokenAxis,
+          batchAxis: r.batchAxis,
+          special: r.cls.prefixTokens,
+        }).toEqual({
           layers: m.layers,
           hidden: m.hidden,
           tokens: m.tokens,
@@ -98,8 +122,11 @@ describe("exports as users make them (test/fixtures/exports)", () => {
           const pruned = await runNode(model, feeds[which], names);
           for (const o of names) {
             expect(pruned[o]!.dims).toEqual(dense[o]!.dims);
-            expect(maxAbsDiff(pruned[o]!.data as Float32Array, dense[o]!.data as Float32Array)).toBeLessThanOrEqual(1e-5);
-            if (which === "feeds2") expect(maxAbsDiff(dense[o]!.data as Float32Array, refs[o]!)).toBeLessThanOrEqual(1e-4);
+            expect(maxAbsDiff(pruned[o]!.data as Float32Array, dense[o]!.data as Float32Array)).toBeLessThanOrEqual(
+              1e-5,
+            );
+            if (which === "feeds2")
+              expect(maxAbsDiff(dense[o]!.data as Float32Array, refs[o]!)).toBeLessThanOrEqual(1e-4);
           }
         }
       });
@@ -107,9 +134,14 @@ describe("exports as users make them (test/fixtures/exports)", () => {
       for (const layer of [0, 1]) {
         it(`after layer ${layer} keep 50% by ${criterionFor(m)}: kept sets equal the reference at batch 1 and 2`, async () => {
           const { bytes, feeds1, feeds2 } = load(m);
-          const { model, report } = compile(bytes, `after layer ${layer} keep 50% by ${criterionFor(m)}`, { exposeIndices: true });
+          const { model, report } = compile(bytes, `after layer ${layer} keep 50% by ${criterionFor(m)}`, {
+            exposeIndices: true,
+          });
           const prunableTokens = m.tokens - m.specialTokens;
-          expect(report.stages[0]).toMatchObject({ tokensIn: m.tokens, tokensOut: m.specialTokens + Math.floor(prunableTokens / 2 + 0.5) });
+          expect(report.stages[0]).toMatchObject({
+            tokensIn: m.tokens,
+            tokensOut: m.specialTokens + Math.floor(prunableTokens / 2 + 0.5),
+          });
           const probs = softmaxes(bytes)[layer]!;
           const probe = withOutputs(bytes, [probs]);
           for (const feeds of m.batch === "static" ? [feeds2] : [feeds1, feeds2]) {
@@ -117,12 +149,17 @@ describe("exports as users make them (test/fixtures/exports)", () => {
             // [B·H, N, N] (nn.MultiheadAttention) or [B, H, N, N]: the same memory order.
             const dims = p.dims.length === 4 ? [p.dims[0]! * p.dims[1]!, p.dims[2]!, p.dims[3]!] : p.dims;
             const unfolded = unfoldProbs(p.data as Float32Array, dims, m.heads);
-            const expected = m.specialTokens > 0 ? clsAttnKeep(unfolded, 50, m.specialTokens) : globalAttnKeep(unfolded, 50, 0);
+            const expected =
+              m.specialTokens > 0 ? clsAttnKeep(unfolded, 50, m.specialTokens) : globalAttnKeep(unfolded, 50, 0);
             const idx = (await runNode(model, feeds, ["prunec.stage0.indices"]))["prunec.stage0.indices"]!;
             expect(rows(idx.data as BigInt64Array, idx.dims)).toEqual(expected);
           }
           // The pruned model runs and gives finite outputs of the declared shapes.
-          const out = await runNode(model, feeds2, m.outputs.map((o) => o.name));
+          const out = await runNode(
+            model,
+            feeds2,
+            m.outputs.map((o) => o.name),
+          );
           for (const o of m.outputs) {
             expect(Array.from(out[o.name]!.data as Float32Array).every(Number.isFinite)).toBe(true);
             if (!o.perToken) expect(out[o.name]!.dims).toEqual(o.shape.map((d) => (typeof d === "number" ? d : 2)));
@@ -135,9 +172,18 @@ describe("exports as users make them (test/fixtures/exports)", () => {
   it("a graph output with one row per token that a stage shrinks is reported: name, axis, rows, stages, where the positions are", async () => {
     const m = manifest.models["per-token-output"]!;
     const { bytes, feeds2 } = load(m);
-    const { model, report } = compile(bytes, "after layer 0 keep 50% by cls-attn\nafter layer 1 keep 50% by cls-attn", { exposeIndices: true });
+    const { model, report } = compile(bytes, "after layer 0 keep 50% by cls-attn\nafter layer 1 keep 50% by cls-attn", {
+      exposeIndices: true,
+    });
     expect(report.perTokenOutputs).toEqual([
-      { output: "last_hidden_state", axis: 1, denseRows: 17, rows: 5, stages: [0, 1], positions: ["prunec.stage0.indices", "prunec.stage1.indices"] },
+      {
+        output: "last_hidden_state",
+        axis: 1,
+        denseRows: 17,
+        rows: 5,
+        stages: [0, 1],
+        positions: ["prunec.stage0.indices", "prunec.stage1.indices"],
+      },
     ]);
     // Row r of the output is the dense output's token at stage0[stage1[r]]: the final norm is per token.
     const dense = (await runNode(bytes, feeds2, ["last_hidden_state"])).last_hidden_state!;
@@ -146,13 +192,16 @@ describe("exports as users make them (test/fixtures/exports)", () => {
     const s0 = rows(out["prunec.stage0.indices"]!.data as BigInt64Array, out["prunec.stage0.indices"]!.dims);
     const s1 = rows(out["prunec.stage1.indices"]!.data as BigInt64Array, out["prunec.stage1.indices"]!.dims);
     // Only the CLS row is computed from the same tokens in both (the others saw fewer tokens in layer 1).
-    for (let b = 0; b < 2; b++) expect(s1[b]!.map((r) => s0[b]![r])).toEqual(s1[b]!.map((r) => s0[b]![r]!).sort((x, y) => x - y));
+    for (let b = 0; b < 2; b++)
+      expect(s1[b]!.map((r) => s0[b]![r])).toEqual(s1[b]!.map((r) => s0[b]![r]!).sort((x, y) => x - y));
     expect(Array.from(out.last_hidden_state!.data as Float32Array).every(Number.isFinite)).toBe(true);
     expect(dense.dims).toEqual([2, 17, 32]);
     // Keep 100% leaves the output whole: nothing to report.
     expect(compile(bytes, "after layer 0 keep 100% by cls-attn").report.perTokenOutputs).toEqual([]);
     // The logits output (no token axis) is never listed.
-    expect(compile(readFileSync(join(DIR, "vit-opset17.onnx")), "after layer 0 keep 50% by cls-attn").report.perTokenOutputs).toEqual([]);
+    expect(
+      compile(readFileSync(join(DIR, "vit-opset17.onnx")), "after layer 0 keep 50% by cls-attn").report.perTokenOutputs,
+    ).toEqual([]);
   });
 
   it("torchvision Swin is refused: its tokens lie on a grid and attention runs inside windows", () => {
@@ -168,6 +217,8 @@ describe("exports as users make them (test/fixtures/exports)", () => {
       error = e;
     }
     expect(error).toBeInstanceOf(PrunecError);
-    expect((error as PrunecError).message).toContain(`spec.prune:1:1: error: prunec cannot prove this model's token structure: ${r.unproven}`);
+    expect((error as PrunecError).message).toContain(
+      `spec.prune:1:1: error: prunec cannot prove this model's token structure: ${r.unproven}`,
+    );
   });
 });

@@ -6,7 +6,16 @@
  */
 import { describe, expect, it, beforeAll, afterAll } from "vitest";
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { REPO_ROOT } from "./helpers/shared.js";
@@ -65,7 +74,14 @@ describe("external data through the CLI", () => {
   };
 
   it("compile -o into another folder hard-links the weights beside the output; it runs from a third directory like the embedded model", async () => {
-    const r = prunec(join(root, "cwd"), "../model/vit.onnx", "../s.prune", "-o", "../out/vit.pruned.onnx", "--expose-indices");
+    const r = prunec(
+      join(root, "cwd"),
+      "../model/vit.onnx",
+      "../s.prune",
+      "-o",
+      "../out/vit.pruned.onnx",
+      "--expose-indices",
+    );
     expect(r.stderr).toBe("");
     expect(r.code).toBe(0);
     const out = join(root, "out");
@@ -73,41 +89,75 @@ describe("external data through the CLI", () => {
     expect(inode(join(out, "weights.bin"))).toBe(inode(join(root, "model", "weights.bin")));
     expect(tempFiles(out)).toEqual([]);
     // The location is unchanged (relative, now resolving beside the output).
-    const locations = decodeModel(readFileSync(join(out, "vit.pruned.onnx"))).graph!.initializer.flatMap((t) => t.externalData.filter((e) => e.key === "location").map((e) => e.value));
+    const locations = decodeModel(readFileSync(join(out, "vit.pruned.onnx"))).graph!.initializer.flatMap((t) =>
+      t.externalData.filter((e) => e.key === "location").map((e) => e.value),
+    );
     expect(new Set(locations)).toEqual(new Set(["weights.bin"]));
     const names = ["logits", "prunec.stage0.indices"];
     const fromFile = await runNode(join(out, "vit.pruned.onnx"), feeds, names);
     const embedded = await runNode(compile(tiny, SPEC, { exposeIndices: true }).model, feeds, names);
     expect(maxAbsDiff(fromFile.logits!.data as Float32Array, embedded.logits!.data as Float32Array)).toBe(0);
-    expect(Array.from(fromFile["prunec.stage0.indices"]!.data as BigInt64Array)).toEqual(Array.from(embedded["prunec.stage0.indices"]!.data as BigInt64Array));
+    expect(Array.from(fromFile["prunec.stage0.indices"]!.data as BigInt64Array)).toEqual(
+      Array.from(embedded["prunec.stage0.indices"]!.data as BigInt64Array),
+    );
     // The dense external-data model reads the same weights as the embedded one.
     const dense = await runNode(join(root, "model", "vit.onnx"), feeds, ["logits"]);
-    expect(maxAbsDiff(dense.logits!.data as Float32Array, (await runNode(tiny, feeds, ["logits"])).logits!.data as Float32Array)).toBe(0);
+    expect(
+      maxAbsDiff(
+        dense.logits!.data as Float32Array,
+        (await runNode(tiny, feeds, ["logits"])).logits!.data as Float32Array,
+      ),
+    ).toBe(0);
   });
 
   it("--external-data copy copies; refuse needs the same file already there (same inode or same bytes)", () => {
     const out = outDir();
-    const r = prunec(join(root, "cwd"), "../model/vit.onnx", "../s.prune", "-o", join(out, "a.onnx"), "--external-data", "copy", "--json");
+    const r = prunec(
+      join(root, "cwd"),
+      "../model/vit.onnx",
+      "../s.prune",
+      "-o",
+      join(out, "a.onnx"),
+      "--external-data",
+      "copy",
+      "--json",
+    );
     expect(r.code, r.stderr).toBe(0);
     expect(JSON.parse(r.stdout).externalData).toEqual([{ file: join(out, "weights.bin"), action: "copied" }]);
     expect(inode(join(out, "weights.bin"))).not.toBe(inode(join(root, "model", "weights.bin")));
     expect(readFileSync(join(out, "weights.bin"))).toEqual(readFileSync(join(root, "model", "weights.bin")));
     // Identical bytes already there: fine in every mode.
-    const again = prunec(join(root, "cwd"), "../model/vit.onnx", "../s.prune", "-o", join(out, "b.onnx"), "--external-data", "refuse");
+    const again = prunec(
+      join(root, "cwd"),
+      "../model/vit.onnx",
+      "../s.prune",
+      "-o",
+      join(out, "b.onnx"),
+      "--external-data",
+      "refuse",
+    );
     expect(again.code, again.stderr).toBe(0);
     expect(again.stdout).toContain(`  external data ${join(out, "weights.bin")}: already there`);
     // Nothing there: refuse writes nothing.
     const empty = outDir();
-    const refused = prunec(join(root, "cwd"), "../model/vit.onnx", "../s.prune", "-o", join(empty, "c.onnx"), "--external-data", "refuse");
+    const refused = prunec(
+      join(root, "cwd"),
+      "../model/vit.onnx",
+      "../s.prune",
+      "-o",
+      join(empty, "c.onnx"),
+      "--external-data",
+      "refuse",
+    );
     expect(refused.code).toBe(2);
     expect(refused.stderr).toBe(
       `prunec: error: ${join(empty, "weights.bin")}: no such file; ${join(empty, "c.onnx")} would read initializer 'conv_proj.weight' from it (--external-data refuse). ` +
         `Link or copy ../model/weights.bin there, or use --external-data link|copy\n`,
     );
     expect(readdirSync(empty)).toEqual([]);
-    expect(prunec(root, "model/vit.onnx", "s.prune", "-o", join(empty, "d.onnx"), "--external-data", "move").stderr).toBe(
-      "prunec: error: --external-data must be link, copy or refuse, got 'move'\n",
-    );
+    expect(
+      prunec(root, "model/vit.onnx", "s.prune", "-o", join(empty, "d.onnx"), "--external-data", "move").stderr,
+    ).toBe("prunec: error: --external-data must be link, copy or refuse, got 'move'\n");
   });
 
   it("a different file of that name beside the output is never overwritten: exit 2, nothing written", () => {
@@ -160,13 +210,34 @@ describe("external data through the CLI", () => {
     const b = prunec(cwd, "bench", "../model/digits.onnx", "../s.prune", "--runs", "5", "--json");
     expect(b.code, b.stderr).toBe(0);
     expect(JSON.parse(b.stdout).rows).toHaveLength(2);
-    const rep = prunec(cwd, "report", "../model/digits.onnx", "../s.prune", "-o", "report", "--data", SAMPLE, "--examples", "8");
+    const rep = prunec(
+      cwd,
+      "report",
+      "../model/digits.onnx",
+      "../s.prune",
+      "-o",
+      "report",
+      "--data",
+      SAMPLE,
+      "--examples",
+      "8",
+    );
     expect(rep.code, rep.stderr).toBe(0);
-    const json = JSON.parse(readFileSync(join(cwd, "report", "report.json"), "utf8")) as { examples: { dense: number }[] };
+    const json = JSON.parse(readFileSync(join(cwd, "report", "report.json"), "utf8")) as {
+      examples: { dense: number }[];
+    };
     // The report's dense predictions are the embedded model's.
-    const logits = (await runNode(readFileSync(join(DIGITS, "model.onnx")), { pixel_values: { type: "float32", ...batchInput(data, 0, 8) } }, ["logits"])).logits!;
+    const logits = (
+      await runNode(
+        readFileSync(join(DIGITS, "model.onnx")),
+        { pixel_values: { type: "float32", ...batchInput(data, 0, 8) } },
+        ["logits"],
+      )
+    ).logits!;
     const classes = logits.dims.at(-1)!;
-    const expected = json.examples.map((_, i) => argmax((logits.data as Float32Array).subarray(i * classes, (i + 1) * classes)));
+    const expected = json.examples.map((_, i) =>
+      argmax((logits.data as Float32Array).subarray(i * classes, (i + 1) * classes)),
+    );
     expect(json.examples.map((e) => e.dense)).toEqual(expected);
   });
 
@@ -177,9 +248,19 @@ describe("external data through the CLI", () => {
     const cwd = join(root, "cwd");
     writeFileSync(join(cwd, "digits.bin"), digitsWeights); // the right bytes, in the wrong folder
     const missing = `prunec: error: ../broken/digits.bin: no such file (external data of initializer 'conv_proj.weight' in ../broken/digits.onnx; locations resolve against the model's folder)\n`;
-    expect(prunec(cwd, "eval", "../broken/digits.onnx", "--data", SAMPLE)).toEqual({ code: 2, stdout: "", stderr: missing });
-    expect(prunec(cwd, "bench", "../broken/digits.onnx", "../s.prune", "--runs", "1")).toEqual({ code: 2, stdout: "", stderr: missing });
-    expect(prunec(cwd, "report", "../broken/digits.onnx", "../s.prune", "-o", "../broken/report", "--data", SAMPLE)).toEqual({ code: 2, stdout: "", stderr: missing });
+    expect(prunec(cwd, "eval", "../broken/digits.onnx", "--data", SAMPLE)).toEqual({
+      code: 2,
+      stdout: "",
+      stderr: missing,
+    });
+    expect(prunec(cwd, "bench", "../broken/digits.onnx", "../s.prune", "--runs", "1")).toEqual({
+      code: 2,
+      stdout: "",
+      stderr: missing,
+    });
+    expect(
+      prunec(cwd, "report", "../broken/digits.onnx", "../s.prune", "-o", "../broken/report", "--data", SAMPLE),
+    ).toEqual({ code: 2, stdout: "", stderr: missing });
     expect(existsSync(join(dir, "report"))).toBe(false);
 
     writeFileSync(join(dir, "digits.bin"), digitsWeights.subarray(0, digitsWeights.length - 1));
@@ -202,7 +283,11 @@ describe("external data through the CLI", () => {
     for (const location of ["../weights.bin", join(root, "model", "digits.bin")]) {
       writeFileSync(join(dir, "m.onnx"), externalize(readFileSync(join(DIGITS, "model.onnx")), location).model);
       const message = `prunec: error: m.onnx: initializer 'conv_proj.weight' has external data location '${location}' outside the model's folder (absolute paths and '..' are not allowed)\n`;
-      for (const args of [["eval", "m.onnx", "--data", SAMPLE], ["bench", "m.onnx", "../s.prune", "--runs", "1"], ["report", "m.onnx", "../s.prune", "-o", "r", "--data", SAMPLE]]) {
+      for (const args of [
+        ["eval", "m.onnx", "--data", SAMPLE],
+        ["bench", "m.onnx", "../s.prune", "--runs", "1"],
+        ["report", "m.onnx", "../s.prune", "-o", "r", "--data", SAMPLE],
+      ]) {
         expect(prunec(dir, ...args)).toEqual({ code: 3, stdout: "", stderr: message });
       }
       expect(existsSync(join(dir, "r"))).toBe(false);

@@ -104,11 +104,16 @@ describe("FastV reference with a KV cache, on its own", () => {
     for (const [i, r] of pruned.entries()) {
       const p = single(i);
       const out = await runNode(compiled, plainFeeds(p), ["prunec.stage0.indices", "logits"]);
-      const kept = rows(out["prunec.stage0.indices"]!.data as BigInt64Array, out["prunec.stage0.indices"]!.dims)[0]!.filter((j) => j >= 0);
+      const kept = rows(
+        out["prunec.stage0.indices"]!.data as BigInt64Array,
+        out["prunec.stage0.indices"]!.dims,
+      )[0]!.filter((j) => j >= 0);
       expect(kept).toEqual(r.kept);
       const logits = out["logits"]!;
       expect(logits.dims).toEqual([1, r.kept.length, V]);
-      expect(maxAbsDiff(logitsRow(logits.data as Float32Array, logits.dims, 0, r.kept.length - 1), r.prefillLast)).toBeLessThanOrEqual(TOL);
+      expect(
+        maxAbsDiff(logitsRow(logits.data as Float32Array, logits.dims, 0, r.kept.length - 1), r.prefillLast),
+      ).toBeLessThanOrEqual(TOL);
     }
   });
 
@@ -120,7 +125,9 @@ describe("FastV reference with a KV cache, on its own", () => {
       const seq = [...prompt, ...r.tokens.slice(0, STEPS - 1)];
       const visible = [...r.kept, ...Array.from({ length: STEPS - 1 }, (_, s) => n + s)];
       const p = promptBatch([seq]);
-      const masked = (await runNode(maskKeys(plain, FASTV.afterLayer + 1, visible, seq.length), prefillFeeds(p, "plain"), ["logits"]))["logits"]!;
+      const masked = (
+        await runNode(maskKeys(plain, FASTV.afterLayer + 1, visible, seq.length), prefillFeeds(p, "plain"), ["logits"])
+      )["logits"]!;
       const data = masked.data as Float32Array;
       expect(maxAbsDiff(logitsRow(data, masked.dims, 0, n - 1), r.prefillLast)).toBeLessThanOrEqual(TOL);
       r.steps.forEach((l, s) => expect(maxAbsDiff(logitsRow(data, masked.dims, 0, n + s), l)).toBeLessThanOrEqual(TOL));
@@ -132,21 +139,33 @@ describe("FastV reference with a KV cache, on its own", () => {
 function withUnusedImageMask(model: Uint8Array): Uint8Array {
   const m = decodeModel(model);
   const g = m.graph!;
-  return encodeModel(shallowCopy(m, { graph: shallowCopy(g, { input: [...g.input, valueInfo("image_mask", 9, ["batch_size", "sequence_length"])] }) }));
+  return encodeModel(
+    shallowCopy(m, {
+      graph: shallowCopy(g, { input: [...g.input, valueInfo("image_mask", 9, ["batch_size", "sequence_length"])] }),
+    }),
+  );
 }
 
 describe("generateGreedyWithImageMask (the harness) on the dense gqa decoder", () => {
   const model = withUnusedImageMask(gqa);
   it("cpu: batch 1 and left-padded batch 3 give the dense reference's tokens and logits", async () => {
     for (const group of [[0], [1], [2], [0, 1, 2]]) {
-      const p = promptBatch(group.map((i) => PROMPTS[i]!.tokens), "left", group.map((i) => PROMPTS[i]!.image));
+      const p = promptBatch(
+        group.map((i) => PROMPTS[i]!.tokens),
+        "left",
+        group.map((i) => PROMPTS[i]!.image),
+      );
       const got = await generateWithImageMask(model, "cpu", p, STEPS);
       expect(got.presentLengths).toEqual(Array(DECODER.layers).fill(p.seq));
       group.forEach((i, b) => {
         expect(got.lastRows[b]).toBe(p.seq - 1);
-        expect(maxAbsDiff(logitsRow(got.prefill, [p.batch, p.seq], b, p.seq - 1), dense[i]!.prefill.at(-1)!)).toBeLessThanOrEqual(TOL);
+        expect(
+          maxAbsDiff(logitsRow(got.prefill, [p.batch, p.seq], b, p.seq - 1), dense[i]!.prefill.at(-1)!),
+        ).toBeLessThanOrEqual(TOL);
         expect(got.tokens[b]).toEqual(dense[i]!.tokens);
-        got.steps.forEach((l, s) => expect(maxAbsDiff(l.subarray(b * V, (b + 1) * V), dense[i]!.steps[s]!)).toBeLessThanOrEqual(TOL));
+        got.steps.forEach((l, s) =>
+          expect(maxAbsDiff(l.subarray(b * V, (b + 1) * V), dense[i]!.steps[s]!)).toBeLessThanOrEqual(TOL),
+        );
       });
     }
   });
@@ -162,33 +181,51 @@ const e2e = (name: string, fn: (model: Uint8Array) => Promise<void>): void => {
 };
 
 describe("FastV compiled into the GroupQueryAttention decoder with a KV cache", () => {
-  e2e("cpu: prefill: kept set = the reference's, last logits ≤ 1e-4, present lengths N for layers 0–1 and the kept count for 2–3", async (model) => {
-    for (const [i, r] of pruned.entries()) {
-      const p = single(i);
-      const got = await generateWithImageMask(model, "cpu", p, 1);
-      const idx = got.prefillOutputs["prunec.stage0.indices"]!;
-      expect(rows(idx.data as BigInt64Array, idx.dims)[0]!.filter((j) => j >= 0)).toEqual(r.kept);
-      const logits = got.prefillOutputs["logits"]!;
-      expect(maxAbsDiff(logitsRow(got.prefill, logits.dims, 0, got.lastRows[0]!), r.prefillLast)).toBeLessThanOrEqual(TOL);
-      for (let l = 0; l < DECODER.layers; l++) {
-        const want = l <= FASTV.afterLayer ? p.seq : r.kept.length;
-        for (const kv of ["key", "value"]) expect(got.prefillOutputs[`present.${l}.${kv}`]!.dims).toEqual([1, DECODER.kvHeads, want, DECODER.headSize]);
+  e2e(
+    "cpu: prefill: kept set = the reference's, last logits ≤ 1e-4, present lengths N for layers 0–1 and the kept count for 2–3",
+    async (model) => {
+      for (const [i, r] of pruned.entries()) {
+        const p = single(i);
+        const got = await generateWithImageMask(model, "cpu", p, 1);
+        const idx = got.prefillOutputs["prunec.stage0.indices"]!;
+        expect(rows(idx.data as BigInt64Array, idx.dims)[0]!.filter((j) => j >= 0)).toEqual(r.kept);
+        const logits = got.prefillOutputs["logits"]!;
+        expect(maxAbsDiff(logitsRow(got.prefill, logits.dims, 0, got.lastRows[0]!), r.prefillLast)).toBeLessThanOrEqual(
+          TOL,
+        );
+        for (let l = 0; l < DECODER.layers; l++) {
+          const want = l <= FASTV.afterLayer ? p.seq : r.kept.length;
+          for (const kv of ["key", "value"])
+            expect(got.prefillOutputs[`present.${l}.${kv}`]!.dims).toEqual([
+              1,
+              DECODER.kvHeads,
+              want,
+              DECODER.headSize,
+            ]);
+        }
       }
-    }
-  });
+    },
+  );
 
   for (const backend of ["cpu", "wasm"] as Backend[]) {
-    e2e(`${backend}: greedy generation of ${STEPS} tokens, batch 1, equals the pruned reference token for token (step logits ≤ 1e-4)`, async (model) => {
-      for (const [i, r] of pruned.entries()) {
-        const got = await generateWithImageMask(model, backend, single(i), STEPS);
-        expect(got.tokens[0]).toEqual(r.tokens);
-        got.steps.forEach((l, s) => expect(maxAbsDiff(l, r.steps[s]!)).toBeLessThanOrEqual(TOL));
-      }
-    });
+    e2e(
+      `${backend}: greedy generation of ${STEPS} tokens, batch 1, equals the pruned reference token for token (step logits ≤ 1e-4)`,
+      async (model) => {
+        for (const [i, r] of pruned.entries()) {
+          const got = await generateWithImageMask(model, backend, single(i), STEPS);
+          expect(got.tokens[0]).toEqual(r.tokens);
+          got.steps.forEach((l, s) => expect(maxAbsDiff(l, r.steps[s]!)).toBeLessThanOrEqual(TOL));
+        }
+      },
+    );
   }
 
   e2e(`cpu: left-padded batch 3 gives each example its batch-1 tokens (step logits ≤ 1e-4)`, async (model) => {
-    const p = promptBatch(PROMPTS.map((x) => x.tokens), "left", PROMPTS.map((x) => x.image));
+    const p = promptBatch(
+      PROMPTS.map((x) => x.tokens),
+      "left",
+      PROMPTS.map((x) => x.image),
+    );
     expect(new Set(p.lengths).size).toBe(3);
     const got = await generateWithImageMask(model, "cpu", p, STEPS);
     const idx = got.prefillOutputs["prunec.stage0.indices"]!;
@@ -197,11 +234,17 @@ describe("FastV compiled into the GroupQueryAttention decoder with a KV cache", 
       // Example b's kept set is the batch-1 one shifted by its left padding (pads are not image tokens: kept).
       const offset = p.offsets[b]!;
       expect(kept[b]).toEqual([...Array(offset).keys(), ...r.kept.map((j) => j + offset)]);
-      expect(maxAbsDiff(logitsRow(got.prefill, got.prefillOutputs["logits"]!.dims, b, got.lastRows[b]!), r.prefillLast)).toBeLessThanOrEqual(TOL);
+      expect(
+        maxAbsDiff(logitsRow(got.prefill, got.prefillOutputs["logits"]!.dims, b, got.lastRows[b]!), r.prefillLast),
+      ).toBeLessThanOrEqual(TOL);
       expect(got.tokens[b]).toEqual(r.tokens);
-      got.steps.forEach((l, s) => expect(maxAbsDiff(l.subarray(b * V, (b + 1) * V), r.steps[s]!)).toBeLessThanOrEqual(TOL));
+      got.steps.forEach((l, s) =>
+        expect(maxAbsDiff(l.subarray(b * V, (b + 1) * V), r.steps[s]!)).toBeLessThanOrEqual(TOL),
+      );
     });
     expect(got.presentLengths.slice(0, FASTV.afterLayer + 1)).toEqual([p.seq, p.seq]);
-    expect(got.presentLengths.slice(FASTV.afterLayer + 1)).toEqual([1, 1].map(() => Math.max(...kept.map((k) => k.length))));
+    expect(got.presentLengths.slice(FASTV.afterLayer + 1)).toEqual(
+      [1, 1].map(() => Math.max(...kept.map((k) => k.length))),
+    );
   });
 });

@@ -21,7 +21,11 @@ import { decodeModel } from "../src/onnx/io.js";
 
 const plain = buildDecoder({ attention: "plain" });
 const SPEC = "tokens image = input image_mask\nafter layer 1 drop 50% of image by last-token-attn";
-const prompts = [imagePrompt([3, 4, 5], [20, 21, 22, 23]), imagePrompt([3], [24, 25]), imagePrompt([6, 7, 8, 9, 10], [26, 27, 28, 29, 30, 31])];
+const prompts = [
+  imagePrompt([3, 4, 5], [20, 21, 22, 23]),
+  imagePrompt([3], [24, 25]),
+  imagePrompt([6, 7, 8, 9, 10], [26, 27, 28, 29, 30, 31]),
+];
 
 function feedsOf(p: PromptBatch): Feeds {
   const mask = new Uint8Array(p.batch * p.seq);
@@ -31,7 +35,7 @@ function feedsOf(p: PromptBatch): Feeds {
 
 /** FastV on plain arrays: drop round-half-up(50%·16) image tokens with the lowest last-row attention (mean over heads). */
 function fastvKeep(probs: Float32Array, dims: number[], image: boolean[][]): number[][] {
-  const [batch, heads, n] = dims as [number, number, number, number];
+  const [, heads, n] = dims as [number, number, number, number];
   return image.map((isImage, b) => {
     const imagePositions = isImage.flatMap((v, j) => (v ? [j] : []));
     const scores = imagePositions.map((j) => {
@@ -43,7 +47,6 @@ function fastvKeep(probs: Float32Array, dims: number[], image: boolean[][]): num
     const keptImage = topKPositions(scores, imagePositions.length - drop, 0).map((i) => imagePositions[i]!);
     return [...Array(n).keys()].filter((j) => !isImage[j] || keptImage.includes(j));
   });
-  void batch;
 }
 
 describe("FastV (last-token-attn of image) in a decoder", () => {
@@ -53,15 +56,23 @@ describe("FastV (last-token-attn of image) in a decoder", () => {
     const compiled = compile(plain, SPEC, { exposeIndices: true });
     expect(compiled.report.stages[0]!.tokensOut).toBe("0+others+drop(drop 50%) of image");
     for (const group of [[0], [0, 1, 2]]) {
-      const p = promptBatch(group.map((i) => prompts[i]!.tokens), "left", group.map((i) => prompts[i]!.image));
+      const p = promptBatch(
+        group.map((i) => prompts[i]!.tokens),
+        "left",
+        group.map((i) => prompts[i]!.image),
+      );
       const f = feedsOf(p);
       const probs = (await runNode(withOutputs(plain, [layer1]), f, [layer1]))[layer1]!;
       const expected = fastvKeep(probs.data as Float32Array, probs.dims, p.imageMask);
       for (const run of [runNode, runWasm]) {
         const out = await run(compiled.model, f, ["prunec.stage0.indices", "prunec.stage0.counts"]);
-        const kept = rows(out["prunec.stage0.indices"]!.data as BigInt64Array, out["prunec.stage0.indices"]!.dims).map((r) => r.filter((i) => i >= 0));
+        const kept = rows(out["prunec.stage0.indices"]!.data as BigInt64Array, out["prunec.stage0.indices"]!.dims).map(
+          (r) => r.filter((i) => i >= 0),
+        );
         expect(kept).toEqual(expected);
-        expect(Array.from(out["prunec.stage0.counts"]!.data as BigInt64Array, Number)).toEqual(expected.map((e) => e.length));
+        expect(Array.from(out["prunec.stage0.counts"]!.data as BigInt64Array, Number)).toEqual(
+          expected.map((e) => e.length),
+        );
       }
     }
   });
@@ -69,13 +80,17 @@ describe("FastV (last-token-attn of image) in a decoder", () => {
   it("the last token's logits equal the dense decoder's with the dropped image keys masked from layer 2 on (positions and mask carried)", async () => {
     const p = promptBatch([prompts[0]!.tokens], "left", [prompts[0]!.image]);
     const f = feedsOf(p);
-    const out = await runNode(compile(plain, SPEC, { exposeIndices: true }).model, f, ["prunec.stage0.indices", "logits"]);
+    const out = await runNode(compile(plain, SPEC, { exposeIndices: true }).model, f, [
+      "prunec.stage0.indices",
+      "logits",
+    ]);
     const kept = Array.from(out["prunec.stage0.indices"]!.data as BigInt64Array, Number);
     const masked = maskKeys(plain, 2, kept, p.seq);
     const reference = (await runNode(masked, prefillFeeds(p, "plain"), ["logits"]))["logits"]!;
     const dense = (await runNode(plain, prefillFeeds(p, "plain"), ["logits"]))["logits"]!;
     const v = DECODER.vocab;
-    const last = (o: { data: unknown; dims: number[] }) => (o.data as Float32Array).subarray((o.dims[1]! - 1) * v, o.dims[1]! * v);
+    const last = (o: { data: unknown; dims: number[] }) =>
+      (o.data as Float32Array).subarray((o.dims[1]! - 1) * v, o.dims[1]! * v);
     expect(out["logits"]!.dims).toEqual([1, kept.length, v]);
     expect(maxAbsDiff(last(out["logits"]!), last(reference))).toBeLessThanOrEqual(1e-4);
     expect(maxAbsDiff(last(dense), last(reference))).toBeGreaterThan(1e-3); // dropping the tokens matters
@@ -83,12 +98,18 @@ describe("FastV (last-token-attn of image) in a decoder", () => {
 
   it("at batch 3 (left padding) each example's last logits equal its batch-1 result", async () => {
     const compiled = compile(plain, SPEC).model;
-    const p3 = promptBatch(prompts.map((x) => x.tokens), "left", prompts.map((x) => x.image));
+    const p3 = promptBatch(
+      prompts.map((x) => x.tokens),
+      "left",
+      prompts.map((x) => x.image),
+    );
     const batch = (await runNode(compiled, feedsOf(p3), ["logits"]))["logits"]!;
     const v = DECODER.vocab;
     const k = batch.dims[1]!;
     for (let i = 0; i < 3; i++) {
-      const alone = (await runNode(compiled, feedsOf(promptBatch([prompts[i]!.tokens], "left", [prompts[i]!.image])), ["logits"]))["logits"]!;
+      const alone = (
+        await runNode(compiled, feedsOf(promptBatch([prompts[i]!.tokens], "left", [prompts[i]!.image])), ["logits"])
+      )["logits"]!;
       const a = (batch.data as Float32Array).subarray((i * k + k - 1) * v, (i * k + k) * v);
       const b = (alone.data as Float32Array).subarray((alone.dims[1]! - 1) * v, alone.dims[1]! * v);
       expect(maxAbsDiff(a, b)).toBeLessThanOrEqual(1e-4);
@@ -104,25 +125,45 @@ describe("FastV (last-token-attn of image) in a decoder", () => {
 
 describe("dropping a whole token set (ToDRE stage 2)", () => {
   it("after layer 2 drop 100% of image keeps exactly the text tokens", async () => {
-    const compiled = compile(plain, "tokens image = input image_mask\nafter layer 2 drop 100% of image by last-token-attn", { exposeIndices: true }).model;
-    const p = promptBatch(prompts.map((x) => x.tokens), "left", prompts.map((x) => x.image));
+    const compiled = compile(
+      plain,
+      "tokens image = input image_mask\nafter layer 2 drop 100% of image by last-token-attn",
+      { exposeIndices: true },
+    ).model;
+    const p = promptBatch(
+      prompts.map((x) => x.tokens),
+      "left",
+      prompts.map((x) => x.image),
+    );
     const out = await runNode(compiled, feedsOf(p), ["prunec.stage0.indices"]);
-    const kept = rows(out["prunec.stage0.indices"]!.data as BigInt64Array, out["prunec.stage0.indices"]!.dims).map((r) => r.filter((i) => i >= 0));
+    const kept = rows(out["prunec.stage0.indices"]!.data as BigInt64Array, out["prunec.stage0.indices"]!.dims).map(
+      (r) => r.filter((i) => i >= 0),
+    );
     expect(kept).toEqual(p.imageMask.map((row) => row.flatMap((isImage, j) => (isImage ? [] : [j]))));
   });
 });
 
 describe("AIM's weighted PageRank inside the decoder", () => {
   it("after layer 1 drop 50% of image by pagerank: the reference's image tokens (causal logits, batch 1, CPU and WASM)", async () => {
-    const compiled = compile(plain, "tokens image = input image_mask\nafter layer 1 drop 50% of image by pagerank", { exposeIndices: true }).model;
+    const compiled = compile(plain, "tokens image = input image_mask\nafter layer 1 drop 50% of image by pagerank", {
+      exposeIndices: true,
+    }).model;
     const p = promptBatch([prompts[2]!.tokens], "left", [prompts[2]!.image]);
     const logitsName = decodeModel(plain).graph!.node.find((n) => n.output[0] === softmaxOutputs(plain)[1])!.input[0]!;
     const l = (await runNode(withOutputs(plain, [logitsName]), feedsOf(p), [logitsName]))[logitsName]!;
     const [, heads, n] = l.dims as [number, number, number, number];
-    const perHead = Array.from({ length: heads }, (_, h) => Array.from({ length: n }, (_, q) => Array.from((l.data as Float32Array).subarray((h * n + q) * n, (h * n + q + 1) * n))));
+    const perHead = Array.from({ length: heads }, (_, h) =>
+      Array.from({ length: n }, (_, q) =>
+        Array.from((l.data as Float32Array).subarray((h * n + q) * n, (h * n + q + 1) * n)),
+      ),
+    );
     const scores = pagerankScores(perHead, 5, 0.1, 0);
     const image = p.imageMask[0]!.flatMap((v, j) => (v ? [j] : []));
-    const keptImage = topKPositions(image.map((j) => scores[j]!), image.length - keepCount(50, image.length), 0).map((i) => image[i]!);
+    const keptImage = topKPositions(
+      image.map((j) => scores[j]!),
+      image.length - keepCount(50, image.length),
+      0,
+    ).map((i) => image[i]!);
     const expected = [...Array(n).keys()].filter((j) => !p.imageMask[0]![j] || keptImage.includes(j));
     for (const run of [runNode, runWasm]) {
       const out = await run(compiled, feedsOf(p), ["prunec.stage0.indices"]);
@@ -133,15 +174,28 @@ describe("AIM's weighted PageRank inside the decoder", () => {
 
 describe("AIM's weighted PageRank inside the decoder, left-padded batch", () => {
   it("each example keeps its batch-1 set (padding query rows, all keys masked, have no transitions), CPU and WASM", async () => {
-    const compiled = compile(plain, "tokens image = input image_mask\nafter layer 1 drop 50% of image by pagerank", { exposeIndices: true }).model;
-    const batch = promptBatch(prompts.map((x) => x.tokens), "left", prompts.map((x) => x.image));
+    const compiled = compile(plain, "tokens image = input image_mask\nafter layer 1 drop 50% of image by pagerank", {
+      exposeIndices: true,
+    }).model;
+    const batch = promptBatch(
+      prompts.map((x) => x.tokens),
+      "left",
+      prompts.map((x) => x.image),
+    );
     for (const run of [runNode, runWasm]) {
       const out = await run(compiled, feedsOf(batch), ["prunec.stage0.indices"]);
-      const kept = rows(out["prunec.stage0.indices"]!.data as BigInt64Array, out["prunec.stage0.indices"]!.dims).map((r) => r.filter((i) => i >= 0));
+      const kept = rows(out["prunec.stage0.indices"]!.data as BigInt64Array, out["prunec.stage0.indices"]!.dims).map(
+        (r) => r.filter((i) => i >= 0),
+      );
       for (const [b, prompt] of prompts.entries()) {
-        const one = await run(compiled, feedsOf(promptBatch([prompt.tokens], "left", [prompt.image])), ["prunec.stage0.indices"]);
+        const one = await run(compiled, feedsOf(promptBatch([prompt.tokens], "left", [prompt.image])), [
+          "prunec.stage0.indices",
+        ]);
         const offset = batch.offsets[b]!;
-        expect(kept[b]).toEqual([...Array(offset).keys(), ...Array.from(one["prunec.stage0.indices"]!.data as BigInt64Array, (j) => Number(j) + offset)]);
+        expect(kept[b]).toEqual([
+          ...Array(offset).keys(),
+          ...Array.from(one["prunec.stage0.indices"]!.data as BigInt64Array, (j) => Number(j) + offset),
+        ]);
       }
     }
   });
@@ -149,9 +203,14 @@ describe("AIM's weighted PageRank inside the decoder, left-padded batch", () => 
 
 describe("token sets follow the kept tokens", () => {
   it("an 'of image' stage after a stage on all tokens reads the image mask at the kept positions", async () => {
-    const spec = "tokens image = input image_mask\nafter layer 0 keep 75% by norm\nafter layer 2 drop 50% of image by last-token-attn";
+    const spec =
+      "tokens image = input image_mask\nafter layer 0 keep 75% by norm\nafter layer 2 drop 50% of image by last-token-attn";
     const compiled = compile(plain, spec, { exposeIndices: true }).model;
-    const p = promptBatch(prompts.map((x) => x.tokens), "left", prompts.map((x) => x.image));
+    const p = promptBatch(
+      prompts.map((x) => x.tokens),
+      "left",
+      prompts.map((x) => x.image),
+    );
     const out = await runNode(compiled, feedsOf(p), ["prunec.stage0.indices", "prunec.stage1.indices"]);
     const first = rows(out["prunec.stage0.indices"]!.data as BigInt64Array, out["prunec.stage0.indices"]!.dims);
     const second = rows(out["prunec.stage1.indices"]!.data as BigInt64Array, out["prunec.stage1.indices"]!.dims);
@@ -167,7 +226,13 @@ describe("token sets follow the kept tokens", () => {
 
   it("'of image' after a merge stage is rejected", () => {
     const tiny = readFileSync(join(REPO_ROOT, "examples", "tiny-vit", "model.onnx"));
-    expect(() => compile(tiny, "tokens image = input image_mask\nafter layer 0 merge 25% by similarity\nafter layer 2 drop 50% of image by norm", { specName: "s.prune" })).toThrow(
+    expect(() =>
+      compile(
+        tiny,
+        "tokens image = input image_mask\nafter layer 0 merge 25% by similarity\nafter layer 2 drop 50% of image by norm",
+        { specName: "s.prune" },
+      ),
+    ).toThrow(
       "s.prune:3:27: error: 'of image' after a merge stage is not supported: merged tokens belong to no single set",
     );
   });

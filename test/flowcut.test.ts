@@ -17,7 +17,15 @@ import { decodeModel } from "../src/onnx/io.js";
 import { buildFusedVit, fusedVitFeeds, FUSED_VIT } from "./support/fused-vit.js";
 import { unfuseMultiHeadAttention } from "./support/unfuse.js";
 import { softmaxOutputs } from "./support/stage-tensors.js";
-import { digitsFeeds, expectKeepsEveryToken, keptStages, rejection, tinyOneAndThree, vitTiModel, vitTiOneAndThree } from "./support/cases.js";
+import {
+  digitsFeeds,
+  expectKeepsEveryToken,
+  keptStages,
+  rejection,
+  tinyOneAndThree,
+  vitTiModel,
+  vitTiOneAndThree,
+} from "./support/cases.js";
 
 const probsOf = (layer: number) => `/encoder/layers/encoder_layer_${layer}/self_attention/Softmax_output_0`;
 /** torchvision's per-head values [B·H, N, D]: the right input of the MatMul that consumes the softmax. */
@@ -36,7 +44,12 @@ async function mapsAt(model: Uint8Array, feeds: Feeds, layers: number[], heads: 
 const range = (from: number, to: number) => Array.from({ length: to - from + 1 }, (_, i) => from + i);
 
 /** The reference over layers from..to of `maps`. */
-const reference = (maps: Maps, from: number, to: number, percent: number) => flowcutKeep(range(from, to).map((l) => maps.get(l)!), percent, 1);
+const reference = (maps: Maps, from: number, to: number, percent: number) =>
+  flowcutKeep(
+    range(from, to).map((l) => maps.get(l)!),
+    percent,
+    1,
+  );
 
 /** One input batch, the dense model's maps, and the runners to check it on. */
 interface Probe {
@@ -46,7 +59,12 @@ interface Probe {
 }
 
 /** `after layer L keep P% by flowcut` keeps the reference's tokens (layers 0..L) on every probe and runner. */
-async function expectReference(model: Uint8Array, layer: number, percent: number, probes: Probe[]): Promise<number[][][]> {
+async function expectReference(
+  model: Uint8Array,
+  layer: number,
+  percent: number,
+  probes: Probe[],
+): Promise<number[][][]> {
   const pruned = compile(model, `after layer ${layer} keep ${percent}% by flowcut`, { exposeIndices: true }).model;
   const refs: number[][][] = [];
   for (const { feeds, maps, runners } of probes) {
@@ -79,8 +97,15 @@ describe("flowcut on the built-in tiny ViT (64 patches + CLS, 4 layers, 2 heads)
   });
 
   it("second stage after cls-attn: averages layers 1..3 of the once-pruned model, numbered as its own input tokens", async () => {
-    const { model: pruned, report } = compile(model, "after layer 0 keep 50% by cls-attn\nafter layer 3 keep 25% by flowcut", { exposeIndices: true });
-    expect(report.stages.map((s) => [s.criterion, s.tokensIn, s.tokensOut])).toEqual([["cls-attn", 65, 33], ["flowcut", 33, 9]]);
+    const { model: pruned, report } = compile(
+      model,
+      "after layer 0 keep 50% by cls-attn\nafter layer 3 keep 25% by flowcut",
+      { exposeIndices: true },
+    );
+    expect(report.stages.map((s) => [s.criterion, s.tokensIn, s.tokensOut])).toEqual([
+      ["cls-attn", 65, 33],
+      ["flowcut", 33, 9],
+    ]);
     const once = compile(model, "after layer 0 keep 50% by cls-attn").model;
     for (const { feeds, maps } of [one, three]) {
       const m = await mapsAt(once, feeds, [1, 2, 3], 2);
@@ -99,7 +124,8 @@ describe("flowcut on the trained digits ViT (64 patches + CLS, 6 layers, 4 heads
   const model = readFileSync(join(REPO_ROOT, "examples", "digits", "model.onnx"));
   it("after layer 3 keep 25% (layers 0..3): exact kept sets at batch 1 and 3, CPU and WASM", async () => {
     const probes: Probe[] = [];
-    for (const feeds of digitsFeeds()) probes.push({ feeds, maps: await mapsAt(model, feeds, [0, 1, 2, 3], 4), runners: [runNode, runWasm] });
+    for (const feeds of digitsFeeds())
+      probes.push({ feeds, maps: await mapsAt(model, feeds, [0, 1, 2, 3], 4), runners: [runNode, runWasm] });
     await expectReference(model, 3, 25, probes);
   });
 });
@@ -120,7 +146,9 @@ describeShared("flowcut on the torchvision ViT-Ti (196 patches + CLS, 3 heads)",
     await expectReference(model, 3, 25, probes);
   });
   it("second stage after cls-attn at layer 1: layers 2..5 of the once-pruned model", async () => {
-    const pruned = compile(model, "after layer 1 keep 50% by cls-attn\nafter layer 5 keep 33.3% by flowcut", { exposeIndices: true }).model;
+    const pruned = compile(model, "after layer 1 keep 50% by cls-attn\nafter layer 5 keep 33.3% by flowcut", {
+      exposeIndices: true,
+    }).model;
     const once = compile(model, "after layer 1 keep 50% by cls-attn").model;
     for (const f of feeds) {
       const m = await mapsAt(once, f, [2, 3, 4, 5], 3);
@@ -142,24 +170,27 @@ describe("flowcut behind fused MultiHeadAttention (36 patches + CLS, recomputed 
     return unfoldProbs(t.data as Float32Array, [b * h, n, m], h);
   };
 
-  it.each([false, true])("q|k|v bias %s: the fused model keeps the unfused twin's tokens and the reference's (batch 1 and 3, CPU and WASM)", async (qkvBias) => {
-    const fused = buildFusedVit({ ...FUSED_VIT, qkvBias });
-    const twin = unfuseMultiHeadAttention(fused, FUSED_VIT.hidden / FUSED_VIT.heads);
-    const spec = "after layer 2 keep 25% by flowcut";
-    const ofFused = compile(fused, spec, { exposeIndices: true }).model;
-    const ofTwin = compile(twin, spec, { exposeIndices: true }).model;
-    // The twin's probabilities and the values they multiply (the P·V MatMul's right input, [B,H,N,D]).
-    const g = decodeModel(twin).graph!;
-    const softmax = softmaxOutputs(twin);
-    const vals = softmax.map((p) => g.node.find((n) => n.opType === "MatMul" && n.input[0] === p)!.input[1]!);
-    const names = [...softmax, ...vals];
-    for (const batch of [1, 3]) {
-      const f = fusedVitFeeds(batch);
-      const out = await runNode(withOutputs(twin, names), f, names);
-      const maps = [0, 1, 2].map((l) => ({ probs: unfold4(out[softmax[l]!]!), values: unfold4(out[vals[l]!]!) }));
-      const expected = flowcutKeep(maps, 25, 1);
-      expect((await keptStages(ofTwin, f))[0]).toEqual(expected);
-      for (const run of [runNode, runWasm]) expect((await keptStages(ofFused, f, run))[0]).toEqual(expected);
-    }
-  });
+  it.each([false, true])(
+    "q|k|v bias %s: the fused model keeps the unfused twin's tokens and the reference's (batch 1 and 3, CPU and WASM)",
+    async (qkvBias) => {
+      const fused = buildFusedVit({ ...FUSED_VIT, qkvBias });
+      const twin = unfuseMultiHeadAttention(fused, FUSED_VIT.hidden / FUSED_VIT.heads);
+      const spec = "after layer 2 keep 25% by flowcut";
+      const ofFused = compile(fused, spec, { exposeIndices: true }).model;
+      const ofTwin = compile(twin, spec, { exposeIndices: true }).model;
+      // The twin's probabilities and the values they multiply (the P·V MatMul's right input, [B,H,N,D]).
+      const g = decodeModel(twin).graph!;
+      const softmax = softmaxOutputs(twin);
+      const vals = softmax.map((p) => g.node.find((n) => n.opType === "MatMul" && n.input[0] === p)!.input[1]!);
+      const names = [...softmax, ...vals];
+      for (const batch of [1, 3]) {
+        const f = fusedVitFeeds(batch);
+        const out = await runNode(withOutputs(twin, names), f, names);
+        const maps = [0, 1, 2].map((l) => ({ probs: unfold4(out[softmax[l]!]!), values: unfold4(out[vals[l]!]!) }));
+        const expected = flowcutKeep(maps, 25, 1);
+        expect((await keptStages(ofTwin, f))[0]).toEqual(expected);
+        for (const run of [runNode, runWasm]) expect((await keptStages(ofFused, f, run))[0]).toEqual(expected);
+      }
+    },
+  );
 });

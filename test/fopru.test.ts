@@ -23,7 +23,16 @@ import { fopruScores as emitFopruScores } from "../passes/criteria/fopru.js";
 import { withOutputs, unfoldProbs } from "./support/model-edit.js";
 import { clsAttnKeep, keepCount, type Probs } from "./reference/cls-attn.js";
 import { fopruKeep, fopruRowsKeep, fopruScores } from "./reference/attention-scores.js";
-import { expectKeptAsReference, rejection, tinyFeeds, digitsFeeds, kept, expectDenseLogits, vitTiModel, vitTiFeeds } from "./support/cases.js";
+import {
+  expectKeptAsReference,
+  rejection,
+  tinyFeeds,
+  digitsFeeds,
+  kept,
+  expectDenseLogits,
+  vitTiModel,
+  vitTiFeeds,
+} from "./support/cases.js";
 
 const probsOf = (layer: number) => `/encoder/layers/encoder_layer_${layer}/self_attention/Softmax_output_0`;
 
@@ -34,7 +43,14 @@ async function probs(model: Uint8Array, feeds: Feeds, layer: number, heads: numb
 }
 
 /** `after layer L keep P% by fopru` (rank) or `fopru(strategy: rows)`, checked against the reference on CPU and WASM. */
-async function expectReference(model: Uint8Array, feeds: Feeds[], layer: number, percent: number, heads: number, strategy: "rank" | "rows") {
+async function expectReference(
+  model: Uint8Array,
+  feeds: Feeds[],
+  layer: number,
+  percent: number,
+  heads: number,
+  strategy: "rank" | "rows",
+) {
   const spec = `after layer ${layer} keep ${percent}% by ${strategy === "rank" ? "fopru" : "fopru(strategy: rows)"}`;
   await expectKeptAsReference(model, spec, feeds, async (f) => {
     const p = await probs(model, f, layer, heads);
@@ -69,16 +85,44 @@ describe("fopru's scoring subgraph on crafted probabilities", () => {
     Array.from({ length: heads }, (_, h) =>
       Array.from({ length: n }, (_, i) =>
         // CLS row and column hold values that would change the choice if they were not excluded.
-        Array.from({ length: n }, (_, j) => (i === 0 ? j / 8 : j === 0 ? i / 4 : patch[b]!(i - 1, j - 1)) + (h === 0 ? 1 / 64 : -1 / 64)),
+        Array.from(
+          { length: n },
+          (_, j) => (i === 0 ? j / 8 : j === 0 ? i / 4 : patch[b]!(i - 1, j - 1)) + (h === 0 ? 1 / 64 : -1 / 64),
+        ),
       ),
     );
   const input = [0, 1, 2].map(example);
 
   function scoringModel(): Uint8Array {
     const b = new NodeBuilder("t", 17);
-    const attention: Attention = { kind: "materialized", index: 0, probs: "probs", logits: "logits", layout: { form: "batch,heads,q,k" }, pv: undefined };
+    const attention: Attention = {
+      kind: "materialized",
+      index: 0,
+      probs: "probs",
+      logits: "logits",
+      layout: { form: "batch,heads,q,k" },
+      pv: undefined,
+    };
     const out = emitFopruScores(b, attention, 1);
-    const io = (name: string, dims: (number | string)[]) => ({ name, type: { value: { case: "tensorType" as const, value: { elemType: 1, shape: { dim: dims.map((x) => ({ value: typeof x === "number" ? { case: "dimValue" as const, value: BigInt(x) } : { case: "dimParam" as const, value: x } })) } } } } });
+    const io = (name: string, dims: (number | string)[]) => ({
+      name,
+      type: {
+        value: {
+          case: "tensorType" as const,
+          value: {
+            elemType: 1,
+            shape: {
+              dim: dims.map((x) => ({
+                value:
+                  typeof x === "number"
+                    ? { case: "dimValue" as const, value: BigInt(x) }
+                    : { case: "dimParam" as const, value: x },
+              })),
+            },
+          },
+        },
+      },
+    });
     const graph = create(GraphProtoSchema, {
       name: "g",
       node: [...b.nodes, makeNode("Identity", [out], ["scores"], "out")],
@@ -86,7 +130,13 @@ describe("fopru's scoring subgraph on crafted probabilities", () => {
       input: [io("probs", ["B", heads, n, n])],
       output: [io("scores", ["B", n - 1])],
     } as never);
-    return encodeModel(create(ModelProtoSchema, { irVersion: 8n, opsetImport: [create(OperatorSetIdProtoSchema, { domain: "", version: 17n })], graph }));
+    return encodeModel(
+      create(ModelProtoSchema, {
+        irVersion: 8n,
+        opsetImport: [create(OperatorSetIdProtoSchema, { domain: "", version: 17n })],
+        graph,
+      }),
+    );
   }
 
   it("picks the mean that varies more per example in one batch, the row mean on a tie (CPU and WASM)", async () => {
@@ -117,7 +167,9 @@ describe("fopru on the built-in tiny ViT (4 layers, 2 heads, 8×8 grid)", () => 
   });
 
   it("rows: a token count must fill whole rows; 16 tokens are 2 rows", async () => {
-    const byCount = compile(model, "after layer 2 keep 16 tokens by fopru(strategy: rows)", { exposeIndices: true }).model;
+    const byCount = compile(model, "after layer 2 keep 16 tokens by fopru(strategy: rows)", {
+      exposeIndices: true,
+    }).model;
     const expected = fopruRowsKeep(await probs(model, feeds[1]!, 2, 2), 2, 1);
     expect(await kept(byCount, feeds[1]!)).toEqual(expected);
     expect(rejection(model, "after layer 2 keep 12 tokens by fopru(strategy: rows)")).toBe(
@@ -128,7 +180,10 @@ describe("fopru on the built-in tiny ViT (4 layers, 2 heads, 8×8 grid)", () => 
   it("rank as the second stage after cls-attn: reads the once-pruned model's probabilities", async () => {
     const spec = "after layer 0 keep 50% by cls-attn\nafter layer 2 keep 25% by fopru";
     const { model: pruned, report } = compile(model, spec, { exposeIndices: true });
-    expect(report.stages.map((s) => [s.criterion, s.tokensIn, s.tokensOut])).toEqual([["cls-attn", 65, 33], ["fopru", 33, 9]]);
+    expect(report.stages.map((s) => [s.criterion, s.tokensIn, s.tokensOut])).toEqual([
+      ["cls-attn", 65, 33],
+      ["fopru", 33, 9],
+    ]);
     const once = compile(model, "after layer 0 keep 50% by cls-attn").model;
     for (const f of feeds) {
       const first = clsAttnKeep(await probs(model, f, 0, 2), 50, 1);
@@ -192,7 +247,10 @@ describe("spatial-rows", () => {
     const model = readFileSync(join(REPO_ROOT, "examples", "tiny-vit", "model.onnx"));
     const x = readNpy(join(REPO_ROOT, "examples", "tiny-vit", "ref_in.npy"));
     const feeds: Feeds = { pixel_values: { type: "float32", dims: x.shape, data: x.data } };
-    const kept = async (spec: string) => (await runNode(compile(model, spec, { exposeIndices: true }).model, feeds, ["prunec.stage0.indices"]))["prunec.stage0.indices"]!.data;
+    const kept = async (spec: string) =>
+      (await runNode(compile(model, spec, { exposeIndices: true }).model, feeds, ["prunec.stage0.indices"]))[
+        "prunec.stage0.indices"
+      ]!.data;
     const alias = await kept("after layer 1 keep 25% by spatial-rows");
     expect(alias).toEqual(await kept("after layer 1 keep 25% by fopru(strategy: rows)"));
     expect(alias.length).toBe(2 * (1 + 16)); // batch 2: CLS + 2 of 8 rows of 8

@@ -9,7 +9,21 @@
  */
 import { describe, expect, it, beforeAll, afterAll } from "vitest";
 import { spawn, spawnSync } from "node:child_process";
-import { copyFileSync, existsSync, linkSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import {
+  copyFileSync,
+  existsSync,
+  linkSync,
+  lstatSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { createServer, type Server } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -36,11 +50,17 @@ function prunec(cwd: string, args: string[], timeout = 30_000): Run {
 
 /** The CLI started in the background (concurrent writers, interrupted writes). */
 function start(cwd: string, args: string[], env: Record<string, string> = {}) {
-  const child = spawn(process.execPath, [BIN, ...args], { cwd, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+  const child = spawn(process.execPath, [BIN, ...args], {
+    cwd,
+    env: { ...process.env, ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
   let stderr = "";
   child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
   child.stdout.resume();
-  const done = new Promise<{ code: number | null; stderr: string }>((res) => child.on("close", (code) => res({ code, stderr })));
+  const done = new Promise<{ code: number | null; stderr: string }>((res) =>
+    child.on("close", (code) => res({ code, stderr })),
+  );
   return { child, done };
 }
 
@@ -48,7 +68,8 @@ const temps = (d: string) => readdirSync(d).filter((f) => f.endsWith(".tmp"));
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 async function until(what: string, ok: () => boolean, ms = 15_000): Promise<void> {
-  for (const t0 = Date.now(); !ok(); await sleep(20)) if (Date.now() - t0 > ms) throw new Error(`timed out waiting for ${what}`);
+  for (const t0 = Date.now(); !ok(); await sleep(20))
+    if (Date.now() - t0 > ms) throw new Error(`timed out waiting for ${what}`);
 }
 
 /** Start a write held open by the test hook, wait until `ready`, send `signal`; the run's result. */
@@ -88,14 +109,18 @@ describe("file-system safety of the CLI", () => {
       symlinkSync("out.onnx", join(d, "in.onnx"));
       const sym = prunec(d, ["in.onnx", "s.prune", "-o", "out.onnx", "--no-verify"], PROMPT_MS);
       expect(sym.code).toBe(2);
-      expect(sym.stderr).toBe(`prunec: error: ${join(d, "out.onnx")}: refusing to overwrite an input file (the same file as in.onnx); choose another -o\n`);
+      expect(sym.stderr).toBe(
+        `prunec: error: ${join(d, "out.onnx")}: refusing to overwrite an input file (the same file as in.onnx); choose another -o\n`,
+      );
       expect(readlinkSync(join(d, "in.onnx"))).toBe("out.onnx");
       expect(readFileSync(join(d, "out.onnx")).equals(model)).toBe(true);
 
       linkSync(join(d, "vit.onnx"), join(d, "hard.onnx"));
       const hard = prunec(d, ["vit.onnx", "s.prune", "-o", "hard.onnx", "--no-verify"], PROMPT_MS);
       expect(hard.code).toBe(2);
-      expect(hard.stderr).toBe(`prunec: error: ${join(d, "hard.onnx")}: refusing to overwrite an input file (the same file as vit.onnx); choose another -o\n`);
+      expect(hard.stderr).toBe(
+        `prunec: error: ${join(d, "hard.onnx")}: refusing to overwrite an input file (the same file as vit.onnx); choose another -o\n`,
+      );
       expect(readFileSync(join(d, "vit.onnx")).equals(model)).toBe(true);
       expect(statSync(join(d, "hard.onnx")).ino).toBe(statSync(join(d, "vit.onnx")).ino);
       expect(temps(d)).toEqual([]);
@@ -109,13 +134,17 @@ describe("file-system safety of the CLI", () => {
       for (const spec of ["sym.prune", "hard.prune"]) {
         const r = prunec(d, ["vit.onnx", spec, "-o", "o.onnx", "--no-verify"], PROMPT_MS);
         expect(r.code).toBe(2);
-        expect(r.stderr).toBe(`prunec: error: ${join(d, "o.onnx")}: refusing to overwrite an input file (the same file as ${spec}); choose another -o\n`);
+        expect(r.stderr).toBe(
+          `prunec: error: ${join(d, "o.onnx")}: refusing to overwrite an input file (the same file as ${spec}); choose another -o\n`,
+        );
         expect(readFileSync(join(d, "o.onnx"), "utf8")).toBe(SPEC);
       }
       mkdirSync(join(d, "sub"));
       const spelled = prunec(d, ["vit.onnx", "s.prune", "-o", "./sub/../vit.onnx", "--no-verify"], PROMPT_MS);
       expect(spelled.code).toBe(2);
-      expect(spelled.stderr).toBe(`prunec: error: ${join(d, "vit.onnx")}: refusing to overwrite an input file; choose another -o\n`);
+      expect(spelled.stderr).toBe(
+        `prunec: error: ${join(d, "vit.onnx")}: refusing to overwrite an input file; choose another -o\n`,
+      );
       expect(readFileSync(join(d, "vit.onnx")).equals(model)).toBe(true);
     });
 
@@ -128,11 +157,15 @@ describe("file-system safety of the CLI", () => {
       writeFileSync(join(d, "s.prune"), SPEC);
       const same = prunec(d, ["vit.onnx", "s.prune", "-o", "weights.bin", "--no-verify"], PROMPT_MS);
       expect(same.code).toBe(2);
-      expect(same.stderr).toBe(`prunec: error: ${join(d, "weights.bin")}: refusing to overwrite an input file; choose another -o\n`);
+      expect(same.stderr).toBe(
+        `prunec: error: ${join(d, "weights.bin")}: refusing to overwrite an input file; choose another -o\n`,
+      );
       linkSync(join(d, "weights.bin"), join(d, "out", "w.onnx"));
       const linked = prunec(d, ["vit.onnx", "s.prune", "-o", "out/w.onnx", "--no-verify"], PROMPT_MS);
       expect(linked.code).toBe(2);
-      expect(linked.stderr).toBe(`prunec: error: ${join(d, "out", "w.onnx")}: refusing to overwrite an input file (the same file as weights.bin); choose another -o\n`);
+      expect(linked.stderr).toBe(
+        `prunec: error: ${join(d, "out", "w.onnx")}: refusing to overwrite an input file (the same file as weights.bin); choose another -o\n`,
+      );
       expect(readFileSync(join(d, "weights.bin")).equals(Buffer.from(t.weights))).toBe(true);
       expect(readdirSync(join(d, "out"))).toEqual(["w.onnx"]);
     });
@@ -143,7 +176,9 @@ describe("file-system safety of the CLI", () => {
       linkSync(join(d, "s.prune"), join(d, "rep", "report.md"));
       const r = prunec(d, ["report", "vit.onnx", "s.prune", "-o", "rep"], PROMPT_MS);
       expect(r.code).toBe(2);
-      expect(r.stderr).toBe(`prunec: error: ${join("rep", "report.md")}: refusing to overwrite an input file (the same file as s.prune); choose another -o\n`);
+      expect(r.stderr).toBe(
+        `prunec: error: ${join("rep", "report.md")}: refusing to overwrite an input file (the same file as s.prune); choose another -o\n`,
+      );
       expect(readFileSync(join(d, "s.prune"), "utf8")).toBe(SPEC);
       expect(readdirSync(join(d, "rep"))).toEqual(["report.md"]);
     });
@@ -154,12 +189,25 @@ describe("file-system safety of the CLI", () => {
       const d = work();
       spawnSync("mkfifo", [join(d, "pipe")]);
       expect(lstatSync(join(d, "pipe")).isFIFO()).toBe(true);
-      const fifo = (what: string) => `prunec: error: pipe: is a FIFO (named pipe), not a regular file (expected ${what})\n`;
-      expect(prunec(d, ["pipe", "s.prune", "-o", "o.onnx"], PROMPT_MS)).toMatchObject({ code: 2, stderr: fifo("an ONNX model") });
-      expect(prunec(d, ["vit.onnx", "pipe", "-o", "o.onnx"], PROMPT_MS)).toMatchObject({ code: 2, stderr: fifo("a .prune spec") });
+      const fifo = (what: string) =>
+        `prunec: error: pipe: is a FIFO (named pipe), not a regular file (expected ${what})\n`;
+      expect(prunec(d, ["pipe", "s.prune", "-o", "o.onnx"], PROMPT_MS)).toMatchObject({
+        code: 2,
+        stderr: fifo("an ONNX model"),
+      });
+      expect(prunec(d, ["vit.onnx", "pipe", "-o", "o.onnx"], PROMPT_MS)).toMatchObject({
+        code: 2,
+        stderr: fifo("a .prune spec"),
+      });
       expect(prunec(d, ["check", "pipe"], PROMPT_MS)).toMatchObject({ code: 2, stderr: fifo("a .prune spec") });
-      expect(prunec(d, ["eval", "vit.onnx", "--data", "pipe"], PROMPT_MS)).toMatchObject({ code: 2, stderr: fifo("a .prds data set") });
-      expect(prunec(d, ["report", "vit.onnx", "s.prune", "-o", "rep", "--data", "pipe"], PROMPT_MS)).toMatchObject({ code: 2, stderr: fifo("a .prds data set") });
+      expect(prunec(d, ["eval", "vit.onnx", "--data", "pipe"], PROMPT_MS)).toMatchObject({
+        code: 2,
+        stderr: fifo("a .prds data set"),
+      });
+      expect(prunec(d, ["report", "vit.onnx", "s.prune", "-o", "rep", "--data", "pipe"], PROMPT_MS)).toMatchObject({
+        code: 2,
+        stderr: fifo("a .prds data set"),
+      });
       expect(existsSync(join(d, "o.onnx")) || existsSync(join(d, "rep"))).toBe(false);
 
       // Weights: bench (like eval and report) checks them beside the model; compile into another folder would place them.
@@ -168,11 +216,15 @@ describe("file-system safety of the CLI", () => {
       spawnSync("mkfifo", [join(d, "weights.bin")]);
       const ev = prunec(d, ["bench", "ext.onnx", "s.prune", "--runs", "1"], PROMPT_MS);
       expect(ev.code).toBe(2);
-      expect(ev.stderr).toMatch(/^prunec: error: weights\.bin: is a FIFO \(named pipe\), not a regular file \(external data of initializer '[^']+' in ext\.onnx\)\n$/);
+      expect(ev.stderr).toMatch(
+        /^prunec: error: weights\.bin: is a FIFO \(named pipe\), not a regular file \(external data of initializer '[^']+' in ext\.onnx\)\n$/,
+      );
       mkdirSync(join(d, "out"));
       const placed = prunec(d, ["ext.onnx", "s.prune", "-o", "out/p.onnx", "--no-verify"], PROMPT_MS);
       expect(placed.code).toBe(2);
-      expect(placed.stderr).toMatch(/^prunec: error: weights\.bin: is a FIFO \(named pipe\), not a regular file \(external data of initializer '[^']+' in ext\.onnx\)\n$/);
+      expect(placed.stderr).toMatch(
+        /^prunec: error: weights\.bin: is a FIFO \(named pipe\), not a regular file \(external data of initializer '[^']+' in ext\.onnx\)\n$/,
+      );
       expect(readdirSync(join(d, "out"))).toEqual([]);
     });
 
@@ -184,9 +236,15 @@ describe("file-system safety of the CLI", () => {
         [".", "a directory"],
       ] as const) {
         const r = prunec(d, [path, "s.prune", "-o", "o.onnx"], PROMPT_MS);
-        expect(r).toMatchObject({ code: 2, stderr: `prunec: error: ${path}: is ${kind}, not a regular file (expected an ONNX model)\n` });
+        expect(r).toMatchObject({
+          code: 2,
+          stderr: `prunec: error: ${path}: is ${kind}, not a regular file (expected an ONNX model)\n`,
+        });
       }
-      expect(prunec(d, ["fmt", "/dev/zero"], PROMPT_MS)).toMatchObject({ code: 2, stderr: "prunec: error: /dev/zero: is a character device, not a regular file (expected a .prune spec)\n" });
+      expect(prunec(d, ["fmt", "/dev/zero"], PROMPT_MS)).toMatchObject({
+        code: 2,
+        stderr: "prunec: error: /dev/zero: is a character device, not a regular file (expected a .prune spec)\n",
+      });
       expect(existsSync(join(d, "o.onnx"))).toBe(false);
     });
   });
@@ -195,19 +253,29 @@ describe("file-system safety of the CLI", () => {
     it("-o /dev/null, a FIFO, a socket and a directory: exit 2, the node unchanged", async () => {
       const d = work();
       const devnull = prunec(d, ["vit.onnx", "s.prune", "-o", "/dev/null", "--no-verify"], PROMPT_MS);
-      expect(devnull).toMatchObject({ code: 2, stderr: "prunec: error: /dev/null: cannot write (it is a character device; prunec replaces only regular files)\n" });
+      expect(devnull).toMatchObject({
+        code: 2,
+        stderr:
+          "prunec: error: /dev/null: cannot write (it is a character device; prunec replaces only regular files)\n",
+      });
       expect(statSync("/dev/null").isCharacterDevice()).toBe(true);
 
       spawnSync("mkfifo", [join(d, "pipe.onnx")]);
       const fifo = prunec(d, ["vit.onnx", "s.prune", "-o", "pipe.onnx", "--no-verify"], PROMPT_MS);
-      expect(fifo).toMatchObject({ code: 2, stderr: `prunec: error: ${join(d, "pipe.onnx")}: cannot write (it is a FIFO (named pipe); prunec replaces only regular files)\n` });
+      expect(fifo).toMatchObject({
+        code: 2,
+        stderr: `prunec: error: ${join(d, "pipe.onnx")}: cannot write (it is a FIFO (named pipe); prunec replaces only regular files)\n`,
+      });
       expect(lstatSync(join(d, "pipe.onnx")).isFIFO()).toBe(true);
 
       const server: Server = createServer();
       await new Promise<void>((res) => server.listen(join(d, "sock.onnx"), res));
       try {
         const sock = prunec(d, ["vit.onnx", "s.prune", "-o", "sock.onnx", "--no-verify"], PROMPT_MS);
-        expect(sock).toMatchObject({ code: 2, stderr: `prunec: error: ${join(d, "sock.onnx")}: cannot write (it is a socket; prunec replaces only regular files)\n` });
+        expect(sock).toMatchObject({
+          code: 2,
+          stderr: `prunec: error: ${join(d, "sock.onnx")}: cannot write (it is a socket; prunec replaces only regular files)\n`,
+        });
         expect(lstatSync(join(d, "sock.onnx")).isSocket()).toBe(true);
       } finally {
         await new Promise((res) => server.close(res));
@@ -215,19 +283,29 @@ describe("file-system safety of the CLI", () => {
 
       mkdirSync(join(d, "dir.onnx"));
       const dir = prunec(d, ["vit.onnx", "s.prune", "-o", "dir.onnx", "--no-verify"], PROMPT_MS);
-      expect(dir).toMatchObject({ code: 2, stderr: `prunec: error: ${join(d, "dir.onnx")}: cannot write (it is a directory)\n` });
+      expect(dir).toMatchObject({
+        code: 2,
+        stderr: `prunec: error: ${join(d, "dir.onnx")}: cannot write (it is a directory)\n`,
+      });
       expect(readdirSync(join(d, "dir.onnx"))).toEqual([]);
       // report -o names a folder: a regular file there is refused the same way.
-      expect(prunec(d, ["report", "vit.onnx", "s.prune", "-o", "s.prune"], PROMPT_MS)).toMatchObject({ code: 2, stderr: "prunec: error: s.prune: cannot write (it is a regular file, not a directory)\n" });
+      expect(prunec(d, ["report", "vit.onnx", "s.prune", "-o", "s.prune"], PROMPT_MS)).toMatchObject({
+        code: 2,
+        stderr: "prunec: error: s.prune: cannot write (it is a regular file, not a directory)\n",
+      });
       expect(temps(d)).toEqual([]);
     });
 
     it("a character device made with mknod (root only)", (ctx) => {
       const d = work();
       const made = spawnSync("mknod", [join(d, "null.onnx"), "c", "1", "3"], { encoding: "utf8" });
-      if (made.status !== 0) ctx.skip(`mknod is not permitted here (${(made.stderr || made.error?.message || "").trim()})`);
+      if (made.status !== 0)
+        ctx.skip(`mknod is not permitted here (${(made.stderr || made.error?.message || "").trim()})`);
       const r = prunec(d, ["vit.onnx", "s.prune", "-o", "null.onnx", "--no-verify"], PROMPT_MS);
-      expect(r).toMatchObject({ code: 2, stderr: `prunec: error: ${join(d, "null.onnx")}: cannot write (it is a character device; prunec replaces only regular files)\n` });
+      expect(r).toMatchObject({
+        code: 2,
+        stderr: `prunec: error: ${join(d, "null.onnx")}: cannot write (it is a character device; prunec replaces only regular files)\n`,
+      });
       expect(lstatSync(join(d, "null.onnx")).isCharacterDevice()).toBe(true);
       expect(temps(d)).toEqual([]);
     });
@@ -237,24 +315,36 @@ describe("file-system safety of the CLI", () => {
     it("a missing output folder, and a regular file used as a folder", () => {
       const d = work();
       const missing = prunec(d, ["vit.onnx", "s.prune", "-o", "nodir/x.onnx", "--no-verify"], PROMPT_MS);
-      expect(missing).toMatchObject({ code: 2, stderr: `prunec: error: ${join(d, "nodir", "x.onnx")}: cannot write (ENOENT: no such directory ${join(d, "nodir")})\n` });
+      expect(missing).toMatchObject({
+        code: 2,
+        stderr: `prunec: error: ${join(d, "nodir", "x.onnx")}: cannot write (ENOENT: no such directory ${join(d, "nodir")})\n`,
+      });
       const notdir = prunec(d, ["vit.onnx", "s.prune", "-o", "s.prune/x.onnx", "--no-verify"], PROMPT_MS);
-      expect(notdir).toMatchObject({ code: 2, stderr: `prunec: error: ${join(d, "s.prune", "x.onnx")}: cannot write (ENOTDIR: not a directory)\n` });
+      expect(notdir).toMatchObject({
+        code: 2,
+        stderr: `prunec: error: ${join(d, "s.prune", "x.onnx")}: cannot write (ENOTDIR: not a directory)\n`,
+      });
       const report = prunec(d, ["report", "vit.onnx", "s.prune", "-o", "s.prune/rep"], PROMPT_MS);
-      expect(report).toMatchObject({ code: 2, stderr: "prunec: error: s.prune/rep: cannot write (ENOTDIR: not a directory)\n" });
+      expect(report).toMatchObject({
+        code: 2,
+        stderr: "prunec: error: s.prune/rep: cannot write (ENOTDIR: not a directory)\n",
+      });
       expect(readdirSync(d).sort()).toEqual(["s.prune", "vit.onnx"]);
     });
 
     it("a 255-byte output name is written (the temp name is short); 256 bytes is ENAMETOOLONG", () => {
       const d = work();
-      const ok = prunec(d, ["vit.onnx", "s.prune", "-o", "a".repeat(251) + ".onx", "--no-verify"]);
+      const ok = prunec(d, ["vit.onnx", "s.prune", "-o", `${"a".repeat(251)}.onx`, "--no-verify"]);
       expect(ok.stderr).toBe("");
       expect(ok.code).toBe(0);
-      expect(existsSync(join(d, "a".repeat(251) + ".onx"))).toBe(true);
-      const long = "b".repeat(252) + ".onx";
+      expect(existsSync(join(d, `${"a".repeat(251)}.onx`))).toBe(true);
+      const long = `${"b".repeat(252)}.onx`;
       const r = prunec(d, ["vit.onnx", "s.prune", "-o", long, "--no-verify"], PROMPT_MS);
-      expect(r).toMatchObject({ code: 2, stderr: `prunec: error: ${join(d, long)}: cannot write (ENAMETOOLONG: name too long)\n` });
-      expect(readdirSync(d).sort()).toEqual(["a".repeat(251) + ".onx", "s.prune", "vit.onnx"]);
+      expect(r).toMatchObject({
+        code: 2,
+        stderr: `prunec: error: ${join(d, long)}: cannot write (ENAMETOOLONG: name too long)\n`,
+      });
+      expect(readdirSync(d).sort()).toEqual([`${"a".repeat(251)}.onx`, "s.prune", "vit.onnx"]);
     });
 
     it("a read-only output folder", (ctx) => {
@@ -280,7 +370,9 @@ describe("file-system safety of the CLI", () => {
       try {
         const r = prunec(d, ["vit.onnx", "s.prune", "-o", "ro/x.onnx", "--no-verify"], PROMPT_MS);
         expect(r.code).toBe(2);
-        expect(r.stderr).toMatch(new RegExp(`^prunec: error: ${join(ro, "x.onnx")}: cannot write \\((EACCES|EPERM|EROFS): [^)]+\\)\\n$`));
+        expect(r.stderr).toMatch(
+          new RegExp(`^prunec: error: ${join(ro, "x.onnx")}: cannot write \\((EACCES|EPERM|EROFS): [^)]+\\)\\n$`),
+        );
       } finally {
         undo();
       }
@@ -291,10 +383,14 @@ describe("file-system safety of the CLI", () => {
       const small = join(d, "small");
       mkdirSync(small);
       const mounted = spawnSync("mount", ["-t", "tmpfs", "-o", "size=200k", "tmpfs", small], { encoding: "utf8" });
-      if (mounted.status !== 0) ctx.skip(`cannot mount a small tmpfs here (${(mounted.stderr || mounted.error?.message || "").trim()})`);
+      if (mounted.status !== 0)
+        ctx.skip(`cannot mount a small tmpfs here (${(mounted.stderr || mounted.error?.message || "").trim()})`);
       try {
         const r = prunec(d, ["vit.onnx", "s.prune", "-o", "small/x.onnx", "--no-verify"]);
-        expect(r).toMatchObject({ code: 2, stderr: `prunec: error: ${join(small, "x.onnx")}: cannot write (ENOSPC: no space left on device)\n` });
+        expect(r).toMatchObject({
+          code: 2,
+          stderr: `prunec: error: ${join(small, "x.onnx")}: cannot write (ENOSPC: no space left on device)\n`,
+        });
         expect(readdirSync(small)).toEqual([]);
       } finally {
         spawnSync("umount", [small]);
@@ -306,7 +402,9 @@ describe("file-system safety of the CLI", () => {
     const d = work();
     const single = prunec(d, ["vit.onnx", "s.prune", "-o", "single.onnx", "--no-verify"]);
     expect(single.code, single.stderr).toBe(0);
-    const runs = await Promise.all([0, 1, 2, 3].map(() => start(d, ["vit.onnx", "s.prune", "-o", "same.onnx", "--no-verify"]).done));
+    const runs = await Promise.all(
+      [0, 1, 2, 3].map(() => start(d, ["vit.onnx", "s.prune", "-o", "same.onnx", "--no-verify"]).done),
+    );
     expect(runs.map((r) => r.code)).toEqual([0, 0, 0, 0]);
     expect(readFileSync(join(d, "same.onnx")).equals(readFileSync(join(d, "single.onnx")))).toBe(true);
     expect(temps(d)).toEqual([]);
@@ -320,7 +418,12 @@ describe("file-system safety of the CLI", () => {
       it(`compile, ${signal}`, async () => {
         const d = work();
         writeFileSync(join(d, "out.onnx"), "the previous output");
-        const r = await interrupt(d, ["vit.onnx", "s.prune", "-o", "out.onnx", "--no-verify"], signal, () => temps(d).length > 0);
+        const r = await interrupt(
+          d,
+          ["vit.onnx", "s.prune", "-o", "out.onnx", "--no-verify"],
+          signal,
+          () => temps(d).length > 0,
+        );
         expect(r.code, r.stderr).toBe(code);
         expect(temps(d)).toEqual([]);
         expect(readFileSync(join(d, "out.onnx"), "utf8")).toBe("the previous output");
@@ -338,14 +441,24 @@ describe("file-system safety of the CLI", () => {
       const out = join(d, "out");
       // The model's temp file, then the weights' in the subfolder the location names.
       const staged = () => temps(out).length > 0 && existsSync(join(out, "sub")) && temps(join(out, "sub")).length > 0;
-      const r = await interrupt(d, ["vit.onnx", "s.prune", "-o", "out/p.onnx", "--no-verify", "--external-data", "copy"], "SIGTERM", staged);
+      const r = await interrupt(
+        d,
+        ["vit.onnx", "s.prune", "-o", "out/p.onnx", "--no-verify", "--external-data", "copy"],
+        "SIGTERM",
+        staged,
+      );
       expect(r.code, r.stderr).toBe(143);
       expect(readdirSync(out)).toEqual([]);
     });
 
     it("report, SIGTERM: the report folder it created is removed", async () => {
       const d = work();
-      const r = await interrupt(d, ["report", "vit.onnx", "s.prune", "-o", "rep"], "SIGTERM", () => existsSync(join(d, "rep")) && temps(join(d, "rep")).length >= 3);
+      const r = await interrupt(
+        d,
+        ["report", "vit.onnx", "s.prune", "-o", "rep"],
+        "SIGTERM",
+        () => existsSync(join(d, "rep")) && temps(join(d, "rep")).length >= 3,
+      );
       expect(r.code, r.stderr).toBe(143);
       expect(existsSync(join(d, "rep"))).toBe(false);
     });

@@ -23,7 +23,8 @@ const twin = unfuseMultiHeadAttention(fused, FUSED_VIT.hidden / FUSED_VIT.heads)
 function feeds(batch: number): Feeds {
   const size = FUSED_VIT.patches * FUSED_VIT.inputs;
   const data = new Float32Array(batch * size);
-  for (let b = 0; b < batch; b++) for (let i = 0; i < size; i++) data[b * size + i] = Math.sin(i * 0.37 + b * 1.9) * (1.5 - 0.3 * b);
+  for (let b = 0; b < batch; b++)
+    for (let i = 0; i < size; i++) data[b * size + i] = Math.sin(i * 0.37 + b * 1.9) * (1.5 - 0.3 * b);
   return { patches: { type: "float32", dims: [batch, FUSED_VIT.patches, FUSED_VIT.inputs], data } };
 }
 
@@ -40,7 +41,11 @@ async function runStage(model: Uint8Array, spec: string, f: Feeds, run = runNode
   const scores = stageScoresName(compiled, 0);
   const out = await run(withOutputs(compiled, [scores]), f, [scores, "prunec.stage0.indices", "logits"]);
   const idx = out["prunec.stage0.indices"]!;
-  return { scores: out[scores]!.data as Float32Array, kept: rows(idx.data as BigInt64Array, idx.dims), logits: out["logits"]!.data as Float32Array };
+  return {
+    scores: out[scores]!.data as Float32Array,
+    kept: rows(idx.data as BigInt64Array, idx.dims),
+    logits: out["logits"]!.data as Float32Array,
+  };
 }
 
 describe("fused MultiHeadAttention: recomputed attention equals an unfused twin's", () => {
@@ -51,7 +56,12 @@ describe("fused MultiHeadAttention: recomputed attention equals an unfused twin'
     expect(maxAbsDiff(a.data as Float32Array, b.data as Float32Array)).toBeLessThanOrEqual(1e-5);
   });
 
-  const cases: { spec: string; layer: number; percent: number; reference: (p: Probs, percent: number, prefix: number) => number[][] }[] = [
+  const cases: {
+    spec: string;
+    layer: number;
+    percent: number;
+    reference: (p: Probs, percent: number, prefix: number) => number[][];
+  }[] = [
     { spec: "after layer 1 keep 25% by cls-attn", layer: 1, percent: 25, reference: clsAttnKeep },
     { spec: "after layer 0 keep 50% by global-attn", layer: 0, percent: 50, reference: globalAttnKeep },
     { spec: "after layer 2 keep 12.5% by cls-attn", layer: 2, percent: 12.5, reference: clsAttnKeep },
@@ -109,7 +119,8 @@ describe("fused MultiHeadAttention: recomputed attention equals an unfused twin'
   it("keep 100% behind fused attention leaves the outputs equal (≤ 1e-5)", async () => {
     const f = feeds(3);
     const dense = (await runNode(fused, f, ["logits"]))["logits"]!.data as Float32Array;
-    const all = (await runNode(compile(fused, "after layer 1 keep 100% by cls-attn").model, f, ["logits"]))["logits"]!.data as Float32Array;
+    const all = (await runNode(compile(fused, "after layer 1 keep 100% by cls-attn").model, f, ["logits"]))["logits"]!
+      .data as Float32Array;
     expect(maxAbsDiff(dense, all)).toBeLessThanOrEqual(1e-5);
   });
 

@@ -16,7 +16,17 @@ import { shallowCopy } from "../src/ir/copy.js";
 import { analyzeTransformer } from "../src/analysis/transformer.js";
 import { explicitRotary } from "../passes/explicit-rotary.js";
 import { maxAbsDiff, runNode } from "./helpers/ort.js";
-import { buildDecoder, generateGreedy, generateWithImageMask, imagePrompt, promptBatch, DECODER, type Backend, type DecoderOptions, type PromptBatch } from "./support/decoder.js";
+import {
+  buildDecoder,
+  generateGreedy,
+  generateWithImageMask,
+  imagePrompt,
+  promptBatch,
+  DECODER,
+  type Backend,
+  type DecoderOptions,
+  type PromptBatch,
+} from "./support/decoder.js";
 import { rows } from "./support/model-edit.js";
 import { buildFusedVit } from "./support/fused-vit.js";
 import { ReferenceDecoder, weightsFromModel, type FastvOptions } from "./reference/decoder.js";
@@ -32,7 +42,11 @@ const WINDOWED: DecoderOptions = { ...WIDE, localWindow: 6 };
 const outside = buildDecoder({ attention: "gqa" }, WIDE);
 const inOp = buildDecoder({ attention: "gqa", rotary: "op" }, WIDE);
 const windowed = buildDecoder({ attention: "gqa", rotary: "op" }, WINDOWED);
-const PROMPTS = [imagePrompt([5, 6, 7], [9, 10, 11, 12]), imagePrompt([20], [30, 31]), imagePrompt([3, 4, 5, 6, 7, 8, 9], [40, 41, 42, 43, 44, 45])];
+const PROMPTS = [
+  imagePrompt([5, 6, 7], [9, 10, 11, 12]),
+  imagePrompt([20], [30, 31]),
+  imagePrompt([3, 4, 5, 6, 7, 8, 9], [40, 41, 42, 43, 44, 45]),
+];
 const single = (i: number): PromptBatch => promptBatch([PROMPTS[i]!.tokens], "left", [PROMPTS[i]!.image]);
 
 function rewritten(model: Uint8Array): Uint8Array {
@@ -61,18 +75,33 @@ describe("GroupQueryAttention with rotary inside the op (do_rotary=1)", () => {
       const got = await generateGreedy(session(windowed), single(i), STEPS, WINDOWED);
       const want = reference.generate(PROMPTS[i]!.tokens, STEPS);
       expect(got.tokens[0]).toEqual(want.tokens);
-      want.prefill.forEach((row, r) => expect(maxAbsDiff(got.prefill.subarray(r * WINDOWED.vocab, (r + 1) * WINDOWED.vocab), row)).toBeLessThanOrEqual(TOL));
+      want.prefill.forEach((row, r) =>
+        expect(maxAbsDiff(got.prefill.subarray(r * WINDOWED.vocab, (r + 1) * WINDOWED.vocab), row)).toBeLessThanOrEqual(
+          TOL,
+        ),
+      );
       got.steps.forEach((l, s) => expect(maxAbsDiff(l, want.steps[s]!)).toBeLessThanOrEqual(TOL));
     }
   });
 
   it("explicit-rotary alone changes nothing: prefill and decode, batch 1 and left-padded batch 3, with and without a window", async () => {
-    const batch = promptBatch(PROMPTS.map((p) => p.tokens), "left");
-    for (const [model, o] of [[inOp, WIDE], [windowed, WINDOWED]] as const) {
+    const batch = promptBatch(
+      PROMPTS.map((p) => p.tokens),
+      "left",
+    );
+    for (const [model, o] of [
+      [inOp, WIDE],
+      [windowed, WINDOWED],
+    ] as const) {
       const nodes = decodeModel(rewritten(model)).graph!.node;
       const gqa = nodes.filter((n) => n.opType === "GroupQueryAttention");
       expect(gqa.every((n) => n.attribute.find((a) => a.name === "do_rotary")!.i === 0n)).toBe(true);
-      expect(nodes.filter((n) => n.opType === "RotaryEmbedding").map((n) => n.name)).toEqual([0, 1, 2, 3].flatMap((l) => [`prunec/rotary/layer${l}/query/RotaryEmbedding`, `prunec/rotary/layer${l}/key/RotaryEmbedding`]));
+      expect(nodes.filter((n) => n.opType === "RotaryEmbedding").map((n) => n.name)).toEqual(
+        [0, 1, 2, 3].flatMap((l) => [
+          `prunec/rotary/layer${l}/query/RotaryEmbedding`,
+          `prunec/rotary/layer${l}/key/RotaryEmbedding`,
+        ]),
+      );
       for (const p of [single(0), batch]) {
         const want = await generateGreedy(session(model), p, 6, o);
         const got = await generateGreedy(session(rewritten(model)), p, 6, o);
@@ -97,7 +126,12 @@ describe("GroupQueryAttention with rotary inside the op (do_rotary=1)", () => {
           const got = await generateWithImageMask(model, backend, single(i), STEPS, c.o);
           const idx = got.prefillOutputs["prunec.stage0.indices"]!;
           expect(rows(idx.data as BigInt64Array, idx.dims)[0]).toEqual(r.kept);
-          expect(got.presentLengths).toEqual([PROMPTS[i]!.tokens.length, PROMPTS[i]!.tokens.length, r.kept.length, r.kept.length]);
+          expect(got.presentLengths).toEqual([
+            PROMPTS[i]!.tokens.length,
+            PROMPTS[i]!.tokens.length,
+            r.kept.length,
+            r.kept.length,
+          ]);
           expect(got.tokens[0]).toEqual(r.tokens);
           got.steps.forEach((l, s) => expect(maxAbsDiff(l, r.steps[s]!)).toBeLessThanOrEqual(TOL));
         }
@@ -108,7 +142,11 @@ describe("GroupQueryAttention with rotary inside the op (do_rotary=1)", () => {
   it("the window matters here: without it the windowed reference keeps a different set", () => {
     const a = new ReferenceDecoder(weightsFromModel(windowed, WINDOWED), WINDOWED);
     const b = new ReferenceDecoder(weightsFromModel(windowed, WINDOWED), WIDE);
-    const differs = PROMPTS.some((p) => a.generatePruned(p.tokens, p.image, FASTV, 1).kept.join() !== b.generatePruned(p.tokens, p.image, FASTV, 1).kept.join());
+    const differs = PROMPTS.some(
+      (p) =>
+        a.generatePruned(p.tokens, p.image, FASTV, 1).kept.join() !==
+        b.generatePruned(p.tokens, p.image, FASTV, 1).kept.join(),
+    );
     expect(differs).toBe(true);
   });
 });
@@ -128,7 +166,12 @@ describe("'with renumber' (TransPrune's and SparseVLM's reference numbering)", (
         const want = reference.generatePruned(p.tokens, p.image, { ...FASTV, renumber: true }, STEPS);
         const keeping = reference.generatePruned(p.tokens, p.image, FASTV, STEPS);
         const got = await generateWithImageMask(model, "cpu", single(i), STEPS, c.o);
-        expect(rows(got.prefillOutputs["prunec.stage0.indices"]!.data as BigInt64Array, got.prefillOutputs["prunec.stage0.indices"]!.dims)[0]).toEqual(want.kept);
+        expect(
+          rows(
+            got.prefillOutputs["prunec.stage0.indices"]!.data as BigInt64Array,
+            got.prefillOutputs["prunec.stage0.indices"]!.dims,
+          )[0],
+        ).toEqual(want.kept);
         expect(got.tokens[0]).toEqual(want.tokens);
         got.steps.forEach((l, s) => expect(maxAbsDiff(l, want.steps[s]!)).toBeLessThanOrEqual(TOL));
         differs ||= maxAbsDiff(want.prefillLast, keeping.prefillLast) > 1e-3;
@@ -138,8 +181,13 @@ describe("'with renumber' (TransPrune's and SparseVLM's reference numbering)", (
   }
 
   it("rejected with a mask (nothing moves), and where no positions are read below (a ViT whose only side tensor is an attention bias)", () => {
-    expect(() => compile(outside, RENUMBER.replace("with renumber", "with renumber, mask"), { specName: "r.prune" })).toThrow("r.prune:2:57: error: 'with renumber' renumbers the kept tokens, but a masked stage keeps every token where it is");
-    expect(() => compile(buildFusedVit(), "after layer 1 keep 50% by cls-attn with renumber")).toThrow("'with renumber' after layer 1: the layers below read no per-token positions (position ids or rotary tables) to renumber");
+    expect(() =>
+      compile(outside, RENUMBER.replace("with renumber", "with renumber, mask"), { specName: "r.prune" }),
+    ).toThrow(
+      "r.prune:2:57: error: 'with renumber' renumbers the kept tokens, but a masked stage keeps every token where it is",
+    );
+    expect(() => compile(buildFusedVit(), "after layer 1 keep 50% by cls-attn with renumber")).toThrow(
+      "'with renumber' after layer 1: the layers below read no per-token positions (position ids or rotary tables) to renumber",
+    );
   });
 });
-

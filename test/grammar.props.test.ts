@@ -1,8 +1,18 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import {
-  createRegistry, formatDiagnostic, parseSpec, printSpec, stripSpans, STAGE_OPTIONS,
-  type ArgValue, type CriterionInfo, type Diagnostic, type SpecIR, type StageIR, type StageOption,
+  createRegistry,
+  formatDiagnostic,
+  parseSpec,
+  printSpec,
+  stripSpans,
+  STAGE_OPTIONS,
+  type ArgValue,
+  type CriterionInfo,
+  type Diagnostic,
+  type SpecIR,
+  type StageIR,
+  type StageOption,
 } from "../grammar/index.js";
 
 const CRITERIA: CriterionInfo[] = [
@@ -13,14 +23,35 @@ const CRITERIA: CriterionInfo[] = [
   {
     name: "cls-attn-ensemble",
     summary: "",
-    args: { layers: { type: "range", doc: "" }, mode: { type: "identifier", doc: "" }, weight: { type: "number", doc: "" } },
+    args: {
+      layers: { type: "range", doc: "" },
+      mode: { type: "identifier", doc: "" },
+      weight: { type: "number", doc: "" },
+    },
   },
   { name: "crops", summary: "", args: { n: { type: "integer", doc: "" }, scale: { type: "number", doc: "" } } },
 ];
 const registry = createRegistry(CRITERIA);
 const RUNS = { numRuns: 300 };
 
-const KEYWORDS = ["model", "tokens", "input", "after", "before", "in", "layer", "encoder", "keep", "drop", "merge", "mass", "above", "of", "by", "with"];
+const KEYWORDS = [
+  "model",
+  "tokens",
+  "input",
+  "after",
+  "before",
+  "in",
+  "layer",
+  "encoder",
+  "keep",
+  "drop",
+  "merge",
+  "mass",
+  "above",
+  "of",
+  "by",
+  "with",
+];
 
 /** Every diagnostic position lies inside the text: real lines, columns at most one past the line end. */
 function checkPositions(text: string, diagnostics: readonly Diagnostic[]): void {
@@ -60,7 +91,9 @@ const finite = fc.double({ noNaN: true, noDefaultInfinity: true }).map(noNegZero
 // Percentages have at most 6 decimal places (grammar/to-ir.ts): n / 10^d for d ≤ 6, in (0, 100].
 const percent = fc.oneof(
   fc.integer({ min: 1, max: 100 }),
-  fc.tuple(fc.integer({ min: 0, max: 6 }), fc.integer({ min: 1, max: 100_000_000 })).map(([d, n]) => Number(((n % (100 * 10 ** d)) / 10 ** d || 1).toFixed(d))),
+  fc
+    .tuple(fc.integer({ min: 0, max: 6 }), fc.integer({ min: 1, max: 100_000_000 }))
+    .map(([d, n]) => Number(((n % (100 * 10 ** d)) / 10 ** d || 1).toFixed(d))),
 );
 const layer = fc.integer({ min: -48, max: 48 }).map(noNegZero);
 
@@ -92,7 +125,9 @@ function argArbitrary(type: string): fc.Arbitrary<ArgValue> {
 }
 
 const criterion = fc.constantFrom(...CRITERIA).chain((info) => {
-  const entries = Object.entries(info.args).map(([name, a]) => fc.option(argArbitrary(a.type), { nil: undefined }).map((v) => [name, v] as const));
+  const entries = Object.entries(info.args).map(([name, a]) =>
+    fc.option(argArbitrary(a.type), { nil: undefined }).map((v) => [name, v] as const),
+  );
   return fc.tuple(...entries).map((pairs) => {
     const args: Record<string, ArgValue> = {};
     for (const [name, v] of pairs) if (v !== undefined) args[name] = v;
@@ -105,7 +140,10 @@ const span = { line: 1, column: 1, endLine: 1, endColumn: 1 };
 
 const specShape = fc
   .record({
-    model: fc.option(word.map((w) => w.toLowerCase()), { nil: undefined }),
+    model: fc.option(
+      word.map((w) => w.toLowerCase()),
+      { nil: undefined },
+    ),
     setNames: fc.uniqueArray(identifier, { maxLength: 4, selector: (s) => s }),
     inputs: fc.array(fc.oneof(identifier, fc.constant("")), { minLength: 4, maxLength: 4 }),
     stages: fc.array(
@@ -125,13 +163,17 @@ const specShape = fc
     const sets = setNames.map((name, i) => ({
       name,
       // An input-mask set, or one after an earlier set (an empty input string picks `after`).
-      source: i > 0 && inputs[i] === "" ? { kind: "after" as const, set: setNames[i - 1]! } : { kind: "input" as const, input: inputs[i] || "mask" },
+      source:
+        i > 0 && inputs[i] === ""
+          ? { kind: "after" as const, set: setNames[i - 1]! }
+          : { kind: "input" as const, input: inputs[i] || "mask" },
     }));
     return {
       model,
       sets,
       stages: stages.map(({ ofIndex, freeOf, ...s }) => {
-        const of = ofIndex === undefined ? undefined : setNames.length > 0 ? setNames[ofIndex % setNames.length] : freeOf;
+        const of =
+          ofIndex === undefined ? undefined : setNames.length > 0 ? setNames[ofIndex % setNames.length] : freeOf;
         return { ...s, of };
       }),
     };
@@ -204,14 +246,29 @@ function noisyText(spec: SpecIR, n: Noise): string {
     // Positional for the longest declared prefix that is present (when asked), then named in reverse order.
     const args: string[] = [];
     let i = 0;
-    if (n.positional) for (; i < declared.length && s.criterion.args[declared[i]!] !== undefined; i++) args.push(fmt(s.criterion.args[declared[i]!]!));
-    const rest = declared.slice(i).filter((d) => s.criterion.args[d] !== undefined).reverse();
+    if (n.positional)
+      for (; i < declared.length && s.criterion.args[declared[i]!] !== undefined; i++)
+        args.push(fmt(s.criterion.args[declared[i]!]!));
+    const rest = declared
+      .slice(i)
+      .filter((d) => s.criterion.args[d] !== undefined)
+      .reverse();
     for (const d of rest) args.push(`${n.upper ? d.toUpperCase() : d}: ${fmt(s.criterion.args[d]!)}`);
-    parts.push(kw("by"), `${n.upper ? s.criterion.name.toUpperCase() : s.criterion.name}${args.length > 0 || n.positional ? `(${args.join(", ")})` : ""}`);
+    parts.push(
+      kw("by"),
+      `${n.upper ? s.criterion.name.toUpperCase() : s.criterion.name}${args.length > 0 || n.positional ? `(${args.join(", ")})` : ""}`,
+    );
     if (s.options.length > 0) parts.push(kw("with"), s.options.map(kw).join(`${sp},${sp}`));
     statements.push(parts.join(sp));
   }
-  const sets = spec.tokenSets.map((t) => [kw("tokens"), t.name, "=", t.source.kind === "input" ? `${kw("input")} ${t.source.input}` : `${kw("after")} ${t.source.set}`].join(sp));
+  const sets = spec.tokenSets.map((t) =>
+    [
+      kw("tokens"),
+      t.name,
+      "=",
+      t.source.kind === "input" ? `${kw("input")} ${t.source.input}` : `${kw("after")} ${t.source.set}`,
+    ].join(sp),
+  );
   // Stages first, then the model hint, then the sets: order between kinds does not matter.
   const all = [...statements, ...(spec.model ? [`${kw("model")}${sp}${spec.model.name}`] : []), ...sets];
   const eol = n.crlf ? "\r\n" : "\n";
@@ -262,7 +319,9 @@ describe("grammar properties", () => {
       fc.integer({ min: -300, max: 300 }).map(String),
       fc.double({ noNaN: true }).map(String),
     );
-    const soup = fc.array(fc.tuple(piece, fc.constantFrom(" ", "", "  ")), { maxLength: 30 }).map((ps) => ps.map(([p, s]) => p + s).join(""));
+    const soup = fc
+      .array(fc.tuple(piece, fc.constantFrom(" ", "", "  ")), { maxLength: 30 })
+      .map((ps) => ps.map(([p, s]) => p + s).join(""));
     fc.assert(fc.property(soup, checkParse), { numRuns: 1000 });
   });
 
@@ -271,7 +330,10 @@ describe("grammar properties", () => {
       kind: fc.constantFrom("delete", "insert", "replace", "swap-lines", "duplicate"),
       at: fc.nat(),
       length: fc.integer({ min: 1, max: 6 }),
-      insert: fc.oneof(fc.string({ maxLength: 6 }), fc.constantFrom("kepe", "afer", "%", "..", "(", ";", "\n", "-", "250", "0", "1.5", "x:")),
+      insert: fc.oneof(
+        fc.string({ maxLength: 6 }),
+        fc.constantFrom("kepe", "afer", "%", "..", "(", ";", "\n", "-", "250", "0", "1.5", "x:"),
+      ),
     });
     fc.assert(
       fc.property(specShape, fc.array(mutation, { minLength: 1, maxLength: 4 }), (shape, ms) => {
@@ -297,13 +359,24 @@ describe("grammar properties", () => {
 
   it("reports at most one syntax error per statement and one diagnostic per broken statement at least", () => {
     fc.assert(
-      fc.property(fc.array(fc.constantFrom("after layer 2 keep 250% by cls-attn", "afer layer 1 keep 5% by iga", "in layer 3 drop by nope", "after layer 1 keep 5% by iga"), { maxLength: 8 }), (stmts) => {
-        const text = stmts.join("\n");
-        const r = parseSpec(text, "p.prune", registry);
-        const broken = stmts.filter((s) => s !== "after layer 1 keep 5% by iga").length;
-        expect(r.diagnostics).toHaveLength(broken);
-        checkPositions(text, r.diagnostics);
-      }),
+      fc.property(
+        fc.array(
+          fc.constantFrom(
+            "after layer 2 keep 250% by cls-attn",
+            "afer layer 1 keep 5% by iga",
+            "in layer 3 drop by nope",
+            "after layer 1 keep 5% by iga",
+          ),
+          { maxLength: 8 },
+        ),
+        (stmts) => {
+          const text = stmts.join("\n");
+          const r = parseSpec(text, "p.prune", registry);
+          const broken = stmts.filter((s) => s !== "after layer 1 keep 5% by iga").length;
+          expect(r.diagnostics).toHaveLength(broken);
+          checkPositions(text, r.diagnostics);
+        },
+      ),
       RUNS,
     );
   });

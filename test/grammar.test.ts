@@ -1,7 +1,16 @@
 import { describe, expect, it } from "vitest";
 import {
-  createRegistry, closest, editDistance, formatDiagnostic, formatDiagnostics, parseSpec, printSpec, stripSpans,
-  argsWithDefaults, type CriterionInfo, type CriterionRegistry,
+  createRegistry,
+  closest,
+  editDistance,
+  formatDiagnostic,
+  formatDiagnostics,
+  parseSpec,
+  printSpec,
+  stripSpans,
+  argsWithDefaults,
+  type CriterionInfo,
+  type CriterionRegistry,
 } from "../grammar/index.js";
 
 const CRITERIA: CriterionInfo[] = [
@@ -9,14 +18,21 @@ const CRITERIA: CriterionInfo[] = [
   {
     name: "cls-attn-ensemble",
     summary: "CLS attention averaged over layers",
-    args: { layers: { type: "range", default: [8, 10], doc: "layers to average" }, mode: { type: "identifier", default: "mean", doc: "how" } },
+    args: {
+      layers: { type: "range", default: [8, 10], doc: "layers to average" },
+      mode: { type: "identifier", default: "mean", doc: "how" },
+    },
   },
   { name: "last-token-attn", summary: "FastV", args: {} },
   { name: "iga", summary: "instruction-guided attention", args: {} },
   { name: "random", summary: "random", args: { seed: { type: "integer", default: 0, doc: "seed" } } },
   { name: "diversity", summary: "DivPrune", args: {} },
   { name: "similarity", summary: "ToMe", args: { alpha: { type: "number", doc: "weight" } } },
-  { name: "crops", summary: "crops", args: { n: { type: "integer", doc: "crop size" }, scale: { type: "number", default: 1, doc: "scale" } } },
+  {
+    name: "crops",
+    summary: "crops",
+    args: { n: { type: "integer", doc: "crop size" }, scale: { type: "number", default: 1, doc: "scale" } },
+  },
 ];
 const registry: CriterionRegistry = createRegistry(CRITERIA);
 
@@ -32,8 +48,19 @@ describe("the design card", () => {
     expect(stripSpans(spec!)).toEqual({
       tokenSets: [],
       stages: [
-        { position: { kind: "after-layer", layer: 2 }, action: "keep", amount: { kind: "percent", value: 25 }, criterion: { name: "cls-attn", args: {} }, options: [] },
-        { position: { kind: "in-layer", layer: 16 }, action: "drop", criterion: { name: "iga", args: {} }, options: [] },
+        {
+          position: { kind: "after-layer", layer: 2 },
+          action: "keep",
+          amount: { kind: "percent", value: 25 },
+          criterion: { name: "cls-attn", args: {} },
+          options: [],
+        },
+        {
+          position: { kind: "in-layer", layer: 16 },
+          action: "drop",
+          criterion: { name: "iga", args: {} },
+          options: [],
+        },
       ],
     });
     expect(spec!.stages[1]!.amount).toBeUndefined();
@@ -42,7 +69,9 @@ describe("the design card", () => {
   });
 
   it("records spans of the layer, amount, criterion and statement", () => {
-    const ok = parse("model vit\n  after layer -2 keep mass 90% of image by Random(seed: 1) with mask\ntokens image = input m");
+    const ok = parse(
+      "model vit\n  after layer -2 keep mass 90% of image by Random(seed: 1) with mask\ntokens image = input m",
+    );
     expect(ok.diagnostics).toEqual([]);
     const s = ok.spec!.stages[0]!;
     expect(s.span).toEqual({ line: 2, column: 3, endLine: 2, endColumn: 69 });
@@ -101,8 +130,22 @@ describe("the language sketch", () => {
         { name: "instruction", source: { kind: "after", set: "image" } },
       ],
       stages: [
-        { position: { kind: "in-layer", layer: 2 }, action: "drop", amount: { kind: "percent", value: 50 }, of: "image", criterion: { name: "last-token-attn", args: {} }, options: [] },
-        { position: { kind: "in-layer", layer: 16 }, action: "drop", amount: { kind: "percent", value: 75 }, of: "image", criterion: { name: "iga", args: {} }, options: [] },
+        {
+          position: { kind: "in-layer", layer: 2 },
+          action: "drop",
+          amount: { kind: "percent", value: 50 },
+          of: "image",
+          criterion: { name: "last-token-attn", args: {} },
+          options: [],
+        },
+        {
+          position: { kind: "in-layer", layer: 16 },
+          action: "drop",
+          amount: { kind: "percent", value: 75 },
+          of: "image",
+          criterion: { name: "iga", args: {} },
+          options: [],
+        },
       ],
     });
   });
@@ -152,7 +195,9 @@ describe("the language sketch", () => {
   });
 
   it("accepts keywords as criterion, argument and option-list names where unambiguous", () => {
-    const reg = createRegistry([{ name: "mass", summary: "", args: { layer: { type: "integer", doc: "" }, by: { type: "identifier", doc: "" } } }]);
+    const reg = createRegistry([
+      { name: "mass", summary: "", args: { layer: { type: "integer", doc: "" }, by: { type: "identifier", doc: "" } } },
+    ]);
     const { spec, diagnostics } = parseSpec("after layer 1 keep 5% by mass(layer: 3, by: keep)", "k.prune", reg);
     expect(diagnostics).toEqual([]);
     expect(spec!.stages[0]!.criterion).toMatchObject({ name: "mass", args: { layer: 3, by: "keep" } });
@@ -544,7 +589,9 @@ spec.prune:2:1: error: expected 'model', 'tokens', 'after', 'in' or 'before', fo
     ].join("\n");
     const { spec, diagnostics } = parse(text);
     expect(spec).toBeUndefined();
-    expect(diagnostics.map((d) => `${d.line}:${d.column} ${d.message}${d.suggestion ? ` -> ${d.suggestion}` : ""}`)).toEqual([
+    expect(
+      diagnostics.map((d) => `${d.line}:${d.column} ${d.message}${d.suggestion ? ` -> ${d.suggestion}` : ""}`),
+    ).toEqual([
       "2:1 expected 'model', 'tokens', 'after', 'in' or 'before', found 'afer' -> after",
       "3:20 amount must be in (0, 100]%, got 250%",
       "4:27 unknown criterion 'cls-atn' -> cls-attn",
@@ -578,7 +625,16 @@ spec.prune:2:1: error: expected 'model', 'tokens', 'after', 'in' or 'before', fo
 describe("formatDiagnostic", () => {
   it("renders header, source line, caret and help with a gutter as wide as the line number", () => {
     const text = Array.from({ length: 11 }, (_, i) => `after layer ${i} keep 5% by iga`).join("\n");
-    const d = { file: "f.prune", line: 11, column: 27, endLine: 11, endColumn: 30, message: "oops", suggestion: "x", severity: "error" as const };
+    const d = {
+      file: "f.prune",
+      line: 11,
+      column: 27,
+      endLine: 11,
+      endColumn: 30,
+      message: "oops",
+      suggestion: "x",
+      severity: "error" as const,
+    };
     expect(formatDiagnostic(d, text)).toBe(
       `f.prune:11:27: error: oops
  11 | after layer 10 keep 5% by iga
@@ -589,16 +645,27 @@ describe("formatDiagnostic", () => {
 
   it("draws a single caret for an insertion point and runs a multi-line span to the line end", () => {
     const text = "abc\ndef";
-    expect(formatDiagnostic({ file: "f", line: 1, column: 4, endLine: 1, endColumn: 4, message: "m", severity: "error" }, text)).toBe(
-      "f:1:4: error: m\n 1 | abc\n   |    ^",
-    );
-    expect(formatDiagnostic({ file: "f", line: 1, column: 2, endLine: 2, endColumn: 2, message: "m", severity: "error" }, text)).toBe(
-      "f:1:2: error: m\n 1 | abc\n   |  ^~",
-    );
+    expect(
+      formatDiagnostic(
+        { file: "f", line: 1, column: 4, endLine: 1, endColumn: 4, message: "m", severity: "error" },
+        text,
+      ),
+    ).toBe("f:1:4: error: m\n 1 | abc\n   |    ^");
+    expect(
+      formatDiagnostic(
+        { file: "f", line: 1, column: 2, endLine: 2, endColumn: 2, message: "m", severity: "error" },
+        text,
+      ),
+    ).toBe("f:1:2: error: m\n 1 | abc\n   |  ^~");
   });
 
   it("omits the snippet when the line is not in the text", () => {
-    expect(formatDiagnostic({ file: "f", line: 9, column: 1, endLine: 9, endColumn: 2, message: "m", severity: "error" }, "x")).toBe("f:9:1: error: m");
+    expect(
+      formatDiagnostic(
+        { file: "f", line: 9, column: 1, endLine: 9, endColumn: 2, message: "m", severity: "error" },
+        "x",
+      ),
+    ).toBe("f:9:1: error: m");
   });
 });
 
@@ -612,7 +679,14 @@ describe("printSpec", () => {
       "tokens image = input image_mask",
       "after encoder keep above 1e-7 by iga",
     ].join("\n");
-    const r = parse(text.replace("tokens instruction = after image\n", "").replace("tokens image = input image_mask", "tokens image = input image_mask\ntokens instruction = after image"));
+    const r = parse(
+      text
+        .replace("tokens instruction = after image\n", "")
+        .replace(
+          "tokens image = input image_mask",
+          "tokens image = input image_mask\ntokens instruction = after image",
+        ),
+    );
     expect(r.diagnostics).toEqual([]);
     expect(printSpec(r.spec!)).toBe(
       [

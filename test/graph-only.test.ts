@@ -12,7 +12,7 @@
  */
 import { expect, it } from "vitest";
 import { create } from "@bufbuild/protobuf";
-import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describeShared, sharedModel } from "./helpers/shared.js";
@@ -23,7 +23,12 @@ import { StringStringEntryProtoSchema, TensorProto_DataLocation } from "../src/o
 import { shallowCopy } from "../src/ir/copy.js";
 import { Graph } from "../src/ir/graph.js";
 import { analyzeTransformer } from "../src/analysis/transformer.js";
-import { residualOutput, shortenToLayers, truncateToLayers, writeSyntheticWeights } from "./support/synthetic-weights.js";
+import {
+  residualOutput,
+  shortenToLayers,
+  truncateToLayers,
+  writeSyntheticWeights,
+} from "./support/synthetic-weights.js";
 import { qwen2Feeds, qwen35Feeds, gemmaFeeds, withWeights as withSeededWeights } from "./support/graph-only-inputs.js";
 import { normKeep } from "./reference/baselines.js";
 import { globalAttnKeep, keepCount, topKPositions } from "./reference/cls-attn.js";
@@ -77,11 +82,18 @@ const gemma: Case = {
   tokens: 4096,
   denseRun: false,
 };
-const gemmaQ: Case = { ...gemma, name: "gemma-3 SigLIP vision encoder (MatMulNBits, bits=8)", file: "graph-only/gemma-3-4b-vlm/vision_encoder_quantized.onnx" };
+const gemmaQ: Case = {
+  ...gemma,
+  name: "gemma-3 SigLIP vision encoder (MatMulNBits, bits=8)",
+  file: "graph-only/gemma-3-4b-vlm/vision_encoder_quantized.onnx",
+};
 
 /** The shared scratch-dir runner with this file's seed. */
-const withWeights = <T>(source: Uint8Array, files: Record<string, Uint8Array>, fn: (path: (name: string) => string) => Promise<T>): Promise<T> =>
-  withSeededWeights(source, SEED, files, fn);
+const withWeights = <T>(
+  source: Uint8Array,
+  files: Record<string, Uint8Array>,
+  fn: (path: (name: string) => string) => Promise<T>,
+): Promise<T> => withSeededWeights(source, SEED, files, fn);
 
 /** [N, D] or [1, N, D] float data as [1][N][D] (what the references take). */
 function tokensOf(o: OrtOutput): number[][][] {
@@ -108,7 +120,9 @@ async function checkNorm(c: Case): Promise<void> {
   const last = residualOutput(full, LAYERS - 1);
   const cut = truncateToLayers(full, LAYERS);
   // The stage renames the dense producer's output to denseName(r0): expose it for the reference.
-  const pruned = withOutputs(compile(cut, "after layer 0 keep 50% by norm", { exposeIndices: true }).model, [denseName(r0)]);
+  const pruned = withOutputs(compile(cut, "after layer 0 keep 50% by norm", { exposeIndices: true }).model, [
+    denseName(r0),
+  ]);
   await withWeights(cut, { "dense.onnx": cut, "pruned.onnx": pruned }, async (path) => {
     if (c.denseRun) expectLive((await runNode(path("dense.onnx"), c.feeds()))[last]!, c.stream(c.tokens));
     const p = await runNode(path("pruned.onnx"), c.feeds(), ["prunec.stage0.indices", denseName(r0), last]);
@@ -123,7 +137,11 @@ async function checkNorm(c: Case): Promise<void> {
 describeShared("synthetic-weights helpers on the qwen3.5 int8 export", () => {
   const full = () => readFileSync(sharedModel(qwen35.file));
   const externalOf = (bytes: Uint8Array) =>
-    new Map(decodeModel(bytes).graph!.initializer.filter((t) => t.externalData.length).map((t) => [t.name, t.externalData.map((e) => [e.key, e.value])]));
+    new Map(
+      decodeModel(bytes)
+        .graph!.initializer.filter((t) => t.externalData.length)
+        .map((t) => [t.name, t.externalData.map((e) => [e.key, e.value])]),
+    );
 
   it("truncateToLayers: one output, nothing past layer 0, external_data entries exactly as recorded", () => {
     const cut = truncateToLayers(full(), 1);
@@ -154,14 +172,22 @@ describeShared("synthetic-weights helpers on the qwen3.5 int8 export", () => {
       const graph = model.graph!;
       const shapeConst = "/model/constants/INT64/[0, 3, 12, 64]";
       const initializer = graph.initializer.map((t) =>
-        t.name !== shapeConst ? t : shallowCopy(t, {
-          rawData: new Uint8Array(0),
-          dataLocation: TensorProto_DataLocation.EXTERNAL,
-          externalData: [["location", "shape.bin"], ["offset", "0"], ["length", "32"]].map(([key, value]) => create(StringStringEntryProtoSchema, { key, value })),
-        }),
+        t.name !== shapeConst
+          ? t
+          : shallowCopy(t, {
+              rawData: new Uint8Array(0),
+              dataLocation: TensorProto_DataLocation.EXTERNAL,
+              externalData: [
+                ["location", "shape.bin"],
+                ["offset", "0"],
+                ["length", "32"],
+              ].map(([key, value]) => create(StringStringEntryProtoSchema, { key, value })),
+            }),
       );
       const edited = encodeModel(shallowCopy(model, { graph: shallowCopy(graph, { initializer }) }));
-      expect(() => writeSyntheticWeights(edited, dir, SEED)).toThrow(/refusing to guess its value; used by Reshape\[1\]/);
+      expect(() => writeSyntheticWeights(edited, dir, SEED)).toThrow(
+        /refusing to guess its value; used by Reshape\[1\]/,
+      );
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
@@ -205,7 +231,9 @@ describeShared("graph-only exports: compiling the full models (a spatial merge a
   ];
   for (const [file, tokensIn, tokensOut] of cases) {
     it(`${file}: after layer 0 keep 50% by norm keeps whole merge groups`, () => {
-      const { report } = compile(readFileSync(sharedModel(file)), "after layer 0 keep 50% by norm", { exposeIndices: true });
+      const { report } = compile(readFileSync(sharedModel(file)), "after layer 0 keep 50% by norm", {
+        exposeIndices: true,
+      });
       expect(report.stages.map((s) => [s.tokensIn, s.tokensOut])).toEqual([[tokensIn, tokensOut]]);
     });
   }
@@ -278,11 +306,12 @@ function foldMembers(n: number, size: number): number[][] {
 /** k×k windows of a g×g raster grid, windows in raster order. */
 function poolWindows(g: number, k: number): number[][] {
   const out: number[][] = [];
-  for (let r = 0; r < g / k; r++) for (let c = 0; c < g / k; c++) {
-    const w: number[] = [];
-    for (let i = 0; i < k; i++) for (let j = 0; j < k; j++) w.push((r * k + i) * g + c * k + j);
-    out.push(w);
-  }
+  for (let r = 0; r < g / k; r++)
+    for (let c = 0; c < g / k; c++) {
+      const w: number[] = [];
+      for (let i = 0; i < k; i++) for (let j = 0; j < k; j++) w.push((r * k + i) * g + c * k + j);
+      out.push(w);
+    }
   return out;
 }
 

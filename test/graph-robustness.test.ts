@@ -14,7 +14,14 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Graph as DiGraph, alg } from "@dagrejs/graphlib";
 import fc from "fast-check";
-import { GraphProtoSchema, TensorShapeProto_DimensionSchema, type GraphProto, type ModelProto, type NodeProto, type ValueInfoProto } from "../src/onnx/gen/onnx_pb.js";
+import {
+  GraphProtoSchema,
+  TensorShapeProto_DimensionSchema,
+  type GraphProto,
+  type ModelProto,
+  type NodeProto,
+  type ValueInfoProto,
+} from "../src/onnx/gen/onnx_pb.js";
 import { decodeModel, encodeModel } from "../src/onnx/io.js";
 import { shallowCopy } from "../src/ir/copy.js";
 import { Graph, makeNode } from "../src/ir/graph.js";
@@ -42,7 +49,8 @@ function edit(bytes: Uint8Array, f: (g: GraphProto) => Partial<GraphProto>): Uin
   return encodeModel(shallowCopy(m, { graph: shallowCopy(m.graph!, f(m.graph!)) }));
 }
 
-const renameInputs = (g: GraphProto, name: string, inputs: (n: NodeProto) => string[]) => g.node.map((n) => (n.name === name ? shallowCopy(n, { input: inputs(n) }) : n));
+const renameInputs = (g: GraphProto, name: string, inputs: (n: NodeProto) => string[]) =>
+  g.node.map((n) => (n.name === name ? shallowCopy(n, { input: inputs(n) }) : n));
 
 /** compile and inspect both refuse `model` with a PrunecError of `kind`; returns compile's message (inspect's is the same). */
 function refusedBoth(model: Uint8Array, kind: PrunecError["kind"]): string {
@@ -56,62 +64,112 @@ function refusedBoth(model: Uint8Array, kind: PrunecError["kind"]): string {
 const L1 = "/encoder/layers/encoder_layer_1";
 
 describe("malformed graphs are bad models (exit 3), named by node and tensor", () => {
-  it("a cycle: layer 1's norm reads the layer's own output", () => {
-    const model = edit(TINY, (g) => ({ node: renameInputs(g, `${L1}/ln_1/LayerNormalization`, (n) => [`${L1}/Add_1_output_0`, ...n.input.slice(1)]) }));
-    expect(EXIT_CODES.format).toBe(3);
-    expect(refusedBoth(model, "format")).toBe(
-      `${INVALID} the graph has a cycle: node '${L1}/ln_1/LayerNormalization' (LayerNormalization) reads '${L1}/Add_1_output_0', which is computed from its own output (a cycle: ` +
-        `'${L1}/ln_1/LayerNormalization' → '${L1}/self_attention/Transpose' → '${L1}/self_attention/MatMul' → '${L1}/self_attention/Add' → '${L1}/self_attention/Slice_2' → … 9 more … → '${L1}/Add_1' → '${L1}/ln_1/LayerNormalization')`,
-    );
-  }, GUARD);
+  it(
+    "a cycle: layer 1's norm reads the layer's own output",
+    () => {
+      const model = edit(TINY, (g) => ({
+        node: renameInputs(g, `${L1}/ln_1/LayerNormalization`, (n) => [`${L1}/Add_1_output_0`, ...n.input.slice(1)]),
+      }));
+      expect(EXIT_CODES.format).toBe(3);
+      expect(refusedBoth(model, "format")).toBe(
+        `${INVALID} the graph has a cycle: node '${L1}/ln_1/LayerNormalization' (LayerNormalization) reads '${L1}/Add_1_output_0', which is computed from its own output (a cycle: ` +
+          `'${L1}/ln_1/LayerNormalization' → '${L1}/self_attention/Transpose' → '${L1}/self_attention/MatMul' → '${L1}/self_attention/Add' → '${L1}/self_attention/Slice_2' → … 9 more … → '${L1}/Add_1' → '${L1}/ln_1/LayerNormalization')`,
+      );
+    },
+    GUARD,
+  );
 
-  it("two producers of one tensor: both nodes are named", () => {
-    const L0 = "/encoder/layers/encoder_layer_0";
-    const model = edit(TINY, (g) => ({ node: g.node.map((n) => (n.name === `${L0}/Add_1` ? shallowCopy(n, { output: [`${L0}/Add_output_0`] }) : n)) }));
-    // (Its readers now read a tensor nothing writes: the two other problems.)
-    expect(refusedBoth(model, "format")).toBe(`${INVALID} node '${L0}/Add_1' (Add) writes '${L0}/Add_output_0', which node '${L0}/Add' (Add) already produces (and 2 more such problems)`);
-  }, GUARD);
+  it(
+    "two producers of one tensor: both nodes are named",
+    () => {
+      const L0 = "/encoder/layers/encoder_layer_0";
+      const model = edit(TINY, (g) => ({
+        node: g.node.map((n) => (n.name === `${L0}/Add_1` ? shallowCopy(n, { output: [`${L0}/Add_output_0`] }) : n)),
+      }));
+      // (Its readers now read a tensor nothing writes: the two other problems.)
+      expect(refusedBoth(model, "format")).toBe(
+        `${INVALID} node '${L0}/Add_1' (Add) writes '${L0}/Add_output_0', which node '${L0}/Add' (Add) already produces (and 2 more such problems)`,
+      );
+    },
+    GUARD,
+  );
 
-  it("a dangling input: the digits model with its graph input renamed (used to run for minutes)", () => {
-    const model = edit(DIGITS, (g) => ({ input: g.input.map((v, i) => (i === 0 ? shallowCopy(v, { name: "pixels" }) : v)) }));
-    const t0 = performance.now();
-    expect(refusedBoth(model, "format")).toBe(`${INVALID} node '/Shape' (Shape) reads 'pixel_values', which no node, initializer or graph input produces (and 3 more such problems)`);
-    expect(performance.now() - t0).toBeLessThan(5_000);
-  }, GUARD);
+  it(
+    "a dangling input: the digits model with its graph input renamed (used to run for minutes)",
+    () => {
+      const model = edit(DIGITS, (g) => ({
+        input: g.input.map((v, i) => (i === 0 ? shallowCopy(v, { name: "pixels" }) : v)),
+      }));
+      const t0 = performance.now();
+      expect(refusedBoth(model, "format")).toBe(
+        `${INVALID} node '/Shape' (Shape) reads 'pixel_values', which no node, initializer or graph input produces (and 3 more such problems)`,
+      );
+      expect(performance.now() - t0).toBeLessThan(5_000);
+    },
+    GUARD,
+  );
 
-  it("a model missing its patch-embedding Conv is refused, not compiled into one onnxruntime rejects", () => {
-    const model = edit(TINY, (g) => ({ node: g.node.filter((n) => n.opType !== "Conv") }));
-    expect(refusedBoth(model, "format")).toBe(`${INVALID} node '/Reshape' (Reshape) reads '/conv_proj/Conv_output_0', which no node, initializer or graph input produces`);
-  }, GUARD);
+  it(
+    "a model missing its patch-embedding Conv is refused, not compiled into one onnxruntime rejects",
+    () => {
+      const model = edit(TINY, (g) => ({ node: g.node.filter((n) => n.opType !== "Conv") }));
+      expect(refusedBoth(model, "format")).toBe(
+        `${INVALID} node '/Reshape' (Reshape) reads '/conv_proj/Conv_output_0', which no node, initializer or graph input produces`,
+      );
+    },
+    GUARD,
+  );
 
-  it("a graph output nothing produces", () => {
-    const model = edit(TINY, (g) => ({ output: [...g.output, valueInfo("ghost", 1, [1])] }));
-    expect(refusedBoth(model, "format")).toBe(`${INVALID} graph output 'ghost' is not produced by any node, initializer or graph input`);
-  }, GUARD);
+  it(
+    "a graph output nothing produces",
+    () => {
+      const model = edit(TINY, (g) => ({ output: [...g.output, valueInfo("ghost", 1, [1])] }));
+      expect(refusedBoth(model, "format")).toBe(
+        `${INVALID} graph output 'ghost' is not produced by any node, initializer or graph input`,
+      );
+    },
+    GUARD,
+  );
 
-  it("nodes out of file order (but acyclic) are sorted, and compile as the sorted model does", () => {
-    const m = decodeModel(TINY);
-    const reversed = encodeModel(shallowCopy(m, { graph: shallowCopy(m.graph!, { node: [...m.graph!.node].reverse() }) }));
-    const a = compile(reversed, SPEC).report;
-    const b = compile(TINY, SPEC).report;
-    expect(a.stages).toEqual(b.stages);
-  }, GUARD);
+  it(
+    "nodes out of file order (but acyclic) are sorted, and compile as the sorted model does",
+    () => {
+      const m = decodeModel(TINY);
+      const reversed = encodeModel(
+        shallowCopy(m, { graph: shallowCopy(m.graph!, { node: [...m.graph!.node].reverse() }) }),
+      );
+      const a = compile(reversed, SPEC).report;
+      const b = compile(TINY, SPEC).report;
+      expect(a.stages).toEqual(b.stages);
+    },
+    GUARD,
+  );
 
-  it("the CLI exits 3 with the message, for compile and inspect", () => {
-    const dir = mkdtempSync(join(tmpdir(), "prunec-robust-"));
-    try {
-      const model = join(dir, "m.onnx");
-      writeFileSync(model, edit(TINY, (g) => ({ node: g.node.filter((n) => n.opType !== "Conv") })));
-      writeFileSync(join(dir, "s.prune"), SPEC);
-      const expected = `prunec: error: ${model}: the input model is invalid: node '/Reshape' (Reshape) reads '/conv_proj/Conv_output_0', which no node, initializer or graph input produces\n`;
-      for (const args of [[model, join(dir, "s.prune"), "-o", join(dir, "out.onnx")], ["inspect", model]]) {
-        const r = spawnSync(process.execPath, [join(REPO_ROOT, "bin", "prunec.js"), ...args], { encoding: "utf8" });
-        expect({ code: r.status, stderr: r.stderr }).toEqual({ code: 3, stderr: expected });
+  it(
+    "the CLI exits 3 with the message, for compile and inspect",
+    () => {
+      const dir = mkdtempSync(join(tmpdir(), "prunec-robust-"));
+      try {
+        const model = join(dir, "m.onnx");
+        writeFileSync(
+          model,
+          edit(TINY, (g) => ({ node: g.node.filter((n) => n.opType !== "Conv") })),
+        );
+        writeFileSync(join(dir, "s.prune"), SPEC);
+        const expected = `prunec: error: ${model}: the input model is invalid: node '/Reshape' (Reshape) reads '/conv_proj/Conv_output_0', which no node, initializer or graph input produces\n`;
+        for (const args of [
+          [model, join(dir, "s.prune"), "-o", join(dir, "out.onnx")],
+          ["inspect", model],
+        ]) {
+          const r = spawnSync(process.execPath, [join(REPO_ROOT, "bin", "prunec.js"), ...args], { encoding: "utf8" });
+          expect({ code: r.status, stderr: r.stderr }).toEqual({ code: 3, stderr: expected });
+        }
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
       }
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
-  }, GUARD);
+    },
+    GUARD,
+  );
 });
 
 describe("the graph IR on malformed graphs", () => {
@@ -122,46 +180,67 @@ describe("the graph IR on malformed graphs", () => {
     expect(graph.constantTensor("a")).toBeUndefined();
     const e = thrown(() => graph.order);
     expect(e.kind).toBe("format");
-    expect(e.message).toBe("the graph has a cycle: node 'second' (Identity) reads 'a', which is computed from its own output (a cycle: 'second' → 'first' → 'second')");
-  });
-
-  it("a node reading its own output; unnamed nodes are named by position", () => {
-    expect(thrown(() => g([makeNode("Relu", ["x"], ["y"], "ok"), makeNode("Add", ["x", "z"], ["z"], "")]).order).message).toBe(
-      "the graph has a cycle: node #1 (Add) reads 'z', which is computed from its own output (a cycle: #1 → #1)",
+    expect(e.message).toBe(
+      "the graph has a cycle: node 'second' (Identity) reads 'a', which is computed from its own output (a cycle: 'second' → 'first' → 'second')",
     );
   });
 
-  it("a chain of 200k nodes in reverse file order sorts without overflowing the stack", () => {
-    const n = 200_000;
-    const nodes = Array.from({ length: n }, (_, i) => makeNode("Relu", [i === 0 ? "x" : `t${i - 1}`], [`t${i}`], `n${i}`)).reverse();
-    const order = g(nodes).order;
-    expect(order[0]!.name).toBe("n0");
-    expect(order[n - 1]!.name).toBe(`n${n - 1}`);
-  }, GUARD);
+  it("a node reading its own output; unnamed nodes are named by position", () => {
+    expect(
+      thrown(() => g([makeNode("Relu", ["x"], ["y"], "ok"), makeNode("Add", ["x", "z"], ["z"], "")]).order).message,
+    ).toBe("the graph has a cycle: node #1 (Add) reads 'z', which is computed from its own output (a cycle: #1 → #1)");
+  });
+
+  it(
+    "a chain of 200k nodes in reverse file order sorts without overflowing the stack",
+    () => {
+      const n = 200_000;
+      const nodes = Array.from({ length: n }, (_, i) =>
+        makeNode("Relu", [i === 0 ? "x" : `t${i - 1}`], [`t${i}`], `n${i}`),
+      ).reverse();
+      const order = g(nodes).order;
+      expect(order[0]!.name).toBe("n0");
+      expect(order[n - 1]!.name).toBe(`n${n - 1}`);
+    },
+    GUARD,
+  );
 
   it("the order of an unsorted graph is exactly the one graphlib's topsort gave (compiled bytes depend on it)", () => {
     fc.assert(
-      fc.property(fc.array(fc.tuple(fc.nat(3), fc.array(fc.nat(), { maxLength: 3 })), { minLength: 1, maxLength: 40 }), fc.array(fc.nat()), (spec, shuffle) => {
-        // Node i reads outputs of earlier nodes (a DAG), then the file order is shuffled.
-        const made = spec.map(([extra, reads], i) => makeNode("Add", reads.map((r) => (i ? `t${r % i}` : "x")), [`t${i}`, ...(extra === 0 ? [`u${i}`] : [])], `n${i}`));
-        shuffle.forEach((s, k) => {
-          const [i, j] = [k % made.length, s % made.length];
-          [made[i], made[j]] = [made[j]!, made[i]!];
-        });
-        const graph = new Graph(create(GraphProtoSchema, { node: made }));
-        const index = new Map(made.map((m, i) => [m, i]));
-        const ref = new DiGraph({ directed: true });
-        made.forEach((_, i) => ref.setNode(String(i)));
-        made.forEach((m, i) => {
-          for (const inp of m.input) {
-            const p = graph.producer.get(inp);
-            if (p) ref.setEdge(String(index.get(p)), String(i));
-          }
-        });
-        const expected = alg.topsort(ref).map((k: string) => made[Number(k)]!.name);
-        const valid = made.every((m, i) => m.input.every((inp) => !graph.producer.has(inp) || index.get(graph.producer.get(inp)!)! < i));
-        expect(graph.order.map((m) => m.name)).toEqual(valid ? made.map((m) => m.name) : expected);
-      }),
+      fc.property(
+        fc.array(fc.tuple(fc.nat(3), fc.array(fc.nat(), { maxLength: 3 })), { minLength: 1, maxLength: 40 }),
+        fc.array(fc.nat()),
+        (spec, shuffle) => {
+          // Node i reads outputs of earlier nodes (a DAG), then the file order is shuffled.
+          const made = spec.map(([extra, reads], i) =>
+            makeNode(
+              "Add",
+              reads.map((r) => (i ? `t${r % i}` : "x")),
+              [`t${i}`, ...(extra === 0 ? [`u${i}`] : [])],
+              `n${i}`,
+            ),
+          );
+          shuffle.forEach((s, k) => {
+            const [i, j] = [k % made.length, s % made.length];
+            [made[i], made[j]] = [made[j]!, made[i]!];
+          });
+          const graph = new Graph(create(GraphProtoSchema, { node: made }));
+          const index = new Map(made.map((m, i) => [m, i]));
+          const ref = new DiGraph({ directed: true });
+          made.forEach((_, i) => ref.setNode(String(i)));
+          made.forEach((m, i) => {
+            for (const inp of m.input) {
+              const p = graph.producer.get(inp);
+              if (p) ref.setEdge(String(index.get(p)), String(i));
+            }
+          });
+          const expected = alg.topsort(ref).map((k: string) => made[Number(k)]!.name);
+          const valid = made.every((m, i) =>
+            m.input.every((inp) => !graph.producer.has(inp) || index.get(graph.producer.get(inp)!)! < i),
+          );
+          expect(graph.order.map((m) => m.name)).toEqual(valid ? made.map((m) => m.name) : expected);
+        },
+      ),
       { numRuns: 300 },
     );
   });
@@ -171,38 +250,67 @@ describe("declared sizes: exact or refused, never a hang or an encoding crash", 
   const setDim = (v: ValueInfoProto, axis: number, value: bigint): ValueInfoProto => {
     if (v.type?.value.case !== "tensorType") throw new Error("not a tensor");
     const t = v.type.value.value;
-    const dim = t.shape!.dim.map((d, i) => (i === axis ? create(TensorShapeProto_DimensionSchema, { value: { case: "dimValue", value } }) : d));
-    return shallowCopy(v, { type: shallowCopy(v.type, { value: { case: "tensorType", value: shallowCopy(t, { shape: shallowCopy(t.shape!, { dim }) }) } }) });
+    const dim = t.shape!.dim.map((d, i) =>
+      i === axis ? create(TensorShapeProto_DimensionSchema, { value: { case: "dimValue", value } }) : d,
+    );
+    return shallowCopy(v, {
+      type: shallowCopy(v.type, {
+        value: { case: "tensorType", value: shallowCopy(t, { shape: shallowCopy(t.shape!, { dim }) }) },
+      }),
+    });
   };
-  const withInputDim = (axis: number, value: bigint) => edit(TINY, (g) => ({ input: g.input.map((v, i) => (i === 0 ? setDim(v, axis, value) : v)) }));
+  const withInputDim = (axis: number, value: bigint) =>
+    edit(TINY, (g) => ({ input: g.input.map((v, i) => (i === 0 ? setDim(v, axis, value) : v)) }));
 
   it("a graph input dim of INT64_MAX (rounded through Number, it could not be encoded back: exit 70) is refused naming the tensor", () => {
-    expect(refusedBoth(withInputDim(0, 2n ** 63n - 1n), "format")).toBe(`${INVALID} graph input 'pixel_values' declares dimension 9223372036854775807 at axis 0, more than prunec represents exactly (2^53 - 1)`);
+    expect(refusedBoth(withInputDim(0, 2n ** 63n - 1n), "format")).toBe(
+      `${INVALID} graph input 'pixel_values' declares dimension 9223372036854775807 at axis 0, more than prunec represents exactly (2^53 - 1)`,
+    );
   });
 
-  it("a graph input dim of 2^32 is kept exactly through compile", () => {
-    const out = decodeModel(compile(withInputDim(0, 2n ** 32n), SPEC).model);
-    const t = out.graph!.input[0]!.type!.value;
-    expect(t.case === "tensorType" ? t.value.shape!.dim[0]!.value : undefined).toEqual({ case: "dimValue", value: 2n ** 32n });
-  }, GUARD);
+  it(
+    "a graph input dim of 2^32 is kept exactly through compile",
+    () => {
+      const out = decodeModel(compile(withInputDim(0, 2n ** 32n), SPEC).model);
+      const t = out.graph!.input[0]!.type!.value;
+      expect(t.case === "tensorType" ? t.value.shape!.dim[0]!.value : undefined).toEqual({
+        case: "dimValue",
+        value: 2n ** 32n,
+      });
+    },
+    GUARD,
+  );
 
   it("negative and inexact initializer dims are refused naming the initializer", () => {
-    const dims = (d: bigint[]) => edit(TINY, (g) => ({ initializer: g.initializer.map((t) => (t.name === "class_token" ? shallowCopy(t, { dims: d }) : t)) }));
-    expect(refusedBoth(dims([-5n, 3n]), "format")).toBe(`${INVALID} initializer 'class_token' has dimension -5 at axis 0: a tensor's dimensions are never negative`);
-    expect(refusedBoth(dims([1n, 2n ** 53n + 1n]), "format")).toBe(`${INVALID} initializer 'class_token' has dimension 9007199254740993 at axis 1, more than prunec represents exactly (2^53 - 1)`);
+    const dims = (d: bigint[]) =>
+      edit(TINY, (g) => ({
+        initializer: g.initializer.map((t) => (t.name === "class_token" ? shallowCopy(t, { dims: d }) : t)),
+      }));
+    expect(refusedBoth(dims([-5n, 3n]), "format")).toBe(
+      `${INVALID} initializer 'class_token' has dimension -5 at axis 0: a tensor's dimensions are never negative`,
+    );
+    expect(refusedBoth(dims([1n, 2n ** 53n + 1n]), "format")).toBe(
+      `${INVALID} initializer 'class_token' has dimension 9007199254740993 at axis 1, more than prunec represents exactly (2^53 - 1)`,
+    );
   });
 
   it("declared dims of 2^31 - 1 and 2^32 on a Reshape target and on initializers: inspect and compile finish (they used to run out of memory)", () => {
     const m = decodeModel(TINY);
     const g = m.graph!;
-    const target = g.node.find((n) => n.opType === "Reshape" && g.node.some((p) => p.output[0] === n.input[1] && p.opType === "Constant"))!;
+    const target = g.node.find(
+      (n) => n.opType === "Reshape" && g.node.some((p) => p.output[0] === n.input[1] && p.opType === "Constant"),
+    )!;
     const constant = g.node.find((p) => p.output[0] === target.input[1])!;
     for (const d of [2n ** 31n - 1n, 2n ** 32n]) {
       const a = constant.attribute[0]!;
       const huge = shallowCopy(constant, { attribute: [shallowCopy(a, { t: shallowCopy(a.t!, { dims: [d] }) })] });
       const mutants = [
         edit(TINY, (x) => ({ node: x.node.map((n) => (n.name === constant.name ? huge : n)) })),
-        ...["class_token", "encoder.pos_embedding", "onnx::MatMul_567"].map((name) => edit(TINY, (x) => ({ initializer: x.initializer.map((t) => (t.name === name ? shallowCopy(t, { dims: [d] }) : t)) }))),
+        ...["class_token", "encoder.pos_embedding", "onnx::MatMul_567"].map((name) =>
+          edit(TINY, (x) => ({
+            initializer: x.initializer.map((t) => (t.name === name ? shallowCopy(t, { dims: [d] }) : t)),
+          })),
+        ),
       ];
       for (const model of mutants) {
         const t0 = performance.now();
@@ -219,12 +327,22 @@ describe("declared sizes: exact or refused, never a hang or an encoding crash", 
   }, 120_000);
 
   it("a value_info declared past 2^53 is refused; inferred sizes that are not exact integers are unknown, and declare as such", () => {
-    const model = edit(TINY, (g) => ({ valueInfo: [...g.valueInfo, valueInfo("/conv_proj/Conv_output_0", 1, [1, 48, 8, 8])].map((v) => (v.name === "/conv_proj/Conv_output_0" ? setDim(v, 2, 2n ** 60n) : v)) }));
-    expect(refusedBoth(model, "format")).toBe(`${INVALID} value_info '/conv_proj/Conv_output_0' declares dimension 1152921504606846976 at axis 2, more than prunec represents exactly (2^53 - 1)`);
+    const model = edit(TINY, (g) => ({
+      valueInfo: [...g.valueInfo, valueInfo("/conv_proj/Conv_output_0", 1, [1, 48, 8, 8])].map((v) =>
+        v.name === "/conv_proj/Conv_output_0" ? setDim(v, 2, 2n ** 60n) : v,
+      ),
+    }));
+    expect(refusedBoth(model, "format")).toBe(
+      `${INVALID} value_info '/conv_proj/Conv_output_0' declares dimension 1152921504606846976 at axis 2, more than prunec represents exactly (2^53 - 1)`,
+    );
     const declared = valueInfo("y", 1, [Number.NaN, 1e20, -0.5, 3, "n"]);
     const t = declared.type!.value;
     expect(t.case === "tensorType" ? t.value.shape!.dim.map((d) => d.value) : []).toEqual([
-      { case: undefined }, { case: undefined }, { case: undefined }, { case: "dimValue", value: 3n }, { case: "dimParam", value: "n" },
+      { case: undefined },
+      { case: undefined },
+      { case: undefined },
+      { case: "dimValue", value: 3n },
+      { case: "dimParam", value: "n" },
     ]);
   });
 
@@ -243,21 +361,34 @@ describe("a Constant given inputs (onnxruntime ignores them) compiles to what th
     ["layer 2's output (a cycle, were Constant inputs read)", ["/encoder/layers/encoder_layer_2/Add_1_output_0"]],
     ["the graph input and a tensor nothing produces", ["pixel_values", "no_such_tensor"]],
   ];
-  const feeds = (batch: number) => ({ pixel_values: { type: "float32" as const, dims: [batch, 3, 64, 64], data: Float32Array.from({ length: batch * 3 * 64 * 64 }, (_, i) => Math.sin(i * 0.37)) } });
+  const feeds = (batch: number) => ({
+    pixel_values: {
+      type: "float32" as const,
+      dims: [batch, 3, 64, 64],
+      data: Float32Array.from({ length: batch * 3 * 64 * 64 }, (_, i) => Math.sin(i * 0.37)),
+    },
+  });
 
-  it.each(cases)("extra inputs: %s", async (_, extra) => {
-    const model = edit(TINY, (g) => ({ node: renameInputs(g, "/Constant_9", () => extra) }));
-    const pruned = compile(model, SPEC).model;
-    const reference = compile(TINY, SPEC).model;
-    for (const batch of [1, 2, 3]) {
-      const [a, b] = [await runNode(pruned, feeds(batch)), await runNode(reference, feeds(batch))];
-      expect(maxAbsDiff(a.logits!.data as Float32Array, b.logits!.data as Float32Array)).toBe(0);
-    }
-  }, GUARD);
+  it.each(cases)(
+    "extra inputs: %s",
+    async (_, extra) => {
+      const model = edit(TINY, (g) => ({ node: renameInputs(g, "/Constant_9", () => extra) }));
+      const pruned = compile(model, SPEC).model;
+      const reference = compile(TINY, SPEC).model;
+      for (const batch of [1, 2, 3]) {
+        const [a, b] = [await runNode(pruned, feeds(batch)), await runNode(reference, feeds(batch))];
+        expect(maxAbsDiff(a.logits!.data as Float32Array, b.logits!.data as Float32Array)).toBe(0);
+      }
+    },
+    GUARD,
+  );
 
   it("the Constant is still read as a constant (a float Constant with inputs keeps its value)", () => {
     const proto = create(GraphProtoSchema, {
-      node: [makeNode("Constant", ["x", "missing"], ["c"], "c", { value: floatTensor("v", [2]) }), makeNode("Add", ["x", "c"], ["y"], "add")],
+      node: [
+        makeNode("Constant", ["x", "missing"], ["c"], "c", { value: floatTensor("v", [2]) }),
+        makeNode("Add", ["x", "c"], ["y"], "add"),
+      ],
       input: [valueInfo("x", 1, [1])],
       output: [valueInfo("y", 1, [1])],
     });
@@ -272,51 +403,83 @@ describe("analysis is linear in graph size", () => {
   // Timings on the shared 2-core dev machine: the 100k-node model inspects and compiles in about 8 s each, the ladders in 1-3 s.
   const big = buildBigVit({ layers: 2_400, chain: 50_000 });
 
-  it("a 100k-node model (a 50k-Add chain into a 2,400-layer transformer) inspects in seconds", () => {
-    expect(decodeModel(big).graph!.node.length).toBeGreaterThanOrEqual(50_000 + 2_400 * NODES_PER_LAYER);
-    const r = inspectModel(big, "big");
-    expect(r.layerCount).toBe(2_400);
-    expect(r.cls).toEqual({ present: true, index: 0, prefixTokens: 1 });
-    expect(r.layers[1]!.criteria.find((c) => c.name === "cls-attn")).toEqual({ name: "cls-attn", ok: true });
-  }, GUARD);
+  it(
+    "a 100k-node model (a 50k-Add chain into a 2,400-layer transformer) inspects in seconds",
+    () => {
+      expect(decodeModel(big).graph!.node.length).toBeGreaterThanOrEqual(50_000 + 2_400 * NODES_PER_LAYER);
+      const r = inspectModel(big, "big");
+      expect(r.layerCount).toBe(2_400);
+      expect(r.cls).toEqual({ present: true, index: 0, prefixTokens: 1 });
+      expect(r.layers[1]!.criteria.find((c) => c.name === "cls-attn")).toEqual({ name: "cls-attn", ok: true });
+    },
+    GUARD,
+  );
 
-  it("and compiles in seconds", () => {
-    const r = compile(big, SPEC);
-    expect(r.report.stages.map((s) => [s.tokensIn, s.tokensOut])).toEqual([[5, 3]]);
-  }, GUARD);
+  it(
+    "and compiles in seconds",
+    () => {
+      const r = compile(big, SPEC);
+      expect(r.report.stages.map((s) => [s.tokensIn, s.tokensOut])).toEqual([[5, 3]]);
+    },
+    GUARD,
+  );
 
   it.each([
     ["feeding the patch embedding", { ladder: 10_000 }],
-    ["computing layer 0's attention scale from a constant (every walk through it finds no activation: 2^10000 paths)", { scaleLadder: 10_000 }],
+    [
+      "computing layer 0's attention scale from a constant (every walk through it finds no activation: 2^10000 paths)",
+      { scaleLadder: 10_000 },
+    ],
     ["inside layer 0's MLP branch", { mlpLadder: 10_000 }],
-  ])("a 10k-level diamond ladder %s: inspect and compile finish in seconds", (_, ladder) => {
-    const model = buildBigVit({ layers: 3, ...ladder });
-    const t0 = performance.now();
-    expect(inspectModel(model, "ladder").layerCount).toBe(3);
-    const r = compile(model, SPEC);
-    expect(r.report.stages.map((s) => [s.tokensIn, s.tokensOut])).toEqual([[5, 3]]);
-    expect(performance.now() - t0).toBeLessThan(GUARD);
-  }, GUARD);
+  ])(
+    "a 10k-level diamond ladder %s: inspect and compile finish in seconds",
+    (_, ladder) => {
+      const model = buildBigVit({ layers: 3, ...ladder });
+      const t0 = performance.now();
+      expect(inspectModel(model, "ladder").layerCount).toBe(3);
+      const r = compile(model, SPEC);
+      expect(r.report.stages.map((s) => [s.tokensIn, s.tokensOut])).toEqual([[5, 3]]);
+      expect(performance.now() - t0).toBeLessThan(GUARD);
+    },
+    GUARD,
+  );
 
-  it("shape inference over 50k chained symbolic sums (a Concat of NonZero results each) stays linear", () => {
-    const nodes: NodeProto[] = [];
-    let y = "x";
-    for (let k = 0; k < 50_000; k++) {
-      nodes.push(makeNode("NonZero", ["x"], [`nz${k}`], `nz${k}`), makeNode("Concat", [y, `nz${k}`], [`c${k}`], `c${k}`, { axis: 1 }));
-      y = `c${k}`;
-    }
-    const t0 = performance.now();
-    const shape = inferShapes(new Graph(create(GraphProtoSchema, { node: nodes, input: [valueInfo("x", 1, [2, 3])] }))).get(y);
-    expect(shape?.[0]).toBe(2);
-    // The sum's text would grow by one term per Concat; past 256 characters it is a fresh unknown.
-    expect(String(shape?.[1]).length).toBeLessThanOrEqual(256);
-    expect(performance.now() - t0).toBeLessThan(GUARD);
-  }, GUARD);
+  it(
+    "shape inference over 50k chained symbolic sums (a Concat of NonZero results each) stays linear",
+    () => {
+      const nodes: NodeProto[] = [];
+      let y = "x";
+      for (let k = 0; k < 50_000; k++) {
+        nodes.push(
+          makeNode("NonZero", ["x"], [`nz${k}`], `nz${k}`),
+          makeNode("Concat", [y, `nz${k}`], [`c${k}`], `c${k}`, { axis: 1 }),
+        );
+        y = `c${k}`;
+      }
+      const t0 = performance.now();
+      const shape = inferShapes(
+        new Graph(create(GraphProtoSchema, { node: nodes, input: [valueInfo("x", 1, [2, 3])] })),
+      ).get(y);
+      expect(shape?.[0]).toBe(2);
+      // The sum's text would grow by one term per Concat; past 256 characters it is a fresh unknown.
+      expect(String(shape?.[1]).length).toBeLessThanOrEqual(256);
+      expect(performance.now() - t0).toBeLessThan(GUARD);
+    },
+    GUARD,
+  );
 
-  it("a dangling leaf under a 10k-level ladder is refused at once", () => {
-    const model = edit(buildBigVit({ layers: 3, ladder: 10_000 }), (g) => ({ input: g.input.map((v) => shallowCopy(v, { name: "renamed" })) }));
-    const t0 = performance.now();
-    expect(thrown(() => inspectModel(model, NAME)).message).toBe(`${INVALID} node '/input_ladder/ladder_start' (Identity) reads 'pixel_values', which no node, initializer or graph input produces (and 1 more such problem)`);
-    expect(performance.now() - t0).toBeLessThan(5_000);
-  }, GUARD);
+  it(
+    "a dangling leaf under a 10k-level ladder is refused at once",
+    () => {
+      const model = edit(buildBigVit({ layers: 3, ladder: 10_000 }), (g) => ({
+        input: g.input.map((v) => shallowCopy(v, { name: "renamed" })),
+      }));
+      const t0 = performance.now();
+      expect(thrown(() => inspectModel(model, NAME)).message).toBe(
+        `${INVALID} node '/input_ladder/ladder_start' (Identity) reads 'pixel_values', which no node, initializer or graph input produces (and 1 more such problem)`,
+      );
+      expect(performance.now() - t0).toBeLessThan(5_000);
+    },
+    GUARD,
+  );
 });

@@ -12,8 +12,12 @@ function sources(dir: string): string[] {
 }
 
 it("src (but src/cli), grammar and passes import nothing from node: and use no process", () => {
-  const core = ["src", "grammar", "passes"].flatMap((d) => sources(join(REPO_ROOT, d))).filter((p) => !p.includes(join("src", "cli")));
+  const core = ["src", "grammar", "passes"]
+    .flatMap((d) => sources(join(REPO_ROOT, d)))
+    .filter((p) => !p.includes(join("src", "cli")));
   expect(core.length).toBeGreaterThan(20);
-  const offenders = core.filter((p) => /from\s+["']node:|require\(|\bprocess\./.test(readFileSync(p, "utf8"))).map((p) => relative(REPO_ROOT, p));
+  const offenders = core
+    .filter((p) => /from\s+["']node:|require\(|\bprocess\./.test(readFileSync(p, "utf8")))
+    .map((p) => relative(REPO_ROOT, p));
   expect(offenders).toEqual([]);
 });

@@ -32,7 +32,10 @@ const fusedFeeds: Feeds = (() => {
 async function both(model: Uint8Array, feeds: Feeds, spec: string, stages: number, run = runNode) {
   const names = [...Array(stages).keys()].map((i) => `prunec.stage${i}.indices`);
   const gathered = await run(compile(model, spec, { exposeIndices: true }).model, feeds);
-  const maskedSpec = spec.split("\n").map((l) => `${l} with mask`).join("\n");
+  const maskedSpec = spec
+    .split("\n")
+    .map((l) => `${l} with mask`)
+    .join("\n");
   const masked = await run(compile(model, maskedSpec, { exposeIndices: true }).model, feeds);
   return { gathered, masked, names };
 }
@@ -41,7 +44,12 @@ describe("with mask", () => {
   const cases: [string, Uint8Array, Feeds, string][] = [
     ["tiny ViT, cls-attn", tiny, tinyFeeds, "after layer 1 keep 25% by cls-attn"],
     ["digits, global-attn", digits, digitFeeds, "after layer 1 keep 25% by global-attn"],
-    ["fused MultiHeadAttention with an attention_bias, cls-attn", fused, fusedFeeds, "after layer 0 keep 25% by cls-attn"],
+    [
+      "fused MultiHeadAttention with an attention_bias, cls-attn",
+      fused,
+      fusedFeeds,
+      "after layer 0 keep 25% by cls-attn",
+    ],
   ];
   for (const [name, model, feeds, spec] of cases) {
     it(`${name}: the same kept tokens and the same outputs (≤ 1e-5) as the gather lowering, CPU and WASM`, async () => {
@@ -49,7 +57,9 @@ describe("with mask", () => {
         const { gathered, masked } = await both(model, feeds, spec, 1, run);
         expect(masked["prunec.stage0.indices"]!.data).toEqual(gathered["prunec.stage0.indices"]!.data);
         const out = Object.keys(gathered).find((k) => !k.startsWith("prunec."))!;
-        expect(maxAbsDiff(masked[out]!.data as Float32Array, gathered[out]!.data as Float32Array)).toBeLessThanOrEqual(1e-5);
+        expect(maxAbsDiff(masked[out]!.data as Float32Array, gathered[out]!.data as Float32Array)).toBeLessThanOrEqual(
+          1e-5,
+        );
       }
     });
   }
@@ -61,7 +71,9 @@ describe("with mask", () => {
     const g1 = rows(gathered["prunec.stage1.indices"]!.data as BigInt64Array, gathered["prunec.stage1.indices"]!.dims);
     const m1 = rows(masked["prunec.stage1.indices"]!.data as BigInt64Array, masked["prunec.stage1.indices"]!.dims);
     expect(m1).toEqual(g1.map((r, b) => r.map((i) => g0[b]![i]!)));
-    expect(maxAbsDiff(masked["logits"]!.data as Float32Array, gathered["logits"]!.data as Float32Array)).toBeLessThanOrEqual(1e-5);
+    expect(
+      maxAbsDiff(masked["logits"]!.data as Float32Array, gathered["logits"]!.data as Float32Array),
+    ).toBeLessThanOrEqual(1e-5);
   });
 
   it("removes nothing: every layer still computes every token", () => {
@@ -71,7 +83,11 @@ describe("with mask", () => {
   });
 
   it("a gather stage after a masked one is rejected", () => {
-    expect(() => compile(tiny, "after layer 0 keep 50% by cls-attn with mask\nafter layer 2 keep 50% by cls-attn", { specName: "m.prune" })).toThrow(
+    expect(() =>
+      compile(tiny, "after layer 0 keep 50% by cls-attn with mask\nafter layer 2 keep 50% by cls-attn", {
+        specName: "m.prune",
+      }),
+    ).toThrow(
       "m.prune:2:1: error: an earlier stage is 'with mask', so its dropped tokens are still in the stream; later stages must be 'with mask' too",
     );
   });
@@ -84,7 +100,12 @@ describe("with recycle", () => {
   const recycleCases: [string, Uint8Array, Feeds, number][] = [
     ["tiny ViT, batch 2", tiny, tinyFeeds, 2],
     ["digits, batch 3", digits, digitFeeds, 4],
-    ["digits, batch 1", digits, { pixel_values: { type: "float32", dims: [1, 1, 64, 64], data: batchInput(sample, 5, 6).data } }, 4],
+    [
+      "digits, batch 1",
+      digits,
+      { pixel_values: { type: "float32", dims: [1, 1, 64, 64], data: batchInput(sample, 5, 6).data } },
+      4,
+    ],
   ];
   for (const [name, model, feeds, heads] of recycleCases) {
     it(`${name}: appends the cls-attn-weighted mean of the dropped tokens; the exposed positions end in -1 (CPU and WASM)`, async () => {
@@ -113,7 +134,9 @@ describe("with recycle", () => {
             for (let k = 0; k < d; k++) mean[k]! += w * x[(b * n + j) * d + k]!;
           }
           const recycled = Array.from(y.subarray((b * 18 + 17) * d, (b * 18 + 18) * d));
-          expect(maxAbsDiff(Float32Array.from(recycled), Float32Array.from(mean.map((v) => v / total)))).toBeLessThanOrEqual(1e-5);
+          expect(
+            maxAbsDiff(Float32Array.from(recycled), Float32Array.from(mean.map((v) => v / total))),
+          ).toBeLessThanOrEqual(1e-5);
         }
       }
     });
@@ -126,10 +149,14 @@ describe("with recycle", () => {
     expect(() => compile(fused, "after layer 0 keep 25% by cls-attn with recycle")).toThrow(
       "'with recycle' after layer 0: the layers below read per-token tensors ('/encoder/layers.1.attn.attention_bias', '/encoder/layers.2.attn.attention_bias') that have no row for the recycled token",
     );
-    expect(() => compile(tiny, "after layer 1 keep 25% by fopru(strategy: rows) with recycle", { specName: "r.prune" })).toThrow(
+    expect(() =>
+      compile(tiny, "after layer 1 keep 25% by fopru(strategy: rows) with recycle", { specName: "r.prune" }),
+    ).toThrow(
       "r.prune:1:54: error: 'with recycle' needs a stage that ranks single tokens by score, but fopru keeps whole grid rows",
     );
-    expect(() => compile(tiny, "after layer 1 keep 25% by cls-attn with mask, recycle", { specName: "r.prune" })).toThrow(
+    expect(() =>
+      compile(tiny, "after layer 1 keep 25% by cls-attn with mask, recycle", { specName: "r.prune" }),
+    ).toThrow(
       "r.prune:1:41: error: 'with mask' and 'with recycle' cannot be combined: a masked stage removes nothing to recycle",
     );
   });

@@ -44,14 +44,28 @@ const digitFeeds = (batch: number): Feeds => {
 /** What the tests read of a model: per layer, the residual leaving it, its keys (Kᵀ) and its softmax. */
 function layerNames(bytes: Uint8Array) {
   const info = analyzeTransformer(new Graph(decodeModel(bytes).graph!));
-  return info.layers.map((l) => ({ residual: l.residual!.output, keys: l.core!.qk?.input[1] ?? "", heads: l.heads!, softmax: l.core!.anchor.name, logits: l.core!.anchor.input[0]! }));
+  return info.layers.map((l) => ({
+    residual: l.residual!.output,
+    keys: l.core!.qk?.input[1] ?? "",
+    heads: l.heads!,
+    softmax: l.core!.anchor.name,
+    logits: l.core!.anchor.input[0]!,
+  }));
 }
 
 const f32 = (o: { data: unknown }) => o.data as Float32Array;
 const flat = (steps: TomeStep[]) => steps.flatMap((s) => s.merged.flat());
 
 /** The reference step of every example, from the keys and residual the model computes at `layer` (sizes: 1, or given). */
-async function referenceAt(model: Uint8Array, layer: number, feeds: Feeds, r: number, sizes?: number[][], names = layerNames(model)[layer]!, residual = names.residual): Promise<TomeStep[]> {
+async function referenceAt(
+  model: Uint8Array,
+  layer: number,
+  feeds: Feeds,
+  r: number,
+  sizes?: number[][],
+  names = layerNames(model)[layer]!,
+  residual = names.residual,
+): Promise<TomeStep[]> {
   const out = await runNode(withOutputs(model, [names.keys, residual]), feeds, [names.keys, residual]);
   const keys = headMeanKeysFromKt(f32(out[names.keys]!), out[names.keys]!.dims, names.heads);
   const x = tokensOf(f32(out[residual]!), out[residual]!.dims);
@@ -76,10 +90,38 @@ async function runCompiled(model: Uint8Array, spec: string, feeds: Feeds, tensor
 
 describe("merge by similarity: one stage against the ToMe reference", () => {
   const cases = [
-    { title: "tiny-vit, batch 2", model: tiny, feeds: tinyFeeds, layer: 1, spec: "after layer 1 merge 25% by similarity", r: 16 },
-    { title: "digits, batch 1", model: digits, feeds: digitFeeds(1), layer: 2, spec: "after layer 2 merge 40% by similarity", r: 26 },
-    { title: "digits, batch 3", model: digits, feeds: digitFeeds(3), layer: 0, spec: "after layer 0 merge 40% by similarity", r: 26 },
-    { title: "digits, batch 3, the most ToMe merges (32 tokens)", model: digits, feeds: digitFeeds(3), layer: 0, spec: "after layer 0 merge 32 tokens by similarity", r: 32 },
+    {
+      title: "tiny-vit, batch 2",
+      model: tiny,
+      feeds: tinyFeeds,
+      layer: 1,
+      spec: "after layer 1 merge 25% by similarity",
+      r: 16,
+    },
+    {
+      title: "digits, batch 1",
+      model: digits,
+      feeds: digitFeeds(1),
+      layer: 2,
+      spec: "after layer 2 merge 40% by similarity",
+      r: 26,
+    },
+    {
+      title: "digits, batch 3",
+      model: digits,
+      feeds: digitFeeds(3),
+      layer: 0,
+      spec: "after layer 0 merge 40% by similarity",
+      r: 26,
+    },
+    {
+      title: "digits, batch 3, the most ToMe merges (32 tokens)",
+      model: digits,
+      feeds: digitFeeds(3),
+      layer: 0,
+      spec: "after layer 0 merge 32 tokens by similarity",
+      r: 32,
+    },
   ];
   for (const c of cases) {
     it(`${c.title}: '${c.spec}': surviving positions exact, size-weighted means ≤ 1e-5, sizes exact (CPU and WASM)`, async () => {
@@ -107,7 +149,10 @@ describe("merge by similarity: one stage against the ToMe reference", () => {
     const [step] = await referenceAt(tiny, 1, tinyFeeds, 16);
     expect(step!.sizes.some((s) => s > 1)).toBe(true);
     expect(step!.sizes.reduce((a, b) => a + b, 0)).toBe(65);
-    const dense = tokensOf(f32((await runNode(withOutputs(tiny, [names.residual]), tinyFeeds, [names.residual]))[names.residual]!), [2, 65, 48])[0]!;
+    const dense = tokensOf(
+      f32((await runNode(withOutputs(tiny, [names.residual]), tinyFeeds, [names.residual]))[names.residual]!),
+      [2, 65, 48],
+    )[0]!;
     const at = step!.sizes.findIndex((s) => s > 1);
     expect(maxAbsDiff(step!.merged[at]!, dense[step!.positions[at]!]!)).toBeGreaterThan(1e-3);
   });
@@ -119,7 +164,14 @@ describe("merge by similarity: sizes carried to a second merge", () => {
     const names = layerNames(tiny);
     const first = await referenceAt(tiny, 0, tinyFeeds, 16);
     expectNoNearTies(first);
-    const exposed = [names[0]!.residual, names[2]!.keys, denseName(names[2]!.residual), names[2]!.residual, sizesName(0), sizesName(1)];
+    const exposed = [
+      names[0]!.residual,
+      names[2]!.keys,
+      denseName(names[2]!.residual),
+      names[2]!.residual,
+      sizesName(0),
+      sizesName(1),
+    ];
     for (const run of [runNode, runWasm]) {
       const { out, kept } = await runCompiled(tiny, spec, tinyFeeds, exposed, run);
       expect(kept[0]).toEqual(first.map((s) => s.positions));
@@ -140,7 +192,15 @@ describe("merge by similarity: sizes carried to a second merge", () => {
       expect(Array.from(f32(out[sizesName(1)]!))).toEqual(second.flatMap((s) => s.sizes));
       expect(second.every((s) => s.sizes.reduce((a, b) => a + b, 0) === 65)).toBe(true);
       // Weighing by 1 instead would give other means: the check above sees the sizes.
-      const unweighted = keys.map((k, b) => tomeStep(k, x[b]!, k.map(() => 1), 10, 1));
+      const unweighted = keys.map((k, b) =>
+        tomeStep(
+          k,
+          x[b]!,
+          k.map(() => 1),
+          10,
+          1,
+        ),
+      );
       expect(maxAbsDiff(f32(out[names[2]!.residual]!), flat(unweighted))).toBeGreaterThan(1e-3);
     }
   });
@@ -159,7 +219,8 @@ describe("merge by similarity: a second merge splits ToMe's order, with a distil
       const { out, kept } = await runCompiled(deit, spec, feeds, exposed, run);
       const keys = headMeanKeysFromKt(f32(out[names[1]!.keys]!), out[names[1]!.keys]!.dims, names[1]!.heads);
       const xs = tokensOf(f32(out[denseName(names[1]!.residual)]!), out[denseName(names[1]!.residual)]!.dims);
-      const reference = (k: number[][], b: number) => tomeStep(k, xs[b]!, first[b]!.sizes, 3, 2, nextSequence(first[b]!));
+      const reference = (k: number[][], b: number) =>
+        tomeStep(k, xs[b]!, first[b]!.sizes, 3, 2, nextSequence(first[b]!));
       const second = keys.map(reference);
       expectNoNearTies(second);
       expect(kept[1]).toEqual(second.map((s) => s.positions));
@@ -197,44 +258,101 @@ describe("merge by similarity: without a class token ToMe keeps its unmerged A t
 
 describe("merge by similarity(proportional: 1): log(size) on the later layers' attention logits", () => {
   /** softmax input − plain logits of `layer`, [B·H,N,N] → checks it is log(size_j) of example b on every row. */
-  function expectLogSizeBias(biased: Float32Array, plain: Float32Array, dims: number[], heads: number, sizes: number[][]): void {
+  function expectLogSizeBias(
+    biased: Float32Array,
+    plain: Float32Array,
+    dims: number[],
+    heads: number,
+    sizes: number[][],
+  ): void {
     const [bh, q, n] = dims as [number, number, number];
     let worst = 0;
-    for (let i = 0; i < bh; i++) for (let row = 0; row < q; row++) for (let j = 0; j < n; j++) {
-      const at = (i * q + row) * n + j;
-      worst = Math.max(worst, Math.abs(biased[at]! - plain[at]! - Math.log(sizes[Math.floor(i / heads)]![j]!)));
-    }
+    for (let i = 0; i < bh; i++)
+      for (let row = 0; row < q; row++)
+        for (let j = 0; j < n; j++) {
+          const at = (i * q + row) * n + j;
+          worst = Math.max(worst, Math.abs(biased[at]! - plain[at]! - Math.log(sizes[Math.floor(i / heads)]![j]!)));
+        }
     expect(worst).toBeLessThanOrEqual(1e-5);
   }
 
   it("tiny-vit: every later layer gets log(size) of its own tokens; a second merge replaces it; a later keep stage gathers it", async () => {
     const names = layerNames(tiny);
-    const biasedInput = (model: Uint8Array, layer: number) => decodeModel(model).graph!.node.find((x) => x.name === names[layer]!.softmax)!.input[0]!;
+    const biasedInput = (model: Uint8Array, layer: number) =>
+      decodeModel(model).graph!.node.find((x) => x.name === names[layer]!.softmax)!.input[0]!;
     // One merge: layers 2 and 3 see log(size) of the 49 merged tokens; the merge itself is the plain one.
     const one = compile(tiny, "after layer 1 merge 25% by similarity(proportional: 1)").model;
-    const plainMerge = await runCompiled(tiny, "after layer 1 merge 25% by similarity", tinyFeeds, [names[1]!.residual]);
-    const seen = [names[1]!.residual, sizesName(0), names[2]!.logits, biasedInput(one, 2), names[3]!.logits, biasedInput(one, 3)];
+    const plainMerge = await runCompiled(tiny, "after layer 1 merge 25% by similarity", tinyFeeds, [
+      names[1]!.residual,
+    ]);
+    const seen = [
+      names[1]!.residual,
+      sizesName(0),
+      names[2]!.logits,
+      biasedInput(one, 2),
+      names[3]!.logits,
+      biasedInput(one, 3),
+    ];
     const out = await runNode(withOutputs(one, seen), tinyFeeds, seen);
     expect(maxAbsDiff(f32(out[names[1]!.residual]!), f32(plainMerge.out[names[1]!.residual]!))).toBe(0);
     const sizes = [0, 1].map((b) => Array.from(f32(out[sizesName(0)]!).subarray(b * 49, (b + 1) * 49)));
-    for (const l of [2, 3]) expectLogSizeBias(f32(out[biasedInput(one, l)]!), f32(out[names[l]!.logits]!), out[names[l]!.logits]!.dims, 2, sizes);
+    for (const l of [2, 3])
+      expectLogSizeBias(
+        f32(out[biasedInput(one, l)]!),
+        f32(out[names[l]!.logits]!),
+        out[names[l]!.logits]!.dims,
+        2,
+        sizes,
+      );
 
     // Two merges: layer 3 sees the second stage's sizes (39 tokens), not the first's.
-    const two = compile(tiny, "after layer 0 merge 25% by similarity(proportional: 1)\nafter layer 2 merge 10 tokens by similarity(proportional: 1)").model;
-    const seen2 = [sizesName(0), sizesName(1), names[1]!.logits, biasedInput(two, 1), names[3]!.logits, biasedInput(two, 3)];
+    const two = compile(
+      tiny,
+      "after layer 0 merge 25% by similarity(proportional: 1)\nafter layer 2 merge 10 tokens by similarity(proportional: 1)",
+    ).model;
+    const seen2 = [
+      sizesName(0),
+      sizesName(1),
+      names[1]!.logits,
+      biasedInput(two, 1),
+      names[3]!.logits,
+      biasedInput(two, 3),
+    ];
     const out2 = await runNode(withOutputs(two, seen2), tinyFeeds, seen2);
     const per = (t: string, k: number) => [0, 1].map((b) => Array.from(f32(out2[t]!).subarray(b * k, (b + 1) * k)));
-    expectLogSizeBias(f32(out2[biasedInput(two, 1)]!), f32(out2[names[1]!.logits]!), out2[names[1]!.logits]!.dims, 2, per(sizesName(0), 49));
-    expectLogSizeBias(f32(out2[biasedInput(two, 3)]!), f32(out2[names[3]!.logits]!), out2[names[3]!.logits]!.dims, 2, per(sizesName(1), 39));
+    expectLogSizeBias(
+      f32(out2[biasedInput(two, 1)]!),
+      f32(out2[names[1]!.logits]!),
+      out2[names[1]!.logits]!.dims,
+      2,
+      per(sizesName(0), 49),
+    );
+    expectLogSizeBias(
+      f32(out2[biasedInput(two, 3)]!),
+      f32(out2[names[3]!.logits]!),
+      out2[names[3]!.logits]!.dims,
+      2,
+      per(sizesName(1), 39),
+    );
 
     // A keep stage after a proportional merge carries the bias with the kept tokens.
-    const keep = compile(tiny, "after layer 0 merge 25% by similarity(proportional: 1)\nafter layer 2 keep 50% by cls-attn", { exposeIndices: true }).model;
+    const keep = compile(
+      tiny,
+      "after layer 0 merge 25% by similarity(proportional: 1)\nafter layer 2 keep 50% by cls-attn",
+      { exposeIndices: true },
+    ).model;
     const seen3 = [sizesName(0), "prunec.stage1.indices", names[3]!.logits, biasedInput(keep, 3)];
     const out3 = await runNode(withOutputs(keep, seen3.slice(0, 1).concat(seen3.slice(2))), tinyFeeds, seen3);
     const kept = rows(out3["prunec.stage1.indices"]!.data as BigInt64Array, out3["prunec.stage1.indices"]!.dims);
     const sizes0 = [0, 1].map((b) => Array.from(f32(out3[sizesName(0)]!).subarray(b * 49, (b + 1) * 49)));
     expect(kept[0]!.length).toBe(25);
-    expectLogSizeBias(f32(out3[biasedInput(keep, 3)]!), f32(out3[names[3]!.logits]!), out3[names[3]!.logits]!.dims, 2, kept.map((k, b) => k.map((j) => sizes0[b]![j]!)));
+    expectLogSizeBias(
+      f32(out3[biasedInput(keep, 3)]!),
+      f32(out3[names[3]!.logits]!),
+      out3[names[3]!.logits]!.dims,
+      2,
+      kept.map((k, b) => k.map((j) => sizes0[b]![j]!)),
+    );
   });
 });
 
@@ -285,16 +403,46 @@ describe("merge by similarity: what it rejects, with exact messages", () => {
     return "compiled";
   };
   const cases: [string, string][] = [
-    ["after layer 1 merge 0.5% by similarity", "s.prune:1:21: error: this stage would merge 0.5% of 64 prunable tokens = 0 after layer 1; it must merge between 1 and 32 (each merged token joins a partner in the other half of the bipartite matching: at most ⌊(65 − 1)/2⌋)"],
-    ["after layer 1 merge 60% by similarity", "s.prune:1:21: error: this stage would merge 60% of 64 prunable tokens = 38 after layer 1; it must merge between 1 and 32 (each merged token joins a partner in the other half of the bipartite matching: at most ⌊(65 − 1)/2⌋)"],
-    ["after layer 1 merge 33 tokens by similarity", "s.prune:1:21: error: this stage would merge 33 tokens after layer 1; it must merge between 1 and 32 (each merged token joins a partner in the other half of the bipartite matching: at most ⌊(65 − 1)/2⌋)"],
-    ["after layer 1 keep 50% by similarity", "s.prune:1:15: error: similarity pairs tokens to merge them (ToMe); it does not rank tokens to keep: write 'merge P% by similarity' (P% of the prunable tokens merge into their most similar partners)"],
-    ["after layer 1 drop 10 tokens by similarity", "s.prune:1:15: error: similarity pairs tokens to merge them (ToMe); it does not rank tokens to drop: write 'merge P% by similarity' (P% of the prunable tokens merge into their most similar partners)"],
-    ["after layer 1 merge 25% by cls-attn", "s.prune:1:28: error: 'merge' pairs tokens by key similarity (ToMe); use 'by similarity' (cls-attn ranks tokens for 'keep' and 'drop')"],
-    ["after layer 1 merge 25% by similarity with mask", "s.prune:1:44: error: 'with mask' does not apply to 'merge': a merge stage keeps no dropped tokens to mask"],
-    ["after encoder merge 25% by similarity", "s.prune:1:1: error: 'merge' after the encoder is not supported yet; merge after a layer ('after layer L merge P% by similarity')"],
-    ["after layer 1 merge mass 90% by similarity", "s.prune:1:21: error: 'mass' amounts are not supported with 'merge'; use a percentage or a token count"],
-    ["after layer 1 merge 25% by similarity(proportional: 2)", "s.prune:1:53: error: argument 'proportional' of 'similarity' must be 0 or 1, got 2"],
+    [
+      "after layer 1 merge 0.5% by similarity",
+      "s.prune:1:21: error: this stage would merge 0.5% of 64 prunable tokens = 0 after layer 1; it must merge between 1 and 32 (each merged token joins a partner in the other half of the bipartite matching: at most ⌊(65 − 1)/2⌋)",
+    ],
+    [
+      "after layer 1 merge 60% by similarity",
+      "s.prune:1:21: error: this stage would merge 60% of 64 prunable tokens = 38 after layer 1; it must merge between 1 and 32 (each merged token joins a partner in the other half of the bipartite matching: at most ⌊(65 − 1)/2⌋)",
+    ],
+    [
+      "after layer 1 merge 33 tokens by similarity",
+      "s.prune:1:21: error: this stage would merge 33 tokens after layer 1; it must merge between 1 and 32 (each merged token joins a partner in the other half of the bipartite matching: at most ⌊(65 − 1)/2⌋)",
+    ],
+    [
+      "after layer 1 keep 50% by similarity",
+      "s.prune:1:15: error: similarity pairs tokens to merge them (ToMe); it does not rank tokens to keep: write 'merge P% by similarity' (P% of the prunable tokens merge into their most similar partners)",
+    ],
+    [
+      "after layer 1 drop 10 tokens by similarity",
+      "s.prune:1:15: error: similarity pairs tokens to merge them (ToMe); it does not rank tokens to drop: write 'merge P% by similarity' (P% of the prunable tokens merge into their most similar partners)",
+    ],
+    [
+      "after layer 1 merge 25% by cls-attn",
+      "s.prune:1:28: error: 'merge' pairs tokens by key similarity (ToMe); use 'by similarity' (cls-attn ranks tokens for 'keep' and 'drop')",
+    ],
+    [
+      "after layer 1 merge 25% by similarity with mask",
+      "s.prune:1:44: error: 'with mask' does not apply to 'merge': a merge stage keeps no dropped tokens to mask",
+    ],
+    [
+      "after encoder merge 25% by similarity",
+      "s.prune:1:1: error: 'merge' after the encoder is not supported yet; merge after a layer ('after layer L merge P% by similarity')",
+    ],
+    [
+      "after layer 1 merge mass 90% by similarity",
+      "s.prune:1:21: error: 'mass' amounts are not supported with 'merge'; use a percentage or a token count",
+    ],
+    [
+      "after layer 1 merge 25% by similarity(proportional: 2)",
+      "s.prune:1:53: error: argument 'proportional' of 'similarity' must be 0 or 1, got 2",
+    ],
     [
       "after layer 0 merge 10% by similarity\nafter layer 1 keep 50% by cls-attn\nafter layer 2 merge 10% by similarity",
       "s.prune:3:15: error: a 'keep' stage (line 2) between two 'merge' stages is not supported yet: the token sizes this merge weighs by are not carried through it",
@@ -303,7 +451,10 @@ describe("merge by similarity: what it rejects, with exact messages", () => {
       "after layer 0 merge 10% by similarity(proportional: 1)\nafter layer 2 merge 10% by similarity",
       "s.prune:2:28: error: every 'merge' stage of a spec must use the same proportional attention: the merge stage on line 1 has proportional: 1, this one 0",
     ],
-    ["after layer 1 merge 25% by similarity\nafter layer 1 merge 10% by similarity", "s.prune:2:13: error: stages must be in layer order: layer 1 comes after a stage at layer 1"],
+    [
+      "after layer 1 merge 25% by similarity\nafter layer 1 merge 10% by similarity",
+      "s.prune:2:13: error: stages must be in layer order: layer 1 comes after a stage at layer 1",
+    ],
   ];
   for (const [spec, message] of cases) {
     it(`${spec.replace(/\n/g, "; ")}`, () => {
@@ -312,7 +463,10 @@ describe("merge by similarity: what it rejects, with exact messages", () => {
   }
 
   itShared("a symbolic token count (Qwen2-VL's tower cut before its merger: hw tokens)", () => {
-    const cut = truncateToLayers(readFileSync(sharedModel("graph-only/qwen2-vl-2b-vision-tower-torchexport/model.onnx")), 2);
+    const cut = truncateToLayers(
+      readFileSync(sharedModel("graph-only/qwen2-vl-2b-vision-tower-torchexport/model.onnx")),
+      2,
+    );
     expect(firstLine(cut, "after layer 0 merge 25% by similarity")).toBe(
       "s.prune:1:15: error: 'merge' needs a static token count (the matching splits the tokens into two fixed halves); the model has hw tokens",
     );

@@ -26,17 +26,29 @@ const shared = (rel: string) => readFileSync(sharedModel(rel));
 
 describeShared("spatial merge after the encoder, on the real exports", () => {
   it("qwen3.5 int8 (transformers.js): merger LayerNorm → Reshape [-1, 3072] folds 4 tokens of 768", () => {
-    expect(mergeOf(shared("graph-only/qwen3.5-0.8b-vlm-int8/vision_encoder_quantized.onnx"))).toEqual({ kind: "fold", groupSize: 4, node: "/model/merger/Reshape" });
+    expect(mergeOf(shared("graph-only/qwen3.5-0.8b-vlm-int8/vision_encoder_quantized.onnx"))).toEqual({
+      kind: "fold",
+      groupSize: 4,
+      node: "/model/merger/Reshape",
+    });
   });
 
   it("qwen2-vl (torch export): ln_q LayerNorm → Reshape [-1, 5120] folds 4 tokens of 1280", () => {
-    expect(mergeOf(shared("graph-only/qwen2-vl-2b-vision-tower-torchexport/model.onnx"))).toEqual({ kind: "fold", groupSize: 4, node: "/visual/merger/Reshape" });
+    expect(mergeOf(shared("graph-only/qwen2-vl-2b-vision-tower-torchexport/model.onnx"))).toEqual({
+      kind: "fold",
+      groupSize: 4,
+      node: "/visual/merger/Reshape",
+    });
   });
 
   for (const file of ["vision_encoder.onnx", "vision_encoder_quantized.onnx"]) {
     it(`gemma-3 ${file}: post-norm → Transpose → Reshape [0, 1152, 64, 64] → AveragePool 4×4 stride 4`, () => {
       expect(mergeOf(shared(`graph-only/gemma-3-4b-vlm/${file}`))).toEqual({
-        kind: "pool", groupSize: 16, grid: [64, 64], kernel: [4, 4], node: "/model/multimodal_projector/AveragePool",
+        kind: "pool",
+        groupSize: 16,
+        grid: [64, 64],
+        kernel: [4, 4],
+        node: "/model/multimodal_projector/AveragePool",
       });
     });
   }
@@ -51,7 +63,11 @@ describeShared("spatial merge after the encoder, on the real exports", () => {
     expect(mergeOf(truncateToLayers(qwen, 2))).toBeUndefined();
     const gemma = inspectModel(shared("graph-only/gemma-3-4b-vlm/vision_encoder.onnx"), "gemma.onnx");
     expect(gemma.merge).toMatchObject({ kind: "pool", groupSize: 16 });
-    expect(formatInspect(gemma)).toContain("merge:   4×4 pool over the 64×64 token grid (16 tokens → 1) after the encoder (/model/multimodal_projector/AveragePool)");
-    expect(inspectModel(readFileSync(join(REPO_ROOT, "examples", "tiny-vit", "model.onnx")), "t.onnx").merge).toBeNull();
+    expect(formatInspect(gemma)).toContain(
+      "merge:   4×4 pool over the 64×64 token grid (16 tokens → 1) after the encoder (/model/multimodal_projector/AveragePool)",
+    );
+    expect(
+      inspectModel(readFileSync(join(REPO_ROOT, "examples", "tiny-vit", "model.onnx")), "t.onnx").merge,
+    ).toBeNull();
   });
 });

@@ -51,7 +51,8 @@ describe.skipIf(!installed)(title, () => {
         try {
           const again = encodeModel(decodeModel(bytes, name(f)));
           const at = firstDiff(bytes, again);
-          if (at !== -1) bad.push(`${name(f)}: first differing byte at ${at} (sizes ${bytes.length} → ${again.length})`);
+          if (at !== -1)
+            bad.push(`${name(f)}: first differing byte at ${at} (sizes ${bytes.length} → ${again.length})`);
         } catch (e) {
           bad.push(`${name(f)}: ${e instanceof Error ? `${e.name}: ${e.message}` : String(e)}`);
         }
@@ -66,8 +67,12 @@ describe.skipIf(!installed)(title, () => {
           const r = inspectModel(new Uint8Array(readFileSync(f)), name(f));
           bad.push(`${name(f)}: inspect found ${r.layers.length} layer(s)`);
         } catch (e) {
-          if (!(e instanceof PrunecError)) bad.push(`${name(f)}: crash: ${e instanceof Error ? e.stack?.split("\n").slice(0, 4).join(" | ") : String(e)}`);
-          else if (e.kind !== "analysis" || e.exitCode !== 5 || !/no transformer layers/.test(e.message)) bad.push(`${name(f)}: ${e.kind} (exit ${e.exitCode}): ${e.message.slice(0, 200)}`);
+          if (!(e instanceof PrunecError))
+            bad.push(
+              `${name(f)}: crash: ${e instanceof Error ? e.stack?.split("\n").slice(0, 4).join(" | ") : String(e)}`,
+            );
+          else if (e.kind !== "analysis" || e.exitCode !== 5 || !/no transformer layers/.test(e.message))
+            bad.push(`${name(f)}: ${e.kind} (exit ${e.exitCode}): ${e.message.slice(0, 200)}`);
         }
       }
       expect(bad).toEqual([]);
@@ -86,8 +91,12 @@ describe.skipIf(!installed)(title, () => {
             run();
             bad.push(`${name(f)}: ${what} accepted it`);
           } catch (e) {
-            if (!(e instanceof PrunecError)) bad.push(`${name(f)}: ${what} crashed: ${e instanceof Error ? e.stack?.split("\n").slice(0, 4).join(" | ") : String(e)}`);
-            else if (e.kind !== "analysis") bad.push(`${name(f)}: ${what}: ${e.kind} (exit ${e.exitCode}): ${e.message.slice(0, 200)}`);
+            if (!(e instanceof PrunecError))
+              bad.push(
+                `${name(f)}: ${what} crashed: ${e instanceof Error ? e.stack?.split("\n").slice(0, 4).join(" | ") : String(e)}`,
+              );
+            else if (e.kind !== "analysis")
+              bad.push(`${name(f)}: ${what}: ${e.kind} (exit ${e.exitCode}): ${e.message.slice(0, 200)}`);
           }
         }
       }
@@ -96,12 +105,22 @@ describe.skipIf(!installed)(title, () => {
   }
 
   const built = existsSync(join(REPO_ROOT, "dist", "src", "cli", "main.js"));
-  it.skipIf(!built)(`prunec inspect exits 5 on one model of each folder${built ? "" : " (needs npm run build: dist/ missing)"}`, () => {
-    for (const g of groups) {
-      const f = inGroup(g)[0]!;
-      const r = spawnSync(process.execPath, [join(REPO_ROOT, "bin", "prunec.js"), "inspect", f], { encoding: "utf8", timeout: 60_000 });
-      expect({ model: name(f), status: r.status, signal: r.signal }).toEqual({ model: name(f), status: 5, signal: null });
-      expect(r.stderr).toMatch(/no transformer layers/);
-    }
-  });
+  it.skipIf(!built)(
+    `prunec inspect exits 5 on one model of each folder${built ? "" : " (needs npm run build: dist/ missing)"}`,
+    () => {
+      for (const g of groups) {
+        const f = inGroup(g)[0]!;
+        const r = spawnSync(process.execPath, [join(REPO_ROOT, "bin", "prunec.js"), "inspect", f], {
+          encoding: "utf8",
+          timeout: 60_000,
+        });
+        expect({ model: name(f), status: r.status, signal: r.signal }).toEqual({
+          model: name(f),
+          status: 5,
+          signal: null,
+        });
+        expect(r.stderr).toMatch(/no transformer layers/);
+      }
+    },
+  );
 });

@@ -33,10 +33,16 @@ describe("examples/tiny-vit (built in, no ../shared needed)", () => {
   });
 
   it("onnxruntime-node matches torch with batch 1 (dynamic batch axis)", async () => {
-    const one = { type: "float32" as const, dims: [1, 3, 64, 64], data: (x.data as Float32Array).subarray(0, 3 * 64 * 64) };
+    const one = {
+      type: "float32" as const,
+      dims: [1, 3, 64, 64],
+      data: (x.data as Float32Array).subarray(0, 3 * 64 * 64),
+    };
     const out = await runNode(model, { pixel_values: one }, ["logits"]);
     expect(out["logits"]!.dims).toEqual([1, 10]);
-    expect(maxAbsDiff(out["logits"]!.data as Float32Array, (ref.data as Float32Array).subarray(0, 10))).toBeLessThanOrEqual(TOL);
+    expect(
+      maxAbsDiff(out["logits"]!.data as Float32Array, (ref.data as Float32Array).subarray(0, 10)),
+    ).toBeLessThanOrEqual(TOL);
   });
 
   it("onnxruntime-web (WASM) matches torch (batch 2)", async () => {

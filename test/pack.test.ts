@@ -10,7 +10,16 @@
 import { describe, expect, it, beforeAll, afterAll } from "vitest";
 import { execFileSync, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { REPO_ROOT } from "./helpers/shared.js";
@@ -58,7 +67,11 @@ describe("npm pack, installed offline into an empty project without the optional
 
   beforeAll(() => {
     work = mkdtempSync(join(tmpdir(), "prunec-pack-"));
-    const packed = execFileSync("npm", ["pack", "--json", "--ignore-scripts", "--pack-destination", work], { cwd: REPO_ROOT, env, encoding: "utf8" });
+    const packed = execFileSync("npm", ["pack", "--json", "--ignore-scripts", "--pack-destination", work], {
+      cwd: REPO_ROOT,
+      env,
+      encoding: "utf8",
+    });
     info = (JSON.parse(packed.slice(packed.indexOf("["))) as PackInfo[])[0]!;
     project = join(work, "consumer");
     mkdirSync(project);
@@ -66,7 +79,9 @@ describe("npm pack, installed offline into an empty project without the optional
     // A lockfile pins prunec's dependencies to the repo's (whose tarballs `npm ci` cached, found by
     // integrity); without it npm would need registry metadata to resolve the ranges.
     const pkg = JSON.parse(readFileSync(join(REPO_ROOT, "package.json"), "utf8")) as Record<string, unknown>;
-    const lock = JSON.parse(readFileSync(join(REPO_ROOT, "package-lock.json"), "utf8")) as { packages: Record<string, LockEntry> };
+    const lock = JSON.parse(readFileSync(join(REPO_ROOT, "package-lock.json"), "utf8")) as {
+      packages: Record<string, LockEntry>;
+    };
     const spec = `file:${info.filename}`;
     const tarball = readFileSync(join(project, info.filename));
     const packages: Record<string, unknown> = {
@@ -75,38 +90,81 @@ describe("npm pack, installed offline into an empty project without the optional
         version: pkg["version"],
         resolved: spec,
         integrity: `sha512-${createHash("sha512").update(tarball).digest("base64")}`,
-        ...Object.fromEntries(["license", "dependencies", "peerDependencies", "peerDependenciesMeta", "bin", "engines"].map((k) => [k, pkg[k]])),
+        ...Object.fromEntries(
+          ["license", "dependencies", "peerDependencies", "peerDependenciesMeta", "bin", "engines"].map((k) => [
+            k,
+            pkg[k],
+          ]),
+        ),
       },
     };
     for (const [path, entry] of Object.entries(lock.packages)) {
       if (!path || entry.dev || entry.devOptional || entry.optional) continue;
       const name = path.slice(path.lastIndexOf("node_modules/") + "node_modules/".length);
-      packages[path] = { ...entry, resolved: `https://registry.npmjs.org/${name}/-/${name.split("/").pop()}-${entry.version}.tgz` };
+      packages[path] = {
+        ...entry,
+        resolved: `https://registry.npmjs.org/${name}/-/${name.split("/").pop()}-${entry.version}.tgz`,
+      };
     }
-    writeFileSync(join(project, "package.json"), JSON.stringify({ name: "consumer", version: "1.0.0", private: true, type: "module", dependencies: { prunec: spec } }, null, 2));
-    writeFileSync(join(project, "package-lock.json"), JSON.stringify({ name: "consumer", version: "1.0.0", lockfileVersion: 3, requires: true, packages }, null, 2));
+    writeFileSync(
+      join(project, "package.json"),
+      JSON.stringify(
+        { name: "consumer", version: "1.0.0", private: true, type: "module", dependencies: { prunec: spec } },
+        null,
+        2,
+      ),
+    );
+    writeFileSync(
+      join(project, "package-lock.json"),
+      JSON.stringify({ name: "consumer", version: "1.0.0", lockfileVersion: 3, requires: true, packages }, null, 2),
+    );
     const ci = spawnSync("npm", ["ci"], { cwd: project, env, encoding: "utf8" });
-    if (ci.status !== 0) throw new Error(`npm ci of the packed tarball failed (exit ${ci.status}):\n${ci.stdout}\n${ci.stderr}`);
+    if (ci.status !== 0)
+      throw new Error(`npm ci of the packed tarball failed (exit ${ci.status}):\n${ci.stdout}\n${ci.stderr}`);
     writeFileSync(join(project, "s.prune"), "after layer 1 keep 50% by cls-attn\n");
   }, 120_000);
   afterAll(() => rmSync(work, { recursive: true, force: true }));
 
   it("the tarball has the CLI, library, LICENSE, docs and the examples the README names, and no sources or tests", () => {
     const files = info.files.map((f) => f.path);
-    for (const f of ["LICENSE", "README.md", "bin/prunec.js", "dist/src/cli/main.js", "dist/src/index.js", "dist/src/index.d.ts", "docs/language.md", "examples/digits/model.onnx", "examples/digits/sample.prds", "examples/digits/best.prune", "examples/tiny-vit/model.onnx"]) {
+    for (const f of [
+      "LICENSE",
+      "README.md",
+      "bin/prunec.js",
+      "dist/src/cli/main.js",
+      "dist/src/index.js",
+      "dist/src/index.d.ts",
+      "docs/language.md",
+      "examples/digits/model.onnx",
+      "examples/digits/sample.prds",
+      "examples/digits/best.prune",
+      "examples/tiny-vit/model.onnx",
+    ]) {
       expect(files).toContain(f);
     }
-    expect(files.filter((f) => f.startsWith("test/") || f.startsWith("src/") || f.endsWith(".npy") || f === "examples/digits/test.prds")).toEqual([]);
+    expect(
+      files.filter(
+        (f) => f.startsWith("test/") || f.startsWith("src/") || f.endsWith(".npy") || f === "examples/digits/test.prds",
+      ),
+    ).toEqual([]);
     expect(info.size).toBeLessThan(4_000_000);
-    expect(readFileSync(join(REPO_ROOT, "LICENSE"), "utf8")).toMatch(/^MIT License\n\nCopyright \(c\) \d{4} the prunec authors\n/);
+    expect(readFileSync(join(REPO_ROOT, "LICENSE"), "utf8")).toMatch(
+      /^MIT License\n\nCopyright \(c\) \d{4} the prunec authors\n/,
+    );
   });
 
   it("installs without onnxruntime and without install scripts", () => {
     const installed = readdirSync(join(project, "node_modules"));
     expect(installed).toContain("prunec");
     expect(installed.filter((n) => n.startsWith("onnxruntime"))).toEqual([]);
-    const tree = JSON.parse(readFileSync(join(project, "node_modules", ".package-lock.json"), "utf8")) as { packages: Record<string, LockEntry> };
-    expect(Object.entries(tree.packages).filter(([, e]) => e.hasInstallScript).map(([p]) => p)).toEqual([]);
+    const tree = JSON.parse(readFileSync(join(project, "node_modules", ".package-lock.json"), "utf8")) as {
+      packages: Record<string, LockEntry>;
+    };
+    expect(
+      Object.entries(tree.packages)
+        .filter(([, e]) => e.hasInstallScript)
+        .map(([p]) => p),
+    ).toEqual([]);
   });
 
   it("--help, compile, check, fmt and inspect work", () => {
@@ -129,7 +187,11 @@ describe("npm pack, installed offline into an empty project without the optional
     const script = `import { compile } from "prunec"; import { readFileSync } from "node:fs";
       const r = compile(readFileSync("node_modules/prunec/examples/tiny-vit/model.onnx"), "after layer 1 keep 50% by cls-attn");
       console.log(r.report.stages[0].tokensOut);`;
-    const r = spawnSync(process.execPath, ["--input-type=module", "-e", script], { cwd: project, env, encoding: "utf8" });
+    const r = spawnSync(process.execPath, ["--input-type=module", "-e", script], {
+      cwd: project,
+      env,
+      encoding: "utf8",
+    });
     expect(r.stderr).toBe("");
     expect(r.stdout.trim()).toBe("33");
   });
@@ -137,10 +199,26 @@ describe("npm pack, installed offline into an empty project without the optional
   it("eval, bench and report say which optional runtime to install (exit 7), and write nothing", () => {
     const digits = "node_modules/prunec/examples/digits";
     const data = `${digits}/sample.prds`;
-    expect(prunec("eval", `${digits}/model.onnx`, "--data", data)).toEqual({ code: 7, stdout: "", stderr: RUNTIME_MISSING("eval") });
-    expect(prunec("eval", `${digits}/model.onnx`, "--data", data, "--ep", "wasm")).toEqual({ code: 7, stdout: "", stderr: RUNTIME_MISSING("eval", "onnxruntime-web") });
-    expect(prunec("bench", `${digits}/model.onnx`, `${digits}/best.prune`, "--runs", "1")).toEqual({ code: 7, stdout: "", stderr: RUNTIME_MISSING("bench") });
-    expect(prunec("report", `${digits}/model.onnx`, `${digits}/best.prune`, "-o", "report", "--data", data)).toEqual({ code: 7, stdout: "", stderr: RUNTIME_MISSING("report") });
+    expect(prunec("eval", `${digits}/model.onnx`, "--data", data)).toEqual({
+      code: 7,
+      stdout: "",
+      stderr: RUNTIME_MISSING("eval"),
+    });
+    expect(prunec("eval", `${digits}/model.onnx`, "--data", data, "--ep", "wasm")).toEqual({
+      code: 7,
+      stdout: "",
+      stderr: RUNTIME_MISSING("eval", "onnxruntime-web"),
+    });
+    expect(prunec("bench", `${digits}/model.onnx`, `${digits}/best.prune`, "--runs", "1")).toEqual({
+      code: 7,
+      stdout: "",
+      stderr: RUNTIME_MISSING("bench"),
+    });
+    expect(prunec("report", `${digits}/model.onnx`, `${digits}/best.prune`, "-o", "report", "--data", data)).toEqual({
+      code: 7,
+      stdout: "",
+      stderr: RUNTIME_MISSING("report"),
+    });
     expect(existsSync(join(project, "report"))).toBe(false);
   });
 });

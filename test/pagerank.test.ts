@@ -13,7 +13,16 @@ import { compile } from "../src/compile.js";
 import { withOutputs, unfoldProbs } from "./support/model-edit.js";
 import { clsAttnKeep, type Probs } from "./reference/cls-attn.js";
 import { pagerankKeep } from "./reference/attention-scores.js";
-import { expectKeptAsReference, rejection, tinyFeeds, digitsFeeds, kept, expectDenseLogits, vitTiModel, vitTiFeeds } from "./support/cases.js";
+import {
+  expectKeptAsReference,
+  rejection,
+  tinyFeeds,
+  digitsFeeds,
+  kept,
+  expectDenseLogits,
+  vitTiModel,
+  vitTiFeeds,
+} from "./support/cases.js";
 
 const probsOf = (layer: number) => `/encoder/layers/encoder_layer_${layer}/self_attention/Softmax_output_0`;
 const logitsOf = (layer: number) => `/encoder/layers/encoder_layer_${layer}/self_attention/MatMul_1_output_0`;
@@ -32,11 +41,18 @@ interface Case {
 }
 
 const specOf = (c: Case) =>
-  `after layer ${c.layer} keep ${c.percent}% by pagerank` + (c.iterations !== undefined ? `(iterations: ${c.iterations}, temperature: ${c.temperature})` : "");
+  `after layer ${c.layer} keep ${c.percent}% by pagerank` +
+  (c.iterations !== undefined ? `(iterations: ${c.iterations}, temperature: ${c.temperature})` : "");
 
 async function expectReference(model: Uint8Array, feeds: Feeds[], c: Case, heads: number) {
   await expectKeptAsReference(model, specOf(c), feeds, async (f) =>
-    pagerankKeep(await tensor(model, f, logitsOf(c.layer), heads), c.percent, 1, c.iterations ?? 5, c.temperature ?? 0.1),
+    pagerankKeep(
+      await tensor(model, f, logitsOf(c.layer), heads),
+      c.percent,
+      1,
+      c.iterations ?? 5,
+      c.temperature ?? 0.1,
+    ),
   );
 }
 
@@ -63,7 +79,10 @@ describe("pagerank on the built-in tiny ViT (4 layers, 2 heads)", () => {
   it("as the second stage after cls-attn: reads the once-pruned model's logits", async () => {
     const spec = "after layer 0 keep 50% by cls-attn\nafter layer 2 keep 25% by pagerank";
     const { model: pruned, report } = compile(model, spec, { exposeIndices: true });
-    expect(report.stages.map((s) => [s.criterion, s.tokensIn, s.tokensOut])).toEqual([["cls-attn", 65, 33], ["pagerank", 33, 9]]);
+    expect(report.stages.map((s) => [s.criterion, s.tokensIn, s.tokensOut])).toEqual([
+      ["cls-attn", 65, 33],
+      ["pagerank", 33, 9],
+    ]);
     const once = compile(model, "after layer 0 keep 50% by cls-attn").model;
     for (const f of feeds) {
       const first = clsAttnKeep(await tensor(model, f, probsOf(0), 2), 50, 1);
@@ -83,7 +102,10 @@ describe("pagerank on the built-in tiny ViT (4 layers, 2 heads)", () => {
   const rejected: [string, string][] = [
     ["after layer 2 keep 50% by pagerank(iterations: 0)", "iterations must be at least 1, got 0"],
     ["after layer 2 keep 50% by pagerank(temperature: 0)", "temperature must be greater than 0, got 0"],
-    ["after layer 2 keep 50% by pagerank(iterations: 3, temperature: -0.5)", "temperature must be greater than 0, got -0.5"],
+    [
+      "after layer 2 keep 50% by pagerank(iterations: 3, temperature: -0.5)",
+      "temperature must be greater than 0, got -0.5",
+    ],
   ];
   it.each(rejected)("rejects %s, naming the value", (spec, why) => {
     expect(rejection(model, spec)).toBe(

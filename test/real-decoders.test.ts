@@ -46,7 +46,11 @@ const N = 48;
 const IMAGE = Array.from({ length: N }, (_, j) => j >= 8 && j < 40);
 
 /** float32 values of an external initializer, read from the weight file written under `path`. */
-function externalFloats(model: ModelProto, name: string, path: (file: string) => string): { data: Float32Array; dims: number[] } {
+function externalFloats(
+  model: ModelProto,
+  name: string,
+  path: (file: string) => string,
+): { data: Float32Array; dims: number[] } {
   const t = model.graph!.initializer.find((i) => i.name === name)!;
   const entry = (key: string) => t.externalData.find((e) => e.key === key)?.value;
   const length = Number(entry("length"));
@@ -58,7 +62,14 @@ function externalFloats(model: ModelProto, name: string, path: (file: string) =>
 }
 
 /** Rotate-half rotary of one [heads·d] row at `pos` with cos/sin caches [positions, d/2]. */
-function rotate(row: Float32Array, heads: number, d: number, pos: number, cos: Float32Array, sin: Float32Array): Float64Array {
+function rotate(
+  row: Float32Array,
+  heads: number,
+  d: number,
+  pos: number,
+  cos: Float32Array,
+  sin: Float32Array,
+): Float64Array {
   const half = d / 2;
   const out = new Float64Array(row.length);
   for (let h = 0; h < heads; h++) {
@@ -75,7 +86,14 @@ function rotate(row: Float32Array, heads: number, d: number, pos: number, cos: F
 }
 
 /** Mean over heads of the last query's softmax(q·kᵀ/√d) over every key: FastV's scores. */
-function lastRowScores(q: Float64Array, keys: Float32Array, heads: number, kvHeads: number, n: number, d: number): number[] {
+function lastRowScores(
+  q: Float64Array,
+  keys: Float32Array,
+  heads: number,
+  kvHeads: number,
+  n: number,
+  d: number,
+): number[] {
   const scores = new Array<number>(n).fill(0);
   for (let h = 0; h < heads; h++) {
     const g = Math.floor(h / (heads / kvHeads));
@@ -108,43 +126,65 @@ describeShared("FastV in real decoders on synthetic weights", () => {
       const pruned = compile(dense, SPEC, { exposeIndices: true }).model;
       const query = "/model/layers.0/attn/q_norm/Reshape_2/output_0";
       const masked = maskKeysInput(dense, 1);
-      await withWeights(dense, 1, { "dense.onnx": withOutputs(dense, [query]), "pruned.onnx": pruned, "masked.onnx": masked }, async (path) => {
-        const prompt = uniform(N * hidden, 7);
-        // Reference kept set from the dense model's own layer-0 tensors.
-        const dense0 = await runNode(path("dense.onnx"), decoderFeeds(dense, { embeds: prompt, rows: N, total: N }));
-        const cos = externalFloats(model, "cos_cache_local", path).data;
-        const sin = externalFloats(model, "sin_cache_local", path).data;
-        const q = dense0[query]!.data as Float32Array;
-        const last = rotate(q.subarray((N - 1) * heads * d, N * heads * d), heads, d, N - 1, cos, sin);
-        const scores = lastRowScores(last, dense0["present.0.key"]!.data as Float32Array, heads, kvHeads, N, d);
-        const kept = fastvKept(scores, IMAGE, 50);
-        expect(kept).toHaveLength(N - 16);
+      await withWeights(
+        dense,
+        1,
+        { "dense.onnx": withOutputs(dense, [query]), "pruned.onnx": pruned, "masked.onnx": masked },
+        async (path) => {
+          const prompt = uniform(N * hidden, 7);
+          // Reference kept set from the dense model's own layer-0 tensors.
+          const dense0 = await runNode(path("dense.onnx"), decoderFeeds(dense, { embeds: prompt, rows: N, total: N }));
+          const cos = externalFloats(model, "cos_cache_local", path).data;
+          const sin = externalFloats(model, "sin_cache_local", path).data;
+          const q = dense0[query]!.data as Float32Array;
+          const last = rotate(q.subarray((N - 1) * heads * d, N * heads * d), heads, d, N - 1, cos, sin);
+          const scores = lastRowScores(last, dense0["present.0.key"]!.data as Float32Array, heads, kvHeads, N, d);
+          const kept = fastvKept(scores, IMAGE, 50);
+          expect(kept).toHaveLength(N - 16);
 
-        // The compiled model: same kept set, caches N (layer 0) and K' (layer 1).
-        let p = await runNode(path("pruned.onnx"), decoderFeeds(pruned, { embeds: prompt, rows: N, total: N, image: IMAGE }));
-        const idx = p["prunec.stage0.indices"]!;
-        expect(rows(idx.data as BigInt64Array, idx.dims)[0]).toEqual(kept);
-        expect(p["present.0.key"]!.dims).toEqual([1, kvHeads, N, d]);
-        expect(p["present.1.key"]!.dims).toEqual([1, kvHeads, kept.length, d]);
+          // The compiled model: same kept set, caches N (layer 0) and K' (layer 1).
+          let p = await runNode(
+            path("pruned.onnx"),
+            decoderFeeds(pruned, { embeds: prompt, rows: N, total: N, image: IMAGE }),
+          );
+          const idx = p["prunec.stage0.indices"]!;
+          expect(rows(idx.data as BigInt64Array, idx.dims)[0]).toEqual(kept);
+          expect(p["present.0.key"]!.dims).toEqual([1, kvHeads, N, d]);
+          expect(p["present.1.key"]!.dims).toEqual([1, kvHeads, kept.length, d]);
 
-        // Dense with the dropped keys masked from layer 1 on, step by step.
-        const keep = new Set(kept);
-        const mask = (total: number) => Float32Array.from({ length: total }, (_, j) => (j >= N || keep.has(j) ? 0 : MASKED));
-        const maskedFeeds = (step: DecoderStep): Feeds => ({ ...decoderFeeds(masked, step), key_mask: { type: "float32", dims: [1, step.total], data: mask(step.total) } });
-        let m = await runNode(path("masked.onnx"), maskedFeeds({ embeds: prompt, rows: N, total: N }));
-        const scale = largest(m["logits"]!.data as Float32Array);
-        expect(maxAbsDiff(p["logits"]!.data as Float32Array, m["logits"]!.data as Float32Array)).toBeLessThanOrEqual(1e-4 * scale);
-        let token = argmax(p["logits"]!.data as Float32Array);
-        for (let step = 1; step <= STEPS; step++) {
-          const total = N + step;
-          p = await runNode(path("pruned.onnx"), decoderFeeds(pruned, { embeds: embed(token, hidden), rows: 1, total, past: p, image: [false] }));
-          m = await runNode(path("masked.onnx"), maskedFeeds({ embeds: embed(token, hidden), rows: 1, total, past: m }));
-          expect(p["present.1.key"]!.dims[2]).toBe(kept.length + step);
-          expect(maxAbsDiff(p["logits"]!.data as Float32Array, m["logits"]!.data as Float32Array)).toBeLessThanOrEqual(1e-4 * scale);
-          token = argmax(p["logits"]!.data as Float32Array);
-          expect(token).toBe(argmax(m["logits"]!.data as Float32Array));
-        }
-      });
+          // Dense with the dropped keys masked from layer 1 on, step by step.
+          const keep = new Set(kept);
+          const mask = (total: number) =>
+            Float32Array.from({ length: total }, (_, j) => (j >= N || keep.has(j) ? 0 : MASKED));
+          const maskedFeeds = (step: DecoderStep): Feeds => ({
+            ...decoderFeeds(masked, step),
+            key_mask: { type: "float32", dims: [1, step.total], data: mask(step.total) },
+          });
+          let m = await runNode(path("masked.onnx"), maskedFeeds({ embeds: prompt, rows: N, total: N }));
+          const scale = largest(m["logits"]!.data as Float32Array);
+          expect(maxAbsDiff(p["logits"]!.data as Float32Array, m["logits"]!.data as Float32Array)).toBeLessThanOrEqual(
+            1e-4 * scale,
+          );
+          let token = argmax(p["logits"]!.data as Float32Array);
+          for (let step = 1; step <= STEPS; step++) {
+            const total = N + step;
+            p = await runNode(
+              path("pruned.onnx"),
+              decoderFeeds(pruned, { embeds: embed(token, hidden), rows: 1, total, past: p, image: [false] }),
+            );
+            m = await runNode(
+              path("masked.onnx"),
+              maskedFeeds({ embeds: embed(token, hidden), rows: 1, total, past: m }),
+            );
+            expect(p["present.1.key"]!.dims[2]).toBe(kept.length + step);
+            expect(
+              maxAbsDiff(p["logits"]!.data as Float32Array, m["logits"]!.data as Float32Array),
+            ).toBeLessThanOrEqual(1e-4 * scale);
+            token = argmax(p["logits"]!.data as Float32Array);
+            expect(token).toBe(argmax(m["logits"]!.data as Float32Array));
+          }
+        },
+      );
     },
     300_000,
   );
@@ -156,11 +196,19 @@ describeShared("FastV in real decoders on synthetic weights", () => {
       const prunedGraph = decodeModel(pruned).graph!;
       const query = "/model/layers.3/attn/q_mrope/Output/Reshape/output_0";
       const table = "/model/mrope_flattened_cache_interleaved/cos/Concat/output_0";
-      const carriedTable = prunedGraph.node.find((n) => n.name === "/model/layers.7/attn/q_mrope/RotaryEmbedding")!.input[2]!;
+      const carriedTable = prunedGraph.node.find((n) => n.name === "/model/layers.7/attn/q_mrope/RotaryEmbedding")!
+        .input[2]!;
       expect(carriedTable).not.toBe(table);
       const [hidden, heads, kvHeads, d] = [1024, 8, 2, 256];
-      const SUMMANDS = ["/model/layers.3/post_attention_layernorm/output_3", "/model/layers.3/mlp/down_proj/MatMul/output_0"];
-      const files = { "dense.onnx": withOutputs(dense, [query, table, ...SUMMANDS]), "pruned.onnx": withOutputs(pruned, [carriedTable]), "below.onnx": injectStream(dense, SUMMANDS, hidden) };
+      const SUMMANDS = [
+        "/model/layers.3/post_attention_layernorm/output_3",
+        "/model/layers.3/mlp/down_proj/MatMul/output_0",
+      ];
+      const files = {
+        "dense.onnx": withOutputs(dense, [query, table, ...SUMMANDS]),
+        "pruned.onnx": withOutputs(pruned, [carriedTable]),
+        "below.onnx": injectStream(dense, SUMMANDS, hidden),
+      };
       await withWeights(dense, 1, files, async (path) => {
         const prompt = uniform(N * hidden, 7);
         const full = await runNode(path("dense.onnx"), decoderFeeds(dense, { embeds: prompt, rows: N, total: N }));
@@ -187,7 +235,9 @@ describeShared("FastV in real decoders on synthetic weights", () => {
         // Layer 7 rotates the kept tokens with their own (dense) rows of the M-RoPE table.
         const denseRows = full[table]!;
         const width = denseRows.dims[1]!;
-        const expectRows = Float32Array.from(kept!.flatMap((j) => Array.from((denseRows.data as Float32Array).subarray(j * width, (j + 1) * width))));
+        const expectRows = Float32Array.from(
+          kept!.flatMap((j) => Array.from((denseRows.data as Float32Array).subarray(j * width, (j + 1) * width))),
+        );
         expect(p[carriedTable]!.dims).toEqual([kept!.length, width]);
         expect(maxAbsDiff(p[carriedTable]!.data as Float32Array, expectRows)).toBe(0);
         expect(p["present.3.key"]!.dims).toEqual([1, kvHeads, N, d]);
@@ -203,14 +253,22 @@ describeShared("FastV in real decoders on synthetic weights", () => {
         const k = kept!.length;
         const injected: Feeds = {
           ...decoderFeeds(files["below.onnx"], { embeds: new Float32Array(k * hidden), rows: k, total: k }),
-          position_ids: { type: "int64", dims: [3, 1, k], data: BigInt64Array.from({ length: 3 * k }, (_, i) => BigInt(kept![i % k]!)) },
+          position_ids: {
+            type: "int64",
+            dims: [3, 1, k],
+            data: BigInt64Array.from({ length: 3 * k }, (_, i) => BigInt(kept![i % k]!)),
+          },
         };
         for (const t of SUMMANDS) injected[t] = { type: "float32", dims: [1, k, hidden], data: streamRows(t) };
         const below = await runNode(path("below.onnx"), injected);
         const scale = largest(below["logits"]!.data as Float32Array);
-        expect(maxAbsDiff(p["logits"]!.data as Float32Array, below["logits"]!.data as Float32Array)).toBeLessThanOrEqual(1e-4 * scale);
+        expect(
+          maxAbsDiff(p["logits"]!.data as Float32Array, below["logits"]!.data as Float32Array),
+        ).toBeLessThanOrEqual(1e-4 * scale);
         for (const name of ["present.7.key", "present.7.value", "present_recurrent.4", "present_conv.6"]) {
-          expect(maxAbsDiff(p[name]!.data as Float32Array, below[name]!.data as Float32Array)).toBeLessThanOrEqual(1e-4 * Math.max(1, largest(below[name]!.data as Float32Array)));
+          expect(maxAbsDiff(p[name]!.data as Float32Array, below[name]!.data as Float32Array)).toBeLessThanOrEqual(
+            1e-4 * Math.max(1, largest(below[name]!.data as Float32Array)),
+          );
         }
         // Decode steps: the dense model (layers 0–3, full caches) gives the new token's stream
         // entering layer 4; the reference's layers 4–7 continue from their kept-token caches/states.
@@ -220,15 +278,35 @@ describeShared("FastV in real decoders on synthetic weights", () => {
           const token = argmax((p["logits"]!.data as Float32Array).subarray(-VOCAB));
           expect(token).toBe(argmax((ref["logits"]!.data as Float32Array).subarray(-VOCAB)));
           const x = embed(token, hidden);
-          p = await runNode(path("pruned.onnx"), decoderFeeds(pruned, { embeds: x, rows: 1, total: N + step, past: p, firstPosition: N + step - 1 }));
-          a = await runNode(path("dense.onnx"), decoderFeeds(dense, { embeds: x, rows: 1, total: N + step, past: a, firstPosition: N + step - 1 }));
-          const next = decoderFeeds(files["below.onnx"], { embeds: new Float32Array(hidden), rows: 1, total: k + step, past: ref, firstPosition: N + step - 1 });
-          for (const t of SUMMANDS) next[t] = { type: "float32", dims: [1, 1, hidden], data: a[t]!.data as Float32Array };
+          p = await runNode(
+            path("pruned.onnx"),
+            decoderFeeds(pruned, { embeds: x, rows: 1, total: N + step, past: p, firstPosition: N + step - 1 }),
+          );
+          a = await runNode(
+            path("dense.onnx"),
+            decoderFeeds(dense, { embeds: x, rows: 1, total: N + step, past: a, firstPosition: N + step - 1 }),
+          );
+          const next = decoderFeeds(files["below.onnx"], {
+            embeds: new Float32Array(hidden),
+            rows: 1,
+            total: k + step,
+            past: ref,
+            firstPosition: N + step - 1,
+          });
+          for (const t of SUMMANDS)
+            next[t] = { type: "float32", dims: [1, 1, hidden], data: a[t]!.data as Float32Array };
           ref = await runNode(path("below.onnx"), next);
           expect(p["present.3.key"]!.dims[2]).toBe(N + step);
           expect(p["present.7.key"]!.dims[2]).toBe(k + step);
-          expect(maxAbsDiff(p["logits"]!.data as Float32Array, ref["logits"]!.data as Float32Array)).toBeLessThanOrEqual(1e-4 * scale);
-          expect(maxAbsDiff(p["present_recurrent.6"]!.data as Float32Array, ref["present_recurrent.6"]!.data as Float32Array)).toBeLessThanOrEqual(1e-4 * Math.max(1, largest(ref["present_recurrent.6"]!.data as Float32Array)));
+          expect(
+            maxAbsDiff(p["logits"]!.data as Float32Array, ref["logits"]!.data as Float32Array),
+          ).toBeLessThanOrEqual(1e-4 * scale);
+          expect(
+            maxAbsDiff(
+              p["present_recurrent.6"]!.data as Float32Array,
+              ref["present_recurrent.6"]!.data as Float32Array,
+            ),
+          ).toBeLessThanOrEqual(1e-4 * Math.max(1, largest(ref["present_recurrent.6"]!.data as Float32Array)));
         }
       });
     },

@@ -28,7 +28,14 @@ import { residualOutput, truncateToLayers } from "./support/synthetic-weights.js
 import { unfuseMultiHeadAttention } from "./support/unfuse.js";
 import { rows, unfoldProbs, withOutputs } from "./support/model-edit.js";
 import { stageUnion } from "./support/stage-union.js";
-import { GRAPH_ONLY, imageRanges, gemmaFeeds, qwen2Feeds, qwen35Feeds, withWeights } from "./support/graph-only-inputs.js";
+import {
+  GRAPH_ONLY,
+  imageRanges,
+  gemmaFeeds,
+  qwen2Feeds,
+  qwen35Feeds,
+  withWeights,
+} from "./support/graph-only-inputs.js";
 import { carriedTensors, dynamicQuantizersBelow, freezeDynamicQuantization, maskKeys } from "./support/dense-edits.js";
 import { globalAttnKeep, keepCount, type Probs } from "./reference/cls-attn.js";
 import { pagerankKeep } from "./reference/attention-scores.js";
@@ -108,7 +115,9 @@ async function recomputeEqualsTwin(c: RecomputeCase): Promise<void> {
       if (c.references) {
         const expected = /global-attn/.test(spec)
           ? globalAttnKeep(asProbs(b[softmax0.output[0]!]!), 50, 0)
-          : /pagerank/.test(spec) ? pagerankKeep(asProbs(b[softmax0.input[0]!]!), 50, 0) : undefined;
+          : /pagerank/.test(spec)
+            ? pagerankKeep(asProbs(b[softmax0.input[0]!]!), 50, 0)
+            : undefined;
         if (expected) expect(kept, `${spec}: TypeScript reference`).toEqual(expected);
       }
       const diff = maxAbsDiff(f32(a[sa.scores]), f32(b[sb.scores]));
@@ -140,11 +149,31 @@ describeShared("real fused graphs: prunec's recomputed attention equals the unfu
   const qwenSpecs = ["after layer 0 keep 50% by global-attn", "after layer 0 keep 50% by pagerank"];
 
   it("qwen3.5 int8 (2 layers), one 8×8 image: global-attn and pagerank scores and kept sets equal the twin's and the references'", async () => {
-    await recomputeEqualsTwin({ file: GRAPH_ONLY.qwen35, layers: 2, headSize: 64, feeds: qwen35Feeds([[1, 8, 8]], SEED), specs: qwenSpecs, references: true });
+    await recomputeEqualsTwin({
+      file: GRAPH_ONLY.qwen35,
+      layers: 2,
+      headSize: 64,
+      feeds: qwen35Feeds([[1, 8, 8]], SEED),
+      specs: qwenSpecs,
+      references: true,
+    });
   });
 
   it("qwen3.5 int8 (2 layers), two 4×4 images in one call (block-diagonal attention_bias): the same", async () => {
-    await recomputeEqualsTwin({ file: GRAPH_ONLY.qwen35, layers: 2, headSize: 64, feeds: qwen35Feeds([[1, 4, 4], [1, 4, 4]], SEED), specs: qwenSpecs, references: true });
+    await recomputeEqualsTwin({
+      file: GRAPH_ONLY.qwen35,
+      layers: 2,
+      headSize: 64,
+      feeds: qwen35Feeds(
+        [
+          [1, 4, 4],
+          [1, 4, 4],
+        ],
+        SEED,
+      ),
+      specs: qwenSpecs,
+      references: true,
+    });
   });
 
   it("gemma-3 fp32 (1 layer, 4096 tokens): global-attn, pagerank and hiprune(object_layer: 0) scores and kept sets equal the twin's", async () => {
@@ -161,82 +190,120 @@ describeShared("real fused graphs: prunec's recomputed attention equals the unfu
 
 // Measured: pruned vs masked dense rows 0 (Qwen3.5, quantization frozen; 0.073 with dynamic
 // quantization) and 2.4e-6 (Qwen2-VL); masked vs plain dense at the kept rows 0.97 and 1.49.
-describeShared("real graphs: side tensors follow the kept tokens (pruned rows = dense rows with the dropped keys masked below the stage)", () => {
-  it("qwen3.5 int8, two 4×4 images: the block-diagonal attention_bias (rows and columns) and RotaryEmbedding's position_ids are carried", async () => {
-    const grids: [number, number, number][] = [[1, 4, 4], [1, 4, 4]];
-    const sizes = grids.map(([t, h, w]) => t * h * w);
-    const n = sizes.reduce((a, b) => a + b, 0);
-    const feeds = qwen35Feeds(grids, SEED);
-    const cut = truncateToLayers(readFileSync(sharedModel(GRAPH_ONLY.qwen35)), 2);
-    const r0 = residualOutput(cut, 0);
-    const last = residualOutput(cut, 1);
-    const quantizers = dynamicQuantizersBelow(cut, r0);
-    expect(quantizers).toHaveLength(4); // layer 1: q/k/v input, attention output, MLP input, MLP hidden
+describeShared(
+  "real graphs: side tensors follow the kept tokens (pruned rows = dense rows with the dropped keys masked below the stage)",
+  () => {
+    it("qwen3.5 int8, two 4×4 images: the block-diagonal attention_bias (rows and columns) and RotaryEmbedding's position_ids are carried", async () => {
+      const grids: [number, number, number][] = [
+        [1, 4, 4],
+        [1, 4, 4],
+      ];
+      const sizes = grids.map(([t, h, w]) => t * h * w);
+      const n = sizes.reduce((a, b) => a + b, 0);
+      const feeds = qwen35Feeds(grids, SEED);
+      const cut = truncateToLayers(readFileSync(sharedModel(GRAPH_ONLY.qwen35)), 2);
+      const r0 = residualOutput(cut, 0);
+      const last = residualOutput(cut, 1);
+      const quantizers = dynamicQuantizersBelow(cut, r0);
+      expect(quantizers).toHaveLength(4); // layer 1: q/k/v input, attention output, MLP input, MLP hidden
 
-    await withWeights(cut, SEED, { "probe.onnx": withOutputs(withOutputs(cut, quantizers.map((q) => q.scale)), quantizers.map((q) => q.zeroPoint), 2) }, async (path) => {
-      // DynamicQuantizeLinear's per-tensor range spans the tokens it sees: freeze it at the dense run's
-      // parameters (the dense outputs stay the same), so that rows can be compared exactly.
-      const probe = await runNode(path("probe.onnx"), feeds);
-      const frozen = freezeDynamicQuantization(cut, new Map(quantizers.map((q) => [q.node, { scale: f32(probe[q.scale])[0]!, zeroPoint: probe[q.zeroPoint]!.data[0] as number }])));
-      const spec = "after layer 0 keep 50% by global-attn";
-      const pruned = compile(frozen, spec, { exposeIndices: true }).model;
-      expect(carriedTensors(pruned, 0)).toEqual(["/model/vision_rope/attn_mask/UnsqueezeBatchHead/output_0", "/model/vision_rope/pos_ids/Unsqueeze/output_0"]);
-      writeFileSync(path("pruned.onnx"), pruned);
-      writeFileSync(path("dense.onnx"), cut);
-      writeFileSync(path("frozen.onnx"), frozen);
-      writeFileSync(path("pruned-dynamic.onnx"), compile(cut, spec, { exposeIndices: true }).model);
+      await withWeights(
+        cut,
+        SEED,
+        {
+          "probe.onnx": withOutputs(
+            withOutputs(
+              cut,
+              quantizers.map((q) => q.scale),
+            ),
+            quantizers.map((q) => q.zeroPoint),
+            2,
+          ),
+        },
+        async (path) => {
+          // DynamicQuantizeLinear's per-tensor range spans the tokens it sees: freeze it at the dense run's
+          // parameters (the dense outputs stay the same), so that rows can be compared exactly.
+          const probe = await runNode(path("probe.onnx"), feeds);
+          const frozen = freezeDynamicQuantization(
+            cut,
+            new Map(
+              quantizers.map((q) => [
+                q.node,
+                { scale: f32(probe[q.scale])[0]!, zeroPoint: probe[q.zeroPoint]!.data[0] as number },
+              ]),
+            ),
+          );
+          const spec = "after layer 0 keep 50% by global-attn";
+          const pruned = compile(frozen, spec, { exposeIndices: true }).model;
+          expect(carriedTensors(pruned, 0)).toEqual([
+            "/model/vision_rope/attn_mask/UnsqueezeBatchHead/output_0",
+            "/model/vision_rope/pos_ids/Unsqueeze/output_0",
+          ]);
+          writeFileSync(path("pruned.onnx"), pruned);
+          writeFileSync(path("dense.onnx"), cut);
+          writeFileSync(path("frozen.onnx"), frozen);
+          writeFileSync(path("pruned-dynamic.onnx"), compile(cut, spec, { exposeIndices: true }).model);
 
-      const out = await runNode(path("pruned.onnx"), feeds, ["prunec.stage0.indices", last]);
-      const kept = keptOf(out["prunec.stage0.indices"])[0]!;
-      expect(kept).toHaveLength(keepCount(50, n));
-      // Both images keep tokens, and the kept positions are not a prefix (positions 0..K-1 would hide a missed position gather).
-      for (const [s, e] of imageRanges(sizes)) expect(kept.some((t) => t >= s && t < e)).toBe(true);
-      expect(kept.some((t, i) => t !== i)).toBe(true);
+          const out = await runNode(path("pruned.onnx"), feeds, ["prunec.stage0.indices", last]);
+          const kept = keptOf(out["prunec.stage0.indices"])[0]!;
+          expect(kept).toHaveLength(keepCount(50, n));
+          // Both images keep tokens, and the kept positions are not a prefix (positions 0..K-1 would hide a missed position gather).
+          for (const [s, e] of imageRanges(sizes)) expect(kept.some((t) => t >= s && t < e)).toBe(true);
+          expect(kept.some((t, i) => t !== i)).toBe(true);
 
-      writeFileSync(path("masked.onnx"), maskKeys(frozen, 1, kept, n));
-      const masked = (await runNode(path("masked.onnx"), feeds, [last]))[last]!;
-      const plain = (await runNode(path("frozen.onnx"), feeds, [last]))[last]!;
-      const dense = (await runNode(path("dense.onnx"), feeds, [last]))[last]!;
-      // Freezing at the dense run's parameters leaves the dense outputs as they were (measured: bitwise equal).
-      expect(maxAbsDiff(f32(plain), f32(dense))).toBeLessThanOrEqual(OUTPUT_TOLERANCE);
+          writeFileSync(path("masked.onnx"), maskKeys(frozen, 1, kept, n));
+          const masked = (await runNode(path("masked.onnx"), feeds, [last]))[last]!;
+          const plain = (await runNode(path("frozen.onnx"), feeds, [last]))[last]!;
+          const dense = (await runNode(path("dense.onnx"), feeds, [last]))[last]!;
+          // Freezing at the dense run's parameters leaves the dense outputs as they were (measured: bitwise equal).
+          expect(maxAbsDiff(f32(plain), f32(dense))).toBeLessThanOrEqual(OUTPUT_TOLERANCE);
 
-      expect(out[last]!.dims).toEqual([kept.length, 768]);
-      expect(maxAbsDiff(f32(out[last]), rowsAt(masked, kept))).toBeLessThanOrEqual(OUTPUT_TOLERANCE);
-      expect(maxAbsDiff(rowsAt(plain, kept), rowsAt(masked, kept))).toBeGreaterThan(MASKING_MATTERS);
+          expect(out[last]!.dims).toEqual([kept.length, 768]);
+          expect(maxAbsDiff(f32(out[last]), rowsAt(masked, kept))).toBeLessThanOrEqual(OUTPUT_TOLERANCE);
+          expect(maxAbsDiff(rowsAt(plain, kept), rowsAt(masked, kept))).toBeGreaterThan(MASKING_MATTERS);
 
-      // With dynamic quantization, the pruned model quantizes layer 1 with ranges over the kept tokens
-      // only: same kept set, rows that differ from the masked dense ones by more than rounding.
-      const dynamic = await runNode(path("pruned-dynamic.onnx"), feeds, ["prunec.stage0.indices", last]);
-      expect(keptOf(dynamic["prunec.stage0.indices"])[0]).toEqual(kept);
-      writeFileSync(path("masked-dynamic.onnx"), maskKeys(cut, 1, kept, n));
-      const maskedDynamic = (await runNode(path("masked-dynamic.onnx"), feeds, [last]))[last]!;
-      expect(maxAbsDiff(f32(dynamic[last]), rowsAt(maskedDynamic, kept))).toBeGreaterThan(OUTPUT_TOLERANCE);
+          // With dynamic quantization, the pruned model quantizes layer 1 with ranges over the kept tokens
+          // only: same kept set, rows that differ from the masked dense ones by more than rounding.
+          const dynamic = await runNode(path("pruned-dynamic.onnx"), feeds, ["prunec.stage0.indices", last]);
+          expect(keptOf(dynamic["prunec.stage0.indices"])[0]).toEqual(kept);
+          writeFileSync(path("masked-dynamic.onnx"), maskKeys(cut, 1, kept, n));
+          const maskedDynamic = (await runNode(path("masked-dynamic.onnx"), feeds, [last]))[last]!;
+          expect(maxAbsDiff(f32(dynamic[last]), rowsAt(maskedDynamic, kept))).toBeGreaterThan(OUTPUT_TOLERANCE);
+        },
+      );
     });
-  });
 
-  it("qwen2-vl torch export, an 8×8 and a 4×4 image: the attention mask (rows and columns) and the rotary cos/sin tables are carried", async () => {
-    const grids: [number, number][] = [[8, 8], [4, 4]];
-    const sizes = grids.map(([h, w]) => h * w);
-    const n = sizes.reduce((a, b) => a + b, 0);
-    const feeds = qwen2Feeds(grids, SEED);
-    const cut = truncateToLayers(readFileSync(sharedModel(GRAPH_ONLY.qwen2)), 2);
-    const last = residualOutput(cut, 1);
-    const pruned = compile(cut, "after layer 0 keep 50% by norm", { exposeIndices: true }).model;
-    expect(carriedTensors(pruned, 0)).toEqual(["/visual/blocks.0/attn/Cast_1_output_0", "/visual/blocks.0/attn/Cast_2_output_0", "/visual/blocks.1/attn/Cast_8_output_0"]);
+    it("qwen2-vl torch export, an 8×8 and a 4×4 image: the attention mask (rows and columns) and the rotary cos/sin tables are carried", async () => {
+      const grids: [number, number][] = [
+        [8, 8],
+        [4, 4],
+      ];
+      const sizes = grids.map(([h, w]) => h * w);
+      const n = sizes.reduce((a, b) => a + b, 0);
+      const feeds = qwen2Feeds(grids, SEED);
+      const cut = truncateToLayers(readFileSync(sharedModel(GRAPH_ONLY.qwen2)), 2);
+      const last = residualOutput(cut, 1);
+      const pruned = compile(cut, "after layer 0 keep 50% by norm", { exposeIndices: true }).model;
+      expect(carriedTensors(pruned, 0)).toEqual([
+        "/visual/blocks.0/attn/Cast_1_output_0",
+        "/visual/blocks.0/attn/Cast_2_output_0",
+        "/visual/blocks.1/attn/Cast_8_output_0",
+      ]);
 
-    await withWeights(cut, SEED, { "pruned.onnx": pruned, "dense.onnx": cut }, async (path) => {
-      const out = await runNode(path("pruned.onnx"), feeds, ["prunec.stage0.indices", last]);
-      const kept = keptOf(out["prunec.stage0.indices"])[0]!;
-      expect(kept).toHaveLength(keepCount(50, n));
-      for (const [s, e] of imageRanges(sizes)) expect(kept.some((t) => t >= s && t < e)).toBe(true);
-      expect(kept.some((t, i) => t !== i)).toBe(true);
+      await withWeights(cut, SEED, { "pruned.onnx": pruned, "dense.onnx": cut }, async (path) => {
+        const out = await runNode(path("pruned.onnx"), feeds, ["prunec.stage0.indices", last]);
+        const kept = keptOf(out["prunec.stage0.indices"])[0]!;
+        expect(kept).toHaveLength(keepCount(50, n));
+        for (const [s, e] of imageRanges(sizes)) expect(kept.some((t) => t >= s && t < e)).toBe(true);
+        expect(kept.some((t, i) => t !== i)).toBe(true);
 
-      writeFileSync(path("masked.onnx"), maskKeys(cut, 1, kept, n));
-      const masked = (await runNode(path("masked.onnx"), feeds, [last]))[last]!;
-      const plain = (await runNode(path("dense.onnx"), feeds, [last]))[last]!;
-      expect(out[last]!.dims).toEqual([kept.length, 1280]);
-      expect(maxAbsDiff(f32(out[last]), rowsAt(masked, kept))).toBeLessThanOrEqual(OUTPUT_TOLERANCE);
-      expect(maxAbsDiff(rowsAt(plain, kept), rowsAt(masked, kept))).toBeGreaterThan(MASKING_MATTERS);
+        writeFileSync(path("masked.onnx"), maskKeys(cut, 1, kept, n));
+        const masked = (await runNode(path("masked.onnx"), feeds, [last]))[last]!;
+        const plain = (await runNode(path("dense.onnx"), feeds, [last]))[last]!;
+        expect(out[last]!.dims).toEqual([kept.length, 1280]);
+        expect(maxAbsDiff(f32(out[last]), rowsAt(masked, kept))).toBeLessThanOrEqual(OUTPUT_TOLERANCE);
+        expect(maxAbsDiff(rowsAt(plain, kept), rowsAt(masked, kept))).toBeGreaterThan(MASKING_MATTERS);
+      });
     });
-  });
-});
+  },
+);

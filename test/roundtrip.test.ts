@@ -51,15 +51,18 @@ describe("decode → encode round trip", () => {
   // Without ../shared only the example is covered; say so with a visible skip.
   if (!hasShared) it.skip(sharedTitle("every .onnx under ../shared/models"), () => {});
 
-  it.each([EXAMPLE, ...sharedFiles].map((p) => [label(p), p] as const))("%s: byte-identical, equal field by field", (_name, path) => {
-    const bytes = new Uint8Array(readFileSync(path));
-    const model = decodeModel(bytes, path);
-    const again = encodeModel(model);
-    const at = firstDiff(bytes, again);
-    expect(at, `first differing byte at ${at} (sizes ${bytes.length} → ${again.length})`).toBe(-1);
-    const redecoded = decodeModel(again, `${path} (re-encoded)`);
-    expect(sameModel(model, redecoded)).toBe(true);
-  });
+  it.each([EXAMPLE, ...sharedFiles].map((p) => [label(p), p] as const))(
+    "%s: byte-identical, equal field by field",
+    (_name, path) => {
+      const bytes = new Uint8Array(readFileSync(path));
+      const model = decodeModel(bytes, path);
+      const again = encodeModel(model);
+      const at = firstDiff(bytes, again);
+      expect(at, `first differing byte at ${at} (sizes ${bytes.length} → ${again.length})`).toBe(-1);
+      const redecoded = decodeModel(again, `${path} (re-encoded)`);
+      expect(sameModel(model, redecoded)).toBe(true);
+    },
+  );
 });
 
 // Wire-format helpers for the synthetic unknown-field test.
@@ -138,7 +141,8 @@ describe("weights are not copied", () => {
 const PYTHON = process.env["PRUNEC_PYTHON"] ?? "/usr/bin/python3";
 const CHECKER = join(REPO_ROOT, "scripts", "onnx_check.py");
 const hasPyOnnx = spawnSync(PYTHON, ["-c", "import onnx"], { stdio: "ignore" }).status === 0;
-const checkerTitle = (t: string) => (hasPyOnnx ? t : `${t} (needs ${PYTHON} with onnx: missing; apt-get install python3-onnx)`);
+const checkerTitle = (t: string) =>
+  hasPyOnnx ? t : `${t} (needs ${PYTHON} with onnx: missing; apt-get install python3-onnx)`;
 
 describe.skipIf(!hasPyOnnx)(checkerTitle("onnx.checker: a clean model stays clean after decode → encode"), () => {
   const tmp = mkdtempSync(join(tmpdir(), "prunec-roundtrip-"));

@@ -28,7 +28,25 @@ function model(n: number, d: number, k: number, prefix: number, lowering: "index
   } else {
     out = selectAndGatherFloat(b, "scores", "stream", n, k, prefix).output;
   }
-  const io = (name: string, dims: (number | string)[]) => ({ name, type: { value: { case: "tensorType" as const, value: { elemType: 1, shape: { dim: dims.map((x) => ({ value: typeof x === "number" ? { case: "dimValue" as const, value: BigInt(x) } : { case: "dimParam" as const, value: x } })) } } } } });
+  const io = (name: string, dims: (number | string)[]) => ({
+    name,
+    type: {
+      value: {
+        case: "tensorType" as const,
+        value: {
+          elemType: 1,
+          shape: {
+            dim: dims.map((x) => ({
+              value:
+                typeof x === "number"
+                  ? { case: "dimValue" as const, value: BigInt(x) }
+                  : { case: "dimParam" as const, value: x },
+            })),
+          },
+        },
+      },
+    },
+  });
   const graph = create(GraphProtoSchema, {
     name: "g",
     node: [...b.nodes, makeNode("Identity", [out], ["y"], "out")],
@@ -36,7 +54,13 @@ function model(n: number, d: number, k: number, prefix: number, lowering: "index
     input: [io("scores", ["B", n]), io("stream", ["B", n + prefix, d])],
     output: [io("y", ["B", k + prefix, d])],
   } as never);
-  return encodeModel(create(ModelProtoSchema, { irVersion: 8n, opsetImport: [create(OperatorSetIdProtoSchema, { domain: "", version: 17n })], graph }));
+  return encodeModel(
+    create(ModelProtoSchema, {
+      irVersion: 8n,
+      opsetImport: [create(OperatorSetIdProtoSchema, { domain: "", version: 17n })],
+      graph,
+    }),
+  );
 }
 
 describe("index and float-keys selection agree, ties included", () => {
@@ -52,14 +76,20 @@ describe("index and float-keys selection agree, ties included", () => {
           const batch = 3;
           const scores = new Float32Array(batch * n).map((_, i) => ((i * 7919 + seed * 31) % 5) / 4); // values in {0, .25, .5, .75, 1}
           const stream = new Float32Array(batch * (n + prefix) * d).map((_, i) => i);
-          const feeds = { scores: { type: "float32" as const, dims: [batch, n], data: scores }, stream: { type: "float32" as const, dims: [batch, n + prefix, d], data: stream } };
+          const feeds = {
+            scores: { type: "float32" as const, dims: [batch, n], data: scores },
+            stream: { type: "float32" as const, dims: [batch, n + prefix, d], data: stream },
+          };
           const a = (await runNode(model(n, d, k, prefix, "index"), feeds, ["y"])).y!;
           const f = (await runNode(model(n, d, k, prefix, "float-keys"), feeds, ["y"])).y!;
           expect(Array.from(f.data as Float32Array)).toEqual(Array.from(a.data as Float32Array));
           // and both keep what the reference keeps
           for (let e = 0; e < batch; e++) {
             const keep = topKPositions(Array.from(scores.subarray(e * n, (e + 1) * n)), k, prefix);
-            const rowsOut = Array.from({ length: k + prefix }, (_, t) => (a.data as Float32Array)[(e * (k + prefix) + t) * d]! / d - e * (n + prefix));
+            const rowsOut = Array.from(
+              { length: k + prefix },
+              (_, t) => (a.data as Float32Array)[(e * (k + prefix) + t) * d]! / d - e * (n + prefix),
+            );
             expect(rowsOut).toEqual(keep);
           }
         },
@@ -78,8 +108,17 @@ describe("--target webgpu: each stage reports the lowering it got, and why when 
     expect(stage("after layer 1 keep 50% by cls-attn with recycle", "cpu").loweringNote).toBeUndefined();
   });
   it("a stage that needs the kept indices falls back to index lowering, and says why", () => {
-    expect(stage("after layer 1 keep 50% by cls-attn with recycle", "webgpu")).toMatchObject({ lowering: "index", loweringNote: "'with recycle' needs the kept indices" });
-    expect(stage("after layer 1 keep mass 50% by cls-attn", "webgpu")).toMatchObject({ lowering: "index", loweringNote: "the count differs per example" });
-    expect(stage("after layer 1 merge 10 tokens by similarity", "webgpu")).toMatchObject({ lowering: "index", loweringNote: "merge stages have one lowering (one-hot MatMul; TopK indices)" });
+    expect(stage("after layer 1 keep 50% by cls-attn with recycle", "webgpu")).toMatchObject({
+      lowering: "index",
+      loweringNote: "'with recycle' needs the kept indices",
+    });
+    expect(stage("after layer 1 keep mass 50% by cls-attn", "webgpu")).toMatchObject({
+      lowering: "index",
+      loweringNote: "the count differs per example",
+    });
+    expect(stage("after layer 1 merge 10 tokens by similarity", "webgpu")).toMatchObject({
+      lowering: "index",
+      loweringNote: "merge stages have one lowering (one-hot MatMul; TopK indices)",
+    });
   });
 });

@@ -23,10 +23,18 @@ type DeclDim = number | string | null;
 function valueInfo(name: string, dims: DeclDim[], elemType = 1): ValueInfoProto {
   const dim = dims.map((d) =>
     create(TensorShapeProto_DimensionSchema, {
-      value: d === null ? { case: undefined } : typeof d === "number" ? { case: "dimValue", value: BigInt(d) } : { case: "dimParam", value: d },
-    }));
+      value:
+        d === null
+          ? { case: undefined }
+          : typeof d === "number"
+            ? { case: "dimValue", value: BigInt(d) }
+            : { case: "dimParam", value: d },
+    }),
+  );
   const shape = create(TensorShapeProtoSchema, { dim });
-  const type = create(TypeProtoSchema, { value: { case: "tensorType", value: create(TypeProto_TensorSchema, { elemType, shape }) } });
+  const type = create(TypeProtoSchema, {
+    value: { case: "tensorType", value: create(TypeProto_TensorSchema, { elemType, shape }) },
+  });
   return create(ValueInfoProtoSchema, { name, type });
 }
 
@@ -38,21 +46,36 @@ interface Spec {
 }
 
 function graphOf(spec: Spec): Graph {
-  return new Graph(create(GraphProtoSchema, {
-    input: Object.entries(spec.inputs ?? {}).map(([n, d]) => valueInfo(n, d)),
-    initializer: spec.inits ?? [],
-    node: spec.nodes,
-    valueInfo: Object.entries(spec.valueInfo ?? {}).map(([n, d]) => valueInfo(n, d)),
-  }));
+  return new Graph(
+    create(GraphProtoSchema, {
+      input: Object.entries(spec.inputs ?? {}).map(([n, d]) => valueInfo(n, d)),
+      initializer: spec.inits ?? [],
+      node: spec.nodes,
+      valueInfo: Object.entries(spec.valueInfo ?? {}).map(([n, d]) => valueInfo(n, d)),
+    }),
+  );
 }
 
 let nodeCount = 0;
-const node = (op: string, ins: string[], outs: string[], attrs: Record<string, AttrValue> = {}, domain = ""): NodeProto =>
-  makeNode(op, ins, outs, `n${nodeCount++}`, attrs, domain);
+const node = (
+  op: string,
+  ins: string[],
+  outs: string[],
+  attrs: Record<string, AttrValue> = {},
+  domain = "",
+): NodeProto => makeNode(op, ins, outs, `n${nodeCount++}`, attrs, domain);
 const i64 = (name: string, values: number[], dims?: number[]): TensorProto => int64Tensor(name, values, dims);
 
 /** Shape of `out` after inferring a one-node graph over inputs `x` (and any constants). */
-function one(op: string, inputs: Record<string, DeclDim[]>, ins: string[], attrs: Record<string, AttrValue> = {}, inits: TensorProto[] = [], domain = "", outs = ["y"]): (Shape | undefined)[] {
+function one(
+  op: string,
+  inputs: Record<string, DeclDim[]>,
+  ins: string[],
+  attrs: Record<string, AttrValue> = {},
+  inits: TensorProto[] = [],
+  domain = "",
+  outs = ["y"],
+): (Shape | undefined)[] {
   const shapes = inferShapes(graphOf({ inputs, inits, nodes: [node(op, ins, outs, attrs, domain)] }), { strict: true });
   return outs.map((o) => shapes.get(o));
 }
@@ -113,19 +136,33 @@ describe("shape rules", () => {
 
   it("Conv and pools: numeric, symbolic, SAME padding", () => {
     const w = floatTensor("w", new Array(192 * 3 * 16 * 16).fill(0), [192, 3, 16, 16]);
-    expect(one("Conv", { x: ["b", 3, 224, "width"] }, ["x", "w"], { strides: [16, 16] }, [w])).toEqual([["b", 192, 14, "floor(width/16)"]]);
+    expect(one("Conv", { x: ["b", 3, 224, "width"] }, ["x", "w"], { strides: [16, 16] }, [w])).toEqual([
+      ["b", 192, 14, "floor(width/16)"],
+    ]);
     const w3 = floatTensor("w", new Array(8 * 3 * 3 * 3).fill(0), [8, 3, 3, 3]);
-    expect(one("Conv", { x: [1, 3, "h", 10] }, ["x", "w"], { pads: [1, 1, 1, 1], strides: [2, 2] }, [w3])).toEqual([[1, 8, "floor((h+1)/2)", 5]]);
-    expect(one("Conv", { x: [1, 3, "h", 10] }, ["x", "w"], { auto_pad: "SAME_UPPER", strides: [2, 2] }, [w3])).toEqual([[1, 8, "ceil(h/2)", 5]]);
-    expect(one("MaxPool", { x: [1, 8, 7, 7] }, ["x"], { kernel_shape: [2, 2], strides: [2, 2], ceil_mode: 1 })).toEqual([[1, 8, 4, 4]]);
-    expect(one("AveragePool", { x: ["b", 8, 64, 64] }, ["x"], { kernel_shape: [4, 4], strides: [4, 4] })).toEqual([["b", 8, 16, 16]]);
+    expect(one("Conv", { x: [1, 3, "h", 10] }, ["x", "w"], { pads: [1, 1, 1, 1], strides: [2, 2] }, [w3])).toEqual([
+      [1, 8, "floor((h+1)/2)", 5],
+    ]);
+    expect(one("Conv", { x: [1, 3, "h", 10] }, ["x", "w"], { auto_pad: "SAME_UPPER", strides: [2, 2] }, [w3])).toEqual([
+      [1, 8, "ceil(h/2)", 5],
+    ]);
+    expect(one("MaxPool", { x: [1, 8, 7, 7] }, ["x"], { kernel_shape: [2, 2], strides: [2, 2], ceil_mode: 1 })).toEqual(
+      [[1, 8, 4, 4]],
+    );
+    expect(one("AveragePool", { x: ["b", 8, 64, 64] }, ["x"], { kernel_shape: [4, 4], strides: [4, 4] })).toEqual([
+      ["b", 8, 16, 16],
+    ]);
     expect(one("GlobalAveragePool", { x: ["b", 8, 7, 7] }, ["x"])).toEqual([["b", 8, 1, 1]]);
   });
 
   it("Reshape: 0 copies, -1 infers, allowzero keeps 0", () => {
-    expect(one("Reshape", { x: ["b", "s", 768] }, ["x", "t"], {}, [i64("t", [0, 0, 12, -1])])).toEqual([["b", "s", 12, 64]]);
+    expect(one("Reshape", { x: ["b", "s", 768] }, ["x", "t"], {}, [i64("t", [0, 0, 12, -1])])).toEqual([
+      ["b", "s", 12, 64],
+    ]);
     expect(one("Reshape", { x: ["b", "s", 768] }, ["x", "t"], {}, [i64("t", [-1, 768])])).toEqual([["b*s", 768]]);
-    expect(one("Reshape", { x: ["hw", 1280] }, ["x", "t"], {}, [i64("t", [-1, 5120])])).toEqual([["floor(hw/4)", 5120]]);
+    expect(one("Reshape", { x: ["hw", 1280] }, ["x", "t"], {}, [i64("t", [-1, 5120])])).toEqual([
+      ["floor(hw/4)", 5120],
+    ]);
     expect(one("Reshape", { x: [0, 4] }, ["x", "t"], { allowzero: 1 }, [i64("t", [0, 4])])).toEqual([[0, 4]]);
     // Target computed at run time from an unknown source: right rank, fresh dims.
     const [s] = one("Reshape", { x: ["b", 4], t: [3] }, ["x", "t"]);
@@ -138,14 +175,26 @@ describe("shape rules", () => {
     expect(one("Flatten", { x: ["b", 3, 4, 5] }, ["x"], { axis: 2 })).toEqual([["b*3", 20]]);
     expect(one("Concat", { a: ["b", 1, 8], c: ["b", "s", 8] }, ["a", "c"], { axis: 1 })).toEqual([["b", "s+1", 8]]);
     expect(one("Tile", { x: ["s", 1, 40] }, ["x", "r"], {}, [i64("r", [1, 1, 2])])).toEqual([["s", 1, 80]]);
-    expect(one("Pad", { x: [1, 3, "h", 5] }, ["x", "p"], {}, [i64("p", [0, 0, 1, 2, 0, 0, 1, 2])])).toEqual([[1, 3, "h+2", 9]]);
+    expect(one("Pad", { x: [1, 3, "h", 5] }, ["x", "p"], {}, [i64("p", [0, 0, 1, 2, 0, 0, 1, 2])])).toEqual([
+      [1, 3, "h+2", 9],
+    ]);
     expect(one("Expand", { x: [1, 1, 8] }, ["x", "t"], {}, [i64("t", [4, 1, 1])])).toEqual([[4, 1, 8]]);
   });
 
   it("Split: input sizes, attribute sizes, equal parts", () => {
-    expect(one("Split", { x: [3, "s", 8] }, ["x", "sp"], { axis: 0 }, [i64("sp", [1, 2])], "", ["p", "q"])).toEqual([[1, "s", 8], [2, "s", 8]]);
-    expect(one("Split", { x: ["s", 12] }, ["x"], { axis: 1, split: [4, 8] }, [], "", ["p", "q"])).toEqual([["s", 4], ["s", 8]]);
-    expect(one("Split", { x: ["s", 12] }, ["x"], { axis: -1 }, [], "", ["p", "q", "r"])).toEqual([["s", 4], ["s", 4], ["s", 4]]);
+    expect(one("Split", { x: [3, "s", 8] }, ["x", "sp"], { axis: 0 }, [i64("sp", [1, 2])], "", ["p", "q"])).toEqual([
+      [1, "s", 8],
+      [2, "s", 8],
+    ]);
+    expect(one("Split", { x: ["s", 12] }, ["x"], { axis: 1, split: [4, 8] }, [], "", ["p", "q"])).toEqual([
+      ["s", 4],
+      ["s", 8],
+    ]);
+    expect(one("Split", { x: ["s", 12] }, ["x"], { axis: -1 }, [], "", ["p", "q", "r"])).toEqual([
+      ["s", 4],
+      ["s", 4],
+      ["s", 4],
+    ]);
   });
 
   it("Slice: clamping, negative indices, INT64_MAX ends, steps, symbolic dims", () => {
@@ -176,7 +225,10 @@ describe("shape rules", () => {
     expect(one("ReduceMean", { x: ["b", "s", 8] }, ["x"], { axes: [-1] })).toEqual([["b", "s", 1]]);
     expect(one("ReduceSum", { x: ["b", "s", 8] }, ["x", "a"], { keepdims: 0 }, [i64("a", [1])])).toEqual([["b", 8]]);
     expect(one("ReduceMax", { x: ["b", "s", 8] }, ["x"], { keepdims: 0 })).toEqual([[]]);
-    expect(one("TopK", { x: ["b", 100] }, ["x", "k"], {}, [i64("k", [5])], "", ["v", "i"])).toEqual([["b", 5], ["b", 5]]);
+    expect(one("TopK", { x: ["b", 100] }, ["x", "k"], {}, [i64("k", [5])], "", ["v", "i"])).toEqual([
+      ["b", 5],
+      ["b", 5],
+    ]);
   });
 
   it("shape tensors: Shape(start,end), ConstantOfShape, Range", () => {
@@ -227,7 +279,13 @@ describe("shape rules", () => {
   it("decides Equal/Where on sizes (torch's expand(-1) pattern)", () => {
     const g = graphOf({
       inputs: { x: ["b", 196, 192] },
-      inits: [i64("i0", [0], []), i64("ax", [0]), i64("m1", [-1]), i64("neg", [-1, -1]), floatTensor("tok", new Array(192).fill(0), [1, 1, 192])],
+      inits: [
+        i64("i0", [0], []),
+        i64("ax", [0]),
+        i64("m1", [-1]),
+        i64("neg", [-1, -1]),
+        floatTensor("tok", new Array(192).fill(0), [1, 1, 192]),
+      ],
       nodes: [
         node("Shape", ["x"], ["sh"]),
         node("Gather", ["sh", "i0"], ["b"]),
@@ -248,29 +306,99 @@ describe("shape rules", () => {
   });
 
   it("contrib ops: MultiHeadAttention, GroupQueryAttention, MatMulNBits, quantization", () => {
-    expect(one("MultiHeadAttention", { q: ["b", "s", 1152], k: ["b", "s", 1152], v: ["b", "s", 1152] }, ["q", "k", "v"], { num_heads: 16 }, [], "com.microsoft"))
-      .toEqual([["b", "s", 1152]]);
-    expect(one("MultiHeadAttention", { q: ["b", "s", 512], k: ["b", 8, "L", 64], v: ["b", 8, "L", 32] }, ["q", "k", "v"], { num_heads: 8 }, [], "com.microsoft"))
-      .toEqual([["b", "s", 256]]);
-    const gqa = one("GroupQueryAttention",
+    expect(
+      one(
+        "MultiHeadAttention",
+        { q: ["b", "s", 1152], k: ["b", "s", 1152], v: ["b", "s", 1152] },
+        ["q", "k", "v"],
+        { num_heads: 16 },
+        [],
+        "com.microsoft",
+      ),
+    ).toEqual([["b", "s", 1152]]);
+    expect(
+      one(
+        "MultiHeadAttention",
+        { q: ["b", "s", 512], k: ["b", 8, "L", 64], v: ["b", 8, "L", 32] },
+        ["q", "k", "v"],
+        { num_heads: 8 },
+        [],
+        "com.microsoft",
+      ),
+    ).toEqual([["b", "s", 256]]);
+    const gqa = one(
+      "GroupQueryAttention",
       { q: ["b", "s", 2048], k: ["b", "s", 1024], v: ["b", "s", 1024], pk: ["b", 4, "p", 256], pv: ["b", 4, "p", 256] },
-      ["q", "k", "v", "pk", "pv"], { num_heads: 8, kv_num_heads: 4 }, [], "com.microsoft", ["o", "pk2", "pv2"]);
-    expect(gqa).toEqual([["b", "s", 2048], ["b", 4, "p+s", 256], ["b", 4, "p+s", 256]]);
-    expect(one("GroupQueryAttention", { qkv: ["b", "s", 4096] }, ["qkv"], { num_heads: 16, kv_num_heads: 8 }, [], "com.microsoft"))
-      .toEqual([["b", "s", 2048]]);
-    expect(one("MatMulNBits", { a: ["b", "s", 1152] }, ["a"], { K: 1152, N: 4304, bits: 4, block_size: 32 }, [], "com.microsoft")).toEqual([["b", "s", 4304]]);
-    expect(one("DynamicQuantizeLinear", { a: ["s", 768] }, ["a"], {}, [], "", ["q", "sc", "zp"])).toEqual([["s", 768], [], []]);
+      ["q", "k", "v", "pk", "pv"],
+      { num_heads: 8, kv_num_heads: 4 },
+      [],
+      "com.microsoft",
+      ["o", "pk2", "pv2"],
+    );
+    expect(gqa).toEqual([
+      ["b", "s", 2048],
+      ["b", 4, "p+s", 256],
+      ["b", 4, "p+s", 256],
+    ]);
+    expect(
+      one(
+        "GroupQueryAttention",
+        { qkv: ["b", "s", 4096] },
+        ["qkv"],
+        { num_heads: 16, kv_num_heads: 8 },
+        [],
+        "com.microsoft",
+      ),
+    ).toEqual([["b", "s", 2048]]);
+    expect(
+      one(
+        "MatMulNBits",
+        { a: ["b", "s", 1152] },
+        ["a"],
+        { K: 1152, N: 4304, bits: 4, block_size: 32 },
+        [],
+        "com.microsoft",
+      ),
+    ).toEqual([["b", "s", 4304]]);
+    expect(one("DynamicQuantizeLinear", { a: ["s", 768] }, ["a"], {}, [], "", ["q", "sc", "zp"])).toEqual([
+      ["s", 768],
+      [],
+      [],
+    ]);
     expect(one("MatMulInteger", { a: ["s", 768], w: [768, 2304] }, ["a", "w"])).toEqual([["s", 2304]]);
     expect(one("RotaryEmbedding", { a: [1, "s", 768] }, ["a"], {}, [], "com.microsoft")).toEqual([[1, "s", 768]]);
-    expect(one("SkipSimplifiedLayerNormalization", { a: ["b", "s", 64], k: ["b", "s", 64] }, ["a", "k"], {}, [], "com.microsoft", ["o", "m", "v", "sum"]))
-      .toEqual([["b", "s", 64], ["b", "s", 1], ["b", "s", 1], ["b", "s", 64]]);
-    expect(one("LayerNormalization", { a: ["b", "s", 64] }, ["a"], { axis: -1 }, [], "", ["o", "m", "v"])).toEqual([["b", "s", 64], ["b", "s", 1], ["b", "s", 1]]);
+    expect(
+      one(
+        "SkipSimplifiedLayerNormalization",
+        { a: ["b", "s", 64], k: ["b", "s", 64] },
+        ["a", "k"],
+        {},
+        [],
+        "com.microsoft",
+        ["o", "m", "v", "sum"],
+      ),
+    ).toEqual([
+      ["b", "s", 64],
+      ["b", "s", 1],
+      ["b", "s", 1],
+      ["b", "s", 64],
+    ]);
+    expect(one("LayerNormalization", { a: ["b", "s", 64] }, ["a"], { axis: -1 }, [], "", ["o", "m", "v"])).toEqual([
+      ["b", "s", 64],
+      ["b", "s", 1],
+      ["b", "s", 1],
+    ]);
   });
 
   it("seeds from inputs (missing dims get fresh symbols) and merges declared value_info", () => {
     const g = graphOf({
       inputs: { x: ["b", null, 8] },
-      nodes: [node("Relu", ["x"], ["r"]), node("NoSuchOp", ["r"], ["u"]), node("Relu", ["u"], ["v"]), node("Relu", ["r"], ["w"])],
+      nodes: [
+        node("Relu", ["x"], ["r"]),
+        node("NoSuchOp", ["r"], ["u"]),
+        node("Relu", ["u"], ["v"]),
+        node("Relu", ["r"], ["w"]),
+      ],
       valueInfo: { u: ["b", "t", 8], w: ["b", 5, "named"] },
     });
     const { shapes, unhandled } = analyzeShapes(g, { strict: true });
@@ -318,7 +446,11 @@ describe.skipIf(!HAVE_MODELS)(title("shapes of the shared models"), () => {
     expect(shapes.get("/encoder/layers/encoder_layer_0/Add_1_output_0")).toEqual(["batch_size", 197, 192]);
     expect(shapes.get("/encoder/layers/encoder_layer_11/Add_1_output_0")).toEqual(["batch_size", 197, 192]);
     // nn.MultiheadAttention folds heads into the batch: [batch*3 heads, tokens, tokens].
-    expect(shapes.get("/encoder/layers/encoder_layer_0/self_attention/Softmax_output_0")).toEqual(["batch_size*3", 197, 197]);
+    expect(shapes.get("/encoder/layers/encoder_layer_0/self_attention/Softmax_output_0")).toEqual([
+      "batch_size*3",
+      197,
+      197,
+    ]);
     expect(shapes.get("logits")).toEqual(["batch_size", 1000]);
     const unknown = g.order.flatMap((n) => n.output).filter((o) => o && !shapes.has(o));
     expect(unknown).toEqual([]);
@@ -345,7 +477,12 @@ describe.skipIf(!HAVE_MODELS)(title("shapes of the shared models"), () => {
       const mha = g.order.filter((n) => n.opType === "MultiHeadAttention");
       expect(mha).toHaveLength(27);
       for (const n of mha) expect(shapes.get(n.output[0]!)).toEqual(["batch_size", 4096, 1152]);
-      expect(shapes.get("/model/embeddings/Conv/output_0")).toEqual(["batch_size", 1152, "floor(height/14)", "floor(width/14)"]);
+      expect(shapes.get("/model/embeddings/Conv/output_0")).toEqual([
+        "batch_size",
+        1152,
+        "floor(height/14)",
+        "floor(width/14)",
+      ]);
       expect(shapes.get("image_features")).toEqual(["batch_size", 256, 2560]);
     }
   });
@@ -376,7 +513,11 @@ describe.skipIf(!HAVE_MODELS)(title("shapes of the shared models"), () => {
       }
     }
     const gemma = inferShapes(load("graph-only/gemma-3-4b-vlm/decoder_model_merged.onnx"), { declared: "ignore" });
-    expect(gemma.get("/model/layers.0/attn/GroupQueryAttention/output_0")).toEqual(["batch_size", "sequence_length", 2048]);
+    expect(gemma.get("/model/layers.0/attn/GroupQueryAttention/output_0")).toEqual([
+      "batch_size",
+      "sequence_length",
+      2048,
+    ]);
     expect(gemma.get("present.0.key")).toEqual(["batch_size", 4, "total_sequence_length", 256]);
   });
 });

@@ -90,10 +90,27 @@ const show = (toks: readonly Tok[]): string =>
 
 /** The criteria the sample names, so that the sample can be checked by the real parser. */
 const SAMPLE_CRITERIA: CriterionInfo[] = [
-  ...["cls-attn", "diversity", "similarity", "last-token-attn", "iga", "norm", "global-attn", "ttv", "k-center", "pagerank", "uniform", "hiprune", "spatial-rows"]
-    .map((name): CriterionInfo => ({ name, summary: "", args: {} })),
+  ...[
+    "cls-attn",
+    "diversity",
+    "similarity",
+    "last-token-attn",
+    "iga",
+    "norm",
+    "global-attn",
+    "ttv",
+    "k-center",
+    "pagerank",
+    "uniform",
+    "hiprune",
+    "spatial-rows",
+  ].map((name): CriterionInfo => ({ name, summary: "", args: {} })),
   { name: "random", summary: "", args: { seed: { type: "integer", default: 0, doc: "" } } },
-  { name: "cls-attn-ensemble", summary: "", args: { layers: { type: "range", doc: "" }, mode: { type: "identifier", doc: "" } } },
+  {
+    name: "cls-attn-ensemble",
+    summary: "",
+    args: { layers: { type: "range", doc: "" }, mode: { type: "identifier", doc: "" } },
+  },
   { name: "crops", summary: "", args: { size: { type: "integer", doc: "" } } },
 ];
 
@@ -115,7 +132,9 @@ describe("the editors/ folder", () => {
     expect(manifest.contributes.languages).toEqual([
       expect.objectContaining({ id: "prune", extensions: [".prune"], configuration: "./language-configuration.json" }),
     ]);
-    expect(manifest.contributes.grammars).toEqual([{ language: "prune", scopeName: "source.prune", path: "./prune.tmLanguage.json" }]);
+    expect(manifest.contributes.grammars).toEqual([
+      { language: "prune", scopeName: "source.prune", path: "./prune.tmLanguage.json" },
+    ]);
     const config = JSON.parse(readFileSync(editorFile("language-configuration.json"), "utf8")) as {
       comments: { lineComment: string };
       brackets: string[][];
@@ -155,7 +174,11 @@ describe("scopes in editors/sample.prune", () => {
   /** [the start of a line of the sample (unique), a token on it (its first occurrence), its exact scopes below source.prune]. */
   const TABLE: [line: string, token: string, scopes: string[]][] = [
     ["# sample.prune", "#", [COMMENT, COMMENT_MARK]],
-    ["# sample.prune", " sample.prune: every construct of the .prune language, for the editor grammar and its tests.", [COMMENT]],
+    [
+      "# sample.prune",
+      " sample.prune: every construct of the .prune language, for the editor grammar and its tests.",
+      [COMMENT],
+    ],
     ["model vit", "model", [KW]],
     ["model vit", "vit", [MODEL]],
     ["model vit", " optional family hint; prunec infers it when absent", [COMMENT]],
@@ -237,7 +260,10 @@ describe("scopes in editors/sample.prune", () => {
   it.each(TABLE)("%s: %j", (prefix, token, scopes) => {
     const index = sampleLines.findIndex((l) => l.startsWith(prefix));
     expect(index, `no sample line starts with ${JSON.stringify(prefix)}`).toBeGreaterThanOrEqual(0);
-    expect(sampleLines.filter((l) => l.startsWith(prefix)).length, `several sample lines start with ${JSON.stringify(prefix)}`).toBe(1);
+    expect(
+      sampleLines.filter((l) => l.startsWith(prefix)).length,
+      `several sample lines start with ${JSON.stringify(prefix)}`,
+    ).toBe(1);
     const toks = sampleTokens()[index]!;
     const tok = toks.find((t) => t.text === token);
     expect(tok, `no token ${JSON.stringify(token)} in\n${show(toks)}`).toBeDefined();
@@ -272,7 +298,13 @@ describe("scopes of single lines", () => {
 
   it("the design card's one-liner", () => {
     expect(scopesOf("after layer 2 keep 25% by cls-attn")).toEqual([
-      ["after", KW], ["layer", KW], ["2", NUM], ["keep", KW], ["25%", NUM], ["by", KW], ["cls-attn", FUNC],
+      ["after", KW],
+      ["layer", KW],
+      ["2", NUM],
+      ["keep", KW],
+      ["25%", NUM],
+      ["by", KW],
+      ["cls-attn", FUNC],
     ]);
   });
 
@@ -280,37 +312,92 @@ describe("scopes of single lines", () => {
     for (const k of LEXER_KEYWORDS) {
       const mixed = [...k].map((c, i) => (i % 2 === 0 ? c.toUpperCase() : c)).join("");
       for (const w of [k, k.toUpperCase(), mixed]) expect(scopesOf(w), w).toEqual([[w, KW]]);
-      for (const w of [`${k}s`, `${k}-x`, `${k}_`, `${k}2`, `x${k}`, `x-${k}`]) expect(scopesOf(w), w).toEqual([[w, ""]]);
+      for (const w of [`${k}s`, `${k}-x`, `${k}_`, `${k}2`, `x${k}`, `x-${k}`])
+        expect(scopesOf(w), w).toEqual([[w, ""]]);
     }
     // Not keywords of the lexer.
-    for (const w of ["tokens-as-unit", "recycle", "mask", "encoders", "layers"]) expect(scopesOf(w), w).toEqual([[w, ""]]);
+    for (const w of ["tokens-as-unit", "recycle", "mask", "encoders", "layers"])
+      expect(scopesOf(w), w).toEqual([[w, ""]]);
     // Case folding is ASCII-only, as in the lexer: U+212A KELVIN SIGN is not a K.
-    expect(scopesOf("\u212Aeep")).toEqual([["\u212A", INVALID], ["eep", ""]]);
+    expect(scopesOf("\u212Aeep")).toEqual([
+      ["\u212A", INVALID],
+      ["eep", ""],
+    ]);
   });
 
   it("keywords where a name is expected take the name's scope", () => {
-    expect(scopesOf("model layer")).toEqual([["model", KW], ["layer", MODEL]]);
+    expect(scopesOf("model layer")).toEqual([
+      ["model", KW],
+      ["layer", MODEL],
+    ]);
     expect(scopesOf("after layer 1 keep by mass(layer: in, with) with by, of")).toEqual([
-      ["after", KW], ["layer", KW], ["1", NUM], ["keep", KW], ["by", KW], ["mass", FUNC], ["(", LPAREN],
-      ["layer", PARAM], [":", SEP], ["in", VALUE], [",", SEP], ["with", VALUE], [")", RPAREN],
-      ["with", KW], ["by", OPTION], [",", SEP], ["of", OPTION],
+      ["after", KW],
+      ["layer", KW],
+      ["1", NUM],
+      ["keep", KW],
+      ["by", KW],
+      ["mass", FUNC],
+      ["(", LPAREN],
+      ["layer", PARAM],
+      [":", SEP],
+      ["in", VALUE],
+      [",", SEP],
+      ["with", VALUE],
+      [")", RPAREN],
+      ["with", KW],
+      ["by", OPTION],
+      [",", SEP],
+      ["of", OPTION],
     ]);
     // A token set is never a keyword: `after layer` is a position, `after image` a set.
-    expect(scopesOf("tokens t = after layer")).toEqual([["tokens", KW], ["t", SET], ["=", ASSIGN], ["after", KW], ["layer", KW]]);
+    expect(scopesOf("tokens t = after layer")).toEqual([
+      ["tokens", KW],
+      ["t", SET],
+      ["=", ASSIGN],
+      ["after", KW],
+      ["layer", KW],
+    ]);
   });
 
   it("numbers as the lexer reads them", () => {
     expect(scopesOf("1e5 -0.5E+2 2by 1e 1. 25 % 3 .. 4 .. @")).toEqual([
-      ["1e5", NUM], ["-0.5E+2", NUM], ["2", NUM], ["by", KW], ["1", NUM], ["e", ""], ["1", NUM], [".", INVALID],
-      ["25", NUM], ["%", NUM], ["3 .. 4", NUM], ["..", RANGE_OP], ["@", INVALID],
+      ["1e5", NUM],
+      ["-0.5E+2", NUM],
+      ["2", NUM],
+      ["by", KW],
+      ["1", NUM],
+      ["e", ""],
+      ["1", NUM],
+      [".", INVALID],
+      ["25", NUM],
+      ["%", NUM],
+      ["3 .. 4", NUM],
+      ["..", RANGE_OP],
+      ["@", INVALID],
     ]);
   });
 
   it("an unclosed call ends with its statement", () => {
     expect(scopesOf("after layer 1 keep by f(a: 1; after layer 2 keep by g # (x")).toEqual([
-      ["after", KW], ["layer", KW], ["1", NUM], ["keep", KW], ["by", KW], ["f", FUNC], ["(", LPAREN], ["a", PARAM], [":", SEP],
-      ["1", NUM], [";", SEP], ["after", KW], ["layer", KW], ["2", NUM], ["keep", KW], ["by", KW], ["g", FUNC],
-      ["#", `${COMMENT} ${COMMENT_MARK}`], [" (x", COMMENT],
+      ["after", KW],
+      ["layer", KW],
+      ["1", NUM],
+      ["keep", KW],
+      ["by", KW],
+      ["f", FUNC],
+      ["(", LPAREN],
+      ["a", PARAM],
+      [":", SEP],
+      ["1", NUM],
+      [";", SEP],
+      ["after", KW],
+      ["layer", KW],
+      ["2", NUM],
+      ["keep", KW],
+      ["by", KW],
+      ["g", FUNC],
+      ["#", `${COMMENT} ${COMMENT_MARK}`],
+      [" (x", COMMENT],
     ]);
     const [first, second] = tokenize("x by f(a:\nkeep");
     expect(first!.at(-1)!.scopes).toEqual([ROOT, SEP]);
@@ -379,7 +466,10 @@ function checkAgainstLexer(line: string): void {
     } else {
       // Lexer tokens, whole: one, or (numbers only) several with the spaces between them.
       expect(map.starts.has(t.start) && map.ends.has(t.end), where).toBe(true);
-      expect(kinds.every((k) => typeof k === "number" || k === "space"), where).toBe(true);
+      expect(
+        kinds.every((k) => typeof k === "number" || k === "space"),
+        where,
+      ).toBe(true);
       const covered = [...new Set(kinds.filter((k): k is number => typeof k === "number"))];
       if (covered.length > 1) expect(last, where).toBe(NUM);
       for (const n of covered) expect(ALLOWED[map.tokenType[n]!], `${map.tokenType[n]}: ${where}`).toContain(last);
@@ -390,11 +480,45 @@ function checkAgainstLexer(line: string): void {
 const spaces = fc.constantFrom("", " ", "  ", "\t", "\u00a0");
 const somePiece = fc.oneof(
   fc.constantFrom(...LEXER_KEYWORDS).chain((k) => fc.mixedCase(fc.constant(k))),
-  fc.constantFrom("image", "cls-attn", "layers", "keep-x", "_a1", "tokens-as-unit", "IGA", "x2by", "a--", "B_", "e", "E5"),
+  fc.constantFrom(
+    "image",
+    "cls-attn",
+    "layers",
+    "keep-x",
+    "_a1",
+    "tokens-as-unit",
+    "IGA",
+    "x2by",
+    "a--",
+    "B_",
+    "e",
+    "E5",
+  ),
   fc.constantFrom("2", "-2", "0.01", "1e5", "-1.5e-3", "25", "1e", "1.", "007", "3e+", ".5"),
-  fc.constantFrom("%", "..", "...", "(", ")", ",", ":", "=", ";", ".", "-", "@", "!", '"', "\u212A", "é", "# by x (", "#"),
+  fc.constantFrom(
+    "%",
+    "..",
+    "...",
+    "(",
+    ")",
+    ",",
+    ":",
+    "=",
+    ";",
+    ".",
+    "-",
+    "@",
+    "!",
+    '"',
+    "\u212A",
+    "é",
+    "# by x (",
+    "#",
+  ),
 );
-const anyLine = fc.array(fc.tuple(spaces, somePiece), { maxLength: 14 }).map((parts) => parts.map(([s, p]) => s + p).join(""));
+const anyLine = fc
+  .array(fc.tuple(spaces, somePiece), { maxLength: 14 })
+  .map((parts) => parts.map(([s, p]) => s + p).join(""));
 
 /** A piece of a generated statement and the exact scope the grammar must give it ("" for spaces: not checked). */
 type Piece = [text: string, scope: string];
@@ -403,13 +527,20 @@ const sp = (min: 0 | 1): fc.Arbitrary<Piece[]> =>
 const seq = (...parts: fc.Arbitrary<Piece[]>[]): fc.Arbitrary<Piece[]> => fc.tuple(...parts).map((ps) => ps.flat());
 const one = (arb: fc.Arbitrary<string>, scope: string): fc.Arbitrary<Piece[]> => arb.map((t): Piece[] => [[t, scope]]);
 const kw = (...words: string[]): fc.Arbitrary<Piece[]> =>
-  fc.constantFrom(...words).chain((w) => fc.mixedCase(fc.constant(w))).map((w): Piece[] => [[w, KW]]);
+  fc
+    .constantFrom(...words)
+    .chain((w) => fc.mixedCase(fc.constant(w)))
+    .map((w): Piece[] => [[w, KW]]);
 const lit = (text: string, scope: string): fc.Arbitrary<Piece[]> => fc.constant<Piece[]>([[text, scope]]);
-const opt = (arb: fc.Arbitrary<Piece[]>): fc.Arbitrary<Piece[]> => fc.option(arb, { nil: undefined }).map((p) => p ?? []);
+const opt = (arb: fc.Arbitrary<Piece[]>): fc.Arbitrary<Piece[]> =>
+  fc.option(arb, { nil: undefined }).map((p) => p ?? []);
 
 const isKeyword = (w: string): boolean => LEXER_KEYWORDS.includes(w.toLowerCase());
 const identifier = fc.stringMatching(/^[A-Za-z_][A-Za-z0-9_-]{0,7}$/).filter((w) => !isKeyword(w));
-const anyWord = fc.oneof(identifier, fc.constantFrom(...LEXER_KEYWORDS).chain((k) => fc.mixedCase(fc.constant(k))));
+const anyWord = fc.oneof(
+  identifier,
+  fc.constantFrom(...LEXER_KEYWORDS).chain((k) => fc.mixedCase(fc.constant(k))),
+);
 const number = fc.stringMatching(/^-?[0-9]{1,3}(\.[0-9]{1,2})?([eE][+-]?[0-9])?$/);
 
 const value = fc.oneof(
@@ -419,12 +550,23 @@ const value = fc.oneof(
 );
 const arg = seq(opt(seq(one(anyWord, PARAM), sp(0), lit(":", SEP), sp(0))), value);
 const args = seq(
-  sp(0), lit("(", LPAREN), sp(0),
-  opt(seq(arg, fc.array(seq(sp(0), lit(",", SEP), sp(0), arg), { maxLength: 3 }).map((a) => a.flat()))),
-  sp(0), lit(")", RPAREN),
+  sp(0),
+  lit("(", LPAREN),
+  sp(0),
+  opt(
+    seq(
+      arg,
+      fc.array(seq(sp(0), lit(",", SEP), sp(0), arg), { maxLength: 3 }).map((a) => a.flat()),
+    ),
+  ),
+  sp(0),
+  lit(")", RPAREN),
 );
 const options = seq(
-  sp(1), kw("with"), sp(1), one(anyWord, OPTION),
+  sp(1),
+  kw("with"),
+  sp(1),
+  one(anyWord, OPTION),
   fc.array(seq(sp(0), lit(",", SEP), sp(0), one(anyWord, OPTION)), { maxLength: 2 }).map((a) => a.flat()),
 );
 const amount = fc.oneof(
@@ -438,20 +580,39 @@ const position = fc.oneof(
   seq(kw("after"), sp(1), kw("encoder")),
 );
 const stage = seq(
-  position, sp(1), kw("keep", "drop", "merge"),
+  position,
+  sp(1),
+  kw("keep", "drop", "merge"),
   opt(seq(sp(1), amount)),
   opt(seq(sp(1), kw("of"), sp(1), one(identifier, SET))),
-  sp(1), kw("by"), sp(1), one(anyWord, FUNC), opt(args), opt(options),
+  sp(1),
+  kw("by"),
+  sp(1),
+  one(anyWord, FUNC),
+  opt(args),
+  opt(options),
 );
 const statement = fc.oneof(
   { arbitrary: stage, weight: 4 },
   seq(kw("model"), sp(1), one(anyWord, MODEL)),
-  seq(kw("tokens"), sp(1), one(identifier, SET), sp(0), lit("=", ASSIGN), sp(0), kw("input", "after"), sp(1), one(identifier, SET)),
+  seq(
+    kw("tokens"),
+    sp(1),
+    one(identifier, SET),
+    sp(0),
+    lit("=", ASSIGN),
+    sp(0),
+    kw("input", "after"),
+    sp(1),
+    one(identifier, SET),
+  ),
 );
 const validLine = seq(
-  sp(0), statement,
+  sp(0),
+  statement,
   fc.array(seq(sp(0), lit(";", SEP), sp(0), statement), { maxLength: 2 }).map((a) => a.flat()),
-  sp(0), opt(seq(lit("#", `${COMMENT} ${COMMENT_MARK}`), one(fc.constantFrom("", " by x(", " after layer 2"), COMMENT))),
+  sp(0),
+  opt(seq(lit("#", `${COMMENT} ${COMMENT_MARK}`), one(fc.constantFrom("", " by x(", " after layer 2"), COMMENT))),
 );
 
 let sharedParser: SpecParser | undefined;
@@ -469,13 +630,19 @@ function checkParses(line: string): void {
   for (const chunk of chunks.filter((c) => c.length > 0)) {
     parser.input = chunk;
     parser.statement();
-    expect(parser.errors.map((e) => e.message), line).toEqual([]);
+    expect(
+      parser.errors.map((e) => e.message),
+      line,
+    ).toEqual([]);
   }
 }
 
 describe("the grammar and the real front end agree", () => {
   it("on any line: token boundaries, comments, lexing errors and token kinds", () => {
-    fc.assert(fc.property(anyLine, (line) => checkAgainstLexer(line)), RUNS);
+    fc.assert(
+      fc.property(anyLine, (line) => checkAgainstLexer(line)),
+      RUNS,
+    );
   });
 
   it("on valid statements: each name gets the scope of its role in the parser", () => {
@@ -490,7 +657,10 @@ describe("the grammar and the real front end agree", () => {
           if (scope !== "") {
             for (let i = at; i < at + text.length; i++) {
               const tok = toks.find((t) => t.start <= i && i < t.end)!;
-              expect(tok.scopes.slice(1).join(" "), `${JSON.stringify(text)} in ${JSON.stringify(line)}\n${show(toks)}`).toBe(scope);
+              expect(
+                tok.scopes.slice(1).join(" "),
+                `${JSON.stringify(text)} in ${JSON.stringify(line)}\n${show(toks)}`,
+              ).toBe(scope);
             }
           }
           at += text.length;
@@ -502,10 +672,19 @@ describe("the grammar and the real front end agree", () => {
 
   it("on several lines: a line tokenizes the same whatever the line before it", () => {
     fc.assert(
-      fc.property(fc.array(fc.oneof(anyLine, validLine.map((p) => p.map(([t]) => t).join(""))), { maxLength: 6 }), (lines) => {
-        const text = lines.join("\n");
-        expect(tokenize(text)).toEqual(tokenize(text, true));
-      }),
+      fc.property(
+        fc.array(
+          fc.oneof(
+            anyLine,
+            validLine.map((p) => p.map(([t]) => t).join("")),
+          ),
+          { maxLength: 6 },
+        ),
+        (lines) => {
+          const text = lines.join("\n");
+          expect(tokenize(text)).toEqual(tokenize(text, true));
+        },
+      ),
       RUNS,
     );
   });

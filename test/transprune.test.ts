@@ -10,7 +10,15 @@
  */
 import { describe, expect, it } from "vitest";
 import { compile } from "../src/compile.js";
-import { buildDecoder, generateWithImageMask, imageMaskFeed, imagePrompt, promptBatch, prefillFeeds, type PromptBatch } from "./support/decoder.js";
+import {
+  buildDecoder,
+  generateWithImageMask,
+  imageMaskFeed,
+  imagePrompt,
+  promptBatch,
+  prefillFeeds,
+  type PromptBatch,
+} from "./support/decoder.js";
 import { decodeModel, encodeModel } from "../src/onnx/io.js";
 import { softmaxOutputs } from "./support/stage-tensors.js";
 import { withOutputs, rows } from "./support/model-edit.js";
@@ -19,7 +27,11 @@ import { keepCount, topKPositions } from "./reference/cls-attn.js";
 import { addScores, igaImageScores, imagePositions, ttvImageScores, type SubBlock } from "./reference/transprune.js";
 
 const plain = buildDecoder({ attention: "plain" });
-const prompts = [imagePrompt([3, 4, 5], [20, 21, 22, 23]), imagePrompt([3], [24, 25]), imagePrompt([6, 7, 8, 9, 10], [26, 27, 28, 29, 30, 31])];
+const prompts = [
+  imagePrompt([3, 4, 5], [20, 21, 22, 23]),
+  imagePrompt([3], [24, 25]),
+  imagePrompt([6, 7, 8, 9, 10], [26, 27, 28, 29, 30, 31]),
+];
 const SETS = "tokens image = input image_mask\ntokens instruction = after image";
 const spec = (criterion: string, layer = 1) => `${SETS}\nafter layer ${layer} drop 50% of image by ${criterion}`;
 
@@ -38,12 +50,22 @@ const blockNames = (l: number) => [
 type Scorer = (b: number, image: boolean[]) => number[];
 
 /** The reference's scorers for `layer`, fed the dense model's tensors for prompt batch `p`. */
-async function referenceScorers(p: PromptBatch, layer: number, ttvLayers: number[]): Promise<{ iga: Scorer; ttv: Scorer }> {
+async function referenceScorers(
+  p: PromptBatch,
+  layer: number,
+  ttvLayers: number[],
+): Promise<{ iga: Scorer; ttv: Scorer }> {
   const nextProbs = softmaxOutputs(plain)[layer + 1]!;
   const names = [nextProbs, ...ttvLayers.flatMap((l) => blockNames(l).flat())];
   const out = await runNode(withOutputs(plain, names), prefillFeeds(p, "plain"), names);
   const probs = out[nextProbs]!;
-  const blocks: SubBlock[] = ttvLayers.flatMap((l) => blockNames(l).map(([u, v]) => ({ u: out[u!]!.data as Float32Array, v: out[v!]!.data as Float32Array, dims: out[u!]!.dims })));
+  const blocks: SubBlock[] = ttvLayers.flatMap((l) =>
+    blockNames(l).map(([u, v]) => ({
+      u: out[u!]!.data as Float32Array,
+      v: out[v!]!.data as Float32Array,
+      dims: out[u!]!.dims,
+    })),
+  );
   return {
     iga: (b, image) => igaImageScores(probs.data as Float32Array, probs.dims, b, image),
     ttv: (b, image) => ttvImageScores(blocks, b, image),
@@ -54,25 +76,46 @@ async function referenceScorers(p: PromptBatch, layer: number, ttvLayers: number
 function expectedKeep(p: PromptBatch, score: Scorer): number[][] {
   return p.imageMask.map((image, b) => {
     const positions = imagePositions(image);
-    const kept = topKPositions(score(b, image), positions.length - keepCount(50, positions.length), 0).map((i) => positions[i]!);
+    const kept = topKPositions(score(b, image), positions.length - keepCount(50, positions.length), 0).map(
+      (i) => positions[i]!,
+    );
     return [...Array(p.seq).keys()].filter((j) => !image[j] || kept.includes(j));
   });
 }
 
 async function keptSets(model: Uint8Array, p: PromptBatch, run: typeof runNode): Promise<number[][]> {
   const out = await run(model, feedsOf(p), ["prunec.stage0.indices"]);
-  return rows(out["prunec.stage0.indices"]!.data as BigInt64Array, out["prunec.stage0.indices"]!.dims).map((r) => r.filter((i) => i >= 0));
+  return rows(out["prunec.stage0.indices"]!.data as BigInt64Array, out["prunec.stage0.indices"]!.dims).map((r) =>
+    r.filter((i) => i >= 0),
+  );
 }
 
-const batches = () => [[0], [0, 1, 2]].map((group) => promptBatch(group.map((i) => prompts[i]!.tokens), "left", group.map((i) => prompts[i]!.image)));
+const batches = () =>
+  [[0], [0, 1, 2]].map((group) =>
+    promptBatch(
+      group.map((i) => prompts[i]!.tokens),
+      "left",
+      group.map((i) => prompts[i]!.image),
+    ),
+  );
 
 describe("TransPrune criteria in a decoder: exact kept sets vs the reference (batch 1 and left-padded batch 3, CPU and WASM)", () => {
-  const cases: { criterion: string; layer: number; ttvLayers: number[]; score: (s: { iga: Scorer; ttv: Scorer }) => Scorer }[] = [
+  const cases: {
+    criterion: string;
+    layer: number;
+    ttvLayers: number[];
+    score: (s: { iga: Scorer; ttv: Scorer }) => Scorer;
+  }[] = [
     { criterion: "iga", layer: 1, ttvLayers: [], score: (s) => s.iga },
     { criterion: "iga", layer: 2, ttvLayers: [], score: (s) => s.iga },
     { criterion: "ttv", layer: 1, ttvLayers: [1], score: (s) => s.ttv },
     { criterion: "ttv(layers: 0..2)", layer: 2, ttvLayers: [0, 1, 2], score: (s) => s.ttv },
-    { criterion: "transprune(layers: 0..1)", layer: 1, ttvLayers: [0, 1], score: (s) => (b, image) => addScores(s.ttv(b, image), s.iga(b, image)) },
+    {
+      criterion: "transprune(layers: 0..1)",
+      layer: 1,
+      ttvLayers: [0, 1],
+      score: (s) => (b, image) => addScores(s.ttv(b, image), s.iga(b, image)),
+    },
   ];
   for (const c of cases) {
     it(`after layer ${c.layer} drop 50% of image by ${c.criterion}`, async () => {
@@ -91,7 +134,11 @@ describe("TransPrune criteria in a decoder: exact kept sets vs the reference (ba
       const expected = expectedKeep(p, (await referenceScorers(p, 1, [])).iga);
       for (const run of [runNode, runWasm]) {
         const out = await run(model, { ...prefillFeeds(p, "gqa"), ...imageMaskFeed(p) }, ["prunec.stage0.indices"]);
-        expect(rows(out["prunec.stage0.indices"]!.data as BigInt64Array, out["prunec.stage0.indices"]!.dims).map((r) => r.filter((i) => i >= 0))).toEqual(expected);
+        expect(
+          rows(out["prunec.stage0.indices"]!.data as BigInt64Array, out["prunec.stage0.indices"]!.dims).map((r) =>
+            r.filter((i) => i >= 0),
+          ),
+        ).toEqual(expected);
       }
     }
     const gen = await generateWithImageMask(model, "cpu", batches()[1]!, 3);
@@ -99,7 +146,11 @@ describe("TransPrune criteria in a decoder: exact kept sets vs the reference (ba
   });
 
   it("two stages (ttv, then transprune on the sets the first left): every text token kept, 12 then 6 image tokens, CPU = WASM", async () => {
-    const model = compile(plain, `${SETS}\nafter layer 0 drop 25% of image by ttv\nafter layer 1 drop 50% of image by transprune(layers: 1..1)`, { exposeIndices: true }).model;
+    const model = compile(
+      plain,
+      `${SETS}\nafter layer 0 drop 25% of image by ttv\nafter layer 1 drop 50% of image by transprune(layers: 1..1)`,
+      { exposeIndices: true },
+    ).model;
     const p = batches()[1]!;
     const names = ["prunec.stage0.indices", "prunec.stage1.indices"];
     const results = [];
@@ -157,7 +208,9 @@ describe("TransPrune criteria: rejections", () => {
   });
   it("iga and transprune need 'of image'", () => {
     for (const c of ["iga", "transprune"]) {
-      expect(() => compile(plain, `${SETS}\nafter layer 1 drop 50% by ${c}`, { specName: "f.prune" })).toThrow(`${c} after layer 1 scores image tokens: use it as 'drop P% of image by ${c}'`);
+      expect(() => compile(plain, `${SETS}\nafter layer 1 drop 50% by ${c}`, { specName: "f.prune" })).toThrow(
+        `${c} after layer 1 scores image tokens: use it as 'drop P% of image by ${c}'`,
+      );
     }
   });
   it("ttv's layer range must lie within the layers that saw the stage's tokens", () => {
@@ -166,8 +219,14 @@ describe("TransPrune criteria: rejections", () => {
     );
   });
   it("the image and instruction sets must be declared", () => {
-    expect(() => compile(plain, "after layer 1 drop 50% by transprune", { specName: "f.prune" })).toThrow("f.prune:1:27: error: transprune needs the token set 'image', which this spec does not declare; add 'tokens image = input image_mask'");
-    expect(() => compile(plain, "tokens image = input image_mask\nafter layer 1 drop 50% of image by iga", { specName: "f.prune" })).toThrow(
+    expect(() => compile(plain, "after layer 1 drop 50% by transprune", { specName: "f.prune" })).toThrow(
+      "f.prune:1:27: error: transprune needs the token set 'image', which this spec does not declare; add 'tokens image = input image_mask'",
+    );
+    expect(() =>
+      compile(plain, "tokens image = input image_mask\nafter layer 1 drop 50% of image by iga", {
+        specName: "f.prune",
+      }),
+    ).toThrow(
       "f.prune:2:36: error: iga needs the token set 'instruction', which this spec does not declare; add 'tokens instruction = after image'",
     );
   });

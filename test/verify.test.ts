@@ -9,7 +9,13 @@ import { spawnSync } from "node:child_process";
 import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { AttributeProtoSchema, AttributeProto_AttributeType as AT, GraphProtoSchema, type GraphProto, type NodeProto } from "../src/onnx/gen/onnx_pb.js";
+import {
+  AttributeProtoSchema,
+  AttributeProto_AttributeType as AT,
+  GraphProtoSchema,
+  type GraphProto,
+  type NodeProto,
+} from "../src/onnx/gen/onnx_pb.js";
 import { decodeModel, encodeModel } from "../src/onnx/io.js";
 import { makeNode } from "../src/ir/graph.js";
 import { shallowCopy } from "../src/ir/copy.js";
@@ -36,18 +42,31 @@ const STAGE0 = "stage 0 (after layer 1 by cls-attn)";
 const STREAM = "/encoder/layers/encoder_layer_1/Add_1_output_0";
 
 /** A graph from nodes, with graph input `x` and the given outputs. */
-function graph(node: NodeProto[], outputs: string[], extra: Pick<Partial<GraphProto>, "initializer" | "input"> = {}): GraphProto {
-  return create(GraphProtoSchema, { node, input: extra.input ?? [valueInfo("x", 1, [2])], output: outputs.map((o) => valueInfo(o, 1, [2])), initializer: extra.initializer ?? [] });
+function graph(
+  node: NodeProto[],
+  outputs: string[],
+  extra: Pick<Partial<GraphProto>, "initializer" | "input"> = {},
+): GraphProto {
+  return create(GraphProtoSchema, {
+    node,
+    input: extra.input ?? [valueInfo("x", 1, [2])],
+    output: outputs.map((o) => valueInfo(o, 1, [2])),
+    initializer: extra.initializer ?? [],
+  });
 }
 
 const messages = (g: GraphProto) => structureIssues(g).map((i) => `${i.kind}: ${i.message}`);
 
 describe("structural verification of hand-made graphs", () => {
   it("a well-formed graph (an initializer also listed as an input, an omitted optional input) has no issue", () => {
-    const g = graph([makeNode("Add", ["x", "w"], ["y"], "add"), makeNode("Clip", ["y", "", "w"], ["z"], "clip")], ["z"], {
-      initializer: [floatTensor("w", [1, 1])],
-      input: [valueInfo("x", 1, [2]), valueInfo("w", 1, [2])],
-    });
+    const g = graph(
+      [makeNode("Add", ["x", "w"], ["y"], "add"), makeNode("Clip", ["y", "", "w"], ["z"], "clip")],
+      ["z"],
+      {
+        initializer: [floatTensor("w", [1, 1])],
+        input: [valueInfo("x", 1, [2]), valueInfo("w", 1, [2])],
+      },
+    );
     expect(messages(g)).toEqual([]);
   });
 
@@ -59,11 +78,16 @@ describe("structural verification of hand-made graphs", () => {
 
   it("nodes out of topological order", () => {
     const g = graph([makeNode("Relu", ["a"], ["y"], "second"), makeNode("Neg", ["x"], ["a"], "first")], ["y"]);
-    expect(messages(g)).toEqual(["out-of-order: node 'second' (Relu) reads 'a' before node 'first' (Neg) produces it: the nodes are not in topological order"]);
+    expect(messages(g)).toEqual([
+      "out-of-order: node 'second' (Relu) reads 'a' before node 'first' (Neg) produces it: the nodes are not in topological order",
+    ]);
   });
 
   it("two producers of one tensor, a tensor shadowing an input, duplicate node names, an unproduced output", () => {
-    const g = graph([makeNode("Relu", ["x"], ["y"], "n"), makeNode("Neg", ["x"], ["y"], "n"), makeNode("Abs", ["y"], ["x"], "abs")], ["y", "ghost"]);
+    const g = graph(
+      [makeNode("Relu", ["x"], ["y"], "n"), makeNode("Neg", ["x"], ["y"], "n"), makeNode("Abs", ["y"], ["x"], "abs")],
+      ["y", "ghost"],
+    );
     expect(messages(g)).toEqual([
       "duplicate-node-name: two nodes are named 'n'",
       "duplicate-output: node 'n' (Neg) writes 'y', which node 'n' (Relu) already produces",
@@ -74,7 +98,11 @@ describe("structural verification of hand-made graphs", () => {
 
   it("subgraphs read outer-scope values produced before their node, not missing or later ones", () => {
     const branch = (reads: string, name: string) =>
-      create(GraphProtoSchema, { name, node: [makeNode("Identity", [reads], [`${name}_out`], `${name}_id`)], output: [valueInfo(`${name}_out`, 1, [2])] });
+      create(GraphProtoSchema, {
+        name,
+        node: [makeNode("Identity", [reads], [`${name}_out`], `${name}_id`)],
+        output: [valueInfo(`${name}_out`, 1, [2])],
+      });
     const ifNode = (name: string, then: GraphProto, otherwise: GraphProto) =>
       shallowCopy(makeNode("If", ["c"], [`${name}_y`], name), {
         attribute: [
@@ -82,9 +110,23 @@ describe("structural verification of hand-made graphs", () => {
           create(AttributeProtoSchema, { name: "else_branch", type: AT.GRAPH, g: otherwise }),
         ],
       });
-    const ok = graph([makeNode("Relu", ["x"], ["a"], "a"), makeNode("Constant", [], ["c"], "c"), ifNode("if", branch("a", "t"), branch("x", "e"))], ["if_y"]);
+    const ok = graph(
+      [
+        makeNode("Relu", ["x"], ["a"], "a"),
+        makeNode("Constant", [], ["c"], "c"),
+        ifNode("if", branch("a", "t"), branch("x", "e")),
+      ],
+      ["if_y"],
+    );
     expect(messages(ok)).toEqual([]);
-    const bad = graph([makeNode("Constant", [], ["c"], "c"), ifNode("if", branch("later", "t"), branch("nope", "e")), makeNode("Relu", ["x"], ["later"], "late")], ["if_y"]);
+    const bad = graph(
+      [
+        makeNode("Constant", [], ["c"], "c"),
+        ifNode("if", branch("later", "t"), branch("nope", "e")),
+        makeNode("Relu", ["x"], ["later"], "late"),
+      ],
+      ["if_y"],
+    );
     expect(messages(bad)).toEqual([
       "out-of-order: node 't_id' (Identity) reads 'later' before node 'late' (Relu) produces it in subgraph if/then_branch: the nodes are not in topological order",
       "missing-input: node 'e_id' (Identity) reads 'nope', which no node, initializer or graph input produces in subgraph if/else_branch",
@@ -94,11 +136,16 @@ describe("structural verification of hand-made graphs", () => {
 
 /** Replace the stage's gather node (and only it). */
 function onGather(f: (n: NodeProto) => NodeProto | NodeProto[]) {
-  return (g: GraphProto): GraphProto => shallowCopy(g, { node: g.node.flatMap((n) => (n.opType === "GatherND" && n.name.startsWith("prunec/stage0/") ? f(n) : [n])) });
+  return (g: GraphProto): GraphProto =>
+    shallowCopy(g, {
+      node: g.node.flatMap((n) => (n.opType === "GatherND" && n.name.startsWith("prunec/stage0/") ? f(n) : [n])),
+    });
 }
 
 function setInt(n: NodeProto, name: string, value: number): NodeProto {
-  return shallowCopy(n, { attribute: n.attribute.map((a) => (a.name === name ? shallowCopy(a, { i: BigInt(value) }) : a)) });
+  return shallowCopy(n, {
+    attribute: n.attribute.map((a) => (a.name === name ? shallowCopy(a, { i: BigInt(value) }) : a)),
+  });
 }
 
 describe("compile refuses a corrupted stage (the internal __testMutate hook), naming the stage", () => {
@@ -112,7 +159,9 @@ describe("compile refuses a corrupted stage (the internal __testMutate hook), na
   it("a gather whose indices input names a tensor nothing produces", () => {
     const msg = refused(onGather((n) => shallowCopy(n, { input: [n.input[0]!, "no/such/indices"] })));
     expect(msg).toMatch(
-      new RegExp(`^tiny\\.onnx: ${esc(VERIFY_FAILED)}: ${esc(STAGE0)}: node 'prunec/stage0/cls-attn/gather_tokens_\\d+' \\(GatherND\\) reads 'no/such/indices', which no node, initializer or graph input produces$`),
+      new RegExp(
+        `^tiny\\.onnx: ${esc(VERIFY_FAILED)}: ${esc(STAGE0)}: node 'prunec/stage0/cls-attn/gather_tokens_\\d+' \\(GatherND\\) reads 'no/such/indices', which no node, initializer or graph input produces$`,
+      ),
     );
   });
 
@@ -135,15 +184,27 @@ describe("compile refuses a corrupted stage (the internal __testMutate hook), na
   });
 
   it("a second producer of the stage's stream", () => {
-    const msg = refused(onGather((n) => [n, makeNode("Identity", [n.input[0]!], [STREAM], "prunec/stage0/cls-attn/extra")]));
-    expect(msg).toMatch(new RegExp(`${esc(STAGE0)}: node 'prunec/stage0/cls-attn/extra' \\(Identity\\) writes '${esc(STREAM)}', which node 'prunec/stage0/cls-attn/gather_tokens_\\d+' \\(GatherND\\) already produces$`));
+    const msg = refused(
+      onGather((n) => [n, makeNode("Identity", [n.input[0]!], [STREAM], "prunec/stage0/cls-attn/extra")]),
+    );
+    expect(msg).toMatch(
+      new RegExp(
+        `${esc(STAGE0)}: node 'prunec/stage0/cls-attn/extra' \\(Identity\\) writes '${esc(STREAM)}', which node 'prunec/stage0/cls-attn/gather_tokens_\\d+' \\(GatherND\\) already produces$`,
+      ),
+    );
   });
 
   it("a Reshape below the stage left with the dense token count baked in (a static-batch export)", () => {
     const model = readFileSync(join(FIXTURES, "static-batch.onnx"));
     const dense = new Map(decodeModel(model).graph!.node.map((n) => [n.name, n.input[1]]));
     const undo = (g: GraphProto) =>
-      shallowCopy(g, { node: g.node.map((n) => (n.opType === "Reshape" && n.input[1]?.startsWith("prunec/stage0/") && n.name.endsWith("/Reshape_3") ? shallowCopy(n, { input: [n.input[0]!, dense.get(n.name)!] }) : n)) });
+      shallowCopy(g, {
+        node: g.node.map((n) =>
+          n.opType === "Reshape" && n.input[1]?.startsWith("prunec/stage0/") && n.name.endsWith("/Reshape_3")
+            ? shallowCopy(n, { input: [n.input[0]!, dense.get(n.name)!] })
+            : n,
+        ),
+      });
     expect(refused(undo, model, "after layer 0 keep 50% by cls-attn")).toBe(
       `tiny.onnx: ${VERIFY_FAILED}: stage 0 (after layer 0 by cls-attn): node '/encoder/layers/encoder_layer_1/self_attention/Reshape_3' (Reshape) reshapes [9, 4, 16] (576 elements) to [34, 32] (1088 elements): its target shape does not follow the stage's token count`,
     );
@@ -160,7 +221,16 @@ describe("compile refuses a corrupted stage (the internal __testMutate hook), na
 
   it("an unmodified compile reports what it verified", () => {
     const v = compile(TINY, SPEC).report.verification;
-    expect(v.stages).toEqual([{ stage: 0, tensor: STREAM, tokenAxis: 1, agreement: "shape", expected: ["batch_size", 33, 48], inferred: ["batch_size", 33, 48] }]);
+    expect(v.stages).toEqual([
+      {
+        stage: 0,
+        tensor: STREAM,
+        tokenAxis: 1,
+        agreement: "shape",
+        expected: ["batch_size", 33, 48],
+        inferred: ["batch_size", 33, 48],
+      },
+    ]);
     expect(v.batch).toBe("batch_size");
     expect(v.nodes).toBeGreaterThan(500);
   });
@@ -171,7 +241,11 @@ function esc(s: string): string {
 }
 
 describe("the onnxruntime smoke run (src/cli/smoke.ts)", () => {
-  const ctx = (report: CompileReport, modelPath = TINY_PATH) => ({ modelPath, stages: report.stages, verification: report.verification });
+  const ctx = (report: CompileReport, modelPath = TINY_PATH) => ({
+    modelPath,
+    stages: report.stages,
+    verification: report.verification,
+  });
 
   it("runs the compiled model at batch 1 and 2 and checks its outputs", async () => {
     const r = compile(TINY, SPEC, { exposeIndices: true });
@@ -186,32 +260,59 @@ describe("the onnxruntime smoke run (src/cli/smoke.ts)", () => {
   });
 
   it("a model onnxruntime refuses to load (float gather indices: shapes agree, types do not) is a verify error naming the stage and onnxruntime's message", async () => {
-    const castIndices = onGather((n) => [makeNode("Cast", [n.input[1]!], ["test/float_indices"], "prunec/stage0/test/cast", { to: 1 }), shallowCopy(n, { input: [n.input[0]!, "test/float_indices"] })]);
+    const castIndices = onGather((n) => [
+      makeNode("Cast", [n.input[1]!], ["test/float_indices"], "prunec/stage0/test/cast", { to: 1 }),
+      shallowCopy(n, { input: [n.input[0]!, "test/float_indices"] }),
+    ]);
     const r = compile(TINY, SPEC, { __testMutate: castIndices });
     const e = await smokeRun(r.model, ctx(r.report)).then(
       () => undefined,
       (x: unknown) => x as Error & { kind?: string },
     );
     expect(e?.kind).toBe("verify");
-    expect(e?.message).toMatch(new RegExp(`^${esc(TINY_PATH)}: ${esc(VERIFY_FAILED)}: ${esc(STAGE0)}: onnxruntime cannot load it: .*GatherND`, "s"));
+    expect(e?.message).toMatch(
+      new RegExp(
+        `^${esc(TINY_PATH)}: ${esc(VERIFY_FAILED)}: ${esc(STAGE0)}: onnxruntime cannot load it: .*GatherND`,
+        "s",
+      ),
+    );
   });
 
   it("an output that is not finite is a verify error naming the output and the stage above it", async () => {
     const divide = (g: GraphProto) =>
       shallowCopy(g, {
-        node: [...g.node.map((n) => (n.output.includes("logits") ? shallowCopy(n, { output: n.output.map((o) => (o === "logits" ? "test/logits" : o)) }) : n)), makeNode("Div", ["test/logits", "test/zero"], ["logits"], "test/div")],
+        node: [
+          ...g.node.map((n) =>
+            n.output.includes("logits")
+              ? shallowCopy(n, { output: n.output.map((o) => (o === "logits" ? "test/logits" : o)) })
+              : n,
+          ),
+          makeNode("Div", ["test/logits", "test/zero"], ["logits"], "test/div"),
+        ],
         initializer: [...g.initializer, floatTensor("test/zero", [0], [])],
       });
     const r = compile(TINY, SPEC, { __testMutate: divide });
     await expect(smokeRun(r.model, ctx(r.report))).rejects.toThrow(
-      new RegExp(`${esc(VERIFY_FAILED)}: below ${esc(STAGE0)}: output 'logits' at batch 1 is not finite \\(-?(Infinity|NaN) at element \\d+ of 10\\)$`),
+      new RegExp(
+        `${esc(VERIFY_FAILED)}: below ${esc(STAGE0)}: output 'logits' at batch 1 is not finite \\(-?(Infinity|NaN) at element \\d+ of 10\\)$`,
+      ),
     );
   });
 
   it("is skipped, with the reason, when onnxruntime-node is not installed or the weights are not beside the model", async () => {
     const r = compile(TINY, SPEC);
-    const missing = () => Promise.reject(runtimeError("onnxruntime-node", "compile", Object.assign(new Error("Cannot find package 'onnxruntime-node'"), { code: "ERR_MODULE_NOT_FOUND" })));
-    expect(await smokeRun(r.model, ctx(r.report), missing)).toMatchObject({ status: "skipped", reason: "onnxruntime-node is not installed (an optional peer dependency: npm install onnxruntime-node)" });
+    const missing = () =>
+      Promise.reject(
+        runtimeError(
+          "onnxruntime-node",
+          "compile",
+          Object.assign(new Error("Cannot find package 'onnxruntime-node'"), { code: "ERR_MODULE_NOT_FOUND" }),
+        ),
+      );
+    expect(await smokeRun(r.model, ctx(r.report), missing)).toMatchObject({
+      status: "skipped",
+      reason: "onnxruntime-node is not installed (an optional peer dependency: npm install onnxruntime-node)",
+    });
     const dir = mkdtempSync(join(tmpdir(), "prunec-smoke-"));
     try {
       const ext = externalize(TINY);
@@ -221,7 +322,10 @@ describe("the onnxruntime smoke run (src/cli/smoke.ts)", () => {
       expect(s.status).toBe("skipped");
       expect(s.reason).toMatch(/^the weights are not beside the model \(.*weights\.bin: no such file/);
       writeFileSync(join(dir, "weights.bin"), ext.weights);
-      expect(await smokeRun(c.model, ctx(c.report, join(dir, "model.onnx")))).toMatchObject({ status: "passed", batches: [1, 2] });
+      expect(await smokeRun(c.model, ctx(c.report, join(dir, "model.onnx")))).toMatchObject({
+        status: "passed",
+        batches: [1, 2],
+      });
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
@@ -239,7 +343,7 @@ describe("the CLI reports what it verified", () => {
   beforeAll(() => {
     dir = mkdtempSync(join(tmpdir(), "prunec-verify-"));
     copyFileSync(TINY_PATH, join(dir, "vit.onnx"));
-    writeFileSync(join(dir, "s.prune"), SPEC + "\n");
+    writeFileSync(join(dir, "s.prune"), `${SPEC}\n`);
   });
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
@@ -251,14 +355,19 @@ describe("the CLI reports what it verified", () => {
     expect(r.code).toBe(0);
     const lines = r.stdout.trim().split("\n");
     expect(lines.at(-2)).toBe("  verified: graph structure (529 nodes), 1 stage shape confirmed");
-    expect(lines.at(-1)).toMatch(/^ {2}onnxruntime smoke run passed at batch 1 and 2: 1 output finite with the declared shapes \(\d+\.\d\d s\)$/);
+    expect(lines.at(-1)).toMatch(
+      /^ {2}onnxruntime smoke run passed at batch 1 and 2: 1 output finite with the declared shapes \(\d+\.\d\d s\)$/,
+    );
 
     const skip = prunec(model, spec, "-o", join(dir, "b.onnx"), "--no-verify");
     expect(skip.code).toBe(0);
     expect(skip.stdout.trim().split("\n").at(-1)).toBe("  onnxruntime smoke run skipped (--no-verify)");
     expect(existsSync(join(dir, "b.onnx"))).toBe(true);
 
-    const json = JSON.parse(prunec(model, spec, "-o", join(dir, "c.onnx"), "--json").stdout) as { smoke: { status: string; batches: number[] }; verification: { stages: { agreement: string }[] } };
+    const json = JSON.parse(prunec(model, spec, "-o", join(dir, "c.onnx"), "--json").stdout) as {
+      smoke: { status: string; batches: number[] };
+      verification: { stages: { agreement: string }[] };
+    };
     expect(json.smoke).toMatchObject({ status: "passed", batches: [1, 2] });
     expect(json.verification.stages.map((s) => s.agreement)).toEqual(["shape"]);
   });
@@ -270,17 +379,48 @@ describe("check refuses whatever compile refuses, with the same message", () => 
     const m = decodeModel(TINY);
     const g = m.graph!;
     const residual = "/encoder/layers/encoder_layer_2/Add_1_output_0";
-    const nodes = g.node.map((n) => (n.input.includes(residual) ? shallowCopy(n, { input: n.input.map((i) => (i === residual ? "test/reshaped" : i)) }) : n));
-    nodes.splice(nodes.findIndex((n) => n.output.includes(residual)) + 1, 0, makeNode("Reshape", [residual, "test/shape"], ["test/reshaped"], "test/static_reshape"));
-    return encodeModel(shallowCopy(m, { graph: shallowCopy(g, { node: nodes, initializer: [...g.initializer, int64Tensor("test/shape", [65, -1, 48])] }) }));
+    const nodes = g.node.map((n) =>
+      n.input.includes(residual)
+        ? shallowCopy(n, { input: n.input.map((i) => (i === residual ? "test/reshaped" : i)) })
+        : n,
+    );
+    nodes.splice(
+      nodes.findIndex((n) => n.output.includes(residual)) + 1,
+      0,
+      makeNode("Reshape", [residual, "test/shape"], ["test/reshaped"], "test/static_reshape"),
+    );
+    return encodeModel(
+      shallowCopy(m, {
+        graph: shallowCopy(g, {
+          node: nodes,
+          initializer: [...g.initializer, int64Tensor("test/shape", [65, -1, 48])],
+        }),
+      }),
+    );
   }
   const fused = buildFusedVit();
   const cases: [string, Uint8Array, string][] = [
     ["a layer out of range (a planning diagnostic)", TINY, "after layer 9 keep 50% by cls-attn"],
-    ["a constant shape that bakes in the token count (the passes refuse it)", bakedReshape(), "after layer 1 keep 50% by cls-attn"],
-    ["'with recycle' above per-token side tensors (the passes refuse it)", fused, "after layer 0 keep 25% by cls-attn with recycle"],
-    ["'with renumber' with no positions below (the passes refuse it)", fused, "after layer 1 keep 50% by cls-attn with renumber"],
-    ["a windowed Swin stream (the analysis refuses it)", readFileSync(join(FIXTURES, "swin-tiny.onnx")), "after layer 0 keep 50% by norm"],
+    [
+      "a constant shape that bakes in the token count (the passes refuse it)",
+      bakedReshape(),
+      "after layer 1 keep 50% by cls-attn",
+    ],
+    [
+      "'with recycle' above per-token side tensors (the passes refuse it)",
+      fused,
+      "after layer 0 keep 25% by cls-attn with recycle",
+    ],
+    [
+      "'with renumber' with no positions below (the passes refuse it)",
+      fused,
+      "after layer 1 keep 50% by cls-attn with renumber",
+    ],
+    [
+      "a windowed Swin stream (the analysis refuses it)",
+      readFileSync(join(FIXTURES, "swin-tiny.onnx")),
+      "after layer 0 keep 50% by norm",
+    ],
   ];
   it.each(cases)("%s", (_what, model, spec) => {
     const e = thrown(() => compile(model, spec, { modelName: "m.onnx", specName: "s.prune" }));

@@ -24,7 +24,10 @@ import { gqaAttention, gqaLogits, type GqaAttention } from "./gqa-map.js";
 const FLOAT = 1;
 
 /** How a layer's per-head tensors are laid out; a layout that folds heads into the batch carries the head count. */
-export type HeadLayout = { form: "batch,heads,q,k" } | { form: "heads,q,k" } | { form: "batch*heads,q,k"; heads: number };
+export type HeadLayout =
+  | { form: "batch,heads,q,k" }
+  | { form: "heads,q,k" }
+  | { form: "batch*heads,q,k"; heads: number };
 
 /** Probabilities the graph materializes (MatMul + Softmax). */
 export interface MaterializedAttention {
@@ -67,21 +70,36 @@ export function attentionOf(layer: LayerInfo): Prepared<Attention> {
   const core = layer.core;
   if (!core) return { why: `layer ${layer.index} has no softmax attention (${layer.kind})` };
   if (!core.probs) return recomputed(layer, core);
-  const layout = headLayout(layer, `the layout of layer ${layer.index}'s attention probabilities ('${core.probs}') could not be determined`);
+  const layout = headLayout(
+    layer,
+    `the layout of layer ${layer.index}'s attention probabilities ('${core.probs}') could not be determined`,
+  );
   if ("why" in layout) return layout;
-  return { ok: { kind: "materialized", index: layer.index, probs: core.probs, logits: core.anchor.input[0]!, layout: layout.ok, pv: core.pv } };
+  return {
+    ok: {
+      kind: "materialized",
+      index: layer.index,
+      probs: core.probs,
+      logits: core.anchor.input[0]!,
+      layout: layout.ok,
+      pv: core.pv,
+    },
+  };
 }
 
 /** The values of a readable attention, or why they cannot be read. */
 export function valuesOf(attention: Attention): Prepared<Values> {
   switch (attention.kind) {
     case "materialized":
-      if (!attention.pv) return { why: `layer ${attention.index}'s values (the P·V MatMul's right input) were not found` };
+      if (!attention.pv)
+        return { why: `layer ${attention.index}'s values (the P·V MatMul's right input) were not found` };
       return { ok: { kind: "materialized", tensor: attention.pv.input[1]!, layout: attention.layout } };
     case "MultiHeadAttention":
       return { ok: attention };
     case "GroupQueryAttention":
-      return { why: `layer ${attention.index}'s values behind com.microsoft.GroupQueryAttention (node '${attention.node.name}') are not recomputed` };
+      return {
+        why: `layer ${attention.index}'s values behind com.microsoft.GroupQueryAttention (node '${attention.node.name}') are not recomputed`,
+      };
   }
 }
 
@@ -138,7 +156,12 @@ export function values(b: NodeBuilder, v: Values): string {
   if (bias) {
     // The op adds bias[2W:3W] to v (bias = [3W], q|k|v).
     const width = v.heads * v.headSize;
-    value = b.op("Add", [value, b.slice(b.op("Cast", [bias], { to: FLOAT }, "qkv_bias_fp32"), 0, 2 * width, 3 * width)], {}, "value_bias");
+    value = b.op(
+      "Add",
+      [value, b.slice(b.op("Cast", [bias], { to: FLOAT }, "qkv_bias_fp32"), 0, 2 * width, 3 * width)],
+      {},
+      "value_bias",
+    );
   }
   return splitHeads(b, v, value, [0, 2, 1, 3]);
 }
@@ -149,15 +172,26 @@ function recomputed(layer: LayerInfo, core: AttentionCore): Prepared<MhaAttentio
   const where = `layer ${layer.index}'s fused com.microsoft.${core.kind} (node '${n.name}')`;
   if (core.kind === "GroupQueryAttention") return gqaAttention(layer, core, where);
   if (core.kind !== "MultiHeadAttention") {
-    return { why: `${where} does not expose attention probabilities, and prunec recomputes them only behind MultiHeadAttention and GroupQueryAttention (${core.kind} takes packed projection weights)` };
+    return {
+      why: `${where} does not expose attention probabilities, and prunec recomputes them only behind MultiHeadAttention and GroupQueryAttention (${core.kind} takes packed projection weights)`,
+    };
   }
-  if (!n.input[1] || !n.input[2]) return { why: `${where} takes packed q/k/v in one tensor; prunec recomputes attention from separate q and k only` };
+  if (!n.input[1] || !n.input[2])
+    return { why: `${where} takes packed q/k/v in one tensor; prunec recomputes attention from separate q and k only` };
   if (n.input[4]) return { why: `${where} has a key_padding_mask input, which prunec's recompute does not apply` };
-  if (n.input[6] || n.input[7]) return { why: `${where} reads a past key/value cache; prunec prunes encoders without a cache` };
-  if (attrInt(n, "unidirectional", 0) !== 0) return { why: `${where} is causal (unidirectional=1); prunec's recompute is bidirectional` };
-  if (!layer.heads || !layer.headSize) return { why: `the number of heads or the head size of ${where} could not be determined` };
-  if (layer.fusedInputRank !== 3) return { why: `${where} takes q/k of rank ${layer.fusedInputRank ?? "unknown"}; prunec recomputes attention from [batch, sequence, heads·head_size] inputs` };
-  return { ok: { kind: "MultiHeadAttention", index: layer.index, node: n, heads: layer.heads, headSize: layer.headSize } };
+  if (n.input[6] || n.input[7])
+    return { why: `${where} reads a past key/value cache; prunec prunes encoders without a cache` };
+  if (attrInt(n, "unidirectional", 0) !== 0)
+    return { why: `${where} is causal (unidirectional=1); prunec's recompute is bidirectional` };
+  if (!layer.heads || !layer.headSize)
+    return { why: `the number of heads or the head size of ${where} could not be determined` };
+  if (layer.fusedInputRank !== 3)
+    return {
+      why: `${where} takes q/k of rank ${layer.fusedInputRank ?? "unknown"}; prunec recomputes attention from [batch, sequence, heads·head_size] inputs`,
+    };
+  return {
+    ok: { kind: "MultiHeadAttention", index: layer.index, node: n, heads: layer.heads, headSize: layer.headSize },
+  };
 }
 
 /** [B,S,H·D] → [B,S,H,D] → transposed by `perm`. */
@@ -197,7 +231,12 @@ function recomputedLogits(b: NodeBuilder, mha: MhaAttention, rows: "all" | "cls"
  * Per-key scores [B,Np] from probabilities [B,H,Q,N]: `reduceQueries` reduces the query axis
  * (axis 2) to size 1; the special prefix keys are dropped and heads averaged.
  */
-export function keyScores(b: NodeBuilder, probs: string, prefix: number, reduceQueries: (probs: string, queryAxis: number) => string): string {
+export function keyScores(
+  b: NodeBuilder,
+  probs: string,
+  prefix: number,
+  reduceQueries: (probs: string, queryAxis: number) => string,
+): string {
   const cols = b.slice(reduceQueries(probs, 2), 3, prefix); // [B,H,1,Np]
   return b.reduceMean(cols, [1, 2], 0); // [B,Np]
 }

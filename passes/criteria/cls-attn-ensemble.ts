@@ -27,7 +27,10 @@ function checkRange(facts: StageFacts, written: [number, number]): Prepared<Atte
   const text = `${written[0]}..${written[1]}`;
   const count = facts.model.layers.length;
   const outside = written.find((l) => l < -count || l >= count);
-  if (outside !== undefined) return { why: `layer ${outside} of layers ${text} is out of range: the model has ${count} layers (0..${count - 1}, or -1..-${count} from the end)` };
+  if (outside !== undefined)
+    return {
+      why: `layer ${outside} of layers ${text} is out of range: the model has ${count} layers (0..${count - 1}, or -1..-${count} from the end)`,
+    };
   const lo = resolve(facts.model, written[0]);
   const hi = resolve(facts.model, written[1]);
   const stage = facts.layer.index;
@@ -39,7 +42,9 @@ function checkRange(facts: StageFacts, written: [number, number]): Prepared<Atte
     };
   }
   if (hi > stage) {
-    return { why: `${shown} ends at layer ${hi}, which has not run when this stage selects after layer ${stage}; the range must lie within ${facts.firstLayer}..${stage}` };
+    return {
+      why: `${shown} ends at layer ${hi}, which has not run when this stage selects after layer ${stage}; the range must lie within ${facts.firstLayer}..${stage}`,
+    };
   }
   const attentions: Attention[] = [];
   for (const l of facts.model.layers.slice(lo, hi + 1)) {
@@ -61,7 +66,8 @@ export const clsAttnEnsemble: CriterionModule = {
   paddingSafe: true,
   summary: "sum over a layer range of the CLS query's attention, mean over heads (VTC-CLS, methods.md §2)",
   args: { layers: { type: "range", doc: "first..last layer whose CLS attention is summed (inclusive)" } },
-  needs: "a CLS token; attention probabilities (MatMul + Softmax, or recomputed behind MultiHeadAttention) at every layer of the range",
+  needs:
+    "a CLS token; attention probabilities (MatMul + Softmax, or recomputed behind MultiHeadAttention) at every layer of the range",
   prepare(facts) {
     // The stage layer first: `inspect` asks with the defaults only (no range), and these are the model facts it reports.
     const cls = clsUnavailable(facts.model);
@@ -70,7 +76,9 @@ export const clsAttnEnsemble: CriterionModule = {
     if ("why" in stage) return stage;
     const written = writtenRange(facts);
     if (!written) {
-      return { why: `it needs the layer range whose CLS attention it sums, e.g. cls-attn-ensemble(layers: ${facts.firstLayer}..${facts.layer.index})` };
+      return {
+        why: `it needs the layer range whose CLS attention it sums, e.g. cls-attn-ensemble(layers: ${facts.firstLayer}..${facts.layer.index})`,
+      };
     }
     const range = checkRange(facts, written);
     if ("why" in range) return range;

@@ -73,7 +73,8 @@ function features(ctx: ScoreContext): string {
 }
 
 function counts(ctx: ScoreContext, name: string): { n: number; keep: number } {
-  if (ctx.tokens === undefined || ctx.keep === undefined) throw new Error(`${name} needs a static token count (checked by the plan)`);
+  if (ctx.tokens === undefined || ctx.keep === undefined)
+    throw new Error(`${name} needs a static token count (checked by the plan)`);
   return { n: ctx.tokens - ctx.prefix, keep: ctx.keep };
 }
 
@@ -81,7 +82,12 @@ function counts(ctx: ScoreContext, name: string): { n: number; keep: number } {
 function maskedDistances(b: NodeBuilder, d: string, n: number): string {
   const sym = b.op("Min", [d, b.op("Transpose", [d], { perm: [0, 2, 1] })], {}, "symmetric");
   const positions = [...Array(n).keys()];
-  const self = b.op("Equal", [b.float(positions, [n, 1], "row_positions"), b.float(positions, [1, n], "col_positions")], {}, "self");
+  const self = b.op(
+    "Equal",
+    [b.float(positions, [n, 1], "row_positions"), b.float(positions, [1, n], "col_positions")],
+    {},
+    "self",
+  );
   return b.op("Where", [self, b.float([-Infinity], [], "minus_inf"), sym], {}, "distances");
 }
 
@@ -121,7 +127,11 @@ function greedyMaxMin(b: NodeBuilder, dist: string, seed: string, k: number, tar
 /** Loop of `steps` iterations over the running min d0 [B,N]: the picks as int64 [B, steps]. */
 function selectionLoop(b: NodeBuilder, dist: string, d0: string, steps: number): string {
   const body = new NodeBuilder(`${b.prefix}/loop_body`, b.opset);
-  const [iter, condIn, dIn] = ["iteration", "cond_in", "d_in"].map((s) => `${b.prefix}/loop_body/${s}`) as [string, string, string];
+  const [iter, condIn, dIn] = ["iteration", "cond_in", "d_in"].map((s) => `${b.prefix}/loop_body/${s}`) as [
+    string,
+    string,
+    string,
+  ];
   const pick = argmax(body, dIn, "pick");
   const dOut = body.op("Min", [dIn, row(body, dist, pick)], {}, "running_min");
   const condOut = body.op("Identity", [condIn], {}, "cond");
@@ -129,12 +139,22 @@ function selectionLoop(b: NodeBuilder, dist: string, d0: string, steps: number):
     name: `${b.prefix}/loop_body`,
     node: body.nodes,
     initializer: body.initializers,
-    input: [valueInfo(iter, DT.INT64, []), valueInfo(condIn, DT.BOOL, []), valueInfo(dIn, DT.FLOAT, [undefined, undefined])],
-    output: [valueInfo(condOut, DT.BOOL, []), valueInfo(dOut, DT.FLOAT, [undefined, undefined]), valueInfo(pick, DT.INT64, [undefined, 1])],
+    input: [
+      valueInfo(iter, DT.INT64, []),
+      valueInfo(condIn, DT.BOOL, []),
+      valueInfo(dIn, DT.FLOAT, [undefined, undefined]),
+    ],
+    output: [
+      valueInfo(condOut, DT.BOOL, []),
+      valueInfo(dOut, DT.FLOAT, [undefined, undefined]),
+      valueInfo(pick, DT.INT64, [undefined, 1]),
+    ],
   });
   const trips = b.int64([steps], [], "steps");
   const cond = `${b.prefix}/true_${b.nodes.length}`;
-  b.initializers.push(create(TensorProtoSchema, { name: cond, dataType: DT.BOOL, dims: [], rawData: new Uint8Array([1]) }));
+  b.initializers.push(
+    create(TensorProtoSchema, { name: cond, dataType: DT.BOOL, dims: [], rawData: new Uint8Array([1]) }),
+  );
   const [, scanned] = b.opN("Loop", [trips, cond, d0], 2); // d after the loop (unused), picks [steps, B, 1]
   const loop = b.nodes[b.nodes.length - 1]!;
   loop.attribute.push(create(AttributeProtoSchema, { name: "body", type: AT.GRAPH, g: graph }));
@@ -166,7 +186,12 @@ function kCenterSelect(ctx: ScoreContext): string {
   const seed = b.op("ArgMin", [sq], { axis: 1, keepdims: 1, select_last_index: 0 }, "seed"); // nearest the mean
   const gram = b.op("MatMul", [centred, b.op("Transpose", [centred], { perm: [0, 2, 1] })], {}, "gram");
   const sums = b.op("Add", [b.unsqueeze(sq, [2]), b.unsqueeze(sq, [1])], {}, "norm_sums");
-  const d2 = b.op("Sub", [sums, b.op("Mul", [gram, b.float([2], [], "two")], {}, "twice_gram")], {}, "squared_distance");
+  const d2 = b.op(
+    "Sub",
+    [sums, b.op("Mul", [gram, b.float([2], [], "two")], {}, "twice_gram")],
+    {},
+    "squared_distance",
+  );
   return greedyMaxMin(b, maskedDistances(b, d2, n), seed, keep, ctx.target);
 }
 

@@ -7,7 +7,6 @@ import type { CriterionModule, Prepared, ScoreContext } from "../criterion.js";
 import type { Dim } from "../../src/analysis/dims.js";
 import { mulberry32 } from "../../src/random.js";
 
-
 /** A random permutation of 0..n-1 (Fisher–Yates driven by mulberry32(seed)). */
 export function randomOrder(n: number, seed: number): number[] {
   const next = mulberry32(seed);
@@ -55,7 +54,9 @@ function scoresFromOrder(ctx: ScoreContext, order: number[]): string {
 
 /** The static token count entering the stage, or why it is symbolic. */
 function staticCount(tokensIn: Dim | undefined): Prepared<number> {
-  return typeof tokensIn === "number" ? { ok: tokensIn } : { why: `the token count is symbolic (${String(tokensIn)}); this criterion needs a static one` };
+  return typeof tokensIn === "number"
+    ? { ok: tokensIn }
+    : { why: `the token count is symbolic (${String(tokensIn)}); this criterion needs a static one` };
 }
 
 export const random: CriterionModule = {
@@ -79,7 +80,8 @@ export const uniform: CriterionModule = {
   prepare({ model, tokensIn, prefix }) {
     const tokens = staticCount(tokensIn);
     if ("why" in tokens) return tokens;
-    if (tokens.ok !== model.tokens) return { why: "it spreads tokens over the full patch grid, so it must be the first stage" };
+    if (tokens.ok !== model.tokens)
+      return { why: "it spreads tokens over the full patch grid, so it must be the first stage" };
     const patches = tokens.ok - model.cls.prefixTokens;
     const g = Math.round(Math.sqrt(patches));
     if (g * g !== patches) return { why: `${patches} prunable tokens do not form a square patch grid` };

@@ -21,7 +21,15 @@
  */
 import type { CriterionModule, Prepared, ScoreContext, Scorer, StageFacts } from "../criterion.js";
 import type { NodeBuilder } from "../builder.js";
-import { attentionOf, clsRowScores, keyScores, values, valuesOf, type Attention, type Values } from "../attention/attention-map.js";
+import {
+  attentionOf,
+  clsRowScores,
+  keyScores,
+  values,
+  valuesOf,
+  type Attention,
+  type Values,
+} from "../attention/attention-map.js";
 import { clsUnavailable } from "./cls-attn.js";
 
 /** x / Σ_j x_j over the prunable keys (axis 1 of [B,Np]). */
@@ -45,7 +53,10 @@ function layerScore(b: NodeBuilder, layer: FlowLayer, prefix: number, keyBias: s
   // Padding and masked tokens are not keys of this softmax (they are not in the batch-1 stream).
   if (keyBias) semanticWeight = b.op("Add", [semanticWeight, b.unsqueeze(keyBias, [1, 2])], {}, "skip_padding");
   const semanticAttn = b.op("Softmax", [semanticWeight], { axis: -1 }, "value_softmax");
-  const semantic = normalised(b, keyScores(b, semanticAttn, prefix, (p) => p)); // σ/Σσ
+  const semantic = normalised(
+    b,
+    keyScores(b, semanticAttn, prefix, (p) => p),
+  ); // σ/Σσ
   const meanValue = b.reduceMean(v, [1], 0); // [B,N,D]
   const l1 = b.reduce("ReduceSum", b.op("Abs", [meanValue]), [2], 0); // [B,N]
   const magnitude = b.slice(l1, 1, prefix); // [B,Np]
@@ -74,7 +85,10 @@ function prepare({ model, layer, firstLayer, args }: StageFacts): Prepared<Score
 function score({ b, prefix, keyBias, firstLayer, layer: stage }: ScoreContext, layers: FlowLayer[]): string {
   const [first, ...rest] = layers;
   // No layer only when a stage repeats an earlier stage's layer, which the plan rejects after asking (layer order).
-  if (!first) throw new Error(`internal: flowcut after layer ${stage.index} has no layer to average from layer ${firstLayer} (the plan rejects stages out of layer order)`);
+  if (!first)
+    throw new Error(
+      `internal: flowcut after layer ${stage.index} has no layer to average from layer ${firstLayer} (the plan rejects stages out of layer order)`,
+    );
   let c = layerScore(b, first, prefix, keyBias);
   if (!rest.length) return c;
   const half = b.float([0.5], [1], "half");
@@ -88,8 +102,16 @@ function score({ b, prefix, keyBias, firstLayer, layer: stage }: ScoreContext, l
 export const flowcut: CriterionModule = {
   name: "flowcut",
   paddingSafe: true,
-  summary: "CLS attention plus value-norm information flow, running average across the layers since the previous stage (FlowCut, methods.md §6)",
-  args: { adaptive: { type: "integer", default: 0, doc: "1: FlowCut's entropy-based count per example, down to the stage's `keep K tokens` at the schedule's last adaptive stage" } },
-  needs: "a CLS token; attention probabilities and values (MatMul + Softmax, or recomputed behind MultiHeadAttention) at every layer since the previous stage",
+  summary:
+    "CLS attention plus value-norm information flow, running average across the layers since the previous stage (FlowCut, methods.md §6)",
+  args: {
+    adaptive: {
+      type: "integer",
+      default: 0,
+      doc: "1: FlowCut's entropy-based count per example, down to the stage's `keep K tokens` at the schedule's last adaptive stage",
+    },
+  },
+  needs:
+    "a CLS token; attention probabilities and values (MatMul + Softmax, or recomputed behind MultiHeadAttention) at every layer since the previous stage",
   prepare,
 };

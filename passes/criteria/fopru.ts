@@ -23,11 +23,16 @@ const strategyOf = (facts: StageFacts): string => String(facts.args["strategy"] 
 /** Why the prunable tokens of this stage do not form a square grid, or its width. */
 function gridWidth(facts: StageFacts): Prepared<number> {
   const { model, tokensIn, prefix } = facts;
-  if (typeof tokensIn !== "number") return { why: `the token count is symbolic (${String(tokensIn)}); strategy 'rows' needs a static one` };
-  if (tokensIn !== model.tokens) return { why: `strategy 'rows' needs the full patch grid, but an earlier stage already pruned it (${tokensIn} of ${String(model.tokens)} tokens enter this stage)` };
+  if (typeof tokensIn !== "number")
+    return { why: `the token count is symbolic (${String(tokensIn)}); strategy 'rows' needs a static one` };
+  if (tokensIn !== model.tokens)
+    return {
+      why: `strategy 'rows' needs the full patch grid, but an earlier stage already pruned it (${tokensIn} of ${String(model.tokens)} tokens enter this stage)`,
+    };
   const patches = tokensIn - prefix;
   const width = Math.round(Math.sqrt(patches));
-  if (width * width !== patches) return { why: `${patches} prunable tokens do not form a square patch grid; strategy 'rows' needs one` };
+  if (width * width !== patches)
+    return { why: `${patches} prunable tokens do not form a square patch grid; strategy 'rows' needs one` };
   return { ok: width };
 }
 
@@ -51,10 +56,12 @@ export function fopruScores(b: NodeBuilder, attention: Attention, prefix: number
 /** fopru's scorer for the stage: a score per token (`rank`), or per grid row with the rows as groups (`rows`). */
 function prepare(facts: StageFacts): Prepared<Scorer> {
   const strategy = strategyOf(facts);
-  if (!(STRATEGIES as readonly string[]).includes(strategy)) return { why: `strategy '${strategy}' is not one of ${STRATEGIES.join(", ")}` };
+  if (!(STRATEGIES as readonly string[]).includes(strategy))
+    return { why: `strategy '${strategy}' is not one of ${STRATEGIES.join(", ")}` };
   const attention = attentionOf(facts.layer);
   if ("why" in attention) return attention;
-  if (strategy !== "rows") return { ok: { kind: "score", score: ({ b, prefix }) => fopruScores(b, attention.ok, prefix) } };
+  if (strategy !== "rows")
+    return { ok: { kind: "score", score: ({ b, prefix }) => fopruScores(b, attention.ok, prefix) } };
   const grid = gridWidth(facts);
   if ("why" in grid) return grid;
   const w = grid.ok;
@@ -63,15 +70,21 @@ function prepare(facts: StageFacts): Prepared<Scorer> {
     const byRow = b.op("Reshape", [scores, b.int64([0, w, w], [3], "grid_shape")], {}, "grid_rows"); // [B,w,w]
     return b.reduce("ReduceSum", byRow, [2], 0); // [B,w]
   };
-  const groups = { unit: "grid row", members: Array.from({ length: w }, (_, r) => Array.from({ length: w }, (_, c) => r * w + c)) };
+  const groups = {
+    unit: "grid row",
+    members: Array.from({ length: w }, (_, r) => Array.from({ length: w }, (_, c) => r * w + c)),
+  };
   return { ok: { kind: "score", score, groups } };
 }
 
 export const fopru: CriterionModule = {
   name: "fopru",
   summary: "column or row mean of patch-to-patch attention, whichever varies more (FoPru, methods.md §10)",
-  args: { strategy: { type: "identifier", default: "rank", doc: "`rank` (TopK of tokens) or `rows` (whole grid rows)" } },
-  needs: "attention probabilities (MatMul + Softmax, or recomputed behind MultiHeadAttention); no CLS needed; `rows`: a static square patch grid, before any other stage",
+  args: {
+    strategy: { type: "identifier", default: "rank", doc: "`rank` (TopK of tokens) or `rows` (whole grid rows)" },
+  },
+  needs:
+    "attention probabilities (MatMul + Softmax, or recomputed behind MultiHeadAttention); no CLS needed; `rows`: a static square patch grid, before any other stage",
   prepare,
 };
 
@@ -81,6 +94,7 @@ export const spatialRows: CriterionModule = {
   name: "spatial-rows",
   summary: "whole grid rows ranked by the summed FoPru score; the same as fopru(strategy: rows) (methods.md §10)",
   args: {},
-  needs: "attention probabilities (MatMul + Softmax, or recomputed behind MultiHeadAttention); a static square patch grid, before any other stage",
+  needs:
+    "attention probabilities (MatMul + Softmax, or recomputed behind MultiHeadAttention); a static square patch grid, before any other stage",
   prepare: (facts) => prepare(rows(facts)),
 };

@@ -71,32 +71,56 @@ function prepare(facts: StageFacts): Prepared<Scorer> {
   const { model, layer, args, tokensIn, firstLayer, prefix } = facts;
   const alpha = Number(args["alpha"]);
   if (!(alpha > 0 && alpha <= 1)) {
-    return { why: `alpha ${String(args["alpha"])} is not in (0, 1]: it is the fraction of the budget spent on anchors and their buffers (n_a = round(N'·alpha/5))` };
+    return {
+      why: `alpha ${String(args["alpha"])} is not in (0, 1]: it is the fraction of the budget spent on anchors and their buffers (n_a = round(N'·alpha/5))`,
+    };
   }
-  if (typeof tokensIn !== "number") return { why: `the token count is symbolic (${String(tokensIn)}); hiprune needs a static one (its budget N' and grid width)` };
+  if (typeof tokensIn !== "number")
+    return {
+      why: `the token count is symbolic (${String(tokensIn)}); hiprune needs a static one (its budget N' and grid width)`,
+    };
   const prunable = tokensIn - prefix;
   const width = gridWidth(prunable);
-  if (width === undefined) return { why: `its ${prunable} prunable input tokens do not form a square patch grid (the buffers are the anchors' ±1 and ±grid-width neighbours)` };
+  if (width === undefined)
+    return {
+      why: `its ${prunable} prunable input tokens do not form a square patch grid (the buffers are the anchors' ±1 and ±grid-width neighbours)`,
+    };
   const deep = attentionOf(layer);
   if ("why" in deep) return deep;
   // `inspect` asks with the declared defaults only, where object_layer is absent: the stage layer is
   // all it can check. A spec must name the object layer.
   const written = args["object_layer"];
   const object = objectLayerIndex(facts);
-  if (object === undefined) return { why: `it needs the object_layer argument (the layer whose global attention picks the anchors, in ${firstLayer}..${layer.index}), e.g. hiprune(object_layer: ${firstLayer})` };
+  if (object === undefined)
+    return {
+      why: `it needs the object_layer argument (the layer whose global attention picks the anchors, in ${firstLayer}..${layer.index}), e.g. hiprune(object_layer: ${firstLayer})`,
+    };
   const range = `${firstLayer}..${layer.index}`;
   const count = model.layers.length;
   const objectLayer = model.layers[object];
-  if (object < 0 || !objectLayer) return { why: `object_layer ${String(written)} is out of range: the model has ${count} layers; it must be in ${range}` };
+  if (object < 0 || !objectLayer)
+    return {
+      why: `object_layer ${String(written)} is out of range: the model has ${count} layers; it must be in ${range}`,
+    };
   if (object < firstLayer) {
-    return { why: `object_layer ${String(written)} is before layer ${firstLayer}, the first layer that sees this stage's input tokens (the previous stage prunes after layer ${firstLayer - 1}); it must be in ${range}` };
+    return {
+      why: `object_layer ${String(written)} is before layer ${firstLayer}, the first layer that sees this stage's input tokens (the previous stage prunes after layer ${firstLayer - 1}); it must be in ${range}`,
+    };
   }
   if (object > layer.index) {
-    return { why: `object_layer ${String(written)} comes after layer ${layer.index}, whose output this stage prunes (later layers have not run yet); it must be in ${range}` };
+    return {
+      why: `object_layer ${String(written)} comes after layer ${layer.index}, whose output this stage prunes (later layers have not run yet); it must be in ${range}`,
+    };
   }
   const shallow = attentionOf(objectLayer);
   if ("why" in shallow) return { why: `object layer: ${shallow.why}` };
-  const proven: HiPruneFacts = { prunable, width, alpha, deep: deep.ok, object: object === layer.index ? undefined : shallow.ok };
+  const proven: HiPruneFacts = {
+    prunable,
+    width,
+    alpha,
+    deep: deep.ok,
+    object: object === layer.index ? undefined : shallow.ok,
+  };
   return { ok: { kind: "score", score: (ctx) => score(ctx, proven) } };
 }
 
@@ -109,8 +133,18 @@ function score(ctx: ScoreContext, { prunable, width: w, alpha, deep: deepAttenti
   const shallow = object ? globalScores(b, object, prefix) : deep;
   const [, anchors] = b.opN("TopK", [shallow, b.int64([nA], [1], "n_anchors")], 2, { axis: 1, largest: 1, sorted: 1 }); // [B,n_a]
   const shifted = (d: number) => b.op("Add", [anchors!, b.int64([d], [1], "offset")], {}, "neighbour");
-  const candidates = b.op("Concat", [anchors!, shifted(-1), shifted(1), shifted(-w), shifted(w)], { axis: 1 }, "anchors_and_buffers"); // [B,5·n_a]
-  const clamped = b.op("Clip", [candidates, b.int64([0], [], "first"), b.int64([prunable - 1], [], "last")], {}, "clamp");
+  const candidates = b.op(
+    "Concat",
+    [anchors!, shifted(-1), shifted(1), shifted(-w), shifted(w)],
+    { axis: 1 },
+    "anchors_and_buffers",
+  ); // [B,5·n_a]
+  const clamped = b.op(
+    "Clip",
+    [candidates, b.int64([0], [], "first"), b.int64([prunable - 1], [], "last")],
+    {},
+    "clamp",
+  );
   const zeros = b.op("ConstantOfShape", [b.op("Shape", [deep])], {}, "zero_mask"); // float 0 (the default value)
   const fill = (value: number, like: string) => b.op("Expand", [b.float([value], [1], "bonus"), b.op("Shape", [like])]);
   const buffered = b.op("ScatterElements", [zeros, clamped, fill(2, clamped)], { axis: 1 }, "mark_buffers");
@@ -121,11 +155,20 @@ function score(ctx: ScoreContext, { prunable, width: w, alpha, deep: deepAttenti
 export const hiprune: CriterionModule = {
   name: "hiprune",
   usesBudget: true,
-  summary: "anchors from an object layer, their ±1/±grid-width buffers, registers from the deep layer (HiPrune, methods.md §4)",
+  summary:
+    "anchors from an object layer, their ±1/±grid-width buffers, registers from the deep layer (HiPrune, methods.md §4)",
   args: {
-    object_layer: { type: "integer", doc: "layer whose global attention picks the anchors: after the previous stage's layer, up to this stage's (negative counts from the end)" },
-    alpha: { type: "number", default: 0.1, doc: "anchor fraction in (0, 1]: n_a = round(N'·alpha/5) (Python round, halves to even)" },
+    object_layer: {
+      type: "integer",
+      doc: "layer whose global attention picks the anchors: after the previous stage's layer, up to this stage's (negative counts from the end)",
+    },
+    alpha: {
+      type: "number",
+      default: 0.1,
+      doc: "anchor fraction in (0, 1]: n_a = round(N'·alpha/5) (Python round, halves to even)",
+    },
   },
-  needs: "attention probabilities (MatMul + Softmax, or recomputed behind MultiHeadAttention) at the stage and object layers; a static token count forming a square patch grid",
+  needs:
+    "attention probabilities (MatMul + Softmax, or recomputed behind MultiHeadAttention) at the stage and object layers; a static token count forming a square patch grid",
   prepare,
 };

@@ -59,16 +59,25 @@ export interface NextLayer {
 /** The layer after `facts.layer` whose attention iga reads, or why iga cannot read it. */
 export function nextLayerOf({ model, layer }: Pick<StageFacts, "model" | "layer">): Prepared<NextLayer> {
   const next = model.layers[layer.index + 1];
-  if (!next) return { why: `iga reads the next layer's attention (layer ${layer.index + 1}), but layer ${layer.index} is the model's last; use a stage at an earlier layer` };
-  if (model.batchAxis !== 0 || model.tokenAxis !== 1) return { why: "iga reads a batch-first [batch, sequence, hidden] residual stream" };
+  if (!next)
+    return {
+      why: `iga reads the next layer's attention (layer ${layer.index + 1}), but layer ${layer.index} is the model's last; use a stage at an earlier layer`,
+    };
+  if (model.batchAxis !== 0 || model.tokenAxis !== 1)
+    return { why: "iga reads a batch-first [batch, sequence, hidden] residual stream" };
   if (!layer.residual || !next.residual || next.residual.input !== layer.residual.output) {
-    return { why: `the residual stream from layer ${layer.index} into layer ${next.index}'s pre-norm could not be found` };
+    return {
+      why: `the residual stream from layer ${layer.index} into layer ${next.index}'s pre-norm could not be found`,
+    };
   }
   const at = { stage: layer.index, index: next.index, from: layer.residual.output };
   const core = next.core;
   if (core && !core.probs) {
     const where = `layer ${next.index}'s fused com.microsoft.${core.kind} (node '${core.anchor.name}')`;
-    if (core.kind !== "GroupQueryAttention") return { why: `${where}: iga clones the next layer's norm, q/k path and rotary up to an explicit q·kᵀ MatMul + Softmax or a GroupQueryAttention` };
+    if (core.kind !== "GroupQueryAttention")
+      return {
+        why: `${where}: iga clones the next layer's norm, q/k path and rotary up to an explicit q·kᵀ MatMul + Softmax or a GroupQueryAttention`,
+      };
     const gqa = gqaAttention(next, core, where);
     if ("why" in gqa) return { why: `iga clones the next layer's norm, q/k path and rotary, but ${gqa.why}` };
     return { ok: { ...at, attention: gqa.ok } };
@@ -76,14 +85,20 @@ export function nextLayerOf({ model, layer }: Pick<StageFacts, "model" | "layer"
   const attention = attentionOf(next);
   if ("why" in attention) return { why: `iga reads the next layer's attention, but ${attention.why}` };
   // A core without materialized probabilities was handled above: this is MatMul + Softmax.
-  if (attention.ok.kind !== "materialized") return { why: `iga reads the next layer's attention, but layer ${next.index}'s probabilities are not materialized` };
+  if (attention.ok.kind !== "materialized")
+    return {
+      why: `iga reads the next layer's attention, but layer ${next.index}'s probabilities are not materialized`,
+    };
   return { ok: { ...at, attention: attention.ok } };
 }
 
 /** The `image` set's membership [B,N] (bool) over the stage's stream, or a rejection. */
 export function imageMembers(ctx: ScoreContext, criterion: string): string {
   if (ctx.ofSet?.name !== "image") {
-    throw new PrunecError("apply", `${criterion} after layer ${ctx.layer.index} scores image tokens: use it as 'drop P% of image by ${criterion}' (with 'tokens image = input NAME')`);
+    throw new PrunecError(
+      "apply",
+      `${criterion} after layer ${ctx.layer.index} scores image tokens: use it as 'drop P% of image by ${criterion}' (with 'tokens image = input NAME')`,
+    );
   }
   return ctx.sets?.get("image") ?? ctx.b.op("Cast", [ctx.ofSet.input], { to: BOOL }, "image_mask");
 }
@@ -105,14 +120,23 @@ function cloneFromStream(ctx: ScoreContext, next: NextLayer, targets: string[]):
     for (const i of p.input) if (i) stack.push(i);
   }
   if (!cone.size || ![...cone].some((n) => n.input.includes(r))) {
-    throw new PrunecError("apply", `iga after layer ${next.stage}: layer ${next.index}'s attention inputs (${targets.map((t) => `'${t}'`).join(", ")}) are not computed from the stream leaving layer ${next.stage}`);
+    throw new PrunecError(
+      "apply",
+      `iga after layer ${next.stage}: layer ${next.index}'s attention inputs (${targets.map((t) => `'${t}'`).join(", ")}) are not computed from the stream leaving layer ${next.stage}`,
+    );
   }
   const ordered = [...cone].sort((x, y) => g.position(x) - g.position(y));
   const at = `${b.prefix}/next_layer/`;
   const rename = new Map<string, string>([[r, ctx.stream]]);
   for (const n of ordered) for (const o of n.output) if (o) rename.set(o, at + o);
   for (const n of ordered) {
-    b.nodes.push(shallowCopy(n, { name: at + (n.name || n.output[0]!), input: n.input.map((i) => rename.get(i) ?? i), output: n.output.map((o) => rename.get(o) ?? o) }));
+    b.nodes.push(
+      shallowCopy(n, {
+        name: at + (n.name || n.output[0]!),
+        input: n.input.map((i) => rename.get(i) ?? i),
+        output: n.output.map((o) => rename.get(o) ?? o),
+      }),
+    );
   }
   return targets.map((t) => rename.get(t)!);
 }
@@ -136,7 +160,12 @@ function nextLogits(ctx: ScoreContext, next: NextLayer): string {
   if (n.input[10]) {
     // attention_bias [B|1, 1|H, S, T]: the current tokens' columns (T = S at prefill).
     const s = b.slice(b.op("Shape", [q!]), 0, 1, 2);
-    input[10] = b.op("Slice", [n.input[10], b.op("Neg", [s]), b.int64([Number.MAX_SAFE_INTEGER], [1], "end"), b.int64([3], [1], "key_axis")], {}, "current_bias");
+    input[10] = b.op(
+      "Slice",
+      [n.input[10], b.op("Neg", [s]), b.int64([Number.MAX_SAFE_INTEGER], [1], "end"), b.int64([3], [1], "key_axis")],
+      {},
+      "current_bias",
+    );
   }
   // Without its present-key output the recompute reads the (cloned) current keys only.
   return gqaLogits(b, { ...attention, node: shallowCopy(n, { input, output: [n.output[0]!] }) });
@@ -145,7 +174,9 @@ function nextLogits(ctx: ScoreContext, next: NextLayer): string {
 /** s / (Σ over the set's tokens of s + 1e-8), per example: s, member [B,N]. */
 export function normalisedOver(ctx: ScoreContext, s: string, member: string | undefined): string {
   const { b } = ctx;
-  const inSet = member ? b.op("Mul", [s, b.op("Cast", [member], { to: FLOAT }, "member_f")], {}, "set_part") : b.slice(s, 1, ctx.prefix);
+  const inSet = member
+    ? b.op("Mul", [s, b.op("Cast", [member], { to: FLOAT }, "member_f")], {}, "set_part")
+    : b.slice(s, 1, ctx.prefix);
   const total = b.op("Add", [b.reduce("ReduceSum", inSet, [1], 1), b.float([1e-8], [], "eps")], {}, "sum_eps");
   return b.op("Div", [s, total], {}, "normalised");
 }
@@ -161,7 +192,13 @@ export function igaScores(ctx: ScoreContext, next: NextLayer, image: string): st
   const img = b.op("Cast", [image], { to: FLOAT }, "image_f");
   const rest = b.op("CumSum", [img, b.int64([1], [], "token_axis")], { reverse: 1 }, "images_from_here");
   let instruction = b.op("Cast", [b.op("Equal", [rest, b.float([0], [], "zero")])], { to: FLOAT }, "instruction");
-  if (keyBias) instruction = b.op("Mul", [instruction, b.op("Cast", [b.op("Equal", [keyBias, b.float([0], [], "zero_bias")])], { to: FLOAT })], {}, "real_instruction");
+  if (keyBias)
+    instruction = b.op(
+      "Mul",
+      [instruction, b.op("Cast", [b.op("Equal", [keyBias, b.float([0], [], "zero_bias")])], { to: FLOAT })],
+      {},
+      "real_instruction",
+    );
   const count = b.op("Max", [b.reduce("ReduceSum", instruction, [1], 1), b.float([1], [], "one")], {}, "queries");
   const weights = b.op("Div", [instruction, count], {}, "query_weights"); // [B,N]
   const cols = b.squeeze(b.op("MatMul", [b.unsqueeze(weights, [1]), heads], {}, "instruction_attention"), [1]); // [B,N]
@@ -171,13 +208,20 @@ export function igaScores(ctx: ScoreContext, next: NextLayer, image: string): st
 export const iga: CriterionModule = {
   name: "iga",
   paddingSafe: true,
-  summary: "instruction-guided attention: the next layer's norm, q/k and rotary on the stream, instruction queries' mean attention to each image token (TransPrune IGA, methods.md §5)",
+  summary:
+    "instruction-guided attention: the next layer's norm, q/k and rotary on the stream, instruction queries' mean attention to each image token (TransPrune IGA, methods.md §5)",
   args: {},
   requiresSets: ["image", "instruction"],
-  needs: "a next layer whose pre-norm reads this layer's output, with MatMul + Softmax attention or GroupQueryAttention (rotary inside the op is first moved out of it); a batch-first decoder; a declared `image` token set used as `of image` and `tokens instruction = after image`; left-padded or unpadded prompts",
+  needs:
+    "a next layer whose pre-norm reads this layer's output, with MatMul + Softmax attention or GroupQueryAttention (rotary inside the op is first moved out of it); a batch-first decoder; a declared `image` token set used as `of image` and `tokens instruction = after image`; left-padded or unpadded prompts",
   prepare(facts) {
     const next = nextLayerOf(facts);
     if ("why" in next) return next;
-    return { ok: { kind: "score", score: (ctx) => ctx.b.slice(igaScores(ctx, next.ok, imageMembers(ctx, "iga")), 1, ctx.prefix) } };
+    return {
+      ok: {
+        kind: "score",
+        score: (ctx) => ctx.b.slice(igaScores(ctx, next.ok, imageMembers(ctx, "iga")), 1, ctx.prefix),
+      },
+    };
   },
 };

@@ -14,12 +14,18 @@ export const lastTokenAttn: CriterionModule = {
   summary: "mean over heads of the last prompt token's attention to each token (FastV, methods.md §14)",
   args: {},
   requiresSets: ["image"],
-  needs: "attention probabilities (MatMul + Softmax, or recomputed behind MultiHeadAttention / GroupQueryAttention); a declared `image` token set; left-padded prompts",
+  needs:
+    "attention probabilities (MatMul + Softmax, or recomputed behind MultiHeadAttention / GroupQueryAttention); a declared `image` token set; left-padded prompts",
   prepare({ layer }) {
     const attention = attentionOf(layer);
     if ("why" in attention) return attention;
     const score = ({ b, prefix }: ScoreContext): string => {
-      const last = b.op("Gather", [probabilities(b, attention.ok, "all"), b.int64([-1], [1], "last_row")], { axis: 2 }, "last_query"); // [B,H,1,N]
+      const last = b.op(
+        "Gather",
+        [probabilities(b, attention.ok, "all"), b.int64([-1], [1], "last_row")],
+        { axis: 2 },
+        "last_query",
+      ); // [B,H,1,N]
       return b.reduceMean(b.slice(last, 3, prefix), [1, 2], 0); // [B,Np]
     };
     return { ok: { kind: "score", score } };

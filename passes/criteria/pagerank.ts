@@ -35,12 +35,16 @@ export const pagerank: CriterionModule = {
     iterations: { type: "integer", default: 5, doc: "power iterations, 1 to 100 (each unrolled into the graph)" },
     temperature: { type: "number", default: 0.1, doc: "softmax temperature of the logits" },
   },
-  needs: "attention logits (the softmax input of MatMul + Softmax, or recomputed behind MultiHeadAttention); no CLS needed",
+  needs:
+    "attention logits (the softmax input of MatMul + Softmax, or recomputed behind MultiHeadAttention); no CLS needed",
   prepare({ layer, args }) {
     const { iterations, temperature } = settings(args);
     if (!(iterations >= 1)) return { why: `iterations must be at least 1, got ${iterations}` };
     // Each iteration is unrolled into the graph as one MatMul.
-    if (iterations > MAX_ITERATIONS) return { why: `iterations must be at most ${MAX_ITERATIONS} (each is one MatMul unrolled into the graph), got ${iterations}` };
+    if (iterations > MAX_ITERATIONS)
+      return {
+        why: `iterations must be at most ${MAX_ITERATIONS} (each is one MatMul unrolled into the graph), got ${iterations}`,
+      };
     if (!(temperature > 0)) return { why: `temperature must be greater than 0, got ${temperature}` };
     const attention = attentionOf(layer);
     if ("why" in attention) return attention;
@@ -49,13 +53,27 @@ export const pagerank: CriterionModule = {
 };
 
 /** The PageRank scores [B,Np] of the prunable tokens. */
-function pagerankScores({ b, prefix }: ScoreContext, attention: Attention, iterations: number, temperature: number): string {
+function pagerankScores(
+  { b, prefix }: ScoreContext,
+  attention: Attention,
+  iterations: number,
+  temperature: number,
+): string {
   const l = logits(b, attention);
   // Mask values (finfo.min) overflow to −inf when sharpened: clamp, so a row stays finite.
-  const scaled = b.op("Max", [b.op("Div", [l, b.float([temperature], [], "temperature")], {}, "sharpen"), b.float([FLOAT_MIN], [], "finfo_min")], {}, "clamped");
+  const scaled = b.op(
+    "Max",
+    [b.op("Div", [l, b.float([temperature], [], "temperature")], {}, "sharpen"), b.float([FLOAT_MIN], [], "finfo_min")],
+    {},
+    "clamped",
+  );
   // A query row with no allowed key (a padding token: every logit at a mask value) has no
   // transitions: its row is zero, so padding adds nothing and each example ranks as at batch 1.
-  const live = b.op("Cast", [b.op("Greater", [b.reduce("ReduceMax", l, [-1], 1), b.float([MASKED_ROW], [], "masked_row")], {}, "has_key")], { to: 1 });
+  const live = b.op(
+    "Cast",
+    [b.op("Greater", [b.reduce("ReduceMax", l, [-1], 1), b.float([MASKED_ROW], [], "masked_row")], {}, "has_key")],
+    { to: 1 },
+  );
   const m = b.op("Mul", [b.op("Softmax", [scaled], { axis: -1 }, "transition"), live], {}, "live_transition"); // [B,H,N,N], rows sum to 1 (0 for padding)
   let d = b.reduceMean(m, [2], 1); // (1/N)·1 · M: [B,H,1,N]
   for (let i = 1; i < iterations; i++) d = b.op("MatMul", [d, m], {}, "power_step");

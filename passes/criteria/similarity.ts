@@ -17,16 +17,24 @@ import { keysOf } from "../attention/keys.js";
 import type { CriterionModule } from "../criterion.js";
 
 function notAScore(): never {
-  throw new Error("similarity is used with 'merge' (src/plan-merge.ts plans it, passes/merge-stage.ts emits it); it has no keep/drop scores");
+  throw new Error(
+    "similarity is used with 'merge' (src/plan-merge.ts plans it, passes/merge-stage.ts emits it); it has no keep/drop scores",
+  );
 }
 
 export const similarity: CriterionModule = {
   name: "similarity",
-  summary: "`merge` only: ToMe's bipartite soft matching on the layer's keys (mean over heads, cosine); each merged token is the size-weighted mean of its sources, sizes carried to later merges (ToMe, methods.md §16)",
+  summary:
+    "`merge` only: ToMe's bipartite soft matching on the layer's keys (mean over heads, cosine); each merged token is the size-weighted mean of its sources, sizes carried to later merges (ToMe, methods.md §16)",
   args: {
-    proportional: { type: "integer", default: 0, doc: "1: add log(token size) to the attention logits of every later layer (ToMe's proportional attention); 0: off" },
+    proportional: {
+      type: "integer",
+      default: 0,
+      doc: "1: add log(token size) to the attention logits of every later layer (ToMe's proportional attention); 0: off",
+    },
   },
-  needs: "keys (MatMul + Softmax exports, or MultiHeadAttention's key input); a static token count; a batch-first stream",
+  needs:
+    "keys (MatMul + Softmax exports, or MultiHeadAttention's key input); a static token count; a batch-first stream",
   // The merge stage reads the keys itself (passes/merge-stage.ts, keysOf): here they are only proven readable.
   prepare(facts) {
     const keys = keysOf(facts.layer);

@@ -30,7 +30,8 @@ export const textAttn: CriterionModule = {
   // Raters are text tokens, which `of image` stages never drop or pad (padding repeats dropped
   // image tokens, which sit before the text), and the padding keys are masked at this layer.
   paddingSafe: true,
-  summary: "mean over heads and over relevant text raters of their attention to each image token; raters: text after the image whose mean softmax similarity to the image embeddings is above the text mean (SparseVLM, methods.md §15)",
+  summary:
+    "mean over heads and over relevant text raters of their attention to each image token; raters: text after the image whose mean softmax similarity to the image embeddings is above the text mean (SparseVLM, methods.md §15)",
   args: {},
   requiresSets: ["image"],
   needs:
@@ -38,9 +39,13 @@ export const textAttn: CriterionModule = {
   prepare({ model, layer }) {
     const attention = attentionOf(layer);
     if ("why" in attention) return attention;
-    if (model.batchAxis !== 0 || model.tokenAxis !== 1) return { why: "text-attn reads a batch-first [batch, sequence, hidden] residual stream" };
+    if (model.batchAxis !== 0 || model.tokenAxis !== 1)
+      return { why: "text-attn reads a batch-first [batch, sequence, hidden] residual stream" };
     const embeddings = model.layers[0]?.residual?.input;
-    if (!embeddings) return { why: "text-attn reads the input embeddings (the residual stream entering layer 0), which could not be found" };
+    if (!embeddings)
+      return {
+        why: "text-attn reads the input embeddings (the residual stream entering layer 0), which could not be found",
+      };
     return { ok: { kind: "score", score: (ctx) => score(ctx, attention.ok, embeddings) } };
   },
 };
@@ -49,7 +54,10 @@ export const textAttn: CriterionModule = {
 function score(ctx: ScoreContext, attention: Attention, embeddings: string): string {
   const { b, layer, prefix } = ctx;
   if (ctx.ofSet?.name !== "image") {
-    throw new PrunecError("apply", `text-attn after layer ${layer.index} scores image tokens against the text after them: use it as 'drop P% of image by text-attn'`);
+    throw new PrunecError(
+      "apply",
+      `text-attn after layer ${layer.index} scores image tokens against the text after them: use it as 'drop P% of image by text-attn'`,
+    );
   }
   const raters = raterWeights(ctx, ctx.ofSet.input, embeddings); // [B,N]
   const perHead = probabilities(b, attention, "all"); // [B,H,N,N]
@@ -78,19 +86,42 @@ function raterWeights(ctx: ScoreContext, imageInput: string, embeddings: string)
   // m_t = mean over image rows of softmax over text columns of E·Eᵀ.
   const e = b.op("Cast", [embeddings], { to: FLOAT }, "embeddings"); // [B,N0,D]
   const sim = b.op("MatMul", [e, b.op("Transpose", [e], { perm: [0, 2, 1] })], {}, "similarity"); // [B,N0,N0]
-  const colBias = b.unsqueeze(b.op("Mul", [b.op("Sub", [textF, one]), b.float([1e9], [], "big")], {}, "text_columns"), [1]); // [B,1,N0]
+  const colBias = b.unsqueeze(
+    b.op("Mul", [b.op("Sub", [textF, one]), b.float([1e9], [], "big")], {}, "text_columns"),
+    [1],
+  ); // [B,1,N0]
   const soft = b.op("Softmax", [b.op("Add", [sim, colBias])], { axis: -1 }, "over_text");
   const imageRows = b.op("Div", [imageF, b.op("Max", [total, one])], {}, "image_rows"); // [B,N0]
   const m = b.squeeze(b.op("MatMul", [b.unsqueeze(imageRows, [1]), soft], {}, "relevance"), [1]); // [B,N0]
   const textCount = b.reduce("ReduceSum", textF, [1], 1);
-  const mean = b.op("Div", [b.reduce("ReduceSum", b.op("Mul", [m, textF]), [1], 1), b.op("Max", [textCount, one])], {}, "mean_relevance");
+  const mean = b.op(
+    "Div",
+    [b.reduce("ReduceSum", b.op("Mul", [m, textF]), [1], 1), b.op("Max", [textCount, one])],
+    {},
+    "mean_relevance",
+  );
   const strict = b.op("And", [b.op("Greater", [m, mean]), text], {}, "relevant");
-  const anyStrict = b.op("Greater", [b.reduce("ReduceSum", b.op("Cast", [strict], { to: FLOAT }), [1], 1), zero], {}, "any_relevant");
-  const raters = b.op("Cast", [b.op("Or", [strict, b.op("And", [text, b.op("Not", [anyStrict])])], {}, "raters")], { to: FLOAT }, "raters_f"); // [B,N0]
+  const anyStrict = b.op(
+    "Greater",
+    [b.reduce("ReduceSum", b.op("Cast", [strict], { to: FLOAT }), [1], 1), zero],
+    {},
+    "any_relevant",
+  );
+  const raters = b.op(
+    "Cast",
+    [b.op("Or", [strict, b.op("And", [text, b.op("Not", [anyStrict])])], {}, "raters")],
+    { to: FLOAT },
+    "raters_f",
+  ); // [B,N0]
 
   // The stream's tokens: the last N of the dense positions (stages before dropped only image tokens).
   const n = b.slice(b.op("Shape", [ctx.stream]), 0, 1, 2); // [1]
-  const current = b.op("Slice", [raters, b.op("Neg", [n]), b.int64([Number.MAX_SAFE_INTEGER], [1], "end"), b.int64([1], [1], "axis")], {}, "stream_raters"); // [B,N]
+  const current = b.op(
+    "Slice",
+    [raters, b.op("Neg", [n]), b.int64([Number.MAX_SAFE_INTEGER], [1], "end"), b.int64([1], [1], "axis")],
+    {},
+    "stream_raters",
+  ); // [B,N]
   const count = b.op("Max", [b.reduce("ReduceSum", current, [1], 1), one]);
   return b.op("Div", [current, count], {}, "rater_weights");
 }

@@ -46,23 +46,42 @@ export interface TtvLayer {
 
 /** The layers ttv sums, or why it cannot. */
 export function ttvLayers(facts: StageFacts): Prepared<TtvLayer[]> {
-  if (facts.model.batchAxis !== 0 || facts.model.tokenAxis !== 1) return { why: "ttv reads a batch-first [batch, sequence, hidden] residual stream" };
+  if (facts.model.batchAxis !== 0 || facts.model.tokenAxis !== 1)
+    return { why: "ttv reads a batch-first [batch, sequence, hidden] residual stream" };
   const written = writtenRange(facts) ?? [facts.layer.index, facts.layer.index];
   const count = facts.model.layers.length;
   const text = `${written[0]}..${written[1]}`;
   const outside = written.find((l) => l < -count || l >= count);
-  if (outside !== undefined) return { why: `layer ${outside} of layers ${text} is out of range: the model has ${count} layers (0..${count - 1}, or -1..-${count} from the end)` };
+  if (outside !== undefined)
+    return {
+      why: `layer ${outside} of layers ${text} is out of range: the model has ${count} layers (0..${count - 1}, or -1..-${count} from the end)`,
+    };
   const [lo, hi] = written.map((l) => (l < 0 ? count + l : l)) as [number, number];
   const stage = facts.layer.index;
   if (lo > hi) return { why: `layers ${text} is empty; write the range from its first to its last layer` };
-  if (lo < facts.firstLayer) return { why: `layers ${text} starts at layer ${lo}, which saw different tokens: an earlier stage pruned after layer ${facts.firstLayer - 1}, so the range must lie within ${facts.firstLayer}..${stage}` };
-  if (hi > stage) return { why: `layers ${text} ends at layer ${hi}, which has not run when this stage selects after layer ${stage}; the range must lie within ${facts.firstLayer}..${stage}` };
+  if (lo < facts.firstLayer)
+    return {
+      why: `layers ${text} starts at layer ${lo}, which saw different tokens: an earlier stage pruned after layer ${facts.firstLayer - 1}, so the range must lie within ${facts.firstLayer}..${stage}`,
+    };
+  if (hi > stage)
+    return {
+      why: `layers ${text} ends at layer ${hi}, which has not run when this stage selects after layer ${stage}; the range must lie within ${facts.firstLayer}..${stage}`,
+    };
   const layers: TtvLayer[] = [];
   for (const l of facts.model.layers.slice(lo, hi + 1)) {
     const res = l.residual;
-    if (!res) return { why: `the residual block of layer ${l.index} (pre-norm → attention → Add → norm → MLP → Add) could not be found` };
-    if (res.layout !== "pre-norm") return { why: `layer ${l.index} is a post-norm block (its norms follow the residual adds); ttv reads pre-norm sub-blocks` };
-    if (res.norm.form === "skip") return { why: `layer ${l.index}'s pre-norm is a fused ${res.norm.node.opType} (node '${res.norm.node.name}'); ttv reads the sub-blocks' inputs and outputs around plain norms and residual Adds` };
+    if (!res)
+      return {
+        why: `the residual block of layer ${l.index} (pre-norm → attention → Add → norm → MLP → Add) could not be found`,
+      };
+    if (res.layout !== "pre-norm")
+      return {
+        why: `layer ${l.index} is a post-norm block (its norms follow the residual adds); ttv reads pre-norm sub-blocks`,
+      };
+    if (res.norm.form === "skip")
+      return {
+        why: `layer ${l.index}'s pre-norm is a fused ${res.norm.node.opType} (node '${res.norm.node.name}'); ttv reads the sub-blocks' inputs and outputs around plain norms and residual Adds`,
+      };
     layers.push({ index: l.index, residual: res });
   }
   return { ok: layers };
@@ -73,11 +92,15 @@ function subBlocks(ctx: ScoreContext, layer: TtvLayer): { u: string; v: string }
   const g = ctx.graph;
   const res = layer.residual;
   const fail = (what: string): never => {
-    throw new PrunecError("apply", `ttv after layer ${ctx.layer.index}: ${what} in layer ${layer.index}; ttv reads plain norms and residual Adds`);
+    throw new PrunecError(
+      "apply",
+      `ttv after layer ${ctx.layer.index}: ${what} in layer ${layer.index}; ttv reads plain norms and residual Adds`,
+    );
   };
   const branch = (sum: string, residual: string, which: string): string => {
     const add = g.producer.get(sum);
-    if (!add || add.opType !== "Add" || add.input.length !== 2 || !add.input.includes(residual)) return fail(`the ${which} residual Add producing '${sum}' was not found`);
+    if (add?.opType !== "Add" || add.input.length !== 2 || !add.input.includes(residual))
+      return fail(`the ${which} residual Add producing '${sum}' was not found`);
     return add.input[0] === residual ? add.input[1]! : add.input[0]!;
   };
   const post = normsReading(g, res.mid)[0];
@@ -98,7 +121,13 @@ function transition(ctx: ScoreContext, u0: string, v0: string): string {
   const dot = b.reduce("ReduceSum", b.op("Mul", [u, v]), [2], 0);
   const cos = b.op("Div", [dot, b.op("Max", [b.op("Mul", [nu, nv]), b.float([1e-8], [], "cos_eps")])], {}, "cosine");
   let e = b.op("Exp", [b.op("Sub", [b.float([1], [], "one"), cos])], {}, "exp_variation");
-  if (keyBias) e = b.op("Mul", [e, b.op("Cast", [b.op("Equal", [keyBias, b.float([0], [], "zero_bias")])], { to: FLOAT })], {}, "real_only");
+  if (keyBias)
+    e = b.op(
+      "Mul",
+      [e, b.op("Cast", [b.op("Equal", [keyBias, b.float([0], [], "zero_bias")])], { to: FLOAT })],
+      {},
+      "real_only",
+    );
   const soft = b.op("Div", [e, b.reduce("ReduceSum", e, [1], 1)], {}, "softmax_tokens");
   return b.op("Mul", [b.op("Div", [nv, nu], {}, "length_ratio"), soft], {}, "transition");
 }
@@ -113,15 +142,21 @@ export function ttvScores(ctx: ScoreContext, layers: TtvLayer[], member: string 
 export const ttv: CriterionModule = {
   name: "ttv",
   paddingSafe: true,
-  summary: "token transition variation: (‖v‖/‖u‖)·softmax(1 − cos(u, v)) of the attention and MLP sub-blocks, summed over layers (TransPrune TTV, methods.md §5)",
-  args: { layers: { type: "range", optional: true, doc: "first..last layer summed (inclusive; default: the stage's layer)" } },
-  needs: "pre-norm blocks with plain norms and residual Adds (not fused Skip…Normalization); a batch-first residual stream",
+  summary:
+    "token transition variation: (‖v‖/‖u‖)·softmax(1 − cos(u, v)) of the attention and MLP sub-blocks, summed over layers (TransPrune TTV, methods.md §5)",
+  args: {
+    layers: { type: "range", optional: true, doc: "first..last layer summed (inclusive; default: the stage's layer)" },
+  },
+  needs:
+    "pre-norm blocks with plain norms and residual Adds (not fused Skip…Normalization); a batch-first residual stream",
   prepare(facts) {
     const layers = ttvLayers(facts);
     if ("why" in layers) return layers;
     const score = (ctx: ScoreContext): string => {
       // `of SET` (TransPrune: `of image`): normalised over the set's tokens; otherwise over all prunable tokens.
-      const member = ctx.ofSet ? ctx.sets?.get(ctx.ofSet.name) ?? ctx.b.op("Cast", [ctx.ofSet.input], { to: 9 }, "set_mask") : undefined;
+      const member = ctx.ofSet
+        ? (ctx.sets?.get(ctx.ofSet.name) ?? ctx.b.op("Cast", [ctx.ofSet.input], { to: 9 }, "set_mask"))
+        : undefined;
       return ctx.b.slice(ttvScores(ctx, layers.ok, member), 1, ctx.prefix);
     };
     return { ok: { kind: "score", score } };
@@ -133,7 +168,13 @@ export const transprune: CriterionModule = {
   name: "transprune",
   paddingSafe: true,
   summary: "TransPrune's score: ttv + iga, each normalised to sum 1 over the image tokens (methods.md §5)",
-  args: { layers: { type: "range", optional: true, doc: "first..last layer whose TTV is summed (inclusive; default: the stage's layer)" } },
+  args: {
+    layers: {
+      type: "range",
+      optional: true,
+      doc: "first..last layer whose TTV is summed (inclusive; default: the stage's layer)",
+    },
+  },
   requiresSets: ["image", "instruction"],
   needs: "what ttv and iga need (`tokens instruction = after image` for iga's queries)",
   prepare(facts) {
@@ -143,7 +184,12 @@ export const transprune: CriterionModule = {
     if ("why" in next) return next;
     const score = (ctx: ScoreContext): string => {
       const image = imageMembers(ctx, "transprune");
-      const both = ctx.b.op("Add", [ttvScores(ctx, layers.ok, image), igaScores(ctx, next.ok, image)], {}, "ttv_plus_iga");
+      const both = ctx.b.op(
+        "Add",
+        [ttvScores(ctx, layers.ok, image), igaScores(ctx, next.ok, image)],
+        {},
+        "ttv_plus_iga",
+      );
       return ctx.b.slice(both, 1, ctx.prefix);
     };
     return { ok: { kind: "score", score } };

@@ -19,17 +19,39 @@ export const adaptive: SelectionModule = {
     if (!p) return undefined;
     const name = f.criterion.name;
     if (f.model.batchAxis === 1 && f.model.tokenAxis === 0) {
-      return { why: "this stage's count differs per example, which pads the batch and masks the padding in later attention; prunec does that for batch-first residual streams only, and this model's is sequence-first [tokens, batch, hidden]", at: "amount" };
+      return {
+        why: "this stage's count differs per example, which pads the batch and masks the padding in later attention; prunec does that for batch-first residual streams only, and this model's is sequence-first [tokens, batch, hidden]",
+        at: "amount",
+      };
     }
     const unmaskable = paddingUnmaskable(f.model, f.layer + 1);
-    if (unmaskable) return { why: `this stage's count differs per example, so batches pad to the largest count and mask the padding in every later attention, but ${unmaskable}`, at: "amount" };
+    if (unmaskable)
+      return {
+        why: `this stage's count differs per example, so batches pad to the largest count and mask the padding in every later attention, but ${unmaskable}`,
+        at: "amount",
+      };
     if (p.adaptive && p.drop) return { why: `${p.what}; write it with 'keep' ('keep ${p.keepText}')`, at: "amount" };
-    if (p.flowcut && (p.drop || p.amount !== "count")) return { why: `${p.what}: give its target as 'keep K tokens' (FlowCut prunes adaptively down to K)`, at: "amount" };
-    if (p.afterAdaptive && !f.criterion.paddingSafe) return { why: `${p.what}; ${name} reads all query tokens, which then include padding; use cls-attn, cls-attn-ensemble, flowcut or norm`, at: "criterion" };
-    if (f.criterion.usesBudget) return { why: `${p.what}; ${name} sizes its selection from the stage's budget, which must be one static count`, at: "criterion" };
+    if (p.flowcut && (p.drop || p.amount !== "count"))
+      return {
+        why: `${p.what}: give its target as 'keep K tokens' (FlowCut prunes adaptively down to K)`,
+        at: "amount",
+      };
+    if (p.afterAdaptive && !f.criterion.paddingSafe)
+      return {
+        why: `${p.what}; ${name} reads all query tokens, which then include padding; use cls-attn, cls-attn-ensemble, flowcut or norm`,
+        at: "criterion",
+      };
+    if (f.criterion.usesBudget)
+      return {
+        why: `${p.what}; ${name} sizes its selection from the stage's budget, which must be one static count`,
+        at: "criterion",
+      };
     const mask = f.options.has("mask");
     if (f.scorer !== "score" || f.groups || f.fold || f.afterEncoder || (p.afterAdaptive && mask)) {
-      return { why: `${p.what}, so it needs a stage that ranks single tokens by score${mask ? " (without 'with mask')" : ""}`, at: "amount" };
+      return {
+        why: `${p.what}, so it needs a stage that ranks single tokens by score${mask ? " (without 'with mask')" : ""}`,
+        at: "amount",
+      };
     }
     return undefined;
   },
@@ -38,25 +60,46 @@ export const adaptive: SelectionModule = {
     if (!amount) throw new Error("adaptive selection without an adaptive amount (checked by the plan)");
     const clsAttention = () => {
       const attention = attentionOf(plan.layer);
-      if ("why" in attention) throw new Error(`internal: FlowCut's adaptive count after layer ${plan.layer.index} reads its CLS attention, but ${attention.why}`);
+      if ("why" in attention)
+        throw new Error(
+          `internal: FlowCut's adaptive count after layer ${plan.layer.index} reads its CLS attention, but ${attention.why}`,
+        );
       return clsRowScores(b, attention.ok, plan.prefix);
     };
     let sel: ReturnType<typeof selectAdaptive>;
     if (plan.ofSet) {
       const set = restrictToSet(b, plan, plan.ofSet, state.sets, state.validBias, scores);
-      const count = countPerExample(b, amount, { scores, ranked: set.setScores, real: set.members, clsAttention, minimum: 0 });
+      const count = countPerExample(b, amount, {
+        scores,
+        ranked: set.setScores,
+        real: set.members,
+        clsAttention,
+        minimum: 0,
+      });
       // Tokens outside the set are all kept: they rank first.
       sel = selectAdaptive(b, set.ranked, b.op("Add", [set.others, count], {}, "kept_total"), plan.prefix);
     } else {
       const real = realCount(b, scores, state.validBias, plan.prefix, model.batchAxis === undefined);
       sel = selectAdaptive(b, ranked, countPerExample(b, amount, { scores, ranked, real, clsAttention }), plan.prefix);
     }
-    return { indices: sel.indices, exposed: sel.realIndices, counts: sel.counts, validBias: sel.padBias, lowering: "index" };
+    return {
+      indices: sel.indices,
+      exposed: sel.realIndices,
+      counts: sel.counts,
+      validBias: sel.padBias,
+      lowering: "index",
+    };
   },
 };
 
 /** int64 [B,1]: prunable tokens of each example that are not padding from an earlier adaptive stage. */
-function realCount(b: NodeBuilder, scores: string, validBias: string | undefined, prefix: number, batchless: boolean): string {
+function realCount(
+  b: NodeBuilder,
+  scores: string,
+  validBias: string | undefined,
+  prefix: number,
+  batchless: boolean,
+): string {
   if (validBias) {
     const real = b.op("Equal", [b.slice(validBias, 1, prefix), b.float([0], [], "zero_bias")], {}, "is_real");
     return b.reduce("ReduceSum", b.op("Cast", [real], { to: 7 }), [1], 1);
@@ -84,7 +127,9 @@ function restrictToSet(
   const big = b.float([1e9], [], "big");
   const count = (t: string) => b.reduce("ReduceSum", b.op("Cast", [t], { to: 7 }), [1], 1); // [B,1]
   // Padding left by an earlier per-example stage is neither a member nor another token.
-  const isReal = validBias ? b.op("Equal", [b.slice(validBias, 1, plan.prefix), b.float([0], [], "zero_bias")], {}, "is_real") : undefined;
+  const isReal = validBias
+    ? b.op("Equal", [b.slice(validBias, 1, plan.prefix), b.float([0], [], "zero_bias")], {}, "is_real")
+    : undefined;
   const memberReal = isReal ? b.op("And", [member, isReal], {}, "member_real") : member;
   const otherReal = isReal ? b.op("And", [b.op("Not", [member]), isReal], {}, "other_real") : b.op("Not", [member]);
   const others = isReal ? b.op("Where", [isReal, big, b.op("Neg", [big])]) : big;

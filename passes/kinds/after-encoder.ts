@@ -11,7 +11,10 @@ export const afterEncoder: SelectionModule = {
   summary: "TopK over the output rows' scores (merged rows: the mean over their tokens), ascending",
   check: (f) =>
     f.afterEncoder && !f.model.encoderOutput
-      ? { why: "'after encoder' needs a model output with one row per token or per merged token (image features); this model's outputs have none", at: "position" }
+      ? {
+          why: "'after encoder' needs a model output with one row per token or per merged token (image features); this model's outputs have none",
+          at: "position",
+        }
       : undefined,
   select: topK.select,
 };

@@ -27,7 +27,15 @@ export type SelectionKind =
 
 export type StageOption = "mask" | "recycle" | "renumber";
 
-export const SELECTION_KINDS: readonly SelectionKind[] = ["top-k", "groups", "fold", "greedy", "adaptive", "after-encoder", "merge"];
+export const SELECTION_KINDS: readonly SelectionKind[] = [
+  "top-k",
+  "groups",
+  "fold",
+  "greedy",
+  "adaptive",
+  "after-encoder",
+  "merge",
+];
 export const STAGE_OPTIONS: readonly StageOption[] = ["mask", "recycle", "renumber"];
 
 /** What a refusal may name: the stage's criterion and the unit its groups count. */
@@ -42,7 +50,8 @@ export interface CellFacts {
 /** An allowed cell, or the reason it is refused (a sentence after the option). */
 export type Cell = "ok" | ((f: CellFacts) => string);
 
-const singleTokens = (option: StageOption, why: string) => `'with ${option}' needs a stage that ranks single tokens by score, but ${why}`;
+const singleTokens = (option: StageOption, why: string) =>
+  `'with ${option}' needs a stage that ranks single tokens by score, but ${why}`;
 
 /** Selection × option. */
 export const SELECTION_OPTIONS: Readonly<Record<SelectionKind, Readonly<Record<StageOption, Cell>>>> = {
@@ -64,7 +73,8 @@ export const SELECTION_OPTIONS: Readonly<Record<SelectionKind, Readonly<Record<S
   },
   adaptive: {
     mask: "ok",
-    recycle: (f) => `${f.what ?? "this stage's count differs per example"}, so it needs a stage that ranks single tokens by score (without 'with recycle')`,
+    recycle: (f) =>
+      `${f.what ?? "this stage's count differs per example"}, so it needs a stage that ranks single tokens by score (without 'with recycle')`,
     renumber: "ok",
   },
   "after-encoder": {
@@ -75,26 +85,48 @@ export const SELECTION_OPTIONS: Readonly<Record<SelectionKind, Readonly<Record<S
   merge: {
     mask: () => "'with mask' does not apply to 'merge': a merge stage keeps no dropped tokens to mask",
     recycle: () => "'with recycle' does not apply to 'merge': a merge stage keeps no dropped tokens to recycle",
-    renumber: () => "'with renumber' does not apply to 'merge': a merged token stands for several positions, so there is no single position to renumber it from",
+    renumber: () =>
+      "'with renumber' does not apply to 'merge': a merged token stands for several positions, so there is no single position to renumber it from",
   },
 };
 
 /** Option × option (unordered pairs); a refusal points at the first written of `at`. */
-export const OPTION_PAIRS: readonly { options: readonly [StageOption, StageOption]; why: string; at: readonly StageOption[] }[] = [
-  { options: ["renumber", "mask"], why: "'with renumber' renumbers the kept tokens, but a masked stage keeps every token where it is", at: ["renumber"] },
-  { options: ["mask", "recycle"], why: "'with mask' and 'with recycle' cannot be combined: a masked stage removes nothing to recycle", at: ["mask", "recycle"] },
-  { options: ["recycle", "renumber"], why: "'with recycle' and 'with renumber' cannot be combined: the recycled token has no position to renumber", at: ["recycle", "renumber"] },
+export const OPTION_PAIRS: readonly {
+  options: readonly [StageOption, StageOption];
+  why: string;
+  at: readonly StageOption[];
+}[] = [
+  {
+    options: ["renumber", "mask"],
+    why: "'with renumber' renumbers the kept tokens, but a masked stage keeps every token where it is",
+    at: ["renumber"],
+  },
+  {
+    options: ["mask", "recycle"],
+    why: "'with mask' and 'with recycle' cannot be combined: a masked stage removes nothing to recycle",
+    at: ["mask", "recycle"],
+  },
+  {
+    options: ["recycle", "renumber"],
+    why: "'with recycle' and 'with renumber' cannot be combined: the recycled token has no position to renumber",
+    at: ["recycle", "renumber"],
+  },
 ];
 
 /**
  * The first refusal for a selection and a set of options, or undefined: the selection × option
  * cells first (in the table's option order), then the pairs.
  */
-export function refusal(selection: SelectionKind, options: ReadonlySet<StageOption>, facts: CellFacts): { why: string; at: readonly StageOption[] } | undefined {
+export function refusal(
+  selection: SelectionKind,
+  options: ReadonlySet<StageOption>,
+  facts: CellFacts,
+): { why: string; at: readonly StageOption[] } | undefined {
   for (const option of STAGE_OPTIONS) {
     const cell = SELECTION_OPTIONS[selection][option];
     if (options.has(option) && cell !== "ok") return { why: cell(facts), at: [option] };
   }
-  for (const p of OPTION_PAIRS) if (options.has(p.options[0]) && options.has(p.options[1])) return { why: p.why, at: p.at };
+  for (const p of OPTION_PAIRS)
+    if (options.has(p.options[0]) && options.has(p.options[1])) return { why: p.why, at: p.at };
   return undefined;
 }

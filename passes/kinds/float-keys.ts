@@ -9,13 +9,22 @@ import { withPrefix } from "../select-topk.js";
 import type { SelectionModule, StageSetup } from "./kind.js";
 
 /** Whether float keys can serve the stage (its static counts), or why not. */
-export function floatKeysFor(s: Pick<StageSetup, "model" | "plan" | "tokens" | "sides" | "state" | "normalized">): { why: string } | { ok: { tokens: number; keep: number } } {
+export function floatKeysFor(
+  s: Pick<StageSetup, "model" | "plan" | "tokens" | "sides" | "state" | "normalized">,
+): { why: string } | { ok: { tokens: number; keep: number } } {
   const why = (text: string) => ({ why: text });
   const { model, plan, tokens, sides } = s;
-  if (model.batchAxis !== 0) return why(model.batchAxis === undefined ? "the stream has no batch axis" : "the stream is sequence-first");
+  if (model.batchAxis !== 0)
+    return why(model.batchAxis === undefined ? "the stream has no batch axis" : "the stream is sequence-first");
   if (plan.keep === undefined) return why("the count differs per example");
   if (tokens === undefined) return why("the token count is symbolic");
-  if (sides.length) return why(`the layers below read per-token tensors (${sides.map((x) => `'${x.tensor}'`).sort().join(", ")}) that are gathered by index`);
+  if (sides.length)
+    return why(
+      `the layers below read per-token tensors (${sides
+        .map((x) => `'${x.tensor}'`)
+        .sort()
+        .join(", ")}) that are gathered by index`,
+    );
   if (plan.mask) return why("'with mask' builds its key bias from the kept indices");
   if (plan.recycle) return why("'with recycle' needs the kept indices");
   if (s.state.sets.size) return why("token sets follow the kept indices");
@@ -30,7 +39,18 @@ export const floatKeys: SelectionModule = {
     const counts = floatKeysFor(s);
     if ("why" in counts) throw new Error(`float keys chosen where they cannot serve: ${counts.why}`);
     const { b, plan } = s;
-    const sel = selectAndGatherFloat(b, s.scores, s.stream, counts.ok.tokens - plan.prefix, counts.ok.keep, plan.prefix);
-    return { output: sel.output, ...(s.options.expose ? { indices: withPrefix(b, b.squeeze(sel.positions, [2]), plan.prefix) } : {}), lowering: "float-keys" };
+    const sel = selectAndGatherFloat(
+      b,
+      s.scores,
+      s.stream,
+      counts.ok.tokens - plan.prefix,
+      counts.ok.keep,
+      plan.prefix,
+    );
+    return {
+      output: sel.output,
+      ...(s.options.expose ? { indices: withPrefix(b, b.squeeze(sel.positions, [2]), plan.prefix) } : {}),
+      lowering: "float-keys",
+    };
   },
 };

@@ -8,12 +8,21 @@ export const greedy: SelectionModule = {
   check: (f) => {
     if (f.scorer !== "select") return undefined;
     const name = f.criterion.name;
-    if (f.fold || mergedRows(f)) return { why: `${name} picks single tokens, but ${f.afterEncoder ? "after" : "inside"} this encoder tokens are merged in groups (node '${mergeNode(f)}'); use a scoring criterion`, at: "criterion" };
-    if (typeof f.tokensIn !== "number") return { why: `${name} needs a static token count (its selection loop runs a fixed number of steps); the model has ${String(f.tokensIn)} tokens`, at: "criterion" };
+    if (f.fold || mergedRows(f))
+      return {
+        why: `${name} picks single tokens, but ${f.afterEncoder ? "after" : "inside"} this encoder tokens are merged in groups (node '${mergeNode(f)}'); use a scoring criterion`,
+        at: "criterion",
+      };
+    if (typeof f.tokensIn !== "number")
+      return {
+        why: `${name} needs a static token count (its selection loop runs a fixed number of steps); the model has ${String(f.tokensIn)} tokens`,
+        at: "criterion",
+      };
     return undefined;
   },
   select: ({ b, scorer, ctx, plan }) => {
-    if (scorer.kind !== "select") throw new Error(`${plan.criterion.name} scores tokens; it has no selection of its own`);
+    if (scorer.kind !== "select")
+      throw new Error(`${plan.criterion.name} scores tokens; it has no selection of its own`);
     return { indices: withPrefix(b, scorer.select(ctx), plan.prefix), lowering: "index" };
   },
 };

@@ -9,7 +9,10 @@ import { keepTensor } from "./top-k.js";
 /** Merged encoders' rows have no single token to stand for the special prefix. */
 function mergedPrefix(f: KindFacts): Refusal | undefined {
   if (!(f.fold || mergedRows(f)) || f.prefix === 0) return undefined;
-  return { why: `the encoder output merges tokens (node '${mergeNode(f)}') and the model has ${f.prefix} special tokens in front; prunec cannot tell which merged token they join`, at: "position" };
+  return {
+    why: `the encoder output merges tokens (node '${mergeNode(f)}') and the model has ${f.prefix} special tokens in front; prunec cannot tell which merged token they join`,
+    at: "position",
+  };
 }
 
 export const groups: SelectionModule = {
@@ -18,12 +21,21 @@ export const groups: SelectionModule = {
   check: (f) => {
     if (!f.groups) return undefined;
     const name = f.criterion.name;
-    if (f.fold) return { why: `${name} keeps whole ${f.groups.unit}s, but the encoder output folds ${f.fold} consecutive tokens into one (node '${mergeNode(f)}'); stages inside this encoder keep whole ${f.fold}-token merge groups`, at: "criterion" };
-    if (mergedRows(f)) return { why: `${name} keeps whole ${f.groups.unit}s of tokens, but after this encoder the rows are merged tokens (node '${mergeNode(f)}'); use a per-token criterion, whose scores are averaged per merged token`, at: "criterion" };
+    if (f.fold)
+      return {
+        why: `${name} keeps whole ${f.groups.unit}s, but the encoder output folds ${f.fold} consecutive tokens into one (node '${mergeNode(f)}'); stages inside this encoder keep whole ${f.fold}-token merge groups`,
+        at: "criterion",
+      };
+    if (mergedRows(f))
+      return {
+        why: `${name} keeps whole ${f.groups.unit}s of tokens, but after this encoder the rows are merged tokens (node '${mergeNode(f)}'); use a per-token criterion, whose scores are averaged per merged token`,
+        at: "criterion",
+      };
     return undefined;
   },
   select: ({ b, scores, plan }) => {
-    if (plan.keep === undefined || !plan.groups) throw new Error("grouped criteria need a static token count (checked by the plan)");
+    if (plan.keep === undefined || !plan.groups)
+      throw new Error("grouped criteria need a static token count (checked by the plan)");
     return { indices: selectGroups(b, scores, plan.keep, plan.groups.members, plan.prefix), lowering: "index" };
   },
 };

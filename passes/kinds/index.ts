@@ -19,7 +19,9 @@ export const SELECTIONS: readonly SelectionModule[] = [topK, groups, fold, greed
  * The selection kinds' plan-time checks, in the order the planner runs them (before the options):
  * each refuses only where its kind applies. The adaptive kind's check runs after the options.
  */
-export const SELECTION_CHECKS: readonly KindCheck[] = [afterEncoder, groups, fold, greedy].flatMap((k) => (k.check ? [k.check] : []));
+export const SELECTION_CHECKS: readonly KindCheck[] = [afterEncoder, groups, fold, greedy].flatMap((k) =>
+  k.check ? [k.check] : [],
+);
 export const COUNT_CHECK: KindCheck = (f) => adaptive.check?.(f);
 
 /** What decides a stage's selection kind (the planner knows it before the plan is complete). */
@@ -50,11 +52,29 @@ export function selectionKind(f: SelectionFacts): SelectionKind {
  */
 export function chooseSelection(s: StageSetup): { module: SelectionModule; note?: string } {
   const { plan } = s;
-  const kind = selectionKind({ merge: plan.merge !== undefined, scorer: s.scorer.kind, fold: plan.fold, groups: plan.groups, encoder: plan.encoder !== undefined, perExample: plan.adaptive !== undefined });
+  const kind = selectionKind({
+    merge: plan.merge !== undefined,
+    scorer: s.scorer.kind,
+    fold: plan.fold,
+    groups: plan.groups,
+    encoder: plan.encoder !== undefined,
+    perExample: plan.adaptive !== undefined,
+  });
   const own: Partial<Record<SelectionKind, SelectionModule>> = { greedy, fold, groups };
   const module = own[kind];
   // Greedy selections unroll their loop for WebGPU themselves; groups and folds have the index lowering only.
-  if (module) return { module, ...(s.options.target === "webgpu" && kind !== "greedy" ? { note: kind === "fold" ? "it keeps whole merge groups (index lowering)" : `it keeps whole ${plan.groups?.unit ?? "group"}s (index lowering)` } : {}) };
+  if (module)
+    return {
+      module,
+      ...(s.options.target === "webgpu" && kind !== "greedy"
+        ? {
+            note:
+              kind === "fold"
+                ? "it keeps whole merge groups (index lowering)"
+                : `it keeps whole ${plan.groups?.unit ?? "group"}s (index lowering)`,
+          }
+        : {}),
+    };
   const keys = s.options.target === "webgpu" ? floatKeysFor(s) : undefined;
   if (keys && "ok" in keys) return { module: floatKeys };
   const fallback = plan.adaptive ? adaptive : topK;

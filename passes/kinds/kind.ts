@@ -35,7 +35,17 @@ export interface KindFacts {
   tokensIn: Dim;
   options: ReadonlySet<StageOption>;
   /** Why the count differs per example, when it does, and how the amount was written. */
-  perExample: { what: string; adaptive: boolean; flowcut: boolean; afterAdaptive: boolean; drop: boolean; amount: "percent" | "count" | "mass" | "above"; keepText: string } | undefined;
+  perExample:
+    | {
+        what: string;
+        adaptive: boolean;
+        flowcut: boolean;
+        afterAdaptive: boolean;
+        drop: boolean;
+        amount: "percent" | "count" | "mass" | "above";
+        keepText: string;
+      }
+    | undefined;
 }
 
 /** A plan-time refusal: the sentence, and which part of the stage's text it points at. */

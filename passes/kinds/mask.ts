@@ -17,7 +17,13 @@ export function lowerMask(s: StageSetup, sel: Selection): { graph: GraphProto; e
   const bias = maskBias(b, keptOneHot(b, indices, s.stream, s.tokenAxis));
   const rewired = addKeyBias(b, model, plan.layer.index + 1, b.unsqueeze(bias, [1, 2]), { label: "mask" });
   // The mask's Adds read logits computed further down: the splice restores a topological order.
-  const graph = splice(s.proto, { label: `stage ${plan.stage} (with mask)`, after: s.stream, nodes: b.nodes, initializers: b.initializers, replaced: rewired });
+  const graph = splice(s.proto, {
+    label: `stage ${plan.stage} (with mask)`,
+    after: s.stream,
+    nodes: b.nodes,
+    initializers: b.initializers,
+    replaced: rewired,
+  });
   return {
     graph,
     effect: {

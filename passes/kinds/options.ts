@@ -21,7 +21,9 @@ export interface OptionModule {
 /** Every option gathers, masks or renumbers batch-first [batch, tokens, hidden] tensors. */
 function batchFirst(option: StageOption, f: OptionFacts): string | undefined {
   const seqFirst = f.model.batchAxis === 1 && f.model.tokenAxis === 0;
-  return seqFirst ? `'with ${option}' needs a batch-first residual stream; this model's stream is sequence-first [tokens, batch, hidden]` : undefined;
+  return seqFirst
+    ? `'with ${option}' needs a batch-first residual stream; this model's stream is sequence-first [tokens, batch, hidden]`
+    : undefined;
 }
 
 export const OPTIONS: readonly OptionModule[] = [
@@ -33,6 +35,14 @@ export const OPTIONS: readonly OptionModule[] = [
       return why ? `'with mask' adds a key bias to every later attention, but ${why}` : batchFirst("mask", f);
     },
   },
-  { option: "recycle", summary: "append the score-weighted mean of the dropped tokens as one extra token", check: (f) => batchFirst("recycle", f) },
-  { option: "renumber", summary: "the kept tokens take positions 0..K'−1 below the stage (position ids, rotary tables)", check: (f) => batchFirst("renumber", f) },
+  {
+    option: "recycle",
+    summary: "append the score-weighted mean of the dropped tokens as one extra token",
+    check: (f) => batchFirst("recycle", f),
+  },
+  {
+    option: "renumber",
+    summary: "the kept tokens take positions 0..K'−1 below the stage (position ids, rotary tables)",
+    check: (f) => batchFirst("renumber", f),
+  },
 ];

@@ -12,10 +12,32 @@ export function renumberedSides(s: StageSetup, indices: string, tokens: () => st
   const { b, plan, sides, batched } = s;
   const where = `'with renumber' after layer ${plan.layer.index}`;
   const flat = sides.find((x) => x.flat);
-  if (flat) throw new PrunecError("apply", `${where}: the layers below read '${flat.tensor}', a rotary table with one row per example and token (multi-axis positions, as M-RoPE's), which has no contiguous renumbering`);
+  if (flat)
+    throw new PrunecError(
+      "apply",
+      `${where}: the layers below read '${flat.tensor}', a rotary table with one row per example and token (multi-axis positions, as M-RoPE's), which has no contiguous renumbering`,
+    );
   const positional = sides.filter((x) => x.axes.length === 1);
-  if (!positional.length) throw new PrunecError("apply", `${where}: the layers below read no per-token positions (position ids or rotary tables) to renumber`);
+  if (!positional.length)
+    throw new PrunecError(
+      "apply",
+      `${where}: the layers below read no per-token positions (position ids or rotary tables) to renumber`,
+    );
   const k = b.slice(b.op("Shape", [indices]), 0, 1, 2);
-  const counting = b.op("Expand", [b.unsqueeze(b.range(k, "renumbered"), [0]), b.op("Shape", [indices])], {}, "renumbered_rows"); // [B,K']
-  return new Map([...gatherSideInputs(b, positional, counting, batched, tokens), ...gatherSideInputs(b, sides.filter((x) => x.axes.length !== 1), indices, batched, tokens)]);
+  const counting = b.op(
+    "Expand",
+    [b.unsqueeze(b.range(k, "renumbered"), [0]), b.op("Shape", [indices])],
+    {},
+    "renumbered_rows",
+  ); // [B,K']
+  return new Map([
+    ...gatherSideInputs(b, positional, counting, batched, tokens),
+    ...gatherSideInputs(
+      b,
+      sides.filter((x) => x.axes.length !== 1),
+      indices,
+      batched,
+      tokens,
+    ),
+  ]);
 }

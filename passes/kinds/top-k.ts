@@ -15,5 +15,8 @@ export function keepTensor(b: NodeBuilder, scores: string, plan: StagePlan): str
 export const topK: SelectionModule = {
   name: "top-k",
   summary: "TopK over the scores (ties to the lower position), re-sorted ascending, prefix in front",
-  select: ({ b, ranked, scores, plan }) => ({ indices: selectTopK(b, ranked, keepTensor(b, scores, plan), plan.prefix), lowering: "index" }),
+  select: ({ b, ranked, scores, plan }) => ({
+    indices: selectTopK(b, ranked, keepTensor(b, scores, plan), plan.prefix),
+    lowering: "index",
+  }),
 };

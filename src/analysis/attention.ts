@@ -6,10 +6,15 @@
  * - linear attention (gated delta nets and the like) shows up as a layer with no anchor at all,
  *   see layers.ts.
  */
-import { Graph, attrInt, type NodeProto } from "../ir/graph.js";
+import { type Graph, attrInt, type NodeProto } from "../ir/graph.js";
 import { isOk, label, missAt, missAtTensor, okOf, type Match, type Miss } from "./match.js";
 
-export type AttentionKind = "matmul-softmax" | "MultiHeadAttention" | "Attention" | "GroupQueryAttention" | "PackedMultiHeadAttention";
+export type AttentionKind =
+  | "matmul-softmax"
+  | "MultiHeadAttention"
+  | "Attention"
+  | "GroupQueryAttention"
+  | "PackedMultiHeadAttention";
 
 export interface AttentionCore {
   kind: AttentionKind;
@@ -30,7 +35,12 @@ export interface AttentionCore {
   rotary: boolean;
 }
 
-const FUSED: ReadonlySet<string> = new Set(["MultiHeadAttention", "Attention", "GroupQueryAttention", "PackedMultiHeadAttention"]);
+const FUSED: ReadonlySet<string> = new Set([
+  "MultiHeadAttention",
+  "Attention",
+  "GroupQueryAttention",
+  "PackedMultiHeadAttention",
+]);
 /** Ops between Q·Kᵀ and Softmax in real exports: scaling, masks, casts, bias adds. */
 const PRE_SOFTMAX: ReadonlySet<string> = new Set(["Add", "Div", "Mul", "Cast", "Where", "Sub", "Identity"]);
 /** Ops between Softmax and P·V. */
@@ -93,7 +103,14 @@ export function einsumProduct(n: NodeProto): "plain" | "transposed" | undefined 
   if (!m) return undefined;
   const [a, b, c] = [m[1]!, m[2]!, m[3]!];
   const lead = a.slice(0, -2);
-  if (a.length < 3 || b.length !== a.length || c.length !== a.length || b.slice(0, -2) !== lead || c.slice(0, -2) !== lead) return undefined;
+  if (
+    a.length < 3 ||
+    b.length !== a.length ||
+    c.length !== a.length ||
+    b.slice(0, -2) !== lead ||
+    c.slice(0, -2) !== lead
+  )
+    return undefined;
   const [x, y] = [a.at(-2)!, a.at(-1)!];
   const letters = new Set([...lead, x, y]);
   if (letters.size !== lead.length + 2) return undefined;
@@ -114,15 +131,23 @@ function findQk(g: Graph, t: string, depth = 0): Match<NodeProto> {
 
 function qkAbove(g: Graph, t: string, depth: number): Match<NodeProto> {
   const p = g.producer.get(t);
-  if (!p) return missAtTensor(`the walk up reached ${g.inputs.has(t) ? "a graph input" : "a tensor no node computes"}`, t);
+  if (!p)
+    return missAtTensor(`the walk up reached ${g.inputs.has(t) ? "a graph input" : "a tensor no node computes"}`, t);
   if (depth > QK_DEPTH) return missAtTensor(`no MatMul within ${QK_DEPTH + 1} ops above the Softmax`, t);
   if (p.opType === "MatMul" || einsumProduct(p) !== undefined) {
     const weight = p.input.find((i) => !isActivation(g, i));
     if (weight === undefined) return { ok: p };
-    return missAt(`${label(p)} multiplies ${weight ? `'${weight}', which is computed from weights only` : "an empty input"} (Q·Kᵀ multiplies two activations)`, p);
+    return missAt(
+      `${label(p)} multiplies ${weight ? `'${weight}', which is computed from weights only` : "an empty input"} (Q·Kᵀ multiplies two activations)`,
+      p,
+    );
   }
   if (p.opType === "Einsum") return missAt(`${label(p)} is not a batched matrix product over the last two axes`, p);
-  if (!PRE_SOFTMAX.has(p.opType)) return missAt(`${label(p)} is neither a MatMul of two activations (Q·Kᵀ) nor an op seen between Q·Kᵀ and Softmax (${PRE_SOFTMAX_LIST})`, p);
+  if (!PRE_SOFTMAX.has(p.opType))
+    return missAt(
+      `${label(p)} is neither a MatMul of two activations (Q·Kᵀ) nor an op seen between Q·Kᵀ and Softmax (${PRE_SOFTMAX_LIST})`,
+      p,
+    );
   let first: Miss | undefined;
   for (const i of p.input) {
     if (!i || !isActivation(g, i)) continue;
@@ -141,7 +166,13 @@ function pvBelow(g: Graph, t: string, depth: number): Match<NodeProto> {
   if (depth > PV_DEPTH) return missAtTensor(`no MatMul within ${PV_DEPTH + 1} ops below the Softmax`, t);
   let first: Miss | undefined;
   for (const c of g.consumersOf(t)) {
-    if ((c.opType === "MatMul" || einsumProduct(c) === "plain") && c.input[0] === t && c.input[1] && isActivation(g, c.input[1])) return { ok: c };
+    if (
+      (c.opType === "MatMul" || einsumProduct(c) === "plain") &&
+      c.input[0] === t &&
+      c.input[1] &&
+      isActivation(g, c.input[1])
+    )
+      return { ok: c };
     if (POST_SOFTMAX.has(c.opType) && c.output[0]) {
       const found = findPv(g, c.output[0], depth + 1);
       if (isOk(found)) return found;
@@ -152,13 +183,21 @@ function pvBelow(g: Graph, t: string, depth: number): Match<NodeProto> {
 }
 
 /** Why a reader `c` of the probabilities `t` is not P·V. */
-function notPv(g: Graph, c: NodeProto, t: string): Miss {
+function notPv(_g: Graph, c: NodeProto, t: string): Miss {
   if (c.opType === "MatMul" || einsumProduct(c) === "plain") {
-    if (c.input[0] !== t) return missAt(`${label(c)} takes the probabilities as its second operand (P·V takes them first)`, c);
-    return missAt(`${label(c)} multiplies the probabilities by ${c.input[1] ? `'${c.input[1]}', which is computed from weights only` : "nothing"} (P·V multiplies them by V, an activation)`, c);
+    if (c.input[0] !== t)
+      return missAt(`${label(c)} takes the probabilities as its second operand (P·V takes them first)`, c);
+    return missAt(
+      `${label(c)} multiplies the probabilities by ${c.input[1] ? `'${c.input[1]}', which is computed from weights only` : "nothing"} (P·V multiplies them by V, an activation)`,
+      c,
+    );
   }
-  if (c.opType === "Einsum") return missAt(`${label(c)} is not a plain batched matrix product over the last two axes (P·V)`, c);
-  return missAt(`${label(c)} is neither the P·V MatMul nor an op seen between Softmax and P·V (${POST_SOFTMAX_LIST})`, c);
+  if (c.opType === "Einsum")
+    return missAt(`${label(c)} is not a plain batched matrix product over the last two axes (P·V)`, c);
+  return missAt(
+    `${label(c)} is neither the P·V MatMul nor an op seen between Softmax and P·V (${POST_SOFTMAX_LIST})`,
+    c,
+  );
 }
 
 /** Ops exporters put between a RotaryEmbedding and the attention op (head reshapes). */
@@ -185,7 +224,18 @@ export function matchSoftmaxAttention(g: Graph, n: NodeProto): Match<AttentionCo
   if (!isOk(qk)) return { ...qk, why: `no Q·Kᵀ (a MatMul of two activations) above it: ${qk.why}` };
   const pv = findPv(g, n.output[0]!);
   if (!isOk(pv)) return { ...pv, why: `no P·V (a MatMul of the probabilities by an activation) below it: ${pv.why}` };
-  return { ok: { kind: "matmul-softmax", anchor: n, probs: n.output[0]!, qk: qk.ok, pv: pv.ok, query: qk.ok.input[0]!, key: qk.ok.input[1]!, rotary: false } };
+  return {
+    ok: {
+      kind: "matmul-softmax",
+      anchor: n,
+      probs: n.output[0]!,
+      qk: qk.ok,
+      pv: pv.ok,
+      query: qk.ok.input[0]!,
+      key: qk.ok.input[1]!,
+      rotary: false,
+    },
+  };
 }
 
 /** Every Softmax candidate that is not an attention anchor, with why (graph order). */

@@ -7,7 +7,16 @@
 import type { Graph } from "../ir/graph.js";
 import { findAttentionCores, softmaxMisses, type AttentionCore } from "./attention.js";
 import { label, missText, nodeName, plainMiss, type Miss, type Step } from "./match.js";
-import { clsMatch, layerOfName, layering, layeringWhy, residualMatch, tokenAxesWhy, type LayerInfo, type TransformerInfo } from "./transformer.js";
+import {
+  clsMatch,
+  layerOfName,
+  layering,
+  layeringWhy,
+  residualMatch,
+  tokenAxesWhy,
+  type LayerInfo,
+  type TransformerInfo,
+} from "./transformer.js";
 import type { Dim } from "./dims.js";
 
 /** A Softmax that is not an attention anchor: why, and where the walk stopped. */
@@ -53,10 +62,21 @@ const shapeText = (s: readonly Dim[] | undefined) => (s ? `[${s.map((d) => Strin
 
 function attentionStep(core: AttentionCore | undefined, l: LayerInfo, nodes: number): Step {
   const looked = "attention anchor";
-  if (core?.kind === "matmul-softmax") return { looked, found: `${label(core.anchor)} between Q·Kᵀ ${label(core.qk!)} and P·V ${label(core.pv!)}` };
-  if (core) return { looked, found: `${core.anchor.domain ? `${core.anchor.domain}.` : ""}${core.anchor.opType} '${nodeName(core.anchor)}'${core.heads ? `, ${core.heads} heads` : ""}` };
-  if (l.kind === "linear-attention") return { looked, found: "none; the layer carries recurrent state through control flow (linear attention)" };
-  return { looked, miss: { why: `no Softmax between Q·Kᵀ and P·V and no fused attention op among the layer's ${nodes} nodes, and no recurrent state${l.name ? ` (nodes named '${l.name}')` : ""}` } };
+  if (core?.kind === "matmul-softmax")
+    return { looked, found: `${label(core.anchor)} between Q·Kᵀ ${label(core.qk!)} and P·V ${label(core.pv!)}` };
+  if (core)
+    return {
+      looked,
+      found: `${core.anchor.domain ? `${core.anchor.domain}.` : ""}${core.anchor.opType} '${nodeName(core.anchor)}'${core.heads ? `, ${core.heads} heads` : ""}`,
+    };
+  if (l.kind === "linear-attention")
+    return { looked, found: "none; the layer carries recurrent state through control flow (linear attention)" };
+  return {
+    looked,
+    miss: {
+      why: `no Softmax between Q·Kᵀ and P·V and no fused attention op among the layer's ${nodes} nodes, and no recurrent state${l.name ? ` (nodes named '${l.name}')` : ""}`,
+    },
+  };
 }
 
 function tokenStructureText(info: TransformerInfo): string {
@@ -71,7 +91,8 @@ function tokenAxisText(g: Graph, info: TransformerInfo): string {
   const first = info.layers.find((l) => l.residual);
   if (!first?.residual) return "unknown: no layer's residual block was found";
   const shape = info.shapes.get(first.residual.input);
-  if (!shape || info.tokenAxis === undefined) return `unknown: the shape of the stream entering layer ${first.index} ('${first.residual.input}') was not inferred`;
+  if (!shape || info.tokenAxis === undefined)
+    return `unknown: the shape of the stream entering layer ${first.index} ('${first.residual.input}') was not inferred`;
   const axes = `token axis ${info.tokenAxis}, ${info.batchAxis === undefined ? "no batch axis" : `batch axis ${info.batchAxis}`}`;
   return `${axes}: the stream entering layer ${first.index} is ${shapeText(shape)}; ${tokenAxesWhy(g, shape)}`;
 }
@@ -91,8 +112,11 @@ function clsText(g: Graph, info: TransformerInfo): string {
 export function explainNoAttention(g: Graph): string[] {
   const misses = softmaxMisses(g);
   if (!misses.length) return ["no Softmax node (default domain) and no com.microsoft attention op in the graph"];
-  const lines = misses.slice(0, MODEL_MISSES).map(({ softmax, miss }) => `Softmax '${nodeName(softmax)}' is not attention: ${missText(miss)}`);
-  if (misses.length > MODEL_MISSES) lines.push(`and ${misses.length - MODEL_MISSES} more Softmax nodes that are not attention`);
+  const lines = misses
+    .slice(0, MODEL_MISSES)
+    .map(({ softmax, miss }) => `Softmax '${nodeName(softmax)}' is not attention: ${missText(miss)}`);
+  if (misses.length > MODEL_MISSES)
+    lines.push(`and ${misses.length - MODEL_MISSES} more Softmax nodes that are not attention`);
   return lines;
 }
 
@@ -117,7 +141,7 @@ export function explainTransformer(g: Graph, info: TransformerInfo): Explanation
     else modelOmitted++;
   }
   const layers = info.layers.map((l): LayerExplanation => {
-    const nodes = grouping.named ? grouping.groups.get(l.index)?.nodes ?? [] : [];
+    const nodes = grouping.named ? (grouping.groups.get(l.index)?.nodes ?? []) : [];
     const trace: Step[] = [];
     residualMatch(g, l.kind, l.core, nodes, trace);
     return {

@@ -119,7 +119,14 @@ export function outsideFlops(g: Graph, info: TransformerInfo): number {
     } else {
       const perRow = weightFlops(g, n); // 2·in·out
       const w = n.input[1] ? g.constantTensor(n.input[1])?.dims.map(Number) : undefined;
-      const out = n.opType === "MatMulNBits" ? attrInt(n, "N", 0) : w ? (n.opType === "Gemm" && attrInt(n, "transB", 0) ? w[0]! : w[1]!) : 0;
+      const out =
+        n.opType === "MatMulNBits"
+          ? attrInt(n, "N", 0)
+          : w
+            ? n.opType === "Gemm" && attrInt(n, "transB", 0)
+              ? w[0]!
+              : w[1]!
+            : 0;
       if (perRow && out) total += perRow * (outElems / out);
     }
   }

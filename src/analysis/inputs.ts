@@ -12,7 +12,10 @@ export function modelInputs(graph: GraphProto): Map<string, InputFact> {
   for (const i of graph.input) {
     if (i.type?.value.case !== "tensorType") continue;
     const t = i.type.value.value;
-    out.set(i.name, { elemType: (TensorProto_DataType[t.elemType] ?? "unknown").toLowerCase(), rank: t.shape?.dim.length ?? -1 });
+    out.set(i.name, {
+      elemType: (TensorProto_DataType[t.elemType] ?? "unknown").toLowerCase(),
+      rank: t.shape?.dim.length ?? -1,
+    });
   }
   return out;
 }

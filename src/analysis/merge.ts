@@ -25,8 +25,22 @@ export interface SpatialMerge {
 
 /** Ops the stream passes through on its way to the merge: norms (fused or decomposed), casts, layout changes. */
 const PASS_THROUGH: ReadonlySet<string> = new Set([
-  "LayerNormalization", "SimplifiedLayerNormalization", "RMSNormalization", "Cast", "Identity", "Transpose", "Reshape",
-  "Squeeze", "Unsqueeze", "Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "ReduceMean",
+  "LayerNormalization",
+  "SimplifiedLayerNormalization",
+  "RMSNormalization",
+  "Cast",
+  "Identity",
+  "Transpose",
+  "Reshape",
+  "Squeeze",
+  "Unsqueeze",
+  "Add",
+  "Sub",
+  "Mul",
+  "Div",
+  "Pow",
+  "Sqrt",
+  "ReduceMean",
 ]);
 const POOLS: ReadonlySet<string> = new Set(["AveragePool", "MaxPool", "LpPool"]);
 /** Steps walked from the last layer's output; a merge sits right after the final norm. */

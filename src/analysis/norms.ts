@@ -78,12 +78,27 @@ function normMiss(why: string, n: NodeProto, progress: number): NormMiss {
 
 function matchNorm(g: Graph, node: NodeProto): NormMatch {
   if (FUSED.has(node.opType) && node.input[0] && node.output[0]) {
-    return { ok: withScale({ form: "fused", node, input: node.input[0], output: node.output[0], nodes: [node] }, node.input[1]) };
+    return {
+      ok: withScale(
+        { form: "fused", node, input: node.input[0], output: node.output[0], nodes: [node] },
+        node.input[1],
+      ),
+    };
   }
   if (SKIP.has(node.opType) && node.output[0]) {
-    return { ok: withScale({ form: "skip", node, input: node.output[3] ?? "", output: node.output[0], nodes: [node] }, node.input[2]) };
+    return {
+      ok: withScale(
+        { form: "skip", node, input: node.output[3] ?? "", output: node.output[0], nodes: [node] },
+        node.input[2],
+      ),
+    };
   }
-  if (node.domain !== "" || !node.output[0]) return normMiss(`${label(node)} is not a norm op (${NORM_OPS}) nor a default-domain op ending a decomposed norm`, node, 0);
+  if (node.domain !== "" || !node.output[0])
+    return normMiss(
+      `${label(node)} is not a norm op (${NORM_OPS}) nor a default-domain op ending a decomposed norm`,
+      node,
+      0,
+    );
   // Optional affine tail: [Add β] after [Mul γ], each with one constant operand.
   const nodes: NodeProto[] = [];
   let cur: NodeProto | undefined = node;
@@ -112,7 +127,13 @@ function matchNorm(g: Graph, node: NodeProto): NormMatch {
   if (!cur) return normMiss(`nothing computes the activation that ${label(node)} shifts by β`, node, 0);
   const core = normCore(g, cur);
   if (!("ok" in core)) return core;
-  const norm: Norm = { form: core.ok.form, node, input: core.ok.input, output: node.output[0], nodes: [...nodes, ...core.ok.nodes] };
+  const norm: Norm = {
+    form: core.ok.form,
+    node,
+    input: core.ok.input,
+    output: node.output[0],
+    nodes: [...nodes, ...core.ok.nodes],
+  };
   if (scale) norm.scale = scale;
   return { ok: norm };
 }
@@ -147,7 +168,10 @@ function normCore(g: Graph, n: NodeProto): { ok: { form: NormForm; input: string
     numerator = n.input[0];
     sqrt = g.producer.get(n.input[1]!);
   } else if (n.opType === "Mul" && n.input.length === 2) {
-    for (const [num, other] of [[n.input[0]!, n.input[1]!], [n.input[1]!, n.input[0]!]] as const) {
+    for (const [num, other] of [
+      [n.input[0]!, n.input[1]!],
+      [n.input[1]!, n.input[0]!],
+    ] as const) {
       const p = g.producer.get(other);
       if (p?.opType === "Reciprocal" || (p?.opType === "Div" && isScalar(g, p.input[0], 1))) {
         numerator = num;
@@ -157,15 +181,31 @@ function normCore(g: Graph, n: NodeProto): { ok: { form: NormForm; input: string
       }
     }
   }
-  if (!numerator) return normMiss(`${label(n)} is not a normalizing division (Div, or Mul by a Reciprocal or Div(1, ·))`, n, 0);
-  if (sqrt?.opType !== "Sqrt") return normMiss(`${label(n)} divides by ${sqrt ? `the output of ${label(sqrt)}` : "a tensor no node computes"}, not by a Sqrt`, n, 0);
+  if (!numerator)
+    return normMiss(`${label(n)} is not a normalizing division (Div, or Mul by a Reciprocal or Div(1, ·))`, n, 0);
+  if (sqrt?.opType !== "Sqrt")
+    return normMiss(
+      `${label(n)} divides by ${sqrt ? `the output of ${label(sqrt)}` : "a tensor no node computes"}, not by a Sqrt`,
+      n,
+      0,
+    );
   const addEps = g.producer.get(sqrt.input[0]!);
-  if (addEps?.opType !== "Add") return normMiss(`${label(sqrt)} under ${label(n)} reads ${addEps ? `${label(addEps)}, not an Add of ε` : "a tensor no node computes"}`, sqrt, 1);
+  if (addEps?.opType !== "Add")
+    return normMiss(
+      `${label(sqrt)} under ${label(n)} reads ${addEps ? `${label(addEps)}, not an Add of ε` : "a tensor no node computes"}`,
+      sqrt,
+      1,
+    );
   const eps = affine(g, addEps);
   if (!eps) return normMiss(`${label(addEps)} under ${label(sqrt)} does not add one constant ε`, addEps, 1);
   const meanSq = g.producer.get(eps.activation);
   const notMean = meanSq ? lastAxisMeanProblem(g, meanSq) : "nothing computes it";
-  if (!meanSq || notMean) return normMiss(`${meanSq ? label(meanSq) : `'${eps.activation}'`} under Sqrt(· + ε) is not a mean over the last axis alone: ${notMean}`, meanSq ?? addEps, 2);
+  if (!meanSq || notMean)
+    return normMiss(
+      `${meanSq ? label(meanSq) : `'${eps.activation}'`} under Sqrt(· + ε) is not a mean over the last axis alone: ${notMean}`,
+      meanSq ?? addEps,
+      2,
+    );
   const square = g.producer.get(meanSq.input[0]!);
   const squared = square && squareOf(g, square);
   if (squared !== numerator) {
@@ -211,7 +251,8 @@ function lastAxisMeanProblem(g: Graph, n: NodeProto): string | undefined {
   if (attrInt(n, "keepdims", 1) === 0) return "it drops the reduced axis (keepdims=0)";
   const axesAttr = attr(n, "axes");
   const axes = axesAttr ? axesAttr.ints.map(Number) : n.input[1] ? g.constant(n.input[1]) : undefined;
-  if (axes === undefined) return n.input[1] ? `its axes ('${n.input[1]}') are not a constant` : "it reduces every axis (no axes given)";
+  if (axes === undefined)
+    return n.input[1] ? `its axes ('${n.input[1]}') are not a constant` : "it reduces every axis (no axes given)";
   if (axes.length === 1 && axes[0] === -1) return undefined;
   return `it reduces axes [${axes.slice(0, 8).join(", ")}${axes.length > 8 ? ", …" : ""}], not [-1] (a norm over each token's features)`;
 }

@@ -25,7 +25,8 @@ export function refreshFacts(model: TransformerInfo, g: Graph): TransformerInfo 
     return byName.get(name);
   };
   // The same role: same op and name (a stage's gather may now write the output a matched node wrote).
-  const same = (a: NodeProto | undefined, n: NodeProto): a is NodeProto => a !== undefined && a.opType === n.opType && a.domain === n.domain && a.name === n.name;
+  const same = (a: NodeProto | undefined, n: NodeProto): a is NodeProto =>
+    a !== undefined && a.opType === n.opType && a.domain === n.domain && a.name === n.name;
   const now = (n: NodeProto): NodeProto => {
     const byOutput = g.producer.get(n.output[0] ?? "");
     if (same(byOutput, n)) return byOutput;

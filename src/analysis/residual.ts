@@ -24,7 +24,20 @@
 import { dataInputs, type Graph, type NodeProto } from "../ir/graph.js";
 import type { AttentionCore } from "./attention.js";
 import { isSkipNormNode, matchNormAt, normAt, normsReading, type Norm, type NormMiss } from "./norms.js";
-import { capped, isOk, label, look, missAt, missAtTensor, missText, okOf, plainMiss, type Match, type Miss, type Step } from "./match.js";
+import {
+  capped,
+  isOk,
+  label,
+  look,
+  missAt,
+  missAtTensor,
+  missText,
+  okOf,
+  plainMiss,
+  type Match,
+  type Miss,
+  type Step,
+} from "./match.js";
 
 /** Index of a Skip…Normalization's `input_skip_bias_sum` output (the residual stream). */
 export const SKIP_SUM_OUTPUT = 3;
@@ -92,7 +105,13 @@ export interface NearNorm {
  * at each norm (the block starts there) except those whose node is in `through`. Given `near`, it
  * also keeps the node passed that came nearest to being a norm (the first of the furthest).
  */
-function normsAbove(g: Graph, t: string, through: ReadonlySet<NodeProto> = new Set(), limit = 500, near?: NearNorm): Norm[] {
+function normsAbove(
+  g: Graph,
+  t: string,
+  through: ReadonlySet<NodeProto> = new Set(),
+  limit = 500,
+  near?: NearNorm,
+): Norm[] {
   const found: Norm[] = [];
   const seen = new Set<string>();
   const queue = [t];
@@ -109,13 +128,18 @@ function normsAbove(g: Graph, t: string, through: ReadonlySet<NodeProto> = new S
       if (!found.some((f) => f.node === p)) found.push(norm);
       continue; // the block starts here; do not walk into the previous block
     }
-    if (near && !("ok" in match) && match.progress > 0 && match.progress > (near.miss?.progress ?? 0)) near.miss = match;
+    if (near && !("ok" in match) && match.progress > 0 && match.progress > (near.miss?.progress ?? 0))
+      near.miss = match;
     for (const i of dataInputs(p)) if (i && !g.isConstant(i)) queue.push(i);
   }
   return found;
 }
 
-const normsText = (norms: readonly Norm[]) => capped(norms.map((n) => label(n.node)), 3);
+const normsText = (norms: readonly Norm[]) =>
+  capped(
+    norms.map((n) => label(n.node)),
+    3,
+  );
 
 function preNorm(g: Graph, core: AttentionCore, near?: NearNorm): Match<Norm> {
   if (!core.key) {
@@ -141,7 +165,10 @@ function preNorm(g: Graph, core: AttentionCore, near?: NearNorm): Match<Norm> {
 function noSharedNorm(core: AttentionCore, fromQ: readonly Norm[], fromK: readonly Norm[], after = ""): Miss {
   if (!fromQ.length) return missAtTensor("no per-token norm above the query", core.query);
   if (!fromK.length) return missAtTensor("no per-token norm above the key", core.key!);
-  return missAt(`the query path meets ${normsText(fromQ)} and the key path ${normsText(fromK)}: no norm is shared by both${after}`, fromQ[0]!.node);
+  return missAt(
+    `the query path meets ${normsText(fromQ)} and the key path ${normsText(fromK)}: no norm is shared by both${after}`,
+    fromQ[0]!.node,
+  );
 }
 
 /** The norm (fused or decomposed) that is the only reader of `t`, if any. */
@@ -195,7 +222,7 @@ function residualAdd(g: Graph, t: string, branch: NodeProto): NodeProto | undefi
     .consumersOf(t)
     .filter((c) => {
       const pair = summands(c);
-      if (!pair || !pair.includes(t)) return false;
+      if (!pair?.includes(t)) return false;
       const other = pair[0] === t ? pair[1] : pair[0];
       return other !== t && computedBy(g, other, branch);
     })
@@ -207,12 +234,15 @@ function residualAdd(g: Graph, t: string, branch: NodeProto): NodeProto | undefi
 function matchResidualAdd(g: Graph, t: string, branch: NodeProto, stream: string, what: string): Match<NodeProto> {
   const add = residualAdd(g, t, branch);
   if (add) return { ok: add };
-  return missAtTensor(`no Add (or Skip norm) sums ${stream} with ${what} (computed from ${label(branch)}); ${stream}'s readers: ${readersText(g, t)}`, t);
+  return missAtTensor(
+    `no Add (or Skip norm) sums ${stream} with ${what} (computed from ${label(branch)}); ${stream}'s readers: ${readersText(g, t)}`,
+    t,
+  );
 }
 
 /** The stream a residual add writes: the Add's output, or the Skip norm's output 3 ("" when omitted). */
 function sumOf(n: NodeProto): string {
-  return isSkipNorm(n) ? n.output[SKIP_SUM_OUTPUT] ?? "" : n.output[0] ?? "";
+  return isSkipNorm(n) ? (n.output[SKIP_SUM_OUTPUT] ?? "") : (n.output[0] ?? "");
 }
 
 /** A name for an omitted Skip-norm sum output that no tensor of the graph uses. */
@@ -237,18 +267,38 @@ export function residualBlockFrom(g: Graph, norm: Norm, branch: NodeProto): Resi
 /** `residualBlockFrom`, or why not and where; steps into `trace` when given. */
 export function matchBlockFrom(g: Graph, norm: Norm, branch: NodeProto, trace?: Step[]): Match<ResidualBlock> {
   const input = norm.input;
-  if (!input) return look(trace, "x_in (the stream the pre-norm reads)", missAt(`${label(norm.node)} omits its output ${SKIP_SUM_OUTPUT} (the residual sum)`, norm.node), () => "");
+  if (!input)
+    return look(
+      trace,
+      "x_in (the stream the pre-norm reads)",
+      missAt(`${label(norm.node)} omits its output ${SKIP_SUM_OUTPUT} (the residual sum)`, norm.node),
+      () => "",
+    );
   trace?.push({ looked: "x_in (the stream the pre-norm reads)", found: `'${input}'` });
-  const addMid = look(trace, "attention residual Add (x_in + attention)", matchResidualAdd(g, input, branch, "x_in", "the attention output"), addFound);
+  const addMid = look(
+    trace,
+    "attention residual Add (x_in + attention)",
+    matchResidualAdd(g, input, branch, "x_in", "the attention output"),
+    addFound,
+  );
   if (!isOk(addMid)) return addMid;
   const mid = sumOf(addMid.ok);
-  if (!mid) return missAt(`${label(addMid.ok)} omits its output ${SKIP_SUM_OUTPUT} (the residual sum x_mid)`, addMid.ok);
+  if (!mid)
+    return missAt(`${label(addMid.ok)} omits its output ${SKIP_SUM_OUTPUT} (the residual sum x_mid)`, addMid.ok);
   // The MLP branch is computed from x_mid's node; the second residual add consumes x_mid directly.
-  const addOut = look(trace, "MLP residual Add (x_mid + MLP)", matchResidualAdd(g, mid, addMid.ok, "x_mid", "the MLP output"), (n) => (isSkipNorm(n) && !sumOf(n) ? `${label(n)} (its output ${SKIP_SUM_OUTPUT}, the sum, omitted)` : addFound(n)));
+  const addOut = look(
+    trace,
+    "MLP residual Add (x_mid + MLP)",
+    matchResidualAdd(g, mid, addMid.ok, "x_mid", "the MLP output"),
+    (n) => (isSkipNorm(n) && !sumOf(n) ? `${label(n)} (its output ${SKIP_SUM_OUTPUT}, the sum, omitted)` : addFound(n)),
+  );
   if (!isOk(addOut)) return addOut;
   const layout = "pre-norm";
   const out = addOut.ok;
-  if (!isSkipNorm(out)) return out.output[0] ? { ok: { layout, norm, input, mid, output: out.output[0] } } : missAt(`${label(out)} has no output`, out);
+  if (!isSkipNorm(out))
+    return out.output[0]
+      ? { ok: { layout, norm, input, mid, output: out.output[0] } }
+      : missAt(`${label(out)} has no output`, out);
   const sum = sumOf(out);
   if (sum) return { ok: { layout, norm, input, mid, output: sum, outputNorm: out } };
   return { ok: { layout, norm, input, mid, output: freshSumName(g, out), outputNorm: out, outputMissing: true } };
@@ -265,8 +315,17 @@ export function findResidualBlock(g: Graph, core: AttentionCore): ResidualBlock 
 export function matchResidualBlock(g: Graph, core: AttentionCore, trace?: Step[]): Match<ResidualBlock> {
   const branch = core.pv ?? core.anchor;
   const near: NearNorm | undefined = trace ? {} : undefined;
-  const norm = look(trace, "pre-norm (a per-token norm shared by the query and key paths)", preNorm(g, core, near), (n) => `${label(n.node)} (${n.form})`);
-  if (near?.miss) trace!.push({ looked: "nearer per-token norm (the norm-like node passed on the way up that came closest)", miss: plainMiss(near.miss) });
+  const norm = look(
+    trace,
+    "pre-norm (a per-token norm shared by the query and key paths)",
+    preNorm(g, core, near),
+    (n) => `${label(n.node)} (${n.form})`,
+  );
+  if (near?.miss)
+    trace!.push({
+      looked: "nearer per-token norm (the norm-like node passed on the way up that came closest)",
+      miss: plainMiss(near.miss),
+    });
   const pre = isOk(norm) ? matchBlockFrom(g, norm.ok, branch, trace) : norm;
   if (isOk(pre)) return pre;
   const post = postNormBlock(g, core, branch, trace);
@@ -289,17 +348,51 @@ function postNormBlock(g: Graph, core: AttentionCore, branch: NodeProto, trace?:
     return (feedsAttention(p) && !computedBy(g, other, branch)) || g.inputs.has(other);
   });
   const looked = "post-norm: attention residual Add (x_in + attention, x_in read by the attention itself)";
-  if (!addMid) return look(trace, looked, missAt(`no Add within ${FIRST_ADD_LIMIT} nodes below ${label(branch)} sums the attention output with a tensor the attention's input is computed from`, branch), () => "");
+  if (!addMid)
+    return look(
+      trace,
+      looked,
+      missAt(
+        `no Add within ${FIRST_ADD_LIMIT} nodes below ${label(branch)} sums the attention output with a tensor the attention's input is computed from`,
+        branch,
+      ),
+      () => "",
+    );
   const input = addMid.input.find((i) => i && !computedBy(g, i, branch));
-  if (!input || (!g.inputs.has(input) && !feedsAttention(g.producer.get(input)))) return look(trace, looked, missAt(`${label(addMid)} sums no operand that feeds the attention and is not computed from it`, addMid), () => "");
+  if (!input || (!g.inputs.has(input) && !feedsAttention(g.producer.get(input))))
+    return look(
+      trace,
+      looked,
+      missAt(`${label(addMid)} sums no operand that feeds the attention and is not computed from it`, addMid),
+      () => "",
+    );
   trace?.push({ looked, found: `${label(addMid)} (x_in '${input}')` });
-  const norm = look(trace, "post-norm: norm after the attention Add (its only reader)", matchSoleNorm(g, addMid.output[0]!), (n) => `${label(n.node)} writes x_mid '${n.output}'`);
+  const norm = look(
+    trace,
+    "post-norm: norm after the attention Add (its only reader)",
+    matchSoleNorm(g, addMid.output[0]!),
+    (n) => `${label(n.node)} writes x_mid '${n.output}'`,
+  );
   if (!isOk(norm)) return norm;
   const mid = norm.ok.output;
-  const addOut = look(trace, "post-norm: MLP residual Add (x_mid + MLP)", matchResidualAdd(g, mid, norm.ok.node, "x_mid", "the MLP output"), (n) => label(n));
+  const addOut = look(
+    trace,
+    "post-norm: MLP residual Add (x_mid + MLP)",
+    matchResidualAdd(g, mid, norm.ok.node, "x_mid", "the MLP output"),
+    (n) => label(n),
+  );
   if (!isOk(addOut)) return addOut;
-  if (isSkipNorm(addOut.ok) || !addOut.ok.output[0]) return missAt(`${label(addOut.ok)} is ${isSkipNorm(addOut.ok) ? "a Skip norm (a pre-norm form)" : "without an output"}`, addOut.ok);
-  const outNorm = look(trace, "post-norm: norm after the MLP Add (its only reader)", matchSoleNorm(g, addOut.ok.output[0]), (n) => `${label(n.node)} writes x_out '${n.output}'`);
+  if (isSkipNorm(addOut.ok) || !addOut.ok.output[0])
+    return missAt(
+      `${label(addOut.ok)} is ${isSkipNorm(addOut.ok) ? "a Skip norm (a pre-norm form)" : "without an output"}`,
+      addOut.ok,
+    );
+  const outNorm = look(
+    trace,
+    "post-norm: norm after the MLP Add (its only reader)",
+    matchSoleNorm(g, addOut.ok.output[0]),
+    (n) => `${label(n.node)} writes x_out '${n.output}'`,
+  );
   if (!isOk(outNorm)) return outNorm;
   return { ok: { layout: "post-norm", norm: norm.ok, input, mid, output: outNorm.ok.output } };
 }
@@ -308,14 +401,26 @@ function postNormBlock(g: Graph, core: AttentionCore, branch: NodeProto, trace?:
 const FIRST_ADD_LIMIT = 64;
 
 /** The first two-input Add downstream of `from` (bounded walk) one of whose operands passes `isResidual`. */
-function firstAddAfter(g: Graph, from: NodeProto, isResidual: (operand: string) => boolean, limit = FIRST_ADD_LIMIT): NodeProto | undefined {
+function firstAddAfter(
+  g: Graph,
+  from: NodeProto,
+  isResidual: (operand: string) => boolean,
+  limit = FIRST_ADD_LIMIT,
+): NodeProto | undefined {
   const queue: NodeProto[] = [from];
   const seen = new Set<NodeProto>();
   for (let i = 0; i < queue.length && i < limit; i++) {
     const n = queue[i]!;
     if (seen.has(n)) continue;
     seen.add(n);
-    if (n !== from && n.opType === "Add" && n.domain === "" && n.input.length === 2 && n.input.some((x) => x && isResidual(x))) return n;
+    if (
+      n !== from &&
+      n.opType === "Add" &&
+      n.domain === "" &&
+      n.input.length === 2 &&
+      n.input.some((x) => x && isResidual(x))
+    )
+      return n;
     // Shape arithmetic is not the activation path.
     if (n.opType === "Shape" || n.opType === "Size") continue;
     for (const o of n.output) for (const c of g.consumersOf(o)) queue.push(c); // not push(...): a tensor may have more readers than a call takes arguments
@@ -329,17 +434,31 @@ function firstAddAfter(g: Graph, from: NodeProto, isResidual: (operand: string) 
  * which a residual block closes. Control-flow bodies read outer tensors implicitly, so the mixer's
  * inputs are not followed; the residual adds are found from the mixer's output instead.
  */
-export function findLinearResidualBlock(g: Graph, mixer: NodeProto, layerNodes: readonly NodeProto[]): ResidualBlock | undefined {
+export function findLinearResidualBlock(
+  g: Graph,
+  mixer: NodeProto,
+  layerNodes: readonly NodeProto[],
+): ResidualBlock | undefined {
   return okOf(matchLinearResidualBlock(g, mixer, layerNodes));
 }
 
 /** `findLinearResidualBlock`, or why not: the first norm tried and where its block did not close. */
-export function matchLinearResidualBlock(g: Graph, mixer: NodeProto, layerNodes: readonly NodeProto[], trace?: Step[]): Match<ResidualBlock> {
+export function matchLinearResidualBlock(
+  g: Graph,
+  mixer: NodeProto,
+  layerNodes: readonly NodeProto[],
+  trace?: Step[],
+): Match<ResidualBlock> {
   const norms = layerNodes.flatMap((n) => normAt(g, n) ?? []).sort((a, b) => g.position(a.node) - g.position(b.node));
   let first: { miss: Miss; steps: Step[] } | undefined;
   for (const norm of norms) {
     if (g.position(norm.node) > g.position(mixer)) break;
-    const steps: Step[] = [{ looked: "pre-norm (a norm of the layer before its recurrent mixer)", found: `${label(norm.node)} (${norm.form})` }];
+    const steps: Step[] = [
+      {
+        looked: "pre-norm (a norm of the layer before its recurrent mixer)",
+        found: `${label(norm.node)} (${norm.form})`,
+      },
+    ];
     const block = matchBlockFrom(g, norm, mixer, trace ? steps : undefined);
     if (isOk(block)) {
       if (trace) for (const st of steps) trace.push(st);
@@ -351,5 +470,13 @@ export function matchLinearResidualBlock(g: Graph, mixer: NodeProto, layerNodes:
     if (trace) for (const st of first.steps) trace.push(st);
     return first.miss;
   }
-  return look(trace, "pre-norm (a norm of the layer before its recurrent mixer)", missAt(`none of the layer's ${norms.length} per-token norms comes before its recurrent mixer ${label(mixer)}`, mixer), () => "");
+  return look(
+    trace,
+    "pre-norm (a norm of the layer before its recurrent mixer)",
+    missAt(
+      `none of the layer's ${norms.length} per-token norms comes before its recurrent mixer ${label(mixer)}`,
+      mixer,
+    ),
+    () => "",
+  );
 }

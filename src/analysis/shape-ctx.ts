@@ -63,12 +63,12 @@ export function stringAttr(n: NodeProto, name: string): string | undefined {
 
 /** A value whose elements are all numbers (indices, axes, sizes), as plain numbers. */
 export function numbers(v: Val | undefined): number[] | undefined {
-  if (!v || !v.data.every((d) => typeof d === "number")) return undefined;
+  if (!v?.data.every((d) => typeof d === "number")) return undefined;
   return v.data as number[];
 }
 
 export function numericShape(s: Shape | undefined): number[] | undefined {
-  if (!s || !s.every((d) => typeof d === "number")) return undefined;
+  if (!s?.every((d) => typeof d === "number")) return undefined;
   return s as number[];
 }
 
@@ -162,7 +162,7 @@ export function mapBroadcast(
     const xs: Dim[] = [];
     for (let k = 0; k < shapes.length; k++) {
       let off = 0;
-      for (let i = 0; i < rank; i++) off += Math.floor(flat / outStrides[i]!) % shape[i]! * ins[k]![i]!;
+      for (let i = 0; i < rank; i++) off += (Math.floor(flat / outStrides[i]!) % shape[i]!) * ins[k]![i]!;
       xs.push(datas[k]![off]!);
     }
     const y = f(xs);
@@ -173,12 +173,18 @@ export function mapBroadcast(
 }
 
 /** Elements at `indices` along `axis` (Gather/Slice on a value); indices already non-negative. */
-export function takeAlong(shape: readonly number[], data: readonly Dim[], axis: number, indices: readonly number[]): Dim[] {
+export function takeAlong(
+  shape: readonly number[],
+  data: readonly Dim[],
+  axis: number,
+  indices: readonly number[],
+): Dim[] {
   const outer = count(shape.slice(0, axis));
   const inner = count(shape.slice(axis + 1));
   const dim = shape[axis]!;
   const out: Dim[] = [];
-  for (let o = 0; o < outer; o++) for (const ix of indices) for (let i = 0; i < inner; i++) out.push(data[(o * dim + ix) * inner + i]!);
+  for (let o = 0; o < outer; o++)
+    for (const ix of indices) for (let i = 0; i < inner; i++) out.push(data[(o * dim + ix) * inner + i]!);
   return out;
 }
 
@@ -189,7 +195,8 @@ export function transposeData(shape: readonly number[], data: readonly Dim[], pe
   const out: Dim[] = [];
   for (let flat = 0; flat < data.length; flat++) {
     let off = 0;
-    for (let i = 0; i < outShape.length; i++) off += (Math.floor(flat / outStrides[i]!) % outShape[i]!) * inStrides[perm[i]!]!;
+    for (let i = 0; i < outShape.length; i++)
+      off += (Math.floor(flat / outStrides[i]!) % outShape[i]!) * inStrides[perm[i]!]!;
     out.push(data[off]!);
   }
   return out;

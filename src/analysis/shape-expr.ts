@@ -43,7 +43,8 @@ function normalize(terms: Term[]): Poly {
     .sort((a, b) => {
       // Highest degree first, constant last, then by name: "a*b+c-1".
       if (a.atoms.length !== b.atoms.length) return b.atoms.length - a.atoms.length;
-      const ka = termKey(a), kb = termKey(b);
+      const ka = termKey(a),
+        kb = termKey(b);
       return ka < kb ? -1 : ka > kb ? 1 : 0;
     });
 }
@@ -140,7 +141,8 @@ export class DimAlgebra {
   mul(a: Dim, b: Dim): Dim {
     if (typeof a === "number" && typeof b === "number") return a * b;
     const out: Term[] = [];
-    for (const x of this.poly(a)) for (const y of this.poly(b)) out.push({ coef: x.coef * y.coef, atoms: [...x.atoms, ...y.atoms].sort() });
+    for (const x of this.poly(a))
+      for (const y of this.poly(b)) out.push({ coef: x.coef * y.coef, atoms: [...x.atoms, ...y.atoms].sort() });
     return this.dim(normalize(out));
   }
 
@@ -155,7 +157,8 @@ export class DimAlgebra {
   /** a / b when it divides exactly (as polynomials), else undefined. */
   exactDiv(a: Dim, b: Dim): Dim | undefined {
     if (typeof a === "number" && typeof b === "number") return b !== 0 && a % b === 0 ? a / b : undefined;
-    const pa = this.poly(a), pb = this.poly(b);
+    const pa = this.poly(a),
+      pb = this.poly(b);
     if (pb.length === 0) return undefined;
     if (printPoly(pa) === printPoly(pb)) return 1;
     if (pb.length !== 1) return undefined;
@@ -218,7 +221,8 @@ export class DimAlgebra {
    * floor(hw*1280/5120) is floor(hw/4). Undefined when nothing cancels.
    */
   private cancelCommon(a: Dim, b: Dim): [Dim, Dim] | undefined {
-    const pa = this.poly(a), pb = this.poly(b);
+    const pa = this.poly(a),
+      pb = this.poly(b);
     const terms = [...pa, ...pb];
     if (terms.length === 0) return undefined;
     const g = terms.reduce((acc, t) => gcd(acc, Math.abs(t.coef)), 0);

@@ -6,8 +6,17 @@ import type { NodeProto } from "../ir/graph.js";
 import type { Dim, Shape } from "./dims.js";
 import type { DimAlgebra } from "./shape-expr.js";
 import {
-  broadcast, freshShape, input, intAttr, intsAttr, normAxis, numbers, stringAttr,
-  type Ctx, type Out, type Rule,
+  broadcast,
+  freshShape,
+  input,
+  intAttr,
+  intsAttr,
+  normAxis,
+  numbers,
+  stringAttr,
+  type Ctx,
+  type Out,
+  type Rule,
 } from "./shape-ctx.js";
 
 // ---- matrix products -------------------------------------------------------------------------
@@ -26,16 +35,18 @@ function matmulShape(alg: DimAlgebra, a: Shape, b: Shape): Shape | undefined {
 const swapLast = (s: Shape): Shape => (s.length < 2 ? s : [...s.slice(0, -2), s[s.length - 1]!, s[s.length - 2]!]);
 
 /** MatMul-like ops; `a`, `b` are the input positions of the two matrices (QLinearMatMul: 0, 3). */
-const matmul = (a: number, b: number): Rule => (n, cx) => {
-  let sa = cx.shape(input(n, a));
-  let sb = cx.shape(input(n, b));
-  if (!sa || !sb) return [];
-  // com.microsoft FusedMatMul transposes the last two dims first.
-  if (intAttr(n, "transA", 0)) sa = swapLast(sa);
-  if (intAttr(n, "transB", 0)) sb = swapLast(sb);
-  const shape = matmulShape(cx.alg, sa, sb);
-  return shape ? [{ shape }] : [];
-};
+const matmul =
+  (a: number, b: number): Rule =>
+  (n, cx) => {
+    let sa = cx.shape(input(n, a));
+    let sb = cx.shape(input(n, b));
+    if (!sa || !sb) return [];
+    // com.microsoft FusedMatMul transposes the last two dims first.
+    if (intAttr(n, "transA", 0)) sa = swapLast(sa);
+    if (intAttr(n, "transB", 0)) sb = swapLast(sb);
+    const shape = matmulShape(cx.alg, sa, sb);
+    return shape ? [{ shape }] : [];
+  };
 
 const gemm: Rule = (n, cx) => {
   const a = cx.shape(input(n, 0));
@@ -115,7 +126,8 @@ const conv: Rule = (n, cx) => {
   const wt = cx.shape(input(n, 1));
   if (!x || x.length < 3) return [];
   const kernel = intsAttr(n, "kernel_shape") ?? wt?.slice(2).map((d) => (typeof d === "number" ? d : NaN));
-  if (!kernel || kernel.some(Number.isNaN) || kernel.length !== x.length - 2) return [{ shape: freshShape(cx.alg, x.length) }];
+  if (!kernel || kernel.some(Number.isNaN) || kernel.length !== x.length - 2)
+    return [{ shape: freshShape(cx.alg, x.length) }];
   return [{ shape: [x[0]!, wt?.[0] ?? cx.alg.fresh(), ...spatial(cx, x, windowOf(n, kernel))] }];
 };
 
@@ -227,12 +239,18 @@ const multiHeadAttention: Rule = (n, cx) => {
  */
 const groupQueryAttention: Rule = (n, cx) => {
   const q = cx.shape(input(n, 0));
-  if (!q || q.length !== 3) return [];
+  if (q?.length !== 3) return [];
   const alg = cx.alg;
   const heads = intAttr(n, "num_heads", 0);
   const kvHeads = intAttr(n, "kv_num_heads", 0);
   const packed = !input(n, 1);
-  const headSize = packed ? (heads + 2 * kvHeads ? alg.exactDiv(q[2]!, heads + 2 * kvHeads) : undefined) : heads ? alg.exactDiv(q[2]!, heads) : undefined;
+  const headSize = packed
+    ? heads + 2 * kvHeads
+      ? alg.exactDiv(q[2]!, heads + 2 * kvHeads)
+      : undefined
+    : heads
+      ? alg.exactDiv(q[2]!, heads)
+      : undefined;
   const hidden = packed ? (headSize !== undefined ? alg.mul(headSize, heads) : alg.fresh()) : q[2]!;
   const past = cx.shape(input(n, 3));
   const given = cx.value(input(n, 6))?.data[0];
@@ -257,7 +275,10 @@ const attention: Rule = (n, cx) => {
     const past = cx.shape(input(n, 4));
     const head = heads ? alg.exactDiv(vHidden, heads) : undefined;
     const total = past ? alg.add(past[3]!, x[1]!) : x[1]!;
-    return [{ shape: [x[0]!, x[1]!, vHidden] }, { shape: [2, x[0]!, heads || alg.fresh(), total, head ?? alg.fresh()] }];
+    return [
+      { shape: [x[0]!, x[1]!, vHidden] },
+      { shape: [2, x[0]!, heads || alg.fresh(), total, head ?? alg.fresh()] },
+    ];
   }
   const k = cx.shape(input(n, 1));
   const v = cx.shape(input(n, 2));
@@ -269,9 +290,10 @@ const attention: Rule = (n, cx) => {
   const total = pastK ? alg.add(pastK[2]!, newLen) : newLen;
   const kHead = k.length === 4 ? k[3]! : kvHeads ? alg.exactDiv(k[2]!, kvHeads) : undefined;
   const vHead = v.length === 4 ? v[3]! : kvHeads ? alg.exactDiv(v[2]!, kvHeads) : undefined;
-  const y: Shape = x.length === 4
-    ? [x[0]!, x[1]!, x[2]!, vHead ?? alg.fresh()]
-    : [x[0]!, x[1]!, vHead !== undefined && qHeads ? alg.mul(vHead, qHeads) : alg.fresh()];
+  const y: Shape =
+    x.length === 4
+      ? [x[0]!, x[1]!, x[2]!, vHead ?? alg.fresh()]
+      : [x[0]!, x[1]!, vHead !== undefined && qHeads ? alg.mul(vHead, qHeads) : alg.fresh()];
   const kvN = k.length === 4 ? k[1]! : kvHeads || alg.fresh();
   return [
     { shape: y },
@@ -295,13 +317,16 @@ const resize: Rule = (n, cx) => {
   // Resize: X, roi, scales, sizes (opset 11+); Upsample / Resize-10: X, scales.
   const scalesAt = n.opType === "Upsample" || n.input.length === 2 ? 1 : 2;
   const sizes = n.opType === "Resize" ? cx.value(input(n, 3))?.data : undefined;
-  const scales = numbers(cx.value(input(n, scalesAt))) ?? (n.attribute.some((a) => a.name === "scales") ? n.attribute.find((a) => a.name === "scales")!.floats : undefined);
+  const scales =
+    numbers(cx.value(input(n, scalesAt))) ??
+    (n.attribute.some((a) => a.name === "scales") ? n.attribute.find((a) => a.name === "scales")!.floats : undefined);
   const axes = intsAttr(n, "axes")?.map((a) => (a < 0 ? a + x.length : a)) ?? x.map((_, i) => i);
   const shape = x.slice();
   if (sizes && sizes.length === axes.length) axes.forEach((a, i) => (shape[a] = sizes[i]!));
   else if (scales && scales.length === axes.length) {
     axes.forEach((a, i) => {
-      const d = shape[a]!, f = scales[i]!;
+      const d = shape[a]!,
+        f = scales[i]!;
       shape[a] = typeof d === "number" ? Math.floor(d * f) : Number.isInteger(f) ? alg.mul(d, f) : alg.fresh();
     });
   } else return [{ shape: [x[0]!, ...freshShape(alg, x.length - 1)] }];
@@ -311,7 +336,7 @@ const resize: Rule = (n, cx) => {
 const depthToSpace: Rule = (n, cx) => {
   const x = cx.shape(input(n, 0));
   const b = intAttr(n, "blocksize", 0);
-  if (!x || x.length !== 4 || !b) return [];
+  if (x?.length !== 4 || !b) return [];
   const alg = cx.alg;
   const c = alg.exactDiv(x[1]!, b * b) ?? alg.fresh();
   return [{ shape: [x[0]!, c, alg.mul(x[2]!, b), alg.mul(x[3]!, b)] }];
@@ -320,23 +345,54 @@ const depthToSpace: Rule = (n, cx) => {
 const spaceToDepth: Rule = (n, cx) => {
   const x = cx.shape(input(n, 0));
   const b = intAttr(n, "blocksize", 0);
-  if (!x || x.length !== 4 || !b) return [];
+  if (x?.length !== 4 || !b) return [];
   const alg = cx.alg;
-  return [{ shape: [x[0]!, alg.mul(x[1]!, b * b), alg.floorDiv(x[2]!, b) ?? alg.fresh(), alg.floorDiv(x[3]!, b) ?? alg.fresh()] }];
+  return [
+    {
+      shape: [
+        x[0]!,
+        alg.mul(x[1]!, b * b),
+        alg.floorDiv(x[2]!, b) ?? alg.fresh(),
+        alg.floorDiv(x[3]!, b) ?? alg.fresh(),
+      ],
+    },
+  ];
 };
 
 export const NN_RULES: Record<string, Rule> = {
-  MatMul: matmul(0, 1), MatMulInteger: matmul(0, 1), MatMulIntegerToFloat: matmul(0, 1),
-  DynamicQuantizeMatMul: matmul(0, 1), FusedMatMul: matmul(0, 1), QLinearMatMul: matmul(0, 3),
-  Gemm: gemm, MatMulNBits: matmulNBits, Einsum: einsum,
-  Conv: conv, ConvInteger: conv, ConvTranspose: convTranspose,
-  AveragePool: pool, MaxPool: pool, LpPool: pool,
-  GlobalAveragePool: globalPool, GlobalMaxPool: globalPool, GlobalLpPool: globalPool,
-  LayerNormalization: layerNorm, SimplifiedLayerNormalization: layerNorm, RMSNormalization: layerNorm,
-  SkipLayerNormalization: skipLayerNorm, SkipSimplifiedLayerNormalization: skipLayerNorm,
-  BatchNormalization: channelNorm, InstanceNormalization: channelNorm, GroupNormalization: channelNorm, LRN: channelNorm,
-  MultiHeadAttention: multiHeadAttention, GroupQueryAttention: groupQueryAttention, Attention: attention,
+  MatMul: matmul(0, 1),
+  MatMulInteger: matmul(0, 1),
+  MatMulIntegerToFloat: matmul(0, 1),
+  DynamicQuantizeMatMul: matmul(0, 1),
+  FusedMatMul: matmul(0, 1),
+  QLinearMatMul: matmul(0, 3),
+  Gemm: gemm,
+  MatMulNBits: matmulNBits,
+  Einsum: einsum,
+  Conv: conv,
+  ConvInteger: conv,
+  ConvTranspose: convTranspose,
+  AveragePool: pool,
+  MaxPool: pool,
+  LpPool: pool,
+  GlobalAveragePool: globalPool,
+  GlobalMaxPool: globalPool,
+  GlobalLpPool: globalPool,
+  LayerNormalization: layerNorm,
+  SimplifiedLayerNormalization: layerNorm,
+  RMSNormalization: layerNorm,
+  SkipLayerNormalization: skipLayerNorm,
+  SkipSimplifiedLayerNormalization: skipLayerNorm,
+  BatchNormalization: channelNorm,
+  InstanceNormalization: channelNorm,
+  GroupNormalization: channelNorm,
+  LRN: channelNorm,
+  MultiHeadAttention: multiHeadAttention,
+  GroupQueryAttention: groupQueryAttention,
+  Attention: attention,
   DynamicQuantizeLinear: dynamicQuantize,
-  Resize: resize, Upsample: resize,
-  DepthToSpace: depthToSpace, SpaceToDepth: spaceToDepth,
+  Resize: resize,
+  Upsample: resize,
+  DepthToSpace: depthToSpace,
+  SpaceToDepth: spaceToDepth,
 };

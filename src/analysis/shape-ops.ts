@@ -10,9 +10,25 @@ import type { TensorProto } from "../onnx/gen/onnx_pb.js";
 import type { Dim, Shape } from "./dims.js";
 import type { DimAlgebra } from "./shape-expr.js";
 import {
-  MAX_VALUE_ELEMENTS, broadcast, elementCount, freshShape, input, intAttr, intsAttr, isFloatType, isHuge,
-  mapBroadcast, normAxis, numbers, numericShape, takeAlong, transposeData,
-  type Ctx, type Out, type Rule, type Val,
+  MAX_VALUE_ELEMENTS,
+  broadcast,
+  elementCount,
+  freshShape,
+  input,
+  intAttr,
+  intsAttr,
+  isFloatType,
+  isHuge,
+  mapBroadcast,
+  normAxis,
+  numbers,
+  numericShape,
+  takeAlong,
+  transposeData,
+  type Ctx,
+  type Out,
+  type Rule,
+  type Val,
 } from "./shape-ctx.js";
 
 // ---- constants -------------------------------------------------------------------------------
@@ -29,21 +45,32 @@ const constant: Rule = (n) => {
   const a = n.attribute[0];
   if (!a) return [];
   switch (a.name) {
-    case "value": return a.t ? [tensorOut(a.t)] : [];
-    case "value_int": return [{ shape: [], value: { data: [Number(a.i)], float: false } }];
-    case "value_float": return [{ shape: [], value: { data: [a.f], float: true } }];
-    case "value_ints": return [{ shape: [a.ints.length], value: { data: a.ints.map(Number), float: false } }];
-    case "value_floats": return [{ shape: [a.floats.length], value: { data: a.floats.slice(), float: true } }];
-    case "value_strings": return [{ shape: [a.strings.length] }];
-    case "value_string": return [{ shape: [] }];
-    default: return [];
+    case "value":
+      return a.t ? [tensorOut(a.t)] : [];
+    case "value_int":
+      return [{ shape: [], value: { data: [Number(a.i)], float: false } }];
+    case "value_float":
+      return [{ shape: [], value: { data: [a.f], float: true } }];
+    case "value_ints":
+      return [{ shape: [a.ints.length], value: { data: a.ints.map(Number), float: false } }];
+    case "value_floats":
+      return [{ shape: [a.floats.length], value: { data: a.floats.slice(), float: true } }];
+    case "value_strings":
+      return [{ shape: [a.strings.length] }];
+    case "value_string":
+      return [{ shape: [] }];
+    default:
+      return [];
   }
 };
 
 // ---- elementwise -----------------------------------------------------------------------------
 
 type Unary = (alg: DimAlgebra, x: Dim) => Dim | undefined;
-const onNumber = (f: (x: number) => number): Unary => (_, x) => (typeof x === "number" ? f(x) : undefined);
+const onNumber =
+  (f: (x: number) => number): Unary =>
+  (_, x) =>
+    typeof x === "number" ? f(x) : undefined;
 
 /** Value semantics of unary ops that appear in shape computations; symbols are sizes (>= 0, integral). */
 const UNARY_VALUES: Record<string, Unary> = {
@@ -117,9 +144,18 @@ const BINARY_VALUES: Record<string, Binary> = {
   Max: (alg, a, b) => alg.max(a, b),
   Min: (alg, a, b) => alg.min(a, b),
   Pow: (_, a, b) => (typeof a === "number" && typeof b === "number" ? a ** b : undefined),
-  Equal: (alg, a, b) => { const c = sign(alg, a, b); return c === undefined ? undefined : bool(c === 0); },
-  Less: (alg, a, b) => { const c = sign(alg, a, b); return c === undefined ? undefined : bool(c < 0); },
-  Greater: (alg, a, b) => { const c = sign(alg, a, b); return c === undefined ? undefined : bool(c > 0); },
+  Equal: (alg, a, b) => {
+    const c = sign(alg, a, b);
+    return c === undefined ? undefined : bool(c === 0);
+  },
+  Less: (alg, a, b) => {
+    const c = sign(alg, a, b);
+    return c === undefined ? undefined : bool(c < 0);
+  },
+  Greater: (alg, a, b) => {
+    const c = sign(alg, a, b);
+    return c === undefined ? undefined : bool(c > 0);
+  },
   LessOrEqual: (alg, a, b) => (alg.geq(b, a) ? 1 : bool(sign(alg, a, b) === 1 ? false : undefined)),
   GreaterOrEqual: (alg, a, b) => (alg.geq(a, b) ? 1 : bool(sign(alg, a, b) === -1 ? false : undefined)),
   And: (_, a, b) => (typeof a === "number" && typeof b === "number" ? bool(!!a && !!b) : undefined),
@@ -138,8 +174,14 @@ const broadcasting: Rule = (n, cx) => {
   const numShapes = shapes.map(numericShape);
   if (!f || names.length < 1 || vals.some((v) => !v) || numShapes.some((s) => !s)) return [{ shape }];
   const float = !COMPARISONS.has(n.opType) && vals.some((v) => v!.float);
-  const r = mapBroadcast(numShapes as number[][], vals.map((v) => v!.data), (xs) =>
-    xs.slice(1).reduce<Dim | undefined>((acc, x) => (acc === undefined ? undefined : f(cx.alg, acc, x, float)), xs[0]));
+  const r = mapBroadcast(
+    numShapes as number[][],
+    vals.map((v) => v!.data),
+    (xs) =>
+      xs
+        .slice(1)
+        .reduce<Dim | undefined>((acc, x) => (acc === undefined ? undefined : f(cx.alg, acc, x, float)), xs[0]),
+  );
   return [r ? { shape, value: { data: r.data, float } } : { shape }];
 };
 
@@ -150,8 +192,11 @@ const where: Rule = (n, cx) => {
   const vals = [0, 1, 2].map((i) => cx.value(input(n, i)));
   const numShapes = shapes.map(numericShape);
   if (vals.some((v) => !v) || numShapes.some((s) => !s)) return [{ shape }];
-  const r = mapBroadcast(numShapes as number[][], vals.map((v) => v!.data), ([c, a, b]) =>
-    typeof c === "number" ? (c ? a : b) : undefined);
+  const r = mapBroadcast(
+    numShapes as number[][],
+    vals.map((v) => v!.data),
+    ([c, a, b]) => (typeof c === "number" ? (c ? a : b) : undefined),
+  );
   return [r ? { shape, value: { data: r.data, float: vals[1]!.float } } : { shape }];
 };
 
@@ -187,7 +232,12 @@ const constantOfShape: Rule = (n, cx) => {
   const fill = t ? readNumbers(t)?.[0] : 0;
   const dims = numericShape(shape);
   if (fill === undefined || !dims || elementCount(dims) > MAX_VALUE_ELEMENTS) return [{ shape }];
-  return [{ shape, value: { data: new Array<Dim>(elementCount(dims)).fill(fill), float: t ? isFloatType(t.dataType) : true } }];
+  return [
+    {
+      shape,
+      value: { data: new Array<Dim>(elementCount(dims)).fill(fill), float: t ? isFloatType(t.dataType) : true },
+    },
+  ];
 };
 
 const range: Rule = (n, cx) => {
@@ -212,16 +262,19 @@ const range: Rule = (n, cx) => {
 const reshape: Rule = (n, cx) => {
   const data = cx.shape(input(n, 0));
   const allowZero = intAttr(n, "allowzero", 0) === 1;
-  const target = cx.value(input(n, 1)) ?? (attr(n, "shape") ? { data: intsAttr(n, "shape")!, float: false } : undefined);
+  const target =
+    cx.value(input(n, 1)) ?? (attr(n, "shape") ? { data: intsAttr(n, "shape")!, float: false } : undefined);
   if (!target) {
     const len = cx.shape(input(n, 1))?.[0];
     return typeof len === "number" ? [{ shape: freshShape(cx.alg, len) }] : [];
   }
-  const out: (Dim | undefined)[] = target.data.map((d, i) => (d === 0 && !allowZero ? data?.[i] : d === -1 ? undefined : d));
+  const out: (Dim | undefined)[] = target.data.map((d, i) =>
+    d === 0 && !allowZero ? data?.[i] : d === -1 ? undefined : d,
+  );
   const inferred = target.data.indexOf(-1);
   if (inferred >= 0 && data && out.every((d, i) => i === inferred || d !== undefined)) {
     // The -1 dim is whatever is left of the element count; exporters make it divide exactly.
-    const rest = cx.alg.product(out.filter((d, i) => i !== inferred) as Dim[]);
+    const rest = cx.alg.product(out.filter((_d, i) => i !== inferred) as Dim[]);
     out[inferred] = cx.alg.exactDiv(cx.alg.product(data), rest) ?? cx.alg.floorDiv(cx.alg.product(data), rest);
   }
   const shape = out.map((d) => d ?? cx.alg.fresh());
@@ -296,8 +349,14 @@ const concat: Rule = (n, cx) => {
   if (axis === undefined || known.some((s) => s.length !== rank)) return [];
   const shape = known[0]!.map((_, i) =>
     i === axis
-      ? known.length === shapes.length ? cx.alg.sum(known.map((s) => s[i]!)) : cx.alg.fresh()
-      : sameDim(cx.alg, known.map((s) => s[i]!)));
+      ? known.length === shapes.length
+        ? cx.alg.sum(known.map((s) => s[i]!))
+        : cx.alg.fresh()
+      : sameDim(
+          cx.alg,
+          known.map((s) => s[i]!),
+        ),
+  );
   const vals = names.map((x) => cx.value(x));
   const dims = shapes.map(numericShape);
   if (vals.some((v) => !v) || dims.some((d) => !d)) return [{ shape }];
@@ -323,7 +382,8 @@ const split: Rule = (n, cx) => {
   if (!sizes && !input(n, 1)) {
     // Equal parts; with num_outputs (opset 18) the last part may be smaller.
     const part = cx.alg.ceilDiv(s[axis]!, k);
-    if (part !== undefined) sizes = Array.from({ length: k }, (_, i) => (i < k - 1 ? part : cx.alg.sub(s[axis]!, cx.alg.mul(part, k - 1))));
+    if (part !== undefined)
+      sizes = Array.from({ length: k }, (_, i) => (i < k - 1 ? part : cx.alg.sub(s[axis]!, cx.alg.mul(part, k - 1))));
   }
   const v = cx.value(input(n, 0));
   const dims = numericShape(s);
@@ -343,7 +403,13 @@ const split: Rule = (n, cx) => {
 };
 
 /** Start index and length of one sliced axis; symbolic sizes are assumed to contain the range. */
-function sliceAxis(alg: DimAlgebra, dim: Dim, start: Dim, end: Dim, step: number): { start: Dim; len: Dim } | undefined {
+function sliceAxis(
+  alg: DimAlgebra,
+  dim: Dim,
+  start: Dim,
+  end: Dim,
+  step: number,
+): { start: Dim; len: Dim } | undefined {
   if (typeof dim === "number" && typeof start === "number" && typeof end === "number") {
     let s = start < 0 ? start + dim : start;
     let e = end < 0 ? end + dim : end;
@@ -357,7 +423,8 @@ function sliceAxis(alg: DimAlgebra, dim: Dim, start: Dim, end: Dim, step: number
     return { start: s, len: Math.max(0, Math.ceil((e - s) / step)) };
   }
   if (step < 0) {
-    const full = typeof start === "number" && (start === -1 || isHuge(start)) && typeof end === "number" && end <= -(2 ** 31) + 1;
+    const full =
+      typeof start === "number" && (start === -1 || isHuge(start)) && typeof end === "number" && end <= -(2 ** 31) + 1;
     return full ? { start: alg.sub(dim, 1), len: dim } : undefined;
   }
   const resolve = (x: Dim): Dim =>
@@ -394,7 +461,15 @@ const slice: Rule = (n, cx) => {
     if (axis === undefined || step === 0) return [];
     const r = sliceAxis(cx.alg, s[axis]!, starts[k]!, ends[k]!, step);
     shape[axis] = r ? r.len : cx.alg.fresh();
-    if (data && dims && r && typeof r.start === "number" && typeof r.len === "number" && Number.isInteger(r.len) && r.len <= dims[axis]!) {
+    if (
+      data &&
+      dims &&
+      r &&
+      typeof r.start === "number" &&
+      typeof r.len === "number" &&
+      Number.isInteger(r.len) &&
+      r.len <= dims[axis]!
+    ) {
       const idx = Array.from({ length: r.len }, (_, j) => (r.start as number) + j * step);
       data = takeAlong(dims, data, axis, idx);
       dims = dims.map((d, i) => (i === axis ? (r.len as number) : d));
@@ -456,7 +531,11 @@ const tile: Rule = (n, cx) => {
   const s = cx.shape(input(n, 0));
   if (!s) return [];
   const reps = cx.value(input(n, 1))?.data;
-  return [{ shape: reps && reps.length === s.length ? s.map((d, i) => cx.alg.mul(d, reps[i]!)) : freshShape(cx.alg, s.length) }];
+  return [
+    {
+      shape: reps && reps.length === s.length ? s.map((d, i) => cx.alg.mul(d, reps[i]!)) : freshShape(cx.alg, s.length),
+    },
+  ];
 };
 
 const pad: Rule = (n, cx) => {
@@ -532,40 +611,142 @@ const ifRule: Rule = (n, cx) => {
   const a = cx.subgraph(then);
   const b = cx.subgraph(other);
   return n.output.map((_, i) => {
-    const x = a[i], y = b[i];
+    const x = a[i],
+      y = b[i];
     if (!x || !y || x.length !== y.length) return undefined;
     return { shape: x.map((d, j) => (cx.alg.equal(d, y[j]!) ? d : cx.alg.fresh())) };
   });
 };
 
 export const TENSOR_RULES: Record<string, Rule> = {
-  Constant: constant, If: ifRule,
-  Cast: cast, CastLike: cast,
+  Constant: constant,
+  If: ifRule,
+  Cast: cast,
+  CastLike: cast,
   Where: where,
-  Shape: shapeOf, Size: size,
-  ConstantOfShape: constantOfShape, Range: range,
-  Reshape: reshape, Flatten: flatten, Transpose: transpose,
-  Squeeze: squeeze, Unsqueeze: unsqueeze,
-  Concat: concat, Split: split, Slice: slice,
-  Gather: gather, GatherElements: gatherElements, GatherND: gatherND,
-  Expand: expand, Tile: tile, Pad: pad,
-  TopK: topK, OneHot: oneHot, NonZero: nonZero,
-  ArgMax: reduce, ArgMin: reduce,
+  Shape: shapeOf,
+  Size: size,
+  ConstantOfShape: constantOfShape,
+  Range: range,
+  Reshape: reshape,
+  Flatten: flatten,
+  Transpose: transpose,
+  Squeeze: squeeze,
+  Unsqueeze: unsqueeze,
+  Concat: concat,
+  Split: split,
+  Slice: slice,
+  Gather: gather,
+  GatherElements: gatherElements,
+  GatherND: gatherND,
+  Expand: expand,
+  Tile: tile,
+  Pad: pad,
+  TopK: topK,
+  OneHot: oneHot,
+  NonZero: nonZero,
+  ArgMax: reduce,
+  ArgMin: reduce,
   ...Object.fromEntries(
-    ["ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceLogSum",
-      "ReduceLogSumExp", "ReduceSumSquare"].map((op) => [op, reduce]),
+    [
+      "ReduceMean",
+      "ReduceSum",
+      "ReduceMax",
+      "ReduceMin",
+      "ReduceProd",
+      "ReduceL1",
+      "ReduceL2",
+      "ReduceLogSum",
+      "ReduceLogSumExp",
+      "ReduceSumSquare",
+    ].map((op) => [op, reduce]),
   ),
   ...Object.fromEntries(
-    ["Add", "Sub", "Mul", "Div", "Pow", "Mod", "Max", "Min", "Sum", "Mean", "Equal", "Less", "Greater", "LessOrEqual",
-      "GreaterOrEqual", "And", "Or", "Xor", "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "PRelu", "BiasAdd"].map((op) => [op, broadcasting]),
+    [
+      "Add",
+      "Sub",
+      "Mul",
+      "Div",
+      "Pow",
+      "Mod",
+      "Max",
+      "Min",
+      "Sum",
+      "Mean",
+      "Equal",
+      "Less",
+      "Greater",
+      "LessOrEqual",
+      "GreaterOrEqual",
+      "And",
+      "Or",
+      "Xor",
+      "BitShift",
+      "BitwiseAnd",
+      "BitwiseOr",
+      "BitwiseXor",
+      "PRelu",
+      "BiasAdd",
+    ].map((op) => [op, broadcasting]),
   ),
   ...Object.fromEntries(
-    ["Identity", "Neg", "Abs", "Relu", "Floor", "Ceil", "Round", "Sqrt", "Reciprocal", "Exp", "Log", "Sign", "Not",
-      "Gelu", "FastGelu", "QuickGelu", "BiasGelu", "Erf", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Sin", "Cos",
-      "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Softplus", "Softsign", "Elu", "Selu", "Celu", "LeakyRelu",
-      "ThresholdedRelu", "Mish", "IsNaN", "IsInf", "Clip", "Softmax", "LogSoftmax", "Hardmax", "Dropout", "CumSum",
-      "Trilu", "EyeLike", "BitwiseNot", "QuantizeLinear", "DequantizeLinear", "ScatterND", "ScatterElements",
-      "Scatter", "RotaryEmbedding", "Shrink"].map((op) => [op, sameShape]),
+    [
+      "Identity",
+      "Neg",
+      "Abs",
+      "Relu",
+      "Floor",
+      "Ceil",
+      "Round",
+      "Sqrt",
+      "Reciprocal",
+      "Exp",
+      "Log",
+      "Sign",
+      "Not",
+      "Gelu",
+      "FastGelu",
+      "QuickGelu",
+      "BiasGelu",
+      "Erf",
+      "Sigmoid",
+      "HardSigmoid",
+      "HardSwish",
+      "Tanh",
+      "Sin",
+      "Cos",
+      "Tan",
+      "Asin",
+      "Acos",
+      "Atan",
+      "Sinh",
+      "Cosh",
+      "Softplus",
+      "Softsign",
+      "Elu",
+      "Selu",
+      "Celu",
+      "LeakyRelu",
+      "ThresholdedRelu",
+      "Mish",
+      "IsNaN",
+      "IsInf",
+      "Clip",
+      "Softmax",
+      "LogSoftmax",
+      "Hardmax",
+      "Dropout",
+      "CumSum",
+      "Trilu",
+      "EyeLike",
+      "BitwiseNot",
+      "QuantizeLinear",
+      "DequantizeLinear",
+      "ScatterND",
+      "ScatterElements",
+      "Scatter",
+      "RotaryEmbedding",
+      "Shrink",
+    ].map((op) => [op, sameShape]),
   ),
 };
-

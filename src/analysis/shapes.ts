@@ -14,7 +14,16 @@
 import { Graph, type GraphProto, type NodeProto, type ValueInfoProto } from "../ir/graph.js";
 import type { Dim, Shape, ShapeMap } from "./dims.js";
 import { DimAlgebra } from "./shape-expr.js";
-import { MAX_VALUE_ELEMENTS, numericShape, elementCount, isSize, type Ctx, type Out, type Rule, type Val } from "./shape-ctx.js";
+import {
+  MAX_VALUE_ELEMENTS,
+  numericShape,
+  elementCount,
+  isSize,
+  type Ctx,
+  type Out,
+  type Rule,
+  type Val,
+} from "./shape-ctx.js";
 import { TENSOR_RULES, tensorOut } from "./shape-ops.js";
 import { NN_RULES } from "./shape-ops-nn.js";
 
@@ -58,7 +67,11 @@ export function inferValues(graph: Graph, options: ShapeOptions = {}): Map<strin
 }
 
 export function analyzeShapes(graph: Graph, options: ShapeOptions = {}): ShapeAnalysis {
-  const run = new Inference(graph, { policy: options.declared ?? "fill", strict: options.strict ?? false, alg: new DimAlgebra() });
+  const run = new Inference(graph, {
+    policy: options.declared ?? "fill",
+    strict: options.strict ?? false,
+    alg: new DimAlgebra(),
+  });
   for (const name of graph.inputs) {
     const s = run.declared(name);
     if (s) run.shapes.set(name, s);
@@ -89,7 +102,11 @@ class Inference implements Ctx {
   ) {
     this.alg = settings.alg;
     this.unhandled = parent?.unhandled ?? new Set();
-    for (const [name, t] of graph.initializers) this.shapes.set(name, t.dims.map((d) => (d >= 0n && d <= MAX_SAFE ? Number(d) : this.alg.fresh())));
+    for (const [name, t] of graph.initializers)
+      this.shapes.set(
+        name,
+        t.dims.map((d) => (d >= 0n && d <= MAX_SAFE ? Number(d) : this.alg.fresh())),
+      );
   }
 
   run(): void {
@@ -128,7 +145,8 @@ class Inference implements Ctx {
   subgraph(g: GraphProto): (Shape | undefined)[] {
     const sub = new Inference(new Graph(g), this.settings, this);
     sub.run();
-    const declared = (name: string): Shape | undefined => (this.settings.policy === "ignore" ? undefined : sub.declared(name));
+    const declared = (name: string): Shape | undefined =>
+      this.settings.policy === "ignore" ? undefined : sub.declared(name);
     return g.output.map((o) => sub.shape(o.name) ?? declared(o.name));
   }
 
@@ -154,7 +172,8 @@ class Inference implements Ctx {
     const v = out?.value;
     const dims = numericShape(shape);
     // A value must agree with the final shape (a declared shape may have overridden the rank).
-    if (v && dims && elementCount(dims) === v.data.length && v.data.length <= MAX_VALUE_ELEMENTS) this.values.set(name, v);
+    if (v && dims && elementCount(dims) === v.data.length && v.data.length <= MAX_VALUE_ELEMENTS)
+      this.values.set(name, v);
   }
 }
 
@@ -172,7 +191,12 @@ function nodesInOrder(graph: Graph): NodeProto[] {
  * ("num_tokens", "seq", ...), so by default an inferred symbol, which relates the dim to the
  * graph inputs, is kept. A number always beats a symbol: the symbol can only stand for it.
  */
-function mergeDeclared(alg: DimAlgebra, inferred: Shape | undefined, declared: Shape | undefined, trustSymbols: boolean): Shape | undefined {
+function mergeDeclared(
+  alg: DimAlgebra,
+  inferred: Shape | undefined,
+  declared: Shape | undefined,
+  trustSymbols: boolean,
+): Shape | undefined {
   if (!declared) return inferred;
   if (!inferred || inferred.length !== declared.length) return declared;
   return declared.map((d, i) => {

@@ -37,7 +37,13 @@ function windowPartition(g: Graph, shapes: ShapeMap, layer: LayerInfo): NodeProt
 }
 
 /** Why the token structure cannot be proven, or undefined when it can. */
-export function tokenStructureProblem(g: Graph, shapes: ShapeMap, layers: readonly LayerInfo[], tokens: Dim | undefined, hidden: number | undefined): string | undefined {
+export function tokenStructureProblem(
+  g: Graph,
+  shapes: ShapeMap,
+  layers: readonly LayerInfo[],
+  tokens: Dim | undefined,
+  hidden: number | undefined,
+): string | undefined {
   const first = layers.find((l) => l.residual);
   if (!first?.residual) return undefined;
   const stream = shapes.get(first.residual.input);

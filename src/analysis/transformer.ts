@@ -3,7 +3,7 @@
  * head size), the token and batch axes, the token count, and whether a CLS token is prepended.
  * Pure: reads a Graph, returns facts; passes decide what they can do with them.
  */
-import { Graph, attr, attrInt, dataInputs, type NodeProto } from "../ir/graph.js";
+import { type Graph, attr, attrInt, dataInputs, type NodeProto } from "../ir/graph.js";
 import { findAttentionCores, type AttentionCore, type AttentionKind } from "./attention.js";
 import { matchLinearResidualBlock, matchResidualBlock, type ResidualBlock } from "./residual.js";
 import { capped, label, missText, type Miss, type Step } from "./match.js";
@@ -108,18 +108,29 @@ export function layering(g: Graph, cores: readonly AttentionCore[]): Layering {
   const layerKeys = [...groups.keys()].sort((a, b) => a - b);
   // Exporters file the final norm under `layers.N` too (transformers.js): a trailing group with
   // neither attention nor recurrent state is not a layer.
-  while (layerKeys.length && !cores.some((c) => layerOfName(c.anchor.name)?.index === layerKeys.at(-1)) && !isStateful(groups.get(layerKeys.at(-1)!)!.nodes)) {
+  while (
+    layerKeys.length &&
+    !cores.some((c) => layerOfName(c.anchor.name)?.index === layerKeys.at(-1)) &&
+    !isStateful(groups.get(layerKeys.at(-1)!)!.nodes)
+  ) {
     layerKeys.pop();
   }
-  return { groups, keys: layerKeys, named: isContiguous(layerKeys) && cores.every((c) => layerOfName(c.anchor.name) !== undefined) };
+  return {
+    groups,
+    keys: layerKeys,
+    named: isContiguous(layerKeys) && cores.every((c) => layerOfName(c.anchor.name) !== undefined),
+  };
 }
 
 /** Why the layers are numbered as they are (for explanations). */
 export function layeringWhy(l: Layering, cores: readonly AttentionCore[]): string {
-  if (l.named) return `numbered by the module paths in node names (e.g. '${l.groups.get(l.keys[0]!)!.prefix}'): ${l.keys.length} layers`;
+  if (l.named)
+    return `numbered by the module paths in node names (e.g. '${l.groups.get(l.keys[0]!)!.prefix}'): ${l.keys.length} layers`;
   const order = `numbered by attention anchor order (${cores.length} anchors)`;
-  if (!l.keys.length) return `no node name carries a layer index ('layers.N', 'layer.N', 'blocks.N', 'block.N', 'h.N', 'encoder_layer_N', 'resblocks.N'): ${order}`;
-  if (!isContiguous(l.keys)) return `the layer indices in node names (${capped(l.keys.map(String), 6)}) do not run from 0 without gaps: ${order}`;
+  if (!l.keys.length)
+    return `no node name carries a layer index ('layers.N', 'layer.N', 'blocks.N', 'block.N', 'h.N', 'encoder_layer_N', 'resblocks.N'): ${order}`;
+  if (!isContiguous(l.keys))
+    return `the layer indices in node names (${capped(l.keys.map(String), 6)}) do not run from 0 without gaps: ${order}`;
   const unnamed = cores.find((c) => layerOfName(c.anchor.name) === undefined)!;
   return `attention anchor ${label(unnamed.anchor)} has no layer index in its name: ${order}`;
 }
@@ -193,7 +204,8 @@ function describeLayer(
     if (core.heads) layer.heads = core.heads;
     if (!core.probs) {
       const rank = shapes.get(core.query)?.length;
-      if (rank !== undefined && (core.key === undefined || shapes.get(core.key)?.length === rank)) layer.fusedInputRank = rank;
+      if (rank !== undefined && (core.key === undefined || shapes.get(core.key)?.length === rank))
+        layer.fusedInputRank = rank;
     }
     if (core.probs) {
       const rank = shapes.get(core.probs)?.length;
@@ -210,12 +222,20 @@ function describeLayer(
  * The residual block of a layer (around its attention core, or its recurrent mixer), or why it was
  * not found and where matching stopped; given `trace`, every step looked for.
  */
-export function residualMatch(g: Graph, kind: LayerKind, core: AttentionCore | undefined, nodes: readonly NodeProto[], trace?: Step[]): { ok: ResidualBlock } | Miss {
+export function residualMatch(
+  g: Graph,
+  kind: LayerKind,
+  core: AttentionCore | undefined,
+  nodes: readonly NodeProto[],
+  trace?: Step[],
+): { ok: ResidualBlock } | Miss {
   if (core) return matchResidualBlock(g, core, trace);
   // The residual stream around the recurrent mixer (a stage may act after such a layer too).
   const mixer = kind === "linear-attention" ? nodes.find(isStatefulNode) : undefined;
   if (mixer) return matchLinearResidualBlock(g, mixer, nodes, trace);
-  return { why: `the layer has no attention anchor and no recurrent mixer (If, Scan or Loop) among its ${nodes.length} nodes: there is no block to match` };
+  return {
+    why: `the layer has no attention anchor and no recurrent mixer (If, Scan or Loop) among its ${nodes.length} nodes: there is no block to match`,
+  };
 }
 
 const NBITS = 1;
@@ -241,7 +261,7 @@ function quantizationAbove(g: Graph, t: string): LayerInfo["quantization"] {
     quantCache.set(g, (flags = f));
   }
   const p = g.producer.get(t);
-  const bits = p ? flags.get(p) ?? 0 : 0;
+  const bits = p ? (flags.get(p) ?? 0) : 0;
   return bits & NBITS ? "MatMulNBits" : bits & INTEGER ? "MatMulInteger" : undefined;
 }
 
@@ -294,7 +314,15 @@ function tokenAndBatchAxes(g: Graph, residual: Shape): { token: number; batch?: 
   return { token: 1, batch: 0 };
 }
 
-const PASS_THROUGH: ReadonlySet<string> = new Set(["Expand", "Tile", "Cast", "Identity", "Reshape", "Unsqueeze", "Where"]);
+const PASS_THROUGH: ReadonlySet<string> = new Set([
+  "Expand",
+  "Tile",
+  "Cast",
+  "Identity",
+  "Reshape",
+  "Unsqueeze",
+  "Where",
+]);
 
 /**
  * Learned tokens: a weight [.., k, hidden] whose other leading dims are 1 (one CLS, or a DeiT-style
@@ -322,17 +350,26 @@ const CLS_STEPS = 8;
 const CLS_THROUGH = ["Add", "Dropout", "Identity", "Cast"];
 
 /** `detectCls`, with why: the Concat found and what it prepends, or where the walk up stopped. */
-export function clsMatch(g: Graph, shapes: ShapeMap, start: string, streamTokenAxis: number): { cls: TransformerInfo["cls"]; why: string } {
+export function clsMatch(
+  g: Graph,
+  shapes: ShapeMap,
+  start: string,
+  streamTokenAxis: number,
+): { cls: TransformerInfo["cls"]; why: string } {
   const none = (why: string) => ({ cls: { present: false, prefixTokens: 0 }, why });
   let t = start;
   let tokenAxis = streamTokenAxis;
   for (let steps = 0; steps < CLS_STEPS; steps++) {
     const p = g.producer.get(t);
-    if (!p) return none(`walking up from '${start}' to a Concat on the token axis: '${t}' is ${g.inputs.has(t) ? "a graph input" : "computed by no node"}`);
+    if (!p)
+      return none(
+        `walking up from '${start}' to a Concat on the token axis: '${t}' is ${g.inputs.has(t) ? "a graph input" : "computed by no node"}`,
+      );
     if (p.opType === "Concat") {
       const rank = shapes.get(t)?.length ?? 3;
       const axis = attrInt(p, "axis", 0);
-      if ((axis + rank) % rank !== tokenAxis) return none(`${label(p)} joins axis ${axis}, not the token axis (${tokenAxis})`);
+      if ((axis + rank) % rank !== tokenAxis)
+        return none(`${label(p)} joins axis ${axis}, not the token axis (${tokenAxis})`);
       let prefix = 0;
       const learned: string[] = [];
       let stop: string | undefined;
@@ -345,8 +382,14 @@ export function clsMatch(g: Graph, shapes: ShapeMap, start: string, streamTokenA
         prefix += k;
         learned.push(`'${inp}' (${k})`);
       }
-      if (prefix > 0) return { cls: { present: true, index: 0, prefixTokens: prefix }, why: `${label(p)} on the token axis prepends ${prefix} learned token${prefix > 1 ? "s" : ""}: ${capped(learned, 3)}` };
-      return none(`${label(p)} joins the token axis, but its first input '${stop ?? ""}' is not a learned token (a weight [1, k, hidden], possibly expanded over the batch)`);
+      if (prefix > 0)
+        return {
+          cls: { present: true, index: 0, prefixTokens: prefix },
+          why: `${label(p)} on the token axis prepends ${prefix} learned token${prefix > 1 ? "s" : ""}: ${capped(learned, 3)}`,
+        };
+      return none(
+        `${label(p)} joins the token axis, but its first input '${stop ?? ""}' is not a learned token (a weight [1, k, hidden], possibly expanded over the batch)`,
+      );
     }
     if (p.opType === "Transpose" && p.input[0]) {
       // Sequence-first exports transpose [batch, tokens, hidden] once before the first layer.
@@ -359,7 +402,9 @@ export function clsMatch(g: Graph, shapes: ShapeMap, start: string, streamTokenA
     // Position embeddings are added, dropout/casts pass through: follow the activation operand.
     const next = p.input.find((i) => i && !g.isConstant(i));
     if (!next || !CLS_THROUGH.includes(p.opType)) {
-      return none(`walking up from '${start}' to a Concat on the token axis, the walk stopped at ${label(p)}${CLS_THROUGH.includes(p.opType) ? ", which reads no activation" : `: it follows only ${CLS_THROUGH.join(", ")} and Transpose`}`);
+      return none(
+        `walking up from '${start}' to a Concat on the token axis, the walk stopped at ${label(p)}${CLS_THROUGH.includes(p.opType) ? ", which reads no activation" : `: it follows only ${CLS_THROUGH.join(", ")} and Transpose`}`,
+      );
     }
     t = next;
   }
@@ -371,7 +416,8 @@ export function tokenAxesWhy(g: Graph, residual: Shape): string {
   if (residual.length === 2) return "the stream has rank 2 ([tokens, hidden]): tokens on axis 0, no batch axis";
   const axes = tokenAndBatchAxes(g, residual);
   const batch = batchSymbol(g);
-  if (axes.token === 0) return `sequence-first [tokens, batch, hidden]: the first input's batch dimension '${String(batch)}' is the stream's axis 1`;
+  if (axes.token === 0)
+    return `sequence-first [tokens, batch, hidden]: the first input's batch dimension '${String(batch)}' is the stream's axis 1`;
   const firstInput = [...g.inputs][0] ?? "";
   return `batch-first [batch, tokens, hidden]${batch === undefined ? ` (the default: the first input '${firstInput}' has no symbolic batch dimension)` : ` (the first input's batch dimension '${batch}' is not at the stream's axis 1)`}`;
 }

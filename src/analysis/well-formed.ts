@@ -44,12 +44,19 @@ function dimProblem(graph: GraphProto, scope: string): string | undefined {
     const p = tensorDims(t);
     if (p) return `initializer '${t.name}'${where} ${p}`;
   }
-  const declared: [string, ValueInfoProto[]][] = [["graph input", graph.input], ["graph output", graph.output], ["value_info", graph.valueInfo]];
+  const declared: [string, ValueInfoProto[]][] = [
+    ["graph input", graph.input],
+    ["graph output", graph.output],
+    ["value_info", graph.valueInfo],
+  ];
   for (const [what, list] of declared) {
     for (const v of list) {
       const t = v.type?.value;
       const shape = t?.case === "tensorType" ? t.value.shape : undefined;
-      const at = shape?.dim.findIndex((d) => d.value.case === "dimValue" && (d.value.value > MAX_DIM || d.value.value < -MAX_DIM)) ?? -1;
+      const at =
+        shape?.dim.findIndex(
+          (d) => d.value.case === "dimValue" && (d.value.value > MAX_DIM || d.value.value < -MAX_DIM),
+        ) ?? -1;
       if (at >= 0) {
         return `${what} '${v.name}'${where} declares dimension ${String(shape!.dim[at]!.value.value)} at axis ${at}, more than prunec represents exactly (2^53 - 1)`;
       }
@@ -61,7 +68,7 @@ function dimProblem(graph: GraphProto, scope: string): string | undefined {
       const p = a.t ? tensorDims(a.t) : undefined;
       if (p) return `node ${label} (${n.opType})${where}: its ${a.name} tensor ${p}`;
       for (const sub of [...(a.g ? [a.g] : []), ...a.graphs]) {
-        const inner = dimProblem(sub, `${scope ? scope + "/" : ""}${n.name || `#${k}`}/${a.name}`);
+        const inner = dimProblem(sub, `${scope ? `${scope}/` : ""}${n.name || `#${k}`}/${a.name}`);
         if (inner) return inner;
       }
     }
@@ -74,5 +81,7 @@ function tensorDims(t: TensorProto): string | undefined {
   const at = t.dims.findIndex((d) => d < 0n || d > MAX_DIM);
   if (at < 0) return undefined;
   const d = t.dims[at]!;
-  return d < 0n ? `has dimension ${d} at axis ${at}: a tensor's dimensions are never negative` : `has dimension ${d} at axis ${at}, more than prunec represents exactly (2^53 - 1)`;
+  return d < 0n
+    ? `has dimension ${d} at axis ${at}: a tensor's dimensions are never negative`
+    : `has dimension ${d} at axis ${at}, more than prunec represents exactly (2^53 - 1)`;
 }

@@ -74,7 +74,8 @@ export class Staging {
     // signal waits for the event loop, and the handler removes whatever exists by then.
     const fd = this.openTracked(tmp);
     try {
-      for (const p of parts) for (let off = 0; off < p.length; ) off += await writeSlice(fd, p, off, Math.min(CHUNK, p.length - off));
+      for (const p of parts)
+        for (let off = 0; off < p.length; ) off += await writeSlice(fd, p, off, Math.min(CHUNK, p.length - off));
     } finally {
       closeSync(fd);
     }
@@ -83,7 +84,10 @@ export class Staging {
 
   /** A new temp file beside `target` holding a copy of the regular file `source` (its size when opened). */
   async copyTemp(target: string, source: string): Promise<string> {
-    const { fd: src, st } = openRegular(source, (kind) => new PrunecError("io", `${source}: is ${kind}, not a regular file`));
+    const { fd: src, st } = openRegular(
+      source,
+      (kind) => new PrunecError("io", `${source}: is ${kind}, not a regular file`),
+    );
     try {
       const tmp = tempPath(target);
       const fd = this.openTracked(tmp);
@@ -135,7 +139,8 @@ export class Staging {
     try {
       linkSync(tmp, target);
     } catch (e) {
-      if (errno(e) === "EEXIST" || existsSync(target)) throw new Error("it appeared while prunec was writing; nothing was replaced");
+      if (errno(e) === "EEXIST" || existsSync(target))
+        throw new Error("it appeared while prunec was writing; nothing was replaced");
       renameSync(tmp, target); // a file system without hard links
     }
     this.track(target);
@@ -162,7 +167,11 @@ export class Staging {
 }
 
 /** Write `parts` to `target` atomically, never over a non-regular file or one of `inputs`. */
-export async function writeAtomic(target: string, parts: readonly Uint8Array[], inputs: readonly InputRef[] = []): Promise<void> {
+export async function writeAtomic(
+  target: string,
+  parts: readonly Uint8Array[],
+  inputs: readonly InputRef[] = [],
+): Promise<void> {
   const staging = new Staging();
   try {
     checkOutput(target, inputs);

@@ -44,14 +44,21 @@ function quantile(xs: number[], q: number): number {
 }
 
 /** A deterministic input of the model's shape with the given batch. */
-function inputFor(bytes: Uint8Array, name: string, batch: number): { name: string; data: Float32Array; dims: number[] } {
+function inputFor(
+  bytes: Uint8Array,
+  name: string,
+  batch: number,
+): { name: string; data: Float32Array; dims: number[] } {
   const g = decodeModel(bytes, name).graph!;
   const inp = g.input.find((i) => !g.initializer.some((t) => t.name === i.name))!;
   const t = inp.type?.value.case === "tensorType" ? inp.type.value.value : undefined;
   const dims = (t?.shape?.dim ?? []).map((d, i) => {
     if (i === 0) return batch;
     if (d.value.case === "dimValue") return Number(d.value.value);
-    throw new PrunecError("apply", `${name}: input '${inp.name}' has a symbolic size at axis ${i}; bench needs static sizes besides the batch`);
+    throw new PrunecError(
+      "apply",
+      `${name}: input '${inp.name}' has a symbolic size at axis ${i}; bench needs static sizes besides the batch`,
+    );
   });
   const n = dims.reduce((a, b) => a * b, 1);
   const data = new Float32Array(n);
@@ -80,7 +87,8 @@ export async function benchmark(
   const sessions: Session[] = [];
   try {
     // Compiled variants keep the input's external locations: they resolve beside the input too.
-    for (const v of variants) sessions.push(await openSession(v.model, "cpu", { modelPath: options.modelPath, command: options.command }));
+    for (const v of variants)
+      sessions.push(await openSession(v.model, "cpu", { modelPath: options.modelPath, command: options.command }));
     const feed = { [input.name]: { data: input.data, dims: input.dims } };
     for (const s of sessions) for (let i = 0; i < 3; i++) await s.run(feed);
     const times: number[][] = sessions.map(() => []);
@@ -99,7 +107,16 @@ export async function benchmark(
       const medianMs = quantile(times[k]!, 0.5);
       const speedup = denseMedian / medianMs;
       const idealSpeedup = flops(dense) / flops(v.tokens);
-      return { spec: v.spec, tokensPerLayer: v.tokens, medianMs, q1Ms: quantile(times[k]!, 0.25), q3Ms: quantile(times[k]!, 0.75), speedup, idealSpeedup, ratio: speedup / idealSpeedup };
+      return {
+        spec: v.spec,
+        tokensPerLayer: v.tokens,
+        medianMs,
+        q1Ms: quantile(times[k]!, 0.25),
+        q3Ms: quantile(times[k]!, 0.75),
+        speedup,
+        idealSpeedup,
+        ratio: speedup / idealSpeedup,
+      };
     });
     return { model: modelName, batch: options.batch, runs: times[0]!.length, rows };
   } finally {
@@ -108,12 +125,16 @@ export async function benchmark(
 }
 
 export function formatBench(r: BenchResult): string {
-  const lines = [`${r.model}: ORT CPU, batch ${r.batch}, ${r.runs} runs per model (alternating blocks of ${BLOCK}), median [q1–q3]`];
+  const lines = [
+    `${r.model}: ORT CPU, batch ${r.batch}, ${r.runs} runs per model (alternating blocks of ${BLOCK}), median [q1–q3]`,
+  ];
   lines.push("model                                   | latency ms            | speedup | FLOPs-ideal | ratio");
   for (const row of r.rows) {
     const name = (row.spec ?? "dense").slice(-40).padEnd(40);
     const lat = `${row.medianMs.toFixed(2)} [${row.q1Ms.toFixed(1)}–${row.q3Ms.toFixed(1)}]`.padEnd(21);
-    lines.push(`${name}| ${lat} | ${row.speedup.toFixed(2).padStart(6)}× | ${row.idealSpeedup.toFixed(2).padStart(10)}× | ${row.ratio.toFixed(2)}`);
+    lines.push(
+      `${name}| ${lat} | ${row.speedup.toFixed(2).padStart(6)}× | ${row.idealSpeedup.toFixed(2).padStart(10)}× | ${row.ratio.toFixed(2)}`,
+    );
   }
   return lines.join("\n");
 }

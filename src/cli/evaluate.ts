@@ -30,7 +30,10 @@ export async function evaluate(
   model: Uint8Array,
   modelName: string,
   data: Dataset,
-  options: { ep: ExecutionProvider; batch: number; onProgress?: (done: number) => void } & Pick<SessionOptions, "modelPath" | "command">,
+  options: { ep: ExecutionProvider; batch: number; onProgress?: (done: number) => void } & Pick<
+    SessionOptions,
+    "modelPath" | "command"
+  >,
 ): Promise<EvalResult> {
   const meta = prunecMetadata(model, modelName);
   const tokens = meta.get(META.tokens);
@@ -46,7 +49,10 @@ export async function evaluate(
       const logits = res[output]!;
       const classes = logits.dims.at(-1)!;
       if (logits.dims.length !== 2 || classes !== data.header.classes) {
-        throw new PrunecError("apply", `${modelName}: output '${output}' has shape [${logits.dims.join(", ")}]; expected [batch, ${data.header.classes}] logits`);
+        throw new PrunecError(
+          "apply",
+          `${modelName}: output '${output}' has shape [${logits.dims.join(", ")}]; expected [batch, ${data.header.classes}] logits`,
+        );
       }
       for (let i = 0; i < to - from; i++) {
         const p = argmax((logits.data as Float32Array).subarray(i * classes, (i + 1) * classes));
@@ -56,7 +62,14 @@ export async function evaluate(
       options.onProgress?.(to);
     }
     const n = data.header.n;
-    return { accuracy: correct / n, n, correct, ep: options.ep, tokensPerLayer: tokens ? (JSON.parse(tokens) as (number | string | null)[]) : null, predictions };
+    return {
+      accuracy: correct / n,
+      n,
+      correct,
+      ep: options.ep,
+      tokensPerLayer: tokens ? (JSON.parse(tokens) as (number | string | null)[]) : null,
+      predictions,
+    };
   } finally {
     await session.release();
   }

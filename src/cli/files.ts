@@ -4,7 +4,17 @@
  * regular file that is not one of the inputs, compared by device and inode (symbolic links, hard
  * links and every spelling of a path are the same file).
  */
-import { accessSync, closeSync, constants, fstatSync, openSync, readSync, statSync, type BigIntStats, type Stats } from "node:fs";
+import {
+  accessSync,
+  closeSync,
+  constants,
+  fstatSync,
+  openSync,
+  readSync,
+  statSync,
+  type BigIntStats,
+  type Stats,
+} from "node:fs";
 import { constants as bufferConstants } from "node:buffer";
 import { dirname, resolve } from "node:path";
 import { PrunecError } from "../errors.js";
@@ -38,7 +48,12 @@ export function errno(e: unknown): string | undefined {
 }
 
 /** What a file that is not a regular file is, in words. */
-export function kindOf(st: Pick<Stats, "isFile" | "isDirectory" | "isFIFO" | "isCharacterDevice" | "isBlockDevice" | "isSocket" | "isSymbolicLink">): string {
+export function kindOf(
+  st: Pick<
+    Stats,
+    "isFile" | "isDirectory" | "isFIFO" | "isCharacterDevice" | "isBlockDevice" | "isSocket" | "isSymbolicLink"
+  >,
+): string {
   if (st.isDirectory()) return "a directory";
   if (st.isFIFO()) return "a FIFO (named pipe)";
   if (st.isCharacterDevice()) return "a character device";
@@ -97,13 +112,18 @@ export function readInput(path: string, what: string): InputFile {
   }
   const { fd, st } = opened;
   try {
-    if (st.size > BigInt(bufferConstants.MAX_LENGTH)) throw new PrunecError("io", `${path}: ${st.size} bytes, more than prunec can read at once (${bufferConstants.MAX_LENGTH})`);
+    if (st.size > BigInt(bufferConstants.MAX_LENGTH))
+      throw new PrunecError(
+        "io",
+        `${path}: ${st.size} bytes, more than prunec can read at once (${bufferConstants.MAX_LENGTH})`,
+      );
     const size = Number(st.size);
     const bytes = Buffer.allocUnsafe(size);
     let off = 0;
     while (off < size) {
       const n = readSync(fd, bytes, off, size - off, off);
-      if (n === 0) throw new PrunecError("io", `${path}: cannot read (it shrank from ${size} to ${off} bytes while being read)`);
+      if (n === 0)
+        throw new PrunecError("io", `${path}: cannot read (it shrank from ${size} to ${off} bytes while being read)`);
       off += n;
     }
     return { path, id: { dev: st.dev, ino: st.ino }, bytes };

@@ -15,7 +15,14 @@ import { evaluate, type EvalResult } from "./evaluate.js";
 import { benchmark, formatBench } from "./benchmark.js";
 import { renderReport, saveReport } from "./report.js";
 import { loadOrtNode } from "./runtime.js";
-import { checkWeightFiles, planPlacements, weightInputs, writeModelWithWeights, EXTERNAL_DATA_MODES, type ExternalDataMode } from "./weights.js";
+import {
+  checkWeightFiles,
+  planPlacements,
+  weightInputs,
+  writeModelWithWeights,
+  EXTERNAL_DATA_MODES,
+  type ExternalDataMode,
+} from "./weights.js";
 import { checkOutput, readInput } from "./files.js";
 import { inspectModel, formatInspect } from "../inspect.js";
 import { specFileText } from "./spec-file.js";
@@ -29,8 +36,8 @@ export interface Io {
 }
 
 const defaultIo: Io = {
-  out: (t) => process.stdout.write(t.endsWith("\n") ? t : t + "\n"),
-  err: (t) => process.stderr.write(t.endsWith("\n") ? t : t + "\n"),
+  out: (t) => process.stdout.write(t.endsWith("\n") ? t : `${t}\n`),
+  err: (t) => process.stderr.write(t.endsWith("\n") ? t : `${t}\n`),
 };
 
 /** The bytes of an input file (a regular file; exit 2 otherwise). */
@@ -43,41 +50,91 @@ export function defaultOutput(modelPath: string): string {
 
 export { writeAtomic } from "./atomic.js";
 
-async function runCompile(modelPath: string, specPath: string, opts: { output?: string; exposeIndices?: boolean; json?: boolean; target?: string; externalData?: string; verify?: boolean }, io: Io): Promise<void> {
-  if (opts.target !== undefined && opts.target !== "cpu" && opts.target !== "webgpu") throw new PrunecError("io", `--target must be cpu or webgpu, got '${opts.target}'`);
+async function runCompile(
+  modelPath: string,
+  specPath: string,
+  opts: {
+    output?: string;
+    exposeIndices?: boolean;
+    json?: boolean;
+    target?: string;
+    externalData?: string;
+    verify?: boolean;
+  },
+  io: Io,
+): Promise<void> {
+  if (opts.target !== undefined && opts.target !== "cpu" && opts.target !== "webgpu")
+    throw new PrunecError("io", `--target must be cpu or webgpu, got '${opts.target}'`);
   const target = opts.target ?? "cpu";
   const mode = (opts.externalData ?? "link") as ExternalDataMode;
-  if (!EXTERNAL_DATA_MODES.includes(mode)) throw new PrunecError("io", `--external-data must be link, copy or refuse, got '${opts.externalData}'`);
+  if (!EXTERNAL_DATA_MODES.includes(mode))
+    throw new PrunecError("io", `--external-data must be link, copy or refuse, got '${opts.externalData}'`);
   const out = resolve(opts.output ?? defaultOutput(modelPath));
   const modelFile = readInput(modelPath, "an ONNX model");
   const specFile = readInput(specPath, "a .prune spec");
   const modelBytes = modelFile.bytes;
   const specText = specFileText(specFile.bytes, specPath);
   checkOutput(out, [modelFile, specFile]); // fail fast; the weight files are known after compile
-  const result = compile(modelBytes, specText, { modelName: modelPath, specName: specPath, exposeIndices: opts.exposeIndices ?? false, target, requireStages: true });
+  const result = compile(modelBytes, specText, {
+    modelName: modelPath,
+    specName: specPath,
+    exposeIndices: opts.exposeIndices ?? false,
+    target,
+    requireStages: true,
+  });
   const { parts, report } = result;
   // Never over the model, the spec or a weight file, by identity (links and spellings included).
   const inputs = [modelFile, specFile, ...weightInputs(modelBytes, modelPath)];
   checkOutput(out, inputs);
   // Before writing: a model onnxruntime cannot load or run is refused (exit 8), never written.
-  const smoke: SmokeReport | undefined = opts.verify === false ? undefined : await smokeRun(result.model, { modelPath, stages: report.stages, verification: report.verification });
+  const smoke: SmokeReport | undefined =
+    opts.verify === false
+      ? undefined
+      : await smokeRun(result.model, { modelPath, stages: report.stages, verification: report.verification });
   // External locations are relative to the model: an output in another folder gets the weight files beside it.
   const placed = await writeModelWithWeights(out, parts, planPlacements(modelBytes, modelPath, out, mode), inputs);
-  const externalData = placed.map((p) => ({ file: p.target, action: p.action === "present" ? "already there" : p.action === "link" ? "hard-linked" : "copied" }));
+  const externalData = placed.map((p) => ({
+    file: p.target,
+    action: p.action === "present" ? "already there" : p.action === "link" ? "hard-linked" : "copied",
+  }));
   if (opts.json) {
-    io.out(JSON.stringify({ output: out, ...report, smoke: smoke ?? { status: "skipped", reason: "--no-verify" }, ...(externalData.length ? { externalData } : {}) }, null, 2));
+    io.out(
+      JSON.stringify(
+        {
+          output: out,
+          ...report,
+          smoke: smoke ?? { status: "skipped", reason: "--no-verify" },
+          ...(externalData.length ? { externalData } : {}),
+        },
+        null,
+        2,
+      ),
+    );
     return;
   }
-  const stages = report.stages.map((s) => `stage ${s.stage}: after layer ${s.layer} by ${s.criterion}, ${s.tokensIn} → ${s.tokensOut} tokens, ${s.lowering} lowering${s.loweringNote ? ` (not GPU-resident for --target webgpu: ${s.loweringNote})` : ""}`);
+  const stages = report.stages.map(
+    (s) =>
+      `stage ${s.stage}: after layer ${s.layer} by ${s.criterion}, ${s.tokensIn} → ${s.tokensOut} tokens, ${s.lowering} lowering${s.loweringNote ? ` (not GPU-resident for --target webgpu: ${s.loweringNote})` : ""}`,
+  );
   const weights = externalData.map((w) => `external data ${w.file}: ${w.action}`);
   const verified = [verifiedLine(report), smoke ? formatSmoke(smoke) : "onnxruntime smoke run skipped (--no-verify)"];
-  io.out([`wrote ${out}`, ...stages.map((s) => `  ${s}`), `  ${report.addedNodes.length} nodes added`, ...perTokenLines(report), ...weights.map((w) => `  ${w}`), ...verified.map((v) => `  ${v}`)].join("\n"));
+  io.out(
+    [
+      `wrote ${out}`,
+      ...stages.map((s) => `  ${s}`),
+      `  ${report.addedNodes.length} nodes added`,
+      ...perTokenLines(report),
+      ...weights.map((w) => `  ${w}`),
+      ...verified.map((v) => `  ${v}`),
+    ].join("\n"),
+  );
 }
 
 /** Graph outputs with a row per token that the schedule shrank: the model's interface changed there. */
 export function perTokenLines(report: CompileReport): string[] {
   return report.perTokenOutputs.map(
-    (o) => `  note: output '${o.output}' has one row per token on axis ${o.axis}: ${o.denseRows} → ${o.rows} rows (stage${o.stages.length > 1 ? "s" : ""} ${o.stages.join(", ")}); each row's token position is in ${o.positions.join(" then ")} (compile with --expose-indices)`,
+    (o) =>
+      `  note: output '${o.output}' has one row per token on axis ${o.axis}: ${o.denseRows} → ${o.rows} rows (stage${o.stages.length > 1 ? "s" : ""} ${o.stages.join(", ")}); each row's token position is in ${o.positions.join(" then ")} (compile with --expose-indices)`,
   );
 }
 
@@ -86,7 +143,11 @@ function verifiedLine(report: CompileReport): string {
   const v = report.verification;
   const exact = v.stages.filter((s) => s.agreement === "shape").length;
   const rank = v.stages.filter((s) => s.agreement === "rank").length;
-  const parts = [`${exact} stage shape${exact === 1 ? "" : "s"} confirmed`, ...(rank ? [`${rank} symbolic (rank and static sizes)`] : []), ...(v.stages.length - exact - rank ? [`${v.stages.length - exact - rank} not inferred`] : [])];
+  const parts = [
+    `${exact} stage shape${exact === 1 ? "" : "s"} confirmed`,
+    ...(rank ? [`${rank} symbolic (rank and static sizes)`] : []),
+    ...(v.stages.length - exact - rank ? [`${v.stages.length - exact - rank} not inferred`] : []),
+  ];
   return `verified: graph structure (${v.nodes} nodes), ${parts.join(", ")}`;
 }
 
@@ -95,12 +156,24 @@ function runCheck(specPath: string, modelPath: string | undefined, opts: { json?
   const model = modelPath ? { bytes: readBytes(modelPath, "an ONNX model"), name: modelPath } : undefined;
   const r = checkSpec(text, specPath, model);
   if (opts.json) {
-    io.out(JSON.stringify({ ok: r.ok, summary: r.summary, stages: r.stages, diagnostics: diagnosticsJson(r.diagnostics), ...(r.refusal ? { refusal: r.refusal } : {}) }, null, 2));
+    io.out(
+      JSON.stringify(
+        {
+          ok: r.ok,
+          summary: r.summary,
+          stages: r.stages,
+          diagnostics: diagnosticsJson(r.diagnostics),
+          ...(r.refusal ? { refusal: r.refusal } : {}),
+        },
+        null,
+        2,
+      ),
+    );
   } else if (r.ok) {
     io.out(r.summary);
   } else {
     // Compile's refusal in compile's words: its diagnostics, or its one message.
-    io.err((r.diagnostics.length ? formatDiagnostics(r.diagnostics, text) : errorText(r.refusal!)) + "\n\n" + r.summary);
+    io.err(`${r.diagnostics.length ? formatDiagnostics(r.diagnostics, text) : errorText(r.refusal!)}\n\n${r.summary}`);
   }
   // A model that fails verification is a prunec bug, not a spec problem: compile's exit code.
   return r.ok ? 0 : r.refusal?.kind === "verify" ? r.refusal.exitCode : 1;
@@ -119,38 +192,78 @@ function positiveInt(value: string, what: string): number {
   return n;
 }
 
-async function runEval(modelPath: string, opts: { data: string; ep: string; batch: string; json?: boolean }, io: Io): Promise<void> {
-  if (opts.ep !== "cpu" && opts.ep !== "wasm") throw new PrunecError("io", `--ep must be cpu or wasm, got '${opts.ep}'`);
+async function runEval(
+  modelPath: string,
+  opts: { data: string; ep: string; batch: string; json?: boolean },
+  io: Io,
+): Promise<void> {
+  if (opts.ep !== "cpu" && opts.ep !== "wasm")
+    throw new PrunecError("io", `--ep must be cpu or wasm, got '${opts.ep}'`);
   const ep = opts.ep;
   const batch = positiveInt(opts.batch, "--batch");
   const model = readBytes(modelPath, "an ONNX model");
   const data = parseDataset(readBytes(opts.data, "a .prds data set"), opts.data);
   checkDatasetFitsModel(data, model, opts.data, modelPath); // exit 6 naming both, not onnxruntime's error
-  const bar = process.stderr.isTTY && !opts.json ? new SingleBar({ format: "eval {bar} {value}/{total} examples", hideCursor: true, stream: process.stderr }, Presets.shades_classic) : undefined;
+  const bar =
+    process.stderr.isTTY && !opts.json
+      ? new SingleBar(
+          { format: "eval {bar} {value}/{total} examples", hideCursor: true, stream: process.stderr },
+          Presets.shades_classic,
+        )
+      : undefined;
   bar?.start(data.header.n, 0);
   let r: EvalResult;
   try {
-    r = await evaluate(model, modelPath, data, { ep, batch, onProgress: (done) => bar?.update(done), modelPath, command: "eval" });
+    r = await evaluate(model, modelPath, data, {
+      ep,
+      batch,
+      onProgress: (done) => bar?.update(done),
+      modelPath,
+      command: "eval",
+    });
   } finally {
     bar?.stop();
   }
   if (opts.json) {
-    io.out(JSON.stringify({ accuracy: r.accuracy, n: r.n, correct: r.correct, ep: r.ep, tokensPerLayer: r.tokensPerLayer }, null, 2));
+    io.out(
+      JSON.stringify(
+        { accuracy: r.accuracy, n: r.n, correct: r.correct, ep: r.ep, tokensPerLayer: r.tokensPerLayer },
+        null,
+        2,
+      ),
+    );
     return;
   }
-  const lines = [`${modelPath}: top-1 accuracy ${(100 * r.accuracy).toFixed(2)}% (${r.correct}/${r.n}) on ${opts.data}, ${r.ep}`];
+  const lines = [
+    `${modelPath}: top-1 accuracy ${(100 * r.accuracy).toFixed(2)}% (${r.correct}/${r.n}) on ${opts.data}, ${r.ep}`,
+  ];
   if (r.tokensPerLayer) lines.push(`  tokens per layer: ${r.tokensPerLayer.join(" ")}`);
   io.out(lines.join("\n"));
 }
 
-async function runBench(modelPath: string, specPaths: string[], opts: { batch: string; runs: string; json?: boolean }, io: Io): Promise<void> {
+async function runBench(
+  modelPath: string,
+  specPaths: string[],
+  opts: { batch: string; runs: string; json?: boolean },
+  io: Io,
+): Promise<void> {
   const model = readBytes(modelPath, "an ONNX model");
   const specs = specPaths.map((p) => ({ name: p, text: specFileText(readBytes(p, "a .prune spec"), p) }));
-  const r = await benchmark(model, modelPath, specs, { batch: positiveInt(opts.batch, "--batch"), runs: positiveInt(opts.runs, "--runs"), modelPath, command: "bench" });
+  const r = await benchmark(model, modelPath, specs, {
+    batch: positiveInt(opts.batch, "--batch"),
+    runs: positiveInt(opts.runs, "--runs"),
+    modelPath,
+    command: "bench",
+  });
   io.out(opts.json ? JSON.stringify(r, null, 2) : formatBench(r));
 }
 
-async function runReport(modelPath: string, specPath: string, opts: { output: string; data?: string; examples: string }, io: Io): Promise<void> {
+async function runReport(
+  modelPath: string,
+  specPath: string,
+  opts: { output: string; data?: string; examples: string },
+  io: Io,
+): Promise<void> {
   const modelFile = readInput(modelPath, "an ONNX model");
   const model = modelFile.bytes;
   const specFile = readInput(specPath, "a .prune spec");
@@ -192,13 +305,37 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
     .argument("<spec>", ".prune spec file")
     .option("-o, --output <file>", "output model (default: MODEL.pruned.onnx beside the input)")
     .option("--expose-indices", "add graph outputs prunec.stageN.indices with the kept token positions")
-    .option("--target <ep>", "execution provider the model is for: cpu (any provider) or webgpu (selection kept GPU-resident)", "cpu")
-    .option("--external-data <mode>", "weight files of a model with external data, when -o is in another folder: link (hard link beside the output, copy if linking fails), copy, or refuse (they must already be there)", "link")
-    .option("--no-verify", "skip the onnxruntime smoke run of the compiled model (batch 1 and 2 on synthetic inputs) before writing it")
+    .option(
+      "--target <ep>",
+      "execution provider the model is for: cpu (any provider) or webgpu (selection kept GPU-resident)",
+      "cpu",
+    )
+    .option(
+      "--external-data <mode>",
+      "weight files of a model with external data, when -o is in another folder: link (hard link beside the output, copy if linking fails), copy, or refuse (they must already be there)",
+      "link",
+    )
+    .option(
+      "--no-verify",
+      "skip the onnxruntime smoke run of the compiled model (batch 1 and 2 on synthetic inputs) before writing it",
+    )
     .option("--json", "print the compile report as JSON")
-    .action(async (model: string, spec: string, opts: { output?: string; exposeIndices?: boolean; json?: boolean; target?: string; externalData?: string; verify?: boolean }) => {
-      await runCompile(model, spec, opts, io);
-    });
+    .action(
+      async (
+        model: string,
+        spec: string,
+        opts: {
+          output?: string;
+          exposeIndices?: boolean;
+          json?: boolean;
+          target?: string;
+          externalData?: string;
+          verify?: boolean;
+        },
+      ) => {
+        await runCompile(model, spec, opts, io);
+      },
+    );
 
   let exit = 0;
   program
@@ -233,7 +370,9 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
 
   program
     .command("bench")
-    .description("median latency of MODEL dense and compiled with each SPEC on ORT CPU, measured vs FLOPs-ideal speedup")
+    .description(
+      "median latency of MODEL dense and compiled with each SPEC on ORT CPU, measured vs FLOPs-ideal speedup",
+    )
     .argument("<model>", "ONNX model file")
     .argument("<specs...>", ".prune spec files")
     .option("--batch <n>", "batch size", "1")
@@ -260,7 +399,10 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
     .description("show the transformer layers, tokens and criteria prunec finds in MODEL")
     .argument("<model>", "ONNX model file")
     .option("--json", "print the analysis as JSON")
-    .option("--explain", "also say, per layer, what prunec looked for and where matching stopped (JSON: the report's 'explanation' field)")
+    .option(
+      "--explain",
+      "also say, per layer, what prunec looked for and where matching stopped (JSON: the report's 'explanation' field)",
+    )
     .action((model: string, opts: { json?: boolean; explain?: boolean }) => runInspect(model, opts, io));
 
   try {
@@ -272,7 +414,7 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
       io.err(errorText(e));
       return e.exitCode;
     }
-    io.err(`prunec: internal error: ${e instanceof Error ? e.stack ?? e.message : String(e)}`);
+    io.err(`prunec: internal error: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`);
     return 70;
   }
 }

@@ -48,13 +48,29 @@ export function chartSvg(layers: ReportJson["layers"]): string {
   const W = 640;
   const H = 220;
   const pad = { l: 60, r: 20, t: 30, b: 40 };
-  const panel = (title: string, dense: number[], pruned: number[], yFmt: (v: number) => string, offsetY: number): string => {
+  const panel = (
+    title: string,
+    dense: number[],
+    pruned: number[],
+    yFmt: (v: number) => string,
+    offsetY: number,
+  ): string => {
     const max = Math.max(...dense, ...pruned, 1);
     const x = (i: number) => pad.l + (i * (W - pad.l - pad.r)) / Math.max(1, dense.length - 1);
     const y = (v: number) => offsetY + pad.t + (1 - v / max) * (H - pad.t - pad.b);
     const path = (vs: number[]) => vs.map((v, i) => `${i ? "L" : "M"}${x(i).toFixed(1)},${y(v).toFixed(1)}`).join(" ");
-    const ticks = [0, 0.5, 1].map((f) => `<text x="${pad.l - 6}" y="${(y(max * f) + 4).toFixed(1)}" text-anchor="end" font-size="11">${yFmt(max * f)}</text>`).join("");
-    const xs = dense.map((_, i) => `<text x="${x(i).toFixed(1)}" y="${offsetY + H - pad.b + 16}" text-anchor="middle" font-size="11">${i}</text>`).join("");
+    const ticks = [0, 0.5, 1]
+      .map(
+        (f) =>
+          `<text x="${pad.l - 6}" y="${(y(max * f) + 4).toFixed(1)}" text-anchor="end" font-size="11">${yFmt(max * f)}</text>`,
+      )
+      .join("");
+    const xs = dense
+      .map(
+        (_, i) =>
+          `<text x="${x(i).toFixed(1)}" y="${offsetY + H - pad.b + 16}" text-anchor="middle" font-size="11">${i}</text>`,
+      )
+      .join("");
     return [
       `<text x="${pad.l}" y="${offsetY + 18}" font-size="13" font-weight="bold">${title}</text>`,
       `<line x1="${pad.l}" y1="${offsetY + H - pad.b}" x2="${W - pad.r}" y2="${offsetY + H - pad.b}" stroke="#888"/>`,
@@ -69,8 +85,20 @@ export function chartSvg(layers: ReportJson["layers"]): string {
     `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${2 * H + 20}" viewBox="0 0 ${W} ${2 * H + 20}" font-family="sans-serif">`,
     `<rect width="100%" height="100%" fill="white"/>`,
     legend,
-    panel("tokens per layer", layers.map((l) => l.denseTokens), layers.map((l) => l.prunedTokens), (v) => v.toFixed(0), 0),
-    panel("GFLOPs per layer (per example)", layers.map((l) => l.denseFlops / 1e9), layers.map((l) => l.prunedFlops / 1e9), (v) => v.toFixed(3), H),
+    panel(
+      "tokens per layer",
+      layers.map((l) => l.denseTokens),
+      layers.map((l) => l.prunedTokens),
+      (v) => v.toFixed(0),
+      0,
+    ),
+    panel(
+      "GFLOPs per layer (per example)",
+      layers.map((l) => l.denseFlops / 1e9),
+      layers.map((l) => l.prunedFlops / 1e9),
+      (v) => v.toFixed(3),
+      H,
+    ),
     `<text x="${W / 2}" y="${2 * H + 12}" text-anchor="middle" font-size="12">layer</text>`,
     `</svg>`,
   ].join("\n");
@@ -90,7 +118,7 @@ export function overlayPng(d: Dataset, index: number, grid: number, kept: Readon
       const patch = Math.floor(sy / ph) * grid + Math.floor(sx / pw);
       const v = d.pixels[base + sy * width + sx]!;
       const on = kept.has(patch);
-      const edge = on && ((y % (ph * SCALE)) === 0 || (x % (pw * SCALE)) === 0);
+      const edge = on && (y % (ph * SCALE) === 0 || x % (pw * SCALE) === 0);
       const o = (y * width * SCALE + x) * 4;
       const g = on ? v : Math.round(v * 0.25);
       png.data[o] = edge ? 40 : g;
@@ -118,7 +146,13 @@ export async function renderReport(
   const compiled = compile(model, spec, { modelName, exposeIndices: true });
   const layers = compiled.report.tokensPerLayer.map((t, i) => {
     const c = costs[i]!;
-    return { layer: t.layer, denseTokens: Number(t.dense), prunedTokens: Number(t.pruned), denseFlops: layerFlops(c, Number(t.dense)), prunedFlops: layerFlops(c, Number(t.pruned)) };
+    return {
+      layer: t.layer,
+      denseTokens: Number(t.dense),
+      prunedTokens: Number(t.pruned),
+      denseFlops: layerFlops(c, Number(t.dense)),
+      prunedFlops: layerFlops(c, Number(t.pruned)),
+    };
   });
   const dense = outside + layers.reduce((s, l) => s + l.denseFlops, 0);
   const pruned = outside + layers.reduce((s, l) => s + l.prunedFlops, 0);
@@ -133,7 +167,8 @@ export async function renderReport(
     examples: [],
   };
   const files: ReportFile[] = [];
-  const write = (name: string, content: string | Buffer) => files.push({ name, bytes: typeof content === "string" ? Buffer.from(content, "utf8") : content });
+  const write = (name: string, content: string | Buffer) =>
+    files.push({ name, bytes: typeof content === "string" ? Buffer.from(content, "utf8") : content });
   write("chart.svg", chartSvg(layers));
 
   if (data) {
@@ -147,7 +182,10 @@ export async function renderReport(
       const inName = denseS.inputNames[0]!;
       const d = await denseS.run({ [inName]: input }, denseS.outputNames.slice(0, 1));
       const stageOuts = compiled.report.stages.map((_, i) => `prunec.stage${i}.indices`);
-      const p = await prunedS.run({ [inName]: input }, [...prunedS.outputNames.filter((o) => !o.startsWith("prunec.")).slice(0, 1), ...stageOuts]);
+      const p = await prunedS.run({ [inName]: input }, [
+        ...prunedS.outputNames.filter((o) => !o.startsWith("prunec.")).slice(0, 1),
+        ...stageOuts,
+      ]);
       const logitsName = Object.keys(p).find((k) => !k.startsWith("prunec."))!;
       const dl = Object.values(d)[0]!;
       const classes = dl.dims.at(-1)!;
@@ -174,7 +212,7 @@ export async function renderReport(
       await prunedS.release();
     }
   }
-  write("report.json", JSON.stringify(json, null, 2) + "\n");
+  write("report.json", `${JSON.stringify(json, null, 2)}\n`);
   write("report.md", markdown(json));
   return { files, json };
 }
@@ -184,12 +222,17 @@ export async function renderReport(
  * any is renamed into place; on failure or interrupt the temp files and a folder this made are
  * removed. Exit 2 naming the path and the reason. Returns the paths written.
  */
-export async function saveReport(outDir: string, files: readonly ReportFile[], inputs: readonly InputRef[]): Promise<string[]> {
+export async function saveReport(
+  outDir: string,
+  files: readonly ReportFile[],
+  inputs: readonly InputRef[],
+): Promise<string[]> {
   const staging = new Staging();
   let current = outDir;
   try {
     const st = statIfAny(outDir);
-    if (st && !st.isDirectory()) throw new PrunecError("io", `${outDir}: cannot write (it is ${kindOf(st)}, not a directory)`);
+    if (st && !st.isDirectory())
+      throw new PrunecError("io", `${outDir}: cannot write (it is ${kindOf(st)}, not a directory)`);
     if (!st) {
       const made = mkdirSync(outDir, { recursive: true });
       if (made !== undefined) staging.track(made);
@@ -237,15 +280,24 @@ function markdown(r: ReportJson): string {
     "",
     "| layer | tokens dense | tokens pruned | GFLOPs dense | GFLOPs pruned |",
     "|---|---|---|---|---|",
-    ...r.layers.map((l) => `| ${l.layer} | ${l.denseTokens} | ${l.prunedTokens} | ${(l.denseFlops / 1e9).toFixed(4)} | ${(l.prunedFlops / 1e9).toFixed(4)} |`),
+    ...r.layers.map(
+      (l) =>
+        `| ${l.layer} | ${l.denseTokens} | ${l.prunedTokens} | ${(l.denseFlops / 1e9).toFixed(4)} | ${(l.prunedFlops / 1e9).toFixed(4)} |`,
+    ),
     "",
   ];
   if (r.examples.length) {
     lines.push("## Kept patches", "", "Dropped patches are dimmed; kept patches are outlined.", "");
-    lines.push("| example | label | dense prediction | pruned prediction | patches kept | image |", "|---|---|---|---|---|---|");
-    for (const e of r.examples) lines.push(`| ${e.index} | ${e.label} | ${e.dense} | ${e.pruned} | ${e.keptPatches.length} | ![example ${e.index}](example-${e.index}.png) |`);
+    lines.push(
+      "| example | label | dense prediction | pruned prediction | patches kept | image |",
+      "|---|---|---|---|---|---|",
+    );
+    for (const e of r.examples)
+      lines.push(
+        `| ${e.index} | ${e.label} | ${e.dense} | ${e.pruned} | ${e.keptPatches.length} | ![example ${e.index}](example-${e.index}.png) |`,
+      );
   } else {
     lines.push("(No sample set given: pass `--data SET.prds` for overlays of the kept patches.)");
   }
-  return lines.join("\n") + "\n";
+  return `${lines.join("\n")}\n`;
 }

@@ -24,7 +24,10 @@ export interface Session {
   inputNames: readonly string[];
   outputNames: readonly string[];
   /** Run with float32 feeds; returns the requested outputs' data and dims. */
-  run(feeds: Record<string, FloatInput>, outputs?: string[]): Promise<Record<string, { data: Float32Array | BigInt64Array; dims: number[] }>>;
+  run(
+    feeds: Record<string, FloatInput>,
+    outputs?: string[],
+  ): Promise<Record<string, { data: Float32Array | BigInt64Array; dims: number[] }>>;
   release(): Promise<void>;
 }
 
@@ -41,7 +44,10 @@ export function runtimeError(pkg: string, command: string | undefined, e: unknow
   if ((code === "ERR_MODULE_NOT_FOUND" || code === "MODULE_NOT_FOUND") && why.includes(pkg)) {
     return new PrunecError("runtime", `${who} needs ${pkg}, an optional peer dependency: npm install ${pkg}`);
   }
-  return new PrunecError("runtime", `${who} needs ${pkg}, which is installed but failed to load (${why}); reinstall it: npm install ${pkg}`);
+  return new PrunecError(
+    "runtime",
+    `${who} needs ${pkg}, which is installed but failed to load (${why}); reinstall it: npm install ${pkg}`,
+  );
 }
 
 /** onnxruntime-node, imported on first use; `command` names the CLI command in the missing-runtime message. */
@@ -117,7 +123,11 @@ export interface SessionOptions {
   modelPath?: string;
 }
 
-export async function openSession(model: Uint8Array, ep: ExecutionProvider, options: SessionOptions = {}): Promise<Session> {
+export async function openSession(
+  model: Uint8Array,
+  ep: ExecutionProvider,
+  options: SessionOptions = {},
+): Promise<Session> {
   if (options.modelPath === undefined && externalRefs(model, "model").length) {
     throw new PrunecError("io", "model: has external data but no file path to resolve it against");
   }
@@ -127,7 +137,11 @@ export async function openSession(model: Uint8Array, ep: ExecutionProvider, opti
     const ort = await loadOrtWeb(options.command);
     const opts: OrtWebTypes.InferenceSession.SessionOptions = { executionProviders: ["wasm"] };
     // onnxruntime-web reads no files itself in Node: hand it each weight file's bytes by location.
-    if (external) opts.externalData = [...weights.files].map(([path, file]) => ({ path, data: readInput(file, "external data").bytes }));
+    if (external)
+      opts.externalData = [...weights.files].map(([path, file]) => ({
+        path,
+        data: readInput(file, "external data").bytes,
+      }));
     const s = await ort.InferenceSession.create(model, opts);
     return wrap(s as unknown as AnySession, (f) => new ort.Tensor("float32", f.data, f.dims));
   }

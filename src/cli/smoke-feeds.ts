@@ -8,8 +8,30 @@ import { TensorProto_DataType as DT, type GraphProto, type ValueInfoProto } from
 import type { Dim } from "../analysis/dims.js";
 import { mulberry32 } from "../random.js";
 
-export type FeedType = "float32" | "float64" | "float16" | "int64" | "int32" | "int16" | "int8" | "uint8" | "uint16" | "uint32" | "uint64" | "bool";
-export type FeedData = Float32Array | Float64Array | Uint16Array | BigInt64Array | BigUint64Array | Int32Array | Int16Array | Int8Array | Uint8Array | Uint32Array;
+export type FeedType =
+  | "float32"
+  | "float64"
+  | "float16"
+  | "int64"
+  | "int32"
+  | "int16"
+  | "int8"
+  | "uint8"
+  | "uint16"
+  | "uint32"
+  | "uint64"
+  | "bool";
+export type FeedData =
+  | Float32Array
+  | Float64Array
+  | Uint16Array
+  | BigInt64Array
+  | BigUint64Array
+  | Int32Array
+  | Int16Array
+  | Int8Array
+  | Uint8Array
+  | Uint32Array;
 
 export interface SyntheticFeed {
   type: FeedType;
@@ -31,8 +53,18 @@ export const DEFAULT_SIZE = 16;
 export const MAX_FEED_ELEMENTS = 1 << 26;
 
 const FEED_TYPES: Partial<Record<number, FeedType>> = {
-  [DT.FLOAT]: "float32", [DT.DOUBLE]: "float64", [DT.FLOAT16]: "float16", [DT.INT64]: "int64", [DT.INT32]: "int32", [DT.INT16]: "int16",
-  [DT.INT8]: "int8", [DT.UINT8]: "uint8", [DT.UINT16]: "uint16", [DT.UINT32]: "uint32", [DT.UINT64]: "uint64", [DT.BOOL]: "bool",
+  [DT.FLOAT]: "float32",
+  [DT.DOUBLE]: "float64",
+  [DT.FLOAT16]: "float16",
+  [DT.INT64]: "int64",
+  [DT.INT32]: "int32",
+  [DT.INT16]: "int16",
+  [DT.INT8]: "int8",
+  [DT.UINT8]: "uint8",
+  [DT.UINT16]: "uint16",
+  [DT.UINT32]: "uint32",
+  [DT.UINT64]: "uint64",
+  [DT.BOOL]: "bool",
 };
 
 export function isFloatType(t: FeedType): boolean {
@@ -44,7 +76,13 @@ export function declared(v: ValueInfoProto): Declared {
   if (t?.case !== "tensorType") return { name: v.name, elemType: DT.UNDEFINED };
   const shape = t.value.shape;
   // A negative dim_value is no size: onnxruntime takes any there, as for an unnamed dim.
-  const dims = shape?.dim.map((d): Dim | undefined => (d.value.case === "dimValue" && d.value.value >= 0n ? Number(d.value.value) : d.value.case === "dimParam" && d.value.value ? d.value.value : undefined));
+  const dims = shape?.dim.map((d): Dim | undefined =>
+    d.value.case === "dimValue" && d.value.value >= 0n
+      ? Number(d.value.value)
+      : d.value.case === "dimParam" && d.value.value
+        ? d.value.value
+        : undefined,
+  );
   return { name: v.name, elemType: t.value.elemType, ...(dims ? { dims } : {}) };
 }
 
@@ -76,14 +114,22 @@ function halfBits(x: number): number {
 function integers(type: FeedType, count: number, at: (k: number) => number): FeedData {
   const values = Array.from({ length: count }, (_, k) => at(k));
   switch (type) {
-    case "int64": return BigInt64Array.from(values, BigInt);
-    case "uint64": return BigUint64Array.from(values, BigInt);
-    case "int32": return Int32Array.from(values);
-    case "uint32": return Uint32Array.from(values);
-    case "int16": return Int16Array.from(values);
-    case "uint16": return Uint16Array.from(values);
-    case "int8": return Int8Array.from(values);
-    default: return Uint8Array.from(values); // uint8, bool
+    case "int64":
+      return BigInt64Array.from(values, BigInt);
+    case "uint64":
+      return BigUint64Array.from(values, BigInt);
+    case "int32":
+      return Int32Array.from(values);
+    case "uint32":
+      return Uint32Array.from(values);
+    case "int16":
+      return Int16Array.from(values);
+    case "uint16":
+      return Uint16Array.from(values);
+    case "int8":
+      return Int8Array.from(values);
+    default:
+      return Uint8Array.from(values); // uint8, bool
   }
 }
 
@@ -91,22 +137,35 @@ function integers(type: FeedType, count: number, at: (k: number) => number): Fee
  * One input's synthetic value, or a reason it cannot be made (a type onnxruntime-node cannot take).
  * `seed` varies per input and batch, so inputs differ and a run is reproducible.
  */
-export function syntheticFeed(d: Declared, batchSymbol: Dim | undefined, batch: number, seed: number): SyntheticFeed | string {
+export function syntheticFeed(
+  d: Declared,
+  batchSymbol: Dim | undefined,
+  batch: number,
+  seed: number,
+): SyntheticFeed | string {
   const type = FEED_TYPES[d.elemType];
-  if (!type) return `input '${d.name}' has element type ${DT[d.elemType] ?? d.elemType}, which the smoke run cannot feed`;
+  if (!type)
+    return `input '${d.name}' has element type ${DT[d.elemType] ?? d.elemType}, which the smoke run cannot feed`;
   if (!d.dims) return `input '${d.name}' has no declared shape`;
   const dims = d.dims.map((x) => concreteDim(x, batchSymbol, batch));
   const count = dims.reduce((a, b) => a * b, 1);
-  if (count > MAX_FEED_ELEMENTS) return `input '${d.name}' would hold ${count} elements at its declared shape [${dims.join(", ")}], too many for a smoke run`;
+  if (count > MAX_FEED_ELEMENTS)
+    return `input '${d.name}' would hold ${count} elements at its declared shape [${dims.join(", ")}], too many for a smoke run`;
   const last = dims.at(-1) ?? 1;
   if (isFloatType(type)) {
     const next = mulberry32(seed);
     const values = Array.from({ length: count }, () => next() * 2 - 1);
-    const data = type === "float64" ? Float64Array.from(values) : type === "float16" ? Uint16Array.from(values, halfBits) : Float32Array.from(values);
+    const data =
+      type === "float64"
+        ? Float64Array.from(values)
+        : type === "float16"
+          ? Uint16Array.from(values, halfBits)
+          : Float32Array.from(values);
     return { type, dims, data };
   }
   if (type === "bool" || /mask/i.test(d.name)) return { type, dims, data: integers(type, count, () => 1) };
-  if (/position_ids|cache_position/i.test(d.name)) return { type, dims, data: integers(type, count, (k) => k % Math.max(1, last)) };
+  if (/position_ids|cache_position/i.test(d.name))
+    return { type, dims, data: integers(type, count, (k) => k % Math.max(1, last)) };
   if (/ids$/i.test(d.name)) return { type, dims, data: integers(type, count, (k) => 1 + (k % 7)) };
   return { type, dims, data: integers(type, count, () => 1) };
 }

@@ -41,7 +41,13 @@ export interface SmokeContext {
   verification: Pick<VerifyReport, "stages" | "batch">;
 }
 
-const skipped = (reason: string, t0: number): SmokeReport => ({ status: "skipped", reason, batches: [], outputs: [], ms: performance.now() - t0 });
+const skipped = (reason: string, t0: number): SmokeReport => ({
+  status: "skipped",
+  reason,
+  batches: [],
+  outputs: [],
+  ms: performance.now() - t0,
+});
 
 /**
  * Which stage onnxruntime's message (or an output name) is about: a stage's own node
@@ -55,10 +61,14 @@ function where(message: string, graph: GraphProto, ctx: SmokeContext): string {
   const own = /prunec[/.]stage(\d+)[/.]/.exec(message);
   if (own && label(Number(own[1]))) return label(Number(own[1]))!;
   const named = /Name:\s*'([^']+)'|Node \(([^)]+)\)/.exec(message);
-  const node = named ? graph.node.find((n) => n.name === (named[1] ?? named[2])) : graph.node.find((n) => n.output.includes(message));
+  const node = named
+    ? graph.node.find((n) => n.name === (named[1] ?? named[2]))
+    : graph.node.find((n) => n.output.includes(message));
   if (!node) return "the compiled model";
   const g = new Graph(graph);
-  const stage = ctx.verification.stages.filter((s) => g.descendants(s.tensor).has(node) || node.output.includes(s.tensor)).at(-1);
+  const stage = ctx.verification.stages
+    .filter((s) => g.descendants(s.tensor).has(node) || node.output.includes(s.tensor))
+    .at(-1);
   return stage && label(stage.stage) ? `below ${label(stage.stage)!}` : "the compiled model";
 }
 
@@ -69,10 +79,17 @@ function showDims(dims: readonly (Dim | undefined)[]): string {
 }
 
 /** What is wrong with one output of one run, if anything. */
-function outputProblem(d: Declared, t: { dims: readonly number[]; data: unknown; type: string }, batchSymbol: Dim | undefined, batch: number): string | undefined {
+function outputProblem(
+  d: Declared,
+  t: { dims: readonly number[]; data: unknown; type: string },
+  batchSymbol: Dim | undefined,
+  batch: number,
+): string | undefined {
   if (d.dims) {
-    const sizeOk = (x: Dim | undefined, i: number) => (typeof x === "number" ? t.dims[i] === x : x === undefined || x !== batchSymbol || t.dims[i] === batch);
-    if (t.dims.length !== d.dims.length || !d.dims.every(sizeOk)) return `has shape [${t.dims.join(", ")}], declared ${showDims(d.dims)}`;
+    const sizeOk = (x: Dim | undefined, i: number) =>
+      typeof x === "number" ? t.dims[i] === x : x === undefined || x !== batchSymbol || t.dims[i] === batch;
+    if (t.dims.length !== d.dims.length || !d.dims.every(sizeOk))
+      return `has shape [${t.dims.join(", ")}], declared ${showDims(d.dims)}`;
   }
   if ((t.type === "float32" || t.type === "float64") && ArrayBuffer.isView(t.data)) {
     const values = t.data as Float32Array | Float64Array;
@@ -90,20 +107,30 @@ function outputProblem(d: Declared, t: { dims: readonly number[]; data: unknown;
  * Pre: `compiled` is what compile returned (not yet written).
  * Post: the report of a passed or skipped run; throws PrunecError("verify") when the model fails.
  */
-export async function smokeRun(compiled: Uint8Array, ctx: SmokeContext, load: () => Promise<OrtNode> = () => loadOrtNode("compile")): Promise<SmokeReport> {
+export async function smokeRun(
+  compiled: Uint8Array,
+  ctx: SmokeContext,
+  load: () => Promise<OrtNode> = () => loadOrtNode("compile"),
+): Promise<SmokeReport> {
   const t0 = performance.now();
-  const fail = (what: string, message: string) => new PrunecError("verify", `${ctx.modelPath}: ${VERIFY_FAILED}: ${what}: ${message}`);
+  const fail = (what: string, message: string) =>
+    new PrunecError("verify", `${ctx.modelPath}: ${VERIFY_FAILED}: ${what}: ${message}`);
   try {
     checkWeightFiles(compiled, ctx.modelPath);
   } catch (e) {
-    if (e instanceof PrunecError && e.kind === "io") return skipped(`the weights are not beside the model (${e.message})`, t0);
+    if (e instanceof PrunecError && e.kind === "io")
+      return skipped(`the weights are not beside the model (${e.message})`, t0);
     throw e;
   }
   let ort: OrtNode;
   try {
     ort = await load();
   } catch (e) {
-    if (e instanceof PrunecError && e.kind === "runtime") return skipped("onnxruntime-node is not installed (an optional peer dependency: npm install onnxruntime-node)", t0);
+    if (e instanceof PrunecError && e.kind === "runtime")
+      return skipped(
+        "onnxruntime-node is not installed (an optional peer dependency: npm install onnxruntime-node)",
+        t0,
+      );
     throw e;
   }
   const graph = decodeModel(compiled, ctx.modelPath).graph!;
@@ -142,7 +169,9 @@ export async function smokeRun(compiled: Uint8Array, ctx: SmokeContext, load: ()
     for (const batch of batches) {
       const feeds = batch === batches[0] ? first : feedsAt(batch);
       if (typeof feeds === "string") return skipped(feeds, t0);
-      const tensors = Object.fromEntries(Object.entries(feeds).map(([name, f]) => [name, new ort.Tensor(f.type, f.data, f.dims)]));
+      const tensors = Object.fromEntries(
+        Object.entries(feeds).map(([name, f]) => [name, new ort.Tensor(f.type, f.data, f.dims)]),
+      );
       let result: OrtNodeTypes.InferenceSession.ReturnType;
       try {
         result = await session.run(tensors);
@@ -151,7 +180,9 @@ export async function smokeRun(compiled: Uint8Array, ctx: SmokeContext, load: ()
       }
       for (const d of outputs) {
         const t = result[d.name];
-        const problem = t ? outputProblem(d, { dims: t.dims, data: t.data, type: t.type }, batchSymbol, batch) : "is missing from onnxruntime's results";
+        const problem = t
+          ? outputProblem(d, { dims: t.dims, data: t.data, type: t.type }, batchSymbol, batch)
+          : "is missing from onnxruntime's results";
         if (problem) throw fail(where(d.name, graph, ctx), `output '${d.name}' at batch ${batch} ${problem}`);
       }
       for (const t of Object.values(result)) t.dispose();
@@ -165,6 +196,9 @@ export async function smokeRun(compiled: Uint8Array, ctx: SmokeContext, load: ()
 /** One line for the CLI: what the smoke run did. */
 export function formatSmoke(r: SmokeReport): string {
   if (r.status === "skipped") return `onnxruntime smoke run skipped: ${r.reason}`;
-  const at = r.batches.length > 1 ? `batch ${r.batches.slice(0, -1).join(", ")} and ${r.batches.at(-1)}` : `batch ${r.batches[0]}`;
+  const at =
+    r.batches.length > 1
+      ? `batch ${r.batches.slice(0, -1).join(", ")} and ${r.batches.at(-1)}`
+      : `batch ${r.batches[0]}`;
   return `onnxruntime smoke run passed at ${at}: ${r.outputs.length} output${r.outputs.length === 1 ? "" : "s"} finite with the declared shapes (${(r.ms / 1000).toFixed(2)} s)`;
 }

@@ -31,7 +31,11 @@ function statOrUndefined(path: string): Stats | undefined {
 function byteCount(ref: ExternalRef, key: "offset" | "length", modelPath: string): number | undefined {
   const v = ref[key];
   if (v === undefined) return undefined;
-  if (!/^\d+$/.test(v)) throw new PrunecError("format", `${modelPath}: initializer '${ref.tensor}' has external data ${key} '${v}' (expected a byte count)`);
+  if (!/^\d+$/.test(v))
+    throw new PrunecError(
+      "format",
+      `${modelPath}: initializer '${ref.tensor}' has external data ${key} '${v}' (expected a byte count)`,
+    );
   return Number(v);
 }
 
@@ -58,7 +62,10 @@ export function checkWeightFiles(model: Uint8Array, modelPath: string): WeightFi
     const offset = byteCount(ref, "offset", modelPath) ?? 0;
     const length = byteCount(ref, "length", modelPath) ?? ref.bytes;
     if (length !== undefined && st.size < offset + length) {
-      throw new PrunecError("io", `${file}: ${st.size} bytes, too short for initializer '${ref.tensor}' of ${modelPath} (needs offset ${offset} + length ${length} = ${offset + length} bytes)`);
+      throw new PrunecError(
+        "io",
+        `${file}: ${st.size} bytes, too short for initializer '${ref.tensor}' of ${modelPath} (needs offset ${offset} + length ${length} = ${offset + length} bytes)`,
+      );
     }
     files.set(ref.location, file);
   }
@@ -88,7 +95,9 @@ function sameFolder(a: string, b: string): boolean {
 /** The weight files beside the model that exist: inputs an output must never replace. */
 export function weightInputs(model: Uint8Array, modelPath: string): InputRef[] {
   const dir = dirname(modelPath);
-  return [...new Set(externalRefs(model, modelPath).map((r) => join(dir, r.location)))].flatMap((f) => inputRef(f) ?? []);
+  return [...new Set(externalRefs(model, modelPath).map((r) => join(dir, r.location)))].flatMap(
+    (f) => inputRef(f) ?? [],
+  );
 }
 
 /** The folder's real path + the name: two spellings of one path compare equal even before it exists. */
@@ -147,13 +156,23 @@ export function planPlacements(model: Uint8Array, modelPath: string, out: string
     const target = join(dirname(out), ref.location);
     const used = `initializer '${ref.tensor}'`;
     if (canonical(target) === canonical(out)) {
-      throw new PrunecError("io", `${out}: the output has the name of its own external data file '${ref.location}' (${used}); choose another -o`);
+      throw new PrunecError(
+        "io",
+        `${out}: the output has the name of its own external data file '${ref.location}' (${used}); choose another -o`,
+      );
     }
     const ss = statOrUndefined(source);
     if (!ss) {
-      throw new PrunecError("io", `${source}: no such file (external data of ${used} in ${modelPath}); it is needed beside ${out}, which is in another folder`);
+      throw new PrunecError(
+        "io",
+        `${source}: no such file (external data of ${used} in ${modelPath}); it is needed beside ${out}, which is in another folder`,
+      );
     }
-    if (!ss.isFile()) throw new PrunecError("io", `${source}: is ${kindOf(ss)}, not a regular file (external data of ${used} in ${modelPath})`);
+    if (!ss.isFile())
+      throw new PrunecError(
+        "io",
+        `${source}: is ${kindOf(ss)}, not a regular file (external data of ${used} in ${modelPath})`,
+      );
     const ts = statOrUndefined(target);
     if (ts) {
       if (ts.isFile() && sameContent(source, ss, target, ts)) {
@@ -184,7 +203,12 @@ export function planPlacements(model: Uint8Array, modelPath: string, out: string
  * `inputs`: files the output must not replace (src/cli/files.ts checkOutput). Returns how each file
  * was placed.
  */
-export async function writeModelWithWeights(out: string, parts: readonly Uint8Array[], placements: readonly Placement[], inputs: readonly InputRef[] = []): Promise<Placement[]> {
+export async function writeModelWithWeights(
+  out: string,
+  parts: readonly Uint8Array[],
+  placements: readonly Placement[],
+  inputs: readonly InputRef[] = [],
+): Promise<Placement[]> {
   const staging = new Staging();
   let current = out;
   try {

@@ -41,10 +41,12 @@ export function parseDataset(bytes: Uint8Array, source = "dataset"): Dataset {
   const fail = (why: string): never => {
     throw new PrunecError("format", `${source}: not a prunec dataset (${why})`);
   };
-  if (bytes.length < 12 || new TextDecoder().decode(bytes.subarray(0, 8)) !== MAGIC) fail(`expected the magic '${MAGIC}'`);
+  if (bytes.length < 12 || new TextDecoder().decode(bytes.subarray(0, 8)) !== MAGIC)
+    fail(`expected the magic '${MAGIC}'`);
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const headerLength = view.getUint32(8, true);
-  if (12 + headerLength > bytes.length) fail(`header length ${headerLength} runs past the end of the file (${bytes.length} bytes)`);
+  if (12 + headerLength > bytes.length)
+    fail(`header length ${headerLength} runs past the end of the file (${bytes.length} bytes)`);
   let text: string;
   try {
     text = new TextDecoder("utf-8", { fatal: true }).decode(bytes.subarray(12, 12 + headerLength));
@@ -57,11 +59,13 @@ export function parseDataset(bytes: Uint8Array, source = "dataset"): Dataset {
   } catch {
     return fail("header is not JSON");
   }
-  if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) return fail(`header must be a JSON object, got ${shown(parsed)}`);
+  if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed))
+    return fail(`header must be a JSON object, got ${shown(parsed)}`);
   const header = parsed as Record<string, unknown>;
   for (const k of SIZE_FIELDS) {
     const v = header[k];
-    if (typeof v !== "number" || !Number.isSafeInteger(v) || v <= 0) fail(`header field '${k}' must be a positive integer`);
+    if (typeof v !== "number" || !Number.isSafeInteger(v) || v <= 0)
+      fail(`header field '${k}' must be a positive integer`);
   }
   const { n, channels, height, width, classes } = header as unknown as DatasetHeader;
   const names = header["labels"];
@@ -79,7 +83,8 @@ export function parseDataset(bytes: Uint8Array, source = "dataset"): Dataset {
   const size = n * Number(per); // now known to fit in the file
   const labels = bytes.subarray(start, start + n);
   for (let i = 0; i < n; i++) {
-    if (labels[i]! >= classes) fail(`label ${labels[i]} of example ${i} is not below header field 'classes' (${classes})`);
+    if (labels[i]! >= classes)
+      fail(`label ${labels[i]} of example ${i} is not below header field 'classes' (${classes})`);
   }
   return { header: header as unknown as DatasetHeader, labels, pixels: bytes.subarray(start + n, start + n + size) };
 }
@@ -89,25 +94,38 @@ export function parseDataset(bytes: Uint8Array, source = "dataset"): Dataset {
  * width] float32 (symbolic sizes match anything): otherwise exit 6 naming both, before onnxruntime
  * fails on the first batch.
  */
-export function checkDatasetFitsModel(data: Dataset, modelBytes: Uint8Array, dataName: string, modelName: string): void {
+export function checkDatasetFitsModel(
+  data: Dataset,
+  modelBytes: Uint8Array,
+  dataName: string,
+  modelName: string,
+): void {
   const g = decodeModel(modelBytes, modelName).graph;
   const inits = new Set(g?.initializer.map((t) => t.name));
   const input = g?.input.find((i) => !inits.has(i.name));
   if (!input) throw new PrunecError("apply", `${modelName}: the model has no input to feed ${dataName}'s images to`);
   const { channels, height, width } = data.header;
-  const refuse = (what: string): never => {
-    throw new PrunecError("apply", `${dataName}: examples are float32 [batch, ${channels}, ${height}, ${width}], but ${modelName}'s input '${input.name}' ${what}`);
-  };
+  const refused = (what: string): PrunecError =>
+    new PrunecError(
+      "apply",
+      `${dataName}: examples are float32 [batch, ${channels}, ${height}, ${width}], but ${modelName}'s input '${input.name}' ${what}`,
+    );
   const t = input.type?.value;
-  if (t?.case !== "tensorType") return refuse("is not a tensor");
-  if (t.value.elemType !== 1) refuse(`has element type ${t.value.elemType} (float32 is 1)`);
-  const dims = t.value.shape?.dim.map((d) => (d.value.case === "dimValue" ? Number(d.value.value) : d.value.case === "dimParam" && d.value.value ? d.value.value : "?"));
+  if (t?.case !== "tensorType") throw refused("is not a tensor");
+  if (t.value.elemType !== 1) throw refused(`has element type ${t.value.elemType} (float32 is 1)`);
+  const dims = t.value.shape?.dim.map((d) =>
+    d.value.case === "dimValue"
+      ? Number(d.value.value)
+      : d.value.case === "dimParam" && d.value.value
+        ? d.value.value
+        : "?",
+  );
   if (dims === undefined) return; // no declared shape: nothing to compare
-  if (dims.length !== 4) refuse(`has rank ${dims.length} ([${dims.join(", ")}])`);
+  if (dims.length !== 4) throw refused(`has rank ${dims.length} ([${dims.join(", ")}])`);
   const want = [channels, height, width];
   for (let i = 0; i < 3; i++) {
     const d = dims[i + 1];
-    if (typeof d === "number" && d !== want[i]) refuse(`is [${dims.join(", ")}]`);
+    if (typeof d === "number" && d !== want[i]) throw refused(`is [${dims.join(", ")}]`);
   }
 }
 

@@ -49,7 +49,14 @@ export function nodeLabel(g: GraphProto, n: NodeProto): string {
 export function cycleText(g: GraphProto, c: Cycle): string {
   const p = c.path;
   // Long cycles are shortened (and labels computed only for the nodes shown).
-  const shown = p.length > 8 ? [...p.slice(0, 4).map((n) => nodeLabel(g, n)), `… ${p.length - 6} more …`, ...p.slice(-2).map((n) => nodeLabel(g, n))] : p.map((n) => nodeLabel(g, n));
+  const shown =
+    p.length > 8
+      ? [
+          ...p.slice(0, 4).map((n) => nodeLabel(g, n)),
+          `… ${p.length - 6} more …`,
+          ...p.slice(-2).map((n) => nodeLabel(g, n)),
+        ]
+      : p.map((n) => nodeLabel(g, n));
   return `node ${nodeLabel(g, c.node)} (${c.node.opType}) reads '${c.tensor}', which is computed from its own output (a cycle: ${[nodeLabel(g, c.node), ...shown].join(" → ")})`;
 }
 
@@ -91,7 +98,8 @@ export class Graph {
   get order(): NodeProto[] {
     if (this.orderCache) return this.orderCache;
     const sorted = this.sort();
-    if (!Array.isArray(sorted)) throw new PrunecError("format", `the graph has a cycle: ${cycleText(this.proto, sorted)}`);
+    if (!Array.isArray(sorted))
+      throw new PrunecError("format", `the graph has a cycle: ${cycleText(this.proto, sorted)}`);
     this.orderCache = sorted;
     return sorted;
   }
@@ -111,10 +119,12 @@ export class Graph {
     const nodes = this.proto.node;
     const index = new Map(nodes.map((n, i) => [n, i]));
     // Exporters already write nodes topologically; keep that order when it is valid (the common case).
-    const valid = nodes.every((n, i) => dataInputs(n).every((inp) => {
-      const p = inp ? this.producer.get(inp) : undefined;
-      return !p || index.get(p)! < i;
-    }));
+    const valid = nodes.every((n, i) =>
+      dataInputs(n).every((inp) => {
+        const p = inp ? this.producer.get(inp) : undefined;
+        return !p || index.get(p)! < i;
+      }),
+    );
     if (valid) return nodes.slice();
     // Producers of each node by position (deduplicated, ascending: graphlib's key order).
     const preds: number[][] = nodes.map((n) => {
@@ -141,7 +151,10 @@ export class Graph {
           if (state[p] === 1) {
             // n reads p's output, and p is computed from n: the path from p down to n closes the cycle.
             const at = stack.findIndex(([m]) => m === p);
-            const path = stack.slice(at).map(([m]) => nodes[m]!).reverse();
+            const path = stack
+              .slice(at)
+              .map(([m]) => nodes[m]!)
+              .reverse();
             const reader = nodes[n]!;
             const tensor = dataInputs(reader).find((i) => i && this.producer.get(i) === nodes[p]) ?? "?";
             return { node: reader, tensor, path: [...path.slice(1), reader] };
@@ -272,8 +285,6 @@ export function attrInt(n: NodeProto, name: string, dflt: number): number {
   return a ? Number(a.i) : dflt;
 }
 
-
-
 export type AttrValue = number | number[] | string | TensorProto;
 
 /** Build a node; integer attributes are written as INT, arrays as INTS, `float:` prefix forces FLOAT. */
@@ -288,7 +299,8 @@ export function makeNode(
   const attribute: AttributeProto[] = Object.entries(attrs).map(([k, v]) => {
     if (typeof v === "number") return create(AttributeProtoSchema, { name: k, type: AT.INT, i: BigInt(v) });
     if (Array.isArray(v)) return create(AttributeProtoSchema, { name: k, type: AT.INTS, ints: v.map(BigInt) });
-    if (typeof v === "string") return create(AttributeProtoSchema, { name: k, type: AT.STRING, s: new TextEncoder().encode(v) });
+    if (typeof v === "string")
+      return create(AttributeProtoSchema, { name: k, type: AT.STRING, s: new TextEncoder().encode(v) });
     if ("float" in v) return create(AttributeProtoSchema, { name: k, type: AT.FLOAT, f: v.float });
     return create(AttributeProtoSchema, { name: k, type: AT.TENSOR, t: v });
   });

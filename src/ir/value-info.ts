@@ -25,10 +25,17 @@ export function valueInfo(name: string, elemType: number, dims: (Dim | undefined
   // A number that is no exact int64 (inferred from malformed sizes) is declared unknown rather than failing to encode.
   const dim = dims.map((d) =>
     create(TensorShapeProto_DimensionSchema, {
-      value: typeof d === "number" && Number.isSafeInteger(d) ? { case: "dimValue", value: BigInt(d) } : typeof d === "string" ? { case: "dimParam", value: d } : { case: undefined },
+      value:
+        typeof d === "number" && Number.isSafeInteger(d)
+          ? { case: "dimValue", value: BigInt(d) }
+          : typeof d === "string"
+            ? { case: "dimParam", value: d }
+            : { case: undefined },
     }),
   );
   const tensorType = create(TypeProto_TensorSchema, { elemType, shape: create(TensorShapeProtoSchema, { dim }) });
-  return create(ValueInfoProtoSchema, { name, type: create(TypeProtoSchema, { value: { case: "tensorType", value: tensorType } }) });
+  return create(ValueInfoProtoSchema, {
+    name,
+    type: create(TypeProtoSchema, { value: { case: "tensorType", value: tensorType } }),
+  });
 }
-

@@ -2,7 +2,13 @@
  * External-data checks. prunec never reads or rewrites weight files: it keeps each initializer's
  * location/offset/length as they are, and refuses locations that would escape the model's folder.
  */
-import { TensorProto_DataType as DT, type ModelProto, type TensorProto, type GraphProto, type AttributeProto } from "./gen/onnx_pb.js";
+import {
+  TensorProto_DataType as DT,
+  type ModelProto,
+  type TensorProto,
+  type GraphProto,
+  type AttributeProto,
+} from "./gen/onnx_pb.js";
 import { elementCount, isExternal } from "./tensor.js";
 import { PrunecError } from "../errors.js";
 
@@ -17,10 +23,31 @@ export interface ExternalRef {
 
 /** Bits per element of each fixed-width tensor type. */
 const BITS: Partial<Record<DT, number>> = {
-  [DT.FLOAT]: 32, [DT.UINT8]: 8, [DT.INT8]: 8, [DT.UINT16]: 16, [DT.INT16]: 16, [DT.INT32]: 32, [DT.INT64]: 64,
-  [DT.BOOL]: 8, [DT.FLOAT16]: 16, [DT.DOUBLE]: 64, [DT.UINT32]: 32, [DT.UINT64]: 64, [DT.COMPLEX64]: 64,
-  [DT.COMPLEX128]: 128, [DT.BFLOAT16]: 16, [DT.FLOAT8E4M3FN]: 8, [DT.FLOAT8E4M3FNUZ]: 8, [DT.FLOAT8E5M2]: 8,
-  [DT.FLOAT8E5M2FNUZ]: 8, [DT.UINT4]: 4, [DT.INT4]: 4, [DT.FLOAT4E2M1]: 4, [DT.FLOAT8E8M0]: 8, [DT.UINT2]: 2, [DT.INT2]: 2,
+  [DT.FLOAT]: 32,
+  [DT.UINT8]: 8,
+  [DT.INT8]: 8,
+  [DT.UINT16]: 16,
+  [DT.INT16]: 16,
+  [DT.INT32]: 32,
+  [DT.INT64]: 64,
+  [DT.BOOL]: 8,
+  [DT.FLOAT16]: 16,
+  [DT.DOUBLE]: 64,
+  [DT.UINT32]: 32,
+  [DT.UINT64]: 64,
+  [DT.COMPLEX64]: 64,
+  [DT.COMPLEX128]: 128,
+  [DT.BFLOAT16]: 16,
+  [DT.FLOAT8E4M3FN]: 8,
+  [DT.FLOAT8E4M3FNUZ]: 8,
+  [DT.FLOAT8E5M2]: 8,
+  [DT.FLOAT8E5M2FNUZ]: 8,
+  [DT.UINT4]: 4,
+  [DT.INT4]: 4,
+  [DT.FLOAT4E2M1]: 4,
+  [DT.FLOAT8E8M0]: 8,
+  [DT.UINT2]: 2,
+  [DT.INT2]: 2,
 };
 
 function* graphTensors(g: GraphProto): Generator<TensorProto> {

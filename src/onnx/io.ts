@@ -5,7 +5,13 @@
  */
 import { create, fromBinary, toBinary, type Message } from "@bufbuild/protobuf";
 import type { GenMessage } from "@bufbuild/protobuf/codegenv2";
-import { GraphProtoSchema, ModelProtoSchema, TensorProtoSchema, type ModelProto, type TensorProto } from "./gen/onnx_pb.js";
+import {
+  GraphProtoSchema,
+  ModelProtoSchema,
+  TensorProtoSchema,
+  type ModelProto,
+  type TensorProto,
+} from "./gen/onnx_pb.js";
 import { PrunecError } from "../errors.js";
 
 export type { ModelProto } from "./gen/onnx_pb.js";
@@ -57,19 +63,61 @@ export function encodeModelParts(model: ModelProto): Uint8Array[] {
   if (!graph) return [toBinary(ModelProtoSchema, model)];
   const graphParts: Uint8Array[] = [toBinary(GraphProtoSchema, pick(GraphProtoSchema, graph, ["node", "name"], false))];
   for (const t of graph.initializer) graphParts.push(...field(5, tensorParts(t)));
-  graphParts.push(toBinary(GraphProtoSchema, pick(GraphProtoSchema, graph, ["docString", "input", "output", "valueInfo", "quantizationAnnotation", "sparseInitializer", "metadataProps"], true)));
+  graphParts.push(
+    toBinary(
+      GraphProtoSchema,
+      pick(
+        GraphProtoSchema,
+        graph,
+        ["docString", "input", "output", "valueInfo", "quantizationAnnotation", "sparseInitializer", "metadataProps"],
+        true,
+      ),
+    ),
+  );
   return [
-    toBinary(ModelProtoSchema, pick(ModelProtoSchema, model, ["irVersion", "producerName", "producerVersion", "domain", "modelVersion", "docString"], false)),
+    toBinary(
+      ModelProtoSchema,
+      pick(
+        ModelProtoSchema,
+        model,
+        ["irVersion", "producerName", "producerVersion", "domain", "modelVersion", "docString"],
+        false,
+      ),
+    ),
     ...field(7, graphParts),
-    toBinary(ModelProtoSchema, pick(ModelProtoSchema, model, ["opsetImport", "metadataProps", "trainingInfo", "functions", "configuration"], true)),
+    toBinary(
+      ModelProtoSchema,
+      pick(
+        ModelProtoSchema,
+        model,
+        ["opsetImport", "metadataProps", "trainingInfo", "functions", "configuration"],
+        true,
+      ),
+    ),
   ];
 }
 
 /** A tensor as segments: fields before raw_data, the raw_data field (a view, not a copy), the rest. */
 function tensorParts(t: TensorProto): Uint8Array[] {
-  const head = toBinary(TensorProtoSchema, pick(TensorProtoSchema, t, ["dims", "dataType", "segment", "floatData", "int32Data", "stringData", "int64Data", "name"], false));
-  const tail = toBinary(TensorProtoSchema, pick(TensorProtoSchema, t, ["doubleData", "uint64Data", "docString", "externalData", "dataLocation", "metadataProps"], true));
-  if (!Object.prototype.hasOwnProperty.call(t, "rawData")) return [head, tail];
+  const head = toBinary(
+    TensorProtoSchema,
+    pick(
+      TensorProtoSchema,
+      t,
+      ["dims", "dataType", "segment", "floatData", "int32Data", "stringData", "int64Data", "name"],
+      false,
+    ),
+  );
+  const tail = toBinary(
+    TensorProtoSchema,
+    pick(
+      TensorProtoSchema,
+      t,
+      ["doubleData", "uint64Data", "docString", "externalData", "dataLocation", "metadataProps"],
+      true,
+    ),
+  );
+  if (!Object.hasOwn(t, "rawData")) return [head, tail];
   return [head, ...field(9, [t.rawData]), tail];
 }
 
@@ -94,7 +142,7 @@ function field(number: number, parts: Uint8Array[]): Uint8Array[] {
 function pick<T extends Message>(schema: GenMessage<T>, m: T, fields: (keyof T & string)[], unknown: boolean): T {
   const copy = create(schema) as Record<string, unknown>;
   const src = m as Record<string, unknown>;
-  for (const f of fields) if (Object.prototype.hasOwnProperty.call(src, f)) copy[f] = src[f];
+  for (const f of fields) if (Object.hasOwn(src, f)) copy[f] = src[f];
   if (unknown && src["$unknown"] !== undefined) copy["$unknown"] = src["$unknown"];
   return copy as T;
 }

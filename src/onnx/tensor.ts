@@ -9,14 +9,22 @@ import {
 
 export { TensorProto_DataType as DataType } from "./gen/onnx_pb.js";
 
-export function int64Tensor(name: string, values: readonly number[], dims: readonly number[] = [values.length]): TensorProto {
+export function int64Tensor(
+  name: string,
+  values: readonly number[],
+  dims: readonly number[] = [values.length],
+): TensorProto {
   const raw = new Uint8Array(values.length * 8);
   const view = new DataView(raw.buffer);
   values.forEach((v, i) => view.setBigInt64(i * 8, BigInt(v), true));
   return create(TensorProtoSchema, { name, dataType: DT.INT64, dims: dims.map(BigInt), rawData: raw });
 }
 
-export function floatTensor(name: string, values: readonly number[], dims: readonly number[] = [values.length]): TensorProto {
+export function floatTensor(
+  name: string,
+  values: readonly number[],
+  dims: readonly number[] = [values.length],
+): TensorProto {
   const raw = new Uint8Array(values.length * 4);
   const view = new DataView(raw.buffer);
   values.forEach((v, i) => view.setFloat32(i * 4, v, true));
@@ -52,20 +60,42 @@ function decodeNumbers(t: TensorProto, n: number): number[] | undefined {
   if (raw.length > 0) {
     const view = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
     const width: Partial<Record<DT, number>> = {
-      [DT.INT64]: 8, [DT.INT32]: 4, [DT.FLOAT]: 4, [DT.DOUBLE]: 8, [DT.UINT8]: 1, [DT.INT8]: 1, [DT.BOOL]: 1, [DT.FLOAT16]: 2,
+      [DT.INT64]: 8,
+      [DT.INT32]: 4,
+      [DT.FLOAT]: 4,
+      [DT.DOUBLE]: 8,
+      [DT.UINT8]: 1,
+      [DT.INT8]: 1,
+      [DT.BOOL]: 1,
+      [DT.FLOAT16]: 2,
     };
     const w = width[t.dataType as DT];
     if (w === undefined || raw.byteLength < n * w) return undefined;
     const out: number[] = [];
     for (let i = 0; i < n; i++) {
       switch (t.dataType) {
-        case DT.INT64: out.push(Number(view.getBigInt64(i * 8, true))); break;
-        case DT.INT32: out.push(view.getInt32(i * 4, true)); break;
-        case DT.FLOAT: out.push(view.getFloat32(i * 4, true)); break;
-        case DT.DOUBLE: out.push(view.getFloat64(i * 8, true)); break;
-        case DT.UINT8: case DT.BOOL: out.push(view.getUint8(i)); break;
-        case DT.INT8: out.push(view.getInt8(i)); break;
-        case DT.FLOAT16: out.push(halfToFloat(view.getUint16(i * 2, true))); break;
+        case DT.INT64:
+          out.push(Number(view.getBigInt64(i * 8, true)));
+          break;
+        case DT.INT32:
+          out.push(view.getInt32(i * 4, true));
+          break;
+        case DT.FLOAT:
+          out.push(view.getFloat32(i * 4, true));
+          break;
+        case DT.DOUBLE:
+          out.push(view.getFloat64(i * 8, true));
+          break;
+        case DT.UINT8:
+        case DT.BOOL:
+          out.push(view.getUint8(i));
+          break;
+        case DT.INT8:
+          out.push(view.getInt8(i));
+          break;
+        case DT.FLOAT16:
+          out.push(halfToFloat(view.getUint16(i * 2, true)));
+          break;
       }
     }
     return out;

@@ -12,7 +12,8 @@ export interface ReshapeIssue {
   message: string;
 }
 
-const count = (s: Shape): number | undefined => (s.every((d): d is number => typeof d === "number") ? s.reduce((a, b) => a * b, 1) : undefined);
+const count = (s: Shape): number | undefined =>
+  s.every((d): d is number => typeof d === "number") ? s.reduce((a, b) => a * b, 1) : undefined;
 
 /** Reshape nodes among `nodes` whose static input and output element counts differ. */
 export function reshapeIssues(nodes: Iterable<NodeProto>, shapes: ShapeMap): ReshapeIssue[] {
@@ -24,7 +25,10 @@ export function reshapeIssues(nodes: Iterable<NodeProto>, shapes: ShapeMap): Res
     const a = data && count(data);
     const b = out && count(out);
     if (a === undefined || b === undefined || a === b) continue;
-    issues.push({ node: n, message: `node '${n.name}' (Reshape) reshapes [${data!.join(", ")}] (${a} elements) to [${out!.join(", ")}] (${b} elements): its target shape does not follow the stage's token count` });
+    issues.push({
+      node: n,
+      message: `node '${n.name}' (Reshape) reshapes [${data!.join(", ")}] (${a} elements) to [${out!.join(", ")}] (${b} elements): its target shape does not follow the stage's token count`,
+    });
   }
   return issues;
 }

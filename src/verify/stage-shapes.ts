@@ -32,7 +32,10 @@ export interface StageShapeIssue {
 const show = (s: readonly Dim[]) => `[${s.join(", ")}]`;
 
 /** The tensor a stage writes, its token axis, and the token count it leaves there. */
-export function stageTarget(plan: StagePlan, info: TransformerInfo): { tensor: string; tokenAxis: number; tokens: Dim } | undefined {
+export function stageTarget(
+  plan: StagePlan,
+  info: TransformerInfo,
+): { tensor: string; tokenAxis: number; tokens: Dim } | undefined {
   const tensor = plan.encoder?.tensor ?? plan.layer.residual?.output;
   const tokenAxis = plan.encoder?.tokenAxis ?? info.tokenAxis;
   if (tensor === undefined || tokenAxis === undefined) return undefined;
@@ -40,15 +43,25 @@ export function stageTarget(plan: StagePlan, info: TransformerInfo): { tensor: s
   return { tensor, tokenAxis, tokens: plan.mask ? plan.tokensIn : plan.tokensOut };
 }
 
-function compareShapes(expected: Shape, inferred: Shape, tokenAxis: number): { agreement: Agreement; mismatch?: string } {
-  if (inferred.length !== expected.length) return { agreement: "unknown", mismatch: `rank ${inferred.length}, expected rank ${expected.length}` };
+function compareShapes(
+  expected: Shape,
+  inferred: Shape,
+  tokenAxis: number,
+): { agreement: Agreement; mismatch?: string } {
+  if (inferred.length !== expected.length)
+    return { agreement: "unknown", mismatch: `rank ${inferred.length}, expected rank ${expected.length}` };
   let exact = true;
   for (let i = 0; i < expected.length; i++) {
     const e = expected[i]!;
     const x = inferred[i]!;
     // Only a difference between two numbers is a provable disagreement; symbols may stand for anything.
     if (typeof e === "number" && typeof x === "number") {
-      if (e !== x) return { agreement: "unknown", mismatch: i === tokenAxis ? `${x} tokens on axis ${i}, expected ${e}` : `size ${x} on axis ${i}, expected ${e}` };
+      if (e !== x)
+        return {
+          agreement: "unknown",
+          mismatch:
+            i === tokenAxis ? `${x} tokens on axis ${i}, expected ${e}` : `size ${x} on axis ${i}, expected ${e}`,
+        };
     } else if (e !== x) exact = false;
   }
   return { agreement: exact ? "shape" : "rank" };
@@ -58,7 +71,12 @@ function compareShapes(expected: Shape, inferred: Shape, tokenAxis: number): { a
  * Each stage's shape check, and the disagreements (an empty list: the shapes agree as far as they
  * are known). `inferred`: the compiled graph's shapes, inferred with declared value_info ignored.
  */
-export function checkStageShapes(inferred: ShapeMap, plans: readonly StagePlan[], info: TransformerInfo): { shapes: StageShape[]; issues: StageShapeIssue[] } {  // Stages at the same tensor: the last one's count is what the graph holds there.
+export function checkStageShapes(
+  inferred: ShapeMap,
+  plans: readonly StagePlan[],
+  info: TransformerInfo,
+): { shapes: StageShape[]; issues: StageShapeIssue[] } {
+  // Stages at the same tensor: the last one's count is what the graph holds there.
   const last = new Map<string, StagePlan>();
   // Masked stages remove nothing: the stream holds what the last gathering stage left (or the dense count).
   const held = new Map<StagePlan, Dim | undefined>();
@@ -84,7 +102,11 @@ export function checkStageShapes(inferred: ShapeMap, plans: readonly StagePlan[]
       const c = compareShapes(expected, got, t.tokenAxis);
       row.agreement = c.agreement;
       if (c.mismatch) {
-        issues.push({ plan, tensor: t.tensor, message: `tensor '${t.tensor}' (the stream the stage writes) has inferred shape ${show(got)} (${c.mismatch}); prunec declares ${show(expected)} (${t.tokens} tokens on axis ${t.tokenAxis})` });
+        issues.push({
+          plan,
+          tensor: t.tensor,
+          message: `tensor '${t.tensor}' (the stream the stage writes) has inferred shape ${show(got)} (${c.mismatch}); prunec declares ${show(expected)} (${t.tokens} tokens on axis ${t.tokenAxis})`,
+        });
       }
     }
     shapes.push(row);

@@ -8,7 +8,12 @@
 import type { GraphProto, NodeProto } from "../onnx/gen/onnx_pb.js";
 import { dataInputs } from "../ir/graph.js";
 
-export type StructureIssueKind = "missing-input" | "out-of-order" | "duplicate-output" | "duplicate-node-name" | "unproduced-output";
+export type StructureIssueKind =
+  | "missing-input"
+  | "out-of-order"
+  | "duplicate-output"
+  | "duplicate-node-name"
+  | "unproduced-output";
 
 export interface StructureIssue {
   kind: StructureIssueKind;
@@ -40,15 +45,30 @@ function where(scope: string): string {
  * names visible from enclosing graphs; `outerProducers`, every node of them (to tell a value
  * produced too late from one never produced).
  */
-export function structureIssues(graph: GraphProto, outer: ReadonlySet<string> = new Set(), scope = "", outerProducers: ReadonlyMap<string, NodeProto> = new Map()): StructureIssue[] {
-  return issuesIn(graph, (t) => outer.has(t), scope, (t) => outerProducers.get(t));
+export function structureIssues(
+  graph: GraphProto,
+  outer: ReadonlySet<string> = new Set(),
+  scope = "",
+  outerProducers: ReadonlyMap<string, NodeProto> = new Map(),
+): StructureIssue[] {
+  return issuesIn(
+    graph,
+    (t) => outer.has(t),
+    scope,
+    (t) => outerProducers.get(t),
+  );
 }
 
 /**
  * Scopes are lookups chained to the enclosing graph's (not copied sets): a subgraph sees the names
  * available at its node, so each check stays linear in the model whatever its nesting.
  */
-function issuesIn(graph: GraphProto, outerVisible: (t: string) => boolean, scope: string, outerLater: (t: string) => NodeProto | undefined): StructureIssue[] {
+function issuesIn(
+  graph: GraphProto,
+  outerVisible: (t: string) => boolean,
+  scope: string,
+  outerLater: (t: string) => NodeProto | undefined,
+): StructureIssue[] {
   const issues: StructureIssue[] = [];
   const producedBy = new Map<string, string>(); // tensor → what produces it (for messages)
   const laterProducer = new Map<string, NodeProto>();
@@ -67,7 +87,13 @@ function issuesIn(graph: GraphProto, outerVisible: (t: string) => boolean, scope
     const label = nodeLabel(n, index);
     const at = { node: label, opType: n.opType, scope };
     if (n.name) {
-      if (names.has(n.name)) issues.push({ kind: "duplicate-node-name", ...at, tensor: n.name, message: `two nodes are named '${n.name}'${where(scope)}` });
+      if (names.has(n.name))
+        issues.push({
+          kind: "duplicate-node-name",
+          ...at,
+          tensor: n.name,
+          message: `two nodes are named '${n.name}'${where(scope)}`,
+        });
       names.add(n.name);
     }
     // A Constant's inputs are not read (ONNX gives it none; onnxruntime ignores any): see dataInputs.
@@ -76,26 +102,48 @@ function issuesIn(graph: GraphProto, outerVisible: (t: string) => boolean, scope
       const producer = later(input);
       issues.push(
         producer
-          ? { kind: "out-of-order", ...at, tensor: input, message: `node '${label}' (${n.opType}) reads '${input}' before node '${producer.name || "?"}' (${producer.opType}) produces it${where(scope)}: the nodes are not in topological order` }
-          : { kind: "missing-input", ...at, tensor: input, message: `node '${label}' (${n.opType}) reads '${input}', which no node, initializer or graph input produces${where(scope)}` },
+          ? {
+              kind: "out-of-order",
+              ...at,
+              tensor: input,
+              message: `node '${label}' (${n.opType}) reads '${input}' before node '${producer.name || "?"}' (${producer.opType}) produces it${where(scope)}: the nodes are not in topological order`,
+            }
+          : {
+              kind: "missing-input",
+              ...at,
+              tensor: input,
+              message: `node '${label}' (${n.opType}) reads '${input}', which no node, initializer or graph input produces${where(scope)}`,
+            },
       );
     }
     // Subgraphs see every name visible at this node (ONNX outer-scope rule): checked now, before later outputs join `available`.
     for (const a of n.attribute) {
       for (const sub of [...(a.g ? [a.g] : []), ...a.graphs]) {
-        for (const i of issuesIn(sub, visible, `${scope ? scope + "/" : ""}${label}/${a.name}`, later)) issues.push(i);
+        for (const i of issuesIn(sub, visible, `${scope ? `${scope}/` : ""}${label}/${a.name}`, later)) issues.push(i);
       }
     }
     for (const o of n.output) {
       if (!o) continue; // an omitted optional output
       const previous = producedBy.get(o);
-      if (previous !== undefined) issues.push({ kind: "duplicate-output", ...at, tensor: o, message: `node '${label}' (${n.opType}) writes '${o}', which ${previous} already produces${where(scope)}` });
+      if (previous !== undefined)
+        issues.push({
+          kind: "duplicate-output",
+          ...at,
+          tensor: o,
+          message: `node '${label}' (${n.opType}) writes '${o}', which ${previous} already produces${where(scope)}`,
+        });
       else producedBy.set(o, `node '${label}' (${n.opType})`);
       available.add(o);
     }
   });
   for (const o of graph.output) {
-    if (!visible(o.name)) issues.push({ kind: "unproduced-output", tensor: o.name, scope, message: `graph output '${o.name}' is not produced by any node, initializer or graph input${where(scope)}` });
+    if (!visible(o.name))
+      issues.push({
+        kind: "unproduced-output",
+        tensor: o.name,
+        scope,
+        message: `graph output '${o.name}' is not produced by any node, initializer or graph input${where(scope)}`,
+      });
   }
   return issues;
 }

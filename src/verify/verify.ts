@@ -34,7 +34,12 @@ export function stageLabel(s: { stage: number; layer: number; criterion: string;
 }
 
 function labelOfPlan(p: StagePlan): string {
-  return stageLabel({ stage: p.stage, layer: p.layer.index, criterion: p.criterion.name, encoder: p.encoder !== undefined });
+  return stageLabel({
+    stage: p.stage,
+    layer: p.layer.index,
+    criterion: p.criterion.name,
+    encoder: p.encoder !== undefined,
+  });
 }
 
 /** The stage whose nodes (named `prunec/stage<N>/…`, outputs `prunec.stage<N>.…`) an issue is about, if any. */
@@ -61,7 +66,13 @@ function stageBelow(g: Graph, plans: readonly StagePlan[], info: TransformerInfo
  * Pre: `output` is `input` after the passes of `plans` (planned on `info`, the analysis of the graph the stages were applied to).
  * Post: returns what was verified, or throws PrunecError("verify").
  */
-export function verifyCompiled(output: GraphProto, input: GraphProto, plans: readonly StagePlan[], info: TransformerInfo, modelName: string): VerifyReport {
+export function verifyCompiled(
+  output: GraphProto,
+  input: GraphProto,
+  plans: readonly StagePlan[],
+  info: TransformerInfo,
+  modelName: string,
+): VerifyReport {
   const found = structureIssues(output);
   if (found.length) {
     // Only what prunec introduced is its bug: a flaw the input model already had is left to it.
@@ -71,7 +82,10 @@ export function verifyCompiled(output: GraphProto, input: GraphProto, plans: rea
       const first = introduced[0]!;
       const plan = stageOf(first, plans);
       const more = introduced.length > 1 ? ` (and ${introduced.length - 1} more)` : "";
-      throw new PrunecError("verify", `${modelName}: ${VERIFY_FAILED}: ${plan ? labelOfPlan(plan) : "after the stages"}: ${first.message}${more}`);
+      throw new PrunecError(
+        "verify",
+        `${modelName}: ${VERIFY_FAILED}: ${plan ? labelOfPlan(plan) : "after the stages"}: ${first.message}${more}`,
+      );
     }
   }
   // One inference for both shape checks; declared shapes are ignored so they cannot mask a disagreement.
@@ -84,7 +98,11 @@ export function verifyCompiled(output: GraphProto, input: GraphProto, plans: rea
   }
   const below = stageBelow(graph, plans, info);
   const reshape = reshapeIssues(below.keys(), inferred)[0];
-  if (reshape) throw new PrunecError("verify", `${modelName}: ${VERIFY_FAILED}: ${labelOfPlan(below.get(reshape.node)!)}: ${reshape.message}`);
+  if (reshape)
+    throw new PrunecError(
+      "verify",
+      `${modelName}: ${VERIFY_FAILED}: ${labelOfPlan(below.get(reshape.node)!)}: ${reshape.message}`,
+    );
   const batch = info.batchAxis !== undefined ? batchDim(output) : undefined;
   return { nodes: output.node.length, stages: shapes, ...(batch !== undefined ? { batch } : {}) };
 }

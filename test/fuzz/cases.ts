@@ -52,7 +52,10 @@ export interface CaseInput {
   options: { target: "cpu" | "webgpu"; exposeIndices: boolean };
 }
 
-const optionsFor = (index: number): CaseInput["options"] => ({ target: index % 3 === 1 ? "webgpu" : "cpu", exposeIndices: index % 5 === 2 });
+const optionsFor = (index: number): CaseInput["options"] => ({
+  target: index % 3 === 1 ? "webgpu" : "cpu",
+  exposeIndices: index % 5 === 2,
+});
 
 /** The compile options as CLI flags (what the description and the CLI runs say). */
 export function optionFlags(o: CaseInput["options"]): string[] {
@@ -97,21 +100,50 @@ export function buildCase(id: CaseId): CaseInput {
     const s = pickSeed(r);
     const bytes = s.bytes();
     const spec = r.pick(s.specs);
-    let m;
+    let m: ReturnType<typeof truncateModel>;
     if (kind === "truncate") m = truncateModel(r, bytes, weightsOf(s));
     else if (kind === "flip") m = flipModel(r, bytes, weightsOf(s));
-    else if (sub === "combo") m = protoEdit(r, bytes, Array.from({ length: r.int(2, 4) }, () => r.pick(PROTO_EDITS)));
+    else if (sub === "combo")
+      m = protoEdit(
+        r,
+        bytes,
+        Array.from({ length: r.int(2, 4) }, () => r.pick(PROTO_EDITS)),
+      );
     else m = protoEdit(r, bytes, [sub!]);
-    return { family, description: withOptions(`${s.name}: ${m.description}`, id.index), model: { name: s.name, source: s.source, bytes: m.bytes }, spec, check: id.index % 4 === 0, options: optionsFor(id.index) };
+    return {
+      family,
+      description: withOptions(`${s.name}: ${m.description}`, id.index),
+      model: { name: s.name, source: s.source, bytes: m.bytes },
+      spec,
+      check: id.index % 4 === 0,
+      options: optionsFor(id.index),
+    };
   }
   if (family === "spec") {
     seeds ??= seedModels();
     // The model the spec is compiled on: mostly the shipped ViTs, sometimes fused ViT or a decoder.
-    const usual = seeds.filter((s) => ["tiny-vit", "digits", "fused-vit", "decoder-gqa", "export:seqfirst-opset17", "export:deit-two-tokens"].includes(s.name));
-    const target = r.weighted<SeedModel>((usual.length ? usual : seeds).map((s) => [s.name === "tiny-vit" ? 6 : s.name.startsWith("decoder") ? 3 : 1, s] as const));
+    const usual = seeds.filter((s) =>
+      ["tiny-vit", "digits", "fused-vit", "decoder-gqa", "export:seqfirst-opset17", "export:deit-two-tokens"].includes(
+        s.name,
+      ),
+    );
+    const target = r.weighted<SeedModel>(
+      (usual.length ? usual : seeds).map(
+        (s) => [s.name === "tiny-vit" ? 6 : s.name.startsWith("decoder") ? 3 : 1, s] as const,
+      ),
+    );
     const base = r.chance(0.15) ? r.pick(target.specs) : generateSpec(r, target.layers);
     const m = mutateSpec(r, kind as SpecMutation, base);
-    return { family, description: withOptions(`${m.description} (on ${target.name}); base ${JSON.stringify(base.slice(0, 200))}`, id.index), model: { name: target.name, source: target.source, bytes: target.bytes() }, spec: m.text, options: optionsFor(id.index) };
+    return {
+      family,
+      description: withOptions(
+        `${m.description} (on ${target.name}); base ${JSON.stringify(base.slice(0, 200))}`,
+        id.index,
+      ),
+      model: { name: target.name, source: target.source, bytes: target.bytes() },
+      spec: m.text,
+      options: optionsFor(id.index),
+    };
   }
   const d = r.pick(seedDatasets());
   const m = mutatePrds(r, kind as PrdsMutation, d.bytes());
@@ -128,11 +160,13 @@ function stackTop(e: unknown, frames = 6): string | undefined {
     .join("\n");
 }
 
-const errorLine = (e: unknown): string => (e instanceof Error ? `${e.name}: ${e.message}` : `thrown non-Error: ${String(e)}`).slice(0, 600);
+const errorLine = (e: unknown): string =>
+  (e instanceof Error ? `${e.name}: ${e.message}` : `thrown non-Error: ${String(e)}`).slice(0, 600);
 
 /** A thrown value as an outcome: PrunecError is a clean error (unless it admits to being internal). */
 function classify(e: unknown): { outcome: Outcome; detail: string; stack?: string } {
-  if (e instanceof PrunecError && !/internal error/i.test(e.message)) return { outcome: "clean", detail: `PrunecError(${e.kind}): ${e.message.slice(0, 300)}` };
+  if (e instanceof PrunecError && !/internal error/i.test(e.message))
+    return { outcome: "clean", detail: `PrunecError(${e.kind}): ${e.message.slice(0, 300)}` };
   const stack = stackTop(e);
   return { outcome: "crash", detail: errorLine(e), ...(stack ? { stack } : {}) };
 }
@@ -164,12 +198,13 @@ export function runInput(input: CaseInput): { outcome: Outcome; detail: string; 
         decodeOutput(out.model);
         return `compile: ${out.report.stages.length} stage(s), ${out.model.length} bytes`;
       }, true);
-      if (input.check) step(() => {
-        const c = checkSpec(input.spec!, "fuzz.prune", { bytes, name });
-        internalDiagnostics(c.diagnostics);
-        if (!c.ok) throw new PrunecError(c.refusal?.kind ?? "spec", c.refusal?.message ?? c.summary);
-        return "check: ok";
-      });
+      if (input.check)
+        step(() => {
+          const c = checkSpec(input.spec!, "fuzz.prune", { bytes, name });
+          internalDiagnostics(c.diagnostics);
+          if (!c.ok) throw new PrunecError(c.refusal?.kind ?? "spec", c.refusal?.message ?? c.summary);
+          return "check: ok";
+        });
       if (compileError !== undefined) return classify(compileError);
       return { outcome: "ok", detail: steps.join("; ") };
     }
@@ -177,12 +212,19 @@ export function runInput(input: CaseInput): { outcome: Outcome; detail: string; 
       const text = input.spec!;
       const c = checkSpec(text, "fuzz.prune");
       internalDiagnostics(c.diagnostics);
-      if (!c.ok) return { outcome: "clean", detail: `check: ${c.diagnostics.length} diagnostic(s): ${c.diagnostics[0]?.message.slice(0, 200) ?? c.summary}` };
+      if (!c.ok)
+        return {
+          outcome: "clean",
+          detail: `check: ${c.diagnostics.length} diagnostic(s): ${c.diagnostics[0]?.message.slice(0, 200) ?? c.summary}`,
+        };
       // fmt: the canonical form must parse again.
       const parsed = parseSpec(text, "fuzz.prune", registry);
       const printed = printSpec(parsed.spec!);
       const again = parseSpec(printed, "fmt.prune", registry);
-      if (!again.spec) throw new Crash(`fmt output does not parse: ${JSON.stringify(printed.slice(0, 200))}: ${again.diagnostics[0]?.message}`);
+      if (!again.spec)
+        throw new Crash(
+          `fmt output does not parse: ${JSON.stringify(printed.slice(0, 200))}: ${again.diagnostics[0]?.message}`,
+        );
       const { bytes, name } = input.model!;
       const out = compile(bytes, text, { modelName: name, specName: "fuzz.prune", ...input.options });
       decodeOutput(out.model);
@@ -222,7 +264,8 @@ export function caseIds(seed: number, counts: Partial<Record<Family, number>>): 
   const ids: CaseId[] = [];
   for (const [family, total] of Object.entries(counts) as [Family, number][]) {
     const attacks = ATTACKS[family];
-    for (let i = 0; i < total; i++) ids.push({ seed, attack: attacks[i % attacks.length]!, index: Math.floor(i / attacks.length) });
+    for (let i = 0; i < total; i++)
+      ids.push({ seed, attack: attacks[i % attacks.length]!, index: Math.floor(i / attacks.length) });
   }
   return ids;
 }

@@ -9,7 +9,16 @@ import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { REPO_ROOT } from "../helpers/shared.js";
-import { ATTACKS, buildCase, familyOf, optionFlags, type CaseId, type CaseInput, type Family, type Outcome } from "./cases.js";
+import {
+  ATTACKS,
+  buildCase,
+  familyOf,
+  optionFlags,
+  type CaseId,
+  type CaseInput,
+  type Family,
+  type Outcome,
+} from "./cases.js";
 
 export const BIN = join(REPO_ROOT, "bin", "prunec.js");
 export const DIST_MAIN = join(REPO_ROOT, "dist", "src", "cli", "main.js");
@@ -52,7 +61,12 @@ export function writeCaseFiles(input: CaseInput, dir: string): { model?: string;
 }
 
 /** The prunec arguments of `command` on the case's files in `dir`. */
-export function cliArgv(command: CliCommand, files: { model?: string; spec?: string; prds?: string }, dir: string, flags: readonly string[] = []): string[] {
+export function cliArgv(
+  command: CliCommand,
+  files: { model?: string; spec?: string; prds?: string },
+  dir: string,
+  flags: readonly string[] = [],
+): string[] {
   const out = join(dir, "out.onnx");
   switch (command) {
     case "compile":
@@ -77,9 +91,16 @@ export function cliArgv(command: CliCommand, files: { model?: string; spec?: str
   }
 }
 
-function run(argv: string[], timeoutMs: number): Promise<{ exit: number | null; signal: string | null; stderr: string; timedOut: boolean }> {
+function run(
+  argv: string[],
+  timeoutMs: number,
+): Promise<{ exit: number | null; signal: string | null; stderr: string; timedOut: boolean }> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [BIN, ...argv], { cwd: REPO_ROOT, stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, NO_COLOR: "1" } });
+    const child = spawn(process.execPath, [BIN, ...argv], {
+      cwd: REPO_ROOT,
+      stdio: ["ignore", "ignore", "pipe"],
+      env: { ...process.env, NO_COLOR: "1" },
+    });
     let stderr = "";
     let timedOut = false;
     child.stderr.on("data", (d: Buffer) => (stderr = (stderr + d.toString()).slice(-6000)));
@@ -112,14 +133,27 @@ export async function runCliCase(id: CaseId, o: { timeoutMs: number; keepDir?: s
     const t = performance.now();
     const r = await run(argv, o.timeoutMs);
     const stderr = r.stderr.trim().split("\n").slice(-8).join("\n");
-    return { ...id, command, argv, outcome: classifyExit(r.exit, r.signal, r.timedOut), exit: r.exit, signal: r.signal, description: input.description, stderr, ms: performance.now() - t };
+    return {
+      ...id,
+      command,
+      argv,
+      outcome: classifyExit(r.exit, r.signal, r.timedOut),
+      exit: r.exit,
+      signal: r.signal,
+      description: input.description,
+      stderr,
+      ms: performance.now() - t,
+    };
   } finally {
     if (!o.keepDir && existsSync(dir)) rmSync(dir, { recursive: true, force: true });
   }
 }
 
 /** Run CLI cases `concurrency` at a time; results in the order of `ids`. */
-export async function runCliCases(ids: readonly CaseId[], o: { timeoutMs: number; concurrency: number; onResult?: (r: CliResult) => void }): Promise<CliResult[]> {
+export async function runCliCases(
+  ids: readonly CaseId[],
+  o: { timeoutMs: number; concurrency: number; onResult?: (r: CliResult) => void },
+): Promise<CliResult[]> {
   const results: CliResult[] = new Array(ids.length);
   let next = 0;
   await Promise.all(

@@ -71,7 +71,12 @@ function structuralOffset(r: Rng, size: number, weights: readonly [number, numbe
 }
 
 export function truncateModel(r: Rng, bytes: Uint8Array, weights: readonly [number, number][]): Mutant {
-  const where = r.weighted<"anywhere" | "structure" | "tail" | "head">([[3, "anywhere"], [4, "structure"], [2, "tail"], [1, "head"]]);
+  const where = r.weighted<"anywhere" | "structure" | "tail" | "head">([
+    [3, "anywhere"],
+    [4, "structure"],
+    [2, "tail"],
+    [1, "head"],
+  ]);
   let at: number;
   if (where === "anywhere") at = r.int(0, bytes.length - 1);
   else if (where === "structure") at = structuralOffset(r, bytes.length, weights);
@@ -98,7 +103,11 @@ export function flipModel(r: Rng, bytes: Uint8Array, weights: readonly [number, 
 type Edit = (r: Rng, m: ModelProto, g: GraphProto) => string;
 
 const producedTensors = (g: GraphProto): string[] => g.node.flatMap((n) => n.output.filter((o) => o !== ""));
-const allTensors = (g: GraphProto): string[] => [...g.input.map((i) => i.name), ...g.initializer.map((t) => t.name), ...producedTensors(g)];
+const allTensors = (g: GraphProto): string[] => [
+  ...g.input.map((i) => i.name),
+  ...g.initializer.map((t) => t.name),
+  ...producedTensors(g),
+];
 const nodeIndex = (r: Rng, g: GraphProto): number => r.int(0, g.node.length - 1);
 const someNode = (r: Rng, g: GraphProto, filter: (n: NodeProto) => boolean = () => true): NodeProto | undefined => {
   const ns = g.node.filter(filter);
@@ -108,7 +117,27 @@ const describeNode = (n: NodeProto): string => `${n.opType} '${n.name}'`;
 
 /** A weird int64 for dims, attributes and shape values. */
 function weirdInt(r: Rng): bigint {
-  return r.pick([0n, -1n, -2n, -7n, 1n, 2n, 3n, 65n, 1000003n, 2n ** 31n, 2n ** 31n - 1n, 2n ** 32n, 2n ** 40n, 2n ** 53n, 2n ** 53n + 1n, 2n ** 62n, INT64_MAX, INT64_MIN, -(2n ** 40n)]);
+  return r.pick([
+    0n,
+    -1n,
+    -2n,
+    -7n,
+    1n,
+    2n,
+    3n,
+    65n,
+    1000003n,
+    2n ** 31n,
+    2n ** 31n - 1n,
+    2n ** 32n,
+    2n ** 40n,
+    2n ** 53n,
+    2n ** 53n + 1n,
+    2n ** 62n,
+    INT64_MAX,
+    INT64_MIN,
+    -(2n ** 40n),
+  ]);
 }
 
 /** A weird dtype: unknown, undefined, string, bfloat16, complex, float8, int4, ... */
@@ -117,7 +146,23 @@ function weirdDtype(r: Rng): number {
 }
 
 function weirdName(r: Rng): string {
-  return r.pick(["", " ", "x".repeat(r.int(1000, 100000)), "\u0000", "naïve/∆/🙂", "..", "/", "a\nb", "\ud800", "prunec.stage0.indices", "__proto__", "constructor", "pixel_values", "logits", "image_mask"]);
+  return r.pick([
+    "",
+    " ",
+    "x".repeat(r.int(1000, 100000)),
+    "\u0000",
+    "naïve/∆/🙂",
+    "..",
+    "/",
+    "a\nb",
+    "\ud800",
+    "prunec.stage0.indices",
+    "__proto__",
+    "constructor",
+    "pixel_values",
+    "logits",
+    "image_mask",
+  ]);
 }
 
 function tensorWithNewData(t: TensorProto, data: Uint8Array): void {
@@ -126,7 +171,11 @@ function tensorWithNewData(t: TensorProto, data: Uint8Array): void {
 
 const edits: Record<string, Edit> = {
   "drop-nodes": (r, _m, g) => {
-    const k = r.weighted([[5, 1], [3, r.int(2, 10)], [1, Math.max(1, Math.floor(g.node.length * r.next()))]]);
+    const k = r.weighted([
+      [5, 1],
+      [3, r.int(2, 10)],
+      [1, Math.max(1, Math.floor(g.node.length * r.next()))],
+    ]);
     const dropped: string[] = [];
     for (let i = 0; i < k && g.node.length > 0; i++) dropped.push(describeNode(g.node.splice(nodeIndex(r, g), 1)[0]!));
     return `drop ${dropped.length} node(s): ${dropped.slice(0, 5).join(", ")}${dropped.length > 5 ? ", ..." : ""}`;
@@ -171,7 +220,15 @@ const edits: Record<string, Edit> = {
     return `node ${describeNode(b)} renamed to '${a.name}' (duplicate)`;
   },
   "duplicate-tensor-name": (r, _m, g) => {
-    const kind = r.pick(["two producers", "initializer = node output", "graph input = node output", "initializer = graph input", "duplicate initializer", "duplicate graph input", "duplicate graph output"] as const);
+    const kind = r.pick([
+      "two producers",
+      "initializer = node output",
+      "graph input = node output",
+      "initializer = graph input",
+      "duplicate initializer",
+      "duplicate graph input",
+      "duplicate graph output",
+    ] as const);
     const produced = producedTensors(g);
     if (kind === "two producers") {
       const a = someNode(r, g, (n) => n.output.length > 0)!;
@@ -213,7 +270,14 @@ const edits: Record<string, Edit> = {
   },
   "bad-dtype": (r, _m, g) => {
     const d = weirdDtype(r);
-    const what = r.pick(["initializer", "graph input", "graph output", "Cast to", "value_info", "Constant value"] as const);
+    const what = r.pick([
+      "initializer",
+      "graph input",
+      "graph output",
+      "Cast to",
+      "value_info",
+      "Constant value",
+    ] as const);
     if (what === "initializer" && g.initializer.length) {
       const t = r.pick(g.initializer);
       const before = t.dataType;
@@ -223,7 +287,10 @@ const edits: Record<string, Edit> = {
     if ((what === "graph input" || what === "graph output") && (what === "graph input" ? g.input : g.output).length) {
       const v = r.pick(what === "graph input" ? g.input : g.output);
       if (v.type?.value.case === "tensorType") v.type.value.value.elemType = d;
-      else v.type = create(TypeProtoSchema, { value: { case: "tensorType", value: create(TypeProto_TensorSchema, { elemType: d }) } });
+      else
+        v.type = create(TypeProtoSchema, {
+          value: { case: "tensorType", value: create(TypeProto_TensorSchema, { elemType: d }) },
+        });
       return `${what} '${v.name}' elem type → ${d}`;
     }
     if (what === "Cast to") {
@@ -247,8 +314,15 @@ const edits: Record<string, Edit> = {
     return `value_info '${name}' elem type ${d}`;
   },
   "bad-dims": (r, _m, g) => {
-    const what = r.pick(["initializer dims", "graph input shape", "graph output shape", "value_info shape", "Constant dims"] as const);
-    const dims = (n: number): bigint[] => Array.from({ length: n }, () => (r.chance(0.6) ? weirdInt(r) : BigInt(r.int(1, 8))));
+    const what = r.pick([
+      "initializer dims",
+      "graph input shape",
+      "graph output shape",
+      "value_info shape",
+      "Constant dims",
+    ] as const);
+    const dims = (n: number): bigint[] =>
+      Array.from({ length: n }, () => (r.chance(0.6) ? weirdInt(r) : BigInt(r.int(1, 8))));
     if (what === "initializer dims" && g.initializer.length) {
       const t = r.pick(g.initializer);
       const before = t.dims.join(",");
@@ -264,17 +338,30 @@ const edits: Record<string, Edit> = {
         return `${describeNode(n!)} value dims → [${t.dims.join(",")}]`;
       }
     }
-    if ((what === "graph input shape" || what === "graph output shape") && (what === "graph input shape" ? g.input : g.output).length) {
+    if (
+      (what === "graph input shape" || what === "graph output shape") &&
+      (what === "graph input shape" ? g.input : g.output).length
+    ) {
       const v = r.pick(what === "graph input shape" ? g.input : g.output);
       const shape = v.type?.value.case === "tensorType" ? v.type.value.value.shape : undefined;
-      if (shape && shape.dim.length && r.chance(0.7)) {
+      if (shape?.dim.length && r.chance(0.7)) {
         const k = r.int(0, shape.dim.length - 1);
         const val = r.chance(0.8) ? weirdInt(r) : undefined;
-        shape.dim[k] = create(TensorShapeProto_DimensionSchema, val === undefined ? { value: { case: "dimParam", value: weirdName(r).slice(0, 20) } } : { value: { case: "dimValue", value: val } });
+        shape.dim[k] = create(
+          TensorShapeProto_DimensionSchema,
+          val === undefined
+            ? { value: { case: "dimParam", value: weirdName(r).slice(0, 20) } }
+            : { value: { case: "dimValue", value: val } },
+        );
         return `${what} '${v.name}' dim ${k} → ${val ?? "weird symbol"}`;
       }
       const rank = r.int(0, 7);
-      v.type = create(TypeProtoSchema, { value: { case: "tensorType", value: create(TypeProto_TensorSchema, { elemType: 1, shape: shapeOf(dims(rank)) }) } });
+      v.type = create(TypeProtoSchema, {
+        value: {
+          case: "tensorType",
+          value: create(TypeProto_TensorSchema, { elemType: 1, shape: shapeOf(dims(rank)) }),
+        },
+      });
       return `${what} '${v.name}' → float rank ${rank}`;
     }
     const name = r.pick(producedTensors(g));
@@ -325,7 +412,16 @@ const edits: Record<string, Edit> = {
   "constant-edit": (r, _m, g) => {
     const n = someNode(r, g, (n) => n.opType === "Constant");
     if (!n) return "constant: none";
-    const kind = r.pick(["extra inputs", "no value", "two values", "value_ints", "value_float", "sparse value", "value_string", "empty tensor"] as const);
+    const kind = r.pick([
+      "extra inputs",
+      "no value",
+      "two values",
+      "value_ints",
+      "value_float",
+      "sparse value",
+      "value_string",
+      "empty tensor",
+    ] as const);
     if (kind === "extra inputs") {
       const names = allTensors(g);
       n.input = Array.from({ length: r.int(1, 3) }, () => (r.chance(0.7) ? r.pick(names) : "no_such_tensor"));
@@ -333,10 +429,22 @@ const edits: Record<string, Edit> = {
     }
     if (kind === "no value") n.attribute = [];
     else if (kind === "two values") n.attribute.push(attr("value_int", AT.INT, { i: 3n }));
-    else if (kind === "value_ints") n.attribute = [attr("value_ints", AT.INTS, { ints: Array.from({ length: r.int(0, 4) }, () => weirdInt(r)) })];
-    else if (kind === "value_float") n.attribute = [attr("value_float", AT.FLOAT, { f: r.pick([NaN, Infinity, -0, 1e38, 0.5]) })];
-    else if (kind === "sparse value") n.attribute = [attr("sparse_value", AT.SPARSE_TENSOR, { sparseTensor: create(SparseTensorProtoSchema, { dims: [4n], values: create(TensorProtoSchema, { dataType: 1, dims: [1n], floatData: [1] }), indices: create(TensorProtoSchema, { dataType: 7, dims: [1n], int64Data: [9n] }) }) })];
-    else if (kind === "value_string") n.attribute = [attr("value_string", AT.STRING, { s: new TextEncoder().encode("hello") })];
+    else if (kind === "value_ints")
+      n.attribute = [attr("value_ints", AT.INTS, { ints: Array.from({ length: r.int(0, 4) }, () => weirdInt(r)) })];
+    else if (kind === "value_float")
+      n.attribute = [attr("value_float", AT.FLOAT, { f: r.pick([NaN, Infinity, -0, 1e38, 0.5]) })];
+    else if (kind === "sparse value")
+      n.attribute = [
+        attr("sparse_value", AT.SPARSE_TENSOR, {
+          sparseTensor: create(SparseTensorProtoSchema, {
+            dims: [4n],
+            values: create(TensorProtoSchema, { dataType: 1, dims: [1n], floatData: [1] }),
+            indices: create(TensorProtoSchema, { dataType: 7, dims: [1n], int64Data: [9n] }),
+          }),
+        }),
+      ];
+    else if (kind === "value_string")
+      n.attribute = [attr("value_string", AT.STRING, { s: new TextEncoder().encode("hello") })];
     else n.attribute = [attr("value", AT.TENSOR, { t: create(TensorProtoSchema, { dataType: 7, dims: [0n] }) })];
     return `${describeNode(n)}: ${kind}`;
   },
@@ -363,7 +471,18 @@ const edits: Record<string, Edit> = {
       return `${describeNode(n)} attribute '${a.name}' ints=[${a.ints.join(",")}]`;
     }
     if (kind === "type swap") {
-      const t = r.pick([AT.UNDEFINED, AT.FLOAT, AT.INT, AT.STRING, AT.TENSOR, AT.GRAPH, AT.FLOATS, AT.INTS, AT.STRINGS, 99 as AT]);
+      const t = r.pick([
+        AT.UNDEFINED,
+        AT.FLOAT,
+        AT.INT,
+        AT.STRING,
+        AT.TENSOR,
+        AT.GRAPH,
+        AT.FLOATS,
+        AT.INTS,
+        AT.STRINGS,
+        99 as AT,
+      ]);
       a.type = t;
       return `${describeNode(n)} attribute '${a.name}' type → ${t}`;
     }
@@ -379,18 +498,46 @@ const edits: Record<string, Edit> = {
     return `${describeNode(n)} attribute '${a.name}' twice`;
   },
   "axis-edit": (r, _m, g) => {
-    const n = someNode(r, g, (n) => ["Softmax", "Gather", "Concat", "Transpose", "Unsqueeze", "Split", "LayerNormalization", "ReduceMean", "Slice", "Squeeze", "Flatten", "Gemm"].includes(n.opType));
+    const n = someNode(r, g, (n) =>
+      [
+        "Softmax",
+        "Gather",
+        "Concat",
+        "Transpose",
+        "Unsqueeze",
+        "Split",
+        "LayerNormalization",
+        "ReduceMean",
+        "Slice",
+        "Squeeze",
+        "Flatten",
+        "Gemm",
+      ].includes(n.opType),
+    );
     if (!n) return "axis: none";
-    const name = n.opType === "Transpose" ? "perm" : n.opType === "Gemm" ? r.pick(["transA", "transB"]) : n.opType === "Unsqueeze" || n.opType === "Squeeze" ? "axes" : "axis";
+    const name =
+      n.opType === "Transpose"
+        ? "perm"
+        : n.opType === "Gemm"
+          ? r.pick(["transA", "transB"])
+          : n.opType === "Unsqueeze" || n.opType === "Squeeze"
+            ? "axes"
+            : "axis";
     const value = r.chance(0.5) ? weirdInt(r) : BigInt(r.int(-6, 6));
     n.attribute = n.attribute.filter((a) => a.name !== name);
-    if (name === "perm" || name === "axes") n.attribute.push(attr(name, AT.INTS, { ints: r.chance(0.5) ? [value, value] : [value, 0n, 1n].slice(0, r.int(1, 3)) }));
+    if (name === "perm" || name === "axes")
+      n.attribute.push(
+        attr(name, AT.INTS, { ints: r.chance(0.5) ? [value, value] : [value, 0n, 1n].slice(0, r.int(1, 3)) }),
+      );
     else n.attribute.push(attr(name, AT.INT, { i: value }));
     return `${describeNode(n)} ${name} → ${value}`;
   },
   "initializer-values": (r, _m, g) => {
     const ints = g.initializer.filter((t) => t.dataType === 7);
-    const constants = g.node.filter((n) => n.opType === "Constant").map((n) => n.attribute.find((a) => a.t)?.t).filter((t): t is TensorProto => t !== undefined && t.dataType === 7);
+    const constants = g.node
+      .filter((n) => n.opType === "Constant")
+      .map((n) => n.attribute.find((a) => a.t)?.t)
+      .filter((t): t is TensorProto => t !== undefined && t.dataType === 7);
     const pool = [...ints, ...constants];
     const kind = r.pick(["int64 values", "raw length", "data fields", "external data"] as const);
     if (kind === "int64 values" && pool.length) {
@@ -405,14 +552,24 @@ const edits: Record<string, Edit> = {
     const t = r.pick([...g.initializer, ...constants].length ? [...g.initializer, ...constants] : pool);
     if (!t) return "initializer: none";
     if (kind === "raw length") {
-      const len = r.pick([0, 1, 3, 7, t.rawData.length - 1, t.rawData.length + 5, Math.floor(t.rawData.length / 2)].filter((x) => x >= 0));
+      const len = r.pick(
+        [0, 1, 3, 7, t.rawData.length - 1, t.rawData.length + 5, Math.floor(t.rawData.length / 2)].filter(
+          (x) => x >= 0,
+        ),
+      );
       const data = new Uint8Array(len);
       data.set(t.rawData.subarray(0, Math.min(len, t.rawData.length)));
       tensorWithNewData(t, data);
       return `tensor '${t.name}' raw_data ${len} bytes (dims [${t.dims.join(",")}], dtype ${t.dataType})`;
     }
     if (kind === "data fields") {
-      const which = r.pick(["float_data + raw_data", "int64_data wrong count", "string_data", "double_data", "no data"] as const);
+      const which = r.pick([
+        "float_data + raw_data",
+        "int64_data wrong count",
+        "string_data",
+        "double_data",
+        "no data",
+      ] as const);
       if (which === "float_data + raw_data") t.floatData = [1, 2, 3];
       else if (which === "int64_data wrong count") {
         t.rawData = new Uint8Array(0);
@@ -428,10 +585,32 @@ const edits: Record<string, Edit> = {
       return `tensor '${t.name}': ${which}`;
     }
     // External data: compile does not need the files, but checks the locations.
-    const location = r.pick(["weights.bin", "../../etc/passwd", "/etc/passwd", "a/../../b.bin", "", "C:\\x.bin", "\u0000", "sub/dir/w.bin", "x".repeat(5000)]);
+    const location = r.pick([
+      "weights.bin",
+      "../../etc/passwd",
+      "/etc/passwd",
+      "a/../../b.bin",
+      "",
+      "C:\\x.bin",
+      "\u0000",
+      "sub/dir/w.bin",
+      "x".repeat(5000),
+    ]);
     const entries = [create(StringStringEntryProtoSchema, { key: "location", value: location })];
-    if (r.chance(0.6)) entries.push(create(StringStringEntryProtoSchema, { key: "offset", value: r.pick(["0", "-1", "abc", "1e30", "9223372036854775807", "4096"]) }));
-    if (r.chance(0.6)) entries.push(create(StringStringEntryProtoSchema, { key: "length", value: r.pick(["0", "-5", "xyz", "99999999999999999999", "16"]) }));
+    if (r.chance(0.6))
+      entries.push(
+        create(StringStringEntryProtoSchema, {
+          key: "offset",
+          value: r.pick(["0", "-1", "abc", "1e30", "9223372036854775807", "4096"]),
+        }),
+      );
+    if (r.chance(0.6))
+      entries.push(
+        create(StringStringEntryProtoSchema, {
+          key: "length",
+          value: r.pick(["0", "-5", "xyz", "99999999999999999999", "16"]),
+        }),
+      );
     if (r.chance(0.2)) entries.push(create(StringStringEntryProtoSchema, { key: "location", value: "other.bin" }));
     t.externalData = entries;
     t.dataLocation = r.chance(0.9) ? TensorProto_DataLocation.EXTERNAL : (7 as TensorProto_DataLocation);
@@ -441,7 +620,15 @@ const edits: Record<string, Edit> = {
   "input-arity": (r, _m, g) => {
     const n = someNode(r, g, (n) => n.input.length > 0);
     if (!n) return "arity: none";
-    const kind = r.pick(["drop input", "extra inputs", "empty name", "swap inputs", "drop outputs", "extra outputs", "empty output"] as const);
+    const kind = r.pick([
+      "drop input",
+      "extra inputs",
+      "empty name",
+      "swap inputs",
+      "drop outputs",
+      "extra outputs",
+      "empty output",
+    ] as const);
     if (kind === "drop input") n.input.splice(r.int(0, n.input.length - 1), 1);
     else if (kind === "extra inputs") n.input.push(...Array.from({ length: r.int(1, 4) }, () => r.pick(allTensors(g))));
     else if (kind === "empty name") n.input[r.int(0, n.input.length - 1)] = "";
@@ -455,12 +642,43 @@ const edits: Record<string, Edit> = {
     const n = g.node[nodeIndex(r, g)]!;
     const before = describeNode(n);
     const kind = r.pick(["other op", "unknown op", "domain", "function"] as const);
-    if (kind === "other op") n.opType = r.pick(["Relu", "Add", "MatMul", "Softmax", "Reshape", "Transpose", "Gather", "Concat", "Identity", "LayerNormalization", "MultiHeadAttention", "GroupQueryAttention", "Loop", "If", "Scan", "Einsum", "TopK", "GatherND", "Shape", "Constant"]);
+    if (kind === "other op")
+      n.opType = r.pick([
+        "Relu",
+        "Add",
+        "MatMul",
+        "Softmax",
+        "Reshape",
+        "Transpose",
+        "Gather",
+        "Concat",
+        "Identity",
+        "LayerNormalization",
+        "MultiHeadAttention",
+        "GroupQueryAttention",
+        "Loop",
+        "If",
+        "Scan",
+        "Einsum",
+        "TopK",
+        "GatherND",
+        "Shape",
+        "Constant",
+      ]);
     else if (kind === "unknown op") n.opType = r.pick(["", "NoSuchOp", "softmax", "MATMUL", "x".repeat(300)]);
     else if (kind === "domain") n.domain = r.pick(["com.microsoft", "ai.onnx.ml", "bogus.domain", "ai.onnx"]);
     else {
       // A model-local function named like the node's op, in its domain: the op is redefined.
-      _m.functions.push(create(FunctionProtoSchema, { name: n.opType, domain: n.domain, input: ["x"], output: ["y"], node: [create(NodeProtoSchema, { opType: "Identity", input: ["x"], output: ["y"] })], opsetImport: _m.opsetImport }));
+      _m.functions.push(
+        create(FunctionProtoSchema, {
+          name: n.opType,
+          domain: n.domain,
+          input: ["x"],
+          output: ["y"],
+          node: [create(NodeProtoSchema, { opType: "Identity", input: ["x"], output: ["y"] })],
+          opsetImport: _m.opsetImport,
+        }),
+      );
       return `${before}: a model function with its name redefines the op`;
     }
     return `${before} → op '${n.opType.slice(0, 30)}' domain '${n.domain}'`;
@@ -482,9 +700,24 @@ const edits: Record<string, Edit> = {
   },
   subgraph: (r, _m, g) => {
     const n = g.node[nodeIndex(r, g)]!;
-    const inner = create(NodeProtoSchema, { opType: "Identity", input: [r.pick(allTensors(g))], output: [r.chance(0.5) ? n.output[0] ?? "y" : "inner_y"], name: r.chance(0.5) ? n.name : "inner" });
-    const body = create(GraphProtoSchema, { node: [inner], name: "body", output: [create(ValueInfoProtoSchema, { name: inner.output[0]! })] });
-    const ifNode = create(NodeProtoSchema, { opType: "If", name: "fuzz_if", input: [r.pick(allTensors(g))], output: [r.chance(0.5) ? n.output[0] ?? "z" : "fuzz_if_out"], attribute: [attr("then_branch", AT.GRAPH, { g: body }), attr("else_branch", AT.GRAPH, { g: body })] });
+    const inner = create(NodeProtoSchema, {
+      opType: "Identity",
+      input: [r.pick(allTensors(g))],
+      output: [r.chance(0.5) ? (n.output[0] ?? "y") : "inner_y"],
+      name: r.chance(0.5) ? n.name : "inner",
+    });
+    const body = create(GraphProtoSchema, {
+      node: [inner],
+      name: "body",
+      output: [create(ValueInfoProtoSchema, { name: inner.output[0]! })],
+    });
+    const ifNode = create(NodeProtoSchema, {
+      opType: "If",
+      name: "fuzz_if",
+      input: [r.pick(allTensors(g))],
+      output: [r.chance(0.5) ? (n.output[0] ?? "z") : "fuzz_if_out"],
+      attribute: [attr("then_branch", AT.GRAPH, { g: body }), attr("else_branch", AT.GRAPH, { g: body })],
+    });
     g.node.splice(r.int(0, g.node.length), 0, ifNode);
     return `If node with Identity subgraphs inserted (reads '${ifNode.input[0]}', writes '${ifNode.output[0]}', inner writes '${inner.output[0]}')`;
   },
@@ -509,7 +742,13 @@ const edits: Record<string, Edit> = {
     const kind = r.pick(["sparse initializer", "training info", "metadata", "unknown fields"] as const);
     if (kind === "sparse initializer") {
       const name = r.pick([...allTensors(g), "sparse_w"]);
-      g.sparseInitializer.push(create(SparseTensorProtoSchema, { dims: [weirdInt(r)], values: create(TensorProtoSchema, { name, dataType: 1, dims: [2n], floatData: [1, 2] }), indices: create(TensorProtoSchema, { dataType: 7, dims: [2n], int64Data: [0n, weirdInt(r)] }) }));
+      g.sparseInitializer.push(
+        create(SparseTensorProtoSchema, {
+          dims: [weirdInt(r)],
+          values: create(TensorProtoSchema, { name, dataType: 1, dims: [2n], floatData: [1, 2] }),
+          indices: create(TensorProtoSchema, { dataType: 7, dims: [2n], int64Data: [0n, weirdInt(r)] }),
+        }),
+      );
       return `sparse initializer '${name}'`;
     }
     if (kind === "training info") {
@@ -517,10 +756,17 @@ const edits: Record<string, Edit> = {
       return "empty training_info";
     }
     if (kind === "metadata") {
-      m.metadataProps.push(create(StringStringEntryProtoSchema, { key: r.pick(["prunec", "prunec.version", "prunec.spec", ""]), value: weirdName(r) }));
+      m.metadataProps.push(
+        create(StringStringEntryProtoSchema, {
+          key: r.pick(["prunec", "prunec.version", "prunec.spec", ""]),
+          value: weirdName(r),
+        }),
+      );
       return "metadata_props entry";
     }
-    (g as unknown as { $unknown: unknown[] }).$unknown = [{ no: r.int(30, 200), wireType: 2, data: new Uint8Array([3, 1, 2, 3]) }];
+    (g as unknown as { $unknown: unknown[] }).$unknown = [
+      { no: r.int(30, 200), wireType: 2, data: new Uint8Array([3, 1, 2, 3]) },
+    ];
     return "unknown field on the graph";
   },
   "value-info-conflict": (r, _m, g) => {
@@ -528,7 +774,13 @@ const edits: Record<string, Edit> = {
     const k = r.int(1, 20);
     for (let i = 0; i < k; i++) {
       const rank = r.int(0, 5);
-      g.valueInfo.push(valueInfoOf(r.pick(names), r.pick([1, 7, 9, 10]), Array.from({ length: rank }, () => (r.chance(0.3) ? weirdInt(r) : BigInt(r.int(1, 200))))));
+      g.valueInfo.push(
+        valueInfoOf(
+          r.pick(names),
+          r.pick([1, 7, 9, 10]),
+          Array.from({ length: rank }, () => (r.chance(0.3) ? weirdInt(r) : BigInt(r.int(1, 200)))),
+        ),
+      );
     }
     return `${k} value_info entries with arbitrary types and shapes`;
   },
@@ -539,11 +791,18 @@ function attr(name: string, type: AT, fields: Partial<Omit<AttributeProto, "$typ
 }
 
 function shapeOf(dims: readonly bigint[]) {
-  return create(TensorShapeProtoSchema, { dim: dims.map((d) => create(TensorShapeProto_DimensionSchema, { value: { case: "dimValue", value: d } })) });
+  return create(TensorShapeProtoSchema, {
+    dim: dims.map((d) => create(TensorShapeProto_DimensionSchema, { value: { case: "dimValue", value: d } })),
+  });
 }
 
 function valueInfoOf(name: string, elemType: number, dims: readonly bigint[]): ValueInfoProto {
-  return create(ValueInfoProtoSchema, { name, type: create(TypeProtoSchema, { value: { case: "tensorType", value: create(TypeProto_TensorSchema, { elemType, shape: shapeOf(dims) }) } }) });
+  return create(ValueInfoProtoSchema, {
+    name,
+    type: create(TypeProtoSchema, {
+      value: { case: "tensorType", value: create(TypeProto_TensorSchema, { elemType, shape: shapeOf(dims) }) },
+    }),
+  });
 }
 
 export const PROTO_EDITS: readonly string[] = Object.keys(edits);

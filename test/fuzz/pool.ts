@@ -51,14 +51,22 @@ class Slot {
 
   private async start(): Promise<void> {
     this.stderr = "";
-    const child = fork(BOOT, [], { execArgv: [`--max-old-space-size=${this.heapMb}`], stdio: ["ignore", "ignore", "pipe", "ipc"], serialization: "advanced" });
+    const child = fork(BOOT, [], {
+      execArgv: [`--max-old-space-size=${this.heapMb}`],
+      stdio: ["ignore", "ignore", "pipe", "ipc"],
+      serialization: "advanced",
+    });
     this.child = child;
     // Events of a child this slot has already given up on (killed after a hang) are ignored.
     child.stderr!.on("data", (d: Buffer) => {
       if (this.child === child) this.stderr = (this.stderr + d.toString()).slice(-4000);
     });
     child.on("message", (m: Message) => this.child === child && this.settle(m));
-    child.on("exit", (code, signal) => this.child === child && this.settle({ died: signal ? `signal ${signal}` : `exit code ${code}` }));
+    child.on(
+      "exit",
+      (code, signal) =>
+        this.child === child && this.settle({ died: signal ? `signal ${signal}` : `exit code ${code}` }),
+    );
     const e = await this.wait(START_TIMEOUT_MS);
     if (e !== "ready") {
       this.kill();
@@ -79,15 +87,29 @@ class Slot {
     const ms = performance.now() - t0;
     if (e === "timeout") {
       this.kill();
-      return { ...id, outcome: "hang", description: "", detail: `still running after ${timeoutMs} ms (process killed)`, ms };
+      return {
+        ...id,
+        outcome: "hang",
+        description: "",
+        detail: `still running after ${timeoutMs} ms (process killed)`,
+        ms,
+      };
     }
     if (e === "ready" || "died" in e) {
       // Wait for the rest of stderr (V8's fatal error text).
       await new Promise((r) => setTimeout(r, 100));
       this.kill();
       const why = e === "ready" ? "unexpected ready" : e.died;
-      const fatal = this.stderr.match(/FATAL ERROR:[^\n]*/)?.[0] ?? this.stderr.trim().split("\n").slice(-3).join(" | ").slice(0, 300);
-      return { ...id, outcome: "crash", description: "", detail: `process died (${why})${fatal ? `: ${fatal}` : ""}`, ms };
+      const fatal =
+        this.stderr.match(/FATAL ERROR:[^\n]*/)?.[0] ??
+        this.stderr.trim().split("\n").slice(-3).join(" | ").slice(0, 300);
+      return {
+        ...id,
+        outcome: "crash",
+        description: "",
+        detail: `process died (${why})${fatal ? `: ${fatal}` : ""}`,
+        ms,
+      };
     }
     return e;
   }

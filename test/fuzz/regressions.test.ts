@@ -15,8 +15,12 @@ const message = (spec: string) => checkSpec(spec, "s.prune", TINY).diagnostics.m
 
 describe("fuzz campaign regressions (seed 1)", () => {
   it("a percentage written with too many digits is a spec error, not an internal one", () => {
-    expect(message("after layer 0 keep 0.0000000001% by cls-attn")).toEqual(["a percentage has at most 6 decimal places, got 0.0000000001%"]);
-    expect(message("after layer 0 keep 5e-324% by cls-attn")).toEqual(["a percentage has at most 6 decimal places, got 5e-324%"]);
+    expect(message("after layer 0 keep 0.0000000001% by cls-attn")).toEqual([
+      "a percentage has at most 6 decimal places, got 0.0000000001%",
+    ]);
+    expect(message("after layer 0 keep 5e-324% by cls-attn")).toEqual([
+      "a percentage has at most 6 decimal places, got 5e-324%",
+    ]);
     expect(message("after layer 0 keep 12.5% by cls-attn")).toEqual([]);
   });
 
@@ -32,10 +36,18 @@ describe("fuzz campaign regressions (seed 1)", () => {
     ]);
   });
 
-  for (const [attack, index] of [["model:proto:attribute-edit", 381], ["model:proto:input-arity", 377]] as const) {
-    it(`${attack}#${index}: an inconsistent head count stays unknown (no fractional head size reaching a pass)`, { timeout: 30_000 }, () => {
+  for (const [attack, index] of [
+    ["model:proto:attribute-edit", 381],
+    ["model:proto:input-arity", 377],
+  ] as const) {
+    it(`${attack}#${index}: an inconsistent head count stays unknown (no fractional head size reaching a pass)`, {
+      timeout: 30_000,
+    }, () => {
       const r = runInput(buildCase({ seed: 1, attack, index }));
-      expect([r.outcome, r.detail]).toEqual(["clean", expect.stringMatching(/number of heads of layer \d could not be determined/)]);
+      expect([r.outcome, r.detail]).toEqual([
+        "clean",
+        expect.stringMatching(/number of heads of layer \d could not be determined/),
+      ]);
     });
   }
 });

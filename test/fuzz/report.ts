@@ -20,7 +20,8 @@ export function table(results: readonly Row[], order?: readonly string[]): strin
   const lines = ["| attack | cases | clean error | ok | crash | hang |", "|---|---:|---:|---:|---:|---:|"];
   const total: Record<Outcome, number> = { clean: 0, ok: 0, crash: 0, hang: 0 };
   const families = new Map<string, Record<Outcome, number>>();
-  const line = (name: string, c: Record<Outcome, number>) => `| ${name} | ${OUTCOMES.reduce((s, o) => s + c[o], 0)} | ${c.clean} | ${c.ok} | ${c.crash} | ${c.hang} |`;
+  const line = (name: string, c: Record<Outcome, number>) =>
+    `| ${name} | ${OUTCOMES.reduce((s, o) => s + c[o], 0)} | ${c.clean} | ${c.ok} | ${c.crash} | ${c.hang} |`;
   for (const [attack, c] of rows) {
     if (OUTCOMES.every((o) => c[o] === 0)) continue;
     lines.push(line(attack, c));
@@ -50,7 +51,12 @@ export function crashClass(detail: string, stack: string | undefined): string {
   const frames = (stack ?? "")
     .split("\n")
     .filter((l) => /\b(src|grammar|passes)\//.test(l))
-    .map((l) => l.trim().replace(/^at /, "").replace(/:\d+:\d+(\)?)$/, "$1"));
+    .map((l) =>
+      l
+        .trim()
+        .replace(/^at /, "")
+        .replace(/:\d+:\d+(\)?)$/, "$1"),
+    );
   // Helpers every pass calls (tensor and node builders) say little: name their caller too.
   const helper = (f: string) => /\((src\/onnx\/tensor|passes\/builder)\.ts\)/.test(f);
   const caller = helper(frames[0] ?? "") ? frames.find((f) => !helper(f)) : undefined;

@@ -34,7 +34,12 @@ const VIT_SPECS = [
   "after layer 1 keep 50% by flowcut\nafter layer -1 keep 50% by cls-attn-ensemble(layers: 2..3)",
   "after layer 1 keep 25% by fopru(strategy: rows) with recycle",
 ];
-const EXPORT_SPECS = ["after layer 0 keep 50% by cls-attn", "after layer 1 keep 50% by global-attn", "after layer 0 keep 25% by norm; after layer 1 keep 50% by cls-attn", "after layer 0 keep 50% by k-center"];
+const EXPORT_SPECS = [
+  "after layer 0 keep 50% by cls-attn",
+  "after layer 1 keep 50% by global-attn",
+  "after layer 0 keep 25% by norm; after layer 1 keep 50% by cls-attn",
+  "after layer 0 keep 50% by k-center",
+];
 const DECODER_SPECS = [
   "tokens image = input image_mask\nafter layer 1 drop 50% of image by last-token-attn",
   "tokens image = input image_mask\nafter layer 1 drop 50% of image by pagerank",
@@ -44,12 +49,42 @@ const DECODER_SPECS = [
 ];
 
 const GRAPH_ONLY: [string, string, string[], number][] = [
-  ["gemma3-vision", "graph-only/gemma-3-4b-vlm/vision_encoder.onnx", ["after encoder keep 50% by global-attn", "after encoder keep 25% by norm"], 27],
-  ["gemma3-vision-q", "graph-only/gemma-3-4b-vlm/vision_encoder_quantized.onnx", ["after encoder keep 50% by global-attn"], 27],
-  ["gemma3-decoder", "graph-only/gemma-3-4b-vlm/decoder_model_merged.onnx", ["tokens image = input image_mask\nafter layer 1 drop 50% of image by last-token-attn"], 34],
-  ["qwen2vl-vision", "graph-only/qwen2-vl-2b-vision-tower-torchexport/model.onnx", ["after layer 2 keep 50% by global-attn", "after encoder keep 50% by global-attn"], 32],
-  ["qwen35-vision-q", "graph-only/qwen3.5-0.8b-vlm-int8/vision_encoder_quantized.onnx", ["after layer 2 keep 50% by global-attn"], 12],
-  ["qwen35-decoder-q", "graph-only/qwen3.5-0.8b-vlm-int8/decoder_model_merged_quantized.onnx", ["after layer 3 keep 50% by norm"], 24],
+  [
+    "gemma3-vision",
+    "graph-only/gemma-3-4b-vlm/vision_encoder.onnx",
+    ["after encoder keep 50% by global-attn", "after encoder keep 25% by norm"],
+    27,
+  ],
+  [
+    "gemma3-vision-q",
+    "graph-only/gemma-3-4b-vlm/vision_encoder_quantized.onnx",
+    ["after encoder keep 50% by global-attn"],
+    27,
+  ],
+  [
+    "gemma3-decoder",
+    "graph-only/gemma-3-4b-vlm/decoder_model_merged.onnx",
+    ["tokens image = input image_mask\nafter layer 1 drop 50% of image by last-token-attn"],
+    34,
+  ],
+  [
+    "qwen2vl-vision",
+    "graph-only/qwen2-vl-2b-vision-tower-torchexport/model.onnx",
+    ["after layer 2 keep 50% by global-attn", "after encoder keep 50% by global-attn"],
+    32,
+  ],
+  [
+    "qwen35-vision-q",
+    "graph-only/qwen3.5-0.8b-vlm-int8/vision_encoder_quantized.onnx",
+    ["after layer 2 keep 50% by global-attn"],
+    12,
+  ],
+  [
+    "qwen35-decoder-q",
+    "graph-only/qwen3.5-0.8b-vlm-int8/decoder_model_merged_quantized.onnx",
+    ["after layer 3 keep 50% by norm"],
+    24,
+  ],
 ];
 
 function cached(load: () => Uint8Array): () => Uint8Array {
@@ -67,31 +102,87 @@ const EXPORTS = join(REPO_ROOT, "test", "fixtures", "exports");
 /** Every seed model available here (the shared ViT-Ti only when ../shared has it). */
 export function seedModels(): SeedModel[] {
   const seeds: SeedModel[] = [
-    { name: "tiny-vit", source: "examples/tiny-vit/model.onnx", bytes: file(join(REPO_ROOT, "examples/tiny-vit/model.onnx")), specs: VIT_SPECS, layers: 4 },
-    { name: "digits", source: "examples/digits/model.onnx", bytes: file(join(REPO_ROOT, "examples/digits/model.onnx")), specs: VIT_SPECS, layers: 6 },
+    {
+      name: "tiny-vit",
+      source: "examples/tiny-vit/model.onnx",
+      bytes: file(join(REPO_ROOT, "examples/tiny-vit/model.onnx")),
+      specs: VIT_SPECS,
+      layers: 4,
+    },
+    {
+      name: "digits",
+      source: "examples/digits/model.onnx",
+      bytes: file(join(REPO_ROOT, "examples/digits/model.onnx")),
+      specs: VIT_SPECS,
+      layers: 6,
+    },
   ];
-  if (existsSync(VIT_TI)) seeds.push({ name: "vit-ti16", source: "../shared/models/synthetic/vit-ti16-cls-randinit/model.onnx", bytes: file(VIT_TI), specs: VIT_SPECS, layers: 12 });
+  if (existsSync(VIT_TI))
+    seeds.push({
+      name: "vit-ti16",
+      source: "../shared/models/synthetic/vit-ti16-cls-randinit/model.onnx",
+      bytes: file(VIT_TI),
+      specs: VIT_SPECS,
+      layers: 12,
+    });
   // Real exports without weights (fused attention, quantized MatMuls, Skip norms, merged encoders).
   for (const [name, rel, specs, layers] of GRAPH_ONLY) {
     const path = sharedModel(rel);
     if (existsSync(path)) seeds.push({ name, source: `../shared/models/${rel}`, bytes: file(path), specs, layers });
   }
   if (existsSync(EXPORTS)) {
-    for (const f of readdirSync(EXPORTS).filter((f) => f.endsWith(".onnx")).sort()) {
-      seeds.push({ name: `export:${f.replace(/\.onnx$/, "")}`, source: `test/fixtures/exports/${f}`, bytes: file(join(EXPORTS, f)), specs: EXPORT_SPECS, layers: 2 });
+    for (const f of readdirSync(EXPORTS)
+      .filter((f) => f.endsWith(".onnx"))
+      .sort()) {
+      seeds.push({
+        name: `export:${f.replace(/\.onnx$/, "")}`,
+        source: `test/fixtures/exports/${f}`,
+        bytes: file(join(EXPORTS, f)),
+        specs: EXPORT_SPECS,
+        layers: 2,
+      });
     }
   }
   const only = process.env["PRUNEC_FUZZ_SEEDS"];
   seeds.push(
-    { name: "fused-vit", source: "built in code (test/support/fused-vit.ts)", bytes: cached(() => buildFusedVit()), specs: ["after layer 1 keep 50% by cls-attn", "after layer 0 keep 50% by global-attn", "after layer 1 keep mass 60% by cls-attn with mask"], layers: 3 },
-    { name: "decoder-plain", source: "built in code (test/support/decoder.ts, plain)", bytes: cached(() => buildDecoder({ attention: "plain" })), specs: DECODER_SPECS, layers: 4 },
-    { name: "decoder-gqa", source: "built in code (test/support/decoder.ts, gqa)", bytes: cached(() => buildDecoder({ attention: "gqa" })), specs: DECODER_SPECS, layers: 4 },
-    { name: "decoder-gqa-rotary-op", source: "built in code (test/support/decoder.ts, gqa, rotary: op)", bytes: cached(() => buildDecoder({ attention: "gqa", rotary: "op" })), specs: DECODER_SPECS, layers: 4 },
+    {
+      name: "fused-vit",
+      source: "built in code (test/support/fused-vit.ts)",
+      bytes: cached(() => buildFusedVit()),
+      specs: [
+        "after layer 1 keep 50% by cls-attn",
+        "after layer 0 keep 50% by global-attn",
+        "after layer 1 keep mass 60% by cls-attn with mask",
+      ],
+      layers: 3,
+    },
+    {
+      name: "decoder-plain",
+      source: "built in code (test/support/decoder.ts, plain)",
+      bytes: cached(() => buildDecoder({ attention: "plain" })),
+      specs: DECODER_SPECS,
+      layers: 4,
+    },
+    {
+      name: "decoder-gqa",
+      source: "built in code (test/support/decoder.ts, gqa)",
+      bytes: cached(() => buildDecoder({ attention: "gqa" })),
+      specs: DECODER_SPECS,
+      layers: 4,
+    },
+    {
+      name: "decoder-gqa-rotary-op",
+      source: "built in code (test/support/decoder.ts, gqa, rotary: op)",
+      bytes: cached(() => buildDecoder({ attention: "gqa", rotary: "op" })),
+      specs: DECODER_SPECS,
+      layers: 4,
+    },
   );
   if (only === undefined) return seeds;
   // PRUNEC_FUZZ_SEEDS=REGEX: a campaign aimed at some seeds (model attacks draw only those).
   const chosen = seeds.filter((s) => new RegExp(only).test(s.name));
-  if (!chosen.length) throw new Error(`PRUNEC_FUZZ_SEEDS=${only} matches none of ${seeds.map((s) => s.name).join(", ")}`);
+  if (!chosen.length)
+    throw new Error(`PRUNEC_FUZZ_SEEDS=${only} matches none of ${seeds.map((s) => s.name).join(", ")}`);
   return chosen;
 }
 
@@ -128,6 +219,11 @@ export function makePrds(header: Record<string, unknown>, n: number, pixels: num
 export function seedDatasets(): SeedDataset[] {
   return [
     { name: "digits/sample.prds", bytes: file(join(REPO_ROOT, "examples/digits/sample.prds")) },
-    { name: "tiny (2 examples, 1×4×4, labels)", bytes: cached(() => makePrds({ n: 2, channels: 1, height: 4, width: 4, classes: 3, labels: ["a", "b", "c"] }, 2, 32)) },
+    {
+      name: "tiny (2 examples, 1×4×4, labels)",
+      bytes: cached(() =>
+        makePrds({ n: 2, channels: 1, height: 4, width: 4, classes: 3, labels: ["a", "b", "c"] }, 2, 32),
+      ),
+    },
   ];
 }

@@ -13,7 +13,10 @@ export interface SpecMutant {
   description: string;
 }
 
-const CRITERION_NAMES = [...CRITERIA, ...PLANNED].map((c) => ({ name: c.name, args: c.args as Record<string, ArgInfo> }));
+const CRITERION_NAMES = [...CRITERIA, ...PLANNED].map((c) => ({
+  name: c.name,
+  args: c.args as Record<string, ArgInfo>,
+}));
 
 function cased(r: Rng, word: string): string {
   if (!r.chance(0.1)) return word;
@@ -22,7 +25,12 @@ function cased(r: Rng, word: string): string {
 
 function number(r: Rng, lo: number, hi: number): string {
   const v = r.int(lo, hi);
-  return r.weighted([[6, `${v}`], [1, `${v}.5`], [1, `${v}e0`], [1, `${v}.0`]]);
+  return r.weighted([
+    [6, `${v}`],
+    [1, `${v}.5`],
+    [1, `${v}e0`],
+    [1, `${v}.0`],
+  ]);
 }
 
 function argValue(r: Rng, info: ArgInfo | undefined, layers: number): string {
@@ -37,13 +45,19 @@ function argValue(r: Rng, info: ArgInfo | undefined, layers: number): string {
 }
 
 function criterion(r: Rng, layers: number): string {
-  const c = r.chance(0.95) ? r.pick(CRITERION_NAMES) : { name: r.pick(["cls-atn", "nope", "attn", "random-"]), args: {} as Record<string, ArgInfo> };
+  const c = r.chance(0.95)
+    ? r.pick(CRITERION_NAMES)
+    : { name: r.pick(["cls-atn", "nope", "attn", "random-"]), args: {} as Record<string, ArgInfo> };
   const names = Object.keys(c.args);
   let args = "";
   if (r.chance(0.6) && (names.length || r.chance(0.1))) {
     const chosen = names.filter(() => r.chance(0.7));
     const positional = r.chance(0.3);
-    const parts = chosen.map((n) => (positional ? argValue(r, c.args[n], layers) : `${r.chance(0.05) ? "bogus" : n}: ${argValue(r, c.args[n], layers)}`));
+    const parts = chosen.map((n) =>
+      positional
+        ? argValue(r, c.args[n], layers)
+        : `${r.chance(0.05) ? "bogus" : n}: ${argValue(r, c.args[n], layers)}`,
+    );
     args = `(${parts.join(r.pick([", ", ",", " , "]))})`;
   }
   return cased(r, c.name) + args;
@@ -67,12 +81,19 @@ function stage(r: Rng, layer: number, layers: number, sets: readonly string[]): 
     [1, "after encoder"],
     [1, "before layer 0"],
   ]);
-  const verb = r.weighted([[6, "keep"], [3, "drop"], [1, "merge"]]);
+  const verb = r.weighted([
+    [6, "keep"],
+    [3, "drop"],
+    [1, "merge"],
+  ]);
   const amt = amount(r, 64);
   const of = sets.length && r.chance(0.4) ? ` of ${r.pick(sets)}` : "";
-  const by = verb === "merge" && r.chance(0.7) ? `similarity${r.chance(0.3) ? "(proportional: 1)" : ""}` : criterion(r, layers);
-  const options = r.chance(0.25) ? ` with ${["mask", "recycle", "renumber"].filter(() => r.chance(0.5)).join(", ") || "mask"}` : "";
-  return `${position} ${cased(r, verb)}${amt ? " " + amt : ""}${of} by ${by}${options}`;
+  const by =
+    verb === "merge" && r.chance(0.7) ? `similarity${r.chance(0.3) ? "(proportional: 1)" : ""}` : criterion(r, layers);
+  const options = r.chance(0.25)
+    ? ` with ${["mask", "recycle", "renumber"].filter(() => r.chance(0.5)).join(", ") || "mask"}`
+    : "";
+  return `${position} ${cased(r, verb)}${amt ? ` ${amt}` : ""}${of} by ${by}${options}`;
 }
 
 /** A spec from the grammar's constructs, meant for a model with `layers` layers (often valid). */
@@ -88,7 +109,11 @@ export function generateSpec(r: Rng, layers: number): string {
       sets.push("instruction");
     }
   }
-  const count = r.weighted([[6, 1], [3, 2], [1, r.int(3, 5)]]);
+  const count = r.weighted([
+    [6, 1],
+    [3, 2],
+    [1, r.int(3, 5)],
+  ]);
   let layer = r.int(-1, Math.min(1, layers - 1));
   for (let i = 0; i < count; i++) {
     statements.push(stage(r, r.chance(0.1) ? r.int(-layers - 1, layers + 1) : layer, layers, sets));
@@ -96,7 +121,13 @@ export function generateSpec(r: Rng, layers: number): string {
   }
   let text = "";
   for (const [i, s] of statements.entries()) {
-    if (i > 0) text += r.weighted([[6, "\n"], [2, "; "], [1, "\r\n"], [1, "\n\n  "]]);
+    if (i > 0)
+      text += r.weighted([
+        [6, "\n"],
+        [2, "; "],
+        [1, "\r\n"],
+        [1, "\n\n  "],
+      ]);
     text += s;
     if (r.chance(0.1)) text += `  # ${r.pick(["comment", "keep 25%", "é🙂", ""])}`;
   }
@@ -104,9 +135,71 @@ export function generateSpec(r: Rng, layers: number): string {
   return text;
 }
 
-const INSERTIONS = ["\u0000", "\r\n", "\r", "\n", "\t", "\ufeff", "\u200b", "\u00a0", "é", "🙂", "\ud800", "\udfff", "\u2028", "\u0301", "%", ";", "#", "..", "(", ")", ",", ":", "-", "=", "∞", "１", "\u000b", "\u001b[31m", "'", '"', "\\", "${x}", " ", "\u{10ffff}"];
+const INSERTIONS = [
+  "\u0000",
+  "\r\n",
+  "\r",
+  "\n",
+  "\t",
+  "\ufeff",
+  "\u200b",
+  "\u00a0",
+  "é",
+  "🙂",
+  "\ud800",
+  "\udfff",
+  "\u2028",
+  "\u0301",
+  "%",
+  ";",
+  "#",
+  "..",
+  "(",
+  ")",
+  ",",
+  ":",
+  "-",
+  "=",
+  "∞",
+  "１",
+  "\u000b",
+  "\u001b[31m",
+  "'",
+  '"',
+  "\\",
+  // biome-ignore lint/suspicious/noTemplateCurlyInString: the literal text "${x}" is a spec mutation
+  "${x}",
+  " ",
+  "\u{10ffff}",
+];
 
-const HUGE = ["1e309", "1e308", "99999999999999999999999", "9007199254740993", "-0", "0.0000000001", "1e-400", "2147483648", "4294967296", "100.0000000001", "00000001", "1.5e2", "1" + "0".repeat(400), "-9223372036854775808", "0", "-1", "NaN", "Infinity", "1e", "1.", ".5", "1..2", "0x10", "-2147483649", "5e-324"];
+const HUGE = [
+  "1e309",
+  "1e308",
+  "99999999999999999999999",
+  "9007199254740993",
+  "-0",
+  "0.0000000001",
+  "1e-400",
+  "2147483648",
+  "4294967296",
+  "100.0000000001",
+  "00000001",
+  "1.5e2",
+  `1${"0".repeat(400)}`,
+  "-9223372036854775808",
+  "0",
+  "-1",
+  "NaN",
+  "Infinity",
+  "1e",
+  "1.",
+  ".5",
+  "1..2",
+  "0x10",
+  "-2147483649",
+  "5e-324",
+];
 
 /** The spec mutation kinds (the "attack" rows). */
 export const SPEC_MUTATIONS = ["valid", "flip", "insert", "truncate", "duplicate", "huge-number", "long-line"] as const;
@@ -152,7 +245,12 @@ export function mutateSpec(r: Rng, kind: SpecMutation, text: string): SpecMutant
     const how = r.pick(["line", "whole", "many"] as const);
     if (how === "whole") {
       const k = r.int(2, 5);
-      return { text: Array(k).fill(text).join(r.pick(["\n", ";", ""])), description: `whole text ×${k}` };
+      return {
+        text: Array(k)
+          .fill(text)
+          .join(r.pick(["\n", ";", ""])),
+        description: `whole text ×${k}`,
+      };
     }
     const i = r.int(0, lines.length - 1);
     const k = how === "line" ? r.int(2, 4) : r.int(100, 3000);
@@ -164,18 +262,36 @@ export function mutateSpec(r: Rng, kind: SpecMutation, text: string): SpecMutant
     const h = r.pick(HUGE);
     if (!nums.length) return { text: `${text} ${h}`, description: `append ${h}` };
     const m = r.pick(nums);
-    return { text: text.slice(0, m.index) + h + text.slice(m.index! + m[0].length), description: `number '${m[0]}' at ${m.index} → ${h.length > 30 ? h.slice(0, 12) + `…(${h.length} chars)` : h}` };
+    return {
+      text: text.slice(0, m.index) + h + text.slice(m.index! + m[0].length),
+      description: `number '${m[0]}' at ${m.index} → ${h.length > 30 ? `${h.slice(0, 12)}…(${h.length} chars)` : h}`,
+    };
   }
   // long-line
-  const how = r.pick(["identifier", "stages", "comment", "parens", "args", "options", "percent digits", "spaces"] as const);
+  const how = r.pick([
+    "identifier",
+    "stages",
+    "comment",
+    "parens",
+    "args",
+    "options",
+    "percent digits",
+    "spaces",
+  ] as const);
   const big = r.int(10_000, 200_000);
   let out: string;
   if (how === "identifier") out = `after layer 1 keep 25% by ${"a".repeat(big)}`;
-  else if (how === "stages") out = Array.from({ length: Math.floor(big / 40) }, (_, i) => `after layer ${i} keep 50% by cls-attn`).join("; ");
+  else if (how === "stages")
+    out = Array.from({ length: Math.floor(big / 40) }, (_, i) => `after layer ${i} keep 50% by cls-attn`).join("; ");
   else if (how === "comment") out = `${text}# ${"x".repeat(big * 5)}`;
-  else if (how === "parens") out = `after layer 1 keep 25% by cls-attn${"(".repeat(big)}${")".repeat(r.chance(0.5) ? big : 0)}`;
-  else if (how === "args") out = `after layer 1 keep 25% by random(${Array.from({ length: Math.floor(big / 10) }, (_, i) => `seed: ${i}`).join(", ")})`;
-  else if (how === "options") out = `after layer 1 keep 25% by cls-attn with ${Array(Math.floor(big / 6)).fill("mask").join(", ")}`;
+  else if (how === "parens")
+    out = `after layer 1 keep 25% by cls-attn${"(".repeat(big)}${")".repeat(r.chance(0.5) ? big : 0)}`;
+  else if (how === "args")
+    out = `after layer 1 keep 25% by random(${Array.from({ length: Math.floor(big / 10) }, (_, i) => `seed: ${i}`).join(", ")})`;
+  else if (how === "options")
+    out = `after layer 1 keep 25% by cls-attn with ${Array(Math.floor(big / 6))
+      .fill("mask")
+      .join(", ")}`;
   else if (how === "percent digits") out = `after layer 1 keep ${"9".repeat(big)}.${"9".repeat(10)}% by cls-attn`;
   else out = `${" ".repeat(big)}${text}${"\t".repeat(1000)}`;
   return { text: out, description: `long line: ${how} (${out.length} chars)` };

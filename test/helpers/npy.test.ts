@@ -9,7 +9,7 @@ function npyBytes(version: 1 | 2, descr: string, shape: number[], payload: Uint8
   let header = `{'descr': '${descr}', 'fortran_order': ${fortran ? "True" : "False"}, 'shape': ${shapeText}, }`;
   const pre = version === 1 ? 10 : 12;
   const total = Math.ceil((pre + header.length + 1) / 64) * 64;
-  header = header.padEnd(total - pre - 1, " ") + "\n";
+  header = `${header.padEnd(total - pre - 1, " ")}\n`;
   const out = new Uint8Array(total + payload.length);
   out.set([0x93, 0x4e, 0x55, 0x4d, 0x50, 0x59, version, 0]);
   const dv = new DataView(out.buffer);

@@ -25,7 +25,8 @@ const DESCRS: Record<string, { dtype: NpyDtype; size: number }> = {
 
 /** Parse .npy bytes. `source` only names the input in error messages. */
 export function parseNpy(bytes: Uint8Array, source = "npy"): NpyArray {
-  if (bytes.length < 10 || MAGIC.some((b, i) => bytes[i] !== b)) throw new Error(`${source}: not a .npy file (bad magic)`);
+  if (bytes.length < 10 || MAGIC.some((b, i) => bytes[i] !== b))
+    throw new Error(`${source}: not a .npy file (bad magic)`);
   const major = bytes[6]!;
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   let headerLen: number;
@@ -68,7 +69,9 @@ export function parseNpy(bytes: Uint8Array, source = "npy"): NpyArray {
   const count = shape.reduce((a, b) => a * b, 1);
   const byteLen = count * kind.size;
   if (bytes.length - dataStart < byteLen) {
-    throw new Error(`${source}: payload has ${bytes.length - dataStart} bytes, shape (${shape.join(", ")}) needs ${byteLen}`);
+    throw new Error(
+      `${source}: payload has ${bytes.length - dataStart} bytes, shape (${shape.join(", ")}) needs ${byteLen}`,
+    );
   }
   // Copy so the typed array is aligned and independent of the file buffer. (Not `bytes.slice`: on a
   // Node Buffer that returns a view, not a copy.)

@@ -15,7 +15,10 @@ export function ensembleScores(layers: number[][][][], prefix: number): number[]
 /** [layer][batch][h][q][k] → kept positions per example. */
 export function ensembleKeep(layers: Probs[], percent: number, prefix: number): number[][] {
   return layers[0]!.map((_, b) => {
-    const scores = ensembleScores(layers.map((l) => l[b]!), prefix);
+    const scores = ensembleScores(
+      layers.map((l) => l[b]!),
+      prefix,
+    );
     return topKPositions(scores, keepCount(percent, scores.length), prefix);
   });
 }
@@ -24,7 +27,12 @@ export function ensembleKeep(layers: Probs[], percent: number, prefix: number): 
  * AIM's weighted PageRank on one example's logits [h][N][N]: M = softmax(logits/τ) per row,
  * d = (1/N)·1, `iterations` times d_j ← Σ_i d_i M[i][j], score = sqrt(mean_h d²); prunable tokens.
  */
-export function pagerankScores(logits: number[][][], iterations: number, temperature: number, prefix: number): number[] {
+export function pagerankScores(
+  logits: number[][][],
+  iterations: number,
+  temperature: number,
+  prefix: number,
+): number[] {
   const n = logits[0]!.length;
   const perHead = logits.map((rowsOfHead) => {
     const m = rowsOfHead.map((row) => {
@@ -43,11 +51,18 @@ export function pagerankScores(logits: number[][][], iterations: number, tempera
     return d;
   });
   const scores: number[] = [];
-  for (let j = prefix; j < n; j++) scores.push(Math.sqrt(perHead.reduce((a, d) => a + d[j]! * d[j]!, 0) / perHead.length));
+  for (let j = prefix; j < n; j++)
+    scores.push(Math.sqrt(perHead.reduce((a, d) => a + d[j]! * d[j]!, 0) / perHead.length));
   return scores;
 }
 
-export function pagerankKeep(logits: Probs, percent: number, prefix: number, iterations = 5, temperature = 0.1): number[][] {
+export function pagerankKeep(
+  logits: Probs,
+  percent: number,
+  prefix: number,
+  iterations = 5,
+  temperature = 0.1,
+): number[][] {
   return logits.map((example) => {
     const scores = pagerankScores(example, iterations, temperature, prefix);
     return topKPositions(scores, keepCount(percent, scores.length), prefix);
@@ -61,16 +76,23 @@ const variance = (xs: number[]): number => {
 };
 
 /** FoPru on one example's probabilities [h][N][N]: the score of the prunable tokens and which mean it is. */
-export function fopruScores(probs: number[][][], prefix: number): { scores: number[]; chose: "columns" | "rows"; margin: number } {
+export function fopruScores(
+  probs: number[][][],
+  prefix: number,
+): { scores: number[]; chose: "columns" | "rows"; margin: number } {
   const n = probs[0]!.length;
   const np = n - prefix;
   // Head-mean patch × patch attention.
-  const p = Array.from({ length: np }, (_, i) => Array.from({ length: np }, (_, j) => mean(probs.map((h) => h[i + prefix]![j + prefix]!))));
+  const p = Array.from({ length: np }, (_, i) =>
+    Array.from({ length: np }, (_, j) => mean(probs.map((h) => h[i + prefix]![j + prefix]!))),
+  );
   const columns = Array.from({ length: np }, (_, j) => mean(p.map((row) => row[j]!)));
   const rowMeans = p.map(mean);
   const [vc, vr] = [variance(columns), variance(rowMeans)];
   // Strict '>' as in hydrainfer's focal_prunning: a tie takes the row mean.
-  return vc > vr ? { scores: columns, chose: "columns", margin: vc / vr } : { scores: rowMeans, chose: "rows", margin: vc / vr };
+  return vc > vr
+    ? { scores: columns, chose: "columns", margin: vc / vr }
+    : { scores: rowMeans, chose: "rows", margin: vc / vr };
 }
 
 export function fopruKeep(probs: Probs, percent: number, prefix: number): number[][] {
@@ -90,7 +112,9 @@ export function fopruRowsKeep(probs: Probs, rowsKept: number, prefix: number): n
     const w = Math.round(Math.sqrt(scores.length));
     const rowScores = Array.from({ length: w }, (_, r) => scores.slice(r * w, (r + 1) * w).reduce((a, x) => a + x, 0));
     const rowsChosen = topKPositions(rowScores, rowsKept, 0);
-    const positions = rowsChosen.flatMap((r) => Array.from({ length: w }, (_, c) => prefix + r * w + c)).sort((a, b) => a - b);
+    const positions = rowsChosen
+      .flatMap((r) => Array.from({ length: w }, (_, c) => prefix + r * w + c))
+      .sort((a, b) => a - b);
     return [...Array(prefix).keys(), ...positions];
   });
 }

@@ -32,7 +32,13 @@ export function randomKeep(n: number, percent: number, prefix: number, seed: num
     a[j] = t;
   }
   const k = keepCount(percent, n);
-  return [...Array(prefix).keys(), ...a.slice(0, k).map((i) => i + prefix).sort((x, y) => x - y)];
+  return [
+    ...Array(prefix).keys(),
+    ...a
+      .slice(0, k)
+      .map((i) => i + prefix)
+      .sort((x, y) => x - y),
+  ];
 }
 
 /** uniform: farthest-point order on a g×g grid from the cell nearest the centre (ties: lowest index). */
@@ -44,7 +50,9 @@ export function uniformKeep(grid: number, percent: number, prefix: number): numb
   const k = keepCount(percent, cells.length);
   while (chosen.length < k) {
     const rest = cells.filter((p) => !chosen.includes(p));
-    const far = rest.map((p) => ({ p, m: Math.min(...chosen.map((q) => d(p, q))) })).sort((u, v) => v.m - u.m || u.p.i - v.p.i)[0]!;
+    const far = rest
+      .map((p) => ({ p, m: Math.min(...chosen.map((q) => d(p, q))) }))
+      .sort((u, v) => v.m - u.m || u.p.i - v.p.i)[0]!;
     chosen.push(far.p);
   }
   return [...Array(prefix).keys(), ...chosen.map((p) => p.i + prefix).sort((x, y) => x - y)];

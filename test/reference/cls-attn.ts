@@ -25,7 +25,10 @@ export function clsScores(probs: number[][][], prefix: number): number[] {
 /** Top-k by score (ties: lower index first), returned as ascending token positions with the prefix in front. */
 export function topKPositions(scores: number[], k: number, prefix: number): number[] {
   const order = scores.map((s, i) => [s, i] as const).sort((a, b) => (b[0] !== a[0] ? b[0] - a[0] : a[1] - b[1]));
-  const chosen = order.slice(0, k).map(([, i]) => i + prefix).sort((a, b) => a - b);
+  const chosen = order
+    .slice(0, k)
+    .map(([, i]) => i + prefix)
+    .sort((a, b) => a - b);
   return [...Array(prefix).keys(), ...chosen];
 }
 

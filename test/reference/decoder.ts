@@ -15,7 +15,13 @@
  */
 import { decodeModel } from "../../src/onnx/io.js";
 import { readNumbers } from "../../src/onnx/tensor.js";
-import { DECODER, weightNames, type DecoderOptions, type DecoderWeights, type LayerWeights } from "../support/decoder.js";
+import {
+  DECODER,
+  weightNames,
+  type DecoderOptions,
+  type DecoderWeights,
+  type LayerWeights,
+} from "../support/decoder.js";
 import { keepCount, topKPositions } from "./cls-attn.js";
 
 /** The decoder's weights as stored in `model` (initializers named as the builder names them). */
@@ -90,7 +96,8 @@ export class ReferenceDecoder {
   ) {}
 
   newCache(): KvCache {
-    const per = () => Array.from({ length: this.o.layers }, () => Array.from({ length: this.o.kvHeads }, () => [] as Float64Array[]));
+    const per = () =>
+      Array.from({ length: this.o.layers }, () => Array.from({ length: this.o.kvHeads }, () => [] as Float64Array[]));
     return { length: 0, keys: per(), values: per() };
   }
 
@@ -100,7 +107,7 @@ export class ReferenceDecoder {
     const y = new Float64Array(x.length);
     for (let h = 0; h < heads; h++) {
       for (let i = 0; i < half; i++) {
-        const angle = pos * Math.pow(this.o.ropeBase, (-2 * i) / hs);
+        const angle = pos * this.o.ropeBase ** ((-2 * i) / hs);
         const c = Math.cos(angle);
         const s = Math.sin(angle);
         const a = x[h * hs + i]!;
@@ -121,7 +128,14 @@ export class ReferenceDecoder {
   private sizes() {
     const o = this.o;
     const hs = o.headSize;
-    return { d: o.hidden, hs, qw: o.heads * hs, kvw: o.kvHeads * hs, rep: o.heads / o.kvHeads, scale: 1 / Math.sqrt(hs) };
+    return {
+      d: o.hidden,
+      hs,
+      qw: o.heads * hs,
+      kvw: o.kvHeads * hs,
+      rep: o.heads / o.kvHeads,
+      scale: 1 / Math.sqrt(hs),
+    };
   }
 
   /** Runs `tokens` after what `cache` holds (appending to it); returns each token's logits. */
@@ -173,7 +187,10 @@ export class ReferenceDecoder {
   }
 
   /** Greedy: prefill `prompt`, then feed back the argmax `steps − 1` times; `steps` tokens in all. */
-  generate(prompt: readonly number[], steps: number): { tokens: number[]; prefill: Float64Array[]; steps: Float64Array[] } {
+  generate(
+    prompt: readonly number[],
+    steps: number,
+  ): { tokens: number[]; prefill: Float64Array[]; steps: Float64Array[] } {
     const cache = this.newCache();
     const prefill = this.forward(prompt, cache);
     const tokens = [argmax(prefill.at(-1)!)];
@@ -254,19 +271,30 @@ export class ReferenceDecoder {
    * position N + step − 1 (dense numbering continuing from the original prompt length).
    * dropPercent 0 is the dense model computed layer by layer.
    */
-  generatePruned(prompt: readonly number[], image: readonly boolean[], fastv: FastvOptions, steps: number): PrunedGeneration {
+  generatePruned(
+    prompt: readonly number[],
+    image: readonly boolean[],
+    fastv: FastvOptions,
+    steps: number,
+  ): PrunedGeneration {
     const o = this.o;
     const d = o.hidden;
     const n = prompt.length;
-    if (image.length !== n) throw new Error(`generatePruned: image mask has ${image.length} entries for ${n} prompt tokens`);
-    if (fastv.afterLayer < 0 || fastv.afterLayer >= o.layers) throw new Error(`generatePruned: afterLayer ${fastv.afterLayer} out of range 0..${o.layers - 1}`);
-    if (image[n - 1]) throw new Error("generatePruned: the last prompt token must not be an image token (its logits give the first generated token)");
+    if (image.length !== n)
+      throw new Error(`generatePruned: image mask has ${image.length} entries for ${n} prompt tokens`);
+    if (fastv.afterLayer < 0 || fastv.afterLayer >= o.layers)
+      throw new Error(`generatePruned: afterLayer ${fastv.afterLayer} out of range 0..${o.layers - 1}`);
+    if (image[n - 1])
+      throw new Error(
+        "generatePruned: the last prompt token must not be an image token (its logits give the first generated token)",
+      );
     const caches: LayerCache[] = Array.from({ length: o.layers }, () => ({
       keys: Array.from({ length: o.kvHeads }, () => [] as Float64Array[]),
       values: Array.from({ length: o.kvHeads }, () => [] as Float64Array[]),
     }));
     const embed = (token: number): Float64Array => Float64Array.from(this.w.embed.subarray(token * d, (token + 1) * d));
-    const logitsOf = (x: Float64Array): Float64Array => linear(rmsNorm(x, this.w.norm, o.epsilon), this.w.lmHead, d, o.vocab);
+    const logitsOf = (x: Float64Array): Float64Array =>
+      linear(rmsNorm(x, this.w.norm, o.epsilon), this.w.lmHead, d, o.vocab);
 
     // Prefill.
     let xs = prompt.map(embed);
@@ -357,7 +385,13 @@ export function fastvDropCount(percent: number, n: number): number {
 export function fastvKept(scores: readonly number[], image: readonly boolean[], dropPercent: number): number[] {
   const imagePositions = image.flatMap((v, j) => (v ? [j] : []));
   const drop = fastvDropCount(dropPercent, imagePositions.length);
-  const keptImage = new Set(topKPositions(imagePositions.map((j) => scores[j]!), imagePositions.length - drop, 0).map((i) => imagePositions[i]!));
+  const keptImage = new Set(
+    topKPositions(
+      imagePositions.map((j) => scores[j]!),
+      imagePositions.length - drop,
+      0,
+    ).map((i) => imagePositions[i]!),
+  );
   return image.flatMap((isImage, j) => (!isImage || keptImage.has(j) ? [j] : []));
 }
 

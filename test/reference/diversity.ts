@@ -38,7 +38,8 @@ function pick(scores: number[], taken: ReadonlySet<number>, largest = true): { a
     if (at < 0 || (largest ? scores[j]! > scores[at]! : scores[j]! < scores[at]!)) at = j;
   }
   let margin = Infinity;
-  for (let j = 0; j < scores.length; j++) if (j !== at && !taken.has(j)) margin = Math.min(margin, Math.abs(scores[at]! - scores[j]!));
+  for (let j = 0; j < scores.length; j++)
+    if (j !== at && !taken.has(j)) margin = Math.min(margin, Math.abs(scores[at]! - scores[j]!));
   return { at, margin };
 }
 
@@ -87,7 +88,15 @@ export function kCenterSelect(x: number[][], k: number): Selection {
   const sq = (a: number[], b: number[]) => a.reduce((s, v, c) => s + (v - b[c]!) ** 2, 0);
   const dist = Array.from({ length: n }, () => new Array<number>(n).fill(0));
   for (let i = 0; i < n; i++) for (let j = i + 1; j < n; j++) dist[i]![j] = dist[j]![i] = sq(x[i]!, x[j]!);
-  return greedy(dist, pick(x.map((v) => sq(v, mean)), new Set(), false), k);
+  return greedy(
+    dist,
+    pick(
+      x.map((v) => sq(v, mean)),
+      new Set(),
+      false,
+    ),
+    k,
+  );
 }
 
 /**
@@ -105,6 +114,9 @@ export function diversityKeep(
     const k = keepCount(percent, prunable.length);
     return method === "diversity" ? divpruneSelect(prunable, k) : kCenterSelect(prunable, k);
   });
-  const kept = selections.map((s) => [...Array(prefix).keys(), ...s.order.map((t) => t + prefix).sort((a, b) => a - b)]);
+  const kept = selections.map((s) => [
+    ...Array(prefix).keys(),
+    ...s.order.map((t) => t + prefix).sort((a, b) => a - b),
+  ]);
   return { kept, selections };
 }

@@ -63,7 +63,10 @@ export function flowcutScores(layers: { probs: number[][][]; values: number[][][
 /** Kept token positions (prefix in front) per example; `layers` lists each averaged layer's probs and values. */
 export function flowcutKeep(layers: { probs: Probs; values: Values }[], percent: number, prefix: number): number[][] {
   return layers[0]!.probs.map((_, b) => {
-    const scores = flowcutScores(layers.map((l) => ({ probs: l.probs[b]!, values: l.values[b]! })), prefix);
+    const scores = flowcutScores(
+      layers.map((l) => ({ probs: l.probs[b]!, values: l.values[b]! })),
+      prefix,
+    );
     return topKPositions(scores, keepCount(percent, scores.length), prefix);
   });
 }

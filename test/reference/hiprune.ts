@@ -41,7 +41,13 @@ function topk(scores: number[], k: number): number[] {
 export function anchorsAndBuffers(gObject: number[], nA: number, grid: number): { anchors: number[]; cand: number[] } {
   const np = gObject.length;
   const anchors = topk(gObject, nA);
-  const raw = [...anchors, ...anchors.map((a) => a - 1), ...anchors.map((a) => a + 1), ...anchors.map((a) => a - grid), ...anchors.map((a) => a + grid)];
+  const raw = [
+    ...anchors,
+    ...anchors.map((a) => a - 1),
+    ...anchors.map((a) => a + 1),
+    ...anchors.map((a) => a - grid),
+    ...anchors.map((a) => a + grid),
+  ];
   return { anchors, cand: [...new Set(raw.map((i) => Math.min(np - 1, Math.max(0, i))))] };
 }
 
@@ -54,7 +60,10 @@ export function hipruneSelect(gObject: number[], gDeep: number[], keep: number, 
   if (cand.length > keep) {
     const anchorSet = new Set(anchors);
     const buffers = cand.filter((i) => !anchorSet.has(i));
-    const best = topk(buffers.map((i) => gDeep[i]!), keep - anchors.length).map((r) => buffers[r]!);
+    const best = topk(
+      buffers.map((i) => gDeep[i]!),
+      keep - anchors.length,
+    ).map((r) => buffers[r]!);
     return [...anchors, ...best].sort((a, b) => a - b);
   }
   const mask = new Set(cand);
@@ -67,7 +76,14 @@ export function hipruneSelect(gObject: number[], gDeep: number[], keep: number, 
  * Kept token positions (prefix in front) per example, from the object layer's and the stage
  * layer's probabilities [batch][head][query][key]; `keep` = N', the stage's prunable keep count.
  */
-export function hipruneKeep(objectProbs: Probs, deepProbs: Probs, keep: number, alpha: number, prefix: number, nA = anchorCountRef(keep, alpha)): number[][] {
+export function hipruneKeep(
+  objectProbs: Probs,
+  deepProbs: Probs,
+  keep: number,
+  alpha: number,
+  prefix: number,
+  nA = anchorCountRef(keep, alpha),
+): number[][] {
   return deepProbs.map((deep, b) => {
     const gDeep = globalScores(deep, prefix);
     const gObject = globalScores(objectProbs[b]!, prefix);

@@ -17,7 +17,10 @@ export function textPositions(image: readonly boolean[]): number[] {
 }
 
 /** Each text token's relevance m_t (mean over image tokens of softmax over text of V·Tᵀ) and their mean. */
-export function raterRelevance(embeds: readonly (readonly number[])[], image: readonly boolean[]): { text: number[]; m: number[]; mean: number } {
+export function raterRelevance(
+  embeds: readonly (readonly number[])[],
+  image: readonly boolean[],
+): { text: number[]; m: number[]; mean: number } {
   const text = textPositions(image);
   const visual = image.flatMap((v, j) => (v ? [j] : []));
   const dot = (a: readonly number[], b: readonly number[]) => a.reduce((s, x, i) => s + x * b[i]!, 0);
@@ -33,7 +36,10 @@ export function raterRelevance(embeds: readonly (readonly number[])[], image: re
 }
 
 /** SparseVLM's raters of one example; `fallback` when none passed the threshold (all text rates). */
-export function sparsevlmRaters(embeds: readonly (readonly number[])[], image: readonly boolean[]): { raters: number[]; fallback: boolean } {
+export function sparsevlmRaters(
+  embeds: readonly (readonly number[])[],
+  image: readonly boolean[],
+): { raters: number[]; fallback: boolean } {
   const { text, m, mean } = raterRelevance(embeds, image);
   if (!text.length) return { raters: [], fallback: true };
   const raters = text.filter((_, i) => m[i]! > mean);
@@ -41,7 +47,10 @@ export function sparsevlmRaters(embeds: readonly (readonly number[])[], image: r
 }
 
 /** s_j for every key j of one example: probs[h][q][j], mean over heads and the raters' rows (zeros without raters). */
-export function textAttnScores(probs: readonly (readonly (readonly number[])[])[], raters: readonly number[]): number[] {
+export function textAttnScores(
+  probs: readonly (readonly (readonly number[])[])[],
+  raters: readonly number[],
+): number[] {
   const heads = probs.length;
   const n = probs[0]![0]!.length;
   return Array.from({ length: n }, (_, j) => {

@@ -42,7 +42,14 @@ const dot = (u: number[], v: number[]) => u.reduce((s, x, i) => s + x * v[i]!, 0
  * step's `tomeOrder` renumbered as this step's positions, see `nextSequence`). ToMe splits THAT
  * order into a = [0::2], b = [1::2], so a second merge pairs other tokens than position order would.
  */
-export function tomeStep(keys: number[][], x: number[][], sizes: number[], r: number, prefix: number, sequence: number[] = [...keys.keys()]): TomeStep {
+export function tomeStep(
+  keys: number[][],
+  x: number[][],
+  sizes: number[],
+  r: number,
+  prefix: number,
+  sequence: number[] = [...keys.keys()],
+): TomeStep {
   const metric = keys.map((k) => {
     const norm = Math.max(Math.sqrt(dot(k, k)), 1e-12);
     return k.map((v) => v / norm);
@@ -54,7 +61,9 @@ export function tomeStep(keys: number[][], x: number[][], sizes: number[], r: nu
   // longer prefixes (registers) protect their A rows and B columns the same way.
   const protectedA = Math.ceil(prefix / 2);
   const protectedB = Math.floor(prefix / 2);
-  const scores = aIdx.map((i, ai) => bIdx.map((j, bi) => (ai < protectedA || bi < protectedB ? -Infinity : dot(metric[i]!, metric[j]!))));
+  const scores = aIdx.map((i, ai) =>
+    bIdx.map((j, bi) => (ai < protectedA || bi < protectedB ? -Infinity : dot(metric[i]!, metric[j]!))),
+  );
   const nodeMax: number[] = [];
   const nodeIdx: number[] = [];
   let partnerGap = Infinity;
@@ -69,7 +78,8 @@ export function tomeStep(keys: number[][], x: number[][], sizes: number[], r: nu
   const edges = [...nodeMax.keys()].sort((p, q) => nodeMax[q]! - nodeMax[p]! || p - q);
   const src = edges.slice(0, r);
   let unm = edges.slice(r);
-  const boundaryGap = r < edges.length && Number.isFinite(nodeMax[edges[r]!]!) ? nodeMax[edges[r - 1]!]! - nodeMax[edges[r]!]! : Infinity;
+  const boundaryGap =
+    r < edges.length && Number.isFinite(nodeMax[edges[r]!]!) ? nodeMax[edges[r - 1]!]! - nodeMax[edges[r]!]! : Infinity;
   for (const a of src) partnerGap = Math.min(partnerGap, nodeMax[a]! - secondBest[a]!);
   // if class_token: unm_idx = unm_idx.sort(dim=1)[0]  (by A index, i.e. place in the sequence)
   if (prefix > 0) unm = unm.slice().sort((p, q) => p - q);
@@ -88,7 +98,10 @@ export function tomeStep(keys: number[][], x: number[][], sizes: number[], r: nu
   const positions = [...keys.keys()].filter((i) => !gone.has(i));
   const unmPositions = unm.map((a) => aIdx[a]!);
   // torch.cat([unm, dst]); with a distillation token: cat([unm[:, :1], dst[:, :1], unm[:, 1:], dst[:, 1:]]).
-  const tomeOrder = prefix === 2 ? [unmPositions[0]!, bIdx[0]!, ...unmPositions.slice(1), ...bIdx.slice(1)] : [...unmPositions, ...bIdx];
+  const tomeOrder =
+    prefix === 2
+      ? [unmPositions[0]!, bIdx[0]!, ...unmPositions.slice(1), ...bIdx.slice(1)]
+      : [...unmPositions, ...bIdx];
   return {
     positions,
     merged: positions.map((i) => sum[i]!.map((v) => v / size[i]!)),
@@ -126,5 +139,7 @@ export function headMeanKeysFromKt(data: Float32Array, dims: number[], heads: nu
 /** [B, N, C] float data as nested arrays. */
 export function tokensOf(data: Float32Array, dims: number[]): number[][][] {
   const [b, n, c] = dims as [number, number, number];
-  return Array.from({ length: b }, (_, i) => Array.from({ length: n }, (_, j) => Array.from(data.subarray((i * n + j) * c, (i * n + j + 1) * c))));
+  return Array.from({ length: b }, (_, i) =>
+    Array.from({ length: n }, (_, j) => Array.from(data.subarray((i * n + j) * c, (i * n + j + 1) * c))),
+  );
 }

@@ -22,7 +22,12 @@ function normalisedImage(s: number[], image: readonly boolean[]): number[] {
  * mean over heads, mean over the instruction queries (the tokens after the last image token) of
  * the image columns, normalised to sum 1. One score per image token, in position order.
  */
-export function igaImageScores(probs: Float32Array, dims: readonly number[], b: number, image: readonly boolean[]): number[] {
+export function igaImageScores(
+  probs: Float32Array,
+  dims: readonly number[],
+  b: number,
+  image: readonly boolean[],
+): number[] {
   const [, heads, n] = dims as [number, number, number, number];
   const last = image.lastIndexOf(true);
   const queries = [...Array(n).keys()].filter((q) => q > last);

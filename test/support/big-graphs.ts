@@ -6,7 +6,13 @@
  * model stays a few hundred kilobytes.
  */
 import { create } from "@bufbuild/protobuf";
-import { GraphProtoSchema, ModelProtoSchema, OperatorSetIdProtoSchema, type NodeProto, type TensorProto } from "../../src/onnx/gen/onnx_pb.js";
+import {
+  GraphProtoSchema,
+  ModelProtoSchema,
+  OperatorSetIdProtoSchema,
+  type NodeProto,
+  type TensorProto,
+} from "../../src/onnx/gen/onnx_pb.js";
 import { encodeModel } from "../../src/onnx/io.js";
 import { makeNode, type AttrValue } from "../../src/ir/graph.js";
 import { floatTensor, int64Tensor } from "../../src/onnx/tensor.js";
@@ -39,14 +45,25 @@ export function buildBigVit(o: BigVitOptions): Uint8Array {
   const inits: TensorProto[] = [];
   const weight = (name: string, dims: number[], std = 0.3, mean = 0): string => {
     const size = dims.reduce((a, b) => a * b, 1);
-    inits.push(floatTensor(name, Array.from({ length: size }, () => mean + std * (2 * rand() - 1)), dims));
+    inits.push(
+      floatTensor(
+        name,
+        Array.from({ length: size }, () => mean + std * (2 * rand() - 1)),
+        dims,
+      ),
+    );
     return name;
   };
   const ints = (name: string, values: number[]): string => {
     inits.push(int64Tensor(name, values));
     return name;
   };
-  const node = (op: string, name: string, inputs: string[], attrs: Record<string, AttrValue | { float: number }> = {}): string => {
+  const node = (
+    op: string,
+    name: string,
+    inputs: string[],
+    attrs: Record<string, AttrValue | { float: number }> = {},
+  ): string => {
     const out = `${name}_output_0`;
     nodes.push(makeNode(op, inputs, [out], name, attrs));
     return out;
@@ -54,7 +71,11 @@ export function buildBigVit(o: BigVitOptions): Uint8Array {
   const ladder = (prefix: string, x: string, levels: number): string => {
     // y_k = Add(y_{k-1}, y_{k-2}) · ½ keeps the values bounded; every level reads the previous two.
     let [a, b] = [x, node("Identity", `${prefix}/ladder_start`, [x])];
-    for (let k = 0; k < levels; k++) [a, b] = [b, node("Mul", `${prefix}/ladder_${k}/Mul`, [node("Add", `${prefix}/ladder_${k}/Add`, [a, b]), "half"])];
+    for (let k = 0; k < levels; k++)
+      [a, b] = [
+        b,
+        node("Mul", `${prefix}/ladder_${k}/Mul`, [node("Add", `${prefix}/ladder_${k}/Add`, [a, b]), "half"]),
+      ];
     return b;
   };
   inits.push(floatTensor("half", [0.5], []));
@@ -65,7 +86,11 @@ export function buildBigVit(o: BigVitOptions): Uint8Array {
   if (o.ladder) x = ladder("/input_ladder", x, o.ladder);
 
   const emb = node("MatMul", "/embeddings/patch/MatMul", [x, weight("embeddings.patch.weight", [features, d])]);
-  const batch = node("Slice", "/embeddings/batch", [node("Shape", "/embeddings/Shape", [emb]), ints("zero", [0]), ints("one", [1])]);
+  const batch = node("Slice", "/embeddings/batch", [
+    node("Shape", "/embeddings/Shape", [emb]),
+    ints("zero", [0]),
+    ints("one", [1]),
+  ]);
   const clsShape = node("Concat", "/embeddings/cls_shape", [batch, ints("one_hidden", [1, d])], { axis: 0 });
   const cls = node("Expand", "/embeddings/cls_expand", [weight("class_token", [1, 1, d]), clsShape]);
   const tokens = node("Concat", "/embeddings/Concat", [cls, emb], { axis: 1 });
@@ -75,34 +100,70 @@ export function buildBigVit(o: BigVitOptions): Uint8Array {
   const w = {
     ln1: [weight("ln_1.weight", [d], 0.05, 1), weight("ln_1.bias", [d], 0.02)],
     ln2: [weight("ln_2.weight", [d], 0.05, 1), weight("ln_2.bias", [d], 0.02)],
-    q: weight("q.weight", [d, d], 1), k: weight("k.weight", [d, d], 1), v: weight("v.weight", [d, d]),
-    o: weight("out.weight", [d, d]), fc1: weight("fc1.weight", [d, 2 * d]), fc2: weight("fc2.weight", [2 * d, d]),
-    heads: ints("heads_shape", [0, 0, heads, hd]), merged: ints("merged_shape", [0, 0, d]),
+    q: weight("q.weight", [d, d], 1),
+    k: weight("k.weight", [d, d], 1),
+    v: weight("v.weight", [d, d]),
+    o: weight("out.weight", [d, d]),
+    fc1: weight("fc1.weight", [d, 2 * d]),
+    fc2: weight("fc2.weight", [2 * d, d]),
+    heads: ints("heads_shape", [0, 0, heads, hd]),
+    merged: ints("merged_shape", [0, 0, d]),
     scale: weight("scale", [1], 0, 1 / Math.sqrt(hd)),
   };
   for (let l = 0; l < o.layers; l++) {
     const p = `/encoder/layers.${l}`;
-    const ln1 = node("LayerNormalization", `${p}/ln_1/LayerNormalization`, [x, ...w.ln1], { axis: -1, epsilon: { float: 1e-5 } });
+    const ln1 = node("LayerNormalization", `${p}/ln_1/LayerNormalization`, [x, ...w.ln1], {
+      axis: -1,
+      epsilon: { float: 1e-5 },
+    });
     const split = (name: string, weightName: string, perm: number[]) =>
-      node("Transpose", `${p}/attn/${name}/Transpose`, [node("Reshape", `${p}/attn/${name}/Reshape`, [node("MatMul", `${p}/attn/${name}/MatMul`, [ln1, weightName]), w.heads])], { perm });
+      node(
+        "Transpose",
+        `${p}/attn/${name}/Transpose`,
+        [
+          node("Reshape", `${p}/attn/${name}/Reshape`, [
+            node("MatMul", `${p}/attn/${name}/MatMul`, [ln1, weightName]),
+            w.heads,
+          ]),
+        ],
+        { perm },
+      );
     const q = split("q", w.q, [0, 2, 1, 3]);
     const k = split("k", w.k, [0, 2, 3, 1]);
     const v = split("v", w.v, [0, 2, 1, 3]);
     const qk = node("MatMul", `${p}/attn/MatMul`, [q, k]);
     // The ladder's scale comes first, so the search for Q·Kᵀ asks whether it is an activation before finding the MatMul.
-    const scores = node("Mul", `${p}/attn/Mul`, l === 0 && o.scaleLadder ? [ladder(`${p}/attn/scale`, w.scale, o.scaleLadder), qk] : [qk, w.scale]);
+    const scores = node(
+      "Mul",
+      `${p}/attn/Mul`,
+      l === 0 && o.scaleLadder ? [ladder(`${p}/attn/scale`, w.scale, o.scaleLadder), qk] : [qk, w.scale],
+    );
     const probs = node("Softmax", `${p}/attn/Softmax`, [scores], { axis: -1 });
     const ctx = node("MatMul", `${p}/attn/MatMul_1`, [probs, v]);
-    const merged = node("Reshape", `${p}/attn/Reshape`, [node("Transpose", `${p}/attn/Transpose`, [ctx], { perm: [0, 2, 1, 3] }), w.merged]);
+    const merged = node("Reshape", `${p}/attn/Reshape`, [
+      node("Transpose", `${p}/attn/Transpose`, [ctx], { perm: [0, 2, 1, 3] }),
+      w.merged,
+    ]);
     const mid = node("Add", `${p}/Add`, [x, node("MatMul", `${p}/attn/out/MatMul`, [merged, w.o])]);
-    const ln2 = node("LayerNormalization", `${p}/ln_2/LayerNormalization`, [mid, ...w.ln2], { axis: -1, epsilon: { float: 1e-5 } });
+    const ln2 = node("LayerNormalization", `${p}/ln_2/LayerNormalization`, [mid, ...w.ln2], {
+      axis: -1,
+      epsilon: { float: 1e-5 },
+    });
     let h = node("Relu", `${p}/mlp/Relu`, [node("MatMul", `${p}/mlp/fc1/MatMul`, [ln2, w.fc1])]);
     if (l === 0 && o.mlpLadder) h = ladder(`${p}/mlp`, h, o.mlpLadder);
     x = node("Add", `${p}/Add_1`, [mid, node("MatMul", `${p}/mlp/fc2/MatMul`, [h, w.fc2])]);
   }
-  const normed = node("LayerNormalization", "/encoder/ln/LayerNormalization", [x, weight("ln.weight", [d], 0.05, 1), weight("ln.bias", [d], 0.02)], { axis: -1, epsilon: { float: 1e-5 } });
+  const normed = node(
+    "LayerNormalization",
+    "/encoder/ln/LayerNormalization",
+    [x, weight("ln.weight", [d], 0.05, 1), weight("ln.bias", [d], 0.02)],
+    { axis: -1, epsilon: { float: 1e-5 } },
+  );
   const first = node("Gather", "/head/Gather", [normed, ints("cls_index", [0])], { axis: 1 });
-  const logits = node("MatMul", "/head/MatMul", [node("Squeeze", "/head/Squeeze", [first, ints("squeeze_axes", [1])]), weight("head.weight", [d, classes])]);
+  const logits = node("MatMul", "/head/MatMul", [
+    node("Squeeze", "/head/Squeeze", [first, ints("squeeze_axes", [1])]),
+    weight("head.weight", [d, classes]),
+  ]);
   nodes.push(makeNode("Identity", [logits], ["logits"], "/head/Identity"));
 
   const graph = create(GraphProtoSchema, {
@@ -112,5 +173,12 @@ export function buildBigVit(o: BigVitOptions): Uint8Array {
     input: [valueInfo("pixel_values", 1, ["batch", patches, features])],
     output: [valueInfo("logits", 1, ["batch", classes])],
   });
-  return encodeModel(create(ModelProtoSchema, { irVersion: 8n, producerName: "prunec-test", opsetImport: [create(OperatorSetIdProtoSchema, { domain: "", version: 17n })], graph }));
+  return encodeModel(
+    create(ModelProtoSchema, {
+      irVersion: 8n,
+      producerName: "prunec-test",
+      opsetImport: [create(OperatorSetIdProtoSchema, { domain: "", version: 17n })],
+      graph,
+    }),
+  );
 }

@@ -37,7 +37,12 @@ export async function kept(pruned: Uint8Array, feeds: Feeds, run = runNode, stag
  * `spec` (one stage) compiled with exposed indices keeps, on every feed, the positions `reference`
  * gives for it (one row per example of the feed's batch), on onnxruntime-node CPU and WASM.
  */
-export async function expectKeptAsReference(model: Uint8Array, spec: string, feeds: Feeds[], reference: (f: Feeds) => Promise<number[][]>): Promise<void> {
+export async function expectKeptAsReference(
+  model: Uint8Array,
+  spec: string,
+  feeds: Feeds[],
+  reference: (f: Feeds) => Promise<number[][]>,
+): Promise<void> {
   const pruned = compile(model, spec, { exposeIndices: true }).model;
   for (const f of feeds) {
     const expected = await reference(f);
@@ -65,11 +70,18 @@ export async function expectDenseLogits(dense: Uint8Array, pruned: Uint8Array, f
  * `spec` (a keep 100% stage) compiled with exposed indices keeps all `tokens` tokens of every
  * example of `feeds` (a batch of 3) and gives the dense logits (≤ 1e-5).
  */
-export async function expectKeepsEveryToken(model: Uint8Array, spec: string, feeds: Feeds, tokens: number): Promise<void> {
+export async function expectKeepsEveryToken(
+  model: Uint8Array,
+  spec: string,
+  feeds: Feeds,
+  tokens: number,
+): Promise<void> {
   const { model: pruned } = compile(model, spec, { exposeIndices: true });
   const out = await runNode(pruned, feeds, ["prunec.stage0.indices", "logits"]);
   const dense = await runNode(model, feeds, ["logits"]);
-  expect(rows(out["prunec.stage0.indices"]!.data as BigInt64Array, out["prunec.stage0.indices"]!.dims)).toEqual([0, 1, 2].map(() => [...Array(tokens).keys()]));
+  expect(rows(out["prunec.stage0.indices"]!.data as BigInt64Array, out["prunec.stage0.indices"]!.dims)).toEqual(
+    [0, 1, 2].map(() => [...Array(tokens).keys()]),
+  );
   expect(maxAbsDiff(out.logits!.data as Float32Array, dense.logits!.data as Float32Array)).toBeLessThanOrEqual(1e-5);
 }
 
@@ -97,7 +109,9 @@ export function tinyOneAndThree(): [Feeds, Feeds] {
 /** Digits sample images: example 0 alone, and examples 1..3. */
 export function digitsFeeds(): Feeds[] {
   const set = parseDataset(readFileSync(join(REPO_ROOT, "examples", "digits", "sample.prds")));
-  return [batchInput(set, 0, 1), batchInput(set, 1, 4)].map((x) => ({ pixel_values: { type: "float32", dims: x.dims, data: x.data } }));
+  return [batchInput(set, 0, 1), batchInput(set, 1, 4)].map((x) => ({
+    pixel_values: { type: "float32", dims: x.dims, data: x.data },
+  }));
 }
 
 /** The shared torchvision ViT-Ti (random init, CLS, 196 patches, 3 heads): its directory under the shared models. */
@@ -112,7 +126,8 @@ export function vitTiModel(): Uint8Array {
 export function vitTiFeeds(): Feeds[] {
   const x = readNpy(sharedModel(`${VIT_TI}/ref_in.npy`)).data as Float32Array;
   const three = new Float32Array(x.length * 3);
-  for (let b = 0; b < 3; b++) for (let i = 0; i < x.length; i++) three[b * x.length + i] = x[i]! * (1 - 0.4 * b) + 0.1 * b * Math.sin(i * 0.01);
+  for (let b = 0; b < 3; b++)
+    for (let i = 0; i < x.length; i++) three[b * x.length + i] = x[i]! * (1 - 0.4 * b) + 0.1 * b * Math.sin(i * 0.01);
   return [
     { pixel_values: { type: "float32", dims: [1, 3, 224, 224], data: x } },
     { pixel_values: { type: "float32", dims: [3, 3, 224, 224], data: three } },
@@ -129,7 +144,9 @@ export function oneAndThree(x: Float32Array, dims: number[]): [Feeds, Feeds] {
     three[per + i] = one[i]! * 0.5 + Math.sin(i * 0.001);
     three[2 * per + i] = -one[i]! + Math.cos(i * 0.0007) * 0.3;
   }
-  const feed = (data: Float32Array, b: number): Feeds => ({ pixel_values: { type: "float32", dims: [b, ...dims.slice(1)], data } });
+  const feed = (data: Float32Array, b: number): Feeds => ({
+    pixel_values: { type: "float32", dims: [b, ...dims.slice(1)], data },
+  });
   return [feed(one, 1), feed(three, 3)];
 }
 

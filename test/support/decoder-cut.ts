@@ -31,7 +31,9 @@ export function cutDecoder(bytes: Uint8Array, keep: number, vocab: number, seed 
   const next = info.layers[keep]?.residual?.norm.node;
   if (!finalNorm || !next) throw new Error(`cutDecoder: no final norm, or no layer ${keep} pre-norm`);
   const summands = isSkipNorm(finalNorm) ? 2 : 1;
-  const rewired = shallowCopy(finalNorm, { input: [...next.input.slice(0, summands), ...finalNorm.input.slice(summands)] });
+  const rewired = shallowCopy(finalNorm, {
+    input: [...next.input.slice(0, summands), ...finalNorm.input.slice(summands)],
+  });
 
   const head = proto.node.find((n) => n.output[0] === "logits");
   if (!head) throw new Error("cutDecoder: no node writing 'logits'");
@@ -40,16 +42,34 @@ export function cutDecoder(bytes: Uint8Array, keep: number, vocab: number, seed 
   const headInput = head.opType === "MatMul" ? head.input[0]! : finalNorm.output[0]!;
   const hidden = info.hidden!;
   const random = mulberry32(seed);
-  const weight = floatTensor("test/lm_head", Array.from({ length: hidden * vocab }, () => (random() - 0.5) * 0.1), [hidden, vocab]);
-  const node = proto.node.map((n): NodeProto => (n === finalNorm ? rewired : n === head ? makeNode("MatMul", [headInput, weight.name], ["logits"], "test/lm_head/MatMul") : n));
+  const weight = floatTensor(
+    "test/lm_head",
+    Array.from({ length: hidden * vocab }, () => (random() - 0.5) * 0.1),
+    [hidden, vocab],
+  );
+  const node = proto.node.map(
+    (n): NodeProto =>
+      n === finalNorm
+        ? rewired
+        : n === head
+          ? makeNode("MatMul", [headInput, weight.name], ["logits"], "test/lm_head/MatMul")
+          : n,
+  );
   const kept = (name: string) => (cacheLayer(name) ?? 0) < keep;
   const logits = proto.output.find((o) => o.name === "logits")!;
-  const dims = logits.type!.value.case === "tensorType" ? logits.type!.value.value.shape!.dim.map((d) => (d.value.case === "dimValue" ? Number(d.value.value) : (d.value.value as string))) : [];
+  const dims =
+    logits.type!.value.case === "tensorType"
+      ? logits.type!.value.value.shape!.dim.map((d) =>
+          d.value.case === "dimValue" ? Number(d.value.value) : (d.value.value as string),
+        )
+      : [];
   const cut = shallowCopy(proto, {
     node,
     initializer: [...proto.initializer, weight],
     input: proto.input.filter((i) => kept(i.name)),
-    output: proto.output.filter((o) => kept(o.name)).map((o) => (o === logits ? valueInfo("logits", 1, [...dims.slice(0, -1), vocab]) : o)),
+    output: proto.output
+      .filter((o) => kept(o.name))
+      .map((o) => (o === logits ? valueInfo("logits", 1, [...dims.slice(0, -1), vocab]) : o)),
   });
   return encodeModel(shallowCopy(model, { graph: eliminateDeadCode(new Graph(cut), cut) }));
 }
@@ -80,19 +100,37 @@ const presentOf = (input: string) => input.replace(/^past_key_values\./, "presen
  */
 export function decoderFeeds(bytes: Uint8Array, step: DecoderStep): Feeds {
   const { embeds, rows, total, firstPosition = 0, past, image } = step;
-  const sizes: Record<string, number> = { batch_size: 1, sequence_length: rows, total_sequence_length: total, past_sequence_length: 0 };
+  const sizes: Record<string, number> = {
+    batch_size: 1,
+    sequence_length: rows,
+    total_sequence_length: total,
+    past_sequence_length: 0,
+  };
   const feeds: Feeds = {};
   for (const i of decodeModel(bytes).graph!.input) {
-    const t = i.type!.value.value as { elemType: number; shape: { dim: { value: { case: string; value: unknown } }[] } };
-    const dims = t.shape.dim.map((d) => (d.value.case === "dimValue" ? Number(d.value.value) : sizes[d.value.value as string]!));
+    const t = i.type!.value.value as {
+      elemType: number;
+      shape: { dim: { value: { case: string; value: unknown } }[] };
+    };
+    const dims = t.shape.dim.map((d) =>
+      d.value.case === "dimValue" ? Number(d.value.value) : sizes[d.value.value as string]!,
+    );
     const count = dims.reduce((a, b) => a * b, 1);
     const previous = past?.[presentOf(i.name)];
     if (i.name === "inputs_embeds") feeds[i.name] = { type: "float32", dims, data: embeds };
-    else if (i.name === "attention_mask") feeds[i.name] = { type: "int64", dims, data: new BigInt64Array(count).fill(1n) };
-    else if (i.name === "position_ids") feeds[i.name] = { type: "int64", dims, data: BigInt64Array.from({ length: count }, (_, k) => BigInt(firstPosition + (k % rows))) };
+    else if (i.name === "attention_mask")
+      feeds[i.name] = { type: "int64", dims, data: new BigInt64Array(count).fill(1n) };
+    else if (i.name === "position_ids")
+      feeds[i.name] = {
+        type: "int64",
+        dims,
+        data: BigInt64Array.from({ length: count }, (_, k) => BigInt(firstPosition + (k % rows))),
+      };
     else if (i.name === "num_logits_to_keep") feeds[i.name] = { type: "int64", dims: [], data: BigInt64Array.of(1n) };
-    else if (i.name === "image_mask" && image) feeds[i.name] = { type: "bool", dims, data: Uint8Array.from(image, Number) };
-    else if (previous && i.name.startsWith("past")) feeds[i.name] = { type: "float32", dims: previous.dims, data: previous.data as Float32Array };
+    else if (i.name === "image_mask" && image)
+      feeds[i.name] = { type: "bool", dims, data: Uint8Array.from(image, Number) };
+    else if (previous && i.name.startsWith("past"))
+      feeds[i.name] = { type: "float32", dims: previous.dims, data: previous.data as Float32Array };
     else if (t.elemType === 1) feeds[i.name] = { type: "float32", dims, data: new Float32Array(count) };
     else throw new Error(`decoderFeeds: input ${i.name} of type ${t.elemType}`);
   }
@@ -108,7 +146,12 @@ export function injectStream(bytes: Uint8Array, tensors: readonly string[], hidd
   const model = decodeModel(bytes);
   const proto = model.graph!;
   const set = new Set(tensors);
-  const node = proto.node.map((n) => (n.output.some((o) => set.has(o)) ? shallowCopy(n, { output: n.output.map((o) => (set.has(o) ? "" : o)) }) : n));
-  const g = shallowCopy(proto, { node, input: [...proto.input, ...tensors.map((t) => valueInfo(t, 1, ["batch_size", "sequence_length", hidden]))] });
+  const node = proto.node.map((n) =>
+    n.output.some((o) => set.has(o)) ? shallowCopy(n, { output: n.output.map((o) => (set.has(o) ? "" : o)) }) : n,
+  );
+  const g = shallowCopy(proto, {
+    node,
+    input: [...proto.input, ...tensors.map((t) => valueInfo(t, 1, ["batch_size", "sequence_length", hidden]))],
+  });
   return encodeModel(shallowCopy(model, { graph: eliminateDeadCode(new Graph(g), g) }));
 }

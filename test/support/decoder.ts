@@ -44,7 +44,13 @@
  *   The tests check all four combinations.
  */
 import { create } from "@bufbuild/protobuf";
-import { GraphProtoSchema, ModelProtoSchema, OperatorSetIdProtoSchema, type NodeProto, type TensorProto } from "../../src/onnx/gen/onnx_pb.js";
+import {
+  GraphProtoSchema,
+  ModelProtoSchema,
+  OperatorSetIdProtoSchema,
+  type NodeProto,
+  type TensorProto,
+} from "../../src/onnx/gen/onnx_pb.js";
 import { encodeModel } from "../../src/onnx/io.js";
 import { makeNode, type AttrValue } from "../../src/ir/graph.js";
 import { floatTensor, int64Tensor } from "../../src/onnx/tensor.js";
@@ -201,7 +207,7 @@ export function rotaryCaches(o: DecoderOptions = DECODER): { cos: Float32Array; 
   const sin = new Float32Array(o.maxPositions * half);
   for (let p = 0; p < o.maxPositions; p++) {
     for (let i = 0; i < half; i++) {
-      const angle = p * Math.pow(o.ropeBase, (-2 * i) / o.headSize);
+      const angle = p * o.ropeBase ** ((-2 * i) / o.headSize);
       cos[p * half + i] = Math.cos(angle);
       sin[p * half + i] = Math.sin(angle);
     }
@@ -244,13 +250,27 @@ export function buildDecoder(build: BuildOptions, o: DecoderOptions = DECODER): 
     }
     return name;
   };
-  const node = (op: string, name: string, inputs: string[], attrs: Record<string, AttrValue | { float: number }> = {}, domain = "", outputs?: string[]): string => {
+  const node = (
+    op: string,
+    name: string,
+    inputs: string[],
+    attrs: Record<string, AttrValue | { float: number }> = {},
+    domain = "",
+    outputs?: string[],
+  ): string => {
     const outs = outputs ?? [`${name}/output_0`];
     nodes.push(makeNode(op, inputs, outs, name, attrs, domain));
     return outs[0]!;
   };
   const rmsNorm = (name: string, x: string, weight: string): string =>
-    node("SimplifiedLayerNormalization", `${name}/LayerNorm`, [x, weight], { axis: -1, epsilon: { float: o.epsilon }, stash_type: 1 }, "", [`${name}/output_0`]);
+    node(
+      "SimplifiedLayerNormalization",
+      `${name}/LayerNorm`,
+      [x, weight],
+      { axis: -1, epsilon: { float: o.epsilon }, stash_type: 1 },
+      "",
+      [`${name}/output_0`],
+    );
   const matmul = (name: string, x: string, weight: string): string => node("MatMul", `${name}/MatMul`, [x, weight]);
 
   // Shared dimensions, built on first use: scalars and their 1-element forms.
@@ -260,13 +280,25 @@ export function buildDecoder(build: BuildOptions, o: DecoderOptions = DECODER): 
     return memo.get(key)!;
   };
   const idsShape = () => once("idsShape", () => node("Shape", "/model/shared_dims/input_ids/Shape", ["input_ids"]));
-  const maskShape = () => once("maskShape", () => node("Shape", "/model/shared_dims/attention_mask/Shape", ["attention_mask"]));
-  const batch = () => once("batch", () => node("Gather", "/model/shared_dims/input_ids/Gather_0", [idsShape(), ints([0], true)], { axis: 0 }));
-  const seq = () => once("seq", () => node("Gather", "/model/shared_dims/input_ids/Gather_1", [idsShape(), ints([1], true)], { axis: 0 }));
-  const total = () => once("total", () => node("Gather", "/model/shared_dims/attention_mask/Gather_1", [maskShape(), ints([1], true)], { axis: 0 }));
-  const batch1 = () => once("batch1", () => node("Unsqueeze", "/model/shared_dims/batch/Unsqueeze", [batch(), ints([0])]));
+  const maskShape = () =>
+    once("maskShape", () => node("Shape", "/model/shared_dims/attention_mask/Shape", ["attention_mask"]));
+  const batch = () =>
+    once("batch", () =>
+      node("Gather", "/model/shared_dims/input_ids/Gather_0", [idsShape(), ints([0], true)], { axis: 0 }),
+    );
+  const seq = () =>
+    once("seq", () =>
+      node("Gather", "/model/shared_dims/input_ids/Gather_1", [idsShape(), ints([1], true)], { axis: 0 }),
+    );
+  const total = () =>
+    once("total", () =>
+      node("Gather", "/model/shared_dims/attention_mask/Gather_1", [maskShape(), ints([1], true)], { axis: 0 }),
+    );
+  const batch1 = () =>
+    once("batch1", () => node("Unsqueeze", "/model/shared_dims/batch/Unsqueeze", [batch(), ints([0])]));
   const seq1 = () => once("seq1", () => node("Unsqueeze", "/model/shared_dims/seq/Unsqueeze", [seq(), ints([0])]));
-  const total1 = () => once("total1", () => node("Unsqueeze", "/model/shared_dims/total/Unsqueeze", [total(), ints([0])]));
+  const total1 = () =>
+    once("total1", () => node("Unsqueeze", "/model/shared_dims/total/Unsqueeze", [total(), ints([0])]));
 
   const cosCache = init(weightNames.cos, rope.cos, [o.maxPositions, hs / 2]);
   const sinCache = init(weightNames.sin, rope.sin, [o.maxPositions, hs / 2]);
@@ -282,16 +314,26 @@ export function buildDecoder(build: BuildOptions, o: DecoderOptions = DECODER): 
       const inv = node("Sub", "/model/gqa_attention_bias/Sub", [float(1), m]);
       const neg = node("Mul", "/model/gqa_attention_bias/Mul", [inv, float(FINFO_MIN)]);
       const b4 = node("Unsqueeze", "/model/gqa_attention_bias/Unsqueeze", [neg, ints([1, 2])]);
-      const target = node("Concat", "/model/gqa_attention_bias/Target4D", [batch1(), ints([1]), seq1(), total1()], { axis: 0 });
+      const target = node("Concat", "/model/gqa_attention_bias/Target4D", [batch1(), ints([1]), seq1(), total1()], {
+        axis: 0,
+      });
       bias = node("Expand", "/model/gqa_attention_bias/Expand", [b4, target]);
       const minus1 = node("Sub", "/model/attn_mask_reformat/attn_mask_subgraph/Sub", [total(), ints([1], true)]);
-      const minus1v = node("Unsqueeze", "/model/attn_mask_reformat/attn_mask_subgraph/Sub/Unsqueeze", [minus1, ints([0])]);
+      const minus1v = node("Unsqueeze", "/model/attn_mask_reformat/attn_mask_subgraph/Sub/Unsqueeze", [
+        minus1,
+        ints([0]),
+      ]);
       const expanded = node("Expand", "/model/attn_mask_reformat/attn_mask_subgraph/Expand", [minus1v, batch1()]);
       seqlens = node("Cast", "/model/attn_mask_reformat/attn_mask_subgraph/Expand/Cast", [expanded], { to: 6 });
     } else {
       // The kernel reads padding from seqlens_k alone (no attention_bias).
       bias = "";
-      const sum = node("ReduceSum", "/model/attn_mask_reformat/attn_mask_subgraph/ReduceSum", ["attention_mask", ints([1])], { keepdims: 0 });
+      const sum = node(
+        "ReduceSum",
+        "/model/attn_mask_reformat/attn_mask_subgraph/ReduceSum",
+        ["attention_mask", ints([1])],
+        { keepdims: 0 },
+      );
       const minus1 = node("Sub", "/model/attn_mask_reformat/attn_mask_subgraph/Sub", [sum, ints([1], true)]);
       seqlens = node("Cast", "/model/attn_mask_reformat/attn_mask_subgraph/Sub/Cast", [minus1], { to: 6 });
     }
@@ -333,7 +375,9 @@ export function buildDecoder(build: BuildOptions, o: DecoderOptions = DECODER): 
     return node("Add", `${name}/Add`, [a, b]);
   };
 
-  let x = node("Gather", "/model/embed_tokens/Gather", [init(weightNames.embed, w.embed, [o.vocab, d]), "input_ids"], { axis: 0 });
+  let x = node("Gather", "/model/embed_tokens/Gather", [init(weightNames.embed, w.embed, [o.vocab, d]), "input_ids"], {
+    axis: 0,
+  });
 
   for (let l = 0; l < o.layers; l++) {
     const p = `/model/layers.${l}`;
@@ -347,7 +391,15 @@ export function buildDecoder(build: BuildOptions, o: DecoderOptions = DECODER): 
     if (gqa) {
       const inOp = build.rotary === "op";
       const rot = (which: "q" | "k", t: string, heads: number): string =>
-        inOp ? t : node("RotaryEmbedding", `${p}/attn/${which}_rotary/RotaryEmbedding`, [t, "position_ids", cosCache, sinCache], { interleaved: 0, num_heads: heads, rotary_embedding_dim: hs }, "com.microsoft");
+        inOp
+          ? t
+          : node(
+              "RotaryEmbedding",
+              `${p}/attn/${which}_rotary/RotaryEmbedding`,
+              [t, "position_ids", cosCache, sinCache],
+              { interleaved: 0, num_heads: heads, rotary_embedding_dim: hs },
+              "com.microsoft",
+            );
       const qr = rot("q", q, o.heads);
       const kr = rot("k", k, o.kvHeads);
       const caches = inOp ? [cosCache, sinCache] : ["", ""];
@@ -355,7 +407,14 @@ export function buildDecoder(build: BuildOptions, o: DecoderOptions = DECODER): 
         "GroupQueryAttention",
         `${p}/attn/GroupQueryAttention`,
         [qr, kr, v, `past_key_values.${l}.key`, `past_key_values.${l}.value`, seqlens, totalLen, ...caches, "", bias],
-        { num_heads: o.heads, kv_num_heads: o.kvHeads, scale: { float: 1 / Math.sqrt(hs) }, do_rotary: inOp ? 1 : 0, rotary_interleaved: 0, local_window_size: o.localWindow ?? -1 },
+        {
+          num_heads: o.heads,
+          kv_num_heads: o.kvHeads,
+          scale: { float: 1 / Math.sqrt(hs) },
+          do_rotary: inOp ? 1 : 0,
+          rotary_interleaved: 0,
+          local_window_size: o.localWindow ?? -1,
+        },
         "com.microsoft",
         [`${p}/attn/GroupQueryAttention/output_0`, `present.${l}.key`, `present.${l}.value`],
       );
@@ -429,7 +488,10 @@ export function buildDecoder(build: BuildOptions, o: DecoderOptions = DECODER): 
 // Prompts and feeds.
 
 /** A prompt with an image span: [bos, system…, 16 image ids, instruction…] and its image mask. */
-export function imagePrompt(system: readonly number[], instruction: readonly number[]): { tokens: number[]; image: boolean[] } {
+export function imagePrompt(
+  system: readonly number[],
+  instruction: readonly number[],
+): { tokens: number[]; image: boolean[] } {
   const image = Array.from({ length: IMAGE_TOKENS }, (_, i) => IMAGE_TOKEN_START + i);
   const tokens = [BOS, ...system, ...image, ...instruction];
   const mask = tokens.map((_, i) => i >= 1 + system.length && i < 1 + system.length + IMAGE_TOKENS);
@@ -454,7 +516,11 @@ export interface PromptBatch {
  * `images` gives each prompt's image mask (as `imagePrompt` returns it); default: ids in the
  * reserved image range.
  */
-export function promptBatch(prompts: readonly (readonly number[])[], side: "left" | "right" = "left", images?: readonly (readonly boolean[])[]): PromptBatch {
+export function promptBatch(
+  prompts: readonly (readonly number[])[],
+  side: "left" | "right" = "left",
+  images?: readonly (readonly boolean[])[],
+): PromptBatch {
   const batch = prompts.length;
   const seq = Math.max(...prompts.map((p) => p.length));
   const inputIds = new BigInt64Array(batch * seq);
@@ -475,14 +541,28 @@ export function promptBatch(prompts: readonly (readonly number[])[], side: "left
     });
     imageMask.push(row);
   });
-  return { batch, seq, offsets, lengths: prompts.map((p) => p.length), inputIds, attentionMask, positionIds, imageMask };
+  return {
+    batch,
+    seq,
+    offsets,
+    lengths: prompts.map((p) => p.length),
+    inputIds,
+    attentionMask,
+    positionIds,
+    imageMask,
+  };
 }
 
 /** Empty past (length 0) for every layer: what a merged decoder is fed for prefill. */
 export function emptyPast(batch: number, o: DecoderOptions = DECODER): Feeds {
   const f: Feeds = {};
   for (let l = 0; l < o.layers; l++) {
-    for (const kv of ["key", "value"]) f[`past_key_values.${l}.${kv}`] = { type: "float32", dims: [batch, o.kvHeads, 0, o.headSize], data: new Float32Array(0) };
+    for (const kv of ["key", "value"])
+      f[`past_key_values.${l}.${kv}`] = {
+        type: "float32",
+        dims: [batch, o.kvHeads, 0, o.headSize],
+        data: new Float32Array(0),
+      };
   }
   return f;
 }
@@ -527,7 +607,8 @@ export async function generateGreedy(
   const prefill = out["logits"]!.data as Float32Array;
   const tokens: number[][] = Array.from({ length: p.batch }, () => []);
   // Each example's first token comes from its last real position (the last one when left-padded).
-  for (let b = 0; b < p.batch; b++) tokens[b]!.push(argmax(prefill, (b * p.seq + p.offsets[b]! + p.lengths[b]! - 1) * V, V));
+  for (let b = 0; b < p.batch; b++)
+    tokens[b]!.push(argmax(prefill, (b * p.seq + p.offsets[b]! + p.lengths[b]! - 1) * V, V));
   const stepLogits = await decodeSteps(run, out, p, tokens, steps, o, {});
   return { tokens, prefill, steps: stepLogits };
 }
@@ -538,7 +619,15 @@ export async function generateGreedy(
  * past_key_values.N (whatever its length); `extra` adds inputs (e.g. an all-false image mask).
  * Appends the greedy tokens to `tokens` and returns each step's logits [batch, vocab].
  */
-async function decodeSteps(run: (feeds: Feeds) => Promise<Outputs>, out: Outputs, p: PromptBatch, tokens: number[][], steps: number, o: DecoderOptions, extra: Feeds): Promise<Float32Array[]> {
+async function decodeSteps(
+  run: (feeds: Feeds) => Promise<Outputs>,
+  out: Outputs,
+  p: PromptBatch,
+  tokens: number[][],
+  steps: number,
+  o: DecoderOptions,
+  extra: Feeds,
+): Promise<Float32Array[]> {
   const V = o.vocab;
   let mask = p.attentionMask;
   let total = p.seq;
@@ -554,7 +643,11 @@ async function decodeSteps(run: (feeds: Feeds) => Promise<Outputs>, out: Outputs
     const feeds: Feeds = {
       input_ids: { type: "int64", dims: [p.batch, 1], data: BigInt64Array.from(tokens.map((t) => BigInt(t.at(-1)!))) },
       attention_mask: { type: "int64", dims: [p.batch, total], data: mask },
-      position_ids: { type: "int64", dims: [p.batch, 1], data: BigInt64Array.from(p.lengths.map((n) => BigInt(n + s - 1))) },
+      position_ids: {
+        type: "int64",
+        dims: [p.batch, 1],
+        data: BigInt64Array.from(p.lengths.map((n) => BigInt(n + s - 1))),
+      },
       ...extra,
     };
     for (let l = 0; l < o.layers; l++) {
@@ -566,7 +659,8 @@ async function decodeSteps(run: (feeds: Feeds) => Promise<Outputs>, out: Outputs
     }
     out = await run(feeds);
     const logits = out["logits"]!.data as Float32Array;
-    if (logits.length !== p.batch * V) throw new Error(`decode step ${s} logits have dims [${out["logits"]!.dims}], expected [${p.batch}, 1, ${V}]`);
+    if (logits.length !== p.batch * V)
+      throw new Error(`decode step ${s} logits have dims [${out["logits"]!.dims}], expected [${p.batch}, 1, ${V}]`);
     stepLogits.push(logits);
     for (let b = 0; b < p.batch; b++) tokens[b]!.push(argmax(logits, b * V, V));
   }
@@ -688,19 +782,29 @@ export async function generateGreedyWithImageMask(
   if (!logitsOut) throw new Error("generateGreedyWithImageMask: the model returned no 'logits'");
   const prefill = logitsOut.data as Float32Array;
   const [batch, rowsOut, vocab] = logitsOut.dims as [number, number, number];
-  if (batch !== p.batch || vocab !== V) throw new Error(`generateGreedyWithImageMask: prefill logits have dims [${logitsOut.dims}], expected [${p.batch}, ≤${p.seq}, ${V}]`);
+  if (batch !== p.batch || vocab !== V)
+    throw new Error(
+      `generateGreedyWithImageMask: prefill logits have dims [${logitsOut.dims}], expected [${p.batch}, ≤${p.seq}, ${V}]`,
+    );
   const indices = prefillOutputs[indicesName];
   const lastRows = p.offsets.map((offset, b) => {
     const last = offset + p.lengths[b]! - 1;
     if (rowsOut === p.seq) return last;
     if (indices) {
       const k = indices.dims[1]!;
-      if (k !== rowsOut) throw new Error(`generateGreedyWithImageMask: '${indicesName}' has ${k} columns for ${rowsOut} logits rows`);
+      if (k !== rowsOut)
+        throw new Error(`generateGreedyWithImageMask: '${indicesName}' has ${k} columns for ${rowsOut} logits rows`);
       const row = Array.from((indices.data as BigInt64Array).subarray(b * k, (b + 1) * k), Number).indexOf(last);
-      if (row < 0) throw new Error(`generateGreedyWithImageMask: example ${b}'s last prompt position ${last} is not among the kept rows of '${indicesName}'`);
+      if (row < 0)
+        throw new Error(
+          `generateGreedyWithImageMask: example ${b}'s last prompt position ${last} is not among the kept rows of '${indicesName}'`,
+        );
       return row;
     }
-    if (last !== p.seq - 1) throw new Error(`generateGreedyWithImageMask: ${rowsOut} of ${p.seq} logits rows and no '${indicesName}' output: cannot find example ${b}'s last prompt token (not left-padded)`);
+    if (last !== p.seq - 1)
+      throw new Error(
+        `generateGreedyWithImageMask: ${rowsOut} of ${p.seq} logits rows and no '${indicesName}' output: cannot find example ${b}'s last prompt token (not left-padded)`,
+      );
     return rowsOut - 1;
   });
   const tokens: number[][] = lastRows.map((row, b) => [argmax(prefill, (b * rowsOut + row) * V, V)]);

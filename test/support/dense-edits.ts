@@ -14,7 +14,12 @@
  * - `carriedTensors`: which side tensors a compiled stage gathers.
  */
 import { create } from "@bufbuild/protobuf";
-import { TensorProto_DataType as DT, TensorProtoSchema, type GraphProto, type TensorProto } from "../../src/onnx/gen/onnx_pb.js";
+import {
+  TensorProto_DataType as DT,
+  TensorProtoSchema,
+  type GraphProto,
+  type TensorProto,
+} from "../../src/onnx/gen/onnx_pb.js";
 import { decodeModel, encodeModel } from "../../src/onnx/io.js";
 import { shallowCopy } from "../../src/ir/copy.js";
 import { Graph, makeNode, type NodeProto } from "../../src/ir/graph.js";
@@ -31,10 +36,21 @@ export const MASKED = -1e9;
  * attention_bias (input 5) or to the input of a MatMul + Softmax layer's Softmax; it broadcasts over
  * batch, heads and queries. Fp32 logits and biases only (what the models tested here use).
  */
-export function maskKeys(modelBytes: Uint8Array, fromLayer: number, kept: readonly number[], tokens: number): Uint8Array {
+export function maskKeys(
+  modelBytes: Uint8Array,
+  fromLayer: number,
+  kept: readonly number[],
+  tokens: number,
+): Uint8Array {
   const keep = new Set(kept);
-  const mask = floatTensor("test/masked_keys", Array.from({ length: tokens }, (_, j) => (keep.has(j) ? 0 : MASKED)), [1, tokens]);
-  return withKeyMask(modelBytes, fromLayer, mask.name, (g) => shallowCopy(g, { initializer: [...g.initializer, mask] }));
+  const mask = floatTensor(
+    "test/masked_keys",
+    Array.from({ length: tokens }, (_, j) => (keep.has(j) ? 0 : MASKED)),
+    [1, tokens],
+  );
+  return withKeyMask(modelBytes, fromLayer, mask.name, (g) =>
+    shallowCopy(g, { initializer: [...g.initializer, mask] }),
+  );
 }
 
 /**
@@ -43,14 +59,22 @@ export function maskKeys(modelBytes: Uint8Array, fromLayer: number, kept: readon
  * attention_bias (input 10).
  */
 export function maskKeysInput(modelBytes: Uint8Array, fromLayer: number): Uint8Array {
-  return withKeyMask(modelBytes, fromLayer, "key_mask", (g) => shallowCopy(g, { input: [...g.input, valueInfo("key_mask", 1, [1, "total_sequence_length"])] }));
+  return withKeyMask(modelBytes, fromLayer, "key_mask", (g) =>
+    shallowCopy(g, { input: [...g.input, valueInfo("key_mask", 1, [1, "total_sequence_length"])] }),
+  );
 }
 
-function withKeyMask(modelBytes: Uint8Array, fromLayer: number, mask: string, declare: (g: GraphProto) => GraphProto): Uint8Array {
+function withKeyMask(
+  modelBytes: Uint8Array,
+  fromLayer: number,
+  mask: string,
+  declare: (g: GraphProto) => GraphProto,
+): Uint8Array {
   const model = decodeModel(modelBytes);
   const graph = model.graph!;
   const anchors = new Map<NodeProto, number>();
-  for (const l of analyzeTransformer(new Graph(graph)).layers) if (l.index >= fromLayer && l.core) anchors.set(l.core.anchor, l.index);
+  for (const l of analyzeTransformer(new Graph(graph)).layers)
+    if (l.index >= fromLayer && l.core) anchors.set(l.core.anchor, l.index);
   if (!anchors.size) throw new Error(`maskKeys: no attention at layer ${fromLayer} or later`);
   const node: NodeProto[] = [];
   for (const n of graph.node) {
@@ -59,8 +83,12 @@ function withKeyMask(modelBytes: Uint8Array, fromLayer: number, mask: string, de
       node.push(n);
       continue;
     }
-    const slot = n.opType === "Softmax" ? 0 : n.opType === "MultiHeadAttention" ? 5 : n.opType === "GroupQueryAttention" ? 10 : -1;
-    if (slot < 0 || !n.input[slot]) throw new Error(`maskKeys: layer ${layer}'s ${n.opType} '${n.name}' has no logits or attention_bias input to add the mask to`);
+    const slot =
+      n.opType === "Softmax" ? 0 : n.opType === "MultiHeadAttention" ? 5 : n.opType === "GroupQueryAttention" ? 10 : -1;
+    if (slot < 0 || !n.input[slot])
+      throw new Error(
+        `maskKeys: layer ${layer}'s ${n.opType} '${n.name}' has no logits or attention_bias input to add the mask to`,
+      );
     const masked = `test/layer${layer}/masked_logits`;
     node.push(makeNode("Add", [n.input[slot], mask], [masked], `test/layer${layer}/mask_keys`));
     node.push(shallowCopy(n, { input: n.input.map((x, i) => (i === slot ? masked : x)) }));
@@ -88,7 +116,10 @@ export function dynamicQuantizersBelow(modelBytes: Uint8Array, tensor: string): 
  * The model with each named DynamicQuantizeLinear replaced by QuantizeLinear with a fixed scale and
  * uint8 zero point (its scale and zero-point outputs become those constants).
  */
-export function freezeDynamicQuantization(modelBytes: Uint8Array, frozen: ReadonlyMap<string, { scale: number; zeroPoint: number }>): Uint8Array {
+export function freezeDynamicQuantization(
+  modelBytes: Uint8Array,
+  frozen: ReadonlyMap<string, { scale: number; zeroPoint: number }>,
+): Uint8Array {
   const model = decodeModel(modelBytes);
   const graph = model.graph!;
   const initializer: TensorProto[] = [];
@@ -101,16 +132,27 @@ export function freezeDynamicQuantization(modelBytes: Uint8Array, frozen: Readon
       continue;
     }
     const scale = floatTensor(`${n.name}/frozen_scale`, [f.scale], []);
-    const zeroPoint = create(TensorProtoSchema, { name: `${n.name}/frozen_zero_point`, dataType: DT.UINT8, dims: [], rawData: Uint8Array.of(f.zeroPoint) });
+    const zeroPoint = create(TensorProtoSchema, {
+      name: `${n.name}/frozen_zero_point`,
+      dataType: DT.UINT8,
+      dims: [],
+      rawData: Uint8Array.of(f.zeroPoint),
+    });
     initializer.push(scale, zeroPoint);
-    node.push(makeNode("QuantizeLinear", [n.input[0]!, scale.name, zeroPoint.name], [n.output[0]!], `${n.name}/frozen`));
+    node.push(
+      makeNode("QuantizeLinear", [n.input[0]!, scale.name, zeroPoint.name], [n.output[0]!], `${n.name}/frozen`),
+    );
     if (n.output[1]) node.push(makeNode("Identity", [scale.name], [n.output[1]], `${n.name}/frozen_scale_output`));
-    if (n.output[2]) node.push(makeNode("Identity", [zeroPoint.name], [n.output[2]], `${n.name}/frozen_zero_point_output`));
+    if (n.output[2])
+      node.push(makeNode("Identity", [zeroPoint.name], [n.output[2]], `${n.name}/frozen_zero_point_output`));
     done.add(n.name);
   }
   const missing = [...frozen.keys()].filter((k) => !done.has(k));
-  if (missing.length) throw new Error(`freezeDynamicQuantization: no DynamicQuantizeLinear named ${missing.join(", ")}`);
-  return encodeModel(shallowCopy(model, { graph: shallowCopy(graph, { node, initializer: [...graph.initializer, ...initializer] }) }));
+  if (missing.length)
+    throw new Error(`freezeDynamicQuantization: no DynamicQuantizeLinear named ${missing.join(", ")}`);
+  return encodeModel(
+    shallowCopy(model, { graph: shallowCopy(graph, { node, initializer: [...graph.initializer, ...initializer] }) }),
+  );
 }
 
 /**

@@ -1,6 +1,10 @@
 /** Models with external data, built from an embedded model with the repo's own ONNX I/O (no Python needed). */
 import { create } from "@bufbuild/protobuf";
-import { StringStringEntryProtoSchema, TensorProto_DataLocation, type TensorProto } from "../../src/onnx/gen/onnx_pb.js";
+import {
+  StringStringEntryProtoSchema,
+  TensorProto_DataLocation,
+  type TensorProto,
+} from "../../src/onnx/gen/onnx_pb.js";
 import { decodeModel, encodeModel } from "../../src/onnx/io.js";
 import { shallowCopy } from "../../src/ir/copy.js";
 
@@ -15,7 +19,11 @@ export function externalize(bytes: Uint8Array, location = "weights.bin"): { mode
     const moved = shallowCopy(t, {
       rawData: new Uint8Array(),
       dataLocation: TensorProto_DataLocation.EXTERNAL,
-      externalData: [entry("location", location), entry("offset", String(offset)), entry("length", String(t.rawData.length))],
+      externalData: [
+        entry("location", location),
+        entry("offset", String(offset)),
+        entry("length", String(t.rawData.length)),
+      ],
     });
     delete (moved as { rawData?: Uint8Array }).rawData;
     chunks.push(t.rawData);

@@ -37,12 +37,15 @@ export function qwen2RotaryAngles(h: number, w: number): Float32Array {
   const invFreq = Array.from({ length: 20 }, (_, i) => 1 / 10000 ** ((2 * i) / 40));
   const out = new Float32Array(h * w * 40);
   let t = 0;
-  for (let bh = 0; bh < h / 2; bh++) for (let bw = 0; bw < w / 2; bw++) for (let dh = 0; dh < 2; dh++) for (let dw = 0; dw < 2; dw++, t++) {
-    invFreq.forEach((f, i) => {
-      out[t * 40 + i] = (2 * bh + dh) * f;
-      out[t * 40 + 20 + i] = (2 * bw + dw) * f;
-    });
-  }
+  for (let bh = 0; bh < h / 2; bh++)
+    for (let bw = 0; bw < w / 2; bw++)
+      for (let dh = 0; dh < 2; dh++)
+        for (let dw = 0; dw < 2; dw++, t++) {
+          invFreq.forEach((f, i) => {
+            out[t * 40 + i] = (2 * bh + dh) * f;
+            out[t * 40 + 20 + i] = (2 * bw + dw) * f;
+          });
+        }
   return out;
 }
 

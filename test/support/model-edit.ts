@@ -10,7 +10,9 @@ export function withOutputs(modelBytes: Uint8Array, names: string[], elemType = 
   const extra = names.map((name) =>
     create(ValueInfoProtoSchema, {
       name,
-      type: create(TypeProtoSchema, { value: { case: "tensorType", value: create(TypeProto_TensorSchema, { elemType }) } }),
+      type: create(TypeProtoSchema, {
+        value: { case: "tensorType", value: create(TypeProto_TensorSchema, { elemType }) },
+      }),
     }),
   );
   return encodeModel(shallowCopy(model, { graph: shallowCopy(g, { output: [...g.output, ...extra] }) }));

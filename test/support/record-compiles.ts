@@ -19,7 +19,8 @@ vi.mock("../../src/compile.js", async (importOriginal) => {
   const compile: typeof real.compile = (model, spec, options = {}) => {
     const result = real.compile(model, spec, options);
     const { modelName: _m, specName: _s, __testMutate, ...rest } = options;
-    if (!__testMutate) appendFileSync(log, `${sha(model)} ${sha(spec + "\u0000" + JSON.stringify(rest))} ${sha(result.model)}\n`);
+    if (!__testMutate)
+      appendFileSync(log, `${sha(model)} ${sha(`${spec}\u0000${JSON.stringify(rest)}`)} ${sha(result.model)}\n`);
     return result;
   };
   return { ...real, compile };

@@ -5,7 +5,10 @@ import { decodeModel } from "../../src/onnx/io.js";
 export function stageScoresName(compiled: Uint8Array, stage: number): string {
   const g = decodeModel(compiled).graph!;
   const topk = g.node.find(
-    (n) => n.opType === "TopK" && n.name.startsWith(`prunec/stage${stage}/`) && n.attribute.some((a) => a.name === "largest" && a.i === 1n),
+    (n) =>
+      n.opType === "TopK" &&
+      n.name.startsWith(`prunec/stage${stage}/`) &&
+      n.attribute.some((a) => a.name === "largest" && a.i === 1n),
   );
   if (!topk) throw new Error(`stage ${stage} has no TopK`);
   return topk.input[0]!;
@@ -13,5 +16,7 @@ export function stageScoresName(compiled: Uint8Array, stage: number): string {
 
 /** Names of the Softmax outputs, in graph order (the probabilities of an unfused model's layers). */
 export function softmaxOutputs(model: Uint8Array): string[] {
-  return decodeModel(model).graph!.node.filter((n) => n.opType === "Softmax").map((n) => n.output[0]!);
+  return decodeModel(model)
+    .graph!.node.filter((n) => n.opType === "Softmax")
+    .map((n) => n.output[0]!);
 }

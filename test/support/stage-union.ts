@@ -13,7 +13,12 @@ import { decodeModel, encodeModel } from "../../src/onnx/io.js";
 import { shallowCopy } from "../../src/ir/copy.js";
 import { Graph, type NodeProto } from "../../src/ir/graph.js";
 import { create } from "@bufbuild/protobuf";
-import { TensorProto_DataType as DT, TypeProto_TensorSchema, TypeProtoSchema, ValueInfoProtoSchema } from "../../src/onnx/gen/onnx_pb.js";
+import {
+  TensorProto_DataType as DT,
+  TypeProto_TensorSchema,
+  TypeProtoSchema,
+  ValueInfoProtoSchema,
+} from "../../src/onnx/gen/onnx_pb.js";
 import { stageScoresName } from "./stage-tensors.js";
 
 export interface StageTensors {
@@ -70,7 +75,12 @@ export function stageUnion(compiled: readonly Uint8Array[]): { model: Uint8Array
     nodes.push(...g.order.filter((n) => added.has(n)));
   });
   const output = (name: string, elemType: DT) =>
-    create(ValueInfoProtoSchema, { name, type: create(TypeProtoSchema, { value: { case: "tensorType", value: create(TypeProto_TensorSchema, { elemType }) } }) });
+    create(ValueInfoProtoSchema, {
+      name,
+      type: create(TypeProtoSchema, {
+        value: { case: "tensorType", value: create(TypeProto_TensorSchema, { elemType }) },
+      }),
+    });
   const outputs = stages.flatMap((s) => [output(s.scores, DT.FLOAT), output(s.indices, DT.INT64)]);
   const graph = shallowCopy(baseGraph, { node: nodes, initializer, output: [...baseGraph.output, ...outputs] });
   const sorted = shallowCopy(graph, { node: new Graph(graph).order });

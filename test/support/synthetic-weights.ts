@@ -45,17 +45,25 @@ export function residualOutput(modelBytes: Uint8Array | ModelProto, layer: numbe
  * `extraOutputs`), with every node, initializer and value_info that no longer reaches an output
  * removed. External data entries are kept as recorded, so the cut model reads the same files.
  */
-export function truncateToLayers(modelBytes: Uint8Array, keepLayers: number, extraOutputs: readonly string[] = []): Uint8Array {
+export function truncateToLayers(
+  modelBytes: Uint8Array,
+  keepLayers: number,
+  extraOutputs: readonly string[] = [],
+): Uint8Array {
   const model = decodeModel(modelBytes);
   const stream = residualOutput(model, keepLayers - 1);
   const graph = model.graph!;
   const g = new Graph(graph);
   const names = [stream, ...extraOutputs.filter((n) => n !== stream)];
-  for (const n of names) if (!g.producer.has(n) && !g.initializers.has(n)) throw new Error(`truncateToLayers: no tensor '${n}' in the model`);
+  for (const n of names)
+    if (!g.producer.has(n) && !g.initializers.has(n))
+      throw new Error(`truncateToLayers: no tensor '${n}' in the model`);
   const outputs = names.map((name) => {
     const declared = g.valueInfo.get(name)?.type?.value;
     const elemType = declared?.case === "tensorType" ? declared.value.elemType : DT.FLOAT;
-    const type = create(TypeProtoSchema, { value: { case: "tensorType", value: create(TypeProto_TensorSchema, { elemType }) } });
+    const type = create(TypeProtoSchema, {
+      value: { case: "tensorType", value: create(TypeProto_TensorSchema, { elemType }) },
+    });
     return create(ValueInfoProtoSchema, { name, type });
   });
   const pruned = eliminateDeadCode(g, shallowCopy(graph, { output: outputs }));
@@ -73,7 +81,9 @@ export function shortenToLayers(modelBytes: Uint8Array, keepLayers: number): Uin
   const last = residualOutput(model, layers - 1);
   const cut = residualOutput(model, keepLayers - 1);
   const graph = model.graph!;
-  const node = graph.node.map((n) => (n.input.includes(last) ? shallowCopy(n, { input: n.input.map((i) => (i === last ? cut : i)) }) : n));
+  const node = graph.node.map((n) =>
+    n.input.includes(last) ? shallowCopy(n, { input: n.input.map((i) => (i === last ? cut : i)) }) : n,
+  );
   const rewired = shallowCopy(graph, { node });
   return encodeModel(shallowCopy(model, { graph: eliminateDeadCode(new Graph(rewired), rewired) }));
 }
@@ -115,12 +125,37 @@ export function eliminateDeadCode(g: Graph, graph: GraphProto): GraphProto {
 /** Typical magnitude of a synthetic weight (uniform ±WEIGHT: σ ≈ 0.029, like an N(0, 0.02²) init). */
 const WEIGHT = 0.05;
 const BIAS = 0.02;
-const NORMS = new Set(["LayerNormalization", "SimplifiedLayerNormalization", "RMSNormalization", "SkipLayerNormalization", "SkipSimplifiedLayerNormalization"]);
+const NORMS = new Set([
+  "LayerNormalization",
+  "SimplifiedLayerNormalization",
+  "RMSNormalization",
+  "SkipLayerNormalization",
+  "SkipSimplifiedLayerNormalization",
+]);
 /** Ops that only use a float constant as data (weights, biases, added embeddings, gathered tables). */
-const DATA_OPS = new Set(["MatMul", "Gemm", "Conv", "ConvTranspose", "Add", "Sub", "Mul", "Concat", "Gather", "Where", "Expand"]);
+const DATA_OPS = new Set([
+  "MatMul",
+  "Gemm",
+  "Conv",
+  "ConvTranspose",
+  "Add",
+  "Sub",
+  "Mul",
+  "Concat",
+  "Gather",
+  "Where",
+  "Expand",
+]);
 
 const ELEMENT_BYTES: Partial<Record<DT, number>> = {
-  [DT.FLOAT]: 4, [DT.FLOAT16]: 2, [DT.BFLOAT16]: 2, [DT.DOUBLE]: 8, [DT.UINT8]: 1, [DT.INT8]: 1, [DT.INT32]: 4, [DT.INT64]: 8,
+  [DT.FLOAT]: 4,
+  [DT.FLOAT16]: 2,
+  [DT.BFLOAT16]: 2,
+  [DT.DOUBLE]: 8,
+  [DT.UINT8]: 1,
+  [DT.INT8]: 1,
+  [DT.INT32]: 4,
+  [DT.INT64]: 8,
 };
 
 interface Use {
@@ -146,14 +181,23 @@ function externalEntry(t: TensorProto): { location: string; offset: number; leng
 /** Synthesises the value of each external tensor of one graph from how the graph uses it. */
 class Synthesizer {
   private readonly cache = new Map<string, ArrayLike<number>>();
-  constructor(private readonly g: Graph, private readonly seed: number) {}
+  constructor(
+    private readonly g: Graph,
+    private readonly seed: number,
+  ) {}
 
   private uses(name: string): Use[] {
-    return this.g.consumersOf(name).flatMap((node) => node.input.flatMap((i, slot) => (i === name ? [{ node, slot }] : [])));
+    return this.g
+      .consumersOf(name)
+      .flatMap((node) => node.input.flatMap((i, slot) => (i === name ? [{ node, slot }] : [])));
   }
 
   private describe(name: string): string {
-    return this.uses(name).map((u) => `${u.node.opType}[${u.slot}] '${u.node.name}'`).join(", ") || "no consumer";
+    return (
+      this.uses(name)
+        .map((u) => `${u.node.opType}[${u.slot}] '${u.node.name}'`)
+        .join(", ") || "no consumer"
+    );
   }
 
   /** The numbers of a constant: read from the model, or synthesised when they are external. */
@@ -179,7 +223,9 @@ class Synthesizer {
     const uniform = (a: number) => (rnd() * 2 - 1) * a;
     const uses = this.uses(t.name);
     const fail = (why: string): never => {
-      throw new Error(`synthetic weights: ${t.name} (type ${DT[t.dataType]}, dims [${t.dims.join(",")}]) ${why}; used by ${this.describe(t.name)}`);
+      throw new Error(
+        `synthetic weights: ${t.name} (type ${DT[t.dataType]}, dims [${t.dims.join(",")}]) ${why}; used by ${this.describe(t.name)}`,
+      );
     };
     if (uses.length === 0) fail("has no consumer");
     const isFloat = [DT.FLOAT, DT.FLOAT16, DT.BFLOAT16, DT.DOUBLE].includes(t.dataType);
@@ -187,7 +233,10 @@ class Synthesizer {
 
     if (isFloat) {
       const out = new Float32Array(n);
-      if (uses.some((u) => NORMS.has(u.node.opType) && u.slot === 1) || uses.some((u) => u.node.opType === "Div" && u.slot === 1)) {
+      if (
+        uses.some((u) => NORMS.has(u.node.opType) && u.slot === 1) ||
+        uses.some((u) => u.node.opType === "Div" && u.slot === 1)
+      ) {
         for (let i = 0; i < n; i++) out[i] = 1 + uniform(0.1); // norm scales, divisors: near 1
         return out;
       }
@@ -197,7 +246,7 @@ class Synthesizer {
         // Rotary caches [positions, d/2]: real tables (base 10000), so rotation stays a rotation.
         const half = Number(t.dims[1]);
         for (let p = 0; p < Number(t.dims[0]); p++) {
-          for (let i = 0; i < half; i++) out[p * half + i] = (cosine ? Math.cos : Math.sin)(p * Math.pow(10000, -i / half));
+          for (let i = 0; i < half; i++) out[p * half + i] = (cosine ? Math.cos : Math.sin)(p * 10000 ** (-i / half));
         }
         return out;
       }
@@ -212,7 +261,14 @@ class Synthesizer {
         for (let i = 0; i < n; i++) out[i] = (WEIGHT / 32) * (1 + uniform(0.1));
         return out;
       }
-      if (uses.every((u) => DATA_OPS.has(u.node.opType) || NORMS.has(u.node.opType) || (u.node.opType === "MatMulNBits" && u.slot === 5))) {
+      if (
+        uses.every(
+          (u) =>
+            DATA_OPS.has(u.node.opType) ||
+            NORMS.has(u.node.opType) ||
+            (u.node.opType === "MatMulNBits" && u.slot === 5),
+        )
+      ) {
         const a = t.dims.length <= 1 ? BIAS : WEIGHT; // biases (and norm biases) smaller than matrices and tables
         for (let i = 0; i < n; i++) out[i] = uniform(a);
         return out;
@@ -229,7 +285,10 @@ class Synthesizer {
         const N = attrInt(nb.node, "N", 0);
         const K = attrInt(nb.node, "K", 0);
         const blocks = Math.ceil(K / attrInt(nb.node, "block_size", 32));
-        const perRow = nb.slot === 1 ? blocks * Math.ceil((attrInt(nb.node, "block_size", 32) * bits) / 8) : Math.ceil((blocks * bits) / 8);
+        const perRow =
+          nb.slot === 1
+            ? blocks * Math.ceil((attrInt(nb.node, "block_size", 32) * bits) / 8)
+            : Math.ceil((blocks * bits) / 8);
         if (n !== N * perRow) fail(`has ${n} bytes, MatMulNBits(N=${N}, K=${K}, bits=${bits}) expects ${N * perRow}`);
         if (bits !== 4 && bits !== 8) fail(`is packed with bits=${bits}; only 4 and 8 are handled`);
         // Packed weights: every nibble/byte uniform over the full range. Zero points: mid-range in every slot.
@@ -241,16 +300,25 @@ class Synthesizer {
         }
         return out;
       }
-      if (uses.some((u) => (u.node.opType === "MatMulInteger" && u.slot === 3) || (u.node.opType.endsWith("QuantizeLinear") && u.slot === 2))) {
+      if (
+        uses.some(
+          (u) =>
+            (u.node.opType === "MatMulInteger" && u.slot === 3) ||
+            (u.node.opType.endsWith("QuantizeLinear") && u.slot === 2),
+        )
+      ) {
         out.fill(t.dataType === DT.UINT8 ? 128 : 0); // zero points
         return out;
       }
       const q = this.quantizedData(t, uses);
       if (!q) return fail("is 8-bit data whose scale and zero point could not be found");
       const cols = q.scales.length;
-      if (cols !== 1 && cols !== Number(t.dims.at(-1))) fail(`has ${cols} scales, neither per-tensor nor per last-axis channel`);
+      if (cols !== 1 && cols !== Number(t.dims.at(-1)))
+        fail(`has ${cols} scales, neither per-tensor nor per last-axis channel`);
       // Integer half-range per channel so that (q - zp)·scale spans about ±WEIGHT.
-      const range = Int32Array.from({ length: cols }, (_, c) => Math.max(1, Math.min(127, Math.round(WEIGHT / q.scales[c]!))));
+      const range = Int32Array.from({ length: cols }, (_, c) =>
+        Math.max(1, Math.min(127, Math.round(WEIGHT / q.scales[c]!))),
+      );
       for (let i = 0; i < n; i++) {
         const r = range[cols === 1 ? 0 : i % cols]!;
         out[i] = Math.max(lo, Math.min(hi, q.zeroPoint + Math.floor(rnd() * (2 * r + 1)) - r));
@@ -285,12 +353,13 @@ class Synthesizer {
    * multiplies the integer product, directly or through Mul(activation_scale, weight_scale)), or a
    * table dequantized by DequantizeLinear (directly or after a Gather).
    */
-  private quantizedData(t: TensorProto, uses: Use[]): { scales: ArrayLike<number>; zeroPoint: number } | undefined {
+  private quantizedData(_t: TensorProto, uses: Use[]): { scales: ArrayLike<number>; zeroPoint: number } | undefined {
     const mmi = uses.find((u) => u.node.opType === "MatMulInteger" && u.slot === 1)?.node;
     if (mmi) {
       const zp = mmi.input[3] ? this.numbers(mmi.input[3])[0]! : 0;
       let out = mmi.output[0]!;
-      for (let c = this.g.consumersOf(out)[0]; c && c.opType === "Cast"; c = this.g.consumersOf(out)[0]) out = c.output[0]!;
+      for (let c = this.g.consumersOf(out)[0]; c && c.opType === "Cast"; c = this.g.consumersOf(out)[0])
+        out = c.output[0]!;
       const mul = this.g.consumersOf(out).find((c) => c.opType === "Mul");
       const other = mul?.input.find((i) => i !== out);
       if (!other) return undefined;
@@ -299,8 +368,11 @@ class Synthesizer {
       const w = combined?.opType === "Mul" ? combined.input.find((i) => this.g.isConstant(i)) : undefined;
       return w ? { scales: this.numbers(w), zeroPoint: zp } : undefined;
     }
-    const dq = uses.find((u) => u.node.opType === "DequantizeLinear" && u.slot === 0)?.node
-      ?? uses.filter((u) => u.node.opType === "Gather" && u.slot === 0).map((u) => this.g.consumersOf(u.node.output[0]!).find((c) => c.opType === "DequantizeLinear"))[0];
+    const dq =
+      uses.find((u) => u.node.opType === "DequantizeLinear" && u.slot === 0)?.node ??
+      uses
+        .filter((u) => u.node.opType === "Gather" && u.slot === 0)
+        .map((u) => this.g.consumersOf(u.node.output[0]!).find((c) => c.opType === "DequantizeLinear"))[0];
     if (!dq?.input[1]) return undefined;
     return { scales: this.numbers(dq.input[1]), zeroPoint: dq.input[2] ? this.numbers(dq.input[2])[0]! : 0 };
   }
@@ -310,15 +382,24 @@ class Synthesizer {
 function encode(dataType: DT, v: Float32Array | Int32Array): Uint8Array {
   const bytes = (a: ArrayBufferView) => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
   switch (dataType) {
-    case DT.FLOAT: return bytes(Float32Array.from(v));
-    case DT.DOUBLE: return bytes(Float64Array.from(v));
-    case DT.FLOAT16: return bytes(Uint16Array.from(v, toHalf));
-    case DT.BFLOAT16: return bytes(Uint16Array.from(new Uint32Array(Float32Array.from(v).buffer), (u) => u >>> 16));
-    case DT.UINT8: return Uint8Array.from(v);
-    case DT.INT8: return bytes(Int8Array.from(v));
-    case DT.INT32: return bytes(Int32Array.from(v));
-    case DT.INT64: return bytes(BigInt64Array.from(v, (x) => BigInt(x)));
-    default: throw new Error(`synthetic weights: element type ${DT[dataType]} is not handled`);
+    case DT.FLOAT:
+      return bytes(Float32Array.from(v));
+    case DT.DOUBLE:
+      return bytes(Float64Array.from(v));
+    case DT.FLOAT16:
+      return bytes(Uint16Array.from(v, toHalf));
+    case DT.BFLOAT16:
+      return bytes(Uint16Array.from(new Uint32Array(Float32Array.from(v).buffer), (u) => u >>> 16));
+    case DT.UINT8:
+      return Uint8Array.from(v);
+    case DT.INT8:
+      return bytes(Int8Array.from(v));
+    case DT.INT32:
+      return bytes(Int32Array.from(v));
+    case DT.INT64:
+      return bytes(BigInt64Array.from(v, (x) => BigInt(x)));
+    default:
+      throw new Error(`synthetic weights: element type ${DT[dataType]} is not handled`);
   }
 }
 
@@ -340,7 +421,10 @@ function toHalf(x: number): number {
  */
 /** Nodes of a graph and of its control-flow bodies (Qwen3.5's linear attention reads weights inside `If` branches). */
 function hoisted(nodes: readonly NodeProto[]): NodeProto[] {
-  return nodes.flatMap((n) => [n, ...hoisted(n.attribute.flatMap((a) => [...(a.g ? [a.g] : []), ...a.graphs]).flatMap((b) => b.node))]);
+  return nodes.flatMap((n) => [
+    n,
+    ...hoisted(n.attribute.flatMap((a) => [...(a.g ? [a.g] : []), ...a.graphs]).flatMap((b) => b.node)),
+  ]);
 }
 
 export function writeSyntheticWeights(model: Uint8Array | ModelProto, dir: string, seed: number): string {
@@ -354,9 +438,11 @@ export function writeSyntheticWeights(model: Uint8Array | ModelProto, dir: strin
       if (!isExternal(t)) continue;
       const { location, offset, length } = externalEntry(t);
       const width = ELEMENT_BYTES[t.dataType as DT];
-      if (width === undefined) throw new Error(`synthetic weights: ${t.name} has element type ${DT[t.dataType]}, not handled`);
+      if (width === undefined)
+        throw new Error(`synthetic weights: ${t.name} has element type ${DT[t.dataType]}, not handled`);
       const bytes = encode(t.dataType, synth.values(t));
-      if (length !== undefined && length !== bytes.length) throw new Error(`synthetic weights: ${t.name} records length ${length}, its dims give ${bytes.length} bytes`);
+      if (length !== undefined && length !== bytes.length)
+        throw new Error(`synthetic weights: ${t.name} records length ${length}, its dims give ${bytes.length} bytes`);
       let fd = files.get(location);
       if (fd === undefined) {
         mkdirSync(dirname(join(dir, location)), { recursive: true });

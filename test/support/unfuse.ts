@@ -22,22 +22,36 @@ export function unfuseMultiHeadAttention(bytes: Uint8Array, headSize: number): U
       continue;
     }
     const [q0, k0, v0, bias, padding, attnBias] = mha.input;
-    if (!k0 || !v0 || padding || mha.input[6] || mha.input[7]) throw new Error(`${mha.name}: only separate q/k/v without masks or caches are unfused`);
+    if (!k0 || !v0 || padding || mha.input[6] || mha.input[7])
+      throw new Error(`${mha.name}: only separate q/k/v without masks or caches are unfused`);
     const heads = attrInt(mha, "num_heads", 0);
     const width = heads * headSize;
     const scale = attr(mha, "scale")?.f || 1 / Math.sqrt(headSize);
     const p = `${mha.name}/unfused`;
     let count = 0;
-    const add = (op: string, inputs: string[], attrs: Record<string, number | number[] | { float: number }> = {}, output?: string): string => {
+    const add = (
+      op: string,
+      inputs: string[],
+      attrs: Record<string, number | number[] | { float: number }> = {},
+      output?: string,
+    ): string => {
       const name = `${p}/${op}_${count++}`;
       const out = output ?? `${name}/output_0`;
       nodes.push(makeNode(op, inputs, [out], name, attrs));
       return out;
     };
-    const constant = (t: TensorProto): string => (inits.push(t), t.name);
+    const constant = (t: TensorProto): string => {
+      inits.push(t);
+      return t.name;
+    };
     const part = (x: string, i: number): string => {
       if (!bias) return x;
-      const slice = add("Slice", [bias, constant(int64Tensor(`${p}/start${i}`, [i * width])), constant(int64Tensor(`${p}/end${i}`, [(i + 1) * width])), constant(int64Tensor(`${p}/axis${i}`, [0]))]);
+      const slice = add("Slice", [
+        bias,
+        constant(int64Tensor(`${p}/start${i}`, [i * width])),
+        constant(int64Tensor(`${p}/end${i}`, [(i + 1) * width])),
+        constant(int64Tensor(`${p}/axis${i}`, [0])),
+      ]);
       return add("Add", [x, slice]);
     };
     const headsShape = constant(int64Tensor(`${p}/heads_shape`, [0, 0, heads, headSize]));

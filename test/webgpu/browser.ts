@@ -74,7 +74,9 @@ export async function openBrowser(origin: string): Promise<BrowserSession> {
     const page = context.pages()[0] ?? (await context.newPage());
     page.on("console", (m) => consoleLines.push(`[${m.type()}] ${m.text()}`));
     page.on("pageerror", (e) => pageErrors.push(e.message));
-    const failed = new Promise<never>((_, reject) => page.once("pageerror", (e) => reject(new Error(`page error: ${e.message}`))));
+    const failed = new Promise<never>((_, reject) =>
+      page.once("pageerror", (e) => reject(new Error(`page error: ${e.message}`))),
+    );
     failed.catch(() => undefined); // may reject after the race is over
     await page.goto(origin);
     await Promise.race([page.waitForFunction(() => "prunecWebgpu" in window, null, { timeout: 60_000 }), failed]);

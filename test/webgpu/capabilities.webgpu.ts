@@ -41,7 +41,15 @@ import { DIGITS_DIR, modelCases, type ModelCase, type Sample } from "./models.js
 import { CPU_EP, WEBGPU_EP, locate, parsePlacement, type MemcpyNote, type NodeWhere } from "./placement.js";
 import { stageCopies, stageOf, type Role, type StageCopy, type StageNode } from "./stage-graph.js";
 import type { TestServer } from "./server.js";
-import { argmaxRows, feedsOf, finishSuite, itBrowserReady, openSuiteBrowser, runInBrowser, type BrowserRun } from "./harness.js";
+import {
+  argmaxRows,
+  feedsOf,
+  finishSuite,
+  itBrowserReady,
+  openSuiteBrowser,
+  runInBrowser,
+  type BrowserRun,
+} from "./harness.js";
 import { DECODER_CASES } from "./decoder-cases.js";
 
 const SCRATCH = join(REPO_ROOT, "scratch");
@@ -85,7 +93,12 @@ export const CAPABILITIES: Capability[] = [
   { key: "merge", covers: "similarity", spec: "after layer 1 merge 25% by similarity\n" },
   { key: "mask", covers: "with mask", spec: "after layer 1 keep 25% by cls-attn with mask\n" },
   { key: "recycle", covers: "with recycle", spec: "after layer 1 keep 25% by cls-attn with recycle\n" },
-  { key: "keep-mass", covers: "keep mass (adaptive)", spec: "after layer 1 keep mass 60% by cls-attn\n", adaptive: true },
+  {
+    key: "keep-mass",
+    covers: "keep mass (adaptive)",
+    spec: "after layer 1 keep mass 60% by cls-attn\n",
+    adaptive: true,
+  },
 ];
 
 /** A stage node that decides which tokens survive, and what to check its input for. */
@@ -185,116 +198,132 @@ it("the capability list covers every vision criterion prunec compiles (passes/re
   // Decoder criteria (they need token sets such as `image`) run on the test decoder in
   // decoder.webgpu.ts (decoder-cases.ts DECODER_CASES).
   const onDecoder = new Set(DECODER_CASES.map((c) => c.covers));
-  expect(CRITERIA.filter((c) => !(c.requiresSets?.length ? onDecoder : covered).has(c.name)).map((c) => c.name)).toEqual([]);
+  expect(
+    CRITERIA.filter((c) => !(c.requiresSets?.length ? onDecoder : covered).has(c.name)).map((c) => c.name),
+  ).toEqual([]);
   for (const c of CAPABILITIES) {
     // every criterion appears in the spec it claims to cover
     if (CRITERIA.some((m) => m.name === c.covers)) expect(c.spec).toContain(c.covers);
   }
 });
 
-describe.skipIf(!HAVE_DIGITS)(`capabilities on WebGPU, target webgpu (digits, batch ${BATCH})${HAVE_DIGITS ? "" : " (needs examples/digits/model.onnx: missing)"}`, () => {
-  const mc = digitsCase as ModelCase;
-  let server: TestServer | undefined;
-  let browser: BrowserSession | undefined;
-  const variants = new Map<string, Variant>();
-  const chosen = new Map<string, Batch[]>();
-  const reports = new Map<string, CapReport>();
+describe.skipIf(!HAVE_DIGITS)(
+  `capabilities on WebGPU, target webgpu (digits, batch ${BATCH})${HAVE_DIGITS ? "" : " (needs examples/digits/model.onnx: missing)"}`,
+  () => {
+    const mc = digitsCase as ModelCase;
+    let server: TestServer | undefined;
+    let browser: BrowserSession | undefined;
+    const variants = new Map<string, Variant>();
+    const chosen = new Map<string, Batch[]>();
+    const reports = new Map<string, CapReport>();
 
-  beforeAll(async () => {
-    const dense = new Uint8Array(readFileSync(mc.modelPath));
-    const pool = mc.candidates();
-    for (const cap of CAPABILITIES) {
-      const v = prepare(dense, cap);
-      variants.set(cap.key, v);
-      const { batches, skipped, margins } = await choose(mc, v, pool);
-      chosen.set(cap.key, batches);
-      const r: CapReport = {
-        key: cap.key,
-        covers: cap.covers,
-        spec: cap.spec.trim(),
-        lowering: v.lowering,
-        loopNodes: v.graph.node.filter((n) => n.opType === "Loop").length,
-        batches: batches.map((b) => b.map((s) => s.id)),
-        skipped,
-        margins,
-      };
-      reports.set(cap.key, r);
-      report.capabilities.push(r);
-    }
-    ({ server, browser } = await openSuiteBrowser(report.browser));
-  }, 300_000);
-
-  afterAll(async () => {
-    await finishSuite({ report, path: REPORT_PATH, t0, browser, server, summary });
-  }, 60_000);
-
-  itBrowserReady(report.browser, () => browser);
-
-  it("diversity and k-center compile to an unrolled selection for target webgpu: no Loop node (the default target has one)", () => {
-    const dense = new Uint8Array(readFileSync(mc.modelPath));
-    for (const cap of CAPABILITIES.filter((c) => c.greedy)) {
-      const v = variants.get(cap.key)!;
-      expect(v.hasLoop, `${cap.key}, target webgpu`).toBe(false);
-      const cpu = decodeModel(compile(dense, cap.spec, { exposeIndices: true }).model).graph!;
-      expect(cpu.node.some((n) => n.opType === "Loop"), `${cap.key}, default target`).toBe(true);
-    }
-  });
-
-  for (const cap of CAPABILITIES) {
-    const extra = cap.adaptive ? " and counts" : "";
-    const alone = cap.adaptive ? ` (batch ${BATCH}, and each sample alone)` : "";
-    it(`${cap.key} ('${cap.spec.trim()}'): WebGPU gives onnxruntime-node's kept indices${extra}, predictions, logits within ${LOGITS_ATOL}${alone}; placement recorded`, async () => {
-      const v = variants.get(cap.key)!;
-      const r = reports.get(cap.key)!;
-      const batches = chosen.get(cap.key)!;
-      try {
-        expect(v.lowering).toHaveLength(1);
-        if (cap.greedy) expect(v.hasLoop).toBe(false);
-        const web = await runBrowser(v, batches);
-        r.createMs = Math.round(web.createMs);
-        r.runMs = web.runs.map((x) => Math.round(x.runMs));
-        // Placement first (recorded even when the comparison below fails).
-        r.placement = placementOf(v, web.log);
-        const cpu = [];
-        for (const b of batches) cpu.push(await runNode(v.model, feedsOf(mc, b), v.outputs));
-        const webLogits = web.runs.flatMap((x) => x.outputs[mc.output]!.data);
-        const cpuLogits = cpu.flatMap((x) => Array.from(x[mc.output]!.data as Float32Array));
-        const classes = cpu[0]![mc.output]!.dims[1]!;
-        r.maxAbsDiffLogits = maxAbsDiff(webLogits, cpuLogits);
-        const webPred = argmaxRows(webLogits, classes);
-        const cpuPred = argmaxRows(cpuLogits, classes);
-        r.predictions = { webgpu: webPred, cpu: cpuPred, labels: batches.flat().map((s) => s.label ?? null) };
-        r.outputsEqual = {};
-        const idx = v.outputs.filter((o) => o !== mc.output);
-        for (const o of idx) {
-          const w = web.runs.map((x) => ({ dims: x.outputs[o]!.dims, data: x.outputs[o]!.data }));
-          const c = cpu.map((x) => ({ dims: x[o]!.dims, data: Array.from(x[o]!.data as BigInt64Array, Number) }));
-          r.outputsEqual[o] = JSON.stringify(w) === JSON.stringify(c);
-        }
-        expect(idx).toEqual(cap.adaptive ? ["prunec.stage0.indices", "prunec.stage0.counts"] : ["prunec.stage0.indices"]);
-        for (const o of idx) {
-          for (let b = 0; b < batches.length; b++) {
-            expect({ dims: web.runs[b]!.outputs[o]!.dims, data: web.runs[b]!.outputs[o]!.data }, `${o}, batch ${batches[b]!.map((s) => s.id).join(",")}`).toEqual({
-              dims: cpu[b]![o]!.dims,
-              data: Array.from(cpu[b]![o]!.data as BigInt64Array, Number),
-            });
-          }
-        }
-        expect(webPred).toEqual(cpuPred);
-        expect(r.maxAbsDiffLogits).toBeLessThanOrEqual(LOGITS_ATOL);
-        expect(r.placement.counts[WEBGPU_EP] ?? 0).toBeGreaterThan(0);
-        expect(Object.keys(r.placement.counts).every((ep) => ep === WEBGPU_EP || ep === CPU_EP), JSON.stringify(r.placement.counts)).toBe(true);
-      } catch (err) {
-        r.error = String(err).split("\n")[0];
-        throw err;
+    beforeAll(async () => {
+      const dense = new Uint8Array(readFileSync(mc.modelPath));
+      const pool = mc.candidates();
+      for (const cap of CAPABILITIES) {
+        const v = prepare(dense, cap);
+        variants.set(cap.key, v);
+        const { batches, skipped, margins } = await choose(mc, v, pool);
+        chosen.set(cap.key, batches);
+        const r: CapReport = {
+          key: cap.key,
+          covers: cap.covers,
+          spec: cap.spec.trim(),
+          lowering: v.lowering,
+          loopNodes: v.graph.node.filter((n) => n.opType === "Loop").length,
+          batches: batches.map((b) => b.map((s) => s.id)),
+          skipped,
+          margins,
+        };
+        reports.set(cap.key, r);
+        report.capabilities.push(r);
       }
+      ({ server, browser } = await openSuiteBrowser(report.browser));
     }, 300_000);
-  }
 
-  async function runBrowser(v: Variant, batches: Batch[]): Promise<BrowserRun> {
-    return runInBrowser(server!, browser!, mc, logId(v.cap), v.model, batches, v.outputs);
-  }
-});
+    afterAll(async () => {
+      await finishSuite({ report, path: REPORT_PATH, t0, browser, server, summary });
+    }, 60_000);
+
+    itBrowserReady(report.browser, () => browser);
+
+    it("diversity and k-center compile to an unrolled selection for target webgpu: no Loop node (the default target has one)", () => {
+      const dense = new Uint8Array(readFileSync(mc.modelPath));
+      for (const cap of CAPABILITIES.filter((c) => c.greedy)) {
+        const v = variants.get(cap.key)!;
+        expect(v.hasLoop, `${cap.key}, target webgpu`).toBe(false);
+        const cpu = decodeModel(compile(dense, cap.spec, { exposeIndices: true }).model).graph!;
+        expect(
+          cpu.node.some((n) => n.opType === "Loop"),
+          `${cap.key}, default target`,
+        ).toBe(true);
+      }
+    });
+
+    for (const cap of CAPABILITIES) {
+      const extra = cap.adaptive ? " and counts" : "";
+      const alone = cap.adaptive ? ` (batch ${BATCH}, and each sample alone)` : "";
+      it(`${cap.key} ('${cap.spec.trim()}'): WebGPU gives onnxruntime-node's kept indices${extra}, predictions, logits within ${LOGITS_ATOL}${alone}; placement recorded`, async () => {
+        const v = variants.get(cap.key)!;
+        const r = reports.get(cap.key)!;
+        const batches = chosen.get(cap.key)!;
+        try {
+          expect(v.lowering).toHaveLength(1);
+          if (cap.greedy) expect(v.hasLoop).toBe(false);
+          const web = await runBrowser(v, batches);
+          r.createMs = Math.round(web.createMs);
+          r.runMs = web.runs.map((x) => Math.round(x.runMs));
+          // Placement first (recorded even when the comparison below fails).
+          r.placement = placementOf(v, web.log);
+          const cpu = [];
+          for (const b of batches) cpu.push(await runNode(v.model, feedsOf(mc, b), v.outputs));
+          const webLogits = web.runs.flatMap((x) => x.outputs[mc.output]!.data);
+          const cpuLogits = cpu.flatMap((x) => Array.from(x[mc.output]!.data as Float32Array));
+          const classes = cpu[0]![mc.output]!.dims[1]!;
+          r.maxAbsDiffLogits = maxAbsDiff(webLogits, cpuLogits);
+          const webPred = argmaxRows(webLogits, classes);
+          const cpuPred = argmaxRows(cpuLogits, classes);
+          r.predictions = { webgpu: webPred, cpu: cpuPred, labels: batches.flat().map((s) => s.label ?? null) };
+          r.outputsEqual = {};
+          const idx = v.outputs.filter((o) => o !== mc.output);
+          for (const o of idx) {
+            const w = web.runs.map((x) => ({ dims: x.outputs[o]!.dims, data: x.outputs[o]!.data }));
+            const c = cpu.map((x) => ({ dims: x[o]!.dims, data: Array.from(x[o]!.data as BigInt64Array, Number) }));
+            r.outputsEqual[o] = JSON.stringify(w) === JSON.stringify(c);
+          }
+          expect(idx).toEqual(
+            cap.adaptive ? ["prunec.stage0.indices", "prunec.stage0.counts"] : ["prunec.stage0.indices"],
+          );
+          for (const o of idx) {
+            for (let b = 0; b < batches.length; b++) {
+              expect(
+                { dims: web.runs[b]!.outputs[o]!.dims, data: web.runs[b]!.outputs[o]!.data },
+                `${o}, batch ${batches[b]!.map((s) => s.id).join(",")}`,
+              ).toEqual({
+                dims: cpu[b]![o]!.dims,
+                data: Array.from(cpu[b]![o]!.data as BigInt64Array, Number),
+              });
+            }
+          }
+          expect(webPred).toEqual(cpuPred);
+          expect(r.maxAbsDiffLogits).toBeLessThanOrEqual(LOGITS_ATOL);
+          expect(r.placement.counts[WEBGPU_EP] ?? 0).toBeGreaterThan(0);
+          expect(
+            Object.keys(r.placement.counts).every((ep) => ep === WEBGPU_EP || ep === CPU_EP),
+            JSON.stringify(r.placement.counts),
+          ).toBe(true);
+        } catch (err) {
+          r.error = String(err).split("\n")[0];
+          throw err;
+        }
+      }, 300_000);
+    }
+
+    async function runBrowser(v: Variant, batches: Batch[]): Promise<BrowserRun> {
+      return runInBrowser(server!, browser!, mc, logId(v.cap), v.model, batches, v.outputs);
+    }
+  },
+);
 
 function logId(cap: Capability): string {
   return `digits-cap.${cap.key}`;
@@ -302,7 +331,12 @@ function logId(cap: Capability): string {
 
 /** Compile, classify prunec's nodes, find the nodes whose ties would change the kept tokens. */
 function prepare(dense: Uint8Array, cap: Capability): Variant {
-  const res = compile(dense, cap.spec, { exposeIndices: true, target: "webgpu", modelName: "digits", specName: `${cap.key}.prune` });
+  const res = compile(dense, cap.spec, {
+    exposeIndices: true,
+    target: "webgpu",
+    modelName: "digits",
+    specName: `${cap.key}.prune`,
+  });
   const graph = decodeModel(res.model).graph!;
   const outputs = graph.output.map((o) => o.name);
   const nodes = roles(graph);
@@ -318,7 +352,12 @@ function prepare(dense: Uint8Array, cap: Capability): Variant {
   for (const n of mine) {
     if (n.opType === "TopK" && n.output[1] && (consumed.has(n.output[1]) || outputs.includes(n.output[1]))) {
       const k = n.input[1]!;
-      decisive.push({ node: n, kind: "topk", staticK: inits.has(k) || producer.get(k)?.opType === "Constant", tensors: [n.input[0]!, n.output[0]!] });
+      decisive.push({
+        node: n,
+        kind: "topk",
+        staticK: inits.has(k) || producer.get(k)?.opType === "Constant",
+        tensors: [n.input[0]!, n.output[0]!],
+      });
     } else if (n.opType === "ArgMax" || n.opType === "ArgMin") {
       decisive.push({ node: n, kind: "arg", staticK: true, tensors: [n.input[0]!] });
     } else if (n.opType === "CumSum") {
@@ -327,7 +366,16 @@ function prepare(dense: Uint8Array, cap: Capability): Variant {
       if (less) decisive.push({ node: n, kind: "mass", staticK: true, tensors: [n.output[0]!, less.input[1]!] });
     }
   }
-  return { cap, model: res.model, graph, lowering: res.report.stages.map((s) => s.lowering), outputs, nodes, decisive, hasLoop: graph.node.some((n) => n.opType === "Loop") };
+  return {
+    cap,
+    model: res.model,
+    graph,
+    lowering: res.report.stages.map((s) => s.lowering),
+    outputs,
+    nodes,
+    decisive,
+    hasLoop: graph.node.some((n) => n.opType === "Loop"),
+  };
 }
 
 /**
@@ -356,7 +404,12 @@ function roles(graph: GraphProto): CapNode[] {
   for (const n of graph.node) {
     const stage = stageOf(n.name);
     if (stage === undefined) continue;
-    out.push({ name: n.name, opType: n.opType, stage, role: model.has(n) ? "data" : exposed.has(n) ? "expose" : "dead" });
+    out.push({
+      name: n.name,
+      opType: n.opType,
+      stage,
+      role: model.has(n) ? "data" : exposed.has(n) ? "expose" : "dead",
+    });
   }
   return out;
 }
@@ -396,7 +449,8 @@ function selectionMargins(v: Variant, out: Outs, batch: number, all: boolean): {
       const n = before.dims[1]!;
       for (let b = 0; b < batch; b++) {
         const t = Number(target.data[b]);
-        for (let j = 0; j < n; j++) note(b, Math.abs(Number(before.data[b * n + j]) - t) / Math.abs(t), `${name} (cumulative mass vs target)`);
+        for (let j = 0; j < n; j++)
+          note(b, Math.abs(Number(before.data[b * n + j]) - t) / Math.abs(t), `${name} (cumulative mass vs target)`);
       }
       continue;
     }
@@ -439,7 +493,11 @@ function logitGaps(out: Outs, output: string, batch: number): number[] {
 }
 
 /** The batches the variant runs on: the first BATCH candidates clear of ties (and, adaptive, each alone). */
-async function choose(mc: ModelCase, v: Variant, pool: Sample[]): Promise<{ batches: Batch[]; skipped: Skip[]; margins: Record<string, { margin: number; at: string }> }> {
+async function choose(
+  mc: ModelCase,
+  v: Variant,
+  pool: Sample[],
+): Promise<{ batches: Batch[]; skipped: Skip[]; margins: Record<string, { margin: number; at: string }> }> {
   const tensors = v.decisive.flatMap((d) => d.tensors);
   const probe = withUntypedOutputs(v.model, tensors);
   const fetch = [mc.output, ...new Set(tensors)];
@@ -453,20 +511,31 @@ async function choose(mc: ModelCase, v: Variant, pool: Sample[]): Promise<{ batc
       const m = sel[b]!;
       if (!margins[s.id] || m.margin < margins[s.id]!.margin) margins[s.id] = m;
       if (!SCREEN || bad.has(s.id)) return;
-      if (!(m.margin >= MIN_SCORE_GAP)) bad.set(s.id, `selection margin ${m.margin.toExponential(2)} < ${MIN_SCORE_GAP} at ${m.at}${samples.length > 1 && all ? ` (in batch ${samples.map((x) => x.id).join(",")})` : ""}`);
-      else if (!(lg[b]! > MIN_LOGIT_GAP)) bad.set(s.id, `top-2 logit gap ${lg[b]!.toExponential(2)} <= ${MIN_LOGIT_GAP}`);
+      if (!(m.margin >= MIN_SCORE_GAP))
+        bad.set(
+          s.id,
+          `selection margin ${m.margin.toExponential(2)} < ${MIN_SCORE_GAP} at ${m.at}${samples.length > 1 && all ? ` (in batch ${samples.map((x) => x.id).join(",")})` : ""}`,
+        );
+      else if (!(lg[b]! > MIN_LOGIT_GAP))
+        bad.set(s.id, `top-2 logit gap ${lg[b]!.toExponential(2)} <= ${MIN_LOGIT_GAP}`);
     });
   };
   await check(pool, false);
   for (;;) {
     const pick = pool.filter((s) => !bad.has(s.id)).slice(0, BATCH);
-    if (pick.length < BATCH) throw new Error(`${v.cap.key}: only ${pick.length} candidates clear of ties: ${[...bad].map(([id, why]) => `${id}: ${why}`).join("; ")}`);
+    if (pick.length < BATCH)
+      throw new Error(
+        `${v.cap.key}: only ${pick.length} candidates clear of ties: ${[...bad].map(([id, why]) => `${id}: ${why}`).join("; ")}`,
+      );
     const batches: Batch[] = [pick, ...(v.cap.adaptive ? pick.map((s) => [s]) : [])];
     const before = bad.size;
     for (const b of batches) await check(b, true); // the batch-dependent TopKs (adaptive: k = the batch's largest count)
     if (bad.size === before) {
       const last = pool.indexOf(pick[pick.length - 1]!);
-      const skipped = pool.slice(0, last).filter((s) => bad.has(s.id)).map((s) => ({ id: s.id, why: bad.get(s.id)! }));
+      const skipped = pool
+        .slice(0, last)
+        .filter((s) => bad.has(s.id))
+        .map((s) => ({ id: s.id, why: bad.get(s.id)! }));
       const chosenMargins = Object.fromEntries(pick.map((s) => [s.id, margins[s.id]!]));
       return { batches, skipped, margins: chosenMargins };
     }
@@ -480,7 +549,11 @@ function placementOf(v: Variant, lines: string[]): NonNullable<CapReport["placem
   const prunecNodes = where.map((w, j) => ({ ...w, role: v.nodes[j]!.role }));
   const split = (role: CapRole): Split => {
     const mine = prunecNodes.filter((p) => p.role === role);
-    return { webgpu: mine.filter((p) => p.where === "webgpu").length, cpu: mine.filter((p) => p.where === "cpu").length, absent: mine.filter((p) => p.where === "absent").length };
+    return {
+      webgpu: mine.filter((p) => p.where === "webgpu").length,
+      cpu: mine.filter((p) => p.where === "cpu").length,
+      absent: mine.filter((p) => p.where === "absent").length,
+    };
   };
   // stageCopies reads roles only to tell exposure readers apart; a dead node reads nothing.
   const copies = stageCopies(v.graph, v.nodes as StageNode[], log);
@@ -516,8 +589,12 @@ function summary(): string {
   const lines: string[] = [];
   const a = report.browser.adapter;
   lines.push("");
-  lines.push(`WebGPU capabilities (target webgpu, exposeIndices): ${report.browser.userAgent.match(/Chrome\/\S+/)?.[0] ?? "?"}, adapter ${a ? `${a.vendor}/${a.architecture}` : "none"}, onnxruntime-web ${report.browser.onnxruntimeWeb}`);
-  lines.push("| capability | lowering | data path WebGPU / CPU / removed | data-path ops on the CPU | exposure WebGPU / CPU / removed | copies data path (to host / from host) | copies exposure (to host / from host) | max \\|Δlogits\\| | indices | session create / first run |");
+  lines.push(
+    `WebGPU capabilities (target webgpu, exposeIndices): ${report.browser.userAgent.match(/Chrome\/\S+/)?.[0] ?? "?"}, adapter ${a ? `${a.vendor}/${a.architecture}` : "none"}, onnxruntime-web ${report.browser.onnxruntimeWeb}`,
+  );
+  lines.push(
+    "| capability | lowering | data path WebGPU / CPU / removed | data-path ops on the CPU | exposure WebGPU / CPU / removed | copies data path (to host / from host) | copies exposure (to host / from host) | max \\|Δlogits\\| | indices | session create / first run |",
+  );
   lines.push("|---|---|---|---|---|---|---|---|---|---|");
   for (const r of report.capabilities) {
     const p = r.placement;
@@ -533,11 +610,15 @@ function summary(): string {
   }
   for (const r of report.capabilities) {
     const d = r.placement?.dead;
-    if (d && d.webgpu + d.cpu + d.absent > 0) lines.push(`  ${r.key}: ${d.webgpu + d.cpu + d.absent} prunec node(s) no output depends on: ${d.webgpu} / ${d.cpu} / ${d.absent} (WebGPU / CPU / removed)`);
+    if (d && d.webgpu + d.cpu + d.absent > 0)
+      lines.push(
+        `  ${r.key}: ${d.webgpu + d.cpu + d.absent} prunec node(s) no output depends on: ${d.webgpu} / ${d.cpu} / ${d.absent} (WebGPU / CPU / removed)`,
+      );
   }
   for (const r of report.capabilities) {
     const reasons = new Set((r.placement?.dataOnCpu ?? []).map((x) => x.reason.replace(/ \(.*$/, "")));
-    if (reasons.size && [...reasons].some((x) => !x.startsWith("no WebGPU kernel"))) lines.push(`  ${r.key}: data path on CPU for: ${[...reasons].join(", ")}`);
+    if (reasons.size && [...reasons].some((x) => !x.startsWith("no WebGPU kernel")))
+      lines.push(`  ${r.key}: data path on CPU for: ${[...reasons].join(", ")}`);
   }
   lines.push(`report: ${REPORT_PATH}   wall: ${report.wallSeconds.toFixed(0)}s`);
   return lines.join("\n");

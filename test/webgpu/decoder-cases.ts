@@ -10,7 +10,16 @@
 import { compile } from "../../src/index.js";
 import { decodeModel } from "../../src/onnx/io.js";
 import { runNode, type Feeds } from "../helpers/ort.js";
-import { buildDecoder, decoderWeights, imageMaskFeed, imagePrompt, prefillFeeds, promptBatch, DECODER, type PromptBatch } from "../support/decoder.js";
+import {
+  buildDecoder,
+  decoderWeights,
+  imageMaskFeed,
+  imagePrompt,
+  prefillFeeds,
+  promptBatch,
+  DECODER,
+  type PromptBatch,
+} from "../support/decoder.js";
 import { withOutputs } from "../support/model-edit.js";
 import { softmaxOutputs } from "../support/stage-tensors.js";
 import { keepCount, topKPositions } from "../reference/cls-attn.js";
@@ -77,14 +86,16 @@ async function dense(p: PromptBatch, names: string[]): Promise<Record<string, { 
 
 const probsOf = (layer: number) => softmaxOutputs(PLAIN)[layer]!;
 /** Layer l's Softmax input: the masked attention logits (AIM's PageRank reads them). */
-const attnLogitsOf = (layer: number) => decodeModel(PLAIN).graph!.node.find((n) => n.output[0] === probsOf(layer))!.input[0]!;
+const attnLogitsOf = (layer: number) =>
+  decodeModel(PLAIN).graph!.node.find((n) => n.output[0] === probsOf(layer))!.input[0]!;
 /** Layer l's sub-block tensors: u = the norms' outputs, v = o_proj / down_proj outputs (as test/transprune.test.ts). */
 const blockNames = (l: number): [string, string][] => [
   [`/model/layers.${l}/input_layernorm/output_0`, `/model/layers.${l}/attn/o_proj/MatMul/output_0`],
   [`/model/layers.${l}/post_attention_layernorm/output_0`, `/model/layers.${l}/mlp/down_proj/MatMul/output_0`],
 ];
 
-const imageCols = (scores: readonly number[], image: readonly boolean[]) => image.flatMap((v, j) => (v ? [scores[j]!] : []));
+const imageCols = (scores: readonly number[], image: readonly boolean[]) =>
+  image.flatMap((v, j) => (v ? [scores[j]!] : []));
 
 /** FastV: layer `layer`'s attention of the last query row (left padding: every example's last prompt token), mean over heads. */
 function lastTokenScores(layer: number) {
@@ -112,7 +123,9 @@ function igaScores(layer: number) {
 async function ttvBlocks(p: PromptBatch, layers: number[]): Promise<SubBlock[]> {
   const names = layers.flatMap((l) => blockNames(l).flat());
   const out = await dense(p, names);
-  return layers.flatMap((l) => blockNames(l).map(([u, v]) => ({ u: out[u]!.data, v: out[v]!.data, dims: out[u]!.dims })));
+  return layers.flatMap((l) =>
+    blockNames(l).map(([u, v]) => ({ u: out[u]!.data, v: out[v]!.data, dims: out[u]!.dims })),
+  );
 }
 
 function ttvScores(layers: number[]) {
@@ -126,7 +139,9 @@ function transpruneScores(layer: number, ttvLayers: number[]) {
   return async (p: PromptBatch): Promise<ImageScores[]> => {
     const blocks = await ttvBlocks(p, ttvLayers);
     const t = (await dense(p, [probsOf(layer + 1)]))[probsOf(layer + 1)]!;
-    return p.imageMask.map((image, b) => ({ scores: addScores(ttvImageScores(blocks, b, image), igaImageScores(t.data, t.dims, b, image)) }));
+    return p.imageMask.map((image, b) => ({
+      scores: addScores(ttvImageScores(blocks, b, image), igaImageScores(t.data, t.dims, b, image)),
+    }));
   };
 }
 
@@ -155,10 +170,17 @@ function textAttnImageScores(layer: number) {
     const t = (await dense(p, [probsOf(layer)]))[probsOf(layer)]!;
     const [, heads, n, m] = t.dims as [number, number, number, number];
     return p.imageMask.map((image, b) => {
-      const perHead = Array.from({ length: heads }, (_, h) => Array.from({ length: n }, (_, q) => Array.from(t.data.subarray(((b * heads + h) * n + q) * m, ((b * heads + h) * n + q + 1) * m))));
+      const perHead = Array.from({ length: heads }, (_, h) =>
+        Array.from({ length: n }, (_, q) =>
+          Array.from(t.data.subarray(((b * heads + h) * n + q) * m, ((b * heads + h) * n + q + 1) * m)),
+        ),
+      );
       const embeds = embeddings(p, b);
       const raters = sparsevlmRaters(embeds, image).raters;
-      return { scores: imageCols(textAttnScores(perHead, raters), image), extra: { margin: raterMargin(embeds, image), at: "rater threshold (m_t vs mean)" } };
+      return {
+        scores: imageCols(textAttnScores(perHead, raters), image),
+        extra: { margin: raterMargin(embeds, image), at: "rater threshold (m_t vs mean)" },
+      };
     });
   };
 }
@@ -184,7 +206,9 @@ function pagerankImageScores(layer: number) {
         const one = alone(p, b);
         const t = (await dense(one, [name]))[name]!;
         const [, heads, n] = t.dims as [number, number, number, number];
-        const perHead = Array.from({ length: heads }, (_, h) => Array.from({ length: n }, (_, q) => Array.from(t.data.subarray((h * n + q) * n, (h * n + q + 1) * n))));
+        const perHead = Array.from({ length: heads }, (_, h) =>
+          Array.from({ length: n }, (_, q) => Array.from(t.data.subarray((h * n + q) * n, (h * n + q + 1) * n))),
+        );
         return { scores: imageCols(pagerankScores(perHead, 5, 0.1, 0), one.imageMask[0]!) };
       }),
     );
@@ -194,13 +218,30 @@ const drop50 = (criterion: string, layer = 1) => `${SETS}\nafter layer ${layer} 
 
 /** Every decoder criterion of passes/registry.ts (those with `requiresSets`, plus ttv and pagerank of image) and `drop 100% of image`. */
 export const DECODER_CASES: DecoderCase[] = [
-  { key: "last-token-attn", covers: "last-token-attn", spec: drop50("last-token-attn"), dropPercent: 50, scores: lastTokenScores(1) },
+  {
+    key: "last-token-attn",
+    covers: "last-token-attn",
+    spec: drop50("last-token-attn"),
+    dropPercent: 50,
+    scores: lastTokenScores(1),
+  },
   { key: "iga", covers: "iga", spec: drop50("iga"), dropPercent: 50, scores: igaScores(1) },
   { key: "ttv", covers: "ttv", spec: drop50("ttv"), dropPercent: 50, scores: ttvScores([1]) },
-  { key: "transprune", covers: "transprune", spec: drop50("transprune(layers: 0..1)"), dropPercent: 50, scores: transpruneScores(1, [0, 1]) },
+  {
+    key: "transprune",
+    covers: "transprune",
+    spec: drop50("transprune(layers: 0..1)"),
+    dropPercent: 50,
+    scores: transpruneScores(1, [0, 1]),
+  },
   { key: "text-attn", covers: "text-attn", spec: drop50("text-attn"), dropPercent: 50, scores: textAttnImageScores(1) },
   { key: "pagerank", covers: "pagerank", spec: drop50("pagerank"), dropPercent: 50, scores: pagerankImageScores(1) },
-  { key: "drop-all-image", covers: "drop 100% of image", spec: `${SETS}\nafter layer 2 drop 100% of image by last-token-attn\n`, dropPercent: 100 },
+  {
+    key: "drop-all-image",
+    covers: "drop 100% of image",
+    spec: `${SETS}\nafter layer 2 drop 100% of image by last-token-attn\n`,
+    dropPercent: 100,
+  },
 ];
 
 /** The FastV case behind GroupQueryAttention (KV-cache variant of the same weights): prefill. */
@@ -208,7 +249,11 @@ export const GQA_SPEC = drop50("last-token-attn");
 export const GQA_REFERENCE = new ReferenceDecoder(weightsFromModel(GQA, DECODER), DECODER);
 
 /** Every non-image token and the image tokens left after dropping round-half-up(P%) of the lowest-scored (ties: lower position kept). */
-export function expectedKeep(image: readonly boolean[], scores: readonly number[] | undefined, dropPercent: number): number[] {
+export function expectedKeep(
+  image: readonly boolean[],
+  scores: readonly number[] | undefined,
+  dropPercent: number,
+): number[] {
   const positions = image.flatMap((v, j) => (v ? [j] : []));
   const keepN = positions.length - keepCount(dropPercent, positions.length);
   const kept = keepN > 0 ? topKPositions([...scores!], keepN, 0).map((i) => positions[i]!) : [];
@@ -232,7 +277,11 @@ export function compileCase(model: Uint8Array, spec: string, target: "cpu" | "we
 
 export function batchOf(ids: readonly string[]): PromptBatch {
   const ps = ids.map((id) => POOL.find((x) => x.id === id)!);
-  return promptBatch(ps.map((x) => x.tokens), "left", ps.map((x) => x.image));
+  return promptBatch(
+    ps.map((x) => x.tokens),
+    "left",
+    ps.map((x) => x.image),
+  );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -313,7 +362,8 @@ const PAGE_RUNNER = `async (job) => {
 export function pageFeeds(f: Feeds): Record<string, PageFeed> {
   const out: Record<string, PageFeed> = {};
   for (const [name, t] of Object.entries(f)) {
-    if (t.type !== "float32" && t.type !== "int64" && t.type !== "bool") throw new Error(`feed ${name}: type ${t.type} not supported by the decoder page runner`);
+    if (t.type !== "float32" && t.type !== "int64" && t.type !== "bool")
+      throw new Error(`feed ${name}: type ${t.type} not supported by the decoder page runner`);
     out[name] = { type: t.type, dims: [...t.dims], data: Array.from(t.data as ArrayLike<number | bigint>, Number) };
   }
   return out;
@@ -323,7 +373,14 @@ export function pageFeeds(f: Feeds): Record<string, PageFeed> {
  * Runs `model` in the page on each feed set (one session, ORT logId `id`), fetching `outputs`.
  * Also returns the browser console lines logged meanwhile (ORT's verbose log, via Playwright).
  */
-export async function runDecoderInBrowser(server: TestServer, browser: BrowserSession, id: string, model: Uint8Array, feeds: Feeds[], outputs: string[]): Promise<PageRun & { log: string[] }> {
+export async function runDecoderInBrowser(
+  server: TestServer,
+  browser: BrowserSession,
+  id: string,
+  model: Uint8Array,
+  feeds: Feeds[],
+  outputs: string[],
+): Promise<PageRun & { log: string[] }> {
   const modelUrl = server.put(`${id}.onnx`, model);
   const job = { id, model: modelUrl, batches: feeds.map(pageFeeds), outputs };
   const start = browser.console.length;

@@ -161,7 +161,12 @@ const report = {
   wallSeconds: 0,
   compile: { exposeIndices: true, target: "webgpu" },
   browser: { userAgent: "", adapter: null as AdapterInfo | null, onnxruntimeWeb: "", executionProviders: ["webgpu"] },
-  tolerance: { logitsAbs: LOGITS_ATOL, minScoreGap: MIN_SCORE_GAP, minLogitGap: MIN_LOGIT_GAP, referenceAbs: REFERENCE_ATOL },
+  tolerance: {
+    logitsAbs: LOGITS_ATOL,
+    minScoreGap: MIN_SCORE_GAP,
+    minLogitGap: MIN_LOGIT_GAP,
+    referenceAbs: REFERENCE_ATOL,
+  },
   cases: [] as CaseReport[],
   blockedRequests: [] as string[],
   pageErrors: [] as string[],
@@ -200,7 +205,11 @@ const idxRows = (o: { data: unknown; dims: number[] }) => rows(o.data as BigInt6
 const keptOf = (o: { data: unknown; dims: number[] }) => idxRows(o).map((r) => r.filter((j) => j >= 0));
 
 /** Per example of `p`: predictions and top-2 gaps at the last prompt row of a [B, K, V] logits output. */
-function lastLogits(logits: { data: ArrayLike<number>; dims: number[] }, indices: number[][], p: PromptBatch): { pred: number[]; gap: number[] } {
+function lastLogits(
+  logits: { data: ArrayLike<number>; dims: number[] },
+  indices: number[][],
+  p: PromptBatch,
+): { pred: number[]; gap: number[] } {
   const k = logits.dims[1]!;
   const pred: number[] = [];
   const gap: number[] = [];
@@ -229,11 +238,18 @@ async function plainCpuSide(c: DecoderCase, model: Uint8Array, ids: string[], ou
   const out = await runNode(model, plainFeeds(p), outputs);
   const reference = p.imageMask.map((image, b) => expectedKeep(image, scores?.[b]?.scores, c.dropPercent));
   const margins = p.imageMask.map((_, b) => {
-    const sel = { margin: selectionMargin(scores?.[b]?.scores, c.dropPercent), at: "last kept vs first dropped image score" };
+    const sel = {
+      margin: selectionMargin(scores?.[b]?.scores, c.dropPercent),
+      at: "last kept vs first dropped image score",
+    };
     const extra = scores?.[b]?.extra;
     return extra && extra.margin < sel.margin ? extra : sel;
   });
-  const gaps = lastLogits({ data: out["logits"]!.data as Float32Array, dims: out["logits"]!.dims }, idxRows(out["prunec.stage0.indices"]!), p).gap;
+  const gaps = lastLogits(
+    { data: out["logits"]!.data as Float32Array, dims: out["logits"]!.dims },
+    idxRows(out["prunec.stage0.indices"]!),
+    p,
+  ).gap;
   return { ids, p, out, reference, margins, gaps };
 }
 
@@ -246,8 +262,15 @@ async function gqaCpuSide(model: Uint8Array, ids: string[], outputs: string[]): 
   });
   // Left padding: pads are not image tokens (kept); example b's positions shift by its offset.
   const reference = refs.map((r, b) => [...Array(p.offsets[b]!).keys(), ...r.kept.map((j) => j + p.offsets[b]!)]);
-  const margins = refs.map((r) => ({ margin: selectionMargin(r.imageScores, 50), at: "last kept vs first dropped image score (float64 reference)" }));
-  const gaps = lastLogits({ data: out["logits"]!.data as Float32Array, dims: out["logits"]!.dims }, idxRows(out["prunec.stage0.indices"]!), p).gap;
+  const margins = refs.map((r) => ({
+    margin: selectionMargin(r.imageScores, 50),
+    at: "last kept vs first dropped image score (float64 reference)",
+  }));
+  const gaps = lastLogits(
+    { data: out["logits"]!.data as Float32Array, dims: out["logits"]!.dims },
+    idxRows(out["prunec.stage0.indices"]!),
+    p,
+  ).gap;
   return { ids, p, out, reference, margins, gaps, referenceLast: refs.map((r) => r.prefillLast) };
 }
 
@@ -262,8 +285,10 @@ async function choose(side: (ids: string[]) => Promise<CpuSide>): Promise<{ side
       if (bad.has(id)) return;
       const m = s.margins[b]!;
       const where = ids.length > 1 ? ` (in batch ${ids.join(",")})` : "";
-      if (!(m.margin >= MIN_SCORE_GAP)) bad.set(id, `selection margin ${m.margin.toExponential(2)} < ${MIN_SCORE_GAP} at ${m.at}${where}`);
-      else if (!(s.gaps[b]! > MIN_LOGIT_GAP)) bad.set(id, `top-2 next-token logit gap ${s.gaps[b]!.toExponential(2)} <= ${MIN_LOGIT_GAP}${where}`);
+      if (!(m.margin >= MIN_SCORE_GAP))
+        bad.set(id, `selection margin ${m.margin.toExponential(2)} < ${MIN_SCORE_GAP} at ${m.at}${where}`);
+      else if (!(s.gaps[b]! > MIN_LOGIT_GAP))
+        bad.set(id, `top-2 next-token logit gap ${s.gaps[b]!.toExponential(2)} <= ${MIN_LOGIT_GAP}${where}`);
     });
   const need = 3;
   const alone = new Map<string, CpuSide>();
@@ -278,7 +303,10 @@ async function choose(side: (ids: string[]) => Promise<CpuSide>): Promise<{ side
       screen(s, [id]);
     }
     const pick = clear().slice(0, need);
-    if (pick.length < need) throw new Error(`only ${pick.length} prompts clear of ties: ${[...bad].map(([id, why]) => `${id}: ${why}`).join("; ")}`);
+    if (pick.length < need)
+      throw new Error(
+        `only ${pick.length} prompts clear of ties: ${[...bad].map(([id, why]) => `${id}: ${why}`).join("; ")}`,
+      );
     const groups = [[pick[0]!], pick];
     const sides: CpuSide[] = [];
     const before = bad.size;
@@ -289,7 +317,12 @@ async function choose(side: (ids: string[]) => Promise<CpuSide>): Promise<{ side
     }
     if (bad.size === before) {
       const last = POOL.findIndex((q) => q.id === pick.at(-1));
-      return { sides, skipped: POOL.slice(0, last).filter((q) => bad.has(q.id)).map((q) => ({ id: q.id, why: bad.get(q.id)! })) };
+      return {
+        sides,
+        skipped: POOL.slice(0, last)
+          .filter((q) => bad.has(q.id))
+          .map((q) => ({ id: q.id, why: bad.get(q.id)! })),
+      };
     }
   }
 }
@@ -308,7 +341,11 @@ function placementOf(graph: Prepared["graph"], id: string, log: string[]): NonNu
   const model = where.filter((w) => !w.name.startsWith("prunec/"));
   return {
     counts: parsed.counts,
-    prunec: { webgpu: prunec.filter((w) => w.where === "webgpu").length, cpu: prunec.filter((w) => w.where === "cpu").length, absent: prunec.filter((w) => w.where === "absent").length },
+    prunec: {
+      webgpu: prunec.filter((w) => w.where === "webgpu").length,
+      cpu: prunec.filter((w) => w.where === "cpu").length,
+      absent: prunec.filter((w) => w.where === "absent").length,
+    },
     prunecOnCpu: tally(prunec.filter((w) => w.where === "cpu").map((w) => w.opType)),
     modelOnCpu: tally(model.filter((w) => w.where === "cpu").map((w) => w.opType)),
     contrib: where.filter((_, i) => nodes[i]!.domain === "com.microsoft"),
@@ -319,6 +356,7 @@ function placementOf(graph: Prepared["graph"], id: string, log: string[]): NonNu
 /** ORT log lines of session `id` at warning or error severity (ANSI colours stripped). */
 function ortWarnings(log: string[], id: string): string[] {
   const tag = new RegExp(`\\[[WEF]:onnxruntime:(${id.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}|Default),`);
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: strips ANSI colour codes (ESC [ … m) from onnxruntime logs
   return log.map((l) => l.replace(/\u001b\[[0-9;]*m/g, "")).filter((l) => tag.test(l));
 }
 
@@ -328,7 +366,13 @@ describe("decoder criteria on WebGPU (the test decoder, target webgpu, exposeInd
   const prepared = new Map<string, Prepared>();
   const reports = new Map<string, CaseReport>();
 
-  async function prepare(key: string, covers: string, spec: string, attention: "plain" | "gqa", side: (model: Uint8Array, outputs: string[]) => (ids: string[]) => Promise<CpuSide>) {
+  async function prepare(
+    key: string,
+    covers: string,
+    spec: string,
+    attention: "plain" | "gqa",
+    side: (model: Uint8Array, outputs: string[]) => (ids: string[]) => Promise<CpuSide>,
+  ) {
     const dense = attention === "plain" ? PLAIN : GQA;
     const cpuTarget = compileCase(dense, spec, "cpu", key);
     const web = compileCase(dense, spec, "webgpu", key);
@@ -340,7 +384,10 @@ describe("decoder criteria on WebGPU (the test decoder, target webgpu, exposeInd
       covers,
       spec: spec.trim(),
       model: attention,
-      lowering: { cpu: cpuTarget.report.stages.map((s) => s.lowering), webgpu: web.report.stages.map((s) => s.lowering) },
+      lowering: {
+        cpu: cpuTarget.report.stages.map((s) => s.lowering),
+        webgpu: web.report.stages.map((s) => s.lowering),
+      },
       webgpuTargetBytesEqualDefault: Buffer.from(cpuTarget.model).equals(Buffer.from(web.model)),
       skipped,
       batches: sides.map((s) => ({
@@ -385,7 +432,9 @@ describe("decoder criteria on WebGPU (the test decoder, target webgpu, exposeInd
 
   it("on onnxruntime-node the kept sets equal the TypeScript references (the inputs the browser runs)", () => {
     for (const [key, v] of prepared) {
-      v.cpu.forEach((out, i) => expect(keptOf(out["prunec.stage0.indices"]!), `${key}, batch ${v.ids[i]!.join(",")}`).toEqual(v.reference[i]));
+      v.cpu.forEach((out, i) =>
+        expect(keptOf(out["prunec.stage0.indices"]!), `${key}, batch ${v.ids[i]!.join(",")}`).toEqual(v.reference[i]),
+      );
     }
   });
 
@@ -396,7 +445,10 @@ describe("decoder criteria on WebGPU (the test decoder, target webgpu, exposeInd
     }
   });
 
-  for (const c of [...DECODER_CASES.map((x) => ({ key: x.key, spec: x.spec })), { key: "gqa-last-token-attn", spec: GQA_SPEC }]) {
+  for (const c of [
+    ...DECODER_CASES.map((x) => ({ key: x.key, spec: x.spec })),
+    { key: "gqa-last-token-attn", spec: GQA_SPEC },
+  ]) {
     const gqa = c.key.startsWith("gqa-");
     const runs = "batch 1 and left-padded batch 3";
     const what = gqa ? "GroupQueryAttention decoder, FastV prefill" : "plain decoder";
@@ -415,11 +467,18 @@ describe("decoder criteria on WebGPU (the test decoder, target webgpu, exposeInd
         expect(web.error, `onnxruntime-web (webgpu) ${web.error?.phase} failed: ${web.error?.message}`).toBeUndefined();
         compareRuns(v, r, web);
         if (gqa) {
-          for (const n of r.placement.contrib) expect(n.where, `${n.opType} ${n.name}: ${n.reason ?? ""}`).toBe("webgpu");
-          expect(r.placement.contrib.map((n) => n.opType).sort()).toEqual([...Array(DECODER.layers).fill("GroupQueryAttention"), ...Array(2 * DECODER.layers).fill("RotaryEmbedding")]);
+          for (const n of r.placement.contrib)
+            expect(n.where, `${n.opType} ${n.name}: ${n.reason ?? ""}`).toBe("webgpu");
+          expect(r.placement.contrib.map((n) => n.opType).sort()).toEqual([
+            ...Array(DECODER.layers).fill("GroupQueryAttention"),
+            ...Array(2 * DECODER.layers).fill("RotaryEmbedding"),
+          ]);
         }
         expect(r.placement.counts[WEBGPU_EP] ?? 0).toBeGreaterThan(0);
-        expect(Object.keys(r.placement.counts).every((ep) => ep === WEBGPU_EP || ep === CPU_EP), JSON.stringify(r.placement.counts)).toBe(true);
+        expect(
+          Object.keys(r.placement.counts).every((ep) => ep === WEBGPU_EP || ep === CPU_EP),
+          JSON.stringify(r.placement.counts),
+        ).toBe(true);
       } catch (err) {
         r.error = String(err).split("\n")[0];
         throw err;
@@ -432,14 +491,22 @@ describe("decoder criteria on WebGPU (the test decoder, target webgpu, exposeInd
  * Max |a − b| over the rows of a [B, R, …] tensor, split into rows of real prompt tokens and rows
  * of left-padding tokens (or empty slots): `real(b, r)` says which.
  */
-function rowDiffs(a: ArrayLike<number>, b: ArrayLike<number>, dims: number[], real: (ex: number, row: number) => boolean): { real: number; padding: number | undefined } {
+function rowDiffs(
+  a: ArrayLike<number>,
+  b: ArrayLike<number>,
+  dims: number[],
+  real: (ex: number, row: number) => boolean,
+): { real: number; padding: number | undefined } {
   const [batch, n] = [dims[0]!, dims[1]!];
   const width = dims.slice(2).reduce((x, y) => x * y, 1);
   const out: { real: number; padding: number | undefined } = { real: 0, padding: undefined };
   for (let ex = 0; ex < batch; ex++) {
     for (let r = 0; r < n; r++) {
       const start = (ex * n + r) * width;
-      const d = maxAbsDiff(Array.prototype.slice.call(a, start, start + width) as number[], Array.prototype.slice.call(b, start, start + width) as number[]);
+      const d = maxAbsDiff(
+        Array.prototype.slice.call(a, start, start + width) as number[],
+        Array.prototype.slice.call(b, start, start + width) as number[],
+      );
       if (real(ex, r)) out.real = Math.max(out.real, d);
       else out.padding = Math.max(out.padding ?? 0, d);
     }
@@ -451,7 +518,10 @@ function rowDiffs(a: ArrayLike<number>, b: ArrayLike<number>, dims: number[], re
 function slotsFirst(data: ArrayLike<number>, dims: number[]): number[] {
   const [b, h, s, d] = dims as [number, number, number, number];
   const out = new Array<number>(b * h * s * d);
-  for (let i = 0; i < b; i++) for (let j = 0; j < h; j++) for (let k = 0; k < s; k++) for (let l = 0; l < d; l++) out[((i * s + k) * h + j) * d + l] = data[((i * h + j) * s + k) * d + l]!;
+  for (let i = 0; i < b; i++)
+    for (let j = 0; j < h; j++)
+      for (let k = 0; k < s; k++)
+        for (let l = 0; l < d; l++) out[((i * s + k) * h + j) * d + l] = data[((i * h + j) * s + k) * d + l]!;
   return out;
 }
 
@@ -463,12 +533,21 @@ function compareRuns(v: Prepared, r: CaseReport, web: PageRun): void {
     const cpu = v.cpu[i]!;
     const label = `${v.c.key}, batch ${v.ids[i]!.join(",")}`;
     br.runMs = Math.round(web.runs[i]!.runMs);
-    br.webgpu = w["prunec.stage0.indices"] ? idxRows({ data: BigInt64Array.from(w["prunec.stage0.indices"].data, (x) => BigInt(x)), dims: w["prunec.stage0.indices"].dims }).map((row) => row.filter((j) => j >= 0)) : undefined;
-    br.counts = { cpu: Array.from(cpu["prunec.stage0.counts"]!.data as BigInt64Array, Number), webgpu: w["prunec.stage0.counts"]?.data ?? [] };
+    br.webgpu = w["prunec.stage0.indices"]
+      ? idxRows({
+          data: BigInt64Array.from(w["prunec.stage0.indices"].data, (x) => BigInt(x)),
+          dims: w["prunec.stage0.indices"].dims,
+        }).map((row) => row.filter((j) => j >= 0))
+      : undefined;
+    br.counts = {
+      cpu: Array.from(cpu["prunec.stage0.counts"]!.data as BigInt64Array, Number),
+      webgpu: w["prunec.stage0.counts"]?.data ?? [],
+    };
     const cpuIdx = idxRows(cpu["prunec.stage0.indices"]!);
     // A row is real when it holds a prompt token: its kept position (dense position, for outputs
     // with one row per prompt position) is at or after the example's left padding.
-    const realRow = (rowsOf: number) => (ex: number, row: number) => (rowsOf === p.seq ? row : cpuIdx[ex]![row]!) >= p.offsets[ex]!;
+    const realRow = (rowsOf: number) => (ex: number, row: number) =>
+      (rowsOf === p.seq ? row : cpuIdx[ex]![row]!) >= p.offsets[ex]!;
     const cpuLogits = Array.from(cpu["logits"]!.data as Float32Array);
     expect(w["logits"]!.dims, label).toEqual(cpu["logits"]!.dims);
     const logits = rowDiffs(w["logits"]!.data, cpuLogits, cpu["logits"]!.dims, realRow(cpu["logits"]!.dims[1]!));
@@ -482,7 +561,15 @@ function compareRuns(v: Prepared, r: CaseReport, web: PageRun): void {
       expect(w[o]!.dims, `${o}, ${label}`).toEqual(cpu[o]!.dims);
       const dims = cpu[o]!.dims;
       const flat = [dims[0]!, dims[2]!, dims[1]! * dims[3]!];
-      return { o, ...rowDiffs(slotsFirst(w[o]!.data, dims), slotsFirst(Array.from(cpu[o]!.data as Float32Array), dims), flat, realRow(dims[2]!)) };
+      return {
+        o,
+        ...rowDiffs(
+          slotsFirst(w[o]!.data, dims),
+          slotsFirst(Array.from(cpu[o]!.data as Float32Array), dims),
+          flat,
+          realRow(dims[2]!),
+        ),
+      };
     });
     if (present.length) {
       br.maxAbsDiffPresent = Math.max(...present.map((x) => x.real));
@@ -491,21 +578,29 @@ function compareRuns(v: Prepared, r: CaseReport, web: PageRun): void {
     }
 
     for (const o of INDEX_OUTPUTS) {
-      expect({ dims: w[o]!.dims, data: w[o]!.data }, `${o}, ${label}`).toEqual({ dims: cpu[o]!.dims, data: Array.from(cpu[o]!.data as BigInt64Array, Number) });
+      expect({ dims: w[o]!.dims, data: w[o]!.data }, `${o}, ${label}`).toEqual({
+        dims: cpu[o]!.dims,
+        data: Array.from(cpu[o]!.data as BigInt64Array, Number),
+      });
     }
     expect(br.webgpu, `kept sets vs reference, ${label}`).toEqual(v.reference[i]);
     expect(logits.real, `max |Δlogits| over the prompt tokens' rows, ${label}`).toBeLessThanOrEqual(LOGITS_ATOL);
     // Left-padding rows: the plain decoder's Softmax over a fully masked row agrees on both EPs;
     // GroupQueryAttention's does not (see GQA_PADDING_ROWS): recorded only.
-    if (v.attention === "plain") expect(logits.padding ?? 0, `max |Δlogits| over left-padding rows, ${label}`).toBeLessThanOrEqual(LOGITS_ATOL);
+    if (v.attention === "plain")
+      expect(logits.padding ?? 0, `max |Δlogits| over left-padding rows, ${label}`).toBeLessThanOrEqual(LOGITS_ATOL);
     expect(webLast.pred, `next-token predictions, ${label}`).toEqual(cpuLast.pred);
-    for (const x of present) expect(x.real, `${x.o} over the prompt tokens' slots, ${label}`).toBeLessThanOrEqual(LOGITS_ATOL);
+    for (const x of present)
+      expect(x.real, `${x.o} over the prompt tokens' slots, ${label}`).toBeLessThanOrEqual(LOGITS_ATOL);
     if (v.referenceLast) {
       // The float64 reference decoder's last-prompt-token logits (as test/fastv-cache.test.ts on CPU), here on WebGPU.
       const k = w["logits"]!.dims[1]!;
       v.referenceLast[i]!.forEach((ref, b) => {
         const row = lastRow(cpuIdx, b, p.seq);
-        expect(maxAbsDiff(w["logits"]!.data.slice((b * k + row) * V, (b * k + row + 1) * V), Array.from(ref)), `reference last logits, ${label}, example ${b}`).toBeLessThanOrEqual(REFERENCE_ATOL);
+        expect(
+          maxAbsDiff(w["logits"]!.data.slice((b * k + row) * V, (b * k + row + 1) * V), Array.from(ref)),
+          `reference last logits, ${label}, example ${b}`,
+        ).toBeLessThanOrEqual(REFERENCE_ATOL);
       });
     }
   });
@@ -515,18 +610,30 @@ function summary(): string {
   const lines: string[] = [];
   const a = report.browser.adapter;
   lines.push("");
-  lines.push(`WebGPU decoder criteria (target webgpu, exposeIndices): ${report.browser.userAgent.match(/Chrome\/\S+/)?.[0] ?? "?"}, adapter ${a ? `${a.vendor}/${a.architecture}` : "none"}, onnxruntime-web ${report.browser.onnxruntimeWeb}`);
-  lines.push("| case | model | lowering | batches | min margin | indices (WebGPU = CPU = reference) | max \\|Δlogits\\| prompt rows (padding rows) | max \\|Δpresent\\| prompt slots (padding slots) | prunec nodes WebGPU / CPU / removed | prunec ops on CPU | session create / first run |");
+  lines.push(
+    `WebGPU decoder criteria (target webgpu, exposeIndices): ${report.browser.userAgent.match(/Chrome\/\S+/)?.[0] ?? "?"}, adapter ${a ? `${a.vendor}/${a.architecture}` : "none"}, onnxruntime-web ${report.browser.onnxruntimeWeb}`,
+  );
+  lines.push(
+    "| case | model | lowering | batches | min margin | indices (WebGPU = CPU = reference) | max \\|Δlogits\\| prompt rows (padding rows) | max \\|Δpresent\\| prompt slots (padding slots) | prunec nodes WebGPU / CPU / removed | prunec ops on CPU | session create / first run |",
+  );
   lines.push("|---|---|---|---|---|---|---|---|---|---|---|");
   for (const r of report.cases) {
-    const eq = r.batches.every((b) => b.webgpu !== undefined) ? (r.batches.every((b) => JSON.stringify(b.webgpu) === JSON.stringify(b.cpu) && JSON.stringify(b.cpu) === JSON.stringify(b.reference)) ? "equal" : "DIFFER") : "-";
+    const eq = r.batches.every((b) => b.webgpu !== undefined)
+      ? r.batches.every(
+          (b) =>
+            JSON.stringify(b.webgpu) === JSON.stringify(b.cpu) && JSON.stringify(b.cpu) === JSON.stringify(b.reference),
+        )
+        ? "equal"
+        : "DIFFER"
+      : "-";
     const worst = (f: (b: BatchReport) => number | undefined) => {
       const xs = r.batches.map(f).filter((x): x is number => x !== undefined);
       return xs.length ? Math.max(...xs).toExponential(1) : "-";
     };
     const pad = (x: string) => (x === "-" ? "" : ` (${x})`);
     const dl = `${worst((b) => b.maxAbsDiffLogits)}${pad(worst((b) => b.maxAbsDiffLogitsPadding))}`;
-    const dp = r.model === "gqa" ? `${worst((b) => b.maxAbsDiffPresent)}${pad(worst((b) => b.maxAbsDiffPresentPadding))}` : "-";
+    const dp =
+      r.model === "gqa" ? `${worst((b) => b.maxAbsDiffPresent)}${pad(worst((b) => b.maxAbsDiffPresentPadding))}` : "-";
     const margin = Math.min(...r.batches.flatMap((b) => b.margins));
     const p = r.placement;
     lines.push(
@@ -535,7 +642,10 @@ function summary(): string {
   }
   for (const r of report.cases) {
     if (r.skipped.length) lines.push(`  ${r.key}: skipped ${r.skipped.map((x) => `${x.id} (${x.why})`).join("; ")}`);
-    if (r.placement?.contrib.length) lines.push(`  ${r.key}: ${r.placement.contrib.map((n) => `${n.opType} ${n.where}`).join(", ")}; model nodes on CPU: ${r.placement.modelOnCpu}`);
+    if (r.placement?.contrib.length)
+      lines.push(
+        `  ${r.key}: ${r.placement.contrib.map((n) => `${n.opType} ${n.where}`).join(", ")}; model nodes on CPU: ${r.placement.modelOnCpu}`,
+      );
   }
   lines.push(`report: ${REPORT_PATH}   wall: ${report.wallSeconds.toFixed(0)}s`);
   return lines.join("\n");

@@ -30,7 +30,9 @@ export interface PageApi {
 
 /** The page's WebGPU adapter (null: none) and onnxruntime-web's version. */
 export async function pageInfo(browser: BrowserSession): Promise<{ adapter: AdapterInfo | null; ortVersion: string }> {
-  const adapter = (await browser.page.evaluate(() => (window as unknown as PageApi).prunecWebgpu.adapter())) as AdapterInfo | null;
+  const adapter = (await browser.page.evaluate(() =>
+    (window as unknown as PageApi).prunecWebgpu.adapter(),
+  )) as AdapterInfo | null;
   const ortVersion = await browser.page.evaluate(() => (window as unknown as PageApi).prunecWebgpu.ortVersion);
   return { adapter, ortVersion };
 }
@@ -44,14 +46,27 @@ export function feedsOf(mc: ModelCase, batch: Sample[]): Feeds {
 }
 
 /** Puts the batch's input on the server as `name`; the page's feed for it (type, dims, url). */
-export function putInput(server: TestServer, mc: ModelCase, batch: Sample[], name: string): Record<string, { type: string; dims: number[]; url: string }> {
+export function putInput(
+  server: TestServer,
+  mc: ModelCase,
+  batch: Sample[],
+  name: string,
+): Record<string, { type: string; dims: number[]; url: string }> {
   const f = feedsOf(mc, batch)[mc.input]!;
   const url = server.put(name, new Uint8Array(f.data.buffer, f.data.byteOffset, f.data.byteLength));
   return { [mc.input]: { type: f.type, dims: [...f.dims], url } };
 }
 
 /** Runs `model` in the page on each batch (ORT log id `id`), fetching `outputs`. */
-export async function runInBrowser(server: TestServer, browser: BrowserSession, mc: ModelCase, id: string, model: Uint8Array, batches: Sample[][], outputs: string[]): Promise<BrowserRun> {
+export async function runInBrowser(
+  server: TestServer,
+  browser: BrowserSession,
+  mc: ModelCase,
+  id: string,
+  model: Uint8Array,
+  batches: Sample[][],
+  outputs: string[],
+): Promise<BrowserRun> {
   const modelUrl = server.put(`${id}.onnx`, model);
   const jobBatches = batches.map((batch, b) => putInput(server, mc, batch, `${id}.in${b}.bin`));
   const job = { id, model: modelUrl, batches: jobBatches, outputs, graphOptimizationLevel: "all" };
@@ -95,7 +110,7 @@ export async function finishSuite(o: {
     o.report.blockedRequests = o.browser?.blocked ?? [];
     o.report.pageErrors = o.browser?.pageErrors ?? [];
     mkdirSync(dirname(o.path), { recursive: true });
-    writeFileSync(o.path, JSON.stringify(o.report, null, 2) + "\n");
+    writeFileSync(o.path, `${JSON.stringify(o.report, null, 2)}\n`);
     o.also?.();
     console.log(o.summary());
   } finally {

@@ -70,7 +70,8 @@ export function parsePrds(bytes: Uint8Array, source = "prds"): Prds {
   const header = JSON.parse(new TextDecoder().decode(bytes.subarray(12, 12 + h))) as Record<string, unknown>;
   const num = (k: string) => {
     const v = header[k];
-    if (typeof v !== "number" || !Number.isSafeInteger(v) || v <= 0) throw new Error(`${source}: header field '${k}' is not a positive integer`);
+    if (typeof v !== "number" || !Number.isSafeInteger(v) || v <= 0)
+      throw new Error(`${source}: header field '${k}' is not a positive integer`);
     return v;
   };
   const n = num("n");
@@ -80,8 +81,17 @@ export function parsePrds(bytes: Uint8Array, source = "prds"): Prds {
   const labelsAt = 12 + h;
   const pixelsAt = labelsAt + n;
   const size = n * channels * height * width;
-  if (bytes.length !== pixelsAt + size) throw new Error(`${source}: ${bytes.length} bytes, expected ${pixelsAt + size}`);
-  return { n, channels, height, width, header, labels: bytes.subarray(labelsAt, pixelsAt), pixels: bytes.subarray(pixelsAt, pixelsAt + size) };
+  if (bytes.length !== pixelsAt + size)
+    throw new Error(`${source}: ${bytes.length} bytes, expected ${pixelsAt + size}`);
+  return {
+    n,
+    channels,
+    height,
+    width,
+    header,
+    labels: bytes.subarray(labelsAt, pixelsAt),
+    pixels: bytes.subarray(pixelsAt, pixelsAt + size),
+  };
 }
 
 /** The first `limit` images of a .prds file as 1x64x64 float32 pixel/255 samples. */
@@ -115,7 +125,8 @@ function tinyVit(): ModelCase {
       const ref = readNpy(join(dir, "ref_in.npy"));
       const refData = ref.data as Float32Array;
       const out: Sample[] = [];
-      for (let i = 0; i < ref.shape[0]!; i++) out.push({ id: `ref_in.npy[${i}]`, data: refData.slice(i * per, (i + 1) * per) });
+      for (let i = 0; i < ref.shape[0]!; i++)
+        out.push({ id: `ref_in.npy[${i}]`, data: refData.slice(i * per, (i + 1) * per) });
       for (let i = 0; i < 8; i++) out.push({ id: `normal(seed=${100 + i})`, data: normal(per, 100 + i) });
       return out;
     },

@@ -55,6 +55,7 @@ export interface PlacementLog {
   evidence: string[];
 }
 
+// biome-ignore lint/suspicious/noControlCharactersInRegex: ANSI colour codes (ESC [ … m) in onnxruntime logs
 const ANSI = /\u001b\[[0-9;]*m/g;
 const PREFIX = /^\S+ \S+ \[([VIWEF]):onnxruntime:([^,]*), ([^:\]]+):(\d+) ([^\]]+)\] ?(.*)$/;
 
@@ -136,7 +137,12 @@ export function parsePlacement(lines: readonly string[], logId?: string): Placem
     }
     const copy = /Add (MemcpyToHost|MemcpyFromHost) (before|after) (\S+) for (\S+)/.exec(msg);
     if (copy) {
-      out.memcpy.push({ kind: copy[1] as MemcpyNote["kind"], position: copy[2] as MemcpyNote["position"], tensor: copy[3]!, ep: copy[4]! });
+      out.memcpy.push({
+        kind: copy[1] as MemcpyNote["kind"],
+        position: copy[2] as MemcpyNote["position"],
+        tensor: copy[3]!,
+        ep: copy[4]!,
+      });
       out.evidence.push(msg);
     }
   }
@@ -169,7 +175,8 @@ export function locate(log: PlacementLog, names: readonly { name: string; opType
     const entry: NodeWhere = { name, opType: placed?.opType ?? opType, where };
     if (where === "cpu") {
       if (noKernel.has(name)) entry.reason = "no WebGPU kernel (webgpu kernel not found in registries)";
-      else if (fallback.has(name)) entry.reason = "shape computation moved to CPU (Candidate for fallback CPU execution)";
+      else if (fallback.has(name))
+        entry.reason = "shape computation moved to CPU (Candidate for fallback CPU execution)";
       else entry.reason = "unexplained";
     }
     return entry;

@@ -50,7 +50,11 @@ export async function startServer(): Promise<TestServer> {
   const requests: { path: string; status: number }[] = [];
 
   const send = (res: ServerResponse, status: number, body: Uint8Array | string, type = "text/plain; charset=utf-8") => {
-    res.writeHead(status, { "content-type": type, "cache-control": "no-store", "content-length": Buffer.byteLength(body) });
+    res.writeHead(status, {
+      "content-type": type,
+      "cache-control": "no-store",
+      "content-length": Buffer.byteLength(body),
+    });
     res.end(body);
   };
 

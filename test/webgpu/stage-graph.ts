@@ -77,8 +77,13 @@ function ancestors(ix: Index, tensors: readonly string[]): Set<NodeProto> {
 export function stageNodes(graph: GraphProto): StageNode[] {
   const ix = index(graph);
   const outputs = graph.output.map((o) => o.name);
-  const model = ancestors(ix, outputs.filter((o) => !INDICES.test(o)));
-  const exposed = new Map(outputs.filter((o) => INDICES.test(o)).map((o) => [Number(INDICES.exec(o)![1]), ancestors(ix, [o])]));
+  const model = ancestors(
+    ix,
+    outputs.filter((o) => !INDICES.test(o)),
+  );
+  const exposed = new Map(
+    outputs.filter((o) => INDICES.test(o)).map((o) => [Number(INDICES.exec(o)![1]), ancestors(ix, [o])]),
+  );
   const out: StageNode[] = [];
   for (const n of graph.node) {
     const stage = stageOf(n.name);
@@ -86,7 +91,10 @@ export function stageNodes(graph: GraphProto): StageNode[] {
     let role: Role;
     if (model.has(n)) role = "data";
     else if (exposed.get(stage)?.has(n)) role = "expose";
-    else throw new Error(`prunec node ${n.name} (${n.opType}) reaches neither a model output nor prunec.stage${stage}.indices`);
+    else
+      throw new Error(
+        `prunec node ${n.name} (${n.opType}) reaches neither a model output nor prunec.stage${stage}.indices`,
+      );
     out.push({ name: n.name, opType: n.opType, stage, role });
   }
   return out;
@@ -107,10 +115,13 @@ export function stageCopies(graph: GraphProto, nodes: readonly StageNode[], log:
     const consumers = ix.consumers.get(m.tensor) ?? [];
     const readingEp = m.kind === "MemcpyToHost" ? CPU_EP : WEBGPU_EP;
     const readers = consumers.filter((c) => epOf(log, c.name) === readingEp);
-    const touched = [producer, ...consumers].map((x) => (x ? byName.get(x.name) : undefined)).find((x) => x !== undefined);
+    const touched = [producer, ...consumers]
+      .map((x) => (x ? byName.get(x.name) : undefined))
+      .find((x) => x !== undefined);
     const stage = touched?.stage ?? stageOf(m.tensor);
     if (stage === undefined) continue; // the model's own copy
-    const role: Role = readers.length > 0 && readers.every((r) => byName.get(r.name)?.role === "expose") ? "expose" : "data";
+    const role: Role =
+      readers.length > 0 && readers.every((r) => byName.get(r.name)?.role === "expose") ? "expose" : "data";
     out.push({ ...m, stage, role, producer: producer?.name ?? null, readers: readers.map((r) => r.name) });
   }
   return out;
