@@ -53,6 +53,14 @@ export class NodeBuilder {
     return name;
   }
 
+  /** Give the output of the added node that writes `tensor` a fixed name (a stage's result taking a tensor's name); returns it. */
+  rename(tensor: string, name: string): string {
+    const node = this.nodes.find((n) => n.output[0] === tensor);
+    if (!node) throw new Error(`no node added by ${this.prefix} writes '${tensor}'`);
+    node.output[0] = name;
+    return name;
+  }
+
   float(values: number[], dims?: number[], label = "const"): string {
     const name = this.fresh(label);
     this.initializers.push(floatTensor(name, values, dims ?? [values.length]));

@@ -49,8 +49,7 @@
  *       the N − r merged tokens, side tensors follow the surviving positions, stale value_info is
  *       dropped, constant Reshape shapes holding N at the token axis are retargeted.
  */
-import { Graph, type GraphProto, type NodeProto } from "../src/ir/graph.js";
-import type { TransformerInfo } from "../src/analysis/transformer.js";
+import { Graph, type NodeProto } from "../src/ir/graph.js";
 import { TensorProto_DataType as DT } from "../src/onnx/gen/onnx_pb.js";
 import { NodeBuilder } from "./builder.js";
 import { denseName } from "./gather-tokens.js";
@@ -60,8 +59,7 @@ import { splice } from "./splice.js";
 import { headMeanKeys, keysOf } from "./attention/keys.js";
 import { prunedStreamInfo, retargetShapeConstants, streamElemType } from "./retarget.js";
 import { refreshFacts } from "../src/analysis/refresh.js";
-import type { StageEffect, StreamState } from "./stream-state.js";
-import type { LowerOptions } from "./kinds/kind.js";
+import type { StageLowering } from "./kinds/kind.js";
 import type { StagePlan } from "../src/plan-types.js";
 
 const FLOAT = DT.FLOAT;
@@ -174,19 +172,7 @@ function everyOther(b: NodeBuilder, x: string, start: 0 | 1, label: string): str
   );
 }
 
-/** Give the output of the node that writes `tensor` (not consumed yet) a fixed name. */
-function rename(b: NodeBuilder, tensor: string, name: string): string {
-  b.nodes.find((n) => n.output[0] === tensor)!.output[0] = name;
-  return name;
-}
-
-export function applyMergeStage(
-  proto: GraphProto,
-  dense: TransformerInfo,
-  densePlan: StagePlan,
-  state: StreamState,
-  options: LowerOptions,
-): { graph: GraphProto; effect: StageEffect } {
+export const applyMergeStage: StageLowering = (proto, dense, densePlan, state, options) => {
   const g = new Graph(proto);
   // Earlier stages rewired some nodes (new objects, same names): read the current ones.
   const model = refreshFacts(dense, g);
@@ -359,9 +345,9 @@ export function applyMergeStage(
   const total = b.reduce("ReduceSum", weights, [2], 1); // [B,N−r,1]: the new sizes
   let merged = b.op("Div", [b.op("MatMul", [weights, xab], {}, "weighted_sum"), total], {}, "weighted_mean");
   if (elemType !== FLOAT) merged = b.op("Cast", [merged], { to: elemType }, "stream_type");
-  const sizes = rename(b, b.squeeze(total, [2]), sizesName(plan.stage)); // [B,N−r]
+  const sizes = b.rename(b.squeeze(total, [2]), sizesName(plan.stage)); // [B,N−r]
   if (merge.feedsMerge)
-    rename(b, tomeRanks(b, { mergedA, best, survivors: survivors!, n, r, prefix }), orderName(plan.stage));
+    b.rename(tomeRanks(b, { mergedA, best, survivors: survivors!, n, r, prefix }), orderName(plan.stage));
 
   // Side tensors read below the stage follow the surviving positions; an earlier merge stage's
   // log-size key bias is replaced by this stage's.
@@ -380,7 +366,7 @@ export function applyMergeStage(
   );
   let rewired = new Map<NodeProto, NodeProto>();
   if (proportional) {
-    const keyBias = rename(b, b.unsqueeze(b.op("Log", [sizes], {}, "log_size"), [1, 2]), logSizeKeysName(plan.stage)); // [B,1,1,N−r]
+    const keyBias = b.rename(b.unsqueeze(b.op("Log", [sizes], {}, "log_size"), [1, 2]), logSizeKeysName(plan.stage)); // [B,1,1,N−r]
     carried.set(keyBias, { axes: [3], rank: 4 });
     if (previousBias) gathered.set(previousBias, keyBias);
     // ToMe's proportional attention: log(size) on the keys of every later layer.
@@ -391,8 +377,7 @@ export function applyMergeStage(
       });
   }
 
-  const last = b.nodes.find((node) => node.output[0] === merged)!;
-  last.output[0] = rName;
+  b.rename(merged, rName);
   const graph = splice(proto, {
     label: `stage ${plan.stage} (merge after layer ${plan.layer.index})`,
     after: rName,
@@ -413,4 +398,4 @@ export function applyMergeStage(
       : {}),
   };
   return { graph, effect: { tokens: plan.tokensOut, added: b.nodes, record, carried, sets: new Map(), sizes } };
-}
+};

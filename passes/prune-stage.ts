@@ -25,20 +25,14 @@ import { rewriteCachedAttention } from "./cached-attention.js";
 import { gatherTokens, denseName } from "./gather-tokens.js";
 import { prunedStreamInfo, retargetShapeConstants, streamElemType } from "./retarget.js";
 import { splice } from "./splice.js";
-import type { StageEffect, StreamState } from "./stream-state.js";
-import type { LowerOptions, StageSetup } from "./kinds/kind.js";
+import type { StreamState } from "./stream-state.js";
+import type { LowerOptions, StageLowering, StageSetup } from "./kinds/kind.js";
 import { chooseSelection } from "./kinds/index.js";
 import { lowerMask } from "./kinds/mask.js";
 import { appendRecycled } from "./kinds/recycle.js";
 import { renumberedSides } from "./kinds/renumber.js";
 
-export function applyStage(
-  proto: GraphProto,
-  dense: TransformerInfo,
-  densePlan: StagePlan,
-  state: StreamState,
-  options: LowerOptions,
-): { graph: GraphProto; effect: StageEffect } {
+export const applyStage: StageLowering = (proto, dense, densePlan, state, options) => {
   const s = setUp(proto, dense, densePlan, state, options);
   const { b, plan, model } = s;
   const choice = chooseSelection(s);
@@ -82,10 +76,10 @@ export function applyStage(
   }
   const carried = new Map(s.sides.map((x) => [gathered.get(x.tensor) ?? x.tensor, { axes: x.axes, rank: x.rank }]));
   // The stage's result takes the residual's name, so every consumer and graph output reads it.
-  rename(b, output, s.r);
+  b.rename(output, s.r);
   const renames = new Map([[s.r, s.stream]]);
   if (s.normalized) {
-    rename(b, s.gather(indices!, denseName(s.normalized)), s.normalized);
+    b.rename(s.gather(indices!, denseName(s.normalized)), s.normalized);
     renames.set(s.normalized, denseName(s.normalized));
   }
   // The original producer of r now writes r/dense; stage nodes go right after it (their inputs,
@@ -123,7 +117,7 @@ export function applyStage(
       sets,
     },
   };
-}
+};
 
 /** Everything the stage's kinds read, on the current graph (facts refreshed: earlier stages rewired nodes). */
 function setUp(
@@ -225,13 +219,6 @@ function setUp(
     ranked,
     gather,
   };
-}
-
-/** Give the output of the stage node that writes `tensor` a fixed name. */
-function rename(b: NodeBuilder, tensor: string, name: string): void {
-  const node = b.nodes.find((n) => n.output[0] === tensor);
-  if (!node) throw new Error(`no stage node writes '${tensor}'`);
-  node.output[0] = name;
 }
 
 /** Output 0 of the fused Skip norm whose output 3 is the stream `r`, if r leaves through one. */

@@ -11,7 +11,7 @@ import type { StagePlan } from "../../src/plan-types.js";
 import type { NodeBuilder } from "../builder.js";
 import type { ScoreContext, Scorer } from "../criterion.js";
 import type { SideInput } from "../carry-tokens.js";
-import type { Lowering, StreamState } from "../stream-state.js";
+import type { Lowering, StageEffect, StreamState } from "../stream-state.js";
 import type { CriterionModule, TokenGroups } from "../criterion.js";
 import type { SpatialMerge } from "../../src/analysis/merge.js";
 import type { Dim } from "../../src/analysis/dims.js";
@@ -66,6 +66,18 @@ export function mergedRows(f: Pick<KindFacts, "afterEncoder" | "model">): boolea
 export function mergeNode(f: Pick<KindFacts, "merge">): string {
   return f.merge?.node ?? "?";
 }
+
+/**
+ * A stage kind's lowering: the graph and the stream state as the earlier stages left them in, the
+ * rewritten graph and what the stage did to the stream out (compile folds it into the next state).
+ */
+export type StageLowering = (
+  graph: GraphProto,
+  dense: TransformerInfo,
+  plan: StagePlan,
+  state: StreamState,
+  options: LowerOptions,
+) => { graph: GraphProto; effect: StageEffect };
 
 export interface LowerOptions {
   opset: number;
