@@ -19,11 +19,20 @@ export type StageOption = (typeof STAGE_OPTIONS)[number];
 
 export type Action = "keep" | "drop" | "merge";
 
-/** Where a stage acts. Layers are 0-based; negative layers count from the end and are kept as written. */
+/**
+ * Where a stage acts. Layers are 0-based; negative layers count from the end and are kept as written.
+ * `in-layers` (`in layers A..B`, both ends included) and `all-layers` (no position written) are for
+ * stages on the KV cache only (`keep kv` / `drop kv`).
+ */
 export type StagePosition =
   | { kind: "after-layer" | "in-layer"; layer: number }
+  | { kind: "in-layers"; from: number; to: number }
+  | { kind: "all-layers" }
   | { kind: "after-encoder" }
   | { kind: "before-layer-0" };
+
+/** What a stage acts on: the residual stream's tokens, or each layer's KV cache entries (`keep kv`). */
+export type StageTarget = "stream" | "kv";
 
 /**
  * How many tokens an action concerns.
@@ -50,9 +59,12 @@ export interface CriterionUse {
 
 export interface StageIR {
   position: StagePosition;
-  /** The whole position phrase, e.g. `after layer 2`. */
+  /** The whole position phrase, e.g. `after layer 2`; for `all-layers`, the action word. */
   positionSpan: Span;
-  /** The layer number token (for after-layer, in-layer and before-layer-0). */
+  /** `stream`, or `kv` for `keep kv` / `drop kv` (the word `kv`'s span in `kvSpan`). */
+  target: StageTarget;
+  kvSpan?: Span;
+  /** The layer number token (for after-layer, in-layer and before-layer-0), or `A..B` for in-layers. */
   layerSpan?: Span;
   action: Action;
   actionSpan: Span;

@@ -22,11 +22,15 @@ export const Input = keyword("input");
 export const After = keyword("after");
 export const Before = keyword("before");
 export const In = keyword("in");
+/** Before `layer` in the lexer: `layers` must not lex as `layer` + a longer identifier. */
+export const Layers = keyword("layers");
 export const Layer = keyword("layer");
 export const Encoder = keyword("encoder");
 export const Keep = keyword("keep");
 export const Drop = keyword("drop");
 export const Merge = keyword("merge");
+/** `keep kv` / `drop kv`: the stage acts on each layer's KV cache, not on the residual stream. */
+export const Kv = keyword("kv");
 export const Mass = keyword("mass");
 export const Above = keyword("above");
 export const Of = keyword("of");
@@ -40,11 +44,13 @@ export const KEYWORDS: readonly TokenType[] = [
   After,
   Before,
   In,
+  Layers,
   Layer,
   Encoder,
   Keep,
   Drop,
   Merge,
+  Kv,
   Mass,
   Above,
   Of,

@@ -3,16 +3,18 @@
  *
  *   statement := 'model' NAME
  *              | 'tokens' SET '=' ( 'input' SET | 'after' SET )
- *              | position action
- *   position  := 'after' ( 'layer' NUMBER | 'encoder' ) | 'in' 'layer' NUMBER | 'before' 'layer' NUMBER
- *   action    := ('keep'|'drop'|'merge') amount? ('of' SET)? 'by' NAME ('(' args? ')')? ('with' NAME (',' NAME)*)?
+ *              | position? action
+ *   position  := 'after' ( 'layer' NUMBER | 'encoder' ) | 'in' ( 'layer' NUMBER | 'layers' NUMBER '..' NUMBER )
+ *              | 'before' 'layer' NUMBER
+ *   action    := ('keep'|'drop'|'merge') 'kv'? amount? ('of' SET)? 'by' NAME ('(' args? ')')? ('with' NAME (',' NAME)*)?
  *   amount    := NUMBER ('%' | 'tokens')? | 'mass' NUMBER '%' | 'above' NUMBER
  *   args      := arg (',' arg)*
  *   arg       := (NAME ':')? value
  *   value     := NUMBER ('..' NUMBER)? | NAME
  *
  * NAME is any word, keywords included; SET is an identifier that is not a keyword (token set names:
- * `tokens SET = input SET | after SET`, `of SET`).
+ * `tokens SET = input SET | after SET`, `of SET`). Which positions go with `kv`, and that a stage
+ * without `kv` has a position, is checked in to-ir.ts.
  */
 import { EmbeddedActionsParser, type IToken } from "chevrotain";
 import {
@@ -30,7 +32,9 @@ import {
   Input,
   Keep,
   Drop,
+  Kv,
   Layer,
+  Layers,
   LParen,
   Mass,
   Merge,
@@ -88,12 +92,13 @@ export class SpecParser extends EmbeddedActionsParser {
   });
 
   private readonly stageStatement = this.RULE("stageStatement", (): RawStage => {
-    const position = this.SUBRULE(this.position);
+    const position = this.OPTION5(() => this.SUBRULE(this.position));
     const action = this.OR([
       { ALT: () => this.CONSUME(Keep) },
       { ALT: () => this.CONSUME(Drop) },
       { ALT: () => this.CONSUME(Merge) },
     ]);
+    const kv = this.OPTION6(() => this.CONSUME(Kv));
     const amount = this.OPTION(() => this.SUBRULE(this.amount));
     const of = this.OPTION1(() => {
       this.CONSUME(Of);
@@ -122,7 +127,9 @@ export class SpecParser extends EmbeddedActionsParser {
         options.push(this.CONSUME3(Word));
       });
     });
-    const stage: RawStage = { kind: "stage", position, action, criterion, args, options };
+    const stage: RawStage = { kind: "stage", action, criterion, args, options };
+    if (position !== undefined) stage.position = position;
+    if (kv !== undefined) stage.kv = kv;
     if (amount !== undefined) stage.amount = amount;
     if (of !== undefined) stage.of = of;
     return stage;
@@ -149,8 +156,22 @@ export class SpecParser extends EmbeddedActionsParser {
         {
           ALT: () => {
             const first = this.CONSUME(In);
-            this.CONSUME1(Layer);
-            return { kind: "in-layer", first, layer: this.CONSUME1(NumberLit) };
+            return this.OR2([
+              {
+                ALT: () => {
+                  this.CONSUME1(Layer);
+                  return { kind: "in-layer", first, layer: this.CONSUME1(NumberLit) };
+                },
+              },
+              {
+                ALT: () => {
+                  this.CONSUME(Layers);
+                  const from = this.CONSUME3(NumberLit);
+                  this.CONSUME(DotDot);
+                  return { kind: "in-layers", first, from, to: this.CONSUME4(NumberLit) };
+                },
+              },
+            ]);
           },
         },
         {

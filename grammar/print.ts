@@ -1,8 +1,13 @@
 /** printSpec: the canonical text of an IR. parseSpec(printSpec(ir)) gives the same IR, spans and text aside. */
 import type { Amount, ArgValue, SpecIR, StageIR, StagePosition, TokenSetDecl } from "./ir.js";
 
+/** The position phrase; empty for `all-layers` (a `keep kv` stage without one). */
 function position(p: StagePosition): string {
   switch (p.kind) {
+    case "all-layers":
+      return "";
+    case "in-layers":
+      return `in layers ${p.from}..${p.to}`;
     case "after-layer":
       return `after layer ${p.layer}`;
     case "in-layer":
@@ -32,7 +37,9 @@ function argValue(v: ArgValue): string {
 }
 
 function stage(s: StageIR): string {
-  const parts = [position(s.position), s.action];
+  const where = position(s.position);
+  const parts = where === "" ? [s.action] : [where, s.action];
+  if (s.target === "kv") parts.push("kv");
   if (s.amount !== undefined) parts.push(amount(s.amount));
   if (s.of !== undefined) parts.push(`of ${s.of}`);
   const args = Object.entries(s.criterion.args).map(([k, v]) => `${k}: ${argValue(v)}`);

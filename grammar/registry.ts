@@ -2,7 +2,7 @@
  * The criterion registry interface the parser validates against. The grammar knows no criterion:
  * whoever calls parseSpec supplies the registry (the real one is built from the criterion modules).
  */
-import type { ArgValue } from "./ir.js";
+import type { ArgValue, StageTarget } from "./ir.js";
 
 /** number: any finite number; integer: a whole number; range: `lo..hi` with lo <= hi; identifier: a name. */
 export type ArgType = "number" | "integer" | "range" | "identifier";
@@ -18,6 +18,8 @@ export interface ArgInfo {
 export interface CriterionInfo {
   /** Lower case: letters, digits and `-`, starting with a letter. */
   name: string;
+  /** What it scores: the residual stream's tokens (the default) and/or KV-cache entries (`keep kv`). */
+  targets?: readonly StageTarget[];
   summary: string;
   /** Declared in order; positional arguments bind in this order and printSpec writes them in it. */
   args: Record<string, ArgInfo>;
@@ -62,4 +64,9 @@ export function argsWithDefaults(
     if (value !== undefined) out[name] = Array.isArray(value) ? [value[0], value[1]] : value;
   }
   return out;
+}
+
+/** What a criterion scores (stream tokens unless it says otherwise). */
+export function targetsOf(info: CriterionInfo): readonly StageTarget[] {
+  return info.targets ?? ["stream"];
 }

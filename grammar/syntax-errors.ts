@@ -4,12 +4,18 @@ import { clip, diagnosticAt, type Diagnostic } from "./diagnostics.js";
 import type { Span } from "./ir.js";
 import {
   After,
+  Before,
   By,
   Colon,
   Comma,
+  DotDot,
   Identifier,
+  In,
   Input,
   KEYWORDS,
+  Kv,
+  Layer,
+  Layers,
   LParen,
   Model,
   NumberLit,
@@ -129,6 +135,70 @@ function isEnd(t: IToken): boolean {
   return t.tokenType === EOF || !Number.isFinite(t.startOffset);
 }
 
+/**
+ * Friendlier words for the mistakes the layer-range and KV-cache forms invite: `in layers 3` (no
+ * range), `in layer 2..5` / `after layer 2..5` (a range where one layer goes), `after layers 2..5`,
+ * `kv` away from the action word. `index` is the first token the parser could not take (the
+ * statement's length at its end); `span` points there.
+ */
+function commonMistake(
+  tokens: readonly IToken[],
+  index: number,
+  expected: readonly Expected[],
+  lines: SourceLines,
+  file: string,
+  span: Span,
+): Diagnostic | undefined {
+  const at = (i: number): TokenType | undefined => tokens[i]?.tokenType;
+  const spanOf = (first: IToken, last: IToken = first): Span =>
+    lines.span(first.startOffset, last.startOffset + last.image.length);
+  const found = tokens[index];
+  // `in layers 3 keep ...`: one number where a range goes.
+  if (expected.includes(DotDot) && at(index - 1) === NumberLit && at(index - 2) === Layers) {
+    const layers = tokens[index - 2]!;
+    const n = clip(tokens[index - 1]!.image);
+    return diagnosticAt(
+      file,
+      spanOf(layers),
+      `'in layers' takes a range A..B (both ends included); for one layer write 'in layer ${n}'`,
+      "layer",
+    );
+  }
+  // `in layer 2..5`, `after layer 2..5`: a range where a single layer goes.
+  if (found?.tokenType === DotDot && at(index - 1) === NumberLit && at(index - 2) === Layer) {
+    const first = tokens[index - 3];
+    if (first !== undefined && (first.tokenType === In || first.tokenType === After || first.tokenType === Before)) {
+      return diagnosticAt(
+        file,
+        spanOf(first, tokens[index - 2]!),
+        `'${first.image.toLowerCase()} layer' takes a single layer; a range of layers is written 'in layers A..B'`,
+        "in layers",
+      );
+    }
+  }
+  // `after layers 2..5`: only `in` takes a range.
+  if (
+    found?.tokenType === Layers &&
+    (at(index - 1) === After || at(index - 1) === Before) &&
+    at(index + 1) === NumberLit &&
+    at(index + 2) === DotDot
+  ) {
+    const first = tokens[index - 1]!;
+    return diagnosticAt(
+      file,
+      spanOf(first, found),
+      `'${first.image.toLowerCase()}' takes a single layer ('${first.image.toLowerCase()} layer L'); a range of layers is written 'in layers A..B'`,
+      "in layers",
+    );
+  }
+  // `keep 25% kv`, `kv keep`, `in layer 3 kv drop`.
+  const nameExpected = expected.includes(Word) || expected.includes(Identifier);
+  if (found?.tokenType === Kv && !expected.includes(Kv) && !nameExpected && at(index - 1) !== Kv) {
+    return diagnosticAt(file, span, "'kv' goes right after the action word: 'keep kv ...' or 'drop kv ...'");
+  }
+  return undefined;
+}
+
 /** The earliest of a statement's parse errors, as a Diagnostic. */
 export function syntaxDiagnostic(
   stmt: StatementTokens,
@@ -171,6 +241,8 @@ export function syntaxDiagnostic(
   if (endOfStatement && expected.includes(By)) {
     return diagnosticAt(file, span, "missing 'by CRITERION' (every stage needs a criterion)");
   }
+  const common = commonMistake(stmt.tokens, index, expected, lines, file, span);
+  if (common !== undefined) return common;
   let message = `expected ${listOr(describeExpected(expected, before))}, found ${foundText}`;
   const foundKeyword = endOfStatement ? undefined : stmt.tokens[index];
   if (foundKeyword !== undefined && KEYWORDS.includes(foundKeyword.tokenType) && expected.includes(Identifier)) {
@@ -186,5 +258,23 @@ export function syntaxDiagnostic(
     const glued = candidates.find((k) => word.startsWith(k) && /^-?\d+$/.test(word.slice(k.length)));
     suggestion = glued !== undefined ? `${glued} ${word.slice(glued.length)}` : closest(foundToken.image, candidates);
   }
+  // `keep kv 25% snapkv(...)`: a criterion without `by` (a name that is no misspelt keyword, followed
+  // by what may follow a criterion).
+  const next = stmt.tokens[index + 1]?.tokenType;
+  if (
+    suggestion === undefined &&
+    foundToken?.tokenType === Identifier &&
+    expected.includes(By) &&
+    (next === undefined || next === LParen || next === With)
+  ) {
+    return diagnosticAt(
+      file,
+      span,
+      `missing 'by' before the criterion '${clip(foundToken.image)}'`,
+      `by ${clip(foundToken.image)}`,
+    );
+  }
+  // `layers 2..5 keep kv ...`: the range without its `in`.
+  if (suggestion === undefined && index === 0 && foundToken?.tokenType === Layers) suggestion = "in layers";
   return diagnosticAt(file, span, message, suggestion);
 }

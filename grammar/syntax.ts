@@ -17,6 +17,8 @@ export interface RawArg {
 
 export type RawPosition =
   | { kind: "after-layer" | "in-layer" | "before-layer"; first: IToken; layer: IToken }
+  /** `in layers FROM .. TO`. */
+  | { kind: "in-layers"; first: IToken; from: IToken; to: IToken }
   | { kind: "after-encoder"; first: IToken; last: IToken };
 
 export type RawAmount =
@@ -27,8 +29,11 @@ export type RawAmount =
 
 export interface RawStage {
   kind: "stage";
-  position: RawPosition;
+  /** Absent when none is written (a `keep kv` stage on every layer). */
+  position?: RawPosition;
   action: IToken;
+  /** `kv` after the action: the stage acts on the KV cache. */
+  kv?: IToken;
   amount?: RawAmount;
   of?: IToken;
   criterion: IToken;

@@ -11,9 +11,10 @@ import {
   type StageIR,
   type StageOption,
   type StagePosition,
+  type StageTarget,
   type TokenSetDecl,
 } from "./ir.js";
-import type { ArgType, CriterionInfo, CriterionRegistry } from "./registry.js";
+import { targetsOf, type ArgType, type CriterionInfo, type CriterionRegistry } from "./registry.js";
 import type { SourceLines } from "./source.js";
 import { closest } from "./suggest.js";
 import type { RawArg, RawStage, RawStatement, RawTokenSet, RawValue } from "./syntax.js";
@@ -64,6 +65,9 @@ function tooPrecise(value: number): boolean {
   const text = String(value);
   return /e/i.test(text) || (text.split(".")[1]?.length ?? 0) > MAX_PERCENT_DECIMALS;
 }
+
+const STREAM_NEEDS_POSITION =
+  "a stage on the residual stream needs a position: 'after layer L', 'in layer L' or 'after encoder'; only 'keep kv' / 'drop kv' stages may omit it (every layer)";
 
 class Builder {
   readonly diagnostics: Diagnostic[] = [];
@@ -152,32 +156,111 @@ class Builder {
     };
   }
 
+  /** Criteria that score KV-cache entries, in registry order (looked up once per file). */
+  private kvNames: string[] | undefined;
+  private kvCriteria(): string[] {
+    this.kvNames ??= this.registry.names().filter((n) => {
+      const info = this.registry.get(n);
+      return info !== undefined && targetsOf(info).includes("kv");
+    });
+    return this.kvNames;
+  }
+
+  /** A layer number token as an integer, or an error at it. */
+  private layerNumber(t: IToken): number | undefined {
+    const layer = num(t);
+    if (Number.isSafeInteger(layer)) return layer;
+    this.error(this.span(t), `layer must be an integer, got ${clip(t.image)}`);
+    return undefined;
+  }
+
   private stage(raw: RawStage, s: ParsedStatement, sets: ReadonlySet<string>): StageIR | undefined {
     const before = this.diagnostics.length;
+    const action = raw.action.image.toLowerCase() as Action;
+    const actionSpan = this.span(raw.action);
+    const target: StageTarget = raw.kv === undefined ? "stream" : "kv";
+    const kvSpan = raw.kv === undefined ? undefined : this.span(raw.kv);
+    const criterionName = raw.criterion.image.toLowerCase();
+    const info = this.registry.get(criterionName);
+    // A stream stage naming a criterion that scores only the KV cache: the fix is 'keep kv', which
+    // also makes a missing position or 'in layers' right, so those are not reported besides.
+    const meantKv = target === "stream" && info !== undefined && !targetsOf(info).includes("stream");
+    if (meantKv) {
+      this.error(
+        actionSpan,
+        `criterion '${info.name}' scores the KV cache, not the residual stream: write '${action === "drop" ? "drop" : "keep"} kv'`,
+        action === "merge" ? undefined : `${action} kv`,
+      );
+    }
 
     // Position.
     const p = raw.position;
-    let position: StagePosition = { kind: "after-encoder" };
+    let position: StagePosition = { kind: "all-layers" };
     let layerSpan: Span | undefined;
-    const positionSpan = this.span(p.first, p.kind === "after-encoder" ? p.last : p.layer);
-    if (p.kind !== "after-encoder") {
+    let positionSpan = actionSpan;
+    if (p !== undefined) {
+      const last = p.kind === "after-encoder" ? p.last : p.kind === "in-layers" ? p.to : p.layer;
+      positionSpan = this.span(p.first, last);
+    }
+    if (p === undefined) {
+      if (target === "stream" && !meantKv) this.error(actionSpan, STREAM_NEEDS_POSITION);
+    } else if (target === "kv" && p.kind === "after-layer") {
+      this.error(
+        positionSpan,
+        "a KV-cache stage acts on a layer's own cache: write 'in layer L' (or 'in layers A..B', or no position for every layer)",
+        `in layer ${clip(p.layer.image)}`,
+      );
+    } else if (target === "kv" && (p.kind === "after-encoder" || p.kind === "before-layer")) {
+      const where = p.kind === "after-encoder" ? "after encoder" : "before layer 0";
+      this.error(
+        positionSpan,
+        `'${where}' has no KV cache: write 'in layer L', 'in layers A..B', or no position for every layer`,
+      );
+    } else if (p.kind === "after-encoder") {
+      position = { kind: "after-encoder" };
+    } else if (p.kind === "in-layers") {
+      layerSpan = this.span(p.from, p.to);
+      if (target === "stream" && !meantKv) {
+        this.error(
+          positionSpan,
+          "'in layers A..B' is for KV-cache stages ('keep kv' / 'drop kv'); a stage on the residual stream acts once: 'after layer L' or 'in layer L'",
+        );
+      } else {
+        const from = this.layerNumber(p.from);
+        const to = this.layerNumber(p.to);
+        if (from !== undefined && to !== undefined) {
+          // Mixed signs (`0..-1`) are resolved against the model's layer count later.
+          if (from < 0 === to < 0 && from > to) {
+            this.error(
+              layerSpan,
+              `a layer range A..B needs A <= B, got ${clip(p.from.image)}..${clip(p.to.image)}`,
+              `${to}..${from}`,
+            );
+          }
+          position = { kind: "in-layers", from, to };
+        }
+      }
+    } else {
       layerSpan = this.span(p.layer);
-      const layer = num(p.layer);
-      if (!Number.isSafeInteger(layer)) {
-        this.error(layerSpan, `layer must be an integer, got ${clip(p.layer.image)}`);
-      } else if (p.kind === "before-layer") {
+      const layer = this.layerNumber(p.layer);
+      if (layer !== undefined && p.kind === "before-layer") {
         if (layer !== 0) {
           const fix = layer > 0 ? `after layer ${layer - 1}` : undefined;
           this.error(layerSpan, `'before layer' takes only 0 (the input embeddings), got ${clip(p.layer.image)}`, fix);
         }
         position = { kind: "before-layer-0" };
-      } else {
+      } else if (layer !== undefined && p.kind !== "before-layer") {
         position = { kind: p.kind, layer };
       }
     }
+    if (target === "kv" && action === "merge") {
+      this.error(
+        this.span(raw.action, raw.kv),
+        "'merge kv' is not supported: a KV-cache stage keeps or drops entries ('keep kv' / 'drop kv')",
+      );
+    }
 
-    // Action and amount.
-    const action = raw.action.image.toLowerCase() as Action;
+    // Amount.
     let amount: Amount | undefined;
     let amountSpan: Span | undefined;
     const a = raw.amount;
@@ -188,7 +271,12 @@ class Builder {
         a.kind === "mass" || a.kind === "above" ? a.first : a.number,
         a.kind === "above" ? a.number : a.last,
       );
-      if (a.kind === "percent" && !(value > 0 && value <= 100)) {
+      if (target === "kv" && (a.kind === "mass" || a.kind === "above")) {
+        this.error(
+          amountSpan,
+          `'${a.kind}' amounts are not supported for the KV cache: write '${action} kv P%' or '${action} kv K tokens'`,
+        );
+      } else if (a.kind === "percent" && !(value > 0 && value <= 100)) {
         this.error(numberSpan, `amount must be in (0, 100]%, got ${clip(a.number.image)}%`);
       } else if ((a.kind === "percent" || a.kind === "mass") && tooPrecise(value)) {
         // Counts are computed in integers from the percentage as written (passes/amount.ts).
@@ -219,26 +307,38 @@ class Builder {
       }
     }
 
-    // Criterion.
-    const criterionName = raw.criterion.image.toLowerCase();
+    // Criterion (a stream stage naming a KV-only criterion was reported above).
     const criterionSpan = this.span(raw.criterion);
-    const info = this.registry.get(criterionName);
     let args: Record<string, ArgValue> = {};
     let argSpans: Record<string, Span> = {};
     if (info === undefined) {
-      this.error(
-        criterionSpan,
-        `unknown criterion '${clip(raw.criterion.image)}'`,
-        closest(criterionName, this.registry.names()),
-      );
+      const suggestion =
+        (target === "kv" ? closest(criterionName, this.kvCriteria()) : undefined) ??
+        closest(criterionName, this.registry.names());
+      this.error(criterionSpan, `unknown criterion '${clip(raw.criterion.image)}'`, suggestion);
     } else {
+      if (target === "kv" && !targetsOf(info).includes("kv")) {
+        const kv = this.kvCriteria();
+        this.error(
+          criterionSpan,
+          `criterion '${info.name}' does not score the KV cache (${kv.length > 0 ? `KV-cache criteria: ${list(kv)}` : "no KV-cache criterion is registered"})`,
+        );
+      }
       ({ args, argSpans } = this.args(info, raw.args));
     }
 
-    // Options.
+    // Options: for stream stages only.
     const options: StageOption[] = [];
     const optionSpans: Span[] = [];
-    for (const t of raw.options) {
+    const firstOption = raw.options[0];
+    const lastOption = raw.options[raw.options.length - 1];
+    if (target === "kv" && firstOption !== undefined && lastOption !== undefined) {
+      this.error(
+        this.span(firstOption, lastOption),
+        `options apply to stream stages: a '${action} kv' stage takes no 'with' options`,
+      );
+    }
+    for (const t of target === "kv" ? [] : raw.options) {
       const name = t.image.toLowerCase();
       const span = this.span(t);
       const known = STAGE_OPTIONS.find((o) => o === name);
@@ -261,13 +361,15 @@ class Builder {
     const stage: StageIR = {
       position,
       positionSpan,
+      target,
       action,
-      actionSpan: this.span(raw.action),
+      actionSpan,
       criterion: { name: criterionName, args, span: criterionSpan, argSpans },
       options,
       optionSpans,
       span: this.span(s.first, s.last),
     };
+    if (kvSpan !== undefined) stage.kvSpan = kvSpan;
     if (layerSpan !== undefined) stage.layerSpan = layerSpan;
     if (amount !== undefined) stage.amount = amount;
     if (amountSpan !== undefined) stage.amountSpan = amountSpan;

@@ -36,6 +36,8 @@ function position(stage: StageIR): string {
   const p = stage.position;
   if (p.kind === "after-encoder") return "after encoder";
   if (p.kind === "before-layer-0") return "before layer 0";
+  if (p.kind === "all-layers") return "in every layer";
+  if (p.kind === "in-layers") return `in layers ${p.from}..${p.to}`;
   return `${p.kind === "after-layer" ? "after" : "in"} layer ${p.layer}`;
 }
 

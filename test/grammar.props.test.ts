@@ -7,19 +7,27 @@ import {
   printSpec,
   stripSpans,
   STAGE_OPTIONS,
+  type Amount,
   type ArgValue,
   type CriterionInfo,
   type Diagnostic,
   type SpecIR,
   type StageIR,
   type StageOption,
+  type StagePosition,
 } from "../grammar/index.js";
+import { targetsOf } from "../grammar/registry.js";
 
 const CRITERIA: CriterionInfo[] = [
   { name: "cls-attn", summary: "", args: {} },
   { name: "iga", summary: "", args: {} },
   { name: "k-center", summary: "", args: {} },
-  { name: "random", summary: "", args: { seed: { type: "integer", default: 0, doc: "" } } },
+  {
+    name: "random",
+    summary: "",
+    targets: ["stream", "kv"],
+    args: { seed: { type: "integer", default: 0, doc: "" } },
+  },
   {
     name: "cls-attn-ensemble",
     summary: "",
@@ -30,6 +38,15 @@ const CRITERIA: CriterionInfo[] = [
     },
   },
   { name: "crops", summary: "", args: { n: { type: "integer", doc: "" }, scale: { type: "number", doc: "" } } },
+  // KV-cache criteria (`keep kv` / `drop kv` stages only).
+  { name: "snapkv", summary: "", targets: ["kv"], args: { window: { type: "integer", default: 64, doc: "" } } },
+  {
+    name: "streaming",
+    summary: "",
+    targets: ["kv"],
+    args: { sinks: { type: "integer", doc: "" }, recent: { type: "range", doc: "" } },
+  },
+  { name: "knorm", summary: "", targets: ["kv"], args: {} },
 ];
 const registry = createRegistry(CRITERIA);
 const RUNS = { numRuns: 300 };
@@ -41,11 +58,13 @@ const KEYWORDS = [
   "after",
   "before",
   "in",
+  "layers",
   "layer",
   "encoder",
   "keep",
   "drop",
   "merge",
+  "kv",
   "mass",
   "above",
   "of",
@@ -111,6 +130,20 @@ const position = fc.oneof(
   fc.constant({ kind: "before-layer-0" as const }),
 );
 
+/** Where a KV-cache stage may act: one layer, a range (A <= B when both ends have the same sign), every layer. */
+const kvPosition = fc.oneof(
+  layer.map((l) => ({ kind: "in-layer" as const, layer: l })),
+  fc.tuple(layer, layer).map(([a, b]) => {
+    const ordered = a < 0 === b < 0 && a > b ? [b, a] : [a, b];
+    return { kind: "in-layers" as const, from: ordered[0]!, to: ordered[1]! };
+  }),
+  fc.constant({ kind: "all-layers" as const }),
+);
+const kvAmount = fc.oneof(
+  percent.map((value) => ({ kind: "percent" as const, value })),
+  fc.integer({ min: 1, max: 2 ** 40 }).map((value) => ({ kind: "count" as const, value })),
+);
+
 function argArbitrary(type: string): fc.Arbitrary<ArgValue> {
   switch (type) {
     case "integer":
@@ -124,16 +157,17 @@ function argArbitrary(type: string): fc.Arbitrary<ArgValue> {
   }
 }
 
-const criterion = fc.constantFrom(...CRITERIA).chain((info) => {
-  const entries = Object.entries(info.args).map(([name, a]) =>
-    fc.option(argArbitrary(a.type), { nil: undefined }).map((v) => [name, v] as const),
-  );
-  return fc.tuple(...entries).map((pairs) => {
-    const args: Record<string, ArgValue> = {};
-    for (const [name, v] of pairs) if (v !== undefined) args[name] = v;
-    return { name: info.name, args };
+const criterionFor = (target: "stream" | "kv") =>
+  fc.constantFrom(...CRITERIA.filter((c) => targetsOf(c).includes(target))).chain((info) => {
+    const entries = Object.entries(info.args).map(([name, a]) =>
+      fc.option(argArbitrary(a.type), { nil: undefined }).map((v) => [name, v] as const),
+    );
+    return fc.tuple(...entries).map((pairs) => {
+      const args: Record<string, ArgValue> = {};
+      for (const [name, v] of pairs) if (v !== undefined) args[name] = v;
+      return { name: info.name, args };
+    });
   });
-});
 
 const options = fc.shuffledSubarray([...STAGE_OPTIONS]) as fc.Arbitrary<StageOption[]>;
 const span = { line: 1, column: 1, endLine: 1, endColumn: 1 };
@@ -147,15 +181,28 @@ const specShape = fc
     setNames: fc.uniqueArray(identifier, { maxLength: 4, selector: (s) => s }),
     inputs: fc.array(fc.oneof(identifier, fc.constant("")), { minLength: 4, maxLength: 4 }),
     stages: fc.array(
-      fc.record({
-        position,
-        action: fc.constantFrom("keep" as const, "drop" as const, "merge" as const),
-        amount: fc.option(amount, { nil: undefined }),
-        ofIndex: fc.option(fc.nat(), { nil: undefined }),
-        freeOf: identifier,
-        criterion,
-        options,
-      }),
+      fc.oneof(
+        fc.record({
+          target: fc.constant("stream" as const),
+          position: position as fc.Arbitrary<StagePosition>,
+          action: fc.constantFrom("keep" as const, "drop" as const, "merge" as const),
+          amount: fc.option(amount, { nil: undefined }) as fc.Arbitrary<Amount | undefined>,
+          ofIndex: fc.option(fc.nat(), { nil: undefined }),
+          freeOf: identifier,
+          criterion: criterionFor("stream"),
+          options,
+        }),
+        fc.record({
+          target: fc.constant("kv" as const),
+          position: kvPosition as fc.Arbitrary<StagePosition>,
+          action: fc.constantFrom("keep" as const, "drop" as const),
+          amount: fc.option(kvAmount, { nil: undefined }) as fc.Arbitrary<Amount | undefined>,
+          ofIndex: fc.option(fc.nat(), { nil: undefined }),
+          freeOf: identifier,
+          criterion: criterionFor("kv"),
+          options: fc.constant([] as StageOption[]),
+        }),
+      ),
       { maxLength: 6 },
     ),
   })
@@ -191,6 +238,7 @@ function toSpec(shape: Shape): SpecIR {
       const st: StageIR = {
         position: s.position,
         positionSpan: span,
+        target: s.target,
         action: s.action,
         actionSpan: span,
         criterion: { name: s.criterion.name, args: s.criterion.args, span, argSpans: {} },
@@ -198,6 +246,7 @@ function toSpec(shape: Shape): SpecIR {
         optionSpans: s.options.map(() => span),
         span,
       };
+      if (s.target === "kv") st.kvSpan = span;
       if (s.amount !== undefined) st.amount = s.amount;
       if (s.of !== undefined) st.of = s.of;
       return st;
@@ -218,6 +267,7 @@ const noise = fc.record({
   countWord: fc.boolean(),
   positional: fc.boolean(),
   spacePercent: fc.boolean(),
+  spaceRange: fc.boolean(),
 });
 type Noise = typeof noise extends fc.Arbitrary<infer T> ? T : never;
 
@@ -231,9 +281,12 @@ function noisyText(spec: SpecIR, n: Noise): string {
     const p = s.position;
     if (p.kind === "after-layer") parts.push(kw("after"), kw("layer"), String(p.layer));
     else if (p.kind === "in-layer") parts.push(kw("in"), kw("layer"), String(p.layer));
+    else if (p.kind === "in-layers")
+      parts.push(kw("in"), kw("layers"), n.spaceRange ? `${p.from} .. ${p.to}` : `${p.from}..${p.to}`);
     else if (p.kind === "after-encoder") parts.push(kw("after"), kw("encoder"));
-    else parts.push(kw("before"), kw("layer"), "0");
+    else if (p.kind === "before-layer-0") parts.push(kw("before"), kw("layer"), "0");
     parts.push(kw(s.action));
+    if (s.target === "kv") parts.push(kw("kv"));
     const a = s.amount;
     if (a?.kind === "percent") parts.push(`${a.value}${pct}`);
     if (a?.kind === "count") parts.push(n.countWord ? `${a.value} ${kw("tokens")}` : String(a.value));
@@ -314,7 +367,7 @@ describe("grammar properties", () => {
 
   it("token soup never throws and every diagnostic lies inside it", () => {
     const piece = fc.oneof(
-      fc.constantFrom(...KEYWORDS, "cls-attn", "IGA", "random", "crops", "image", "recycle", "mask", "tokens"),
+      fc.constantFrom(...KEYWORDS, "cls-attn", "IGA", "random", "crops", "image", "recycle", "mask", "snapkv", "KV"),
       fc.constantFrom("%", "(", ")", ",", ":", "..", "=", ";", "\n", "\r\n", "\r", "#", "-", ".", "@", "\t", ""),
       fc.integer({ min: -300, max: 300 }).map(String),
       fc.double({ noNaN: true }).map(String),
@@ -365,6 +418,8 @@ describe("grammar properties", () => {
             "after layer 2 keep 250% by cls-attn",
             "afer layer 1 keep 5% by iga",
             "in layer 3 drop by nope",
+            "keep kv 5% by iga",
+            "in layers 3 keep kv by snapkv",
             "after layer 1 keep 5% by iga",
           ),
           { maxLength: 8 },

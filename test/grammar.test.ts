@@ -50,6 +50,7 @@ describe("the design card", () => {
       stages: [
         {
           position: { kind: "after-layer", layer: 2 },
+          target: "stream",
           action: "keep",
           amount: { kind: "percent", value: 25 },
           criterion: { name: "cls-attn", args: {} },
@@ -57,6 +58,7 @@ describe("the design card", () => {
         },
         {
           position: { kind: "in-layer", layer: 16 },
+          target: "stream",
           action: "drop",
           criterion: { name: "iga", args: {} },
           options: [],
@@ -132,6 +134,7 @@ describe("the language sketch", () => {
       stages: [
         {
           position: { kind: "in-layer", layer: 2 },
+          target: "stream",
           action: "drop",
           amount: { kind: "percent", value: 50 },
           of: "image",
@@ -140,6 +143,7 @@ describe("the language sketch", () => {
         },
         {
           position: { kind: "in-layer", layer: 16 },
+          target: "stream",
           action: "drop",
           amount: { kind: "percent", value: 75 },
           of: "image",
@@ -228,7 +232,7 @@ describe("diagnostics", () => {
     [
       "misspelled position keyword",
       "afer layer 2 keep 25% by cls-attn",
-      `spec.prune:1:1: error: expected 'model', 'tokens', 'after', 'in' or 'before', found 'afer'
+      `spec.prune:1:1: error: expected 'model', 'tokens', 'after', 'in', 'before', 'keep', 'drop' or 'merge', found 'afer'
  1 | afer layer 2 keep 25% by cls-attn
    | ^~~~
    = help: did you mean 'after'?`,
@@ -365,7 +369,7 @@ describe("diagnostics", () => {
     [
       "misspelled amount keyword",
       "after layer 2 keep mas 90% by iga",
-      `spec.prune:1:20: error: expected a number, 'mass', 'above', 'of' or 'by', found 'mas'
+      `spec.prune:1:20: error: expected 'kv', a number, 'mass', 'above', 'of' or 'by', found 'mas'
  1 | after layer 2 keep mas 90% by iga
    |                    ^~~
    = help: did you mean 'mass'?`,
@@ -566,7 +570,7 @@ describe("diagnostics", () => {
  1 | after
    |      ^
 
-spec.prune:2:1: error: expected 'model', 'tokens', 'after', 'in' or 'before', found 'layer'
+spec.prune:2:1: error: expected 'model', 'tokens', 'after', 'in', 'before', 'keep', 'drop' or 'merge', found 'layer'
  2 | layer 2 keep 25% by iga
    | ^~~~~`,
     ],
@@ -592,7 +596,7 @@ spec.prune:2:1: error: expected 'model', 'tokens', 'after', 'in' or 'before', fo
     expect(
       diagnostics.map((d) => `${d.line}:${d.column} ${d.message}${d.suggestion ? ` -> ${d.suggestion}` : ""}`),
     ).toEqual([
-      "2:1 expected 'model', 'tokens', 'after', 'in' or 'before', found 'afer' -> after",
+      "2:1 expected 'model', 'tokens', 'after', 'in', 'before', 'keep', 'drop' or 'merge', found 'afer' -> after",
       "3:20 amount must be in (0, 100]%, got 250%",
       "4:27 unknown criterion 'cls-atn' -> cls-attn",
       "4:50 expected 'keep', 'drop' or 'merge', found 'kepe' -> keep",
@@ -619,6 +623,369 @@ spec.prune:2:1: error: expected 'model', 'tokens', 'after', 'in' or 'before', fo
     expect(r.spec).toBeUndefined();
     expect(r.diagnostics).toHaveLength(1);
     expect(r.diagnostics[0]!.message).toBe("internal error while parsing: registry exploded");
+  });
+});
+
+/** The test criteria plus KV-cache ones (`random` scores both), as passes/registry.ts will list them. */
+const KV_CRITERIA: CriterionInfo[] = [
+  ...CRITERIA.map((c): CriterionInfo => (c.name === "random" ? { ...c, targets: ["stream", "kv"] } : c)),
+  { name: "snapkv", summary: "SnapKV", targets: ["kv"], args: { window: { type: "integer", default: 64, doc: "" } } },
+  { name: "streaming", summary: "StreamingLLM", targets: ["kv"], args: { sinks: { type: "integer", doc: "" } } },
+  { name: "knorm", summary: "key norm", targets: ["kv"], args: {} },
+  { name: "h2o", summary: "H2O", targets: ["kv"], args: {} },
+];
+const kvRegistry = createRegistry(KV_CRITERIA);
+const parseKv = (text: string) => parseSpec(text, "spec.prune", kvRegistry);
+const renderKv = (text: string): string => formatDiagnostics(parseKv(text).diagnostics, text);
+
+describe("stages on the KV cache", () => {
+  it("parses keep kv / drop kv with a layer range, one layer, or no position (every layer)", () => {
+    const text = [
+      "in layers 2..27 keep kv 25% by snapkv(window: 32)",
+      "keep kv 512 tokens by streaming(sinks: 4)          # no position: every layer",
+      "in layer 3 drop kv 75% by knorm",
+      "tokens context = input context_mask",
+      "in layers 0..-1 keep kv 50% of context by h2o      # negative ends count from the end",
+    ].join("\n");
+    const { spec, diagnostics } = parseKv(text);
+    expect(diagnostics).toEqual([]);
+    expect(stripSpans(spec!)).toEqual({
+      tokenSets: [{ name: "context", source: { kind: "input", input: "context_mask" } }],
+      stages: [
+        {
+          position: { kind: "in-layers", from: 2, to: 27 },
+          target: "kv",
+          action: "keep",
+          amount: { kind: "percent", value: 25 },
+          criterion: { name: "snapkv", args: { window: 32 } },
+          options: [],
+        },
+        {
+          position: { kind: "all-layers" },
+          target: "kv",
+          action: "keep",
+          amount: { kind: "count", value: 512 },
+          criterion: { name: "streaming", args: { sinks: 4 } },
+          options: [],
+        },
+        {
+          position: { kind: "in-layer", layer: 3 },
+          target: "kv",
+          action: "drop",
+          amount: { kind: "percent", value: 75 },
+          criterion: { name: "knorm", args: {} },
+          options: [],
+        },
+        {
+          position: { kind: "in-layers", from: 0, to: -1 },
+          target: "kv",
+          action: "keep",
+          amount: { kind: "percent", value: 50 },
+          of: "context",
+          criterion: { name: "h2o", args: {} },
+          options: [],
+        },
+      ],
+    });
+  });
+
+  it("records the spans of 'kv', the layer range, and the action word as the position of an every-layer stage", () => {
+    const { spec, diagnostics } = parseKv("  in layers -4 .. -1 drop KV 30% by knorm\nKeep Kv by h2o");
+    expect(diagnostics).toEqual([]);
+    const [ranged, every] = spec!.stages;
+    expect(ranged!.position).toEqual({ kind: "in-layers", from: -4, to: -1 });
+    expect(ranged!.positionSpan).toEqual({ line: 1, column: 3, endLine: 1, endColumn: 21 });
+    expect(ranged!.layerSpan).toEqual({ line: 1, column: 13, endLine: 1, endColumn: 21 });
+    expect(ranged!.actionSpan).toEqual({ line: 1, column: 22, endLine: 1, endColumn: 26 });
+    expect(ranged!.kvSpan).toEqual({ line: 1, column: 27, endLine: 1, endColumn: 29 });
+    expect(every!.position).toEqual({ kind: "all-layers" });
+    expect(every!.target).toBe("kv");
+    expect(every!.positionSpan).toEqual({ line: 2, column: 1, endLine: 2, endColumn: 5 });
+    expect(every!.actionSpan).toEqual(every!.positionSpan);
+    expect(every!.kvSpan).toEqual({ line: 2, column: 6, endLine: 2, endColumn: 8 });
+    expect(every!.layerSpan).toBeUndefined();
+  });
+
+  it("marks stream stages as such, and lets a criterion that scores both serve both", () => {
+    const { spec, diagnostics } = parseKv("after layer 2 keep 25% by random(3); in layers 1..1 drop kv by random");
+    expect(diagnostics).toEqual([]);
+    expect(spec!.stages.map((st) => [st.target, st.position, st.kvSpan === undefined])).toEqual([
+      ["stream", { kind: "after-layer", layer: 2 }, true],
+      ["kv", { kind: "in-layers", from: 1, to: 1 }, false],
+    ]);
+  });
+
+  it("accepts mixed-sign ranges (resolved against the model later) and 'kv' and 'layers' as names", () => {
+    const reg = createRegistry([
+      { name: "kv", summary: "", targets: ["kv", "stream"], args: { layers: { type: "range", doc: "" } } },
+    ]);
+    const text =
+      "model kv\nin layers -2..30 keep kv by kv(layers: 0..3)\nafter layer 1 keep by KV(LAYERS: 1..2) with kv";
+    const { diagnostics } = parseSpec(text, "k.prune", reg);
+    // `kv` is an option name here, so only the option is unknown.
+    expect(diagnostics.map((d) => `${d.line}:${d.column} ${d.message}`)).toEqual([
+      "3:45 unknown option 'kv' (options: recycle, mask, renumber)",
+    ]);
+    const ok = parseSpec(text.replace(" with kv", ""), "k.prune", reg);
+    expect(ok.diagnostics).toEqual([]);
+    expect(ok.spec!.model!.name).toBe("kv");
+    expect(ok.spec!.stages[0]!.position).toEqual({ kind: "in-layers", from: -2, to: 30 });
+    expect(ok.spec!.stages[1]!.criterion.args).toEqual({ layers: [1, 2] });
+  });
+
+  it("prints the canonical form, which parses back to the same IR", () => {
+    const text = "IN LAYERS 0 .. -1 KEEP KV 50 % OF ctx BY H2O\ntokens ctx = input m\ndrop kv 64 by streaming(4)";
+    const r = parseKv(text);
+    expect(r.diagnostics).toEqual([]);
+    const printed = printSpec(r.spec!);
+    expect(printed).toBe(
+      [
+        "tokens ctx = input m",
+        "in layers 0..-1 keep kv 50% of ctx by h2o",
+        "drop kv 64 tokens by streaming(sinks: 4)",
+        "",
+      ].join("\n"),
+    );
+    expect(stripSpans(parseKv(printed).spec!)).toEqual(stripSpans(r.spec!));
+  });
+
+  const cases: [string, string, string][] = [
+    [
+      "a stream stage without a position",
+      "keep 25% by cls-attn",
+      `spec.prune:1:1: error: a stage on the residual stream needs a position: 'after layer L', 'in layer L' or 'after encoder'; only 'keep kv' / 'drop kv' stages may omit it (every layer)
+ 1 | keep 25% by cls-attn
+   | ^~~~`,
+    ],
+    [
+      "a layer range on a stream stage",
+      "in layers 2..5 keep by cls-attn",
+      `spec.prune:1:1: error: 'in layers A..B' is for KV-cache stages ('keep kv' / 'drop kv'); a stage on the residual stream acts once: 'after layer L' or 'in layer L'
+ 1 | in layers 2..5 keep by cls-attn
+   | ^~~~~~~~~~~~~~`,
+    ],
+    [
+      "merge kv",
+      "in layer 3 merge kv 25% by snapkv",
+      `spec.prune:1:12: error: 'merge kv' is not supported: a KV-cache stage keeps or drops entries ('keep kv' / 'drop kv')
+ 1 | in layer 3 merge kv 25% by snapkv
+   |            ^~~~~~~~`,
+    ],
+    [
+      "kv after the encoder",
+      "after encoder keep kv by snapkv",
+      `spec.prune:1:1: error: 'after encoder' has no KV cache: write 'in layer L', 'in layers A..B', or no position for every layer
+ 1 | after encoder keep kv by snapkv
+   | ^~~~~~~~~~~~~`,
+    ],
+    [
+      "kv before layer 0",
+      "before layer 0 drop kv by knorm",
+      `spec.prune:1:1: error: 'before layer 0' has no KV cache: write 'in layer L', 'in layers A..B', or no position for every layer
+ 1 | before layer 0 drop kv by knorm
+   | ^~~~~~~~~~~~~~`,
+    ],
+    [
+      "kv after a layer",
+      "after layer 3 keep kv 25% by snapkv",
+      `spec.prune:1:1: error: a KV-cache stage acts on a layer's own cache: write 'in layer L' (or 'in layers A..B', or no position for every layer)
+ 1 | after layer 3 keep kv 25% by snapkv
+   | ^~~~~~~~~~~~~
+   = help: did you mean 'in layer 3'?`,
+    ],
+    [
+      "a reversed layer range",
+      "in layers 27..2 keep kv by snapkv",
+      `spec.prune:1:11: error: a layer range A..B needs A <= B, got 27..2
+ 1 | in layers 27..2 keep kv by snapkv
+   |           ^~~~~
+   = help: did you mean '2..27'?`,
+    ],
+    [
+      "a reversed layer range counted from the end",
+      "in layers -1..-4 drop kv by knorm",
+      `spec.prune:1:11: error: a layer range A..B needs A <= B, got -1..-4
+ 1 | in layers -1..-4 drop kv by knorm
+   |           ^~~~~~
+   = help: did you mean '-4..-1'?`,
+    ],
+    [
+      "a fractional end of a layer range",
+      "in layers 0..2.5 keep kv by snapkv",
+      `spec.prune:1:14: error: layer must be an integer, got 2.5
+ 1 | in layers 0..2.5 keep kv by snapkv
+   |              ^~~`,
+    ],
+    [
+      "a mass amount on the KV cache",
+      "keep kv mass 90% by snapkv",
+      `spec.prune:1:9: error: 'mass' amounts are not supported for the KV cache: write 'keep kv P%' or 'keep kv K tokens'
+ 1 | keep kv mass 90% by snapkv
+   |         ^~~~~~~~`,
+    ],
+    [
+      "a threshold on the KV cache",
+      "in layer 2 drop kv above 0.5 by knorm",
+      `spec.prune:1:20: error: 'above' amounts are not supported for the KV cache: write 'drop kv P%' or 'drop kv K tokens'
+ 1 | in layer 2 drop kv above 0.5 by knorm
+   |                    ^~~~~~~~~`,
+    ],
+    [
+      "options on a KV-cache stage",
+      "keep kv 50% by snapkv with mask, recycle",
+      `spec.prune:1:28: error: options apply to stream stages: a 'keep kv' stage takes no 'with' options
+ 1 | keep kv 50% by snapkv with mask, recycle
+   |                            ^~~~~~~~~~~~~`,
+    ],
+    [
+      "a stream criterion on the KV cache",
+      "in layer 3 keep kv by cls-attn",
+      `spec.prune:1:23: error: criterion 'cls-attn' does not score the KV cache (KV-cache criteria: random, snapkv, streaming, knorm, h2o)
+ 1 | in layer 3 keep kv by cls-attn
+   |                       ^~~~~~~~`,
+    ],
+    [
+      "a KV-cache criterion on the stream",
+      "in layer 3 keep 25% by snapkv",
+      `spec.prune:1:12: error: criterion 'snapkv' scores the KV cache, not the residual stream: write 'keep kv'
+ 1 | in layer 3 keep 25% by snapkv
+   |            ^~~~
+   = help: did you mean 'keep kv'?`,
+    ],
+    [
+      "a KV-cache criterion without kv or a position: one error",
+      "drop 50% by knorm",
+      `spec.prune:1:1: error: criterion 'knorm' scores the KV cache, not the residual stream: write 'drop kv'
+ 1 | drop 50% by knorm
+   | ^~~~
+   = help: did you mean 'drop kv'?`,
+    ],
+    [
+      "a misspelt criterion on the KV cache",
+      "keep kv by snapk",
+      `spec.prune:1:12: error: unknown criterion 'snapk'
+ 1 | keep kv by snapk
+   |            ^~~~~
+   = help: did you mean 'snapkv'?`,
+    ],
+    [
+      "one number after 'in layers'",
+      "in layers 3 keep kv by snapkv",
+      `spec.prune:1:4: error: 'in layers' takes a range A..B (both ends included); for one layer write 'in layer 3'
+ 1 | in layers 3 keep kv by snapkv
+   |    ^~~~~~
+   = help: did you mean 'layer'?`,
+    ],
+    [
+      "a range after 'in layer'",
+      "in layer 2..27 keep kv by snapkv",
+      `spec.prune:1:1: error: 'in layer' takes a single layer; a range of layers is written 'in layers A..B'
+ 1 | in layer 2..27 keep kv by snapkv
+   | ^~~~~~~~
+   = help: did you mean 'in layers'?`,
+    ],
+    [
+      "a range after 'after layer'",
+      "After Layer 2..5 keep kv by snapkv",
+      `spec.prune:1:1: error: 'after layer' takes a single layer; a range of layers is written 'in layers A..B'
+ 1 | After Layer 2..5 keep kv by snapkv
+   | ^~~~~~~~~~~
+   = help: did you mean 'in layers'?`,
+    ],
+    [
+      "'after layers' with a range",
+      "after layers 2..5 keep kv by snapkv",
+      `spec.prune:1:1: error: 'after' takes a single layer ('after layer L'); a range of layers is written 'in layers A..B'
+ 1 | after layers 2..5 keep kv by snapkv
+   | ^~~~~~~~~~~~
+   = help: did you mean 'in layers'?`,
+    ],
+    [
+      "'after layers' with one layer",
+      "after layers 2 keep by cls-attn",
+      `spec.prune:1:7: error: expected 'layer' or 'encoder', found 'layers'
+ 1 | after layers 2 keep by cls-attn
+   |       ^~~~~~
+   = help: did you mean 'layer'?`,
+    ],
+    [
+      "a range without 'in'",
+      "layers 2..5 keep kv by snapkv",
+      `spec.prune:1:1: error: expected 'model', 'tokens', 'after', 'in', 'before', 'keep', 'drop' or 'merge', found 'layers'
+ 1 | layers 2..5 keep kv by snapkv
+   | ^~~~~~
+   = help: did you mean 'in layers'?`,
+    ],
+    [
+      "'kv' after the amount",
+      "keep 25% kv by snapkv",
+      `spec.prune:1:10: error: 'kv' goes right after the action word: 'keep kv ...' or 'drop kv ...'
+ 1 | keep 25% kv by snapkv
+   |          ^~`,
+    ],
+    [
+      "'kv' before the action",
+      "in layer 3 kv drop by snapkv",
+      `spec.prune:1:12: error: 'kv' goes right after the action word: 'keep kv ...' or 'drop kv ...'
+ 1 | in layer 3 kv drop by snapkv
+   |            ^~`,
+    ],
+    [
+      "a criterion without 'by'",
+      "keep kv 25% snapkv(window: 8)",
+      `spec.prune:1:13: error: missing 'by' before the criterion 'snapkv'
+ 1 | keep kv 25% snapkv(window: 8)
+   |             ^~~~~~
+   = help: did you mean 'by snapkv'?`,
+    ],
+    [
+      "keep kv without a criterion",
+      "keep kv 25%",
+      `spec.prune:1:12: error: missing 'by CRITERION' (every stage needs a criterion)
+ 1 | keep kv 25%
+   |            ^`,
+    ],
+    [
+      "a layer range without its end",
+      "in layers 2.. keep kv by h2o",
+      `spec.prune:1:15: error: expected a number, found 'keep'
+ 1 | in layers 2.. keep kv by h2o
+   |               ^~~~`,
+    ],
+    [
+      "'kv' as a token set name",
+      "tokens kv = input m",
+      `spec.prune:1:8: error: expected a token set name, found 'kv' ('kv' is a keyword)
+ 1 | tokens kv = input m
+   |        ^~`,
+    ],
+  ];
+
+  it.each(cases)("%s", (_name, text, expected) => {
+    const r = parseKv(text);
+    expect(r.spec).toBeUndefined();
+    expect(renderKv(text)).toBe(expected);
+  });
+
+  it("says when no KV-cache criterion is registered", () => {
+    expect(render("keep kv by cls-attn")).toBe(
+      `spec.prune:1:12: error: criterion 'cls-attn' does not score the KV cache (no KV-cache criterion is registered)
+ 1 | keep kv by cls-attn
+   |            ^~~~~~~~`,
+    );
+  });
+
+  it("reports each problem of a KV-cache stage in one run", () => {
+    const { diagnostics } = parseKv("after encoder merge kv mass 90% by cls-attn with mask, turbo");
+    expect(
+      diagnostics.map((d) => `${d.line}:${d.column} ${d.message}${d.suggestion ? ` -> ${d.suggestion}` : ""}`),
+    ).toEqual([
+      "1:1 'after encoder' has no KV cache: write 'in layer L', 'in layers A..B', or no position for every layer",
+      "1:15 'merge kv' is not supported: a KV-cache stage keeps or drops entries ('keep kv' / 'drop kv')",
+      "1:24 'mass' amounts are not supported for the KV cache: write 'merge kv P%' or 'merge kv K tokens'",
+      "1:36 criterion 'cls-attn' does not score the KV cache (KV-cache criteria: random, snapkv, streaming, knorm, h2o)",
+      "1:50 options apply to stream stages: a 'merge kv' stage takes no 'with' options",
+    ]);
   });
 });
 

@@ -112,6 +112,9 @@ const SAMPLE_CRITERIA: CriterionInfo[] = [
     args: { layers: { type: "range", doc: "" }, mode: { type: "identifier", doc: "" } },
   },
   { name: "crops", summary: "", args: { size: { type: "integer", doc: "" } } },
+  ...["knorm", "h2o"].map((name): CriterionInfo => ({ name, summary: "", targets: ["kv"], args: {} })),
+  { name: "snapkv", summary: "", targets: ["kv"], args: { window: { type: "integer", doc: "" } } },
+  { name: "streaming", summary: "", targets: ["kv"], args: { sinks: { type: "integer", doc: "" } } },
 ];
 
 describe("the editors/ folder", () => {
@@ -165,8 +168,8 @@ describe("the editors/ folder", () => {
     expect(lex(sampleText).errors).toEqual([]);
     const { spec, diagnostics } = parseSpec(sampleText, "sample.prune", createRegistry(SAMPLE_CRITERIA));
     expect(formatDiagnostics(diagnostics, sampleText)).toBe("");
-    expect(spec!.stages.length).toBe(18);
-    expect(spec!.tokenSets.map((s) => s.name)).toEqual(["image", "instruction"]);
+    expect(spec!.stages.length).toBe(22);
+    expect(spec!.tokenSets.map((s) => s.name)).toEqual(["image", "instruction", "context"]);
   });
 });
 
@@ -253,6 +256,22 @@ describe("scopes in editors/sample.prune", () => {
     ["in layer 13", "SEED", [PARAM]],
     ["in layer 13", "WITH", [KW]],
     ["in layer 13", "Recycle", [OPTION]],
+    ["tokens context = input context_mask", "context", [SET]],
+    ["in layers 2..27 keep kv", "in", [KW]],
+    ["in layers 2..27 keep kv", "layers", [KW]],
+    ["in layers 2..27 keep kv", "2..27", [NUM]],
+    ["in layers 2..27 keep kv", "kv", [KW]],
+    ["in layers 2..27 keep kv", "snapkv", [FUNC]],
+    ["in layers 2..27 keep kv", "window", [PARAM]],
+    ["keep kv 512 tokens", "keep", [KW]],
+    ["keep kv 512 tokens", "kv", [KW]],
+    ["keep kv 512 tokens", "tokens", [KW]],
+    ["keep kv 512 tokens", "streaming", [FUNC]],
+    ["in layer 3 drop kv", "drop", [KW]],
+    ["in layer 3 drop kv", "kv", [KW]],
+    ["in layers 0..-1", "0..-1", [NUM]],
+    ["in layers 0..-1", "context", [SET]],
+    ["in layers 0..-1", "h2o", [FUNC]],
   ];
 
   const sampleTokens = (): Tok[][] => tokenize(sampleText);
@@ -312,11 +331,11 @@ describe("scopes of single lines", () => {
     for (const k of LEXER_KEYWORDS) {
       const mixed = [...k].map((c, i) => (i % 2 === 0 ? c.toUpperCase() : c)).join("");
       for (const w of [k, k.toUpperCase(), mixed]) expect(scopesOf(w), w).toEqual([[w, KW]]);
-      for (const w of [`${k}s`, `${k}-x`, `${k}_`, `${k}2`, `x${k}`, `x-${k}`])
+      for (const w of [`${k}s`, `${k}-x`, `${k}_`, `${k}2`, `x${k}`, `x-${k}`].filter((w) => !isKeyword(w)))
         expect(scopesOf(w), w).toEqual([[w, ""]]);
     }
     // Not keywords of the lexer.
-    for (const w of ["tokens-as-unit", "recycle", "mask", "encoders", "layers"])
+    for (const w of ["tokens-as-unit", "recycle", "mask", "encoders", "layered", "kv-cache", "kvs"])
       expect(scopesOf(w), w).toEqual([[w, ""]]);
     // Case folding is ASCII-only, as in the lexer: U+212A KELVIN SIGN is not a K.
     expect(scopesOf("\u212Aeep")).toEqual([
@@ -483,7 +502,8 @@ const somePiece = fc.oneof(
   fc.constantFrom(
     "image",
     "cls-attn",
-    "layers",
+    "layered",
+    "kv-cache",
     "keep-x",
     "_a1",
     "tokens-as-unit",
@@ -578,11 +598,12 @@ const amount = fc.oneof(
 const position = fc.oneof(
   seq(kw("after", "in", "before"), sp(1), kw("layer"), sp(1), one(number, NUM)),
   seq(kw("after"), sp(1), kw("encoder")),
+  seq(kw("in"), sp(1), kw("layers"), sp(1), one(number, NUM), sp(0), lit("..", NUM), sp(0), one(number, NUM)),
 );
 const stage = seq(
-  position,
-  sp(1),
+  opt(seq(position, sp(1))),
   kw("keep", "drop", "merge"),
+  opt(seq(sp(1), kw("kv"))),
   opt(seq(sp(1), amount)),
   opt(seq(sp(1), kw("of"), sp(1), one(identifier, SET))),
   sp(1),
