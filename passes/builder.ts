@@ -5,7 +5,7 @@
  */
 import type { NodeProto, TensorProto } from "../src/ir/graph.js";
 import { makeNode, type AttrValue } from "../src/ir/graph.js";
-import { int64Tensor, floatTensor } from "../src/onnx/tensor.js";
+import { int64Tensor, doubleTensor, floatTensor } from "../src/onnx/tensor.js";
 
 export class NodeBuilder {
   readonly nodes: NodeProto[] = [];
@@ -64,6 +64,12 @@ export class NodeBuilder {
   float(values: number[], dims?: number[], label = "const"): string {
     const name = this.fresh(label);
     this.initializers.push(floatTensor(name, values, dims ?? [values.length]));
+    return name;
+  }
+
+  double(values: number[], dims?: number[], label = "const"): string {
+    const name = this.fresh(label);
+    this.initializers.push(doubleTensor(name, values, dims ?? [values.length]));
     return name;
   }
 

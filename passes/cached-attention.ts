@@ -28,9 +28,11 @@ export function rewriteCachedAttention(
   dense: TransformerInfo,
   from: number,
   keyBias: string | undefined,
+  /** Only this layer (a KV-cache stage rewrites the layer whose cache it evicts). */
+  only?: number,
 ): Map<NodeProto, NodeProto> {
   const out = new Map<NodeProto, NodeProto>();
-  for (const l of model.layers.slice(from)) {
+  for (const l of model.layers.slice(from, only === undefined ? undefined : only + 1)) {
     const core = l.core;
     if (core?.kind !== "GroupQueryAttention") continue;
     const n = core.anchor;

@@ -20,6 +20,8 @@ import { lastTokenAttn } from "./criteria/last-token-attn.js";
 import { iga } from "./criteria/iga.js";
 import { ttv, transprune } from "./criteria/ttv.js";
 import { textAttn } from "./criteria/text-attn.js";
+import { KV_PRESSES } from "./criteria/kv-presses.js";
+import type { KvCriterionModule } from "./kv/criterion.js";
 
 /** Criteria prunec can compile. */
 export const CRITERIA: readonly CriterionModule[] = [
@@ -46,10 +48,17 @@ export const CRITERIA: readonly CriterionModule[] = [
 
 export { PLANNED };
 
-export const registry: CriterionRegistry = createRegistry([...CRITERIA, ...PLANNED]);
+/** Presses prunec can compile: scorers of KV-cache entries (`keep kv` stages). */
+export { KV_PRESSES };
+
+export const registry: CriterionRegistry = createRegistry([...CRITERIA, ...KV_PRESSES, ...PLANNED]);
 
 export function criterionModule(name: string): CriterionModule | undefined {
   return CRITERIA.find((c) => c.name === name);
+}
+
+export function kvCriterionModule(name: string): KvCriterionModule | undefined {
+  return KV_PRESSES.find((c) => c.name === name);
 }
 
 export function plannedCriterion(name: string): CatalogEntry | undefined {

@@ -67,9 +67,9 @@ function inserted(proto: GraphProto, s: Splice): NodeProto[] {
   const producer = new Graph(proto).producer.get(s.after);
   if (!producer) throw new Error(`${s.label}: no node produces '${s.after}' (splice precondition)`);
   const rename = s.rename ?? new Map<string, string>();
-  const moved = rename.size
-    ? shallowCopy(producer, { output: producer.output.map((o) => rename.get(o) ?? o) })
-    : producer;
+  // The producer may itself be rewired (a KV stage's own attention): rename the rewired copy.
+  const base = s.replaced?.get(producer) ?? producer;
+  const moved = rename.size ? shallowCopy(base, { output: base.output.map((o) => rename.get(o) ?? o) }) : base;
   const at = proto.node.indexOf(producer);
   return [...proto.node.slice(0, at), moved, ...s.nodes, ...proto.node.slice(at + 1)];
 }

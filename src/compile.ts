@@ -10,6 +10,8 @@ import {
   TensorProto_DataType as DT,
   type ModelProto,
   type GraphProto,
+  type NodeProto,
+  type ValueInfoProto,
 } from "./onnx/gen/onnx_pb.js";
 import { concat, decodeModel, encodeModelParts } from "./onnx/io.js";
 import { checkExternalData } from "./onnx/external.js";
@@ -27,7 +29,9 @@ import { ensures } from "../passes/splice.js";
 import type { SpecIR } from "../grammar/ir.js";
 import type { StagePlan } from "./plan-types.js";
 import { applyMergeStage } from "../passes/merge-stage.js";
-import { planStages } from "./plan.js";
+import { planSpec } from "./plan.js";
+import type { KvPlan } from "./plan-types.js";
+import { applyKvStage } from "../passes/kv-stage.js";
 import { explicitRotary, rotatesInside } from "../passes/explicit-rotary.js";
 import { modelInputs } from "./analysis/inputs.js";
 import { PrunecError } from "./errors.js";
@@ -74,6 +78,8 @@ export interface StageReport {
 
 export interface CompileReport {
   stages: StageReport[];
+  /** KV-cache stages (`keep kv`): the layers whose caches each evicts at prefill. */
+  kvStages: KvStageReport[];
   /** Tokens each layer processes, dense and after the schedule. */
   tokensPerLayer: { layer: number; dense: Dim | undefined; pruned: Dim | undefined }[];
   /** Names of every node prunec added. */
@@ -85,6 +91,15 @@ export interface CompileReport {
   perTokenOutputs: PerTokenOutput[];
   /** What compile verified on the rewritten graph before encoding it (src/verify). */
   verification: VerifyReport;
+}
+
+export interface KvStageReport {
+  stage: number;
+  criterion: string;
+  /** The amount as written, e.g. "keep kv 25%". */
+  amount: string;
+  layers: number[];
+  line: number;
 }
 
 /** A graph output whose token axis a stage shrank. */
@@ -171,6 +186,10 @@ interface Compilation {
   readonly input: GraphProto;
   info: TransformerInfo;
   plans: StagePlan[];
+  /** KV-cache stages (`keep kv`), applied after the stream stages. */
+  kvPlans: KvPlan[];
+  /** Per KV stage: its kept positions per layer (int64 [B, kvH, K']). */
+  kvIndices: Map<number, Map<number, string>>;
   /** The graph as the steps so far left it. */
   graph: GraphProto;
   state: StreamState;
@@ -185,11 +204,15 @@ const STEPS: readonly { name: string; run: (c: Compilation) => Compilation; unch
   { name: "add token-set inputs", run: (c) => ({ ...c, graph: withSetInputs(c.graph, c.spec, c.plans, c.info) }) },
   { name: "move rotary out of fused attention", run: moveRotary },
   { name: "apply stages", run: applyStages },
+  { name: "evict KV caches", run: evictCaches },
   {
     name: "expose indices",
     run: (c) =>
-      c.options.exposeIndices ? { ...c, graph: exposeIndices(c.graph, c.state.stages, c.info, c.plans) } : c,
+      c.options.exposeIndices
+        ? { ...c, graph: exposeKvIndices(exposeIndices(c.graph, c.state.stages, c.info, c.plans), c.kvIndices) }
+        : c,
   },
+  { name: "declare evicted caches", run: (c) => ({ ...c, graph: declareEvictedCaches(c.graph, c.kvPlans) }) },
   {
     name: "refresh output shapes",
     run: (c) => (c.plans.length ? { ...c, graph: refreshOutputShapes(c.graph, c.input, c.plans) } : c),
@@ -227,6 +250,13 @@ export function compileModel(
       c.state,
       c.spec.stages.map((s) => s.span.line),
     ),
+    kvStages: c.kvPlans.map((p) => ({
+      stage: p.stage,
+      criterion: p.criterion.name,
+      amount: p.text,
+      layers: p.layers.map((l) => l.index),
+      line: c.spec.stages[p.stage]?.span.line ?? 0,
+    })),
     perTokenOutputs: c.perTokenOutputs,
     verification,
   };
@@ -251,9 +281,9 @@ function frontEnd(modelBytes: Uint8Array, specText: string, options: CompileOpti
   const input = order.every((n, i) => n === model.graph!.node[i])
     ? model.graph!
     : shallowCopy(model.graph!, { node: order });
-  const plans = planStages(spec, info, modelInputs(input));
+  const { stream: plans, kv: kvPlans } = planSpec(spec, info, modelInputs(input));
   const opset = opsetOf(model);
-  if (plans.length && opset < 13) {
+  if ((plans.length || kvPlans.length) && opset < 13) {
     throw new PrunecError(
       "apply",
       `${modelName}: opset ${opset} is too old; prunec emits opset-13 operators (re-export with opset ≥ 13)`,
@@ -272,6 +302,8 @@ function frontEnd(modelBytes: Uint8Array, specText: string, options: CompileOpti
     input,
     info,
     plans,
+    kvPlans,
+    kvIndices: new Map(),
     graph: input,
     state,
     perTokenOutputs: [],
@@ -283,17 +315,79 @@ function frontEnd(modelBytes: Uint8Array, specText: string, options: CompileOpti
  * it, so kept tokens keep their positions; the stages are planned again on the rewritten graph.
  */
 function moveRotary(c: Compilation): Compilation {
-  const first = Math.min(...c.plans.filter((p) => !p.encoder).map((p) => p.layer.index));
+  // A KV stage's own layer counts: its cache gets shorter, and the op would number positions from it.
+  const first = Math.min(
+    ...c.plans.filter((p) => !p.encoder).map((p) => p.layer.index),
+    ...c.kvPlans.flatMap((p) => p.layers.map((l) => l.index)),
+  );
   if (!c.info.layers.slice(first).some(rotatesInside)) return c;
   const rotary = explicitRotary(c.graph, c.info, first, c.opset, c.modelName);
   const info = analyzeTransformer(new Graph(rotary.graph), c.modelName);
-  const plans = planStages(c.spec, info, modelInputs(rotary.graph));
+  const { stream: plans, kv: kvPlans } = planSpec(c.spec, info, modelInputs(rotary.graph));
   const state: StreamState = {
     ...c.state,
     carried: new Map([[rotary.positions!, { axes: [1], rank: 2 }]]),
     added: [...c.state.added, ...rotary.added],
   };
-  return { ...c, graph: rotary.graph, info, plans, state };
+  return { ...c, graph: rotary.graph, info, plans, kvPlans, state };
+}
+
+/** Each KV-cache stage in order, each on every layer it names (passes/kv-stage.ts). */
+function evictCaches(c: Compilation): Compilation {
+  let graph = c.graph;
+  const added = [...c.state.added];
+  const kvIndices = new Map(c.kvIndices);
+  for (const plan of c.kvPlans) {
+    const evicted = applyKvStage(graph, c.info, plan, c.opset);
+    graph = evicted.graph;
+    added.push(...evicted.added);
+    kvIndices.set(plan.stage, evicted.indices);
+  }
+  return { ...c, graph, kvIndices, state: { ...c.state, added } };
+}
+
+/** `prunec.stageN.layerL.kv_indices`: int64 [batch, kv_heads, kept] positions each KV head keeps. */
+function exposeKvIndices(g: GraphProto, kvIndices: ReadonlyMap<number, ReadonlyMap<number, string>>): GraphProto {
+  const nodes: NodeProto[] = [];
+  const outputs: ValueInfoProto[] = [];
+  for (const [stage, layers] of kvIndices) {
+    for (const [layer, t] of layers) {
+      const name = `prunec.stage${stage}.layer${layer}.kv_indices`;
+      nodes.push(makeNode("Identity", [t], [name], `prunec/stage${stage}/layer${layer}/expose_kv_indices`));
+      outputs.push(
+        valueInfo(name, DT.INT64, [batchDim(g) ?? "batch", undefined, `prunec_stage${stage}_layer${layer}_kept`]),
+      );
+    }
+  }
+  return nodes.length ? shallowCopy(g, { node: [...g.node, ...nodes], output: [...g.output, ...outputs] }) : g;
+}
+
+/** Evicted caches hold K' entries, not the dense total: their graph outputs get a length of their own. */
+function declareEvictedCaches(g: GraphProto, kvPlans: readonly KvPlan[]): GraphProto {
+  const lengths = new Map<string, string>();
+  for (const p of kvPlans) {
+    for (const l of p.layers) {
+      const n = l.core?.anchor;
+      for (const t of [n?.output[1], n?.output[2]]) if (t) lengths.set(t, `prunec_layer${l.index}_cache`);
+    }
+  }
+  if (!lengths.size) return g;
+  return shallowCopy(g, {
+    output: g.output.map((o) => {
+      const length = lengths.get(o.name);
+      if (!length || o.type?.value.case !== "tensorType" || !o.type.value.value.shape) return o;
+      const dims = o.type.value.value.shape.dim.map((d, i): Dim | undefined =>
+        i === 2
+          ? length
+          : d.value.case === "dimValue"
+            ? Number(d.value.value)
+            : d.value.case === "dimParam"
+              ? d.value.value
+              : undefined,
+      );
+      return valueInfo(o.name, o.type.value.value.elemType, dims);
+    }),
+  });
 }
 
 /** Each planned stage in order, each reading the stream state the previous one returned. */
@@ -338,18 +432,20 @@ function exposeIndices(
   const batchDimOut = info.batchAxis === undefined ? 1 : (batch ?? "batch");
   // With --expose-indices every stage emits its positions, so record i is stage i.
   const indices = stages.flatMap((s) => (s.indices ? [s] : []));
+  // Named by the spec's stage numbers (KV-cache stages expose theirs in exposeKvIndices).
+  const at = (i: number) => plans[i]?.stage ?? i;
   const nodes = indices.map((s, i) =>
-    makeNode("Identity", [s.indices!], [`prunec.stage${i}.indices`], `prunec/stage${i}/expose_indices`),
+    makeNode("Identity", [s.indices!], [`prunec.stage${at(i)}.indices`], `prunec/stage${at(i)}/expose_indices`),
   );
   const outputs = plans.map((p, i) => {
-    const kept = typeof p.tokensOut === "number" ? p.tokensOut : `prunec_stage${i}_kept`;
-    return valueInfo(`prunec.stage${i}.indices`, DT.INT64, [batchDimOut, kept]);
+    const kept = typeof p.tokensOut === "number" ? p.tokensOut : `prunec_stage${p.stage}_kept`;
+    return valueInfo(`prunec.stage${at(i)}.indices`, DT.INT64, [batchDimOut, kept]);
   });
   // Adaptive stages: how many of each row's positions the example really keeps (the rest pad to the batch maximum).
   indices.forEach((s, i) => {
     if (!s.counts) return;
-    nodes.push(makeNode("Identity", [s.counts], [`prunec.stage${i}.counts`], `prunec/stage${i}/expose_counts`));
-    outputs.push(valueInfo(`prunec.stage${i}.counts`, DT.INT64, [batchDimOut]));
+    nodes.push(makeNode("Identity", [s.counts], [`prunec.stage${at(i)}.counts`], `prunec/stage${at(i)}/expose_counts`));
+    outputs.push(valueInfo(`prunec.stage${at(i)}.counts`, DT.INT64, [batchDimOut]));
   });
   return shallowCopy(g, { node: [...g.node, ...nodes], output: [...g.output, ...outputs] });
 }
@@ -458,7 +554,7 @@ function report(
   plans: StagePlan[],
   state: StreamState,
   lines: number[],
-): Omit<CompileReport, "verification" | "perTokenOutputs"> {
+): Omit<CompileReport, "verification" | "perTokenOutputs" | "kvStages"> {
   const stages = plans.map((p, i) => ({
     lowering: state.stages[i]!.lowering,
     ...(state.stages[i]!.loweringNote ? { loweringNote: state.stages[i]!.loweringNote } : {}),

@@ -9,6 +9,7 @@ import type { Dim } from "./analysis/dims.js";
 import type { CriterionModule, TokenGroups } from "../passes/criterion.js";
 import type { AdaptiveAmount } from "../passes/adaptive.js";
 import type { ArgValue } from "../grammar/ir.js";
+import type { KvCriterionModule } from "../passes/kv/criterion.js";
 
 export interface StagePlan {
   stage: number;
@@ -58,4 +59,25 @@ export interface StagePlan {
   tokensIn: Dim;
   tokensOut: Dim;
   prefix: number;
+}
+
+/**
+ * The plan of one KV-cache stage (`keep kv` / `drop kv`, planned by src/plan-kv.ts, lowered by
+ * passes/kv-stage.ts): at a call whose past is empty (prefill), each layer's present key and value
+ * keep, per KV head, the entries the press scores best; at decode steps every entry is kept.
+ */
+export interface KvPlan {
+  stage: number;
+  /** The layers whose caches are evicted (every one a GroupQueryAttention with present outputs). */
+  layers: LayerInfo[];
+  criterion: KvCriterionModule;
+  args: Record<string, ArgValue>;
+  /**
+   * What each KV head keeps of the N entries: `fraction` c keeps max(1, ⌊N·c⌋) (kvpress's
+   * int(N·(1 − r)) with c = 1 − r computed in float64, as Python does); `count` keeps min(K, N)
+   * (`keep kv K`) or max(1, N − K) (`drop kv K`).
+   */
+  budget: { kind: "fraction"; value: number } | { kind: "count"; value: number; drop: boolean };
+  /** The amount as written, for reports ("keep kv 25%"). */
+  text: string;
 }

@@ -19,24 +19,11 @@ import { OPTIONS } from "../passes/kinds/options.js";
 import { keepCountStatic } from "../passes/amount.js";
 import { planMerge } from "./plan-merge.js";
 import { PrunecError } from "./errors.js";
+import { DEFAULT_PERCENT, resolvedAmount } from "./plan-amount.js";
+import { planKvStages } from "./plan-kv.js";
+import type { KvPlan } from "./plan-types.js";
 
-/** Percentage kept when a stage omits its amount (documented in docs/language.md). */
-export const DEFAULT_PERCENT = 50;
-
-/** A stage's amount as the spec resolves it (the default made explicit). */
-export function resolvedAmount(stage: StageIR): { text: string; isDefault: boolean } {
-  if (!stage.amount) return { text: `${stage.action} ${DEFAULT_PERCENT}%`, isDefault: true };
-  const a = stage.amount;
-  const text =
-    a.kind === "percent"
-      ? `${a.value}%`
-      : a.kind === "count"
-        ? `${a.value} tokens`
-        : a.kind === "mass"
-          ? `mass ${a.value}%`
-          : `above ${a.value}`;
-  return { text: `${stage.action} ${text}`, isDefault: false };
-}
+export { DEFAULT_PERCENT, resolvedAmount };
 
 /** What the plan needs to know of a model input named by `tokens SET = input NAME`. */
 
@@ -101,11 +88,21 @@ export function checkSpecSets(spec: SpecIR): Diagnostic[] {
   return out;
 }
 
+/** The stream stages of a spec, planned (its KV-cache stages are checked too: see planSpec). */
 export function planStages(
   spec: SpecIR,
   model: TransformerInfo,
   inputs: ReadonlyMap<string, InputFact> = new Map(),
 ): StagePlan[] {
+  return planSpec(spec, model, inputs).stream;
+}
+
+/** Every stage of a spec, planned: stream stages (this file) and KV-cache stages (src/plan-kv.ts); all refusals in one error. */
+export function planSpec(
+  spec: SpecIR,
+  model: TransformerInfo,
+  inputs: ReadonlyMap<string, InputFact> = new Map(),
+): { stream: StagePlan[]; kv: KvPlan[] } {
   const diagnostics: Diagnostic[] = [...checkSpecSets(spec), ...checkSetInputs(spec, inputs)];
   const plans: StagePlan[] = [];
   const fail = (span: Span, message: string): void => {
@@ -122,6 +119,7 @@ export function planStages(
   for (const t of spec.tokenSets) if (!sets.has(t.name)) sets.set(t.name, t);
 
   spec.stages.forEach((stage, i) => {
+    if (stage.target === "kv") return; // planned by planKvStages
     if (model.unproven) {
       fail(stage.positionSpan, `prunec cannot prove this model's token structure: ${model.unproven}`);
       return;
@@ -175,6 +173,7 @@ export function planStages(
   const flowcuts = plans.filter((p) => p.adaptive?.kind === "flowcut");
   for (const p of flowcuts)
     if (p.adaptive?.kind === "flowcut") p.adaptive.rpl = flowcuts.at(-1)!.layer.index - p.layer.index;
+  const kv = planKvStages(spec, model, diagnostics);
   if (count === 0)
     diagnostics.push(
       diagnosticAt(spec.file, { line: 1, column: 1, endLine: 1, endColumn: 1 }, "the model has no transformer layers"),
@@ -183,7 +182,7 @@ export function planStages(
     diagnostics.sort((a, b) => a.line - b.line || a.column - b.column);
     throw new PrunecError("apply", formatDiagnostics(diagnostics, spec.text), diagnostics);
   }
-  return plans;
+  return { stream: plans, kv };
 }
 
 function planOne(
@@ -200,6 +199,14 @@ function planOne(
   const pos = stage.position;
   if (pos.kind === "before-layer-0") {
     fail(stage.positionSpan, "'before layer 0' stages are not supported yet; use 'after layer L' or 'after encoder'");
+    return undefined;
+  }
+  // The grammar gives these positions to KV-cache stages only.
+  if (pos.kind === "in-layers" || pos.kind === "all-layers") {
+    fail(
+      stage.positionSpan,
+      "a stage on the residual stream acts once: 'after layer L', 'in layer L' or 'after encoder'",
+    );
     return undefined;
   }
   const count = model.layers.length;

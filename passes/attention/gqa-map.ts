@@ -54,8 +54,11 @@ export function gqaAttention(layer: LayerInfo, core: AttentionCore, where: strin
   };
 }
 
-/** [B,H,S,S'] logits of the current tokens' queries over the current tokens' keys (S' = S). */
-export function gqaLogits(b: NodeBuilder, gqa: GqaAttention): string {
+/**
+ * [B,H,S,S'] logits of the current tokens' queries over the current tokens' keys (S' = S), or with
+ * `columns: "all"` over every key the op attends (S' = T: past and current; KV-cache stages).
+ */
+export function gqaLogits(b: NodeBuilder, gqa: GqaAttention, columns: "current" | "all" = "current"): string {
   const n = gqa.node;
   if (attrInt(n, "do_rotary", 0) !== 0)
     throw new Error(
@@ -131,6 +134,7 @@ export function gqaLogits(b: NodeBuilder, gqa: GqaAttention): string {
       "local",
     );
   s = b.op("Where", [allowed, s, b.float([-1e9], [], "masked")], {}, "causal_logits");
+  if (columns === "all") return s;
   // Keep the current tokens' key columns (T−S..T−1): the tokens the stage selects from.
   return b.op(
     "Slice",

@@ -116,6 +116,11 @@ async function runCompile(
     (s) =>
       `stage ${s.stage}: after layer ${s.layer} by ${s.criterion}, ${s.tokensIn} → ${s.tokensOut} tokens, ${s.lowering} lowering${s.loweringNote ? ` (not GPU-resident for --target webgpu: ${s.loweringNote})` : ""}`,
   );
+  for (const k of report.kvStages)
+    stages.push(
+      `stage ${k.stage}: ${k.amount} by ${k.criterion} in layers ${k.layers.join(", ")} (each KV head, at prefill)`,
+    );
+  stages.sort((a, b) => Number(/^stage (\d+)/.exec(a)?.[1]) - Number(/^stage (\d+)/.exec(b)?.[1]));
   const weights = externalData.map((w) => `external data ${w.file}: ${w.action}`);
   const verified = [verifiedLine(report), smoke ? formatSmoke(smoke) : "onnxruntime smoke run skipped (--no-verify)"];
   io.out(

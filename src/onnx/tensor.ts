@@ -31,6 +31,18 @@ export function floatTensor(
   return create(TensorProtoSchema, { name, dataType: DT.FLOAT, dims: dims.map(BigInt), rawData: raw });
 }
 
+/** A float64 initializer (little-endian raw data). */
+export function doubleTensor(
+  name: string,
+  values: readonly number[],
+  dims: readonly number[] = [values.length],
+): TensorProto {
+  const raw = new Uint8Array(values.length * 8);
+  const view = new DataView(raw.buffer);
+  values.forEach((v, i) => view.setFloat64(i * 8, v, true));
+  return create(TensorProtoSchema, { name, dataType: DT.DOUBLE, dims: dims.map(BigInt), rawData: raw });
+}
+
 export function isExternal(t: TensorProto): boolean {
   return t.dataLocation === TensorProto_DataLocation.EXTERNAL;
 }

@@ -138,8 +138,12 @@ export class ReferenceDecoder {
     };
   }
 
-  /** Runs `tokens` after what `cache` holds (appending to it); returns each token's logits. */
-  forward(tokens: readonly number[], cache: KvCache): Float64Array[] {
+  /**
+   * Runs `tokens` after what `cache` holds (appending to it); returns each token's logits. Rotary
+   * positions count `cache.length` (the dense position, even after entries were evicted). With
+   * `queries`, each token's rotated query is appended per layer and head: queries[l][h] = rows.
+   */
+  forward(tokens: readonly number[], cache: KvCache, queries?: Float64Array[][][]): Float64Array[] {
     const o = this.o;
     const { d, hs, qw, kvw, rep, scale } = this.sizes();
     const logits: Float64Array[] = [];
@@ -152,6 +156,7 @@ export class ReferenceDecoder {
         const q = this.rotate(linear(h, lw.q, d, qw), o.heads, pos);
         const k = this.rotate(linear(h, lw.k, d, kvw), o.kvHeads, pos);
         const v = linear(h, lw.v, d, kvw);
+        if (queries) for (let n = 0; n < o.heads; n++) queries[l]![n]!.push(q.slice(n * hs, (n + 1) * hs));
         for (let g = 0; g < o.kvHeads; g++) {
           cache.keys[l]![g]!.push(k.slice(g * hs, (g + 1) * hs));
           cache.values[l]![g]!.push(v.slice(g * hs, (g + 1) * hs));

@@ -1,0 +1,251 @@
+/**
+ * Presses: scores of a layer's KV-cache entries, per KV head (docs/kv-cache.md has each one's
+ * source: repository, commit, file). Every score is [B, kvH, N] over the N entries the present
+ * cache holds; the stage keeps the K' best per KV head (ties to the lower position). Entries a
+ * method always keeps (SnapKV's window, TOVA's last token, H2O's and A2SF's recent ones) score
+ * above every other entry of the example, so the top K' holds them whenever K' covers them.
+ *
+ * At decode steps the stage keeps every entry, so the scores computed there are never used; they
+ * are built to have the right shape for any query length.
+ */
+import type { NodeBuilder } from "../builder.js";
+import type { KvCriterionModule, KvFacts, KvScoreContext, KvScorer } from "../kv/criterion.js";
+import type { Prepared } from "../criterion.js";
+import { gqaAttention } from "../attention/gqa-map.js";
+
+const FLOAT = 1;
+
+/** The layer must be a GroupQueryAttention with a present key/value output (a KV cache). */
+function cached(facts: KvFacts): Prepared<true> {
+  const { layer } = facts;
+  const core = layer.core;
+  if (!core) return { why: `layer ${layer.index} has no attention` };
+  if (core.kind !== "GroupQueryAttention")
+    return {
+      why: `layer ${layer.index}'s attention is ${core.kind}; prunec evicts KV caches behind com.microsoft.GroupQueryAttention (plain-attention caches come next)`,
+    };
+  if (!core.anchor.output[1] || !core.anchor.output[2])
+    return {
+      why: `layer ${layer.index}'s GroupQueryAttention (node '${core.anchor.name}') has no present key/value output`,
+    };
+  const gqa = gqaAttention(layer, core, `layer ${layer.index}'s GroupQueryAttention (node '${core.anchor.name}')`);
+  return "why" in gqa ? gqa : { ok: true };
+}
+
+function press(score: (ctx: KvScoreContext) => string): (facts: KvFacts) => Prepared<KvScorer> {
+  return (facts) => {
+    const ok = cached(facts);
+    return "why" in ok ? ok : { ok: { score } };
+  };
+}
+
+/** [B, H, N] per query head → [B, kvH, N]: the mean (kvpress) or sum (A2SF) over each GQA group. */
+function perKvHead(b: NodeBuilder, ctx: KvScoreContext, perHead: string, how: "mean" | "sum"): string {
+  const { kvHeads, heads } = ctx.gqa;
+  const grouped = b.op("Reshape", [perHead, b.int64([0, kvHeads, heads / kvHeads, -1], [4], "groups")], {}, "by_group");
+  return b.reduce(how === "mean" ? "ReduceMean" : "ReduceSum", grouped, [2], 0);
+}
+
+/** float [N]: 0, 1, …, N−1. */
+function positions(b: NodeBuilder, ctx: KvScoreContext): string {
+  return b.op("Cast", [b.range(ctx.n, "positions")], { to: FLOAT });
+}
+
+/** Scores with the last `count` positions (int64 [1]) raised above every other entry of the example. */
+function keepLast(b: NodeBuilder, ctx: KvScoreContext, scores: string, count: string, label: string): string {
+  const top = b.op("Add", [b.reduce("ReduceMax", scores, [1, 2], 1), b.float([1], [], "one")], {}, `${label}_top`); // [B,1,1]
+  const from = b.op("Cast", [b.op("Sub", [ctx.n, count])], { to: FLOAT }, `${label}_from`);
+  const last = b.op("GreaterOrEqual", [positions(b, ctx), from], {}, label); // [N]
+  return b.op("Where", [last, top, scores], {}, `${label}_kept`);
+}
+
+/** Column sums Σ_i P[h][i][j] of the call's causal probabilities: [B, H, N]. */
+function columnSums(b: NodeBuilder, ctx: KvScoreContext, weights?: string): string {
+  const p = ctx.probabilities();
+  const weighted = weights ? b.op("Mul", [p, weights], {}, "weighted_rows") : p;
+  return b.reduce("ReduceSum", weighted, [2], 0);
+}
+
+function intArg(ctx: KvScoreContext, name: string, fallback: number): number {
+  const v = ctx.args[name];
+  return typeof v === "number" ? v : fallback;
+}
+
+/** KnormPress: −‖k‖₂ of each cached (post-rotary) key: the shortest keys are kept. */
+export const knorm: KvCriterionModule = {
+  name: "knorm",
+  targets: ["kv"],
+  summary: "the negated L2 norm of each cached key (keeps the shortest keys)",
+  args: {},
+  needs: "a GroupQueryAttention layer with a KV cache",
+  reference: "NVIDIA/kvpress 8bb29b9 kvpress/presses/knorm_press.py",
+  prepareKv: press(({ b, keys }) => b.op("Neg", [b.reduce("ReduceL2", keys, [3], 0)], {}, "minus_key_norm")),
+};
+
+/** StreamingLLMPress: the first `sinks` entries and the most recent ones (1 everywhere but [sinks, sinks + N − K')). */
+export const streaming: KvCriterionModule = {
+  name: "streaming",
+  targets: ["kv"],
+  summary: "attention sinks (the first entries) plus the most recent entries (StreamingLLM)",
+  args: { sinks: { type: "integer", default: 4, doc: "entries at the start always kept" } },
+  needs: "a GroupQueryAttention layer with a KV cache",
+  reference: "NVIDIA/kvpress 8bb29b9 kvpress/presses/streaming_llm_press.py",
+  prepareKv: press((ctx) => {
+    const { b } = ctx;
+    const sinks = b.float([intArg(ctx, "sinks", 4)], [], "sinks");
+    const pos = positions(b, ctx);
+    const prunedEnd = b.op(
+      "Add",
+      [sinks, b.op("Cast", [b.op("Sub", [ctx.n, ctx.kept])], { to: FLOAT })],
+      {},
+      "pruned_end",
+    );
+    const pruned = b.op(
+      "And",
+      [b.op("GreaterOrEqual", [pos, sinks]), b.op("Less", [pos, prunedEnd])],
+      {},
+      "between_sinks_and_recent",
+    );
+    const row = b.op("Where", [pruned, b.float([0], [], "zero"), b.float([1], [], "one")], {}, "streaming_scores"); // [N]
+    // The same row for every example and KV head.
+    const shape = b.op("Shape", [ctx.keys]);
+    return b.op("Expand", [row, b.slice(shape, 0, 0, 3)], {}, "every_head");
+  }),
+};
+
+/**
+ * SnapKVPress: the last `window` queries' attention (normalized over all N keys), averaged over
+ * those queries, on the entries before the window; avg-pooled (kernel, zero padding counted);
+ * averaged over the GQA group; the window's entries score above all.
+ */
+export const snapkv: KvCriterionModule = {
+  name: "snapkv",
+  targets: ["kv"],
+  summary: "the last window of queries' mean attention, pooled, mean over the GQA group; the window kept",
+  args: {
+    window: { type: "integer", default: 64, doc: "observation window: the last queries, always kept" },
+    kernel: { type: "integer", default: 5, doc: "odd average-pooling kernel over positions" },
+  },
+  needs: "a GroupQueryAttention layer with a KV cache (attention recomputed from q and the cached keys)",
+  reference: "NVIDIA/kvpress 8bb29b9 kvpress/presses/snapkv_press.py",
+  prepareKv: (facts) => {
+    const kernel = Number(facts.args["kernel"] ?? 5);
+    if (!(kernel >= 1 && kernel % 2 === 1))
+      return { why: `snapkv's kernel must be odd (kvpress pools to the same length only then), got ${kernel}` };
+    return press((ctx) => {
+      const { b } = ctx;
+      const window = intArg(ctx, "window", 64);
+      const p = ctx.probabilities(); // [B,H,S,N]
+      const s = b.slice(b.op("Shape", [p]), 0, 2, 3); // [1]
+      const rowPos = b.op("Cast", [b.range(s, "query_rows")], { to: FLOAT });
+      const lastRows = b.op(
+        "Cast",
+        [
+          b.op("GreaterOrEqual", [
+            rowPos,
+            b.op("Cast", [b.op("Sub", [s, b.int64([window], [1], "window")])], { to: FLOAT }),
+          ]),
+        ],
+        { to: FLOAT },
+        "window_rows",
+      ); // [S]
+      const mean = b.op(
+        "Div",
+        [b.op("MatMul", [b.unsqueeze(lastRows, [0, 1, 2]), p], {}, "window_sum"), b.float([window], [], "window_size")],
+        {},
+        "window_mean",
+      ); // [B,H,1,N]
+      const prefix = b.op("Cast", [b.op("Sub", [ctx.n, b.int64([window], [1], "window_len")])], { to: FLOAT });
+      const before = b.op("Cast", [b.op("Less", [positions(b, ctx), prefix])], { to: FLOAT }, "before_window"); // [N]
+      const kept = b.op("Mul", [b.squeeze(mean, [2]), before], {}, "prefix_scores"); // [B,H,N], 0 on the window
+      // avg_pool1d(kernel, stride 1, padding kernel/2, count_include_pad): zeros past the prefix, ÷ kernel.
+      const flat = b.op("Reshape", [kept, b.int64([-1, 1, 0], [3], "pool_rows")], {}, "pool_input"); // [B·H,1,N]
+      const half = Math.floor(kernel / 2);
+      const pooled = b.op(
+        "AveragePool",
+        [flat],
+        { kernel_shape: [kernel], pads: [half, half], strides: [1], count_include_pad: 1 },
+        "pooled",
+      );
+      const back = b.op("Reshape", [pooled, b.op("Shape", [kept])], {}, "pooled_heads");
+      const grouped = perKvHead(b, ctx, b.op("Mul", [back, before], {}, "pooled_prefix"), "mean"); // [B,kvH,N]
+      return keepLast(b, ctx, grouped, b.int64([window], [1], "window_kept"), "window");
+    })(facts);
+  },
+};
+
+/** ObservedAttentionPress (kvpress): column sums ÷ (N − j), the queries that see entry j; group mean. */
+export const observed: KvCriterionModule = {
+  name: "observed",
+  targets: ["kv"],
+  summary: "attention each entry received, ÷ the number of queries that see it, mean over the GQA group",
+  args: {},
+  needs: "a GroupQueryAttention layer with a KV cache (attention recomputed from q and the cached keys)",
+  reference: "NVIDIA/kvpress 8bb29b9 kvpress/presses/observed_attention_press.py",
+  prepareKv: press((ctx) => {
+    const { b } = ctx;
+    const seen = b.op("Sub", [b.op("Cast", [ctx.n], { to: FLOAT }), positions(b, ctx)], {}, "queries_seeing");
+    return perKvHead(b, ctx, b.op("Div", [columnSums(b, ctx), seen], {}, "observed"), "mean");
+  }),
+};
+
+/** H2O at prefill: unnormalized column sums (heavy hitters), mean over the GQA group; the `recent` last kept. */
+export const h2o: KvCriterionModule = {
+  name: "h2o",
+  targets: ["kv"],
+  summary: "heavy hitters (attention received, not normalized) plus the most recent entries (H2O)",
+  args: { recent: { type: "integer", default: 0, doc: "the last entries always kept" } },
+  needs: "a GroupQueryAttention layer with a KV cache (attention recomputed from q and the cached keys)",
+  reference: "FMInference/H2O ac75c2a h2o_hf/utils_real_drop/modify_llama.py",
+  prepareKv: press((ctx) => {
+    const { b } = ctx;
+    const heavy = perKvHead(b, ctx, columnSums(b, ctx), "mean");
+    return keepLast(b, ctx, heavy, b.int64([intArg(ctx, "recent", 0)], [1], "recent"), "recent");
+  }),
+};
+
+/** TOVAPress: the last query's attention averaged over all heads (the same set for every KV head); the last entry kept. */
+export const tova: KvCriterionModule = {
+  name: "tova",
+  targets: ["kv"],
+  summary: "the last query's attention, mean over all heads; the last entry kept (TOVA)",
+  args: {},
+  needs: "a GroupQueryAttention layer with a KV cache (attention recomputed from q and the cached keys)",
+  reference: "NVIDIA/kvpress 8bb29b9 kvpress/presses/tova_press.py",
+  prepareKv: press((ctx) => {
+    const { b } = ctx;
+    const p = ctx.probabilities();
+    const last = b.op("Gather", [p, b.int64([-1], [], "last_query")], { axis: 2 }, "last_row"); // [B,H,N]
+    const mean = b.reduce("ReduceMean", last, [1], 1); // [B,1,N]
+    const every = b.op("Expand", [mean, b.slice(b.op("Shape", [ctx.keys]), 0, 0, 3)], {}, "every_head");
+    return keepLast(b, ctx, every, b.int64([1], [1], "one_last"), "last");
+  }),
+};
+
+/** A2SF at prefill: query i weighted by forget^(N−1−i), column sums summed over the GQA group; the `recent` last kept. */
+export const a2sf: KvCriterionModule = {
+  name: "a2sf",
+  targets: ["kv"],
+  summary: "attention received with a forgetting factor over query age, summed over the GQA group, plus recent entries",
+  args: {
+    forget: { type: "number", default: 1, doc: "forgetting factor λ per query step (1: H2O's accumulation)" },
+    recent: { type: "integer", default: 16, doc: "the last entries always kept" },
+  },
+  needs: "a GroupQueryAttention layer with a KV cache (attention recomputed from q and the cached keys)",
+  reference: "Dirac-Notation/A2SF 00a617f attention.py, policies/a2sf.py",
+  prepareKv: press((ctx) => {
+    const { b } = ctx;
+    const forget = Number(ctx.args["forget"] ?? 1);
+    const p = ctx.probabilities();
+    const s = b.slice(b.op("Shape", [p]), 0, 2, 3);
+    // Row i weighs forget^(S − 1 − i): the newest query 1.
+    const age = b.op("Cast", [b.op("Sub", [b.op("Sub", [s, b.int64([1], [1], "one_step")]), b.range(s, "ages")])], {
+      to: FLOAT,
+    });
+    const weights = b.unsqueeze(b.op("Pow", [b.float([forget], [], "forget"), age], {}, "row_weights"), [0, 1, 3]); // [1,1,S,1]
+    const acc = perKvHead(b, ctx, columnSums(b, ctx, weights), "sum");
+    return keepLast(b, ctx, acc, b.int64([intArg(ctx, "recent", 16)], [1], "recent"), "recent");
+  }),
+};
+
+export const KV_PRESSES: readonly KvCriterionModule[] = [knorm, streaming, snapkv, observed, h2o, tova, a2sf];

@@ -1,0 +1,47 @@
+/**
+ * The contract between a KV-cache stage (`keep kv` / `drop kv`, passes/kv-stage.ts) and the press
+ * that scores a layer's cache entries. A press proves what it needs of the layer in `prepareKv` and
+ * returns a scorer; the stage calls it per layer and keeps, per KV head, the best-scoring entries.
+ * Semantics and sources of every press: docs/kv-cache.md.
+ */
+import type { CriterionInfo } from "../../grammar/registry.js";
+import type { ArgValue } from "../../grammar/ir.js";
+import type { LayerInfo, TransformerInfo } from "../../src/analysis/transformer.js";
+import type { NodeBuilder } from "../builder.js";
+import type { Prepared } from "../criterion.js";
+import type { GqaAttention } from "../attention/gqa-map.js";
+
+export interface KvFacts {
+  model: TransformerInfo;
+  layer: LayerInfo;
+  args: Readonly<Record<string, ArgValue>>;
+}
+
+/** What a press reads while the stage emits one layer's eviction. */
+export interface KvScoreContext {
+  b: NodeBuilder;
+  args: Readonly<Record<string, ArgValue>>;
+  /** The layer's attention (its node reads the dense present key, before eviction). */
+  gqa: GqaAttention;
+  /** float [B, kvH, N, D]: the present keys (after rotary) the cache would hold. */
+  keys: string;
+  /** int64 [1]: N, the entries in the present cache; int64 [1]: K', how many each KV head keeps. */
+  n: string;
+  kept: string;
+  /** float [B, H, S, N]: the causal attention probabilities of the call's queries (computed once, on demand). */
+  probabilities(): string;
+}
+
+export interface KvScorer {
+  /** float [B, kvH, N]: higher = kept; ties go to the lower position. */
+  score(ctx: KvScoreContext): string;
+}
+
+export interface KvCriterionModule extends CriterionInfo {
+  targets: readonly ["kv"];
+  /** What a layer must have, in words (for docs). */
+  needs: string;
+  /** Where the semantics come from: repository, commit, file. */
+  reference: string;
+  prepareKv(facts: KvFacts): Prepared<KvScorer>;
+}

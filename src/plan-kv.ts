@@ -1,0 +1,105 @@
+/**
+ * Planning KV-cache stages (`keep kv` / `drop kv`): which layers, which press, what budget. Every
+ * check that needs the model happens here, before anything is emitted; each failure names the spec
+ * text and the model fact. Stream stages are planned by src/plan.ts.
+ */
+import type { SpecIR, StageIR, Span } from "../grammar/ir.js";
+import { argsWithDefaults } from "../grammar/registry.js";
+import type { Diagnostic } from "../grammar/diagnostics.js";
+import { diagnosticAt } from "../grammar/diagnostics.js";
+import type { LayerInfo, TransformerInfo } from "./analysis/transformer.js";
+import { kvCriterionModule } from "../passes/registry.js";
+import type { KvPlan } from "./plan-types.js";
+import { DEFAULT_PERCENT, resolvedAmount } from "./plan-amount.js";
+
+/** Layers whose attention keeps a KV cache prunec can evict from (present key and value outputs). */
+export function cachedLayers(model: TransformerInfo): LayerInfo[] {
+  return model.layers.filter(
+    (l) => l.core?.kind === "GroupQueryAttention" && l.core.anchor.output[1] && l.core.anchor.output[2],
+  );
+}
+
+/** The layers a KV stage names, or a refusal. */
+function layersOf(stage: StageIR, model: TransformerInfo): { ok: LayerInfo[] } | { why: string; span: Span } {
+  const count = model.layers.length;
+  const at = stage.layerSpan ?? stage.positionSpan;
+  const resolve = (l: number) => (l < 0 ? count + l : l);
+  const range = `the model has ${count} layers (0..${count - 1}, or -1..-${count} from the end)`;
+  const p = stage.position;
+  if (p.kind === "all-layers") {
+    const layers = cachedLayers(model);
+    return layers.length
+      ? { ok: layers }
+      : {
+          why: "no layer of this model has a KV cache prunec can evict (GroupQueryAttention with present key/value outputs)",
+          span: stage.positionSpan,
+        };
+  }
+  if (p.kind === "in-layer") {
+    const l = resolve(p.layer);
+    if (l < 0 || l >= count) return { why: `layer ${p.layer} is out of range: ${range}`, span: at };
+    return { ok: [model.layers[l]!] };
+  }
+  if (p.kind === "in-layers") {
+    const from = resolve(p.from);
+    const to = resolve(p.to);
+    if (from < 0 || from >= count || to < 0 || to >= count)
+      return { why: `layers ${p.from}..${p.to} are out of range: ${range}`, span: at };
+    if (from > to) return { why: `layers ${p.from}..${p.to} resolve to ${from}..${to}, an empty range`, span: at };
+    return { ok: model.layers.slice(from, to + 1) };
+  }
+  return {
+    why: "a KV-cache stage acts in layers: 'in layer L', 'in layers A..B', or no position (every layer)",
+    span: stage.positionSpan,
+  };
+}
+
+/** Every `keep kv` / `drop kv` stage of the spec, planned; refusals go to `diagnostics`. */
+export function planKvStages(spec: SpecIR, model: TransformerInfo, diagnostics: Diagnostic[]): KvPlan[] {
+  const plans: KvPlan[] = [];
+  spec.stages.forEach((stage, index) => {
+    if (stage.target !== "kv") return;
+    const fail = (span: Span, message: string) => diagnostics.push(diagnosticAt(spec.file, span, message));
+    const criterion = kvCriterionModule(stage.criterion.name);
+    if (!criterion) {
+      fail(stage.criterion.span, `'${stage.criterion.name}' does not score KV-cache entries`);
+      return;
+    }
+    if (stage.of !== undefined) {
+      fail(
+        stage.ofSpan ?? stage.span,
+        `'of ${stage.of}' on a KV-cache stage is not supported yet: the press scores every entry of the layer's cache`,
+      );
+      return;
+    }
+    const layers = layersOf(stage, model);
+    if ("why" in layers) {
+      fail(layers.span, layers.why);
+      return;
+    }
+    const args = argsWithDefaults(criterion, stage.criterion.args);
+    for (const layer of layers.ok) {
+      const prepared = criterion.prepareKv({ model, layer, args });
+      if ("why" in prepared) {
+        fail(stage.criterion.span, `${criterion.name} cannot evict layer ${layer.index}'s cache: ${prepared.why}`);
+        return;
+      }
+    }
+    const amount = stage.amount ?? { kind: "percent" as const, value: DEFAULT_PERCENT };
+    const drop = stage.action === "drop";
+    const text = resolvedAmount(stage).text;
+    if (amount.kind !== "percent" && amount.kind !== "count") {
+      fail(
+        stage.amountSpan ?? stage.actionSpan,
+        `'${amount.kind}' amounts are not supported on the KV cache; use a percentage or a count`,
+      );
+      return;
+    }
+    // kvpress keeps int(N·(1 − r)); r is the fraction dropped, computed in float64 as Python does.
+    const ratio = amount.kind === "percent" ? (drop ? amount.value / 100 : 1 - amount.value / 100) : 0;
+    const budget: KvPlan["budget"] =
+      amount.kind === "percent" ? { kind: "fraction", value: 1 - ratio } : { kind: "count", value: amount.value, drop };
+    plans.push({ stage: index, layers: layers.ok, criterion, args, budget, text });
+  });
+  return plans;
+}

@@ -1,0 +1,127 @@
+/**
+ * KV-cache stages (`keep kv … by PRESS`) on the project's GQA decoder (test/support/decoder.ts):
+ * the kept positions per layer and KV head equal the float64 references written from the authors'
+ * code (test/reference/kv-presses.ts), and greedy generation with the compiled model equals a
+ * float64 generation loop that evicts at prefill and decodes over the kept cache, token for token.
+ * `keep kv 100%` computes what the dense model computes.
+ */
+import { describe, expect, it } from "vitest";
+import { compile } from "../src/compile.js";
+import { maxAbsDiff, runNode } from "./helpers/ort.js";
+import {
+  buildDecoder,
+  DECODER,
+  generateGreedy,
+  prefillFeeds,
+  promptBatch,
+  type DecoderOptions,
+  type PromptBatch,
+} from "./support/decoder.js";
+import { argmax, ReferenceDecoder, weightsFromModel, type KvCache } from "./reference/decoder.js";
+import { evictPrefill, type LayerInput, type PressSpec } from "./reference/kv-presses.js";
+import { rows } from "./support/model-edit.js";
+
+const TOL = 1e-4;
+const STEPS = 8;
+const WIDE: DecoderOptions = { ...DECODER, headSize: 16 };
+const decoder = buildDecoder({ attention: "gqa" }, WIDE);
+const reference = new ReferenceDecoder(weightsFromModel(decoder, WIDE), WIDE);
+const PROMPTS: number[][] = [
+  [1, 5, 9, 13, 17, 21, 25, 29, 33, 37, 41, 3, 7, 11],
+  [1, 40, 41, 42, 43, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 4],
+];
+const single = (tokens: number[]): PromptBatch => promptBatch([tokens], "left");
+const session = (model: Uint8Array) => (feeds: Parameters<typeof runNode>[1]) => runNode(model, feeds);
+
+/** The reference: dense prefill (capturing q, k, v per layer), eviction by the press, greedy decode over the kept cache. */
+function referenceGeneration(prompt: number[], press: PressSpec, steps: number) {
+  const o = WIDE;
+  const cache: KvCache = reference.newCache();
+  const queries = Array.from({ length: o.layers }, () => Array.from({ length: o.heads }, () => [] as Float64Array[]));
+  const prefill = reference.forward(prompt, cache, queries);
+  const layers: LayerInput[] = queries.map((q, l) => ({
+    q: q.map((r) => r.map((x) => Array.from(x))),
+    k: cache.keys[l]!.map((r) => r.map((x) => Array.from(x))),
+    v: cache.values[l]!.map((r) => r.map((x) => Array.from(x))),
+  }));
+  const evicted = evictPrefill(layers, press);
+  // The cache keeps the kept entries; positions go on counting the dense tokens (cache.length).
+  evicted.kept.forEach((perHead, l) =>
+    perHead.forEach((kept, g) => {
+      cache.keys[l]![g] = kept.map((t) => cache.keys[l]![g]![t]!);
+      cache.values[l]![g] = kept.map((t) => cache.values[l]![g]![t]!);
+    }),
+  );
+  const tokens = [argmax(prefill.at(-1)!)];
+  const stepLogits: Float64Array[] = [];
+  for (let s = 1; s < steps; s++) {
+    const [logits] = reference.forward([tokens.at(-1)!], cache);
+    stepLogits.push(logits!);
+    tokens.push(argmax(logits!));
+  }
+  return { kept: evicted.kept, tokens, steps: stepLogits };
+}
+
+const CASES: { spec: string; press: (n: number) => PressSpec }[] = [
+  { spec: "keep kv 50% by knorm", press: () => ({ method: "knorm", budget: { keepPercent: 50 } }) },
+  { spec: "keep kv 25% by knorm", press: () => ({ method: "knorm", budget: { keepPercent: 25 } }) },
+  {
+    spec: "keep kv 50% by streaming(sinks: 2)",
+    press: () => ({ method: "streaming", budget: { keepPercent: 50 }, sinks: 2 }),
+  },
+  {
+    spec: "keep kv 50% by snapkv(window: 4, kernel: 3)",
+    press: () => ({ method: "snapkv", budget: { keepPercent: 50 }, window: 4, kernel: 3 }),
+  },
+  { spec: "keep kv 50% by observed", press: () => ({ method: "observed", budget: { keepPercent: 50 } }) },
+  { spec: "keep kv 50% by tova", press: () => ({ method: "tova", budget: { keepPercent: 50 } }) },
+  {
+    spec: "keep kv 50% by h2o(recent: 2)",
+    press: (n) => ({ method: "h2o", heavy: Math.trunc(n * 0.5) - 2, recent: 2 }),
+  },
+  {
+    spec: "keep kv 50% by a2sf(forget: 0.9, recent: 2)",
+    press: (n) => ({ method: "a2sf", total: Math.trunc(n * 0.5), forget: 0.9, recent: 2 }),
+  },
+];
+
+describe("keep kv: prefill eviction per layer and KV head on the GQA decoder (batch 1)", () => {
+  for (const c of CASES) {
+    it(`${c.spec}: kept positions equal the reference's; ${STEPS} greedy tokens and their logits equal the evicting reference loop`, async () => {
+      const model = compile(decoder, c.spec, { exposeIndices: true }).model;
+      for (const prompt of PROMPTS) {
+        const want = referenceGeneration(prompt, c.press(prompt.length), STEPS);
+        const out = await runNode(model, prefillFeeds(single(prompt), "gqa", WIDE));
+        for (let l = 0; l < WIDE.layers; l++) {
+          const idx = out[`prunec.stage0.layer${l}.kv_indices`]!;
+          expect(idx.dims.slice(0, 2)).toEqual([1, WIDE.kvHeads]);
+          const perHead = rows(idx.data as BigInt64Array, [WIDE.kvHeads, idx.dims[2]!]);
+          expect(perHead).toEqual(want.kept[l]);
+          expect(out[`present.${l}.key`]!.dims).toEqual([1, WIDE.kvHeads, want.kept[l]![0]!.length, WIDE.headSize]);
+        }
+        const got = await generateGreedy(session(model), single(prompt), STEPS, WIDE);
+        expect(got.tokens[0]).toEqual(want.tokens);
+        got.steps.forEach((l, s) => expect(maxAbsDiff(l, Float64Array.from(want.steps[s]!))).toBeLessThanOrEqual(TOL));
+      }
+    });
+  }
+
+  it("keep kv 100% computes what the dense model computes (prefill and decode steps)", async () => {
+    const model = compile(decoder, "keep kv 100% by knorm").model;
+    for (const prompt of PROMPTS) {
+      const dense = await generateGreedy(session(decoder), single(prompt), STEPS, WIDE);
+      const kept = await generateGreedy(session(model), single(prompt), STEPS, WIDE);
+      expect(kept.tokens).toEqual(dense.tokens);
+      expect(maxAbsDiff(kept.prefill, dense.prefill)).toBeLessThanOrEqual(1e-5);
+      kept.steps.forEach((l, s) => expect(maxAbsDiff(l, dense.steps[s]!)).toBeLessThanOrEqual(1e-5));
+    }
+  });
+
+  it("in layers 1..2: only those layers' caches shrink", async () => {
+    const model = compile(decoder, "in layers 1..2 keep kv 50% by knorm").model;
+    const prompt = PROMPTS[0]!;
+    const out = await runNode(model, prefillFeeds(single(prompt), "gqa", WIDE));
+    const n = prompt.length;
+    expect([0, 1, 2, 3].map((l) => out[`present.${l}.key`]!.dims[2])).toEqual([n, n / 2, n / 2, n]);
+  });
+});
