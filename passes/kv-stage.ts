@@ -78,10 +78,11 @@ export function applyKvStage(proto: GraphProto, dense: TransformerInfo, plan: Kv
       ? b.slice(b.op("Shape", [core.anchor.input[3]]), 0, 2, 3)
       : b.int64([0], [1], "no_past");
     const prefill = b.op("Equal", [past, b.int64([0], [1], "zero")], {}, "is_prefill");
-    const kept = b.op("Where", [prefill, budget(b, plan, n), n], {}, "kept_count");
-    let probs: string | undefined;
     const prepared = plan.criterion.prepareKv({ model, layer, args: plan.args });
     if ("why" in prepared) throw new Error(`stage ${plan.stage}: ${prepared.why} (checked by the plan)`);
+    const own = plan.budget.kind === "fraction" ? prepared.ok.budget?.(b, n, plan.budget.value) : undefined;
+    const kept = b.op("Where", [prefill, own ?? budget(b, plan, n), n], {}, "kept_count");
+    let probs: string | undefined;
     const scores = prepared.ok.score({
       b,
       args: plan.args,

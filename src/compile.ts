@@ -362,32 +362,36 @@ function exposeKvIndices(g: GraphProto, kvIndices: ReadonlyMap<number, ReadonlyM
   return nodes.length ? shallowCopy(g, { node: [...g.node, ...nodes], output: [...g.output, ...outputs] }) : g;
 }
 
-/** Evicted caches hold K' entries, not the dense total: their graph outputs get a length of their own. */
+/**
+ * Evicted caches hold K' entries, not the dense total: their graph outputs (present) and the
+ * matching inputs (past) get a length of their own per layer, or onnxruntime, which takes equal
+ * dimension names for equal sizes, would share buffers between layers of different lengths.
+ */
 function declareEvictedCaches(g: GraphProto, kvPlans: readonly KvPlan[]): GraphProto {
   const lengths = new Map<string, string>();
   for (const p of kvPlans) {
     for (const l of p.layers) {
       const n = l.core?.anchor;
       for (const t of [n?.output[1], n?.output[2]]) if (t) lengths.set(t, `prunec_layer${l.index}_cache`);
+      for (const t of [n?.input[3], n?.input[4]]) if (t) lengths.set(t, `prunec_layer${l.index}_past`);
     }
   }
   if (!lengths.size) return g;
-  return shallowCopy(g, {
-    output: g.output.map((o) => {
-      const length = lengths.get(o.name);
-      if (!length || o.type?.value.case !== "tensorType" || !o.type.value.value.shape) return o;
-      const dims = o.type.value.value.shape.dim.map((d, i): Dim | undefined =>
-        i === 2
-          ? length
-          : d.value.case === "dimValue"
-            ? Number(d.value.value)
-            : d.value.case === "dimParam"
-              ? d.value.value
-              : undefined,
-      );
-      return valueInfo(o.name, o.type.value.value.elemType, dims);
-    }),
-  });
+  const redeclare = (o: ValueInfoProto): ValueInfoProto => {
+    const length = lengths.get(o.name);
+    if (!length || o.type?.value.case !== "tensorType" || !o.type.value.value.shape) return o;
+    const dims = o.type.value.value.shape.dim.map((d, i): Dim | undefined =>
+      i === 2
+        ? length
+        : d.value.case === "dimValue"
+          ? Number(d.value.value)
+          : d.value.case === "dimParam"
+            ? d.value.value
+            : undefined,
+    );
+    return valueInfo(o.name, o.type.value.value.elemType, dims);
+  };
+  return shallowCopy(g, { input: g.input.map(redeclare), output: g.output.map(redeclare) });
 }
 
 /** Each planned stage in order, each reading the stream state the previous one returned. */

@@ -87,6 +87,13 @@ export function planKvStages(spec: SpecIR, model: TransformerInfo, diagnostics: 
     }
     const amount = stage.amount ?? { kind: "percent" as const, value: DEFAULT_PERCENT };
     const drop = stage.action === "drop";
+    if (criterion.fractionOnly && amount.kind !== "percent") {
+      fail(
+        stage.amountSpan ?? stage.actionSpan,
+        `${criterion.name} spreads a fraction of the cache over the layers; write the amount as a percentage`,
+      );
+      return;
+    }
     const text = resolvedAmount(stage).text;
     if (amount.kind !== "percent" && amount.kind !== "count") {
       fail(

@@ -73,6 +73,11 @@ const CASES: { spec: string; press: (n: number) => PressSpec }[] = [
     spec: "keep kv 50% by snapkv(window: 4, kernel: 3)",
     press: () => ({ method: "snapkv", budget: { keepPercent: 50 }, window: 4, kernel: 3 }),
   },
+  {
+    // Budgets per layer 10, 8, 6, 4 (N = 14) and 14, 10, 8, 4 (N = 18: halves round to even).
+    spec: "keep kv 50% by pyramidkv(window: 4, kernel: 3, beta: 2)",
+    press: () => ({ method: "pyramidkv", budget: { keepPercent: 50 }, window: 4, kernel: 3, beta: 2 }),
+  },
   { spec: "keep kv 50% by observed", press: () => ({ method: "observed", budget: { keepPercent: 50 } }) },
   { spec: "keep kv 50% by tova", press: () => ({ method: "tova", budget: { keepPercent: 50 } }) },
   {
@@ -124,4 +129,67 @@ describe("keep kv: prefill eviction per layer and KV head on the GQA decoder (ba
     const n = prompt.length;
     expect([0, 1, 2, 3].map((l) => out[`present.${l}.key`]!.dims[2])).toEqual([n, n / 2, n / 2, n]);
   });
+});
+
+/**
+ * The same KV stages on onnxruntime-web's WASM backend (single thread, in Node: what a browser's
+ * wasm provider runs): the kept positions per layer and KV head, and the greedy tokens generated
+ * through one open WASM session, equal onnxruntime-node's CPU run and the float64 references.
+ * (Imports are dynamic so that this block only appends to the file.)
+ */
+describe("keep kv on onnxruntime-web's WASM backend (batch 1): same kept positions and greedy tokens as CPU and the reference", () => {
+  const WASM_CASES: { spec: string; press: (n: number) => PressSpec }[] = [
+    { spec: "keep kv 50% by knorm", press: () => ({ method: "knorm", budget: { keepPercent: 50 } }) },
+    {
+      spec: "keep kv 50% by snapkv(window: 4, kernel: 3)",
+      press: () => ({ method: "snapkv", budget: { keepPercent: 50 }, window: 4, kernel: 3 }),
+    },
+    {
+      spec: "keep kv 50% by h2o(recent: 2)",
+      press: (n) => ({ method: "h2o", heavy: Math.trunc(n * 0.5) - 2, recent: 2 }),
+    },
+  ];
+  const keptPerLayer = (out: Awaited<ReturnType<typeof runNode>>) =>
+    Array.from({ length: WIDE.layers }, (_, l) => {
+      const idx = out[`prunec.stage0.layer${l}.kv_indices`]!;
+      return rows(idx.data as BigInt64Array, [WIDE.kvHeads, idx.dims[2]!]);
+    });
+  for (const c of WASM_CASES) {
+    it(`${c.spec}: WASM's kept positions, caches and ${STEPS} greedy tokens equal CPU's and the reference's (logits <= ${TOL})`, async () => {
+      const { runWasm } = await import("./helpers/ort.js");
+      const { openDecoderSession } = await import("./support/decoder.js");
+      const model = compile(decoder, c.spec, { exposeIndices: true }).model;
+      for (const prompt of PROMPTS) {
+        const want = referenceGeneration(prompt, c.press(prompt.length), STEPS);
+        const feeds = prefillFeeds(single(prompt), "gqa", WIDE);
+        const cpuOut = await runNode(model, feeds);
+        const wasmOut = await runWasm(model, feeds);
+        expect(keptPerLayer(wasmOut)).toEqual(keptPerLayer(cpuOut));
+        expect(keptPerLayer(wasmOut)).toEqual(want.kept);
+        for (let l = 0; l < WIDE.layers; l++) {
+          for (const kv of ["key", "value"]) {
+            const name = `present.${l}.${kv}`;
+            expect(wasmOut[name]!.dims).toEqual([1, WIDE.kvHeads, want.kept[l]![0]!.length, WIDE.headSize]);
+            expect(
+              maxAbsDiff(wasmOut[name]!.data as Float32Array, cpuOut[name]!.data as Float32Array),
+            ).toBeLessThanOrEqual(TOL);
+          }
+        }
+        const cpu = await generateGreedy(session(model), single(prompt), STEPS, WIDE);
+        const wasm = await openDecoderSession(model, "wasm");
+        try {
+          const got = await generateGreedy((f) => wasm.run(f), single(prompt), STEPS, WIDE);
+          expect(got.tokens).toEqual(cpu.tokens);
+          expect(got.tokens[0]).toEqual(want.tokens);
+          expect(maxAbsDiff(got.prefill, cpu.prefill)).toBeLessThanOrEqual(TOL);
+          got.steps.forEach((l, s) => {
+            expect(maxAbsDiff(l, cpu.steps[s]!)).toBeLessThanOrEqual(TOL);
+            expect(maxAbsDiff(l, Float64Array.from(want.steps[s]!))).toBeLessThanOrEqual(TOL);
+          });
+        } finally {
+          await wasm.release();
+        }
+      }
+    });
+  }
 });

@@ -14,6 +14,7 @@ import type { Prepared } from "../criterion.js";
 import { gqaAttention } from "../attention/gqa-map.js";
 
 const FLOAT = 1;
+const DOUBLE = 11;
 
 /** The layer must be a GroupQueryAttention with a present key/value output (a KV cache). */
 function cached(facts: KvFacts): Prepared<true> {
@@ -113,6 +114,55 @@ export const streaming: KvCriterionModule = {
   }),
 };
 
+/** SnapKV's kernel, which kvpress needs odd (its pooled length matches only then). */
+function oddKernel(facts: KvFacts): Prepared<number> {
+  const kernel = Number(facts.args["kernel"] ?? 5);
+  if (!(kernel >= 1 && kernel % 2 === 1))
+    return { why: `the pooling kernel must be odd (kvpress pools to the same length only then), got ${kernel}` };
+  return { ok: kernel };
+}
+
+/** SnapKV's scores (see `snapkv`), shared with PyramidKV. */
+function snapkvScores(ctx: KvScoreContext, kernel: number): string {
+  const { b } = ctx;
+  const window = intArg(ctx, "window", 64);
+  const p = ctx.probabilities(); // [B,H,S,N]
+  const s = b.slice(b.op("Shape", [p]), 0, 2, 3); // [1]
+  const rowPos = b.op("Cast", [b.range(s, "query_rows")], { to: FLOAT });
+  const lastRows = b.op(
+    "Cast",
+    [
+      b.op("GreaterOrEqual", [
+        rowPos,
+        b.op("Cast", [b.op("Sub", [s, b.int64([window], [1], "window")])], { to: FLOAT }),
+      ]),
+    ],
+    { to: FLOAT },
+    "window_rows",
+  ); // [S]
+  const mean = b.op(
+    "Div",
+    [b.op("MatMul", [b.unsqueeze(lastRows, [0, 1, 2]), p], {}, "window_sum"), b.float([window], [], "window_size")],
+    {},
+    "window_mean",
+  ); // [B,H,1,N]
+  const prefix = b.op("Cast", [b.op("Sub", [ctx.n, b.int64([window], [1], "window_len")])], { to: FLOAT });
+  const before = b.op("Cast", [b.op("Less", [positions(b, ctx), prefix])], { to: FLOAT }, "before_window"); // [N]
+  const kept = b.op("Mul", [b.squeeze(mean, [2]), before], {}, "prefix_scores"); // [B,H,N], 0 on the window
+  // avg_pool1d(kernel, stride 1, padding kernel/2, count_include_pad): zeros past the prefix, ÷ kernel.
+  const flat = b.op("Reshape", [kept, b.int64([-1, 1, 0], [3], "pool_rows")], {}, "pool_input"); // [B·H,1,N]
+  const half = Math.floor(kernel / 2);
+  const pooled = b.op(
+    "AveragePool",
+    [flat],
+    { kernel_shape: [kernel], pads: [half, half], strides: [1], count_include_pad: 1 },
+    "pooled",
+  );
+  const back = b.op("Reshape", [pooled, b.op("Shape", [kept])], {}, "pooled_heads");
+  const grouped = perKvHead(b, ctx, b.op("Mul", [back, before], {}, "pooled_prefix"), "mean"); // [B,kvH,N]
+  return keepLast(b, ctx, grouped, b.int64([window], [1], "window_kept"), "window");
+}
+
 /**
  * SnapKVPress: the last `window` queries' attention (normalized over all N keys), averaged over
  * those queries, on the entries before the window; avg-pooled (kernel, zero padding counted);
@@ -129,48 +179,8 @@ export const snapkv: KvCriterionModule = {
   needs: "a GroupQueryAttention layer with a KV cache (attention recomputed from q and the cached keys)",
   reference: "NVIDIA/kvpress 8bb29b9 kvpress/presses/snapkv_press.py",
   prepareKv: (facts) => {
-    const kernel = Number(facts.args["kernel"] ?? 5);
-    if (!(kernel >= 1 && kernel % 2 === 1))
-      return { why: `snapkv's kernel must be odd (kvpress pools to the same length only then), got ${kernel}` };
-    return press((ctx) => {
-      const { b } = ctx;
-      const window = intArg(ctx, "window", 64);
-      const p = ctx.probabilities(); // [B,H,S,N]
-      const s = b.slice(b.op("Shape", [p]), 0, 2, 3); // [1]
-      const rowPos = b.op("Cast", [b.range(s, "query_rows")], { to: FLOAT });
-      const lastRows = b.op(
-        "Cast",
-        [
-          b.op("GreaterOrEqual", [
-            rowPos,
-            b.op("Cast", [b.op("Sub", [s, b.int64([window], [1], "window")])], { to: FLOAT }),
-          ]),
-        ],
-        { to: FLOAT },
-        "window_rows",
-      ); // [S]
-      const mean = b.op(
-        "Div",
-        [b.op("MatMul", [b.unsqueeze(lastRows, [0, 1, 2]), p], {}, "window_sum"), b.float([window], [], "window_size")],
-        {},
-        "window_mean",
-      ); // [B,H,1,N]
-      const prefix = b.op("Cast", [b.op("Sub", [ctx.n, b.int64([window], [1], "window_len")])], { to: FLOAT });
-      const before = b.op("Cast", [b.op("Less", [positions(b, ctx), prefix])], { to: FLOAT }, "before_window"); // [N]
-      const kept = b.op("Mul", [b.squeeze(mean, [2]), before], {}, "prefix_scores"); // [B,H,N], 0 on the window
-      // avg_pool1d(kernel, stride 1, padding kernel/2, count_include_pad): zeros past the prefix, ÷ kernel.
-      const flat = b.op("Reshape", [kept, b.int64([-1, 1, 0], [3], "pool_rows")], {}, "pool_input"); // [B·H,1,N]
-      const half = Math.floor(kernel / 2);
-      const pooled = b.op(
-        "AveragePool",
-        [flat],
-        { kernel_shape: [kernel], pads: [half, half], strides: [1], count_include_pad: 1 },
-        "pooled",
-      );
-      const back = b.op("Reshape", [pooled, b.op("Shape", [kept])], {}, "pooled_heads");
-      const grouped = perKvHead(b, ctx, b.op("Mul", [back, before], {}, "pooled_prefix"), "mean"); // [B,kvH,N]
-      return keepLast(b, ctx, grouped, b.int64([window], [1], "window_kept"), "window");
-    })(facts);
+    const kernel = oddKernel(facts);
+    return "why" in kernel ? kernel : press((ctx) => snapkvScores(ctx, kernel.ok))(facts);
   },
 };
 
@@ -248,4 +258,85 @@ export const a2sf: KvCriterionModule = {
   }),
 };
 
-export const KV_PRESSES: readonly KvCriterionModule[] = [knorm, streaming, snapkv, observed, h2o, tova, a2sf];
+/**
+ * PyramidKVPress: SnapKV's scores with a budget per layer, more in lower layers (get_layer_budget,
+ * float64 and Python's round half to even, as the code computes it; methods.md §24).
+ */
+export const pyramidkv: KvCriterionModule = {
+  name: "pyramidkv",
+  targets: ["kv"],
+  fractionOnly: true,
+  summary: "SnapKV's scores with a per-layer budget that shrinks with depth (PyramidKV)",
+  args: {
+    window: { type: "integer", default: 64, doc: "observation window: the last queries, always kept" },
+    kernel: { type: "integer", default: 5, doc: "odd average-pooling kernel over positions" },
+    beta: { type: "number", default: 20, doc: "ratio of the top layer's budget to the bottom one's (≥ 1)" },
+  },
+  needs:
+    "a GroupQueryAttention layer with a KV cache (attention recomputed from q and the cached keys); 2 or more layers",
+  reference: "NVIDIA/kvpress 8bb29b9 kvpress/presses/pyramidkv_press.py",
+  prepareKv: (facts) => {
+    const kernel = oddKernel(facts);
+    if ("why" in kernel) return kernel;
+    const beta = Number(facts.args["beta"] ?? 20);
+    if (!(beta >= 1)) return { why: `beta must be at least 1 (kvpress asserts it), got ${beta}` };
+    const layers = facts.model.layers.length;
+    if (layers < 2) return { why: "PyramidKV's ramp divides by the layer count − 1, and the model has one layer" };
+    const cached = press((ctx) => snapkvScores(ctx, kernel.ok))(facts);
+    if ("why" in cached) return cached;
+    const window = Number(facts.args["window"] ?? 64);
+    const index = facts.layer.index;
+    return {
+      ok: {
+        score: cached.ok.score,
+        budget: (b, n, fraction) => {
+          const nd = b.op("Cast", [n], { to: DOUBLE }, "n_double");
+          const w = b.double([window], [], "window");
+          const two = b.double([2], [], "two");
+          const capped = b.op(
+            "Sub",
+            [b.op("Add", [w, b.op("Mul", [nd, b.double([fraction], [], "fraction")])]), w],
+            {},
+            "cap_minus_window",
+          );
+          const low = b.op("Div", [capped, b.double([beta], [], "beta")], {}, "min_budget");
+          const high = b.op("Sub", [b.op("Mul", [capped, two]), low], {}, "max_budget");
+          const room = b.op("Sub", [nd, w], {}, "room");
+          const over = b.op("GreaterOrEqual", [high, room], {}, "over_room");
+          const max = b.op("Where", [over, room, high], {}, "max_capped");
+          const min = b.op("Where", [over, b.op("Sub", [b.op("Mul", [capped, two]), room]), low], {}, "min_capped");
+          const ordered = b.op(
+            "And",
+            [
+              b.op("And", [b.op("GreaterOrEqual", [nd, max]), b.op("GreaterOrEqual", [max, min])]),
+              b.op("GreaterOrEqual", [min, w]),
+            ],
+            {},
+            "ramp_applies",
+          );
+          const step = b.op(
+            "Div",
+            [b.op("Sub", [max, min]), b.double([layers - 1], [], "layers_minus_one")],
+            {},
+            "step",
+          );
+          const ramp = b.op("Sub", [max, b.op("Mul", [b.double([index], [], "layer"), step])], {}, "ramp");
+          const fallback = b.op("Mul", [nd, b.double([fraction], [], "fraction_again")], {}, "n_times_fraction");
+          const chosen = b.op("Round", [b.op("Where", [ordered, ramp, fallback])], {}, "layer_budget");
+          return b.op("Max", [b.op("Cast", [chosen], { to: 7 }), b.int64([1], [1], "at_least_one")], {}, "budget");
+        },
+      },
+    };
+  },
+};
+
+export const KV_PRESSES: readonly KvCriterionModule[] = [
+  knorm,
+  streaming,
+  snapkv,
+  pyramidkv,
+  observed,
+  h2o,
+  tova,
+  a2sf,
+];

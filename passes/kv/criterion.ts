@@ -35,6 +35,11 @@ export interface KvScoreContext {
 export interface KvScorer {
   /** float [B, kvH, N]: higher = kept; ties go to the lower position. */
   score(ctx: KvScoreContext): string;
+  /**
+   * A budget of the press's own at prefill (PyramidKV's per-layer ramp): int64 [1] entries per KV
+   * head, from N (int64 [1]) and the stage's kept fraction c; absent = the stage's budget.
+   */
+  budget?(b: NodeBuilder, n: string, fraction: number): string;
 }
 
 export interface KvCriterionModule extends CriterionInfo {
@@ -44,4 +49,6 @@ export interface KvCriterionModule extends CriterionInfo {
   /** Where the semantics come from: repository, commit, file. */
   reference: string;
   prepareKv(facts: KvFacts): Prepared<KvScorer>;
+  /** Only budgets written as a percentage (the press spreads a fraction over the layers). */
+  fractionOnly?: boolean;
 }
