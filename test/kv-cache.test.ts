@@ -122,6 +122,25 @@ describe("keep kv: prefill eviction per layer and KV head on the GQA decoder (ba
     }
   });
 
+  it("a batch of 2 unpadded prompts: each example keeps and generates what it does alone", async () => {
+    const prompts = [PROMPTS[0]!, PROMPTS[1]!.slice(0, PROMPTS[0]!.length)];
+    const model = compile(decoder, "keep kv 50% by snapkv(window: 4, kernel: 3)", { exposeIndices: true }).model;
+    const batch = promptBatch(prompts, "left");
+    const out = await runNode(model, prefillFeeds(batch, "gqa", WIDE));
+    const got = await generateGreedy(session(model), batch, STEPS, WIDE);
+    prompts.forEach((prompt, b) => {
+      const want = referenceGeneration(prompt, { method: "snapkv", budget: { keepPercent: 50 }, window: 4, kernel: 3 }, STEPS);
+      for (let l = 0; l < WIDE.layers; l++) {
+        const idx = out[`prunec.stage0.layer${l}.kv_indices`]!;
+        const k = idx.dims[2]!;
+        const all = idx.data as BigInt64Array;
+        const perHead = rows(all.subarray(b * WIDE.kvHeads * k, (b + 1) * WIDE.kvHeads * k), [WIDE.kvHeads, k]);
+        expect(perHead).toEqual(want.kept[l]);
+      }
+      expect(got.tokens[b]).toEqual(want.tokens);
+    });
+  });
+
   it("in layers 1..2: only those layers' caches shrink", async () => {
     const model = compile(decoder, "in layers 1..2 keep kv 50% by knorm").model;
     const prompt = PROMPTS[0]!;

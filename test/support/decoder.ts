@@ -657,6 +657,12 @@ async function decodeSteps(
         feeds[`past_key_values.${l}.${kv}`] = { type: "float32", dims: t.dims, data: t.data };
       }
     }
+    // Any other state the model carries from call to call (prunec's KV stages: `present.L.prunec_valid`),
+    // fed back the way transformers.js does: `present` → `past_key_values` in the name.
+    for (const [name, t] of Object.entries(out)) {
+      if (!name.startsWith("present.") || /\.(key|value)$/.test(name)) continue;
+      feeds[name.replace(/^present/, "past_key_values")] = { type: "float32", dims: t.dims, data: t.data };
+    }
     out = await run(feeds);
     const logits = out["logits"]!.data as Float32Array;
     if (logits.length !== p.batch * V)
