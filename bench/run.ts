@@ -4,7 +4,8 @@
  *  1. compile time vs the time to just read and write the same file (vit-ti16 from ../shared);
  *  2. ORT CPU latency, dense vs `after layer 2 keep 25% by cls-attn`, batch 1 and 8 (vit-ti16);
  *  3. the same for the shipped digits model and its schedules at batch 32, when it is present;
- *  4. a decoder with a KV cache (bench/decoder.ts): prefill latency and KV-cache bytes, dense vs FastV.
+ *  4. a decoder with a KV cache (bench/decoder.ts): prefill latency and KV-cache bytes, dense vs FastV;
+ *  5. KV eviction (bench/kv-decoder.ts): prefill and decode-step latency and KV bytes, dense vs keep kv 25%.
  *
  *   npm run bench [-- --runs 30]
  */
@@ -17,6 +18,7 @@ import { writeAtomic } from "../src/cli/atomic.js";
 import { benchmark, formatBench } from "../src/cli/benchmark.js";
 import { benchDecoder } from "./decoder.js";
 import { benchRealDecoders } from "./real-decoders.js";
+import { benchKvDecoder } from "./kv-decoder.js";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const args = process.argv.slice(2);
@@ -74,6 +76,7 @@ async function main(): Promise<void> {
   }
   console.log("\n== decoder with a KV cache");
   await benchDecoder(runs);
+  await benchKvDecoder(runs);
   await benchRealDecoders(join(root, "..", "shared", "models"), runs);
 }
 

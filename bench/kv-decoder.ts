@@ -1,0 +1,104 @@
+/**
+ * KV-cache eviction, measured (part of `npm run bench`): the project's test decoder at the bench
+ * size of bench/decoder.ts, a 1,000-token prompt, dense vs `keep kv 25%` by knorm and by snapkv.
+ * Prints, side by side in one run (ORT CPU, batch 1, medians of alternating blocks): prefill
+ * latency (the press's scoring is extra work there), the KV-cache bytes the prefill leaves, and the
+ * latency of a decode step over those caches (where the smaller cache pays off).
+ */
+import * as ort from "onnxruntime-node";
+import { compile } from "../src/compile.js";
+import { buildDecoder, DECODER, type DecoderOptions } from "../test/support/decoder.js";
+
+const SIZE: DecoderOptions = {
+  ...DECODER,
+  vocab: 512,
+  hidden: 256,
+  layers: 8,
+  heads: 8,
+  kvHeads: 2,
+  headSize: 32,
+  intermediate: 768,
+  maxPositions: 2048,
+};
+const N = 1000;
+const SPECS = ["keep kv 25% by knorm", "keep kv 25% by snapkv(window: 32)"];
+
+const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
+
+function prefillFeeds(): Record<string, ort.Tensor> {
+  const ids = BigInt64Array.from({ length: N }, (_, i) => BigInt(i === 0 ? 1 : 3 + ((i * 7) % 200)));
+  const f: Record<string, ort.Tensor> = {
+    input_ids: new ort.Tensor("int64", ids, [1, N]),
+    attention_mask: new ort.Tensor("int64", new BigInt64Array(N).fill(1n), [1, N]),
+    position_ids: new ort.Tensor(
+      "int64",
+      BigInt64Array.from({ length: N }, (_, i) => BigInt(i)),
+      [1, N],
+    ),
+  };
+  for (let l = 0; l < SIZE.layers; l++)
+    for (const kv of ["key", "value"])
+      f[`past_key_values.${l}.${kv}`] = new ort.Tensor("float32", new Float32Array(0), [
+        1,
+        SIZE.kvHeads,
+        0,
+        SIZE.headSize,
+      ]);
+  return f;
+}
+
+/** One decode step's feeds after a prefill that returned `out`. */
+function stepFeeds(out: ort.InferenceSession.OnnxValueMapType): Record<string, ort.Tensor> {
+  const f: Record<string, ort.Tensor> = {
+    input_ids: new ort.Tensor("int64", BigInt64Array.from([5n]), [1, 1]),
+    attention_mask: new ort.Tensor("int64", new BigInt64Array(N + 1).fill(1n), [1, N + 1]),
+    position_ids: new ort.Tensor("int64", BigInt64Array.from([BigInt(N)]), [1, 1]),
+  };
+  for (const [name, t] of Object.entries(out))
+    if (name.startsWith("present")) f[name.replace(/^present/, "past_key_values")] = t as ort.Tensor;
+  return f;
+}
+
+const bytes = (out: ort.InferenceSession.OnnxValueMapType) =>
+  Object.entries(out)
+    .filter(([name]) => name.startsWith("present"))
+    .reduce((s, [, t]) => s + (t.data as Float32Array).byteLength, 0);
+
+export async function benchKvDecoder(runs: number): Promise<void> {
+  const dense = buildDecoder({ attention: "gqa" }, SIZE);
+  const models = [dense, ...SPECS.map((s) => compile(dense, s).model)];
+  const names = ["dense", ...SPECS];
+  const sessions = await Promise.all(models.map((m) => ort.InferenceSession.create(m)));
+  const prefill = prefillFeeds();
+  const outs = [];
+  for (const s of sessions) outs.push(await s.run(prefill));
+  const steps = outs.map(stepFeeds);
+  const prefillTimes: number[][] = sessions.map(() => []);
+  const stepTimes: number[][] = sessions.map(() => []);
+  for (let block = 0; block < Math.ceil(runs / 5); block++) {
+    for (let k = 0; k < sessions.length; k++) {
+      const s = sessions[k]!;
+      for (let i = 0; i < 5; i++) {
+        let t = performance.now();
+        await s.run(prefill);
+        prefillTimes[k]!.push(performance.now() - t);
+        t = performance.now();
+        await s.run(steps[k]!);
+        stepTimes[k]!.push(performance.now() - t);
+      }
+    }
+  }
+  console.log(
+    `KV eviction: test decoder ${SIZE.layers} layers, hidden ${SIZE.hidden}, GQA ${SIZE.heads}/${SIZE.kvHeads} heads, prompt ${N} tokens, ORT CPU batch 1`,
+  );
+  const d = { prefill: median(prefillTimes[0]!), step: median(stepTimes[0]!), kv: bytes(outs[0]!) };
+  for (let k = 0; k < sessions.length; k++) {
+    const p = median(prefillTimes[k]!);
+    const st = median(stepTimes[k]!);
+    const kv = bytes(outs[k]!);
+    console.log(
+      `  ${names[k]!.padEnd(34)} prefill ${p.toFixed(1)} ms (${(p / d.prefill).toFixed(2)}× dense), decode step ${st.toFixed(2)} ms (${(d.step / st).toFixed(2)}× faster), KV after prefill ${(kv / 1024).toFixed(0)} KiB (${(d.kv / kv).toFixed(2)}× smaller)`,
+    );
+  }
+  for (const s of sessions) await s.release();
+}
