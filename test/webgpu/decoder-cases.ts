@@ -26,7 +26,17 @@ import { keepCount, topKPositions } from "../reference/cls-attn.js";
 import { pagerankScores } from "../reference/attention-scores.js";
 import { addScores, igaImageScores, ttvImageScores, type SubBlock } from "../reference/transprune.js";
 import { raterRelevance, sparsevlmRaters, textAttnScores } from "../reference/sparsevlm.js";
-import { ReferenceDecoder, weightsFromModel } from "../reference/decoder.js";
+import { argmax as refArgmax, ReferenceDecoder, weightsFromModel, type KvCache } from "../reference/decoder.js";
+import {
+  causalProbs,
+  evictPrefill,
+  keptCount,
+  knormScores,
+  snapkvScores,
+  type LayerInput,
+  type Mat,
+  type PressSpec,
+} from "../reference/kv-presses.js";
 import type { BrowserSession } from "./browser.js";
 import type { TestServer } from "./server.js";
 
@@ -386,6 +396,186 @@ export async function runDecoderInBrowser(
   const start = browser.console.length;
   const run = (await browser.page.evaluate(`(${PAGE_RUNNER})(${JSON.stringify(job)})`)) as PageRun;
   // Console events of the run arrive before the evaluation's result on the same connection.
+  const log = browser.console.slice(start).map((l) => l.replace(/^\[\w+\] /, ""));
+  return { ...run, log };
+}
+
+// ---------------------------------------------------------------------------------------------
+// KV-cache stages (`keep kv P% by PRESS`, docs/kv-cache.md) on the GroupQueryAttention decoder:
+// prefill evicts per layer and KV head, then greedy decode steps run over the shorter caches.
+
+/** One KV case: a spec whose only stage is `keep kv …` in every cached layer, and its float64 reference press. */
+export interface KvCase {
+  key: string;
+  spec: string;
+  /** The reference press for an N-token prompt (test/reference/kv-presses.ts). */
+  press: (n: number) => PressSpec;
+  /** The reference scores [kvHead][position] of one layer (for the tie screen). */
+  scores: (x: LayerInput) => Mat;
+  /** K' for an N-token prompt. */
+  kept: (n: number) => number;
+}
+
+export const KV_CASES: KvCase[] = [
+  {
+    key: "kv-knorm",
+    spec: "keep kv 50% by knorm",
+    press: () => ({ method: "knorm", budget: { keepPercent: 50 } }),
+    scores: (x) => knormScores(x.k),
+    kept: (n) => keptCount(n, { keepPercent: 50 }),
+  },
+  {
+    key: "kv-snapkv",
+    spec: "keep kv 50% by snapkv(window: 4, kernel: 3)",
+    press: () => ({ method: "snapkv", budget: { keepPercent: 50 }, window: 4, kernel: 3 }),
+    scores: (x) => snapkvScores(causalProbs(x.q, x.k), x.k.length, 4, 3),
+    kept: (n) => keptCount(n, { keepPercent: 50 }),
+  },
+];
+
+/** Greedy tokens generated per case (the prefill's and each decode step's). */
+export const KV_STEPS = 6;
+
+/**
+ * The float64 reference of a KV case on one prompt (as test/kv-cache.test.ts): GQA_REFERENCE's dense
+ * prefill (capturing every layer's rotated q and its k, v), eviction by the reference press, greedy
+ * decode over the kept cache (positions count the dense tokens). Also the smallest selection margin
+ * over layers and KV heads: relative gap between the K'-th and (K'+1)-th reference score.
+ */
+export function kvReference(c: KvCase, prompt: readonly number[], steps: number) {
+  const o = DECODER;
+  const cache: KvCache = GQA_REFERENCE.newCache();
+  const queries = Array.from({ length: o.layers }, () => Array.from({ length: o.heads }, () => [] as Float64Array[]));
+  const prefill = GQA_REFERENCE.forward(prompt, cache, queries);
+  const layers: LayerInput[] = queries.map((q, l) => ({
+    q: q.map((r) => r.map((x) => Array.from(x))),
+    k: cache.keys[l]!.map((r) => r.map((x) => Array.from(x))),
+    v: cache.values[l]!.map((r) => r.map((x) => Array.from(x))),
+  }));
+  const k = c.kept(prompt.length);
+  let margin = Infinity;
+  for (const x of layers)
+    for (const row of c.scores(x)) {
+      const s = [...row].sort((a, b) => b - a);
+      if (k < s.length) margin = Math.min(margin, (s[k - 1]! - s[k]!) / Math.max(Math.abs(s[k - 1]!), Math.abs(s[k]!)));
+    }
+  const evicted = evictPrefill(layers, c.press(prompt.length));
+  evicted.kept.forEach((perHead, l) =>
+    perHead.forEach((kept, g) => {
+      cache.keys[l]![g] = kept.map((t) => cache.keys[l]![g]![t]!);
+      cache.values[l]![g] = kept.map((t) => cache.values[l]![g]![t]!);
+    }),
+  );
+  const tokens = [refArgmax(prefill.at(-1)!)];
+  for (let s = 1; s < steps; s++) {
+    const [logits] = GQA_REFERENCE.forward([tokens.at(-1)!], cache);
+    tokens.push(refArgmax(logits!));
+  }
+  return { kept: evicted.kept, tokens, margin };
+}
+
+/** What the page's generation loop returns. */
+export interface KvPageRun {
+  createMs: number;
+  /** Prefill's `prunec.stage0.layerL.kv_indices` outputs. */
+  indices: Record<string, { dims: number[]; data: number[] }>;
+  /** Greedy tokens: the prefill's, then each decode step's. */
+  tokens: number[];
+  /** Per call (prefill, then each decode step): the last logits row and every present output's dims. */
+  calls: { logits: number[]; presentDims: Record<string, number[]>; runMs: number }[];
+  error?: { phase: "create" | "run"; step?: number; message: string };
+}
+
+/**
+ * Greedy generation in the page, one WebGPU session (executionProviders ["webgpu"] ONLY, as
+ * PAGE_RUNNER): the prefill feeds given, then `steps − 1` decode steps that feed the argmax of
+ * the last logits row, an all-ones attention mask one longer, the next dense position, and every
+ * `present.*` output back as `past_key_values.*` (whatever its length), as transformers.js does.
+ * Source text for the same reasons as PAGE_RUNNER.
+ */
+const KV_PAGE_RUNNER = `async (job) => {
+  const ort = await import("/ort/ort.webgpu.bundle.min.mjs");
+  const res = await fetch(job.model);
+  if (!res.ok) throw new Error(job.model + ": HTTP " + res.status);
+  const bytes = new Uint8Array(await res.arrayBuffer());
+  const out = { createMs: 0, indices: {}, tokens: [], calls: [] };
+  const t0 = performance.now();
+  let session;
+  try {
+    session = await ort.InferenceSession.create(bytes, {
+      executionProviders: ["webgpu"],
+      graphOptimizationLevel: "all",
+      logId: job.id,
+      logSeverityLevel: 0,
+      logVerbosityLevel: 0,
+    });
+  } catch (e) {
+    out.error = { phase: "create", message: String((e && e.message) || e) };
+    return out;
+  }
+  out.createMs = performance.now() - t0;
+  const int64 = (values, dims) => new ort.Tensor("int64", BigInt64Array.from(values, (v) => BigInt(v)), dims);
+  let feeds = {};
+  for (const [name, f] of Object.entries(job.prefill))
+    feeds[name] = f.type === "int64" ? int64(f.data, f.dims) : new ort.Tensor("float32", Float32Array.from(f.data), f.dims);
+  let previous;
+  try {
+    for (let step = 0; step < job.steps; step++) {
+      if (step > 0) {
+        const total = job.length + step;
+        feeds = {
+          input_ids: int64([out.tokens[out.tokens.length - 1]], [1, 1]),
+          attention_mask: int64(new Array(total).fill(1), [1, total]),
+          position_ids: int64([job.length + step - 1], [1, 1]),
+        };
+        for (const name of session.outputNames)
+          if (name.startsWith("present.")) feeds[name.replace(/^present/, "past_key_values")] = previous[name];
+      }
+      const t1 = performance.now();
+      let res;
+      try {
+        res = await session.run(feeds);
+      } catch (e) {
+        out.error = { phase: "run", step, message: String((e && e.message) || e) };
+        return out;
+      }
+      const runMs = performance.now() - t1;
+      const logits = await res.logits.getData();
+      const last = Array.from(logits.subarray(logits.length - job.vocab));
+      let best = 0;
+      for (let i = 1; i < last.length; i++) if (last[i] > last[best]) best = i;
+      out.tokens.push(best);
+      const presentDims = {};
+      for (const name of session.outputNames) {
+        if (name.startsWith("present.")) presentDims[name] = [...res[name].dims];
+        if (step === 0 && name.endsWith(".kv_indices"))
+          out.indices[name] = { dims: [...res[name].dims], data: Array.from(await res[name].getData(), (v) => Number(v)) };
+      }
+      out.calls.push({ logits: last, presentDims, runMs });
+      if (previous) for (const t of Object.values(previous)) t.dispose();
+      previous = res;
+    }
+    return out;
+  } finally {
+    if (previous) for (const t of Object.values(previous)) t.dispose();
+    await session.release();
+  }
+}`;
+
+/** Greedy generation of `steps` tokens with `model` in the page from prefill feeds of one prompt of `length` tokens. */
+export async function generateInBrowser(
+  server: TestServer,
+  browser: BrowserSession,
+  id: string,
+  model: Uint8Array,
+  prefill: Feeds,
+  length: number,
+  steps: number,
+): Promise<KvPageRun & { log: string[] }> {
+  const modelUrl = server.put(`${id}.onnx`, model);
+  const job = { id, model: modelUrl, prefill: pageFeeds(prefill), length, steps, vocab: DECODER.vocab };
+  const start = browser.console.length;
+  const run = (await browser.page.evaluate(`(${KV_PAGE_RUNNER})(${JSON.stringify(job)})`)) as KvPageRun;
   const log = browser.console.slice(start).map((l) => l.replace(/^\[\w+\] /, ""));
   return { ...run, log };
 }

@@ -30,6 +30,16 @@
  * asserted (WebGPU). Should the WebGPU EP refuse them, the test fails with ORT's own error (and the
  * report keeps it).
  *
+ * KV-cache cases (decoder-cases.ts KV_CASES: `keep kv 50% by knorm`, `keep kv 50% by snapkv(window: 4,
+ * kernel: 3)`, every cached layer of the GroupQueryAttention decoder, exposeIndices): per prompt
+ * (batch 1, two POOL prompts clear of ties) one WebGPU session runs the prefill and KV_STEPS − 1
+ * greedy decode steps in the page, feeding its own argmax and its own presents back
+ * (decoder-cases.ts KV_PAGE_RUNNER). Asserted: every `prunec.stage0.layerL.kv_indices` equals
+ * onnxruntime-node's and the float64 reference's (test/reference/kv-presses.ts evictPrefill on the
+ * reference decoder's q/k/v), the greedy tokens equal onnxruntime-node's and the evicting float64
+ * reference loop's, the last logits row within LOGITS_ATOL of onnxruntime-node's at every call,
+ * every present K' at prefill and K' + s after s decode steps. Placement is recorded (report `kv`).
+ *
  * Inputs: prompts of decoder-cases.ts POOL, the first ones clear of ties on the CPU side: the
  * reference's last kept and first dropped image score differ by at least MIN_SCORE_GAP (relative),
  * text-attn's rater threshold is that far from every text token's mean similarity, and each
@@ -45,7 +55,8 @@ import { decodeModel } from "../../src/onnx/io.js";
 import { CRITERIA } from "../../passes/registry.js";
 import { maxAbsDiff, runNode, type Feeds, type Outputs } from "../helpers/ort.js";
 import { REPO_ROOT } from "../helpers/shared.js";
-import { DECODER, type PromptBatch } from "../support/decoder.js";
+import { DECODER, generateGreedy, prefillFeeds, promptBatch, type PromptBatch } from "../support/decoder.js";
+import { compile } from "../../src/index.js";
 import { rows } from "../support/model-edit.js";
 import type { AdapterInfo, BrowserSession } from "./browser.js";
 import { finishSuite, itBrowserReady, openSuiteBrowser } from "./harness.js";
@@ -53,6 +64,10 @@ import { CPU_EP, WEBGPU_EP, locate, parsePlacement, type NodeWhere } from "./pla
 import type { TestServer } from "./server.js";
 import {
   DECODER_CASES,
+  KV_CASES,
+  KV_STEPS,
+  generateInBrowser,
+  kvReference,
   GQA,
   GQA_REFERENCE,
   GQA_SPEC,
@@ -141,6 +156,34 @@ interface CaseReport {
   error?: string;
 }
 
+/** A KV-cache case (`keep kv … by PRESS` on the gqa decoder): prefill eviction, then greedy decode steps on WebGPU. */
+interface KvCaseReport {
+  key: string;
+  spec: string;
+  skipped: Skip[];
+  prompts: {
+    id: string;
+    length: number;
+    /** K' per layer (every layer is evicted). */
+    kept: number;
+    /** Smallest reference selection margin (relative) over layers and KV heads; smallest top-2 logit gap over the calls (CPU). */
+    margin: number;
+    logitGap: number;
+    indicesEqual?: { webgpuCpu: boolean; cpuReference: boolean };
+    tokens: { reference: number[]; cpu: number[]; webgpu?: number[] };
+    /** Max |Δ| of the last logits row, WebGPU vs onnxruntime-node, over the prefill and every decode step. */
+    maxAbsDiffLogits?: number;
+    /** present.L.key's length at each call, layer 0 (WebGPU). */
+    cacheLengths?: number[];
+    createMs?: number;
+    runMs?: number[];
+  }[];
+  placement?: CaseReport["placement"];
+  ortError?: { phase: string; step?: number; message: string };
+  ortWarnings?: string[];
+  error?: string;
+}
+
 interface Prepared {
   c: { key: string; covers: string; spec: string };
   attention: "plain" | "gqa";
@@ -168,6 +211,7 @@ const report = {
     referenceAbs: REFERENCE_ATOL,
   },
   cases: [] as CaseReport[],
+  kv: [] as KvCaseReport[],
   blockedRequests: [] as string[],
   pageErrors: [] as string[],
 };
@@ -485,6 +529,134 @@ describe("decoder criteria on WebGPU (the test decoder, target webgpu, exposeInd
       }
     }, 300_000);
   }
+
+  // KV-cache stages: every cached layer of the gqa decoder evicts at prefill; greedy decode steps
+  // then run over the shorter caches, in one WebGPU session fed its own presents.
+  for (const kc of KV_CASES) {
+    it(`${kc.key} (GroupQueryAttention decoder, '${kc.spec}' in every layer), batch 1, two prompts: WebGPU's kept positions per layer and KV head, cache lengths and ${KV_STEPS} greedy tokens equal onnxruntime-node's and the float64 reference's; logits within ${LOGITS_ATOL} at every call`, async () => {
+      const r: KvCaseReport = { key: kc.key, spec: kc.spec, skipped: [], prompts: [] };
+      report.kv.push(r);
+      try {
+        const model = compile(GQA, kc.spec, {
+          exposeIndices: true,
+          modelName: "decoder",
+          specName: `${kc.key}.prune`,
+        }).model;
+        const graph = decodeModel(model).graph!;
+        const indexOutputs = graph.output.map((o) => o.name).filter((n) => n.endsWith(".kv_indices"));
+        expect(indexOutputs).toEqual(
+          Array.from({ length: DECODER.layers }, (_, l) => `prunec.stage0.layer${l}.kv_indices`),
+        );
+        const perLayer = (get: (name: string) => { dims: number[]; data: ArrayLike<number | bigint> }) =>
+          indexOutputs.map((name) => {
+            const t = get(name);
+            return rows(BigInt64Array.from(Array.from(t.data, (x) => BigInt(x))), [t.dims[1]!, t.dims[2]!]);
+          });
+        // The first two prompts of POOL clear of ties on the CPU side.
+        const chosen: {
+          id: string;
+          tokens: number[];
+          cpuIndices: number[][][];
+          cpu: Awaited<ReturnType<typeof generateGreedy>>;
+          ref: ReturnType<typeof kvReference>;
+          row: KvCaseReport["prompts"][number];
+        }[] = [];
+        for (const x of POOL) {
+          if (chosen.length === 2) break;
+          const p = promptBatch([x.tokens], "left");
+          const ref = kvReference(kc, x.tokens, KV_STEPS);
+          const out = await runNode(model, prefillFeeds(p, "gqa"));
+          const cpu = await generateGreedy((f) => runNode(model, f), p, KV_STEPS);
+          const rowsOf = [cpu.prefill.subarray(cpu.prefill.length - V), ...cpu.steps];
+          const gap = Math.min(...rowsOf.map((l) => topGap(l, 0, V)));
+          if (!(ref.margin >= MIN_SCORE_GAP)) {
+            r.skipped.push({ id: x.id, why: `selection margin ${ref.margin.toExponential(2)} < ${MIN_SCORE_GAP}` });
+            continue;
+          }
+          if (!(gap > MIN_LOGIT_GAP)) {
+            r.skipped.push({ id: x.id, why: `top-2 logit gap ${gap.toExponential(2)} <= ${MIN_LOGIT_GAP}` });
+            continue;
+          }
+          const cpuIndices = perLayer((n) => out[n]! as { dims: number[]; data: BigInt64Array });
+          chosen.push({
+            id: x.id,
+            tokens: x.tokens,
+            cpuIndices,
+            cpu,
+            ref,
+            row: {
+              id: x.id,
+              length: x.tokens.length,
+              kept: kc.kept(x.tokens.length),
+              margin: ref.margin,
+              logitGap: gap,
+              tokens: { reference: ref.tokens, cpu: cpu.tokens[0]! },
+            },
+          });
+        }
+        expect(chosen, `prompts clear of ties: ${JSON.stringify(r.skipped)}`).toHaveLength(2);
+        for (const [i, c] of chosen.entries()) {
+          r.prompts.push(c.row);
+          // onnxruntime-node against the reference first (what test/kv-cache.test.ts proves).
+          expect(c.cpuIndices, `${c.id}: CPU kept positions vs reference`).toEqual(c.ref.kept);
+          expect(c.cpu.tokens[0], `${c.id}: CPU tokens vs reference`).toEqual(c.ref.tokens);
+          const id = `decoder.${kc.key}.${c.id}`;
+          const p = promptBatch([c.tokens], "left");
+          const web = await generateInBrowser(
+            server!,
+            browser!,
+            id,
+            model,
+            prefillFeeds(p, "gqa"),
+            c.tokens.length,
+            KV_STEPS,
+          );
+          c.row.createMs = Math.round(web.createMs);
+          c.row.runMs = web.calls.map((x) => Math.round(x.runMs));
+          if (i === 0) {
+            r.placement = placementOf(graph, id, web.log);
+            r.ortWarnings = ortWarnings(web.log, id);
+          }
+          if (web.error) r.ortError = web.error;
+          expect(
+            web.error,
+            `onnxruntime-web (webgpu) ${web.error?.phase} failed: ${web.error?.message}`,
+          ).toBeUndefined();
+          const webIndices = perLayer((n) => web.indices[n]!);
+          c.row.indicesEqual = {
+            webgpuCpu: JSON.stringify(webIndices) === JSON.stringify(c.cpuIndices),
+            cpuReference: JSON.stringify(c.cpuIndices) === JSON.stringify(c.ref.kept),
+          };
+          c.row.tokens.webgpu = web.tokens;
+          c.row.cacheLengths = web.calls.map((x) => x.presentDims["present.0.key"]![2]!);
+          const cpuRows = [c.cpu.prefill.subarray(c.cpu.prefill.length - V), ...c.cpu.steps];
+          c.row.maxAbsDiffLogits = Math.max(...web.calls.map((x, s) => maxAbsDiff(x.logits, cpuRows[s]!)));
+          expect(webIndices, `${c.id}: WebGPU kept positions vs CPU`).toEqual(c.cpuIndices);
+          expect(web.tokens, `${c.id}: WebGPU greedy tokens vs CPU`).toEqual(c.cpu.tokens[0]);
+          expect(c.row.maxAbsDiffLogits, `${c.id}: max |Δlogits| WebGPU vs CPU`).toBeLessThanOrEqual(LOGITS_ATOL);
+          // Every layer keeps K' entries per KV head at prefill and grows by one per decode step.
+          web.calls.forEach((x, s) => {
+            for (let l = 0; l < DECODER.layers; l++)
+              for (const kv of ["key", "value"])
+                expect(x.presentDims[`present.${l}.${kv}`], `${c.id}: present.${l}.${kv} at call ${s}`).toEqual([
+                  1,
+                  DECODER.kvHeads,
+                  c.row.kept + s,
+                  DECODER.headSize,
+                ]);
+          });
+        }
+        expect(r.placement!.counts[WEBGPU_EP] ?? 0).toBeGreaterThan(0);
+        expect(
+          Object.keys(r.placement!.counts).every((ep) => ep === WEBGPU_EP || ep === CPU_EP),
+          JSON.stringify(r.placement!.counts),
+        ).toBe(true);
+      } catch (err) {
+        r.error = String(err).split("\n")[0];
+        throw err;
+      }
+    }, 300_000);
+  }
 });
 
 /**
@@ -646,6 +818,31 @@ function summary(): string {
       lines.push(
         `  ${r.key}: ${r.placement.contrib.map((n) => `${n.opType} ${n.where}`).join(", ")}; model nodes on CPU: ${r.placement.modelOnCpu}`,
       );
+  }
+  if (report.kv.length) {
+    lines.push("");
+    lines.push(
+      "| KV case | prompts (N → K') | min margin | kept positions (WebGPU = CPU = reference) | tokens (WebGPU = CPU = reference) | max \\|Δlogits\\| (all calls) | cache lengths (layer 0) | prunec nodes WebGPU / CPU / removed | prunec ops on CPU | GroupQueryAttention / RotaryEmbedding on | session create / prefill run |",
+    );
+    lines.push("|---|---|---|---|---|---|---|---|---|---|---|");
+    for (const r of report.kv) {
+      const ok = (f: (x: KvCaseReport["prompts"][number]) => boolean | undefined) =>
+        r.prompts.length
+          ? r.prompts.every((x) => f(x) === undefined)
+            ? "-"
+            : r.prompts.every(f)
+              ? "equal"
+              : "DIFFER"
+          : "-";
+      const same = (a?: number[], b?: number[]) => (a && b ? JSON.stringify(a) === JSON.stringify(b) : undefined);
+      const diffs = r.prompts.flatMap((x) => (x.maxAbsDiffLogits === undefined ? [] : [x.maxAbsDiffLogits]));
+      const p = r.placement;
+      const contrib = p ? [...new Set(p.contrib.map((n) => `${n.opType} ${n.where}`))].join(", ") : "-";
+      lines.push(
+        `| ${r.key} | ${r.prompts.map((x) => `${x.id} (${x.length} → ${x.kept})`).join(", ")} | ${r.prompts.length ? Math.min(...r.prompts.map((x) => x.margin)).toExponential(1) : "-"} | ${ok((x) => x.indicesEqual?.webgpuCpu && x.indicesEqual.cpuReference)} | ${ok((x) => (x.tokens.webgpu ? same(x.tokens.webgpu, x.tokens.cpu) && same(x.tokens.cpu, x.tokens.reference) : undefined))} | ${diffs.length ? Math.max(...diffs).toExponential(1) : "-"} | ${r.prompts.map((x) => (x.cacheLengths ?? []).join("→")).join("; ")} | ${p ? `${p.prunec.webgpu} / ${p.prunec.cpu} / ${p.prunec.absent}` : "-"} | ${p?.prunecOnCpu ?? "-"} | ${contrib} | ${r.prompts.map((x) => (x.createMs === undefined ? "-" : `${(x.createMs / 1000).toFixed(1)} / ${((x.runMs?.[0] ?? 0) / 1000).toFixed(1)} s`)).join("; ")} |${r.ortError ? ` ORT ${r.ortError.phase} error: ${r.ortError.message}` : ""}${r.error ? ` FAILED: ${r.error}` : ""}`,
+      );
+      if (r.skipped.length) lines.push(`  ${r.key}: skipped ${r.skipped.map((x) => `${x.id} (${x.why})`).join("; ")}`);
+    }
   }
   lines.push(`report: ${REPORT_PATH}   wall: ${report.wallSeconds.toFixed(0)}s`);
   return lines.join("\n");
