@@ -21,18 +21,24 @@
  *       rotary outside the op, the press's prepareKv ok).
  * Post: each layer's present outputs hold K' entries per KV head; the splice's ensures() held.
  */
-import { Graph, type GraphProto, type NodeProto } from "../src/ir/graph.js";
+import { Graph, type GraphProto, type NodeProto, type TensorProto } from "../src/ir/graph.js";
+import { int64Tensor } from "../src/onnx/tensor.js";
 import type { TransformerInfo } from "../src/analysis/transformer.js";
 import { refreshFacts } from "../src/analysis/refresh.js";
 import { shallowCopy } from "../src/ir/copy.js";
 import type { KvPlan } from "../src/plan-types.js";
 import { NodeBuilder } from "./builder.js";
+import { create } from "@bufbuild/protobuf";
+import { AttributeProtoSchema, AttributeProto_AttributeType, GraphProtoSchema } from "../src/onnx/gen/onnx_pb.js";
+import { valueInfo } from "../src/ir/value-info.js";
 import { gqaAttention, gqaLogits } from "./attention/gqa-map.js";
 import { rewriteCachedAttention } from "./cached-attention.js";
 import { denseName } from "./gather-tokens.js";
 import { splice } from "./splice.js";
 
 const FLOAT = 1;
+/** The largest budget table (entries) prunec writes; past it the count is computed in float64. */
+const MAX_TABLE = 1 << 20;
 const DOUBLE = 11;
 const INT64 = 7;
 
@@ -47,6 +53,10 @@ export function applyKvStage(proto: GraphProto, dense: TransformerInfo, plan: Kv
   let graph = proto;
   const added: NodeProto[] = [];
   const indices = new Map<number, string>();
+  // Counts as fractions of N: one table for the stage (the first layer's splice adds it).
+  const limit = plan.budget.kind === "fraction" ? maxPositions(new Graph(proto)) : undefined;
+  const table = limit !== undefined && limit <= MAX_TABLE ? `prunec/stage${plan.stage}/kv_budget_table` : undefined;
+  let tableAdded = false;
   for (const planned of plan.layers) {
     const g = new Graph(graph);
     const model = refreshFacts(dense, g);
@@ -80,38 +90,96 @@ export function applyKvStage(proto: GraphProto, dense: TransformerInfo, plan: Kv
     const prefill = b.op("Equal", [past, b.int64([0], [1], "zero")], {}, "is_prefill");
     const prepared = plan.criterion.prepareKv({ model, layer, args: plan.args });
     if ("why" in prepared) throw new Error(`stage ${plan.stage}: ${prepared.why} (checked by the plan)`);
-    const own = plan.budget.kind === "fraction" ? prepared.ok.budget?.(b, n, plan.budget.value) : undefined;
-    const kept = b.op("Where", [prefill, own ?? budget(b, plan, n), n], {}, "kept_count");
+    // Only a prefill evicts; decode steps keep every entry and skip the press's work (an If).
+    const t = new NodeBuilder(`${b.prefix}/evict`, opset);
+    const own = plan.budget.kind === "fraction" ? prepared.ok.budget?.(t, n, plan.budget.value) : undefined;
+    const kept = own ?? budget(t, plan, n, table);
     let probs: string | undefined;
     const scores = prepared.ok.score({
-      b,
+      b: t,
       args: plan.args,
       gqa,
       keys,
       n,
       kept,
-      probabilities: () => (probs ??= b.op("Softmax", [gqaLogits(b, gqa, "all")], { axis: -1 }, "probabilities")),
+      probabilities: () => (probs ??= t.op("Softmax", [gqaLogits(t, gqa, "all")], { axis: -1 }, "probabilities")),
+      windowProbabilities: (window) =>
+        t.op("Softmax", [gqaLogits(t, gqa, "all", window)], { axis: -1 }, "window_probabilities"),
     });
-    const [, best] = b.opN("TopK", [scores, kept], 2, { axis: 2, largest: 1, sorted: 1 }); // [B,kvH,K']
+    const [, best] = t.opN("TopK", [scores, kept], 2, { axis: 2, largest: 1, sorted: 1 }); // [B,kvH,K']
     // Ascending positions: TopK of −position (exact in fp32 below 2^24 entries).
-    const [minus] = b.opN("TopK", [b.op("Neg", [b.op("Cast", [best!], { to: FLOAT })]), kept], 2, {
+    const [minus] = t.opN("TopK", [t.op("Neg", [t.op("Cast", [best!], { to: FLOAT })]), kept], 2, {
       axis: 2,
       largest: 1,
       sorted: 1,
     });
-    const ascending = b.op("Cast", [b.op("Neg", [minus!])], { to: INT64 }, "kept_positions"); // [B,kvH,K']
-    indices.set(layer.index, ascending);
-    const rows = b.op(
+    const ascending = t.op("Cast", [t.op("Neg", [minus!])], { to: INT64 }, "kept_positions"); // [B,kvH,K']
+    const rows = t.op(
       "Expand",
       [
-        b.unsqueeze(ascending, [3]),
-        b.op("Concat", [b.op("Shape", [ascending]), b.slice(b.op("Shape", [keys]), 0, 3, 4)], { axis: 0 }),
+        t.unsqueeze(ascending, [3]),
+        t.op("Concat", [t.op("Shape", [ascending]), t.slice(t.op("Shape", [keys]), 0, 3, 4)], { axis: 0 }),
       ],
       {},
       "kept_rows",
     ); // [B,kvH,K',D]
-    b.rename(b.op("GatherElements", [denseName(presentKey), rows], { axis: 2 }, "kept_keys"), presentKey);
-    b.rename(b.op("GatherElements", [denseName(presentValue), rows], { axis: 2 }, "kept_values"), presentValue);
+    const evicted = [
+      t.op("GatherElements", [denseName(presentKey), rows], { axis: 2 }, "kept_keys"),
+      t.op("GatherElements", [denseName(presentValue), rows], { axis: 2 }, "kept_values"),
+      ascending,
+    ];
+    const e = new NodeBuilder(`${b.prefix}/keep_all`, opset);
+    const every = e.op(
+      "Expand",
+      [e.unsqueeze(e.range(n, "positions"), [0, 1]), e.slice(e.op("Shape", [keys]), 0, 0, 3)],
+      {},
+      "all_positions",
+    ); // [B,kvH,N]
+    const keptAll = [
+      e.op("Identity", [denseName(presentKey)], {}, "all_keys"),
+      e.op("Identity", [denseName(presentValue)], {}, "all_values"),
+      every,
+    ];
+    // The condition reads the cache's length, so the If comes after the op in any topological order.
+    const cond = b.op("And", [prefill, b.op("Greater", [n, b.int64([0], [1], "none")])], {}, "evict_now");
+    const elem = elemTypeOf(graph, presentKey);
+    const types = [elem, elem, INT64];
+    const branch = (builder: NodeBuilder, outs: string[], name: string) =>
+      create(GraphProtoSchema, {
+        name: `${b.prefix}/${name}`,
+        node: builder.nodes,
+        initializer: builder.initializers,
+        output: outs.map((o, i) =>
+          valueInfo(
+            o,
+            types[i]!,
+            i < 2 ? [undefined, undefined, undefined, undefined] : [undefined, undefined, undefined],
+          ),
+        ),
+      });
+    if (table && !tableAdded && plan.budget.kind === "fraction" && limit !== undefined) {
+      b.initializers.push(budgetTable(table, plan.budget.value, limit));
+      tableAdded = true;
+    }
+    const [outK, outV, outPos] = b.opN("If", [cond], 3) as [string, string, string];
+    const ifNode = b.nodes.at(-1)!;
+    ifNode.attribute.push(
+      create(AttributeProtoSchema, {
+        name: "then_branch",
+        type: AttributeProto_AttributeType.GRAPH,
+        g: branch(t, evicted, "evict"),
+      }),
+      create(AttributeProtoSchema, {
+        name: "else_branch",
+        type: AttributeProto_AttributeType.GRAPH,
+        g: branch(e, keptAll, "keep_all"),
+      }),
+    );
+    // The If writes the present names (its first two outputs); the positions keep theirs.
+    if (ifNode.output[0] !== outK || ifNode.output[1] !== outV) throw new Error("If outputs out of order");
+    ifNode.output[0] = presentKey;
+    ifNode.output[1] = presentValue;
+    indices.set(layer.index, outPos);
     graph = splice(graph, {
       label: `stage ${plan.stage} (${plan.text} by ${plan.criterion.name}, layer ${layer.index})`,
       after: presentKey,
@@ -127,9 +195,42 @@ export function applyKvStage(proto: GraphProto, dense: TransformerInfo, plan: Kv
   return { graph, added, indices };
 }
 
+/** The element type a graph output or value_info declares for `name` (float32 when none does). */
+function elemTypeOf(g: GraphProto, name: string): number {
+  const v = [...g.output, ...g.valueInfo].find((x) => x.name === name);
+  return v?.type?.value.case === "tensorType" ? v.type.value.value.elemType : FLOAT;
+}
+
+/**
+ * The most positions the model can encode: the rows of a rotary cos cache (RotaryEmbedding's or
+ * GroupQueryAttention's own), or undefined when the graph has none.
+ */
+function maxPositions(g: Graph): number | undefined {
+  let most: number | undefined;
+  for (const n of g.proto.node) {
+    const cache =
+      n.opType === "RotaryEmbedding" ? n.input[2] : n.opType === "GroupQueryAttention" ? n.input[7] : undefined;
+    const t = cache ? g.initializers.get(cache) : undefined;
+    const rows = t?.dims[0] !== undefined ? Number(t.dims[0]) : undefined;
+    if (rows !== undefined && rows > 0) most = Math.max(most ?? 0, rows);
+  }
+  return most;
+}
+
+/** int64 [L+1]: max(1, int(N·c)) for N = 0..L, in float64 as kvpress computes it. */
+function budgetTable(name: string, c: number, limit: number): TensorProto {
+  return int64Tensor(
+    name,
+    Array.from({ length: limit + 1 }, (_, n) => Math.max(1, Math.trunc(n * c))),
+  );
+}
+
 /** int64 [1]: K' at prefill for N entries (int64 [1]). */
-function budget(b: NodeBuilder, plan: KvPlan, n: string): string {
+function budget(b: NodeBuilder, plan: KvPlan, n: string, table?: string): string {
   const one = b.int64([1], [1], "at_least_one");
+  // A table of K'(N) for every length the model can hold, computed here as Python would: exact,
+  // and int64 only (onnxruntime-web's WebGPU build has no float64 kernels, not even on its CPU EP).
+  if (table && plan.budget.kind === "fraction") return b.op("Gather", [table, n], { axis: 0 }, "budget");
   if (plan.budget.kind === "count") {
     const k = b.int64([plan.budget.value], [1], "budget");
     return plan.budget.drop

@@ -111,6 +111,18 @@ describe("keep kv: prefill eviction per layer and KV head on the GQA decoder (ba
     });
   }
 
+  it("keep kv 10% of 20 entries keeps 1, as kvpress's int(20·(1 − 0.9)) = int(1.9999999999999996) does, not 2", async () => {
+    const prompt = [1, ...Array.from({ length: 19 }, (_, i) => 5 + i)];
+    const model = compile(decoder, "keep kv 10% by knorm", { exposeIndices: true }).model;
+    const want = referenceGeneration(prompt, { method: "knorm", budget: { keepPercent: 10 } }, 2);
+    const out = await runNode(model, prefillFeeds(single(prompt), "gqa", WIDE));
+    for (let l = 0; l < WIDE.layers; l++) {
+      expect(out[`present.${l}.key`]!.dims[2]).toBe(1);
+      const idx = out[`prunec.stage0.layer${l}.kv_indices`]!;
+      expect(rows(idx.data as BigInt64Array, [WIDE.kvHeads, 1])).toEqual(want.kept[l]);
+    }
+  });
+
   it("keep kv 100% computes what the dense model computes (prefill and decode steps)", async () => {
     const model = compile(decoder, "keep kv 100% by knorm").model;
     for (const prompt of PROMPTS) {
@@ -129,7 +141,11 @@ describe("keep kv: prefill eviction per layer and KV head on the GQA decoder (ba
     const out = await runNode(model, prefillFeeds(batch, "gqa", WIDE));
     const got = await generateGreedy(session(model), batch, STEPS, WIDE);
     prompts.forEach((prompt, b) => {
-      const want = referenceGeneration(prompt, { method: "snapkv", budget: { keepPercent: 50 }, window: 4, kernel: 3 }, STEPS);
+      const want = referenceGeneration(
+        prompt,
+        { method: "snapkv", budget: { keepPercent: 50 }, window: 4, kernel: 3 },
+        STEPS,
+      );
       for (let l = 0; l < WIDE.layers; l++) {
         const idx = out[`prunec.stage0.layer${l}.kv_indices`]!;
         const k = idx.dims[2]!;

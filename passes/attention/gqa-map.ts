@@ -58,7 +58,13 @@ export function gqaAttention(layer: LayerInfo, core: AttentionCore, where: strin
  * [B,H,S,S'] logits of the current tokens' queries over the current tokens' keys (S' = S), or with
  * `columns: "all"` over every key the op attends (S' = T: past and current; KV-cache stages).
  */
-export function gqaLogits(b: NodeBuilder, gqa: GqaAttention, columns: "current" | "all" = "current"): string {
+export function gqaLogits(
+  b: NodeBuilder,
+  gqa: GqaAttention,
+  columns: "current" | "all" = "current",
+  /** Only the last `lastRows` queries (SnapKV's window): rows [B,H,w,·], positions still absolute. */
+  lastRows?: number,
+): string {
   const n = gqa.node;
   if (attrInt(n, "do_rotary", 0) !== 0)
     throw new Error(
@@ -71,7 +77,7 @@ export function gqaLogits(b: NodeBuilder, gqa: GqaAttention, columns: "current" 
     "Transpose",
     [
       b.op("Reshape", [
-        b.op("Cast", [n.input[0]!], { to: FLOAT }, "query_fp32"),
+        b.op("Cast", [lastRows ? lastQueries(b, n.input[0]!, 1, lastRows) : n.input[0]!], { to: FLOAT }, "query_fp32"),
         b.int64([0, 0, heads, d], [4], "q_heads"),
       ]),
     ],
@@ -112,7 +118,20 @@ export function gqaLogits(b: NodeBuilder, gqa: GqaAttention, columns: "current" 
     "scaled",
   ); // [B,H,S,T]
   if (n.input[10])
-    s = b.op("Add", [s, b.op("Cast", [n.input[10]], { to: FLOAT }, "attention_bias_fp32")], {}, "with_attention_bias");
+    s = b.op(
+      "Add",
+      [
+        s,
+        b.op(
+          "Cast",
+          [lastRows ? lastQueries(b, n.input[10], 2, lastRows) : n.input[10]],
+          { to: FLOAT },
+          "attention_bias_fp32",
+        ),
+      ],
+      {},
+      "with_attention_bias",
+    );
   // Causal: query i (absolute position T−S+i) sees keys 0..T−S+i.
   const shape = b.op("Shape", [s]);
   const sLen = b.squeeze(b.slice(shape, 0, 2, 3), [0]);
@@ -141,5 +160,20 @@ export function gqaLogits(b: NodeBuilder, gqa: GqaAttention, columns: "current" 
     [s, b.unsqueeze(past, [0]), b.unsqueeze(tLen, [0]), b.int64([3], [1], "key_axis")],
     {},
     "current_keys",
+  );
+}
+
+/** The last `count` rows of `t` along `axis` (all of them when there are fewer). */
+function lastQueries(b: NodeBuilder, t: string, axis: number, count: number): string {
+  return b.op(
+    "Slice",
+    [
+      t,
+      b.int64([-count], [1], "last_rows"),
+      b.int64([Number.MAX_SAFE_INTEGER], [1], "to_end"),
+      b.int64([axis], [1], "row_axis"),
+    ],
+    {},
+    "window_queries",
   );
 }

@@ -126,26 +126,9 @@ function oddKernel(facts: KvFacts): Prepared<number> {
 function snapkvScores(ctx: KvScoreContext, kernel: number): string {
   const { b } = ctx;
   const window = intArg(ctx, "window", 64);
-  const p = ctx.probabilities(); // [B,H,S,N]
-  const s = b.slice(b.op("Shape", [p]), 0, 2, 3); // [1]
-  const rowPos = b.op("Cast", [b.range(s, "query_rows")], { to: FLOAT });
-  const lastRows = b.op(
-    "Cast",
-    [
-      b.op("GreaterOrEqual", [
-        rowPos,
-        b.op("Cast", [b.op("Sub", [s, b.int64([window], [1], "window")])], { to: FLOAT }),
-      ]),
-    ],
-    { to: FLOAT },
-    "window_rows",
-  ); // [S]
-  const mean = b.op(
-    "Div",
-    [b.op("MatMul", [b.unsqueeze(lastRows, [0, 1, 2]), p], {}, "window_sum"), b.float([window], [], "window_size")],
-    {},
-    "window_mean",
-  ); // [B,H,1,N]
+  // Only the window's queries are computed: [B,H,w,N], normalized over all N keys.
+  const p = ctx.windowProbabilities(window);
+  const mean = b.op("Div", [b.reduce("ReduceSum", p, [2], 1), b.float([window], [], "window_size")], {}, "window_mean"); // [B,H,1,N]
   const prefix = b.op("Cast", [b.op("Sub", [ctx.n, b.int64([window], [1], "window_len")])], { to: FLOAT });
   const before = b.op("Cast", [b.op("Less", [positions(b, ctx), prefix])], { to: FLOAT }, "before_window"); // [N]
   const kept = b.op("Mul", [b.squeeze(mean, [2]), before], {}, "prefix_scores"); // [B,H,N], 0 on the window

@@ -30,6 +30,8 @@ export interface KvScoreContext {
   kept: string;
   /** float [B, H, S, N]: the causal attention probabilities of the call's queries (computed once, on demand). */
   probabilities(): string;
+  /** float [B, H, w, N]: the same for the call's last `w` queries only (SnapKV's window). */
+  windowProbabilities(window: number): string;
 }
 
 export interface KvScorer {
