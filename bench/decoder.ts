@@ -14,7 +14,8 @@ import { layerCosts, totalFlops, outsideFlops } from "../src/analysis/flops.js";
 import { compile } from "../src/compile.js";
 import { buildDecoder, DECODER, type DecoderOptions } from "../test/support/decoder.js";
 
-const SIZE: DecoderOptions = {
+/** The bench-size test decoder (also bench/kv-decoder.ts). */
+export const BENCH_DECODER: DecoderOptions = {
   ...DECODER,
   vocab: 512,
   hidden: 256,
@@ -46,19 +47,19 @@ function feeds(): Record<string, ort.Tensor> {
     ),
     image_mask: new ort.Tensor("bool", image, [1, n]),
   };
-  for (let l = 0; l < SIZE.layers; l++)
+  for (let l = 0; l < BENCH_DECODER.layers; l++)
     for (const kv of ["key", "value"])
       f[`past_key_values.${l}.${kv}`] = new ort.Tensor("float32", new Float32Array(0), [
         1,
-        SIZE.kvHeads,
+        BENCH_DECODER.kvHeads,
         0,
-        SIZE.headSize,
+        BENCH_DECODER.headSize,
       ]);
   return f;
 }
 
 export async function benchDecoder(runs: number): Promise<void> {
-  const dense = buildDecoder({ attention: "gqa" }, SIZE);
+  const dense = buildDecoder({ attention: "gqa" }, BENCH_DECODER);
   const compiled = compile(dense, SPEC);
   const info = analyzeTransformer(new Graph(decodeModel(dense).graph!), "decoder");
   const costs = layerCosts(new Graph(decodeModel(dense).graph!), info);
@@ -93,13 +94,13 @@ export async function benchDecoder(runs: number): Promise<void> {
   }
   const [d, p] = times.map(median) as [number, number];
   console.log(
-    `decoder: ${SIZE.layers} layers, hidden ${SIZE.hidden}, GQA ${SIZE.heads}/${SIZE.kvHeads} heads, prompt ${n} tokens (${IMAGE} image); ${SPEC.split("\n")[1]}`,
+    `decoder: ${BENCH_DECODER.layers} layers, hidden ${BENCH_DECODER.hidden}, GQA ${BENCH_DECODER.heads}/${BENCH_DECODER.kvHeads} heads, prompt ${n} tokens (${IMAGE} image); ${SPEC.split("\n")[1]}`,
   );
   console.log(
     `prefill ORT CPU batch 1, median of ${times[0]!.length}: dense ${d.toFixed(1)} ms, pruned ${p.toFixed(1)} ms: ${(d / p).toFixed(2)}× (FLOPs-ideal ${ideal.toFixed(2)}×, ratio ${(d / p / ideal).toFixed(2)})`,
   );
   console.log(
-    `KV cache after prefill: dense ${(kv[0]! / 1024).toFixed(0)} KiB, pruned ${(kv[1]! / 1024).toFixed(0)} KiB (${(kv[0]! / kv[1]!).toFixed(2)}× smaller; layers 2..${SIZE.layers - 1} hold ${kept} of ${n} tokens)`,
+    `KV cache after prefill: dense ${(kv[0]! / 1024).toFixed(0)} KiB, pruned ${(kv[1]! / 1024).toFixed(0)} KiB (${(kv[0]! / kv[1]!).toFixed(2)}× smaller; layers 2..${BENCH_DECODER.layers - 1} hold ${kept} of ${n} tokens)`,
   );
   for (const s of sessions) await s.release();
 }

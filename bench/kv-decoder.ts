@@ -7,19 +7,10 @@
  */
 import * as ort from "onnxruntime-node";
 import { compile } from "../src/compile.js";
-import { buildDecoder, DECODER, type DecoderOptions } from "../test/support/decoder.js";
+import { buildDecoder, type DecoderOptions } from "../test/support/decoder.js";
+import { BENCH_DECODER } from "./decoder.js";
 
-const SIZE: DecoderOptions = {
-  ...DECODER,
-  vocab: 512,
-  hidden: 256,
-  layers: 8,
-  heads: 8,
-  kvHeads: 2,
-  headSize: 32,
-  intermediate: 768,
-  maxPositions: 2048,
-};
+const SIZE: DecoderOptions = { ...BENCH_DECODER, maxPositions: 2048 };
 const N = 1000;
 const SPECS = ["keep kv 25% by knorm", "keep kv 25% by snapkv(window: 32)"];
 

@@ -379,17 +379,7 @@ function declareEvictedCaches(g: GraphProto, kvPlans: readonly KvPlan[]): GraphP
   if (!lengths.size) return g;
   const redeclare = (o: ValueInfoProto): ValueInfoProto => {
     const length = lengths.get(o.name);
-    if (!length || o.type?.value.case !== "tensorType" || !o.type.value.value.shape) return o;
-    const dims = o.type.value.value.shape.dim.map((d, i): Dim | undefined =>
-      i === 2
-        ? length
-        : d.value.case === "dimValue"
-          ? Number(d.value.value)
-          : d.value.case === "dimParam"
-            ? d.value.value
-            : undefined,
-    );
-    return valueInfo(o.name, o.type.value.value.elemType, dims);
+    return length ? withDim(o, 2, length) : o;
   };
   return shallowCopy(g, { input: g.input.map(redeclare), output: g.output.map(redeclare) });
 }
@@ -454,6 +444,21 @@ function exposeIndices(
   return shallowCopy(g, { node: [...g.node, ...nodes], output: [...g.output, ...outputs] });
 }
 
+/** A declared tensor with one dimension replaced (unknown: `undefined`); undeclared shapes stay as they are. */
+function withDim(o: ValueInfoProto, axis: number, dim: Dim | undefined): ValueInfoProto {
+  if (o.type?.value.case !== "tensorType" || !o.type.value.value.shape) return o;
+  const dims = o.type.value.value.shape.dim.map((d, i): Dim | undefined =>
+    i === axis
+      ? dim
+      : d.value.case === "dimValue"
+        ? Number(d.value.value)
+        : d.value.case === "dimParam"
+          ? d.value.value
+          : undefined,
+  );
+  return valueInfo(o.name, o.type.value.value.elemType, dims);
+}
+
 /** An `after encoder` stage shrinks the output it acts on: declare its kept row count. */
 function declareEncoderOutputs(g: GraphProto, plans: StagePlan[]): GraphProto {
   const encoder = plans.find((p) => p.encoder);
@@ -461,19 +466,7 @@ function declareEncoderOutputs(g: GraphProto, plans: StagePlan[]): GraphProto {
   const { tensor, tokenAxis } = encoder.encoder;
   const rows = typeof encoder.tokensOut === "number" ? encoder.tokensOut : undefined;
   return shallowCopy(g, {
-    output: g.output.map((o) => {
-      if (o.name !== tensor || o.type?.value.case !== "tensorType" || !o.type.value.value.shape) return o;
-      const dims = o.type.value.value.shape.dim.map((d, i): Dim | undefined =>
-        i === tokenAxis
-          ? rows
-          : d.value.case === "dimValue"
-            ? Number(d.value.value)
-            : d.value.case === "dimParam"
-              ? d.value.value
-              : undefined,
-      );
-      return valueInfo(o.name, o.type.value.value.elemType, dims);
-    }),
+    output: g.output.map((o) => (o.name === tensor ? withDim(o, tokenAxis, rows) : o)),
   });
 }
 

@@ -20,27 +20,33 @@ export function int64Tensor(
   return create(TensorProtoSchema, { name, dataType: DT.INT64, dims: dims.map(BigInt), rawData: raw });
 }
 
+/** A float32 (4 bytes) or float64 (8 bytes) initializer, little-endian raw data. */
+function realTensor(name: string, values: readonly number[], dims: readonly number[], bytes: 4 | 8): TensorProto {
+  const raw = new Uint8Array(values.length * bytes);
+  const view = new DataView(raw.buffer);
+  values.forEach((v, i) => (bytes === 4 ? view.setFloat32(i * 4, v, true) : view.setFloat64(i * 8, v, true)));
+  return create(TensorProtoSchema, {
+    name,
+    dataType: bytes === 4 ? DT.FLOAT : DT.DOUBLE,
+    dims: dims.map(BigInt),
+    rawData: raw,
+  });
+}
+
 export function floatTensor(
   name: string,
   values: readonly number[],
   dims: readonly number[] = [values.length],
 ): TensorProto {
-  const raw = new Uint8Array(values.length * 4);
-  const view = new DataView(raw.buffer);
-  values.forEach((v, i) => view.setFloat32(i * 4, v, true));
-  return create(TensorProtoSchema, { name, dataType: DT.FLOAT, dims: dims.map(BigInt), rawData: raw });
+  return realTensor(name, values, dims, 4);
 }
 
-/** A float64 initializer (little-endian raw data). */
 export function doubleTensor(
   name: string,
   values: readonly number[],
   dims: readonly number[] = [values.length],
 ): TensorProto {
-  const raw = new Uint8Array(values.length * 8);
-  const view = new DataView(raw.buffer);
-  values.forEach((v, i) => view.setFloat64(i * 8, v, true));
-  return create(TensorProtoSchema, { name, dataType: DT.DOUBLE, dims: dims.map(BigInt), rawData: raw });
+  return realTensor(name, values, dims, 8);
 }
 
 export function isExternal(t: TensorProto): boolean {
