@@ -51,7 +51,12 @@ export { PLANNED };
 /** Presses prunec can compile: scorers of KV-cache entries (`keep kv` stages). */
 export { KV_PRESSES };
 
-export const registry: CriterionRegistry = createRegistry([...CRITERIA, ...KV_PRESSES, ...PLANNED]);
+// A name both kinds of stage use (random) is registered once, by the stream criterion (targets both).
+export const registry: CriterionRegistry = createRegistry([
+  ...CRITERIA,
+  ...KV_PRESSES.filter((p) => !CRITERIA.some((c) => c.name === p.name)),
+  ...PLANNED,
+]);
 
 export function criterionModule(name: string): CriterionModule | undefined {
   return CRITERIA.find((c) => c.name === name);

@@ -18,7 +18,14 @@ import {
   type PromptBatch,
 } from "./support/decoder.js";
 import { argmax, ReferenceDecoder, weightsFromModel, type KvCache } from "./reference/decoder.js";
-import { evictPrefill, type LayerInput, type PressSpec } from "./reference/kv-presses.js";
+import {
+  evictPrefill,
+  keptCount,
+  kvpressSelect,
+  randomHashScores,
+  type LayerInput,
+  type PressSpec,
+} from "./reference/kv-presses.js";
 import { rows } from "./support/model-edit.js";
 
 const TOL = 1e-4;
@@ -120,6 +127,19 @@ describe("keep kv: prefill eviction per layer and KV head on the GQA decoder (ba
       expect(out[`present.${l}.key`]!.dims[2]).toBe(1);
       const idx = out[`prunec.stage0.layer${l}.kv_indices`]!;
       expect(rows(idx.data as BigInt64Array, [WIDE.kvHeads, 1])).toEqual(want.kept[l]);
+    }
+  });
+
+  it("keep kv 50% by random(seed: 7): every layer keeps the seeded hash's top half per KV head (the same set in every layer)", async () => {
+    const model = compile(decoder, "keep kv 50% by random(seed: 7)", { exposeIndices: true }).model;
+    for (const prompt of PROMPTS) {
+      const n = prompt.length;
+      const want = kvpressSelect(randomHashScores(WIDE.kvHeads, n, 7), keptCount(n, { keepPercent: 50 })).kept;
+      const out = await runNode(model, prefillFeeds(single(prompt), "gqa", WIDE));
+      for (let l = 0; l < WIDE.layers; l++) {
+        const idx = out[`prunec.stage0.layer${l}.kv_indices`]!;
+        expect(rows(idx.data as BigInt64Array, [WIDE.kvHeads, idx.dims[2]!])).toEqual(want);
+      }
     }
   });
 

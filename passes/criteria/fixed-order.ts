@@ -61,6 +61,8 @@ function staticCount(tokensIn: Dim | undefined): Prepared<number> {
 
 export const random: CriterionModule = {
   name: "random",
+  // `keep kv … by random` is passes/criteria/kv-presses.ts' randomKv (same name and argument).
+  targets: ["stream", "kv"],
   summary: "a fixed random subset of the prunable tokens (same for every input)",
   args: { seed: { type: "integer", default: 0, doc: "seed of the mulberry32 generator" } },
   needs: "a static token count",

@@ -313,6 +313,43 @@ export const pyramidkv: KvCriterionModule = {
   },
 };
 
+/** The hash behind `random` on the cache: h = (j·A + g·B + seed·C + D) mod P, exact in int64 and in float32 (P < 2^24). */
+export const RANDOM_HASH = { A: 9765625, B: 7368787, C: 4194301, D: 1234567, P: 16777213 } as const;
+
+/**
+ * `random` on the cache: uniform-looking scores from a seeded hash of (KV head, position), the same
+ * in every layer (kvpress's RandomPress re-seeds its generator at every layer's call, so with a seed
+ * every layer keeps the same set; torch's stream itself cannot be reproduced in a graph).
+ */
+export const randomKv: KvCriterionModule = {
+  name: "random",
+  targets: ["kv"],
+  summary: "a seeded hash of (KV head, position): a random baseline, the same set in every layer",
+  args: { seed: { type: "integer", default: 0, doc: "seed of the hash" } },
+  needs: "a GroupQueryAttention layer with a KV cache",
+  reference: "NVIDIA/kvpress 8bb29b9 kvpress/presses/random_press.py (structure: a fresh seeded draw per layer)",
+  prepareKv: press((ctx) => {
+    const { b } = ctx;
+    const { A, B, C, D, P } = RANDOM_HASH;
+    const seed = intArg(ctx, "seed", 0);
+    const kvHeads = ctx.gqa.kvHeads;
+    const pos = b.unsqueeze(b.range(ctx.n, "positions"), [0]); // [1,N]
+    const heads = b.int64(
+      Array.from({ length: kvHeads }, (_, g) => g * B + seed * C + D),
+      [kvHeads, 1],
+      "head_terms",
+    );
+    const h = b.op(
+      "Mod",
+      [b.op("Add", [b.op("Mul", [pos, b.int64([A], [], "a")]), heads]), b.int64([P], [], "p")],
+      { fmod: 0 },
+      "hash",
+    );
+    const scores = b.op("Cast", [h], { to: FLOAT }, "random_scores"); // [kvH,N]
+    return b.op("Expand", [b.unsqueeze(scores, [0]), b.slice(b.op("Shape", [ctx.keys]), 0, 0, 3)], {}, "every_example");
+  }),
+};
+
 export const KV_PRESSES: readonly KvCriterionModule[] = [
   knorm,
   streaming,
@@ -322,4 +359,5 @@ export const KV_PRESSES: readonly KvCriterionModule[] = [
   h2o,
   tova,
   a2sf,
+  randomKv,
 ];

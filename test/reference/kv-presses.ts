@@ -278,6 +278,20 @@ export function randomScores(kvHeads: number, n: number, seed: number): Mat {
   return Array.from({ length: kvHeads }, () => Array.from({ length: n }, () => next()));
 }
 
+/**
+ * prunec's `random` on the cache (docs/kv-cache.md): h = (j·9765625 + g·7368787 + seed·4194301 +
+ * 1234567) mod 16777213 per KV head g and position j, the same in every layer (kvpress's structure:
+ * a freshly seeded draw per layer call). Written from the documented formula, in exact integers.
+ */
+export function randomHashScores(kvHeads: number, n: number, seed: number): Mat {
+  const P = 16777213n;
+  return Array.from({ length: kvHeads }, (_, g) =>
+    Array.from({ length: n }, (_, j) =>
+      Number((BigInt(j) * 9765625n + BigInt(g) * 7368787n + BigInt(seed) * 4194301n + 1234567n) % P),
+    ),
+  );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Selection
 // ---------------------------------------------------------------------------------------------
