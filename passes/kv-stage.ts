@@ -49,7 +49,14 @@ export interface KvStageResult {
   indices: Map<number, string>;
 }
 
-export function applyKvStage(proto: GraphProto, dense: TransformerInfo, plan: KvPlan, opset: number): KvStageResult {
+export function applyKvStage(
+  proto: GraphProto,
+  dense: TransformerInfo,
+  plan: KvPlan,
+  opset: number,
+  /** Output each layer's kept positions (--expose-indices); otherwise decode steps skip building them. */
+  expose: boolean,
+): KvStageResult {
   let graph = proto;
   const added: NodeProto[] = [];
   const indices = new Map<number, string>();
@@ -126,20 +133,22 @@ export function applyKvStage(proto: GraphProto, dense: TransformerInfo, plan: Kv
     const evicted = [
       t.op("GatherElements", [denseName(presentKey), rows], { axis: 2 }, "kept_keys"),
       t.op("GatherElements", [denseName(presentValue), rows], { axis: 2 }, "kept_values"),
-      ascending,
+      ...(expose ? [ascending] : []),
     ];
     const e = new NodeBuilder(`${b.prefix}/keep_all`, opset);
-    const every = e.op(
-      "Expand",
-      [e.unsqueeze(e.range(n, "positions"), [0, 1]), e.slice(e.op("Shape", [keys]), 0, 0, 3)],
-      {},
-      "all_positions",
-    ); // [B,kvH,N]
     const keptAll = [
       e.op("Identity", [denseName(presentKey)], {}, "all_keys"),
       e.op("Identity", [denseName(presentValue)], {}, "all_values"),
-      every,
     ];
+    if (expose)
+      keptAll.push(
+        e.op(
+          "Expand",
+          [e.unsqueeze(e.range(n, "positions"), [0, 1]), e.slice(e.op("Shape", [keys]), 0, 0, 3)],
+          {},
+          "all_positions",
+        ), // [B,kvH,N]
+      );
     // The condition reads the cache's length, so the If comes after the op in any topological order.
     const cond = b.op("And", [prefill, b.op("Greater", [n, b.int64([0], [1], "none")])], {}, "evict_now");
     const elem = elemTypeOf(graph, presentKey);
@@ -161,7 +170,7 @@ export function applyKvStage(proto: GraphProto, dense: TransformerInfo, plan: Kv
       b.initializers.push(budgetTable(table, plan.budget.value, limit));
       tableAdded = true;
     }
-    const [outK, outV, outPos] = b.opN("If", [cond], 3) as [string, string, string];
+    const outs = b.opN("If", [cond], evicted.length);
     const ifNode = b.nodes.at(-1)!;
     ifNode.attribute.push(
       create(AttributeProtoSchema, {
@@ -176,10 +185,9 @@ export function applyKvStage(proto: GraphProto, dense: TransformerInfo, plan: Kv
       }),
     );
     // The If writes the present names (its first two outputs); the positions keep theirs.
-    if (ifNode.output[0] !== outK || ifNode.output[1] !== outV) throw new Error("If outputs out of order");
     ifNode.output[0] = presentKey;
     ifNode.output[1] = presentValue;
-    indices.set(layer.index, outPos);
+    if (expose && outs[2]) indices.set(layer.index, outs[2]);
     graph = splice(graph, {
       label: `stage ${plan.stage} (${plan.text} by ${plan.criterion.name}, layer ${layer.index})`,
       after: presentKey,

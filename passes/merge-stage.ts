@@ -397,5 +397,5 @@ export const applyMergeStage: StageLowering = (proto, dense, densePlan, state, o
       ? { loweringNote: "merge stages have one lowering (one-hot MatMul; TopK indices)" }
       : {}),
   };
-  return { graph, effect: { tokens: plan.tokensOut, added: b.nodes, record, carried, sets: new Map(), sizes } };
+  return { graph, effect: { tokens: plan.tokensOut, added: b.nodes, record, carried, sets: new Map() } };
 };

@@ -76,6 +76,9 @@ function inserted(proto: GraphProto, s: Splice): NodeProto[] {
 
 /** A graph's structural issues plus value_info naming tensors nothing produces, as messages by key. */
 function problems(g: GraphProto): Map<string, string> {
+  // A splice's result is the next splice's (and compile step's) input: check each graph once.
+  const known = checked.get(g);
+  if (known) return known;
   const out = new Map(structureIssues(g).map((i) => [issueKey(i), i.message]));
   const produced = new Set([
     ...g.input.map((i) => i.name),
@@ -85,8 +88,12 @@ function problems(g: GraphProto): Map<string, string> {
   for (const v of g.valueInfo)
     if (!produced.has(v.name))
       out.set(`stale-info\u0000${v.name}`, `value_info describes '${v.name}', which nothing produces`);
+  checked.set(g, out);
   return out;
 }
+
+/** Graphs are never mutated once built (passes copy), so a graph's problems can be remembered. */
+const checked = new WeakMap<GraphProto, Map<string, string>>();
 
 /** The splice's post-condition (see the module comment); `before` is the graph it was applied to. */
 export function ensures(before: GraphProto, after: GraphProto, label: string): void {

@@ -42,8 +42,6 @@ export interface StreamState {
   validBias?: string;
   /** Token sets' membership bool [B, N] by set name; a set absent here still has its model input's layout. */
   sets: ReadonlyMap<string, string>;
-  /** Merge stages: float [B, N] token sizes written by the last merge stage, if any. */
-  sizes?: string;
   /** One record per stage applied, in order. */
   stages: readonly StageRecord[];
   /** Every node the stages added, in order. */
@@ -71,7 +69,6 @@ export interface StageEffect {
   /** This stage's padding bias; undefined clears it (padding never outlives the next stage). */
   validBias?: string;
   sets: ReadonlyMap<string, string>;
-  sizes?: string;
 }
 
 export function advance(state: StreamState, e: StageEffect): StreamState {
@@ -89,7 +86,5 @@ export function advance(state: StreamState, e: StageEffect): StreamState {
   const maskBias = e.maskBias ?? state.maskBias;
   if (maskBias) next.maskBias = maskBias;
   if (e.validBias) next.validBias = e.validBias;
-  const sizes = e.sizes ?? state.sizes;
-  if (sizes) next.sizes = sizes;
   return next;
 }

@@ -338,7 +338,7 @@ function evictCaches(c: Compilation): Compilation {
   const added = [...c.state.added];
   const kvIndices = new Map(c.kvIndices);
   for (const plan of c.kvPlans) {
-    const evicted = applyKvStage(graph, c.info, plan, c.opset);
+    const evicted = applyKvStage(graph, c.info, plan, c.opset, c.options.exposeIndices ?? false);
     graph = evicted.graph;
     added.push(...evicted.added);
     kvIndices.set(plan.stage, evicted.indices);

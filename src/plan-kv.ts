@@ -5,18 +5,16 @@
  */
 import type { SpecIR, StageIR, Span } from "../grammar/ir.js";
 import { argsWithDefaults } from "../grammar/registry.js";
-import type { Diagnostic } from "../grammar/diagnostics.js";
-import { diagnosticAt } from "../grammar/diagnostics.js";
+import { diagnosticAt, type Diagnostic } from "../grammar/diagnostics.js";
 import type { LayerInfo, TransformerInfo } from "./analysis/transformer.js";
 import { kvCriterionModule } from "../passes/registry.js";
+import { hasEvictableCache } from "../passes/kv/criterion.js";
 import type { KvPlan } from "./plan-types.js";
 import { DEFAULT_PERCENT, resolvedAmount } from "./plan-amount.js";
 
 /** Layers whose attention keeps a KV cache prunec can evict from (present key and value outputs). */
 export function cachedLayers(model: TransformerInfo): LayerInfo[] {
-  return model.layers.filter(
-    (l) => l.core?.kind === "GroupQueryAttention" && l.core.anchor.output[1] && l.core.anchor.output[2],
-  );
+  return model.layers.filter(hasEvictableCache);
 }
 
 /** The layers a KV stage names, or a refusal. */

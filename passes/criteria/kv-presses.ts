@@ -15,6 +15,8 @@ import { gqaAttention } from "../attention/gqa-map.js";
 
 const FLOAT = 1;
 const DOUBLE = 11;
+const NEEDS_CACHE = "a GroupQueryAttention layer with a KV cache";
+const NEEDS_ATTENTION = `${NEEDS_CACHE} (attention recomputed from q and the cached keys)`;
 
 /** The layer must be a GroupQueryAttention with a present key/value output (a KV cache). */
 function cached(facts: KvFacts): Prepared<true> {
@@ -45,6 +47,11 @@ function perKvHead(b: NodeBuilder, ctx: KvScoreContext, perHead: string, how: "m
   const { kvHeads, heads } = ctx.gqa;
   const grouped = b.op("Reshape", [perHead, b.int64([0, kvHeads, heads / kvHeads, -1], [4], "groups")], {}, "by_group");
   return b.reduce(how === "mean" ? "ReduceMean" : "ReduceSum", grouped, [2], 0);
+}
+
+/** Scores broadcast to every example and KV head: [B, kvH, N]. */
+function overCache(b: NodeBuilder, ctx: KvScoreContext, scores: string, label: string): string {
+  return b.op("Expand", [scores, b.slice(b.op("Shape", [ctx.keys]), 0, 0, 3)], {}, label);
 }
 
 /** float [N]: 0, 1, …, N−1. */
@@ -78,7 +85,7 @@ export const knorm: KvCriterionModule = {
   targets: ["kv"],
   summary: "the negated L2 norm of each cached key (keeps the shortest keys)",
   args: {},
-  needs: "a GroupQueryAttention layer with a KV cache",
+  needs: NEEDS_CACHE,
   reference: "NVIDIA/kvpress 8bb29b9 kvpress/presses/knorm_press.py",
   prepareKv: press(({ b, keys }) => b.op("Neg", [b.reduce("ReduceL2", keys, [3], 0)], {}, "minus_key_norm")),
 };
@@ -89,7 +96,7 @@ export const streaming: KvCriterionModule = {
   targets: ["kv"],
   summary: "attention sinks (the first entries) plus the most recent entries (StreamingLLM)",
   args: { sinks: { type: "integer", default: 4, doc: "entries at the start always kept" } },
-  needs: "a GroupQueryAttention layer with a KV cache",
+  needs: NEEDS_CACHE,
   reference: "NVIDIA/kvpress 8bb29b9 kvpress/presses/streaming_llm_press.py",
   prepareKv: press((ctx) => {
     const { b } = ctx;
@@ -109,8 +116,7 @@ export const streaming: KvCriterionModule = {
     );
     const row = b.op("Where", [pruned, b.float([0], [], "zero"), b.float([1], [], "one")], {}, "streaming_scores"); // [N]
     // The same row for every example and KV head.
-    const shape = b.op("Shape", [ctx.keys]);
-    return b.op("Expand", [row, b.slice(shape, 0, 0, 3)], {}, "every_head");
+    return overCache(b, ctx, row, "every_head");
   }),
 };
 
@@ -159,7 +165,7 @@ export const snapkv: KvCriterionModule = {
     window: { type: "integer", default: 64, doc: "observation window: the last queries, always kept" },
     kernel: { type: "integer", default: 5, doc: "odd average-pooling kernel over positions" },
   },
-  needs: "a GroupQueryAttention layer with a KV cache (attention recomputed from q and the cached keys)",
+  needs: NEEDS_ATTENTION,
   reference: "NVIDIA/kvpress 8bb29b9 kvpress/presses/snapkv_press.py",
   prepareKv: (facts) => {
     const kernel = oddKernel(facts);
@@ -173,7 +179,7 @@ export const observed: KvCriterionModule = {
   targets: ["kv"],
   summary: "attention each entry received, ÷ the number of queries that see it, mean over the GQA group",
   args: {},
-  needs: "a GroupQueryAttention layer with a KV cache (attention recomputed from q and the cached keys)",
+  needs: NEEDS_ATTENTION,
   reference: "NVIDIA/kvpress 8bb29b9 kvpress/presses/observed_attention_press.py",
   prepareKv: press((ctx) => {
     const { b } = ctx;
@@ -188,7 +194,7 @@ export const h2o: KvCriterionModule = {
   targets: ["kv"],
   summary: "heavy hitters (attention received, not normalized) plus the most recent entries (H2O)",
   args: { recent: { type: "integer", default: 0, doc: "the last entries always kept" } },
-  needs: "a GroupQueryAttention layer with a KV cache (attention recomputed from q and the cached keys)",
+  needs: NEEDS_ATTENTION,
   reference: "FMInference/H2O ac75c2a h2o_hf/utils_real_drop/modify_llama.py",
   prepareKv: press((ctx) => {
     const { b } = ctx;
@@ -203,14 +209,14 @@ export const tova: KvCriterionModule = {
   targets: ["kv"],
   summary: "the last query's attention, mean over all heads; the last entry kept (TOVA)",
   args: {},
-  needs: "a GroupQueryAttention layer with a KV cache (attention recomputed from q and the cached keys)",
+  needs: NEEDS_ATTENTION,
   reference: "NVIDIA/kvpress 8bb29b9 kvpress/presses/tova_press.py",
   prepareKv: press((ctx) => {
     const { b } = ctx;
     const p = ctx.probabilities();
     const last = b.op("Gather", [p, b.int64([-1], [], "last_query")], { axis: 2 }, "last_row"); // [B,H,N]
     const mean = b.reduce("ReduceMean", last, [1], 1); // [B,1,N]
-    const every = b.op("Expand", [mean, b.slice(b.op("Shape", [ctx.keys]), 0, 0, 3)], {}, "every_head");
+    const every = overCache(b, ctx, mean, "every_head");
     return keepLast(b, ctx, every, b.int64([1], [1], "one_last"), "last");
   }),
 };
@@ -224,7 +230,7 @@ export const a2sf: KvCriterionModule = {
     forget: { type: "number", default: 1, doc: "forgetting factor λ per query step (1: H2O's accumulation)" },
     recent: { type: "integer", default: 16, doc: "the last entries always kept" },
   },
-  needs: "a GroupQueryAttention layer with a KV cache (attention recomputed from q and the cached keys)",
+  needs: NEEDS_ATTENTION,
   reference: "Dirac-Notation/A2SF 00a617f attention.py, policies/a2sf.py",
   prepareKv: press((ctx) => {
     const { b } = ctx;
@@ -326,7 +332,7 @@ export const randomKv: KvCriterionModule = {
   targets: ["kv"],
   summary: "a seeded hash of (KV head, position): a random baseline, the same set in every layer",
   args: { seed: { type: "integer", default: 0, doc: "seed of the hash" } },
-  needs: "a GroupQueryAttention layer with a KV cache",
+  needs: NEEDS_CACHE,
   reference: "NVIDIA/kvpress 8bb29b9 kvpress/presses/random_press.py (structure: a fresh seeded draw per layer)",
   prepareKv: press((ctx) => {
     const { b } = ctx;
@@ -346,7 +352,7 @@ export const randomKv: KvCriterionModule = {
       "hash",
     );
     const scores = b.op("Cast", [h], { to: FLOAT }, "random_scores"); // [kvH,N]
-    return b.op("Expand", [b.unsqueeze(scores, [0]), b.slice(b.op("Shape", [ctx.keys]), 0, 0, 3)], {}, "every_example");
+    return overCache(b, ctx, b.unsqueeze(scores, [0]), "every_example");
   }),
 };
 

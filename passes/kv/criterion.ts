@@ -11,6 +11,12 @@ import type { NodeBuilder } from "../builder.js";
 import type { Prepared } from "../criterion.js";
 import type { GqaAttention } from "../attention/gqa-map.js";
 
+/** A layer whose attention keeps a cache prunec can evict: GroupQueryAttention with present key and value outputs. */
+export function hasEvictableCache(layer: LayerInfo): boolean {
+  const core = layer.core;
+  return core?.kind === "GroupQueryAttention" && !!core.anchor.output[1] && !!core.anchor.output[2];
+}
+
 export interface KvFacts {
   model: TransformerInfo;
   layer: LayerInfo;

@@ -112,15 +112,19 @@ async function runCompile(
     );
     return;
   }
-  const stages = report.stages.map(
-    (s) =>
-      `stage ${s.stage}: after layer ${s.layer} by ${s.criterion}, ${s.tokensIn} → ${s.tokensOut} tokens, ${s.lowering} lowering${s.loweringNote ? ` (not GPU-resident for --target webgpu: ${s.loweringNote})` : ""}`,
-  );
-  for (const k of report.kvStages)
-    stages.push(
-      `stage ${k.stage}: ${k.amount} by ${k.criterion} in layers ${k.layers.join(", ")} (each KV head, at prefill)`,
-    );
-  stages.sort((a, b) => Number(/^stage (\d+)/.exec(a)?.[1]) - Number(/^stage (\d+)/.exec(b)?.[1]));
+  // Stream and KV-cache stages, in the spec's order.
+  const stages = [
+    ...report.stages.map((s) => ({
+      stage: s.stage,
+      text: `after layer ${s.layer} by ${s.criterion}, ${s.tokensIn} → ${s.tokensOut} tokens, ${s.lowering} lowering${s.loweringNote ? ` (not GPU-resident for --target webgpu: ${s.loweringNote})` : ""}`,
+    })),
+    ...report.kvStages.map((k) => ({
+      stage: k.stage,
+      text: `${k.amount} by ${k.criterion} in layers ${k.layers.join(", ")} (each KV head, at prefill)`,
+    })),
+  ]
+    .sort((a, b) => a.stage - b.stage)
+    .map((s) => `stage ${s.stage}: ${s.text}`);
   const weights = externalData.map((w) => `external data ${w.file}: ${w.action}`);
   const verified = [verifiedLine(report), smoke ? formatSmoke(smoke) : "onnxruntime smoke run skipped (--no-verify)"];
   io.out(
