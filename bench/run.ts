@@ -5,7 +5,9 @@
  *  2. ORT CPU latency, dense vs `after layer 2 keep 25% by cls-attn`, batch 1 and 8 (vit-ti16);
  *  3. the same for the shipped digits model and its schedules at batch 32, when it is present;
  *  4. a decoder with a KV cache (bench/decoder.ts): prefill latency and KV-cache bytes, dense vs FastV;
- *  5. KV eviction (bench/kv-decoder.ts): prefill and decode-step latency and KV bytes, dense vs keep kv 25%.
+ *  5. KV eviction (bench/kv-decoder.ts): prefill and decode-step latency and KV bytes, dense vs keep kv 25%;
+ *  6. KV eviction on the trained recall decoder (bench/recall-kv.ts): accuracy on its test set per
+ *     press at 10/25/50% of the cache, KV bytes and decode-step latency (docs/results.md's table).
  *
  *   npm run bench [-- --runs 30]
  */
@@ -19,6 +21,7 @@ import { benchmark, formatBench } from "../src/cli/benchmark.js";
 import { benchDecoder } from "./decoder.js";
 import { benchRealDecoders } from "./real-decoders.js";
 import { benchKvDecoder } from "./kv-decoder.js";
+import { benchRecallKv } from "./recall-kv.js";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const args = process.argv.slice(2);
@@ -78,6 +81,8 @@ async function main(): Promise<void> {
   await benchDecoder(runs);
   await benchKvDecoder(runs);
   await benchRealDecoders(join(root, "..", "shared", "models"), runs);
+  console.log("\n== KV eviction on the trained recall decoder");
+  await benchRecallKv({ limit: 1000, batch: 50, runs: Math.min(runs, 15), markdown: false });
 }
 
 await main();

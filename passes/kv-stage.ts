@@ -31,8 +31,7 @@ import { NodeBuilder } from "./builder.js";
 import { create } from "@bufbuild/protobuf";
 import { AttributeProtoSchema, AttributeProto_AttributeType, GraphProtoSchema } from "../src/onnx/gen/onnx_pb.js";
 import { valueInfo } from "../src/ir/value-info.js";
-import { gqaAttention, gqaLogits } from "./attention/gqa-map.js";
-import { rewriteCachedAttention } from "./cached-attention.js";
+import { evictionSite } from "./kv/site.js";
 import { denseName } from "./gather-tokens.js";
 import { splice } from "./splice.js";
 
@@ -68,32 +67,33 @@ export function applyKvStage(
     const g = new Graph(graph);
     const model = refreshFacts(dense, g);
     const layer = model.layers[planned.index];
-    const core = layer?.core;
-    const presentKey = core?.anchor.output[1];
-    const presentValue = core?.anchor.output[2];
-    if (!layer || !core || !presentKey || !presentValue)
+    const cache = layer?.cache;
+    if (!layer || !cache)
       throw new Error(`stage ${plan.stage}: layer ${planned.index} lost its KV cache (checked by the plan)`);
+    const { presentKey, presentValue } = cache;
     const b = new NodeBuilder(`prunec/stage${plan.stage}/${plan.criterion.name}/layer${layer.index}`, opset);
-    // The op now writes the dense cache under /dense; the gathered one takes the present names.
+    // The layer now writes the dense cache under /dense; the gathered one takes the present names.
     const renamed = new Map([
       [presentKey, denseName(presentKey)],
       [presentValue, denseName(presentValue)],
     ]);
-    const attention = gqaAttention(layer, core, `layer ${layer.index}'s GroupQueryAttention`);
-    if ("why" in attention) throw new Error(`stage ${plan.stage}: ${attention.why} (checked by the plan)`);
-    // The layer reads its own (shorter) cache at later calls: its sequence lengths and key bias
-    // follow its past. The press reads the rewired op too (its bias then fits any call's cache).
-    const replaced = rewriteCachedAttention(b, model, dense, layer.index, undefined, layer.index);
-    const rewired = replaced.get(core.anchor) ?? core.anchor;
-    const gqa = {
-      ...attention.ok,
-      node: shallowCopy(rewired, { output: rewired.output.map((o) => renamed.get(o) ?? o) }),
-    };
-    const keys = b.op("Cast", [denseName(presentKey)], { to: FLOAT }, "cached_keys"); // [B,kvH,N,D]
+    // The layer reads its own (shorter) cache at later calls (per attention kind: passes/kv/site.ts).
+    const site = evictionSite(b, g, model, dense, layer, cache);
+    // The layer's own readers of its present key/value (plain attention's repeat_kv, shapes) attend
+    // this call's dense cache; only the graph outputs (what later calls get) are the evicted one.
+    const replaced = new Map(site.replaced);
+    for (const t of [presentKey, presentValue])
+      for (const reader of g.consumersOf(t)) {
+        const base = replaced.get(reader) ?? reader;
+        replaced.set(reader, shallowCopy(base, { input: base.input.map((i) => renamed.get(i) ?? i) }));
+      }
+    // float [B,kvH,N,D]; no Cast of a float cache (onnxruntime drops it and warns that the
+    // branches' reads of it cannot be renamed).
+    const elem = elemTypeOf(graph, presentKey);
+    const keys =
+      elem === FLOAT ? denseName(presentKey) : b.op("Cast", [denseName(presentKey)], { to: FLOAT }, "cached_keys");
     const n = b.slice(b.op("Shape", [keys]), 0, 2, 3); // int64 [1]
-    const past = core.anchor.input[3]
-      ? b.slice(b.op("Shape", [core.anchor.input[3]]), 0, 2, 3)
-      : b.int64([0], [1], "no_past");
+    const past = cache.pastKey ? b.slice(b.op("Shape", [cache.pastKey]), 0, 2, 3) : b.int64([0], [1], "no_past");
     const prefill = b.op("Equal", [past, b.int64([0], [1], "zero")], {}, "is_prefill");
     const prepared = plan.criterion.prepareKv({ model, layer, args: plan.args });
     if ("why" in prepared) throw new Error(`stage ${plan.stage}: ${prepared.why} (checked by the plan)`);
@@ -105,13 +105,13 @@ export function applyKvStage(
     const scores = prepared.ok.score({
       b: t,
       args: plan.args,
-      gqa,
+      heads: site.heads,
+      kvHeads: site.kvHeads,
       keys,
       n,
       kept,
-      probabilities: () => (probs ??= t.op("Softmax", [gqaLogits(t, gqa, "all")], { axis: -1 }, "probabilities")),
-      windowProbabilities: (window) =>
-        t.op("Softmax", [gqaLogits(t, gqa, "all", window)], { axis: -1 }, "window_probabilities"),
+      probabilities: () => (probs ??= site.probabilities(t)),
+      windowProbabilities: (window) => site.windowProbabilities(t, window),
     });
     const [, best] = t.opN("TopK", [scores, kept], 2, { axis: 2, largest: 1, sorted: 1 }); // [B,kvH,K']
     // Ascending positions: TopK of −position (exact in fp32 below 2^24 entries).
@@ -151,7 +151,6 @@ export function applyKvStage(
       );
     // The condition reads the cache's length, so the If comes after the op in any topological order.
     const cond = b.op("And", [prefill, b.op("Greater", [n, b.int64([0], [1], "none")])], {}, "evict_now");
-    const elem = elemTypeOf(graph, presentKey);
     const types = [elem, elem, INT64];
     const branch = (builder: NodeBuilder, outs: string[], name: string) =>
       create(GraphProtoSchema, {
@@ -166,7 +165,7 @@ export function applyKvStage(
           ),
         ),
       });
-    if (table && !tableAdded && plan.budget.kind === "fraction" && limit !== undefined) {
+    if (table && !own && !tableAdded && plan.budget.kind === "fraction" && limit !== undefined) {
       b.initializers.push(budgetTable(table, plan.budget.value, limit));
       tableAdded = true;
     }
@@ -235,10 +234,10 @@ function budgetTable(name: string, c: number, limit: number): TensorProto {
 
 /** int64 [1]: K' at prefill for N entries (int64 [1]). */
 function budget(b: NodeBuilder, plan: KvPlan, n: string, table?: string): string {
-  const one = b.int64([1], [1], "at_least_one");
   // A table of K'(N) for every length the model can hold, computed here as Python would: exact,
   // and int64 only (onnxruntime-web's WebGPU build has no float64 kernels, not even on its CPU EP).
   if (table && plan.budget.kind === "fraction") return b.op("Gather", [table, n], { axis: 0 }, "budget");
+  const one = b.int64([1], [1], "at_least_one");
   if (plan.budget.kind === "count") {
     const k = b.int64([plan.budget.value], [1], "budget");
     return plan.budget.drop

@@ -3,8 +3,8 @@
  * rotary rewrite) describes its change as a `Splice`; `splice` applies it in a fixed order and
  * ends with `ensures`:
  *
- *   1. the producer of `after` writes `rename`d outputs (the stage's result takes the old name, so
- *      every consumer and graph output reads the stage's result);
+ *   1. the producers of the `rename`d tensors write them under their new names (the stage's result
+ *      takes the old name, so every consumer and graph output reads the stage's result);
  *   2. the stage's nodes go right after that producer;
  *   3. existing nodes are swapped for their `replaced` copies (key biases, cached-attention inputs);
  *   4. consumers below the stage read the `gathered` copies of side tensors (carry-tokens.ts);
@@ -29,7 +29,7 @@ export interface Splice {
   label: string;
   /** The new nodes go right after the node that produces this tensor (first in the graph when absent). */
   after?: string;
-  /** Outputs of that node renamed (old → new name). */
+  /** Outputs renamed at their producers (old → new name): that node's, or another's (a cache's value). */
   rename?: ReadonlyMap<string, string>;
   nodes: readonly NodeProto[];
   initializers: readonly TensorProto[];
@@ -67,11 +67,16 @@ function inserted(proto: GraphProto, s: Splice): NodeProto[] {
   const producer = new Graph(proto).producer.get(s.after);
   if (!producer) throw new Error(`${s.label}: no node produces '${s.after}' (splice precondition)`);
   const rename = s.rename ?? new Map<string, string>();
-  // The producer may itself be rewired (a KV stage's own attention): rename the rewired copy.
-  const base = s.replaced?.get(producer) ?? producer;
-  const moved = rename.size ? shallowCopy(base, { output: base.output.map((o) => rename.get(o) ?? o) }) : base;
+  // A producer may itself be rewired (a KV stage's own attention): rename the rewired copy.
+  const renamed = (n: NodeProto): NodeProto => {
+    const base = s.replaced?.get(n) ?? n;
+    return n.output.some((o) => rename.has(o))
+      ? shallowCopy(base, { output: base.output.map((o) => rename.get(o) ?? o) })
+      : n;
+  };
   const at = proto.node.indexOf(producer);
-  return [...proto.node.slice(0, at), moved, ...s.nodes, ...proto.node.slice(at + 1)];
+  const nodes = rename.size ? proto.node.map(renamed) : proto.node;
+  return [...nodes.slice(0, at + 1), ...s.nodes, ...nodes.slice(at + 1)];
 }
 
 /** A graph's structural issues plus value_info naming tensors nothing produces, as messages by key. */

@@ -371,9 +371,9 @@ function declareEvictedCaches(g: GraphProto, kvPlans: readonly KvPlan[]): GraphP
   const lengths = new Map<string, string>();
   for (const p of kvPlans) {
     for (const l of p.layers) {
-      const n = l.core?.anchor;
-      for (const t of [n?.output[1], n?.output[2]]) if (t) lengths.set(t, `prunec_layer${l.index}_cache`);
-      for (const t of [n?.input[3], n?.input[4]]) if (t) lengths.set(t, `prunec_layer${l.index}_past`);
+      const c = l.cache;
+      for (const t of [c?.presentKey, c?.presentValue]) if (t) lengths.set(t, `prunec_layer${l.index}_cache`);
+      for (const t of [c?.pastKey, c?.pastValue]) if (t) lengths.set(t, `prunec_layer${l.index}_past`);
     }
   }
   if (!lengths.size) return g;

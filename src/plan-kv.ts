@@ -29,7 +29,7 @@ function layersOf(stage: StageIR, model: TransformerInfo): { ok: LayerInfo[] } |
     return layers.length
       ? { ok: layers }
       : {
-          why: "no layer of this model has a KV cache prunec can evict (GroupQueryAttention with present key/value outputs)",
+          why: `no layer of this model has a KV cache prunec can evict (GroupQueryAttention with present key/value outputs, or plain attention over Concat(past, current) graph outputs)${model.layers[0]?.cacheWhy ? `; layer 0: ${model.layers[0].cacheWhy}` : ""}`,
           span: stage.positionSpan,
         };
   }

@@ -68,7 +68,7 @@ export interface StagePlan {
  */
 export interface KvPlan {
   stage: number;
-  /** The layers whose caches are evicted (every one a GroupQueryAttention with present outputs). */
+  /** The layers whose caches are evicted (every one with a `cache` fact the press accepted). */
   layers: LayerInfo[];
   criterion: KvCriterionModule;
   args: Record<string, ArgValue>;

@@ -223,6 +223,18 @@ function planOne(
   // Undeclared token sets are reported by checkSpecSets; nothing else about this stage is meaningful.
   if (stage.of !== undefined && !sets.has(stage.of)) return undefined;
   if (requiredSets(stage.criterion.name).some((set) => !sets.has(set))) return undefined;
+  // The layers below a stage hold fewer tokens in their caches; prunec rewrites how a layer reads
+  // its shorter cache (the mask's key columns at prefill and decode) only for GroupQueryAttention.
+  const plainCache = encoder
+    ? undefined
+    : model.layers.slice(resolved + 1).find((l) => l.cache?.attention === "matmul-softmax");
+  if (plainCache) {
+    fail(
+      stage.layerSpan ?? stage.positionSpan,
+      `layer ${plainCache.index} keeps a KV cache behind plain attention (its present key is Concat(past, k)); a stage on the stream before it would shorten that cache, and prunec rewrites a layer's reading of a shortened cache only behind GroupQueryAttention so far (a KV-cache stage, 'keep kv', evicts such a cache)`,
+    );
+    return undefined;
+  }
   // Merging (ToMe) and its criterion are planned on their own (src/plan-merge.ts).
   if (stage.action === "merge" || stage.criterion.name === "similarity")
     return planMerge(spec, stage, index, model, layer, tokensIn, firstLayer, fail);

@@ -17,21 +17,21 @@ import {
   type DecoderOptions,
   type PromptBatch,
 } from "./support/decoder.js";
-import { argmax, ReferenceDecoder, weightsFromModel, type KvCache } from "./reference/decoder.js";
-import {
-  evictPrefill,
-  keptCount,
-  kvpressSelect,
-  randomHashScores,
-  type LayerInput,
-  type PressSpec,
-} from "./reference/kv-presses.js";
+import { ReferenceDecoder, weightsFromModel } from "./reference/decoder.js";
+import { keptCount, kvpressSelect, randomHashScores, type PressSpec } from "./reference/kv-presses.js";
+import { evictingGeneration } from "./reference/kv-generation.js";
 import { rows } from "./support/model-edit.js";
 
 const TOL = 1e-4;
 const STEPS = 8;
 const WIDE: DecoderOptions = { ...DECODER, headSize: 16 };
 const decoder = buildDecoder({ attention: "gqa" }, WIDE);
+/** The same weights behind plain MatMul-Softmax attention with a Concat(past, k) cache, as torch exports it. */
+const plainDecoder = buildDecoder({ attention: "plain-cache" }, WIDE);
+const LAYOUTS = [
+  { name: "GQA decoder", model: decoder },
+  { name: "plain-attention decoder (Concat cache)", model: plainDecoder },
+] as const;
 const reference = new ReferenceDecoder(weightsFromModel(decoder, WIDE), WIDE);
 const PROMPTS: number[][] = [
   [1, 5, 9, 13, 17, 21, 25, 29, 33, 37, 41, 3, 7, 11],
@@ -40,34 +40,9 @@ const PROMPTS: number[][] = [
 const single = (tokens: number[]): PromptBatch => promptBatch([tokens], "left");
 const session = (model: Uint8Array) => (feeds: Parameters<typeof runNode>[1]) => runNode(model, feeds);
 
-/** The reference: dense prefill (capturing q, k, v per layer), eviction by the press, greedy decode over the kept cache. */
-function referenceGeneration(prompt: number[], press: PressSpec, steps: number) {
-  const o = WIDE;
-  const cache: KvCache = reference.newCache();
-  const queries = Array.from({ length: o.layers }, () => Array.from({ length: o.heads }, () => [] as Float64Array[]));
-  const prefill = reference.forward(prompt, cache, queries);
-  const layers: LayerInput[] = queries.map((q, l) => ({
-    q: q.map((r) => r.map((x) => Array.from(x))),
-    k: cache.keys[l]!.map((r) => r.map((x) => Array.from(x))),
-    v: cache.values[l]!.map((r) => r.map((x) => Array.from(x))),
-  }));
-  const evicted = evictPrefill(layers, press);
-  // The cache keeps the kept entries; positions go on counting the dense tokens (cache.length).
-  evicted.kept.forEach((perHead, l) =>
-    perHead.forEach((kept, g) => {
-      cache.keys[l]![g] = kept.map((t) => cache.keys[l]![g]![t]!);
-      cache.values[l]![g] = kept.map((t) => cache.values[l]![g]![t]!);
-    }),
-  );
-  const tokens = [argmax(prefill.at(-1)!)];
-  const stepLogits: Float64Array[] = [];
-  for (let s = 1; s < steps; s++) {
-    const [logits] = reference.forward([tokens.at(-1)!], cache);
-    stepLogits.push(logits!);
-    tokens.push(argmax(logits!));
-  }
-  return { kept: evicted.kept, tokens, steps: stepLogits };
-}
+/** The reference: dense prefill, eviction by the press, greedy decode over the kept cache. */
+const referenceGeneration = (prompt: number[], press: PressSpec, steps: number) =>
+  evictingGeneration(reference, prompt, press, steps);
 
 const CASES: { spec: string; press: (n: number) => PressSpec }[] = [
   { spec: "keep kv 50% by knorm", press: () => ({ method: "knorm", budget: { keepPercent: 50 } }) },
@@ -97,94 +72,97 @@ const CASES: { spec: string; press: (n: number) => PressSpec }[] = [
   },
 ];
 
-describe("keep kv: prefill eviction per layer and KV head on the GQA decoder (batch 1)", () => {
-  for (const c of CASES) {
-    it(`${c.spec}: kept positions equal the reference's; ${STEPS} greedy tokens and their logits equal the evicting reference loop`, async () => {
-      const model = compile(decoder, c.spec, { exposeIndices: true }).model;
+for (const { name: layout, model: decoder } of LAYOUTS)
+  describe(`keep kv: prefill eviction per layer and KV head on the ${layout} (batch 1)`, () => {
+    for (const c of CASES) {
+      it(`${c.spec}: kept positions equal the reference's; ${STEPS} greedy tokens and their logits equal the evicting reference loop`, async () => {
+        const model = compile(decoder, c.spec, { exposeIndices: true }).model;
+        for (const prompt of PROMPTS) {
+          const want = referenceGeneration(prompt, c.press(prompt.length), STEPS);
+          const out = await runNode(model, prefillFeeds(single(prompt), "gqa", WIDE));
+          for (let l = 0; l < WIDE.layers; l++) {
+            const idx = out[`prunec.stage0.layer${l}.kv_indices`]!;
+            expect(idx.dims.slice(0, 2)).toEqual([1, WIDE.kvHeads]);
+            const perHead = rows(idx.data as BigInt64Array, [WIDE.kvHeads, idx.dims[2]!]);
+            expect(perHead).toEqual(want.kept[l]);
+            expect(out[`present.${l}.key`]!.dims).toEqual([1, WIDE.kvHeads, want.kept[l]![0]!.length, WIDE.headSize]);
+          }
+          const got = await generateGreedy(session(model), single(prompt), STEPS, WIDE);
+          expect(got.tokens[0]).toEqual(want.tokens);
+          got.steps.forEach((l, s) =>
+            expect(maxAbsDiff(l, Float64Array.from(want.steps[s]!))).toBeLessThanOrEqual(TOL),
+          );
+        }
+      });
+    }
+
+    it("keep kv 10% of 20 entries keeps 1, as kvpress's int(20·(1 − 0.9)) = int(1.9999999999999996) does, not 2", async () => {
+      const prompt = [1, ...Array.from({ length: 19 }, (_, i) => 5 + i)];
+      const model = compile(decoder, "keep kv 10% by knorm", { exposeIndices: true }).model;
+      const want = referenceGeneration(prompt, { method: "knorm", budget: { keepPercent: 10 } }, 2);
+      const out = await runNode(model, prefillFeeds(single(prompt), "gqa", WIDE));
+      for (let l = 0; l < WIDE.layers; l++) {
+        expect(out[`present.${l}.key`]!.dims[2]).toBe(1);
+        const idx = out[`prunec.stage0.layer${l}.kv_indices`]!;
+        expect(rows(idx.data as BigInt64Array, [WIDE.kvHeads, 1])).toEqual(want.kept[l]);
+      }
+    });
+
+    it("keep kv 50% by random(seed: 7): every layer keeps the seeded hash's top half per KV head (the same set in every layer)", async () => {
+      const model = compile(decoder, "keep kv 50% by random(seed: 7)", { exposeIndices: true }).model;
       for (const prompt of PROMPTS) {
-        const want = referenceGeneration(prompt, c.press(prompt.length), STEPS);
+        const n = prompt.length;
+        const want = kvpressSelect(randomHashScores(WIDE.kvHeads, n, 7), keptCount(n, { keepPercent: 50 })).kept;
         const out = await runNode(model, prefillFeeds(single(prompt), "gqa", WIDE));
         for (let l = 0; l < WIDE.layers; l++) {
           const idx = out[`prunec.stage0.layer${l}.kv_indices`]!;
-          expect(idx.dims.slice(0, 2)).toEqual([1, WIDE.kvHeads]);
-          const perHead = rows(idx.data as BigInt64Array, [WIDE.kvHeads, idx.dims[2]!]);
-          expect(perHead).toEqual(want.kept[l]);
-          expect(out[`present.${l}.key`]!.dims).toEqual([1, WIDE.kvHeads, want.kept[l]![0]!.length, WIDE.headSize]);
+          expect(rows(idx.data as BigInt64Array, [WIDE.kvHeads, idx.dims[2]!])).toEqual(want);
         }
-        const got = await generateGreedy(session(model), single(prompt), STEPS, WIDE);
-        expect(got.tokens[0]).toEqual(want.tokens);
-        got.steps.forEach((l, s) => expect(maxAbsDiff(l, Float64Array.from(want.steps[s]!))).toBeLessThanOrEqual(TOL));
       }
     });
-  }
 
-  it("keep kv 10% of 20 entries keeps 1, as kvpress's int(20·(1 − 0.9)) = int(1.9999999999999996) does, not 2", async () => {
-    const prompt = [1, ...Array.from({ length: 19 }, (_, i) => 5 + i)];
-    const model = compile(decoder, "keep kv 10% by knorm", { exposeIndices: true }).model;
-    const want = referenceGeneration(prompt, { method: "knorm", budget: { keepPercent: 10 } }, 2);
-    const out = await runNode(model, prefillFeeds(single(prompt), "gqa", WIDE));
-    for (let l = 0; l < WIDE.layers; l++) {
-      expect(out[`present.${l}.key`]!.dims[2]).toBe(1);
-      const idx = out[`prunec.stage0.layer${l}.kv_indices`]!;
-      expect(rows(idx.data as BigInt64Array, [WIDE.kvHeads, 1])).toEqual(want.kept[l]);
-    }
-  });
+    it("keep kv 100% computes what the dense model computes (prefill and decode steps)", async () => {
+      const model = compile(decoder, "keep kv 100% by knorm").model;
+      for (const prompt of PROMPTS) {
+        const dense = await generateGreedy(session(decoder), single(prompt), STEPS, WIDE);
+        const kept = await generateGreedy(session(model), single(prompt), STEPS, WIDE);
+        expect(kept.tokens).toEqual(dense.tokens);
+        expect(maxAbsDiff(kept.prefill, dense.prefill)).toBeLessThanOrEqual(1e-5);
+        kept.steps.forEach((l, s) => expect(maxAbsDiff(l, dense.steps[s]!)).toBeLessThanOrEqual(1e-5));
+      }
+    });
 
-  it("keep kv 50% by random(seed: 7): every layer keeps the seeded hash's top half per KV head (the same set in every layer)", async () => {
-    const model = compile(decoder, "keep kv 50% by random(seed: 7)", { exposeIndices: true }).model;
-    for (const prompt of PROMPTS) {
-      const n = prompt.length;
-      const want = kvpressSelect(randomHashScores(WIDE.kvHeads, n, 7), keptCount(n, { keepPercent: 50 })).kept;
+    it("a batch of 2 unpadded prompts: each example keeps and generates what it does alone", async () => {
+      const prompts = [PROMPTS[0]!, PROMPTS[1]!.slice(0, PROMPTS[0]!.length)];
+      const model = compile(decoder, "keep kv 50% by snapkv(window: 4, kernel: 3)", { exposeIndices: true }).model;
+      const batch = promptBatch(prompts, "left");
+      const out = await runNode(model, prefillFeeds(batch, "gqa", WIDE));
+      const got = await generateGreedy(session(model), batch, STEPS, WIDE);
+      prompts.forEach((prompt, b) => {
+        const want = referenceGeneration(
+          prompt,
+          { method: "snapkv", budget: { keepPercent: 50 }, window: 4, kernel: 3 },
+          STEPS,
+        );
+        for (let l = 0; l < WIDE.layers; l++) {
+          const idx = out[`prunec.stage0.layer${l}.kv_indices`]!;
+          const k = idx.dims[2]!;
+          const all = idx.data as BigInt64Array;
+          const perHead = rows(all.subarray(b * WIDE.kvHeads * k, (b + 1) * WIDE.kvHeads * k), [WIDE.kvHeads, k]);
+          expect(perHead).toEqual(want.kept[l]);
+        }
+        expect(got.tokens[b]).toEqual(want.tokens);
+      });
+    });
+
+    it("in layers 1..2: only those layers' caches shrink", async () => {
+      const model = compile(decoder, "in layers 1..2 keep kv 50% by knorm").model;
+      const prompt = PROMPTS[0]!;
       const out = await runNode(model, prefillFeeds(single(prompt), "gqa", WIDE));
-      for (let l = 0; l < WIDE.layers; l++) {
-        const idx = out[`prunec.stage0.layer${l}.kv_indices`]!;
-        expect(rows(idx.data as BigInt64Array, [WIDE.kvHeads, idx.dims[2]!])).toEqual(want);
-      }
-    }
-  });
-
-  it("keep kv 100% computes what the dense model computes (prefill and decode steps)", async () => {
-    const model = compile(decoder, "keep kv 100% by knorm").model;
-    for (const prompt of PROMPTS) {
-      const dense = await generateGreedy(session(decoder), single(prompt), STEPS, WIDE);
-      const kept = await generateGreedy(session(model), single(prompt), STEPS, WIDE);
-      expect(kept.tokens).toEqual(dense.tokens);
-      expect(maxAbsDiff(kept.prefill, dense.prefill)).toBeLessThanOrEqual(1e-5);
-      kept.steps.forEach((l, s) => expect(maxAbsDiff(l, dense.steps[s]!)).toBeLessThanOrEqual(1e-5));
-    }
-  });
-
-  it("a batch of 2 unpadded prompts: each example keeps and generates what it does alone", async () => {
-    const prompts = [PROMPTS[0]!, PROMPTS[1]!.slice(0, PROMPTS[0]!.length)];
-    const model = compile(decoder, "keep kv 50% by snapkv(window: 4, kernel: 3)", { exposeIndices: true }).model;
-    const batch = promptBatch(prompts, "left");
-    const out = await runNode(model, prefillFeeds(batch, "gqa", WIDE));
-    const got = await generateGreedy(session(model), batch, STEPS, WIDE);
-    prompts.forEach((prompt, b) => {
-      const want = referenceGeneration(
-        prompt,
-        { method: "snapkv", budget: { keepPercent: 50 }, window: 4, kernel: 3 },
-        STEPS,
-      );
-      for (let l = 0; l < WIDE.layers; l++) {
-        const idx = out[`prunec.stage0.layer${l}.kv_indices`]!;
-        const k = idx.dims[2]!;
-        const all = idx.data as BigInt64Array;
-        const perHead = rows(all.subarray(b * WIDE.kvHeads * k, (b + 1) * WIDE.kvHeads * k), [WIDE.kvHeads, k]);
-        expect(perHead).toEqual(want.kept[l]);
-      }
-      expect(got.tokens[b]).toEqual(want.tokens);
+      const n = prompt.length;
+      expect([0, 1, 2, 3].map((l) => out[`present.${l}.key`]!.dims[2])).toEqual([n, n / 2, n / 2, n]);
     });
   });
-
-  it("in layers 1..2: only those layers' caches shrink", async () => {
-    const model = compile(decoder, "in layers 1..2 keep kv 50% by knorm").model;
-    const prompt = PROMPTS[0]!;
-    const out = await runNode(model, prefillFeeds(single(prompt), "gqa", WIDE));
-    const n = prompt.length;
-    expect([0, 1, 2, 3].map((l) => out[`present.${l}.key`]!.dims[2])).toEqual([n, n / 2, n / 2, n]);
-  });
-});
 
 /**
  * The same KV stages on onnxruntime-web's WASM backend (single thread, in Node: what a browser's

@@ -217,8 +217,16 @@ describe("examples/recall (trained decoder with a KV cache)", () => {
       expect(l.heads).toBe(M.heads);
       expect(l.headSize).toBe(M.head_size);
       expect(l.residual).not.toBeNull();
-      // Decoder criteria a KV-cache stage would score with.
-      for (const c of ["last-token-attn", "norm"]) expect(l.criteria.find((x) => x.name === c)?.ok).toBe(true);
+      // A stream stage above a plain-attention (Concat) cache is refused with the reason (its
+      // later calls would read a shortened cache); after the last layer one can run.
+      for (const c of ["last-token-attn", "norm"]) {
+        const found = l.criteria.find((x) => x.name === c);
+        if (l.index === M.layers - 1) expect(found?.ok).toBe(true);
+        else {
+          expect(found?.ok).toBe(false);
+          expect(found?.why).toContain(`layer ${l.index + 1} keeps a KV cache behind plain attention`);
+        }
+      }
     }
     // One stream: each layer's residual input is the previous layer's output.
     for (let i = 1; i < report.layers.length; i++)

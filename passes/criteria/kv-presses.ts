@@ -11,28 +11,17 @@
 import type { NodeBuilder } from "../builder.js";
 import type { KvCriterionModule, KvFacts, KvScoreContext, KvScorer } from "../kv/criterion.js";
 import type { Prepared } from "../criterion.js";
-import { gqaAttention } from "../attention/gqa-map.js";
+import { evictable } from "../kv/site.js";
 
 const FLOAT = 1;
 const DOUBLE = 11;
-const NEEDS_CACHE = "a GroupQueryAttention layer with a KV cache";
-const NEEDS_ATTENTION = `${NEEDS_CACHE} (attention recomputed from q and the cached keys)`;
+const NEEDS_CACHE = "a layer with a KV cache (GroupQueryAttention, or plain attention over Concat(past, current))";
+const NEEDS_ATTENTION = `${NEEDS_CACHE}, with its attention probabilities (recomputed from q and the cached keys, or the graph's own)`;
 
-/** The layer must be a GroupQueryAttention with a present key/value output (a KV cache). */
+/** The layer must keep a cache prunec can evict (src/analysis/kv-cache.ts, passes/kv/site.ts). */
 function cached(facts: KvFacts): Prepared<true> {
-  const { layer } = facts;
-  const core = layer.core;
-  if (!core) return { why: `layer ${layer.index} has no attention` };
-  if (core.kind !== "GroupQueryAttention")
-    return {
-      why: `layer ${layer.index}'s attention is ${core.kind}; prunec evicts KV caches behind com.microsoft.GroupQueryAttention (plain-attention caches come next)`,
-    };
-  if (!core.anchor.output[1] || !core.anchor.output[2])
-    return {
-      why: `layer ${layer.index}'s GroupQueryAttention (node '${core.anchor.name}') has no present key/value output`,
-    };
-  const gqa = gqaAttention(layer, core, `layer ${layer.index}'s GroupQueryAttention (node '${core.anchor.name}')`);
-  return "why" in gqa ? gqa : { ok: true };
+  const ok = evictable(facts.layer);
+  return "why" in ok ? ok : { ok: true };
 }
 
 function press(score: (ctx: KvScoreContext) => string): (facts: KvFacts) => Prepared<KvScorer> {
@@ -44,7 +33,7 @@ function press(score: (ctx: KvScoreContext) => string): (facts: KvFacts) => Prep
 
 /** [B, H, N] per query head → [B, kvH, N]: the mean (kvpress) or sum (A2SF) over each GQA group. */
 function perKvHead(b: NodeBuilder, ctx: KvScoreContext, perHead: string, how: "mean" | "sum"): string {
-  const { kvHeads, heads } = ctx.gqa;
+  const { kvHeads, heads } = ctx;
   const grouped = b.op("Reshape", [perHead, b.int64([0, kvHeads, heads / kvHeads, -1], [4], "groups")], {}, "by_group");
   return b.reduce(how === "mean" ? "ReduceMean" : "ReduceSum", grouped, [2], 0);
 }
@@ -261,8 +250,7 @@ export const pyramidkv: KvCriterionModule = {
     kernel: { type: "integer", default: 5, doc: "odd average-pooling kernel over positions" },
     beta: { type: "number", default: 20, doc: "ratio of the top layer's budget to the bottom one's (≥ 1)" },
   },
-  needs:
-    "a GroupQueryAttention layer with a KV cache (attention recomputed from q and the cached keys); 2 or more layers",
+  needs: `${NEEDS_ATTENTION}; 2 or more layers`,
   reference: "NVIDIA/kvpress 8bb29b9 kvpress/presses/pyramidkv_press.py",
   prepareKv: (facts) => {
     const kernel = oddKernel(facts);
@@ -338,7 +326,7 @@ export const randomKv: KvCriterionModule = {
     const { b } = ctx;
     const { A, B, C, D, P } = RANDOM_HASH;
     const seed = intArg(ctx, "seed", 0);
-    const kvHeads = ctx.gqa.kvHeads;
+    const kvHeads = ctx.kvHeads;
     const pos = b.unsqueeze(b.range(ctx.n, "positions"), [0]); // [1,N]
     const heads = b.int64(
       Array.from({ length: kvHeads }, (_, g) => g * B + seed * C + D),

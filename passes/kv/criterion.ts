@@ -9,12 +9,13 @@ import type { ArgValue } from "../../grammar/ir.js";
 import type { LayerInfo, TransformerInfo } from "../../src/analysis/transformer.js";
 import type { NodeBuilder } from "../builder.js";
 import type { Prepared } from "../criterion.js";
-import type { GqaAttention } from "../attention/gqa-map.js";
 
-/** A layer whose attention keeps a cache prunec can evict: GroupQueryAttention with present key and value outputs. */
+/**
+ * A layer whose attention keeps a cache prunec can find (GroupQueryAttention with present outputs,
+ * or plain attention over Concat(past, current) graph outputs: src/analysis/kv-cache.ts).
+ */
 export function hasEvictableCache(layer: LayerInfo): boolean {
-  const core = layer.core;
-  return core?.kind === "GroupQueryAttention" && !!core.anchor.output[1] && !!core.anchor.output[2];
+  return layer.cache !== undefined;
 }
 
 export interface KvFacts {
@@ -27,8 +28,9 @@ export interface KvFacts {
 export interface KvScoreContext {
   b: NodeBuilder;
   args: Readonly<Record<string, ArgValue>>;
-  /** The layer's attention (its node reads the dense present key, before eviction). */
-  gqa: GqaAttention;
+  /** Query heads and KV heads (query head h reads KV head floor(h / (heads / kvHeads))). */
+  heads: number;
+  kvHeads: number;
   /** float [B, kvH, N, D]: the present keys (after rotary) the cache would hold. */
   keys: string;
   /** int64 [1]: N, the entries in the present cache; int64 [1]: K', how many each KV head keeps. */

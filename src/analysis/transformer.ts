@@ -13,6 +13,7 @@ import type { Dim, Shape, ShapeMap } from "./dims.js";
 import { PrunecError } from "../errors.js";
 import { spatialMerge, encoderOutput, type SpatialMerge, type EncoderOutput } from "./merge.js";
 import { assertWellFormed } from "./well-formed.js";
+import { layerCache, type LayerCache } from "./kv-cache.js";
 
 export type LayerKind = AttentionKind | "linear-attention" | "unknown";
 
@@ -36,6 +37,9 @@ export interface LayerInfo {
   rotary: boolean;
   /** Rank of a fused attention op's query and key inputs, when both are known and equal. */
   fusedInputRank?: number;
+  /** The layer's KV cache (present/past names, plain attention's mask operands), or why there is none prunec can evict. */
+  cache?: LayerCache;
+  cacheWhy?: string;
 }
 
 export interface TransformerInfo {
@@ -215,6 +219,9 @@ function describeLayer(
   }
   const q = nodes.length ? quantizationOf(nodes) : core ? quantizationAbove(g, core.query) : undefined;
   if (q) layer.quantization = q;
+  const cache = layerCache(g, shapes, core);
+  if ("ok" in cache) layer.cache = cache.ok;
+  else layer.cacheWhy = cache.why;
   return layer;
 }
 

@@ -33,6 +33,27 @@ export function dataInputs(n: NodeProto): readonly string[] {
   return isConstantNode(n) && n.input.length ? [] : n.input;
 }
 
+/**
+ * The outer-scope names a node's subgraphs (If / Loop / Scan bodies) read: names no node, input or
+ * initializer of the subgraph defines. They are dependencies of the node for ordering, though not
+ * data inputs of it in ONNX's sense.
+ */
+export function outerReads(n: NodeProto): string[] {
+  const reads = new Set<string>();
+  const visit = (g: GraphProto, outer: ReadonlySet<string>) => {
+    const defined = new Set<string>([...g.input.map((v) => v.name), ...g.initializer.map((t) => t.name)]);
+    for (const m of g.node) {
+      for (const i of dataInputs(m)) if (i && !defined.has(i) && !outer.has(i)) reads.add(i);
+      for (const a of m.attribute) {
+        for (const sub of a.g ? [a.g, ...a.graphs] : a.graphs) visit(sub, new Set([...outer, ...defined]));
+      }
+      for (const o of m.output) defined.add(o);
+    }
+  };
+  for (const a of n.attribute) for (const sub of a.g ? [a.g, ...a.graphs] : a.graphs) visit(sub, new Set());
+  return [...reads];
+}
+
 /** A dependency cycle: `node` reads `tensor`, which `path` (data-flow order, ending at `node`) computes from node's own output. */
 export interface Cycle {
   node: NodeProto;
@@ -118,9 +139,12 @@ export class Graph {
   private sort(): NodeProto[] | Cycle {
     const nodes = this.proto.node;
     const index = new Map(nodes.map((n, i) => [n, i]));
+    // A node with subgraphs also waits for the outer-scope values its bodies read.
+    const reads = (n: NodeProto): readonly string[] =>
+      n.attribute.some((a) => a.g || a.graphs.length) ? [...dataInputs(n), ...outerReads(n)] : dataInputs(n);
     // Exporters already write nodes topologically; keep that order when it is valid (the common case).
     const valid = nodes.every((n, i) =>
-      dataInputs(n).every((inp) => {
+      reads(n).every((inp) => {
         const p = inp ? this.producer.get(inp) : undefined;
         return !p || index.get(p)! < i;
       }),
@@ -129,7 +153,7 @@ export class Graph {
     // Producers of each node by position (deduplicated, ascending: graphlib's key order).
     const preds: number[][] = nodes.map((n) => {
       const ps = new Set<number>();
-      for (const inp of dataInputs(n)) {
+      for (const inp of reads(n)) {
         const p = inp ? this.producer.get(inp) : undefined;
         if (p) ps.add(index.get(p)!);
       }

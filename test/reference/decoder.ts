@@ -63,6 +63,48 @@ export function weightsFromModel(model: Uint8Array, o: DecoderOptions): DecoderW
   return { embed, layers, norm: read(weightNames.norm, d), lmHead };
 }
 
+/**
+ * The weights of a decoder exported by torch from an HF-style module tree (examples/recall): each
+ * read from the initializer its node reads, found by the node's name (`/model/layers.L/self_attn/
+ * q_proj/MatMul`, `/model/layers.L/input_layernorm/Mul_1`, …), MatMul weights stored [in, out].
+ */
+export function weightsByNodeNames(model: Uint8Array, o: DecoderOptions): DecoderWeights {
+  const graph = decodeModel(model).graph!;
+  const inits = new Map(graph.initializer.map((t) => [t.name, t]));
+  const byNode = new Map(graph.node.map((n) => [n.name, n]));
+  const read = (node: string, input: number, size: number): Float32Array => {
+    const n = byNode.get(node);
+    const t = n ? inits.get(n.input[input] ?? "") : undefined;
+    if (!t) throw new Error(`model has no node '${node}' reading an initializer at input ${input}`);
+    const values = readNumbers(t, size);
+    if (!values || values.length !== size) throw new Error(`node '${node}': expected ${size} float weights`);
+    return Float32Array.from(values);
+  };
+  const d = o.hidden;
+  const qw = o.heads * o.headSize;
+  const kvw = o.kvHeads * o.headSize;
+  const layers: LayerWeights[] = Array.from({ length: o.layers }, (_, l) => {
+    const p = `/model/layers.${l}`;
+    return {
+      inputNorm: read(`${p}/input_layernorm/Mul_1`, 1, d),
+      q: read(`${p}/self_attn/q_proj/MatMul`, 1, d * qw),
+      k: read(`${p}/self_attn/k_proj/MatMul`, 1, d * kvw),
+      v: read(`${p}/self_attn/v_proj/MatMul`, 1, d * kvw),
+      o: read(`${p}/self_attn/o_proj/MatMul`, 1, qw * d),
+      postNorm: read(`${p}/post_attention_layernorm/Mul_1`, 1, d),
+      gate: read(`${p}/mlp/gate_proj/MatMul`, 1, d * o.intermediate),
+      up: read(`${p}/mlp/up_proj/MatMul`, 1, d * o.intermediate),
+      down: read(`${p}/mlp/down_proj/MatMul`, 1, o.intermediate * d),
+    };
+  });
+  return {
+    embed: read("/model/embed_tokens/Gather", 0, o.vocab * d),
+    layers,
+    norm: read("/model/norm/Mul_1", 1, d),
+    lmHead: read("/model/lm_head/MatMul", 1, d * o.vocab),
+  };
+}
+
 /** x[in] · W[in, out] (W row-major). */
 function linear(x: Float64Array, w: Float32Array, inDim: number, outDim: number): Float64Array {
   const y = new Float64Array(outDim);

@@ -11,6 +11,10 @@
  *   plain ops to [batch, heads, seq, head_size] q/k (cos/sin gathered from `cos_cache`/`sin_cache`
  *   by position_ids), and an additive mask (finfo(float32).min where not allowed) combining
  *   causality with the padding mask.
+ * - `attention: "plain-cache"`: the plain variant with a KV cache, laid out as torch's exporter
+ *   writes HF decoders (and examples/recall): present.N.key = Concat(past_key_values.N.key, rotated
+ *   k) on the sequence axis (likewise the value), read by repeat_kv; the mask's columns are the
+ *   cache slots (total = attention_mask's length, query i at slot total − seq + i).
  * - `attention: "gqa"`: com.microsoft GroupQueryAttention with a KV cache, laid out as
  *   transformers.js "decoder_model_merged" decoders are (one model for prefill, fed an empty past of
  *   length 0, and for decode steps): inputs `past_key_values.N.key/value`
@@ -81,7 +85,8 @@ export interface DecoderOptions {
 }
 
 export interface BuildOptions {
-  attention: "plain" | "gqa";
+  /** `plain-cache`: the plain variant with a KV cache, as torch exports it (see the file comment). */
+  attention: "plain" | "plain-cache" | "gqa";
   /** gqa only: how seqlens_k is computed from attention_mask (see the file comment). */
   seqlensK?: "total" | "reduce-sum";
   /**
@@ -218,6 +223,7 @@ export function rotaryCaches(o: DecoderOptions = DECODER): { cos: Float32Array; 
 export function buildDecoder(build: BuildOptions, o: DecoderOptions = DECODER): Uint8Array {
   if (o.heads % o.kvHeads !== 0) throw new Error(`heads (${o.heads}) must be a multiple of kvHeads (${o.kvHeads})`);
   const gqa = build.attention === "gqa";
+  const cached = gqa || build.attention === "plain-cache";
   const seqlensK = build.seqlensK ?? "total";
   const w = decoderWeights(o);
   const rope = rotaryCaches(o);
@@ -424,8 +430,17 @@ export function buildDecoder(build: BuildOptions, o: DecoderOptions = DECODER): 
         return node("Transpose", `${p}/attn/${which}/Transpose`, [r], { perm: [0, 2, 1, 3] });
       };
       const qh = applyRotary(`${p}/attn/q_rotary`, heads("q", q, o.heads));
-      const kh = applyRotary(`${p}/attn/k_rotary`, heads("k", k, o.kvHeads));
-      const vh = heads("v", v, o.kvHeads);
+      const rotatedK = applyRotary(`${p}/attn/k_rotary`, heads("k", k, o.kvHeads));
+      const current = heads("v", v, o.kvHeads);
+      // With a cache: present = Concat(past, current) on the sequence axis, a graph output.
+      const withPast = (kv: "key" | "value", t: string): string =>
+        cached
+          ? node("Concat", `${p}/attn/${kv}_cache/Concat`, [`past_key_values.${l}.${kv}`, t], { axis: 2 }, "", [
+              `present.${l}.${kv}`,
+            ])
+          : t;
+      const kh = withPast("key", rotatedK);
+      const vh = withPast("value", current);
       // repeat_kv: [b, kv, s, hs] → [b, kv, 1, s, hs] → expand [b, kv, rep, s, hs] → [b, heads, s, hs].
       const repeat = (which: string, t: string): string => {
         if (rep === 1) return t;
@@ -464,7 +479,7 @@ export function buildDecoder(build: BuildOptions, o: DecoderOptions = DECODER): 
     valueInfo("position_ids", 7, ["batch_size", "sequence_length"]),
   ];
   const outputs = [valueInfo("logits", 1, ["batch_size", "sequence_length", o.vocab])];
-  if (gqa) {
+  if (cached) {
     for (let l = 0; l < o.layers; l++) {
       for (const kv of ["key", "value"]) {
         inputs.push(valueInfo(`past_key_values.${l}.${kv}`, 1, ["batch_size", o.kvHeads, "past_sequence_length", hs]));
@@ -574,7 +589,7 @@ export function prefillFeeds(p: PromptBatch, attention: BuildOptions["attention"
     attention_mask: { type: "int64", dims, data: p.attentionMask },
     position_ids: { type: "int64", dims, data: p.positionIds },
   };
-  return attention === "gqa" ? { ...f, ...emptyPast(p.batch, o) } : f;
+  return attention === "plain" ? f : { ...f, ...emptyPast(p.batch, o) };
 }
 
 function argmax(a: ArrayLike<number>, start: number, n: number): number {

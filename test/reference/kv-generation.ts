@@ -1,0 +1,57 @@
+/**
+ * The reference generation loop for KV-cache stages: prefill densely in float64 (capturing each
+ * layer's rotated queries and its keys/values), evict at prefill with the reference press
+ * (test/reference/kv-presses.ts, written from the authors' code), then decode greedily over the
+ * kept cache. Rotary positions keep counting the dense tokens, as the compiled model's host does.
+ */
+import { argmax, type KvCache, type ReferenceDecoder } from "./decoder.js";
+import { evictPrefill, type LayerInput, type PressSpec } from "./kv-presses.js";
+
+export interface EvictingGeneration {
+  /** kept[layer][kvHead]: ascending positions. */
+  kept: number[][][];
+  /** `steps` greedy tokens: the prefill's argmax, then one per decode step. */
+  tokens: number[];
+  /** Logits of each decode step (steps − 1 of them). */
+  steps: Float64Array[];
+  /** The prefill's last-position logits. */
+  last: Float64Array;
+  /** What the press scored per layer: the rotated queries, keys and values of the prefill. */
+  layers: LayerInput[];
+}
+
+export function evictingGeneration(
+  reference: ReferenceDecoder,
+  prompt: readonly number[],
+  press: PressSpec,
+  steps: number,
+  /** Kept positions to decode over instead of the press's ([layer][kvHead]): a set chosen among ties. */
+  keptOverride?: readonly (readonly (readonly number[])[])[],
+): EvictingGeneration {
+  const o = reference.o;
+  const cache: KvCache = reference.newCache();
+  const queries = Array.from({ length: o.layers }, () => Array.from({ length: o.heads }, () => [] as Float64Array[]));
+  const prefill = reference.forward(prompt, cache, queries);
+  const layers: LayerInput[] = queries.map((q, l) => ({
+    q: q.map((r) => r.map((x) => Array.from(x))),
+    k: cache.keys[l]!.map((r) => r.map((x) => Array.from(x))),
+    v: cache.values[l]!.map((r) => r.map((x) => Array.from(x))),
+  }));
+  const evicted = evictPrefill(layers, press);
+  const kept = keptOverride ? keptOverride.map((l) => l.map((g) => [...g])) : evicted.kept;
+  // The cache keeps the kept entries; positions go on counting the dense tokens (cache.length).
+  kept.forEach((perHead, l) =>
+    perHead.forEach((kept, g) => {
+      cache.keys[l]![g] = kept.map((t) => cache.keys[l]![g]![t]!);
+      cache.values[l]![g] = kept.map((t) => cache.values[l]![g]![t]!);
+    }),
+  );
+  const tokens = [argmax(prefill.at(-1)!)];
+  const stepLogits: Float64Array[] = [];
+  for (let s = 1; s < steps; s++) {
+    const [logits] = reference.forward([tokens.at(-1)!], cache);
+    stepLogits.push(logits!);
+    tokens.push(argmax(logits!));
+  }
+  return { kept: evicted.kept, tokens, steps: stepLogits, last: prefill.at(-1)!, layers };
+}
