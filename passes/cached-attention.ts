@@ -30,6 +30,12 @@ export function rewriteCachedAttention(
   keyBias: string | undefined,
   /** Only this layer (a KV-cache stage rewrites the layer whose cache it evicts). */
   only?: number,
+  /**
+   * Which of the host bias's key columns the layer's cache holds: the first `total` (a stream
+   * stage: pads first, then the kept prompt tokens) or the last (a KV-cache stage: the kept entries,
+   * pads only where an example has fewer real entries than the budget, then the generated ones).
+   */
+  columns: "first" | "last" = "first",
 ): Map<NodeProto, NodeProto> {
   const out = new Map<NodeProto, NodeProto>();
   for (const l of model.layers.slice(from, only === undefined ? undefined : only + 1)) {
@@ -70,12 +76,19 @@ export function rewriteCachedAttention(
     if (bias)
       bias = b.op(
         "Slice",
-        [
-          bias,
-          b.int64([0, 0], [2], "starts"),
-          b.op("Concat", [queryLength, total], { axis: 0 }),
-          b.int64([2, 3], [2], "axes"),
-        ],
+        columns === "first"
+          ? [
+              bias,
+              b.int64([0, 0], [2], "starts"),
+              b.op("Concat", [queryLength, total], { axis: 0 }),
+              b.int64([2, 3], [2], "axes"),
+            ]
+          : [
+              bias,
+              b.op("Concat", [b.int64([0], [1]), b.op("Neg", [total])], { axis: 0 }),
+              b.op("Concat", [queryLength, b.int64([Number.MAX_SAFE_INTEGER], [1], "to_end")], { axis: 0 }),
+              b.int64([2, 3], [2], "axes"),
+            ],
         {},
         `layer${l.index}_attention_bias`,
       );

@@ -1,7 +1,7 @@
 /**
  * A KV-cache stage (`keep kv` / `drop kv`): the residual stream is left alone; in each planned
- * layer the GroupQueryAttention's present key and value keep, per KV head, the K' entries the press
- * scores best, in ascending position order:
+ * layer the present key and value (GroupQueryAttention's, or plain attention's Concat(past, k))
+ * keep, per KV head, the K' entries the press scores best, in ascending position order:
  *
  *   N     = entries in the present cache (past + this call's tokens);
  *   K'    = at a call whose past is empty (prefill): the budget (max(1, ⌊N·c⌋) or the count);
@@ -11,22 +11,23 @@
  *
  * The op attends over the full cache at that call (the press scores what it saw); only what is
  * stored for later calls is compressed. Keys are stored after rotary, so they keep their positions;
- * the next call's token gets its dense position from the host's position ids. The layer's own
- * sequence lengths (total = its past + the call's tokens, seqlens_k = total − 1) and its key bias
- * (the first `total` columns) are rewritten per layer (passes/cached-attention.ts), since the host's
- * attention mask counts the dense cache. Written for batch 1 and unpadded batches; left-padded
- * batches keep each example's padding in its budget (not yet each example's batch-1 result).
+ * the next call's token gets its dense position from the host's position ids. How the layer then
+ * reads its shorter cache (the host's mask counts the dense one) is per attention kind
+ * (passes/kv/site.ts: GroupQueryAttention's sequence lengths and key bias, plain attention's mask
+ * columns). In a left-padded batch (the host's `attention_mask`)
+ * each example is scored as alone and never keeps a pad over a real entry; K' is the batch's.
  *
- * Pre:  plan validated by src/plan-kv.ts (every layer a GroupQueryAttention with present outputs,
- *       rotary outside the op, the press's prepareKv ok).
+ * Pre:  plan validated by src/plan-kv.ts (every layer has a `cache` fact that passes/kv/site.ts's
+ *       `evictable` accepts, rotary outside the op, the press's prepareKv ok).
  * Post: each layer's present outputs hold K' entries per KV head; the splice's ensures() held.
  */
-import { Graph, type GraphProto, type NodeProto, type TensorProto } from "../src/ir/graph.js";
+import { attrInt, Graph, type GraphProto, type NodeProto, type TensorProto } from "../src/ir/graph.js";
 import { int64Tensor } from "../src/onnx/tensor.js";
 import type { TransformerInfo } from "../src/analysis/transformer.js";
 import { refreshFacts } from "../src/analysis/refresh.js";
 import { shallowCopy } from "../src/ir/copy.js";
 import type { KvPlan } from "../src/plan-types.js";
+import type { KvScorer } from "./kv/criterion.js";
 import { NodeBuilder } from "./builder.js";
 import { create } from "@bufbuild/protobuf";
 import { AttributeProtoSchema, AttributeProto_AttributeType, GraphProtoSchema } from "../src/onnx/gen/onnx_pb.js";
@@ -55,6 +56,8 @@ export function applyKvStage(
   opset: number,
   /** Output each layer's kept positions (--expose-indices); otherwise decode steps skip building them. */
   expose: boolean,
+  /** Layers after which a stream stage acts (their caches below hold the kept tokens, pads first). */
+  streamLayers: readonly number[] = [],
 ): KvStageResult {
   let graph = proto;
   const added: NodeProto[] = [];
@@ -63,6 +66,7 @@ export function applyKvStage(
   const limit = plan.budget.kind === "fraction" ? maxPositions(new Graph(proto)) : undefined;
   const table = limit !== undefined && limit <= MAX_TABLE ? `prunec/stage${plan.stage}/kv_budget_table` : undefined;
   let tableAdded = false;
+  const hostMask = attentionMask(proto);
   for (const planned of plan.layers) {
     const g = new Graph(graph);
     const model = refreshFacts(dense, g);
@@ -78,7 +82,15 @@ export function applyKvStage(
       [presentValue, denseName(presentValue)],
     ]);
     // The layer reads its own (shorter) cache at later calls (per attention kind: passes/kv/site.ts).
-    const site = evictionSite(b, g, model, dense, layer, cache);
+    const site = evictionSite(
+      b,
+      g,
+      model,
+      dense,
+      layer,
+      cache,
+      streamLayers.some((l) => l < layer.index),
+    );
     // The layer's own readers of its present key/value (plain attention's repeat_kv, shapes) attend
     // this call's dense cache; only the graph outputs (what later calls get) are the evicted one.
     const replaced = new Map(site.replaced);
@@ -99,10 +111,16 @@ export function applyKvStage(
     if ("why" in prepared) throw new Error(`stage ${plan.stage}: ${prepared.why} (checked by the plan)`);
     // Only a prefill evicts; decode steps keep every entry and skip the press's work (an If).
     const t = new NodeBuilder(`${b.prefix}/evict`, opset);
-    const own = plan.budget.kind === "fraction" ? prepared.ok.budget?.(t, n, plan.budget.value) : undefined;
+    const own = plan.budget.kind === "fraction" ? ownBudget(b, t, prepared.ok, n, plan, layer.index, limit) : undefined;
     const kept = own ?? budget(t, plan, n, table);
+    // Left padding: each example is scored as it would be alone (its pads' query rows carry no
+    // attention, its positions count from its first real entry) and never keeps a pad over a real
+    // entry; the count K' is the batch's (shapes are shared).
+    const pads = padding(t, hostMask, n);
     let probs: string | undefined;
-    const scores = prepared.ok.score({
+    const realRows = (p: string, window?: number) =>
+      pads ? t.op("Mul", [p, window ? t.slice(pads.rows, 2, -window) : pads.rows], {}, "real_query_rows") : p;
+    const raw = prepared.ok.score({
       b: t,
       args: plan.args,
       heads: site.heads,
@@ -110,9 +128,13 @@ export function applyKvStage(
       keys,
       n,
       kept,
-      probabilities: () => (probs ??= site.probabilities(t)),
-      windowProbabilities: (window) => site.windowProbabilities(t, window),
+      padding: pads?.count ?? t.int64([0], [1, 1, 1], "no_padding"),
+      probabilities: () => (probs ??= realRows(site.probabilities(t))),
+      windowProbabilities: (window) => realRows(site.windowProbabilities(t, window), window),
     });
+    const scores = pads
+      ? t.op("Where", [pads.columns, raw, t.float([Number.NEGATIVE_INFINITY], [], "pad_score")], {}, "pads_last")
+      : raw;
     const [, best] = t.opN("TopK", [scores, kept], 2, { axis: 2, largest: 1, sorted: 1 }); // [B,kvH,K']
     // Ascending positions: TopK of −position (exact in fp32 below 2^24 entries).
     const [minus] = t.opN("TopK", [t.op("Neg", [t.op("Cast", [best!], { to: FLOAT })]), kept], 2, {
@@ -202,6 +224,40 @@ export function applyKvStage(
   return { graph, added, indices };
 }
 
+/** The host's key-padding mask: a graph input `attention_mask` [batch, total] (transformers.js and torch exports). */
+function attentionMask(g: GraphProto): string | undefined {
+  const m = g.input.find((i) => i.name === "attention_mask");
+  const shape = m?.type?.value.case === "tensorType" ? m.type.value.value.shape : undefined;
+  return shape?.dim.length === 2 ? m!.name : undefined;
+}
+
+/**
+ * At prefill the first N columns of the host's mask say which of the N entries are real (left
+ * padding puts each example's pads first, in the layer's cache too): `columns` bool [B,1,N],
+ * `rows` float [B,1,N,1] (1 on real queries), `count` int64 [B,1,1] (leading pads).
+ */
+function padding(
+  b: NodeBuilder,
+  mask: string | undefined,
+  n: string,
+): { columns: string; rows: string; count: string } | undefined {
+  if (!mask) return undefined;
+  const real = b.op(
+    "Cast",
+    [b.op("Slice", [mask, b.int64([0], [1], "from_start"), n, b.int64([1], [1], "key_axis")])],
+    {
+      to: 9,
+    },
+  ); // bool [B,N]
+  const asFloat = b.op("Cast", [real], { to: FLOAT });
+  const realCount = b.reduce("ReduceSum", b.op("Cast", [real], { to: INT64 }), [1], 1); // [B,1]
+  return {
+    columns: b.unsqueeze(real, [1]),
+    rows: b.unsqueeze(asFloat, [1, 3]),
+    count: b.unsqueeze(b.op("Sub", [n, realCount], {}, "leading_pads"), [2]),
+  };
+}
+
 /** The element type a graph output or value_info declares for `name` (float32 when none does). */
 function elemTypeOf(g: GraphProto, name: string): number {
   const v = [...g.output, ...g.valueInfo].find((x) => x.name === name);
@@ -210,18 +266,56 @@ function elemTypeOf(g: GraphProto, name: string): number {
 
 /**
  * The most positions the model can encode: the rows of a rotary cos cache (RotaryEmbedding's or
- * GroupQueryAttention's own), or undefined when the graph has none.
+ * GroupQueryAttention's own, or a constant [positions, d] table gathered by a position-ids input,
+ * as torch exports rotary), or undefined when the graph has none.
  */
 function maxPositions(g: Graph): number | undefined {
   let most: number | undefined;
   for (const n of g.proto.node) {
     const cache =
-      n.opType === "RotaryEmbedding" ? n.input[2] : n.opType === "GroupQueryAttention" ? n.input[7] : undefined;
-    const t = cache ? g.initializers.get(cache) : undefined;
+      n.opType === "RotaryEmbedding"
+        ? n.input[2]
+        : n.opType === "GroupQueryAttention"
+          ? n.input[7]
+          : n.opType === "Gather" && n.input[1] === "position_ids" && attrInt(n, "axis", 0) === 0
+            ? n.input[0]
+            : undefined;
+    const t = cache ? g.constantTensor(cache) : undefined;
+    // A gathered table is [positions, d]; anything else is not a rotary table.
+    if (n.opType === "Gather" && t?.dims.length !== 2) continue;
     const rows = t?.dims[0] !== undefined ? Number(t.dims[0]) : undefined;
     if (rows !== undefined && rows > 0) most = Math.max(most ?? 0, rows);
   }
   return most;
+}
+
+/**
+ * A press's own budget (PyramidKV's per-layer ramp), int64 [1]: from a per-layer table the press
+ * computes here when N is bounded (the table goes to `b`, the stage's initializers), else from the
+ * press's float64 graph form; undefined when the press has none.
+ */
+function ownBudget(
+  b: NodeBuilder,
+  t: NodeBuilder,
+  scorer: KvScorer,
+  n: string,
+  plan: KvPlan,
+  layer: number,
+  limit: number | undefined,
+): string | undefined {
+  if (plan.budget.kind !== "fraction") return undefined;
+  const c = plan.budget.value;
+  if (scorer.budgetAt && limit !== undefined && limit <= MAX_TABLE) {
+    const name = `prunec/stage${plan.stage}/layer${layer}/kv_budget_table`;
+    b.initializers.push(
+      int64Tensor(
+        name,
+        Array.from({ length: limit + 1 }, (_, m) => scorer.budgetAt!(m, c)),
+      ),
+    );
+    return t.op("Gather", [name, n], { axis: 0 }, "layer_budget");
+  }
+  return scorer.budget?.(t, n, c);
 }
 
 /** int64 [L+1]: max(1, int(N·c)) for N = 0..L, in float64 as kvpress computes it. */

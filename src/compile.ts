@@ -338,7 +338,14 @@ function evictCaches(c: Compilation): Compilation {
   const added = [...c.state.added];
   const kvIndices = new Map(c.kvIndices);
   for (const plan of c.kvPlans) {
-    const evicted = applyKvStage(graph, c.info, plan, c.opset, c.options.exposeIndices ?? false);
+    const evicted = applyKvStage(
+      graph,
+      c.info,
+      plan,
+      c.opset,
+      c.options.exposeIndices ?? false,
+      c.plans.map((p) => p.layer.index),
+    );
     graph = evicted.graph;
     added.push(...evicted.added);
     kvIndices.set(plan.stage, evicted.indices);

@@ -18,7 +18,15 @@ import {
   type PromptBatch,
 } from "./support/decoder.js";
 import { ReferenceDecoder, weightsFromModel } from "./reference/decoder.js";
-import { keptCount, kvpressSelect, randomHashScores, type PressSpec } from "./reference/kv-presses.js";
+import {
+  keptCount,
+  kvpressSelect,
+  pyramidLayerBudget,
+  randomHashScores,
+  type PressSpec,
+} from "./reference/kv-presses.js";
+import { decodeModel } from "../src/onnx/io.js";
+import { readNumbers } from "../src/onnx/tensor.js";
 import { evictingGeneration } from "./reference/kv-generation.js";
 import { rows } from "./support/model-edit.js";
 
@@ -43,6 +51,26 @@ const session = (model: Uint8Array) => (feeds: Parameters<typeof runNode>[1]) =>
 /** The reference: dense prefill, eviction by the press, greedy decode over the kept cache. */
 const referenceGeneration = (prompt: number[], press: PressSpec, steps: number) =>
   evictingGeneration(reference, prompt, press, steps);
+
+/** Left-padded batches: the press of each example with the batch's count `k`. */
+const PADDED_CASES: { spec: string; press: (k: number) => PressSpec }[] = [
+  { spec: "keep kv 50% by knorm", press: (k) => ({ method: "knorm", budget: { keep: k } }) },
+  {
+    spec: "keep kv 50% by streaming(sinks: 2)",
+    press: (k) => ({ method: "streaming", budget: { keep: k }, sinks: 2 }),
+  },
+  {
+    spec: "keep kv 50% by snapkv(window: 4, kernel: 3)",
+    press: (k) => ({ method: "snapkv", budget: { keep: k }, window: 4, kernel: 3 }),
+  },
+  { spec: "keep kv 50% by observed", press: (k) => ({ method: "observed", budget: { keep: k } }) },
+  { spec: "keep kv 50% by tova", press: (k) => ({ method: "tova", budget: { keep: k } }) },
+  { spec: "keep kv 50% by h2o(recent: 2)", press: (k) => ({ method: "h2o", heavy: k - 2, recent: 2 }) },
+  {
+    spec: "keep kv 50% by a2sf(forget: 0.9, recent: 2)",
+    press: (k) => ({ method: "a2sf", total: k, forget: 0.9, recent: 2 }),
+  },
+];
 
 const CASES: { spec: string; press: (n: number) => PressSpec }[] = [
   { spec: "keep kv 50% by knorm", press: () => ({ method: "knorm", budget: { keepPercent: 50 } }) },
@@ -155,6 +183,52 @@ for (const { name: layout, model: decoder } of LAYOUTS)
       });
     });
 
+    it("a left-padded batch of 3 (18, 14, 16 tokens): each example is scored as alone (pads never kept), keeps the batch's count int(18 · 0.5) = 9, and generates what it does alone with that count", async () => {
+      const prompts = [PROMPTS[1]!, PROMPTS[0]!, [1, 33, 34, 35, 36, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 5]];
+      const batch = promptBatch(prompts, "left");
+      const n = batch.seq;
+      const k = Math.trunc(n * 0.5);
+      const V = WIDE.vocab;
+      for (const c of PADDED_CASES) {
+        const model = compile(decoder, c.spec, { exposeIndices: true }).model;
+        const out = await runNode(model, prefillFeeds(batch, "gqa", WIDE));
+        const got = await generateGreedy(session(model), batch, STEPS, WIDE);
+        prompts.forEach((prompt, b) => {
+          const pad = n - prompt.length;
+          const want = referenceGeneration(prompt, c.press(k), STEPS);
+          for (let l = 0; l < WIDE.layers; l++) {
+            const idx = out[`prunec.stage0.layer${l}.kv_indices`]!;
+            expect(idx.dims[2]).toBe(k);
+            const all = idx.data as BigInt64Array;
+            const perHead = rows(all.subarray(b * WIDE.kvHeads * k, (b + 1) * WIDE.kvHeads * k), [WIDE.kvHeads, k]);
+            expect([c.spec, b, l, perHead]).toEqual([c.spec, b, l, want.kept[l]!.map((h) => h.map((j) => j + pad))]);
+          }
+          expect([c.spec, b, got.tokens[b]]).toEqual([c.spec, b, want.tokens]);
+          got.steps.forEach((logits, s) =>
+            expect(
+              maxAbsDiff(logits.subarray(b * V, (b + 1) * V), Float64Array.from(want.steps[s]!)),
+            ).toBeLessThanOrEqual(TOL),
+          );
+        });
+      }
+    });
+
+    it("random(seed: 7) in a left-padded batch: each example's set is the hash of its own positions (as alone), with the batch's count", async () => {
+      const prompts = [PROMPTS[1]!, PROMPTS[0]!];
+      const batch = promptBatch(prompts, "left");
+      const k = Math.trunc(batch.seq * 0.5);
+      const model = compile(decoder, "keep kv 50% by random(seed: 7)", { exposeIndices: true }).model;
+      const idx = (await runNode(model, prefillFeeds(batch, "gqa", WIDE)))["prunec.stage0.layer2.kv_indices"]!;
+      prompts.forEach((prompt, b) => {
+        const pad = batch.seq - prompt.length;
+        const want = kvpressSelect(randomHashScores(WIDE.kvHeads, prompt.length, 7), k).kept;
+        const all = idx.data as BigInt64Array;
+        expect(rows(all.subarray(b * WIDE.kvHeads * k, (b + 1) * WIDE.kvHeads * k), [WIDE.kvHeads, k])).toEqual(
+          want.map((h) => h.map((j) => j + pad)),
+        );
+      });
+    });
+
     it("in layers 1..2: only those layers' caches shrink", async () => {
       const model = compile(decoder, "in layers 1..2 keep kv 50% by knorm").model;
       const prompt = PROMPTS[0]!;
@@ -163,6 +237,42 @@ for (const { name: layout, model: decoder } of LAYOUTS)
       expect([0, 1, 2, 3].map((l) => out[`present.${l}.key`]!.dims[2])).toEqual([n, n / 2, n / 2, n]);
     });
   });
+
+describe("pyramidkv's per-layer budgets are int64 tables (no float64 kernels: WebGPU runs them)", () => {
+  it("every layer's table equals kvpress's get_layer_budget (reference) for every N the model can hold, at 3 ratios and 2 windows", () => {
+    for (const [percent, window, beta] of [
+      [50, 4, 2],
+      [25, 4, 20],
+      [10, 8, 5],
+      [75, 8, 20],
+    ] as const) {
+      const model = decodeModel(
+        compile(decoder, `keep kv ${percent}% by pyramidkv(window: ${window}, kernel: 3, beta: ${beta})`).model,
+      );
+      const inits = new Map(model.graph!.initializer.map((t) => [t.name, t]));
+      for (let l = 0; l < WIDE.layers; l++) {
+        const table = inits.get(`prunec/stage0/layer${l}/kv_budget_table`)!;
+        expect(Number(table.dims[0])).toBe(WIDE.maxPositions + 1);
+        const got = readNumbers(table, WIDE.maxPositions + 1)!;
+        const ratio = 1 - percent / 100;
+        const want = got.map((_, n) => Math.max(1, pyramidLayerBudget(l, WIDE.layers, n, ratio, window, beta)));
+        expect([percent, l, got]).toEqual([percent, l, want]);
+      }
+      // No float64 anywhere, subgraphs included: every budget is a table lookup.
+      const doubles: string[] = [];
+      const visit = (g: NonNullable<typeof model.graph>) => {
+        for (const t of g.initializer) if (t.dataType === 11) doubles.push(t.name);
+        for (const n of g.node)
+          for (const a of n.attribute) {
+            if (n.opType === "Cast" && a.name === "to" && Number(a.i) === 11) doubles.push(n.name);
+            for (const sub of a.g ? [a.g, ...a.graphs] : a.graphs) visit(sub);
+          }
+      };
+      visit(model.graph!);
+      expect(doubles).toEqual([]);
+    }
+  });
+});
 
 /**
  * The same KV stages on onnxruntime-web's WASM backend (single thread, in Node: what a browser's

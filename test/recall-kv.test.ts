@@ -116,6 +116,44 @@ describe("keep kv on the trained recall decoder (plain attention, Concat caches;
     }
   });
 
+  it("a left-padded batch of 3 sample prompts (contexts of different lengths): each example keeps what it keeps alone with the batch's count, and generates the same 32 tokens", async () => {
+    const samples = readFileSync(join(DIR, "sample.jsonl"), "utf8")
+      .split("\n")
+      .filter((l) => l.length > 0)
+      .map((l) => (JSON.parse(l) as { prompt: number[] }).prompt);
+    const prompts = [samples[0]!, samples[1]!, samples[2]!];
+    expect(new Set(prompts.map((p) => p.length)).size).toBe(3);
+    const batch = promptBatch(prompts, "left");
+    const k = Math.trunc(batch.seq * 0.25);
+    const V = RECALL.vocab;
+    for (const c of [
+      { spec: "keep kv 25% by h2o(recent: 8)", press: (): PressSpec => ({ method: "h2o", heavy: k - 8, recent: 8 }) },
+      {
+        spec: "keep kv 25% by snapkv(window: 8, kernel: 5)",
+        press: (): PressSpec => ({ method: "snapkv", budget: { keep: k }, window: 8, kernel: 5 }),
+      },
+    ]) {
+      const model = compile(MODEL, c.spec, { exposeIndices: true }).model;
+      const out = await runNode(model, prefillFeeds(batch, "plain-cache", RECALL));
+      const got = await generateGreedy(run(model), batch, STEPS, RECALL);
+      prompts.forEach((prompt, b) => {
+        const pad = batch.seq - prompt.length;
+        const want = evictingGeneration(reference, prompt, c.press(), STEPS);
+        for (let l = 0; l < RECALL.layers; l++) {
+          const all = out[`prunec.stage0.layer${l}.kv_indices`]!.data as BigInt64Array;
+          const perHead = rows(all.subarray(b * RECALL.kvHeads * k, (b + 1) * RECALL.kvHeads * k), [RECALL.kvHeads, k]);
+          expect([c.spec, b, l, perHead]).toEqual([c.spec, b, l, want.kept[l]!.map((h) => h.map((j) => j + pad))]);
+        }
+        expect(got.tokens[b]).toEqual(want.tokens);
+        got.steps.forEach((logits, s) =>
+          expect(
+            maxAbsDiff(logits.subarray(b * V, (b + 1) * V), Float64Array.from(want.steps[s]!)),
+          ).toBeLessThanOrEqual(TOL),
+        );
+      });
+    }
+  });
+
   it(`keep kv 100% by snapkv generates what the dense model generates (${STEPS} tokens, logits <= 1e-5)`, async () => {
     const model = compile(MODEL, "keep kv 100% by snapkv(window: 8)").model;
     const single = promptBatch([PROMPTS[0]!], "left");

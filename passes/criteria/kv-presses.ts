@@ -89,22 +89,18 @@ export const streaming: KvCriterionModule = {
   reference: "NVIDIA/kvpress 8bb29b9 kvpress/presses/streaming_llm_press.py",
   prepareKv: press((ctx) => {
     const { b } = ctx;
-    const sinks = b.float([intArg(ctx, "sinks", 4)], [], "sinks");
-    const pos = positions(b, ctx);
-    const prunedEnd = b.op(
-      "Add",
-      [sinks, b.op("Cast", [b.op("Sub", [ctx.n, ctx.kept])], { to: FLOAT })],
-      {},
-      "pruned_end",
-    );
+    // In the example's own positions (left pads first: j − pads), over its own real entries.
+    const sinks = b.int64([intArg(ctx, "sinks", 4)], [], "sinks");
+    const own = b.op("Sub", [b.range(ctx.n, "positions"), ctx.padding], {}, "own_positions"); // [B,1,N]
+    const real = b.op("Sub", [ctx.n, ctx.padding], {}, "real_entries"); // [B,1,1]
+    const prunedEnd = b.op("Add", [sinks, b.op("Sub", [real, ctx.kept])], {}, "pruned_end");
     const pruned = b.op(
       "And",
-      [b.op("GreaterOrEqual", [pos, sinks]), b.op("Less", [pos, prunedEnd])],
+      [b.op("GreaterOrEqual", [own, sinks]), b.op("Less", [own, prunedEnd])],
       {},
       "between_sinks_and_recent",
     );
-    const row = b.op("Where", [pruned, b.float([0], [], "zero"), b.float([1], [], "one")], {}, "streaming_scores"); // [N]
-    // The same row for every example and KV head.
+    const row = b.op("Where", [pruned, b.float([0], [], "zero"), b.float([1], [], "one")], {}, "streaming_scores"); // [B,1,N]
     return overCache(b, ctx, row, "every_head");
   }),
 };
@@ -266,6 +262,7 @@ export const pyramidkv: KvCriterionModule = {
     return {
       ok: {
         score: cached.ok.score,
+        budgetAt: (n, fraction) => pyramidBudget(n, fraction, window, beta, layers, index),
         budget: (b, n, fraction) => {
           const nd = b.op("Cast", [n], { to: DOUBLE }, "n_double");
           const w = b.double([window], [], "window");
@@ -307,6 +304,30 @@ export const pyramidkv: KvCriterionModule = {
   },
 };
 
+/** Python's round(): halves to the even neighbour (ONNX Round does the same). */
+function roundHalfEven(x: number): number {
+  const r = Math.round(x);
+  return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
+
+/**
+ * kvpress's get_layer_budget for layer `index` of `layers`, N entries, kept fraction c: the ramp
+ * from max to min over the layers when it fits (n ≥ max ≥ min ≥ window), else round(N·c); at least 1.
+ * The graph form (`budget` above) computes the same float64 steps for lengths past the table.
+ */
+function pyramidBudget(n: number, c: number, window: number, beta: number, layers: number, index: number): number {
+  const capped = window + n * c - window;
+  let min = capped / beta;
+  let max = capped * 2 - min;
+  if (max >= n - window) {
+    max = n - window;
+    min = capped * 2 - max;
+  }
+  const ordered = n >= max && max >= min && min >= window;
+  const chosen = ordered ? max - index * ((max - min) / (layers - 1)) : n * c;
+  return Math.max(1, roundHalfEven(chosen));
+}
+
 /** The hash behind `random` on the cache: h = (j·A + g·B + seed·C + D) mod P, exact in int64 and in float32 (P < 2^24). */
 export const RANDOM_HASH = { A: 9765625, B: 7368787, C: 4194301, D: 1234567, P: 16777213 } as const;
 
@@ -327,7 +348,8 @@ export const randomKv: KvCriterionModule = {
     const { A, B, C, D, P } = RANDOM_HASH;
     const seed = intArg(ctx, "seed", 0);
     const kvHeads = ctx.kvHeads;
-    const pos = b.unsqueeze(b.range(ctx.n, "positions"), [0]); // [1,N]
+    // The example's own positions (j − its leading pads): the same set as alone.
+    const pos = b.op("Sub", [b.range(ctx.n, "positions"), ctx.padding], {}, "own_positions"); // [B,1,N]
     const heads = b.int64(
       Array.from({ length: kvHeads }, (_, g) => g * B + seed * C + D),
       [kvHeads, 1],
@@ -339,8 +361,8 @@ export const randomKv: KvCriterionModule = {
       { fmod: 0 },
       "hash",
     );
-    const scores = b.op("Cast", [h], { to: FLOAT }, "random_scores"); // [kvH,N]
-    return overCache(b, ctx, b.unsqueeze(scores, [0]), "every_example");
+    const scores = b.op("Cast", [h], { to: FLOAT }, "random_scores"); // [B,kvH,N]
+    return overCache(b, ctx, scores, "every_example");
   }),
 };
 

@@ -36,7 +36,12 @@ export interface KvScoreContext {
   /** int64 [1]: N, the entries in the present cache; int64 [1]: K', how many each KV head keeps. */
   n: string;
   kept: string;
-  /** float [B, H, S, N]: the causal attention probabilities of the call's queries (computed once, on demand). */
+  /**
+   * int64 [B,1,1]: each example's leading pad entries (left padding; 0 without). Entry j is the
+   * example's position j − padding; pads score below every real entry whatever the press gives them.
+   */
+  padding: string;
+  /** float [B, H, S, N]: the causal attention probabilities of the call's queries, pad queries' rows zero (computed once, on demand). */
   probabilities(): string;
   /** float [B, H, w, N]: the same for the call's last `w` queries only (SnapKV's window). */
   windowProbabilities(window: number): string;
@@ -50,6 +55,12 @@ export interface KvScorer {
    * head, from N (int64 [1]) and the stage's kept fraction c; absent = the stage's budget.
    */
   budget?(b: NodeBuilder, n: string, fraction: number): string;
+  /**
+   * The same budget computed here for N entries (float64, as the graph's `budget`), written as an
+   * int64 table over every length the model can hold: exact, and free of float64 kernels (which
+   * onnxruntime-web's WebGPU build lacks). Used whenever the stage can bound N.
+   */
+  budgetAt?(n: number, fraction: number): number;
 }
 
 export interface KvCriterionModule extends CriterionInfo {

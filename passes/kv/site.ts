@@ -62,6 +62,8 @@ export function evictionSite(
   dense: TransformerInfo,
   layer: LayerInfo,
   cache: LayerCache,
+  /** A stream stage acts above this layer (its cache then holds the host mask's first columns). */
+  belowStreamStage: boolean,
 ): EvictionSite {
   const core = layer.core;
   const checked = evictable(layer);
@@ -76,7 +78,15 @@ export function evictionSite(
     const attention = gqaAttention(layer, core, `layer ${layer.index}'s GroupQueryAttention`);
     if ("why" in attention) throw new Error(`${attention.why} (checked by the plan)`);
     // The press reads the rewired op too (its bias then fits any call's cache), writing /dense.
-    const replaced = rewriteCachedAttention(b, model, dense, layer.index, undefined, layer.index);
+    const replaced = rewriteCachedAttention(
+      b,
+      model,
+      dense,
+      layer.index,
+      undefined,
+      layer.index,
+      belowStreamStage ? "first" : "last",
+    );
     const rewired = replaced.get(core.anchor) ?? core.anchor;
     const gqa = {
       ...attention.ok,

@@ -46,6 +46,8 @@ const DECODER_SPECS = [
   "tokens image = input image_mask\ntokens instruction = after image\nafter layer 1 drop 50% of image by iga",
   "tokens image = input image_mask\nafter layer 1 drop 50% of image by text-attn",
   "tokens image = input image_mask\nafter layer 0 merge 25% by similarity\nafter layer 2 drop 50% of image by norm",
+  "in layers 1..2 keep kv 25% by snapkv(window: 4)",
+  "tokens image = input image_mask\nafter layer 1 drop 50% of image by last-token-attn\nkeep kv 50% by h2o(recent: 2)",
 ];
 
 const GRAPH_ONLY: [string, string, string[], number][] = [
@@ -160,7 +162,8 @@ export function seedModels(): SeedModel[] {
       name: "decoder-plain",
       source: "built in code (test/support/decoder.ts, plain)",
       bytes: cached(() => buildDecoder({ attention: "plain" })),
-      specs: DECODER_SPECS,
+      // No cache to evict: the KV specs are the cached decoders'.
+      specs: DECODER_SPECS.filter((s) => !/\bkv\b/.test(s)),
       layers: 4,
     },
     {

@@ -1,7 +1,7 @@
 /**
  * Spec generation and mutation. Generated specs use every construct of the language
  * (docs/language.md, grammar/README.md): model hints, token sets, positions, keep/drop/merge,
- * every amount form, `of SET`, every registered criterion with named/positional arguments of each
+ * KV-cache stages (keep/drop kv over a layer, a range or every layer), every amount form, `of SET`, every registered criterion with named/positional arguments of each
  * type, `with` options, comments and both separators. Mutations then damage them.
  */
 import { CRITERIA, PLANNED } from "../../passes/registry.js";
@@ -74,7 +74,22 @@ function amount(r: Rng, tokens: number): string {
   ]);
 }
 
+/** A KV-cache stage: `[in layer L | in layers A..B] keep|drop kv AMOUNT [of SET] by PRESS`. */
+function kvStage(r: Rng, layer: number, layers: number, sets: readonly string[]): string {
+  const position = r.weighted([
+    [3, ""],
+    [3, `in layer ${layer} `],
+    [3, `in layers ${layer}..${r.chance(0.8) ? r.int(layer, layers) : r.int(-layers - 1, layers + 1)} `],
+    [1, `after layer ${layer} `],
+  ]);
+  const verb = r.chance(0.75) ? "keep" : "drop";
+  const amt = amount(r, 64);
+  const of = sets.length && r.chance(0.1) ? ` of ${r.pick(sets)}` : "";
+  return `${position}${cased(r, verb)} ${cased(r, "kv")}${amt ? ` ${amt}` : ""}${of} by ${criterion(r, layers)}`;
+}
+
 function stage(r: Rng, layer: number, layers: number, sets: readonly string[]): string {
+  if (r.chance(0.15)) return kvStage(r, layer, layers, sets);
   const position = r.weighted([
     [8, `after layer ${layer}`],
     [2, `in layer ${layer}`],

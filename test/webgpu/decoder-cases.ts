@@ -32,6 +32,8 @@ import {
   evictPrefill,
   keptCount,
   knormScores,
+  h2oScores,
+  pyramidLayerBudget,
   snapkvScores,
   type LayerInput,
   type Mat,
@@ -42,6 +44,8 @@ import type { TestServer } from "./server.js";
 
 export const PLAIN = buildDecoder({ attention: "plain" });
 export const GQA = buildDecoder({ attention: "gqa" });
+/** The same weights behind plain MatMul-Softmax attention with Concat(past, k) caches (torch's export layout). */
+export const PLAIN_CACHE = buildDecoder({ attention: "plain-cache" });
 const WEIGHTS = decoderWeights(DECODER);
 
 export const SETS = "tokens image = input image_mask\ntokens instruction = after image";
@@ -412,8 +416,10 @@ export interface KvCase {
   press: (n: number) => PressSpec;
   /** The reference scores [kvHead][position] of one layer (for the tie screen). */
   scores: (x: LayerInput) => Mat;
-  /** K' for an N-token prompt. */
-  kept: (n: number) => number;
+  /** K' for an N-token prompt, in layer `layer` (PyramidKV's differ per layer). */
+  kept: (n: number, layer: number) => number;
+  /** The decoder compiled: GroupQueryAttention (default) or plain attention with Concat caches. */
+  layout?: "plain-cache";
 }
 
 export const KV_CASES: KvCase[] = [
@@ -430,6 +436,22 @@ export const KV_CASES: KvCase[] = [
     press: () => ({ method: "snapkv", budget: { keepPercent: 50 }, window: 4, kernel: 3 }),
     scores: (x) => snapkvScores(causalProbs(x.q, x.k), x.k.length, 4, 3),
     kept: (n) => keptCount(n, { keepPercent: 50 }),
+  },
+  {
+    // Per-layer budgets from int64 tables (WebGPU has no float64 kernels).
+    key: "kv-pyramidkv",
+    spec: "keep kv 50% by pyramidkv(window: 4, kernel: 3, beta: 2)",
+    press: () => ({ method: "pyramidkv", budget: { keepPercent: 50 }, window: 4, kernel: 3, beta: 2 }),
+    scores: (x) => snapkvScores(causalProbs(x.q, x.k), x.k.length, 4, 3),
+    kept: (n, layer) => Math.max(1, pyramidLayerBudget(layer, DECODER.layers, n, 0.5, 4, 2)),
+  },
+  {
+    key: "kv-h2o-plain",
+    spec: "keep kv 50% by h2o(recent: 2)",
+    press: (n) => ({ method: "h2o", heavy: keptCount(n, { keepPercent: 50 }) - 2, recent: 2 }),
+    scores: (x) => h2oScores(causalProbs(x.q, x.k), x.k.length),
+    kept: (n) => keptCount(n, { keepPercent: 50 }),
+    layout: "plain-cache",
   },
 ];
 
@@ -452,10 +474,10 @@ export function kvReference(c: KvCase, prompt: readonly number[], steps: number)
     k: cache.keys[l]!.map((r) => r.map((x) => Array.from(x))),
     v: cache.values[l]!.map((r) => r.map((x) => Array.from(x))),
   }));
-  const k = c.kept(prompt.length);
   let margin = Infinity;
-  for (const x of layers)
+  for (const [l, x] of layers.entries())
     for (const row of c.scores(x)) {
+      const k = c.kept(prompt.length, l);
       const s = [...row].sort((a, b) => b - a);
       if (k < s.length) margin = Math.min(margin, (s[k - 1]! - s[k]!) / Math.max(Math.abs(s[k - 1]!), Math.abs(s[k]!)));
     }

@@ -31,7 +31,9 @@
  * report keeps it).
  *
  * KV-cache cases (decoder-cases.ts KV_CASES: `keep kv 50% by knorm`, `keep kv 50% by snapkv(window: 4,
- * kernel: 3)`, every cached layer of the GroupQueryAttention decoder, exposeIndices): per prompt
+ * kernel: 3)`, `pyramidkv` (per-layer budgets as int64 tables), every cached layer of the
+ * GroupQueryAttention decoder, and `h2o(recent: 2)` on the plain-attention decoder with Concat
+ * caches, exposeIndices): per prompt
  * (batch 1, two POOL prompts clear of ties) one WebGPU session runs the prefill and KV_STEPS − 1
  * greedy decode steps in the page, feeding its own argmax and its own presents back
  * (decoder-cases.ts KV_PAGE_RUNNER). Asserted: every `prunec.stage0.layerL.kv_indices` equals
@@ -69,6 +71,7 @@ import {
   generateInBrowser,
   kvReference,
   GQA,
+  PLAIN_CACHE,
   GQA_REFERENCE,
   GQA_SPEC,
   PLAIN,
@@ -533,11 +536,11 @@ describe("decoder criteria on WebGPU (the test decoder, target webgpu, exposeInd
   // KV-cache stages: every cached layer of the gqa decoder evicts at prefill; greedy decode steps
   // then run over the shorter caches, in one WebGPU session fed its own presents.
   for (const kc of KV_CASES) {
-    it(`${kc.key} (GroupQueryAttention decoder, '${kc.spec}' in every layer), batch 1, two prompts: WebGPU's kept positions per layer and KV head, cache lengths and ${KV_STEPS} greedy tokens equal onnxruntime-node's and the float64 reference's; logits within ${LOGITS_ATOL} at every call`, async () => {
+    it(`${kc.key} (${kc.layout === "plain-cache" ? "plain-attention decoder, Concat caches" : "GroupQueryAttention decoder"}, '${kc.spec}' in every layer), batch 1, two prompts: WebGPU's kept positions per layer and KV head, cache lengths and ${KV_STEPS} greedy tokens equal onnxruntime-node's and the float64 reference's; logits within ${LOGITS_ATOL} at every call`, async () => {
       const r: KvCaseReport = { key: kc.key, spec: kc.spec, skipped: [], prompts: [] };
       report.kv.push(r);
       try {
-        const model = compile(GQA, kc.spec, {
+        const model = compile(kc.layout === "plain-cache" ? PLAIN_CACHE : GQA, kc.spec, {
           exposeIndices: true,
           modelName: "decoder",
           specName: `${kc.key}.prune`,
@@ -587,7 +590,7 @@ describe("decoder criteria on WebGPU (the test decoder, target webgpu, exposeInd
             row: {
               id: x.id,
               length: x.tokens.length,
-              kept: kc.kept(x.tokens.length),
+              kept: kc.kept(x.tokens.length, 0),
               margin: ref.margin,
               logitGap: gap,
               tokens: { reference: ref.tokens, cpu: cpu.tokens[0]! },
@@ -641,7 +644,7 @@ describe("decoder criteria on WebGPU (the test decoder, target webgpu, exposeInd
                 expect(x.presentDims[`present.${l}.${kv}`], `${c.id}: present.${l}.${kv} at call ${s}`).toEqual([
                   1,
                   DECODER.kvHeads,
-                  c.row.kept + s,
+                  kc.kept(c.tokens.length, l) + s,
                   DECODER.headSize,
                 ]);
           });
