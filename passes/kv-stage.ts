@@ -112,11 +112,12 @@ export function applyKvStage(
     // Only a prefill evicts; decode steps keep every entry and skip the press's work (an If).
     const t = new NodeBuilder(`${b.prefix}/evict`, opset);
     const own = plan.budget.kind === "fraction" ? ownBudget(b, t, prepared.ok, n, plan, layer.index, limit) : undefined;
-    const kept = own ?? budget(t, plan, n, table);
     // Left padding: each example is scored as it would be alone (its pads' query rows carry no
     // attention, its positions count from its first real entry) and never keeps a pad over a real
     // entry; the count K' is the batch's (shapes are shared).
     const pads = padding(t, hostMask, n);
+    const set = plan.ofSet ? setEntries(t, plan, plan.ofSet.input, n, pads, table) : undefined;
+    const kept = set?.kept ?? own ?? budget(t, plan, n, table);
     let probs: string | undefined;
     const realRows = (p: string, window?: number) =>
       pads ? t.op("Mul", [p, window ? t.slice(pads.rows, 2, -window) : pads.rows], {}, "real_query_rows") : p;
@@ -132,9 +133,13 @@ export function applyKvStage(
       probabilities: () => (probs ??= realRows(site.probabilities(t))),
       windowProbabilities: (window) => realRows(site.windowProbabilities(t, window), window),
     });
-    const scores = pads
-      ? t.op("Where", [pads.columns, raw, t.float([Number.NEGATIVE_INFINITY], [], "pad_score")], {}, "pads_last")
+    // `of SET`: the other real entries are always kept; pads below everything.
+    const inSet = set
+      ? t.op("Where", [set.columns, raw, t.float([Number.POSITIVE_INFINITY], [], "outside_set")], {}, "set_competes")
       : raw;
+    const scores = pads
+      ? t.op("Where", [pads.columns, inSet, t.float([Number.NEGATIVE_INFINITY], [], "pad_score")], {}, "pads_last")
+      : inSet;
     const [, best] = t.opN("TopK", [scores, kept], 2, { axis: 2, largest: 1, sorted: 1 }); // [B,kvH,K']
     // Ascending positions: TopK of −position (exact in fp32 below 2^24 entries).
     const [minus] = t.opN("TopK", [t.op("Neg", [t.op("Cast", [best!], { to: FLOAT })]), kept], 2, {
@@ -256,6 +261,43 @@ function padding(
     rows: b.unsqueeze(asFloat, [1, 3]),
     count: b.unsqueeze(b.op("Sub", [n, realCount], {}, "leading_pads"), [2]),
   };
+}
+
+/**
+ * `of SET` at prefill: `columns` bool [B,1,N] (the set's real entries, from the first N columns
+ * of the set's input) and K' int64 [1]: each example keeps its other real entries and the budget
+ * of its set entries (at most all of them); K' is the largest example's, as with padding.
+ */
+function setEntries(
+  b: NodeBuilder,
+  plan: KvPlan,
+  input: string,
+  n: string,
+  pads: { columns: string } | undefined,
+  table: string | undefined,
+): { columns: string; kept: string } {
+  const marked = b.op(
+    "Cast",
+    [b.op("Slice", [input, b.int64([0], [1], "from_start"), n, b.int64([1], [1], "key_axis")])],
+    {
+      to: 9,
+    },
+  ); // bool [B,N]
+  const columns = pads
+    ? b.op("And", [b.unsqueeze(marked, [1]), pads.columns], {}, "set_entries")
+    : b.unsqueeze(marked, [1]);
+  const count = (x: string) => b.reduce("ReduceSum", b.op("Cast", [x], { to: INT64 }), [1, 2], 0); // [B]
+  const inSet = count(columns);
+  const real = pads ? count(pads.columns) : b.op("Expand", [n, b.slice(b.op("Shape", [input]), 0, 0, 1)]);
+  const ofSet = b.op("Min", [inSet, budget(b, plan, inSet, table)], {}, "set_budget");
+  const perExample = b.op("Add", [b.op("Sub", [real, inSet]), ofSet], {}, "kept_per_example"); // [B]
+  const kept = b.op(
+    "Max",
+    [b.reduce("ReduceMax", perExample, [0], 1), b.int64([1], [1], "at_least_one")],
+    {},
+    "set_kept",
+  );
+  return { columns, kept };
 }
 
 /** The element type a graph output or value_info declares for `name` (float32 when none does). */

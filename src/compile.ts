@@ -131,8 +131,14 @@ export interface CompileResult {
  * `tokens SET = input NAME` naming an input the model lacks adds it: a boolean [batch, sequence]
  * mask the caller feeds (language.md). Only sets a stage uses are added.
  */
-function withSetInputs(graph: GraphProto, spec: SpecIR, plans: StagePlan[], info: TransformerInfo): GraphProto {
-  const used = new Set(plans.flatMap((p) => (p.ofSet ? [p.ofSet.input] : [])));
+function withSetInputs(
+  graph: GraphProto,
+  spec: SpecIR,
+  plans: StagePlan[],
+  kvPlans: readonly KvPlan[],
+  info: TransformerInfo,
+): GraphProto {
+  const used = new Set([...plans, ...kvPlans].flatMap((p) => (p.ofSet ? [p.ofSet.input] : [])));
   const existing = new Set(graph.input.map((i) => i.name));
   const added = spec.tokenSets.filter(
     (t) => t.source.kind === "input" && used.has(t.source.input) && !existing.has(t.source.input),
@@ -201,7 +207,10 @@ interface Compilation {
  * after each (but the test hook) the graph is checked well formed (passes/splice.ts `ensures`).
  */
 const STEPS: readonly { name: string; run: (c: Compilation) => Compilation; unchecked?: true }[] = [
-  { name: "add token-set inputs", run: (c) => ({ ...c, graph: withSetInputs(c.graph, c.spec, c.plans, c.info) }) },
+  {
+    name: "add token-set inputs",
+    run: (c) => ({ ...c, graph: withSetInputs(c.graph, c.spec, c.plans, c.kvPlans, c.info) }),
+  },
   { name: "move rotary out of fused attention", run: moveRotary },
   { name: "apply stages", run: applyStages },
   { name: "evict KV caches", run: evictCaches },

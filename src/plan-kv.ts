@@ -12,6 +12,13 @@ import { hasEvictableCache } from "../passes/kv/criterion.js";
 import type { KvPlan } from "./plan-types.js";
 import { DEFAULT_PERCENT, resolvedAmount } from "./plan-amount.js";
 
+/** Presses that cannot be restricted to a token set, and why. */
+const SET_REFUSED: Readonly<Record<string, string>> = {
+  streaming:
+    "StreamingLLM's scores depend on the count it keeps (sinks, then the most recent entries), not on the entries; restricted to a set they would describe no method",
+  pyramidkv: "PyramidKV's per-layer budgets are fractions of the whole cache, not of a set",
+};
+
 /** Layers whose attention keeps a KV cache prunec can evict from (present key and value outputs). */
 export function cachedLayers(model: TransformerInfo): LayerInfo[] {
   return model.layers.filter(hasEvictableCache);
@@ -53,7 +60,13 @@ function layersOf(stage: StageIR, model: TransformerInfo): { ok: LayerInfo[] } |
 }
 
 /** Every `keep kv` / `drop kv` stage of the spec, planned; refusals go to `diagnostics`. */
-export function planKvStages(spec: SpecIR, model: TransformerInfo, diagnostics: Diagnostic[]): KvPlan[] {
+export function planKvStages(
+  spec: SpecIR,
+  model: TransformerInfo,
+  diagnostics: Diagnostic[],
+  /** Layers after which the spec's stream stages act. */
+  streamLayers: readonly number[] = [],
+): KvPlan[] {
   const plans: KvPlan[] = [];
   spec.stages.forEach((stage, index) => {
     if (stage.target !== "kv") return;
@@ -63,17 +76,37 @@ export function planKvStages(spec: SpecIR, model: TransformerInfo, diagnostics: 
       fail(stage.criterion.span, `'${stage.criterion.name}' does not score KV-cache entries`);
       return;
     }
-    if (stage.of !== undefined) {
-      fail(
-        stage.ofSpan ?? stage.span,
-        `'of ${stage.of}' on a KV-cache stage is not supported yet: the press scores every entry of the layer's cache`,
-      );
-      return;
-    }
     const layers = layersOf(stage, model);
     if ("why" in layers) {
       fail(layers.span, layers.why);
       return;
+    }
+    let ofSet: KvPlan["ofSet"];
+    if (stage.of !== undefined) {
+      const set = spec.tokenSets.find((t) => t.name === stage.of);
+      if (!set) return; // reported by checkSpecSets
+      const at = stage.ofSpan ?? stage.span;
+      if (set.source.kind !== "input") {
+        fail(
+          at,
+          `'of ${stage.of}': prunec restricts KV-cache stages to sets given by a model input ('tokens ${stage.of} = input NAME'); sets defined as '${set.source.kind} ...' are not supported yet`,
+        );
+        return;
+      }
+      const why = SET_REFUSED[criterion.name];
+      if (why) {
+        fail(at, `'of ${stage.of}' with ${criterion.name}: ${why}`);
+        return;
+      }
+      const below = layers.ok.find((l) => streamLayers.some((s) => s < l.index));
+      if (below) {
+        fail(
+          at,
+          `'of ${stage.of}' on layer ${below.index}'s cache: a stream stage above it keeps only some of the prompt's tokens there, and the set's mask marks the whole prompt`,
+        );
+        return;
+      }
+      ofSet = { name: stage.of, input: set.source.input };
     }
     const args = argsWithDefaults(criterion, stage.criterion.args);
     for (const layer of layers.ok) {
@@ -104,7 +137,7 @@ export function planKvStages(spec: SpecIR, model: TransformerInfo, diagnostics: 
     const ratio = amount.kind === "percent" ? (drop ? amount.value / 100 : 1 - amount.value / 100) : 0;
     const budget: KvPlan["budget"] =
       amount.kind === "percent" ? { kind: "fraction", value: 1 - ratio } : { kind: "count", value: amount.value, drop };
-    plans.push({ stage: index, layers: layers.ok, criterion, args, budget, text });
+    plans.push({ stage: index, layers: layers.ok, criterion, args, budget, text, ...(ofSet ? { ofSet } : {}) });
   });
   return plans;
 }

@@ -80,4 +80,9 @@ export interface KvPlan {
   budget: { kind: "fraction"; value: number } | { kind: "count"; value: number; drop: boolean };
   /** The amount as written, for reports ("keep kv 25%"). */
   text: string;
+  /**
+   * `of SET`: only the set's entries compete (the budget is a fraction or count of them); every
+   * other real entry is kept. `input` is the model input marking the set's positions.
+   */
+  ofSet?: { name: string; input: string };
 }

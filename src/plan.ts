@@ -173,7 +173,12 @@ export function planSpec(
   const flowcuts = plans.filter((p) => p.adaptive?.kind === "flowcut");
   for (const p of flowcuts)
     if (p.adaptive?.kind === "flowcut") p.adaptive.rpl = flowcuts.at(-1)!.layer.index - p.layer.index;
-  const kv = planKvStages(spec, model, diagnostics);
+  const kv = planKvStages(
+    spec,
+    model,
+    diagnostics,
+    plans.map((p) => p.layer.index),
+  );
   if (count === 0)
     diagnostics.push(
       diagnosticAt(spec.file, { line: 1, column: 1, endLine: 1, endColumn: 1 }, "the model has no transformer layers"),

@@ -7,11 +7,15 @@
  */
 import { describe, expect, it } from "vitest";
 import { compile } from "../src/compile.js";
+import { PrunecError } from "../src/errors.js";
 import { maxAbsDiff, runNode } from "./helpers/ort.js";
 import {
   buildDecoder,
   DECODER,
   generateGreedy,
+  generateGreedyWithImageMask,
+  imageMaskFeed,
+  imagePrompt,
   prefillFeeds,
   promptBatch,
   type DecoderOptions,
@@ -19,10 +23,16 @@ import {
 } from "./support/decoder.js";
 import { ReferenceDecoder, weightsFromModel } from "./reference/decoder.js";
 import {
+  causalProbs,
+  h2oScores,
   keptCount,
+  knormScores,
   kvpressSelect,
   pyramidLayerBudget,
   randomHashScores,
+  snapkvScores,
+  type LayerInput,
+  type Mat,
   type PressSpec,
 } from "./reference/kv-presses.js";
 import { decodeModel } from "../src/onnx/io.js";
@@ -51,6 +61,13 @@ const session = (model: Uint8Array) => (feeds: Parameters<typeof runNode>[1]) =>
 /** The reference: dense prefill, eviction by the press, greedy decode over the kept cache. */
 const referenceGeneration = (prompt: number[], press: PressSpec, steps: number) =>
   evictingGeneration(reference, prompt, press, steps);
+
+/** `of image`: the press's own scores over the whole cache ([kvHead][position]), of which the image's entries compete. */
+const SET_CASES: { by: string; scores: (x: LayerInput) => Mat }[] = [
+  { by: "knorm", scores: (x) => knormScores(x.k) },
+  { by: "snapkv(window: 4, kernel: 3)", scores: (x) => snapkvScores(causalProbs(x.q, x.k), x.k.length, 4, 3) },
+  { by: "h2o(recent: 2)", scores: (x) => h2oScores(causalProbs(x.q, x.k), x.k.length) },
+];
 
 /** Left-padded batches: the press of each example with the batch's count `k`. */
 const PADDED_CASES: { spec: string; press: (k: number) => PressSpec }[] = [
@@ -229,6 +246,66 @@ for (const { name: layout, model: decoder } of LAYOUTS)
       });
     });
 
+    it("keep kv 25% of image: only the image's entries compete (each example keeps its text and, of its 16 image entries, the best int(16 · 0.25) = 4, or more up to the batch's count); batch 1 and a left-padded batch of 2", async () => {
+      const prompts = [imagePrompt([3, 4, 5], [20, 21, 22, 23]), imagePrompt([6, 7, 8, 9, 10], [24, 25, 26])];
+      for (const c of SET_CASES) {
+        const spec = `tokens image = input image_mask\nkeep kv 25% of image by ${c.by}`;
+        const model = compile(decoder, spec, { exposeIndices: true }).model;
+        for (const group of [[0], [1], [0, 1]]) {
+          const batch = promptBatch(
+            group.map((i) => prompts[i]!.tokens),
+            "left",
+            group.map((i) => prompts[i]!.image),
+          );
+          const feeds = { ...prefillFeeds(batch, "gqa", WIDE), ...imageMaskFeed(batch) };
+          const out = await runNode(model, feeds);
+          const kept = out["prunec.stage0.layer0.kv_indices"]!.dims[2]!;
+          // Each example: its text, and its image entries up to the batch's count (its own 4, or more).
+          expect(kept).toBe(Math.max(...group.map((i) => prompts[i]!.tokens.length - 16 + 4)));
+          const got = await generateGreedyWithImageMask(session(model), batch, STEPS, WIDE);
+          group.forEach((i, b) => {
+            const { tokens, image } = prompts[i]!;
+            const pad = batch.seq - tokens.length;
+            const dense = evictingGeneration(reference, tokens, { method: "knorm", budget: { keepPercent: 100 } }, 1);
+            const want = dense.layers.map((x) =>
+              c.scores(x).map((row) => {
+                const text = row.map((_, j) => j).filter((j) => !image[j]);
+                const best = row
+                  .map((v, j) => [v, j] as const)
+                  .filter(([, j]) => image[j])
+                  .sort((a, z) => z[0] - a[0] || a[1] - z[1])
+                  .slice(0, kept - text.length)
+                  .map(([, j]) => j);
+                return [...text, ...best].sort((a, z) => a - z);
+              }),
+            );
+            for (let l = 0; l < WIDE.layers; l++) {
+              const all = out[`prunec.stage0.layer${l}.kv_indices`]!.data as BigInt64Array;
+              const perHead = rows(all.subarray(b * WIDE.kvHeads * kept, (b + 1) * WIDE.kvHeads * kept), [
+                WIDE.kvHeads,
+                kept,
+              ]);
+              expect([c.by, group, b, l, perHead]).toEqual([
+                c.by,
+                group,
+                b,
+                l,
+                want[l]!.map((h) => h.map((j) => j + pad)),
+              ]);
+            }
+            const gen = evictingGeneration(
+              reference,
+              tokens,
+              { method: "knorm", budget: { keepPercent: 100 } },
+              STEPS,
+              want,
+            );
+            expect([c.by, group, b, got.tokens[b]]).toEqual([c.by, group, b, gen.tokens]);
+          });
+        }
+      }
+    });
+
     it("in layers 1..2: only those layers' caches shrink", async () => {
       const model = compile(decoder, "in layers 1..2 keep kv 50% by knorm").model;
       const prompt = PROMPTS[0]!;
@@ -237,6 +314,38 @@ for (const { name: layout, model: decoder } of LAYOUTS)
       expect([0, 1, 2, 3].map((l) => out[`present.${l}.key`]!.dims[2])).toEqual([n, n / 2, n / 2, n]);
     });
   });
+
+describe("keep kv … of SET: what the planner refuses, at the set's line:column", () => {
+  const message = (spec: string): string => {
+    try {
+      compile(decoder, spec, { specName: "s.prune" });
+    } catch (e) {
+      if (e instanceof PrunecError) return e.message.split("\n")[0]!;
+      throw e;
+    }
+    return "compiled";
+  };
+  const SETS = "tokens image = input image_mask\ntokens instruction = after image\n";
+  it("streaming and pyramidkv cannot be restricted to a set; a set must come from a model input; no set on a cache a stream stage shortened", () => {
+    expect(message(`${SETS}keep kv 25% of image by knorm`)).toBe("compiled");
+    expect(message(`${SETS}keep kv 25% of image by streaming(sinks: 2)`)).toBe(
+      "s.prune:3:16: error: 'of image' with streaming: StreamingLLM's scores depend on the count it keeps (sinks, then the most recent entries), not on the entries; restricted to a set they would describe no method",
+    );
+    expect(message(`${SETS}keep kv 25% of image by pyramidkv`)).toBe(
+      "s.prune:3:16: error: 'of image' with pyramidkv: PyramidKV's per-layer budgets are fractions of the whole cache, not of a set",
+    );
+    expect(message(`${SETS}keep kv 25% of instruction by knorm`)).toBe(
+      "s.prune:3:16: error: 'of instruction': prunec restricts KV-cache stages to sets given by a model input ('tokens instruction = input NAME'); sets defined as 'after ...' are not supported yet",
+    );
+    expect(
+      message(
+        `${SETS}after layer 1 drop 50% of image by last-token-attn\nin layers 2..3 keep kv 50% of image by knorm`,
+      ),
+    ).toBe(
+      "s.prune:4:31: error: 'of image' on layer 2's cache: a stream stage above it keeps only some of the prompt's tokens there, and the set's mask marks the whole prompt",
+    );
+  });
+});
 
 describe("pyramidkv's per-layer budgets are int64 tables (no float64 kernels: WebGPU runs them)", () => {
   it("every layer's table equals kvpress's get_layer_budget (reference) for every N the model can hold, at 3 ratios and 2 windows", () => {
