@@ -84,6 +84,11 @@ export type Scorer =
 export interface CriterionModule extends CriterionInfo {
   /** Token sets the criterion reads, which the spec must declare. */
   requiresSets?: string[];
+  /**
+   * Why `mass` / `above` amounts need `of SET` with this criterion (its scores are not a mass
+   * without one: last-token-attn raises the last token above all), or undefined.
+   */
+  adaptiveNeedsSet?: string;
   /** What a model must have for the criterion to run, in words (for docs). */
   needs: string;
   /**

@@ -322,6 +322,13 @@ function planOne(
   const drop = stage.action === "drop";
   const flowcutAdaptive = criterion.name === "flowcut" && Number(args["adaptive"] ?? 0) === 1;
   const adaptiveKind = amount.kind === "mass" || amount.kind === "above";
+  if (adaptiveKind && ofSet === undefined && criterion.adaptiveNeedsSet) {
+    fail(
+      stage.amountSpan ?? stage.actionSpan,
+      `'${amount.kind}' with ${criterion.name} needs 'of SET': ${criterion.adaptiveNeedsSet}`,
+    );
+    return undefined;
+  }
   // What makes this stage's count differ per example, if anything (the adaptive selection kind).
   const what = adaptiveKind
     ? `'${amount.kind}' keeps a number of tokens that depends on the input`

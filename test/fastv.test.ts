@@ -123,6 +123,71 @@ describe("FastV (last-token-attn of image) in a decoder", () => {
   });
 });
 
+/**
+ * Without `of image`: LazyLLM's prefill selection (methods.md §28) on a plain LLM. Every token
+ * competes by the last row's mean attention, and the last token (the one the next is generated
+ * from) is always kept, as LazyLLM's `imp[last] = +inf` keeps it; the drop count is prunec's
+ * (round half up of 50% of the N positions, padding included).
+ */
+describe("last-token-attn without a set (LazyLLM's prefill selection): the last token is always kept", () => {
+  const LAZY = "after layer 1 drop 50% by last-token-attn";
+  const layer1 = softmaxOutputs(plain)[1]!;
+
+  function lazyKeep(probs: Float32Array, dims: number[]): number[][] {
+    const [batch, heads, n] = dims as [number, number, number, number];
+    return Array.from({ length: batch }, (_, b) => {
+      const scores = Array.from({ length: n - 1 }, (_, j) => {
+        let s = 0;
+        for (let h = 0; h < heads; h++) s += probs[((b * heads + h) * n + (n - 1)) * n + j]!;
+        return s / heads;
+      });
+      const keep = n - keepCount(50, n);
+      return [...topKPositions(scores, keep - 1, 0), n - 1].sort((a, z) => a - z);
+    });
+  }
+
+  it("after layer 1 drop 50% by last-token-attn: the last token and the best of the others, batch 1 and left-padded batch 3, CPU and WASM", async () => {
+    const compiled = compile(plain, LAZY, { exposeIndices: true });
+    for (const group of [[0], [0, 1, 2]]) {
+      const p = promptBatch(
+        group.map((i) => prompts[i]!.tokens),
+        "left",
+      );
+      const f = prefillFeeds(p, "plain");
+      const probs = (await runNode(withOutputs(plain, [layer1]), f, [layer1]))[layer1]!;
+      const expected = lazyKeep(probs.data as Float32Array, probs.dims);
+      for (const run of [runNode, runWasm]) {
+        const out = await run(compiled.model, f, ["prunec.stage0.indices"]);
+        expect(rows(out["prunec.stage0.indices"]!.data as BigInt64Array, out["prunec.stage0.indices"]!.dims)).toEqual(
+          expected,
+        );
+      }
+    }
+  });
+
+  it("the last token's logits equal the dense decoder's with the dropped keys masked from layer 2 on", async () => {
+    const p = promptBatch([prompts[2]!.tokens], "left");
+    const f = prefillFeeds(p, "plain");
+    const out = await runNode(compile(plain, LAZY, { exposeIndices: true }).model, f, [
+      "prunec.stage0.indices",
+      "logits",
+    ]);
+    const kept = Array.from(out["prunec.stage0.indices"]!.data as BigInt64Array, Number);
+    expect(kept.at(-1)).toBe(p.seq - 1);
+    const reference = (await runNode(maskKeys(plain, 2, kept, p.seq), f, ["logits"]))["logits"]!;
+    const v = DECODER.vocab;
+    const last = (o: { data: unknown; dims: number[] }) =>
+      (o.data as Float32Array).subarray((o.dims[1]! - 1) * v, o.dims[1]! * v);
+    expect(maxAbsDiff(last(out["logits"]!), last(reference))).toBeLessThanOrEqual(1e-4);
+  });
+
+  it("'mass' and 'above' need a set with it: the raised last token is not an attention mass", () => {
+    expect(() => compile(plain, "after layer 1 keep mass 90% by last-token-attn", { specName: "l.prune" })).toThrow(
+      "l.prune:1:20: error: 'mass' with last-token-attn needs 'of SET': without a set the last token is raised above every other (it is always kept), so the scores are no longer an attention mass",
+    );
+  });
+});
+
 describe("dropping a whole token set (ToDRE stage 2)", () => {
   it("after layer 2 drop 100% of image keeps exactly the text tokens", async () => {
     const compiled = compile(

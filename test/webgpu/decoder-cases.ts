@@ -26,10 +26,10 @@ import { keepCount, topKPositions } from "../reference/cls-attn.js";
 import { pagerankScores } from "../reference/attention-scores.js";
 import { addScores, igaImageScores, ttvImageScores, type SubBlock } from "../reference/transprune.js";
 import { raterRelevance, sparsevlmRaters, textAttnScores } from "../reference/sparsevlm.js";
-import { argmax as refArgmax, ReferenceDecoder, weightsFromModel, type KvCache } from "../reference/decoder.js";
+import { ReferenceDecoder, weightsFromModel } from "../reference/decoder.js";
+import { evictingGeneration } from "../reference/kv-generation.js";
 import {
   causalProbs,
-  evictPrefill,
   keptCount,
   knormScores,
   h2oScores,
@@ -465,35 +465,15 @@ export const KV_STEPS = 6;
  * over layers and KV heads: relative gap between the K'-th and (K'+1)-th reference score.
  */
 export function kvReference(c: KvCase, prompt: readonly number[], steps: number) {
-  const o = DECODER;
-  const cache: KvCache = GQA_REFERENCE.newCache();
-  const queries = Array.from({ length: o.layers }, () => Array.from({ length: o.heads }, () => [] as Float64Array[]));
-  const prefill = GQA_REFERENCE.forward(prompt, cache, queries);
-  const layers: LayerInput[] = queries.map((q, l) => ({
-    q: q.map((r) => r.map((x) => Array.from(x))),
-    k: cache.keys[l]!.map((r) => r.map((x) => Array.from(x))),
-    v: cache.values[l]!.map((r) => r.map((x) => Array.from(x))),
-  }));
+  const gen = evictingGeneration(GQA_REFERENCE, prompt, c.press(prompt.length), steps);
   let margin = Infinity;
-  for (const [l, x] of layers.entries())
+  for (const [l, x] of gen.layers.entries())
     for (const row of c.scores(x)) {
       const k = c.kept(prompt.length, l);
       const s = [...row].sort((a, b) => b - a);
       if (k < s.length) margin = Math.min(margin, (s[k - 1]! - s[k]!) / Math.max(Math.abs(s[k - 1]!), Math.abs(s[k]!)));
     }
-  const evicted = evictPrefill(layers, c.press(prompt.length));
-  evicted.kept.forEach((perHead, l) =>
-    perHead.forEach((kept, g) => {
-      cache.keys[l]![g] = kept.map((t) => cache.keys[l]![g]![t]!);
-      cache.values[l]![g] = kept.map((t) => cache.values[l]![g]![t]!);
-    }),
-  );
-  const tokens = [refArgmax(prefill.at(-1)!)];
-  for (let s = 1; s < steps; s++) {
-    const [logits] = GQA_REFERENCE.forward([tokens.at(-1)!], cache);
-    tokens.push(refArgmax(logits!));
-  }
-  return { kept: evicted.kept, tokens, margin };
+  return { kept: gen.kept, tokens: gen.tokens, margin };
 }
 
 /** What the page's generation loop returns. */
