@@ -41,7 +41,7 @@ import { evictingGeneration } from "./reference/kv-generation.js";
 import { rows } from "./support/model-edit.js";
 
 const TOL = 1e-4;
-const STEPS = 8;
+const STEPS = 32;
 const WIDE: DecoderOptions = { ...DECODER, headSize: 16 };
 const decoder = buildDecoder({ attention: "gqa" }, WIDE);
 /** The same weights behind plain MatMul-Softmax attention with a Concat(past, k) cache, as torch exports it. */

@@ -23,7 +23,7 @@
  *     Qwen3.5: the M-RoPE output the op reads) and the dense present key, with the op's scale. The
  *     selection margin (relative gap between the K'-th and (K'+1)-th reference score of every KV
  *     head) must be ≥ MIN_MARGIN, so a mismatch cannot be a rounding tie;
- * (c) 4 greedy decode steps equal the "masked dense" model (test/support/kv-masks.ts): the dense
+ * (c) 32 greedy decode steps equal the "masked dense" model (test/support/kv-masks.ts): the dense
  *     model with, in each evicted layer and per query head, the evicted prompt positions of its KV
  *     head masked out of the attention (0 at prefill); logits within TOL·max|logits|, the same
  *     greedy token at every step, the compiled caches growing by one per step (K' + s in evicted
@@ -50,7 +50,7 @@ import { kvMaskFeed, kvMaskName, maskKvHeadsInput } from "./support/kv-masks.js"
 import { causalProbs, keptCount, knormScores, kvpressSelect, snapkvScores, type Mat } from "./reference/kv-presses.js";
 
 const VOCAB = 256;
-const STEPS = 4;
+const STEPS = 32;
 const N = 48;
 /** Logits, relative to the largest |logit| (as test/real-decoders.test.ts). */
 const TOL = 1e-4;
