@@ -229,6 +229,12 @@ export function applyKvStage(
   return { graph, added, indices };
 }
 
+/** bool [B,N]: the first N columns of a [batch, sequence] mask input (at prefill: the N entries). */
+function firstColumns(b: NodeBuilder, mask: string, n: string): string {
+  const columns = b.op("Slice", [mask, b.int64([0], [1], "from_start"), n, b.int64([1], [1], "key_axis")]);
+  return b.op("Cast", [columns], { to: 9 });
+}
+
 /** The host's key-padding mask: a graph input `attention_mask` [batch, total] (transformers.js and torch exports). */
 function attentionMask(g: GraphProto): string | undefined {
   const m = g.input.find((i) => i.name === "attention_mask");
@@ -247,13 +253,7 @@ function padding(
   n: string,
 ): { columns: string; rows: string; count: string } | undefined {
   if (!mask) return undefined;
-  const real = b.op(
-    "Cast",
-    [b.op("Slice", [mask, b.int64([0], [1], "from_start"), n, b.int64([1], [1], "key_axis")])],
-    {
-      to: 9,
-    },
-  ); // bool [B,N]
+  const real = firstColumns(b, mask, n); // bool [B,N]
   const asFloat = b.op("Cast", [real], { to: FLOAT });
   const realCount = b.reduce("ReduceSum", b.op("Cast", [real], { to: INT64 }), [1], 1); // [B,1]
   return {
@@ -276,13 +276,7 @@ function setEntries(
   pads: { columns: string } | undefined,
   table: string | undefined,
 ): { columns: string; kept: string } {
-  const marked = b.op(
-    "Cast",
-    [b.op("Slice", [input, b.int64([0], [1], "from_start"), n, b.int64([1], [1], "key_axis")])],
-    {
-      to: 9,
-    },
-  ); // bool [B,N]
+  const marked = firstColumns(b, input, n); // bool [B,N]
   const columns = pads
     ? b.op("And", [b.unsqueeze(marked, [1]), pads.columns], {}, "set_entries")
     : b.unsqueeze(marked, [1]);
