@@ -24,6 +24,7 @@
 import { attrInt, Graph, type GraphProto, type NodeProto, type TensorProto } from "../src/ir/graph.js";
 import { int64Tensor } from "../src/onnx/tensor.js";
 import type { TransformerInfo } from "../src/analysis/transformer.js";
+import type { LayerCache } from "../src/analysis/kv-cache.js";
 import { refreshFacts } from "../src/analysis/refresh.js";
 import { shallowCopy } from "../src/ir/copy.js";
 import type { KvPlan } from "../src/plan-types.js";
@@ -31,7 +32,7 @@ import type { KvScorer } from "./kv/criterion.js";
 import { NodeBuilder } from "./builder.js";
 import { create } from "@bufbuild/protobuf";
 import { AttributeProtoSchema, AttributeProto_AttributeType, GraphProtoSchema } from "../src/onnx/gen/onnx_pb.js";
-import { valueInfo } from "../src/ir/value-info.js";
+import { batchDim, valueInfo } from "../src/ir/value-info.js";
 import { evictionSite } from "./kv/site.js";
 import { denseName } from "./gather-tokens.js";
 import { splice } from "./splice.js";
@@ -42,9 +43,24 @@ const MAX_TABLE = 1 << 20;
 const DOUBLE = 11;
 const INT64 = 7;
 
+/**
+ * `--kv-state`: per evicted layer, `past_key_values.L.prunec_valid` (input) and
+ * `present.L.prunec_valid` (output), float [batch, entries]: 1 for a slot later calls attend to,
+ * 0 for a filler slot. At prefill each example keeps its own K'_b entries and the batch's cache
+ * holds K' = max K'_b, the fillers first; a host feeds `present.*` back as `past_key_values.*`
+ * (transformers.js's convention) and an empty [batch, 0] at the first call.
+ */
+export interface KvState {
+  layer: number;
+  past: string;
+  present: string;
+}
+
 export interface KvStageResult {
   graph: GraphProto;
   added: NodeProto[];
+  /** The state pairs added (`carryState`). */
+  states: KvState[];
   /** Per layer: int64 [B, kvH, K'] kept positions (ascending), for --expose-indices. */
   indices: Map<number, string>;
 }
@@ -58,6 +74,11 @@ export function applyKvStage(
   expose: boolean,
   /** Layers after which a stream stage acts (their caches below hold the kept tokens, pads first). */
   streamLayers: readonly number[] = [],
+  /**
+   * Carry each evicted layer's slot validity from call to call (`--kv-state`), so that every
+   * example of a padded batch keeps its own count: see `KvState`.
+   */
+  carryState = false,
 ): KvStageResult {
   let graph = proto;
   const added: NodeProto[] = [];
@@ -67,7 +88,24 @@ export function applyKvStage(
   const table = limit !== undefined && limit <= MAX_TABLE ? `prunec/stage${plan.stage}/kv_budget_table` : undefined;
   let tableAdded = false;
   const hostMask = attentionMask(proto);
+  const states: KvState[] = [];
   for (const planned of plan.layers) {
+    const state: KvState | undefined = carryState
+      ? {
+          layer: planned.index,
+          past: `past_key_values.${planned.index}.prunec_valid`,
+          present: `present.${planned.index}.prunec_valid`,
+        }
+      : undefined;
+    if (state) {
+      graph = shallowCopy(graph, {
+        input: [
+          ...graph.input,
+          valueInfo(state.past, FLOAT, [batchDim(graph) ?? "batch", `prunec_layer${planned.index}_past`]),
+        ],
+      });
+      states.push(state);
+    }
     const g = new Graph(graph);
     const model = refreshFacts(dense, g);
     const layer = model.layers[planned.index];
@@ -81,6 +119,8 @@ export function applyKvStage(
       [presentKey, denseName(presentKey)],
       [presentValue, denseName(presentValue)],
     ]);
+    // With the state: every slot of this call's cache (the past's validity, then the call's entries).
+    const validAll = state ? allSlots(b, state.past, callEntries(b, g, cache, layer)) : undefined;
     // The layer reads its own (shorter) cache at later calls (per attention kind: passes/kv/site.ts).
     const site = evictionSite(
       b,
@@ -90,6 +130,7 @@ export function applyKvStage(
       layer,
       cache,
       streamLayers.some((l) => l < layer.index),
+      validAll?.bias,
     );
     // The layer's own readers of its present key/value (plain attention's repeat_kv, shapes) attend
     // this call's dense cache; only the graph outputs (what later calls get) are the evicted one.
@@ -111,13 +152,21 @@ export function applyKvStage(
     if ("why" in prepared) throw new Error(`stage ${plan.stage}: ${prepared.why} (checked by the plan)`);
     // Only a prefill evicts; decode steps keep every entry and skip the press's work (an If).
     const t = new NodeBuilder(`${b.prefix}/evict`, opset);
-    const own = plan.budget.kind === "fraction" ? ownBudget(b, t, prepared.ok, n, plan, layer.index, limit) : undefined;
+    // A press's own budget (PyramidKV's) replaces the stage's table; with the state it is per example.
+    const pressBudget = plan.budget.kind === "fraction" && !!(prepared.ok.budgetAt || prepared.ok.budget);
+    const own = pressBudget && !state ? ownBudget(b, t, prepared.ok, n, plan, layer.index, limit) : undefined;
     // Left padding: each example is scored as it would be alone (its pads' query rows carry no
     // attention, its positions count from its first real entry) and never keeps a pad over a real
     // entry; the count K' is the batch's (shapes are shared).
     const pads = padding(t, hostMask, n);
     const set = plan.ofSet ? setEntries(t, plan, plan.ofSet.input, n, pads, table) : undefined;
-    const kept = set?.kept ?? own ?? budget(t, plan, n, table);
+    // With the state each example counts its own real entries (K'_b), the cache holds the largest.
+    const perExample =
+      state && !set
+        ? ownCounts(t, prepared.ok, plan, layer.index, limit, realEntries(t, n, keys, pads), table)
+        : undefined;
+    const counts = set?.perExample ?? perExample;
+    const kept = state && counts ? largest(t, counts) : (set?.kept ?? own ?? budget(t, plan, n, table));
     let probs: string | undefined;
     const realRows = (p: string, window?: number) =>
       pads ? t.op("Mul", [p, window ? t.slice(pads.rows, 2, -window) : pads.rows], {}, "real_query_rows") : p;
@@ -128,7 +177,8 @@ export function applyKvStage(
       kvHeads: site.kvHeads,
       keys,
       n,
-      kept,
+      // What each example keeps: its own count with the state, else the batch's.
+      kept: state && counts ? t.unsqueeze(counts, [1, 2]) : kept,
       padding: pads?.count ?? t.int64([0], [1, 1, 1], "no_padding"),
       probabilities: () => (probs ??= realRows(site.probabilities(t))),
       windowProbabilities: (window) => realRows(site.windowProbabilities(t, window), window),
@@ -141,13 +191,34 @@ export function applyKvStage(
       ? t.op("Where", [pads.columns, inSet, t.float([Number.NEGATIVE_INFINITY], [], "pad_score")], {}, "pads_last")
       : inSet;
     const [, best] = t.opN("TopK", [scores, kept], 2, { axis: 2, largest: 1, sorted: 1 }); // [B,kvH,K']
-    // Ascending positions: TopK of −position (exact in fp32 below 2^24 entries).
-    const [minus] = t.opN("TopK", [t.op("Neg", [t.op("Cast", [best!], { to: FLOAT })]), kept], 2, {
-      axis: 2,
-      largest: 1,
-      sorted: 1,
-    });
-    const ascending = t.op("Cast", [t.op("Neg", [minus!])], { to: INT64 }, "kept_positions"); // [B,kvH,K']
+    let ascending: string;
+    let validity: { slots: string; sorted: string } | undefined;
+    if (state && counts) {
+      // Ranks past the example's own K'_b are fillers; they go first, then the kept entries, each
+      // in ascending position order (the key: position, + N for a kept entry).
+      const rank = t.unsqueeze(t.range(kept, "ranks"), [0, 1]); // [1,1,K']
+      const owned = t.op("Less", [rank, t.unsqueeze(counts, [1, 2])], {}, "own_entries"); // [B,1,K']
+      const key = t.op(
+        "Add",
+        [
+          t.op("Cast", [best!], { to: FLOAT }),
+          t.op("Mul", [t.op("Cast", [owned], { to: FLOAT }), t.op("Cast", [n], { to: FLOAT })]),
+        ],
+        {},
+        "fillers_first",
+      );
+      const [, order] = t.opN("TopK", [t.op("Neg", [key]), kept], 2, { axis: 2, largest: 1, sorted: 1 });
+      ascending = t.op("GatherElements", [best!, order!], { axis: 2 }, "kept_positions"); // [B,kvH,K']
+      validity = fillersFirst(t, kept, counts);
+    } else {
+      // Ascending positions: TopK of −position (exact in fp32 below 2^24 entries).
+      const [minus] = t.opN("TopK", [t.op("Neg", [t.op("Cast", [best!], { to: FLOAT })]), kept], 2, {
+        axis: 2,
+        largest: 1,
+        sorted: 1,
+      });
+      ascending = t.op("Cast", [t.op("Neg", [minus!])], { to: INT64 }, "kept_positions"); // [B,kvH,K']
+    }
     const rows = t.op(
       "Expand",
       [
@@ -160,7 +231,15 @@ export function applyKvStage(
     const evicted = [
       t.op("GatherElements", [denseName(presentKey), rows], { axis: 2 }, "kept_keys"),
       t.op("GatherElements", [denseName(presentValue), rows], { axis: 2 }, "kept_values"),
-      ...(expose ? [ascending] : []),
+      // Exposed positions: −1 for a filler slot.
+      ...(expose
+        ? [
+            validity
+              ? t.op("Where", [validity.sorted, ascending, t.int64([-1], [], "filler")], {}, "kept_or_filler")
+              : ascending,
+          ]
+        : []),
+      ...(validity ? [validity.slots] : []),
     ];
     const e = new NodeBuilder(`${b.prefix}/keep_all`, opset);
     const keptAll = [
@@ -176,23 +255,24 @@ export function applyKvStage(
           "all_positions",
         ), // [B,kvH,N]
       );
+    if (validAll) keptAll.push(e.op("Identity", [validAll.slots], {}, "all_slots_valid"));
     // The condition reads the cache's length, so the If comes after the op in any topological order.
     const cond = b.op("And", [prefill, b.op("Greater", [n, b.int64([0], [1], "none")])], {}, "evict_now");
-    const types = [elem, elem, INT64];
+    // Output types and ranks: keys, values, [positions], [validity].
+    const kinds: [number, number][] = [
+      [elem, 4],
+      [elem, 4],
+      ...(expose ? [[INT64, 3] as [number, number]] : []),
+      ...(state ? [[FLOAT, 2] as [number, number]] : []),
+    ];
     const branch = (builder: NodeBuilder, outs: string[], name: string) =>
       create(GraphProtoSchema, {
         name: `${b.prefix}/${name}`,
         node: builder.nodes,
         initializer: builder.initializers,
-        output: outs.map((o, i) =>
-          valueInfo(
-            o,
-            types[i]!,
-            i < 2 ? [undefined, undefined, undefined, undefined] : [undefined, undefined, undefined],
-          ),
-        ),
+        output: outs.map((o, i) => valueInfo(o, kinds[i]![0], new Array<undefined>(kinds[i]![1]).fill(undefined))),
       });
-    if (table && !own && !tableAdded && plan.budget.kind === "fraction" && limit !== undefined) {
+    if (table && !pressBudget && !tableAdded && plan.budget.kind === "fraction" && limit !== undefined) {
       b.initializers.push(budgetTable(table, plan.budget.value, limit));
       tableAdded = true;
     }
@@ -210,9 +290,10 @@ export function applyKvStage(
         g: branch(e, keptAll, "keep_all"),
       }),
     );
-    // The If writes the present names (its first two outputs); the positions keep theirs.
+    // The If writes the present names (its first two outputs, and the validity last); the positions keep theirs.
     ifNode.output[0] = presentKey;
     ifNode.output[1] = presentValue;
+    if (state) ifNode.output[ifNode.output.length - 1] = state.present;
     if (expose && outs[2]) indices.set(layer.index, outs[2]);
     graph = splice(graph, {
       label: `stage ${plan.stage} (${plan.text} by ${plan.criterion.name}, layer ${layer.index})`,
@@ -224,9 +305,99 @@ export function applyKvStage(
       // The present outputs' declared shapes held the dense length.
       staleInfo: new Set([presentKey, presentValue]),
     });
+    if (state)
+      graph = shallowCopy(graph, {
+        output: [
+          ...graph.output,
+          valueInfo(state.present, FLOAT, [batchDim(graph) ?? "batch", `prunec_layer${layer.index}_cache`]),
+        ],
+      });
     added.push(...b.nodes);
   }
-  return { graph, added, indices };
+  return { graph, added, indices, states };
+}
+
+/**
+ * `--kv-state`: the validity of every slot this call's cache holds, float [B,T] (`slots`: the
+ * past's, then 1 for each of the call's entries) and the bias it gives the logits, float [B,1,1,T]
+ * (0, or −1e9 on a filler slot).
+ */
+function allSlots(b: NodeBuilder, past: string, fresh: string): { slots: string; bias: string } {
+  const pastShape = b.op("Shape", [past]);
+  const ones = b.op(
+    "Expand",
+    [b.float([1], [], "valid"), b.op("Concat", [b.slice(pastShape, 0, 0, 1), fresh], { axis: 0 })],
+    {},
+    "call_entries_valid",
+  );
+  const slots = b.op("Concat", [past, ones], { axis: 1 }, "slots_valid"); // [B,T]
+  const bias = b.op(
+    "Mul",
+    [b.op("Sub", [b.float([1], [], "one"), slots]), b.float([-1e9], [], "filler_bias")],
+    {},
+    "filler_bias",
+  );
+  return { slots, bias: b.unsqueeze(bias, [1, 2]) };
+}
+
+/**
+ * int64 [1]: how many entries this call adds to the layer's cache, read from what the layer
+ * concatenates (not from the present cache, which the layer computes after its bias).
+ */
+function callEntries(
+  b: NodeBuilder,
+  g: Graph,
+  cache: LayerCache,
+  layer: { index: number; core?: { anchor: NodeProto } },
+): string {
+  if (cache.attention === "GroupQueryAttention") {
+    const q = layer.core?.anchor.input[0];
+    if (!q) throw new Error(`layer ${layer.index}: GroupQueryAttention without a query (checked by the analysis)`);
+    return b.slice(b.op("Shape", [q]), 0, 1, 2); // q [B,S,H·D]
+  }
+  const current = g.producer.get(cache.presentKey)?.input[1];
+  if (!current)
+    throw new Error(`layer ${layer.index}: the cache's Concat lost its current key (checked by the analysis)`);
+  return b.slice(b.op("Shape", [current]), 0, 2, 3); // k [B,kvH,S,D]
+}
+
+/** int64 [B]: each example's own K'_b, from its real entries (all N without padding), at most all of them. */
+function ownCounts(
+  b: NodeBuilder,
+  scorer: KvScorer,
+  plan: KvPlan,
+  layer: number,
+  limit: number | undefined,
+  real: string,
+  table: string | undefined,
+): string {
+  const counts =
+    (plan.budget.kind === "fraction" ? ownBudget(b, b, scorer, real, plan, layer, limit) : undefined) ??
+    budget(b, plan, real, table);
+  return b.op("Min", [counts, real], {}, "own_counts");
+}
+
+/** int64 [B]: each example's real entries (all N without padding). */
+function realEntries(b: NodeBuilder, n: string, keys: string, pads: { columns: string } | undefined): string {
+  return pads
+    ? b.reduce("ReduceSum", b.op("Cast", [pads.columns], { to: INT64 }), [1, 2], 0)
+    : b.op("Expand", [n, b.slice(b.op("Shape", [keys]), 0, 0, 1)]);
+}
+
+/** int64 [1]: the largest of per-example counts [B], at least 1. */
+function largest(b: NodeBuilder, counts: string): string {
+  return b.op("Max", [b.reduce("ReduceMax", counts, [0], 1), b.int64([1], [1], "at_least_one")], {}, "largest_count");
+}
+
+/**
+ * With K' slots and each example's own count K'_b [B]: `slots` float [B,K'] (1 from slot K' − K'_b
+ * on: the fillers come first) and `sorted` bool [B,1,K'] (the same, per KV head broadcast).
+ */
+function fillersFirst(b: NodeBuilder, kept: string, counts: string): { slots: string; sorted: string } {
+  const slot = b.unsqueeze(b.range(kept, "slots"), [0]); // [1,K']
+  const first = b.unsqueeze(b.op("Sub", [kept, counts], {}, "fillers"), [1]); // [B,1]
+  const valid = b.op("GreaterOrEqual", [slot, first], {}, "slot_valid"); // [B,K']
+  return { slots: b.op("Cast", [valid], { to: FLOAT }, "valid_slots"), sorted: b.unsqueeze(valid, [1]) };
 }
 
 /** bool [B,N]: the first N columns of a [batch, sequence] mask input (at prefill: the N entries). */
@@ -275,7 +446,7 @@ function setEntries(
   n: string,
   pads: { columns: string } | undefined,
   table: string | undefined,
-): { columns: string; kept: string } {
+): { columns: string; kept: string; perExample: string } {
   const marked = firstColumns(b, input, n); // bool [B,N]
   const columns = pads
     ? b.op("And", [b.unsqueeze(marked, [1]), pads.columns], {}, "set_entries")
@@ -291,7 +462,7 @@ function setEntries(
     {},
     "set_kept",
   );
-  return { columns, kept };
+  return { columns, kept, perExample };
 }
 
 /** The element type a graph output or value_info declares for `name` (float32 when none does). */

@@ -46,6 +46,13 @@ export interface CompileOptions {
   /** Add graph outputs `prunec.stageN.indices` (int64 [batch, kept]). */
   exposeIndices?: boolean;
   /**
+   * KV-cache stages carry each evicted layer's slot validity from call to call
+   * (`past_key_values.L.prunec_valid` in, `present.L.prunec_valid` out, float [batch, entries]), so
+   * every example of a padded batch keeps its own count. The host feeds the presents back and an
+   * empty [batch, 0] validity at the first call (passes/kv-stage.ts `KvState`).
+   */
+  kvState?: boolean;
+  /**
    * The execution provider the model is for. `webgpu` keeps the added subgraph GPU-resident (no
    * int64 arithmetic, which onnxruntime-web's WebGPU EP runs on the CPU); default `cpu` (any EP).
    */
@@ -354,6 +361,7 @@ function evictCaches(c: Compilation): Compilation {
       c.opset,
       c.options.exposeIndices ?? false,
       c.plans.map((p) => p.layer.index),
+      c.options.kvState ?? false,
     );
     graph = evicted.graph;
     added.push(...evicted.added);

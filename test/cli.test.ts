@@ -94,6 +94,23 @@ describe("prunec CLI", () => {
     expect(existsSync(join(dir, "z.onnx"))).toBe(false);
   });
 
+  it("--kv-state: the recall decoder compiled with a KV stage gets one validity pair per evicted layer, and the smoke run passes", () => {
+    const kvSpec = join(dir, "kv.prune");
+    writeFileSync(kvSpec, "keep kv 25% by h2o(recent: 8)\n");
+    const out = join(dir, "recall.onnx");
+    const r = prunec(join(REPO_ROOT, "examples", "recall", "model.onnx"), kvSpec, "-o", out, "--kv-state");
+    expect([r.code, r.stderr]).toEqual([0, ""]);
+    expect(r.stdout).toContain("onnxruntime smoke run passed");
+    const g = decodeModel(readFileSync(out)).graph!;
+    const valid = (prefix: string) =>
+      g.input
+        .concat(g.output)
+        .filter((v) => v.name.startsWith(prefix) && v.name.endsWith(".prunec_valid"))
+        .map((v) => v.name);
+    expect(valid("past_key_values.")).toEqual([0, 1, 2, 3].map((l) => `past_key_values.${l}.prunec_valid`));
+    expect(valid("present.")).toEqual([0, 1, 2, 3].map((l) => `present.${l}.prunec_valid`));
+  });
+
   it("refuses to write over its input", () => {
     const before = readFileSync(model);
     const r = prunec(model, spec, "-o", model);

@@ -230,6 +230,48 @@ for (const { name: layout, model: decoder } of LAYOUTS)
       }
     });
 
+    it("--kv-state, a left-padded batch of 3: each example keeps its own int(n · 0.5) entries, exactly what it keeps alone (the batch's other slots are fillers, masked by the carried validity), and generates what it does alone", async () => {
+      const prompts = [PROMPTS[1]!, PROMPTS[0]!, [1, 33, 34, 35, 36, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 5]];
+      const batch = promptBatch(prompts, "left");
+      const k = Math.trunc(batch.seq * 0.5);
+      const V = WIDE.vocab;
+      const empty: Parameters<typeof runNode>[1] = {};
+      for (let l = 0; l < WIDE.layers; l++)
+        empty[`past_key_values.${l}.prunec_valid`] = { type: "float32", dims: [3, 0], data: new Float32Array(0) };
+      // The first call's empty validity; later calls get the presents back (decodeSteps feeds every present.*).
+      const withState = (model: Uint8Array) => (feeds: Parameters<typeof runNode>[1]) =>
+        runNode(model, { ...empty, ...feeds });
+      for (const c of PADDED_CASES) {
+        const model = compile(decoder, c.spec, { exposeIndices: true, kvState: true }).model;
+        const out = await withState(model)(prefillFeeds(batch, "gqa", WIDE));
+        const got = await generateGreedy(withState(model), batch, STEPS, WIDE);
+        prompts.forEach((prompt, b) => {
+          const pad = batch.seq - prompt.length;
+          const own = Math.trunc(prompt.length * 0.5);
+          const want = referenceGeneration(prompt, c.press(own), STEPS);
+          const valid = Array.from((out["present.0.prunec_valid"]!.data as Float32Array).subarray(b * k, (b + 1) * k));
+          expect(valid).toEqual([...new Array<number>(k - own).fill(0), ...new Array<number>(own).fill(1)]);
+          for (let l = 0; l < WIDE.layers; l++) {
+            const all = out[`prunec.stage0.layer${l}.kv_indices`]!.data as BigInt64Array;
+            const perHead = rows(all.subarray(b * WIDE.kvHeads * k, (b + 1) * WIDE.kvHeads * k), [WIDE.kvHeads, k]);
+            const fillers = new Array<number>(k - own).fill(-1);
+            expect([c.spec, b, l, perHead]).toEqual([
+              c.spec,
+              b,
+              l,
+              want.kept[l]!.map((h) => [...fillers, ...h.map((j) => j + pad)]),
+            ]);
+          }
+          expect([c.spec, b, got.tokens[b]]).toEqual([c.spec, b, want.tokens]);
+          got.steps.forEach((logits, s) =>
+            expect(
+              maxAbsDiff(logits.subarray(b * V, (b + 1) * V), Float64Array.from(want.steps[s]!)),
+            ).toBeLessThanOrEqual(TOL),
+          );
+        });
+      }
+    });
+
     it("random(seed: 7) in a left-padded batch: each example's set is the hash of its own positions (as alone), with the batch's count", async () => {
       const prompts = [PROMPTS[1]!, PROMPTS[0]!];
       const batch = promptBatch(prompts, "left");

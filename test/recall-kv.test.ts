@@ -116,6 +116,35 @@ describe("keep kv on the trained recall decoder (plain attention, Concat caches;
     }
   });
 
+  it("--kv-state, the same batch: each example keeps exactly what it keeps alone (its own int(n/4)), and generates the same 32 tokens", async () => {
+    const samples = readFileSync(join(DIR, "sample.jsonl"), "utf8")
+      .split("\n")
+      .filter((l) => l.length > 0)
+      .map((l) => (JSON.parse(l) as { prompt: number[] }).prompt);
+    const prompts = [samples[0]!, samples[1]!, samples[2]!];
+    const batch = promptBatch(prompts, "left");
+    const k = Math.trunc(batch.seq * 0.25);
+    const empty: Parameters<typeof runNode>[1] = {};
+    for (let l = 0; l < RECALL.layers; l++)
+      empty[`past_key_values.${l}.prunec_valid`] = { type: "float32", dims: [3, 0], data: new Float32Array(0) };
+    const model = compile(MODEL, "keep kv 25% by h2o(recent: 8)", { exposeIndices: true, kvState: true }).model;
+    const withState = (feeds: Parameters<typeof runNode>[1]) => runNode(model, { ...empty, ...feeds });
+    const out = await withState(prefillFeeds(batch, "plain-cache", RECALL));
+    const got = await generateGreedy(withState, batch, STEPS, RECALL);
+    prompts.forEach((prompt, b) => {
+      const pad = batch.seq - prompt.length;
+      const own = Math.trunc(prompt.length * 0.25);
+      const want = evictingGeneration(reference, prompt, { method: "h2o", heavy: own - 8, recent: 8 }, STEPS);
+      for (let l = 0; l < RECALL.layers; l++) {
+        const all = out[`prunec.stage0.layer${l}.kv_indices`]!.data as BigInt64Array;
+        const perHead = rows(all.subarray(b * RECALL.kvHeads * k, (b + 1) * RECALL.kvHeads * k), [RECALL.kvHeads, k]);
+        const fillers = new Array<number>(k - own).fill(-1);
+        expect([b, l, perHead]).toEqual([b, l, want.kept[l]!.map((h) => [...fillers, ...h.map((j) => j + pad)])]);
+      }
+      expect(got.tokens[b]).toEqual(want.tokens);
+    });
+  });
+
   it("a left-padded batch of 3 sample prompts (contexts of different lengths): each example keeps what it keeps alone with the batch's count, and generates the same 32 tokens", async () => {
     const samples = readFileSync(join(DIR, "sample.jsonl"), "utf8")
       .split("\n")

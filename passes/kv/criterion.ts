@@ -33,8 +33,9 @@ export interface KvScoreContext {
   kvHeads: number;
   /** float [B, kvH, N, D]: the present keys (after rotary) the cache would hold. */
   keys: string;
-  /** int64 [1]: N, the entries in the present cache; int64 [1]: K', how many each KV head keeps. */
+  /** int64 [1]: N, the entries in the present cache. */
   n: string;
+  /** int64 [1] or [B,1,1] (`--kv-state`: per example): K', how many entries each KV head keeps. */
   kept: string;
   /**
    * int64 [B,1,1]: each example's leading pad entries (left padding; 0 without). Entry j is the

@@ -18,7 +18,7 @@ import type { LayerCache } from "../../src/analysis/kv-cache.js";
 import type { NodeBuilder } from "../builder.js";
 import type { Prepared } from "../criterion.js";
 import { gqaAttention, gqaLogits } from "../attention/gqa-map.js";
-import { rewriteCachedAttention } from "../cached-attention.js";
+import { CACHED_INPUTS, rewriteCachedAttention } from "../cached-attention.js";
 import { denseName } from "../gather-tokens.js";
 
 const FLOAT = 1;
@@ -64,6 +64,11 @@ export function evictionSite(
   cache: LayerCache,
   /** A stream stage acts above this layer (its cache then holds the host mask's first columns). */
   belowStreamStage: boolean,
+  /**
+   * float [B,1,1,T]: added to the layer's logits over its T cached entries (0, or −1e9 on filler
+   * slots a carried validity marks: `--kv-state`); none without the state.
+   */
+  slotBias?: string,
 ): EvictionSite {
   const core = layer.core;
   const checked = evictable(layer);
@@ -87,7 +92,11 @@ export function evictionSite(
       layer.index,
       belowStreamStage ? "first" : "last",
     );
-    const rewired = replaced.get(core.anchor) ?? core.anchor;
+    let rewired = replaced.get(core.anchor) ?? core.anchor;
+    if (slotBias) {
+      rewired = withSlotBias(b, rewired, slotBias);
+      replaced.set(core.anchor, rewired);
+    }
     const gqa = {
       ...attention.ok,
       node: shallowCopy(rewired, { output: rewired.output.map((o) => renamed.get(o) ?? o) }),
@@ -108,10 +117,39 @@ export function evictionSite(
   return {
     heads,
     kvHeads,
-    replaced: maskToCache(b, g, layer, cache, qk, core.anchor),
+    replaced: slotBiased(b, maskToCache(b, g, layer, cache, qk, core.anchor), core.anchor, slotBias),
     probabilities: (t) => t.op("Cast", [probs], { to: FLOAT }, "probabilities"),
     windowProbabilities: (t, w) => t.slice(t.op("Cast", [probs], { to: FLOAT }, "probabilities"), 2, -w),
   };
+}
+
+/** GroupQueryAttention with `slotBias` added to its attention_bias (input 10; [B,1,S,T] when it had none). */
+function withSlotBias(b: NodeBuilder, n: NodeProto, slotBias: string): NodeProto {
+  const inputs = [...n.input];
+  while (inputs.length <= CACHED_INPUTS.bias) inputs.push("");
+  const bias = inputs[CACHED_INPUTS.bias];
+  const everyQuery = () => {
+    const sizes = b.op("Shape", [slotBias]);
+    const queryLength = b.slice(b.op("Shape", [inputs[0]!]), 0, 1, 2);
+    return b.op("Concat", [b.slice(sizes, 0, 0, 2), queryLength, b.slice(sizes, 0, 3, 4)], { axis: 0 });
+  };
+  inputs[CACHED_INPUTS.bias] = bias
+    ? b.op("Add", [bias, slotBias], {}, "filler_slots_masked")
+    : b.op("Expand", [slotBias, everyQuery()], {}, "filler_slots_masked");
+  return shallowCopy(n, { input: inputs });
+}
+
+/** Plain attention: the Softmax reads its logits plus `slotBias` (replacements `replaced` grow by it). */
+function slotBiased(
+  b: NodeBuilder,
+  replaced: Map<NodeProto, NodeProto>,
+  softmax: NodeProto,
+  slotBias: string | undefined,
+): Map<NodeProto, NodeProto> {
+  if (!slotBias) return replaced;
+  const logits = b.op("Add", [softmax.input[0]!, slotBias], {}, "filler_slots_masked");
+  replaced.set(softmax, shallowCopy(softmax, { input: [logits, ...softmax.input.slice(1)] }));
+  return replaced;
 }
 
 /**

@@ -56,6 +56,7 @@ async function runCompile(
   opts: {
     output?: string;
     exposeIndices?: boolean;
+    kvState?: boolean;
     json?: boolean;
     target?: string;
     externalData?: string;
@@ -79,6 +80,7 @@ async function runCompile(
     modelName: modelPath,
     specName: specPath,
     exposeIndices: opts.exposeIndices ?? false,
+    kvState: opts.kvState ?? false,
     target,
     requireStages: true,
   });
@@ -315,6 +317,10 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
     .option("-o, --output <file>", "output model (default: MODEL.pruned.onnx beside the input)")
     .option("--expose-indices", "add graph outputs prunec.stageN.indices with the kept token positions")
     .option(
+      "--kv-state",
+      "KV-cache stages carry each evicted layer's slot validity (past_key_values.L.prunec_valid -> present.L.prunec_valid), so each example of a padded batch keeps its own count; the host feeds an empty one at the first call",
+    )
+    .option(
       "--target <ep>",
       "execution provider the model is for: cpu (any provider) or webgpu (selection kept GPU-resident)",
       "cpu",
@@ -336,6 +342,7 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
         opts: {
           output?: string;
           exposeIndices?: boolean;
+          kvState?: boolean;
           json?: boolean;
           target?: string;
           externalData?: string;

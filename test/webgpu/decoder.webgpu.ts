@@ -224,7 +224,7 @@ it("the decoder cases cover every criterion that needs token sets (passes/regist
   const needSets = CRITERIA.filter((c) => c.requiresSets?.length).map((c) => c.name);
   expect(needSets.length).toBeGreaterThan(0);
   expect(needSets.filter((n) => !covered.has(n))).toEqual([]);
-  for (const n of ["ttv", "pagerank", "drop 100% of image"]) expect(covered.has(n), n).toBe(true);
+  for (const n of ["ttv", "pagerank", "drop 100% of image", "last-token-attn"]) expect(covered.has(n), n).toBe(true);
   for (const c of DECODER_CASES) {
     if (CRITERIA.some((m) => m.name === c.covers)) expect(c.spec).toContain(`of image by ${c.covers}`);
   }
