@@ -8,7 +8,7 @@
 import { describe, expect, it } from "vitest";
 import { compile } from "../src/compile.js";
 import { PrunecError } from "../src/errors.js";
-import { maxAbsDiff, runNode } from "./helpers/ort.js";
+import { maxAbsDiff, runNode, runWasm } from "./helpers/ort.js";
 import {
   buildDecoder,
   DECODER,
@@ -16,6 +16,7 @@ import {
   generateGreedyWithImageMask,
   imageMaskFeed,
   imagePrompt,
+  openDecoderSession,
   prefillFeeds,
   promptBatch,
   type DecoderOptions,
@@ -230,7 +231,7 @@ for (const { name: layout, model: decoder } of LAYOUTS)
       }
     });
 
-    it("--kv-state, a left-padded batch of 3: each example keeps its own int(n · 0.5) entries, exactly what it keeps alone (the batch's other slots are fillers, masked by the carried validity), and generates what it does alone", async () => {
+    it("--kv-state, a left-padded batch of 3: each example keeps its own int(n · 0.5) entries, exactly what it keeps alone (the batch's other slots are fillers, masked by the carried validity), and generates what it does alone (kept entries and validity: CPU and WASM)", async () => {
       const prompts = [PROMPTS[1]!, PROMPTS[0]!, [1, 33, 34, 35, 36, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 5]];
       const batch = promptBatch(prompts, "left");
       const k = Math.trunc(batch.seq * 0.5);
@@ -244,6 +245,14 @@ for (const { name: layout, model: decoder } of LAYOUTS)
       for (const c of PADDED_CASES) {
         const model = compile(decoder, c.spec, { exposeIndices: true, kvState: true }).model;
         const out = await withState(model)(prefillFeeds(batch, "gqa", WIDE));
+        // onnxruntime-web's WASM backend keeps the same entries and validity at prefill.
+        const wasm = await runWasm(model, { ...empty, ...prefillFeeds(batch, "gqa", WIDE) });
+        for (const name of Object.keys(out).filter((o) => o.endsWith(".kv_indices") || o.endsWith(".prunec_valid")))
+          expect([c.spec, name, Array.from(wasm[name]!.data as ArrayLike<number | bigint>)]).toEqual([
+            c.spec,
+            name,
+            Array.from(out[name]!.data as ArrayLike<number | bigint>),
+          ]);
         const got = await generateGreedy(withState(model), batch, STEPS, WIDE);
         prompts.forEach((prompt, b) => {
           const pad = batch.seq - prompt.length;
@@ -429,7 +438,6 @@ describe("pyramidkv's per-layer budgets are int64 tables (no float64 kernels: We
  * The same KV stages on onnxruntime-web's WASM backend (single thread, in Node: what a browser's
  * wasm provider runs): the kept positions per layer and KV head, and the greedy tokens generated
  * through one open WASM session, equal onnxruntime-node's CPU run and the float64 references.
- * (Imports are dynamic so that this block only appends to the file.)
  */
 describe("keep kv on onnxruntime-web's WASM backend (batch 1): same kept positions and greedy tokens as CPU and the reference", () => {
   const WASM_CASES: { spec: string; press: (n: number) => PressSpec }[] = [
@@ -450,8 +458,6 @@ describe("keep kv on onnxruntime-web's WASM backend (batch 1): same kept positio
     });
   for (const c of WASM_CASES) {
     it(`${c.spec}: WASM's kept positions, caches and ${STEPS} greedy tokens equal CPU's and the reference's (logits <= ${TOL})`, async () => {
-      const { runWasm } = await import("./helpers/ort.js");
-      const { openDecoderSession } = await import("./support/decoder.js");
       const model = compile(decoder, c.spec, { exposeIndices: true }).model;
       for (const prompt of PROMPTS) {
         const want = referenceGeneration(prompt, c.press(prompt.length), STEPS);
