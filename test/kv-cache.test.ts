@@ -70,6 +70,20 @@ const SET_CASES: { by: string; scores: (x: LayerInput) => Mat }[] = [
   { by: "h2o(recent: 2)", scores: (x) => h2oScores(causalProbs(x.q, x.k), x.k.length) },
 ];
 
+/** Example b of a batched generation: its greedy tokens and every decode step's logits equal the reference loop's. */
+function expectGeneration(
+  label: string,
+  got: { tokens: number[][]; steps: Float32Array[] },
+  b: number,
+  want: { tokens: number[]; steps: Float64Array[] },
+): void {
+  const V = WIDE.vocab;
+  expect([label, b, got.tokens[b]]).toEqual([label, b, want.tokens]);
+  got.steps.forEach((logits, s) =>
+    expect(maxAbsDiff(logits.subarray(b * V, (b + 1) * V), Float64Array.from(want.steps[s]!))).toBeLessThanOrEqual(TOL),
+  );
+}
+
 /** Left-padded batches: the press of each example with the batch's count `k`. */
 const PADDED_CASES: { spec: string; press: (k: number) => PressSpec }[] = [
   { spec: "keep kv 50% by knorm", press: (k) => ({ method: "knorm", budget: { keep: k } }) },
@@ -206,7 +220,6 @@ for (const { name: layout, model: decoder } of LAYOUTS)
       const batch = promptBatch(prompts, "left");
       const n = batch.seq;
       const k = Math.trunc(n * 0.5);
-      const V = WIDE.vocab;
       for (const c of PADDED_CASES) {
         const model = compile(decoder, c.spec, { exposeIndices: true }).model;
         const out = await runNode(model, prefillFeeds(batch, "gqa", WIDE));
@@ -221,12 +234,7 @@ for (const { name: layout, model: decoder } of LAYOUTS)
             const perHead = rows(all.subarray(b * WIDE.kvHeads * k, (b + 1) * WIDE.kvHeads * k), [WIDE.kvHeads, k]);
             expect([c.spec, b, l, perHead]).toEqual([c.spec, b, l, want.kept[l]!.map((h) => h.map((j) => j + pad))]);
           }
-          expect([c.spec, b, got.tokens[b]]).toEqual([c.spec, b, want.tokens]);
-          got.steps.forEach((logits, s) =>
-            expect(
-              maxAbsDiff(logits.subarray(b * V, (b + 1) * V), Float64Array.from(want.steps[s]!)),
-            ).toBeLessThanOrEqual(TOL),
-          );
+          expectGeneration(c.spec, got, b, want);
         });
       }
     });
@@ -235,7 +243,6 @@ for (const { name: layout, model: decoder } of LAYOUTS)
       const prompts = [PROMPTS[1]!, PROMPTS[0]!, [1, 33, 34, 35, 36, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 5]];
       const batch = promptBatch(prompts, "left");
       const k = Math.trunc(batch.seq * 0.5);
-      const V = WIDE.vocab;
       const empty: Parameters<typeof runNode>[1] = {};
       for (let l = 0; l < WIDE.layers; l++)
         empty[`past_key_values.${l}.prunec_valid`] = { type: "float32", dims: [3, 0], data: new Float32Array(0) };
@@ -271,12 +278,7 @@ for (const { name: layout, model: decoder } of LAYOUTS)
               want.kept[l]!.map((h) => [...fillers, ...h.map((j) => j + pad)]),
             ]);
           }
-          expect([c.spec, b, got.tokens[b]]).toEqual([c.spec, b, want.tokens]);
-          got.steps.forEach((logits, s) =>
-            expect(
-              maxAbsDiff(logits.subarray(b * V, (b + 1) * V), Float64Array.from(want.steps[s]!)),
-            ).toBeLessThanOrEqual(TOL),
-          );
+          expectGeneration(c.spec, got, b, want);
         });
       }
     });

@@ -43,6 +43,11 @@ const PROMPTS: number[][] = readFileSync(join(DIR, "test.jsonl"), "utf8")
   .split("\n")
   .slice(0, 3)
   .map((l) => (JSON.parse(l) as { prompt: number[] }).prompt);
+/** The sample prompts (contexts of 192..256 tokens): left-padded batches of different lengths. */
+const SAMPLES: number[][] = readFileSync(join(DIR, "sample.jsonl"), "utf8")
+  .split("\n")
+  .filter((l) => l.length > 0)
+  .map((l) => (JSON.parse(l) as { prompt: number[] }).prompt);
 const run = (model: Uint8Array) => (feeds: Parameters<typeof runNode>[1]) => runNode(model, feeds);
 
 const CASES: { spec: string; press: (n: number) => PressSpec }[] = [
@@ -117,11 +122,7 @@ describe("keep kv on the trained recall decoder (plain attention, Concat caches;
   });
 
   it("--kv-state, the same batch: each example keeps exactly what it keeps alone (its own int(n/4)), and generates the same 32 tokens", async () => {
-    const samples = readFileSync(join(DIR, "sample.jsonl"), "utf8")
-      .split("\n")
-      .filter((l) => l.length > 0)
-      .map((l) => (JSON.parse(l) as { prompt: number[] }).prompt);
-    const prompts = [samples[0]!, samples[1]!, samples[2]!];
+    const prompts = SAMPLES.slice(0, 3);
     const batch = promptBatch(prompts, "left");
     const k = Math.trunc(batch.seq * 0.25);
     const empty: Parameters<typeof runNode>[1] = {};
@@ -146,11 +147,7 @@ describe("keep kv on the trained recall decoder (plain attention, Concat caches;
   });
 
   it("a left-padded batch of 3 sample prompts (contexts of different lengths): each example keeps what it keeps alone with the batch's count, and generates the same 32 tokens", async () => {
-    const samples = readFileSync(join(DIR, "sample.jsonl"), "utf8")
-      .split("\n")
-      .filter((l) => l.length > 0)
-      .map((l) => (JSON.parse(l) as { prompt: number[] }).prompt);
-    const prompts = [samples[0]!, samples[1]!, samples[2]!];
+    const prompts = SAMPLES.slice(0, 3);
     expect(new Set(prompts.map((p) => p.length)).size).toBe(3);
     const batch = promptBatch(prompts, "left");
     const k = Math.trunc(batch.seq * 0.25);
