@@ -159,12 +159,12 @@ export function applyKvStage(
     // attention, its positions count from its first real entry) and never keeps a pad over a real
     // entry; the count K' is the batch's (shapes are shared).
     const pads = padding(t, hostMask, n);
-    const set = plan.ofSet ? setEntries(t, plan, plan.ofSet.input, n, pads, table) : undefined;
+    // Each example's real entries, where counts are per example (a set, or the state).
+    const real = plan.ofSet || state ? realEntries(t, n, keys, pads) : undefined;
+    const set = plan.ofSet && real ? setEntries(t, plan, plan.ofSet.input, n, pads, real, table) : undefined;
     // With the state each example counts its own real entries (K'_b), the cache holds the largest.
     const perExample =
-      state && !set
-        ? ownCounts(t, prepared.ok, plan, layer.index, limit, realEntries(t, n, keys, pads), table)
-        : undefined;
+      state && !set && real ? ownCounts(t, prepared.ok, plan, layer.index, limit, real, table) : undefined;
     const counts = set?.perExample ?? perExample;
     const kept = state && counts ? largest(t, counts) : (set?.kept ?? own ?? budget(t, plan, n, table));
     let probs: string | undefined;
@@ -378,10 +378,8 @@ function ownCounts(
 }
 
 /** int64 [B]: each example's real entries (all N without padding). */
-function realEntries(b: NodeBuilder, n: string, keys: string, pads: { columns: string } | undefined): string {
-  return pads
-    ? b.reduce("ReduceSum", b.op("Cast", [pads.columns], { to: INT64 }), [1, 2], 0)
-    : b.op("Expand", [n, b.slice(b.op("Shape", [keys]), 0, 0, 1)]);
+function realEntries(b: NodeBuilder, n: string, keys: string, pads: Padding | undefined): string {
+  return pads ? pads.real : b.op("Expand", [n, b.slice(b.op("Shape", [keys]), 0, 0, 1)]);
 }
 
 /** int64 [1]: the largest of per-example counts [B], at least 1. */
@@ -418,20 +416,29 @@ function attentionMask(g: GraphProto): string | undefined {
  * padding puts each example's pads first, in the layer's cache too): `columns` bool [B,1,N],
  * `rows` float [B,1,N,1] (1 on real queries), `count` int64 [B,1,1] (leading pads).
  */
-function padding(
-  b: NodeBuilder,
-  mask: string | undefined,
-  n: string,
-): { columns: string; rows: string; count: string } | undefined {
+function padding(b: NodeBuilder, mask: string | undefined, n: string): Padding | undefined {
   if (!mask) return undefined;
   const real = firstColumns(b, mask, n); // bool [B,N]
   const asFloat = b.op("Cast", [real], { to: FLOAT });
-  const realCount = b.reduce("ReduceSum", b.op("Cast", [real], { to: INT64 }), [1], 1); // [B,1]
+  const realCount = b.reduce("ReduceSum", b.op("Cast", [real], { to: INT64 }), [1], 0); // [B]
   return {
     columns: b.unsqueeze(real, [1]),
     rows: b.unsqueeze(asFloat, [1, 3]),
-    count: b.unsqueeze(b.op("Sub", [n, realCount], {}, "leading_pads"), [2]),
+    count: b.unsqueeze(b.op("Sub", [n, realCount], {}, "leading_pads"), [1, 2]),
+    real: realCount,
   };
+}
+
+/** What `padding` reads from the host's mask at prefill. */
+interface Padding {
+  /** bool [B,1,N]: real entries. */
+  columns: string;
+  /** float [B,1,N,1]: 1 on real query rows. */
+  rows: string;
+  /** int64 [B,1,1]: leading pads. */
+  count: string;
+  /** int64 [B]: real entries. */
+  real: string;
 }
 
 /**
@@ -444,25 +451,19 @@ function setEntries(
   plan: KvPlan,
   input: string,
   n: string,
-  pads: { columns: string } | undefined,
+  pads: Padding | undefined,
+  /** int64 [B]: each example's real entries. */
+  real: string,
   table: string | undefined,
 ): { columns: string; kept: string; perExample: string } {
   const marked = firstColumns(b, input, n); // bool [B,N]
   const columns = pads
     ? b.op("And", [b.unsqueeze(marked, [1]), pads.columns], {}, "set_entries")
     : b.unsqueeze(marked, [1]);
-  const count = (x: string) => b.reduce("ReduceSum", b.op("Cast", [x], { to: INT64 }), [1, 2], 0); // [B]
-  const inSet = count(columns);
-  const real = pads ? count(pads.columns) : b.op("Expand", [n, b.slice(b.op("Shape", [input]), 0, 0, 1)]);
+  const inSet = b.reduce("ReduceSum", b.op("Cast", [columns], { to: INT64 }), [1, 2], 0); // [B]
   const ofSet = b.op("Min", [inSet, budget(b, plan, inSet, table)], {}, "set_budget");
   const perExample = b.op("Add", [b.op("Sub", [real, inSet]), ofSet], {}, "kept_per_example"); // [B]
-  const kept = b.op(
-    "Max",
-    [b.reduce("ReduceMax", perExample, [0], 1), b.int64([1], [1], "at_least_one")],
-    {},
-    "set_kept",
-  );
-  return { columns, kept, perExample };
+  return { columns, kept: largest(b, perExample), perExample };
 }
 
 /** The element type a graph output or value_info declares for `name` (float32 when none does). */

@@ -48,6 +48,11 @@ function positions(b: NodeBuilder, ctx: KvScoreContext): string {
   return b.op("Cast", [b.range(ctx.n, "positions")], { to: FLOAT });
 }
 
+/** int64 [B,1,N]: each entry's position in its example (left pads first: j − the example's pads). */
+function ownPositions(b: NodeBuilder, ctx: KvScoreContext): string {
+  return b.op("Sub", [b.range(ctx.n, "positions"), ctx.padding], {}, "own_positions");
+}
+
 /** Scores with the last `count` positions (int64 [1]) raised above every other entry of the example. */
 function keepLast(b: NodeBuilder, ctx: KvScoreContext, scores: string, count: string, label: string): string {
   const top = b.op("Add", [b.reduce("ReduceMax", scores, [1, 2], 1), b.float([1], [], "one")], {}, `${label}_top`); // [B,1,1]
@@ -91,7 +96,7 @@ export const streaming: KvCriterionModule = {
     const { b } = ctx;
     // In the example's own positions (left pads first: j − pads), over its own real entries.
     const sinks = b.int64([intArg(ctx, "sinks", 4)], [], "sinks");
-    const own = b.op("Sub", [b.range(ctx.n, "positions"), ctx.padding], {}, "own_positions"); // [B,1,N]
+    const own = ownPositions(b, ctx); // [B,1,N]
     const real = b.op("Sub", [ctx.n, ctx.padding], {}, "real_entries"); // [B,1,1]
     const prunedEnd = b.op("Add", [sinks, b.op("Sub", [real, ctx.kept])], {}, "pruned_end");
     const pruned = b.op(
@@ -348,8 +353,8 @@ export const randomKv: KvCriterionModule = {
     const { A, B, C, D, P } = RANDOM_HASH;
     const seed = intArg(ctx, "seed", 0);
     const kvHeads = ctx.kvHeads;
-    // The example's own positions (j − its leading pads): the same set as alone.
-    const pos = b.op("Sub", [b.range(ctx.n, "positions"), ctx.padding], {}, "own_positions"); // [B,1,N]
+    // The example's own positions: the same set as alone.
+    const pos = ownPositions(b, ctx); // [B,1,N]
     const heads = b.int64(
       Array.from({ length: kvHeads }, (_, g) => g * B + seed * C + D),
       [kvHeads, 1],

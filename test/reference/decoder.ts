@@ -240,14 +240,22 @@ export class ReferenceDecoder {
   ): { tokens: number[]; prefill: Float64Array[]; steps: Float64Array[] } {
     const cache = this.newCache();
     const prefill = this.forward(prompt, cache);
-    const tokens = [argmax(prefill.at(-1)!)];
+    return { ...this.decodeGreedy(prefill.at(-1)!, cache, steps), prefill };
+  }
+
+  /**
+   * Greedy decoding after a prefill whose last logits are `last`, over whatever `cache` holds (an
+   * evicted one too): the argmax, then `steps − 1` decode steps; their tokens and logits.
+   */
+  decodeGreedy(last: Float64Array, cache: KvCache, steps: number): { tokens: number[]; steps: Float64Array[] } {
+    const tokens = [argmax(last)];
     const stepLogits: Float64Array[] = [];
     for (let s = 1; s < steps; s++) {
       const [logits] = this.forward([tokens.at(-1)!], cache);
       stepLogits.push(logits!);
       tokens.push(argmax(logits!));
     }
-    return { tokens, prefill, steps: stepLogits };
+    return { tokens, steps: stepLogits };
   }
 
   /** Runs layer `l` on rows `xs` at rotary `positions`, appending their keys/values to `cache`; causal within the rows. */

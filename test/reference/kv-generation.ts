@@ -4,7 +4,7 @@
  * (test/reference/kv-presses.ts, written from the authors' code), then decode greedily over the
  * kept cache. Rotary positions keep counting the dense tokens, as the compiled model's host does.
  */
-import { argmax, type KvCache, type ReferenceDecoder } from "./decoder.js";
+import type { KvCache, ReferenceDecoder } from "./decoder.js";
 import { evictPrefill, type LayerInput, type PressSpec } from "./kv-presses.js";
 
 export interface EvictingGeneration {
@@ -46,12 +46,6 @@ export function evictingGeneration(
       cache.values[l]![g] = kept.map((t) => cache.values[l]![g]![t]!);
     }),
   );
-  const tokens = [argmax(prefill.at(-1)!)];
-  const stepLogits: Float64Array[] = [];
-  for (let s = 1; s < steps; s++) {
-    const [logits] = reference.forward([tokens.at(-1)!], cache);
-    stepLogits.push(logits!);
-    tokens.push(argmax(logits!));
-  }
-  return { kept: evicted.kept, tokens, steps: stepLogits, last: prefill.at(-1)!, layers };
+  const decoded = reference.decodeGreedy(prefill.at(-1)!, cache, steps);
+  return { kept: evicted.kept, ...decoded, last: prefill.at(-1)!, layers };
 }
