@@ -7,6 +7,7 @@
  * FLOPs-ideal ratio from the analysis's per-layer costs, and the KV-cache bytes the prefill leaves.
  */
 import * as ort from "onnxruntime-node";
+import { cacheBytes, emptyPast, int64 } from "./feeds.js";
 import { Graph } from "../src/ir/graph.js";
 import { decodeModel } from "../src/onnx/io.js";
 import { analyzeTransformer } from "../src/analysis/transformer.js";
@@ -35,27 +36,18 @@ const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[xs.length
 
 function feeds(): Record<string, ort.Tensor> {
   const n = 1 + SYSTEM + IMAGE + INSTRUCTION;
-  const ids = BigInt64Array.from({ length: n }, (_, i) => BigInt(i === 0 ? 1 : 3 + ((i * 7) % 40)));
-  const image = Uint8Array.from({ length: n }, (_, i) => (i > SYSTEM && i <= SYSTEM + IMAGE ? 1 : 0));
-  const f: Record<string, ort.Tensor> = {
-    input_ids: new ort.Tensor("int64", ids, [1, n]),
-    attention_mask: new ort.Tensor("int64", new BigInt64Array(n).fill(1n), [1, n]),
-    position_ids: new ort.Tensor(
-      "int64",
-      BigInt64Array.from({ length: n }, (_, i) => BigInt(i)),
+  const positions = Array.from({ length: n }, (_, i) => i);
+  const image = Uint8Array.from(positions, (i) => (i > SYSTEM && i <= SYSTEM + IMAGE ? 1 : 0));
+  return {
+    input_ids: int64(
+      positions.map((i) => (i === 0 ? 1 : 3 + ((i * 7) % 40))),
       [1, n],
     ),
+    attention_mask: int64(new Array<number>(n).fill(1), [1, n]),
+    position_ids: int64(positions, [1, n]),
     image_mask: new ort.Tensor("bool", image, [1, n]),
+    ...emptyPast(BENCH_DECODER),
   };
-  for (let l = 0; l < BENCH_DECODER.layers; l++)
-    for (const kv of ["key", "value"])
-      f[`past_key_values.${l}.${kv}`] = new ort.Tensor("float32", new Float32Array(0), [
-        1,
-        BENCH_DECODER.kvHeads,
-        0,
-        BENCH_DECODER.headSize,
-      ]);
-  return f;
 }
 
 export async function benchDecoder(runs: number): Promise<void> {
@@ -74,14 +66,7 @@ export async function benchDecoder(runs: number): Promise<void> {
   const inputs = [denseFeeds, f];
   const times: number[][] = [[], []];
   const kv: number[] = [];
-  for (let k = 0; k < 2; k++) {
-    const out = await sessions[k]!.run(inputs[k]!);
-    kv.push(
-      Object.entries(out)
-        .filter(([name]) => name.startsWith("present"))
-        .reduce((s, [, t]) => s + (t.data as Float32Array).byteLength, 0),
-    );
-  }
+  for (let k = 0; k < 2; k++) kv.push(cacheBytes(await sessions[k]!.run(inputs[k]!)));
   for (let block = 0; block < Math.ceil(runs / 5); block++) {
     for (let k = 0; k < 2; k++) {
       await sessions[k]!.run(inputs[k]!);

@@ -9,6 +9,7 @@ import * as ort from "onnxruntime-node";
 import { compile } from "../src/compile.js";
 import { buildDecoder, type DecoderOptions } from "../test/support/decoder.js";
 import { BENCH_DECODER } from "./decoder.js";
+import { cacheBytes, emptyPast, int64, pastOf } from "./feeds.js";
 
 const SIZE: DecoderOptions = { ...BENCH_DECODER, maxPositions: 2048 };
 const N = 1000;
@@ -17,43 +18,27 @@ const SPECS = ["keep kv 25% by knorm", "keep kv 25% by snapkv(window: 32)"];
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
 
 function prefillFeeds(): Record<string, ort.Tensor> {
-  const ids = BigInt64Array.from({ length: N }, (_, i) => BigInt(i === 0 ? 1 : 3 + ((i * 7) % 200)));
-  const f: Record<string, ort.Tensor> = {
-    input_ids: new ort.Tensor("int64", ids, [1, N]),
-    attention_mask: new ort.Tensor("int64", new BigInt64Array(N).fill(1n), [1, N]),
-    position_ids: new ort.Tensor(
-      "int64",
-      BigInt64Array.from({ length: N }, (_, i) => BigInt(i)),
+  const positions = Array.from({ length: N }, (_, i) => i);
+  return {
+    input_ids: int64(
+      positions.map((i) => (i === 0 ? 1 : 3 + ((i * 7) % 200))),
       [1, N],
     ),
+    attention_mask: int64(new Array<number>(N).fill(1), [1, N]),
+    position_ids: int64(positions, [1, N]),
+    ...emptyPast(SIZE),
   };
-  for (let l = 0; l < SIZE.layers; l++)
-    for (const kv of ["key", "value"])
-      f[`past_key_values.${l}.${kv}`] = new ort.Tensor("float32", new Float32Array(0), [
-        1,
-        SIZE.kvHeads,
-        0,
-        SIZE.headSize,
-      ]);
-  return f;
 }
 
 /** One decode step's feeds after a prefill that returned `out`. */
 function stepFeeds(out: ort.InferenceSession.OnnxValueMapType): Record<string, ort.Tensor> {
-  const f: Record<string, ort.Tensor> = {
-    input_ids: new ort.Tensor("int64", BigInt64Array.from([5n]), [1, 1]),
-    attention_mask: new ort.Tensor("int64", new BigInt64Array(N + 1).fill(1n), [1, N + 1]),
-    position_ids: new ort.Tensor("int64", BigInt64Array.from([BigInt(N)]), [1, 1]),
+  return {
+    input_ids: int64([5], [1, 1]),
+    attention_mask: int64(new Array<number>(N + 1).fill(1), [1, N + 1]),
+    position_ids: int64([N], [1, 1]),
+    ...pastOf(out),
   };
-  for (const [name, t] of Object.entries(out))
-    if (name.startsWith("present")) f[name.replace(/^present/, "past_key_values")] = t as ort.Tensor;
-  return f;
 }
-
-const bytes = (out: ort.InferenceSession.OnnxValueMapType) =>
-  Object.entries(out)
-    .filter(([name]) => name.startsWith("present"))
-    .reduce((s, [, t]) => s + (t.data as Float32Array).byteLength, 0);
 
 export async function benchKvDecoder(runs: number): Promise<void> {
   const dense = buildDecoder({ attention: "gqa" }, SIZE);
@@ -82,11 +67,11 @@ export async function benchKvDecoder(runs: number): Promise<void> {
   console.log(
     `KV eviction: test decoder ${SIZE.layers} layers, hidden ${SIZE.hidden}, GQA ${SIZE.heads}/${SIZE.kvHeads} heads, prompt ${N} tokens, ORT CPU batch 1`,
   );
-  const d = { prefill: median(prefillTimes[0]!), step: median(stepTimes[0]!), kv: bytes(outs[0]!) };
+  const d = { prefill: median(prefillTimes[0]!), step: median(stepTimes[0]!), kv: cacheBytes(outs[0]!) };
   for (let k = 0; k < sessions.length; k++) {
     const p = median(prefillTimes[k]!);
     const st = median(stepTimes[k]!);
-    const kv = bytes(outs[k]!);
+    const kv = cacheBytes(outs[k]!);
     console.log(
       `  ${names[k]!.padEnd(34)} prefill ${p.toFixed(1)} ms (${(p / d.prefill).toFixed(2)}× dense), decode step ${st.toFixed(2)} ms (${(d.step / st).toFixed(2)}× faster), KV after prefill ${(kv / 1024).toFixed(0)} KiB (${(d.kv / kv).toFixed(2)}× smaller)`,
     );

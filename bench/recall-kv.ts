@@ -10,23 +10,11 @@
  *   npx tsx bench/recall-kv.ts [--limit 1000] [--batch 50] [--runs 15] [--markdown]
  */
 import { readFileSync } from "node:fs";
-import { dirname, join } from "node:path";
-import { fileURLToPath, pathToFileURL } from "node:url";
+import { pathToFileURL } from "node:url";
 import * as ort from "onnxruntime-node";
 import { compile } from "../src/compile.js";
-
-const DIR = join(dirname(fileURLToPath(import.meta.url)), "..", "examples", "recall");
-const MODEL = join(DIR, "model.onnx");
-
-interface Example {
-  prompt: number[];
-  answer: number;
-  context_len: number;
-}
-
-interface Metrics {
-  settings: { model: { layers: number; kv_heads: number; head_size: number; vocab: number } };
-}
+import { RECALL, RECALL_MODEL as MODEL, readRecall, type RecallExample as Example } from "../test/support/recall.js";
+import { cacheBytes, emptyPast, int64, pastOf } from "./feeds.js";
 
 /** The presses of the table, with settings scaled to a 256-token context (docs/results.md says why). */
 export const RECALL_PRESSES: readonly { label: string; by: string }[] = [
@@ -39,52 +27,14 @@ export const RECALL_PRESSES: readonly { label: string; by: string }[] = [
 ];
 export const RECALL_BUDGETS: readonly number[] = [10, 25, 50];
 
-const metrics = JSON.parse(readFileSync(join(DIR, "metrics.json"), "utf8")) as Metrics;
-const M = metrics.settings.model;
 const QUERY = 2;
 
 function readTest(limit: number): Example[] {
-  return readFileSync(join(DIR, "test.jsonl"), "utf8")
-    .split("\n")
-    .filter((l) => l.length > 0)
-    .slice(0, limit)
-    .map((l) => JSON.parse(l) as Example);
+  return readRecall("test.jsonl").slice(0, limit);
 }
 
-const i64 = (rows: number[][]) =>
-  new ort.Tensor(
-    "int64",
-    BigInt64Array.from(rows.flat(), (v) => BigInt(v)),
-    [rows.length, rows[0]!.length],
-  );
-
-type Outputs = ort.InferenceSession.OnnxValueMapType;
-
-function emptyPast(batch: number): Record<string, ort.Tensor> {
-  const f: Record<string, ort.Tensor> = {};
-  for (let l = 0; l < M.layers; l++)
-    for (const kv of ["key", "value"])
-      f[`past_key_values.${l}.${kv}`] = new ort.Tensor("float32", new Float32Array(0), [
-        batch,
-        M.kv_heads,
-        0,
-        M.head_size,
-      ]);
-  return f;
-}
-
-function pastOf(out: Outputs): Record<string, ort.Tensor> {
-  const f: Record<string, ort.Tensor> = {};
-  for (const [name, t] of Object.entries(out))
-    if (name.startsWith("present.")) f[name.replace(/^present/, "past_key_values")] = t as ort.Tensor;
-  return f;
-}
-
-function cacheBytes(out: Outputs): number {
-  let bytes = 0;
-  for (const [name, t] of Object.entries(out)) if (name.startsWith("present.")) bytes += (t as ort.Tensor).size * 4; // float32 caches
-  return bytes;
-}
+/** int64 [rows, columns]. */
+const i64 = (rows: number[][]) => int64(rows.flat(), [rows.length, rows[0]!.length]);
 
 /** Prefill `contexts` (equal lengths), then decode each token of `tail[b]` one at a time; the last logits' argmax per row. */
 async function answer(
@@ -98,7 +48,7 @@ async function answer(
     input_ids: i64(contexts),
     attention_mask: i64(contexts.map(() => new Array<number>(n).fill(1))),
     position_ids: i64(contexts.map(() => Array.from({ length: n }, (_, j) => j))),
-    ...emptyPast(batch),
+    ...emptyPast(RECALL, batch),
   });
   const bytes = cacheBytes(out);
   for (let s = 0; s < tails[0]!.length; s++) {
@@ -185,7 +135,7 @@ export async function decodeLatency(
       input_ids: i64([context]),
       attention_mask: i64([new Array<number>(n).fill(1)]),
       position_ids: i64([Array.from({ length: n }, (_, j) => j)]),
-      ...emptyPast(1),
+      ...emptyPast(RECALL),
     });
     sessions.set(name, { session, past: pastOf(out) });
   }

@@ -7,47 +7,26 @@
  * over the kept cache, token for token. `keep kv 100%` generates what the dense model generates.
  */
 import { readFileSync } from "node:fs";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
 import { compile } from "../src/compile.js";
 import { maxAbsDiff, runNode } from "./helpers/ort.js";
-import { generateGreedy, prefillFeeds, promptBatch, type DecoderOptions } from "./support/decoder.js";
+import { generateGreedy, prefillFeeds, promptBatch } from "./support/decoder.js";
 import { ReferenceDecoder, weightsByNodeNames } from "./reference/decoder.js";
 import { evictingGeneration } from "./reference/kv-generation.js";
 import { knormScores, type PressSpec } from "./reference/kv-presses.js";
 import { rows } from "./support/model-edit.js";
+import { RECALL, RECALL_MODEL, readRecall } from "./support/recall.js";
 
-const DIR = join(dirname(fileURLToPath(import.meta.url)), "..", "examples", "recall");
-const MODEL = new Uint8Array(readFileSync(join(DIR, "model.onnx")));
+const MODEL = new Uint8Array(readFileSync(RECALL_MODEL));
 const STEPS = 32;
 const TOL = 1e-3;
 
-/** The recall decoder's sizes (examples/recall/TRAINING.md; metrics.json settings.model). */
-const RECALL: DecoderOptions = {
-  vocab: 195,
-  hidden: 64,
-  layers: 4,
-  heads: 4,
-  kvHeads: 2,
-  headSize: 16,
-  intermediate: 192,
-  maxPositions: 1024,
-  ropeBase: 10000,
-  epsilon: 1e-6,
-  tiedEmbeddings: false,
-  seed: 0,
-};
 const reference = new ReferenceDecoder(weightsByNodeNames(MODEL, RECALL), RECALL);
-const PROMPTS: number[][] = readFileSync(join(DIR, "test.jsonl"), "utf8")
-  .split("\n")
+const PROMPTS: number[][] = readRecall("test.jsonl")
   .slice(0, 3)
-  .map((l) => (JSON.parse(l) as { prompt: number[] }).prompt);
+  .map((e) => e.prompt);
 /** The sample prompts (contexts of 192..256 tokens): left-padded batches of different lengths. */
-const SAMPLES: number[][] = readFileSync(join(DIR, "sample.jsonl"), "utf8")
-  .split("\n")
-  .filter((l) => l.length > 0)
-  .map((l) => (JSON.parse(l) as { prompt: number[] }).prompt);
+const SAMPLES: number[][] = readRecall("sample.jsonl").map((e) => e.prompt);
 const run = (model: Uint8Array) => (feeds: Parameters<typeof runNode>[1]) => runNode(model, feeds);
 
 const CASES: { spec: string; press: (n: number) => PressSpec }[] = [

@@ -11,48 +11,15 @@
  * analysis (`inspectModel`) finds every layer's attention and residual stream.
  */
 import { readFileSync } from "node:fs";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
 import { inspectModel } from "../src/inspect.js";
 import { runNode, type Feeds, type OrtOutput } from "./helpers/ort.js";
+import { RECALL_METRICS as metrics, RECALL_MODEL as MODEL, readRecall } from "./support/recall.js";
 
-const DIR = join(dirname(fileURLToPath(import.meta.url)), "..", "examples", "recall");
-const MODEL = join(DIR, "model.onnx");
-
-interface Example {
-  prompt: number[];
-  answer: number;
-  context_len: number;
-  key_pos: number;
-  /** sample.jsonl only: torch's greedy answer and last-position logits. */
-  prediction?: number;
-  logits?: number[];
-}
-
-interface Metrics {
-  first200_n: number;
-  first200_accuracy: number;
-  first200_predictions: number[];
-  sample_predictions: number[];
-  test: { accuracy: number };
-  settings: {
-    model: { vocab: number; hidden: number; layers: number; heads: number; kv_heads: number; head_size: number };
-  };
-}
-
-function readJsonl(name: string): Example[] {
-  return readFileSync(join(DIR, name), "utf8")
-    .split("\n")
-    .filter((l) => l.length > 0)
-    .map((l) => JSON.parse(l) as Example);
-}
-
-const metrics = JSON.parse(readFileSync(join(DIR, "metrics.json"), "utf8")) as Metrics;
 const M = metrics.settings.model;
 const V = M.vocab;
-const samples = readJsonl("sample.jsonl");
-const test = readJsonl("test.jsonl");
+const samples = readRecall("sample.jsonl");
+const test = readRecall("test.jsonl");
 
 type Past = Record<string, { data: Float32Array; dims: number[] }>;
 

@@ -307,24 +307,17 @@ export function batchOf(ids: readonly string[]): PromptBatch {
 // executionProviders ["webgpu"] ONLY, graphOptimizationLevel "all", verbose session log.
 // Errors (session creation or run) are returned, not thrown, with the phase they came from.
 
-export interface PageFeed {
-  type: "float32" | "int64" | "bool";
-  dims: number[];
-  data: number[];
-}
-
-export interface PageRun {
-  createMs: number;
-  runs: { outputs: Record<string, { type: string; dims: number[]; data: number[] }>; runMs: number }[];
-  error?: { phase: "create" | "run"; batch?: number; message: string };
-}
-
-const PAGE_RUNNER = `async (job) => {
-  const ort = await import("/ort/ort.webgpu.bundle.min.mjs");
+/**
+ * Page-side source shared by the runners: fetch job.model, create the session with page.js's
+ * options (executionProviders ["webgpu"] ONLY, graphOptimizationLevel "all", verbose log) and
+ * time it into `out` (initialised as `init`), returning `out` with the error if creation fails.
+ */
+function openSession(init: string): string {
+  return `  const ort = await import("/ort/ort.webgpu.bundle.min.mjs");
   const res = await fetch(job.model);
   if (!res.ok) throw new Error(job.model + ": HTTP " + res.status);
   const bytes = new Uint8Array(await res.arrayBuffer());
-  const out = { createMs: 0, runs: [] };
+  const out = ${init};
   const t0 = performance.now();
   let session;
   try {
@@ -340,7 +333,23 @@ const PAGE_RUNNER = `async (job) => {
     return out;
   }
   out.createMs = performance.now() - t0;
-  try {
+`;
+}
+
+export interface PageFeed {
+  type: "float32" | "int64" | "bool";
+  dims: number[];
+  data: number[];
+}
+
+export interface PageRun {
+  createMs: number;
+  runs: { outputs: Record<string, { type: string; dims: number[]; data: number[] }>; runMs: number }[];
+  error?: { phase: "create" | "run"; batch?: number; message: string };
+}
+
+const PAGE_RUNNER = `async (job) => {
+${openSession("{ createMs: 0, runs: [] }")}  try {
     for (let b = 0; b < job.batches.length; b++) {
       const feeds = {};
       for (const [name, f] of Object.entries(job.batches[b])) {
@@ -496,27 +505,7 @@ export interface KvPageRun {
  * Source text for the same reasons as PAGE_RUNNER.
  */
 const KV_PAGE_RUNNER = `async (job) => {
-  const ort = await import("/ort/ort.webgpu.bundle.min.mjs");
-  const res = await fetch(job.model);
-  if (!res.ok) throw new Error(job.model + ": HTTP " + res.status);
-  const bytes = new Uint8Array(await res.arrayBuffer());
-  const out = { createMs: 0, indices: {}, tokens: [], calls: [] };
-  const t0 = performance.now();
-  let session;
-  try {
-    session = await ort.InferenceSession.create(bytes, {
-      executionProviders: ["webgpu"],
-      graphOptimizationLevel: "all",
-      logId: job.id,
-      logSeverityLevel: 0,
-      logVerbosityLevel: 0,
-    });
-  } catch (e) {
-    out.error = { phase: "create", message: String((e && e.message) || e) };
-    return out;
-  }
-  out.createMs = performance.now() - t0;
-  const int64 = (values, dims) => new ort.Tensor("int64", BigInt64Array.from(values, (v) => BigInt(v)), dims);
+${openSession("{ createMs: 0, indices: {}, tokens: [], calls: [] }")}  const int64 = (values, dims) => new ort.Tensor("int64", BigInt64Array.from(values, (v) => BigInt(v)), dims);
   let feeds = {};
   for (const [name, f] of Object.entries(job.prefill))
     feeds[name] = f.type === "int64" ? int64(f.data, f.dims) : new ort.Tensor("float32", Float32Array.from(f.data), f.dims);
