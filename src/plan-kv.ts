@@ -10,14 +10,8 @@ import type { LayerInfo, TransformerInfo } from "./analysis/transformer.js";
 import { kvCriterionModule } from "../passes/registry.js";
 import { hasEvictableCache } from "../passes/kv/criterion.js";
 import type { KvPlan } from "./plan-types.js";
+import { setInput } from "./plan-sets.js";
 import { DEFAULT_PERCENT, resolvedAmount } from "./plan-amount.js";
-
-/** Presses that cannot be restricted to a token set, and why. */
-const SET_REFUSED: Readonly<Record<string, string>> = {
-  streaming:
-    "StreamingLLM's scores depend on the count it keeps (sinks, then the most recent entries), not on the entries; restricted to a set they would describe no method",
-  pyramidkv: "PyramidKV's per-layer budgets are fractions of the whole cache, not of a set",
-};
 
 /** Layers whose attention keeps a KV cache prunec can evict from (present key and value outputs). */
 export function cachedLayers(model: TransformerInfo): LayerInfo[] {
@@ -86,16 +80,13 @@ export function planKvStages(
       const set = spec.tokenSets.find((t) => t.name === stage.of);
       if (!set) return; // reported by checkSpecSets
       const at = stage.ofSpan ?? stage.span;
-      if (set.source.kind !== "input") {
-        fail(
-          at,
-          `'of ${stage.of}': prunec restricts KV-cache stages to sets given by a model input ('tokens ${stage.of} = input NAME'); sets defined as '${set.source.kind} ...' are not supported yet`,
-        );
+      const input = setInput(set, "KV-cache stages");
+      if ("why" in input) {
+        fail(at, input.why);
         return;
       }
-      const why = SET_REFUSED[criterion.name];
-      if (why) {
-        fail(at, `'of ${stage.of}' with ${criterion.name}: ${why}`);
+      if (criterion.noSet) {
+        fail(at, `'of ${stage.of}' with ${criterion.name}: ${criterion.noSet}`);
         return;
       }
       const below = layers.ok.find((l) => streamLayers.some((s) => s < l.index));
@@ -106,7 +97,7 @@ export function planKvStages(
         );
         return;
       }
-      ofSet = { name: stage.of, input: set.source.input };
+      ofSet = { name: stage.of, input: input.input };
     }
     const args = argsWithDefaults(criterion, stage.criterion.args);
     for (const layer of layers.ok) {

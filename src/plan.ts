@@ -21,6 +21,7 @@ import { planMerge } from "./plan-merge.js";
 import { PrunecError } from "./errors.js";
 import { DEFAULT_PERCENT, resolvedAmount } from "./plan-amount.js";
 import { planKvStages } from "./plan-kv.js";
+import { setInput } from "./plan-sets.js";
 import type { KvPlan } from "./plan-types.js";
 
 export { DEFAULT_PERCENT, resolvedAmount };
@@ -245,15 +246,12 @@ function planOne(
     return planMerge(spec, stage, index, model, layer, tokensIn, firstLayer, fail);
   let ofSet: string | undefined;
   if (stage.of !== undefined) {
-    const set = sets.get(stage.of)!;
-    if (set.source.kind !== "input") {
-      fail(
-        stage.ofSpan ?? stage.span,
-        `'of ${stage.of}': prunec restricts stages to sets given by a model input ('tokens ${stage.of} = input NAME'); sets defined as '${set.source.kind} ...' are not supported yet`,
-      );
+    const set = setInput(sets.get(stage.of)!, "stages");
+    if ("why" in set) {
+      fail(stage.ofSpan ?? stage.span, set.why);
       return undefined;
     }
-    ofSet = set.source.input;
+    ofSet = set.input;
   }
   const criterion = criterionModule(stage.criterion.name);
   if (!criterion) {

@@ -89,6 +89,8 @@ export const streaming: KvCriterionModule = {
   name: "streaming",
   targets: ["kv"],
   summary: "attention sinks (the first entries) plus the most recent entries (StreamingLLM)",
+  noSet:
+    "StreamingLLM's scores depend on the count it keeps (sinks, then the most recent entries), not on the entries; restricted to a set they would describe no method",
   args: { sinks: { type: "integer", default: 4, doc: "entries at the start always kept" } },
   needs: NEEDS_CACHE,
   reference: "NVIDIA/kvpress 8bb29b9 kvpress/presses/streaming_llm_press.py",
@@ -245,6 +247,7 @@ export const pyramidkv: KvCriterionModule = {
   name: "pyramidkv",
   targets: ["kv"],
   fractionOnly: true,
+  noSet: "PyramidKV's per-layer budgets are fractions of the whole cache, not of a set",
   summary: "SnapKV's scores with a per-layer budget that shrinks with depth (PyramidKV)",
   args: {
     window: { type: "integer", default: 64, doc: "observation window: the last queries, always kept" },

@@ -73,4 +73,6 @@ export interface KvCriterionModule extends CriterionInfo {
   prepareKv(facts: KvFacts): Prepared<KvScorer>;
   /** Only budgets written as a percentage (the press spreads a fraction over the layers). */
   fractionOnly?: boolean;
+  /** Why the press cannot be restricted to a token set (`of SET`), if it cannot. */
+  noSet?: string;
 }

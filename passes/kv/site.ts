@@ -14,7 +14,7 @@
 import type { Graph, NodeProto } from "../../src/ir/graph.js";
 import { shallowCopy } from "../../src/ir/copy.js";
 import type { LayerInfo, TransformerInfo } from "../../src/analysis/transformer.js";
-import type { LayerCache } from "../../src/analysis/kv-cache.js";
+import { logitChain, type LayerCache } from "../../src/analysis/kv-cache.js";
 import type { NodeBuilder } from "../builder.js";
 import type { Prepared } from "../criterion.js";
 import { gqaAttention, gqaLogits } from "../attention/gqa-map.js";
@@ -182,15 +182,9 @@ function maskToCache(
     return s;
   };
   // The chain from Softmax up to Q·Kᵀ, as the analysis walked it.
-  const end = qk.output[0];
-  let t = softmax.input[0];
-  for (let steps = 0; t && t !== end && steps < 16; steps++) {
-    const n = g.producer.get(t);
-    if (!n) break;
+  for (const { node: n } of logitChain(g, qk, softmax) ?? [])
     if (n.input.some((i) => operands.has(i)))
       out.set(n, shallowCopy(n, { input: n.input.map((i) => (operands.has(i) ? lastColumns(i) : i)) }));
-    t = n.input.find((i) => i === end || (i && g.ancestors(i).has(qk)));
-  }
   if (out.size === 0)
     throw new Error(
       `layer ${layer.index}: the mask operands were not found between Q·Kᵀ and Softmax (checked by the analysis)`,

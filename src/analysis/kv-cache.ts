@@ -125,20 +125,57 @@ function concatenatedCache(
   };
 }
 
+/**
+ * The nodes between Q·Kᵀ and Softmax, Softmax's side first, each with the input that carries the
+ * logits (`chain`); undefined when the logits reach Softmax through another op. The other inputs
+ * of these nodes are what the analysis calls the mask operands.
+ */
+export function logitChain(
+  g: Graph,
+  qk: NodeProto,
+  softmax: NodeProto,
+): { node: NodeProto; chain: string }[] | undefined {
+  const end = qk.output[0];
+  if (!end) return undefined;
+  // The tensors the logits flow through: down from Q·Kᵀ through pre-softmax ops.
+  const onPath = new Set([end]);
+  let frontier = [end];
+  for (let depth = 0; depth < 16 && frontier.length; depth++) {
+    const next: string[] = [];
+    for (const t of frontier)
+      for (const c of g.consumersOf(t))
+        if (PRE_SOFTMAX.has(c.opType))
+          for (const o of c.output)
+            if (o && !onPath.has(o)) {
+              onPath.add(o);
+              next.push(o);
+            }
+    frontier = next;
+  }
+  const steps: { node: NodeProto; chain: string }[] = [];
+  let t = softmax.input[0];
+  for (let k = 0; t && t !== end && k < 16; k++) {
+    const n = g.producer.get(t);
+    // Where(cond, x, y): the chain is one of x / y; the condition and the other branch are masks.
+    const chain = n && PRE_SOFTMAX.has(n.opType) ? n.input.find((i) => i && onPath.has(i)) : undefined;
+    if (!n || !chain) return undefined;
+    steps.push({ node: n, chain });
+    t = chain;
+  }
+  return t === end ? steps : undefined;
+}
+
 /** The activation operands joined to the logits between Q·Kᵀ and Softmax (the mask). */
 function logitOperands(g: Graph, shapes: ShapeMap, core: AttentionCore): { ok: string[] } | { why: string } {
-  const softmax = core.anchor;
+  const chain = logitChain(g, core.qk!, core.anchor);
+  if (!chain)
+    return {
+      why: `the logits reach Softmax '${core.anchor.name}' through something other than ${[...PRE_SOFTMAX].join(", ")}`,
+    };
   const operands: string[] = [];
-  let t = softmax.input[0];
-  const end = core.qk!.output[0];
-  for (let steps = 0; t && t !== end && steps < 16; steps++) {
-    const n: NodeProto | undefined = g.producer.get(t);
-    if (!n || !PRE_SOFTMAX.has(n.opType)) break;
-    // Where(cond, x, y): the chain is one of x / y; the condition and the other branch are masks.
-    const chain = n.input.find((i) => i === end || (i && g.ancestors(i).has(core.qk!)));
-    if (!chain) break;
+  for (const { node: n, chain: c } of chain)
     for (const i of n.input) {
-      if (!i || i === chain || g.isConstant(i)) continue;
+      if (!i || i === c || g.isConstant(i)) continue;
       const rank = shapes.get(i)?.length;
       if (rank === undefined)
         return {
@@ -147,11 +184,5 @@ function logitOperands(g: Graph, shapes: ShapeMap, core: AttentionCore): { ok: s
       // Scalars (a scale computed from a shape) have no key axis.
       if (rank > 0) operands.push(i);
     }
-    t = chain;
-  }
-  if (t !== end)
-    return {
-      why: `the logits reach Softmax '${softmax.name}' through something other than ${[...PRE_SOFTMAX].join(", ")}`,
-    };
   return { ok: operands };
 }
