@@ -148,7 +148,7 @@ export function applyKvStage(
     const n = b.slice(b.op("Shape", [keys]), 0, 2, 3); // int64 [1]
     const past = cache.pastKey ? b.slice(b.op("Shape", [cache.pastKey]), 0, 2, 3) : b.int64([0], [1], "no_past");
     const prefill = b.op("Equal", [past, b.int64([0], [1], "zero")], {}, "is_prefill");
-    const prepared = plan.criterion.prepareKv({ model, layer, args: plan.args });
+    const prepared = plan.criterion.prepareKv({ model, graph: g, layer, args: plan.args });
     if ("why" in prepared) throw new Error(`stage ${plan.stage}: ${prepared.why} (checked by the plan)`);
     // Only a prefill evicts; decode steps keep every entry and skip the press's work (an If).
     const t = new NodeBuilder(`${b.prefix}/evict`, opset);
@@ -176,6 +176,10 @@ export function applyKvStage(
       heads: site.heads,
       kvHeads: site.kvHeads,
       keys,
+      values: () =>
+        elemTypeOf(graph, presentValue) === FLOAT
+          ? denseName(presentValue)
+          : t.op("Cast", [denseName(presentValue)], { to: FLOAT }, "cached_values"),
       n,
       // What each example keeps: its own count with the state, else the batch's.
       kept: state && counts ? t.unsqueeze(counts, [1, 2]) : kept,

@@ -20,7 +20,8 @@ import { lastTokenAttn } from "./criteria/last-token-attn.js";
 import { iga } from "./criteria/iga.js";
 import { ttv, transprune } from "./criteria/ttv.js";
 import { textAttn } from "./criteria/text-attn.js";
-import { KV_PRESSES } from "./criteria/kv-presses.js";
+import { KV_PRESSES_HERE } from "./criteria/kv-presses.js";
+import { expectedAttention } from "./criteria/expected-attention.js";
 import type { KvCriterionModule } from "./kv/criterion.js";
 
 /** Criteria prunec can compile. */
@@ -48,8 +49,8 @@ export const CRITERIA: readonly CriterionModule[] = [
 
 export { PLANNED };
 
-/** Presses prunec can compile: scorers of KV-cache entries (`keep kv` stages). */
-export { KV_PRESSES };
+/** Presses prunec can compile: scorers of KV-cache entries (`keep kv` stages; docs/kv-cache.md). */
+export const KV_PRESSES: readonly KvCriterionModule[] = [...KV_PRESSES_HERE, expectedAttention];
 
 // A name both kinds of stage use (random) is registered once, by the stream criterion (targets both).
 export const registry: CriterionRegistry = createRegistry([

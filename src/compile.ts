@@ -297,7 +297,7 @@ function frontEnd(modelBytes: Uint8Array, specText: string, options: CompileOpti
   const input = order.every((n, i) => n === model.graph!.node[i])
     ? model.graph!
     : shallowCopy(model.graph!, { node: order });
-  const { stream: plans, kv: kvPlans } = planSpec(spec, info, modelInputs(input));
+  const { stream: plans, kv: kvPlans } = planSpec(spec, info, modelInputs(input), dense);
   const opset = opsetOf(model);
   if ((plans.length || kvPlans.length) && opset < 13) {
     throw new PrunecError(
@@ -338,8 +338,9 @@ function moveRotary(c: Compilation): Compilation {
   );
   if (!c.info.layers.slice(first).some(rotatesInside)) return c;
   const rotary = explicitRotary(c.graph, c.info, first, c.opset, c.modelName);
-  const info = analyzeTransformer(new Graph(rotary.graph), c.modelName);
-  const { stream: plans, kv: kvPlans } = planSpec(c.spec, info, modelInputs(rotary.graph));
+  const rotated = new Graph(rotary.graph);
+  const info = analyzeTransformer(rotated, c.modelName);
+  const { stream: plans, kv: kvPlans } = planSpec(c.spec, info, modelInputs(rotary.graph), rotated);
   const state: StreamState = {
     ...c.state,
     carried: new Map([[rotary.positions!, { axes: [1], rank: 2 }]]),

@@ -7,6 +7,7 @@ import type { SpecIR, StageIR, Span } from "../grammar/ir.js";
 import { argsWithDefaults } from "../grammar/registry.js";
 import { diagnosticAt, type Diagnostic } from "../grammar/diagnostics.js";
 import type { LayerInfo, TransformerInfo } from "./analysis/transformer.js";
+import type { Graph } from "./ir/graph.js";
 import { kvCriterionModule } from "../passes/registry.js";
 import { hasEvictableCache } from "../passes/kv/criterion.js";
 import type { KvPlan } from "./plan-types.js";
@@ -57,6 +58,7 @@ function layersOf(stage: StageIR, model: TransformerInfo): { ok: LayerInfo[] } |
 export function planKvStages(
   spec: SpecIR,
   model: TransformerInfo,
+  graph: Graph | undefined,
   diagnostics: Diagnostic[],
   /** Layers after which the spec's stream stages act. */
   streamLayers: readonly number[] = [],
@@ -99,9 +101,15 @@ export function planKvStages(
       }
       ofSet = { name: stage.of, input: input.input };
     }
+    const shortened = layers.ok.find((l) => streamLayers.some((s) => s < l.index));
+    if (criterion.noStreamBelow && shortened) {
+      fail(stage.criterion.span, `${criterion.name} on layer ${shortened.index}'s cache: ${criterion.noStreamBelow}`);
+      return;
+    }
+    if (!graph) throw new Error("internal: KV-cache stages are planned with the model's graph");
     const args = argsWithDefaults(criterion, stage.criterion.args);
     for (const layer of layers.ok) {
-      const prepared = criterion.prepareKv({ model, layer, args });
+      const prepared = criterion.prepareKv({ model, graph, layer, args });
       if ("why" in prepared) {
         fail(stage.criterion.span, `${criterion.name} cannot evict layer ${layer.index}'s cache: ${prepared.why}`);
         return;

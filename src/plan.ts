@@ -6,6 +6,7 @@ import type { SpecIR, StageIR, Span, TokenSetDecl } from "../grammar/ir.js";
 import { argsWithDefaults } from "../grammar/registry.js";
 import { clip, diagnosticAt, formatDiagnostics, type Diagnostic } from "../grammar/diagnostics.js";
 import { closest } from "../grammar/suggest.js";
+import type { Graph } from "./ir/graph.js";
 import type { TransformerInfo } from "./analysis/transformer.js";
 import type { Dim } from "./analysis/dims.js";
 import type { InputFact } from "./analysis/inputs.js";
@@ -103,6 +104,8 @@ export function planSpec(
   spec: SpecIR,
   model: TransformerInfo,
   inputs: ReadonlyMap<string, InputFact> = new Map(),
+  /** The graph `model` describes (KV-cache presses read constants of it); needed when the spec has KV stages. */
+  graph?: Graph,
 ): { stream: StagePlan[]; kv: KvPlan[] } {
   const diagnostics: Diagnostic[] = [...checkSpecSets(spec), ...checkSetInputs(spec, inputs)];
   const plans: StagePlan[] = [];
@@ -177,6 +180,7 @@ export function planSpec(
   const kv = planKvStages(
     spec,
     model,
+    graph,
     diagnostics,
     plans.map((p) => p.layer.index),
   );

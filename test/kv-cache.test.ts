@@ -19,6 +19,7 @@ import {
   openDecoderSession,
   prefillFeeds,
   promptBatch,
+  rotaryFrequencies,
   type DecoderOptions,
   type PromptBatch,
 } from "./support/decoder.js";
@@ -39,11 +40,13 @@ import {
 import { decodeModel } from "../src/onnx/io.js";
 import { readNumbers } from "../src/onnx/tensor.js";
 import { evictingGeneration } from "./reference/kv-generation.js";
-import { rows } from "./support/model-edit.js";
+import { rows, scaleInitializer } from "./support/model-edit.js";
 
 const TOL = 1e-4;
 const STEPS = 32;
 const WIDE: DecoderOptions = { ...DECODER, headSize: 16 };
+/** The decoder's rotary frequencies, which expected attention's reference rotates by. */
+const theta = rotaryFrequencies(WIDE);
 const decoder = buildDecoder({ attention: "gqa" }, WIDE);
 /** The same weights behind plain MatMul-Softmax attention with a Concat(past, k) cache, as torch exports it. */
 const plainDecoder = buildDecoder({ attention: "plain-cache" }, WIDE);
@@ -102,6 +105,10 @@ const PADDED_CASES: { spec: string; press: (k: number) => PressSpec }[] = [
     spec: "keep kv 50% by a2sf(forget: 0.9, recent: 2)",
     press: (k) => ({ method: "a2sf", total: k, forget: 0.9, recent: 2 }),
   },
+  {
+    spec: "keep kv 50% by expected-attn(sinks: 2, future: 16)",
+    press: (k) => ({ method: "expected", budget: { keep: k }, theta, sinks: 2, future: 16 }),
+  },
 ];
 
 const CASES: { spec: string; press: (n: number) => PressSpec }[] = [
@@ -129,6 +136,27 @@ const CASES: { spec: string; press: (n: number) => PressSpec }[] = [
   {
     spec: "keep kv 50% by a2sf(forget: 0.9, recent: 2)",
     press: (n) => ({ method: "a2sf", total: Math.trunc(n * 0.5), forget: 0.9, recent: 2 }),
+  },
+  {
+    spec: "keep kv 50% by expected-attn(sinks: 2, future: 16)",
+    press: () => ({ method: "expected", budget: { keepPercent: 50 }, theta, sinks: 2, future: 16 }),
+  },
+  {
+    // kvpress's defaults: 4 sinks, 512 future positions (past the 128-row rotary table: θ recovered from it).
+    spec: "keep kv 25% by expected-attn",
+    press: () => ({ method: "expected", budget: { keepPercent: 25 }, theta }),
+  },
+  {
+    spec: "keep kv 50% by expected-attn(covariance: off, vnorm: off, sinks: 1, future: 3)",
+    press: () => ({
+      method: "expected",
+      budget: { keepPercent: 50 },
+      theta,
+      sinks: 1,
+      future: 3,
+      covariance: false,
+      vnorm: false,
+    }),
   },
 ];
 
@@ -367,6 +395,48 @@ for (const { name: layout, model: decoder } of LAYOUTS)
       expect([0, 1, 2, 3].map((l) => out[`present.${l}.key`]!.dims[2])).toEqual([n, n / 2, n / 2, n]);
     });
   });
+
+describe("expected-attn: where its pre-rotary queries and frequencies come from, and what it refuses", () => {
+  it("behind GroupQueryAttention that rotates q/k itself (do_rotary=1, moved out by prunec): kept positions and 32 greedy tokens equal the reference's", async () => {
+    const inside = buildDecoder({ attention: "gqa", rotary: "op" }, WIDE);
+    const model = compile(inside, "keep kv 50% by expected-attn(sinks: 2, future: 64)", { exposeIndices: true }).model;
+    const prompt = PROMPTS[1]!;
+    const press: PressSpec = { method: "expected", budget: { keepPercent: 50 }, theta, sinks: 2, future: 64 };
+    const want = referenceGeneration(prompt, press, STEPS);
+    const out = await runNode(model, prefillFeeds(single(prompt), "gqa", WIDE));
+    for (let l = 0; l < WIDE.layers; l++) {
+      const idx = out[`prunec.stage0.layer${l}.kv_indices`]!;
+      expect(rows(idx.data as BigInt64Array, [WIDE.kvHeads, idx.dims[2]!])).toEqual(want.kept[l]);
+    }
+    const got = await generateGreedy(session(model), single(prompt), STEPS, WIDE);
+    expect(got.tokens[0]).toEqual(want.tokens);
+  });
+
+  it("refuses, at the criterion's line:column: a stream stage above the layer; a switch that is not on/off; a rotary table that is not cos/sin(p·θ)", () => {
+    const message = (model: Uint8Array, spec: string): string => {
+      try {
+        compile(model, spec, { specName: "s.prune" });
+      } catch (e) {
+        if (e instanceof PrunecError) return e.message.split("\n")[0]!;
+        throw e;
+      }
+      return "compiled";
+    };
+    expect(
+      message(decoder, "after layer 1 drop 50% by last-token-attn\nin layers 2..3 keep kv 50% by expected-attn"),
+    ).toBe(
+      "s.prune:2:31: error: expected-attn on layer 2's cache: expected attention rotates its statistics to the positions after the prompt; a stream stage above the layer leaves its cache shorter than the prompt",
+    );
+    expect(message(decoder, "keep kv 50% by expected-attn(covariance: maybe)")).toBe(
+      "s.prune:1:16: error: expected-attn cannot evict layer 0's cache: covariance is 'on' or 'off', got 'maybe'",
+    );
+    // YaRN-style attention factor: every row of the cos table scaled.
+    const yarn = scaleInitializer(decoder, "cos_cache", 1.25);
+    expect(message(yarn, "keep kv 50% by expected-attn")).toBe(
+      "s.prune:1:16: error: expected-attn cannot evict layer 0's cache: layer 0: the rotary table 'cos_cache''s row 0 is not cos/sin(0) = 1/0 (column 0: 1.25, 0): a scaled rotary",
+    );
+  });
+});
 
 describe("keep kv … of SET: what the planner refuses, at the set's line:column", () => {
   const message = (spec: string): string => {

@@ -13,6 +13,7 @@ import {
   attendDecode,
   causalProbs,
   evictPrefill,
+  expectedScores,
   h2oScores,
   heavyRecentSelect,
   keepPercentToRatio,
@@ -466,5 +467,71 @@ describe("ratio 0 and decode", () => {
     const asc = attendDecode(q, e.keys[0]!, e.values[0]!);
     const byScore = attendDecode(q, permuteCache(e.keys[0]!, order), permuteCache(e.values[0]!, order));
     expectCloseRows(byScore, asc, 12);
+  });
+});
+
+describe("expected attention (expected_attention_press.py, utils.py get_prerope_query_states)", () => {
+  // d = 2, one head: pre-RoPE queries from position n_sink = 1 on are [1, 0] and [3, 0]:
+  // μ = [2, 0], Σ = [[1, 0], [0, 0]] (÷ N − n_sink = 2). Keys after the sink: [1, 0] and [0, 1].
+  const layer: LayerInput = {
+    q: [
+      [
+        [0, 0],
+        [0, 0],
+        [0, 0],
+      ],
+    ],
+    qPre: [
+      [
+        [9, 9],
+        [1, 0],
+        [3, 0],
+      ],
+    ],
+    k: [
+      [
+        [5, 5],
+        [1, 0],
+        [0, 1],
+      ],
+    ],
+    v: [
+      [
+        [1, 1],
+        [3, 4],
+        [0, 2],
+      ],
+    ],
+  };
+
+  it("without rotation (θ = 0: R̄ = I): μ·k/√d + kᵀΣk/(2d), softmax over the non-sink keys, × ‖v‖, the sink at max + 1", () => {
+    const e = Math.exp(Math.SQRT2 + 0.25); // key [1, 0]: 2/√2 + 1/4; key [0, 1]: 0
+    const p = [e / (e + 1), 1 / (e + 1)];
+    const scores = expectedScores(layer.qPre!, layer.k, layer.v, { theta: [0], sinks: 1, future: 1 });
+    expectCloseRows(scores, [[p[0]! * 5 + 1, p[0]! * 5, p[1]! * 2]]);
+    expect(
+      evictPrefill([layer], { method: "expected", budget: { keep: 2 }, theta: [0], sinks: 1, future: 1 }).kept,
+    ).toEqual([[[0, 1]]]);
+  });
+
+  it("the rotation to the next position turns the mean query to the other key (θ = π/6 at position N = 3: μR̄ᵀ = [0, 2], R̄ΣR̄ᵀ = [[0, 0], [0, 1]])", () => {
+    const o = { theta: [Math.PI / 6], sinks: 1, future: 1, vnorm: false };
+    const e = Math.exp(Math.SQRT2 + 0.25); // key [0, 1]: 2/√2 + 1/4; key [1, 0]: 0
+    const scores = expectedScores(layer.qPre!, layer.k, layer.v, o);
+    expectCloseRows(scores, [[e / (1 + e) + 1, 1 / (1 + e), e / (1 + e)]]);
+    expect(evictPrefill([layer], { method: "expected", budget: { keep: 2 }, ...o }).kept).toEqual([[[0, 2]]]);
+    // Averaged over positions 3 and 4 (angles π/2, 2π/3): R̄ = [[c, −s], [s, c]], μR̄ᵀ = [2c, 2s].
+    const c = (Math.cos(Math.PI / 2) + Math.cos((2 * Math.PI) / 3)) / 2;
+    const sn = (Math.sin(Math.PI / 2) + Math.sin((2 * Math.PI) / 3)) / 2;
+    const two = expectedScores(layer.qPre!, layer.k, layer.v, { ...o, future: 2, covariance: false });
+    const a = Math.exp((2 * c) / Math.SQRT2);
+    const b = Math.exp((2 * sn) / Math.SQRT2);
+    expectCloseRows(two, [[b / (a + b) + 1, a / (a + b), b / (a + b)]]);
+  });
+
+  it("needs more entries than sinks (kvpress asserts it)", () => {
+    expect(() => expectedScores(layer.qPre!, layer.k, layer.v, { theta: [0] })).toThrow(
+      "Input should contain more tokens than n_sink=4",
+    );
   });
 });

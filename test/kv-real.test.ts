@@ -37,6 +37,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describeShared, hasShared, itShared, sharedModel } from "./helpers/shared.js";
 import { compile } from "../src/compile.js";
+import { PrunecError } from "../src/errors.js";
 import { decodeModel } from "../src/onnx/io.js";
 import type { ModelProto, NodeProto } from "../src/onnx/gen/onnx_pb.js";
 import { Graph } from "../src/ir/graph.js";
@@ -81,6 +82,8 @@ interface RealModel {
   positionIds: boolean;
   /** Prompt embeddings: uniform(N·hidden, seed). */
   seed: number;
+  /** Why `keep kv … by expected-attn` is refused (the first line of the error). */
+  expectedRefusal: string;
 }
 
 const MODELS: RealModel[] = [
@@ -97,6 +100,8 @@ const MODELS: RealModel[] = [
     untouched: [],
     positionIds: false,
     seed: 8,
+    expectedRefusal:
+      "s.prune:1:16: error: expected-attn cannot evict layer 0's cache: layer 0: the rotary table 'cos_cache_local' is stored in an external weight file (prunec does not read weight files) or is larger than 33554432 values",
   },
   {
     name: "qwen3.5 (8 layers, hybrid int8, GroupQueryAttention in layers 3 and 7, M-RoPE)",
@@ -111,6 +116,8 @@ const MODELS: RealModel[] = [
     untouched: [7],
     positionIds: true,
     seed: 4,
+    expectedRefusal:
+      "s.prune:1:27: error: expected-attn cannot evict layer 3's cache: layer 3's query rotary: the query of GroupQueryAttention '/model/layers.3/attn/GroupQueryAttention' does not come from a com.microsoft RotaryEmbedding (nor does the op rotate it)",
   },
 ];
 
@@ -261,6 +268,20 @@ for (const m of MODELS) {
     afterAll(() => {
       if (dir) rmSync(dir, { recursive: true, force: true });
     });
+
+    itShared(
+      "'keep kv 50% by expected-attn' is refused with the model fact that stops it (no weight file is read)",
+      () => {
+        let message = "compiled";
+        try {
+          compile(dense, `${m.where}keep kv 50% by expected-attn`, { specName: "s.prune" });
+        } catch (e) {
+          if (!(e instanceof PrunecError)) throw e;
+          message = e.message.split("\n")[0]!;
+        }
+        expect(message).toBe(m.expectedRefusal);
+      },
+    );
 
     for (const press of PRESSES) {
       const spec = `${m.where}${press.spec}`;

@@ -10,7 +10,7 @@ import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 import { compile } from "../src/compile.js";
 import { maxAbsDiff, runNode } from "./helpers/ort.js";
-import { generateGreedy, prefillFeeds, promptBatch } from "./support/decoder.js";
+import { generateGreedy, prefillFeeds, promptBatch, rotaryFrequencies } from "./support/decoder.js";
 import { ReferenceDecoder, weightsByNodeNames } from "./reference/decoder.js";
 import { evictingGeneration } from "./reference/kv-generation.js";
 import { knormScores, type PressSpec } from "./reference/kv-presses.js";
@@ -47,6 +47,11 @@ const CASES: { spec: string; press: (n: number) => PressSpec }[] = [
   {
     spec: "keep kv 10% by a2sf(forget: 0.9, recent: 8)",
     press: (n) => ({ method: "a2sf", total: Math.trunc(n * 0.1), forget: 0.9, recent: 8 }),
+  },
+  {
+    // kvpress's defaults (4 sinks, 512 future positions); θ recovered from the model's own full-width table.
+    spec: "keep kv 25% by expected-attn",
+    press: () => ({ method: "expected", budget: { keepPercent: 25 }, theta: rotaryFrequencies(RECALL) }),
   },
 ];
 

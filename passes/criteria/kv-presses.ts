@@ -19,7 +19,7 @@ const NEEDS_CACHE = "a layer with a KV cache (GroupQueryAttention, or plain atte
 const NEEDS_ATTENTION = `${NEEDS_CACHE}, with its attention probabilities (recomputed from q and the cached keys, or the graph's own)`;
 
 /** The layer must keep a cache prunec can evict (src/analysis/kv-cache.ts, passes/kv/site.ts). */
-function cached(facts: KvFacts): Prepared<true> {
+export function cached(facts: KvFacts): Prepared<true> {
   const ok = evictable(facts.layer);
   return "why" in ok ? ok : { ok: true };
 }
@@ -49,7 +49,7 @@ function positions(b: NodeBuilder, ctx: KvScoreContext): string {
 }
 
 /** int64 [B,1,N]: each entry's position in its example (left pads first: j − the example's pads). */
-function ownPositions(b: NodeBuilder, ctx: KvScoreContext): string {
+export function ownPositions(b: NodeBuilder, ctx: KvScoreContext): string {
   return b.op("Sub", [b.range(ctx.n, "positions"), ctx.padding], {}, "own_positions");
 }
 
@@ -374,7 +374,8 @@ export const randomKv: KvCriterionModule = {
   }),
 };
 
-export const KV_PRESSES: readonly KvCriterionModule[] = [
+/** The presses of this file, in the order the docs list them (passes/registry.ts adds the ones with files of their own). */
+export const KV_PRESSES_HERE: readonly KvCriterionModule[] = [
   knorm,
   streaming,
   snapkv,

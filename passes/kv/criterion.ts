@@ -8,6 +8,7 @@ import type { CriterionInfo } from "../../grammar/registry.js";
 import type { ArgValue } from "../../grammar/ir.js";
 import type { LayerInfo, TransformerInfo } from "../../src/analysis/transformer.js";
 import type { NodeBuilder } from "../builder.js";
+import type { Graph } from "../../src/ir/graph.js";
 import type { Prepared } from "../criterion.js";
 
 /**
@@ -20,6 +21,8 @@ export function hasEvictableCache(layer: LayerInfo): boolean {
 
 export interface KvFacts {
   model: TransformerInfo;
+  /** The graph `model` describes (constants a press reads: rotary tables). */
+  graph: Graph;
   layer: LayerInfo;
   args: Readonly<Record<string, ArgValue>>;
 }
@@ -33,6 +36,8 @@ export interface KvScoreContext {
   kvHeads: number;
   /** float [B, kvH, N, D]: the present keys (after rotary) the cache would hold. */
   keys: string;
+  /** float [B, kvH, N, D]: the present values (a Cast built on demand where they are not float). */
+  values(): string;
   /** int64 [1]: N, the entries in the present cache. */
   n: string;
   /** int64 [1] or [B,1,1] (`--kv-state`: per example): K', how many entries each KV head keeps. */
@@ -75,4 +80,6 @@ export interface KvCriterionModule extends CriterionInfo {
   fractionOnly?: boolean;
   /** Why the press cannot be restricted to a token set (`of SET`), if it cannot. */
   noSet?: string;
+  /** Why the press cannot act on a layer above which a stream stage prunes (its cache then holds fewer entries than the prompt), if it cannot. */
+  noStreamBelow?: string;
 }

@@ -7,13 +7,14 @@ import { type Graph, attr, attrInt, dataInputs, type NodeProto } from "../ir/gra
 import { findAttentionCores, type AttentionCore, type AttentionKind } from "./attention.js";
 import { matchLinearResidualBlock, matchResidualBlock, type ResidualBlock } from "./residual.js";
 import { capped, label, missText, type Miss, type Step } from "./match.js";
-import { inferShapes } from "./shapes.js";
+import { analyzeShapes } from "./shapes.js";
 import { tokenStructureProblem } from "./token-structure.js";
 import type { Dim, Shape, ShapeMap } from "./dims.js";
 import { PrunecError } from "../errors.js";
 import { spatialMerge, encoderOutput, type SpatialMerge, type EncoderOutput } from "./merge.js";
 import { assertWellFormed } from "./well-formed.js";
 import { layerCache, type LayerCache } from "./kv-cache.js";
+import { queryRotary, type QueryRotary } from "./rotary.js";
 
 export type LayerKind = AttentionKind | "linear-attention" | "unknown";
 
@@ -40,6 +41,9 @@ export interface LayerInfo {
   /** The layer's KV cache (present/past names, plain attention's mask operands), or why there is none prunec can evict. */
   cache?: LayerCache;
   cacheWhy?: string;
+  /** Where the layer's query is before rotary and which constant tables rotate it, or why prunec cannot tell (src/analysis/rotary.ts). */
+  queryRotary?: QueryRotary;
+  queryRotaryWhy?: string;
 }
 
 export interface TransformerInfo {
@@ -142,7 +146,7 @@ export function layeringWhy(l: Layering, cores: readonly AttentionCore[]): strin
 export function analyzeTransformer(g: Graph, source = "model"): TransformerInfo {
   // A malformed graph (dangling input, two producers of a tensor, a cycle, inexact dims) is a bad model, refused before any walk.
   assertWellFormed(g, source);
-  const shapes = inferShapes(g);
+  const { shapes, values } = analyzeShapes(g);
   const cores = findAttentionCores(g);
   const { groups, keys: layerKeys, named } = layering(g, cores);
 
@@ -154,10 +158,12 @@ export function analyzeTransformer(g: Graph, source = "model"): TransformerInfo 
       const grp = groups.get(index)!;
       const core = cores.find((c) => coreLayer(c) === index);
       const kind: LayerKind = core ? core.kind : isStateful(grp.nodes) ? "linear-attention" : "unknown";
-      layers.push(describeLayer(g, shapes, index, kind, core, grp.prefix, grp.nodes));
+      layers.push(describeLayer(g, shapes, values, index, kind, core, grp.prefix, grp.nodes));
     }
   } else {
-    cores.forEach((core, index) => layers.push(describeLayer(g, shapes, index, core.kind, core, undefined, [])));
+    cores.forEach((core, index) =>
+      layers.push(describeLayer(g, shapes, values, index, core.kind, core, undefined, [])),
+    );
   }
   if (layers.length === 0 || cores.length === 0) {
     throw new PrunecError(
@@ -191,6 +197,7 @@ export function analyzeTransformer(g: Graph, source = "model"): TransformerInfo 
 function describeLayer(
   g: Graph,
   shapes: ShapeMap,
+  values: Map<string, Dim[]>,
   index: number,
   kind: LayerKind,
   core: AttentionCore | undefined,
@@ -222,6 +229,11 @@ function describeLayer(
   const cache = layerCache(g, shapes, core);
   if ("ok" in cache) layer.cache = cache.ok;
   else layer.cacheWhy = cache.why;
+  if (core) {
+    const rotary = queryRotary(g, shapes, values, core);
+    if ("ok" in rotary) layer.queryRotary = rotary.ok;
+    else layer.queryRotaryWhy = rotary.why;
+  }
   return layer;
 }
 

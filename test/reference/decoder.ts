@@ -185,7 +185,13 @@ export class ReferenceDecoder {
    * positions count `cache.length` (the dense position, even after entries were evicted). With
    * `queries`, each token's rotated query is appended per layer and head: queries[l][h] = rows.
    */
-  forward(tokens: readonly number[], cache: KvCache, queries?: Float64Array[][][]): Float64Array[] {
+  forward(
+    tokens: readonly number[],
+    cache: KvCache,
+    queries?: Float64Array[][][],
+    /** Each token's query before rotary, per layer and head (as `queries`). */
+    preRope?: Float64Array[][][],
+  ): Float64Array[] {
     const o = this.o;
     const { d, hs, qw, kvw, rep, scale } = this.sizes();
     const logits: Float64Array[] = [];
@@ -195,10 +201,12 @@ export class ReferenceDecoder {
       for (let l = 0; l < o.layers; l++) {
         const lw = this.w.layers[l]!;
         const h = rmsNorm(x, lw.inputNorm, o.epsilon);
-        const q = this.rotate(linear(h, lw.q, d, qw), o.heads, pos);
+        const projected = linear(h, lw.q, d, qw);
+        const q = this.rotate(projected, o.heads, pos);
         const k = this.rotate(linear(h, lw.k, d, kvw), o.kvHeads, pos);
         const v = linear(h, lw.v, d, kvw);
         if (queries) for (let n = 0; n < o.heads; n++) queries[l]![n]!.push(q.slice(n * hs, (n + 1) * hs));
+        if (preRope) for (let n = 0; n < o.heads; n++) preRope[l]![n]!.push(projected.slice(n * hs, (n + 1) * hs));
         for (let g = 0; g < o.kvHeads; g++) {
           cache.keys[l]![g]!.push(k.slice(g * hs, (g + 1) * hs));
           cache.values[l]![g]!.push(v.slice(g * hs, (g + 1) * hs));

@@ -1,6 +1,6 @@
 /**
  * The reference generation loop for KV-cache stages: prefill densely in float64 (capturing each
- * layer's rotated queries and its keys/values), evict at prefill with the reference press
+ * layer's rotated queries, its queries before rotary, and its keys/values), evict at prefill with the reference press
  * (test/reference/kv-presses.ts, written from the authors' code), then decode greedily over the
  * kept cache. Rotary positions keep counting the dense tokens, as the compiled model's host does.
  */
@@ -30,12 +30,17 @@ export function evictingGeneration(
 ): EvictingGeneration {
   const o = reference.o;
   const cache: KvCache = reference.newCache();
-  const queries = Array.from({ length: o.layers }, () => Array.from({ length: o.heads }, () => [] as Float64Array[]));
-  const prefill = reference.forward(prompt, cache, queries);
+  const perHead = () =>
+    Array.from({ length: o.layers }, () => Array.from({ length: o.heads }, () => [] as Float64Array[]));
+  const queries = perHead();
+  const preRope = perHead();
+  const prefill = reference.forward(prompt, cache, queries, preRope);
+  const rowsOf = (x: Float64Array[][]) => x.map((r) => r.map((t) => Array.from(t)));
   const layers: LayerInput[] = queries.map((q, l) => ({
-    q: q.map((r) => r.map((x) => Array.from(x))),
-    k: cache.keys[l]!.map((r) => r.map((x) => Array.from(x))),
-    v: cache.values[l]!.map((r) => r.map((x) => Array.from(x))),
+    q: rowsOf(q),
+    qPre: rowsOf(preRope[l]!),
+    k: rowsOf(cache.keys[l]!),
+    v: rowsOf(cache.values[l]!),
   }));
   const evicted = evictPrefill(layers, press);
   const kept = keptOverride ? keptOverride.map((l) => l.map((g) => [...g])) : evicted.kept;

@@ -5,7 +5,7 @@
  * Sources (read, not copied):
  *   - kvpress: NVIDIA/kvpress @ 8bb29b9, kvpress/presses/{scorer_press, base_press, knorm_press,
  *     snapkv_press, streaming_llm_press, observed_attention_press, tova_press, random_press,
- *     pyramidkv_press}.py, kvpress/pipeline.py.
+ *     pyramidkv_press, expected_attention_press}.py, kvpress/utils.py, kvpress/pipeline.py.
  *   - H2O: FMInference/H2O @ ac75c2a, h2o_hf/utils_real_drop/modify_llama.py (H2OKVCache_LayerWise).
  *   - A2SF: Dirac-Notation/A2SF @ 00a617f, utils_real_drop/attention.py (compressed_attention),
  *     utils_real_drop/policies/a2sf.py (A2SFPolicy), utils_real_drop/policies/base.py (_topk_with_recent).
@@ -39,6 +39,8 @@ export interface LayerInput {
   q: Heads;
   k: Heads;
   v: Heads;
+  /** The queries before rotary (expected attention's statistics). */
+  qPre?: Heads;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -163,6 +165,89 @@ function maxAll(m: Mat): number {
 // ---------------------------------------------------------------------------------------------
 // Scores [kvHead][position], higher = keep. Probability inputs are causal P[h][i][j] over N tokens.
 // ---------------------------------------------------------------------------------------------
+
+/** ExpectedAttentionPress's parameters (kvpress's defaults: 512, 4, true, true, 0) and the model's rotary frequencies θ_i, i < d/2. */
+export interface ExpectedOptions {
+  theta: readonly number[];
+  future?: number;
+  sinks?: number;
+  covariance?: boolean;
+  vnorm?: boolean;
+  epsilon?: number;
+}
+
+/**
+ * ExpectedAttentionPress.score (kvpress @ 8bb29b9, expected_attention_press.py; the pre-RoPE queries
+ * as kvpress/utils.py `get_prerope_query_states` takes them): qPre[h][t][d] the queries before
+ * rotary, k/v[g][t][d] the cache. Written as the code computes it, matrices and all: R̄ is built
+ * from HF's full-width cos/sin (cat(freqs, freqs)) at positions N … N + future − 1 and kvpress's P.
+ */
+export function expectedScores(qPre: Heads, k: Heads, v: Heads, o: ExpectedOptions): Mat {
+  const sinks = o.sinks ?? 4;
+  const future = o.future ?? 512;
+  const n = k[0]!.length;
+  if (!(n > sinks)) throw new Error(`Input should contain more tokens than n_sink=${sinks}`);
+  const heads = qPre.length;
+  const kvHeads = k.length;
+  const d = k[0]![0]!.length;
+  const half = d / 2;
+  // get_query_statistics: hidden_states[:, n_sink:], mean over positions, covariance ÷ h.shape[1].
+  const m = n - sinks;
+  const mean = qPre.map((rows) => {
+    const mu = new Array<number>(d).fill(0);
+    for (const row of rows.slice(sinks)) for (let c = 0; c < d; c++) mu[c]! += row[c]! / m;
+    return mu;
+  });
+  const cov = qPre.map((rows, h) => {
+    const out = Array.from({ length: d }, () => new Array<number>(d).fill(0));
+    for (const row of rows.slice(sinks)) {
+      const x = row.map((val, c) => val - mean[h]![c]!);
+      for (let i = 0; i < d; i++) for (let j = 0; j < d; j++) out[i]![j]! += (x[i]! * x[j]!) / m;
+    }
+    return out;
+  });
+  // apply_avg_rope: R = mean_p (cos_p.unsqueeze(1)·Id + sin_p.unsqueeze(1)·P).
+  const P = Array.from({ length: d }, () => new Array<number>(d).fill(0));
+  for (let i = 0; i < half; i++) {
+    P[half + i]![i] = 1;
+    P[i]![half + i] = -1;
+  }
+  const R = Array.from({ length: d }, () => new Array<number>(d).fill(0));
+  for (let p = n; p < n + future; p++)
+    for (let r = 0; r < d; r++)
+      for (let c = 0; c < d; c++) {
+        const angle = p * o.theta[c % half]!;
+        R[r]![c]! += (Math.cos(angle) * (r === c ? 1 : 0) + Math.sin(angle) * P[r]![c]!) / future;
+      }
+  const mu = mean.map((x) => R.map((row) => dot(row, x))); // μ Rᵀ
+  const rotatedCov = cov.map((s) => {
+    const rs = R.map((row) => Array.from({ length: d }, (_, j) => row.reduce((a, x, l) => a + x * s[l]![j]!, 0)));
+    return rs.map((row) => R.map((r2) => dot(row, r2))); // (R Σ) Rᵀ
+  });
+  // score: keys[:, :, n_sink:], μ·k/√d + kᵀΣk/d/2, softmax over keys, mean over the group.
+  const perHead: Mat = mu.map((muH, h) => {
+    const keys = k[kvHeadOf(h, heads, kvHeads)]!.slice(sinks);
+    const logits = keys.map((kt) => {
+      let s = dot(muH, kt) / Math.sqrt(d);
+      if (o.covariance ?? true) {
+        const c = rotatedCov[h]!;
+        let quad = 0;
+        for (let i = 0; i < d; i++) for (let j = 0; j < d; j++) quad += kt[i]! * c[i]![j]! * kt[j]!;
+        s += quad / d / 2;
+      }
+      return s;
+    });
+    return softmax(logits);
+  });
+  let scores = reduceGroups(perHead, kvHeads, "mean");
+  if (o.vnorm ?? true)
+    scores = scores.map((row, g) =>
+      row.map((x, j) => (x + (o.epsilon ?? 0)) * Math.sqrt(dot(v[g]![sinks + j]!, v[g]![sinks + j]!))),
+    );
+  // F.pad(scores, (n_sink, 0), value=scores.max().item() + 1)
+  const top = maxAll(scores) + 1;
+  return scores.map((row) => [...new Array<number>(sinks).fill(top), ...row]);
+}
 
 /** KnormPress: −‖k_t‖₂ on the cached (post-rotary) keys; keeps the lowest-norm keys. */
 export function knormScores(k: Heads): Mat {
@@ -401,6 +486,7 @@ export type PressSpec =
   | { method: "observed"; budget: Budget }
   | { method: "tova"; budget: Budget }
   | { method: "random"; budget: Budget; seed: number }
+  | ({ method: "expected"; budget: Budget } & ExpectedOptions)
   /** H2O's own rule: heavy hitters by unnormalized column sums plus the `recent` last (hh_size, recent_size). */
   | { method: "h2o"; heavy: number; recent: number }
   /** A2SF @ 00a617f: total_budget, forgetting factor λ, recent (16 in the code). */
@@ -456,6 +542,11 @@ function selectLayer(spec: PressSpec, layer: number, layerCount: number, x: Laye
       return kvpress(spec.budget, () => tovaScores(probs(), kvHeads));
     case "random":
       return kvpress(spec.budget, () => randomScores(kvHeads, n, spec.seed));
+    case "expected": {
+      const qPre = x.qPre;
+      if (!qPre) throw new Error("expected attention scores the queries before rotary (LayerInput.qPre)");
+      return kvpress(spec.budget, () => expectedScores(qPre, x.k, x.v, spec));
+    }
     case "h2o":
       return heavyRecentSelect(h2oScores(probs(), kvHeads), spec.heavy, spec.recent);
     case "a2sf":
@@ -472,6 +563,7 @@ export function evictPrefill(layerInputs: LayerInput[], spec: PressSpec, options
   const out: Evicted = { kept: [], cacheOrder: [], keys: [], values: [] };
   layerInputs.forEach((x, layer) => {
     const real: LayerInput = { q: slicePad(x.q, pad), k: slicePad(x.k, pad), v: slicePad(x.v, pad) };
+    if (x.qPre) real.qPre = slicePad(x.qPre, pad);
     const order = selectLayer(spec, layer, layerInputs.length, real, options.scale);
     const kept = order.map((idx) => ascending(idx));
     out.cacheOrder.push(order.map((idx) => idx.map((t) => t + pad)));

@@ -205,14 +205,20 @@ export function decoderWeights(o: DecoderOptions = DECODER): DecoderWeights {
   return { embed, layers, norm, lmHead };
 }
 
-/** Rotary tables [maxPositions, headSize/2]: cos/sin(pos · base^(−2i/headSize)), rounded to float32. */
+/** The rotary frequencies θ_i = base^(−2i/headSize), i < headSize/2 (float64). */
+export function rotaryFrequencies(o: DecoderOptions = DECODER): number[] {
+  return Array.from({ length: o.headSize / 2 }, (_, i) => o.ropeBase ** ((-2 * i) / o.headSize));
+}
+
+/** Rotary tables [maxPositions, headSize/2]: cos/sin(pos · θ_i), rounded to float32. */
 export function rotaryCaches(o: DecoderOptions = DECODER): { cos: Float32Array; sin: Float32Array } {
   const half = o.headSize / 2;
+  const theta = rotaryFrequencies(o);
   const cos = new Float32Array(o.maxPositions * half);
   const sin = new Float32Array(o.maxPositions * half);
   for (let p = 0; p < o.maxPositions; p++) {
     for (let i = 0; i < half; i++) {
-      const angle = p * o.ropeBase ** ((-2 * i) / o.headSize);
+      const angle = p * theta[i]!;
       cos[p * half + i] = Math.cos(angle);
       sin[p * half + i] = Math.sin(angle);
     }

@@ -1,8 +1,9 @@
-/** Test-only model edits: expose intermediate tensors (e.g. a layer's attention probabilities) as outputs. */
+/** Test-only model edits: expose intermediate tensors (e.g. a layer's attention probabilities) as outputs; scale a weight. */
 import { create } from "@bufbuild/protobuf";
 import { ValueInfoProtoSchema, TypeProtoSchema, TypeProto_TensorSchema } from "../../src/onnx/gen/onnx_pb.js";
 import { decodeModel, encodeModel } from "../../src/onnx/io.js";
 import { shallowCopy } from "../../src/ir/copy.js";
+import { floatTensor, readNumbers } from "../../src/onnx/tensor.js";
 
 export function withOutputs(modelBytes: Uint8Array, names: string[], elemType = 1): Uint8Array {
   const model = decodeModel(modelBytes);
@@ -16,6 +17,24 @@ export function withOutputs(modelBytes: Uint8Array, names: string[], elemType = 
     }),
   );
   return encodeModel(shallowCopy(model, { graph: shallowCopy(g, { output: [...g.output, ...extra] }) }));
+}
+
+/** The model with float initializer `name` multiplied by `factor`. */
+export function scaleInitializer(modelBytes: Uint8Array, name: string, factor: number): Uint8Array {
+  const model = decodeModel(modelBytes);
+  const g = model.graph!;
+  const initializer = g.initializer.map((t) => {
+    if (t.name !== name) return t;
+    const values = readNumbers(t, Number.POSITIVE_INFINITY);
+    if (!values) throw new Error(`initializer '${name}' is not readable`);
+    return floatTensor(
+      name,
+      values.map((x) => x * factor),
+      t.dims.map(Number),
+    );
+  });
+  if (!g.initializer.some((t) => t.name === name)) throw new Error(`no initializer '${name}'`);
+  return encodeModel(shallowCopy(model, { graph: shallowCopy(g, { initializer }) }));
 }
 
 /** [B*H, N, N] (batch-major heads) probabilities as nested arrays [B][H][N][N]. */
