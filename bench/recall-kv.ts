@@ -22,6 +22,7 @@ export const RECALL_PRESSES: readonly { label: string; by: string }[] = [
   { label: "H2O", by: "h2o(recent: 8)" },
   { label: "SnapKV", by: "snapkv(window: 8, kernel: 5)" },
   { label: "A2SF", by: "a2sf(forget: 0.9, recent: 8)" },
+  { label: "ExpectedAttention", by: "expected-attn" },
   { label: "Knorm", by: "knorm" },
   { label: "random", by: "random(seed: 0)" },
 ];

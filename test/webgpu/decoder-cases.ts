@@ -17,6 +17,7 @@ import {
   imagePrompt,
   prefillFeeds,
   promptBatch,
+  rotaryFrequencies,
   DECODER,
   type PromptBatch,
 } from "../support/decoder.js";
@@ -30,6 +31,7 @@ import { ReferenceDecoder, weightsFromModel } from "../reference/decoder.js";
 import { evictingGeneration } from "../reference/kv-generation.js";
 import {
   causalProbs,
+  expectedScores,
   keptCount,
   knormScores,
   h2oScores,
@@ -47,6 +49,8 @@ export const GQA = buildDecoder({ attention: "gqa" });
 /** The same weights behind plain MatMul-Softmax attention with Concat(past, k) caches (torch's export layout). */
 export const PLAIN_CACHE = buildDecoder({ attention: "plain-cache" });
 const WEIGHTS = decoderWeights(DECODER);
+/** The decoder's rotary frequencies (expected attention's reference rotates by them). */
+const THETA = rotaryFrequencies(DECODER);
 
 export const SETS = "tokens image = input image_mask\ntokens instruction = after image";
 
@@ -455,6 +459,13 @@ export const KV_CASES: KvCase[] = [
     kept: (n, layer) => Math.max(1, pyramidLayerBudget(layer, DECODER.layers, n, 0.5, 4, 2)),
   },
   {
+    key: "kv-expected",
+    spec: "keep kv 50% by expected-attn(sinks: 2, future: 16)",
+    press: () => ({ method: "expected", budget: { keepPercent: 50 }, theta: THETA, sinks: 2, future: 16 }),
+    scores: (x) => expectedScores(x.qPre!, x.k, x.v, { theta: THETA, sinks: 2, future: 16 }),
+    kept: (n) => keptCount(n, { keepPercent: 50 }),
+  },
+  {
     key: "kv-h2o-plain",
     spec: "keep kv 50% by h2o(recent: 2)",
     press: (n) => ({ method: "h2o", heavy: keptCount(n, { keepPercent: 50 }) - 2, recent: 2 }),
@@ -462,6 +473,24 @@ export const KV_CASES: KvCase[] = [
     kept: (n) => keptCount(n, { keepPercent: 50 }),
     layout: "plain-cache",
   },
+];
+
+/**
+ * Left-padded batch forms of KV stages on the GQA decoder (WebGPU against onnxruntime-node, which
+ * test/kv-cache.test.ts proves against the float64 references for the same forms).
+ */
+export interface KvBatchCase {
+  key: string;
+  spec: string;
+  /** Compiled with `--kv-state` (validity carried between calls, fed empty at the first). */
+  kvState?: boolean;
+}
+
+export const KV_BATCH_CASES: KvBatchCase[] = [
+  { key: "kv-batch-count", spec: "keep kv 50% by snapkv(window: 4, kernel: 3)" },
+  { key: "kv-batch-state", spec: "keep kv 50% by snapkv(window: 4, kernel: 3)", kvState: true },
+  { key: "kv-batch-of-image", spec: `${SETS}\nkeep kv 25% of image by knorm` },
+  { key: "kv-batch-expected", spec: "keep kv 50% by expected-attn(sinks: 2, future: 16)" },
 ];
 
 /** Greedy tokens generated per case (the prefill's and each decode step's). */
@@ -490,35 +519,50 @@ export interface KvPageRun {
   createMs: number;
   /** Prefill's `prunec.stage0.layerL.kv_indices` outputs. */
   indices: Record<string, { dims: number[]; data: number[] }>;
-  /** Greedy tokens: the prefill's, then each decode step's. */
-  tokens: number[];
-  /** Per call (prefill, then each decode step): the last logits row and every present output's dims. */
+  /** Prefill's `present.L.prunec_valid` outputs (`--kv-state`). */
+  validity: Record<string, { dims: number[]; data: number[] }>;
+  /** Greedy tokens per example: the prefill's, then each decode step's. */
+  tokens: number[][];
+  /** Per call (prefill, then each decode step): each example's last logits row, concatenated, and every present output's dims. */
   calls: { logits: number[]; presentDims: Record<string, number[]>; runMs: number }[];
   error?: { phase: "create" | "run"; step?: number; message: string };
 }
 
 /**
  * Greedy generation in the page, one WebGPU session (executionProviders ["webgpu"] ONLY, as
- * PAGE_RUNNER): the prefill feeds given, then `steps − 1` decode steps that feed the argmax of
- * the last logits row, an all-ones attention mask one longer, the next dense position, and every
- * `present.*` output back as `past_key_values.*` (whatever its length), as transformers.js does.
+ * PAGE_RUNNER), for a left-padded batch: the prefill feeds given, then `steps − 1` decode steps
+ * that feed each example's argmax of its last logits row, its attention mask one column longer, its
+ * next dense position (its own length + step − 1), an all-false image mask when the prefill had
+ * one, and every `present.*` output back as `past_key_values.*` (whatever its length; `--kv-state`'s
+ * validity too), as transformers.js does. The same loop as test/support/decoder.ts's decodeSteps.
  * Source text for the same reasons as PAGE_RUNNER.
  */
 const KV_PAGE_RUNNER = `async (job) => {
-${openSession("{ createMs: 0, indices: {}, tokens: [], calls: [] }")}  const int64 = (values, dims) => new ort.Tensor("int64", BigInt64Array.from(values, (v) => BigInt(v)), dims);
+${openSession("{ createMs: 0, indices: {}, validity: {}, tokens: [], calls: [] }")}  const int64 = (values, dims) => new ort.Tensor("int64", BigInt64Array.from(values, (v) => BigInt(v)), dims);
+  const tensor = (f) =>
+    f.type === "int64" ? int64(f.data, f.dims)
+    : f.type === "bool" ? new ort.Tensor("bool", Uint8Array.from(f.data), f.dims)
+    : new ort.Tensor("float32", Float32Array.from(f.data), f.dims);
   let feeds = {};
-  for (const [name, f] of Object.entries(job.prefill))
-    feeds[name] = f.type === "int64" ? int64(f.data, f.dims) : new ort.Tensor("float32", Float32Array.from(f.data), f.dims);
+  for (const [name, f] of Object.entries(job.prefill)) feeds[name] = tensor(f);
+  const batch = job.lengths.length;
+  out.tokens = job.lengths.map(() => []);
+  let mask = job.prefill.attention_mask.data.slice();
+  let total = job.prefill.attention_mask.dims[1];
   let previous;
   try {
     for (let step = 0; step < job.steps; step++) {
       if (step > 0) {
-        const total = job.length + step;
+        const next = [];
+        for (let b = 0; b < batch; b++) next.push(...mask.slice(b * total, (b + 1) * total), 1);
+        mask = next;
+        total += 1;
         feeds = {
-          input_ids: int64([out.tokens[out.tokens.length - 1]], [1, 1]),
-          attention_mask: int64(new Array(total).fill(1), [1, total]),
-          position_ids: int64([job.length + step - 1], [1, 1]),
+          input_ids: int64(out.tokens.map((t) => t[t.length - 1]), [batch, 1]),
+          attention_mask: int64(mask, [batch, total]),
+          position_ids: int64(job.lengths.map((n) => n + step - 1), [batch, 1]),
         };
+        if (job.prefill.image_mask) feeds.image_mask = new ort.Tensor("bool", new Uint8Array(batch), [batch, 1]);
         for (const name of session.outputNames)
           if (name.startsWith("present.")) feeds[name.replace(/^present/, "past_key_values")] = previous[name];
       }
@@ -532,15 +576,21 @@ ${openSession("{ createMs: 0, indices: {}, tokens: [], calls: [] }")}  const int
       }
       const runMs = performance.now() - t1;
       const logits = await res.logits.getData();
-      const last = Array.from(logits.subarray(logits.length - job.vocab));
-      let best = 0;
-      for (let i = 1; i < last.length; i++) if (last[i] > last[best]) best = i;
-      out.tokens.push(best);
+      const rows = res.logits.dims[1];
+      const last = [];
+      for (let b = 0; b < batch; b++) {
+        const row = Array.from(logits.subarray(((b + 1) * rows - 1) * job.vocab, (b + 1) * rows * job.vocab));
+        let best = 0;
+        for (let i = 1; i < row.length; i++) if (row[i] > row[best]) best = i;
+        out.tokens[b].push(best);
+        last.push(...row);
+      }
       const presentDims = {};
       for (const name of session.outputNames) {
         if (name.startsWith("present.")) presentDims[name] = [...res[name].dims];
-        if (step === 0 && name.endsWith(".kv_indices"))
-          out.indices[name] = { dims: [...res[name].dims], data: Array.from(await res[name].getData(), (v) => Number(v)) };
+        const read = async () => ({ dims: [...res[name].dims], data: Array.from(await res[name].getData(), (v) => Number(v)) });
+        if (step === 0 && name.endsWith(".kv_indices")) out.indices[name] = await read();
+        if (step === 0 && name.endsWith(".prunec_valid")) out.validity[name] = await read();
       }
       out.calls.push({ logits: last, presentDims, runMs });
       if (previous) for (const t of Object.values(previous)) t.dispose();
@@ -553,18 +603,21 @@ ${openSession("{ createMs: 0, indices: {}, tokens: [], calls: [] }")}  const int
   }
 }`;
 
-/** Greedy generation of `steps` tokens with `model` in the page from prefill feeds of one prompt of `length` tokens. */
+/**
+ * Greedy generation of `steps` tokens with `model` in the page from the prefill feeds of a
+ * (left-padded) prompt batch whose examples have `lengths` real tokens.
+ */
 export async function generateInBrowser(
   server: TestServer,
   browser: BrowserSession,
   id: string,
   model: Uint8Array,
   prefill: Feeds,
-  length: number,
+  lengths: readonly number[],
   steps: number,
 ): Promise<KvPageRun & { log: string[] }> {
   const modelUrl = server.put(`${id}.onnx`, model);
-  const job = { id, model: modelUrl, prefill: pageFeeds(prefill), length, steps, vocab: DECODER.vocab };
+  const job = { id, model: modelUrl, prefill: pageFeeds(prefill), lengths, steps, vocab: DECODER.vocab };
   const start = browser.console.length;
   const run = (await browser.page.evaluate(`(${KV_PAGE_RUNNER})(${JSON.stringify(job)})`)) as KvPageRun;
   const log = browser.console.slice(start).map((l) => l.replace(/^\[\w+\] /, ""));

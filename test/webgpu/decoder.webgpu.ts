@@ -57,7 +57,14 @@ import { decodeModel } from "../../src/onnx/io.js";
 import { CRITERIA } from "../../passes/registry.js";
 import { maxAbsDiff, runNode, type Feeds, type Outputs } from "../helpers/ort.js";
 import { REPO_ROOT } from "../helpers/shared.js";
-import { DECODER, generateGreedy, prefillFeeds, promptBatch, type PromptBatch } from "../support/decoder.js";
+import {
+  DECODER,
+  generateGreedy,
+  imageMaskFeed,
+  prefillFeeds,
+  promptBatch,
+  type PromptBatch,
+} from "../support/decoder.js";
 import { compile } from "../../src/index.js";
 import { rows } from "../support/model-edit.js";
 import type { AdapterInfo, BrowserSession } from "./browser.js";
@@ -66,6 +73,7 @@ import { CPU_EP, WEBGPU_EP, locate, parsePlacement, type NodeWhere } from "./pla
 import type { TestServer } from "./server.js";
 import {
   DECODER_CASES,
+  KV_BATCH_CASES,
   KV_CASES,
   KV_STEPS,
   generateInBrowser,
@@ -187,6 +195,19 @@ interface KvCaseReport {
   error?: string;
 }
 
+/** A left-padded batch of 3 through a KV stage form: WebGPU against onnxruntime-node. */
+interface KvBatchReport {
+  key: string;
+  spec: string;
+  kvState: boolean;
+  lengths?: number[];
+  keptEqual?: boolean;
+  tokens?: { cpu: number[][]; webgpu: number[][] };
+  maxAbsDiffLogits?: number;
+  ortError?: { phase: string; step?: number; message: string };
+  error?: string;
+}
+
 interface Prepared {
   c: { key: string; covers: string; spec: string };
   attention: "plain" | "gqa";
@@ -215,6 +236,7 @@ const report = {
   },
   cases: [] as CaseReport[],
   kv: [] as KvCaseReport[],
+  kvBatches: [] as KvBatchReport[],
   blockedRequests: [] as string[],
   pageErrors: [] as string[],
 };
@@ -611,7 +633,7 @@ describe("decoder criteria on WebGPU (the test decoder, target webgpu, exposeInd
             id,
             model,
             prefillFeeds(p, "gqa"),
-            c.tokens.length,
+            [c.tokens.length],
             KV_STEPS,
           );
           c.row.createMs = Math.round(web.createMs);
@@ -630,12 +652,12 @@ describe("decoder criteria on WebGPU (the test decoder, target webgpu, exposeInd
             webgpuCpu: JSON.stringify(webIndices) === JSON.stringify(c.cpuIndices),
             cpuReference: JSON.stringify(c.cpuIndices) === JSON.stringify(c.ref.kept),
           };
-          c.row.tokens.webgpu = web.tokens;
+          c.row.tokens.webgpu = web.tokens[0]!;
           c.row.cacheLengths = web.calls.map((x) => x.presentDims["present.0.key"]![2]!);
           const cpuRows = [c.cpu.prefill.subarray(c.cpu.prefill.length - V), ...c.cpu.steps];
           c.row.maxAbsDiffLogits = Math.max(...web.calls.map((x, s) => maxAbsDiff(x.logits, cpuRows[s]!)));
           expect(webIndices, `${c.id}: WebGPU kept positions vs CPU`).toEqual(c.cpuIndices);
-          expect(web.tokens, `${c.id}: WebGPU greedy tokens vs CPU`).toEqual(c.cpu.tokens[0]);
+          expect(web.tokens[0], `${c.id}: WebGPU greedy tokens vs CPU`).toEqual(c.cpu.tokens[0]);
           expect(c.row.maxAbsDiffLogits, `${c.id}: max |Δlogits| WebGPU vs CPU`).toBeLessThanOrEqual(LOGITS_ATOL);
           // Every layer keeps K' entries per KV head at prefill and grows by one per decode step.
           web.calls.forEach((x, s) => {
@@ -654,6 +676,78 @@ describe("decoder criteria on WebGPU (the test decoder, target webgpu, exposeInd
           Object.keys(r.placement!.counts).every((ep) => ep === WEBGPU_EP || ep === CPU_EP),
           JSON.stringify(r.placement!.counts),
         ).toBe(true);
+      } catch (err) {
+        r.error = String(err).split("\n")[0];
+        throw err;
+      }
+    }, 300_000);
+  }
+  // Left-padded batches of 3 (POOL p0..p2): the batch's count, --kv-state's per-example counts
+  // (validity fed empty at the prefill, then carried), `of image` (the mask fed at the prefill,
+  // all-false at decode steps) and expected attention. WebGPU against onnxruntime-node.
+  for (const bc of KV_BATCH_CASES) {
+    it(`${bc.key} ('${bc.spec.split("\n").at(-1)}'${bc.kvState ? ", --kv-state" : ""}), a left-padded batch of 3: WebGPU's kept positions${bc.kvState ? ", slot validity" : ""} and ${KV_STEPS} greedy tokens per example equal onnxruntime-node's; each example's logits within ${LOGITS_ATOL} at every call`, async () => {
+      const r: KvBatchReport = { key: bc.key, spec: bc.spec, kvState: !!bc.kvState };
+      report.kvBatches.push(r);
+      try {
+        const prompts = POOL.slice(0, 3);
+        const p = promptBatch(
+          prompts.map((x) => x.tokens),
+          "left",
+          prompts.map((x) => x.image),
+        );
+        r.lengths = p.lengths;
+        const model = compile(GQA, bc.spec, {
+          exposeIndices: true,
+          kvState: !!bc.kvState,
+          modelName: "decoder",
+          specName: `${bc.key}.prune`,
+        }).model;
+        const image = bc.spec.includes("of image");
+        const first: Feeds = image ? imageMaskFeed(p) : {};
+        if (bc.kvState)
+          for (let l = 0; l < DECODER.layers; l++)
+            first[`past_key_values.${l}.prunec_valid`] = {
+              type: "float32",
+              dims: [p.batch, 0],
+              data: new Float32Array(0),
+            };
+        // Decode steps: the image mask is all false for the new token; the validity comes back as a present.
+        const later: Feeds = image
+          ? { image_mask: { type: "bool", dims: [p.batch, 1], data: new Uint8Array(p.batch) } }
+          : {};
+        const cpuRun = (f: Feeds) => runNode(model, { ...(f["input_ids"]!.dims[1] === 1 ? later : first), ...f });
+        const cpuOut = await cpuRun(prefillFeeds(p, "gqa"));
+        const cpu = await generateGreedy(cpuRun, p, KV_STEPS);
+        const web = await generateInBrowser(
+          server!,
+          browser!,
+          `decoder.${bc.key}`,
+          model,
+          { ...first, ...prefillFeeds(p, "gqa") },
+          p.lengths,
+          KV_STEPS,
+        );
+        if (web.error) r.ortError = web.error;
+        expect(web.error, `onnxruntime-web (webgpu) ${web.error?.phase} failed: ${web.error?.message}`).toBeUndefined();
+        const numbers = (t: { data: ArrayLike<number | bigint> }) => Array.from(t.data, Number);
+        const names = Object.keys(cpuOut).filter((n) => n.endsWith(".kv_indices") || n.endsWith(".prunec_valid"));
+        expect(names.length).toBe(DECODER.layers * (bc.kvState ? 2 : 1));
+        const webOf = (n: string) => web.indices[n] ?? web.validity[n];
+        r.keptEqual = names.every((n) => JSON.stringify(numbers(webOf(n)!)) === JSON.stringify(numbers(cpuOut[n]!)));
+        r.tokens = { cpu: cpu.tokens, webgpu: web.tokens };
+        // Each example's last logits row: the prefill's last position (left padding), then each step's.
+        const cpuRows = [
+          Float32Array.from({ length: p.batch * V }, (_, i) => {
+            const b = Math.floor(i / V);
+            return cpu.prefill[(b * p.seq + p.seq - 1) * V + (i % V)]!;
+          }),
+          ...cpu.steps,
+        ];
+        r.maxAbsDiffLogits = Math.max(...web.calls.map((x, s) => maxAbsDiff(x.logits, cpuRows[s]!)));
+        for (const n of names) expect(numbers(webOf(n)!), `${n}: WebGPU vs CPU`).toEqual(numbers(cpuOut[n]!));
+        expect(web.tokens, "greedy tokens per example: WebGPU vs CPU").toEqual(cpu.tokens);
+        expect(r.maxAbsDiffLogits, "max |Δlogits| WebGPU vs CPU").toBeLessThanOrEqual(LOGITS_ATOL);
       } catch (err) {
         r.error = String(err).split("\n")[0];
         throw err;
@@ -846,6 +940,17 @@ function summary(): string {
       );
       if (r.skipped.length) lines.push(`  ${r.key}: skipped ${r.skipped.map((x) => `${x.id} (${x.why})`).join("; ")}`);
     }
+  }
+  if (report.kvBatches.length) {
+    lines.push("");
+    lines.push(
+      "| KV batch case (left-padded, 3 examples) | lengths | kept positions / validity (WebGPU = CPU) | tokens (WebGPU = CPU) | max \\|Δlogits\\| |",
+    );
+    lines.push("|---|---|---|---|---|");
+    for (const r of report.kvBatches)
+      lines.push(
+        `| ${r.key}${r.kvState ? " (--kv-state)" : ""} | ${r.lengths?.join(", ") ?? "-"} | ${r.keptEqual === undefined ? "-" : r.keptEqual ? "equal" : "DIFFER"} | ${r.tokens ? (JSON.stringify(r.tokens.cpu) === JSON.stringify(r.tokens.webgpu) ? "equal" : "DIFFER") : "-"} | ${r.maxAbsDiffLogits?.toExponential(1) ?? "-"} |${r.ortError ? ` ORT ${r.ortError.phase} error: ${r.ortError.message}` : ""}${r.error ? ` FAILED: ${r.error}` : ""}`,
+      );
   }
   lines.push(`report: ${REPORT_PATH}   wall: ${report.wallSeconds.toFixed(0)}s`);
   return lines.join("\n");
