@@ -8,3 +8,11 @@ export { VERSION } from "./version.js";
 export { parseSpec, printSpec, formatDiagnostics, type Diagnostic } from "../grammar/index.js";
 export type { SpecIR, StageIR } from "../grammar/ir.js";
 export { registry as criteria } from "../passes/registry.js";
+export {
+  generate,
+  type GenerateOptions,
+  type GenerateSession,
+  type GenerateTensor,
+  type Generation,
+  type TensorClass,
+} from "./generate.js";

@@ -16,14 +16,21 @@
  * real entries. The frequencies come from the model's own rotary tables (passes/kv/rotary-frequencies.ts),
  * so positions past the table's end are rotated as HF's rotary computes them.
  */
-import type { KvCriterionModule, KvScoreContext } from "../kv/criterion.js";
+import type { ArgValue } from "../../grammar/ir.js";
+import type { Prepared } from "../criterion.js";
+import { ownPositions, type KvCriterionModule, type KvScoreContext } from "../kv/criterion.js";
 import type { QueryRotary } from "../../src/analysis/rotary.js";
 import { rotaryFrequencies } from "../kv/rotary-frequencies.js";
-import { cached, ownPositions } from "./kv-presses.js";
+import { evictable } from "../kv/site.js";
 
 const FLOAT = 1;
 
-const SWITCH = { on: true, off: false } as const;
+/** An `on` / `off` argument. */
+function onOff(args: Readonly<Record<string, ArgValue>>, name: string): Prepared<boolean> {
+  const v = String(args[name] ?? "on");
+  if (v === "on" || v === "off") return { ok: v === "on" };
+  return { why: `${name} is 'on' or 'off', got '${v}'` };
+}
 
 interface Expected {
   rotary: QueryRotary;
@@ -189,22 +196,20 @@ export const expectedAttention: KvCriterionModule = {
   noStreamBelow:
     "expected attention rotates its statistics to the positions after the prompt; a stream stage above the layer leaves its cache shorter than the prompt",
   prepareKv: (facts) => {
-    const ok = cached(facts);
+    const ok = evictable(facts.layer);
     if ("why" in ok) return ok;
     const { layer, graph, args } = facts;
-    const switches: Record<string, boolean> = {};
-    for (const name of ["covariance", "vnorm"] as const) {
-      const v = String(args[name] ?? "on");
-      if (!(v in SWITCH)) return { why: `${name} is 'on' or 'off', got '${v}'` };
-      switches[name] = SWITCH[v as keyof typeof SWITCH];
-    }
+    const covariance = onOff(args, "covariance");
+    if ("why" in covariance) return covariance;
+    const vnorm = onOff(args, "vnorm");
+    if ("why" in vnorm) return vnorm;
     const future = Number(args["future"] ?? 512);
     const sinks = Number(args["sinks"] ?? 4);
     if (!(future >= 1)) return { why: `future must be at least 1, got ${future}` };
     if (!(sinks >= 0)) return { why: `sinks must be at least 0, got ${sinks}` };
     const rotary = layer.queryRotary;
     if (!rotary) return { why: `layer ${layer.index}'s query rotary: ${layer.queryRotaryWhy ?? "no attention"}` };
-    const headSize = facts.model.shapes.get(layer.cache!.presentKey)?.[3] ?? layer.headSize;
+    const headSize = facts.model.shapes.get(ok.ok.cache.presentKey)?.[3] ?? layer.headSize;
     if (typeof headSize !== "number" || headSize % 2 !== 0)
       return { why: `layer ${layer.index}'s head size is not a known even number` };
     const theta = rotaryFrequencies(graph, rotary, headSize);
@@ -215,8 +220,8 @@ export const expectedAttention: KvCriterionModule = {
       headSize,
       future,
       sinks,
-      covariance: switches["covariance"]!,
-      vnorm: switches["vnorm"]!,
+      covariance: covariance.ok,
+      vnorm: vnorm.ok,
       epsilon: Number(args["epsilon"] ?? 0),
     };
     return { ok: { score: (ctx) => score(ctx, e) } };

@@ -9,7 +9,13 @@
  * are built to have the right shape for any query length.
  */
 import type { NodeBuilder } from "../builder.js";
-import type { KvCriterionModule, KvFacts, KvScoreContext, KvScorer } from "../kv/criterion.js";
+import {
+  ownPositions,
+  type KvCriterionModule,
+  type KvFacts,
+  type KvScoreContext,
+  type KvScorer,
+} from "../kv/criterion.js";
 import type { Prepared } from "../criterion.js";
 import { evictable } from "../kv/site.js";
 
@@ -19,7 +25,7 @@ const NEEDS_CACHE = "a layer with a KV cache (GroupQueryAttention, or plain atte
 const NEEDS_ATTENTION = `${NEEDS_CACHE}, with its attention probabilities (recomputed from q and the cached keys, or the graph's own)`;
 
 /** The layer must keep a cache prunec can evict (src/analysis/kv-cache.ts, passes/kv/site.ts). */
-export function cached(facts: KvFacts): Prepared<true> {
+function cached(facts: KvFacts): Prepared<true> {
   const ok = evictable(facts.layer);
   return "why" in ok ? ok : { ok: true };
 }
@@ -46,11 +52,6 @@ function overCache(b: NodeBuilder, ctx: KvScoreContext, scores: string, label: s
 /** float [N]: 0, 1, …, N−1. */
 function positions(b: NodeBuilder, ctx: KvScoreContext): string {
   return b.op("Cast", [b.range(ctx.n, "positions")], { to: FLOAT });
-}
-
-/** int64 [B,1,N]: each entry's position in its example (left pads first: j − the example's pads). */
-export function ownPositions(b: NodeBuilder, ctx: KvScoreContext): string {
-  return b.op("Sub", [b.range(ctx.n, "positions"), ctx.padding], {}, "own_positions");
 }
 
 /** Scores with the last `count` positions (int64 [1]) raised above every other entry of the example. */

@@ -83,3 +83,8 @@ export interface KvCriterionModule extends CriterionInfo {
   /** Why the press cannot act on a layer above which a stream stage prunes (its cache then holds fewer entries than the prompt), if it cannot. */
   noStreamBelow?: string;
 }
+
+/** int64 [B,1,N]: each entry's position in its example (left pads first: j − the example's pads). */
+export function ownPositions(b: NodeBuilder, ctx: KvScoreContext): string {
+  return b.op("Sub", [b.range(ctx.n, "positions"), ctx.padding], {}, "own_positions");
+}
