@@ -113,7 +113,7 @@ export async function generate<T extends GenerateTensor>(
   const logitsName = options.logits ?? "logits";
   const eos = new Set(options.eosTokenId === undefined ? [] : [options.eosTokenId].flat());
   const ids = feeds["input_ids"];
-  if (!ids || ids.dims.length !== 2) throw new Error("generate: feeds need input_ids [batch, sequence]");
+  if (ids?.dims.length !== 2) throw new Error("generate: feeds need input_ids [batch, sequence]");
   const [batch, seq] = ids.dims as [number, number];
   int64s(ids, "input_ids");
   let mask = feeds["attention_mask"]
