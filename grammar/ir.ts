@@ -64,6 +64,12 @@ export interface StageIR {
   /** `stream`, or `kv` for `keep kv` / `drop kv` (the word `kv`'s span in `kvSpan`). */
   target: StageTarget;
   kvSpan?: Span;
+  /**
+   * `during decode` (KV-cache stages only): the budget holds at every call, prefill and decode
+   * steps, with each entry's score carried between calls; absent: the stage evicts at the prefill.
+   */
+  during?: "decode";
+  duringSpan?: Span;
   /** The layer number token (for after-layer, in-layer and before-layer-0), or `A..B` for in-layers. */
   layerSpan?: Span;
   action: Action;

@@ -31,6 +31,9 @@ export const Drop = keyword("drop");
 export const Merge = keyword("merge");
 /** `keep kv` / `drop kv`: the stage acts on each layer's KV cache, not on the residual stream. */
 export const Kv = keyword("kv");
+/** `during decode`: a KV-cache stage that keeps its budget at every call, carrying scores between calls. */
+export const During = keyword("during");
+export const Decode = keyword("decode");
 export const Mass = keyword("mass");
 export const Above = keyword("above");
 export const Of = keyword("of");
@@ -51,6 +54,8 @@ export const KEYWORDS: readonly TokenType[] = [
   Drop,
   Merge,
   Kv,
+  During,
+  Decode,
   Mass,
   Above,
   Of,

@@ -3,7 +3,7 @@
  *
  *   statement := 'model' NAME
  *              | 'tokens' SET '=' ( 'input' SET | 'after' SET )
- *              | position? action
+ *              | position? ('during' 'decode')? action
  *   position  := 'after' ( 'layer' NUMBER | 'encoder' ) | 'in' ( 'layer' NUMBER | 'layers' NUMBER '..' NUMBER )
  *              | 'before' 'layer' NUMBER
  *   action    := ('keep'|'drop'|'merge') 'kv'? amount? ('of' SET)? 'by' NAME ('(' args? ')')? ('with' NAME (',' NAME)*)?
@@ -32,6 +32,8 @@ import {
   Input,
   Keep,
   Drop,
+  During,
+  Decode,
   Kv,
   Layer,
   Layers,
@@ -93,6 +95,7 @@ export class SpecParser extends EmbeddedActionsParser {
 
   private readonly stageStatement = this.RULE("stageStatement", (): RawStage => {
     const position = this.OPTION5(() => this.SUBRULE(this.position));
+    const during = this.OPTION7(() => ({ first: this.CONSUME(During), last: this.CONSUME(Decode) }));
     const action = this.OR([
       { ALT: () => this.CONSUME(Keep) },
       { ALT: () => this.CONSUME(Drop) },
@@ -129,6 +132,7 @@ export class SpecParser extends EmbeddedActionsParser {
     });
     const stage: RawStage = { kind: "stage", action, criterion, args, options };
     if (position !== undefined) stage.position = position;
+    if (during !== undefined) stage.during = during;
     if (kv !== undefined) stage.kv = kv;
     if (amount !== undefined) stage.amount = amount;
     if (of !== undefined) stage.of = of;

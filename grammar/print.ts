@@ -38,7 +38,9 @@ function argValue(v: ArgValue): string {
 
 function stage(s: StageIR): string {
   const where = position(s.position);
-  const parts = where === "" ? [s.action] : [where, s.action];
+  const parts = where === "" ? [] : [where];
+  if (s.during === "decode") parts.push("during decode");
+  parts.push(s.action);
   if (s.target === "kv") parts.push("kv");
   if (s.amount !== undefined) parts.push(amount(s.amount));
   if (s.of !== undefined) parts.push(`of ${s.of}`);

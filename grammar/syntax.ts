@@ -31,6 +31,8 @@ export interface RawStage {
   kind: "stage";
   /** Absent when none is written (a `keep kv` stage on every layer). */
   position?: RawPosition;
+  /** `during decode` before the action (its two words). */
+  during?: { first: IToken; last: IToken };
   action: IToken;
   /** `kv` after the action: the stage acts on the KV cache. */
   kv?: IToken;

@@ -253,6 +253,12 @@ class Builder {
         position = { kind: p.kind, layer };
       }
     }
+    const duringSpan = raw.during ? this.span(raw.during.first, raw.during.last) : undefined;
+    if (duringSpan && target === "stream" && !meantKv)
+      this.error(
+        duringSpan,
+        "'during decode' is for KV-cache stages ('keep kv' / 'drop kv'): a stage on the residual stream acts on the prompt's tokens once",
+      );
     if (target === "kv" && action === "merge") {
       this.error(
         this.span(raw.action, raw.kv),
@@ -370,6 +376,10 @@ class Builder {
       span: this.span(s.first, s.last),
     };
     if (kvSpan !== undefined) stage.kvSpan = kvSpan;
+    if (duringSpan !== undefined) {
+      stage.during = "decode";
+      stage.duringSpan = duringSpan;
+    }
     if (layerSpan !== undefined) stage.layerSpan = layerSpan;
     if (amount !== undefined) stage.amount = amount;
     if (amountSpan !== undefined) stage.amountSpan = amountSpan;

@@ -348,7 +348,7 @@ function allSlots(b: NodeBuilder, past: string, fresh: string): { slots: string;
  * int64 [1]: how many entries this call adds to the layer's cache, read from what the layer
  * concatenates (not from the present cache, which the layer computes after its bias).
  */
-function callEntries(
+export function callEntries(
   b: NodeBuilder,
   g: Graph,
   cache: LayerCache,
@@ -409,7 +409,7 @@ function firstColumns(b: NodeBuilder, mask: string, n: string): string {
 }
 
 /** The host's key-padding mask: a graph input `attention_mask` [batch, total] (transformers.js and torch exports). */
-function attentionMask(g: GraphProto): string | undefined {
+export function attentionMask(g: GraphProto): string | undefined {
   const m = g.input.find((i) => i.name === "attention_mask");
   const shape = m?.type?.value.case === "tensorType" ? m.type.value.value.shape : undefined;
   return shape?.dim.length === 2 ? m!.name : undefined;
@@ -471,7 +471,7 @@ function setEntries(
 }
 
 /** The element type a graph output or value_info declares for `name` (float32 when none does). */
-function elemTypeOf(g: GraphProto, name: string): number {
+export function elemTypeOf(g: GraphProto, name: string): number {
   const v = [...g.output, ...g.valueInfo].find((x) => x.name === name);
   return v?.type?.value.case === "tensorType" ? v.type.value.value.elemType : FLOAT;
 }

@@ -32,6 +32,7 @@ import { applyMergeStage } from "../passes/merge-stage.js";
 import { planSpec } from "./plan.js";
 import type { KvPlan } from "./plan-types.js";
 import { applyKvStage } from "../passes/kv-stage.js";
+import { applyKvDecodeStage } from "../passes/kv-decode-stage.js";
 import { explicitRotary, rotatesInside } from "../passes/explicit-rotary.js";
 import { modelInputs } from "./analysis/inputs.js";
 import { PrunecError } from "./errors.js";
@@ -355,15 +356,17 @@ function evictCaches(c: Compilation): Compilation {
   const added = [...c.state.added];
   const kvIndices = new Map(c.kvIndices);
   for (const plan of c.kvPlans) {
-    const evicted = applyKvStage(
-      graph,
-      c.info,
-      plan,
-      c.opset,
-      c.options.exposeIndices ?? false,
-      c.plans.map((p) => p.layer.index),
-      c.options.kvState ?? false,
-    );
+    const evicted = plan.decode
+      ? applyKvDecodeStage(graph, c.info, plan, c.opset, c.options.exposeIndices ?? false)
+      : applyKvStage(
+          graph,
+          c.info,
+          plan,
+          c.opset,
+          c.options.exposeIndices ?? false,
+          c.plans.map((p) => p.layer.index),
+          c.options.kvState ?? false,
+        );
     graph = evicted.graph;
     added.push(...evicted.added);
     kvIndices.set(plan.stage, evicted.indices);

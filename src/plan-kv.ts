@@ -3,13 +3,13 @@
  * check that needs the model happens here, before anything is emitted; each failure names the spec
  * text and the model fact. Stream stages are planned by src/plan.ts.
  */
-import type { SpecIR, StageIR, Span } from "../grammar/ir.js";
+import type { ArgValue, SpecIR, StageIR, Span } from "../grammar/ir.js";
 import { argsWithDefaults } from "../grammar/registry.js";
 import { diagnosticAt, type Diagnostic } from "../grammar/diagnostics.js";
 import type { LayerInfo, TransformerInfo } from "./analysis/transformer.js";
 import type { Graph } from "./ir/graph.js";
 import { kvCriterionModule } from "../passes/registry.js";
-import { hasEvictableCache } from "../passes/kv/criterion.js";
+import { hasEvictableCache, type KvCriterionModule } from "../passes/kv/criterion.js";
 import type { KvPlan } from "./plan-types.js";
 import { setInput } from "./plan-sets.js";
 import { DEFAULT_PERCENT, resolvedAmount } from "./plan-amount.js";
@@ -102,6 +102,13 @@ export function planKvStages(
       ofSet = { name: stage.of, input: input.input };
     }
     const shortened = layers.ok.find((l) => streamLayers.some((s) => s < l.index));
+    if (stage.during === "decode" && shortened) {
+      fail(
+        stage.duringSpan ?? stage.span,
+        `'during decode' on layer ${shortened.index}'s cache: a stream stage above it shortens that cache; decode-time eviction below stream stages is not supported yet`,
+      );
+      return;
+    }
     if (criterion.noStreamBelow && shortened) {
       fail(stage.criterion.span, `${criterion.name} on layer ${shortened.index}'s cache: ${criterion.noStreamBelow}`);
       return;
@@ -136,7 +143,75 @@ export function planKvStages(
     const ratio = amount.kind === "percent" ? (drop ? amount.value / 100 : 1 - amount.value / 100) : 0;
     const budget: KvPlan["budget"] =
       amount.kind === "percent" ? { kind: "fraction", value: 1 - ratio } : { kind: "count", value: amount.value, drop };
-    plans.push({ stage: index, layers: layers.ok, criterion, args, budget, text, ...(ofSet ? { ofSet } : {}) });
+    let decode: KvPlan["decode"];
+    if (stage.during === "decode") {
+      const planned = decodeForm(stage, criterion, args, amount, drop, ofSet !== undefined);
+      if ("why" in planned) {
+        fail(planned.span, planned.why);
+        return;
+      }
+      decode = planned.ok;
+    }
+    plans.push({
+      stage: index,
+      layers: layers.ok,
+      criterion,
+      args,
+      budget,
+      text,
+      ...(ofSet ? { ofSet } : {}),
+      ...(decode ? { decode } : {}),
+    });
   });
+  // A decode-time stage owns its layers' caches (and their score state).
+  for (const p of plans) {
+    if (!p.decode) continue;
+    const other = plans.find((q) => q !== p && q.layers.some((l) => p.layers.includes(l)));
+    if (!other) continue;
+    const later = spec.stages[Math.max(p.stage, other.stage)]!;
+    const shared = p.layers.find((l) => other.layers.includes(l))!;
+    diagnostics.push(
+      diagnosticAt(
+        spec.file,
+        later.positionSpan,
+        `layer ${shared.index}'s cache already has a KV stage (line ${spec.stages[Math.min(p.stage, other.stage)]!.span.line}); a 'during decode' stage must be the only one on its layers`,
+      ),
+    );
+  }
   return plans;
+}
+
+/** The decode-time form of a `during decode` stage, or why it cannot have one. */
+function decodeForm(
+  stage: StageIR,
+  criterion: KvCriterionModule,
+  args: Readonly<Record<string, ArgValue>>,
+  amount: { kind: string; value: number },
+  drop: boolean,
+  ofSet: boolean,
+): { ok: NonNullable<KvPlan["decode"]> } | { why: string; span: Span } {
+  if (!criterion.decode)
+    return {
+      why: `${criterion.name} scores the cache once, at the prefill; 'during decode' takes a press that accumulates the attention entries receive while generating: h2o or a2sf`,
+      span: stage.criterion.span,
+    };
+  if (amount.kind !== "count" || drop)
+    return {
+      why: "a decode-time budget is a number of entries each KV head keeps: write 'during decode keep kv K tokens'",
+      span: stage.amountSpan ?? stage.actionSpan,
+    };
+  if (ofSet)
+    return {
+      why: "'of SET' is not supported during decode: the tokens generated belong to no set",
+      span: stage.ofSpan ?? stage.span,
+    };
+  const form = criterion.decode(args);
+  if (form.recent > amount.value)
+    return {
+      why: `recent (${form.recent}) is more than the budget (${amount.value}): the recent entries alone would not fit`,
+      span: stage.criterion.span,
+    };
+  if (!(form.forget > 0 && form.forget <= 1))
+    return { why: `forget must be in (0, 1], got ${form.forget}`, span: stage.criterion.span };
+  return { ok: { budget: amount.value, ...form } };
 }

@@ -85,4 +85,10 @@ export interface KvPlan {
    * other real entry is kept. `input` is the model input marking the set's positions.
    */
   ofSet?: { name: string; input: string };
+  /**
+   * `during decode`: at every call each KV head keeps at most `budget` entries, scored by the
+   * attention they received, decayed by `forget` per query step, the last `recent` always kept
+   * (passes/kv-decode-stage.ts).
+   */
+  decode?: { budget: number; forget: number; recent: number };
 }

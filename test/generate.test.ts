@@ -82,6 +82,16 @@ describe("generate(): the library's greedy loop equals the plain loop", () => {
       model: () => compile(gqa, "keep kv 50% by snapkv(window: 4, kernel: 3)").model,
     },
     {
+      what: "'during decode keep kv 10 tokens by a2sf(forget: 0.9, recent: 2)' (the score pairs started empty from the declared shape)",
+      model: () => compile(gqa, "during decode keep kv 10 tokens by a2sf(forget: 0.9, recent: 2)").model,
+      first: Object.fromEntries(
+        Array.from({ length: DECODER.layers }, (_, l) => [
+          `past_key_values.${l}.prunec_score`,
+          { type: "float32", dims: [3, DECODER.kvHeads, 0], data: new Float32Array(0) },
+        ]),
+      ) as Feeds,
+    },
+    {
       what: "'keep kv 50% by knorm' with --kv-state (validity pairs started empty from the declared shape)",
       model: () => compile(plainCache, "keep kv 50% by knorm", { kvState: true }).model,
       first: Object.fromEntries(

@@ -65,6 +65,8 @@ const KEYWORDS = [
   "drop",
   "merge",
   "kv",
+  "during",
+  "decode",
   "mass",
   "above",
   "of",
@@ -195,6 +197,7 @@ const specShape = fc
         fc.record({
           target: fc.constant("kv" as const),
           position: kvPosition as fc.Arbitrary<StagePosition>,
+          during: fc.option(fc.constant("decode" as const), { nil: undefined }),
           action: fc.constantFrom("keep" as const, "drop" as const),
           amount: fc.option(kvAmount, { nil: undefined }) as fc.Arbitrary<Amount | undefined>,
           ofIndex: fc.option(fc.nat(), { nil: undefined }),
@@ -247,6 +250,10 @@ function toSpec(shape: Shape): SpecIR {
         span,
       };
       if (s.target === "kv") st.kvSpan = span;
+      if ("during" in s && s.during !== undefined) {
+        st.during = s.during;
+        st.duringSpan = span;
+      }
       if (s.amount !== undefined) st.amount = s.amount;
       if (s.of !== undefined) st.of = s.of;
       return st;
@@ -285,6 +292,7 @@ function noisyText(spec: SpecIR, n: Noise): string {
       parts.push(kw("in"), kw("layers"), n.spaceRange ? `${p.from} .. ${p.to}` : `${p.from}..${p.to}`);
     else if (p.kind === "after-encoder") parts.push(kw("after"), kw("encoder"));
     else if (p.kind === "before-layer-0") parts.push(kw("before"), kw("layer"), "0");
+    if (s.during === "decode") parts.push(kw("during"), kw("decode"));
     parts.push(kw(s.action));
     if (s.target === "kv") parts.push(kw("kv"));
     const a = s.amount;

@@ -232,7 +232,7 @@ describe("diagnostics", () => {
     [
       "misspelled position keyword",
       "afer layer 2 keep 25% by cls-attn",
-      `spec.prune:1:1: error: expected 'model', 'tokens', 'after', 'in', 'before', 'keep', 'drop' or 'merge', found 'afer'
+      `spec.prune:1:1: error: expected 'model', 'tokens', 'after', 'in', 'before', 'during', 'keep', 'drop' or 'merge', found 'afer'
  1 | afer layer 2 keep 25% by cls-attn
    | ^~~~
    = help: did you mean 'after'?`,
@@ -240,7 +240,7 @@ describe("diagnostics", () => {
     [
       "misspelled action",
       "after layer 2 kepe 25% by cls-attn",
-      `spec.prune:1:15: error: expected 'keep', 'drop' or 'merge', found 'kepe'
+      `spec.prune:1:15: error: expected 'during', 'keep', 'drop' or 'merge', found 'kepe'
  1 | after layer 2 kepe 25% by cls-attn
    |               ^~~~
    = help: did you mean 'keep'?`,
@@ -570,7 +570,7 @@ describe("diagnostics", () => {
  1 | after
    |      ^
 
-spec.prune:2:1: error: expected 'model', 'tokens', 'after', 'in', 'before', 'keep', 'drop' or 'merge', found 'layer'
+spec.prune:2:1: error: expected 'model', 'tokens', 'after', 'in', 'before', 'during', 'keep', 'drop' or 'merge', found 'layer'
  2 | layer 2 keep 25% by iga
    | ^~~~~`,
     ],
@@ -596,10 +596,10 @@ spec.prune:2:1: error: expected 'model', 'tokens', 'after', 'in', 'before', 'kee
     expect(
       diagnostics.map((d) => `${d.line}:${d.column} ${d.message}${d.suggestion ? ` -> ${d.suggestion}` : ""}`),
     ).toEqual([
-      "2:1 expected 'model', 'tokens', 'after', 'in', 'before', 'keep', 'drop' or 'merge', found 'afer' -> after",
+      "2:1 expected 'model', 'tokens', 'after', 'in', 'before', 'during', 'keep', 'drop' or 'merge', found 'afer' -> after",
       "3:20 amount must be in (0, 100]%, got 250%",
       "4:27 unknown criterion 'cls-atn' -> cls-attn",
-      "4:50 expected 'keep', 'drop' or 'merge', found 'kepe' -> keep",
+      "4:50 expected 'during', 'keep', 'drop' or 'merge', found 'kepe' -> keep",
       "6:20 token count must be a positive integer, got 0",
       "6:32 unknown argument 'sed' for criterion 'random' -> seed",
       "6:51 unknown option 'recyle' -> recycle",
@@ -911,7 +911,7 @@ describe("stages on the KV cache", () => {
     [
       "a range without 'in'",
       "layers 2..5 keep kv by snapkv",
-      `spec.prune:1:1: error: expected 'model', 'tokens', 'after', 'in', 'before', 'keep', 'drop' or 'merge', found 'layers'
+      `spec.prune:1:1: error: expected 'model', 'tokens', 'after', 'in', 'before', 'during', 'keep', 'drop' or 'merge', found 'layers'
  1 | layers 2..5 keep kv by snapkv
    | ^~~~~~
    = help: did you mean 'in layers'?`,

@@ -115,6 +115,12 @@ const SAMPLE_CRITERIA: CriterionInfo[] = [
   ...["knorm", "h2o"].map((name): CriterionInfo => ({ name, summary: "", targets: ["kv"], args: {} })),
   { name: "snapkv", summary: "", targets: ["kv"], args: { window: { type: "integer", doc: "" } } },
   { name: "streaming", summary: "", targets: ["kv"], args: { sinks: { type: "integer", doc: "" } } },
+  {
+    name: "a2sf",
+    summary: "",
+    targets: ["kv"],
+    args: { forget: { type: "number", doc: "" }, recent: { type: "integer", doc: "" } },
+  },
 ];
 
 describe("the editors/ folder", () => {
@@ -168,7 +174,7 @@ describe("the editors/ folder", () => {
     expect(lex(sampleText).errors).toEqual([]);
     const { spec, diagnostics } = parseSpec(sampleText, "sample.prune", createRegistry(SAMPLE_CRITERIA));
     expect(formatDiagnostics(diagnostics, sampleText)).toBe("");
-    expect(spec!.stages.length).toBe(22);
+    expect(spec!.stages.length).toBe(23);
     expect(spec!.tokenSets.map((s) => s.name)).toEqual(["image", "instruction", "context"]);
   });
 });

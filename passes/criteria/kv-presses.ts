@@ -189,6 +189,7 @@ export const h2o: KvCriterionModule = {
   args: { recent: { type: "integer", default: 0, doc: "the last entries always kept" } },
   needs: NEEDS_ATTENTION,
   reference: "FMInference/H2O ac75c2a h2o_hf/utils_real_drop/modify_llama.py",
+  decode: (args) => ({ forget: 1, recent: Number(args["recent"] ?? 0) }),
   prepareKv: press((ctx) => {
     const { b } = ctx;
     const heavy = perKvHead(b, ctx, columnSums(b, ctx), "mean");
@@ -224,7 +225,9 @@ export const a2sf: KvCriterionModule = {
     recent: { type: "integer", default: 16, doc: "the last entries always kept" },
   },
   needs: NEEDS_ATTENTION,
-  reference: "Dirac-Notation/A2SF 00a617f attention.py, policies/a2sf.py",
+  reference:
+    "Dirac-Notation/A2SF 00a617f attention.py, policies/a2sf.py; decode-time form a4360f1 utils_real_drop/modify_llama.py",
+  decode: (args) => ({ forget: Number(args["forget"] ?? 1), recent: Number(args["recent"] ?? 16) }),
   prepareKv: press((ctx) => {
     const { b } = ctx;
     const forget = Number(ctx.args["forget"] ?? 1);

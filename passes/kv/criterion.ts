@@ -80,6 +80,11 @@ export interface KvCriterionModule extends CriterionInfo {
   fractionOnly?: boolean;
   /** Why the press cannot be restricted to a token set (`of SET`), if it cannot. */
   noSet?: string;
+  /**
+   * The press's decode-time form (`during decode`): accumulated received attention, decayed by
+   * `forget` per query step, the last `recent` entries always kept; absent: prefill only.
+   */
+  decode?(args: Readonly<Record<string, ArgValue>>): { forget: number; recent: number };
   /** Why the press cannot act on a layer above which a stream stage prunes (its cache then holds fewer entries than the prompt), if it cannot. */
   noStreamBelow?: string;
 }

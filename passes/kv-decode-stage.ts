@@ -1,0 +1,239 @@
+/**
+ * A decode-time KV-cache stage (`during decode keep kv C tokens by h2o(recent) | a2sf(forget, recent)`):
+ * each planned layer keeps at most C entries per KV head at EVERY call, prefill and decode steps,
+ * scoring entries by the attention they have received, decayed (methods.md §25 H2O, §26 A2SF's
+ * decode-time form). The scores travel with the cache as a state pair:
+ *
+ *   past_key_values.L.prunec_score  float [B, kvH, P]  (an empty [B, kvH, 0] at the first call)
+ *   present.L.prunec_score          float [B, kvH, K'] (what the next call gets back)
+ *
+ * At a call with S new entries (T = P + S in the dense present cache) and causal probabilities
+ * P[b,h,i,j] of its S queries (pad query rows zero):
+ *
+ *   a[b,g,j] = Σ_{h ∈ group g} Σ_i λ^(S−1−i)·P[b,h,i,j]              (A2SF's row weights; H2O: λ = 1)
+ *   s        = [λ^S·s_prev, 0…0] + a                                  (s_j(t) = Σ_{i≤t} λ^(t−i)·P[i,j])
+ *   pads     : an entry whose host-mask column is 0 scores −1, and keeps −1 (scores are ≥ 0 else)
+ *   kept     = the min(T, C) best of s with the last `recent` entries forced, ties to the LATER entry
+ *              (A2SF drops the first minimum), ascending;
+ *   cache    = GatherElements(present key/value/score, kept).
+ *
+ * The op attends over its full cache (past + new) before the eviction, as both references do. In a
+ * left-padded batch each example keeps what it keeps alone: its pads score below every real entry,
+ * leave first, and while the example has fewer real entries than C the ones it keeps sit first in
+ * the cache, under the host mask's pad columns (the layer reads the mask's last T columns).
+ *
+ * Pre:  plan validated by src/plan-kv.ts (a count budget, a press with a decode form, no stream stage
+ *       above the layer, no other KV stage on it).
+ * Post: each layer's present key, value and score hold min(T, C) entries per KV head.
+ */
+import { Graph, type GraphProto, type NodeProto } from "../src/ir/graph.js";
+import type { TransformerInfo } from "../src/analysis/transformer.js";
+import { refreshFacts } from "../src/analysis/refresh.js";
+import { shallowCopy } from "../src/ir/copy.js";
+import type { KvPlan } from "../src/plan-types.js";
+import { NodeBuilder } from "./builder.js";
+import { batchDim, valueInfo } from "../src/ir/value-info.js";
+import { evictionSite } from "./kv/site.js";
+import { denseName } from "./gather-tokens.js";
+import { splice } from "./splice.js";
+import { attentionMask, callEntries, elemTypeOf, type KvStageResult, type KvState } from "./kv-stage.js";
+
+const FLOAT = 1;
+const INT64 = 7;
+
+/** The state pair of layer `l`'s decode-time scores. */
+export function scoreState(l: number): KvState {
+  return { layer: l, past: `past_key_values.${l}.prunec_score`, present: `present.${l}.prunec_score` };
+}
+
+export function applyKvDecodeStage(
+  proto: GraphProto,
+  dense: TransformerInfo,
+  plan: KvPlan,
+  opset: number,
+  /** Output each call's kept slots per layer (--expose-indices). */
+  expose: boolean,
+): KvStageResult {
+  const decode = plan.decode;
+  if (!decode) throw new Error(`stage ${plan.stage}: not a decode-time stage (checked by the plan)`);
+  let graph = proto;
+  const added: NodeProto[] = [];
+  const indices = new Map<number, string>();
+  const states: KvState[] = [];
+  const hostMask = attentionMask(proto);
+  for (const planned of plan.layers) {
+    const state = scoreState(planned.index);
+    const kvHeadsDeclared = planned.cache?.kvHeads;
+    graph = shallowCopy(graph, {
+      input: [
+        ...graph.input,
+        valueInfo(state.past, FLOAT, [
+          batchDim(graph) ?? "batch",
+          kvHeadsDeclared,
+          `prunec_layer${planned.index}_past`,
+        ]),
+      ],
+    });
+    states.push(state);
+    const g = new Graph(graph);
+    const model = refreshFacts(dense, g);
+    const layer = model.layers[planned.index];
+    const cache = layer?.cache;
+    if (!layer || !cache)
+      throw new Error(`stage ${plan.stage}: layer ${planned.index} lost its KV cache (checked by the plan)`);
+    const { presentKey, presentValue } = cache;
+    const b = new NodeBuilder(`prunec/stage${plan.stage}/${plan.criterion.name}/decode/layer${layer.index}`, opset);
+    const renamed = new Map([
+      [presentKey, denseName(presentKey)],
+      [presentValue, denseName(presentValue)],
+    ]);
+    const site = evictionSite(b, g, model, dense, layer, cache, false);
+    const replaced = new Map(site.replaced);
+    for (const t of [presentKey, presentValue])
+      for (const reader of g.consumersOf(t)) {
+        const base = replaced.get(reader) ?? reader;
+        replaced.set(reader, shallowCopy(base, { input: base.input.map((i) => renamed.get(i) ?? i) }));
+      }
+    const { heads, kvHeads } = site;
+    const forget = decode.forget;
+    const keys =
+      elemTypeOf(graph, presentKey) === FLOAT
+        ? denseName(presentKey)
+        : b.op("Cast", [denseName(presentKey)], { to: FLOAT }, "cached_keys");
+    const t = b.slice(b.op("Shape", [keys]), 0, 2, 3); // int64 [1]: T
+    const s = callEntries(b, g, cache, layer); // int64 [1]: S
+    // This call's entries: real unless the host's mask column says pad (its last S columns).
+    const fresh = hostMask
+      ? b.op(
+          "Cast",
+          [
+            b.op("Slice", [
+              hostMask,
+              b.op("Neg", [s]),
+              b.int64([Number.MAX_SAFE_INTEGER], [1], "to_end"),
+              b.int64([1], [1], "axis"),
+            ]),
+          ],
+          { to: FLOAT },
+          "new_entries_real",
+        ) // [B,S]
+      : undefined;
+    // Received attention: the S query rows weighted λ^(S−1−i) (pad rows zero), summed over rows and the group.
+    const probs = site.probabilities(b); // [B,H,S,T]
+    const sFloat = b.op("Cast", [s], { to: FLOAT });
+    const ages = b.op(
+      "Sub",
+      [b.op("Sub", [sFloat, b.float([1], [1], "one")]), b.op("Cast", [b.range(s, "rows")], { to: FLOAT })],
+      {},
+      "row_ages",
+    ); // [S]
+    let weights = b.op("Pow", [b.float([forget], [], "forget"), ages], {}, "row_weights"); // [S]
+    weights = b.unsqueeze(weights, [0, 1, 3]); // [1,1,S,1]
+    if (fresh) weights = b.op("Mul", [weights, b.unsqueeze(fresh, [1, 3])], {}, "real_rows"); // [B,1,S,1]
+    const received = b.reduce("ReduceSum", b.op("Mul", [probs, weights]), [2], 0); // [B,H,T]
+    const grouped = b.reduce(
+      "ReduceSum",
+      b.op("Reshape", [received, b.int64([0, kvHeads, heads / kvHeads, -1], [4], "groups")]),
+      [2],
+      0,
+    ); // [B,kvH,T]
+    // The carried scores, decayed by λ^S, then 0 for the new entries.
+    const previous = b.op(
+      "Mul",
+      [state.past, b.op("Pow", [b.float([forget], [], "forget_again"), sFloat])],
+      {},
+      "decayed",
+    ); // [B,kvH,P]
+    const newZeros = b.op(
+      "ConstantOfShape",
+      [b.op("Concat", [b.slice(b.op("Shape", [grouped]), 0, 0, 2), s], { axis: 0 })],
+      {},
+      "new_entries",
+    ); // [B,kvH,S] of 0
+    let scores = b.op("Add", [b.op("Concat", [previous, newZeros], { axis: 2 }), grouped], {}, "accumulated");
+    // Pads: −1 from the call that brought them, kept at −1.
+    const wasPad = b.op("Less", [state.past, b.float([0], [], "zero")], {}, "was_pad"); // [B,kvH,P]
+    const newPad = fresh
+      ? b.op(
+          "Expand",
+          [b.unsqueeze(b.op("Less", [fresh, b.float([0.5], [], "half")]), [1]), b.op("Shape", [newZeros])],
+          {},
+          "new_pad",
+        )
+      : b.op("Cast", [newZeros], { to: 9 }, "no_new_pad");
+    scores = b.op(
+      "Where",
+      [b.op("Concat", [wasPad, newPad], { axis: 2 }), b.float([-1], [], "pad_score"), scores],
+      {},
+      "pads_below",
+    );
+    // The last `recent` entries are kept whatever their score.
+    const position = b.op("Cast", [b.range(t, "slots")], { to: FLOAT }); // [T]
+    const recentFrom = b.op("Cast", [b.op("Sub", [t, b.int64([decode.recent], [1], "recent")])], { to: FLOAT });
+    const forced = b.op(
+      "Where",
+      [b.op("GreaterOrEqual", [position, recentFrom]), b.float([3e38], [], "always"), scores],
+      {},
+      "recent_kept",
+    );
+    // min(T, C) per KV head, ties to the later entry: TopK of the reversed slots, mapped back.
+    const kept = b.op("Min", [t, b.int64([decode.budget], [1], "budget")], {}, "kept_count");
+    const reversed = b.op(
+      "Slice",
+      [
+        forced,
+        b.int64([-1], [1], "last"),
+        b.int64([Number.MIN_SAFE_INTEGER], [1], "before_first"),
+        b.int64([2], [1], "slot_axis"),
+        b.int64([-1], [1], "backwards"),
+      ],
+      {},
+      "latest_first",
+    );
+    const [, best] = b.opN("TopK", [reversed, kept], 2, { axis: 2, largest: 1, sorted: 1 });
+    const slotsKept = b.op("Sub", [b.op("Sub", [t, b.int64([1], [1], "one_slot")]), best!], {}, "kept_slots"); // [B,kvH,K']
+    const [minus] = b.opN("TopK", [b.op("Neg", [b.op("Cast", [slotsKept], { to: FLOAT })]), kept], 2, {
+      axis: 2,
+      largest: 1,
+      sorted: 1,
+    });
+    const ascending = b.op("Cast", [b.op("Neg", [minus!])], { to: INT64 }, "kept_positions"); // [B,kvH,K']
+    const rows = b.op(
+      "Expand",
+      [
+        b.unsqueeze(ascending, [3]),
+        b.op("Concat", [b.op("Shape", [ascending]), b.slice(b.op("Shape", [keys]), 0, 3, 4)], { axis: 0 }),
+      ],
+      {},
+      "kept_rows",
+    ); // [B,kvH,K',D]
+    b.op("GatherElements", [denseName(presentKey), rows], { axis: 2 }, "kept_keys");
+    b.nodes.at(-1)!.output[0] = presentKey;
+    b.op("GatherElements", [denseName(presentValue), rows], { axis: 2 }, "kept_values");
+    b.nodes.at(-1)!.output[0] = presentValue;
+    b.op("GatherElements", [scores, ascending], { axis: 2 }, "kept_scores");
+    b.nodes.at(-1)!.output[0] = state.present;
+    if (expose) indices.set(layer.index, ascending);
+    graph = splice(graph, {
+      label: `stage ${plan.stage} (during decode ${plan.text} by ${plan.criterion.name}, layer ${layer.index})`,
+      after: presentKey,
+      rename: renamed,
+      nodes: b.nodes,
+      initializers: b.initializers,
+      replaced,
+      staleInfo: new Set([presentKey, presentValue]),
+    });
+    graph = shallowCopy(graph, {
+      output: [
+        ...graph.output,
+        valueInfo(state.present, FLOAT, [
+          batchDim(graph) ?? "batch",
+          kvHeadsDeclared,
+          `prunec_layer${layer.index}_cache`,
+        ]),
+      ],
+    });
+    added.push(...b.nodes);
+  }
+  return { graph, added, indices, states };
+}

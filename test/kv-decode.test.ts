@@ -1,0 +1,175 @@
+/**
+ * Decode-time KV eviction (`during decode keep kv C tokens by h2o | a2sf`, passes/kv-decode-stage.ts)
+ * on the project's test decoder, GroupQueryAttention and plain-attention layouts: at every call
+ * (the prefill and 63 decode steps) each layer and KV head keeps exactly the entries the float64
+ * reference written from the authors' code keeps (test/reference/kv-decode.ts), the carried scores
+ * equal the reference's, and the 64 greedy tokens and their logits equal the reference loop's.
+ * A left-padded batch of 3 keeps, per example, what the example keeps alone. onnxruntime-web's WASM
+ * backend generates the same. The cache never holds more than C entries.
+ */
+import { describe, expect, it } from "vitest";
+import { compile } from "../src/compile.js";
+import { PrunecError } from "../src/errors.js";
+import { maxAbsDiff, type Feeds, type Outputs } from "./helpers/ort.js";
+import {
+  buildDecoder,
+  DECODER,
+  generateGreedy,
+  openDecoderSession,
+  promptBatch,
+  type Backend,
+  type DecoderOptions,
+  type PromptBatch,
+} from "./support/decoder.js";
+import { ReferenceDecoder, weightsFromModel } from "./reference/decoder.js";
+import { decodeEvictingGeneration, type DecodeEviction } from "./reference/kv-decode.js";
+import { rows } from "./support/model-edit.js";
+
+const STEPS = 64;
+const TOL = 1e-4;
+const WIDE: DecoderOptions = { ...DECODER, headSize: 16 };
+const LAYOUTS = [
+  { name: "GQA decoder", model: buildDecoder({ attention: "gqa" }, WIDE) },
+  { name: "plain-attention decoder (Concat cache)", model: buildDecoder({ attention: "plain-cache" }, WIDE) },
+] as const;
+const reference = new ReferenceDecoder(weightsFromModel(LAYOUTS[0].model, WIDE), WIDE);
+const PROMPTS: number[][] = [
+  [1, 5, 9, 13, 17, 21, 25, 29, 33, 37, 41, 3, 7, 11],
+  [1, 40, 41, 42, 43, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 4],
+];
+const CASES: { spec: string; press: DecodeEviction }[] = [
+  { spec: "during decode keep kv 10 tokens by h2o(recent: 2)", press: { method: "h2o", budget: 10, recent: 2 } },
+  {
+    spec: "during decode keep kv 12 tokens by a2sf(forget: 0.9, recent: 3)",
+    press: { method: "a2sf", budget: 12, recent: 3, forget: 0.9 },
+  },
+];
+
+/** Runs every call of a greedy generation on one open session, recording each call's outputs; the first call gets empty score pasts. */
+async function recorded(model: Uint8Array, p: PromptBatch, backend: Backend = "cpu") {
+  const session = await openDecoderSession(model, backend);
+  const calls: Outputs[] = [];
+  const empty: Feeds = {};
+  for (let l = 0; l < WIDE.layers; l++)
+    empty[`past_key_values.${l}.prunec_score`] = {
+      type: "float32",
+      dims: [p.batch, WIDE.kvHeads, 0],
+      data: new Float32Array(0),
+    };
+  try {
+    const gen = await generateGreedy(
+      async (f) => {
+        const out = await session.run({ ...(calls.length ? {} : empty), ...f });
+        calls.push(out);
+        return out;
+      },
+      p,
+      STEPS,
+      WIDE,
+    );
+    return { ...gen, calls };
+  } finally {
+    await session.release();
+  }
+}
+
+/** Kept slots of example b at one call: [kvHead][K']. */
+function keptSlots(out: Outputs, l: number, b: number): number[][] {
+  const t = out[`prunec.stage0.layer${l}.kv_indices`]!;
+  const [, h, k] = t.dims as [number, number, number];
+  return rows((t.data as BigInt64Array).subarray(b * h * k, (b + 1) * h * k), [h, k]);
+}
+
+for (const { name, model: dense } of LAYOUTS)
+  describe(`during decode: eviction at every call on the ${name}`, () => {
+    for (const c of CASES)
+      it(`'${c.spec}', batch 1: kept slots and carried scores at each of ${STEPS} calls, the tokens and logits equal the reference loop's; the cache stays at ${c.press.budget}`, async () => {
+        const model = compile(dense, c.spec, { exposeIndices: true }).model;
+        for (const prompt of PROMPTS) {
+          const want = decodeEvictingGeneration(reference, prompt, c.press, STEPS);
+          const got = await recorded(model, promptBatch([prompt], "left"));
+          expect(got.tokens[0]).toEqual(want.tokens);
+          got.steps.forEach((l, s) =>
+            expect(maxAbsDiff(l, Float64Array.from(want.steps[s]!))).toBeLessThanOrEqual(TOL),
+          );
+          got.calls.forEach((out, call) => {
+            for (let l = 0; l < WIDE.layers; l++) {
+              expect([call, l, keptSlots(out, l, 0)]).toEqual([call, l, want.keptSlots[call]![l]]);
+              const score = out[`present.${l}.prunec_score`]!;
+              expect(score.dims).toEqual([1, WIDE.kvHeads, want.scores[call]![l]![0]!.length]);
+              expect(maxAbsDiff(score.data as Float32Array, want.scores[call]![l]!.flat())).toBeLessThanOrEqual(TOL);
+              expect(out[`present.${l}.key`]!.dims[2]).toBe(Math.min(c.press.budget, prompt.length + call));
+            }
+          });
+        }
+      });
+
+    it("a left-padded batch of 3 (18, 14 and 8 tokens; the 8-token one has fewer entries than the budget and keeps pads as fillers until it fills): each example keeps the positions and generates the tokens it does alone", async () => {
+      const c = CASES[1]!;
+      const model = compile(dense, c.spec, { exposeIndices: true }).model;
+      const prompts = [PROMPTS[1]!, PROMPTS[0]!, [1, 33, 34, 35, 36, 9, 10, 11]];
+      const p = promptBatch(prompts, "left");
+      const got = await recorded(model, p);
+      prompts.forEach((prompt, b) => {
+        const want = decodeEvictingGeneration(reference, prompt, c.press, STEPS);
+        expect([b, got.tokens[b]]).toEqual([b, want.tokens]);
+        const pad = p.seq - prompt.length;
+        // Each slot's original position (−1 for a pad), carried from call to call as the model keeps them.
+        let positions = Array.from({ length: WIDE.layers }, () =>
+          Array.from({ length: WIDE.kvHeads }, () => Array.from({ length: p.seq }, (_, j) => (j < pad ? -1 : j - pad))),
+        );
+        got.calls.forEach((out, call) => {
+          if (call > 0) positions = positions.map((l) => l.map((g) => [...g, prompt.length + call - 1]));
+          positions = positions.map((l, li) => keptSlots(out, li, b).map((slots, g) => slots.map((j) => l[g]![j]!)));
+          const real = positions.map((l) => l.map((g) => g.filter((x) => x >= 0)));
+          expect([b, call, real]).toEqual([b, call, want.keptPositions[call]]);
+        });
+      });
+    });
+  });
+
+describe("during decode on onnxruntime-web's WASM backend", () => {
+  it("the same kept slots at every call and the same 64 tokens as onnxruntime-node (GQA decoder, a2sf)", async () => {
+    const model = compile(LAYOUTS[0].model, CASES[1]!.spec, { exposeIndices: true }).model;
+    const p = promptBatch([PROMPTS[1]!], "left");
+    const cpu = await recorded(model, p, "cpu");
+    const wasm = await recorded(model, p, "wasm");
+    expect(wasm.tokens).toEqual(cpu.tokens);
+    wasm.calls.forEach((out, call) => {
+      for (let l = 0; l < WIDE.layers; l++)
+        expect([call, keptSlots(out, l, 0)]).toEqual([call, keptSlots(cpu.calls[call]!, l, 0)]);
+    });
+  });
+});
+
+describe("during decode: what the planner refuses, at the line:column", () => {
+  const message = (spec: string): string => {
+    try {
+      compile(LAYOUTS[0].model, spec, { specName: "s.prune" });
+    } catch (e) {
+      if (e instanceof PrunecError) return e.message.split("\n")[0]!;
+      throw e;
+    }
+    return "compiled";
+  };
+  it("a press without a decode form, a percentage, a drop, recent over the budget, a second stage on the layer, a stream stage above", () => {
+    expect(message("during decode keep kv 8 tokens by snapkv")).toBe(
+      "s.prune:1:35: error: snapkv scores the cache once, at the prefill; 'during decode' takes a press that accumulates the attention entries receive while generating: h2o or a2sf",
+    );
+    expect(message("during decode keep kv 50% by h2o")).toBe(
+      "s.prune:1:23: error: a decode-time budget is a number of entries each KV head keeps: write 'during decode keep kv K tokens'",
+    );
+    expect(message("during decode drop kv 8 tokens by h2o")).toBe(
+      "s.prune:1:23: error: a decode-time budget is a number of entries each KV head keeps: write 'during decode keep kv K tokens'",
+    );
+    expect(message("during decode keep kv 8 tokens by a2sf(recent: 9)")).toBe(
+      "s.prune:1:35: error: recent (9) is more than the budget (8): the recent entries alone would not fit",
+    );
+    expect(message("keep kv 50% by knorm\nin layer 1 during decode keep kv 8 tokens by h2o")).toBe(
+      "s.prune:2:1: error: layer 1's cache already has a KV stage (line 1); a 'during decode' stage must be the only one on its layers",
+    );
+    expect(message("after layer 0 keep 50% by last-token-attn\nin layer 2 during decode keep kv 8 tokens by h2o")).toBe(
+      "s.prune:2:12: error: 'during decode' on layer 2's cache: a stream stage above it shortens that cache; decode-time eviction below stream stages is not supported yet",
+    );
+  });
+});
