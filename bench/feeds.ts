@@ -33,6 +33,20 @@ export function emptyPast(
   return f;
 }
 
+/**
+ * Empty `past_key_values.L.prunec_*` state inputs (decode-time scores, `--kv-state` validity) a
+ * compiled model declares: batch first, its fixed sizes, 0 for the growing axis.
+ */
+export function emptyStates(session: ort.InferenceSession, batch = 1): Record<string, ort.Tensor> {
+  const f: Record<string, ort.Tensor> = {};
+  for (const m of session.inputMetadata) {
+    if (!/^past_key_values\.\d+\.prunec_/.test(m.name) || !m.isTensor) continue;
+    const dims = m.shape.map((d, i) => (i === 0 ? batch : typeof d === "number" ? d : 0));
+    f[m.name] = new ort.Tensor("float32", new Float32Array(0), dims);
+  }
+  return f;
+}
+
 /** Every `present.*` output of a run as the next call's `past_key_values.*`. */
 export function pastOf(out: Outputs): Record<string, ort.Tensor> {
   const f: Record<string, ort.Tensor> = {};

@@ -14,7 +14,7 @@ import { pathToFileURL } from "node:url";
 import * as ort from "onnxruntime-node";
 import { compile } from "../src/compile.js";
 import { RECALL, RECALL_MODEL as MODEL, readRecall, type RecallExample as Example } from "../test/support/recall.js";
-import { cacheBytes, emptyPast, int64, pastOf } from "./feeds.js";
+import { cacheBytes, emptyPast, emptyStates, int64, pastOf } from "./feeds.js";
 
 /** The presses of the table, with settings scaled to a 256-token context (docs/results.md says why). */
 export const RECALL_PRESSES: readonly { label: string; by: string }[] = [
@@ -27,6 +27,11 @@ export const RECALL_PRESSES: readonly { label: string; by: string }[] = [
   { label: "random", by: "random(seed: 0)" },
 ];
 export const RECALL_BUDGETS: readonly number[] = [10, 25, 50];
+/** Decode-time eviction (`during decode keep kv C tokens`) at the same entry counts: int(256·P/100). */
+export const RECALL_DECODE_PRESSES: readonly { label: string; by: string }[] = [
+  { label: "H2O, during decode", by: "h2o(recent: 8)" },
+  { label: "A2SF, during decode", by: "a2sf(forget: 0.9, recent: 8)" },
+];
 
 const QUERY = 2;
 
@@ -50,8 +55,9 @@ async function answer(
     attention_mask: i64(contexts.map(() => new Array<number>(n).fill(1))),
     position_ids: i64(contexts.map(() => Array.from({ length: n }, (_, j) => j))),
     ...emptyPast(RECALL, batch),
+    ...emptyStates(session, batch),
   });
-  const bytes = cacheBytes(out);
+  const bytes = keyValueBytes(out);
   for (let s = 0; s < tails[0]!.length; s++) {
     out = await session.run({
       input_ids: i64(tails.map((t) => [t[s]!])),
@@ -71,6 +77,11 @@ async function answer(
     return best;
   });
   return { predictions, bytes };
+}
+
+/** Bytes of a run's present keys and values (a decode-time stage's carried scores are counted apart). */
+function keyValueBytes(out: ort.InferenceSession.OnnxValueMapType): number {
+  return cacheBytes(Object.fromEntries(Object.entries(out).filter(([n]) => /\.(key|value)$/.test(n))));
 }
 
 export interface RecallRow {
@@ -186,6 +197,20 @@ export async function benchRecallKv(options: {
         bytesPerExample: r.bytesPerExample,
       });
     }
+  const context = examples[0]!.context_len;
+  for (const p of RECALL_DECODE_PRESSES)
+    for (const budget of RECALL_BUDGETS) {
+      const spec = `during decode keep kv ${Math.trunc((context * budget) / 100)} tokens by ${p.by}`;
+      const r = await recallAccuracy(compiled(spec), examples, options.batch);
+      rows.push({
+        label: p.label,
+        spec,
+        budget,
+        correct: r.correct,
+        total: examples.length,
+        bytesPerExample: r.bytesPerExample,
+      });
+    }
   const latency = await decodeLatency(
     RECALL_BUDGETS.map((b) => `keep kv ${b}% by knorm`),
     options.runs,
@@ -204,6 +229,10 @@ export async function benchRecallKv(options: {
     for (const p of RECALL_PRESSES) {
       const rs = byLabel.get(p.label)!;
       console.log(`| ${p.label} | \`${p.by}\` | ${rs.map(pct).join(" | ")} |`);
+    }
+    for (const p of RECALL_DECODE_PRESSES) {
+      const rs = byLabel.get(p.label)!;
+      console.log(`| ${p.label} | \`during decode keep kv C tokens by ${p.by}\` | ${rs.map(pct).join(" | ")} |`);
     }
   } else
     for (const r of rows)

@@ -7,7 +7,9 @@
  *  4. a decoder with a KV cache (bench/decoder.ts): prefill latency and KV-cache bytes, dense vs FastV;
  *  5. KV eviction (bench/kv-decoder.ts): prefill and decode-step latency and KV bytes, dense vs keep kv 25%;
  *  6. KV eviction on the trained recall decoder (bench/recall-kv.ts): accuracy on its test set per
- *     press at 10/25/50% of the cache, KV bytes and decode-step latency (docs/results.md's table).
+ *     press at 10/25/50% of the cache, KV bytes and decode-step latency (docs/results.md's table);
+ *  7. eviction while generating (bench/kv-generation.ts): KV bytes and step latency over a
+ *     2,000-token generation, dense vs `during decode keep kv C tokens`.
  *
  *   npm run bench [-- --runs 30]
  */
@@ -22,6 +24,7 @@ import { benchDecoder } from "./decoder.js";
 import { benchRealDecoders } from "./real-decoders.js";
 import { benchKvDecoder } from "./kv-decoder.js";
 import { benchRecallKv } from "./recall-kv.js";
+import { benchKvGeneration } from "./kv-generation.js";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const args = process.argv.slice(2);
@@ -83,6 +86,8 @@ async function main(): Promise<void> {
   await benchRealDecoders(join(root, "..", "shared", "models"), runs);
   console.log("\n== KV eviction on the trained recall decoder");
   await benchRecallKv({ limit: 1000, batch: 50, runs: Math.min(runs, 15), markdown: false });
+  console.log("\n== eviction while generating (bench/kv-generation.ts): 2,000 tokens, dense vs 'during decode'");
+  await benchKvGeneration(2000);
 }
 
 await main();

@@ -484,6 +484,8 @@ export interface KvBatchCase {
   spec: string;
   /** Compiled with `--kv-state` (validity carried between calls, fed empty at the first). */
   kvState?: boolean;
+  /** A decode-time stage (`during decode`): its score pairs are fed empty at the first call; kept slots compared at every call. */
+  decode?: boolean;
 }
 
 export const KV_BATCH_CASES: KvBatchCase[] = [
@@ -491,6 +493,12 @@ export const KV_BATCH_CASES: KvBatchCase[] = [
   { key: "kv-batch-state", spec: "keep kv 50% by snapkv(window: 4, kernel: 3)", kvState: true },
   { key: "kv-batch-of-image", spec: `${SETS}\nkeep kv 25% of image by knorm` },
   { key: "kv-batch-expected", spec: "keep kv 50% by expected-attn(sinks: 2, future: 16)" },
+  {
+    key: "kv-batch-decode-a2sf",
+    spec: "during decode keep kv 12 tokens by a2sf(forget: 0.9, recent: 3)",
+    decode: true,
+  },
+  { key: "kv-batch-decode-h2o", spec: "during decode keep kv 10 tokens by h2o(recent: 2)", decode: true },
 ];
 
 /** Greedy tokens generated per case (the prefill's and each decode step's). */
@@ -524,7 +532,13 @@ export interface KvPageRun {
   /** Greedy tokens per example: the prefill's, then each decode step's. */
   tokens: number[][];
   /** Per call (prefill, then each decode step): each example's last logits row, concatenated, and every present output's dims. */
-  calls: { logits: number[]; presentDims: Record<string, number[]>; runMs: number }[];
+  calls: {
+    logits: number[];
+    presentDims: Record<string, number[]>;
+    runMs: number;
+    /** This call's `prunec.stage0.layerL.kv_indices` (a decode-time stage evicts at every call). */
+    indices: Record<string, { dims: number[]; data: number[] }>;
+  }[];
   error?: { phase: "create" | "run"; step?: number; message: string };
 }
 
@@ -586,13 +600,18 @@ ${openSession("{ createMs: 0, indices: {}, validity: {}, tokens: [], calls: [] }
         last.push(...row);
       }
       const presentDims = {};
+      const callIndices = {};
       for (const name of session.outputNames) {
         if (name.startsWith("present.")) presentDims[name] = [...res[name].dims];
         const read = async () => ({ dims: [...res[name].dims], data: Array.from(await res[name].getData(), (v) => Number(v)) });
-        if (step === 0 && name.endsWith(".kv_indices")) out.indices[name] = await read();
+        if (name.endsWith(".kv_indices")) {
+          const t = await read();
+          if (step === 0) out.indices[name] = t;
+          callIndices[name] = t;
+        }
         if (step === 0 && name.endsWith(".prunec_valid")) out.validity[name] = await read();
       }
-      out.calls.push({ logits: last, presentDims, runMs });
+      out.calls.push({ logits: last, presentDims, runMs, indices: callIndices });
       if (previous) for (const t of Object.values(previous)) t.dispose();
       previous = res;
     }

@@ -202,6 +202,8 @@ interface KvBatchReport {
   kvState: boolean;
   lengths?: number[];
   keptEqual?: boolean;
+  /** Decode-time stages: the kept slots of every call equal. */
+  everyCallEqual?: boolean;
   tokens?: { cpu: number[][]; webgpu: number[][] };
   maxAbsDiffLogits?: number;
   ortError?: { phase: string; step?: number; message: string };
@@ -712,11 +714,23 @@ describe("decoder criteria on WebGPU (the test decoder, target webgpu, exposeInd
               dims: [p.batch, 0],
               data: new Float32Array(0),
             };
+        if (bc.decode)
+          for (let l = 0; l < DECODER.layers; l++)
+            first[`past_key_values.${l}.prunec_score`] = {
+              type: "float32",
+              dims: [p.batch, DECODER.kvHeads, 0],
+              data: new Float32Array(0),
+            };
         // Decode steps: the image mask is all false for the new token; the validity comes back as a present.
         const later: Feeds = image
           ? { image_mask: { type: "bool", dims: [p.batch, 1], data: new Uint8Array(p.batch) } }
           : {};
-        const cpuRun = (f: Feeds) => runNode(model, { ...(f["input_ids"]!.dims[1] === 1 ? later : first), ...f });
+        const cpuCalls: Outputs[] = [];
+        const cpuRun = async (f: Feeds) => {
+          const out = await runNode(model, { ...(f["input_ids"]!.dims[1] === 1 ? later : first), ...f });
+          cpuCalls.push(out);
+          return out;
+        };
         const cpuOut = await cpuRun(prefillFeeds(p, "gqa"));
         const cpu = await generateGreedy(cpuRun, p, KV_STEPS);
         const web = await generateInBrowser(
@@ -746,6 +760,16 @@ describe("decoder criteria on WebGPU (the test decoder, target webgpu, exposeInd
         ];
         r.maxAbsDiffLogits = Math.max(...web.calls.map((x, s) => maxAbsDiff(x.logits, cpuRows[s]!)));
         for (const n of names) expect(numbers(webOf(n)!), `${n}: WebGPU vs CPU`).toEqual(numbers(cpuOut[n]!));
+        // A decode-time stage evicts at every call: the kept slots of each call (cpuCalls[0] is the prefill above).
+        if (bc.decode) {
+          const same = (s: number, n: string) =>
+            JSON.stringify(numbers(web.calls[s]!.indices[n]!)) === JSON.stringify(numbers(cpuCalls[s + 1]![n]!));
+          r.everyCallEqual = web.calls.every((_, s) => names.every((n) => same(s, n)));
+          web.calls.forEach((x, s) => {
+            for (const n of names)
+              expect(numbers(x.indices[n]!), `call ${s}, ${n}: WebGPU vs CPU`).toEqual(numbers(cpuCalls[s + 1]![n]!));
+          });
+        }
         expect(web.tokens, "greedy tokens per example: WebGPU vs CPU").toEqual(cpu.tokens);
         expect(r.maxAbsDiffLogits, "max |Δlogits| WebGPU vs CPU").toBeLessThanOrEqual(LOGITS_ATOL);
       } catch (err) {
@@ -949,7 +973,7 @@ function summary(): string {
     lines.push("|---|---|---|---|---|");
     for (const r of report.kvBatches)
       lines.push(
-        `| ${r.key}${r.kvState ? " (--kv-state)" : ""} | ${r.lengths?.join(", ") ?? "-"} | ${r.keptEqual === undefined ? "-" : r.keptEqual ? "equal" : "DIFFER"} | ${r.tokens ? (JSON.stringify(r.tokens.cpu) === JSON.stringify(r.tokens.webgpu) ? "equal" : "DIFFER") : "-"} | ${r.maxAbsDiffLogits?.toExponential(1) ?? "-"} |${r.ortError ? ` ORT ${r.ortError.phase} error: ${r.ortError.message}` : ""}${r.error ? ` FAILED: ${r.error}` : ""}`,
+        `| ${r.key}${r.kvState ? " (--kv-state)" : ""} | ${r.lengths?.join(", ") ?? "-"} | ${r.keptEqual === undefined ? "-" : r.keptEqual ? "equal" : "DIFFER"}${r.everyCallEqual === undefined ? "" : r.everyCallEqual ? " (every call: equal)" : " (every call: DIFFER)"} | ${r.tokens ? (JSON.stringify(r.tokens.cpu) === JSON.stringify(r.tokens.webgpu) ? "equal" : "DIFFER") : "-"} | ${r.maxAbsDiffLogits?.toExponential(1) ?? "-"} |${r.ortError ? ` ORT ${r.ortError.phase} error: ${r.ortError.message}` : ""}${r.error ? ` FAILED: ${r.error}` : ""}`,
       );
   }
   lines.push(`report: ${REPORT_PATH}   wall: ${report.wallSeconds.toFixed(0)}s`);
