@@ -129,16 +129,19 @@ for (const { name, model: dense } of LAYOUTS)
   });
 
 describe("during decode on onnxruntime-web's WASM backend", () => {
-  it("the same kept slots at every call and the same 64 tokens as onnxruntime-node (GQA decoder, a2sf)", async () => {
+  it("the same kept slots at every call and the same 64 tokens as onnxruntime-node (GQA decoder, a2sf; batch 1 and the left-padded batch of 3)", async () => {
     const model = compile(LAYOUTS[0].model, CASES[1]!.spec, { exposeIndices: true }).model;
-    const p = promptBatch([PROMPTS[1]!], "left");
-    const cpu = await recorded(model, p, "cpu");
-    const wasm = await recorded(model, p, "wasm");
-    expect(wasm.tokens).toEqual(cpu.tokens);
-    wasm.calls.forEach((out, call) => {
-      for (let l = 0; l < WIDE.layers; l++)
-        expect([call, keptSlots(out, l, 0)]).toEqual([call, keptSlots(cpu.calls[call]!, l, 0)]);
-    });
+    for (const prompts of [[PROMPTS[1]!], [PROMPTS[1]!, PROMPTS[0]!, [1, 33, 34, 35, 36, 9, 10, 11]]]) {
+      const p = promptBatch(prompts, "left");
+      const cpu = await recorded(model, p, "cpu");
+      const wasm = await recorded(model, p, "wasm");
+      expect(wasm.tokens).toEqual(cpu.tokens);
+      wasm.calls.forEach((out, call) => {
+        for (let l = 0; l < WIDE.layers; l++)
+          for (let b = 0; b < p.batch; b++)
+            expect([call, l, b, keptSlots(out, l, b)]).toEqual([call, l, b, keptSlots(cpu.calls[call]!, l, b)]);
+      });
+    }
   });
 });
 
