@@ -62,19 +62,22 @@ export function applyKvDecodeStage(
   const states: KvState[] = [];
   const hostMask = attentionMask(proto);
   for (const planned of plan.layers) {
-    const state = scoreState(planned.index);
+    // Only accumulated attention travels between calls; StreamingLLM's rule reads positions.
+    const state = decode.kind === "received" ? scoreState(planned.index) : undefined;
     const kvHeadsDeclared = planned.cache?.kvHeads;
-    graph = shallowCopy(graph, {
-      input: [
-        ...graph.input,
-        valueInfo(state.past, FLOAT, [
-          batchDim(graph) ?? "batch",
-          kvHeadsDeclared,
-          `prunec_layer${planned.index}_past`,
-        ]),
-      ],
-    });
-    states.push(state);
+    if (state) {
+      graph = shallowCopy(graph, {
+        input: [
+          ...graph.input,
+          valueInfo(state.past, FLOAT, [
+            batchDim(graph) ?? "batch",
+            kvHeadsDeclared,
+            `prunec_layer${planned.index}_past`,
+          ]),
+        ],
+      });
+      states.push(state);
+    }
     const g = new Graph(graph);
     const model = refreshFacts(dense, g);
     const layer = model.layers[planned.index];
@@ -95,87 +98,19 @@ export function applyKvDecodeStage(
         replaced.set(reader, shallowCopy(base, { input: base.input.map((i) => renamed.get(i) ?? i) }));
       }
     const { heads, kvHeads } = site;
-    const forget = decode.forget;
     const keys =
       elemTypeOf(graph, presentKey) === FLOAT
         ? denseName(presentKey)
         : b.op("Cast", [denseName(presentKey)], { to: FLOAT }, "cached_keys");
     const t = b.slice(b.op("Shape", [keys]), 0, 2, 3); // int64 [1]: T
     const s = callEntries(b, g, cache, layer); // int64 [1]: S
-    // This call's entries: real unless the host's mask column says pad (its last S columns).
-    const fresh = hostMask
-      ? b.op(
-          "Cast",
-          [
-            b.op("Slice", [
-              hostMask,
-              b.op("Neg", [s]),
-              b.int64([Number.MAX_SAFE_INTEGER], [1], "to_end"),
-              b.int64([1], [1], "axis"),
-            ]),
-          ],
-          { to: FLOAT },
-          "new_entries_real",
-        ) // [B,S]
-      : undefined;
-    // Received attention: the S query rows weighted λ^(S−1−i) (pad rows zero), summed over rows and the group.
-    const probs = site.probabilities(b); // [B,H,S,T]
-    const sFloat = b.op("Cast", [s], { to: FLOAT });
-    const ages = b.op(
-      "Sub",
-      [b.op("Sub", [sFloat, b.float([1], [1], "one")]), b.op("Cast", [b.range(s, "rows")], { to: FLOAT })],
-      {},
-      "row_ages",
-    ); // [S]
-    let weights = b.op("Pow", [b.float([forget], [], "forget"), ages], {}, "row_weights"); // [S]
-    weights = b.unsqueeze(weights, [0, 1, 3]); // [1,1,S,1]
-    if (fresh) weights = b.op("Mul", [weights, b.unsqueeze(fresh, [1, 3])], {}, "real_rows"); // [B,1,S,1]
-    const received = b.reduce("ReduceSum", b.op("Mul", [probs, weights]), [2], 0); // [B,H,T]
-    const grouped = b.reduce(
-      "ReduceSum",
-      b.op("Reshape", [received, b.int64([0, kvHeads, heads / kvHeads, -1], [4], "groups")]),
-      [2],
-      0,
-    ); // [B,kvH,T]
-    // The carried scores, decayed by λ^S, then 0 for the new entries.
-    const previous = b.op(
-      "Mul",
-      [state.past, b.op("Pow", [b.float([forget], [], "forget_again"), sFloat])],
-      {},
-      "decayed",
-    ); // [B,kvH,P]
-    const newZeros = b.op(
-      "ConstantOfShape",
-      [b.op("Concat", [b.slice(b.op("Shape", [grouped]), 0, 0, 2), s], { axis: 0 })],
-      {},
-      "new_entries",
-    ); // [B,kvH,S] of 0
-    let scores = b.op("Add", [b.op("Concat", [previous, newZeros], { axis: 2 }), grouped], {}, "accumulated");
-    // Pads: −1 from the call that brought them, kept at −1.
-    const wasPad = b.op("Less", [state.past, b.float([0], [], "zero")], {}, "was_pad"); // [B,kvH,P]
-    const newPad = fresh
-      ? b.op(
-          "Expand",
-          [b.unsqueeze(b.op("Less", [fresh, b.float([0.5], [], "half")]), [1]), b.op("Shape", [newZeros])],
-          {},
-          "new_pad",
-        )
-      : b.op("Cast", [newZeros], { to: 9 }, "no_new_pad");
-    scores = b.op(
-      "Where",
-      [b.op("Concat", [wasPad, newPad], { axis: 2 }), b.float([-1], [], "pad_score"), scores],
-      {},
-      "pads_below",
-    );
-    // The last `recent` entries are kept whatever their score.
-    const position = b.op("Cast", [b.range(t, "slots")], { to: FLOAT }); // [T]
-    const recentFrom = b.op("Cast", [b.op("Sub", [t, b.int64([decode.recent], [1], "recent")])], { to: FLOAT });
-    const forced = b.op(
-      "Where",
-      [b.op("GreaterOrEqual", [position, recentFrom]), b.float([3e38], [], "always"), scores],
-      {},
-      "recent_kept",
-    );
+    let scored: Scored;
+    if (decode.kind === "received") {
+      if (!state) throw new Error(`layer ${layer.index}: accumulated scores without their state pair`);
+      const { forget, recent } = decode;
+      scored = receivedScores(b, { site, hostMask, t, s, heads, kvHeads, forget, recent, past: state.past });
+    } else scored = positionalScores(b, { hostMask, t, keys, sinks: decode.sinks });
+    const forced = scored.scores;
     // min(T, C) per KV head, ties to the later entry: TopK of the reversed slots, mapped back.
     const kept = b.op("Min", [t, b.int64([decode.budget], [1], "budget")], {}, "kept_count");
     const reversed = b.op(
@@ -211,8 +146,10 @@ export function applyKvDecodeStage(
     b.nodes.at(-1)!.output[0] = presentKey;
     b.op("GatherElements", [denseName(presentValue), rows], { axis: 2 }, "kept_values");
     b.nodes.at(-1)!.output[0] = presentValue;
-    b.op("GatherElements", [scores, ascending], { axis: 2 }, "kept_scores");
-    b.nodes.at(-1)!.output[0] = state.present;
+    if (state) {
+      b.op("GatherElements", [scored.carried, ascending], { axis: 2 }, "kept_scores");
+      b.nodes.at(-1)!.output[0] = state.present;
+    }
     if (expose) indices.set(layer.index, ascending);
     graph = splice(graph, {
       label: `stage ${plan.stage} (during decode ${plan.text} by ${plan.criterion.name}, layer ${layer.index})`,
@@ -223,17 +160,146 @@ export function applyKvDecodeStage(
       replaced,
       staleInfo: new Set([presentKey, presentValue]),
     });
-    graph = shallowCopy(graph, {
-      output: [
-        ...graph.output,
-        valueInfo(state.present, FLOAT, [
-          batchDim(graph) ?? "batch",
-          kvHeadsDeclared,
-          `prunec_layer${layer.index}_cache`,
-        ]),
-      ],
-    });
+    if (state)
+      graph = shallowCopy(graph, {
+        output: [
+          ...graph.output,
+          valueInfo(state.present, FLOAT, [
+            batchDim(graph) ?? "batch",
+            kvHeadsDeclared,
+            `prunec_layer${layer.index}_cache`,
+          ]),
+        ],
+      });
     added.push(...b.nodes);
   }
   return { graph, added, indices, states };
+}
+
+interface Scored {
+  /** float [B,kvH,T]: what TopK ranks (forced entries highest, pads lowest). */
+  scores: string;
+  /** float [B,kvH,T]: what the next call gets back for the kept entries (accumulated attention, pads −1). */
+  carried: string;
+}
+
+/** H2O / A2SF: accumulated received attention, decayed by λ per query step; the last `recent` forced. */
+function receivedScores(
+  b: NodeBuilder,
+  x: {
+    site: { probabilities(t: NodeBuilder): string };
+    hostMask: string | undefined;
+    t: string;
+    s: string;
+    heads: number;
+    kvHeads: number;
+    forget: number;
+    recent: number;
+    past: string;
+  },
+): Scored {
+  const { s, t, heads, kvHeads, forget } = x;
+  // This call's entries: real unless the host's mask column says pad (its last S columns).
+  const fresh = x.hostMask
+    ? b.op("Cast", [lastColumns(b, x.hostMask, s)], { to: FLOAT }, "new_entries_real")
+    : undefined; // [B,S]
+  // Received attention: the S query rows weighted λ^(S−1−i) (pad rows zero), summed over rows and the group.
+  const probs = x.site.probabilities(b); // [B,H,S,T]
+  const sFloat = b.op("Cast", [s], { to: FLOAT });
+  const ages = b.op(
+    "Sub",
+    [b.op("Sub", [sFloat, b.float([1], [1], "one")]), b.op("Cast", [b.range(s, "rows")], { to: FLOAT })],
+    {},
+    "row_ages",
+  ); // [S]
+  let weights = b.op("Pow", [b.float([forget], [], "forget"), ages], {}, "row_weights"); // [S]
+  weights = b.unsqueeze(weights, [0, 1, 3]); // [1,1,S,1]
+  if (fresh) weights = b.op("Mul", [weights, b.unsqueeze(fresh, [1, 3])], {}, "real_rows"); // [B,1,S,1]
+  const received = b.reduce("ReduceSum", b.op("Mul", [probs, weights]), [2], 0); // [B,H,T]
+  const grouped = b.reduce(
+    "ReduceSum",
+    b.op("Reshape", [received, b.int64([0, kvHeads, heads / kvHeads, -1], [4], "groups")]),
+    [2],
+    0,
+  ); // [B,kvH,T]
+  // The carried scores, decayed by λ^S, then 0 for the new entries.
+  const previous = b.op("Mul", [x.past, b.op("Pow", [b.float([forget], [], "forget_again"), sFloat])], {}, "decayed"); // [B,kvH,P]
+  const newZeros = b.op(
+    "ConstantOfShape",
+    [b.op("Concat", [b.slice(b.op("Shape", [grouped]), 0, 0, 2), s], { axis: 0 })],
+    {},
+    "new_entries",
+  ); // [B,kvH,S] of 0
+  let scores = b.op("Add", [b.op("Concat", [previous, newZeros], { axis: 2 }), grouped], {}, "accumulated");
+  // Pads: −1 from the call that brought them, kept at −1.
+  const wasPad = b.op("Less", [x.past, b.float([0], [], "zero")], {}, "was_pad"); // [B,kvH,P]
+  const newPad = fresh
+    ? b.op(
+        "Expand",
+        [b.unsqueeze(b.op("Less", [fresh, b.float([0.5], [], "half")]), [1]), b.op("Shape", [newZeros])],
+        {},
+        "new_pad",
+      )
+    : b.op("Cast", [newZeros], { to: 9 }, "no_new_pad");
+  scores = b.op(
+    "Where",
+    [b.op("Concat", [wasPad, newPad], { axis: 2 }), b.float([-1], [], "pad_score"), scores],
+    {},
+    "pads_below",
+  );
+  // The last `recent` entries are kept whatever their score.
+  const position = b.op("Cast", [b.range(t, "slots")], { to: FLOAT }); // [T]
+  const recentFrom = b.op("Cast", [b.op("Sub", [t, b.int64([x.recent], [1], "recent")])], { to: FLOAT });
+  const forced = b.op(
+    "Where",
+    [b.op("GreaterOrEqual", [position, recentFrom]), b.float([3e38], [], "always"), scores],
+    {},
+    "recent_kept",
+  );
+  return { scores: forced, carried: scores };
+}
+
+/**
+ * StreamingLLM: the example's first `sinks` real entries, then the most recent. A slot's pad status
+ * is the host mask's column under it (the cache's T slots sit under the mask's last T columns: pads
+ * leave first and the ones kept stay in front), so nothing is carried between calls.
+ */
+function positionalScores(
+  b: NodeBuilder,
+  x: { hostMask: string | undefined; t: string; keys: string; sinks: number },
+): Scored {
+  const slot = b.op("Cast", [b.range(x.t, "slots")], { to: FLOAT }); // [T]: later = higher
+  if (!x.hostMask) {
+    const sink = b.op("Less", [slot, b.float([x.sinks], [], "sinks")], {}, "sink_slots");
+    const scores = b.op("Where", [sink, b.float([3e38], [], "always"), slot], {}, "sinks_then_recent"); // [T]
+    const every = b.op("Expand", [scores, b.slice(b.op("Shape", [x.keys]), 0, 0, 3)], {}, "every_head");
+    return { scores: every, carried: every };
+  }
+  const real = b.op("Cast", [lastColumns(b, x.hostMask, x.t)], { to: FLOAT }, "slot_real"); // [B,T]
+  const rank = b.op("Sub", [b.op("CumSum", [real, b.int64([1], [], "slot_axis")]), real], {}, "real_before"); // [B,T]
+  const sink = b.op(
+    "And",
+    [b.op("Greater", [real, b.float([0.5], [], "half")]), b.op("Less", [rank, b.float([x.sinks], [], "sinks")])],
+    {},
+    "sink_slots",
+  );
+  let scores = b.op("Where", [sink, b.float([3e38], [], "always"), b.op("Mul", [real, slot])], {}, "sinks_then_recent");
+  scores = b.op(
+    "Where",
+    [b.op("Less", [real, b.float([0.5], [], "half_again")]), b.float([-1], [], "pad_score"), scores],
+    {},
+    "pads_below",
+  ); // [B,T]
+  const every = b.op("Expand", [b.unsqueeze(scores, [1]), b.slice(b.op("Shape", [x.keys]), 0, 0, 3)], {}, "every_head");
+  return { scores: every, carried: every };
+}
+
+/** The last `count` (int64 [1]) columns of a [batch, columns] mask. */
+function lastColumns(b: NodeBuilder, mask: string, count: string): string {
+  return b.op("Slice", [
+    mask,
+    b.op("Neg", [count]),
+    b.int64([Number.MAX_SAFE_INTEGER], [1], "to_end"),
+    b.int64([1], [1], "axis"),
+  ]);
 }

@@ -192,7 +192,7 @@ function decodeForm(
 ): { ok: NonNullable<KvPlan["decode"]> } | { why: string; span: Span } {
   if (!criterion.decode)
     return {
-      why: `${criterion.name} scores the cache once, at the prefill; 'during decode' takes a press that accumulates the attention entries receive while generating: h2o or a2sf`,
+      why: `${criterion.name} scores the cache once, at the prefill; 'during decode' takes a press with a rule for every call: h2o, a2sf or streaming`,
       span: stage.criterion.span,
     };
   if (amount.kind !== "count" || drop)
@@ -206,6 +206,14 @@ function decodeForm(
       span: stage.ofSpan ?? stage.span,
     };
   const form = criterion.decode(args);
+  if (form.kind === "positional") {
+    if (form.sinks > amount.value)
+      return {
+        why: `sinks (${form.sinks}) is more than the budget (${amount.value}): the sinks alone would not fit`,
+        span: stage.criterion.span,
+      };
+    return { ok: { budget: amount.value, ...form } };
+  }
   if (form.recent > amount.value)
     return {
       why: `recent (${form.recent}) is more than the budget (${amount.value}): the recent entries alone would not fit`,

@@ -66,6 +66,13 @@ export interface StagePlan {
  * passes/kv-stage.ts): at a call whose past is empty (prefill), each layer's present key and value
  * keep, per KV head, the entries the press scores best; at decode steps every entry is kept.
  */
+/**
+ * How a `during decode` stage ranks entries: by the attention they received (H2O, A2SF: decayed by
+ * `forget` per query step, the last `recent` forced), or by position (StreamingLLM: the first
+ * `sinks` real entries, then the most recent).
+ */
+export type DecodeForm = { kind: "received"; forget: number; recent: number } | { kind: "positional"; sinks: number };
+
 export interface KvPlan {
   stage: number;
   /** The layers whose caches are evicted (every one with a `cache` fact the press accepted). */
@@ -90,5 +97,5 @@ export interface KvPlan {
    * attention they received, decayed by `forget` per query step, the last `recent` always kept
    * (passes/kv-decode-stage.ts).
    */
-  decode?: { budget: number; forget: number; recent: number };
+  decode?: DecodeForm & { budget: number };
 }

@@ -43,14 +43,21 @@ const CASES: { spec: string; press: DecodeEviction }[] = [
     spec: "during decode keep kv 12 tokens by a2sf(forget: 0.9, recent: 3)",
     press: { method: "a2sf", budget: 12, recent: 3, forget: 0.9 },
   },
+  {
+    spec: "during decode keep kv 9 tokens by streaming(sinks: 3)",
+    press: { method: "streaming", budget: 9, sinks: 3 },
+  },
 ];
 
-/** Runs every call of a greedy generation on one open session, recording each call's outputs; the first call gets empty score pasts. */
-async function recorded(model: Uint8Array, p: PromptBatch, backend: Backend = "cpu") {
+/**
+ * Runs every call of a greedy generation on one open session, recording each call's outputs; the
+ * first call gets empty score pasts (`scores`: the stage carries them; StreamingLLM's does not).
+ */
+async function recorded(model: Uint8Array, p: PromptBatch, backend: Backend = "cpu", scores = true) {
   const session = await openDecoderSession(model, backend);
   const calls: Outputs[] = [];
   const empty: Feeds = {};
-  for (let l = 0; l < WIDE.layers; l++)
+  for (let l = 0; scores && l < WIDE.layers; l++)
     empty[`past_key_values.${l}.prunec_score`] = {
       type: "float32",
       dims: [p.batch, WIDE.kvHeads, 0],
@@ -87,7 +94,8 @@ for (const { name, model: dense } of LAYOUTS)
         const model = compile(dense, c.spec, { exposeIndices: true }).model;
         for (const prompt of PROMPTS) {
           const want = decodeEvictingGeneration(reference, prompt, c.press, STEPS);
-          const got = await recorded(model, promptBatch([prompt], "left"));
+          const carried = c.press.method !== "streaming";
+          const got = await recorded(model, promptBatch([prompt], "left"), "cpu", carried);
           expect(got.tokens[0]).toEqual(want.tokens);
           got.steps.forEach((l, s) =>
             expect(maxAbsDiff(l, Float64Array.from(want.steps[s]!))).toBeLessThanOrEqual(TOL),
@@ -95,37 +103,42 @@ for (const { name, model: dense } of LAYOUTS)
           got.calls.forEach((out, call) => {
             for (let l = 0; l < WIDE.layers; l++) {
               expect([call, l, keptSlots(out, l, 0)]).toEqual([call, l, want.keptSlots[call]![l]]);
-              const score = out[`present.${l}.prunec_score`]!;
-              expect(score.dims).toEqual([1, WIDE.kvHeads, want.scores[call]![l]![0]!.length]);
-              expect(maxAbsDiff(score.data as Float32Array, want.scores[call]![l]!.flat())).toBeLessThanOrEqual(TOL);
+              const score = out[`present.${l}.prunec_score`];
+              expect(score === undefined).toBe(!carried);
+              if (score) {
+                expect(score.dims).toEqual([1, WIDE.kvHeads, want.scores[call]![l]![0]!.length]);
+                expect(maxAbsDiff(score.data as Float32Array, want.scores[call]![l]!.flat())).toBeLessThanOrEqual(TOL);
+              }
               expect(out[`present.${l}.key`]!.dims[2]).toBe(Math.min(c.press.budget, prompt.length + call));
             }
           });
         }
       });
 
-    it("a left-padded batch of 3 (18, 14 and 8 tokens; the 8-token one has fewer entries than the budget and keeps pads as fillers until it fills): each example keeps the positions and generates the tokens it does alone", async () => {
-      const c = CASES[1]!;
-      const model = compile(dense, c.spec, { exposeIndices: true }).model;
-      const prompts = [PROMPTS[1]!, PROMPTS[0]!, [1, 33, 34, 35, 36, 9, 10, 11]];
-      const p = promptBatch(prompts, "left");
-      const got = await recorded(model, p);
-      prompts.forEach((prompt, b) => {
-        const want = decodeEvictingGeneration(reference, prompt, c.press, STEPS);
-        expect([b, got.tokens[b]]).toEqual([b, want.tokens]);
-        const pad = p.seq - prompt.length;
-        // Each slot's original position (−1 for a pad), carried from call to call as the model keeps them.
-        let positions = Array.from({ length: WIDE.layers }, () =>
-          Array.from({ length: WIDE.kvHeads }, () => Array.from({ length: p.seq }, (_, j) => (j < pad ? -1 : j - pad))),
-        );
-        got.calls.forEach((out, call) => {
-          if (call > 0) positions = positions.map((l) => l.map((g) => [...g, prompt.length + call - 1]));
-          positions = positions.map((l, li) => keptSlots(out, li, b).map((slots, g) => slots.map((j) => l[g]![j]!)));
-          const real = positions.map((l) => l.map((g) => g.filter((x) => x >= 0)));
-          expect([b, call, real]).toEqual([b, call, want.keptPositions[call]]);
+    for (const c of CASES.slice(1))
+      it(`'${c.spec}', a left-padded batch of 3 (18, 14 and 8 tokens; the 8-token one has fewer entries than the budget and keeps pads as fillers until it fills): each example keeps the positions and generates the tokens it does alone`, async () => {
+        const model = compile(dense, c.spec, { exposeIndices: true }).model;
+        const prompts = [PROMPTS[1]!, PROMPTS[0]!, [1, 33, 34, 35, 36, 9, 10, 11]];
+        const p = promptBatch(prompts, "left");
+        const got = await recorded(model, p, "cpu", c.press.method !== "streaming");
+        prompts.forEach((prompt, b) => {
+          const want = decodeEvictingGeneration(reference, prompt, c.press, STEPS);
+          expect([b, got.tokens[b]]).toEqual([b, want.tokens]);
+          const pad = p.seq - prompt.length;
+          // Each slot's original position (−1 for a pad), carried from call to call as the model keeps them.
+          let positions = Array.from({ length: WIDE.layers }, () =>
+            Array.from({ length: WIDE.kvHeads }, () =>
+              Array.from({ length: p.seq }, (_, j) => (j < pad ? -1 : j - pad)),
+            ),
+          );
+          got.calls.forEach((out, call) => {
+            if (call > 0) positions = positions.map((l) => l.map((g) => [...g, prompt.length + call - 1]));
+            positions = positions.map((l, li) => keptSlots(out, li, b).map((slots, g) => slots.map((j) => l[g]![j]!)));
+            const real = positions.map((l) => l.map((g) => g.filter((x) => x >= 0)));
+            expect([b, call, real]).toEqual([b, call, want.keptPositions[call]]);
+          });
         });
       });
-    });
   });
 
 describe("during decode on onnxruntime-web's WASM backend", () => {
@@ -157,7 +170,7 @@ describe("during decode: what the planner refuses, at the line:column", () => {
   };
   it("a press without a decode form, a percentage, a drop, recent over the budget, a second stage on the layer, a stream stage above", () => {
     expect(message("during decode keep kv 8 tokens by snapkv")).toBe(
-      "s.prune:1:35: error: snapkv scores the cache once, at the prefill; 'during decode' takes a press that accumulates the attention entries receive while generating: h2o or a2sf",
+      "s.prune:1:35: error: snapkv scores the cache once, at the prefill; 'during decode' takes a press with a rule for every call: h2o, a2sf or streaming",
     );
     expect(message("during decode keep kv 50% by h2o")).toBe(
       "s.prune:1:23: error: a decode-time budget is a number of entries each KV head keeps: write 'during decode keep kv K tokens'",

@@ -94,7 +94,9 @@ export const streaming: KvCriterionModule = {
     "StreamingLLM's scores depend on the count it keeps (sinks, then the most recent entries), not on the entries; restricted to a set they would describe no method",
   args: { sinks: { type: "integer", default: 4, doc: "entries at the start always kept" } },
   needs: NEEDS_CACHE,
-  reference: "NVIDIA/kvpress 8bb29b9 kvpress/presses/streaming_llm_press.py",
+  reference:
+    "NVIDIA/kvpress 8bb29b9 kvpress/presses/streaming_llm_press.py; decode-time form mit-han-lab/streaming-llm 2e50426 streaming_llm/kv_cache.py",
+  decode: (args) => ({ kind: "positional", sinks: Number(args["sinks"] ?? 4) }),
   prepareKv: press((ctx) => {
     const { b } = ctx;
     // In the example's own positions (left pads first: j − pads), over its own real entries.
@@ -189,7 +191,7 @@ export const h2o: KvCriterionModule = {
   args: { recent: { type: "integer", default: 0, doc: "the last entries always kept" } },
   needs: NEEDS_ATTENTION,
   reference: "FMInference/H2O ac75c2a h2o_hf/utils_real_drop/modify_llama.py",
-  decode: (args) => ({ forget: 1, recent: Number(args["recent"] ?? 0) }),
+  decode: (args) => ({ kind: "received", forget: 1, recent: Number(args["recent"] ?? 0) }),
   prepareKv: press((ctx) => {
     const { b } = ctx;
     const heavy = perKvHead(b, ctx, columnSums(b, ctx), "mean");
@@ -227,7 +229,7 @@ export const a2sf: KvCriterionModule = {
   needs: NEEDS_ATTENTION,
   reference:
     "Dirac-Notation/A2SF 00a617f attention.py, policies/a2sf.py; decode-time form a4360f1 utils_real_drop/modify_llama.py",
-  decode: (args) => ({ forget: Number(args["forget"] ?? 1), recent: Number(args["recent"] ?? 16) }),
+  decode: (args) => ({ kind: "received", forget: Number(args["forget"] ?? 1), recent: Number(args["recent"] ?? 16) }),
   prepareKv: press((ctx) => {
     const { b } = ctx;
     const forget = Number(ctx.args["forget"] ?? 1);

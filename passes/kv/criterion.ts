@@ -10,6 +10,7 @@ import type { LayerInfo, TransformerInfo } from "../../src/analysis/transformer.
 import type { NodeBuilder } from "../builder.js";
 import type { Graph } from "../../src/ir/graph.js";
 import type { Prepared } from "../criterion.js";
+import type { DecodeForm } from "../../src/plan-types.js";
 
 /**
  * A layer whose attention keeps a cache prunec can find (GroupQueryAttention with present outputs,
@@ -80,11 +81,8 @@ export interface KvCriterionModule extends CriterionInfo {
   fractionOnly?: boolean;
   /** Why the press cannot be restricted to a token set (`of SET`), if it cannot. */
   noSet?: string;
-  /**
-   * The press's decode-time form (`during decode`): accumulated received attention, decayed by
-   * `forget` per query step, the last `recent` entries always kept; absent: prefill only.
-   */
-  decode?(args: Readonly<Record<string, ArgValue>>): { forget: number; recent: number };
+  /** The press's decode-time form (`during decode`); absent: prefill only. */
+  decode?(args: Readonly<Record<string, ArgValue>>): DecodeForm;
   /** Why the press cannot act on a layer above which a stream stage prunes (its cache then holds fewer entries than the prompt), if it cannot. */
   noStreamBelow?: string;
 }

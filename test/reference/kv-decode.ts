@@ -10,6 +10,10 @@
  *     (`scoring_policy="a2sf"`): the prefill's rows weighted λ^(N−1−i); each step
  *     s[..., :−1] = row[..., :−1] + λ·s_prev, the new entry starts at its own; when T = hh + recent + 1
  *     drop the first argmin of s[..., :T−recent].
+ *   - StreamingLLM: mit-han-lab/streaming-llm @ 2e50426, streaming_llm/kv_cache.py (StartRecentKVCache
+ *     `__call__`): past seq_len > start + recent keeps [0, start) and [seq_len − recent, seq_len),
+ *     after the step. Its pos-shift re-rotates keys at cache slots; prunec's keys keep the rotary they
+ *     were cached with (kvpress's StreamingLLMPress without KeyRerotationPress), as here.
  *
  * methods.md §25–§26. Both are MHA with one score per query head; prunec's GQA form sums a KV head's
  * group (A2SF's prefill form's reduction), which at one query head per KV head is the authors'.
@@ -19,14 +23,17 @@
 import type { KvCache, ReferenceDecoder } from "./decoder.js";
 import { a2sfScores, causalProbs, kvHeadOf, type Mat } from "./kv-presses.js";
 
-export interface DecodeEviction {
-  method: "h2o" | "a2sf";
-  /** C: entries each KV head keeps (hh + recent). */
-  budget: number;
-  recent: number;
-  /** λ (A2SF); H2O accumulates without decay (1). */
-  forget?: number;
-}
+export type DecodeEviction =
+  | {
+      method: "h2o" | "a2sf";
+      /** C: entries each KV head keeps (hh + recent). */
+      budget: number;
+      recent: number;
+      /** λ (A2SF); H2O accumulates without decay (1). */
+      forget?: number;
+    }
+  /** StreamingLLM's StartRecentKVCache: the first `sinks` entries and the most recent C − sinks. */
+  | { method: "streaming"; budget: number; sinks: number };
 
 export interface DecodeEvictingGeneration {
   tokens: number[];
@@ -65,6 +72,17 @@ export function decodeEvictingGeneration(
 ): DecodeEvictingGeneration {
   const o = reference.o;
   const forget = spec.method === "a2sf" ? (spec.forget ?? 1) : 1;
+  // Which entries stay: by score (H2O, A2SF) or StreamingLLM's start + recent.
+  const select = (row: readonly number[]): number[] => {
+    if (spec.method !== "streaming") return keepBest(row, spec.budget, spec.recent);
+    const t = row.length;
+    if (t <= spec.budget) return row.map((_, j) => j);
+    const recent = spec.budget - spec.sinks;
+    return [
+      ...Array.from({ length: spec.sinks }, (_, j) => j),
+      ...Array.from({ length: recent }, (_, i) => t - recent + i),
+    ];
+  };
   const scale = 1 / Math.sqrt(o.headSize);
   const perHead = () =>
     Array.from({ length: o.layers }, () => Array.from({ length: o.heads }, () => [] as Float64Array[]));
@@ -91,7 +109,7 @@ export function decodeEvictingGeneration(
     positions.push(s.map((row) => row.map((_, j) => j)));
     slots.push(
       s.map((row, g) => {
-        const keep = keepBest(row, spec.budget, spec.recent);
+        const keep = select(row);
         evict(l, g, keep);
         return keep;
       }),
@@ -129,7 +147,7 @@ export function decodeEvictingGeneration(
           const old = scores[l]![g]!;
           scores[l]![g] = [...old.map((s, j) => forget * s + received[j]!), received[keys.length - 1]!];
           positions[l]![g] = [...positions[l]![g]!, position];
-          const keep = keepBest(scores[l]![g]!, spec.budget, spec.recent);
+          const keep = select(scores[l]![g]!);
           evict(l, g, keep);
           return keep;
         }),

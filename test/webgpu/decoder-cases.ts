@@ -484,8 +484,11 @@ export interface KvBatchCase {
   spec: string;
   /** Compiled with `--kv-state` (validity carried between calls, fed empty at the first). */
   kvState?: boolean;
-  /** A decode-time stage (`during decode`): its score pairs are fed empty at the first call; kept slots compared at every call. */
-  decode?: boolean;
+  /**
+   * A decode-time stage (`during decode`): kept slots compared at every call; `scores`: its score
+   * pairs (h2o, a2sf; not streaming) are fed empty at the first call.
+   */
+  decode?: { scores: boolean };
 }
 
 export const KV_BATCH_CASES: KvBatchCase[] = [
@@ -496,9 +499,14 @@ export const KV_BATCH_CASES: KvBatchCase[] = [
   {
     key: "kv-batch-decode-a2sf",
     spec: "during decode keep kv 12 tokens by a2sf(forget: 0.9, recent: 3)",
-    decode: true,
+    decode: { scores: true },
   },
-  { key: "kv-batch-decode-h2o", spec: "during decode keep kv 10 tokens by h2o(recent: 2)", decode: true },
+  { key: "kv-batch-decode-h2o", spec: "during decode keep kv 10 tokens by h2o(recent: 2)", decode: { scores: true } },
+  {
+    key: "kv-batch-decode-streaming",
+    spec: "during decode keep kv 9 tokens by streaming(sinks: 3)",
+    decode: { scores: false },
+  },
 ];
 
 /** Greedy tokens generated per case (the prefill's and each decode step's). */
