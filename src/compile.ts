@@ -108,6 +108,8 @@ export interface KvStageReport {
   amount: string;
   layers: number[];
   line: number;
+  /** When it evicts: at the prefill only, or at every call (`during decode`). */
+  when: "prefill" | "every call";
 }
 
 /** A graph output whose token axis a stage shrank. */
@@ -273,6 +275,7 @@ export function compileModel(
       amount: p.text,
       layers: p.layers.map((l) => l.index),
       line: c.spec.stages[p.stage]?.span.line ?? 0,
+      when: p.decode ? ("every call" as const) : ("prefill" as const),
     })),
     perTokenOutputs: c.perTokenOutputs,
     verification,

@@ -111,6 +111,26 @@ describe("prunec CLI", () => {
     expect(valid("present.")).toEqual([0, 1, 2, 3].map((l) => `present.${l}.prunec_valid`));
   });
 
+  it("during decode: the recall decoder gets one score pair per layer, the report says it evicts at every call, and the smoke run passes", () => {
+    const kvSpec = join(dir, "decode.prune");
+    writeFileSync(kvSpec, "during decode keep kv 64 tokens by a2sf(forget: 0.9, recent: 8)\n");
+    const out = join(dir, "recall-decode.onnx");
+    const r = prunec(join(REPO_ROOT, "examples", "recall", "model.onnx"), kvSpec, "-o", out);
+    expect([r.code, r.stderr]).toEqual([0, ""]);
+    expect(r.stdout).toContain(
+      "stage 0: during decode keep kv 64 tokens by a2sf in layers 0, 1, 2, 3 (each KV head, at every call)",
+    );
+    expect(r.stdout).toContain("onnxruntime smoke run passed");
+    const g = decodeModel(readFileSync(out)).graph!;
+    const scores = (prefix: string) =>
+      g.input
+        .concat(g.output)
+        .filter((v) => v.name.startsWith(prefix) && v.name.endsWith(".prunec_score"))
+        .map((v) => v.name);
+    expect(scores("past_key_values.")).toEqual([0, 1, 2, 3].map((l) => `past_key_values.${l}.prunec_score`));
+    expect(scores("present.")).toEqual([0, 1, 2, 3].map((l) => `present.${l}.prunec_score`));
+  });
+
   it("refuses to write over its input", () => {
     const before = readFileSync(model);
     const r = prunec(model, spec, "-o", model);

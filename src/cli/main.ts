@@ -122,7 +122,7 @@ async function runCompile(
     })),
     ...report.kvStages.map((k) => ({
       stage: k.stage,
-      text: `${k.amount} by ${k.criterion} in layers ${k.layers.join(", ")} (each KV head, at prefill)`,
+      text: `${k.when === "prefill" ? "" : "during decode "}${k.amount} by ${k.criterion} in layers ${k.layers.join(", ")} (each KV head, ${k.when === "prefill" ? "at prefill" : "at every call"})`,
     })),
   ]
     .sort((a, b) => a.stage - b.stage)
