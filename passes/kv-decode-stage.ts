@@ -35,11 +35,19 @@ import { NodeBuilder } from "./builder.js";
 import { batchDim, valueInfo } from "../src/ir/value-info.js";
 import { evictionSite } from "./kv/site.js";
 import { denseName } from "./gather-tokens.js";
-import { splice } from "./splice.js";
-import { attentionMask, callEntries, elemTypeOf, type KvStageResult, type KvState } from "./kv-stage.js";
+import {
+  attentionMask,
+  callEntries,
+  elemTypeOf,
+  keptRows,
+  readDenseCache,
+  sortedAscending,
+  spliceLayer,
+  type KvStageResult,
+  type KvState,
+} from "./kv-stage.js";
 
 const FLOAT = 1;
-const INT64 = 7;
 
 /** The state pair of layer `l`'s decode-time scores. */
 export function scoreState(l: number): KvState {
@@ -91,12 +99,7 @@ export function applyKvDecodeStage(
       [presentValue, denseName(presentValue)],
     ]);
     const site = evictionSite(b, g, model, dense, layer, cache, false);
-    const replaced = new Map(site.replaced);
-    for (const t of [presentKey, presentValue])
-      for (const reader of g.consumersOf(t)) {
-        const base = replaced.get(reader) ?? reader;
-        replaced.set(reader, shallowCopy(base, { input: base.input.map((i) => renamed.get(i) ?? i) }));
-      }
+    const replaced = readDenseCache(g, site.replaced, renamed);
     const { heads, kvHeads } = site;
     const keys =
       elemTypeOf(graph, presentKey) === FLOAT
@@ -127,21 +130,8 @@ export function applyKvDecodeStage(
     );
     const [, best] = b.opN("TopK", [reversed, kept], 2, { axis: 2, largest: 1, sorted: 1 });
     const slotsKept = b.op("Sub", [b.op("Sub", [t, b.int64([1], [1], "one_slot")]), best!], {}, "kept_slots"); // [B,kvH,K']
-    const [minus] = b.opN("TopK", [b.op("Neg", [b.op("Cast", [slotsKept], { to: FLOAT })]), kept], 2, {
-      axis: 2,
-      largest: 1,
-      sorted: 1,
-    });
-    const ascending = b.op("Cast", [b.op("Neg", [minus!])], { to: INT64 }, "kept_positions"); // [B,kvH,K']
-    const rows = b.op(
-      "Expand",
-      [
-        b.unsqueeze(ascending, [3]),
-        b.op("Concat", [b.op("Shape", [ascending]), b.slice(b.op("Shape", [keys]), 0, 3, 4)], { axis: 0 }),
-      ],
-      {},
-      "kept_rows",
-    ); // [B,kvH,K',D]
+    const ascending = sortedAscending(b, slotsKept, kept); // [B,kvH,K']
+    const rows = keptRows(b, ascending, keys);
     b.op("GatherElements", [denseName(presentKey), rows], { axis: 2 }, "kept_keys");
     b.nodes.at(-1)!.output[0] = presentKey;
     b.op("GatherElements", [denseName(presentValue), rows], { axis: 2 }, "kept_values");
@@ -151,26 +141,14 @@ export function applyKvDecodeStage(
       b.nodes.at(-1)!.output[0] = state.present;
     }
     if (expose) indices.set(layer.index, ascending);
-    graph = splice(graph, {
+    graph = spliceLayer(graph, {
       label: `stage ${plan.stage} (during decode ${plan.text} by ${plan.criterion.name}, layer ${layer.index})`,
-      after: presentKey,
-      rename: renamed,
-      nodes: b.nodes,
-      initializers: b.initializers,
+      cache,
+      renamed,
+      b,
       replaced,
-      staleInfo: new Set([presentKey, presentValue]),
+      state: state && { name: state.present, middle: [kvHeadsDeclared], layer: layer.index },
     });
-    if (state)
-      graph = shallowCopy(graph, {
-        output: [
-          ...graph.output,
-          valueInfo(state.present, FLOAT, [
-            batchDim(graph) ?? "batch",
-            kvHeadsDeclared,
-            `prunec_layer${layer.index}_cache`,
-          ]),
-        ],
-      });
     added.push(...b.nodes);
   }
   return { graph, added, indices, states };

@@ -132,14 +132,7 @@ export function applyKvStage(
       streamLayers.some((l) => l < layer.index),
       validAll?.bias,
     );
-    // The layer's own readers of its present key/value (plain attention's repeat_kv, shapes) attend
-    // this call's dense cache; only the graph outputs (what later calls get) are the evicted one.
-    const replaced = new Map(site.replaced);
-    for (const t of [presentKey, presentValue])
-      for (const reader of g.consumersOf(t)) {
-        const base = replaced.get(reader) ?? reader;
-        replaced.set(reader, shallowCopy(base, { input: base.input.map((i) => renamed.get(i) ?? i) }));
-      }
+    const replaced = readDenseCache(g, site.replaced, renamed);
     // float [B,kvH,N,D]; no Cast of a float cache (onnxruntime drops it and warns that the
     // branches' reads of it cannot be renamed).
     const elem = elemTypeOf(graph, presentKey);
@@ -215,23 +208,9 @@ export function applyKvStage(
       ascending = t.op("GatherElements", [best!, order!], { axis: 2 }, "kept_positions"); // [B,kvH,K']
       validity = fillersFirst(t, kept, counts);
     } else {
-      // Ascending positions: TopK of −position (exact in fp32 below 2^24 entries).
-      const [minus] = t.opN("TopK", [t.op("Neg", [t.op("Cast", [best!], { to: FLOAT })]), kept], 2, {
-        axis: 2,
-        largest: 1,
-        sorted: 1,
-      });
-      ascending = t.op("Cast", [t.op("Neg", [minus!])], { to: INT64 }, "kept_positions"); // [B,kvH,K']
+      ascending = sortedAscending(t, best!, kept);
     }
-    const rows = t.op(
-      "Expand",
-      [
-        t.unsqueeze(ascending, [3]),
-        t.op("Concat", [t.op("Shape", [ascending]), t.slice(t.op("Shape", [keys]), 0, 3, 4)], { axis: 0 }),
-      ],
-      {},
-      "kept_rows",
-    ); // [B,kvH,K',D]
+    const rows = keptRows(t, ascending, keys);
     const evicted = [
       t.op("GatherElements", [denseName(presentKey), rows], { axis: 2 }, "kept_keys"),
       t.op("GatherElements", [denseName(presentValue), rows], { axis: 2 }, "kept_values"),
@@ -299,26 +278,91 @@ export function applyKvStage(
     ifNode.output[1] = presentValue;
     if (state) ifNode.output[ifNode.output.length - 1] = state.present;
     if (expose && outs[2]) indices.set(layer.index, outs[2]);
-    graph = splice(graph, {
+    graph = spliceLayer(graph, {
       label: `stage ${plan.stage} (${plan.text} by ${plan.criterion.name}, layer ${layer.index})`,
-      after: presentKey,
-      rename: renamed,
-      nodes: b.nodes,
-      initializers: b.initializers,
+      cache,
+      renamed,
+      b,
       replaced,
-      // The present outputs' declared shapes held the dense length.
-      staleInfo: new Set([presentKey, presentValue]),
+      state: state && { name: state.present, middle: [], layer: layer.index },
     });
-    if (state)
-      graph = shallowCopy(graph, {
-        output: [
-          ...graph.output,
-          valueInfo(state.present, FLOAT, [batchDim(graph) ?? "batch", `prunec_layer${layer.index}_cache`]),
-        ],
-      });
     added.push(...b.nodes);
   }
   return { graph, added, indices, states };
+}
+
+/**
+ * The layer's own readers of its present key/value (plain attention's repeat_kv, shapes) attend
+ * this call's dense cache (`renamed`: present → /dense); only the graph outputs (what later calls
+ * get) are the evicted one. Returns `replaced` grown by those readers.
+ */
+export function readDenseCache(
+  g: Graph,
+  replacedBySite: ReadonlyMap<NodeProto, NodeProto>,
+  renamed: ReadonlyMap<string, string>,
+): Map<NodeProto, NodeProto> {
+  const replaced = new Map(replacedBySite);
+  for (const t of renamed.keys())
+    for (const reader of g.consumersOf(t)) {
+      const base = replaced.get(reader) ?? reader;
+      replaced.set(reader, shallowCopy(base, { input: base.input.map((i) => renamed.get(i) ?? i) }));
+    }
+  return replaced;
+}
+
+/** int64 [B,kvH,K']: kept positions (int64, any order) in ascending order: TopK of −position (exact in fp32 below 2^24 entries). */
+export function sortedAscending(b: NodeBuilder, positions: string, kept: string): string {
+  const [minus] = b.opN("TopK", [b.op("Neg", [b.op("Cast", [positions], { to: FLOAT })]), kept], 2, {
+    axis: 2,
+    largest: 1,
+    sorted: 1,
+  });
+  return b.op("Cast", [b.op("Neg", [minus!])], { to: INT64 }, "kept_positions");
+}
+
+/** int64 [B,kvH,K',D]: each kept position repeated over the head size, for GatherElements on the cache. */
+export function keptRows(b: NodeBuilder, ascending: string, keys: string): string {
+  return b.op(
+    "Expand",
+    [
+      b.unsqueeze(ascending, [3]),
+      b.op("Concat", [b.op("Shape", [ascending]), b.slice(b.op("Shape", [keys]), 0, 3, 4)], { axis: 0 }),
+    ],
+    {},
+    "kept_rows",
+  ); // [B,kvH,K',D]
+}
+
+/**
+ * Splices one layer's eviction after its present key (the layer writes its dense cache under
+ * `renamed`'s names) and declares the state output it carries, if any: float [batch, ...middle,
+ * prunec_layerL_cache].
+ */
+export function spliceLayer(
+  graph: GraphProto,
+  x: {
+    label: string;
+    cache: LayerCache;
+    renamed: ReadonlyMap<string, string>;
+    b: NodeBuilder;
+    replaced: ReadonlyMap<NodeProto, NodeProto>;
+    state?: { name: string; middle: (number | undefined)[]; layer: number } | undefined;
+  },
+): GraphProto {
+  const { presentKey, presentValue } = x.cache;
+  const spliced = splice(graph, {
+    label: x.label,
+    after: presentKey,
+    rename: x.renamed,
+    nodes: x.b.nodes,
+    initializers: x.b.initializers,
+    replaced: x.replaced,
+    // The present outputs' declared shapes held the dense length.
+    staleInfo: new Set([presentKey, presentValue]),
+  });
+  if (!x.state) return spliced;
+  const dims = [batchDim(spliced) ?? "batch", ...x.state.middle, `prunec_layer${x.state.layer}_cache`];
+  return shallowCopy(spliced, { output: [...spliced.output, valueInfo(x.state.name, FLOAT, dims)] });
 }
 
 /**

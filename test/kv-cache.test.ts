@@ -265,7 +265,7 @@ for (const { name: layout, model: decoder } of LAYOUTS)
           expectGeneration(c.spec, got, b, want);
         });
       }
-    });
+    }, 240_000);
 
     it("--kv-state, a left-padded batch of 3: each example keeps its own int(n · 0.5) entries, exactly what it keeps alone (the batch's other slots are fillers, masked by the carried validity), and generates what it does alone (kept entries and validity: CPU and WASM)", async () => {
       const prompts = [PROMPTS[1]!, PROMPTS[0]!, [1, 33, 34, 35, 36, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 5]];
@@ -309,7 +309,7 @@ for (const { name: layout, model: decoder } of LAYOUTS)
           expectGeneration(c.spec, got, b, want);
         });
       }
-    });
+    }, 240_000);
 
     it("random(seed: 7) in a left-padded batch: each example's set is the hash of its own positions (as alone), with the batch's count", async () => {
       const prompts = [PROMPTS[1]!, PROMPTS[0]!];
