@@ -40,7 +40,7 @@ import {
 import { decodeModel } from "../src/onnx/io.js";
 import { readNumbers } from "../src/onnx/tensor.js";
 import { evictingGeneration } from "./reference/kv-generation.js";
-import { rows, scaleInitializer } from "./support/model-edit.js";
+import { rows } from "./support/model-edit.js";
 
 const TOL = 1e-4;
 const STEPS = 32;
@@ -412,7 +412,37 @@ describe("expected-attn: where its pre-rotary queries and frequencies come from,
     expect(got.tokens[0]).toEqual(want.tokens);
   });
 
-  it("refuses, at the criterion's line:column: a stream stage above the layer; a switch that is not on/off; a rotary table that is not cos/sin(p·θ)", () => {
+  it("a rotary table that is not cos/sin(p·θ) (every row × 1.25, YaRN's attention factor): the graph averages the table's own rows, a position past its last row reading that row; kept positions and 32 greedy tokens equal the reference with that rotary", async () => {
+    const scaled: DecoderOptions = { ...WIDE, ropeScale: 1.25 };
+    const model = buildDecoder({ attention: "gqa" }, scaled);
+    const scaledReference = new ReferenceDecoder(weightsFromModel(model, scaled), scaled);
+    // The table's row p (HF's rotary_emb returns cos·attention_scaling); rows stop at maxPositions − 1.
+    const rotary = (p: number) => {
+      const row = Math.min(p, scaled.maxPositions - 1);
+      return { cos: theta.map((t) => 1.25 * Math.cos(row * t)), sin: theta.map((t) => 1.25 * Math.sin(row * t)) };
+    };
+    const prompt = PROMPTS[1]!;
+    for (const future of [16, 120]) {
+      const compiled = compile(model, `keep kv 50% by expected-attn(sinks: 2, future: ${future})`, {
+        exposeIndices: true,
+      }).model;
+      const press: PressSpec = { method: "expected", budget: { keepPercent: 50 }, rotary, sinks: 2, future };
+      const want = evictingGeneration(scaledReference, prompt, press, STEPS);
+      const out = await runNode(compiled, prefillFeeds(single(prompt), "gqa", scaled));
+      for (let l = 0; l < WIDE.layers; l++) {
+        const idx = out[`prunec.stage0.layer${l}.kv_indices`]!;
+        expect([future, l, rows(idx.data as BigInt64Array, [WIDE.kvHeads, idx.dims[2]!])]).toEqual([
+          future,
+          l,
+          want.kept[l],
+        ]);
+      }
+      const got = await generateGreedy(session(compiled), single(prompt), STEPS, scaled);
+      expect(got.tokens[0]).toEqual(want.tokens);
+    }
+  });
+
+  it("refuses, at the criterion's line:column: a stream stage above the layer; a switch that is not on/off", () => {
     const message = (model: Uint8Array, spec: string): string => {
       try {
         compile(model, spec, { specName: "s.prune" });
@@ -430,11 +460,10 @@ describe("expected-attn: where its pre-rotary queries and frequencies come from,
     expect(message(decoder, "keep kv 50% by expected-attn(covariance: maybe)")).toBe(
       "s.prune:1:16: error: expected-attn cannot evict layer 0's cache: covariance is 'on' or 'off', got 'maybe'",
     );
-    // YaRN-style attention factor: every row of the cos table scaled.
-    const yarn = scaleInitializer(decoder, "cos_cache", 1.25);
-    expect(message(yarn, "keep kv 50% by expected-attn")).toBe(
-      "s.prune:1:16: error: expected-attn cannot evict layer 0's cache: layer 0: the rotary table 'cos_cache''s row 0 is not cos/sin(0) = 1/0 (column 0: 1.25, 0): a scaled rotary",
-    );
+    // A scaled rotary (cos/sin × 1.25, YaRN's attention factor) is not cos/sin(p·θ): its own rows are read (next test).
+    expect(
+      message(buildDecoder({ attention: "gqa" }, { ...WIDE, ropeScale: 1.25 }), "keep kv 50% by expected-attn"),
+    ).toBe("compiled");
   });
 });
 

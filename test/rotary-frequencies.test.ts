@@ -10,7 +10,7 @@ import { GraphProtoSchema } from "../src/onnx/gen/onnx_pb.js";
 import { floatTensor } from "../src/onnx/tensor.js";
 import { Graph } from "../src/ir/graph.js";
 import type { QueryRotary } from "../src/analysis/rotary.js";
-import { rotaryFrequencies } from "../passes/kv/rotary-frequencies.js";
+import { rotaryFrequencies, rotaryTables } from "../passes/kv/rotary-frequencies.js";
 
 const D = 16;
 const HALF = D / 2;
@@ -41,13 +41,18 @@ function tables(rows: number, angle: (p: number, i: number) => number, form: "ha
   );
 }
 
+/** The tables' shape check, then the recovery: θ, or the first reason either gives. */
+function recover(g: Graph, rotary: QueryRotary, headSize: number): { ok: number[] } | { why: string } {
+  const tables = rotaryTables(g, rotary, headSize);
+  return "why" in tables ? tables : rotaryFrequencies(g, rotary, tables.ok);
+}
 const recovered = (g: Graph, rotary = ROTARY, headSize = D): number[] => {
-  const r = rotaryFrequencies(g, rotary, headSize);
+  const r = recover(g, rotary, headSize);
   if ("why" in r) throw new Error(r.why);
   return r.ok;
 };
 const refusal = (g: Graph, rotary = ROTARY, headSize = D): string => {
-  const r = rotaryFrequencies(g, rotary, headSize);
+  const r = recover(g, rotary, headSize);
   return "why" in r ? r.why : "recovered";
 };
 

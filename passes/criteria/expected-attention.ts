@@ -20,7 +20,8 @@ import type { ArgValue } from "../../grammar/ir.js";
 import type { Prepared } from "../criterion.js";
 import { ownPositions, type KvCriterionModule, type KvScoreContext } from "../kv/criterion.js";
 import type { QueryRotary } from "../../src/analysis/rotary.js";
-import { rotaryFrequencies } from "../kv/rotary-frequencies.js";
+import { rotaryFrequencies, rotaryTables, type RotaryTables } from "../kv/rotary-frequencies.js";
+import type { NodeBuilder } from "../builder.js";
 import { evictable } from "../kv/site.js";
 
 const FLOAT = 1;
@@ -34,7 +35,8 @@ function onOff(args: Readonly<Record<string, ArgValue>>, name: string): Prepared
 
 interface Expected {
   rotary: QueryRotary;
-  theta: number[];
+  /** The frequencies (recovered and proven), or the table's rows read in the graph (why not the frequencies). */
+  rotation: { kind: "frequencies"; theta: number[] } | { kind: "table"; tables: RotaryTables; why: string };
   headSize: number;
   future: number;
   sinks: number;
@@ -58,6 +60,56 @@ function identity(d: number): number[] {
   const m = new Array<number>(d * d).fill(0);
   for (let i = 0; i < d; i++) m[i * d + i] = 1;
   return m;
+}
+
+/**
+ * float [B, D/2] each: mean over p = n_b … n_b + n_future − 1 of cos/sin of the rotary at p. From
+ * the frequencies when the table proved to be cos/sin(p·θ) (exact past its end, as HF computes);
+ * else the model's own table rows (any scaling the table holds), a position past its last row
+ * reading that row: the model cannot run there, and kvpress's HF rotary would extrapolate.
+ */
+function averagedRotary(b: NodeBuilder, ctx: KvScoreContext, e: Expected): { Cos: string; Sin: string } {
+  const half = e.headSize / 2;
+  const own = b.op("Sub", [ctx.n, ctx.padding], {}, "own_length"); // int64 [B,1,1]
+  if (e.rotation.kind === "frequencies") {
+    const start = b.op("Cast", [own], { to: FLOAT }, "future_start"); // [B,1,1]
+    const future = b.float(
+      Array.from({ length: e.future }, (_, i) => i),
+      [1, e.future, 1],
+      "future_steps",
+    );
+    const angles = b.op(
+      "Mul",
+      [b.op("Add", [start, future]), b.float(e.rotation.theta, [half], "rotary_frequencies")],
+      {},
+      "future_angles",
+    ); // [B,F,D/2]
+    const mean = (op: "Cos" | "Sin") => b.reduce("ReduceMean", b.op(op, [angles]), [1], 0); // [B,D/2]
+    return { Cos: mean("Cos"), Sin: mean("Sin") };
+  }
+  const { tables } = e.rotation;
+  const rows = b.op(
+    "Min",
+    [
+      b.op("Add", [
+        b.squeeze(own, [2]),
+        b.int64(
+          Array.from({ length: e.future }, (_, i) => i),
+          [1, e.future],
+          "future_steps",
+        ),
+      ]),
+      b.int64([tables.rows - 1], [], "last_row"),
+    ],
+    {},
+    "future_rows",
+  ); // int64 [B,F]
+  const mean = (table: string, op: string) => {
+    let gathered = b.op("Cast", [b.op("Gather", [table, rows], { axis: 0 })], { to: FLOAT }, `future_${op}`); // [B,F,cols]
+    if (tables.columns !== half) gathered = b.slice(gathered, 2, 0, half); // HF's full table: its first half
+    return b.reduce("ReduceMean", gathered, [1], 0); // [B,D/2]
+  };
+  return { Cos: mean(e.rotary.cos, "cos"), Sin: mean(e.rotary.sin, "sin") };
 }
 
 function score(ctx: KvScoreContext, e: Expected): string {
@@ -87,22 +139,11 @@ function score(ctx: KvScoreContext, e: Expected): string {
     [3],
   ); // [B,1,1,1]
   const mean = b.op("Div", [b.reduce("ReduceSum", b.op("Mul", [q, rows]), [2], 1), count], {}, "query_mean"); // [B,H,1,D]
-  // R̄ per example: cos/sin of p·θ averaged over p = n_b … n_b + n_future − 1.
-  const start = b.op("Cast", [b.op("Sub", [ctx.n, ctx.padding])], { to: FLOAT }, "future_start"); // [B,1,1]
-  const future = b.float(
-    Array.from({ length: e.future }, (_, i) => i),
-    [1, e.future, 1],
-    "future_steps",
-  );
-  const angles = b.op(
-    "Mul",
-    [b.op("Add", [start, future]), b.float(e.theta, [half], "rotary_frequencies")],
-    {},
-    "future_angles",
-  ); // [B,F,D/2]
+  // R̄ per example: cos/sin averaged over p = n_b … n_b + n_future − 1 (HF's full width).
+  const halves = averagedRotary(b, ctx, e);
   const averaged = (op: "Cos" | "Sin") => {
-    const m = b.reduce("ReduceMean", b.op(op, [angles]), [1], 0); // [B,D/2]
-    return b.unsqueeze(b.op("Concat", [m, m], { axis: 1 }, `mean_${op.toLowerCase()}`), [1]); // [B,1,D]: HF's full width
+    const m = halves[op];
+    return b.unsqueeze(b.op("Concat", [m, m], { axis: 1 }, `mean_${op.toLowerCase()}`), [1]); // [B,1,D]
   };
   // kvpress's cos.unsqueeze(1)·I + sin.unsqueeze(1)·P: column c scaled by cos_c / sin_c.
   const rotation = b.unsqueeze(
@@ -212,11 +253,15 @@ export const expectedAttention: KvCriterionModule = {
     const headSize = facts.model.shapes.get(ok.ok.cache.presentKey)?.[3] ?? layer.headSize;
     if (typeof headSize !== "number" || headSize % 2 !== 0)
       return { why: `layer ${layer.index}'s head size is not a known even number` };
-    const theta = rotaryFrequencies(graph, rotary, headSize);
-    if ("why" in theta) return { why: `layer ${layer.index}: ${theta.why}` };
+    const tables = rotaryTables(graph, rotary, headSize);
+    if ("why" in tables) return { why: `layer ${layer.index}: ${tables.why}` };
+    const theta = rotaryFrequencies(graph, rotary, tables.ok);
     const e: Expected = {
       rotary,
-      theta: theta.ok,
+      rotation:
+        "why" in theta
+          ? { kind: "table", tables: tables.ok, why: theta.why }
+          : { kind: "frequencies", theta: theta.ok },
       headSize,
       future,
       sinks,

@@ -16,21 +16,44 @@ const MAX_TABLE = 1 << 25;
 
 const recovered = new WeakMap<TensorProto, Prepared<number[]>>();
 
-/** θ_i for i < head_size/2, from the query rotary's tables; the head must be rotated whole (kvpress's R̄ is head_size × head_size). */
-export function rotaryFrequencies(g: Graph, rotary: QueryRotary, headSize: number): Prepared<number[]> {
+/** The shape of a query rotary's tables: `rows` positions, `columns` stored, `half` = head_size/2 rotated pairs. */
+export interface RotaryTables {
+  rows: number;
+  columns: number;
+  half: number;
+  /** Element type of the tables (1 float, 10 float16). */
+  elemType: number;
+}
+
+/** The tables' shape, or why expected attention cannot use them: the head must be rotated whole (kvpress's R̄ is head_size × head_size). */
+export function rotaryTables(g: Graph, rotary: QueryRotary, headSize: number): Prepared<RotaryTables> {
   const cos = g.constantTensor(rotary.cos);
   const sin = g.constantTensor(rotary.sin);
   if (!cos || !sin) return { why: `the rotary tables '${rotary.cos}' / '${rotary.sin}' are not constant` };
-  const [rows, cols] = cos.dims.map(Number);
-  if (cos.dims.length !== 2 || sin.dims.length !== 2 || sin.dims.some((d, i) => d !== cos.dims[i]) || !rows || !cols)
+  const [rows, columns] = cos.dims.map(Number);
+  if (cos.dims.length !== 2 || sin.dims.length !== 2 || sin.dims.some((d, i) => d !== cos.dims[i]) || !rows || !columns)
     return {
       why: `the rotary tables '${rotary.cos}' / '${rotary.sin}' are not two [positions, columns] tables of one shape`,
     };
-  const half = rotary.form === "half" ? cols : cols / 2;
+  const half = rotary.form === "half" ? columns : columns / 2;
   if (half * 2 !== headSize)
     return {
       why: `'${rotary.node}' rotates ${half * 2} of the head's ${headSize} dimensions (partial rotary); kvpress's averaged rotation is defined over the whole head`,
     };
+  if (cos.dataType !== 1 && cos.dataType !== 10)
+    return { why: `the rotary table '${rotary.cos}' is not float or float16 (type ${cos.dataType})` };
+  return { ok: { rows, columns, half, elemType: cos.dataType } };
+}
+
+/**
+ * θ_i for i < head_size/2, recovered from the tables (shape checked by `rotaryTables`) and proven on
+ * every row; why not, when the table is stored outside the model or is not cos/sin(p·θ).
+ */
+export function rotaryFrequencies(g: Graph, rotary: QueryRotary, tables: RotaryTables): Prepared<number[]> {
+  const cos = g.constantTensor(rotary.cos);
+  const sin = g.constantTensor(rotary.sin);
+  if (!cos || !sin) return { why: `the rotary tables '${rotary.cos}' / '${rotary.sin}' are not constant` };
+  const { rows, columns: cols, half } = tables;
   const known = recovered.get(cos);
   if (known) return known;
   const result = recover(rotary, readNumbers(cos, MAX_TABLE), readNumbers(sin, MAX_TABLE), rows, cols, half);

@@ -150,8 +150,8 @@ export class ReferenceDecoder {
     for (let h = 0; h < heads; h++) {
       for (let i = 0; i < half; i++) {
         const angle = pos * this.o.ropeBase ** ((-2 * i) / hs);
-        const c = Math.cos(angle);
-        const s = Math.sin(angle);
+        const c = Math.cos(angle) * (this.o.ropeScale ?? 1);
+        const s = Math.sin(angle) * (this.o.ropeScale ?? 1);
         const a = x[h * hs + i]!;
         const b = x[h * hs + half + i]!;
         y[h * hs + i] = a * c - b * s;

@@ -166,9 +166,14 @@ function maxAll(m: Mat): number {
 // Scores [kvHead][position], higher = keep. Probability inputs are causal P[h][i][j] over N tokens.
 // ---------------------------------------------------------------------------------------------
 
-/** ExpectedAttentionPress's parameters (kvpress's defaults: 512, 4, true, true, 0) and the model's rotary frequencies θ_i, i < d/2. */
+/**
+ * ExpectedAttentionPress's parameters (kvpress's defaults: 512, 4, true, true, 0) and the model's
+ * rotary: its frequencies θ_i (i < d/2; cos/sin(p·θ_i)), or its cos/sin at position p (half
+ * width: what HF's rotary_emb returns, YaRN's attention scaling included).
+ */
 export interface ExpectedOptions {
-  theta: readonly number[];
+  theta?: readonly number[];
+  rotary?: (p: number) => { cos: readonly number[]; sin: readonly number[] };
   future?: number;
   sinks?: number;
   covariance?: boolean;
@@ -213,12 +218,18 @@ export function expectedScores(qPre: Heads, k: Heads, v: Heads, o: ExpectedOptio
     P[i]![half + i] = -1;
   }
   const R = Array.from({ length: d }, () => new Array<number>(d).fill(0));
-  for (let p = n; p < n + future; p++)
+  const at = (p: number) => {
+    if (o.rotary) return o.rotary(p);
+    const theta = o.theta;
+    if (!theta) throw new Error("expected attention needs the rotary: theta or rotary(p)");
+    return { cos: theta.map((t) => Math.cos(p * t)), sin: theta.map((t) => Math.sin(p * t)) };
+  };
+  for (let p = n; p < n + future; p++) {
+    const { cos, sin } = at(p); // full width: the half repeated
     for (let r = 0; r < d; r++)
-      for (let c = 0; c < d; c++) {
-        const angle = p * o.theta[c % half]!;
-        R[r]![c]! += (Math.cos(angle) * (r === c ? 1 : 0) + Math.sin(angle) * P[r]![c]!) / future;
-      }
+      for (let c = 0; c < d; c++)
+        R[r]![c]! += (cos[c % half]! * (r === c ? 1 : 0) + sin[c % half]! * P[r]![c]!) / future;
+  }
   const mu = mean.map((x) => R.map((row) => dot(row, x))); // μ Rᵀ
   const rotatedCov = cov.map((s) => {
     const rs = R.map((row) => Array.from({ length: d }, (_, j) => row.reduce((a, x, l) => a + x * s[l]![j]!, 0)));

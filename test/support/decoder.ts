@@ -76,6 +76,8 @@ export interface DecoderOptions {
   /** Rows of the rotary cos/sin caches (positions 0..maxPositions-1). */
   maxPositions: number;
   ropeBase: number;
+  /** A constant factor on the rotary tables' cos and sin (YaRN's attention scaling; default 1). */
+  ropeScale?: number;
   epsilon: number;
   /** LM head = embedding matrix transposed (a Transpose node of the embedding initializer). */
   tiedEmbeddings: boolean;
@@ -219,8 +221,8 @@ export function rotaryCaches(o: DecoderOptions = DECODER): { cos: Float32Array; 
   for (let p = 0; p < o.maxPositions; p++) {
     for (let i = 0; i < half; i++) {
       const angle = p * theta[i]!;
-      cos[p * half + i] = Math.cos(angle);
-      sin[p * half + i] = Math.sin(angle);
+      cos[p * half + i] = Math.cos(angle) * (o.ropeScale ?? 1);
+      sin[p * half + i] = Math.sin(angle) * (o.ropeScale ?? 1);
     }
   }
   return { cos, sin };
