@@ -115,7 +115,6 @@ function averagedRotary(b: NodeBuilder, ctx: KvScoreContext, e: Expected): { Cos
 function score(ctx: KvScoreContext, e: Expected): string {
   const { b, heads, kvHeads } = ctx;
   const d = e.headSize;
-  const half = d / 2;
   const group = heads / kvHeads;
   // The call's pre-RoPE queries, [B,H,S,D] (S = N: only a prefill evicts).
   const split =
