@@ -50,6 +50,8 @@ export interface ScoreContext extends StageFacts {
    * name; a set absent here still has its dense layout (its model input).
    */
   sets?: ReadonlyMap<string, string>;
+  /** float [B, N]: the previous stage's running score (its scorer's `cumulative`), gathered with its kept tokens. */
+  cumulative?: string;
 }
 
 /**
@@ -77,7 +79,17 @@ export type Prepared<T> = { why: string } | { ok: T };
  *   order. The stage adds the prefix tokens and gathers. Needs a static keep count (ctx.keep).
  */
 export type Scorer =
-  | { kind: "score"; score(ctx: ScoreContext): string; groups?: TokenGroups }
+  | {
+      kind: "score";
+      score(ctx: ScoreContext): string;
+      groups?: TokenGroups;
+      /**
+       * A running score of every stream token, float [B, N] (prefix included), that the stage
+       * gathers with the kept tokens and hands to the next stage as `ctx.cumulative` (SpAtten's
+       * cumulative attention). Called after `score` on the same context.
+       */
+      cumulative?(ctx: ScoreContext): string;
+    }
   | { kind: "select"; select(ctx: ScoreContext): string };
 
 /** A criterion: its registry entry (name, summary, declared arguments) plus how it scores. */
@@ -99,6 +111,11 @@ export interface CriterionModule extends CriterionInfo {
   paddingSafe?: boolean;
   /** Its scores depend on the stage's static budget (ctx.keep): counts that differ per example are refused. */
   usesBudget?: boolean;
+  /**
+   * Why every earlier stage on the stream must use this criterion too, if it must (a cascade whose
+   * running score starts at layer 0 and follows the kept tokens from stage to stage).
+   */
+  cascade?: string;
   /**
    * Why this criterion cannot run in this stage (a sentence naming the model fact), or its scorer,
    * with every fact it reads narrowed. Pure and cheap, and emits nothing: the planner calls it to

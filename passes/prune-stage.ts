@@ -52,6 +52,12 @@ export const applyStage: StageLowering = (proto, dense, densePlan, state, option
     positions && model.batchAxis === 0
       ? followSets(b, state.sets, positions, plan.recycle === true)
       : new Map(state.sets);
+  // A cascade criterion's running score follows the kept tokens to the next stage.
+  const running = s.scorer.kind === "score" ? s.scorer.cumulative?.(s.ctx) : undefined;
+  const cumulative =
+    running && positions && model.batchAxis === 0
+      ? b.op("GatherElements", [running, positions], { axis: 1 }, "cumulative_kept")
+      : undefined;
   // Cached attention below the stage: per-layer sequence lengths and key-padding bias.
   const replaced = plan.encoder
     ? new Map<NodeProto, NodeProto>()
@@ -114,6 +120,7 @@ export const applyStage: StageLowering = (proto, dense, densePlan, state, option
       record,
       carried,
       ...(sel.validBias ? { validBias: sel.validBias } : {}),
+      ...(cumulative ? { cumulative } : {}),
       sets,
     },
   };
@@ -175,6 +182,7 @@ function setUp(
     keyBias: state.validBias ?? state.maskBias,
     ...(plan.ofSet ? { ofSet: plan.ofSet } : {}),
     ...(state.sets.size ? { sets: state.sets } : {}),
+    ...(state.cumulative ? { cumulative: state.cumulative } : {}),
   };
   // The plan proved the criterion's facts on the dense model; its scorer reads this graph's nodes.
   const prepared = plan.criterion.prepare(ctx);

@@ -20,6 +20,7 @@ import { lastTokenAttn } from "./criteria/last-token-attn.js";
 import { iga } from "./criteria/iga.js";
 import { ttv, transprune } from "./criteria/ttv.js";
 import { textAttn } from "./criteria/text-attn.js";
+import { spatten } from "./criteria/spatten.js";
 import { KV_PRESSES_HERE } from "./criteria/kv-presses.js";
 import { expectedAttention } from "./criteria/expected-attention.js";
 import type { KvCriterionModule } from "./kv/criterion.js";
@@ -45,6 +46,7 @@ export const CRITERIA: readonly CriterionModule[] = [
   norm,
   random,
   uniform,
+  spatten,
 ];
 
 export { PLANNED };

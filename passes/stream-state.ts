@@ -42,6 +42,8 @@ export interface StreamState {
   validBias?: string;
   /** Token sets' membership bool [B, N] by set name; a set absent here still has its model input's layout. */
   sets: ReadonlyMap<string, string>;
+  /** float [B, N]: a cascade criterion's running score of the stream's tokens (SpAtten), as the last stage left it. */
+  cumulative?: string;
   /** One record per stage applied, in order. */
   stages: readonly StageRecord[];
   /** Every node the stages added, in order. */
@@ -69,6 +71,8 @@ export interface StageEffect {
   /** This stage's padding bias; undefined clears it (padding never outlives the next stage). */
   validBias?: string;
   sets: ReadonlyMap<string, string>;
+  /** The running score gathered with the kept tokens; undefined clears it. */
+  cumulative?: string;
 }
 
 export function advance(state: StreamState, e: StageEffect): StreamState {
@@ -86,5 +90,6 @@ export function advance(state: StreamState, e: StageEffect): StreamState {
   const maskBias = e.maskBias ?? state.maskBias;
   if (maskBias) next.maskBias = maskBias;
   if (e.validBias) next.validBias = e.validBias;
+  if (e.cumulative) next.cumulative = e.cumulative;
   return next;
 }

@@ -130,6 +130,25 @@ export function planSpec(
     }
     const plan = planOne(spec, sets, stage, i, model, tokens, lastLayer + 1, adaptive, fail);
     if (!plan) return;
+    // A cascade's running score starts at layer 0 and follows the kept tokens: only its own stages before it.
+    const cascade = plan.criterion.cascade;
+    if (cascade) {
+      const other = plans.find((p) => p.criterion.name !== plan.criterion.name);
+      if (other) {
+        fail(
+          stage.criterion.span,
+          `${plan.criterion.name} after a stage by ${other.criterion.name} (line ${spec.stages[other.stage]!.span.line}): ${cascade}`,
+        );
+        return;
+      }
+      if (stage.options.length) {
+        fail(
+          stage.optionSpans[0] ?? stage.span,
+          `${plan.criterion.name} takes no 'with' options: its running score follows exactly the kept tokens`,
+        );
+        return;
+      }
+    }
     if (masked && !plan.mask) {
       fail(
         stage.positionSpan,
