@@ -184,23 +184,18 @@ export async function benchRecallKv(options: {
     total: examples.length,
     bytesPerExample: dense.bytesPerExample,
   });
-  for (const p of RECALL_PRESSES)
-    for (const budget of RECALL_BUDGETS) {
-      const spec = `keep kv ${budget}% by ${p.by}`;
-      const r = await recallAccuracy(compiled(spec), examples, options.batch);
-      rows.push({
-        label: p.label,
-        spec,
-        budget,
-        correct: r.correct,
-        total: examples.length,
-        bytesPerExample: r.bytesPerExample,
-      });
-    }
   const context = examples[0]!.context_len;
-  for (const p of RECALL_DECODE_PRESSES)
+  // Prefill-time presses at P% of the cache; decode-time ones holding the same count, int(context·P/100).
+  const specs = [
+    ...RECALL_PRESSES.map((p) => ({ label: p.label, spec: (budget: number) => `keep kv ${budget}% by ${p.by}` })),
+    ...RECALL_DECODE_PRESSES.map((p) => ({
+      label: p.label,
+      spec: (budget: number) => `during decode keep kv ${Math.trunc((context * budget) / 100)} tokens by ${p.by}`,
+    })),
+  ];
+  for (const p of specs)
     for (const budget of RECALL_BUDGETS) {
-      const spec = `during decode keep kv ${Math.trunc((context * budget) / 100)} tokens by ${p.by}`;
+      const spec = p.spec(budget);
       const r = await recallAccuracy(compiled(spec), examples, options.batch);
       rows.push({
         label: p.label,

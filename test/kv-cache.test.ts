@@ -7,7 +7,6 @@
  */
 import { describe, expect, it } from "vitest";
 import { compile } from "../src/compile.js";
-import { PrunecError } from "../src/errors.js";
 import { maxAbsDiff, runNode, runWasm } from "./helpers/ort.js";
 import {
   buildDecoder,
@@ -41,6 +40,7 @@ import { decodeModel } from "../src/onnx/io.js";
 import { readNumbers } from "../src/onnx/tensor.js";
 import { evictingGeneration } from "./reference/kv-generation.js";
 import { rows } from "./support/model-edit.js";
+import { firstErrorLine } from "./support/cases.js";
 
 const TOL = 1e-4;
 const STEPS = 32;
@@ -443,15 +443,7 @@ describe("expected-attn: where its pre-rotary queries and frequencies come from,
   });
 
   it("refuses, at the criterion's line:column: a stream stage above the layer; a switch that is not on/off", () => {
-    const message = (model: Uint8Array, spec: string): string => {
-      try {
-        compile(model, spec, { specName: "s.prune" });
-      } catch (e) {
-        if (e instanceof PrunecError) return e.message.split("\n")[0]!;
-        throw e;
-      }
-      return "compiled";
-    };
+    const message = firstErrorLine;
     expect(
       message(decoder, "after layer 1 drop 50% by last-token-attn\nin layers 2..3 keep kv 50% by expected-attn"),
     ).toBe(
@@ -468,15 +460,7 @@ describe("expected-attn: where its pre-rotary queries and frequencies come from,
 });
 
 describe("keep kv … of SET: what the planner refuses, at the set's line:column", () => {
-  const message = (spec: string): string => {
-    try {
-      compile(decoder, spec, { specName: "s.prune" });
-    } catch (e) {
-      if (e instanceof PrunecError) return e.message.split("\n")[0]!;
-      throw e;
-    }
-    return "compiled";
-  };
+  const message = (spec: string): string => firstErrorLine(decoder, spec);
   const SETS = "tokens image = input image_mask\ntokens instruction = after image\n";
   it("streaming and pyramidkv cannot be restricted to a set; a set must come from a model input; no set on a cache a stream stage shortened", () => {
     expect(message(`${SETS}keep kv 25% of image by knorm`)).toBe("compiled");

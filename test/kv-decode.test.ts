@@ -9,7 +9,6 @@
  */
 import { describe, expect, it } from "vitest";
 import { compile } from "../src/compile.js";
-import { PrunecError } from "../src/errors.js";
 import { maxAbsDiff, type Feeds, type Outputs } from "./helpers/ort.js";
 import {
   buildDecoder,
@@ -24,6 +23,7 @@ import {
 import { ReferenceDecoder, weightsFromModel } from "./reference/decoder.js";
 import { decodeEvictingGeneration, type DecodeEviction } from "./reference/kv-decode.js";
 import { rows } from "./support/model-edit.js";
+import { firstErrorLine } from "./support/cases.js";
 
 const STEPS = 64;
 const TOL = 1e-4;
@@ -159,15 +159,7 @@ describe("during decode on onnxruntime-web's WASM backend", () => {
 });
 
 describe("during decode: what the planner refuses, at the line:column", () => {
-  const message = (spec: string): string => {
-    try {
-      compile(LAYOUTS[0].model, spec, { specName: "s.prune" });
-    } catch (e) {
-      if (e instanceof PrunecError) return e.message.split("\n")[0]!;
-      throw e;
-    }
-    return "compiled";
-  };
+  const message = (spec: string): string => firstErrorLine(LAYOUTS[0].model, spec);
   it("a press without a decode form, a percentage, a drop, recent over the budget, a second stage on the layer, a stream stage above", () => {
     expect(message("during decode keep kv 8 tokens by snapkv")).toBe(
       "s.prune:1:35: error: snapkv scores the cache once, at the prefill; 'during decode' takes a press with a rule for every call: h2o, a2sf or streaming",

@@ -10,12 +10,12 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { compile } from "../src/compile.js";
-import { PrunecError } from "../src/errors.js";
 import { REPO_ROOT } from "./helpers/shared.js";
 import { readNpy } from "./helpers/npy.js";
 import { runNode, runWasm, type Feeds } from "./helpers/ort.js";
 import { rows, unfoldProbs, withOutputs } from "./support/model-edit.js";
 import { softmaxOutputs } from "./support/stage-tensors.js";
+import { firstErrorLine } from "./support/cases.js";
 import { spattenCascade } from "./reference/spatten.js";
 
 const HEADS = 2;
@@ -56,15 +56,7 @@ describe("spatten: cumulative attention carried across layers and stages", () =>
   });
 
   it("refuses a stage of another criterion before it and 'with' options, at the criterion's line:column", () => {
-    const message = (spec: string): string => {
-      try {
-        compile(model, spec, { specName: "s.prune" });
-      } catch (e) {
-        if (e instanceof PrunecError) return e.message.split("\n")[0]!;
-        throw e;
-      }
-      return "compiled";
-    };
+    const message = (spec: string): string => firstErrorLine(model, spec);
     expect(message("after layer 0 keep 75% by cls-attn\nafter layer 2 keep 50% by spatten")).toBe(
       "s.prune:2:27: error: spatten after a stage by cls-attn (line 1): SpAtten's running score starts at layer 0 and follows the kept tokens from stage to stage, so every earlier stage on the stream must be spatten too",
     );

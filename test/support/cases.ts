@@ -26,6 +26,17 @@ export function rejection(model: Uint8Array, spec: string, specName = "s.prune")
   return thrown(() => compile(model, spec, { specName })).message;
 }
 
+/** The first line of the PrunecError compiling `spec` for `model` throws (the diagnostic, without the source excerpt), or "compiled". */
+export function firstErrorLine(model: Uint8Array, spec: string, specName = "s.prune"): string {
+  try {
+    compile(model, spec, { specName });
+  } catch (e) {
+    if (e instanceof PrunecError) return e.message.split("\n")[0]!;
+    throw e;
+  }
+  return "compiled";
+}
+
 /** Stage `stage`'s exposed kept positions, one row per example. */
 export async function kept(pruned: Uint8Array, feeds: Feeds, run = runNode, stage = 0): Promise<number[][]> {
   const name = `prunec.stage${stage}.indices`;
