@@ -85,6 +85,7 @@ describe("inspect asks the planner", () => {
       "norm",
       "random",
       "uniform",
+      "spatten",
     ]);
   });
 });
