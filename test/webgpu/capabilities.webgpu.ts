@@ -90,6 +90,8 @@ export const CAPABILITIES: Capability[] = [
   { key: "norm", covers: "norm", spec: keep("norm") },
   { key: "random", covers: "random", spec: keep("random(seed: 0)") },
   { key: "uniform", covers: "uniform", spec: keep("uniform") },
+  // SpAtten's running score over layers 0..1 (the cross-stage carry is tested in test/spatten.test.ts).
+  { key: "spatten", covers: "spatten", spec: keep("spatten") },
   { key: "merge", covers: "similarity", spec: "after layer 1 merge 25% by similarity\n" },
   { key: "mask", covers: "with mask", spec: "after layer 1 keep 25% by cls-attn with mask\n" },
   { key: "recycle", covers: "with recycle", spec: "after layer 1 keep 25% by cls-attn with recycle\n" },
