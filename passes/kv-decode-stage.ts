@@ -2,7 +2,8 @@
  * A decode-time KV-cache stage (`during decode keep kv C tokens by h2o(recent) | a2sf(forget, recent)`):
  * each planned layer keeps at most C entries per KV head at EVERY call, prefill and decode steps,
  * scoring entries by the attention they have received, decayed (methods.md §25 H2O, §26 A2SF's
- * decode-time form). The scores travel with the cache as a state pair:
+ * decode-time form; `by streaming(sinks)` ranks by position instead and carries nothing: see
+ * positionalScores). The scores travel with the cache as a state pair:
  *
  *   past_key_values.L.prunec_score  float [B, kvH, P]  (an empty [B, kvH, 0] at the first call)
  *   present.L.prunec_score          float [B, kvH, K'] (what the next call gets back)
