@@ -27,23 +27,22 @@
  *       above the layer, no other KV stage on it).
  * Post: each layer's present key, value and score hold min(T, C) entries per KV head.
  */
-import { Graph, type GraphProto, type NodeProto } from "../src/ir/graph.js";
+import type { GraphProto, NodeProto } from "../src/ir/graph.js";
 import type { TransformerInfo } from "../src/analysis/transformer.js";
-import { refreshFacts } from "../src/analysis/refresh.js";
-import { shallowCopy } from "../src/ir/copy.js";
 import type { KvPlan } from "../src/plan-types.js";
 import { NodeBuilder } from "./builder.js";
-import { batchDim, valueInfo } from "../src/ir/value-info.js";
 import { evictionSite } from "./kv/site.js";
 import { denseName } from "./gather-tokens.js";
 import {
   attentionMask,
   callEntries,
-  elemTypeOf,
+  denseFloat,
+  evictedLayer,
   keptRows,
   readDenseCache,
   sortedAscending,
   spliceLayer,
+  withStateInput,
   type KvStageResult,
   type KvState,
 } from "./kv-stage.js";
@@ -75,37 +74,16 @@ export function applyKvDecodeStage(
     const state = decode.kind === "received" ? scoreState(planned.index) : undefined;
     const kvHeadsDeclared = planned.cache?.kvHeads;
     if (state) {
-      graph = shallowCopy(graph, {
-        input: [
-          ...graph.input,
-          valueInfo(state.past, FLOAT, [
-            batchDim(graph) ?? "batch",
-            kvHeadsDeclared,
-            `prunec_layer${planned.index}_past`,
-          ]),
-        ],
-      });
+      graph = withStateInput(graph, state, [kvHeadsDeclared], planned.index);
       states.push(state);
     }
-    const g = new Graph(graph);
-    const model = refreshFacts(dense, g);
-    const layer = model.layers[planned.index];
-    const cache = layer?.cache;
-    if (!layer || !cache)
-      throw new Error(`stage ${plan.stage}: layer ${planned.index} lost its KV cache (checked by the plan)`);
+    const { g, model, layer, cache, renamed } = evictedLayer(graph, dense, plan, planned.index);
     const { presentKey, presentValue } = cache;
     const b = new NodeBuilder(`prunec/stage${plan.stage}/${plan.criterion.name}/decode/layer${layer.index}`, opset);
-    const renamed = new Map([
-      [presentKey, denseName(presentKey)],
-      [presentValue, denseName(presentValue)],
-    ]);
     const site = evictionSite(b, g, model, dense, layer, cache, false);
     const replaced = readDenseCache(g, site.replaced, renamed);
     const { heads, kvHeads } = site;
-    const keys =
-      elemTypeOf(graph, presentKey) === FLOAT
-        ? denseName(presentKey)
-        : b.op("Cast", [denseName(presentKey)], { to: FLOAT }, "cached_keys");
+    const keys = denseFloat(b, graph, presentKey, "cached_keys");
     const t = b.slice(b.op("Shape", [keys]), 0, 2, 3); // int64 [1]: T
     const s = callEntries(b, g, cache, layer); // int64 [1]: S
     let scored: Scored;

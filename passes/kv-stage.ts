@@ -98,27 +98,12 @@ export function applyKvStage(
         }
       : undefined;
     if (state) {
-      graph = shallowCopy(graph, {
-        input: [
-          ...graph.input,
-          valueInfo(state.past, FLOAT, [batchDim(graph) ?? "batch", `prunec_layer${planned.index}_past`]),
-        ],
-      });
+      graph = withStateInput(graph, state, [], planned.index);
       states.push(state);
     }
-    const g = new Graph(graph);
-    const model = refreshFacts(dense, g);
-    const layer = model.layers[planned.index];
-    const cache = layer?.cache;
-    if (!layer || !cache)
-      throw new Error(`stage ${plan.stage}: layer ${planned.index} lost its KV cache (checked by the plan)`);
+    const { g, model, layer, cache, renamed } = evictedLayer(graph, dense, plan, planned.index);
     const { presentKey, presentValue } = cache;
     const b = new NodeBuilder(`prunec/stage${plan.stage}/${plan.criterion.name}/layer${layer.index}`, opset);
-    // The layer now writes the dense cache under /dense; the gathered one takes the present names.
-    const renamed = new Map([
-      [presentKey, denseName(presentKey)],
-      [presentValue, denseName(presentValue)],
-    ]);
     // With the state: every slot of this call's cache (the past's validity, then the call's entries).
     const validAll = state ? allSlots(b, state.past, callEntries(b, g, cache, layer)) : undefined;
     // The layer reads its own (shorter) cache at later calls (per attention kind: passes/kv/site.ts).
@@ -133,11 +118,8 @@ export function applyKvStage(
       validAll?.bias,
     );
     const replaced = readDenseCache(g, site.replaced, renamed);
-    // float [B,kvH,N,D]; no Cast of a float cache (onnxruntime drops it and warns that the
-    // branches' reads of it cannot be renamed).
     const elem = elemTypeOf(graph, presentKey);
-    const keys =
-      elem === FLOAT ? denseName(presentKey) : b.op("Cast", [denseName(presentKey)], { to: FLOAT }, "cached_keys");
+    const keys = denseFloat(b, graph, presentKey, "cached_keys");
     const n = b.slice(b.op("Shape", [keys]), 0, 2, 3); // int64 [1]
     const past = cache.pastKey ? b.slice(b.op("Shape", [cache.pastKey]), 0, 2, 3) : b.int64([0], [1], "no_past");
     const prefill = b.op("Equal", [past, b.int64([0], [1], "zero")], {}, "is_prefill");
@@ -169,10 +151,7 @@ export function applyKvStage(
       heads: site.heads,
       kvHeads: site.kvHeads,
       keys,
-      values: () =>
-        elemTypeOf(graph, presentValue) === FLOAT
-          ? denseName(presentValue)
-          : t.op("Cast", [denseName(presentValue)], { to: FLOAT }, "cached_values"),
+      values: () => denseFloat(t, graph, presentValue, "cached_values"),
       n,
       // What each example keeps: its own count with the state, else the batch's.
       kept: state && counts ? t.unsqueeze(counts, [1, 2]) : kept,
@@ -289,6 +268,54 @@ export function applyKvStage(
     added.push(...b.nodes);
   }
   return { graph, added, indices, states };
+}
+
+/**
+ * Layer `index` of a KV stage on the current graph: the facts refreshed on it (earlier layers'
+ * splices rewired nodes), its cache, and `renamed`: the layer now writes its dense cache under
+ * /dense, and the evicted one takes the present names.
+ */
+export function evictedLayer(
+  graph: GraphProto,
+  dense: TransformerInfo,
+  plan: KvPlan,
+  index: number,
+): {
+  g: Graph;
+  model: TransformerInfo;
+  layer: TransformerInfo["layers"][number];
+  cache: LayerCache;
+  renamed: Map<string, string>;
+} {
+  const g = new Graph(graph);
+  const model = refreshFacts(dense, g);
+  const layer = model.layers[index];
+  const cache = layer?.cache;
+  if (!layer || !cache) throw new Error(`stage ${plan.stage}: layer ${index} lost its KV cache (checked by the plan)`);
+  const renamed = new Map([
+    [cache.presentKey, denseName(cache.presentKey)],
+    [cache.presentValue, denseName(cache.presentValue)],
+  ]);
+  return { g, model, layer, cache, renamed };
+}
+
+/** The graph with a state pair's input declared: float [batch, ...middle, prunec_layerL_past] (spliceLayer declares its output). */
+export function withStateInput(
+  graph: GraphProto,
+  state: KvState,
+  middle: (number | undefined)[],
+  layer: number,
+): GraphProto {
+  const dims = [batchDim(graph) ?? "batch", ...middle, `prunec_layer${layer}_past`];
+  return shallowCopy(graph, { input: [...graph.input, valueInfo(state.past, FLOAT, dims)] });
+}
+
+/**
+ * float: the layer's dense cache tensor `name` (under /dense), cast only when not float already
+ * (onnxruntime drops a float-to-float Cast and warns that the branches' reads of it cannot be renamed).
+ */
+export function denseFloat(b: NodeBuilder, graph: GraphProto, name: string, label: string): string {
+  return elemTypeOf(graph, name) === FLOAT ? denseName(name) : b.op("Cast", [denseName(name)], { to: FLOAT }, label);
 }
 
 /**

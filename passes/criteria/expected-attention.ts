@@ -13,8 +13,9 @@
  *
  * In a left-padded batch each example is as alone: its statistics use its own queries from its
  * own position n_sink on, its future positions start at its own length, its sinks are its first
- * real entries. The frequencies come from the model's own rotary tables (passes/kv/rotary-frequencies.ts),
- * so positions past the table's end are rotated as HF's rotary computes them.
+ * real entries. The rotation comes from the model's own rotary tables: their frequencies where the
+ * tables prove to be cos/sin(p·θ) (passes/kv/rotary-frequencies.ts; positions past the table's end
+ * then rotate as HF's rotary computes them), else their rows read in the graph (averagedRotary).
  */
 import type { ArgValue } from "../../grammar/ir.js";
 import type { Prepared } from "../criterion.js";

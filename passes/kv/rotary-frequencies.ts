@@ -2,9 +2,9 @@
  * The rotary frequencies θ_i of a layer's constant cos/sin tables (row p = cos/sin(p·θ_i)), which
  * expected attention needs at positions past the table's end (kvpress computes HF's rotary at
  * N … N + n_future − 1, wherever the table stops). Recovered from the table and then proven: every
- * row must be cos/sin(p·θ_i) within float32 rounding of the angle, else the table is refused with
- * the row and column that differ (YaRN's attention factor, dynamic NTK and other non-linear
- * scalings are not `p·θ` and so get refused, never guessed).
+ * row must be cos/sin(p·θ_i) within float32 rounding of the angle, else the reason names the row and
+ * column that differ (YaRN's attention factor, dynamic NTK and other non-linear scalings are not
+ * `p·θ`: never guessed; expected attention then averages the table's own rows instead).
  */
 import type { Graph, TensorProto } from "../../src/ir/graph.js";
 import { readNumbers } from "../../src/onnx/tensor.js";
