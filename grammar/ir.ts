@@ -31,8 +31,11 @@ export type StagePosition =
   | { kind: "after-encoder" }
   | { kind: "before-layer-0" };
 
-/** What a stage acts on: the residual stream's tokens, or each layer's KV cache entries (`keep kv`). */
-export type StageTarget = "stream" | "kv";
+/**
+ * What a stage acts on: the residual stream's tokens, each layer's KV cache entries (`keep kv`),
+ * or the attention heads of the layers after it (`keep heads`).
+ */
+export type StageTarget = "stream" | "kv" | "heads";
 
 /**
  * How many tokens an action concerns.
@@ -64,6 +67,8 @@ export interface StageIR {
   /** `stream`, or `kv` for `keep kv` / `drop kv` (the word `kv`'s span in `kvSpan`). */
   target: StageTarget;
   kvSpan?: Span;
+  /** The word `heads` of a `keep heads` / `drop heads` stage. */
+  headsSpan?: Span;
   /**
    * `during decode` (KV-cache stages only): the budget holds at every call, prefill and decode
    * steps, with each entry's score carried between calls; absent: the stage evicts at the prefill.

@@ -31,6 +31,8 @@ export const Drop = keyword("drop");
 export const Merge = keyword("merge");
 /** `keep kv` / `drop kv`: the stage acts on each layer's KV cache, not on the residual stream. */
 export const Kv = keyword("kv");
+/** `keep heads`: the stage prunes attention heads (SpAtten's head pruning), not tokens. */
+export const Heads = keyword("heads");
 /** `during decode`: a KV-cache stage that keeps its budget at every call, carrying scores between calls. */
 export const During = keyword("during");
 export const Decode = keyword("decode");
@@ -54,6 +56,7 @@ export const KEYWORDS: readonly TokenType[] = [
   Drop,
   Merge,
   Kv,
+  Heads,
   During,
   Decode,
   Mass,

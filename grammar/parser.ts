@@ -6,7 +6,7 @@
  *              | position? ('during' 'decode')? action
  *   position  := 'after' ( 'layer' NUMBER | 'encoder' ) | 'in' ( 'layer' NUMBER | 'layers' NUMBER '..' NUMBER )
  *              | 'before' 'layer' NUMBER
- *   action    := ('keep'|'drop'|'merge') 'kv'? amount? ('of' SET)? 'by' NAME ('(' args? ')')? ('with' NAME (',' NAME)*)?
+ *   action    := ('keep'|'drop'|'merge') ('kv' | 'heads')? amount? ('of' SET)? 'by' NAME ('(' args? ')')? ('with' NAME (',' NAME)*)?
  *   amount    := NUMBER ('%' | 'tokens')? | 'mass' NUMBER '%' | 'above' NUMBER
  *   args      := arg (',' arg)*
  *   arg       := (NAME ':')? value
@@ -35,6 +35,7 @@ import {
   During,
   Decode,
   Kv,
+  Heads,
   Layer,
   Layers,
   LParen,
@@ -101,7 +102,9 @@ export class SpecParser extends EmbeddedActionsParser {
       { ALT: () => this.CONSUME(Drop) },
       { ALT: () => this.CONSUME(Merge) },
     ]);
-    const kv = this.OPTION6(() => this.CONSUME(Kv));
+    const target = this.OPTION6(() =>
+      this.OR2([{ ALT: () => ({ kv: this.CONSUME(Kv) }) }, { ALT: () => ({ heads: this.CONSUME(Heads) }) }]),
+    );
     const amount = this.OPTION(() => this.SUBRULE(this.amount));
     const of = this.OPTION1(() => {
       this.CONSUME(Of);
@@ -133,7 +136,8 @@ export class SpecParser extends EmbeddedActionsParser {
     const stage: RawStage = { kind: "stage", action, criterion, args, options };
     if (position !== undefined) stage.position = position;
     if (during !== undefined) stage.during = during;
-    if (kv !== undefined) stage.kv = kv;
+    if (target?.kv !== undefined) stage.kv = target.kv;
+    if (target?.heads !== undefined) stage.heads = target.heads;
     if (amount !== undefined) stage.amount = amount;
     if (of !== undefined) stage.of = of;
     return stage;

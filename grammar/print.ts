@@ -19,12 +19,12 @@ function position(p: StagePosition): string {
   }
 }
 
-function amount(a: Amount): string {
+function amount(a: Amount, heads: boolean): string {
   switch (a.kind) {
     case "percent":
       return `${a.value}%`;
     case "count":
-      return `${a.value} tokens`;
+      return heads ? String(a.value) : `${a.value} tokens`;
     case "mass":
       return `mass ${a.value}%`;
     case "above":
@@ -41,8 +41,8 @@ function stage(s: StageIR): string {
   const parts = where === "" ? [] : [where];
   if (s.during === "decode") parts.push("during decode");
   parts.push(s.action);
-  if (s.target === "kv") parts.push("kv");
-  if (s.amount !== undefined) parts.push(amount(s.amount));
+  if (s.target !== "stream") parts.push(s.target);
+  if (s.amount !== undefined) parts.push(amount(s.amount, s.target === "heads"));
   if (s.of !== undefined) parts.push(`of ${s.of}`);
   const args = Object.entries(s.criterion.args).map(([k, v]) => `${k}: ${argValue(v)}`);
   parts.push(`by ${s.criterion.name.toLowerCase()}${args.length > 0 ? `(${args.join(", ")})` : ""}`);

@@ -36,6 +36,8 @@ export interface RawStage {
   action: IToken;
   /** `kv` after the action: the stage acts on the KV cache. */
   kv?: IToken;
+  /** `heads` after the action: the stage prunes attention heads. */
+  heads?: IToken;
   amount?: RawAmount;
   of?: IToken;
   criterion: IToken;

@@ -156,14 +156,18 @@ class Builder {
     };
   }
 
-  /** Criteria that score KV-cache entries, in registry order (looked up once per file). */
-  private kvNames: string[] | undefined;
-  private kvCriteria(): string[] {
-    this.kvNames ??= this.registry.names().filter((n) => {
-      const info = this.registry.get(n);
-      return info !== undefined && targetsOf(info).includes("kv");
-    });
-    return this.kvNames;
+  /** Criteria for a stage target (`kv`, `heads`), in registry order (looked up once per file). */
+  private byTarget = new Map<StageTarget, string[]>();
+  private criteriaFor(target: StageTarget): string[] {
+    let names = this.byTarget.get(target);
+    if (!names) {
+      names = this.registry.names().filter((n) => {
+        const info = this.registry.get(n);
+        return info !== undefined && targetsOf(info).includes(target);
+      });
+      this.byTarget.set(target, names);
+    }
+    return names;
   }
 
   /** A layer number token as an integer, or an error at it. */
@@ -178,8 +182,9 @@ class Builder {
     const before = this.diagnostics.length;
     const action = raw.action.image.toLowerCase() as Action;
     const actionSpan = this.span(raw.action);
-    const target: StageTarget = raw.kv === undefined ? "stream" : "kv";
+    const target: StageTarget = raw.kv !== undefined ? "kv" : raw.heads !== undefined ? "heads" : "stream";
     const kvSpan = raw.kv === undefined ? undefined : this.span(raw.kv);
+    const headsSpan = raw.heads === undefined ? undefined : this.span(raw.heads);
     const criterionName = raw.criterion.image.toLowerCase();
     const info = this.registry.get(criterionName);
     // A stream stage naming a criterion that scores only the KV cache: the fix is 'keep kv', which
@@ -201,6 +206,13 @@ class Builder {
     if (p !== undefined) {
       const last = p.kind === "after-encoder" ? p.last : p.kind === "in-layers" ? p.to : p.layer;
       positionSpan = this.span(p.first, last);
+    }
+    if (target === "heads" && p?.kind !== "after-layer") {
+      // Heads leave every layer after the stage, as tokens do: one position, after a layer.
+      this.error(
+        p === undefined ? actionSpan : positionSpan,
+        `a '${action} heads' stage prunes the heads of every layer after it: write 'after layer L'`,
+      );
     }
     if (p === undefined) {
       if (target === "stream" && !meantKv) this.error(actionSpan, STREAM_NEEDS_POSITION);
@@ -254,15 +266,23 @@ class Builder {
       }
     }
     const duringSpan = raw.during ? this.span(raw.during.first, raw.during.last) : undefined;
-    if (duringSpan && target === "stream" && !meantKv)
+    if (duringSpan && target !== "kv" && !meantKv)
       this.error(
         duringSpan,
-        "'during decode' is for KV-cache stages ('keep kv' / 'drop kv'): a stage on the residual stream acts on the prompt's tokens once",
+        target === "heads"
+          ? "'during decode' is for KV-cache stages ('keep kv' / 'drop kv'): a 'keep heads' stage prunes heads once, for the layers after it"
+          : "'during decode' is for KV-cache stages ('keep kv' / 'drop kv'): a stage on the residual stream acts on the prompt's tokens once",
       );
     if (target === "kv" && action === "merge") {
       this.error(
         this.span(raw.action, raw.kv),
         "'merge kv' is not supported: a KV-cache stage keeps or drops entries ('keep kv' / 'drop kv')",
+      );
+    }
+    if (target === "heads" && action === "merge") {
+      this.error(
+        this.span(raw.action, raw.heads),
+        "'merge heads' is not supported: a head stage keeps or drops heads ('keep heads' / 'drop heads')",
       );
     }
 
@@ -277,7 +297,17 @@ class Builder {
         a.kind === "mass" || a.kind === "above" ? a.first : a.number,
         a.kind === "above" ? a.number : a.last,
       );
-      if (target === "kv" && (a.kind === "mass" || a.kind === "above")) {
+      if (target === "heads" && (a.kind === "mass" || a.kind === "above")) {
+        this.error(
+          amountSpan,
+          `'${a.kind}' amounts are not supported for heads: write '${action} heads P%' or '${action} heads K'`,
+        );
+      } else if (target === "heads" && a.kind === "count" && a.last !== a.number) {
+        this.error(
+          amountSpan,
+          `a head stage counts heads, not tokens: write '${action} heads ${clip(a.number.image)}'`,
+        );
+      } else if (target === "kv" && (a.kind === "mass" || a.kind === "above")) {
         this.error(
           amountSpan,
           `'${a.kind}' amounts are not supported for the KV cache: write '${action} kv P%' or '${action} kv K tokens'`,
@@ -291,7 +321,10 @@ class Builder {
           `a percentage has at most ${MAX_PERCENT_DECIMALS} decimal places, got ${clip(a.number.image)}%`,
         );
       } else if (a.kind === "count" && !(Number.isSafeInteger(value) && value > 0)) {
-        this.error(numberSpan, `token count must be a positive integer, got ${clip(a.number.image)}`);
+        this.error(
+          numberSpan,
+          `${target === "heads" ? "head" : "token"} count must be a positive integer, got ${clip(a.number.image)}`,
+        );
       } else if (a.kind === "mass" && !(value > 0 && value <= 100)) {
         this.error(numberSpan, `mass must be in (0, 100]%, got ${clip(a.number.image)}%`);
       } else if (a.kind === "above" && !Number.isFinite(value)) {
@@ -303,7 +336,9 @@ class Builder {
     // Token set.
     let of: string | undefined;
     let ofSpan: Span | undefined;
-    if (raw.of !== undefined) {
+    if (raw.of !== undefined && target === "heads") {
+      this.error(this.span(raw.of), "'of SET' restricts tokens; a head stage ranks every head of the layer");
+    } else if (raw.of !== undefined) {
       of = raw.of.image;
       ofSpan = this.span(raw.of);
       if (sets.size > 0 && !sets.has(of)) {
@@ -319,12 +354,19 @@ class Builder {
     let argSpans: Record<string, Span> = {};
     if (info === undefined) {
       const suggestion =
-        (target === "kv" ? closest(criterionName, this.kvCriteria()) : undefined) ??
+        (target === "kv" ? closest(criterionName, this.criteriaFor("kv")) : undefined) ??
         closest(criterionName, this.registry.names());
       this.error(criterionSpan, `unknown criterion '${clip(raw.criterion.image)}'`, suggestion);
     } else {
+      if (target === "heads" && !targetsOf(info).includes("heads")) {
+        const heads = this.criteriaFor("heads");
+        this.error(
+          criterionSpan,
+          `criterion '${info.name}' does not rank attention heads (head criteria: ${heads.length > 0 ? list(heads) : "none registered"})`,
+        );
+      }
       if (target === "kv" && !targetsOf(info).includes("kv")) {
-        const kv = this.kvCriteria();
+        const kv = this.criteriaFor("kv");
         this.error(
           criterionSpan,
           `criterion '${info.name}' does not score the KV cache (${kv.length > 0 ? `KV-cache criteria: ${list(kv)}` : "no KV-cache criterion is registered"})`,
@@ -338,13 +380,13 @@ class Builder {
     const optionSpans: Span[] = [];
     const firstOption = raw.options[0];
     const lastOption = raw.options[raw.options.length - 1];
-    if (target === "kv" && firstOption !== undefined && lastOption !== undefined) {
+    if (target !== "stream" && firstOption !== undefined && lastOption !== undefined) {
       this.error(
         this.span(firstOption, lastOption),
-        `options apply to stream stages: a '${action} kv' stage takes no 'with' options`,
+        `options apply to stream stages: a '${action} ${target}' stage takes no 'with' options`,
       );
     }
-    for (const t of target === "kv" ? [] : raw.options) {
+    for (const t of target !== "stream" ? [] : raw.options) {
       const name = t.image.toLowerCase();
       const span = this.span(t);
       const known = STAGE_OPTIONS.find((o) => o === name);
@@ -376,6 +418,7 @@ class Builder {
       span: this.span(s.first, s.last),
     };
     if (kvSpan !== undefined) stage.kvSpan = kvSpan;
+    if (headsSpan !== undefined) stage.headsSpan = headsSpan;
     if (duringSpan !== undefined) {
       stage.during = "decode";
       stage.duringSpan = duringSpan;

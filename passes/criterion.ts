@@ -117,6 +117,12 @@ export interface CriterionModule extends CriterionInfo {
    */
   cascade?: string;
   /**
+   * Head stages (`keep heads … by NAME`, passes/head-stage.ts): one layer's score per head, float
+   * [B, H'] from that layer's per-head attention output `output` [B, H', N, d] (P·V before the
+   * heads are merged). Scores are summed over layers from layer 0 and carried from stage to stage.
+   */
+  heads?: { layerScore(b: NodeBuilder, output: string): string };
+  /**
    * Why this criterion cannot run in this stage (a sentence naming the model fact), or its scorer,
    * with every fact it reads narrowed. Pure and cheap, and emits nothing: the planner calls it to
    * check (so a bad spec writes nothing), the stage again on its refreshed facts to emit.

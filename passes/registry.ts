@@ -65,6 +65,14 @@ export function criterionModule(name: string): CriterionModule | undefined {
   return CRITERIA.find((c) => c.name === name);
 }
 
+/** Criteria that rank attention heads (`keep heads` stages). */
+export function headCriterionModule(
+  name: string,
+): (CriterionModule & Required<Pick<CriterionModule, "heads">>) | undefined {
+  const c = criterionModule(name);
+  return c?.heads ? { ...c, heads: c.heads } : undefined;
+}
+
 export function kvCriterionModule(name: string): KvCriterionModule | undefined {
   return KV_PRESSES.find((c) => c.name === name);
 }

@@ -30,9 +30,10 @@ import type { SpecIR } from "../grammar/ir.js";
 import type { StagePlan } from "./plan-types.js";
 import { applyMergeStage } from "../passes/merge-stage.js";
 import { planSpec } from "./plan.js";
-import type { KvPlan } from "./plan-types.js";
+import type { HeadPlan, KvPlan } from "./plan-types.js";
 import { applyKvStage } from "../passes/kv-stage.js";
 import { applyKvDecodeStage } from "../passes/kv-decode-stage.js";
+import { applyHeadStage, type HeadStageResult } from "../passes/head-stage.js";
 import { explicitRotary, rotatesInside } from "../passes/explicit-rotary.js";
 import { modelInputs } from "./analysis/inputs.js";
 import { PrunecError } from "./errors.js";
@@ -88,6 +89,8 @@ export interface CompileReport {
   stages: StageReport[];
   /** KV-cache stages (`keep kv`): the layers whose caches each evicts at prefill. */
   kvStages: KvStageReport[];
+  /** Head stages (`keep heads`): the heads each example keeps in the layers after each. */
+  headStages: HeadStageReport[];
   /** Tokens each layer processes, dense and after the schedule. */
   tokensPerLayer: { layer: number; dense: Dim | undefined; pruned: Dim | undefined }[];
   /** Names of every node prunec added. */
@@ -110,6 +113,19 @@ export interface KvStageReport {
   line: number;
   /** When it evicts: at the prefill only, or at every call (`during decode`). */
   when: "prefill" | "every call";
+}
+
+export interface HeadStageReport {
+  stage: number;
+  criterion: string;
+  /** The amount as written, e.g. "keep heads 50%". */
+  amount: string;
+  /** The layer after which heads leave; layers layer+1..until run `headsOut` heads. */
+  layer: number;
+  until: number;
+  headsIn: number;
+  headsOut: number;
+  line: number;
 }
 
 /** A graph output whose token axis a stage shrank. */
@@ -204,6 +220,10 @@ interface Compilation {
   plans: StagePlan[];
   /** KV-cache stages (`keep kv`), applied after the stream stages. */
   kvPlans: KvPlan[];
+  /** Head stages (`keep heads`), applied after the stream stages. */
+  headPlans: HeadPlan[];
+  /** Per head stage: int64 [B, K] the heads each example keeps (dense ids). */
+  headIndices: Map<number, string>;
   /** Per KV stage: its kept positions per layer (int64 [B, kvH, K']). */
   kvIndices: Map<number, Map<number, string>>;
   /** The graph as the steps so far left it. */
@@ -223,12 +243,19 @@ const STEPS: readonly { name: string; run: (c: Compilation) => Compilation; unch
   },
   { name: "move rotary out of fused attention", run: moveRotary },
   { name: "apply stages", run: applyStages },
+  { name: "prune heads", run: pruneHeads },
   { name: "evict KV caches", run: evictCaches },
   {
     name: "expose indices",
     run: (c) =>
       c.options.exposeIndices
-        ? { ...c, graph: exposeKvIndices(exposeIndices(c.graph, c.state.stages, c.info, c.plans), c.kvIndices) }
+        ? {
+            ...c,
+            graph: exposeHeads(
+              exposeKvIndices(exposeIndices(c.graph, c.state.stages, c.info, c.plans), c.kvIndices),
+              c.headIndices,
+            ),
+          }
         : c,
   },
   { name: "declare evicted caches", run: (c) => ({ ...c, graph: declareEvictedCaches(c.graph, c.kvPlans) }) },
@@ -277,6 +304,16 @@ export function compileModel(
       line: c.spec.stages[p.stage]?.span.line ?? 0,
       when: p.decode ? ("every call" as const) : ("prefill" as const),
     })),
+    headStages: c.headPlans.map((p) => ({
+      stage: p.stage,
+      criterion: p.criterion.name,
+      amount: p.text,
+      layer: p.layer.index,
+      until: p.until,
+      headsIn: p.headsIn,
+      headsOut: p.keep,
+      line: c.spec.stages[p.stage]?.span.line ?? 0,
+    })),
     perTokenOutputs: c.perTokenOutputs,
     verification,
   };
@@ -301,9 +338,9 @@ function frontEnd(modelBytes: Uint8Array, specText: string, options: CompileOpti
   const input = order.every((n, i) => n === model.graph!.node[i])
     ? model.graph!
     : shallowCopy(model.graph!, { node: order });
-  const { stream: plans, kv: kvPlans } = planSpec(spec, info, modelInputs(input), dense);
+  const { stream: plans, kv: kvPlans, heads: headPlans } = planSpec(spec, info, modelInputs(input), dense);
   const opset = opsetOf(model);
-  if ((plans.length || kvPlans.length) && opset < 13) {
+  if ((plans.length || kvPlans.length || headPlans.length) && opset < 13) {
     throw new PrunecError(
       "apply",
       `${modelName}: opset ${opset} is too old; prunec emits opset-13 operators (re-export with opset ≥ 13)`,
@@ -324,6 +361,8 @@ function frontEnd(modelBytes: Uint8Array, specText: string, options: CompileOpti
     plans,
     kvPlans,
     kvIndices: new Map(),
+    headPlans,
+    headIndices: new Map(),
     graph: input,
     state,
     perTokenOutputs: [],
@@ -344,13 +383,13 @@ function moveRotary(c: Compilation): Compilation {
   const rotary = explicitRotary(c.graph, c.info, first, c.opset, c.modelName);
   const rotated = new Graph(rotary.graph);
   const info = analyzeTransformer(rotated, c.modelName);
-  const { stream: plans, kv: kvPlans } = planSpec(c.spec, info, modelInputs(rotary.graph), rotated);
+  const { stream: plans, kv: kvPlans, heads: headPlans } = planSpec(c.spec, info, modelInputs(rotary.graph), rotated);
   const state: StreamState = {
     ...c.state,
     carried: new Map([[rotary.positions!, { axes: [1], rank: 2 }]]),
     added: [...c.state.added, ...rotary.added],
   };
-  return { ...c, graph: rotary.graph, info, plans, kvPlans, state };
+  return { ...c, graph: rotary.graph, info, plans, kvPlans, headPlans, state };
 }
 
 /** Each KV-cache stage in order, each on every layer it names (passes/kv-stage.ts). */
@@ -375,6 +414,33 @@ function evictCaches(c: Compilation): Compilation {
     kvIndices.set(plan.stage, evicted.indices);
   }
   return { ...c, graph, kvIndices, state: { ...c.state, added } };
+}
+
+/** Each head stage in order, each reading the heads the previous one kept (passes/head-stage.ts). */
+function pruneHeads(c: Compilation): Compilation {
+  let graph = c.graph;
+  const added = [...c.state.added];
+  const headIndices = new Map(c.headIndices);
+  let previous: HeadStageResult | undefined;
+  for (const plan of c.headPlans) {
+    previous = applyHeadStage(graph, c.info, plan, c.opset, previous);
+    graph = previous.graph;
+    added.push(...previous.added);
+    headIndices.set(plan.stage, previous.kept);
+  }
+  return { ...c, graph, headIndices, state: { ...c.state, added } };
+}
+
+/** `prunec.stageN.heads`: int64 [batch, kept] the dense ids of the heads each example keeps. */
+function exposeHeads(g: GraphProto, headIndices: ReadonlyMap<number, string>): GraphProto {
+  if (!headIndices.size) return g;
+  const nodes = [...headIndices].map(([stage, t]) =>
+    makeNode("Identity", [t], [`prunec.stage${stage}.heads`], `prunec/stage${stage}/expose_heads`),
+  );
+  const outputs = [...headIndices].map(([stage]) =>
+    valueInfo(`prunec.stage${stage}.heads`, DT.INT64, [batchDim(g) ?? "batch", `prunec_stage${stage}_heads`]),
+  );
+  return shallowCopy(g, { node: [...g.node, ...nodes], output: [...g.output, ...outputs] });
 }
 
 /** `prunec.stageN.layerL.kv_indices`: int64 [batch, kv_heads, kept] positions each KV head keeps. */
@@ -582,7 +648,7 @@ function report(
   plans: StagePlan[],
   state: StreamState,
   lines: number[],
-): Omit<CompileReport, "verification" | "perTokenOutputs" | "kvStages"> {
+): Omit<CompileReport, "verification" | "perTokenOutputs" | "kvStages" | "headStages"> {
   const stages = plans.map((p, i) => ({
     lowering: state.stages[i]!.lowering,
     ...(state.stages[i]!.loweringNote ? { loweringNote: state.stages[i]!.loweringNote } : {}),

@@ -6,14 +6,16 @@ export const DEFAULT_PERCENT = 50;
 
 /** A stage's amount as the spec resolves it (the default made explicit). */
 export function resolvedAmount(stage: StageIR): { text: string; isDefault: boolean } {
-  const action = stage.target === "kv" ? `${stage.action} kv` : stage.action;
+  const action = stage.target === "stream" ? stage.action : `${stage.action} ${stage.target}`;
   if (!stage.amount) return { text: `${action} ${DEFAULT_PERCENT}%`, isDefault: true };
   const a = stage.amount;
   const text =
     a.kind === "percent"
       ? `${a.value}%`
       : a.kind === "count"
-        ? `${a.value} tokens`
+        ? stage.target === "heads"
+          ? String(a.value)
+          : `${a.value} tokens`
         : a.kind === "mass"
           ? `mass ${a.value}%`
           : `above ${a.value}`;

@@ -99,3 +99,27 @@ export interface KvPlan {
    */
   decode?: DecodeForm & { budget: number };
 }
+
+/**
+ * A head stage (`keep heads … after layer L`, passes/head-stage.ts): each example keeps `keep` of
+ * the `headsIn` heads left, ranked by the criterion's score summed over layers `first`..L (added to
+ * the previous head stage's carried score); layers L+1..`until` run only the kept heads.
+ */
+export interface HeadPlan {
+  stage: number;
+  /** The layer after which heads leave. */
+  layer: LayerInfo;
+  criterion: CriterionModule & Required<Pick<CriterionModule, "heads">>;
+  /** Heads each layer has in the dense model. */
+  heads: number;
+  /** Heads still there after the previous head stage (the dense count for the first). */
+  headsIn: number;
+  /** Heads each example keeps. */
+  keep: number;
+  /** First layer whose outputs this stage sums (0, or the previous head stage's layer + 1). */
+  first: number;
+  /** Last layer that runs this stage's kept heads (the next head stage's layer, or the model's last). */
+  until: number;
+  /** The amount as written, for reports ("keep heads 50%"). */
+  text: string;
+}

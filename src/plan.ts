@@ -22,8 +22,9 @@ import { planMerge } from "./plan-merge.js";
 import { PrunecError } from "./errors.js";
 import { DEFAULT_PERCENT, resolvedAmount } from "./plan-amount.js";
 import { planKvStages } from "./plan-kv.js";
+import { planHeadStages } from "./plan-heads.js";
 import { setInput } from "./plan-sets.js";
-import type { KvPlan } from "./plan-types.js";
+import type { HeadPlan, KvPlan } from "./plan-types.js";
 
 export { DEFAULT_PERCENT, resolvedAmount };
 
@@ -106,7 +107,7 @@ export function planSpec(
   inputs: ReadonlyMap<string, InputFact> = new Map(),
   /** The graph `model` describes (KV-cache presses read constants of it); needed when the spec has KV stages. */
   graph?: Graph,
-): { stream: StagePlan[]; kv: KvPlan[] } {
+): { stream: StagePlan[]; kv: KvPlan[]; heads: HeadPlan[] } {
   const diagnostics: Diagnostic[] = [...checkSpecSets(spec), ...checkSetInputs(spec, inputs)];
   const plans: StagePlan[] = [];
   const fail = (span: Span, message: string): void => {
@@ -123,7 +124,7 @@ export function planSpec(
   for (const t of spec.tokenSets) if (!sets.has(t.name)) sets.set(t.name, t);
 
   spec.stages.forEach((stage, i) => {
-    if (stage.target === "kv") return; // planned by planKvStages
+    if (stage.target !== "stream") return; // planned by planKvStages and planHeadStages
     if (model.unproven) {
       fail(stage.positionSpan, `prunec cannot prove this model's token structure: ${model.unproven}`);
       return;
@@ -203,6 +204,7 @@ export function planSpec(
     diagnostics,
     plans.map((p) => p.layer.index),
   );
+  const heads = planHeadStages(spec, model, graph, diagnostics, plans, kv);
   if (count === 0)
     diagnostics.push(
       diagnosticAt(spec.file, { line: 1, column: 1, endLine: 1, endColumn: 1 }, "the model has no transformer layers"),
@@ -211,7 +213,7 @@ export function planSpec(
     diagnostics.sort((a, b) => a.line - b.line || a.column - b.column);
     throw new PrunecError("apply", formatDiagnostics(diagnostics, spec.text), diagnostics);
   }
-  return { stream: plans, kv };
+  return { stream: plans, kv, heads };
 }
 
 function planOne(

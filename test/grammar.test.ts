@@ -369,7 +369,7 @@ describe("diagnostics", () => {
     [
       "misspelled amount keyword",
       "after layer 2 keep mas 90% by iga",
-      `spec.prune:1:20: error: expected 'kv', a number, 'mass', 'above', 'of' or 'by', found 'mas'
+      `spec.prune:1:20: error: expected 'kv', 'heads', a number, 'mass', 'above', 'of' or 'by', found 'mas'
  1 | after layer 2 keep mas 90% by iga
    |                    ^~~
    = help: did you mean 'mass'?`,

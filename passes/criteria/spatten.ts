@@ -5,6 +5,9 @@
  * the stream for all later layers, and the survivors keep their running score. A stage after layer
  * L keeps the prunable tokens with the largest s.
  *
+ * Head stages (`keep heads … by spatten`) rank heads by Σ|O_h| instead (the `heads` hook,
+ * lowered by passes/head-stage.ts).
+ *
  * In prunec the running score is the stage's `cumulative` (passes/criterion.ts): this stage sums
  * the layers it sees (firstLayer..L) onto what the previous spatten stage left, gathered with its
  * kept tokens (StreamState.cumulative). Every earlier stream stage must be spatten too, or the
@@ -30,9 +33,15 @@ function layersSeen(facts: {
 
 export const spatten: CriterionModule = {
   name: "spatten",
+  targets: ["stream", "heads"],
   summary:
-    "attention each token has received, summed over heads, queries and every layer so far, carried from stage to stage (SpAtten's cascade)",
+    "attention each token has received, summed over heads, queries and every layer so far, carried from stage to stage (SpAtten's cascade); for heads, the magnitude of each head's output",
   args: {},
+  // Cascade head pruning: a head's importance is Σ|O_h|, its attention output's magnitude over
+  // every query row and channel, summed over layers from 0 (the paper's equations, §27).
+  heads: {
+    layerScore: (b, output) => b.reduce("ReduceSum", b.op("Abs", [output], {}, "head_magnitude"), [2, 3], 0),
+  },
   needs:
     "attention probabilities in every layer up to the stage (MatMul + Softmax, or recomputed behind fused attention)",
   cascade:

@@ -114,7 +114,7 @@ async function runCompile(
     );
     return;
   }
-  // Stream and KV-cache stages, in the spec's order.
+  // Stream, KV-cache and head stages, in the spec's order.
   const stages = [
     ...report.stages.map((s) => ({
       stage: s.stage,
@@ -123,6 +123,10 @@ async function runCompile(
     ...report.kvStages.map((k) => ({
       stage: k.stage,
       text: `${k.when === "prefill" ? "" : "during decode "}${k.amount} by ${k.criterion} in layers ${k.layers.join(", ")} (each KV head, ${k.when === "prefill" ? "at prefill" : "at every call"})`,
+    })),
+    ...report.headStages.map((h) => ({
+      stage: h.stage,
+      text: `after layer ${h.layer} ${h.amount} by ${h.criterion}, ${h.headsIn} → ${h.headsOut} heads per example in layers ${h.layer + 1}..${h.until}`,
     })),
   ]
     .sort((a, b) => a.stage - b.stage)

@@ -1,0 +1,174 @@
+/**
+ * A head stage (`after layer L keep heads P% by spatten`, SpAtten's cascade head pruning,
+ * methods.md §27): each example ranks the heads left by its score summed over layers first..L
+ * (SpAtten: Σ|O_h|, the magnitude of each head's attention output P·V), plus what the previous
+ * head stage carried, and keeps the best K. Layers L+1..until then compute attention for the kept
+ * heads only:
+ *
+ *   q', kᵀ', v' = the kept heads of Q·Kᵀ's two inputs and P·V's value input   [B, K, ·, ·]
+ *   o'          = softmax(q'kᵀ' …) v'                                           [B, K, N, d]
+ *   o           = o' spread back over the H heads, the pruned ones 0            [B, H, N, d]
+ *
+ * so the merge of heads and the output projection read the layout they always did, and a pruned
+ * head contributes nothing, as in SpAtten where it has left the layer. Each example keeps its own
+ * heads (a gather per example). Head ids are the dense model's, ascending.
+ *
+ * Pre:  plan validated by src/plan-heads.ts (every layer MatMul + Softmax attention whose head
+ *       axis is third from the end, no KV cache, logits' side tensors shared by all heads).
+ * Post: layers L+1..until compute K heads; the splice's ensures() held.
+ */
+import { Graph, type GraphProto, type NodeProto } from "../src/ir/graph.js";
+import { shallowCopy } from "../src/ir/copy.js";
+import { refreshFacts } from "../src/analysis/refresh.js";
+import type { LayerInfo, TransformerInfo } from "../src/analysis/transformer.js";
+import type { HeadPlan } from "../src/plan-types.js";
+import { NodeBuilder } from "./builder.js";
+import { splice } from "./splice.js";
+
+export interface HeadStageResult {
+  graph: GraphProto;
+  added: NodeProto[];
+  /** int64 [B, K]: the dense model's ids of the heads each example keeps, ascending. */
+  kept: string;
+  /** float [B, K]: their running scores (what the next head stage adds its layers to). */
+  score: string;
+  /** Per rewritten layer: its kept heads' outputs o' as [B, K, N, d] (what the next stage sums). */
+  outputs: Map<number, string>;
+}
+
+type Layout = NonNullable<LayerInfo["probsLayout"]>;
+
+/** A per-head tensor of the layer's layout as [B, H, X, Y]. */
+function byHead(b: NodeBuilder, layout: Layout, heads: number, t: string): string {
+  switch (layout) {
+    case "batch,heads,q,k":
+      return t;
+    case "batch*heads,q,k": {
+      // [B·H, X, Y], batch-major as exporters flatten it (b·H + h).
+      const shape = b.op("Concat", [b.int64([-1, heads], [2], "batch_heads"), b.slice(b.op("Shape", [t]), 0, 1)], {
+        axis: 0,
+      });
+      return b.op("Reshape", [t, shape], {}, "by_head");
+    }
+    case "heads,q,k":
+      return b.unsqueeze(t, [0]);
+  }
+}
+
+/** Back from [B, K, X, Y] to the layer's layout. */
+function toLayout(b: NodeBuilder, layout: Layout, t: string): string {
+  switch (layout) {
+    case "batch,heads,q,k":
+      return t;
+    case "batch*heads,q,k": {
+      const shape = b.op("Concat", [b.int64([-1], [1], "flat_heads"), b.slice(b.op("Shape", [t]), 0, 2)], { axis: 0 });
+      return b.op("Reshape", [t, shape], {}, "flat_heads");
+    }
+    case "heads,q,k":
+      return b.squeeze(t, [0]);
+  }
+}
+
+/** x [B, H, X, Y] at `index` [B, K] along the head axis → [B, K, X, Y]. */
+function alongHeads(b: NodeBuilder, x: string, index: string): string {
+  const shape = b.op("Concat", [b.op("Shape", [index]), b.slice(b.op("Shape", [x]), 0, 2)], { axis: 0 });
+  const spread = b.op("Expand", [b.unsqueeze(index, [2, 3]), shape], {}, "head_index");
+  return b.op("GatherElements", [x, spread], { axis: 1 }, "heads");
+}
+
+export function applyHeadStage(
+  proto: GraphProto,
+  dense: TransformerInfo,
+  plan: HeadPlan,
+  opset: number,
+  previous: HeadStageResult | undefined,
+): HeadStageResult {
+  const g = new Graph(proto);
+  const model = refreshFacts(dense, g);
+  const b = new NodeBuilder(`prunec/stage${plan.stage}/${plan.criterion.name}/heads`, opset);
+  const facts = (index: number) => {
+    const layer = model.layers[index];
+    const core = layer?.core;
+    if (!layer || !core?.qk || !core.pv || !layer.probsLayout)
+      throw new Error(`stage ${plan.stage}: layer ${index} lost its MatMul + Softmax attention (checked by the plan)`);
+    return { layer, qk: core.qk, pv: core.pv, layout: layer.probsLayout };
+  };
+
+  // The score: each layer's per-head score, over the heads left, on top of what was carried.
+  let total = previous?.score;
+  for (let l = plan.first; l <= plan.layer.index; l++) {
+    const carried = previous?.outputs.get(l);
+    const output = carried ?? byHead(b, facts(l).layout, plan.heads, facts(l).pv.output[0]!);
+    const score = plan.criterion.heads.layerScore(b, output); // [B, H']
+    total = total ? b.op("Add", [total, score], {}, "running_score") : score;
+  }
+  if (!total) throw new Error(`stage ${plan.stage}: no layer to score`);
+  const k = b.int64([plan.keep], [1], "kept_heads");
+  const [, best] = b.opN("TopK", [total, k], 2, { axis: -1, largest: 1, sorted: 1 });
+  // Ascending positions among the heads left (so ids stay ascending), then the dense ids.
+  const [ascending] = b.opN("TopK", [best!, k], 2, { axis: -1, largest: 0, sorted: 1 });
+  const kept = previous ? b.op("GatherElements", [previous.kept, ascending!], { axis: 1 }, "head_ids") : ascending!;
+  const score = b.op("GatherElements", [total, ascending!], { axis: 1 }, "kept_score");
+
+  // Where each dense head's output comes from: its slot among the kept, or K (a zero slot).
+  const hit = b.op(
+    "Equal",
+    [
+      b.unsqueeze(kept, [2]),
+      b.int64(
+        Array.from({ length: plan.heads }, (_, h) => h),
+        [1, 1, plan.heads],
+        "head_ids",
+      ),
+    ],
+    {},
+    "is_kept",
+  ); // [B, K, H]
+  const slotMinusK = b.int64(
+    Array.from({ length: plan.keep }, (_, i) => i - plan.keep),
+    [1, plan.keep, 1],
+    "slot_minus_k",
+  );
+  const source = b.op(
+    "Add",
+    [
+      b.reduce("ReduceSum", b.op("Where", [hit, slotMinusK, b.int64([0], [], "zero")]), [1], 0),
+      b.int64([plan.keep], [], "zero_slot"),
+    ],
+    {},
+    "source_slot",
+  ); // [B, H]
+
+  const replaced = new Map<NodeProto, NodeProto>();
+  const outputs = new Map<number, string>();
+  for (let l = plan.layer.index + 1; l <= plan.until; l++) {
+    const { qk, pv, layout } = facts(l);
+    const c = new NodeBuilder(`${b.prefix}/layer${l}`, opset);
+    const gather = (t: string) => toLayout(c, layout, alongHeads(c, byHead(c, layout, plan.heads, t), kept));
+    const o = pv.output[0]!;
+    const oKept = `${o}/kept_heads`;
+    replaced.set(qk, shallowCopy(qk, { input: [gather(qk.input[0]!), gather(qk.input[1]!)] }));
+    replaced.set(pv, shallowCopy(pv, { input: [pv.input[0]!, gather(pv.input[1]!)], output: [oKept] }));
+    const o4 = byHead(c, layout, plan.keep, oKept); // [B, K, N, d]
+    outputs.set(l, o4);
+    // The pruned heads' outputs are zeros: a zero slot after the K kept ones, gathered by `source`.
+    const zeroShape = c.op(
+      "Concat",
+      [c.slice(c.op("Shape", [o4]), 0, 0, 1), c.int64([1], [1], "one_head"), c.slice(c.op("Shape", [o4]), 0, 2)],
+      { axis: 0 },
+    );
+    let zeros = c.op("ConstantOfShape", [zeroShape], {}, "pruned_heads");
+    if (opset >= 15) zeros = c.op("CastLike", [zeros, o4]);
+    const slots = c.op("Concat", [o4, zeros], { axis: 1 }, "with_zero_slot");
+    c.rename(toLayout(c, layout, alongHeads(c, slots, source)), o);
+    b.nodes.push(...c.nodes);
+    b.initializers.push(...c.initializers);
+  }
+  const graph = splice(proto, {
+    label: `stage ${plan.stage} (heads)`,
+    nodes: b.nodes,
+    initializers: b.initializers,
+    replaced,
+  });
+  return { graph, added: b.nodes, kept, score, outputs };
+}
