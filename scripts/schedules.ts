@@ -12,7 +12,10 @@
  *  3. capabilities: the other selection capabilities (diversity and k-center in both lowerings, ToMe
  *     merging, `with mask`, `with recycle`, `keep mass`) next to cls-attn at the same budget, with the
  *     graph size prunec adds; timed on the real test batches (the adaptive row's count depends on the
- *     input), plus the adaptive row at batch 1 (no padding).
+ *     input), plus the adaptive row at batch 1 (no padding);
+ *  4. heads: SpAtten's cascade head pruning (`keep heads … by spatten`), alone and after a token
+ *     stage: accuracy, measured speedup and the FLOPs-ideal one (attention's Q·Kᵀ and P·V scale
+ *     with the heads kept; the projections do not: passes/head-stage.ts gathers activations).
  *
  *   npx tsx scripts/schedules.ts [--runs 20] [--reps 5] [--only schedules,criteria,capabilities] [--write docs/results.md]
  *
@@ -41,7 +44,7 @@ const arg = (k: string) => (args.includes(k) ? args[args.indexOf(k) + 1] : undef
 const runs = Number(arg("--runs") ?? 20);
 const reps = Number(arg("--reps") ?? 5);
 const out = arg("--write");
-const SECTIONS = ["schedules", "criteria", "capabilities"] as const;
+const SECTIONS = ["schedules", "criteria", "capabilities", "heads"] as const;
 const only = arg("--only")?.split(",") ?? [...SECTIONS];
 for (const o of only)
   if (!(SECTIONS as readonly string[]).includes(o))
@@ -413,6 +416,70 @@ async function capabilitiesTable(model: Uint8Array, data: Dataset, denseAcc: num
   return lines.join("\n");
 }
 
+/** Head-pruning rows: heads alone, a cascade, and after a token stage (the digits model has 4 heads per layer). */
+export const HEAD_ROWS: string[] = [
+  "after layer 1 keep heads 3 by spatten",
+  "after layer 1 keep heads 2 by spatten",
+  "after layer 3 keep heads 2 by spatten",
+  "after layer 1 keep heads 3 by spatten\nafter layer 3 keep heads 1 by spatten",
+  "after layer 1 keep 25% by cls-attn\nafter layer 2 keep heads 2 by spatten",
+];
+
+async function headsTable(model: Uint8Array, data: Dataset, denseAcc: number): Promise<string> {
+  const graph = new Graph(decodeModel(model, "digits").graph!);
+  const info = analyzeTransformer(graph, "digits");
+  const costs = layerCosts(graph, info);
+  const fixed = outsideFlops(graph, info);
+  const heads = info.layers[0]!.heads!;
+  // Per layer: tokens, and the share of heads left (Q·Kᵀ and P·V scale with it).
+  const flops = (r: CompileResult) => {
+    const share = info.layers.map((l) => {
+      const stage = [...r.report.headStages].reverse().find((h) => h.layer < l.index);
+      return stage ? stage.headsOut / heads : 1;
+    });
+    const tokens = tokensWith(r, 0);
+    return (
+      fixed + costs.reduce((sum, c, i) => sum + c.perToken * tokens[i]! + c.perPair * share[i]! * tokens[i]! ** 2, 0)
+    );
+  };
+  const denseFlops =
+    fixed +
+    totalFlops(
+      costs,
+      info.layers.map(() => Number(info.tokens)),
+    );
+  const batches = Array.from({ length: Math.floor(data.header.n / BENCH_BATCH) }, (_, i) =>
+    batchInput(data, i * BENCH_BATCH, (i + 1) * BENCH_BATCH),
+  );
+  const compiled = HEAD_ROWS.map((spec) => compile(model, spec, { modelName: "digits" }));
+  const accuracy: number[] = [];
+  for (const [i, r] of compiled.entries()) {
+    accuracy.push((await evaluate(r.model, HEAD_ROWS[i]!, data, { ep: "cpu", batch: EVAL_BATCH })).accuracy);
+    console.error(`evaluated ${HEAD_ROWS[i]!.replace(/\n/g, "; ")}: ${pct(accuracy[i]!)}`);
+  }
+  const b32 = await repeatedSpeedups(
+    model,
+    compiled.map((r) => r.model),
+    batches,
+    runs,
+  );
+  const lines = [
+    `Dense: ${pct(denseAcc)} top-1, ${heads} heads per layer; ORT CPU batch ${BENCH_BATCH} median ${median(b32.denseMs).toFixed(1)} ms (${b32.denseMs.map((x) => x.toFixed(1)).join(", ")} in the ${reps} repetitions).`,
+    "",
+    `| spec | heads per layer | tokens per layer | accuracy | vs dense | measured speedup (b${BENCH_BATCH}), median [min–max] of ${reps} | FLOPs-ideal | nodes added |`,
+    "|---|---|---|---|---|---|---|---|",
+  ];
+  for (const [i, r] of compiled.entries()) {
+    const perLayer = info.layers.map(
+      (l) => [...r.report.headStages].reverse().find((h) => h.layer < l.index)?.headsOut ?? heads,
+    );
+    lines.push(
+      `| \`${HEAD_ROWS[i]!.replace(/\n/g, "; ")}\` | ${perLayer.join(" ")} | ${tokensWith(r, 0).join(" ")} | ${pct(accuracy[i]!)} | ${vsDense(accuracy[i]!, denseAcc)} | ${spread(b32.speedups[i]!)} | ${(denseFlops / flops(r)).toFixed(3)}× | ${r.report.addedNodes.length} |`,
+    );
+  }
+  return lines.join("\n");
+}
+
 /** Replaces `<!-- generated:NAME -->…<!-- /generated:NAME -->` in `doc`, or appends the section. */
 function replaceSection(doc: string, name: string, body: string): string {
   const open = `<!-- generated:${name} -->`;
@@ -432,6 +499,7 @@ async function main(): Promise<void> {
     schedules: schedulesTable,
     criteria: criteriaTable,
     capabilities: capabilitiesTable,
+    heads: headsTable,
   };
   const sections: [string, string][] = [];
   for (const name of SECTIONS.filter((s) => only.includes(s))) {

@@ -72,6 +72,8 @@ interface Capability {
   adaptive?: boolean;
   /** Greedy selection: compiles to an ONNX Loop for the default target, unrolled for webgpu. */
   greedy?: boolean;
+  /** A head stage: exposes prunec.stage0.heads instead of token indices. */
+  heads?: boolean;
 }
 
 const keep = (criterion: string) => `after layer 1 keep 25% by ${criterion}\n`;
@@ -92,6 +94,13 @@ export const CAPABILITIES: Capability[] = [
   { key: "uniform", covers: "uniform", spec: keep("uniform") },
   // SpAtten's running score over layers 0..1 (the cross-stage carry is tested in test/spatten.test.ts).
   { key: "spatten", covers: "spatten", spec: keep("spatten") },
+  // SpAtten's head pruning: layers 2..5 gather 2 of the 4 heads per example.
+  {
+    key: "spatten-heads",
+    covers: "keep heads (spatten)",
+    spec: "after layer 1 keep heads 2 by spatten\n",
+    heads: true,
+  },
   { key: "merge", covers: "similarity", spec: "after layer 1 merge 25% by similarity\n" },
   { key: "mask", covers: "with mask", spec: "after layer 1 keep 25% by cls-attn with mask\n" },
   { key: "recycle", covers: "with recycle", spec: "after layer 1 keep 25% by cls-attn with recycle\n" },
@@ -269,7 +278,7 @@ describe.skipIf(!HAVE_DIGITS)(
         const r = reports.get(cap.key)!;
         const batches = chosen.get(cap.key)!;
         try {
-          expect(v.lowering).toHaveLength(1);
+          expect(v.lowering).toHaveLength(cap.heads ? 0 : 1);
           if (cap.greedy) expect(v.hasLoop).toBe(false);
           const web = await runBrowser(v, batches);
           r.createMs = Math.round(web.createMs);
@@ -293,7 +302,11 @@ describe.skipIf(!HAVE_DIGITS)(
             r.outputsEqual[o] = JSON.stringify(w) === JSON.stringify(c);
           }
           expect(idx).toEqual(
-            cap.adaptive ? ["prunec.stage0.indices", "prunec.stage0.counts"] : ["prunec.stage0.indices"],
+            cap.heads
+              ? ["prunec.stage0.heads"]
+              : cap.adaptive
+                ? ["prunec.stage0.indices", "prunec.stage0.counts"]
+                : ["prunec.stage0.indices"],
           );
           for (const o of idx) {
             for (let b = 0; b < batches.length; b++) {
