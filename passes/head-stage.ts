@@ -25,6 +25,9 @@ import type { HeadPlan } from "../src/plan-types.js";
 import { NodeBuilder } from "./builder.js";
 import { splice } from "./splice.js";
 
+const INT64 = 7;
+const BOOL = 9;
+
 export interface HeadStageResult {
   graph: GraphProto;
   added: NodeProto[];
@@ -38,7 +41,7 @@ export interface HeadStageResult {
 
 type Layout = NonNullable<LayerInfo["probsLayout"]>;
 
-/** A per-head tensor of the layer's layout as [B, H, X, Y]. */
+/** A per-head tensor of the layer's layout as [B, H, X, Y] (for the scores). */
 function byHead(b: NodeBuilder, layout: Layout, heads: number, t: string): string {
   switch (layout) {
     case "batch,heads,q,k":
@@ -55,25 +58,21 @@ function byHead(b: NodeBuilder, layout: Layout, heads: number, t: string): strin
   }
 }
 
-/** Back from [B, K, X, Y] to the layer's layout. */
-function toLayout(b: NodeBuilder, layout: Layout, t: string): string {
-  switch (layout) {
-    case "batch,heads,q,k":
-      return t;
-    case "batch*heads,q,k": {
-      const shape = b.op("Concat", [b.int64([-1], [1], "flat_heads"), b.slice(b.op("Shape", [t]), 0, 2)], { axis: 0 });
-      return b.op("Reshape", [t, shape], {}, "flat_heads");
-    }
-    case "heads,q,k":
-      return b.squeeze(t, [0]);
-  }
+/**
+ * A per-head tensor of the layer's layout as [B·H, X, Y] (batch-major), and back: heads are
+ * gathered on that one axis with a small index ([B·K]) instead of a full-size GatherElements one.
+ */
+function flat(b: NodeBuilder, layout: Layout, t: string): string {
+  if (layout !== "batch,heads,q,k") return t; // [B·H, X, Y] already, or [H, X, Y] (one example)
+  const shape = b.op("Concat", [b.int64([-1], [1], "flat_heads"), b.slice(b.op("Shape", [t]), 0, 2)], { axis: 0 });
+  return b.op("Reshape", [t, shape], {}, "flat_heads");
 }
-
-/** x [B, H, X, Y] at `index` [B, K] along the head axis → [B, K, X, Y]. */
-function alongHeads(b: NodeBuilder, x: string, index: string): string {
-  const shape = b.op("Concat", [b.op("Shape", [index]), b.slice(b.op("Shape", [x]), 0, 2)], { axis: 0 });
-  const spread = b.op("Expand", [b.unsqueeze(index, [2, 3]), shape], {}, "head_index");
-  return b.op("GatherElements", [x, spread], { axis: 1 }, "heads");
+function unflat(b: NodeBuilder, layout: Layout, heads: number, t: string): string {
+  if (layout !== "batch,heads,q,k") return t;
+  const shape = b.op("Concat", [b.int64([-1, heads], [2], "batch_heads"), b.slice(b.op("Shape", [t]), 0, 1)], {
+    axis: 0,
+  });
+  return b.op("Reshape", [t, shape], {}, "by_head");
 }
 
 export function applyHeadStage(
@@ -110,7 +109,17 @@ export function applyHeadStage(
   const kept = previous ? b.op("GatherElements", [previous.kept, ascending!], { axis: 1 }, "head_ids") : ascending!;
   const score = b.op("GatherElements", [total, ascending!], { axis: 1 }, "kept_score");
 
-  // Where each dense head's output comes from: its slot among the kept, or K (a zero slot).
+  // Rows of the [B·H, ·, ·] view: example b's kept head k is row b·H + kept[b,k]; dense head h of
+  // example b reads row b·K + (its slot among the kept), or B·K, a zero row, when pruned.
+  const examples = b.slice(b.op("Shape", [kept]), 0, 0, 1); // int64 [1]: B
+  const first = (width: number, label: string) =>
+    b.unsqueeze(b.op("Mul", [b.range(examples, "examples"), b.int64([width], [], label)]), [1]); // [B,1]
+  const keptRows = b.op(
+    "Reshape",
+    [b.op("Add", [first(plan.heads, "heads"), kept]), b.int64([-1], [1], "flat")],
+    {},
+    "kept_rows",
+  ); // [B·K]
   const hit = b.op(
     "Equal",
     [
@@ -124,43 +133,43 @@ export function applyHeadStage(
     {},
     "is_kept",
   ); // [B, K, H]
-  const slotMinusK = b.int64(
-    Array.from({ length: plan.keep }, (_, i) => i - plan.keep),
+  const slot = b.int64(
+    Array.from({ length: plan.keep }, (_, i) => i),
     [1, plan.keep, 1],
-    "slot_minus_k",
+    "slots",
   );
-  const source = b.op(
-    "Add",
-    [
-      b.reduce("ReduceSum", b.op("Where", [hit, slotMinusK, b.int64([0], [], "zero")]), [1], 0),
-      b.int64([plan.keep], [], "zero_slot"),
-    ],
+  const isKept = b.op("Cast", [b.reduce("ReduceMax", b.op("Cast", [hit], { to: INT64 }), [1], 0)], { to: BOOL }); // [B,H]
+  const keptSlot = b.op("Add", [
+    first(plan.keep, "kept"),
+    b.reduce("ReduceSum", b.op("Where", [hit, slot, b.int64([0], [], "zero")]), [1], 0),
+  ]); // [B,H]
+  const zeroRow = b.op("Mul", [examples, b.int64([plan.keep], [1], "kept_per_example")], {}, "zero_row"); // [1]: B·K
+  const sourceRows = b.op(
+    "Reshape",
+    [b.op("Where", [isKept, keptSlot, zeroRow], {}, "source"), b.int64([-1], [1], "flat_again")],
     {},
-    "source_slot",
-  ); // [B, H]
+    "source_rows",
+  ); // [B·H]
 
   const replaced = new Map<NodeProto, NodeProto>();
   const outputs = new Map<number, string>();
   for (let l = plan.layer.index + 1; l <= plan.until; l++) {
     const { qk, pv, layout } = facts(l);
     const c = new NodeBuilder(`${b.prefix}/layer${l}`, opset);
-    const gather = (t: string) => toLayout(c, layout, alongHeads(c, byHead(c, layout, plan.heads, t), kept));
+    const gather = (t: string) =>
+      unflat(c, layout, plan.keep, c.op("Gather", [flat(c, layout, t), keptRows], { axis: 0 }, "kept_heads"));
     const o = pv.output[0]!;
     const oKept = `${o}/kept_heads`;
     replaced.set(qk, shallowCopy(qk, { input: [gather(qk.input[0]!), gather(qk.input[1]!)] }));
     replaced.set(pv, shallowCopy(pv, { input: [pv.input[0]!, gather(pv.input[1]!)], output: [oKept] }));
-    const o4 = byHead(c, layout, plan.keep, oKept); // [B, K, N, d]
-    outputs.set(l, o4);
-    // The pruned heads' outputs are zeros: a zero slot after the K kept ones, gathered by `source`.
-    const zeroShape = c.op(
-      "Concat",
-      [c.slice(c.op("Shape", [o4]), 0, 0, 1), c.int64([1], [1], "one_head"), c.slice(c.op("Shape", [o4]), 0, 2)],
-      { axis: 0 },
-    );
+    outputs.set(l, byHead(c, layout, plan.keep, oKept)); // [B, K, N, d]
+    // The pruned heads' outputs are a zero row after the B·K kept ones.
+    const rows = flat(c, layout, oKept); // [B·K, N, d]
+    const zeroShape = c.op("Concat", [c.int64([1], [1], "one_row"), c.slice(c.op("Shape", [rows]), 0, 1)], { axis: 0 });
     let zeros = c.op("ConstantOfShape", [zeroShape], {}, "pruned_heads");
-    if (opset >= 15) zeros = c.op("CastLike", [zeros, o4]);
-    const slots = c.op("Concat", [o4, zeros], { axis: 1 }, "with_zero_slot");
-    c.rename(toLayout(c, layout, alongHeads(c, slots, source)), o);
+    if (opset >= 15) zeros = c.op("CastLike", [zeros, rows]);
+    const withZero = c.op("Concat", [rows, zeros], { axis: 0 }, "with_zero_row");
+    c.rename(unflat(c, layout, plan.heads, c.op("Gather", [withZero, sourceRows], { axis: 0 }, "every_head")), o);
     b.nodes.push(...c.nodes);
     b.initializers.push(...c.initializers);
   }

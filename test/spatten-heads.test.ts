@@ -1,13 +1,15 @@
 /**
  * SpAtten's cascade head pruning (`after layer L keep heads … by spatten`, passes/head-stage.ts) on
- * the trained digits ViT (6 layers, 4 heads, torchvision's [B·H, N, N] attention), a batch of 3:
+ * the trained digits ViT (6 layers, 4 heads, torchvision's [B·H, N, N] attention; two cascaded
+ * stages, a batch of 3) and an HF-style ViT ([B, H, N, N], a logit bias shared by the heads):
  * - each stage's kept heads equal the float64 reference written from the paper's equations
  *   (test/reference/spatten-heads.ts), fed the head outputs each layer computed in a reference
  *   model: the dense graph with every layer's P·V output multiplied by a per-head 0/1 mask input
- *   (an edit independent of prunec's gathers);
- * - the logits equal that reference model's with the reference's heads masked (≤ 1e-5);
- * - the pruned layers compute only the kept heads (their Softmax has B·K rows);
- * - the second stage's carried score matters: ranking its own layers alone keeps other heads.
+ *   (an edit independent of prunec's gathers), the earlier stages' heads already masked;
+ * - the logits equal that reference model's with every stage's heads masked (≤ 1e-5), and differ
+ *   from the dense logits;
+ * - the pruned layers compute only the kept heads (their Softmax has K heads);
+ * - the second stage's carried score matters: ranking its own layer alone keeps other heads.
  */
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
@@ -22,147 +24,193 @@ import { TensorProto_DataType as DT } from "../src/onnx/gen/onnx_pb.js";
 import { REPO_ROOT } from "./helpers/shared.js";
 import { maxAbsDiff, runNode, runWasm, type Feeds } from "./helpers/ort.js";
 import { digitsFeeds, firstErrorLine } from "./support/cases.js";
+import { buildFusedVit, FUSED_VIT, fusedVitFeeds } from "./support/fused-vit.js";
+import { unfuseMultiHeadAttention } from "./support/unfuse.js";
 import { rows, withOutputs } from "./support/model-edit.js";
 import { softmaxOutputs } from "./support/stage-tensors.js";
 import { spattenHeads } from "./reference/spatten-heads.js";
 
-const HEADS = 4;
-const LAYERS = 6;
 const model = readFileSync(join(REPO_ROOT, "examples", "digits", "model.onnx"));
-/** Stage 0 after layer L0 keeps 3 heads, stage 1 after layer L1 keeps 2. */
-const [L0, L1] = [2, 3];
-const SPEC = `after layer ${L0} keep heads 75% by spatten\nafter layer ${L1} keep heads 2 by spatten`;
 const range = (from: number, to: number) => Array.from({ length: to - from + 1 }, (_, i) => from + i);
+type Outputs = Awaited<ReturnType<typeof runNode>>;
 
-/** Every layer's P·V output tensor (torchvision's [B·H, N, d]), as the analysis finds it. */
+/** A model, its inputs and head stages (`after`: the layer; `keep`: heads kept). */
+interface HeadCase {
+  model: Uint8Array;
+  feeds: Feeds;
+  heads: number;
+  stages: { after: number; keep: number; amount: string }[];
+}
+const specOf = (c: HeadCase) =>
+  c.stages.map((s) => `after layer ${s.after} keep heads ${s.amount} by spatten`).join("\n");
+
+/** Every layer's P·V output tensor ([B·H, N, d] or [B, H, N, d]: batch-major either way), as the analysis finds it. */
 function headOutputs(bytes: Uint8Array): string[] {
   const info = analyzeTransformer(new Graph(decodeModel(bytes).graph!));
   return info.layers.map((l) => l.core!.pv!.output[0]!);
 }
 
 /**
- * The dense model with each layer's P·V output multiplied by an input `head_mask.L` [B·H, 1, 1]
- * (1 keeps a head, 0 removes it from that layer) and the masked outputs exposed as `head_out.L`.
+ * The dense model with each layer's P·V output multiplied by an input `head_mask.L` (1 keeps a
+ * head, 0 removes it from that layer; [B·H,1,1] or [B,H,1,1] as the output's rank asks) and the
+ * masked outputs exposed as `head_out.L`.
  */
-function maskedReference(bytes: Uint8Array): Uint8Array {
+function maskedReference(bytes: Uint8Array, rank: number): Uint8Array {
   const m = decodeModel(bytes);
   const g = m.graph!;
   const outputs = headOutputs(bytes);
-  const nodes = g.node.map((n) => {
-    const l = outputs.indexOf(n.output[0]!);
-    return l < 0 ? n : shallowCopy(n, { output: [`${n.output[0]}/unmasked`] });
-  });
+  const nodes = g.node.map((n) =>
+    outputs.includes(n.output[0]!) ? shallowCopy(n, { output: [`${n.output[0]}/unmasked`] }) : n,
+  );
   const masks = outputs.map((o, l) =>
     makeNode("Mul", [`${o}/unmasked`, `head_mask.${l}`], [o], `reference/head_mask_${l}`),
   );
   const exposed = outputs.map((o, l) => makeNode("Identity", [o], [`head_out.${l}`], `reference/head_out_${l}`));
+  const maskDims = rank === 4 ? [undefined, undefined, 1, 1] : [undefined, 1, 1];
   return encodeModel(
     shallowCopy(m, {
       graph: shallowCopy(g, {
         node: [...nodes, ...masks, ...exposed],
-        input: [...g.input, ...outputs.map((_, l) => valueInfo(`head_mask.${l}`, DT.FLOAT, [undefined, 1, 1]))],
+        input: [...g.input, ...outputs.map((_, l) => valueInfo(`head_mask.${l}`, DT.FLOAT, maskDims))],
         output: [
           ...g.output,
-          ...outputs.map((_, l) => valueInfo(`head_out.${l}`, DT.FLOAT, [undefined, undefined, undefined])),
+          ...outputs.map((_, l) => valueInfo(`head_out.${l}`, DT.FLOAT, new Array(rank).fill(undefined))),
         ],
       }),
     }),
   );
 }
 
-/** Masks [B·H, 1, 1] per layer: example b keeps `keptAt(l)[b]` in layer l (every head where undefined). */
-function maskFeeds(batch: number, keptAt: (l: number) => number[][] | undefined): Feeds {
-  const feeds: Feeds = {};
-  for (let l = 0; l < LAYERS; l++) {
-    const kept = keptAt(l);
-    const data = new Float32Array(batch * HEADS).map((_, i) =>
-      !kept || kept[Math.floor(i / HEADS)]!.includes(i % HEADS) ? 1 : 0,
-    );
-    feeds[`head_mask.${l}`] = { type: "float32", dims: [batch * HEADS, 1, 1], data };
-  }
-  return feeds;
-}
-
-/** Example b's head h output in layer l, from `head_out.l` [B·H, N, d]. */
-function headOf(out: Awaited<ReturnType<typeof runNode>>, l: number, b: number, h: number): Float32Array {
+/** Example b's head h output in layer l (batch-major heads: row b·H + h in either layout). */
+function headOf(out: Outputs, heads: number, l: number, b: number, h: number): Float32Array {
   const t = out[`head_out.${l}`]!;
-  const size = t.dims[1]! * t.dims[2]!;
-  return (t.data as Float32Array).subarray((b * HEADS + h) * size, (b * HEADS + h + 1) * size);
+  const rows = t.dims.length === 4 ? t.dims[0]! * t.dims[1]! : t.dims[0]!; // B·H
+  const size = t.data.length / rows;
+  return (t.data as Float32Array).subarray((b * heads + h) * size, (b * heads + h + 1) * size);
 }
 
-describe("spatten heads: SpAtten's cascade head pruning on the digits ViT", () => {
-  it("two stages (after layer 2 keep 75%, after layer 3 keep 2), batch of 3: kept heads and logits equal the reference's; pruned layers run K heads; CPU and WASM agree", async () => {
-    const feeds = digitsFeeds()[1]!;
-    const batch = feeds.pixel_values!.dims[0]!;
-    const compiled = compile(model, SPEC, { exposeIndices: true }).model;
-    const softmax = softmaxOutputs(compiled);
-    const out = await runNode(withOutputs(compiled, softmax), feeds);
-    const reference = maskedReference(model);
-    const run = (keptAt: (l: number) => number[][] | undefined) =>
-      runNode(reference, { ...feeds, ...maskFeeds(batch, keptAt) });
-
-    // Stage 0 sums layers 0..L0 of the dense model.
-    const dense = await run(() => undefined);
-    const stage0 = Array.from(
-      { length: batch },
-      (_, b) =>
-        spattenHeads(
-          [{ layers: range(0, L0).map((l) => [0, 1, 2, 3].map((h) => headOf(dense, l, b, h))), keep: 3 }],
-          HEADS,
-        )[0]!,
-    );
-    // Stage 1 adds layers L0+1..L1, which already run stage 0's heads.
-    const afterStage0 = await run((l) => (l > L0 ? stage0 : undefined));
-    const both = Array.from({ length: batch }, (_, b) => {
-      const layer = (src: typeof dense, l: number) =>
-        [0, 1, 2, 3].map((h) => (stage0[b]!.includes(h) || l <= L0 ? headOf(src, l, b, h) : undefined));
-      return spattenHeads(
-        [
-          { layers: range(0, L0).map((l) => layer(dense, l)), keep: 3 },
-          { layers: range(L0 + 1, L1).map((l) => layer(afterStage0, l)), keep: 2 },
-        ],
-        HEADS,
-      );
+/**
+ * The reference's kept heads per stage and example, each stage ranking on a run of the masked model
+ * in which the earlier stages' heads are already gone, and the final run with every stage applied.
+ */
+async function referenceCascade(c: HeadCase, rank: number) {
+  const reference = maskedReference(c.model, rank);
+  const layers = headOutputs(c.model).length;
+  const batch = c.feeds[Object.keys(c.feeds)[0]!]!.dims[0]!;
+  const kept: number[][][] = []; // [stage][example]
+  /** The heads example b runs in layer l under the stages decided so far (undefined: all). */
+  const alive = (l: number, b: number) => {
+    let s = -1;
+    c.stages.forEach((st, i) => {
+      if (i < kept.length && st.after < l) s = i;
     });
-    const stage1 = both.map((s) => s[1]!);
-    const exposed = (i: number) => {
-      const t = out[`prunec.stage${i}.heads`]!;
-      return rows(t.data as BigInt64Array, t.dims);
+    return s < 0 ? undefined : kept[s]![b]!;
+  };
+  const run = () => {
+    const feeds: Feeds = { ...c.feeds };
+    for (let l = 0; l < layers; l++) {
+      const data = new Float32Array(batch * c.heads).map((_, i) => {
+        const heads = alive(l, Math.floor(i / c.heads));
+        return !heads || heads.includes(i % c.heads) ? 1 : 0;
+      });
+      feeds[`head_mask.${l}`] = {
+        type: "float32",
+        dims: rank === 4 ? [batch, c.heads, 1, 1] : [batch * c.heads, 1, 1],
+        data,
+      };
+    }
+    return runNode(reference, feeds);
+  };
+  const runs: Outputs[] = [];
+  for (let s = 0; s < c.stages.length; s++) {
+    const out = await run();
+    runs.push(out);
+    kept.push(
+      Array.from({ length: batch }, (_, b) => {
+        const stages = c.stages.slice(0, s + 1).map((st, i) => ({
+          layers: range(i === 0 ? 0 : c.stages[i - 1]!.after + 1, st.after).map((l) =>
+            range(0, c.heads - 1).map((h) => {
+              const heads = alive(l, b);
+              return !heads || heads.includes(h) ? headOf(out, c.heads, l, b, h) : undefined;
+            }),
+          ),
+          keep: st.keep,
+        }));
+        return spattenHeads(stages, c.heads)[s]!;
+      }),
+    );
+  }
+  return { kept, runs, final: await run() };
+}
+
+/** Compiled with the spec: exposed heads and logits equal the reference's; Softmax rows are B·K. */
+async function expectReference(c: HeadCase, rank: number, logitsName: string) {
+  const compiled = compile(c.model, specOf(c), { exposeIndices: true }).model;
+  const softmax = softmaxOutputs(compiled);
+  const out = await runNode(withOutputs(compiled, softmax), c.feeds);
+  const ref = await referenceCascade(c, rank);
+  c.stages.forEach((_, s) => {
+    const t = out[`prunec.stage${s}.heads`]!;
+    expect(rows(t.data as BigInt64Array, t.dims), `stage ${s}`).toEqual(ref.kept[s]);
+  });
+  const logits = out[logitsName]!.data as Float32Array;
+  expect(maxAbsDiff(logits, ref.final[logitsName]!.data as Float32Array)).toBeLessThan(1e-5);
+  // Pruning heads changed the logits (the comparison could fail).
+  expect(maxAbsDiff(logits, ref.runs[0]![logitsName]!.data as Float32Array)).toBeGreaterThan(1e-3);
+  const batch = c.feeds[Object.keys(c.feeds)[0]!]!.dims[0]!;
+  const perLayer = range(0, softmax.length - 1).map(
+    (l) => c.stages.filter((st) => st.after < l).at(-1)?.keep ?? c.heads,
+  );
+  // Rows of each Softmax: B·K ([B·H, N, N]) or, for [B, H, N, N], K heads on axis 1.
+  expect(softmax.map((s) => (rank === 4 ? out[s]!.dims[1] : out[s]!.dims[0]))).toEqual(
+    perLayer.map((k) => (rank === 4 ? k : batch * k)),
+  );
+  return { compiled, out, ref };
+}
+
+describe("spatten heads: SpAtten's cascade head pruning", () => {
+  it("digits ViT (torchvision, [B·H, N, N]), two stages (after layer 2 keep 75%, after layer 3 keep 2), batch of 3: kept heads and logits equal the reference's; the carried score matters; CPU and WASM agree", async () => {
+    const c: HeadCase = {
+      model,
+      feeds: digitsFeeds()[1]!,
+      heads: 4,
+      stages: [
+        { after: 2, keep: 3, amount: "75%" },
+        { after: 3, keep: 2, amount: "2" },
+      ],
     };
-    expect(exposed(0)).toEqual(stage0);
-    expect(exposed(1)).toEqual(stage1);
-
-    const final = await run((l) => (l > L1 ? stage1 : l > L0 ? stage0 : undefined));
-    expect(maxAbsDiff(out["logits"]!.data as Float32Array, final["logits"]!.data as Float32Array)).toBeLessThan(1e-5);
-    // Pruning heads changed the logits (the test could fail).
-    expect(maxAbsDiff(out["logits"]!.data as Float32Array, dense["logits"]!.data as Float32Array)).toBeGreaterThan(
-      1e-3,
-    );
-    // Layers up to L0 attend with all 4 heads, then 3 up to L1, then 2 (Softmax rows B·K).
-    expect(softmax.map((s) => out[s]!.dims[0])).toEqual(
-      range(0, LAYERS - 1).map((l) => batch * (l <= L0 ? 4 : l <= L1 ? 3 : 2)),
-    );
-
-    // Without stage 0's carried importance, stage 1 would keep other heads for some example.
-    const alone = Array.from(
-      { length: batch },
-      (_, b) =>
+    const { compiled, out, ref } = await expectReference(c, 3, "logits");
+    // Without stage 0's carried importance (layer 3 alone; pruned heads score 0), stage 1 would keep other heads.
+    const alone = ref.kept[0]!.map(
+      (heads, b) =>
         spattenHeads(
           [
             {
-              layers: range(L0 + 1, L1).map((l) =>
-                [0, 1, 2, 3].map((h) => (stage0[b]!.includes(h) ? headOf(afterStage0, l, b, h) : new Float32Array(1))),
+              layers: [3].map((l) =>
+                range(0, 3).map((h) => (heads.includes(h) ? headOf(ref.runs[1]!, 4, l, b, h) : new Float32Array(1))),
               ),
               keep: 2,
             },
           ],
-          HEADS,
+          4,
         )[0]!,
     );
-    expect(alone).not.toEqual(stage1);
-
-    const wasm = await runWasm(compiled, feeds, ["logits", "prunec.stage1.heads"]);
+    expect(alone).not.toEqual(ref.kept[1]);
+    const wasm = await runWasm(compiled, c.feeds, ["logits", "prunec.stage1.heads"]);
     expect(maxAbsDiff(wasm["logits"]!.data as Float32Array, out["logits"]!.data as Float32Array)).toBeLessThan(1e-5);
+    expect(Array.from(wasm["prunec.stage1.heads"]!.data as BigInt64Array)).toEqual(
+      Array.from(out["prunec.stage1.heads"]!.data as BigInt64Array),
+    );
+  });
+
+  it("an HF-style ViT ([B, H, N, N] probabilities, a logit bias shared by the heads), after layer 0 keep 2 of 4, batch of 2: kept heads and logits equal the reference's", async () => {
+    const fused = buildFusedVit();
+    const twin = unfuseMultiHeadAttention(fused, FUSED_VIT.hidden / FUSED_VIT.heads);
+    await expectReference(
+      { model: twin, feeds: fusedVitFeeds(2), heads: FUSED_VIT.heads, stages: [{ after: 0, keep: 2, amount: "2" }] },
+      4,
+      decodeModel(twin).graph!.output[0]!.name,
+    );
   });
 
   it("refuses what it cannot do, at the spec's line:column", () => {
@@ -189,6 +237,9 @@ describe("spatten heads: SpAtten's cascade head pruning on the digits ViT", () =
       "s.prune:2:13: error: the stream stage on line 1 leaves masked, padding or merged rows in the stream, which Σ|O_h| would count; head stages follow plain keep/drop stages only",
     );
     expect(message("after layer 0 keep 50% by cls-attn\nafter layer 2 keep heads 2 by spatten")).toBe("compiled");
+    expect(firstErrorLine(buildFusedVit(), "after layer 0 keep heads 2 by spatten")).toBe(
+      "s.prune:1:31: error: spatten heads: layer 0's attention is com.microsoft.MultiHeadAttention, a fused op; prunec gathers heads in MatMul + Softmax attention only",
+    );
     expect(message("after layer 2 keep heads 2 by spatten\nafter layer 1 keep heads 1 by spatten")).toBe(
       "s.prune:2:13: error: head stages must be in layer order: layer 1 comes after a head stage at layer 2",
     );
