@@ -27,7 +27,7 @@
  *       above the layer, no other KV stage on it).
  * Post: each layer's present key, value and score hold min(T, C) entries per KV head.
  */
-import type { GraphProto, NodeProto } from "../src/ir/graph.js";
+import { Graph, type GraphProto, type NodeProto } from "../src/ir/graph.js";
 import type { TransformerInfo } from "../src/analysis/transformer.js";
 import type { KvPlan } from "../src/plan-types.js";
 import { NodeBuilder } from "./builder.js";
@@ -35,7 +35,10 @@ import { evictionSite } from "./kv/site.js";
 import { denseName } from "./gather-tokens.js";
 import {
   attentionMask,
+  branchIf,
   callEntries,
+  fractionTable,
+  pressSelection,
   denseFloat,
   evictedLayer,
   keptRows,
@@ -48,6 +51,7 @@ import {
 } from "./kv-stage.js";
 
 const FLOAT = 1;
+const INT64 = 7;
 
 /** The state pair of layer `l`'s decode-time scores. */
 export function scoreState(l: number): KvState {
@@ -69,6 +73,11 @@ export function applyKvDecodeStage(
   const indices = new Map<number, string>();
   const states: KvState[] = [];
   const hostMask = attentionMask(proto);
+  // A composed prefill stage's K'(N) table, added with the first layer that reads it.
+  const press = plan.prefill;
+  const tableName = press && `prunec/stage${plan.stage}/prefill_press_budget_table`;
+  const table = press && tableName ? fractionTable(press.plan, new Graph(proto), tableName) : undefined;
+  let tableAdded = false;
   for (const planned of plan.layers) {
     // Only accumulated attention travels between calls; StreamingLLM's rule reads positions.
     const state = decode.kind === "received" ? scoreState(planned.index) : undefined;
@@ -86,30 +95,87 @@ export function applyKvDecodeStage(
     const keys = denseFloat(b, graph, presentKey, "cached_keys");
     const t = b.slice(b.op("Shape", [keys]), 0, 2, 3); // int64 [1]: T
     const s = callEntries(b, g, cache, layer); // int64 [1]: S
+    // With a prefill stage composed on this layer: what its press keeps at the prefill competes.
+    let allowed: { mask: string; count: string } | undefined;
+    if (press?.layers.includes(layer.index)) {
+      const then = new NodeBuilder(`${b.prefix}/prefill_press`, opset);
+      const { best, kept: pressKept } = pressSelection(then, {
+        plan: press.plan,
+        model,
+        g,
+        layer,
+        site,
+        graph,
+        keys,
+        presentValue,
+        n: t,
+        hostMask,
+        table: table?.name,
+      });
+      const slots = then.slice(then.op("Shape", [keys]), 0, 0, 3); // [B,kvH,T]
+      const chosen = then.op(
+        "ScatterElements",
+        [
+          then.op("ConstantOfShape", [slots], {}, "not_kept"),
+          best,
+          then.op("Expand", [then.float([1], [], "kept"), then.op("Shape", [best])]),
+        ],
+        { axis: 2 },
+        "press_kept",
+      );
+      const all = new NodeBuilder(`${b.prefix}/no_press`, opset);
+      const every = all.op(
+        "Expand",
+        [all.float([1], [], "every"), all.slice(all.op("Shape", [keys]), 0, 0, 3)],
+        {},
+        "every_entry",
+      );
+      const past = cache.pastKey ? b.slice(b.op("Shape", [cache.pastKey]), 0, 2, 3) : b.int64([0], [1], "no_past");
+      const isPrefill = b.op(
+        "And",
+        [b.op("Equal", [past, b.int64([0], [1], "zero")]), b.op("Greater", [t, b.int64([0], [1], "none")])],
+        {},
+        "prefill_now",
+      );
+      const { outs } = branchIf(
+        b,
+        isPrefill,
+        { builder: then, outputs: [chosen, pressKept], name: "prefill_press" },
+        { builder: all, outputs: [every, all.op("Identity", [t], {}, "every_count")], name: "no_press" },
+        [
+          [FLOAT, 3],
+          [INT64, 1],
+        ],
+      );
+      allowed = { mask: outs[0]!, count: outs[1]! };
+      if (table && !tableAdded) {
+        b.initializers.push(table);
+        tableAdded = true;
+      }
+    }
     let scored: Scored;
     if (decode.kind === "received") {
       if (!state) throw new Error(`layer ${layer.index}: accumulated scores without their state pair`);
       const { forget, recent } = decode;
-      scored = receivedScores(b, { site, hostMask, t, s, heads, kvHeads, forget, recent, past: state.past });
-    } else scored = positionalScores(b, { hostMask, t, keys, sinks: decode.sinks });
+      scored = receivedScores(b, {
+        site,
+        hostMask,
+        t,
+        s,
+        heads,
+        kvHeads,
+        forget,
+        recent,
+        past: state.past,
+        allowed: allowed?.mask,
+      });
+    } else if (decode.kind === "positional") scored = positionalScores(b, { hostMask, t, keys, sinks: decode.sinks });
+    else throw new Error(`stage ${plan.stage}: a cascade is lowered by passes/kv-cascade-stage.ts`);
     const forced = scored.scores;
     // min(T, C) per KV head, ties to the later entry: TopK of the reversed slots, mapped back.
-    const kept = b.op("Min", [t, b.int64([decode.budget], [1], "budget")], {}, "kept_count");
-    const reversed = b.op(
-      "Slice",
-      [
-        forced,
-        b.int64([-1], [1], "last"),
-        b.int64([Number.MIN_SAFE_INTEGER], [1], "before_first"),
-        b.int64([2], [1], "slot_axis"),
-        b.int64([-1], [1], "backwards"),
-      ],
-      {},
-      "latest_first",
-    );
-    const [, best] = b.opN("TopK", [reversed, kept], 2, { axis: 2, largest: 1, sorted: 1 });
-    const slotsKept = b.op("Sub", [b.op("Sub", [t, b.int64([1], [1], "one_slot")]), best!], {}, "kept_slots"); // [B,kvH,K']
-    const ascending = sortedAscending(b, slotsKept, kept); // [B,kvH,K']
+    let kept = b.op("Min", [t, b.int64([decode.budget], [1], "budget")], {}, "kept_count");
+    if (allowed) kept = b.op("Min", [kept, allowed.count], {}, "within_press");
+    const ascending = bestLatestFirst(b, forced, t, kept); // [B,kvH,K']
     const rows = keptRows(b, ascending, keys);
     b.op("GatherElements", [denseName(presentKey), rows], { axis: 2 }, "kept_keys");
     b.nodes.at(-1)!.output[0] = presentKey;
@@ -133,6 +199,28 @@ export function applyKvDecodeStage(
   return { graph, added, indices, states };
 }
 
+/**
+ * int64 [B,·,K']: the slots of the `kept` (int64 [1]) best of `scores` [B,·,T] along axis 2, ties
+ * to the later slot (A2SF drops the first minimum): TopK of the reversed slots, mapped back, ascending.
+ */
+export function bestLatestFirst(b: NodeBuilder, scores: string, t: string, kept: string): string {
+  const reversed = b.op(
+    "Slice",
+    [
+      scores,
+      b.int64([-1], [1], "last"),
+      b.int64([Number.MIN_SAFE_INTEGER], [1], "before_first"),
+      b.int64([2], [1], "slot_axis"),
+      b.int64([-1], [1], "backwards"),
+    ],
+    {},
+    "latest_first",
+  );
+  const [, best] = b.opN("TopK", [reversed, kept], 2, { axis: 2, largest: 1, sorted: 1 });
+  const slotsKept = b.op("Sub", [b.op("Sub", [t, b.int64([1], [1], "one_slot")]), best!], {}, "kept_slots");
+  return sortedAscending(b, slotsKept, kept);
+}
+
 interface Scored {
   /** float [B,kvH,T]: what TopK ranks (forced entries highest, pads lowest). */
   scores: string;
@@ -153,6 +241,11 @@ function receivedScores(
     forget: number;
     recent: number;
     past: string;
+    /**
+     * float [B,kvH,T]: 1 on the entries that may stay (a composed prefill press's at the prefill,
+     * every one else); the recent window is the last `recent` of them, the rest rank below pads.
+     */
+    allowed?: string | undefined;
   },
 ): Scored {
   const { s, t, heads, kvHeads, forget } = x;
@@ -204,6 +297,24 @@ function receivedScores(
     {},
     "pads_below",
   );
+  if (x.allowed) {
+    // The last `recent` of the entries that may stay are kept whatever their score; the others leave first.
+    const may = b.op("Greater", [x.allowed, b.float([0.5], [], "half")], {}, "may_stay");
+    const fromEnd = b.op("CumSum", [x.allowed, b.int64([2], [], "slot_axis")], { reverse: 1 }, "allowed_from_end");
+    const recentOnes = b.op(
+      "And",
+      [may, b.op("LessOrEqual", [fromEnd, b.float([x.recent], [], "recent")])],
+      {},
+      "recent_allowed",
+    );
+    const forced = b.op(
+      "Where",
+      [recentOnes, b.float([3e38], [], "always"), b.op("Where", [may, scores, b.float([-2], [], "not_kept")])],
+      {},
+      "recent_kept",
+    );
+    return { scores: forced, carried: scores };
+  }
   // The last `recent` entries are kept whatever their score.
   const position = b.op("Cast", [b.range(t, "slots")], { to: FLOAT }); // [T]
   const recentFrom = b.op("Cast", [b.op("Sub", [t, b.int64([x.recent], [1], "recent")])], { to: FLOAT });
@@ -252,7 +363,7 @@ function positionalScores(
 }
 
 /** The last `count` (int64 [1]) columns of a [batch, columns] mask. */
-function lastColumns(b: NodeBuilder, mask: string, count: string): string {
+export function lastColumns(b: NodeBuilder, mask: string, count: string): string {
   return b.op("Slice", [
     mask,
     b.op("Neg", [count]),

@@ -33,7 +33,7 @@ import { NodeBuilder } from "./builder.js";
 import { create } from "@bufbuild/protobuf";
 import { AttributeProtoSchema, AttributeProto_AttributeType, GraphProtoSchema } from "../src/onnx/gen/onnx_pb.js";
 import { batchDim, valueInfo } from "../src/ir/value-info.js";
-import { evictionSite } from "./kv/site.js";
+import { evictionSite, type EvictionSite } from "./kv/site.js";
 import { denseName } from "./gather-tokens.js";
 import { splice } from "./splice.js";
 
@@ -142,30 +142,20 @@ export function applyKvStage(
       state && !set && real ? ownCounts(t, prepared.ok, plan, layer.index, limit, real, table) : undefined;
     const counts = set?.perExample ?? perExample;
     const kept = state && counts ? largest(t, counts) : (set?.kept ?? own ?? budget(t, plan, n, table));
-    let probs: string | undefined;
-    const realRows = (p: string, window?: number) =>
-      pads ? t.op("Mul", [p, window ? t.slice(pads.rows, 2, -window) : pads.rows], {}, "real_query_rows") : p;
-    const raw = prepared.ok.score({
-      b: t,
-      args: plan.args,
-      heads: site.heads,
-      kvHeads: site.kvHeads,
+    // What each example keeps: its own count with the state, else the batch's.
+    const keptArg = state && counts ? t.unsqueeze(counts, [1, 2]) : kept;
+    const scores = pressScores(t, {
+      plan,
+      scorer: prepared.ok,
+      site,
+      graph,
       keys,
-      values: () => denseFloat(t, graph, presentValue, "cached_values"),
+      presentValue,
       n,
-      // What each example keeps: its own count with the state, else the batch's.
-      kept: state && counts ? t.unsqueeze(counts, [1, 2]) : kept,
-      padding: pads?.count ?? t.int64([0], [1, 1, 1], "no_padding"),
-      probabilities: () => (probs ??= realRows(site.probabilities(t))),
-      windowProbabilities: (window) => realRows(site.windowProbabilities(t, window), window),
+      kept: keptArg,
+      pads,
+      set,
     });
-    // `of SET`: the other real entries are always kept; pads below everything.
-    const inSet = set
-      ? t.op("Where", [set.columns, raw, t.float([Number.POSITIVE_INFINITY], [], "outside_set")], {}, "set_competes")
-      : raw;
-    const scores = pads
-      ? t.op("Where", [pads.columns, inSet, t.float([Number.NEGATIVE_INFINITY], [], "pad_score")], {}, "pads_last")
-      : inSet;
     const [, best] = t.opN("TopK", [scores, kept], 2, { axis: 2, largest: 1, sorted: 1 }); // [B,kvH,K']
     let ascending: string;
     let validity: { slots: string; sorted: string } | undefined;
@@ -227,30 +217,16 @@ export function applyKvStage(
       ...(expose ? [[INT64, 3] as [number, number]] : []),
       ...(state ? [[FLOAT, 2] as [number, number]] : []),
     ];
-    const branch = (builder: NodeBuilder, outs: string[], name: string) =>
-      create(GraphProtoSchema, {
-        name: `${b.prefix}/${name}`,
-        node: builder.nodes,
-        initializer: builder.initializers,
-        output: outs.map((o, i) => valueInfo(o, kinds[i]![0], new Array<undefined>(kinds[i]![1]).fill(undefined))),
-      });
     if (table && !pressBudget && !tableAdded && plan.budget.kind === "fraction" && limit !== undefined) {
       b.initializers.push(budgetTable(table, plan.budget.value, limit));
       tableAdded = true;
     }
-    const outs = b.opN("If", [cond], evicted.length);
-    const ifNode = b.nodes.at(-1)!;
-    ifNode.attribute.push(
-      create(AttributeProtoSchema, {
-        name: "then_branch",
-        type: AttributeProto_AttributeType.GRAPH,
-        g: branch(t, evicted, "evict"),
-      }),
-      create(AttributeProtoSchema, {
-        name: "else_branch",
-        type: AttributeProto_AttributeType.GRAPH,
-        g: branch(e, keptAll, "keep_all"),
-      }),
+    const { outs, node: ifNode } = branchIf(
+      b,
+      cond,
+      { builder: t, outputs: evicted, name: "evict" },
+      { builder: e, outputs: keptAll, name: "keep_all" },
+      kinds,
     );
     // The If writes the present names (its first two outputs, and the validity last); the positions keep theirs.
     ifNode.output[0] = presentKey;
@@ -268,6 +244,115 @@ export function applyKvStage(
     added.push(...b.nodes);
   }
   return { graph, added, indices, states };
+}
+
+/**
+ * An If node on `cond` (added to `b`) whose branches are the nodes of two builders, each returning
+ * its `outputs` (types and ranks `kinds`). Returns the If's outputs and the node.
+ */
+export function branchIf(
+  b: NodeBuilder,
+  cond: string,
+  then: { builder: NodeBuilder; outputs: string[]; name: string },
+  otherwise: { builder: NodeBuilder; outputs: string[]; name: string },
+  kinds: readonly [number, number][],
+): { outs: string[]; node: NodeProto } {
+  const branch = (x: typeof then) =>
+    create(GraphProtoSchema, {
+      name: `${b.prefix}/${x.name}`,
+      node: x.builder.nodes,
+      initializer: x.builder.initializers,
+      output: x.outputs.map((o, i) => valueInfo(o, kinds[i]![0], new Array<undefined>(kinds[i]![1]).fill(undefined))),
+    });
+  const outs = b.opN("If", [cond], then.outputs.length);
+  const node = b.nodes.at(-1)!;
+  node.attribute.push(
+    create(AttributeProtoSchema, { name: "then_branch", type: AttributeProto_AttributeType.GRAPH, g: branch(then) }),
+    create(AttributeProtoSchema, {
+      name: "else_branch",
+      type: AttributeProto_AttributeType.GRAPH,
+      g: branch(otherwise),
+    }),
+  );
+  return { outs, node };
+}
+
+/**
+ * A press's scores of the N entries at a prefill, float [B,kvH,N]: pad query rows carry no
+ * attention, pads rank below everything, and with `of SET` every real entry outside the set ranks
+ * above it (kept). `kept` is what the press is told each example keeps.
+ */
+function pressScores(
+  t: NodeBuilder,
+  x: {
+    plan: KvPlan;
+    scorer: KvScorer;
+    site: EvictionSite;
+    graph: GraphProto;
+    keys: string;
+    presentValue: string;
+    n: string;
+    kept: string;
+    pads: Padding | undefined;
+    set?: { columns: string } | undefined;
+  },
+): string {
+  const { pads, site } = x;
+  let probs: string | undefined;
+  const realRows = (p: string, window?: number) =>
+    pads ? t.op("Mul", [p, window ? t.slice(pads.rows, 2, -window) : pads.rows], {}, "real_query_rows") : p;
+  const raw = x.scorer.score({
+    b: t,
+    args: x.plan.args,
+    heads: site.heads,
+    kvHeads: site.kvHeads,
+    keys: x.keys,
+    values: () => denseFloat(t, x.graph, x.presentValue, "cached_values"),
+    n: x.n,
+    kept: x.kept,
+    padding: pads?.count ?? t.int64([0], [1, 1, 1], "no_padding"),
+    probabilities: () => (probs ??= realRows(site.probabilities(t))),
+    windowProbabilities: (window) => realRows(site.windowProbabilities(t, window), window),
+  });
+  // `of SET`: the other real entries are always kept; pads below everything.
+  const inSet = x.set
+    ? t.op("Where", [x.set.columns, raw, t.float([Number.POSITIVE_INFINITY], [], "outside_set")], {}, "set_competes")
+    : raw;
+  return pads
+    ? t.op("Where", [pads.columns, inSet, t.float([Number.NEGATIVE_INFINITY], [], "pad_score")], {}, "pads_last")
+    : inSet;
+}
+
+/**
+ * What a prefill press keeps of a call's N entries (meaningful at the prefill; a decode-time stage
+ * on the same layer builds it in its prefill branch): int64 [B,kvH,K1] in score order, and K1
+ * (int64 [1]), the press's budget. Only plain budgets: no `of SET`, no per-example state, no
+ * press-own budget (checked by the plan).
+ */
+export function pressSelection(
+  t: NodeBuilder,
+  x: {
+    plan: KvPlan;
+    model: TransformerInfo;
+    g: Graph;
+    layer: TransformerInfo["layers"][number];
+    site: EvictionSite;
+    graph: GraphProto;
+    keys: string;
+    presentValue: string;
+    n: string;
+    hostMask: string | undefined;
+    /** The stage's K'(N) table (`fractionTable`), when it has one. */
+    table?: string | undefined;
+  },
+): { best: string; kept: string } {
+  const prepared = x.plan.criterion.prepareKv({ model: x.model, graph: x.g, layer: x.layer, args: x.plan.args });
+  if ("why" in prepared) throw new Error(`stage ${x.plan.stage}: ${prepared.why} (checked by the plan)`);
+  const pads = padding(t, x.hostMask, x.n);
+  const kept = budget(t, x.plan, x.n, x.table);
+  const scores = pressScores(t, { ...x, scorer: prepared.ok, kept, pads });
+  const [, best] = t.opN("TopK", [scores, kept], 2, { axis: 2, largest: 1, sorted: 1 });
+  return { best: best!, kept };
 }
 
 /**
@@ -599,6 +684,16 @@ function ownBudget(
     return t.op("Gather", [name, n], { axis: 0 }, "layer_budget");
   }
   return scorer.budget?.(t, n, c);
+}
+
+/**
+ * A fraction budget's K'(N) table named `name`, for every N the model's rotary tables allow (what
+ * the stage's prefill reads instead of float64 ops), or undefined when N is unbounded or too large.
+ */
+export function fractionTable(plan: KvPlan, g: Graph, name: string): TensorProto | undefined {
+  if (plan.budget.kind !== "fraction") return undefined;
+  const limit = maxPositions(g);
+  return limit !== undefined && limit <= MAX_TABLE ? budgetTable(name, plan.budget.value, limit) : undefined;
 }
 
 /** int64 [L+1]: max(1, int(N·c)) for N = 0..L, in float64 as kvpress computes it. */

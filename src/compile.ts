@@ -33,6 +33,7 @@ import { planSpec } from "./plan.js";
 import type { HeadPlan, KvPlan } from "./plan-types.js";
 import { applyKvStage } from "../passes/kv-stage.js";
 import { applyKvDecodeStage } from "../passes/kv-decode-stage.js";
+import { applyKvCascadeStage } from "../passes/kv-cascade-stage.js";
 import { applyHeadStage, type HeadStageResult } from "../passes/head-stage.js";
 import { explicitRotary, rotatesInside } from "../passes/explicit-rotary.js";
 import { modelInputs } from "./analysis/inputs.js";
@@ -397,18 +398,27 @@ function evictCaches(c: Compilation): Compilation {
   let graph = c.graph;
   const added = [...c.state.added];
   const kvIndices = new Map(c.kvIndices);
-  for (const plan of c.kvPlans) {
-    const evicted = plan.decode
-      ? applyKvDecodeStage(graph, c.info, plan, c.opset, c.options.exposeIndices ?? false)
-      : applyKvStage(
-          graph,
-          c.info,
-          plan,
-          c.opset,
-          c.options.exposeIndices ?? false,
-          c.plans.map((p) => p.layer.index),
-          c.options.kvState ?? false,
-        );
+  // Layers where a prefill stage is composed into a decode-time one: that stage builds its press.
+  const composed = new Map<number, Set<number>>();
+  for (const p of c.kvPlans) if (p.prefill) composed.set(p.prefill.plan.stage, new Set(p.prefill.layers));
+  for (const whole of c.kvPlans) {
+    const taken = composed.get(whole.stage);
+    const plan = taken ? { ...whole, layers: whole.layers.filter((l) => !taken.has(l.index)) } : whole;
+    if (!plan.layers.length) continue;
+    const evicted =
+      plan.decode?.kind === "cascade"
+        ? applyKvCascadeStage(graph, c.info, plan, c.opset, c.options.exposeIndices ?? false)
+        : plan.decode
+          ? applyKvDecodeStage(graph, c.info, plan, c.opset, c.options.exposeIndices ?? false)
+          : applyKvStage(
+              graph,
+              c.info,
+              plan,
+              c.opset,
+              c.options.exposeIndices ?? false,
+              c.plans.map((p) => p.layer.index),
+              c.options.kvState ?? false,
+            );
     graph = evicted.graph;
     added.push(...evicted.added);
     kvIndices.set(plan.stage, evicted.indices);

@@ -144,6 +144,10 @@ export function planKvStages(
     const budget: KvPlan["budget"] =
       amount.kind === "percent" ? { kind: "fraction", value: 1 - ratio } : { kind: "count", value: amount.value, drop };
     let decode: KvPlan["decode"];
+    if (stage.during !== "decode" && criterion.decodeOnly) {
+      fail(stage.criterion.span, `${criterion.name}: ${criterion.decodeOnly}`);
+      return;
+    }
     if (stage.during === "decode") {
       const planned = decodeForm(stage, criterion, args, amount, drop, ofSet !== undefined);
       if ("why" in planned) {
@@ -163,20 +167,42 @@ export function planKvStages(
       ...(decode ? { decode } : {}),
     });
   });
-  // A decode-time stage owns its layers' caches (and their score state).
+  // A decode-time stage owns its layers' caches (and their score state); a prefill stage on some
+  // of them composes with it: its press picks what competes for the decode budget at the prefill.
   for (const p of plans) {
     if (!p.decode) continue;
-    const other = plans.find((q) => q !== p && q.layers.some((l) => p.layers.includes(l)));
-    if (!other) continue;
-    const later = spec.stages[Math.max(p.stage, other.stage)]!;
-    const shared = p.layers.find((l) => other.layers.includes(l))!;
-    diagnostics.push(
-      diagnosticAt(
-        spec.file,
-        later.positionSpan,
-        `layer ${shared.index}'s cache already has a KV stage (line ${spec.stages[Math.min(p.stage, other.stage)]!.span.line}); a 'during decode' stage must be the only one on its layers`,
-      ),
-    );
+    for (const other of plans) {
+      if (other === p || !other.layers.some((l) => p.layers.includes(l))) continue;
+      const later = spec.stages[Math.max(p.stage, other.stage)]!;
+      const earlierLine = spec.stages[Math.min(p.stage, other.stage)]!.span.line;
+      const shared = p.layers.filter((l) => other.layers.includes(l));
+      const refuse = (why: string) =>
+        diagnostics.push(
+          diagnosticAt(
+            spec.file,
+            later.positionSpan,
+            `layer ${shared[0]!.index}'s cache already has a KV stage (line ${earlierLine}); ${why}`,
+          ),
+        );
+      if (other.decode) refuse("a layer takes one 'during decode' stage");
+      else if (p.prefill)
+        refuse(
+          `'during decode' composes with one prefill stage per layer, and line ${spec.stages[p.prefill.plan.stage]!.span.line} is one`,
+        );
+      else if (other.ofSet)
+        refuse(`a prefill stage 'of ${other.ofSet.name}' does not compose with 'during decode' yet`);
+      else if (other.criterion.fractionOnly)
+        refuse(
+          `${other.criterion.name} spreads its own budget over the layers, which does not compose with 'during decode' yet`,
+        );
+      else if (p.decode.kind !== "received")
+        refuse(
+          p.decode.kind === "positional"
+            ? `${p.criterion.name} keeps positions, not scores; only h2o and a2sf compose with a prefill stage`
+            : `${p.criterion.name} keeps one set for all its layers; only h2o and a2sf compose with a prefill stage`,
+        );
+      else p.prefill = { plan: other, layers: shared.map((l) => l.index) };
+    }
   }
   return plans;
 }
@@ -206,6 +232,7 @@ function decodeForm(
       span: stage.ofSpan ?? stage.span,
     };
   const form = criterion.decode(args);
+  if (form.kind === "cascade") return { ok: { budget: amount.value, ...form } };
   if (form.kind === "positional") {
     if (form.sinks > amount.value)
       return {

@@ -71,7 +71,15 @@ export interface StagePlan {
  * `forget` per query step, the last `recent` forced), or by position (StreamingLLM: the first
  * `sinks` real entries, then the most recent).
  */
-export type DecodeForm = { kind: "received"; forget: number; recent: number } | { kind: "positional"; sinks: number };
+export type DecodeForm =
+  | { kind: "received"; forget: number; recent: number }
+  | { kind: "positional"; sinks: number }
+  /**
+   * SpAtten's cascade: one set of entries for every layer of the stage, scored by the attention
+   * each has received summed over those layers, their heads and every call's queries
+   * (passes/kv-cascade-stage.ts).
+   */
+  | { kind: "cascade" };
 
 export interface KvPlan {
   stage: number;
@@ -98,6 +106,13 @@ export interface KvPlan {
    * (passes/kv-decode-stage.ts).
    */
   decode?: DecodeForm & { budget: number };
+  /**
+   * A decode-time stage composed with a prefill stage on some of its layers (`keep kv 50% by
+   * snapkv` + `during decode keep kv 256 tokens by h2o`): at the prefill of those layers only the
+   * entries `plan`'s press keeps compete for the decode budget (passes/kv-decode-stage.ts); the
+   * prefill stage itself then leaves those layers alone.
+   */
+  prefill?: { plan: KvPlan; layers: number[] };
 }
 
 /**

@@ -21,7 +21,9 @@ import {
   type PromptBatch,
 } from "./support/decoder.js";
 import { ReferenceDecoder, weightsFromModel } from "./reference/decoder.js";
-import { decodeEvictingGeneration, type DecodeEviction } from "./reference/kv-decode.js";
+import { decodeEvictingGeneration, type DecodeEviction, type PrefillPress } from "./reference/kv-decode.js";
+import { keptCount, knormScores, kvpressSelect, snapkvScores } from "./reference/kv-presses.js";
+import { spattenCascadeGeneration } from "./reference/spatten-kv.js";
 import { rows } from "./support/model-edit.js";
 import { firstErrorLine } from "./support/cases.js";
 
@@ -53,16 +55,24 @@ const CASES: { spec: string; press: DecodeEviction }[] = [
  * Runs every call of a greedy generation on one open session, recording each call's outputs; the
  * first call gets empty score pasts (`scores`: the stage carries them; StreamingLLM's does not).
  */
-async function recorded(model: Uint8Array, p: PromptBatch, backend: Backend = "cpu", scores = true) {
+async function recorded(
+  model: Uint8Array,
+  p: PromptBatch,
+  backend: Backend = "cpu",
+  /** Per-layer score pairs (h2o, a2sf), none (streaming), or one shared pair (SpAtten's cascade, stage 0). */
+  scores: boolean | "cascade" = true,
+) {
   const session = await openDecoderSession(model, backend);
   const calls: Outputs[] = [];
   const empty: Feeds = {};
-  for (let l = 0; scores && l < WIDE.layers; l++)
+  for (let l = 0; scores === true && l < WIDE.layers; l++)
     empty[`past_key_values.${l}.prunec_score`] = {
       type: "float32",
       dims: [p.batch, WIDE.kvHeads, 0],
       data: new Float32Array(0),
     };
+  if (scores === "cascade")
+    empty["past_key_values.stage0.prunec_score"] = { type: "float32", dims: [p.batch, 0], data: new Float32Array(0) };
   try {
     const gen = await generateGreedy(
       async (f) => {
@@ -141,6 +151,107 @@ for (const { name, model: dense } of LAYOUTS)
       });
   });
 
+/**
+ * A prefill stage composed with the decode-time one on the same layers: the press picks, at the
+ * prefill, which prompt entries compete for the decode budget (the reference: the press's kvpress
+ * selection, then the decode rule over those entries, its recent window their last ones).
+ */
+const COMPOSED: { spec: string; press: DecodeEviction; prefill: PrefillPress; why: string }[] = [
+  {
+    // int(N/2) = 7 or 9 entries stay, under the budget: the cache grows to 12, then H2O evicts.
+    spec: "keep kv 50% by snapkv(window: 4)\nduring decode keep kv 12 tokens by h2o(recent: 2)",
+    press: { method: "h2o", budget: 12, recent: 2 },
+    prefill: (_l, probs, keys) =>
+      kvpressSelect(snapkvScores(probs, keys.length, 4), keptCount(probs[0]!.length, { keepPercent: 50 })).kept,
+    why: "the press keeps fewer than the budget",
+  },
+  {
+    // int(0.75·N) = 10 or 13 entries stay: the 18-token prompt's 13 are over the budget of 10, so
+    // A2SF evicts among the press's entries at the prefill already, forcing their last 3.
+    spec: "keep kv 75% by knorm\nduring decode keep kv 10 tokens by a2sf(forget: 0.9, recent: 3)",
+    press: { method: "a2sf", budget: 10, recent: 3, forget: 0.9 },
+    prefill: (_l, _probs, keys) =>
+      kvpressSelect(knormScores(keys), keptCount(keys[0]!.length, { keepPercent: 75 })).kept,
+    why: "the press keeps more than the budget for the longer prompt",
+  },
+];
+
+for (const { name, model: dense } of LAYOUTS)
+  describe(`during decode composed with a prefill stage on the ${name}`, () => {
+    for (const c of COMPOSED)
+      it(`'${c.spec.replace("\n", "; ")}' (${c.why}), batch 1: kept slots at each of ${STEPS} calls, tokens and logits equal the reference's`, async () => {
+        const model = compile(dense, c.spec, { exposeIndices: true }).model;
+        for (const prompt of PROMPTS) {
+          const want = decodeEvictingGeneration(reference, prompt, c.press, STEPS, c.prefill);
+          const got = await recorded(model, promptBatch([prompt], "left"));
+          expect(got.tokens[0]).toEqual(want.tokens);
+          got.steps.forEach((l, s) =>
+            expect(maxAbsDiff(l, Float64Array.from(want.steps[s]!))).toBeLessThanOrEqual(TOL),
+          );
+          got.calls.forEach((out, call) => {
+            for (let l = 0; l < WIDE.layers; l++) {
+              const slots = out[`prunec.stage1.layer${l}.kv_indices`]!;
+              const [, h, k] = slots.dims as [number, number, number];
+              expect([call, l, rows(slots.data as BigInt64Array, [h, k])]).toEqual([call, l, want.keptSlots[call]![l]]);
+              const score = out[`present.${l}.prunec_score`]!;
+              expect(maxAbsDiff(score.data as Float32Array, want.scores[call]![l]!.flat())).toBeLessThanOrEqual(TOL);
+            }
+          });
+          // The composed press changed what stays (the test could fail): the decode rule alone keeps other entries.
+          const alone = decodeEvictingGeneration(reference, prompt, c.press, 2);
+          expect(alone.keptPositions[0]).not.toEqual(want.keptPositions[0]);
+        }
+      });
+  });
+
+for (const { name, model: dense } of LAYOUTS)
+  describe(`during decode by spatten (SpAtten's cascade) on the ${name}`, () => {
+    it(`'during decode keep kv 10 tokens by spatten', batch 1: at each of ${STEPS} calls every layer and KV head keeps the reference's one set, with its scores; tokens and logits equal the reference's`, async () => {
+      const model = compile(dense, "during decode keep kv 10 tokens by spatten", { exposeIndices: true }).model;
+      for (const prompt of PROMPTS) {
+        const want = spattenCascadeGeneration(reference, prompt, 10, STEPS);
+        const got = await recorded(model, promptBatch([prompt], "left"), "cpu", "cascade");
+        expect(got.tokens[0]).toEqual(want.tokens);
+        got.steps.forEach((l, s) => expect(maxAbsDiff(l, Float64Array.from(want.steps[s]!))).toBeLessThanOrEqual(TOL));
+        got.calls.forEach((out, call) => {
+          for (let l = 0; l < WIDE.layers; l++)
+            expect([call, l, keptSlots(out, l, 0)]).toEqual([
+              call,
+              l,
+              new Array(WIDE.kvHeads).fill(want.keptSlots[call]),
+            ]);
+          const score = out["present.stage0.prunec_score"]!;
+          expect(score.dims).toEqual([1, want.scores[call]!.length]);
+          expect(maxAbsDiff(score.data as Float32Array, want.scores[call]!)).toBeLessThanOrEqual(TOL);
+        });
+        // One set for all layers differs from what each layer would keep by its own H2O score.
+        const perLayer = decodeEvictingGeneration(reference, prompt, { method: "h2o", budget: 10, recent: 0 }, 2);
+        expect(
+          perLayer.keptSlots[0]!.some((layer) => JSON.stringify(layer[0]) !== JSON.stringify(want.keptSlots[0])),
+        ).toBe(true);
+      }
+    });
+
+    it("a left-padded batch of 3 (18, 14 and 8 tokens): each example keeps the positions and generates the tokens it does alone", async () => {
+      const model = compile(dense, "during decode keep kv 10 tokens by spatten", { exposeIndices: true }).model;
+      const prompts = [PROMPTS[1]!, PROMPTS[0]!, [1, 33, 34, 35, 36, 9, 10, 11]];
+      const p = promptBatch(prompts, "left");
+      const got = await recorded(model, p, "cpu", "cascade");
+      prompts.forEach((prompt, b) => {
+        const want = spattenCascadeGeneration(reference, prompt, 10, STEPS);
+        expect([b, got.tokens[b]]).toEqual([b, want.tokens]);
+        const pad = p.seq - prompt.length;
+        let positions = Array.from({ length: p.seq }, (_, j) => (j < pad ? -1 : j - pad));
+        got.calls.forEach((out, call) => {
+          if (call > 0) positions = [...positions, prompt.length + call - 1];
+          const slots = keptSlots(out, 0, b)[0]!;
+          positions = slots.map((j) => positions[j]!);
+          expect([b, call, positions.filter((x) => x >= 0)]).toEqual([b, call, want.keptPositions[call]]);
+        });
+      });
+    });
+  });
+
 describe("during decode on onnxruntime-web's WASM backend", () => {
   it("the same kept slots at every call and the same 64 tokens as onnxruntime-node (GQA decoder, a2sf; batch 1 and the left-padded batch of 3)", async () => {
     const model = compile(LAYOUTS[0].model, CASES[1]!.spec, { exposeIndices: true }).model;
@@ -173,8 +284,25 @@ describe("during decode: what the planner refuses, at the line:column", () => {
     expect(message("during decode keep kv 8 tokens by a2sf(recent: 9)")).toBe(
       "s.prune:1:35: error: recent (9) is more than the budget (8): the recent entries alone would not fit",
     );
-    expect(message("keep kv 50% by knorm\nin layer 1 during decode keep kv 8 tokens by h2o")).toBe(
-      "s.prune:2:1: error: layer 1's cache already has a KV stage (line 1); a 'during decode' stage must be the only one on its layers",
+    expect(
+      message(
+        "in layer 1 during decode keep kv 8 tokens by h2o\nin layers 0..1 during decode keep kv 9 tokens by a2sf(recent: 2)",
+      ),
+    ).toBe(
+      "s.prune:2:1: error: layer 1's cache already has a KV stage (line 1); a layer takes one 'during decode' stage",
+    );
+    expect(message("keep kv 50% by knorm\nin layer 1 during decode keep kv 8 tokens by streaming(sinks: 2)")).toBe(
+      "s.prune:2:1: error: layer 1's cache already has a KV stage (line 1); streaming keeps positions, not scores; only h2o and a2sf compose with a prefill stage",
+    );
+    expect(message("keep kv 50% by pyramidkv\nin layer 1 during decode keep kv 8 tokens by h2o")).toBe(
+      "s.prune:2:1: error: layer 1's cache already has a KV stage (line 1); pyramidkv spreads its own budget over the layers, which does not compose with 'during decode' yet",
+    );
+    expect(message("keep kv 50% by knorm\nin layer 1 during decode keep kv 8 tokens by h2o")).toBe("compiled");
+    expect(message("keep kv 50% by spatten")).toBe(
+      "s.prune:1:16: error: spatten: its KV form keeps one set of entries for all its layers at every call, with the scores carried between calls: write 'during decode keep kv K tokens by spatten'",
+    );
+    expect(message("keep kv 50% by knorm\nduring decode keep kv 8 tokens by spatten")).toBe(
+      "s.prune:2:15: error: layer 0's cache already has a KV stage (line 1); spatten keeps one set for all its layers; only h2o and a2sf compose with a prefill stage",
     );
     expect(message("after layer 0 keep 50% by last-token-attn\nin layer 2 during decode keep kv 8 tokens by h2o")).toBe(
       "s.prune:2:12: error: 'during decode' on layer 2's cache: a stream stage above it shortens that cache; decode-time eviction below stream stages is not supported yet",

@@ -381,6 +381,33 @@ export const randomKv: KvCriterionModule = {
 };
 
 /** The presses of this file, in the order the docs list them (passes/registry.ts adds the ones with files of their own). */
+/**
+ * SpAtten's cascade token pruning during generation (methods.md §27; HPCA'21, the paper's
+ * equations: there is no public code of the cascade): an entry's importance is the attention it
+ * has received, Σ over every head and query of every layer of the stage and over every call; one set
+ * of entries stays in all those layers (passes/kv-cascade-stage.ts sums this score over them and
+ * carries it between calls).
+ */
+export const spattenKv: KvCriterionModule = {
+  name: "spatten",
+  targets: ["kv"],
+  summary:
+    "SpAtten's cascade while generating: attention received, summed over every head, query, layer of the stage and call; one set of entries for all those layers",
+  args: {},
+  needs: NEEDS_ATTENTION,
+  reference:
+    "SpAtten (HPCA'21) cascade token pruning, the paper's equations (mit-han-lab/spatten a0f1388 has no cascade code)",
+  decode: () => ({ kind: "cascade" }),
+  decodeOnly:
+    "its KV form keeps one set of entries for all its layers at every call, with the scores carried between calls: write 'during decode keep kv K tokens by spatten'",
+  // This call's attention received from every query row and head ([B, kvH, N], the same for each KV head).
+  prepareKv: press((ctx) => {
+    const { b } = ctx;
+    const received = b.unsqueeze(b.reduce("ReduceSum", ctx.probabilities(), [1, 2], 0), [1]); // [B,1,N]
+    return overCache(b, ctx, received, "received_by_every_head");
+  }),
+};
+
 export const KV_PRESSES_HERE: readonly KvCriterionModule[] = [
   knorm,
   streaming,
@@ -391,4 +418,5 @@ export const KV_PRESSES_HERE: readonly KvCriterionModule[] = [
   tova,
   a2sf,
   randomKv,
+  spattenKv,
 ];

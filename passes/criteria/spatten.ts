@@ -33,7 +33,8 @@ function layersSeen(facts: {
 
 export const spatten: CriterionModule = {
   name: "spatten",
-  targets: ["stream", "heads"],
+  // `keep kv` stages use its KV form (kv-presses.ts spattenKv), registered under this name.
+  targets: ["stream", "heads", "kv"],
   summary:
     "attention each token has received, summed over heads, queries and every layer so far, carried from stage to stage (SpAtten's cascade); for heads, the magnitude of each head's output",
   args: {},

@@ -83,6 +83,8 @@ export interface KvCriterionModule extends CriterionInfo {
   noSet?: string;
   /** The press's decode-time form (`during decode`); absent: prefill only. */
   decode?(args: Readonly<Record<string, ArgValue>>): DecodeForm;
+  /** Why the press has no prefill-only form (it acts at every call), if it has none. */
+  decodeOnly?: string;
   /** Why the press cannot act on a layer above which a stream stage prunes (its cache then holds fewer entries than the prompt), if it cannot. */
   noStreamBelow?: string;
 }

@@ -51,7 +51,7 @@ export interface DecodeEvictingGeneration {
 }
 
 /** Keep `count` of `scores` with the last `recent` forced, ties to the later entry; ascending slots. */
-function keepBest(scores: readonly number[], count: number, recent: number): number[] {
+export function keepBest(scores: readonly number[], count: number, recent: number): number[] {
   const t = scores.length;
   if (t <= count) return scores.map((_, j) => j);
   const head = scores
@@ -63,12 +63,21 @@ function keepBest(scores: readonly number[], count: number, recent: number): num
   return [...head.sort((a, b) => a - b), ...Array.from({ length: recent }, (_, i) => t - recent + i)];
 }
 
+/**
+ * A prefill stage composed with the decode-time one: per KV head, the prompt entries its press keeps
+ * (ascending), from layer l's causal probabilities [head][query][key] and keys [kvHead][entry][d].
+ * The decode-time rule then sees only those entries at the prefill, as if the press had evicted
+ * first: its budget and recent window count them.
+ */
+export type PrefillPress = (l: number, probs: number[][][], keys: number[][][]) => number[][];
+
 /** Dense prefill, eviction to the budget, then greedy decode steps that each score, then evict. */
 export function decodeEvictingGeneration(
   reference: ReferenceDecoder,
   prompt: readonly number[],
   spec: DecodeEviction,
   steps: number,
+  prefillPress?: PrefillPress,
 ): DecodeEvictingGeneration {
   const o = reference.o;
   const forget = spec.method === "a2sf" ? (spec.forget ?? 1) : 1;
@@ -104,12 +113,15 @@ export function decodeEvictingGeneration(
     const q = queries[l]!.map((rows) => rows.map((r) => Array.from(r)));
     const k = cache.keys[l]!.map((rows) => rows.map((r) => Array.from(r)));
     // Σ over the group and the prompt's rows, row i weighted λ^(N−1−i) (H2O: 1).
-    const s: Mat = a2sfScores(causalProbs(q, k, scale), o.kvHeads, forget);
+    const probs = causalProbs(q, k, scale);
+    const s: Mat = a2sfScores(probs, o.kvHeads, forget);
     scores.push(s);
     positions.push(s.map((row) => row.map((_, j) => j)));
+    const pressed = prefillPress?.(l, probs, k);
     slots.push(
       s.map((row, g) => {
-        const keep = select(row);
+        const allowed = pressed?.[g];
+        const keep = allowed ? select(allowed.map((j) => row[j]!)).map((i) => allowed[i]!) : select(row);
         evict(l, g, keep);
         return keep;
       }),

@@ -488,7 +488,7 @@ export interface KvBatchCase {
    * A decode-time stage (`during decode`): kept slots compared at every call; `scores`: its score
    * pairs (h2o, a2sf; not streaming) are fed empty at the first call.
    */
-  decode?: { scores: boolean };
+  decode?: { scores: boolean | "cascade" };
 }
 
 export const KV_BATCH_CASES: KvBatchCase[] = [
@@ -502,6 +502,14 @@ export const KV_BATCH_CASES: KvBatchCase[] = [
     decode: { scores: true },
   },
   { key: "kv-batch-decode-h2o", spec: "during decode keep kv 10 tokens by h2o(recent: 2)", decode: { scores: true } },
+  // A prefill press composed with the decode rule: snapkv's ScatterElements mask in the prefill branch.
+  {
+    key: "kv-batch-decode-composed",
+    spec: "keep kv 50% by snapkv(window: 4)\nduring decode keep kv 12 tokens by h2o(recent: 2)",
+    decode: { scores: true },
+  },
+  // SpAtten's cascade: one set for all layers, one shared score pair.
+  { key: "kv-batch-decode-spatten", spec: "during decode keep kv 10 tokens by spatten", decode: { scores: "cascade" } },
   {
     key: "kv-batch-decode-streaming",
     spec: "during decode keep kv 9 tokens by streaming(sinks: 3)",

@@ -714,7 +714,13 @@ describe("decoder criteria on WebGPU (the test decoder, target webgpu, exposeInd
               dims: [p.batch, 0],
               data: new Float32Array(0),
             };
-        if (bc.decode?.scores)
+        if (bc.decode?.scores === "cascade")
+          first["past_key_values.stage0.prunec_score"] = {
+            type: "float32",
+            dims: [p.batch, 0],
+            data: new Float32Array(0),
+          };
+        else if (bc.decode?.scores)
           for (let l = 0; l < DECODER.layers; l++)
             first[`past_key_values.${l}.prunec_score`] = {
               type: "float32",
