@@ -40,7 +40,7 @@ export function emptyPast(
 export function emptyStates(session: ort.InferenceSession, batch = 1): Record<string, ort.Tensor> {
   const f: Record<string, ort.Tensor> = {};
   for (const m of session.inputMetadata) {
-    if (!/^past_key_values\.\d+\.prunec_/.test(m.name) || !m.isTensor) continue;
+    if (!/^past_key_values\.(\d+|stage\d+)\.prunec_/.test(m.name) || !m.isTensor) continue;
     const dims = m.shape.map((d, i) => (i === 0 ? batch : typeof d === "number" ? d : 0));
     f[m.name] = new ort.Tensor("float32", new Float32Array(0), dims);
   }

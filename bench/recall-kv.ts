@@ -31,6 +31,7 @@ export const RECALL_BUDGETS: readonly number[] = [10, 25, 50];
 export const RECALL_DECODE_PRESSES: readonly { label: string; by: string }[] = [
   { label: "H2O, during decode", by: "h2o(recent: 8)" },
   { label: "A2SF, during decode", by: "a2sf(forget: 0.9, recent: 8)" },
+  { label: "SpAtten cascade, during decode", by: "spatten" },
 ];
 
 const QUERY = 2;

@@ -93,6 +93,8 @@ export function applyKvCascadeStage(
     if ("why" in prepared) throw new Error(`stage ${plan.stage}: ${prepared.why} (checked by the plan)`);
     const realRows = fresh ? c.unsqueeze(fresh, [1, 3]) : undefined; // [B,1,S,1]
     let probs: string | undefined;
+    let keptConst: string | undefined;
+    let noPadding: string | undefined;
     const received = prepared.ok.score({
       b: c,
       args: plan.args,
@@ -101,8 +103,15 @@ export function applyKvCascadeStage(
       keys,
       values: () => denseFloat(c, graph, cache.presentValue, "cached_values"),
       n: t,
-      kept: c.int64([budget], [1, 1, 1], "budget"),
-      padding: c.int64([0], [1, 1, 1], "no_padding"),
+      // Read by presses that need them (a getter: no unused initializer otherwise).
+      get kept() {
+        keptConst ??= c.int64([budget], [1, 1, 1], "budget");
+        return keptConst;
+      },
+      get padding() {
+        noPadding ??= c.int64([0], [1, 1, 1], "no_padding");
+        return noPadding;
+      },
       probabilities: () => {
         probs ??= site.probabilities(c);
         return realRows ? c.op("Mul", [probs, realRows], {}, "real_query_rows") : probs;
