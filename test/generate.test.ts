@@ -92,6 +92,13 @@ describe("generate(): the library's greedy loop equals the plain loop", () => {
       ) as Feeds,
     },
     {
+      what: "'during decode keep kv 10 tokens by spatten' (SpAtten's one score pair for the stage, started empty from the declared shape)",
+      model: () => compile(gqa, "during decode keep kv 10 tokens by spatten").model,
+      first: {
+        "past_key_values.stage0.prunec_score": { type: "float32", dims: [3, 0], data: new Float32Array(0) },
+      } as Feeds,
+    },
+    {
       what: "'keep kv 50% by knorm' with --kv-state (validity pairs started empty from the declared shape)",
       model: () => compile(plainCache, "keep kv 50% by knorm", { kvState: true }).model,
       first: Object.fromEntries(
