@@ -35,7 +35,7 @@ export function rewriteCachedAttention(
    * stage: pads first, then the kept prompt tokens) or the last (a KV-cache stage: the kept entries,
    * pads only where an example has fewer real entries than the budget, then the generated ones).
    */
-  columns: "first" | "last" = "first",
+  columns: "first" | "last" | "none" = "first",
 ): Map<NodeProto, NodeProto> {
   const out = new Map<NodeProto, NodeProto>();
   for (const l of model.layers.slice(from, only === undefined ? undefined : only + 1)) {
@@ -72,7 +72,8 @@ export function rewriteCachedAttention(
       const last = b.op("Cast", [b.op("Sub", [total, b.int64([1], [1], "one")])], { to: 6 });
       inputs[CACHED_INPUTS.seqlens] = b.op("Expand", [last, batch], {}, `layer${l.index}_seqlens_k`);
     }
-    let bias = inputs[CACHED_INPUTS.bias] || undefined;
+    // "none": the caller's slot bias says which slots are pads (a decode-time stage below a stream stage).
+    let bias = columns === "none" ? undefined : inputs[CACHED_INPUTS.bias] || undefined;
     if (bias)
       bias = b.op(
         "Slice",
@@ -104,6 +105,7 @@ export function rewriteCachedAttention(
           );
     }
     if (bias) inputs[CACHED_INPUTS.bias] = bias;
+    else if (columns === "none") inputs[CACHED_INPUTS.bias] = "";
     out.set(n, shallowCopy(n, { input: inputs }));
   }
   return out;

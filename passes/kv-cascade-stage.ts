@@ -76,7 +76,7 @@ export function applyKvCascadeStage(
     if (!layer || !cache)
       throw new Error(`stage ${plan.stage}: layer ${planned.index} lost its KV cache (checked by the plan)`);
     const c = new NodeBuilder(`${b.prefix}/layer${layer.index}`, opset);
-    const site = evictionSite(c, g, model, dense, layer, cache, false);
+    const site = evictionSite(c, g, model, dense, layer, cache, "last");
     const own = new Map([
       [cache.presentKey, denseName(cache.presentKey)],
       [cache.presentValue, denseName(cache.presentValue)],

@@ -28,6 +28,7 @@
  * Post: each layer's present key, value and score hold min(T, C) entries per KV head.
  */
 import { Graph, type GraphProto, type NodeProto } from "../src/ir/graph.js";
+import type { LayerCache } from "../src/analysis/kv-cache.js";
 import type { TransformerInfo } from "../src/analysis/transformer.js";
 import type { KvPlan } from "../src/plan-types.js";
 import { NodeBuilder } from "./builder.js";
@@ -65,6 +66,8 @@ export function applyKvDecodeStage(
   opset: number,
   /** Output each call's kept slots per layer (--expose-indices). */
   expose: boolean,
+  /** Layers after which a stream stage acts (the caches below hold its kept tokens, pads first). */
+  streamLayers: readonly number[] = [],
 ): KvStageResult {
   const decode = plan.decode;
   if (!decode) throw new Error(`stage ${plan.stage}: not a decode-time stage (checked by the plan)`);
@@ -89,12 +92,19 @@ export function applyKvDecodeStage(
     const { g, model, layer, cache, renamed } = evictedLayer(graph, dense, plan, planned.index);
     const { presentKey, presentValue } = cache;
     const b = new NodeBuilder(`prunec/stage${plan.stage}/${plan.criterion.name}/decode/layer${layer.index}`, opset);
-    const site = evictionSite(b, g, model, dense, layer, cache, false);
+    // Below a stream stage the cache no longer lines up with the host's mask: the layer's pads are
+    // the prompt's leading ones at the prefill (the stage keeps them first) and, later, the slots
+    // whose carried score is −1. They are masked through a slot bias instead of the host's columns.
+    const below =
+      streamLayers.some((l) => l < layer.index) && state
+        ? padSlots(b, g, cache, layer, hostMask, state.past)
+        : undefined;
+    const site = evictionSite(b, g, model, dense, layer, cache, below ? "none" : "last", below?.bias);
     const replaced = readDenseCache(g, site.replaced, renamed);
     const { heads, kvHeads } = site;
     const keys = denseFloat(b, graph, presentKey, "cached_keys");
     const t = b.slice(b.op("Shape", [keys]), 0, 2, 3); // int64 [1]: T
-    const s = callEntries(b, g, cache, layer); // int64 [1]: S
+    const s = below?.s ?? callEntries(b, g, cache, layer); // int64 [1]: S
     // With a prefill stage composed on this layer: what its press keeps at the prefill competes.
     let allowed: { mask: string; count: string } | undefined;
     if (press?.layers.includes(layer.index)) {
@@ -168,6 +178,7 @@ export function applyKvDecodeStage(
         recent,
         past: state.past,
         allowed: allowed?.mask,
+        fresh: below?.fresh,
       });
     } else if (decode.kind === "positional") scored = positionalScores(b, { hostMask, t, keys, sinks: decode.sinks });
     else throw new Error(`stage ${plan.stage}: a cascade is lowered by passes/kv-cascade-stage.ts`);
@@ -246,13 +257,15 @@ function receivedScores(
      * every one else); the recent window is the last `recent` of them, the rest rank below pads.
      */
     allowed?: string | undefined;
+    /** float [B,S]: which of this call's entries are real, when the host mask's last columns do not say (`padSlots`). */
+    fresh?: string | undefined;
   },
 ): Scored {
   const { s, t, heads, kvHeads, forget } = x;
   // This call's entries: real unless the host's mask column says pad (its last S columns).
-  const fresh = x.hostMask
-    ? b.op("Cast", [lastColumns(b, x.hostMask, s)], { to: FLOAT }, "new_entries_real")
-    : undefined; // [B,S]
+  const fresh =
+    x.fresh ??
+    (x.hostMask ? b.op("Cast", [lastColumns(b, x.hostMask, s)], { to: FLOAT }, "new_entries_real") : undefined); // [B,S]
   // Received attention: the S query rows weighted λ^(S−1−i) (pad rows zero), summed over rows and the group.
   const probs = x.site.probabilities(b); // [B,H,S,T]
   const sFloat = b.op("Cast", [s], { to: FLOAT });
@@ -360,6 +373,63 @@ function positionalScores(
   ); // [B,T]
   const every = b.op("Expand", [b.unsqueeze(scores, [1]), b.slice(b.op("Shape", [x.keys]), 0, 0, 3)], {}, "every_head");
   return { scores: every, carried: every };
+}
+
+/**
+ * Below a stream stage: which of this call's S entries are real, float [B,S] (at the prefill the
+ * host mask's first S columns, the leading pads the stream stage kept first; at a decode step its
+ * last S), and the slot bias float [B,1,1,T] the layer attends with: −1e9 on a pad, i.e. a past
+ * slot whose carried score is −1 (the same in every KV head: pads rank last in each, and each
+ * keeps the same count) or a new pad entry.
+ */
+function padSlots(
+  b: NodeBuilder,
+  g: Graph,
+  cache: LayerCache,
+  layer: TransformerInfo["layers"][number],
+  hostMask: string | undefined,
+  past: string,
+): { fresh: string | undefined; bias: string; s: string } {
+  const s = callEntries(b, g, cache, layer);
+  let fresh: string | undefined;
+  if (hostMask) {
+    const pastLength = b.slice(b.op("Shape", [past]), 0, 2, 3);
+    const first = b.op(
+      "Slice",
+      [hostMask, b.int64([0], [1], "from_start"), s, b.int64([1], [1], "key_axis")],
+      {},
+      "prompt_columns",
+    );
+    const prefill = b.op("Equal", [pastLength, b.int64([0], [1], "no_past")], {}, "is_prefill");
+    fresh = b.op(
+      "Cast",
+      [b.op("Where", [prefill, first, lastColumns(b, hostMask, s)], {}, "call_columns")],
+      { to: FLOAT },
+      "new_entries_real",
+    );
+  }
+  const pastReal = b.op(
+    "Cast",
+    [b.op("GreaterOrEqual", [b.squeeze(b.slice(past, 1, 0, 1), [1]), b.float([0], [], "zero")])],
+    { to: FLOAT },
+    "past_real",
+  ); // [B,P]
+  const newReal =
+    fresh ??
+    b.op(
+      "Expand",
+      [b.float([1], [], "real"), b.op("Concat", [b.slice(b.op("Shape", [past]), 0, 0, 1), s], { axis: 0 })],
+      {},
+      "all_real",
+    );
+  const real = b.op("Concat", [pastReal, newReal], { axis: 1 }, "slots_real"); // [B,T]
+  const bias = b.op(
+    "Mul",
+    [b.op("Sub", [b.float([1], [], "one"), real]), b.float([-1e9], [], "pad_bias")],
+    {},
+    "pad_slots",
+  );
+  return { fresh, bias: b.unsqueeze(bias, [1, 2]), s };
 }
 
 /** The last `count` (int64 [1]) columns of a [batch, columns] mask. */

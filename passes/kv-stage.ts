@@ -114,7 +114,7 @@ export function applyKvStage(
       dense,
       layer,
       cache,
-      streamLayers.some((l) => l < layer.index),
+      streamLayers.some((l) => l < layer.index) ? "first" : "last",
       validAll?.bias,
     );
     const replaced = readDenseCache(g, site.replaced, renamed);

@@ -409,7 +409,14 @@ function evictCaches(c: Compilation): Compilation {
       plan.decode?.kind === "cascade"
         ? applyKvCascadeStage(graph, c.info, plan, c.opset, c.options.exposeIndices ?? false)
         : plan.decode
-          ? applyKvDecodeStage(graph, c.info, plan, c.opset, c.options.exposeIndices ?? false)
+          ? applyKvDecodeStage(
+              graph,
+              c.info,
+              plan,
+              c.opset,
+              c.options.exposeIndices ?? false,
+              c.plans.map((p) => p.layer.index),
+            )
           : applyKvStage(
               graph,
               c.info,

@@ -62,6 +62,8 @@ export function planKvStages(
   diagnostics: Diagnostic[],
   /** Layers after which the spec's stream stages act. */
   streamLayers: readonly number[] = [],
+  /** Some stream stage leaves padding, masked or merged rows (adaptive counts, `with mask`, merges). */
+  streamPadding = false,
 ): KvPlan[] {
   const plans: KvPlan[] = [];
   spec.stages.forEach((stage, index) => {
@@ -102,11 +104,24 @@ export function planKvStages(
       ofSet = { name: stage.of, input: input.input };
     }
     const shortened = layers.ok.find((l) => streamLayers.some((s) => s < l.index));
-    if (stage.during === "decode" && shortened) {
-      fail(
-        stage.duringSpan ?? stage.span,
-        `'during decode' on layer ${shortened.index}'s cache: a stream stage above it shortens that cache; decode-time eviction below stream stages is not supported yet`,
-      );
+    // Below a stream stage a decode-time stage marks pads from its carried scores, not the host's
+    // mask (passes/kv-decode-stage.ts): only scores it carries per layer, behind GroupQueryAttention,
+    // after stream stages that leave no padding or masked rows.
+    const decodeBelow = (): string | undefined => {
+      if (!shortened) return undefined;
+      const form = criterion.decode?.(stage.criterion.args);
+      if (form?.kind !== "received")
+        return `${criterion.name} reads positions or one set for all layers, which a stream stage above makes differ per layer; below stream stages only h2o and a2sf evict while decoding`;
+      const plain = layers.ok.find((l) => l.cache?.attention !== "GroupQueryAttention");
+      if (plain)
+        return `layer ${plain.index}'s cache is read by plain attention; below stream stages prunec evicts while decoding behind GroupQueryAttention only`;
+      if (streamPadding)
+        return `a stream stage above leaves masked, padding or merged rows in the cache; decode-time eviction below it is not supported yet`;
+      return undefined;
+    };
+    const below = stage.during === "decode" ? decodeBelow() : undefined;
+    if (below && shortened) {
+      fail(stage.duringSpan ?? stage.span, `'during decode' on layer ${shortened.index}'s cache: ${below}`);
       return;
     }
     if (criterion.noStreamBelow && shortened) {

@@ -203,6 +203,7 @@ export function planSpec(
     graph,
     diagnostics,
     plans.map((p) => p.layer.index),
+    plans.some((p) => p.mask || p.adaptive || p.merge),
   );
   const heads = planHeadStages(spec, model, graph, diagnostics, plans, kv);
   if (count === 0)

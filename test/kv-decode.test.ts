@@ -24,6 +24,7 @@ import { ReferenceDecoder, weightsFromModel } from "./reference/decoder.js";
 import { decodeEvictingGeneration, type DecodeEviction, type PrefillPress } from "./reference/kv-decode.js";
 import { keptCount, knormScores, kvpressSelect, snapkvScores } from "./reference/kv-presses.js";
 import { spattenCascadeGeneration } from "./reference/spatten-kv.js";
+import { keepCount, topKPositions } from "./reference/cls-attn.js";
 import { rows } from "./support/model-edit.js";
 import { firstErrorLine } from "./support/cases.js";
 
@@ -61,11 +62,19 @@ async function recorded(
   backend: Backend = "cpu",
   /** Per-layer score pairs (h2o, a2sf), none (streaming), or one shared pair (SpAtten's cascade, stage 0). */
   scores: boolean | "cascade" = true,
+  /** Layers with a score pair when not every layer has one. */
+  scoredLayers?: readonly number[],
 ) {
   const session = await openDecoderSession(model, backend);
   const calls: Outputs[] = [];
   const empty: Feeds = {};
   for (let l = 0; scores === true && l < WIDE.layers; l++)
+    empty[`past_key_values.${l}.prunec_score`] = {
+      type: "float32",
+      dims: [p.batch, WIDE.kvHeads, 0],
+      data: new Float32Array(0),
+    };
+  for (const l of scoredLayers ?? [])
     empty[`past_key_values.${l}.prunec_score`] = {
       type: "float32",
       dims: [p.batch, WIDE.kvHeads, 0],
@@ -182,7 +191,7 @@ for (const { name, model: dense } of LAYOUTS)
       it(`'${c.spec.replace("\n", "; ")}' (${c.why}), batch 1: kept slots at each of ${STEPS} calls, tokens and logits equal the reference's`, async () => {
         const model = compile(dense, c.spec, { exposeIndices: true }).model;
         for (const prompt of PROMPTS) {
-          const want = decodeEvictingGeneration(reference, prompt, c.press, STEPS, c.prefill);
+          const want = decodeEvictingGeneration(reference, prompt, c.press, STEPS, { prefillPress: c.prefill });
           const got = await recorded(model, promptBatch([prompt], "left"));
           expect(got.tokens[0]).toEqual(want.tokens);
           got.steps.forEach((l, s) =>
@@ -252,6 +261,46 @@ for (const { name, model: dense } of LAYOUTS)
     });
   });
 
+/**
+ * Below a stream stage (LazyLLM's prefill selection, `after layer 1 keep 50% by last-token-attn`:
+ * layers 2–3 hold only the kept prompt tokens): the decode-time stage evicts those caches, its pads
+ * marked by its carried scores rather than the host's mask. The reference runs the prefill layer
+ * by layer, keeping after layer 1 what last-token-attn keeps (the last token raised above all,
+ * round-half-up(N/2) tokens, ties to the lower position), then evicts layers 2–3 as alone.
+ */
+const LAZY = "after layer 1 keep 50% by last-token-attn";
+const BELOW = `${LAZY}\nin layers 2..3 during decode keep kv 8 tokens by h2o(recent: 2)`;
+const lazyKeep = (probs: Float64Array): number[] => {
+  const scores = Array.from(probs);
+  scores[scores.length - 1] = Math.max(...scores) + 1;
+  return topKPositions(scores, keepCount(50, scores.length), 0);
+};
+describe("during decode below a stream stage (GQA decoder)", () => {
+  it(`'${BELOW.replace("\n", "; ")}', batch 1: layers 2–3 keep the reference's slots and scores at each of ${STEPS} calls; tokens and logits equal it`, async () => {
+    const model = compile(LAYOUTS[0].model, BELOW, { exposeIndices: true }).model;
+    const press: DecodeEviction = { method: "h2o", budget: 8, recent: 2 };
+    for (const prompt of PROMPTS) {
+      const context = { stream: { afterLayer: 1, keep: lazyKeep }, layers: [2, 3] };
+      const want = decodeEvictingGeneration(reference, prompt, press, STEPS, context);
+      const got = await recorded(model, promptBatch([prompt], "left"), "cpu", false, [2, 3]);
+      expect(got.tokens[0]).toEqual(want.tokens);
+      got.steps.forEach((l, s) => expect(maxAbsDiff(l, Float64Array.from(want.steps[s]!))).toBeLessThanOrEqual(TOL));
+      got.calls.forEach((out, call) => {
+        for (const l of [2, 3]) {
+          const slots = out[`prunec.stage1.layer${l}.kv_indices`]!;
+          const [, h, k] = slots.dims as [number, number, number];
+          expect([call, l, rows(slots.data as BigInt64Array, [h, k])]).toEqual([call, l, want.keptSlots[call]![l]]);
+          const score = out[`present.${l}.prunec_score`]!;
+          expect(maxAbsDiff(score.data as Float32Array, want.scores[call]![l]!.flat())).toBeLessThanOrEqual(TOL);
+        }
+      });
+      // The stream stage shortened layers 2–3 (the test could fail): the dense prompt would give other slots.
+      const dense = decodeEvictingGeneration(reference, prompt, press, 2, { layers: [2, 3] });
+      expect(dense.keptPositions[0]![2]).not.toEqual(want.keptPositions[0]![2]);
+    }
+  });
+});
+
 describe("during decode on onnxruntime-web's WASM backend", () => {
   it("the same kept slots at every call and the same 64 tokens as onnxruntime-node (GQA decoder, a2sf; batch 1 and the left-padded batch of 3)", async () => {
     const model = compile(LAYOUTS[0].model, CASES[1]!.spec, { exposeIndices: true }).model;
@@ -305,7 +354,21 @@ describe("during decode: what the planner refuses, at the line:column", () => {
       "s.prune:2:15: error: layer 0's cache already has a KV stage (line 1); spatten keeps one set for all its layers; only h2o and a2sf compose with a prefill stage",
     );
     expect(message("after layer 0 keep 50% by last-token-attn\nin layer 2 during decode keep kv 8 tokens by h2o")).toBe(
-      "s.prune:2:12: error: 'during decode' on layer 2's cache: a stream stage above it shortens that cache; decode-time eviction below stream stages is not supported yet",
+      "compiled",
+    );
+    expect(
+      message(
+        "after layer 0 keep 50% by last-token-attn\nin layer 2 during decode keep kv 8 tokens by streaming(sinks: 2)",
+      ),
+    ).toBe(
+      "s.prune:2:12: error: 'during decode' on layer 2's cache: streaming reads positions or one set for all layers, which a stream stage above makes differ per layer; below stream stages only h2o and a2sf evict while decoding",
+    );
+    expect(
+      message(
+        "tokens image = input image_mask\nafter layer 0 drop 50% of image by last-token-attn\nin layer 2 during decode keep kv 8 tokens by h2o",
+      ),
+    ).toBe(
+      "s.prune:3:12: error: 'during decode' on layer 2's cache: a stream stage above leaves masked, padding or merged rows in the cache; decode-time eviction below it is not supported yet",
     );
   });
 });

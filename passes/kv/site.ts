@@ -62,8 +62,13 @@ export function evictionSite(
   dense: TransformerInfo,
   layer: LayerInfo,
   cache: LayerCache,
-  /** A stream stage acts above this layer (its cache then holds the host mask's first columns). */
-  belowStreamStage: boolean,
+  /**
+   * Which of the host's key-padding columns the layer's cache holds (GroupQueryAttention): the
+   * first T (a stream stage above: pads first, then the kept prompt tokens), the last T (the
+   * layer's own eviction: kept entries, then the generated ones), or none (`slotBias` says which
+   * slots are pads at every call).
+   */
+  columns: "first" | "last" | "none",
   /**
    * float [B,1,1,T]: added to the layer's logits over its T cached entries (0, or −1e9 on filler
    * slots a carried validity marks: `--kv-state`); none without the state.
@@ -83,15 +88,7 @@ export function evictionSite(
     const attention = gqaAttention(layer, core, `layer ${layer.index}'s GroupQueryAttention`);
     if ("why" in attention) throw new Error(`${attention.why} (checked by the plan)`);
     // The press reads the rewired op too (its bias then fits any call's cache), writing /dense.
-    const replaced = rewriteCachedAttention(
-      b,
-      model,
-      dense,
-      layer.index,
-      undefined,
-      layer.index,
-      belowStreamStage ? "first" : "last",
-    );
+    const replaced = rewriteCachedAttention(b, model, dense, layer.index, undefined, layer.index, columns);
     let rewired = replaced.get(core.anchor) ?? core.anchor;
     if (slotBias) {
       rewired = withSlotBias(b, rewired, slotBias);

@@ -266,12 +266,42 @@ export class ReferenceDecoder {
     return { tokens, steps: stepLogits };
   }
 
+  /**
+   * A prompt layer by layer into `cache` (its `length` becomes the prompt's), recording each row's
+   * rotated query per layer and head in `queries`; after layer `stream.afterLayer` only the rows
+   * `stream.keep` returns (ascending, from that layer's last-row probabilities, mean over heads) go
+   * on, at their original positions. Returns the last row's logits.
+   */
+  prefillLayerwise(
+    prompt: readonly number[],
+    cache: KvCache,
+    queries: Float64Array[][][],
+    stream?: { afterLayer: number; keep(lastRowProbs: Float64Array): number[] },
+  ): Float64Array {
+    const d = this.o.hidden;
+    let xs: Float64Array[] = prompt.map((t) => Float64Array.from(this.w.embed.subarray(t * d, (t + 1) * d)));
+    let positions = prompt.map((_, j) => j);
+    for (let l = 0; l < this.o.layers; l++) {
+      const r = this.runLayer(l, xs, positions, { keys: cache.keys[l]!, values: cache.values[l]! }, queries[l]);
+      xs = r.xs;
+      if (stream && l === stream.afterLayer) {
+        const kept = stream.keep(r.lastRowProbs);
+        xs = kept.map((j) => xs[j]!);
+        positions = kept.map((j) => positions[j]!);
+      }
+    }
+    cache.length = prompt.length;
+    return linear(rmsNorm(xs.at(-1)!, this.w.norm, this.o.epsilon), this.w.lmHead, d, this.o.vocab);
+  }
+
   /** Runs layer `l` on rows `xs` at rotary `positions`, appending their keys/values to `cache`; causal within the rows. */
   runLayer(
     l: number,
     xs: readonly Float64Array[],
     positions: readonly number[],
     cache: LayerCache,
+    /** Each row's rotated query, per head (pushed). */
+    queries?: Float64Array[][],
   ): { xs: Float64Array[]; lastRowProbs: Float64Array } {
     const o = this.o;
     const { d, hs, qw, kvw, rep, scale } = this.sizes();
@@ -281,6 +311,7 @@ export class ReferenceDecoder {
     xs.forEach((x, i) => {
       const h = rmsNorm(x, lw.inputNorm, o.epsilon);
       qs.push(this.rotate(linear(h, lw.q, d, qw), o.heads, positions[i]!));
+      if (queries) for (let n = 0; n < o.heads; n++) queries[n]!.push(qs.at(-1)!.slice(n * hs, (n + 1) * hs));
       const k = this.rotate(linear(h, lw.k, d, kvw), o.kvHeads, positions[i]!);
       const v = linear(h, lw.v, d, kvw);
       for (let g = 0; g < o.kvHeads; g++) {

@@ -71,14 +71,29 @@ export function keepBest(scores: readonly number[], count: number, recent: numbe
  */
 export type PrefillPress = (l: number, probs: number[][][], keys: number[][][]) => number[][];
 
+/** What else the compiled spec does around the decode-time stage. */
+export interface DecodeContext {
+  /** A prefill stage composed on the same layers. */
+  prefillPress?: PrefillPress;
+  /**
+   * A stream stage above: after layer `afterLayer` only the prompt rows `keep` returns go on (the
+   * prefill runs layer by layer); the decode-time stage then acts on `layers` only.
+   */
+  stream?: { afterLayer: number; keep(lastRowProbs: Float64Array): number[] };
+  /** The layers the decode-time stage evicts (all when absent). */
+  layers?: readonly number[];
+}
+
 /** Dense prefill, eviction to the budget, then greedy decode steps that each score, then evict. */
 export function decodeEvictingGeneration(
   reference: ReferenceDecoder,
   prompt: readonly number[],
   spec: DecodeEviction,
   steps: number,
-  prefillPress?: PrefillPress,
+  context: DecodeContext = {},
 ): DecodeEvictingGeneration {
+  const { prefillPress } = context;
+  const evicted = (l: number) => !context.layers || context.layers.includes(l);
   const o = reference.o;
   const forget = spec.method === "a2sf" ? (spec.forget ?? 1) : 1;
   // Which entries stay: by score (H2O, A2SF) or StreamingLLM's start + recent.
@@ -97,7 +112,9 @@ export function decodeEvictingGeneration(
     Array.from({ length: o.layers }, () => Array.from({ length: o.heads }, () => [] as Float64Array[]));
   const cache: KvCache = reference.newCache();
   const queries = perHead();
-  const prefill = reference.forward(prompt, cache, queries);
+  const last = context.stream
+    ? reference.prefillLayerwise(prompt, cache, queries, context.stream)
+    : reference.forward(prompt, cache, queries).at(-1)!;
   // Scores and original positions per layer and KV head, parallel to the cache rows.
   const scores: number[][][] = [];
   const positions: number[][][] = [];
@@ -121,7 +138,11 @@ export function decodeEvictingGeneration(
     slots.push(
       s.map((row, g) => {
         const allowed = pressed?.[g];
-        const keep = allowed ? select(allowed.map((j) => row[j]!)).map((i) => allowed[i]!) : select(row);
+        const keep = !evicted(l)
+          ? row.map((_, j) => j)
+          : allowed
+            ? select(allowed.map((j) => row[j]!)).map((i) => allowed[i]!)
+            : select(row);
         evict(l, g, keep);
         return keep;
       }),
@@ -134,7 +155,7 @@ export function decodeEvictingGeneration(
   };
   snapshot(slots);
   const argmax = (x: Float64Array) => x.reduce((best, v, i) => (v > x[best]! ? i : best), 0);
-  const tokens = [argmax(prefill.at(-1)!)];
+  const tokens = [argmax(last)];
   const stepLogits: Float64Array[] = [];
   for (let step = 1; step < steps; step++) {
     const q = perHead();
@@ -159,7 +180,7 @@ export function decodeEvictingGeneration(
           const old = scores[l]![g]!;
           scores[l]![g] = [...old.map((s, j) => forget * s + received[j]!), received[keys.length - 1]!];
           positions[l]![g] = [...positions[l]![g]!, position];
-          const keep = select(scores[l]![g]!);
+          const keep = evicted(l) ? select(scores[l]![g]!) : scores[l]![g]!.map((_, j) => j);
           evict(l, g, keep);
           return keep;
         }),

@@ -630,8 +630,12 @@ export async function generateGreedy(
   const prefill = out["logits"]!.data as Float32Array;
   const tokens: number[][] = Array.from({ length: p.batch }, () => []);
   // Each example's first token comes from its last real position (the last one when left-padded).
+  // After a stream stage the logits have a row per kept token: the last prompt token's is the last.
+  const rows = out["logits"]!.dims[1]!;
   for (let b = 0; b < p.batch; b++)
-    tokens[b]!.push(argmax(prefill, (b * p.seq + p.offsets[b]! + p.lengths[b]! - 1) * V, V));
+    tokens[b]!.push(
+      argmax(prefill, (rows === p.seq ? b * p.seq + p.offsets[b]! + p.lengths[b]! - 1 : (b + 1) * rows - 1) * V, V),
+    );
   const stepLogits = await decodeSteps(run, out, p, tokens, steps, o, {});
   return { tokens, prefill, steps: stepLogits };
 }
