@@ -301,7 +301,9 @@ function frontEnd(modelBytes: Uint8Array, specText: string, options: CompileOpti
   const input = order.every((n, i) => n === model.graph!.node[i])
     ? model.graph!
     : shallowCopy(model.graph!, { node: order });
-  const { stream: plans, kv: kvPlans } = planSpec(spec, info, modelInputs(input), dense);
+  const { stream: plans, kv: kvPlans } = planSpec(spec, info, modelInputs(input), dense, {
+    kvState: options.kvState ?? false,
+  });
   const opset = opsetOf(model);
   if ((plans.length || kvPlans.length) && opset < 13) {
     throw new PrunecError(
@@ -344,7 +346,9 @@ function moveRotary(c: Compilation): Compilation {
   const rotary = explicitRotary(c.graph, c.info, first, c.opset, c.modelName);
   const rotated = new Graph(rotary.graph);
   const info = analyzeTransformer(rotated, c.modelName);
-  const { stream: plans, kv: kvPlans } = planSpec(c.spec, info, modelInputs(rotary.graph), rotated);
+  const { stream: plans, kv: kvPlans } = planSpec(c.spec, info, modelInputs(rotary.graph), rotated, {
+    kvState: c.options.kvState ?? false,
+  });
   const state: StreamState = {
     ...c.state,
     carried: new Map([[rotary.positions!, { axes: [1], rank: 2 }]]),
@@ -421,6 +425,7 @@ function applyStages(c: Compilation): Compilation {
     opset: c.opset,
     target: c.options.target ?? "cpu",
     expose: c.options.exposeIndices ?? false,
+    kvState: c.options.kvState ?? false,
   } as const;
   let graph = c.graph;
   let state = c.state;

@@ -106,6 +106,8 @@ export function planSpec(
   inputs: ReadonlyMap<string, InputFact> = new Map(),
   /** The graph `model` describes (KV-cache presses read constants of it); needed when the spec has KV stages. */
   graph?: Graph,
+  /** `--kv-state`: state pairs may carry what the caches hold from call to call. */
+  options: { kvState?: boolean } = {},
 ): { stream: StagePlan[]; kv: KvPlan[] } {
   const diagnostics: Diagnostic[] = [...checkSpecSets(spec), ...checkSetInputs(spec, inputs)];
   const plans: StagePlan[] = [];
@@ -128,7 +130,7 @@ export function planSpec(
       fail(stage.positionSpan, `prunec cannot prove this model's token structure: ${model.unproven}`);
       return;
     }
-    const plan = planOne(spec, sets, stage, i, model, tokens, lastLayer + 1, adaptive, fail);
+    const plan = planOne(spec, sets, stage, i, model, tokens, lastLayer + 1, adaptive, fail, options.kvState ?? false);
     if (!plan) return;
     // A cascade's running score starts at layer 0 and follows the kept tokens: only its own stages before it.
     const cascade = plan.criterion.cascade;
@@ -224,6 +226,7 @@ function planOne(
   firstLayer: number,
   afterAdaptive: boolean,
   fail: (span: Span, message: string) => void,
+  kvState: boolean,
 ): StagePlan | undefined {
   const pos = stage.position;
   if (pos.kind === "before-layer-0") {
@@ -372,6 +375,7 @@ function planOne(
     prefix,
     tokensIn,
     options: new Set(stage.options),
+    kvState,
     perExample:
       what === undefined
         ? undefined
