@@ -114,6 +114,31 @@ export function zeroRows(b: NodeBuilder, gathered: string, padRows: string, elem
   return b.op("Where", [b.unsqueeze(padRows, [2]), zero, gathered], {}, "zero_padding");
 }
 
+/**
+ * How a per-example stage after layer `from − 1` pads: `after` (the default lowering: extra real
+ * tokens after the kept ones, masked), `front` (zero rows first: linear attention follows, no
+ * later KV cache), or `front-carried` (the same, and the later caches' slot validity carried from
+ * call to call: `--kv-state`). The plan refuses a cached model without `--kv-state`.
+ */
+export function paddingMode(
+  model: TransformerInfo,
+  from: number,
+  kvState: boolean,
+): "after" | "front" | "front-carried" {
+  if (!linearFollows(model, from)) return "after";
+  return kvState && cachedAfter(model, from).length ? "front-carried" : "front";
+}
+
+/**
+ * bool [1]: this call is the first (the carried validity's past is empty), where the recurrent
+ * states start at zero. Later calls keep every token: zero rows after real ones would decay the
+ * recurrence (a 1-token decode step keeps its token anyway).
+ */
+export function firstCall(b: NodeBuilder, stage: number): string {
+  const past = b.slice(b.op("Shape", [padStateNames(stage).past]), 0, 1, 2);
+  return b.op("Equal", [past, b.int64([0], [1], "empty")], {}, "first_call");
+}
+
 /** Later layers that keep a KV cache (the padding rows then stay in it for later calls). */
 export function cachedAfter(model: TransformerInfo, from: number): number[] {
   return model.layers.slice(from).flatMap((l) => (l.cache ? [l.index] : []));

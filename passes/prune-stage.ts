@@ -32,7 +32,7 @@ import type { LowerOptions, StageLowering, StageSetup } from "./kinds/kind.js";
 import { chooseSelection } from "./kinds/index.js";
 import { lowerMask } from "./kinds/mask.js";
 import { appendRecycled } from "./kinds/recycle.js";
-import { cachedAfter, carryPadState, padStateNames, zeroRows } from "./front-padding.js";
+import { carryPadState, paddingMode, padStateNames, zeroRows } from "./front-padding.js";
 import { renumberedSides } from "./kinds/renumber.js";
 
 /** float: the element type of the padding validity pair (onnx TensorProto.FLOAT). */
@@ -70,7 +70,7 @@ export const applyStage: StageLowering = (proto, dense, densePlan, state, option
   // Padding in front that later caches keep: with --kv-state, its validity is carried from call
   // to call and masks those slots at every call (checked by the plan: required where caches follow).
   const padState =
-    sel.zeroRows && options.kvState && cachedAfter(model, plan.layer.index + 1).length
+    sel.zeroRows && paddingMode(model, plan.layer.index + 1, options.kvState) === "front-carried"
       ? carryPadState(b, plan.stage, sel.zeroRows)
       : undefined;
   // Cached attention below the stage: per-layer sequence lengths and key-padding bias.

@@ -11,7 +11,7 @@ import { countPerExample, selectAdaptive } from "../adaptive.js";
 import { attentionOf, clsRowScores } from "../attention/attention-map.js";
 import type { SelectionModule } from "./kind.js";
 import { paddingUnmaskable } from "../mask-recycle.js";
-import { cachedAfter, frontPaddingWhy, linearFollows, padsFirst } from "../front-padding.js";
+import { cachedAfter, firstCall, frontPaddingWhy, linearFollows, paddingMode, padsFirst } from "../front-padding.js";
 
 export const adaptive: SelectionModule = {
   name: "adaptive",
@@ -78,9 +78,14 @@ export const adaptive: SelectionModule = {
     }
     return undefined;
   },
-  select: ({ b, plan, scores, ranked, state, model }) => {
+  select: ({ b, plan, scores, ranked, state, model, options }) => {
     const amount = plan.adaptive;
     if (!amount) throw new Error("adaptive selection without an adaptive amount (checked by the plan)");
+    const mode = paddingMode(model, plan.layer.index + 1, options.kvState);
+    // Zero rows in front are exact only while the recurrent states are zero: at the first call.
+    const first = mode === "front-carried" ? firstCall(b, plan.stage) : undefined;
+    const onlyFirst = (count: string, all: string) =>
+      first ? b.op("Where", [first, count, all], {}, "prune_first_call_only") : count;
     const clsAttention = () => {
       const attention = attentionOf(plan.layer);
       if ("why" in attention)
@@ -92,20 +97,24 @@ export const adaptive: SelectionModule = {
     let sel: ReturnType<typeof selectAdaptive>;
     if (plan.ofSet) {
       const set = restrictToSet(b, plan, plan.ofSet, state.sets, state.validBias, scores);
-      const count = countPerExample(b, amount, {
-        scores,
-        ranked: set.setScores,
-        real: set.members,
-        clsAttention,
-        minimum: 0,
-      });
+      const count = onlyFirst(
+        countPerExample(b, amount, {
+          scores,
+          ranked: set.setScores,
+          real: set.members,
+          clsAttention,
+          minimum: 0,
+        }),
+        set.members,
+      );
       // Tokens outside the set are all kept: they rank first.
       sel = selectAdaptive(b, set.ranked, b.op("Add", [set.others, count], {}, "kept_total"), plan.prefix);
     } else {
       const real = realCount(b, scores, state.validBias, plan.prefix, model.batchAxis === undefined);
-      sel = selectAdaptive(b, ranked, countPerExample(b, amount, { scores, ranked, real, clsAttention }), plan.prefix);
+      const count = onlyFirst(countPerExample(b, amount, { scores, ranked, real, clsAttention }), real);
+      sel = selectAdaptive(b, ranked, count, plan.prefix);
     }
-    if (linearFollows(model, plan.layer.index + 1)) {
+    if (mode !== "after") {
       // Linear-attention layers follow: each example's padding first, as zero rows (checked by the plan).
       const front = padsFirst(b, sel);
       return {
