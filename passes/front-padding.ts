@@ -26,9 +26,18 @@
  * norms (the pre-norm, the norm leaving the layer) is an RMS norm without a bias, so a zero row
  * stays zero through it; the stage keeps no special prefix tokens (padding must precede every real
  * token). What rests on the measured fact, not on a proof: that the linear mixer, the MLPs and the
- * attention projections map zero rows to zero rows (no biases inside), and that the recurrent
- * states start at zero, which holds at the first call (prefill) only: a later call whose tokens
- * pad differently per example would put zero rows after real ones, which decays the state.
+ * attention projections map zero rows to zero rows (no biases inside), that GroupQueryAttention
+ * gives a query row whose every key is masked a zero output (zero values), and that the recurrent
+ * states start at zero, which holds at the first call (prefill) only.
+ *
+ * Later calls (decode steps): the later layers' KV caches keep the padding rows (zero keys and
+ * values), and the host's attention mask cannot say where they are. So where such a cache follows,
+ * the plan requires `--kv-state` and the stage carries the slots' validity from call to call
+ * (`carryPadState`), which masks them at every call. And only the first call prunes
+ * (`firstCall`): zero rows after real ones would decay the recurrence (and shift the conv window),
+ * so a later call keeps every token; a 1-token decode step keeps its token anyway. Without a later
+ * KV cache (a model exported without one) the stage would have no state to tell the first call by,
+ * so the plan refuses it rather than assume a single call.
  */
 import type { TransformerInfo, LayerInfo } from "../src/analysis/transformer.js";
 import type { Norm } from "../src/analysis/norms.js";
@@ -116,17 +125,11 @@ export function zeroRows(b: NodeBuilder, gathered: string, padRows: string, elem
 
 /**
  * How a per-example stage after layer `from − 1` pads: `after` (the default lowering: extra real
- * tokens after the kept ones, masked), `front` (zero rows first: linear attention follows, no
- * later KV cache), or `front-carried` (the same, and the later caches' slot validity carried from
- * call to call: `--kv-state`). The plan refuses a cached model without `--kv-state`.
+ * tokens after the kept ones, masked) or `front` (zero rows first, the later caches' slot validity
+ * carried from call to call). The plan refuses `front` without a later KV cache or `--kv-state`.
  */
-export function paddingMode(
-  model: TransformerInfo,
-  from: number,
-  kvState: boolean,
-): "after" | "front" | "front-carried" {
-  if (!linearFollows(model, from)) return "after";
-  return kvState && cachedAfter(model, from).length ? "front-carried" : "front";
+export function paddingMode(model: TransformerInfo, from: number): "after" | "front" {
+  return linearFollows(model, from) ? "front" : "after";
 }
 
 /**

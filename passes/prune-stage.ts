@@ -67,10 +67,12 @@ export const applyStage: StageLowering = (proto, dense, densePlan, state, option
     running && positions && model.batchAxis === 0
       ? b.op("GatherElements", [running, positions], { axis: 1 }, "cumulative_kept")
       : undefined;
-  // Padding in front that later caches keep: with --kv-state, its validity is carried from call
-  // to call and masks those slots at every call (checked by the plan: required where caches follow).
+  // Padding in front stays in the later caches: its validity is carried from call to call and
+  // masks those slots at every call (the plan required a later cache and --kv-state).
+  if (sel.zeroRows && !options.kvState)
+    throw new Error(`stage ${plan.stage}: padding in front needs --kv-state (checked by the plan)`);
   const padState =
-    sel.zeroRows && paddingMode(model, plan.layer.index + 1, options.kvState) === "front-carried"
+    sel.zeroRows && paddingMode(model, plan.layer.index + 1) === "front"
       ? carryPadState(b, plan.stage, sel.zeroRows)
       : undefined;
   // Cached attention below the stage: per-layer sequence lengths and key-padding bias.

@@ -35,7 +35,12 @@ export const adaptive: SelectionModule = {
           at: "amount",
         };
       const cached = cachedAfter(f.model, f.layer + 1);
-      if (cached.length && !f.kvState)
+      if (!cached.length)
+        return {
+          why: "this stage's count differs per example and linear-attention layers follow, so each example's padding rows come first, as zero rows, which is exact only while the recurrent states are zero (the first call); prunec tells the first call by the padding validity it carries with a later layer's KV cache, and no layer after this stage keeps one",
+          at: "amount",
+        };
+      if (!f.kvState)
         return {
           why: `this stage's count differs per example and linear-attention layers follow, so each example's padding rows come first; layer ${cached[0]} keeps them in its KV cache, where later calls (decode steps) would attend to them, and the host's attention mask cannot say where they are: compile with --kv-state, which carries each cache slot's validity from call to call (past_key_values.stageN.prunec_valid → present.stageN.prunec_valid)`,
           at: "amount",
@@ -78,12 +83,12 @@ export const adaptive: SelectionModule = {
     }
     return undefined;
   },
-  select: ({ b, plan, scores, ranked, state, model, options }) => {
+  select: ({ b, plan, scores, ranked, state, model }) => {
     const amount = plan.adaptive;
     if (!amount) throw new Error("adaptive selection without an adaptive amount (checked by the plan)");
-    const mode = paddingMode(model, plan.layer.index + 1, options.kvState);
+    const mode = paddingMode(model, plan.layer.index + 1);
     // Zero rows in front are exact only while the recurrent states are zero: at the first call.
-    const first = mode === "front-carried" ? firstCall(b, plan.stage) : undefined;
+    const first = mode === "front" ? firstCall(b, plan.stage) : undefined;
     const onlyFirst = (count: string, all: string) =>
       first ? b.op("Where", [first, count, all], {}, "prune_first_call_only") : count;
     const clsAttention = () => {
