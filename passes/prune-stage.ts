@@ -78,7 +78,15 @@ export const applyStage: StageLowering = (proto, dense, densePlan, state, option
   // Cached attention below the stage: per-layer sequence lengths and key-padding bias.
   const replaced = plan.encoder
     ? new Map<NodeProto, NodeProto>()
-    : rewriteCachedAttention(b, model, dense, plan.layer.index + 1, padState ?? sel.validBias);
+    : rewriteCachedAttention(
+        b,
+        model,
+        dense,
+        plan.layer.index + 1,
+        padState ?? sel.validBias,
+        // Its validity covers the slots down to the next stage, which carries its own below.
+        padState ? plan.padUntil : undefined,
+      );
   // Side tensors read below the stage follow the kept tokens.
   const tokenCount = () => b.slice(b.op("Shape", [s.stream]), 0, s.tokenAxis, s.tokenAxis + 1);
   const gathered = plan.renumber

@@ -17,8 +17,12 @@
  * - layers 4–7: the dense model's layers 4–7 (injectStream) fed the same left-padded batch of kept
  *   rows (zero rows in front, attention_mask 0 on them, the kept tokens' own positions): logits,
  *   layer 7's cache and the conv/recurrent states of layers 4–6;
- * - the M-RoPE rows layer 7 rotates with are the dense rows of the kept tokens, in the same order.
- * At batch 1 nothing is padded.
+ * - the M-RoPE rows layer 7 rotates with are the dense rows of the kept tokens, in the same order;
+ * - 4 decode steps continue the reference bit for bit (--kv-state's validity masks the padding in
+ *   layer 7's cache; declared valid instead, the padded example's logits differ), and a later call
+ *   whose count would differ per example keeps every token (only the first call prunes).
+ * At batch 1 nothing is padded. A second test stacks two per-example stages (12 layers): each pads
+ * in front with its own validity pair, checked the same way against layers 4–7 and 8–11.
  */
 import { readFileSync } from "node:fs";
 import { expect } from "vitest";
@@ -57,6 +61,59 @@ const STEPS = 4;
 const floats = (o: Outputs, name: string) => o[name]!.data as Float32Array;
 const largest = (a: Float32Array) => a.reduce((m, x) => Math.max(m, Math.abs(x)), 0);
 const argmax = (a: Float32Array) => a.reduce((best, v, i) => (v > a[best]! ? i : best), 0);
+
+/** The two summands of the fused Skip norm that enters layer L + 1: the stream leaving layer L. */
+const leaving = (layer: number) => [
+  `/model/layers.${layer}/post_attention_layernorm/output_3`,
+  `/model/layers.${layer}/mlp/down_proj/MatMul/output_0`,
+];
+
+/** [2, rows, HIDDEN] from [2, n, HIDDEN] `data`: per example, the rows `picks` names (undefined: a zero row). */
+function pickRows(data: Float32Array, n: number, picks: readonly (readonly (number | undefined)[])[]): Float32Array {
+  const k = picks[0]!.length;
+  const out = new Float32Array(picks.length * k * HIDDEN);
+  picks.forEach((row, b) =>
+    row.forEach((j, r) => {
+      if (j !== undefined) out.set(data.subarray((b * n + j) * HIDDEN, (b * n + j + 1) * HIDDEN), (b * k + r) * HIDDEN);
+    }),
+  );
+  return out;
+}
+
+/**
+ * One call of a model cut open at `summands` (injectStream), at batch 2: the given summand rows,
+ * the attention mask 0 on each example's first `pads[b]` columns (its padding, in front), and the
+ * prompt's positions (M-RoPE's three axes alike; padding at 1) or, at a later call, decoderFeeds'.
+ */
+function injectedFeeds(
+  model: Uint8Array,
+  call: { rows: number; total: number; past?: Outputs; firstPosition?: number },
+  summands: Record<string, Float32Array>,
+  pads: readonly number[],
+  positions?: readonly (readonly (number | undefined)[])[],
+): Feeds {
+  const feeds = decoderFeeds(model, { ...call, embeds: new Float32Array(2 * call.rows * HIDDEN), batch: 2 });
+  const { total, rows: k } = call;
+  feeds["attention_mask"] = {
+    type: "int64",
+    dims: [2, total],
+    data: BigInt64Array.from({ length: 2 * total }, (_, i) => (i % total < pads[Math.floor(i / total)]! ? 0n : 1n)),
+  };
+  if (positions)
+    feeds["position_ids"] = {
+      type: "int64",
+      dims: [3, 2, k],
+      data: BigInt64Array.from({ length: 3 * 2 * k }, (_, i) => BigInt(positions[Math.floor(i / k) % 2]![i % k] ?? 1)),
+    };
+  for (const [t, data] of Object.entries(summands)) feeds[t] = { type: "float32", dims: [2, k, HIDDEN], data };
+  return feeds;
+}
+
+/** Per example: `pads` padding rows (undefined) then `kept`. */
+const padFront = (kept: readonly number[], width: number): (number | undefined)[] => [
+  ...new Array<undefined>(width - kept.length).fill(undefined),
+  ...kept,
+];
 
 /** FastV's kept positions of example `b` from the dense run's layer-3 query (rotated) and present key. */
 function referenceKept(full: Outputs, b: number, batch: number): number[] {
@@ -244,6 +301,126 @@ describeShared("per-example counts before linear attention: padding in front as 
         const idx1 = p1["prunec.stage0.indices"]!;
         expect(rows(idx1.data as BigInt64Array, idx1.dims)).toEqual([referenceKept(full1, 0, 1)]);
         expect(p1["present.7.key"]!.dims).toEqual([1, KV_HEADS, 32, D]);
+      });
+    },
+    300_000,
+  );
+
+  itShared(
+    "two per-example stages (FastV after layer 3, `keep 60% by norm` after layer 7; 12 layers, batch 2): each pads in front with its own validity; prefill and 2 decode steps = the dense layers 4–7 and 8–11 run on each stage's left-padded kept rows, bit for bit",
+    async () => {
+      const dense = cutDecoder(readFileSync(sharedModel(QWEN35)), 12, VOCAB);
+      const pruned = compile(dense, `${SPEC}\nafter layer 7 keep 60% by norm`, {
+        exposeIndices: true,
+        kvState: true,
+      }).model;
+      const [s4, s8] = [leaving(3), leaving(7)];
+      const files = {
+        "dense.onnx": withOutputs(dense, [QUERY, ...s4]),
+        "pruned.onnx": pruned,
+        // Layers 4–7 on a given stream (what follows runs too, unread), and layers 8–11.
+        "mid.onnx": withOutputs(injectStream(dense, s4, HIDDEN), s8),
+        "below.onnx": injectStream(dense, s8, HIDDEN),
+      };
+      const states = (layers: number[]) =>
+        layers.flatMap((l) =>
+          l % 4 === 3 ? [`present.${l}.key`, `present.${l}.value`] : [`present_conv.${l}`, `present_recurrent.${l}`],
+        );
+      const exact = (o: Outputs, r: Outputs, names: string[]) =>
+        names.map((n) => maxAbsDiff(floats(o, n), floats(r, n)));
+      await withWeights(dense, 1, files, async (path) => {
+        const prompt = uniform(2 * N * HIDDEN, 7);
+        let a = await runNode(path("dense.onnx"), decoderFeeds(dense, { embeds: prompt, rows: N, total: N, batch: 2 }));
+        const kept0 = [0, 1].map((b) => referenceKept(a, b, 2));
+        const k0 = Math.max(...kept0.map((k) => k.length));
+        const pads0 = kept0.map((k) => k0 - k.length);
+        const rows0 = kept0.map((k) => padFront(k, k0));
+        let mid = await runNode(
+          path("mid.onnx"),
+          injectedFeeds(
+            files["mid.onnx"],
+            { rows: k0, total: k0 },
+            Object.fromEntries(s4.map((t) => [t, pickRows(floats(a, t), N, rows0)])),
+            pads0,
+            rows0,
+          ),
+        );
+        // Stage 1 by its definition: the L2 norm of each real row of the stream leaving layer 7
+        // (the Skip norm's sum, in float32), round-half-up(60%) of each example's real rows, ties to the lower row.
+        const sum = floats(mid, s8[0]!).map((x, i) => Math.fround(x + floats(mid, s8[1]!)[i]!));
+        const kept1 = [0, 1].map((b) => {
+          const real = Array.from({ length: k0 - pads0[b]! }, (_, i) => pads0[b]! + i);
+          const norm = (r: number) => Math.hypot(...sum.subarray((b * k0 + r) * HIDDEN, (b * k0 + r + 1) * HIDDEN));
+          const count = Math.max(1, Math.floor((120 * real.length + 100) / 200));
+          return real
+            .map((r) => ({ r, s: norm(r) }))
+            .sort((x, y) => y.s - x.s || x.r - y.r)
+            .slice(0, count)
+            .map((x) => x.r)
+            .sort((x, y) => x - y);
+        });
+        const k1 = Math.max(...kept1.map((k) => k.length));
+        const pads1 = kept1.map((k) => k1 - k.length);
+        const rows1 = kept1.map((k) => padFront(k, k1));
+        expect(pads0).toEqual([8, 0]);
+        expect(pads1).toEqual([5, 0]);
+        let below = await runNode(
+          path("below.onnx"),
+          injectedFeeds(
+            files["below.onnx"],
+            { rows: k1, total: k1 },
+            Object.fromEntries(s8.map((t) => [t, pickRows(floats(mid, t), k0, rows1)])),
+            pads1,
+            rows1.map((row, b) => row.map((r) => (r === undefined ? undefined : rows0[b]![r]))),
+          ),
+        );
+
+        let p = await runNode(
+          path("pruned.onnx"),
+          decoderFeeds(pruned, { embeds: prompt, rows: N, total: N, batch: 2, image: IMAGES.flat() }),
+        );
+        const exposed = (o: Outputs, stage: number) => {
+          const t = o[`prunec.stage${stage}.indices`]!;
+          return rows(t.data as BigInt64Array, t.dims);
+        };
+        expect(exposed(p, 0)).toEqual(rows0.map((row) => row.map((j) => j ?? -1)));
+        expect(exposed(p, 1)).toEqual(rows1.map((row) => row.map((j) => j ?? -1)));
+        const check = (label: string) => {
+          const d = [...exact(p, below, ["logits", ...states([8, 9, 10, 11])]), ...exact(p, mid, states([4, 5, 6, 7]))];
+          console.log(`two stages, ${label}: max |Δ| ${d.join(", ")}`);
+          expect(d).toEqual(new Array(d.length).fill(0));
+        };
+        check("prefill");
+        for (let step = 1; step <= 2; step++) {
+          const last = (o: Outputs, b: number) => {
+            const k = o["logits"]!.dims[1]!;
+            return floats(o, "logits").subarray(((b + 1) * k - 1) * VOCAB, (b + 1) * k * VOCAB);
+          };
+          const tokens = [0, 1].map((b) => argmax(last(p, b)));
+          expect(tokens).toEqual([0, 1].map((b) => argmax(last(below, b))));
+          const x = new Float32Array(2 * HIDDEN);
+          tokens.forEach((t, b) => x.set(uniform(HIDDEN, 1000 + t), b * HIDDEN));
+          const at = { rows: 1, firstPosition: N + step - 1 };
+          p = await runNode(
+            path("pruned.onnx"),
+            decoderFeeds(pruned, { ...at, embeds: x, total: N + step, batch: 2, past: p, image: [false, false] }),
+          );
+          a = await runNode(
+            path("dense.onnx"),
+            decoderFeeds(dense, { ...at, embeds: x, total: N + step, batch: 2, past: a }),
+          );
+          const one = (o: Outputs, ts: string[]) => Object.fromEntries(ts.map((t) => [t, floats(o, t)]));
+          mid = await runNode(
+            path("mid.onnx"),
+            injectedFeeds(files["mid.onnx"], { ...at, total: k0 + step, past: mid }, one(a, s4), pads0),
+          );
+          below = await runNode(
+            path("below.onnx"),
+            injectedFeeds(files["below.onnx"], { ...at, total: k1 + step, past: below }, one(mid, s8), pads1),
+          );
+          expect(p["present.stage1.prunec_valid"]!.dims).toEqual([2, k1 + step]);
+          check(`decode step ${step}`);
+        }
       });
     },
     300_000,
