@@ -21,6 +21,7 @@ import { Graph } from "../src/ir/graph.js";
 import { analyzeTransformer, type TransformerInfo } from "../src/analysis/transformer.js";
 import { inspectModel } from "../src/inspect.js";
 import { compile } from "../src/compile.js";
+import { checkSpec } from "../src/check.js";
 import { PrunecError } from "../src/errors.js";
 import { denseName } from "../passes/gather-tokens.js";
 
@@ -175,6 +176,9 @@ describeShared("decoder residual streams (transformers.js Gemma-3 and Qwen3.5)",
     expect(message(SET_SPEC(3))).toBe(
       "q.prune:2:20: error: this stage's count differs per example and linear-attention layers follow, so each example's padding rows come first; layer 7 keeps them in its KV cache, where later calls (decode steps) would attend to them, and the host's attention mask cannot say where they are: compile with --kv-state, which carries each cache slot's validity from call to call (past_key_values.stageN.prunec_valid → present.stageN.prunec_valid)",
     );
+    // check refuses what compile refuses, with the same options.
+    expect(checkSpec(SET_SPEC(3), "q.prune", { bytes, name: "q.onnx" }, { kvState: true }).ok).toBe(true);
+    expect(checkSpec(SET_SPEC(3), "q.prune", { bytes, name: "q.onnx" }).refusal?.message).toMatch(/--kv-state/);
     expect(message(`${SET_SPEC(3)} with renumber`, true)).toBe(
       "q.prune:2:20: error: this stage's count differs per example and linear-attention layers follow, so each example's padding comes first, before its kept tokens; 'with renumber' would number the padding rows as tokens",
     );
