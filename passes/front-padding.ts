@@ -61,11 +61,9 @@ export function frontPaddingWhy(model: TransformerInfo, from: number, prefix: nu
 
 function layerWhy(l: LayerInfo): string | undefined {
   const r = l.residual;
-  if (l.kind === "linear-attention") {
-    if (!r) return `layer ${l.index} (linear-attention) has no residual block prunec found`;
-  } else if (l.core?.kind !== "GroupQueryAttention" || !r) {
-    return `layer ${l.index} (${l.kind}) is not causal com.microsoft.GroupQueryAttention, the only attention prunec proves a zero row in front stays zero through`;
-  }
+  if (l.kind !== "linear-attention" && l.core?.kind !== "GroupQueryAttention")
+    return `layer ${l.index} (${l.kind}) is not causal com.microsoft.GroupQueryAttention, the only attention through which prunec keeps a zero row in front zero`;
+  if (!r) return `layer ${l.index} (${l.kind}) has no residual block prunec found`;
   for (const norm of [r.norm, ...(r.outputNorm ? [{ node: r.outputNorm }] : [])]) {
     const why = biasedNorm(norm);
     if (why)
