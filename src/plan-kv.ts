@@ -62,6 +62,8 @@ export function planKvStages(
   diagnostics: Diagnostic[],
   /** Layers after which the spec's stream stages act. */
   streamLayers: readonly number[] = [],
+  /** Of those, the layers after which a stage pads each example in front (passes/front-padding.ts). */
+  frontPadded: readonly number[] = [],
 ): KvPlan[] {
   const plans: KvPlan[] = [];
   spec.stages.forEach((stage, index) => {
@@ -106,6 +108,16 @@ export function planKvStages(
       fail(
         stage.duringSpan ?? stage.span,
         `'during decode' on layer ${shortened.index}'s cache: a stream stage above it shortens that cache; decode-time eviction below stream stages is not supported yet`,
+      );
+      return;
+    }
+    // The eviction rewrites the layer's attention from the dense op's inputs: the padding mask of
+    // a stream stage above it that pads in front would be lost (its zero rows then attended).
+    const padded = layers.ok.find((l) => frontPadded.some((s) => s < l.index));
+    if (padded) {
+      fail(
+        stage.span,
+        `evicting layer ${padded.index}'s cache: a stream stage above it counts per example and pads each example in front (linear-attention layers follow it), and the eviction's rewrite of the layer's attention would drop that padding's mask; not supported yet`,
       );
       return;
     }

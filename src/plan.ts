@@ -15,6 +15,7 @@ import type { StagePlan } from "./plan-types.js";
 import type { StageFacts } from "../passes/criterion.js";
 import { COUNT_CHECK, SELECTION_CHECKS, selectionKind } from "../passes/kinds/index.js";
 import type { KindFacts, Refusal } from "../passes/kinds/kind.js";
+import { paddingMode } from "../passes/front-padding.js";
 import { refusal, type CellFacts, type SelectionKind, type StageOption } from "../passes/kinds/combinations.js";
 import { OPTIONS } from "../passes/kinds/options.js";
 import { keepCountStatic } from "../passes/amount.js";
@@ -204,6 +205,7 @@ export function planSpec(
     graph,
     diagnostics,
     plans.map((p) => p.layer.index),
+    plans.filter((p) => p.adaptive && paddingMode(model, p.layer.index + 1) === "front").map((p) => p.layer.index),
   );
   if (count === 0)
     diagnostics.push(

@@ -176,6 +176,10 @@ describeShared("decoder residual streams (transformers.js Gemma-3 and Qwen3.5)",
     expect(message(SET_SPEC(3))).toBe(
       "q.prune:2:20: error: this stage's count differs per example and linear-attention layers follow, so each example's padding rows come first; layer 7 keeps them in its KV cache, where later calls (decode steps) would attend to them, and the host's attention mask cannot say where they are: compile with --kv-state, which carries each cache slot's validity from call to call (past_key_values.stageN.prunec_valid → present.stageN.prunec_valid)",
     );
+    // A KV-cache stage below would rewrite layer 7's attention without the padding's mask.
+    expect(message(`${SET_SPEC(3)}\nin layer 7 keep kv 50% by knorm`, true)).toBe(
+      "q.prune:3:1: error: evicting layer 7's cache: a stream stage above it counts per example and pads each example in front (linear-attention layers follow it), and the eviction's rewrite of the layer's attention would drop that padding's mask; not supported yet",
+    );
     // check refuses what compile refuses, with the same options.
     expect(checkSpec(SET_SPEC(3), "q.prune", { bytes, name: "q.onnx" }, { kvState: true }).ok).toBe(true);
     expect(checkSpec(SET_SPEC(3), "q.prune", { bytes, name: "q.onnx" }).refusal?.message).toMatch(/--kv-state/);
