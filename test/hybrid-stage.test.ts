@@ -183,41 +183,14 @@ describeShared("per-example counts before linear attention: padding in front as 
         );
 
         // The reference: dense layers 4–7 on [zero rows × pads, kept rows], padding masked, kept positions.
-        const at = (b: number, r: number): number | undefined => (r < pads[b]! ? undefined : kept[b]![r - pads[b]!]);
-        const injected: Feeds = decoderFeeds(files["below.onnx"], {
-          embeds: new Float32Array(2 * kmax * HIDDEN),
-          rows: kmax,
-          total: kmax,
-          batch: 2,
-        });
-        injected["attention_mask"] = {
-          type: "int64",
-          dims: [2, kmax],
-          data: BigInt64Array.from({ length: 2 * kmax }, (_, i) =>
-            at(Math.floor(i / kmax), i % kmax) === undefined ? 0n : 1n,
-          ),
-        };
-        injected["position_ids"] = {
-          type: "int64",
-          dims: [3, 2, kmax],
-          // HF's left-padding convention puts padding at position 1; a zero row's rotation is zero anyway.
-          data: BigInt64Array.from({ length: 3 * 2 * kmax }, (_, i) => {
-            const b = Math.floor(i / kmax) % 2;
-            return BigInt(at(b, i % kmax) ?? 1);
-          }),
-        };
-        for (const t of SUMMANDS) {
-          const data = new Float32Array(2 * kmax * HIDDEN);
-          for (let b = 0; b < 2; b++)
-            for (let r = pads[b]!; r < kmax; r++) {
-              const j = at(b, r)!;
-              data.set(
-                floats(full, t).subarray((b * N + j) * HIDDEN, (b * N + j + 1) * HIDDEN),
-                (b * kmax + r) * HIDDEN,
-              );
-            }
-          injected[t] = { type: "float32", dims: [2, kmax, HIDDEN], data };
-        }
+        const rows0 = kept.map((k) => padFront(k, kmax));
+        const injected = injectedFeeds(
+          files["below.onnx"],
+          { rows: kmax, total: kmax },
+          Object.fromEntries(SUMMANDS.map((t) => [t, pickRows(floats(full, t), N, rows0)])),
+          pads,
+          rows0,
+        );
         const below = await runNode(path("below.onnx"), injected);
         // Measured bit-identical (the same rows through the same int8 ops; zero rows quantise exactly).
         const differences = (o: Outputs, r: Outputs) =>
@@ -241,20 +214,12 @@ describeShared("per-example counts before linear attention: padding in front as 
           p = await runNode(path("pruned.onnx"), decoderFeeds(pruned, { ...next, past: p, image }));
           a = await runNode(path("dense.onnx"), decoderFeeds(dense, { ...next, past: a }));
           const total = kmax + fed + rowsNow;
-          const feeds = decoderFeeds(files["below.onnx"], {
-            ...next,
-            embeds: new Float32Array(2 * rowsNow * HIDDEN),
-            total,
-            past: ref,
-          });
-          feeds["attention_mask"] = {
-            type: "int64",
-            dims: [2, total],
-            data: BigInt64Array.from({ length: 2 * total }, (_, i) =>
-              i % total < pads[Math.floor(i / total)]! ? 0n : 1n,
-            ),
-          };
-          for (const t of SUMMANDS) feeds[t] = { type: "float32", dims: [2, rowsNow, HIDDEN], data: floats(a, t) };
+          const feeds = injectedFeeds(
+            files["below.onnx"],
+            { rows: rowsNow, total, past: ref, firstPosition: N + fed },
+            Object.fromEntries(SUMMANDS.map((t) => [t, floats(a, t)])),
+            pads,
+          );
           ref = await runNode(path("below.onnx"), feeds);
           fed += rowsNow;
           expect(p["present.7.key"]!.dims[2]).toBe(total);
