@@ -28,17 +28,22 @@ export function rewriteCachedAttention(
   dense: TransformerInfo,
   from: number,
   keyBias: string | undefined,
-  /** Only this layer (a KV-cache stage rewrites the layer whose cache it evicts). */
-  only?: number,
+  /**
+   * The last layer rewritten (inclusive; default: the last layer): a KV-cache stage rewrites only
+   * the layer whose cache it evicts (`from` = `until`); a stage padding in front stops before the
+   * next stage, which rewrites the layers below it with its own padding (passes/front-padding.ts).
+   */
+  until?: number,
   /**
    * Which of the host bias's key columns the layer's cache holds: the first `total` (a stream
-   * stage: pads first, then the kept prompt tokens) or the last (a KV-cache stage: the kept entries,
-   * pads only where an example has fewer real entries than the budget, then the generated ones).
+   * stage: pads first, then the kept prompt tokens), the last (a KV-cache stage: the kept entries,
+   * pads only where an example has fewer real entries than the budget, then the generated ones), or
+   * none (a decode-time stage below a stream stage, whose own slot bias marks its pads).
    */
   columns: "first" | "last" | "none" = "first",
 ): Map<NodeProto, NodeProto> {
   const out = new Map<NodeProto, NodeProto>();
-  for (const l of model.layers.slice(from, only === undefined ? undefined : only + 1)) {
+  for (const l of model.layers.slice(from, until === undefined ? undefined : until + 1)) {
     const core = l.core;
     if (core?.kind !== "GroupQueryAttention") continue;
     const n = core.anchor;

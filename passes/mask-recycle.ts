@@ -75,11 +75,18 @@ export function addKeyBias(
   model: TransformerInfo,
   from: number,
   keys: string,
-  options: { label: string; until?: number; resolve?: (tensor: string) => string },
+  options: {
+    label: string;
+    until?: number;
+    resolve?: (tensor: string) => string;
+    /** Linear-attention layers: `skip` where the padding is zero rows in front (passes/front-padding.ts). */
+    linear?: "skip" | "refuse";
+  },
 ): Map<NodeProto, NodeProto> {
   const out = new Map<NodeProto, NodeProto>();
   const resolve = options.resolve ?? ((t: string) => t);
   for (const l of model.layers.slice(from, (options.until ?? model.layers.length - 1) + 1)) {
+    if (l.kind === "linear-attention" && options.linear === "skip") continue;
     const core = l.core;
     if (!core)
       throw new Error(

@@ -12,6 +12,8 @@
  *       the token axis are retargeted; the splice's ensures() held. The input graph is not mutated.
  */
 import { Graph, type GraphProto, type NodeProto } from "../src/ir/graph.js";
+import { shallowCopy } from "../src/ir/copy.js";
+import { batchDim, valueInfo } from "../src/ir/value-info.js";
 import type { TransformerInfo } from "../src/analysis/transformer.js";
 import { refreshFacts } from "../src/analysis/refresh.js";
 import { isSkipNorm } from "../src/analysis/residual.js";
@@ -30,7 +32,11 @@ import type { LowerOptions, StageLowering, StageSetup } from "./kinds/kind.js";
 import { chooseSelection } from "./kinds/index.js";
 import { lowerMask } from "./kinds/mask.js";
 import { appendRecycled } from "./kinds/recycle.js";
+import { carryPadState, paddingMode, padStateNames, zeroRows } from "./front-padding.js";
 import { renumberedSides } from "./kinds/renumber.js";
+
+/** float: the element type of the padding validity pair (onnx TensorProto.FLOAT). */
+const FLOAT = 1;
 
 export const applyStage: StageLowering = (proto, dense, densePlan, state, options) => {
   const s = setUp(proto, dense, densePlan, state, options);
@@ -43,6 +49,9 @@ export const applyStage: StageLowering = (proto, dense, densePlan, state, option
     throw new Error(`${choice.module.name} returned neither positions nor a gathered stream`);
   let indices = sel.indices;
   let output = sel.output ?? s.gather(indices!);
+  // Padding in front of linear-attention layers is zero rows (passes/front-padding.ts).
+  const elemType = streamElemType(s.g, s.residual);
+  if (sel.zeroRows) output = zeroRows(b, output, sel.zeroRows, elemType);
   /** The positions the stream was gathered at, when known (what token sets follow). */
   const positions = indices;
   if (plan.recycle) ({ output, indices } = appendRecycled(s, output, indices!));
@@ -58,10 +67,26 @@ export const applyStage: StageLowering = (proto, dense, densePlan, state, option
     running && positions && model.batchAxis === 0
       ? b.op("GatherElements", [running, positions], { axis: 1 }, "cumulative_kept")
       : undefined;
+  // Padding in front stays in the later caches: its validity is carried from call to call and
+  // masks those slots at every call (the plan required a later cache and --kv-state).
+  if (sel.zeroRows && !options.kvState)
+    throw new Error(`stage ${plan.stage}: padding in front needs --kv-state (checked by the plan)`);
+  const padState =
+    sel.zeroRows && paddingMode(model, plan.layer.index + 1) === "front"
+      ? carryPadState(b, plan.stage, sel.zeroRows)
+      : undefined;
   // Cached attention below the stage: per-layer sequence lengths and key-padding bias.
   const replaced = plan.encoder
     ? new Map<NodeProto, NodeProto>()
-    : rewriteCachedAttention(b, model, dense, plan.layer.index + 1, sel.validBias);
+    : rewriteCachedAttention(
+        b,
+        model,
+        dense,
+        plan.layer.index + 1,
+        padState ?? sel.validBias,
+        // Its validity covers the slots down to the next stage, which carries its own below.
+        padState ? plan.padUntil : undefined,
+      );
   // Side tensors read below the stage follow the kept tokens.
   const tokenCount = () => b.slice(b.op("Shape", [s.stream]), 0, s.tokenAxis, s.tokenAxis + 1);
   const gathered = plan.renumber
@@ -76,6 +101,8 @@ export const applyStage: StageLowering = (proto, dense, densePlan, state, option
     for (const [n, r2] of addKeyBias(b, model, plan.layer.index + 1, keys, {
       label: "skip_padding",
       until,
+      // Zero padding rows in front need no mask there (checked by the plan).
+      linear: sel.zeroRows ? "skip" : "refuse",
       resolve: (t) => gathered.get(t) ?? t,
     }))
       replaced.set(n, r2);
@@ -85,12 +112,15 @@ export const applyStage: StageLowering = (proto, dense, densePlan, state, option
   b.rename(output, s.r);
   const renames = new Map([[s.r, s.stream]]);
   if (s.normalized) {
-    b.rename(s.gather(indices!, denseName(s.normalized)), s.normalized);
+    const normalized = s.gather(indices!, denseName(s.normalized));
+    // The norm has no bias (checked by the plan): the normalized zero row is zero too.
+    b.rename(sel.zeroRows ? zeroRows(b, normalized, sel.zeroRows, elemType) : normalized, s.normalized);
     renames.set(s.normalized, denseName(s.normalized));
   }
   // The original producer of r now writes r/dense; stage nodes go right after it (their inputs,
   // the layer's probabilities and r/dense, all exist by then).
-  const graph = splice(proto, {
+  const names = padState ? padStateNames(plan.stage) : undefined;
+  const spliced = splice(names ? withPadStateInput(proto, names) : proto, {
     label: `stage ${plan.stage} (${plan.criterion.name} after layer ${plan.layer.index})`,
     after: s.r,
     rename: renames,
@@ -103,8 +133,9 @@ export const applyStage: StageLowering = (proto, dense, densePlan, state, option
     // stream's own shape is declared instead: ORT cannot infer it through the selection subgraph,
     // and without it later fusions (e.g. Add+Gelu → BiasGelu) are skipped.
     staleInfo: s.below,
-    info: plan.encoder ? [] : prunedStreamInfo(proto, model, plan, s.r, streamElemType(s.g, s.residual)),
+    info: plan.encoder ? [] : prunedStreamInfo(proto, model, plan, s.r, elemType),
   });
+  const graph = names ? withPadStateOutput(spliced, names) : spliced;
   const exposed = sel.exposed ?? indices;
   const record = {
     lowering: sel.lowering,
@@ -272,4 +303,16 @@ function followSets(
       return [name, b.op("Cast", [after], { to: 9 }, "set_after")];
     }),
   );
+}
+
+/** The graph with a stage's padding validity input declared: float [batch, prunec_stageN_past]. */
+function withPadStateInput(graph: GraphProto, names: ReturnType<typeof padStateNames>): GraphProto {
+  const dims = [batchDim(graph) ?? "batch", names.pastDim];
+  return shallowCopy(graph, { input: [...graph.input, valueInfo(names.past, FLOAT, dims)] });
+}
+
+/** The graph with the validity's present output declared: float [batch, prunec_stageN_cache]. */
+function withPadStateOutput(graph: GraphProto, names: ReturnType<typeof padStateNames>): GraphProto {
+  const dims = [batchDim(graph) ?? "batch", names.presentDim];
+  return shallowCopy(graph, { output: [...graph.output, valueInfo(names.present, FLOAT, dims)] });
 }

@@ -56,6 +56,8 @@ export function checkSpec(
   specText: string,
   specName: string,
   model?: { bytes: Uint8Array; name: string },
+  /** Compile options that change what is refused (`--kv-state`: per-example stages before linear attention). */
+  options: { kvState?: boolean } = {},
 ): CheckResult {
   const parsed = parseSpec(specText, specName, registry);
   const fail = (diagnostics: Diagnostic[]): CheckResult => ({
@@ -80,7 +82,11 @@ export function checkSpec(
   let planned: StageReport[] | undefined;
   if (model) {
     try {
-      planned = compileModel(model.bytes, specText, { modelName: model.name, specName }).report.stages;
+      planned = compileModel(model.bytes, specText, {
+        modelName: model.name,
+        specName,
+        ...(options.kvState ? { kvState: true } : {}),
+      }).report.stages;
     } catch (e) {
       // What compile refuses (exit 6, or 8 for a model that fails verification) is check's finding;
       // anything else (unreadable model, not a transformer) fails check as it fails compile.

@@ -52,7 +52,10 @@ export interface CompileOptions {
    * KV-cache stages carry each evicted layer's slot validity from call to call
    * (`past_key_values.L.prunec_valid` in, `present.L.prunec_valid` out, float [batch, entries]), so
    * every example of a padded batch keeps its own count. The host feeds the presents back and an
-   * empty [batch, 0] validity at the first call (passes/kv-stage.ts `KvState`).
+   * empty [batch, 0] validity at the first call (passes/kv-stage.ts `KvState`). Required by a
+   * stream stage whose count differs per example before linear-attention layers, which carries
+   * its padding's validity the same way (`past_key_values.stageN.prunec_valid`,
+   * passes/front-padding.ts).
    */
   kvState?: boolean;
   /**
@@ -339,7 +342,9 @@ function frontEnd(modelBytes: Uint8Array, specText: string, options: CompileOpti
   const input = order.every((n, i) => n === model.graph!.node[i])
     ? model.graph!
     : shallowCopy(model.graph!, { node: order });
-  const { stream: plans, kv: kvPlans, heads: headPlans } = planSpec(spec, info, modelInputs(input), dense);
+  const { stream: plans, kv: kvPlans, heads: headPlans } = planSpec(spec, info, modelInputs(input), dense, {
+    kvState: options.kvState ?? false,
+  });
   const opset = opsetOf(model);
   if ((plans.length || kvPlans.length || headPlans.length) && opset < 13) {
     throw new PrunecError(
@@ -384,7 +389,9 @@ function moveRotary(c: Compilation): Compilation {
   const rotary = explicitRotary(c.graph, c.info, first, c.opset, c.modelName);
   const rotated = new Graph(rotary.graph);
   const info = analyzeTransformer(rotated, c.modelName);
-  const { stream: plans, kv: kvPlans, heads: headPlans } = planSpec(c.spec, info, modelInputs(rotary.graph), rotated);
+  const { stream: plans, kv: kvPlans, heads: headPlans } = planSpec(c.spec, info, modelInputs(rotary.graph), rotated, {
+    kvState: c.options.kvState ?? false,
+  });
   const state: StreamState = {
     ...c.state,
     carried: new Map([[rotary.positions!, { axes: [1], rank: 2 }]]),
@@ -504,6 +511,7 @@ function applyStages(c: Compilation): Compilation {
     opset: c.opset,
     target: c.options.target ?? "cpu",
     expose: c.options.exposeIndices ?? false,
+    kvState: c.options.kvState ?? false,
   } as const;
   let graph = c.graph;
   let state = c.state;

@@ -64,6 +64,8 @@ export function planKvStages(
   streamLayers: readonly number[] = [],
   /** Some stream stage leaves padding, masked or merged rows (adaptive counts, `with mask`, merges). */
   streamPadding = false,
+  /** Of those, the layers after which a stage pads each example in front (passes/front-padding.ts). */
+  frontPadded: readonly number[] = [],
 ): KvPlan[] {
   const plans: KvPlan[] = [];
   spec.stages.forEach((stage, index) => {
@@ -122,6 +124,16 @@ export function planKvStages(
     const below = stage.during === "decode" ? decodeBelow() : undefined;
     if (below && shortened) {
       fail(stage.duringSpan ?? stage.span, `'during decode' on layer ${shortened.index}'s cache: ${below}`);
+      return;
+    }
+    // The eviction rewrites the layer's attention from the dense op's inputs: the padding mask of
+    // a stream stage above it that pads in front would be lost (its zero rows then attended).
+    const padded = layers.ok.find((l) => frontPadded.some((s) => s < l.index));
+    if (padded) {
+      fail(
+        stage.span,
+        `evicting layer ${padded.index}'s cache: a stream stage above it counts per example and pads each example in front (linear-attention layers follow it), and the eviction's rewrite of the layer's attention would drop that padding's mask; not supported yet`,
+      );
       return;
     }
     if (criterion.noStreamBelow && shortened) {

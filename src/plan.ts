@@ -15,6 +15,7 @@ import type { StagePlan } from "./plan-types.js";
 import type { StageFacts } from "../passes/criterion.js";
 import { COUNT_CHECK, SELECTION_CHECKS, selectionKind } from "../passes/kinds/index.js";
 import type { KindFacts, Refusal } from "../passes/kinds/kind.js";
+import { paddingMode } from "../passes/front-padding.js";
 import { refusal, type CellFacts, type SelectionKind, type StageOption } from "../passes/kinds/combinations.js";
 import { OPTIONS } from "../passes/kinds/options.js";
 import { keepCountStatic } from "../passes/amount.js";
@@ -107,6 +108,8 @@ export function planSpec(
   inputs: ReadonlyMap<string, InputFact> = new Map(),
   /** The graph `model` describes (KV-cache presses read constants of it); needed when the spec has KV stages. */
   graph?: Graph,
+  /** `--kv-state`: state pairs may carry what the caches hold from call to call. */
+  options: { kvState?: boolean } = {},
 ): { stream: StagePlan[]; kv: KvPlan[]; heads: HeadPlan[] } {
   const diagnostics: Diagnostic[] = [...checkSpecSets(spec), ...checkSetInputs(spec, inputs)];
   const plans: StagePlan[] = [];
@@ -129,7 +132,7 @@ export function planSpec(
       fail(stage.positionSpan, `prunec cannot prove this model's token structure: ${model.unproven}`);
       return;
     }
-    const plan = planOne(spec, sets, stage, i, model, tokens, lastLayer + 1, adaptive, fail);
+    const plan = planOne(spec, sets, stage, i, model, tokens, lastLayer + 1, adaptive, fail, options.kvState ?? false);
     if (!plan) return;
     // A cascade's running score starts at layer 0 and follows the kept tokens: only its own stages before it.
     const cascade = plan.criterion.cascade;
@@ -204,6 +207,7 @@ export function planSpec(
     diagnostics,
     plans.map((p) => p.layer.index),
     plans.some((p) => p.mask || p.adaptive || p.merge),
+    plans.filter((p) => p.adaptive && paddingMode(model, p.layer.index + 1) === "front").map((p) => p.layer.index),
   );
   const heads = planHeadStages(spec, model, graph, diagnostics, plans, kv);
   if (count === 0)
@@ -227,6 +231,7 @@ function planOne(
   firstLayer: number,
   afterAdaptive: boolean,
   fail: (span: Span, message: string) => void,
+  kvState: boolean,
 ): StagePlan | undefined {
   const pos = stage.position;
   if (pos.kind === "before-layer-0") {
@@ -375,6 +380,7 @@ function planOne(
     prefix,
     tokensIn,
     options: new Set(stage.options),
+    kvState,
     perExample:
       what === undefined
         ? undefined

@@ -14,11 +14,14 @@
 import { expect, it } from "vitest";
 import { readFileSync } from "node:fs";
 import { describeShared, sharedModel } from "./helpers/shared.js";
-import { decodeModel } from "../src/onnx/io.js";
+import { decodeModel, encodeModel } from "../src/onnx/io.js";
+import { shallowCopy } from "../src/ir/copy.js";
+import { floatTensor } from "../src/onnx/tensor.js";
 import { Graph } from "../src/ir/graph.js";
 import { analyzeTransformer, type TransformerInfo } from "../src/analysis/transformer.js";
 import { inspectModel } from "../src/inspect.js";
 import { compile } from "../src/compile.js";
+import { checkSpec } from "../src/check.js";
 import { PrunecError } from "../src/errors.js";
 import { denseName } from "../passes/gather-tokens.js";
 
@@ -146,11 +149,11 @@ describeShared("decoder residual streams (transformers.js Gemma-3 and Qwen3.5)",
     expect(g.consumersOf(denseName(r)).every((n) => n.name.startsWith("prunec/"))).toBe(true);
   });
 
-  it("qwen3.5 (Skip form): stages compile at attention layers; a linear-attention layer, the last layer and per-example counts over linear layers are rejected before writing", () => {
+  it("qwen3.5 (Skip form): stages compile at attention layers; a linear-attention layer and the last layer are rejected before writing; per-example counts over linear layers compile with --kv-state (padding in front as zero rows), and are rejected without it, with renumber, or past a norm with a bias", () => {
     const { bytes } = load(QWEN35);
-    const message = (spec: string) => {
+    const message = (spec: string, kvState = false, model = bytes) => {
       try {
-        compile(bytes, spec, { specName: "q.prune" });
+        compile(model, spec, { specName: "q.prune", ...(kvState ? { kvState } : {}) });
       } catch (e) {
         if (e instanceof PrunecError) return e.message.split("\n")[0];
         throw e;
@@ -165,8 +168,40 @@ describeShared("decoder residual streams (transformers.js Gemma-3 and Qwen3.5)",
     expect(message("after layer 23 keep 50% by norm")).toMatch(
       /^q\.prune:1:13: error: the residual stream leaving layer 23 \(the last\) exists only inside com\.microsoft\.SkipSimplifiedLayerNormalization .*final_norm_layernorm/,
     );
+    // Per-example counts before linear attention: each example's padding first, as zero rows
+    // (passes/front-padding.ts; exact per test/hybrid-stage.test.ts). The later caches keep the
+    // padding, so the slots' validity must travel with them (--kv-state).
+    expect(message(SET_SPEC(3), true)).toBe("compiled");
+    expect(message("after layer 3 keep mass 90% by norm", true)).toBe("compiled");
     expect(message(SET_SPEC(3))).toBe(
-      "q.prune:2:20: error: this stage's count differs per example, so batches pad to the largest count and mask the padding in every later attention, but layer 4 (linear-attention) has no attention to mask",
+      "q.prune:2:20: error: this stage's count differs per example and linear-attention layers follow, so each example's padding rows come first; layer 7 keeps them in its KV cache, where later calls (decode steps) would attend to them, and the host's attention mask cannot say where they are: compile with --kv-state, which carries each cache slot's validity from call to call (past_key_values.stageN.prunec_valid → present.stageN.prunec_valid)",
+    );
+    // A KV-cache stage below would rewrite layer 7's attention without the padding's mask.
+    expect(message(`${SET_SPEC(3)}\nin layer 7 keep kv 50% by knorm`, true)).toBe(
+      "q.prune:3:1: error: evicting layer 7's cache: a stream stage above it counts per example and pads each example in front (linear-attention layers follow it), and the eviction's rewrite of the layer's attention would drop that padding's mask; not supported yet",
+    );
+    // check refuses what compile refuses, with the same options.
+    expect(checkSpec(SET_SPEC(3), "q.prune", { bytes, name: "q.onnx" }, { kvState: true }).ok).toBe(true);
+    expect(checkSpec(SET_SPEC(3), "q.prune", { bytes, name: "q.onnx" }).refusal?.message).toMatch(/--kv-state/);
+    expect(message(`${SET_SPEC(3)} with renumber`, true)).toBe(
+      "q.prune:2:20: error: this stage's count differs per example and linear-attention layers follow, so each example's padding comes first, before its kept tokens; 'with renumber' would number the padding rows as tokens",
+    );
+    // A zero row stays zero only through norms without a bias: give layer 5's pre-norm one.
+    const model = decodeModel(bytes);
+    const g = model.graph!;
+    const norm = "/model/layers.5/input_layernorm/SkipLayerNorm";
+    const biased = encodeModel(
+      shallowCopy(model, {
+        graph: shallowCopy(g, {
+          node: g.node.map((n) =>
+            n.name === norm ? shallowCopy(n, { input: [...n.input.slice(0, 3), "test/norm_bias"] }) : n,
+          ),
+          initializer: [...g.initializer, floatTensor("test/norm_bias", new Array<number>(1024).fill(0), [1024])],
+        }),
+      }),
+    );
+    expect(message(SET_SPEC(3), true, biased)).toBe(
+      `q.prune:2:20: error: this stage's count differs per example, so batches pad to the largest count; before linear-attention layers prunec pads with zero rows in front of each example, but layer 4's norm ${norm} adds a bias (input 3), so a zero padding row would not stay zero`,
     );
   });
 });

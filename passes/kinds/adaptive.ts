@@ -2,7 +2,8 @@
  * Counts per example (`keep mass P%`, `keep above X`, `flowcut(adaptive: 1)`, `of SET`, and any
  * stage after one of those): each example keeps its own number of tokens; the batch pads to its
  * largest count, and the padding's key bias (`validBias`) masks it out of the later attention
- * (passes/adaptive.ts).
+ * (passes/adaptive.ts). When linear-attention layers follow, the padding goes first, as zero rows
+ * (passes/front-padding.ts).
  */
 import type { NodeBuilder } from "../builder.js";
 import type { StagePlan } from "../../src/plan-types.js";
@@ -10,6 +11,7 @@ import { countPerExample, selectAdaptive } from "../adaptive.js";
 import { attentionOf, clsRowScores } from "../attention/attention-map.js";
 import type { SelectionModule } from "./kind.js";
 import { paddingUnmaskable } from "../mask-recycle.js";
+import { cachedAfter, firstCall, frontPaddingWhy, linearFollows, paddingMode, padsFirst } from "../front-padding.js";
 
 export const adaptive: SelectionModule = {
   name: "adaptive",
@@ -24,12 +26,38 @@ export const adaptive: SelectionModule = {
         at: "amount",
       };
     }
-    const unmaskable = paddingUnmaskable(f.model, f.layer + 1);
-    if (unmaskable)
-      return {
-        why: `this stage's count differs per example, so batches pad to the largest count and mask the padding in every later attention, but ${unmaskable}`,
-        at: "amount",
-      };
+    if (linearFollows(f.model, f.layer + 1)) {
+      // Hybrid models: the padding goes in front as zero rows (passes/front-padding.ts).
+      const why = frontPaddingWhy(f.model, f.layer + 1, f.prefix);
+      if (why)
+        return {
+          why: `this stage's count differs per example, so batches pad to the largest count; before linear-attention layers prunec pads with zero rows in front of each example, but ${why}`,
+          at: "amount",
+        };
+      const cached = cachedAfter(f.model, f.layer + 1);
+      if (!cached.length)
+        return {
+          why: "this stage's count differs per example and linear-attention layers follow, so each example's padding rows come first, as zero rows, which is exact only while the recurrent states are zero (the first call); prunec tells the first call by the padding validity it carries with a later layer's KV cache, and no layer after this stage keeps one",
+          at: "amount",
+        };
+      if (!f.kvState)
+        return {
+          why: `this stage's count differs per example and linear-attention layers follow, so each example's padding rows come first; layer ${cached[0]} keeps them in its KV cache, where later calls (decode steps) would attend to them, and the host's attention mask cannot say where they are: compile with --kv-state, which carries each cache slot's validity from call to call (past_key_values.stageN.prunec_valid → present.stageN.prunec_valid)`,
+          at: "amount",
+        };
+      if (f.options.has("renumber"))
+        return {
+          why: "this stage's count differs per example and linear-attention layers follow, so each example's padding comes first, before its kept tokens; 'with renumber' would number the padding rows as tokens",
+          at: "amount",
+        };
+    } else {
+      const unmaskable = paddingUnmaskable(f.model, f.layer + 1);
+      if (unmaskable)
+        return {
+          why: `this stage's count differs per example, so batches pad to the largest count and mask the padding in every later attention, but ${unmaskable}`,
+          at: "amount",
+        };
+    }
     if (p.adaptive && p.drop) return { why: `${p.what}; write it with 'keep' ('keep ${p.keepText}')`, at: "amount" };
     if (p.flowcut && (p.drop || p.amount !== "count"))
       return {
@@ -58,6 +86,11 @@ export const adaptive: SelectionModule = {
   select: ({ b, plan, scores, ranked, state, model }) => {
     const amount = plan.adaptive;
     if (!amount) throw new Error("adaptive selection without an adaptive amount (checked by the plan)");
+    const mode = paddingMode(model, plan.layer.index + 1);
+    // Zero rows in front are exact only while the recurrent states are zero: at the first call.
+    const first = mode === "front" ? firstCall(b, plan.stage) : undefined;
+    const onlyFirst = (count: string, all: string) =>
+      first ? b.op("Where", [first, count, all], {}, "prune_first_call_only") : count;
     const clsAttention = () => {
       const attention = attentionOf(plan.layer);
       if ("why" in attention)
@@ -69,18 +102,34 @@ export const adaptive: SelectionModule = {
     let sel: ReturnType<typeof selectAdaptive>;
     if (plan.ofSet) {
       const set = restrictToSet(b, plan, plan.ofSet, state.sets, state.validBias, scores);
-      const count = countPerExample(b, amount, {
-        scores,
-        ranked: set.setScores,
-        real: set.members,
-        clsAttention,
-        minimum: 0,
-      });
+      const count = onlyFirst(
+        countPerExample(b, amount, {
+          scores,
+          ranked: set.setScores,
+          real: set.members,
+          clsAttention,
+          minimum: 0,
+        }),
+        set.members,
+      );
       // Tokens outside the set are all kept: they rank first.
       sel = selectAdaptive(b, set.ranked, b.op("Add", [set.others, count], {}, "kept_total"), plan.prefix);
     } else {
       const real = realCount(b, scores, state.validBias, plan.prefix, model.batchAxis === undefined);
-      sel = selectAdaptive(b, ranked, countPerExample(b, amount, { scores, ranked, real, clsAttention }), plan.prefix);
+      const count = onlyFirst(countPerExample(b, amount, { scores, ranked, real, clsAttention }), real);
+      sel = selectAdaptive(b, ranked, count, plan.prefix);
+    }
+    if (mode !== "after") {
+      // Linear-attention layers follow: each example's padding first, as zero rows (checked by the plan).
+      const front = padsFirst(b, sel);
+      return {
+        indices: front.indices,
+        exposed: front.realIndices,
+        counts: sel.counts,
+        validBias: front.padBias,
+        zeroRows: front.padRows,
+        lowering: "index",
+      };
     }
     return {
       indices: sel.indices,

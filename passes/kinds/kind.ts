@@ -34,6 +34,8 @@ export interface KindFacts {
   prefix: number;
   tokensIn: Dim;
   options: ReadonlySet<StageOption>;
+  /** `--kv-state`: a stage may carry which cache slots are padding from call to call. */
+  kvState: boolean;
   /** Why the count differs per example, when it does, and how the amount was written. */
   perExample:
     | {
@@ -84,6 +86,8 @@ export interface LowerOptions {
   target: "cpu" | "webgpu";
   /** Emit the int64 kept positions (for --expose-indices) even when the lowering does not need them. */
   expose: boolean;
+  /** `--kv-state`: carry which cache slots are padding from call to call (passes/front-padding.ts). */
+  kvState: boolean;
 }
 
 /** Everything a keep/drop stage's kinds read, built once per stage on the current graph. */
@@ -128,6 +132,11 @@ export interface Selection {
   exposed?: string;
   counts?: string;
   validBias?: string;
+  /**
+   * bool [B, K']: rows of the gathered stream that are padding to be zeroed (per-example counts
+   * before a linear-attention layer: the padding comes first, as zero rows; passes/front-padding.ts).
+   */
+  zeroRows?: string;
   lowering: Lowering;
 }
 

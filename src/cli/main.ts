@@ -166,10 +166,15 @@ function verifiedLine(report: CompileReport): string {
   return `verified: graph structure (${v.nodes} nodes), ${parts.join(", ")}`;
 }
 
-function runCheck(specPath: string, modelPath: string | undefined, opts: { json?: boolean }, io: Io): number {
+function runCheck(
+  specPath: string,
+  modelPath: string | undefined,
+  opts: { json?: boolean; kvState?: boolean },
+  io: Io,
+): number {
   const text = specFileText(readBytes(specPath, "a .prune spec"), specPath);
   const model = modelPath ? { bytes: readBytes(modelPath, "an ONNX model"), name: modelPath } : undefined;
-  const r = checkSpec(text, specPath, model);
+  const r = checkSpec(text, specPath, model, opts.kvState ? { kvState: true } : {});
   if (opts.json) {
     io.out(
       JSON.stringify(
@@ -322,7 +327,7 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
     .option("--expose-indices", "add graph outputs prunec.stageN.indices with the kept token positions")
     .option(
       "--kv-state",
-      "KV-cache stages carry each evicted layer's slot validity (past_key_values.L.prunec_valid -> present.L.prunec_valid), so each example of a padded batch keeps its own count; the host feeds an empty one at the first call",
+      "KV-cache stages carry each evicted layer's slot validity (past_key_values.L.prunec_valid -> present.L.prunec_valid), so each example of a padded batch keeps its own count; a per-example stream stage before linear-attention layers carries its padding's (past_key_values.stageN.prunec_valid); the host feeds an empty one at the first call",
     )
     .option(
       "--target <ep>",
@@ -364,7 +369,8 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
     .argument("<spec>", ".prune spec file")
     .argument("[model]", "ONNX model to check the spec against")
     .option("--json", "print the result and diagnostics as JSON")
-    .action((spec: string, model: string | undefined, opts: { json?: boolean }) => {
+    .option("--kv-state", "check as compile --kv-state would (per-example stages before linear attention need it)")
+    .action((spec: string, model: string | undefined, opts: { json?: boolean; kvState?: boolean }) => {
       exit = runCheck(spec, model, opts, io);
     });
 

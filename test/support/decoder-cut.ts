@@ -85,38 +85,47 @@ export interface DecoderStep {
   firstPosition?: number;
   /** The previous run's outputs: each past_* input takes its present* output. */
   past?: Outputs;
-  /** Fills an image_mask input. */
+  /** Fills an image_mask input (batch × rows values, example by example). */
   image?: readonly boolean[];
+  /** Examples in the batch (1 unless given); `embeds` then holds every example's rows. */
+  batch?: number;
 }
 
 /** The present output a past input is fed from (past_key_values.L.x ← present.L.x, past_conv.L ← present_conv.L, …). */
 const presentOf = (input: string) => input.replace(/^past_key_values\./, "present.").replace(/^past_/, "present_");
 
 /**
- * Feeds for a cut decoder at batch 1, from its declared inputs: the given embeddings, an all-ones
+ * Feeds for a cut decoder (batch 1 unless `batch` says), from its declared inputs: the given embeddings, an all-ones
  * attention mask, positions firstPosition.. (M-RoPE's [3, 1, rows] too), one logit row, the
  * previous run's caches and states (empty caches and zero states at prefill), `image` as the
  * image_mask; any other float input zero-filled (the caller overrides it).
  */
 export function decoderFeeds(bytes: Uint8Array, step: DecoderStep): Feeds {
-  const { embeds, rows, total, firstPosition = 0, past, image } = step;
+  const { embeds, rows, total, firstPosition = 0, past, image, batch = 1 } = step;
   const sizes: Record<string, number> = {
-    batch_size: 1,
+    batch_size: batch,
     sequence_length: rows,
     total_sequence_length: total,
     past_sequence_length: 0,
   };
   const feeds: Feeds = {};
   for (const i of decodeModel(bytes).graph!.input) {
+    const previous = past?.[presentOf(i.name)];
     const t = i.type!.value.value as {
       elemType: number;
       shape: { dim: { value: { case: string; value: unknown } }[] };
     };
-    const dims = t.shape.dim.map((d) =>
-      d.value.case === "dimValue" ? Number(d.value.value) : sizes[d.value.value as string]!,
-    );
+    const dims = t.shape.dim.map((d) => {
+      if (d.value.case === "dimValue") return Number(d.value.value);
+      const size = sizes[d.value.value as string];
+      // A past state prunec adds (`--kv-state`, its own length name) starts empty, as the caches
+      // do (with a previous run, its present's own dims are fed).
+      if (size === undefined && i.name.startsWith("past")) return 0;
+      if (size === undefined)
+        throw new Error(`decoderFeeds: no size for ${i.name}'s dimension ${String(d.value.value)}`);
+      return size;
+    });
     const count = dims.reduce((a, b) => a * b, 1);
-    const previous = past?.[presentOf(i.name)];
     if (i.name === "inputs_embeds") feeds[i.name] = { type: "float32", dims, data: embeds };
     else if (i.name === "attention_mask")
       feeds[i.name] = { type: "int64", dims, data: new BigInt64Array(count).fill(1n) };
