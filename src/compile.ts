@@ -342,7 +342,11 @@ function frontEnd(modelBytes: Uint8Array, specText: string, options: CompileOpti
   const input = order.every((n, i) => n === model.graph!.node[i])
     ? model.graph!
     : shallowCopy(model.graph!, { node: order });
-  const { stream: plans, kv: kvPlans, heads: headPlans } = planSpec(spec, info, modelInputs(input), dense, {
+  const {
+    stream: plans,
+    kv: kvPlans,
+    heads: headPlans,
+  } = planSpec(spec, info, modelInputs(input), dense, {
     kvState: options.kvState ?? false,
   });
   const opset = opsetOf(model);
@@ -389,7 +393,11 @@ function moveRotary(c: Compilation): Compilation {
   const rotary = explicitRotary(c.graph, c.info, first, c.opset, c.modelName);
   const rotated = new Graph(rotary.graph);
   const info = analyzeTransformer(rotated, c.modelName);
-  const { stream: plans, kv: kvPlans, heads: headPlans } = planSpec(c.spec, info, modelInputs(rotary.graph), rotated, {
+  const {
+    stream: plans,
+    kv: kvPlans,
+    heads: headPlans,
+  } = planSpec(c.spec, info, modelInputs(rotary.graph), rotated, {
     kvState: c.options.kvState ?? false,
   });
   const state: StreamState = {
