@@ -42,6 +42,7 @@ import {
   pressSelection,
   denseFloat,
   evictedLayer,
+  firstColumns,
   keptRows,
   readDenseCache,
   sortedAscending,
@@ -394,17 +395,12 @@ function padSlots(
   let fresh: string | undefined;
   if (hostMask) {
     const pastLength = b.slice(b.op("Shape", [past]), 0, 2, 3);
-    const first = b.op(
-      "Slice",
-      [hostMask, b.int64([0], [1], "from_start"), s, b.int64([1], [1], "key_axis")],
-      {},
-      "prompt_columns",
-    );
     const prefill = b.op("Equal", [pastLength, b.int64([0], [1], "no_past")], {}, "is_prefill");
+    const asFloat = (t: string) => b.op("Cast", [t], { to: FLOAT });
     fresh = b.op(
-      "Cast",
-      [b.op("Where", [prefill, first, lastColumns(b, hostMask, s)], {}, "call_columns")],
-      { to: FLOAT },
+      "Where",
+      [prefill, asFloat(firstColumns(b, hostMask, s)), asFloat(lastColumns(b, hostMask, s))],
+      {},
       "new_entries_real",
     );
   }

@@ -559,7 +559,8 @@ function fillersFirst(b: NodeBuilder, kept: string, counts: string): { slots: st
 }
 
 /** bool [B,N]: the first N columns of a [batch, sequence] mask input (at prefill: the N entries). */
-function firstColumns(b: NodeBuilder, mask: string, n: string): string {
+/** bool [B,N]: the first N (int64 [1]) columns of a [batch, columns] mask. */
+export function firstColumns(b: NodeBuilder, mask: string, n: string): string {
   const columns = b.op("Slice", [mask, b.int64([0], [1], "from_start"), n, b.int64([1], [1], "key_axis")]);
   return b.op("Cast", [columns], { to: 9 });
 }

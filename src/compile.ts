@@ -420,27 +420,14 @@ function evictCaches(c: Compilation): Compilation {
     const taken = composed.get(whole.stage);
     const plan = taken ? { ...whole, layers: whole.layers.filter((l) => !taken.has(l.index)) } : whole;
     if (!plan.layers.length) continue;
+    const expose = c.options.exposeIndices ?? false;
+    const streamLayers = c.plans.map((p) => p.layer.index);
     const evicted =
       plan.decode?.kind === "cascade"
-        ? applyKvCascadeStage(graph, c.info, plan, c.opset, c.options.exposeIndices ?? false)
+        ? applyKvCascadeStage(graph, c.info, plan, c.opset, expose)
         : plan.decode
-          ? applyKvDecodeStage(
-              graph,
-              c.info,
-              plan,
-              c.opset,
-              c.options.exposeIndices ?? false,
-              c.plans.map((p) => p.layer.index),
-            )
-          : applyKvStage(
-              graph,
-              c.info,
-              plan,
-              c.opset,
-              c.options.exposeIndices ?? false,
-              c.plans.map((p) => p.layer.index),
-              c.options.kvState ?? false,
-            );
+          ? applyKvDecodeStage(graph, c.info, plan, c.opset, expose, streamLayers)
+          : applyKvStage(graph, c.info, plan, c.opset, expose, streamLayers, c.options.kvState ?? false);
     graph = evicted.graph;
     added.push(...evicted.added);
     kvIndices.set(plan.stage, evicted.indices);

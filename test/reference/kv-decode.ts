@@ -50,6 +50,24 @@ export interface DecodeEvictingGeneration {
   scores: number[][][][];
 }
 
+/** Adds one query's softmax attention over `keys` (scaled dot products) to `received`, entry by entry. */
+export function addAttention(
+  received: number[],
+  q: ArrayLike<number>,
+  keys: readonly ArrayLike<number>[],
+  scale: number,
+): void {
+  const logit = keys.map((k) => {
+    let a = 0;
+    for (let d = 0; d < q.length; d++) a += k[d]! * q[d]!;
+    return a * scale;
+  });
+  const max = Math.max(...logit);
+  const e = logit.map((x) => Math.exp(x - max));
+  const z = e.reduce((a, x) => a + x, 0);
+  e.forEach((x, j) => (received[j]! += x / z));
+}
+
 /** Keep `count` of `scores` with the last `recent` forced, ties to the later entry; ascending slots. */
 export function keepBest(scores: readonly number[], count: number, recent: number): number[] {
   const t = scores.length;
@@ -168,15 +186,8 @@ export function decodeEvictingGeneration(
           const keys = cache.keys[l]![g]!;
           // The new query's attention over the whole cache (the step's own entry included), summed over the group.
           const received = new Array<number>(keys.length).fill(0);
-          for (let h = 0; h < o.heads; h++) {
-            if (kvHeadOf(h, o.heads, o.kvHeads) !== g) continue;
-            const qh = q[l]![h]![0]!;
-            const logit = keys.map((kj) => kj.reduce((a, x, d) => a + x * qh[d]!, 0) * scale);
-            const max = Math.max(...logit);
-            const e = logit.map((x) => Math.exp(x - max));
-            const z = e.reduce((a, x) => a + x, 0);
-            e.forEach((x, j) => (received[j]! += x / z));
-          }
+          for (let h = 0; h < o.heads; h++)
+            if (kvHeadOf(h, o.heads, o.kvHeads) === g) addAttention(received, q[l]![h]![0]!, keys, scale);
           const old = scores[l]![g]!;
           scores[l]![g] = [...old.map((s, j) => forget * s + received[j]!), received[keys.length - 1]!];
           positions[l]![g] = [...positions[l]![g]!, position];

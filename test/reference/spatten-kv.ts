@@ -10,7 +10,7 @@
  */
 import type { KvCache, ReferenceDecoder } from "./decoder.js";
 import { causalProbs, kvHeadOf } from "./kv-presses.js";
-import { keepBest } from "./kv-decode.js";
+import { addAttention, keepBest } from "./kv-decode.js";
 
 export interface CascadeGeneration {
   tokens: number[];
@@ -77,15 +77,8 @@ export function spattenCascadeGeneration(
     // The new query's attention over each layer's whole cache (its own entry last), over every head.
     const got = new Array<number>(scores.length + 1).fill(0);
     for (let l = 0; l < o.layers; l++)
-      for (let h = 0; h < o.heads; h++) {
-        const keys = cache.keys[l]![kvHeadOf(h, o.heads, o.kvHeads)]!;
-        const qh = q[l]![h]![0]!;
-        const logit = keys.map((kj) => kj.reduce((a, x, d) => a + x * qh[d]!, 0) * scale);
-        const max = Math.max(...logit);
-        const e = logit.map((x) => Math.exp(x - max));
-        const z = e.reduce((a, x) => a + x, 0);
-        e.forEach((x, j) => (got[j]! += x / z));
-      }
+      for (let h = 0; h < o.heads; h++)
+        addAttention(got, q[l]![h]![0]!, cache.keys[l]![kvHeadOf(h, o.heads, o.kvHeads)]!, scale);
     evict(got, [position]);
     stepLogits.push(logits!);
     tokens.push(argmax(logits!));
