@@ -32,7 +32,7 @@ import type { LowerOptions, StageLowering, StageSetup } from "./kinds/kind.js";
 import { chooseSelection } from "./kinds/index.js";
 import { lowerMask } from "./kinds/mask.js";
 import { appendRecycled } from "./kinds/recycle.js";
-import { carryPadState, paddingMode, padStateNames, zeroRows } from "./front-padding.js";
+import { cachedAfter, carryPadState, paddingMode, padStateNames, zeroRows } from "./front-padding.js";
 import { renumberedSides } from "./kinds/renumber.js";
 
 /** float: the element type of the padding validity pair (onnx TensorProto.FLOAT). */
@@ -71,10 +71,24 @@ export const applyStage: StageLowering = (proto, dense, densePlan, state, option
   // masks those slots at every call (the plan required a later cache and --kv-state).
   if (sel.zeroRows && !options.kvState)
     throw new Error(`stage ${plan.stage}: padding in front needs --kv-state (checked by the plan)`);
+  // The default padding (extra tokens after the kept ones, masked) stays in the later caches too:
+  // with --kv-state its validity is carried the same way, so decode steps keep it masked (the
+  // host's mask counts dense tokens and cannot say which slots it fills).
+  const carriedPadding =
+    !sel.zeroRows &&
+    options.kvState &&
+    plan.adaptive &&
+    sel.validBias &&
+    !plan.encoder &&
+    cachedAfter(model, plan.layer.index + 1).length > 0
+      ? b.op("Less", [sel.validBias, b.float([0], [], "zero_bias")], {}, "padding_rows")
+      : undefined;
   const padState =
     sel.zeroRows && paddingMode(model, plan.layer.index + 1) === "front"
       ? carryPadState(b, plan.stage, sel.zeroRows)
-      : undefined;
+      : carriedPadding
+        ? carryPadState(b, plan.stage, carriedPadding)
+        : undefined;
   // Cached attention below the stage: per-layer sequence lengths and key-padding bias.
   const replaced = plan.encoder
     ? new Map<NodeProto, NodeProto>()

@@ -52,10 +52,10 @@ export interface CompileOptions {
    * KV-cache stages carry each evicted layer's slot validity from call to call
    * (`past_key_values.L.prunec_valid` in, `present.L.prunec_valid` out, float [batch, entries]), so
    * every example of a padded batch keeps its own count. The host feeds the presents back and an
-   * empty [batch, 0] validity at the first call (passes/kv-stage.ts `KvState`). Required by a
-   * stream stage whose count differs per example before linear-attention layers, which carries
-   * its padding's validity the same way (`past_key_values.stageN.prunec_valid`,
-   * passes/front-padding.ts).
+   * empty [batch, 0] validity at the first call (passes/kv-stage.ts `KvState`). A stream stage
+   * whose count differs per example on a cached decoder carries its padding's validity the same
+   * way (`past_key_values.stageN.prunec_valid`, passes/front-padding.ts), so decode steps keep the
+   * padding masked; before linear-attention layers it is required.
    */
   kvState?: boolean;
   /**

@@ -22,6 +22,8 @@ import { valueInfo } from "../src/ir/value-info.js";
 import { runNode, maxAbsDiff, type Feeds } from "./helpers/ort.js";
 import {
   buildDecoder,
+  generateGreedyWithImageMask,
+  openDecoderSession,
   generateWithImageMask,
   imageMaskFeed,
   imagePrompt,
@@ -246,5 +248,72 @@ describe("FastV compiled into the GroupQueryAttention decoder with a KV cache", 
     expect(got.presentLengths.slice(FASTV.afterLayer + 1)).toEqual(
       [1, 1].map(() => Math.max(...kept.map((k) => k.length))),
     );
+  });
+});
+
+/**
+ * Counts that differ per example on a cached decoder: FastV drops 50% of each example's image
+ * tokens, and the three prompts mark 16, 8 and 4 of their image-span tokens as image, so they drop
+ * 8, 4 and 2 and the batch pads the first two. The padding (extra tokens after the kept ones, masked
+ * as keys) stays in the later layers' caches, and the host's mask cannot say where. With --kv-state
+ * the stage carries each cache slot's validity (`past_key_values.stage0.prunec_valid` →
+ * `present.stage0.prunec_valid`) and masks the padding at every call: every example then generates
+ * exactly what it does alone. Without it, decode steps attend to the padding (documented).
+ */
+describe("per-example counts on a cached decoder: --kv-state keeps the padding masked at decode steps", () => {
+  const UNEVEN = [16, 8, 4].map((images, i) => {
+    const p = PROMPTS[i]!;
+    let seen = 0;
+    return { tokens: p.tokens, image: p.image.map((v) => v && seen++ < images) };
+  });
+  const batch = promptBatch(
+    UNEVEN.map((x) => x.tokens),
+    "left",
+    UNEVEN.map((x) => x.image),
+  );
+  const alone = UNEVEN.map((x) => reference.generatePruned(x.tokens, x.image, FASTV, STEPS));
+  const generate = async (kvState: boolean) => {
+    const model = compile(gqa, SPEC, { exposeIndices: true, kvState }).model;
+    const session = await openDecoderSession(model, "cpu");
+    let first = true;
+    const empty: Feeds = kvState
+      ? {
+          "past_key_values.stage0.prunec_valid": { type: "float32", dims: [batch.batch, 0], data: new Float32Array(0) },
+        }
+      : {};
+    try {
+      return await generateGreedyWithImageMask(
+        async (f) => {
+          const out = await session.run({ ...(first ? empty : {}), ...f });
+          first = false;
+          return out;
+        },
+        batch,
+        STEPS,
+      );
+    } finally {
+      await session.release();
+    }
+  };
+  const stepError = (got: Awaited<ReturnType<typeof generate>>, b: number) =>
+    Math.max(...got.steps.map((l, s) => maxAbsDiff(l.subarray(b * V, (b + 1) * V), alone[b]!.steps[s]!)));
+
+  it("with --kv-state, a left-padded batch of 3 dropping 8, 4 and 2 image tokens: each example's kept set, tokens and step logits equal its batch-1 reference", async () => {
+    const got = await generate(true);
+    const idx = got.prefillOutputs["prunec.stage0.indices"]!;
+    const kept = rows(idx.data as BigInt64Array, idx.dims).map((row) => row.filter((j) => j >= 0));
+    alone.forEach((r, b) => {
+      const offset = batch.offsets[b]!;
+      // Pads are not image tokens: kept, then the example's own kept set.
+      expect(kept[b]).toEqual([...Array(offset).keys(), ...r.kept.map((j) => j + offset)]);
+      expect([b, got.tokens[b]]).toEqual([b, r.tokens]);
+      expect(stepError(got, b)).toBeLessThanOrEqual(TOL);
+    });
+  });
+
+  it("without --kv-state the padded examples' decode steps attend to their padding (the default lowering, documented)", async () => {
+    const got = await generate(false);
+    expect(stepError(got, 2)).toBeLessThanOrEqual(TOL); // the largest count: not padded
+    expect(Math.max(stepError(got, 0), stepError(got, 1))).toBeGreaterThan(1e-3);
   });
 });

@@ -327,7 +327,7 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
     .option("--expose-indices", "add graph outputs prunec.stageN.indices with the kept token positions")
     .option(
       "--kv-state",
-      "KV-cache stages carry each evicted layer's slot validity (past_key_values.L.prunec_valid -> present.L.prunec_valid), so each example of a padded batch keeps its own count; a per-example stream stage before linear-attention layers carries its padding's (past_key_values.stageN.prunec_valid); the host feeds an empty one at the first call",
+      "KV-cache stages carry each evicted layer's slot validity (past_key_values.L.prunec_valid -> present.L.prunec_valid), so each example of a padded batch keeps its own count; a per-example stream stage on a cached decoder carries its padding's (past_key_values.stageN.prunec_valid), so decode steps keep it masked (required before linear-attention layers); the host feeds an empty one at the first call",
     )
     .option(
       "--target <ep>",
