@@ -167,10 +167,10 @@ export function carryPadState(b: NodeBuilder, stage: number, padRows: string): s
   const names = padStateNames(stage);
   const now = b.op("Cast", [b.op("Not", [padRows])], { to: 1 }, "rows_valid"); // [B,K']
   const slots = b.rename(b.op("Concat", [names.past, now], { axis: 1 }, "slots_valid"), names.present);
-  return b.op(
-    "Mul",
-    [b.op("Sub", [b.float([1], [], "one"), slots]), b.float([-1e9], [], "padding_bias")],
-    {},
-    "slots_bias",
-  );
+  return validityBias(b, slots, "padding_bias", "slots_bias");
+}
+
+/** A key bias from slot validity (1 valid, 0 not): (1 − valid)·−1e9, same shape; the labels name its constant and node. */
+export function validityBias(b: NodeBuilder, valid: string, constant: string, label: string): string {
+  return b.op("Mul", [b.op("Sub", [b.float([1], [], "one"), valid]), b.float([-1e9], [], constant)], {}, label);
 }

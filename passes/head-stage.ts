@@ -35,24 +35,29 @@ export interface HeadStageResult {
   kept: string;
   /** float [B, K]: their running scores (what the next head stage adds its layers to). */
   score: string;
-  /** Per rewritten layer: its kept heads' outputs o' as [B, K, N, d] (what the next stage sums). */
-  outputs: Map<number, string>;
+  /** Per rewritten layer: its kept heads' P·V output o' in the layer's layout, K heads (what the next stage sums). */
+  outputs: Map<number, { tensor: string; layout: Layout }>;
+  /** Heads in those outputs. */
+  keep: number;
 }
 
 type Layout = NonNullable<LayerInfo["probsLayout"]>;
+
+/** [B·H, X, Y] (batch-major, as exporters flatten it: b·H + h) as [B, H, X, Y]. */
+function splitHeads(b: NodeBuilder, heads: number, t: string): string {
+  const shape = b.op("Concat", [b.int64([-1, heads], [2], "batch_heads"), b.slice(b.op("Shape", [t]), 0, 1)], {
+    axis: 0,
+  });
+  return b.op("Reshape", [t, shape], {}, "by_head");
+}
 
 /** A per-head tensor of the layer's layout as [B, H, X, Y] (for the scores). */
 function byHead(b: NodeBuilder, layout: Layout, heads: number, t: string): string {
   switch (layout) {
     case "batch,heads,q,k":
       return t;
-    case "batch*heads,q,k": {
-      // [B·H, X, Y], batch-major as exporters flatten it (b·H + h).
-      const shape = b.op("Concat", [b.int64([-1, heads], [2], "batch_heads"), b.slice(b.op("Shape", [t]), 0, 1)], {
-        axis: 0,
-      });
-      return b.op("Reshape", [t, shape], {}, "by_head");
-    }
+    case "batch*heads,q,k":
+      return splitHeads(b, heads, t);
     case "heads,q,k":
       return b.unsqueeze(t, [0]);
   }
@@ -68,11 +73,7 @@ function flat(b: NodeBuilder, layout: Layout, t: string): string {
   return b.op("Reshape", [t, shape], {}, "flat_heads");
 }
 function unflat(b: NodeBuilder, layout: Layout, heads: number, t: string): string {
-  if (layout !== "batch,heads,q,k") return t;
-  const shape = b.op("Concat", [b.int64([-1, heads], [2], "batch_heads"), b.slice(b.op("Shape", [t]), 0, 1)], {
-    axis: 0,
-  });
-  return b.op("Reshape", [t, shape], {}, "by_head");
+  return layout === "batch,heads,q,k" ? splitHeads(b, heads, t) : t;
 }
 
 export function applyHeadStage(
@@ -96,8 +97,14 @@ export function applyHeadStage(
   // The score: each layer's per-head score, over the heads left, on top of what was carried.
   let total = previous?.score;
   for (let l = plan.first; l <= plan.layer.index; l++) {
+    // A layer the previous stage rewrote holds its K heads' output; the others all H.
     const carried = previous?.outputs.get(l);
-    const output = carried ?? byHead(b, facts(l).layout, plan.heads, facts(l).pv.output[0]!);
+    let output: string;
+    if (carried && previous) output = byHead(b, carried.layout, previous.keep, carried.tensor);
+    else {
+      const { pv, layout } = facts(l);
+      output = byHead(b, layout, plan.heads, pv.output[0]!);
+    }
     const score = plan.criterion.heads.layerScore(b, output); // [B, H']
     total = total ? b.op("Add", [total, score], {}, "running_score") : score;
   }
@@ -152,7 +159,7 @@ export function applyHeadStage(
   ); // [B·H]
 
   const replaced = new Map<NodeProto, NodeProto>();
-  const outputs = new Map<number, string>();
+  const outputs = new Map<number, { tensor: string; layout: Layout }>();
   for (let l = plan.layer.index + 1; l <= plan.until; l++) {
     const { qk, pv, layout } = facts(l);
     const c = new NodeBuilder(`${b.prefix}/layer${l}`, opset);
@@ -162,7 +169,7 @@ export function applyHeadStage(
     const oKept = `${o}/kept_heads`;
     replaced.set(qk, shallowCopy(qk, { input: [gather(qk.input[0]!), gather(qk.input[1]!)] }));
     replaced.set(pv, shallowCopy(pv, { input: [pv.input[0]!, gather(pv.input[1]!)], output: [oKept] }));
-    outputs.set(l, byHead(c, layout, plan.keep, oKept)); // [B, K, N, d]
+    outputs.set(l, { tensor: oKept, layout });
     // The pruned heads' outputs are a zero row after the B·K kept ones.
     const rows = flat(c, layout, oKept); // [B·K, N, d]
     const zeroShape = c.op("Concat", [c.int64([1], [1], "one_row"), c.slice(c.op("Shape", [rows]), 0, 1)], { axis: 0 });
@@ -179,5 +186,5 @@ export function applyHeadStage(
     initializers: b.initializers,
     replaced,
   });
-  return { graph, added: b.nodes, kept, score, outputs };
+  return { graph, added: b.nodes, kept, score, outputs, keep: plan.keep };
 }

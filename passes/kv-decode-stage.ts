@@ -33,6 +33,7 @@ import type { TransformerInfo } from "../src/analysis/transformer.js";
 import type { KvPlan } from "../src/plan-types.js";
 import { NodeBuilder } from "./builder.js";
 import { evictionSite } from "./kv/site.js";
+import { validityBias } from "./front-padding.js";
 import { denseName } from "./gather-tokens.js";
 import {
   attentionMask,
@@ -419,13 +420,7 @@ function padSlots(
       "all_real",
     );
   const real = b.op("Concat", [pastReal, newReal], { axis: 1 }, "slots_real"); // [B,T]
-  const bias = b.op(
-    "Mul",
-    [b.op("Sub", [b.float([1], [], "one"), real]), b.float([-1e9], [], "pad_bias")],
-    {},
-    "pad_slots",
-  );
-  return { fresh, bias: b.unsqueeze(bias, [1, 2]), s };
+  return { fresh, bias: b.unsqueeze(validityBias(b, real, "pad_bias", "pad_slots"), [1, 2]), s };
 }
 
 /** The last `count` (int64 [1]) columns of a [batch, columns] mask. */

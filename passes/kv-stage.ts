@@ -36,6 +36,7 @@ import { batchDim, valueInfo } from "../src/ir/value-info.js";
 import { evictionSite, type EvictionSite } from "./kv/site.js";
 import { denseName } from "./gather-tokens.js";
 import { splice } from "./splice.js";
+import { validityBias } from "./front-padding.js";
 
 const FLOAT = 1;
 /** The largest budget table (entries) prunec writes; past it the count is computed in float64. */
@@ -491,13 +492,7 @@ function allSlots(b: NodeBuilder, past: string, fresh: string): { slots: string;
     "call_entries_valid",
   );
   const slots = b.op("Concat", [past, ones], { axis: 1 }, "slots_valid"); // [B,T]
-  const bias = b.op(
-    "Mul",
-    [b.op("Sub", [b.float([1], [], "one"), slots]), b.float([-1e9], [], "filler_bias")],
-    {},
-    "filler_bias",
-  );
-  return { slots, bias: b.unsqueeze(bias, [1, 2]) };
+  return { slots, bias: b.unsqueeze(validityBias(b, slots, "filler_bias", "filler_bias"), [1, 2]) };
 }
 
 /**

@@ -63,6 +63,11 @@ export function planHeadStages(
   const plans: HeadPlan[] = [];
   const fail = (span: Span, message: string) => diagnostics.push(diagnosticAt(spec.file, span, message));
   const count = model.layers.length;
+  // Whether every layer's heads can be gathered does not depend on the stage: asked once.
+  const ungatherable =
+    graph && spec.stages.some((s) => s.target === "heads")
+      ? model.layers.map((l) => headsUngatherable(graph, model, l)).find((why) => why !== undefined)
+      : undefined;
   spec.stages.forEach((stage, index) => {
     if (stage.target !== "heads") return;
     const criterion = headCriterionModule(stage.criterion.name);
@@ -96,12 +101,9 @@ export function planHeadStages(
     const first = previous ? previous.layer.index + 1 : 0;
     if (!graph) throw new Error("internal: head stages are planned with the model's graph");
     // The score sums layers first..L; the kept heads run in L+1.. : every one of them must be gatherable.
-    for (const l of model.layers) {
-      const why = headsUngatherable(graph, model, l);
-      if (why) {
-        fail(stage.criterion.span, `${criterion.name} heads: ${why}`);
-        return;
-      }
+    if (ungatherable) {
+      fail(stage.criterion.span, `${criterion.name} heads: ${ungatherable}`);
+      return;
     }
     const heads = model.layers[0]!.heads!;
     const other = model.layers.find((l) => l.heads !== heads);
