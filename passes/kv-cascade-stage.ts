@@ -32,8 +32,9 @@ import { batchDim, valueInfo } from "../src/ir/value-info.js";
 import { NodeBuilder } from "./builder.js";
 import { evictionSite } from "./kv/site.js";
 import { denseName } from "./gather-tokens.js";
-import { attentionMask, callEntries, denseFloat, keptRows, readDenseCache, type KvStageResult } from "./kv-stage.js";
-import { bestLatestFirst, lastColumns } from "./kv-decode-stage.js";
+import { callEntries, denseFloat, keptRows, readDenseCache, type KvStageResult } from "./kv-stage.js";
+import { bestLatestFirst } from "./kv-decode-stage.js";
+import { attentionMask, lastColumns } from "./host-mask.js";
 import { splice } from "./splice.js";
 
 const FLOAT = 1;

@@ -35,15 +35,14 @@ import { NodeBuilder } from "./builder.js";
 import { evictionSite } from "./kv/site.js";
 import { validityBias } from "./front-padding.js";
 import { denseName } from "./gather-tokens.js";
+import { attentionMask, hostColumnsOf, lastColumns, type HostColumns } from "./host-mask.js";
 import {
-  attentionMask,
   branchIf,
   callEntries,
   fractionTable,
   pressSelection,
   denseFloat,
   evictedLayer,
-  firstColumns,
   keptRows,
   readDenseCache,
   sortedAscending,
@@ -68,8 +67,8 @@ export function applyKvDecodeStage(
   opset: number,
   /** Output each call's kept slots per layer (--expose-indices). */
   expose: boolean,
-  /** Layers after which a stream stage acts (the caches below hold its kept tokens, pads first). */
-  streamLayers: readonly number[] = [],
+  /** Per layer, the host-mask columns its cache lines up with below stream stages (passes/host-mask.ts). */
+  streamAbove: (layer: number) => HostColumns | undefined = () => undefined,
 ): KvStageResult {
   const decode = plan.decode;
   if (!decode) throw new Error(`stage ${plan.stage}: not a decode-time stage (checked by the plan)`);
@@ -95,12 +94,10 @@ export function applyKvDecodeStage(
     const { presentKey, presentValue } = cache;
     const b = new NodeBuilder(`prunec/stage${plan.stage}/${plan.criterion.name}/decode/layer${layer.index}`, opset);
     // Below a stream stage the cache no longer lines up with the host's mask: the layer's pads are
-    // the prompt's leading ones at the prefill (the stage keeps them first) and, later, the slots
+    // its leading ones at the prefill (passes/host-mask.ts says which columns) and, later, the slots
     // whose carried score is −1. They are masked through a slot bias instead of the host's columns.
-    const below =
-      streamLayers.some((l) => l < layer.index) && state
-        ? padSlots(b, g, cache, layer, hostMask, state.past)
-        : undefined;
+    const columns = streamAbove(layer.index);
+    const below = columns && state ? padSlots(b, g, cache, layer, hostMask, state.past, columns) : undefined;
     const site = evictionSite(b, g, model, dense, layer, cache, below ? "none" : "last", below?.bias);
     const replaced = readDenseCache(g, site.replaced, renamed);
     const { heads, kvHeads } = site;
@@ -122,6 +119,7 @@ export function applyKvDecodeStage(
         presentValue,
         n: t,
         hostMask,
+        columns,
         table: table?.name,
       });
       const slots = then.slice(then.op("Shape", [keys]), 0, 0, 3); // [B,kvH,T]
@@ -379,8 +377,8 @@ function positionalScores(
 
 /**
  * Below a stream stage: which of this call's S entries are real, float [B,S] (at the prefill the
- * host mask's first S columns, the leading pads the stream stage kept first; at a decode step its
- * last S), and the slot bias float [B,1,1,T] the layer attends with: −1e9 on a pad, i.e. a past
+ * host mask's columns that line up with the stream stages' kept rows, `columns`, passes/host-mask.ts;
+ * at a decode step its last S), and the slot bias float [B,1,1,T] the layer attends with: −1e9 on a pad, i.e. a past
  * slot whose carried score is −1 (the same in every KV head: pads rank last in each, and each
  * keeps the same count) or a new pad entry.
  */
@@ -391,6 +389,7 @@ function padSlots(
   layer: TransformerInfo["layers"][number],
   hostMask: string | undefined,
   past: string,
+  columns: HostColumns,
 ): { fresh: string | undefined; bias: string; s: string } {
   const s = callEntries(b, g, cache, layer);
   let fresh: string | undefined;
@@ -400,7 +399,7 @@ function padSlots(
     const asFloat = (t: string) => b.op("Cast", [t], { to: FLOAT });
     fresh = b.op(
       "Where",
-      [prefill, asFloat(firstColumns(b, hostMask, s)), asFloat(lastColumns(b, hostMask, s))],
+      [prefill, asFloat(hostColumnsOf(b, hostMask, s, columns)), asFloat(lastColumns(b, hostMask, s))],
       {},
       "new_entries_real",
     );
@@ -421,14 +420,4 @@ function padSlots(
     );
   const real = b.op("Concat", [pastReal, newReal], { axis: 1 }, "slots_real"); // [B,T]
   return { fresh, bias: b.unsqueeze(validityBias(b, real, "pad_bias", "pad_slots"), [1, 2]), s };
-}
-
-/** The last `count` (int64 [1]) columns of a [batch, columns] mask. */
-export function lastColumns(b: NodeBuilder, mask: string, count: string): string {
-  return b.op("Slice", [
-    mask,
-    b.op("Neg", [count]),
-    b.int64([Number.MAX_SAFE_INTEGER], [1], "to_end"),
-    b.int64([1], [1], "axis"),
-  ]);
 }

@@ -37,6 +37,7 @@ import { evictionSite, type EvictionSite } from "./kv/site.js";
 import { denseName } from "./gather-tokens.js";
 import { splice } from "./splice.js";
 import { validityBias } from "./front-padding.js";
+import { attentionMask, firstColumns, hostColumnsOf, type HostColumns } from "./host-mask.js";
 
 const FLOAT = 1;
 /** The largest budget table (entries) prunec writes; past it the count is computed in float64. */
@@ -73,8 +74,11 @@ export function applyKvStage(
   opset: number,
   /** Output each layer's kept positions (--expose-indices); otherwise decode steps skip building them. */
   expose: boolean,
-  /** Layers after which a stream stage acts (their caches below hold the kept tokens, pads first). */
-  streamLayers: readonly number[] = [],
+  /**
+   * Per layer, which host-mask columns its cache lines up with below the stream stages above it
+   * (passes/host-mask.ts), or undefined where no stream stage acts above it.
+   */
+  streamAbove: (layer: number) => HostColumns | undefined = () => undefined,
   /**
    * Carry each evicted layer's slot validity from call to call (`--kv-state`), so that every
    * example of a padded batch keeps its own count: see `KvState`.
@@ -115,7 +119,7 @@ export function applyKvStage(
       dense,
       layer,
       cache,
-      streamLayers.some((l) => l < layer.index) ? "first" : "last",
+      streamAbove(layer.index) === "first" ? "first" : "last",
       validAll?.bias,
     );
     const replaced = readDenseCache(g, site.replaced, renamed);
@@ -134,7 +138,7 @@ export function applyKvStage(
     // Left padding: each example is scored as it would be alone (its pads' query rows carry no
     // attention, its positions count from its first real entry) and never keeps a pad over a real
     // entry; the count K' is the batch's (shapes are shared).
-    const pads = padding(t, hostMask, n);
+    const pads = padding(t, hostMask, n, streamAbove(layer.index));
     // Each example's real entries, where counts are per example (a set, or the state).
     const real = plan.ofSet || state ? realEntries(t, n, keys, pads) : undefined;
     const set = plan.ofSet && real ? setEntries(t, plan, plan.ofSet.input, n, pads, real, table) : undefined;
@@ -343,13 +347,15 @@ export function pressSelection(
     presentValue: string;
     n: string;
     hostMask: string | undefined;
+    /** Which host-mask columns the layer's cache lines up with, below stream stages. */
+    columns?: HostColumns | undefined;
     /** The stage's K'(N) table (`fractionTable`), when it has one. */
     table?: string | undefined;
   },
 ): { best: string; kept: string } {
   const prepared = x.plan.criterion.prepareKv({ model: x.model, graph: x.g, layer: x.layer, args: x.plan.args });
   if ("why" in prepared) throw new Error(`stage ${x.plan.stage}: ${prepared.why} (checked by the plan)`);
-  const pads = padding(t, x.hostMask, x.n);
+  const pads = padding(t, x.hostMask, x.n, x.columns);
   const kept = budget(t, x.plan, x.n, x.table);
   const scores = pressScores(t, { ...x, scorer: prepared.ok, kept, pads });
   const [, best] = t.opN("TopK", [scores, kept], 2, { axis: 2, largest: 1, sorted: 1 });
@@ -554,27 +560,20 @@ function fillersFirst(b: NodeBuilder, kept: string, counts: string): { slots: st
 }
 
 /** bool [B,N]: the first N columns of a [batch, sequence] mask input (at prefill: the N entries). */
-/** bool [B,N]: the first N (int64 [1]) columns of a [batch, columns] mask. */
-export function firstColumns(b: NodeBuilder, mask: string, n: string): string {
-  const columns = b.op("Slice", [mask, b.int64([0], [1], "from_start"), n, b.int64([1], [1], "key_axis")]);
-  return b.op("Cast", [columns], { to: 9 });
-}
-
-/** The host's key-padding mask: a graph input `attention_mask` [batch, total] (transformers.js and torch exports). */
-export function attentionMask(g: GraphProto): string | undefined {
-  const m = g.input.find((i) => i.name === "attention_mask");
-  const shape = m?.type?.value.case === "tensorType" ? m.type.value.value.shape : undefined;
-  return shape?.dim.length === 2 ? m!.name : undefined;
-}
-
 /**
  * At prefill the first N columns of the host's mask say which of the N entries are real (left
- * padding puts each example's pads first, in the layer's cache too): `columns` bool [B,1,N],
+ * padding puts each example's pads first, in the layer's cache too; below stream stages without a
+ * set, the last N: passes/host-mask.ts): `columns` bool [B,1,N],
  * `rows` float [B,1,N,1] (1 on real queries), `count` int64 [B,1,1] (leading pads).
  */
-function padding(b: NodeBuilder, mask: string | undefined, n: string): Padding | undefined {
+function padding(
+  b: NodeBuilder,
+  mask: string | undefined,
+  n: string,
+  columns: HostColumns = "first",
+): Padding | undefined {
   if (!mask) return undefined;
-  const real = firstColumns(b, mask, n); // bool [B,N]
+  const real = hostColumnsOf(b, mask, n, columns); // bool [B,N]
   const asFloat = b.op("Cast", [real], { to: FLOAT });
   const realCount = b.reduce("ReduceSum", b.op("Cast", [real], { to: INT64 }), [1], 0); // [B]
   return {

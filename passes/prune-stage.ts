@@ -32,8 +32,9 @@ import type { LowerOptions, StageLowering, StageSetup } from "./kinds/kind.js";
 import { chooseSelection } from "./kinds/index.js";
 import { lowerMask } from "./kinds/mask.js";
 import { appendRecycled } from "./kinds/recycle.js";
-import { cachedAfter, carryPadState, paddingMode, padStateNames, zeroRows } from "./front-padding.js";
+import { cachedAfter, carryPadState, paddingMode, padStateNames, validityBias, zeroRows } from "./front-padding.js";
 import { renumberedSides } from "./kinds/renumber.js";
+import { attentionMask, hostColumns, lastColumns } from "./host-mask.js";
 
 /** float: the element type of the padding validity pair (onnx TensorProto.FLOAT). */
 const FLOAT = 1;
@@ -98,8 +99,10 @@ export const applyStage: StageLowering = (proto, dense, densePlan, state, option
         dense,
         plan.layer.index + 1,
         padState ?? sel.validBias,
-        // Its validity covers the slots down to the next stage, which carries its own below.
-        padState ? plan.padUntil : undefined,
+        // Its padding (and validity) covers the layers down to the next stage, which pads anew below.
+        plan.padUntil,
+        // Which host-mask columns the caches below line up with (passes/host-mask.ts).
+        hostColumns([plan], plan.layer.index + 1),
       );
   // Side tensors read below the stage follow the kept tokens.
   const tokenCount = () => b.slice(b.op("Shape", [s.stream]), 0, s.tokenAxis, s.tokenAxis + 1);
@@ -240,8 +243,11 @@ function setUp(
   const scores = scorer.kind === "select" ? "" : unitScores(b, scorer.score(ctx), plan);
   // After masked stages, tokens already dropped must not be picked again.
   const skip = state.maskBias ?? state.validBias;
-  const ranked =
+  const unmasked =
     skip && scorer.kind !== "select" ? b.op("Add", [scores, b.slice(skip, 1, plan.prefix)], {}, "skip_masked") : scores;
+  const hostPads = hostPadRank(b, proto, model, plan, stream, tokenAxis);
+  const ranked =
+    hostPads && scorer.kind !== "select" ? b.op("Add", [unmasked, hostPads], {}, "host_pads_last") : unmasked;
   const gather = (positions: string, source = stream) =>
     gatherTokens(b, source, positions, {
       tokenAxis,
@@ -272,6 +278,33 @@ function setUp(
     ranked,
     gather,
   };
+}
+
+/**
+ * float [B, N'−prefix]: −1e9 on the host's pads among the stage's input rows, 0 elsewhere, for a
+ * stage without a set above cached GroupQueryAttention layers; undefined where none is needed. Such
+ * a stage never keeps a pad over a real token, which is what lets the caches below read the host
+ * mask's last columns (passes/host-mask.ts). Its input rows' pads are the host mask's last N'
+ * columns by the same invariant (the prefill's mask has exactly N columns; a decode step's new rows
+ * are real).
+ */
+function hostPadRank(
+  b: NodeBuilder,
+  proto: GraphProto,
+  model: TransformerInfo,
+  plan: StagePlan,
+  stream: string,
+  tokenAxis: number,
+): string | undefined {
+  if (plan.ofSet || plan.encoder || model.batchAxis !== 0) return undefined;
+  const mask = attentionMask(proto);
+  const cached = model.layers
+    .slice(plan.layer.index + 1)
+    .some((l) => l.core?.kind === "GroupQueryAttention" && l.cache);
+  if (!mask || !cached) return undefined;
+  const rows = b.slice(b.op("Shape", [stream]), 0, tokenAxis, tokenAxis + 1);
+  const real = b.op("Cast", [lastColumns(b, mask, rows)], { to: FLOAT }, "host_rows_real");
+  return b.slice(validityBias(b, real, "host_pad_bias", "host_pads"), 1, plan.prefix);
 }
 
 /** Output 0 of the fused Skip norm whose output 3 is the stream `r`, if r leaves through one. */

@@ -31,6 +31,7 @@ import type { StagePlan } from "./plan-types.js";
 import { applyMergeStage } from "../passes/merge-stage.js";
 import { planSpec } from "./plan.js";
 import type { HeadPlan, KvPlan } from "./plan-types.js";
+import { hostColumns } from "../passes/host-mask.js";
 import { applyKvStage } from "../passes/kv-stage.js";
 import { applyKvDecodeStage } from "../passes/kv-decode-stage.js";
 import { applyKvCascadeStage } from "../passes/kv-cascade-stage.js";
@@ -421,13 +422,15 @@ function evictCaches(c: Compilation): Compilation {
     const plan = taken ? { ...whole, layers: whole.layers.filter((l) => !taken.has(l.index)) } : whole;
     if (!plan.layers.length) continue;
     const expose = c.options.exposeIndices ?? false;
-    const streamLayers = c.plans.map((p) => p.layer.index);
+    // Below stream stages a cached layer's slots line up with the first or last host-mask columns.
+    const streamAbove = (layer: number) =>
+      c.plans.some((p) => p.layer.index < layer) ? hostColumns(c.plans, layer) : undefined;
     const evicted =
       plan.decode?.kind === "cascade"
         ? applyKvCascadeStage(graph, c.info, plan, c.opset, expose)
         : plan.decode
-          ? applyKvDecodeStage(graph, c.info, plan, c.opset, expose, streamLayers)
-          : applyKvStage(graph, c.info, plan, c.opset, expose, streamLayers, c.options.kvState ?? false);
+          ? applyKvDecodeStage(graph, c.info, plan, c.opset, expose, streamAbove)
+          : applyKvStage(graph, c.info, plan, c.opset, expose, streamAbove, c.options.kvState ?? false);
     graph = evicted.graph;
     added.push(...evicted.added);
     kvIndices.set(plan.stage, evicted.indices);

@@ -136,6 +136,16 @@ export function planKvStages(
       );
       return;
     }
+    // A prefill eviction rewrites the layer's attention from the dense op's inputs: the mask of a
+    // stream stage above that pads, masks or merges would be lost (measured: prefill logits moved
+    // by 2.6 under 'keep kv 100%' below a per-example FastV stage in a padded batch).
+    if (stage.during !== "decode" && shortened && streamPadding) {
+      fail(
+        stage.span,
+        `'${stage.action} kv' on layer ${shortened.index}'s cache: a stream stage above leaves masked, padding or merged rows in the cache, and the eviction's rewrite of the layer's attention would drop their mask; not supported yet`,
+      );
+      return;
+    }
     if (criterion.noStreamBelow && shortened) {
       fail(stage.criterion.span, `${criterion.name} on layer ${shortened.index}'s cache: ${criterion.noStreamBelow}`);
       return;

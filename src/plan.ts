@@ -305,6 +305,13 @@ function planOne(
     return undefined;
   }
   const scorer = prepared.ok;
+  if (scorer.kind === "select" && ofSet === undefined && !encoder && cachedGqaBelow(model, resolved)) {
+    fail(
+      stage.criterion.span,
+      `${criterion.name} selects tokens without scores, and above a KV cache a stage without 'of SET' must rank the host's left padding below every real token (the cached layers below then read their pads from the host mask's last columns)`,
+    );
+    return undefined;
+  }
   if (!layer.residual || model.tokenAxis === undefined || tokensIn === undefined) {
     fail(
       stage.layerSpan ?? stage.positionSpan,
@@ -564,4 +571,9 @@ function applyOptions(
     plan[o.option] = true;
   }
   return true;
+}
+
+/** Whether a later layer keeps a KV cache read by GroupQueryAttention (a stage's rows then stay in it). */
+function cachedGqaBelow(model: TransformerInfo, layer: number): boolean {
+  return model.layers.slice(layer + 1).some((l) => l.cache && l.core?.kind === "GroupQueryAttention");
 }

@@ -311,6 +311,52 @@ describe("per-example counts on a cached decoder: --kv-state keeps the padding m
     });
   });
 
+  /**
+   * Two per-example stages (after layers 0 and 1): each pads anew, and its padding is masked down
+   * to the next stage only. Without --kv-state the batch runs (it once failed at the first decode
+   * step: the first stage's padding bias reached layer 3); with it every example keeps, generates
+   * and scores what its batch-1 run does.
+   */
+  it("two per-example stages: the batch runs without --kv-state, and with it each example equals its own batch-1 run", async () => {
+    const spec =
+      "tokens image = input image_mask\nafter layer 0 drop 50% of image by last-token-attn\nafter layer 1 drop 50% of image by last-token-attn";
+    const run = async (kvState: boolean, p: PromptBatch) => {
+      const model = compile(gqa, spec, { kvState }).model;
+      const session = await openDecoderSession(model, "cpu");
+      const empty: Feeds = {};
+      for (const stage of kvState ? [0, 1] : [])
+        empty[`past_key_values.stage${stage}.prunec_valid`] = {
+          type: "float32",
+          dims: [p.batch, 0],
+          data: new Float32Array(0),
+        };
+      let first = true;
+      try {
+        return await generateGreedyWithImageMask(
+          async (f) => {
+            const out = await session.run({ ...(first ? empty : {}), ...f });
+            first = false;
+            return out;
+          },
+          p,
+          STEPS,
+        );
+      } finally {
+        await session.release();
+      }
+    };
+    expect((await run(false, batch)).tokens).toHaveLength(3);
+    const got = await run(true, batch);
+    for (const [b, x] of UNEVEN.entries()) {
+      const alone = await run(true, promptBatch([x.tokens], "left", [x.image]));
+      expect([b, got.tokens[b]]).toEqual([b, alone.tokens[0]]);
+      const error = Math.max(
+        ...got.steps.map((l, s) => maxAbsDiff(l.subarray(b * V, (b + 1) * V), alone.steps[s]!.subarray(0, V))),
+      );
+      expect(error).toBeLessThanOrEqual(TOL);
+    }
+  });
+
   it("without --kv-state the padded examples' decode steps attend to their padding (the default lowering, documented)", async () => {
     const got = await generate(false);
     expect(stepError(got, 2)).toBeLessThanOrEqual(TOL); // the largest count: not padded

@@ -64,10 +64,12 @@ async function recorded(
   scores: boolean | "cascade" = true,
   /** Layers with a score pair when not every layer has one. */
   scoredLayers?: readonly number[],
+  /** Other first-call feeds (a stage's `--kv-state` validity past). */
+  first: Feeds = {},
 ) {
   const session = await openDecoderSession(model, backend);
   const calls: Outputs[] = [];
-  const empty: Feeds = {};
+  const empty: Feeds = { ...first };
   for (let l = 0; scores === true && l < WIDE.layers; l++)
     empty[`past_key_values.${l}.prunec_score`] = {
       type: "float32",
@@ -298,6 +300,121 @@ describe("during decode below a stream stage (GQA decoder)", () => {
       const dense = decodeEvictingGeneration(reference, prompt, press, 2, { layers: [2, 3] });
       expect(dense.keptPositions[0]![2]).not.toEqual(want.keptPositions[0]![2]);
     }
+  });
+
+  /**
+   * A left-padded batch of 18, 14 and 8 tokens: the stage keeps round-half-up(18/2) = 9 rows per
+   * example (the batch's count) and never a pad over a real token, so the first two keep 9 of their
+   * own tokens and the third all 8 and one pad. Each example then generates what it generates alone
+   * keeping min(9, its length) tokens, with and without the decode-time stage below: the layers
+   * below find their pads in the host mask's last columns (passes/host-mask.ts).
+   */
+  const PADDED = [PROMPTS[1]!, PROMPTS[0]!, [1, 33, 34, 35, 36, 9, 10, 11]];
+  const kept = keepCount(50, 18);
+  const capped =
+    (n: number) =>
+    (probs: Float64Array): number[] => {
+      const scores = Array.from(probs);
+      scores[scores.length - 1] = Math.max(...scores) + 1;
+      return topKPositions(scores, Math.min(n, scores.length), 0);
+    };
+  for (const [spec, layers] of [
+    [LAZY, []],
+    [BELOW, [2, 3]],
+  ] as const)
+    it(`'${spec.replace("\n", "; ")}', a left-padded batch of 3: each example keeps, generates and scores what it does alone (${STEPS} calls; WASM: the same tokens)`, async () => {
+      const model = compile(LAYOUTS[0].model, spec, { exposeIndices: true }).model;
+      const p = promptBatch(PADDED, "left");
+      const got = await recorded(model, p, "cpu", false, layers);
+      // onnxruntime-web's WASM backend generates the same tokens.
+      expect((await recorded(model, p, "wasm", false, layers)).tokens).toEqual(got.tokens);
+      const press: DecodeEviction = { method: "h2o", budget: 8, recent: 2 };
+      const indices = got.calls[0]!["prunec.stage0.indices"]!;
+      const keptRows = rows(indices.data as BigInt64Array, indices.dims);
+      PADDED.forEach((prompt, b) => {
+        let alone: number[] = [];
+        const keep = (probs: Float64Array) => {
+          alone = capped(kept)(probs);
+          return alone;
+        };
+        const want = decodeEvictingGeneration(reference, prompt, press, STEPS, {
+          stream: { afterLayer: 1, keep },
+          layers,
+        });
+        // The kept rows: the example's own (as alone), after as many pads as its length falls short of 9.
+        const offset = p.offsets[b]!;
+        const own = keptRows[b]!.filter((j) => j >= offset).map((j) => j - offset);
+        expect([b, own]).toEqual([b, [...alone].sort((x, y) => x - y)]);
+        expect(keptRows[b]!.length - own.length).toBe(Math.max(0, kept - prompt.length));
+        expect([b, got.tokens[b]]).toEqual([b, want.tokens]);
+        const error = Math.max(
+          ...got.steps.map((l, s) =>
+            maxAbsDiff(l.subarray(b * WIDE.vocab, (b + 1) * WIDE.vocab), Float64Array.from(want.steps[s]!)),
+          ),
+        );
+        expect(error).toBeLessThanOrEqual(TOL);
+      });
+    });
+});
+
+/**
+ * A per-example count without a set (`keep above 22 by norm`: 8, 11 and 5 tokens when the three
+ * prompts run alone; the first drops its last token) on the cached GQA decoder, in the left-padded
+ * batch of 18, 14 and 8 tokens, with --kv-state: the host's pads rank below every real token (never
+ * counted above the threshold); each example's padding up to the largest count goes first, so its
+ * last row stays its last kept token, which the next token is read from; the layers below mask
+ * both paddings at every call. Each example keeps, generates and scores what it does alone.
+ */
+describe("a per-example count without a set on a cached decoder, left-padded", () => {
+  it("'after layer 1 keep above 22 by norm' with --kv-state: each example of the batch of 3 equals its batch-1 run", async () => {
+    const model = compile(LAYOUTS[0].model, "after layer 1 keep above 22 by norm", {
+      exposeIndices: true,
+      kvState: true,
+    }).model;
+    const valid = (batch: number): Feeds => ({
+      "past_key_values.stage0.prunec_valid": { type: "float32", dims: [batch, 0], data: new Float32Array(0) },
+    });
+    const padded = [PROMPTS[1]!, PROMPTS[0]!, [1, 33, 34, 35, 36, 9, 10, 11]];
+    const p = promptBatch(padded, "left");
+    const got = await recorded(model, p, "cpu", false, [], valid(3));
+    const keptRows = (out: Outputs) => {
+      const t = out["prunec.stage0.indices"]!;
+      return rows(t.data as BigInt64Array, t.dims);
+    };
+    const batchRows = keptRows(got.calls[0]!);
+    const counts: number[] = [];
+    for (const [b, prompt] of padded.entries()) {
+      const alone = await recorded(model, promptBatch([prompt], "left"), "cpu", false, [], valid(1));
+      const own = keptRows(alone.calls[0]!)[0]!.filter((j) => j >= 0);
+      counts.push(own.length);
+      const offset = p.offsets[b]!;
+      expect([b, batchRows[b]!.filter((j) => j >= 0).map((j) => j - offset)]).toEqual([b, own]);
+      expect([b, got.tokens[b]]).toEqual([b, alone.tokens[0]]);
+      const error = Math.max(
+        ...got.steps.map((l, s) =>
+          maxAbsDiff(l.subarray(b * WIDE.vocab, (b + 1) * WIDE.vocab), alone.steps[s]!.subarray(0, WIDE.vocab)),
+        ),
+      );
+      expect(error).toBeLessThanOrEqual(TOL);
+    }
+    expect(counts).toEqual([8, 11, 5]); // per example: the batch pads two of them, the last with host pads
+  });
+
+  it("refuses a selection without scores above a cache, and a prefill eviction below per-example padding", () => {
+    const set = "tokens image = input image_mask\n";
+    // A prefill eviction below a stage that pads per example would drop that padding's mask
+    // (measured before this refusal: the batch's prefill logits moved by 2.6 at 'keep kv 100%').
+    expect(
+      firstErrorLine(
+        LAYOUTS[0].model,
+        `${set}after layer 0 drop 50% of image by last-token-attn\nin layer 2 keep kv 50% by knorm`,
+      ),
+    ).toBe(
+      "s.prune:3:1: error: 'keep kv' on layer 2's cache: a stream stage above leaves masked, padding or merged rows in the cache, and the eviction's rewrite of the layer's attention would drop their mask; not supported yet",
+    );
+    expect(firstErrorLine(LAYOUTS[0].model, "after layer 1 keep 50% by diversity")).toBe(
+      "s.prune:1:27: error: diversity selects tokens without scores, and above a KV cache a stage without 'of SET' must rank the host's left padding below every real token (the cached layers below then read their pads from the host mask's last columns)",
+    );
   });
 });
 
