@@ -260,6 +260,87 @@ describe(".prds headers", () => {
     const fits = parseDataset(prds({ n: 1, channels: 1, height: 64, width: 64, classes: 10 }, 1 + 64 * 64), "d.prds");
     expect(() => checkDatasetFitsModel(fits, readFileSync(DIGITS), "d.prds", "m.onnx")).not.toThrow();
   });
+
+  describe("per-patch labels (targets: patches)", () => {
+    // 2 examples, 2x3 pixels, 4 patches each: 12 + H + 2·4 label bytes + 2·6 pixel bytes.
+    const seg = { ...ok, classes: 2, targets: "patches", patches: 4 };
+
+    it("reads n·patches label bytes, example-major, then the pixels", () => {
+      const b = prds(seg, 8 + 12);
+      const at = b.length - 20;
+      b.set([0, 1, 1, 0, 1, 0, 0, 1], at);
+      b[at + 8 + 11] = 200;
+      const d = parseDataset(b, "x.prds");
+      expect(d.patches).toBe(4);
+      expect([...d.labels]).toEqual([0, 1, 1, 0, 1, 0, 0, 1]);
+      expect(d.pixels.length).toBe(12);
+      expect(d.pixels[11]).toBe(200);
+      // without targets (or with "examples") the set is per example, as before, and 'patches' is not read
+      for (const h of [{ ...ok }, { ...ok, targets: "examples" }, { ...ok, targets: "examples", patches: "x" }]) {
+        const e = parseDataset(prds(h, 14), "x.prds");
+        expect([e.patches, e.labels.length, e.pixels.length]).toEqual([undefined, 2, 12]);
+      }
+    });
+
+    it("names the field: targets, patches, the file's length, a label byte (exit 3)", () => {
+      expect(fail(prds({ ...seg, targets: "pixels" }, 20))).toBe(
+        'header field \'targets\' must be "examples" or "patches", got "pixels"',
+      );
+      expect(fail(prds({ ...seg, targets: 1 }, 20))).toBe(
+        'header field \'targets\' must be "examples" or "patches", got 1',
+      );
+      for (const [v, shown] of [
+        [undefined, "nothing"],
+        [0, "0"],
+        [-4, "-4"],
+        [2.5, "2.5"],
+        ["4", '"4"'],
+        [null, "null"],
+        [2 ** 53, "9007199254740992"],
+      ] as const) {
+        expect(fail(prds({ ...seg, patches: v }, 20))).toBe(
+          `header field 'patches' must be a positive integer when 'targets' is "patches", got ${shown}`,
+        );
+      }
+      // one label byte per example where 4 are due: the length names the patches
+      const short = prds(seg, 2 + 12);
+      expect(fail(short)).toBe(
+        `expected ${short.length - 14 + 20} bytes for 2 examples of 4 patch labels, found ${short.length}`,
+      );
+      // huge patches: exact, no allocation
+      const huge = prds({ ...seg, patches: 2 ** 52 }, 20);
+      expect(fail(huge)).toBe(
+        `expected ${BigInt(huge.length - 20) + 2n * (2n ** 52n + 6n)} bytes for 2 examples of ${2 ** 52} patch labels, found ${huge.length}`,
+      );
+      const bad = prds(seg, 20);
+      bad[bad.length - 20 + 6] = 2; // example 1, patch 2
+      expect(fail(bad)).toBe("label 2 of example 1, patch 2 is not below header field 'classes' (2)");
+    });
+
+    it("2,000 mutants of a per-patch set fail only with PrunecError", () => {
+      const base = prds(seg, 20);
+      let seed = 11;
+      const rnd = () => (seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32;
+      const values = [undefined, null, -1, 0, 1.5, "patches", "examples", 4, 8, 2 ** 53, 1e300, [], {}];
+      for (let i = 0; i < 2000; i++) {
+        let b = base.slice();
+        if (i % 3 === 0) b = b.subarray(0, Math.floor(rnd() * b.length));
+        else if (i % 3 === 1) {
+          const at = Math.floor(rnd() * b.length);
+          b[at] = b[at]! ^ (1 << Math.floor(rnd() * 8));
+        } else {
+          const edited: Record<string, unknown> = { ...seg };
+          edited[["targets", "patches", "classes", "n"][i % 4]!] = values[Math.floor(rnd() * values.length)];
+          b = prds(edited, 20);
+        }
+        try {
+          parseDataset(b, "m.prds");
+        } catch (e) {
+          if (!(e instanceof PrunecError)) throw new Error(`mutant ${i}: ${String(e)}`);
+        }
+      }
+    });
+  });
 });
 
 describe("pathological 1 MB specs finish (linear time) with bounded output", () => {

@@ -240,9 +240,48 @@ async function runEval(
       onProgress: (done) => bar?.update(done),
       modelPath,
       command: "eval",
+      dataName: opts.data,
     });
   } finally {
     bar?.stop();
+  }
+  const seg = r.segmentation;
+  if (seg) {
+    const names = data.header.labels ?? seg.iou.map((_, c) => String(c));
+    if (opts.json) {
+      io.out(
+        JSON.stringify(
+          {
+            miou: seg.miou,
+            iou: seg.iou,
+            intersection: seg.intersection,
+            union: seg.union,
+            patchAccuracy: seg.patchAccuracy,
+            patchCorrect: seg.patchCorrect,
+            patchTotal: seg.patchTotal,
+            n: r.n,
+            patches: seg.patches,
+            classes: names,
+            ep: r.ep,
+            tokensPerLayer: r.tokensPerLayer,
+          },
+          null,
+          2,
+        ),
+      );
+      return;
+    }
+    const pct = (v: number) => `${(100 * v).toFixed(2)}%`;
+    const lines = [
+      `${modelPath}: mIoU ${pct(seg.miou)} over ${seg.patchTotal} patches (${r.n} examples x ${seg.patches}) on ${opts.data}, ${r.ep}`,
+      `  IoU: ${seg.iou
+        .map((v, c) => `${names[c]} ${v === null ? "n/a" : pct(v)} (${seg.intersection[c]}/${seg.union[c]})`)
+        .join(", ")}`,
+      `  patch accuracy ${pct(seg.patchAccuracy)} (${seg.patchCorrect}/${seg.patchTotal})`,
+    ];
+    if (r.tokensPerLayer) lines.push(`  tokens per layer: ${r.tokensPerLayer.join(" ")}`);
+    io.out(lines.join("\n"));
+    return;
   }
   if (opts.json) {
     io.out(
@@ -291,6 +330,11 @@ async function runReport(
   const dataFile = opts.data ? readInput(opts.data, "a .prds data set") : undefined;
   const data = dataFile ? parseDataset(dataFile.bytes, dataFile.path) : undefined;
   const examples = positiveInt(opts.examples, "--examples");
+  if (data?.patches !== undefined)
+    throw new PrunecError(
+      "apply",
+      `${opts.data}: report's overlays show one label per example; this set has per-patch labels (header field 'targets' is "patches")`,
+    );
   if (data) {
     // Overlays run the model: check the weights and the runtime before the report folder is written.
     checkWeightFiles(model, modelPath);
@@ -384,7 +428,9 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
 
   program
     .command("eval")
-    .description("top-1 accuracy of MODEL on a labelled .prds set (and the tokens per layer of a pruned model)")
+    .description(
+      "top-1 accuracy of MODEL on a labelled .prds set, or mIoU, per-class IoU and patch accuracy on a set with per-patch labels (and the tokens per layer of a pruned model)",
+    )
     .argument("<model>", "ONNX model file")
     .requiredOption("--data <file>", "labelled test set (.prds)")
     .option("--ep <provider>", "execution provider: cpu (onnxruntime-node) or wasm (onnxruntime-web)", "cpu")

@@ -1,13 +1,17 @@
 /**
  * Labelled image sets in prunec's compact format (`.prds`), readable without Python:
- *   "PRUNEDS1" | uint32 LE header length H | H bytes JSON header | n label bytes | n·c·h·w pixel bytes (NCHW)
+ *   "PRUNEDS1" | uint32 LE header length H | H bytes JSON header | n·t label bytes | n·c·h·w pixel bytes (NCHW)
  * The model input is pixel/255 as float32.
  *
  * The header is a JSON object: n, channels, height, width, classes are positive safe integers;
- * labels (optional) is an array of `classes` strings naming the classes; other fields (input, seed,
- * description) are free. The file must be exactly 12 + H + n + n·c·h·w bytes and every label byte
- * below `classes`. Anything else is PrunecError "format" (exit 3) naming the file and the field,
- * and nothing is allocated from a header field before it is checked against the file's length.
+ * labels (optional) is an array of `classes` strings naming the classes; targets (optional) is
+ * "examples" (the default: t = 1, one label per example) or "patches" (t = the header field
+ * patches, a positive safe integer: one label per patch, row-major over the patch grid, example
+ * after example); patches is read only when targets is "patches"; other fields (input, seed,
+ * description, patch_grid) are free. The file must be exactly 12 + H + n·t + n·c·h·w bytes and
+ * every label byte below `classes`. Anything else is PrunecError "format" (exit 3) naming the file
+ * and the field, and nothing is allocated from a header field before it is checked against the
+ * file's length.
  */
 import { decodeModel } from "../onnx/io.js";
 import { PrunecError } from "../errors.js";
@@ -19,13 +23,18 @@ export interface DatasetHeader {
   width: number;
   classes: number;
   labels?: string[];
+  targets?: "examples" | "patches";
+  patches?: number;
   [key: string]: unknown;
 }
 
 export interface Dataset {
   header: DatasetHeader;
+  /** n bytes, or n·patches bytes (example-major) when `patches` is set. */
   labels: Uint8Array;
   pixels: Uint8Array;
+  /** Labels per example: set (the header's `patches`) only for a per-patch set. */
+  patches?: number;
 }
 
 const MAGIC = "PRUNEDS1";
@@ -74,19 +83,40 @@ export function parseDataset(bytes: Uint8Array, source = "dataset"): Dataset {
       fail(`header field 'labels' must be an array of ${classes} strings (one per class), got ${shown(names)}`);
     }
   }
+  const targets = header["targets"];
+  if (targets !== undefined && targets !== "examples" && targets !== "patches")
+    fail(`header field 'targets' must be "examples" or "patches", got ${shown(targets)}`);
+  let patches: number | undefined;
+  if (targets === "patches") {
+    const p = header["patches"];
+    if (typeof p !== "number" || !Number.isSafeInteger(p) || p <= 0)
+      fail(`header field 'patches' must be a positive integer when 'targets' is "patches", got ${shown(p)}`);
+    patches = p as number;
+  }
   // Sizes against the file before anything is sized by them, in exact integers: a huge header
   // value gives a message, not an overflow or an allocation.
   const start = 12 + headerLength;
   const per = BigInt(channels) * BigInt(height) * BigInt(width);
-  const expected = BigInt(start) + BigInt(n) * (1n + per);
-  if (expected !== BigInt(bytes.length)) fail(`expected ${expected} bytes for ${n} examples, found ${bytes.length}`);
-  const size = n * Number(per); // now known to fit in the file
-  const labels = bytes.subarray(start, start + n);
-  for (let i = 0; i < n; i++) {
-    if (labels[i]! >= classes)
-      fail(`label ${labels[i]} of example ${i} is not below header field 'classes' (${classes})`);
+  const perLabels = BigInt(patches ?? 1);
+  const expected = BigInt(start) + BigInt(n) * (perLabels + per);
+  if (expected !== BigInt(bytes.length)) {
+    const what = patches === undefined ? `${n} examples` : `${n} examples of ${patches} patch labels`;
+    fail(`expected ${expected} bytes for ${what}, found ${bytes.length}`);
   }
-  return { header: header as unknown as DatasetHeader, labels, pixels: bytes.subarray(start + n, start + n + size) };
+  const size = n * Number(per); // now known to fit in the file
+  const count = n * (patches ?? 1);
+  const labels = bytes.subarray(start, start + count);
+  for (let i = 0; i < count; i++) {
+    if (labels[i]! < classes) continue;
+    if (patches === undefined)
+      fail(`label ${labels[i]} of example ${i} is not below header field 'classes' (${classes})`);
+    const p = patches as number;
+    fail(
+      `label ${labels[i]} of example ${Math.floor(i / p)}, patch ${i % p} is not below header field 'classes' (${classes})`,
+    );
+  }
+  const pixels = bytes.subarray(start + count, start + count + size);
+  return { header: header as unknown as DatasetHeader, labels, pixels, ...(patches !== undefined && { patches }) };
 }
 
 /**
