@@ -14,7 +14,7 @@ export interface Span {
 }
 
 /** Options allowed after `with`. */
-export const STAGE_OPTIONS = ["recycle", "mask", "renumber"] as const;
+export const STAGE_OPTIONS = ["recycle", "mask", "renumber", "restore"] as const;
 export type StageOption = (typeof STAGE_OPTIONS)[number];
 
 export type Action = "keep" | "drop" | "merge";

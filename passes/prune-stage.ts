@@ -35,6 +35,7 @@ import { appendRecycled } from "./kinds/recycle.js";
 import { cachedAfter, carryPadState, paddingMode, padStateNames, validityBias, zeroRows } from "./front-padding.js";
 import { renumberedSides } from "./kinds/renumber.js";
 import { attentionMask, hostColumns, lastColumns } from "./host-mask.js";
+import { restorePoint } from "./restore.js";
 
 /** float: the element type of the padding validity pair (onnx TensorProto.FLOAT). */
 const FLOAT = 1;
@@ -154,8 +155,14 @@ export const applyStage: StageLowering = (proto, dense, densePlan, state, option
   });
   const graph = names ? withPadStateOutput(spliced, names) : spliced;
   const exposed = sel.exposed ?? indices;
+  if (plan.restore && !indices)
+    throw new Error(`stage ${plan.stage}: 'with restore' needs the gathered positions (checked by the plan)`);
+  const restore = plan.restore
+    ? { input: s.stream, rows: indices!, ...(sel.validBias && plan.adaptive ? { padding: sel.validBias } : {}) }
+    : undefined;
   const record = {
     lowering: sel.lowering,
+    ...(restore ? { restore } : {}),
     ...(exposed ? { indices: exposed } : {}),
     ...(sel.counts ? { counts: sel.counts } : {}),
     ...(choice.note ? { loweringNote: choice.note } : {}),
@@ -198,7 +205,11 @@ function setUp(
   // Skip form: the fused add+norm writing the stream (its output 3) also writes it normalized
   // (output 0), which the next layer reads: that one is gathered at the same positions.
   const normalized = plan.encoder ? undefined : skipNormalized(g, r);
-  const belowNodes = new Set([...g.descendants(r), ...(normalized ? g.descendants(normalized) : [])]);
+  // With `with restore` the nodes below the restore point see every token again: they are not the stage's.
+  const restored = plan.restore ? restoreBelow(g, dense) : new Set<NodeProto>();
+  const belowNodes = new Set(
+    [...g.descendants(r), ...(normalized ? g.descendants(normalized) : [])].filter((n) => !restored.has(n)),
+  );
   const below = new Set([...belowNodes].flatMap((n) => n.output));
   below.add(r);
   if (normalized) below.add(normalized);
@@ -305,6 +316,12 @@ function hostPadRank(
   const rows = b.slice(b.op("Shape", [stream]), 0, tokenAxis, tokenAxis + 1);
   const real = b.op("Cast", [lastColumns(b, mask, rows)], { to: FLOAT }, "host_rows_real");
   return b.slice(validityBias(b, real, "host_pad_bias", "host_pads"), 1, plan.prefix);
+}
+
+/** Nodes below the restore point (the last layer's output), where `with restore` gives back every token. */
+function restoreBelow(g: Graph, dense: TransformerInfo): Set<NodeProto> {
+  const point = restorePoint(dense);
+  return point ? g.descendants(point) : new Set();
 }
 
 /** Output 0 of the fused Skip norm whose output 3 is the stream `r`, if r leaves through one. */

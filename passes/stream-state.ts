@@ -10,6 +10,7 @@
 import type { NodeProto } from "../src/ir/graph.js";
 import type { Dim } from "../src/analysis/dims.js";
 import type { TokenAxes } from "./carry-tokens.js";
+import type { RestoreRecord } from "./restore.js";
 
 /**
  * `index`: int64 index arithmetic (TopK, re-sort, offsets), the default;
@@ -26,6 +27,8 @@ export interface StageRecord {
   lowering: Lowering;
   /** `--target webgpu` asked for the float-keys lowering and this stage could not have it: why. */
   loweringNote?: string;
+  /** `with restore`: what the restore step scatters back (passes/restore.ts). */
+  restore?: RestoreRecord;
 }
 
 export interface StreamState {

@@ -32,6 +32,7 @@ import { applyMergeStage } from "../passes/merge-stage.js";
 import { planSpec } from "./plan.js";
 import type { HeadPlan, KvPlan } from "./plan-types.js";
 import { hostColumns } from "../passes/host-mask.js";
+import { restoreTokens } from "../passes/restore.js";
 import { applyKvStage } from "../passes/kv-stage.js";
 import { applyKvDecodeStage } from "../passes/kv-decode-stage.js";
 import { applyKvCascadeStage } from "../passes/kv-cascade-stage.js";
@@ -248,6 +249,13 @@ const STEPS: readonly { name: string; run: (c: Compilation) => Compilation; unch
   },
   { name: "move rotary out of fused attention", run: moveRotary },
   { name: "apply stages", run: applyStages },
+  {
+    name: "restore dropped tokens",
+    run: (c) => {
+      const records = c.state.stages.flatMap((s) => (s.restore ? [s.restore] : []));
+      return records.length ? { ...c, graph: restoreTokens(c.graph, c.info, records, c.opset) } : c;
+    },
+  },
   { name: "prune heads", run: pruneHeads },
   { name: "evict KV caches", run: evictCaches },
   {

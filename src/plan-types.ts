@@ -41,6 +41,11 @@ export interface StagePlan {
    */
   renumber?: boolean;
   /**
+   * `with restore` (DToP, tomesd): at the last layer's output the stage's dropped tokens are put
+   * back at their positions with the hidden state they had when dropped (passes/restore.ts).
+   */
+  restore?: boolean;
+  /**
    * A `merge` stage (ToMe, passes/merge-stage.ts, planned by src/plan-merge.ts): r tokens merged
    * away; `sizesFrom`: the earlier merge stage whose token sizes it weighs by; `proportional`:
    * add log(size) to the attention logits of the later layers.

@@ -190,6 +190,15 @@ export function planSpec(
     tokens = plan.tokensOut;
     plans.push(plan);
   });
+  // Restoring undoes the stages last to first from the last layer's rows: a stage after a restoring
+  // one must restore too, or its dropped rows would have no place in the earlier stage's rows.
+  const restoring = plans.find((p) => p.restore);
+  const unrestored = restoring && plans.find((p) => p.stage > restoring.stage && !p.restore);
+  if (restoring && unrestored)
+    fail(
+      spec.stages[unrestored.stage]!.positionSpan,
+      `the stage after layer ${restoring.layer.index} (line ${spec.stages[restoring.stage]!.span.line}) restores its dropped tokens at the last layer's output, so every later stage must too: add 'with restore' here`,
+    );
   plans.forEach((p, i) => {
     // Padding of a per-example stage is masked up to the next stage, which pads anew.
     if (p.adaptive) p.padUntil = plans[i + 1]?.layer.index ?? count - 1;

@@ -70,6 +70,7 @@ const subsets: StageOption[][] = [
   ["mask", "renumber"],
   ["recycle", "renumber"],
   ["mask", "recycle", "renumber"],
+  ["renumber", "restore"],
 ];
 
 describe("stage kinds × options: the declared table, cell by cell", () => {
@@ -78,7 +79,7 @@ describe("stage kinds × options: the declared table, cell by cell", () => {
     for (const k of SELECTION_KINDS)
       expect(Object.keys(SELECTION_OPTIONS[k]).sort()).toEqual([...STAGE_OPTIONS].sort());
     const pairs = OPTION_PAIRS.map((p) => [...p.options].sort().join("+")).sort();
-    expect(pairs).toEqual(["mask+recycle", "mask+renumber", "recycle+renumber"]);
+    expect(pairs).toEqual(["mask+recycle", "mask+renumber", "mask+restore", "recycle+renumber", "recycle+restore"]);
   });
 
   for (const [kind, row] of Object.entries(ROWS) as [Exclude<SelectionKind, "fold">, (typeof ROWS)["top-k"]][]) {
@@ -159,6 +160,13 @@ describeShared("the fold row, inside Qwen3.5's vision encoder (whole 2×2 merge 
       if (verdict) {
         const column = Math.min(...verdict.at.map((o) => text.indexOf(o, spec.length))) + 1;
         expect((error as Error).message).toContain(`t.prune:1:${column}: error: ${verdict.why}`);
+        return;
+      }
+      if (options.includes("restore")) {
+        // Allowed by the table; cut to one layer, the stage is after the last layer.
+        expect((error as Error | undefined)?.message).toContain(
+          `t.prune:1:${text.indexOf("restore", spec.length) + 1}: error: 'with restore' on a stage after the last layer changes nothing: its dropped tokens come back at once`,
+        );
         return;
       }
       if (options.includes("renumber")) {

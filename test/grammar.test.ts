@@ -401,7 +401,7 @@ describe("diagnostics", () => {
     [
       "unknown option, no close match",
       "after layer 2 keep 25% by iga with turbo",
-      `spec.prune:1:36: error: unknown option 'turbo' (options: recycle, mask, renumber)
+      `spec.prune:1:36: error: unknown option 'turbo' (options: recycle, mask, renumber, restore)
  1 | after layer 2 keep 25% by iga with turbo
    |                                    ^~~~~`,
     ],
@@ -724,7 +724,7 @@ describe("stages on the KV cache", () => {
     const { diagnostics } = parseSpec(text, "k.prune", reg);
     // `kv` is an option name here, so only the option is unknown.
     expect(diagnostics.map((d) => `${d.line}:${d.column} ${d.message}`)).toEqual([
-      "3:45 unknown option 'kv' (options: recycle, mask, renumber)",
+      "3:45 unknown option 'kv' (options: recycle, mask, renumber, restore)",
     ]);
     const ok = parseSpec(text.replace(" with kv", ""), "k.prune", reg);
     expect(ok.diagnostics).toEqual([]);

@@ -5,7 +5,7 @@
  * one is refused with the reason written here).
  *
  * A stage has exactly one selection kind (how the kept set is chosen) and any subset of the
- * options (`with mask`, `with recycle`, `with renumber`: what is done with it).
+ * options (`with mask`, `with recycle`, `with renumber`, `with restore`: what is done with it).
  */
 
 /** How a stage chooses what it keeps. */
@@ -25,7 +25,7 @@ export type SelectionKind =
   /** `merge … by similarity` (ToMe). */
   | "merge";
 
-export type StageOption = "mask" | "recycle" | "renumber";
+export type StageOption = "mask" | "recycle" | "renumber" | "restore";
 
 export const SELECTION_KINDS: readonly SelectionKind[] = [
   "top-k",
@@ -36,7 +36,7 @@ export const SELECTION_KINDS: readonly SelectionKind[] = [
   "after-encoder",
   "merge",
 ];
-export const STAGE_OPTIONS: readonly StageOption[] = ["mask", "recycle", "renumber"];
+export const STAGE_OPTIONS: readonly StageOption[] = ["mask", "recycle", "renumber", "restore"];
 
 /** What a refusal may name: the stage's criterion and the unit its groups count. */
 export interface CellFacts {
@@ -55,38 +55,45 @@ const singleTokens = (option: StageOption, why: string) =>
 
 /** Selection × option. */
 export const SELECTION_OPTIONS: Readonly<Record<SelectionKind, Readonly<Record<StageOption, Cell>>>> = {
-  "top-k": { mask: "ok", recycle: "ok", renumber: "ok" },
+  "top-k": { mask: "ok", recycle: "ok", renumber: "ok", restore: "ok" },
   groups: {
     mask: (f) => singleTokens("mask", `${f.criterion} keeps whole ${f.unit ?? "group"}s`),
     recycle: (f) => singleTokens("recycle", `${f.criterion} keeps whole ${f.unit ?? "group"}s`),
     renumber: "ok",
+    restore: "ok",
   },
   fold: {
     mask: () => singleTokens("mask", "this encoder keeps whole merge groups"),
     recycle: () => singleTokens("recycle", "this encoder keeps whole merge groups"),
     renumber: "ok",
+    restore: "ok",
   },
   greedy: {
     mask: (f) => singleTokens("mask", `${f.criterion} picks tokens without scores`),
     recycle: (f) => singleTokens("recycle", `${f.criterion} picks tokens without scores`),
     renumber: "ok",
+    restore: "ok",
   },
   adaptive: {
     mask: "ok",
     recycle: (f) =>
       `${f.what ?? "this stage's count differs per example"}, so it needs a stage that ranks single tokens by score (without 'with recycle')`,
     renumber: "ok",
+    restore: "ok",
   },
   "after-encoder": {
     mask: () => singleTokens("mask", "it acts after the encoder"),
     recycle: () => singleTokens("recycle", "it acts after the encoder"),
     renumber: () => "'with renumber' does not apply after the encoder: no layer below it reads token positions",
+    restore: () =>
+      "'with restore' does not apply after the encoder: no layer runs on the kept rows before the encoder's output, so restoring them would undo the stage",
   },
   merge: {
     mask: () => "'with mask' does not apply to 'merge': a merge stage keeps no dropped tokens to mask",
     recycle: () => "'with recycle' does not apply to 'merge': a merge stage keeps no dropped tokens to recycle",
     renumber: () =>
       "'with renumber' does not apply to 'merge': a merged token stands for several positions, so there is no single position to renumber it from",
+    restore: () => "'with restore' on 'merge' (tomesd's unmerge) is not supported yet",
   },
 };
 
@@ -110,6 +117,16 @@ export const OPTION_PAIRS: readonly {
     options: ["recycle", "renumber"],
     why: "'with recycle' and 'with renumber' cannot be combined: the recycled token has no position to renumber",
     at: ["recycle", "renumber"],
+  },
+  {
+    options: ["restore", "mask"],
+    why: "'with restore' puts dropped tokens back, but a masked stage removes nothing",
+    at: ["restore"],
+  },
+  {
+    options: ["restore", "recycle"],
+    why: "'with restore' and 'with recycle' cannot be combined: the recycled token stands for no input position to restore it to",
+    at: ["restore", "recycle"],
   },
 ];
 

@@ -29,6 +29,7 @@ export function floatKeysFor(
   if (plan.recycle) return why("'with recycle' needs the kept indices");
   if (s.state.sets.size) return why("token sets follow the kept indices");
   if (s.normalized) return why("the fused skip norm's normalized output is gathered by index too");
+  if (plan.restore) return why("'with restore' scatters the kept rows back by their int64 positions");
   return { ok: { tokens, keep: plan.keep } };
 }
 

@@ -5,6 +5,7 @@
 import type { TransformerInfo } from "../../src/analysis/transformer.js";
 import { maskUnavailable } from "../mask-recycle.js";
 import type { StageOption } from "./combinations.js";
+import { restoreWhy } from "../restore.js";
 
 export interface OptionFacts {
   model: TransformerInfo;
@@ -44,5 +45,11 @@ export const OPTIONS: readonly OptionModule[] = [
     option: "renumber",
     summary: "the kept tokens take positions 0..K'−1 below the stage (position ids, rotary tables)",
     check: (f) => batchFirst("renumber", f),
+  },
+  {
+    option: "restore",
+    summary:
+      "put the dropped tokens back at the last layer's output, with the hidden state they had when dropped: every output keeps one row per token",
+    check: (f) => restoreWhy(f.model, f.layer),
   },
 ];

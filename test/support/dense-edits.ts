@@ -171,3 +171,68 @@ export function carriedTensors(compiled: Uint8Array, stage: number): string[] {
   }
   return [...found].sort();
 }
+
+/**
+ * DToP's canvas (methods.md §30) as an edit of the dense model, for `with restore`: each stage
+ * `{ layer, kept }` (kept: dense positions that survive it and every stage before) masks the other
+ * tokens' keys from layer + 1 on (`maskKeys`), and what reads the last layer's output reads instead,
+ * per token, the residual leaving the layer of the stage that dropped it (its exit features), or
+ * the last layer's output for a token every stage kept. Batch 1 (the rows are constants).
+ */
+export function canvasReference(
+  modelBytes: Uint8Array,
+  stages: readonly { layer: number; kept: readonly number[] }[],
+  tokens: number,
+): Uint8Array {
+  let bytes = modelBytes;
+  stages.forEach((s, i) => {
+    bytes = maskKeys(bytes, s.layer + 1, s.kept, tokens);
+    // maskKeys names its nodes and row after the layer: give each stage's edit its own names.
+    const m = decodeModel(bytes);
+    const rename = (x: string) => (x.startsWith("test/") && !/_s\d+$/.test(x) ? `${x}_s${i}` : x);
+    const g = m.graph!;
+    bytes = encodeModel(
+      shallowCopy(m, {
+        graph: shallowCopy(g, {
+          node: g.node.map((n) =>
+            shallowCopy(n, { name: rename(n.name), input: n.input.map(rename), output: n.output.map(rename) }),
+          ),
+          initializer: g.initializer.map((t) => shallowCopy(t, { name: rename(t.name) })),
+        }),
+      }),
+    );
+  });
+  const model = decodeModel(bytes);
+  const graph = model.graph!;
+  const layers = analyzeTransformer(new Graph(graph)).layers;
+  const last = layers.at(-1)?.residual?.output;
+  if (!last) throw new Error("canvasReference: no residual leaving the last layer");
+  const nodes: NodeProto[] = [];
+  const initializers: TensorProto[] = [];
+  let canvas = last;
+  [...stages].reverse().forEach((s, j) => {
+    const exit = layers[s.layer]?.residual?.output;
+    if (!exit) throw new Error(`canvasReference: no residual leaving layer ${s.layer}`);
+    const keep = new Set(s.kept);
+    const member = create(TensorProtoSchema, {
+      name: `test/canvas_kept_${j}`,
+      dataType: DT.BOOL,
+      dims: [1n, BigInt(tokens), 1n],
+      rawData: Uint8Array.from({ length: tokens }, (_, t) => (keep.has(t) ? 1 : 0)),
+    });
+    initializers.push(member);
+    const out = `test/canvas_${j}`;
+    nodes.push(makeNode("Where", [member.name, canvas, exit], [out], `test/canvas_where_${j}`));
+    canvas = out;
+  });
+  const readers = graph.node.map((n) =>
+    n.input.includes(last) ? shallowCopy(n, { input: n.input.map((x) => (x === last ? canvas : x)) }) : n,
+  );
+  const at = graph.node.findIndex((n) => n.output.includes(last));
+  const node = [...readers.slice(0, at + 1), ...nodes, ...readers.slice(at + 1)];
+  return encodeModel(
+    shallowCopy(model, {
+      graph: shallowCopy(graph, { node, initializer: [...graph.initializer, ...initializers] }),
+    }),
+  );
+}

@@ -1,0 +1,103 @@
+/**
+ * `with restore` (issue 17): the stage's dropped tokens come back at the last layer's output, so
+ * every graph output keeps one row per input token and the pruned model is a drop-in replacement
+ * for a dense-prediction model (segmentation, depth, patch features).
+ *
+ * Semantics (DToP, methods.md §30): a token dropped by a stage keeps the hidden state it had when
+ * it was dropped (the stage's input row, the residual leaving the stage's layer); a kept token
+ * carries what the layers below computed. DToP's canvas holds each token's mask logits from the
+ * head where it exited; here every token leaves through the model's own final norm and head, fed
+ * its exit-layer features (the per-layer heads DToP trains are not part of a plain model).
+ *
+ * Lowering: at the last layer's output Y (the rows the last stage kept), stages are undone last to
+ * first: Z = ScatterElements(X_i, P_i, Y) on the token axis, where X_i is stage i's input (the
+ * residual it gathered from, `<r>/dense`) and P_i its kept positions in X_i's rows; Z has X_i's
+ * rows and is the Y of the stage before. A per-example count's padding rows (real tokens masked
+ * as keys below the stage) take their X_i row back, as a token dropped there.
+ *
+ * Pre (src/plan.ts, passes/kinds/options.ts `restoreWhy`): every stage after a restoring one
+ * restores too; the stream is batch-first or batch-less; no layer keeps a KV cache; the last
+ * layer's output is a tensor of its own; the stages gathered by int64 positions.
+ * Post: the last layer's output tensor has the first restoring stage's input rows; nodes below it
+ * (final norm, head) were left as the dense model had them (stages do not retarget or regather
+ * there: prune-stage.ts `restoreBelow`).
+ */
+import type { GraphProto } from "../src/ir/graph.js";
+import { Graph } from "../src/ir/graph.js";
+import type { TransformerInfo } from "../src/analysis/transformer.js";
+import { refreshFacts } from "../src/analysis/refresh.js";
+import { NodeBuilder } from "./builder.js";
+import { gatherTokens } from "./gather-tokens.js";
+import { splice } from "./splice.js";
+
+/** What a restoring stage records for the restore step. */
+export interface RestoreRecord {
+  /** The stage's input stream (the residual it gathered from). */
+  input: string;
+  /** int64 [B, K]: the positions it gathered, in its input's rows. */
+  rows: string;
+  /** float [B, K]: −1e9 on padding rows of a per-example count (they restore as dropped). */
+  padding?: string;
+}
+
+/** Why `with restore` cannot act on this model, or undefined. */
+export function restoreWhy(model: TransformerInfo, layer: number): string | undefined {
+  if (layer >= model.layers.length - 1)
+    return "'with restore' on a stage after the last layer changes nothing: its dropped tokens come back at once";
+  const cached = model.layers.find((l) => l.cache);
+  if (cached)
+    return `'with restore' gives every input token an output row, but layer ${cached.index} keeps a KV cache, which would hold the kept tokens only`;
+  const last = model.layers.at(-1);
+  const r = last?.residual;
+  if (!last || !r) return "'with restore' acts at the last layer's output, whose residual block prunec did not find";
+  if (r.outputMissing || r.outputNorm)
+    return `'with restore' acts at the last layer's output, which here exists only inside a fused add+norm (${r.outputNorm?.opType ?? "its final norm"})`;
+  if (model.batchAxis !== undefined && model.batchAxis !== 0)
+    return "'with restore' needs a batch-first (or batch-less) residual stream";
+  return undefined;
+}
+
+/** The last layer's output, where dropped tokens are restored (the stages leave nodes below it alone). */
+export function restorePoint(model: TransformerInfo): string | undefined {
+  return model.layers.at(-1)?.residual?.output;
+}
+
+export function restoreTokens(
+  proto: GraphProto,
+  dense: TransformerInfo,
+  records: readonly RestoreRecord[],
+  opset: number,
+): GraphProto {
+  if (!records.length) return proto;
+  const model = refreshFacts(dense, new Graph(proto));
+  const point = restorePoint(model);
+  if (!point || model.tokenAxis === undefined)
+    throw new Error("restore: the last layer's output was found by the plan but not on the pruned graph");
+  const b = new NodeBuilder("prunec/restore", opset);
+  const pruned = `${point}/pruned`;
+  const tokenAxis = model.tokenAxis;
+  const layout = { tokenAxis, ...(model.batchAxis !== undefined ? { batchAxis: model.batchAxis } : {}) };
+  let y = pruned;
+  for (const rec of [...records].reverse()) {
+    let updates = y;
+    if (rec.padding) {
+      // Padding rows are real tokens the stage did not count: they come back as dropped there.
+      const pad = b.unsqueeze(b.op("Less", [rec.padding, b.float([0], [], "zero_bias")], {}, "padding_rows"), [2]);
+      updates = b.op("Where", [pad, gatherTokens(b, rec.input, rec.rows, layout), y], {}, "padding_as_dropped");
+    }
+    // Positions as the updates' shape: [B,K] → [B,K,D] (batch-less: [K] → [K,D]).
+    const rows =
+      model.batchAxis === undefined ? b.unsqueeze(b.squeeze(rec.rows, [0]), [1]) : b.unsqueeze(rec.rows, [2]);
+    const at = b.op("Expand", [rows, b.op("Shape", [updates])], {}, "restore_positions");
+    y = b.op("ScatterElements", [rec.input, at, updates], { axis: tokenAxis }, "restore_dropped");
+  }
+  b.rename(y, point);
+  return splice(proto, {
+    label: "restore (with restore)",
+    after: point,
+    rename: new Map([[point, pruned]]),
+    nodes: b.nodes,
+    initializers: b.initializers,
+    staleInfo: new Set([point]),
+  });
+}

@@ -1,0 +1,119 @@
+/**
+ * `with restore` (issue 17): a stage's dropped tokens come back at the last layer's output with the
+ * hidden state they had when dropped (DToP, methods.md §30), so the per-patch model of
+ * examples/digit-masks keeps its [batch, 64, 2] output.
+ *
+ * The reference is DToP's canvas written as an edit of the DENSE model (`canvasReference`): the
+ * dropped tokens' keys are masked from the stage's next layer on, and the final norm reads, per
+ * token, the residual leaving the layer where it was dropped (or the last layer's, for a token every
+ * stage kept). It shares no code with the scatter prunec emits; the kept sets come from the
+ * compiled model's exposed positions (their exactness against cls-attn's reference is tested in
+ * test/cls-attn.test.ts).
+ */
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { compile } from "../src/compile.js";
+import { batchInput, parseDataset } from "../src/data/prds.js";
+import { maxAbsDiff, runNode, runWasm, type Feeds } from "./helpers/ort.js";
+import { canvasReference } from "./support/dense-edits.js";
+import { rows } from "./support/model-edit.js";
+import { firstErrorLine } from "./support/cases.js";
+
+const DIR = join(import.meta.dirname, "..", "examples", "digit-masks");
+const model = new Uint8Array(readFileSync(join(DIR, "model.onnx")));
+const sample = parseDataset(readFileSync(join(DIR, "sample.prds")), "sample.prds");
+const TOKENS = 65; // CLS + 8×8 patches
+const TOL = 1e-5;
+const BATCH = 4;
+
+const feedsOf = (from: number, to: number): Feeds => {
+  const x = batchInput(sample, from, to);
+  return { pixel_values: { type: "float32", dims: x.dims, data: x.data } };
+};
+const logitsOf = (out: Awaited<ReturnType<typeof runNode>>) => out["logits"]!.data as Float32Array;
+
+/** Each stage's surviving dense positions per example, from the exposed positions (composed stage by stage). */
+function survivors(out: Awaited<ReturnType<typeof runNode>>, stages: number, b: number): number[][] {
+  const result: number[][] = [];
+  let dense = Array.from({ length: TOKENS }, (_, j) => j);
+  for (let s = 0; s < stages; s++) {
+    const t = out[`prunec.stage${s}.indices`]!;
+    dense = rows(t.data as BigInt64Array, t.dims)
+      [b]!.filter((j) => j >= 0)
+      .map((j) => dense[j]!);
+    result.push([...dense]);
+  }
+  return result;
+}
+
+describe("with restore on the per-patch digits model (DToP's canvas)", () => {
+  const CASES = [
+    { spec: "after layer 2 keep 25% by cls-attn with restore", layers: [2] },
+    {
+      spec: "after layer 1 keep 50% by cls-attn with restore\nafter layer 3 keep 50% by cls-attn with restore",
+      layers: [1, 3],
+    },
+    // A per-example count: the batch pads to its largest count; padding rows come back as dropped.
+    { spec: "after layer 2 keep mass 60% by cls-attn with restore", layers: [2] },
+  ];
+  for (const c of CASES)
+    it(`'${c.spec.replace("\n", "; ")}': every example of a batch of ${BATCH} equals its canvas reference (≤ ${TOL}); WASM equals CPU`, async () => {
+      const compiled = compile(model, c.spec, { exposeIndices: true }).model;
+      const names = ["logits", ...c.layers.map((_, s) => `prunec.stage${s}.indices`)];
+      const got = await runNode(compiled, feedsOf(0, BATCH), names);
+      expect(got["logits"]!.dims).toEqual([BATCH, 64, 2]);
+      const dense = logitsOf(await runNode(model, feedsOf(0, BATCH), ["logits"]));
+      const per = 64 * 2;
+      const counts: number[] = [];
+      for (let b = 0; b < BATCH; b++) {
+        const kept = survivors(got, c.layers.length, b);
+        counts.push(kept.at(-1)!.length);
+        const reference = canvasReference(
+          model,
+          c.layers.map((layer, s) => ({ layer, kept: kept[s]! })),
+          TOKENS,
+        );
+        const want = logitsOf(await runNode(reference, feedsOf(b, b + 1), ["logits"]));
+        const mine = logitsOf(got).subarray(b * per, (b + 1) * per);
+        expect([b, maxAbsDiff(mine, want) <= TOL]).toEqual([b, true]);
+        // Restoring is not the dense model: the dropped tokens carry earlier features.
+        expect(maxAbsDiff(mine, dense.subarray(b * per, (b + 1) * per))).toBeGreaterThan(1e-3);
+      }
+      if (c.spec.includes("mass")) expect(new Set(counts).size).toBeGreaterThan(1); // the batch was padded
+      const wasm = await runWasm(compiled, feedsOf(0, BATCH), ["logits"]);
+      expect(maxAbsDiff(logitsOf(wasm), logitsOf(got))).toBeLessThanOrEqual(TOL);
+    });
+
+  it("keep-all with restore equals the dense model (≤ 1e-5)", async () => {
+    const compiled = compile(model, "after layer 2 keep 100% by cls-attn with restore").model;
+    const got = logitsOf(await runNode(compiled, feedsOf(0, BATCH), ["logits"]));
+    const dense = logitsOf(await runNode(model, feedsOf(0, BATCH), ["logits"]));
+    expect(maxAbsDiff(got, dense)).toBeLessThanOrEqual(1e-5);
+  });
+
+  it("without restore the output shrinks to the kept patches (the interface change restore undoes)", async () => {
+    const plain = compile(model, "after layer 2 keep 25% by cls-attn").model;
+    expect((await runNode(plain, feedsOf(0, BATCH), ["logits"]))["logits"]!.dims).toEqual([BATCH, 16, 2]);
+  });
+
+  it("refuses what it cannot restore, at the option or the stage", () => {
+    expect(firstErrorLine(model, "after layer 5 keep 25% by cls-attn with restore")).toBe(
+      "s.prune:1:41: error: 'with restore' on a stage after the last layer changes nothing: its dropped tokens come back at once",
+    );
+    expect(firstErrorLine(model, "after layer 2 keep 25% by cls-attn with restore, mask")).toBe(
+      "s.prune:1:41: error: 'with restore' puts dropped tokens back, but a masked stage removes nothing",
+    );
+    expect(firstErrorLine(model, "after layer 2 keep 25% by cls-attn with recycle, restore")).toBe(
+      "s.prune:1:41: error: 'with restore' and 'with recycle' cannot be combined: the recycled token stands for no input position to restore it to",
+    );
+    expect(
+      firstErrorLine(model, "after layer 1 keep 50% by cls-attn with restore\nafter layer 3 keep 50% by cls-attn"),
+    ).toBe(
+      "s.prune:2:1: error: the stage after layer 1 (line 1) restores its dropped tokens at the last layer's output, so every later stage must too: add 'with restore' here",
+    );
+    expect(firstErrorLine(model, "after layer 2 merge 25% by similarity with restore")).toBe(
+      "s.prune:1:44: error: 'with restore' on 'merge' (tomesd's unmerge) is not supported yet",
+    );
+  });
+});
