@@ -17,6 +17,9 @@
  *     stage: accuracy, measured speedup and the FLOPs-ideal one (attention's Q·Kᵀ and P·V scale
  *     with the heads kept; the projections do not: passes/head-stage.ts gathers activations).
  *
+ *  5. restore: `with restore` on the per-patch model of examples/digit-masks (its own test set):
+ *     mIoU dense vs pruned with every dropped patch restored, measured speedup and FLOPs-ideal.
+ *
  *   npx tsx scripts/schedules.ts [--runs 20] [--reps 5] [--only schedules,criteria,capabilities] [--write docs/results.md]
  *
  * With --write, only the generated sections of the file (between `<!-- generated:NAME -->` and
@@ -44,7 +47,7 @@ const arg = (k: string) => (args.includes(k) ? args[args.indexOf(k) + 1] : undef
 const runs = Number(arg("--runs") ?? 20);
 const reps = Number(arg("--reps") ?? 5);
 const out = arg("--write");
-const SECTIONS = ["schedules", "criteria", "capabilities", "heads"] as const;
+const SECTIONS = ["schedules", "criteria", "capabilities", "heads", "restore"] as const;
 const only = arg("--only")?.split(",") ?? [...SECTIONS];
 for (const o of only)
   if (!(SECTIONS as readonly string[]).includes(o))
@@ -480,6 +483,60 @@ async function headsTable(model: Uint8Array, data: Dataset, denseAcc: number): P
   return lines.join("\n");
 }
 
+/** `with restore` rows on the per-patch model (examples/digit-masks). */
+const RESTORE_ROWS = [
+  "after layer 2 keep 75% by cls-attn with restore",
+  "after layer 2 keep 50% by cls-attn with restore",
+  "after layer 2 keep 25% by cls-attn with restore",
+  "after layer 1 keep 50% by cls-attn with restore\nafter layer 3 keep 50% by cls-attn with restore",
+  "after layer 3 keep 25% by cls-attn with restore",
+];
+
+async function restoreTable(): Promise<string> {
+  const dir = join(root, "examples", "digit-masks");
+  const model = readFileSync(join(dir, "model.onnx"));
+  const data = parseDataset(readFileSync(join(dir, "test.prds")), "digit-masks/test.prds");
+  const graph = new Graph(decodeModel(model, "digit-masks").graph!);
+  const info = analyzeTransformer(graph, "digit-masks");
+  const costs = layerCosts(graph, info);
+  // The final norm and head run on every token again after the restore: outside the layers, as dense.
+  const fixed = outsideFlops(graph, info);
+  const flops = (tokens: number[]) => fixed + totalFlops(costs, tokens);
+  const denseFlops = flops(info.layers.map(() => Number(info.tokens)));
+  const miou = async (m: Uint8Array, name: string) =>
+    (await evaluate(m, name, data, { ep: "cpu", batch: EVAL_BATCH })).segmentation!;
+  const dense = await miou(model, "digit-masks");
+  const compiled = RESTORE_ROWS.map((spec) => compile(model, spec, { modelName: "digit-masks" }));
+  const scores = [];
+  for (const [i, r] of compiled.entries()) {
+    scores.push(await miou(r.model, RESTORE_ROWS[i]!));
+    console.error(`evaluated ${RESTORE_ROWS[i]!.replace(/\n/g, "; ")}`);
+  }
+  const batches = Array.from({ length: Math.floor(data.header.n / BENCH_BATCH) }, (_, i) =>
+    batchInput(data, i * BENCH_BATCH, (i + 1) * BENCH_BATCH),
+  );
+  const b32 = await repeatedSpeedups(
+    model,
+    compiled.map((r) => r.model),
+    batches,
+    runs,
+  );
+  const iou = (s: { iou: (number | null)[] }) => s.iou.map((v) => (v === null ? "–" : pct(v))).join(" / ");
+  const lines = [
+    `Dense: mIoU ${pct(dense.miou)} (IoU background / digit ${iou(dense)}) on ${data.header.n} test images × ${dense.patches} patches; ORT CPU batch ${BENCH_BATCH} median ${median(b32.denseMs).toFixed(1)} ms (${b32.denseMs.map((x) => x.toFixed(1)).join(", ")} in the ${reps} repetitions).`,
+    "",
+    `| spec | tokens per layer | mIoU | vs dense | IoU background / digit | measured speedup (b${BENCH_BATCH}), median [min–max] of ${reps} | FLOPs-ideal | nodes added |`,
+    "|---|---|---|---|---|---|---|---|",
+  ];
+  for (const [i, r] of compiled.entries()) {
+    const tokens = tokensWith(r, 0);
+    lines.push(
+      `| \`${RESTORE_ROWS[i]!.replace(/\n/g, "; ")}\` | ${tokens.join(" ")} | ${pct(scores[i]!.miou)} | ${vsDense(scores[i]!.miou, dense.miou)} | ${iou(scores[i]!)} | ${spread(b32.speedups[i]!)} | ${(denseFlops / flops(tokens)).toFixed(2)}× | ${r.report.addedNodes.length} |`,
+    );
+  }
+  return lines.join("\n");
+}
+
 /** Replaces `<!-- generated:NAME -->…<!-- /generated:NAME -->` in `doc`, or appends the section. */
 function replaceSection(doc: string, name: string, body: string): string {
   const open = `<!-- generated:${name} -->`;
@@ -500,6 +557,7 @@ async function main(): Promise<void> {
     criteria: criteriaTable,
     capabilities: capabilitiesTable,
     heads: headsTable,
+    restore: restoreTable,
   };
   const sections: [string, string][] = [];
   for (const name of SECTIONS.filter((s) => only.includes(s))) {
