@@ -162,6 +162,49 @@ function tomeRanks(
   return b.op("GatherElements", [places, m.survivors], { axis: 1 }, "survivor_ranks");
 }
 
+/**
+ * float [B, N]: the position each input token (in position order) landed at: an A token's
+ * destination (its own, or its partner's when merged), a B token's own position. The A/B halves are
+ * places of ToMe's sequence (`seq`, after an earlier merge) or of position order.
+ */
+function landing(
+  b: NodeBuilder,
+  destA: string,
+  seq: { perm: string; position: string } | undefined,
+  n: number,
+): string {
+  const na = Math.ceil(n / 2);
+  const nb = Math.floor(n / 2);
+  const batchRows = b.slice(b.op("Shape", [destA]), 0, 0, 1);
+  const ownB = seq
+    ? everyOther(b, seq.position, 1, "b_own_positions")
+    : b.op(
+        "Expand",
+        [
+          b.float(
+            Array.from({ length: nb }, (_, j) => 2 * j + 1),
+            [1, nb],
+            "b_own_positions",
+          ),
+          b.op("Concat", [batchRows, b.int64([nb], [1], "b_count")], { axis: 0 }),
+        ],
+        {},
+        "b_own_batch",
+      ); // [B,|B|]
+  const padded = na > nb ? b.op("Pad", [ownB, b.int64([0, 0, 0, 1], [4], "pad_b")], {}, "b_own_padded") : ownB;
+  const stacked = b.op("Concat", [b.unsqueeze(destA, [2]), b.unsqueeze(padded, [2])], { axis: 2 }, "landing_ab");
+  const inOrder = b.slice(b.op("Reshape", [stacked, b.int64([0, -1], [2], "flat_landing")]), 1, 0, n); // [B,N] by place
+  // Places of ToMe's sequence back to positions: the token at place s is at position perm[s].
+  return seq ? b.op("ScatterElements", [inOrder, seq.perm, inOrder], { axis: 1 }, "landing_by_position") : inOrder;
+}
+
+/** U [B, N_in, N_out] (the stream's element type): 1 where input position p landed in output row i (at `positions[i]`). */
+function unmergeMatrix(b: NodeBuilder, positions: string, landed: string, elemType: number): string {
+  const rows = b.unsqueeze(b.op("Cast", [positions], { to: FLOAT }), [1]); // [B,1,N_out]
+  const u = b.op("Cast", [b.op("Equal", [b.unsqueeze(landed, [2]), rows])], { to: elemType }, "unmerge_matrix");
+  return u;
+}
+
 /** x[:, start::2] along axis 1. */
 function everyOther(b: NodeBuilder, x: string, start: 0 | 1, label: string): string {
   return b.op(
@@ -377,6 +420,10 @@ export const applyMergeStage: StageLowering = (proto, dense, densePlan, state, o
       });
   }
 
+  // `with restore`: tomesd's unmerge reads where each input token landed (passes/restore.ts).
+  const restore = plan.restore
+    ? { kind: "unmerge" as const, assign: unmergeMatrix(b, positions, landing(b, destA, seq, n), elemType) }
+    : undefined;
   b.rename(merged, rName);
   const graph = splice(proto, {
     label: `stage ${plan.stage} (merge after layer ${plan.layer.index})`,
@@ -393,6 +440,7 @@ export const applyMergeStage: StageLowering = (proto, dense, densePlan, state, o
   const record = {
     indices: positions,
     lowering: "index" as const,
+    ...(restore ? { restore } : {}),
     ...(options.target === "webgpu"
       ? { loweringNote: "merge stages have one lowering (one-hot MatMul; TopK indices)" }
       : {}),

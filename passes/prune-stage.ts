@@ -158,7 +158,12 @@ export const applyStage: StageLowering = (proto, dense, densePlan, state, option
   if (plan.restore && !indices)
     throw new Error(`stage ${plan.stage}: 'with restore' needs the gathered positions (checked by the plan)`);
   const restore = plan.restore
-    ? { input: s.stream, rows: indices!, ...(sel.validBias && plan.adaptive ? { padding: sel.validBias } : {}) }
+    ? {
+        kind: "scatter" as const,
+        input: s.stream,
+        rows: indices!,
+        ...(sel.validBias && plan.adaptive ? { padding: sel.validBias } : {}),
+      }
     : undefined;
   const record = {
     lowering: sel.lowering,

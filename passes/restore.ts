@@ -15,6 +15,10 @@
  * rows and is the Y of the stage before. A per-example count's padding rows (real tokens masked
  * as keys below the stage) take their X_i row back, as a token dropped there.
  *
+ * A merge stage is undone as tomesd does (`tomesd/merge.py`, unmerge; methods.md §29): every input
+ * token takes the output of the row it was merged into (an unmerged token its own), Z = U·Y with
+ * the stage's one-hot assignment U [B, N_in, N_out] (passes/merge-stage.ts).
+ *
  * Pre (src/plan.ts, passes/kinds/options.ts `restoreWhy`): every stage after a restoring one
  * restores too; the stream is batch-first or batch-less; no layer keeps a KV cache; the last
  * layer's output is a tensor of its own; the stages gathered by int64 positions.
@@ -31,14 +35,22 @@ import { gatherTokens } from "./gather-tokens.js";
 import { splice } from "./splice.js";
 
 /** What a restoring stage records for the restore step. */
-export interface RestoreRecord {
-  /** The stage's input stream (the residual it gathered from). */
-  input: string;
-  /** int64 [B, K]: the positions it gathered, in its input's rows. */
-  rows: string;
-  /** float [B, K]: −1e9 on padding rows of a per-example count (they restore as dropped). */
-  padding?: string;
-}
+export type RestoreRecord =
+  | {
+      kind: "scatter";
+      /** The stage's input stream (the residual it gathered from). */
+      input: string;
+      /** int64 [B, K]: the positions it gathered, in its input's rows. */
+      rows: string;
+      /** float [B, K]: −1e9 on padding rows of a per-example count (they restore as dropped). */
+      padding?: string;
+    }
+  | {
+      /** tomesd's unmerge: each input token takes the output row it was merged into. */
+      kind: "unmerge";
+      /** [B, N_in, N_out] one-hot (of the stream's element type): input token p landed in output row i. */
+      assign: string;
+    };
 
 /** Why `with restore` cannot act on this model, or undefined. */
 export function restoreWhy(model: TransformerInfo, layer: number): string | undefined {
@@ -79,6 +91,10 @@ export function restoreTokens(
   const layout = { tokenAxis, ...(model.batchAxis !== undefined ? { batchAxis: model.batchAxis } : {}) };
   let y = pruned;
   for (const rec of [...records].reverse()) {
+    if (rec.kind === "unmerge") {
+      y = b.op("MatMul", [rec.assign, y], {}, "unmerge");
+      continue;
+    }
     let updates = y;
     if (rec.padding) {
       // Padding rows are real tokens the stage did not count: they come back as dropped there.

@@ -490,6 +490,7 @@ const RESTORE_ROWS = [
   "after layer 2 keep 25% by cls-attn with restore",
   "after layer 1 keep 50% by cls-attn with restore\nafter layer 3 keep 50% by cls-attn with restore",
   "after layer 3 keep 25% by cls-attn with restore",
+  "after layer 1 merge 32 tokens by similarity with restore",
 ];
 
 async function restoreTable(): Promise<string> {

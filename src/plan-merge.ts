@@ -18,6 +18,7 @@ import { percentRatio } from "../passes/amount.js";
 import { maskUnavailable } from "../passes/mask-recycle.js";
 import { criterionModule } from "../passes/registry.js";
 import { refusal } from "../passes/kinds/combinations.js";
+import { restoreWhy } from "../passes/restore.js";
 
 // ToMe's criterion, through the registry like every criterion the planner reads.
 const similarity =
@@ -213,5 +214,14 @@ export function planMerge(
     firstLayer,
     merge: { r, ...(sizesFrom !== undefined ? { sizesFrom } : {}), proportional: proportional === 1 },
   };
+  if (stage.options.includes("restore")) {
+    // tomesd's unmerge: every merged token takes its destination's output at the restore point.
+    const why = restoreWhy(model, layer.index);
+    if (why) {
+      fail(stage.optionSpans[stage.options.indexOf("restore")] ?? stage.span, why);
+      return undefined;
+    }
+    plan.restore = true;
+  }
   return plan;
 }

@@ -19,6 +19,11 @@ import { maxAbsDiff, runNode, runWasm, type Feeds } from "./helpers/ort.js";
 import { canvasReference } from "./support/dense-edits.js";
 import { rows } from "./support/model-edit.js";
 import { firstErrorLine } from "./support/cases.js";
+import { withOutputs } from "./support/model-edit.js";
+import { headMeanKeysFromKt, nextSequence, tomeStep, type TomeStep } from "./reference/tome.js";
+import { decodeModel } from "../src/onnx/io.js";
+import { Graph } from "../src/ir/graph.js";
+import { analyzeTransformer } from "../src/analysis/transformer.js";
 
 const DIR = join(import.meta.dirname, "..", "examples", "digit-masks");
 const model = new Uint8Array(readFileSync(join(DIR, "model.onnx")));
@@ -112,8 +117,90 @@ describe("with restore on the per-patch digits model (DToP's canvas)", () => {
     ).toBe(
       "s.prune:2:1: error: the stage after layer 1 (line 1) restores its dropped tokens at the last layer's output, so every later stage must too: add 'with restore' here",
     );
-    expect(firstErrorLine(model, "after layer 2 merge 25% by similarity with restore")).toBe(
-      "s.prune:1:44: error: 'with restore' on 'merge' (tomesd's unmerge) is not supported yet",
+    expect(firstErrorLine(model, "after layer 5 merge 25% by similarity with restore")).toBe(
+      "s.prune:1:44: error: 'with restore' on a stage after the last layer changes nothing: its dropped tokens come back at once",
     );
   });
+});
+
+/**
+ * `merge … with restore`: tomesd's unmerge (tomesd/merge.py, methods.md §29): every merged token
+ * takes its destination's output, an unmerged token its own. The head is per token, so patch p's
+ * restored logits are the plain merged model's logits at the row of the token p landed in. Where p
+ * landed comes from the ToMe reference (test/reference/tome.ts, `landing`) on the keys the model
+ * computes; a second merge splits ToMe's order (`nextSequence`), so its landing is composed.
+ */
+describe("merge with restore (tomesd's unmerge) on the per-patch digits model", () => {
+  const f32 = (o: { data: unknown }) => o.data as Float32Array;
+  const layerInfo = (bytes: Uint8Array) =>
+    analyzeTransformer(new Graph(decodeModel(bytes).graph!)).layers.map((l) => ({
+      keys: l.core!.qk!.input[1]!,
+      residual: l.residual!.output,
+      heads: l.heads!,
+    }));
+  const CASES = [
+    { spec: "after layer 2 merge 25% by similarity", layers: [2], r: [16] },
+    {
+      spec: "after layer 1 merge 25% by similarity\nafter layer 3 merge 12 tokens by similarity",
+      layers: [1, 3],
+      r: [16, 12],
+    },
+  ];
+  for (const c of CASES)
+    it(`'${c.spec.replace("\n", "; ")}' with restore: patch p's logits = the merged model's at the token p landed in (ToMe reference), batch 3; WASM equals CPU`, async () => {
+      const batch = 3;
+      const restoreSpec = c.spec.replace(/by similarity/g, "by similarity with restore");
+      const restored = compile(model, restoreSpec).model;
+      const plainCompiled = compile(model, c.spec, { exposeIndices: true }).model;
+      const names = layerInfo(plainCompiled);
+      const exposed = c.layers.flatMap((l) => [names[l]!.keys]);
+      const feeds = feedsOf(0, batch);
+      const plain = await runNode(withOutputs(plainCompiled, exposed), feeds, [
+        "logits",
+        ...exposed,
+        ...c.layers.map((_, s) => `prunec.stage${s}.indices`),
+      ]);
+      const got = await runNode(restored, feeds, ["logits"]);
+      expect(got["logits"]!.dims).toEqual([batch, 64, 2]);
+      const rowsOut = plain["logits"]!.dims[1]! + 1; // + CLS, which the head drops
+      const prefix = 1;
+      for (let b = 0; b < batch; b++) {
+        // Stage by stage: the reference's landing, in each stage's input numbering.
+        let at = Array.from({ length: TOKENS }, (_, p) => p); // dense position → current row
+        let sequence: number[] | undefined;
+        let previous: TomeStep | undefined;
+        for (const [s, layer] of c.layers.entries()) {
+          const kt = plain[names[layer]!.keys]!;
+          const keys = headMeanKeysFromKt(f32(kt), kt.dims, names[layer]!.heads)[b]!;
+          const step = tomeStep(
+            keys,
+            keys,
+            keys.map(() => 1),
+            c.r[s]!,
+            prefix,
+            sequence,
+          );
+          const exposedRows = rows(
+            plain[`prunec.stage${s}.indices`]!.data as BigInt64Array,
+            plain[`prunec.stage${s}.indices`]!.dims,
+          )[b]!;
+          expect([b, s, step.positions]).toEqual([b, s, exposedRows]);
+          const rowOf = new Map(step.positions.map((q, i) => [q, i]));
+          at = at.map((row) => rowOf.get(step.landing[row]!)!);
+          previous = step;
+          sequence = nextSequence(previous);
+        }
+        const want = Float32Array.from({ length: 64 * 2 }, (_, k) => {
+          const p = Math.floor(k / 2) + 1; // patch → token
+          const row = at[p]! - 1; // the head's rows drop CLS
+          return f32(plain["logits"]!)[(b * (rowsOut - 1) + row) * 2 + (k % 2)]!;
+        });
+        const mine = f32(got["logits"]!).subarray(b * 128, (b + 1) * 128);
+        expect([b, maxAbsDiff(mine, want) <= TOL]).toEqual([b, true]);
+        // Merged patches share their destination's logits: the unmerge is not the identity.
+        expect(new Set(at.slice(1)).size).toBeLessThan(64);
+      }
+      const wasm = await runWasm(restored, feeds, ["logits"]);
+      expect(maxAbsDiff(logitsOf(wasm), logitsOf(got))).toBeLessThanOrEqual(TOL);
+    });
 });

@@ -27,6 +27,11 @@ export interface TomeStep {
   sizes: number[];
   /** ToMe's output order of the same positions: [unmerged A, B]. */
   tomeOrder: number[];
+  /**
+   * Per input position, the position whose merged token it went into (its own when unmerged):
+   * tomesd's unmerge (tomesd/merge.py) gives it that token's output, `out[a_idx[src_idx]] = y_dst[dst_idx]`.
+   */
+  landing: number[];
   /** The r-th best edge minus the (r+1)-th (how far the top-r set is from a tie); Infinity when no edge is left out. */
   boundaryGap: number;
   /** Over the merged A tokens, the smallest margin between the best and second-best B partner. */
@@ -88,9 +93,11 @@ export function tomeStep(
   const sum = x.map((row, i) => row.map((v) => v * sizes[i]!));
   const size = sizes.slice();
   const gone = new Set<number>();
+  const landing = [...keys.keys()];
   for (const a of src) {
     const from = aIdx[a]!;
     const to = bIdx[nodeIdx[a]!]!;
+    landing[from] = to;
     sum[to] = sum[to]!.map((v, c) => v + sum[from]![c]!);
     size[to]! += size[from]!;
     gone.add(from);
@@ -107,6 +114,7 @@ export function tomeStep(
     merged: positions.map((i) => sum[i]!.map((v) => v / size[i]!)),
     sizes: positions.map((i) => size[i]!),
     tomeOrder,
+    landing,
     boundaryGap,
     partnerGap,
   };
