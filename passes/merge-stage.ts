@@ -13,7 +13,10 @@
  *           the r A tokens with the highest best score merge (TopK; ties at the r-th place go to
  *           the lower A position, where torch's unstable argsort leaves the order unspecified);
  *   merge   size-weighted means including the destination: x_b' = Σ size·x / Σ size over b and
- *           the A tokens merged into it (merge_wavg); the new sizes are those sums.
+ *           the A tokens merged into it (merge_wavg); the new sizes are those sums. With
+ *           `similarity(weighted: 0)`, AIM's unweighted mean (LaVi-Lab/AIM,
+ *           llava/model/token_merge.py: scatter_reduce(mean), include_self): each token once,
+ *           whatever its size (differs from ToMe's only after an earlier merge); sizes still sum.
  *
  * Where: ToMe merges inside every block, between the attention residual add and the MLP, with that
  * block's keys. `after layer L merge` merges the stream leaving layer L (after its MLP), with layer
@@ -368,6 +371,7 @@ export const applyMergeStage: StageLowering = (proto, dense, densePlan, state, o
   const rows = b.unsqueeze(b.op("Cast", [positions], { to: FLOAT }), [2]); // [B,N−r,1]
   let toA = b.op("Cast", [b.op("Equal", [rows, b.unsqueeze(destA, [1])])], { to: FLOAT }, "lands_a"); // [B,N−r,|A|]
   let toB = b.op("Cast", [b.op("Equal", [rows, destB])], { to: FLOAT }, "lands_b"); // [B,N−r,|B|]
+  const oneHot = [toA, toB];
   if (sizesFrom !== undefined) {
     const sizes = seq
       ? b.op("GatherElements", [sizesName(sizesFrom), seq.perm], { axis: 1 }, "tome_order_sizes")
@@ -376,6 +380,9 @@ export const applyMergeStage: StageLowering = (proto, dense, densePlan, state, o
     toB = b.op("Mul", [toB, b.unsqueeze(everyOther(b, sizes, 1, "sizes_b"), [1])], {}, "weigh_b");
   }
   const weights = b.op("Concat", [toA, toB], { axis: 2 }, "merge_matrix"); // [B,N−r,N]
+  // AIM's unweighted mean counts each token once; the carried sizes still sum (below).
+  const meanWeights =
+    merge.unweighted && sizesFrom !== undefined ? b.op("Concat", oneHot, { axis: 2 }, "unweighted_matrix") : weights;
   const elemType = streamElemType(g, residual) ?? FLOAT;
   const x = elemType === FLOAT ? stream : b.op("Cast", [stream], { to: FLOAT }, "stream_fp32");
   const xs = inSeq(x, "tome_order_stream");
@@ -386,7 +393,8 @@ export const applyMergeStage: StageLowering = (proto, dense, densePlan, state, o
     "stream_ab",
   ); // [B,N,C]
   const total = b.reduce("ReduceSum", weights, [2], 1); // [B,N−r,1]: the new sizes
-  let merged = b.op("Div", [b.op("MatMul", [weights, xab], {}, "weighted_sum"), total], {}, "weighted_mean");
+  const count = meanWeights === weights ? total : b.reduce("ReduceSum", meanWeights, [2], 1);
+  let merged = b.op("Div", [b.op("MatMul", [meanWeights, xab], {}, "weighted_sum"), count], {}, "weighted_mean");
   if (elemType !== FLOAT) merged = b.op("Cast", [merged], { to: elemType }, "stream_type");
   const sizes = b.rename(b.squeeze(total, [2]), sizesName(plan.stage)); // [B,N−r]
   if (merge.feedsMerge)

@@ -137,13 +137,18 @@ export function planMerge(
     return undefined;
   }
   const proportional = args["proportional"];
-  if (proportional !== 0 && proportional !== 1) {
-    fail(
-      stage.criterion.argSpans["proportional"] ?? stage.criterion.span,
-      `argument 'proportional' of 'similarity' must be 0 or 1, got ${String(proportional)}`,
-    );
-    return undefined;
-  }
+  const weighted = args["weighted"];
+  for (const [name, v] of [
+    ["proportional", proportional],
+    ["weighted", weighted],
+  ] as const)
+    if (v !== 0 && v !== 1) {
+      fail(
+        stage.criterion.argSpans[name] ?? stage.criterion.span,
+        `argument '${name}' of 'similarity' must be 0 or 1, got ${String(v)}`,
+      );
+      return undefined;
+    }
   if (proportional === 1) {
     const blocked = maskUnavailable(model, resolved + 1);
     if (blocked) {
@@ -212,7 +217,12 @@ export function planMerge(
     tokensOut: tokensIn - r,
     prefix,
     firstLayer,
-    merge: { r, ...(sizesFrom !== undefined ? { sizesFrom } : {}), proportional: proportional === 1 },
+    merge: {
+      r,
+      ...(sizesFrom !== undefined ? { sizesFrom } : {}),
+      proportional: proportional === 1,
+      ...(weighted === 0 ? { unweighted: true } : {}),
+    },
   };
   if (stage.options.includes("restore")) {
     // tomesd's unmerge: every merged token takes its destination's output at the restore point.

@@ -51,7 +51,11 @@ export interface StagePlan {
    * add log(size) to the attention logits of the later layers.
    */
   /** sizesFrom: the previous merge stage (its sizes and ToMe order); feedsMerge: a later merge reads this one's. */
-  merge?: { r: number; sizesFrom?: number; proportional: boolean; feedsMerge?: boolean };
+  /**
+   * A merge stage (ToMe): r tokens merged, the earlier merge whose sizes it weighs by, proportional
+   * attention, whether a later merge reads its ToMe order, and AIM's unweighted mean (`weighted: 0`).
+   */
+  merge?: { r: number; sizesFrom?: number; proportional: boolean; feedsMerge?: boolean; unweighted?: boolean };
   /** `keep mass P%` / `keep above X`: a count per example (see adaptive.ts). */
   adaptive?: AdaptiveAmount;
   /** Adaptive amounts: the last layer whose attention masks this stage's padding (the next stage's layer). */

@@ -206,6 +206,49 @@ describe("merge by similarity: sizes carried to a second merge", () => {
   });
 });
 
+/**
+ * AIM (LaVi-Lab/AIM, llava/model/token_merge.py): the merge is `scatter_reduce(..., "mean")` with
+ * include_self, an unweighted mean of the destination and its sources. It equals ToMe's on the
+ * first merge (every size is 1); on a second merge it counts each token once whatever its size.
+ */
+describe("merge by similarity(weighted: 0): AIM's unweighted mean", () => {
+  it("tiny-vit batch 2, two merges: the second's means count each token once (≤ 1e-5), sizes still sum, positions as ToMe's; CPU and WASM", async () => {
+    const spec =
+      "after layer 0 merge 25% by similarity(weighted: 0)\nafter layer 2 merge 10 tokens by similarity(weighted: 0)";
+    const names = layerNames(tiny);
+    const first = await referenceAt(tiny, 0, tinyFeeds, 16);
+    expectNoNearTies(first);
+    const exposed = [
+      names[0]!.residual,
+      names[2]!.keys,
+      denseName(names[2]!.residual),
+      names[2]!.residual,
+      sizesName(1),
+    ];
+    for (const run of [runNode, runWasm]) {
+      const { out, kept } = await runCompiled(tiny, spec, tinyFeeds, exposed, run);
+      expect(kept[0]).toEqual(first.map((s) => s.positions));
+      expect(maxAbsDiff(f32(out[names[0]!.residual]!), flat(first))).toBeLessThanOrEqual(1e-5);
+      const keys = headMeanKeysFromKt(f32(out[names[2]!.keys]!), out[names[2]!.keys]!.dims, names[2]!.heads);
+      const x = tokensOf(f32(out[denseName(names[2]!.residual)]!), out[denseName(names[2]!.residual)]!.dims);
+      const aim = keys.map((k, b) => tomeStep(k, x[b]!, first[b]!.sizes, 10, 1, nextSequence(first[b]!), false));
+      const tome = keys.map((k, b) => tomeStep(k, x[b]!, first[b]!.sizes, 10, 1, nextSequence(first[b]!)));
+      expectNoNearTies(aim);
+      expect(kept[1]).toEqual(aim.map((s) => s.positions));
+      expect(maxAbsDiff(f32(out[names[2]!.residual]!), flat(aim))).toBeLessThanOrEqual(1e-5);
+      expect(Array.from(f32(out[sizesName(1)]!))).toEqual(aim.flatMap((s) => s.sizes));
+      // ToMe's size-weighted means differ here: the test sees the option.
+      expect(maxAbsDiff(flat(aim), flat(tome))).toBeGreaterThan(1e-3);
+    }
+  });
+
+  it("weighted takes 0 or 1", () => {
+    expect(() => compile(tiny, "after layer 0 merge 25% by similarity(weighted: 2)", { specName: "m.prune" })).toThrow(
+      "m.prune:1:49: error: argument 'weighted' of 'similarity' must be 0 or 1, got 2",
+    );
+  });
+});
+
 describe("merge by similarity: a second merge splits ToMe's order, with a distillation token (DeiT, prefix 2)", () => {
   const deit = readFileSync(join(REPO_ROOT, "test", "fixtures", "exports", "deit-two-tokens.onnx"));
   const x = readNpy(join(REPO_ROOT, "test", "fixtures", "exports", "input-32x32.npy"));

@@ -32,6 +32,11 @@ export const similarity: CriterionModule = {
       default: 0,
       doc: "1: add log(token size) to the attention logits of every later layer (ToMe's proportional attention); 0: off",
     },
+    weighted: {
+      type: "integer",
+      default: 1,
+      doc: "1: ToMe's size-weighted mean; 0: AIM's unweighted mean, the destination and each source counted once whatever its size (LaVi-Lab/AIM llava/model/token_merge.py: scatter_reduce 'mean'); sizes are still carried",
+    },
   },
   needs:
     "keys (MatMul + Softmax exports, or MultiHeadAttention's key input); a static token count; a batch-first stream",

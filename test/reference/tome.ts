@@ -54,6 +54,8 @@ export function tomeStep(
   r: number,
   prefix: number,
   sequence: number[] = [...keys.keys()],
+  /** false: AIM's unweighted mean (each token once); the sizes still sum. */
+  weighted = true,
 ): TomeStep {
   const metric = keys.map((k) => {
     const norm = Math.max(Math.sqrt(dot(k, k)), 1e-12);
@@ -89,9 +91,11 @@ export function tomeStep(
   // if class_token: unm_idx = unm_idx.sort(dim=1)[0]  (by A index, i.e. place in the sequence)
   if (prefix > 0) unm = unm.slice().sort((p, q) => p - q);
 
-  // merge_wavg over the tokens, kept by position.
-  const sum = x.map((row, i) => row.map((v) => v * sizes[i]!));
+  // merge_wavg over the tokens, kept by position (AIM: scatter_reduce mean, weight 1 each).
+  const weight = weighted ? sizes : sizes.map(() => 1);
+  const sum = x.map((row, i) => row.map((v) => v * weight[i]!));
   const size = sizes.slice();
+  const count = weight.slice();
   const gone = new Set<number>();
   const landing = [...keys.keys()];
   for (const a of src) {
@@ -100,6 +104,7 @@ export function tomeStep(
     landing[from] = to;
     sum[to] = sum[to]!.map((v, c) => v + sum[from]![c]!);
     size[to]! += size[from]!;
+    count[to]! += count[from]!;
     gone.add(from);
   }
   const positions = [...keys.keys()].filter((i) => !gone.has(i));
@@ -111,7 +116,7 @@ export function tomeStep(
       : [...unmPositions, ...bIdx];
   return {
     positions,
-    merged: positions.map((i) => sum[i]!.map((v) => v / size[i]!)),
+    merged: positions.map((i) => sum[i]!.map((v) => v / count[i]!)),
     sizes: positions.map((i) => size[i]!),
     tomeOrder,
     landing,
