@@ -86,6 +86,8 @@ export interface StageIR {
   /** The token set the action is restricted to (`of SET`), as written. */
   of?: string;
   ofSpan?: Span;
+  /** `of each SET`: the amount applies to each contiguous span of the set on its own (CATP's per-image budget). */
+  ofEach?: boolean;
   criterion: CriterionUse;
   /** Options after `with`, lower case, in written order, no duplicates. */
   options: StageOption[];

@@ -39,6 +39,8 @@ export const Decode = keyword("decode");
 export const Mass = keyword("mass");
 export const Above = keyword("above");
 export const Of = keyword("of");
+/** `of each SET`: the amount applies to each contiguous span of the set on its own (one budget per image). */
+export const Each = keyword("each");
 export const By = keyword("by");
 export const With = keyword("with");
 
@@ -62,6 +64,7 @@ export const KEYWORDS: readonly TokenType[] = [
   Mass,
   Above,
   Of,
+  Each,
   By,
   With,
 ];

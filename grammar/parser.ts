@@ -44,6 +44,7 @@ import {
   Model,
   NumberLit,
   Of,
+  Each,
   PARSER_TOKENS,
   Percent,
   RParen,
@@ -108,7 +109,8 @@ export class SpecParser extends EmbeddedActionsParser {
     const amount = this.OPTION(() => this.SUBRULE(this.amount));
     const of = this.OPTION1(() => {
       this.CONSUME(Of);
-      return this.CONSUME(Identifier);
+      const each = this.OPTION8(() => this.CONSUME(Each));
+      return { set: this.CONSUME(Identifier), each };
     });
     this.CONSUME(By);
     const criterion = this.CONSUME1(Word);
@@ -139,7 +141,10 @@ export class SpecParser extends EmbeddedActionsParser {
     if (target?.kv !== undefined) stage.kv = target.kv;
     if (target?.heads !== undefined) stage.heads = target.heads;
     if (amount !== undefined) stage.amount = amount;
-    if (of !== undefined) stage.of = of;
+    if (of !== undefined) {
+      stage.of = of.set;
+      if (of.each !== undefined) stage.each = of.each;
+    }
     return stage;
   });
 

@@ -43,7 +43,7 @@ function stage(s: StageIR): string {
   parts.push(s.action);
   if (s.target !== "stream") parts.push(s.target);
   if (s.amount !== undefined) parts.push(amount(s.amount, s.target === "heads"));
-  if (s.of !== undefined) parts.push(`of ${s.of}`);
+  if (s.of !== undefined) parts.push(`of ${s.ofEach ? "each " : ""}${s.of}`);
   const args = Object.entries(s.criterion.args).map(([k, v]) => `${k}: ${argValue(v)}`);
   parts.push(`by ${s.criterion.name.toLowerCase()}${args.length > 0 ? `(${args.join(", ")})` : ""}`);
   if (s.options.length > 0) parts.push(`with ${s.options.join(", ")}`);

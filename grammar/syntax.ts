@@ -40,6 +40,8 @@ export interface RawStage {
   heads?: IToken;
   amount?: RawAmount;
   of?: IToken;
+  /** `of each SET`. */
+  each?: IToken;
   criterion: IToken;
   args: RawArg[];
   options: IToken[];

@@ -336,11 +336,13 @@ class Builder {
     // Token set.
     let of: string | undefined;
     let ofSpan: Span | undefined;
+    let ofEach = false;
     if (raw.of !== undefined && target === "heads") {
       this.error(this.span(raw.of), "'of SET' restricts tokens; a head stage ranks every head of the layer");
     } else if (raw.of !== undefined) {
       of = raw.of.image;
       ofSpan = this.span(raw.of);
+      if (raw.each !== undefined) ofEach = true;
       if (sets.size > 0 && !sets.has(of)) {
         const suggestion = closestSet(of, sets);
         const hint = suggestion === undefined ? ` (declared: ${list(sets)})` : "";
@@ -428,6 +430,7 @@ class Builder {
     if (amountSpan !== undefined) stage.amountSpan = amountSpan;
     if (of !== undefined) stage.of = of;
     if (ofSpan !== undefined) stage.ofSpan = ofSpan;
+    if (ofEach) stage.ofEach = true;
     return stage;
   }
 

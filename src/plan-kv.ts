@@ -86,6 +86,10 @@ export function planKvStages(
       const set = spec.tokenSets.find((t) => t.name === stage.of);
       if (!set) return; // reported by checkSpecSets
       const at = stage.ofSpan ?? stage.span;
+      if (stage.ofEach) {
+        fail(at, `'of each ${stage.of}' on the KV cache is not supported yet: write 'of ${stage.of}' (one budget for the set)`);
+        return;
+      }
       const input = setInput(set, "KV-cache stages");
       if ("why" in input) {
         fail(at, input.why);

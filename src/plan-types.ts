@@ -60,8 +60,11 @@ export interface StagePlan {
   adaptive?: AdaptiveAmount;
   /** Adaptive amounts: the last layer whose attention masks this stage's padding (the next stage's layer). */
   padUntil?: number;
-  /** `of SET`: the amount applies to the set's tokens (a boolean [batch, sequence] model input); the others are kept. */
-  ofSet?: { name: string; input: string };
+  /**
+   * `of SET`: the amount applies to the set's tokens (a boolean [batch, sequence] model input); the
+   * others are kept. `each`: to each contiguous span of the set on its own (`of each SET`).
+   */
+  ofSet?: { name: string; input: string; each?: boolean };
   criterion: CriterionModule;
   args: Record<string, ArgValue>;
   /** Tokens entering the stage (prefix included) and kept by it. */

@@ -367,6 +367,13 @@ function planOne(
   const drop = stage.action === "drop";
   const flowcutAdaptive = criterion.name === "flowcut" && Number(args["adaptive"] ?? 0) === 1;
   const adaptiveKind = amount.kind === "mass" || amount.kind === "above";
+  if (stage.ofEach && (adaptiveKind || flowcutAdaptive)) {
+    fail(
+      stage.amountSpan ?? stage.ofSpan ?? stage.span,
+      `'of each ${stage.of}' gives each span of the set its own share or count: write 'keep P%' or 'keep K tokens', not '${adaptiveKind ? amount.kind : "flowcut(adaptive: 1)"}'`,
+    );
+    return undefined;
+  }
   if (adaptiveKind && ofSet === undefined && criterion.adaptiveNeedsSet) {
     fail(
       stage.amountSpan ?? stage.actionSpan,
@@ -380,7 +387,7 @@ function planOne(
     : flowcutAdaptive
       ? "flowcut(adaptive: 1) keeps a number of tokens that depends on the input"
       : ofSet !== undefined
-        ? `'of ${stage.of}' counts each example's own ${stage.of} tokens`
+        ? `'of ${stage.ofEach ? "each " : ""}${stage.of}' counts each example's own ${stage.of} tokens`
         : afterAdaptive
           ? "an earlier stage kept a number of tokens that depends on the input, so this one counts per example"
           : undefined;
@@ -471,8 +478,8 @@ function planOne(
             : `${stage.action}(${resolvedAmount(stage).text})`;
     plan.tokensOut = `${prefix}+${label}`;
     if (ofSet !== undefined) {
-      plan.ofSet = { name: stage.of ?? ofSet, input: ofSet };
-      plan.tokensOut = `${prefix}+others+${label} of ${stage.of}`;
+      plan.ofSet = { name: stage.of ?? ofSet, input: ofSet, ...(stage.ofEach ? { each: true } : {}) };
+      plan.tokensOut = `${prefix}+others+${label} of ${stage.ofEach ? "each " : ""}${stage.of}`;
     }
     return plan;
   }

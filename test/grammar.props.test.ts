@@ -70,6 +70,7 @@ const KEYWORDS = [
   "mass",
   "above",
   "of",
+  "each",
   "by",
   "with",
 ];

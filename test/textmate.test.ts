@@ -164,8 +164,8 @@ describe("the editors/ folder", () => {
     expect(sorted(words(raw.repository.keyword!.match!))).toEqual(sorted(LEXER_KEYWORDS));
     // The token-set rule: its own keywords, then a look-ahead that refuses every keyword as a set name.
     const tokenSet = words(raw.repository["token-set"]!.match!);
-    expect(tokenSet.slice(0, 4)).toEqual(["tokens", "input", "after", "of"]);
-    expect(sorted(tokenSet.slice(4))).toEqual(sorted(LEXER_KEYWORDS));
+    expect(tokenSet.slice(0, 5)).toEqual(["tokens", "input", "after", "of", "each"]);
+    expect(sorted(tokenSet.slice(5))).toEqual(sorted(LEXER_KEYWORDS));
     // And no rule anywhere names a word the lexer does not reserve.
     for (const w of words(grammarText)) expect(LEXER_KEYWORDS).toContain(w);
   });
@@ -174,7 +174,7 @@ describe("the editors/ folder", () => {
     expect(lex(sampleText).errors).toEqual([]);
     const { spec, diagnostics } = parseSpec(sampleText, "sample.prune", createRegistry(SAMPLE_CRITERIA));
     expect(formatDiagnostics(diagnostics, sampleText)).toBe("");
-    expect(spec!.stages.length).toBe(23);
+    expect(spec!.stages.length).toBe(24);
     expect(spec!.tokenSets.map((s) => s.name)).toEqual(["image", "instruction", "context"]);
   });
 });
@@ -216,6 +216,9 @@ describe("scopes in editors/sample.prune", () => {
     ["in layer 2  drop 50% of image by last-token-attn", "of", [KW]],
     ["in layer 2  drop 50% of image by last-token-attn", "image", [SET]],
     ["in layer 2  drop 50% of image by last-token-attn", "last-token-attn", [FUNC]],
+    ["after layer 1 drop 50% of each image by last-token-attn", "of", [KW]],
+    ["after layer 1 drop 50% of each image by last-token-attn", "each", [KW]],
+    ["after layer 1 drop 50% of each image by last-token-attn", "image", [SET]],
     ["in layer 16 drop 75% of image by IGA", "16", [NUM]],
     ["in layer 16 drop 75% of image by IGA", "IGA", [FUNC]],
     ["after encoder keep 64 by norm", "encoder", [KW]],

@@ -12,6 +12,11 @@ import { attentionOf, clsRowScores } from "../attention/attention-map.js";
 import type { SelectionModule } from "./kind.js";
 import { paddingUnmaskable } from "../mask-recycle.js";
 import { cachedAfter, firstCall, frontPaddingWhy, linearFollows, paddingMode, padsFirst } from "../front-padding.js";
+import { shareDynamic } from "../amount.js";
+
+/** onnx TensorProto element types. */
+const FLOAT = 1;
+const INT64 = 7;
 
 export const adaptive: SelectionModule = {
   name: "adaptive",
@@ -100,7 +105,13 @@ export const adaptive: SelectionModule = {
       return clsRowScores(b, attention.ok, plan.prefix);
     };
     let sel: ReturnType<typeof selectAdaptive>;
-    if (plan.ofSet) {
+    if (plan.ofSet?.each) {
+      if (amount.kind !== "percent" && amount.kind !== "count")
+        throw new Error(`'of each' with a ${amount.kind} amount (refused by the plan)`);
+      const set = restrictToSet(b, plan, plan.ofSet, state.sets, state.validBias, scores);
+      const spans = eachSpan(b, set, scores, amount);
+      sel = selectAdaptive(b, spans.ranked, b.op("Add", [set.others, spans.count], {}, "kept_total"), plan.prefix);
+    } else if (plan.ofSet) {
       const set = restrictToSet(b, plan, plan.ofSet, state.sets, state.validBias, scores);
       const count = onlyFirst(
         countPerExample(b, amount, {
@@ -198,5 +209,70 @@ function restrictToSet(
   const others = isReal ? b.op("Where", [isReal, big, b.op("Neg", [big])]) : big;
   const ranked = b.op("Where", [memberReal, scores, others], {}, "set_first");
   const setScores = b.op("Where", [memberReal, scores, b.op("Neg", [big])], {}, "set_scores");
-  return { members: count(memberReal), others: count(otherReal), ranked, setScores };
+  return { members: count(memberReal), others: count(otherReal), ranked, setScores, memberReal, otherRank: others };
+}
+
+/**
+ * `of each SET` (CATP's per-image budget, methods.md §33): every contiguous span of the set (one
+ * image of a multi-image prompt) keeps its own share or count of its tokens, the best by score
+ * (ties to the lower position), as `of SET` would on that span alone. Spans are runs of members;
+ * a token's rank is counted among its own span's members (pairwise, [B, N, N]). Returns the
+ * ranking that puts every other token first, then the span-kept members, and the per-example count.
+ */
+function eachSpan(
+  b: NodeBuilder,
+  set: ReturnType<typeof restrictToSet>,
+  scores: string,
+  amount: { kind: "percent" | "count"; value: number; drop: boolean },
+): { ranked: string; count: string } {
+  const m = b.op("Cast", [set.memberReal], { to: FLOAT }, "member_float"); // [B,N]
+  const n = b.slice(b.op("Shape", [m]), 0, 1, 2); // int64 [1]
+  // A span starts at a member whose left neighbour is not one.
+  const left = b.op(
+    "Pad",
+    [b.op("Slice", [m, b.int64([0]), b.int64([-1]), b.int64([1])]), b.int64([0, 1, 0, 0], [4], "shift_right")],
+    {},
+    "left_member",
+  );
+  const starts = b.op("Mul", [m, b.op("Sub", [b.float([1], [], "one"), left])], {}, "span_starts");
+  const span = b.op("Mul", [b.op("CumSum", [starts, b.int64([1], [], "token_axis")]), m], {}, "span_id"); // [B,N], 0 off the set
+  const pair = (t: string) => [b.unsqueeze(t, [2]), b.unsqueeze(t, [1])] as const; // [B,N,1], [B,1,N]
+  const [si, sj] = pair(span);
+  const [mi, mj] = pair(m);
+  const same = b.op(
+    "Mul",
+    [b.op("Mul", [b.op("Cast", [b.op("Equal", [si, sj])], { to: FLOAT }), mi]), mj],
+    {},
+    "same_span",
+  ); // [B,N,N]
+  const size = b.op("Cast", [b.reduce("ReduceSum", same, [2], 0)], { to: INT64 }, "span_size"); // [B,N]
+  // Ahead of token i: a member of its span scoring higher, or as high at a lower position.
+  const [xi, xj] = pair(scores);
+  const r = b.range(n, "positions");
+  const lower = b.op("Less", [b.unsqueeze(r, [0]), b.unsqueeze(r, [1])], {}, "lower_position"); // [N,N]: j < i
+  const ahead = b.op(
+    "Or",
+    [b.op("Greater", [xj, xi]), b.op("And", [b.op("Equal", [xj, xi]), lower])],
+    {},
+    "ranks_ahead",
+  );
+  const rank = b.reduce("ReduceSum", b.op("Mul", [same, b.op("Cast", [ahead], { to: FLOAT })]), [2], 0); // [B,N]
+  let keep: string;
+  if (amount.kind === "percent") {
+    const share = shareDynamic(b, size, amount.value);
+    keep = amount.drop ? b.op("Sub", [size, share], {}, "span_remaining") : share;
+  } else {
+    const k = b.int64([amount.value], [1, 1], "span_tokens");
+    keep = amount.drop ? b.op("Max", [b.op("Sub", [size, k]), b.int64([0], [1, 1], "none")]) : b.op("Min", [size, k]);
+  }
+  const kept = b.op(
+    "And",
+    [set.memberReal, b.op("Less", [rank, b.op("Cast", [keep], { to: FLOAT })])],
+    {},
+    "span_kept",
+  );
+  const count = b.reduce("ReduceSum", b.op("Cast", [kept], { to: INT64 }), [1], 1); // [B,1]
+  const big = b.float([1e9], [], "big");
+  const member = b.op("Where", [kept, b.float([0], [], "kept_member"), b.op("Neg", [big])], {}, "span_rank");
+  return { ranked: b.op("Where", [set.memberReal, member, set.otherRank], {}, "each_span_first"), count };
 }
