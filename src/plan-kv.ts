@@ -87,7 +87,10 @@ export function planKvStages(
       if (!set) return; // reported by checkSpecSets
       const at = stage.ofSpan ?? stage.span;
       if (stage.ofEach) {
-        fail(at, `'of each ${stage.of}' on the KV cache is not supported yet: write 'of ${stage.of}' (one budget for the set)`);
+        fail(
+          at,
+          `'of each ${stage.of}' on the KV cache is not supported yet: write 'of ${stage.of}' (one budget for the set)`,
+        );
         return;
       }
       const input = setInput(set, "KV-cache stages");
