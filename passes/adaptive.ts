@@ -21,7 +21,12 @@ export type AdaptiveAmount =
   | { kind: "mass" | "above"; value: number }
   /** A fixed amount applied to a per-example input count (after an adaptive stage). */
   | { kind: "percent" | "count"; value: number; drop: boolean }
-  | { kind: "flowcut"; target: number; rpl: number };
+  | { kind: "flowcut"; target: number; rpl: number }
+  /**
+   * The criterion decides each example's count itself (its scorer's `count`), at most `budget`
+   * prunable tokens (HoloV's crops, passes/criteria/crops.ts).
+   */
+  | { kind: "criterion"; budget: number };
 
 export interface AdaptiveSelection {
   /** int64 [B, prefix + Kmax]: kept positions, ascending, padding included. */
@@ -89,6 +94,8 @@ export function countPerExample(b: NodeBuilder, amount: AdaptiveAmount, x: Count
     case "flowcut":
       count = flowcutCount(b, amount, x);
       break;
+    case "criterion":
+      throw new Error("internal: a criterion's own count comes from its scorer, not from the amount");
   }
   const atLeastOne = b.op("Max", [count, b.int64([x.minimum ?? 1], [1, 1], "at_least")], {}, "count");
   return b.op("Min", [atLeastOne, x.real], {}, "at_most_real");

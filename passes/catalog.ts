@@ -13,11 +13,4 @@ export interface CatalogEntry extends CriterionInfo {
   reference: string;
 }
 
-export const PLANNED: readonly CatalogEntry[] = [
-  {
-    name: "crops",
-    summary: "per-crop budgets over contiguous raster chunks",
-    reference: "HoloV, methods.md §9",
-    args: { count: { type: "integer", default: 16, doc: "number of chunks" } },
-  },
-];
+export const PLANNED: readonly CatalogEntry[] = [];

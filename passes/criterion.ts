@@ -89,6 +89,12 @@ export type Scorer =
        * cumulative attention). Called after `score` on the same context.
        */
       cumulative?(ctx: ScoreContext): string;
+      /**
+       * int64 [B,1]: how many prunable tokens each example keeps, for a criterion that decides its
+       * own count within the stage's budget (`ownCount`); the stage keeps that many of the best
+       * scores, per example. Called after `score` on the same context.
+       */
+      count?(ctx: ScoreContext): string;
     }
   | { kind: "select"; select(ctx: ScoreContext): string };
 
@@ -111,6 +117,13 @@ export interface CriterionModule extends CriterionInfo {
   paddingSafe?: boolean;
   /** Its scores depend on the stage's static budget (ctx.keep): counts that differ per example are refused. */
   usesBudget?: boolean;
+  /**
+   * Why the criterion itself keeps a number of tokens that differs per example, at most the stage's
+   * budget (HoloV's crops lose a crop's budget beyond its size), or undefined. Its scorer gives
+   * `count`; the stage is lowered as a per-example count (passes/kinds/adaptive.ts), with the
+   * budget still static in ctx.keep.
+   */
+  ownCount?: string;
   /**
    * Why every earlier stage on the stream must use this criterion too, if it must (a cascade whose
    * running score starts at layer 0 and follows the kept tokens from stage to stage).

@@ -240,8 +240,14 @@ function setUp(
     // After the encoder the criterion still scores the tokens leaving the last layer.
     stream: seqFirst ? b.op("Transpose", [scoredStream], { perm: [1, 0, 2] }, "scored_batch_first") : scoredStream,
     tokens: typeof plan.scoredTokens === "number" ? plan.scoredTokens : tokens,
-    // Criteria that use the budget (hiprune's anchors) count it in tokens.
-    keep: plan.keep === undefined ? undefined : plan.keep * unitSize(plan),
+    // Criteria that use the budget (hiprune's anchors) count it in tokens; one that counts itself
+    // (crops) keeps at most its static budget.
+    keep:
+      plan.keep !== undefined
+        ? plan.keep * unitSize(plan)
+        : plan.adaptive?.kind === "criterion"
+          ? plan.adaptive.budget
+          : undefined,
     target: options.target,
     keyBias: state.validBias ?? state.maskBias,
     ...(plan.ofSet ? { ofSet: plan.ofSet } : {}),

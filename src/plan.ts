@@ -167,6 +167,13 @@ export function planSpec(
       );
       return;
     }
+    if (masked && plan.adaptive?.kind === "criterion") {
+      fail(
+        stage.criterion.span,
+        `${plan.criterion.name} after a 'with mask' stage is not supported: it would cut its chunks over every token in the stream, the masked ones included`,
+      );
+      return;
+    }
     if (merged && plan.ofSet) {
       fail(
         stage.ofSpan ?? stage.span,
@@ -382,7 +389,7 @@ function planOne(
     return undefined;
   }
   // What makes this stage's count differ per example, if anything (the adaptive selection kind).
-  const what = adaptiveKind
+  const inherited = adaptiveKind
     ? `'${amount.kind}' keeps a number of tokens that depends on the input`
     : flowcutAdaptive
       ? "flowcut(adaptive: 1) keeps a number of tokens that depends on the input"
@@ -391,6 +398,9 @@ function planOne(
         : afterAdaptive
           ? "an earlier stage kept a number of tokens that depends on the input, so this one counts per example"
           : undefined;
+  // A criterion that counts itself (crops) keeps at most the stage's static budget, per example.
+  const ownCount = inherited === undefined && criterion.ownCount !== undefined;
+  const what = inherited ?? criterion.ownCount;
   const kindFacts: KindFacts = {
     model,
     layer: resolved,
@@ -412,6 +422,7 @@ function planOne(
             adaptive: adaptiveKind,
             flowcut: flowcutAdaptive,
             afterAdaptive,
+            own: ownCount,
             drop,
             amount: amount.kind,
             keepText: resolvedAmount(stage).text.replace(/^drop /, ""),
@@ -464,7 +475,7 @@ function planOne(
     fail(spanOf(counted), counted.why);
     return undefined;
   }
-  if (what !== undefined) {
+  if (what !== undefined && !ownCount) {
     if (adaptiveKind) plan.adaptive = { kind: amount.kind as "mass" | "above", value: amount.value };
     else if (flowcutAdaptive) plan.adaptive = { kind: "flowcut", target: amount.value, rpl: 0 };
     else plan.adaptive = { kind: amount.kind as "percent" | "count", value: amount.value, drop };
@@ -541,6 +552,11 @@ function planOne(
       `this stage would keep ${what} after layer ${resolved}; it must keep between 1 and ${units}`,
     );
     return undefined;
+  }
+  if (ownCount) {
+    plan.adaptive = { kind: "criterion", budget: keep };
+    plan.tokensOut = `${prefix}+${criterion.name}(≤${keep})`;
+    return plan;
   }
   plan.keep = keep;
   plan.tokensOut = prefix + keep * size + (plan.recycle ? 1 : 0);

@@ -97,9 +97,9 @@ describe("check against a model: each conflict names the spec text and the model
       "s.prune:1:22: error: model input 'pixel_values' is float of rank 4; a token set needs a boolean or integer [batch, sequence] mask\n 1 | tokens image = input pixel_values\n   |                      ^~~~~~~~~~~~",
     ],
     [
-      "a criterion of the language that prunec cannot compile yet",
-      "after layer 1 keep 50% by crops",
-      "s.prune:1:27: error: criterion 'crops' (HoloV, methods.md §9) is part of the language, but prunec cannot compile it yet\n 1 | after layer 1 keep 50% by crops\n   |                           ^~~~~",
+      "more crops than tokens",
+      "after layer 1 keep 50% by crops(count: 65)",
+      "s.prune:1:27: error: crops cannot run after layer 1: count 65 is more than the 64 prunable tokens entering the stage: every chunk needs at least one token (crops(count: 64) makes one chunk per token)\n 1 | after layer 1 keep 50% by crops(count: 65)\n   |                           ^~~~~",
     ],
   ];
   it.each(table)("%s", (_what, spec, expected) => {
@@ -108,7 +108,7 @@ describe("check against a model: each conflict names the spec text and the model
 
   it("reports every conflict of a file, ordered by position", () => {
     const r = checkSpec(
-      "after layer 9 keep 50% by cls-attn\nafter layer 1 keep 50% of image by cls-attn\nafter layer 2 keep 50% by crops",
+      "after layer 9 keep 50% by cls-attn\nafter layer 1 keep 50% of image by cls-attn\nafter layer 2 keep 50% by crops(count: 65)",
       "s.prune",
       TINY,
     );

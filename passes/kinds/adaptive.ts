@@ -1,8 +1,9 @@
 /**
- * Counts per example (`keep mass P%`, `keep above X`, `flowcut(adaptive: 1)`, `of SET`, and any
- * stage after one of those): each example keeps its own number of tokens; the batch pads to its
- * largest count, and the padding's key bias (`validBias`) masks it out of the later attention
- * (passes/adaptive.ts). When linear-attention layers follow, the padding goes first, as zero rows
+ * Counts per example (`keep mass P%`, `keep above X`, `flowcut(adaptive: 1)`, `of SET`, a
+ * criterion that counts itself within its budget (`crops`), and any stage after one of those):
+ * each example keeps its own number of tokens; the batch pads to its largest count, and the
+ * padding's key bias (`validBias`) masks it out of the later attention (passes/adaptive.ts).
+ * When linear-attention layers follow, the padding goes first, as zero rows
  * (passes/front-padding.ts).
  */
 import type { NodeBuilder } from "../builder.js";
@@ -74,7 +75,7 @@ export const adaptive: SelectionModule = {
         why: `${p.what}; ${name} reads all query tokens, which then include padding; use cls-attn, cls-attn-ensemble, flowcut or norm`,
         at: "criterion",
       };
-    if (f.criterion.usesBudget)
+    if (f.criterion.usesBudget && !p.own)
       return {
         why: `${p.what}; ${name} sizes its selection from the stage's budget, which must be one static count`,
         at: "criterion",
@@ -88,7 +89,7 @@ export const adaptive: SelectionModule = {
     }
     return undefined;
   },
-  select: ({ b, plan, scores, ranked, state, model }) => {
+  select: ({ b, plan, scores, ranked, state, model, scorer, ctx }) => {
     const amount = plan.adaptive;
     if (!amount) throw new Error("adaptive selection without an adaptive amount (checked by the plan)");
     const mode = paddingMode(model, plan.layer.index + 1);
@@ -105,7 +106,13 @@ export const adaptive: SelectionModule = {
       return clsRowScores(b, attention.ok, plan.prefix);
     };
     let sel: ReturnType<typeof selectAdaptive>;
-    if (plan.ofSet?.each) {
+    if (amount.kind === "criterion") {
+      // The criterion counts itself (crops): its scores rank exactly that many first.
+      if (scorer.kind !== "score" || !scorer.count)
+        throw new Error(`internal: ${plan.criterion.name} has no count of its own (checked by the plan)`);
+      // (Such a criterion reads a CLS row, which the hybrid models that pad in front do not have.)
+      sel = selectAdaptive(b, ranked, scorer.count(ctx), plan.prefix);
+    } else if (plan.ofSet?.each) {
       if (amount.kind !== "percent" && amount.kind !== "count")
         throw new Error(`'of each' with a ${amount.kind} amount (refused by the plan)`);
       const set = restrictToSet(b, plan, plan.ofSet, state.sets, state.validBias, scores);

@@ -43,6 +43,8 @@ export interface KindFacts {
         adaptive: boolean;
         flowcut: boolean;
         afterAdaptive: boolean;
+        /** The criterion's own count (`ownCount`) alone makes it differ: its budget is still one static count. */
+        own: boolean;
         drop: boolean;
         amount: "percent" | "count" | "mass" | "above";
         keepText: string;

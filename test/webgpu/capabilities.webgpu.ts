@@ -94,6 +94,8 @@ export const CAPABILITIES: Capability[] = [
   { key: "uniform", covers: "uniform", spec: keep("uniform") },
   // SpAtten's running score over layers 0..1 (the cross-stage carry is tested in test/spatten.test.ts).
   { key: "spatten", covers: "spatten", spec: keep("spatten") },
+  // HoloV's crops: a count per example (a full crop's surplus is lost), so it pads like keep mass.
+  { key: "crops", covers: "crops", spec: keep("crops(count: 16)"), adaptive: true },
   // SpAtten's head pruning: layers 2..5 gather 2 of the 4 heads per example.
   {
     key: "spatten-heads",
