@@ -41,6 +41,8 @@ export const Above = keyword("above");
 export const Of = keyword("of");
 export const By = keyword("by");
 export const With = keyword("with");
+/** `across frames`: a stream stage that carries what its criterion needs from one call to the next. */
+export const Across = keyword("across");
 
 export const KEYWORDS: readonly TokenType[] = [
   Model,
@@ -64,6 +66,7 @@ export const KEYWORDS: readonly TokenType[] = [
   Of,
   By,
   With,
+  Across,
 ];
 
 /** A decimal number, optionally negative, with optional fraction and exponent (`8..10` lexes as 8, `..`, 10). */
