@@ -21,6 +21,7 @@ import { iga } from "./criteria/iga.js";
 import { ttv, transprune } from "./criteria/ttv.js";
 import { textAttn } from "./criteria/text-attn.js";
 import { spatten } from "./criteria/spatten.js";
+import { evs } from "./criteria/evs.js";
 import { KV_PRESSES_HERE } from "./criteria/kv-presses.js";
 import { expectedAttention } from "./criteria/expected-attention.js";
 import type { KvCriterionModule } from "./kv/criterion.js";
@@ -47,6 +48,7 @@ export const CRITERIA: readonly CriterionModule[] = [
   random,
   uniform,
   spatten,
+  evs,
 ];
 
 export { PLANNED };

@@ -56,6 +56,11 @@ export interface StagePlan {
   adaptive?: AdaptiveAmount;
   /** Adaptive amounts: the last layer whose attention masks this stage's padding (the next stage's layer). */
   padUntil?: number;
+  /**
+   * `across frames` (passes/frames.ts, planned by src/plan-frames.ts): the criterion reads the state
+   * the previous call left (a past/present pair) and writes the next; the first call keeps every token.
+   */
+  frames?: boolean;
   /** `of SET`: the amount applies to the set's tokens (a boolean [batch, sequence] model input); the others are kept. */
   ofSet?: { name: string; input: string };
   criterion: CriterionModule;
