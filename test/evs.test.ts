@@ -26,6 +26,8 @@ import { REPO_ROOT } from "./helpers/shared.js";
 import { maxAbsDiff, runNode } from "./helpers/ort.js";
 import { withOutputs, rows } from "./support/model-edit.js";
 import { firstErrorLine } from "./support/cases.js";
+import { truncateToLayers } from "./support/synthetic-weights.js";
+import { buildDecoder } from "./support/decoder.js";
 import { callScores, evsCall, evsRetentionMask, retainedTokensCount } from "./reference/evs.js";
 
 const model = readFileSync(join(REPO_ROOT, "examples", "digits", "model.onnx"));
@@ -278,5 +280,12 @@ describe("across frames: EVS on the digits ViT, one call per frame", () => {
       ],
     ];
     for (const [spec, message] of refusals) expect(firstErrorLine(model, spec)).toBe(message);
+    // The same model with its last layer's stream as an output (an encoder output), and a cached decoder.
+    expect(firstErrorLine(truncateToLayers(model, 6), "after encoder keep 50% by evs across frames")).toBe(
+      "s.prune:1:31: error: 'across frames' after the encoder is not supported yet: write 'after layer L' (the stage's input rows are compared)",
+    );
+    expect(firstErrorLine(buildDecoder({ attention: "gqa" }), "after layer 1 keep 50% by evs across frames")).toBe(
+      "s.prune:1:31: error: 'across frames' runs the model once per frame, but layer 0 keeps a KV cache, so this model's calls are decode steps of one sequence, not frames",
+    );
   });
 });
