@@ -13,6 +13,10 @@ export interface Span {
   endColumn: number;
 }
 
+/** What `across NAME` may carry state over: `frames` (one call of the model per video frame or control step). */
+export const ACROSS = ["frames"] as const;
+export type Across = (typeof ACROSS)[number];
+
 /** Options allowed after `with`. */
 export const STAGE_OPTIONS = ["recycle", "mask", "renumber", "restore"] as const;
 export type StageOption = (typeof STAGE_OPTIONS)[number];
@@ -92,6 +96,13 @@ export interface StageIR {
   /** Options after `with`, lower case, in written order, no duplicates. */
   options: StageOption[];
   optionSpans: Span[];
+  /**
+   * `across frames` (stream stages only): the model runs once per frame, and the stage carries what
+   * its criterion needs from one call to the next as a state input/output pair (passes/frames.ts).
+   */
+  across?: Across;
+  /** The whole `across frames` phrase. */
+  acrossSpan?: Span;
   /** The whole statement. */
   span: Span;
 }

@@ -43,6 +43,8 @@ export const Of = keyword("of");
 export const Each = keyword("each");
 export const By = keyword("by");
 export const With = keyword("with");
+/** `across frames`: a stream stage that carries what its criterion needs from one call to the next. */
+export const Across = keyword("across");
 
 export const KEYWORDS: readonly TokenType[] = [
   Model,
@@ -67,6 +69,7 @@ export const KEYWORDS: readonly TokenType[] = [
   Each,
   By,
   With,
+  Across,
 ];
 
 /** A decimal number, optionally negative, with optional fraction and exponent (`8..10` lexes as 8, `..`, 10). */

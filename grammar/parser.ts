@@ -7,6 +7,7 @@
  *   position  := 'after' ( 'layer' NUMBER | 'encoder' ) | 'in' ( 'layer' NUMBER | 'layers' NUMBER '..' NUMBER )
  *              | 'before' 'layer' NUMBER
  *   action    := ('keep'|'drop'|'merge') ('kv' | 'heads')? amount? ('of' SET)? 'by' NAME ('(' args? ')')? ('with' NAME (',' NAME)*)?
+ *                ('across' NAME)?
  *   amount    := NUMBER ('%' | 'tokens')? | 'mass' NUMBER '%' | 'above' NUMBER
  *   args      := arg (',' arg)*
  *   arg       := (NAME ':')? value
@@ -19,6 +20,7 @@
 import { EmbeddedActionsParser, type IToken } from "chevrotain";
 import {
   Above,
+  Across,
   After,
   Before,
   By,
@@ -135,7 +137,9 @@ export class SpecParser extends EmbeddedActionsParser {
         options.push(this.CONSUME3(Word));
       });
     });
+    const across = this.OPTION8(() => ({ first: this.CONSUME(Across), last: this.CONSUME4(Word) }));
     const stage: RawStage = { kind: "stage", action, criterion, args, options };
+    if (across !== undefined) stage.across = across;
     if (position !== undefined) stage.position = position;
     if (during !== undefined) stage.during = during;
     if (target?.kv !== undefined) stage.kv = target.kv;

@@ -47,6 +47,7 @@ function stage(s: StageIR): string {
   const args = Object.entries(s.criterion.args).map(([k, v]) => `${k}: ${argValue(v)}`);
   parts.push(`by ${s.criterion.name.toLowerCase()}${args.length > 0 ? `(${args.join(", ")})` : ""}`);
   if (s.options.length > 0) parts.push(`with ${s.options.join(", ")}`);
+  if (s.across !== undefined) parts.push(`across ${s.across}`);
   return parts.join(" ");
 }
 

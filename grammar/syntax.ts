@@ -45,6 +45,8 @@ export interface RawStage {
   criterion: IToken;
   args: RawArg[];
   options: IToken[];
+  /** `across NAME` at the end (`across frames`): the word `across` and the name after it. */
+  across?: { first: IToken; last: IToken };
 }
 
 export interface RawTokenSet {

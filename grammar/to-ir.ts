@@ -2,6 +2,7 @@
 import type { IToken } from "chevrotain";
 import { clip, diagnosticAt, type Diagnostic } from "./diagnostics.js";
 import {
+  ACROSS,
   STAGE_OPTIONS,
   type Action,
   type Amount,
@@ -407,6 +408,27 @@ class Builder {
       }
     }
 
+    // `across frames`: state carried from call to call, for stream stages only.
+    let acrossSpan: Span | undefined;
+    let across: (typeof ACROSS)[number] | undefined;
+    if (raw.across !== undefined) {
+      acrossSpan = this.span(raw.across.first, raw.across.last);
+      const word = raw.across.last.image.toLowerCase();
+      across = ACROSS.find((w) => w === word);
+      if (across === undefined) {
+        this.error(
+          this.span(raw.across.last),
+          `'across' takes 'frames' (state carried from one call of the model to the next), got '${clip(raw.across.last.image)}'`,
+          "frames",
+        );
+      } else if (target !== "stream") {
+        this.error(
+          acrossSpan,
+          `'across frames' is for stages on the residual stream: a '${action} ${target}' stage carries nothing from one frame to the next`,
+        );
+      }
+    }
+
     if (this.diagnostics.length > before) return undefined;
     const stage: StageIR = {
       position,
@@ -431,6 +453,10 @@ class Builder {
     if (of !== undefined) stage.of = of;
     if (ofSpan !== undefined) stage.ofSpan = ofSpan;
     if (ofEach) stage.ofEach = true;
+    if (across !== undefined && acrossSpan !== undefined) {
+      stage.across = across;
+      stage.acrossSpan = acrossSpan;
+    }
     return stage;
   }
 

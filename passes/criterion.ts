@@ -52,6 +52,12 @@ export interface ScoreContext extends StageFacts {
   sets?: ReadonlyMap<string, string>;
   /** float [B, N]: the previous stage's running score (its scorer's `cumulative`), gathered with its kept tokens. */
   cumulative?: string;
+  /**
+   * `across frames` stages (passes/frames.ts): `past`, the state the previous call left (the
+   * criterion's `next`, fed back by the host; float [B, 0, …] at the first call), and `first`,
+   * bool [1], true at the first call (the past is empty). The stage keeps every token at the first call.
+   */
+  frame?: { past: string; first: string };
 }
 
 /**
@@ -95,8 +101,24 @@ export type Scorer =
        * scores, per example. Called after `score` on the same context.
        */
       count?(ctx: ScoreContext): string;
+      /**
+       * `across frames`: the state this call leaves for the next one, float [B, rows, …] (the
+       * stage writes it as `present.stageN.prunec_frame`; the next call reads it as `ctx.frame.past`).
+       * Called after `score` on the same context.
+       */
+      next?(ctx: ScoreContext): string;
     }
   | { kind: "select"; select(ctx: ScoreContext): string };
+
+/** What an `across frames` criterion carries from one call to the next. */
+export interface FrameCarry {
+  /** What the state holds, in words (docs). */
+  holds: string;
+  /** Why the criterion means nothing without `across frames` (the plan then refuses it), if so. */
+  required?: string;
+  /** The present state's dims after the batch axis, given the stage's input token count and hidden size. */
+  dims(tokens: Dim, hidden: number | undefined): (Dim | undefined)[];
+}
 
 /** A criterion: its registry entry (name, summary, declared arguments) plus how it scores. */
 export interface CriterionModule extends CriterionInfo {
@@ -135,6 +157,11 @@ export interface CriterionModule extends CriterionInfo {
    * heads are merged). Scores are summed over layers from layer 0 and carried from stage to stage.
    */
   heads?: { layerScore(b: NodeBuilder, output: string): string };
+  /**
+   * `across frames` (passes/frames.ts): the criterion carries state from one call of the model to
+   * the next (one call per video frame or control step), written by its scorer's `next`.
+   */
+  frames?: FrameCarry;
   /**
    * Why this criterion cannot run in this stage (a sentence naming the model fact), or its scorer,
    * with every fact it reads narrowed. Pure and cheap, and emits nothing: the planner calls it to

@@ -15,6 +15,7 @@ import { Graph, type GraphProto, type NodeProto } from "../src/ir/graph.js";
 import { shallowCopy } from "../src/ir/copy.js";
 import { batchDim, valueInfo } from "../src/ir/value-info.js";
 import type { TransformerInfo } from "../src/analysis/transformer.js";
+import type { Dim } from "../src/analysis/dims.js";
 import { refreshFacts } from "../src/analysis/refresh.js";
 import { isSkipNorm } from "../src/analysis/residual.js";
 import type { StagePlan } from "../src/plan-types.js";
@@ -36,6 +37,7 @@ import { cachedAfter, carryPadState, paddingMode, padStateNames, validityBias, z
 import { renumberedSides } from "./kinds/renumber.js";
 import { attentionMask, hostColumns, lastColumns } from "./host-mask.js";
 import { restorePoint } from "./restore.js";
+import { frameInputs, withFramePast, withFramePresent, writePresent } from "./frames.js";
 
 /** float: the element type of the padding validity pair (onnx TensorProto.FLOAT). */
 const FLOAT = 1;
@@ -135,10 +137,13 @@ export const applyStage: StageLowering = (proto, dense, densePlan, state, option
     b.rename(sel.zeroRows ? zeroRows(b, normalized, sel.zeroRows, elemType) : normalized, s.normalized);
     renames.set(s.normalized, denseName(s.normalized));
   }
+  // `across frames`: the criterion's state for the next call, a graph output (passes/frames.ts).
+  const frameDims = plan.frames ? frameStateDims(s) : undefined;
   // The original producer of r now writes r/dense; stage nodes go right after it (their inputs,
   // the layer's probabilities and r/dense, all exist by then).
   const names = padState ? padStateNames(plan.stage) : undefined;
-  const spliced = splice(names ? withPadStateInput(proto, names) : proto, {
+  const withPast = frameDims ? withFramePast(proto, plan.stage, frameDims) : proto;
+  const spliced = splice(names ? withPadStateInput(withPast, names) : withPast, {
     label: `stage ${plan.stage} (${plan.criterion.name} after layer ${plan.layer.index})`,
     after: s.r,
     rename: renames,
@@ -153,7 +158,8 @@ export const applyStage: StageLowering = (proto, dense, densePlan, state, option
     staleInfo: s.below,
     info: plan.encoder ? [] : prunedStreamInfo(proto, model, plan, s.r, elemType),
   });
-  const graph = names ? withPadStateOutput(spliced, names) : spliced;
+  const withPresent = frameDims ? withFramePresent(spliced, plan.stage, frameDims) : spliced;
+  const graph = names ? withPadStateOutput(withPresent, names) : withPresent;
   const exposed = sel.exposed ?? indices;
   if (plan.restore && !indices)
     throw new Error(`stage ${plan.stage}: 'with restore' needs the gathered positions (checked by the plan)`);
@@ -185,6 +191,16 @@ export const applyStage: StageLowering = (proto, dense, densePlan, state, option
     },
   };
 };
+
+/** Writes an `across frames` stage's next state (the scorer's `next`) and returns its dims after the batch. */
+function frameStateDims(s: StageSetup): (Dim | undefined)[] {
+  const { plan, scorer, ctx, model } = s;
+  const carry = plan.criterion.frames;
+  if (scorer.kind !== "score" || !scorer.next || !carry)
+    throw new Error(`stage ${plan.stage}: ${plan.criterion.name} carries nothing across frames (checked by the plan)`);
+  writePresent(s.b, plan.stage, scorer.next(ctx));
+  return carry.dims(plan.tokensIn, model.hidden);
+}
 
 /** Everything the stage's kinds read, on the current graph (facts refreshed: earlier stages rewired nodes). */
 function setUp(
@@ -253,6 +269,8 @@ function setUp(
     ...(plan.ofSet ? { ofSet: plan.ofSet } : {}),
     ...(state.sets.size ? { sets: state.sets } : {}),
     ...(state.cumulative ? { cumulative: state.cumulative } : {}),
+    // `across frames`: the state the previous call left (passes/frames.ts).
+    ...(plan.frames ? { frame: frameInputs(b, plan.stage) } : {}),
   };
   // The plan proved the criterion's facts on the dense model; its scorer reads this graph's nodes.
   const prepared = plan.criterion.prepare(ctx);

@@ -22,6 +22,7 @@ import { ttv, transprune } from "./criteria/ttv.js";
 import { textAttn } from "./criteria/text-attn.js";
 import { spatten } from "./criteria/spatten.js";
 import { crops } from "./criteria/crops.js";
+import { evs } from "./criteria/evs.js";
 import { KV_PRESSES_HERE } from "./criteria/kv-presses.js";
 import { expectedAttention } from "./criteria/expected-attention.js";
 import type { KvCriterionModule } from "./kv/criterion.js";
@@ -49,6 +50,7 @@ export const CRITERIA: readonly CriterionModule[] = [
   uniform,
   spatten,
   crops,
+  evs,
 ];
 
 export { PLANNED };

@@ -49,7 +49,8 @@ function stageText(stage: StageIR): string {
   const criterion = stage.criterion.name + (args.length ? `(${args.join(", ")})` : "");
   const of = stage.of !== undefined ? ` of ${stage.of}` : "";
   const withs = stage.options.length ? ` with ${stage.options.join(", ")}` : "";
-  return `${position(stage)} ${amount.text}${amount.isDefault ? " (default)" : ""}${of} by ${criterion}${withs}`;
+  const across = stage.across ? ` across ${stage.across}` : "";
+  return `${position(stage)} ${amount.text}${amount.isDefault ? " (default)" : ""}${of} by ${criterion}${withs}${across}`;
 }
 
 export function checkSpec(

@@ -103,6 +103,45 @@ function argmax(data: Float32Array, from: number, size: number): number {
   return best;
 }
 
+export interface FrameRun<T extends GenerateTensor> {
+  /** Per call, the outputs asked for (every output when `outputs` is not given). */
+  outputs: Record<string, T>[];
+}
+
+/**
+ * A loop over frames for models compiled with `across frames` (passes/frames.ts) or any other model
+ * whose state is `past_key_values.*` → `present.*` pairs: one call per element of `frames` (the
+ * caller's feeds for it, e.g. pixel_values [B, …]), with an empty past for every
+ * `past_key_values.*` input at the first call (built from the session's declared shapes, as
+ * `generate` does: the first call of an `across frames` stage keeps every token) and every
+ * `present.*` output of a call fed back as the next call's past. The batch is axis 0 of the first
+ * frame's first feed.
+ */
+export async function runFrames<T extends GenerateTensor>(
+  session: GenerateSession<T>,
+  frames: readonly Record<string, T>[],
+  options: { Tensor: TensorClass<T>; outputs?: readonly string[] },
+): Promise<FrameRun<T>> {
+  const first = frames[0] && Object.values(frames[0])[0];
+  if (!first?.dims.length) throw new Error("runFrames: the first frame has no batched feed");
+  let carried = emptyPasts(session, options.Tensor, first.dims[0]!);
+  const outputs: Record<string, T>[] = [];
+  for (const [t, feeds] of frames.entries()) {
+    const call = { ...carried, ...feeds };
+    const missing = session.inputNames.filter((n) => !(n in call));
+    if (missing.length)
+      throw new Error(
+        `runFrames: no value for the session's input${missing.length > 1 ? "s" : ""} ${missing.map((n) => `'${n}'`).join(", ")} at frame ${t}`,
+      );
+    const out = await session.run(call);
+    carried = {};
+    for (const name of session.outputNames)
+      if (name.startsWith(PRESENT)) carried[`${PAST}${name.slice(PRESENT.length)}`] = out[name]!;
+    outputs.push(options.outputs ? Object.fromEntries(options.outputs.map((n) => [n, out[n]!])) : out);
+  }
+  return { outputs };
+}
+
 /** Greedy generation: prefill `feeds`, then decode steps until `maxNewTokens` or every example's EOS. */
 export async function generate<T extends GenerateTensor>(
   session: GenerateSession<T>,

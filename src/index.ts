@@ -10,6 +10,8 @@ export type { SpecIR, StageIR } from "../grammar/ir.js";
 export { registry as criteria } from "../passes/registry.js";
 export {
   generate,
+  runFrames,
+  type FrameRun,
   type GenerateOptions,
   type GenerateSession,
   type GenerateTensor,

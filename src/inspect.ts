@@ -11,7 +11,7 @@ import { CRITERIA, registry, requiredSets } from "../passes/registry.js";
 import { parseSpec } from "../grammar/parse-spec.js";
 import { planStages } from "./plan.js";
 import { PrunecError } from "./errors.js";
-import type { CriterionInfo } from "../grammar/registry.js";
+import type { CriterionModule } from "../passes/criterion.js";
 import { opsetOf } from "./compile.js";
 
 export interface CriterionReport {
@@ -72,7 +72,7 @@ export interface InspectOptions {
  * itself (`layers: l..l`, `object_layer: l`), which every such criterion accepts when the layer
  * qualifies. Returns the planner's message, or undefined.
  */
-function probe(info: TransformerInfo, position: string, c: CriterionInfo, layer: number): string | undefined {
+function probe(info: TransformerInfo, position: string, c: CriterionModule, layer: number): string | undefined {
   const args = Object.entries(c.args)
     .filter(([, a]) => a.default === undefined)
     .map(([name, a]) => `${name}: ${a.type === "range" ? `${layer}..${layer}` : layer}`);
@@ -82,7 +82,9 @@ function probe(info: TransformerInfo, position: string, c: CriterionInfo, layer:
   const sets = requiredSets(c.name)
     .map((set) => `tokens ${set} = input ${set}_mask\n`)
     .join("");
-  const text = `${sets}${position} ${action} by ${c.name}${args.length ? `(${args.join(", ")})` : ""}`;
+  // A criterion that only runs across frames (evs) is probed as such.
+  const across = c.frames?.required ? " across frames" : "";
+  const text = `${sets}${position} ${action} by ${c.name}${args.length ? `(${args.join(", ")})` : ""}${across}`;
   const { spec, diagnostics } = parseSpec(text, "inspect", registry);
   if (!spec) return diagnostics[0]?.message ?? "does not parse";
   try {

@@ -61,6 +61,11 @@ export interface StagePlan {
   /** Adaptive amounts: the last layer whose attention masks this stage's padding (the next stage's layer). */
   padUntil?: number;
   /**
+   * `across frames` (passes/frames.ts, planned by src/plan-frames.ts): the criterion reads the state
+   * the previous call left (a past/present pair) and writes the next; the first call keeps every token.
+   */
+  frames?: boolean;
+  /**
    * `of SET`: the amount applies to the set's tokens (a boolean [batch, sequence] model input); the
    * others are kept. `each`: to each contiguous span of the set on its own (`of each SET`).
    */

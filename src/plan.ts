@@ -24,6 +24,7 @@ import { PrunecError } from "./errors.js";
 import { DEFAULT_PERCENT, resolvedAmount } from "./plan-amount.js";
 import { planKvStages } from "./plan-kv.js";
 import { planHeadStages } from "./plan-heads.js";
+import { planFrames } from "./plan-frames.js";
 import { setInput } from "./plan-sets.js";
 import type { HeadPlan, KvPlan } from "./plan-types.js";
 
@@ -134,6 +135,12 @@ export function planSpec(
     }
     const plan = planOne(spec, sets, stage, i, model, tokens, lastLayer + 1, adaptive, fail, options.kvState ?? false);
     if (!plan) return;
+    // `across frames`: state carried from call to call (src/plan-frames.ts).
+    const framed = planFrames(stage, plan, model, plans.at(-1), (p) => spec.stages[p.stage]!.span.line);
+    if (framed) {
+      fail(framed.span, framed.why);
+      return;
+    }
     // A cascade's running score starts at layer 0 and follows the kept tokens: only its own stages before it.
     const cascade = plan.criterion.cascade;
     if (cascade) {

@@ -73,6 +73,7 @@ const KEYWORDS = [
   "each",
   "by",
   "with",
+  "across",
 ];
 
 /** Every diagnostic position lies inside the text: real lines, columns at most one past the line end. */
@@ -194,6 +195,7 @@ const specShape = fc
           freeOf: identifier,
           criterion: criterionFor("stream"),
           options,
+          across: fc.option(fc.constant("frames" as const), { nil: undefined }),
         }),
         fc.record({
           target: fc.constant("kv" as const),
@@ -257,6 +259,10 @@ function toSpec(shape: Shape): SpecIR {
       }
       if (s.amount !== undefined) st.amount = s.amount;
       if (s.of !== undefined) st.of = s.of;
+      if ("across" in s && s.across !== undefined) {
+        st.across = s.across;
+        st.acrossSpan = span;
+      }
       return st;
     }),
   };
@@ -321,6 +327,7 @@ function noisyText(spec: SpecIR, n: Noise): string {
       `${n.upper ? s.criterion.name.toUpperCase() : s.criterion.name}${args.length > 0 || n.positional ? `(${args.join(", ")})` : ""}`,
     );
     if (s.options.length > 0) parts.push(kw("with"), s.options.map(kw).join(`${sp},${sp}`));
+    if (s.across !== undefined) parts.push(kw("across"), kw(s.across));
     statements.push(parts.join(sp));
   }
   const sets = spec.tokenSets.map((t) =>

@@ -385,7 +385,7 @@ describe("diagnostics", () => {
     [
       "misspelled with",
       "after layer 2 keep 25% by iga wiht mask",
-      `spec.prune:1:31: error: expected '(', 'with' or end of statement, found 'wiht'
+      `spec.prune:1:31: error: expected '(', 'with', 'across' or end of statement, found 'wiht'
  1 | after layer 2 keep 25% by iga wiht mask
    |                               ^~~~
    = help: did you mean 'with'?`,
@@ -986,6 +986,42 @@ describe("stages on the KV cache", () => {
       "1:36 criterion 'cls-attn' does not score the KV cache (KV-cache criteria: random, snapkv, streaming, knorm, h2o)",
       "1:50 options apply to stream stages: a 'merge kv' stage takes no 'with' options",
     ]);
+  });
+});
+
+describe("across frames", () => {
+  it("parses 'across frames' at the end of a stream stage, in any case, after options or not", () => {
+    const { spec, diagnostics } = parse(
+      "after layer 0 keep 25% by cls-attn across frames\nafter layer 2 keep 50% by random(3) with mask ACROSS Frames",
+    );
+    expect(diagnostics).toEqual([]);
+    expect(spec!.stages.map((s) => [s.across, s.acrossSpan])).toEqual([
+      ["frames", { line: 1, column: 36, endLine: 1, endColumn: 49 }],
+      ["frames", { line: 2, column: 47, endLine: 2, endColumn: 60 }],
+    ]);
+    expect(spec!.stages[1]!.options).toEqual(["mask"]);
+    expect(parse("after layer 0 keep 25% by cls-attn").spec!.stages[0]!.across).toBeUndefined();
+  });
+
+  it("prints it last, and the printed form parses back to the same IR", () => {
+    const text = "after layer 2 keep 50% by random(seed: 3) with mask across frames\n";
+    const { spec } = parse("after layer 2 keep 50% by RANDOM(3) with mask across FRAMES");
+    expect(printSpec(spec!)).toBe(text);
+    expect(stripSpans(parse(text).spec!)).toEqual(stripSpans({ ...spec!, text }));
+  });
+
+  it("refuses another word after 'across', and 'across frames' on KV-cache and head stages", () => {
+    expect(render("after layer 0 keep 25% by cls-attn across frame")).toBe(
+      `spec.prune:1:43: error: 'across' takes 'frames' (state carried from one call of the model to the next), got 'frame'
+ 1 | after layer 0 keep 25% by cls-attn across frame
+   |                                           ^~~~~
+   = help: did you mean 'frames'?`,
+    );
+    const kv = parseKv("in layer 1 keep kv 25% by snapkv across frames").diagnostics;
+    expect(kv.map((d) => `${d.line}:${d.column} ${d.message}`)).toEqual([
+      "1:34 'across frames' is for stages on the residual stream: a 'keep kv' stage carries nothing from one frame to the next",
+    ]);
+    expect(render("after layer 0 keep 25% by cls-attn across")).toContain("expected a name");
   });
 });
 

@@ -17,6 +17,8 @@ export function floatKeysFor(
   if (model.batchAxis !== 0)
     return why(model.batchAxis === undefined ? "the stream has no batch axis" : "the stream is sequence-first");
   if (plan.keep === undefined) return why("the count differs per example");
+  if (plan.frames)
+    return why("'across frames' keeps every token at the first call, so its count changes from call to call");
   if (tokens === undefined) return why("the token count is symbolic");
   if (sides.length)
     return why(

@@ -4,6 +4,7 @@ import type { StagePlan } from "../../src/plan-types.js";
 import { keepCountDynamic } from "../amount.js";
 import { selectTopK } from "../select-topk.js";
 import type { SelectionModule } from "./kind.js";
+import { everyTokenAtFirst } from "../frames.js";
 
 /** int64 [1]: the stage's budget in units, static when the token count is, else from the scores' width. */
 export function keepTensor(b: NodeBuilder, scores: string, plan: StagePlan): string {
@@ -15,8 +16,10 @@ export function keepTensor(b: NodeBuilder, scores: string, plan: StagePlan): str
 export const topK: SelectionModule = {
   name: "top-k",
   summary: "TopK over the scores (ties to the lower position), re-sorted ascending, prefix in front",
-  select: ({ b, ranked, scores, plan }) => ({
-    indices: selectTopK(b, ranked, keepTensor(b, scores, plan), plan.prefix),
-    lowering: "index",
-  }),
+  select: ({ b, ranked, scores, plan, ctx }) => {
+    const k = keepTensor(b, scores, plan);
+    // `across frames`: the first call keeps every token (passes/frames.ts).
+    const count = ctx.frame ? everyTokenAtFirst(b, ctx.frame.first, scores, k) : k;
+    return { indices: selectTopK(b, ranked, count, plan.prefix), lowering: "index" };
+  },
 };
