@@ -111,7 +111,7 @@ export class SpecParser extends EmbeddedActionsParser {
     const amount = this.OPTION(() => this.SUBRULE(this.amount));
     const of = this.OPTION1(() => {
       this.CONSUME(Of);
-      const each = this.OPTION8(() => this.CONSUME(Each));
+      const each = this.OPTION9(() => this.CONSUME(Each));
       return { set: this.CONSUME(Identifier), each };
     });
     this.CONSUME(By);
