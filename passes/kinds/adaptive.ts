@@ -137,29 +137,19 @@ export const adaptive: SelectionModule = {
       const count = onlyFirst(countPerExample(b, amount, { scores, ranked, real, clsAttention }), real);
       sel = selectAdaptive(b, ranked, count, plan.prefix);
     }
-    if (mode === "after" && !plan.ofSet && cachedAfter(model, plan.layer.index + 1).length > 0) {
-      // A generating decoder reads each example's next token from its last row: without a set the
-      // criterion may drop the prompt's last token, and a padding row (a real token ranked past
-      // the example's count) could then be last. Padding rows go first instead (not zeroed: they
-      // are masked as keys like the default padding), so the last row is the example's last kept token.
+    // Padding rows go first where a linear-attention layer follows (as zero rows, checked by the
+    // plan), and on a generating decoder without a set: each example's next token is read from its
+    // last row, the criterion may drop the prompt's last token, and a padding row (a real token
+    // ranked past the example's count, masked as keys) could then be last.
+    const zeroed = mode !== "after";
+    if (zeroed || (!plan.ofSet && cachedAfter(model, plan.layer.index + 1).length > 0)) {
       const front = padsFirst(b, sel);
       return {
         indices: front.indices,
         exposed: front.realIndices,
         counts: sel.counts,
         validBias: front.padBias,
-        lowering: "index",
-      };
-    }
-    if (mode !== "after") {
-      // Linear-attention layers follow: each example's padding first, as zero rows (checked by the plan).
-      const front = padsFirst(b, sel);
-      return {
-        indices: front.indices,
-        exposed: front.realIndices,
-        counts: sel.counts,
-        validBias: front.padBias,
-        zeroRows: front.padRows,
+        ...(zeroed ? { zeroRows: front.padRows } : {}),
         lowering: "index",
       };
     }
