@@ -10,7 +10,14 @@
  */
 import { describe, expect, it } from "vitest";
 import { compile } from "../src/compile.js";
-import { buildDecoder, promptBatch, prefillFeeds, DECODER, type PromptBatch } from "./support/decoder.js";
+import {
+  buildDecoder,
+  imageMaskFeed,
+  promptBatch,
+  prefillFeeds,
+  DECODER,
+  type PromptBatch,
+} from "./support/decoder.js";
 import { maskKeys } from "./support/dense-edits.js";
 import { softmaxOutputs } from "./support/stage-tensors.js";
 import { withOutputs, rows } from "./support/model-edit.js";
@@ -48,11 +55,7 @@ const prompts = [
   twoImages(7, 4, [[8, 9, 10], [11], [25, 26, 27, 28]]),
 ];
 
-function feedsOf(p: PromptBatch): Feeds {
-  const mask = new Uint8Array(p.batch * p.seq);
-  p.imageMask.forEach((row, b) => row.forEach((v, j) => (mask[b * p.seq + j] = v ? 1 : 0)));
-  return { ...prefillFeeds(p, "plain"), image_mask: { type: "bool", dims: [p.batch, p.seq], data: mask } };
-}
+const feedsOf = (p: PromptBatch): Feeds => ({ ...prefillFeeds(p, "plain"), ...imageMaskFeed(p) });
 
 /** Maximal runs of true. */
 function spans(mask: readonly boolean[]): number[][] {

@@ -260,6 +260,32 @@ describe("FastV compiled into the GroupQueryAttention decoder with a KV cache", 
  * `present.stage0.prunec_valid`) and masks the padding at every call: every example then generates
  * exactly what it does alone. Without it, decode steps attend to the padding (documented).
  */
+/** Greedy generation (CPU) feeding the first call an empty validity past for each of `stages` --kv-state stages. */
+async function generateWithState(model: Uint8Array, p: PromptBatch, stages: number) {
+  const session = await openDecoderSession(model, "cpu");
+  const empty: Feeds = {};
+  for (let stage = 0; stage < stages; stage++)
+    empty[`past_key_values.stage${stage}.prunec_valid`] = {
+      type: "float32",
+      dims: [p.batch, 0],
+      data: new Float32Array(0),
+    };
+  let first = true;
+  try {
+    return await generateGreedyWithImageMask(
+      async (f) => {
+        const out = await session.run({ ...(first ? empty : {}), ...f });
+        first = false;
+        return out;
+      },
+      p,
+      STEPS,
+    );
+  } finally {
+    await session.release();
+  }
+}
+
 describe("per-example counts on a cached decoder: --kv-state keeps the padding masked at decode steps", () => {
   const UNEVEN = [16, 8, 4].map((images, i) => {
     const p = PROMPTS[i]!;
@@ -272,29 +298,8 @@ describe("per-example counts on a cached decoder: --kv-state keeps the padding m
     UNEVEN.map((x) => x.image),
   );
   const alone = UNEVEN.map((x) => reference.generatePruned(x.tokens, x.image, FASTV, STEPS));
-  const generate = async (kvState: boolean) => {
-    const model = compile(gqa, SPEC, { exposeIndices: true, kvState }).model;
-    const session = await openDecoderSession(model, "cpu");
-    let first = true;
-    const empty: Feeds = kvState
-      ? {
-          "past_key_values.stage0.prunec_valid": { type: "float32", dims: [batch.batch, 0], data: new Float32Array(0) },
-        }
-      : {};
-    try {
-      return await generateGreedyWithImageMask(
-        async (f) => {
-          const out = await session.run({ ...(first ? empty : {}), ...f });
-          first = false;
-          return out;
-        },
-        batch,
-        STEPS,
-      );
-    } finally {
-      await session.release();
-    }
-  };
+  const generate = (kvState: boolean) =>
+    generateWithState(compile(gqa, SPEC, { exposeIndices: true, kvState }).model, batch, kvState ? 1 : 0);
   const stepError = (got: Awaited<ReturnType<typeof generate>>, b: number) =>
     Math.max(...got.steps.map((l, s) => maxAbsDiff(l.subarray(b * V, (b + 1) * V), alone[b]!.steps[s]!)));
 
@@ -320,31 +325,8 @@ describe("per-example counts on a cached decoder: --kv-state keeps the padding m
   it("two per-example stages: the batch runs without --kv-state, and with it each example equals its own batch-1 run", async () => {
     const spec =
       "tokens image = input image_mask\nafter layer 0 drop 50% of image by last-token-attn\nafter layer 1 drop 50% of image by last-token-attn";
-    const run = async (kvState: boolean, p: PromptBatch) => {
-      const model = compile(gqa, spec, { kvState }).model;
-      const session = await openDecoderSession(model, "cpu");
-      const empty: Feeds = {};
-      for (const stage of kvState ? [0, 1] : [])
-        empty[`past_key_values.stage${stage}.prunec_valid`] = {
-          type: "float32",
-          dims: [p.batch, 0],
-          data: new Float32Array(0),
-        };
-      let first = true;
-      try {
-        return await generateGreedyWithImageMask(
-          async (f) => {
-            const out = await session.run({ ...(first ? empty : {}), ...f });
-            first = false;
-            return out;
-          },
-          p,
-          STEPS,
-        );
-      } finally {
-        await session.release();
-      }
-    };
+    const run = (kvState: boolean, p: PromptBatch) =>
+      generateWithState(compile(gqa, spec, { kvState }).model, p, kvState ? 2 : 0);
     expect((await run(false, batch)).tokens).toHaveLength(3);
     const got = await run(true, batch);
     for (const [b, x] of UNEVEN.entries()) {

@@ -10,7 +10,15 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { REPO_ROOT } from "./helpers/shared.js";
 import { compile } from "../src/compile.js";
-import { buildDecoder, imagePrompt, promptBatch, prefillFeeds, DECODER, type PromptBatch } from "./support/decoder.js";
+import {
+  buildDecoder,
+  imageMaskFeed,
+  imagePrompt,
+  promptBatch,
+  prefillFeeds,
+  DECODER,
+  type PromptBatch,
+} from "./support/decoder.js";
 import { maskKeys } from "./support/dense-edits.js";
 import { softmaxOutputs } from "./support/stage-tensors.js";
 import { withOutputs, rows } from "./support/model-edit.js";
@@ -27,11 +35,7 @@ const prompts = [
   imagePrompt([6, 7, 8, 9, 10], [26, 27, 28, 29, 30, 31]),
 ];
 
-function feedsOf(p: PromptBatch): Feeds {
-  const mask = new Uint8Array(p.batch * p.seq);
-  p.imageMask.forEach((row, b) => row.forEach((v, j) => (mask[b * p.seq + j] = v ? 1 : 0)));
-  return { ...prefillFeeds(p, "plain"), image_mask: { type: "bool", dims: [p.batch, p.seq], data: mask } };
-}
+const feedsOf = (p: PromptBatch): Feeds => ({ ...prefillFeeds(p, "plain"), ...imageMaskFeed(p) });
 
 /** FastV on plain arrays: drop round-half-up(50%·16) image tokens with the lowest last-row attention (mean over heads). */
 function fastvKeep(probs: Float32Array, dims: number[], image: boolean[][]): number[][] {
