@@ -279,7 +279,10 @@ const STEPS: readonly { name: string; run: (c: Compilation) => Compilation; unch
   { name: "declare encoder outputs", run: (c) => ({ ...c, graph: declareEncoderOutputs(c.graph, c.plans) }) },
   {
     name: "list per-token outputs",
-    run: (c) => ({ ...c, perTokenOutputs: c.plans.length ? shrunkOutputs(c.input, c.graph, c.info, c.plans) : [] }),
+    run: (c) => ({
+      ...c,
+      perTokenOutputs: c.plans.length ? wholeIfRestored(shrunkOutputs(c.input, c.graph, c.info, c.plans), c) : [],
+    }),
   },
   {
     name: "test mutation",
@@ -639,6 +642,21 @@ function shrunkOutputs(
     });
   }
   return result;
+}
+
+/**
+ * `with restore` promises a drop-in model: every output keeps one row per token. It restores at the
+ * last layer's output, so an output that reads the stream between a stage and that point (a head
+ * tapping an intermediate layer) would stay pruned: refused before anything is written.
+ */
+function wholeIfRestored(shrunk: PerTokenOutput[], c: Compilation): PerTokenOutput[] {
+  const restoring = c.plans.find((p) => p.restore);
+  const tap = shrunk[0];
+  if (!restoring || !tap) return shrunk;
+  throw new PrunecError(
+    "apply",
+    `${c.spec.file}:${c.spec.stages[restoring.stage]?.span.line ?? 1}:${c.spec.stages[restoring.stage]?.span.column ?? 1}: error: 'with restore' puts the dropped tokens back at the last layer's output, but output '${tap.output}' reads the stream before that point and would keep ${String(tap.rows)} of its ${String(tap.denseRows)} rows; restoring at an intermediate layer is not supported yet`,
+  );
 }
 
 /** Graph outputs below a stage keep their declared shape only where it still holds. */

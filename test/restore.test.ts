@@ -117,6 +117,13 @@ describe("with restore on the per-patch digits model (DToP's canvas)", () => {
     ).toBe(
       "s.prune:2:1: error: the stage after layer 1 (line 1) restores its dropped tokens at the last layer's output, so every later stage must too: add 'with restore' here",
     );
+    // A head tapping an intermediate layer (here a graph output of layer 3's stream) would stay pruned.
+    const r3 = analyzeTransformer(new Graph(decodeModel(model).graph!)).layers[3]!.residual!.output;
+    expect(() =>
+      compile(withOutputs(model, [r3]), "after layer 2 keep 25% by cls-attn with restore", { specName: "r.prune" }),
+    ).toThrow(
+      `r.prune:1:1: error: 'with restore' puts the dropped tokens back at the last layer's output, but output '${r3}' reads the stream before that point and would keep 17 of its 65 rows; restoring at an intermediate layer is not supported yet`,
+    );
     expect(firstErrorLine(model, "after layer 5 merge 25% by similarity with restore")).toBe(
       "s.prune:1:44: error: 'with restore' on a stage after the last layer changes nothing: its dropped tokens come back at once",
     );
