@@ -213,7 +213,7 @@ it("the capability list covers every vision criterion prunec compiles (passes/re
   const onDecoder = new Set(DECODER_CASES.map((c) => c.covers));
   const decoderOnly = (c: (typeof CRITERIA)[number]) => !!c.requiresSets?.length || c.name === "last-token-attn";
   // evs runs across calls (a state pair fed back by the host), which this one-call harness does not
-  // feed; its kept positions are tested call by call on CPU and WASM (test/evs.test.ts).
+  // feed; test/webgpu/evs.webgpu.ts runs it call by call against onnxruntime-node.
   const acrossCalls = new Set(["evs"]);
   expect(
     CRITERIA.filter((c) => !acrossCalls.has(c.name) && !(decoderOnly(c) ? onDecoder : covered).has(c.name)).map(
