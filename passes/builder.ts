@@ -99,6 +99,12 @@ export class NodeBuilder {
     return this.op("Squeeze", [x], { axes });
   }
 
+  /** x / max(‖x‖₂ along `axis`, eps): unit rows for cosine similarity; the labels name the norm and the result. */
+  unitRows(x: string, axis: number, eps: number, normLabel: string, unitLabel: string): string {
+    const norm = this.op("Max", [this.reduce("ReduceL2", x, [axis], 1), this.float([eps], [], "eps")], {}, normLabel);
+    return this.op("Div", [x, norm], {}, unitLabel);
+  }
+
   /** int64 [n]: 0, 1, …, n−1, for a count `n` held as int64 [1]. */
   range(n: string, label = "Range"): string {
     return this.op("Range", [this.int64([0], [], "zero"), this.squeeze(n, [0]), this.int64([1], [], "one")], {}, label);

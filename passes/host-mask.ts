@@ -16,7 +16,13 @@
  * and in unpadded batches only (documented; a host's padding is not known at compile time).
  */
 import type { GraphProto } from "../src/ir/graph.js";
+import type { TransformerInfo } from "../src/analysis/transformer.js";
 import type { NodeBuilder } from "./builder.js";
+
+/** Whether a layer after `layer` keeps a KV cache read by GroupQueryAttention (a stage's rows then stay in it). */
+export function cachedGqaBelow(model: TransformerInfo, layer: number): boolean {
+  return model.layers.slice(layer + 1).some((l) => l.cache && l.core?.kind === "GroupQueryAttention");
+}
 
 /** Which host-mask columns a cached layer's slots line up with. */
 export type HostColumns = "first" | "last";

@@ -35,7 +35,7 @@ import { NodeBuilder } from "./builder.js";
 import { evictionSite } from "./kv/site.js";
 import { validityBias } from "./front-padding.js";
 import { denseName } from "./gather-tokens.js";
-import { attentionMask, hostColumnsOf, lastColumns, type HostColumns } from "./host-mask.js";
+import { attentionMask, firstColumns, lastColumns, type HostColumns } from "./host-mask.js";
 import {
   branchIf,
   callEntries,
@@ -394,15 +394,16 @@ function padSlots(
   const s = callEntries(b, g, cache, layer);
   let fresh: string | undefined;
   if (hostMask) {
-    const pastLength = b.slice(b.op("Shape", [past]), 0, 2, 3);
-    const prefill = b.op("Equal", [pastLength, b.int64([0], [1], "no_past")], {}, "is_prefill");
     const asFloat = (t: string) => b.op("Cast", [t], { to: FLOAT });
-    fresh = b.op(
-      "Where",
-      [prefill, asFloat(hostColumnsOf(b, hostMask, s, columns)), asFloat(lastColumns(b, hostMask, s))],
-      {},
-      "new_entries_real",
-    );
+    if (columns === "first") {
+      const pastLength = b.slice(b.op("Shape", [past]), 0, 2, 3);
+      const prefill = b.op("Equal", [pastLength, b.int64([0], [1], "no_past")], {}, "is_prefill");
+      const first = asFloat(firstColumns(b, hostMask, s));
+      fresh = b.op("Where", [prefill, first, asFloat(lastColumns(b, hostMask, s))], {}, "new_entries_real");
+    } else {
+      // Below stages without a set the prefill's entries line up with the last columns too.
+      fresh = asFloat(lastColumns(b, hostMask, s));
+    }
   }
   const pastReal = b.op(
     "Cast",

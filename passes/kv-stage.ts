@@ -107,21 +107,14 @@ export function applyKvStage(
       states.push(state);
     }
     const { g, model, layer, cache, renamed } = evictedLayer(graph, dense, plan, planned.index);
+    // Below stream stages: which host-mask columns the layer's entries line up with.
+    const columns = streamAbove(layer.index);
     const { presentKey, presentValue } = cache;
     const b = new NodeBuilder(`prunec/stage${plan.stage}/${plan.criterion.name}/layer${layer.index}`, opset);
     // With the state: every slot of this call's cache (the past's validity, then the call's entries).
     const validAll = state ? allSlots(b, state.past, callEntries(b, g, cache, layer)) : undefined;
     // The layer reads its own (shorter) cache at later calls (per attention kind: passes/kv/site.ts).
-    const site = evictionSite(
-      b,
-      g,
-      model,
-      dense,
-      layer,
-      cache,
-      streamAbove(layer.index) === "first" ? "first" : "last",
-      validAll?.bias,
-    );
+    const site = evictionSite(b, g, model, dense, layer, cache, columns === "first" ? "first" : "last", validAll?.bias);
     const replaced = readDenseCache(g, site.replaced, renamed);
     const elem = elemTypeOf(graph, presentKey);
     const keys = denseFloat(b, graph, presentKey, "cached_keys");
@@ -138,7 +131,7 @@ export function applyKvStage(
     // Left padding: each example is scored as it would be alone (its pads' query rows carry no
     // attention, its positions count from its first real entry) and never keeps a pad over a real
     // entry; the count K' is the batch's (shapes are shared).
-    const pads = padding(t, hostMask, n, streamAbove(layer.index));
+    const pads = padding(t, hostMask, n, columns);
     // Each example's real entries, where counts are per example (a set, or the state).
     const real = plan.ofSet || state ? realEntries(t, n, keys, pads) : undefined;
     const set = plan.ofSet && real ? setEntries(t, plan, plan.ofSet.input, n, pads, real, table) : undefined;
@@ -559,7 +552,6 @@ function fillersFirst(b: NodeBuilder, kept: string, counts: string): { slots: st
   return { slots: b.op("Cast", [valid], { to: FLOAT }, "valid_slots"), sorted: b.unsqueeze(valid, [1]) };
 }
 
-/** bool [B,N]: the first N columns of a [batch, sequence] mask input (at prefill: the N entries). */
 /**
  * At prefill the first N columns of the host's mask say which of the N entries are real (left
  * padding puts each example's pads first, in the layer's cache too; below stream stages without a

@@ -204,8 +204,7 @@ function landing(
 /** U [B, N_in, N_out] (the stream's element type): 1 where input position p landed in output row i (at `positions[i]`). */
 function unmergeMatrix(b: NodeBuilder, positions: string, landed: string, elemType: number): string {
   const rows = b.unsqueeze(b.op("Cast", [positions], { to: FLOAT }), [1]); // [B,1,N_out]
-  const u = b.op("Cast", [b.op("Equal", [b.unsqueeze(landed, [2]), rows])], { to: elemType }, "unmerge_matrix");
-  return u;
+  return b.op("Cast", [b.op("Equal", [b.unsqueeze(landed, [2]), rows])], { to: elemType }, "unmerge_matrix");
 }
 
 /** x[:, start::2] along axis 1. */
@@ -260,8 +259,7 @@ export const applyMergeStage: StageLowering = (proto, dense, densePlan, state, o
   if ("why" in proven)
     throw new Error(`internal: merge after layer ${plan.layer.index} was planned, but ${proven.why}`);
   const keys = headMeanKeys(b, proven.ok); // [B,N,D]
-  const length = b.op("Max", [b.reduce("ReduceL2", keys, [2], 1), b.float([1e-12], [], "eps")], {}, "key_norm");
-  const metric = inSeq(b.op("Div", [keys, length], {}, "unit_keys"), "tome_order_keys");
+  const metric = inSeq(b.unitRows(keys, 2, 1e-12, "key_norm", "unit_keys"), "tome_order_keys");
   const a = everyOther(b, metric, 0, "keys_a");
   const bk = everyOther(b, metric, 1, "keys_b");
   let scores = b.op("MatMul", [a, b.op("Transpose", [bk], { perm: [0, 2, 1] })], {}, "similarity"); // [B,|A|,|B|]

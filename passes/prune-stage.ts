@@ -35,7 +35,7 @@ import { lowerMask } from "./kinds/mask.js";
 import { appendRecycled } from "./kinds/recycle.js";
 import { cachedAfter, carryPadState, paddingMode, padStateNames, validityBias, zeroRows } from "./front-padding.js";
 import { renumberedSides } from "./kinds/renumber.js";
-import { attentionMask, hostColumns, lastColumns } from "./host-mask.js";
+import { attentionMask, cachedGqaBelow, hostColumns, lastColumns } from "./host-mask.js";
 import { restorePoint } from "./restore.js";
 import { frameInputs, withFramePast, withFramePresent, writePresent } from "./frames.js";
 
@@ -338,10 +338,7 @@ function hostPadRank(
 ): string | undefined {
   if (plan.ofSet || plan.encoder || model.batchAxis !== 0) return undefined;
   const mask = attentionMask(proto);
-  const cached = model.layers
-    .slice(plan.layer.index + 1)
-    .some((l) => l.core?.kind === "GroupQueryAttention" && l.cache);
-  if (!mask || !cached) return undefined;
+  if (!mask || !cachedGqaBelow(model, plan.layer.index)) return undefined;
   const rows = b.slice(b.op("Shape", [stream]), 0, tokenAxis, tokenAxis + 1);
   const real = b.op("Cast", [lastColumns(b, mask, rows)], { to: FLOAT }, "host_rows_real");
   return b.slice(validityBias(b, real, "host_pad_bias", "host_pads"), 1, plan.prefix);

@@ -50,3 +50,35 @@ export function selectFolded(b: NodeBuilder, scores: string, k: string, size: nu
   ); // [B,K,size]
   return b.op("Reshape", [positions, b.int64([0, -1], [2], "flat_shape")], {}, "flatten_groups");
 }
+
+/**
+ * float [B, N]: per token, the members of its own group ranked ahead of it: scoring higher, or as
+ * high at a lower position (ONNX TopK's tie rule). `same` float [B or 1, N, N] is 1 where tokens i
+ * and j share a group (0 elsewhere, and on rows of tokens in no group); `scores` float [B, N].
+ * A token keeps its group's best k when its rank is below k (crops' chunks, `of each SET`'s spans).
+ * With a static token count `n` the lower-position table is a constant (no int64 shape arithmetic,
+ * which WebGPU leaves on the CPU); otherwise it is built from the scores' width.
+ */
+export function rankInGroup(b: NodeBuilder, scores: string, same: string, n?: number): string {
+  const si = b.unsqueeze(scores, [2]); // [B,N,1]
+  const sj = b.unsqueeze(scores, [1]); // [B,1,N]
+  const asFloat = (t: string) => b.op("Cast", [t], { to: 1 });
+  let lower: string; // float [N,N]: 1 where j < i
+  if (n !== undefined) {
+    lower = b.float(
+      Array.from({ length: n * n }, (_, k) => (k % n < Math.floor(k / n) ? 1 : 0)),
+      [n, n],
+      "lower_position",
+    );
+  } else {
+    const r = b.range(b.slice(b.op("Shape", [scores]), 0, 1, 2), "positions");
+    lower = asFloat(b.op("Less", [b.unsqueeze(r, [0]), b.unsqueeze(r, [1])], {}, "lower_position"));
+  }
+  const ahead = b.op(
+    "Add",
+    [asFloat(b.op("Greater", [sj, si])), b.op("Mul", [asFloat(b.op("Equal", [sj, si])), lower])],
+    {},
+    "ranks_ahead",
+  );
+  return b.reduce("ReduceSum", b.op("Mul", [same, ahead], {}, "ahead_in_group"), [2], 0);
+}

@@ -18,7 +18,7 @@ import { percentRatio } from "../passes/amount.js";
 import { maskUnavailable } from "../passes/mask-recycle.js";
 import { criterionModule } from "../passes/registry.js";
 import { refusal } from "../passes/kinds/combinations.js";
-import { restoreWhy } from "../passes/restore.js";
+import { optionRefusal } from "../passes/kinds/options.js";
 
 // ToMe's criterion, through the registry like every criterion the planner reads.
 const similarity =
@@ -224,14 +224,12 @@ export function planMerge(
       ...(weighted === 0 ? { unweighted: true } : {}),
     },
   };
-  if (stage.options.includes("restore")) {
-    // tomesd's unmerge: every merged token takes its destination's output at the restore point.
-    const why = restoreWhy(model, layer.index);
-    if (why) {
-      fail(stage.optionSpans[stage.options.indexOf("restore")] ?? stage.span, why);
-      return undefined;
-    }
-    plan.restore = true;
+  // The options the table allowed (only `with restore`: tomesd's unmerge) check the model too.
+  const unmet = optionRefusal(new Set(stage.options), { model, layer: layer.index });
+  if (unmet) {
+    fail(stage.optionSpans[stage.options.indexOf(unmet.option)] ?? stage.span, unmet.why);
+    return undefined;
   }
+  if (stage.options.includes("restore")) plan.restore = true;
   return plan;
 }

@@ -17,13 +17,14 @@ import { COUNT_CHECK, SELECTION_CHECKS, selectionKind } from "../passes/kinds/in
 import type { KindFacts, Refusal } from "../passes/kinds/kind.js";
 import { paddingMode } from "../passes/front-padding.js";
 import { refusal, type CellFacts, type SelectionKind, type StageOption } from "../passes/kinds/combinations.js";
-import { OPTIONS } from "../passes/kinds/options.js";
+import { optionRefusal } from "../passes/kinds/options.js";
 import { keepCountStatic } from "../passes/amount.js";
 import { planMerge } from "./plan-merge.js";
 import { PrunecError } from "./errors.js";
 import { DEFAULT_PERCENT, resolvedAmount } from "./plan-amount.js";
 import { planKvStages } from "./plan-kv.js";
 import { planHeadStages } from "./plan-heads.js";
+import { cachedGqaBelow } from "../passes/host-mask.js";
 import { planFrames } from "./plan-frames.js";
 import { setInput } from "./plan-sets.js";
 import type { HeadPlan, KvPlan } from "./plan-types.js";
@@ -600,19 +601,11 @@ function applyOptions(
     fail(spanOf(first(refused.at.filter((o) => written.has(o)))), refused.why);
     return false;
   }
-  for (const o of OPTIONS) {
-    if (!written.has(o.option)) continue;
-    const why = o.check({ model, layer: plan.layer.index });
-    if (why) {
-      fail(spanOf(o.option), why);
-      return false;
-    }
-    plan[o.option] = true;
+  const unmet = optionRefusal(written, { model, layer: plan.layer.index });
+  if (unmet) {
+    fail(spanOf(unmet.option), unmet.why);
+    return false;
   }
+  for (const o of written) plan[o] = true;
   return true;
-}
-
-/** Whether a later layer keeps a KV cache read by GroupQueryAttention (a stage's rows then stay in it). */
-function cachedGqaBelow(model: TransformerInfo, layer: number): boolean {
-  return model.layers.slice(layer + 1).some((l) => l.cache && l.core?.kind === "GroupQueryAttention");
 }

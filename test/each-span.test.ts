@@ -19,7 +19,7 @@ import {
   type PromptBatch,
 } from "./support/decoder.js";
 import { maskKeys } from "./support/dense-edits.js";
-import { softmaxOutputs } from "./support/stage-tensors.js";
+import { lastRowAttention, softmaxOutputs } from "./support/stage-tensors.js";
 import { withOutputs, rows } from "./support/model-edit.js";
 import { runNode, runWasm, maxAbsDiff, type Feeds } from "./helpers/ort.js";
 import { topKPositions } from "./reference/cls-attn.js";
@@ -70,13 +70,9 @@ function spans(mask: readonly boolean[]): number[][] {
 
 /** Per span: drop round-half-up(P%·size) of its tokens by the last row's mean attention; text kept. */
 function keptPerSpan(probs: Float32Array, dims: number[], image: boolean[][], percent: number): number[][] {
-  const [, heads, n] = dims as [number, number, number, number];
+  const n = dims[2]!;
   return image.map((isImage, b) => {
-    const score = (j: number) => {
-      let s = 0;
-      for (let h = 0; h < heads; h++) s += probs[((b * heads + h) * n + (n - 1)) * n + j]!;
-      return s / heads;
-    };
+    const score = lastRowAttention(probs, dims, b);
     const kept = new Set<number>();
     for (const span of spans(isImage)) {
       const drop = Math.floor((2 * percent * span.length + 100) / 200); // round half up

@@ -20,7 +20,7 @@ import {
   type PromptBatch,
 } from "./support/decoder.js";
 import { maskKeys } from "./support/dense-edits.js";
-import { softmaxOutputs } from "./support/stage-tensors.js";
+import { lastRowAttention, softmaxOutputs } from "./support/stage-tensors.js";
 import { withOutputs, rows } from "./support/model-edit.js";
 import { runNode, runWasm, maxAbsDiff, type Feeds } from "./helpers/ort.js";
 import { keepCount, topKPositions } from "./reference/cls-attn.js";
@@ -39,14 +39,10 @@ const feedsOf = (p: PromptBatch): Feeds => ({ ...prefillFeeds(p, "plain"), ...im
 
 /** FastV on plain arrays: drop round-half-up(50%·16) image tokens with the lowest last-row attention (mean over heads). */
 function fastvKeep(probs: Float32Array, dims: number[], image: boolean[][]): number[][] {
-  const [, heads, n] = dims as [number, number, number, number];
+  const n = dims[2]!;
   return image.map((isImage, b) => {
     const imagePositions = isImage.flatMap((v, j) => (v ? [j] : []));
-    const scores = imagePositions.map((j) => {
-      let s = 0;
-      for (let h = 0; h < heads; h++) s += probs[((b * heads + h) * n + (n - 1)) * n + j]!;
-      return s / heads;
-    });
+    const scores = imagePositions.map(lastRowAttention(probs, dims, b));
     const drop = keepCount(50, imagePositions.length);
     const keptImage = topKPositions(scores, imagePositions.length - drop, 0).map((i) => imagePositions[i]!);
     return [...Array(n).keys()].filter((j) => !isImage[j] || keptImage.includes(j));

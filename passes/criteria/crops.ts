@@ -33,10 +33,11 @@
  * per-chunk similarity is the N×N product masked to the block diagonal, per-chunk means are
  * MatMuls with a one-hot [N, count] matrix, the remainder is a rank test (TopK of a TopK), and the
  * rank of a token inside its chunk counts the chunk's tokens before it (larger a, or equal a at a
- * lower position).
+ * lower position: `rankInGroup`, passes/select-groups.ts, which `of each SET` uses for its spans).
  */
 import type { CriterionModule, Prepared, ScoreContext, Scorer, StageFacts } from "../criterion.js";
 import { attentionOf, clsRowScores, type Attention } from "../attention/attention-map.js";
+import { rankInGroup } from "../select-groups.js";
 import { clsUnavailable } from "./cls-attn.js";
 
 /** float (onnx TensorProto.FLOAT) and int64. */
@@ -124,8 +125,6 @@ function emit(ctx: ScoreContext, { attention, n, sizes }: CropsFacts): { keep: s
     );
   const block = matrix(same, "same_chunk");
   const offDiagonal = matrix((i, j) => i !== j && same(i, j), "same_chunk_others");
-  // j before i in i's chunk on equal attention: the lower position wins the tie.
-  const lowerTie = matrix((i, j) => j < i && same(i, j), "same_chunk_lower");
   const oneHot = b.float(
     Array.from({ length: n * chunks }, (_, k) => (chunkOf[Math.floor(k / chunks)] === k % chunks ? 1 : 0)),
     [n, chunks],
@@ -222,19 +221,8 @@ function emit(ctx: ScoreContext, { attention, n, sizes }: CropsFacts): { keep: s
 
   // Inside a chunk: the alloc_c tokens of largest raw attention; all of them when alloc_c ≥ n_c
   // (utils.py:116–127). rank_i = the chunk's tokens before i (larger a, or equal a and lower).
-  const ai = b.unsqueeze(a, [2]); // [B,N,1]
-  const aj = b.unsqueeze(a, [1]); // [B,1,N]
   const asFloat = (t: string) => b.op("Cast", [t], { to: FLOAT });
-  const before = b.op(
-    "Add",
-    [
-      b.op("Mul", [asFloat(b.op("Greater", [aj, ai])), block]),
-      b.op("Mul", [asFloat(b.op("Equal", [aj, ai])), lowerTie]),
-    ],
-    {},
-    "ahead_in_chunk",
-  );
-  const within = b.reduce("ReduceSum", before, [2], 0); // [B,N]
+  const within = rankInGroup(b, a, block, n); // [B,N]
   const tokenAlloc = asFloat(b.op("Gather", [alloc, chunkIndex], { axis: 1 }, "token_allocation"));
   const kept = b.op("Less", [within, tokenAlloc], {}, "kept");
   const count = b.reduce("ReduceSum", b.op("Cast", [kept], { to: INT64 }), [1], 1); // [B,1]

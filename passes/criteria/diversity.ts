@@ -166,8 +166,7 @@ function diversitySelect(ctx: ScoreContext): string {
   const { b } = ctx;
   const { n, keep } = counts(ctx, "diversity");
   const x = features(ctx);
-  const norms = b.op("Max", [b.reduce("ReduceL2", x, [2], 1), b.float([1e-12], [], "eps")], {}, "norm");
-  const unit = b.op("Div", [x, norms], {}, "unit");
+  const unit = b.unitRows(x, 2, 1e-12, "norm", "unit");
   const cos = b.op("MatMul", [unit, b.op("Transpose", [unit], { perm: [0, 2, 1] })], {}, "cosine");
   const dist = maskedDistances(b, b.op("Sub", [b.float([1], [], "one"), cos], {}, "cosine_distance"), n);
   // Second smallest of each column = smallest of its row (D is symmetric, its diagonal −∞).

@@ -23,13 +23,6 @@ const EPS = 1e-8;
 /** The first frame's score (evs.py line 77). */
 const FIRST_FRAME = 255;
 
-/** float [B, N, D] → each row divided by max(‖row‖₂, eps), as torch's cosine_similarity normalizes. */
-function unitRows(ctx: ScoreContext, x: string, label: string): string {
-  const { b } = ctx;
-  const norm = b.op("Max", [b.reduce("ReduceL2", x, [2], 1), b.float([EPS], [], "eps")], {}, `${label}_norm`);
-  return b.op("Div", [x, norm], {}, `${label}_unit`);
-}
-
 function score(ctx: ScoreContext): string {
   const { b, prefix, frame } = ctx;
   if (!frame) throw new Error("evs needs 'across frames' (checked by the plan)");
@@ -37,7 +30,16 @@ function score(ctx: ScoreContext): string {
   const previous = previousRows(b, frame.past, current); // [B,N,D]
   const cos = b.reduce(
     "ReduceSum",
-    b.op("Mul", [unitRows(ctx, current, "current"), unitRows(ctx, previous, "previous")], {}, "cosine_terms"),
+    // Each row divided by max(‖row‖₂, eps), as torch's cosine_similarity normalizes.
+    b.op(
+      "Mul",
+      [
+        b.unitRows(current, 2, EPS, "current_norm", "current_unit"),
+        b.unitRows(previous, 2, EPS, "previous_norm", "previous_unit"),
+      ],
+      {},
+      "cosine_terms",
+    ),
     [2],
     0,
   ); // [B,N]

@@ -14,6 +14,7 @@ import type { SelectionModule } from "./kind.js";
 import { paddingUnmaskable } from "../mask-recycle.js";
 import { cachedAfter, firstCall, frontPaddingWhy, linearFollows, paddingMode, padsFirst } from "../front-padding.js";
 import { shareDynamic } from "../amount.js";
+import { rankInGroup } from "../select-groups.js";
 
 /** onnx TensorProto element types. */
 const FLOAT = 1;
@@ -223,7 +224,6 @@ function eachSpan(
   amount: { kind: "percent" | "count"; value: number; drop: boolean },
 ): { ranked: string; count: string } {
   const m = b.op("Cast", [set.memberReal], { to: FLOAT }, "member_float"); // [B,N]
-  const n = b.slice(b.op("Shape", [m]), 0, 1, 2); // int64 [1]
   // A span starts at a member whose left neighbour is not one.
   const left = b.op(
     "Pad",
@@ -243,17 +243,7 @@ function eachSpan(
     "same_span",
   ); // [B,N,N]
   const size = b.op("Cast", [b.reduce("ReduceSum", same, [2], 0)], { to: INT64 }, "span_size"); // [B,N]
-  // Ahead of token i: a member of its span scoring higher, or as high at a lower position.
-  const [xi, xj] = pair(scores);
-  const r = b.range(n, "positions");
-  const lower = b.op("Less", [b.unsqueeze(r, [0]), b.unsqueeze(r, [1])], {}, "lower_position"); // [N,N]: j < i
-  const ahead = b.op(
-    "Or",
-    [b.op("Greater", [xj, xi]), b.op("And", [b.op("Equal", [xj, xi]), lower])],
-    {},
-    "ranks_ahead",
-  );
-  const rank = b.reduce("ReduceSum", b.op("Mul", [same, b.op("Cast", [ahead], { to: FLOAT })]), [2], 0); // [B,N]
+  const rank = rankInGroup(b, scores, same); // [B,N]
   let keep: string;
   if (amount.kind === "percent") {
     const share = shareDynamic(b, size, amount.value);

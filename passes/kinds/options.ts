@@ -27,6 +27,18 @@ function batchFirst(option: StageOption, f: OptionFacts): string | undefined {
     : undefined;
 }
 
+/** The first written option (in OPTIONS' order) whose own check refuses the model, and why. */
+export function optionRefusal(
+  written: ReadonlySet<StageOption>,
+  f: OptionFacts,
+): { option: StageOption; why: string } | undefined {
+  for (const o of OPTIONS) {
+    const why = written.has(o.option) ? o.check(f) : undefined;
+    if (why) return { option: o.option, why };
+  }
+  return undefined;
+}
+
 export const OPTIONS: readonly OptionModule[] = [
   {
     option: "mask",

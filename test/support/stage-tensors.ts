@@ -20,3 +20,16 @@ export function softmaxOutputs(model: Uint8Array): string[] {
     .graph!.node.filter((n) => n.opType === "Softmax")
     .map((n) => n.output[0]!);
 }
+
+/**
+ * FastV's score of key j in example b: the last query row's probability for j, averaged over the
+ * heads, from a layer's softmax output [B, H, N, N].
+ */
+export function lastRowAttention(probs: Float32Array, dims: readonly number[], b: number): (j: number) => number {
+  const [, heads, n] = dims as [number, number, number];
+  return (j) => {
+    let s = 0;
+    for (let h = 0; h < heads; h++) s += probs[((b * heads + h) * n + (n - 1)) * n + j]!;
+    return s / heads;
+  };
+}

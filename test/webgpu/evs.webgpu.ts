@@ -11,15 +11,14 @@
  */
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { compile } from "../../src/index.js";
 import { parseDataset } from "../../src/data/prds.js";
 import { maxAbsDiff, runNode, type Feeds, type Outputs } from "../helpers/ort.js";
 import { REPO_ROOT } from "../helpers/shared.js";
 import { batchAt, video } from "../support/frames.js";
-import type { AdapterInfo, BrowserSession } from "./browser.js";
-import type { TestServer } from "./server.js";
-import { finishSuite, itBrowserReady, openSuiteBrowser, type PageApi } from "./harness.js";
+import type { AdapterInfo } from "./browser.js";
+import { browserSuite, type PageApi } from "./harness.js";
 
 const REPORT_PATH = join(REPO_ROOT, "scratch", "webgpu-evs.json");
 const SPEC = "after layer 0 keep 25% by evs across frames";
@@ -33,7 +32,6 @@ const set = parseDataset(readFileSync(join(REPO_ROOT, "examples", "digits", "sam
 const image = (i: number) => Float32Array.from(set.pixels.subarray(i * 4096, (i + 1) * 4096), (p) => p / 255);
 const videos = [1, 2, 3].map((i) => video(image(i), i));
 
-const t0 = Date.now();
 const report = {
   generatedAt: new Date().toISOString(),
   wallSeconds: 0,
@@ -45,29 +43,14 @@ const report = {
 };
 
 describe("across frames (EVS) on WebGPU: each call against onnxruntime-node's", () => {
-  let server: TestServer | undefined;
-  let browser: BrowserSession | undefined;
-  beforeAll(async () => {
-    ({ server, browser } = await openSuiteBrowser(report.browser));
-  }, 300_000);
-  afterAll(async () => {
-    await finishSuite({
-      report,
-      path: REPORT_PATH,
-      t0,
-      browser,
-      server,
-      summary: () =>
-        report.calls
-          .map(
-            (c) =>
-              `frame ${c.frame}: indices ${c.indicesEqual ? "equal" : "DIFFER"}, |Δstate| ${c.maxAbsDiffState.toExponential(1)}`,
-          )
-          .join("\n"),
-    });
-  }, 60_000);
-
-  itBrowserReady(report.browser, () => browser);
+  const suite = browserSuite(report, REPORT_PATH, () =>
+    report.calls
+      .map(
+        (c) =>
+          `frame ${c.frame}: indices ${c.indicesEqual ? "equal" : "DIFFER"}, |Δstate| ${c.maxAbsDiffState.toExponential(1)}`,
+      )
+      .join("\n"),
+  );
 
   it(`'${SPEC}', 3 videos of 4 frames: WebGPU keeps onnxruntime-node's positions at every call and leaves its state (≤ ${STATE_ATOL})`, async () => {
     const model = compile(new Uint8Array(readFileSync(join(REPO_ROOT, "examples", "digits", "model.onnx"))), SPEC, {
@@ -91,22 +74,21 @@ describe("across frames (EVS) on WebGPU: each call against onnxruntime-node's", 
       Object.fromEntries(
         Object.entries(feeds).map(([name, f]) => {
           const data = f.data as Float32Array;
-          const url = server!.put(
-            `evs.call${t}.${name}.bin`,
-            new Uint8Array(data.buffer, data.byteOffset, data.byteLength),
-          );
+          const url = suite
+            .server()
+            .put(`evs.call${t}.${name}.bin`, new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
           return [name, { type: f.type, dims: [...f.dims], url }];
         }),
       ),
     );
     const job = {
       id: "evs",
-      model: server!.put("evs.onnx", model),
+      model: suite.server().put("evs.onnx", model),
       batches,
       outputs: [INDICES, PRESENT],
       graphOptimizationLevel: "all",
     };
-    const gpu = await browser!.page.evaluate((j) => (window as unknown as PageApi).prunecWebgpu.run(j), job);
+    const gpu = await suite.browser().page.evaluate((j) => (window as unknown as PageApi).prunecWebgpu.run(j), job);
     gpu.runs.forEach((run, t) => {
       const indicesEqual =
         JSON.stringify(run.outputs[INDICES]!.data.map(Number)) ===

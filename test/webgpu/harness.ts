@@ -6,7 +6,7 @@
 import { mkdirSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
 import type { Feeds } from "../helpers/ort.js";
-import { expect, it } from "vitest";
+import { afterAll, beforeAll, expect, it } from "vitest";
 import { openBrowser, type AdapterInfo, type BrowserSession } from "./browser.js";
 import type { ModelCase, Sample } from "./models.js";
 import { startServer, type TestServer } from "./server.js";
@@ -147,4 +147,27 @@ export function itBrowserReady(facts: BrowserFacts, browser: () => BrowserSessio
     expect(facts.onnxruntimeWeb).toMatch(/^1\.30\./);
     expect(browser()!.blocked).toEqual([]);
   });
+}
+
+/**
+ * A browser suite's wiring, for a `describe` block: opens the page server and Chromium before it
+ * (recording the browser in `report.browser`), checks the browser is ready, and at the end writes
+ * `report` to `path` and prints `summary()` (finishSuite). Returns the open server and browser.
+ */
+export function browserSuite(
+  report: SuiteReport & { browser: BrowserFacts },
+  path: string,
+  summary: () => string,
+): { server: () => TestServer; browser: () => BrowserSession } {
+  const t0 = Date.now();
+  let server: TestServer | undefined;
+  let browser: BrowserSession | undefined;
+  beforeAll(async () => {
+    ({ server, browser } = await openSuiteBrowser(report.browser));
+  }, 300_000);
+  afterAll(async () => {
+    await finishSuite({ report, path, t0, browser, server, summary });
+  }, 60_000);
+  itBrowserReady(report.browser, () => browser);
+  return { server: () => server!, browser: () => browser! };
 }

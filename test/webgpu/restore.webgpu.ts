@@ -11,15 +11,13 @@
  */
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { compile } from "../../src/index.js";
 import { batchInput, parseDataset } from "../../src/data/prds.js";
 import { maxAbsDiff, runNode } from "../helpers/ort.js";
 import { REPO_ROOT } from "../helpers/shared.js";
-import type { BrowserSession } from "./browser.js";
 import type { ModelCase, Sample } from "./models.js";
-import type { TestServer } from "./server.js";
-import { feedsOf, finishSuite, itBrowserReady, openSuiteBrowser, runInBrowser } from "./harness.js";
+import { browserSuite, feedsOf, runInBrowser } from "./harness.js";
 
 const DIR = join(REPO_ROOT, "examples", "digit-masks");
 const REPORT_PATH = join(REPO_ROOT, "scratch", "webgpu-restore.json");
@@ -52,7 +50,6 @@ const mc: ModelCase = {
   candidates: () => samples,
 };
 
-const t0 = Date.now();
 const report = {
   generatedAt: new Date().toISOString(),
   wallSeconds: 0,
@@ -64,23 +61,9 @@ const report = {
 };
 
 describe("with restore on WebGPU (digit-masks, batch 4)", () => {
-  let server: TestServer | undefined;
-  let browser: BrowserSession | undefined;
-  beforeAll(async () => {
-    ({ server, browser } = await openSuiteBrowser(report.browser));
-  }, 300_000);
-  afterAll(async () => {
-    await finishSuite({
-      report,
-      path: REPORT_PATH,
-      t0,
-      browser,
-      server,
-      summary: () => report.results.map((r) => `${r.key}: |Δlogits| ${r.maxAbsDiffLogits.toExponential(1)}`).join("\n"),
-    });
-  }, 60_000);
-
-  itBrowserReady(report.browser, () => browser);
+  const suite = browserSuite(report, REPORT_PATH, () =>
+    report.results.map((r) => `${r.key}: |Δlogits| ${r.maxAbsDiffLogits.toExponential(1)}`).join("\n"),
+  );
 
   const dense = new Uint8Array(readFileSync(mc.modelPath));
   for (const s of SPECS)
@@ -88,7 +71,7 @@ describe("with restore on WebGPU (digit-masks, batch 4)", () => {
       const model = compile(dense, s.spec, { exposeIndices: true, target: "webgpu" }).model;
       const outputs = ["logits", ...Array.from({ length: s.stages }, (_, i) => `prunec.stage${i}.indices`)];
       const cpu = await runNode(model, feedsOf(mc, samples), outputs);
-      const gpu = await runInBrowser(server!, browser!, mc, s.key, model, [samples], outputs);
+      const gpu = await runInBrowser(suite.server(), suite.browser(), mc, s.key, model, [samples], outputs);
       const run = gpu.runs[0]!;
       const indicesEqual = outputs
         .slice(1)
