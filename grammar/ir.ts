@@ -97,6 +97,13 @@ export interface StageIR {
   options: StageOption[];
   optionSpans: Span[];
   /**
+   * Arguments written for options (`with restore(layer: 8)`), keyed by option then by declared name
+   * (grammar/options.ts); absent when no option has any.
+   */
+  optionArgs?: Partial<Record<StageOption, Record<string, ArgValue>>>;
+  /** For each written option argument, the span of its value. */
+  optionArgSpans?: Partial<Record<StageOption, Record<string, Span>>>;
+  /**
    * `across frames` (stream stages only): the model runs once per frame, and the stage carries what
    * its criterion needs from one call to the next as a state input/output pair (passes/frames.ts).
    */

@@ -6,8 +6,10 @@
  *              | position? ('during' 'decode')? action
  *   position  := 'after' ( 'layer' NUMBER | 'encoder' ) | 'in' ( 'layer' NUMBER | 'layers' NUMBER '..' NUMBER )
  *              | 'before' 'layer' NUMBER
- *   action    := ('keep'|'drop'|'merge') ('kv' | 'heads')? amount? ('of' SET)? 'by' NAME ('(' args? ')')? ('with' NAME (',' NAME)*)?
- *                ('across' NAME)?
+ *   action    := ('keep'|'drop'|'merge') ('kv' | 'heads')? amount? ('of' 'each'? SET)? 'by' NAME arglist?
+ *                ('with' option (',' option)*)? ('across' NAME)?
+ *   option    := NAME arglist?
+ *   arglist   := '(' args? ')'
  *   amount    := NUMBER ('%' | 'tokens')? | 'mass' NUMBER '%' | 'above' NUMBER
  *   args      := arg (',' arg)*
  *   arg       := (NAME ':')? value
@@ -54,7 +56,7 @@ import {
   With,
   Word,
 } from "./lexer.js";
-import type { RawAmount, RawArg, RawPosition, RawStage, RawStatement, RawValue } from "./syntax.js";
+import type { RawAmount, RawArg, RawOption, RawPosition, RawStage, RawStatement, RawValue } from "./syntax.js";
 
 export class SpecParser extends EmbeddedActionsParser {
   constructor() {
@@ -116,25 +118,14 @@ export class SpecParser extends EmbeddedActionsParser {
     });
     this.CONSUME(By);
     const criterion = this.CONSUME1(Word);
-    const args: RawArg[] = [];
-    this.OPTION2(() => {
-      this.CONSUME(LParen);
-      this.OPTION3(() => {
-        args.push(this.SUBRULE(this.arg));
-        this.MANY(() => {
-          this.CONSUME(Comma);
-          args.push(this.SUBRULE1(this.arg));
-        });
-      });
-      this.CONSUME(RParen);
-    });
-    const options: IToken[] = [];
+    const args = this.OPTION2(() => this.SUBRULE(this.argList)) ?? [];
+    const options: RawOption[] = [];
     this.OPTION4(() => {
       this.CONSUME(With);
-      options.push(this.CONSUME2(Word));
-      this.MANY1(() => {
-        this.CONSUME1(Comma);
-        options.push(this.CONSUME3(Word));
+      options.push(this.SUBRULE(this.withOption));
+      this.MANY(() => {
+        this.CONSUME(Comma);
+        options.push(this.SUBRULE1(this.withOption));
       });
     });
     const across = this.OPTION8(() => ({ first: this.CONSUME(Across), last: this.CONSUME4(Word) }));
@@ -150,6 +141,26 @@ export class SpecParser extends EmbeddedActionsParser {
       if (of.each !== undefined) stage.each = of.each;
     }
     return stage;
+  });
+
+  private readonly withOption = this.RULE("withOption", (): RawOption => {
+    const name = this.CONSUME(Word);
+    const args = this.OPTION(() => this.SUBRULE(this.argList));
+    return args === undefined ? { name } : { name, args };
+  });
+
+  private readonly argList = this.RULE("argList", (): RawArg[] => {
+    const args: RawArg[] = [];
+    this.CONSUME(LParen);
+    this.OPTION(() => {
+      args.push(this.SUBRULE(this.arg));
+      this.MANY(() => {
+        this.CONSUME(Comma);
+        args.push(this.SUBRULE1(this.arg));
+      });
+    });
+    this.CONSUME(RParen);
+    return args;
   });
 
   private readonly position = this.RULE(

@@ -36,6 +36,12 @@ function argValue(v: ArgValue): string {
   return Array.isArray(v) ? `${v[0]}..${v[1]}` : String(v);
 }
 
+/** `name` or `name(k: v, …)`: a criterion or an option with the arguments written. */
+function withArgs(name: string, args: Record<string, ArgValue>): string {
+  const written = Object.entries(args).map(([k, v]) => `${k}: ${argValue(v)}`);
+  return written.length > 0 ? `${name}(${written.join(", ")})` : name;
+}
+
 function stage(s: StageIR): string {
   const where = position(s.position);
   const parts = where === "" ? [] : [where];
@@ -44,9 +50,8 @@ function stage(s: StageIR): string {
   if (s.target !== "stream") parts.push(s.target);
   if (s.amount !== undefined) parts.push(amount(s.amount, s.target === "heads"));
   if (s.of !== undefined) parts.push(`of ${s.ofEach ? "each " : ""}${s.of}`);
-  const args = Object.entries(s.criterion.args).map(([k, v]) => `${k}: ${argValue(v)}`);
-  parts.push(`by ${s.criterion.name.toLowerCase()}${args.length > 0 ? `(${args.join(", ")})` : ""}`);
-  if (s.options.length > 0) parts.push(`with ${s.options.join(", ")}`);
+  parts.push(`by ${withArgs(s.criterion.name.toLowerCase(), s.criterion.args)}`);
+  if (s.options.length > 0) parts.push(`with ${s.options.map((o) => withArgs(o, s.optionArgs?.[o] ?? {})).join(", ")}`);
   if (s.across !== undefined) parts.push(`across ${s.across}`);
   return parts.join(" ");
 }

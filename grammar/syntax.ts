@@ -15,6 +15,12 @@ export interface RawArg {
   last: IToken;
 }
 
+/** An option after `with`: its name, and its arguments when a parenthesised list is written. */
+export interface RawOption {
+  name: IToken;
+  args?: RawArg[];
+}
+
 export type RawPosition =
   | { kind: "after-layer" | "in-layer" | "before-layer"; first: IToken; layer: IToken }
   /** `in layers FROM .. TO`. */
@@ -44,7 +50,7 @@ export interface RawStage {
   each?: IToken;
   criterion: IToken;
   args: RawArg[];
-  options: IToken[];
+  options: RawOption[];
   /** `across NAME` at the end (`across frames`): the word `across` and the name after it. */
   across?: { first: IToken; last: IToken };
 }

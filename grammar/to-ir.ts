@@ -16,6 +16,7 @@ import {
   type TokenSetDecl,
 } from "./ir.js";
 import { targetsOf, type ArgType, type CriterionInfo, type CriterionRegistry } from "./registry.js";
+import { OPTION_ARGS } from "./options.js";
 import type { SourceLines } from "./source.js";
 import { closest } from "./suggest.js";
 import type { RawArg, RawStage, RawStatement, RawTokenSet, RawValue } from "./syntax.js";
@@ -381,15 +382,17 @@ class Builder {
     // Options: for stream stages only.
     const options: StageOption[] = [];
     const optionSpans: Span[] = [];
-    const firstOption = raw.options[0];
-    const lastOption = raw.options[raw.options.length - 1];
+    const firstOption = raw.options[0]?.name;
+    const lastOption = raw.options.at(-1)?.name;
     if (target !== "stream" && firstOption !== undefined && lastOption !== undefined) {
       this.error(
         this.span(firstOption, lastOption),
         `options apply to stream stages: a '${action} ${target}' stage takes no 'with' options`,
       );
     }
-    for (const t of target !== "stream" ? [] : raw.options) {
+    const optionArgs: Partial<Record<StageOption, Record<string, ArgValue>>> = {};
+    const optionArgSpans: Partial<Record<StageOption, Record<string, Span>>> = {};
+    for (const { name: t, args: rawArgs } of target !== "stream" ? [] : raw.options) {
       const name = t.image.toLowerCase();
       const span = this.span(t);
       const known = STAGE_OPTIONS.find((o) => o === name);
@@ -405,6 +408,13 @@ class Builder {
       } else {
         options.push(known);
         optionSpans.push(span);
+        if (rawArgs !== undefined) {
+          const bound = this.args({ name: known, args: OPTION_ARGS[known] }, rawArgs, "option");
+          if (Object.keys(bound.args).length > 0) {
+            optionArgs[known] = bound.args;
+            optionArgSpans[known] = bound.argSpans;
+          }
+        }
       }
     }
 
@@ -441,6 +451,10 @@ class Builder {
       optionSpans,
       span: this.span(s.first, s.last),
     };
+    if (Object.keys(optionArgs).length > 0) {
+      stage.optionArgs = optionArgs;
+      stage.optionArgSpans = optionArgSpans;
+    }
     if (kvSpan !== undefined) stage.kvSpan = kvSpan;
     if (headsSpan !== undefined) stage.headsSpan = headsSpan;
     if (duringSpan !== undefined) {
@@ -461,9 +475,11 @@ class Builder {
   }
 
   /** Binds positional and named arguments to the declared ones and checks their types. */
+  /** Binds a criterion's or an option's written arguments to its declared ones (`owner` names it in messages). */
   private args(
-    info: CriterionInfo,
+    info: Pick<CriterionInfo, "name" | "args">,
     raws: readonly RawArg[],
+    owner: "criterion" | "option" = "criterion",
   ): { args: Record<string, ArgValue>; argSpans: Record<string, Span> } {
     const declared = Object.keys(info.args);
     const byLower = new Map(declared.map((n) => [n.toLowerCase(), n] as const));
@@ -484,7 +500,7 @@ class Builder {
             declared.length === 0
               ? "takes no arguments"
               : `takes at most ${declared.length} argument${declared.length === 1 ? "" : "s"} (${list(declared)})`;
-          this.error(valueSpan, `criterion '${info.name}' ${takes}`);
+          this.error(valueSpan, `${owner} '${info.name}' ${takes}`);
           continue;
         }
       } else {
@@ -501,7 +517,7 @@ class Builder {
                 : ` (it takes: ${list(declared)})`;
           this.error(
             this.span(raw.name),
-            `unknown argument '${clip(written)}' for criterion '${info.name}'${hint}`,
+            `unknown argument '${clip(written)}' for ${owner} '${info.name}'${hint}`,
             suggestion,
           );
           continue;

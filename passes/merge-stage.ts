@@ -59,6 +59,7 @@ import { denseName } from "./gather-tokens.js";
 import { findSideInputs, gatherSideInputs, type TokenAxes } from "./carry-tokens.js";
 import { addKeyBias } from "./mask-recycle.js";
 import { splice } from "./splice.js";
+import { restoreBelow } from "./restore.js";
 import { headMeanKeys, keysOf } from "./attention/keys.js";
 import { prunedStreamInfo, retargetShapeConstants, streamElemType } from "./retarget.js";
 import { refreshFacts } from "../src/analysis/refresh.js";
@@ -237,7 +238,9 @@ export const applyMergeStage: StageLowering = (proto, dense, densePlan, state, o
   const b = new NodeBuilder(`prunec/stage${plan.stage}/similarity`, options.opset);
   const stream = denseName(rName);
 
-  const belowNodes = g.descendants(rName);
+  // With `with restore` the nodes below the restore point see every token again: they are not the stage's.
+  const restored = plan.restore ? restoreBelow(g, dense, plan.restore.at) : new Set<NodeProto>();
+  const belowNodes = new Set([...g.descendants(rName)].filter((x) => !restored.has(x)));
   const below = new Set([...belowNodes].flatMap((x) => x.output));
   below.add(rName);
   const sides = findSideInputs(
@@ -422,13 +425,19 @@ export const applyMergeStage: StageLowering = (proto, dense, densePlan, state, o
     else
       rewired = addKeyBias(b, model, plan.layer.index + 1, keyBias, {
         label: "proportional",
+        // Layers after the restore point see every token, each its own size again.
+        ...(plan.restore ? { until: plan.restore.at } : {}),
         resolve: (t) => gathered.get(t) ?? t,
       });
   }
 
   // `with restore`: tomesd's unmerge reads where each input token landed (passes/restore.ts).
   const restore = plan.restore
-    ? { kind: "unmerge" as const, assign: unmergeMatrix(b, positions, landing(b, destA, seq, n), elemType) }
+    ? {
+        kind: "unmerge" as const,
+        at: plan.restore.at,
+        assign: unmergeMatrix(b, positions, landing(b, destA, seq, n), elemType),
+      }
     : undefined;
   b.rename(merged, rName);
   const graph = splice(proto, {

@@ -36,7 +36,7 @@ import { appendRecycled } from "./kinds/recycle.js";
 import { cachedAfter, carryPadState, paddingMode, padStateNames, validityBias, zeroRows } from "./front-padding.js";
 import { renumberedSides } from "./kinds/renumber.js";
 import { attentionMask, cachedGqaBelow, hostColumns, lastColumns } from "./host-mask.js";
-import { restorePoint } from "./restore.js";
+import { restoreBelow } from "./restore.js";
 import { frameInputs, withFramePast, withFramePresent, writePresent } from "./frames.js";
 
 /** float: the element type of the padding validity pair (onnx TensorProto.FLOAT). */
@@ -166,6 +166,7 @@ export const applyStage: StageLowering = (proto, dense, densePlan, state, option
   const restore = plan.restore
     ? {
         kind: "scatter" as const,
+        at: plan.restore.at,
         input: s.stream,
         rows: indices!,
         ...(sel.validBias && plan.adaptive ? { padding: sel.validBias } : {}),
@@ -227,7 +228,7 @@ function setUp(
   // (output 0), which the next layer reads: that one is gathered at the same positions.
   const normalized = plan.encoder ? undefined : skipNormalized(g, r);
   // With `with restore` the nodes below the restore point see every token again: they are not the stage's.
-  const restored = plan.restore ? restoreBelow(g, dense) : new Set<NodeProto>();
+  const restored = plan.restore ? restoreBelow(g, dense, plan.restore.at) : new Set<NodeProto>();
   const belowNodes = new Set(
     [...g.descendants(r), ...(normalized ? g.descendants(normalized) : [])].filter((n) => !restored.has(n)),
   );
@@ -342,12 +343,6 @@ function hostPadRank(
   const rows = b.slice(b.op("Shape", [stream]), 0, tokenAxis, tokenAxis + 1);
   const real = b.op("Cast", [lastColumns(b, mask, rows)], { to: FLOAT }, "host_rows_real");
   return b.slice(validityBias(b, real, "host_pad_bias", "host_pads"), 1, plan.prefix);
-}
-
-/** Nodes below the restore point (the last layer's output), where `with restore` gives back every token. */
-function restoreBelow(g: Graph, dense: TransformerInfo): Set<NodeProto> {
-  const point = restorePoint(dense);
-  return point ? g.descendants(point) : new Set();
 }
 
 /** Output 0 of the fused Skip norm whose output 3 is the stream `r`, if r leaves through one. */

@@ -32,7 +32,7 @@ import { applyMergeStage } from "../passes/merge-stage.js";
 import { planSpec } from "./plan.js";
 import type { HeadPlan, KvPlan } from "./plan-types.js";
 import { hostColumns } from "../passes/host-mask.js";
-import { restoreTokens } from "../passes/restore.js";
+import { restoreTokens, restoreWhere } from "../passes/restore.js";
 import { applyKvStage } from "../passes/kv-stage.js";
 import { applyKvDecodeStage } from "../passes/kv-decode-stage.js";
 import { applyKvCascadeStage } from "../passes/kv-cascade-stage.js";
@@ -645,17 +645,18 @@ function shrunkOutputs(
 }
 
 /**
- * `with restore` promises a drop-in model: every output keeps one row per token. It restores at the
- * last layer's output, so an output that reads the stream between a stage and that point (a head
- * tapping an intermediate layer) would stay pruned: refused before anything is written.
+ * `with restore` promises a drop-in model: every output keeps one row per token. It restores at one
+ * layer's output (the last by default), so an output that reads the stream between a stage and that
+ * point (a head tapping an intermediate layer) would stay pruned: refused before anything is written.
  */
 function wholeIfRestored(shrunk: PerTokenOutput[], c: Compilation): PerTokenOutput[] {
   const restoring = c.plans.find((p) => p.restore);
   const tap = shrunk[0];
-  if (!restoring || !tap) return shrunk;
+  if (!restoring?.restore || !tap) return shrunk;
+  const s = c.spec.stages[restoring.stage];
   throw new PrunecError(
     "apply",
-    `${c.spec.file}:${c.spec.stages[restoring.stage]?.span.line ?? 1}:${c.spec.stages[restoring.stage]?.span.column ?? 1}: error: 'with restore' puts the dropped tokens back at the last layer's output, but output '${tap.output}' reads the stream before that point and would keep ${String(tap.rows)} of its ${String(tap.denseRows)} rows; restoring at an intermediate layer is not supported yet`,
+    `${c.spec.file}:${s?.span.line ?? 1}:${s?.span.column ?? 1}: error: 'with restore' puts the dropped tokens back at ${restoreWhere(c.info, restoring.restore.at)}, but output '${tap.output}' reads the stream before that point and would keep ${String(tap.rows)} of its ${String(tap.denseRows)} rows; restore at or before the layer it reads ('with restore(layer: N)')`,
   );
 }
 
@@ -709,11 +710,15 @@ function report(
     line: lines[i] ?? 0,
   }));
   let current: Dim | undefined = info.tokens;
+  // The counts a restoring stage came in with, given back at its restore point (innermost last).
+  const restores: { at: number; tokens: Dim | undefined }[] = [];
   const tokensPerLayer = info.layers.map((l) => {
     const row = { layer: l.index, dense: info.tokens, pruned: current };
     const stage = plans.find((p) => p.layer.index === l.index);
+    if (stage?.restore) restores.push({ at: stage.restore.at, tokens: current });
     // A masked stage removes nothing: later layers still compute every token.
     if (stage && !stage.mask) current = stage.tokensOut;
+    while (restores.at(-1)?.at === l.index) current = restores.pop()!.tokens;
     return row;
   });
   return { stages, tokensPerLayer, addedNodes: state.added.map((n) => n.name) };

@@ -19,6 +19,7 @@ import { maskUnavailable } from "../passes/mask-recycle.js";
 import { criterionModule } from "../passes/registry.js";
 import { refusal } from "../passes/kinds/combinations.js";
 import { optionRefusal } from "../passes/kinds/options.js";
+import { restoreLayer } from "../passes/restore.js";
 
 // ToMe's criterion, through the registry like every criterion the planner reads.
 const similarity =
@@ -225,11 +226,11 @@ export function planMerge(
     },
   };
   // The options the table allowed (only `with restore`: tomesd's unmerge) check the model too.
-  const unmet = optionRefusal(new Set(stage.options), { model, layer: layer.index });
+  const unmet = optionRefusal(new Set(stage.options), { model, layer: layer.index, args: stage.optionArgs ?? {} });
   if (unmet) {
     fail(stage.optionSpans[stage.options.indexOf(unmet.option)] ?? stage.span, unmet.why);
     return undefined;
   }
-  if (stage.options.includes("restore")) plan.restore = true;
+  if (stage.options.includes("restore")) plan.restore = { at: restoreLayer(model, stage.optionArgs?.restore) };
   return plan;
 }

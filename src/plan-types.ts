@@ -41,10 +41,11 @@ export interface StagePlan {
    */
   renumber?: boolean;
   /**
-   * `with restore` (DToP, tomesd): at the last layer's output the stage's dropped tokens are put
-   * back at their positions with the hidden state they had when dropped (passes/restore.ts).
+   * `with restore` (DToP, tomesd): at layer `at`'s output (by default the last layer's) the stage's
+   * dropped tokens are put back at their positions with the hidden state they had when dropped
+   * (passes/restore.ts); the layers after `at` compute every token.
    */
-  restore?: boolean;
+  restore?: { at: number };
   /**
    * A `merge` stage (ToMe, passes/merge-stage.ts, planned by src/plan-merge.ts): r tokens merged
    * away; `sizesFrom`: the earlier merge stage whose token sizes it weighs by; `proportional`:

@@ -18,6 +18,7 @@ import type { KindFacts, Refusal } from "../passes/kinds/kind.js";
 import { paddingMode } from "../passes/front-padding.js";
 import { refusal, type CellFacts, type SelectionKind, type StageOption } from "../passes/kinds/combinations.js";
 import { optionRefusal } from "../passes/kinds/options.js";
+import { restoreLayer, restoreWhere } from "../passes/restore.js";
 import { keepCountStatic } from "../passes/amount.js";
 import { planMerge } from "./plan-merge.js";
 import { PrunecError } from "./errors.js";
@@ -205,18 +206,11 @@ export function planSpec(
     tokens = plan.tokensOut;
     plans.push(plan);
   });
-  // Restoring undoes the stages last to first from the last layer's rows: a stage after a restoring
-  // one must restore too, or its dropped rows would have no place in the earlier stage's rows.
-  const restoring = plans.find((p) => p.restore);
-  const unrestored = restoring && plans.find((p) => p.stage > restoring.stage && !p.restore);
-  if (restoring && unrestored)
-    fail(
-      spec.stages[unrestored.stage]!.positionSpan,
-      `the stage after layer ${restoring.layer.index} (line ${spec.stages[restoring.stage]!.span.line}) restores its dropped tokens at the last layer's output, so every later stage must too: add 'with restore' here`,
-    );
+  checkRestorePoints(spec, plans, model, fail);
   plans.forEach((p, i) => {
-    // Padding of a per-example stage is masked up to the next stage, which pads anew.
-    if (p.adaptive) p.padUntil = plans[i + 1]?.layer.index ?? count - 1;
+    // Padding of a per-example stage is masked up to the next stage, which pads anew, or up to its
+    // restore point, where the padding rows become the real tokens they were dropped as.
+    if (p.adaptive) p.padUntil = Math.min(plans[i + 1]?.layer.index ?? count - 1, p.restore?.at ?? count - 1);
     // A merge stage read by a later one hands it ToMe's token order (passes/merge-stage.ts).
     if (p.merge && plans.some((q) => q.merge?.sizesFrom === p.stage)) p.merge.feedsMerge = true;
   });
@@ -579,6 +573,49 @@ function planOne(
 }
 
 /**
+ * Restoring undoes the stages last to first, each at its own point (passes/restore.ts), so:
+ * - a stage after a restoring one restores too, or its dropped rows would have no place in the
+ *   earlier stage's rows;
+ * - the points nest: a later stage's tokens come back at or before an earlier one's point (the
+ *   earlier stage's rows must be whole again before its own tokens can be put back among them);
+ * - each point is after its stage (restoreWhy), so every stage acts above the first point: the
+ *   stream below a point is never pruned again.
+ */
+function checkRestorePoints(
+  spec: SpecIR,
+  plans: readonly StagePlan[],
+  model: TransformerInfo,
+  fail: (span: Span, message: string) => void,
+): void {
+  const restoring = plans.find((p) => p.restore);
+  if (!restoring?.restore) return;
+  const where = restoreWhere(model, restoring.restore.at);
+  const line = spec.stages[restoring.stage]!.span.line;
+  const later = plans.filter((p) => p.stage > restoring.stage);
+  const unrestored = later.find((p) => !p.restore);
+  if (unrestored) {
+    fail(
+      spec.stages[unrestored.stage]!.positionSpan,
+      `the stage after layer ${restoring.layer.index} (line ${line}) restores its dropped tokens at ${where}, so every later stage must too: add 'with restore' here`,
+    );
+    return;
+  }
+  let outer = restoring;
+  for (const p of later) {
+    const at = p.restore!.at;
+    if (at > outer.restore!.at) {
+      const s = spec.stages[p.stage]!;
+      fail(
+        s.optionSpans[s.options.indexOf("restore")] ?? s.span,
+        `this stage restores at ${restoreWhere(model, at)}, after the stage on line ${spec.stages[outer.stage]!.span.line} restores at ${restoreWhere(model, outer.restore!.at)}: a later stage's tokens must come back first, at or before that layer`,
+      );
+      return;
+    }
+    outer = p;
+  }
+}
+
+/**
  * `with mask` / `with recycle` / `with renumber`: the declared table says whether they combine with
  * each other and with the stage's selection kind (passes/kinds/combinations.ts); each option then
  * checks what it needs of the model (passes/kinds/options.ts). False when rejected.
@@ -601,11 +638,14 @@ function applyOptions(
     fail(spanOf(first(refused.at.filter((o) => written.has(o)))), refused.why);
     return false;
   }
-  const unmet = optionRefusal(written, { model, layer: plan.layer.index });
+  const unmet = optionRefusal(written, { model, layer: plan.layer.index, args: stage.optionArgs ?? {} });
   if (unmet) {
     fail(spanOf(unmet.option), unmet.why);
     return false;
   }
-  for (const o of written) plan[o] = true;
+  for (const o of written) {
+    if (o === "restore") plan.restore = { at: restoreLayer(model, stage.optionArgs?.restore) };
+    else plan[o] = true;
+  }
   return true;
 }

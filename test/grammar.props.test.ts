@@ -17,6 +17,7 @@ import {
   type StagePosition,
 } from "../grammar/index.js";
 import { targetsOf } from "../grammar/registry.js";
+import { OPTION_ARGS } from "../grammar/options.js";
 
 const CRITERIA: CriterionInfo[] = [
   { name: "cls-attn", summary: "", args: {} },
@@ -174,6 +175,18 @@ const criterionFor = (target: "stream" | "kv") =>
   });
 
 const options = fc.shuffledSubarray([...STAGE_OPTIONS]) as fc.Arbitrary<StageOption[]>;
+
+/** Written arguments for the options that take some (grammar/options.ts), each present or not. */
+const optionArgs = fc.record(
+  Object.fromEntries(
+    STAGE_OPTIONS.map((o) => [
+      o,
+      fc.record(Object.fromEntries(Object.entries(OPTION_ARGS[o]).map(([name, a]) => [name, argArbitrary(a.type)])), {
+        requiredKeys: [],
+      }),
+    ]),
+  ) as Record<StageOption, fc.Arbitrary<Record<string, ArgValue>>>,
+);
 const span = { line: 1, column: 1, endLine: 1, endColumn: 1 };
 
 const specShape = fc
@@ -195,6 +208,7 @@ const specShape = fc
           freeOf: identifier,
           criterion: criterionFor("stream"),
           options,
+          optionArgs,
           across: fc.option(fc.constant("frames" as const), { nil: undefined }),
         }),
         fc.record({
@@ -252,6 +266,17 @@ function toSpec(shape: Shape): SpecIR {
         optionSpans: s.options.map(() => span),
         span,
       };
+      // Only the written options' non-empty argument lists reach the IR (as to-ir.ts builds it).
+      const written =
+        "optionArgs" in s
+          ? s.options.flatMap((o) => (Object.keys(s.optionArgs[o]).length > 0 ? [[o, s.optionArgs[o]] as const] : []))
+          : [];
+      if (written.length > 0) {
+        st.optionArgs = Object.fromEntries(written);
+        st.optionArgSpans = Object.fromEntries(
+          written.map(([o, a]) => [o, Object.fromEntries(Object.keys(a).map((k) => [k, span]))]),
+        );
+      }
       if (s.target === "kv") st.kvSpan = span;
       if ("during" in s && s.during !== undefined) {
         st.during = s.during;
@@ -326,7 +351,14 @@ function noisyText(spec: SpecIR, n: Noise): string {
       kw("by"),
       `${n.upper ? s.criterion.name.toUpperCase() : s.criterion.name}${args.length > 0 || n.positional ? `(${args.join(", ")})` : ""}`,
     );
-    if (s.options.length > 0) parts.push(kw("with"), s.options.map(kw).join(`${sp},${sp}`));
+    // Option arguments named (upper case when asked); an option without any sometimes gets `()`.
+    const option = (o: StageOption): string => {
+      const written = Object.entries(s.optionArgs?.[o] ?? {}).map(
+        ([k, v]) => `${n.upper ? k.toUpperCase() : k}: ${fmt(v)}`,
+      );
+      return `${kw(o)}${written.length > 0 || n.positional ? `(${written.join(", ")})` : ""}`;
+    };
+    if (s.options.length > 0) parts.push(kw("with"), s.options.map(option).join(`${sp},${sp}`));
     if (s.across !== undefined) parts.push(kw("across"), kw(s.across));
     statements.push(parts.join(sp));
   }

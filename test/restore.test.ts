@@ -61,6 +61,16 @@ describe("with restore on the per-patch digits model (DToP's canvas)", () => {
     },
     // A per-example count: the batch pads to its largest count; padding rows come back as dropped.
     { spec: "after layer 2 keep mass 60% by cls-attn with restore", layers: [2] },
+    // Restored at an intermediate layer: layers 4 and 5 compute every token again.
+    { spec: "after layer 1 keep 25% by cls-attn with restore(layer: 3)", layers: [1], at: [3] },
+    // Nested points: the later stage's tokens come back first (layer 3), the earlier's at layer 4.
+    {
+      spec: "after layer 1 keep 50% by cls-attn with restore(layer: -2)\nafter layer 2 keep 50% by cls-attn with restore(layer: 3)",
+      layers: [1, 2],
+      at: [4, 3],
+    },
+    // The padding bias of a per-example count ends at the restore point, where its rows are real again.
+    { spec: "after layer 1 keep mass 60% by cls-attn with restore(layer: 2)", layers: [1], at: [2] },
   ];
   for (const c of CASES)
     it(`'${c.spec.replace("\n", "; ")}': every example of a batch of ${BATCH} equals its canvas reference (≤ ${TOL}); WASM equals CPU`, async () => {
@@ -76,7 +86,7 @@ describe("with restore on the per-patch digits model (DToP's canvas)", () => {
         counts.push(kept.at(-1)!.length);
         const reference = canvasReference(
           model,
-          c.layers.map((layer, s) => ({ layer, kept: kept[s]! })),
+          c.layers.map((layer, s) => ({ layer, kept: kept[s]!, ...(c.at ? { at: c.at[s]! } : {}) })),
           TOKENS,
         );
         const want = logitsOf(await runNode(reference, feedsOf(b, b + 1), ["logits"]));
@@ -89,6 +99,25 @@ describe("with restore on the per-patch digits model (DToP's canvas)", () => {
       const wasm = await runWasm(compiled, feedsOf(0, BATCH), ["logits"]);
       expect(maxAbsDiff(logitsOf(wasm), logitsOf(got))).toBeLessThanOrEqual(TOL);
     });
+
+  it("the report counts every token again after the restore points", () => {
+    const { report } = compile(
+      model,
+      "after layer 1 keep 50% by cls-attn with restore(layer: 4)\nafter layer 2 keep 50% by cls-attn with restore(layer: 3)",
+    );
+    expect(report.tokensPerLayer.map((r) => r.pruned)).toEqual([65, 65, 33, 17, 33, 65]);
+  });
+
+  it("an output tapping a layer at or after the restore point is whole", async () => {
+    const layers = analyzeTransformer(new Graph(decodeModel(model).graph!)).layers;
+    const taps = [3, 4].map((l) => layers[l]!.residual!.output);
+    const compiled = compile(
+      withOutputs(model, taps),
+      "after layer 1 keep 25% by cls-attn with restore(layer: 3)",
+    ).model;
+    const got = await runNode(compiled, feedsOf(0, BATCH), taps);
+    for (const t of taps) expect(got[t]!.dims.slice(0, 2)).toEqual([BATCH, TOKENS]);
+  });
 
   it("keep-all with restore equals the dense model (≤ 1e-5)", async () => {
     const compiled = compile(model, "after layer 2 keep 100% by cls-attn with restore").model;
@@ -122,7 +151,32 @@ describe("with restore on the per-patch digits model (DToP's canvas)", () => {
     expect(() =>
       compile(withOutputs(model, [r3]), "after layer 2 keep 25% by cls-attn with restore", { specName: "r.prune" }),
     ).toThrow(
-      `r.prune:1:1: error: 'with restore' puts the dropped tokens back at the last layer's output, but output '${r3}' reads the stream before that point and would keep 17 of its 65 rows; restoring at an intermediate layer is not supported yet`,
+      `r.prune:1:1: error: 'with restore' puts the dropped tokens back at the last layer's output, but output '${r3}' reads the stream before that point and would keep 17 of its 65 rows; restore at or before the layer it reads ('with restore(layer: N)')`,
+    );
+    expect(firstErrorLine(model, "after layer 2 keep 25% by cls-attn with restore(layer: 2)")).toBe(
+      "s.prune:1:41: error: 'with restore(layer: 2)' must name a layer after the stage's (2): the dropped tokens come back at that layer's output",
+    );
+    expect(firstErrorLine(model, "after layer 2 keep 25% by cls-attn with restore(layer: 6)")).toBe(
+      "s.prune:1:41: error: 'with restore(layer: …)' names layer 6, but the model has layers 0 to 5",
+    );
+    expect(
+      firstErrorLine(
+        model,
+        "after layer 1 keep 50% by cls-attn with restore(layer: 3)\nafter layer 2 keep 50% by cls-attn with restore(layer: 4)",
+      ),
+    ).toBe(
+      "s.prune:2:41: error: this stage restores at layer 4's output, after the stage on line 1 restores at layer 3's output: a later stage's tokens must come back first, at or before that layer",
+    );
+    expect(
+      firstErrorLine(
+        model,
+        "after layer 1 keep 50% by cls-attn with restore(layer: 3)\nafter layer 3 keep 50% by cls-attn",
+      ),
+    ).toBe(
+      "s.prune:2:1: error: the stage after layer 1 (line 1) restores its dropped tokens at layer 3's output, so every later stage must too: add 'with restore' here",
+    );
+    expect(firstErrorLine(model, "after layer 2 keep 25% by cls-attn with restore(lyr: 4)")).toBe(
+      "s.prune:1:49: error: unknown argument 'lyr' for option 'restore' (it takes: layer)",
     );
     expect(firstErrorLine(model, "after layer 5 merge 25% by similarity with restore")).toBe(
       "s.prune:1:44: error: 'with restore' on a stage after the last layer changes nothing: its dropped tokens come back at once",
@@ -153,6 +207,49 @@ describe("merge with restore (tomesd's unmerge) on the per-patch digits model", 
       r: [16, 12],
     },
   ];
+  // Unmerged at an intermediate layer: layer 3's output is U·(the merged model's layer-3 rows), and
+  // layers 4 and 5 compute every token (ToMe's proportional bias stops at the point).
+  for (const criterion of ["similarity", "similarity(proportional: 1)"])
+    it(`'after layer 1 merge 25% by ${criterion} with restore(layer: 3)': layer 3's output rows = the merged model's at the row each token landed in, batch 3`, async () => {
+      const batch = 3;
+      const spec = `after layer 1 merge 25% by ${criterion}`;
+      const dense = layerInfo(model);
+      const tap = dense[3]!.residual;
+      const restored = compile(withOutputs(model, [tap]), `${spec} with restore(layer: 3)`).model;
+      const plainCompiled = compile(withOutputs(model, [tap]), spec, { exposeIndices: true }).model;
+      const keysName = layerInfo(plainCompiled)[1]!.keys;
+      const feeds = feedsOf(0, batch);
+      const plain = await runNode(withOutputs(plainCompiled, [keysName]), feeds, [
+        tap,
+        keysName,
+        "prunec.stage0.indices",
+      ]);
+      const got = await runNode(restored, feeds, [tap, "logits"]);
+      expect(got[tap]!.dims.slice(0, 2)).toEqual([batch, TOKENS]);
+      expect(got["logits"]!.dims).toEqual([batch, 64, 2]);
+      const width = got[tap]!.dims[2]!;
+      const rowsOut = plain[tap]!.dims[1]!;
+      const kt = plain[keysName]!;
+      for (let b = 0; b < batch; b++) {
+        const keys = headMeanKeysFromKt(f32(kt), kt.dims, dense[1]!.heads)[b]!;
+        const step = tomeStep(
+          keys,
+          keys,
+          keys.map(() => 1),
+          16,
+          1,
+          undefined,
+        );
+        const rowOf = new Map(step.positions.map((q, i) => [q, i]));
+        const want = Float32Array.from({ length: TOKENS * width }, (_, k) => {
+          const row = rowOf.get(step.landing[Math.floor(k / width)]!)!;
+          return f32(plain[tap]!)[(b * rowsOut + row) * width + (k % width)]!;
+        });
+        const mine = f32(got[tap]!).subarray(b * TOKENS * width, (b + 1) * TOKENS * width);
+        expect([b, maxAbsDiff(mine, want) <= TOL]).toEqual([b, true]);
+      }
+    });
+
   for (const c of CASES)
     it(`'${c.spec.replace("\n", "; ")}' with restore: patch p's logits = the merged model's at the token p landed in (ToMe reference), batch 3; WASM equals CPU`, async () => {
       const batch = 3;

@@ -5,12 +5,15 @@
 import type { TransformerInfo } from "../../src/analysis/transformer.js";
 import { maskUnavailable } from "../mask-recycle.js";
 import type { StageOption } from "./combinations.js";
-import { restoreWhy } from "../restore.js";
+import { restoreLayer, restoreWhy } from "../restore.js";
+import type { ArgValue } from "../../grammar/ir.js";
 
 export interface OptionFacts {
   model: TransformerInfo;
   /** The stage's layer (the options act on the layers after it). */
   layer: number;
+  /** The arguments written for options (`with restore(layer: 8)`), by option. */
+  args: Partial<Record<StageOption, Readonly<Record<string, ArgValue>>>>;
 }
 
 export interface OptionModule {
@@ -61,7 +64,7 @@ export const OPTIONS: readonly OptionModule[] = [
   {
     option: "restore",
     summary:
-      "put the dropped tokens back at the last layer's output, with the hidden state they had when dropped: every output keeps one row per token",
-    check: (f) => restoreWhy(f.model, f.layer),
+      "put the dropped tokens back at the output of layer `layer` (default: the last), with the hidden state they had when dropped: the layers after it and every output see one row per token",
+    check: (f) => restoreWhy(f.model, f.layer, restoreLayer(f.model, f.args.restore)),
   },
 ];

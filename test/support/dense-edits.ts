@@ -41,6 +41,7 @@ export function maskKeys(
   fromLayer: number,
   kept: readonly number[],
   tokens: number,
+  untilLayer = Number.POSITIVE_INFINITY,
 ): Uint8Array {
   const keep = new Set(kept);
   const mask = floatTensor(
@@ -48,8 +49,12 @@ export function maskKeys(
     Array.from({ length: tokens }, (_, j) => (keep.has(j) ? 0 : MASKED)),
     [1, tokens],
   );
-  return withKeyMask(modelBytes, fromLayer, mask.name, (g) =>
-    shallowCopy(g, { initializer: [...g.initializer, mask] }),
+  return withKeyMask(
+    modelBytes,
+    fromLayer,
+    mask.name,
+    (g) => shallowCopy(g, { initializer: [...g.initializer, mask] }),
+    untilLayer,
   );
 }
 
@@ -69,12 +74,13 @@ function withKeyMask(
   fromLayer: number,
   mask: string,
   declare: (g: GraphProto) => GraphProto,
+  untilLayer = Number.POSITIVE_INFINITY,
 ): Uint8Array {
   const model = decodeModel(modelBytes);
   const graph = model.graph!;
   const anchors = new Map<NodeProto, number>();
   for (const l of analyzeTransformer(new Graph(graph)).layers)
-    if (l.index >= fromLayer && l.core) anchors.set(l.core.anchor, l.index);
+    if (l.index >= fromLayer && l.index <= untilLayer && l.core) anchors.set(l.core.anchor, l.index);
   if (!anchors.size) throw new Error(`maskKeys: no attention at layer ${fromLayer} or later`);
   const node: NodeProto[] = [];
   for (const n of graph.node) {
@@ -174,19 +180,23 @@ export function carriedTensors(compiled: Uint8Array, stage: number): string[] {
 
 /**
  * DToP's canvas (methods.md §30) as an edit of the dense model, for `with restore`: each stage
- * `{ layer, kept }` (kept: dense positions that survive it and every stage before) masks the other
- * tokens' keys from layer + 1 on (`maskKeys`), and what reads the last layer's output reads instead,
- * per token, the residual leaving the layer of the stage that dropped it (its exit features), or
- * the last layer's output for a token every stage kept. Batch 1 (the rows are constants).
+ * `{ layer, kept, at }` (kept: dense positions that survive it and every stage before; at: the layer
+ * at whose output it restores, the last by default) masks the other tokens' keys in layers
+ * layer + 1 .. at (`maskKeys`), and what reads layer `at`'s output reads instead, per token, the
+ * residual leaving the stage's layer (its exit features) for a token the stage did not keep, or
+ * layer `at`'s output for one it kept. Stages are undone last first, as restore points nest.
+ * Batch 1 (the rows are constants).
  */
 export function canvasReference(
   modelBytes: Uint8Array,
-  stages: readonly { layer: number; kept: readonly number[] }[],
+  stages: readonly { layer: number; kept: readonly number[]; at?: number }[],
   tokens: number,
 ): Uint8Array {
+  const count = analyzeTransformer(new Graph(decodeModel(modelBytes).graph!)).layers.length;
+  const atOf = (s: { at?: number }) => s.at ?? count - 1;
   let bytes = modelBytes;
   stages.forEach((s, i) => {
-    bytes = maskKeys(bytes, s.layer + 1, s.kept, tokens);
+    bytes = maskKeys(bytes, s.layer + 1, s.kept, tokens, atOf(s));
     // maskKeys names its nodes and row after the layer: give each stage's edit its own names.
     const m = decodeModel(bytes);
     const rename = (x: string) => (x.startsWith("test/") && !/_s\d+$/.test(x) ? `${x}_s${i}` : x);
@@ -202,17 +212,13 @@ export function canvasReference(
       }),
     );
   });
-  const model = decodeModel(bytes);
-  const graph = model.graph!;
-  const layers = analyzeTransformer(new Graph(graph)).layers;
-  const last = layers.at(-1)?.residual?.output;
-  if (!last) throw new Error("canvasReference: no residual leaving the last layer");
-  const nodes: NodeProto[] = [];
-  const initializers: TensorProto[] = [];
-  let canvas = last;
+  let model = decodeModel(bytes);
+  const layers = analyzeTransformer(new Graph(model.graph!)).layers;
   [...stages].reverse().forEach((s, j) => {
+    const graph = model.graph!;
+    const point = layers[atOf(s)]?.residual?.output;
     const exit = layers[s.layer]?.residual?.output;
-    if (!exit) throw new Error(`canvasReference: no residual leaving layer ${s.layer}`);
+    if (!point || !exit) throw new Error(`canvasReference: no residual leaving layer ${atOf(s)} or ${s.layer}`);
     const keep = new Set(s.kept);
     const member = create(TensorProtoSchema, {
       name: `test/canvas_kept_${j}`,
@@ -220,19 +226,25 @@ export function canvasReference(
       dims: [1n, BigInt(tokens), 1n],
       rawData: Uint8Array.from({ length: tokens }, (_, t) => (keep.has(t) ? 1 : 0)),
     });
-    initializers.push(member);
-    const out = `test/canvas_${j}`;
-    nodes.push(makeNode("Where", [member.name, canvas, exit], [out], `test/canvas_where_${j}`));
-    canvas = out;
+    // The point's producer now writes `<point>/live`; the canvas takes the point's name, so every
+    // reader (and an earlier canvas at the same point) reads the restored rows.
+    const live = `${point}/live_${j}`;
+    const node = graph.node.map((n) =>
+      n.output.includes(point) ? shallowCopy(n, { output: n.output.map((x) => (x === point ? live : x)) }) : n,
+    );
+    const at = node.findIndex((n) => n.output.includes(live));
+    const where = makeNode(
+      "Where",
+      [member.name, live, exit === point ? live : exit],
+      [point],
+      `test/canvas_where_${j}`,
+    );
+    model = shallowCopy(model, {
+      graph: shallowCopy(graph, {
+        node: [...node.slice(0, at + 1), where, ...node.slice(at + 1)],
+        initializer: [...graph.initializer, member],
+      }),
+    });
   });
-  const readers = graph.node.map((n) =>
-    n.input.includes(last) ? shallowCopy(n, { input: n.input.map((x) => (x === last ? canvas : x)) }) : n,
-  );
-  const at = graph.node.findIndex((n) => n.output.includes(last));
-  const node = [...readers.slice(0, at + 1), ...nodes, ...readers.slice(at + 1)];
-  return encodeModel(
-    shallowCopy(model, {
-      graph: shallowCopy(graph, { node, initializer: [...graph.initializer, ...initializers] }),
-    }),
-  );
+  return encodeModel(model);
 }
