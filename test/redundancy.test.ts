@@ -20,6 +20,7 @@ import { headMeanKeysFromKt } from "./reference/tome.js";
 import { redundancyStep, type RedundancyStep } from "./reference/zero-tprune.js";
 import { pagerankKeep } from "./reference/attention-scores.js";
 import { keepCount } from "./reference/cls-attn.js";
+import { buildDecoder, prefillFeeds, promptBatch } from "./support/decoder.js";
 import {
   rejection,
   tinyFeeds,
@@ -61,7 +62,10 @@ async function reference(
 ): Promise<RedundancyStep[]> {
   const t = layerTensors(model, layer);
   const out = await runNode(withOutputs(model, [t.logits, t.kt]), feeds, [t.logits, t.kt]);
-  const logits = unfoldProbs(out[t.logits]!.data as Float32Array, out[t.logits]!.dims, t.heads);
+  const dims = out[t.logits]!.dims;
+  // [B,H,N,N] (the decoder) read as [B·H,N,N] (torchvision's layout).
+  const folded = dims.length === 4 ? [dims[0]! * dims[1]!, dims[2]!, dims[3]!] : dims;
+  const logits = unfoldProbs(out[t.logits]!.data as Float32Array, folded, t.heads);
   const keys = headMeanKeysFromKt(out[t.kt]!.data as Float32Array, out[t.kt]!.dims, t.heads);
   return logits.map((l, b) => {
     const np = keys[b]!.length - t.prefix;
@@ -243,6 +247,30 @@ describe("redundancy refuses amounts that could reach the important half", () =>
   it("pagerank's own argument checks", () => {
     expect(first("after layer 2 drop 10% by redundancy(iterations: 0)")).toBe(
       "s.prune:1:27: error: redundancy cannot run after layer 2: iterations must be at least 1, got 0",
+    );
+  });
+});
+
+describe("redundancy with a token count known only at run time (the plain decoder, causal logits, no prefix)", () => {
+  const plain = buildDecoder({ attention: "plain" });
+  const prompts = [
+    [1, 5, 9, 14, 3, 22, 7, 30, 11, 2, 18, 25, 4],
+    [1, 8, 8, 40, 12, 6, 33, 2, 19, 27, 5, 10, 44],
+    [1, 31, 17, 3, 3, 3, 21, 9, 14, 36, 28, 6, 13],
+  ];
+  it("after layer 1 drop 25%: exact kept sets at batch 1 and 3 (unpadded), CPU and WASM", async () => {
+    const feeds = [promptBatch(prompts.slice(0, 1)), promptBatch(prompts)].map((p) => prefillFeeds(p, "plain"));
+    const { model: pruned, report } = compile(plain, "after layer 1 drop 25% by redundancy", { exposeIndices: true });
+    expect(typeof report.stages[0]!.tokensIn).toBe("string");
+    for (const f of feeds) {
+      const steps = await reference(plain, 1, f, (np) => keepCount(25, np));
+      expectClearMargins(steps);
+      for (const run of [runNode, runWasm]) expect(await kept(pruned, f, run)).toEqual(steps.map((s) => s.kept));
+    }
+  });
+  it("drop 50% is refused: of an odd count it drops more than half", () => {
+    expect(rejection(plain, "after layer 1 drop 50% by redundancy").split("\n")[0]).toBe(
+      "s.prune:1:20: error: redundancy drops only tokens of the less important half (Zero-TPrune's S-stage partition): it may drop at most half of the prunable tokens, and this model's token count (sequence_length) is known only at run time; write 'drop P%' with P below 50 or 'keep P%' with P at least 50, which hold for every count",
     );
   });
 });
