@@ -137,6 +137,12 @@ export interface CriterionModule extends CriterionInfo {
    * stage whose count differs per example and stay exact per example.
    */
   paddingSafe?: boolean;
+  /**
+   * Why the criterion drops only from the less important half of the prunable tokens (redundancy,
+   * Zero-TPrune's S-stage), if so: the plan refuses an amount that could drop more than ⌊Np/2⌋ of
+   * the Np prunable tokens, a count that differs per example, groups, and a stage after 'with mask'.
+   */
+  dropsAtMostHalf?: string;
   /** Its scores depend on the stage's static budget (ctx.keep): counts that differ per example are refused. */
   usesBudget?: boolean;
   /**

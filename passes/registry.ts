@@ -13,6 +13,7 @@ import { hiprune } from "./criteria/hiprune.js";
 import { flowcut } from "./criteria/flowcut.js";
 import { clsAttnEnsemble } from "./criteria/cls-attn-ensemble.js";
 import { pagerank } from "./criteria/pagerank.js";
+import { redundancy } from "./criteria/redundancy.js";
 import { fopru, spatialRows } from "./criteria/fopru.js";
 import { diversity, kCenter } from "./criteria/diversity.js";
 import { similarity } from "./criteria/similarity.js";
@@ -36,6 +37,7 @@ export const CRITERIA: readonly CriterionModule[] = [
   fopru,
   spatialRows,
   pagerank,
+  redundancy,
   flowcut,
   diversity,
   kCenter,

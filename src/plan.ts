@@ -28,6 +28,7 @@ import { planHeadStages } from "./plan-heads.js";
 import { cachedGqaBelow } from "../passes/host-mask.js";
 import { planFrames } from "./plan-frames.js";
 import { setInput } from "./plan-sets.js";
+import { halfRefusal } from "./plan-half.js";
 import type { HeadPlan, KvPlan } from "./plan-types.js";
 
 export { DEFAULT_PERCENT, resolvedAmount };
@@ -180,6 +181,13 @@ export function planSpec(
       fail(
         stage.criterion.span,
         `${plan.criterion.name} after a 'with mask' stage is not supported: it would cut its chunks over every token in the stream, the masked ones included`,
+      );
+      return;
+    }
+    if (masked && plan.criterion.dropsAtMostHalf) {
+      fail(
+        stage.criterion.span,
+        `${plan.criterion.name} after a 'with mask' stage is not supported: its partition would count the masked tokens, which are still in the stream`,
       );
       return;
     }
@@ -472,7 +480,7 @@ function planOne(
     )
   )
     return undefined;
-  const counted = COUNT_CHECK(kindFacts);
+  const counted = COUNT_CHECK(kindFacts) ?? halfRefusal(kindFacts, amount, drop);
   if (counted) {
     fail(spanOf(counted), counted.why);
     return undefined;
