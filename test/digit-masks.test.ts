@@ -161,29 +161,29 @@ describe.skipIf(!existsSync(MODEL))("examples/digit-masks (trained per-patch ViT
     );
   });
 
-  it("a model whose output rows are not the set's patches: exit 6 naming both shapes", () => {
+  it("a model whose output rows are not the set's patches: exit 2 naming both shapes", () => {
     // pruned (the patch rows shrink to the kept tokens: 16 of 64)
     const pruned = join(dir, "pruned.onnx");
     writeFileSync(pruned, compile(readFileSync(MODEL), "after layer 2 keep 25% by cls-attn\n").model);
     const p = run("eval", pruned, "--data", SAMPLE);
     expect([p.status, p.stdout, p.stderr]).toEqual([
-      6,
+      2,
       "",
-      `${pruned}: output 'logits' has shape [8, 16, 2]; expected [batch, 64, 2] logits, one row of 2 per patch of ${SAMPLE} (header fields 'patches' and 'classes')\n`,
+      `prunec: error: ${pruned}: output 'logits' has shape [8, 16, 2]; expected [batch, 64, 2] logits, one row of 2 per patch of ${SAMPLE} (header fields 'patches' and 'classes')\n`,
     ]);
     // a per-example classifier on a per-patch set
     const digits = join(REPO_ROOT, "examples", "digits", "model.onnx");
     const c = run("eval", digits, "--data", SAMPLE, "--batch", "4");
     expect([c.status, c.stderr]).toEqual([
-      6,
-      `${digits}: output 'logits' has shape [4, 10]; expected [batch, 64, 2] logits, one row of 2 per patch of ${SAMPLE} (header fields 'patches' and 'classes')\n`,
+      2,
+      `prunec: error: ${digits}: output 'logits' has shape [4, 10]; expected [batch, 64, 2] logits, one row of 2 per patch of ${SAMPLE} (header fields 'patches' and 'classes')\n`,
     ]);
     // and the per-patch model on a per-example set
     const perExample = join(REPO_ROOT, "examples", "digits", "sample.prds");
     const e = run("eval", MODEL, "--data", perExample);
     expect([e.status, e.stderr]).toEqual([
-      6,
-      `${MODEL}: output 'logits' has shape [8, 64, 2]; expected [batch, 10] logits\n`,
+      2,
+      `prunec: error: ${MODEL}: output 'logits' has shape [8, 64, 2]; expected [batch, 10] logits\n`,
     ]);
   });
 

@@ -385,7 +385,7 @@ for (const { name: layout, model: decoder } of LAYOUTS)
           });
         }
       }
-    });
+    }, 180_000); // 30 s alone on 2 cores: three criteria, each generating at batch 1 (twice) and 2
 
     it("in layers 1..2: only those layers' caches shrink", async () => {
       const model = compile(decoder, "in layers 1..2 keep kv 50% by knorm").model;

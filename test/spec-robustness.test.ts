@@ -243,7 +243,7 @@ describe(".prds headers", () => {
     }
   });
 
-  it("a set whose images are not the model's input shape: exit 6 naming both", () => {
+  it("a set whose images are not the model's input shape: exit 2 naming both", () => {
     const d = parseDataset(prds({ n: 1, channels: 1, height: 32, width: 128, classes: 10 }, 1 + 32 * 128), "d.prds");
     const e = (() => {
       try {
@@ -254,7 +254,7 @@ describe(".prds headers", () => {
       return undefined;
     })();
     expect([e?.exitCode, e?.message]).toEqual([
-      6,
+      2,
       "d.prds: examples are float32 [batch, 1, 32, 128], but m.onnx's input 'pixel_values' is [batch_size, 1, 64, 64]",
     ]);
     const fits = parseDataset(prds({ n: 1, channels: 1, height: 64, width: 64, classes: 10 }, 1 + 64 * 64), "d.prds");

@@ -107,13 +107,13 @@ export async function evaluate(
       if (data.patches === undefined) {
         if (dims.length !== 2 || dims[1] !== classes) {
           throw new PrunecError(
-            "apply",
+            "io",
             `${modelName}: output '${output}' has shape [${dims.join(", ")}]; expected [batch, ${classes}] logits`,
           );
         }
       } else if (dims.length !== 3 || dims[0] !== to - from || dims[1] !== rows || dims[2] !== classes) {
         throw new PrunecError(
-          "apply",
+          "io",
           `${modelName}: output '${output}' has shape [${dims.join(", ")}]; expected [batch, ${rows}, ${classes}] logits, ` +
             `one row of ${classes} per patch of ${options.dataName ?? "the data set"} (header fields 'patches' and 'classes')`,
         );

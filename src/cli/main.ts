@@ -10,7 +10,9 @@ import { compile, parseOrThrow, type CompileReport } from "../compile.js";
 import { checkSpec, diagnosticsJson } from "../check.js";
 import { formatDiagnostics, printSpec } from "../../grammar/index.js";
 import { SingleBar, Presets } from "cli-progress";
-import { checkDatasetFitsModel, parseDataset } from "../data/prds.js";
+import { checkDatasetFitsModel, encodeDataset, parseDataset } from "../data/prds.js";
+import type { PreprocessFlags } from "./preprocess.js";
+import { evalDataset, folderDataset, isFolder } from "./data-input.js";
 import { evaluate, type EvalResult } from "./evaluate.js";
 import { benchmark, formatBench } from "./benchmark.js";
 import { renderReport, saveReport } from "./report.js";
@@ -23,7 +25,8 @@ import {
   EXTERNAL_DATA_MODES,
   type ExternalDataMode,
 } from "./weights.js";
-import { checkOutput, readInput } from "./files.js";
+import { checkOutput, inputRef, readInput } from "./files.js";
+import { writeAtomic } from "./atomic.js";
 import { inspectModel, formatInspect } from "../inspect.js";
 import { specFileText } from "./spec-file.js";
 import { PrunecError, errorText } from "../errors.js";
@@ -206,6 +209,42 @@ function runFmt(specPath: string, io: Io): number {
   return 0;
 }
 
+/** The preprocessing flags `eval` (on an image folder) and `pack` take. */
+function withPreprocessFlags(c: Command): Command {
+  return c
+    .option(
+      "--size <HxW>",
+      "image size fed to the model (default: the model's input size, or its preprocessor config's)",
+    )
+    .option(
+      "--resize <how>",
+      "fill (stretch to the size) or shortest-edge:N (scale, keep the aspect ratio, centre crop)",
+    )
+    .option("--kernel <name>", "resize kernel: nearest, linear, cubic or lanczos3 (default: the config's, else linear)")
+    .option("--mean <c1,c2,c3>", "per-channel mean: the input is (pixel/255 - mean)/std")
+    .option("--std <c1,c2,c3>", "per-channel std")
+    .option("--preprocessor <file>", "a transformers preprocessor_config.json (default: the one beside the model)");
+}
+
+async function runPack(
+  folder: string,
+  opts: { model: string; output: string } & PreprocessFlags,
+  io: Io,
+): Promise<void> {
+  const model = readBytes(opts.model, "an ONNX model");
+  if (!isFolder(folder)) throw new PrunecError("io", `${folder}: not a folder (pack reads <folder>/<class>/<image>)`);
+  const data = await folderDataset(folder, model, opts.model, opts, false);
+  await writeAtomic(
+    opts.output,
+    [encodeDataset(data)],
+    [inputRef(opts.model)].filter((x) => x !== undefined),
+  );
+  const h = data.header;
+  io.err(
+    `wrote ${opts.output}: ${h.n} images of ${h.classes} classes (${(h.labels ?? []).join(", ")}), [${h.channels}, ${h.height}, ${h.width}]${h.mean ? `, mean ${h.mean.join(",")} std ${h.std?.join(",")}` : ""}`,
+  );
+}
+
 function positiveInt(value: string, what: string): number {
   const n = Number(value);
   if (!Number.isInteger(n) || n < 1) throw new PrunecError("io", `${what} must be a positive integer, got '${value}'`);
@@ -214,7 +253,7 @@ function positiveInt(value: string, what: string): number {
 
 async function runEval(
   modelPath: string,
-  opts: { data: string; ep: string; batch: string; json?: boolean },
+  opts: { data: string; ep: string; batch: string; json?: boolean } & PreprocessFlags,
   io: Io,
 ): Promise<void> {
   if (opts.ep !== "cpu" && opts.ep !== "wasm")
@@ -222,8 +261,7 @@ async function runEval(
   const ep = opts.ep;
   const batch = positiveInt(opts.batch, "--batch");
   const model = readBytes(modelPath, "an ONNX model");
-  const data = parseDataset(readBytes(opts.data, "a .prds data set"), opts.data);
-  checkDatasetFitsModel(data, model, opts.data, modelPath); // exit 6 naming both, not onnxruntime's error
+  const data = await evalDataset(opts.data, model, modelPath, opts, opts.json === true);
   const bar =
     process.stderr.isTTY && !opts.json
       ? new SingleBar(
@@ -327,8 +365,14 @@ async function runReport(
   const model = modelFile.bytes;
   const specFile = readInput(specPath, "a .prune spec");
   const spec = specFileText(specFile.bytes, specPath);
-  const dataFile = opts.data ? readInput(opts.data, "a .prds data set") : undefined;
-  const data = dataFile ? parseDataset(dataFile.bytes, dataFile.path) : undefined;
+  // An image folder is read for the model (its preprocessing); a .prds file is checked against it below.
+  const folder = opts.data !== undefined && isFolder(opts.data);
+  const dataFile = opts.data && !folder ? readInput(opts.data, "a .prds data set") : undefined;
+  const data = dataFile
+    ? parseDataset(dataFile.bytes, dataFile.path)
+    : folder
+      ? await folderDataset(opts.data!, model, modelPath, {}, false)
+      : undefined;
   const examples = positiveInt(opts.examples, "--examples");
   if (data?.patches !== undefined)
     throw new PrunecError(
@@ -432,13 +476,34 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
       "top-1 accuracy of MODEL on a labelled .prds set, or mIoU, per-class IoU and patch accuracy on a set with per-patch labels (and the tokens per layer of a pruned model)",
     )
     .argument("<model>", "ONNX model file")
-    .requiredOption("--data <file>", "labelled test set (.prds)")
+    .requiredOption(
+      "--data <path>",
+      "labelled test set: a .prds file, or a folder with one subfolder of PNG/JPEG images per class",
+    )
     .option("--ep <provider>", "execution provider: cpu (onnxruntime-node) or wasm (onnxruntime-web)", "cpu")
     .option("--batch <n>", "batch size", "32")
-    .option("--json", "print the result as JSON")
-    .action(async (model: string, opts: { data: string; ep: string; batch: string; json?: boolean }) => {
+    .option("--json", "print the result as JSON");
+  withPreprocessFlags(program.commands.at(-1)!).action(
+    async (model: string, opts: { data: string; ep: string; batch: string; json?: boolean } & PreprocessFlags) => {
       await runEval(model, opts, io);
-    });
+    },
+  );
+
+  withPreprocessFlags(
+    program
+      .command("pack")
+      .description(
+        "pack a folder of images (one subfolder per class, PNG or JPEG) into a .prds data set preprocessed for MODEL",
+      )
+      .argument("<folder>", "image folder: <folder>/<class>/<image>.png")
+      .requiredOption(
+        "--model <file>",
+        "the ONNX model the images are for (its input size; a preprocessor_config.json beside it)",
+      )
+      .requiredOption("-o, --output <file>", "the .prds file to write"),
+  ).action(async (folder: string, opts: { model: string; output: string } & PreprocessFlags) => {
+    await runPack(folder, opts, io);
+  });
 
   program
     .command("bench")

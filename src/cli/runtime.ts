@@ -38,7 +38,7 @@ let ortWeb: Promise<OrtWeb> | undefined;
 
 /** A missing (or broken) optional runtime as a PrunecError (exit 7) saying how to install it. */
 export function runtimeError(pkg: string, command: string | undefined, e: unknown): PrunecError {
-  const who = command ? `prunec ${command}` : "running models";
+  const who = command ? (command.includes(" ") ? command : `prunec ${command}`) : "running models";
   const code = (e as { code?: unknown } | null)?.code;
   const why = e instanceof Error ? e.message : String(e);
   if ((code === "ERR_MODULE_NOT_FOUND" || code === "MODULE_NOT_FOUND") && why.includes(pkg)) {

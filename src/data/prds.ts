@@ -1,13 +1,15 @@
 /**
  * Labelled image sets in prunec's compact format (`.prds`), readable without Python:
  *   "PRUNEDS1" | uint32 LE header length H | H bytes JSON header | n·t label bytes | n·c·h·w pixel bytes (NCHW)
- * The model input is pixel/255 as float32.
+ * The model input is pixel/255 as float32, or (pixel/255 − mean_c)/std_c when the header has both
+ * `mean` and `std` (arrays of `channels` finite numbers, std > 0: a model's normalisation, as
+ * `prunec pack` records it from a preprocessor_config.json or flags).
  *
  * The header is a JSON object: n, channels, height, width, classes are positive safe integers;
  * labels (optional) is an array of `classes` strings naming the classes; targets (optional) is
  * "examples" (the default: t = 1, one label per example) or "patches" (t = the header field
  * patches, a positive safe integer: one label per patch, row-major over the patch grid, example
- * after example); patches is read only when targets is "patches"; other fields (input, seed,
+ * after example); patches is read only when targets is "patches"; mean and std as above; other fields (input, seed,
  * description, patch_grid) are free. The file must be exactly 12 + H + n·t + n·c·h·w bytes and
  * every label byte below `classes`. Anything else is PrunecError "format" (exit 3) naming the file
  * and the field, and nothing is allocated from a header field before it is checked against the
@@ -25,6 +27,9 @@ export interface DatasetHeader {
   labels?: string[];
   targets?: "examples" | "patches";
   patches?: number;
+  /** Per channel: the model input is (pixel/255 − mean)/std. Both or neither. */
+  mean?: number[];
+  std?: number[];
   [key: string]: unknown;
 }
 
@@ -83,6 +88,18 @@ export function parseDataset(bytes: Uint8Array, source = "dataset"): Dataset {
       fail(`header field 'labels' must be an array of ${classes} strings (one per class), got ${shown(names)}`);
     }
   }
+  const mean = header["mean"];
+  const std = header["std"];
+  const perChannel = (v: unknown, positive: boolean) =>
+    Array.isArray(v) &&
+    v.length === channels &&
+    v.every((x) => typeof x === "number" && Number.isFinite(x) && (!positive || x > 0));
+  if ((mean === undefined) !== (std === undefined))
+    fail(`header fields 'mean' and 'std' go together, got only '${mean === undefined ? "std" : "mean"}'`);
+  if (mean !== undefined && !perChannel(mean, false))
+    fail(`header field 'mean' must be an array of ${channels} finite numbers (one per channel), got ${shown(mean)}`);
+  if (std !== undefined && !perChannel(std, true))
+    fail(`header field 'std' must be an array of ${channels} positive numbers (one per channel), got ${shown(std)}`);
   const targets = header["targets"];
   if (targets !== undefined && targets !== "examples" && targets !== "patches")
     fail(`header field 'targets' must be "examples" or "patches", got ${shown(targets)}`);
@@ -121,8 +138,8 @@ export function parseDataset(bytes: Uint8Array, source = "dataset"): Dataset {
 
 /**
  * The data set's examples must be what the model's first input takes, [batch, channels, height,
- * width] float32 (symbolic sizes match anything): otherwise exit 6 naming both, before onnxruntime
- * fails on the first batch.
+ * width] float32 (symbolic sizes match anything): otherwise exit 2 (the data given does not fit the
+ * model given) naming both, before onnxruntime fails on the first batch.
  */
 export function checkDatasetFitsModel(
   data: Dataset,
@@ -133,11 +150,11 @@ export function checkDatasetFitsModel(
   const g = decodeModel(modelBytes, modelName).graph;
   const inits = new Set(g?.initializer.map((t) => t.name));
   const input = g?.input.find((i) => !inits.has(i.name));
-  if (!input) throw new PrunecError("apply", `${modelName}: the model has no input to feed ${dataName}'s images to`);
+  if (!input) throw new PrunecError("io", `${modelName}: the model has no input to feed ${dataName}'s images to`);
   const { channels, height, width } = data.header;
   const refused = (what: string): PrunecError =>
     new PrunecError(
-      "apply",
+      "io",
       `${dataName}: examples are float32 [batch, ${channels}, ${height}, ${width}], but ${modelName}'s input '${input.name}' ${what}`,
     );
   const t = input.type?.value;
@@ -159,12 +176,30 @@ export function checkDatasetFitsModel(
   }
 }
 
-/** Examples [from, to) as the model's float input (pixel/255), NCHW. */
+/** Examples [from, to) as the model's float input (pixel/255, normalised when the header says how), NCHW. */
 export function batchInput(d: Dataset, from: number, to: number): { data: Float32Array; dims: number[] } {
-  const { channels, height, width } = d.header;
-  const per = channels * height * width;
+  const { channels, height, width, mean, std } = d.header;
+  const plane = height * width;
+  const per = channels * plane;
   const src = d.pixels.subarray(from * per, to * per);
   const data = new Float32Array(src.length);
-  for (let i = 0; i < src.length; i++) data[i] = src[i]! / 255;
+  if (mean && std)
+    for (let i = 0; i < src.length; i++) {
+      const c = Math.floor(i / plane) % channels;
+      data[i] = (src[i]! / 255 - mean[c]!) / std[c]!;
+    }
+  else for (let i = 0; i < src.length; i++) data[i] = src[i]! / 255;
   return { data, dims: [to - from, channels, height, width] };
+}
+
+/** The `.prds` bytes of a data set (parseDataset reads them back to the same header, labels and pixels). */
+export function encodeDataset(d: Dataset): Uint8Array {
+  const header = new TextEncoder().encode(JSON.stringify(d.header));
+  const out = new Uint8Array(12 + header.length + d.labels.length + d.pixels.length);
+  out.set(new TextEncoder().encode(MAGIC), 0);
+  new DataView(out.buffer).setUint32(8, header.length, true);
+  out.set(header, 12);
+  out.set(d.labels, 12 + header.length);
+  out.set(d.pixels, 12 + header.length + d.labels.length);
+  return out;
 }
