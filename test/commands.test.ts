@@ -113,17 +113,25 @@ describe.skipIf(!existsSync(MODEL))("eval, bench and report on examples/digits",
     expect(j.rows[1].idealSpeedup).toBeGreaterThan(1.5);
   });
 
-  it("report writes valid Markdown, JSON, SVG and PNG overlays", () => {
+  it("report writes valid Markdown, JSON, SVG (Vega-Lite) and PNG overlays; its accuracies are eval's", () => {
     const out = join(dir, "report");
     const r = run("report", MODEL, join(dir, "s.prune"), "-o", out, "--data", SAMPLE, "--examples", "3");
     expect(r.status, r.stderr).toBe(0);
     const json = JSON.parse(readFileSync(join(out, "report.json"), "utf8"));
-    expect(json.examples).toHaveLength(3);
-    for (const e of json.examples) expect(e.keptPatches).toHaveLength(16);
-    expect(json.layers.map((l: { prunedTokens: number }) => l.prunedTokens)).toEqual([65, 65, 65, 17, 17, 17]);
+    const [s] = json.schedules;
+    expect(s.examples).toHaveLength(3);
+    for (const e of s.examples) expect(e.keptPatches).toHaveLength(16);
+    expect(s.layers.map((l: { prunedTokens: number }) => l.prunedTokens)).toEqual([65, 65, 65, 17, 17, 17]);
+    const denseEval = JSON.parse(run("eval", MODEL, "--data", SAMPLE, "--json").stdout) as { accuracy: number };
+    expect(json.dense.accuracy).toBe(denseEval.accuracy);
     const svg = readFileSync(join(out, "chart.svg"), "utf8");
     expect(XMLValidator.validate(svg)).toBe(true);
     expect(svg).toContain("tokens per layer");
+    // SI-prefixed FLOPs ticks (a 68 MFLOP model's layers are millions, not a flat line at 0 G).
+    expect(svg).toMatch(/>\d(\.\d)?M</);
+    const budget = readFileSync(join(out, "budget.svg"), "utf8");
+    expect(XMLValidator.validate(budget)).toBe(true);
+    expect(budget).toContain("s.prune");
     for (let i = 0; i < 3; i++) {
       const png = PNG.sync.read(readFileSync(join(out, `example-${i}.png`)));
       expect([png.width, png.height]).toEqual([256, 256]);
@@ -131,5 +139,33 @@ describe.skipIf(!existsSync(MODEL))("eval, bench and report on examples/digits",
     const md = readFileSync(join(out, "report.md"), "utf8");
     expect(md).toContain("![tokens and FLOPs per layer](chart.svg)");
     expect(md).toContain("![example 2](example-2.png)");
+  });
+
+  it("report with several specs compares them: one chart, accuracy against FLOPs, overlays per schedule", () => {
+    const out = join(dir, "report-two");
+    writeFileSync(join(dir, "half.prune"), "after layer 3 keep 50% by cls-attn\n");
+    const r = run(
+      "report",
+      MODEL,
+      join(dir, "s.prune"),
+      join(dir, "half.prune"),
+      "-o",
+      out,
+      "--data",
+      SAMPLE,
+      "--examples",
+      "2",
+    );
+    expect(r.status, r.stderr).toBe(0);
+    const json = JSON.parse(readFileSync(join(out, "report.json"), "utf8"));
+    expect(json.schedules.map((s: { name: string }) => s.name)).toEqual(["s.prune", "half.prune"]);
+    expect(json.schedules[1].layers.map((l: { prunedTokens: number }) => l.prunedTokens)).toEqual([
+      65, 65, 65, 65, 33, 33,
+    ]);
+    for (const s of json.schedules) expect(s.accuracy).toBeGreaterThan(0);
+    for (const f of ["s0-example-1.png", "s1-example-1.png"]) expect(existsSync(join(out, f))).toBe(true);
+    const chart = readFileSync(join(out, "chart.svg"), "utf8");
+    for (const name of ["dense", "s.prune", "half.prune"]) expect(chart).toContain(name);
+    expect(readFileSync(join(out, "report.md"), "utf8")).toContain("| half.prune |");
   });
 });

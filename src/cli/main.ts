@@ -357,14 +357,19 @@ async function runBench(
 
 async function runReport(
   modelPath: string,
-  specPath: string,
+  specPaths: readonly string[],
   opts: { output: string; data?: string; examples: string },
   io: Io,
 ): Promise<void> {
   const modelFile = readInput(modelPath, "an ONNX model");
   const model = modelFile.bytes;
-  const specFile = readInput(specPath, "a .prune spec");
-  const spec = specFileText(specFile.bytes, specPath);
+  const specFiles = specPaths.map((p) => readInput(p, "a .prune spec"));
+  // Charts name each schedule by its file name (the path when two share a name).
+  const names = specPaths.map((p) => basename(p));
+  const specs = specFiles.map((f, i) => ({
+    name: names.indexOf(names[i]!) === names.lastIndexOf(names[i]!) ? names[i]! : specPaths[i]!,
+    text: specFileText(f.bytes, specPaths[i]!),
+  }));
   // An image folder is read for the model (its preprocessing); a .prds file is checked against it below.
   const folder = opts.data !== undefined && isFolder(opts.data);
   const dataFile = opts.data && !folder ? readInput(opts.data, "a .prds data set") : undefined;
@@ -385,8 +390,8 @@ async function runReport(
     checkDatasetFitsModel(data, model, opts.data!, modelPath);
     await loadOrtNode("report");
   }
-  const r = await renderReport(model, modelPath, spec, data, examples, { modelPath, command: "report" });
-  const inputs = [modelFile, specFile, ...(dataFile ? [dataFile] : []), ...weightInputs(model, modelPath)];
+  const r = await renderReport(model, modelPath, specs, data, examples, { modelPath, command: "report" });
+  const inputs = [modelFile, ...specFiles, ...(dataFile ? [dataFile] : []), ...weightInputs(model, modelPath)];
   const files = await saveReport(opts.output, r.files, inputs);
   io.out([`wrote ${files.length} files to ${opts.output}`, ...files.map((f) => `  ${f}`)].join("\n"));
 }
@@ -521,14 +526,16 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
 
   program
     .command("report")
-    .description("write a Markdown + JSON report with a chart and kept-patch overlays to DIR")
+    .description(
+      "write a Markdown + JSON report to DIR: tokens and FLOPs per layer for each SPEC, and with --data the accuracy of each against its FLOPs and kept-patch overlays",
+    )
     .argument("<model>", "ONNX model file")
-    .argument("<spec>", ".prune spec file")
+    .argument("<specs...>", ".prune spec files (several: compared in one report)")
     .requiredOption("-o, --output <dir>", "output folder")
-    .option("--data <file>", "labelled sample set (.prds) for kept-patch overlays")
+    .option("--data <path>", "labelled set (.prds, or an image folder) for accuracy and kept-patch overlays")
     .option("--examples <n>", "how many examples to draw", "4")
-    .action(async (model: string, spec: string, opts: { output: string; data?: string; examples: string }) => {
-      await runReport(model, spec, opts, io);
+    .action(async (model: string, specs: string[], opts: { output: string; data?: string; examples: string }) => {
+      await runReport(model, specs, opts, io);
     });
 
   program

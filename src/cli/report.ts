@@ -1,7 +1,7 @@
 /**
- * `prunec report MODEL SPEC -o DIR`: what a schedule does to a model, for people. Renders
- * report.md + report.json, chart.svg (tokens and FLOPs per layer, dense vs pruned) and, given a
- * labelled sample set, one PNG per example with the dropped patches dimmed; then writes them all
+ * `prunec report MODEL SPEC... -o DIR`: what schedules do to a model, for people. Renders
+ * report.md + report.json, chart.svg (tokens and FLOPs per layer, dense vs each; src/cli/charts.ts) and,
+ * given a labelled set, budget.svg (accuracy against FLOPs) and PNGs of the kept patches; then writes them all
  * (atomically, never over an input or a non-regular file) once everything has been rendered.
  */
 import { mkdirSync } from "node:fs";
@@ -14,7 +14,8 @@ import { layerCosts, layerFlops, outsideFlops } from "../analysis/flops.js";
 import { compile, type CompileReport } from "../compile.js";
 import { batchInput, type Dataset } from "../data/prds.js";
 import { openSession, type SessionOptions } from "./runtime.js";
-import { argmax } from "./evaluate.js";
+import { argmax, evaluate } from "./evaluate.js";
+import { budgetChartSvg, layerChartSvg, type LayerRow } from "./charts.js";
 import { Staging, testWriteDelay, writeError } from "./atomic.js";
 import { checkOutput, kindOf, statIfAny, type InputRef } from "./files.js";
 import { PrunecError } from "../errors.js";
@@ -29,121 +30,85 @@ export interface ReportResult {
   json: ReportJson;
 }
 
-export interface ReportJson {
-  model: string;
+/** One schedule's part of the report. */
+export interface ScheduleJson {
+  /** The spec's file name, as the charts label it. */
+  name: string;
   spec: string;
   stages: CompileReport["stages"];
   /** Graph outputs with a row per token that the schedule shrank (compile.ts PerTokenOutput). */
   perTokenOutputs: CompileReport["perTokenOutputs"];
-  layers: { layer: number; denseTokens: number; prunedTokens: number; denseFlops: number; prunedFlops: number }[];
+  layers: LayerRow[];
   totalFlops: { dense: number; pruned: number; outsideLayers: number };
   idealSpeedup: number;
+  /** Top-1 accuracy on the whole data set, when one was given. */
+  accuracy?: number;
   examples: { index: number; label: number; dense: number; pruned: number; keptPatches: number[] }[];
+}
+
+export interface ReportJson {
+  model: string;
+  dense: { flops: number; accuracy?: number };
+  schedules: ScheduleJson[];
 }
 
 const SCALE = 4;
 
-/** A two-panel line chart: tokens per layer and GFLOPs per layer, dense vs pruned. */
-export function chartSvg(layers: ReportJson["layers"]): string {
-  const W = 640;
-  const H = 220;
-  const pad = { l: 60, r: 20, t: 30, b: 40 };
-  const panel = (
-    title: string,
-    dense: number[],
-    pruned: number[],
-    yFmt: (v: number) => string,
-    offsetY: number,
-  ): string => {
-    const max = Math.max(...dense, ...pruned, 1);
-    const x = (i: number) => pad.l + (i * (W - pad.l - pad.r)) / Math.max(1, dense.length - 1);
-    const y = (v: number) => offsetY + pad.t + (1 - v / max) * (H - pad.t - pad.b);
-    const path = (vs: number[]) => vs.map((v, i) => `${i ? "L" : "M"}${x(i).toFixed(1)},${y(v).toFixed(1)}`).join(" ");
-    const ticks = [0, 0.5, 1]
-      .map(
-        (f) =>
-          `<text x="${pad.l - 6}" y="${(y(max * f) + 4).toFixed(1)}" text-anchor="end" font-size="11">${yFmt(max * f)}</text>`,
-      )
-      .join("");
-    const xs = dense
-      .map(
-        (_, i) =>
-          `<text x="${x(i).toFixed(1)}" y="${offsetY + H - pad.b + 16}" text-anchor="middle" font-size="11">${i}</text>`,
-      )
-      .join("");
-    return [
-      `<text x="${pad.l}" y="${offsetY + 18}" font-size="13" font-weight="bold">${title}</text>`,
-      `<line x1="${pad.l}" y1="${offsetY + H - pad.b}" x2="${W - pad.r}" y2="${offsetY + H - pad.b}" stroke="#888"/>`,
-      ticks,
-      xs,
-      `<path d="${path(dense)}" fill="none" stroke="#888" stroke-width="2" stroke-dasharray="5,4"/>`,
-      `<path d="${path(pruned)}" fill="none" stroke="#1f77b4" stroke-width="2.5"/>`,
-    ].join("\n");
-  };
-  const legend = `<g font-size="12"><line x1="${W - 190}" y1="14" x2="${W - 165}" y2="14" stroke="#888" stroke-width="2" stroke-dasharray="5,4"/><text x="${W - 160}" y="18">dense</text><line x1="${W - 110}" y1="14" x2="${W - 85}" y2="14" stroke="#1f77b4" stroke-width="2.5"/><text x="${W - 80}" y="18">pruned</text></g>`;
-  return [
-    `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${2 * H + 20}" viewBox="0 0 ${W} ${2 * H + 20}" font-family="sans-serif">`,
-    `<rect width="100%" height="100%" fill="white"/>`,
-    legend,
-    panel(
-      "tokens per layer",
-      layers.map((l) => l.denseTokens),
-      layers.map((l) => l.prunedTokens),
-      (v) => v.toFixed(0),
-      0,
-    ),
-    panel(
-      "GFLOPs per layer (per example)",
-      layers.map((l) => l.denseFlops / 1e9),
-      layers.map((l) => l.prunedFlops / 1e9),
-      (v) => v.toFixed(3),
-      H,
-    ),
-    `<text x="${W / 2}" y="${2 * H + 12}" text-anchor="middle" font-size="12">layer</text>`,
-    `</svg>`,
-  ].join("\n");
+/** Pixel (r, g, b) of the overlay: kept patches as they are, edged; dropped ones faded and hatched. */
+function overlayPixel(v: number, kept: boolean, edge: 0 | 1 | 2, hatch: boolean): [number, number, number] {
+  // A two-tone edge (dark outside, bright inside) shows on dark and light images alike.
+  if (kept && edge === 1) return [0, 0, 0];
+  if (kept && edge === 2) return [0, 230, 118];
+  if (kept) return [v, v, v];
+  // Dropped: pulled halfway to mid grey (contrast halved, whatever the image's brightness), with
+  // magenta diagonal hatching, which neither a black nor a white image has.
+  if (hatch) return [214, 0, 170];
+  const g = Math.round(128 + (v - 128) * 0.4);
+  return [g, g, g];
 }
 
-/** The image (first channel), upscaled, with the patches not in `kept` dimmed and kept ones outlined. */
+/** The image (first channel), upscaled, dropped patches faded and hatched, kept ones edged. */
 export function overlayPng(d: Dataset, index: number, grid: number, kept: ReadonlySet<number>): Buffer {
   const { channels, height, width } = d.header;
   const png = new PNG({ width: width * SCALE, height: height * SCALE });
   const base = index * channels * height * width;
-  const ph = height / grid;
-  const pw = width / grid;
+  const ph = (height / grid) * SCALE;
+  const pw = (width / grid) * SCALE;
   for (let y = 0; y < height * SCALE; y++) {
     for (let x = 0; x < width * SCALE; x++) {
-      const sy = Math.floor(y / SCALE);
-      const sx = Math.floor(x / SCALE);
-      const patch = Math.floor(sy / ph) * grid + Math.floor(sx / pw);
-      const v = d.pixels[base + sy * width + sx]!;
-      const on = kept.has(patch);
-      const edge = on && (y % (ph * SCALE) === 0 || x % (pw * SCALE) === 0);
+      const patch = Math.floor(y / ph) * grid + Math.floor(x / pw);
+      const v = d.pixels[base + Math.floor(y / SCALE) * width + Math.floor(x / SCALE)]!;
+      const py = y % ph;
+      const px = x % pw;
+      const border = Math.min(py, px, ph - 1 - py, pw - 1 - px);
+      const edge = border === 0 ? 1 : border === 1 ? 2 : 0;
+      const hatch = (x + y) % 8 < 2;
+      const [r, g, b] = overlayPixel(v, kept.has(patch), edge, hatch);
       const o = (y * width * SCALE + x) * 4;
-      const g = on ? v : Math.round(v * 0.25);
-      png.data[o] = edge ? 40 : g;
-      png.data[o + 1] = edge ? 200 : g;
-      png.data[o + 2] = edge ? 80 : on ? g : Math.min(255, g + 40);
+      png.data[o] = r;
+      png.data[o + 1] = g;
+      png.data[o + 2] = b;
       png.data[o + 3] = 255;
     }
   }
   return PNG.sync.write(png);
 }
 
-/** Every file of the report, in memory: nothing is written until all of it rendered. */
-export async function renderReport(
+/** A schedule to report on: its spec text and the name the charts give it. */
+export interface ReportSpec {
+  name: string;
+  text: string;
+}
+
+/** One schedule compiled, its FLOPs per layer. */
+function schedule(
   model: Uint8Array,
   modelName: string,
-  spec: string,
-  data?: Dataset,
-  examples = 4,
-  session: Pick<SessionOptions, "modelPath" | "command"> = {},
-): Promise<ReportResult> {
-  const graph = new Graph(decodeModel(model, modelName).graph!);
-  const info = analyzeTransformer(graph, modelName);
-  const costs = layerCosts(graph, info);
-  const outside = outsideFlops(graph, info);
-  const compiled = compile(model, spec, { modelName, exposeIndices: true });
+  spec: ReportSpec,
+  costs: ReturnType<typeof layerCosts>,
+  outside: number,
+) {
+  const compiled = compile(model, spec.text, { modelName, exposeIndices: true });
   const layers = compiled.report.tokensPerLayer.map((t, i) => {
     const c = costs[i]!;
     return {
@@ -156,9 +121,9 @@ export async function renderReport(
   });
   const dense = outside + layers.reduce((s, l) => s + l.denseFlops, 0);
   const pruned = outside + layers.reduce((s, l) => s + l.prunedFlops, 0);
-  const json: ReportJson = {
-    model: modelName,
-    spec,
+  const json: ScheduleJson = {
+    name: spec.name,
+    spec: spec.text,
     stages: compiled.report.stages,
     perTokenOutputs: compiled.report.perTokenOutputs,
     layers,
@@ -166,55 +131,97 @@ export async function renderReport(
     idealSpeedup: dense / pruned,
     examples: [],
   };
+  return { compiled, json };
+}
+
+/** Every file of the report, in memory: nothing is written until all of it rendered. */
+export async function renderReport(
+  model: Uint8Array,
+  modelName: string,
+  specs: readonly ReportSpec[],
+  data?: Dataset,
+  examples = 4,
+  session: Pick<SessionOptions, "modelPath" | "command"> = {},
+): Promise<ReportResult> {
+  const graph = new Graph(decodeModel(model, modelName).graph!);
+  const info = analyzeTransformer(graph, modelName);
+  const costs = layerCosts(graph, info);
+  const outside = outsideFlops(graph, info);
+  const schedules = specs.map((s) => schedule(model, modelName, s, costs, outside));
+  const json: ReportJson = {
+    model: modelName,
+    dense: { flops: schedules[0]!.json.totalFlops.dense },
+    schedules: schedules.map((s) => s.json),
+  };
   const files: ReportFile[] = [];
   const write = (name: string, content: string | Buffer) =>
     files.push({ name, bytes: typeof content === "string" ? Buffer.from(content, "utf8") : content });
-  write("chart.svg", chartSvg(layers));
+  write("chart.svg", await layerChartSvg(json.schedules));
 
   if (data) {
+    const evalOptions = { ep: "cpu" as const, batch: 32, ...session };
+    json.dense.accuracy = (await evaluate(model, modelName, data, evalOptions)).accuracy;
     const count = Math.min(examples, data.header.n);
     const prefix = info.cls.prefixTokens;
     const grid = Math.round(Math.sqrt(Number(info.tokens) - prefix));
     const input = batchInput(data, 0, count);
     const denseS = await openSession(model, "cpu", session);
-    const prunedS = await openSession(compiled.model, "cpu", session);
     try {
       const inName = denseS.inputNames[0]!;
       const d = await denseS.run({ [inName]: input }, denseS.outputNames.slice(0, 1));
-      const stageOuts = compiled.report.stages.map((_, i) => `prunec.stage${i}.indices`);
-      const p = await prunedS.run({ [inName]: input }, [
-        ...prunedS.outputNames.filter((o) => !o.startsWith("prunec.")).slice(0, 1),
-        ...stageOuts,
-      ]);
-      const logitsName = Object.keys(p).find((k) => !k.startsWith("prunec."))!;
       const dl = Object.values(d)[0]!;
       const classes = dl.dims.at(-1)!;
-      for (let b = 0; b < count; b++) {
-        // Compose the stages: each stage's indices number its own input tokens.
-        let tokens: number[] = [...Array(Number(info.tokens)).keys()];
-        for (const name of stageOuts) {
-          const idx = p[name]!;
-          const k = idx.dims.at(-1)!;
-          tokens = Array.from((idx.data as BigInt64Array).subarray(b * k, (b + 1) * k), (v) => tokens[Number(v)]!);
+      for (const [i, { compiled, json: sj }] of schedules.entries()) {
+        sj.accuracy = (await evaluate(compiled.model, modelName, data, evalOptions)).accuracy;
+        const prunedS = await openSession(compiled.model, "cpu", session);
+        try {
+          const stageOuts = compiled.report.stages.map((_, k) => `prunec.stage${k}.indices`);
+          const p = await prunedS.run({ [inName]: input }, [
+            ...prunedS.outputNames.filter((o) => !o.startsWith("prunec.")).slice(0, 1),
+            ...stageOuts,
+          ]);
+          const logitsName = Object.keys(p).find((k) => !k.startsWith("prunec."))!;
+          for (let b = 0; b < count; b++) {
+            // Compose the stages: each stage's indices number its own input tokens.
+            let tokens: number[] = [...Array(Number(info.tokens)).keys()];
+            for (const name of stageOuts) {
+              const idx = p[name]!;
+              const k = idx.dims.at(-1)!;
+              tokens = Array.from((idx.data as BigInt64Array).subarray(b * k, (b + 1) * k), (v) => tokens[Number(v)]!);
+            }
+            const keptPatches = tokens.filter((t) => t >= prefix).map((t) => t - prefix);
+            sj.examples.push({
+              index: b,
+              label: data.labels[b]!,
+              dense: argmax((dl.data as Float32Array).subarray(b * classes, (b + 1) * classes)),
+              pruned: argmax((p[logitsName]!.data as Float32Array).subarray(b * classes, (b + 1) * classes)),
+              keptPatches,
+            });
+            write(overlayName(schedules.length, i, b), overlayPng(data, b, grid, new Set(keptPatches)));
+          }
+        } finally {
+          await prunedS.release();
         }
-        const keptPatches = tokens.filter((t) => t >= prefix).map((t) => t - prefix);
-        json.examples.push({
-          index: b,
-          label: data.labels[b]!,
-          dense: argmax((dl.data as Float32Array).subarray(b * classes, (b + 1) * classes)),
-          pruned: argmax((p[logitsName]!.data as Float32Array).subarray(b * classes, (b + 1) * classes)),
-          keptPatches,
-        });
-        write(`example-${b}.png`, overlayPng(data, b, grid, new Set(keptPatches)));
       }
     } finally {
       await denseS.release();
-      await prunedS.release();
     }
+    write(
+      "budget.svg",
+      await budgetChartSvg([
+        { schedule: "dense", flops: json.dense.flops, accuracy: json.dense.accuracy },
+        ...json.schedules.map((s) => ({ schedule: s.name, flops: s.totalFlops.pruned, accuracy: s.accuracy! })),
+      ]),
+    );
   }
   write("report.json", `${JSON.stringify(json, null, 2)}\n`);
   write("report.md", markdown(json));
   return { files, json };
+}
+
+/** `example-B.png` for one schedule; `sI-example-B.png` for schedule I of several. */
+function overlayName(schedules: number, i: number, b: number): string {
+  return schedules === 1 ? `example-${b}.png` : `s${i}-example-${b}.png`;
 }
 
 /**
@@ -258,46 +265,69 @@ export async function saveReport(
 }
 
 function markdown(r: ReportJson): string {
-  const lines = [
-    `# prunec report: ${r.model}`,
-    "",
-    "```prune",
-    r.spec.trim(),
-    "```",
-    "",
-    `FLOPs per example: dense ${(r.totalFlops.dense / 1e9).toFixed(3)} G, pruned ${(r.totalFlops.pruned / 1e9).toFixed(3)} G ` +
-      `(outside the layers ${(r.totalFlops.outsideLayers / 1e9).toFixed(3)} G); FLOPs-ideal speedup **${r.idealSpeedup.toFixed(2)}×**.`,
-    "",
-    "| stage | layer | criterion | tokens in | tokens out |",
-    "|---|---|---|---|---|",
-    ...r.stages.map((s) => `| ${s.stage} | ${s.layer} | ${s.criterion} | ${s.tokensIn} | ${s.tokensOut} |`),
-    "",
-    ...r.perTokenOutputs.flatMap((o) => [
-      `**Output \`${o.output}\` changes shape:** it has one row per token (axis ${o.axis}), ${o.denseRows} → ${o.rows} rows; row r is the token at position ${o.positions.map((p) => `\`${p}\``).join(" then ")} (composed in order).`,
-      "",
-    ]),
-    "![tokens and FLOPs per layer](chart.svg)",
-    "",
-    "| layer | tokens dense | tokens pruned | GFLOPs dense | GFLOPs pruned |",
-    "|---|---|---|---|---|",
-    ...r.layers.map(
-      (l) =>
-        `| ${l.layer} | ${l.denseTokens} | ${l.prunedTokens} | ${(l.denseFlops / 1e9).toFixed(4)} | ${(l.prunedFlops / 1e9).toFixed(4)} |`,
-    ),
-    "",
-  ];
-  if (r.examples.length) {
-    lines.push("## Kept patches", "", "Dropped patches are dimmed; kept patches are outlined.", "");
+  const pct = (v: number | undefined) => (v === undefined ? "" : `${(100 * v).toFixed(2)}%`);
+  const lines = [`# prunec report: ${r.model}`, ""];
+  const several = r.schedules.length > 1;
+  if (r.dense.accuracy !== undefined) {
     lines.push(
-      "| example | label | dense prediction | pruned prediction | patches kept | image |",
-      "|---|---|---|---|---|---|",
+      "| schedule | FLOPs per example | FLOPs-ideal speedup | top-1 accuracy |",
+      "|---|---|---|---|",
+      `| dense | ${(r.dense.flops / 1e9).toFixed(4)} G | 1.00× | ${pct(r.dense.accuracy)} |`,
+      ...r.schedules.map(
+        (s) =>
+          `| ${s.name} | ${(s.totalFlops.pruned / 1e9).toFixed(4)} G | ${s.idealSpeedup.toFixed(2)}× | ${pct(s.accuracy)} |`,
+      ),
+      "",
+      "![accuracy against FLOPs](budget.svg)",
+      "",
     );
-    for (const e of r.examples)
-      lines.push(
-        `| ${e.index} | ${e.label} | ${e.dense} | ${e.pruned} | ${e.keptPatches.length} | ![example ${e.index}](example-${e.index}.png) |`,
-      );
-  } else {
-    lines.push("(No sample set given: pass `--data SET.prds` for overlays of the kept patches.)");
   }
+  lines.push("![tokens and FLOPs per layer](chart.svg)", "");
+  for (const [i, s] of r.schedules.entries()) {
+    lines.push(
+      ...(several ? [`## ${s.name}`, ""] : []),
+      "```prune",
+      s.spec.trim(),
+      "```",
+      "",
+      `FLOPs per example: dense ${(s.totalFlops.dense / 1e9).toFixed(3)} G, pruned ${(s.totalFlops.pruned / 1e9).toFixed(3)} G ` +
+        `(outside the layers ${(s.totalFlops.outsideLayers / 1e9).toFixed(3)} G); FLOPs-ideal speedup **${s.idealSpeedup.toFixed(2)}×**.`,
+      "",
+      "| stage | layer | criterion | tokens in | tokens out |",
+      "|---|---|---|---|---|",
+      ...s.stages.map((x) => `| ${x.stage} | ${x.layer} | ${x.criterion} | ${x.tokensIn} | ${x.tokensOut} |`),
+      "",
+      ...s.perTokenOutputs.flatMap((o) => [
+        `**Output \`${o.output}\` changes shape:** it has one row per token (axis ${o.axis}), ${o.denseRows} → ${o.rows} rows; row r is the token at position ${o.positions.map((p) => `\`${p}\``).join(" then ")} (composed in order).`,
+        "",
+      ]),
+      "| layer | tokens dense | tokens pruned | GFLOPs dense | GFLOPs pruned |",
+      "|---|---|---|---|---|",
+      ...s.layers.map(
+        (l) =>
+          `| ${l.layer} | ${l.denseTokens} | ${l.prunedTokens} | ${(l.denseFlops / 1e9).toFixed(4)} | ${(l.prunedFlops / 1e9).toFixed(4)} |`,
+      ),
+      "",
+    );
+    if (s.examples.length) {
+      lines.push(
+        "Kept patches: dropped patches are faded and hatched in magenta; kept patches are edged in green.",
+        "",
+        "| example | label | dense prediction | pruned prediction | patches kept | image |",
+        "|---|---|---|---|---|---|",
+      );
+      for (const e of s.examples) {
+        const file = overlayName(r.schedules.length, i, e.index);
+        lines.push(
+          `| ${e.index} | ${e.label} | ${e.dense} | ${e.pruned} | ${e.keptPatches.length} | ![example ${e.index}](${file}) |`,
+        );
+      }
+      lines.push("");
+    }
+  }
+  if (r.dense.accuracy === undefined)
+    lines.push(
+      "(No sample set given: pass `--data SET.prds` or an image folder for accuracy and kept-patch overlays.)",
+    );
   return `${lines.join("\n")}\n`;
 }
