@@ -202,7 +202,7 @@ describe("file-system safety of the CLI", () => {
       expect(prunec(d, ["check", "pipe"], PROMPT_MS)).toMatchObject({ code: 2, stderr: fifo("a .prune spec") });
       expect(prunec(d, ["eval", "vit.onnx", "--data", "pipe"], PROMPT_MS)).toMatchObject({
         code: 2,
-        stderr: fifo("a .prds data set"),
+        stderr: fifo("a .prds data set or an image folder"),
       });
       expect(prunec(d, ["report", "vit.onnx", "s.prune", "-o", "rep", "--data", "pipe"], PROMPT_MS)).toMatchObject({
         code: 2,
