@@ -17,6 +17,7 @@ import { withOutputs, unfoldProbs, rows } from "./support/model-edit.js";
 import { clsScores, keepCount } from "./reference/cls-attn.js";
 import { vflowoptRecycle, type VFlowOptResult } from "./reference/vflowopt.js";
 import { digitsFeeds, firstErrorLine, vitTiFeeds, vitTiModel } from "./support/cases.js";
+import { buildFusedVit } from "./support/fused-vit.js";
 
 interface Model {
   bytes: Uint8Array;
@@ -174,6 +175,13 @@ describe("with recycle(grid: a): refusals", () => {
     );
     expect(refused("after layer 2 keep 25% by cls-attn with recycle(grid: 4), renumber")).toBe(
       "s.prune:1:41: error: 'with recycle' and 'with renumber' cannot be combined: the recycled token has no position to renumber",
+    );
+    // Patches projected by a MatMul from a [batch, patches, inputs] input: no grid to prove.
+    expect(firstErrorLine(buildFusedVit(), "after layer 0 keep 50% by cls-attn with recycle(grid: 2)")).toBe(
+      "s.prune:1:41: error: 'with recycle(grid: 2)' groups tokens by their place in the patch grid, which prunec could not prove: the patches '/embeddings/patch/MatMul/output_0' are not the transpose (0, 2, 1) of a [batch, hidden, patches] tensor ('/embeddings/patch/MatMul' (MatMul))",
+    );
+    expect(refused("after layer 2 keep 25% by hiprune(object_layer: 0) with recycle(grid: 4)")).toBe(
+      "s.prune:1:57: error: 'with recycle(grid: 4)' keeps a number of tokens that depends on the input, but hiprune sizes its selection from the stage's budget, which must be one static count",
     );
     expect(refused("after layer 2 keep 25% by spatial-rows with recycle(grid: 4)")).toBe(
       "s.prune:1:45: error: 'with recycle' needs a stage that ranks single tokens by score, but spatial-rows keeps whole grid rows",
