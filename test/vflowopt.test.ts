@@ -208,4 +208,10 @@ describeShared("with recycle(grid: a) on ViT-Ti (14×14 patches + CLS, random we
     const m: Model = { bytes: vitTiModel(), heads: 3, width: 14, prunable: 196, feeds: vitTiFeeds() };
     await expectVFlowOpt(m, 3, 25, 4.5);
   });
+
+  it("the authors' a = 17.39 (their 10% config) on a 14×14 grid: m = 0 and one cell, so K + 1 kept", async () => {
+    const m: Model = { bytes: vitTiModel(), heads: 3, width: 14, prunable: 196, feeds: vitTiFeeds() };
+    const counts = await expectVFlowOpt(m, 3, 10, 17.39);
+    expect(counts.flat().every((c) => c === 1 + 20 + 1)).toBe(true);
+  });
 });
