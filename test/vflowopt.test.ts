@@ -13,7 +13,7 @@ import { join } from "node:path";
 import { REPO_ROOT, describeShared } from "./helpers/shared.js";
 import { runNode, runWasm, maxAbsDiff, type Feeds } from "./helpers/ort.js";
 import { compile } from "../src/compile.js";
-import { withOutputs, unfoldProbs, rows } from "./support/model-edit.js";
+import { withOutputs, unfoldProbs, rows, scaleInitializer } from "./support/model-edit.js";
 import { clsScores, keepCount } from "./reference/cls-attn.js";
 import { vflowoptRecycle, type VFlowOptResult } from "./reference/vflowopt.js";
 import { digitsFeeds, firstErrorLine, vitTiFeeds, vitTiModel } from "./support/cases.js";
@@ -56,17 +56,24 @@ async function reference(
 }
 
 /** Compiles the stage, checks kept positions, counts and rows against the reference on every feed; returns the counts. */
-async function expectVFlowOpt(m: Model, layer: number, percent: number, a: number): Promise<number[][]> {
+async function expectVFlowOpt(
+  m: Model,
+  layer: number,
+  percent: number,
+  a: number,
+  options: { ties?: boolean } = {},
+): Promise<{ counts: number[][]; kept: number[][] }> {
   const spec = `after layer ${layer} keep ${percent}% by cls-attn with recycle(grid: ${a})`;
   const keep = keepCount(percent, m.prunable);
   const { model: pruned } = compile(m.bytes, spec, { exposeIndices: true });
   const tapped = withOutputs(pruned, [residualOf(layer)]);
   const names = ["prunec.stage0.indices", "prunec.stage0.counts", residualOf(layer)];
   const allCounts: number[][] = [];
+  const allKept: number[][] = [];
   for (const f of m.feeds) {
     const { refs, stream } = await reference(m, f, layer, a, keep);
-    // fp32 scores could only disagree with float64 ones near a flip.
-    for (const r of refs) {
+    // fp32 scores could only disagree with float64 ones near a flip (unless every score ties exactly).
+    for (const r of options.ties ? [] : refs) {
       expect(r.margins.cut).toBeGreaterThan(1e-6);
       expect(r.margins.rep).toBeGreaterThan(1e-6);
     }
@@ -90,10 +97,13 @@ async function expectVFlowOpt(m: Model, layer: number, percent: number, a: numbe
         const represented = padded[e]!.filter((p) => p > 0 && ref.merged.has(p - 1)).length;
         expect(represented).toBe(ref.groups);
       });
-      if (run === runNode) allCounts.push(counts);
+      if (run === runNode) {
+        allCounts.push(counts);
+        allKept.push(...refs.map((r) => r.kept));
+      }
     }
   }
-  return allCounts;
+  return { counts: allCounts, kept: allKept };
 }
 
 /** Each example of the batch of 3 alone gives the logits it gives in the batch (its padding is masked). */
@@ -127,14 +137,23 @@ const digits: Model = {
 
 describe("with recycle(grid: a) on the trained digits ViT (8×8 patches + CLS)", () => {
   it("a = 2.5, keep 25% after layer 2: K − m = 16 − 10 best, one token per cell (9 cells), CPU and WASM, batch 1 and 3", async () => {
-    const counts = await expectVFlowOpt(digits, 2, 25, 2.5);
+    const { counts } = await expectVFlowOpt(digits, 2, 25, 2.5);
     expect(counts.flat().every((c) => c <= 1 + 15)).toBe(true);
   });
 
   it("a = 4, keep 90% after layer 2: cells with no dropped token keep nothing extra, so the counts differ per example", async () => {
-    const counts = await expectVFlowOpt(digits, 2, 90, 4);
+    const { counts } = await expectVFlowOpt(digits, 2, 90, 4);
     expect(new Set(counts.flat()).size).toBeGreaterThan(1);
     await expectBatchEqualsAlone(digits, "after layer 2 keep 90% by cls-attn with recycle(grid: 4)");
+  });
+
+  it("every score tied (layer 2's ln_1 zeroed: uniform attention): TopK keeps the lower positions, each cell's representative is its highest dropped position", async () => {
+    let bytes = scaleInitializer(digits.bytes, "encoder.layers.encoder_layer_2.ln_1.weight", 0);
+    bytes = scaleInitializer(bytes, "encoder.layers.encoder_layer_2.ln_1.bias", 0);
+    const { kept } = await expectVFlowOpt({ ...digits, bytes }, 2, 50, 4, { ties: true });
+    // K = 32, m = 4: positions 0..27 by TopK; dropped 28..63 fill cells (0,1), (1,0), (1,1) of 4×4.
+    const expected = [...Array(28).keys(), 31, 59, 63];
+    for (const k of kept) expect(k).toEqual(expected);
   });
 
   it("the report bounds the count: 1 + K − m + min(cells, dropped)", () => {
@@ -211,7 +230,7 @@ describeShared("with recycle(grid: a) on ViT-Ti (14×14 patches + CLS, random we
 
   it("the authors' a = 17.39 (their 10% config) on a 14×14 grid: m = 0 and one cell, so K + 1 kept", async () => {
     const m: Model = { bytes: vitTiModel(), heads: 3, width: 14, prunable: 196, feeds: vitTiFeeds() };
-    const counts = await expectVFlowOpt(m, 3, 10, 17.39);
+    const { counts } = await expectVFlowOpt(m, 3, 10, 17.39);
     expect(counts.flat().every((c) => c === 1 + 20 + 1)).toBe(true);
   });
 });
