@@ -7,7 +7,13 @@ import type { StageOption } from "./ir.js";
 import type { ArgInfo } from "./registry.js";
 
 export const OPTION_ARGS: Readonly<Record<StageOption, Readonly<Record<string, ArgInfo>>>> = {
-  recycle: {},
+  recycle: {
+    grid: {
+      type: "number",
+      optional: true,
+      doc: "VFlowOpt's grid-group recycling: the cell size a in patches; the stage drops ⌊Np/a²⌋ more of its lowest-scored tokens, and each grid cell (⌊row/a⌋, ⌊col/a⌋) holding dropped tokens gives their score-weighted mean to its best-scored one, which is kept. Without it: one appended mean of every dropped token",
+    },
+  },
   mask: {},
   renumber: {},
   restore: {

@@ -26,7 +26,13 @@ export type AdaptiveAmount =
    * The criterion decides each example's count itself (its scorer's `count`), at most `budget`
    * prunable tokens (HoloV's crops, passes/criteria/crops.ts).
    */
-  | { kind: "criterion"; budget: number };
+  | { kind: "criterion"; budget: number }
+  /**
+   * `with recycle(grid: a)` (VFlowOpt, passes/kinds/recycle-grid.ts): the `keep` − `extra` best
+   * tokens, plus the best-scored dropped token of each grid cell holding dropped ones, which
+   * carries their score-weighted mean. `cells[j]` is prunable token j's cell (0..cellCount−1).
+   */
+  | { kind: "grid"; keep: number; extra: number; cells: readonly number[]; cellCount: number; size: number };
 
 export interface AdaptiveSelection {
   /** int64 [B, prefix + Kmax]: kept positions, ascending, padding included. */
@@ -96,6 +102,8 @@ export function countPerExample(b: NodeBuilder, amount: AdaptiveAmount, x: Count
       break;
     case "criterion":
       throw new Error("internal: a criterion's own count comes from its scorer, not from the amount");
+    case "grid":
+      throw new Error("internal: a grid-recycling stage counts its cells itself (passes/kinds/recycle-grid.ts)");
   }
   const atLeastOne = b.op("Max", [count, b.int64([x.minimum ?? 1], [1, 1], "at_least")], {}, "count");
   return b.op("Min", [atLeastOne, x.real], {}, "at_most_real");

@@ -52,7 +52,7 @@ export const applyStage: StageLowering = (proto, dense, densePlan, state, option
   if (!sel.indices && !sel.output)
     throw new Error(`${choice.module.name} returned neither positions nor a gathered stream`);
   let indices = sel.indices;
-  let output = sel.output ?? s.gather(indices!);
+  let output = sel.output ?? s.gather(indices!, sel.source);
   // Padding in front of linear-attention layers is zero rows (passes/front-padding.ts).
   const elemType = streamElemType(s.g, s.residual);
   if (sel.zeroRows) output = zeroRows(b, output, sel.zeroRows, elemType);

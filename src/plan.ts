@@ -27,6 +27,7 @@ import { planKvStages } from "./plan-kv.js";
 import { planHeadStages } from "./plan-heads.js";
 import { cachedGqaBelow } from "../passes/host-mask.js";
 import { planFrames } from "./plan-frames.js";
+import { gridBound, planRecycleGrid } from "./plan-recycle.js";
 import { setInput } from "./plan-sets.js";
 import { halfRefusal } from "./plan-half.js";
 import type { HeadPlan, KvPlan } from "./plan-types.js";
@@ -515,6 +516,16 @@ function planOne(
     plan.tokensOut = plan.tokensIn;
     tokensIn = plan.tokensIn;
   }
+  // `with recycle(grid: a)`: VFlowOpt's grid-group recycling (src/plan-recycle.ts).
+  const grid = stage.optionArgs?.recycle?.["grid"];
+  const gridSpan = stage.optionSpans[stage.options.indexOf("recycle")] ?? stage.span;
+  if (grid !== undefined && typeof tokensIn !== "number") {
+    fail(
+      gridSpan,
+      `'with recycle(grid: ${String(grid)})' needs a static token count; the model has ${String(tokensIn)} tokens`,
+    );
+    return undefined;
+  }
   if (typeof tokensIn !== "number") {
     if (amount.kind === "count") {
       fail(
@@ -566,6 +577,23 @@ function planOne(
   if (ownCount) {
     plan.adaptive = { kind: "criterion", budget: keep };
     plan.tokensOut = `${prefix}+${criterion.name}(≤${keep})`;
+    return plan;
+  }
+  if (grid !== undefined) {
+    if (criterion.usesBudget || criterion.dropsAtMostHalf) {
+      fail(
+        gridSpan,
+        `'with recycle(grid: ${String(grid)})' keeps a number of tokens that depends on the input, but ${criterion.name} ${criterion.usesBudget ? "sizes its selection from the stage's budget, which must be one static count" : "bounds how many tokens a stage may drop, and the grid drops more"}`,
+      );
+      return undefined;
+    }
+    const planned = planRecycleGrid(model, resolved, tokensIn, prefix, keep, Number(grid));
+    if ("why" in planned) {
+      fail(gridSpan, planned.why);
+      return undefined;
+    }
+    plan.adaptive = planned.ok;
+    plan.tokensOut = `${prefix}+grid(≤${gridBound(planned.ok, prunable)})`;
     return plan;
   }
   plan.keep = keep;
@@ -653,6 +681,8 @@ function applyOptions(
   }
   for (const o of written) {
     if (o === "restore") plan.restore = { at: restoreLayer(model, stage.optionArgs?.restore) };
+    // With a grid the dropped tokens are recycled into kept ones (src/plan-recycle.ts), nothing is appended.
+    else if (o === "recycle" && stage.optionArgs?.recycle?.["grid"] !== undefined) continue;
     else plan[o] = true;
   }
   return true;

@@ -12,8 +12,18 @@ import { greedy } from "./greedy.js";
 import { adaptive } from "./adaptive.js";
 import { floatKeys, floatKeysFor } from "./float-keys.js";
 import { afterEncoder } from "./after-encoder.js";
+import { recycleGrid } from "./recycle-grid.js";
 
-export const SELECTIONS: readonly SelectionModule[] = [topK, groups, fold, greedy, adaptive, afterEncoder, floatKeys];
+export const SELECTIONS: readonly SelectionModule[] = [
+  topK,
+  groups,
+  fold,
+  greedy,
+  adaptive,
+  afterEncoder,
+  floatKeys,
+  recycleGrid,
+];
 
 /**
  * The selection kinds' plan-time checks, in the order the planner runs them (before the options):
@@ -76,6 +86,9 @@ export function chooseSelection(s: StageSetup): { module: SelectionModule; note?
         : {}),
     };
   const keys = s.options.target === "webgpu" ? floatKeysFor(s) : undefined;
+  // `with recycle(grid: a)`: its own per-example count (passes/kinds/recycle-grid.ts).
+  if (plan.adaptive?.kind === "grid")
+    return { module: recycleGrid, ...(keys && "why" in keys ? { note: keys.why } : {}) };
   if (keys && "ok" in keys) return { module: floatKeys };
   const fallback = plan.adaptive ? adaptive : topK;
   return { module: fallback, ...(keys && "why" in keys ? { note: keys.why } : {}) };

@@ -130,6 +130,8 @@ export interface Selection {
   indices?: string;
   /** The stream gathered already (float-keys). */
   output?: string;
+  /** The stream `indices` gather from, when the kind rewrote rows of the stage's input (grid recycling). */
+  source?: string;
   /** What --expose-indices shows when it differs from `indices` (per-example counts: padding as −1). */
   exposed?: string;
   counts?: string;

@@ -53,7 +53,8 @@ export const OPTIONS: readonly OptionModule[] = [
   },
   {
     option: "recycle",
-    summary: "append the score-weighted mean of the dropped tokens as one extra token",
+    summary:
+      "append the score-weighted mean of the dropped tokens as one extra token; with `grid: a`, VFlowOpt's recycling into one kept token per grid cell (passes/kinds/recycle-grid.ts)",
     check: (f) => batchFirst("recycle", f),
   },
   {

@@ -15,6 +15,7 @@ import { spatialMerge, encoderOutput, type SpatialMerge, type EncoderOutput } fr
 import { assertWellFormed } from "./well-formed.js";
 import { layerCache, type LayerCache } from "./kv-cache.js";
 import { queryRotary, type QueryRotary } from "./rotary.js";
+import { patchGrid, type PatchGrid } from "./patch-grid.js";
 
 export type LayerKind = AttentionKind | "linear-attention" | "unknown";
 
@@ -61,6 +62,8 @@ export interface TransformerInfo {
   encoderOutput?: EncoderOutput;
   /** Why prunec cannot prove the token structure (token-structure.ts); every stage is refused with it. */
   unproven?: string;
+  /** The patch grid of the prunable tokens entering the first layer (./patch-grid.ts), or why it is not proven. */
+  patchGrid?: { ok: PatchGrid } | { why: string };
 }
 
 const LAYER_NAME = /^(.*?(?:^|[/.])(?:layers|layer|blocks|block|h|encoder_layer|resblocks)[._](\d+))(?=[/._:]|$)/;
@@ -182,7 +185,10 @@ export function analyzeTransformer(g: Graph, source = "model"): TransformerInfo 
     info.tokenAxis = axes.token;
     if (axes.batch !== undefined) info.batchAxis = axes.batch;
     info.tokens = residualShape[axes.token]!;
-    if (first?.residual) info.cls = detectCls(g, shapes, first.residual.input, axes.token);
+    if (first?.residual) {
+      info.cls = detectCls(g, shapes, first.residual.input, axes.token);
+      info.patchGrid = patchGrid(g, shapes, first.residual.input, info.cls.prefixTokens);
+    }
   }
   for (const l of layers) fillHeads(l, shapes, info.hidden);
   const unproven = tokenStructureProblem(g, shapes, layers, info.tokens, info.hidden);
