@@ -331,6 +331,16 @@ function planOne(
     return undefined;
   }
   const scorer = prepared.ok;
+  // Sets whose model input the criterion reads itself (VLA-Pruner's action rows).
+  const readSets: Record<string, string> = {};
+  for (const name of criterion.readsSets ?? []) {
+    const set = setInput(sets.get(name)!, criterion.name);
+    if ("why" in set) {
+      fail(stage.criterion.span, set.why);
+      return undefined;
+    }
+    readSets[name] = set.input;
+  }
   if (scorer.kind === "select" && ofSet === undefined && !encoder && cachedGqaBelow(model, resolved)) {
     fail(
       stage.criterion.span,
@@ -465,6 +475,7 @@ function planOne(
     tokensOut: tokensIn,
     prefix,
     firstLayer,
+    ...(criterion.readsSets ? { readSets } : {}),
   };
   if (groups) plan.groups = groups;
   if (fold) plan.fold = fold;
