@@ -67,7 +67,7 @@ export function planFrames(
     if (!plan.ofSet || plan.ofSet.each || !amount || (amount.kind !== "percent" && amount.kind !== "count"))
       return refuse(
         `with ${plan.criterion.name} needs 'of SET' with 'keep P%' or 'keep K tokens' (one budget per example over one set): ${carry.counts}`,
-        stage.ofSpan ?? stage.amountSpan ?? span,
+        stage.amountSpan ?? span,
       );
   } else if (plan.adaptive)
     return refuse(
