@@ -39,6 +39,8 @@ const PRESENT = "present.stage0.prunec_frame";
 const INDICES = "prunec.stage0.indices";
 
 const info = analyzeTransformer(new Graph(decodeModel(model).graph!));
+/** `keep 25% of image`: round-half-up(25% of each example's image tokens). */
+const QUARTER = { text: "25%", k: (n: number) => keepCount(n, 25) };
 const probsOf = (l: number) => info.layers[l]!.core!.probs!;
 const EMBEDDINGS = info.layers[0]!.residual!.input;
 const TAPS = [probsOf(1), probsOf(4), EMBEDDINGS];
@@ -139,8 +141,14 @@ interface Checked {
 }
 
 /** Runs `seqs` and checks every call against the reference; returns how often each branch ran. */
-async function check(rt: Runtime, seqs: Step[][], percent: number): Promise<Checked> {
-  const { model: compiled } = compile(model, SPEC(`${percent}%`), { exposeIndices: true });
+async function check(
+  rt: Runtime,
+  seqs: Step[][],
+  amount: { text: string; k(images: number): number },
+  window = WINDOW,
+): Promise<Checked> {
+  const args = `action_layer: 4${window === WINDOW ? "" : `, window: ${window}`}`;
+  const { model: compiled } = compile(model, SPEC(amount.text, args), { exposeIndices: true });
   const outs = await loop(rt, withOutputs(compiled, TAPS), seqs, [INDICES, PRESENT, ...TAPS]);
   const batch = seqs.length;
   const hist: number[][][] = seqs.map(() => []); // per example, oldest first, over dense positions
@@ -155,7 +163,7 @@ async function check(rt: Runtime, seqs: Step[][], percent: number): Promise<Chec
       const kept = Array.from((idx.data as BigInt64Array).subarray(b * width, (b + 1) * width), Number);
       const image = [...step.image.keys()].filter((i) => step.image[i]);
       let expected: number[];
-      if (hist[b]!.length < WINDOW) {
+      if (hist[b]!.length < window) {
         expected = [...Array(N).keys()];
       } else {
         const c = currentScore(heads(out[probsOf(1)]!, b), image);
@@ -164,7 +172,7 @@ async function check(rt: Runtime, seqs: Step[][], percent: number): Promise<Chec
           GAMMA,
         );
         const x = image.map((p) => Array.from(emb.subarray((b * N + p) * hidden, (b * N + p + 1) * hidden)));
-        const d = vlaSelect(c, g, x, keepCount(image.length, percent));
+        const d = vlaSelect(c, g, x, amount.k(image.length));
         const keptImage = new Set(d.kept.map((i) => image[i]!));
         expected = [...Array(N).keys()].filter((p) => !step.image[p] || keptImage.has(p));
         seen.pruned++;
@@ -179,7 +187,7 @@ async function check(rt: Runtime, seqs: Step[][], percent: number): Promise<Chec
       expect(kept.filter((p) => p < 0).length).toBe(width - expected.length);
       // The reference's history: this call's v appended, at most WINDOW kept.
       hist[b]!.push(importance(heads(out[probsOf(4)]!, b), kept, ACTION, step.image));
-      if (hist[b]!.length > WINDOW) hist[b]!.shift();
+      if (hist[b]!.length > window) hist[b]!.shift();
       const state = out[PRESENT]!;
       const [, rows, cols] = state.dims as number[];
       expect([rows, cols]).toEqual([hist[b]!.length, N]);
@@ -204,8 +212,8 @@ describe("vla-pruner across frames (synthetic decoder, 6 control steps)", () => 
   ] as const) {
     it(`${label}: keeps every token while the history fills, then the reference's positions; the state is its history (batch 1 and 3)`, async () => {
       const rt = await runtime();
-      const a = await check(rt, one, 25);
-      const b = await check(rt, three, 25);
+      const a = await check(rt, one, QUARTER);
+      const b = await check(rt, three, QUARTER);
       expect(a.pruned).toBe(3);
       expect(b.pruned).toBe(9);
       // |U| > k at every pruned step here: the diversity filter picked every kept image token.
@@ -214,8 +222,17 @@ describe("vla-pruner across frames (synthetic decoder, 6 control steps)", () => 
   }
 
   it("keeps U itself where the two top-k sets agree (|U| = k; U holds TopK(c, k), so never fewer)", async () => {
-    const seen = await check(node, [sequence(5, 6), sequence(6, 6, true), sequence(7, 6)], 100);
+    const all = { text: "100%", k: (n: number) => keepCount(n, 100) };
+    const seen = await check(node, [sequence(5, 6), sequence(6, 6, true), sequence(7, 6)], all);
     expect(seen.unfiltered).toBe(seen.pruned);
+  });
+
+  it("keep K tokens of image with window 1: k = 1 (the filter's Loop runs no step) and k = 3, batch 3", async () => {
+    const seqs = [sequence(8, 5), sequence(9, 5, true), sequence(10, 5)];
+    for (const k of [1, 3]) {
+      const seen = await check(node, seqs, { text: `${k} tokens`, k: (n) => Math.min(n, k) }, 1);
+      expect(seen.pruned).toBe(12);
+    }
   });
 
   it("refuses what it cannot run, with the reason", () => {
