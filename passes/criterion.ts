@@ -133,6 +133,11 @@ export interface FrameCarry {
    * gives the members kept (int64 [B,1]), and the stage is `of SET` with `keep P%` or `keep K tokens`.
    */
   counts?: string;
+  /**
+   * The deepest layer the next state reads (VLA-Pruner's `action_layer`), if below the stage: a later
+   * stream stage above it would change the rows it reads, and is refused.
+   */
+  readsLayer?(args: Readonly<Record<string, ArgValue>>): number;
   /** The present state's dims after the batch axis, given the stage's input token count and hidden size. */
   dims(tokens: Dim, hidden: number | undefined): (Dim | undefined)[];
 }

@@ -257,8 +257,13 @@ describe("vla-pruner across frames (synthetic decoder, 6 control steps)", () => 
         "tokens image = input image_mask\nafter layer 1 keep 25% of image by vla-pruner(action_layer: 4) across frames",
         "s.prune:2:36: error: vla-pruner needs the token set 'action', which this spec does not declare; add 'tokens action = input action_mask'",
       ],
+      [
+        `${SPEC("25%")}\nafter layer 3 keep 50% by norm`,
+        "s.prune:4:13: error: a stage after layer 3 would change the rows that vla-pruner (line 3) reads at layer 4 for its next state; put it after layer 4 or later",
+      ],
     ];
     for (const [spec, message] of refusals) expect(firstErrorLine(model, spec)).toBe(message);
+    expect(firstErrorLine(model, `${SPEC("25%")}\nafter layer 4 keep 50% by norm`)).toBe("compiled");
     expect(firstErrorLine(buildDecoder({ attention: "gqa" }, OPTIONS), SPEC("25%"))).toBe(
       "s.prune:3:64: error: 'across frames' runs the model once per frame, but layer 0 keeps a KV cache, so this model's calls are decode steps of one sequence, not frames",
     );

@@ -238,6 +238,7 @@ export const vlaPruner: CriterionModule = {
     required:
       "vla-pruner weighs the action rows' attention of earlier control steps, which only a state carried from call to call holds",
     counts: "it keeps every member while its history fills (the first `window` calls), then k = the amount's count",
+    readsLayer: (args) => Number(args["action_layer"]),
     dims: (tokens) => ["prunec_vla_history", tokens],
   },
   prepare,
