@@ -5,6 +5,7 @@ import type { Dim } from "../src/analysis/dims.js";
 import type { NodeBuilder } from "./builder.js";
 import type { CriterionInfo } from "../grammar/registry.js";
 import type { ArgValue } from "../grammar/ir.js";
+import type { AdaptiveAmount } from "./adaptive.js";
 
 /** What a criterion may know of its stage before anything is emitted. */
 export interface StageFacts {
@@ -58,6 +59,16 @@ export interface ScoreContext extends StageFacts {
    * bool [1], true at the first call (the past is empty). The stage keeps every token at the first call.
    */
   frame?: { past: string; first: string };
+  /** A count that differs per example (`of SET`, `mass`, …): the amount as planned (passes/adaptive.ts). */
+  amount?: AdaptiveAmount;
+  /** The model inputs (bool [batch, sequence], dense positions) of the sets the criterion requires (`requiresSets`). */
+  setInputs?: ReadonlyMap<string, string>;
+}
+
+/** `across frames`: the rows the stage kept, for a criterion whose next state reads layers below the stage. */
+export interface KeptRows {
+  /** int64 [B, K']: each row's position in the stage's input, −1 on padding rows (per-example counts). */
+  positions: string;
 }
 
 /**
@@ -104,9 +115,9 @@ export type Scorer =
       /**
        * `across frames`: the state this call leaves for the next one, float [B, rows, …] (the
        * stage writes it as `present.stageN.prunec_frame`; the next call reads it as `ctx.frame.past`).
-       * Called after `score` on the same context.
+       * Called after `score` on the same context, once the stage's selection is emitted (`kept`).
        */
-      next?(ctx: ScoreContext): string;
+      next?(ctx: ScoreContext, kept: KeptRows): string;
     }
   | { kind: "select"; select(ctx: ScoreContext): string };
 
@@ -116,6 +127,17 @@ export interface FrameCarry {
   holds: string;
   /** Why the criterion means nothing without `across frames` (the plan then refuses it), if so. */
   required?: string;
+  /**
+   * Why the criterion decides, at every call, how many of each example's `of SET` members it keeps
+   * (VLA-Pruner: all of them while its history fills up), if it does: its scorer's `count` then
+   * gives the members kept (int64 [B,1]), and the stage is `of SET` with `keep P%` or `keep K tokens`.
+   */
+  counts?: string;
+  /**
+   * The deepest layer the next state reads (VLA-Pruner's `action_layer`), if below the stage: a later
+   * stream stage above it would change the rows it reads, and is refused.
+   */
+  readsLayer?(args: Readonly<Record<string, ArgValue>>): number;
   /** The present state's dims after the batch axis, given the stage's input token count and hidden size. */
   dims(tokens: Dim, hidden: number | undefined): (Dim | undefined)[];
 }
@@ -124,6 +146,11 @@ export interface FrameCarry {
 export interface CriterionModule extends CriterionInfo {
   /** Token sets the criterion reads, which the spec must declare. */
   requiresSets?: string[];
+  /**
+   * Required sets whose model input the criterion reads itself (`ctx.setInputs`): each must be
+   * declared `tokens NAME = input INPUT`, and the input is added to the model when it lacks one.
+   */
+  readsSets?: string[];
   /**
    * Why `mass` / `above` amounts need `of SET` with this criterion (its scores are not a mass
    * without one: last-token-attn raises the last token above all), or undefined.

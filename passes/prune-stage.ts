@@ -138,7 +138,7 @@ export const applyStage: StageLowering = (proto, dense, densePlan, state, option
     renames.set(s.normalized, denseName(s.normalized));
   }
   // `across frames`: the criterion's state for the next call, a graph output (passes/frames.ts).
-  const frameDims = plan.frames ? frameStateDims(s) : undefined;
+  const frameDims = plan.frames ? frameStateDims(s, sel.exposed ?? indices) : undefined;
   // The original producer of r now writes r/dense; stage nodes go right after it (their inputs,
   // the layer's probabilities and r/dense, all exist by then).
   const names = padState ? padStateNames(plan.stage) : undefined;
@@ -194,12 +194,12 @@ export const applyStage: StageLowering = (proto, dense, densePlan, state, option
 };
 
 /** Writes an `across frames` stage's next state (the scorer's `next`) and returns its dims after the batch. */
-function frameStateDims(s: StageSetup): (Dim | undefined)[] {
+function frameStateDims(s: StageSetup, positions: string | undefined): (Dim | undefined)[] {
   const { plan, scorer, ctx, model } = s;
   const carry = plan.criterion.frames;
-  if (scorer.kind !== "score" || !scorer.next || !carry)
+  if (scorer.kind !== "score" || !scorer.next || !carry || !positions)
     throw new Error(`stage ${plan.stage}: ${plan.criterion.name} carries nothing across frames (checked by the plan)`);
-  writePresent(s.b, plan.stage, scorer.next(ctx));
+  writePresent(s.b, plan.stage, scorer.next(ctx, { positions }));
   return carry.dims(plan.tokensIn, model.hidden);
 }
 
@@ -272,6 +272,8 @@ function setUp(
     ...(state.cumulative ? { cumulative: state.cumulative } : {}),
     // `across frames`: the state the previous call left (passes/frames.ts).
     ...(plan.frames ? { frame: frameInputs(b, plan.stage) } : {}),
+    ...(plan.adaptive ? { amount: plan.adaptive } : {}),
+    ...(plan.readSets ? { setInputs: new Map(Object.entries(plan.readSets)) } : {}),
   };
   // The plan proved the criterion's facts on the dense model; its scorer reads this graph's nodes.
   const prepared = plan.criterion.prepare(ctx);

@@ -24,6 +24,7 @@ import { textAttn } from "./criteria/text-attn.js";
 import { spatten } from "./criteria/spatten.js";
 import { crops } from "./criteria/crops.js";
 import { evs } from "./criteria/evs.js";
+import { vlaPruner } from "./criteria/vla-pruner.js";
 import { KV_PRESSES_HERE } from "./criteria/kv-presses.js";
 import { expectedAttention } from "./criteria/expected-attention.js";
 import type { KvCriterionModule } from "./kv/criterion.js";
@@ -53,6 +54,7 @@ export const CRITERIA: readonly CriterionModule[] = [
   spatten,
   crops,
   evs,
+  vlaPruner,
 ];
 
 export { PLANNED };

@@ -170,7 +170,10 @@ function withSetInputs(
   kvPlans: readonly KvPlan[],
   info: TransformerInfo,
 ): GraphProto {
-  const used = new Set([...plans, ...kvPlans].flatMap((p) => (p.ofSet ? [p.ofSet.input] : [])));
+  const used = new Set([
+    ...[...plans, ...kvPlans].flatMap((p) => (p.ofSet ? [p.ofSet.input] : [])),
+    ...plans.flatMap((p) => Object.values(p.readSets ?? {})),
+  ]);
   const existing = new Set(graph.input.map((i) => i.name));
   const added = spec.tokenSets.filter(
     (t) => t.source.kind === "input" && used.has(t.source.input) && !existing.has(t.source.input),

@@ -61,7 +61,15 @@ export function planFrames(
       `compares each token with the same position in the previous call, so the stage must see every token: the stage after layer ${earlier.layer.index} (line ${lineOf(earlier)}) drops tokens before it`,
     );
   if (plan.fold) return refuse("inside an encoder that folds tokens into merge groups is not supported yet");
-  if (plan.adaptive)
+  if (carry.counts) {
+    // The criterion counts each example's set members itself (every one while its state fills up).
+    const amount = plan.adaptive;
+    if (!plan.ofSet || plan.ofSet.each || !amount || (amount.kind !== "percent" && amount.kind !== "count"))
+      return refuse(
+        `with ${plan.criterion.name} needs 'of SET' with 'keep P%' or 'keep K tokens' (one budget per example over one set): ${carry.counts}`,
+        stage.amountSpan ?? span,
+      );
+  } else if (plan.adaptive)
     return refuse(
       `keeps one count for the whole batch (every token at the first call), but this stage's count differs per example (${amountWhy(stage)})`,
       stage.amountSpan ?? stage.ofSpan ?? span,

@@ -71,6 +71,8 @@ export interface StagePlan {
    * others are kept. `each`: to each contiguous span of the set on its own (`of each SET`).
    */
   ofSet?: { name: string; input: string; each?: boolean };
+  /** The model inputs of the sets the criterion requires (`requiresSets`), by set name. */
+  readSets?: Record<string, string>;
   criterion: CriterionModule;
   args: Record<string, ArgValue>;
   /** Tokens entering the stage (prefix included) and kept by it. */

@@ -145,6 +145,16 @@ export function planSpec(
       fail(framed.span, framed.why);
       return;
     }
+    // An `across frames` state read below its stage (VLA-Pruner's action rows) needs the rows that stage left.
+    const reader = plans.find((p) => p.frames && p.criterion.frames?.readsLayer);
+    const read = reader?.criterion.frames?.readsLayer?.(reader.args);
+    if (reader && read !== undefined && plan.layer.index < read) {
+      fail(
+        stage.layerSpan ?? stage.positionSpan,
+        `a stage after layer ${plan.layer.index} would change the rows that ${reader.criterion.name} (line ${spec.stages[reader.stage]!.span.line}) reads at layer ${read} for its next state; put it after layer ${read} or later`,
+      );
+      return;
+    }
     // A cascade's running score starts at layer 0 and follows the kept tokens: only its own stages before it.
     const cascade = plan.criterion.cascade;
     if (cascade) {
@@ -332,6 +342,16 @@ function planOne(
     return undefined;
   }
   const scorer = prepared.ok;
+  // Sets whose model input the criterion reads itself (VLA-Pruner's action rows).
+  const readSets: Record<string, string> = {};
+  for (const name of criterion.readsSets ?? []) {
+    const set = setInput(sets.get(name)!, criterion.name);
+    if ("why" in set) {
+      fail(stage.criterion.span, set.why);
+      return undefined;
+    }
+    readSets[name] = set.input;
+  }
   if (scorer.kind === "select" && ofSet === undefined && !encoder && cachedGqaBelow(model, resolved)) {
     fail(
       stage.criterion.span,
@@ -466,6 +486,7 @@ function planOne(
     tokensOut: tokensIn,
     prefix,
     firstLayer,
+    ...(criterion.readsSets ? { readSets } : {}),
   };
   if (groups) plan.groups = groups;
   if (fold) plan.fold = fold;

@@ -223,7 +223,7 @@ describe("across frames: EVS on the digits ViT, one call per frame", () => {
       ],
       [
         "after layer 0 keep 25% by cls-attn across frames",
-        "s.prune:1:27: error: 'across frames' needs a criterion that reads the previous call, and cls-attn carries nothing from one call to the next (criteria that do: evs)",
+        "s.prune:1:27: error: 'across frames' needs a criterion that reads the previous call, and cls-attn carries nothing from one call to the next (criteria that do: evs, vla-pruner)",
       ],
       [
         "after layer 0 keep 50% by cls-attn\nafter layer 2 keep 25% by evs across frames",
@@ -239,7 +239,7 @@ describe("across frames: EVS on the digits ViT, one call per frame", () => {
       ],
       [
         "after layer 0 merge 25% by similarity across frames",
-        "s.prune:1:28: error: 'across frames' needs a criterion that reads the previous call, and similarity carries nothing from one call to the next (criteria that do: evs)",
+        "s.prune:1:28: error: 'across frames' needs a criterion that reads the previous call, and similarity carries nothing from one call to the next (criteria that do: evs, vla-pruner)",
       ],
     ];
     for (const [spec, message] of refusals) expect(firstErrorLine(model, spec)).toBe(message);

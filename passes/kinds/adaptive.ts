@@ -121,16 +121,20 @@ export const adaptive: SelectionModule = {
       sel = selectAdaptive(b, spans.ranked, b.op("Add", [set.others, spans.count], {}, "kept_total"), plan.prefix);
     } else if (plan.ofSet) {
       const set = restrictToSet(b, plan, plan.ofSet, state.sets, state.validBias, scores);
-      const count = onlyFirst(
-        countPerExample(b, amount, {
-          scores,
-          ranked: set.setScores,
-          real: set.members,
-          clsAttention,
-          minimum: 0,
-        }),
-        set.members,
-      );
+      // An `across frames` criterion that counts its set itself (VLA-Pruner's warm-up keeps every member).
+      const own = plan.criterion.frames?.counts && scorer.kind === "score" ? scorer.count?.(ctx) : undefined;
+      const count =
+        own ??
+        onlyFirst(
+          countPerExample(b, amount, {
+            scores,
+            ranked: set.setScores,
+            real: set.members,
+            clsAttention,
+            minimum: 0,
+          }),
+          set.members,
+        );
       // Tokens outside the set are all kept: they rank first.
       sel = selectAdaptive(b, set.ranked, b.op("Add", [set.others, count], {}, "kept_total"), plan.prefix);
     } else {

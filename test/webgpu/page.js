@@ -44,6 +44,7 @@ const ARRAYS = {
   int64: (b) => new BigInt64Array(b),
   int32: (b) => new Int32Array(b),
   uint8: (b) => new Uint8Array(b),
+  bool: (b) => new Uint8Array(b),
 };
 
 /**
