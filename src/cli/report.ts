@@ -13,6 +13,7 @@ import { analyzeTransformer } from "../analysis/transformer.js";
 import { layerCosts, layerFlops, outsideFlops } from "../analysis/flops.js";
 import { compile, type CompileReport } from "../compile.js";
 import { batchInput, type Dataset } from "../data/prds.js";
+import { keptPatches, overlayRgba } from "../data/overlay.js";
 import { openSession, type SessionOptions } from "./runtime.js";
 import { argmax, evaluate } from "./evaluate.js";
 import { budgetChartSvg, layerChartSvg, type LayerRow } from "./charts.js";
@@ -54,43 +55,11 @@ export interface ReportJson {
 
 const SCALE = 4;
 
-/** Pixel (r, g, b) of the overlay: kept patches as they are, edged; dropped ones faded and hatched. */
-function overlayPixel(v: number, kept: boolean, edge: 0 | 1 | 2, hatch: boolean): [number, number, number] {
-  // A two-tone edge (dark outside, bright inside) shows on dark and light images alike.
-  if (kept && edge === 1) return [0, 0, 0];
-  if (kept && edge === 2) return [0, 230, 118];
-  if (kept) return [v, v, v];
-  // Dropped: pulled halfway to mid grey (contrast halved, whatever the image's brightness), with
-  // magenta diagonal hatching, which neither a black nor a white image has.
-  if (hatch) return [214, 0, 170];
-  const g = Math.round(128 + (v - 128) * 0.4);
-  return [g, g, g];
-}
-
-/** The image (first channel), upscaled, dropped patches faded and hatched, kept ones edged. */
+/** The overlay of example `index` as a PNG (src/data/overlay.ts). */
 export function overlayPng(d: Dataset, index: number, grid: number, kept: ReadonlySet<number>): Buffer {
-  const { channels, height, width } = d.header;
-  const png = new PNG({ width: width * SCALE, height: height * SCALE });
-  const base = index * channels * height * width;
-  const ph = (height / grid) * SCALE;
-  const pw = (width / grid) * SCALE;
-  for (let y = 0; y < height * SCALE; y++) {
-    for (let x = 0; x < width * SCALE; x++) {
-      const patch = Math.floor(y / ph) * grid + Math.floor(x / pw);
-      const v = d.pixels[base + Math.floor(y / SCALE) * width + Math.floor(x / SCALE)]!;
-      const py = y % ph;
-      const px = x % pw;
-      const border = Math.min(py, px, ph - 1 - py, pw - 1 - px);
-      const edge = border === 0 ? 1 : border === 1 ? 2 : 0;
-      const hatch = (x + y) % 8 < 2;
-      const [r, g, b] = overlayPixel(v, kept.has(patch), edge, hatch);
-      const o = (y * width * SCALE + x) * 4;
-      png.data[o] = r;
-      png.data[o + 1] = g;
-      png.data[o + 2] = b;
-      png.data[o + 3] = 255;
-    }
-  }
+  const { width, height, data } = overlayRgba(d, index, grid, kept, SCALE);
+  const png = new PNG({ width, height });
+  png.data.set(data);
   return PNG.sync.write(png);
 }
 
@@ -182,22 +151,16 @@ export async function renderReport(
           ]);
           const logitsName = Object.keys(p).find((k) => !k.startsWith("prunec."))!;
           for (let b = 0; b < count; b++) {
-            // Compose the stages: each stage's indices number its own input tokens.
-            let tokens: number[] = [...Array(Number(info.tokens)).keys()];
-            for (const name of stageOuts) {
-              const idx = p[name]!;
-              const k = idx.dims.at(-1)!;
-              tokens = Array.from((idx.data as BigInt64Array).subarray(b * k, (b + 1) * k), (v) => tokens[Number(v)]!);
-            }
-            const keptPatches = tokens.filter((t) => t >= prefix).map((t) => t - prefix);
+            const indices = stageOuts.map((n) => ({ data: p[n]!.data as BigInt64Array, dims: p[n]!.dims }));
+            const kept = keptPatches(indices, Number(info.tokens), prefix, b);
             sj.examples.push({
               index: b,
               label: data.labels[b]!,
               dense: argmax((dl.data as Float32Array).subarray(b * classes, (b + 1) * classes)),
               pruned: argmax((p[logitsName]!.data as Float32Array).subarray(b * classes, (b + 1) * classes)),
-              keptPatches,
+              keptPatches: kept,
             });
-            write(overlayName(schedules.length, i, b), overlayPng(data, b, grid, new Set(keptPatches)));
+            write(overlayName(schedules.length, i, b), overlayPng(data, b, grid, new Set(kept)));
           }
         } finally {
           await prunedS.release();
