@@ -138,12 +138,17 @@ export async function renderReport(
   data?: Dataset,
   examples = 4,
   session: Pick<SessionOptions, "modelPath" | "command"> = {},
+  specName?: string,
 ): Promise<ReportResult> {
   const graph = new Graph(decodeModel(model, modelName).graph!);
   const info = analyzeTransformer(graph, modelName);
   const costs = layerCosts(graph, info);
   const outside = outsideFlops(graph, info);
-  const compiled = compile(model, spec, { modelName, exposeIndices: true });
+  const compiled = compile(model, spec, {
+    modelName,
+    ...(specName !== undefined ? { specName } : {}),
+    exposeIndices: true,
+  });
   const layers = compiled.report.tokensPerLayer.map((t, i) => {
     const c = costs[i]!;
     return {
