@@ -171,10 +171,10 @@ export function wrapLine(text: string, width: number | undefined): string[] {
   let empty = true;
   // A bracketed group stays on one line when it fits one, else it breaks at its spaces too.
   const room = width - hang.length;
-  const fit = (w: string, cut: RegExp) => (w.length > room ? w.split(cut) : [w]);
+  const splitIfLong = (w: string, cut: RegExp) => (w.length > room ? w.split(cut) : [w]);
   const pieces = words(text.slice(lead.length))
-    .flatMap((w) => fit(w, /(?<= )(?=\[)/))
-    .flatMap((w) => fit(w, /(?<= )/));
+    .flatMap((w) => splitIfLong(w, /(?<= )(?=\[)/))
+    .flatMap((w) => splitIfLong(w, /(?<= )/));
   for (const word of pieces) {
     if (!empty && (line + word).trimEnd().length > width) {
       lines.push(line.trimEnd());

@@ -253,7 +253,7 @@ describe("prunec CLI", () => {
       const check = prunec("check", "-e", good, model);
       expect([check.code, check.stdout]).toEqual([
         0,
-        "<inline>: ok on " + model + ", 1 stage: after layer 1 keep 50% by cls-attn (65 → 33 tokens)\n",
+        `<inline>: ok on ${model}, 1 stage: after layer 1 keep 50% by cls-attn (65 → 33 tokens)\n`,
       ]);
       const fmt = prunec("fmt", "-e", "after layer 1 keep 50 % by cls-attn ; after layer 2 keep by norm");
       expect([fmt.code, fmt.stdout]).toEqual([0, "after layer 1 keep 50% by cls-attn\nafter layer 2 keep by norm\n"]);
