@@ -118,14 +118,5 @@ export function checkSpec(
   };
 }
 
-/** Diagnostics as editors want them. */
-export function diagnosticsJson(ds: readonly Diagnostic[]) {
-  return ds.map((d) => ({
-    file: d.file,
-    line: d.line,
-    column: d.column,
-    end: { line: d.endLine, column: d.endColumn },
-    message: d.message,
-    ...(d.suggestion !== undefined ? { suggestion: d.suggestion } : {}),
-  }));
-}
+/** Diagnostics as editors want them (defined with the error objects of `--json`). */
+export { diagnosticsJson } from "./errors.js";

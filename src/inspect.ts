@@ -1,4 +1,5 @@
 /** `prunec inspect`: what the analysis found, as a table for people and as JSON for tools. */
+import { renderTable } from "./table.js";
 import { decodeModel } from "./onnx/io.js";
 import { checkExternalData } from "./onnx/external.js";
 import { Graph } from "./ir/graph.js";
@@ -196,7 +197,8 @@ function mergeText(m: SpatialMerge): string {
 
 const shapeText = (s: Dim[] | null): string => (s ? `[${s.join(", ")}]` : "[?]");
 
-export function formatInspect(r: InspectReport): string {
+/** The report as text; `width`: the table fits it (the criteria wrap, or go under each row), and the CLI wraps the prose. */
+export function formatInspect(r: InspectReport, options: { width?: number } = {}): string {
   const lines: string[] = [];
   lines.push(
     `${r.model}: ${r.layerCount} transformer layers (opset ${r.opset}, IR ${r.irVersion}${r.producer ? `, ${r.producer}` : ""})`,
@@ -230,14 +232,16 @@ export function formatInspect(r: InspectReport): string {
     l.residual ? "found" : "not found",
     l.criteria.map((c) => (c.ok ? c.name : `no ${c.name}`)).join(", "),
   ]);
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)));
-  const fmt = (row: string[]) =>
-    "  " +
-    row
-      .map((c, i) => c.padEnd(widths[i]!))
-      .join("  ")
-      .trimEnd();
-  lines.push("", fmt(header), fmt(widths.map((w) => "-".repeat(w))), ...rows.map(fmt));
+  lines.push(
+    "",
+    ...renderTable(header, rows, {
+      width: options.width,
+      indent: "  ",
+      rule: true,
+      wrap: header.length - 1,
+      stack: "criteria",
+    }),
+  );
   const reasons = new Map<string, string>();
   for (const l of r.layers)
     for (const c of l.criteria)

@@ -113,6 +113,49 @@ describe.skipIf(!existsSync(MODEL))("eval, bench and report on examples/digits",
     expect(j.rows[1].idealSpeedup).toBeGreaterThan(1.5);
   });
 
+  it("bench takes inline specs (-e, named <inline 1>, <inline 2>); its table fits COLUMNS, the long name cut in the middle", () => {
+    const { COLUMNS: _c, ...env } = process.env;
+    const args = ["bench", MODEL, "-e", SPEC, "-e", "after layer 1 keep 25% by cls-attn", "--runs", "5"];
+    const j = spawnSync(process.execPath, [join(REPO_ROOT, "bin", "prunec.js"), ...args, "--json"], {
+      encoding: "utf8",
+      env,
+    });
+    expect(j.status, j.stderr).toBe(0);
+    expect(JSON.parse(j.stdout).rows.map((x: { spec: string | null }) => x.spec)).toEqual([
+      null,
+      "<inline 1>",
+      "<inline 2>",
+    ]);
+    const long = join(dir, `${"a-very-long-schedule-name-".repeat(3)}end.prune`);
+    writeFileSync(long, SPEC);
+    const t = spawnSync(process.execPath, [join(REPO_ROOT, "bin", "prunec.js"), "bench", MODEL, long, "--runs", "5"], {
+      encoding: "utf8",
+      env: { ...env, COLUMNS: "72" },
+    });
+    expect(t.status, t.stderr).toBe(0);
+    const lines = t.stdout.trimEnd().split("\n");
+    for (const l of lines) expect(l.length, l).toBeLessThanOrEqual(72);
+    const head = lines.findIndex((l) => l.startsWith("model "));
+    expect(lines[head]).toMatch(/^model +\| latency ms +\| speedup \| FLOPs-ideal \| ratio$/);
+    expect(lines[head + 2]).toMatch(/^\/.*…e-end\.prune \| \d/); // start and end of the path kept
+  });
+
+  it("report --json prints the folder and its files; -o - is refused", () => {
+    const out = join(dir, "report-json");
+    const r = run("report", MODEL, "-e", SPEC, "-o", out, "--json");
+    expect([r.status, r.stderr]).toEqual([0, ""]);
+    expect(JSON.parse(r.stdout)).toEqual({
+      output: out,
+      files: ["chart.svg", "report.json", "report.md"].map((f) => join(out, f)),
+    });
+    const dash = run("report", MODEL, "-e", SPEC, "-o", "-");
+    expect([dash.status, dash.stdout, dash.stderr]).toEqual([
+      1,
+      "",
+      "prunec: error: report writes a folder of files, so -o - (stdout) cannot hold it; give a folder\n",
+    ]);
+  });
+
   it("report writes valid Markdown, JSON, SVG (Vega-Lite) and PNG overlays; its accuracies are eval's", () => {
     const out = join(dir, "report");
     const r = run("report", MODEL, join(dir, "s.prune"), "-o", out, "--data", SAMPLE, "--examples", "3");

@@ -192,7 +192,7 @@ describe.skipIf(!existsSync(MODEL))("examples/digit-masks (trained per-patch ViT
     const r = run("report", MODEL, join(dir, "s.prune"), "-o", join(dir, "report"), "--data", SAMPLE);
     expect([r.status, r.stderr]).toEqual([
       6,
-      `${SAMPLE}: report's overlays show one label per example; this set has per-patch labels (header field 'targets' is "patches")\n`,
+      `prunec: error: ${SAMPLE}: report's overlays show one label per example; this set has per-patch labels (header field 'targets' is "patches")\n`,
     ]);
     expect(existsSync(join(dir, "report"))).toBe(false);
   });

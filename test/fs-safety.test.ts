@@ -206,7 +206,7 @@ describe("file-system safety of the CLI", () => {
       });
       expect(prunec(d, ["report", "vit.onnx", "s.prune", "-o", "rep", "--data", "pipe"], PROMPT_MS)).toMatchObject({
         code: 2,
-        stderr: fifo("a .prds data set"),
+        stderr: fifo("a .prds data set or an image folder"),
       });
       expect(existsSync(join(d, "o.onnx")) || existsSync(join(d, "rep"))).toBe(false);
 

@@ -170,7 +170,7 @@ describe("npm pack, installed offline into an empty project without the optional
   it("--help, compile, check, fmt and inspect work", () => {
     const help = prunec("--help");
     expect(help.code, help.stderr).toBe(0);
-    expect(help.stdout).toMatch(/compile \[options\] <model> <spec>/);
+    expect(help.stdout).toMatch(/compile \[options\] <model> \[spec\]/);
     expect(prunec("--version").stdout.trim()).toBe(VERSION);
     const model = "node_modules/prunec/examples/tiny-vit/model.onnx";
     const compiled = prunec(model, "s.prune", "-o", "out.onnx");

@@ -86,7 +86,7 @@ describe("binary content where a spec is expected", () => {
   it(
     "an ONNX model given as the spec: exit 4 at once from check and compile, nothing written",
     () => {
-      const message = `${TINY}: not a .prune file: binary content (invalid UTF-8 at offset 20)\n`;
+      const message = `prunec: error: ${TINY}: not a .prune file: binary content (invalid UTF-8 at offset 20)\n`;
       const check = prunec("check", TINY);
       expect([check.code, check.stderr, check.stdout]).toEqual([4, message, ""]);
       const out = join(dir, "never.onnx");
@@ -133,7 +133,7 @@ describe("a spec without stages", () => {
       writeFileSync(spec, "");
       const out = join(dir, "empty.onnx");
       const r = prunec(TINY, spec, "-o", out);
-      expect([r.code, r.stderr, r.stdout]).toEqual([4, `${noStages(spec)}\n`, ""]);
+      expect([r.code, r.stderr, r.stdout]).toEqual([4, `prunec: error: ${noStages(spec)}\n`, ""]);
       expect(existsSync(out)).toBe(false);
     },
     HANG,
@@ -145,7 +145,7 @@ describe("a spec without stages", () => {
       const spec = join(dir, "blank.prune");
       writeFileSync(spec, "  \n\n");
       const r = prunec("check", spec, TINY);
-      expect([r.code, r.stderr]).toEqual([1, `${noStages(spec)}\n\n${spec}: refused (no stages)\n`]);
+      expect([r.code, r.stderr]).toEqual([1, `prunec: error: ${noStages(spec)}\n\n${spec}: refused (no stages)\n`]);
       const c = checkSpec("# only a comment\n", "c.prune");
       expect(c).toMatchObject({
         ok: false,

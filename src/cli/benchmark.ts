@@ -4,6 +4,7 @@
  * sessions alternate in blocks and each block's first run is dropped (an idle pool's spinning
  * threads would otherwise steal the cores of the next session).
  */
+import { renderTable } from "../table.js";
 import { decodeModel } from "../onnx/io.js";
 import { Graph } from "../ir/graph.js";
 import { analyzeTransformer } from "../analysis/transformer.js";
@@ -124,17 +125,21 @@ export async function benchmark(
   }
 }
 
-export function formatBench(r: BenchResult): string {
-  const lines = [
+/** The result as a table (fitted to `width`: a long spec name is cut in the middle). */
+export function formatBench(r: BenchResult, options: { width?: number } = {}): string {
+  const rows = r.rows.map((row) => [
+    row.spec ?? "dense",
+    `${row.medianMs.toFixed(2)} [${row.q1Ms.toFixed(1)}–${row.q3Ms.toFixed(1)}]`,
+    `${row.speedup.toFixed(2)}×`,
+    `${row.idealSpeedup.toFixed(2)}×`,
+    row.ratio.toFixed(2),
+  ]);
+  return [
     `${r.model}: ORT CPU, batch ${r.batch}, ${r.runs} runs per model (alternating blocks of ${BLOCK}), median [q1–q3]`,
-  ];
-  lines.push("model                                   | latency ms            | speedup | FLOPs-ideal | ratio");
-  for (const row of r.rows) {
-    const name = (row.spec ?? "dense").slice(-40).padEnd(40);
-    const lat = `${row.medianMs.toFixed(2)} [${row.q1Ms.toFixed(1)}–${row.q3Ms.toFixed(1)}]`.padEnd(21);
-    lines.push(
-      `${name}| ${lat} | ${row.speedup.toFixed(2).padStart(6)}× | ${row.idealSpeedup.toFixed(2).padStart(10)}× | ${row.ratio.toFixed(2)}`,
-    );
-  }
-  return lines.join("\n");
+    ...renderTable(["model", "latency ms", "speedup", "FLOPs-ideal", "ratio"], rows, {
+      width: options.width,
+      separator: " | ",
+      right: [2, 3, 4],
+    }),
+  ].join("\n");
 }

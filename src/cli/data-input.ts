@@ -1,15 +1,14 @@
 /**
- * The data a command evaluates on: a `.prds` file, or a folder of images (one subfolder per class)
- * preprocessed for the model (src/data/preprocess.ts, src/data/image-folder.ts). Either way the
- * examples fit the model's input, or the command stops with exit 2 naming both shapes.
+ * A folder of images (one subfolder per class) as a data set preprocessed for a model
+ * (./preprocess.ts, ./image-folder.ts), with a progress bar on a terminal. Whatever the
+ * preprocessing gives fits the model's input, or the command stops with exit 2 naming both shapes.
  */
 import { statSync } from "node:fs";
 import { SingleBar, Presets } from "cli-progress";
-import { checkDatasetFitsModel, parseDataset, type Dataset } from "../data/prds.js";
+import type { Dataset } from "../data/prds.js";
 import { modelLabels, readImageFolder } from "./image-folder.js";
 import { dirname, join } from "node:path";
 import { preprocessFor, type PreprocessFlags } from "./preprocess.js";
-import { readInput } from "./files.js";
 
 export function isFolder(path: string): boolean {
   try {
@@ -54,18 +53,4 @@ export async function folderDataset(
   } finally {
     bar.stop();
   }
-}
-
-/** `--data PATH` for a model: a .prds file checked against the model, or an image folder read for it. */
-export async function evalDataset(
-  path: string,
-  model: Uint8Array,
-  modelPath: string,
-  flags: PreprocessFlags,
-  quiet: boolean,
-): Promise<Dataset> {
-  if (isFolder(path)) return folderDataset(path, model, modelPath, flags, quiet);
-  const data = parseDataset(readInput(path, "a .prds data set or an image folder").bytes, path);
-  checkDatasetFitsModel(data, model, path, modelPath); // exit 2 naming both, not onnxruntime's error
-  return data;
 }

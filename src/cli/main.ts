@@ -5,46 +5,146 @@
  * file that is not a regular file; on failure or interrupt nothing is written.
  */
 import { Command, CommanderError } from "commander";
+import { existsSync } from "node:fs";
 import { basename, dirname, join, resolve } from "node:path";
 import { compile, parseOrThrow, type CompileReport } from "../compile.js";
 import { checkSpec, diagnosticsJson } from "../check.js";
 import { formatDiagnostics, printSpec } from "../../grammar/index.js";
+import { closest } from "../../grammar/suggest.js";
 import { SingleBar, Presets } from "cli-progress";
-import { checkDatasetFitsModel, encodeDataset, parseDataset } from "../data/prds.js";
+import { checkDatasetFitsModel, encodeDataset, parseDataset, type Dataset } from "../data/prds.js";
 import type { PreprocessFlags } from "./preprocess.js";
-import { evalDataset, folderDataset, isFolder } from "./data-input.js";
+import { folderDataset, isFolder } from "./data-input.js";
 import { evaluate, type EvalResult } from "./evaluate.js";
 import { benchmark, formatBench } from "./benchmark.js";
-import { renderReport, saveReport } from "./report.js";
+import { renderReport, saveReport, type ReportSpec } from "./report.js";
 import { loadOrtNode } from "./runtime.js";
 import {
   checkWeightFiles,
+  externalRefs,
   planPlacements,
   weightInputs,
   writeModelWithWeights,
   EXTERNAL_DATA_MODES,
   type ExternalDataMode,
 } from "./weights.js";
-import { checkOutput, inputRef, readInput } from "./files.js";
+import { checkOutput, inputRef, readInput, type InputFile } from "./files.js";
 import { writeAtomic } from "./atomic.js";
 import { inspectModel, formatInspect } from "../inspect.js";
 import { specFileText } from "./spec-file.js";
-import { PrunecError, errorText } from "../errors.js";
+import { ERROR_PREFIX, PrunecError, errorJson, errorText } from "../errors.js";
+import { DASH, INLINE_NAME, STDIN_NAME, oneStdin, readAllStdin, stdinId, terminalWidth } from "./stdio.js";
+import { wrapText } from "../table.js";
 import { smokeRun, formatSmoke, type SmokeReport } from "./smoke.js";
 import { VERSION } from "../version.js";
 
 export interface Io {
   out: (text: string) => void;
   err: (text: string) => void;
+  /** Bytes to stdout (`-o -`); resolves once written. */
+  outBytes?: (bytes: Uint8Array) => Promise<void>;
+  /** All of stdin (`-` as an input). */
+  stdin?: () => Promise<Uint8Array>;
+  /** The width human output fits (src/cli/table.ts); undefined: no limit. */
+  width?: number;
 }
 
 const defaultIo: Io = {
   out: (t) => process.stdout.write(t.endsWith("\n") ? t : `${t}\n`),
   err: (t) => process.stderr.write(t.endsWith("\n") ? t : `${t}\n`),
+  outBytes: (bytes) => new Promise((done, fail) => process.stdout.write(bytes, (e) => (e ? fail(e) : done()))),
+  stdin: readAllStdin,
+  width: terminalWidth(),
 };
 
-/** The bytes of an input file (a regular file; exit 2 otherwise). */
-const readBytes = (path: string, what: string): Uint8Array => readInput(path, what).bytes;
+/** Per run: `--json` was given; the model bytes take stdout (`-o -`), so everything else goes to stderr. */
+interface Session {
+  json: boolean;
+  stdoutIsData: boolean;
+}
+
+/** Human output, wrapped to the terminal's width (tables are fitted by their formatter). */
+const human = (io: Io, text: string) => io.out(wrapText(text, io.width));
+
+/**
+ * An input given on the command line: a file, or `-` for standard input (named `<stdin>` in
+ * messages). A model from stdin cannot have external data (its weight files are found beside the
+ * model file).
+ */
+async function readArg(path: string, what: string, io: Io): Promise<InputFile> {
+  if (path !== DASH) return readInput(path, what);
+  if (!io.stdin) throw new PrunecError("usage", `'-' (standard input) is not available here (expected ${what})`);
+  const bytes = await io.stdin();
+  if (what === MODEL && externalRefs(bytes, STDIN_NAME).length)
+    throw new PrunecError(
+      "usage",
+      `${STDIN_NAME}: the model keeps weights in external data files, which are found beside the model file; give the model's path instead of '-'`,
+    );
+  return { path: STDIN_NAME, id: stdinId(), bytes };
+}
+
+const MODEL = "an ONNX model";
+const SPEC = "a .prune spec";
+
+/** A spec: a file, `-` (stdin), or `-e TEXT` (named `<inline>`); exactly one of them. */
+interface SpecInput {
+  name: string;
+  text: string;
+  file?: InputFile;
+}
+
+async function readSpecArg(path: string | undefined, expr: string | undefined, io: Io): Promise<SpecInput> {
+  if (path !== undefined && expr !== undefined)
+    throw new PrunecError("usage", `the spec is given twice: a file ('${path}') and -e; give one`);
+  if (expr !== undefined) return { name: INLINE_NAME, text: expr };
+  if (path === undefined)
+    throw new PrunecError("usage", "missing the spec: give a .prune file, '-' (stdin) or -e TEXT");
+  const file = await readArg(path, SPEC, io);
+  return { name: file.path, text: specFileText(file.bytes, file.path), file };
+}
+
+/**
+ * `--data`: an image folder read for the model (its preprocessing), or a .prds set (a file or `-`)
+ * checked against the model's input (exit 2 naming both shapes, not onnxruntime's error).
+ */
+async function dataArg(
+  path: string,
+  model: Uint8Array,
+  modelPath: string,
+  flags: PreprocessFlags,
+  quiet: boolean,
+  io: Io,
+): Promise<{ data: Dataset; dataName: string; file?: InputFile }> {
+  if (path !== DASH && isFolder(path))
+    return { data: await folderDataset(path, model, modelPath, flags, quiet), dataName: path };
+  const file = await readArg(path, "a .prds data set or an image folder", io);
+  const data = parseDataset(file.bytes, file.path);
+  checkDatasetFitsModel(data, model, file.path, modelPath);
+  return { data, dataName: file.path, file };
+}
+
+/**
+ * report's schedules: spec files (or `-`) and an inline `-e`; charts name each by its file name
+ * (the path when two share one), compile's messages by its path.
+ */
+async function reportSpecs(
+  paths: readonly string[],
+  expr: string | undefined,
+  io: Io,
+): Promise<(ReportSpec & { input?: InputFile })[]> {
+  if (!paths.length && expr === undefined)
+    throw new PrunecError("usage", "missing the specs: give .prune files, '-' (stdin) or -e TEXT");
+  const read: SpecInput[] = [];
+  for (const p of paths) read.push(await readSpecArg(p, undefined, io));
+  if (expr !== undefined) read.push({ name: INLINE_NAME, text: expr });
+  const short = read.map((s) => (s.file ? basename(s.name) : s.name));
+  return read.map((s, i) => ({
+    name: short.indexOf(short[i]!) === short.lastIndexOf(short[i]!) ? short[i]! : s.name,
+    text: s.text,
+    file: s.name,
+    ...(s.file ? { input: s.file } : {}),
+  }));
+}
 
 export function defaultOutput(modelPath: string): string {
   const name = basename(modelPath).replace(/\.onnx$/i, "");
@@ -53,19 +153,23 @@ export function defaultOutput(modelPath: string): string {
 
 export { writeAtomic } from "./atomic.js";
 
+interface CompileOptions {
+  output?: string;
+  expr?: string;
+  exposeIndices?: boolean;
+  kvState?: boolean;
+  json?: boolean;
+  target?: string;
+  externalData?: string;
+  verify?: boolean;
+}
+
 async function runCompile(
   modelPath: string,
-  specPath: string,
-  opts: {
-    output?: string;
-    exposeIndices?: boolean;
-    kvState?: boolean;
-    json?: boolean;
-    target?: string;
-    externalData?: string;
-    verify?: boolean;
-  },
+  specPath: string | undefined,
+  opts: CompileOptions,
   io: Io,
+  session: Session,
 ): Promise<void> {
   if (opts.target !== undefined && opts.target !== "cpu" && opts.target !== "webgpu")
     throw new PrunecError("io", `--target must be cpu or webgpu, got '${opts.target}'`);
@@ -73,15 +177,34 @@ async function runCompile(
   const mode = (opts.externalData ?? "link") as ExternalDataMode;
   if (!EXTERNAL_DATA_MODES.includes(mode))
     throw new PrunecError("io", `--external-data must be link, copy or refuse, got '${opts.externalData}'`);
-  const out = resolve(opts.output ?? defaultOutput(modelPath));
-  const modelFile = readInput(modelPath, "an ONNX model");
-  const specFile = readInput(specPath, "a .prune spec");
+  oneStdin([
+    { arg: modelPath, what: "the model" },
+    { arg: specPath, what: "the spec" },
+  ]);
+  if (modelPath === DASH && opts.output === undefined)
+    throw new PrunecError("usage", "the model is read from stdin: give -o FILE, or -o - for stdout");
+  // `-o -`: the model's bytes are stdout; the summary (or --json report) goes to stderr.
+  const toStdout = opts.output === DASH;
+  if (toStdout) {
+    if (!io.outBytes) throw new PrunecError("usage", "-o -: standard output is not available here");
+    session.stdoutIsData = true;
+  }
+  const out = toStdout ? DASH : resolve(opts.output ?? defaultOutput(modelPath));
+  const modelFile = await readArg(modelPath, MODEL, io);
+  const spec = await readSpecArg(specPath, opts.expr, io);
   const modelBytes = modelFile.bytes;
-  const specText = specFileText(specFile.bytes, specPath);
-  checkOutput(out, [modelFile, specFile]); // fail fast; the weight files are known after compile
-  const result = compile(modelBytes, specText, {
-    modelName: modelPath,
-    specName: specPath,
+  const modelName = modelFile.path;
+  const specInputs = spec.file ? [spec.file] : [];
+  if (!toStdout)
+    checkOutput(out, [modelFile, ...specInputs]); // fail fast; the weight files are known after compile
+  else if (externalRefs(modelBytes, modelName).length)
+    throw new PrunecError(
+      "usage",
+      `-o -: ${modelName} keeps weights in external data files, which must be placed beside the output file; give -o FILE`,
+    );
+  const result = compile(modelBytes, spec.text, {
+    modelName,
+    specName: spec.name,
     exposeIndices: opts.exposeIndices ?? false,
     kvState: opts.kvState ?? false,
     target,
@@ -89,24 +212,32 @@ async function runCompile(
   });
   const { parts, report } = result;
   // Never over the model, the spec or a weight file, by identity (links and spellings included).
-  const inputs = [modelFile, specFile, ...weightInputs(modelBytes, modelPath)];
-  checkOutput(out, inputs);
+  const inputs = [modelFile, ...specInputs, ...weightInputs(modelBytes, modelName)];
+  if (!toStdout) checkOutput(out, inputs);
   // Before writing: a model onnxruntime cannot load or run is refused (exit 8), never written.
   const smoke: SmokeReport | undefined =
     opts.verify === false
       ? undefined
-      : await smokeRun(result.model, { modelPath, stages: report.stages, verification: report.verification });
+      : await smokeRun(result.model, {
+          modelPath: modelName,
+          stages: report.stages,
+          verification: report.verification,
+        });
   // External locations are relative to the model: an output in another folder gets the weight files beside it.
-  const placed = await writeModelWithWeights(out, parts, planPlacements(modelBytes, modelPath, out, mode), inputs);
+  const placed = toStdout
+    ? []
+    : await writeModelWithWeights(out, parts, planPlacements(modelBytes, modelName, out, mode), inputs);
+  if (toStdout) await io.outBytes!(result.model);
+  const say = toStdout ? io.err : io.out;
   const externalData = placed.map((p) => ({
     file: p.target,
     action: p.action === "present" ? "already there" : p.action === "link" ? "hard-linked" : "copied",
   }));
   if (opts.json) {
-    io.out(
+    say(
       JSON.stringify(
         {
-          output: out,
+          output: toStdout ? "-" : out,
           ...report,
           smoke: smoke ?? { status: "skipped", reason: "--no-verify" },
           ...(externalData.length ? { externalData } : {}),
@@ -136,15 +267,18 @@ async function runCompile(
     .map((s) => `stage ${s.stage}: ${s.text}`);
   const weights = externalData.map((w) => `external data ${w.file}: ${w.action}`);
   const verified = [verifiedLine(report), smoke ? formatSmoke(smoke) : "onnxruntime smoke run skipped (--no-verify)"];
-  io.out(
-    [
-      `wrote ${out}`,
-      ...stages.map((s) => `  ${s}`),
-      `  ${report.addedNodes.length} nodes added`,
-      ...perTokenLines(report),
-      ...weights.map((w) => `  ${w}`),
-      ...verified.map((v) => `  ${v}`),
-    ].join("\n"),
+  say(
+    wrapText(
+      [
+        toStdout ? `wrote ${result.model.length} bytes to stdout` : `wrote ${out}`,
+        ...stages.map((s) => `  ${s}`),
+        `  ${report.addedNodes.length} nodes added`,
+        ...perTokenLines(report),
+        ...weights.map((w) => `  ${w}`),
+        ...verified.map((v) => `  ${v}`),
+      ].join("\n"),
+      toStdout ? terminalWidth(process.stderr) : io.width,
+    ),
   );
 }
 
@@ -169,16 +303,32 @@ function verifiedLine(report: CompileReport): string {
   return `verified: graph structure (${v.nodes} nodes), ${parts.join(", ")}`;
 }
 
-function runCheck(
-  specPath: string,
-  modelPath: string | undefined,
-  opts: { json?: boolean; kvState?: boolean },
+async function runCheck(
+  args: string[],
+  opts: { json?: boolean; kvState?: boolean; expr?: string },
   io: Io,
-): number {
-  const text = specFileText(readBytes(specPath, "a .prune spec"), specPath);
-  const model = modelPath ? { bytes: readBytes(modelPath, "an ONNX model"), name: modelPath } : undefined;
-  const r = checkSpec(text, specPath, model, opts.kvState ? { kvState: true } : {});
+): Promise<number> {
+  // `check SPEC [MODEL]`, or `check -e TEXT [MODEL]`.
+  if (args.length > (opts.expr === undefined ? 2 : 1))
+    throw new PrunecError(
+      "usage",
+      `check takes SPEC [MODEL], or -e TEXT [MODEL]; too many arguments: ${args.join(" ")}`,
+    );
+  const [specPath, modelPath] = opts.expr === undefined ? [args[0], args[1]] : [undefined, args[0]];
+  oneStdin([
+    { arg: specPath, what: "the spec" },
+    { arg: modelPath, what: "the model" },
+  ]);
+  const spec = await readSpecArg(specPath, opts.expr, io);
+  const modelFile = modelPath !== undefined ? await readArg(modelPath, MODEL, io) : undefined;
+  const model = modelFile ? { bytes: modelFile.bytes, name: modelFile.path } : undefined;
+  const r = checkSpec(spec.text, spec.name, model, opts.kvState ? { kvState: true } : {});
+  // A model that fails verification is a prunec bug, not a spec problem: compile's exit code.
+  const code = r.ok ? 0 : r.refusal?.kind === "verify" ? r.refusal.exitCode : 1;
   if (opts.json) {
+    const failure = r.ok
+      ? undefined
+      : errorJson(new PrunecError(r.refusal?.kind ?? "spec", r.refusal?.message ?? r.summary, r.diagnostics), code);
     io.out(
       JSON.stringify(
         {
@@ -187,25 +337,28 @@ function runCheck(
           stages: r.stages,
           diagnostics: diagnosticsJson(r.diagnostics),
           ...(r.refusal ? { refusal: r.refusal } : {}),
+          ...failure,
         },
         null,
         2,
       ),
     );
   } else if (r.ok) {
-    io.out(r.summary);
+    human(io, r.summary);
   } else {
     // Compile's refusal in compile's words: its diagnostics, or its one message.
-    io.err(`${r.diagnostics.length ? formatDiagnostics(r.diagnostics, text) : errorText(r.refusal!)}\n\n${r.summary}`);
+    io.err(
+      `${r.diagnostics.length ? formatDiagnostics(r.diagnostics, spec.text) : errorText(r.refusal!)}\n\n${r.summary}`,
+    );
   }
-  // A model that fails verification is a prunec bug, not a spec problem: compile's exit code.
-  return r.ok ? 0 : r.refusal?.kind === "verify" ? r.refusal.exitCode : 1;
+  return code;
 }
 
-function runFmt(specPath: string, io: Io): number {
-  const text = specFileText(readBytes(specPath, "a .prune spec"), specPath);
-  const spec = parseOrThrow(text, specPath);
-  io.out(printSpec(spec));
+async function runFmt(specPath: string | undefined, opts: { expr?: string; json?: boolean }, io: Io): Promise<number> {
+  const source = await readSpecArg(specPath, opts.expr, io);
+  const spec = parseOrThrow(source.text, source.name);
+  const text = printSpec(spec);
+  io.out(opts.json ? JSON.stringify({ file: source.name, formatted: text }, null, 2) : text);
   return 0;
 }
 
@@ -228,10 +381,11 @@ function withPreprocessFlags(c: Command): Command {
 
 async function runPack(
   folder: string,
-  opts: { model: string; output: string } & PreprocessFlags,
+  opts: { model: string; output: string; json?: boolean } & PreprocessFlags,
   io: Io,
 ): Promise<void> {
-  const model = readBytes(opts.model, "an ONNX model");
+  if (opts.output === DASH) throw new PrunecError("usage", "pack writes a .prds file; give its path, not -o -");
+  const model = readInput(opts.model, MODEL).bytes;
   if (!isFolder(folder)) throw new PrunecError("io", `${folder}: not a folder (pack reads <folder>/<class>/<image>)`);
   const data = await folderDataset(folder, model, opts.model, opts, false);
   await writeAtomic(
@@ -240,6 +394,17 @@ async function runPack(
     [inputRef(opts.model)].filter((x) => x !== undefined),
   );
   const h = data.header;
+  const summary = {
+    output: opts.output,
+    n: h.n,
+    classes: h.labels ?? [],
+    shape: [h.channels, h.height, h.width],
+    ...(h.mean ? { mean: h.mean, std: h.std } : {}),
+  };
+  if (opts.json) {
+    io.out(JSON.stringify(summary, null, 2));
+    return;
+  }
   io.err(
     `wrote ${opts.output}: ${h.n} images of ${h.classes} classes (${(h.labels ?? []).join(", ")}), [${h.channels}, ${h.height}, ${h.width}]${h.mean ? `, mean ${h.mean.join(",")} std ${h.std?.join(",")}` : ""}`,
   );
@@ -252,7 +417,7 @@ function positiveInt(value: string, what: string): number {
 }
 
 async function runEval(
-  modelPath: string,
+  modelArg: string,
   opts: { data: string; ep: string; batch: string; json?: boolean } & PreprocessFlags,
   io: Io,
 ): Promise<void> {
@@ -260,8 +425,14 @@ async function runEval(
     throw new PrunecError("io", `--ep must be cpu or wasm, got '${opts.ep}'`);
   const ep = opts.ep;
   const batch = positiveInt(opts.batch, "--batch");
-  const model = readBytes(modelPath, "an ONNX model");
-  const data = await evalDataset(opts.data, model, modelPath, opts, opts.json === true);
+  oneStdin([
+    { arg: modelArg, what: "the model" },
+    { arg: opts.data, what: "--data" },
+  ]);
+  const modelFile = await readArg(modelArg, MODEL, io);
+  const model = modelFile.bytes;
+  const modelPath = modelFile.path;
+  const { data, dataName } = await dataArg(opts.data, model, modelPath, opts, opts.json === true, io);
   const bar =
     process.stderr.isTTY && !opts.json
       ? new SingleBar(
@@ -278,7 +449,7 @@ async function runEval(
       onProgress: (done) => bar?.update(done),
       modelPath,
       command: "eval",
-      dataName: opts.data,
+      dataName,
     });
   } finally {
     bar?.stop();
@@ -311,14 +482,14 @@ async function runEval(
     }
     const pct = (v: number) => `${(100 * v).toFixed(2)}%`;
     const lines = [
-      `${modelPath}: mIoU ${pct(seg.miou)} over ${seg.patchTotal} patches (${r.n} examples x ${seg.patches}) on ${opts.data}, ${r.ep}`,
+      `${modelPath}: mIoU ${pct(seg.miou)} over ${seg.patchTotal} patches (${r.n} examples x ${seg.patches}) on ${dataName}, ${r.ep}`,
       `  IoU: ${seg.iou
         .map((v, c) => `${names[c]} ${v === null ? "n/a" : pct(v)} (${seg.intersection[c]}/${seg.union[c]})`)
         .join(", ")}`,
       `  patch accuracy ${pct(seg.patchAccuracy)} (${seg.patchCorrect}/${seg.patchTotal})`,
     ];
     if (r.tokensPerLayer) lines.push(`  tokens per layer: ${r.tokensPerLayer.join(" ")}`);
-    io.out(lines.join("\n"));
+    human(io, lines.join("\n"));
     return;
   }
   if (opts.json) {
@@ -332,91 +503,144 @@ async function runEval(
     return;
   }
   const lines = [
-    `${modelPath}: top-1 accuracy ${(100 * r.accuracy).toFixed(2)}% (${r.correct}/${r.n}) on ${opts.data}, ${r.ep}`,
+    `${modelPath}: top-1 accuracy ${(100 * r.accuracy).toFixed(2)}% (${r.correct}/${r.n}) on ${dataName}, ${r.ep}`,
   ];
   if (r.tokensPerLayer) lines.push(`  tokens per layer: ${r.tokensPerLayer.join(" ")}`);
-  io.out(lines.join("\n"));
+  human(io, lines.join("\n"));
 }
 
 async function runBench(
   modelPath: string,
   specPaths: string[],
-  opts: { batch: string; runs: string; json?: boolean },
+  opts: { batch: string; runs: string; json?: boolean; expr?: string[] },
   io: Io,
 ): Promise<void> {
-  const model = readBytes(modelPath, "an ONNX model");
-  const specs = specPaths.map((p) => ({ name: p, text: specFileText(readBytes(p, "a .prune spec"), p) }));
-  const r = await benchmark(model, modelPath, specs, {
+  const exprs = opts.expr ?? [];
+  if (!specPaths.length && !exprs.length)
+    throw new PrunecError("usage", "missing the specs: give .prune files, '-' (stdin) or -e TEXT");
+  oneStdin([{ arg: modelPath, what: "the model" }, ...specPaths.map((p) => ({ arg: p, what: "a spec" }))]);
+  const modelFile = await readArg(modelPath, MODEL, io);
+  const specs: { name: string; text: string }[] = [];
+  for (const p of specPaths) specs.push(await readSpecArg(p, undefined, io));
+  // Inline specs: `<inline>`, or `<inline 1>`, `<inline 2>`... when there are several.
+  exprs.forEach((text, i) => specs.push({ name: exprs.length > 1 ? `<inline ${i + 1}>` : INLINE_NAME, text }));
+  const r = await benchmark(modelFile.bytes, modelFile.path, specs, {
     batch: positiveInt(opts.batch, "--batch"),
     runs: positiveInt(opts.runs, "--runs"),
-    modelPath,
+    modelPath: modelFile.path,
     command: "bench",
   });
-  io.out(opts.json ? JSON.stringify(r, null, 2) : formatBench(r));
+  io.out(opts.json ? JSON.stringify(r, null, 2) : wrapText(formatBench(r, { width: io.width }), io.width));
 }
 
 async function runReport(
   modelPath: string,
   specPaths: readonly string[],
-  opts: { output: string; data?: string; examples: string },
+  opts: { output: string; data?: string; examples: string; expr?: string; json?: boolean },
   io: Io,
 ): Promise<void> {
-  const modelFile = readInput(modelPath, "an ONNX model");
+  if (opts.output === DASH)
+    throw new PrunecError("usage", "report writes a folder of files, so -o - (stdout) cannot hold it; give a folder");
+  oneStdin([
+    { arg: modelPath, what: "the model" },
+    ...specPaths.map((p) => ({ arg: p, what: "a spec" })),
+    { arg: opts.data, what: "--data" },
+  ]);
+  const modelFile = await readArg(modelPath, MODEL, io);
   const model = modelFile.bytes;
-  const specFiles = specPaths.map((p) => readInput(p, "a .prune spec"));
-  // Charts name each schedule by its file name (the path when two share a name).
-  const names = specPaths.map((p) => basename(p));
-  const specs = specFiles.map((f, i) => ({
-    name: names.indexOf(names[i]!) === names.lastIndexOf(names[i]!) ? names[i]! : specPaths[i]!,
-    text: specFileText(f.bytes, specPaths[i]!),
-  }));
-  // An image folder is read for the model (its preprocessing); a .prds file is checked against it below.
-  const folder = opts.data !== undefined && isFolder(opts.data);
-  const dataFile = opts.data && !folder ? readInput(opts.data, "a .prds data set") : undefined;
-  const data = dataFile
-    ? parseDataset(dataFile.bytes, dataFile.path)
-    : folder
-      ? await folderDataset(opts.data!, model, modelPath, {}, false)
-      : undefined;
+  const modelName = modelFile.path;
+  const specs = await reportSpecs(specPaths, opts.expr, io);
+  const loaded = opts.data !== undefined ? await dataArg(opts.data, model, modelName, {}, false, io) : undefined;
+  const data = loaded?.data;
+  const dataFile = loaded?.file;
   const examples = positiveInt(opts.examples, "--examples");
   if (data?.patches !== undefined)
     throw new PrunecError(
       "apply",
-      `${opts.data}: report's overlays show one label per example; this set has per-patch labels (header field 'targets' is "patches")`,
+      `${dataFile!.path}: report's overlays show one label per example; this set has per-patch labels (header field 'targets' is "patches")`,
     );
   if (data) {
     // Overlays run the model: check the weights and the runtime before the report folder is written.
-    checkWeightFiles(model, modelPath);
-    checkDatasetFitsModel(data, model, opts.data!, modelPath);
+    checkWeightFiles(model, modelName);
+    checkDatasetFitsModel(data, model, dataFile!.path, modelName);
     await loadOrtNode("report");
   }
-  const r = await renderReport(model, modelPath, specs, data, examples, { modelPath, command: "report" });
-  const inputs = [modelFile, ...specFiles, ...(dataFile ? [dataFile] : []), ...weightInputs(model, modelPath)];
+  const r = await renderReport(model, modelName, specs, data, examples, { modelPath: modelName, command: "report" });
+  const inputs = [
+    modelFile,
+    ...specs.flatMap((s) => (s.input ? [s.input] : [])),
+    ...(dataFile ? [dataFile] : []),
+    ...weightInputs(model, modelName),
+  ];
   const files = await saveReport(opts.output, r.files, inputs);
-  io.out([`wrote ${files.length} files to ${opts.output}`, ...files.map((f) => `  ${f}`)].join("\n"));
+  io.out(
+    opts.json
+      ? JSON.stringify({ output: resolve(opts.output), files }, null, 2)
+      : [`wrote ${files.length} files to ${opts.output}`, ...files.map((f) => `  ${f}`)].join("\n"),
+  );
 }
 
-function runInspect(modelPath: string, opts: { json?: boolean; explain?: boolean }, io: Io): void {
-  const report = inspectModel(readBytes(modelPath, "an ONNX model"), modelPath, { explain: opts.explain ?? false });
-  io.out(opts.json ? JSON.stringify(report, null, 2) : formatInspect(report));
+async function runInspect(modelPath: string, opts: { json?: boolean; explain?: boolean }, io: Io): Promise<void> {
+  const model = await readArg(modelPath, MODEL, io);
+  const report = inspectModel(model.bytes, model.path, { explain: opts.explain ?? false });
+  io.out(opts.json ? JSON.stringify(report, null, 2) : wrapText(formatInspect(report, { width: io.width }), io.width));
 }
+
+/** Options of the default command that take a value: what follows them is not the command's name. */
+const VALUE_OPTIONS = new Set(["-o", "--output", "-e", "--expr", "--target", "--external-data"]);
+
+/** The first argument that is not an option (or an option's value), if any. */
+function firstPositional(argv: readonly string[]): string | undefined {
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === "--") return argv[i + 1];
+    if (a === DASH || !a.startsWith("-")) return a;
+    if (VALUE_OPTIONS.has(a)) i++;
+  }
+  return undefined;
+}
+
+/**
+ * `prunec inpsect m.onnx` is a typo, not a model named 'inpsect': a first argument that is no
+ * command and no existing file, but close to a command's name, is refused (exit 1) with the name.
+ * An existing file of that name stays a model path.
+ */
+function checkCommandName(argv: readonly string[], names: readonly string[]): void {
+  const word = firstPositional(argv);
+  if (word === undefined || word === DASH || names.includes(word) || existsSync(word)) return;
+  const near = closest(word, names);
+  if (near !== undefined) throw new PrunecError("usage", `unknown command '${word}' (did you mean '${near}'?)`);
+}
+
+/** `--json` among the options (before a `--`). */
+const wantsJson = (argv: readonly string[]) => {
+  const end = argv.indexOf("--");
+  return (end < 0 ? argv : argv.slice(0, end)).includes("--json");
+};
+
+const EXPR_HELP = "the spec's text inline (instead of a spec file; named <inline> in messages)";
 
 export async function main(argv: string[], io: Io = defaultIo): Promise<number> {
+  const session: Session = { json: wantsJson(argv), stdoutIsData: false };
   const program = new Command();
   program
     .name("prunec")
-    .description("Compile token-pruning schedules (.prune specs) into ONNX transformer models.")
-    .version(VERSION, "-V, --version")
+    .usage("MODEL SPEC [options]      (compile, the default command)\n       prunec <command> [options]")
+    .description(
+      "Compile token-pruning schedules (.prune specs) into ONNX transformer models.\n'-' as a file is standard input (or, for -o, standard output).",
+    )
+    .version(VERSION, "-v, --version")
     .exitOverride()
-    .configureOutput({ writeOut: (s) => io.out(s), writeErr: (s) => io.err(s) })
+    .configureOutput({ writeOut: (s) => io.out(s), writeErr: (s) => io.err(s), outputError: () => {} })
     .showHelpAfterError(false);
 
   program
     .command("compile", { isDefault: true })
     .description("prune MODEL as SPEC says and write the result (default command)")
-    .argument("<model>", "ONNX model file")
-    .argument("<spec>", ".prune spec file")
-    .option("-o, --output <file>", "output model (default: MODEL.pruned.onnx beside the input)")
+    .argument("<model>", "ONNX model file, or - for stdin (then -o is required)")
+    .argument("[spec]", ".prune spec file, or - for stdin (or -e TEXT)")
+    .option("-e, --expr <text>", EXPR_HELP)
+    .option("-o, --output <file>", "output model (default: MODEL.pruned.onnx beside the input); - for stdout")
     .option("--expose-indices", "add graph outputs prunec.stageN.indices with the kept token positions")
     .option(
       "--kv-state",
@@ -436,43 +660,39 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
       "--no-verify",
       "skip the onnxruntime smoke run of the compiled model (batch 1 and 2 on synthetic inputs) before writing it",
     )
-    .option("--json", "print the compile report as JSON")
-    .action(
-      async (
-        model: string,
-        spec: string,
-        opts: {
-          output?: string;
-          exposeIndices?: boolean;
-          kvState?: boolean;
-          json?: boolean;
-          target?: string;
-          externalData?: string;
-          verify?: boolean;
-        },
-      ) => {
-        await runCompile(model, spec, opts, io);
-      },
-    );
+    .option("--json", "print the compile report (or the error) as JSON")
+    .action(async (model: string, spec: string | undefined, opts: CompileOptions) => {
+      await runCompile(model, spec, opts, io, session);
+    });
 
   let exit = 0;
   program
     .command("check")
     .description("check SPEC (and, given MODEL, that it applies to MODEL); prints the resolved schedule")
-    .argument("<spec>", ".prune spec file")
+    .usage("[options] SPEC [MODEL], or -e TEXT [MODEL]")
+    .argument("[spec]", ".prune spec file, or - for stdin")
     .argument("[model]", "ONNX model to check the spec against")
+    .option("-e, --expr <text>", EXPR_HELP)
     .option("--json", "print the result and diagnostics as JSON")
     .option("--kv-state", "check as compile --kv-state would (per-example stages before linear attention need it)")
-    .action((spec: string, model: string | undefined, opts: { json?: boolean; kvState?: boolean }) => {
-      exit = runCheck(spec, model, opts, io);
-    });
+    .action(
+      async (spec: string | undefined, model: string | undefined, opts: { json?: boolean; kvState?: boolean }) => {
+        exit = await runCheck(
+          [spec, model].filter((a): a is string => a !== undefined),
+          opts,
+          io,
+        );
+      },
+    );
 
   program
     .command("fmt")
     .description("print SPEC in canonical form")
-    .argument("<spec>", ".prune spec file")
-    .action((spec: string) => {
-      exit = runFmt(spec, io);
+    .argument("[spec]", ".prune spec file, or - for stdin (or -e TEXT)")
+    .option("-e, --expr <text>", EXPR_HELP)
+    .option("--json", "print {file, formatted} as JSON")
+    .action(async (spec: string | undefined, opts: { expr?: string; json?: boolean }) => {
+      exit = await runFmt(spec, opts, io);
     });
 
   program
@@ -480,10 +700,10 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
     .description(
       "top-1 accuracy of MODEL on a labelled .prds set, or mIoU, per-class IoU and patch accuracy on a set with per-patch labels (and the tokens per layer of a pruned model)",
     )
-    .argument("<model>", "ONNX model file")
+    .argument("<model>", "ONNX model file, or - for stdin")
     .requiredOption(
       "--data <path>",
-      "labelled test set: a .prds file, or a folder with one subfolder of PNG/JPEG images per class",
+      "labelled test set: a .prds file, - for stdin, or a folder with one subfolder of PNG/JPEG images per class",
     )
     .option("--ep <provider>", "execution provider: cpu (onnxruntime-node) or wasm (onnxruntime-web)", "cpu")
     .option("--batch <n>", "batch size", "32")
@@ -505,8 +725,9 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
         "--model <file>",
         "the ONNX model the images are for (its input size; a preprocessor_config.json beside it)",
       )
-      .requiredOption("-o, --output <file>", "the .prds file to write"),
-  ).action(async (folder: string, opts: { model: string; output: string } & PreprocessFlags) => {
+      .requiredOption("-o, --output <file>", "the .prds file to write")
+      .option("--json", "print what was written as JSON"),
+  ).action(async (folder: string, opts: { model: string; output: string; json?: boolean } & PreprocessFlags) => {
     await runPack(folder, opts, io);
   });
 
@@ -515,50 +736,92 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
     .description(
       "median latency of MODEL dense and compiled with each SPEC on ORT CPU, measured vs FLOPs-ideal speedup",
     )
-    .argument("<model>", "ONNX model file")
-    .argument("<specs...>", ".prune spec files")
+    .argument("<model>", "ONNX model file, or - for stdin")
+    .argument("[specs...]", ".prune spec files (one may be - for stdin)")
+    .option(
+      "-e, --expr <text>",
+      "a spec's text inline (repeatable; named <inline>, or <inline 1>, <inline 2>... when several)",
+      (v: string, prev: string[] = []) => [...prev, v],
+    )
     .option("--batch <n>", "batch size", "1")
     .option("--runs <n>", "timed runs per model", "30")
     .option("--json", "print the result as JSON")
-    .action(async (model: string, specs: string[], opts: { batch: string; runs: string; json?: boolean }) => {
-      await runBench(model, specs, opts, io);
-    });
+    .action(
+      async (
+        model: string,
+        specs: string[],
+        opts: { batch: string; runs: string; json?: boolean; expr?: string[] },
+      ) => {
+        await runBench(model, specs, opts, io);
+      },
+    );
 
   program
     .command("report")
     .description(
       "write a Markdown + JSON report to DIR: tokens and FLOPs per layer for each SPEC, and with --data the accuracy of each against its FLOPs and kept-patch overlays",
     )
-    .argument("<model>", "ONNX model file")
-    .argument("<specs...>", ".prune spec files (several: compared in one report)")
+    .argument("<model>", "ONNX model file, or - for stdin")
+    .argument("[specs...]", ".prune spec files (several: compared in one report), or - for stdin (or -e TEXT)")
+    .option("-e, --expr <text>", EXPR_HELP)
     .requiredOption("-o, --output <dir>", "output folder")
     .option("--data <path>", "labelled set (.prds, or an image folder) for accuracy and kept-patch overlays")
     .option("--examples <n>", "how many examples to draw", "4")
-    .action(async (model: string, specs: string[], opts: { output: string; data?: string; examples: string }) => {
-      await runReport(model, specs, opts, io);
-    });
+    .option("--json", "print {output, files} as JSON")
+    .action(
+      async (
+        model: string,
+        specs: string[],
+        opts: { output: string; data?: string; examples: string; expr?: string; json?: boolean },
+      ) => {
+        await runReport(model, specs, opts, io);
+      },
+    );
 
   program
     .command("inspect")
     .description("show the transformer layers, tokens and criteria prunec finds in MODEL")
-    .argument("<model>", "ONNX model file")
+    .argument("<model>", "ONNX model file, or - for stdin")
     .option("--json", "print the analysis as JSON")
     .option(
       "--explain",
       "also say, per layer, what prunec looked for and where matching stopped (JSON: the report's 'explanation' field)",
     )
-    .action((model: string, opts: { json?: boolean; explain?: boolean }) => runInspect(model, opts, io));
+    .action(async (model: string, opts: { json?: boolean; explain?: boolean }) => runInspect(model, opts, io));
 
+  // Errors: one `prunec: error: ` line on stderr (located spec errors as `file:line:col: error:`
+  // with the source line), or under --json one {"error": ...} object on stdout; the same exit code.
+  const fail = (e: PrunecError): number => {
+    if (!session.json) io.err(errorText(e));
+    else (session.stdoutIsData ? io.err : io.out)(JSON.stringify(errorJson(e), null, 2));
+    return e.exitCode;
+  };
   try {
-    await program.parseAsync(argv, { from: "user" });
+    if (argv.length === 0) {
+      // Bare `prunec`: the help, as git and npm do, and exit 1 (nothing was done; a script whose
+      // arguments came out empty must not pass).
+      io.out(program.helpInformation());
+      return 1;
+    }
+    // `-V` was the version flag before `-v`; it still works.
+    const args = argv[0] === "-V" ? ["--version", ...argv.slice(1)] : argv;
+    checkCommandName(args, [...program.commands.map((c) => c.name()), "help"]);
+    await program.parseAsync(args, { from: "user" });
     return exit;
   } catch (e) {
-    if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : 1;
-    if (e instanceof PrunecError) {
-      io.err(errorText(e));
-      return e.exitCode;
+    if (e instanceof CommanderError) {
+      if (e.exitCode === 0) return 0;
+      return fail(new PrunecError("usage", e.message.replace(/^error: /, "")));
     }
-    io.err(`prunec: internal error: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`);
+    if (e instanceof PrunecError) return fail(e);
+    const detail = e instanceof Error ? (e.stack ?? e.message) : String(e);
+    if (!session.json) io.err(`${ERROR_PREFIX}internal error (a prunec bug: please report it): ${detail}`);
+    else {
+      const message = `internal error (a prunec bug: please report it): ${e instanceof Error ? e.message : String(e)}`;
+      (session.stdoutIsData ? io.err : io.out)(
+        JSON.stringify({ error: { code: 70, kind: "internal", message } }, null, 2),
+      );
+    }
     return 70;
   }
 }

@@ -67,6 +67,8 @@ export function overlayPng(d: Dataset, index: number, grid: number, kept: Readon
 export interface ReportSpec {
   name: string;
   text: string;
+  /** How compile's messages name the spec: its path, or `<inline>`. */
+  file: string;
 }
 
 /** One schedule compiled, its FLOPs per layer. */
@@ -77,7 +79,7 @@ function schedule(
   costs: ReturnType<typeof layerCosts>,
   outside: number,
 ) {
-  const compiled = compile(model, spec.text, { modelName, exposeIndices: true });
+  const compiled = compile(model, spec.text, { modelName, specName: spec.file, exposeIndices: true });
   const layers = compiled.report.tokensPerLayer.map((t, i) => {
     const c = costs[i]!;
     return {
