@@ -44,8 +44,8 @@ export interface BrowserSession {
   close(): Promise<void>;
 }
 
-/** Launch Chromium, open `origin` (the suite's server) and wait for the page's API. */
-export async function openBrowser(origin: string): Promise<BrowserSession> {
+/** Launch Chromium, open `origin` (the suite's server) and wait for the page's API (`window[api]`). */
+export async function openBrowser(origin: string, api = "prunecWebgpu"): Promise<BrowserSession> {
   const profile = mkdtempSync(join(tmpdir(), "prunec-webgpu-"));
   let context: BrowserContext | undefined;
   const close = async () => {
@@ -79,7 +79,7 @@ export async function openBrowser(origin: string): Promise<BrowserSession> {
     );
     failed.catch(() => undefined); // may reject after the race is over
     await page.goto(origin);
-    await Promise.race([page.waitForFunction(() => "prunecWebgpu" in window, null, { timeout: 60_000 }), failed]);
+    await Promise.race([page.waitForFunction((name) => name in window, api, { timeout: 60_000 }), failed]);
     const userAgent = await page.evaluate(() => navigator.userAgent);
     return { page, userAgent, console: consoleLines, pageErrors, blocked, close };
   } catch (err) {
