@@ -19,13 +19,16 @@ import { renderReport, saveReport } from "./report.js";
 import { loadOrtNode } from "./runtime.js";
 import {
   checkWeightFiles,
+  externalRefs,
   planPlacements,
+  type Placement,
   weightInputs,
   writeModelWithWeights,
   EXTERNAL_DATA_MODES,
   type ExternalDataMode,
 } from "./weights.js";
-import { checkOutput, inputRef, readInput } from "./files.js";
+import { checkOutput, inputRef, readInput, type InputFile } from "./files.js";
+import { checkOutDir, chooseOnnx, isModelFolder, listFolder, planFolder, writeFolder } from "./folder.js";
 import { writeAtomic } from "./atomic.js";
 import { inspectModel, formatInspect } from "../inspect.js";
 import { specFileText } from "./spec-file.js";
@@ -53,33 +56,37 @@ export function defaultOutput(modelPath: string): string {
 
 export { writeAtomic } from "./atomic.js";
 
-async function runCompile(
-  modelPath: string,
-  specPath: string,
-  opts: {
-    output?: string;
-    exposeIndices?: boolean;
-    kvState?: boolean;
-    json?: boolean;
-    target?: string;
-    externalData?: string;
-    verify?: boolean;
-  },
-  io: Io,
-): Promise<void> {
+interface CompileOpts {
+  output?: string;
+  exposeIndices?: boolean;
+  kvState?: boolean;
+  json?: boolean;
+  target?: string;
+  externalData?: string;
+  verify?: boolean;
+  onnx?: string;
+}
+
+function compileModes(opts: CompileOpts): { target: "cpu" | "webgpu"; mode: ExternalDataMode } {
   if (opts.target !== undefined && opts.target !== "cpu" && opts.target !== "webgpu")
     throw new PrunecError("io", `--target must be cpu or webgpu, got '${opts.target}'`);
-  const target = opts.target ?? "cpu";
   const mode = (opts.externalData ?? "link") as ExternalDataMode;
   if (!EXTERNAL_DATA_MODES.includes(mode))
     throw new PrunecError("io", `--external-data must be link, copy or refuse, got '${opts.externalData}'`);
-  const out = resolve(opts.output ?? defaultOutput(modelPath));
-  const modelFile = readInput(modelPath, "an ONNX model");
-  const specFile = readInput(specPath, "a .prune spec");
-  const modelBytes = modelFile.bytes;
+  return { target: opts.target ?? "cpu", mode };
+}
+
+/** Compile MODEL with SPEC and smoke-run it (exit 8 before anything is written when onnxruntime cannot run it). */
+async function compileChecked(
+  modelFile: InputFile,
+  specFile: InputFile,
+  modelPath: string,
+  specPath: string,
+  opts: CompileOpts,
+  target: "cpu" | "webgpu",
+): Promise<{ result: ReturnType<typeof compile>; smoke: SmokeReport | undefined }> {
   const specText = specFileText(specFile.bytes, specPath);
-  checkOutput(out, [modelFile, specFile]); // fail fast; the weight files are known after compile
-  const result = compile(modelBytes, specText, {
+  const result = compile(modelFile.bytes, specText, {
     modelName: modelPath,
     specName: specPath,
     exposeIndices: opts.exposeIndices ?? false,
@@ -87,29 +94,78 @@ async function runCompile(
     target,
     requireStages: true,
   });
-  const { parts, report } = result;
-  // Never over the model, the spec or a weight file, by identity (links and spellings included).
-  const inputs = [modelFile, specFile, ...weightInputs(modelBytes, modelPath)];
-  checkOutput(out, inputs);
+  const { report } = result;
   // Before writing: a model onnxruntime cannot load or run is refused (exit 8), never written.
   const smoke: SmokeReport | undefined =
     opts.verify === false
       ? undefined
       : await smokeRun(result.model, { modelPath, stages: report.stages, verification: report.verification });
+  return { result, smoke };
+}
+
+async function runCompile(modelPath: string, specPath: string, opts: CompileOpts, io: Io): Promise<void> {
+  if (isModelFolder(modelPath)) return runCompileFolder(modelPath, specPath, opts, io);
+  if (opts.onnx !== undefined)
+    throw new PrunecError("io", `--onnx names the file to compile in a model folder, but ${modelPath} is not a folder`);
+  const { target, mode } = compileModes(opts);
+  const out = resolve(opts.output ?? defaultOutput(modelPath));
+  const modelFile = readInput(modelPath, "an ONNX model");
+  const specFile = readInput(specPath, "a .prune spec");
+  const modelBytes = modelFile.bytes;
+  checkOutput(out, [modelFile, specFile]); // fail fast; the weight files are known after compile
+  const { result, smoke } = await compileChecked(modelFile, specFile, modelPath, specPath, opts, target);
+  const { parts, report } = result;
+  // Never over the model, the spec or a weight file, by identity (links and spellings included).
+  const inputs = [modelFile, specFile, ...weightInputs(modelBytes, modelPath)];
+  checkOutput(out, inputs);
   // External locations are relative to the model: an output in another folder gets the weight files beside it.
   const placed = await writeModelWithWeights(out, parts, planPlacements(modelBytes, modelPath, out, mode), inputs);
-  const externalData = placed.map((p) => ({
-    file: p.target,
-    action: p.action === "present" ? "already there" : p.action === "link" ? "hard-linked" : "copied",
-  }));
+  const externalData = placementLines(placed);
+  if (opts.json) {
+    io.out(JSON.stringify({ output: out, ...compileJson(report, smoke, externalData) }, null, 2));
+    return;
+  }
+  io.out([`wrote ${out}`, ...summaryLines(report, smoke, externalData)].join("\n"));
+}
+
+/**
+ * Folder mode (src/cli/folder.ts): DIR is a transformers.js model folder; OUTDIR gets its files
+ * with one ONNX file compiled and that file's dtype variants left out.
+ */
+async function runCompileFolder(dir: string, specPath: string, opts: CompileOpts, io: Io): Promise<void> {
+  const { target, mode } = compileModes(opts);
+  if (opts.output === undefined)
+    throw new PrunecError("io", `${dir} is a model folder: name the output folder with -o OUTDIR`);
+  const outDir = resolve(opts.output);
+  checkOutDir(dir, outDir); // fail fast
+  const files = listFolder(dir);
+  const onnx = chooseOnnx(dir, files, opts.onnx);
+  const modelPath = join(dir, onnx);
+  const modelFile = readInput(modelPath, "an ONNX model");
+  const specFile = readInput(specPath, "a .prune spec");
+  const { result, smoke } = await compileChecked(modelFile, specFile, modelPath, specPath, opts, target);
+  const { parts, report } = result;
+  const plan = planFolder(
+    dir,
+    outDir,
+    files,
+    onnx,
+    externalRefs(modelFile.bytes, modelPath).map((r) => r.location),
+  );
+  const inputs = [modelFile, specFile, ...weightInputs(modelFile.bytes, modelPath)];
+  const placed = await writeFolder(plan, parts, modelFile.bytes, mode, inputs);
+  const externalData = placementLines(placed);
+  const leftOut = plan.leftOut.map(
+    (f) =>
+      `left out ${f}: a dtype variant of ${onnx} that was not pruned (transformers.js asked for its dtype fails to find it; compile it with --onnx ${f} into another folder)`,
+  );
   if (opts.json) {
     io.out(
       JSON.stringify(
         {
-          output: out,
-          ...report,
-          smoke: smoke ?? { status: "skipped", reason: "--no-verify" },
-          ...(externalData.length ? { externalData } : {}),
+          output: outDir,
+          folder: { input: dir, compiled: onnx, copied: plan.copy, leftOut: plan.leftOut },
+          ...compileJson(report, smoke, externalData),
         },
         null,
         2,
@@ -117,6 +173,40 @@ async function runCompile(
     );
     return;
   }
+  io.out(
+    [
+      `wrote ${outDir} (${onnx} compiled; ${plan.copy.length} other file${plan.copy.length === 1 ? "" : "s"} of ${dir} copied)`,
+      ...summaryLines(report, smoke, externalData),
+      ...leftOut.map((l) => `  ${l}`),
+    ].join("\n"),
+  );
+}
+
+function placementLines(placed: readonly Placement[]): { file: string; action: string }[] {
+  return placed.map((p) => ({
+    file: p.target,
+    action: p.action === "present" ? "already there" : p.action === "link" ? "hard-linked" : "copied",
+  }));
+}
+
+function compileJson(
+  report: CompileReport,
+  smoke: SmokeReport | undefined,
+  externalData: readonly { file: string; action: string }[],
+): object {
+  return {
+    ...report,
+    smoke: smoke ?? { status: "skipped", reason: "--no-verify" },
+    ...(externalData.length ? { externalData } : {}),
+  };
+}
+
+/** The compile summary after the `wrote …` line, indented. */
+function summaryLines(
+  report: CompileReport,
+  smoke: SmokeReport | undefined,
+  externalData: readonly { file: string; action: string }[],
+): string[] {
   // Stream, KV-cache and head stages, in the spec's order.
   const stages = [
     ...report.stages.map((s) => ({
@@ -136,16 +226,13 @@ async function runCompile(
     .map((s) => `stage ${s.stage}: ${s.text}`);
   const weights = externalData.map((w) => `external data ${w.file}: ${w.action}`);
   const verified = [verifiedLine(report), smoke ? formatSmoke(smoke) : "onnxruntime smoke run skipped (--no-verify)"];
-  io.out(
-    [
-      `wrote ${out}`,
-      ...stages.map((s) => `  ${s}`),
-      `  ${report.addedNodes.length} nodes added`,
-      ...perTokenLines(report),
-      ...weights.map((w) => `  ${w}`),
-      ...verified.map((v) => `  ${v}`),
-    ].join("\n"),
-  );
+  return [
+    ...stages.map((s) => `  ${s}`),
+    `  ${report.addedNodes.length} nodes added`,
+    ...perTokenLines(report),
+    ...weights.map((w) => `  ${w}`),
+    ...verified.map((v) => `  ${v}`),
+  ];
 }
 
 /** Graph outputs with a row per token that the schedule shrank: the model's interface changed there. */
@@ -413,10 +500,19 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
 
   program
     .command("compile", { isDefault: true })
-    .description("prune MODEL as SPEC says and write the result (default command)")
-    .argument("<model>", "ONNX model file")
+    .description(
+      "prune MODEL as SPEC says and write the result (default command); MODEL may be a transformers.js model folder (docs/transformers-js.md)",
+    )
+    .argument("<model>", "ONNX model file, or a transformers.js model folder (config.json, onnx/*.onnx, …)")
     .argument("<spec>", ".prune spec file")
-    .option("-o, --output <file>", "output model (default: MODEL.pruned.onnx beside the input)")
+    .option(
+      "-o, --output <file>",
+      "output model (default: MODEL.pruned.onnx beside the input); for a model folder, the output folder (new or empty)",
+    )
+    .option(
+      "--onnx <file>",
+      "in a model folder, the ONNX file to compile, relative to it (default: onnx/model.onnx, else onnx/vision_encoder.onnx)",
+    )
     .option("--expose-indices", "add graph outputs prunec.stageN.indices with the kept token positions")
     .option(
       "--kv-state",
@@ -437,23 +533,9 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
       "skip the onnxruntime smoke run of the compiled model (batch 1 and 2 on synthetic inputs) before writing it",
     )
     .option("--json", "print the compile report as JSON")
-    .action(
-      async (
-        model: string,
-        spec: string,
-        opts: {
-          output?: string;
-          exposeIndices?: boolean;
-          kvState?: boolean;
-          json?: boolean;
-          target?: string;
-          externalData?: string;
-          verify?: boolean;
-        },
-      ) => {
-        await runCompile(model, spec, opts, io);
-      },
-    );
+    .action(async (model: string, spec: string, opts: CompileOpts) => {
+      await runCompile(model, spec, opts, io);
+    });
 
   let exit = 0;
   program
