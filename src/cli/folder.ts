@@ -17,7 +17,7 @@
 import { lstatSync, mkdirSync, readdirSync, realpathSync, renameSync, statSync } from "node:fs";
 import { basename, dirname, join, relative, resolve, sep } from "node:path";
 import { PrunecError } from "../errors.js";
-import { Staging, tempPath, testWriteDelay, writeError } from "./atomic.js";
+import { Staging, tempPath, writeError } from "./atomic.js";
 import { errno, kindOf, reason, statIfAny, type InputRef } from "./files.js";
 import { planPlacements, writeModelWithWeights, type ExternalDataMode, type Placement } from "./weights.js";
 
@@ -222,7 +222,7 @@ export async function writeFolder(
       planPlacements(modelBytes, modelPath, modelOut, mode),
       inputs,
     );
-    await testWriteDelay();
+    // (writeModelWithWeights holds the test hook's delay: everything is staged by then.)
     current = outDir;
     checkOutDir(dir, outDir); // again: a file that appeared meanwhile is never replaced
     try {
