@@ -264,6 +264,8 @@ describe("transformers.js: vision encoder folder (onnx/vision_encoder.onnx)", ()
         Array.from({ length: 17 }, (_, j) => j).find((j) => maxAbsDiff(row(prunedRows, i), row(denseRows, j)) <= 1e-5),
       );
       expect(matched[0]).toBe(0);
+      // In position order.
+      expect(matched).toEqual([...matched].sort((a, b) => a! - b!));
       expect(new Set(matched).size).toBe(9);
       expect(matched.every((j) => j !== undefined)).toBe(true);
     } finally {
