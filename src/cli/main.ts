@@ -137,9 +137,9 @@ async function runCompileFolder(dir: string, specPath: string, opts: CompileOpts
   if (opts.output === undefined)
     throw new PrunecError("io", `${dir} is a model folder: name the output folder with -o OUTDIR`);
   const outDir = resolve(opts.output);
-  checkOutDir(dir, outDir); // fail fast
   const files = listFolder(dir);
   const onnx = chooseOnnx(dir, files, opts.onnx);
+  checkOutDir(dir, outDir); // fail fast
   const modelPath = join(dir, onnx);
   const modelFile = readInput(modelPath, "an ONNX model");
   const specFile = readInput(specPath, "a .prune spec");
