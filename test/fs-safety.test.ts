@@ -233,7 +233,6 @@ describe("file-system safety of the CLI", () => {
       for (const [path, kind] of [
         ["/dev/zero", "a character device"],
         ["/dev/null", "a character device"],
-        [".", "a directory"],
       ] as const) {
         const r = prunec(d, [path, "s.prune", "-o", "o.onnx"], PROMPT_MS);
         expect(r).toMatchObject({
@@ -241,6 +240,12 @@ describe("file-system safety of the CLI", () => {
           stderr: `prunec: error: ${path}: is ${kind}, not a regular file (expected an ONNX model)\n`,
         });
       }
+      // A directory is a transformers.js model folder to compile (src/cli/folder.ts): this one has none.
+      expect(prunec(d, [".", "s.prune", "-o", "o.onnx"], PROMPT_MS)).toMatchObject({
+        code: 2,
+        stderr:
+          "prunec: error: .: a model folder with neither onnx/model.onnx nor onnx/vision_encoder.onnx; name the file to compile with --onnx (its .onnx files: vit.onnx)\n",
+      });
       expect(prunec(d, ["fmt", "/dev/zero"], PROMPT_MS)).toMatchObject({
         code: 2,
         stderr: "prunec: error: /dev/zero: is a character device, not a regular file (expected a .prune spec)\n",

@@ -23,12 +23,14 @@ import {
   checkWeightFiles,
   externalRefs,
   planPlacements,
+  type Placement,
   weightInputs,
   writeModelWithWeights,
   EXTERNAL_DATA_MODES,
   type ExternalDataMode,
 } from "./weights.js";
 import { checkOutput, inputRef, readInput, type InputFile } from "./files.js";
+import { checkOutDir, chooseOnnx, isModelFolder, listFolder, planFolder, writeFolder } from "./folder.js";
 import { writeAtomic } from "./atomic.js";
 import { inspectModel, formatInspect } from "../inspect.js";
 import { specFileText } from "./spec-file.js";
@@ -162,6 +164,45 @@ interface CompileOptions {
   target?: string;
   externalData?: string;
   verify?: boolean;
+  onnx?: string;
+}
+
+function compileModes(opts: CompileOptions): { target: "cpu" | "webgpu"; mode: ExternalDataMode } {
+  if (opts.target !== undefined && opts.target !== "cpu" && opts.target !== "webgpu")
+    throw new PrunecError("io", `--target must be cpu or webgpu, got '${opts.target}'`);
+  const mode = (opts.externalData ?? "link") as ExternalDataMode;
+  if (!EXTERNAL_DATA_MODES.includes(mode))
+    throw new PrunecError("io", `--external-data must be link, copy or refuse, got '${opts.externalData}'`);
+  return { target: opts.target ?? "cpu", mode };
+}
+
+/** Compile MODEL with SPEC and smoke-run it (exit 8 before anything is written when onnxruntime cannot run it). */
+async function compileChecked(
+  modelBytes: Uint8Array,
+  modelName: string,
+  spec: SpecInput,
+  opts: CompileOptions,
+  target: "cpu" | "webgpu",
+): Promise<{ result: ReturnType<typeof compile>; smoke: SmokeReport | undefined }> {
+  const result = compile(modelBytes, spec.text, {
+    modelName,
+    specName: spec.name,
+    exposeIndices: opts.exposeIndices ?? false,
+    kvState: opts.kvState ?? false,
+    target,
+    requireStages: true,
+  });
+  const { report } = result;
+  // Before writing: a model onnxruntime cannot load or run is refused (exit 8), never written.
+  const smoke: SmokeReport | undefined =
+    opts.verify === false
+      ? undefined
+      : await smokeRun(result.model, {
+          modelPath: modelName,
+          stages: report.stages,
+          verification: report.verification,
+        });
+  return { result, smoke };
 }
 
 async function runCompile(
@@ -171,12 +212,10 @@ async function runCompile(
   io: Io,
   session: Session,
 ): Promise<void> {
-  if (opts.target !== undefined && opts.target !== "cpu" && opts.target !== "webgpu")
-    throw new PrunecError("io", `--target must be cpu or webgpu, got '${opts.target}'`);
-  const target = opts.target ?? "cpu";
-  const mode = (opts.externalData ?? "link") as ExternalDataMode;
-  if (!EXTERNAL_DATA_MODES.includes(mode))
-    throw new PrunecError("io", `--external-data must be link, copy or refuse, got '${opts.externalData}'`);
+  if (modelPath !== DASH && isModelFolder(modelPath)) return runCompileFolder(modelPath, specPath, opts, io);
+  if (opts.onnx !== undefined)
+    throw new PrunecError("io", `--onnx names the file to compile in a model folder, but ${modelPath} is not a folder`);
+  const { target, mode } = compileModes(opts);
   oneStdin([
     { arg: modelPath, what: "the model" },
     { arg: specPath, what: "the spec" },
@@ -202,45 +241,78 @@ async function runCompile(
       "usage",
       `-o -: ${modelName} keeps weights in external data files, which must be placed beside the output file; give -o FILE`,
     );
-  const result = compile(modelBytes, spec.text, {
-    modelName,
-    specName: spec.name,
-    exposeIndices: opts.exposeIndices ?? false,
-    kvState: opts.kvState ?? false,
-    target,
-    requireStages: true,
-  });
+  const { result, smoke } = await compileChecked(modelBytes, modelName, spec, opts, target);
   const { parts, report } = result;
   // Never over the model, the spec or a weight file, by identity (links and spellings included).
   const inputs = [modelFile, ...specInputs, ...weightInputs(modelBytes, modelName)];
   if (!toStdout) checkOutput(out, inputs);
-  // Before writing: a model onnxruntime cannot load or run is refused (exit 8), never written.
-  const smoke: SmokeReport | undefined =
-    opts.verify === false
-      ? undefined
-      : await smokeRun(result.model, {
-          modelPath: modelName,
-          stages: report.stages,
-          verification: report.verification,
-        });
   // External locations are relative to the model: an output in another folder gets the weight files beside it.
   const placed = toStdout
     ? []
     : await writeModelWithWeights(out, parts, planPlacements(modelBytes, modelName, out, mode), inputs);
   if (toStdout) await io.outBytes!(result.model);
   const say = toStdout ? io.err : io.out;
-  const externalData = placed.map((p) => ({
-    file: p.target,
-    action: p.action === "present" ? "already there" : p.action === "link" ? "hard-linked" : "copied",
-  }));
+  const externalData = placementLines(placed);
   if (opts.json) {
-    say(
+    say(JSON.stringify({ output: toStdout ? "-" : out, ...compileJson(report, smoke, externalData) }, null, 2));
+    return;
+  }
+  say(
+    wrapText(
+      [
+        toStdout ? `wrote ${result.model.length} bytes to stdout` : `wrote ${out}`,
+        ...summaryLines(report, smoke, externalData),
+      ].join("\n"),
+      toStdout ? terminalWidth(process.stderr) : io.width,
+    ),
+  );
+}
+
+/**
+ * Folder mode (src/cli/folder.ts): DIR is a transformers.js model folder; OUTDIR gets its files
+ * with one ONNX file compiled and that file's dtype variants left out.
+ */
+async function runCompileFolder(
+  dir: string,
+  specPath: string | undefined,
+  opts: CompileOptions,
+  io: Io,
+): Promise<void> {
+  const { target, mode } = compileModes(opts);
+  if (opts.output === undefined)
+    throw new PrunecError("io", `${dir} is a model folder: name the output folder with -o OUTDIR`);
+  if (opts.output === DASH)
+    throw new PrunecError("usage", `${dir} is a model folder, compiled to a folder: -o - (stdout) cannot hold it`);
+  const outDir = resolve(opts.output);
+  const files = listFolder(dir);
+  const onnx = chooseOnnx(dir, files, opts.onnx);
+  checkOutDir(dir, outDir); // fail fast
+  const modelPath = join(dir, onnx);
+  const modelFile = readInput(modelPath, MODEL);
+  const spec = await readSpecArg(specPath, opts.expr, io);
+  const { result, smoke } = await compileChecked(modelFile.bytes, modelPath, spec, opts, target);
+  const { parts, report } = result;
+  const plan = planFolder(
+    dir,
+    outDir,
+    files,
+    onnx,
+    externalRefs(modelFile.bytes, modelPath).map((r) => r.location),
+  );
+  const inputs = [modelFile, ...(spec.file ? [spec.file] : []), ...weightInputs(modelFile.bytes, modelPath)];
+  const placed = await writeFolder(plan, parts, modelFile.bytes, mode, inputs);
+  const externalData = placementLines(placed);
+  const leftOut = plan.leftOut.map(
+    (f) =>
+      `left out ${f}: a dtype variant of ${onnx} that was not pruned (transformers.js asked for its dtype fails to find it; compile it with --onnx ${f} into another folder)`,
+  );
+  if (opts.json) {
+    io.out(
       JSON.stringify(
         {
-          output: toStdout ? "-" : out,
-          ...report,
-          smoke: smoke ?? { status: "skipped", reason: "--no-verify" },
-          ...(externalData.length ? { externalData } : {}),
+          output: outDir,
+          folder: { input: dir, compiled: onnx, copied: plan.copy, leftOut: plan.leftOut },
+          ...compileJson(report, smoke, externalData),
         },
         null,
         2,
@@ -248,6 +320,43 @@ async function runCompile(
     );
     return;
   }
+  io.out(
+    wrapText(
+      [
+        `wrote ${outDir} (${onnx} compiled; ${plan.copy.length} other file${plan.copy.length === 1 ? "" : "s"} of ${dir} copied)`,
+        ...summaryLines(report, smoke, externalData),
+        ...leftOut.map((l) => `  ${l}`),
+      ].join("\n"),
+      io.width,
+    ),
+  );
+}
+
+function placementLines(placed: readonly Placement[]): { file: string; action: string }[] {
+  return placed.map((p) => ({
+    file: p.target,
+    action: p.action === "present" ? "already there" : p.action === "link" ? "hard-linked" : "copied",
+  }));
+}
+
+function compileJson(
+  report: CompileReport,
+  smoke: SmokeReport | undefined,
+  externalData: readonly { file: string; action: string }[],
+): object {
+  return {
+    ...report,
+    smoke: smoke ?? { status: "skipped", reason: "--no-verify" },
+    ...(externalData.length ? { externalData } : {}),
+  };
+}
+
+/** The compile summary after the `wrote …` line, indented. */
+function summaryLines(
+  report: CompileReport,
+  smoke: SmokeReport | undefined,
+  externalData: readonly { file: string; action: string }[],
+): string[] {
   // Stream, KV-cache and head stages, in the spec's order.
   const stages = [
     ...report.stages.map((s) => ({
@@ -267,19 +376,13 @@ async function runCompile(
     .map((s) => `stage ${s.stage}: ${s.text}`);
   const weights = externalData.map((w) => `external data ${w.file}: ${w.action}`);
   const verified = [verifiedLine(report), smoke ? formatSmoke(smoke) : "onnxruntime smoke run skipped (--no-verify)"];
-  say(
-    wrapText(
-      [
-        toStdout ? `wrote ${result.model.length} bytes to stdout` : `wrote ${out}`,
-        ...stages.map((s) => `  ${s}`),
-        `  ${report.addedNodes.length} nodes added`,
-        ...perTokenLines(report),
-        ...weights.map((w) => `  ${w}`),
-        ...verified.map((v) => `  ${v}`),
-      ].join("\n"),
-      toStdout ? terminalWidth(process.stderr) : io.width,
-    ),
-  );
+  return [
+    ...stages.map((s) => `  ${s}`),
+    `  ${report.addedNodes.length} nodes added`,
+    ...perTokenLines(report),
+    ...weights.map((w) => `  ${w}`),
+    ...verified.map((v) => `  ${v}`),
+  ];
 }
 
 /** Graph outputs with a row per token that the schedule shrank: the model's interface changed there. */
@@ -636,11 +739,23 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
 
   program
     .command("compile", { isDefault: true })
-    .description("prune MODEL as SPEC says and write the result (default command)")
-    .argument("<model>", "ONNX model file, or - for stdin (then -o is required)")
+    .description(
+      "prune MODEL as SPEC says and write the result (default command); MODEL may be a transformers.js model folder (docs/transformers-js.md)",
+    )
+    .argument(
+      "<model>",
+      "ONNX model file, - for stdin (then -o is required), or a transformers.js model folder (config.json, onnx/*.onnx, …)",
+    )
     .argument("[spec]", ".prune spec file, or - for stdin (or -e TEXT)")
     .option("-e, --expr <text>", EXPR_HELP)
-    .option("-o, --output <file>", "output model (default: MODEL.pruned.onnx beside the input); - for stdout")
+    .option(
+      "-o, --output <file>",
+      "output model (default: MODEL.pruned.onnx beside the input); - for stdout; for a model folder, the output folder (new or empty)",
+    )
+    .option(
+      "--onnx <file>",
+      "in a model folder, the ONNX file to compile, relative to it (default: onnx/model.onnx, else onnx/vision_encoder.onnx)",
+    )
     .option("--expose-indices", "add graph outputs prunec.stageN.indices with the kept token positions")
     .option(
       "--kv-state",
