@@ -223,9 +223,11 @@ describe("external data through the CLI", () => {
       "8",
     );
     expect(rep.code, rep.stderr).toBe(0);
-    const json = JSON.parse(readFileSync(join(cwd, "report", "report.json"), "utf8")) as {
-      examples: { dense: number }[];
-    };
+    const json = (
+      JSON.parse(readFileSync(join(cwd, "report", "report.json"), "utf8")) as {
+        schedules: { examples: { dense: number }[] }[];
+      }
+    ).schedules[0]!;
     // The report's dense predictions are the embedded model's.
     const logits = (
       await runNode(
