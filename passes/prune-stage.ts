@@ -283,14 +283,14 @@ function setUp(
     );
   const scorer = prepared.ok;
   // Merged selections rank groups: the mean score of their tokens.
-  const scores = scorer.kind === "select" ? "" : unitScores(b, scorer.score(ctx), plan);
+  // The bench's oracle (kinds/oracle.ts) chooses no tokens: it emits no scores either.
+  const scores = scorer.kind === "select" || options.oracle ? "" : unitScores(b, scorer.score(ctx), plan);
   // After masked stages, tokens already dropped must not be picked again.
   const skip = state.maskBias ?? state.validBias;
-  const unmasked =
-    skip && scorer.kind !== "select" ? b.op("Add", [scores, b.slice(skip, 1, plan.prefix)], {}, "skip_masked") : scores;
+  const unmasked = skip && scores ? b.op("Add", [scores, b.slice(skip, 1, plan.prefix)], {}, "skip_masked") : scores;
   const hostPads = hostPadRank(b, proto, model, plan, stream, tokenAxis);
   const ranked =
-    hostPads && scorer.kind !== "select" ? b.op("Add", [unmasked, hostPads], {}, "host_pads_last") : unmasked;
+    hostPads && scorer.kind !== "select" && scores ? b.op("Add", [unmasked, hostPads], {}, "host_pads_last") : unmasked;
   const gather = (positions: string, source = stream) =>
     gatherTokens(b, source, positions, {
       tokenAxis,

@@ -76,6 +76,11 @@ export interface CompileOptions {
    * verification, so a test can prove verification refuses a corrupted stage.
    */
   __testMutate?: (g: GraphProto) => GraphProto;
+  /**
+   * @internal `prunec bench` only: every keep/drop stage keeps its first K' tokens by a static Slice,
+   * no scores and no selection (passes/kinds/oracle.ts), to measure what the token counts alone cost.
+   */
+  oracle?: boolean;
 }
 
 export interface StageReport {
@@ -524,6 +529,7 @@ function applyStages(c: Compilation): Compilation {
     target: c.options.target ?? "cpu",
     expose: c.options.exposeIndices ?? false,
     kvState: c.options.kvState ?? false,
+    oracle: c.options.oracle ?? false,
   } as const;
   let graph = c.graph;
   let state = c.state;

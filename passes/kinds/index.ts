@@ -13,6 +13,7 @@ import { adaptive } from "./adaptive.js";
 import { floatKeys, floatKeysFor } from "./float-keys.js";
 import { afterEncoder } from "./after-encoder.js";
 import { recycleGrid } from "./recycle-grid.js";
+import { oracle } from "./oracle.js";
 
 export const SELECTIONS: readonly SelectionModule[] = [
   topK,
@@ -62,6 +63,7 @@ export function selectionKind(f: SelectionFacts): SelectionKind {
  */
 export function chooseSelection(s: StageSetup): { module: SelectionModule; note?: string } {
   const { plan } = s;
+  if (s.options.oracle) return { module: oracle };
   const kind = selectionKind({
     merge: plan.merge !== undefined,
     scorer: s.scorer.kind,

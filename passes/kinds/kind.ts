@@ -90,6 +90,8 @@ export interface LowerOptions {
   expose: boolean;
   /** `--kv-state`: carry which cache slots are padding from call to call (passes/front-padding.ts). */
   kvState: boolean;
+  /** Bench only: every keep/drop stage keeps its first K' tokens by a static Slice (./oracle.ts). */
+  oracle?: boolean;
 }
 
 /** Everything a keep/drop stage's kinds read, built once per stage on the current graph. */

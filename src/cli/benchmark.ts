@@ -26,12 +26,26 @@ export interface BenchRow {
   idealSpeedup: number;
   /** speedup / idealSpeedup. */
   ratio: number;
+  /**
+   * The oracle: the same schedule with every stage a static slice of the same number of tokens (no
+   * scores, no selection; passes/kinds/oracle.ts). Absent for the dense row and for schedules
+   * whose stages a static slice cannot stand in for (counts known only at run time, masks, merges).
+   */
+  oracle?: {
+    medianMs: number;
+    /** The measured speed as a fraction of the oracle's, oracle ms / measured ms (1: choosing the tokens is free). */
+    ofOracle: number;
+    /** (dense median / oracle median) / idealSpeedup: what the runtime makes of the fewer FLOPs. */
+    oracleVsIdeal: number;
+  };
 }
 
 export interface BenchResult {
   model: string;
   batch: number;
   runs: number;
+  /** Intra-op threads per session (`--threads`), or null for onnxruntime's default. */
+  threads: number | null;
   rows: BenchRow[];
 }
 
@@ -71,7 +85,7 @@ export async function benchmark(
   bytes: Uint8Array,
   modelName: string,
   specs: { name: string; text: string }[],
-  options: { batch: number; runs: number } & Pick<SessionOptions, "modelPath" | "command">,
+  options: { batch: number; runs: number; threads?: number } & Pick<SessionOptions, "modelPath" | "command">,
 ): Promise<BenchResult> {
   const graph = new Graph(decodeModel(bytes, modelName).graph!);
   const info = analyzeTransformer(graph, modelName);
@@ -79,17 +93,29 @@ export async function benchmark(
   const fixed = outsideFlops(graph, info);
   const flops = (tokens: number[]) => fixed + totalFlops(costs, tokens);
   const dense = info.layers.map(() => Number(info.tokens));
-  const variants = [{ spec: null as string | null, model: bytes, tokens: dense }];
+  const variants: { spec: string | null; model: Uint8Array; tokens: number[]; oracleOf?: number }[] = [
+    { spec: null, model: bytes, tokens: dense },
+  ];
   for (const spec of specs) {
     const r = compile(bytes, spec.text, { modelName, specName: spec.name });
-    variants.push({ spec: spec.name, model: r.model, tokens: r.report.tokensPerLayer.map((t) => Number(t.pruned)) });
+    const tokens = r.report.tokensPerLayer.map((t) => Number(t.pruned));
+    const row = variants.push({ spec: spec.name, model: r.model, tokens }) - 1;
+    // The oracle of this schedule, measured in the same alternation (none when a stage cannot be a static slice).
+    const oracle = oracleModel(bytes, spec, modelName);
+    if (oracle) variants.push({ spec: null, model: oracle, tokens, oracleOf: row });
   }
   const input = inputFor(bytes, modelName, options.batch);
   const sessions: Session[] = [];
   try {
     // Compiled variants keep the input's external locations: they resolve beside the input too.
     for (const v of variants)
-      sessions.push(await openSession(v.model, "cpu", { modelPath: options.modelPath, command: options.command }));
+      sessions.push(
+        await openSession(v.model, "cpu", {
+          modelPath: options.modelPath,
+          command: options.command,
+          ...(options.threads !== undefined ? { threads: options.threads } : {}),
+        }),
+      );
     const feed = { [input.name]: { data: input.data, dims: input.dims } };
     for (const s of sessions) for (let i = 0; i < 3; i++) await s.run(feed);
     const times: number[][] = sessions.map(() => []);
@@ -104,11 +130,21 @@ export async function benchmark(
       }
     }
     const denseMedian = quantile(times[0]!, 0.5);
-    const rows = variants.map((v, k): BenchRow => {
+    const rows: BenchRow[] = [];
+    for (const [k, v] of variants.entries()) {
       const medianMs = quantile(times[k]!, 0.5);
-      const speedup = denseMedian / medianMs;
       const idealSpeedup = flops(dense) / flops(v.tokens);
-      return {
+      if (v.oracleOf !== undefined) {
+        const of = rows[rows.length - 1]!;
+        of.oracle = {
+          medianMs,
+          ofOracle: medianMs / of.medianMs,
+          oracleVsIdeal: denseMedian / medianMs / idealSpeedup,
+        };
+        continue;
+      }
+      const speedup = denseMedian / medianMs;
+      rows.push({
         spec: v.spec,
         tokensPerLayer: v.tokens,
         medianMs,
@@ -117,11 +153,24 @@ export async function benchmark(
         speedup,
         idealSpeedup,
         ratio: speedup / idealSpeedup,
-      };
-    });
-    return { model: modelName, batch: options.batch, runs: times[0]!.length, rows };
+      });
+    }
+    return { model: modelName, batch: options.batch, runs: times[0]!.length, threads: options.threads ?? null, rows };
   } finally {
     for (const s of sessions) await s.release();
+  }
+}
+
+/** The schedule with every stage a static slice (passes/kinds/oracle.ts), or undefined when one cannot be. */
+function oracleModel(
+  bytes: Uint8Array,
+  spec: { name: string; text: string },
+  modelName: string,
+): Uint8Array | undefined {
+  try {
+    return compile(bytes, spec.text, { modelName, specName: spec.name, oracle: true }).model;
+  } catch {
+    return undefined;
   }
 }
 
@@ -131,15 +180,30 @@ export function formatBench(r: BenchResult, options: { width?: number } = {}): s
     row.spec ?? "dense",
     `${row.medianMs.toFixed(2)} [${row.q1Ms.toFixed(1)}–${row.q3Ms.toFixed(1)}]`,
     `${row.speedup.toFixed(2)}×`,
-    `${row.idealSpeedup.toFixed(2)}×`,
-    row.ratio.toFixed(2),
+    // A count that differs per example has no one FLOPs figure.
+    Number.isFinite(row.idealSpeedup) ? `${row.idealSpeedup.toFixed(2)}×` : "n/a",
+    Number.isFinite(row.ratio) ? row.ratio.toFixed(2) : "n/a",
   ]);
+  const threads = r.threads === null ? "default threads" : `${r.threads} thread${r.threads === 1 ? "" : "s"}`;
+  const table = { width: options.width, separator: " | " };
+  const oracles = r.rows.filter((row) => row.oracle);
   return [
-    `${r.model}: ORT CPU, batch ${r.batch}, ${r.runs} runs per model (alternating blocks of ${BLOCK}), median [q1–q3]`,
-    ...renderTable(["model", "latency ms", "speedup", "FLOPs-ideal", "ratio"], rows, {
-      width: options.width,
-      separator: " | ",
-      right: [2, 3, 4],
-    }),
+    `${r.model}: ORT CPU, ${threads}, batch ${r.batch}, ${r.runs} runs per model (alternating blocks of ${BLOCK}), median [q1–q3]`,
+    ...renderTable(["model", "latency ms", "speedup", "FLOPs-ideal", "ratio"], rows, { ...table, right: [2, 3, 4] }),
+    ...(oracles.length
+      ? [
+          "oracle: each stage a static slice of as many tokens (no scores, no selection); of oracle = oracle ms / measured ms (1: choosing the tokens costs nothing); oracle/ideal = the oracle's speedup / FLOPs-ideal",
+          ...renderTable(
+            ["model", "oracle ms", "of oracle", "oracle/ideal"],
+            oracles.map((row) => [
+              row.spec ?? "dense",
+              row.oracle!.medianMs.toFixed(2),
+              row.oracle!.ofOracle.toFixed(2),
+              row.oracle!.oracleVsIdeal.toFixed(2),
+            ]),
+            { ...table, right: [1, 2, 3] },
+          ),
+        ]
+      : []),
   ].join("\n");
 }

@@ -615,7 +615,7 @@ async function runEval(
 async function runBench(
   modelPath: string,
   specPaths: string[],
-  opts: { batch: string; runs: string; json?: boolean; expr?: string[] },
+  opts: { batch: string; runs: string; json?: boolean; expr?: string[]; threads?: string },
   io: Io,
 ): Promise<void> {
   const exprs = opts.expr ?? [];
@@ -630,6 +630,7 @@ async function runBench(
   const r = await benchmark(modelFile.bytes, modelFile.path, specs, {
     batch: positiveInt(opts.batch, "--batch"),
     runs: positiveInt(opts.runs, "--runs"),
+    ...(opts.threads !== undefined ? { threads: positiveInt(opts.threads, "--threads") } : {}),
     modelPath: modelFile.path,
     command: "bench",
   });
@@ -860,12 +861,13 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
     )
     .option("--batch <n>", "batch size", "1")
     .option("--runs <n>", "timed runs per model", "30")
+    .option("--threads <n>", "intra-op threads per session (default: onnxruntime's, one per core)")
     .option("--json", "print the result as JSON")
     .action(
       async (
         model: string,
         specs: string[],
-        opts: { batch: string; runs: string; json?: boolean; expr?: string[] },
+        opts: { batch: string; runs: string; json?: boolean; expr?: string[]; threads?: string },
       ) => {
         await runBench(model, specs, opts, io);
       },

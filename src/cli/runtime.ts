@@ -113,6 +113,8 @@ function wrap(session: AnySession, tensor: (f: FloatInput) => unknown): Session 
 export interface SessionOptions {
   /** false: idle pool threads sleep instead of spinning (sessions measured side by side). */
   spinning?: boolean;
+  /** Intra-op threads of a CPU session (onnxruntime's default: one per core). */
+  threads?: number;
   /** The CLI command, named in the message when the runtime is not installed. */
   command?: string;
   /**
@@ -151,6 +153,7 @@ export async function openSession(
   // A model given as bytes would resolve external data against the working directory.
   if (external) session["model_external_initializers_file_folder_path"] = resolve(weights.dir);
   const opts: OrtNodeTypes.InferenceSession.SessionOptions = { executionProviders: ["cpu"] };
+  if (options.threads !== undefined) opts.intraOpNumThreads = options.threads;
   if (Object.keys(session).length) opts.extra = { session };
   const s = await ort.InferenceSession.create(model, opts);
   return wrap(s as unknown as AnySession, (f) => new ort.Tensor("float32", f.data, f.dims));
