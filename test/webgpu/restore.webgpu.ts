@@ -31,6 +31,12 @@ const SPECS = [
     stages: 2,
   },
   { key: "merge-restore", spec: "after layer 2 merge 25% by similarity with restore", stages: 1 },
+  // Restored at intermediate layers (nested points): the layers after them compute every token.
+  {
+    key: "restore-at-layers",
+    spec: "after layer 1 keep 50% by cls-attn with restore(layer: 4)\nafter layer 2 keep 50% by cls-attn with restore(layer: 3)",
+    stages: 2,
+  },
 ];
 
 const set = parseDataset(readFileSync(join(DIR, "sample.prds")), "digit-masks/sample.prds");
