@@ -61,7 +61,15 @@ describe("inspect asks the planner", () => {
     const r = inspectModel(tiny, "tiny.onnx");
     // iga and transprune read the next layer's q/k, so the last layer cannot host them.
     const last = r.layers.length - 1;
-    const notOk = r.layers.flatMap((l) => l.criteria.filter((c) => !c.ok).map((c) => `${l.index}:${c.name}`));
+    // vla-pruner reads its action rows at action_layer (default 15), below the stage: a 4-layer model has none.
+    const vla = r.layers.map((l) => l.criteria.find((c) => c.name === "vla-pruner")!);
+    expect(vla.every((c) => !c.ok)).toBe(true);
+    expect(vla[0]!.why).toBe(
+      "action_layer: 15 must be a layer below the stage (after layer 0) and at most 3: the action rows' attention is read after the stage's pruning",
+    );
+    const notOk = r.layers.flatMap((l) =>
+      l.criteria.filter((c) => !c.ok && c.name !== "vla-pruner").map((c) => `${l.index}:${c.name}`),
+    );
     expect(notOk).toEqual([`${last}:iga`, `${last}:transprune`]);
     expect(r.afterEncoder.every((c) => !c.ok)).toBe(true);
     expect(r.afterEncoder[0]!.why).toBe(
