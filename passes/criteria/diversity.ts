@@ -50,17 +50,10 @@
  * - target webgpu: the same k − 1 steps unrolled (onnxruntime-web's WebGPU EP has no Loop kernel).
  * The picks (seed first) are sorted ascending with TopK(largest = 0), as passes/select-topk.ts does.
  */
-import { create } from "@bufbuild/protobuf";
-import {
-  AttributeProtoSchema,
-  AttributeProto_AttributeType as AT,
-  GraphProtoSchema,
-  TensorProtoSchema,
-  TensorProto_DataType as DT,
-} from "../../src/onnx/gen/onnx_pb.js";
-import { valueInfo } from "../../src/ir/value-info.js";
-import { NodeBuilder } from "../builder.js";
+import { TensorProto_DataType as DT } from "../../src/onnx/gen/onnx_pb.js";
+import type { NodeBuilder } from "../builder.js";
 import type { CriterionModule, ScoreContext } from "../criterion.js";
+import { argmax, row, selectionLoop } from "../max-min-loop.js";
 
 const NEEDS = "a static token count (the greedy selection runs a fixed number of steps)";
 
@@ -91,15 +84,6 @@ function maskedDistances(b: NodeBuilder, d: string, n: number): string {
   return b.op("Where", [self, b.float([-Infinity], [], "minus_inf"), sym], {}, "distances");
 }
 
-/** D[b, i[b], :] for picks i int64 [B,1]: [B,N]. */
-function row(b: NodeBuilder, dist: string, i: string): string {
-  return b.op("GatherND", [dist, i], { batch_dims: 1 }, "row");
-}
-
-function argmax(b: NodeBuilder, d: string, label: string): string {
-  return b.op("ArgMax", [d], { axis: 1, keepdims: 1, select_last_index: 0 }, label); // [B,1], first maximum
-}
-
 /**
  * Greedy max-min from `seed` (int64 [B,1]) over `dist` ([B,N,N], −∞ diagonal): k picks in total,
  * returned as ascending int64 [B,k].
@@ -118,47 +102,11 @@ function greedyMaxMin(b: NodeBuilder, dist: string, seed: string, k: number, tar
     }
     picks = b.op("Concat", all, { axis: 1 }, "picks");
   } else {
-    picks = b.op("Concat", [seed, selectionLoop(b, dist, row(b, dist, seed), k - 1)], { axis: 1 }, "picks");
+    const d0 = row(b, dist, seed);
+    picks = b.op("Concat", [seed, selectionLoop(b, dist, d0, b.int64([k - 1], [], "steps"))], { axis: 1 }, "picks");
   }
   const [ascending] = b.opN("TopK", [picks, b.int64([k], [1], "k")], 2, { axis: -1, largest: 0, sorted: 1 });
   return ascending!;
-}
-
-/** Loop of `steps` iterations over the running min d0 [B,N]: the picks as int64 [B, steps]. */
-function selectionLoop(b: NodeBuilder, dist: string, d0: string, steps: number): string {
-  const body = new NodeBuilder(`${b.prefix}/loop_body`, b.opset);
-  const [iter, condIn, dIn] = ["iteration", "cond_in", "d_in"].map((s) => `${b.prefix}/loop_body/${s}`) as [
-    string,
-    string,
-    string,
-  ];
-  const pick = argmax(body, dIn, "pick");
-  const dOut = body.op("Min", [dIn, row(body, dist, pick)], {}, "running_min");
-  const condOut = body.op("Identity", [condIn], {}, "cond");
-  const graph = create(GraphProtoSchema, {
-    name: `${b.prefix}/loop_body`,
-    node: body.nodes,
-    initializer: body.initializers,
-    input: [
-      valueInfo(iter, DT.INT64, []),
-      valueInfo(condIn, DT.BOOL, []),
-      valueInfo(dIn, DT.FLOAT, [undefined, undefined]),
-    ],
-    output: [
-      valueInfo(condOut, DT.BOOL, []),
-      valueInfo(dOut, DT.FLOAT, [undefined, undefined]),
-      valueInfo(pick, DT.INT64, [undefined, 1]),
-    ],
-  });
-  const trips = b.int64([steps], [], "steps");
-  const cond = `${b.prefix}/true_${b.nodes.length}`;
-  b.initializers.push(
-    create(TensorProtoSchema, { name: cond, dataType: DT.BOOL, dims: [], rawData: new Uint8Array([1]) }),
-  );
-  const [, scanned] = b.opN("Loop", [trips, cond, d0], 2); // d after the loop (unused), picks [steps, B, 1]
-  const loop = b.nodes[b.nodes.length - 1]!;
-  loop.attribute.push(create(AttributeProtoSchema, { name: "body", type: AT.GRAPH, g: graph }));
-  return b.op("Transpose", [b.squeeze(scanned!, [2])], { perm: [1, 0] }, "loop_picks"); // [B, steps]
 }
 
 /** DivPrune: greedy max-min on the cosine distance, seeded by the token whose nearest neighbour is farthest. */
