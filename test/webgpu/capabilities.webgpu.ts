@@ -85,6 +85,9 @@ export const CAPABILITIES: Capability[] = [
   { key: "fopru", covers: "fopru", spec: keep("fopru") },
   { key: "spatial-rows", covers: "spatial-rows", spec: keep("spatial-rows") },
   { key: "pagerank", covers: "pagerank", spec: keep("pagerank") },
+  // It may drop at most half (the important half stays); at layer 5 the digits model's partition has
+  // no near-ties (test/redundancy.test.ts checks the margins).
+  { key: "redundancy", covers: "redundancy", spec: "after layer 5 drop 25% by redundancy\n" },
   { key: "flowcut", covers: "flowcut", spec: keep("flowcut") },
   { key: "diversity", covers: "diversity", spec: keep("diversity"), greedy: true },
   { key: "k-center", covers: "k-center", spec: keep("k-center"), greedy: true },
@@ -212,9 +215,10 @@ it("the capability list covers every vision criterion prunec compiles (passes/re
   // LazyLLM) run on the test decoder in decoder.webgpu.ts (decoder-cases.ts DECODER_CASES).
   const onDecoder = new Set(DECODER_CASES.map((c) => c.covers));
   const decoderOnly = (c: (typeof CRITERIA)[number]) => !!c.requiresSets?.length || c.name === "last-token-attn";
-  // evs runs across calls (a state pair fed back by the host), which this one-call harness does not
-  // feed; test/webgpu/evs.webgpu.ts runs it call by call against onnxruntime-node.
-  const acrossCalls = new Set(["evs"]);
+  // evs and vla-pruner run across calls (a state pair fed back by the host), which this one-call
+  // harness does not feed; test/webgpu/evs.webgpu.ts and vla-pruner.webgpu.ts run them call by call
+  // against onnxruntime-node.
+  const acrossCalls = new Set(["evs", "vla-pruner"]);
   expect(
     CRITERIA.filter((c) => !acrossCalls.has(c.name) && !(decoderOnly(c) ? onDecoder : covered).has(c.name)).map(
       (c) => c.name,
