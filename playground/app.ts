@@ -12,8 +12,8 @@ import { checkSpec } from "../src/check.js";
 import { compile } from "../src/compile.js";
 import { formatDiagnostics } from "../grammar/index.js";
 import { batchInput, parseDataset, type Dataset } from "../src/data/prds.js";
-import { keptPatches, overlayRgba } from "../src/data/overlay.js";
-import { inspectModel } from "../src/inspect.js";
+import { argmax, keptPatches, overlayRgba } from "../src/data/overlay.js";
+import { inspectModel, type InspectReport } from "../src/inspect.js";
 import { VERSION } from "../src/version.js";
 
 ort.env.wasm.numThreads = 1; // the page is not cross-origin isolated
@@ -30,8 +30,13 @@ interface Model {
   bytes: Uint8Array;
 }
 
+/** The loaded model, inspected once (src/inspect.ts), or why prunec cannot analyse it. */
+interface LoadedModel extends Model {
+  info: InspectReport | { why: string };
+}
+
 interface State {
-  model: Model | undefined;
+  model: LoadedModel | undefined;
   sample: Dataset | undefined;
   provider: "webgpu" | "wasm";
   /** The last successful compile, for the download link and the test hook. */
@@ -57,13 +62,17 @@ async function chooseProvider(): Promise<"webgpu" | "wasm"> {
   }
 }
 
-function summarize(model: Model): string {
+function inspected(model: Model): LoadedModel {
   try {
-    const r = inspectModel(model.bytes, model.name);
-    return `${model.name}: ${r.layers.length} layers, ${String(r.tokens)} tokens${r.cls ? ", CLS first" : ""}`;
+    return { ...model, info: inspectModel(model.bytes, model.name) };
   } catch (e) {
-    return `${model.name}: ${(e as Error).message}`;
+    return { ...model, info: { why: (e as Error).message } };
   }
+}
+
+function summarize({ name, info }: LoadedModel): string {
+  if ("why" in info) return `${name}: ${info.why}`;
+  return `${name}: ${info.layers.length} layers, ${String(info.tokens)} tokens${info.cls ? ", CLS first" : ""}`;
 }
 
 /** Live diagnostics: the same check the CLI runs (`prunec check SPEC MODEL`), with carets. */
@@ -86,12 +95,6 @@ function check(): boolean {
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.floor(s.length / 2)]!;
-}
-
-function argmax(row: Float32Array): number {
-  let best = 0;
-  for (let i = 1; i < row.length; i++) if (row[i]! > row[best]!) best = i;
-  return best;
 }
 
 interface Run {
@@ -179,8 +182,8 @@ async function compileAndRun(): Promise<void> {
     tbody.innerHTML = row("compile (in the page)", "", `${compileMs.toFixed(0)} ms`);
     $<HTMLElement>("results").hidden = false;
     const data = state.sample;
-    const input = inspectModel(model.bytes, model.name);
-    if (!data || !fitsSample(model)) {
+    const input = model.info;
+    if (!data || "why" in input || !fitsSample(input)) {
       status.textContent = `compiled (${stages} stage${stages === 1 ? "" : "s"}); no sample set for this model's input`;
       return;
     }
@@ -212,22 +215,17 @@ async function compileAndRun(): Promise<void> {
 }
 
 /** The sample set fits a model whose first input is [batch, channels, height, width] of its images. */
-function fitsSample(model: Model): boolean {
+function fitsSample(info: InspectReport): boolean {
   const d = state.sample?.header;
-  if (!d) return false;
-  try {
-    const shape = inspectModel(model.bytes, model.name).inputs[0]?.shape;
-    return shape?.length === 4 && shape.slice(1).join(",") === `${d.channels},${d.height},${d.width}`;
-  } catch {
-    return false;
-  }
+  const shape = info.inputs[0]?.shape;
+  return d !== undefined && shape?.length === 4 && shape.slice(1).join(",") === `${d.channels},${d.height},${d.width}`;
 }
 
 async function setModel(model: Model): Promise<void> {
-  state.model = model;
+  state.model = inspected(model);
   state.pruned = undefined;
   $<HTMLElement>("results").hidden = true;
-  $<HTMLPreElement>("model-summary").textContent = summarize(model);
+  $<HTMLPreElement>("model-summary").textContent = summarize(state.model);
   check();
 }
 

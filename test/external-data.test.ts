@@ -24,7 +24,7 @@ import { runNode, maxAbsDiff, type Feeds } from "./helpers/ort.js";
 import { compile } from "../src/compile.js";
 import { decodeModel } from "../src/onnx/io.js";
 import { parseDataset, batchInput } from "../src/data/prds.js";
-import { argmax } from "../src/cli/evaluate.js";
+import { argmax } from "../src/data/overlay.js";
 import { externalize } from "./support/externalize.js";
 
 const BIN = join(REPO_ROOT, "bin", "prunec.js");

@@ -12,6 +12,7 @@ import { layerCosts, outsideFlops, totalFlops } from "../analysis/flops.js";
 import { compile } from "../compile.js";
 import { openSession, type Session, type SessionOptions } from "./runtime.js";
 import { PrunecError } from "../errors.js";
+import { firstInput } from "../data/prds.js";
 
 export interface BenchRow {
   /** The spec's name (its file), or null for the dense model. */
@@ -64,12 +65,10 @@ function inputFor(
   name: string,
   batch: number,
 ): { name: string; data: Float32Array; dims: number[] } {
-  const g = decodeModel(bytes, name).graph!;
-  const inp = g.input.find((i) => !g.initializer.some((t) => t.name === i.name))!;
-  const t = inp.type?.value.case === "tensorType" ? inp.type.value.value : undefined;
-  const dims = (t?.shape?.dim ?? []).map((d, i) => {
+  const inp = firstInput(bytes, name)!;
+  const dims = (inp.tensor?.dims ?? []).map((d, i) => {
     if (i === 0) return batch;
-    if (d.value.case === "dimValue") return Number(d.value.value);
+    if (typeof d === "number") return d;
     throw new PrunecError(
       "apply",
       `${name}: input '${inp.name}' has a symbolic size at axis ${i}; bench needs static sizes besides the batch`,

@@ -5,6 +5,7 @@
  */
 import { decodeModel } from "../onnx/io.js";
 import { batchInput, type Dataset } from "../data/prds.js";
+import { argmax } from "../data/overlay.js";
 import { openSession, type ExecutionProvider, type SessionOptions } from "./runtime.js";
 import { META } from "../compile.js";
 import { PrunecError } from "../errors.js";
@@ -66,12 +67,6 @@ export function segmentationScores(
 
 export function prunecMetadata(model: Uint8Array, name: string): Map<string, string> {
   return new Map(decodeModel(model, name).metadataProps.map((p) => [p.key, p.value]));
-}
-
-export function argmax(row: Float32Array): number {
-  let best = 0;
-  for (let i = 1; i < row.length; i++) if (row[i]! > row[best]!) best = i;
-  return best;
 }
 
 export async function evaluate(

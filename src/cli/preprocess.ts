@@ -7,7 +7,7 @@
 import { existsSync, readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { PrunecError } from "../errors.js";
-import { decodeModel } from "../onnx/io.js";
+import { firstInput } from "../data/prds.js";
 import type { Preprocess } from "./image-folder.js";
 
 export interface PreprocessFlags {
@@ -32,15 +32,9 @@ interface ImageInput {
 }
 
 function imageInput(modelBytes: Uint8Array, modelName: string): ImageInput {
-  const g = decodeModel(modelBytes, modelName).graph;
-  const inits = new Set(g?.initializer.map((t) => t.name));
-  const input = g?.input.find((i) => !inits.has(i.name));
-  const t = input?.type?.value;
-  if (!input || t?.case !== "tensorType")
-    throw new PrunecError("io", `${modelName}: the model has no tensor input to feed images to`);
-  const dims = (t.value.shape?.dim ?? []).map((d) =>
-    d.value.case === "dimValue" ? Number(d.value.value) : d.value.case === "dimParam" ? d.value.value : "?",
-  );
+  const input = firstInput(modelBytes, modelName);
+  if (!input?.tensor) throw new PrunecError("io", `${modelName}: the model has no tensor input to feed images to`);
+  const dims = input.tensor.dims ?? [];
   if (dims.length !== 4)
     throw new PrunecError(
       "io",

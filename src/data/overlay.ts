@@ -1,7 +1,8 @@
 /**
  * Kept-patch overlays, shared by `prunec report` (PNG files) and the playground (a canvas): the
  * example's image (first channel) upscaled, dropped patches faded halfway to grey and hatched in
- * magenta, kept ones edged dark outside and green inside, so both show on dark and light images.
+ * magenta, kept ones edged dark outside and green inside, so both show on dark and light images;
+ * and what a caption reads from a run (kept positions composed over stages, the predicted class).
  * Pure: RGBA bytes in, no files, no DOM.
  */
 import type { Dataset } from "./prds.js";
@@ -68,4 +69,11 @@ export function keptPatches(
     kept = Array.from(idx.data.subarray(b * k, (b + 1) * k), (v) => kept[Number(v)]!).filter((t) => t !== undefined);
   }
   return kept.filter((t) => t >= prefix).map((t) => t - prefix);
+}
+
+/** The index of a row's largest value, the first on ties: a logits row's predicted class. */
+export function argmax(row: Float32Array): number {
+  let best = 0;
+  for (let i = 1; i < row.length; i++) if (row[i]! > row[best]!) best = i;
+  return best;
 }

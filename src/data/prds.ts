@@ -141,25 +141,21 @@ export function parseDataset(bytes: Uint8Array, source = "dataset"): Dataset {
  * width] float32 (symbolic sizes match anything): otherwise exit 2 (the data given does not fit the
  * model given) naming both, before onnxruntime fails on the first batch.
  */
-export function checkDatasetFitsModel(
-  data: Dataset,
+/**
+ * The model's first graph input that is not an initializer (where images go): its name and, for a
+ * tensor, its element type and declared sizes (a symbolic size by its name, "?" when unnamed;
+ * undefined when no shape is declared).
+ */
+export function firstInput(
   modelBytes: Uint8Array,
-  dataName: string,
   modelName: string,
-): void {
+): { name: string; tensor?: { elemType: number; dims: (number | string)[] | undefined } } | undefined {
   const g = decodeModel(modelBytes, modelName).graph;
   const inits = new Set(g?.initializer.map((t) => t.name));
   const input = g?.input.find((i) => !inits.has(i.name));
-  if (!input) throw new PrunecError("io", `${modelName}: the model has no input to feed ${dataName}'s images to`);
-  const { channels, height, width } = data.header;
-  const refused = (what: string): PrunecError =>
-    new PrunecError(
-      "io",
-      `${dataName}: examples are float32 [batch, ${channels}, ${height}, ${width}], but ${modelName}'s input '${input.name}' ${what}`,
-    );
+  if (!input) return undefined;
   const t = input.type?.value;
-  if (t?.case !== "tensorType") throw refused("is not a tensor");
-  if (t.value.elemType !== 1) throw refused(`has element type ${t.value.elemType} (float32 is 1)`);
+  if (t?.case !== "tensorType") return { name: input.name };
   const dims = t.value.shape?.dim.map((d) =>
     d.value.case === "dimValue"
       ? Number(d.value.value)
@@ -167,6 +163,27 @@ export function checkDatasetFitsModel(
         ? d.value.value
         : "?",
   );
+  return { name: input.name, tensor: { elemType: t.value.elemType, dims } };
+}
+
+export function checkDatasetFitsModel(
+  data: Dataset,
+  modelBytes: Uint8Array,
+  dataName: string,
+  modelName: string,
+): void {
+  const input = firstInput(modelBytes, modelName);
+  if (!input) throw new PrunecError("io", `${modelName}: the model has no input to feed ${dataName}'s images to`);
+  const { channels, height, width } = data.header;
+  const refused = (what: string): PrunecError =>
+    new PrunecError(
+      "io",
+      `${dataName}: examples are float32 [batch, ${channels}, ${height}, ${width}], but ${modelName}'s input '${input.name}' ${what}`,
+    );
+  const t = input.tensor;
+  if (!t) throw refused("is not a tensor");
+  if (t.elemType !== 1) throw refused(`has element type ${t.elemType} (float32 is 1)`);
+  const dims = t.dims;
   if (dims === undefined) return; // no declared shape: nothing to compare
   if (dims.length !== 4) throw refused(`has rank ${dims.length} ([${dims.join(", ")}])`);
   const want = [channels, height, width];
