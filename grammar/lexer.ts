@@ -1,6 +1,7 @@
 /** Tokens of the `.prune` language. Keywords are case-insensitive and reserved only where the grammar expects them. */
 import { createToken, Lexer, type IToken, type TokenType } from "chevrotain";
 import { clip, MAX_QUOTED } from "./diagnostics.js";
+import { SKIP_GRAMMAR_CHECKS } from "./checks.js";
 
 /** Any name: identifiers and keywords alike (so `layer` can still name an argument, `mass` a criterion). */
 export const Word = createToken({ name: "Word", pattern: Lexer.NA });
@@ -122,7 +123,7 @@ const lexer = new Lexer(
     Colon,
     Equals,
   ],
-  { positionTracking: "onlyOffset", ensureOptimizations: true },
+  { positionTracking: "onlyOffset", ensureOptimizations: true, skipValidations: SKIP_GRAMMAR_CHECKS },
 );
 
 export interface LexError {

@@ -56,11 +56,12 @@ import {
   With,
   Word,
 } from "./lexer.js";
+import { SKIP_GRAMMAR_CHECKS } from "./checks.js";
 import type { RawAmount, RawArg, RawOption, RawPosition, RawStage, RawStatement, RawValue } from "./syntax.js";
 
 export class SpecParser extends EmbeddedActionsParser {
   constructor() {
-    super([...PARSER_TOKENS], { recoveryEnabled: true, maxLookahead: 2 });
+    super([...PARSER_TOKENS], { recoveryEnabled: true, maxLookahead: 2, skipValidations: SKIP_GRAMMAR_CHECKS });
     this.performSelfAnalysis();
   }
 

@@ -24,6 +24,8 @@ await build({
   external: ["onnxruntime-node", "onnxruntime-web", "sharp", "vega", "vega-lite"],
   // CommonJS dependencies (commander, pngjs, cli-progress) call require() for Node's own modules.
   banner: { js: 'import { createRequire as __prunecRequire } from "node:module"; const require = __prunecRequire(import.meta.url);' },
+  // grammar/checks.ts: the grammar is validated by the tests, not at every start of the CLI.
+  define: { __PRUNEC_BUNDLED__: "true" },
   legalComments: "linked",
   logLevel: "warning",
 });
