@@ -43,6 +43,8 @@ import { PrunecError } from "./errors.js";
 import { batchDim, valueInfo } from "./ir/value-info.js";
 import { VERSION } from "./version.js";
 import { verifyCompiled, type VerifyReport } from "./verify/verify.js";
+import { stageTarget } from "./verify/stage-shapes.js";
+import { foldShapeArithmetic } from "../passes/fold-shapes.js";
 
 export interface CompileOptions {
   /** Names used in messages (file paths in the CLI). */
@@ -81,6 +83,25 @@ export interface CompileOptions {
    * no scores and no selection (passes/kinds/oracle.ts), to measure what the token counts alone cost.
    */
   oracle?: boolean;
+  /**
+   * @internal `npm run bench` only: false leaves the exporter's shape arithmetic below the stages
+   * as it was (passes/fold-shapes.ts), to measure what folding it gains.
+   */
+  foldShapes?: boolean;
+  /**
+   * Called with each compile step's name and wall time in ms, in order (`prunec compile --timings`):
+   * the front end's parts, the rewrite steps, verification and encoding.
+   */
+  profile?: (step: string, ms: number) => void;
+}
+
+/** Runs `f`, reporting its wall time to `profile` under `name` when one is given. */
+function timed<T>(profile: CompileOptions["profile"], name: string, f: () => T): T {
+  if (!profile) return f();
+  const t0 = performance.now();
+  const result = f();
+  profile(name, performance.now() - t0);
+  return result;
 }
 
 export interface StageReport {
@@ -208,7 +229,7 @@ export function opsetOf(model: ModelProto): number {
 
 export function compile(modelBytes: Uint8Array, specText: string, options: CompileOptions = {}): CompileResult {
   const { model: out, report: rep } = compileModel(modelBytes, specText, options);
-  const parts = encodeModelParts(out);
+  const parts = timed(options.profile, "encode", () => encodeModelParts(out));
   let bytes: Uint8Array | undefined;
   return {
     get model() {
@@ -281,6 +302,19 @@ const STEPS: readonly { name: string; run: (c: Compilation) => Compilation; unch
   },
   { name: "declare evicted caches", run: (c) => ({ ...c, graph: declareEvictedCaches(c.graph, c.kvPlans) }) },
   {
+    name: "fold shape arithmetic below stages",
+    run: (c) =>
+      c.options.foldShapes === false
+        ? c
+        : {
+            ...c,
+            graph: foldShapeArithmetic(
+              c.graph,
+              c.plans.flatMap((p) => stageTarget(p, c.info)?.tensor ?? []),
+            ),
+          },
+  },
+  {
     name: "refresh output shapes",
     run: (c) => (c.plans.length ? { ...c, graph: refreshOutputShapes(c.graph, c.input, c.plans) } : c),
   },
@@ -307,12 +341,15 @@ export function compileModel(
 ): { model: ModelProto; report: CompileReport } {
   let c = frontEnd(modelBytes, specText, options);
   for (const step of STEPS) {
-    const next = step.run(c);
-    if (!step.unchecked && next.graph !== c.graph) ensures(c.graph, next.graph, `compile step '${step.name}'`);
+    const next = step.unchecked ? step.run(c) : timed(options.profile, step.name, () => step.run(c));
+    if (!step.unchecked && next.graph !== c.graph)
+      timed(options.profile, "ensures", () => ensures(c.graph, next.graph, `compile step '${step.name}'`));
     c = next;
   }
   // Post-condition: a well-formed graph whose shapes agree with every stage's token count.
-  const verification = verifyCompiled(c.graph, c.input, c.plans, c.info, c.modelName);
+  const verification = timed(options.profile, "verify", () =>
+    verifyCompiled(c.graph, c.input, c.plans, c.info, c.modelName),
+  );
   const rep: CompileReport = {
     ...report(
       c.info,
@@ -351,14 +388,15 @@ export function compileModel(
 function frontEnd(modelBytes: Uint8Array, specText: string, options: CompileOptions): Compilation {
   const modelName = options.modelName ?? "model";
   const specName = options.specName ?? "spec.prune";
-  const model = decodeModel(modelBytes, modelName);
+  const at = <T>(name: string, f: () => T): T => timed(options.profile, name, f);
+  const model = at("decode", () => decodeModel(modelBytes, modelName));
   checkExternalData(model, modelName);
-  const spec = parseOrThrow(specText, specName);
+  const spec = at("parse", () => parseOrThrow(specText, specName));
   if (options.requireStages && !spec.stages.length) throw new PrunecError("spec", noStagesMessage(specName));
   const dense = new Graph(model.graph!);
-  const info = analyzeTransformer(dense, modelName);
+  const info = at("analyse", () => analyzeTransformer(dense, modelName));
   // Stages are placed by file position: an input written out of topological order is sorted first (the same nodes).
-  const order = dense.order;
+  const order = at("sort", () => dense.order);
   const input = order.every((n, i) => n === model.graph!.node[i])
     ? model.graph!
     : shallowCopy(model.graph!, { node: order });
@@ -366,9 +404,11 @@ function frontEnd(modelBytes: Uint8Array, specText: string, options: CompileOpti
     stream: plans,
     kv: kvPlans,
     heads: headPlans,
-  } = planSpec(spec, info, modelInputs(input), dense, {
-    kvState: options.kvState ?? false,
-  });
+  } = at("plan", () =>
+    planSpec(spec, info, modelInputs(input), dense, {
+      kvState: options.kvState ?? false,
+    }),
+  );
   const opset = opsetOf(model);
   if ((plans.length || kvPlans.length || headPlans.length) && opset < 13) {
     throw new PrunecError(

@@ -45,6 +45,35 @@ describe("prunec CLI", () => {
   });
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
+  it("--timings prints each step's wall time to stderr, in order, and leaves stdout and the model as without it", () => {
+    const plain = prunec(model, spec, "-o", join(dir, "t0.onnx"));
+    const timed = prunec(model, spec, "-o", join(dir, "t1.onnx"), "--timings");
+    expect(timed.code).toBe(0);
+    const norm = (s: string) => s.replaceAll("t1.onnx", "t0.onnx").replace(/\(\d+\.\d\d s\)/, "");
+    expect(norm(timed.stdout)).toBe(norm(plain.stdout));
+    expect(readFileSync(join(dir, "t1.onnx")).equals(readFileSync(join(dir, "t0.onnx")))).toBe(true);
+    const rows = timed.stderr.trim().split("\n");
+    expect(rows[0]).toMatch(/^step +ms$/);
+    const steps = rows.slice(1).map((r) => /^(.+?) +(\d+\.\d)$/.exec(r)?.[1]);
+    for (const s of [
+      "read",
+      "decode",
+      "parse",
+      "analyse",
+      "apply stages",
+      "fold shape arithmetic below stages",
+      "verify",
+      "encode",
+      "onnxruntime smoke run",
+      "write",
+    ])
+      expect(steps).toContain(s);
+    expect(steps.indexOf("decode")).toBeLessThan(steps.indexOf("apply stages"));
+    expect(steps.indexOf("encode")).toBeLessThan(steps.indexOf("write"));
+    expect(steps.at(-1)).toBe("total");
+    expect(steps).not.toContain("test mutation");
+  });
+
   it("--help lists the commands, --version prints the version", () => {
     const help = prunec("--help");
     expect(help.code).toBe(0);

@@ -36,7 +36,7 @@ import { inspectModel, formatInspect } from "../inspect.js";
 import { specFileText } from "./spec-file.js";
 import { ERROR_PREFIX, PrunecError, errorJson, errorText } from "../errors.js";
 import { DASH, INLINE_NAME, STDIN_NAME, oneStdin, readAllStdin, stdinId, terminalWidth } from "./stdio.js";
-import { wrapText } from "../table.js";
+import { renderTable, wrapText } from "../table.js";
 import { smokeRun, formatSmoke, type SmokeReport } from "./smoke.js";
 import { VERSION } from "../version.js";
 
@@ -165,6 +165,23 @@ interface CompileOptions {
   externalData?: string;
   verify?: boolean;
   onnx?: string;
+  timings?: boolean;
+}
+
+/** `--timings`: each step's wall time, in order, printed to stderr when the command ends. */
+type Timings = { step: string; ms: number }[];
+
+async function timedStep<T>(timings: Timings | undefined, step: string, f: () => T | Promise<T>): Promise<T> {
+  const t0 = performance.now();
+  const result = await f();
+  timings?.push({ step, ms: performance.now() - t0 });
+  return result;
+}
+
+function timingLines(timings: Timings, width: number | undefined): string {
+  const total = timings.reduce((a, t) => a + t.ms, 0);
+  const rows = [...timings, { step: "total", ms: total }].map((t) => [t.step, t.ms.toFixed(1)]);
+  return renderTable(["step", "ms"], rows, { right: [1], ...(width !== undefined ? { width } : {}) }).join("\n");
 }
 
 function compileModes(opts: CompileOptions): { target: "cpu" | "webgpu"; mode: ExternalDataMode } {
@@ -183,6 +200,7 @@ async function compileChecked(
   spec: SpecInput,
   opts: CompileOptions,
   target: "cpu" | "webgpu",
+  timings?: Timings,
 ): Promise<{ result: ReturnType<typeof compile>; smoke: SmokeReport | undefined }> {
   const result = compile(modelBytes, spec.text, {
     modelName,
@@ -191,17 +209,20 @@ async function compileChecked(
     kvState: opts.kvState ?? false,
     target,
     requireStages: true,
+    ...(timings ? { profile: (step: string, ms: number) => timings.push({ step, ms }) } : {}),
   });
   const { report } = result;
   // Before writing: a model onnxruntime cannot load or run is refused (exit 8), never written.
   const smoke: SmokeReport | undefined =
     opts.verify === false
       ? undefined
-      : await smokeRun(result.model, {
-          modelPath: modelName,
-          stages: report.stages,
-          verification: report.verification,
-        });
+      : await timedStep(timings, "onnxruntime smoke run", () =>
+          smokeRun(result.model, {
+            modelPath: modelName,
+            stages: report.stages,
+            verification: report.verification,
+          }),
+        );
   return { result, smoke };
 }
 
@@ -229,7 +250,8 @@ async function runCompile(
     session.stdoutIsData = true;
   }
   const out = toStdout ? DASH : resolve(opts.output ?? defaultOutput(modelPath));
-  const modelFile = await readArg(modelPath, MODEL, io);
+  const timings: Timings | undefined = opts.timings ? [] : undefined;
+  const modelFile = await timedStep(timings, "read", () => readArg(modelPath, MODEL, io));
   const spec = await readSpecArg(specPath, opts.expr, io);
   const modelBytes = modelFile.bytes;
   const modelName = modelFile.path;
@@ -241,7 +263,7 @@ async function runCompile(
       "usage",
       `-o -: ${modelName} keeps weights in external data files, which must be placed beside the output file; give -o FILE`,
     );
-  const { result, smoke } = await compileChecked(modelBytes, modelName, spec, opts, target);
+  const { result, smoke } = await compileChecked(modelBytes, modelName, spec, opts, target, timings);
   const { parts, report } = result;
   // Never over the model, the spec or a weight file, by identity (links and spellings included).
   const inputs = [modelFile, ...specInputs, ...weightInputs(modelBytes, modelName)];
@@ -249,8 +271,11 @@ async function runCompile(
   // External locations are relative to the model: an output in another folder gets the weight files beside it.
   const placed = toStdout
     ? []
-    : await writeModelWithWeights(out, parts, planPlacements(modelBytes, modelName, out, mode), inputs);
-  if (toStdout) await io.outBytes!(result.model);
+    : await timedStep(timings, "write", () =>
+        writeModelWithWeights(out, parts, planPlacements(modelBytes, modelName, out, mode), inputs),
+      );
+  if (toStdout) await timedStep(timings, "write", () => io.outBytes!(result.model));
+  if (timings) io.err(timingLines(timings, terminalWidth(process.stderr)));
   const say = toStdout ? io.err : io.out;
   const externalData = placementLines(placed);
   if (opts.json) {
@@ -290,7 +315,8 @@ async function runCompileFolder(
   const modelPath = join(dir, onnx);
   const modelFile = readInput(modelPath, MODEL);
   const spec = await readSpecArg(specPath, opts.expr, io);
-  const { result, smoke } = await compileChecked(modelFile.bytes, modelPath, spec, opts, target);
+  const timings: Timings | undefined = opts.timings ? [] : undefined;
+  const { result, smoke } = await compileChecked(modelFile.bytes, modelPath, spec, opts, target, timings);
   const { parts, report } = result;
   const plan = planFolder(
     dir,
@@ -300,7 +326,8 @@ async function runCompileFolder(
     externalRefs(modelFile.bytes, modelPath).map((r) => r.location),
   );
   const inputs = [modelFile, ...(spec.file ? [spec.file] : []), ...weightInputs(modelFile.bytes, modelPath)];
-  const placed = await writeFolder(plan, parts, modelFile.bytes, mode, inputs);
+  const placed = await timedStep(timings, "write", () => writeFolder(plan, parts, modelFile.bytes, mode, inputs));
+  if (timings) io.err(timingLines(timings, terminalWidth(process.stderr)));
   const externalData = placementLines(placed);
   const leftOut = plan.leftOut.map(
     (f) =>
@@ -777,6 +804,7 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
       "skip the onnxruntime smoke run of the compiled model (batch 1 and 2 on synthetic inputs) before writing it",
     )
     .option("--json", "print the compile report (or the error) as JSON")
+    .option("--timings", "print each compile step's wall time (ms) to stderr")
     .action(async (model: string, spec: string | undefined, opts: CompileOptions) => {
       await runCompile(model, spec, opts, io, session);
     });
