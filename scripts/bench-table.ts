@@ -3,12 +3,18 @@
  *
  *   npx tsx scripts/bench-table.ts [--runs 60] [--threads N] [--write]
  *
+ * Each model runs at each of its (batch, threads) points; --threads N replaces every point's
+ * threads. One thread next to the default shows what onnxruntime's thread pool makes of the
+ * smaller matrices below a stage.
+ *
  * For each model and batch: ORT CPU latency dense vs the schedule, the measured and FLOPs-ideal
  * speedups, and the oracle (the schedule with every stage a static slice of as many tokens:
  * `prunec bench`'s oracle) with "of oracle" (oracle ms / measured ms) and "oracle/ideal". Then the
  * whole-process compile time (`prunec MODEL SPEC -o OUT`, smoke run included, and with
- * --no-verify) against a Node process that only reads and writes the same file. Medians; the
- * sessions alternate in one process, the processes alternate too. Without --write it prints.
+ * --no-verify) against a Node process that only reads and writes the same file. Where Debian's
+ * torch is installed, the same schedule in PyTorch eager (bench/torch-eager.ts) with its kept
+ * tokens checked equal to prunec's. Medians; the sessions alternate in one process, the processes
+ * alternate too. Without --write it prints.
  */
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
@@ -16,6 +22,7 @@ import { cpus, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { benchmark, type BenchResult } from "../src/cli/benchmark.js";
+import { torchEagerRow, torchMissing } from "../bench/torch-eager.js";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const args = process.argv.slice(2);
@@ -30,7 +37,8 @@ interface Case {
   label: string;
   path: string;
   spec: string;
-  batches: number[];
+  /** (batch, intra-op threads) points; threads undefined: onnxruntime's default, one per core. */
+  points: { batch: number; threads?: number }[];
 }
 
 const CASES: Case[] = [
@@ -38,13 +46,13 @@ const CASES: Case[] = [
     label: "digits (examples/digits)",
     path: join(root, "examples", "digits", "model.onnx"),
     spec: readFileSync(join(root, "examples", "digits", "cls-attn-25.prune"), "utf8").trim(),
-    batches: [1, 32],
+    points: [{ batch: 1 }, { batch: 32 }],
   },
   {
     label: "ViT-Ti/16 (../shared, random weights)",
     path: join(root, "..", "shared", "models", "synthetic", "vit-ti16-cls-randinit", "model.onnx"),
     spec: "after layer 2 keep 25% by cls-attn",
-    batches: [1, 8],
+    points: [{ batch: 1, threads: 1 }, { batch: 1 }, { batch: 8 }],
   },
 ];
 
@@ -74,30 +82,49 @@ function latencyRows(c: Case, r: BenchResult): string[] {
   const [dense, pruned] = r.rows;
   const o = pruned!.oracle;
   return [
-    `| ${c.label} | ${r.batch} | ${dense!.medianMs.toFixed(2)} | ${pruned!.medianMs.toFixed(2)} | ${pruned!.speedup.toFixed(2)}× | ${pruned!.idealSpeedup.toFixed(2)}× | ${pruned!.ratio.toFixed(2)} | ${o ? o.medianMs.toFixed(2) : "n/a"} | ${o ? o.ofOracle.toFixed(2) : "n/a"} | ${o ? o.oracleVsIdeal.toFixed(2) : "n/a"} |`,
+    `| ${c.label} | ${r.batch} | ${r.threads ?? `default (${cpus().length})`} | ${dense!.medianMs.toFixed(2)} | ${pruned!.medianMs.toFixed(2)} | ${pruned!.speedup.toFixed(2)}× | ${pruned!.idealSpeedup.toFixed(2)}× | ${pruned!.ratio.toFixed(2)} | ${o ? o.medianMs.toFixed(2) : "n/a"} | ${o ? o.ofOracle.toFixed(2) : "n/a"} | ${o ? o.oracleVsIdeal.toFixed(2) : "n/a"} |`,
   ];
 }
 
 async function main(): Promise<void> {
   const present = CASES.filter((c) => existsSync(c.path));
   const lines = [
-    `ORT CPU (onnxruntime-node), ${threads === undefined ? "default threads" : `${threads} thread(s)`}, ${cpus().length} cores, ${runs} runs per model in alternating blocks, medians. Schedules: ${present.map((c) => `${c.label.split(" ")[0]} \`${specLines(c.spec)}\``).join(", ")}.`,
+    `ORT CPU (onnxruntime-node), ${cpus().length} cores, ${runs} runs per model in alternating blocks, medians. Schedules: ${present.map((c) => `${c.label.split(" ")[0]} \`${specLines(c.spec)}\``).join(", ")}.`,
     "",
-    "| model | batch | dense ms | pruned ms | speedup | FLOPs-ideal | ratio | oracle ms | of oracle | oracle/ideal |",
-    "|---|---|---|---|---|---|---|---|---|---|",
+    "| model | batch | threads | dense ms | pruned ms | speedup | FLOPs-ideal | ratio | oracle ms | of oracle | oracle/ideal |",
+    "|---|---|---|---|---|---|---|---|---|---|---|",
   ];
+  const torchLines: string[] = [];
+  const noTorch = torchMissing();
   for (const c of present)
-    for (const batch of c.batches) {
-      const r = await benchmark(readFileSync(c.path), c.label, [{ name: "spec", text: c.spec }], {
-        batch,
+    for (const point of c.points) {
+      const bytes = readFileSync(c.path);
+      const pointThreads = threads ?? point.threads;
+      const r = await benchmark(bytes, c.label, [{ name: "spec", text: c.spec }], {
+        batch: point.batch,
         runs,
-        ...(threads !== undefined ? { threads } : {}),
+        ...(pointThreads !== undefined ? { threads: pointThreads } : {}),
       });
       lines.push(...latencyRows(c, r));
+      if (noTorch) continue;
+      const t = await torchEagerRow(c.path, bytes, c.spec, point.batch, runs, pointThreads ?? cpus().length);
+      const ort = r.rows[1]!.medianMs;
+      if (!torchLines.length)
+        torchLines.push(
+          `PyTorch eager: the same schedule as a FasterVLM-style patch of the torchvision model (bench/torch_eager.py), torch ${t.torch} with OpenBLAS, on the same input, as many threads as onnxruntime. Its kept positions equal prunec's, example by example (checked on every run). Measured right after each row above, in its own process:`,
+          "",
+          "| model | batch | threads | torch dense ms | torch pruned ms | torch speedup | prunec (ORT) pruned ms | prunec / torch | max abs Δ logits vs ORT: dense, pruned |",
+          "|---|---|---|---|---|---|---|---|---|",
+        );
+      torchLines.push(
+        `| ${c.label} | ${point.batch} | ${t.threads} | ${t.denseMs.toFixed(2)} | ${t.prunedMs.toFixed(2)} | ${(t.denseMs / t.prunedMs).toFixed(2)}× | ${ort.toFixed(2)} | ${(ort / t.prunedMs).toFixed(2)} | ${t.denseDelta.toExponential(1)}, ${t.prunedDelta.toExponential(1)} |`,
+      );
     }
   lines.push(
     "",
     "*of oracle*: oracle ms / pruned ms (1 = choosing the tokens costs nothing); *oracle/ideal*: the oracle's speedup / FLOPs-ideal (what the runtime makes of fewer FLOPs).",
+    "",
+    ...(noTorch ? [`(No PyTorch-eager row: ${noTorch}.)`] : torchLines),
     "",
     "Whole-process compile (`node bin/prunec.js MODEL SPEC -o OUT`, the bundled CLI) against a Node process that only reads and writes the same file, medians of 7 alternating runs:",
     "",

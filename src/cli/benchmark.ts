@@ -60,7 +60,7 @@ function quantile(xs: number[], q: number): number {
 }
 
 /** A deterministic input of the model's shape with the given batch. */
-function inputFor(
+export function benchInput(
   bytes: Uint8Array,
   name: string,
   batch: number,
@@ -103,7 +103,7 @@ export async function benchmark(
     const oracle = oracleModel(bytes, spec, modelName);
     if (oracle) variants.push({ spec: null, model: oracle, tokens, oracleOf: row });
   }
-  const input = inputFor(bytes, modelName, options.batch);
+  const input = benchInput(bytes, modelName, options.batch);
   const sessions: Session[] = [];
   try {
     // Compiled variants keep the input's external locations: they resolve beside the input too.
