@@ -89,7 +89,7 @@ function latencyRows(c: Case, r: BenchResult): string[] {
 async function main(): Promise<void> {
   const present = CASES.filter((c) => existsSync(c.path));
   const lines = [
-    `ORT CPU (onnxruntime-node), ${cpus().length} cores, ${runs} runs per model in alternating blocks, medians. Schedules: ${present.map((c) => `${c.label.split(" ")[0]} \`${specLines(c.spec)}\``).join(", ")}.`,
+    `ORT CPU (onnxruntime-node), ${cpus().length} cores, idle pool threads sleeping (not spinning, so the sessions timed side by side do not steal each other's cores), ${runs} runs per model in alternating blocks, medians. Schedules: ${present.map((c) => `${c.label.split(" ")[0]} \`${specLines(c.spec)}\``).join(", ")}.`,
     "",
     "| model | batch | threads | dense ms | pruned ms | speedup | FLOPs-ideal | ratio | oracle ms | of oracle | oracle/ideal |",
     "|---|---|---|---|---|---|---|---|---|---|---|",

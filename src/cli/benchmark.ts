@@ -1,8 +1,10 @@
 /**
  * `prunec bench`: latency of the dense model and of each compiled spec on ORT CPU, measured side by
  * side in one process, next to the FLOPs-ideal speedup from the token counts. Medians and quartiles;
- * sessions alternate in blocks and each block's first run is dropped (an idle pool's spinning
- * threads would otherwise steal the cores of the next session).
+ * sessions alternate in blocks and each block's first run is dropped. Pool threads sleep when idle
+ * instead of spinning (onnxruntime's default): an idle session's spinning threads stole the cores of
+ * the one being timed, which cost the small ops of a pruned model most (ViT-Ti batch 1, two threads:
+ * 18-20 ms with spinning, 12 ms without, and 12 ms alone in its process).
  */
 import { renderTable } from "../table.js";
 import { decodeModel } from "../onnx/io.js";
@@ -112,6 +114,7 @@ export async function benchmark(
         await openSession(v.model, "cpu", {
           modelPath: options.modelPath,
           command: options.command,
+          spinning: false,
           ...(options.threads !== undefined ? { threads: options.threads } : {}),
         }),
       );
@@ -187,7 +190,7 @@ export function formatBench(r: BenchResult, options: { width?: number } = {}): s
   const table = { width: options.width, separator: " | " };
   const oracles = r.rows.filter((row) => row.oracle);
   return [
-    `${r.model}: ORT CPU, ${threads}, batch ${r.batch}, ${r.runs} runs per model (alternating blocks of ${BLOCK}), median [q1–q3]`,
+    `${r.model}: ORT CPU, ${threads} (idle threads sleep, not spin), batch ${r.batch}, ${r.runs} runs per model (alternating blocks of ${BLOCK}), median [q1–q3]`,
     ...renderTable(["model", "latency ms", "speedup", "FLOPs-ideal", "ratio"], rows, { ...table, right: [2, 3, 4] }),
     ...(oracles.length
       ? [
