@@ -54,6 +54,13 @@ const CASES: Case[] = [
     spec: "after layer 2 keep 25% by cls-attn",
     points: [{ batch: 1, threads: 1 }, { batch: 1 }, { batch: 8 }],
   },
+  {
+    // 346 MB, never committed: written by `/usr/bin/python3 scripts/export_vit_b16.py` (skipped when absent).
+    label: "ViT-B/16 (scripts/export_vit_b16.py, random weights)",
+    path: join(root, "scratch", "vit-b16", "model.onnx"),
+    spec: "after layer 2 keep 25% by cls-attn",
+    points: [{ batch: 1, threads: 1 }, { batch: 1 }],
+  },
 ];
 
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
@@ -125,6 +132,7 @@ async function main(): Promise<void> {
     "*of oracle*: oracle ms / pruned ms (1 = choosing the tokens costs nothing); *oracle/ideal*: the oracle's speedup / FLOPs-ideal (what the runtime makes of fewer FLOPs).",
     "",
     ...(noTorch ? [`(No PyTorch-eager row: ${noTorch}.)`] : torchLines),
+    ...CASES.filter((c) => !present.includes(c)).map((c) => `(${c.label}: not on this machine, ${c.path}.)`),
     "",
     "Whole-process compile (`node bin/prunec.js MODEL SPEC -o OUT`, the bundled CLI) against a Node process that only reads and writes the same file, medians of 7 alternating runs:",
     "",
