@@ -84,8 +84,9 @@ export interface CompileOptions {
    */
   oracle?: boolean;
   /**
-   * @internal `npm run bench` only: false leaves the exporter's shape arithmetic below the stages
-   * as it was (passes/fold-shapes.ts), to measure what folding it gains.
+   * @internal Tests and measurements only: false leaves the exporter's shape arithmetic below the
+   * stages as it was (passes/fold-shapes.ts), to check the folded values against onnxruntime's
+   * (test/fold-shapes.test.ts) and to measure what folding gains.
    */
   foldShapes?: boolean;
   /**
@@ -127,6 +128,8 @@ export interface CompileReport {
   tokensPerLayer: { layer: number; dense: Dim | undefined; pruned: Dim | undefined }[];
   /** Names of every node prunec added. */
   addedNodes: string[];
+  /** Nodes of the exporter's shape arithmetic below the stages that became constants (passes/fold-shapes.ts). */
+  foldedNodes: number;
   /**
    * Graph outputs with one row per token whose row count a stage changed (see `PerTokenOutput`):
    * their rows are the kept tokens now, not the dense model's.
@@ -265,6 +268,8 @@ interface Compilation {
   graph: GraphProto;
   state: StreamState;
   perTokenOutputs: PerTokenOutput[];
+  /** Nodes the shape folding removed. */
+  foldedNodes: number;
 }
 
 /**
@@ -303,16 +308,14 @@ const STEPS: readonly { name: string; run: (c: Compilation) => Compilation; unch
   { name: "declare evicted caches", run: (c) => ({ ...c, graph: declareEvictedCaches(c.graph, c.kvPlans) }) },
   {
     name: "fold shape arithmetic below stages",
-    run: (c) =>
-      c.options.foldShapes === false
-        ? c
-        : {
-            ...c,
-            graph: foldShapeArithmetic(
-              c.graph,
-              c.plans.flatMap((p) => stageTarget(p, c.info)?.tensor ?? []),
-            ),
-          },
+    run: (c) => {
+      if (c.options.foldShapes === false) return c;
+      const graph = foldShapeArithmetic(
+        c.graph,
+        c.plans.flatMap((p) => stageTarget(p, c.info)?.tensor ?? []),
+      );
+      return { ...c, graph, foldedNodes: c.graph.node.length - graph.node.length };
+    },
   },
   {
     name: "refresh output shapes",
@@ -376,6 +379,7 @@ export function compileModel(
       line: c.spec.stages[p.stage]?.span.line ?? 0,
     })),
     perTokenOutputs: c.perTokenOutputs,
+    foldedNodes: c.foldedNodes,
     verification,
   };
   return {
@@ -436,6 +440,7 @@ function frontEnd(modelBytes: Uint8Array, specText: string, options: CompileOpti
     graph: input,
     state,
     perTokenOutputs: [],
+    foldedNodes: 0,
   };
 }
 
@@ -747,7 +752,7 @@ function report(
   plans: StagePlan[],
   state: StreamState,
   lines: number[],
-): Omit<CompileReport, "verification" | "perTokenOutputs" | "kvStages" | "headStages"> {
+): Omit<CompileReport, "verification" | "perTokenOutputs" | "kvStages" | "headStages" | "foldedNodes"> {
   const stages = plans.map((p, i) => ({
     lowering: state.stages[i]!.lowering,
     ...(state.stages[i]!.loweringNote ? { loweringNote: state.stages[i]!.loweringNote } : {}),

@@ -90,7 +90,9 @@ describe("shape arithmetic below a stage is folded", () => {
       });
       const model = decodeModel(compile(c.model, c.spec, { exposeIndices: true, foldShapes: false }).model);
       const probe = encodeModel(shallowCopy(model, { graph: exposed }));
-      const foldedBytes = compile(c.model, c.spec, { exposeIndices: true }).model;
+      const result = compile(c.model, c.spec, { exposeIndices: true });
+      expect(result.report.foldedNodes).toBe(plain.node.length - folded.node.length);
+      const foldedBytes = result.model;
       for (const batch of [1, 3]) {
         const feeds = { pixel_values: image(batch, c.channels, c.size) };
         const ref = await runNode(probe, feeds);
@@ -116,7 +118,9 @@ describe("shape arithmetic below a stage is folded", () => {
   });
 
   it("a spec without stages folds nothing: the graph is the input's", () => {
-    const g = decodeModel(compile(TINY, "# nothing\n").model).graph!;
+    const r = compile(TINY, "# nothing\n");
+    expect(r.report.foldedNodes).toBe(0);
+    const g = decodeModel(r.model).graph!;
     expect(g.node.length).toBe(decodeModel(TINY).graph!.node.length);
     expect(g.initializer.some((t) => FOLDED.test(t.docString))).toBe(false);
   });

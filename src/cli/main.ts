@@ -405,7 +405,7 @@ function summaryLines(
   const verified = [verifiedLine(report), smoke ? formatSmoke(smoke) : "onnxruntime smoke run skipped (--no-verify)"];
   return [
     ...stages.map((s) => `  ${s}`),
-    `  ${report.addedNodes.length} nodes added`,
+    `  ${report.addedNodes.length} nodes added${report.foldedNodes ? `; ${report.foldedNodes} nodes of shape arithmetic below the stages folded into constants` : ""}`,
     ...perTokenLines(report),
     ...weights.map((w) => `  ${w}`),
     ...verified.map((v) => `  ${v}`),
