@@ -19,6 +19,8 @@ import { decodeModel } from "../src/onnx/io.js";
 import { Graph } from "../src/ir/graph.js";
 
 const PYTHON = "/usr/bin/python3";
+/** float32 on two runtimes: the dense logits agree to ~1e-6; a mapping mistake is off by far more. */
+const MAX_DENSE_DELTA = 1e-4;
 const SCRIPT = join(import.meta.dirname, "torch_eager.py");
 /** Debian's torch finds the reference BLAS unless pointed at OpenBLAS (and its threads must not spin). */
 const TORCH_ENV = { LD_LIBRARY_PATH: "/usr/lib/x86_64-linux-gnu/openblas-pthread", OMP_WAIT_POLICY: "PASSIVE" };
@@ -111,12 +113,16 @@ export async function torchEagerRow(
         if (ours.join() !== theirs.join())
           throw new Error(`example ${b}: torch keeps [${theirs.join(", ")}], prunec keeps [${ours.join(", ")}]`);
       }
+      // A weight taken from the wrong tensor would show here first: the models must be the same one.
+      const denseDelta = maxDelta(out.logitsDense, logits(d));
+      if (!(denseDelta <= MAX_DENSE_DELTA))
+        throw new Error(`torch's dense logits differ from onnxruntime's by ${denseDelta} (> ${MAX_DENSE_DELTA})`);
       return {
         torch: out.torch,
         threads: out.threads,
         denseMs: out.denseMs,
         prunedMs: out.prunedMs,
-        denseDelta: maxDelta(out.logitsDense, logits(d)),
+        denseDelta,
         prunedDelta: maxDelta(out.logitsPruned, logits(p)),
       };
     } finally {
