@@ -103,9 +103,9 @@ async function main(): Promise<void> {
   ];
   const torchLines: string[] = [];
   const noTorch = torchMissing();
-  for (const c of present)
+  for (const c of present) {
+    const bytes = readFileSync(c.path);
     for (const point of c.points) {
-      const bytes = readFileSync(c.path);
       const pointThreads = threads ?? point.threads;
       const r = await benchmark(bytes, c.label, [{ name: "spec", text: c.spec }], {
         batch: point.batch,
@@ -127,6 +127,7 @@ async function main(): Promise<void> {
         `| ${c.label} | ${point.batch} | ${t.threads} | ${t.denseMs.toFixed(2)} | ${t.prunedMs.toFixed(2)} | ${(t.denseMs / t.prunedMs).toFixed(2)}× | ${ort.toFixed(2)} | ${(ort / t.prunedMs).toFixed(2)} | ${t.denseDelta.toExponential(1)}, ${t.prunedDelta.toExponential(1)} |`,
       );
     }
+  }
   lines.push(
     "",
     "*of oracle*: oracle ms / pruned ms (1 = choosing the tokens costs nothing); *oracle/ideal*: the oracle's speedup / FLOPs-ideal (what the runtime makes of fewer FLOPs).",

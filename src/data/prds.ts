@@ -137,11 +137,6 @@ export function parseDataset(bytes: Uint8Array, source = "dataset"): Dataset {
 }
 
 /**
- * The data set's examples must be what the model's first input takes, [batch, channels, height,
- * width] float32 (symbolic sizes match anything): otherwise exit 2 (the data given does not fit the
- * model given) naming both, before onnxruntime fails on the first batch.
- */
-/**
  * The model's first graph input that is not an initializer (where images go): its name and, for a
  * tensor, its element type and declared sizes (a symbolic size by its name, "?" when unnamed;
  * undefined when no shape is declared).
@@ -166,6 +161,11 @@ export function firstInput(
   return { name: input.name, tensor: { elemType: t.value.elemType, dims } };
 }
 
+/**
+ * The data set's examples must be what the model's first input takes, [batch, channels, height,
+ * width] float32 (symbolic sizes match anything): otherwise exit 2 (the data given does not fit the
+ * model given) naming both, before onnxruntime fails on the first batch.
+ */
 export function checkDatasetFitsModel(
   data: Dataset,
   modelBytes: Uint8Array,
