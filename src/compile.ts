@@ -185,6 +185,8 @@ export interface CompileResult {
   readonly model: Uint8Array;
   /** The same bytes as consecutive segments, for writing without assembling (weights are views). */
   parts: Uint8Array[];
+  /** The pruned graph as encoded (its weights are views of the input's bytes): read it instead of decoding `model`. */
+  graph: GraphProto;
   report: CompileReport;
 }
 
@@ -240,6 +242,7 @@ export function compile(modelBytes: Uint8Array, specText: string, options: Compi
       return bytes;
     },
     parts,
+    graph: out.graph!,
     report: rep,
   };
 }

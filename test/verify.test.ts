@@ -6,13 +6,24 @@
 import { describe, expect, it, beforeAll, afterAll } from "vitest";
 import { create } from "@bufbuild/protobuf";
 import { spawnSync } from "node:child_process";
-import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import {
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
   AttributeProtoSchema,
   AttributeProto_AttributeType as AT,
   GraphProtoSchema,
+  OperatorSetIdProtoSchema,
+  TensorProto_DataType as DT,
   type GraphProto,
   type NodeProto,
 } from "../src/onnx/gen/onnx_pb.js";
@@ -373,6 +384,53 @@ describe("the CLI reports what it verified", () => {
     };
     expect(json.smoke).toMatchObject({ status: "passed", batches: [1, 2] });
     expect(json.verification.stages.map((s) => s.agreement)).toEqual(["shape"]);
+  });
+});
+
+describe("the CLI's smoke run loads the output staged under its temp name, and only a model that passes takes its name", () => {
+  /** TINY with an extra output computed by an op onnxruntime has no kernel for: it compiles, and cannot load. */
+  function unloadable(bytes: Uint8Array): Uint8Array {
+    const m = decodeModel(bytes);
+    const g = m.graph!;
+    return encodeModel(
+      shallowCopy(m, {
+        opsetImport: [...m.opsetImport, create(OperatorSetIdProtoSchema, { domain: "test.nokernel", version: 1n })],
+        graph: shallowCopy(g, {
+          node: [...g.node, makeNode("Nope", ["logits"], ["test/nope"], "test/nope", {}, "test.nokernel")],
+          output: [...g.output, valueInfo("test/nope", DT.FLOAT, ["batch_size", 10])],
+        }),
+      }),
+    );
+  }
+
+  it("exit 8 naming onnxruntime's refusal; no output, no temp file, no weight file placed (external data, -o in another folder)", () => {
+    const dir = mkdtempSync(join(tmpdir(), "prunec-staged-"));
+    try {
+      mkdirSync(join(dir, "in"));
+      mkdirSync(join(dir, "out"));
+      const ext = externalize(unloadable(TINY));
+      writeFileSync(join(dir, "in", "model.onnx"), ext.model);
+      writeFileSync(join(dir, "in", "weights.bin"), ext.weights);
+      const r = prunec(join(dir, "in", "model.onnx"), "-e", SPEC, "-o", join(dir, "out", "pruned.onnx"));
+      expect(r.code).toBe(EXIT_CODES.verify);
+      expect(r.stderr).toContain(
+        `${VERIFY_FAILED}: the compiled model: onnxruntime cannot load it: Load model from the compiled model failed:`,
+      );
+      expect(r.stderr).toContain("test.nokernel:Nope");
+      expect(r.stderr).not.toContain(".tmp");
+      expect(readdirSync(join(dir, "out"))).toEqual([]);
+      expect(readdirSync(join(dir, "in")).sort()).toEqual(["model.onnx", "weights.bin"]);
+      // The same model without the op that has no kernel: the weights are placed and the model runs from its folder.
+      const good = externalize(TINY);
+      writeFileSync(join(dir, "in", "model.onnx"), good.model);
+      writeFileSync(join(dir, "in", "weights.bin"), good.weights);
+      const ok = prunec(join(dir, "in", "model.onnx"), "-e", SPEC, "-o", join(dir, "out", "pruned.onnx"));
+      expect(ok.stderr).toBe("");
+      expect(ok.stdout).toContain("onnxruntime smoke run passed at batch 1 and 2");
+      expect(readdirSync(join(dir, "out")).sort()).toEqual(["pruned.onnx", "weights.bin"]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 

@@ -176,7 +176,8 @@ export function checkOutDir(dir: string, outDir: string): void {
 
 /**
  * Write the output folder: the compiled model (with its weights placed), the copies, all staged
- * in a new folder beside OUTDIR and renamed into place at the end. Returns how the weights were placed.
+ * in a new folder beside OUTDIR and renamed into place at the end. `beforeCommit` runs on the staged
+ * model file (see writeModelWithWeights). Returns how the weights were placed.
  */
 export async function writeFolder(
   plan: FolderPlan,
@@ -184,6 +185,7 @@ export async function writeFolder(
   modelBytes: Uint8Array,
   mode: ExternalDataMode,
   inputs: readonly InputRef[],
+  beforeCommit?: (staged: string) => Promise<void>,
 ): Promise<Placement[]> {
   const { dir, outDir, onnx } = plan;
   const staging = new Staging();
@@ -221,6 +223,7 @@ export async function writeFolder(
       parts,
       planPlacements(modelBytes, modelPath, modelOut, mode),
       inputs,
+      beforeCommit,
     );
     // (writeModelWithWeights holds the test hook's delay: everything is staged by then.)
     current = outDir;

@@ -6,6 +6,8 @@
  */
 import { Command, CommanderError } from "commander";
 import { existsSync } from "node:fs";
+import { setFlagsFromString } from "node:v8";
+import { runInNewContext } from "node:vm";
 import { basename, dirname, join, resolve } from "node:path";
 import { compile, parseOrThrow, type CompileReport } from "../compile.js";
 import { checkSpec, diagnosticsJson } from "../check.js";
@@ -24,8 +26,9 @@ import {
   externalRefs,
   planPlacements,
   type Placement,
+  stageModelWithWeights,
+  type StagedModel,
   weightInputs,
-  writeModelWithWeights,
   EXTERNAL_DATA_MODES,
   type ExternalDataMode,
 } from "./weights.js";
@@ -37,7 +40,8 @@ import { specFileText } from "./spec-file.js";
 import { ERROR_PREFIX, PrunecError, errorJson, errorText } from "../errors.js";
 import { DASH, INLINE_NAME, STDIN_NAME, oneStdin, readAllStdin, stdinId, terminalWidth } from "./stdio.js";
 import { renderTable, wrapText } from "../table.js";
-import { smokeRun, formatSmoke, type SmokeReport } from "./smoke.js";
+import { checkExternalData } from "../onnx/external.js";
+import { smokeGraph, smokeRun, formatSmoke, type SmokeModel, type SmokeReport, type StagedForSmoke } from "./smoke.js";
 import { VERSION } from "../version.js";
 
 export interface Io {
@@ -193,16 +197,16 @@ function compileModes(opts: CompileOptions): { target: "cpu" | "webgpu"; mode: E
   return { target: opts.target ?? "cpu", mode };
 }
 
-/** Compile MODEL with SPEC and smoke-run it (exit 8 before anything is written when onnxruntime cannot run it). */
-async function compileChecked(
+/** Compile MODEL with SPEC (every stage required). */
+function compileSpec(
   modelBytes: Uint8Array,
   modelName: string,
   spec: SpecInput,
   opts: CompileOptions,
   target: "cpu" | "webgpu",
   timings?: Timings,
-): Promise<{ result: ReturnType<typeof compile>; smoke: SmokeReport | undefined }> {
-  const result = compile(modelBytes, spec.text, {
+): ReturnType<typeof compile> {
+  return compile(modelBytes, spec.text, {
     modelName,
     specName: spec.name,
     exposeIndices: opts.exposeIndices ?? false,
@@ -211,19 +215,36 @@ async function compileChecked(
     requireStages: true,
     ...(timings ? { profile: (step: string, ms: number) => timings.push({ step, ms }) } : {}),
   });
-  const { report } = result;
-  // Before writing: a model onnxruntime cannot load or run is refused (exit 8), never written.
-  const smoke: SmokeReport | undefined =
-    opts.verify === false
-      ? undefined
-      : await timedStep(timings, "onnxruntime smoke run", () =>
-          smokeRun(result.model, {
-            modelPath: modelName,
-            stages: report.stages,
-            verification: report.verification,
-          }),
-        );
-  return { result, smoke };
+}
+
+/**
+ * The smoke run of `compiled` (its bytes, or the file staged under its temp name) unless
+ * --no-verify: a model onnxruntime cannot load or run is refused (exit 8) and never takes its name.
+ */
+async function smokeChecked(
+  compiled: SmokeModel,
+  report: CompileReport,
+  modelName: string,
+  opts: CompileOptions,
+  timings?: Timings,
+): Promise<SmokeReport | undefined> {
+  if (opts.verify === false) return undefined;
+  return timedStep(timings, "onnxruntime smoke run", () =>
+    smokeRun(compiled, { modelPath: modelName, stages: report.stages, verification: report.verification }),
+  );
+}
+
+/**
+ * A write, timed without the steps it ran itself (the smoke run on the staged file): those have
+ * their own rows, listed before it.
+ */
+async function timedWrite<T>(timings: Timings | undefined, f: () => Promise<T>): Promise<T> {
+  const before = timings?.length ?? 0;
+  const t0 = performance.now();
+  const result = await f();
+  const inner = (timings ?? []).slice(before).reduce((a, t) => a + t.ms, 0);
+  timings?.push({ step: "write", ms: performance.now() - t0 - inner });
+  return result;
 }
 
 async function runCompile(
@@ -251,30 +272,10 @@ async function runCompile(
   }
   const out = toStdout ? DASH : resolve(opts.output ?? defaultOutput(modelPath));
   const timings: Timings | undefined = opts.timings ? [] : undefined;
-  const modelFile = await timedStep(timings, "read", () => readArg(modelPath, MODEL, io));
-  const spec = await readSpecArg(specPath, opts.expr, io);
-  const modelBytes = modelFile.bytes;
-  const modelName = modelFile.path;
-  const specInputs = spec.file ? [spec.file] : [];
-  if (!toStdout)
-    checkOutput(out, [modelFile, ...specInputs]); // fail fast; the weight files are known after compile
-  else if (externalRefs(modelBytes, modelName).length)
-    throw new PrunecError(
-      "usage",
-      `-o -: ${modelName} keeps weights in external data files, which must be placed beside the output file; give -o FILE`,
-    );
-  const { result, smoke } = await compileChecked(modelBytes, modelName, spec, opts, target, timings);
-  const { parts, report } = result;
-  // Never over the model, the spec or a weight file, by identity (links and spellings included).
-  const inputs = [modelFile, ...specInputs, ...weightInputs(modelBytes, modelName)];
-  if (!toStdout) checkOutput(out, inputs);
-  // External locations are relative to the model: an output in another folder gets the weight files beside it.
-  const placed = toStdout
-    ? []
-    : await timedStep(timings, "write", () =>
-        writeModelWithWeights(out, parts, planPlacements(modelBytes, modelName, out, mode), inputs),
-      );
-  if (toStdout) await timedStep(timings, "write", () => io.outBytes!(result.model));
+  const args: CompileArgs = { modelPath, specPath, opts, io, target, timings };
+  const { report, smoke, placed, wrote } = toStdout
+    ? await compileToStdout(args)
+    : await compileToFile(args, out, mode);
   if (timings) io.err(timingLines(timings, terminalWidth(process.stderr)));
   const say = toStdout ? io.err : io.out;
   const externalData = placementLines(placed);
@@ -284,13 +285,104 @@ async function runCompile(
   }
   say(
     wrapText(
-      [
-        toStdout ? `wrote ${result.model.length} bytes to stdout` : `wrote ${out}`,
-        ...summaryLines(report, smoke, externalData),
-      ].join("\n"),
+      [wrote, ...summaryLines(report, smoke, externalData)].join("\n"),
       toStdout ? terminalWidth(process.stderr) : io.width,
     ),
   );
+}
+
+/** What runCompile's two ways of writing (a file, stdout) read. */
+interface CompileArgs {
+  modelPath: string;
+  specPath: string | undefined;
+  opts: CompileOptions;
+  io: Io;
+  target: "cpu" | "webgpu";
+  timings: Timings | undefined;
+}
+
+/** What a compile wrote, for the summary. */
+interface CompileDone {
+  report: CompileReport;
+  smoke: SmokeReport | undefined;
+  placed: Placement[];
+  /** The summary's first line. */
+  wrote: string;
+}
+
+async function readCompileInputs(a: CompileArgs): Promise<{ modelFile: InputFile; spec: SpecInput }> {
+  const modelFile = await timedStep(a.timings, "read", () => readArg(a.modelPath, MODEL, a.io));
+  const spec = await readSpecArg(a.specPath, a.opts.expr, a.io);
+  return { modelFile, spec };
+}
+
+async function compileToStdout(a: CompileArgs): Promise<CompileDone> {
+  const { modelFile, spec } = await readCompileInputs(a);
+  if (externalRefs(modelFile.bytes, modelFile.path).length)
+    throw new PrunecError(
+      "usage",
+      `-o -: ${modelFile.path} keeps weights in external data files, which must be placed beside the output file; give -o FILE`,
+    );
+  const result = compileSpec(modelFile.bytes, modelFile.path, spec, a.opts, a.target, a.timings);
+  const smoke = await smokeChecked(result.model, result.report, modelFile.path, a.opts, a.timings);
+  await timedStep(a.timings, "write", () => a.io.outBytes!(result.model));
+  return { report: result.report, smoke, placed: [], wrote: `wrote ${result.model.length} bytes to stdout` };
+}
+
+/**
+ * Compile to a file in two phases, so that the input's bytes are garbage before onnxruntime loads
+ * the output: stageCompiled reads, compiles and stages the output under a temp name, and returns
+ * nothing that holds the input; then the smoke run loads the staged file, and only a model that
+ * passed takes its name. Peak memory is the larger phase's, not their sum (docs/results.md).
+ */
+async function compileToFile(a: CompileArgs, out: string, mode: ExternalDataMode): Promise<CompileDone> {
+  const s = await stageCompiled(a, out, mode);
+  let smoke: SmokeReport | undefined;
+  try {
+    if (a.opts.verify !== false) collectGarbage();
+    smoke = await smokeChecked(s.smoke, s.report, s.modelName, a.opts, a.timings);
+  } catch (e) {
+    s.staged.rollback();
+    throw e;
+  }
+  const placed = await timedStep(a.timings, "rename into place", () => s.staged.commit());
+  return { report: s.report, smoke, placed, wrote: `wrote ${out}` };
+}
+
+async function stageCompiled(
+  a: CompileArgs,
+  out: string,
+  mode: ExternalDataMode,
+): Promise<{ staged: StagedModel; smoke: StagedForSmoke; report: CompileReport; modelName: string }> {
+  const { modelFile, spec } = await readCompileInputs(a);
+  const modelBytes = modelFile.bytes;
+  const modelName = modelFile.path;
+  const specInputs = spec.file ? [spec.file] : [];
+  checkOutput(out, [modelFile, ...specInputs]); // fail fast; the weight files are known after compile
+  const result = compileSpec(modelBytes, modelName, spec, a.opts, a.target, a.timings);
+  // Never over the model, the spec or a weight file, by identity (links and spellings included).
+  const inputs = [modelFile, ...specInputs, ...weightInputs(modelBytes, modelName)];
+  checkOutput(out, inputs);
+  // External locations are relative to the model: an output in another folder gets the weight files beside it.
+  const staged = await timedStep(a.timings, "write", () =>
+    stageModelWithWeights(out, result.parts, planPlacements(modelBytes, modelName, out, mode), inputs),
+  );
+  const smoke = {
+    file: staged.file,
+    graph: smokeGraph(result.graph),
+    refs: checkExternalData({ graph: result.graph }, modelName),
+  };
+  return { staged, smoke, report: result.report, modelName };
+}
+
+/**
+ * A full garbage collection now. Before the smoke run loads a large output, the input's buffer
+ * (unreachable by then) would otherwise stay until V8 happens to collect: onnxruntime's memory is
+ * native, so V8 sees no pressure. `gc` is exposed on demand: the CLI owns its process.
+ */
+function collectGarbage(): void {
+  setFlagsFromString("--expose-gc");
+  (runInNewContext("gc") as () => void)();
 }
 
 /**
@@ -316,7 +408,7 @@ async function runCompileFolder(
   const modelFile = readInput(modelPath, MODEL);
   const spec = await readSpecArg(specPath, opts.expr, io);
   const timings: Timings | undefined = opts.timings ? [] : undefined;
-  const { result, smoke } = await compileChecked(modelFile.bytes, modelPath, spec, opts, target, timings);
+  const result = compileSpec(modelFile.bytes, modelPath, spec, opts, target, timings);
   const { parts, report } = result;
   const plan = planFolder(
     dir,
@@ -326,7 +418,14 @@ async function runCompileFolder(
     externalRefs(modelFile.bytes, modelPath).map((r) => r.location),
   );
   const inputs = [modelFile, ...(spec.file ? [spec.file] : []), ...weightInputs(modelFile.bytes, modelPath)];
-  const placed = await timedStep(timings, "write", () => writeFolder(plan, parts, modelFile.bytes, mode, inputs));
+  let smoke: SmokeReport | undefined;
+  const placed = await timedWrite(timings, () =>
+    writeFolder(plan, parts, modelFile.bytes, mode, inputs, async (file) => {
+      const graph = smokeGraph(result.graph);
+      const refs = checkExternalData({ graph: result.graph }, modelPath);
+      smoke = await smokeChecked({ file, graph, refs }, result.report, modelPath, opts, timings);
+    }),
+  );
   if (timings) io.err(timingLines(timings, terminalWidth(process.stderr)));
   const externalData = placementLines(placed);
   const leftOut = plan.leftOut.map(

@@ -15,9 +15,20 @@ import { PrunecError } from "../errors.js";
 import { checkOutput, inputRef, kindOf, openRegular, type InputRef } from "./files.js";
 import { Staging, testWriteDelay, writeError } from "./atomic.js";
 
+/**
+ * Each model's references, by its bytes: the CLI asks several times per command (the output's
+ * checks, the weight placement, the runtime's), and each decode of a large graph costs tens of ms.
+ * Bytes are never changed in place, so the answer for one array and path stays true.
+ */
+const refsOf = new WeakMap<Uint8Array, Map<string, ExternalRef[]>>();
+
 /** The model's external references; exit 3 for locations that leave the model's folder. */
-export function externalRefs(model: Uint8Array, modelPath: string): ExternalRef[] {
-  return checkExternalData(decodeModel(model, modelPath), modelPath);
+export function externalRefs(model: Uint8Array, modelPath: string): readonly ExternalRef[] {
+  let byPath = refsOf.get(model);
+  if (!byPath) refsOf.set(model, (byPath = new Map()));
+  let refs = byPath.get(modelPath);
+  if (!refs) byPath.set(modelPath, (refs = checkExternalData(decodeModel(model, modelPath), modelPath)));
+  return refs;
 }
 
 function statOrUndefined(path: string): Stats | undefined {
@@ -47,13 +58,14 @@ export interface WeightFiles {
 }
 
 /**
- * Every external weight file of `model` (read from `modelPath`), checked: it exists beside the model
- * and is long enough for each tensor stored in it. Exit 2 naming the file and the initializer.
+ * Every external weight file of `model` (read from `modelPath`; its bytes or its references),
+ * checked: it exists beside the model and is long enough for each tensor stored in it. Exit 2
+ * naming the file and the initializer.
  */
-export function checkWeightFiles(model: Uint8Array, modelPath: string): WeightFiles {
+export function checkWeightFiles(model: Uint8Array | readonly ExternalRef[], modelPath: string): WeightFiles {
   const dir = dirname(modelPath);
   const files = new Map<string, string>();
-  for (const ref of externalRefs(model, modelPath)) {
+  for (const ref of model instanceof Uint8Array ? externalRefs(model, modelPath) : model) {
     const file = join(dir, ref.location);
     const st = statOrUndefined(file);
     const of = `external data of initializer '${ref.tensor}' in ${modelPath}`;
@@ -196,23 +208,37 @@ export function planPlacements(model: Uint8Array, modelPath: string, out: string
 }
 
 /**
- * Write the model to `out` with its weight files placed as planned, all or nothing: the model and
- * the weights are staged under temp names first (src/cli/atomic.ts), the weights take their names
- * (never over an existing file), then the model's temp file is renamed into place. On any failure,
- * or SIGINT/SIGTERM/SIGHUP, every temp file, placed weight file and created folder is removed.
- * `inputs`: files the output must not replace (src/cli/files.ts checkOutput). Returns how each file
- * was placed.
+ * A model staged under a temp name beside its output with its weight files placed under their own
+ * names: `commit` gives the model its name, `rollback` removes everything the write made. It
+ * holds none of the model's bytes.
  */
-export async function writeModelWithWeights(
+export interface StagedModel {
+  /** The model's temp path. */
+  readonly file: string;
+  /** Rename the model into place (checked once more first); returns how each weight file was placed. */
+  commit(): Placement[];
+  rollback(): void;
+}
+
+/**
+ * Stage the model for `out` with its weight files placed as planned: the model and the weights are
+ * written under temp names first (src/cli/atomic.ts), then the weights take their names (never over
+ * an existing file). On any failure, or SIGINT/SIGTERM/SIGHUP, every temp file, placed weight file
+ * and created folder is removed. `inputs`: files the output must not replace (src/cli/files.ts
+ * checkOutput).
+ */
+export async function stageModelWithWeights(
   out: string,
   parts: readonly Uint8Array[],
   placements: readonly Placement[],
   inputs: readonly InputRef[] = [],
-): Promise<Placement[]> {
+): Promise<StagedModel> {
   const staging = new Staging();
+  // Identities only: an InputFile's bytes must not outlive the staging.
+  const refs: InputRef[] = inputs.map(({ path, id }) => ({ path, id }));
   let current = out;
   try {
-    checkOutput(out, inputs);
+    checkOutput(out, refs);
     const tmp = await staging.writeTemp(out, parts);
     const done: Placement[] = [];
     const staged: { tmp: string; p: Placement }[] = [];
@@ -236,12 +262,45 @@ export async function writeModelWithWeights(
       staging.placeNew(t, p.target);
       done.push(p);
     }
-    current = out;
-    staging.renameInto(tmp, out, inputs);
-    staging.commit();
-    return done;
+    return {
+      file: tmp,
+      commit() {
+        try {
+          staging.renameInto(tmp, out, refs);
+          staging.commit();
+          return done;
+        } catch (e) {
+          staging.rollback();
+          throw writeError(out, e);
+        }
+      },
+      rollback: () => staging.rollback(),
+    };
   } catch (e) {
     staging.rollback();
     throw writeError(current, e);
   }
+}
+
+/**
+ * Write the model to `out` with its weight files placed as planned, all or nothing
+ * (stageModelWithWeights, then its commit). `beforeCommit` runs on the staged model (its temp path,
+ * every weight file beside it) before it takes its name: its failure is the write's, and undoes it.
+ * Returns how each file was placed.
+ */
+export async function writeModelWithWeights(
+  out: string,
+  parts: readonly Uint8Array[],
+  placements: readonly Placement[],
+  inputs: readonly InputRef[] = [],
+  beforeCommit?: (staged: string) => Promise<void>,
+): Promise<Placement[]> {
+  const staged = await stageModelWithWeights(out, parts, placements, inputs);
+  try {
+    await beforeCommit?.(staged.file);
+  } catch (e) {
+    staged.rollback();
+    throw writeError(out, e);
+  }
+  return staged.commit();
 }

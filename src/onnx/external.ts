@@ -67,7 +67,7 @@ function* attributeTensors(a: AttributeProto): Generator<TensorProto> {
 }
 
 /** Every external reference of the model, after checking that none escapes the model folder. */
-export function checkExternalData(model: ModelProto, source = "model"): ExternalRef[] {
+export function checkExternalData(model: Pick<ModelProto, "graph">, source = "model"): ExternalRef[] {
   const refs: ExternalRef[] = [];
   if (!model.graph) return refs;
   for (const t of graphTensors(model.graph)) {
