@@ -155,9 +155,12 @@ describe("external data through the CLI", () => {
         `Link or copy ../model/weights.bin there, or use --external-data link|copy\n`,
     );
     expect(readdirSync(empty)).toEqual([]);
-    expect(
-      prunec(root, "model/vit.onnx", "s.prune", "-o", join(empty, "d.onnx"), "--external-data", "move").stderr,
-    ).toBe("prunec: error: --external-data must be link, copy or refuse, got 'move'\n");
+    const move = prunec(root, "model/vit.onnx", "s.prune", "-o", join(empty, "d.onnx"), "--external-data", "move");
+    expect(move.stderr).toBe("prunec: error: --external-data must be link, copy or refuse, got 'move'\n");
+    expect(move.code).toBe(1); // a bad option value is a usage error
+    const target = prunec(root, "model/vit.onnx", "s.prune", "-o", join(empty, "d.onnx"), "--target", "cuda");
+    expect(target.stderr).toBe("prunec: error: --target must be cpu or webgpu, got 'cuda'\n");
+    expect(target.code).toBe(1);
   });
 
   it("a different file of that name beside the output is never overwritten: exit 2, nothing written", () => {

@@ -190,10 +190,10 @@ function timingLines(timings: Timings, width: number | undefined): string {
 
 function compileModes(opts: CompileOptions): { target: "cpu" | "webgpu"; mode: ExternalDataMode } {
   if (opts.target !== undefined && opts.target !== "cpu" && opts.target !== "webgpu")
-    throw new PrunecError("io", `--target must be cpu or webgpu, got '${opts.target}'`);
+    throw new PrunecError("usage", `--target must be cpu or webgpu, got '${opts.target}'`);
   const mode = (opts.externalData ?? "link") as ExternalDataMode;
   if (!EXTERNAL_DATA_MODES.includes(mode))
-    throw new PrunecError("io", `--external-data must be link, copy or refuse, got '${opts.externalData}'`);
+    throw new PrunecError("usage", `--external-data must be link, copy or refuse, got '${opts.externalData}'`);
   return { target: opts.target ?? "cpu", mode };
 }
 
