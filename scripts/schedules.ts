@@ -250,7 +250,8 @@ function subgraphNodes(nodes: readonly NodeProto[]): number {
 async function sideBySide(models: Uint8Array[], feeds: FloatInput[], runs: number, offset: number): Promise<number[]> {
   const sessions: Session[] = [];
   try {
-    for (const m of models) sessions.push(await openSession(m, "cpu"));
+    // Idle pool threads sleep, as in benchmark(): a waiting session's spinning threads would take the cores of the one timed.
+    for (const m of models) sessions.push(await openSession(m, "cpu", { spinning: false }));
     const feed = (i: number) => ({ [sessions[0]!.inputNames[0]!]: feeds[(offset + i) % feeds.length]! });
     for (const s of sessions) for (let i = 0; i < 3; i++) await s.run(feed(i));
     const times = sessions.map((): number[] => []);

@@ -11,7 +11,7 @@ import { describe, expect, it } from "vitest";
 import { compile } from "../src/compile.js";
 import { generate, type GenerateSession, type GenerateTensor, type TensorClass } from "../src/generate.js";
 import { loadOrtWeb } from "../src/cli/runtime.js";
-import { maxAbsDiff, runNode, type Feeds, type Outputs } from "./helpers/ort.js";
+import { maxAbsDiff, withNode, type Feeds } from "./helpers/ort.js";
 import {
   buildDecoder,
   DECODER,
@@ -112,8 +112,9 @@ describe("generate(): the library's greedy loop equals the plain loop", () => {
   for (const c of cases)
     it(`${c.what}, a left-padded batch of 3: ${STEPS} greedy tokens and every call's logits, on onnxruntime-node and WASM`, async () => {
       const model = c.model();
-      const run = (f: Feeds): Promise<Outputs> => runNode(model, { ...(c.first ?? {}), ...f });
-      const want = await generateGreedy(run, batch, STEPS);
+      const want = await withNode(model, (run) =>
+        generateGreedy((f) => run({ ...(c.first ?? {}), ...f }), batch, STEPS),
+      );
       const wantRows = lastRows(want, batch);
       for (const rt of [node, await wasm()]) {
         const got = await generate(await rt.open(model), userFeeds(rt, batch), {
@@ -130,7 +131,7 @@ describe("generate(): the library's greedy loop equals the plain loop", () => {
     });
 
   it("stops an example at its EOS token (kept); the others run on", async () => {
-    const want = await generateGreedy((f) => runNode(gqa, f), batch, STEPS);
+    const want = await withNode(gqa, (run) => generateGreedy(run, batch, STEPS));
     // Example 0's third token as EOS: it stops there; the others run on until they produce it or the budget ends.
     const eos = want.tokens[0]![2]!;
     const got = await generate(await node.open(gqa), userFeeds(node, batch), {

@@ -15,7 +15,7 @@ import { Graph } from "../src/ir/graph.js";
 import { shallowCopy } from "../src/ir/copy.js";
 import { analyzeTransformer } from "../src/analysis/transformer.js";
 import { explicitRotary } from "../passes/explicit-rotary.js";
-import { maxAbsDiff, runNode } from "./helpers/ort.js";
+import { maxAbsDiff, withNode } from "./helpers/ort.js";
 import {
   buildDecoder,
   generateGreedy,
@@ -56,13 +56,11 @@ function rewritten(model: Uint8Array): Uint8Array {
   return encodeModel(shallowCopy(m, { graph }));
 }
 
-const session = (model: Uint8Array) => (feeds: Parameters<typeof runNode>[1]) => runNode(model, feeds);
-
 describe("GroupQueryAttention with rotary inside the op (do_rotary=1)", () => {
   it("the test decoder built that way equals the one rotating outside the op (batch 1, prefill and 16 steps)", async () => {
     for (const i of PROMPTS.keys()) {
-      const a = await generateGreedy(session(outside), single(i), STEPS, WIDE);
-      const b = await generateGreedy(session(inOp), single(i), STEPS, WIDE);
+      const a = await withNode(outside, (run) => generateGreedy(run, single(i), STEPS, WIDE));
+      const b = await withNode(inOp, (run) => generateGreedy(run, single(i), STEPS, WIDE));
       expect(b.tokens).toEqual(a.tokens);
       expect(maxAbsDiff(b.prefill, a.prefill)).toBeLessThanOrEqual(1e-5);
       b.steps.forEach((l, s) => expect(maxAbsDiff(l, a.steps[s]!)).toBeLessThanOrEqual(1e-5));
@@ -72,7 +70,7 @@ describe("GroupQueryAttention with rotary inside the op (do_rotary=1)", () => {
   it("with a 6-slot window the kernel computes the float64 reference's w-slot window (prefill rows and 16 steps)", async () => {
     const reference = new ReferenceDecoder(weightsFromModel(windowed, WINDOWED), WINDOWED);
     for (const i of PROMPTS.keys()) {
-      const got = await generateGreedy(session(windowed), single(i), STEPS, WINDOWED);
+      const got = await withNode(windowed, (run) => generateGreedy(run, single(i), STEPS, WINDOWED));
       const want = reference.generate(PROMPTS[i]!.tokens, STEPS);
       expect(got.tokens[0]).toEqual(want.tokens);
       want.prefill.forEach((row, r) =>
@@ -103,8 +101,8 @@ describe("GroupQueryAttention with rotary inside the op (do_rotary=1)", () => {
         ]),
       );
       for (const p of [single(0), batch]) {
-        const want = await generateGreedy(session(model), p, 6, o);
-        const got = await generateGreedy(session(rewritten(model)), p, 6, o);
+        const want = await withNode(model, (run) => generateGreedy(run, p, 6, o));
+        const got = await withNode(rewritten(model), (run) => generateGreedy(run, p, 6, o));
         expect(got.tokens).toEqual(want.tokens);
         expect(maxAbsDiff(got.prefill, want.prefill)).toBeLessThanOrEqual(1e-5);
         got.steps.forEach((l, s) => expect(maxAbsDiff(l, want.steps[s]!)).toBeLessThanOrEqual(1e-5));

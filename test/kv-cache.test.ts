@@ -7,7 +7,7 @@
  */
 import { describe, expect, it } from "vitest";
 import { compile } from "../src/compile.js";
-import { maxAbsDiff, runNode, runWasm } from "./helpers/ort.js";
+import { maxAbsDiff, runNode, runWasm, withNode } from "./helpers/ort.js";
 import {
   buildDecoder,
   DECODER,
@@ -60,7 +60,6 @@ const PROMPTS: number[][] = [
   [1, 40, 41, 42, 43, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 4],
 ];
 const single = (tokens: number[]): PromptBatch => promptBatch([tokens], "left");
-const session = (model: Uint8Array) => (feeds: Parameters<typeof runNode>[1]) => runNode(model, feeds);
 
 /** The reference: dense prefill, eviction by the press, greedy decode over the kept cache. */
 const referenceGeneration = (prompt: number[], press: PressSpec, steps: number) =>
@@ -175,7 +174,7 @@ for (const { name: layout, model: decoder } of LAYOUTS)
             expect(perHead).toEqual(want.kept[l]);
             expect(out[`present.${l}.key`]!.dims).toEqual([1, WIDE.kvHeads, want.kept[l]![0]!.length, WIDE.headSize]);
           }
-          const got = await generateGreedy(session(model), single(prompt), STEPS, WIDE);
+          const got = await withNode(model, (run) => generateGreedy(run, single(prompt), STEPS, WIDE));
           expect(got.tokens[0]).toEqual(want.tokens);
           got.steps.forEach((l, s) =>
             expect(maxAbsDiff(l, Float64Array.from(want.steps[s]!))).toBeLessThanOrEqual(TOL),
@@ -212,8 +211,8 @@ for (const { name: layout, model: decoder } of LAYOUTS)
     it("keep kv 100% computes what the dense model computes (prefill and decode steps)", async () => {
       const model = compile(decoder, "keep kv 100% by knorm").model;
       for (const prompt of PROMPTS) {
-        const dense = await generateGreedy(session(decoder), single(prompt), STEPS, WIDE);
-        const kept = await generateGreedy(session(model), single(prompt), STEPS, WIDE);
+        const dense = await withNode(decoder, (run) => generateGreedy(run, single(prompt), STEPS, WIDE));
+        const kept = await withNode(model, (run) => generateGreedy(run, single(prompt), STEPS, WIDE));
         expect(kept.tokens).toEqual(dense.tokens);
         expect(maxAbsDiff(kept.prefill, dense.prefill)).toBeLessThanOrEqual(1e-5);
         kept.steps.forEach((l, s) => expect(maxAbsDiff(l, dense.steps[s]!)).toBeLessThanOrEqual(1e-5));
@@ -225,7 +224,7 @@ for (const { name: layout, model: decoder } of LAYOUTS)
       const model = compile(decoder, "keep kv 50% by snapkv(window: 4, kernel: 3)", { exposeIndices: true }).model;
       const batch = promptBatch(prompts, "left");
       const out = await runNode(model, prefillFeeds(batch, "gqa", WIDE));
-      const got = await generateGreedy(session(model), batch, STEPS, WIDE);
+      const got = await withNode(model, (run) => generateGreedy(run, batch, STEPS, WIDE));
       prompts.forEach((prompt, b) => {
         const want = referenceGeneration(
           prompt,
@@ -251,7 +250,7 @@ for (const { name: layout, model: decoder } of LAYOUTS)
       for (const c of PADDED_CASES) {
         const model = compile(decoder, c.spec, { exposeIndices: true }).model;
         const out = await runNode(model, prefillFeeds(batch, "gqa", WIDE));
-        const got = await generateGreedy(session(model), batch, STEPS, WIDE);
+        const got = await withNode(model, (run) => generateGreedy(run, batch, STEPS, WIDE));
         prompts.forEach((prompt, b) => {
           const pad = n - prompt.length;
           const want = referenceGeneration(prompt, c.press(k), STEPS);
@@ -288,7 +287,7 @@ for (const { name: layout, model: decoder } of LAYOUTS)
             name,
             Array.from(out[name]!.data as ArrayLike<number | bigint>),
           ]);
-        const got = await generateGreedy(withState(model), batch, STEPS, WIDE);
+        const got = await withNode(model, (run) => generateGreedy((f) => run({ ...empty, ...f }), batch, STEPS, WIDE));
         prompts.forEach((prompt, b) => {
           const pad = batch.seq - prompt.length;
           const own = Math.trunc(prompt.length * 0.5);
@@ -343,7 +342,7 @@ for (const { name: layout, model: decoder } of LAYOUTS)
           const kept = out["prunec.stage0.layer0.kv_indices"]!.dims[2]!;
           // Each example: its text, and its image entries up to the batch's count (its own 4, or more).
           expect(kept).toBe(Math.max(...group.map((i) => prompts[i]!.tokens.length - 16 + 4)));
-          const got = await generateGreedyWithImageMask(session(model), batch, STEPS, WIDE);
+          const got = await withNode(model, (run) => generateGreedyWithImageMask(run, batch, STEPS, WIDE));
           group.forEach((i, b) => {
             const { tokens, image } = prompts[i]!;
             const pad = batch.seq - tokens.length;
@@ -408,7 +407,7 @@ describe("expected-attn: where its pre-rotary queries and frequencies come from,
       const idx = out[`prunec.stage0.layer${l}.kv_indices`]!;
       expect(rows(idx.data as BigInt64Array, [WIDE.kvHeads, idx.dims[2]!])).toEqual(want.kept[l]);
     }
-    const got = await generateGreedy(session(model), single(prompt), STEPS, WIDE);
+    const got = await withNode(model, (run) => generateGreedy(run, single(prompt), STEPS, WIDE));
     expect(got.tokens[0]).toEqual(want.tokens);
   });
 
@@ -437,7 +436,7 @@ describe("expected-attn: where its pre-rotary queries and frequencies come from,
           want.kept[l],
         ]);
       }
-      const got = await generateGreedy(session(compiled), single(prompt), STEPS, scaled);
+      const got = await withNode(compiled, (run) => generateGreedy(run, single(prompt), STEPS, scaled));
       expect(got.tokens[0]).toEqual(want.tokens);
     }
   });
@@ -560,7 +559,7 @@ describe("keep kv on onnxruntime-web's WASM backend (batch 1): same kept positio
             ).toBeLessThanOrEqual(TOL);
           }
         }
-        const cpu = await generateGreedy(session(model), single(prompt), STEPS, WIDE);
+        const cpu = await withNode(model, (run) => generateGreedy(run, single(prompt), STEPS, WIDE));
         const wasm = await openDecoderSession(model, "wasm");
         try {
           const got = await generateGreedy((f) => wasm.run(f), single(prompt), STEPS, WIDE);

@@ -9,7 +9,7 @@
 import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 import { compile } from "../src/compile.js";
-import { maxAbsDiff, runNode } from "./helpers/ort.js";
+import { maxAbsDiff, runNode, withNode } from "./helpers/ort.js";
 import { generateGreedy, prefillFeeds, promptBatch, rotaryFrequencies } from "./support/decoder.js";
 import { ReferenceDecoder, weightsByNodeNames } from "./reference/decoder.js";
 import { evictingGeneration } from "./reference/kv-generation.js";
@@ -27,7 +27,6 @@ const PROMPTS: number[][] = readRecall("test.jsonl")
   .map((e) => e.prompt);
 /** The sample prompts (contexts of 192..256 tokens): left-padded batches of different lengths. */
 const SAMPLES: number[][] = readRecall("sample.jsonl").map((e) => e.prompt);
-const run = (model: Uint8Array) => (feeds: Parameters<typeof runNode>[1]) => runNode(model, feeds);
 
 const CASES: { spec: string; press: (n: number) => PressSpec }[] = [
   {
@@ -67,7 +66,7 @@ describe("keep kv on the trained recall decoder (plain attention, Concat caches;
           const idx = out[`prunec.stage0.layer${l}.kv_indices`]!;
           expect(rows(idx.data as BigInt64Array, [RECALL.kvHeads, idx.dims[2]!])).toEqual(want.kept[l]);
         }
-        const got = await generateGreedy(run(model), single, STEPS, RECALL);
+        const got = await withNode(model, (r) => generateGreedy(r, single, STEPS, RECALL));
         expect(got.tokens[0]).toEqual(want.tokens);
         got.steps.forEach((l, s) => expect(maxAbsDiff(l, Float64Array.from(want.steps[s]!))).toBeLessThanOrEqual(TOL));
       }
@@ -99,7 +98,7 @@ describe("keep kv on the trained recall decoder (plain attention, Concat caches;
         });
       });
       const want = evictingGeneration(reference, prompt, { method: "knorm", budget: { keepPercent: 25 } }, STEPS, got);
-      const gen = await generateGreedy(run(model), single, STEPS, RECALL);
+      const gen = await withNode(model, (r) => generateGreedy(r, single, STEPS, RECALL));
       expect(gen.tokens[0]).toEqual(want.tokens);
       gen.steps.forEach((l, s) => expect(maxAbsDiff(l, Float64Array.from(want.steps[s]!))).toBeLessThanOrEqual(TOL));
     }
@@ -113,9 +112,9 @@ describe("keep kv on the trained recall decoder (plain attention, Concat caches;
     for (let l = 0; l < RECALL.layers; l++)
       empty[`past_key_values.${l}.prunec_valid`] = { type: "float32", dims: [3, 0], data: new Float32Array(0) };
     const model = compile(MODEL, "keep kv 25% by h2o(recent: 8)", { exposeIndices: true, kvState: true }).model;
-    const withState = (feeds: Parameters<typeof runNode>[1]) => runNode(model, { ...empty, ...feeds });
-    const out = await withState(prefillFeeds(batch, "plain-cache", RECALL));
-    const got = await generateGreedy(withState, batch, STEPS, RECALL);
+
+    const out = await runNode(model, { ...empty, ...prefillFeeds(batch, "plain-cache", RECALL) });
+    const got = await withNode(model, (r) => generateGreedy((f) => r({ ...empty, ...f }), batch, STEPS, RECALL));
     prompts.forEach((prompt, b) => {
       const pad = batch.seq - prompt.length;
       const own = Math.trunc(prompt.length * 0.25);
@@ -145,7 +144,7 @@ describe("keep kv on the trained recall decoder (plain attention, Concat caches;
     ]) {
       const model = compile(MODEL, c.spec, { exposeIndices: true }).model;
       const out = await runNode(model, prefillFeeds(batch, "plain-cache", RECALL));
-      const got = await generateGreedy(run(model), batch, STEPS, RECALL);
+      const got = await withNode(model, (r) => generateGreedy(r, batch, STEPS, RECALL));
       prompts.forEach((prompt, b) => {
         const pad = batch.seq - prompt.length;
         const want = evictingGeneration(reference, prompt, c.press(), STEPS);
@@ -167,8 +166,8 @@ describe("keep kv on the trained recall decoder (plain attention, Concat caches;
   it(`keep kv 100% by snapkv generates what the dense model generates (${STEPS} tokens, logits <= 1e-5)`, async () => {
     const model = compile(MODEL, "keep kv 100% by snapkv(window: 8)").model;
     const single = promptBatch([PROMPTS[0]!], "left");
-    const dense = await generateGreedy(run(MODEL), single, STEPS, RECALL);
-    const kept = await generateGreedy(run(model), single, STEPS, RECALL);
+    const dense = await withNode(MODEL, (r) => generateGreedy(r, single, STEPS, RECALL));
+    const kept = await withNode(model, (r) => generateGreedy(r, single, STEPS, RECALL));
     expect(kept.tokens).toEqual(dense.tokens);
     expect(maxAbsDiff(kept.prefill, dense.prefill)).toBeLessThanOrEqual(1e-5);
     kept.steps.forEach((l, s) => expect(maxAbsDiff(l, dense.steps[s]!)).toBeLessThanOrEqual(1e-5));

@@ -92,7 +92,28 @@ interface SessionLike {
   release(): Promise<void>;
 }
 
-/** Feed, run, copy the outputs out, release: the same for both backends. */
+/** Feed, run, copy the outputs out: the same for both backends. */
+async function runOnce(
+  session: SessionLike,
+  makeTensor: (f: TensorLike) => unknown,
+  feeds: Feeds,
+  outputs: string[] | undefined,
+  backend: string,
+): Promise<Outputs> {
+  const ortFeeds: Record<string, unknown> = {};
+  for (const [name, f] of Object.entries(feeds)) ortFeeds[name] = makeTensor(f);
+  const res = outputs ? await session.run(ortFeeds, outputs) : await session.run(ortFeeds);
+  const out: Outputs = {};
+  for (const name of outputs ?? session.outputNames) {
+    const t = res[name];
+    if (t === undefined) throw new Error(`${backend} returned no output '${name}'`);
+    out[name] = copyOut(t);
+  }
+  for (const t of Object.values(res)) t.dispose();
+  return out;
+}
+
+/** runOnce, then release the session. */
 async function runSession(
   session: SessionLike,
   makeTensor: (f: TensorLike) => unknown,
@@ -101,17 +122,45 @@ async function runSession(
   backend: string,
 ): Promise<Outputs> {
   try {
-    const ortFeeds: Record<string, unknown> = {};
-    for (const [name, f] of Object.entries(feeds)) ortFeeds[name] = makeTensor(f);
-    const res = outputs ? await session.run(ortFeeds, outputs) : await session.run(ortFeeds);
-    const out: Outputs = {};
-    for (const name of outputs ?? session.outputNames) {
-      const t = res[name];
-      if (t === undefined) throw new Error(`${backend} returned no output '${name}'`);
-      out[name] = copyOut(t);
-    }
-    for (const t of Object.values(res)) t.dispose();
-    return out;
+    return await runOnce(session, makeTensor, feeds, outputs, backend);
+  } finally {
+    await session.release();
+  }
+}
+
+async function nodeSession(
+  model: Uint8Array | string,
+  options: RunOptions,
+): Promise<{ session: SessionLike; tensor: (f: TensorLike) => unknown }> {
+  const ort = await import("onnxruntime-node");
+  const sessionOptions = {
+    executionProviders: ["cpu"],
+    graphOptimizationLevel: options.graphOptimizationLevel ?? "all",
+  } as const;
+  const session =
+    typeof model === "string"
+      ? await ort.InferenceSession.create(model, sessionOptions)
+      : await ort.InferenceSession.create(model, sessionOptions);
+  const tensor = (f: TensorLike) => new ort.Tensor(f.type, f.data as never, [...f.dims]);
+  return { session: session as unknown as SessionLike, tensor };
+}
+
+/** A run function over one open session (see withNode). */
+export type NodeRun = (feeds: Feeds, outputs?: string[]) => Promise<Outputs>;
+
+/**
+ * `f` with a runNode-like function over one onnxruntime-node session for `model`, released when
+ * `f` settles. For loops that run one model many times (a decode step per call): a session per
+ * call was most of the KV-cache suites' time, and a session keeps no state between runs.
+ */
+export async function withNode<T>(
+  model: Uint8Array | string,
+  f: (run: NodeRun) => Promise<T>,
+  options: RunOptions = {},
+): Promise<T> {
+  const { session, tensor } = await nodeSession(model, options);
+  try {
+    return await f((feeds, outputs) => runOnce(session, tensor, feeds, outputs, "onnxruntime-node"));
   } finally {
     await session.release();
   }
@@ -128,17 +177,8 @@ export async function runNode(
   outputs?: string[],
   options: RunOptions = {},
 ): Promise<Outputs> {
-  const ort = await import("onnxruntime-node");
-  const sessionOptions = {
-    executionProviders: ["cpu"],
-    graphOptimizationLevel: options.graphOptimizationLevel ?? "all",
-  } as const;
-  const session =
-    typeof model === "string"
-      ? await ort.InferenceSession.create(model, sessionOptions)
-      : await ort.InferenceSession.create(model, sessionOptions);
-  const tensor = (f: TensorLike) => new ort.Tensor(f.type, f.data as never, [...f.dims]);
-  return runSession(session as unknown as SessionLike, tensor, feeds, outputs, "onnxruntime-node");
+  const { session, tensor } = await nodeSession(model, options);
+  return runSession(session, tensor, feeds, outputs, "onnxruntime-node");
 }
 
 // One loader for the CLI and the tests: offline, single-threaded WASM (see src/cli/runtime.ts).

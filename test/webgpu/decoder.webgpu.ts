@@ -55,7 +55,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { decodeModel } from "../../src/onnx/io.js";
 import { CRITERIA } from "../../passes/registry.js";
-import { maxAbsDiff, runNode, type Feeds, type Outputs } from "../helpers/ort.js";
+import { maxAbsDiff, runNode, withNode, type Feeds, type Outputs } from "../helpers/ort.js";
 import { REPO_ROOT } from "../helpers/shared.js";
 import {
   DECODER,
@@ -594,7 +594,7 @@ describe("decoder criteria on WebGPU (the test decoder, target webgpu, exposeInd
           const p = promptBatch([x.tokens], "left");
           const ref = kvReference(kc, x.tokens, KV_STEPS);
           const out = await runNode(model, prefillFeeds(p, "gqa"));
-          const cpu = await generateGreedy((f) => runNode(model, f), p, KV_STEPS);
+          const cpu = await withNode(model, (run) => generateGreedy(run, p, KV_STEPS));
           const rowsOf = [cpu.prefill.subarray(cpu.prefill.length - V), ...cpu.steps];
           const gap = Math.min(...rowsOf.map((l) => topGap(l, 0, V)));
           if (!(ref.margin >= MIN_SCORE_GAP)) {
@@ -733,13 +733,14 @@ describe("decoder criteria on WebGPU (the test decoder, target webgpu, exposeInd
           ? { image_mask: { type: "bool", dims: [p.batch, 1], data: new Uint8Array(p.batch) } }
           : {};
         const cpuCalls: Outputs[] = [];
-        const cpuRun = async (f: Feeds) => {
-          const out = await runNode(model, { ...(f["input_ids"]!.dims[1] === 1 ? later : first), ...f });
-          cpuCalls.push(out);
-          return out;
-        };
-        const cpuOut = await cpuRun(prefillFeeds(p, "gqa"));
-        const cpu = await generateGreedy(cpuRun, p, KV_STEPS);
+        const { cpuOut, cpu } = await withNode(model, async (run) => {
+          const cpuRun = async (f: Feeds) => {
+            const out = await run({ ...(f["input_ids"]!.dims[1] === 1 ? later : first), ...f });
+            cpuCalls.push(out);
+            return out;
+          };
+          return { cpuOut: await cpuRun(prefillFeeds(p, "gqa")), cpu: await generateGreedy(cpuRun, p, KV_STEPS) };
+        });
         const web = await generateInBrowser(
           server!,
           browser!,
