@@ -29,7 +29,7 @@ import { expect } from "vitest";
 import { describeShared, itShared, sharedModel } from "./helpers/shared.js";
 import { compile } from "../src/compile.js";
 import { decodeModel } from "../src/onnx/io.js";
-import { maxAbsDiff, runNode, type Feeds, type Outputs } from "./helpers/ort.js";
+import { maxAbsDiff, withNodeSessions, type Feeds, type Outputs } from "./helpers/ort.js";
 import { cutDecoder, decoderFeeds, injectStream } from "./support/decoder-cut.js";
 import { uniform, withWeights } from "./support/graph-only-inputs.js";
 import { withOutputs, rows } from "./support/model-edit.js";
@@ -152,121 +152,123 @@ describeShared("per-example counts before linear attention: padding in front as 
         "pruned.onnx": withOutputs(pruned, [carriedTable]),
         "below.onnx": injectStream(dense, SUMMANDS, HIDDEN),
       };
-      await withWeights(dense, 1, files, async (path) => {
-        const prompt = uniform(2 * N * HIDDEN, 7);
-        const batch2 = { embeds: prompt, rows: N, total: N, batch: 2 };
-        const full = await runNode(path("dense.onnx"), decoderFeeds(dense, batch2));
-        const kept = [0, 1].map((b) => referenceKept(full, b, 2));
-        expect(kept.map((k) => k.length)).toEqual([32, 40]);
-        const kmax = 40;
-        const pads = kept.map((k) => kmax - k.length);
+      await withWeights(dense, 1, files, (path) =>
+        withNodeSessions(async (run) => {
+          const prompt = uniform(2 * N * HIDDEN, 7);
+          const batch2 = { embeds: prompt, rows: N, total: N, batch: 2 };
+          const full = await run(path("dense.onnx"), decoderFeeds(dense, batch2));
+          const kept = [0, 1].map((b) => referenceKept(full, b, 2));
+          expect(kept.map((k) => k.length)).toEqual([32, 40]);
+          const kmax = 40;
+          const pads = kept.map((k) => kmax - k.length);
 
-        let p = await runNode(path("pruned.onnx"), decoderFeeds(pruned, { ...batch2, image: IMAGES.flat() }));
-        const idx = p["prunec.stage0.indices"]!;
-        expect(rows(idx.data as BigInt64Array, idx.dims)).toEqual(
-          kept.map((k, b) => [...new Array<number>(pads[b]!).fill(-1), ...k]),
-        );
-        expect(Array.from(p["prunec.stage0.counts"]!.data as BigInt64Array, Number)).toEqual([32, 40]);
-        expect(p["present.3.key"]!.dims).toEqual([2, KV_HEADS, N, D]);
-        expect(p["present.7.key"]!.dims).toEqual([2, KV_HEADS, kmax, D]);
-        expect(p["logits"]!.dims).toEqual([2, kmax, VOCAB]);
-
-        // Layer 7's M-RoPE rows: the dense rows (example·N + position) of each kept token, in the stream's order.
-        const width = full[TABLE]!.dims[1]!;
-        expect(p[carriedTable]!.dims).toEqual([2 * kmax, width]);
-        kept.forEach((k, b) =>
-          k.forEach((j, r) => {
-            const at = (b * kmax + pads[b]! + r) * width;
-            const want = floats(full, TABLE).subarray((b * N + j) * width, (b * N + j + 1) * width);
-            expect(maxAbsDiff(floats(p, carriedTable).subarray(at, at + width), want)).toBe(0);
-          }),
-        );
-
-        // The reference: dense layers 4–7 on [zero rows × pads, kept rows], padding masked, kept positions.
-        const rows0 = kept.map((k) => padFront(k, kmax));
-        const injected = injectedFeeds(
-          files["below.onnx"],
-          { rows: kmax, total: kmax },
-          Object.fromEntries(SUMMANDS.map((t) => [t, pickRows(floats(full, t), N, rows0)])),
-          pads,
-          rows0,
-        );
-        const below = await runNode(path("below.onnx"), injected);
-        // Measured bit-identical (the same rows through the same int8 ops; zero rows quantise exactly).
-        const differences = (o: Outputs, r: Outputs) =>
-          ["logits", ...STATES].map((s) => maxAbsDiff(floats(o, s), floats(r, s)));
-        expect(differences(p, below)).toEqual(new Array(1 + STATES.length).fill(0));
-        expect(largest(floats(below, "logits"))).toBeGreaterThan(1e-3);
-        // --kv-state: which of layer 7's cache slots are padding, for later calls.
-        expect(Array.from(floats(p, VALID))).toEqual(
-          pads.flatMap((n) => Array.from({ length: kmax }, (_, r) => (r < n ? 0 : 1))),
-        );
-
-        // Later calls: the dense layers 0–3 (full caches) give the new tokens' stream entering
-        // layer 4; the reference's layers 4–7 continue from their own caches and states, the padding
-        // still masked by the host's attention mask. The compiled model masks it by the carried validity.
-        let a = full;
-        let ref = below;
-        let fed = 0; // tokens fed after the prompt
-        const call = async (x: Float32Array, rowsNow: number, image: boolean[]) => {
-          const next = { embeds: x, rows: rowsNow, total: N + fed + rowsNow, firstPosition: N + fed, batch: 2 };
-          const before = p;
-          p = await runNode(path("pruned.onnx"), decoderFeeds(pruned, { ...next, past: p, image }));
-          a = await runNode(path("dense.onnx"), decoderFeeds(dense, { ...next, past: a }));
-          const total = kmax + fed + rowsNow;
-          const feeds = injectedFeeds(
-            files["below.onnx"],
-            { rows: rowsNow, total, past: ref, firstPosition: N + fed },
-            Object.fromEntries(SUMMANDS.map((t) => [t, floats(a, t)])),
-            pads,
+          let p = await run(path("pruned.onnx"), decoderFeeds(pruned, { ...batch2, image: IMAGES.flat() }));
+          const idx = p["prunec.stage0.indices"]!;
+          expect(rows(idx.data as BigInt64Array, idx.dims)).toEqual(
+            kept.map((k, b) => [...new Array<number>(pads[b]!).fill(-1), ...k]),
           );
-          ref = await runNode(path("below.onnx"), feeds);
-          fed += rowsNow;
-          expect(p["present.7.key"]!.dims[2]).toBe(total);
-          expect(p[VALID]!.dims).toEqual([2, total]);
-          return { before, next };
-        };
-        const last = (o: Outputs, b: number) => {
-          const rowsOut = o["logits"]!.dims[1]!;
-          return floats(o, "logits").subarray(((b + 1) * rowsOut - 1) * VOCAB, (b + 1) * rowsOut * VOCAB);
-        };
-        for (let step = 1; step <= STEPS; step++) {
-          const tokens = [0, 1].map((b) => argmax(last(p, b)));
-          expect(tokens).toEqual([0, 1].map((b) => argmax(last(ref, b))));
-          const x = new Float32Array(2 * HIDDEN);
-          tokens.forEach((t, b) => x.set(uniform(HIDDEN, 1000 + t), b * HIDDEN));
-          const { before, next } = await call(x, 1, [false, false]);
-          const d = differences(p, ref);
-          console.log(`decode step ${step}: logits, states max |Δ| ${d.join(", ")}`);
-          expect(d).toEqual(new Array(1 + STATES.length).fill(0));
-          if (step === 1) {
-            // Control: the same call with every slot declared valid attends to the padding: example 0 differs.
-            const all = decoderFeeds(pruned, { ...next, past: before, image: [false, false] });
-            all[PAST_VALID] = { type: "float32", dims: [2, kmax], data: new Float32Array(2 * kmax).fill(1) };
-            const control = await runNode(path("pruned.onnx"), all);
-            const [d0, d1] = [0, 1].map((b) => maxAbsDiff(last(control, b), last(ref, b)));
-            console.log(`control (padding slots declared valid): logits max |Δ| ${d0}, ${d1}`);
-            expect(d0).toBeGreaterThan(0);
-          }
-        }
-        // A later call whose count differs per example: example 0's new token is an image token, so
-        // alone it would drop it (50% of 1, rounded up) and pad with a zero row after real ones,
-        // which decays the recurrence. Only the first call prunes: both keep their token, exactly.
-        // (Several tokens per example at a later call: onnxruntime's GroupQueryAttention refuses
-        // them at batch > 1, "batch_size must be 1 when sequence_length > 1 and past context is given".)
-        await call(uniform(2 * HIDDEN, 11), 1, [true, false]);
-        const chunk = p["prunec.stage0.indices"]!;
-        expect(rows(chunk.data as BigInt64Array, chunk.dims)).toEqual([[0], [0]]);
-        expect(differences(p, ref)).toEqual(new Array(1 + STATES.length).fill(0));
+          expect(Array.from(p["prunec.stage0.counts"]!.data as BigInt64Array, Number)).toEqual([32, 40]);
+          expect(p["present.3.key"]!.dims).toEqual([2, KV_HEADS, N, D]);
+          expect(p["present.7.key"]!.dims).toEqual([2, KV_HEADS, kmax, D]);
+          expect(p["logits"]!.dims).toEqual([2, kmax, VOCAB]);
 
-        // Batch 1: nothing padded; the kept set is FastV's on the dense batch-1 run.
-        const alone = { embeds: prompt.subarray(0, N * HIDDEN), rows: N, total: N };
-        const full1 = await runNode(path("dense.onnx"), decoderFeeds(dense, alone));
-        const p1 = await runNode(path("pruned.onnx"), decoderFeeds(pruned, { ...alone, image: IMAGES[0]! }));
-        const idx1 = p1["prunec.stage0.indices"]!;
-        expect(rows(idx1.data as BigInt64Array, idx1.dims)).toEqual([referenceKept(full1, 0, 1)]);
-        expect(p1["present.7.key"]!.dims).toEqual([1, KV_HEADS, 32, D]);
-      });
+          // Layer 7's M-RoPE rows: the dense rows (example·N + position) of each kept token, in the stream's order.
+          const width = full[TABLE]!.dims[1]!;
+          expect(p[carriedTable]!.dims).toEqual([2 * kmax, width]);
+          kept.forEach((k, b) =>
+            k.forEach((j, r) => {
+              const at = (b * kmax + pads[b]! + r) * width;
+              const want = floats(full, TABLE).subarray((b * N + j) * width, (b * N + j + 1) * width);
+              expect(maxAbsDiff(floats(p, carriedTable).subarray(at, at + width), want)).toBe(0);
+            }),
+          );
+
+          // The reference: dense layers 4–7 on [zero rows × pads, kept rows], padding masked, kept positions.
+          const rows0 = kept.map((k) => padFront(k, kmax));
+          const injected = injectedFeeds(
+            files["below.onnx"],
+            { rows: kmax, total: kmax },
+            Object.fromEntries(SUMMANDS.map((t) => [t, pickRows(floats(full, t), N, rows0)])),
+            pads,
+            rows0,
+          );
+          const below = await run(path("below.onnx"), injected);
+          // Measured bit-identical (the same rows through the same int8 ops; zero rows quantise exactly).
+          const differences = (o: Outputs, r: Outputs) =>
+            ["logits", ...STATES].map((s) => maxAbsDiff(floats(o, s), floats(r, s)));
+          expect(differences(p, below)).toEqual(new Array(1 + STATES.length).fill(0));
+          expect(largest(floats(below, "logits"))).toBeGreaterThan(1e-3);
+          // --kv-state: which of layer 7's cache slots are padding, for later calls.
+          expect(Array.from(floats(p, VALID))).toEqual(
+            pads.flatMap((n) => Array.from({ length: kmax }, (_, r) => (r < n ? 0 : 1))),
+          );
+
+          // Later calls: the dense layers 0–3 (full caches) give the new tokens' stream entering
+          // layer 4; the reference's layers 4–7 continue from their own caches and states, the padding
+          // still masked by the host's attention mask. The compiled model masks it by the carried validity.
+          let a = full;
+          let ref = below;
+          let fed = 0; // tokens fed after the prompt
+          const call = async (x: Float32Array, rowsNow: number, image: boolean[]) => {
+            const next = { embeds: x, rows: rowsNow, total: N + fed + rowsNow, firstPosition: N + fed, batch: 2 };
+            const before = p;
+            p = await run(path("pruned.onnx"), decoderFeeds(pruned, { ...next, past: p, image }));
+            a = await run(path("dense.onnx"), decoderFeeds(dense, { ...next, past: a }));
+            const total = kmax + fed + rowsNow;
+            const feeds = injectedFeeds(
+              files["below.onnx"],
+              { rows: rowsNow, total, past: ref, firstPosition: N + fed },
+              Object.fromEntries(SUMMANDS.map((t) => [t, floats(a, t)])),
+              pads,
+            );
+            ref = await run(path("below.onnx"), feeds);
+            fed += rowsNow;
+            expect(p["present.7.key"]!.dims[2]).toBe(total);
+            expect(p[VALID]!.dims).toEqual([2, total]);
+            return { before, next };
+          };
+          const last = (o: Outputs, b: number) => {
+            const rowsOut = o["logits"]!.dims[1]!;
+            return floats(o, "logits").subarray(((b + 1) * rowsOut - 1) * VOCAB, (b + 1) * rowsOut * VOCAB);
+          };
+          for (let step = 1; step <= STEPS; step++) {
+            const tokens = [0, 1].map((b) => argmax(last(p, b)));
+            expect(tokens).toEqual([0, 1].map((b) => argmax(last(ref, b))));
+            const x = new Float32Array(2 * HIDDEN);
+            tokens.forEach((t, b) => x.set(uniform(HIDDEN, 1000 + t), b * HIDDEN));
+            const { before, next } = await call(x, 1, [false, false]);
+            const d = differences(p, ref);
+            console.log(`decode step ${step}: logits, states max |Δ| ${d.join(", ")}`);
+            expect(d).toEqual(new Array(1 + STATES.length).fill(0));
+            if (step === 1) {
+              // Control: the same call with every slot declared valid attends to the padding: example 0 differs.
+              const all = decoderFeeds(pruned, { ...next, past: before, image: [false, false] });
+              all[PAST_VALID] = { type: "float32", dims: [2, kmax], data: new Float32Array(2 * kmax).fill(1) };
+              const control = await run(path("pruned.onnx"), all);
+              const [d0, d1] = [0, 1].map((b) => maxAbsDiff(last(control, b), last(ref, b)));
+              console.log(`control (padding slots declared valid): logits max |Δ| ${d0}, ${d1}`);
+              expect(d0).toBeGreaterThan(0);
+            }
+          }
+          // A later call whose count differs per example: example 0's new token is an image token, so
+          // alone it would drop it (50% of 1, rounded up) and pad with a zero row after real ones,
+          // which decays the recurrence. Only the first call prunes: both keep their token, exactly.
+          // (Several tokens per example at a later call: onnxruntime's GroupQueryAttention refuses
+          // them at batch > 1, "batch_size must be 1 when sequence_length > 1 and past context is given".)
+          await call(uniform(2 * HIDDEN, 11), 1, [true, false]);
+          const chunk = p["prunec.stage0.indices"]!;
+          expect(rows(chunk.data as BigInt64Array, chunk.dims)).toEqual([[0], [0]]);
+          expect(differences(p, ref)).toEqual(new Array(1 + STATES.length).fill(0));
+
+          // Batch 1: nothing padded; the kept set is FastV's on the dense batch-1 run.
+          const alone = { embeds: prompt.subarray(0, N * HIDDEN), rows: N, total: N };
+          const full1 = await run(path("dense.onnx"), decoderFeeds(dense, alone));
+          const p1 = await run(path("pruned.onnx"), decoderFeeds(pruned, { ...alone, image: IMAGES[0]! }));
+          const idx1 = p1["prunec.stage0.indices"]!;
+          expect(rows(idx1.data as BigInt64Array, idx1.dims)).toEqual([referenceKept(full1, 0, 1)]);
+          expect(p1["present.7.key"]!.dims).toEqual([1, KV_HEADS, 32, D]);
+        }),
+      );
     },
     300_000,
   );
@@ -293,100 +295,105 @@ describeShared("per-example counts before linear attention: padding in front as 
         );
       const exact = (o: Outputs, r: Outputs, names: string[]) =>
         names.map((n) => maxAbsDiff(floats(o, n), floats(r, n)));
-      await withWeights(dense, 1, files, async (path) => {
-        const prompt = uniform(2 * N * HIDDEN, 7);
-        let a = await runNode(path("dense.onnx"), decoderFeeds(dense, { embeds: prompt, rows: N, total: N, batch: 2 }));
-        const kept0 = [0, 1].map((b) => referenceKept(a, b, 2));
-        const k0 = Math.max(...kept0.map((k) => k.length));
-        const pads0 = kept0.map((k) => k0 - k.length);
-        const rows0 = kept0.map((k) => padFront(k, k0));
-        let mid = await runNode(
-          path("mid.onnx"),
-          injectedFeeds(
-            files["mid.onnx"],
-            { rows: k0, total: k0 },
-            Object.fromEntries(s4.map((t) => [t, pickRows(floats(a, t), N, rows0)])),
-            pads0,
-            rows0,
-          ),
-        );
-        // Stage 1 by its definition: the L2 norm of each real row of the stream leaving layer 7
-        // (the Skip norm's sum, in float32), round-half-up(60%) of each example's real rows, ties to the lower row.
-        const sum = floats(mid, s8[0]!).map((x, i) => Math.fround(x + floats(mid, s8[1]!)[i]!));
-        const kept1 = [0, 1].map((b) => {
-          const real = Array.from({ length: k0 - pads0[b]! }, (_, i) => pads0[b]! + i);
-          const norm = (r: number) => Math.hypot(...sum.subarray((b * k0 + r) * HIDDEN, (b * k0 + r + 1) * HIDDEN));
-          const count = Math.max(1, Math.floor((120 * real.length + 100) / 200));
-          return real
-            .map((r) => ({ r, s: norm(r) }))
-            .sort((x, y) => y.s - x.s || x.r - y.r)
-            .slice(0, count)
-            .map((x) => x.r)
-            .sort((x, y) => x - y);
-        });
-        const k1 = Math.max(...kept1.map((k) => k.length));
-        const pads1 = kept1.map((k) => k1 - k.length);
-        const rows1 = kept1.map((k) => padFront(k, k1));
-        expect(pads0).toEqual([8, 0]);
-        expect(pads1).toEqual([5, 0]);
-        let below = await runNode(
-          path("below.onnx"),
-          injectedFeeds(
-            files["below.onnx"],
-            { rows: k1, total: k1 },
-            Object.fromEntries(s8.map((t) => [t, pickRows(floats(mid, t), k0, rows1)])),
-            pads1,
-            rows1.map((row, b) => row.map((r) => (r === undefined ? undefined : rows0[b]![r]))),
-          ),
-        );
-
-        let p = await runNode(
-          path("pruned.onnx"),
-          decoderFeeds(pruned, { embeds: prompt, rows: N, total: N, batch: 2, image: IMAGES.flat() }),
-        );
-        const exposed = (o: Outputs, stage: number) => {
-          const t = o[`prunec.stage${stage}.indices`]!;
-          return rows(t.data as BigInt64Array, t.dims);
-        };
-        expect(exposed(p, 0)).toEqual(rows0.map((row) => row.map((j) => j ?? -1)));
-        expect(exposed(p, 1)).toEqual(rows1.map((row) => row.map((j) => j ?? -1)));
-        const check = (label: string) => {
-          const d = [...exact(p, below, ["logits", ...states([8, 9, 10, 11])]), ...exact(p, mid, states([4, 5, 6, 7]))];
-          console.log(`two stages, ${label}: max |Δ| ${d.join(", ")}`);
-          expect(d).toEqual(new Array(d.length).fill(0));
-        };
-        check("prefill");
-        for (let step = 1; step <= 2; step++) {
-          const last = (o: Outputs, b: number) => {
-            const k = o["logits"]!.dims[1]!;
-            return floats(o, "logits").subarray(((b + 1) * k - 1) * VOCAB, (b + 1) * k * VOCAB);
-          };
-          const tokens = [0, 1].map((b) => argmax(last(p, b)));
-          expect(tokens).toEqual([0, 1].map((b) => argmax(last(below, b))));
-          const x = new Float32Array(2 * HIDDEN);
-          tokens.forEach((t, b) => x.set(uniform(HIDDEN, 1000 + t), b * HIDDEN));
-          const at = { rows: 1, firstPosition: N + step - 1 };
-          p = await runNode(
-            path("pruned.onnx"),
-            decoderFeeds(pruned, { ...at, embeds: x, total: N + step, batch: 2, past: p, image: [false, false] }),
-          );
-          a = await runNode(
-            path("dense.onnx"),
-            decoderFeeds(dense, { ...at, embeds: x, total: N + step, batch: 2, past: a }),
-          );
-          const one = (o: Outputs, ts: string[]) => Object.fromEntries(ts.map((t) => [t, floats(o, t)]));
-          mid = await runNode(
+      await withWeights(dense, 1, files, (path) =>
+        withNodeSessions(async (run) => {
+          const prompt = uniform(2 * N * HIDDEN, 7);
+          let a = await run(path("dense.onnx"), decoderFeeds(dense, { embeds: prompt, rows: N, total: N, batch: 2 }));
+          const kept0 = [0, 1].map((b) => referenceKept(a, b, 2));
+          const k0 = Math.max(...kept0.map((k) => k.length));
+          const pads0 = kept0.map((k) => k0 - k.length);
+          const rows0 = kept0.map((k) => padFront(k, k0));
+          let mid = await run(
             path("mid.onnx"),
-            injectedFeeds(files["mid.onnx"], { ...at, total: k0 + step, past: mid }, one(a, s4), pads0),
+            injectedFeeds(
+              files["mid.onnx"],
+              { rows: k0, total: k0 },
+              Object.fromEntries(s4.map((t) => [t, pickRows(floats(a, t), N, rows0)])),
+              pads0,
+              rows0,
+            ),
           );
-          below = await runNode(
+          // Stage 1 by its definition: the L2 norm of each real row of the stream leaving layer 7
+          // (the Skip norm's sum, in float32), round-half-up(60%) of each example's real rows, ties to the lower row.
+          const sum = floats(mid, s8[0]!).map((x, i) => Math.fround(x + floats(mid, s8[1]!)[i]!));
+          const kept1 = [0, 1].map((b) => {
+            const real = Array.from({ length: k0 - pads0[b]! }, (_, i) => pads0[b]! + i);
+            const norm = (r: number) => Math.hypot(...sum.subarray((b * k0 + r) * HIDDEN, (b * k0 + r + 1) * HIDDEN));
+            const count = Math.max(1, Math.floor((120 * real.length + 100) / 200));
+            return real
+              .map((r) => ({ r, s: norm(r) }))
+              .sort((x, y) => y.s - x.s || x.r - y.r)
+              .slice(0, count)
+              .map((x) => x.r)
+              .sort((x, y) => x - y);
+          });
+          const k1 = Math.max(...kept1.map((k) => k.length));
+          const pads1 = kept1.map((k) => k1 - k.length);
+          const rows1 = kept1.map((k) => padFront(k, k1));
+          expect(pads0).toEqual([8, 0]);
+          expect(pads1).toEqual([5, 0]);
+          let below = await run(
             path("below.onnx"),
-            injectedFeeds(files["below.onnx"], { ...at, total: k1 + step, past: below }, one(mid, s8), pads1),
+            injectedFeeds(
+              files["below.onnx"],
+              { rows: k1, total: k1 },
+              Object.fromEntries(s8.map((t) => [t, pickRows(floats(mid, t), k0, rows1)])),
+              pads1,
+              rows1.map((row, b) => row.map((r) => (r === undefined ? undefined : rows0[b]![r]))),
+            ),
           );
-          expect(p["present.stage1.prunec_valid"]!.dims).toEqual([2, k1 + step]);
-          check(`decode step ${step}`);
-        }
-      });
+
+          let p = await run(
+            path("pruned.onnx"),
+            decoderFeeds(pruned, { embeds: prompt, rows: N, total: N, batch: 2, image: IMAGES.flat() }),
+          );
+          const exposed = (o: Outputs, stage: number) => {
+            const t = o[`prunec.stage${stage}.indices`]!;
+            return rows(t.data as BigInt64Array, t.dims);
+          };
+          expect(exposed(p, 0)).toEqual(rows0.map((row) => row.map((j) => j ?? -1)));
+          expect(exposed(p, 1)).toEqual(rows1.map((row) => row.map((j) => j ?? -1)));
+          const check = (label: string) => {
+            const d = [
+              ...exact(p, below, ["logits", ...states([8, 9, 10, 11])]),
+              ...exact(p, mid, states([4, 5, 6, 7])),
+            ];
+            console.log(`two stages, ${label}: max |Δ| ${d.join(", ")}`);
+            expect(d).toEqual(new Array(d.length).fill(0));
+          };
+          check("prefill");
+          for (let step = 1; step <= 2; step++) {
+            const last = (o: Outputs, b: number) => {
+              const k = o["logits"]!.dims[1]!;
+              return floats(o, "logits").subarray(((b + 1) * k - 1) * VOCAB, (b + 1) * k * VOCAB);
+            };
+            const tokens = [0, 1].map((b) => argmax(last(p, b)));
+            expect(tokens).toEqual([0, 1].map((b) => argmax(last(below, b))));
+            const x = new Float32Array(2 * HIDDEN);
+            tokens.forEach((t, b) => x.set(uniform(HIDDEN, 1000 + t), b * HIDDEN));
+            const at = { rows: 1, firstPosition: N + step - 1 };
+            p = await run(
+              path("pruned.onnx"),
+              decoderFeeds(pruned, { ...at, embeds: x, total: N + step, batch: 2, past: p, image: [false, false] }),
+            );
+            a = await run(
+              path("dense.onnx"),
+              decoderFeeds(dense, { ...at, embeds: x, total: N + step, batch: 2, past: a }),
+            );
+            const one = (o: Outputs, ts: string[]) => Object.fromEntries(ts.map((t) => [t, floats(o, t)]));
+            mid = await run(
+              path("mid.onnx"),
+              injectedFeeds(files["mid.onnx"], { ...at, total: k0 + step, past: mid }, one(a, s4), pads0),
+            );
+            below = await run(
+              path("below.onnx"),
+              injectedFeeds(files["below.onnx"], { ...at, total: k1 + step, past: below }, one(mid, s8), pads1),
+            );
+            expect(p["present.stage1.prunec_valid"]!.dims).toEqual([2, k1 + step]);
+            check(`decode step ${step}`);
+          }
+        }),
+      );
     },
     300_000,
   );

@@ -28,7 +28,7 @@ import { describeShared, itShared, sharedModel } from "./helpers/shared.js";
 import { compile } from "../src/compile.js";
 import { decodeModel } from "../src/onnx/io.js";
 import type { ModelProto } from "../src/onnx/gen/onnx_pb.js";
-import { maxAbsDiff, runNode, type Feeds } from "./helpers/ort.js";
+import { maxAbsDiff, withNodeSessions, type Feeds } from "./helpers/ort.js";
 import { cutDecoder, decoderFeeds, injectStream, type DecoderStep } from "./support/decoder-cut.js";
 import { maskKeysInput, MASKED } from "./support/dense-edits.js";
 import { uniform, withWeights } from "./support/graph-only-inputs.js";
@@ -130,60 +130,61 @@ describeShared("FastV in real decoders on synthetic weights", () => {
         dense,
         1,
         { "dense.onnx": withOutputs(dense, [query]), "pruned.onnx": pruned, "masked.onnx": masked },
-        async (path) => {
-          const prompt = uniform(N * hidden, 7);
-          // Reference kept set from the dense model's own layer-0 tensors.
-          const dense0 = await runNode(path("dense.onnx"), decoderFeeds(dense, { embeds: prompt, rows: N, total: N }));
-          const cos = externalFloats(model, "cos_cache_local", path).data;
-          const sin = externalFloats(model, "sin_cache_local", path).data;
-          const q = dense0[query]!.data as Float32Array;
-          const last = rotate(q.subarray((N - 1) * heads * d, N * heads * d), heads, d, N - 1, cos, sin);
-          const scores = lastRowScores(last, dense0["present.0.key"]!.data as Float32Array, heads, kvHeads, N, d);
-          const kept = fastvKept(scores, IMAGE, 50);
-          expect(kept).toHaveLength(N - 16);
+        (path) =>
+          withNodeSessions(async (run) => {
+            const prompt = uniform(N * hidden, 7);
+            // Reference kept set from the dense model's own layer-0 tensors.
+            const dense0 = await run(path("dense.onnx"), decoderFeeds(dense, { embeds: prompt, rows: N, total: N }));
+            const cos = externalFloats(model, "cos_cache_local", path).data;
+            const sin = externalFloats(model, "sin_cache_local", path).data;
+            const q = dense0[query]!.data as Float32Array;
+            const last = rotate(q.subarray((N - 1) * heads * d, N * heads * d), heads, d, N - 1, cos, sin);
+            const scores = lastRowScores(last, dense0["present.0.key"]!.data as Float32Array, heads, kvHeads, N, d);
+            const kept = fastvKept(scores, IMAGE, 50);
+            expect(kept).toHaveLength(N - 16);
 
-          // The compiled model: same kept set, caches N (layer 0) and K' (layer 1).
-          let p = await runNode(
-            path("pruned.onnx"),
-            decoderFeeds(pruned, { embeds: prompt, rows: N, total: N, image: IMAGE }),
-          );
-          const idx = p["prunec.stage0.indices"]!;
-          expect(rows(idx.data as BigInt64Array, idx.dims)[0]).toEqual(kept);
-          expect(p["present.0.key"]!.dims).toEqual([1, kvHeads, N, d]);
-          expect(p["present.1.key"]!.dims).toEqual([1, kvHeads, kept.length, d]);
-
-          // Dense with the dropped keys masked from layer 1 on, step by step.
-          const keep = new Set(kept);
-          const mask = (total: number) =>
-            Float32Array.from({ length: total }, (_, j) => (j >= N || keep.has(j) ? 0 : MASKED));
-          const maskedFeeds = (step: DecoderStep): Feeds => ({
-            ...decoderFeeds(masked, step),
-            key_mask: { type: "float32", dims: [1, step.total], data: mask(step.total) },
-          });
-          let m = await runNode(path("masked.onnx"), maskedFeeds({ embeds: prompt, rows: N, total: N }));
-          const scale = largest(m["logits"]!.data as Float32Array);
-          expect(maxAbsDiff(p["logits"]!.data as Float32Array, m["logits"]!.data as Float32Array)).toBeLessThanOrEqual(
-            1e-4 * scale,
-          );
-          let token = argmax(p["logits"]!.data as Float32Array);
-          for (let step = 1; step <= STEPS; step++) {
-            const total = N + step;
-            p = await runNode(
+            // The compiled model: same kept set, caches N (layer 0) and K' (layer 1).
+            let p = await run(
               path("pruned.onnx"),
-              decoderFeeds(pruned, { embeds: embed(token, hidden), rows: 1, total, past: p, image: [false] }),
+              decoderFeeds(pruned, { embeds: prompt, rows: N, total: N, image: IMAGE }),
             );
-            m = await runNode(
-              path("masked.onnx"),
-              maskedFeeds({ embeds: embed(token, hidden), rows: 1, total, past: m }),
-            );
-            expect(p["present.1.key"]!.dims[2]).toBe(kept.length + step);
+            const idx = p["prunec.stage0.indices"]!;
+            expect(rows(idx.data as BigInt64Array, idx.dims)[0]).toEqual(kept);
+            expect(p["present.0.key"]!.dims).toEqual([1, kvHeads, N, d]);
+            expect(p["present.1.key"]!.dims).toEqual([1, kvHeads, kept.length, d]);
+
+            // Dense with the dropped keys masked from layer 1 on, step by step.
+            const keep = new Set(kept);
+            const mask = (total: number) =>
+              Float32Array.from({ length: total }, (_, j) => (j >= N || keep.has(j) ? 0 : MASKED));
+            const maskedFeeds = (step: DecoderStep): Feeds => ({
+              ...decoderFeeds(masked, step),
+              key_mask: { type: "float32", dims: [1, step.total], data: mask(step.total) },
+            });
+            let m = await run(path("masked.onnx"), maskedFeeds({ embeds: prompt, rows: N, total: N }));
+            const scale = largest(m["logits"]!.data as Float32Array);
             expect(
               maxAbsDiff(p["logits"]!.data as Float32Array, m["logits"]!.data as Float32Array),
             ).toBeLessThanOrEqual(1e-4 * scale);
-            token = argmax(p["logits"]!.data as Float32Array);
-            expect(token).toBe(argmax(m["logits"]!.data as Float32Array));
-          }
-        },
+            let token = argmax(p["logits"]!.data as Float32Array);
+            for (let step = 1; step <= STEPS; step++) {
+              const total = N + step;
+              p = await run(
+                path("pruned.onnx"),
+                decoderFeeds(pruned, { embeds: embed(token, hidden), rows: 1, total, past: p, image: [false] }),
+              );
+              m = await run(
+                path("masked.onnx"),
+                maskedFeeds({ embeds: embed(token, hidden), rows: 1, total, past: m }),
+              );
+              expect(p["present.1.key"]!.dims[2]).toBe(kept.length + step);
+              expect(
+                maxAbsDiff(p["logits"]!.data as Float32Array, m["logits"]!.data as Float32Array),
+              ).toBeLessThanOrEqual(1e-4 * scale);
+              token = argmax(p["logits"]!.data as Float32Array);
+              expect(token).toBe(argmax(m["logits"]!.data as Float32Array));
+            }
+          }),
       );
     },
     300_000,
@@ -209,106 +210,108 @@ describeShared("FastV in real decoders on synthetic weights", () => {
         "pruned.onnx": withOutputs(pruned, [carriedTable]),
         "below.onnx": injectStream(dense, SUMMANDS, hidden),
       };
-      await withWeights(dense, 1, files, async (path) => {
-        const prompt = uniform(N * hidden, 7);
-        const full = await runNode(path("dense.onnx"), decoderFeeds(dense, { embeds: prompt, rows: N, total: N }));
-        // Layer 3's causal logits per head from its rotated query and present key: pagerank's reference.
-        const q = full[query]!.data as Float32Array;
-        const keys = full["present.3.key"]!.data as Float32Array;
-        const logits = Array.from({ length: heads }, (_, h) =>
-          Array.from({ length: N }, (_, i) =>
-            Array.from({ length: N }, (_, j) => {
-              if (j > i) return -Infinity;
-              const g = Math.floor(h / (heads / kvHeads));
-              let x = 0;
-              for (let t = 0; t < d; t++) x += q[(i * heads + h) * d + t]! * keys[(g * N + j) * d + t]!;
-              return x / Math.sqrt(d);
-            }),
-          ),
-        );
-        const [kept] = pagerankKeep([logits], 75, 0);
-        expect(kept).toHaveLength(36);
-
-        let p = await runNode(path("pruned.onnx"), decoderFeeds(pruned, { embeds: prompt, rows: N, total: N }));
-        const idx = p["prunec.stage0.indices"]!;
-        expect(rows(idx.data as BigInt64Array, idx.dims)[0]).toEqual(kept);
-        // Layer 7 rotates the kept tokens with their own (dense) rows of the M-RoPE table.
-        const denseRows = full[table]!;
-        const width = denseRows.dims[1]!;
-        const expectRows = Float32Array.from(
-          kept!.flatMap((j) => Array.from((denseRows.data as Float32Array).subarray(j * width, (j + 1) * width))),
-        );
-        expect(p[carriedTable]!.dims).toEqual([kept!.length, width]);
-        expect(maxAbsDiff(p[carriedTable]!.data as Float32Array, expectRows)).toBe(0);
-        expect(p["present.3.key"]!.dims).toEqual([1, kvHeads, N, d]);
-        expect(p["present.7.key"]!.dims).toEqual([1, kvHeads, kept!.length, d]);
-        expect(p["present_recurrent.4"]!.dims).toEqual([1, 16, 128, 128]);
-        expect(p["logits"]!.dims).toEqual([1, kept!.length, VOCAB]);
-        // Independent reference for layers 4–7: the dense model run on the kept rows of the stream
-        // entering layer 4 (the two summands of its fused Skip norm) at the kept positions.
-        const streamRows = (t: string) => {
-          const data = full[t]!.data as Float32Array;
-          return Float32Array.from(kept!.flatMap((j) => Array.from(data.subarray(j * hidden, (j + 1) * hidden))));
-        };
-        const k = kept!.length;
-        const injected: Feeds = {
-          ...decoderFeeds(files["below.onnx"], { embeds: new Float32Array(k * hidden), rows: k, total: k }),
-          position_ids: {
-            type: "int64",
-            dims: [3, 1, k],
-            data: BigInt64Array.from({ length: 3 * k }, (_, i) => BigInt(kept![i % k]!)),
-          },
-        };
-        for (const t of SUMMANDS) injected[t] = { type: "float32", dims: [1, k, hidden], data: streamRows(t) };
-        const below = await runNode(path("below.onnx"), injected);
-        const scale = largest(below["logits"]!.data as Float32Array);
-        expect(
-          maxAbsDiff(p["logits"]!.data as Float32Array, below["logits"]!.data as Float32Array),
-        ).toBeLessThanOrEqual(1e-4 * scale);
-        for (const name of ["present.7.key", "present.7.value", "present_recurrent.4", "present_conv.6"]) {
-          expect(maxAbsDiff(p[name]!.data as Float32Array, below[name]!.data as Float32Array)).toBeLessThanOrEqual(
-            1e-4 * Math.max(1, largest(below[name]!.data as Float32Array)),
-          );
-        }
-        // Decode steps: the dense model (layers 0–3, full caches) gives the new token's stream
-        // entering layer 4; the reference's layers 4–7 continue from their kept-token caches/states.
-        let a = full;
-        let ref = below;
-        for (let step = 1; step <= STEPS; step++) {
-          const token = argmax((p["logits"]!.data as Float32Array).subarray(-VOCAB));
-          expect(token).toBe(argmax((ref["logits"]!.data as Float32Array).subarray(-VOCAB)));
-          const x = embed(token, hidden);
-          p = await runNode(
-            path("pruned.onnx"),
-            decoderFeeds(pruned, { embeds: x, rows: 1, total: N + step, past: p, firstPosition: N + step - 1 }),
-          );
-          a = await runNode(
-            path("dense.onnx"),
-            decoderFeeds(dense, { embeds: x, rows: 1, total: N + step, past: a, firstPosition: N + step - 1 }),
-          );
-          const next = decoderFeeds(files["below.onnx"], {
-            embeds: new Float32Array(hidden),
-            rows: 1,
-            total: k + step,
-            past: ref,
-            firstPosition: N + step - 1,
-          });
-          for (const t of SUMMANDS)
-            next[t] = { type: "float32", dims: [1, 1, hidden], data: a[t]!.data as Float32Array };
-          ref = await runNode(path("below.onnx"), next);
-          expect(p["present.3.key"]!.dims[2]).toBe(N + step);
-          expect(p["present.7.key"]!.dims[2]).toBe(k + step);
-          expect(
-            maxAbsDiff(p["logits"]!.data as Float32Array, ref["logits"]!.data as Float32Array),
-          ).toBeLessThanOrEqual(1e-4 * scale);
-          expect(
-            maxAbsDiff(
-              p["present_recurrent.6"]!.data as Float32Array,
-              ref["present_recurrent.6"]!.data as Float32Array,
+      await withWeights(dense, 1, files, (path) =>
+        withNodeSessions(async (run) => {
+          const prompt = uniform(N * hidden, 7);
+          const full = await run(path("dense.onnx"), decoderFeeds(dense, { embeds: prompt, rows: N, total: N }));
+          // Layer 3's causal logits per head from its rotated query and present key: pagerank's reference.
+          const q = full[query]!.data as Float32Array;
+          const keys = full["present.3.key"]!.data as Float32Array;
+          const logits = Array.from({ length: heads }, (_, h) =>
+            Array.from({ length: N }, (_, i) =>
+              Array.from({ length: N }, (_, j) => {
+                if (j > i) return -Infinity;
+                const g = Math.floor(h / (heads / kvHeads));
+                let x = 0;
+                for (let t = 0; t < d; t++) x += q[(i * heads + h) * d + t]! * keys[(g * N + j) * d + t]!;
+                return x / Math.sqrt(d);
+              }),
             ),
-          ).toBeLessThanOrEqual(1e-4 * Math.max(1, largest(ref["present_recurrent.6"]!.data as Float32Array)));
-        }
-      });
+          );
+          const [kept] = pagerankKeep([logits], 75, 0);
+          expect(kept).toHaveLength(36);
+
+          let p = await run(path("pruned.onnx"), decoderFeeds(pruned, { embeds: prompt, rows: N, total: N }));
+          const idx = p["prunec.stage0.indices"]!;
+          expect(rows(idx.data as BigInt64Array, idx.dims)[0]).toEqual(kept);
+          // Layer 7 rotates the kept tokens with their own (dense) rows of the M-RoPE table.
+          const denseRows = full[table]!;
+          const width = denseRows.dims[1]!;
+          const expectRows = Float32Array.from(
+            kept!.flatMap((j) => Array.from((denseRows.data as Float32Array).subarray(j * width, (j + 1) * width))),
+          );
+          expect(p[carriedTable]!.dims).toEqual([kept!.length, width]);
+          expect(maxAbsDiff(p[carriedTable]!.data as Float32Array, expectRows)).toBe(0);
+          expect(p["present.3.key"]!.dims).toEqual([1, kvHeads, N, d]);
+          expect(p["present.7.key"]!.dims).toEqual([1, kvHeads, kept!.length, d]);
+          expect(p["present_recurrent.4"]!.dims).toEqual([1, 16, 128, 128]);
+          expect(p["logits"]!.dims).toEqual([1, kept!.length, VOCAB]);
+          // Independent reference for layers 4–7: the dense model run on the kept rows of the stream
+          // entering layer 4 (the two summands of its fused Skip norm) at the kept positions.
+          const streamRows = (t: string) => {
+            const data = full[t]!.data as Float32Array;
+            return Float32Array.from(kept!.flatMap((j) => Array.from(data.subarray(j * hidden, (j + 1) * hidden))));
+          };
+          const k = kept!.length;
+          const injected: Feeds = {
+            ...decoderFeeds(files["below.onnx"], { embeds: new Float32Array(k * hidden), rows: k, total: k }),
+            position_ids: {
+              type: "int64",
+              dims: [3, 1, k],
+              data: BigInt64Array.from({ length: 3 * k }, (_, i) => BigInt(kept![i % k]!)),
+            },
+          };
+          for (const t of SUMMANDS) injected[t] = { type: "float32", dims: [1, k, hidden], data: streamRows(t) };
+          const below = await run(path("below.onnx"), injected);
+          const scale = largest(below["logits"]!.data as Float32Array);
+          expect(
+            maxAbsDiff(p["logits"]!.data as Float32Array, below["logits"]!.data as Float32Array),
+          ).toBeLessThanOrEqual(1e-4 * scale);
+          for (const name of ["present.7.key", "present.7.value", "present_recurrent.4", "present_conv.6"]) {
+            expect(maxAbsDiff(p[name]!.data as Float32Array, below[name]!.data as Float32Array)).toBeLessThanOrEqual(
+              1e-4 * Math.max(1, largest(below[name]!.data as Float32Array)),
+            );
+          }
+          // Decode steps: the dense model (layers 0–3, full caches) gives the new token's stream
+          // entering layer 4; the reference's layers 4–7 continue from their kept-token caches/states.
+          let a = full;
+          let ref = below;
+          for (let step = 1; step <= STEPS; step++) {
+            const token = argmax((p["logits"]!.data as Float32Array).subarray(-VOCAB));
+            expect(token).toBe(argmax((ref["logits"]!.data as Float32Array).subarray(-VOCAB)));
+            const x = embed(token, hidden);
+            p = await run(
+              path("pruned.onnx"),
+              decoderFeeds(pruned, { embeds: x, rows: 1, total: N + step, past: p, firstPosition: N + step - 1 }),
+            );
+            a = await run(
+              path("dense.onnx"),
+              decoderFeeds(dense, { embeds: x, rows: 1, total: N + step, past: a, firstPosition: N + step - 1 }),
+            );
+            const next = decoderFeeds(files["below.onnx"], {
+              embeds: new Float32Array(hidden),
+              rows: 1,
+              total: k + step,
+              past: ref,
+              firstPosition: N + step - 1,
+            });
+            for (const t of SUMMANDS)
+              next[t] = { type: "float32", dims: [1, 1, hidden], data: a[t]!.data as Float32Array };
+            ref = await run(path("below.onnx"), next);
+            expect(p["present.3.key"]!.dims[2]).toBe(N + step);
+            expect(p["present.7.key"]!.dims[2]).toBe(k + step);
+            expect(
+              maxAbsDiff(p["logits"]!.data as Float32Array, ref["logits"]!.data as Float32Array),
+            ).toBeLessThanOrEqual(1e-4 * scale);
+            expect(
+              maxAbsDiff(
+                p["present_recurrent.6"]!.data as Float32Array,
+                ref["present_recurrent.6"]!.data as Float32Array,
+              ),
+            ).toBeLessThanOrEqual(1e-4 * Math.max(1, largest(ref["present_recurrent.6"]!.data as Float32Array)));
+          }
+        }),
+      );
     },
     300_000,
   );

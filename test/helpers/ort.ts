@@ -145,6 +145,27 @@ async function nodeSession(
   return { session: session as unknown as SessionLike, tensor };
 }
 
+/** A runNode over sessions kept open (see withNodeSessions). */
+export type CachedRun = (model: Uint8Array | string, feeds: Feeds, outputs?: string[]) => Promise<Outputs>;
+
+/**
+ * `f` with a runNode that opens one session per model (a path or the same bytes) and keeps it for
+ * later calls, every session released when `f` settles: for loops that alternate several models.
+ */
+export async function withNodeSessions<T>(f: (run: CachedRun) => Promise<T>, options: RunOptions = {}): Promise<T> {
+  const open = new Map<Uint8Array | string, ReturnType<typeof nodeSession>>();
+  try {
+    return await f(async (model, feeds, outputs) => {
+      let s = open.get(model);
+      if (!s) open.set(model, (s = nodeSession(model, options)));
+      const { session, tensor } = await s;
+      return runOnce(session, tensor, feeds, outputs, "onnxruntime-node");
+    });
+  } finally {
+    for (const s of open.values()) await (await s).session.release();
+  }
+}
+
 /** A run function over one open session (see withNode). */
 export type NodeRun = (feeds: Feeds, outputs?: string[]) => Promise<Outputs>;
 
