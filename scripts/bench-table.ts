@@ -192,7 +192,7 @@ async function main(): Promise<void> {
     }
     lines.push(
       "",
-      `Peak memory of the same processes (maxRSS, MiB, medians; Node alone, \`node -e 0\`: ${node.toFixed(0)} MiB), and what each holds beyond Node alone as a multiple of the file's size:`,
+      `Peak memory of the same processes (peak resident set, Linux's VmHWM, MiB, medians; Node alone, \`node -e 0\`: ${node.toFixed(0)} MiB), and what each holds beyond Node alone as a multiple of the file's size:`,
       "",
       "| model | size | read + write | beyond Node | compile | beyond Node | compile --no-verify | beyond Node |",
       "|---|---|---|---|---|---|---|---|",
