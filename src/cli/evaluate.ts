@@ -6,7 +6,7 @@
 import { decodeModel } from "../onnx/io.js";
 import { batchInput, type Dataset } from "../data/prds.js";
 import { argmax } from "../data/overlay.js";
-import { openSession, type ExecutionProvider, type SessionOptions } from "./runtime.js";
+import { openSession, type ExecutionProvider, type Session, type SessionOptions } from "./runtime.js";
 import { META } from "../compile.js";
 import { PrunecError } from "../errors.js";
 
@@ -79,11 +79,15 @@ export async function evaluate(
     onProgress?: (done: number) => void;
     /** How messages name the data set. */
     dataName?: string;
+    /** A session already open on `model` (the caller's to release): report reuses it for its overlays. */
+    opened?: Session;
   } & Pick<SessionOptions, "modelPath" | "command">,
 ): Promise<EvalResult> {
   const meta = prunecMetadata(model, modelName);
   const tokens = meta.get(META.tokens);
-  const session = await openSession(model, options.ep, { modelPath: options.modelPath, command: options.command });
+  const session =
+    options.opened ??
+    (await openSession(model, options.ep, { modelPath: options.modelPath, command: options.command }));
   try {
     const input = session.inputNames[0]!;
     const output = session.outputNames.find((o) => !o.startsWith("prunec.")) ?? session.outputNames[0]!;
@@ -141,6 +145,6 @@ export async function evaluate(
         data.patches === undefined ? null : segmentationScores(data.patches, intersection, union, correct, n * rows),
     };
   } finally {
-    await session.release();
+    if (!options.opened) await session.release();
   }
 }

@@ -131,21 +131,22 @@ export async function renderReport(
 
   if (data) {
     const evalOptions = { ep: "cpu" as const, batch: 32, ...session };
-    json.dense.accuracy = (await evaluate(model, modelName, data, evalOptions)).accuracy;
     const count = Math.min(examples, data.header.n);
     const prefix = info.cls.prefixTokens;
     const grid = Math.round(Math.sqrt(Number(info.tokens) - prefix));
     const input = batchInput(data, 0, count);
+    // One session per model for both its accuracy and its overlays.
     const denseS = await openSession(model, "cpu", session);
     try {
+      json.dense.accuracy = (await evaluate(model, modelName, data, { ...evalOptions, opened: denseS })).accuracy;
       const inName = denseS.inputNames[0]!;
       const d = await denseS.run({ [inName]: input }, denseS.outputNames.slice(0, 1));
       const dl = Object.values(d)[0]!;
       const classes = dl.dims.at(-1)!;
       for (const [i, { compiled, json: sj }] of schedules.entries()) {
-        sj.accuracy = (await evaluate(compiled.model, modelName, data, evalOptions)).accuracy;
         const prunedS = await openSession(compiled.model, "cpu", session);
         try {
+          sj.accuracy = (await evaluate(compiled.model, modelName, data, { ...evalOptions, opened: prunedS })).accuracy;
           const stageOuts = compiled.report.stages.map((_, k) => `prunec.stage${k}.indices`);
           const p = await prunedS.run({ [inName]: input }, [
             ...prunedS.outputNames.filter((o) => !o.startsWith("prunec.")).slice(0, 1),
