@@ -41,7 +41,7 @@ import { decodeModel } from "../src/onnx/io.js";
 import type { ModelProto, NodeProto } from "../src/onnx/gen/onnx_pb.js";
 import { Graph } from "../src/ir/graph.js";
 import { analyzeTransformer } from "../src/analysis/transformer.js";
-import { maxAbsDiff, runNode, type Feeds, type Outputs } from "./helpers/ort.js";
+import { maxAbsDiff, runNode, withNodeSessions, type Feeds, type Outputs } from "./helpers/ort.js";
 import { cutDecoder, decoderFeeds, type DecoderStep } from "./support/decoder-cut.js";
 import { uniform } from "./support/graph-only-inputs.js";
 import { writeSyntheticWeights } from "./support/synthetic-weights.js";
@@ -330,94 +330,98 @@ for (const m of MODELS) {
       const spec = `${m.where}${press.spec}`;
       itShared(
         `'${spec}': caches K' (evicted) / N (others) at prefill, kept positions = reference from the dense model's tensors, ${STEPS} greedy decode steps = dense with the evicted keys masked per KV head`,
-        async () => {
-          const compiled = compile(dense, spec, { exposeIndices: true }).model;
-          writeFileSync(path(`${press.key}.onnx`), compiled);
-          // (b) the reference kept positions and their margins.
-          const kept = new Map<number, number[][]>();
-          for (const [l, x] of layerInputs) {
-            const scores = press.scores(x.q, x.k, x.scale);
-            const margins = scores.map((row) => margin(row, K));
-            console.log(
-              `${m.name.split(" ")[0]} ${spec}: layer ${l} selection margins ${margins.map((g) => g.toExponential(1)).join(", ")}`,
-            );
-            for (const g of margins) expect(g, `layer ${l} selection margin`).toBeGreaterThanOrEqual(MIN_MARGIN);
-            kept.set(l, kvpressSelect(scores, K).kept);
-          }
-
-          let p = await runNode(path(`${press.key}.onnx`), feeds(compiled, { embeds: prompt, rows: N, total: N }));
-          for (const [l, want] of kept) {
-            const idx = p[`prunec.stage0.layer${l}.kv_indices`]!;
-            expect(idx.dims).toEqual([1, m.kvHeads, K]);
-            const got = Array.from({ length: m.kvHeads }, (_, g) =>
-              Array.from((idx.data as BigInt64Array).subarray(g * K, (g + 1) * K), Number),
-            );
-            expect(got, `layer ${l} kept positions`).toEqual(want);
-          }
-          // (a) cache lengths and contents at prefill; prefill logits = dense.
-          for (const l of [...m.evicted, ...m.untouched]) {
-            for (const kv of ["key", "value"]) {
-              const name = `present.${l}.${kv}`;
-              const denseCache = denseOut[name]!.data as Float32Array;
-              const want = kept.has(l) ? gatherRows(denseCache, N, m.d, kept.get(l)!) : denseCache;
-              expect(p[name]!.dims, name).toEqual([1, m.kvHeads, kept.has(l) ? K : N, m.d]);
-              expect(maxAbsDiff(p[name]!.data as Float32Array, want), name).toBeLessThanOrEqual(
-                TOL * Math.max(1, largest(denseCache)),
+        () =>
+          withNodeSessions(async (run) => {
+            const compiled = compile(dense, spec, { exposeIndices: true }).model;
+            writeFileSync(path(`${press.key}.onnx`), compiled);
+            // (b) the reference kept positions and their margins.
+            const kept = new Map<number, number[][]>();
+            for (const [l, x] of layerInputs) {
+              const scores = press.scores(x.q, x.k, x.scale);
+              const margins = scores.map((row) => margin(row, K));
+              console.log(
+                `${m.name.split(" ")[0]} ${spec}: layer ${l} selection margins ${margins.map((g) => g.toExponential(1)).join(", ")}`,
               );
+              for (const g of margins) expect(g, `layer ${l} selection margin`).toBeGreaterThanOrEqual(MIN_MARGIN);
+              kept.set(l, kvpressSelect(scores, K).kept);
             }
-          }
-          const scale = largest(lastLogits(denseOut));
-          const worst = { prefill: maxAbsDiff(lastLogits(p), lastLogits(denseOut)) / scale, decode: 0, caches: 0 };
-          expect(worst.prefill).toBeLessThanOrEqual(TOL);
 
-          // (c) decode steps against the dense model with the evicted keys masked per KV head.
-          const masks = (total: number, evicting: boolean): Feeds =>
-            Object.fromEntries(
-              m.evicted.map((l) => [kvMaskName(l), kvMaskFeed(evicting ? kept.get(l) : undefined, m.heads, N, total)]),
-            );
-          const maskedBytes = readFileSync(path("masked.onnx"));
-          let q = await runNode(path("masked.onnx"), {
-            ...decoderFeeds(maskedBytes, { embeds: prompt, rows: N, total: N }),
-            ...masks(N, false),
-          });
-          expect(maxAbsDiff(lastLogits(q), lastLogits(denseOut))).toBeLessThanOrEqual(TOL * scale);
-          let token = argmax(lastLogits(p));
-          expect(token).toBe(argmax(lastLogits(q)));
-          for (let step = 1; step <= STEPS; step++) {
-            const total = N + step;
-            const at = { embeds: embed(token, m.hidden), rows: 1, total };
-            const position = m.positionIds ? { firstPosition: total - 1 } : {};
-            p = await runNode(path(`${press.key}.onnx`), feeds(compiled, { ...at, ...position, past: p }));
-            q = await runNode(path("masked.onnx"), {
-              ...decoderFeeds(maskedBytes, { ...at, ...position, past: q }),
-              ...masks(total, true),
-            });
+            let p = await run(path(`${press.key}.onnx`), feeds(compiled, { embeds: prompt, rows: N, total: N }));
+            for (const [l, want] of kept) {
+              const idx = p[`prunec.stage0.layer${l}.kv_indices`]!;
+              expect(idx.dims).toEqual([1, m.kvHeads, K]);
+              const got = Array.from({ length: m.kvHeads }, (_, g) =>
+                Array.from((idx.data as BigInt64Array).subarray(g * K, (g + 1) * K), Number),
+              );
+              expect(got, `layer ${l} kept positions`).toEqual(want);
+            }
+            // (a) cache lengths and contents at prefill; prefill logits = dense.
             for (const l of [...m.evicted, ...m.untouched]) {
               for (const kv of ["key", "value"]) {
                 const name = `present.${l}.${kv}`;
-                const full = q[name]!.data as Float32Array;
-                const fresh = Array.from({ length: step }, (_, i) => N + i);
-                const rowsOf = kept.has(l)
-                  ? kept.get(l)!.map((ks) => [...ks, ...fresh])
-                  : Array.from({ length: m.kvHeads }, () => Array.from({ length: total }, (_, j) => j));
-                expect(p[name]!.dims, `${name}, step ${step}`).toEqual([1, m.kvHeads, rowsOf[0]!.length, m.d]);
-                const diff =
-                  maxAbsDiff(p[name]!.data as Float32Array, gatherRows(full, total, m.d, rowsOf)) /
-                  Math.max(1, largest(full));
-                worst.caches = Math.max(worst.caches, diff);
-                expect(diff, `${name}, step ${step}`).toBeLessThanOrEqual(TOL);
+                const denseCache = denseOut[name]!.data as Float32Array;
+                const want = kept.has(l) ? gatherRows(denseCache, N, m.d, kept.get(l)!) : denseCache;
+                expect(p[name]!.dims, name).toEqual([1, m.kvHeads, kept.has(l) ? K : N, m.d]);
+                expect(maxAbsDiff(p[name]!.data as Float32Array, want), name).toBeLessThanOrEqual(
+                  TOL * Math.max(1, largest(denseCache)),
+                );
               }
             }
-            const diff = maxAbsDiff(lastLogits(p), lastLogits(q)) / scale;
-            worst.decode = Math.max(worst.decode, diff);
-            expect(diff, `logits, step ${step}`).toBeLessThanOrEqual(TOL);
-            token = argmax(lastLogits(p));
-            expect(token, `token, step ${step}`).toBe(argmax(lastLogits(q)));
-          }
-          console.log(
-            `${m.name.split(" ")[0]} ${spec}: max |Δlogits|/max|logits| prefill vs dense ${worst.prefill.toExponential(1)}, decode vs masked dense ${worst.decode.toExponential(1)}; decode caches ${worst.caches.toExponential(1)} (relative)`,
-          );
-        },
+            const scale = largest(lastLogits(denseOut));
+            const worst = { prefill: maxAbsDiff(lastLogits(p), lastLogits(denseOut)) / scale, decode: 0, caches: 0 };
+            expect(worst.prefill).toBeLessThanOrEqual(TOL);
+
+            // (c) decode steps against the dense model with the evicted keys masked per KV head.
+            const masks = (total: number, evicting: boolean): Feeds =>
+              Object.fromEntries(
+                m.evicted.map((l) => [
+                  kvMaskName(l),
+                  kvMaskFeed(evicting ? kept.get(l) : undefined, m.heads, N, total),
+                ]),
+              );
+            const maskedBytes = readFileSync(path("masked.onnx"));
+            let q = await run(path("masked.onnx"), {
+              ...decoderFeeds(maskedBytes, { embeds: prompt, rows: N, total: N }),
+              ...masks(N, false),
+            });
+            expect(maxAbsDiff(lastLogits(q), lastLogits(denseOut))).toBeLessThanOrEqual(TOL * scale);
+            let token = argmax(lastLogits(p));
+            expect(token).toBe(argmax(lastLogits(q)));
+            for (let step = 1; step <= STEPS; step++) {
+              const total = N + step;
+              const at = { embeds: embed(token, m.hidden), rows: 1, total };
+              const position = m.positionIds ? { firstPosition: total - 1 } : {};
+              p = await run(path(`${press.key}.onnx`), feeds(compiled, { ...at, ...position, past: p }));
+              q = await run(path("masked.onnx"), {
+                ...decoderFeeds(maskedBytes, { ...at, ...position, past: q }),
+                ...masks(total, true),
+              });
+              for (const l of [...m.evicted, ...m.untouched]) {
+                for (const kv of ["key", "value"]) {
+                  const name = `present.${l}.${kv}`;
+                  const full = q[name]!.data as Float32Array;
+                  const fresh = Array.from({ length: step }, (_, i) => N + i);
+                  const rowsOf = kept.has(l)
+                    ? kept.get(l)!.map((ks) => [...ks, ...fresh])
+                    : Array.from({ length: m.kvHeads }, () => Array.from({ length: total }, (_, j) => j));
+                  expect(p[name]!.dims, `${name}, step ${step}`).toEqual([1, m.kvHeads, rowsOf[0]!.length, m.d]);
+                  const diff =
+                    maxAbsDiff(p[name]!.data as Float32Array, gatherRows(full, total, m.d, rowsOf)) /
+                    Math.max(1, largest(full));
+                  worst.caches = Math.max(worst.caches, diff);
+                  expect(diff, `${name}, step ${step}`).toBeLessThanOrEqual(TOL);
+                }
+              }
+              const diff = maxAbsDiff(lastLogits(p), lastLogits(q)) / scale;
+              worst.decode = Math.max(worst.decode, diff);
+              expect(diff, `logits, step ${step}`).toBeLessThanOrEqual(TOL);
+              token = argmax(lastLogits(p));
+              expect(token, `token, step ${step}`).toBe(argmax(lastLogits(q)));
+            }
+            console.log(
+              `${m.name.split(" ")[0]} ${spec}: max |Δlogits|/max|logits| prefill vs dense ${worst.prefill.toExponential(1)}, decode vs masked dense ${worst.decode.toExponential(1)}; decode caches ${worst.caches.toExponential(1)} (relative)`,
+            );
+          }),
         300_000,
       );
     }
