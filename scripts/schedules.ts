@@ -138,6 +138,8 @@ const median = (xs: number[]) => {
   const m = Math.floor(s.length / 2);
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 };
+/** A byte difference with its sign: the fold below a stage can remove more than the stage adds. */
+const signed = (n: number) => `${n < 0 ? "−" : "+"}${Math.abs(n).toLocaleString("en-US")}`;
 const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 const vsDense = (acc: number, denseAcc: number) => `${((100 * acc) / denseAcc).toFixed(1)}%`;
 /** `median× [min–max]` of per-repetition speedups. */
@@ -383,7 +385,7 @@ async function capabilitiesTable(model: Uint8Array, data: Dataset, denseAcc: num
     const body = subgraphNodes(decodeModel(r.model, "digits").graph!.node) - denseBody;
     const nodes = `${r.report.addedNodes.length}${body ? ` + ${body} in Loop body` : ""}`;
     lines.push(
-      `| ${spec} | ${row.lowering} | ${tokens} | ${pct(row.accuracy!)} | ${vsDense(row.accuracy!, denseAcc)} | ${spread(sp)} | ${ideal.toFixed(2)}× | ${(median(sp) / ideal).toFixed(2)} | ${nodes} | +${(r.model.length - model.length).toLocaleString("en-US")} |`,
+      `| ${spec} | ${row.lowering} | ${tokens} | ${pct(row.accuracy!)} | ${vsDense(row.accuracy!, denseAcc)} | ${spread(sp)} | ${ideal.toFixed(2)}× | ${(median(sp) / ideal).toFixed(2)} | ${nodes} | ${signed(r.model.length - model.length)} |`,
     );
   }
 
