@@ -14,7 +14,7 @@
  *
  *   npm run bench [-- --runs 30] [-- --compile-only]
  */
-import { existsSync, readFileSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync, readFileSync, mkdtempSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -92,7 +92,7 @@ async function compileTimes(): Promise<void> {
       console.log(`| ${c.label} | (not found: ${c.path}) | | | |`);
       continue;
     }
-    const mb = (readFileSync(c.path).length / 2 ** 20).toFixed(1);
+    const mb = (statSync(c.path).size / 2 ** 20).toFixed(1);
     try {
       const { comp, io } = await compileTime(c.path, c.spec, 7);
       console.log(

@@ -40,8 +40,14 @@ import { specFileText } from "./spec-file.js";
 import { ERROR_PREFIX, PrunecError, errorJson, errorText } from "../errors.js";
 import { DASH, INLINE_NAME, STDIN_NAME, oneStdin, readAllStdin, stdinId, terminalWidth } from "./stdio.js";
 import { renderTable, wrapText } from "../table.js";
-import { checkExternalData } from "../onnx/external.js";
-import { smokeGraph, smokeRun, formatSmoke, type SmokeModel, type SmokeReport, type StagedForSmoke } from "./smoke.js";
+import {
+  stagedForSmoke,
+  smokeRun,
+  formatSmoke,
+  type SmokeModel,
+  type SmokeReport,
+  type StagedForSmoke,
+} from "./smoke.js";
 import { VERSION } from "../version.js";
 
 export interface Io {
@@ -367,12 +373,7 @@ async function stageCompiled(
   const staged = await timedStep(a.timings, "write", () =>
     stageModelWithWeights(out, result.parts, planPlacements(modelBytes, modelName, out, mode), inputs),
   );
-  const smoke = {
-    file: staged.file,
-    graph: smokeGraph(result.graph),
-    refs: checkExternalData({ graph: result.graph }, modelName),
-  };
-  return { staged, smoke, report: result.report, modelName };
+  return { staged, smoke: stagedForSmoke(staged.file, result.graph, modelName), report: result.report, modelName };
 }
 
 /**
@@ -421,9 +422,13 @@ async function runCompileFolder(
   let smoke: SmokeReport | undefined;
   const placed = await timedWrite(timings, () =>
     writeFolder(plan, parts, modelFile.bytes, mode, inputs, async (file) => {
-      const graph = smokeGraph(result.graph);
-      const refs = checkExternalData({ graph: result.graph }, modelPath);
-      smoke = await smokeChecked({ file, graph, refs }, result.report, modelPath, opts, timings);
+      smoke = await smokeChecked(
+        stagedForSmoke(file, result.graph, modelPath),
+        result.report,
+        modelPath,
+        opts,
+        timings,
+      );
     }),
   );
   if (timings) io.err(timingLines(timings, terminalWidth(process.stderr)));

@@ -24,7 +24,7 @@ import type { StageReport } from "../compile.js";
 import { PrunecError } from "../errors.js";
 import { VERIFY_FAILED, stageLabel, type VerifyReport } from "../verify/verify.js";
 import { loadOrtNode } from "./runtime.js";
-import type { ExternalRef } from "../onnx/external.js";
+import { checkExternalData, type ExternalRef } from "../onnx/external.js";
 import { checkWeightFiles } from "./weights.js";
 import { declared, feedInputs, syntheticFeed, type Declared, type SyntheticFeed } from "./smoke-feeds.js";
 
@@ -123,6 +123,11 @@ export interface StagedForSmoke {
   file: string;
   graph: GraphProto;
   refs: readonly ExternalRef[];
+}
+
+/** The smoke run's view of a compiled graph staged in `file`: smokeGraph's graph, its external references checked against `modelPath`. */
+export function stagedForSmoke(file: string, graph: GraphProto, modelPath: string): StagedForSmoke {
+  return { file, graph: smokeGraph(graph), refs: checkExternalData({ graph }, modelPath) };
 }
 
 /**

@@ -114,17 +114,11 @@ async function runOnce(
 }
 
 /** runOnce, then release the session. */
-async function runSession(
-  session: SessionLike,
-  makeTensor: (f: TensorLike) => unknown,
-  feeds: Feeds,
-  outputs: string[] | undefined,
-  backend: string,
-): Promise<Outputs> {
+async function runSession(...args: Parameters<typeof runOnce>): Promise<Outputs> {
   try {
-    return await runOnce(session, makeTensor, feeds, outputs, backend);
+    return await runOnce(...args);
   } finally {
-    await session.release();
+    await args[0].release();
   }
 }
 
