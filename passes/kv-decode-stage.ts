@@ -36,6 +36,7 @@ import { evictionSite } from "./kv/site.js";
 import { validityBias } from "./front-padding.js";
 import { denseName } from "./gather-tokens.js";
 import { attentionMask, firstColumns, lastColumns, type HostColumns } from "./host-mask.js";
+import { spliceLayers, type LayerSplice } from "./splice.js";
 import {
   branchIf,
   callEntries,
@@ -46,8 +47,10 @@ import {
   keptRows,
   readDenseCache,
   sortedAscending,
-  spliceLayer,
+  layerSplice,
+  stageFacts,
   withStateInput,
+  withStateOutput,
   type KvStageResult,
   type KvState,
 } from "./kv-stage.js";
@@ -72,25 +75,29 @@ export function applyKvDecodeStage(
 ): KvStageResult {
   const decode = plan.decode;
   if (!decode) throw new Error(`stage ${plan.stage}: not a decode-time stage (checked by the plan)`);
-  let graph = proto;
   const added: NodeProto[] = [];
   const indices = new Map<number, string>();
-  const states: KvState[] = [];
   const hostMask = attentionMask(proto);
   // A composed prefill stage's K'(N) table, added with the first layer that reads it.
   const press = plan.prefill;
   const tableName = press && `prunec/stage${plan.stage}/prefill_press_budget_table`;
   const table = press && tableName ? fractionTable(press.plan, new Graph(proto), tableName) : undefined;
   let tableAdded = false;
-  for (const planned of plan.layers) {
-    // Only accumulated attention travels between calls; StreamingLLM's rule reads positions.
-    const state = decode.kind === "received" ? scoreState(planned.index) : undefined;
-    const kvHeadsDeclared = planned.cache?.kvHeads;
-    if (state) {
-      graph = withStateInput(graph, state, [kvHeadsDeclared], planned.index);
-      states.push(state);
+  // Only accumulated attention travels between calls; StreamingLLM's rule reads positions.
+  const states = new Map<number, KvState>();
+  let graph = proto;
+  if (decode.kind === "received")
+    for (const planned of plan.layers) {
+      const state = scoreState(planned.index);
+      graph = withStateInput(graph, state, [planned.cache?.kvHeads], planned.index);
+      states.set(planned.index, state);
     }
-    const { g, model, layer, cache, renamed } = evictedLayer(graph, dense, plan, planned.index);
+  // Every layer is built against the stage's input graph and spliced at once (spliceLayers).
+  const { g, model } = stageFacts(graph, dense);
+  const parts: LayerSplice[] = [];
+  for (const planned of plan.layers) {
+    const state = states.get(planned.index);
+    const { layer, cache, renamed } = evictedLayer(model, plan, planned.index);
     const { presentKey, presentValue } = cache;
     const b = new NodeBuilder(`prunec/stage${plan.stage}/${plan.criterion.name}/decode/layer${layer.index}`, opset);
     // Below a stream stage the cache no longer lines up with the host's mask: the layer's pads are
@@ -197,17 +204,22 @@ export function applyKvDecodeStage(
       b.nodes.at(-1)!.output[0] = state.present;
     }
     if (expose) indices.set(layer.index, ascending);
-    graph = spliceLayer(graph, {
-      label: `stage ${plan.stage} (during decode ${plan.text} by ${plan.criterion.name}, layer ${layer.index})`,
-      cache,
-      renamed,
-      b,
-      replaced,
-      state: state && { name: state.present, middle: [kvHeadsDeclared], layer: layer.index },
-    });
+    parts.push(
+      layerSplice(`stage ${plan.stage} (during decode ${plan.text} by ${plan.criterion.name}, layer ${layer.index})`, {
+        cache,
+        renamed,
+        b,
+        replaced,
+      }),
+    );
     added.push(...b.nodes);
   }
-  return { graph, added, indices, states };
+  graph = spliceLayers(graph, `stage ${plan.stage} (during decode ${plan.text} by ${plan.criterion.name})`, parts);
+  for (const planned of plan.layers) {
+    const state = states.get(planned.index);
+    if (state) graph = withStateOutput(graph, state.present, [planned.cache?.kvHeads], planned.index);
+  }
+  return { graph, added, indices, states: [...states.values()] };
 }
 
 /**

@@ -35,7 +35,7 @@ import { AttributeProtoSchema, AttributeProto_AttributeType, GraphProtoSchema } 
 import { batchDim, valueInfo } from "../src/ir/value-info.js";
 import { evictionSite, type EvictionSite } from "./kv/site.js";
 import { denseName } from "./gather-tokens.js";
-import { splice } from "./splice.js";
+import { spliceLayers, type LayerSplice } from "./splice.js";
 import { validityBias } from "./front-padding.js";
 import { attentionMask, firstColumns, hostColumnsOf, type HostColumns } from "./host-mask.js";
 
@@ -85,7 +85,6 @@ export function applyKvStage(
    */
   carryState = false,
 ): KvStageResult {
-  let graph = proto;
   const added: NodeProto[] = [];
   const indices = new Map<number, string>();
   // Counts as fractions of N: one table for the stage (the first layer's splice adds it).
@@ -93,20 +92,24 @@ export function applyKvStage(
   const table = limit !== undefined && limit <= MAX_TABLE ? `prunec/stage${plan.stage}/kv_budget_table` : undefined;
   let tableAdded = false;
   const hostMask = attentionMask(proto);
-  const states: KvState[] = [];
-  for (const planned of plan.layers) {
-    const state: KvState | undefined = carryState
-      ? {
-          layer: planned.index,
-          past: `past_key_values.${planned.index}.prunec_valid`,
-          present: `present.${planned.index}.prunec_valid`,
-        }
-      : undefined;
-    if (state) {
-      graph = withStateInput(graph, state, [], planned.index);
-      states.push(state);
+  const states = new Map<number, KvState>();
+  let graph = proto;
+  if (carryState)
+    for (const { index } of plan.layers) {
+      const state = {
+        layer: index,
+        past: `past_key_values.${index}.prunec_valid`,
+        present: `present.${index}.prunec_valid`,
+      };
+      graph = withStateInput(graph, state, [], index);
+      states.set(index, state);
     }
-    const { g, model, layer, cache, renamed } = evictedLayer(graph, dense, plan, planned.index);
+  // Every layer is built against the stage's input graph and spliced at once (spliceLayers).
+  const { g, model } = stageFacts(graph, dense);
+  const parts: LayerSplice[] = [];
+  for (const planned of plan.layers) {
+    const state = states.get(planned.index);
+    const { layer, cache, renamed } = evictedLayer(model, plan, planned.index);
     // Below stream stages: which host-mask columns the layer's entries line up with.
     const columns = streamAbove(layer.index);
     const { presentKey, presentValue } = cache;
@@ -231,17 +234,19 @@ export function applyKvStage(
     ifNode.output[1] = presentValue;
     if (state) ifNode.output[ifNode.output.length - 1] = state.present;
     if (expose && outs[2]) indices.set(layer.index, outs[2]);
-    graph = spliceLayer(graph, {
-      label: `stage ${plan.stage} (${plan.text} by ${plan.criterion.name}, layer ${layer.index})`,
-      cache,
-      renamed,
-      b,
-      replaced,
-      state: state && { name: state.present, middle: [], layer: layer.index },
-    });
+    parts.push(
+      layerSplice(`stage ${plan.stage} (${plan.text} by ${plan.criterion.name}, layer ${layer.index})`, {
+        cache,
+        renamed,
+        b,
+        replaced,
+      }),
+    );
     added.push(...b.nodes);
   }
-  return { graph, added, indices, states };
+  graph = spliceLayers(graph, `stage ${plan.stage} (${plan.text} by ${plan.criterion.name})`, parts);
+  for (const state of states.values()) graph = withStateOutput(graph, state.present, [], state.layer);
+  return { graph, added, indices, states: [...states.values()] };
 }
 
 /**
@@ -356,24 +361,28 @@ export function pressSelection(
 }
 
 /**
- * Layer `index` of a KV stage on the current graph: the facts refreshed on it (earlier layers'
- * splices rewired nodes), its cache, and `renamed`: the layer now writes its dense cache under
- * /dense, and the evicted one takes the present names.
+ * The facts a KV stage's layers are built from: the analysis's, resolved again in the stage's
+ * input graph (earlier stages rewired nodes), and that graph's index. Every layer of the stage
+ * reads these; their splices are applied together (spliceLayers), so no layer sees another's.
+ */
+export function stageFacts(graph: GraphProto, dense: TransformerInfo): { g: Graph; model: TransformerInfo } {
+  const g = new Graph(graph);
+  return { g, model: refreshFacts(dense, g) };
+}
+
+/**
+ * Layer `index` of a KV stage: its facts, its cache, and `renamed`: the layer now writes its dense
+ * cache under /dense, and the evicted one takes the present names.
  */
 export function evictedLayer(
-  graph: GraphProto,
-  dense: TransformerInfo,
+  model: TransformerInfo,
   plan: KvPlan,
   index: number,
 ): {
-  g: Graph;
-  model: TransformerInfo;
   layer: TransformerInfo["layers"][number];
   cache: LayerCache;
   renamed: Map<string, string>;
 } {
-  const g = new Graph(graph);
-  const model = refreshFacts(dense, g);
   const layer = model.layers[index];
   const cache = layer?.cache;
   if (!layer || !cache) throw new Error(`stage ${plan.stage}: layer ${index} lost its KV cache (checked by the plan)`);
@@ -381,10 +390,10 @@ export function evictedLayer(
     [cache.presentKey, denseName(cache.presentKey)],
     [cache.presentValue, denseName(cache.presentValue)],
   ]);
-  return { g, model, layer, cache, renamed };
+  return { layer, cache, renamed };
 }
 
-/** The graph with a state pair's input declared: float [batch, ...middle, prunec_layerL_past] (spliceLayer declares its output). */
+/** The graph with a state pair's input declared: float [batch, ...middle, prunec_layerL_past] (withStateOutput declares its output). */
 export function withStateInput(
   graph: GraphProto,
   state: KvState,
@@ -446,24 +455,21 @@ export function keptRows(b: NodeBuilder, ascending: string, keys: string): strin
 }
 
 /**
- * Splices one layer's eviction after its present key (the layer writes its dense cache under
- * `renamed`'s names) and declares the state output it carries, if any: float [batch, ...middle,
- * prunec_layerL_cache].
+ * One layer's part of its stage's splice: the eviction goes right after its present key, and the
+ * layer writes its dense cache under `renamed`'s names.
  */
-export function spliceLayer(
-  graph: GraphProto,
+export function layerSplice(
+  label: string,
   x: {
-    label: string;
     cache: LayerCache;
     renamed: ReadonlyMap<string, string>;
     b: NodeBuilder;
     replaced: ReadonlyMap<NodeProto, NodeProto>;
-    state?: { name: string; middle: (number | undefined)[]; layer: number } | undefined;
   },
-): GraphProto {
+): LayerSplice {
   const { presentKey, presentValue } = x.cache;
-  const spliced = splice(graph, {
-    label: x.label,
+  return {
+    label,
     after: presentKey,
     rename: x.renamed,
     nodes: x.b.nodes,
@@ -471,10 +477,18 @@ export function spliceLayer(
     replaced: x.replaced,
     // The present outputs' declared shapes held the dense length.
     staleInfo: new Set([presentKey, presentValue]),
-  });
-  if (!x.state) return spliced;
-  const dims = [batchDim(spliced) ?? "batch", ...x.state.middle, `prunec_layer${x.state.layer}_cache`];
-  return shallowCopy(spliced, { output: [...spliced.output, valueInfo(x.state.name, FLOAT, dims)] });
+  };
+}
+
+/** The graph with a state pair's output declared: float [batch, ...middle, prunec_layerL_cache]. */
+export function withStateOutput(
+  graph: GraphProto,
+  name: string,
+  middle: (number | undefined)[],
+  layer: number,
+): GraphProto {
+  const dims = [batchDim(graph) ?? "batch", ...middle, `prunec_layer${layer}_cache`];
+  return shallowCopy(graph, { output: [...graph.output, valueInfo(name, FLOAT, dims)] });
 }
 
 /**

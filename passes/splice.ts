@@ -47,36 +47,87 @@ export interface Splice {
 
 export function splice(proto: GraphProto, s: Splice): GraphProto {
   const replace = (n: NodeProto) => s.replaced?.get(n) ?? n;
-  let nodes = [...inserted(proto, s)].map(replace);
+  let nodes = placed(proto, [s]);
   if (s.sides) nodes = rewireSideInputs(nodes, s.sides.gathered, new Set([...s.sides.belowNodes].map(replace)));
   const retargeted = s.retarget?.(nodes) ?? { nodes, initializers: [] };
-  const stale = s.staleInfo ?? new Set<string>();
+  return sortedAndChecked(proto, s.label, retargeted.nodes, [s, { initializers: retargeted.initializers }]);
+}
+
+/** One part of `spliceLayers`: a layer's splice, without side tensors or a last rewrite. */
+export type LayerSplice = Omit<Splice, "sides" | "retarget">;
+
+/**
+ * A stage that acts in many layers (a KV stage) as ONE splice: each part's nodes go right after
+ * its own `after`, every part's renames and replacements apply, then one sort and one `ensures`
+ * under `label`. Splicing layer by layer re-indexed, re-sorted and re-checked the whole graph per
+ * layer: quadratic in a deep decoder. Pre: the parts rename, replace and write disjoint things
+ * (each part is its own layer's), which is checked.
+ */
+export function spliceLayers(proto: GraphProto, label: string, parts: readonly LayerSplice[]): GraphProto {
+  return sortedAndChecked(proto, label, placed(proto, parts), parts);
+}
+
+/** The graph with `nodes`, the parts' initializers appended and their value_info changes, sorted; `ensures` held. */
+function sortedAndChecked(
+  proto: GraphProto,
+  label: string,
+  nodes: NodeProto[],
+  parts: readonly Pick<Splice, "initializers" | "staleInfo" | "info">[],
+): GraphProto {
+  const stale = new Set(parts.flatMap((p) => [...(p.staleInfo ?? [])]));
   const graph = shallowCopy(proto, {
-    node: retargeted.nodes,
-    initializer: [...proto.initializer, ...s.initializers, ...retargeted.initializers],
-    valueInfo: [...proto.valueInfo.filter((v) => !stale.has(v.name)), ...(s.info ?? [])],
+    node: nodes,
+    initializer: [...proto.initializer, ...parts.flatMap((p) => p.initializers)],
+    valueInfo: [...proto.valueInfo.filter((v) => !stale.has(v.name)), ...parts.flatMap((p) => p.info ?? [])],
   });
   const sorted = shallowCopy(graph, { node: new Graph(graph).order });
-  ensures(proto, sorted, s.label);
+  ensures(proto, sorted, label);
   return sorted;
 }
 
-/** The node list with the splice's nodes in place and the producer's outputs renamed. */
-function inserted(proto: GraphProto, s: Splice): NodeProto[] {
-  if (s.after === undefined) return [...s.nodes, ...proto.node];
-  const producer = new Graph(proto).producer.get(s.after);
-  if (!producer) throw new Error(`${s.label}: no node produces '${s.after}' (splice precondition)`);
-  const rename = s.rename ?? new Map<string, string>();
-  // A producer may itself be rewired (a KV stage's own attention): rename the rewired copy.
-  const renamed = (n: NodeProto): NodeProto => {
-    const base = s.replaced?.get(n) ?? n;
-    return n.output.some((o) => rename.has(o))
-      ? shallowCopy(base, { output: base.output.map((o) => rename.get(o) ?? o) })
-      : n;
-  };
-  const at = proto.node.indexOf(producer);
-  const nodes = rename.size ? proto.node.map(renamed) : proto.node;
-  return [...nodes.slice(0, at + 1), ...s.nodes, ...nodes.slice(at + 1)];
+/**
+ * The node list with each part's nodes right after the node producing its `after` (first in the
+ * graph when absent; parts at one point in their order), the producers' outputs renamed and the
+ * replaced nodes swapped for their copies.
+ */
+function placed(proto: GraphProto, parts: readonly LayerSplice[]): NodeProto[] {
+  const index = parts.some((p) => p.after !== undefined) ? new Graph(proto) : undefined;
+  const rename = new Map<string, string>();
+  const replaced = new Map<NodeProto, NodeProto>();
+  const front: NodeProto[] = [];
+  const behind = new Map<NodeProto, NodeProto[]>();
+  for (const p of parts) {
+    for (const [from, to] of p.rename ?? []) {
+      if (rename.has(from)) throw new Error(`${p.label}: '${from}' is renamed by two parts of one splice`);
+      rename.set(from, to);
+    }
+    for (const [from, to] of p.replaced ?? []) {
+      if (replaced.has(from)) throw new Error(`${p.label}: node '${from.name}' is replaced by two parts of one splice`);
+      replaced.set(from, to);
+    }
+    if (p.after === undefined) {
+      front.push(...p.nodes);
+      continue;
+    }
+    const producer = index?.producer.get(p.after);
+    if (!producer) throw new Error(`${p.label}: no node produces '${p.after}' (splice precondition)`);
+    const list = behind.get(producer);
+    if (list) list.push(...p.nodes);
+    else behind.set(producer, [...p.nodes]);
+  }
+  const out = [...front];
+  for (const n of proto.node) {
+    // A producer may itself be rewired (a KV stage's own attention): rename the rewired copy.
+    const base = replaced.get(n) ?? n;
+    out.push(
+      n.output.some((o) => rename.has(o))
+        ? shallowCopy(base, { output: base.output.map((o) => rename.get(o) ?? o) })
+        : base,
+    );
+    const next = behind.get(n);
+    if (next) out.push(...next);
+  }
+  return out;
 }
 
 /** A graph's structural issues plus value_info naming tensors nothing produces, as messages by key. */

@@ -35,6 +35,7 @@ import { thrown } from "./support/cases.js";
 import { runNode, maxAbsDiff } from "./helpers/ort.js";
 import { REPO_ROOT } from "./helpers/shared.js";
 import { buildBigVit, NODES_PER_LAYER } from "./support/big-graphs.js";
+import { buildDecoder, DECODER } from "./support/decoder.js";
 
 const TINY = readFileSync(join(REPO_ROOT, "examples", "tiny-vit", "model.onnx"));
 const DIGITS = readFileSync(join(REPO_ROOT, "examples", "digits", "model.onnx"));
@@ -420,6 +421,19 @@ describe("analysis is linear in graph size", () => {
     () => {
       const r = compile(big, SPEC);
       expect(r.report.stages.map((s) => [s.tokensIn, s.tokensOut])).toEqual([[5, 3]]);
+    },
+    GUARD,
+  );
+
+  it(
+    "a KV stage on a 512-layer decoder compiles in seconds (its layers are spliced at once, not one re-sorted and re-checked graph per layer)",
+    () => {
+      // Splicing layer by layer took 20 ms per layer at 128 layers and grew with depth (quadratic).
+      const tiny = { ...DECODER, layers: 512, hidden: 8, heads: 2, kvHeads: 1, headSize: 4, intermediate: 8 };
+      const r = compile(buildDecoder({ attention: "gqa" }, tiny), "keep kv 50% by knorm");
+      expect(r.report.kvStages.map((s) => s.layers.length)).toEqual([512]);
+      const outputs = decodeModel(r.model).graph!.output.map((o) => o.name);
+      expect(outputs.filter((o) => /^present\.\d+\.key$/.test(o))).toHaveLength(512);
     },
     GUARD,
   );
