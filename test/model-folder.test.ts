@@ -21,6 +21,9 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { REPO_ROOT } from "./helpers/shared.js";
 import { externalize } from "./support/externalize.js";
+import { unloadable } from "./support/model-edit.js";
+import { EXIT_CODES } from "../src/errors.js";
+import { VERIFY_FAILED } from "../src/verify/verify.js";
 
 const BIN = join(REPO_ROOT, "bin", "prunec.js");
 const TINY = join(REPO_ROOT, "examples", "tiny-vit", "model.onnx");
@@ -193,6 +196,21 @@ describe("compile: transformers.js model folders", () => {
       statSync(join(d, "onnx", "model.onnx_data")).ino,
     );
     expect(readFileSync(join(copied, "onnx", "model.onnx_data")).equals(Buffer.from(weights))).toBe(true);
+  });
+
+  it("a compiled model onnxruntime cannot load: exit 8 naming its refusal, no OUTDIR and no staged folder left (the smoke run loads the staged file)", () => {
+    const d = folder();
+    writeFileSync(join(d, "onnx", "model.onnx"), unloadable(readFileSync(TINY)));
+    const parent = join(root, "unloadable");
+    mkdirSync(parent);
+    const r = prunec(d, spec, "-o", join(parent, "out"));
+    expect(r.code).toBe(EXIT_CODES.verify);
+    expect(r.stderr).toContain(
+      `${VERIFY_FAILED}: the compiled model: onnxruntime cannot load it: Load model from the compiled model failed:`,
+    );
+    expect(r.stderr).toContain("test.nokernel:Nope");
+    expect(r.stderr).not.toContain(".tmp");
+    expect(readdirSync(parent)).toEqual([]);
   });
 
   it("SIGTERM while the folder is staged: no OUTDIR, no staged folder", async () => {

@@ -22,8 +22,6 @@ import {
   AttributeProtoSchema,
   AttributeProto_AttributeType as AT,
   GraphProtoSchema,
-  OperatorSetIdProtoSchema,
-  TensorProto_DataType as DT,
   type GraphProto,
   type NodeProto,
 } from "../src/onnx/gen/onnx_pb.js";
@@ -42,6 +40,7 @@ import { smokeRun } from "../src/cli/smoke.js";
 import { runtimeError } from "../src/cli/runtime.js";
 import { buildFusedVit } from "./support/fused-vit.js";
 import { externalize } from "./support/externalize.js";
+import { unloadable } from "./support/model-edit.js";
 import { thrown } from "./support/cases.js";
 import { REPO_ROOT } from "./helpers/shared.js";
 
@@ -388,21 +387,6 @@ describe("the CLI reports what it verified", () => {
 });
 
 describe("the CLI's smoke run loads the output staged under its temp name, and only a model that passes takes its name", () => {
-  /** TINY with an extra output computed by an op onnxruntime has no kernel for: it compiles, and cannot load. */
-  function unloadable(bytes: Uint8Array): Uint8Array {
-    const m = decodeModel(bytes);
-    const g = m.graph!;
-    return encodeModel(
-      shallowCopy(m, {
-        opsetImport: [...m.opsetImport, create(OperatorSetIdProtoSchema, { domain: "test.nokernel", version: 1n })],
-        graph: shallowCopy(g, {
-          node: [...g.node, makeNode("Nope", ["logits"], ["test/nope"], "test/nope", {}, "test.nokernel")],
-          output: [...g.output, valueInfo("test/nope", DT.FLOAT, ["batch_size", 10])],
-        }),
-      }),
-    );
-  }
-
   it("exit 8 naming onnxruntime's refusal; no output, no temp file, no weight file placed (external data, -o in another folder)", () => {
     const dir = mkdtempSync(join(tmpdir(), "prunec-staged-"));
     try {

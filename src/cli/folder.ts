@@ -174,19 +174,28 @@ export function checkOutDir(dir: string, outDir: string): void {
     );
 }
 
+/** An output folder staged beside OUTDIR; `commit` renames it into place. */
+export interface StagedFolder {
+  /** The compiled model's path in the staged folder, its weight files beside it. */
+  readonly model: string;
+  /** Rename the folder into place (OUTDIR checked once more first); returns how the weights were placed. */
+  commit(): Placement[];
+  rollback(): void;
+}
+
 /**
- * Write the output folder: the compiled model (with its weights placed), the copies, all staged
- * in a new folder beside OUTDIR and renamed into place at the end. `beforeCommit` runs on the staged
- * model file (see writeModelWithWeights). Returns how the weights were placed.
+ * Stage the output folder: the compiled model (with its weights placed) and the copies, in a new
+ * folder beside OUTDIR, which `commit` renames into place. Nothing is left behind on a failure,
+ * here or at `rollback`. The CLI smoke-runs the staged model between the two (src/cli/main.ts), with
+ * nothing of the input held.
  */
-export async function writeFolder(
+export async function stageFolder(
   plan: FolderPlan,
   parts: readonly Uint8Array[],
   modelBytes: Uint8Array,
   mode: ExternalDataMode,
   inputs: readonly InputRef[],
-  beforeCommit?: (staged: string) => Promise<void>,
-): Promise<Placement[]> {
+): Promise<StagedFolder> {
   const { dir, outDir, onnx } = plan;
   const staging = new Staging();
   let current = outDir;
@@ -217,27 +226,35 @@ export async function writeFolder(
     current = join(outDir, onnx);
     ensure(onnx);
     const modelOut = join(stage, onnx);
-    const modelPath = join(dir, onnx);
     const placed = await writeModelWithWeights(
       modelOut,
       parts,
-      planPlacements(modelBytes, modelPath, modelOut, mode),
+      planPlacements(modelBytes, join(dir, onnx), modelOut, mode),
       inputs,
-      beforeCommit,
     );
     // (writeModelWithWeights holds the test hook's delay: everything is staged by then.)
-    current = outDir;
-    checkOutDir(dir, outDir); // again: a file that appeared meanwhile is never replaced
-    try {
-      // rename(2) replaces only an empty folder (checked just above), never one with files.
-      renameSync(stage, outDir);
-    } catch (e) {
-      if (errno(e) === "ENOTEMPTY" || errno(e) === "EEXIST")
-        throw new Error("it appeared while prunec was writing; nothing was replaced");
-      throw e;
-    }
-    staging.commit();
-    return placed.map((p) => ({ ...p, target: join(outDir, relative(stage, p.target)) }));
+    return {
+      model: modelOut,
+      commit: () => {
+        try {
+          checkOutDir(dir, outDir); // again: a file that appeared meanwhile is never replaced
+          try {
+            // rename(2) replaces only an empty folder (checked just above), never one with files.
+            renameSync(stage, outDir);
+          } catch (e) {
+            if (errno(e) === "ENOTEMPTY" || errno(e) === "EEXIST")
+              throw new Error("it appeared while prunec was writing; nothing was replaced");
+            throw e;
+          }
+          staging.commit();
+          return placed.map((p) => ({ ...p, target: join(outDir, relative(stage, p.target)) }));
+        } catch (e) {
+          staging.rollback();
+          throw writeError(outDir, e);
+        }
+      },
+      rollback: () => staging.rollback(),
+    };
   } catch (e) {
     staging.rollback();
     throw writeError(current, e);

@@ -33,7 +33,16 @@ import {
   type ExternalDataMode,
 } from "./weights.js";
 import { checkOutput, inputRef, readInput, type InputFile } from "./files.js";
-import { checkOutDir, chooseOnnx, isModelFolder, listFolder, planFolder, writeFolder } from "./folder.js";
+import {
+  checkOutDir,
+  chooseOnnx,
+  isModelFolder,
+  listFolder,
+  planFolder,
+  stageFolder,
+  type FolderPlan,
+  type StagedFolder,
+} from "./folder.js";
 import { writeAtomic } from "./atomic.js";
 import { inspectModel, formatInspect } from "../inspect.js";
 import { specFileText } from "./spec-file.js";
@@ -343,16 +352,35 @@ async function compileToStdout(a: CompileArgs): Promise<CompileDone> {
  */
 async function compileToFile(a: CompileArgs, out: string, mode: ExternalDataMode): Promise<CompileDone> {
   const s = await stageCompiled(a, out, mode);
+  const { smoke, placed } = await smokeThenCommit(s, a.opts, a.timings);
+  return { report: s.report, smoke, placed, wrote: `wrote ${out}` };
+}
+
+/**
+ * The second phase of a compile to a file or folder: the staged output is smoke-run (after a full
+ * GC, so the input's buffer is gone before onnxruntime loads the output), then takes its name; a
+ * failed run removes everything staged.
+ */
+async function smokeThenCommit(
+  s: {
+    staged: { commit(): Placement[]; rollback(): void };
+    smoke: StagedForSmoke;
+    report: CompileReport;
+    modelName: string;
+  },
+  opts: CompileOptions,
+  timings: Timings | undefined,
+): Promise<{ smoke: SmokeReport | undefined; placed: Placement[] }> {
   let smoke: SmokeReport | undefined;
   try {
-    if (a.opts.verify !== false) collectGarbage();
-    smoke = await smokeChecked(s.smoke, s.report, s.modelName, a.opts, a.timings);
+    if (opts.verify !== false) collectGarbage();
+    smoke = await smokeChecked(s.smoke, s.report, s.modelName, opts, timings);
   } catch (e) {
     s.staged.rollback();
     throw e;
   }
-  const placed = await timedStep(a.timings, "rename into place", () => s.staged.commit());
-  return { report: s.report, smoke, placed, wrote: `wrote ${out}` };
+  const placed = await timedStep(timings, "rename into place", () => s.staged.commit());
+  return { smoke, placed };
 }
 
 async function stageCompiled(
@@ -386,6 +414,50 @@ function collectGarbage(): void {
   (runInNewContext("gc") as () => void)();
 }
 
+/** Folder mode's first phase: read, compile and stage the output folder; returns nothing that holds the input's bytes. */
+async function stageFolderCompiled(
+  dir: string,
+  outDir: string,
+  specPath: string | undefined,
+  opts: CompileOptions,
+  io: Io,
+  how: { target: "cpu" | "webgpu"; mode: ExternalDataMode; timings: Timings | undefined },
+): Promise<{
+  staged: StagedFolder;
+  smoke: StagedForSmoke;
+  report: CompileReport;
+  modelName: string;
+  plan: FolderPlan;
+  onnx: string;
+}> {
+  const files = listFolder(dir);
+  const onnx = chooseOnnx(dir, files, opts.onnx);
+  checkOutDir(dir, outDir); // fail fast
+  const modelPath = join(dir, onnx);
+  const modelFile = readInput(modelPath, MODEL);
+  const spec = await readSpecArg(specPath, opts.expr, io);
+  const result = compileSpec(modelFile.bytes, modelPath, spec, opts, how.target, how.timings);
+  const plan = planFolder(
+    dir,
+    outDir,
+    files,
+    onnx,
+    externalRefs(modelFile.bytes, modelPath).map((r) => r.location),
+  );
+  const inputs = [modelFile, ...(spec.file ? [spec.file] : []), ...weightInputs(modelFile.bytes, modelPath)];
+  const staged = await timedWrite(how.timings, () =>
+    stageFolder(plan, result.parts, modelFile.bytes, how.mode, inputs),
+  );
+  return {
+    staged,
+    smoke: stagedForSmoke(staged.model, result.graph, modelPath),
+    report: result.report,
+    modelName: modelPath,
+    plan,
+    onnx,
+  };
+}
+
 /**
  * Folder mode (src/cli/folder.ts): DIR is a transformers.js model folder; OUTDIR gets its files
  * with one ONNX file compiled and that file's dtype variants left out.
@@ -402,35 +474,11 @@ async function runCompileFolder(
   if (opts.output === DASH)
     throw new PrunecError("usage", `${dir} is a model folder, compiled to a folder: -o - (stdout) cannot hold it`);
   const outDir = resolve(opts.output);
-  const files = listFolder(dir);
-  const onnx = chooseOnnx(dir, files, opts.onnx);
-  checkOutDir(dir, outDir); // fail fast
-  const modelPath = join(dir, onnx);
-  const modelFile = readInput(modelPath, MODEL);
-  const spec = await readSpecArg(specPath, opts.expr, io);
   const timings: Timings | undefined = opts.timings ? [] : undefined;
-  const result = compileSpec(modelFile.bytes, modelPath, spec, opts, target, timings);
-  const { parts, report } = result;
-  const plan = planFolder(
-    dir,
-    outDir,
-    files,
-    onnx,
-    externalRefs(modelFile.bytes, modelPath).map((r) => r.location),
-  );
-  const inputs = [modelFile, ...(spec.file ? [spec.file] : []), ...weightInputs(modelFile.bytes, modelPath)];
-  let smoke: SmokeReport | undefined;
-  const placed = await timedWrite(timings, () =>
-    writeFolder(plan, parts, modelFile.bytes, mode, inputs, async (file) => {
-      smoke = await smokeChecked(
-        stagedForSmoke(file, result.graph, modelPath),
-        result.report,
-        modelPath,
-        opts,
-        timings,
-      );
-    }),
-  );
+  // Two phases, as for a file (compileToFile): staged with nothing of the input kept, then smoke-run.
+  const s = await stageFolderCompiled(dir, outDir, specPath, opts, io, { target, mode, timings });
+  const { smoke, placed } = await smokeThenCommit(s, opts, timings);
+  const { plan, onnx, report } = s;
   if (timings) io.err(timingLines(timings, terminalWidth(process.stderr)));
   const externalData = placementLines(placed);
   const leftOut = plan.leftOut.map(

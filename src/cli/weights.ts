@@ -284,23 +284,13 @@ export async function stageModelWithWeights(
 
 /**
  * Write the model to `out` with its weight files placed as planned, all or nothing
- * (stageModelWithWeights, then its commit). `beforeCommit` runs on the staged model (its temp path,
- * every weight file beside it) before it takes its name: its failure is the write's, and undoes it.
- * Returns how each file was placed.
+ * (stageModelWithWeights, then its commit). Returns how each file was placed.
  */
 export async function writeModelWithWeights(
   out: string,
   parts: readonly Uint8Array[],
   placements: readonly Placement[],
   inputs: readonly InputRef[] = [],
-  beforeCommit?: (staged: string) => Promise<void>,
 ): Promise<Placement[]> {
-  const staged = await stageModelWithWeights(out, parts, placements, inputs);
-  try {
-    await beforeCommit?.(staged.file);
-  } catch (e) {
-    staged.rollback();
-    throw writeError(out, e);
-  }
-  return staged.commit();
+  return (await stageModelWithWeights(out, parts, placements, inputs)).commit();
 }

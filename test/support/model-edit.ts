@@ -1,9 +1,17 @@
 /** Test-only model edits: expose intermediate tensors (e.g. a layer's attention probabilities) as outputs; scale a weight. */
 import { create } from "@bufbuild/protobuf";
-import { ValueInfoProtoSchema, TypeProtoSchema, TypeProto_TensorSchema } from "../../src/onnx/gen/onnx_pb.js";
+import {
+  OperatorSetIdProtoSchema,
+  TensorProto_DataType as DT,
+  TypeProtoSchema,
+  TypeProto_TensorSchema,
+  ValueInfoProtoSchema,
+} from "../../src/onnx/gen/onnx_pb.js";
 import { decodeModel, encodeModel } from "../../src/onnx/io.js";
 import { shallowCopy } from "../../src/ir/copy.js";
 import { floatTensor, readNumbers } from "../../src/onnx/tensor.js";
+import { makeNode } from "../../src/ir/graph.js";
+import { valueInfo } from "../../src/ir/value-info.js";
 
 export function withOutputs(modelBytes: Uint8Array, names: string[], elemType = 1): Uint8Array {
   const model = decodeModel(modelBytes);
@@ -61,4 +69,22 @@ export function unfoldProbs(data: Float32Array, dims: number[], heads: number): 
 export function rows(data: BigInt64Array, dims: number[]): number[][] {
   const [b, k] = dims as [number, number];
   return Array.from({ length: b }, (_, i) => Array.from(data.subarray(i * k, (i + 1) * k), Number));
+}
+
+/**
+ * The model with an extra output `test/nope` ([batch_size, 10]) computed from `logits` by an op
+ * onnxruntime has no kernel for: prunec compiles it, and onnxruntime cannot load the result.
+ */
+export function unloadable(bytes: Uint8Array): Uint8Array {
+  const m = decodeModel(bytes);
+  const g = m.graph!;
+  return encodeModel(
+    shallowCopy(m, {
+      opsetImport: [...m.opsetImport, create(OperatorSetIdProtoSchema, { domain: "test.nokernel", version: 1n })],
+      graph: shallowCopy(g, {
+        node: [...g.node, makeNode("Nope", ["logits"], ["test/nope"], "test/nope", {}, "test.nokernel")],
+        output: [...g.output, valueInfo("test/nope", DT.FLOAT, ["batch_size", 10])],
+      }),
+    }),
+  );
 }
