@@ -78,16 +78,28 @@ function specLines(spec: string): string {
 
 const MAX_RSS = join(root, "bench", "max-rss.mjs");
 
-/** Whole-process wall time (ms) and peak RSS (MiB) of each command, alternating, medians of `n`. */
+/**
+ * Whole-process wall time (ms) and peak RSS (MiB) of each command, alternating, medians of `n`.
+ * `out`, the file the commands write, is removed before each run (untimed): replacing a large file
+ * costs far more than writing a new one on ext4 (a rename over it forces the new file's writeback),
+ * and an in-place write and prunec's rename pay it differently. Dirty pages are flushed (sync)
+ * between runs, untimed.
+ */
 function processTimes(
   commands: { name: string; argv: string[] }[],
   n: number,
   dir: string,
+  out?: string,
 ): Map<string, { ms: number; mib: number }> {
   const rssFile = join(dir, "max-rss");
   const times = new Map(commands.map((c) => [c.name, { ms: [] as number[], mib: [] as number[] }]));
   for (let i = 0; i < n; i++)
     for (const c of commands) {
+      if (out) {
+        rmSync(out, { force: true });
+        // The previous run's dirty pages are flushed now, untimed, so no run pays for another's writeback.
+        spawnSync("sync");
+      }
       const t = performance.now();
       const r = spawnSync(process.execPath, ["--import", pathToFileURL(MAX_RSS).href, ...c.argv], {
         encoding: "utf8",
@@ -150,7 +162,7 @@ async function main(): Promise<void> {
     ...(noTorch ? [`(No PyTorch-eager row: ${noTorch}.)`] : torchLines),
     ...CASES.filter((c) => !present.includes(c)).map((c) => `(${c.label}: not on this machine, ${c.path}.)`),
     "",
-    "Whole-process compile (`node bin/prunec.js MODEL SPEC -o OUT`, the bundled CLI) against a Node process that only reads and writes the same file, medians of 7 alternating runs:",
+    "Whole-process compile (`node bin/prunec.js MODEL SPEC -o OUT`, the bundled CLI) against a Node process that only reads and writes the same file, medians of 7 alternating runs, each writing a new file (OUT removed and dirty pages flushed before each run, untimed):",
     "",
     "| model | size | read + write ms | compile ms (smoke run included) | ratio | compile --no-verify ms | ratio |",
     "|---|---|---|---|---|---|---|",
@@ -177,6 +189,7 @@ async function main(): Promise<void> {
         ],
         7,
         dir,
+        out,
       );
       const io = t.get("io")!;
       const compile = t.get("compile")!;
