@@ -6,7 +6,18 @@
  * is removed when it fails or is interrupted (src/cli/interrupt.ts); a failure is exit 2 naming the
  * path and the system's reason.
  */
-import { closeSync, existsSync, linkSync, lstatSync, openSync, readSync, renameSync, rmSync, write } from "node:fs";
+import {
+  closeSync,
+  existsSync,
+  linkSync,
+  lstatSync,
+  openSync,
+  readSync,
+  renameSync,
+  rmSync,
+  write,
+  writev,
+} from "node:fs";
 import { randomBytes } from "node:crypto";
 import { dirname, join } from "node:path";
 import { PrunecError } from "../errors.js";
@@ -31,6 +42,43 @@ export async function testWriteDelay(): Promise<void> {
 
 function writeSlice(fd: number, bytes: Uint8Array, offset: number, length: number): Promise<number> {
   return new Promise((res, rej) => write(fd, bytes, offset, length, null, (e, n) => (e ? rej(e) : res(n))));
+}
+
+/** Buffers per writev call (Linux's IOV_MAX). */
+const IOV_MAX = 1024;
+
+/**
+ * Write `parts` in order at the file's position: writev calls of up to IOV_MAX buffers and about
+ * CHUNK bytes each (a compiled model is hundreds of parts, each tensor's bytes a view of the input:
+ * one write per part cost a thread-pool round trip each), a short write resumed where it stopped.
+ * Asynchronous, so a signal's handler runs between calls.
+ */
+export async function writeParts(fd: number, parts: readonly Uint8Array[]): Promise<void> {
+  const queue = parts.filter((p) => p.length > 0);
+  let i = 0;
+  while (i < queue.length) {
+    const batch: Uint8Array[] = [];
+    let bytes = 0;
+    for (let j = i; j < queue.length && batch.length < IOV_MAX && bytes < CHUNK; j++) {
+      const p = queue[j]!;
+      const take = p.subarray(0, Math.min(p.length, CHUNK - bytes));
+      batch.push(take);
+      bytes += take.length;
+    }
+    let written = await new Promise<number>((res, rej) => writev(fd, batch, null, (e, n) => (e ? rej(e) : res(n))));
+    if (written <= 0) throw new Error("the system wrote nothing (a full disk?)");
+    // Drop what was written: whole parts, then the front of a part written in part.
+    while (written > 0) {
+      const p = queue[i]!;
+      if (written >= p.length) {
+        written -= p.length;
+        i++;
+      } else {
+        queue[i] = p.subarray(written);
+        written = 0;
+      }
+    }
+  }
 }
 
 /** A PrunecError as it is; any other failure is exit 2 naming `path` and the system's reason. */
@@ -74,8 +122,7 @@ export class Staging {
     // signal waits for the event loop, and the handler removes whatever exists by then.
     const fd = this.openTracked(tmp);
     try {
-      for (const p of parts)
-        for (let off = 0; off < p.length; ) off += await writeSlice(fd, p, off, Math.min(CHUNK, p.length - off));
+      await writeParts(fd, parts);
     } finally {
       closeSync(fd);
     }
