@@ -672,6 +672,15 @@ function shrunkOutputs(
 ): PerTokenOutput[] {
   const dense = info.tokens;
   if (dense === undefined) return [];
+  // Only an output with one token axis can have shrunk (a classifier's logits cannot): the pruned
+  // graph is inferred, and the stages' descendants walked, only when there is one.
+  const tokenAxis = (name: string): number => {
+    const before = info.shapes.get(name);
+    const axis = before ? before.indexOf(dense) : -1;
+    return before && axis >= 0 && before.lastIndexOf(dense) === axis ? axis : -1;
+  };
+  const candidates = original.output.filter((o) => tokenAxis(o.name) >= 0);
+  if (!candidates.length) return [];
   const after = inferShapes(new Graph(pruned));
   const g = new Graph(original);
   // Outputs computed below each stage's gather (the encoder's output for `after encoder`).
@@ -680,11 +689,10 @@ function shrunkOutputs(
     return new Set([r, ...[...g.descendants(r)].flatMap((n) => n.output)]);
   });
   const result: PerTokenOutput[] = [];
-  for (const o of original.output) {
-    const before = info.shapes.get(o.name);
+  for (const o of candidates) {
     const now = after.get(o.name);
-    const axis: number = before ? before.indexOf(dense) : -1;
-    if (!before || axis < 0 || before.lastIndexOf(dense) !== axis || now?.[axis] === dense) continue;
+    const axis = tokenAxis(o.name);
+    if (now?.[axis] === dense) continue;
     const stages = plans
       .filter((p, i) => !p.mask && p.tokensOut !== p.tokensIn && below[i]!.has(o.name))
       .map((p) => p.stage);
