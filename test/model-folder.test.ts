@@ -213,6 +213,17 @@ describe("compile: transformers.js model folders", () => {
     expect(readdirSync(parent)).toEqual([]);
   });
 
+  it("the input model's bytes are garbage before the smoke run (PRUNEC_TEST_INPUT_FREED, as for a file: test/verify.test.ts)", () => {
+    const d = folder();
+    const r = spawnSync(process.execPath, [BIN, d, spec, "-o", join(root, "out-freed")], {
+      encoding: "utf8",
+      timeout: 60_000,
+      env: { ...process.env, PRUNEC_TEST_INPUT_FREED: "1" },
+    });
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stderr).toBe("prunec test: input freed before the smoke run\n");
+  });
+
   it("SIGTERM while the folder is staged: no OUTDIR, no staged folder", async () => {
     const d = folder("model.onnx", { "tokenizer.json": "{}" });
     const parent = join(root, "sig");
