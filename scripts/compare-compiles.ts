@@ -1,8 +1,9 @@
 /**
  * Compare two compile logs written by test/support/record-compiles.ts (PRUNEC_RECORD_COMPILES):
  * for every model × spec (+ options) pair compiled in both runs, the compiled bytes' hashes must
- * be equal. A pair whose bytes differ but whose order-free form (nodes sorted by their own bytes)
- * is equal changed only its node order: reported apart, and allowed with `--allow-order`. Prints
+ * be equal. A pair whose bytes differ but whose order-free form (test/support/order-free.ts: nodes
+ * by their own bytes, initializers and value_info by name) is equal changed only the order of
+ * those lists: reported apart, and allowed with `--allow-order`. Prints
  * the pairs that differ and the pairs seen in one run only; exits 1 on a change.
  *   npx tsx scripts/compare-compiles.ts BEFORE.log AFTER.log [--allow-order]
  */
@@ -41,7 +42,7 @@ for (const [key, outs] of before) {
   if (equalSets(part(outs, 0), part(now, 0))) same++;
   else if (!part(outs, 1).has("") && equalSets(part(outs, 1), part(now, 1))) {
     orderOnly++;
-    console.log(`node order only: model ${key.slice(0, 12)} spec ${key.slice(65, 77)}`);
+    console.log(`order only: model ${key.slice(0, 12)} spec ${key.slice(65, 77)}`);
   } else {
     changed++;
     console.log(
@@ -52,6 +53,6 @@ for (const [key, outs] of before) {
 const onlyBefore = [...before.keys()].filter((k) => !after.has(k)).length;
 const onlyAfter = [...after.keys()].filter((k) => !before.has(k)).length;
 console.log(
-  `${same} pairs byte-identical, ${orderOnly} changed in node order only, ${changed} changed; ${onlyBefore} compiled only before, ${onlyAfter} only after`,
+  `${same} pairs byte-identical, ${orderOnly} changed in order only, ${changed} changed; ${onlyBefore} compiled only before, ${onlyAfter} only after`,
 );
 process.exit(changed || (orderOnly && !allowOrder) ? 1 : 0);

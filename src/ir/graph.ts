@@ -112,9 +112,11 @@ export class Graph {
 
   /**
    * Nodes in a topological order: file order when that is one (exporters write nodes sorted), else
-   * the order graphlib's topsort gave (kept exactly, so compiled bytes do not change): a post-order
-   * depth-first walk over producers, from each sink in file order, producers by position. Iterative,
-   * so a chain of any length cannot overflow the stack. A cycle is a PrunecError("format").
+   * the file order repaired as little as possible: of the nodes whose inputs are all computed, the
+   * earliest in the file comes next (Kahn's algorithm by position). A node a pass placed before one
+   * of its producers moves down to just after it; nothing else moves. A cycle is a
+   * PrunecError("format"), named by a depth-first walk (iterative: a chain of any length cannot
+   * overflow the stack).
    */
   get order(): NodeProto[] {
     if (this.orderCache) return this.orderCache;
@@ -150,7 +152,7 @@ export class Graph {
       }),
     );
     if (valid) return nodes.slice();
-    // Producers of each node by position (deduplicated, ascending: graphlib's key order).
+    // Producers of each node by position (deduplicated, ascending: the cycle walk's order).
     const preds: number[][] = nodes.map((n) => {
       const ps = new Set<number>();
       for (const inp of reads(n)) {
@@ -159,10 +161,16 @@ export class Graph {
       }
       return [...ps].sort((a, b) => a - b);
     });
+    const stable = earliestFirst(preds);
+    if (stable) return stable.map((i) => nodes[i]!);
+    return this.cycleOf(nodes, preds);
+  }
+
+  /** A cycle of a graph whose nodes cannot all be ordered (`preds`: producers by position). */
+  private cycleOf(nodes: readonly NodeProto[], preds: readonly number[][]): Cycle {
     const hasSuccessor = new Uint8Array(nodes.length);
     for (const ps of preds) for (const p of ps) hasSuccessor[p] = 1;
     const state = new Uint8Array(nodes.length); // 0 unvisited, 1 on the walk's path, 2 done
-    const order: NodeProto[] = [];
     const walk = (root: number): Cycle | undefined => {
       const stack: [number, number][] = [[root, 0]];
       state[root] = 1;
@@ -191,7 +199,6 @@ export class Graph {
         }
         stack.pop();
         state[n] = 2;
-        order.push(nodes[n]!);
       }
       return undefined;
     };
@@ -206,7 +213,7 @@ export class Graph {
       const cycle = walk(i);
       if (cycle) return cycle;
     }
-    return order;
+    throw new Error("no cycle found in a graph Kahn's algorithm could not order (a prunec bug)");
   }
 
   /** Position of a node in `order`. */
@@ -329,4 +336,59 @@ export function makeNode(
     return create(AttributeProtoSchema, { name: k, type: AT.TENSOR, t: v });
   });
   return create(NodeProtoSchema, { opType, input: inputs, output: outputs, name, attribute, domain });
+}
+
+/**
+ * Positions 0..n−1 in topological order (`preds[i]`: the positions node i reads from), the
+ * earliest ready position first: the file order where it is already valid, each other node just
+ * after the last of its producers. Undefined when a cycle leaves some node unordered.
+ */
+function earliestFirst(preds: readonly (readonly number[])[]): number[] | undefined {
+  const n = preds.length;
+  const waiting = new Int32Array(n);
+  const successors: number[][] = Array.from({ length: n }, () => []);
+  preds.forEach((ps, i) => {
+    waiting[i] = ps.length;
+    for (const p of ps) successors[p]!.push(i);
+  });
+  // A binary min-heap of ready positions.
+  const heap: number[] = [];
+  const push = (x: number) => {
+    let i = heap.push(x) - 1;
+    while (i > 0) {
+      const up = (i - 1) >> 1;
+      if (heap[up]! <= x) break;
+      heap[i] = heap[up]!;
+      i = up;
+    }
+    heap[i] = x;
+  };
+  const pop = (): number => {
+    const top = heap[0]!;
+    const last = heap.pop()!;
+    if (heap.length) {
+      let i = 0;
+      for (;;) {
+        const l = 2 * i + 1;
+        if (l >= heap.length) break;
+        const c = l + 1 < heap.length && heap[l + 1]! < heap[l]! ? l + 1 : l;
+        if (heap[c]! >= last) break;
+        heap[i] = heap[c]!;
+        i = c;
+      }
+      heap[i] = last;
+    }
+    return top;
+  };
+  for (let i = 0; i < n; i++) if (waiting[i] === 0) push(i);
+  const order: number[] = [];
+  while (heap.length) {
+    const i = pop();
+    order.push(i);
+    for (const s of successors[i]!) {
+      waiting[s] = waiting[s]! - 1;
+      if (waiting[s] === 0) push(s);
+    }
+  }
+  return order.length === n ? order : undefined;
 }
