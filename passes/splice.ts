@@ -11,7 +11,10 @@
  *   5. `retarget` rewrites constant shapes naming the old token count (prune-stage.ts);
  *   6. value_info of tensors computed below the stage is dropped (it described the dense model) and
  *      the stage's own declared shapes are added;
- *   7. the nodes are put in topological order (file order is kept when it already is one).
+ *   7. the nodes are put in topological order: the file order, repaired as little as possible
+ *      (Graph.order: a node placed before one of its producers moves to just after it).
+ *
+ * A stage acting in many layers applies its layers' splices as one (`spliceLayers`).
  *
  * Post (`ensures`): every node input is produced before it is read, one producer per tensor,
  * unique node names, every graph output produced, and no value_info names a tensor nothing
