@@ -49,8 +49,7 @@ import {
   sortedAscending,
   layerSplice,
   stageFacts,
-  withStateInput,
-  withStateOutput,
+  withState,
   type KvStageResult,
   type KvState,
 } from "./kv-stage.js";
@@ -89,7 +88,7 @@ export function applyKvDecodeStage(
   if (decode.kind === "received")
     for (const planned of plan.layers) {
       const state = scoreState(planned.index);
-      graph = withStateInput(graph, state, [planned.cache?.kvHeads], planned.index);
+      graph = withState(graph, "input", state.past, [planned.cache?.kvHeads], planned.index);
       states.set(planned.index, state);
     }
   // Every layer is built against the stage's input graph and spliced at once (spliceLayers).
@@ -217,7 +216,7 @@ export function applyKvDecodeStage(
   graph = spliceLayers(graph, `stage ${plan.stage} (during decode ${plan.text} by ${plan.criterion.name})`, parts);
   for (const planned of plan.layers) {
     const state = states.get(planned.index);
-    if (state) graph = withStateOutput(graph, state.present, [planned.cache?.kvHeads], planned.index);
+    if (state) graph = withState(graph, "output", state.present, [planned.cache?.kvHeads], planned.index);
   }
   return { graph, added, indices, states: [...states.values()] };
 }

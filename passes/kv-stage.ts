@@ -101,7 +101,7 @@ export function applyKvStage(
         past: `past_key_values.${index}.prunec_valid`,
         present: `present.${index}.prunec_valid`,
       };
-      graph = withStateInput(graph, state, [], index);
+      graph = withState(graph, "input", state.past, [], index);
       states.set(index, state);
     }
   // Every layer is built against the stage's input graph and spliced at once (spliceLayers).
@@ -245,7 +245,7 @@ export function applyKvStage(
     added.push(...b.nodes);
   }
   graph = spliceLayers(graph, `stage ${plan.stage} (${plan.text} by ${plan.criterion.name})`, parts);
-  for (const state of states.values()) graph = withStateOutput(graph, state.present, [], state.layer);
+  for (const state of states.values()) graph = withState(graph, "output", state.present, [], state.layer);
   return { graph, added, indices, states: [...states.values()] };
 }
 
@@ -393,15 +393,24 @@ export function evictedLayer(
   return { layer, cache, renamed };
 }
 
-/** The graph with a state pair's input declared: float [batch, ...middle, prunec_layerL_past] (withStateOutput declares its output). */
-export function withStateInput(
+/**
+ * The graph with one side of a state pair declared, float [batch, ...middle, prunec_layerL_past]
+ * as an input (before the layers are built: they read it), or [..., prunec_layerL_cache] as an
+ * output (after the stage's splice, which writes it).
+ */
+export function withState(
   graph: GraphProto,
-  state: KvState,
+  side: "input" | "output",
+  name: string,
   middle: (number | undefined)[],
   layer: number,
 ): GraphProto {
-  const dims = [batchDim(graph) ?? "batch", ...middle, `prunec_layer${layer}_past`];
-  return shallowCopy(graph, { input: [...graph.input, valueInfo(state.past, FLOAT, dims)] });
+  const dims = [batchDim(graph) ?? "batch", ...middle, `prunec_layer${layer}_${side === "input" ? "past" : "cache"}`];
+  const declared = valueInfo(name, FLOAT, dims);
+  return shallowCopy(
+    graph,
+    side === "input" ? { input: [...graph.input, declared] } : { output: [...graph.output, declared] },
+  );
 }
 
 /**
@@ -478,17 +487,6 @@ export function layerSplice(
     // The present outputs' declared shapes held the dense length.
     staleInfo: new Set([presentKey, presentValue]),
   };
-}
-
-/** The graph with a state pair's output declared: float [batch, ...middle, prunec_layerL_cache]. */
-export function withStateOutput(
-  graph: GraphProto,
-  name: string,
-  middle: (number | undefined)[],
-  layer: number,
-): GraphProto {
-  const dims = [batchDim(graph) ?? "batch", ...middle, `prunec_layer${layer}_cache`];
-  return shallowCopy(graph, { output: [...graph.output, valueInfo(name, FLOAT, dims)] });
 }
 
 /**

@@ -679,7 +679,7 @@ function shrunkOutputs(
     const axis = before ? before.indexOf(dense) : -1;
     return before && axis >= 0 && before.lastIndexOf(dense) === axis ? axis : -1;
   };
-  const candidates = original.output.filter((o) => tokenAxis(o.name) >= 0);
+  const candidates = original.output.map((o) => ({ o, axis: tokenAxis(o.name) })).filter((c) => c.axis >= 0);
   if (!candidates.length) return [];
   const after = inferShapes(new Graph(pruned));
   const g = new Graph(original);
@@ -689,9 +689,8 @@ function shrunkOutputs(
     return new Set([r, ...[...g.descendants(r)].flatMap((n) => n.output)]);
   });
   const result: PerTokenOutput[] = [];
-  for (const o of candidates) {
+  for (const { o, axis } of candidates) {
     const now = after.get(o.name);
-    const axis = tokenAxis(o.name);
     if (now?.[axis] === dense) continue;
     const stages = plans
       .filter((p, i) => !p.mask && p.tokensOut !== p.tokensIn && below[i]!.has(o.name))

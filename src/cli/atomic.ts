@@ -6,18 +6,7 @@
  * is removed when it fails or is interrupted (src/cli/interrupt.ts); a failure is exit 2 naming the
  * path and the system's reason.
  */
-import {
-  closeSync,
-  existsSync,
-  linkSync,
-  lstatSync,
-  openSync,
-  readSync,
-  renameSync,
-  rmSync,
-  write,
-  writev,
-} from "node:fs";
+import { closeSync, existsSync, linkSync, lstatSync, openSync, readSync, renameSync, rmSync, writev } from "node:fs";
 import { randomBytes } from "node:crypto";
 import { dirname, join } from "node:path";
 import { PrunecError } from "../errors.js";
@@ -38,10 +27,6 @@ export function tempPath(target: string): string {
 export async function testWriteDelay(): Promise<void> {
   const ms = Number(process.env["PRUNEC_TEST_WRITE_DELAY_MS"] ?? 0);
   if (ms > 0) await new Promise((r) => setTimeout(r, ms));
-}
-
-function writeSlice(fd: number, bytes: Uint8Array, offset: number, length: number): Promise<number> {
-  return new Promise((res, rej) => write(fd, bytes, offset, length, null, (e, n) => (e ? rej(e) : res(n))));
 }
 
 /** Buffers per writev call (Linux's IOV_MAX). */
@@ -143,7 +128,7 @@ export class Staging {
         for (let pos = 0, size = Number(st.size); pos < size; ) {
           const n = readSync(src, buf, 0, Math.min(CHUNK, size - pos), pos);
           if (n === 0) throw new Error(`${source} shrank while being copied`);
-          for (let off = 0; off < n; ) off += await writeSlice(fd, buf, off, n - off);
+          await writeParts(fd, [buf.subarray(0, n)]);
           pos += n;
         }
       } finally {
