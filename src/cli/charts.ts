@@ -5,6 +5,7 @@
  * so a model of any size gets readable ticks.
  */
 import type { TopLevelSpec } from "vega-lite";
+import { importPeer } from "./peers.js";
 import { runtimeError } from "./runtime.js";
 
 export interface LayerRow {
@@ -30,12 +31,12 @@ async function libraries(): Promise<{ vl: VegaLite; vega: Vega }> {
   let vl: VegaLite;
   let vega: Vega;
   try {
-    vl = await import("vega-lite");
+    vl = await importPeer("vega-lite");
   } catch (e) {
     throw runtimeError("vega-lite", "report", e);
   }
   try {
-    vega = await import("vega");
+    vega = await importPeer("vega");
   } catch (e) {
     throw runtimeError("vega", "report", e);
   }

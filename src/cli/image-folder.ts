@@ -14,6 +14,7 @@
 import { readdirSync, readFileSync, statSync } from "node:fs";
 import { extname, join } from "node:path";
 import { PrunecError } from "../errors.js";
+import { importPeer } from "./peers.js";
 import { runtimeError } from "./runtime.js";
 import type { Dataset, DatasetHeader } from "../data/prds.js";
 
@@ -98,7 +99,7 @@ type Sharp = typeof import("sharp").default;
 /** sharp, an optional peer like the runtimes: only commands that read images need it (exit 7 saying how to install it). */
 async function loadSharp(): Promise<Sharp> {
   try {
-    return (await import("sharp")).default;
+    return (await importPeer("sharp")).default;
   } catch (e) {
     throw runtimeError("sharp", "reading an image folder", e);
   }

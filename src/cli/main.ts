@@ -173,6 +173,8 @@ export function defaultOutput(modelPath: string): string {
 }
 
 export { writeAtomic } from "./atomic.js";
+/** bin/prunec.js sets how the bundled CLI imports optional peers (see peers.ts). */
+export { setPeerImport } from "./peers.js";
 
 interface CompileOptions {
   output?: string;
@@ -434,6 +436,9 @@ async function collectGarbage(): Promise<void> {
   await new Promise((r) => setImmediate(r));
   setFlagsFromString("--expose-gc");
   (runInNewContext("gc") as () => void)();
+  // V8 tags a code cache with its flags: left on, the flag would make the cache bin/prunec.js
+  // writes after a run unusable at the next start.
+  setFlagsFromString("--no-expose-gc");
 }
 
 /** Folder mode's first phase: read, compile and stage the output folder; returns nothing that holds the input's bytes. */

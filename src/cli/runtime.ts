@@ -12,6 +12,7 @@ import type * as OrtWebTypes from "onnxruntime-web";
 import { PrunecError } from "../errors.js";
 import { checkWeightFiles, externalRefs } from "./weights.js";
 import { readInput } from "./files.js";
+import { importPeer } from "./peers.js";
 
 export type ExecutionProvider = "cpu" | "wasm";
 
@@ -52,7 +53,7 @@ export function runtimeError(pkg: string, command: string | undefined, e: unknow
 
 /** onnxruntime-node, imported on first use; `command` names the CLI command in the missing-runtime message. */
 export function loadOrtNode(command?: string): Promise<OrtNode> {
-  ortNode ??= import("onnxruntime-node").catch((e: unknown) => {
+  ortNode ??= importPeer("onnxruntime-node").catch((e: unknown) => {
     ortNode = undefined; // let a later call retry (and report) instead of caching the failure
     throw runtimeError("onnxruntime-node", command, e);
   });
@@ -65,7 +66,7 @@ export function loadOrtWeb(command?: string): Promise<OrtWeb> {
     let ort: OrtWeb;
     let dist: string;
     try {
-      ort = await import("onnxruntime-web");
+      ort = await importPeer("onnxruntime-web");
       dist = dirname(createRequire(import.meta.url).resolve("onnxruntime-web"));
     } catch (e) {
       ortWeb = undefined;
