@@ -57,12 +57,29 @@ export function concat(parts: readonly Uint8Array[]): Uint8Array {
   return out;
 }
 
+/** A tensor whose raw_data is at least this long is written as a view of it, not copied. */
+const VIEW_BYTES = 4096;
+
 /** The encoded model as consecutive segments (weights are views into the decoded input). */
 export function encodeModelParts(model: ModelProto): Uint8Array[] {
   const graph = model.graph;
   if (!graph) return [toBinary(ModelProtoSchema, model)];
   const graphParts: Uint8Array[] = [toBinary(GraphProtoSchema, pick(GraphProtoSchema, graph, ["node", "name"], false))];
-  for (const t of graph.initializer) graphParts.push(...field(5, tensorParts(t)));
+  // Small tensors are encoded whole, a run of them at once: splitting each one around its bytes
+  // cost more than copying them (a graph-only decoder has hundreds of empty initializers).
+  let small: TensorProto[] = [];
+  const flush = () => {
+    if (small.length) graphParts.push(toBinary(GraphProtoSchema, create(GraphProtoSchema, { initializer: small })));
+    small = [];
+  };
+  for (const t of graph.initializer) {
+    if (t.rawData.length < VIEW_BYTES) small.push(t);
+    else {
+      flush();
+      graphParts.push(...field(5, tensorParts(t)));
+    }
+  }
+  flush();
   graphParts.push(
     toBinary(
       GraphProtoSchema,
