@@ -142,7 +142,7 @@ describe("weights are not copied", () => {
 });
 
 describe("encodeModel writes what toBinary writes", () => {
-  const tensor = (name: string, bytes: number, extra: Partial<TensorProto> = {}) =>
+  const tensor = (name: string, bytes: number, extra: { docString?: string } = {}) =>
     create(TensorProtoSchema, {
       name,
       dims: [BigInt(bytes / 4)],
