@@ -22,7 +22,7 @@
  * Post: each layer's present outputs hold K' entries per KV head; the splice's ensures() held.
  */
 import { attrInt, Graph, type GraphProto, type NodeProto, type TensorProto } from "../src/ir/graph.js";
-import { int64Tensor } from "../src/onnx/tensor.js";
+import { int64Tensor, tabulate } from "../src/onnx/tensor.js";
 import type { TransformerInfo } from "../src/analysis/transformer.js";
 import type { LayerCache } from "../src/analysis/kv-cache.js";
 import { refreshFacts } from "../src/analysis/refresh.js";
@@ -677,7 +677,7 @@ function ownBudget(
     b.initializers.push(
       int64Tensor(
         name,
-        Array.from({ length: limit + 1 }, (_, m) => scorer.budgetAt!(m, c)),
+        tabulate(limit + 1, (m) => scorer.budgetAt!(m, c)),
       ),
     );
     return t.op("Gather", [name, n], { axis: 0 }, "layer_budget");
@@ -699,7 +699,7 @@ export function fractionTable(plan: KvPlan, g: Graph, name: string): TensorProto
 function budgetTable(name: string, c: number, limit: number): TensorProto {
   return int64Tensor(
     name,
-    Array.from({ length: limit + 1 }, (_, n) => Math.max(1, Math.trunc(n * c))),
+    tabulate(limit + 1, (n) => Math.max(1, Math.trunc(n * c))),
   );
 }
 

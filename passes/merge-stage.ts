@@ -65,6 +65,7 @@ import { prunedStreamInfo, retargetShapeConstants, streamElemType } from "./reta
 import { refreshFacts } from "../src/analysis/refresh.js";
 import type { StageLowering } from "./kinds/kind.js";
 import type { StagePlan } from "../src/plan-types.js";
+import { tabulate } from "../src/onnx/tensor.js";
 
 const FLOAT = DT.FLOAT;
 
@@ -131,7 +132,7 @@ function tomeRanks(
     const col = b.unsqueeze(m.best, [1]); // [B,1,|A|]: a'
     const row = b.unsqueeze(m.best, [2]); // [B,|A|,1]: a
     const lower = b.float(
-      Array.from({ length: na * na }, (_, k) => (k % na < Math.floor(k / na) ? 1 : 0)),
+      tabulate(na * na, (k) => (k % na < Math.floor(k / na) ? 1 : 0)),
       [na, na],
       "lower_index",
     );

@@ -6,6 +6,7 @@
  */
 import type { NodeBuilder } from "./builder.js";
 import { selectTopK, withPrefix } from "./select-topk.js";
+import { tabulate } from "../src/onnx/tensor.js";
 
 export function selectGroups(
   b: NodeBuilder,
@@ -66,7 +67,7 @@ export function rankInGroup(b: NodeBuilder, scores: string, same: string, n?: nu
   let lower: string; // float [N,N]: 1 where j < i
   if (n !== undefined) {
     lower = b.float(
-      Array.from({ length: n * n }, (_, k) => (k % n < Math.floor(k / n) ? 1 : 0)),
+      tabulate(n * n, (k) => (k % n < Math.floor(k / n) ? 1 : 0)),
       [n, n],
       "lower_position",
     );

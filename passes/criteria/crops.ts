@@ -39,6 +39,7 @@ import type { CriterionModule, Prepared, ScoreContext, Scorer, StageFacts } from
 import { attentionOf, clsRowScores, type Attention } from "../attention/attention-map.js";
 import { rankInGroup } from "../select-groups.js";
 import { clsUnavailable } from "./cls-attn.js";
+import { tabulate } from "../../src/onnx/tensor.js";
 
 /** float (onnx TensorProto.FLOAT) and int64. */
 const FLOAT = 1;
@@ -119,14 +120,14 @@ function emit(ctx: ScoreContext, { attention, n, sizes }: CropsFacts): { keep: s
   const same = (i: number, j: number) => chunkOf[i] === chunkOf[j];
   const matrix = (f: (i: number, j: number) => boolean, label: string) =>
     b.float(
-      Array.from({ length: n * n }, (_, k) => (f(Math.floor(k / n), k % n) ? 1 : 0)),
+      tabulate(n * n, (k) => (f(Math.floor(k / n), k % n) ? 1 : 0)),
       [n, n],
       label,
     );
   const block = matrix(same, "same_chunk");
   const offDiagonal = matrix((i, j) => i !== j && same(i, j), "same_chunk_others");
   const oneHot = b.float(
-    Array.from({ length: n * chunks }, (_, k) => (chunkOf[Math.floor(k / chunks)] === k % chunks ? 1 : 0)),
+    tabulate(n * chunks, (k) => (chunkOf[Math.floor(k / chunks)] === k % chunks ? 1 : 0)),
     [n, chunks],
     "chunk_one_hot",
   );

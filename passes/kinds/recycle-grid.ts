@@ -20,6 +20,7 @@ import type { NodeBuilder } from "../builder.js";
 import { selectAdaptive } from "../adaptive.js";
 import { streamElemType } from "../retarget.js";
 import type { SelectionModule, StageSetup } from "./kind.js";
+import { tabulate } from "../../src/onnx/tensor.js";
 
 /** onnx TensorProto element types. */
 const FLOAT = 1;
@@ -83,7 +84,7 @@ function representatives(b: NodeBuilder, ranked: string, dropped: string, same: 
   const si = b.unsqueeze(ranked, [2]); // [B,Np,1]: the contender i
   const sj = b.unsqueeze(ranked, [1]); // [B,1,Np]: the token j
   const higher = b.float(
-    Array.from({ length: n * n }, (_, k) => (Math.floor(k / n) > k % n ? 1 : 0)),
+    tabulate(n * n, (k) => (Math.floor(k / n) > k % n ? 1 : 0)),
     [n, n],
     "higher_position",
   );

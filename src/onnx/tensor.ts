@@ -9,6 +9,17 @@ import {
 
 export { TensorProto_DataType as DataType } from "./gen/onnx_pb.js";
 
+/**
+ * `[f(0), …, f(length − 1)]`, the values of a constant table. A plain loop: `Array.from({ length })`
+ * iterates an array-like object generically, about ten times slower, which showed in a decoder's
+ * 131k-entry KV budget table (12 ms of a 90 ms compile).
+ */
+export function tabulate(length: number, f: (i: number) => number): number[] {
+  const out = new Array<number>(length);
+  for (let i = 0; i < length; i++) out[i] = f(i);
+  return out;
+}
+
 export function int64Tensor(
   name: string,
   values: readonly number[],
