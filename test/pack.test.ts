@@ -131,6 +131,8 @@ describe("npm pack, installed offline into an empty project without the optional
       "LICENSE",
       "README.md",
       "bin/prunec.js",
+      "dist/prunec.cjs",
+      "dist/prunec.cjs.v8cache",
       "dist/src/cli/main.js",
       "dist/src/index.js",
       "dist/src/index.d.ts",
@@ -181,6 +183,16 @@ describe("npm pack, installed offline into an empty project without the optional
     expect(check.code, check.stderr).toBe(0);
     expect(prunec("fmt", "node_modules/prunec/examples/digits/best.prune").code).toBe(0);
     expect(prunec("inspect", "node_modules/prunec/examples/digits/model.onnx").code).toBe(0);
+  });
+
+  it("the installed CLI starts with the code cache the build packed (same Node)", () => {
+    const r = spawnSync(join(project, "node_modules", ".bin", "prunec"), ["--version"], {
+      cwd: project,
+      env: { ...env, PRUNEC_CODE_CACHE: "report" },
+      encoding: "utf8",
+    });
+    expect(r.status).toBe(0);
+    expect(r.stderr).toBe("prunec: code cache used\n");
   });
 
   it("the library compiles without onnxruntime", () => {
