@@ -11,7 +11,7 @@
 // prints whether it was used, `write` saves a fresh one after a run that succeeds (what the build
 // does; run it after changing Node versions, or `npm run build`).
 import { createHash } from "node:crypto";
-import { readFileSync, renameSync, writeFileSync } from "node:fs";
+import { readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -61,6 +61,12 @@ process.exitCode = code;
 if (mode === "write" && code === 0) {
   const data = script.createCachedData();
   const temp = `${cacheFile}.${process.pid}.tmp`;
-  writeFileSync(temp, Buffer.concat([Buffer.from(`${MAGIC} | ${sourceHash} | ${sha256(data)}\n`, "latin1"), data]));
-  renameSync(temp, cacheFile);
+  try {
+    writeFileSync(temp, Buffer.concat([Buffer.from(`${MAGIC} | ${sourceHash} | ${sha256(data)}\n`, "latin1"), data]));
+    renameSync(temp, cacheFile);
+  } catch (e) {
+    // The compile itself succeeded: a package folder we cannot write to only means no new cache.
+    rmSync(temp, { force: true });
+    process.stderr.write(`prunec: code cache not written: ${e instanceof Error ? e.message : String(e)}\n`);
+  }
 }

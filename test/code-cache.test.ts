@@ -11,6 +11,7 @@ import {
   existsSync,
   mkdirSync,
   mkdtempSync,
+  readdirSync,
   readFileSync,
   rmSync,
   writeFileSync,
@@ -86,6 +87,22 @@ describe.skipIf(!existsSync(BUNDLE))("the CLI's code cache", () => {
       expect(ok.code, ok.stderr).toBe(0);
       expect(readFileSync(cache).subarray(0, 20).toString("latin1")).toBe("prunec-v8-cache 1 | ");
       expect(version()).toBe("prunec: code cache used");
+    });
+
+    it("a cache it cannot write: the run still succeeds, says so, and leaves no temp file", () => {
+      const good = readFileSync(cache);
+      rmSync(cache);
+      mkdirSync(cache); // renaming the new cache over a directory fails, even for root
+      try {
+        const r = run(bin, ["--version"], { cache: "write" });
+        expect(r.code).toBe(0);
+        expect(r.stdout.trim()).toBe(VERSION);
+        expect(r.stderr).toMatch(/^prunec: code cache not written: EISDIR[^\n]*\n$/);
+        expect(readdirSync(join(dir, "copy", "dist")).filter((f) => f.endsWith(".tmp"))).toEqual([]);
+      } finally {
+        rmSync(cache, { recursive: true });
+        writeFileSync(cache, good);
+      }
     });
 
     it("a cache V8 refuses (other flags), a corrupt one or one made for another bundle is not used", () => {
