@@ -5,64 +5,86 @@
 // build runs one compile of the shipped example and saves the bytecode of everything that compile
 // ran (dist/prunec.cjs.v8cache), and later starts skip compiling it again (issue 19).
 //
-// The cache is only used when it is this bundle's: its header holds the SHA-256 of the bundle's
+// The cache is only used when it is this bundle's: its header holds the CRC-32 of the bundle's
 // text and of the cached data. V8 itself refuses data from another V8 version or other flags, and
 // the bundle is then compiled as usual. PRUNEC_CODE_CACHE: `off` ignores the cache, `report`
 // prints whether it was used, `write` saves a fresh one after a run that succeeds (what the build
 // does; run it after changing Node versions, or `npm run build`).
-import { createHash } from "node:crypto";
 import { readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import vm from "node:vm";
+import zlib from "node:zlib";
 
 const bundle = join(dirname(fileURLToPath(import.meta.url)), "..", "dist", "prunec.cjs");
 const cacheFile = `${bundle}.v8cache`;
-const MAGIC = "prunec-v8-cache 1";
+const MAGIC = "prunec-v8-cache 2";
 const mode = process.env.PRUNEC_CODE_CACHE ?? "";
 
-const source = readFileSync(bundle, "utf8");
-const sha256 = (data) => createHash("sha256").update(data).digest("hex");
-const sourceHash = sha256(source);
+const checksum = zlib.crc32 ? (data) => zlib.crc32(data).toString(16).padStart(8, "0") : undefined;
 
-/** The cached data if the file is this bundle's and intact, else why not. */
-function readCache() {
+// The bundle's and the cache's bytes are read into buffers that live as long as the process.
+// Freeing a block of 1-2 MB raises glibc's malloc mmap threshold to its size, after which the
+// smoke run's onnxruntime allocations stay on the heap: a ViT-B/16 compile peaked 30 MB higher
+// (any temporary copy does it: hashing the text as a string did; node:crypto is avoided for the
+// same reason). A CRC-32 is enough: anyone who can write the cache can write the bundle.
+// zlib.crc32 is Node >= 20.15; without it the cache is not used.
+const held = [];
+const readHeld = (path) => {
+  const bytes = readFileSync(path);
+  held.push(bytes);
+  return bytes;
+};
+
+/** The cached data if the file is this bundle's (`sourceHash`) and intact, else why not. */
+function readCache(sourceHash) {
   let file;
   try {
-    file = readFileSync(cacheFile);
+    file = readHeld(cacheFile);
   } catch {
     return "absent";
   }
   const end = file.indexOf(10);
   const [magic, forSource, dataHash] = (end < 0 ? "" : file.subarray(0, end).toString("latin1")).split(" | ");
   if (magic !== MAGIC) return "corrupt (no header)";
+  if (!checksum) return "not checked (this Node has no zlib.crc32)";
   if (forSource !== sourceHash) return "stale (made for another build of the bundle)";
   const data = file.subarray(end + 1);
-  return sha256(data) === dataHash ? data : "corrupt (checksum)";
+  return checksum(data) === dataHash ? data : "corrupt (checksum)";
 }
 
-const cache = mode === "off" ? "off" : readCache();
-const script = new vm.Script(`(function (exports, require, module, __filename, __dirname) {${source}\n})`, {
-  filename: bundle,
-  cachedData: typeof cache === "string" ? undefined : cache,
-});
-if (mode === "report")
-  process.stderr.write(
-    `prunec: code cache ${typeof cache === "string" ? cache : script.cachedDataRejected ? "rejected by V8" : "used"}\n`,
-  );
+/** The bundle's exports, and in write mode what a new cache is made from. */
+function load() {
+  const bytes = readHeld(bundle);
+  const sourceHash = checksum?.(bytes);
+  const source = bytes.toString("utf8");
+  const cache = mode === "off" ? "off" : readCache(sourceHash);
+  const script = new vm.Script(`(function (exports, require, module, __filename, __dirname) {${source}\n})`, {
+    filename: bundle,
+    cachedData: typeof cache === "string" ? undefined : cache,
+  });
+  if (mode === "report")
+    process.stderr.write(
+      `prunec: code cache ${typeof cache === "string" ? cache : script.cachedDataRejected ? "rejected by V8" : "used"}\n`,
+    );
+  const cli = { exports: {} };
+  script.runInThisContext()(cli.exports, createRequire(bundle), cli, bundle, dirname(bundle));
+  return { cli: cli.exports, writer: mode === "write" ? { script, sourceHash } : undefined };
+}
 
-const cli = { exports: {} };
-script.runInThisContext()(cli.exports, createRequire(bundle), cli, bundle, dirname(bundle));
-cli.exports.setPeerImport((specifier) => import(specifier));
-const code = await cli.exports.main(process.argv.slice(2));
+const { cli, writer } = load();
+cli.setPeerImport((specifier) => import(specifier));
+const code = await cli.main(process.argv.slice(2));
 process.exitCode = code;
 
-if (mode === "write" && code === 0) {
-  const data = script.createCachedData();
+if (writer && code === 0) {
+  const { script, sourceHash } = writer;
   const temp = `${cacheFile}.${process.pid}.tmp`;
   try {
-    writeFileSync(temp, Buffer.concat([Buffer.from(`${MAGIC} | ${sourceHash} | ${sha256(data)}\n`, "latin1"), data]));
+    if (!checksum) throw new Error("this Node has no zlib.crc32 (Node >= 20.15 has)");
+    const data = script.createCachedData();
+    writeFileSync(temp, Buffer.concat([Buffer.from(`${MAGIC} | ${sourceHash} | ${checksum(data)}\n`, "latin1"), data]));
     renameSync(temp, cacheFile);
   } catch (e) {
     // The compile itself succeeded: a package folder we cannot write to only means no new cache.

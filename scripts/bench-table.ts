@@ -86,7 +86,7 @@ const MAX_RSS = join(root, "bench", "max-rss.mjs");
  * between runs, untimed.
  */
 function processTimes(
-  commands: { name: string; argv: string[] }[],
+  commands: { name: string; argv: string[]; env?: Record<string, string> }[],
   n: number,
   dir: string,
   out?: string,
@@ -103,7 +103,7 @@ function processTimes(
       const t = performance.now();
       const r = spawnSync(process.execPath, ["--import", pathToFileURL(MAX_RSS).href, ...c.argv], {
         encoding: "utf8",
-        env: { ...process.env, PRUNEC_MAX_RSS_FILE: rssFile },
+        env: { ...process.env, ...c.env, PRUNEC_MAX_RSS_FILE: rssFile },
       });
       if (r.status !== 0) throw new Error(`${c.name}: exit ${r.status}: ${r.stderr}`);
       times.get(c.name)!.ms.push(performance.now() - t);
@@ -162,10 +162,10 @@ async function main(): Promise<void> {
     ...(noTorch ? [`(No PyTorch-eager row: ${noTorch}.)`] : torchLines),
     ...CASES.filter((c) => !present.includes(c)).map((c) => `(${c.label}: not on this machine, ${c.path}.)`),
     "",
-    "Whole-process compile (`node bin/prunec.js MODEL SPEC -o OUT`, the bundled CLI) against a Node process that only reads and writes the same file, medians of 7 alternating runs, each writing a new file (OUT removed and dirty pages flushed before each run, untimed):",
+    "Whole-process compile (`node bin/prunec.js MODEL SPEC -o OUT`, the bundled CLI with its code cache) against a Node process that only reads and writes the same file, medians of 7 alternating runs, each writing a new file (OUT removed and dirty pages flushed before each run, untimed). The last column is `--no-verify` with the code cache off (`PRUNEC_CODE_CACHE=off`), what the CLI costs without it:",
     "",
-    "| model | size | read + write ms | compile ms (smoke run included) | ratio | compile --no-verify ms | ratio |",
-    "|---|---|---|---|---|---|---|",
+    "| model | size | read + write ms | compile ms (smoke run included) | ratio | compile --no-verify ms | ratio | --no-verify, no code cache ms |",
+    "|---|---|---|---|---|---|---|---|",
   );
   const dir = mkdtempSync(join(tmpdir(), "prunec-bench-table-"));
   const memory: string[] = [];
@@ -186,6 +186,11 @@ async function main(): Promise<void> {
           },
           { name: "compile", argv: [join(root, "bin", "prunec.js"), c.path, spec, "-o", out] },
           { name: "noverify", argv: [join(root, "bin", "prunec.js"), c.path, spec, "-o", out, "--no-verify"] },
+          {
+            name: "nocache",
+            argv: [join(root, "bin", "prunec.js"), c.path, spec, "-o", out, "--no-verify"],
+            env: { PRUNEC_CODE_CACHE: "off" },
+          },
         ],
         7,
         dir,
@@ -194,9 +199,10 @@ async function main(): Promise<void> {
       const io = t.get("io")!;
       const compile = t.get("compile")!;
       const noverify = t.get("noverify")!;
+      const nocache = t.get("nocache")!;
       const mib = statSync(c.path).size / 2 ** 20;
       lines.push(
-        `| ${c.label} | ${mib.toFixed(1)} MB | ${io.ms.toFixed(0)} | ${compile.ms.toFixed(0)} | ${(compile.ms / io.ms).toFixed(1)}× | ${noverify.ms.toFixed(0)} | ${(noverify.ms / io.ms).toFixed(1)}× |`,
+        `| ${c.label} | ${mib.toFixed(1)} MB | ${io.ms.toFixed(0)} | ${compile.ms.toFixed(0)} | ${(compile.ms / io.ms).toFixed(1)}× | ${noverify.ms.toFixed(0)} | ${(noverify.ms / io.ms).toFixed(1)}× | ${nocache.ms.toFixed(0)} |`,
       );
       const over = (x: number) => `${x.toFixed(0)} | ${((x - node) / mib).toFixed(2)}×`;
       memory.push(

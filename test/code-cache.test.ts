@@ -85,7 +85,7 @@ describe.skipIf(!existsSync(BUNDLE))("the CLI's code cache", () => {
       expect(existsSync(cache)).toBe(false);
       const ok = run(bin, [MODEL, SPEC, "-o", join(dir, "w.onnx"), "--no-verify"], { cache: "write" });
       expect(ok.code, ok.stderr).toBe(0);
-      expect(readFileSync(cache).subarray(0, 20).toString("latin1")).toBe("prunec-v8-cache 1 | ");
+      expect(readFileSync(cache).subarray(0, 20).toString("latin1")).toBe("prunec-v8-cache 2 | ");
       expect(version()).toBe("prunec: code cache used");
     });
 
@@ -103,6 +103,17 @@ describe.skipIf(!existsSync(BUNDLE))("the CLI's code cache", () => {
         rmSync(cache, { recursive: true });
         writeFileSync(cache, good);
       }
+    });
+
+    it("a Node without zlib.crc32 (before 20.15) neither uses nor writes a cache, and runs", () => {
+      const noCrc = join(dir, "no-crc32.cjs");
+      writeFileSync(noCrc, 'require("node:zlib").crc32 = undefined;\n');
+      expect(version({ nodeFlags: ["--require", noCrc] })).toBe(
+        "prunec: code cache not checked (this Node has no zlib.crc32)",
+      );
+      const r = run(bin, ["--version"], { cache: "write", nodeFlags: ["--require", noCrc] });
+      expect(r.code).toBe(0);
+      expect(r.stderr).toBe("prunec: code cache not written: this Node has no zlib.crc32 (Node >= 20.15 has)\n");
     });
 
     it("a cache V8 refuses (other flags), a corrupt one or one made for another bundle is not used", () => {
