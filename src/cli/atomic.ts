@@ -16,6 +16,24 @@ import { release, removeOnInterrupt } from "./interrupt.js";
 /** Written in slices so a signal is handled between them, not after the whole model. */
 const CHUNK = 8 << 20;
 
+/**
+ * A buffer for one use (`copy`, `compare-a`…) that lives as long as the process, reused by every
+ * later call for that use. Freeing a malloc'd block of 128 KiB to 32 MiB raises glibc's mmap
+ * threshold to its size, after which onnxruntime keeps the smoke run's weight copies on the heap:
+ * the two 8 MiB copy buffers of a model folder's config files, freed, raised a ViT-B/16 folder
+ * compile's peak by 100 MB (with the threshold pinned, MALLOC_MMAP_THRESHOLD_, it equalled a file
+ * compile's).
+ */
+export function ioBuffer(use: string, size: number): Buffer {
+  let b = held.get(use);
+  if (!b || b.length < size) {
+    b = Buffer.allocUnsafe(size);
+    held.set(use, b);
+  }
+  return b;
+}
+const held = new Map<string, Buffer>();
+
 export function tempPath(target: string): string {
   return join(dirname(target), `.prunec-${process.pid}-${randomBytes(4).toString("hex")}.tmp`);
 }
@@ -124,8 +142,10 @@ export class Staging {
       const tmp = tempPath(target);
       const fd = this.openTracked(tmp);
       try {
-        const buf = Buffer.allocUnsafe(CHUNK);
-        for (let pos = 0, size = Number(st.size); pos < size; ) {
+        // A small file's buffer is below malloc's mmap threshold: allocated each time, harmlessly.
+        const size = Number(st.size);
+        const buf = size <= 64 << 10 ? Buffer.allocUnsafe(Math.max(1, size)) : ioBuffer("copy", CHUNK);
+        for (let pos = 0; pos < size; ) {
           const n = readSync(src, buf, 0, Math.min(CHUNK, size - pos), pos);
           if (n === 0) throw new Error(`${source} shrank while being copied`);
           await writeParts(fd, [buf.subarray(0, n)]);

@@ -13,7 +13,7 @@ import { decodeModel } from "../onnx/io.js";
 import { checkExternalData, type ExternalRef } from "../onnx/external.js";
 import { PrunecError } from "../errors.js";
 import { checkOutput, inputRef, kindOf, openRegular, type InputRef } from "./files.js";
-import { Staging, testWriteDelay, writeError } from "./atomic.js";
+import { ioBuffer, Staging, testWriteDelay, writeError } from "./atomic.js";
 
 /**
  * Each model's references, by its bytes: the CLI asks several times per command (the output's
@@ -136,8 +136,8 @@ function sameContent(a: string, sa: Stats, b: string, sb: Stats): boolean {
     throw e;
   }
   try {
-    const ba = Buffer.alloc(1 << 20);
-    const bb = Buffer.alloc(1 << 20);
+    const ba = ioBuffer("compare-a", 1 << 20);
+    const bb = ioBuffer("compare-b", 1 << 20);
     for (let pos = 0; pos < sa.size; ) {
       const n = readSync(fa, ba, 0, ba.length, pos);
       if (n === 0 || readSync(fb, bb, 0, n, pos) !== n || !ba.subarray(0, n).equals(bb.subarray(0, n))) return false;
