@@ -15,6 +15,9 @@ export const shared: NonNullable<ViteUserConfig["test"]> = {
   hookTimeout: 60_000,
   // Records every compile's output hash when PRUNEC_RECORD_COMPILES is set (refactor checks).
   setupFiles: ["test/support/record-compiles.ts"],
+  // The tests' own onnxruntime-node sessions record no telemetry either (the CLI turns it off for
+  // its sessions itself: src/cli/runtime.ts, tested in test/cli.test.ts).
+  env: { ORT_DISABLE_TELEMETRY: process.env["ORT_DISABLE_TELEMETRY"] ?? "1" },
 };
 
 export default defineConfig({

@@ -45,6 +45,33 @@ describe("prunec CLI", () => {
   });
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
+  it("the smoke run leaves no onnxruntime telemetry in the user's home, unless the user set ORT_DISABLE_TELEMETRY", () => {
+    const { ORT_DISABLE_TELEMETRY: _set, XDG_CACHE_HOME: _xdg, ...base } = ENV;
+    const filesUnder = (d: string): string[] =>
+      readdirSync(d, { recursive: true, withFileTypes: true })
+        .filter((e) => e.isFile())
+        .map((e) => join(e.parentPath, e.name).slice(d.length + 1));
+    const run = (extra: Record<string, string>) => {
+      const home = mkdtempSync(join(tmpdir(), "prunec-home-"));
+      try {
+        const r = spawnSync(process.execPath, [BIN, model, spec, "-o", join(dir, "telemetry.onnx")], {
+          encoding: "utf8",
+          env: { ...base, HOME: home, ...extra },
+        });
+        expect(r.status, r.stderr).toBe(0);
+        expect(r.stdout).toMatch(/onnxruntime smoke run passed/);
+        return filesUnder(home);
+      } finally {
+        rmSync(home, { recursive: true, force: true });
+      }
+    };
+    expect(run({})).toEqual([]);
+    // The user's own setting wins ("0" does not turn it off): onnxruntime then writes its database.
+    expect(run({ ORT_DISABLE_TELEMETRY: "0" })).toContain(
+      join(".cache", "Microsoft", "DeveloperTools", ".onnxruntime", "onnxruntime.db"),
+    );
+  });
+
   it("--timings prints each step's wall time to stderr, in order, and leaves stdout and the model as without it", () => {
     const plain = prunec(model, spec, "-o", join(dir, "t0.onnx"));
     const timed = prunec(model, spec, "-o", join(dir, "t1.onnx"), "--timings");

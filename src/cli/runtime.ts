@@ -51,8 +51,15 @@ export function runtimeError(pkg: string, command: string | undefined, e: unknow
   );
 }
 
-/** onnxruntime-node, imported on first use; `command` names the CLI command in the missing-runtime message. */
+/**
+ * onnxruntime-node, imported on first use; `command` names the CLI command in the missing-runtime
+ * message. Its telemetry is turned off first (unless the user set ORT_DISABLE_TELEMETRY): since
+ * 1.30 every process that creates a session records usage events (device, OS, Node version, run
+ * counts) in ~/.cache/Microsoft/DeveloperTools/.onnxruntime/onnxruntime.db, a database of
+ * megabytes, for upload; a compiler's smoke run should leave nothing behind.
+ */
 export function loadOrtNode(command?: string): Promise<OrtNode> {
+  process.env["ORT_DISABLE_TELEMETRY"] ??= "1";
   ortNode ??= importPeer("onnxruntime-node").catch((e: unknown) => {
     ortNode = undefined; // let a later call retry (and report) instead of caching the failure
     throw runtimeError("onnxruntime-node", command, e);
