@@ -6,6 +6,7 @@
  * Prints prefill latency dense vs pruned (ORT CPU, batch 1, median of alternating blocks), the
  * FLOPs-ideal ratio from the analysis's per-layer costs, and the KV-cache bytes the prefill leaves.
  */
+import "./no-telemetry.js";
 import * as ort from "onnxruntime-node";
 import { cacheBytes, emptyPast, int64 } from "./feeds.js";
 import { Graph } from "../src/ir/graph.js";

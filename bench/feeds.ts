@@ -3,6 +3,7 @@
  * past (what transformers.js feeds at prefill), a run's presents as the next call's past, and the
  * bytes a run's KV cache holds.
  */
+import "./no-telemetry.js";
 import * as ort from "onnxruntime-node";
 
 type Outputs = ort.InferenceSession.OnnxValueMapType;

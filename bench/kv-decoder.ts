@@ -5,6 +5,7 @@
  * latency (the press's scoring is extra work there), the KV-cache bytes the prefill leaves, and the
  * latency of a decode step over those caches (where the smaller cache pays off).
  */
+import "./no-telemetry.js";
 import * as ort from "onnxruntime-node";
 import { compile } from "../src/compile.js";
 import { buildDecoder, type DecoderOptions } from "../test/support/decoder.js";

@@ -9,6 +9,7 @@
  *
  *   npx tsx bench/kv-generation.ts [--tokens 2000]
  */
+import "./no-telemetry.js";
 import { pathToFileURL } from "node:url";
 import * as ort from "onnxruntime-node";
 import { compile } from "../src/compile.js";

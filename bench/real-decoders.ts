@@ -14,6 +14,7 @@
  * FLOPs-ideal ratio from the analysis's per-layer costs, and the bytes of the caches and states the
  * prefill leaves.
  */
+import "./no-telemetry.js";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";

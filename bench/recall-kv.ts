@@ -9,6 +9,7 @@
  *
  *   npx tsx bench/recall-kv.ts [--limit 1000] [--batch 50] [--runs 15] [--markdown]
  */
+import "./no-telemetry.js";
 import { readFileSync } from "node:fs";
 import { pathToFileURL } from "node:url";
 import * as ort from "onnxruntime-node";

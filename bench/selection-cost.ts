@@ -16,6 +16,7 @@
  *
  *   npx tsx bench/selection-cost.ts [MODEL] [--threads N] [--reps 30]
  */
+import "./no-telemetry.js";
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { create } from "@bufbuild/protobuf";
