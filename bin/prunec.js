@@ -27,8 +27,8 @@ const checksum = zlib.crc32 ? (data) => zlib.crc32(data).toString(16).padStart(8
 // The bundle's and the cache's bytes are read into buffers that live as long as the process.
 // Freeing a block of 1-2 MB raises glibc's malloc mmap threshold to its size, after which the
 // smoke run's onnxruntime allocations stay on the heap: a ViT-B/16 compile peaked 30 MB higher
-// (any temporary copy does it: hashing the text as a string did; node:crypto is avoided for the
-// same reason). A CRC-32 is enough: anyone who can write the cache can write the bundle.
+// (any temporary native copy does it: hashing the text as a string, which copies it to UTF-8,
+// did). A CRC-32 of the bytes is enough: anyone who can write the cache can write the bundle.
 // zlib.crc32 is Node >= 20.15; without it the cache is not used.
 const held = [];
 const readHeld = (path) => {
