@@ -1,6 +1,8 @@
 /**
  * Imported first by the bench scripts that load onnxruntime-node themselves: its telemetry off,
- * as the CLI does for its own sessions (src/cli/runtime.ts says why). A side-effect module, so it
- * runs before onnxruntime-node's import below it is evaluated.
+ * as the CLI does for its own sessions. A side-effect module, so it runs before onnxruntime-node's
+ * import below it is evaluated.
  */
-process.env["ORT_DISABLE_TELEMETRY"] ??= "1";
+import { ortTelemetryOff } from "../src/cli/runtime.js";
+
+ortTelemetryOff();

@@ -31,6 +31,16 @@ if (!beforePath || !afterPath) {
 }
 const before = read(beforePath);
 const after = read(afterPath);
+// A compile is deterministic, so several outputs for one pair in one log mean the log was appended
+// to across runs (the recorder appends: start from a new file) or a compile is not deterministic.
+for (const [path, log] of [
+  [beforePath, before],
+  [afterPath, after],
+] as const) {
+  const several = [...log.values()].filter((outs) => outs.size > 1).length;
+  if (several)
+    console.log(`warning: ${several} pairs have several outputs in ${path} (a log appended to across runs?)`);
+}
 const equalSets = (a: Set<string>, b: Set<string>) => a.size === b.size && [...a].every((x) => b.has(x));
 const part = (s: Set<string>, i: number) => new Set([...s].map((x) => x.split(" ")[i] ?? ""));
 let changed = 0;

@@ -52,14 +52,19 @@ export function runtimeError(pkg: string, command: string | undefined, e: unknow
 }
 
 /**
- * onnxruntime-node, imported on first use; `command` names the CLI command in the missing-runtime
- * message. Its telemetry is turned off first (unless the user set ORT_DISABLE_TELEMETRY): since
- * 1.30 every process that creates a session records usage events (device, OS, Node version, run
- * counts) in ~/.cache/Microsoft/DeveloperTools/.onnxruntime/onnxruntime.db, a database of
- * megabytes, for upload; a compiler's smoke run should leave nothing behind.
+ * onnxruntime-node's telemetry off for this process, unless the user set ORT_DISABLE_TELEMETRY:
+ * since 1.30 every process that creates a session records usage events (device, OS, Node version,
+ * run counts) in ~/.cache/Microsoft/DeveloperTools/.onnxruntime/onnxruntime.db, a database of
+ * megabytes, for upload; a compiler's smoke run should leave nothing behind. Call it before
+ * onnxruntime-node is imported (the bench scripts do, through bench/no-telemetry.ts).
  */
-export function loadOrtNode(command?: string): Promise<OrtNode> {
+export function ortTelemetryOff(): void {
   process.env["ORT_DISABLE_TELEMETRY"] ??= "1";
+}
+
+/** onnxruntime-node, imported on first use (telemetry off); `command` names the CLI command in the missing-runtime message. */
+export function loadOrtNode(command?: string): Promise<OrtNode> {
+  ortTelemetryOff();
   ortNode ??= importPeer("onnxruntime-node").catch((e: unknown) => {
     ortNode = undefined; // let a later call retry (and report) instead of caching the failure
     throw runtimeError("onnxruntime-node", command, e);
