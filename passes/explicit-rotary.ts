@@ -56,7 +56,7 @@ export function explicitRotary(
   const layers = info.layers.slice(from).filter(rotatesInside);
   const head = layers[0];
   if (!head) return { graph: proto, added: [] };
-  const g = new Graph(proto);
+  const g = Graph.of(proto);
   const b = new NodeBuilder("prunec/rotary", opset);
   const first = head.core.anchor;
   // Positions as the op derives them, from the first rewritten layer's sequence lengths (every layer

@@ -16,7 +16,7 @@ import type { GraphProto, NodeProto, TensorProto } from "../src/onnx/gen/onnx_pb
 import { TensorProto_DataType as DT } from "../src/onnx/gen/onnx_pb.js";
 import { Graph, attrInt, outerReads } from "../src/ir/graph.js";
 import { shallowCopy } from "../src/ir/copy.js";
-import { analyzeShapes } from "../src/analysis/shapes.js";
+import { analyzeFromInputs } from "../src/analysis/shapes.js";
 import { int64Tensor } from "../src/onnx/tensor.js";
 
 /** Ops whose int64 results are shape arithmetic: folded when inference knows their value. */
@@ -87,12 +87,12 @@ function int64Tensors(g: Graph): Set<string> {
  * initializer, and the arithmetic nodes nothing reads any more removed.
  */
 export function foldShapeArithmetic(proto: GraphProto, roots: readonly string[]): GraphProto {
-  const g = new Graph(proto);
+  const g = Graph.of(proto);
   const below = new Set<NodeProto>();
   for (const r of roots) for (const n of g.descendants(r)) below.add(n);
   if (!below.size) return proto;
   const int64 = int64Tensors(g);
-  const { values, shapes } = analyzeShapes(g, { declared: "ignore" });
+  const { values, shapes } = analyzeFromInputs(proto);
   // Tensors a subgraph reads from outside: such a read is no edge in `consumers`, but it keeps its producer.
   const outer = new Set(
     proto.node.flatMap((n) => (n.attribute.some((a) => a.g || a.graphs.length) ? outerReads(n) : [])),

@@ -83,7 +83,7 @@ export function applyHeadStage(
   opset: number,
   previous: HeadStageResult | undefined,
 ): HeadStageResult {
-  const g = new Graph(proto);
+  const g = Graph.of(proto);
   const model = refreshFacts(dense, g);
   const b = new NodeBuilder(`prunec/stage${plan.stage}/${plan.criterion.name}/heads`, opset);
   const facts = (index: number) => {

@@ -59,7 +59,7 @@ export function applyKvCascadeStage(
   const graph = shallowCopy(proto, {
     input: [...proto.input, valueInfo(state.past, FLOAT, [batch, `prunec_stage${plan.stage}_past`])],
   });
-  const g = new Graph(graph);
+  const g = Graph.of(graph);
   const model = refreshFacts(dense, g);
   const hostMask = attentionMask(graph);
   const b = new NodeBuilder(`prunec/stage${plan.stage}/${plan.criterion.name}/decode`, opset);

@@ -80,7 +80,7 @@ export function applyKvDecodeStage(
   // A composed prefill stage's K'(N) table, added with the first layer that reads it.
   const press = plan.prefill;
   const tableName = press && `prunec/stage${plan.stage}/prefill_press_budget_table`;
-  const table = press && tableName ? fractionTable(press.plan, new Graph(proto), tableName) : undefined;
+  const table = press && tableName ? fractionTable(press.plan, Graph.of(proto), tableName) : undefined;
   let tableAdded = false;
   // Only accumulated attention travels between calls; StreamingLLM's rule reads positions.
   const states = new Map<number, KvState>();

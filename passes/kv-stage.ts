@@ -88,7 +88,7 @@ export function applyKvStage(
   const added: NodeProto[] = [];
   const indices = new Map<number, string>();
   // Counts as fractions of N: one table for the stage (the first layer's splice adds it).
-  const limit = plan.budget.kind === "fraction" ? maxPositions(new Graph(proto)) : undefined;
+  const limit = plan.budget.kind === "fraction" ? maxPositions(Graph.of(proto)) : undefined;
   const table = limit !== undefined && limit <= MAX_TABLE ? `prunec/stage${plan.stage}/kv_budget_table` : undefined;
   let tableAdded = false;
   const hostMask = attentionMask(proto);
@@ -366,7 +366,7 @@ export function pressSelection(
  * reads these; their splices are applied together (spliceLayers), so no layer sees another's.
  */
 export function stageFacts(graph: GraphProto, dense: TransformerInfo): { g: Graph; model: TransformerInfo } {
-  const g = new Graph(graph);
+  const g = Graph.of(graph);
   return { g, model: refreshFacts(dense, g) };
 }
 

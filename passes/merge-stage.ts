@@ -220,7 +220,7 @@ function everyOther(b: NodeBuilder, x: string, start: 0 | 1, label: string): str
 }
 
 export const applyMergeStage: StageLowering = (proto, dense, densePlan, state, options) => {
-  const g = new Graph(proto);
+  const g = Graph.of(proto);
   // Earlier stages rewired some nodes (new objects, same names): read the current ones.
   const model = refreshFacts(dense, g);
   const layer = model.layers[densePlan.layer.index];

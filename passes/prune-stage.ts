@@ -211,7 +211,7 @@ function setUp(
   state: StreamState,
   options: LowerOptions,
 ): StageSetup {
-  const g = new Graph(proto);
+  const g = Graph.of(proto);
   const model = refreshFacts(dense, g);
   const layer = model.layers[densePlan.layer.index];
   const residual = layer?.residual;

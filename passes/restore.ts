@@ -132,7 +132,7 @@ function restoreAt(
   at: number,
   b: NodeBuilder,
 ): GraphProto {
-  const model = refreshFacts(dense, new Graph(proto));
+  const model = refreshFacts(dense, Graph.of(proto));
   const point = restorePoint(model, at);
   if (!point || model.tokenAxis === undefined)
     throw new Error(`restore: layer ${at}'s output was found by the plan but not on the pruned graph`);

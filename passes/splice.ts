@@ -83,7 +83,7 @@ function sortedAndChecked(
     initializer: [...proto.initializer, ...parts.flatMap((p) => p.initializers)],
     valueInfo: [...proto.valueInfo.filter((v) => !stale.has(v.name)), ...parts.flatMap((p) => p.info ?? [])],
   });
-  const sorted = shallowCopy(graph, { node: new Graph(graph).order });
+  const sorted = shallowCopy(graph, { node: Graph.of(graph).order });
   ensures(proto, sorted, label);
   return sorted;
 }
@@ -94,7 +94,7 @@ function sortedAndChecked(
  * replaced nodes swapped for their copies.
  */
 function placed(proto: GraphProto, parts: readonly LayerSplice[]): NodeProto[] {
-  const index = parts.some((p) => p.after !== undefined) ? new Graph(proto) : undefined;
+  const index = parts.some((p) => p.after !== undefined) ? Graph.of(proto) : undefined;
   const rename = new Map<string, string>();
   const replaced = new Map<NodeProto, NodeProto>();
   const front: NodeProto[] = [];

@@ -18,7 +18,7 @@ import { checkExternalData } from "./onnx/external.js";
 import { Graph, makeNode } from "./ir/graph.js";
 import { shallowCopy } from "./ir/copy.js";
 import { analyzeTransformer, type TransformerInfo } from "./analysis/transformer.js";
-import { inferShapes } from "./analysis/shapes.js";
+import { analyzeFromInputs } from "./analysis/shapes.js";
 import type { Dim } from "./analysis/dims.js";
 import { parseSpec } from "../grammar/index.js";
 import { formatDiagnostics } from "../grammar/diagnostics.js";
@@ -322,7 +322,7 @@ const STEPS: readonly { name: string; run: (c: Compilation) => Compilation; unch
   },
   {
     name: "refresh output shapes",
-    run: (c) => (c.plans.length ? { ...c, graph: refreshOutputShapes(c.graph, c.input, c.plans) } : c),
+    run: (c) => (c.plans.length ? { ...c, graph: refreshOutputShapes(c.graph, c.input, c.plans, c.info) } : c),
   },
   { name: "declare encoder outputs", run: (c) => ({ ...c, graph: declareEncoderOutputs(c.graph, c.plans) }) },
   {
@@ -400,7 +400,7 @@ function frontEnd(modelBytes: Uint8Array, specText: string, options: CompileOpti
   checkExternalData(model, modelName);
   const spec = at("parse", () => parseOrThrow(specText, specName));
   if (options.requireStages && !spec.stages.length) throw new PrunecError("spec", noStagesMessage(specName));
-  const dense = new Graph(model.graph!);
+  const dense = Graph.of(model.graph!);
   const info = at("analyse", () => analyzeTransformer(dense, modelName));
   // Stages are placed by file position: an input written out of topological order is sorted first (the same nodes).
   const order = at("sort", () => dense.order);
@@ -459,7 +459,7 @@ function moveRotary(c: Compilation): Compilation {
   );
   if (!c.info.layers.slice(first).some(rotatesInside)) return c;
   const rotary = explicitRotary(c.graph, c.info, first, c.opset, c.modelName);
-  const rotated = new Graph(rotary.graph);
+  const rotated = Graph.of(rotary.graph);
   const info = analyzeTransformer(rotated, c.modelName);
   const {
     stream: plans,
@@ -681,8 +681,9 @@ function shrunkOutputs(
   };
   const candidates = original.output.map((o) => ({ o, axis: tokenAxis(o.name) })).filter((c) => c.axis >= 0);
   if (!candidates.length) return [];
-  const after = inferShapes(new Graph(pruned));
-  const g = new Graph(original);
+  // The pruned graph's own shapes, from its inputs: a declaration of the output may still say the dense count.
+  const { shapes: after, algebra } = analyzeFromInputs(pruned);
+  const g = Graph.of(original);
   // Outputs computed below each stage's gather (the encoder's output for `after encoder`).
   const below = plans.map((p) => {
     const r = p.encoder?.tensor ?? p.layer.residual?.output ?? "";
@@ -696,11 +697,13 @@ function shrunkOutputs(
       .filter((p, i) => !p.mask && p.tokensOut !== p.tokensIn && below[i]!.has(o.name))
       .map((p) => p.stage);
     if (!stages.length) continue;
+    const rows = now?.[axis];
     result.push({
       output: o.name,
       axis,
       denseRows: dense,
-      rows: now?.[axis] ?? "?",
+      // An op inference has no rule for leaves the count unknown: a fresh symbol's name means nothing to a user.
+      rows: rows === undefined || algebra.isFresh(rows) ? "?" : rows,
       stages,
       positions: stages.map((s) => `prunec.stage${s}.indices`),
     });
@@ -724,8 +727,19 @@ function wholeIfRestored(shrunk: PerTokenOutput[], c: Compilation): PerTokenOutp
   );
 }
 
-/** Graph outputs below a stage keep their declared shape only where it still holds. */
-function refreshOutputShapes(g: GraphProto, original: GraphProto, plans: StagePlan[]): GraphProto {
+/**
+ * Graph outputs below a stage keep their declared shape only where it still holds. Only a declared
+ * number can be stale (a symbol stands for any size). It is replaced by what inference from the
+ * graph inputs proves there; where inference cannot tell (an op it has no rule for), a number equal
+ * to a token count a stage changed is declared unknown and any other number stands. Believing the
+ * declarations instead would keep exactly the stale count this step exists to replace.
+ */
+function refreshOutputShapes(
+  g: GraphProto,
+  original: GraphProto,
+  plans: StagePlan[],
+  info: TransformerInfo,
+): GraphProto {
   // Only a declared size equal to a token count a stage changed can have gone stale.
   const counts = new Set(
     plans.flatMap((p) => [p.tokensIn, typeof p.tokensIn === "number" ? p.tokensIn - p.prefix : -1]),
@@ -739,22 +753,45 @@ function refreshOutputShapes(g: GraphProto, original: GraphProto, plans: StagePl
   );
   const symbolic = plans.some((p) => typeof p.tokensIn !== "number");
   if (!suspect && !symbolic) return g;
-  const shapes = inferShapes(new Graph(g));
-  const declared = new Set(original.output.map((o) => o.name));
+  const { shapes, algebra } = analyzeFromInputs(g);
+  // An output no stage is above computes what it did: its declaration stands.
+  const below = belowStages(original, plans, info);
   return shallowCopy(g, {
     output: g.output.map((o) => {
-      if (!declared.has(o.name) || o.type?.value.case !== "tensorType") return o;
-      const tensor = o.type.value.value;
+      const type = o.type?.value;
+      if (!below.has(o.name) || type?.case !== "tensorType" || !type.value.shape) return o;
+      const dims = type.value.shape.dim;
       const inferred = shapes.get(o.name);
-      const dims = tensor.shape?.dim ?? [];
-      const same =
-        inferred !== undefined &&
-        inferred.length === dims.length &&
-        dims.every((d, i) => d.value.case !== "dimValue" || Number(d.value.value) === inferred[i]);
-      if (same || !tensor.shape) return o;
-      return valueInfo(o.name, tensor.elemType, inferred ?? dims.map(() => undefined));
+      const proven = (i: number): Dim | undefined => {
+        const x = inferred?.length === dims.length ? inferred[i] : undefined;
+        return x === undefined || algebra.isFresh(x) ? undefined : x;
+      };
+      let stale = false;
+      const next = dims.map((d, i): Dim | undefined => {
+        if (d.value.case === "dimParam") return d.value.value;
+        if (d.value.case !== "dimValue") return undefined;
+        const declared = Number(d.value.value);
+        const x = proven(i);
+        if (x === declared || (x === undefined && !counts.has(declared))) return declared;
+        stale = true;
+        return x;
+      });
+      return stale ? valueInfo(o.name, type.value.elemType, next) : o;
     }),
   });
+}
+
+/** Tensors of the dense graph computed below some stage's stream (each stage's target and everything it feeds). */
+function belowStages(original: GraphProto, plans: readonly StagePlan[], info: TransformerInfo): Set<string> {
+  const g = Graph.of(original);
+  const below = new Set<string>();
+  for (const p of plans) {
+    const r = stageTarget(p, info)?.tensor;
+    if (!r) continue;
+    below.add(r);
+    for (const n of g.descendants(r)) for (const o of n.output) below.add(o);
+  }
+  return below;
 }
 
 function report(

@@ -22,7 +22,8 @@ import { compile } from "../src/compile.js";
 import { inspectModel } from "../src/inspect.js";
 import { PrunecError } from "../src/errors.js";
 import { decodeModel } from "../src/onnx/io.js";
-import { withOutputs, unfoldProbs, rows } from "./support/model-edit.js";
+import { withOutputs, unfoldProbs, rows, declaring } from "./support/model-edit.js";
+import { residualOutput } from "./support/synthetic-weights.js";
 import { clsAttnKeep, globalAttnKeep } from "./reference/cls-attn.js";
 
 // CI re-exports the models with Debian's torch into a fresh folder and runs this file on it too.
@@ -202,6 +203,37 @@ describe("exports as users make them (test/fixtures/exports)", () => {
     expect(
       compile(readFileSync(join(DIR, "vit-opset17.onnx")), "after layer 0 keep 50% by cls-attn").report.perTokenOutputs,
     ).toEqual([]);
+  });
+
+  it("an output declared with the dense token count as a number (torch's export with only the batch axis dynamic) is declared with the pruned count, listed, and runs", async () => {
+    const m = manifest.models["per-token-output"]!;
+    const { bytes, feeds2 } = load(m);
+    // torch.onnx.export with dynamic_axes naming only the batch axis declares [batch, 17, 32]; the
+    // stream leaving layer 0, above the stage, is exposed the same way.
+    const layer0 = residualOutput(bytes, 0);
+    const exposed = withOutputs(bytes, [layer0]);
+    const numeric = declaring(exposed, { last_hidden_state: ["batch", 17, 32], [layer0]: ["batch", 17, 32] });
+    const spec = "after layer 1 keep 50% by cls-attn";
+    const { model, report, graph } = compile(numeric, spec);
+    // 16 patch tokens, half of them kept, and CLS.
+    expect(report.perTokenOutputs.map((o) => [o.output, o.axis, o.denseRows, o.rows])).toEqual([
+      ["last_hidden_state", 1, 17, 9],
+    ]);
+    const declared = (name: string) => {
+      const t = graph.output.find((o) => o.name === name)?.type?.value;
+      return t?.case === "tensorType" ? t.value.shape?.dim.map((d) => d.value.value) : undefined;
+    };
+    expect(declared("last_hidden_state")).toEqual(["batch", 9n, 32n]);
+    // Above the stage nothing changed: its declaration stands.
+    expect(declared(layer0)).toEqual(["batch", 17n, 32n]);
+    const out = await runNode(model, feeds2, ["last_hidden_state", layer0]);
+    expect(out.last_hidden_state!.dims).toEqual([2, 9, 32]);
+    expect(out[layer0]!.dims).toEqual([2, 17, 32]);
+    // The same values as the export with symbolic declarations compiles to: only a declaration differed.
+    const symbolic = await runNode(compile(exposed, spec).model, feeds2, ["last_hidden_state"]);
+    expect(
+      maxAbsDiff(out.last_hidden_state!.data as Float32Array, symbolic.last_hidden_state!.data as Float32Array),
+    ).toBe(0);
   });
 
   it("torchvision Swin is refused: its tokens lie on a grid and attention runs inside windows", () => {

@@ -243,6 +243,7 @@ export class DimAlgebra {
   /** Sign of a - b: -1, 0, 1, or undefined when it depends on the symbols (which may be 0). */
   compare(a: Dim, b: Dim): -1 | 0 | 1 | undefined {
     if (typeof a === "number" && typeof b === "number") return a < b ? -1 : a > b ? 1 : 0;
+    if (a === b) return 0; // one symbol (the batch, the sequence): the common case of broadcasting
     const { c, sym } = this.difference(a, b);
     if (sym.length === 0) return c < 0 ? -1 : c > 0 ? 1 : 0;
     if (sym.every((t) => t.coef > 0) && c > 0) return 1;
@@ -253,6 +254,7 @@ export class DimAlgebra {
   /** Whether a >= b holds for every non-negative value of the symbols. */
   geq(a: Dim, b: Dim): boolean {
     if (typeof a === "number" && typeof b === "number") return a >= b;
+    if (a === b) return true;
     const { c, sym } = this.difference(a, b);
     return c >= 0 && sym.every((t) => t.coef > 0);
   }

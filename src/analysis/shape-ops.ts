@@ -170,9 +170,12 @@ const broadcasting: Rule = (n, cx) => {
   if (shapes.some((s) => !s)) return [];
   const shape = broadcast(cx.alg, shapes as Shape[]);
   const f = BINARY_VALUES[n.opType];
+  if (!f || names.length < 1) return [{ shape }];
+  // Activations have no value: the common case returns before any value or numeric shape is built.
   const vals = names.map((x) => cx.value(x));
+  if (vals.some((v) => !v)) return [{ shape }];
   const numShapes = shapes.map(numericShape);
-  if (!f || names.length < 1 || vals.some((v) => !v) || numShapes.some((s) => !s)) return [{ shape }];
+  if (numShapes.some((s) => !s)) return [{ shape }];
   const float = !COMPARISONS.has(n.opType) && vals.some((v) => v!.float);
   const r = mapBroadcast(
     numShapes as number[][],

@@ -82,6 +82,27 @@ export function analyzeShapes(graph: Graph, options: ShapeOptions = {}): ShapeAn
   return { shapes: run.shapes, values, algebra: run.alg, unhandled: run.unhandled };
 }
 
+/**
+ * `analyzeShapes(graph, { declared: "ignore" })` of a GraphProto, computed once per computation:
+ * that inference reads the nodes, the initializers and the graph inputs, nothing else, so a graph
+ * that differs from one already inferred only in its declarations (a step that refreshes output
+ * shapes) gets the same analysis back. Compile's steps after the fold (output declarations,
+ * per-token outputs, verification) share one inference this way. The arrays are the key:
+ * GraphProtos and their lists are never mutated once built (passes copy).
+ */
+export function analyzeFromInputs(proto: GraphProto): ShapeAnalysis {
+  const hit = fromInputs.get(proto.node);
+  if (hit && hit.initializer === proto.initializer && hit.input === proto.input) return hit.analysis;
+  const analysis = analyzeShapes(Graph.of(proto), { declared: "ignore" });
+  fromInputs.set(proto.node, { initializer: proto.initializer, input: proto.input, analysis });
+  return analysis;
+}
+
+const fromInputs = new WeakMap<
+  readonly NodeProto[],
+  { initializer: GraphProto["initializer"]; input: GraphProto["input"]; analysis: ShapeAnalysis }
+>();
+
 interface Settings {
   policy: DeclaredPolicy;
   strict: boolean;
@@ -143,7 +164,7 @@ class Inference implements Ctx {
   }
 
   subgraph(g: GraphProto): (Shape | undefined)[] {
-    const sub = new Inference(new Graph(g), this.settings, this);
+    const sub = new Inference(Graph.of(g), this.settings, this);
     sub.run();
     const declared = (name: string): Shape | undefined =>
       this.settings.policy === "ignore" ? undefined : sub.declared(name);

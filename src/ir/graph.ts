@@ -81,6 +81,9 @@ export function cycleText(g: GraphProto, c: Cycle): string {
   return `node ${nodeLabel(g, c.node)} (${c.node.opType}) reads '${c.tensor}', which is computed from its own output (a cycle: ${[nodeLabel(g, c.node), ...shown].join(" → ")})`;
 }
 
+/** Graph.of's indexes, held as long as their GraphProto is. */
+const indexes = new WeakMap<GraphProto, Graph>();
+
 export class Graph {
   readonly proto: GraphProto;
   readonly producer = new Map<string, NodeProto>();
@@ -93,10 +96,25 @@ export class Graph {
   private readonly constantCache = new Map<string, number[] | undefined>();
   private indexCache: Map<NodeProto, number> | undefined;
 
+  /**
+   * The index of `proto`, built once: GraphProtos are never mutated once built (passes copy), so
+   * the steps of a compile that read the same graph (the analysis, a stage's set-up, a splice's
+   * placement) share one index and its caches (order, constants) instead of rebuilding them.
+   */
+  static of(proto: GraphProto): Graph {
+    let g = indexes.get(proto);
+    if (!g) {
+      g = new Graph(proto);
+      indexes.set(proto, g);
+    }
+    return g;
+  }
+
   constructor(proto: GraphProto) {
     this.proto = proto;
     for (const t of proto.initializer) this.initializers.set(t.name, t);
-    for (const v of [...proto.input, ...proto.output, ...proto.valueInfo]) this.valueInfo.set(v.name, v);
+    for (const list of [proto.input, proto.output, proto.valueInfo])
+      for (const v of list) this.valueInfo.set(v.name, v);
     this.inputs = new Set(proto.input.map((i) => i.name).filter((n) => !this.initializers.has(n)));
     this.outputs = new Set(proto.output.map((o) => o.name));
     for (const n of proto.node) {

@@ -36,28 +36,33 @@ function nodeLabel(n: NodeProto, index: number): string {
   return n.name || `#${index}`;
 }
 
+const INITIALIZER = -1;
+const GRAPH_INPUT = -2;
+
 function where(scope: string): string {
   return scope ? ` in subgraph ${scope}` : "";
 }
 
 /**
- * Every structural issue of `graph` and its subgraphs, in node order. For subgraphs: `outer`, the
- * names visible from enclosing graphs; `outerProducers`, every node of them (to tell a value
- * produced too late from one never produced).
+ * Every structural issue of a main graph and its subgraphs, in node order. Remembered per graph:
+ * GraphProtos are never mutated once built (passes copy), and the same graph is checked by the
+ * analysis, by the post-condition of the step that made it and of the next one, and by verification.
  */
-export function structureIssues(
-  graph: GraphProto,
-  outer: ReadonlySet<string> = new Set(),
-  scope = "",
-  outerProducers: ReadonlyMap<string, NodeProto> = new Map(),
-): StructureIssue[] {
-  return issuesIn(
-    graph,
-    (t) => outer.has(t),
-    scope,
-    (t) => outerProducers.get(t),
-  );
+export function structureIssues(graph: GraphProto): readonly StructureIssue[] {
+  let issues = remembered.get(graph);
+  if (!issues) {
+    issues = issuesIn(
+      graph,
+      () => false,
+      "",
+      () => undefined,
+    );
+    remembered.set(graph, issues);
+  }
+  return issues;
 }
+
+const remembered = new WeakMap<GraphProto, readonly StructureIssue[]>();
 
 /**
  * Scopes are lookups chained to the enclosing graph's (not copied sets): a subgraph sees the names
@@ -70,27 +75,35 @@ function issuesIn(
   outerLater: (t: string) => NodeProto | undefined,
 ): StructureIssue[] {
   const issues: StructureIssue[] = [];
-  const producedBy = new Map<string, string>(); // tensor → what produces it (for messages)
+  // tensor → what produces it: a node's position, or INITIALIZER / GRAPH_INPUT (named only in messages)
+  const producedBy = new Map<string, number>();
   const laterProducer = new Map<string, NodeProto>();
   graph.node.forEach((n) => {
     for (const o of n.output) if (o && !laterProducer.has(o)) laterProducer.set(o, n);
   });
   // Initializers may also be listed as graph inputs (IR < 4): that is one value, not two producers.
-  for (const t of graph.initializer) producedBy.set(t.name, "an initializer");
-  for (const i of graph.input) if (!producedBy.has(i.name)) producedBy.set(i.name, "a graph input");
-  const available = new Set<string>([...producedBy.keys()]);
+  for (const t of graph.initializer) producedBy.set(t.name, INITIALIZER);
+  for (const i of graph.input) if (!producedBy.has(i.name)) producedBy.set(i.name, GRAPH_INPUT);
+  const producerText = (p: number): string => {
+    if (p === INITIALIZER) return "an initializer";
+    if (p === GRAPH_INPUT) return "a graph input";
+    const m = graph.node[p]!;
+    return `node '${nodeLabel(m, p)}' (${m.opType})`;
+  };
+  const available = new Set<string>(producedBy.keys());
   const visible = (t: string) => available.has(t) || outerVisible(t);
   const later = (t: string) => laterProducer.get(t) ?? outerLater(t);
   const names = new Set<string>();
 
   graph.node.forEach((n, index) => {
     const label = nodeLabel(n, index);
-    const at = { node: label, opType: n.opType, scope };
+    // Built only for an issue: most nodes have none, and this check runs on every graph a step makes.
+    const at = () => ({ node: label, opType: n.opType, scope });
     if (n.name) {
       if (names.has(n.name))
         issues.push({
           kind: "duplicate-node-name",
-          ...at,
+          ...at(),
           tensor: n.name,
           message: `two nodes are named '${n.name}'${where(scope)}`,
         });
@@ -104,13 +117,13 @@ function issuesIn(
         producer
           ? {
               kind: "out-of-order",
-              ...at,
+              ...at(),
               tensor: input,
               message: `node '${label}' (${n.opType}) reads '${input}' before node '${producer.name || "?"}' (${producer.opType}) produces it${where(scope)}: the nodes are not in topological order`,
             }
           : {
               kind: "missing-input",
-              ...at,
+              ...at(),
               tensor: input,
               message: `node '${label}' (${n.opType}) reads '${input}', which no node, initializer or graph input produces${where(scope)}`,
             },
@@ -128,11 +141,11 @@ function issuesIn(
       if (previous !== undefined)
         issues.push({
           kind: "duplicate-output",
-          ...at,
+          ...at(),
           tensor: o,
-          message: `node '${label}' (${n.opType}) writes '${o}', which ${previous} already produces${where(scope)}`,
+          message: `node '${label}' (${n.opType}) writes '${o}', which ${producerText(previous)} already produces${where(scope)}`,
         });
-      else producedBy.set(o, `node '${label}' (${n.opType})`);
+      else producedBy.set(o, index);
       available.add(o);
     }
   });

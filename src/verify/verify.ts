@@ -15,7 +15,7 @@ import { issueKey, structureIssues, type StructureIssue } from "./structure.js";
 import { checkStageShapes, stageTarget, type StageShape } from "./stage-shapes.js";
 import { reshapeIssues } from "./reshapes.js";
 import { Graph, type NodeProto } from "../ir/graph.js";
-import { inferShapes } from "../analysis/shapes.js";
+import { analyzeFromInputs } from "../analysis/shapes.js";
 
 export interface VerifyReport {
   /** Nodes of the main graph whose structure was checked (subgraphs included in the check). */
@@ -89,8 +89,9 @@ export function verifyCompiled(
     }
   }
   // One inference for both shape checks; declared shapes are ignored so they cannot mask a disagreement.
-  const graph = new Graph(output);
-  const inferred = plans.length ? inferShapes(graph, { declared: "ignore" }) : new Map();
+  // It is the inference of this graph's own nodes (shared with the steps that only declared outputs).
+  const graph = Graph.of(output);
+  const inferred = plans.length ? analyzeFromInputs(output).shapes : new Map();
   const { shapes, issues } = checkStageShapes(inferred, plans, info);
   if (issues.length) {
     const first = issues[0]!;

@@ -27,6 +27,20 @@ export function withOutputs(modelBytes: Uint8Array, names: string[], elemType = 
   return encodeModel(shallowCopy(model, { graph: shallowCopy(g, { output: [...g.output, ...extra] }) }));
 }
 
+/** The model with graph outputs declared with the given dims (a number, or a symbol's name), as an exporter may declare them. */
+export function declaring(modelBytes: Uint8Array, dims: Record<string, (number | string)[]>): Uint8Array {
+  const model = decodeModel(modelBytes);
+  const g = model.graph!;
+  for (const name of Object.keys(dims))
+    if (!g.output.some((o) => o.name === name)) throw new Error(`no graph output '${name}'`);
+  const output = g.output.map((o) => {
+    const d = dims[o.name];
+    const t = o.type?.value;
+    return d && t?.case === "tensorType" ? valueInfo(o.name, t.value.elemType, d) : o;
+  });
+  return encodeModel(shallowCopy(model, { graph: shallowCopy(g, { output }) }));
+}
+
 /** The model with float initializer `name` multiplied by `factor`. */
 export function scaleInitializer(modelBytes: Uint8Array, name: string, factor: number): Uint8Array {
   const model = decodeModel(modelBytes);

@@ -15,6 +15,12 @@ import { orderFree } from "./order-free.js";
 const log = process.env["PRUNEC_RECORD_COMPILES"];
 /** With PRUNEC_DUMP_COMPILES=DIR too, each compiled model under 5 MB is written there as MODEL-SPEC.onnx (12 hex digits each), to diff two runs' outputs. */
 const dump = process.env["PRUNEC_DUMP_COMPILES"];
+/**
+ * With PRUNEC_DUMP_INPUTS=DIR too, each input model under 5 MB is written there as MODEL.onnx and
+ * its spec and options as SPEC.json (12 hex digits each): a pair that changed can then be compiled
+ * again by both trees and the difference read (scratch scripts; the log names the pair).
+ */
+const inputs = process.env["PRUNEC_DUMP_INPUTS"];
 const sha = (b: Uint8Array | string) => createHash("sha256").update(b).digest("hex");
 
 // vi.mock is hoisted out of any condition, so the wrapper itself checks whether to log.
@@ -28,6 +34,10 @@ vi.mock("../../src/compile.js", async (importOriginal) => {
     const [m, s] = [sha(model), sha(`${spec}\u0000${JSON.stringify(rest)}`)];
     if (dump && result.model.length < 5 << 20)
       writeFileSync(join(dump, `${m.slice(0, 12)}-${s.slice(0, 12)}.onnx`), result.model);
+    if (inputs && model.length < 5 << 20) {
+      writeFileSync(join(inputs, `${m.slice(0, 12)}.onnx`), model);
+      writeFileSync(join(inputs, `${s.slice(0, 12)}.json`), JSON.stringify({ spec, options: rest }));
+    }
     appendFileSync(log, `${m} ${s} ${sha(result.model)} ${sha(orderFree(result.model))}\n`);
     return result;
   };
