@@ -14,7 +14,7 @@ import {
   type ValueInfoProto,
 } from "./onnx/gen/onnx_pb.js";
 import { concat, decodeModel, encodeModelParts } from "./onnx/io.js";
-import { checkExternalData } from "./onnx/external.js";
+import { checkExternalData, type ExternalRef } from "./onnx/external.js";
 import { Graph, makeNode } from "./ir/graph.js";
 import { shallowCopy } from "./ir/copy.js";
 import { analyzeTransformer, type TransformerInfo } from "./analysis/transformer.js";
@@ -188,6 +188,8 @@ export interface CompileResult {
   /** The pruned graph as encoded (its weights are views of the input's bytes): read it instead of decoding `model`. */
   graph: GraphProto;
   report: CompileReport;
+  /** The input model's external data references (location, offset, length per initializer), as checked. */
+  inputExternalData: readonly ExternalRef[];
 }
 
 /**
@@ -233,7 +235,7 @@ export function opsetOf(model: ModelProto): number {
 }
 
 export function compile(modelBytes: Uint8Array, specText: string, options: CompileOptions = {}): CompileResult {
-  const { model: out, report: rep } = compileModel(modelBytes, specText, options);
+  const { model: out, report: rep, inputExternalData } = compileModel(modelBytes, specText, options);
   const parts = timed(options.profile, "encode", () => encodeModelParts(out));
   let bytes: Uint8Array | undefined;
   return {
@@ -244,6 +246,7 @@ export function compile(modelBytes: Uint8Array, specText: string, options: Compi
     parts,
     graph: out.graph!,
     report: rep,
+    inputExternalData,
   };
 }
 
@@ -251,6 +254,8 @@ export function compile(modelBytes: Uint8Array, specText: string, options: Compi
 interface Compilation {
   readonly options: CompileOptions;
   readonly modelName: string;
+  /** The input's external data references, checked (none escapes the model's folder). */
+  readonly inputExternalData: readonly ExternalRef[];
   readonly specText: string;
   readonly spec: SpecIR;
   readonly model: ModelProto;
@@ -344,7 +349,7 @@ export function compileModel(
   modelBytes: Uint8Array,
   specText: string,
   options: CompileOptions = {},
-): { model: ModelProto; report: CompileReport } {
+): { model: ModelProto; report: CompileReport; inputExternalData: readonly ExternalRef[] } {
   let c = frontEnd(modelBytes, specText, options);
   for (const step of STEPS) {
     const next = step.unchecked ? step.run(c) : timed(options.profile, step.name, () => step.run(c));
@@ -388,6 +393,7 @@ export function compileModel(
   return {
     model: shallowCopy(c.model, { graph: c.graph, metadataProps: withMetadata(c.model, specText, rep) }),
     report: rep,
+    inputExternalData: c.inputExternalData,
   };
 }
 
@@ -397,7 +403,7 @@ function frontEnd(modelBytes: Uint8Array, specText: string, options: CompileOpti
   const specName = options.specName ?? "spec.prune";
   const at = <T>(name: string, f: () => T): T => timed(options.profile, name, f);
   const model = at("decode", () => decodeModel(modelBytes, modelName));
-  checkExternalData(model, modelName);
+  const inputExternalData = checkExternalData(model, modelName);
   const spec = at("parse", () => parseOrThrow(specText, specName));
   if (options.requireStages && !spec.stages.length) throw new PrunecError("spec", noStagesMessage(specName));
   const dense = Graph.of(model.graph!);
@@ -432,6 +438,7 @@ function frontEnd(modelBytes: Uint8Array, specText: string, options: CompileOpti
     specText,
     spec,
     model,
+    inputExternalData,
     opset,
     input,
     info,

@@ -24,6 +24,7 @@ import { loadOrtNode } from "./runtime.js";
 import {
   checkWeightFiles,
   externalRefs,
+  rememberExternalRefs,
   planPlacements,
   type Placement,
   stageModelWithWeights,
@@ -398,6 +399,7 @@ async function stageCompiled(
   const specInputs = spec.file ? [spec.file] : [];
   checkOutput(out, [modelFile, ...specInputs]); // fail fast; the weight files are known after compile
   const result = compileSpec(modelBytes, modelName, spec, a.opts, a.target, a.timings);
+  rememberExternalRefs(modelBytes, modelName, result.inputExternalData);
   // Never over the model, the spec or a weight file, by identity (links and spellings included).
   const inputs = [modelFile, ...specInputs, ...weightInputs(modelBytes, modelName)];
   checkOutput(out, inputs);
@@ -465,6 +467,7 @@ async function stageFolderCompiled(
   probeInput(modelFile.bytes);
   const spec = await readSpecArg(specPath, opts.expr, io);
   const result = compileSpec(modelFile.bytes, modelPath, spec, opts, how.target, how.timings);
+  rememberExternalRefs(modelFile.bytes, modelPath, result.inputExternalData);
   const plan = planFolder(
     dir,
     outDir,
