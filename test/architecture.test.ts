@@ -43,6 +43,24 @@ function importGraph(): Map<string, string[]> {
 }
 
 const graph = importGraph();
+
+/**
+ * file → what it imports statically and for its values: what loading it loads. Type-only imports
+ * load nothing, and `import("X")` loads X on first use.
+ */
+function loadGraph(): Map<string, string[]> {
+  const STATIC =
+    /(?:^|\n)\s*(?:import|export)\s+(?!type\b)[^"'`;]*?\bfrom\s*["']([^"']+)["']|(?:^|\n)\s*import\s*["']([^"']+)["']/g;
+  const loads = new Map<string, string[]>();
+  for (const file of ROOTS.flatMap((r) => sources(join(REPO_ROOT, r)))) {
+    const targets = [...readFileSync(file, "utf8").matchAll(STATIC)].map((m) => {
+      const spec = m[1] ?? m[2]!;
+      return spec.startsWith(".") ? relative(REPO_ROOT, resolve(dirname(file), spec)).replace(/\.js$/, ".ts") : spec;
+    });
+    loads.set(relative(REPO_ROOT, file), targets);
+  }
+  return loads;
+}
 const under = (prefix: string) => (f: string) => f.startsWith(prefix);
 
 /** Every import from a file matching `from` to a target matching `to`, as "file → target". */
@@ -119,6 +137,21 @@ describe("architecture invariants (docs/architecture.md)", () => {
         .flatMap((line, i) => (ASSERTED.test(line) ? [`${relative(REPO_ROOT, file)}:${i + 1}: ${line.trim()}`] : [])),
     );
     expect(hits, `non-null assertions on optional analysis facts:\n${hits.join("\n")}`).toEqual([]);
+  });
+
+  it("the CLI loads no package a compile does not need: runtimes, image codecs, charts and progress bars are imported on first use", () => {
+    const loads = loadGraph();
+    const reached = new Set<string>();
+    const work = ["src/cli/main.ts"];
+    while (work.length) {
+      const f = work.pop()!;
+      if (reached.has(f)) continue;
+      reached.add(f);
+      work.push(...(loads.get(f) ?? []));
+    }
+    expect(reached.size).toBeGreaterThan(80); // the scan follows the compiler's own modules
+    const unneeded = ["onnxruntime-node", "onnxruntime-web", "sharp", "pngjs", "cli-progress", "vega", "vega-lite"];
+    expect([...reached].filter((t) => unneeded.includes(t))).toEqual([]);
   });
 
   it("the library core imports nothing Node-only (only the CLI owns files, processes and exit codes)", () => {

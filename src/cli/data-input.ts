@@ -4,7 +4,6 @@
  * preprocessing gives fits the model's input, or the command stops with exit 2 naming both shapes.
  */
 import { statSync } from "node:fs";
-import { SingleBar, Presets } from "cli-progress";
 import type { Dataset } from "../data/prds.js";
 import { modelLabels, readImageFolder } from "./image-folder.js";
 import { dirname, join } from "node:path";
@@ -19,8 +18,13 @@ export function isFolder(path: string): boolean {
 }
 
 /** A progress bar on a terminal's stderr (none in pipes or with --json). */
-function progress(label: string, quiet: boolean): { tick: (done: number, total: number) => void; stop: () => void } {
+async function progress(
+  label: string,
+  quiet: boolean,
+): Promise<{ tick: (done: number, total: number) => void; stop: () => void }> {
   if (quiet || !process.stderr.isTTY) return { tick: () => {}, stop: () => {} };
+  // Imported on first use: only a terminal gets a bar, and a compile never reads images.
+  const { SingleBar, Presets } = await import("cli-progress");
   const bar = new SingleBar(
     { format: `${label} {bar} {value}/{total} images`, hideCursor: true, stream: process.stderr },
     Presets.shades_classic,
@@ -47,7 +51,7 @@ export async function folderDataset(
   const { preprocess } = preprocessFor(model, modelPath, flags);
   // A transformers model folder names its classes: folders named after them take the model's ids.
   const known = modelLabels(join(dirname(modelPath), "config.json"));
-  const bar = progress("read", quiet);
+  const bar = await progress("read", quiet);
   try {
     return await readImageFolder(dir, preprocess, bar.tick, known);
   } finally {

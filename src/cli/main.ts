@@ -13,7 +13,6 @@ import { compile, parseOrThrow, type CompileReport } from "../compile.js";
 import { checkSpec, diagnosticsJson } from "../check.js";
 import { formatDiagnostics, printSpec } from "../../grammar/index.js";
 import { closest } from "../../grammar/suggest.js";
-import { SingleBar, Presets } from "cli-progress";
 import { checkDatasetFitsModel, encodeDataset, parseDataset, type Dataset } from "../data/prds.js";
 import type { PreprocessFlags } from "./preprocess.js";
 import { folderDataset, isFolder } from "./data-input.js";
@@ -746,8 +745,10 @@ async function runEval(
   const model = modelFile.bytes;
   const modelPath = modelFile.path;
   const { data, dataName } = await dataArg(opts.data, model, modelPath, opts, opts.json === true, io);
+  // cli-progress is imported only when a terminal gets a bar: a compile never loads it.
+  const { SingleBar, Presets } = process.stderr.isTTY && !opts.json ? await import("cli-progress") : {};
   const bar =
-    process.stderr.isTTY && !opts.json
+    SingleBar && Presets
       ? new SingleBar(
           { format: "eval {bar} {value}/{total} examples", hideCursor: true, stream: process.stderr },
           Presets.shades_classic,

@@ -6,7 +6,6 @@
  */
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { PNG } from "pngjs";
 import { decodeModel } from "../onnx/io.js";
 import { Graph } from "../ir/graph.js";
 import { analyzeTransformer } from "../analysis/transformer.js";
@@ -56,7 +55,9 @@ export interface ReportJson {
 const SCALE = 4;
 
 /** The overlay of example `index` as a PNG (src/data/overlay.ts). */
-export function overlayPng(d: Dataset, index: number, grid: number, kept: ReadonlySet<number>): Buffer {
+async function overlayPng(d: Dataset, index: number, grid: number, kept: ReadonlySet<number>): Promise<Buffer> {
+  // Imported on first use: a compile never draws, and the CLI loads only what its command needs.
+  const { PNG } = await import("pngjs");
   const { width, height, data } = overlayRgba(d, index, grid, kept, SCALE);
   const png = new PNG({ width, height });
   png.data.set(data);
@@ -163,7 +164,7 @@ export async function renderReport(
               pruned: argmax((p[logitsName]!.data as Float32Array).subarray(b * classes, (b + 1) * classes)),
               keptPatches: kept,
             });
-            write(overlayName(schedules.length, i, b), overlayPng(data, b, grid, new Set(kept)));
+            write(overlayName(schedules.length, i, b), await overlayPng(data, b, grid, new Set(kept)));
           }
         } finally {
           await prunedS.release();
