@@ -6,7 +6,7 @@
  */
 import { TensorProto_DataType as DT, type GraphProto, type ValueInfoProto } from "../onnx/gen/onnx_pb.js";
 import type { Dim } from "../analysis/dims.js";
-import { mulberry32 } from "../random.js";
+import { fillSigned, mulberry32 } from "../random.js";
 
 export type FeedType =
   | "float32"
@@ -154,15 +154,14 @@ export function syntheticFeed(
   const last = dims.at(-1) ?? 1;
   if (isFloatType(type)) {
     // Filled in place: an image input holds ~10^5 values, and an intermediate array doubled the cost.
+    if (type !== "float16") {
+      const data = type === "float64" ? new Float64Array(count) : new Float32Array(count);
+      fillSigned(data, seed);
+      return { type, dims, data };
+    }
     const next = mulberry32(seed);
-    const data =
-      type === "float64"
-        ? new Float64Array(count)
-        : type === "float16"
-          ? new Uint16Array(count)
-          : new Float32Array(count);
-    const value = type === "float16" ? () => halfBits(next() * 2 - 1) : () => next() * 2 - 1;
-    for (let k = 0; k < count; k++) data[k] = value();
+    const data = new Uint16Array(count);
+    for (let k = 0; k < count; k++) data[k] = halfBits(next() * 2 - 1);
     return { type, dims, data };
   }
   if (type === "bool" || /mask/i.test(d.name)) return { type, dims, data: integers(type, count, () => 1) };
