@@ -13,7 +13,7 @@ import {
   type NodeProto,
   type ValueInfoProto,
 } from "./onnx/gen/onnx_pb.js";
-import { concat, decodeModel, encodeModelParts } from "./onnx/io.js";
+import { concat, decodeModel, encodeModelParts, nodeFields } from "./onnx/io.js";
 import { checkExternalData, type ExternalRef } from "./onnx/external.js";
 import { Graph, makeNode } from "./ir/graph.js";
 import { shallowCopy } from "./ir/copy.js";
@@ -235,8 +235,9 @@ export function opsetOf(model: ModelProto): number {
 }
 
 export function compile(modelBytes: Uint8Array, specText: string, options: CompileOptions = {}): CompileResult {
-  const { model: out, report: rep, inputExternalData } = compileModel(modelBytes, specText, options);
-  const parts = timed(options.profile, "encode", () => encodeModelParts(out));
+  const { model: out, report: rep, inputExternalData, input } = compileModel(modelBytes, specText, options);
+  // The input's nodes that the compile kept are written as their bytes there (passes never mutate a node).
+  const parts = timed(options.profile, "encode", () => encodeModelParts(out, nodeFields(input, modelBytes)));
   let bytes: Uint8Array | undefined;
   return {
     get model() {
@@ -349,7 +350,7 @@ export function compileModel(
   modelBytes: Uint8Array,
   specText: string,
   options: CompileOptions = {},
-): { model: ModelProto; report: CompileReport; inputExternalData: readonly ExternalRef[] } {
+): { model: ModelProto; report: CompileReport; inputExternalData: readonly ExternalRef[]; input: ModelProto } {
   let c = frontEnd(modelBytes, specText, options);
   for (const step of STEPS) {
     const next = step.unchecked ? step.run(c) : timed(options.profile, step.name, () => step.run(c));
@@ -394,6 +395,8 @@ export function compileModel(
     model: shallowCopy(c.model, { graph: c.graph, metadataProps: withMetadata(c.model, specText, rep) }),
     report: rep,
     inputExternalData: c.inputExternalData,
+    // The input as decoded: its nodes are the compiled model's wherever a pass left them.
+    input: c.model,
   };
 }
 

@@ -8,8 +8,9 @@ import { tmpdir } from "node:os";
 import { basename, join, relative } from "node:path";
 import { create, createRegistry, equals, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { afterAll, describe, expect, it } from "vitest";
-import { compileModel } from "../src/compile.js";
-import { decodeModel, encodeModel, concat as concatBytes } from "../src/onnx/io.js";
+import { compile, compileModel } from "../src/compile.js";
+import { decodeModel, encodeModel, encodeModelParts, nodeFields, concat as concatBytes } from "../src/onnx/io.js";
+import { shallowCopy } from "../src/ir/copy.js";
 import {
   file_onnx,
   GraphProtoSchema,
@@ -120,6 +121,62 @@ describe("unknown fields", () => {
     const b = decodeModel(bytes, "b");
     expect(sameModel(a, b)).toBe(false);
     expect(equals(ModelProtoSchema, a, b)).toBe(true);
+  });
+});
+
+describe("nodes compile kept are written as their input bytes (nodeFields, encodeModelParts)", () => {
+  const text = (s: string) => Array.from(new TextEncoder().encode(s));
+  const lenField = (no: number, body: number[]) => [...varint((no << 3) | 2), ...varint(body.length), ...body];
+  const opset = Array.from(toBinary(OperatorSetIdProtoSchema, create(OperatorSetIdProtoSchema, { version: 17n })));
+  const model = (...graphs: number[][]) =>
+    Uint8Array.from([...varint((1 << 3) | 0), 8, ...graphs.flatMap((g) => lenField(7, g)), ...lenField(8, opset)]);
+  // A Relu whose fields come out of field-number order (op_type first): valid protobuf, not how serializers write.
+  const shuffled = [
+    ...lenField(4, text("Relu")),
+    ...lenField(1, text("x")),
+    ...lenField(2, text("y")),
+    ...lenField(3, text("relu")),
+  ];
+  const canonical = Array.from(
+    toBinary(NodeProtoSchema, create(NodeProtoSchema, { input: ["x"], output: ["y"], name: "relu", opType: "Relu" })),
+  );
+
+  it("a kept node keeps its input bytes (even out of field order); a node a pass added is encoded", () => {
+    const input = model([...lenField(1, shuffled), ...lenField(2, text("g"))]);
+    const decoded = decodeModel(input, "shuffled");
+    const kept = nodeFields(decoded, input);
+    expect(kept.size).toBe(1);
+    expect(firstDiff(concatBytes(encodeModelParts(decoded, kept)), input)).toBe(-1);
+    // Without them the node is encoded in field order: other bytes, the same model.
+    const encoded = encodeModel(decoded);
+    expect(firstDiff(encoded, input)).not.toBe(-1);
+    expect(firstDiff(encoded, toBinary(ModelProtoSchema, decoded))).toBe(-1);
+    expect(sameModel(decodeModel(encoded, "encoded"), decoded)).toBe(true);
+    const added = create(NodeProtoSchema, { input: ["y"], output: ["z"], name: "neg", opType: "Neg" });
+    const grown = shallowCopy(decoded, {
+      graph: shallowCopy(decoded.graph!, { node: [...decoded.graph!.node, added] }),
+    });
+    const want = model([
+      ...lenField(1, shuffled),
+      ...lenField(1, Array.from(toBinary(NodeProtoSchema, added))),
+      ...lenField(2, text("g")),
+    ]);
+    expect(firstDiff(concatBytes(encodeModelParts(grown, kept)), want)).toBe(-1);
+  });
+
+  it("a graph that comes in two parts (which protobuf merges) has no node fields: its nodes are encoded", () => {
+    const input = model(lenField(1, shuffled), [...lenField(1, canonical), ...lenField(2, text("g"))]);
+    const decoded = decodeModel(input, "two parts");
+    expect(decoded.graph!.node.map((n) => n.opType)).toEqual(["Relu", "Relu"]);
+    const kept = nodeFields(decoded, input);
+    expect(kept.size).toBe(0);
+    expect(firstDiff(concatBytes(encodeModelParts(decoded, kept)), toBinary(ModelProtoSchema, decoded))).toBe(-1);
+  });
+
+  it("compile writes the bytes encoding gives, on the shared models (written in field order)", () => {
+    const bytes = new Uint8Array(readFileSync(EXAMPLE));
+    const result = compile(bytes, "after layer 1 keep 50% by cls-attn");
+    expect(firstDiff(result.model, toBinary(ModelProtoSchema, decodeModel(result.model, "compiled")))).toBe(-1);
   });
 });
 

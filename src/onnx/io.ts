@@ -10,6 +10,7 @@ import {
   ModelProtoSchema,
   TensorProtoSchema,
   type ModelProto,
+  type NodeProto,
   type TensorProto,
 } from "./gen/onnx_pb.js";
 import { PrunecError } from "../errors.js";
@@ -37,6 +38,67 @@ export function decodeModel(bytes: Uint8Array, source = "model"): ModelProto {
 }
 
 /**
+ * Each main-graph node of `model` (decoded from `bytes`) with its field there: key, length and
+ * message, a view of `bytes`. Empty when the bytes are laid out otherwise than one graph field
+ * holding one node field per node (a message field may legally come in parts, which merge).
+ * For encodeModelParts: a node a compile kept is written as these bytes instead of being encoded.
+ */
+export function nodeFields(model: ModelProto, bytes: Uint8Array): ReadonlyMap<NodeProto, Uint8Array> {
+  const out = new Map<NodeProto, Uint8Array>();
+  const nodes = model.graph?.node ?? [];
+  if (!nodes.length) return out;
+  const graphs = lengthDelimited(bytes, 0, bytes.length, 7);
+  if (graphs?.length !== 1) return out;
+  const g = graphs[0]!;
+  const fields = lengthDelimited(bytes, g.body, g.end, 1);
+  if (fields?.length !== nodes.length) return out;
+  fields.forEach((f, i) => out.set(nodes[i]!, bytes.subarray(f.start, f.end)));
+  return out;
+}
+
+/**
+ * The occurrences of length-delimited field `number` among the fields in bytes[from, to): where each
+ * starts (its key), where its body starts, where it ends. Undefined for anything unexpected (a group,
+ * a length past the end): the caller then re-encodes, as it always may.
+ */
+function lengthDelimited(
+  bytes: Uint8Array,
+  from: number,
+  to: number,
+  number: number,
+): { start: number; body: number; end: number }[] | undefined {
+  const found: { start: number; body: number; end: number }[] = [];
+  let at = from;
+  const varint = (): number | undefined => {
+    let v = 0;
+    for (let shift = 0; shift < 64; shift += 7) {
+      if (at >= to) return undefined;
+      const b = bytes[at++]!;
+      v += (b & 0x7f) * 2 ** shift;
+      if (b < 0x80) return v;
+    }
+    return undefined;
+  };
+  while (at < to) {
+    const start = at;
+    const key = varint();
+    if (key === undefined) return undefined;
+    const wire = key % 8;
+    if (wire === 0) {
+      if (varint() === undefined) return undefined;
+    } else if (wire === 1) at += 8;
+    else if (wire === 5) at += 4;
+    else if (wire === 2) {
+      const len = varint();
+      if (len === undefined || at + len > to) return undefined;
+      if (Math.floor(key / 8) === number) found.push({ start, body: at, end: at + len });
+      at += len;
+    } else return undefined;
+  }
+  return at === to ? found : undefined;
+}
+
+/**
  * Encode a model. Equal, byte for byte, to `toBinary(ModelProtoSchema, model)`, but weights are
  * copied once: @bufbuild/protobuf re-concatenates every nested message on the way out (tensor,
  * graph, model: three copies of all weights), so the model, graph and initializer envelopes are
@@ -60,11 +122,37 @@ export function concat(parts: readonly Uint8Array[]): Uint8Array {
 /** A tensor whose raw_data is at least this long is written as a view of it, not copied. */
 const VIEW_BYTES = 4096;
 
-/** The encoded model as consecutive segments (weights are views into the decoded input). */
-export function encodeModelParts(model: ModelProto): Uint8Array[] {
+/**
+ * The encoded model as consecutive segments (weights are views into the decoded input).
+ * `kept`: nodes with the bytes they were decoded from (`nodeFields`), written as those bytes, not
+ * encoded. Pre: none of them was changed since it was decoded. compile() passes its input's: its
+ * passes never mutate a node (they copy), and ~90% of a compiled model's nodes are the input's,
+ * whose encoding was most of a cold process's encode step. The same bytes as encoding them, for an
+ * input written in field order as serializers write.
+ */
+export function encodeModelParts(
+  model: ModelProto,
+  kept: ReadonlyMap<NodeProto, Uint8Array> = new Map(),
+): Uint8Array[] {
   const graph = model.graph;
   if (!graph) return [toBinary(ModelProtoSchema, model)];
-  const graphParts: Uint8Array[] = [toBinary(GraphProtoSchema, pick(GraphProtoSchema, graph, ["node", "name"], false))];
+  const graphParts: Uint8Array[] = [];
+  // Runs of nodes to encode go at once, between kept nodes' own bytes.
+  let fresh: NodeProto[] = [];
+  const flushNodes = () => {
+    if (fresh.length) graphParts.push(toBinary(GraphProtoSchema, create(GraphProtoSchema, { node: fresh })));
+    fresh = [];
+  };
+  for (const n of graph.node) {
+    const bytes = kept.get(n);
+    if (!bytes) fresh.push(n);
+    else {
+      flushNodes();
+      graphParts.push(bytes);
+    }
+  }
+  flushNodes();
+  graphParts.push(toBinary(GraphProtoSchema, pick(GraphProtoSchema, graph, ["name"], false)));
   // Small tensors are encoded whole, a run of them at once: splitting each one around its bytes
   // cost more than copying them (a graph-only decoder has hundreds of empty initializers).
   let small: TensorProto[] = [];
