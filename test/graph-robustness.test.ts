@@ -178,6 +178,16 @@ describe("the graph IR on malformed graphs", () => {
   it("an Identity cycle: constantTensor ends (it used to recurse forever), order names the cycle", () => {
     const graph = g([makeNode("Identity", ["b"], ["a"], "first"), makeNode("Identity", ["a"], ["b"], "second")]);
     expect(graph.constantTensor("a")).toBeUndefined();
+    // An Identity reading its own output, and a chain that does end at a constant.
+    expect(g([makeNode("Identity", ["s"], ["s"], "self")]).constantTensor("s")).toBeUndefined();
+    const value = floatTensor("v", [3]);
+    const chain = g([
+      makeNode("Constant", [], ["k"], "k", { value }),
+      makeNode("Identity", ["k"], ["i1"], "i1"),
+      makeNode("Identity", ["i1"], ["i2"], "i2"),
+    ]);
+    expect(chain.constantTensor("i2")).toBe(value);
+    expect(chain.constant("i2")).toEqual([3]);
     const e = thrown(() => graph.order);
     expect(e.kind).toBe("format");
     expect(e.message).toBe(

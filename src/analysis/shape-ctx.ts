@@ -84,9 +84,12 @@ export const isHuge = (x: number): boolean => Math.abs(x) >= 2 ** 31 - 1;
 
 /** One output dim from two broadcast input dims; undefined when they are different numbers. */
 export function broadcastDim(alg: DimAlgebra, a: Dim, b: Dim): Dim | undefined {
-  if (a === b || alg.equal(a, b)) return a;
+  if (a === b) return a;
+  // 1 against anything first: comparing a symbol (the batch) with 1 in the algebra allocates, and
+  // every elementwise op against a bias or a scalar would pay it.
   if (a === 1) return b;
   if (b === 1) return a;
+  if (alg.equal(a, b)) return a;
   // A symbol broadcast against a number other than 1 must equal that number (or be 1).
   if (typeof a === "number") return typeof b === "number" ? undefined : a;
   if (typeof b === "number") return b;

@@ -105,7 +105,10 @@ const sameShape: Rule = (n, cx) => {
   const s = cx.shape(input(n, 0));
   if (!s) return [];
   const f = UNARY_VALUES[n.opType];
-  const v = f ? mapValue(cx, cx.value(input(n, 0)), f, cx.value(input(n, 0))?.float ?? false) : undefined;
+  const x = f ? cx.value(input(n, 0)) : undefined;
+  // Identity passes its input's value on as it is (values are never mutated): exporters put
+  // Identity on weights, and mapping would copy each one element by element, at every inference.
+  const v = x && f ? (n.opType === "Identity" ? x : mapValue(cx, x, f, x.float)) : undefined;
   return n.output.map(() => (v ? { shape: s, value: v } : { shape: s }));
 };
 

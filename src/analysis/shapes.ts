@@ -134,15 +134,16 @@ class Inference implements Ctx {
     for (const n of nodesInOrder(this.graph)) {
       const rule = RULES[n.opType];
       if (!rule) this.unhandled.add(n.domain && n.domain !== "ai.onnx" ? `${n.domain}:${n.opType}` : n.opType);
-      let outs: (Out | undefined)[] = [];
+      let outs: readonly (Out | undefined)[] = NONE;
       try {
-        outs = rule ? rule(n, this) : [];
+        if (rule) outs = rule(n, this);
       } catch (e) {
         if (this.settings.strict) throw e;
       }
-      n.output.forEach((name, i) => {
+      for (let i = 0; i < n.output.length; i++) {
+        const name = n.output[i];
         if (name) this.record(name, outs[i]);
-      });
+      }
     }
   }
 
@@ -197,6 +198,8 @@ class Inference implements Ctx {
       this.values.set(name, v);
   }
 }
+
+const NONE: readonly (Out | undefined)[] = [];
 
 function nodesInOrder(graph: Graph): NodeProto[] {
   try {

@@ -158,26 +158,35 @@ export class Graph {
 
   private sort(): NodeProto[] | Cycle {
     const nodes = this.proto.node;
-    const index = new Map(nodes.map((n, i) => [n, i]));
     // A node with subgraphs also waits for the outer-scope values its bodies read.
     const reads = (n: NodeProto): readonly string[] =>
       n.attribute.some((a) => a.g || a.graphs.length) ? [...dataInputs(n), ...outerReads(n)] : dataInputs(n);
-    // Exporters already write nodes topologically; keep that order when it is valid (the common case).
-    const valid = nodes.every((n, i) =>
-      reads(n).every((inp) => {
+    // Exporters already write nodes topologically; keep that order when it is valid (the common
+    // case): every producer a node reads was met before it.
+    const met = new Set<NodeProto>();
+    const valid = nodes.every((n) => {
+      const ok = reads(n).every((inp) => {
         const p = inp ? this.producer.get(inp) : undefined;
-        return !p || index.get(p)! < i;
-      }),
-    );
+        return !p || met.has(p);
+      });
+      met.add(n);
+      return ok;
+    });
     if (valid) return nodes.slice();
+    const index = new Map(nodes.map((n, i) => [n, i]));
     // Producers of each node by position (deduplicated, ascending: the cycle walk's order).
     const preds: number[][] = nodes.map((n) => {
-      const ps = new Set<number>();
+      // Insertion into a short sorted list: a node reads a handful of tensors.
+      const ps: number[] = [];
       for (const inp of reads(n)) {
         const p = inp ? this.producer.get(inp) : undefined;
-        if (p) ps.add(index.get(p)!);
+        if (!p) continue;
+        const at = index.get(p)!;
+        let k = ps.length;
+        while (k > 0 && ps[k - 1]! > at) k--;
+        if (ps[k - 1] !== at) ps.splice(k, 0, at);
       }
-      return [...ps].sort((a, b) => a - b);
+      return ps;
     });
     const stable = earliestFirst(preds);
     if (stable) return stable.map((i) => nodes[i]!);
@@ -257,9 +266,9 @@ export class Graph {
 
   constantTensor(name: string): TensorProto | undefined {
     // Identity chains are followed iteratively, each tensor once: a malformed model may loop them.
-    const seen = new Set<string>();
-    for (let t = name; !seen.has(t); ) {
-      seen.add(t);
+    // (The set is made only when a chain is followed: analyses ask this of most tensors they walk.)
+    let seen: Set<string> | undefined;
+    for (let t = name; ; ) {
       const init = this.initializers.get(t);
       if (init) return init;
       const p = this.producer.get(t);
@@ -269,8 +278,10 @@ export class Graph {
       }
       if (!(p && p.opType === "Identity" && p.input[0])) return undefined;
       t = p.input[0];
+      seen ??= new Set([name]);
+      if (seen.has(t)) return undefined;
+      seen.add(t);
     }
-    return undefined;
   }
 
   isConstant(name: string): boolean {
