@@ -328,7 +328,7 @@ const STEPS: readonly { name: string; run: (c: Compilation) => Compilation; unch
   },
   {
     name: "refresh output shapes",
-    run: (c) => (c.plans.length ? { ...c, graph: refreshOutputShapes(c.graph, c.input, c.plans, c.info) } : c),
+    run: (c) => (c.plans.length ? { ...c, graph: refreshOutputShapes(c.graph, c.input, c.plans) } : c),
   },
   { name: "declare encoder outputs", run: (c) => ({ ...c, graph: declareEncoderOutputs(c.graph, c.plans) }) },
   {
@@ -693,12 +693,7 @@ function shrunkOutputs(
   if (!candidates.length) return [];
   // The pruned graph's own shapes, from its inputs: a declaration of the output may still say the dense count.
   const { shapes: after, algebra } = analyzeFromInputs(pruned);
-  const g = Graph.of(original);
-  // Outputs computed below each stage's gather (the encoder's output for `after encoder`).
-  const below = plans.map((p) => {
-    const r = p.encoder?.tensor ?? p.layer.residual?.output ?? "";
-    return new Set([r, ...[...g.descendants(r)].flatMap((n) => n.output)]);
-  });
+  const below = plans.map((p) => tensorsBelow(original, p));
   const result: PerTokenOutput[] = [];
   for (const { o, axis } of candidates) {
     const now = after.get(o.name);
@@ -744,12 +739,7 @@ function wholeIfRestored(shrunk: PerTokenOutput[], c: Compilation): PerTokenOutp
  * to a token count a stage changed is declared unknown and any other number stands. Believing the
  * declarations instead would keep exactly the stale count this step exists to replace.
  */
-function refreshOutputShapes(
-  g: GraphProto,
-  original: GraphProto,
-  plans: StagePlan[],
-  info: TransformerInfo,
-): GraphProto {
+function refreshOutputShapes(g: GraphProto, original: GraphProto, plans: StagePlan[]): GraphProto {
   // Only a declared size equal to a token count a stage changed can have gone stale.
   const counts = new Set(
     plans.flatMap((p) => [p.tokensIn, typeof p.tokensIn === "number" ? p.tokensIn - p.prefix : -1]),
@@ -765,11 +755,11 @@ function refreshOutputShapes(
   if (!suspect && !symbolic) return g;
   const { shapes, algebra } = analyzeFromInputs(g);
   // An output no stage is above computes what it did: its declaration stands.
-  const below = belowStages(original, plans, info);
+  const below = plans.map((p) => tensorsBelow(original, p));
   return shallowCopy(g, {
     output: g.output.map((o) => {
       const type = o.type?.value;
-      if (!below.has(o.name) || type?.case !== "tensorType" || !type.value.shape) return o;
+      if (!below.some((b) => b.has(o.name)) || type?.case !== "tensorType" || !type.value.shape) return o;
       const dims = type.value.shape.dim;
       const inferred = shapes.get(o.name);
       const proven = (i: number): Dim | undefined => {
@@ -791,17 +781,10 @@ function refreshOutputShapes(
   });
 }
 
-/** Tensors of the dense graph computed below some stage's stream (each stage's target and everything it feeds). */
-function belowStages(original: GraphProto, plans: readonly StagePlan[], info: TransformerInfo): Set<string> {
-  const g = Graph.of(original);
-  const below = new Set<string>();
-  for (const p of plans) {
-    const r = stageTarget(p, info)?.tensor;
-    if (!r) continue;
-    below.add(r);
-    for (const n of g.descendants(r)) for (const o of n.output) below.add(o);
-  }
-  return below;
+/** Tensors of the dense graph computed below a stage: its stream (the encoder's output for `after encoder`) and all it feeds. */
+function tensorsBelow(original: GraphProto, p: StagePlan): Set<string> {
+  const r = p.encoder?.tensor ?? p.layer.residual?.output ?? "";
+  return new Set([r, ...[...Graph.of(original).descendants(r)].flatMap((n) => n.output)]);
 }
 
 function report(

@@ -223,7 +223,7 @@ function compileSpec(
   target: "cpu" | "webgpu",
   timings?: Timings,
 ): ReturnType<typeof compile> {
-  return compile(modelBytes, spec.text, {
+  const result = compile(modelBytes, spec.text, {
     modelName,
     specName: spec.name,
     exposeIndices: opts.exposeIndices ?? false,
@@ -232,6 +232,9 @@ function compileSpec(
     requireStages: true,
     ...(timings ? { profile: (step: string, ms: number) => timings.push({ step, ms }) } : {}),
   });
+  // Compile checked the input's external data already: the weight placement reads that, not a second decode.
+  rememberExternalRefs(modelBytes, modelName, result.inputExternalData);
+  return result;
 }
 
 /**
@@ -398,7 +401,6 @@ async function stageCompiled(
   const specInputs = spec.file ? [spec.file] : [];
   checkOutput(out, [modelFile, ...specInputs]); // fail fast; the weight files are known after compile
   const result = compileSpec(modelBytes, modelName, spec, a.opts, a.target, a.timings);
-  rememberExternalRefs(modelBytes, modelName, result.inputExternalData);
   // Never over the model, the spec or a weight file, by identity (links and spellings included).
   const inputs = [modelFile, ...specInputs, ...weightInputs(modelBytes, modelName)];
   checkOutput(out, inputs);
@@ -466,7 +468,6 @@ async function stageFolderCompiled(
   probeInput(modelFile.bytes);
   const spec = await readSpecArg(specPath, opts.expr, io);
   const result = compileSpec(modelFile.bytes, modelPath, spec, opts, how.target, how.timings);
-  rememberExternalRefs(modelFile.bytes, modelPath, result.inputExternalData);
   const plan = planFolder(
     dir,
     outDir,

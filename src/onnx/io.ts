@@ -5,6 +5,7 @@
  */
 import { create, fromBinary, toBinary, type Message } from "@bufbuild/protobuf";
 import type { GenMessage } from "@bufbuild/protobuf/codegenv2";
+import { BinaryReader, WireType } from "@bufbuild/protobuf/wire";
 import {
   GraphProtoSchema,
   ModelProtoSchema,
@@ -58,8 +59,9 @@ export function nodeFields(model: ModelProto, bytes: Uint8Array): ReadonlyMap<No
 
 /**
  * The occurrences of length-delimited field `number` among the fields in bytes[from, to): where each
- * starts (its key), where its body starts, where it ends. Undefined for anything unexpected (a group,
- * a length past the end): the caller then re-encodes, as it always may.
+ * starts (its key), where its body starts, where it ends; read with @bufbuild/protobuf's own wire
+ * reader. Undefined for anything it cannot read (a length past the end): the caller then
+ * re-encodes, as it always may.
  */
 function lengthDelimited(
   bytes: Uint8Array,
@@ -68,34 +70,25 @@ function lengthDelimited(
   number: number,
 ): { start: number; body: number; end: number }[] | undefined {
   const found: { start: number; body: number; end: number }[] = [];
-  let at = from;
-  const varint = (): number | undefined => {
-    let v = 0;
-    for (let shift = 0; shift < 64; shift += 7) {
-      if (at >= to) return undefined;
-      const b = bytes[at++]!;
-      v += (b & 0x7f) * 2 ** shift;
-      if (b < 0x80) return v;
+  const reader = new BinaryReader(bytes.subarray(from, to));
+  try {
+    while (reader.pos < reader.len) {
+      const start = reader.pos;
+      const [no, wire] = reader.tag();
+      if (no !== number || wire !== WireType.LengthDelimited) {
+        reader.skip(wire, no);
+        continue;
+      }
+      const len = reader.uint32();
+      const body = reader.pos;
+      reader.pos += len;
+      if (reader.pos > reader.len) return undefined;
+      found.push({ start: from + start, body: from + body, end: from + reader.pos });
     }
+  } catch {
     return undefined;
-  };
-  while (at < to) {
-    const start = at;
-    const key = varint();
-    if (key === undefined) return undefined;
-    const wire = key % 8;
-    if (wire === 0) {
-      if (varint() === undefined) return undefined;
-    } else if (wire === 1) at += 8;
-    else if (wire === 5) at += 4;
-    else if (wire === 2) {
-      const len = varint();
-      if (len === undefined || at + len > to) return undefined;
-      if (Math.floor(key / 8) === number) found.push({ start, body: at, end: at + len });
-      at += len;
-    } else return undefined;
   }
-  return at === to ? found : undefined;
+  return found;
 }
 
 /**
