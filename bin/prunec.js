@@ -10,14 +10,16 @@
 // the bundle is then compiled as usual. PRUNEC_CODE_CACHE: `off` ignores the cache, `report`
 // prints whether it was used, `write` saves a fresh one after a run that succeeds (what the build
 // does; run it after changing Node versions, or `npm run build`).
-import { readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
-import { createRequire } from "node:module";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
-import vm from "node:vm";
-import zlib from "node:zlib";
+//
+// This file is CommonJS (bin/package.json says so): Node starts a CommonJS entry faster than an
+// ES module one (no module loader to set up; 9 ms of ViT-Ti's 280 ms compile, side by side).
+const { readFileSync, renameSync, rmSync, writeFileSync } = require("node:fs");
+const { createRequire } = require("node:module");
+const { dirname, join } = require("node:path");
+const vm = require("node:vm");
+const zlib = require("node:zlib");
 
-const bundle = join(dirname(fileURLToPath(import.meta.url)), "..", "dist", "prunec.cjs");
+const bundle = join(__dirname, "..", "dist", "prunec.cjs");
 const cacheFile = `${bundle}.v8cache`;
 const MAGIC = "prunec-v8-cache 2";
 const mode = process.env.PRUNEC_CODE_CACHE ?? "";
@@ -74,12 +76,15 @@ function load() {
 }
 
 const { cli, writer } = load();
+// Optional peers are ES modules: a dynamic import works from CommonJS too, resolving from here.
 cli.setPeerImport((specifier) => import(specifier));
-const code = await cli.main(process.argv.slice(2));
-process.exitCode = code;
+cli.main(process.argv.slice(2)).then((code) => {
+  process.exitCode = code;
+  if (writer && code === 0) writeCache(writer);
+});
 
-if (writer && code === 0) {
-  const { script, sourceHash } = writer;
+/** Save the bytecode of everything this run compiled, as the cache for later starts (write mode). */
+function writeCache({ script, sourceHash }) {
   const temp = `${cacheFile}.${process.pid}.tmp`;
   try {
     if (!checksum) throw new Error("this Node has no zlib.crc32 (Node >= 20.15 has)");

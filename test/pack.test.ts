@@ -131,6 +131,7 @@ describe("npm pack, installed offline into an empty project without the optional
       "LICENSE",
       "README.md",
       "bin/prunec.js",
+      "bin/package.json",
       "dist/prunec.cjs",
       "dist/prunec.cjs.v8cache",
       "dist/src/cli/main.js",
