@@ -11,8 +11,9 @@
  * speedups, and the oracle (the schedule with every stage a static slice of as many tokens:
  * `prunec bench`'s oracle) with "of oracle" (oracle ms / measured ms) and "oracle/ideal". Then the
  * whole-process compile time and peak memory (`prunec MODEL SPEC -o OUT`, smoke run included, and
- * with --no-verify) against a Node process that only reads and writes the same file (peak RSS
- * from bench/max-rss.mjs, preloaded). Where Debian's
+ * with --no-verify) against a Node process that only reads and writes the same file, timed from a
+ * small process of their own (bench/process-times.mjs; peak RSS from bench/max-rss.mjs, preloaded
+ * in separate runs). Where Debian's
  * torch is installed, the same schedule in PyTorch eager (bench/torch-eager.ts) with its kept
  * tokens checked equal to prunec's. Medians; the sessions alternate in one process, the processes
  * alternate too. Without --write it prints.
@@ -30,7 +31,7 @@ import {
 } from "node:fs";
 import { cpus, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
-import { fileURLToPath, pathToFileURL } from "node:url";
+import { fileURLToPath } from "node:url";
 import { benchmark, type BenchResult } from "../src/cli/benchmark.js";
 import { torchEagerRow, torchMissing } from "../bench/torch-eager.js";
 
@@ -88,37 +89,26 @@ function specLines(spec: string): string {
 const MAX_RSS = join(root, "bench", "max-rss.mjs");
 
 /**
- * Whole-process wall time (ms) and peak RSS (MiB) of each command, alternating, medians of `n`.
- * `out`, the file the commands write, is removed before each run (untimed): replacing a large file
- * costs far more than writing a new one on ext4 (a rename over it forces the new file's writeback),
- * and an in-place write and prunec's rename pay it differently. Dirty pages are flushed (sync)
- * between runs, untimed.
+ * Whole-process wall time (ms) and peak RSS (MiB) of each command, alternating, medians of `n`,
+ * measured by bench/process-times.mjs in a small process of its own (this one's size would slow
+ * every fork it times). `out`, the file the commands write, is removed before each run (untimed):
+ * replacing a large file costs far more than writing a new one on ext4 (a rename over it forces
+ * the new file's writeback), and an in-place write and prunec's rename pay it differently. Dirty
+ * pages are flushed (sync) between runs, untimed.
  */
 function processTimes(
   commands: { name: string; argv: string[]; env?: Record<string, string> }[],
   n: number,
-  dir: string,
   out?: string,
 ): Map<string, { ms: number; mib: number }> {
-  const rssFile = join(dir, "max-rss");
-  const times = new Map(commands.map((c) => [c.name, { ms: [] as number[], mib: [] as number[] }]));
-  for (let i = 0; i < n; i++)
-    for (const c of commands) {
-      if (out) {
-        rmSync(out, { force: true, recursive: true });
-        // The previous run's dirty pages are flushed now, untimed, so no run pays for another's writeback.
-        spawnSync("sync");
-      }
-      const t = performance.now();
-      const r = spawnSync(process.execPath, ["--import", pathToFileURL(MAX_RSS).href, ...c.argv], {
-        encoding: "utf8",
-        env: { ...process.env, ...c.env, PRUNEC_MAX_RSS_FILE: rssFile },
-      });
-      if (r.status !== 0) throw new Error(`${c.name}: exit ${r.status}: ${r.stderr}`);
-      times.get(c.name)!.ms.push(performance.now() - t);
-      times.get(c.name)!.mib.push(Number(readFileSync(rssFile, "utf8")) / 1024);
-    }
-  return new Map([...times].map(([k, v]) => [k, { ms: median(v.ms), mib: median(v.mib) }]));
+  const r = spawnSync(
+    process.execPath,
+    [join(root, "bench", "process-times.mjs"), JSON.stringify({ commands, n, out, maxRss: MAX_RSS })],
+    { encoding: "utf8", maxBuffer: 1 << 24 },
+  );
+  if (r.status !== 0) throw new Error(`bench/process-times.mjs: exit ${r.status}: ${r.stderr}`);
+  const measured = JSON.parse(r.stdout) as Record<string, { ms: number[]; kib: number[] }>;
+  return new Map(Object.entries(measured).map(([k, v]) => [k, { ms: median(v.ms), mib: median(v.kib) / 1024 }]));
 }
 
 function latencyRows(c: Case, r: BenchResult): string[] {
@@ -170,16 +160,26 @@ async function main(): Promise<void> {
     "",
     ...(noTorch ? [`(No PyTorch-eager row: ${noTorch}.)`] : torchLines),
     ...CASES.filter((c) => !present.includes(c)).map((c) => `(${c.label}: not on this machine, ${c.path}.)`),
-    "",
-    "Whole-process compile (`node bin/prunec.js MODEL SPEC -o OUT`, the bundled CLI with its code cache) against a Node process that only reads and writes the same file, medians of 7 alternating runs, each writing a new file (OUT removed and dirty pages flushed before each run, untimed). The last column is `--no-verify` with the code cache off (`PRUNEC_CODE_CACHE=off`), what the CLI costs without it:",
-    "",
-    "| model | size | read + write ms | compile ms (smoke run included) | ratio | compile --no-verify ms | ratio | --no-verify, no code cache ms |",
-    "|---|---|---|---|---|---|---|---|",
   );
   const dir = mkdtempSync(join(tmpdir(), "prunec-bench-table-"));
   const memory: string[] = [];
   try {
-    const node = processTimes([{ name: "node", argv: ["-e", "0"] }], 7, dir).get("node")!.mib;
+    // What every compile below pays before it reads a byte: Node's start, and the CLI loaded.
+    const start = processTimes(
+      [
+        { name: "node", argv: ["-e", "0"] },
+        { name: "cli", argv: [join(root, "bin", "prunec.js"), "--version"] },
+      ],
+      7,
+    );
+    const node = start.get("node")!.mib;
+    lines.push(
+      "",
+      `Whole-process compile (\`node bin/prunec.js MODEL SPEC -o OUT\`, the bundled CLI with its code cache) against a Node process that only reads and writes the same file, medians of 7 alternating runs, each writing a new file (OUT removed and dirty pages flushed before each run, untimed), timed from a small process of their own (bench/process-times.mjs). Node alone (\`node -e 0\`) takes ${start.get("node")!.ms.toFixed(0)} ms and the CLI loaded from its code cache (\`prunec --version\`) ${start.get("cli")!.ms.toFixed(0)} ms: every compile's floor. The last column is \`--no-verify\` with the code cache off (\`PRUNEC_CODE_CACHE=off\`), what the CLI costs without it:`,
+      "",
+      "| model | size | read + write ms | compile ms (smoke run included) | ratio | compile --no-verify ms | ratio | --no-verify, no code cache ms |",
+      "|---|---|---|---|---|---|---|---|",
+    );
     for (const c of present) {
       const spec = join(dir, "s.prune");
       writeFileSync(spec, `${c.spec}\n`);
@@ -202,7 +202,6 @@ async function main(): Promise<void> {
           },
         ],
         7,
-        dir,
         out,
       );
       const io = t.get("io")!;
@@ -226,7 +225,6 @@ async function main(): Promise<void> {
       const inFolder = processTimes(
         [{ name: "folder", argv: [join(root, "bin", "prunec.js"), folder, spec, "-o", outDir] }],
         7,
-        dir,
         outDir,
       ).get("folder")!;
       memory.push(
