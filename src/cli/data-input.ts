@@ -17,16 +17,20 @@ export function isFolder(path: string): boolean {
   }
 }
 
-/** A progress bar on a terminal's stderr (none in pipes or with --json). */
-async function progress(
+/**
+ * A progress bar on a terminal's stderr (none in pipes or with --json), counting `unit`; it
+ * appears at the first tick.
+ */
+export async function progress(
   label: string,
   quiet: boolean,
+  unit = "images",
 ): Promise<{ tick: (done: number, total: number) => void; stop: () => void }> {
   if (quiet || !process.stderr.isTTY) return { tick: () => {}, stop: () => {} };
-  // Imported on first use: only a terminal gets a bar, and a compile never reads images.
+  // Imported on first use: only a terminal gets a bar, and a compile never loads it.
   const { SingleBar, Presets } = await import("cli-progress");
   const bar = new SingleBar(
-    { format: `${label} {bar} {value}/{total} images`, hideCursor: true, stream: process.stderr },
+    { format: `${label} {bar} {value}/{total} ${unit}`, hideCursor: true, stream: process.stderr },
     Presets.shades_classic,
   );
   let started = false;

@@ -15,7 +15,7 @@ import { formatDiagnostics, printSpec } from "../../grammar/index.js";
 import { closest } from "../../grammar/suggest.js";
 import { checkDatasetFitsModel, encodeDataset, parseDataset, type Dataset } from "../data/prds.js";
 import type { PreprocessFlags } from "./preprocess.js";
-import { folderDataset, isFolder } from "./data-input.js";
+import { folderDataset, isFolder, progress } from "./data-input.js";
 import { evaluate, type EvalResult } from "./evaluate.js";
 import { benchmark, formatBench } from "./benchmark.js";
 import { renderReport, saveReport, type ReportSpec } from "./report.js";
@@ -746,28 +746,21 @@ async function runEval(
   const model = modelFile.bytes;
   const modelPath = modelFile.path;
   const { data, dataName } = await dataArg(opts.data, model, modelPath, opts, opts.json === true, io);
-  // cli-progress is imported only when a terminal gets a bar: a compile never loads it.
-  const { SingleBar, Presets } = process.stderr.isTTY && !opts.json ? await import("cli-progress") : {};
-  const bar =
-    SingleBar && Presets
-      ? new SingleBar(
-          { format: "eval {bar} {value}/{total} examples", hideCursor: true, stream: process.stderr },
-          Presets.shades_classic,
-        )
-      : undefined;
-  bar?.start(data.header.n, 0);
+  const bar = await progress("eval", opts.json === true, "examples");
+  const total = data.header.n;
+  bar.tick(0, total); // shown from the start, at 0
   let r: EvalResult;
   try {
     r = await evaluate(model, modelPath, data, {
       ep,
       batch,
-      onProgress: (done) => bar?.update(done),
+      onProgress: (done) => bar.tick(done, total),
       modelPath,
       command: "eval",
       dataName,
     });
   } finally {
-    bar?.stop();
+    bar.stop();
   }
   const seg = r.segmentation;
   if (seg) {
